@@ -1,0 +1,37 @@
+// Conversion between f32 and GGML's storage types, bit-exact with GGML's
+// reference (scalar) definitions.
+#pragma once
+
+#include "runtime/gguf/GgmlType.h"
+#include "runtime/support/Status.h"
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kt::quant {
+
+using gguf::GgmlType;
+
+// Decodes `elements` values (a multiple of the type's block size) from `src`
+// into `dst`. Fails for types whose traits say dequantizable == false.
+// Output is bit-identical to GGML's dequantize_row_* (f16/bf16/f32: GGML's
+// row conversions). `src` holds ggmlRowBytes(type, elements) bytes; it needs
+// no alignment. Null buffers are an error unless `elements` is 0.
+Status dequantize(GgmlType type, const void *src, float *dst, int64_t elements);
+
+// Encodes `elements` values (a multiple of the block size) into `dst`, which
+// holds ggmlRowBytes(type, elements) bytes. Fails for types whose traits say
+// quantizable == false. Same output as GGML's reference quantizer
+// (quantize_row_*_ref) for the same input. Block formats (q8_0, q4_K, ...)
+// reject NaN and infinite inputs, which they cannot encode; f32, f16 and bf16
+// accept every value.
+Status quantize(GgmlType type, const float *src, void *dst, int64_t elements);
+
+// IEEE half and bfloat16 conversions as GGML does them (round to nearest even;
+// bf16 keeps NaNs quiet).
+float halfToFloat(uint16_t h);
+uint16_t floatToHalf(float f);
+float bf16ToFloat(uint16_t h);
+uint16_t floatToBf16(float f);
+
+} // namespace kt::quant

@@ -1,0 +1,25 @@
+# -*- Python -*-
+# lit configuration of the compiler tests: kt-opt / ktc / kt-gen-model with FileCheck.
+import os
+
+import lit.formats
+from lit.llvm import llvm_config
+
+config.name = "KT"
+config.test_format = lit.formats.ShTest(not llvm_config.use_lit_shell)
+config.suffixes = [".mlir", ".test"]
+config.test_source_root = os.path.dirname(__file__)
+config.test_exec_root = os.path.join(config.kt_obj_root, "test")
+# GoogleTest sources and fuzz targets live beside the lit suites.
+config.excludes = ["CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py", "unit", "fuzz"]
+
+config.substitutions.append(("%PATH%", config.environment["PATH"]))
+config.substitutions.append(("%shared_dir", config.kt_shared_dir))
+
+llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
+llvm_config.use_default_substitutions()
+
+tool_dirs = [config.kt_tools_dir, config.llvm_tools_dir]
+llvm_config.add_tool_substitutions(["kt-opt", "ktc", "kt-gen-model"], tool_dirs)
+llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
+llvm_config.with_environment("PATH", config.kt_tools_dir, append_path=True)
