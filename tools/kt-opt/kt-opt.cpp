@@ -1,4 +1,5 @@
 // kt-opt: runs ktgraph passes on IR, for lit tests and debugging.
+#include "compiler/Transforms/Passes.h"
 #include "dialects/Graph/IR/GraphDialect.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -8,6 +9,7 @@
 
 int main(int argc, char **argv) {
   mlir::registerTransformsPasses();
+  kt::compiler::registerKtTransformsPasses();
   mlir::DialectRegistry registry;
   registry.insert<kt::graph::KtGraphDialect, mlir::func::FuncDialect>();
   return mlir::asMainReturnCode(

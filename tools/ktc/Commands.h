@@ -4,6 +4,7 @@
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace kt::tools {
 
@@ -20,6 +21,13 @@ struct ImportOptions {
   bool summary = false;
 };
 int runImport(const ImportOptions &options);
+
+struct TargetCommandOptions {
+  std::string cpu;               // --target-cpu
+  std::vector<std::string> gpus; // --target-gpu
+  unsigned cores = 0;            // --target-cores
+};
+int runTarget(const TargetCommandOptions &options);
 
 // Prints "ktc: error: <message>" to stderr and returns the failure exit code.
 int reportError(const std::string &message);

@@ -3,6 +3,7 @@
 
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/quant/Quant.h"
+#include "runtime/support/ByteSize.h"
 
 #include "llvm/Support/Format.h"
 #include "llvm/Support/raw_ostream.h"
@@ -23,20 +24,6 @@ std::string formatShape(const std::vector<int64_t> &ne) {
   return text + "]";
 }
 
-std::string formatBytes(uint64_t bytes) {
-  const char *units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  double value = static_cast<double>(bytes);
-  int unit = 0;
-  while (value >= 1024.0 && unit < 4) {
-    value /= 1024.0;
-    ++unit;
-  }
-  std::string text;
-  llvm::raw_string_ostream os(text);
-  os << llvm::format(unit == 0 ? "%.0f %s" : "%.2f %s", value, units[unit]);
-  return os.str();
-}
-
 // Metadata rows that are whole vocabularies are shown abbreviated.
 void printMetadata(const GgufModel &model, llvm::raw_ostream &os) {
   os << "metadata:\n";
@@ -48,7 +35,7 @@ void printOverview(const GgufModel &model, llvm::raw_ostream &os) {
   os << "model: " << model.files().front()->path() << "\n";
   for (const auto &file : model.files())
     os << "  file: " << file->path() << " (GGUF v" << file->version() << ", "
-       << file->tensors().size() << " tensors, " << formatBytes(file->fileSize()) << ")\n";
+       << file->tensors().size() << " tensors, " << formatByteSize(file->fileSize()) << ")\n";
   std::string arch = model.architecture();
   os << "architecture: " << (arch.empty() ? "(none)" : arch) << "\n";
   printMetadata(model, os);
@@ -79,11 +66,11 @@ void printOverview(const GgufModel &model, llvm::raw_ostream &os) {
   for (const auto &[type, t] : byType)
     os << llvm::format("  %-8s %6lld tensors %16lld parameters %14s\n", type.c_str(),
                        static_cast<long long>(t.tensors), static_cast<long long>(t.elements),
-                       formatBytes(t.bytes).c_str());
+                       formatByteSize(t.bytes).c_str());
   os << llvm::format("  %-8s %6lld tensors %16lld parameters %14s\n",
                      static_cast<const char *>("all"),
                      static_cast<long long>(total.tensors),
-                     static_cast<long long>(total.elements), formatBytes(total.bytes).c_str());
+                     static_cast<long long>(total.elements), formatByteSize(total.bytes).c_str());
 }
 
 int printTensorRows(const GgufModel &model, const InspectOptions &options,

@@ -37,6 +37,21 @@ cl::opt<bool> importSummary(cl::cat(ktcCategory),
     "summary", cl::sub(importCommand),
     cl::desc("Append a size summary (parameters and bytes per module kind) as comments"));
 
+cl::SubCommand targetCommand(
+    "target", "Print the target description (CPU, ISA features, GPUs) a plan would be "
+              "compiled for: this host's, or the one the --target-* flags describe");
+cl::opt<std::string> targetCpu(
+    "target-cpu", cl::cat(ktcCategory), cl::sub(targetCommand), cl::value_desc("cpu"),
+    cl::desc("LLVM CPU name of the host that will run the plan (haswell, skylake-avx512, "
+             "sapphirerapids, ...); default: this host's CPU and its real features"));
+cl::list<std::string> targetGpus(
+    "target-gpu", cl::cat(ktcCategory), cl::sub(targetCommand), cl::value_desc("arch:memory"),
+    cl::desc("A GPU of the target, e.g. sm_90a:80GiB; repeat for cuda:1, cuda:2, ...; "
+             "'none' for a CPU-only target; default: this host's GPUs"));
+cl::opt<unsigned> targetCores("target-cores", cl::cat(ktcCategory), cl::sub(targetCommand),
+                              cl::desc("CPU cores of the target; default: this host's"),
+                              cl::init(0));
+
 // "A:B" with 0 <= A < B.
 std::optional<std::pair<int64_t, int64_t>> parseRows(const std::string &text) {
   size_t colon = text.find(':');
@@ -60,14 +75,16 @@ std::optional<std::pair<int64_t, int64_t>> parseRows(const std::string &text) {
 int main(int argc, char **argv) {
   InitLLVM initLLVM(argc, argv);
   // Only ktc's own options belong in --help, not those of linked LLVM libraries.
-  for (cl::SubCommand *sub : {&*cl::TopLevelSubCommand, &inspectCommand, &importCommand})
+  for (cl::SubCommand *sub :
+       {&*cl::TopLevelSubCommand, &inspectCommand, &importCommand, &targetCommand})
     cl::HideUnrelatedOptions(ktcCategory, *sub);
   cl::ParseCommandLineOptions(
       argc, argv,
       "ktc: compiles DeepSeek-class MoE models (GGUF) into execution plans\n\n"
       "  ktc inspect MODEL                       model overview\n"
       "  ktc inspect MODEL --tensor NAME --rows A:B   dequantized tensor values\n"
-      "  ktc import MODEL [--summary] [-o FILE]  print the model graph (ktgraph IR)\n\n"
+      "  ktc import MODEL [--summary] [-o FILE]  print the model graph (ktgraph IR)\n"
+      "  ktc target [--target-cpu C] [--target-gpu ARCH:MEM]...  the target machine\n\n"
       "MODEL is a .gguf file, any part of a split model, or a directory holding one "
       "model.\n");
 
@@ -91,6 +108,13 @@ int main(int argc, char **argv) {
     options.outputPath = importOutput;
     options.summary = importSummary;
     return kt::tools::runImport(options);
+  }
+  if (targetCommand) {
+    kt::tools::TargetCommandOptions options;
+    options.cpu = targetCpu;
+    options.gpus.assign(targetGpus.begin(), targetGpus.end());
+    options.cores = targetCores;
+    return kt::tools::runTarget(options);
   }
   cl::PrintHelpMessage(false, true);
   return EXIT_FAILURE;

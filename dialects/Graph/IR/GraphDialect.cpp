@@ -65,3 +65,80 @@ uint64_t WeightAttr::getStorageBytes() const {
   std::optional<uint64_t> rowBytes = kt::gguf::ggmlRowBytes(*type, getShape()[0]);
   return *rowBytes * static_cast<uint64_t>(getElementCount() / getShape()[0]);
 }
+
+namespace {
+// "cpu" or "cuda:N".
+bool isDeviceName(StringRef device) {
+  if (device == "cpu")
+    return true;
+  if (!device.consume_front("cuda:") || device.empty())
+    return false;
+  unsigned index;
+  return !device.getAsInteger(10, index);
+}
+} // namespace
+
+LogicalResult PlacementAttr::verify(function_ref<InFlightDiagnostic()> emitError,
+                                    StringRef prefill, StringRef decode, StringRef op,
+                                    StringRef out, StringRef rule, DictionaryAttr kwargs) {
+  for (auto [role, device] : {std::pair<StringRef, StringRef>{"prefill", prefill},
+                              {"decode", decode}, {"out", out}}) {
+    if (role == "out" && device.empty())
+      continue;
+    if (!isDeviceName(device))
+      return emitError() << "placement " << role << " device '" << device
+                         << "' is not \"cpu\" or \"cuda:N\"";
+  }
+  if (op.empty())
+    return emitError() << "placement has an empty operator";
+  return success();
+}
+
+LogicalResult GpuAttr::verify(function_ref<InFlightDiagnostic()> emitError, StringRef arch,
+                              uint64_t memory) {
+  std::optional<unsigned> capability = parseComputeCapability(arch);
+  if (!capability || *capability < kMinComputeCapability)
+    return emitError() << "GPU architecture '" << arch
+                       << "' is not sm_NN with NN >= 75 (e.g. sm_80, sm_90a)";
+  if (memory == 0)
+    return emitError() << "GPU memory must be positive";
+  return success();
+}
+
+unsigned GpuAttr::getComputeCapability() const {
+  // The verifier guarantees a well-formed architecture.
+  return parseComputeCapability(getArch()).value_or(0);
+}
+
+std::optional<unsigned> kt::graph::parseComputeCapability(StringRef arch) {
+  unsigned capability = 0;
+  if (!arch.consume_front("sm_"))
+    return std::nullopt;
+  arch.consume_back("a"); // the architecture-specific variant (wgmma, FP8)
+  if (arch.getAsInteger(10, capability))
+    return std::nullopt;
+  return capability;
+}
+
+LogicalResult TargetAttr::verify(function_ref<InFlightDiagnostic()> emitError, StringRef cpu,
+                                 ArrayAttr cpuFeatures, unsigned cores, ArrayAttr gpus) {
+  if (cpu.empty())
+    return emitError() << "target CPU name is empty";
+  if (cores == 0)
+    return emitError() << "target must have at least one CPU core";
+  for (Attribute feature : cpuFeatures)
+    if (!feature.isa<StringAttr>())
+      return emitError() << "target cpu_features must be strings";
+  for (Attribute gpu : gpus)
+    if (!gpu.isa<GpuAttr>())
+      return emitError() << "target gpus must be #ktgraph.gpu attributes";
+  return success();
+}
+
+bool TargetAttr::hasCpuFeature(StringRef feature) const {
+  return llvm::any_of(getCpuFeatures(), [&](Attribute attr) {
+    return attr.cast<StringAttr>().getValue() == feature;
+  });
+}
+
+GpuAttr TargetAttr::getGpu(unsigned index) const { return getGpus()[index].cast<GpuAttr>(); }

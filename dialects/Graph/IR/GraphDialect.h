@@ -18,3 +18,10 @@
 
 #define GET_OP_CLASSES
 #include "dialects/Graph/IR/GraphOps.h.inc"
+
+namespace kt::graph {
+// The oldest GPU architecture the project compiles for (Turing).
+constexpr unsigned kMinComputeCapability = 75;
+// 90 for "sm_90a", 80 for "sm_80"; nullopt if `arch` is not sm_NN[a].
+std::optional<unsigned> parseComputeCapability(llvm::StringRef arch);
+} // namespace kt::graph

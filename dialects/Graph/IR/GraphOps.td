@@ -36,6 +36,81 @@ def KtGraph_WeightAttr : KtGraph_Attr<"Weight", "weight"> {
   }];
 }
 
+// A string parameter that may be left out (then empty).
+class KtGraph_OptionalStringParameter<string desc> : StringRefParameter<desc> {
+  let defaultValue = "\"\"";
+}
+
+def KtGraph_PlacementAttr : KtGraph_Attr<"Placement", "placement"> {
+  let summary = "Where and how a model module runs, as placement rules decided";
+  let description = [{
+    The devices that run the module in prefill and in decode ("cpu",
+    "cuda:N"), the operator that implements it, the device its output goes
+    to, the rule that placed it (`file:line:col`, empty for the documented
+    default) and the rule's other kwargs.
+
+    ```mlir
+    #ktgraph.placement<prefill = "cuda:0", decode = "cpu", op = "experts_cpu",
+                       out = "cuda:0", rule = "rules/DeepSeek-V3-Chat.yaml:40:3">
+    ```
+  }];
+  let parameters = (ins
+    StringRefParameter<"device in prefill">:$prefill,
+    StringRefParameter<"device in decode">:$decode,
+    StringRefParameter<"operator">:$op,
+    KtGraph_OptionalStringParameter<"device of the output">:$out,
+    KtGraph_OptionalStringParameter<"rule that placed it, file:line:col">:$rule,
+    OptionalParameter<"::mlir::DictionaryAttr", "other kwargs of the rule">:$kwargs
+  );
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+}
+
+def KtGraph_GpuAttr : KtGraph_Attr<"Gpu", "gpu"> {
+  let summary = "One GPU of the target machine";
+  let description = [{
+    The GPU's architecture as NVRTC names it and the memory the plan may use.
+
+    ```mlir
+    #ktgraph.gpu<arch = "sm_90a", memory = 85899345920>
+    ```
+  }];
+  let parameters = (ins StringRefParameter<"architecture, e.g. sm_90a">:$arch,
+                        "uint64_t":$memory);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+  let extraClassDeclaration = [{
+    // The compute capability, e.g. 90 for sm_90a.
+    unsigned getComputeCapability() const;
+  }];
+}
+
+def KtGraph_TargetAttr : KtGraph_Attr<"Target", "target"> {
+  let summary = "The machine a plan is compiled for";
+  let description = [{
+    The host CPU (LLVM's name for it, its ISA features and cores) and the
+    GPUs (`cuda:0` is the first). Detected on the compiling host or given
+    with `--target-cpu` / `--target-gpu`, so a plan for another machine can be
+    compiled here.
+
+    ```mlir
+    #ktgraph.target<cpu = "sapphirerapids", cpu_features = ["avx512f", "amx-tile"],
+                    cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>
+    ```
+  }];
+  let parameters = (ins StringRefParameter<"LLVM CPU name">:$cpu,
+                        "::mlir::ArrayAttr":$cpu_features,
+                        "unsigned":$cores,
+                        "::mlir::ArrayAttr":$gpus);
+  let assemblyFormat = "`<` struct(params) `>`";
+  let genVerifyDecl = 1;
+  let extraClassDeclaration = [{
+    bool hasCpuFeature(::llvm::StringRef feature) const;
+    unsigned getGpuCount() const { return getGpus().size(); }
+    GpuAttr getGpu(unsigned index) const;
+  }];
+}
+
 //===----------------------------------------------------------------------===//
 // Interfaces
 //===----------------------------------------------------------------------===//

@@ -223,3 +223,23 @@ func.func @missing_path(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
   %y = ktgraph.rms_norm %x {weight = #ktgraph.weight<"output_norm.weight", "f32", [64]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
   return %y : tensor<?x64xf32>
 }
+
+// -----
+
+func.func @placement_device(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+2 {{placement decode device 'gpu0' is not "cpu" or "cuda:N"}}
+  %y = ktgraph.rms_norm %x {path = "model.norm", weight = #ktgraph.weight<"w", "f32", [64]>, eps = 1.0e-6 : f32,
+      ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "gpu0", op = "rms_norm">} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+
+// -----
+
+// expected-error @+2 {{GPU architecture 'sm_61' is not sm_NN with NN >= 75}}
+// expected-error @+1 {{failed to parse KtGraph_TargetAttr parameter 'gpus'}}
+module attributes {ktgraph.target = #ktgraph.target<cpu = "haswell", cpu_features = [], cores = 4, gpus = [#ktgraph.gpu<arch = "sm_61", memory = 1024>]>} {}
+
+// -----
+
+// expected-error @+1 {{target must have at least one CPU core}}
+module attributes {ktgraph.target = #ktgraph.target<cpu = "haswell", cpu_features = [], cores = 0, gpus = []>} {}

@@ -3,6 +3,8 @@
 // RUN: kt-opt %s | kt-opt | FileCheck %s
 // RUN: kt-opt %s --mlir-print-op-generic | kt-opt | FileCheck %s
 
+// CHECK: module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = ["amx-tile", "avx512f"], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>}
+module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = ["amx-tile", "avx512f"], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
 // CHECK-LABEL: func.func @moe_layer
 func.func @moe_layer(%tokens: tensor<?xi32>) -> tensor<?x512xf32> {
   // CHECK: %[[H:.+]] = ktgraph.embedding %{{.+}} {path = "model.embed_tokens", weight = #ktgraph.weight<"token_embd.weight", "q8_0", [64, 512]>} : tensor<?xi32> -> tensor<?x64xf32>
@@ -52,8 +54,12 @@ func.func @moe_layer(%tokens: tensor<?xi32>) -> tensor<?x512xf32> {
       gate_proj = #ktgraph.weight<"blk.1.ffn_gate.weight", "f32", [64, 96]>,
       up_proj = #ktgraph.weight<"blk.1.ffn_up.weight", "f32", [64, 96]>,
       down_proj = #ktgraph.weight<"blk.1.ffn_down.weight", "f32", [96, 64]>} : tensor<?x64xf32>
+  // CHECK: ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cpu", op = "experts_cpu", out = "cuda:0", rule = "rules/x.yaml:3:3", kwargs = {backend = "llamafile"}>
+  %placed = ktgraph.rms_norm %d {path = "model.norm", weight = #ktgraph.weight<"output_norm.weight", "f32", [64]>, eps = 1.0e-6 : f32,
+      ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cpu", op = "experts_cpu", out = "cuda:0", rule = "rules/x.yaml:3:3", kwargs = {backend = "llamafile"}>} : tensor<?x64xf32>
   // CHECK: ktgraph.lm_head %{{.+}} {path = "lm_head", {{.+}}} : tensor<?x64xf32> -> tensor<?x512xf32>
-  %logits = ktgraph.lm_head %d {path = "lm_head", weight = #ktgraph.weight<"output.weight", "q8_0", [64, 512]>}
+  %logits = ktgraph.lm_head %placed {path = "lm_head", weight = #ktgraph.weight<"output.weight", "q8_0", [64, 512]>}
       : tensor<?x64xf32> -> tensor<?x512xf32>
   return %logits : tensor<?x512xf32>
+}
 }
