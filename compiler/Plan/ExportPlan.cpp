@@ -1,0 +1,131 @@
+#include "compiler/Plan/ExportPlan.h"
+
+#include "dialects/Graph/IR/GraphDialect.h"
+
+#include "mlir/Dialect/Func/IR/FuncOps.h"
+#include "llvm/ADT/DenseMap.h"
+
+using namespace mlir;
+using namespace kt::graph;
+
+namespace kt::compiler {
+namespace {
+
+// Attributes that are not hyper-parameters of the module.
+bool isStructural(StringRef name) {
+  return name == "path" || name.startswith("ktgraph.");
+}
+
+std::optional<plan::Param> toParam(Attribute attr) {
+  if (auto integer = attr.dyn_cast<IntegerAttr>()) {
+    if (integer.getType().isInteger(1))
+      return plan::Param(integer.getValue().getBoolValue());
+    return plan::Param(static_cast<int64_t>(integer.getInt()));
+  }
+  if (auto real = attr.dyn_cast<FloatAttr>())
+    return plan::Param(real.getValueAsDouble());
+  if (auto boolean = attr.dyn_cast<BoolAttr>())
+    return plan::Param(boolean.getValue());
+  if (auto string = attr.dyn_cast<StringAttr>())
+    return plan::Param(string.getValue().str());
+  return std::nullopt;
+}
+
+void exportTarget(TargetAttr target, plan::Target &out) {
+  out.cpu = target.getCpu().str();
+  for (Attribute feature : target.getCpuFeatures())
+    out.cpuFeatures.push_back(feature.cast<StringAttr>().getValue().str());
+  out.cores = target.getCores();
+  for (unsigned i = 0; i < target.getGpuCount(); ++i)
+    out.gpus.push_back({target.getGpu(i).getArch().str(), target.getGpu(i).getMemory()});
+}
+
+void exportMemory(DictionaryAttr memoryPlan, std::vector<plan::DeviceMemory> &out) {
+  for (NamedAttribute device : memoryPlan) {
+    auto fields = device.getValue().cast<DictionaryAttr>();
+    auto get = [&](StringRef name) -> uint64_t {
+      auto value = fields.getAs<IntegerAttr>(name);
+      return value ? value.getValue().getZExtValue() : 0;
+    };
+    plan::DeviceMemory memory;
+    memory.device = device.getName().str();
+    memory.weights = get("weights");
+    memory.kvCache = get("kv_cache");
+    memory.activations = get("activations");
+    memory.staging = get("staging");
+    memory.total = get("total");
+    if (fields.get("budget"))
+      memory.budget = get("budget");
+    out.push_back(memory);
+  }
+}
+
+} // namespace
+
+StatusOr<plan::Plan> exportPlan(ModuleOp module, const gguf::GgufModel &model,
+                                const std::string &modelPath,
+                                const plan::RuntimeDefaults &defaults) {
+  plan::Plan result;
+  result.compiler = "ktc " KT_VERSION;
+  result.defaults = defaults;
+  result.model = plan::describeModel(model, modelPath);
+  StatusOr<std::string> fingerprint = plan::modelFingerprint(model);
+  if (!fingerprint)
+    return fingerprint.status();
+  result.model.fingerprint = *fingerprint;
+
+  auto target = module->getAttrOfType<TargetAttr>("ktgraph.target");
+  auto memoryPlan = module->getAttrOfType<DictionaryAttr>("ktgraph.memory_plan");
+  if (!target || !memoryPlan)
+    return Status::error("internal: the module has no target or memory plan; "
+                         "kt-plan-memory must run before the plan is written");
+  exportTarget(target, result.target);
+  exportMemory(memoryPlan, result.memory);
+
+  auto forward = module.lookupSymbol<func::FuncOp>("forward");
+  if (!forward || forward.getNumArguments() != 1)
+    return Status::error("internal: the module has no @forward(tokens) function");
+  llvm::DenseMap<Value, int> valueIds;
+  valueIds[forward.getArgument(0)] = 0;
+  int nextValue = 1;
+  for (Operation &operation : forward.getBody().front()) {
+    if (auto ret = dyn_cast<func::ReturnOp>(operation)) {
+      result.outputValue = valueIds.lookup(ret.getOperand(0));
+      continue;
+    }
+    plan::Op op;
+    op.kind = operation.getName().stripDialect().str();
+    for (Value operand : operation.getOperands())
+      op.inputs.push_back(valueIds.lookup(operand));
+    for (Value output : operation.getResults()) {
+      valueIds[output] = nextValue;
+      op.outputs.push_back(nextValue++);
+    }
+    auto placement = operation.getAttrOfType<PlacementAttr>("ktgraph.placement");
+    if (!placement)
+      return Status::error("internal: op '" + op.kind + "' has no placement");
+    op.prefillDevice = placement.getPrefill().str();
+    op.decodeDevice = placement.getDecode().str();
+    op.outDevice = placement.getOut().str();
+    op.op = placement.getOp().str();
+    op.rule = placement.getRule().str();
+    if (auto module = dyn_cast<ModelModuleOpInterface>(operation)) {
+      op.path = module.getModulePath().str();
+      for (auto &[role, weight] : module.getWeights())
+        op.weights.push_back({role.str(), weight.getName().str(), weight.getDtype().str(),
+                              std::vector<int64_t>(weight.getShape().begin(),
+                                                   weight.getShape().end()),
+                              weight.getStorageBytes()});
+    }
+    for (NamedAttribute attr : operation.getAttrs()) {
+      if (isStructural(attr.getName().getValue()) || attr.getValue().isa<WeightAttr>())
+        continue;
+      if (std::optional<plan::Param> param = toParam(attr.getValue()))
+        op.params[attr.getName().str()] = *param;
+    }
+    result.ops.push_back(std::move(op));
+  }
+  return result;
+}
+
+} // namespace kt::compiler

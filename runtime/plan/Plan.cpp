@@ -1,0 +1,396 @@
+#include "runtime/plan/Plan.h"
+
+#include <nlohmann/json.hpp>
+#include <xxhash.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+namespace kt::plan {
+namespace {
+
+using nlohmann::json;
+
+// Reading: every access names the field it wants, so a hand-edited or damaged
+// plan gets a message that says which field is wrong.
+class Reader {
+public:
+  explicit Reader(std::string file) : file_(std::move(file)) {}
+
+  const json *field(const json &object, const std::string &key, const std::string &where) {
+    if (!object.is_object()) {
+      fail(where + " is not an object");
+      return nullptr;
+    }
+    auto it = object.find(key);
+    if (it == object.end()) {
+      fail("field '" + join(where, key) + "' is missing");
+      return nullptr;
+    }
+    return &*it;
+  }
+
+  template <typename T>
+  void read(const json &object, const std::string &key, const std::string &where, T &out) {
+    const json *value = field(object, key, where);
+    if (!value)
+      return;
+    if (!holds<T>(*value)) {
+      fail("field '" + join(where, key) + "' has the wrong type");
+      return;
+    }
+    out = value->get<T>();
+  }
+
+  template <typename T>
+  void readOptional(const json &object, const std::string &key, const std::string &where,
+                    std::optional<T> &out) {
+    if (object.is_object() && object.contains(key)) {
+      T value{};
+      read(object, key, where, value);
+      out = value;
+    }
+  }
+
+  const json *array(const json &object, const std::string &key, const std::string &where) {
+    const json *value = field(object, key, where);
+    if (value && !value->is_array()) {
+      fail("field '" + join(where, key) + "' is not an array");
+      return nullptr;
+    }
+    return value;
+  }
+
+  void fail(const std::string &message) {
+    if (error_.empty())
+      error_ = file_ + ": " + message + "; the plan file is damaged: recompile it with "
+                                        "`ktc compile`";
+  }
+  const std::string &error() const { return error_; }
+
+  static std::string join(const std::string &where, const std::string &key) {
+    return where.empty() ? key : where + "." + key;
+  }
+
+private:
+  template <typename T> static bool holds(const json &value) {
+    if constexpr (std::is_same_v<T, std::string>)
+      return value.is_string();
+    else if constexpr (std::is_same_v<T, bool>)
+      return value.is_boolean();
+    else if constexpr (std::is_floating_point_v<T>)
+      return value.is_number();
+    else if constexpr (std::is_unsigned_v<T>)
+      return value.is_number_unsigned();
+    else if constexpr (std::is_integral_v<T>)
+      return value.is_number_integer();
+    else
+      return value.is_array(); // vectors of scalars: element types checked by get
+  }
+
+  std::string file_;
+  std::string error_;
+};
+
+json paramToJson(const Param &param) {
+  return std::visit([](const auto &value) { return json(value); }, param);
+}
+
+json opToJson(const Op &op) {
+  json weights = json::array();
+  for (const Weight &weight : op.weights)
+    weights.push_back({{"role", weight.role},
+                       {"tensor", weight.tensor},
+                       {"type", weight.type},
+                       {"shape", weight.shape},
+                       {"bytes", weight.bytes}});
+  json params = json::object();
+  for (const auto &[key, value] : op.params)
+    params[key] = paramToJson(value);
+  json out = {{"kind", op.kind},       {"path", op.path},
+              {"inputs", op.inputs},   {"outputs", op.outputs},
+              {"prefill_device", op.prefillDevice}, {"decode_device", op.decodeDevice},
+              {"out_device", op.outDevice},         {"op", op.op},
+              {"rule", op.rule},       {"weights", weights},
+              {"params", params}};
+  return out;
+}
+
+} // namespace
+
+std::string planToJson(const Plan &plan) {
+  json files = json::array();
+  for (const ModelFile &file : plan.model.files)
+    files.push_back({{"path", file.path}, {"size", file.size}});
+  json gpus = json::array();
+  for (const Gpu &gpu : plan.target.gpus)
+    gpus.push_back({{"arch", gpu.arch}, {"memory", gpu.memory}});
+  json memory = json::array();
+  for (const DeviceMemory &device : plan.memory) {
+    json entry = {{"device", device.device},   {"weights", device.weights},
+                  {"kv_cache", device.kvCache}, {"activations", device.activations},
+                  {"staging", device.staging},  {"total", device.total}};
+    if (device.budget)
+      entry["budget"] = *device.budget;
+    memory.push_back(entry);
+  }
+  json ops = json::array();
+  for (const Op &op : plan.ops)
+    ops.push_back(opToJson(op));
+
+  json root = {
+      {"format", kPlanFormatName},
+      {"version", plan.version},
+      {"compiler", plan.compiler},
+      {"model",
+       {{"path", plan.model.path},
+        {"architecture", plan.model.architecture},
+        {"name", plan.model.name},
+        {"files", files},
+        {"tensor_bytes", plan.model.tensorBytes},
+        {"fingerprint", plan.model.fingerprint}}},
+      {"target",
+       {{"cpu", plan.target.cpu},
+        {"cpu_features", plan.target.cpuFeatures},
+        {"cores", plan.target.cores},
+        {"gpus", gpus}}},
+      {"memory", memory},
+      {"runtime", {{"cache_lens", plan.defaults.cacheLens}, {"chunk_size", plan.defaults.chunkSize}}},
+      {"ops", ops},
+      {"output_value", plan.outputValue},
+  };
+  // One key per line, so plans diff well; replace rather than throw on bad UTF-8.
+  return root.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
+}
+
+Status writePlan(const Plan &plan, const std::string &path) {
+  std::string text = planToJson(plan);
+  std::string temporary = path + ".tmp-" + std::to_string(getpid());
+  {
+    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
+    out << text;
+    out.flush();
+    if (!out) {
+      std::error_code ignored;
+      std::filesystem::remove(temporary, ignored);
+      return Status::error(path + ": cannot write the plan (disk full or no permission?)");
+    }
+  }
+  std::error_code error;
+  std::filesystem::rename(temporary, path, error);
+  if (error) {
+    std::filesystem::remove(temporary, error);
+    return Status::error(path + ": cannot write the plan: " + error.message());
+  }
+  return Status::success();
+}
+
+StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayName) {
+  json root = json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded())
+    return Status::error(displayName + ": not a plan file (not valid JSON); plans are written "
+                                       "by `ktc compile`");
+  if (!root.is_object() || root.value("format", std::string()) != kPlanFormatName)
+    return Status::error(displayName + ": not a plan file (no \"format\": \"" +
+                         std::string(kPlanFormatName) + "\"); plans are written by `ktc compile`");
+  if (!root.contains("version") || !root["version"].is_number_integer())
+    return Status::error(displayName + ": the plan has no format version; recompile it with "
+                                       "`ktc compile`");
+  int version = root["version"].get<int>();
+  if (version != kPlanFormatVersion)
+    return Status::error(displayName + ": the plan has format version " +
+                         std::to_string(version) + " but this runtime reads version " +
+                         std::to_string(kPlanFormatVersion) +
+                         "; recompile it with this version's `ktc compile`");
+
+  Reader r(displayName);
+  Plan plan;
+  plan.version = version;
+  r.read(root, "compiler", "", plan.compiler);
+  if (const json *model = r.field(root, "model", "")) {
+    r.read(*model, "path", "model", plan.model.path);
+    r.read(*model, "architecture", "model", plan.model.architecture);
+    r.read(*model, "name", "model", plan.model.name);
+    r.read(*model, "tensor_bytes", "model", plan.model.tensorBytes);
+    r.read(*model, "fingerprint", "model", plan.model.fingerprint);
+    if (const json *files = r.array(*model, "files", "model"))
+      for (size_t i = 0; i < files->size(); ++i) {
+        std::string where = "model.files[" + std::to_string(i) + "]";
+        ModelFile file;
+        r.read((*files)[i], "path", where, file.path);
+        r.read((*files)[i], "size", where, file.size);
+        plan.model.files.push_back(file);
+      }
+  }
+  if (const json *target = r.field(root, "target", "")) {
+    r.read(*target, "cpu", "target", plan.target.cpu);
+    r.read(*target, "cpu_features", "target", plan.target.cpuFeatures);
+    r.read(*target, "cores", "target", plan.target.cores);
+    if (const json *gpus = r.array(*target, "gpus", "target"))
+      for (size_t i = 0; i < gpus->size(); ++i) {
+        std::string where = "target.gpus[" + std::to_string(i) + "]";
+        Gpu gpu;
+        r.read((*gpus)[i], "arch", where, gpu.arch);
+        r.read((*gpus)[i], "memory", where, gpu.memory);
+        plan.target.gpus.push_back(gpu);
+      }
+  }
+  if (const json *memory = r.array(root, "memory", ""))
+    for (size_t i = 0; i < memory->size(); ++i) {
+      std::string where = "memory[" + std::to_string(i) + "]";
+      const json &entry = (*memory)[i];
+      DeviceMemory device;
+      r.read(entry, "device", where, device.device);
+      r.read(entry, "weights", where, device.weights);
+      r.read(entry, "kv_cache", where, device.kvCache);
+      r.read(entry, "activations", where, device.activations);
+      r.read(entry, "staging", where, device.staging);
+      r.read(entry, "total", where, device.total);
+      r.readOptional(entry, "budget", where, device.budget);
+      plan.memory.push_back(device);
+    }
+  if (const json *runtime = r.field(root, "runtime", "")) {
+    r.read(*runtime, "cache_lens", "runtime", plan.defaults.cacheLens);
+    r.read(*runtime, "chunk_size", "runtime", plan.defaults.chunkSize);
+  }
+  r.read(root, "output_value", "", plan.outputValue);
+  if (const json *ops = r.array(root, "ops", ""))
+    for (size_t i = 0; i < ops->size() && r.error().empty(); ++i) {
+      std::string where = "ops[" + std::to_string(i) + "]";
+      const json &entry = (*ops)[i];
+      Op op;
+      r.read(entry, "kind", where, op.kind);
+      r.read(entry, "path", where, op.path);
+      r.read(entry, "inputs", where, op.inputs);
+      r.read(entry, "outputs", where, op.outputs);
+      r.read(entry, "prefill_device", where, op.prefillDevice);
+      r.read(entry, "decode_device", where, op.decodeDevice);
+      r.read(entry, "out_device", where, op.outDevice);
+      r.read(entry, "op", where, op.op);
+      r.read(entry, "rule", where, op.rule);
+      if (const json *weights = r.array(entry, "weights", where))
+        for (size_t w = 0; w < weights->size(); ++w) {
+          std::string at = where + ".weights[" + std::to_string(w) + "]";
+          Weight weight;
+          r.read((*weights)[w], "role", at, weight.role);
+          r.read((*weights)[w], "tensor", at, weight.tensor);
+          r.read((*weights)[w], "type", at, weight.type);
+          r.read((*weights)[w], "shape", at, weight.shape);
+          r.read((*weights)[w], "bytes", at, weight.bytes);
+          op.weights.push_back(weight);
+        }
+      if (const json *params = r.field(entry, "params", where)) {
+        if (!params->is_object())
+          r.fail("field '" + where + ".params' is not an object");
+        else
+          for (const auto &[key, value] : params->items()) {
+            if (value.is_boolean())
+              op.params[key] = value.get<bool>();
+            else if (value.is_number_integer())
+              op.params[key] = value.get<int64_t>();
+            else if (value.is_number())
+              op.params[key] = value.get<double>();
+            else if (value.is_string())
+              op.params[key] = value.get<std::string>();
+            else
+              r.fail("field '" + where + ".params." + key + "' is not a scalar");
+          }
+      }
+      plan.ops.push_back(std::move(op));
+    }
+  if (!r.error().empty())
+    return Status::error(r.error());
+
+  // Values must be defined before use: value 0 is the token ids.
+  int values = 1;
+  for (size_t i = 0; i < plan.ops.size(); ++i) {
+    for (int input : plan.ops[i].inputs)
+      if (input < 0 || input >= values)
+        return Status::error(displayName + ": ops[" + std::to_string(i) + "] (" +
+                             plan.ops[i].path + ") reads value " + std::to_string(input) +
+                             " before it is defined; the plan file is damaged: recompile it");
+    for (int output : plan.ops[i].outputs)
+      if (output != values++)
+        return Status::error(displayName + ": ops[" + std::to_string(i) +
+                             "] defines values out of order; the plan file is damaged: "
+                             "recompile it");
+  }
+  if (plan.outputValue < 0 || plan.outputValue >= values)
+    return Status::error(displayName + ": the plan's output value is not defined; the plan "
+                                       "file is damaged: recompile it");
+  return plan;
+}
+
+StatusOr<Plan> readPlan(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return Status::error(path + ": cannot open the plan file; create one with `ktc compile "
+                                "--gguf-path MODEL --optimize-config-path RULES.yaml -o " +
+                         path + "`");
+  std::stringstream text;
+  text << in.rdbuf();
+  return planFromJson(text.str(), path);
+}
+
+StatusOr<std::string> modelFingerprint(const gguf::GgufModel &model) {
+  XXH3_state_t *state = XXH3_createState();
+  if (!state)
+    return Status::error("out of memory while fingerprinting the model");
+  XXH3_128bits_reset(state);
+  for (const auto &file : model.files()) {
+    uint64_t size = file->fileSize();
+    XXH3_128bits_update(state, &size, sizeof size);
+    // The header: metadata and tensor table, everything before the data.
+    std::ifstream in(file->path(), std::ios::binary);
+    std::vector<char> header(static_cast<size_t>(file->dataOffset()));
+    if (!in.read(header.data(), static_cast<std::streamsize>(header.size()))) {
+      XXH3_freeState(state);
+      return Status::error(file->path() + ": cannot read the file to fingerprint it");
+    }
+    XXH3_128bits_update(state, header.data(), header.size());
+  }
+  XXH128_hash_t hash = XXH3_128bits_digest(state);
+  XXH3_freeState(state);
+  char text[33];
+  std::snprintf(text, sizeof text, "%016llx%016llx", static_cast<unsigned long long>(hash.high64),
+                static_cast<unsigned long long>(hash.low64));
+  return std::string(text);
+}
+
+ModelSource describeModel(const gguf::GgufModel &model, const std::string &path) {
+  ModelSource source;
+  source.path = path;
+  source.architecture = model.architecture();
+  if (const gguf::Value *name = model.find("general.name"); name && name->type == gguf::ValueType::String)
+    source.name = name->s;
+  for (const auto &file : model.files())
+    source.files.push_back({file->path(), file->fileSize()});
+  source.tensorBytes = model.totalTensorBytes();
+  return source;
+}
+
+Status checkModelMatches(const Plan &plan, const gguf::GgufModel &model) {
+  StatusOr<std::string> fingerprint = modelFingerprint(model);
+  if (!fingerprint)
+    return fingerprint.status();
+  if (*fingerprint == plan.model.fingerprint)
+    return Status::success();
+  std::string what = "its files differ";
+  if (model.files().size() != plan.model.files.size())
+    what = "it has " + std::to_string(model.files().size()) + " files, the plan's model had " +
+           std::to_string(plan.model.files.size());
+  else
+    for (size_t i = 0; i < plan.model.files.size(); ++i)
+      if (model.files()[i]->fileSize() != plan.model.files[i].size) {
+        what = model.files()[i]->path() + " is " + std::to_string(model.files()[i]->fileSize()) +
+               " bytes, the plan's was " + std::to_string(plan.model.files[i].size);
+        break;
+      }
+  return Status::error("the model is not the one the plan was compiled for (" + what +
+                       "); recompile the plan with `ktc compile` for this model");
+}
+
+} // namespace kt::plan

@@ -1,0 +1,112 @@
+// The execution plan file: everything the runtime does, decided by the
+// compiler. JSON, versioned, readable and diffable. The compiler builds a
+// Plan and writes it with writePlan(); the runtime reads it back with
+// readPlan() and never re-derives a decision the compiler made.
+#pragma once
+
+#include "runtime/gguf/GgufFile.h"
+#include "runtime/support/Status.h"
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace kt::plan {
+
+// Bumped whenever the meaning or layout of the file changes; a runtime reads
+// only plans of its own version.
+constexpr int kPlanFormatVersion = 1;
+constexpr const char *kPlanFormatName = "ktc-plan";
+
+struct ModelFile {
+  std::string path;
+  uint64_t size = 0;
+};
+
+struct ModelSource {
+  std::string path;          // as given to ktc compile (file or directory)
+  std::string architecture;  // "deepseek2"
+  std::string name;          // general.name
+  std::vector<ModelFile> files;
+  uint64_t tensorBytes = 0;
+  // Hash of every file's size and header (metadata and tensor table): a
+  // re-quantized, re-converted or truncated model changes it.
+  std::string fingerprint;
+};
+
+struct Gpu {
+  std::string arch; // "sm_90a"
+  uint64_t memory = 0;
+};
+
+struct Target {
+  std::string cpu;
+  std::vector<std::string> cpuFeatures;
+  unsigned cores = 0;
+  std::vector<Gpu> gpus;
+};
+
+struct DeviceMemory {
+  std::string device; // "cpu", "cuda:0"
+  uint64_t weights = 0, kvCache = 0, activations = 0, staging = 0, total = 0;
+  std::optional<uint64_t> budget;
+};
+
+struct Weight {
+  std::string role;   // "q_a_proj"
+  std::string tensor; // "blk.0.attn_q_a.weight"
+  std::string type;   // "q4_K"
+  std::vector<int64_t> shape;
+  uint64_t bytes = 0;
+};
+
+using Param = std::variant<int64_t, double, bool, std::string>;
+
+struct Op {
+  std::string kind;   // "mla_attention", "routed_experts", ... ("add" has no module)
+  std::string path;   // "model.layers.3.self_attn"
+  std::vector<int> inputs;  // value ids; value 0 is the token ids
+  std::vector<int> outputs;
+  std::string prefillDevice, decodeDevice, outDevice;
+  std::string op;     // the operator placement chose
+  std::string rule;   // "file:line:col" of the rule that placed it; empty for the default
+  std::vector<Weight> weights;
+  std::map<std::string, Param> params; // hyper-parameters of the module
+};
+
+struct RuntimeDefaults {
+  int64_t cacheLens = 4096;
+  int64_t chunkSize = 512;
+};
+
+struct Plan {
+  int version = kPlanFormatVersion;
+  std::string compiler; // "ktc <version>"
+  ModelSource model;
+  Target target;
+  std::vector<DeviceMemory> memory;
+  std::vector<Op> ops;
+  int outputValue = -1; // the logits
+  RuntimeDefaults defaults;
+};
+
+// Writes atomically (temp file + rename).
+Status writePlan(const Plan &plan, const std::string &path);
+std::string planToJson(const Plan &plan);
+// Reads and validates a plan; a file of another format version is refused
+// with a message that says to recompile it.
+StatusOr<Plan> readPlan(const std::string &path);
+StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayName);
+
+// The fingerprint of a model's files (see ModelSource::fingerprint).
+StatusOr<std::string> modelFingerprint(const gguf::GgufModel &model);
+// The model's files as the plan records them.
+ModelSource describeModel(const gguf::GgufModel &model, const std::string &path);
+// Fails, naming what changed and how to fix it, if `model` is not the model
+// the plan was compiled for.
+Status checkModelMatches(const Plan &plan, const gguf::GgufModel &model);
+
+} // namespace kt::plan
