@@ -47,4 +47,50 @@ def PlanMemory : Pass<"kt-plan-memory", "mlir::ModuleOp"> {
   ];
 }
 
+def InsertTransfers : Pass<"kt-insert-transfers", "mlir::ModuleOp"> {
+  let summary = "Moves activations to the device of each consumer";
+  let description = [{
+    A value lives, in each phase (prefill, decode), on its producer's
+    `out` device if the placement has one, else on the device that ran the
+    producer. Where a consumer runs elsewhere in either phase, a
+    `ktgraph.transfer` is inserted before it (one per value and destination,
+    shared by consumers on the same devices). Function arguments (the token
+    ids) are uploaded by the runtime and need none.
+
+    Before (decode of the experts on the CPU, everything else on cuda:0):
+    ```mlir
+    %n = ktgraph.rms_norm %h {..., ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "rms_norm">}
+    %e = ktgraph.routed_experts %n, ... {..., ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cpu", op = "experts_cpu", out = "cuda:0">}
+    ```
+    After:
+    ```mlir
+    %t = ktgraph.transfer %n {decode_from = "cuda:0", decode_to = "cpu", prefill_from = "cuda:0", prefill_to = "cuda:0"}
+    %e = ktgraph.routed_experts %t, ...
+    ```
+  }];
+}
+
+def PartitionStages : Pass<"kt-partition-stages", "mlir::ModuleOp"> {
+  let summary = "Splits the graph into pipeline stages, one per GPU in turn";
+  let description = [{
+    A stage is a maximal run of ops, in program order, whose GPU (the decode
+    device of each op that decodes on a GPU) stays the same; ops decoded on
+    the CPU belong to the stage they sit in. Each op gets `ktgraph.stage`;
+    the module gets `ktgraph.stages`, the device of each stage. A placement
+    that comes back to a GPU it already left (cuda:0, cuda:1, cuda:0) is an
+    error: a pipeline visits each GPU once.
+  }];
+}
+
+def MarkGraphRegions : Pass<"kt-mark-graph-regions", "mlir::ModuleOp"> {
+  let summary = "Marks the decode regions the runtime captures as CUDA graphs";
+  let description = [{
+    A region is a maximal run of consecutive ops of one stage that decode on
+    that stage's GPU; an op decoded on the CPU, or a transfer from or to the
+    CPU in decode, ends it (the host must take part there). Each op in a
+    region gets `ktgraph.graph_region` (regions are numbered from 0 in
+    program order); the module gets `ktgraph.graph_regions`, their count.
+  }];
+}
+
 #endif // KT_TRANSFORMS_PASSES

@@ -295,4 +295,23 @@ def KtGraph_AddOp : KtGraph_Op<"add", [Pure, SameOperandsAndResultType]> {
   let assemblyFormat = "$lhs `,` $rhs attr-dict `:` type($result)";
 }
 
+def KtGraph_TransferOp : KtGraph_Op<"transfer", [Pure, SameOperandsAndResultType]> {
+  let summary = "Moves an activation between devices";
+  let description = [{
+    Inserted by kt-insert-transfers where a value is produced on one device
+    and consumed on another. Devices may differ between prefill and decode
+    (routed experts prefilled on the GPU but decoded on the CPU); in a phase
+    whose two devices are equal the transfer does nothing.
+
+    ```mlir
+    %y = ktgraph.transfer %x {prefill_from = "cuda:0", prefill_to = "cuda:0",
+                              decode_from = "cuda:0", decode_to = "cpu"} : tensor<?x7168xf32>
+    ```
+  }];
+  let arguments = (ins AnyRankedTensor:$input, StrAttr:$prefill_from, StrAttr:$prefill_to,
+                       StrAttr:$decode_from, StrAttr:$decode_to);
+  let results = (outs AnyRankedTensor:$result);
+  let assemblyFormat = "$input attr-dict `:` type($input)";
+}
+
 #endif // KT_GRAPH_OPS
