@@ -57,9 +57,9 @@ func.func @moe_layer(%tokens: tensor<?xi32>) -> tensor<?x512xf32> {
   // CHECK: ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cpu", op = "experts_cpu", out = "cuda:0", rule = "rules/x.yaml:3:3", kwargs = {backend = "llamafile"}>
   %placed = ktgraph.rms_norm %d {path = "model.norm", weight = #ktgraph.weight<"output_norm.weight", "f32", [64]>, eps = 1.0e-6 : f32,
       ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cpu", op = "experts_cpu", out = "cuda:0", rule = "rules/x.yaml:3:3", kwargs = {backend = "llamafile"}>} : tensor<?x64xf32>
-  // CHECK: ktgraph.lm_head %{{.+}} {path = "lm_head", {{.+}}} : tensor<?x64xf32> -> tensor<?x512xf32>
   // CHECK: ktgraph.transfer %{{.+}} {decode_from = "cuda:0", decode_to = "cpu", prefill_from = "cuda:0", prefill_to = "cuda:0"} : tensor<?x64xf32>
   %moved = ktgraph.transfer %placed {prefill_from = "cuda:0", prefill_to = "cuda:0", decode_from = "cuda:0", decode_to = "cpu"} : tensor<?x64xf32>
+  // CHECK: ktgraph.lm_head %{{.+}} {path = "lm_head", {{.+}}} : tensor<?x64xf32> -> tensor<?x512xf32>
   %logits = ktgraph.lm_head %moved {path = "lm_head", weight = #ktgraph.weight<"output.weight", "q8_0", [64, 512]>}
       : tensor<?x64xf32> -> tensor<?x512xf32>
   return %logits : tensor<?x512xf32>
