@@ -1,17 +1,17 @@
-// Writing GGUF v3 files: used by the test model generator and by tests that
-// build malformed or unusual files.
+// Writing small GGUF v3 files whose tensors are all in memory: used by tests
+// and small tools. The header is encoded by GgufLayout and the file written by
+// GgufStreamWriter (runtime/gguf/GgufStreamWriter.h), which also writes models
+// larger than memory.
 #pragma once
 
 #include "runtime/gguf/GgufFile.h"
+#include "runtime/gguf/GgufStreamWriter.h"
 
 #include <cstdint>
 #include <string>
 #include <vector>
 
 namespace kt::gguf {
-namespace detail {
-class GgufSink;
-} // namespace detail
 
 class GgufWriter {
 public:
@@ -43,20 +43,14 @@ public:
   StatusOr<std::vector<uint8_t>> serialize() const;
 
 private:
-  // Checks everything write() and serialize() would refuse; `target` names
-  // the output in messages.
-  Status validate(const std::string &target) const;
-  bool emit(detail::GgufSink &sink) const;
+  // The layout of the file, after checking everything write() and
+  // serialize() would refuse; `target` names the output in messages.
+  StatusOr<GgufLayout> layOut(const std::string &target) const;
 
-  struct PendingTensor {
-    std::string name;
-    std::vector<int64_t> ne;
-    GgmlType type;
-    std::vector<uint8_t> bytes;
-  };
   uint64_t alignment_;
   std::vector<KeyValue> metadata_;
-  std::vector<PendingTensor> tensors_;
+  std::vector<TensorDeclaration> tensors_;
+  std::vector<std::vector<uint8_t>> tensorData_; // parallel to tensors_
 };
 
 } // namespace kt::gguf

@@ -1,7 +1,7 @@
 #include "tools/kt-gen-model/ModelGenerator.h"
 
+#include "runtime/gguf/GgufStreamWriter.h"
 #include "runtime/quant/Quant.h"
-#include "tools/kt-gen-model/GgufStreamWriter.h"
 
 #include <algorithm>
 #include <chrono>
@@ -843,7 +843,7 @@ StatusOr<WriteResult> writeModel(const ModelPlan &plan, const WriteOptions &opti
     indexInFile[i] = tensorsOfFile[fileOf[i]].size();
     tensorsOfFile[fileOf[i]].push_back(i);
   }
-  std::vector<GgufStreamWriter> writers;
+  std::vector<gguf::GgufStreamWriter> writers;
   uint64_t totalFileBytes = 0;
   for (int64_t f = 0; f < fileCount; ++f) {
     std::vector<gguf::KeyValue> metadata;
@@ -857,12 +857,13 @@ StatusOr<WriteResult> writeModel(const ModelPlan &plan, const WriteOptions &opti
       metadata.push_back({"split.tensors.count",
                           intValue(static_cast<int64_t>(plan.tensors.size()), ValueType::Int32)});
     }
-    std::vector<StreamTensorInfo> infos;
+    std::vector<gguf::TensorDeclaration> declarations;
     for (size_t i : tensorsOfFile[f])
-      infos.push_back({plan.tensors[i].name, plan.tensors[i].ne, plan.tensors[i].type});
-    StatusOr<GgufStreamWriter> writer = GgufStreamWriter::create(std::move(metadata), std::move(infos));
+      declarations.push_back({plan.tensors[i].name, plan.tensors[i].ne, plan.tensors[i].type});
+    StatusOr<gguf::GgufStreamWriter> writer =
+        gguf::GgufStreamWriter::create(paths[f], metadata, declarations);
     if (!writer.ok())
-      return Status::error("Cannot lay out '" + paths[f] + "': " + writer.message());
+      return writer.status();
     totalFileBytes += writer->fileSize();
     writers.push_back(std::move(*writer));
   }
@@ -870,7 +871,7 @@ StatusOr<WriteResult> writeModel(const ModelPlan &plan, const WriteOptions &opti
   if (!space.ok())
     return space;
   for (int64_t f = 0; f < fileCount; ++f) {
-    Status opened = writers[f].open(paths[f]);
+    Status opened = writers[f].open();
     if (!opened.ok())
       return opened; // writers already opened are removed by their destructors
   }
