@@ -11,9 +11,10 @@ using namespace kt::graph;
 namespace kt::compiler {
 namespace {
 
-// Attributes that are not hyper-parameters of the module.
+// Attributes that are not hyper-parameters of the module (stage and graph
+// region are exported as params: the runtime needs them).
 bool isStructural(StringRef name) {
-  return name == "path" || name.startswith("ktgraph.");
+  return name == "path" || name == "ktgraph.placement" || name == "ktgraph.sub_placements";
 }
 
 std::optional<plan::Param> toParam(Attribute attr) {
@@ -101,14 +102,21 @@ StatusOr<plan::Plan> exportPlan(ModuleOp module, const gguf::GgufModel &model,
       valueIds[output] = nextValue;
       op.outputs.push_back(nextValue++);
     }
-    auto placement = operation.getAttrOfType<PlacementAttr>("ktgraph.placement");
-    if (!placement)
-      return Status::error("internal: op '" + op.kind + "' has no placement");
-    op.prefillDevice = placement.getPrefill().str();
-    op.decodeDevice = placement.getDecode().str();
-    op.outDevice = placement.getOut().str();
-    op.op = placement.getOp().str();
-    op.rule = placement.getRule().str();
+    if (auto transfer = dyn_cast<TransferOp>(operation)) {
+      // Runs on its destination; the sources are in params.
+      op.prefillDevice = transfer.getPrefillTo().str();
+      op.decodeDevice = transfer.getDecodeTo().str();
+      op.op = "transfer";
+    } else {
+      auto placement = operation.getAttrOfType<PlacementAttr>("ktgraph.placement");
+      if (!placement)
+        return Status::error("internal: op '" + op.kind + "' has no placement");
+      op.prefillDevice = placement.getPrefill().str();
+      op.decodeDevice = placement.getDecode().str();
+      op.outDevice = placement.getOut().str();
+      op.op = placement.getOp().str();
+      op.rule = placement.getRule().str();
+    }
     if (auto module = dyn_cast<ModelModuleOpInterface>(operation)) {
       op.path = module.getModulePath().str();
       for (auto &[role, weight] : module.getWeights())
@@ -120,8 +128,11 @@ StatusOr<plan::Plan> exportPlan(ModuleOp module, const gguf::GgufModel &model,
     for (NamedAttribute attr : operation.getAttrs()) {
       if (isStructural(attr.getName().getValue()) || attr.getValue().isa<WeightAttr>())
         continue;
+      // ktgraph.stage -> stage, ktgraph.graph_region -> graph_region.
+      StringRef name = attr.getName().getValue();
+      name.consume_front("ktgraph.");
       if (std::optional<plan::Param> param = toParam(attr.getValue()))
-        op.params[attr.getName().str()] = *param;
+        op.params[name.str()] = *param;
     }
     result.ops.push_back(std::move(op));
   }

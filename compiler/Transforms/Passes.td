@@ -3,6 +3,59 @@
 
 include "mlir/Pass/PassBase.td"
 
+def ApplyRules : Pass<"kt-apply-rules", "mlir::ModuleOp"> {
+  let summary = "Places every model module by the first placement rule that matches it";
+  let description = [{
+    Reads a KTransformers-compatible rule file (docs/rules.md) and applies it
+    to the model's module tree, named like Hugging Face's: the graph's ops,
+    their sub-modules (the linear projections inside attention and MLPs, the
+    norms inside attention, the rotary embedding) and the containers
+    (`model`, `model.layers.N`, `model.layers.N.mlp` of MoE layers). Parents
+    are matched before children; the first matching rule wins; a rule with
+    `recursive: false` leaves the module's descendants to it.
+
+    Each graph op gets `ktgraph.placement`; an op whose linear sub-modules
+    were placed gets `ktgraph.sub_placements` (role -> placement). Ops that
+    are not modules (`ktgraph.add`) run where their last operand (the
+    module output they add in) lives.
+    The module gets `ktgraph.rules` (the rule file) and, when the rules have
+    one, `ktgraph.transfer_map`. Rule diagnostics point at the rule file's
+    line and column. A module no rule places gets the documented default
+    (`default-device`), or an error with `strict`.
+
+    Before:
+    ```mlir
+    %e = ktgraph.routed_experts %x, %ids, %w {path = "model.layers.3.mlp.experts", ...}
+    ```
+    After (rules/DeepSeek-V3-Chat.yaml):
+    ```mlir
+    %e = ktgraph.routed_experts %x, %ids, %w {path = "model.layers.3.mlp.experts",
+        ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cpu",
+            op = "experts", out = "cuda:0", rule = "rules/DeepSeek-V3-Chat.yaml:55:3",
+            kwargs = {generate_op = "cpu", prefill_op = "torch"}>, ...}
+    ```
+  }];
+  let options = [
+    Option<"rulesPath", "rules", "std::string", "", "The rule file (YAML)">,
+    Option<"strict", "strict", "bool", "false", "A module no rule places is an error">,
+    Option<"defaultDevice", "default-device", "std::string", "",
+           "Device of modules no rule places; default cuda:0, or cpu for a target without GPUs">,
+  ];
+}
+
+def VerifyPlacement : Pass<"kt-verify-placement", "mlir::ModuleOp"> {
+  let summary = "Checks that every placement can run on the target";
+  let description = [{
+    Every module op has a placement; every device it names exists in the
+    target (`cpu`, or `cuda:N` with N below the target's GPU count); the
+    operator replaces the module's kind and runs on the devices chosen; every
+    weight's storage type has a kernel on its device (GPU kernels cover
+    F32, F16, BF16, Q8_0, Q4_K, Q5_K and Q6_K; the CPU path every type the
+    reader dequantizes). Errors name the module, the rule (file:line:col)
+    and what to change.
+  }];
+}
+
 def PlanMemory : Pass<"kt-plan-memory", "mlir::ModuleOp"> {
   let summary = "Sizes weights, KV cache, activations and staging per device against its budget";
   let description = [{

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +14,9 @@ namespace kt::plan {
 namespace {
 
 using nlohmann::json;
+
+constexpr uint64_t kFingerprintSamples = 16;
+constexpr uint64_t kFingerprintSampleBytes = 4096;
 
 // Reading: every access names the field it wants, so a hand-edited or damaged
 // plan gets a message that says which field is wrong.
@@ -351,6 +355,21 @@ StatusOr<std::string> modelFingerprint(const gguf::GgufModel &model) {
       return Status::error(file->path() + ": cannot read the file to fingerprint it");
     }
     XXH3_128bits_update(state, header.data(), header.size());
+    // And evenly spaced samples of the tensor data, so that other weights
+    // under the same header (another seed, a re-upload) change it too,
+    // without reading hundreds of gigabytes.
+    uint64_t dataBytes = size > file->dataOffset() ? size - file->dataOffset() : 0;
+    std::vector<char> sample(kFingerprintSampleBytes);
+    for (uint64_t i = 0; i < kFingerprintSamples && dataBytes > 0; ++i) {
+      uint64_t length = std::min<uint64_t>(kFingerprintSampleBytes, dataBytes);
+      uint64_t offset = file->dataOffset() + (dataBytes - length) * i / (kFingerprintSamples - 1);
+      in.seekg(static_cast<std::streamoff>(offset));
+      if (!in.read(sample.data(), static_cast<std::streamsize>(length))) {
+        XXH3_freeState(state);
+        return Status::error(file->path() + ": cannot read the file to fingerprint it");
+      }
+      XXH3_128bits_update(state, sample.data(), length);
+    }
   }
   XXH128_hash_t hash = XXH3_128bits_digest(state);
   XXH3_freeState(state);

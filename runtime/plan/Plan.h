@@ -32,8 +32,9 @@ struct ModelSource {
   std::string name;          // general.name
   std::vector<ModelFile> files;
   uint64_t tensorBytes = 0;
-  // Hash of every file's size and header (metadata and tensor table): a
-  // re-quantized, re-converted or truncated model changes it.
+  // Hash of every file's size, header (metadata and tensor table) and 16
+  // evenly spaced 4 KiB samples of its tensor data: a re-quantized,
+  // re-converted, truncated or re-generated model changes it.
   std::string fingerprint;
 };
 

@@ -867,9 +867,11 @@ StatusOr<WriteResult> writeModel(const ModelPlan &plan, const WriteOptions &opti
     totalFileBytes += writer->fileSize();
     writers.push_back(std::move(*writer));
   }
-  Status space = checkFreeSpace(paths, totalFileBytes);
-  if (!space.ok())
-    return space;
+  if (!options.metadataOnly) {
+    Status space = checkFreeSpace(paths, totalFileBytes);
+    if (!space.ok())
+      return space;
+  }
   for (int64_t f = 0; f < fileCount; ++f) {
     Status opened = writers[f].open();
     if (!opened.ok())
@@ -877,7 +879,7 @@ StatusOr<WriteResult> writeModel(const ModelPlan &plan, const WriteOptions &opti
   }
 
   std::vector<WorkItem> items;
-  for (size_t i = 0; i < plan.tensors.size(); ++i) {
+  for (size_t i = 0; i < plan.tensors.size() && !options.metadataOnly; ++i) {
     const PlannedTensor &t = plan.tensors[i];
     int64_t step = rowsPerItem(t);
     for (int64_t row = 0; row < t.rows(); row += step)

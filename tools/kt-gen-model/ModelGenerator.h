@@ -180,6 +180,10 @@ struct WriteOptions {
   int64_t splitCount = 0;          // > 1: that many files, balanced by bytes
   int64_t splitMaxTensors = 0;     // > 0: at most that many tensors per file
   int threads = 0;                 // 0: all hardware threads
+  // Write the header and size the files but leave the tensor data as holes:
+  // sparse files of the full size that read as zeros and use almost no disk,
+  // for compiling full-size models where only the graph matters.
+  bool metadataOnly = false;
   // Called from the writing thread about five times a second and at the end.
   std::function<void(uint64_t bytesDone, uint64_t bytesTotal)> progress;
   // Set (e.g. from a SIGINT handler) to stop early; the output is removed.

@@ -241,7 +241,7 @@ int main(int argc, char **argv) {
 
   int64_t splitMaxTensors = 0, splitCount = 0;
   int threads = 0;
-  bool quiet = false, dryRun = false, progressFlag = false;
+  bool quiet = false, dryRun = false, progressFlag = false, metadataOnly = false;
   app.add_option("--split-max-tensors", splitMaxTensors,
                  "Write a split model with at most N tensors per file")
       ->group("Output");
@@ -255,6 +255,10 @@ int main(int argc, char **argv) {
                "zero-mean blocks (about 10x slower; different bytes)")
       ->group("Weight types");
   app.add_flag("--dry-run", dryRun, "List the tensors and sizes; write nothing")->group("Output");
+  app.add_flag("--metadata-only", metadataOnly,
+               "Write the header but leave tensor data as holes: a sparse file of full size "
+               "that reads as zeros and uses almost no disk (for compiling full-size models)")
+      ->group("Output");
   app.add_flag("--progress", progressFlag, "Show the progress bar even when stderr is no terminal")
       ->group("Output");
   app.add_flag("-q,--quiet", quiet, "No progress bar and no summary")->group("Output");
@@ -380,6 +384,7 @@ int main(int argc, char **argv) {
   options.splitCount = splitCount;
   options.splitMaxTensors = splitMaxTensors;
   options.threads = threads;
+  options.metadataOnly = metadataOnly;
   options.cancel = &gInterrupted;
   ProgressBar bar;
   if (!quiet && (progressFlag || ::isatty(STDERR_FILENO)))

@@ -1,5 +1,6 @@
 // kt-opt: runs ktgraph passes on IR, for lit tests and debugging.
 #include "compiler/Transforms/Passes.h"
+#include "compiler/Transforms/Pipeline.h"
 #include "dialects/Graph/IR/GraphDialect.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -10,6 +11,7 @@
 int main(int argc, char **argv) {
   mlir::registerTransformsPasses();
   kt::compiler::registerKtTransformsPasses();
+  kt::compiler::registerCompilePipeline();
   mlir::DialectRegistry registry;
   registry.insert<kt::graph::KtGraphDialect, mlir::func::FuncDialect>();
   return mlir::asMainReturnCode(

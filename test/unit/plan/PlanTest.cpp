@@ -134,17 +134,18 @@ TEST(PlanTest, RefusesValuesUsedBeforeDefinition) {
 TEST(PlanTest, FingerprintFollowsTheModel) {
   fs::path dir = fs::path(KT_BINARY_DIR) / "test-tmp" / ("fingerprint-" + std::to_string(getpid()));
   fs::create_directories(dir);
-  auto write = [&](const std::string &name, float value) {
+  auto write = [&](const std::string &name, float value, uint8_t fill = 0) {
     gguf::GgufWriter writer;
     writer.addString("general.architecture", "deepseek2");
     writer.addFloat32("test.value", value);
-    std::vector<uint8_t> bytes(64 * sizeof(float), 0);
+    std::vector<uint8_t> bytes(64 * sizeof(float), fill);
     writer.addTensor("t", {64}, gguf::GgmlType::F32, bytes);
     std::string path = (dir / name).string();
     EXPECT_TRUE(writer.write(path).ok());
     return path;
   };
-  std::string a = write("a.gguf", 1.0f), b = write("b.gguf", 2.0f), a2 = write("a2.gguf", 1.0f);
+  std::string a = write("a.gguf", 1.0f), b = write("b.gguf", 2.0f), a2 = write("a2.gguf", 1.0f),
+              c = write("c.gguf", 1.0f, 7);
   auto modelA = gguf::GgufModel::open(a), modelB = gguf::GgufModel::open(b),
        modelA2 = gguf::GgufModel::open(a2);
   ASSERT_TRUE(modelA.ok() && modelB.ok() && modelA2.ok());
@@ -154,6 +155,11 @@ TEST(PlanTest, FingerprintFollowsTheModel) {
   EXPECT_EQ(fa->size(), 32u);
   EXPECT_EQ(*fa, *fa2) << "same content, same fingerprint";
   EXPECT_NE(*fa, *fb) << "a metadata change must change the fingerprint";
+  auto modelC = gguf::GgufModel::open(c);
+  ASSERT_TRUE(modelC.ok());
+  StatusOr<std::string> fc = modelFingerprint(**modelC);
+  ASSERT_TRUE(fc.ok());
+  EXPECT_NE(*fa, *fc) << "other weights under the same header must change the fingerprint";
 
   Plan plan = samplePlan();
   plan.model = describeModel(**modelA, a);

@@ -1,0 +1,135 @@
+// kt-verify-placement: every placement can run on the target.
+#include "compiler/Transforms/Passes.h"
+
+#include "compiler/Rules/Operators.h"
+#include "dialects/Graph/IR/GraphDialect.h"
+#include "runtime/gguf/GgmlType.h"
+
+#include "mlir/IR/BuiltinOps.h"
+
+namespace kt::compiler {
+#define GEN_PASS_DEF_VERIFYPLACEMENT
+#include "compiler/Transforms/Passes.h.inc"
+} // namespace kt::compiler
+
+using namespace mlir;
+using namespace kt::graph;
+
+namespace kt::compiler {
+namespace {
+
+// Storage types the GPU kernels read (dequantizing in registers); the CPU
+// path reads every type the GGUF reader dequantizes.
+bool gpuReadsType(StringRef dtype) {
+  static const StringRef kGpuTypes[] = {"f32", "f16", "bf16", "q8_0", "q4_K", "q5_K", "q6_K"};
+  return llvm::is_contained(kGpuTypes, dtype);
+}
+
+class VerifyPlacementPass : public impl::VerifyPlacementBase<VerifyPlacementPass> {
+public:
+  void runOnOperation() override {
+    ModuleOp module = getOperation();
+    auto target = module->getAttrOfType<TargetAttr>("ktgraph.target");
+    if (!target) {
+      module.emitError() << "the module has no ktgraph.target; compile with ktc compile, or "
+                            "give one in the IR";
+      return signalPassFailure();
+    }
+    bool failed = false;
+    module.walk([&](ModelModuleOpInterface op) {
+      auto placement = op->getAttrOfType<PlacementAttr>("ktgraph.placement");
+      if (!placement) {
+        op->emitOpError() << "module '" << op.getModulePath()
+                          << "' has no placement; run kt-apply-rules first";
+        failed = true;
+        return;
+      }
+      failed |= !verifyOne(op, placement, target);
+      if (auto subs = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_placements"))
+        for (NamedAttribute sub : subs)
+          if (auto subPlacement = sub.getValue().dyn_cast<PlacementAttr>())
+            failed |= !verifyDevices(op, subPlacement, target,
+                                     op.getModulePath().str() + "." + sub.getName().str());
+    });
+    if (failed)
+      signalPassFailure();
+  }
+
+private:
+  static std::string ruleOf(PlacementAttr placement) {
+    return placement.getRule().empty() ? std::string("the default placement")
+                                       : "the rule at " + placement.getRule().str();
+  }
+
+  bool verifyDevices(ModelModuleOpInterface op, PlacementAttr placement, TargetAttr target,
+                     const std::string &path) {
+    for (StringRef device : {placement.getPrefill(), placement.getDecode(), placement.getOut()}) {
+      if (device.empty() || device == "cpu")
+        continue;
+      unsigned index = 0;
+      if (device.drop_front(5).getAsInteger(10, index) || index >= target.getGpuCount()) {
+        op->emitOpError() << "module '" << path << "' is placed on " << device << " by "
+                          << ruleOf(placement) << ", but the target has "
+                          << target.getGpuCount()
+                          << " GPU(s); change the rule or describe the machine with "
+                             "--target-gpu";
+        return false;
+      }
+    }
+    return true;
+  }
+
+  bool verifyOne(ModelModuleOpInterface op, PlacementAttr placement, TargetAttr target) {
+    std::string path = op.getModulePath().str();
+    if (!verifyDevices(op, placement, target, path))
+      return false;
+    const rules::OperatorInfo *info = rules::findOperator(placement.getOp().str());
+    if (!info) {
+      op->emitOpError() << "module '" << path << "' has unknown operator '" << placement.getOp()
+                        << "'";
+      return false;
+    }
+    std::optional<rules::ModuleKind> kind = rules::parseModuleKind(op.getModuleKind().str());
+    if (kind && !info->replacesKind(*kind)) {
+      op->emitOpError() << "operator '" << info->name << "' chosen by " << ruleOf(placement)
+                        << " cannot run module '" << path << "' (a " << op.getModuleKind()
+                        << ")";
+      return false;
+    }
+    // Each phase's device must be one the operator (or its kernel family) runs on.
+    for (auto [phase, device, kernelKey] :
+         {std::tuple<StringRef, StringRef, StringRef>{"prefill", placement.getPrefill(),
+                                                      "prefill_op"},
+          {"decode", placement.getDecode(), "generate_op"}}) {
+      std::optional<rules::Device> parsed = rules::parseDevice(device.str());
+      unsigned allowed = info->devices;
+      if (DictionaryAttr kwargs = placement.getKwargs())
+        if (auto family = kwargs.getAs<StringAttr>(kernelKey))
+          if (const rules::KernelOpInfo *kernel = info->findKernelOp(family.getValue().str()))
+            allowed = kernel->devices;
+      if (parsed && !rules::deviceAllowed(allowed, *parsed)) {
+        op->emitOpError() << "module '" << path << "' runs " << phase << " on " << device
+                          << " with operator '" << info->name << "', which runs on "
+                          << rules::deviceMaskString(allowed) << " only (" << ruleOf(placement)
+                          << ")";
+        return false;
+      }
+    }
+    // Every weight needs a kernel for its storage type on the devices that read it.
+    for (auto &[role, weight] : op.getWeights())
+      for (StringRef device : {placement.getPrefill(), placement.getDecode()})
+        if (device != "cpu" && !gpuReadsType(weight.getDtype())) {
+          op->emitOpError() << "weight '" << weight.getName() << "' of module '" << path
+                            << "' has storage type " << weight.getDtype()
+                            << ", which the GPU kernels do not read, but " << ruleOf(placement)
+                            << " runs it on " << device
+                            << "; place the module on cpu or use a model quantized to "
+                               "F16, BF16, Q8_0, Q4_K, Q5_K or Q6_K";
+          return false;
+        }
+    return true;
+  }
+};
+
+} // namespace
+} // namespace kt::compiler

@@ -1,0 +1,95 @@
+// RUN: kt-opt %s --split-input-file --kt-verify-placement --verify-diagnostics | FileCheck %s
+
+// A valid placement passes unchanged.
+// CHECK-LABEL: func.func @valid
+module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
+func.func @valid(%x: tensor<?x64xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x64xf32> {
+  %e = ktgraph.routed_experts %x, %ids, %w {path = "model.layers.1.mlp.experts",
+      gate_proj = #ktgraph.weight<"a", "q4_0", [64, 32, 8]>, up_proj = #ktgraph.weight<"b", "q4_0", [64, 32, 8]>,
+      down_proj = #ktgraph.weight<"c", "q4_0", [32, 64, 8]>,
+      ktgraph.placement = #ktgraph.placement<prefill = "cpu", decode = "cpu", op = "experts", out = "cuda:0", rule = "r.yaml:9:3", kwargs = {generate_op = "quant", prefill_op = "quant"}>}
+      : tensor<?x64xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x64xf32>
+  return %e : tensor<?x64xf32>
+}
+}
+
+// -----
+
+module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
+func.func @missing_gpu(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{module 'model.norm' is placed on cuda:1 by the rule at r.yaml:4:3, but the target has 1 GPU(s); change the rule or describe the machine with --target-gpu}}
+  %y = ktgraph.rms_norm %x {path = "model.norm", weight = #ktgraph.weight<"w", "f32", [64]>, eps = 1.0e-6 : f32,
+      ktgraph.placement = #ktgraph.placement<prefill = "cuda:1", decode = "cuda:1", op = "default", rule = "r.yaml:4:3">} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+}
+
+// -----
+
+module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
+func.func @sub_module_gpu(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{module 'model.layers.0.mlp.down_proj' is placed on cuda:3}}
+  %d = ktgraph.mlp %x {path = "model.layers.0.mlp",
+      gate_proj = #ktgraph.weight<"g", "f32", [64, 96]>, up_proj = #ktgraph.weight<"u", "f32", [64, 96]>,
+      down_proj = #ktgraph.weight<"d", "f32", [96, 64]>,
+      ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "mlp">,
+      ktgraph.sub_placements = {down_proj = #ktgraph.placement<prefill = "cuda:3", decode = "cuda:3", op = "linear">}} : tensor<?x64xf32>
+  return %d : tensor<?x64xf32>
+}
+}
+
+// -----
+
+module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
+func.func @gpu_kernel_on_cpu(%x: tensor<?x64xf32>) -> tensor<?x512xf32> {
+  // expected-error @+1 {{module 'lm_head' runs decode on cpu with operator 'linear', which runs on cuda only (the rule at r.yaml:7:3)}}
+  %y = ktgraph.lm_head %x {path = "lm_head", weight = #ktgraph.weight<"output.weight", "f32", [64, 512]>,
+      ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cpu", op = "linear", rule = "r.yaml:7:3", kwargs = {generate_op = "fp8"}>} : tensor<?x64xf32> -> tensor<?x512xf32>
+  return %y : tensor<?x512xf32>
+}
+}
+
+// -----
+
+module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
+func.func @wrong_kind(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{operator 'experts' chosen by the default placement cannot run module 'model.norm' (a rms_norm)}}
+  %y = ktgraph.rms_norm %x {path = "model.norm", weight = #ktgraph.weight<"w", "f32", [64]>, eps = 1.0e-6 : f32,
+      ktgraph.placement = #ktgraph.placement<prefill = "cpu", decode = "cpu", op = "experts">} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+}
+
+// -----
+
+module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
+func.func @type_without_gpu_kernel(%x: tensor<?x64xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{weight 'c' of module 'model.layers.1.mlp.experts' has storage type q4_0, which the GPU kernels do not read, but the rule at r.yaml:9:3 runs it on cuda:0; place the module on cpu or use a model quantized to F16, BF16, Q8_0, Q4_K, Q5_K or Q6_K}}
+  %e = ktgraph.routed_experts %x, %ids, %w {path = "model.layers.1.mlp.experts",
+      gate_proj = #ktgraph.weight<"a", "q4_0", [64, 32, 8]>, up_proj = #ktgraph.weight<"b", "q4_0", [64, 32, 8]>,
+      down_proj = #ktgraph.weight<"c", "q4_0", [32, 64, 8]>,
+      ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "experts", rule = "r.yaml:9:3", kwargs = {generate_op = "quant", prefill_op = "quant"}>}
+      : tensor<?x64xf32>, tensor<?x2xi32>, tensor<?x2xf32> -> tensor<?x64xf32>
+  return %e : tensor<?x64xf32>
+}
+}
+
+// -----
+
+// expected-error @+1 {{the module has no ktgraph.target}}
+module {
+func.func @no_target(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  %y = ktgraph.rms_norm %x {path = "model.norm", weight = #ktgraph.weight<"w", "f32", [64]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+}
+
+// -----
+
+module attributes {ktgraph.target = #ktgraph.target<cpu = "haswell", cpu_features = [], cores = 4, gpus = []>} {
+func.func @unplaced(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{module 'model.norm' has no placement; run kt-apply-rules first}}
+  %y = ktgraph.rms_norm %x {path = "model.norm", weight = #ktgraph.weight<"w", "f32", [64]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+}
