@@ -14,7 +14,22 @@ namespace {
 // Attributes that are not hyper-parameters of the module (stage and graph
 // region are exported as params: the runtime needs them).
 bool isStructural(StringRef name) {
-  return name == "path" || name == "ktgraph.placement" || name == "ktgraph.sub_placements";
+  return name == "path" || name == "ktgraph.placement" || name == "ktgraph.sub_placements" ||
+         name == "ktgraph.kernels" || name == "ktgraph.sub_kernels";
+}
+
+void exportKernels(Operation *operation, std::map<std::string, std::string> &out) {
+  auto add = [&](DictionaryAttr phases, const std::string &prefix) {
+    for (NamedAttribute phase : phases)
+      if (auto name = phase.getValue().dyn_cast<StringAttr>())
+        out[prefix + phase.getName().str()] = name.getValue().str();
+  };
+  if (auto kernels = operation->getAttrOfType<DictionaryAttr>("ktgraph.kernels"))
+    add(kernels, "");
+  if (auto subs = operation->getAttrOfType<DictionaryAttr>("ktgraph.sub_kernels"))
+    for (NamedAttribute sub : subs)
+      if (auto phases = sub.getValue().dyn_cast<DictionaryAttr>())
+        add(phases, sub.getName().str() + ".");
 }
 
 std::optional<plan::Param> toParam(Attribute attr) {
@@ -125,6 +140,7 @@ StatusOr<plan::Plan> exportPlan(ModuleOp module, const gguf::GgufModel &model,
                                                    weight.getShape().end()),
                               weight.getStorageBytes()});
     }
+    exportKernels(&operation, op.kernels);
     for (NamedAttribute attr : operation.getAttrs()) {
       if (isStructural(attr.getName().getValue()) || attr.getValue().isa<WeightAttr>())
         continue;

@@ -56,6 +56,41 @@ def VerifyPlacement : Pass<"kt-verify-placement", "mlir::ModuleOp"> {
   }];
 }
 
+def SelectKernels : Pass<"kt-select-kernels", "mlir::ModuleOp"> {
+  let summary = "Picks the kernel variant of every module for each phase";
+  let description = [{
+    From the placement's device and kernel family (`generate_op`,
+    `prefill_op`), the weights' storage type and the target (GPU
+    architecture, CPU ISA features), chooses the kernel each phase runs:
+    `<module kind>.<family>.<variant>`. Each module op gets
+    `ktgraph.kernels = {prefill = "...", decode = "..."}`; ops whose linear
+    sub-modules were placed separately also get `ktgraph.sub_kernels`.
+
+    GPU (by compute capability):
+    - `quant` (GGUF blocks, dequantized in registers): decode `gemv_<type>`;
+      prefill `mma_bf16_<type>` on sm_80+, `mma_f16_<type>` on sm_75
+      (Turing has no bf16 tensor cores).
+    - `dense` (bf16 copies): `cublaslt_bf16` on sm_80+, `cublaslt_f16` on sm_75.
+    - `fp8`: `fp8_wgmma` on sm_90a, `fp8_mma` on sm_89, otherwise
+      `fp8_dequant_bf16` (sm_80/86) or `fp8_dequant_f16` (sm_75).
+    - modules without a family: `cuda` (`cuda_f16` on sm_75).
+
+    CPU (by ISA features of the target CPU, best first):
+    - `amx` (amx-tile, amx-int8, amx-bf16): prefill of `quant`/`dense`
+      families and whenever `backend: AMXInt8`/`AMXBF16` asks for it;
+    - `avx512_vnni` (avx512f, avx512bw, avx512vnni): int8 dot products on
+      quantized weights;
+    - `avx512_bf16` (avx512f, avx512bw, avx512bf16): the `dense` family;
+    - `avx512` (avx512f, avx512bw), `avx2` (avx2, fma, f16c), `generic`.
+    A `backend` the target cannot run (AMX on a CPU without it) is an error.
+
+    ```mlir
+    %e = ktgraph.routed_experts ... {ktgraph.kernels = {decode = "routed_experts.quant.avx512_vnni",
+                                                        prefill = "routed_experts.quant.amx"}, ...}
+    ```
+  }];
+}
+
 def PlanMemory : Pass<"kt-plan-memory", "mlir::ModuleOp"> {
   let summary = "Sizes weights, KV cache, activations and staging per device against its budget";
   let description = [{

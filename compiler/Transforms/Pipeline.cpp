@@ -12,6 +12,7 @@ void buildCompilePipeline(mlir::OpPassManager &pm, const CompilePipelineOptions 
   rules.strict = options.strict;
   pm.addPass(createApplyRules(rules));
   pm.addPass(createVerifyPlacement());
+  pm.addPass(createSelectKernels());
   PlanMemoryOptions memory;
   memory.cacheLens = options.cacheLens;
   memory.chunkSize = options.chunkSize;

@@ -119,6 +119,7 @@ json opToJson(const Op &op) {
               {"prefill_device", op.prefillDevice}, {"decode_device", op.decodeDevice},
               {"out_device", op.outDevice},         {"op", op.op},
               {"rule", op.rule},       {"weights", weights},
+              {"kernels", op.kernels},
               {"params", params}};
   return out;
 }
@@ -275,6 +276,17 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
       r.read(entry, "out_device", where, op.outDevice);
       r.read(entry, "op", where, op.op);
       r.read(entry, "rule", where, op.rule);
+      if (const json *kernels = r.field(entry, "kernels", where)) {
+        if (!kernels->is_object())
+          r.fail("field '" + where + ".kernels' is not an object");
+        else
+          for (const auto &[key, value] : kernels->items()) {
+            if (!value.is_string())
+              r.fail("field '" + where + ".kernels." + key + "' is not a string");
+            else
+              op.kernels[key] = value.get<std::string>();
+          }
+      }
       if (const json *weights = r.array(entry, "weights", where))
         for (size_t w = 0; w < weights->size(); ++w) {
           std::string at = where + ".weights[" + std::to_string(w) + "]";

@@ -75,6 +75,9 @@ struct Op {
   std::string op;     // the operator placement chose
   std::string rule;   // "file:line:col" of the rule that placed it; empty for the default
   std::vector<Weight> weights;
+  // Kernel per phase: "prefill", "decode", and "<sub-module>.prefill" /
+  // "<sub-module>.decode" for linear sub-modules placed on their own.
+  std::map<std::string, std::string> kernels;
   std::map<std::string, Param> params; // hyper-parameters of the module
 };
 

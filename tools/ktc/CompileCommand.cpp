@@ -80,32 +80,36 @@ uint64_t subModuleBytes(graph::ModelModuleOpInterface op, StringRef sub) {
   return bytes;
 }
 
-std::string kernelsOf(graph::PlacementAttr placement) {
-  DictionaryAttr kwargs = placement.getKwargs();
-  auto prefill = kwargs ? kwargs.getAs<StringAttr>("prefill_op") : StringAttr();
-  auto decode = kwargs ? kwargs.getAs<StringAttr>("generate_op") : StringAttr();
-  if (!prefill && !decode)
+// "quant.amx/quant.avx512_vnni": the kernels of both phases without the
+// module kind they start with.
+std::string kernelsOf(DictionaryAttr kernels) {
+  if (!kernels)
     return "-";
-  return (prefill ? prefill.getValue().str() : "-") + "/" +
-         (decode ? decode.getValue().str() : "-");
+  auto variant = [&](StringRef phase) -> std::string {
+    auto name = kernels.getAs<StringAttr>(phase);
+    if (!name)
+      return "-";
+    return name.getValue().split('.').second.str();
+  };
+  return variant("prefill") + "/" + variant("decode");
 }
 
 void printRow(llvm::raw_ostream &os, const std::string &module, graph::PlacementAttr placement,
-              uint64_t bytes) {
+              DictionaryAttr kernels, uint64_t bytes) {
   std::string rule = placement.getRule().empty() ? "(default)" : placement.getRule().str();
-  os << llvm::format("%-44s %-8s %-8s %-8s %-16s %-13s %11s  %s\n", module.c_str(),
+  os << llvm::format("%-44s %-8s %-8s %-8s %-16s %-34s %11s  %s\n", module.c_str(),
                      placement.getPrefill().str().c_str(), placement.getDecode().str().c_str(),
                      placement.getOut().empty() ? "-" : placement.getOut().str().c_str(),
-                     placement.getOp().str().c_str(), kernelsOf(placement).c_str(),
+                     placement.getOp().str().c_str(), kernelsOf(kernels).c_str(),
                      formatByteSize(bytes).c_str(), rule.c_str());
 }
 
 void printExplanation(ModuleOp module, llvm::raw_ostream &os) {
-  os << llvm::format("%-44s %-8s %-8s %-8s %-16s %-13s %11s  %s\n",
+  os << llvm::format("%-44s %-8s %-8s %-8s %-16s %-34s %11s  %s\n",
                      static_cast<const char *>("module"), static_cast<const char *>("prefill"),
                      static_cast<const char *>("decode"), static_cast<const char *>("out"),
                      static_cast<const char *>("operator"),
-                     static_cast<const char *>("kernels p/d"),
+                     static_cast<const char *>("kernels prefill/decode"),
                      static_cast<const char *>("bytes"), static_cast<const char *>("rule"));
   module.walk([&](graph::ModelModuleOpInterface op) {
     auto placement = op->getAttrOfType<graph::PlacementAttr>("ktgraph.placement");
@@ -114,11 +118,14 @@ void printExplanation(ModuleOp module, llvm::raw_ostream &os) {
     uint64_t bytes = 0;
     for (auto &[role, weight] : op.getWeights())
       bytes += weight.getStorageBytes();
-    printRow(os, op.getModulePath().str(), placement, bytes);
+    printRow(os, op.getModulePath().str(), placement,
+             op->getAttrOfType<DictionaryAttr>("ktgraph.kernels"), bytes);
+    auto subKernels = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_kernels");
     if (auto subs = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_placements"))
       for (NamedAttribute sub : subs)
         if (auto subPlacement = sub.getValue().dyn_cast<graph::PlacementAttr>())
           printRow(os, "  ." + sub.getName().str(), subPlacement,
+                   subKernels ? subKernels.getAs<DictionaryAttr>(sub.getName()) : DictionaryAttr(),
                    subModuleBytes(op, sub.getName().getValue()));
   });
   if (auto memory = module->getAttrOfType<DictionaryAttr>("ktgraph.memory_plan")) {

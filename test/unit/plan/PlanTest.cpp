@@ -36,6 +36,8 @@ Plan samplePlan() {
   embed.op = "embedding";
   embed.rule = "rules/x.yaml:3:3";
   embed.weights = {{"weight", "token_embd.weight", "q8_0", {256, 408}, 110976}};
+  embed.kernels = {{"prefill", "embedding.cuda"}, {"decode", "embedding.cuda"},
+                   {"q_a_proj.decode", "linear.quant.gemv_q8_0"}};
   Op norm;
   norm.kind = "rms_norm";
   norm.path = "model.norm";
@@ -68,6 +70,7 @@ TEST(PlanTest, RoundTripsThroughJson) {
   EXPECT_EQ(back->ops[1].params.at("eps"), Param(1e-6));
   EXPECT_EQ(back->ops[1].params.at("norm_topk_prob"), Param(true));
   EXPECT_EQ(back->memory[1].budget, 1000u);
+  EXPECT_EQ(back->ops[0].kernels.at("q_a_proj.decode"), "linear.quant.gemv_q8_0");
   EXPECT_FALSE(back->memory[0].budget.has_value());
 }
 
