@@ -29,6 +29,34 @@ struct TargetCommandOptions {
 };
 int runTarget(const TargetCommandOptions &options);
 
+struct CompileOptions {
+  std::string modelPath;  // --gguf-path
+  std::string rulesPath;  // --optimize-config-path
+  std::string outputPath; // -o
+  TargetCommandOptions target;
+  std::vector<std::string> gpuMemory; // --gpu-mem cuda:0=24GiB
+  int64_t cacheLens = 4096;
+  int64_t chunkSize = 512;
+  bool strict = false;
+  bool printIrAfterAll = false;
+  bool explain = false; // print the decisions instead of writing a plan
+};
+int runCompile(const CompileOptions &options);
+
+struct TokenizeOptions {
+  std::string ggufPath;      // --gguf-path: the model whose tokenizer is used
+  std::string tokenizerJson; // --tokenizer-json: a Hugging Face tokenizer.json instead
+  bool special = false;      // parse special tokens in text / print them when decoding
+  bool decode = false;       // ids in, text out
+  bool addBos = false;       // prepend the beginning-of-sentence token
+  std::vector<std::string> arguments; // text or ids; empty: read stdin
+};
+int runTokenize(const TokenizeOptions &options);
+
+// Reads a plan as the runtime does; checks its model (the plan's, or
+// `modelPath`) is the one it was compiled for.
+int runVerifyPlan(const std::string &planPath, const std::string &modelPath);
+
 // Prints "ktc: error: <message>" to stderr and returns the failure exit code.
 int reportError(const std::string &message);
 

@@ -52,6 +52,95 @@ cl::opt<unsigned> targetCores("target-cores", cl::cat(ktcCategory), cl::sub(targ
                               cl::desc("CPU cores of the target; default: this host's"),
                               cl::init(0));
 
+cl::SubCommand compileCommand(
+    "compile", "Compile a model and placement rules into an execution plan file");
+cl::SubCommand explainCommand(
+    "explain", "Print, for every module, the rule (file:line) that placed it, its devices, "
+               "operator, kernels and bytes; then memory per device and the stages");
+// Options of both compile and explain. The anchor's underscore spellings
+// (--gguf_path, --optimize_config_path, --cache_lens) are accepted too.
+cl::opt<std::string> compileModel(
+    "gguf-path", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
+    cl::value_desc("model"),
+    cl::desc("The model: a .gguf file, any part of a split model, or a directory"));
+cl::alias compileModelUnderscore("gguf_path", cl::aliasopt(compileModel), cl::NotHidden,
+                                 cl::desc("Alias for --gguf-path"));
+cl::opt<std::string> compileRules(
+    "optimize-config-path", cl::cat(ktcCategory), cl::sub(compileCommand),
+    cl::sub(explainCommand), cl::value_desc("rules.yaml"),
+    cl::desc("Placement rules (KTransformers format); see rules/ and docs/rules.md"));
+cl::alias compileRulesUnderscore("optimize_config_path", cl::aliasopt(compileRules),
+                                 cl::desc("Alias for --optimize-config-path"));
+cl::opt<std::string> compileOutput("o", cl::cat(ktcCategory), cl::sub(compileCommand),
+                                   cl::value_desc("file.plan"),
+                                   cl::desc("Where to write the plan"));
+cl::opt<std::string> compileTargetCpu(
+    "target-cpu", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
+    cl::value_desc("cpu"), cl::desc("CPU of the machine that runs the plan (default: this host)"));
+cl::list<std::string> compileTargetGpus(
+    "target-gpu", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
+    cl::value_desc("arch:memory"),
+    cl::desc("A GPU of that machine, e.g. sm_90a:80GiB, repeated per GPU; 'none' for no GPU "
+             "(default: this host's GPUs)"));
+cl::opt<unsigned> compileTargetCores("target-cores", cl::cat(ktcCategory),
+                                     cl::sub(compileCommand), cl::sub(explainCommand),
+                                     cl::desc("CPU cores of that machine (default: this host's)"),
+                                     cl::init(0));
+cl::list<std::string> compileGpuMemory(
+    "gpu-mem", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
+    cl::value_desc("cuda:N=SIZE"),
+    cl::desc("Memory budget of a GPU, e.g. cuda:0=24GiB (default: its memory less 1 GiB)"));
+cl::opt<int64_t> compileCacheLens(
+    "cache-lens", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
+    cl::desc("Tokens of context the KV cache holds"), cl::init(4096));
+cl::alias compileCacheLensUnderscore("cache_lens", cl::aliasopt(compileCacheLens),
+                                     cl::desc("Alias for --cache-lens"));
+cl::opt<int64_t> compileChunkSize("chunk-size", cl::cat(ktcCategory), cl::sub(compileCommand),
+                                  cl::sub(explainCommand),
+                                  cl::desc("Tokens per prefill chunk"), cl::init(512));
+cl::opt<bool> compileStrict("strict", cl::cat(ktcCategory), cl::sub(compileCommand),
+                            cl::sub(explainCommand),
+                            cl::desc("A module no rule places is an error instead of getting "
+                                     "the default placement"));
+cl::opt<bool> compilePrintIr("print-ir-after-all", cl::cat(ktcCategory),
+                             cl::sub(compileCommand), cl::sub(explainCommand),
+                             cl::desc("Print the IR after every pass (to stderr)"));
+
+cl::SubCommand tokenizeCommand(
+    "tokenize", "Print the token ids of a text, space-separated on one line (or, with "
+                "--decode, the text of token ids), with a model's tokenizer");
+cl::opt<std::string> tokenizeModel(
+    "gguf-path", cl::cat(ktcCategory), cl::sub(tokenizeCommand), cl::value_desc("model"),
+    cl::desc("Use the tokenizer of this GGUF model (file, split part or directory)"));
+cl::opt<std::string> tokenizeJson(
+    "tokenizer-json", cl::cat(ktcCategory), cl::sub(tokenizeCommand), cl::value_desc("file"),
+    cl::desc("Use this Hugging Face tokenizer.json instead (its tokenizer_config.json is read "
+             "too)"));
+cl::opt<bool> tokenizeSpecial(
+    "special", cl::cat(ktcCategory), cl::sub(tokenizeCommand),
+    cl::desc("Encoding: text that spells a special token, such as <｜User｜>, becomes that "
+             "token, as in a rendered chat prompt; without it, that text is tokenized as "
+             "plain characters. Decoding: print special tokens; without it, leave them out"));
+cl::opt<bool> tokenizeDecode(
+    "decode", cl::cat(ktcCategory), cl::sub(tokenizeCommand),
+    cl::desc("Take token ids (separated by spaces) and print their text, with no newline "
+             "added"));
+cl::opt<bool> tokenizeAddBos("add-bos", cl::cat(ktcCategory), cl::sub(tokenizeCommand),
+                             cl::desc("Prepend the beginning-of-sentence token"));
+cl::list<std::string> tokenizeInput(
+    cl::Positional, cl::ZeroOrMore, cl::cat(ktcCategory), cl::sub(tokenizeCommand),
+    cl::desc("<text (arguments are joined by spaces), or ids with --decode; default: all "
+             "of stdin, as is>"));
+
+cl::SubCommand verifyPlanCommand(
+    "verify-plan", "Read a plan file as the runtime does and check that its model is the one "
+                   "it was compiled for");
+cl::opt<std::string> verifyPlanPath(cl::Positional, cl::Required, cl::sub(verifyPlanCommand),
+                                    cl::desc("<plan file>"));
+cl::opt<std::string> verifyPlanModel(
+    "gguf-path", cl::cat(ktcCategory), cl::sub(verifyPlanCommand), cl::value_desc("model"),
+    cl::desc("Check against this model instead of the one the plan names"));
+
 // "A:B" with 0 <= A < B.
 std::optional<std::pair<int64_t, int64_t>> parseRows(const std::string &text) {
   size_t colon = text.find(':');
@@ -75,8 +164,9 @@ std::optional<std::pair<int64_t, int64_t>> parseRows(const std::string &text) {
 int main(int argc, char **argv) {
   InitLLVM initLLVM(argc, argv);
   // Only ktc's own options belong in --help, not those of linked LLVM libraries.
-  for (cl::SubCommand *sub :
-       {&*cl::TopLevelSubCommand, &inspectCommand, &importCommand, &targetCommand})
+  for (cl::SubCommand *sub : {&*cl::TopLevelSubCommand, &inspectCommand, &importCommand,
+                              &targetCommand, &compileCommand, &explainCommand,
+                              &tokenizeCommand})
     cl::HideUnrelatedOptions(ktcCategory, *sub);
   cl::ParseCommandLineOptions(
       argc, argv,
@@ -84,7 +174,11 @@ int main(int argc, char **argv) {
       "  ktc inspect MODEL                       model overview\n"
       "  ktc inspect MODEL --tensor NAME --rows A:B   dequantized tensor values\n"
       "  ktc import MODEL [--summary] [-o FILE]  print the model graph (ktgraph IR)\n"
-      "  ktc target [--target-cpu C] [--target-gpu ARCH:MEM]...  the target machine\n\n"
+      "  ktc target [--target-cpu C] [--target-gpu ARCH:MEM]...  the target machine\n"
+      "  ktc compile --gguf-path MODEL --optimize-config-path RULES.yaml -o MODEL.plan\n"
+      "  ktc explain --gguf-path MODEL --optimize-config-path RULES.yaml\n"
+      "  ktc tokenize --gguf-path MODEL [--special] [TEXT]   token ids of TEXT or stdin\n"
+      "  ktc tokenize --gguf-path MODEL --decode IDS...      text of token ids\n\n"
       "MODEL is a .gguf file, any part of a split model, or a directory holding one "
       "model.\n");
 
@@ -109,12 +203,44 @@ int main(int argc, char **argv) {
     options.summary = importSummary;
     return kt::tools::runImport(options);
   }
+  if (compileCommand || explainCommand) {
+    kt::tools::CompileOptions options;
+    options.modelPath = compileModel;
+    options.rulesPath = compileRules;
+    options.outputPath = compileOutput;
+    options.target.cpu = compileTargetCpu;
+    options.target.gpus.assign(compileTargetGpus.begin(), compileTargetGpus.end());
+    options.target.cores = compileTargetCores;
+    options.gpuMemory.assign(compileGpuMemory.begin(), compileGpuMemory.end());
+    options.cacheLens = compileCacheLens;
+    options.chunkSize = compileChunkSize;
+    options.strict = compileStrict;
+    options.printIrAfterAll = compilePrintIr;
+    options.explain = bool(explainCommand);
+    if (options.cacheLens <= 0 || options.chunkSize <= 0)
+      return kt::tools::reportError("--cache-lens and --chunk-size must be positive");
+    return kt::tools::runCompile(options);
+  }
+  if (verifyPlanCommand)
+    return kt::tools::runVerifyPlan(verifyPlanPath, verifyPlanModel);
   if (targetCommand) {
     kt::tools::TargetCommandOptions options;
     options.cpu = targetCpu;
     options.gpus.assign(targetGpus.begin(), targetGpus.end());
     options.cores = targetCores;
     return kt::tools::runTarget(options);
+  }
+  if (tokenizeCommand) {
+    kt::tools::TokenizeOptions options;
+    options.ggufPath = tokenizeModel;
+    options.tokenizerJson = tokenizeJson;
+    options.special = tokenizeSpecial;
+    options.decode = tokenizeDecode;
+    options.addBos = tokenizeAddBos;
+    options.arguments.assign(tokenizeInput.begin(), tokenizeInput.end());
+    if (options.decode && options.addBos)
+      return kt::tools::reportError("--add-bos only applies to encoding, not to --decode");
+    return kt::tools::runTokenize(options);
   }
   cl::PrintHelpMessage(false, true);
   return EXIT_FAILURE;
