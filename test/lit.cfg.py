@@ -15,6 +15,10 @@ config.excludes = ["CMakeLists.txt", "lit.cfg.py", "lit.site.cfg.py", "unit", "f
 
 config.substitutions.append(("%PATH%", config.environment["PATH"]))
 config.substitutions.append(("%shared_dir", config.kt_shared_dir))
+# Tests that need the real DeepSeek-V3 tokenizer say `REQUIRES: deepseek-tokenizer`.
+if os.path.isfile(os.path.join(config.kt_shared_dir, "data", "deepseek-v3-tokenizer",
+                               "tokenizer.json")):
+    config.available_features.add("deepseek-tokenizer")
 
 llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()
