@@ -52,6 +52,7 @@ void exportTarget(TargetAttr target, plan::Target &out) {
   for (Attribute feature : target.getCpuFeatures())
     out.cpuFeatures.push_back(feature.cast<StringAttr>().getValue().str());
   out.cores = target.getCores();
+  out.numaNodes = target.getNumaNodes();
   for (unsigned i = 0; i < target.getGpuCount(); ++i)
     out.gpus.push_back({target.getGpu(i).getArch().str(), target.getGpu(i).getMemory()});
 }

@@ -5,6 +5,8 @@
 
 #include "mlir/IR/Builders.h"
 #include "llvm/ADT/StringMap.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/Path.h"
 #include "llvm/Support/Threading.h"
 #include "llvm/TargetParser/Host.h"
 #include "llvm/TargetParser/X86TargetParser.h"
@@ -62,6 +64,20 @@ gpuList(const std::vector<std::string> &specs) {
   return gpus;
 }
 
+// NUMA nodes of this host: /sys/devices/system/node/nodeN directories.
+unsigned hostNumaNodes() {
+  std::error_code error;
+  unsigned nodes = 0;
+  for (llvm::sys::fs::directory_iterator it("/sys/devices/system/node", error), end;
+       !error && it != end; it.increment(error)) {
+    llvm::StringRef name = llvm::sys::path::filename(it->path());
+    unsigned index;
+    if (name.consume_front("node") && !name.getAsInteger(10, index))
+      ++nodes;
+  }
+  return nodes > 0 ? nodes : 1;
+}
+
 } // namespace
 
 StatusOr<graph::TargetAttr> buildTarget(MLIRContext &context, const TargetOptions &options) {
@@ -91,8 +107,12 @@ StatusOr<graph::TargetAttr> buildTarget(MLIRContext &context, const TargetOption
                            "' is not sm_NN with NN >= 75 (e.g. sm_75, sm_80, sm_89, sm_90a)");
     gpuAttrs.push_back(graph::GpuAttr::get(&context, arch, memory));
   }
+  unsigned numaNodes = options.numaNodes ? options.numaNodes : host ? hostNumaNodes() : 1;
+  if (numaNodes > cores)
+    return Status::error("--target-numa " + std::to_string(numaNodes) + " exceeds the " +
+                         std::to_string(cores) + " cores of the target");
   return graph::TargetAttr::get(&context, cpu, builder.getArrayAttr(featureAttrs), cores,
-                                builder.getArrayAttr(gpuAttrs));
+                                numaNodes, builder.getArrayAttr(gpuAttrs));
 }
 
 } // namespace kt::compiler

@@ -19,6 +19,8 @@ struct TargetOptions {
   std::vector<std::string> gpus;
   // CPU cores the plan may use; 0 means this host's.
   unsigned cores = 0;
+  // NUMA nodes of the host; 0 means this host's.
+  unsigned numaNodes = 0;
 };
 
 // Builds the #ktgraph.target attribute; fails with a message naming the bad

@@ -166,7 +166,8 @@ def PartitionStages : Pass<"kt-partition-stages", "mlir::ModuleOp"> {
     the CPU belong to the stage they sit in. Each op gets `ktgraph.stage`;
     the module gets `ktgraph.stages`, the device of each stage. A placement
     that comes back to a GPU it already left (cuda:0, cuda:1, cuda:0) is an
-    error: a pipeline visits each GPU once.
+    error: a pipeline visits each GPU once. When the rules have a
+    `transfer_map`, every layer must decode on the GPU the map gives it.
   }];
 }
 

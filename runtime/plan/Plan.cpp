@@ -161,6 +161,7 @@ std::string planToJson(const Plan &plan) {
        {{"cpu", plan.target.cpu},
         {"cpu_features", plan.target.cpuFeatures},
         {"cores", plan.target.cores},
+        {"numa_nodes", plan.target.numaNodes},
         {"gpus", gpus}}},
       {"memory", memory},
       {"runtime", {{"cache_lens", plan.defaults.cacheLens}, {"chunk_size", plan.defaults.chunkSize}}},
@@ -234,6 +235,7 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
     r.read(*target, "cpu", "target", plan.target.cpu);
     r.read(*target, "cpu_features", "target", plan.target.cpuFeatures);
     r.read(*target, "cores", "target", plan.target.cores);
+    r.read(*target, "numa_nodes", "target", plan.target.numaNodes);
     if (const json *gpus = r.array(*target, "gpus", "target"))
       for (size_t i = 0; i < gpus->size(); ++i) {
         std::string where = "target.gpus[" + std::to_string(i) + "]";

@@ -47,6 +47,7 @@ struct Target {
   std::string cpu;
   std::vector<std::string> cpuFeatures;
   unsigned cores = 0;
+  unsigned numaNodes = 1;
   std::vector<Gpu> gpus;
 };
 

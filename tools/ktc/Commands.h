@@ -26,6 +26,7 @@ struct TargetCommandOptions {
   std::string cpu;               // --target-cpu
   std::vector<std::string> gpus; // --target-gpu
   unsigned cores = 0;            // --target-cores
+  unsigned numaNodes = 0;        // --target-numa
 };
 int runTarget(const TargetCommandOptions &options);
 

@@ -184,6 +184,7 @@ int runCompile(const CompileOptions &options) {
   targetOptions.cpu = options.target.cpu;
   targetOptions.gpus = options.target.gpus;
   targetOptions.cores = options.target.cores;
+  targetOptions.numaNodes = options.target.numaNodes;
   StatusOr<graph::TargetAttr> target = compiler::buildTarget(context, targetOptions);
   if (!target)
     return reportError(target.message());

@@ -15,13 +15,16 @@ int runTarget(const TargetCommandOptions &options) {
   targetOptions.cpu = options.cpu;
   targetOptions.gpus = options.gpus;
   targetOptions.cores = options.cores;
+  targetOptions.numaNodes = options.numaNodes;
   StatusOr<graph::TargetAttr> target = compiler::buildTarget(context, targetOptions);
   if (!target)
     return reportError(target.message());
 
   llvm::raw_ostream &os = llvm::outs();
   os << *target << "\n";
-  os << "cpu: " << target->getCpu() << ", " << target->getCores() << " cores\n";
+  os << "cpu: " << target->getCpu() << ", " << target->getCores() << " cores, "
+     << target->getNumaNodes() << " NUMA node" << (target->getNumaNodes() == 1 ? "" : "s")
+     << "\n";
   // The instruction sets the CPU expert code is generated for.
   os << "  isa:";
   for (const char *feature : {"avx2", "fma", "avx512f", "avx512bw", "avx512vnni", "avx512bf16",

@@ -51,6 +51,9 @@ cl::list<std::string> targetGpus(
 cl::opt<unsigned> targetCores("target-cores", cl::cat(ktcCategory), cl::sub(targetCommand),
                               cl::desc("CPU cores of the target; default: this host's"),
                               cl::init(0));
+cl::opt<unsigned> targetNuma("target-numa", cl::cat(ktcCategory), cl::sub(targetCommand),
+                             cl::desc("NUMA nodes of the target; default: this host's"),
+                             cl::init(0));
 
 cl::SubCommand compileCommand(
     "compile", "Compile a model and placement rules into an execution plan file");
@@ -86,6 +89,10 @@ cl::opt<unsigned> compileTargetCores("target-cores", cl::cat(ktcCategory),
                                      cl::sub(compileCommand), cl::sub(explainCommand),
                                      cl::desc("CPU cores of that machine (default: this host's)"),
                                      cl::init(0));
+cl::opt<unsigned> compileTargetNuma("target-numa", cl::cat(ktcCategory),
+                                    cl::sub(compileCommand), cl::sub(explainCommand),
+                                    cl::desc("NUMA nodes of that machine (default: this host's)"),
+                                    cl::init(0));
 cl::list<std::string> compileGpuMemory(
     "gpu-mem", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
     cl::value_desc("cuda:N=SIZE"),
@@ -211,6 +218,7 @@ int main(int argc, char **argv) {
     options.target.cpu = compileTargetCpu;
     options.target.gpus.assign(compileTargetGpus.begin(), compileTargetGpus.end());
     options.target.cores = compileTargetCores;
+    options.target.numaNodes = compileTargetNuma;
     options.gpuMemory.assign(compileGpuMemory.begin(), compileGpuMemory.end());
     options.cacheLens = compileCacheLens;
     options.chunkSize = compileChunkSize;
@@ -228,6 +236,7 @@ int main(int argc, char **argv) {
     options.cpu = targetCpu;
     options.gpus.assign(targetGpus.begin(), targetGpus.end());
     options.cores = targetCores;
+    options.numaNodes = targetNuma;
     return kt::tools::runTarget(options);
   }
   if (tokenizeCommand) {

@@ -121,11 +121,14 @@ std::optional<unsigned> kt::graph::parseComputeCapability(StringRef arch) {
 }
 
 LogicalResult TargetAttr::verify(function_ref<InFlightDiagnostic()> emitError, StringRef cpu,
-                                 ArrayAttr cpuFeatures, unsigned cores, ArrayAttr gpus) {
+                                 ArrayAttr cpuFeatures, unsigned cores, unsigned numaNodes,
+                                 ArrayAttr gpus) {
   if (cpu.empty())
     return emitError() << "target CPU name is empty";
   if (cores == 0)
     return emitError() << "target must have at least one CPU core";
+  if (numaNodes == 0 || numaNodes > cores)
+    return emitError() << "target must have between 1 and " << cores << " NUMA nodes";
   for (Attribute feature : cpuFeatures)
     if (!feature.isa<StringAttr>())
       return emitError() << "target cpu_features must be strings";

@@ -88,8 +88,9 @@ def KtGraph_GpuAttr : KtGraph_Attr<"Gpu", "gpu"> {
 def KtGraph_TargetAttr : KtGraph_Attr<"Target", "target"> {
   let summary = "The machine a plan is compiled for";
   let description = [{
-    The host CPU (LLVM's name for it, its ISA features and cores) and the
-    GPUs (`cuda:0` is the first). Detected on the compiling host or given
+    The host CPU (LLVM's name for it, its ISA features, cores and NUMA
+    nodes; `numa_nodes` may be left out when 1) and the GPUs (`cuda:0` is
+    the first). Detected on the compiling host or given
     with `--target-cpu` / `--target-gpu`, so a plan for another machine can be
     compiled here.
 
@@ -101,6 +102,7 @@ def KtGraph_TargetAttr : KtGraph_Attr<"Target", "target"> {
   let parameters = (ins StringRefParameter<"LLVM CPU name">:$cpu,
                         "::mlir::ArrayAttr":$cpu_features,
                         "unsigned":$cores,
+                        DefaultValuedParameter<"unsigned", "1", "NUMA nodes">:$numa_nodes,
                         "::mlir::ArrayAttr":$gpus);
   let assemblyFormat = "`<` struct(params) `>`";
   let genVerifyDecl = 1;
