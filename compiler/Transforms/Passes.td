@@ -51,8 +51,8 @@ def VerifyPlacement : Pass<"kt-verify-placement", "mlir::ModuleOp"> {
     operator replaces the module's kind and runs on the devices chosen; every
     weight's storage type has a kernel on its device (GPU kernels cover
     F32, F16, BF16, Q8_0, Q4_K, Q5_K and Q6_K; the CPU path every type the
-    reader dequantizes). Errors name the module, the rule (file:line:col)
-    and what to change.
+    reader dequantizes); the fp8 kernel family gets FP8 weights. Errors
+    name the module, the rule (file:line:col) and what to change.
   }];
 }
 

@@ -44,12 +44,19 @@ public:
         failed = true;
         return;
       }
-      failed |= !verifyOne(op, placement, target);
+      // One error per module: later checks assume the earlier ones passed.
+      if (!verifyOne(op, placement, target) ||
+          !verifyFp8Weights(op, placement, op.getModulePath().str(), "")) {
+        failed = true;
+        return;
+      }
       if (auto subs = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_placements"))
         for (NamedAttribute sub : subs)
-          if (auto subPlacement = sub.getValue().dyn_cast<PlacementAttr>())
-            failed |= !verifyDevices(op, subPlacement, target,
-                                     op.getModulePath().str() + "." + sub.getName().str());
+          if (auto subPlacement = sub.getValue().dyn_cast<PlacementAttr>()) {
+            std::string path = op.getModulePath().str() + "." + sub.getName().str();
+            failed |= !verifyDevices(op, subPlacement, target, path);
+            failed |= !verifyFp8Weights(op, subPlacement, path, sub.getName().getValue());
+          }
     });
     if (failed)
       signalPassFailure();
@@ -59,6 +66,33 @@ private:
   static std::string ruleOf(PlacementAttr placement) {
     return placement.getRule().empty() ? std::string("the default placement")
                                        : "the rule at " + placement.getRule().str();
+  }
+
+  // The fp8 kernel family computes on FP8 e4m3 weights with block scales,
+  // which only native FP8 checkpoints have (their importer names the type
+  // "f8_e4m3"); GGUF weights need the quant or dense family.
+  bool verifyFp8Weights(ModelModuleOpInterface op, PlacementAttr placement,
+                        const std::string &path, StringRef role) {
+    DictionaryAttr kwargs = placement.getKwargs();
+    if (!kwargs)
+      return true;
+    for (StringRef key : {"generate_op", "prefill_op"}) {
+      auto family = kwargs.getAs<StringAttr>(key);
+      if (!family || family.getValue() != "fp8")
+        continue;
+      for (auto &[weightRole, weight] : op.getWeights()) {
+        if ((!role.empty() && weightRole != role) || weight.getDtype() == "f8_e4m3")
+          continue;
+        op->emitOpError() << "module '" << path << "' runs the fp8 kernel family ("
+                          << ruleOf(placement) << "), which needs FP8 weights from a native "
+                          << "FP8 checkpoint, but weight '" << weight.getName() << "' is "
+                          << weight.getDtype()
+                          << "; for a GGUF model use the quant family (KLinearMarlin) "
+                             "or the dense one (KLinearTorch)";
+        return false;
+      }
+    }
+    return true;
   }
 
   bool verifyDevices(ModelModuleOpInterface op, PlacementAttr placement, TargetAttr target,

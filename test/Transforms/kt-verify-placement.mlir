@@ -93,3 +93,17 @@ func.func @unplaced(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
   return %y : tensor<?x64xf32>
 }
 }
+
+// -----
+
+module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
+func.func @fp8_on_gguf(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{module 'model.layers.0.mlp.gate_proj' runs the fp8 kernel family (the rule at r.yaml:30:3), which needs FP8 weights from a native FP8 checkpoint, but weight 'g' is q8_0; for a GGUF model use the quant family (KLinearMarlin) or the dense one (KLinearTorch)}}
+  %d = ktgraph.mlp %x {path = "model.layers.0.mlp",
+      gate_proj = #ktgraph.weight<"g", "q8_0", [64, 96]>, up_proj = #ktgraph.weight<"u", "q8_0", [64, 96]>,
+      down_proj = #ktgraph.weight<"d", "q8_0", [96, 64]>,
+      ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "mlp">,
+      ktgraph.sub_placements = {gate_proj = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "linear", rule = "r.yaml:30:3", kwargs = {generate_op = "fp8", prefill_op = "fp8"}>}} : tensor<?x64xf32>
+  return %d : tensor<?x64xf32>
+}
+}
