@@ -26,56 +26,25 @@ public:
     return Status::error(file() + ": metadata key '" + key + "' " + why);
   }
 
-  // Reads `<arch>.<suffix>` as an integer; `fallback` when absent (nullopt: required).
+  // Reads `<arch>.<suffix>` as an integer (non-negative), a real or a bool;
+  // `fallback` when absent (nullopt: required).
   Status integer(const std::string &suffix, int64_t &out,
                  std::optional<int64_t> fallback = std::nullopt) const {
-    std::string key = std::string(kArch) + "." + suffix;
-    const gguf::Value *value = model_.find(key);
-    if (!value) {
-      if (!fallback)
-        return missing(key);
-      out = *fallback;
-      return Status::success();
-    }
-    std::optional<int64_t> number = value->asInt();
-    if (!number)
-      return invalid(key, "must be an integer, found " +
-                              std::string(gguf::valueTypeName(value->type)));
-    if (*number < 0)
-      return invalid(key, "must not be negative, found " + std::to_string(*number));
-    out = *number;
-    return Status::success();
+    Status status = read(suffix, out, fallback, &gguf::Value::asInt, "an integer");
+    if (status.ok() && out < 0)
+      return invalid(std::string(kArch) + "." + suffix,
+                     "must not be negative, found " + std::to_string(out));
+    return status;
   }
-
   Status real(const std::string &suffix, double &out, std::optional<double> fallback) const {
-    std::string key = std::string(kArch) + "." + suffix;
-    const gguf::Value *value = model_.find(key);
-    if (!value) {
-      if (!fallback)
-        return missing(key);
-      out = *fallback;
-      return Status::success();
-    }
-    std::optional<double> number = value->asDouble();
-    if (!number)
-      return invalid(key, "must be a number, found " +
-                              std::string(gguf::valueTypeName(value->type)));
-    out = *number;
-    return Status::success();
+    return read(suffix, out, fallback, &gguf::Value::asDouble, "a number");
   }
-
   Status boolean(const std::string &suffix, bool &out, bool fallback) const {
-    std::string key = std::string(kArch) + "." + suffix;
-    const gguf::Value *value = model_.find(key);
-    if (!value) {
-      out = fallback;
-      return Status::success();
-    }
-    std::optional<int64_t> number = value->asInt();
-    if (!number)
-      return invalid(key, "must be a bool");
-    out = *number != 0;
-    return Status::success();
+    int64_t number = 0;
+    Status status = read(suffix, number, std::optional<int64_t>(fallback ? 1 : 0),
+                         &gguf::Value::asInt, "a bool");
+    out = number != 0;
+    return status;
   }
 
   std::string string(const std::string &key) const {
@@ -84,6 +53,25 @@ public:
   }
 
 private:
+  template <typename T>
+  Status read(const std::string &suffix, T &out, std::optional<T> fallback,
+              std::optional<T> (gguf::Value::*convert)() const, const char *what) const {
+    std::string key = std::string(kArch) + "." + suffix;
+    const gguf::Value *value = model_.find(key);
+    if (!value) {
+      if (!fallback)
+        return missing(key);
+      out = *fallback;
+      return Status::success();
+    }
+    std::optional<T> number = (value->*convert)();
+    if (!number)
+      return invalid(key, std::string("must be ") + what + ", found " +
+                              std::string(gguf::valueTypeName(value->type)));
+    out = *number;
+    return Status::success();
+  }
+
   const gguf::GgufModel &model_;
 };
 

@@ -57,6 +57,11 @@ struct DecodeOptions {
   bool skipSpecial = false;
 };
 
+// Whether an added token looks like a special one by llama.cpp's converter
+// rule (does_token_look_special): such tokens are control tokens even when
+// tokenizer.json does not mark them special (DeepSeek's <｜User｜>).
+bool looksLikeSpecialToken(std::string_view token);
+
 class Tokenizer {
 public:
   // From GGUF metadata: tokenizer.ggml.model must be "gpt2" and

@@ -92,20 +92,6 @@ bool endsWith(std::string_view s, std::string_view suffix) {
   return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
 }
 
-// llama.cpp's converter makes added tokens that are not marked special into
-// control tokens anyway when they look like these; DeepSeek's <｜User｜> and
-// <｜Assistant｜> are such. Classifying alike keeps tokenizer.json and GGUF
-// tokenizers identical.
-bool looksSpecial(std::string_view token) {
-  if (token == "<pad>" || token == "<mask>" || token == "<2mass>" || token == "[@BOS@]")
-    return true;
-  if (startsWith(token, "<|") && endsWith(token, "|>"))
-    return true;
-  if (startsWith(token, "<｜") && endsWith(token, "｜>"))
-    return true;
-  return startsWith(token, "<unused") && endsWith(token, ">");
-}
-
 bool isNullOrEmptyString(const json &object, const char *key) {
   auto it = object.find(key);
   return it == object.end() || it->is_null() || (it->is_string() && it->get<std::string>().empty());
@@ -297,7 +283,7 @@ StatusOr<VocabularySpec> readTokenizerJson(const std::string &path) {
           return Status::error(path + ": added token " + added["content"].dump() + " sets " + flag +
                                ", which this tokenizer does not implement.");
       std::string content = added["content"].get<std::string>();
-      bool special = added.value("special", false) || looksSpecial(content);
+      bool special = added.value("special", false) || looksLikeSpecialToken(content);
       byId[added["id"].get<int64_t>()] = {content,
                                           special ? TokenKind::Control : TokenKind::UserDefined};
     }
@@ -439,6 +425,18 @@ StatusOr<Tokenizer> Tokenizer::fromTokenizerJson(const std::string &path) {
   if (!impl.ok())
     return impl.status();
   return Tokenizer(std::move(*impl));
+}
+
+
+// The converter's rule, so tokenizer.json and GGUF tokenizers classify alike.
+bool looksLikeSpecialToken(std::string_view token) {
+  if (token == "<pad>" || token == "<mask>" || token == "<2mass>" || token == "[@BOS@]")
+    return true;
+  if (startsWith(token, "<|") && endsWith(token, "|>"))
+    return true;
+  if (startsWith(token, "<｜") && endsWith(token, "｜>"))
+    return true;
+  return startsWith(token, "<unused") && endsWith(token, ">");
 }
 
 } // namespace kt::tokenizer

@@ -1,5 +1,7 @@
 #include "tools/kt-gen-model/Vocabulary.h"
 
+#include "runtime/tokenizer/Tokenizer.h"
+
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
@@ -27,27 +29,6 @@ std::string encodeUtf8(uint32_t codePoint) {
     out += static_cast<char>(0x80 | (codePoint & 0x3F));
   }
   return out;
-}
-
-bool startsWith(const std::string &s, const std::string &prefix) {
-  return s.size() >= prefix.size() && s.compare(0, prefix.size(), prefix) == 0;
-}
-bool endsWith(const std::string &s, const std::string &suffix) {
-  return s.size() >= suffix.size() &&
-         s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// llama.cpp's converter (does_token_look_special) marks added tokens that
-// their tokenizer left non-special as control tokens when they look like
-// these; DeepSeek's <｜User｜> and <｜Assistant｜> are such tokens.
-bool looksSpecial(const std::string &token) {
-  if (token == "<pad>" || token == "<mask>" || token == "<2mass>" || token == "[@BOS@]")
-    return true;
-  if (startsWith(token, "<|") && endsWith(token, "|>"))
-    return true;
-  if (startsWith(token, "<｜") && endsWith(token, "｜>"))
-    return true;
-  return startsWith(token, "<unused") && endsWith(token, ">");
 }
 
 std::string replaceAll(std::string text, const std::string &from, const std::string &to) {
@@ -341,7 +322,7 @@ StatusOr<Vocabulary> loadTokenizerJson(const std::string &path) {
       std::string content = added["content"].get<std::string>();
       bool special = added.value("special", false);
       TokenType type = TokenType::Control;
-      if (!special && !looksSpecial(content)) {
+      if (!special && !tokenizer::looksLikeSpecialToken(content)) {
         type = TokenType::UserDefined;
         content = replaceAll(content, "▁", " ");
       }

@@ -1,6 +1,8 @@
 // Helpers shared by the model generator tests.
 #pragma once
 
+#include "test/unit/common/SharedData.h"
+
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/quant/Quant.h"
 #include "tools/kt-gen-model/ModelGenerator.h"
@@ -47,19 +49,8 @@ private:
   fs::path path_;
 };
 
-// The project's shared data: $KT_SHARED_DIR, else <source>/../shared, else /work/shared.
-inline fs::path sharedDataDir() {
-  if (const char *env = std::getenv("KT_SHARED_DIR"); env && *env)
-    return env;
-  fs::path besideSource = fs::path(KT_SOURCE_DIR) / ".." / "shared";
-  if (fs::exists(besideSource))
-    return besideSource;
-  return "/work/shared";
-}
-
-inline fs::path deepseekTokenizerJson() {
-  return sharedDataDir() / "data" / "deepseek-v3-tokenizer" / "tokenizer.json";
-}
+using ::kt::test::deepseekTokenizerJson;
+using ::kt::test::sharedDataDir;
 
 #define KT_REQUIRE_DEEPSEEK_TOKENIZER()                                                        \
   do {                                                                                         \

@@ -2,6 +2,8 @@
 // tokenizer lives, and the tokenizers built from it (loaded once per binary).
 #pragma once
 
+#include "test/unit/common/SharedData.h"
+
 #include "runtime/tokenizer/Tokenizer.h"
 #include "tools/kt-gen-model/ModelGenerator.h"
 #include "tools/kt-gen-model/Vocabulary.h"
@@ -16,20 +18,9 @@ namespace kt::tokenizer::test {
 
 namespace fs = std::filesystem;
 
-// The project's shared data: $KT_SHARED_DIR, else <source>/../shared, else /work/shared.
-inline fs::path sharedDataDir() {
-  if (const char *env = std::getenv("KT_SHARED_DIR"); env && *env)
-    return env;
-  fs::path besideSource = fs::path(KT_SOURCE_DIR) / ".." / "shared";
-  if (fs::exists(besideSource))
-    return besideSource;
-  return "/work/shared";
-}
-
-inline fs::path deepseekTokenizerDir() {
-  return sharedDataDir() / "data" / "deepseek-v3-tokenizer";
-}
-inline fs::path deepseekTokenizerJson() { return deepseekTokenizerDir() / "tokenizer.json"; }
+using ::kt::test::deepseekTokenizerJson;
+using ::kt::test::sharedDataDir;
+using ::kt::test::deepseekTokenizerDir;
 
 #define KT_REQUIRE_DEEPSEEK_TOKENIZER()                                                            \
   do {                                                                                             \
