@@ -100,8 +100,8 @@ def PlanMemory : Pass<"kt-plan-memory", "mlir::ModuleOp"> {
       prefilled on a GPU but decoded on the CPU streams its weights to the
       GPU during prefill; see staging);
     - kv cache: the MLA latent cache, `cache-lens` tokens × (kv_lora_rank +
-      qk_rope_head_dim) values × 2 bytes per attention layer, on the
-      attention's decode device;
+      qk_rope_head_dim) values × 2 bytes (bf16 on a GPU; 4, f32, on the CPU)
+      per attention layer, on the attention's decode device;
     - activations: the buffers of one prefill chunk of `chunk-size` tokens on
       each device that computes (an estimate: the widest intermediate of each
       module kind, counted once per device because layers run in turn);

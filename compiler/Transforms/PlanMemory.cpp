@@ -25,8 +25,10 @@ namespace kt::compiler {
 namespace {
 
 constexpr int64_t kF32 = 4;
-// The latent KV cache is stored in 16-bit floats.
-constexpr int64_t kKvCacheElementBytes = 2;
+// The latent KV cache holds 16-bit floats on a GPU; the CPU executor keeps
+// it in f32.
+constexpr int64_t kGpuKvCacheElementBytes = 2;
+constexpr int64_t kCpuKvCacheElementBytes = 4;
 
 struct DeviceUsage {
   uint64_t weights = 0;
@@ -154,7 +156,7 @@ private:
     if (auto attention = dyn_cast<MlaAttentionOp>(operation))
       home.kvCache += static_cast<uint64_t>(cacheLens) *
                       (attention.getKvLoraRank() + attention.getQkRopeHeadDim()) *
-                      kKvCacheElementBytes;
+                      (decode == "cpu" ? kCpuKvCacheElementBytes : kGpuKvCacheElementBytes);
 
     uint64_t activations = activationBytes(operation, chunkSize);
     for (const std::string &device : {prefill, decode})

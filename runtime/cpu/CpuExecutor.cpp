@@ -1,0 +1,851 @@
+#include "runtime/cpu/CpuExecutor.h"
+
+#include "runtime/cpu/Attention.h"
+#include "runtime/cpu/FeedForward.h"
+#include "runtime/cpu/Linear.h"
+#include "runtime/cpu/Math.h"
+#include "runtime/cpu/MoeRouting.h"
+#include "runtime/cpu/ThreadPool.h"
+#include "runtime/quant/Quant.h"
+
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <set>
+
+namespace kt::cpu {
+
+namespace {
+
+// ---------------------------------------------------------------- values
+
+// An activation: `rows` tokens of `width` floats, or (the outputs of
+// moe_gate's expert choice and value 0) of `width` int32 ids.
+struct Value {
+  int64_t rows = 0;
+  int64_t width = 0;
+  std::vector<float> data;
+  std::vector<int32_t> ids;
+};
+
+enum class ValueKind { Tokens, Floats, ExpertIds };
+
+struct ValueInfo {
+  ValueKind kind = ValueKind::Floats;
+  int64_t width = 0;
+  int64_t experts = 0; // ExpertIds: the expert count of the gate that chose them
+  bool defined = false;
+};
+
+struct StepContext {
+  ThreadPool &pool;
+  Workspace &workspace;
+  int64_t start = 0;          // position of the first token of the step
+  int64_t tokens = 0;         // tokens in the step
+  bool lastTokenOnly = false; // lm_head: logits of the step's last token only
+  MlaAttention::Path attentionPath = MlaAttention::Path::Expanded;
+  std::vector<LatentCache> *caches = nullptr;
+};
+
+class Step {
+public:
+  virtual ~Step() = default;
+  virtual void run(StepContext &ctx, const std::vector<Value *> &in,
+                   const std::vector<Value *> &out) = 0;
+};
+
+void shape(Value &v, int64_t rows, int64_t width) {
+  v.rows = rows;
+  v.width = width;
+  v.data.resize(static_cast<size_t>(rows * width));
+}
+
+// ---------------------------------------------------------------- steps
+
+class EmbeddingStep : public Step {
+public:
+  explicit EmbeddingStep(WeightMatrix table) : table_(table) {}
+  void run(StepContext &ctx, const std::vector<Value *> &in,
+           const std::vector<Value *> &out) override {
+    const Value &tokens = *in[0];
+    Value &o = *out[0];
+    shape(o, tokens.rows, table_.cols);
+    float *scratch = threadScratch(0, static_cast<size_t>(table_.cols));
+    for (int64_t t = 0; t < tokens.rows; ++t) {
+      const float *row = decodeRows(table_, tokens.ids[static_cast<size_t>(t)], 1, scratch);
+      std::memcpy(o.data.data() + t * table_.cols, row,
+                  static_cast<size_t>(table_.cols) * sizeof(float));
+    }
+    (void)ctx;
+  }
+
+private:
+  WeightMatrix table_;
+};
+
+class RmsNormStep : public Step {
+public:
+  RmsNormStep(std::vector<float> weight, float eps) : weight_(std::move(weight)), eps_(eps) {}
+  void run(StepContext &, const std::vector<Value *> &in,
+           const std::vector<Value *> &out) override {
+    const Value &x = *in[0];
+    Value &o = *out[0];
+    shape(o, x.rows, x.width);
+    for (int64_t t = 0; t < x.rows; ++t)
+      rmsNorm(x.data.data() + t * x.width, weight_.data(), x.width, eps_,
+              o.data.data() + t * x.width);
+  }
+
+private:
+  std::vector<float> weight_;
+  float eps_;
+};
+
+class AddStep : public Step {
+public:
+  void run(StepContext &, const std::vector<Value *> &in,
+           const std::vector<Value *> &out) override {
+    const Value &a = *in[0], &b = *in[1];
+    Value &o = *out[0];
+    shape(o, a.rows, a.width);
+    for (size_t i = 0; i < o.data.size(); ++i)
+      o.data[i] = a.data[i] + b.data[i];
+  }
+};
+
+class CopyStep : public Step {
+public:
+  void run(StepContext &, const std::vector<Value *> &in,
+           const std::vector<Value *> &out) override {
+    out[0]->rows = in[0]->rows;
+    out[0]->width = in[0]->width;
+    out[0]->data = in[0]->data;
+    out[0]->ids = in[0]->ids;
+  }
+};
+
+class AttentionStep : public Step {
+public:
+  AttentionStep(MlaAttention attention, size_t layer)
+      : attention_(std::move(attention)), layer_(layer) {}
+  void run(StepContext &ctx, const std::vector<Value *> &in,
+           const std::vector<Value *> &out) override {
+    const Value &x = *in[0];
+    Value &o = *out[0];
+    shape(o, x.rows, attention_.shape().hidden);
+    attention_.forward(ctx.pool, ctx.workspace, x.data.data(), x.rows, ctx.start,
+                       (*ctx.caches)[layer_], ctx.attentionPath, o.data.data());
+  }
+
+private:
+  MlaAttention attention_;
+  size_t layer_;
+};
+
+class FeedForwardStep : public Step {
+public:
+  explicit FeedForwardStep(FfnMatrices w) : w_(w) {}
+  void run(StepContext &ctx, const std::vector<Value *> &in,
+           const std::vector<Value *> &out) override {
+    const Value &x = *in[0];
+    Value &o = *out[0];
+    shape(o, x.rows, w_.down.rows);
+    const size_t ffnFloats = static_cast<size_t>(x.rows * w_.gate.rows);
+    FfnBatch batch{w_,
+                   x.data.data(),
+                   x.rows,
+                   o.data.data(),
+                   ctx.workspace.floats(Workspace::FfnGate, ffnFloats),
+                   ctx.workspace.floats(Workspace::FfnUp, ffnFloats)};
+    runFeedForward(ctx.pool, {batch});
+  }
+
+private:
+  FfnMatrices w_;
+};
+
+class GateStep : public Step {
+public:
+  GateStep(WeightMatrix router, std::vector<float> bias, RoutingParams params)
+      : router_(router), bias_(std::move(bias)), params_(params) {}
+  void run(StepContext &ctx, const std::vector<Value *> &in,
+           const std::vector<Value *> &out) override {
+    const Value &x = *in[0];
+    Value &ids = *out[0], &weights = *out[1];
+    const int64_t tokens = x.rows, experts = params_.experts, topK = params_.topK;
+    float *logits =
+        ctx.workspace.floats(Workspace::RouterLogits, static_cast<size_t>(tokens * experts));
+    matmul(ctx.pool, router_, x.data.data(), tokens, logits);
+    ids.rows = weights.rows = tokens;
+    ids.width = weights.width = topK;
+    ids.ids.resize(static_cast<size_t>(tokens * topK));
+    weights.data.resize(static_cast<size_t>(tokens * topK));
+    std::vector<float> scratch(static_cast<size_t>(2 * experts + params_.groups));
+    for (int64_t t = 0; t < tokens; ++t)
+      routeToken(params_, logits + t * experts, bias_.empty() ? nullptr : bias_.data(),
+                 ids.ids.data() + t * topK, weights.data.data() + t * topK, scratch.data());
+  }
+
+private:
+  WeightMatrix router_;
+  std::vector<float> bias_;
+  RoutingParams params_;
+};
+
+class ExpertsStep : public Step {
+public:
+  explicit ExpertsStep(RoutedExperts experts) : experts_(std::move(experts)) {}
+  void run(StepContext &ctx, const std::vector<Value *> &in,
+           const std::vector<Value *> &out) override {
+    const Value &x = *in[0], &ids = *in[1], &weights = *in[2];
+    Value &o = *out[0];
+    shape(o, x.rows, experts_.hidden());
+    experts_.forward(ctx.pool, ctx.workspace, x.data.data(), x.rows, ids.ids.data(),
+                     weights.data.data(), ids.width, o.data.data());
+  }
+
+private:
+  RoutedExperts experts_;
+};
+
+class LmHeadStep : public Step {
+public:
+  explicit LmHeadStep(WeightMatrix w) : w_(w) {}
+  void run(StepContext &ctx, const std::vector<Value *> &in,
+           const std::vector<Value *> &out) override {
+    const Value &x = *in[0];
+    Value &o = *out[0];
+    const int64_t rows = ctx.lastTokenOnly ? 1 : x.rows;
+    shape(o, rows, w_.rows);
+    matmul(ctx.pool, w_, x.data.data() + (x.rows - rows) * x.width, rows, o.data.data());
+  }
+
+private:
+  WeightMatrix w_;
+};
+
+// ---------------------------------------------------------------- binding
+
+std::string shapeText(const std::vector<int64_t> &shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i)
+    text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+// Kernel variants kt-select-kernels picks for CPU placements.
+bool isCpuKernelVariant(const std::string &variant) {
+  static const std::set<std::string> variants = {"amx", "avx512_bf16", "avx512_vnni",
+                                                 "avx512", "avx2", "generic"};
+  return variants.count(variant) > 0;
+}
+
+// Reads one op's weights and hyper-parameters; the first problem becomes the
+// binding's error and later reads return neutral values.
+class OpBinder {
+public:
+  OpBinder(const plan::Op &op, size_t index, const gguf::GgufModel &model,
+           const std::string &planName)
+      : op_(op), index_(index), model_(model), planName_(planName) {}
+
+  std::string where() const {
+    std::string text = "Op " + std::to_string(index_) + " (" + op_.kind;
+    if (!op_.path.empty())
+      text += " " + op_.path;
+    return text + ") of " + planName_;
+  }
+
+  void fail(const std::string &message) {
+    if (!error_)
+      error_ = where() + " " + message;
+  }
+  void require(bool condition, const std::string &message) {
+    if (!condition)
+      fail(message);
+  }
+  bool ok() const { return !error_.has_value(); }
+  Status status() const { return error_ ? Status::error(*error_) : Status::success(); }
+
+  // The tensor of weight `role`, checked against the plan and expected to
+  // have `dims` dimensions; null if absent (an error when required).
+  const gguf::TensorInfo *tensor(const std::string &role, size_t dims, bool required = true) {
+    const plan::Weight *weight = nullptr;
+    for (const plan::Weight &w : op_.weights)
+      if (w.role == role)
+        weight = &w;
+    if (!weight) {
+      if (required)
+        fail("has no '" + role + "' weight; recompile the plan with this version of ktc.");
+      return nullptr;
+    }
+    const gguf::TensorInfo *info = model_.findTensor(weight->tensor);
+    const std::string name = "tensor '" + weight->tensor + "' (" + role + ")";
+    const std::string recompile =
+        "; the model is not the one the plan was compiled for: recompile the plan with "
+        "ktc compile for this model.";
+    if (!info) {
+      fail("needs " + name + ", which the model lacks" + recompile);
+      return nullptr;
+    }
+    const std::string actualType(gguf::ggmlTypeName(info->type));
+    if (actualType != weight->type) {
+      fail("expects " + name + " of type " + weight->type + ", but the model stores it as " +
+           actualType + recompile);
+      return nullptr;
+    }
+    if (info->ne != weight->shape) {
+      fail("expects " + name + " of shape " + shapeText(weight->shape) +
+           ", but the model's is " + shapeText(info->ne) + recompile);
+      return nullptr;
+    }
+    if (!gguf::ggmlTypeTraits(info->type).dequantizable ||
+        !gguf::ggmlRowBytes(info->type, info->ne[0])) {
+      fail("cannot use " + name + ": the CPU executor has no kernel for type " + actualType +
+           "; requantize the model to a supported type (f32, f16, bf16, q8_0, q4_0, q4_1, "
+           "q5_0, q5_1, q2_K ... q6_K).");
+      return nullptr;
+    }
+    if (info->ne.size() != dims) {
+      fail("expects " + name + " to have " + std::to_string(dims) + " dimensions, not " +
+           std::to_string(info->ne.size()) + "; the plan is damaged: recompile it.");
+      return nullptr;
+    }
+    return info;
+  }
+
+  // A 1-D weight as f32 values (norm weights may be stored as f16/bf16).
+  std::vector<float> vector(const std::string &role, int64_t length, bool required = true) {
+    const gguf::TensorInfo *info = tensor(role, 1, required);
+    if (!info)
+      return {};
+    if (info->ne[0] != length) {
+      fail("expects '" + role + "' to have " + std::to_string(length) + " values, not " +
+           std::to_string(info->ne[0]) + "; the plan is damaged: recompile it.");
+      return {};
+    }
+    std::vector<float> values(static_cast<size_t>(length));
+    Status decoded = quant::dequantize(info->type, info->data, values.data(), length);
+    if (!decoded.ok())
+      fail("cannot decode '" + role + "': " + decoded.message());
+    return values;
+  }
+
+  // A 2-D weight [cols, rows] (GGML order) as a matrix, checked for shape.
+  WeightMatrix matrix(const std::string &role, int64_t cols, int64_t rows) {
+    const gguf::TensorInfo *info = tensor(role, 2);
+    if (!info)
+      return {};
+    checkShape(role, *info, {cols, rows});
+    return weightMatrix(*info);
+  }
+
+  void checkShape(const std::string &role, const gguf::TensorInfo &info,
+                  const std::vector<int64_t> &expected) {
+    if (info.ne != expected)
+      fail("expects '" + role + "' of shape " + shapeText(expected) +
+           " from the module's hyper-parameters, but it is " + shapeText(info.ne) +
+           "; the plan is damaged: recompile it.");
+  }
+
+  const plan::Param *param(const std::string &name) {
+    auto it = op_.params.find(name);
+    if (it == op_.params.end()) {
+      fail("lacks the hyper-parameter '" + name +
+           "'; recompile the plan with this version of ktc.");
+      return nullptr;
+    }
+    return &it->second;
+  }
+  int64_t integer(const std::string &name) {
+    const plan::Param *p = param(name);
+    if (!p)
+      return 0;
+    if (const int64_t *v = std::get_if<int64_t>(p))
+      return *v;
+    fail("has a non-integer hyper-parameter '" + name + "'; recompile the plan.");
+    return 0;
+  }
+  double real(const std::string &name) {
+    const plan::Param *p = param(name);
+    if (!p)
+      return 0;
+    if (const double *v = std::get_if<double>(p))
+      return *v;
+    if (const int64_t *v = std::get_if<int64_t>(p))
+      return static_cast<double>(*v);
+    fail("has a non-numeric hyper-parameter '" + name + "'; recompile the plan.");
+    return 0;
+  }
+  bool boolean(const std::string &name) {
+    const plan::Param *p = param(name);
+    if (!p)
+      return false;
+    if (const bool *v = std::get_if<bool>(p))
+      return *v;
+    fail("has a non-boolean hyper-parameter '" + name + "'; recompile the plan.");
+    return false;
+  }
+  std::string text(const std::string &name) {
+    const plan::Param *p = param(name);
+    if (!p)
+      return {};
+    if (const std::string *v = std::get_if<std::string>(p))
+      return *v;
+    fail("has a non-string hyper-parameter '" + name + "'; recompile the plan.");
+    return {};
+  }
+
+private:
+  const plan::Op &op_;
+  size_t index_;
+  const gguf::GgufModel &model_;
+  const std::string &planName_;
+  std::optional<std::string> error_;
+};
+
+struct BoundStep {
+  std::unique_ptr<Step> step;
+  std::vector<int> inputs, outputs;
+};
+
+} // namespace
+
+// ---------------------------------------------------------------- executor
+
+class CpuExecutor::Impl {
+public:
+  Impl(int threads) : pool(threads) {}
+
+  ThreadPool pool;
+  Workspace workspace;
+  std::vector<BoundStep> steps;
+  std::vector<Value> values;
+  std::vector<int> lastUse;      // per value: index of the last step reading it
+  std::vector<std::vector<float>> spareBuffers;
+  int outputValue = -1;
+  int64_t vocab = 0;             // logits per token
+  int64_t embeddingRows = 0;     // token ids accepted
+  int64_t capacity = 0;
+  int64_t chunkSize = 0;
+  int64_t position = 0;
+  std::vector<std::vector<float>> cacheStorage;
+  std::vector<LatentCache> caches;
+  AttentionPath attentionPath = AttentionPath::Automatic;
+  std::string modelName;
+
+  Status bind(const plan::Plan &plan, const gguf::GgufModel &model, const std::string &planName);
+  void runChunk(const int32_t *tokens, int64_t count, bool lastTokenOnly, float *logits);
+  void acquire(Value &v);
+  void release(Value &v);
+};
+
+Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &model,
+                               const std::string &planName) {
+  int maxValue = plan.outputValue;
+  for (const plan::Op &op : plan.ops)
+    for (const std::vector<int> *ids : {&op.inputs, &op.outputs})
+      for (int id : *ids)
+        maxValue = std::max(maxValue, id);
+  if (maxValue < 0)
+    return Status::error(planName + " has no ops; recompile it with ktc compile.");
+  std::vector<ValueInfo> info(static_cast<size_t>(maxValue + 1));
+  info[0] = {ValueKind::Tokens, 1, 0, true};
+
+  struct AttentionCacheShape {
+    int64_t latent, rope;
+  };
+  std::vector<AttentionCacheShape> cacheShapes;
+
+  for (size_t index = 0; index < plan.ops.size(); ++index) {
+    const plan::Op &op = plan.ops[index];
+    OpBinder b(op, index, model, planName);
+
+    // Placement: this executor runs CPU plans only.
+    for (const auto &[phase, device] :
+         {std::pair<const char *, const std::string &>{"prefill", op.prefillDevice},
+          {"decode", op.decodeDevice},
+          {"output", op.outDevice}}) {
+      if (device.empty() && std::string(phase) == "output")
+        continue;
+      if (device != "cpu")
+        return Status::error(b.where() + " runs on " +
+                             (device.empty() ? std::string("no device") : device) + " for " +
+                             phase +
+                             "; this executor runs plans whose ops are all placed on the CPU "
+                             "(GPU execution comes with the GPU backend). Compile a CPU plan: "
+                             "ktc compile --target-gpu none --optimize-config-path "
+                             "rules/DeepSeek-V3-Chat-cpu-only.yaml.");
+    }
+    for (const auto &[key, kernel] : op.kernels) {
+      const std::string variant = kernel.substr(kernel.rfind('.') + 1);
+      if (!isCpuKernelVariant(variant))
+        return Status::error(b.where() + " runs '" + key + "' with the GPU kernel " + kernel +
+                             "; this executor runs plans whose ops are all placed on the CPU "
+                             "(GPU execution comes with the GPU backend). Compile a CPU plan: "
+                             "ktc compile --target-gpu none --optimize-config-path "
+                             "rules/DeepSeek-V3-Chat-cpu-only.yaml.");
+    }
+
+    // Operands.
+    std::vector<const ValueInfo *> in;
+    for (int id : op.inputs) {
+      if (id < 0 || id > maxValue || !info[static_cast<size_t>(id)].defined)
+        return Status::error(b.where() + " reads value " + std::to_string(id) +
+                             ", which no earlier op produces; the plan is damaged: recompile "
+                             "it.");
+      in.push_back(&info[static_cast<size_t>(id)]);
+    }
+    for (int id : op.outputs)
+      if (id <= 0 || info[static_cast<size_t>(id)].defined)
+        return Status::error(b.where() + " writes value " + std::to_string(id) +
+                             ", which is the token input or written twice; the plan is "
+                             "damaged: recompile it.");
+    auto expectOperands = [&](size_t inputs, size_t outputs) {
+      b.require(op.inputs.size() == inputs && op.outputs.size() == outputs,
+                "has " + std::to_string(op.inputs.size()) + " inputs and " +
+                    std::to_string(op.outputs.size()) + " outputs instead of " +
+                    std::to_string(inputs) + " and " + std::to_string(outputs) +
+                    "; the plan is damaged: recompile it.");
+      return b.ok();
+    };
+    auto expectFloats = [&](size_t i, int64_t width) {
+      b.require(in[i]->kind == ValueKind::Floats && in[i]->width == width,
+                "expects input " + std::to_string(i) + " to have " + std::to_string(width) +
+                    " features per token, but value " + std::to_string(op.inputs[i]) +
+                    " has " + std::to_string(in[i]->width) +
+                    "; the plan is damaged: recompile it.");
+    };
+
+    std::unique_ptr<Step> step;
+    std::vector<ValueInfo> produced;
+    const std::string &kind = op.kind;
+    if (kind == "embedding") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      b.require(in[0]->kind == ValueKind::Tokens, "must read the token ids (value 0).");
+      const gguf::TensorInfo *table = b.tensor("weight", 2);
+      if (table) {
+        embeddingRows = table->ne[1];
+        step = std::make_unique<EmbeddingStep>(weightMatrix(*table));
+        produced.push_back({ValueKind::Floats, table->ne[0], 0, true});
+      }
+    } else if (kind == "rms_norm") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      const int64_t width = in[0]->width;
+      expectFloats(0, width);
+      std::vector<float> weight = b.vector("weight", width);
+      const float eps = static_cast<float>(b.real("eps"));
+      step = std::make_unique<RmsNormStep>(std::move(weight), eps);
+      produced.push_back({ValueKind::Floats, width, 0, true});
+    } else if (kind == "add") {
+      if (!expectOperands(2, 1))
+        return b.status();
+      expectFloats(0, in[0]->width);
+      expectFloats(1, in[0]->width);
+      step = std::make_unique<AddStep>();
+      produced.push_back({ValueKind::Floats, in[0]->width, 0, true});
+    } else if (kind == "transfer") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      step = std::make_unique<CopyStep>();
+      produced.push_back(*in[0]);
+    } else if (kind == "mla_attention") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      MlaShape s;
+      s.hidden = in[0]->width;
+      s.heads = b.integer("num_heads");
+      s.qLoraRank = b.integer("q_lora_rank");
+      s.kvLoraRank = b.integer("kv_lora_rank");
+      s.nope = b.integer("qk_nope_head_dim");
+      s.rope = b.integer("qk_rope_head_dim");
+      s.v = b.integer("v_head_dim");
+      s.eps = static_cast<float>(b.real("eps"));
+      RopeConfig rope;
+      rope.dims = s.rope;
+      rope.theta = b.real("rope_theta");
+      rope.factor = b.real("rope_scaling_factor");
+      rope.originalContext = b.integer("rope_original_context_length");
+      rope.yarnLogMultiplier = b.real("rope_yarn_log_multiplier");
+      if (!b.ok())
+        return b.status();
+      b.require(s.heads > 0 && s.kvLoraRank > 0 && s.nope > 0 && s.v > 0 && s.rope > 0 &&
+                    s.rope % 2 == 0 && s.qLoraRank >= 0,
+                "has invalid attention dimensions; the plan is damaged: recompile it.");
+      b.require(!rope.yarn() || rope.originalContext > 0,
+                "uses YaRN without an original context length; recompile the plan.");
+      const int64_t qkDim = s.nope + s.rope;
+      MlaWeights w;
+      if (s.qLoraRank > 0) {
+        w.qA = b.matrix("q_a_proj", s.hidden, s.qLoraRank);
+        w.qANorm = b.vector("q_a_norm", s.qLoraRank);
+        w.qB = b.matrix("q_b_proj", s.qLoraRank, s.heads * qkDim);
+      } else {
+        w.q = b.matrix("q_proj", s.hidden, s.heads * qkDim);
+      }
+      w.kvA = b.matrix("kv_a_proj_with_mqa", s.hidden, s.kvLoraRank + s.rope);
+      w.kvANorm = b.vector("kv_a_norm", s.kvLoraRank);
+      if (const gguf::TensorInfo *kvB = b.tensor("kv_b_proj", 2, false)) {
+        b.checkShape("kv_b_proj", *kvB, {s.kvLoraRank, s.heads * (s.nope + s.v)});
+        w.kvB = weightMatrix(*kvB);
+      }
+      const gguf::TensorInfo *kB = b.tensor("k_b_proj", 3, false);
+      const gguf::TensorInfo *vB = b.tensor("v_b_proj", 3, false);
+      if (kB) {
+        b.checkShape("k_b_proj", *kB, {s.nope, s.kvLoraRank, s.heads});
+        w.kB = weightMatrix(*kB);
+      }
+      if (vB) {
+        b.checkShape("v_b_proj", *vB, {s.kvLoraRank, s.v, s.heads});
+        w.vB = weightMatrix(*vB);
+      }
+      b.require(w.kvB || (w.kB && w.vB),
+                "has neither kv_b_proj nor both k_b_proj and v_b_proj; the model must carry "
+                "the up-projection of the compressed KV in one of these forms.");
+      w.o = b.matrix("o_proj", s.heads * s.v, s.hidden);
+      if (!b.ok())
+        return b.status();
+      step = std::make_unique<AttentionStep>(MlaAttention(s, std::move(w), rope),
+                                             cacheShapes.size());
+      cacheShapes.push_back({s.kvLoraRank, s.rope});
+      produced.push_back({ValueKind::Floats, s.hidden, 0, true});
+    } else if (kind == "mlp" || kind == "shared_experts") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      const int64_t hidden = in[0]->width;
+      expectFloats(0, hidden);
+      const gguf::TensorInfo *gate = b.tensor("gate_proj", 2);
+      const int64_t ffn = gate ? gate->ne[1] : 0;
+      FfnMatrices w{b.matrix("gate_proj", hidden, ffn), b.matrix("up_proj", hidden, ffn),
+                    b.matrix("down_proj", ffn, hidden)};
+      step = std::make_unique<FeedForwardStep>(w);
+      produced.push_back({ValueKind::Floats, hidden, 0, true});
+    } else if (kind == "moe_gate") {
+      if (!expectOperands(1, 2))
+        return b.status();
+      const int64_t hidden = in[0]->width;
+      expectFloats(0, hidden);
+      RoutingParams p;
+      p.experts = b.integer("num_experts");
+      p.topK = b.integer("top_k");
+      p.groups = b.integer("n_group");
+      p.groupsUsed = b.integer("topk_group");
+      const std::string scoring = b.text("scoring_func");
+      p.normalize = b.boolean("norm_topk_prob");
+      p.scale = static_cast<float>(b.real("routed_scaling_factor"));
+      if (!b.ok())
+        return b.status();
+      b.require(scoring == "sigmoid" || scoring == "softmax",
+                "has the unknown scoring function '" + scoring +
+                    "'; DeepSeek models use sigmoid or softmax.");
+      p.scoring = scoring == "sigmoid" ? GateScoring::Sigmoid : GateScoring::Softmax;
+      b.require(p.experts > 0 && p.groups > 0 && p.experts % p.groups == 0 &&
+                    p.groupsUsed > 0 && p.groupsUsed <= p.groups && p.topK > 0 &&
+                    p.topK <= p.groupsUsed * (p.experts / p.groups),
+                "has inconsistent routing hyper-parameters (num_experts " +
+                    std::to_string(p.experts) + ", top_k " + std::to_string(p.topK) +
+                    ", n_group " + std::to_string(p.groups) + ", topk_group " +
+                    std::to_string(p.groupsUsed) + "); the plan is damaged: recompile it.");
+      WeightMatrix router = b.matrix("weight", hidden, p.experts);
+      std::vector<float> bias = b.vector("e_score_correction_bias", p.experts, false);
+      step = std::make_unique<GateStep>(router, std::move(bias), p);
+      produced.push_back({ValueKind::ExpertIds, p.topK, p.experts, true});
+      produced.push_back({ValueKind::Floats, p.topK, 0, true});
+    } else if (kind == "routed_experts") {
+      if (!expectOperands(3, 1))
+        return b.status();
+      const int64_t hidden = in[0]->width;
+      expectFloats(0, hidden);
+      b.require(in[1]->kind == ValueKind::ExpertIds,
+                "expects the expert ids of a moe_gate as input 1; the plan is damaged: "
+                "recompile it.");
+      expectFloats(2, in[1]->width);
+      const gguf::TensorInfo *gate = b.tensor("gate_proj", 3);
+      const gguf::TensorInfo *up = b.tensor("up_proj", 3);
+      const gguf::TensorInfo *down = b.tensor("down_proj", 3);
+      if (!b.ok())
+        return b.status();
+      const int64_t ffn = gate->ne[1], experts = gate->ne[2];
+      b.checkShape("gate_proj", *gate, {hidden, ffn, in[1]->experts});
+      b.checkShape("up_proj", *up, {hidden, ffn, experts});
+      b.checkShape("down_proj", *down, {ffn, hidden, experts});
+      if (!b.ok())
+        return b.status();
+      step = std::make_unique<ExpertsStep>(RoutedExperts(*gate, *up, *down));
+      produced.push_back({ValueKind::Floats, hidden, 0, true});
+    } else if (kind == "lm_head") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      const int64_t hidden = in[0]->width;
+      expectFloats(0, hidden);
+      const gguf::TensorInfo *weight = b.tensor("weight", 2);
+      if (weight) {
+        b.checkShape("weight", *weight, {hidden, weight->ne[1]});
+        step = std::make_unique<LmHeadStep>(weightMatrix(*weight));
+        produced.push_back({ValueKind::Floats, weight->ne[1], 0, true});
+      }
+    } else {
+      return Status::error(b.where() + " has the unknown kind '" + kind +
+                           "'; this runtime does not know it: use a ktc of the same version "
+                           "as this runtime to compile the plan.");
+    }
+    if (!b.ok())
+      return b.status();
+    for (size_t i = 0; i < op.outputs.size(); ++i)
+      info[static_cast<size_t>(op.outputs[i])] = produced[i];
+    steps.push_back({std::move(step), op.inputs, op.outputs});
+  }
+
+  if (plan.outputValue <= 0 || !info[static_cast<size_t>(plan.outputValue)].defined ||
+      info[static_cast<size_t>(plan.outputValue)].kind != ValueKind::Floats)
+    return Status::error(planName + " has no logits output (output_value " +
+                         std::to_string(plan.outputValue) +
+                         "); the plan is damaged: recompile it.");
+  if (steps.empty() || embeddingRows == 0)
+    return Status::error(planName + " has no embedding op; recompile it with ktc compile.");
+  outputValue = plan.outputValue;
+  vocab = info[static_cast<size_t>(outputValue)].width;
+
+  values.resize(info.size());
+  lastUse.assign(info.size(), -1);
+  for (size_t i = 0; i < steps.size(); ++i)
+    for (int id : steps[i].inputs)
+      lastUse[static_cast<size_t>(id)] = static_cast<int>(i);
+
+  for (const AttentionCacheShape &c : cacheShapes) {
+    std::vector<float> latent(static_cast<size_t>(capacity * c.latent));
+    std::vector<float> rope(static_cast<size_t>(capacity * c.rope));
+    caches.push_back({latent.data(), rope.data()});
+    cacheStorage.push_back(std::move(latent));
+    cacheStorage.push_back(std::move(rope));
+  }
+  return Status::success();
+}
+
+void CpuExecutor::Impl::acquire(Value &v) {
+  if (v.data.empty() && !spareBuffers.empty()) {
+    v.data = std::move(spareBuffers.back());
+    spareBuffers.pop_back();
+  }
+}
+
+void CpuExecutor::Impl::release(Value &v) {
+  if (v.data.capacity() > 0) {
+    spareBuffers.push_back(std::move(v.data));
+    v.data = {};
+  }
+}
+
+void CpuExecutor::Impl::runChunk(const int32_t *tokens, int64_t count, bool lastTokenOnly,
+                                 float *logits) {
+  StepContext ctx{pool, workspace};
+  ctx.start = position;
+  ctx.tokens = count;
+  ctx.lastTokenOnly = lastTokenOnly;
+  ctx.caches = &caches;
+  switch (attentionPath) {
+  case AttentionPath::Automatic:
+    ctx.attentionPath = count == 1 ? MlaAttention::Path::Absorbed : MlaAttention::Path::Expanded;
+    break;
+  case AttentionPath::Expanded: ctx.attentionPath = MlaAttention::Path::Expanded; break;
+  case AttentionPath::Absorbed: ctx.attentionPath = MlaAttention::Path::Absorbed; break;
+  }
+
+  Value &input = values[0];
+  input.rows = count;
+  input.width = 1;
+  input.ids.assign(tokens, tokens + count);
+
+  std::vector<Value *> in, out;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    BoundStep &s = steps[i];
+    in.clear();
+    out.clear();
+    for (int id : s.inputs)
+      in.push_back(&values[static_cast<size_t>(id)]);
+    for (int id : s.outputs) {
+      Value &v = values[static_cast<size_t>(id)];
+      acquire(v);
+      out.push_back(&v);
+    }
+    s.step->run(ctx, in, out);
+    for (int id : s.inputs)
+      if (id != 0 && id != outputValue && lastUse[static_cast<size_t>(id)] == static_cast<int>(i))
+        release(values[static_cast<size_t>(id)]);
+  }
+  const Value &result = values[static_cast<size_t>(outputValue)];
+  std::memcpy(logits, result.data.data(), result.data.size() * sizeof(float));
+  release(values[static_cast<size_t>(outputValue)]);
+  position += count;
+}
+
+CpuExecutor::CpuExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+CpuExecutor::~CpuExecutor() = default;
+
+StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &plan,
+                                                           const gguf::GgufModel &model,
+                                                           const ExecutorOptions &options) {
+  const std::string planName =
+      options.planPath.empty() ? std::string("the plan") : "plan " + options.planPath;
+  const int64_t capacity = options.cacheLens > 0 ? options.cacheLens : plan.defaults.cacheLens;
+  if (capacity <= 0)
+    return Status::error("The KV cache length must be positive (" + planName +
+                         " asks for " + std::to_string(capacity) +
+                         "); pass --cache-lens with a positive number of tokens.");
+  auto impl = std::make_unique<Impl>(options.threads);
+  impl->capacity = capacity;
+  impl->chunkSize = options.chunkSize > 0 ? options.chunkSize
+                                          : std::max<int64_t>(1, plan.defaults.chunkSize);
+  Status bound = impl->bind(plan, model, planName);
+  if (!bound.ok())
+    return bound;
+  return std::unique_ptr<CpuExecutor>(new CpuExecutor(std::move(impl)));
+}
+
+StatusOr<std::vector<float>> CpuExecutor::forward(const std::vector<int32_t> &tokens,
+                                                  bool allPositions) {
+  Impl &m = *impl_;
+  const int64_t count = static_cast<int64_t>(tokens.size());
+  if (count == 0)
+    return Status::error("forward() got no tokens; pass at least one token id.");
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= m.embeddingRows)
+      return Status::error("Token id " + std::to_string(tokens[i]) + " (input position " +
+                           std::to_string(i) + ") is outside the model's vocabulary of " +
+                           std::to_string(m.embeddingRows) +
+                           " tokens; use the tokenizer of the same model.");
+  const int64_t room = m.capacity - m.position;
+  if (count > room)
+    return Status::error(
+        "The KV cache is full: it holds " + std::to_string(m.capacity) + " tokens, " +
+        std::to_string(m.position) + " are in use, so " + std::to_string(room) +
+        " more fit, but this step needs " + std::to_string(count) +
+        ". Raise --cache-lens (the model allows longer contexts) or start a new conversation.");
+
+  std::vector<float> logits(static_cast<size_t>((allPositions ? count : 1) * m.vocab));
+  for (int64_t begin = 0; begin < count; begin += m.chunkSize) {
+    const int64_t chunk = std::min(m.chunkSize, count - begin);
+    const bool last = begin + chunk == count;
+    if (allPositions)
+      m.runChunk(tokens.data() + begin, chunk, false,
+                 logits.data() + static_cast<size_t>(begin * m.vocab));
+    else if (last)
+      m.runChunk(tokens.data() + begin, chunk, true, logits.data());
+    else {
+      std::vector<float> discarded(static_cast<size_t>(m.vocab));
+      m.runChunk(tokens.data() + begin, chunk, true, discarded.data());
+    }
+  }
+  return logits;
+}
+
+int64_t CpuExecutor::position() const { return impl_->position; }
+int64_t CpuExecutor::cacheCapacity() const { return impl_->capacity; }
+void CpuExecutor::reset() { impl_->position = 0; }
+int64_t CpuExecutor::vocabSize() const { return impl_->vocab; }
+int CpuExecutor::threadCount() const { return impl_->pool.threadCount(); }
+void CpuExecutor::setAttentionPath(AttentionPath path) { impl_->attentionPath = path; }
+
+} // namespace kt::cpu

@@ -1,0 +1,66 @@
+// Runs an execution plan whose ops are all placed on the CPU: the reference
+// path of the project (docs/cpu-execution.md). Weights are used in their GGUF
+// storage type straight from the memory-mapped model, decoded row by row
+// inside the matrix products; the KV cache holds MLA's compressed latents.
+#pragma once
+
+#include "runtime/gguf/GgufFile.h"
+#include "runtime/plan/Plan.h"
+#include "runtime/support/Status.h"
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kt::cpu {
+
+struct ExecutorOptions {
+  int threads = 0;        // 0: one per hardware thread
+  int64_t cacheLens = 0;  // positions the KV cache holds; 0: the plan's runtime.cache_lens
+  int64_t chunkSize = 0;  // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
+  std::string planPath;   // the plan's file, for messages; empty: "the plan"
+};
+
+class CpuExecutor {
+public:
+  // Binds every op of `plan` to the weights of `model`, which must outlive
+  // the executor, and allocates the KV cache. Fails with a message naming
+  // the op for an op not placed on the CPU, an unknown op kind, a missing
+  // hyper-parameter, or a weight that the model lacks or whose type or shape
+  // differs from the plan.
+  static StatusOr<std::unique_ptr<CpuExecutor>> create(const plan::Plan &plan,
+                                                       const gguf::GgufModel &model,
+                                                       const ExecutorOptions &options);
+  ~CpuExecutor();
+
+  // Feeds `tokens` at the next positions (prefill when several, in chunks
+  // of at most chunkSize; decode when one) and returns the logits of the
+  // last token ([vocab]) or, with allPositions, of every token
+  // ([tokens.size() * vocab], token-major). Fails without changing any state
+  // for an empty input, a token id outside the vocabulary, or when the KV
+  // cache would overflow (the message says how many tokens still fit).
+  StatusOr<std::vector<float>> forward(const std::vector<int32_t> &tokens,
+                                       bool allPositions = false);
+
+  int64_t position() const;      // tokens in the cache
+  int64_t cacheCapacity() const; // positions the cache holds
+  void reset();                  // empties the cache (a new conversation)
+  int64_t vocabSize() const;     // logits per token
+  int threadCount() const;
+
+  // Which attention computation a forward step uses. Automatic: the
+  // expanded keys/values (HF's computation) for steps of several tokens,
+  // weight absorption for single-token decode. The others force one path
+  // for every step (tests compare them).
+  enum class AttentionPath { Automatic, Expanded, Absorbed };
+  void setAttentionPath(AttentionPath path);
+
+  class Impl;
+
+private:
+  explicit CpuExecutor(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace kt::cpu

@@ -1,0 +1,131 @@
+#include "runtime/cpu/FeedForward.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace kt::cpu {
+
+namespace {
+
+struct RowTask {
+  size_t batch;
+  int64_t begin, end;
+};
+
+// Splits `rows(batch)` rows of every batch into tasks of whole 16-row groups
+// (64-byte output lines, so threads never share one), aiming at about four
+// tasks per thread over all batches.
+template <typename RowsOf>
+std::vector<RowTask> splitRows(const std::vector<FfnBatch> &batches, RowsOf rows,
+                               int threads) {
+  int64_t total = 0;
+  for (const FfnBatch &b : batches)
+    total += rows(b);
+  int64_t perTask = (total + threads * 4 - 1) / (threads * 4);
+  perTask = std::max<int64_t>(16, (perTask + 15) / 16 * 16);
+  std::vector<RowTask> tasks;
+  for (size_t i = 0; i < batches.size(); ++i)
+    for (int64_t begin = 0; begin < rows(batches[i]); begin += perTask)
+      tasks.push_back({i, begin, std::min(rows(batches[i]), begin + perTask)});
+  return tasks;
+}
+
+} // namespace
+
+void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
+  if (batches.empty())
+    return;
+  size_t scratchFloats = 0;
+  for (const FfnBatch &b : batches)
+    scratchFloats = std::max({scratchFloats, matmulScratchFloats(b.w.gate),
+                              matmulScratchFloats(b.w.up), matmulScratchFloats(b.w.down)});
+
+  std::vector<RowTask> tasks =
+      splitRows(batches, [](const FfnBatch &b) { return b.w.gate.rows; }, pool.threadCount());
+  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
+    const RowTask &task = tasks[static_cast<size_t>(index)];
+    const FfnBatch &b = batches[task.batch];
+    const int64_t ffn = b.w.gate.rows, hidden = b.w.gate.cols;
+    float *scratch = threadScratch(0, scratchFloats);
+    matmulRows(b.w.gate, task.begin, task.end, b.x, hidden, b.tokens, b.gate + task.begin, ffn,
+               scratch);
+    matmulRows(b.w.up, task.begin, task.end, b.x, hidden, b.tokens, b.up + task.begin, ffn,
+               scratch);
+    for (int64_t t = 0; t < b.tokens; ++t) {
+      float *g = b.gate + t * ffn, *u = b.up + t * ffn;
+      for (int64_t r = task.begin; r < task.end; ++r)
+        g[r] = silu(g[r]) * u[r];
+    }
+  });
+
+  tasks = splitRows(batches, [](const FfnBatch &b) { return b.w.down.rows; }, pool.threadCount());
+  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
+    const RowTask &task = tasks[static_cast<size_t>(index)];
+    const FfnBatch &b = batches[task.batch];
+    const int64_t hidden = b.w.down.rows, ffn = b.w.down.cols;
+    matmulRows(b.w.down, task.begin, task.end, b.gate, ffn, b.tokens, b.out + task.begin, hidden,
+               threadScratch(0, scratchFloats));
+  });
+}
+
+RoutedExperts::RoutedExperts(const gguf::TensorInfo &gate, const gguf::TensorInfo &up,
+                             const gguf::TensorInfo &down)
+    : gate_(weightMatrix(gate)), up_(weightMatrix(up)), down_(weightMatrix(down)),
+      experts_(gate.ne[2]), hidden_(gate.ne[0]), ffn_(gate.ne[1]) {}
+
+FfnMatrices RoutedExperts::expert(int64_t e) const {
+  return {gate_.rowRange(e * ffn_, ffn_), up_.rowRange(e * ffn_, ffn_),
+          down_.rowRange(e * hidden_, hidden_)};
+}
+
+void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float *x,
+                            int64_t tokens, const int32_t *ids, const float *weights,
+                            int64_t topK, float *out) const {
+  const int64_t assignments = tokens * topK;
+  // Row of each (token, k) assignment in the expert-grouped order.
+  std::vector<int64_t> counts(static_cast<size_t>(experts_), 0);
+  for (int64_t i = 0; i < assignments; ++i)
+    ++counts[static_cast<size_t>(ids[i])];
+  std::vector<int64_t> firstRow(static_cast<size_t>(experts_), 0);
+  for (int64_t e = 1; e < experts_; ++e)
+    firstRow[static_cast<size_t>(e)] = firstRow[static_cast<size_t>(e - 1)] + counts[static_cast<size_t>(e - 1)];
+  std::vector<int64_t> rowOf(static_cast<size_t>(assignments));
+  std::vector<int64_t> filled = firstRow;
+  float *gathered =
+      workspace.floats(Workspace::ExpertInput, static_cast<size_t>(assignments * hidden_));
+  float *results =
+      workspace.floats(Workspace::ExpertOutput, static_cast<size_t>(assignments * hidden_));
+  float *gate = workspace.floats(Workspace::FfnGate, static_cast<size_t>(assignments * ffn_));
+  float *up = workspace.floats(Workspace::FfnUp, static_cast<size_t>(assignments * ffn_));
+  for (int64_t i = 0; i < assignments; ++i) {
+    const int64_t row = filled[static_cast<size_t>(ids[i])]++;
+    rowOf[static_cast<size_t>(i)] = row;
+    std::memcpy(gathered + row * hidden_, x + (i / topK) * hidden_,
+                static_cast<size_t>(hidden_) * sizeof(float));
+  }
+
+  std::vector<FfnBatch> batches;
+  for (int64_t e = 0; e < experts_; ++e) {
+    const int64_t count = counts[static_cast<size_t>(e)];
+    if (count == 0)
+      continue;
+    const int64_t row = firstRow[static_cast<size_t>(e)];
+    batches.push_back({expert(e), gathered + row * hidden_, count, results + row * hidden_,
+                       gate + row * ffn_, up + row * ffn_});
+  }
+  runFeedForward(pool, batches);
+
+  // Each token's sum in increasing expert order, as HF adds them up.
+  pool.parallelFor(tokens, [&](int64_t t, int) {
+    float *o = out + t * hidden_;
+    std::fill(o, o + hidden_, 0.0f);
+    std::vector<int64_t> order(static_cast<size_t>(topK));
+    for (int64_t k = 0; k < topK; ++k)
+      order[static_cast<size_t>(k)] = t * topK + k;
+    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+    for (int64_t i : order)
+      axpy(weights[i], results + rowOf[static_cast<size_t>(i)] * hidden_, o, hidden_);
+  });
+}
+
+} // namespace kt::cpu

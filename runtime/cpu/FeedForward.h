@@ -1,0 +1,59 @@
+// SiLU-gated feed-forward blocks: dense MLPs, shared experts and the routed
+// experts of MoE layers.
+#pragma once
+
+#include "runtime/cpu/Linear.h"
+#include "runtime/cpu/Math.h"
+#include "runtime/cpu/ThreadPool.h"
+#include "runtime/gguf/GgufFile.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace kt::cpu {
+
+struct FfnMatrices {
+  WeightMatrix gate; // [ffn][hidden]
+  WeightMatrix up;   // [ffn][hidden]
+  WeightMatrix down; // [hidden][ffn]
+};
+
+// One feed-forward over a batch of token rows.
+struct FfnBatch {
+  FfnMatrices w;
+  const float *x = nullptr; // tokens x hidden
+  int64_t tokens = 0;
+  float *out = nullptr;     // tokens x hidden
+  float *gate = nullptr;    // tokens x ffn scratch: silu(gate x) * up x
+  float *up = nullptr;      // tokens x ffn scratch
+};
+
+// out = down(silu(gate x) * up x) for every batch. The rows of all batches
+// are split over the pool together (first the gate/up rows, then the down
+// rows), and each weight row is decoded once for all the batch's tokens.
+void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches);
+
+// The routed experts of a MoE layer: 3-D gate/up [hidden, ffn, experts] and
+// down [ffn, hidden, experts] tensors (GGML order).
+class RoutedExperts {
+public:
+  RoutedExperts(const gguf::TensorInfo &gate, const gguf::TensorInfo &up,
+                const gguf::TensorInfo &down);
+
+  int64_t experts() const { return experts_; }
+  int64_t hidden() const { return hidden_; }
+
+  // out[t] = sum_k weights[t][k] * expert_{ids[t][k]}(x[t]). Tokens are
+  // grouped by expert so that every chosen expert's matrices are read once
+  // for all the tokens that chose it.
+  void forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
+               const int32_t *ids, const float *weights, int64_t topK, float *out) const;
+
+private:
+  FfnMatrices expert(int64_t e) const;
+
+  WeightMatrix gate_, up_, down_; // all experts' rows
+  int64_t experts_, hidden_, ffn_;
+};
+
+} // namespace kt::cpu

@@ -1,0 +1,51 @@
+// Small element-wise kernels of the CPU executor and the buffers its modules
+// share.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace kt::cpu {
+
+// out = x * rsqrt(mean(x^2) + eps) * weight, in f32 as HF's RMSNorm (the mean
+// accumulated in double). `out` may be `x`.
+void rmsNorm(const float *x, const float *weight, int64_t n, float eps, float *out);
+
+// HF's SiLU: x * sigmoid(x).
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+
+// In-place softmax over n values.
+void softmax(float *x, int64_t n);
+
+// Scratch buffers reused from one forward step to the next, so that the
+// executor's modules allocate nothing per token once warm. Used by the
+// thread that drives the forward pass only.
+class Workspace {
+public:
+  enum Slot {
+    Query,        // q: tokens x heads x (nope + rope)
+    QueryLora,    // q_a output: tokens x q_lora_rank
+    KvCompressed, // kv_a output: tokens x (kv_lora_rank + rope)
+    AttnHeads,    // tokens x heads x v_head_dim
+    FfnGate,      // tokens x experts-used x ffn: gate, then silu(gate) * up
+    FfnUp,
+    ExpertInput,  // gathered token rows per expert
+    ExpertOutput,
+    RouterLogits,
+    kSlotCount
+  };
+  float *floats(Slot slot, size_t count) {
+    std::vector<float> &buffer = buffers_[slot];
+    if (buffer.size() < count)
+      buffer.resize(count);
+    return buffer.data();
+  }
+
+private:
+  std::array<std::vector<float>, kSlotCount> buffers_;
+};
+
+} // namespace kt::cpu

@@ -1,0 +1,349 @@
+// The CPU executor on generated tiny models compiled with the build's ktc.
+#include "test/unit/cpu/TestModels.h"
+
+#include <algorithm>
+
+namespace kt::cpu::test {
+namespace {
+
+// Logits of every position, fed one token at a time (the decode path).
+std::vector<float> decodeOneByOne(CpuExecutor &executor, const std::vector<int32_t> &tokens) {
+  std::vector<float> logits;
+  for (int32_t token : tokens) {
+    StatusOr<std::vector<float>> step = executor.forward({token});
+    EXPECT_TRUE(step.ok()) << step.message();
+    if (!step.ok())
+      return {};
+    logits.insert(logits.end(), step->begin(), step->end());
+  }
+  return logits;
+}
+
+std::vector<float> prefillAll(CpuExecutor &executor, const std::vector<int32_t> &tokens) {
+  StatusOr<std::vector<float>> logits = executor.forward(tokens, true);
+  EXPECT_TRUE(logits.ok()) << logits.message();
+  return logits.ok() ? *logits : std::vector<float>{};
+}
+
+// Prefill of all tokens at once against token-by-token decode (weight
+// absorption), position by position.
+void expectDecodeMatchesPrefill(const TestModel &m, double tolerance) {
+  const std::vector<int32_t> tokens = sampleTokens(12);
+  auto prefill = makeExecutor(m);
+  auto decode = makeExecutor(m);
+  ASSERT_TRUE(prefill && decode);
+  std::vector<float> all = prefillAll(*prefill, tokens);
+  std::vector<float> oneByOne = decodeOneByOne(*decode, tokens);
+  ASSERT_EQ(all.size(), tokens.size() * static_cast<size_t>(prefill->vocabSize()));
+  ASSERT_EQ(oneByOne.size(), all.size());
+  const size_t vocab = static_cast<size_t>(prefill->vocabSize());
+  for (size_t t = 0; t < tokens.size(); ++t) {
+    std::vector<float> a(all.begin() + t * vocab, all.begin() + (t + 1) * vocab);
+    std::vector<float> d(oneByOne.begin() + t * vocab, oneByOne.begin() + (t + 1) * vocab);
+    EXPECT_LE(relativeL2(d, a), tolerance) << "position " << t;
+  }
+  EXPECT_EQ(prefill->position(), 12);
+  EXPECT_EQ(decode->position(), 12);
+}
+
+TEST(CpuExecutor, DecodeMatchesPrefill) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("tiny-f32", tinyF32Config(), m));
+  expectDecodeMatchesPrefill(m, 1e-5);
+}
+
+TEST(CpuExecutor, DecodeMatchesPrefillWithoutQueryCompression) {
+  KT_REQUIRE_COMPILER();
+  gen::ModelConfig config = tinyF32Config();
+  config.qLoraRank = 0; // V2-Lite's q_proj
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("no-qlora", config, m));
+  ASSERT_NE(m.model->findTensor("blk.0.attn_q.weight"), nullptr);
+  expectDecodeMatchesPrefill(m, 1e-5);
+}
+
+TEST(CpuExecutor, DecodeMatchesPrefillWithSoftmaxGatingAndPlainRope) {
+  KT_REQUIRE_COMPILER();
+  gen::ModelConfig config = tinyF32Config();
+  config.gating = gen::GatingFunction::Softmax; // V2: no correction bias
+  config.normTopkProb = false;
+  config.routedScalingFactor = 16.0;
+  config.yarnFactor = 1.0; // no rope scaling keys
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("softmax-plain", config, m));
+  ASSERT_EQ(m.model->findTensor("blk.1.exp_probs_b.bias"), nullptr);
+  expectDecodeMatchesPrefill(m, 1e-5);
+}
+
+TEST(CpuExecutor, DecodeMatchesPrefillOnQuantizedWeights) {
+  KT_REQUIRE_COMPILER();
+  gen::ModelConfig config = *gen::presetConfig("tiny"); // q8_0, experts q4_K
+  config.types.sharedExperts = gguf::GgmlType::Q6_K;
+  config.types.dense = gguf::GgmlType::Q5_K;
+  config.types.norm = gguf::GgmlType::BF16;
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("tiny-quant", config, m));
+  ASSERT_EQ(m.model->findTensor("blk.1.ffn_up_exps.weight")->type, gguf::GgmlType::Q4_K);
+  expectDecodeMatchesPrefill(m, 1e-5);
+}
+
+TEST(CpuExecutor, AttentionLayoutsGiveTheSameLogits) {
+  KT_REQUIRE_COMPILER();
+  const std::vector<int32_t> tokens = sampleTokens(9, 4);
+  std::vector<std::vector<float>> prefills, decodes;
+  for (gen::AttentionLayout layout :
+       {gen::AttentionLayout::Split, gen::AttentionLayout::Joint, gen::AttentionLayout::Both}) {
+    gen::ModelConfig config = tinyF32Config();
+    config.attention = layout;
+    TestModel m;
+    ASSERT_NO_FATAL_FAILURE(
+        buildModel("layout-" + std::string(gen::attentionLayoutName(layout)), config, m));
+    auto executor = makeExecutor(m);
+    ASSERT_TRUE(executor);
+    prefills.push_back(prefillAll(*executor, tokens));
+    executor->reset();
+    decodes.push_back(decodeOneByOne(*executor, tokens));
+  }
+  for (size_t i = 1; i < prefills.size(); ++i) {
+    EXPECT_LE(relativeL2(prefills[i], prefills[0]), 1e-5) << "layout " << i;
+    EXPECT_LE(relativeL2(decodes[i], decodes[0]), 1e-5) << "layout " << i;
+  }
+  EXPECT_LE(relativeL2(decodes[0], prefills[0]), 1e-5);
+}
+
+TEST(CpuExecutor, ChunkedPrefillEqualsOneStep) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("chunks", tinyF32Config(), m));
+  const std::vector<int32_t> tokens = sampleTokens(11, 2);
+  auto whole = makeExecutor(m);
+  std::vector<float> reference = prefillAll(*whole, tokens);
+
+  ExecutorOptions small;
+  small.chunkSize = 4;
+  auto chunked = makeExecutor(m, small);
+  EXPECT_LE(relativeL2(prefillAll(*chunked, tokens), reference), 1e-5);
+
+  // Two calls: the second prefill continues the cache of the first.
+  auto split = makeExecutor(m);
+  std::vector<float> first = prefillAll(*split, {tokens.begin(), tokens.begin() + 5});
+  std::vector<float> second = prefillAll(*split, {tokens.begin() + 5, tokens.end()});
+  first.insert(first.end(), second.begin(), second.end());
+  EXPECT_LE(relativeL2(first, reference), 1e-5);
+
+  // Without allPositions, only the last token's logits come back.
+  auto last = makeExecutor(m, small);
+  StatusOr<std::vector<float>> lastLogits = last->forward(tokens);
+  ASSERT_TRUE(lastLogits.ok()) << lastLogits.message();
+  const size_t vocab = static_cast<size_t>(last->vocabSize());
+  ASSERT_EQ(lastLogits->size(), vocab);
+  EXPECT_LE(relativeL2(*lastLogits, {reference.end() - vocab, reference.end()}), 1e-5);
+}
+
+TEST(CpuExecutor, ExpandedAndAbsorbedAttentionAgree) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("paths", tinyF32Config(), m));
+  const std::vector<int32_t> tokens = sampleTokens(10, 6);
+  auto expanded = makeExecutor(m);
+  expanded->setAttentionPath(CpuExecutor::AttentionPath::Expanded);
+  auto absorbed = makeExecutor(m);
+  absorbed->setAttentionPath(CpuExecutor::AttentionPath::Absorbed);
+  std::vector<float> a = prefillAll(*expanded, tokens), b = prefillAll(*absorbed, tokens);
+  EXPECT_LE(relativeL2(b, a), 1e-5);
+  // A decode step through the expanded path too.
+  StatusOr<std::vector<float>> stepA = expanded->forward({7});
+  StatusOr<std::vector<float>> stepB = absorbed->forward({7});
+  ASSERT_TRUE(stepA.ok() && stepB.ok());
+  EXPECT_LE(relativeL2(*stepB, *stepA), 1e-5);
+  // The two paths are different computations: equal logits come from the
+  // math, not from sharing code.
+  EXPECT_NE(a, b);
+}
+
+TEST(CpuExecutor, ThreadCountDoesNotChangeTheResult) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("threads", *gen::presetConfig("tiny"), m));
+  const std::vector<int32_t> tokens = sampleTokens(7, 3);
+  std::vector<std::vector<float>> results;
+  for (int threads : {1, 3}) {
+    ExecutorOptions options;
+    options.threads = threads;
+    auto executor = makeExecutor(m, options);
+    EXPECT_EQ(executor->threadCount(), threads);
+    std::vector<float> logits = prefillAll(*executor, tokens);
+    std::vector<float> step = decodeOneByOne(*executor, {11, 12});
+    logits.insert(logits.end(), step.begin(), step.end());
+    results.push_back(logits);
+  }
+  EXPECT_EQ(results[0], results[1]);
+}
+
+TEST(CpuExecutor, CacheOverflowFailsWithoutChangingState) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("overflow", tinyF32Config(), m));
+  const std::vector<int32_t> tokens = sampleTokens(8, 5);
+  ExecutorOptions options;
+  options.cacheLens = 8;
+  auto executor = makeExecutor(m, options);
+  EXPECT_EQ(executor->cacheCapacity(), 8);
+  ASSERT_TRUE(executor->forward({tokens.begin(), tokens.begin() + 6}).ok());
+
+  StatusOr<std::vector<float>> tooMany = executor->forward({1, 2, 3});
+  ASSERT_FALSE(tooMany.ok());
+  EXPECT_NE(tooMany.message().find("2 more fit"), std::string::npos) << tooMany.message();
+  EXPECT_NE(tooMany.message().find("--cache-lens"), std::string::npos) << tooMany.message();
+  EXPECT_EQ(executor->position(), 6);
+
+  // The cache still holds the first six tokens: the remaining two give what
+  // an executor that never failed gives.
+  StatusOr<std::vector<float>> rest = executor->forward({tokens.begin() + 6, tokens.end()});
+  ASSERT_TRUE(rest.ok()) << rest.message();
+  EXPECT_EQ(executor->position(), 8);
+  auto fresh = makeExecutor(m, options);
+  StatusOr<std::vector<float>> expected = fresh->forward(tokens);
+  ASSERT_TRUE(expected.ok());
+  EXPECT_LE(relativeL2(*rest, *expected), 1e-5);
+  EXPECT_FALSE(executor->forward({1}).ok());
+}
+
+TEST(CpuExecutor, ResetStartsANewConversation) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("reset", tinyF32Config(), m));
+  const std::vector<int32_t> tokens = sampleTokens(6, 8);
+  auto executor = makeExecutor(m);
+  std::vector<float> first = prefillAll(*executor, tokens);
+  ASSERT_TRUE(executor->forward({3, 4, 5}).ok());
+  executor->reset();
+  EXPECT_EQ(executor->position(), 0);
+  EXPECT_EQ(prefillAll(*executor, tokens), first);
+}
+
+TEST(CpuExecutor, QuantizedWeightsStayCloseToF32) {
+  KT_REQUIRE_COMPILER();
+  gen::ModelConfig q8 = *gen::presetConfig("tiny");
+  for (gguf::GgmlType *type : {&q8.types.embedding, &q8.types.output, &q8.types.attention,
+                               &q8.types.dense, &q8.types.sharedExperts, &q8.types.experts})
+    *type = gguf::GgmlType::Q8_0;
+  TestModel f32Model, q8Model;
+  ASSERT_NO_FATAL_FAILURE(buildModel("same-f32", tinyF32Config(), f32Model));
+  ASSERT_NO_FATAL_FAILURE(buildModel("same-q8", q8, q8Model));
+  const std::vector<int32_t> tokens = sampleTokens(10, 9);
+  std::vector<float> a = prefillAll(*makeExecutor(f32Model), tokens);
+  std::vector<float> b = prefillAll(*makeExecutor(q8Model), tokens);
+  const double difference = relativeL2(b, a);
+  EXPECT_LT(difference, 0.05); // measured 0.021
+  EXPECT_GT(difference, 0.0); // the q8_0 model really has other weights
+}
+
+TEST(CpuExecutor, YarnScalingChangesTheLogits) {
+  KT_REQUIRE_COMPILER();
+  gen::ModelConfig plain = tinyF32Config();
+  plain.yarnFactor = 1.0;
+  TestModel yarnModel, plainModel;
+  ASSERT_NO_FATAL_FAILURE(buildModel("yarn", tinyF32Config(), yarnModel));
+  ASSERT_NO_FATAL_FAILURE(buildModel("plain", plain, plainModel));
+  const std::vector<int32_t> tokens = sampleTokens(8, 10);
+  std::vector<float> a = prefillAll(*makeExecutor(yarnModel), tokens);
+  std::vector<float> b = prefillAll(*makeExecutor(plainModel), tokens);
+  EXPECT_GT(relativeL2(a, b), 1e-3);
+}
+
+TEST(CpuExecutor, ReportsVocabularyAndCapacity) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("sizes", tinyF32Config(), m));
+  auto executor = makeExecutor(m);
+  EXPECT_EQ(executor->vocabSize(), m.model->findTensor("output.weight")->ne[1]);
+  EXPECT_EQ(executor->cacheCapacity(), m.plan.defaults.cacheLens);
+  EXPECT_EQ(executor->position(), 0);
+}
+
+TEST(CpuExecutor, RejectsBadTokens) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("bad-tokens", tinyF32Config(), m));
+  auto executor = makeExecutor(m);
+  StatusOr<std::vector<float>> empty = executor->forward({});
+  EXPECT_FALSE(empty.ok());
+  StatusOr<std::vector<float>> outside = executor->forward({1, 100000});
+  ASSERT_FALSE(outside.ok());
+  EXPECT_NE(outside.message().find("100000"), std::string::npos) << outside.message();
+  StatusOr<std::vector<float>> negative = executor->forward({-1});
+  EXPECT_FALSE(negative.ok());
+  EXPECT_EQ(executor->position(), 0);
+}
+
+TEST(CpuExecutor, RefusesPlansWithGpuOps) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(
+      buildModel("gpu", tinyF32Config(), m, "rules/DeepSeek-V3-Chat.yaml", "sm_90a:80GiB"));
+  StatusOr<std::unique_ptr<CpuExecutor>> executor = CpuExecutor::create(m.plan, *m.model, {});
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("cuda:0"), std::string::npos) << executor.message();
+  EXPECT_NE(executor.message().find("GPU backend"), std::string::npos) << executor.message();
+}
+
+TEST(CpuExecutor, RefusesHandEditedPlans) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("edited", tinyF32Config(), m));
+  auto expectRefused = [&](const plan::Plan &plan, const std::string &needle) {
+    ExecutorOptions options;
+    options.planPath = "edited.plan";
+    StatusOr<std::unique_ptr<CpuExecutor>> executor = CpuExecutor::create(plan, *m.model, options);
+    ASSERT_FALSE(executor.ok()) << "accepted a plan that should fail with: " << needle;
+    EXPECT_NE(executor.message().find(needle), std::string::npos) << executor.message();
+    EXPECT_NE(executor.message().find("edited.plan"), std::string::npos) << executor.message();
+  };
+  auto findOp = [](plan::Plan &plan, const std::string &kind) -> plan::Op & {
+    return *std::find_if(plan.ops.begin(), plan.ops.end(),
+                         [&](const plan::Op &op) { return op.kind == kind; });
+  };
+  {
+    plan::Plan p = m.plan;
+    findOp(p, "routed_experts").decodeDevice = "cuda:1";
+    expectRefused(p, "cuda:1");
+  }
+  {
+    plan::Plan p = m.plan;
+    findOp(p, "mla_attention").kernels["q_b_proj.decode"] = "linear.quant.gemv_q8_0";
+    expectRefused(p, "GPU kernel");
+  }
+  {
+    plan::Plan p = m.plan;
+    findOp(p, "mlp").weights[0].tensor = "blk.0.no_such.weight";
+    expectRefused(p, "blk.0.no_such.weight");
+  }
+  {
+    plan::Plan p = m.plan;
+    findOp(p, "lm_head").weights[0].type = "q8_0";
+    expectRefused(p, "type q8_0");
+  }
+  {
+    plan::Plan p = m.plan;
+    plan::Op &attention = findOp(p, "mla_attention");
+    for (plan::Weight &w : attention.weights)
+      if (w.role == "o_proj")
+        w.shape = {128, 512};
+    expectRefused(p, "shape [128, 512]");
+  }
+  {
+    plan::Plan p = m.plan;
+    findOp(p, "moe_gate").kind = "moe_gate_v9";
+    expectRefused(p, "unknown kind 'moe_gate_v9'");
+  }
+  {
+    plan::Plan p = m.plan;
+    findOp(p, "mla_attention").params.erase("kv_lora_rank");
+    expectRefused(p, "kv_lora_rank");
+  }
+}
+
+} // namespace
+} // namespace kt::cpu::test

@@ -1,0 +1,85 @@
+// kt-export-hf: writes a DeepSeek GGUF model as a Hugging Face checkpoint
+// (config.json + model.safetensors, every weight dequantized to f32) for
+// transformers to load. See docs/golden-fixtures.md.
+#include "tools/kt-export-hf/HfExport.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+namespace {
+
+using kt::Status;
+using kt::StatusOr;
+using namespace kt::hfexport;
+
+std::string formatBytes(uint64_t bytes) {
+  char buffer[64];
+  double value = static_cast<double>(bytes);
+  const char *units[] = {"B", "KB", "MB", "GB", "TB"};
+  int unit = 0;
+  while (value >= 1000.0 && unit < 4) {
+    value /= 1000.0;
+    ++unit;
+  }
+  std::snprintf(buffer, sizeof buffer, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
+  return buffer;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  CLI::App app{"Writes a DeepSeek GGUF model (architecture deepseek2) as a Hugging Face "
+               "checkpoint: DIR/config.json (DeepseekV3Config, or DeepseekV2Config for softmax "
+               "gating) and DIR/model.safetensors with every weight dequantized to f32.",
+               "kt-export-hf"};
+  std::string model, output, kvB = "auto";
+  bool quiet = false;
+  app.add_option("model", model, "GGUF model: a file, any part of a split model, or a directory")
+      ->required();
+  app.add_option("-o,--output", output, "Output directory (created if missing)")->required();
+  app.add_option("--kv-b", kvB,
+                 "Source of kv_b_proj when the file has both forms: auto (the joint attn_kv_b "
+                 "when present), joint, or split (rebuilt from attn_k_b and attn_v_b)")
+      ->capture_default_str();
+  app.add_flag("-q,--quiet", quiet, "Print nothing on success");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError &error) {
+    return app.exit(error);
+  }
+
+  ExportOptions options;
+  if (kvB == "auto")
+    options.kvB = KvBSource::Auto;
+  else if (kvB == "joint")
+    options.kvB = KvBSource::Joint;
+  else if (kvB == "split")
+    options.kvB = KvBSource::Split;
+  else {
+    std::cerr << "kt-export-hf: error: Unknown --kv-b '" << kvB << "'; use auto, joint or split.\n";
+    return 2;
+  }
+
+  StatusOr<std::unique_ptr<kt::gguf::GgufModel>> opened = kt::gguf::GgufModel::open(model);
+  if (!opened.ok()) {
+    std::cerr << "kt-export-hf: error: " << opened.message() << "\n";
+    return 1;
+  }
+  StatusOr<ExportPlan> plan = planExport(**opened, options);
+  if (!plan.ok()) {
+    std::cerr << "kt-export-hf: error: " << plan.message() << "\n";
+    return 1;
+  }
+  Status written = writeExport(*plan, output);
+  if (!written.ok()) {
+    std::cerr << "kt-export-hf: error: " << written.message() << "\n";
+    return 1;
+  }
+  if (!quiet)
+    std::printf("wrote %s/config.json (%s) and %s/model.safetensors (%zu tensors, %s of f32)\n",
+                output.c_str(), std::string(hfModelTypeName(plan->modelType)).c_str(),
+                output.c_str(), plan->tensors.size(), formatBytes(plan->dataBytes()).c_str());
+  return 0;
+}

@@ -1,0 +1,207 @@
+#include "tools/ktrun/Session.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+namespace kt::ktrun {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Reads every page of the mapped weights once, with a progress bar, so the
+// first prompt does not pay for page faults and the user sees the load.
+void pageIn(const gguf::GgufModel &model, bool progress) {
+  uint64_t total = model.totalTensorBytes(), done = 0;
+  volatile uint8_t sink = 0;
+  int shown = -1;
+  for (const gguf::TensorInfo &tensor : model.tensors()) {
+    for (uint64_t offset = 0; offset < tensor.nbytes; offset += 4096)
+      sink ^= tensor.data[offset];
+    done += tensor.nbytes;
+    int percent = total ? static_cast<int>(done * 100 / total) : 100;
+    if (progress && percent != shown) {
+      shown = percent;
+      int filled = percent * 30 / 100;
+      std::fprintf(stderr, "\rloading weights [%.*s%*s] %3d%%", filled,
+                   "##############################", 30 - filled, "", percent);
+    }
+  }
+  if (progress)
+    std::fprintf(stderr, "\n");
+  (void)sink;
+}
+
+} // namespace
+
+StatusOr<std::unique_ptr<Session>> Session::open(const SessionOptions &options) {
+  std::unique_ptr<Session> session(new Session());
+  session->options_ = options;
+  StatusOr<plan::Plan> loaded = plan::readPlan(options.planPath);
+  if (!loaded)
+    return loaded.status();
+  session->plan_ = std::move(*loaded);
+  std::string modelPath = options.modelPath.empty() ? session->plan_.model.path
+                                                    : options.modelPath;
+  StatusOr<std::unique_ptr<gguf::GgufModel>> model = gguf::GgufModel::open(modelPath);
+  if (!model)
+    return Status::error(model.message() + " (the model of plan " + options.planPath +
+                         "; --gguf-path gives another location)");
+  session->model_ = std::move(*model);
+  if (Status matches = plan::checkModelMatches(session->plan_, *session->model_); !matches.ok())
+    return Status::error(options.planPath + ": " + matches.message());
+
+  pageIn(*session->model_, options.progress);
+  cpu::ExecutorOptions executorOptions;
+  executorOptions.threads = options.threads;
+  executorOptions.cacheLens = options.cacheLens;
+  StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor =
+      cpu::CpuExecutor::create(session->plan_, *session->model_, executorOptions);
+  if (!executor)
+    return executor.status();
+  session->executor_ = std::move(*executor);
+
+  StatusOr<tokenizer::Tokenizer> tokenizer = tokenizer::Tokenizer::fromGguf(*session->model_);
+  if (!tokenizer)
+    return tokenizer.status();
+  session->tokenizer_ = std::move(*tokenizer);
+  if (options.chat) {
+    StatusOr<tokenizer::DeepseekChatTemplate> chatTemplate = [&]() {
+      if (options.chatTemplatePath.empty())
+        return tokenizer::DeepseekChatTemplate::forTokenizer(*session->tokenizer_);
+      std::ifstream in(options.chatTemplatePath);
+      if (!in)
+        return StatusOr<tokenizer::DeepseekChatTemplate>(Status::error(
+            "cannot read the chat template " + options.chatTemplatePath));
+      std::stringstream text;
+      text << in.rdbuf();
+      std::optional<int32_t> bos = session->tokenizer_->bosId();
+      return tokenizer::DeepseekChatTemplate::fromJinja(
+          text.str(), bos ? session->tokenizer_->tokenText(*bos) : std::string(),
+          options.chatTemplatePath);
+    }();
+    if (!chatTemplate)
+      return chatTemplate.status();
+    session->template_ = std::move(*chatTemplate);
+  }
+  session->sampler_ = std::make_unique<Sampler>(options.sampling);
+  return session;
+}
+
+void Session::clear() {
+  history_.clear();
+  cached_.clear();
+  executor_->reset();
+}
+
+StatusOr<std::vector<int32_t>> Session::promptIds(const std::string &input) {
+  if (!options_.chat) {
+    tokenizer::EncodeOptions encode;
+    encode.addBos = cached_.empty() && tokenizer_->addBosByDefault();
+    StatusOr<std::vector<int32_t>> ids = tokenizer_->encode(input, encode);
+    if (!ids)
+      return ids.status();
+    std::vector<int32_t> all = cached_;
+    all.insert(all.end(), ids->begin(), ids->end());
+    return all;
+  }
+  std::vector<tokenizer::ChatMessage> messages = history_;
+  messages.push_back(tokenizer::ChatMessage::user(input));
+  tokenizer::ChatRenderOptions render;
+  render.forceThink = options_.forceThink;
+  StatusOr<std::string> text = template_->render(messages, render);
+  if (!text)
+    return text.status();
+  tokenizer::EncodeOptions encode;
+  encode.parseSpecial = true; // the template's turn markers
+  return tokenizer_->encode(*text, encode);
+}
+
+StatusOr<TurnResult> Session::run(const std::string &input, int64_t maxNewTokens,
+                                  const std::function<void(const std::string &)> &onText) {
+  StatusOr<std::vector<int32_t>> all = promptIds(input);
+  if (!all)
+    return all.status();
+  // Feed only what the cache does not hold yet. When the rendered history
+  // no longer starts with the cached tokens (R1 drops earlier reasoning),
+  // start over.
+  size_t common = 0;
+  while (common < cached_.size() && common < all->size() && cached_[common] == (*all)[common])
+    ++common;
+  if (common < cached_.size()) {
+    executor_->reset();
+    cached_.clear();
+    common = 0;
+  }
+  TurnResult result;
+  result.promptIds.assign(all->begin() + common, all->end());
+  if (result.promptIds.empty())
+    return Status::error("the prompt is empty");
+  int64_t needed = static_cast<int64_t>(all->size());
+  if (needed > executor_->cacheCapacity())
+    return Status::error("the conversation needs " + std::to_string(needed) +
+                         " tokens of KV cache but --cache-lens is " +
+                         std::to_string(executor_->cacheCapacity()) +
+                         "; start over with /clear or raise --cache-lens");
+
+  auto start = Clock::now();
+  StatusOr<std::vector<float>> logits = executor_->forward(result.promptIds);
+  if (!logits)
+    return logits.status();
+  cached_.insert(cached_.end(), result.promptIds.begin(), result.promptIds.end());
+  result.prefillSeconds = secondsSince(start);
+
+  tokenizer::DecodeOptions decodeOptions;
+  decodeOptions.skipSpecial = true;
+  tokenizer::StreamingDecoder stream(*tokenizer_, decodeOptions);
+  std::optional<int32_t> eos = tokenizer_->eosId();
+  start = Clock::now();
+  for (int64_t step = 0; step < maxNewTokens; ++step) {
+    int32_t next = sampler_->sample(*logits);
+    if (eos && next == *eos) {
+      result.stoppedAtEos = true;
+      // The end-of-sentence token closes the turn in the history the
+      // template renders; keep the cache in step with it.
+      if (executor_->position() < executor_->cacheCapacity()) {
+        logits = executor_->forward({next});
+        if (logits)
+          cached_.push_back(next);
+      }
+      break;
+    }
+    result.generatedIds.push_back(next);
+    StatusOr<std::string> piece = stream.push(next);
+    if (!piece)
+      return piece.status();
+    result.text += *piece;
+    onText(*piece);
+    if (step + 1 == maxNewTokens)
+      break;
+    if (executor_->position() >= executor_->cacheCapacity())
+      return Status::error("the KV cache is full (--cache-lens " +
+                           std::to_string(executor_->cacheCapacity()) +
+                           "); start over with /clear or raise --cache-lens");
+    logits = executor_->forward({next});
+    if (!logits)
+      return logits.status();
+    cached_.push_back(next);
+  }
+  std::string rest = stream.flush();
+  result.text += rest;
+  onText(rest);
+  result.decodeSeconds = secondsSince(start);
+  if (options_.chat) {
+    history_.push_back(tokenizer::ChatMessage::user(input));
+    history_.push_back(tokenizer::ChatMessage::assistant(result.text));
+  }
+  return result;
+}
+
+} // namespace kt::ktrun

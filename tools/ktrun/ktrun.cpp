@@ -1,0 +1,167 @@
+// ktrun: runs a compiled plan — interactive chat with the DeepSeek template,
+// or one-shot completion for scripts.
+#include "tools/ktrun/Session.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <unistd.h>
+
+namespace {
+
+using kt::ktrun::Session;
+using kt::ktrun::SessionOptions;
+using kt::ktrun::TurnResult;
+
+int fail(const std::string &message) {
+  std::fprintf(stderr, "ktrun: error: %s\n", message.c_str());
+  return 1;
+}
+
+std::string rate(size_t tokens, double seconds) {
+  char text[64];
+  std::snprintf(text, sizeof text, "%.2f tok/s", seconds > 0 ? tokens / seconds : 0.0);
+  return text;
+}
+
+void report(const TurnResult &turn) {
+  std::fprintf(stderr, "[prompt %zu tokens, %s prefill; generated %zu tokens, %s decode]\n",
+               turn.promptIds.size(), rate(turn.promptIds.size(), turn.prefillSeconds).c_str(),
+               turn.generatedIds.size(),
+               rate(turn.generatedIds.size(), turn.decodeSeconds).c_str());
+}
+
+int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, bool json) {
+  auto print = [&](const std::string &text) {
+    if (!json) {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    }
+  };
+  kt::StatusOr<TurnResult> turn = session.run(prompt, maxNewTokens, print);
+  if (!turn)
+    return fail(turn.message());
+  if (json) {
+    nlohmann::json out = {
+        {"prompt_ids", turn->promptIds},
+        {"generated_ids", turn->generatedIds},
+        {"text", turn->text},
+        {"stopped_at_eos", turn->stoppedAtEos},
+        {"prefill", {{"tokens", turn->promptIds.size()}, {"seconds", turn->prefillSeconds}}},
+        {"decode", {{"tokens", turn->generatedIds.size()}, {"seconds", turn->decodeSeconds}}},
+    };
+    std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
+  } else {
+    std::printf("\n");
+    report(*turn);
+  }
+  return 0;
+}
+
+int chat(Session &session, int64_t maxNewTokens) {
+  bool interactive = isatty(STDIN_FILENO);
+  if (interactive)
+    std::fprintf(stderr, "Chat with %s. /clear starts over, /exit (or Ctrl-D) quits.\n",
+                 session.plan().model.name.empty() ? session.plan().model.path.c_str()
+                                                   : session.plan().model.name.c_str());
+  std::string line;
+  while (true) {
+    if (interactive) {
+      std::fprintf(stderr, "> ");
+      std::fflush(stderr);
+    }
+    if (!std::getline(std::cin, line))
+      break;
+    if (line == "/exit" || line == "/quit")
+      break;
+    if (line == "/clear") {
+      session.clear();
+      std::fprintf(stderr, "(conversation cleared)\n");
+      continue;
+    }
+    if (line.empty())
+      continue;
+    kt::StatusOr<TurnResult> turn = session.run(line, maxNewTokens, [](const std::string &text) {
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+    });
+    std::printf("\n");
+    if (!turn) {
+      // A turn that does not fit is reported; the session goes on.
+      std::fprintf(stderr, "ktrun: error: %s\n", turn.message().c_str());
+      continue;
+    }
+    report(*turn);
+  }
+  return 0;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  CLI::App app{"ktrun: runs a model plan compiled by `ktc compile`: an interactive chat with "
+               "the DeepSeek template (default), or one completion with --prompt."};
+  SessionOptions options;
+  std::string prompt, promptFile;
+  int64_t maxNewTokens = 1000;
+  bool json = false, noChat = false, noProgress = false;
+  app.add_option("plan", options.planPath, "The plan file (ktc compile -o ...)")->required();
+  app.add_option("--prompt", prompt, "One-shot: answer this prompt and exit");
+  app.add_option("--prompt-file", promptFile, "One-shot: the prompt from a file ('-': stdin)");
+  app.add_option("--max-new-tokens,--max_new_tokens", maxNewTokens,
+                 "Most tokens to generate per answer (default 1000)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--cache-lens,--cache_lens", options.cacheLens,
+                 "Tokens of context the KV cache holds (default: the plan's)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--cpu-infer,--cpu_infer", options.threads,
+                 "CPU threads (default: all cores)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_flag("--force-think,--force_think", options.forceThink,
+               "Start the answer with <think>\\n so R1 reasons before answering");
+  app.add_option("--temperature", options.sampling.temperature,
+                 "Sampling temperature; 0 is greedy decoding (default)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--top-p", options.sampling.topP, "Nucleus sampling: keep this much probability")
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--top-k", options.sampling.topK, "Sample among the k most likely tokens")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", options.sampling.seed, "Random seed for sampling");
+  app.add_option("--chat-template", options.chatTemplatePath,
+                 "A Jinja chat template file to use instead of the model's");
+  app.add_flag("--no-chat", noChat, "Raw completion: no chat template");
+  app.add_flag("--json", json,
+               "One-shot: print one JSON object (prompt and generated ids, text, timings)");
+  app.add_option("--gguf-path,--gguf_path", options.modelPath,
+                 "The model, if it moved since the plan was compiled");
+  app.add_flag("--no-progress", noProgress, "No progress bar while loading");
+  CLI11_PARSE(app, argc, argv);
+
+  if (json && prompt.empty() && promptFile.empty())
+    return fail("--json needs --prompt or --prompt-file");
+  if (!promptFile.empty()) {
+    std::stringstream text;
+    if (promptFile == "-") {
+      text << std::cin.rdbuf();
+    } else {
+      std::ifstream in(promptFile, std::ios::binary);
+      if (!in)
+        return fail("cannot read the prompt file " + promptFile);
+      text << in.rdbuf();
+    }
+    prompt = text.str();
+  }
+  options.chat = !noChat;
+  options.progress = !noProgress && isatty(STDERR_FILENO);
+
+  kt::StatusOr<std::unique_ptr<Session>> session = Session::open(options);
+  if (!session)
+    return fail(session.message());
+  if (!prompt.empty() || !promptFile.empty())
+    return oneShot(**session, prompt, maxNewTokens, json);
+  return chat(**session, maxNewTokens);
+}
