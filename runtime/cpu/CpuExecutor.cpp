@@ -167,8 +167,11 @@ private:
 
 class GateStep : public Step {
 public:
-  GateStep(WeightMatrix router, std::vector<float> bias, RoutingParams params)
-      : router_(router), bias_(std::move(bias)), params_(params) {}
+  GateStep(std::string path, WeightMatrix router, std::vector<float> bias, RoutingParams params)
+      : router_(router), bias_(std::move(bias)), params_(params),
+        selections_(static_cast<size_t>(params.experts), 0) {
+    stats_.path = std::move(path);
+  }
   void run(StepContext &ctx, const std::vector<Value *> &in,
            const std::vector<Value *> &out) override {
     const Value &x = *in[0];
@@ -185,12 +188,23 @@ public:
     for (int64_t t = 0; t < tokens; ++t)
       routeToken(params_, logits + t * experts, bias_.empty() ? nullptr : bias_.data(),
                  ids.ids.data() + t * topK, weights.data.data() + t * topK, scratch.data());
+    for (int32_t expert : ids.ids)
+      ++selections_[static_cast<size_t>(expert)];
   }
+
+  RoutingStats stats() const {
+    RoutingStats stats = stats_;
+    stats.selections = selections_;
+    return stats;
+  }
+  void clearStats() { std::fill(selections_.begin(), selections_.end(), 0); }
 
 private:
   WeightMatrix router_;
   std::vector<float> bias_;
   RoutingParams params_;
+  RoutingStats stats_;
+  std::vector<uint64_t> selections_;
 };
 
 class ExpertsStep : public Step {
@@ -650,7 +664,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
                     std::to_string(p.groupsUsed) + "); the plan is damaged: recompile it.");
       WeightMatrix router = b.matrix("weight", hidden, p.experts);
       std::vector<float> bias = b.vector("e_score_correction_bias", p.experts, false);
-      step = std::make_unique<GateStep>(router, std::move(bias), p);
+      step = std::make_unique<GateStep>(op.path, router, std::move(bias), p);
       produced.push_back({ValueKind::ExpertIds, p.topK, p.experts, true});
       produced.push_back({ValueKind::Floats, p.topK, 0, true});
     } else if (kind == "routed_experts") {
@@ -844,6 +858,27 @@ StatusOr<std::vector<float>> CpuExecutor::forward(const std::vector<int32_t> &to
 int64_t CpuExecutor::position() const { return impl_->position; }
 int64_t CpuExecutor::cacheCapacity() const { return impl_->capacity; }
 void CpuExecutor::reset() { impl_->position = 0; }
+void CpuExecutor::truncate(int64_t tokens) {
+  impl_->position = std::clamp<int64_t>(tokens, 0, impl_->position);
+}
+
+std::vector<RoutingStats> CpuExecutor::routingStats() const {
+  std::vector<RoutingStats> stats;
+  for (const BoundStep &bound : impl_->steps)
+    if (auto *gate = dynamic_cast<const GateStep *>(bound.step.get()))
+      stats.push_back(gate->stats());
+  return stats;
+}
+
+void CpuExecutor::clearRoutingStats() {
+  for (BoundStep &bound : impl_->steps)
+    if (auto *gate = dynamic_cast<GateStep *>(bound.step.get()))
+      gate->clearStats();
+}
+
+int64_t RoutingStats::distinctExperts() const {
+  return std::count_if(selections.begin(), selections.end(), [](uint64_t n) { return n > 0; });
+}
 int64_t CpuExecutor::vocabSize() const { return impl_->vocab; }
 int CpuExecutor::threadCount() const { return impl_->pool.threadCount(); }
 void CpuExecutor::setAttentionPath(AttentionPath path) { impl_->attentionPath = path; }

@@ -22,6 +22,14 @@ struct ExecutorOptions {
   std::string planPath;   // the plan's file, for messages; empty: "the plan"
 };
 
+// How often each expert of one MoE layer was chosen since the statistics
+// were last cleared (benchmarks print how many distinct experts a layer used).
+struct RoutingStats {
+  std::string path; // the gate's module path, "model.layers.3.mlp.gate"
+  std::vector<uint64_t> selections;
+  int64_t distinctExperts() const;
+};
+
 class CpuExecutor {
 public:
   // Binds every op of `plan` to the weights of `model`, which must outlive
@@ -46,6 +54,11 @@ public:
   int64_t position() const;      // tokens in the cache
   int64_t cacheCapacity() const; // positions the cache holds
   void reset();                  // empties the cache (a new conversation)
+  // Keeps only the first `tokens` positions of the cache, for a
+  // conversation whose history diverges from what was fed after them.
+  void truncate(int64_t tokens);
+  std::vector<RoutingStats> routingStats() const;
+  void clearRoutingStats();
   int64_t vocabSize() const;     // logits per token
   int threadCount() const;
 

@@ -129,16 +129,17 @@ StatusOr<TurnResult> Session::run(const std::string &input, int64_t maxNewTokens
   StatusOr<std::vector<int32_t>> all = promptIds(input);
   if (!all)
     return all.status();
-  // Feed only what the cache does not hold yet. When the rendered history
-  // no longer starts with the cached tokens (R1 drops earlier reasoning),
-  // start over.
+  // Feed only what the cache does not hold yet. Where the rendered history
+  // departs from the cached tokens (R1 drops earlier reasoning; an answer
+  // re-encodes to other ids), the cache is cut back to the common prefix.
   size_t common = 0;
   while (common < cached_.size() && common < all->size() && cached_[common] == (*all)[common])
     ++common;
+  if (common == all->size() && common > 0)
+    --common; // at least one token must be fed to get the next logits
   if (common < cached_.size()) {
-    executor_->reset();
-    cached_.clear();
-    common = 0;
+    executor_->truncate(static_cast<int64_t>(common));
+    cached_.resize(common);
   }
   TurnResult result;
   result.promptIds.assign(all->begin() + common, all->end());

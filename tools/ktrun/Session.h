@@ -50,6 +50,7 @@ public:
   // Forgets the conversation and empties the KV cache.
   void clear();
   const plan::Plan &plan() const { return plan_; }
+  cpu::CpuExecutor &executor() { return *executor_; }
 
 private:
   Session() = default;

@@ -1,5 +1,6 @@
 // ktrun: runs a compiled plan — interactive chat with the DeepSeek template,
 // or one-shot completion for scripts.
+#include "tools/ktrun/Bench.h"
 #include "tools/ktrun/Session.h"
 
 #include <CLI/CLI.hpp>
@@ -139,6 +140,16 @@ int main(int argc, char **argv) {
   app.add_option("--gguf-path,--gguf_path", options.modelPath,
                  "The model, if it moved since the plan was compiled");
   app.add_flag("--no-progress", noProgress, "No progress bar while loading");
+  bool bench = false;
+  kt::ktrun::BenchOptions benchOptions;
+  app.add_flag("--bench", bench,
+               "Benchmark: prefill a random prompt, decode greedily, print tok/s, decode's "
+               "expert-weight GB/s against the measured memory bandwidth, and the distinct "
+               "experts each MoE layer used");
+  app.add_option("--bench-prompt", benchOptions.promptTokens, "Benchmark prompt tokens (256)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--bench-tokens", benchOptions.decodeTokens, "Benchmark decoded tokens (64)")
+      ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
 
   if (json && prompt.empty() && promptFile.empty())
@@ -161,6 +172,8 @@ int main(int argc, char **argv) {
   kt::StatusOr<std::unique_ptr<Session>> session = Session::open(options);
   if (!session)
     return fail(session.message());
+  if (bench)
+    return kt::ktrun::runBench((*session)->plan(), (*session)->executor(), benchOptions);
   if (!prompt.empty() || !promptFile.empty())
     return oneShot(**session, prompt, maxNewTokens, json);
   return chat(**session, maxNewTokens);

@@ -223,6 +223,53 @@ TEST(CpuExecutor, ResetStartsANewConversation) {
   EXPECT_EQ(prefillAll(*executor, tokens), first);
 }
 
+TEST(CpuExecutor, TruncateContinuesFromTheKeptPrefix) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("truncate", tinyF32Config(), m));
+  const std::vector<int32_t> prefix = sampleTokens(5, 3), tail = sampleTokens(4, 4);
+  std::vector<int32_t> whole = prefix;
+  whole.insert(whole.end(), tail.begin(), tail.end());
+  auto fresh = makeExecutor(m);
+  StatusOr<std::vector<float>> expected = fresh->forward(whole);
+  ASSERT_TRUE(expected.ok()) << expected.message();
+
+  // A detour after the prefix, cut off again, must leave no trace.
+  auto executor = makeExecutor(m);
+  ASSERT_TRUE(executor->forward(prefix).ok());
+  ASSERT_TRUE(executor->forward(sampleTokens(3, 9)).ok());
+  executor->truncate(static_cast<int64_t>(prefix.size()));
+  EXPECT_EQ(executor->position(), static_cast<int64_t>(prefix.size()));
+  StatusOr<std::vector<float>> continued = executor->forward(tail);
+  ASSERT_TRUE(continued.ok()) << continued.message();
+  EXPECT_LE(relativeL2(*continued, *expected), 1e-6);
+  executor->truncate(1000); // never grows the cache
+  EXPECT_EQ(executor->position(), static_cast<int64_t>(whole.size()));
+}
+
+TEST(CpuExecutor, CountsExpertSelections) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  gen::ModelConfig config = tinyF32Config();
+  ASSERT_NO_FATAL_FAILURE(buildModel("routing", config, m));
+  auto executor = makeExecutor(m);
+  const std::vector<int32_t> tokens = sampleTokens(24, 5);
+  ASSERT_TRUE(executor->forward(tokens).ok());
+  std::vector<RoutingStats> stats = executor->routingStats();
+  ASSERT_EQ(static_cast<int64_t>(stats.size()), config.layerCount - config.denseLayerCount);
+  for (const RoutingStats &layer : stats) {
+    uint64_t total = 0;
+    for (uint64_t n : layer.selections)
+      total += n;
+    EXPECT_EQ(total, tokens.size() * static_cast<uint64_t>(config.expertsUsed)) << layer.path;
+    EXPECT_GT(layer.distinctExperts(), config.expertsUsed) << layer.path;
+    EXPECT_EQ(layer.path.rfind("model.layers.", 0), 0u);
+  }
+  executor->clearRoutingStats();
+  for (const RoutingStats &layer : executor->routingStats())
+    EXPECT_EQ(layer.distinctExperts(), 0);
+}
+
 TEST(CpuExecutor, QuantizedWeightsStayCloseToF32) {
   KT_REQUIRE_COMPILER();
   gen::ModelConfig q8 = *gen::presetConfig("tiny");

@@ -1,0 +1,137 @@
+#include "tools/ktrun/Bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <random>
+#include <thread>
+#include <vector>
+
+namespace kt::ktrun {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Routed-expert bytes one decoded token reads: top_k experts' three
+// matrices in every MoE layer.
+uint64_t expertBytesPerToken(const plan::Plan &plan) {
+  uint64_t bytes = 0;
+  for (size_t i = 0; i < plan.ops.size(); ++i) {
+    const plan::Op &op = plan.ops[i];
+    if (op.kind != "routed_experts" || op.weights.empty())
+      continue;
+    uint64_t all = 0;
+    for (const plan::Weight &weight : op.weights)
+      all += weight.bytes;
+    int64_t experts = op.weights.front().shape.back();
+    // top_k is the width of the routing the gate feeding this op produced.
+    int64_t topK = 0;
+    for (const plan::Op &gate : plan.ops)
+      if (gate.kind == "moe_gate" && !gate.outputs.empty() && op.inputs.size() > 1 &&
+          gate.outputs.front() == op.inputs[1])
+        if (auto it = gate.params.find("top_k"); it != gate.params.end())
+          topK = std::get<int64_t>(it->second);
+    if (experts > 0)
+      bytes += all / static_cast<uint64_t>(experts) * static_cast<uint64_t>(topK);
+  }
+  return bytes;
+}
+
+} // namespace
+
+double measureReadBandwidth(int threads) {
+  threads = std::max(1, threads);
+  const size_t bytes = size_t{1} << 30; // far beyond any cache
+  std::vector<uint64_t> buffer(bytes / sizeof(uint64_t), 1);
+  double best = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    std::vector<uint64_t> sums(static_cast<size_t>(threads) * 8, 0);
+    auto start = Clock::now();
+    std::vector<std::thread> workers;
+    size_t slice = buffer.size() / threads;
+    for (int t = 0; t < threads; ++t)
+      workers.emplace_back([&, t] {
+        const uint64_t *p = buffer.data() + t * slice;
+        uint64_t a = 0, b = 0, c = 0, d = 0;
+        for (size_t i = 0; i + 4 <= slice; i += 4) {
+          a += p[i];
+          b += p[i + 1];
+          c += p[i + 2];
+          d += p[i + 3];
+        }
+        sums[static_cast<size_t>(t) * 8] = a + b + c + d; // one cache line each
+      });
+    for (std::thread &worker : workers)
+      worker.join();
+    best = std::max(best, static_cast<double>(slice * threads * sizeof(uint64_t)) / seconds(start));
+    if (sums[0] == 0)
+      std::printf(" "); // keeps the reads
+  }
+  return best;
+}
+
+int runBench(const plan::Plan &plan, cpu::CpuExecutor &executor, const BenchOptions &options) {
+  std::mt19937_64 random(options.seed);
+  std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(executor.vocabSize() - 1));
+  std::vector<int32_t> prompt(static_cast<size_t>(options.promptTokens));
+  for (int32_t &id : prompt)
+    id = token(random);
+  if (options.promptTokens + options.decodeTokens > executor.cacheCapacity()) {
+    std::fprintf(stderr, "ktrun: error: the benchmark needs %lld tokens of KV cache; raise "
+                         "--cache-lens\n",
+                 static_cast<long long>(options.promptTokens + options.decodeTokens));
+    return 1;
+  }
+
+  executor.reset();
+  executor.clearRoutingStats();
+  auto start = Clock::now();
+  StatusOr<std::vector<float>> logits = executor.forward(prompt);
+  double prefill = seconds(start);
+  if (!logits) {
+    std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
+    return 1;
+  }
+  std::vector<cpu::RoutingStats> prefillRouting = executor.routingStats();
+  executor.clearRoutingStats();
+  start = Clock::now();
+  for (int64_t i = 0; i < options.decodeTokens; ++i) {
+    int32_t next = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) -
+                                        logits->begin());
+    logits = executor.forward({next});
+    if (!logits) {
+      std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
+      return 1;
+    }
+  }
+  double decode = seconds(start);
+  std::vector<cpu::RoutingStats> decodeRouting = executor.routingStats();
+
+  double decodeRate = options.decodeTokens / decode;
+  uint64_t expertBytes = expertBytesPerToken(plan);
+  double bandwidth = measureReadBandwidth(executor.threadCount());
+  double achieved = expertBytes * decodeRate;
+  std::printf("threads: %d\n", executor.threadCount());
+  std::printf("prefill: %lld tokens in %.3f s, %.1f tok/s\n",
+              static_cast<long long>(options.promptTokens), prefill,
+              options.promptTokens / prefill);
+  std::printf("decode: %lld tokens in %.3f s, %.1f tok/s\n",
+              static_cast<long long>(options.decodeTokens), decode, decodeRate);
+  std::printf("decode expert weights: %.2f MB per token, %.2f GB/s; host read bandwidth "
+              "%.2f GB/s (%d threads); ratio %.3f\n",
+              expertBytes / 1e6, achieved / 1e9, bandwidth / 1e9, executor.threadCount(),
+              bandwidth > 0 ? achieved / bandwidth : 0.0);
+  std::printf("distinct experts used per MoE layer (prefill / decode):\n");
+  for (size_t i = 0; i < prefillRouting.size(); ++i)
+    std::printf("  %s: %lld / %lld of %zu\n", prefillRouting[i].path.c_str(),
+                static_cast<long long>(prefillRouting[i].distinctExperts()),
+                static_cast<long long>(decodeRouting[i].distinctExperts()),
+                prefillRouting[i].selections.size());
+  return 0;
+}
+
+} // namespace kt::ktrun

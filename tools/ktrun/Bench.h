@@ -1,0 +1,25 @@
+// `ktrun --bench`: prefill and decode speed of a plan on a random prompt,
+// with decode's expert-weight traffic against the host's memory bandwidth.
+#pragma once
+
+#include "runtime/cpu/CpuExecutor.h"
+#include "runtime/plan/Plan.h"
+
+#include <cstdint>
+
+namespace kt::ktrun {
+
+struct BenchOptions {
+  int64_t promptTokens = 256;
+  int64_t decodeTokens = 64;
+  uint64_t seed = 1;
+};
+
+// Runs the benchmark and prints its report to stdout; returns the exit code.
+int runBench(const plan::Plan &plan, cpu::CpuExecutor &executor, const BenchOptions &options);
+
+// Bytes per second that `threads` threads read from a buffer much larger
+// than the caches (best of three passes).
+double measureReadBandwidth(int threads);
+
+} // namespace kt::ktrun
