@@ -41,6 +41,21 @@ uint64_t expertBytesPerToken(const plan::Plan &plan) {
   return bytes;
 }
 
+// All weight bytes one decoded token reads: every module's weights, but only
+// top_k of the routed experts (the embedding reads one row).
+uint64_t weightBytesPerToken(const plan::Plan &plan) {
+  uint64_t bytes = expertBytesPerToken(plan);
+  for (const plan::Op &op : plan.ops) {
+    if (op.kind == "routed_experts")
+      continue;
+    for (const plan::Weight &weight : op.weights)
+      bytes += op.kind == "embedding" && !weight.shape.empty() && weight.shape.back() > 0
+                   ? weight.bytes / static_cast<uint64_t>(weight.shape.back())
+                   : weight.bytes;
+  }
+  return bytes;
+}
+
 } // namespace
 
 double measureReadBandwidth(int threads) {
@@ -125,6 +140,9 @@ int runBench(const plan::Plan &plan, cpu::CpuExecutor &executor, const BenchOpti
               "%.2f GB/s (%d threads); ratio %.3f\n",
               expertBytes / 1e6, achieved / 1e9, bandwidth / 1e9, executor.threadCount(),
               bandwidth > 0 ? achieved / bandwidth : 0.0);
+  uint64_t allBytes = weightBytesPerToken(plan);
+  std::printf("decode all weights: %.2f MB per token, %.2f GB/s; ratio %.3f\n", allBytes / 1e6,
+              allBytes * decodeRate / 1e9, bandwidth > 0 ? allBytes * decodeRate / bandwidth : 0.0);
   std::printf("distinct experts used per MoE layer (prefill / decode):\n");
   for (size_t i = 0; i < prefillRouting.size(); ++i)
     std::printf("  %s: %lld / %lld of %zu\n", prefillRouting[i].path.c_str(),
