@@ -112,7 +112,7 @@ int main(int argc, char **argv) {
   bool json = false, noChat = false, noProgress = false;
   app.add_option("plan", options.planPath, "The plan file (ktc compile -o ...)")->required();
   app.add_option("--prompt", prompt, "One-shot: answer this prompt and exit");
-  app.add_option("--prompt-file", promptFile, "One-shot: the prompt from a file ('-': stdin)");
+  app.add_option("--prompt-file,--prompt_file", promptFile, "One-shot: the prompt from a file ('-': stdin)");
   app.add_option("--max-new-tokens,--max_new_tokens", maxNewTokens,
                  "Most tokens to generate per answer (default 1000)")
       ->check(CLI::PositiveNumber);
@@ -127,28 +127,28 @@ int main(int argc, char **argv) {
   app.add_option("--temperature", options.sampling.temperature,
                  "Sampling temperature; 0 is greedy decoding (default)")
       ->check(CLI::NonNegativeNumber);
-  app.add_option("--top-p", options.sampling.topP, "Nucleus sampling: keep this much probability")
+  app.add_option("--top-p,--top_p", options.sampling.topP, "Nucleus sampling: keep this much probability")
       ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--top-k", options.sampling.topK, "Sample among the k most likely tokens")
+  app.add_option("--top-k,--top_k", options.sampling.topK, "Sample among the k most likely tokens")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", options.sampling.seed, "Random seed for sampling");
-  app.add_option("--chat-template", options.chatTemplatePath,
+  app.add_option("--chat-template,--chat_template", options.chatTemplatePath,
                  "A Jinja chat template file to use instead of the model's");
-  app.add_flag("--no-chat", noChat, "Raw completion: no chat template");
+  app.add_flag("--no-chat,--no_chat", noChat, "Raw completion: no chat template");
   app.add_flag("--json", json,
                "One-shot: print one JSON object (prompt and generated ids, text, timings)");
   app.add_option("--gguf-path,--gguf_path", options.modelPath,
                  "The model, if it moved since the plan was compiled");
-  app.add_flag("--no-progress", noProgress, "No progress bar while loading");
+  app.add_flag("--no-progress,--no_progress", noProgress, "No progress bar while loading");
   bool bench = false;
   kt::ktrun::BenchOptions benchOptions;
   app.add_flag("--bench", bench,
                "Benchmark: prefill a random prompt, decode greedily, print tok/s, decode's "
                "expert-weight GB/s against the measured memory bandwidth, and the distinct "
                "experts each MoE layer used");
-  app.add_option("--bench-prompt", benchOptions.promptTokens, "Benchmark prompt tokens (256)")
+  app.add_option("--bench-prompt,--bench_prompt", benchOptions.promptTokens, "Benchmark prompt tokens (256)")
       ->check(CLI::PositiveNumber);
-  app.add_option("--bench-tokens", benchOptions.decodeTokens, "Benchmark decoded tokens (64)")
+  app.add_option("--bench-tokens,--bench_tokens", benchOptions.decodeTokens, "Benchmark decoded tokens (64)")
       ->check(CLI::PositiveNumber);
   CLI11_PARSE(app, argc, argv);
 
