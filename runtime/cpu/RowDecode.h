@@ -1,6 +1,5 @@
-// Decoding GGUF rows to f32 inside the matrix products: vectorizable versions
-// of the common types' decoders, with the same results as kt_quant's
-// reference dequantize() bit for bit; other types go to dequantize().
+// Decoding GGUF rows to f32 inside the matrix products (kt_quant's
+// dequantize, whose decoders are vectorized for the host).
 #pragma once
 
 #include "runtime/gguf/GgmlType.h"

@@ -34,6 +34,19 @@ Status checkElementCount(const gguf::GgmlTypeTraits &traits, int64_t elements,
 
 namespace {
 
+// The decoders are compiled for AVX-512 and AVX2 as well as the baseline and
+// the best the host runs is picked at load: they decode weights inside the
+// CPU executor's matrix products. Not under ASan/TSan, whose runtimes are not
+// set up when the loader runs the clones' resolvers.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__) && \
+    !defined(__SANITIZE_ADDRESS__) && !defined(__SANITIZE_THREAD__)
+#define KT_VECTOR_CLONES                                                                       \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define KT_VECTOR_CLONES
+#endif
+
+using detail::halfToFloatInline;
 using detail::loadHalf;
 using detail::loadU16;
 using detail::loadU32;
@@ -49,19 +62,19 @@ void dequantizeF32(const uint8_t *src, float *dst, int64_t elements) {
   std::memcpy(dst, src, size_t(elements) * sizeof(float));
 }
 
-void dequantizeF16(const uint8_t *src, float *dst, int64_t elements) {
+KT_VECTOR_CLONES void dequantizeF16(const uint8_t *src, float *dst, int64_t elements) {
   for (int64_t i = 0; i < elements; ++i)
-    dst[i] = halfToFloat(loadU16(src + 2 * i));
+    dst[i] = halfToFloatInline(loadU16(src + 2 * i));
 }
 
-void dequantizeBF16(const uint8_t *src, float *dst, int64_t elements) {
+KT_VECTOR_CLONES void dequantizeBF16(const uint8_t *src, float *dst, int64_t elements) {
   for (int64_t i = 0; i < elements; ++i)
     dst[i] = bf16ToFloat(loadU16(src + 2 * i));
 }
 
 // Q4_0 (18 bytes): f16 d, 16 bytes of nibbles. Element j is the low nibble of
 // byte j, element j+16 the high nibble; value (q - 8) * d.
-void dequantizeQ4_0(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ4_0(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 18, dst += kQK) {
     const float d = loadHalf(src);
     const uint8_t *qs = src + 2;
@@ -73,7 +86,7 @@ void dequantizeQ4_0(const uint8_t *src, float *dst, int64_t blocks) {
 }
 
 // Q4_1 (20 bytes): f16 d, f16 m, 16 bytes of nibbles; value q * d + m.
-void dequantizeQ4_1(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ4_1(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 20, dst += kQK) {
     const float d = loadHalf(src);
     const float m = loadHalf(src + 2);
@@ -87,7 +100,7 @@ void dequantizeQ4_1(const uint8_t *src, float *dst, int64_t blocks) {
 
 // Q5_0 (22 bytes): f16 d, 32-bit fifth bits (bit j for element j), nibbles as
 // Q4_0; value (q - 16) * d.
-void dequantizeQ5_0(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ5_0(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 22, dst += kQK) {
     const float d = loadHalf(src);
     const uint32_t highBits = loadU32(src + 2);
@@ -102,7 +115,7 @@ void dequantizeQ5_0(const uint8_t *src, float *dst, int64_t blocks) {
 }
 
 // Q5_1 (24 bytes): f16 d, f16 m, fifth bits, nibbles; value q * d + m.
-void dequantizeQ5_1(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ5_1(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 24, dst += kQK) {
     const float d = loadHalf(src);
     const float m = loadHalf(src + 2);
@@ -118,7 +131,7 @@ void dequantizeQ5_1(const uint8_t *src, float *dst, int64_t blocks) {
 }
 
 // Q8_0 (34 bytes): f16 d, 32 signed bytes; value q * d.
-void dequantizeQ8_0(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ8_0(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 34, dst += kQK) {
     const float d = loadHalf(src);
     const int8_t *qs = reinterpret_cast<const int8_t *>(src + 2);
@@ -130,7 +143,7 @@ void dequantizeQ8_0(const uint8_t *src, float *dst, int64_t blocks) {
 // Q2_K (84 bytes): 16 scale bytes (low nibble scale, high nibble min, one per
 // 16 elements), 64 bytes of 2-bit quants, f16 d, f16 dmin. Each 128-element
 // half uses 32 quant bytes; shift 2k selects elements 32k..32k+31 of it.
-void dequantizeQ2_K(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ2_K(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 84) {
     const uint8_t *scales = src;
     const uint8_t *q = src + 16;
@@ -167,7 +180,7 @@ void unpackQ3_KScales(const uint8_t *packed, int scales[16]) {
 // Q3_K (110 bytes): 32 bytes hmask (high bit, set means +0 and clear means
 // -4), 64 bytes 2-bit quants, 12 bytes scales, f16 d. Layout of the low bits
 // as Q2_K; hmask bit k of byte l belongs to quant byte l with shift 2k.
-void dequantizeQ3_K(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ3_K(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 110) {
     const uint8_t *hmask = src;
     const uint8_t *q = src + 32;
@@ -195,7 +208,7 @@ void dequantizeQ3_K(const uint8_t *src, float *dst, int64_t blocks) {
 
 // Q4_K (144 bytes): f16 d, f16 dmin, 12 bytes of 6-bit scales/mins, 128 bytes
 // of nibbles. Each 64 elements use 32 bytes: low nibbles first, then high.
-void dequantizeQ4_K(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ4_K(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 144) {
     const float d = loadHalf(src);
     const float dmin = loadHalf(src + 2);
@@ -218,7 +231,7 @@ void dequantizeQ4_K(const uint8_t *src, float *dst, int64_t blocks) {
 
 // Q5_K (176 bytes): as Q4_K plus 32 bytes of fifth bits after the scales;
 // pair p of 64 elements uses bits 2p (low nibbles) and 2p+1 (high nibbles).
-void dequantizeQ5_K(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ5_K(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 176) {
     const float d = loadHalf(src);
     const float dmin = loadHalf(src + 2);
@@ -245,7 +258,7 @@ void dequantizeQ5_K(const uint8_t *src, float *dst, int64_t blocks) {
 // signed 8-bit scales (one per 16 elements), f16 d. Per 128 elements: 64 ql
 // bytes and 32 qh bytes; quarter k of it takes nibble (k / 2) of ql byte
 // l + 32 * (k % 2) and bit pair k of qh byte l. Value d * scale * (q - 32).
-void dequantizeQ6_K(const uint8_t *src, float *dst, int64_t blocks) {
+KT_VECTOR_CLONES void dequantizeQ6_K(const uint8_t *src, float *dst, int64_t blocks) {
   for (int64_t b = 0; b < blocks; ++b, src += 210) {
     const uint8_t *ql = src;
     const uint8_t *qh = src + 128;

@@ -4,6 +4,7 @@
 #include "runtime/quant/Quant.h"
 
 #include <cstdint>
+#include <cstring>
 #include <string>
 
 namespace kt::quant::detail {
@@ -19,7 +20,19 @@ inline void storeU16(uint8_t *p, uint16_t v) {
   p[0] = uint8_t(v);
   p[1] = uint8_t(v >> 8);
 }
-inline float loadHalf(const uint8_t *p) { return halfToFloat(loadU16(p)); }
+// IEEE half to float with normal numbers inline (so loops over halves
+// vectorize) and the rest by halfToFloat; the same result for every input.
+inline float halfToFloatInline(uint16_t h) {
+  const uint32_t exponent = (h >> 10) & 0x1f;
+  if (exponent == 0 || exponent == 0x1f)
+    return halfToFloat(h);
+  const uint32_t bits = (uint32_t(h & 0x8000) << 16) | ((exponent + (127 - 15)) << 23) |
+                        (uint32_t(h & 0x3ff) << 13);
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+inline float loadHalf(const uint8_t *p) { return halfToFloatInline(loadU16(p)); }
 inline void storeHalf(uint8_t *p, float v) { storeU16(p, floatToHalf(v)); }
 
 // Q4_K and Q5_K keep eight 6-bit (scale, min) pairs in 12 bytes: pairs 0-3 in
