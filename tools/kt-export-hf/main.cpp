@@ -1,6 +1,7 @@
 // kt-export-hf: writes a DeepSeek GGUF model as a Hugging Face checkpoint
 // (config.json + model.safetensors, every weight dequantized to f32) for
 // transformers to load. See docs/golden-fixtures.md.
+#include "runtime/support/ByteSize.h"
 #include "tools/kt-export-hf/HfExport.h"
 
 #include <CLI/CLI.hpp>
@@ -13,19 +14,8 @@ namespace {
 using kt::Status;
 using kt::StatusOr;
 using namespace kt::hfexport;
+using kt::formatByteSize;
 
-std::string formatBytes(uint64_t bytes) {
-  char buffer[64];
-  double value = static_cast<double>(bytes);
-  const char *units[] = {"B", "KB", "MB", "GB", "TB"};
-  int unit = 0;
-  while (value >= 1000.0 && unit < 4) {
-    value /= 1000.0;
-    ++unit;
-  }
-  std::snprintf(buffer, sizeof buffer, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
-  return buffer;
-}
 
 } // namespace
 
@@ -80,6 +70,6 @@ int main(int argc, char **argv) {
   if (!quiet)
     std::printf("wrote %s/config.json (%s) and %s/model.safetensors (%zu tensors, %s of f32)\n",
                 output.c_str(), std::string(hfModelTypeName(plan->modelType)).c_str(),
-                output.c_str(), plan->tensors.size(), formatBytes(plan->dataBytes()).c_str());
+                output.c_str(), plan->tensors.size(), formatByteSize(plan->dataBytes()).c_str());
   return 0;
 }

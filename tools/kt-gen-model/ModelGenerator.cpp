@@ -1,3 +1,4 @@
+#include "runtime/support/ByteSize.h"
 #include "tools/kt-gen-model/ModelGenerator.h"
 
 #include "runtime/gguf/GgufStreamWriter.h"
@@ -215,18 +216,6 @@ GgmlType fittingType(GgmlType requested, int64_t rowLength) {
   return GgmlType::F16;
 }
 
-std::string formatBytes(uint64_t bytes) {
-  char buffer[64];
-  double value = static_cast<double>(bytes);
-  const char *units[] = {"B", "KB", "MB", "GB", "TB"};
-  int unit = 0;
-  while (value >= 1000.0 && unit < 4) {
-    value /= 1000.0;
-    ++unit;
-  }
-  std::snprintf(buffer, sizeof buffer, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
-  return buffer;
-}
 
 std::string directoryOf(const std::string &path) {
   size_t slash = path.find_last_of('/');
@@ -815,8 +804,8 @@ Status checkFreeSpace(const std::vector<std::string> &paths, uint64_t bytesNeede
     return Status::success(); // can't tell; a full disk is still reported when a write fails
   uint64_t available = static_cast<uint64_t>(info.f_bavail) * info.f_frsize;
   if (bytesNeeded > available)
-    return Status::error("The model needs " + formatBytes(bytesNeeded) + " but '" + directory +
-                         "' has only " + formatBytes(available) +
+    return Status::error("The model needs " + formatByteSize(bytesNeeded) + " but '" + directory +
+                         "' has only " + formatByteSize(available) +
                          " free; free some space, write elsewhere, or make the model smaller "
                          "(e.g. --layers).");
   return Status::success();

@@ -1,5 +1,6 @@
 // kt-gen-model: writes random-weight DeepSeek-V3-architecture GGUF models.
 // See docs/model-generator.md.
+#include "runtime/support/ByteSize.h"
 #include "tools/kt-gen-model/ModelGenerator.h"
 
 #include <CLI/CLI.hpp>
@@ -15,6 +16,7 @@
 namespace {
 
 using namespace kt::gen;
+using kt::formatByteSize;
 using kt::gguf::GgmlType;
 using kt::Status;
 using kt::StatusOr;
@@ -37,18 +39,6 @@ int usageError(const std::string &message) {
   return 2;
 }
 
-std::string formatBytes(uint64_t bytes) {
-  char buffer[64];
-  double value = static_cast<double>(bytes);
-  const char *units[] = {"B", "KB", "MB", "GB", "TB"};
-  int unit = 0;
-  while (value >= 1000.0 && unit < 4) {
-    value /= 1000.0;
-    ++unit;
-  }
-  std::snprintf(buffer, sizeof buffer, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
-  return buffer;
-}
 
 std::string formatCount(uint64_t count) {
   char buffer[64];
@@ -96,9 +86,9 @@ public:
       long remaining = static_cast<long>((total - done) / rate);
       std::snprintf(eta, sizeof eta, "  ETA %ld:%02ld", remaining / 60, remaining % 60);
     }
-    std::string speed = rate > 0 ? "  " + formatBytes(static_cast<uint64_t>(rate)) + "/s" : "";
+    std::string speed = rate > 0 ? "  " + formatByteSize(static_cast<uint64_t>(rate)) + "/s" : "";
     std::fprintf(stderr, "\r[%s] %3d%%  %s / %s%s%s   ", bar.c_str(), percent,
-                 formatBytes(done).c_str(), formatBytes(total).c_str(), speed.c_str(), eta);
+                 formatByteSize(done).c_str(), formatByteSize(total).c_str(), speed.c_str(), eta);
     if (done >= total) {
       std::fprintf(stderr, "\n");
       finished_ = true;
@@ -368,10 +358,10 @@ int main(int argc, char **argv) {
     for (const PlannedTensor &t : plan->tensors)
       std::printf("%-32s %-24s %-6s %12s\n", t.name.c_str(), shapeText(t.ne).c_str(),
                   std::string(kt::gguf::ggmlTypeName(t.type)).c_str(),
-                  formatBytes(t.bytes()).c_str());
+                  formatByteSize(t.bytes()).c_str());
     std::printf("%zu tensors, %s parameters, %s of tensor data, %zu metadata keys\n",
                 plan->tensors.size(), formatCount(plan->parameterCount()).c_str(),
-                formatBytes(plan->tensorBytes()).c_str(), plan->metadata.size());
+                formatByteSize(plan->tensorBytes()).c_str(), plan->metadata.size());
     printFallbacks(stdout);
     return 0;
   }
@@ -401,10 +391,10 @@ int main(int argc, char **argv) {
 
   const ModelConfig &c = plan->config;
   for (const WrittenFile &file : result->files)
-    std::printf("wrote %s (%s, %zu tensors)\n", file.path.c_str(), formatBytes(file.bytes).c_str(),
+    std::printf("wrote %s (%s, %zu tensors)\n", file.path.c_str(), formatByteSize(file.bytes).c_str(),
                 file.tensorCount);
   std::printf("  total       %s in %zu file%s, %zu tensors, %s parameters\n",
-              formatBytes(result->totalBytes).c_str(), result->files.size(),
+              formatByteSize(result->totalBytes).c_str(), result->files.size(),
               result->files.size() == 1 ? "" : "s", result->tensorCount,
               formatCount(result->parameterCount).c_str());
   std::printf("  model       deepseek2, %lld layers (%lld dense), hidden %lld, %lld heads, "

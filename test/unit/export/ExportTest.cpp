@@ -1,6 +1,7 @@
 // kt-export-hf: Hugging Face names, shapes and values of exported DeepSeek
 // models, config.json, the kv_b_proj rebuilt from the split MLA form, the
 // models transformers cannot represent, and the command line.
+#include "test/unit/common/TempDir.h"
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/quant/Quant.h"
 #include "tools/kt-export-hf/HfExport.h"
@@ -32,25 +33,7 @@ using gguf::GgufModel;
 using nlohmann::json;
 using Shape = std::vector<int64_t>;
 
-class TempDir {
-public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "kt-export-test-XXXXXX").string();
-    std::vector<char> buffer(pattern.begin(), pattern.end());
-    buffer.push_back('\0');
-    if (::mkdtemp(buffer.data()))
-      path_ = buffer.data();
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty())
-      fs::remove_all(path_, ignored);
-  }
-  std::string file(const std::string &name) const { return (path_ / name).string(); }
-
-private:
-  fs::path path_;
-};
+using TempDir = ::kt::test::TempDir;
 
 // The tiny preset cut down: 3 layers (1 dense), 8 experts of 128 in 4 groups
 // (2 used), top-2; q8_0 attention, q4_K experts (their down projections fall

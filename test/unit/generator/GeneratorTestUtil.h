@@ -2,6 +2,7 @@
 #pragma once
 
 #include "test/unit/common/SharedData.h"
+#include "test/unit/common/TempDir.h"
 
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/quant/Quant.h"
@@ -27,27 +28,7 @@ namespace kt::gen::test {
 
 namespace fs = std::filesystem;
 
-// A fresh directory under the system temp dir, removed with the object.
-class TempDir {
-public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "kt-gen-test-XXXXXX").string();
-    std::vector<char> buffer(pattern.begin(), pattern.end());
-    buffer.push_back('\0');
-    if (::mkdtemp(buffer.data()))
-      path_ = buffer.data();
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    if (!path_.empty())
-      fs::remove_all(path_, ignored);
-  }
-  const fs::path &path() const { return path_; }
-  std::string file(const std::string &name) const { return (path_ / name).string(); }
-
-private:
-  fs::path path_;
-};
+using TempDir = ::kt::test::TempDir;
 
 using ::kt::test::deepseekTokenizerJson;
 using ::kt::test::sharedDataDir;

@@ -2,6 +2,8 @@
 // GGUF images and a temporary directory that removes itself.
 #pragma once
 
+#include "test/unit/common/TempDir.h"
+
 #include "runtime/gguf/GgufFile.h"
 
 #include <algorithm>
@@ -67,29 +69,7 @@ public:
   }
 };
 
-class TempDir {
-public:
-  TempDir() {
-    std::string pattern = std::string(KT_BINARY_DIR) + "/gguf-test-XXXXXX";
-    std::vector<char> buffer(pattern.begin(), pattern.end());
-    buffer.push_back('\0');
-    if (!mkdtemp(buffer.data()))
-      std::abort();
-    path_ = buffer.data();
-  }
-  ~TempDir() {
-    std::error_code ignored;
-    std::filesystem::remove_all(path_, ignored);
-  }
-  TempDir(const TempDir &) = delete;
-  TempDir &operator=(const TempDir &) = delete;
-
-  const std::filesystem::path &path() const { return path_; }
-  std::string file(const std::string &name) const { return (path_ / name).string(); }
-
-private:
-  std::filesystem::path path_;
-};
+using TempDir = ::kt::test::TempDir;
 
 inline void writeBytes(const std::string &path, const std::vector<uint8_t> &bytes) {
   std::ofstream out(path, std::ios::binary);
