@@ -1,0 +1,55 @@
+// Helpers shared by the kernels. Compiled by NVRTC only (no CUDA headers are
+// available there, so the few conversions needed are written out here).
+#pragma once
+
+namespace kt {
+
+typedef unsigned char u8;
+typedef signed char i8;
+typedef unsigned short u16;
+typedef unsigned int u32;
+
+// IEEE half to float through the hardware conversion (exact for every half).
+__device__ __forceinline__ float halfToFloat(u16 bits) {
+  float value;
+  asm("cvt.f32.f16 %0, %1;" : "=f"(value) : "h"(bits));
+  return value;
+}
+
+// bfloat16 is the upper half of an f32.
+__device__ __forceinline__ float bf16ToFloat(u16 bits) {
+  return __uint_as_float(static_cast<u32>(bits) << 16);
+}
+
+__device__ __forceinline__ float warpSum(float value) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
+
+// Sum over the block; every thread gets the result. `scratch` holds one float
+// per warp. kThreads must be a multiple of 32.
+template <int kThreads>
+__device__ __forceinline__ float blockSum(float value, float *scratch) {
+  static_assert(kThreads % 32 == 0, "blocks are whole warps");
+  constexpr int kWarps = kThreads / 32;
+  value = warpSum(value);
+  const int lane = threadIdx.x % 32;
+  const int warp = threadIdx.x / 32;
+  if (lane == 0)
+    scratch[warp] = value;
+  __syncthreads();
+  float total = 0.0f;
+#pragma unroll
+  for (int i = 0; i < kWarps; ++i)
+    total += scratch[i];
+  __syncthreads(); // scratch may be reused by the caller
+  return total;
+}
+
+// GGUF Q8_0 block: f16 scale d, then 32 signed bytes; value = d * q.
+constexpr int kQ8_0BlockElements = 32;
+constexpr int kQ8_0BlockBytes = 34;
+
+} // namespace kt

@@ -1,0 +1,54 @@
+// y = W x for a GGUF Q8_0 matrix W of OUT_FEATURES rows of IN_FEATURES values
+// (row-major, each row IN_FEATURES/32 blocks of 34 bytes: f16 scale, 32 int8).
+// Weights are dequantized in registers, never expanded in memory.
+// One warp per output row; lane L takes blocks L, L+32, ... of the row, so a
+// warp reads 32 consecutive blocks (1088 contiguous bytes) per step.
+// Specialization defines:
+//   IN_FEATURES     columns (a multiple of 32)
+//   OUT_FEATURES    rows
+//   ROWS_PER_BLOCK  warps (rows) per thread block
+#include "common.cuh"
+
+#ifndef IN_FEATURES
+#error "gemv_q8_0 needs IN_FEATURES"
+#endif
+#ifndef OUT_FEATURES
+#error "gemv_q8_0 needs OUT_FEATURES"
+#endif
+#ifndef ROWS_PER_BLOCK
+#define ROWS_PER_BLOCK 4
+#endif
+
+static_assert(IN_FEATURES % kt::kQ8_0BlockElements == 0, "Q8_0 rows are whole blocks");
+constexpr int kBlocksPerRow = IN_FEATURES / kt::kQ8_0BlockElements;
+constexpr long long kRowBytes = static_cast<long long>(kBlocksPerRow) * kt::kQ8_0BlockBytes;
+
+extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
+gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
+          float *__restrict__ y) {
+  const int lane = threadIdx.x % 32;
+  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  if (row >= OUT_FEATURES)
+    return;
+  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + row * kRowBytes;
+
+  float sum = 0.0f;
+  for (int b = lane; b < kBlocksPerRow; b += 32) {
+    const kt::u8 *block = rowBytes + b * kt::kQ8_0BlockBytes;
+    // The quants start 2 bytes into a 34-byte block: read them as 16 pairs.
+    const kt::u16 *pairs = reinterpret_cast<const kt::u16 *>(block);
+    const float scale = kt::halfToFloat(pairs[0]);
+    const float *xs = x + b * kt::kQ8_0BlockElements;
+    float dot = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const kt::u16 pair = pairs[1 + j];
+      dot += static_cast<float>(static_cast<kt::i8>(pair & 0xff)) * xs[2 * j];
+      dot += static_cast<float>(static_cast<kt::i8>(pair >> 8)) * xs[2 * j + 1];
+    }
+    sum += scale * dot;
+  }
+  sum = kt::warpSum(sum);
+  if (lane == 0)
+    y[row] = sum;
+}

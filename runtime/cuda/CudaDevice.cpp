@@ -1,0 +1,150 @@
+#include "runtime/cuda/CudaDevice.h"
+
+#include <dlfcn.h>
+
+namespace kt::cuda {
+namespace {
+// Driver API types and signatures, declared here so the build needs no CUDA
+// headers; they are the driver's stable ABI (the _v2 entry points).
+using CUresult = int;
+using CUdevice = int;
+using CUcontext = void *;
+using CUmodule = void *;
+using CUfunction = void *;
+using CUstream = void *;
+using CUdeviceptr = unsigned long long;
+constexpr CUresult kSuccess = 0;
+} // namespace
+
+struct CudaDevice::Api {
+  CUresult (*init)(unsigned) = nullptr;
+  CUresult (*deviceGet)(CUdevice *, int) = nullptr;
+  CUresult (*primaryCtxRetain)(CUcontext *, CUdevice) = nullptr;
+  CUresult (*primaryCtxRelease)(CUdevice) = nullptr;
+  CUresult (*ctxSetCurrent)(CUcontext) = nullptr;
+  CUresult (*ctxSynchronize)() = nullptr;
+  CUresult (*moduleLoadData)(CUmodule *, const void *) = nullptr;
+  CUresult (*moduleUnload)(CUmodule) = nullptr;
+  CUresult (*moduleGetFunction)(CUfunction *, CUmodule, const char *) = nullptr;
+  CUresult (*memAlloc)(CUdeviceptr *, size_t) = nullptr;
+  CUresult (*memFree)(CUdeviceptr) = nullptr;
+  CUresult (*memcpyHtoD)(CUdeviceptr, const void *, size_t) = nullptr;
+  CUresult (*memcpyDtoH)(void *, CUdeviceptr, size_t) = nullptr;
+  CUresult (*launchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
+                           unsigned, unsigned, CUstream, void **, void **) = nullptr;
+  CUresult (*getErrorString)(CUresult, const char **) = nullptr;
+};
+
+Status CudaDevice::check(int result, const std::string &what) const {
+  if (result == kSuccess)
+    return Status::success();
+  const char *text = nullptr;
+  if (api_->getErrorString(result, &text) != kSuccess || !text)
+    text = "unknown error";
+  return Status::error("CUDA driver call failed on GPU " + std::to_string(index_) + " (" + what +
+                       "): " + text + " (error " + std::to_string(result) + ").");
+}
+
+StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
+  void *library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!library)
+    return Status::error("no CUDA driver: libcuda.so.1 could not be loaded; install the NVIDIA "
+                         "driver or run on a host with a GPU.");
+  std::unique_ptr<CudaDevice> device(new CudaDevice());
+  device->index_ = index;
+  device->api_ = std::make_unique<Api>();
+  Api &api = *device->api_;
+  std::string missing;
+  auto bind = [&](auto &slot, std::initializer_list<const char *> names) {
+    for (const char *name : names)
+      if ((slot = reinterpret_cast<std::remove_reference_t<decltype(slot)>>(dlsym(library, name))))
+        return;
+    missing += std::string(missing.empty() ? "" : ", ") + *names.begin();
+  };
+  bind(api.init, {"cuInit"});
+  bind(api.deviceGet, {"cuDeviceGet"});
+  bind(api.primaryCtxRetain, {"cuDevicePrimaryCtxRetain"});
+  bind(api.primaryCtxRelease, {"cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease"});
+  bind(api.ctxSetCurrent, {"cuCtxSetCurrent"});
+  bind(api.ctxSynchronize, {"cuCtxSynchronize"});
+  bind(api.moduleLoadData, {"cuModuleLoadData"});
+  bind(api.moduleUnload, {"cuModuleUnload"});
+  bind(api.moduleGetFunction, {"cuModuleGetFunction"});
+  bind(api.memAlloc, {"cuMemAlloc_v2"});
+  bind(api.memFree, {"cuMemFree_v2"});
+  bind(api.memcpyHtoD, {"cuMemcpyHtoD_v2"});
+  bind(api.memcpyDtoH, {"cuMemcpyDtoH_v2"});
+  bind(api.launchKernel, {"cuLaunchKernel"});
+  bind(api.getErrorString, {"cuGetErrorString"});
+  if (!missing.empty())
+    return Status::error("the CUDA driver library lacks " + missing +
+                         "; update the NVIDIA driver.");
+  if (Status s = device->check(api.init(0), "cuInit"); !s.ok())
+    return s;
+  if (Status s = device->check(api.deviceGet(&device->device_, index), "cuDeviceGet"); !s.ok())
+    return s;
+  if (Status s = device->check(api.primaryCtxRetain(&device->context_, device->device_),
+                               "cuDevicePrimaryCtxRetain");
+      !s.ok())
+    return s;
+  if (Status s = device->check(api.ctxSetCurrent(device->context_), "cuCtxSetCurrent"); !s.ok())
+    return s;
+  return device;
+}
+
+CudaDevice::~CudaDevice() {
+  if (!api_ || !context_)
+    return;
+  for (void *module : modules_)
+    api_->moduleUnload(module);
+  api_->primaryCtxRelease(device_);
+}
+
+StatusOr<DevicePointer> CudaDevice::allocate(size_t bytes) {
+  CUdeviceptr pointer = 0;
+  if (Status s = check(api_->memAlloc(&pointer, bytes),
+                       "cuMemAlloc of " + std::to_string(bytes) + " bytes");
+      !s.ok())
+    return s;
+  return static_cast<DevicePointer>(pointer);
+}
+
+Status CudaDevice::free(DevicePointer pointer) {
+  return check(api_->memFree(pointer), "cuMemFree");
+}
+
+Status CudaDevice::copyToDevice(DevicePointer dst, const void *src, size_t bytes) {
+  return check(api_->memcpyHtoD(dst, src, bytes), "cuMemcpyHtoD");
+}
+
+Status CudaDevice::copyToHost(void *dst, DevicePointer src, size_t bytes) {
+  return check(api_->memcpyDtoH(dst, src, bytes), "cuMemcpyDtoH");
+}
+
+StatusOr<LoadedKernel> CudaDevice::load(const CompiledKernel &kernel) {
+  CUmodule module = nullptr;
+  if (Status s = check(api_->moduleLoadData(&module, kernel.image.data()),
+                       "cuModuleLoadData of " + kernel.entry + " for " + kernel.arch);
+      !s.ok())
+    return s;
+  modules_.push_back(module);
+  LoadedKernel loaded;
+  loaded.entry = kernel.entry;
+  if (Status s = check(api_->moduleGetFunction(&loaded.function, module, kernel.entry.c_str()),
+                       "cuModuleGetFunction " + kernel.entry);
+      !s.ok())
+    return s;
+  return loaded;
+}
+
+Status CudaDevice::launch(const LoadedKernel &kernel, const LaunchShape &shape,
+                          std::vector<void *> arguments) {
+  return check(api_->launchKernel(kernel.function, shape.gridX, shape.gridY, shape.gridZ,
+                                  shape.blockX, shape.blockY, shape.blockZ, shape.sharedBytes,
+                                  nullptr, arguments.data(), nullptr),
+               "cuLaunchKernel " + kernel.entry);
+}
+
+Status CudaDevice::synchronize() { return check(api_->ctxSynchronize(), "cuCtxSynchronize"); }
+
+} // namespace kt::cuda

@@ -1,0 +1,62 @@
+// One GPU through the CUDA driver API, loaded at run time (libcuda.so.1):
+// device memory, modules from NVRTC output (CUBIN, or PTX the driver JITs),
+// kernel launches. Enough to run and test the kernels; no streams yet.
+#pragma once
+
+#include "runtime/cuda/KernelSpec.h"
+#include "runtime/support/Status.h"
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kt::cuda {
+
+using DevicePointer = uint64_t; // CUdeviceptr
+
+struct LoadedKernel {
+  std::string entry;
+  void *function = nullptr; // CUfunction, owned by the device's module list
+};
+
+struct LaunchShape {
+  unsigned gridX = 1, gridY = 1, gridZ = 1;
+  unsigned blockX = 1, blockY = 1, blockZ = 1;
+  unsigned sharedBytes = 0;
+};
+
+class CudaDevice {
+public:
+  // Retains GPU `index`'s primary context and makes it current on this thread.
+  static StatusOr<std::unique_ptr<CudaDevice>> open(int index);
+  ~CudaDevice();
+  CudaDevice(const CudaDevice &) = delete;
+  CudaDevice &operator=(const CudaDevice &) = delete;
+
+  StatusOr<DevicePointer> allocate(size_t bytes);
+  Status free(DevicePointer pointer);
+  Status copyToDevice(DevicePointer dst, const void *src, size_t bytes);
+  Status copyToHost(void *dst, DevicePointer src, size_t bytes);
+
+  // Loads the module and finds its entry; the module lives as long as the device.
+  StatusOr<LoadedKernel> load(const CompiledKernel &kernel);
+  // `arguments` point at each kernel parameter's value, as cuLaunchKernel takes them.
+  Status launch(const LoadedKernel &kernel, const LaunchShape &shape,
+                std::vector<void *> arguments);
+  Status synchronize();
+
+  struct Api;
+
+private:
+  CudaDevice() = default;
+  Status check(int result, const std::string &what) const;
+  std::unique_ptr<Api> api_;
+  int device_ = 0;
+  int index_ = 0;
+  void *context_ = nullptr;
+  std::vector<void *> modules_;
+};
+
+} // namespace kt::cuda

@@ -1,0 +1,151 @@
+#include "runtime/cuda/KernelCatalog.h"
+
+#include "runtime/cuda/EmbeddedKernels.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <set>
+
+namespace kt::cuda {
+namespace {
+
+const EmbeddedKernelFile *findFile(const std::string &name) {
+  for (const auto &file : embeddedKernelFiles())
+    if (file.name == name)
+      return &file;
+  return nullptr;
+}
+
+// The names in `#include "name"` lines (angle-bracket includes are NVRTC's own).
+std::vector<std::string> quotedIncludes(std::string_view text) {
+  std::vector<std::string> names;
+  size_t position = 0;
+  while ((position = text.find("#include", position)) != std::string_view::npos) {
+    size_t lineEnd = text.find('\n', position);
+    std::string_view line = text.substr(position, lineEnd - position);
+    size_t open = line.find('"');
+    size_t close = open == std::string_view::npos ? open : line.find('"', open + 1);
+    if (close != std::string_view::npos)
+      names.emplace_back(line.substr(open + 1, close - open - 1));
+    position += 8;
+  }
+  return names;
+}
+
+std::string integer(int64_t value) { return std::to_string(value); }
+
+} // namespace
+
+std::string floatLiteral(float value) {
+  char buffer[32];
+  std::snprintf(buffer, sizeof buffer, "%.9g", static_cast<double>(value));
+  std::string text = buffer;
+  if (text.find_first_of(".e") == std::string::npos)
+    text += ".0";
+  return text + "f";
+}
+
+StatusOr<KernelSpec> makeKernelSpec(const std::string &file, const std::string &entry,
+                                    std::map<std::string, std::string> defines,
+                                    unsigned blockThreads) {
+  const EmbeddedKernelFile *source = findFile(file);
+  if (!source)
+    return Status::error("no kernel source " + file +
+                         " is embedded in this binary; add it to kernels/ and rebuild.");
+  KernelSpec spec;
+  spec.file = file;
+  spec.entry = entry;
+  spec.source = std::string(source->text);
+  spec.defines = std::move(defines);
+  spec.blockThreads = blockThreads;
+  // Breadth-first over includes, each header once, in a stable order.
+  std::vector<std::string> pending = quotedIncludes(source->text);
+  std::set<std::string> seen;
+  while (!pending.empty()) {
+    std::string name = pending.front();
+    pending.erase(pending.begin());
+    if (!seen.insert(name).second)
+      continue;
+    const EmbeddedKernelFile *header = findFile(name);
+    if (!header)
+      return Status::error("kernel source " + file + " includes \"" + name +
+                           "\", which is not embedded; add it to kernels/ and rebuild.");
+    spec.headers.push_back({name, std::string(header->text)});
+    for (auto &next : quotedIncludes(header->text))
+      pending.push_back(std::move(next));
+  }
+  return spec;
+}
+
+StatusOr<KernelSpec> rmsNormSpec(int64_t width, float eps) {
+  if (width <= 0 || !(eps > 0))
+    return Status::error("rms_norm needs a positive width and epsilon (got " + integer(width) +
+                         ", " + floatLiteral(eps) + ").");
+  const unsigned threads = width >= 1024 ? 256 : 128;
+  return makeKernelSpec("rms_norm.cu", "rms_norm",
+                        {{"HIDDEN", integer(width)},
+                         {"EPS", floatLiteral(eps)},
+                         {"BLOCK_THREADS", std::to_string(threads)}},
+                        threads);
+}
+
+StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType tableType) {
+  int typeCode;
+  switch (tableType) {
+  case gguf::GgmlType::F32: typeCode = 0; break;
+  case gguf::GgmlType::F16: typeCode = 1; break;
+  case gguf::GgmlType::BF16: typeCode = 2; break;
+  case gguf::GgmlType::Q8_0: typeCode = 3; break;
+  default:
+    return Status::error("the GPU embedding kernel reads f32, f16, bf16 or q8_0 tables, not "
+                         "GGML type " + std::to_string(static_cast<uint32_t>(tableType)) +
+                         "; place the embedding on the CPU in the rule file.");
+  }
+  if (hidden <= 0 || vocab <= 0 || vocab > INT32_MAX || (typeCode == 3 && hidden % 32 != 0))
+    return Status::error("embedding shape [" + integer(vocab) + "][" + integer(hidden) +
+                         "] is not supported on the GPU (rows must be positive, q8_0 rows a "
+                         "multiple of 32, the vocabulary below 2^31).");
+  return makeKernelSpec("embedding.cu", "embedding",
+                        {{"HIDDEN", integer(hidden)},
+                         {"VOCAB", integer(vocab)},
+                         {"TABLE_TYPE", std::to_string(typeCode)},
+                         {"BLOCK_THREADS", "256"}},
+                        256);
+}
+
+StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures) {
+  if (outFeatures <= 0 || inFeatures <= 0 || inFeatures % 32 != 0 || outFeatures > INT32_MAX)
+    return Status::error("q8_0 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
+                         "] cannot be multiplied on the GPU: rows must be whole 32-value "
+                         "blocks.");
+  return makeKernelSpec("gemv_q8_0.cu", "gemv_q8_0",
+                        {{"IN_FEATURES", integer(inFeatures)},
+                         {"OUT_FEATURES", integer(outFeatures)},
+                         {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
+                        kGemvRowsPerBlock * 32);
+}
+
+StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShapes &shapes) {
+  std::vector<KernelSpec> specs;
+  std::set<std::string> described;
+  auto add = [&](StatusOr<KernelSpec> spec) -> Status {
+    if (!spec.ok())
+      return spec.status();
+    if (described.insert(spec->describe()).second)
+      specs.push_back(std::move(*spec));
+    return Status::success();
+  };
+  if (Status s = add(embeddingSpec(shapes.hidden, shapes.vocab, shapes.embeddingType)); !s.ok())
+    return s;
+  if (Status s = add(rmsNormSpec(shapes.hidden, shapes.rmsNormEps)); !s.ok())
+    return s;
+  for (int64_t width : shapes.extraNormWidths)
+    if (Status s = add(rmsNormSpec(width, shapes.rmsNormEps)); !s.ok())
+      return s;
+  for (const auto &[out, in] : shapes.q8_0Matrices)
+    if (Status s = add(gemvQ8_0Spec(out, in)); !s.ok())
+      return s;
+  return specs;
+}
+
+} // namespace kt::cuda

@@ -1,0 +1,46 @@
+// The kernels of kernels/ and their specializations for a model's shapes.
+#pragma once
+
+#include "runtime/cuda/KernelSpec.h"
+#include "runtime/gguf/GgmlType.h"
+#include "runtime/support/Status.h"
+
+#include <cstdint>
+#include <map>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace kt::cuda {
+
+// A spec for `file` (an embedded kernels/ file) with its included headers
+// resolved transitively from the embedded .cuh files.
+StatusOr<KernelSpec> makeKernelSpec(const std::string &file, const std::string &entry,
+                                    std::map<std::string, std::string> defines,
+                                    unsigned blockThreads);
+
+// Spellings of constants in defines, so equal values give equal cache keys.
+std::string floatLiteral(float value); // "1e-06f", exact round trip
+
+// RMSNorm over rows of `width` floats (one block per row).
+StatusOr<KernelSpec> rmsNormSpec(int64_t width, float eps);
+// Embedding rows of a [vocab][hidden] table of f32, f16, bf16 or q8_0 (one block per token).
+StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType tableType);
+// y = W x for a Q8_0 matrix of `outFeatures` rows of `inFeatures` (one warp per row).
+StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures);
+constexpr unsigned kGemvRowsPerBlock = 4;
+
+// The shapes of a model that the GPU kernels are specialized on.
+struct ModelKernelShapes {
+  int64_t hidden = 0;
+  int64_t vocab = 0;
+  float rmsNormEps = 1e-6f;
+  gguf::GgmlType embeddingType = gguf::GgmlType::F32;
+  std::vector<int64_t> extraNormWidths;                  // e.g. q_lora_rank, kv_lora_rank
+  std::vector<std::pair<int64_t, int64_t>> q8_0Matrices; // {out, in}
+};
+
+// Every specialization the model needs, without duplicates.
+StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShapes &shapes);
+
+} // namespace kt::cuda

@@ -1,0 +1,74 @@
+#include "test/unit/cuda/CudaTestSupport.h"
+
+#include <dirent.h>
+#include <stdexcept>
+#include <cstdlib>
+#include <unistd.h>
+
+namespace kt::cuda::test {
+
+TempDir::TempDir() {
+  const char *base = std::getenv("TMPDIR");
+  std::string pattern = std::string(base && *base ? base : "/tmp") + "/kt-cuda-test-XXXXXX";
+  if (!mkdtemp(pattern.data()))
+    throw std::runtime_error("mkdtemp failed for " + pattern);
+  path_ = pattern;
+}
+
+TempDir::~TempDir() {
+  std::string command = "rm -rf '" + path_ + "'";
+  (void)!std::system(command.c_str());
+}
+
+std::vector<std::string> listDirectory(const std::string &path) {
+  std::vector<std::string> names;
+  if (DIR *dir = opendir(path.c_str())) {
+    while (dirent *entry = readdir(dir)) {
+      std::string name = entry->d_name;
+      if (name != "." && name != "..")
+        names.push_back(name);
+    }
+    closedir(dir);
+  }
+  return names;
+}
+
+ModelKernelShapes deepseekV3Shapes() {
+  ModelKernelShapes shapes;
+  shapes.hidden = 7168;
+  shapes.vocab = 129280;
+  shapes.rmsNormEps = 1e-6f;
+  shapes.embeddingType = gguf::GgmlType::Q8_0;
+  shapes.extraNormWidths = {1536, 512};
+  shapes.q8_0Matrices = {
+      {1536, 7168},   // q_a_proj
+      {24576, 1536},  // q_b_proj: 128 heads x 192
+      {576, 7168},    // kv_a_proj_with_mqa: 512 + 64
+      {7168, 16384},  // o_proj: 128 heads x 128
+      {2048, 7168},   // shared expert gate/up
+      {7168, 2048},   // shared expert down
+      {18432, 7168},  // dense layer gate/up
+      {7168, 18432},  // dense layer down
+      {129280, 7168}, // lm_head
+  };
+  return shapes;
+}
+
+ModelKernelShapes smallModelShapes() {
+  ModelKernelShapes shapes;
+  shapes.hidden = 256;
+  shapes.vocab = 1024;
+  shapes.rmsNormEps = 1e-6f;
+  shapes.embeddingType = gguf::GgmlType::F32;
+  shapes.extraNormWidths = {96, 64};
+  shapes.q8_0Matrices = {{96, 256}, {256, 128}, {1024, 256}};
+  return shapes;
+}
+
+const std::vector<std::string> &ciArchitectures() {
+  static const std::vector<std::string> archs = {"sm_75", "sm_80", "sm_89", "sm_90a",
+                                                 "compute_90"};
+  return archs;
+}
+
+} // namespace kt::cuda::test

@@ -1,0 +1,220 @@
+// The kernels on a real GPU against CPU references, both as CUBIN for the
+// device's arch and as PTX the driver compiles. Skips without a GPU.
+// On the GPU machine: cuda_tests --gtest_filter='GpuKernels*'
+#include "runtime/cuda/CudaDevice.h"
+#include "runtime/cuda/DeviceQuery.h"
+#include "runtime/cuda/KernelCache.h"
+#include "runtime/cuda/KernelCatalog.h"
+#include "runtime/gguf/GgmlType.h"
+#include "runtime/quant/Quant.h"
+#include "test/unit/cuda/CudaTestSupport.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <random>
+
+namespace kt::cuda {
+namespace {
+
+double relativeL2(const std::vector<float> &actual, const std::vector<double> &expected) {
+  double diff = 0, norm = 0;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    diff += (actual[i] - expected[i]) * (actual[i] - expected[i]);
+    norm += expected[i] * expected[i];
+  }
+  return std::sqrt(diff / norm);
+}
+
+std::vector<float> randomFloats(size_t count, float low, float high, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> dist(low, high);
+  std::vector<float> values(count);
+  for (auto &v : values)
+    v = dist(rng);
+  return values;
+}
+
+// Parameter: true = CUBIN for the GPU's own arch, false = PTX (compute_XY).
+class GpuKernels : public ::testing::TestWithParam<bool> {
+protected:
+  void SetUp() override {
+    std::string whyNone;
+    auto gpus = queryGpus(whyNone);
+    if (gpus.empty())
+      GTEST_SKIP() << "no GPU: " << whyNone;
+    auto nvrtc = Nvrtc::instance();
+    if (!nvrtc.ok())
+      GTEST_SKIP() << nvrtc.message();
+    arch = GetParam() ? gpus[0].arch()
+                      : "compute_" + std::to_string(gpus[0].computeMajor) +
+                            std::to_string(gpus[0].computeMinor);
+    auto opened = CudaDevice::open(0);
+    ASSERT_TRUE(opened.ok()) << opened.message();
+    device = std::move(*opened);
+    cache = std::make_unique<KernelCache>(cacheDir.path(), **nvrtc);
+    std::printf("[ gpu      ] %s (%s)\n", gpus[0].name.c_str(), arch.c_str());
+  }
+  void TearDown() override {
+    if (device)
+      for (DevicePointer p : allocations)
+        (void)device->free(p);
+  }
+
+  LoadedKernel load(const StatusOr<KernelSpec> &spec) {
+    EXPECT_TRUE(spec.ok()) << spec.message();
+    auto compiled = cache->getOrCompile(*spec, arch);
+    EXPECT_TRUE(compiled.ok()) << compiled.message();
+    auto loaded = device->load(*compiled);
+    EXPECT_TRUE(loaded.ok()) << loaded.message();
+    return loaded.ok() ? *loaded : LoadedKernel{};
+  }
+  DevicePointer upload(const void *data, size_t bytes) {
+    auto p = device->allocate(bytes);
+    EXPECT_TRUE(p.ok()) << p.message();
+    allocations.push_back(*p);
+    Status s = device->copyToDevice(*p, data, bytes);
+    EXPECT_TRUE(s.ok()) << s.message();
+    return *p;
+  }
+  DevicePointer allocate(size_t bytes) {
+    auto p = device->allocate(bytes);
+    EXPECT_TRUE(p.ok()) << p.message();
+    allocations.push_back(*p);
+    return *p;
+  }
+  std::vector<float> download(DevicePointer p, size_t count) {
+    std::vector<float> out(count);
+    Status s = device->copyToHost(out.data(), p, count * sizeof(float));
+    EXPECT_TRUE(s.ok()) << s.message();
+    return out;
+  }
+  void run(const LoadedKernel &kernel, LaunchShape shape, std::vector<void *> args) {
+    Status s = device->launch(kernel, shape, std::move(args));
+    ASSERT_TRUE(s.ok()) << s.message();
+    s = device->synchronize();
+    ASSERT_TRUE(s.ok()) << s.message();
+  }
+
+  std::string arch;
+  test::TempDir cacheDir;
+  std::unique_ptr<CudaDevice> device;
+  std::unique_ptr<KernelCache> cache;
+  std::vector<DevicePointer> allocations;
+};
+
+TEST_P(GpuKernels, RmsNormMatchesTheCpuReference) {
+  for (int64_t hidden : {7168, 1536, 512, 100}) {
+    SCOPED_TRACE(hidden);
+    const int rows = 5;
+    const float eps = 1e-6f;
+    auto x = randomFloats(rows * hidden, -3, 3, 1);
+    auto weight = randomFloats(hidden, 0.5f, 1.5f, 2);
+    std::vector<double> expected(rows * hidden);
+    for (int r = 0; r < rows; ++r) {
+      double sum = 0;
+      for (int64_t i = 0; i < hidden; ++i)
+        sum += double(x[r * hidden + i]) * x[r * hidden + i];
+      const double scale = 1.0 / std::sqrt(sum / hidden + eps);
+      for (int64_t i = 0; i < hidden; ++i)
+        expected[r * hidden + i] = x[r * hidden + i] * scale * weight[i];
+    }
+    auto spec = rmsNormSpec(hidden, eps);
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    DevicePointer dx = upload(x.data(), x.size() * 4), dw = upload(weight.data(), hidden * 4);
+    DevicePointer dy = allocate(x.size() * 4);
+    int rowCount = rows;
+    run(kernel, {unsigned(rows), 1, 1, spec->blockThreads, 1, 1, 0}, {&dx, &dw, &dy, &rowCount});
+    const double error = relativeL2(download(dy, x.size()), expected);
+    EXPECT_LE(error, 1e-5);
+    std::printf("[ gpu      ] rms_norm %lld: relative L2 %.2e\n", (long long)hidden, error);
+  }
+}
+
+TEST_P(GpuKernels, EmbeddingMatchesTheCpuReferenceForEveryTableType) {
+  const int64_t hidden = 512, vocab = 300;
+  auto values = randomFloats(hidden * vocab, -1, 1, 3);
+  std::vector<int> tokens = {0, 299, 17, 17, 150, 300 /* out of range */, -1};
+  for (auto type : {gguf::GgmlType::F32, gguf::GgmlType::F16, gguf::GgmlType::BF16,
+                    gguf::GgmlType::Q8_0}) {
+    SCOPED_TRACE(static_cast<int>(type));
+    const size_t rowBytes = *gguf::ggmlRowBytes(type, hidden);
+    std::vector<uint8_t> table(rowBytes * vocab);
+    ASSERT_TRUE(quant::quantize(type, values.data(), table.data(), hidden * vocab).ok());
+    std::vector<float> row(hidden);
+    auto spec = embeddingSpec(hidden, vocab, type);
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    DevicePointer dTable = upload(table.data(), table.size());
+    DevicePointer dTokens = upload(tokens.data(), tokens.size() * 4);
+    DevicePointer dOut = allocate(tokens.size() * hidden * 4);
+    int count = static_cast<int>(tokens.size());
+    run(kernel, {unsigned(count), 1, 1, spec->blockThreads, 1, 1, 0},
+        {&dTable, &dTokens, &dOut, &count});
+    auto out = download(dOut, tokens.size() * hidden);
+    for (size_t t = 0; t < tokens.size(); ++t) {
+      if (tokens[t] < 0 || tokens[t] >= vocab) {
+        for (int64_t i = 0; i < hidden; ++i)
+          ASSERT_TRUE(std::isnan(out[t * hidden + i])) << "token " << tokens[t];
+        continue;
+      }
+      ASSERT_TRUE(quant::dequantize(type, table.data() + tokens[t] * rowBytes, row.data(), hidden)
+                      .ok());
+      std::vector<double> expected(row.begin(), row.end());
+      std::vector<float> actual(out.begin() + t * hidden, out.begin() + (t + 1) * hidden);
+      EXPECT_LE(relativeL2(actual, expected), 1e-5) << "token " << tokens[t];
+      EXPECT_EQ(actual, row) << "dequantization is exact";
+    }
+  }
+}
+
+TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
+  struct Shape {
+    int64_t out, in;
+  } shapes[] = {{1001, 7168}, {576, 7168}, {7168, 2048}, {33, 64}};
+  for (const auto &shape : shapes) {
+    SCOPED_TRACE(std::to_string(shape.out) + "x" + std::to_string(shape.in));
+    auto w = randomFloats(shape.out * shape.in, -1, 1, 4);
+    auto x = randomFloats(shape.in, -1, 1, 5);
+    const size_t rowBytes = *gguf::ggmlRowBytes(gguf::GgmlType::Q8_0, shape.in);
+    std::vector<uint8_t> q(rowBytes * shape.out);
+    ASSERT_TRUE(quant::quantize(gguf::GgmlType::Q8_0, w.data(), q.data(), w.size()).ok());
+    std::vector<float> dequantized(w.size());
+    ASSERT_TRUE(
+        quant::dequantize(gguf::GgmlType::Q8_0, q.data(), dequantized.data(), w.size()).ok());
+    std::vector<double> expected(shape.out);
+    for (int64_t o = 0; o < shape.out; ++o) {
+      double sum = 0;
+      for (int64_t i = 0; i < shape.in; ++i)
+        sum += double(dequantized[o * shape.in + i]) * x[i];
+      expected[o] = sum;
+    }
+    auto spec = gemvQ8_0Spec(shape.out, shape.in);
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4);
+    DevicePointer dy = allocate(shape.out * 4);
+    const unsigned blocks = unsigned((shape.out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
+    run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &dx, &dy});
+    const double error = relativeL2(download(dy, shape.out), expected);
+    EXPECT_LE(error, 1e-4);
+    std::printf("[ gpu      ] gemv_q8_0 %lldx%lld: relative L2 %.2e\n", (long long)shape.out,
+                (long long)shape.in, error);
+  }
+}
+
+TEST_P(GpuKernels, SecondLoadComesFromTheCache) {
+  auto spec = rmsNormSpec(7168, 1e-6f);
+  load(spec);
+  load(spec);
+  EXPECT_EQ(cache->stats().misses, 1u);
+  EXPECT_EQ(cache->stats().hits, 1u);
+}
+
+INSTANTIATE_TEST_SUITE_P(CubinAndPtx, GpuKernels, ::testing::Values(true, false),
+                         [](const auto &info) { return info.param ? "Cubin" : "Ptx"; });
+
+} // namespace
+} // namespace kt::cuda

@@ -1,0 +1,161 @@
+// Every kernel specialization compiles with NVRTC for every CI architecture;
+// compile errors come back as a Status with NVRTC's log. No GPU needed.
+#include "runtime/cuda/KernelCatalog.h"
+#include "runtime/cuda/Nvrtc.h"
+#include "test/unit/cuda/CudaTestSupport.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+
+namespace kt::cuda {
+namespace {
+
+const Nvrtc *nvrtcOrNull(std::string &why) {
+  auto nvrtc = Nvrtc::instance();
+  if (!nvrtc.ok()) {
+    why = nvrtc.message();
+    return nullptr;
+  }
+  return *nvrtc;
+}
+
+#define REQUIRE_NVRTC(nvrtc)                                                                      \
+  std::string whyNoNvrtc;                                                                         \
+  const Nvrtc *nvrtc = nvrtcOrNull(whyNoNvrtc);                                                   \
+  if (!nvrtc)                                                                                     \
+  GTEST_SKIP() << whyNoNvrtc
+
+void compileAll(const Nvrtc &nvrtc, const std::vector<KernelSpec> &specs) {
+  ASSERT_FALSE(specs.empty());
+  for (const auto &arch : test::ciArchitectures()) {
+    for (const auto &spec : specs) {
+      const auto start = std::chrono::steady_clock::now();
+      auto compiled = nvrtc.compile(spec, arch);
+      const double ms =
+          std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
+              .count();
+      ASSERT_TRUE(compiled.ok()) << compiled.message();
+      EXPECT_EQ(compiled->entry, spec.entry);
+      EXPECT_EQ(compiled->arch, arch);
+      if (arch.rfind("sm_", 0) == 0) {
+        ASSERT_TRUE(compiled->isCubin);
+        ASSERT_GE(compiled->image.size(), 4u);
+        EXPECT_EQ(compiled->image.substr(0, 4), std::string("\x7f" "ELF"));
+      } else {
+        ASSERT_FALSE(compiled->isCubin);
+        EXPECT_NE(compiled->image.find(".visible .entry " + spec.entry), std::string::npos);
+        EXPECT_NE(compiled->image.find(".target sm_90"), std::string::npos);
+      }
+      std::printf("[ nvrtc    ] %-8s %6.0f ms  %s\n", arch.c_str(), ms, spec.describe().c_str());
+    }
+  }
+}
+
+TEST(NvrtcCompile, EveryDeepseekV3SpecializationCompilesForEveryArch) {
+  REQUIRE_NVRTC(nvrtc);
+  auto specs = allKernelSpecializations(test::deepseekV3Shapes());
+  ASSERT_TRUE(specs.ok()) << specs.message();
+  // embedding + 3 norms + 9 distinct matrices.
+  EXPECT_EQ(specs->size(), 13u);
+  compileAll(*nvrtc, *specs);
+}
+
+TEST(NvrtcCompile, EverySmallModelSpecializationAndTableTypeCompiles) {
+  REQUIRE_NVRTC(nvrtc);
+  auto specs = allKernelSpecializations(test::smallModelShapes());
+  ASSERT_TRUE(specs.ok()) << specs.message();
+  for (auto type : {gguf::GgmlType::F16, gguf::GgmlType::BF16, gguf::GgmlType::Q8_0}) {
+    auto spec = embeddingSpec(256, 1024, type);
+    ASSERT_TRUE(spec.ok()) << spec.message();
+    specs->push_back(*spec);
+  }
+  compileAll(*nvrtc, *specs);
+}
+
+TEST(NvrtcCompile, SupportsEveryCiArchitecture) {
+  REQUIRE_NVRTC(nvrtc);
+  EXPECT_GE(nvrtc->versionMajor(), 12);
+  const auto archs = nvrtc->supportedArchs();
+  for (int sm : {75, 80, 89, 90})
+    EXPECT_NE(std::find(archs.begin(), archs.end(), sm), archs.end()) << "sm_" << sm;
+}
+
+TEST(NvrtcCompile, BrokenKernelReportsTheLogTheKernelAndTheSpecialization) {
+  REQUIRE_NVRTC(nvrtc);
+  auto spec = rmsNormSpec(64, 1e-5f);
+  ASSERT_TRUE(spec.ok());
+  spec->source += "\nextern \"C\" __global__ void broken(float *p) { p[0] = undeclared_name; }\n";
+  auto compiled = nvrtc->compile(*spec, "sm_80");
+  ASSERT_FALSE(compiled.ok());
+  const std::string &message = compiled.message();
+  EXPECT_NE(message.find("undeclared_name"), std::string::npos) << message;
+  EXPECT_NE(message.find("rms_norm.cu("), std::string::npos) << message; // the log's file(line)
+  EXPECT_NE(message.find("error"), std::string::npos) << message;
+  EXPECT_NE(message.find("HIDDEN=64"), std::string::npos) << message;
+  EXPECT_NE(message.find("sm_80"), std::string::npos) << message;
+}
+
+TEST(NvrtcCompile, MissingSpecializationDefineIsACompileError) {
+  REQUIRE_NVRTC(nvrtc);
+  auto spec = rmsNormSpec(64, 1e-5f);
+  ASSERT_TRUE(spec.ok());
+  spec->defines.erase("EPS");
+  auto compiled = nvrtc->compile(*spec, "sm_90a");
+  ASSERT_FALSE(compiled.ok());
+  EXPECT_NE(compiled.message().find("rms_norm needs EPS"), std::string::npos)
+      << compiled.message();
+}
+
+TEST(NvrtcCompile, UnknownArchitectureIsRejectedBeforeCompiling) {
+  REQUIRE_NVRTC(nvrtc);
+  auto spec = rmsNormSpec(64, 1e-5f);
+  ASSERT_TRUE(spec.ok());
+  auto compiled = nvrtc->compile(*spec, "hopper");
+  ASSERT_FALSE(compiled.ok());
+  EXPECT_NE(compiled.message().find("sm_XY"), std::string::npos) << compiled.message();
+}
+
+TEST(NvrtcLoad, MissingLibraryExplainsHowToFixIt) {
+  auto nvrtc = Nvrtc::loadFrom({"/nonexistent/libnvrtc.so.13", "libnvrtc-not-here.so.99"});
+  ASSERT_FALSE(nvrtc.ok());
+  EXPECT_NE(nvrtc.message().find("install the CUDA toolkit"), std::string::npos);
+  EXPECT_NE(nvrtc.message().find("LD_LIBRARY_PATH"), std::string::npos);
+  EXPECT_NE(nvrtc.message().find("/nonexistent/libnvrtc.so.13"), std::string::npos);
+}
+
+TEST(ArchNames, CubinForSmPtxForCompute) {
+  struct Case {
+    const char *arch;
+    bool ok, cubin;
+  } cases[] = {{"sm_75", true, true},       {"sm_90a", true, true},   {"sm_100f", true, true},
+               {"compute_90", true, false}, {"compute_120", true, false}, {"sm_9", false, false},
+               {"sm_90b", false, false},    {"gfx90a", false, false}, {"", false, false}};
+  for (const auto &c : cases) {
+    auto target = parseArch(c.arch);
+    ASSERT_EQ(target.ok(), c.ok) << c.arch;
+    if (c.ok)
+      EXPECT_EQ(target->cubin, c.cubin) << c.arch;
+  }
+}
+
+TEST(KernelCatalog, HeadersAreResolvedAndShapesValidated) {
+  auto spec = gemvQ8_0Spec(100, 64);
+  ASSERT_TRUE(spec.ok());
+  ASSERT_EQ(spec->headers.size(), 1u);
+  EXPECT_EQ(spec->headers[0].name, "common.cuh");
+  EXPECT_NE(spec->headers[0].text.find("halfToFloat"), std::string::npos);
+  EXPECT_EQ(spec->defines.at("IN_FEATURES"), "64");
+  EXPECT_EQ(spec->blockThreads, kGemvRowsPerBlock * 32);
+  EXPECT_FALSE(gemvQ8_0Spec(100, 48).ok());
+  EXPECT_FALSE(embeddingSpec(48, 10, gguf::GgmlType::Q8_0).ok());
+  EXPECT_FALSE(embeddingSpec(64, 10, gguf::GgmlType::Q4_K).ok());
+  EXPECT_FALSE(makeKernelSpec("no_such_kernel.cu", "x", {}, 32).ok());
+  EXPECT_EQ(floatLiteral(1e-6f), "9.99999997e-07f");
+  EXPECT_EQ(floatLiteral(2.0f), "2.0f");
+}
+
+} // namespace
+} // namespace kt::cuda
