@@ -19,6 +19,9 @@ config.substitutions.append(("%shared_dir", config.kt_shared_dir))
 if os.path.isfile(os.path.join(config.kt_shared_dir, "data", "deepseek-v3-tokenizer",
                                "tokenizer.json")):
     config.available_features.add("deepseek-tokenizer")
+# Tests that compile GPU kernels with NVRTC say `REQUIRES: cuda-kernels`.
+if config.kt_have_cuda_kernels:
+    config.available_features.add("cuda-kernels")
 
 llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()

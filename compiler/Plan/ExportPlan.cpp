@@ -1,5 +1,7 @@
 #include "compiler/Plan/ExportPlan.h"
 
+#include "compiler/Plan/KernelSpecializations.h"
+
 #include "dialects/Graph/IR/GraphDialect.h"
 
 #include "mlir/Dialect/Func/IR/FuncOps.h"
@@ -153,6 +155,10 @@ StatusOr<plan::Plan> exportPlan(ModuleOp module, const gguf::GgufModel &model,
     }
     result.ops.push_back(std::move(op));
   }
+  StatusOr<std::vector<plan::KernelSpecialization>> kernels = collectKernelSpecializations(module);
+  if (!kernels)
+    return kernels.status();
+  result.kernelSpecializations = std::move(*kernels);
   return result;
 }
 

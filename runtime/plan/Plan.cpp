@@ -145,6 +145,14 @@ std::string planToJson(const Plan &plan) {
   json ops = json::array();
   for (const Op &op : plan.ops)
     ops.push_back(opToJson(op));
+  json kernels = json::array();
+  for (const KernelSpecialization &kernel : plan.kernelSpecializations)
+    kernels.push_back({{"entry", kernel.entry},
+                       {"file", kernel.file},
+                       {"defines", kernel.defines},
+                       {"arch", kernel.arch},
+                       {"cache_key", kernel.cacheKey},
+                       {"used_by", kernel.usedBy}});
 
   json root = {
       {"format", kPlanFormatName},
@@ -166,6 +174,7 @@ std::string planToJson(const Plan &plan) {
       {"memory", memory},
       {"runtime", {{"cache_lens", plan.defaults.cacheLens}, {"chunk_size", plan.defaults.chunkSize}}},
       {"ops", ops},
+      {"kernel_specializations", kernels},
       {"output_value", plan.outputValue},
   };
   // One key per line, so plans diff well; replace rather than throw on bad UTF-8.
@@ -264,6 +273,28 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
     r.read(*runtime, "chunk_size", "runtime", plan.defaults.chunkSize);
   }
   r.read(root, "output_value", "", plan.outputValue);
+  if (const json *kernels = r.array(root, "kernel_specializations", ""))
+    for (size_t i = 0; i < kernels->size(); ++i) {
+      std::string where = "kernel_specializations[" + std::to_string(i) + "]";
+      const json &entry = (*kernels)[i];
+      KernelSpecialization kernel;
+      r.read(entry, "entry", where, kernel.entry);
+      r.read(entry, "file", where, kernel.file);
+      r.read(entry, "arch", where, kernel.arch);
+      r.read(entry, "cache_key", where, kernel.cacheKey);
+      r.read(entry, "used_by", where, kernel.usedBy);
+      if (const json *defines = r.field(entry, "defines", where)) {
+        if (!defines->is_object())
+          r.fail("field '" + where + ".defines' is not an object");
+        else
+          for (const auto &[name, value] : defines->items())
+            if (value.is_string())
+              kernel.defines[name] = value.get<std::string>();
+            else
+              r.fail("field '" + where + ".defines." + name + "' is not a string");
+      }
+      plan.kernelSpecializations.push_back(std::move(kernel));
+    }
   if (const json *ops = r.array(root, "ops", ""))
     for (size_t i = 0; i < ops->size() && r.error().empty(); ++i) {
       std::string where = "ops[" + std::to_string(i) + "]";

@@ -82,6 +82,19 @@ struct Op {
   std::map<std::string, Param> params; // hyper-parameters of the module
 };
 
+// A GPU kernel specialization the plan runs: the kernel (entry point and
+// source file), the constants it is specialized with, the architecture it is
+// compiled for and its key in the on-disk kernel cache (empty when the
+// compiling host had no NVRTC to tell its version).
+struct KernelSpecialization {
+  std::string entry;
+  std::string file;
+  std::map<std::string, std::string> defines;
+  std::string arch;
+  std::string cacheKey;
+  std::vector<std::string> usedBy; // module paths
+};
+
 struct RuntimeDefaults {
   int64_t cacheLens = 4096;
   int64_t chunkSize = 512;
@@ -95,6 +108,7 @@ struct Plan {
   std::vector<DeviceMemory> memory;
   std::vector<Op> ops;
   int outputValue = -1; // the logits
+  std::vector<KernelSpecialization> kernelSpecializations;
   RuntimeDefaults defaults;
 };
 

@@ -41,6 +41,7 @@ struct CompileOptions {
   bool strict = false;
   bool printIrAfterAll = false;
   bool explain = false; // print the decisions instead of writing a plan
+  bool precompile = false; // also compile the plan's GPU kernels into the cache
 };
 int runCompile(const CompileOptions &options);
 

@@ -4,6 +4,7 @@
 
 #include "compiler/Import/GgufImporter.h"
 #include "compiler/Plan/ExportPlan.h"
+#include "compiler/Plan/KernelSpecializations.h"
 #include "compiler/Target/TargetDescription.h"
 #include "compiler/Transforms/Pipeline.h"
 #include "dialects/Graph/IR/GraphDialect.h"
@@ -224,7 +225,18 @@ int runCompile(const CompileOptions &options) {
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
                   .count();
   llvm::errs() << "ktc: wrote " << options.outputPath << " (" << plan->ops.size() << " ops, "
+               << plan->kernelSpecializations.size() << " GPU kernel specializations, "
                << llvm::format("%.0f", ms) << " ms)\n";
+  if (options.precompile) {
+    StatusOr<compiler::PrecompileStats> stats =
+        compiler::precompileKernels(plan->kernelSpecializations);
+    if (!stats)
+      return reportError(stats.message());
+    llvm::errs() << "ktc: precompiled " << stats->kernels << " GPU kernels into "
+                 << stats->cacheDirectory << ": " << stats->fromCache << " already cached, "
+                 << stats->compiled << " compiled in "
+                 << llvm::format("%.2f", stats->compileSeconds) << " s\n";
+  }
   return EXIT_SUCCESS;
 }
 

@@ -109,6 +109,11 @@ cl::opt<bool> compileStrict("strict", cl::cat(ktcCategory), cl::sub(compileComma
                             cl::sub(explainCommand),
                             cl::desc("A module no rule places is an error instead of getting "
                                      "the default placement"));
+cl::opt<bool> compilePrecompile(
+    "precompile", cl::cat(ktcCategory), cl::sub(compileCommand),
+    cl::desc("Also compile the plan's GPU kernels with NVRTC into the kernel cache "
+             "($KT_CACHE_DIR, else $XDG_CACHE_HOME/ktc/kernels), so the first prefill does "
+             "not wait for them"));
 cl::opt<bool> compilePrintIr("print-ir-after-all", cl::cat(ktcCategory),
                              cl::sub(compileCommand), cl::sub(explainCommand),
                              cl::desc("Print the IR after every pass (to stderr)"));
@@ -225,6 +230,7 @@ int main(int argc, char **argv) {
     options.strict = compileStrict;
     options.printIrAfterAll = compilePrintIr;
     options.explain = bool(explainCommand);
+    options.precompile = compilePrecompile;
     if (options.cacheLens <= 0 || options.chunkSize <= 0)
       return kt::tools::reportError("--cache-lens and --chunk-size must be positive");
     return kt::tools::runCompile(options);

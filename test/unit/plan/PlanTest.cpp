@@ -51,6 +51,8 @@ Plan samplePlan() {
                  {"norm_topk_prob", true}};
   plan.ops = {embed, norm};
   plan.outputValue = 2;
+  plan.kernelSpecializations = {{"rms_norm", "rms_norm.cu", {{"EPS", "1e-06f"}, {"HIDDEN", "7168"}},
+                                 "sm_90a", "00112233445566778899aabbccddeeff", {"model.norm"}}};
   plan.defaults.cacheLens = 8192;
   plan.defaults.chunkSize = 256;
   return plan;
@@ -71,6 +73,9 @@ TEST(PlanTest, RoundTripsThroughJson) {
   EXPECT_EQ(back->ops[1].params.at("norm_topk_prob"), Param(true));
   EXPECT_EQ(back->memory[1].budget, 1000u);
   EXPECT_EQ(back->ops[0].kernels.at("q_a_proj.decode"), "linear.quant.gemv_q8_0");
+  ASSERT_EQ(back->kernelSpecializations.size(), 1u);
+  EXPECT_EQ(back->kernelSpecializations[0].defines.at("HIDDEN"), "7168");
+  EXPECT_EQ(back->kernelSpecializations[0].usedBy, std::vector<std::string>{"model.norm"});
   EXPECT_FALSE(back->memory[0].budget.has_value());
 }
 

@@ -1,0 +1,164 @@
+#include "compiler/Plan/KernelSpecializations.h"
+
+#include "dialects/Graph/IR/GraphDialect.h"
+
+#ifdef KT_HAVE_CUDA_KERNELS
+#include "runtime/cuda/KernelCache.h"
+#include "runtime/cuda/KernelCatalog.h"
+#include "runtime/cuda/Nvrtc.h"
+#endif
+
+#include <algorithm>
+#include <map>
+#include <tuple>
+
+using namespace mlir;
+using namespace kt::graph;
+
+namespace kt::compiler {
+
+#ifdef KT_HAVE_CUDA_KERNELS
+namespace {
+
+struct Collector {
+  TargetAttr target;
+  // (file, defines, arch) -> index in `kernels`; the specs for recompiling.
+  std::map<std::tuple<std::string, std::map<std::string, std::string>, std::string>, size_t> seen;
+  std::vector<plan::KernelSpecialization> kernels;
+  std::string error;
+
+  void add(StatusOr<cuda::KernelSpec> spec, StringRef device, StringRef path) {
+    if (!spec) {
+      if (error.empty())
+        error = spec.message();
+      return;
+    }
+    unsigned index = 0;
+    if (!device.startswith("cuda:") || device.drop_front(5).getAsInteger(10, index) ||
+        index >= target.getGpuCount())
+      return;
+    std::string arch = target.getGpu(index).getArch().str();
+    auto key = std::make_tuple(spec->file, spec->defines, arch);
+    auto [it, inserted] = seen.emplace(key, kernels.size());
+    if (inserted)
+      kernels.push_back({spec->entry, spec->file, spec->defines, arch, "", {}});
+    std::vector<std::string> &usedBy = kernels[it->second].usedBy;
+    if (std::find(usedBy.begin(), usedBy.end(), path.str()) == usedBy.end())
+      usedBy.push_back(path.str());
+  }
+};
+
+// The kernel chosen for `phase` ("prefill", "decode") ends with `variant`.
+bool chose(DictionaryAttr kernels, StringRef phase, StringRef variant) {
+  auto name = kernels ? kernels.getAs<StringAttr>(phase) : StringAttr();
+  return name && name.getValue().endswith(variant);
+}
+
+} // namespace
+
+StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(ModuleOp module) {
+  Collector collector;
+  collector.target = module->getAttrOfType<TargetAttr>("ktgraph.target");
+  if (!collector.target)
+    return std::vector<plan::KernelSpecialization>();
+  module.walk([&](ModelModuleOpInterface op) {
+    auto placement = op->getAttrOfType<PlacementAttr>("ktgraph.placement");
+    if (!placement)
+      return;
+    auto kernels = op->getAttrOfType<DictionaryAttr>("ktgraph.kernels");
+    StringRef path = op.getModulePath();
+    for (auto [phase, device] : {std::pair<StringRef, StringRef>{"prefill", placement.getPrefill()},
+                                 {"decode", placement.getDecode()}}) {
+      if (!device.startswith("cuda:"))
+        continue;
+      if (auto norm = dyn_cast<RmsNormOp>(op.getOperation()))
+        collector.add(cuda::rmsNormSpec(norm.getWeight().getShape()[0],
+                                        norm.getEps().convertToFloat()),
+                      device, path);
+      else if (auto embedding = dyn_cast<EmbeddingOp>(op.getOperation())) {
+        WeightAttr table = embedding.getWeight();
+        std::optional<gguf::GgmlType> type = gguf::parseGgmlType(table.getDtype().str());
+        if (type && (*type == gguf::GgmlType::F32 || *type == gguf::GgmlType::F16 ||
+                     *type == gguf::GgmlType::BF16 || *type == gguf::GgmlType::Q8_0))
+          collector.add(cuda::embeddingSpec(table.getShape()[0], table.getShape()[1], *type),
+                        device, path);
+      } else if (auto head = dyn_cast<LmHeadOp>(op.getOperation())) {
+        if (chose(kernels, phase, ".gemv_q8_0"))
+          collector.add(cuda::gemvQ8_0Spec(head.getWeight().getShape()[1],
+                                           head.getWeight().getShape()[0]),
+                        device, path);
+      }
+    }
+    // Linear sub-modules placed on their own: their Q8_0 decode GEMVs.
+    auto subPlacements = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_placements");
+    auto subKernels = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_kernels");
+    if (!subPlacements || !subKernels)
+      return;
+    for (auto &[role, weight] : op.getWeights()) {
+      auto sub = subPlacements.getAs<PlacementAttr>(role);
+      auto chosen = subKernels.getAs<DictionaryAttr>(role);
+      if (!sub || weight.getShape().size() != 2 || !chose(chosen, "decode", ".gemv_q8_0"))
+        continue;
+      collector.add(cuda::gemvQ8_0Spec(weight.getShape()[1], weight.getShape()[0]),
+                    sub.getDecode(), (path + "." + role).str());
+    }
+  });
+  if (!collector.error.empty())
+    return Status::error(collector.error);
+
+  // Cache keys include the NVRTC version: only where NVRTC is here.
+  StatusOr<const cuda::Nvrtc *> nvrtc = cuda::Nvrtc::instance();
+  if (nvrtc) {
+    cuda::KernelCache cache("", **nvrtc);
+    for (plan::KernelSpecialization &kernel : collector.kernels) {
+      StatusOr<cuda::KernelSpec> spec = cuda::makeKernelSpec(kernel.file, kernel.entry,
+                                                             kernel.defines, 0);
+      if (!spec)
+        return spec.status();
+      if (StatusOr<std::string> key = cache.keyHex(*spec, kernel.arch))
+        kernel.cacheKey = *key;
+    }
+  }
+  return collector.kernels;
+}
+
+StatusOr<PrecompileStats> precompileKernels(const std::vector<plan::KernelSpecialization> &kernels) {
+  StatusOr<const cuda::Nvrtc *> nvrtc = cuda::Nvrtc::instance();
+  if (!nvrtc)
+    return nvrtc.status();
+  StatusOr<std::string> directory = cuda::KernelCache::defaultDirectory();
+  if (!directory)
+    return directory.status();
+  cuda::KernelCache cache(*directory, **nvrtc);
+  for (const plan::KernelSpecialization &kernel : kernels) {
+    StatusOr<cuda::KernelSpec> spec =
+        cuda::makeKernelSpec(kernel.file, kernel.entry, kernel.defines, 0);
+    if (!spec)
+      return spec.status();
+    StatusOr<cuda::CompiledKernel> compiled = cache.getOrCompile(*spec, kernel.arch);
+    if (!compiled)
+      return compiled.status();
+  }
+  PrecompileStats stats;
+  stats.kernels = kernels.size();
+  stats.fromCache = cache.stats().hits;
+  stats.compiled = cache.stats().misses;
+  stats.compileSeconds = cache.stats().compileSeconds;
+  stats.cacheDirectory = *directory;
+  return stats;
+}
+
+#else
+
+StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(ModuleOp) {
+  return std::vector<plan::KernelSpecialization>();
+}
+
+StatusOr<PrecompileStats> precompileKernels(const std::vector<plan::KernelSpecialization> &) {
+  return Status::error("this ktc was built without the CUDA toolkit (nvrtc.h), so it cannot "
+                       "precompile GPU kernels; rebuild with /usr/local/cuda present");
+}
+
+#endif
+
+} // namespace kt::compiler
