@@ -1,6 +1,7 @@
 #include "compiler/Plan/ExportPlan.h"
 
 #include "compiler/Plan/KernelSpecializations.h"
+#include "compiler/Transforms/PlacementUtils.h"
 
 #include "dialects/Graph/IR/GraphDialect.h"
 
@@ -106,6 +107,7 @@ StatusOr<plan::Plan> exportPlan(ModuleOp module, const gguf::GgufModel &model,
     return Status::error("internal: the module has no @forward(tokens) function");
   llvm::DenseMap<Value, int> valueIds;
   valueIds[forward.getArgument(0)] = 0;
+  result.buffers.push_back({0, "i32", 1, "host", "host"});
   int nextValue = 1;
   for (Operation &operation : forward.getBody().front()) {
     if (auto ret = dyn_cast<func::ReturnOp>(operation)) {
@@ -118,6 +120,14 @@ StatusOr<plan::Plan> exportPlan(ModuleOp module, const gguf::GgufModel &model,
       op.inputs.push_back(valueIds.lookup(operand));
     for (Value output : operation.getResults()) {
       valueIds[output] = nextValue;
+      auto type = output.getType().cast<RankedTensorType>();
+      plan::Buffer buffer;
+      buffer.value = nextValue;
+      buffer.dtype = type.getElementType().isInteger(32) ? "i32" : "f32";
+      buffer.width = type.getRank() == 2 ? type.getDimSize(1) : 1;
+      buffer.prefillDevice = valueDevice(output, Phase::Prefill).value_or("host").str();
+      buffer.decodeDevice = valueDevice(output, Phase::Decode).value_or("host").str();
+      result.buffers.push_back(buffer);
       op.outputs.push_back(nextValue++);
     }
     if (auto transfer = dyn_cast<TransferOp>(operation)) {

@@ -145,6 +145,13 @@ std::string planToJson(const Plan &plan) {
   json ops = json::array();
   for (const Op &op : plan.ops)
     ops.push_back(opToJson(op));
+  json buffers = json::array();
+  for (const Buffer &buffer : plan.buffers)
+    buffers.push_back({{"value", buffer.value},
+                       {"dtype", buffer.dtype},
+                       {"width", buffer.width},
+                       {"prefill_device", buffer.prefillDevice},
+                       {"decode_device", buffer.decodeDevice}});
   json kernels = json::array();
   for (const KernelSpecialization &kernel : plan.kernelSpecializations)
     kernels.push_back({{"entry", kernel.entry},
@@ -174,6 +181,7 @@ std::string planToJson(const Plan &plan) {
       {"memory", memory},
       {"runtime", {{"cache_lens", plan.defaults.cacheLens}, {"chunk_size", plan.defaults.chunkSize}}},
       {"ops", ops},
+      {"buffers", buffers},
       {"kernel_specializations", kernels},
       {"output_value", plan.outputValue},
   };
@@ -273,6 +281,17 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
     r.read(*runtime, "chunk_size", "runtime", plan.defaults.chunkSize);
   }
   r.read(root, "output_value", "", plan.outputValue);
+  if (const json *buffers = r.array(root, "buffers", ""))
+    for (size_t i = 0; i < buffers->size(); ++i) {
+      std::string where = "buffers[" + std::to_string(i) + "]";
+      Buffer buffer;
+      r.read((*buffers)[i], "value", where, buffer.value);
+      r.read((*buffers)[i], "dtype", where, buffer.dtype);
+      r.read((*buffers)[i], "width", where, buffer.width);
+      r.read((*buffers)[i], "prefill_device", where, buffer.prefillDevice);
+      r.read((*buffers)[i], "decode_device", where, buffer.decodeDevice);
+      plan.buffers.push_back(buffer);
+    }
   if (const json *kernels = r.array(root, "kernel_specializations", ""))
     for (size_t i = 0; i < kernels->size(); ++i) {
       std::string where = "kernel_specializations[" + std::to_string(i) + "]";
@@ -367,6 +386,12 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
                              "] defines values out of order; the plan file is damaged: "
                              "recompile it");
   }
+  bool buffersMatch = static_cast<int>(plan.buffers.size()) == values;
+  for (size_t i = 0; buffersMatch && i < plan.buffers.size(); ++i)
+    buffersMatch = plan.buffers[i].value == static_cast<int>(i);
+  if (!buffersMatch)
+    return Status::error(displayName + ": the plan's buffers do not match its values (one per "
+                                       "value, in order); the plan file is damaged: recompile it");
   if (plan.outputValue < 0 || plan.outputValue >= values)
     return Status::error(displayName + ": the plan's output value is not defined; the plan "
                                        "file is damaged: recompile it");

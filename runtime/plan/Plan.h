@@ -82,6 +82,15 @@ struct Op {
   std::map<std::string, Param> params; // hyper-parameters of the module
 };
 
+// An activation buffer: one value of the graph, [tokens, width] elements of
+// `dtype`, on a device per phase (value 0, the token ids, lives on the host).
+struct Buffer {
+  int value = 0;
+  std::string dtype; // "f32", "i32"
+  int64_t width = 1;
+  std::string prefillDevice, decodeDevice;
+};
+
 // A GPU kernel specialization the plan runs: the kernel (entry point and
 // source file), the constants it is specialized with, the architecture it is
 // compiled for and its key in the on-disk kernel cache (empty when the
@@ -107,6 +116,7 @@ struct Plan {
   Target target;
   std::vector<DeviceMemory> memory;
   std::vector<Op> ops;
+  std::vector<Buffer> buffers; // one per value, by value id
   int outputValue = -1; // the logits
   std::vector<KernelSpecialization> kernelSpecializations;
   RuntimeDefaults defaults;

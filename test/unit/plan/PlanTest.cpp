@@ -51,6 +51,9 @@ Plan samplePlan() {
                  {"norm_topk_prob", true}};
   plan.ops = {embed, norm};
   plan.outputValue = 2;
+  plan.buffers = {{0, "i32", 1, "host", "host"},
+                  {1, "f32", 256, "cuda:0", "cuda:0"},
+                  {2, "f32", 256, "cuda:0", "cpu"}};
   plan.kernelSpecializations = {{"rms_norm", "rms_norm.cu", {{"EPS", "1e-06f"}, {"HIDDEN", "7168"}},
                                  "sm_90a", "00112233445566778899aabbccddeeff", {"model.norm"}}};
   plan.defaults.cacheLens = 8192;
@@ -73,6 +76,9 @@ TEST(PlanTest, RoundTripsThroughJson) {
   EXPECT_EQ(back->ops[1].params.at("norm_topk_prob"), Param(true));
   EXPECT_EQ(back->memory[1].budget, 1000u);
   EXPECT_EQ(back->ops[0].kernels.at("q_a_proj.decode"), "linear.quant.gemv_q8_0");
+  ASSERT_EQ(back->buffers.size(), 3u);
+  EXPECT_EQ(back->buffers[2].decodeDevice, "cpu");
+  EXPECT_EQ(back->buffers[1].width, 256);
   ASSERT_EQ(back->kernelSpecializations.size(), 1u);
   EXPECT_EQ(back->kernelSpecializations[0].defines.at("HIDDEN"), "7168");
   EXPECT_EQ(back->kernelSpecializations[0].usedBy, std::vector<std::string>{"model.norm"});
@@ -136,6 +142,15 @@ TEST(PlanTest, RefusesValuesUsedBeforeDefinition) {
   StatusOr<Plan> back = planFromJson(planToJson(plan), "v.plan");
   ASSERT_FALSE(back.ok());
   EXPECT_NE(back.message().find("reads value 2 before it is defined"), std::string::npos)
+      << back.message();
+}
+
+TEST(PlanTest, RefusesBuffersThatDoNotMatchTheValues) {
+  Plan plan = samplePlan();
+  plan.buffers.pop_back();
+  StatusOr<Plan> back = planFromJson(planToJson(plan), "b.plan");
+  ASSERT_FALSE(back.ok());
+  EXPECT_NE(back.message().find("buffers do not match its values"), std::string::npos)
       << back.message();
 }
 
