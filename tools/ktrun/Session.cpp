@@ -59,11 +59,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const SessionOptions &options) 
     return Status::error(options.planPath + ": " + matches.message());
 
   pageIn(*session->model_, options.progress);
-  cpu::ExecutorOptions executorOptions;
-  executorOptions.threads = options.threads;
-  executorOptions.cacheLens = options.cacheLens;
-  StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor =
-      cpu::CpuExecutor::create(session->plan_, *session->model_, executorOptions);
+  StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor = session->makeExecutor();
   if (!executor)
     return executor.status();
   session->executor_ = std::move(*executor);
@@ -93,6 +89,82 @@ StatusOr<std::unique_ptr<Session>> Session::open(const SessionOptions &options) 
   }
   session->sampler_ = std::make_unique<Sampler>(options.sampling);
   return session;
+}
+
+StatusOr<std::unique_ptr<cpu::CpuExecutor>> Session::makeExecutor() const {
+  cpu::ExecutorOptions executorOptions;
+  executorOptions.threads = options_.threads;
+  executorOptions.cacheLens = options_.cacheLens;
+  executorOptions.planPath = options_.planPath;
+  return cpu::CpuExecutor::create(plan_, *model_, executorOptions);
+}
+
+StatusOr<std::unique_ptr<Session>> Session::fork() const {
+  std::unique_ptr<Session> copy(new Session());
+  copy->options_ = options_;
+  copy->plan_ = plan_;
+  copy->model_ = model_;
+  StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor = copy->makeExecutor();
+  if (!executor)
+    return executor.status();
+  copy->executor_ = std::move(*executor);
+  copy->tokenizer_ = tokenizer_; // shares its tables
+  copy->template_ = template_;
+  copy->sampler_ = std::make_unique<Sampler>(options_.sampling);
+  return copy;
+}
+
+std::string Session::modelName() const {
+  if (!plan_.model.name.empty())
+    return plan_.model.name;
+  std::string path = plan_.model.path;
+  size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+StatusOr<EncodedPrompt> Session::encodeChat(
+    const std::vector<tokenizer::ChatMessage> &messages) const {
+  if (!template_)
+    return Status::error("the session was opened without a chat template");
+  tokenizer::ChatRenderOptions render;
+  render.forceThink = options_.forceThink;
+  StatusOr<std::string> text = template_->render(messages, render);
+  if (!text)
+    return text.status();
+  tokenizer::EncodeOptions encode;
+  encode.parseSpecial = true; // the template's turn markers
+  StatusOr<std::vector<int32_t>> ids = tokenizer_->encode(*text, encode);
+  if (!ids)
+    return ids.status();
+  static const std::string openThink = "<think>\n";
+  EncodedPrompt prompt;
+  prompt.ids = std::move(*ids);
+  prompt.opensThink = text->size() >= openThink.size() &&
+                      text->compare(text->size() - openThink.size(), openThink.size(),
+                                    openThink) == 0;
+  return prompt;
+}
+
+StatusOr<EncodedPrompt> Session::encodeCompletion(const std::string &prompt) const {
+  tokenizer::EncodeOptions encode;
+  encode.addBos = tokenizer_->addBosByDefault();
+  StatusOr<std::vector<int32_t>> ids = tokenizer_->encode(prompt, encode);
+  if (!ids)
+    return ids.status();
+  EncodedPrompt encoded;
+  encoded.ids = std::move(*ids);
+  return encoded;
+}
+
+StatusOr<TurnResult> Session::generate(const std::vector<int32_t> &promptIds,
+                                       int64_t maxNewTokens, const SamplingOptions &sampling,
+                                       const TextSink &onText, bool ignoreEos) {
+  // Every request starts from an empty cache, so its result does not
+  // depend on what the slot ran before.
+  executor_->reset();
+  cached_.clear();
+  Sampler sampler(sampling);
+  return feedAndGenerate(promptIds, maxNewTokens, sampler, onText, ignoreEos);
 }
 
 void Session::clear() {
@@ -129,6 +201,22 @@ StatusOr<TurnResult> Session::run(const std::string &input, int64_t maxNewTokens
   StatusOr<std::vector<int32_t>> all = promptIds(input);
   if (!all)
     return all.status();
+  StatusOr<TurnResult> result = feedAndGenerate(*all, maxNewTokens, *sampler_,
+                                                [&](const std::string &text) {
+                                                  onText(text);
+                                                  return true;
+                                                });
+  if (result && options_.chat) {
+    history_.push_back(tokenizer::ChatMessage::user(input));
+    history_.push_back(tokenizer::ChatMessage::assistant(result->text));
+  }
+  return result;
+}
+
+StatusOr<TurnResult> Session::feedAndGenerate(const std::vector<int32_t> &allIds,
+                                              int64_t maxNewTokens, Sampler &sampler,
+                                              const TextSink &onText, bool ignoreEos) {
+  const std::vector<int32_t> *all = &allIds;
   // Feed only what the cache does not hold yet. Where the rendered history
   // departs from the cached tokens (R1 drops earlier reasoning; an answer
   // re-encodes to other ids), the cache is cut back to the common prefix.
@@ -165,8 +253,8 @@ StatusOr<TurnResult> Session::run(const std::string &input, int64_t maxNewTokens
   std::optional<int32_t> eos = tokenizer_->eosId();
   start = Clock::now();
   for (int64_t step = 0; step < maxNewTokens; ++step) {
-    int32_t next = sampler_->sample(*logits);
-    if (eos && next == *eos) {
+    int32_t next = sampler.sample(*logits);
+    if (eos && next == *eos && !ignoreEos) {
       result.stoppedAtEos = true;
       // The end-of-sentence token closes the turn in the history the
       // template renders; keep the cache in step with it.
@@ -182,7 +270,10 @@ StatusOr<TurnResult> Session::run(const std::string &input, int64_t maxNewTokens
     if (!piece)
       return piece.status();
     result.text += *piece;
-    onText(*piece);
+    if (!onText(*piece)) {
+      result.stoppedByCaller = true;
+      break;
+    }
     if (step + 1 == maxNewTokens)
       break;
     if (executor_->position() >= executor_->cacheCapacity())
@@ -194,14 +285,13 @@ StatusOr<TurnResult> Session::run(const std::string &input, int64_t maxNewTokens
       return logits.status();
     cached_.push_back(next);
   }
-  std::string rest = stream.flush();
-  result.text += rest;
-  onText(rest);
-  result.decodeSeconds = secondsSince(start);
-  if (options_.chat) {
-    history_.push_back(tokenizer::ChatMessage::user(input));
-    history_.push_back(tokenizer::ChatMessage::assistant(result.text));
+  if (!result.stoppedByCaller) {
+    std::string rest = stream.flush();
+    result.text += rest;
+    if (!rest.empty())
+      onText(rest);
   }
+  result.decodeSeconds = secondsSince(start);
   return result;
 }
 

@@ -1,6 +1,7 @@
 // ktrun: runs a compiled plan — interactive chat with the DeepSeek template,
 // or one-shot completion for scripts.
 #include "tools/ktrun/Bench.h"
+#include "tools/ktrun/Server.h"
 #include "tools/ktrun/Session.h"
 
 #include <CLI/CLI.hpp>
@@ -150,8 +151,30 @@ int main(int argc, char **argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--bench-tokens,--bench_tokens", benchOptions.decodeTokens, "Benchmark decoded tokens (64)")
       ->check(CLI::PositiveNumber);
+  bool serve = false;
+  kt::ktrun::ServerOptions serverOptions;
+  app.add_flag("--serve", serve,
+               "Serve an OpenAI-compatible HTTP API (/v1/chat/completions, /v1/completions, "
+               "/v1/models, /health) until SIGINT/SIGTERM; docs/server.md");
+  app.add_option("--host", serverOptions.host, "--serve: the address to listen on (127.0.0.1)");
+  app.add_option("--port", serverOptions.port,
+                 "--serve: the TCP port (10002; 0 picks a free one and prints it)")
+      ->check(CLI::Range(0, 65535));
+  app.add_option("--parallel", serverOptions.parallel,
+                 "--serve: requests generating at once, each with its own KV cache of "
+                 "--cache-lens tokens (2)")
+      ->check(CLI::Range(1, 256));
+  app.add_option("--queue", serverOptions.queue,
+                 "--serve: requests waiting for a slot before the server answers 503 (16)")
+      ->check(CLI::Range(0, 4096));
   CLI11_PARSE(app, argc, argv);
 
+  if (serve && (!prompt.empty() || !promptFile.empty() || json || bench))
+    return fail("--serve takes its prompts from HTTP requests: drop --prompt, --prompt-file, "
+                "--json and --bench");
+  if (serve && noChat)
+    return fail("--serve needs the chat template for /v1/chat/completions: drop --no-chat "
+                "(/v1/completions is the raw completion)");
   if (json && prompt.empty() && promptFile.empty())
     return fail("--json needs --prompt or --prompt-file");
   if (!promptFile.empty()) {
@@ -172,6 +195,11 @@ int main(int argc, char **argv) {
   kt::StatusOr<std::unique_ptr<Session>> session = Session::open(options);
   if (!session)
     return fail(session.message());
+  if (serve) {
+    serverOptions.defaultMaxTokens = maxNewTokens;
+    serverOptions.defaultSampling = options.sampling;
+    return kt::ktrun::serve(std::move(*session), serverOptions);
+  }
   if (bench)
     return kt::ktrun::runBench((*session)->plan(), (*session)->executor(), benchOptions);
   if (!prompt.empty() || !promptFile.empty())
