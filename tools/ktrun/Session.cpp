@@ -186,14 +186,10 @@ StatusOr<std::vector<int32_t>> Session::promptIds(const std::string &input) {
   }
   std::vector<tokenizer::ChatMessage> messages = history_;
   messages.push_back(tokenizer::ChatMessage::user(input));
-  tokenizer::ChatRenderOptions render;
-  render.forceThink = options_.forceThink;
-  StatusOr<std::string> text = template_->render(messages, render);
-  if (!text)
-    return text.status();
-  tokenizer::EncodeOptions encode;
-  encode.parseSpecial = true; // the template's turn markers
-  return tokenizer_->encode(*text, encode);
+  StatusOr<EncodedPrompt> prompt = encodeChat(messages);
+  if (!prompt)
+    return prompt.status();
+  return std::move(prompt->ids);
 }
 
 StatusOr<TurnResult> Session::run(const std::string &input, int64_t maxNewTokens,
