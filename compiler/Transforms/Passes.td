@@ -75,7 +75,8 @@ def SelectKernels : Pass<"kt-select-kernels", "mlir::ModuleOp"> {
       `fp8_dequant_bf16` (sm_80/86) or `fp8_dequant_f16` (sm_75).
     - modules without a family: `cuda` (`cuda_f16` on sm_75).
 
-    CPU (by ISA features of the target CPU, best first):
+    CPU (by ISA features of the target CPU, best first; the table is
+    runtime/cpu/IsaVariants.cpp, which the runtime checks the host against):
     - `amx` (amx-tile, amx-int8, amx-bf16): prefill of `quant`/`dense`
       families and whenever `backend: AMXInt8`/`AMXBF16` asks for it;
     - `avx512_vnni` (avx512f, avx512bw, avx512vnni): int8 dot products on

@@ -2,6 +2,7 @@
 #include "compiler/Transforms/Passes.h"
 
 #include "dialects/Graph/IR/GraphDialect.h"
+#include "runtime/cpu/IsaVariants.h"
 
 #include "mlir/IR/Builders.h"
 #include "mlir/IR/BuiltinOps.h"
@@ -17,22 +18,20 @@ using namespace kt::graph;
 namespace kt::compiler {
 namespace {
 
-// The best CPU vector tier the target has, for `family` in `phase`.
+// The best CPU variant (runtime/cpu/IsaVariants.h, best first) whose
+// features the target has and that suits `family` in this phase: AMX tiles
+// for prefill GEMMs, VNNI int8 dot products for quantized weights, AVX-512
+// BF16 for the dense (bf16) family.
 std::string cpuVariant(TargetAttr target, StringRef family, bool prefill) {
-  auto has = [&](std::initializer_list<StringRef> features) {
-    return llvm::all_of(features, [&](StringRef f) { return target.hasCpuFeature(f); });
-  };
-  bool amx = has({"amx-tile", "amx-int8", "amx-bf16", "avx512f"});
-  if (prefill && amx && (family == "quant" || family == "dense"))
-    return "amx";
-  if (family == "dense" && has({"avx512f", "avx512bw", "avx512bf16"}))
-    return "avx512_bf16";
-  if (family == "quant" && has({"avx512f", "avx512bw", "avx512vnni"}))
-    return "avx512_vnni";
-  if (has({"avx512f", "avx512bw"}))
-    return "avx512";
-  if (has({"avx2", "fma", "f16c"}))
-    return "avx2";
+  for (const cpu::IsaVariant &variant : cpu::isaVariants()) {
+    bool suits = variant.name == "amx"           ? prefill && (family == "quant" || family == "dense")
+                 : variant.name == "avx512_bf16" ? family == "dense"
+                 : variant.name == "avx512_vnni" ? family == "quant"
+                                                 : true;
+    if (suits && llvm::all_of(variant.features,
+                              [&](const std::string &f) { return target.hasCpuFeature(f); }))
+      return variant.name;
+  }
   return "generic";
 }
 

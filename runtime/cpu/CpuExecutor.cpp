@@ -4,6 +4,7 @@
 #include "runtime/cpu/FeedForward.h"
 #include "runtime/cpu/Linear.h"
 #include "runtime/cpu/Math.h"
+#include "runtime/cpu/IsaVariants.h"
 #include "runtime/cpu/MoeRouting.h"
 #include "runtime/cpu/ThreadPool.h"
 #include "runtime/quant/Quant.h"
@@ -815,6 +816,10 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
   Status bound = impl->bind(plan, model, planName);
   if (!bound.ok())
     return bound;
+  // The plan's CPU kernels were chosen for its target CPU; refuse a host
+  // that lacks what they need rather than run into illegal instructions.
+  if (Status isa = checkHostRunsPlan(plan, hostCpuFeatures(), planName); !isa.ok())
+    return isa;
   return std::unique_ptr<CpuExecutor>(new CpuExecutor(std::move(impl)));
 }
 
