@@ -53,16 +53,21 @@ void MlaAttention::forward(ThreadPool &pool, Workspace &workspace, const float *
   matmul(pool, w_.o, heads, tokens, out);
 }
 
+size_t MlaAttention::upProjectionScratchFloats() const {
+  size_t floats = 0;
+  for (const std::optional<WeightMatrix> &m : {w_.kvB, w_.kB, w_.vB})
+    if (m)
+      floats = std::max(floats, matmulScratchFloats(*m));
+  return floats;
+}
+
 void MlaAttention::attendExpanded(ThreadPool &pool, const float *query, int64_t tokens,
                                   int64_t start, const LatentCache &cache,
                                   float *heads) const {
   const MlaShape &s = shape_;
   const int64_t qkDim = s.nope + s.rope;
   const int64_t positions = start + tokens;
-  size_t matmulFloats = 0;
-  for (const std::optional<WeightMatrix> &m : {w_.kvB, w_.kB, w_.vB})
-    if (m)
-      matmulFloats = std::max(matmulFloats, matmulScratchFloats(*m));
+  const size_t matmulFloats = upProjectionScratchFloats();
 
   pool.parallelFor(s.heads, [&](int64_t h, int) {
     float *scratch = threadScratch(0, matmulFloats);
@@ -111,10 +116,7 @@ void MlaAttention::attendAbsorbed(ThreadPool &pool, const float *query, int64_t 
   const MlaShape &s = shape_;
   const int64_t qkDim = s.nope + s.rope;
   const int64_t positions = start + tokens;
-  size_t matmulFloats = 0;
-  for (const std::optional<WeightMatrix> &m : {w_.kvB, w_.kB, w_.vB})
-    if (m)
-      matmulFloats = std::max(matmulFloats, matmulScratchFloats(*m));
+  const size_t matmulFloats = upProjectionScratchFloats();
 
   pool.parallelFor(s.heads, [&](int64_t h, int) {
     float *scratch = threadScratch(0, matmulFloats);

@@ -74,6 +74,8 @@ public:
                int64_t start, const LatentCache &cache, Path path, float *out) const;
 
 private:
+  // Scratch floats of the largest up-projection product (kv_b, k_b, v_b).
+  size_t upProjectionScratchFloats() const;
   void attendExpanded(ThreadPool &pool, const float *query, int64_t tokens, int64_t start,
                       const LatentCache &cache, float *heads) const;
   void attendAbsorbed(ThreadPool &pool, const float *query, int64_t tokens, int64_t start,

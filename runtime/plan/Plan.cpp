@@ -59,6 +59,24 @@ public:
     }
   }
 
+  // An object whose values are all strings (kernel names, kernel defines).
+  void readStringMap(const json &object, const std::string &key, const std::string &where,
+                     std::map<std::string, std::string> &out) {
+    const json *map = field(object, key, where);
+    if (!map)
+      return;
+    if (!map->is_object()) {
+      fail("field '" + join(where, key) + "' is not an object");
+      return;
+    }
+    for (const auto &[name, value] : map->items()) {
+      if (value.is_string())
+        out[name] = value.get<std::string>();
+      else
+        fail("field '" + join(where, key) + "." + name + "' is not a string");
+    }
+  }
+
   const json *array(const json &object, const std::string &key, const std::string &where) {
     const json *value = field(object, key, where);
     if (value && !value->is_array()) {
@@ -302,16 +320,7 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
       r.read(entry, "arch", where, kernel.arch);
       r.read(entry, "cache_key", where, kernel.cacheKey);
       r.read(entry, "used_by", where, kernel.usedBy);
-      if (const json *defines = r.field(entry, "defines", where)) {
-        if (!defines->is_object())
-          r.fail("field '" + where + ".defines' is not an object");
-        else
-          for (const auto &[name, value] : defines->items())
-            if (value.is_string())
-              kernel.defines[name] = value.get<std::string>();
-            else
-              r.fail("field '" + where + ".defines." + name + "' is not a string");
-      }
+      r.readStringMap(entry, "defines", where, kernel.defines);
       plan.kernelSpecializations.push_back(std::move(kernel));
     }
   if (const json *ops = r.array(root, "ops", ""))
@@ -328,17 +337,7 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
       r.read(entry, "out_device", where, op.outDevice);
       r.read(entry, "op", where, op.op);
       r.read(entry, "rule", where, op.rule);
-      if (const json *kernels = r.field(entry, "kernels", where)) {
-        if (!kernels->is_object())
-          r.fail("field '" + where + ".kernels' is not an object");
-        else
-          for (const auto &[key, value] : kernels->items()) {
-            if (!value.is_string())
-              r.fail("field '" + where + ".kernels." + key + "' is not a string");
-            else
-              op.kernels[key] = value.get<std::string>();
-          }
-      }
+      r.readStringMap(entry, "kernels", where, op.kernels);
       if (const json *weights = r.array(entry, "weights", where))
         for (size_t w = 0; w < weights->size(); ++w) {
           std::string at = where + ".weights[" + std::to_string(w) + "]";
