@@ -17,6 +17,9 @@ PACKAGES=(
   libcpp-httplib-dev pkg-config curl
 )
 
+# The server test drives ktrun with the official openai SDK (npm).
+command -v npm >/dev/null || PACKAGES+=(nodejs npm)
+
 missing=()
 for package in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" ||
@@ -38,3 +41,11 @@ if [ ! -f "$BUILD_DIR/build.ninja" ]; then
     -DLLVM_EXTERNAL_LIT=/usr/lib/llvm-16/build/utils/lit/lit.py
 fi
 cmake --build "$BUILD_DIR"
+
+# The official OpenAI client for test/Tools/ktrun-serve-openai.test, pinned;
+# without it (no registry) that test reports UNSUPPORTED.
+OPENAI_SDK=openai@6.30.1
+if [ ! -f "$BUILD_DIR/node-clients/node_modules/openai/package.json" ]; then
+  npm install --silent --no-audit --no-fund --prefix "$BUILD_DIR/node-clients" "$OPENAI_SDK" ||
+    echo "setup: warning: could not install $OPENAI_SDK from npm; the openai SDK test will be skipped"
+fi

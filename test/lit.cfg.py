@@ -1,6 +1,7 @@
 # -*- Python -*-
 # lit configuration of the compiler tests: kt-opt / ktc / kt-gen-model with FileCheck.
 import os
+import shutil
 
 import lit.formats
 from lit.llvm import llvm_config
@@ -22,6 +23,12 @@ if os.path.isfile(os.path.join(config.kt_shared_dir, "data", "deepseek-v3-tokeni
 # Tests that compile GPU kernels with NVRTC say `REQUIRES: cuda-kernels`.
 if config.kt_have_cuda_kernels:
     config.available_features.add("cuda-kernels")
+
+# The server test with the official openai SDK (setup.sh installs it).
+config.kt_openai_sdk = os.path.join(config.kt_obj_root, "node-clients", "node_modules", "openai")
+if os.path.isfile(os.path.join(config.kt_openai_sdk, "package.json")) and shutil.which("node"):
+    config.available_features.add("openai-sdk")
+config.substitutions.append(("%openai_sdk", config.kt_openai_sdk))
 
 llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()

@@ -10,7 +10,7 @@ MlaAttention::MlaAttention(const MlaShape &shape, MlaWeights weights, const Rope
       softmaxScale_(static_cast<float>(attentionSoftmaxScale(shape.nope + shape.rope, rope))) {}
 
 void MlaAttention::forward(ThreadPool &pool, Workspace &workspace, const float *x,
-                           int64_t tokens, int64_t start, const LatentCache &cache, Path path,
+                           int64_t tokens, const std::vector<Segment> &segments,
                            float *out) const {
   const MlaShape &s = shape_;
   const int64_t qkDim = s.nope + s.rope;
@@ -33,23 +33,31 @@ void MlaAttention::forward(ThreadPool &pool, Workspace &workspace, const float *
   matmul(pool, w_.kvA, x, tokens, kv);
 
   std::vector<float> cos(static_cast<size_t>(s.rope / 2)), sin(static_cast<size_t>(s.rope / 2));
-  for (int64_t t = 0; t < tokens; ++t) {
-    const int64_t position = start + t;
-    rope_.angles(position, cos.data(), sin.data());
-    const float *row = kv + t * kvWidth;
-    rmsNorm(row, w_.kvANorm.data(), s.kvLoraRank, s.eps, cache.latent + position * s.kvLoraRank);
-    float *ropeKey = cache.ropeKey + position * s.rope;
-    std::memcpy(ropeKey, row + s.kvLoraRank, static_cast<size_t>(s.rope) * sizeof(float));
-    rope_.rotate(ropeKey, cos.data(), sin.data());
-    for (int64_t h = 0; h < s.heads; ++h)
-      rope_.rotate(query + (t * s.heads + h) * qkDim + s.nope, cos.data(), sin.data());
-  }
+  for (const Segment &segment : segments)
+    for (int64_t i = 0; i < segment.count; ++i) {
+      const int64_t t = segment.row + i, position = segment.start + i;
+      rope_.angles(position, cos.data(), sin.data());
+      const float *row = kv + t * kvWidth;
+      rmsNorm(row, w_.kvANorm.data(), s.kvLoraRank, s.eps,
+              segment.cache.latent + position * s.kvLoraRank);
+      float *ropeKey = segment.cache.ropeKey + position * s.rope;
+      std::memcpy(ropeKey, row + s.kvLoraRank, static_cast<size_t>(s.rope) * sizeof(float));
+      rope_.rotate(ropeKey, cos.data(), sin.data());
+      for (int64_t h = 0; h < s.heads; ++h)
+        rope_.rotate(query + (t * s.heads + h) * qkDim + s.nope, cos.data(), sin.data());
+    }
 
   float *heads = workspace.floats(Workspace::AttnHeads, static_cast<size_t>(tokens * s.heads * s.v));
-  if (path == Path::Absorbed)
-    attendAbsorbed(pool, query, tokens, start, cache, heads);
-  else
-    attendExpanded(pool, query, tokens, start, cache, heads);
+  for (const Segment &segment : segments) {
+    const float *segmentQuery = query + segment.row * s.heads * qkDim;
+    float *segmentHeads = heads + segment.row * s.heads * s.v;
+    if (segment.path == Path::Absorbed)
+      attendAbsorbed(pool, segmentQuery, segment.count, segment.start, segment.cache,
+                     segmentHeads);
+    else
+      attendExpanded(pool, segmentQuery, segment.count, segment.start, segment.cache,
+                     segmentHeads);
+  }
   matmul(pool, w_.o, heads, tokens, out);
 }
 

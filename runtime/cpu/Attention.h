@@ -62,16 +62,28 @@ public:
     Absorbed,
   };
 
+  // The tokens of one sequence in a step: rows [row, row + count) of x and
+  // out, at positions [start, start + count) of `cache`.
+  struct Segment {
+    int64_t row = 0;
+    int64_t count = 0;
+    int64_t start = 0;
+    LatentCache cache;
+    Path path = Path::Expanded;
+  };
+
   MlaAttention(const MlaShape &shape, MlaWeights weights, const RopeConfig &rope);
 
   const MlaShape &shape() const { return shape_; }
 
-  // x: `tokens` rows of `hidden` values, the tokens at positions [start,
-  // start + tokens); stores their latents and rope keys in `cache`, attends
-  // causally over positions [0, position + 1) and writes `tokens` rows of
-  // `hidden` values to `out`.
+  // x: `tokens` rows of `hidden` values, split into segments of different
+  // sequences. Stores each token's latent and rope key in its segment's
+  // cache, attends causally over that cache's positions [0, position + 1)
+  // and writes `tokens` rows of `hidden` values to `out`. The projections
+  // run once over all rows (each weight read once per step, whatever the
+  // number of sequences); only the attention itself is per segment.
   void forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
-               int64_t start, const LatentCache &cache, Path path, float *out) const;
+               const std::vector<Segment> &segments, float *out) const;
 
 private:
   // Scratch floats of the largest up-projection product (kv_b, k_b, v_b).

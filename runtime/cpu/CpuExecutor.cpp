@@ -39,14 +39,22 @@ struct ValueInfo {
   bool defined = false;
 };
 
+// The tokens of one sequence within a step: rows [row, row + count) of
+// every activation, at positions [start, start + count) of its KV cache.
+struct Segment {
+  int64_t row = 0;
+  int64_t count = 0;
+  int64_t start = 0;
+  size_t sequence = 0;
+  MlaAttention::Path attentionPath = MlaAttention::Path::Expanded;
+};
+
 struct StepContext {
   ThreadPool &pool;
   Workspace &workspace;
-  int64_t start = 0;          // position of the first token of the step
-  int64_t tokens = 0;         // tokens in the step
-  bool lastTokenOnly = false; // lm_head: logits of the step's last token only
-  MlaAttention::Path attentionPath = MlaAttention::Path::Expanded;
-  std::vector<LatentCache> *caches = nullptr;
+  std::vector<Segment> segments; // in row order, covering every row once
+  bool lastTokenOnly = false;    // lm_head: logits of each segment's last token only
+  std::vector<std::vector<LatentCache>> *caches = nullptr; // [sequence][layer]
 };
 
 class Step {
@@ -134,14 +142,21 @@ public:
            const std::vector<Value *> &out) override {
     const Value &x = *in[0];
     Value &o = *out[0];
-    shape(o, x.rows, attention_.shape().hidden);
-    attention_.forward(ctx.pool, ctx.workspace, x.data.data(), x.rows, ctx.start,
-                       (*ctx.caches)[layer_], ctx.attentionPath, o.data.data());
+    const int64_t hidden = attention_.shape().hidden;
+    shape(o, x.rows, hidden);
+    // Each sequence attends over its own cache.
+    segments_.clear();
+    for (const Segment &segment : ctx.segments)
+      segments_.push_back({segment.row, segment.count, segment.start,
+                           (*ctx.caches)[segment.sequence][layer_], segment.attentionPath});
+    attention_.forward(ctx.pool, ctx.workspace, x.data.data(), x.rows, segments_,
+                       o.data.data());
   }
 
 private:
   MlaAttention attention_;
   size_t layer_;
+  std::vector<MlaAttention::Segment> segments_;
 };
 
 class FeedForwardStep : public Step {
@@ -231,13 +246,27 @@ public:
            const std::vector<Value *> &out) override {
     const Value &x = *in[0];
     Value &o = *out[0];
-    const int64_t rows = ctx.lastTokenOnly ? 1 : x.rows;
+    if (!ctx.lastTokenOnly) {
+      shape(o, x.rows, w_.rows);
+      matmul(ctx.pool, w_, x.data.data(), x.rows, o.data.data());
+      return;
+    }
+    // The last row of every segment, gathered.
+    const int64_t rows = static_cast<int64_t>(ctx.segments.size());
+    lastRows_.resize(static_cast<size_t>(rows * x.width));
+    for (int64_t i = 0; i < rows; ++i) {
+      const Segment &segment = ctx.segments[static_cast<size_t>(i)];
+      std::memcpy(lastRows_.data() + i * x.width,
+                  x.data.data() + (segment.row + segment.count - 1) * x.width,
+                  static_cast<size_t>(x.width) * sizeof(float));
+    }
     shape(o, rows, w_.rows);
-    matmul(ctx.pool, w_, x.data.data() + (x.rows - rows) * x.width, rows, o.data.data());
+    matmul(ctx.pool, w_, lastRows_.data(), rows, o.data.data());
   }
 
 private:
   WeightMatrix w_;
+  std::vector<float> lastRows_;
 };
 
 // ---------------------------------------------------------------- binding
@@ -443,14 +472,20 @@ public:
   int64_t embeddingRows = 0;     // token ids accepted
   int64_t capacity = 0;
   int64_t chunkSize = 0;
-  int64_t position = 0;
+  std::vector<int64_t> positions;                // per sequence: tokens in its cache
   std::vector<std::vector<float>> cacheStorage;
-  std::vector<LatentCache> caches;
+  std::vector<std::vector<LatentCache>> caches;  // [sequence][layer]
   AttentionPath attentionPath = AttentionPath::Automatic;
   std::string modelName;
 
   Status bind(const plan::Plan &plan, const gguf::GgufModel &model, const std::string &planName);
-  void runChunk(const int32_t *tokens, int64_t count, bool lastTokenOnly, float *logits);
+  // One step over the tokens of several sequences (`tokens` holds each
+  // segment's rows in order); writes the logits of each segment's last
+  // token, or of every token, to `logits`.
+  void runStep(const int32_t *tokens, std::vector<Segment> segments, bool lastTokenOnly,
+               float *logits);
+  Status checkTokens(const int32_t *tokens, int64_t count) const;
+  Status checkRoom(size_t sequence, int64_t count) const;
   void acquire(Value &v);
   void release(Value &v);
 };
@@ -729,13 +764,14 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
     for (int id : steps[i].inputs)
       lastUse[static_cast<size_t>(id)] = static_cast<int>(i);
 
-  for (const AttentionCacheShape &c : cacheShapes) {
-    std::vector<float> latent(static_cast<size_t>(capacity * c.latent));
-    std::vector<float> rope(static_cast<size_t>(capacity * c.rope));
-    caches.push_back({latent.data(), rope.data()});
-    cacheStorage.push_back(std::move(latent));
-    cacheStorage.push_back(std::move(rope));
-  }
+  for (std::vector<LatentCache> &sequenceCaches : caches)
+    for (const AttentionCacheShape &c : cacheShapes) {
+      std::vector<float> latent(static_cast<size_t>(capacity * c.latent));
+      std::vector<float> rope(static_cast<size_t>(capacity * c.rope));
+      sequenceCaches.push_back({latent.data(), rope.data()});
+      cacheStorage.push_back(std::move(latent));
+      cacheStorage.push_back(std::move(rope));
+    }
   return Status::success();
 }
 
@@ -753,25 +789,31 @@ void CpuExecutor::Impl::release(Value &v) {
   }
 }
 
-void CpuExecutor::Impl::runChunk(const int32_t *tokens, int64_t count, bool lastTokenOnly,
-                                 float *logits) {
+void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segments,
+                                bool lastTokenOnly, float *logits) {
   StepContext ctx{pool, workspace};
-  ctx.start = position;
-  ctx.tokens = count;
+  int64_t rows = 0;
+  for (Segment &segment : segments) {
+    segment.row = rows;
+    segment.start = positions[segment.sequence];
+    rows += segment.count;
+    switch (attentionPath) {
+    case AttentionPath::Automatic:
+      segment.attentionPath =
+          segment.count == 1 ? MlaAttention::Path::Absorbed : MlaAttention::Path::Expanded;
+      break;
+    case AttentionPath::Expanded: segment.attentionPath = MlaAttention::Path::Expanded; break;
+    case AttentionPath::Absorbed: segment.attentionPath = MlaAttention::Path::Absorbed; break;
+    }
+  }
+  ctx.segments = std::move(segments);
   ctx.lastTokenOnly = lastTokenOnly;
   ctx.caches = &caches;
-  switch (attentionPath) {
-  case AttentionPath::Automatic:
-    ctx.attentionPath = count == 1 ? MlaAttention::Path::Absorbed : MlaAttention::Path::Expanded;
-    break;
-  case AttentionPath::Expanded: ctx.attentionPath = MlaAttention::Path::Expanded; break;
-  case AttentionPath::Absorbed: ctx.attentionPath = MlaAttention::Path::Absorbed; break;
-  }
 
   Value &input = values[0];
-  input.rows = count;
+  input.rows = rows;
   input.width = 1;
-  input.ids.assign(tokens, tokens + count);
+  input.ids.assign(tokens, tokens + rows);
 
   std::vector<Value *> in, out;
   for (size_t i = 0; i < steps.size(); ++i) {
@@ -793,7 +835,29 @@ void CpuExecutor::Impl::runChunk(const int32_t *tokens, int64_t count, bool last
   const Value &result = values[static_cast<size_t>(outputValue)];
   std::memcpy(logits, result.data.data(), result.data.size() * sizeof(float));
   release(values[static_cast<size_t>(outputValue)]);
-  position += count;
+  for (const Segment &segment : ctx.segments)
+    positions[segment.sequence] += segment.count;
+}
+
+Status CpuExecutor::Impl::checkTokens(const int32_t *tokens, int64_t count) const {
+  for (int64_t i = 0; i < count; ++i)
+    if (tokens[i] < 0 || tokens[i] >= embeddingRows)
+      return Status::error("Token id " + std::to_string(tokens[i]) + " (input position " +
+                           std::to_string(i) + ") is outside the model's vocabulary of " +
+                           std::to_string(embeddingRows) +
+                           " tokens; use the tokenizer of the same model.");
+  return Status::success();
+}
+
+Status CpuExecutor::Impl::checkRoom(size_t sequence, int64_t count) const {
+  const int64_t used = positions[sequence], room = capacity - used;
+  if (count <= room)
+    return Status::success();
+  return Status::error(
+      "The KV cache is full: it holds " + std::to_string(capacity) + " tokens, " +
+      std::to_string(used) + " are in use, so " + std::to_string(room) +
+      " more fit, but this step needs " + std::to_string(count) +
+      ". Raise --cache-lens (the model allows longer contexts) or start a new conversation.");
 }
 
 CpuExecutor::CpuExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -809,8 +873,13 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
     return Status::error("The KV cache length must be positive (" + planName +
                          " asks for " + std::to_string(capacity) +
                          "); pass --cache-lens with a positive number of tokens.");
+  if (options.sequences < 1)
+    return Status::error("The executor needs at least one sequence (KV cache slot), not " +
+                         std::to_string(options.sequences) + ".");
   auto impl = std::make_unique<Impl>(options.threads);
   impl->capacity = capacity;
+  impl->positions.assign(static_cast<size_t>(options.sequences), 0);
+  impl->caches.resize(static_cast<size_t>(options.sequences));
   impl->chunkSize = options.chunkSize > 0 ? options.chunkSize
                                           : std::max<int64_t>(1, plan.defaults.chunkSize);
   Status bound = impl->bind(plan, model, planName);
@@ -829,42 +898,79 @@ StatusOr<std::vector<float>> CpuExecutor::forward(const std::vector<int32_t> &to
   const int64_t count = static_cast<int64_t>(tokens.size());
   if (count == 0)
     return Status::error("forward() got no tokens; pass at least one token id.");
-  for (size_t i = 0; i < tokens.size(); ++i)
-    if (tokens[i] < 0 || tokens[i] >= m.embeddingRows)
-      return Status::error("Token id " + std::to_string(tokens[i]) + " (input position " +
-                           std::to_string(i) + ") is outside the model's vocabulary of " +
-                           std::to_string(m.embeddingRows) +
-                           " tokens; use the tokenizer of the same model.");
-  const int64_t room = m.capacity - m.position;
-  if (count > room)
-    return Status::error(
-        "The KV cache is full: it holds " + std::to_string(m.capacity) + " tokens, " +
-        std::to_string(m.position) + " are in use, so " + std::to_string(room) +
-        " more fit, but this step needs " + std::to_string(count) +
-        ". Raise --cache-lens (the model allows longer contexts) or start a new conversation.");
+  if (Status valid = m.checkTokens(tokens.data(), count); !valid.ok())
+    return valid;
+  if (Status room = m.checkRoom(0, count); !room.ok())
+    return room;
 
   std::vector<float> logits(static_cast<size_t>((allPositions ? count : 1) * m.vocab));
   for (int64_t begin = 0; begin < count; begin += m.chunkSize) {
     const int64_t chunk = std::min(m.chunkSize, count - begin);
     const bool last = begin + chunk == count;
+    std::vector<Segment> segment(1);
+    segment[0].count = chunk;
     if (allPositions)
-      m.runChunk(tokens.data() + begin, chunk, false,
-                 logits.data() + static_cast<size_t>(begin * m.vocab));
+      m.runStep(tokens.data() + begin, segment, false,
+                logits.data() + static_cast<size_t>(begin * m.vocab));
     else if (last)
-      m.runChunk(tokens.data() + begin, chunk, true, logits.data());
+      m.runStep(tokens.data() + begin, segment, true, logits.data());
     else {
       std::vector<float> discarded(static_cast<size_t>(m.vocab));
-      m.runChunk(tokens.data() + begin, chunk, true, discarded.data());
+      m.runStep(tokens.data() + begin, segment, true, discarded.data());
     }
   }
   return logits;
 }
 
-int64_t CpuExecutor::position() const { return impl_->position; }
+StatusOr<std::vector<float>> CpuExecutor::forwardBatch(const std::vector<SequenceTokens> &batch) {
+  Impl &m = *impl_;
+  if (batch.empty())
+    return Status::error("forwardBatch() got no sequences; pass at least one.");
+  std::vector<bool> seen(m.positions.size(), false);
+  std::vector<int32_t> tokens;
+  std::vector<Segment> segments;
+  for (const SequenceTokens &entry : batch) {
+    if (entry.sequence < 0 || entry.sequence >= static_cast<int>(m.positions.size()))
+      return Status::error("Sequence " + std::to_string(entry.sequence) +
+                           " does not exist; the executor has " +
+                           std::to_string(m.positions.size()) + " sequences.");
+    const size_t sequence = static_cast<size_t>(entry.sequence);
+    if (seen[sequence])
+      return Status::error("Sequence " + std::to_string(entry.sequence) +
+                           " appears twice in one batch; give each sequence's tokens once.");
+    seen[sequence] = true;
+    const int64_t count = static_cast<int64_t>(entry.tokens.size());
+    if (count == 0)
+      return Status::error("Sequence " + std::to_string(entry.sequence) +
+                           " has no tokens in this batch; leave it out instead.");
+    if (Status valid = m.checkTokens(entry.tokens.data(), count); !valid.ok())
+      return Status::error("Sequence " + std::to_string(entry.sequence) + ": " + valid.message());
+    if (Status room = m.checkRoom(sequence, count); !room.ok())
+      return Status::error("Sequence " + std::to_string(entry.sequence) + ": " + room.message());
+    tokens.insert(tokens.end(), entry.tokens.begin(), entry.tokens.end());
+    Segment segment;
+    segment.count = count;
+    segment.sequence = sequence;
+    segments.push_back(segment);
+  }
+  std::vector<float> logits(batch.size() * static_cast<size_t>(m.vocab));
+  m.runStep(tokens.data(), std::move(segments), true, logits.data());
+  return logits;
+}
+
+int64_t CpuExecutor::position() const { return impl_->positions[0]; }
+int64_t CpuExecutor::position(int sequence) const {
+  return impl_->positions.at(static_cast<size_t>(sequence));
+}
 int64_t CpuExecutor::cacheCapacity() const { return impl_->capacity; }
-void CpuExecutor::reset() { impl_->position = 0; }
-void CpuExecutor::truncate(int64_t tokens) {
-  impl_->position = std::clamp<int64_t>(tokens, 0, impl_->position);
+int64_t CpuExecutor::chunkSize() const { return impl_->chunkSize; }
+int CpuExecutor::sequenceCount() const { return static_cast<int>(impl_->positions.size()); }
+void CpuExecutor::reset() { reset(0); }
+void CpuExecutor::reset(int sequence) { impl_->positions.at(static_cast<size_t>(sequence)) = 0; }
+void CpuExecutor::truncate(int64_t tokens) { truncate(0, tokens); }
+void CpuExecutor::truncate(int sequence, int64_t tokens) {
+  int64_t &position = impl_->positions.at(static_cast<size_t>(sequence));
+  position = std::clamp<int64_t>(tokens, 0, position);
 }
 
 std::vector<RoutingStats> CpuExecutor::routingStats() const {

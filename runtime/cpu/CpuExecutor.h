@@ -20,6 +20,15 @@ struct ExecutorOptions {
   int64_t cacheLens = 0;  // positions the KV cache holds; 0: the plan's runtime.cache_lens
   int64_t chunkSize = 0;  // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
   std::string planPath;   // the plan's file, for messages; empty: "the plan"
+  // Independent sequences (KV caches of cacheLens positions each) that
+  // forwardBatch() can advance together; forward() uses sequence 0.
+  int sequences = 1;
+};
+
+// The new tokens of one sequence in a batched step.
+struct SequenceTokens {
+  int sequence = 0;
+  std::vector<int32_t> tokens;
 };
 
 // How often each expert of one MoE layer was chosen since the statistics
@@ -51,12 +60,27 @@ public:
   StatusOr<std::vector<float>> forward(const std::vector<int32_t> &tokens,
                                        bool allPositions = false);
 
-  int64_t position() const;      // tokens in the cache
-  int64_t cacheCapacity() const; // positions the cache holds
-  void reset();                  // empties the cache (a new conversation)
+  // One step for several sequences at once (continuous batching): each
+  // entry's tokens go to the next positions of its own KV cache, and all
+  // rows run through the matrix products together, so an expert chosen by
+  // several sequences is read once for all of them. Returns the logits of
+  // each entry's last token ([batch.size() * vocab], in batch order). Fails
+  // without changing any state for an empty batch or entry, an unknown or
+  // repeated sequence, a bad token id, or a cache that would overflow. The
+  // caller bounds the step's size (no chunking here).
+  StatusOr<std::vector<float>> forwardBatch(const std::vector<SequenceTokens> &batch);
+
+  int64_t position() const;      // tokens in the cache of sequence 0
+  int64_t position(int sequence) const;
+  int64_t cacheCapacity() const; // positions each sequence's cache holds
+  int sequenceCount() const;
+  int64_t chunkSize() const;     // most tokens forward() runs in one step
+  void reset();                  // empties sequence 0's cache (a new conversation)
+  void reset(int sequence);
   // Keeps only the first `tokens` positions of the cache, for a
   // conversation whose history diverges from what was fed after them.
   void truncate(int64_t tokens);
+  void truncate(int sequence, int64_t tokens);
   std::vector<RoutingStats> routingStats() const;
   void clearRoutingStats();
   int64_t vocabSize() const;     // logits per token

@@ -6,12 +6,11 @@
 
 namespace kt::ktrun {
 
-int32_t Sampler::sample(const std::vector<float> &logits) {
+int32_t Sampler::sample(const float *logits, size_t count) {
   if (options_.temperature <= 0.0)
-    return static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) -
-                                logits.begin());
+    return static_cast<int32_t>(std::max_element(logits, logits + count) - logits);
   // Candidates by logit, best first; top-k keeps the first k.
-  std::vector<int32_t> order(logits.size());
+  std::vector<int32_t> order(count);
   std::iota(order.begin(), order.end(), 0);
   size_t keep = options_.topK > 0 ? std::min<size_t>(options_.topK, order.size()) : order.size();
   std::partial_sort(order.begin(), order.begin() + keep, order.end(),

@@ -2,6 +2,7 @@
 // temperature, top-k and top-p (nucleus) sampling with a seeded generator.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <random>
 #include <vector>
@@ -19,7 +20,8 @@ class Sampler {
 public:
   explicit Sampler(SamplingOptions options) : options_(options), random_(options.seed) {}
   // The chosen token id; `logits` has one entry per vocabulary token.
-  int32_t sample(const std::vector<float> &logits);
+  int32_t sample(const std::vector<float> &logits) { return sample(logits.data(), logits.size()); }
+  int32_t sample(const float *logits, size_t count);
 
 private:
   SamplingOptions options_;

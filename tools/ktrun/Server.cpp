@@ -1,5 +1,7 @@
 #include "tools/ktrun/Server.h"
 
+#include "tools/ktrun/BatchScheduler.h"
+
 #include <httplib.h>
 #include <nlohmann/json.hpp>
 
@@ -413,92 +415,64 @@ private:
   bool inside_, decided_, trimAnswerStart_ = false;
 };
 
-// ---------------------------------------------------------------- slots
-
-// The sessions and the queue in front of them.
-class SlotPool {
-public:
-  SlotPool(std::vector<std::unique_ptr<Session>> sessions, int queueLimit)
-      : sessions_(std::move(sessions)), queueLimit_(queueLimit) {
-    for (auto &session : sessions_)
-      idle_.push_back(session.get());
-  }
-
-  // A slot now, after waiting in the queue, or nullptr when the queue is full.
-  Session *acquire() {
-    std::unique_lock<std::mutex> lock(mutex_);
-    if (idle_.empty()) {
-      if (waiting_ >= queueLimit_)
-        return nullptr;
-      ++waiting_;
-      available_.wait(lock, [&] { return !idle_.empty(); });
-      --waiting_;
-    }
-    Session *session = idle_.back();
-    idle_.pop_back();
-    return session;
-  }
-  void release(Session *session) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      idle_.push_back(session);
-    }
-    available_.notify_one();
-  }
-  json status() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return {{"slots_total", sessions_.size()},
-            {"slots_idle", idle_.size()},
-            {"slots_busy", sessions_.size() - idle_.size()},
-            {"queued", waiting_}};
-  }
-  Session &front() { return *sessions_.front(); }
-
-private:
-  std::vector<std::unique_ptr<Session>> sessions_;
-  std::vector<Session *> idle_;
-  int waiting_ = 0, queueLimit_;
-  std::mutex mutex_;
-  std::condition_variable available_;
-};
-
-// Holds a slot for one request; given back once, whichever path ends first.
-class Lease {
-public:
-  Lease(SlotPool &pool, Session *session) : pool_(pool), session_(session) {}
-  ~Lease() { release(); }
-  Session &session() { return *session_; }
-  void release() {
-    if (session_)
-      pool_.release(std::exchange(session_, nullptr));
-  }
-
-private:
-  SlotPool &pool_;
-  Session *session_;
-};
-
 // ---------------------------------------------------------------- generation
 
 struct Outcome {
-  TurnResult turn;
+  GenerationResult result;
   std::string finishReason;
   bool clientGone = false;
 };
 
+// Cancels the generation when the last HTTP callback holding it is gone,
+// whichever way the response ended (done, client gone, never started).
+struct GenerationHandle {
+  explicit GenerationHandle(std::shared_ptr<Generation> g) : generation(std::move(g)) {}
+  GenerationHandle(const GenerationHandle &) = delete;
+  GenerationHandle &operator=(const GenerationHandle &) = delete;
+  ~GenerationHandle() { generation->cancel(); }
+  std::shared_ptr<Generation> generation;
+};
+
+// How often a waiting response checks that its client is still there.
+constexpr std::chrono::milliseconds kPollInterval{50};
+// Silence after which a response writes a keep-alive byte: a client that
+// left then fails the next write (httplib 0.11 has no other way to tell).
+constexpr std::chrono::milliseconds kKeepAliveInterval{250};
+
+// Writes `keepAlive` to the client when nothing was written for a while;
+// false once a write fails (the client is gone).
+class KeepAlive {
+public:
+  KeepAlive(httplib::DataSink &sink, std::string keepAlive)
+      : sink_(sink), keepAlive_(std::move(keepAlive)) {}
+  bool write(const std::string &data) {
+    last_ = std::chrono::steady_clock::now();
+    return sink_.write(data.data(), data.size());
+  }
+  bool poll() {
+    if (std::chrono::steady_clock::now() - last_ < kKeepAliveInterval)
+      return true;
+    return sink_.is_writable() && write(keepAlive_);
+  }
+
+private:
+  httplib::DataSink &sink_;
+  std::string keepAlive_;
+  std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+};
+
 class Server {
 public:
-  Server(SlotPool &pool, const ServerOptions &options)
-      : pool_(pool), options_(options), modelName_(pool.front().modelName()),
-        capacity_(pool.front().cacheCapacity()) {}
+  Server(Session &session, BatchScheduler &scheduler, const ServerOptions &options)
+      : session_(session), scheduler_(scheduler), options_(options),
+        modelName_(session.modelName()), capacity_(session.cacheCapacity()) {}
 
   void handle(const httplib::Request &req, httplib::Response &res, Endpoint endpoint) {
     try {
       ParsedRequest request = parseRequest(req.body, endpoint, options_.defaultSampling);
-      Session &any = pool_.front(); // encoding is const and thread-safe
       StatusOr<EncodedPrompt> prompt = endpoint == Endpoint::Chat
-                                           ? any.encodeChat(request.messages)
-                                           : any.encodeCompletion(request.prompt);
+                                           ? session_.encodeChat(request.messages)
+                                           : session_.encodeCompletion(request.prompt);
       std::string promptParam = endpoint == Endpoint::Chat ? "messages" : "prompt";
       if (!prompt)
         throw badParam(promptParam, prompt.message());
@@ -513,34 +487,46 @@ public:
                            " tokens; shorten it (or restart the server with a larger "
                            "--cache-lens).",
                        promptParam, "context_length_exceeded"};
-      int64_t maxTokens = std::min(request.maxTokens.value_or(options_.defaultMaxTokens),
-                                   capacity_ - promptTokens);
-
-      Session *slot = pool_.acquire();
-      if (!slot)
+      GenerationRequest generationRequest;
+      generationRequest.promptIds = prompt->ids;
+      generationRequest.maxNewTokens =
+          std::min(request.maxTokens.value_or(options_.defaultMaxTokens), capacity_ - promptTokens);
+      generationRequest.sampling = request.sampling;
+      generationRequest.ignoreEos = request.ignoreEos;
+      std::shared_ptr<Generation> generation = scheduler_.submit(std::move(generationRequest));
+      if (!generation)
         throw ApiError{503,
                        "The server is busy: all " + std::to_string(options_.parallel) +
                            " slots are generating and " + std::to_string(options_.queue) +
                            " requests are waiting; retry later.",
                        "", "server_busy", "server_error"};
-      auto lease = std::make_shared<Lease>(pool_, slot);
+      auto handle = std::make_shared<GenerationHandle>(generation);
       auto shared = std::make_shared<ParsedRequest>(std::move(request));
       auto encoded = std::make_shared<EncodedPrompt>(std::move(*prompt));
       std::string id = nextId(endpoint);
+      // Both answers are written by a content provider that waits for the
+      // generation, so the wait can notice a client that left (and free its
+      // slot or its place in the queue at once).
       if (!shared->stream) {
-        respondWhole(res, *lease, *shared, *encoded, maxTokens, id);
+        res.set_chunked_content_provider(
+            "application/json",
+            [this, handle, shared, encoded, id](size_t, httplib::DataSink &sink) {
+              respondWhole(sink, *handle->generation, *shared, *encoded, id);
+              sink.done();
+              return true;
+            },
+            [handle](bool) { handle->generation->cancel(); });
         return;
       }
       res.set_header("Cache-Control", "no-cache");
       res.set_chunked_content_provider(
           "text/event-stream",
-          [this, lease, shared, encoded, maxTokens, id](size_t, httplib::DataSink &sink) {
-            streamAnswer(sink, *lease, *shared, *encoded, maxTokens, id);
-            lease->release();
+          [this, handle, shared, encoded, id](size_t, httplib::DataSink &sink) {
+            streamAnswer(sink, *handle->generation, *shared, *encoded, id);
             sink.done();
             return true;
           },
-          [lease](bool) { lease->release(); });
+          [handle](bool) { handle->generation->cancel(); });
     } catch (const ApiError &error) {
       sendError(res, error);
     }
@@ -553,7 +539,16 @@ public:
                     "application/json");
   }
   void health(httplib::Response &res) {
-    json body = pool_.status();
+    BatchScheduler::Stats stats = scheduler_.stats();
+    json body = {{"slots_total", stats.slots},
+                 {"slots_idle", stats.slots - stats.busy},
+                 {"slots_busy", stats.busy},
+                 {"queued", stats.queued},
+                 {"batching",
+                  {{"steps", stats.steps},
+                   {"tokens", stats.rows},
+                   {"batched_steps", stats.batchedSteps},
+                   {"largest_batch", stats.largestBatch}}}};
     body["status"] = "ok";
     body["model"] = modelName_;
     body["cache_lens"] = capacity_;
@@ -566,81 +561,100 @@ private:
            "-" + std::to_string(++counter_);
   }
 
-  // Runs the generation; `emit` gets the final text piece by piece (stop
-  // strings cut off) and returns false when the client is gone.
-  StatusOr<Outcome> run(Lease &lease, const ParsedRequest &request, const EncodedPrompt &prompt,
-                        int64_t maxTokens, const std::function<bool(const std::string &)> &emit) {
+  // Waits for the generation; `emit` gets the final text piece by piece
+  // (stop strings cut off) and returns false when the client is gone;
+  // `alive` is called every poll interval and returns false when the
+  // client is gone.
+  StatusOr<Outcome> run(Generation &generation, const ParsedRequest &request,
+                        const std::function<bool(const std::string &)> &emit,
+                        const std::function<bool()> &alive) {
     StopFilter stops(request.stops);
     Outcome outcome;
-    StatusOr<TurnResult> turn = lease.session().generate(
-        prompt.ids, maxTokens, request.sampling, [&](const std::string &piece) {
-          std::string text = stops.push(piece);
-          if (!text.empty() && !emit(text)) {
-            outcome.clientGone = true;
-            return false;
-          }
-          return !stops.stopped();
-        },
-        request.ignoreEos);
-    if (!turn)
-      return turn.status();
+    for (;;) {
+      std::string text;
+      bool finished = generation.wait(kPollInterval, text);
+      if (!text.empty() && !outcome.clientGone && !stops.stopped()) {
+        std::string out = stops.push(text);
+        if (!out.empty() && !emit(out))
+          outcome.clientGone = true;
+        if (outcome.clientGone || stops.stopped())
+          generation.cancel();
+      }
+      if (finished)
+        break;
+      if (!outcome.clientGone && !alive()) {
+        outcome.clientGone = true;
+        generation.cancel();
+      }
+    }
+    outcome.result = generation.result();
+    if (!outcome.result.status.ok())
+      return outcome.result.status;
     if (!stops.stopped() && !outcome.clientGone) {
       std::string rest = stops.flush();
       if (!rest.empty() && !emit(rest))
         outcome.clientGone = true;
     }
-    outcome.turn = std::move(*turn);
-    outcome.finishReason = stops.stopped() || outcome.turn.stoppedAtEos ? "stop" : "length";
+    outcome.finishReason = stops.stopped() || outcome.result.stoppedAtEos ? "stop" : "length";
     return outcome;
   }
 
   json usage(const EncodedPrompt &prompt, const Outcome &outcome) {
-    size_t completion = outcome.turn.generatedIds.size();
+    size_t completion = outcome.result.generatedIds.size();
     return {{"prompt_tokens", prompt.ids.size()},
             {"completion_tokens", completion},
             {"total_tokens", prompt.ids.size() + completion}};
   }
 
-  void respondWhole(httplib::Response &res, Lease &lease, const ParsedRequest &request,
-                    const EncodedPrompt &prompt, int64_t maxTokens, const std::string &id) {
+  void respondWhole(httplib::DataSink &sink, Generation &generation,
+                    const ParsedRequest &request, const EncodedPrompt &prompt,
+                    const std::string &id) {
     std::string text;
-    StatusOr<Outcome> outcome = run(lease, request, prompt, maxTokens, [&](const std::string &piece) {
-      text += piece;
-      return true;
-    });
-    lease.release();
-    if (!outcome)
-      throw ApiError{500, "Generation failed: " + outcome.message(), "", "generation_failed",
-                     "server_error"};
-    json choice = {{"index", 0}, {"finish_reason", outcome->finishReason}, {"logprobs", nullptr}};
-    json body = {{"id", id}, {"created", now()}, {"model", modelName_},
-                 {"usage", usage(prompt, *outcome)}};
-    if (request.endpoint == Endpoint::Chat) {
-      ReasoningSplitter splitter(prompt.opensThink);
-      ReasoningSplitter::Parts parts = splitter.push(text), rest = splitter.flush();
-      parts.reasoning += rest.reasoning;
-      parts.content += rest.content;
-      json message = {{"role", "assistant"}, {"content", parts.content}};
-      if (!parts.reasoning.empty() || prompt.opensThink)
-        message["reasoning_content"] = parts.reasoning;
-      choice["message"] = message;
-      body["object"] = "chat.completion";
+    KeepAlive writer(sink, " "); // JSON may start with blank space
+    StatusOr<Outcome> outcome = run(
+        generation, request,
+        [&](const std::string &piece) {
+          text += piece;
+          return true;
+        },
+        [&] { return writer.poll(); });
+    json body;
+    if (!outcome) {
+      // The status line is out already; the body says what went wrong.
+      body = errorBody(ApiError{500, "Generation failed: " + outcome.message(), "",
+                                "generation_failed", "server_error"});
+    } else if (outcome->clientGone) {
+      return;
     } else {
-      choice["text"] = text;
-      body["object"] = "text_completion";
+      json choice = {{"index", 0}, {"finish_reason", outcome->finishReason}, {"logprobs", nullptr}};
+      body = {{"id", id}, {"created", now()}, {"model", modelName_},
+              {"usage", usage(prompt, *outcome)}};
+      if (request.endpoint == Endpoint::Chat) {
+        ReasoningSplitter splitter(prompt.opensThink);
+        ReasoningSplitter::Parts parts = splitter.push(text), rest = splitter.flush();
+        parts.reasoning += rest.reasoning;
+        parts.content += rest.content;
+        json message = {{"role", "assistant"}, {"content", parts.content}};
+        if (!parts.reasoning.empty() || prompt.opensThink)
+          message["reasoning_content"] = parts.reasoning;
+        choice["message"] = message;
+        body["object"] = "chat.completion";
+      } else {
+        choice["text"] = text;
+        body["object"] = "text_completion";
+      }
+      body["choices"] = json::array({choice});
     }
-    body["choices"] = json::array({choice});
-    res.set_content(dumpJson(body), "application/json");
+    writer.write(dumpJson(body));
   }
 
-  void streamAnswer(httplib::DataSink &sink, Lease &lease, const ParsedRequest &request,
-                    const EncodedPrompt &prompt, int64_t maxTokens, const std::string &id) {
+  void streamAnswer(httplib::DataSink &sink, Generation &generation,
+                    const ParsedRequest &request, const EncodedPrompt &prompt,
+                    const std::string &id) {
     bool chat = request.endpoint == Endpoint::Chat;
     int64_t created = now();
-    auto send = [&](const json &event) {
-      std::string frame = "data: " + dumpJson(event) + "\n\n";
-      return sink.write(frame.data(), frame.size());
-    };
+    KeepAlive writer(sink, ": keep-alive\n\n"); // an SSE comment; clients skip it
+    auto send = [&](const json &event) { return writer.write("data: " + dumpJson(event) + "\n\n"); };
     auto chunk = [&](json delta, json finish) {
       json choice = {{"index", 0}, {"logprobs", nullptr}, {"finish_reason", finish}};
       if (chat)
@@ -663,10 +677,12 @@ private:
     };
     if (chat && !send(chunk({{"role", "assistant"}, {"content", ""}}, nullptr)))
       return;
-    StatusOr<Outcome> outcome = run(lease, request, prompt, maxTokens, [&](const std::string &piece) {
-      return chat ? sendParts(splitter.push(piece)) : send(chunk(piece, nullptr));
-    });
-    lease.release(); // the slot is free before the last frames go out
+    StatusOr<Outcome> outcome = run(
+        generation, request,
+        [&](const std::string &piece) {
+          return chat ? sendParts(splitter.push(piece)) : send(chunk(piece, nullptr));
+        },
+        [&] { return writer.poll(); });
     if (!outcome) {
       ApiError error{500, "Generation failed: " + outcome.message(), "", "generation_failed",
                      "server_error"};
@@ -692,7 +708,8 @@ private:
 
   static int64_t now() { return static_cast<int64_t>(std::time(nullptr)); }
 
-  SlotPool &pool_;
+  Session &session_; // encoding only (const, thread-safe)
+  BatchScheduler &scheduler_;
   ServerOptions options_;
   std::string modelName_;
   int64_t capacity_;
@@ -702,28 +719,25 @@ private:
 
 } // namespace
 
-int serve(std::unique_ptr<Session> first, const ServerOptions &options) {
-  std::vector<std::unique_ptr<Session>> sessions;
-  sessions.push_back(std::move(first));
-  for (int slot = 1; slot < options.parallel; ++slot) {
-    StatusOr<std::unique_ptr<Session>> session = sessions.front()->fork();
-    if (!session) {
-      std::fprintf(stderr, "ktrun: error: slot %d: %s\n", slot, session.message().c_str());
-      return 1;
-    }
-    sessions.push_back(std::move(*session));
+int serve(std::unique_ptr<Session> session, const ServerOptions &options) {
+  cpu::CpuExecutor &executor = session->executor();
+  if (executor.sequenceCount() != options.parallel) {
+    std::fprintf(stderr, "ktrun: error: the executor has %d KV cache slots for --parallel %d\n",
+                 executor.sequenceCount(), options.parallel);
+    return 1;
   }
-  SlotPool pool(std::move(sessions), options.queue);
-  Server server(pool, options);
-
   // SIGINT/SIGTERM end the server through a thread that waits for them;
-  // every other thread (httplib's pool included) inherits the blocked mask.
+  // every other thread (httplib's pool and the scheduler included) inherits
+  // the blocked mask.
   sigset_t stopSignals;
   sigemptyset(&stopSignals);
   sigaddset(&stopSignals, SIGINT);
   sigaddset(&stopSignals, SIGTERM);
   pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
   std::signal(SIGPIPE, SIG_IGN); // a vanished client is a failed write, not death
+
+  BatchScheduler scheduler(executor, session->tokenizer(), options.queue, executor.chunkSize());
+  Server server(*session, scheduler, options);
 
   httplib::Server http;
   // Enough workers that queued requests (which hold one while waiting) and
@@ -786,10 +800,10 @@ int serve(std::unique_ptr<Session> first, const ServerOptions &options) {
     signalled = true;
     http.stop();
   });
-  std::fprintf(stderr, "ktrun: serving %s with %d slots of %lld tokens of KV cache, queue %d; "
-                       "listening on http://%s:%d\n",
-               pool.front().modelName().c_str(), options.parallel,
-               static_cast<long long>(pool.front().cacheCapacity()), options.queue,
+  std::fprintf(stderr, "ktrun: serving %s with %d batched slots of %lld tokens of KV cache, "
+                       "queue %d; listening on http://%s:%d\n",
+               session->modelName().c_str(), options.parallel,
+               static_cast<long long>(session->cacheCapacity()), options.queue,
                options.host.c_str(), port);
   bool ok = http.listen_after_bind();
   if (!signalled) // listen failed on its own: wake the waiter to join it

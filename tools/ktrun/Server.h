@@ -1,9 +1,10 @@
 // `ktrun MODEL.plan --serve`: an OpenAI-compatible HTTP server over the CPU
 // execution path (docs/server.md). POST /v1/chat/completions and
 // /v1/completions (streaming as server-sent events, or one JSON answer),
-// GET /v1/models and /health. Requests run in `parallel` slots, each a
-// Session of its own (executor and KV cache) over the one mapped model;
-// up to `queue` more wait for a slot, beyond that the answer is 503.
+// GET /v1/models and /health. Requests run in `parallel` KV cache slots of
+// the session's one executor, their steps batched together by a
+// BatchScheduler; up to `queue` more wait for a slot, beyond that the
+// answer is 503.
 #pragma once
 
 #include "tools/ktrun/Session.h"
@@ -25,9 +26,9 @@ struct ServerOptions {
   size_t maxBodyBytes = 8u << 20;
 };
 
-// Serves until SIGINT or SIGTERM; `first` becomes slot 0 and the other
-// slots are forked from it. Prints "listening on http://HOST:PORT" to
+// Serves until SIGINT or SIGTERM; `session` was opened with
+// SessionOptions::sequences == options.parallel. Prints "listening on http://HOST:PORT" to
 // stderr once requests are accepted. Returns the process exit code.
-int serve(std::unique_ptr<Session> first, const ServerOptions &options);
+int serve(std::unique_ptr<Session> session, const ServerOptions &options);
 
 } // namespace kt::ktrun

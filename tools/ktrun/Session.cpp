@@ -96,22 +96,8 @@ StatusOr<std::unique_ptr<cpu::CpuExecutor>> Session::makeExecutor() const {
   executorOptions.threads = options_.threads;
   executorOptions.cacheLens = options_.cacheLens;
   executorOptions.planPath = options_.planPath;
+  executorOptions.sequences = options_.sequences;
   return cpu::CpuExecutor::create(plan_, *model_, executorOptions);
-}
-
-StatusOr<std::unique_ptr<Session>> Session::fork() const {
-  std::unique_ptr<Session> copy(new Session());
-  copy->options_ = options_;
-  copy->plan_ = plan_;
-  copy->model_ = model_;
-  StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor = copy->makeExecutor();
-  if (!executor)
-    return executor.status();
-  copy->executor_ = std::move(*executor);
-  copy->tokenizer_ = tokenizer_; // shares its tables
-  copy->template_ = template_;
-  copy->sampler_ = std::make_unique<Sampler>(options_.sampling);
-  return copy;
 }
 
 std::string Session::modelName() const {
@@ -154,17 +140,6 @@ StatusOr<EncodedPrompt> Session::encodeCompletion(const std::string &prompt) con
   EncodedPrompt encoded;
   encoded.ids = std::move(*ids);
   return encoded;
-}
-
-StatusOr<TurnResult> Session::generate(const std::vector<int32_t> &promptIds,
-                                       int64_t maxNewTokens, const SamplingOptions &sampling,
-                                       const TextSink &onText, bool ignoreEos) {
-  // Every request starts from an empty cache, so its result does not
-  // depend on what the slot ran before.
-  executor_->reset();
-  cached_.clear();
-  Sampler sampler(sampling);
-  return feedAndGenerate(promptIds, maxNewTokens, sampler, onText, ignoreEos);
 }
 
 void Session::clear() {
@@ -211,7 +186,7 @@ StatusOr<TurnResult> Session::run(const std::string &input, int64_t maxNewTokens
 
 StatusOr<TurnResult> Session::feedAndGenerate(const std::vector<int32_t> &allIds,
                                               int64_t maxNewTokens, Sampler &sampler,
-                                              const TextSink &onText, bool ignoreEos) {
+                                              const TextSink &onText) {
   const std::vector<int32_t> *all = &allIds;
   // Feed only what the cache does not hold yet. Where the rendered history
   // departs from the cached tokens (R1 drops earlier reasoning; an answer
@@ -250,7 +225,7 @@ StatusOr<TurnResult> Session::feedAndGenerate(const std::vector<int32_t> &allIds
   start = Clock::now();
   for (int64_t step = 0; step < maxNewTokens; ++step) {
     int32_t next = sampler.sample(*logits);
-    if (eos && next == *eos && !ignoreEos) {
+    if (eos && next == *eos) {
       result.stoppedAtEos = true;
       // The end-of-sentence token closes the turn in the history the
       // template renders; keep the cache in step with it.

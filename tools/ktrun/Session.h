@@ -27,6 +27,7 @@ struct SessionOptions {
   bool forceThink = false;
   bool chat = true;             // false: raw completion of the prompt
   bool progress = false;        // progress bar while the weights are read
+  int sequences = 1;            // KV cache slots of the executor (the server's --parallel)
   SamplingOptions sampling;
 };
 
@@ -39,7 +40,7 @@ struct TurnResult {
   bool stoppedByCaller = false; // the text callback asked to stop
 };
 
-// A prompt as token ids, ready for Session::generate.
+// A prompt as token ids, ready for the server's BatchScheduler.
 struct EncodedPrompt {
   std::vector<int32_t> ids;
   // The rendered prompt ends inside an open "<think>" block (R1's template
@@ -62,27 +63,19 @@ public:
   // Forgets the conversation and empties the KV cache.
   void clear();
 
-  // Stateless use (the server): encode a whole conversation with the chat
+  // Stateless use (the server, which drives the executor's sequences
+  // itself through a BatchScheduler): encode a whole conversation with the chat
   // template, or a raw completion prompt (with BOS where the vocabulary
   // wants it). Both are const and safe to call from several threads.
   StatusOr<EncodedPrompt> encodeChat(const std::vector<tokenizer::ChatMessage> &messages) const;
   StatusOr<EncodedPrompt> encodeCompletion(const std::string &prompt) const;
-  // Empties the KV cache, feeds `promptIds` and generates up to
-  // `maxNewTokens` with `sampling` (not the session's); `onText` can stop
-  // it. The conversation history of run() is left alone. With `ignoreEos`
-  // the end-of-sentence token does not stop it (fixed-length benchmarks).
-  StatusOr<TurnResult> generate(const std::vector<int32_t> &promptIds, int64_t maxNewTokens,
-                                const SamplingOptions &sampling, const TextSink &onText,
-                                bool ignoreEos = false);
-  // Another session over the same mapped weights (no second copy): its own
-  // executor, KV cache of the same --cache-lens, and empty history.
-  StatusOr<std::unique_ptr<Session>> fork() const;
   int64_t cacheCapacity() const { return executor_->cacheCapacity(); }
   // The plan's model name, or its file name when the plan has none.
   std::string modelName() const;
 
   const plan::Plan &plan() const { return plan_; }
   cpu::CpuExecutor &executor() { return *executor_; }
+  const tokenizer::Tokenizer &tokenizer() const { return *tokenizer_; }
 
 private:
   Session() = default;
@@ -90,12 +83,11 @@ private:
   StatusOr<std::unique_ptr<cpu::CpuExecutor>> makeExecutor() const;
   // Feeds what of `all` the cache does not hold yet, then decodes.
   StatusOr<TurnResult> feedAndGenerate(const std::vector<int32_t> &all, int64_t maxNewTokens,
-                                       Sampler &sampler, const TextSink &onText,
-                                       bool ignoreEos = false);
+                                       Sampler &sampler, const TextSink &onText);
 
   SessionOptions options_;
   plan::Plan plan_;
-  std::shared_ptr<gguf::GgufModel> model_; // shared by fork()s
+  std::shared_ptr<gguf::GgufModel> model_;
   std::unique_ptr<cpu::CpuExecutor> executor_;
   std::optional<tokenizer::Tokenizer> tokenizer_;
   std::optional<tokenizer::DeepseekChatTemplate> template_;

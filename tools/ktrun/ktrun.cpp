@@ -162,7 +162,7 @@ int main(int argc, char **argv) {
       ->check(CLI::Range(0, 65535));
   app.add_option("--parallel", serverOptions.parallel,
                  "--serve: requests generating at once, each with its own KV cache of "
-                 "--cache-lens tokens (2)")
+                 "--cache-lens tokens; their steps run batched together (2)")
       ->check(CLI::Range(1, 256));
   app.add_option("--queue", serverOptions.queue,
                  "--serve: requests waiting for a slot before the server answers 503 (16)")
@@ -191,6 +191,8 @@ int main(int argc, char **argv) {
   }
   options.chat = !noChat;
   options.progress = !noProgress && isatty(STDERR_FILENO);
+  if (serve)
+    options.sequences = serverOptions.parallel; // one KV cache slot per concurrent request
 
   kt::StatusOr<std::unique_ptr<Session>> session = Session::open(options);
   if (!session)

@@ -69,7 +69,8 @@ def parse_sse(payload):
     """The events of a text/event-stream body; checks its framing."""
     text = payload.decode("utf-8")
     assert text.endswith("data: [DONE]\n\n"), text[-200:]
-    events = text.split("\n\n")[:-1]
+    # Comments (": keep-alive", sent while a request waits) carry no event.
+    events = [e for e in text.split("\n\n")[:-1] if e != ": keep-alive"]
     for event in events:
         assert event.startswith("data: ") and "\n" not in event, repr(event)
     assert events[-1] == "data: [DONE]"
@@ -312,9 +313,18 @@ def test_busy(ktrun, plan):
         server.stop()
 
 
+def send_raw(server, body):
+    connection = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    data = json.dumps(body).encode()
+    connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                       b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+                       % (len(data), data))
+    return connection
+
+
 def test_disconnect(server):
-    # A full 3000-token generation, for scale.
-    body = {"prompt": "abc", "max_tokens": 3000, "ignore_eos": True, "stream": True}
+    # A full long generation, for scale.
+    body = {"prompt": "abc", "max_tokens": 6000, "ignore_eos": True, "stream": True}
     start = time.time()
     assert server.post("/v1/completions", dict(body, stream=False))[0] == 200
     full = time.time() - start
@@ -322,11 +332,7 @@ def test_disconnect(server):
     sockets = []
     start = time.time()
     for _ in range(2):
-        connection = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
-        data = json.dumps(body).encode()
-        connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
-                           b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
-                           % (len(data), data))
+        connection = send_raw(server, body)
         received = b""
         while b"data: " not in received:
             chunk = connection.recv(4096)
@@ -341,6 +347,23 @@ def test_disconnect(server):
     assert status == 200 and answer["usage"]["completion_tokens"] <= 4
     print(f"disconnect: both slots free {freed:.3f} s after the streams began "
           f"(a full generation takes {full:.3f} s)")
+
+    # Whole (non-streaming) answers: two clients take both slots, a third
+    # waits in the queue; all three leave before any answer is ready. The
+    # server notices through its keep-alive writes and frees everything.
+    whole = dict(body, stream=False)
+    start = time.time()
+    sockets = [send_raw(server, whole) for _ in range(2)]
+    wait_for(server, lambda h: h["slots_busy"] == 2, 10)
+    sockets.append(send_raw(server, whole))
+    wait_for(server, lambda h: h["queued"] == 1, 10)
+    for connection in sockets:
+        connection.close()
+    wait_for(server, lambda h: h["slots_idle"] == 2 and h["queued"] == 0, max(2.0, full / 2))
+    freed = time.time() - start
+    assert freed < full, (freed, full)
+    print(f"disconnect: whole answers and the queued request freed {freed:.3f} s after they "
+          f"began (a full generation takes {full:.3f} s)")
 
 
 def load_test(server, clients, requests_each, max_tokens):
@@ -381,10 +404,58 @@ def load_test(server, clients, requests_each, max_tokens):
     p50 = latencies[len(latencies) // 2]
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
     health = wait_for(server, lambda h: h["slots_idle"] == h["slots_total"] and h["queued"] == 0, 5)
+    batching = health["batching"]
+    if health["slots_total"] > 1:
+        # Continuous batching: with more clients than slots, steps ran
+        # several requests together.
+        assert batching["largest_batch"] == health["slots_total"], batching
+        assert batching["batched_steps"] > 0, batching
     print(f"load: {clients} clients x {requests_each} requests, {len(latencies)} responses "
           f"complete and correct in {elapsed:.2f} s: {len(latencies) / elapsed:.1f} req/s, "
           f"{tokens / elapsed:.0f} generated tok/s; latency p50 {p50 * 1000:.0f} ms, "
-          f"p99 {p99 * 1000:.0f} ms; slots idle {health['slots_idle']}/{health['slots_total']}")
+          f"p99 {p99 * 1000:.0f} ms; slots idle {health['slots_idle']}/{health['slots_total']}; "
+          f"{batching['batched_steps']} of {batching['steps']} steps batched, at most "
+          f"{batching['largest_batch']} requests in one")
+
+
+def test_openai_sdk(ktrun, plan, sdk):
+    """The official openai SDK (npm) against the answers of http.client."""
+    server = Server(ktrun, plan, "--parallel", "2", "--queue", "4")
+    try:
+        messages = [{"role": "user", "content": "What is 2 plus 2?"}]
+        chat = server.post("/v1/chat/completions", {"messages": messages, "max_tokens": 24})[1]
+        completion = server.post("/v1/completions",
+                                 {"prompt": "Once upon a time", "max_tokens": 16})[1]
+        script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "openai_sdk_client.mjs")
+        result = subprocess.run(["node", script, sdk, f"http://127.0.0.1:{server.port}/v1"],
+                                capture_output=True, text=True, timeout=TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        got = json.loads(result.stdout)
+        assert got["models"] == [server.get("/v1/models")[1]["data"][0]["id"]], got["models"]
+        want_chat = chat["choices"][0]
+        for name in ("chat", "chatStream"):
+            answer = got[name]
+            text = answer["content"] if name == "chat" else answer["text"]
+            assert text == want_chat["message"]["content"], (name, answer, chat)
+            assert answer["finish"] == want_chat["finish_reason"], (name, answer)
+            assert answer["usage"] == chat["usage"], (name, answer["usage"], chat["usage"])
+        want_completion = completion["choices"][0]
+        for name in ("completion", "completionStream"):
+            answer = got[name]
+            assert answer["text"] == want_completion["text"], (name, answer, completion)
+            assert answer["finish"] == want_completion["finish_reason"], (name, answer)
+        assert got["completion"]["usage"] == completion["usage"], got["completion"]
+        assert got["error"] == {"status": 400, "code": "invalid_value", "param": "max_tokens",
+                                "type": "invalid_request_error"}, got["error"]
+        assert 3 <= got["aborted"]["received"] < 3000, got["aborted"]
+        assert got["aborted"]["ended"] in ("aborted", "AbortError", "APIUserAbortError"), got
+        assert server.get("/health")[1]["batching"]["tokens"] < 3000  # it did not run on
+        wait_for(server, lambda h: h["slots_idle"] == 2 and h["queued"] == 0, 5)
+        print(f"openai-sdk: models, chat and completions (whole and streamed, "
+              f"{got['chatStream']['chunks']} chat chunks), the error shape and an aborted "
+              f"stream all as expected")
+    finally:
+        server.stop()
 
 
 def main():
@@ -395,9 +466,13 @@ def main():
     parser.add_argument("--requests", type=int, default=4)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--parallel", default="2")
+    parser.add_argument("--openai-sdk", help="only the openai SDK test, with the SDK in this dir")
     args = parser.parse_args()
     ktrun = args.ktrun if os.path.sep in args.ktrun else shutil.which(args.ktrun)
     signal.alarm(600)  # a hung server fails the test instead of hanging it
+    if args.openai_sdk:
+        test_openai_sdk(ktrun, args.plan, args.openai_sdk)
+        return
     if args.load:
         server = Server(ktrun, args.plan, "--parallel", args.parallel, "--queue", str(args.load))
         try:

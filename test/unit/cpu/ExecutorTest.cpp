@@ -325,6 +325,97 @@ TEST(CpuExecutor, RejectsBadTokens) {
   EXPECT_EQ(executor->position(), 0);
 }
 
+// Continuous batching: sequences advanced together give each sequence the
+// logits it gets alone (each token's products do not depend on the other
+// rows of the step, and every sequence attends over its own cache).
+TEST(CpuExecutor, BatchedSequencesMatchSeparateRuns) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("batched", tinyF32Config(), m));
+  const std::vector<int32_t> a = sampleTokens(7, 3), b = sampleTokens(5, 4), c = sampleTokens(9, 5);
+  ExecutorOptions options;
+  options.sequences = 3;
+  auto batched = makeExecutor(m, options);
+  ASSERT_EQ(batched->sequenceCount(), 3);
+  const size_t vocab = static_cast<size_t>(batched->vocabSize());
+
+  // Step 1: a and b prefill, c not yet admitted. Step 2: a and b decode one
+  // token each while c prefills. Step 3: all three decode.
+  auto slice = [](const std::vector<int32_t> &v, size_t begin, size_t end) {
+    return std::vector<int32_t>(v.begin() + begin, v.begin() + end);
+  };
+  StatusOr<std::vector<float>> step1 =
+      batched->forwardBatch({{0, slice(a, 0, 6)}, {2, slice(b, 0, 4)}});
+  ASSERT_TRUE(step1.ok()) << step1.message();
+  StatusOr<std::vector<float>> step2 =
+      batched->forwardBatch({{2, slice(b, 4, 5)}, {1, slice(c, 0, 8)}, {0, slice(a, 6, 7)}});
+  ASSERT_TRUE(step2.ok()) << step2.message();
+  StatusOr<std::vector<float>> step3 =
+      batched->forwardBatch({{0, {c[1]}}, {1, {c[8]}}, {2, {a[0]}}});
+  ASSERT_TRUE(step3.ok()) << step3.message();
+  EXPECT_EQ(batched->position(0), 8);
+  EXPECT_EQ(batched->position(1), 9);
+  EXPECT_EQ(batched->position(2), 6);
+
+  auto alone = [&](const std::vector<int32_t> &prompt, const std::vector<int32_t> &rest) {
+    auto executor = makeExecutor(m);
+    std::vector<float> out = *executor->forward(prompt, true);
+    for (int32_t token : rest) {
+      std::vector<float> step = *executor->forward({token});
+      out.insert(out.end(), step.begin(), step.end());
+    }
+    return out; // logits of every position
+  };
+  std::vector<float> refA = alone(slice(a, 0, 6), {a[6], c[1]});
+  std::vector<float> refB = alone(slice(b, 0, 4), {b[4], a[0]});
+  std::vector<float> refC = alone(slice(c, 0, 8), {c[8]});
+  auto row = [&](const std::vector<float> &logits, size_t index) {
+    return std::vector<float>(logits.begin() + index * vocab, logits.begin() + (index + 1) * vocab);
+  };
+  EXPECT_LE(relativeL2(row(*step1, 0), row(refA, 5)), 1e-6);
+  EXPECT_LE(relativeL2(row(*step1, 1), row(refB, 3)), 1e-6);
+  EXPECT_LE(relativeL2(row(*step2, 0), row(refB, 4)), 1e-6);
+  EXPECT_LE(relativeL2(row(*step2, 1), row(refC, 7)), 1e-6);
+  EXPECT_LE(relativeL2(row(*step2, 2), row(refA, 6)), 1e-6);
+  EXPECT_LE(relativeL2(row(*step3, 0), row(refA, 7)), 1e-6);
+  EXPECT_LE(relativeL2(row(*step3, 1), row(refC, 8)), 1e-6);
+  EXPECT_LE(relativeL2(row(*step3, 2), row(refB, 5)), 1e-6);
+
+  // Resetting one sequence leaves the others alone.
+  batched->reset(1);
+  EXPECT_EQ(batched->position(1), 0);
+  EXPECT_EQ(batched->position(0), 8);
+}
+
+TEST(CpuExecutor, RejectsBadBatchesWithoutChangingState) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("bad-batches", tinyF32Config(), m));
+  ExecutorOptions options;
+  options.sequences = 2;
+  options.cacheLens = 8;
+  auto executor = makeExecutor(m, options);
+  ASSERT_TRUE(executor->forwardBatch({{0, {1, 2, 3}}}).ok());
+  auto expectError = [&](const std::vector<SequenceTokens> &batch, const std::string &words) {
+    StatusOr<std::vector<float>> result = executor->forwardBatch(batch);
+    ASSERT_FALSE(result.ok());
+    EXPECT_NE(result.message().find(words), std::string::npos) << result.message();
+    EXPECT_EQ(executor->position(0), 3);
+    EXPECT_EQ(executor->position(1), 0);
+  };
+  expectError({}, "no sequences");
+  expectError({{2, {1}}}, "does not exist");
+  expectError({{-1, {1}}}, "does not exist");
+  expectError({{0, {1}}, {0, {2}}}, "appears twice");
+  expectError({{1, {}}}, "no tokens");
+  expectError({{1, {1}}, {0, {100000}}}, "100000");
+  expectError({{1, {1}}, {0, {1, 2, 3, 4, 5, 6}}}, "5 more fit");
+  ExecutorOptions none;
+  none.sequences = 0;
+  StatusOr<std::unique_ptr<CpuExecutor>> refused = CpuExecutor::create(m.plan, *m.model, none);
+  EXPECT_FALSE(refused.ok());
+}
+
 TEST(CpuExecutor, RefusesPlansWithGpuOps) {
   KT_REQUIRE_COMPILER();
   TestModel m;
