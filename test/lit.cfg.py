@@ -24,6 +24,18 @@ if os.path.isfile(os.path.join(config.kt_shared_dir, "data", "deepseek-v3-tokeni
 if config.kt_have_cuda_kernels:
     config.available_features.add("cuda-kernels")
 
+# Tests that run generated CPU code for a target say `REQUIRES: host-avx2` /
+# `host-avx512` (this host's /proc/cpuinfo flags).
+try:
+    with open("/proc/cpuinfo") as cpuinfo:
+        flags = next((l.split(":", 1)[1].split() for l in cpuinfo if l.startswith("flags")), [])
+except OSError:
+    flags = []
+if {"avx2", "fma", "f16c", "bmi2", "movbe"} <= set(flags):
+    config.available_features.add("host-avx2")
+if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= set(flags):
+    config.available_features.add("host-avx512")
+
 # The server test with the official openai SDK (setup.sh installs it).
 config.kt_openai_sdk = os.path.join(config.kt_obj_root, "node-clients", "node_modules", "openai")
 if os.path.isfile(os.path.join(config.kt_openai_sdk, "package.json")) and shutil.which("node"):

@@ -477,6 +477,8 @@ public:
   std::vector<std::vector<LatentCache>> caches;  // [sequence][layer]
   AttentionPath attentionPath = AttentionPath::Automatic;
   std::string modelName;
+  std::unique_ptr<GeneratedKernels> generated; // the plan's CPU expert code, if any
+  int generatedExpertLayers = 0;
 
   Status bind(const plan::Plan &plan, const gguf::GgufModel &model, const std::string &planName);
   // One step over the tokens of several sequences (`tokens` holds each
@@ -723,7 +725,10 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
       b.checkShape("down_proj", *down, {ffn, hidden, experts});
       if (!b.ok())
         return b.status();
-      step = std::make_unique<ExpertsStep>(RoutedExperts(*gate, *up, *down));
+      RoutedExperts routed(*gate, *up, *down, generated.get());
+      if (routed.usesGeneratedKernels())
+        ++generatedExpertLayers;
+      step = std::make_unique<ExpertsStep>(std::move(routed));
       produced.push_back({ValueKind::Floats, hidden, 0, true});
     } else if (kind == "lm_head") {
       if (!expectOperands(1, 1))
@@ -882,13 +887,24 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
   impl->caches.resize(static_cast<size_t>(options.sequences));
   impl->chunkSize = options.chunkSize > 0 ? options.chunkSize
                                           : std::max<int64_t>(1, plan.defaults.chunkSize);
-  Status bound = impl->bind(plan, model, planName);
-  if (!bound.ok())
-    return bound;
   // The plan's CPU kernels were chosen for its target CPU; refuse a host
   // that lacks what they need rather than run into illegal instructions.
   if (Status isa = checkHostRunsPlan(plan, hostCpuFeatures(), planName); !isa.ok())
     return isa;
+  if (plan.cpuCode) {
+    // The generated expert code checks the host's ISA itself; the plan's
+    // file locates it.
+    const std::string codePlanPath = !options.planPath.empty() ? options.planPath : plan.sourcePath;
+    StatusOr<std::unique_ptr<GeneratedKernels>> generated =
+        GeneratedKernels::load(*plan.cpuCode, codePlanPath.empty() ? "plan" : codePlanPath,
+                               hostCpuFeatures());
+    if (!generated)
+      return generated.status();
+    impl->generated = std::move(*generated);
+  }
+  Status bound = impl->bind(plan, model, planName);
+  if (!bound.ok())
+    return bound;
   return std::unique_ptr<CpuExecutor>(new CpuExecutor(std::move(impl)));
 }
 
@@ -964,6 +980,7 @@ int64_t CpuExecutor::position(int sequence) const {
 }
 int64_t CpuExecutor::cacheCapacity() const { return impl_->capacity; }
 int64_t CpuExecutor::chunkSize() const { return impl_->chunkSize; }
+int CpuExecutor::generatedExpertLayers() const { return impl_->generatedExpertLayers; }
 int CpuExecutor::sequenceCount() const { return static_cast<int>(impl_->positions.size()); }
 void CpuExecutor::reset() { reset(0); }
 void CpuExecutor::reset(int sequence) { impl_->positions.at(static_cast<size_t>(sequence)) = 0; }

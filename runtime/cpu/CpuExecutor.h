@@ -75,6 +75,9 @@ public:
   int64_t cacheCapacity() const; // positions each sequence's cache holds
   int sequenceCount() const;
   int64_t chunkSize() const;     // most tokens forward() runs in one step
+  // MoE layers whose routed experts run the plan's generated CPU code (the
+  // others use the reference kernels).
+  int generatedExpertLayers() const;
   void reset();                  // empties sequence 0's cache (a new conversation)
   void reset(int sequence);
   // Keeps only the first `tokens` positions of the cache, for a

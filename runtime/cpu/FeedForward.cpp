@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 
 namespace kt::cpu {
 
@@ -30,6 +31,30 @@ std::vector<RowTask> splitRows(const std::vector<FfnBatch> &batches, RowsOf rows
   return tasks;
 }
 
+// y = W x for rows [rowBegin, rowEnd): the generated kernel when the matrix
+// has one (and the sums it needs were computed), else the reference.
+void rowsProduct(const WeightMatrix &w, int64_t rowBegin, int64_t rowEnd, const float *x,
+                 const float *xSums, int64_t tokens, float *y, int64_t ldy, float *scratch) {
+  if (w.kernel && xSums) {
+    w.kernel(w.data + static_cast<uint64_t>(rowBegin) * w.rowBytes, w.rowBytes, rowEnd - rowBegin,
+             x, w.cols, xSums, tokens, y, ldy);
+    return;
+  }
+  matmulRows(w, rowBegin, rowEnd, x, w.cols, tokens, y, ldy, scratch);
+}
+
+// The sums of runs of 32 a generated kernel reads, for every batch that
+// has one (in parallel over batches).
+template <typename Select>
+void computeRunSums(ThreadPool &pool, const std::vector<FfnBatch> &batches, Select select) {
+  pool.parallelFor(static_cast<int64_t>(batches.size()), [&](int64_t index, int) {
+    const FfnBatch &b = batches[static_cast<size_t>(index)];
+    auto [needed, x, cols, sums] = select(b);
+    if (needed && sums)
+      sumRunsOf32(x, cols, cols, b.tokens, sums);
+  });
+}
+
 } // namespace
 
 void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
@@ -40,17 +65,20 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
     scratchFloats = std::max({scratchFloats, matmulScratchFloats(b.w.gate),
                               matmulScratchFloats(b.w.up), matmulScratchFloats(b.w.down)});
 
+  computeRunSums(pool, batches, [](const FfnBatch &b) {
+    return std::make_tuple(b.w.gate.kernel || b.w.up.kernel, b.x, b.w.gate.cols, b.xSums);
+  });
   std::vector<RowTask> tasks =
       splitRows(batches, [](const FfnBatch &b) { return b.w.gate.rows; }, pool.threadCount());
   pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
     const RowTask &task = tasks[static_cast<size_t>(index)];
     const FfnBatch &b = batches[task.batch];
-    const int64_t ffn = b.w.gate.rows, hidden = b.w.gate.cols;
+    const int64_t ffn = b.w.gate.rows;
     float *scratch = threadScratch(0, scratchFloats);
-    matmulRows(b.w.gate, task.begin, task.end, b.x, hidden, b.tokens, b.gate + task.begin, ffn,
-               scratch);
-    matmulRows(b.w.up, task.begin, task.end, b.x, hidden, b.tokens, b.up + task.begin, ffn,
-               scratch);
+    rowsProduct(b.w.gate, task.begin, task.end, b.x, b.xSums, b.tokens, b.gate + task.begin, ffn,
+                scratch);
+    rowsProduct(b.w.up, task.begin, task.end, b.x, b.xSums, b.tokens, b.up + task.begin, ffn,
+                scratch);
     for (int64_t t = 0; t < b.tokens; ++t) {
       float *g = b.gate + t * ffn, *u = b.up + t * ffn;
       for (int64_t r = task.begin; r < task.end; ++r)
@@ -58,20 +86,32 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
     }
   });
 
+  computeRunSums(pool, batches, [](const FfnBatch &b) {
+    return std::make_tuple(b.w.down.kernel != nullptr, static_cast<const float *>(b.gate),
+                           b.w.down.cols, b.gateSums);
+  });
   tasks = splitRows(batches, [](const FfnBatch &b) { return b.w.down.rows; }, pool.threadCount());
   pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
     const RowTask &task = tasks[static_cast<size_t>(index)];
     const FfnBatch &b = batches[task.batch];
-    const int64_t hidden = b.w.down.rows, ffn = b.w.down.cols;
-    matmulRows(b.w.down, task.begin, task.end, b.gate, ffn, b.tokens, b.out + task.begin, hidden,
-               threadScratch(0, scratchFloats));
+    const int64_t hidden = b.w.down.rows;
+    rowsProduct(b.w.down, task.begin, task.end, b.gate, b.gateSums, b.tokens, b.out + task.begin,
+                hidden, threadScratch(0, scratchFloats));
   });
 }
 
 RoutedExperts::RoutedExperts(const gguf::TensorInfo &gate, const gguf::TensorInfo &up,
-                             const gguf::TensorInfo &down)
+                             const gguf::TensorInfo &down, const GeneratedKernels *kernels)
     : gate_(weightMatrix(gate)), up_(weightMatrix(up)), down_(weightMatrix(down)),
-      experts_(gate.ne[2]), hidden_(gate.ne[0]), ffn_(gate.ne[1]) {}
+      experts_(gate.ne[2]), hidden_(gate.ne[0]), ffn_(gate.ne[1]) {
+  if (kernels)
+    for (WeightMatrix *w : {&gate_, &up_, &down_})
+      w->kernel = kernels->find(w->type, w->cols);
+}
+
+bool RoutedExperts::usesGeneratedKernels() const {
+  return gate_.kernel && up_.kernel && down_.kernel;
+}
 
 FfnMatrices RoutedExperts::expert(int64_t e) const {
   return {gate_.rowRange(e * ffn_, ffn_), up_.rowRange(e * ffn_, ffn_),
@@ -97,6 +137,13 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       workspace.floats(Workspace::ExpertOutput, static_cast<size_t>(assignments * hidden_));
   float *gate = workspace.floats(Workspace::FfnGate, static_cast<size_t>(assignments * ffn_));
   float *up = workspace.floats(Workspace::FfnUp, static_cast<size_t>(assignments * ffn_));
+  float *xSums = gate_.kernel || up_.kernel
+                     ? workspace.floats(Workspace::ExpertInputSums,
+                                        static_cast<size_t>(assignments * hidden_ / 32))
+                     : nullptr;
+  float *gateSums = down_.kernel ? workspace.floats(Workspace::FfnGateSums,
+                                                    static_cast<size_t>(assignments * ffn_ / 32))
+                                 : nullptr;
   for (int64_t i = 0; i < assignments; ++i) {
     const int64_t row = filled[static_cast<size_t>(ids[i])]++;
     rowOf[static_cast<size_t>(i)] = row;
@@ -111,7 +158,9 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       continue;
     const int64_t row = firstRow[static_cast<size_t>(e)];
     batches.push_back({expert(e), gathered + row * hidden_, count, results + row * hidden_,
-                       gate + row * ffn_, up + row * ffn_});
+                       gate + row * ffn_, up + row * ffn_,
+                       xSums ? xSums + row * (hidden_ / 32) : nullptr,
+                       gateSums ? gateSums + row * (ffn_ / 32) : nullptr});
   }
   runFeedForward(pool, batches);
 

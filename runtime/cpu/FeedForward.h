@@ -26,6 +26,11 @@ struct FfnBatch {
   float *out = nullptr;     // tokens x hidden
   float *gate = nullptr;    // tokens x ffn scratch: silu(gate x) * up x
   float *up = nullptr;      // tokens x ffn scratch
+  // With generated kernels (FfnMatrices' WeightMatrix::kernel): scratch for
+  // the sums of runs of 32 of x (tokens x hidden / 32) and of the gated
+  // product (tokens x ffn / 32).
+  float *xSums = nullptr;
+  float *gateSums = nullptr;
 };
 
 // out = down(silu(gate x) * up x) for every batch. The rows of all batches
@@ -37,8 +42,12 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches);
 // down [ffn, hidden, experts] tensors (GGML order).
 class RoutedExperts {
 public:
+  // With `kernels`, the matrices use the plan's generated kernels for their
+  // type and width where it has them.
   RoutedExperts(const gguf::TensorInfo &gate, const gguf::TensorInfo &up,
-                const gguf::TensorInfo &down);
+                const gguf::TensorInfo &down, const GeneratedKernels *kernels = nullptr);
+  // Whether gate, up and down run generated code.
+  bool usesGeneratedKernels() const;
 
   int64_t experts() const { return experts_; }
   int64_t hidden() const { return hidden_; }

@@ -26,6 +26,18 @@ const IsaVariant *findIsaVariant(std::string_view name) {
   return nullptr;
 }
 
+const std::vector<std::string> &checkedIsaFeatures() {
+  static const std::vector<std::string> features = {
+      "sse3",       "ssse3",       "sse4.1",       "sse4.2",      "popcnt",
+      "avx",        "avx2",        "fma",          "f16c",        "bmi",
+      "bmi2",       "lzcnt",       "movbe",        "avx512f",     "avx512bw",
+      "avx512dq",   "avx512vl",    "avx512cd",     "avx512vnni",  "avx512bf16",
+      "avx512fp16", "avx512vbmi",  "avx512vbmi2",  "avx512ifma",  "avx512bitalg",
+      "avx512vpopcntdq", "avxvnni", "amx-tile",    "amx-int8",    "amx-bf16",
+      "gfni",       "vpclmulqdq"};
+  return features;
+}
+
 std::vector<std::string> hostCpuFeatures() {
   std::vector<std::string> features;
   if (const char *override = std::getenv("KT_HOST_CPU_FEATURES")) {
@@ -36,12 +48,18 @@ std::vector<std::string> hostCpuFeatures() {
       features.push_back(word);
     return features;
   }
-  // /proc/cpuinfo spells a few features differently from LLVM.
+  // /proc/cpuinfo spells some features differently from LLVM.
   auto llvmName = [](std::string flag) {
-    if (flag == "avx512_vnni")
-      return std::string("avx512vnni");
-    if (flag == "avx512_bf16")
-      return std::string("avx512bf16");
+    static const std::vector<std::pair<std::string, std::string>> renamed = {
+        {"pni", "sse3"},           {"sse4_1", "sse4.1"},
+        {"sse4_2", "sse4.2"},      {"bmi1", "bmi"},
+        {"abm", "lzcnt"},          {"avx512_vnni", "avx512vnni"},
+        {"avx512_bf16", "avx512bf16"}, {"avx512_fp16", "avx512fp16"},
+        {"avx512_vbmi2", "avx512vbmi2"}, {"avx512_bitalg", "avx512bitalg"},
+        {"avx512_vpopcntdq", "avx512vpopcntdq"}, {"avx_vnni", "avxvnni"}};
+    for (const auto &[proc, llvm] : renamed)
+      if (flag == proc)
+        return llvm;
     std::replace(flag.begin(), flag.end(), '_', '-'); // amx_tile -> amx-tile
     return flag;
   };

@@ -22,6 +22,12 @@ struct IsaVariant {
 const std::vector<IsaVariant> &isaVariants();
 const IsaVariant *findIsaVariant(std::string_view name);
 
+// The ISA features generated CPU code may use (LLVM names), all of which
+// hostCpuFeatures() reports reliably: the code is compiled for the x86-64
+// baseline plus those of them the target CPU has, so checking them is
+// enough to know a host runs it.
+const std::vector<std::string> &checkedIsaFeatures();
+
 // This host's ISA features under LLVM's names (avx512vnni, amx-tile, ...),
 // from /proc/cpuinfo. $KT_HOST_CPU_FEATURES (names separated by spaces or
 // commas) replaces them, to check a plan against another machine.

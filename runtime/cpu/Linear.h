@@ -3,6 +3,7 @@
 // row is decoded once per call whatever the number of tokens.
 #pragma once
 
+#include "runtime/cpu/GeneratedKernels.h"
 #include "runtime/cpu/ThreadPool.h"
 #include "runtime/gguf/GgufFile.h"
 
@@ -20,6 +21,8 @@ struct WeightMatrix {
   int64_t rows = 0;
   int64_t cols = 0;
   uint64_t rowBytes = 0;
+  // The plan's generated kernel for these rows (type and width), if any.
+  RowKernel kernel = nullptr;
 
   // Rows [first, first + count) as a matrix of their own.
   WeightMatrix rowRange(int64_t first, int64_t count) const;

@@ -33,6 +33,8 @@ public:
     FfnGate,      // tokens x experts-used x ffn: gate, then silu(gate) * up
     FfnUp,
     ExpertInput,  // gathered token rows per expert
+    ExpertInputSums,  // per row of ExpertInput: sums of runs of 32 (generated kernels)
+    FfnGateSums,      // the same for FfnGate rows
     ExpertOutput,
     RouterLogits,
     kSlotCount

@@ -203,6 +203,16 @@ std::string planToJson(const Plan &plan) {
       {"kernel_specializations", kernels},
       {"output_value", plan.outputValue},
   };
+  if (plan.cpuCode) {
+    const CpuCode &code = *plan.cpuCode;
+    json codeKernels = json::array();
+    for (const CpuCodeKernel &kernel : code.kernels)
+      codeKernels.push_back({{"type", kernel.type}, {"cols", kernel.cols}, {"symbol", kernel.symbol}});
+    root["cpu_code"] = {{"file", code.file},         {"size", code.size},
+                        {"hash", code.hash},         {"cpu", code.cpu},
+                        {"features", code.features}, {"vector_bits", code.vectorBits},
+                        {"kernels", codeKernels}};
+  }
   // One key per line, so plans diff well; replace rather than throw on bad UTF-8.
   return root.dump(1, ' ', false, json::error_handler_t::replace) + "\n";
 }
@@ -323,6 +333,27 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
       r.readStringMap(entry, "defines", where, kernel.defines);
       plan.kernelSpecializations.push_back(std::move(kernel));
     }
+  if (root.contains("cpu_code")) {
+    CpuCode code;
+    if (const json *entry = r.field(root, "cpu_code", "")) {
+      r.read(*entry, "file", "cpu_code", code.file);
+      r.read(*entry, "size", "cpu_code", code.size);
+      r.read(*entry, "hash", "cpu_code", code.hash);
+      r.read(*entry, "cpu", "cpu_code", code.cpu);
+      r.read(*entry, "features", "cpu_code", code.features);
+      r.read(*entry, "vector_bits", "cpu_code", code.vectorBits);
+      if (const json *kernels = r.array(*entry, "kernels", "cpu_code"))
+        for (size_t i = 0; i < kernels->size(); ++i) {
+          std::string where = "cpu_code.kernels[" + std::to_string(i) + "]";
+          CpuCodeKernel kernel;
+          r.read((*kernels)[i], "type", where, kernel.type);
+          r.read((*kernels)[i], "cols", where, kernel.cols);
+          r.read((*kernels)[i], "symbol", where, kernel.symbol);
+          code.kernels.push_back(std::move(kernel));
+        }
+    }
+    plan.cpuCode = std::move(code);
+  }
   if (const json *ops = r.array(root, "ops", ""))
     for (size_t i = 0; i < ops->size() && r.error().empty(); ++i) {
       std::string where = "ops[" + std::to_string(i) + "]";
@@ -405,7 +436,10 @@ StatusOr<Plan> readPlan(const std::string &path) {
                          path + "`");
   std::stringstream text;
   text << in.rdbuf();
-  return planFromJson(text.str(), path);
+  StatusOr<Plan> plan = planFromJson(text.str(), path);
+  if (plan)
+    plan->sourcePath = path;
+  return plan;
 }
 
 StatusOr<std::string> modelFingerprint(const gguf::GgufModel &model) {

@@ -18,7 +18,7 @@ namespace kt::plan {
 
 // Bumped whenever the meaning or layout of the file changes; a runtime reads
 // only plans of its own version.
-constexpr int kPlanFormatVersion = 1;
+constexpr int kPlanFormatVersion = 2; // 2: cpu_code
 constexpr const char *kPlanFormatName = "ktc-plan";
 
 struct ModelFile {
@@ -104,6 +104,25 @@ struct KernelSpecialization {
   std::vector<std::string> usedBy; // module paths
 };
 
+// Expert code ktc generated for the target CPU: a shared object beside the
+// plan with one row kernel per (weight type, row width) of the CPU-placed
+// routed experts (runtime/cpu/GeneratedKernels.h has the ABI).
+struct CpuCodeKernel {
+  std::string type;   // "q4_K"
+  int64_t cols = 0;   // values per row
+  std::string symbol; // "kt_rows_q4_K_7168"
+};
+struct CpuCode {
+  std::string file;   // relative to the plan's directory
+  uint64_t size = 0;
+  std::string hash;   // XXH3-64 of the file, 16 hex digits
+  std::string cpu;    // the LLVM CPU it was compiled for
+  // The ISA features the code may use; a host lacking one is refused.
+  std::vector<std::string> features;
+  int vectorBits = 0; // 128, 256 or 512
+  std::vector<CpuCodeKernel> kernels;
+};
+
 struct RuntimeDefaults {
   int64_t cacheLens = 4096;
   int64_t chunkSize = 512;
@@ -119,7 +138,11 @@ struct Plan {
   std::vector<Buffer> buffers; // one per value, by value id
   int outputValue = -1; // the logits
   std::vector<KernelSpecialization> kernelSpecializations;
+  std::optional<CpuCode> cpuCode; // absent: the reference CPU kernels
   RuntimeDefaults defaults;
+  // Where readPlan() read the plan from (not stored in the file): files the
+  // plan names relative to itself (cpu_code) are found from there.
+  std::string sourcePath;
 };
 
 // Writes atomically (temp file + rename).

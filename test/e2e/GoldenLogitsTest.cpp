@@ -106,6 +106,11 @@ TEST_P(GoldenLogits, MatchTransformers) {
       cpu::CpuExecutor::create(*plan, **weights, options);
   ASSERT_TRUE(executor.ok()) << executor.message();
   int64_t vocab = (*executor)->vocabSize();
+  // Quantized experts of a type the generator covers run generated code,
+  // so these fixtures check it end to end.
+  const int generatedLayers = (*executor)->generatedExpertLayers();
+  if (plan->cpuCode)
+    EXPECT_GT(generatedLayers, 0) << "the plan has CPU expert code but no layer uses it";
   double tolerance = fixture["tolerance"]["logits_rel_l2"].get<double>();
 
   for (const json &prompt : fixture["prompts"]) {
@@ -142,9 +147,10 @@ TEST_P(GoldenLogits, MatchTransformers) {
     EXPECT_EQ(produced, greedy) << "greedy tokens";
     EXPECT_LE(worstDecode, tolerance) << "decode logits, relative L2";
     std::printf("[ golden   ] %s/%s: prompt logits rel L2 %.2e, decode %.2e (limit %.0e), "
-                "%zu greedy tokens %s\n",
+                "%zu greedy tokens %s; experts: %s\n",
                 name.c_str(), prompt["name"].get<std::string>().c_str(), promptError,
-                worstDecode, tolerance, greedy.size(), produced == greedy ? "identical" : "DIFFER");
+                worstDecode, tolerance, greedy.size(), produced == greedy ? "identical" : "DIFFER",
+                generatedLayers ? "generated code" : "reference kernels");
   }
   fs::remove_all(dir);
 }

@@ -42,8 +42,19 @@ struct CompileOptions {
   bool printIrAfterAll = false;
   bool explain = false; // print the decisions instead of writing a plan
   bool precompile = false; // also compile the plan's GPU kernels into the cache
+  bool cpuCode = true;     // generate the CPU expert code beside the plan
 };
 int runCompile(const CompileOptions &options);
+
+// `ktc cpu-kernels`: row kernels for chosen types and widths, for a target
+// CPU, as a shared object (benchmarks, disassembly tests) or LLVM IR.
+struct CpuKernelsOptions {
+  std::string cpu;                  // --target-cpu; empty: this host
+  std::vector<std::string> kernels; // TYPE:COLS
+  std::string outputPath;           // -o FILE.so
+  bool printIr = false;
+};
+int runCpuKernels(const CpuKernelsOptions &options);
 
 struct TokenizeOptions {
   std::string ggufPath;      // --gguf-path: the model whose tokenizer is used

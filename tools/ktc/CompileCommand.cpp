@@ -2,6 +2,7 @@
 // plan file, or a table of what was decided for each module and why.
 #include "tools/ktc/Commands.h"
 
+#include "compiler/CpuCodegen/RowKernelGenerator.h"
 #include "compiler/Import/GgufImporter.h"
 #include "compiler/Plan/ExportPlan.h"
 #include "compiler/Plan/KernelSpecializations.h"
@@ -17,6 +18,7 @@
 #include "llvm/Support/raw_ostream.h"
 
 #include <chrono>
+#include <filesystem>
 
 using namespace mlir;
 
@@ -220,12 +222,34 @@ int runCompile(const CompileOptions &options) {
       compiler::exportPlan(**module, **model, options.modelPath, defaults);
   if (!plan)
     return reportError(plan.message());
+  std::string cpuCodeNote;
+  if (options.cpuCode) {
+    // The CPU expert code goes beside the plan: x.plan -> x.cpu.so.
+    std::vector<codegen::RowKernelRequest> requests = codegen::expertKernelRequests(*plan);
+    if (!requests.empty()) {
+      std::filesystem::path planFile(options.outputPath);
+      std::filesystem::path codeFile = planFile;
+      codeFile.replace_extension(".cpu.so");
+      codegen::CpuCodeTarget codeTarget{plan->target.cpu, plan->target.cpuFeatures};
+      StatusOr<plan::CpuCode> code = codegen::buildCpuCode(
+          requests, codeTarget, codeFile.string(), planFile.parent_path().string());
+      if (!code)
+        return reportError(code.message());
+      plan->cpuCode = std::move(*code);
+      size_t kernels = plan->cpuCode->kernels.size();
+      cpuCodeNote = ", " + std::to_string(kernels) + " CPU expert kernel" +
+                    (kernels == 1 ? "" : "s") + " for " + plan->cpuCode->cpu + " (" +
+                    std::to_string(plan->cpuCode->vectorBits) + "-bit vectors) in " +
+                    codeFile.string();
+    }
+  }
   if (Status written = plan::writePlan(*plan, options.outputPath); !written.ok())
     return reportError(written.message());
   double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start)
                   .count();
   llvm::errs() << "ktc: wrote " << options.outputPath << " (" << plan->ops.size() << " ops, "
-               << plan->kernelSpecializations.size() << " GPU kernel specializations, "
+               << plan->kernelSpecializations.size() << " GPU kernel specializations" << cpuCodeNote
+               << ", "
                << llvm::format("%.0f", ms) << " ms)\n";
   if (options.precompile) {
     StatusOr<compiler::PrecompileStats> stats =

@@ -2,6 +2,7 @@
 // still belongs to its model.
 #include "tools/ktc/Commands.h"
 
+#include "runtime/cpu/GeneratedKernels.h"
 #include "runtime/plan/Plan.h"
 #include "runtime/support/ByteSize.h"
 
@@ -19,9 +20,21 @@ int runVerifyPlan(const std::string &planPath, const std::string &modelPath) {
     return reportError(model.message());
   if (Status matches = plan::checkModelMatches(*loaded, **model); !matches.ok())
     return reportError(planPath + ": " + matches.message());
+  std::string codeNote;
+  if (loaded->cpuCode) {
+    // The file and its kernels; not the ISA, since the plan may be meant for
+    // another machine (ktrun checks that on the host that runs it).
+    StatusOr<std::unique_ptr<cpu::GeneratedKernels>> code =
+        cpu::GeneratedKernels::load(*loaded->cpuCode, planPath, loaded->cpuCode->features);
+    if (!code)
+      return reportError(code.message());
+    codeNote = ", CPU expert code " + (*code)->path() + " (" +
+               std::to_string(loaded->cpuCode->kernels.size()) + " kernels for " +
+               loaded->cpuCode->cpu + ") intact";
+  }
   llvm::outs() << planPath << ": plan format " << loaded->version << " (" << loaded->compiler
                << "), " << loaded->ops.size() << " ops, model " << path << " ("
-               << formatByteSize(loaded->model.tensorBytes) << ") matches\n";
+               << formatByteSize(loaded->model.tensorBytes) << ") matches" << codeNote << "\n";
   return EXIT_SUCCESS;
 }
 

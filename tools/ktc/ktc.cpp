@@ -144,6 +144,29 @@ cl::list<std::string> tokenizeInput(
     cl::desc("<text (arguments are joined by spaces), or ids with --decode; default: all "
              "of stdin, as is>"));
 
+cl::opt<bool> compileReferenceCpuKernels(
+    "reference-cpu-kernels", cl::cat(ktcCategory), cl::sub(compileCommand),
+    cl::desc("Do not generate CPU expert code: the runtime then runs the CPU-placed routed "
+             "experts with its reference kernels (the default writes X.cpu.so beside X.plan, "
+             "compiled for the target CPU)"));
+
+cl::SubCommand cpuKernelsCommand(
+    "cpu-kernels", "Generate CPU expert row kernels for weight types and row widths, compiled "
+                   "for a target CPU, into a shared object (or print their LLVM IR)");
+cl::opt<std::string> cpuKernelsCpu(
+    "target-cpu", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand), cl::value_desc("cpu"),
+    cl::desc("LLVM CPU name to compile for (x86-64, haswell, skylake-avx512, sapphirerapids, "
+             "...); default: this host's CPU and its real features"));
+cl::list<std::string> cpuKernelsList(
+    "kernel", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand), cl::value_desc("type:cols"),
+    cl::desc("A kernel: weight type (q8_0, q4_K, q5_K, q6_K) and values per row, e.g. "
+             "q4_K:7168; repeat for more"));
+cl::opt<std::string> cpuKernelsOutput("o", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand),
+                                      cl::value_desc("file.so"),
+                                      cl::desc("The shared object to write"));
+cl::opt<bool> cpuKernelsPrintIr("print-ir", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand),
+                                cl::desc("Print the LLVM IR instead of writing an object"));
+
 cl::SubCommand verifyPlanCommand(
     "verify-plan", "Read a plan file as the runtime does and check that its model is the one "
                    "it was compiled for");
@@ -231,12 +254,21 @@ int main(int argc, char **argv) {
     options.printIrAfterAll = compilePrintIr;
     options.explain = bool(explainCommand);
     options.precompile = compilePrecompile;
+    options.cpuCode = !compileReferenceCpuKernels;
     if (options.cacheLens <= 0 || options.chunkSize <= 0)
       return kt::tools::reportError("--cache-lens and --chunk-size must be positive");
     return kt::tools::runCompile(options);
   }
   if (verifyPlanCommand)
     return kt::tools::runVerifyPlan(verifyPlanPath, verifyPlanModel);
+  if (cpuKernelsCommand) {
+    kt::tools::CpuKernelsOptions options;
+    options.cpu = cpuKernelsCpu;
+    options.kernels.assign(cpuKernelsList.begin(), cpuKernelsList.end());
+    options.outputPath = cpuKernelsOutput;
+    options.printIr = cpuKernelsPrintIr;
+    return kt::tools::runCpuKernels(options);
+  }
   if (targetCommand) {
     kt::tools::TargetCommandOptions options;
     options.cpu = targetCpu;

@@ -55,6 +55,8 @@ int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, b
         {"stopped_at_eos", turn->stoppedAtEos},
         {"prefill", {{"tokens", turn->promptIds.size()}, {"seconds", turn->prefillSeconds}}},
         {"decode", {{"tokens", turn->generatedIds.size()}, {"seconds", turn->decodeSeconds}}},
+        // MoE layers whose CPU experts run the plan's generated code.
+        {"generated_expert_layers", session.executor().generatedExpertLayers()},
     };
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {

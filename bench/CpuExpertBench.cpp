@@ -1,0 +1,242 @@
+// cpu_expert_bench: the CPU expert row kernels ktc generates, at DeepSeek-V3
+// expert shapes, against the host's memory read bandwidth measured here
+// with the same thread count, and against the runtime's reference kernels.
+//
+//   ktc cpu-kernels --kernel q4_K:7168 --kernel q4_K:2048 ... -o k.so
+//   cpu_expert_bench --kernels k.so --threads 16 [--pool-gib 2] [--json]
+//
+// Decode reads each routed expert's matrices once per token, from memory:
+// every iteration here multiplies one token by the next matrix of a pool of
+// distinct experts much larger than the caches, rows split over the threads.
+// Weights are random blocks with sane f16 scales (never zeros).
+#include "runtime/cpu/GeneratedKernels.h"
+#include "runtime/cpu/Linear.h"
+#include "runtime/cpu/ThreadPool.h"
+#include "runtime/gguf/GgmlType.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <dlfcn.h>
+#include <immintrin.h>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace kt;
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Sum of a slice of 64-byte lines, with as many loads in flight as the
+// core allows; AVX2 where the host has it.
+__attribute__((target("avx2"))) uint64_t readSliceAvx2(const uint8_t *data, size_t bytes) {
+  __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
+  for (size_t i = 0; i + 128 <= bytes; i += 128) {
+    a = _mm256_add_epi64(a, _mm256_load_si256(reinterpret_cast<const __m256i *>(data + i)));
+    b = _mm256_add_epi64(b, _mm256_load_si256(reinterpret_cast<const __m256i *>(data + i + 32)));
+    c = _mm256_add_epi64(c, _mm256_load_si256(reinterpret_cast<const __m256i *>(data + i + 64)));
+    d = _mm256_add_epi64(d, _mm256_load_si256(reinterpret_cast<const __m256i *>(data + i + 96)));
+  }
+  __m256i sum = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
+  alignas(32) uint64_t lanes[4];
+  _mm256_store_si256(reinterpret_cast<__m256i *>(lanes), sum);
+  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
+}
+
+uint64_t readSlice(const uint8_t *data, size_t bytes) {
+  if (__builtin_cpu_supports("avx2"))
+    return readSliceAvx2(data, bytes);
+  const uint64_t *words = reinterpret_cast<const uint64_t *>(data);
+  uint64_t a = 0, b = 0, c = 0, d = 0;
+  for (size_t i = 0; i + 4 <= bytes / 8; i += 4) {
+    a += words[i];
+    b += words[i + 1];
+    c += words[i + 2];
+    d += words[i + 3];
+  }
+  return a + b + c + d;
+}
+
+// Best of several passes over `pool`, split over the threads.
+double readBandwidth(cpu::ThreadPool &pool, const std::vector<uint8_t> &buffer, int passes) {
+  const int64_t slices = pool.threadCount() * 8;
+  const size_t slice = buffer.size() / static_cast<size_t>(slices) / 128 * 128;
+  std::vector<uint64_t> sinks(static_cast<size_t>(slices));
+  double best = 0;
+  for (int pass = 0; pass < passes; ++pass) {
+    auto start = Clock::now();
+    pool.parallelFor(slices, [&](int64_t s, int) {
+      sinks[static_cast<size_t>(s)] = readSlice(buffer.data() + static_cast<size_t>(s) * slice, slice);
+    });
+    best = std::max(best, static_cast<double>(slice) * static_cast<double>(slices) / secondsSince(start));
+  }
+  volatile uint64_t keep = 0;
+  for (uint64_t s : sinks)
+    keep = keep + s;
+  return best;
+}
+
+// Offsets of the f16 scales in a block, set to small values so the random
+// blocks decode to finite numbers.
+std::vector<int> halfOffsets(gguf::GgmlType type) {
+  switch (type) {
+  case gguf::GgmlType::Q8_0: return {0};
+  case gguf::GgmlType::Q4_K:
+  case gguf::GgmlType::Q5_K: return {0, 2};
+  case gguf::GgmlType::Q6_K: return {208};
+  default: return {};
+  }
+}
+
+struct Shape {
+  const char *name;
+  int64_t rows, cols;
+};
+
+struct Result {
+  std::string type, shape;
+  double matrixMiB = 0;
+  double generatedGBs = 0, referenceGBs = 0;
+};
+
+} // namespace
+
+int main(int argc, char **argv) {
+  CLI::App app{"Times the generated CPU expert kernels against memory bandwidth"};
+  std::string kernelsPath;
+  int threads = 0;
+  double poolGiB = 2.0;
+  double seconds = 1.0;
+  bool json = false;
+  std::vector<std::string> types = {"q4_K", "q5_K", "q6_K", "q8_0"};
+  app.add_option("--kernels", kernelsPath,
+                 "Shared object from `ktc cpu-kernels` with kt_rows_TYPE_7168 and _2048 for each "
+                 "type (compiled for this host's ISA)")
+      ->required();
+  app.add_option("--threads", threads, "Threads (0: all hardware threads)");
+  app.add_option("--pool-gib", poolGiB, "Bytes of distinct expert matrices cycled through (GiB)");
+  app.add_option("--seconds", seconds, "Time per measurement");
+  app.add_option("--types", types, "Weight types");
+  app.add_flag("--json", json, "Print the results as JSON");
+  CLI11_PARSE(app, argc, argv);
+
+  void *handle = dlopen(kernelsPath.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!handle) {
+    std::fprintf(stderr, "cpu_expert_bench: error: cannot load %s: %s\n", kernelsPath.c_str(), dlerror());
+    return 1;
+  }
+  cpu::ThreadPool pool(threads);
+  const size_t poolBytes = static_cast<size_t>(poolGiB * (1ull << 30));
+  std::vector<uint8_t> buffer(poolBytes);
+  std::mt19937_64 random(7);
+  for (size_t i = 0; i < buffer.size(); i += 8) {
+    uint64_t word = random();
+    std::memcpy(buffer.data() + i, &word, std::min<size_t>(8, buffer.size() - i));
+  }
+  const double bandwidth = readBandwidth(pool, buffer, 5);
+
+  // DeepSeek-V3 experts: gate/up [2048 rows of 7168], down [7168 rows of 2048].
+  const Shape shapes[] = {{"7168x2048 (gate/up)", 2048, 7168}, {"2048x7168 (down)", 7168, 2048}};
+  std::vector<Result> results;
+  for (const std::string &typeName : types) {
+    std::optional<gguf::GgmlType> type = gguf::parseGgmlType(typeName);
+    if (!type || !cpu::hasGeneratedRowKernel(*type)) {
+      std::fprintf(stderr, "cpu_expert_bench: error: no generated kernels for type '%s'\n", typeName.c_str());
+      return 1;
+    }
+    const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(*type);
+    for (const Shape &shape : shapes) {
+      const std::string symbol = cpu::rowKernelSymbol(*type, shape.cols);
+      auto kernel = reinterpret_cast<cpu::RowKernel>(dlsym(handle, symbol.c_str()));
+      if (!kernel) {
+        std::fprintf(stderr, "cpu_expert_bench: error: %s lacks %s; build it with ktc cpu-kernels --kernel %s:%lld\n",
+                     kernelsPath.c_str(), symbol.c_str(), typeName.c_str(), static_cast<long long>(shape.cols));
+        return 1;
+      }
+      const uint64_t rowBytes = *gguf::ggmlRowBytes(*type, shape.cols);
+      const uint64_t matrixBytes = rowBytes * static_cast<uint64_t>(shape.rows);
+      const size_t matrices = std::max<size_t>(2, poolBytes / matrixBytes);
+      // The pool's bytes as `matrices` expert matrices, scales made finite.
+      for (size_t offset = 0; offset + static_cast<size_t>(traits.blockBytes) <= matrices * matrixBytes;
+           offset += static_cast<size_t>(traits.blockBytes))
+        for (int half : halfOffsets(*type)) {
+          uint16_t value = static_cast<uint16_t>(0x1800 + (offset / 64) % 0x400); // ~0.0005..0.001
+          std::memcpy(buffer.data() + offset + half, &value, 2);
+        }
+      std::vector<float> x(static_cast<size_t>(shape.cols)), xsum(static_cast<size_t>(shape.cols / 32));
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      for (float &v : x)
+        v = normal(random);
+      cpu::sumRunsOf32(x.data(), shape.cols, shape.cols, 1, xsum.data());
+      std::vector<float> y(static_cast<size_t>(shape.rows));
+      const int64_t tasks = pool.threadCount() * 4;
+      const int64_t rowsPerTask = (shape.rows + tasks - 1) / tasks;
+
+      auto run = [&](bool generated) {
+        size_t next = 0, done = 0;
+        auto start = Clock::now();
+        do {
+          const uint8_t *matrix = buffer.data() + (next++ % matrices) * matrixBytes;
+          pool.parallelFor(tasks, [&](int64_t task, int) {
+            const int64_t begin = task * rowsPerTask, end = std::min(shape.rows, begin + rowsPerTask);
+            if (begin >= end)
+              return;
+            if (generated) {
+              kernel(matrix + static_cast<uint64_t>(begin) * rowBytes, rowBytes, end - begin, x.data(),
+                     shape.cols, xsum.data(), 1, y.data() + begin, shape.rows);
+            } else {
+              cpu::WeightMatrix w{*type, matrix, shape.rows, shape.cols, rowBytes};
+              cpu::matmulRows(w, begin, end, x.data(), shape.cols, 1, y.data() + begin, shape.rows,
+                              cpu::threadScratch(0, cpu::matmulScratchFloats(w)));
+            }
+          });
+          ++done;
+        } while (secondsSince(start) < seconds || done < matrices);
+        return static_cast<double>(matrixBytes) * static_cast<double>(done) / secondsSince(start);
+      };
+      run(true); // warm-up: page in the pool
+      Result result;
+      result.type = typeName;
+      result.shape = shape.name;
+      result.matrixMiB = static_cast<double>(matrixBytes) / (1 << 20);
+      result.generatedGBs = std::max(run(true), run(true)) / 1e9;
+      result.referenceGBs = run(false) / 1e9;
+      results.push_back(result);
+    }
+  }
+
+  if (json) {
+    nlohmann::json out = {{"threads", pool.threadCount()},
+                          {"read_bandwidth_gbs", bandwidth / 1e9},
+                          {"kernels", kernelsPath},
+                          {"results", nlohmann::json::array()}};
+    for (const Result &r : results)
+      out["results"].push_back({{"type", r.type},
+                                {"shape", r.shape},
+                                {"matrix_mib", r.matrixMiB},
+                                {"generated_gbs", r.generatedGBs},
+                                {"reference_gbs", r.referenceGBs},
+                                {"ratio_to_bandwidth", r.generatedGBs * 1e9 / bandwidth},
+                                {"speedup_over_reference", r.generatedGBs / r.referenceGBs}});
+    std::printf("%s\n", out.dump(1).c_str());
+    return 0;
+  }
+  std::printf("memory read bandwidth, %d threads: %.1f GB/s (best of 5 passes over %.1f GiB)\n",
+              pool.threadCount(), bandwidth / 1e9, poolGiB);
+  std::printf("%-6s %-20s %9s %12s %10s %12s %10s\n", "type", "matrix", "MiB", "generated", "of bw",
+              "reference", "speedup");
+  for (const Result &r : results)
+    std::printf("%-6s %-20s %9.2f %8.1f GB/s %9.0f%% %7.1f GB/s %9.1fx\n", r.type.c_str(),
+                r.shape.c_str(), r.matrixMiB, r.generatedGBs, 100 * r.generatedGBs * 1e9 / bandwidth,
+                r.referenceGBs, r.generatedGBs / r.referenceGBs);
+  return 0;
+}

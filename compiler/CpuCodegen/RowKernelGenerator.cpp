@@ -1,0 +1,656 @@
+#include "compiler/CpuCodegen/RowKernelGenerator.h"
+
+#include "runtime/cpu/GeneratedKernels.h"
+#include "runtime/cpu/IsaVariants.h"
+
+#include "llvm-c/Target.h"
+#include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/LLVMContext.h"
+#include "llvm/IR/LegacyPassManager.h"
+#include "llvm/IR/Module.h"
+#include "llvm/IR/Verifier.h"
+#include "llvm/MC/TargetRegistry.h"
+#include "llvm/Passes/PassBuilder.h"
+#include "llvm/Support/FileSystem.h"
+#include "llvm/Support/raw_ostream.h"
+#include "llvm/Target/TargetMachine.h"
+#include "llvm/TargetParser/X86TargetParser.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+#include <functional>
+#include <memory>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+namespace kt::codegen {
+namespace {
+
+using namespace llvm;
+using gguf::GgmlType;
+
+constexpr const char *kTriple = "x86_64-unknown-linux-gnu";
+constexpr int kChunk = 32; // values per vector chunk (one Q8_0 block, one K-quant group)
+
+bool hasFeature(const CpuCodeTarget &target, const char *name) {
+  return std::find(target.features.begin(), target.features.end(), name) != target.features.end();
+}
+
+// The code is compiled for the x86-64 baseline plus the target's features
+// that the runtime checks on the host (tuned for the target CPU), so it can
+// use nothing a host that passes the check lacks.
+std::vector<std::string> codeFeatures(const CpuCodeTarget &target) {
+  std::vector<std::string> features;
+  for (const std::string &feature : cpu::checkedIsaFeatures())
+    if (hasFeature(target, feature.c_str()))
+      features.push_back(feature);
+  return features;
+}
+
+std::string featureString(const std::vector<std::string> &features) {
+  std::string text;
+  for (const std::string &feature : features)
+    text += (text.empty() ? "+" : ",+") + feature;
+  return text;
+}
+
+// Tokens whose dot products share one decoding of the weights: as many as
+// the accumulators of 32 floats fit in the vector registers.
+int tokenBlockFor(int vectorBits) { return vectorBits == 512 ? 4 : vectorBits == 256 ? 2 : 1; }
+
+// ------------------------------------------------------------------ IR helpers
+
+class KernelBuilder {
+public:
+  KernelBuilder(Module &module, Function *function)
+      : module_(module), function_(function), b_(module.getContext()) {}
+
+  IRBuilder<> &b() { return b_; }
+  LLVMContext &context() { return module_.getContext(); }
+  Type *f32() { return b_.getFloatTy(); }
+  Type *i8() { return b_.getInt8Ty(); }
+  Type *i64() { return b_.getInt64Ty(); }
+  VectorType *vec(Type *element, unsigned lanes) { return FixedVectorType::get(element, lanes); }
+  Value *i64c(int64_t v) { return b_.getInt64(static_cast<uint64_t>(v)); }
+
+  BasicBlock *block(const char *name) { return BasicBlock::Create(context(), name, function_); }
+
+  // for (i = begin; i < end; i += step) with loop-carried values; returns
+  // their values after the loop. `body` gets i and the carried values and
+  // returns their next values.
+  std::vector<Value *> loop(Value *begin, Value *end, int64_t step, std::vector<Value *> init,
+                            const std::function<std::vector<Value *>(Value *, const std::vector<Value *> &)> &body) {
+    BasicBlock *pre = b_.GetInsertBlock();
+    BasicBlock *header = block("loop"), *bodyBlock = block("body"), *exit = block("exit");
+    b_.CreateBr(header);
+    b_.SetInsertPoint(header);
+    PHINode *index = b_.CreatePHI(i64(), 2, "i");
+    index->addIncoming(begin, pre);
+    std::vector<PHINode *> phis;
+    std::vector<Value *> carried;
+    for (Value *value : init) {
+      PHINode *phi = b_.CreatePHI(value->getType(), 2);
+      phi->addIncoming(value, pre);
+      phis.push_back(phi);
+      carried.push_back(phi);
+    }
+    b_.CreateCondBr(b_.CreateICmpSLT(index, end), bodyBlock, exit);
+    b_.SetInsertPoint(bodyBlock);
+    std::vector<Value *> next = body(index, carried);
+    Value *nextIndex = b_.CreateAdd(index, i64c(step));
+    BasicBlock *latch = b_.GetInsertBlock();
+    b_.CreateBr(header);
+    index->addIncoming(nextIndex, latch);
+    for (size_t i = 0; i < phis.size(); ++i)
+      phis[i]->addIncoming(next[i], latch);
+    b_.SetInsertPoint(exit);
+    return carried;
+  }
+
+  Value *loadBytes(Value *base, int64_t offset, unsigned count) {
+    Value *address = b_.CreateGEP(i8(), base, i64c(offset));
+    return b_.CreateAlignedLoad(vec(i8(), count), address, Align(1));
+  }
+  Value *loadByte(Value *base, int64_t offset) {
+    return b_.CreateLoad(i8(), b_.CreateGEP(i8(), base, i64c(offset)));
+  }
+  Value *loadFloats(Value *base, Value *index, unsigned count) {
+    return b_.CreateAlignedLoad(vec(f32(), count), b_.CreateGEP(f32(), base, index), Align(4));
+  }
+  Value *splatBytes(uint8_t value, unsigned lanes = kChunk) {
+    return ConstantVector::getSplat(ElementCount::getFixed(lanes), b_.getInt8(value));
+  }
+  Value *splat(Value *scalar, unsigned lanes = kChunk) { return b_.CreateVectorSplat(lanes, scalar); }
+
+  // IEEE half at `base + offset` to float, in integer arithmetic (no F16C
+  // or library call needed on any target): the magnitude bits shifted into
+  // float position and scaled by 2^112 (exact for normals and subnormals),
+  // infinity/NaN exponents fixed up, the sign put back.
+  Value *loadHalf(Value *base, int64_t offset) {
+    Value *half = b_.CreateAlignedLoad(b_.getInt16Ty(), b_.CreateGEP(i8(), base, i64c(offset)),
+                                       Align(1));
+    Value *bits = b_.CreateZExt(half, b_.getInt32Ty());
+    Value *magnitude = b_.CreateShl(b_.CreateAnd(bits, 0x7fff), 13);
+    Value *scaled = b_.CreateFMul(b_.CreateBitCast(magnitude, f32()),
+                                  ConstantFP::get(f32(), 5.192296858534828e33)); // 2^112
+    Value *special = b_.CreateICmpEQ(b_.CreateAnd(bits, 0x7c00), b_.getInt32(0x7c00));
+    Value *infNan = b_.CreateOr(magnitude, b_.getInt32(0x7f800000));
+    Value *unsignedBits = b_.CreateSelect(special, infNan, b_.CreateBitCast(scaled, b_.getInt32Ty()));
+    Value *sign = b_.CreateShl(b_.CreateAnd(bits, 0x8000), 16);
+    return b_.CreateBitCast(b_.CreateOr(unsignedBits, sign), f32());
+  }
+
+  Value *fmuladd(Value *a, Value *x, Value *acc) {
+    return b_.CreateIntrinsic(Intrinsic::fmuladd, {a->getType()}, {a, x, acc});
+  }
+  Value *reduceAdd(Value *vector) {
+    CallInst *sum = b_.CreateFAddReduce(ConstantFP::getNegativeZero(f32()), vector);
+    FastMathFlags flags;
+    flags.setAllowReassoc();
+    sum->setFastMathFlags(flags);
+    return sum;
+  }
+
+private:
+  Module &module_;
+  Function *function_;
+  IRBuilder<> b_;
+};
+
+// ------------------------------------------------------------------ weight types
+
+// 32 weights of a block as floats with their scale (a float, or 32 floats),
+// to be multiplied with x[xOffset, xOffset + 32) of the block.
+struct Chunk {
+  Value *values;
+  Value *scale;
+  int64_t xOffset;
+};
+
+// One block of a weight type decoded: its chunks and, for types with
+// per-group minimums, the 8 coefficients that multiply the sums of x over
+// the block's 8 runs of 32 (subtracted).
+struct DecodedBlock {
+  std::vector<Chunk> chunks;
+  Value *minimums = nullptr;
+};
+
+struct TypeCodegen {
+  int64_t blockValues;
+  bool hasMinimums;
+  bool vectorScales; // a chunk's halves have their own scales (q6_K)
+  std::function<DecodedBlock(KernelBuilder &, Value *block)> decode;
+};
+
+// Scales d * sc[j] and minimums dmin * m[j] of the 8 groups of a q4_K/q5_K
+// block, unpacked from the 12 scale bytes with vector operations (GGML's
+// get_scale_min_k4 for all j at once):
+//   j < 4: sc = b[j] & 63,                          m = b[j + 4] & 63
+//   j >= 4: sc = (b[j + 4] & 15) | (b[j - 4] >> 6) << 4, m = (b[j + 4] >> 4) | (b[j] >> 6) << 4
+struct KScales {
+  Value *scales;   // <8 x float>
+  Value *minimums; // <8 x float>
+};
+KScales kScales(KernelBuilder &k, Value *block) {
+  IRBuilder<> &b = k.b();
+  Value *d = k.loadHalf(block, 0), *dmin = k.loadHalf(block, 2);
+  Value *bytes = k.loadBytes(block, 4, 12);
+  auto pick = [&](std::initializer_list<int> indices) {
+    SmallVector<int, 8> mask(indices.begin(), indices.end());
+    return b.CreateShuffleVector(bytes, bytes, mask);
+  };
+  auto splat8 = [&](uint8_t v) { return k.splatBytes(v, 8); };
+  Value *low4 = ConstantVector::get({b.getTrue(), b.getTrue(), b.getTrue(), b.getTrue(),
+                                     b.getFalse(), b.getFalse(), b.getFalse(), b.getFalse()});
+  Value *a = pick({0, 1, 2, 3, 8, 9, 10, 11});   // b[j], then b[j + 4]
+  Value *top = pick({0, 1, 2, 3, 0, 1, 2, 3});   // b[j - 4] for j >= 4
+  Value *c = pick({4, 5, 6, 7, 8, 9, 10, 11});   // b[j + 4]
+  Value *topM = pick({4, 5, 6, 7, 4, 5, 6, 7});  // b[j] for j >= 4
+  Value *highBits = [&](Value *v) { return b.CreateShl(b.CreateLShr(v, splat8(6)), splat8(4)); }(top);
+  Value *scaleBits = b.CreateSelect(low4, b.CreateAnd(a, splat8(63)),
+                                    b.CreateOr(b.CreateAnd(a, splat8(15)), highBits));
+  Value *minBits = b.CreateSelect(
+      low4, b.CreateAnd(c, splat8(63)),
+      b.CreateOr(b.CreateLShr(c, splat8(4)), b.CreateShl(b.CreateLShr(topM, splat8(6)), splat8(4))));
+  VectorType *f8 = k.vec(k.f32(), 8);
+  return {b.CreateFMul(k.splat(d, 8), b.CreateUIToFP(scaleBits, f8)),
+          b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8))};
+}
+
+TypeCodegen typeCodegen(GgmlType type) {
+  switch (type) {
+  case GgmlType::Q8_0:
+    // {d: f16, qs: int8[32]}: w = d * q.
+    return {32, false, false, [](KernelBuilder &k, Value *block) {
+              Value *q = k.b().CreateSIToFP(k.loadBytes(block, 2, kChunk), k.vec(k.f32(), kChunk));
+              return DecodedBlock{{{q, k.loadHalf(block, 0), 0}}, nullptr};
+            }};
+  case GgmlType::Q4_K:
+    // {d, dmin: f16, scales: 12 bytes, qs: 128 bytes}; per 64 values 32
+    // bytes, low nibbles the first 32, high nibbles the next:
+    // w = d * sc[g] * q - dmin * m[g].
+    return {256, true, false, [](KernelBuilder &k, Value *block) {
+              IRBuilder<> &b = k.b();
+              KScales scales = kScales(k, block);
+              DecodedBlock out;
+              out.minimums = scales.minimums;
+              for (int j = 0; j < 4; ++j) {
+                Value *q = k.loadBytes(block, 16 + 32 * j, kChunk);
+                Value *low = b.CreateAnd(q, k.splatBytes(0xF));
+                Value *high = b.CreateLShr(q, k.splatBytes(4));
+                out.chunks.push_back({b.CreateUIToFP(low, k.vec(k.f32(), kChunk)), b.CreateExtractElement(scales.scales, static_cast<uint64_t>(2 * j)), 64 * j});
+                out.chunks.push_back({b.CreateUIToFP(high, k.vec(k.f32(), kChunk)), b.CreateExtractElement(scales.scales, static_cast<uint64_t>(2 * j + 1)), 64 * j + 32});
+              }
+              return out;
+            }};
+  case GgmlType::Q5_K:
+    // q4_K plus qh: 32 bytes whose bits 2j and 2j+1 are the fifth bits of
+    // the low and high nibbles of the j-th 64 values.
+    return {256, true, false, [](KernelBuilder &k, Value *block) {
+              IRBuilder<> &b = k.b();
+              KScales scales = kScales(k, block);
+              DecodedBlock out;
+              out.minimums = scales.minimums;
+              Value *qh = k.loadBytes(block, 16, kChunk);
+              for (int j = 0; j < 4; ++j) {
+                Value *q = k.loadBytes(block, 48 + 32 * j, kChunk);
+                Value *bitLow = b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(2 * j))), k.splatBytes(1));
+                Value *bitHigh = b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(2 * j + 1))), k.splatBytes(1));
+                Value *low = b.CreateOr(b.CreateAnd(q, k.splatBytes(0xF)), b.CreateShl(bitLow, k.splatBytes(4)));
+                Value *high = b.CreateOr(b.CreateLShr(q, k.splatBytes(4)), b.CreateShl(bitHigh, k.splatBytes(4)));
+                out.chunks.push_back({b.CreateUIToFP(low, k.vec(k.f32(), kChunk)), b.CreateExtractElement(scales.scales, static_cast<uint64_t>(2 * j)), 64 * j});
+                out.chunks.push_back({b.CreateUIToFP(high, k.vec(k.f32(), kChunk)), b.CreateExtractElement(scales.scales, static_cast<uint64_t>(2 * j + 1)), 64 * j + 32});
+              }
+              return out;
+            }};
+  case GgmlType::Q6_K:
+    // {ql: 128 bytes, qh: 64 bytes, scales: int8[16], d: f16}; per 128
+    // values, 4 runs of 32 from the nibbles of ql and 2-bit pairs of qh,
+    // minus 32, each half of a run with its own scale: w = d * sc[i] * q.
+    return {256, false, true, [](KernelBuilder &k, Value *block) {
+              IRBuilder<> &b = k.b();
+              Value *d = k.loadHalf(block, 208);
+              DecodedBlock out;
+              SmallVector<Constant *, kChunk> firstHalf;
+              for (int lane = 0; lane < kChunk; ++lane)
+                firstHalf.push_back(b.getInt1(lane < 16));
+              Value *firstHalfMask = ConstantVector::get(firstHalf);
+              auto scale = [&](int index) {
+                return b.CreateFMul(d, b.CreateSIToFP(k.loadByte(block, 192 + index), k.f32()));
+              };
+              for (int n = 0; n < 2; ++n) {
+                Value *qlA = k.loadBytes(block, 64 * n, kChunk);
+                Value *qlB = k.loadBytes(block, 64 * n + 32, kChunk);
+                Value *qh = k.loadBytes(block, 128 + 32 * n, kChunk);
+                auto upper = [&](int shift) {
+                  return b.CreateShl(b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(shift))), k.splatBytes(3)), k.splatBytes(4));
+                };
+                Value *runs[4] = {
+                    b.CreateOr(b.CreateAnd(qlA, k.splatBytes(0xF)), upper(0)),
+                    b.CreateOr(b.CreateAnd(qlB, k.splatBytes(0xF)), upper(2)),
+                    b.CreateOr(b.CreateLShr(qlA, k.splatBytes(4)), upper(4)),
+                    b.CreateOr(b.CreateLShr(qlB, k.splatBytes(4)), upper(6)),
+                };
+                for (int r = 0; r < 4; ++r) {
+                  Value *centered = b.CreateSub(runs[r], k.splatBytes(32));
+                  Value *values = b.CreateSIToFP(centered, k.vec(k.f32(), kChunk));
+                  Value *scales = b.CreateSelect(firstHalfMask, k.splat(scale(8 * n + 2 * r)),
+                                                 k.splat(scale(8 * n + 2 * r + 1)));
+                  out.chunks.push_back({values, scales, 128 * n + 32 * r});
+                }
+              }
+              return out;
+            }};
+  default:
+    return {0, false, false, nullptr};
+  }
+}
+
+// ------------------------------------------------------------------ kernels
+
+void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCodeTarget &target) {
+  LLVMContext &context = module.getContext();
+  const TypeCodegen codegen = typeCodegen(request.type);
+  const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(request.type);
+  const int64_t blocks = request.cols / codegen.blockValues;
+  // Small blocks (q8_0) are decoded several per loop iteration.
+  int64_t unroll = 1;
+  while (codegen.blockValues * unroll < 128 && blocks % (unroll * 2) == 0)
+    unroll *= 2;
+  const int vectorBits = vectorBitsFor(target);
+  const int64_t runsPerRow = request.cols / 32;
+
+  Type *ptr = PointerType::get(context, 0);
+  Type *i64 = Type::getInt64Ty(context);
+  FunctionType *type = FunctionType::get(Type::getVoidTy(context),
+                                         {ptr, i64, i64, ptr, i64, ptr, i64, ptr, i64}, false);
+  Function *function = Function::Create(type, GlobalValue::ExternalLinkage,
+                                        cpu::rowKernelSymbol(request.type, request.cols), module);
+  function->addFnAttr(Attribute::NoUnwind);
+  function->addFnAttr("target-cpu", "x86-64");
+  function->addFnAttr("tune-cpu", target.cpu);
+  function->addFnAttr("target-features", featureString(codeFeatures(target)));
+  // Without these, targets that prefer 256-bit vectors split the 512-bit ones.
+  function->addFnAttr("min-legal-vector-width", std::to_string(vectorBits));
+  function->addFnAttr("prefer-vector-width", std::to_string(vectorBits));
+  function->addParamAttr(7, Attribute::NoAlias);
+  Argument *args = function->arg_begin();
+  Value *w = &args[0], *rowBytes = &args[1], *rows = &args[2], *x = &args[3], *ldx = &args[4],
+        *xsum = &args[5], *tokens = &args[6], *y = &args[7], *ldy = &args[8];
+
+  KernelBuilder k(module, function);
+  IRBuilder<> &b = k.b();
+  b.SetInsertPoint(k.block("entry"));
+  Value *zero = k.i64c(0);
+  const int tokenBlock = tokenBlockFor(vectorBits);
+
+  // The dot products of one row with tokens [t, t + count). For one token
+  // and a scale per chunk, the chunk's two halves are summed before the
+  // scale is applied (3 vector operations per 32 weights instead of 4);
+  // with several tokens the scaled weights are shared instead.
+  auto dotTokens = [&](Value *row, Value *t, int count) {
+    const bool sumFirst = count == 1 && !codegen.vectorScales;
+    const unsigned accumulatorLanes = sumFirst ? kChunk / 2 : kChunk;
+    Value *rowBase = b.CreateGEP(k.i8(), w, b.CreateMul(row, rowBytes));
+    std::vector<Value *> init;
+    for (int j = 0; j < count; ++j)
+      init.push_back(ConstantAggregateZero::get(k.vec(k.f32(), accumulatorLanes)));
+    if (codegen.hasMinimums)
+      for (int j = 0; j < count; ++j)
+        init.push_back(ConstantAggregateZero::get(k.vec(k.f32(), 8)));
+    std::vector<Value *> sums = k.loop(zero, k.i64c(blocks), unroll, init,
+        [&](Value *block, const std::vector<Value *> &carried) {
+          std::vector<Value *> next = carried;
+          for (int64_t u = 0; u < unroll; ++u) {
+            Value *index = b.CreateAdd(block, k.i64c(u));
+            Value *blockBase = b.CreateGEP(k.i8(), rowBase, b.CreateMul(index, k.i64c(traits.blockBytes)));
+            DecodedBlock decoded = codegen.decode(k, blockBase);
+            Value *xBlock = b.CreateMul(index, k.i64c(codegen.blockValues));
+            for (const Chunk &chunk : decoded.chunks) {
+              if (sumFirst) {
+                SmallVector<int, 16> lowHalf, highHalf;
+                for (int lane = 0; lane < kChunk / 2; ++lane) {
+                  lowHalf.push_back(lane);
+                  highHalf.push_back(lane + kChunk / 2);
+                }
+                Value *at = b.CreateAdd(b.CreateMul(t, ldx), b.CreateAdd(xBlock, k.i64c(chunk.xOffset)));
+                Value *xLow = k.loadFloats(x, at, kChunk / 2);
+                Value *xHigh = k.loadFloats(x, b.CreateAdd(at, k.i64c(kChunk / 2)), kChunk / 2);
+                Value *qLow = b.CreateShuffleVector(chunk.values, chunk.values, lowHalf);
+                Value *qHigh = b.CreateShuffleVector(chunk.values, chunk.values, highHalf);
+                Value *sum = k.fmuladd(qLow, xLow, b.CreateFMul(qHigh, xHigh));
+                next[0] = k.fmuladd(sum, k.splat(chunk.scale, kChunk / 2), next[0]);
+                continue;
+              }
+              Value *scale = chunk.scale->getType()->isVectorTy() ? chunk.scale : k.splat(chunk.scale);
+              Value *weights = b.CreateFMul(chunk.values, scale);
+              for (int j = 0; j < count; ++j) {
+                Value *token = b.CreateAdd(t, k.i64c(j));
+                Value *at = b.CreateAdd(b.CreateMul(token, ldx), b.CreateAdd(xBlock, k.i64c(chunk.xOffset)));
+                next[j] = k.fmuladd(weights, k.loadFloats(x, at, kChunk), next[j]);
+              }
+            }
+            if (decoded.minimums)
+              for (int j = 0; j < count; ++j) {
+                Value *token = b.CreateAdd(t, k.i64c(j));
+                Value *at = b.CreateAdd(b.CreateMul(token, k.i64c(runsPerRow)), b.CreateMul(index, k.i64c(8)));
+                next[count + j] = k.fmuladd(decoded.minimums, k.loadFloats(xsum, at, 8), next[count + j]);
+              }
+          }
+          return next;
+        });
+    for (int j = 0; j < count; ++j) {
+      Value *dot = k.reduceAdd(sums[j]);
+      if (codegen.hasMinimums)
+        dot = b.CreateFSub(dot, k.reduceAdd(sums[count + j]));
+      Value *token = b.CreateAdd(t, k.i64c(j));
+      Value *out = b.CreateGEP(k.f32(), y, b.CreateAdd(b.CreateMul(token, ldy), row));
+      b.CreateStore(dot, out);
+    }
+  };
+
+  k.loop(zero, rows, 1, {}, [&](Value *row, const std::vector<Value *> &) {
+    Value *blockedEnd = b.CreateMul(b.CreateSDiv(tokens, k.i64c(tokenBlock)), k.i64c(tokenBlock));
+    k.loop(zero, blockedEnd, tokenBlock, {}, [&](Value *t, const std::vector<Value *> &) {
+      dotTokens(row, t, tokenBlock);
+      return std::vector<Value *>{};
+    });
+    if (tokenBlock > 1)
+      k.loop(blockedEnd, tokens, 1, {}, [&](Value *t, const std::vector<Value *> &) {
+        dotTokens(row, t, 1);
+        return std::vector<Value *>{};
+      });
+    return std::vector<Value *>{};
+  });
+  b.CreateRetVoid();
+}
+
+StatusOr<std::unique_ptr<TargetMachine>> targetMachine(const CpuCodeTarget &target) {
+  static const bool initialized = [] {
+    LLVMInitializeX86TargetInfo();
+    LLVMInitializeX86Target();
+    LLVMInitializeX86TargetMC();
+    LLVMInitializeX86AsmPrinter();
+    return true;
+  }();
+  (void)initialized;
+  std::string error;
+  const Target *x86 = TargetRegistry::lookupTarget(kTriple, error);
+  if (!x86)
+    return Status::error("LLVM has no x86-64 target: " + error);
+  llvm::TargetOptions options;
+  std::unique_ptr<TargetMachine> machine(
+      x86->createTargetMachine(kTriple, "x86-64", featureString(codeFeatures(target)), options,
+                               Reloc::PIC_, std::nullopt, CodeGenOpt::Aggressive));
+  if (!machine)
+    return Status::error("LLVM cannot target the CPU '" + target.cpu + "'");
+  return machine;
+}
+
+StatusOr<std::unique_ptr<Module>> buildModule(LLVMContext &context,
+                                              const std::vector<RowKernelRequest> &requests,
+                                              const CpuCodeTarget &target,
+                                              TargetMachine &machine) {
+  auto module = std::make_unique<Module>("kt_cpu_experts", context);
+  module->setTargetTriple(kTriple);
+  module->setDataLayout(machine.createDataLayout());
+  for (const RowKernelRequest &request : requests) {
+    std::string reason = unsupportedReason(request);
+    if (!reason.empty())
+      return Status::error(reason);
+    if (!module->getFunction(cpu::rowKernelSymbol(request.type, request.cols)))
+      emitRowKernel(*module, request, target);
+  }
+  std::string problems;
+  raw_string_ostream stream(problems);
+  if (verifyModule(*module, &stream))
+    return Status::error("internal error: the generated CPU kernels do not verify: " + stream.str());
+  return module;
+}
+
+void optimize(Module &module, TargetMachine &machine) {
+  LoopAnalysisManager loops;
+  FunctionAnalysisManager functions;
+  CGSCCAnalysisManager cgscc;
+  ModuleAnalysisManager modules;
+  PassBuilder builder(&machine);
+  builder.registerModuleAnalyses(modules);
+  builder.registerCGSCCAnalyses(cgscc);
+  builder.registerFunctionAnalyses(functions);
+  builder.registerLoopAnalyses(loops);
+  builder.crossRegisterProxies(loops, functions, cgscc, modules);
+  builder.buildPerModuleDefaultPipeline(OptimizationLevel::O3).run(module, modules);
+}
+
+// Runs the system linker (binutils' ld, which g++ brings) to make a shared
+// object of one relocatable object; the kernels call nothing, so no library
+// is linked.
+Status linkShared(const std::string &object, const std::string &shared) {
+  std::vector<std::string> argv = {"ld", "-shared", "--hash-style=gnu", "-z", "noexecstack",
+                                   "-o", shared, object};
+  std::vector<char *> pointers;
+  for (std::string &arg : argv)
+    pointers.push_back(arg.data());
+  pointers.push_back(nullptr);
+  pid_t pid = 0;
+  int spawned = posix_spawnp(&pid, "ld", nullptr, nullptr, pointers.data(), environ);
+  if (spawned != 0)
+    return Status::error("cannot run the linker 'ld' to build " + shared + ": " +
+                         std::strerror(spawned) +
+                         "; install binutils (Debian: apt-get install binutils)");
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return Status::error("the linker 'ld' failed to build " + shared + " (its message is above)");
+  return Status::success();
+}
+
+} // namespace
+
+StatusOr<CpuCodeTarget> namedCpuTarget(const std::string &cpu) {
+  if (cpu != "x86-64" && !X86::parseArchX86(cpu, /*Only64Bit=*/true))
+    return Status::error("'" + cpu + "' is not an x86-64 CPU LLVM knows");
+  SmallVector<StringRef, 64> implied;
+  X86::getFeaturesForCPU(cpu, implied);
+  CpuCodeTarget target;
+  target.cpu = cpu;
+  for (StringRef feature : implied)
+    target.features.push_back(feature.str());
+  return target;
+}
+
+int vectorBitsFor(const CpuCodeTarget &target) {
+  if (hasFeature(target, "avx512f"))
+    return 512;
+  if (hasFeature(target, "avx2"))
+    return 256;
+  return 128;
+}
+
+std::string unsupportedReason(const RowKernelRequest &request) {
+  const TypeCodegen codegen = typeCodegen(request.type);
+  const std::string type(gguf::ggmlTypeName(request.type));
+  if (!codegen.decode)
+    return "no generated CPU kernel for weights of type " + type +
+           " (types with kernels: q8_0, q4_K, q5_K, q6_K)";
+  if (request.cols <= 0 || request.cols % codegen.blockValues != 0)
+    return "rows of " + std::to_string(request.cols) + " " + type + " values are not whole " +
+           std::to_string(codegen.blockValues) + "-value blocks";
+  return {};
+}
+
+std::vector<RowKernelRequest> expertKernelRequests(const plan::Plan &plan) {
+  std::vector<RowKernelRequest> requests;
+  for (const plan::Op &op : plan.ops) {
+    if (op.kind != "routed_experts" || (op.prefillDevice != "cpu" && op.decodeDevice != "cpu"))
+      continue;
+    for (const plan::Weight &weight : op.weights) {
+      std::optional<GgmlType> type = gguf::parseGgmlType(weight.type);
+      if (!type || weight.shape.empty())
+        continue;
+      RowKernelRequest request{*type, weight.shape[0]};
+      bool known = std::any_of(requests.begin(), requests.end(), [&](const RowKernelRequest &r) {
+        return r.type == request.type && r.cols == request.cols;
+      });
+      if (!known && unsupportedReason(request).empty())
+        requests.push_back(request);
+    }
+  }
+  return requests;
+}
+
+StatusOr<std::string> rowKernelIr(const std::vector<RowKernelRequest> &requests,
+                                  const CpuCodeTarget &target) {
+  StatusOr<std::unique_ptr<TargetMachine>> machine = targetMachine(target);
+  if (!machine)
+    return machine.status();
+  LLVMContext context;
+  StatusOr<std::unique_ptr<Module>> module = buildModule(context, requests, target, **machine);
+  if (!module)
+    return module.status();
+  std::string text;
+  raw_string_ostream stream(text);
+  (*module)->print(stream, nullptr);
+  return stream.str();
+}
+
+StatusOr<plan::CpuCode> buildCpuCode(const std::vector<RowKernelRequest> &requests,
+                                     const CpuCodeTarget &target, const std::string &sharedPath,
+                                     const std::string &planDirectory) {
+  StatusOr<std::unique_ptr<TargetMachine>> machine = targetMachine(target);
+  if (!machine)
+    return machine.status();
+  LLVMContext context;
+  StatusOr<std::unique_ptr<Module>> module = buildModule(context, requests, target, **machine);
+  if (!module)
+    return module.status();
+  optimize(**module, **machine);
+
+  const std::string suffix = ".tmp-" + std::to_string(getpid());
+  const std::string object = sharedPath + suffix + ".o", temporary = sharedPath + suffix;
+  auto cleanUp = [&] {
+    std::error_code ignored;
+    std::filesystem::remove(object, ignored);
+    std::filesystem::remove(temporary, ignored);
+  };
+  {
+    std::error_code error;
+    raw_fd_ostream out(object, error, sys::fs::OF_None);
+    if (error)
+      return Status::error("cannot write " + object + ": " + error.message());
+    legacy::PassManager passes;
+    if ((*machine)->addPassesToEmitFile(passes, out, nullptr, CGFT_ObjectFile)) {
+      cleanUp();
+      return Status::error("LLVM cannot emit object code for the CPU '" + target.cpu + "'");
+    }
+    passes.run(**module);
+    out.flush();
+    if (out.has_error()) {
+      out.clear_error();
+      cleanUp();
+      return Status::error("cannot write " + object + " (disk full?)");
+    }
+  }
+  if (Status linked = linkShared(object, temporary); !linked.ok()) {
+    cleanUp();
+    return linked;
+  }
+  std::error_code error;
+  std::filesystem::rename(temporary, sharedPath, error);
+  if (error) {
+    cleanUp();
+    return Status::error("cannot write " + sharedPath + ": " + error.message());
+  }
+  std::filesystem::remove(object, error);
+
+  plan::CpuCode code;
+  code.file = std::filesystem::relative(sharedPath, planDirectory.empty() ? "." : planDirectory,
+                                        error)
+                  .string();
+  if (error || code.file.empty())
+    code.file = std::filesystem::absolute(sharedPath, error).string();
+  code.size = std::filesystem::file_size(sharedPath, error);
+  StatusOr<std::string> hash = cpu::codeFileHash(sharedPath);
+  if (!hash)
+    return hash.status();
+  code.hash = *hash;
+  code.cpu = target.cpu;
+  code.features = codeFeatures(target);
+  code.vectorBits = vectorBitsFor(target);
+  for (const RowKernelRequest &request : requests) {
+    std::string symbol = cpu::rowKernelSymbol(request.type, request.cols);
+    bool listed = std::any_of(code.kernels.begin(), code.kernels.end(),
+                              [&](const plan::CpuCodeKernel &k) { return k.symbol == symbol; });
+    if (!listed)
+      code.kernels.push_back({std::string(gguf::ggmlTypeName(request.type)), request.cols, symbol});
+  }
+  return code;
+}
+
+} // namespace kt::codegen

@@ -1,0 +1,113 @@
+#include "runtime/cpu/GeneratedKernels.h"
+
+#include <algorithm>
+#include <cinttypes>
+#include <cstdio>
+#include <dlfcn.h>
+#include <filesystem>
+#include <fstream>
+#include <xxhash.h>
+
+namespace kt::cpu {
+
+bool hasGeneratedRowKernel(gguf::GgmlType type) {
+  return type == gguf::GgmlType::Q8_0 || type == gguf::GgmlType::Q4_K ||
+         type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K;
+}
+
+std::string rowKernelSymbol(gguf::GgmlType type, int64_t cols) {
+  return "kt_rows_" + std::string(gguf::ggmlTypeName(type)) + "_" + std::to_string(cols);
+}
+
+void sumRunsOf32(const float *x, int64_t ldx, int64_t cols, int64_t tokens, float *xsum) {
+  const int64_t runs = cols / 32;
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t r = 0; r < runs; ++r) {
+      const float *v = x + t * ldx + r * 32;
+      float sum = 0;
+      for (int i = 0; i < 32; ++i)
+        sum += v[i];
+      xsum[t * runs + r] = sum;
+    }
+}
+
+StatusOr<std::string> codeFileHash(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in)
+    return Status::error("cannot read " + path);
+  XXH3_state_t *state = XXH3_createState();
+  XXH3_64bits_reset(state);
+  std::vector<char> buffer(1 << 16);
+  while (in) {
+    in.read(buffer.data(), static_cast<std::streamsize>(buffer.size()));
+    XXH3_64bits_update(state, buffer.data(), static_cast<size_t>(in.gcount()));
+  }
+  uint64_t hash = XXH3_64bits_digest(state);
+  XXH3_freeState(state);
+  char text[17];
+  std::snprintf(text, sizeof text, "%016" PRIx64, hash);
+  return std::string(text);
+}
+
+StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
+    const plan::CpuCode &code, const std::string &planPath,
+    const std::vector<std::string> &hostFeatures) {
+  namespace fs = std::filesystem;
+  const fs::path planDirectory = fs::path(planPath).parent_path();
+  const std::string path = (planDirectory / code.file).string();
+  const std::string recompile = "; recompile the plan with ktc compile (it writes the code "
+                                "object beside the plan).";
+  // The ISA first: a plan for another CPU is refused before anything is loaded.
+  for (const std::string &feature : code.features)
+    if (std::find(hostFeatures.begin(), hostFeatures.end(), feature) == hostFeatures.end())
+      return Status::error(planPath + ": its CPU expert code " + path + " was compiled for " +
+                           code.cpu + " and uses " + feature +
+                           ", which this host lacks. Recompile the plan on this host (ktc "
+                           "compile without --target-cpu) or for an older CPU this host "
+                           "covers (--target-cpu haswell, or --target-cpu x86-64 for any "
+                           "x86-64).");
+  std::error_code error;
+  const uint64_t size = fs::file_size(path, error);
+  if (error)
+    return Status::error(planPath + ": its CPU expert code " + path + " is missing" + recompile);
+  StatusOr<std::string> hash = codeFileHash(path);
+  if (!hash)
+    return hash.status();
+  if (size != code.size || *hash != code.hash)
+    return Status::error(planPath + ": its CPU expert code " + path +
+                         " is not the file the plan was compiled with (size " +
+                         std::to_string(size) + ", hash " + *hash + "; the plan recorded " +
+                         std::to_string(code.size) + ", " + code.hash + ")" + recompile);
+
+  std::unique_ptr<GeneratedKernels> kernels(new GeneratedKernels());
+  kernels->path_ = path;
+  kernels->handle_ = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+  if (!kernels->handle_)
+    return Status::error(planPath + ": cannot load its CPU expert code " + path + ": " +
+                         dlerror() + recompile);
+  for (const plan::CpuCodeKernel &kernel : code.kernels) {
+    std::optional<gguf::GgmlType> type = gguf::parseGgmlType(kernel.type);
+    if (!type || kernel.symbol != rowKernelSymbol(*type, kernel.cols))
+      return Status::error(planPath + ": cpu_code lists the kernel '" + kernel.symbol +
+                           "' for " + kernel.type + " rows of " + std::to_string(kernel.cols) +
+                           " values, which this runtime does not know" + recompile);
+    void *symbol = dlsym(kernels->handle_, kernel.symbol.c_str());
+    if (!symbol)
+      return Status::error(planPath + ": its CPU expert code " + path + " lacks the kernel " +
+                           kernel.symbol + recompile);
+    kernels->kernels_[{*type, kernel.cols}] = reinterpret_cast<RowKernel>(symbol);
+  }
+  return kernels;
+}
+
+GeneratedKernels::~GeneratedKernels() {
+  if (handle_)
+    dlclose(handle_);
+}
+
+RowKernel GeneratedKernels::find(gguf::GgmlType type, int64_t cols) const {
+  auto it = kernels_.find({type, cols});
+  return it == kernels_.end() ? nullptr : it->second;
+}
+
+} // namespace kt::cpu

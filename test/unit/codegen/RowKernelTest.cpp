@@ -1,0 +1,181 @@
+// The generated CPU row kernels: compiled for several x86-64 targets, loaded
+// as the runtime loads them, and run (on the targets this host supports)
+// against double-precision dot products of the dequantized rows.
+#include "compiler/CpuCodegen/RowKernelGenerator.h"
+#include "runtime/cpu/GeneratedKernels.h"
+#include "runtime/cpu/IsaVariants.h"
+#include "runtime/quant/Quant.h"
+#include "test/unit/common/TempDir.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+namespace kt::codegen {
+namespace {
+
+using gguf::GgmlType;
+
+const std::vector<RowKernelRequest> kRequests = {
+    {GgmlType::Q8_0, 256}, {GgmlType::Q8_0, 7168}, {GgmlType::Q4_K, 512},
+    {GgmlType::Q4_K, 2048}, {GgmlType::Q5_K, 768}, {GgmlType::Q6_K, 512},
+};
+
+bool hostRuns(const plan::CpuCode &code) {
+  std::vector<std::string> host = cpu::hostCpuFeatures();
+  return std::all_of(code.features.begin(), code.features.end(), [&](const std::string &f) {
+    return std::find(host.begin(), host.end(), f) != host.end();
+  });
+}
+
+// Gaussian weights quantized to `type`, `rows` rows of `cols`.
+std::vector<uint8_t> randomRows(GgmlType type, int64_t rows, int64_t cols, std::mt19937 &random) {
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> values(static_cast<size_t>(cols));
+  const uint64_t rowBytes = *gguf::ggmlRowBytes(type, cols);
+  std::vector<uint8_t> data(rowBytes * static_cast<uint64_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    for (float &v : values)
+      v = normal(random) * 0.05f;
+    EXPECT_TRUE(quant::quantize(type, values.data(), data.data() + r * rowBytes, cols).ok());
+  }
+  return data;
+}
+
+void checkKernel(const cpu::GeneratedKernels &kernels, const RowKernelRequest &request,
+                 const std::string &cpuName) {
+  SCOPED_TRACE(cpuName + " " + std::string(gguf::ggmlTypeName(request.type)) + ":" +
+               std::to_string(request.cols));
+  cpu::RowKernel kernel = kernels.find(request.type, request.cols);
+  ASSERT_NE(kernel, nullptr);
+  std::mt19937 random(static_cast<uint32_t>(request.cols) * 31u + static_cast<uint32_t>(request.type));
+  const int64_t rows = 37, cols = request.cols;
+  const uint64_t rowBytes = *gguf::ggmlRowBytes(request.type, cols);
+  std::vector<uint8_t> weights = randomRows(request.type, rows, cols, random);
+  std::vector<float> decoded(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    ASSERT_TRUE(quant::dequantize(request.type, weights.data() + r * rowBytes,
+                                  decoded.data() + r * cols, cols)
+                    .ok());
+  // Token counts around the kernels' token blocks of 1, 2 and 4.
+  for (int64_t tokens : {1, 2, 3, 4, 5, 9}) {
+    const int64_t ldx = cols + 8, ldy = rows + 3;
+    std::uniform_real_distribution<float> uniform(-0.5f, 1.5f); // a mean, for the minimums
+    std::vector<float> x(static_cast<size_t>(tokens * ldx));
+    for (float &v : x)
+      v = uniform(random);
+    std::vector<float> sums(static_cast<size_t>(tokens * cols / 32));
+    cpu::sumRunsOf32(x.data(), ldx, cols, tokens, sums.data());
+    std::vector<float> y(static_cast<size_t>(tokens * ldy), -7.0f);
+    kernel(weights.data(), rowBytes, rows, x.data(), ldx, sums.data(), tokens, y.data(), ldy);
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t r = 0; r < rows; ++r) {
+        double dot = 0, magnitude = 0;
+        for (int64_t c = 0; c < cols; ++c) {
+          double product = double(decoded[r * cols + c]) * x[t * ldx + c];
+          dot += product;
+          magnitude += std::fabs(product);
+        }
+        EXPECT_NEAR(y[t * ldy + r], dot, 2e-6 * magnitude + 1e-7)
+            << "token " << t << " of " << tokens << ", row " << r;
+      }
+      for (int64_t pad = rows; pad < ldy; ++pad)
+        EXPECT_EQ(y[t * ldy + pad], -7.0f) << "wrote outside its rows";
+    }
+  }
+}
+
+class RowKernels : public ::testing::TestWithParam<const char *> {};
+
+TEST_P(RowKernels, MatchDequantizedDotProducts) {
+  test::TempDir dir("row-kernels");
+  StatusOr<CpuCodeTarget> target = namedCpuTarget(GetParam());
+  ASSERT_TRUE(target.ok()) << target.message();
+  const std::string shared = (dir.path() / "kernels.so").string();
+  StatusOr<plan::CpuCode> code = buildCpuCode(kRequests, *target, shared, dir.path().string());
+  ASSERT_TRUE(code.ok()) << code.message();
+  EXPECT_EQ(code->file, "kernels.so");
+  EXPECT_EQ(code->kernels.size(), kRequests.size());
+  EXPECT_EQ(code->vectorBits, vectorBitsFor(*target));
+  for (const std::string &feature : code->features)
+    EXPECT_NE(std::find(cpu::checkedIsaFeatures().begin(), cpu::checkedIsaFeatures().end(), feature),
+              cpu::checkedIsaFeatures().end())
+        << feature << " is not a feature the runtime checks";
+  if (!hostRuns(*code))
+    GTEST_SKIP() << "this host cannot run code for " << GetParam();
+  StatusOr<std::unique_ptr<cpu::GeneratedKernels>> kernels =
+      cpu::GeneratedKernels::load(*code, (dir.path() / "m.plan").string(), cpu::hostCpuFeatures());
+  ASSERT_TRUE(kernels.ok()) << kernels.message();
+  for (const RowKernelRequest &request : kRequests)
+    checkKernel(**kernels, request, GetParam());
+}
+
+INSTANTIATE_TEST_SUITE_P(Targets, RowKernels,
+                         ::testing::Values("x86-64", "haswell", "skylake-avx512",
+                                           "sapphirerapids"),
+                         [](const auto &info) {
+                           std::string name = info.param;
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name;
+                         });
+
+TEST(RowKernels, VectorWidthFollowsTheTarget) {
+  EXPECT_EQ(vectorBitsFor(*namedCpuTarget("x86-64")), 128);
+  EXPECT_EQ(vectorBitsFor(*namedCpuTarget("haswell")), 256);
+  EXPECT_EQ(vectorBitsFor(*namedCpuTarget("skylake-avx512")), 512);
+  EXPECT_FALSE(namedCpuTarget("pentium-pro-9000").ok());
+}
+
+TEST(RowKernels, RefusesUnsupportedRequests) {
+  EXPECT_NE(unsupportedReason({GgmlType::Q4_0, 256}).find("no generated CPU kernel"), std::string::npos);
+  EXPECT_NE(unsupportedReason({GgmlType::Q4_K, 300}).find("256-value blocks"), std::string::npos);
+  EXPECT_EQ(unsupportedReason({GgmlType::Q6_K, 7168}), "");
+  test::TempDir dir("row-kernels-bad");
+  StatusOr<plan::CpuCode> code = buildCpuCode({{GgmlType::Q4_K, 100}}, *namedCpuTarget("haswell"),
+                                              (dir.path() / "k.so").string(), dir.path().string());
+  EXPECT_FALSE(code.ok());
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "k.so")) << "a failed build left a file";
+}
+
+// The runtime refuses code for an ISA the host lacks, a file that is not
+// the one the plan recorded, and a missing file.
+TEST(RowKernels, LoaderRefusesWrongHostsAndFiles) {
+  test::TempDir dir("row-kernels-load");
+  const std::string shared = (dir.path() / "k.so").string();
+  StatusOr<plan::CpuCode> code = buildCpuCode({{GgmlType::Q8_0, 256}}, *namedCpuTarget("skylake-avx512"),
+                                              shared, dir.path().string());
+  ASSERT_TRUE(code.ok()) << code.message();
+  const std::string planPath = (dir.path() / "m.plan").string();
+
+  std::vector<std::string> oldHost = {"sse3", "ssse3", "sse4.1", "sse4.2", "popcnt", "avx", "avx2", "fma"};
+  StatusOr<std::unique_ptr<cpu::GeneratedKernels>> refused = cpu::GeneratedKernels::load(*code, planPath, oldHost);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("skylake-avx512"), std::string::npos) << refused.message();
+  EXPECT_NE(refused.message().find("which this host lacks"), std::string::npos) << refused.message();
+  EXPECT_NE(refused.message().find("--target-cpu"), std::string::npos) << refused.message();
+
+  std::vector<std::string> everything = code->features;
+  plan::CpuCode tampered = *code;
+  tampered.hash = "0123456789abcdef";
+  StatusOr<std::unique_ptr<cpu::GeneratedKernels>> wrongFile = cpu::GeneratedKernels::load(tampered, planPath, everything);
+  ASSERT_FALSE(wrongFile.ok());
+  EXPECT_NE(wrongFile.message().find("not the file the plan was compiled with"), std::string::npos);
+
+  plan::CpuCode unknown = *code;
+  unknown.kernels.push_back({"q8_0", 512, "kt_rows_q8_0_512"});
+  StatusOr<std::unique_ptr<cpu::GeneratedKernels>> lacking = cpu::GeneratedKernels::load(unknown, planPath, everything);
+  ASSERT_FALSE(lacking.ok());
+  EXPECT_NE(lacking.message().find("lacks the kernel kt_rows_q8_0_512"), std::string::npos) << lacking.message();
+
+  std::filesystem::remove(shared);
+  StatusOr<std::unique_ptr<cpu::GeneratedKernels>> missing = cpu::GeneratedKernels::load(*code, planPath, everything);
+  ASSERT_FALSE(missing.ok());
+  EXPECT_NE(missing.message().find("is missing"), std::string::npos) << missing.message();
+}
+
+} // namespace
+} // namespace kt::codegen
