@@ -54,7 +54,9 @@ StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
     const std::vector<std::string> &hostFeatures) {
   namespace fs = std::filesystem;
   const fs::path planDirectory = fs::path(planPath).parent_path();
-  const std::string path = (planDirectory / code.file).string();
+  // Absolute: dlopen() searches the library path for a name without a slash.
+  std::error_code absoluteError;
+  const std::string path = fs::absolute(planDirectory / code.file, absoluteError).string();
   const std::string recompile = "; recompile the plan with ktc compile (it writes the code "
                                 "object beside the plan).";
   // The ISA first: a plan for another CPU is refused before anything is loaded.

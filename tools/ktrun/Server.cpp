@@ -9,6 +9,10 @@
 #include <chrono>
 #include <condition_variable>
 #include <csignal>
+#include <unistd.h>
+#include <signal.h>
+#include <cstring>
+#include <cerrno>
 #include <cstdio>
 #include <ctime>
 #include <map>
@@ -717,6 +721,14 @@ private:
   std::atomic<uint64_t> counter_{0};
 };
 
+// The self-pipe that carries a stop signal to the waiter thread.
+int gStopPipe[2] = {-1, -1};
+extern "C" void onStopSignal(int) {
+  const char byte = 1;
+  ssize_t ignored = write(gStopPipe[1], &byte, 1); // async-signal-safe
+  (void)ignored;
+}
+
 } // namespace
 
 int serve(std::unique_ptr<Session> session, const ServerOptions &options) {
@@ -726,14 +738,20 @@ int serve(std::unique_ptr<Session> session, const ServerOptions &options) {
                  executor.sequenceCount(), options.parallel);
     return 1;
   }
-  // SIGINT/SIGTERM end the server through a thread that waits for them;
-  // every other thread (httplib's pool and the scheduler included) inherits
-  // the blocked mask.
-  sigset_t stopSignals;
-  sigemptyset(&stopSignals);
-  sigaddset(&stopSignals, SIGINT);
-  sigaddset(&stopSignals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stopSignals, nullptr);
+  // SIGINT/SIGTERM end the server: whichever thread gets one (the
+  // executor's workers exist before this point, with the default mask)
+  // writes a byte to a pipe that a waiter thread reads, which stops the
+  // HTTP server.
+  if (pipe(gStopPipe) != 0) {
+    std::fprintf(stderr, "ktrun: error: cannot create a pipe: %s\n", std::strerror(errno));
+    return 1;
+  }
+  struct sigaction onStop {};
+  onStop.sa_handler = onStopSignal;
+  onStop.sa_flags = SA_RESTART;
+  sigemptyset(&onStop.sa_mask);
+  sigaction(SIGINT, &onStop, nullptr);
+  sigaction(SIGTERM, &onStop, nullptr);
   std::signal(SIGPIPE, SIG_IGN); // a vanished client is a failed write, not death
 
   BatchScheduler scheduler(executor, session->tokenizer(), options.queue, executor.chunkSize());
@@ -793,11 +811,13 @@ int serve(std::unique_ptr<Session> session, const ServerOptions &options) {
                  options.host.c_str(), options.port);
     return 1;
   }
-  std::atomic<bool> signalled{false};
+  std::atomic<bool> signalled{false}, listening{true};
   std::thread signalWaiter([&] {
-    int signal = 0;
-    sigwait(&stopSignals, &signal);
-    signalled = true;
+    char byte = 0;
+    while (read(gStopPipe[0], &byte, 1) < 0 && errno == EINTR) {
+    }
+    if (listening)
+      signalled = true;
     http.stop();
   });
   std::fprintf(stderr, "ktrun: serving %s with %d batched slots of %lld tokens of KV cache, "
@@ -806,8 +826,9 @@ int serve(std::unique_ptr<Session> session, const ServerOptions &options) {
                static_cast<long long>(session->cacheCapacity()), options.queue,
                options.host.c_str(), port);
   bool ok = http.listen_after_bind();
+  listening = false;
   if (!signalled) // listen failed on its own: wake the waiter to join it
-    pthread_kill(signalWaiter.native_handle(), SIGTERM);
+    onStopSignal(0);
   signalWaiter.join();
   return ok || signalled ? 0 : 1;
 }

@@ -24,10 +24,14 @@ import time
 TIMEOUT = 60
 
 
+CPU_INFER = "1"  # threads per server; --cpu-infer changes it
+
+
 class Server:
     def __init__(self, ktrun, plan, *flags):
         self.process = subprocess.Popen(
-            [ktrun, plan, "--serve", "--port", "0", "--cpu-infer", "1", "--no-progress", *flags],
+            [ktrun, plan, "--serve", "--port", "0", "--cpu-infer", CPU_INFER, "--no-progress",
+             *flags],
             stderr=subprocess.PIPE, text=True)
         deadline = time.time() + TIMEOUT
         while True:
@@ -467,7 +471,10 @@ def main():
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--parallel", default="2")
     parser.add_argument("--openai-sdk", help="only the openai SDK test, with the SDK in this dir")
+    parser.add_argument("--cpu-infer", default="1", help="threads of each server")
     args = parser.parse_args()
+    global CPU_INFER
+    CPU_INFER = args.cpu_infer
     ktrun = args.ktrun if os.path.sep in args.ktrun else shutil.which(args.ktrun)
     signal.alarm(600)  # a hung server fails the test instead of hanging it
     if args.openai_sdk:
