@@ -135,7 +135,8 @@ int main(int argc, char **argv) {
     return 1;
   }
   cpu::ThreadPool pool(threads);
-  const size_t poolBytes = static_cast<size_t>(poolGiB * (1ull << 30));
+  // At least two of the largest matrices (q8_0 7168 x 2048, 15 MiB).
+  const size_t poolBytes = std::max<size_t>(static_cast<size_t>(poolGiB * (1ull << 30)), 32u << 20);
   std::vector<uint8_t> buffer(poolBytes);
   std::mt19937_64 random(7);
   for (size_t i = 0; i < buffer.size(); i += 8) {
@@ -177,6 +178,12 @@ int main(int argc, char **argv) {
       for (float &v : x)
         v = normal(random);
       cpu::sumRunsOf32(x.data(), shape.cols, shape.cols, 1, xsum.data());
+      // Integer kernels read x quantized; f32 kernels ignore these.
+      std::vector<int8_t> xq(static_cast<size_t>(shape.cols));
+      std::vector<float> xqScale(static_cast<size_t>(shape.cols / 256));
+      std::vector<int32_t> xqSum16(static_cast<size_t>(shape.cols / 16));
+      cpu::quantizeActivations(x.data(), shape.cols, shape.cols, 1, xq.data(), xqScale.data(),
+                               xqSum16.data());
       std::vector<float> y(static_cast<size_t>(shape.rows));
       const int64_t tasks = pool.threadCount() * 4;
       const int64_t rowsPerTask = (shape.rows + tasks - 1) / tasks;
@@ -192,7 +199,8 @@ int main(int argc, char **argv) {
               return;
             if (generated) {
               kernel(matrix + static_cast<uint64_t>(begin) * rowBytes, rowBytes, end - begin, x.data(),
-                     shape.cols, xsum.data(), 1, y.data() + begin, shape.rows);
+                     shape.cols, xsum.data(), xq.data(), xqScale.data(), xqSum16.data(), 1,
+                     y.data() + begin, shape.rows);
             } else {
               cpu::WeightMatrix w{*type, matrix, shape.rows, shape.cols, rowBytes};
               cpu::matmulRows(w, begin, end, x.data(), shape.cols, 1, y.data() + begin, shape.rows,

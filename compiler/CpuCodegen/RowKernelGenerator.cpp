@@ -5,6 +5,7 @@
 
 #include "llvm-c/Target.h"
 #include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/IntrinsicsX86.h"
 #include "llvm/IR/LLVMContext.h"
 #include "llvm/IR/LegacyPassManager.h"
 #include "llvm/IR/Module.h"
@@ -67,8 +68,8 @@ int tokenBlockFor(int vectorBits) { return vectorBits == 512 ? 4 : vectorBits ==
 
 class KernelBuilder {
 public:
-  KernelBuilder(Module &module, Function *function)
-      : module_(module), function_(function), b_(module.getContext()) {}
+  KernelBuilder(Module &module, Function *function, bool hasF16C)
+      : module_(module), function_(function), b_(module.getContext()), hasF16C_(hasF16C) {}
 
   IRBuilder<> &b() { return b_; }
   LLVMContext &context() { return module_.getContext(); }
@@ -127,13 +128,15 @@ public:
   }
   Value *splat(Value *scalar, unsigned lanes = kChunk) { return b_.CreateVectorSplat(lanes, scalar); }
 
-  // IEEE half at `base + offset` to float, in integer arithmetic (no F16C
-  // or library call needed on any target): the magnitude bits shifted into
+  // IEEE half at `base + offset` to float: with F16C one instruction, else
+  // in integer arithmetic (no library call on any target): the magnitude bits shifted into
   // float position and scaled by 2^112 (exact for normals and subnormals),
   // infinity/NaN exponents fixed up, the sign put back.
   Value *loadHalf(Value *base, int64_t offset) {
     Value *half = b_.CreateAlignedLoad(b_.getInt16Ty(), b_.CreateGEP(i8(), base, i64c(offset)),
                                        Align(1));
+    if (hasF16C_) // one conversion instruction
+      return b_.CreateFPExt(b_.CreateBitCast(half, b_.getHalfTy()), f32());
     Value *bits = b_.CreateZExt(half, b_.getInt32Ty());
     Value *magnitude = b_.CreateShl(b_.CreateAnd(bits, 0x7fff), 13);
     Value *scaled = b_.CreateFMul(b_.CreateBitCast(magnitude, f32()),
@@ -160,6 +163,7 @@ private:
   Module &module_;
   Function *function_;
   IRBuilder<> b_;
+  bool hasF16C_;
 };
 
 // ------------------------------------------------------------------ weight types
@@ -193,8 +197,9 @@ struct TypeCodegen {
 //   j < 4: sc = b[j] & 63,                          m = b[j + 4] & 63
 //   j >= 4: sc = (b[j + 4] & 15) | (b[j - 4] >> 6) << 4, m = (b[j + 4] >> 4) | (b[j] >> 6) << 4
 struct KScales {
-  Value *scales;   // <8 x float>
-  Value *minimums; // <8 x float>
+  Value *scales;    // <8 x float>
+  Value *minimums;  // <8 x float>
+  Value *scaleBits; // <8 x i8>: the 6-bit scales sc[j]
 };
 KScales kScales(KernelBuilder &k, Value *block) {
   IRBuilder<> &b = k.b();
@@ -219,7 +224,7 @@ KScales kScales(KernelBuilder &k, Value *block) {
       b.CreateOr(b.CreateLShr(c, splat8(4)), b.CreateShl(b.CreateLShr(topM, splat8(6)), splat8(4))));
   VectorType *f8 = k.vec(k.f32(), 8);
   return {b.CreateFMul(k.splat(d, 8), b.CreateUIToFP(scaleBits, f8)),
-          b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8))};
+          b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8)), scaleBits};
 }
 
 TypeCodegen typeCodegen(GgmlType type) {
@@ -313,8 +318,30 @@ TypeCodegen typeCodegen(GgmlType type) {
 
 // ------------------------------------------------------------------ kernels
 
-void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCodeTarget &target) {
+// The kernel's function with the ABI of runtime/cpu/GeneratedKernels.h:
+// (w, rowBytes, rows, x, ldx, xsum, xq, xqScale, xqSum16, tokens, y, ldy).
+Function *createKernelFunction(Module &module, const RowKernelRequest &request,
+                               const CpuCodeTarget &target) {
   LLVMContext &context = module.getContext();
+  Type *ptr = PointerType::get(context, 0);
+  Type *i64 = Type::getInt64Ty(context);
+  FunctionType *type = FunctionType::get(
+      Type::getVoidTy(context), {ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr, i64}, false);
+  Function *function = Function::Create(type, GlobalValue::ExternalLinkage,
+                                        cpu::rowKernelSymbol(request.type, request.cols), module);
+  const int vectorBits = vectorBitsFor(target);
+  function->addFnAttr(Attribute::NoUnwind);
+  function->addFnAttr("target-cpu", "x86-64");
+  function->addFnAttr("tune-cpu", target.cpu);
+  function->addFnAttr("target-features", featureString(codeFeatures(target)));
+  // Without these, targets that prefer 256-bit vectors split the 512-bit ones.
+  function->addFnAttr("min-legal-vector-width", std::to_string(vectorBits));
+  function->addFnAttr("prefer-vector-width", std::to_string(vectorBits));
+  function->addParamAttr(10, Attribute::NoAlias);
+  return function;
+}
+
+void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCodeTarget &target) {
   const TypeCodegen codegen = typeCodegen(request.type);
   const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(request.type);
   const int64_t blocks = request.cols / codegen.blockValues;
@@ -325,25 +352,12 @@ void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCod
   const int vectorBits = vectorBitsFor(target);
   const int64_t runsPerRow = request.cols / 32;
 
-  Type *ptr = PointerType::get(context, 0);
-  Type *i64 = Type::getInt64Ty(context);
-  FunctionType *type = FunctionType::get(Type::getVoidTy(context),
-                                         {ptr, i64, i64, ptr, i64, ptr, i64, ptr, i64}, false);
-  Function *function = Function::Create(type, GlobalValue::ExternalLinkage,
-                                        cpu::rowKernelSymbol(request.type, request.cols), module);
-  function->addFnAttr(Attribute::NoUnwind);
-  function->addFnAttr("target-cpu", "x86-64");
-  function->addFnAttr("tune-cpu", target.cpu);
-  function->addFnAttr("target-features", featureString(codeFeatures(target)));
-  // Without these, targets that prefer 256-bit vectors split the 512-bit ones.
-  function->addFnAttr("min-legal-vector-width", std::to_string(vectorBits));
-  function->addFnAttr("prefer-vector-width", std::to_string(vectorBits));
-  function->addParamAttr(7, Attribute::NoAlias);
+  Function *function = createKernelFunction(module, request, target);
   Argument *args = function->arg_begin();
   Value *w = &args[0], *rowBytes = &args[1], *rows = &args[2], *x = &args[3], *ldx = &args[4],
-        *xsum = &args[5], *tokens = &args[6], *y = &args[7], *ldy = &args[8];
+        *xsum = &args[5], *tokens = &args[9], *y = &args[10], *ldy = &args[11];
 
-  KernelBuilder k(module, function);
+  KernelBuilder k(module, function, hasFeature(target, "f16c"));
   IRBuilder<> &b = k.b();
   b.SetInsertPoint(k.block("entry"));
   Value *zero = k.i64c(0);
@@ -430,6 +444,224 @@ void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCod
   b.CreateRetVoid();
 }
 
+
+// ------------------------------------------------------------------ int8 kernels
+
+// Whether `request` gets the integer kernel on `target`: AVX-512 VNNI, and
+// rows of whole 256-value runs (the activations' quantization blocks).
+bool usesInt8(const RowKernelRequest &request, const CpuCodeTarget &target) {
+  return target.int8Activations && hasFeature(target, "avx512bw") &&
+         hasFeature(target, "avx512vnni") &&
+         hasFeature(target, "f16c") && request.cols % 256 == 0 &&
+         (request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K ||
+          request.type == GgmlType::Q6_K || request.type == GgmlType::Q8_0);
+}
+
+// One 256-value run of weights prepared for integer dot products with the
+// int8 activations: 64-byte pieces of unsigned weight values, each with the
+// activation bytes it multiplies, and how the products are scaled.
+struct Int8Piece {
+  Value *weights;     // <64 x i8>, unsigned
+  int64_t xqOffset;   // first activation byte within the run
+  Value *scales16;    // <32 x i16> integer scale per pair of products (k-quants), or null
+  Value *laneScales;  // <16 x float> per i32 lane (q8_0), or null
+  int corrBlock = -1; // q8_0: the piece's first 32-block in the run
+};
+struct Int8Run {
+  std::vector<Int8Piece> pieces;
+  Value *scale = nullptr;     // float factor of the integer sum (k-quants)
+  Value *minimums = nullptr;  // q4_K/q5_K: dmin * m[g], subtracted times the x sums
+  Value *subScales = nullptr; // q6_K: <16 x i32> sub-block scales (for the -32 offset)
+  Value *blockScales = nullptr; // q8_0: <8 x float> d of the run's 8 blocks
+};
+
+Value *concat(IRBuilder<> &b, Value *low, Value *high) {
+  SmallVector<int, 64> mask;
+  for (int i = 0; i < 64; ++i)
+    mask.push_back(i);
+  return b.CreateShuffleVector(low, high, mask);
+}
+
+// <32 x i16> whose lanes [8i, 8i + 8) hold `scales`[indices[i]] (a pair of
+// products per lane: 8 lanes cover 16 values).
+Value *pairScales(IRBuilder<> &b, Value *scales, std::initializer_list<int> indices) {
+  SmallVector<int, 32> mask;
+  const int lanesPerIndex = 32 / static_cast<int>(indices.size());
+  for (int index : indices)
+    for (int lane = 0; lane < lanesPerIndex; ++lane)
+      mask.push_back(index);
+  return b.CreateShuffleVector(scales, scales, mask);
+}
+
+Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
+  IRBuilder<> &b = k.b();
+  Int8Run run;
+  auto fpext = [&](Value *base, int64_t offset) { return k.loadHalf(base, offset); };
+  if (type == GgmlType::Q4_K || type == GgmlType::Q5_K) {
+    KScales scales = kScales(k, block);
+    run.scale = fpext(block, 0);
+    run.minimums = scales.minimums;
+    Value *sc16 = b.CreateZExt(scales.scaleBits, k.vec(b.getInt16Ty(), 8));
+    const bool five = type == GgmlType::Q5_K;
+    Value *qh = five ? k.loadBytes(block, 16, kChunk) : nullptr;
+    for (int j = 0; j < 4; ++j) {
+      Value *q = k.loadBytes(block, (five ? 48 : 16) + 32 * j, kChunk);
+      Value *low = b.CreateAnd(q, k.splatBytes(0xF));
+      Value *high = b.CreateLShr(q, k.splatBytes(4));
+      if (five) {
+        auto bit = [&](int shift) {
+          return b.CreateShl(b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(shift))), k.splatBytes(1)), k.splatBytes(4));
+        };
+        low = b.CreateOr(low, bit(2 * j));
+        high = b.CreateOr(high, bit(2 * j + 1));
+      }
+      run.pieces.push_back({concat(b, low, high), 64 * j, pairScales(b, sc16, {2 * j, 2 * j + 1}), nullptr});
+    }
+    return run;
+  }
+  if (type == GgmlType::Q6_K) {
+    run.scale = fpext(block, 208);
+    Value *sc = b.CreateSExt(k.loadBytes(block, 192, 16), k.vec(b.getInt16Ty(), 16));
+    run.subScales = b.CreateSExt(sc, k.vec(b.getInt32Ty(), 16));
+    for (int n = 0; n < 2; ++n) {
+      Value *qlA = k.loadBytes(block, 64 * n, kChunk), *qlB = k.loadBytes(block, 64 * n + 32, kChunk);
+      Value *qh = k.loadBytes(block, 128 + 32 * n, kChunk);
+      auto upper = [&](int shift) {
+        return b.CreateShl(b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(shift))), k.splatBytes(3)), k.splatBytes(4));
+      };
+      Value *run0 = b.CreateOr(b.CreateAnd(qlA, k.splatBytes(0xF)), upper(0));
+      Value *run1 = b.CreateOr(b.CreateAnd(qlB, k.splatBytes(0xF)), upper(2));
+      Value *run2 = b.CreateOr(b.CreateLShr(qlA, k.splatBytes(4)), upper(4));
+      Value *run3 = b.CreateOr(b.CreateLShr(qlB, k.splatBytes(4)), upper(6));
+      const int s0 = 8 * n;
+      run.pieces.push_back({concat(b, run0, run1), 128 * n, pairScales(b, sc, {s0, s0 + 1, s0 + 2, s0 + 3}), nullptr});
+      run.pieces.push_back({concat(b, run2, run3), 128 * n + 64, pairScales(b, sc, {s0 + 4, s0 + 5, s0 + 6, s0 + 7}), nullptr});
+    }
+    return run;
+  }
+  // q8_0: 8 blocks of {d: f16, qs: int8[32]}; signed weights made unsigned
+  // by flipping the sign bit (w + 128), the 128 * sum(x) this adds taken off.
+  Value *halves = UndefValue::get(k.vec(b.getInt16Ty(), 8));
+  for (int blockIndex = 0; blockIndex < 8; ++blockIndex) {
+    Value *bits = b.CreateAlignedLoad(b.getInt16Ty(), b.CreateGEP(k.i8(), block, k.i64c(34 * blockIndex)), Align(1));
+    halves = b.CreateInsertElement(halves, bits, static_cast<uint64_t>(blockIndex));
+  }
+  run.blockScales = b.CreateFPExt(b.CreateBitCast(halves, k.vec(b.getHalfTy(), 8)), k.vec(k.f32(), 8));
+  for (int p = 0; p < 4; ++p) {
+    Value *a = k.loadBytes(block, 34 * (2 * p) + 2, kChunk), *c = k.loadBytes(block, 34 * (2 * p + 1) + 2, kChunk);
+    Value *weights = b.CreateXor(concat(b, a, c), k.splatBytes(0x80, 64));
+    SmallVector<int, 16> mask;
+    for (int lane = 0; lane < 16; ++lane)
+      mask.push_back(lane < 8 ? 2 * p : 2 * p + 1);
+    Value *laneScales = b.CreateShuffleVector(run.blockScales, run.blockScales, mask);
+    Int8Piece piece{weights, 64 * p, nullptr, laneScales};
+    piece.corrBlock = 2 * p;
+    run.pieces.push_back(piece);
+  }
+  return run;
+}
+
+void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const CpuCodeTarget &target) {
+  const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(request.type);
+  const int64_t runs = request.cols / 256;
+  const uint64_t runBytes = static_cast<uint64_t>(traits.blockBytes) * static_cast<uint64_t>(256 / traits.blockSize);
+  Function *function = createKernelFunction(module, request, target);
+  Argument *args = function->arg_begin();
+  Value *w = &args[0], *rowBytes = &args[1], *rows = &args[2], *xq = &args[6],
+        *xqScale = &args[7], *xqSum16 = &args[8], *tokens = &args[9], *y = &args[10], *ldy = &args[11];
+  KernelBuilder k(module, function, hasFeature(target, "f16c"));
+  IRBuilder<> &b = k.b();
+  b.SetInsertPoint(k.block("entry"));
+  Value *zero = k.i64c(0);
+  const int tokenBlock = 4;
+  VectorType *i32x16 = k.vec(b.getInt32Ty(), 16), *f32x16 = k.vec(k.f32(), 16);
+  VectorType *f32x8 = k.vec(k.f32(), 8);
+  const bool hasMinimums = request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K;
+
+  auto dotTokens = [&](Value *row, Value *t, int count) {
+    Value *rowBase = b.CreateGEP(k.i8(), w, b.CreateMul(row, rowBytes));
+    std::vector<Value *> init;
+    for (int j = 0; j < count; ++j)
+      init.push_back(ConstantAggregateZero::get(f32x16));
+    for (int j = 0; j < count; ++j)
+      init.push_back(ConstantAggregateZero::get(f32x8));
+    std::vector<Value *> sums = k.loop(zero, k.i64c(runs), 1, init,
+        [&](Value *runIndex, const std::vector<Value *> &carried) {
+          std::vector<Value *> next = carried;
+          Value *runBase = b.CreateGEP(k.i8(), rowBase, b.CreateMul(runIndex, k.i64c(static_cast<int64_t>(runBytes))));
+          Int8Run run = decodeInt8Run(k, request.type, runBase);
+          for (int j = 0; j < count; ++j) {
+            Value *token = b.CreateAdd(t, k.i64c(j));
+            Value *xqRun = b.CreateGEP(k.i8(), xq, b.CreateAdd(b.CreateMul(token, k.i64c(request.cols)), b.CreateMul(runIndex, k.i64c(256))));
+            Value *dx = b.CreateLoad(k.f32(), b.CreateGEP(k.f32(), xqScale, b.CreateAdd(b.CreateMul(token, k.i64c(runs)), runIndex)));
+            Value *sums16 = b.CreateAlignedLoad(i32x16, b.CreateGEP(b.getInt32Ty(), xqSum16, b.CreateAdd(b.CreateMul(token, k.i64c(request.cols / 16)), b.CreateMul(runIndex, k.i64c(16)))), Align(4));
+            // Sums of the int8 activations over each 32-value run.
+            SmallVector<int, 8> evens, odds;
+            for (int i = 0; i < 8; ++i) {
+              evens.push_back(2 * i);
+              odds.push_back(2 * i + 1);
+            }
+            Value *sums32 = b.CreateAdd(b.CreateShuffleVector(sums16, sums16, evens),
+                                        b.CreateShuffleVector(sums16, sums16, odds));
+            if (run.blockScales) {
+              // q8_0: per piece, the integer dots of its two blocks, less
+              // 128 times their activation sums, scaled per block.
+              Value *offsets = b.CreateShl(sums32, ConstantVector::getSplat(ElementCount::getFixed(8), b.getInt32(7)));
+              Value *zeros = ConstantAggregateZero::get(k.vec(b.getInt32Ty(), 8));
+              for (const Int8Piece &piece : run.pieces) {
+                Value *xv = b.CreateAlignedLoad(k.vec(k.i8(), 64), b.CreateGEP(k.i8(), xqRun, k.i64c(piece.xqOffset)), Align(1));
+                Value *dot = b.CreateIntrinsic(Intrinsic::x86_avx512_vpdpbusd_512, {},
+                                               {ConstantAggregateZero::get(i32x16), b.CreateBitCast(piece.weights, i32x16), b.CreateBitCast(xv, i32x16)});
+                SmallVector<int, 16> mask;
+                for (int lane = 0; lane < 16; ++lane)
+                  mask.push_back(lane == 0 ? piece.corrBlock : lane == 8 ? piece.corrBlock + 1 : 8);
+                Value *correction = b.CreateShuffleVector(offsets, zeros, mask);
+                Value *exact = b.CreateSub(dot, correction);
+                next[j] = k.fmuladd(b.CreateSIToFP(exact, f32x16), b.CreateFMul(piece.laneScales, k.splat(dx, 16)), next[j]);
+              }
+              continue;
+            }
+            Value *acc = ConstantAggregateZero::get(i32x16);
+            for (const Int8Piece &piece : run.pieces) {
+              Value *xv = b.CreateAlignedLoad(k.vec(k.i8(), 64), b.CreateGEP(k.i8(), xqRun, k.i64c(piece.xqOffset)), Align(1));
+              Value *pairs = b.CreateIntrinsic(Intrinsic::x86_avx512_pmaddubs_w_512, {}, {piece.weights, xv});
+              acc = b.CreateIntrinsic(Intrinsic::x86_avx512_vpdpwssd_512, {},
+                                      {acc, b.CreateBitCast(pairs, i32x16), b.CreateBitCast(piece.scales16, i32x16)});
+            }
+            if (run.subScales) {
+              // q6_K stores w + 32: take off 32 * sum(sc[i] * sum16(x)[i]).
+              Value *offset = b.CreateShl(b.CreateAddReduce(b.CreateMul(run.subScales, sums16)), 5);
+              acc = b.CreateSub(acc, b.CreateInsertElement(ConstantAggregateZero::get(i32x16), offset, uint64_t(0)));
+            }
+            next[j] = k.fmuladd(b.CreateSIToFP(acc, f32x16), k.splat(b.CreateFMul(run.scale, dx), 16), next[j]);
+            if (hasMinimums) // dmin * m[g] times the sum of the int8 activations of group g
+              next[count + j] = k.fmuladd(run.minimums, b.CreateFMul(b.CreateSIToFP(sums32, f32x8), k.splat(dx, 8)),
+                                          next[count + j]);
+          }
+          return next;
+        });
+    for (int j = 0; j < count; ++j) {
+      Value *dot = b.CreateFSub(k.reduceAdd(sums[j]), k.reduceAdd(sums[count + j]));
+      Value *token = b.CreateAdd(t, k.i64c(j));
+      b.CreateStore(dot, b.CreateGEP(k.f32(), y, b.CreateAdd(b.CreateMul(token, ldy), row)));
+    }
+  };
+
+  k.loop(zero, rows, 1, {}, [&](Value *row, const std::vector<Value *> &) {
+    Value *blockedEnd = b.CreateMul(b.CreateSDiv(tokens, k.i64c(tokenBlock)), k.i64c(tokenBlock));
+    k.loop(zero, blockedEnd, tokenBlock, {}, [&](Value *t, const std::vector<Value *> &) {
+      dotTokens(row, t, tokenBlock);
+      return std::vector<Value *>{};
+    });
+    k.loop(blockedEnd, tokens, 1, {}, [&](Value *t, const std::vector<Value *> &) {
+      dotTokens(row, t, 1);
+      return std::vector<Value *>{};
+    });
+    return std::vector<Value *>{};
+  });
+  b.CreateRetVoid();
+}
+
 StatusOr<std::unique_ptr<TargetMachine>> targetMachine(const CpuCodeTarget &target) {
   static const bool initialized = [] {
     LLVMInitializeX86TargetInfo();
@@ -463,7 +695,11 @@ StatusOr<std::unique_ptr<Module>> buildModule(LLVMContext &context,
     std::string reason = unsupportedReason(request);
     if (!reason.empty())
       return Status::error(reason);
-    if (!module->getFunction(cpu::rowKernelSymbol(request.type, request.cols)))
+    if (module->getFunction(cpu::rowKernelSymbol(request.type, request.cols)))
+      continue;
+    if (usesInt8(request, target))
+      emitInt8RowKernel(*module, request, target);
+    else
       emitRowKernel(*module, request, target);
   }
   std::string problems;
@@ -648,7 +884,8 @@ StatusOr<plan::CpuCode> buildCpuCode(const std::vector<RowKernelRequest> &reques
     bool listed = std::any_of(code.kernels.begin(), code.kernels.end(),
                               [&](const plan::CpuCodeKernel &k) { return k.symbol == symbol; });
     if (!listed)
-      code.kernels.push_back({std::string(gguf::ggmlTypeName(request.type)), request.cols, symbol});
+      code.kernels.push_back({std::string(gguf::ggmlTypeName(request.type)), request.cols, symbol,
+                              usesInt8(request, target) ? "q8" : "f32"});
   }
   return code;
 }

@@ -32,26 +32,35 @@ std::vector<RowTask> splitRows(const std::vector<FfnBatch> &batches, RowsOf rows
 }
 
 // y = W x for rows [rowBegin, rowEnd): the generated kernel when the matrix
-// has one (and the sums it needs were computed), else the reference.
+// has one (and its inputs were prepared), else the reference.
 void rowsProduct(const WeightMatrix &w, int64_t rowBegin, int64_t rowEnd, const float *x,
-                 const float *xSums, int64_t tokens, float *y, int64_t ldy, float *scratch) {
-  if (w.kernel && xSums) {
-    w.kernel(w.data + static_cast<uint64_t>(rowBegin) * w.rowBytes, w.rowBytes, rowEnd - rowBegin,
-             x, w.cols, xSums, tokens, y, ldy);
+                 const KernelInput &in, int64_t tokens, float *y, int64_t ldy, float *scratch) {
+  const LoadedKernel &kernel = w.kernel;
+  if (kernel.function && in.sums && (!kernel.quantizedInput || in.quantized)) {
+    kernel.function(w.data + static_cast<uint64_t>(rowBegin) * w.rowBytes, w.rowBytes,
+                    rowEnd - rowBegin, x, w.cols, in.sums, in.quantized, in.scales, in.sums16,
+                    tokens, y, ldy);
     return;
   }
   matmulRows(w, rowBegin, rowEnd, x, w.cols, tokens, y, ldy, scratch);
 }
 
-// The sums of runs of 32 a generated kernel reads, for every batch that
-// has one (in parallel over batches).
+// The inputs generated kernels read, for every batch that has such a
+// kernel (in parallel over batches).
 template <typename Select>
-void computeRunSums(ThreadPool &pool, const std::vector<FfnBatch> &batches, Select select) {
+void prepareKernelInputs(ThreadPool &pool, const std::vector<FfnBatch> &batches, Select select) {
   pool.parallelFor(static_cast<int64_t>(batches.size()), [&](int64_t index, int) {
     const FfnBatch &b = batches[static_cast<size_t>(index)];
-    auto [needed, x, cols, sums] = select(b);
-    if (needed && sums)
-      sumRunsOf32(x, cols, cols, b.tokens, sums);
+    auto [kernels, x, cols, in] = select(b);
+    bool any = false, quantized = false;
+    for (const LoadedKernel *kernel : kernels) {
+      any = any || kernel->function;
+      quantized = quantized || (kernel->function && kernel->quantizedInput);
+    }
+    if (any && in.sums)
+      sumRunsOf32(x, cols, cols, b.tokens, in.sums);
+    if (quantized && in.quantized)
+      quantizeActivations(x, cols, cols, b.tokens, in.quantized, in.scales, in.sums16);
   });
 }
 
@@ -65,8 +74,9 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
     scratchFloats = std::max({scratchFloats, matmulScratchFloats(b.w.gate),
                               matmulScratchFloats(b.w.up), matmulScratchFloats(b.w.down)});
 
-  computeRunSums(pool, batches, [](const FfnBatch &b) {
-    return std::make_tuple(b.w.gate.kernel || b.w.up.kernel, b.x, b.w.gate.cols, b.xSums);
+  prepareKernelInputs(pool, batches, [](const FfnBatch &b) {
+    return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.gate.kernel, &b.w.up.kernel},
+                           b.x, b.w.gate.cols, b.xInput);
   });
   std::vector<RowTask> tasks =
       splitRows(batches, [](const FfnBatch &b) { return b.w.gate.rows; }, pool.threadCount());
@@ -75,9 +85,9 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
     const FfnBatch &b = batches[task.batch];
     const int64_t ffn = b.w.gate.rows;
     float *scratch = threadScratch(0, scratchFloats);
-    rowsProduct(b.w.gate, task.begin, task.end, b.x, b.xSums, b.tokens, b.gate + task.begin, ffn,
+    rowsProduct(b.w.gate, task.begin, task.end, b.x, b.xInput, b.tokens, b.gate + task.begin, ffn,
                 scratch);
-    rowsProduct(b.w.up, task.begin, task.end, b.x, b.xSums, b.tokens, b.up + task.begin, ffn,
+    rowsProduct(b.w.up, task.begin, task.end, b.x, b.xInput, b.tokens, b.up + task.begin, ffn,
                 scratch);
     for (int64_t t = 0; t < b.tokens; ++t) {
       float *g = b.gate + t * ffn, *u = b.up + t * ffn;
@@ -86,16 +96,16 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
     }
   });
 
-  computeRunSums(pool, batches, [](const FfnBatch &b) {
-    return std::make_tuple(b.w.down.kernel != nullptr, static_cast<const float *>(b.gate),
-                           b.w.down.cols, b.gateSums);
+  prepareKernelInputs(pool, batches, [](const FfnBatch &b) {
+    return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.down.kernel},
+                           static_cast<const float *>(b.gate), b.w.down.cols, b.gateInput);
   });
   tasks = splitRows(batches, [](const FfnBatch &b) { return b.w.down.rows; }, pool.threadCount());
   pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
     const RowTask &task = tasks[static_cast<size_t>(index)];
     const FfnBatch &b = batches[task.batch];
     const int64_t hidden = b.w.down.rows;
-    rowsProduct(b.w.down, task.begin, task.end, b.gate, b.gateSums, b.tokens, b.out + task.begin,
+    rowsProduct(b.w.down, task.begin, task.end, b.gate, b.gateInput, b.tokens, b.out + task.begin,
                 hidden, threadScratch(0, scratchFloats));
   });
 }
@@ -110,7 +120,7 @@ RoutedExperts::RoutedExperts(const gguf::TensorInfo &gate, const gguf::TensorInf
 }
 
 bool RoutedExperts::usesGeneratedKernels() const {
-  return gate_.kernel && up_.kernel && down_.kernel;
+  return gate_.kernel.function && up_.kernel.function && down_.kernel.function;
 }
 
 FfnMatrices RoutedExperts::expert(int64_t e) const {
@@ -137,13 +147,47 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       workspace.floats(Workspace::ExpertOutput, static_cast<size_t>(assignments * hidden_));
   float *gate = workspace.floats(Workspace::FfnGate, static_cast<size_t>(assignments * ffn_));
   float *up = workspace.floats(Workspace::FfnUp, static_cast<size_t>(assignments * ffn_));
-  float *xSums = gate_.kernel || up_.kernel
-                     ? workspace.floats(Workspace::ExpertInputSums,
-                                        static_cast<size_t>(assignments * hidden_ / 32))
-                     : nullptr;
-  float *gateSums = down_.kernel ? workspace.floats(Workspace::FfnGateSums,
-                                                    static_cast<size_t>(assignments * ffn_ / 32))
-                                 : nullptr;
+  // Inputs of the generated kernels, for all assignment rows.
+  auto kernelInput = [&](std::initializer_list<const LoadedKernel *> kernels, int64_t cols,
+                         Workspace::Slot sums, Workspace::Slot quantized, Workspace::Slot scales,
+                         Workspace::Slot sums16) {
+    KernelInput in;
+    bool any = false, needsQuantized = false;
+    for (const LoadedKernel *kernel : kernels) {
+      any = any || kernel->function;
+      needsQuantized = needsQuantized || (kernel->function && kernel->quantizedInput);
+    }
+    if (!any)
+      return in;
+    in.sums = workspace.floats(sums, static_cast<size_t>(assignments * cols / 32));
+    if (needsQuantized) {
+      in.quantized = reinterpret_cast<int8_t *>(
+          workspace.floats(quantized, static_cast<size_t>(assignments * cols / 4 + 1)));
+      in.scales = workspace.floats(scales, static_cast<size_t>(assignments * cols / 256 + 1));
+      in.sums16 = reinterpret_cast<int32_t *>(
+          workspace.floats(sums16, static_cast<size_t>(assignments * cols / 16)));
+    }
+    return in;
+  };
+  const KernelInput xInput =
+      kernelInput({&gate_.kernel, &up_.kernel}, hidden_, Workspace::ExpertInputSums,
+                  Workspace::ExpertInputQuantized, Workspace::ExpertInputScales,
+                  Workspace::ExpertInputSums16);
+  const KernelInput gateInput =
+      kernelInput({&down_.kernel}, ffn_, Workspace::FfnGateSums, Workspace::FfnGateQuantized,
+                  Workspace::FfnGateScales, Workspace::FfnGateSums16);
+  // The slice of `in` for the rows from `row` on.
+  auto offsetInput = [](const KernelInput &in, int64_t row, int64_t cols) {
+    KernelInput out;
+    if (in.sums)
+      out.sums = in.sums + row * (cols / 32);
+    if (in.quantized) {
+      out.quantized = in.quantized + row * cols;
+      out.scales = in.scales + row * (cols / 256);
+      out.sums16 = in.sums16 + row * (cols / 16);
+    }
+    return out;
+  };
   for (int64_t i = 0; i < assignments; ++i) {
     const int64_t row = filled[static_cast<size_t>(ids[i])]++;
     rowOf[static_cast<size_t>(i)] = row;
@@ -158,9 +202,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       continue;
     const int64_t row = firstRow[static_cast<size_t>(e)];
     batches.push_back({expert(e), gathered + row * hidden_, count, results + row * hidden_,
-                       gate + row * ffn_, up + row * ffn_,
-                       xSums ? xSums + row * (hidden_ / 32) : nullptr,
-                       gateSums ? gateSums + row * (ffn_ / 32) : nullptr});
+                       gate + row * ffn_, up + row * ffn_, offsetInput(xInput, row, hidden_),
+                       offsetInput(gateInput, row, ffn_)});
   }
   runFeedForward(pool, batches);
 

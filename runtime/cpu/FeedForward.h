@@ -18,6 +18,16 @@ struct FfnMatrices {
   WeightMatrix down; // [hidden][ffn]
 };
 
+// What generated kernels read of the input rows of a matrix product besides
+// the rows themselves (GeneratedKernels.h); scratch the caller provides
+// where a kernel needs it, else null.
+struct KernelInput {
+  float *sums = nullptr;       // tokens x cols / 32
+  int8_t *quantized = nullptr; // tokens x cols ("q8" kernels)
+  float *scales = nullptr;     // tokens x cols / 256
+  int32_t *sums16 = nullptr;   // tokens x cols / 16
+};
+
 // One feed-forward over a batch of token rows.
 struct FfnBatch {
   FfnMatrices w;
@@ -26,11 +36,10 @@ struct FfnBatch {
   float *out = nullptr;     // tokens x hidden
   float *gate = nullptr;    // tokens x ffn scratch: silu(gate x) * up x
   float *up = nullptr;      // tokens x ffn scratch
-  // With generated kernels (FfnMatrices' WeightMatrix::kernel): scratch for
-  // the sums of runs of 32 of x (tokens x hidden / 32) and of the gated
-  // product (tokens x ffn / 32).
-  float *xSums = nullptr;
-  float *gateSums = nullptr;
+  // With generated kernels (FfnMatrices' WeightMatrix::kernel): their
+  // inputs derived from x (gate and up) and from the gated product (down).
+  KernelInput xInput;
+  KernelInput gateInput;
 };
 
 // out = down(silu(gate x) * up x) for every batch. The rows of all batches

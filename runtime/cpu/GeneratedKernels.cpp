@@ -1,6 +1,7 @@
 #include "runtime/cpu/GeneratedKernels.h"
 
 #include <algorithm>
+#include <cmath>
 #include <cinttypes>
 #include <cstdio>
 #include <dlfcn.h>
@@ -28,6 +29,29 @@ void sumRunsOf32(const float *x, int64_t ldx, int64_t cols, int64_t tokens, floa
       for (int i = 0; i < 32; ++i)
         sum += v[i];
       xsum[t * runs + r] = sum;
+    }
+}
+
+void quantizeActivations(const float *x, int64_t ldx, int64_t cols, int64_t tokens, int8_t *xq,
+                         float *xqScale, int32_t *xqSum16) {
+  const int64_t runs = cols / 256;
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t r = 0; r < runs; ++r) {
+      const float *v = x + t * ldx + r * 256;
+      float amax = 0;
+      for (int i = 0; i < 256; ++i)
+        amax = std::max(amax, std::fabs(v[i]));
+      const float scale = amax / 127.0f, inverse = amax > 0 ? 127.0f / amax : 0.0f;
+      xqScale[t * runs + r] = scale;
+      int8_t *q = xq + t * cols + r * 256;
+      for (int i = 0; i < 256; ++i)
+        q[i] = static_cast<int8_t>(std::clamp(std::nearbyint(v[i] * inverse), -127.0f, 127.0f));
+      for (int j = 0; j < 16; ++j) {
+        int32_t sum = 0;
+        for (int i = 0; i < 16; ++i)
+          sum += q[16 * j + i];
+        xqSum16[t * (cols / 16) + r * 16 + j] = sum;
+      }
     }
 }
 
@@ -97,7 +121,16 @@ StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
     if (!symbol)
       return Status::error(planPath + ": its CPU expert code " + path + " lacks the kernel " +
                            kernel.symbol + recompile);
-    kernels->kernels_[{*type, kernel.cols}] = reinterpret_cast<RowKernel>(symbol);
+    if (kernel.input != "f32" && kernel.input != "q8")
+      return Status::error(planPath + ": cpu_code's kernel " + kernel.symbol +
+                           " reads activations as '" + kernel.input +
+                           "', which this runtime does not know" + recompile);
+    if (kernel.input == "q8" && kernel.cols % 256 != 0)
+      return Status::error(planPath + ": cpu_code's kernel " + kernel.symbol +
+                           " reads int8 activations of rows that are not whole 256-value runs" +
+                           recompile);
+    kernels->kernels_[{*type, kernel.cols}] = {reinterpret_cast<RowKernel>(symbol),
+                                               kernel.input == "q8"};
   }
   return kernels;
 }
@@ -107,9 +140,9 @@ GeneratedKernels::~GeneratedKernels() {
     dlclose(handle_);
 }
 
-RowKernel GeneratedKernels::find(gguf::GgmlType type, int64_t cols) const {
+LoadedKernel GeneratedKernels::find(gguf::GgmlType type, int64_t cols) const {
   auto it = kernels_.find({type, cols});
-  return it == kernels_.end() ? nullptr : it->second;
+  return it == kernels_.end() ? LoadedKernel{} : it->second;
 }
 
 } // namespace kt::cpu

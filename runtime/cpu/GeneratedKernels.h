@@ -21,10 +21,20 @@ namespace kt::cpu {
 // `cols` values in the kernel's GGUF type; cols is fixed per kernel). `xsum`
 // holds, per token, the sums of x over each run of 32 values
 // (xsum[t * cols / 32 + b]); the kernels of types with per-block minimums
-// (q4_K, q5_K) read it, the others ignore it.
+// (q4_K, q5_K) read it. Kernels whose input is "q8" (integer dot products)
+// read x quantized: xq[t * cols + i] = round(x / xqScale[t * cols / 256 + i / 256])
+// and xqSum16[t * cols / 16 + j], the sums of xq over runs of 16; the "f32"
+// kernels read x and ignore those.
 using RowKernel = void (*)(const uint8_t *w, uint64_t rowBytes, int64_t rows, const float *x,
-                           int64_t ldx, const float *xsum, int64_t tokens, float *y,
-                           int64_t ldy);
+                           int64_t ldx, const float *xsum, const int8_t *xq,
+                           const float *xqScale, const int32_t *xqSum16, int64_t tokens,
+                           float *y, int64_t ldy);
+
+// A kernel and what it reads.
+struct LoadedKernel {
+  RowKernel function = nullptr;
+  bool quantizedInput = false; // "q8": needs quantizeActivations()
+};
 
 // Weight types the generator has kernels for.
 bool hasGeneratedRowKernel(gguf::GgmlType type);
@@ -36,6 +46,11 @@ StatusOr<std::string> codeFileHash(const std::string &path);
 
 // xsum for `tokens` rows of x (cols a multiple of 32).
 void sumRunsOf32(const float *x, int64_t ldx, int64_t cols, int64_t tokens, float *xsum);
+
+// xq, xqScale and xqSum16 for `tokens` rows of x (cols a multiple of 256):
+// per 256 values, scale = max|x| / 127 and xq = x / scale rounded to nearest.
+void quantizeActivations(const float *x, int64_t ldx, int64_t cols, int64_t tokens, int8_t *xq,
+                         float *xqScale, int32_t *xqSum16);
 
 // The kernels of a plan's CPU code object, dlopen()ed.
 class GeneratedKernels {
@@ -51,15 +66,16 @@ public:
   GeneratedKernels(const GeneratedKernels &) = delete;
   GeneratedKernels &operator=(const GeneratedKernels &) = delete;
 
-  // The kernel for rows of `type` and `cols`, or null if the object has none.
-  RowKernel find(gguf::GgmlType type, int64_t cols) const;
+  // The kernel for rows of `type` and `cols` (a null function if the object
+  // has none).
+  LoadedKernel find(gguf::GgmlType type, int64_t cols) const;
   const std::string &path() const { return path_; }
 
 private:
   GeneratedKernels() = default;
   void *handle_ = nullptr;
   std::string path_;
-  std::map<std::pair<gguf::GgmlType, int64_t>, RowKernel> kernels_;
+  std::map<std::pair<gguf::GgmlType, int64_t>, LoadedKernel> kernels_;
 };
 
 } // namespace kt::cpu

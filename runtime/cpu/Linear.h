@@ -22,7 +22,7 @@ struct WeightMatrix {
   int64_t cols = 0;
   uint64_t rowBytes = 0;
   // The plan's generated kernel for these rows (type and width), if any.
-  RowKernel kernel = nullptr;
+  LoadedKernel kernel;
 
   // Rows [first, first + count) as a matrix of their own.
   WeightMatrix rowRange(int64_t first, int64_t count) const;

@@ -33,8 +33,16 @@ public:
     FfnGate,      // tokens x experts-used x ffn: gate, then silu(gate) * up
     FfnUp,
     ExpertInput,  // gathered token rows per expert
-    ExpertInputSums,  // per row of ExpertInput: sums of runs of 32 (generated kernels)
-    FfnGateSums,      // the same for FfnGate rows
+    // Inputs of generated kernels (KernelInput) per row of ExpertInput and
+    // of FfnGate: sums of runs of 32, int8 values, their scales and sums.
+    ExpertInputSums,
+    ExpertInputQuantized,
+    ExpertInputScales,
+    ExpertInputSums16,
+    FfnGateSums,
+    FfnGateQuantized,
+    FfnGateScales,
+    FfnGateSums16,
     ExpertOutput,
     RouterLogits,
     kSlotCount

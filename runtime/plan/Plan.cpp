@@ -207,7 +207,10 @@ std::string planToJson(const Plan &plan) {
     const CpuCode &code = *plan.cpuCode;
     json codeKernels = json::array();
     for (const CpuCodeKernel &kernel : code.kernels)
-      codeKernels.push_back({{"type", kernel.type}, {"cols", kernel.cols}, {"symbol", kernel.symbol}});
+      codeKernels.push_back({{"type", kernel.type},
+                             {"cols", kernel.cols},
+                             {"symbol", kernel.symbol},
+                             {"input", kernel.input}});
     root["cpu_code"] = {{"file", code.file},         {"size", code.size},
                         {"hash", code.hash},         {"cpu", code.cpu},
                         {"features", code.features}, {"vector_bits", code.vectorBits},
@@ -349,6 +352,7 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
           r.read((*kernels)[i], "type", where, kernel.type);
           r.read((*kernels)[i], "cols", where, kernel.cols);
           r.read((*kernels)[i], "symbol", where, kernel.symbol);
+          r.read((*kernels)[i], "input", where, kernel.input);
           code.kernels.push_back(std::move(kernel));
         }
     }

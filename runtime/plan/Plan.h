@@ -111,6 +111,9 @@ struct CpuCodeKernel {
   std::string type;   // "q4_K"
   int64_t cols = 0;   // values per row
   std::string symbol; // "kt_rows_q4_K_7168"
+  // What the kernel reads of the activations: "f32" (x and its sums of 32),
+  // or "q8" (x quantized to int8 per 256 values, integer dot products).
+  std::string input = "f32";
 };
 struct CpuCode {
   std::string file;   // relative to the plan's directory

@@ -43,6 +43,7 @@ struct CompileOptions {
   bool explain = false; // print the decisions instead of writing a plan
   bool precompile = false; // also compile the plan's GPU kernels into the cache
   bool cpuCode = true;     // generate the CPU expert code beside the plan
+  bool f32CpuExperts = false; // generated expert kernels read f32 activations, never int8
 };
 int runCompile(const CompileOptions &options);
 
@@ -53,6 +54,7 @@ struct CpuKernelsOptions {
   std::vector<std::string> kernels; // TYPE:COLS
   std::string outputPath;           // -o FILE.so
   bool printIr = false;
+  bool f32Activations = false;      // --f32-cpu-experts
 };
 int runCpuKernels(const CpuKernelsOptions &options);
 

@@ -231,6 +231,7 @@ int runCompile(const CompileOptions &options) {
       std::filesystem::path codeFile = planFile;
       codeFile.replace_extension(".cpu.so");
       codegen::CpuCodeTarget codeTarget{plan->target.cpu, plan->target.cpuFeatures};
+      codeTarget.int8Activations = !options.f32CpuExperts;
       StatusOr<plan::CpuCode> code = codegen::buildCpuCode(
           requests, codeTarget, codeFile.string(), planFile.parent_path().string());
       if (!code)

@@ -40,6 +40,7 @@ int runCpuKernels(const CpuKernelsOptions &options) {
     return reportError(target.message());
   codegen::CpuCodeTarget codeTarget;
   codeTarget.cpu = target->getCpu().str();
+  codeTarget.int8Activations = !options.f32Activations;
   for (mlir::Attribute feature : target->getCpuFeatures())
     codeTarget.features.push_back(feature.cast<mlir::StringAttr>().str());
 
@@ -60,7 +61,7 @@ int runCpuKernels(const CpuKernelsOptions &options) {
   llvm::errs() << "ktc: wrote " << options.outputPath << ": " << code->kernels.size()
                << " kernels for " << code->cpu << ", " << code->vectorBits << "-bit vectors\n";
   for (const plan::CpuCodeKernel &kernel : code->kernels)
-    llvm::outs() << kernel.symbol << "\n";
+    llvm::outs() << kernel.symbol << " (" << kernel.input << " activations)\n";
   return EXIT_SUCCESS;
 }
 

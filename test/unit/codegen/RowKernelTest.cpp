@@ -21,8 +21,9 @@ namespace {
 using gguf::GgmlType;
 
 const std::vector<RowKernelRequest> kRequests = {
-    {GgmlType::Q8_0, 256}, {GgmlType::Q8_0, 7168}, {GgmlType::Q4_K, 512},
-    {GgmlType::Q4_K, 2048}, {GgmlType::Q5_K, 768}, {GgmlType::Q6_K, 512},
+    {GgmlType::Q8_0, 256},  {GgmlType::Q8_0, 7168}, {GgmlType::Q8_0, 96},
+    {GgmlType::Q4_K, 512},  {GgmlType::Q4_K, 2048}, {GgmlType::Q5_K, 768},
+    {GgmlType::Q6_K, 512},
 };
 
 bool hostRuns(const plan::CpuCode &code) {
@@ -50,8 +51,8 @@ void checkKernel(const cpu::GeneratedKernels &kernels, const RowKernelRequest &r
                  const std::string &cpuName) {
   SCOPED_TRACE(cpuName + " " + std::string(gguf::ggmlTypeName(request.type)) + ":" +
                std::to_string(request.cols));
-  cpu::RowKernel kernel = kernels.find(request.type, request.cols);
-  ASSERT_NE(kernel, nullptr);
+  cpu::LoadedKernel kernel = kernels.find(request.type, request.cols);
+  ASSERT_NE(kernel.function, nullptr);
   std::mt19937 random(static_cast<uint32_t>(request.cols) * 31u + static_cast<uint32_t>(request.type));
   const int64_t rows = 37, cols = request.cols;
   const uint64_t rowBytes = *gguf::ggmlRowBytes(request.type, cols);
@@ -70,18 +71,42 @@ void checkKernel(const cpu::GeneratedKernels &kernels, const RowKernelRequest &r
       v = uniform(random);
     std::vector<float> sums(static_cast<size_t>(tokens * cols / 32));
     cpu::sumRunsOf32(x.data(), ldx, cols, tokens, sums.data());
+    // int8 kernels read x quantized per 256 values.
+    std::vector<int8_t> xq;
+    std::vector<float> xqScale;
+    std::vector<int32_t> xqSum16;
+    if (kernel.quantizedInput) {
+      xq.resize(static_cast<size_t>(tokens * cols));
+      xqScale.resize(static_cast<size_t>(tokens * cols / 256));
+      xqSum16.resize(static_cast<size_t>(tokens * cols / 16));
+      cpu::quantizeActivations(x.data(), ldx, cols, tokens, xq.data(), xqScale.data(), xqSum16.data());
+    }
     std::vector<float> y(static_cast<size_t>(tokens * ldy), -7.0f);
-    kernel(weights.data(), rowBytes, rows, x.data(), ldx, sums.data(), tokens, y.data(), ldy);
+    kernel.function(weights.data(), rowBytes, rows, x.data(), ldx, sums.data(), xq.data(),
+                    xqScale.data(), xqSum16.data(), tokens, y.data(), ldy);
     for (int64_t t = 0; t < tokens; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
-        double dot = 0, magnitude = 0;
+        // The kernel's own input (x, or x as its int8 values times their
+        // scales) gives a near-exact reference; for int8 kernels the
+        // distance to the f32 dot is bounded by half a quantization step
+        // per activation.
+        double dot = 0, magnitude = 0, exact = 0, quantizationBound = 0;
         for (int64_t c = 0; c < cols; ++c) {
-          double product = double(decoded[r * cols + c]) * x[t * ldx + c];
-          dot += product;
-          magnitude += std::fabs(product);
+          const double wv = decoded[r * cols + c], xv = x[t * ldx + c];
+          const double seen = kernel.quantizedInput
+                                  ? double(xq[t * cols + c]) * xqScale[t * (cols / 256) + c / 256]
+                                  : xv;
+          dot += wv * seen;
+          magnitude += std::fabs(wv * seen);
+          exact += wv * xv;
+          if (kernel.quantizedInput)
+            quantizationBound += std::fabs(wv) * xqScale[t * (cols / 256) + c / 256] * 0.5;
         }
         EXPECT_NEAR(y[t * ldy + r], dot, 2e-6 * magnitude + 1e-7)
             << "token " << t << " of " << tokens << ", row " << r;
+        if (kernel.quantizedInput)
+          EXPECT_NEAR(y[t * ldy + r], exact, quantizationBound * 1.001 + 2e-6 * magnitude)
+              << "token " << t << ", row " << r;
       }
       for (int64_t pad = rows; pad < ldy; ++pad)
         EXPECT_EQ(y[t * ldy + pad], -7.0f) << "wrote outside its rows";
@@ -110,13 +135,18 @@ TEST_P(RowKernels, MatchDequantizedDotProducts) {
   StatusOr<std::unique_ptr<cpu::GeneratedKernels>> kernels =
       cpu::GeneratedKernels::load(*code, (dir.path() / "m.plan").string(), cpu::hostCpuFeatures());
   ASSERT_TRUE(kernels.ok()) << kernels.message();
+  // AVX-512 VNNI targets get integer kernels for rows of whole 256-value runs.
+  const bool vnni = std::find(target->features.begin(), target->features.end(), "avx512vnni") !=
+                    target->features.end();
+  for (const plan::CpuCodeKernel &kernel : code->kernels)
+    EXPECT_EQ(kernel.input, vnni && kernel.cols % 256 == 0 ? "q8" : "f32") << kernel.symbol;
   for (const RowKernelRequest &request : kRequests)
     checkKernel(**kernels, request, GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Targets, RowKernels,
                          ::testing::Values("x86-64", "haswell", "skylake-avx512",
-                                           "sapphirerapids"),
+                                           "cascadelake", "sapphirerapids"),
                          [](const auto &info) {
                            std::string name = info.param;
                            std::replace(name.begin(), name.end(), '-', '_');

@@ -312,9 +312,10 @@ private:
 };
 
 void expectMatchesReference(const std::string &name, const gen::ModelConfig &config,
-                            double tolerance) {
+                            double tolerance, const std::string &ktcFlags = "") {
   TestModel m;
-  ASSERT_NO_FATAL_FAILURE(buildModel(name, config, m));
+  ASSERT_NO_FATAL_FAILURE(
+      buildModel(name, config, m, "rules/DeepSeek-V3-Chat-cpu-only.yaml", "none", ktcFlags));
   const std::vector<int32_t> tokens = sampleTokens(7, 12);
   std::vector<float> expected = ReferenceModel(*m.model).forward(tokens);
 
@@ -369,7 +370,30 @@ TEST(CpuExecutorReference, QuantizedWeights) {
   config.types.dense = gguf::GgmlType::Q6_K;
   config.types.output = gguf::GgmlType::Q4_K;
   config.types.norm = gguf::GgmlType::F16;
-  expectMatchesReference("ref-quant", config, 1e-5);
+  expectMatchesReference("ref-quant", config, 1e-5, "--reference-cpu-kernels");
+}
+
+// The same model with the expert code generated for this host: f32 kernels
+// stay at f32 rounding; int8 kernels (AVX-512 VNNI hosts) quantize the
+// activations and are held to the tolerance for quantized inference.
+TEST(CpuExecutorReference, QuantizedWeightsGeneratedCode) {
+  KT_REQUIRE_COMPILER();
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.hiddenSize = 256; // whole 256-value runs: the int8 kernels apply
+  config.types.dense = gguf::GgmlType::Q6_K;
+  config.types.output = gguf::GgmlType::Q4_K;
+  config.types.norm = gguf::GgmlType::F16;
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("ref-generated", config, m));
+  ASSERT_TRUE(m.plan.cpuCode.has_value());
+  const bool int8 = std::any_of(m.plan.cpuCode->kernels.begin(), m.plan.cpuCode->kernels.end(),
+                                [](const plan::CpuCodeKernel &k) { return k.input == "q8"; });
+  auto executor = makeExecutor(m);
+  ASSERT_TRUE(executor);
+  EXPECT_GT(executor->generatedExpertLayers(), 0);
+  expectMatchesReference("ref-generated", config, int8 ? 1e-2 : 1e-5);
+  // Forcing f32 activations gives f32 rounding on any host.
+  expectMatchesReference("ref-generated-f32", config, 1e-5, "--f32-cpu-experts");
 }
 
 } // namespace

@@ -51,7 +51,8 @@ gen::ModelConfig tinyF32Config() {
 }
 
 void buildModel(const std::string &name, const gen::ModelConfig &config, TestModel &out,
-                const std::string &rules, const std::string &targetGpu) {
+                const std::string &rules, const std::string &targetGpu,
+                const std::string &extraFlags) {
   const fs::path dir = TempDirEnvironment::path();
   out.ggufPath = (dir / (name + ".gguf")).string();
   out.planPath = (dir / (name + ".plan")).string();
@@ -67,7 +68,7 @@ void buildModel(const std::string &name, const gen::ModelConfig &config, TestMod
   const std::string log = (dir / (name + ".ktc.log")).string();
   const std::string command = "'" + ktcPath() + "' compile --gguf-path '" + out.ggufPath +
                               "' --optimize-config-path '" + std::string(KT_SOURCE_DIR) + "/" +
-                              rules + "' --target-gpu " + targetGpu + " -o '" + out.planPath +
+                              rules + "' --target-gpu " + targetGpu + " " + extraFlags + " -o '" + out.planPath +
                               "' > '" + log + "' 2>&1";
   int status = std::system(command.c_str());
   std::ifstream logFile(log);

@@ -25,10 +25,10 @@ struct TestModel {
 
 // Writes `config` as `name`.gguf in the test's temporary directory and
 // compiles it with the build's ktc (`rules` relative to the source tree,
-// `targetGpu` as ktc's --target-gpu). Fails the test (fatally) on error.
+// `targetGpu` as ktc's --target-gpu, `extraFlags` appended). Fails the test (fatally) on error.
 void buildModel(const std::string &name, const gen::ModelConfig &config, TestModel &out,
                 const std::string &rules = "rules/DeepSeek-V3-Chat-cpu-only.yaml",
-                const std::string &targetGpu = "none");
+                const std::string &targetGpu = "none", const std::string &extraFlags = "");
 
 // Whether the build has ktc (it needs the MLIR half of the project).
 bool haveCompiler();
