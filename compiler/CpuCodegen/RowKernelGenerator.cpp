@@ -18,6 +18,7 @@
 #include "llvm/TargetParser/X86TargetParser.h"
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <cstring>
 #include <filesystem>
@@ -148,6 +149,14 @@ public:
     return b_.CreateBitCast(b_.CreateOr(unsignedBits, sign), f32());
   }
 
+  // Prefetches the `bytes` bytes at `base + offset` into L1 (one per line).
+  void prefetch(Value *base, int64_t offset, int64_t bytes) {
+    for (int64_t line = 0; line < bytes; line += 64)
+      b_.CreateIntrinsic(Intrinsic::prefetch, {b_.getPtrTy()},
+                         {b_.CreateGEP(i8(), base, i64c(offset + line)), b_.getInt32(0),
+                          b_.getInt32(3), b_.getInt32(1)});
+  }
+
   Value *fmuladd(Value *a, Value *x, Value *acc) {
     return b_.CreateIntrinsic(Intrinsic::fmuladd, {a->getType()}, {a, x, acc});
   }
@@ -227,6 +236,43 @@ KScales kScales(KernelBuilder &k, Value *block) {
           b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8)), scaleBits};
 }
 
+// The unsigned weight values of group pair j of a q4_K/q5_K block: the low
+// nibbles of 32 bytes (group 2j) and the high nibbles (group 2j + 1), with
+// q5_K's fifth bits (bits 2j and 2j + 1 of qh) added.
+std::pair<Value *, Value *> kQuantGroups(KernelBuilder &k, GgmlType type, Value *block, int j) {
+  IRBuilder<> &b = k.b();
+  const bool five = type == GgmlType::Q5_K;
+  Value *q = k.loadBytes(block, (five ? 48 : 16) + 32 * j, kChunk);
+  Value *low = b.CreateAnd(q, k.splatBytes(0xF));
+  Value *high = b.CreateLShr(q, k.splatBytes(4));
+  if (five) {
+    Value *qh = k.loadBytes(block, 16, kChunk);
+    auto bit = [&](int shift) {
+      Value *shifted = b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(shift)));
+      return b.CreateShl(b.CreateAnd(shifted, k.splatBytes(1)), k.splatBytes(4));
+    };
+    low = b.CreateOr(low, bit(2 * j));
+    high = b.CreateOr(high, bit(2 * j + 1));
+  }
+  return {low, high};
+}
+
+// The 4 runs of 32 unsigned 6-bit values (w + 32) of half n of a q6_K block:
+// nibbles of ql with 2-bit pairs of qh; run r is at values 128n + 32r.
+std::array<Value *, 4> q6Runs(KernelBuilder &k, Value *block, int n) {
+  IRBuilder<> &b = k.b();
+  Value *qlA = k.loadBytes(block, 64 * n, kChunk), *qlB = k.loadBytes(block, 64 * n + 32, kChunk);
+  Value *qh = k.loadBytes(block, 128 + 32 * n, kChunk);
+  auto upper = [&](int shift) {
+    Value *pair = b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(shift))), k.splatBytes(3));
+    return b.CreateShl(pair, k.splatBytes(4));
+  };
+  return {b.CreateOr(b.CreateAnd(qlA, k.splatBytes(0xF)), upper(0)),
+          b.CreateOr(b.CreateAnd(qlB, k.splatBytes(0xF)), upper(2)),
+          b.CreateOr(b.CreateLShr(qlA, k.splatBytes(4)), upper(4)),
+          b.CreateOr(b.CreateLShr(qlB, k.splatBytes(4)), upper(6))};
+}
+
 TypeCodegen typeCodegen(GgmlType type) {
   switch (type) {
   case GgmlType::Q8_0:
@@ -236,40 +282,21 @@ TypeCodegen typeCodegen(GgmlType type) {
               return DecodedBlock{{{q, k.loadHalf(block, 0), 0}}, nullptr};
             }};
   case GgmlType::Q4_K:
-    // {d, dmin: f16, scales: 12 bytes, qs: 128 bytes}; per 64 values 32
-    // bytes, low nibbles the first 32, high nibbles the next:
-    // w = d * sc[g] * q - dmin * m[g].
-    return {256, true, false, [](KernelBuilder &k, Value *block) {
-              IRBuilder<> &b = k.b();
-              KScales scales = kScales(k, block);
-              DecodedBlock out;
-              out.minimums = scales.minimums;
-              for (int j = 0; j < 4; ++j) {
-                Value *q = k.loadBytes(block, 16 + 32 * j, kChunk);
-                Value *low = b.CreateAnd(q, k.splatBytes(0xF));
-                Value *high = b.CreateLShr(q, k.splatBytes(4));
-                out.chunks.push_back({b.CreateUIToFP(low, k.vec(k.f32(), kChunk)), b.CreateExtractElement(scales.scales, static_cast<uint64_t>(2 * j)), 64 * j});
-                out.chunks.push_back({b.CreateUIToFP(high, k.vec(k.f32(), kChunk)), b.CreateExtractElement(scales.scales, static_cast<uint64_t>(2 * j + 1)), 64 * j + 32});
-              }
-              return out;
-            }};
   case GgmlType::Q5_K:
-    // q4_K plus qh: 32 bytes whose bits 2j and 2j+1 are the fifth bits of
-    // the low and high nibbles of the j-th 64 values.
-    return {256, true, false, [](KernelBuilder &k, Value *block) {
+    // {d, dmin: f16, scales: 12 bytes, [q5_K: qh: 32 bytes,] qs: 128 bytes};
+    // per 64 values 32 bytes, low nibbles the first 32, high nibbles the
+    // next: w = d * sc[g] * q - dmin * m[g].
+    return {256, true, false, [type](KernelBuilder &k, Value *block) {
               IRBuilder<> &b = k.b();
               KScales scales = kScales(k, block);
               DecodedBlock out;
               out.minimums = scales.minimums;
-              Value *qh = k.loadBytes(block, 16, kChunk);
               for (int j = 0; j < 4; ++j) {
-                Value *q = k.loadBytes(block, 48 + 32 * j, kChunk);
-                Value *bitLow = b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(2 * j))), k.splatBytes(1));
-                Value *bitHigh = b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(2 * j + 1))), k.splatBytes(1));
-                Value *low = b.CreateOr(b.CreateAnd(q, k.splatBytes(0xF)), b.CreateShl(bitLow, k.splatBytes(4)));
-                Value *high = b.CreateOr(b.CreateLShr(q, k.splatBytes(4)), b.CreateShl(bitHigh, k.splatBytes(4)));
-                out.chunks.push_back({b.CreateUIToFP(low, k.vec(k.f32(), kChunk)), b.CreateExtractElement(scales.scales, static_cast<uint64_t>(2 * j)), 64 * j});
-                out.chunks.push_back({b.CreateUIToFP(high, k.vec(k.f32(), kChunk)), b.CreateExtractElement(scales.scales, static_cast<uint64_t>(2 * j + 1)), 64 * j + 32});
+                auto [low, high] = kQuantGroups(k, type, block, j);
+                for (int half = 0; half < 2; ++half)
+                  out.chunks.push_back({b.CreateUIToFP(half ? high : low, k.vec(k.f32(), kChunk)),
+                                        b.CreateExtractElement(scales.scales, static_cast<uint64_t>(2 * j + half)),
+                                        64 * j + 32 * half});
               }
               return out;
             }};
@@ -289,18 +316,7 @@ TypeCodegen typeCodegen(GgmlType type) {
                 return b.CreateFMul(d, b.CreateSIToFP(k.loadByte(block, 192 + index), k.f32()));
               };
               for (int n = 0; n < 2; ++n) {
-                Value *qlA = k.loadBytes(block, 64 * n, kChunk);
-                Value *qlB = k.loadBytes(block, 64 * n + 32, kChunk);
-                Value *qh = k.loadBytes(block, 128 + 32 * n, kChunk);
-                auto upper = [&](int shift) {
-                  return b.CreateShl(b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(shift))), k.splatBytes(3)), k.splatBytes(4));
-                };
-                Value *runs[4] = {
-                    b.CreateOr(b.CreateAnd(qlA, k.splatBytes(0xF)), upper(0)),
-                    b.CreateOr(b.CreateAnd(qlB, k.splatBytes(0xF)), upper(2)),
-                    b.CreateOr(b.CreateLShr(qlA, k.splatBytes(4)), upper(4)),
-                    b.CreateOr(b.CreateLShr(qlB, k.splatBytes(4)), upper(6)),
-                };
+                std::array<Value *, 4> runs = q6Runs(k, block, n);
                 for (int r = 0; r < 4; ++r) {
                   Value *centered = b.CreateSub(runs[r], k.splatBytes(32));
                   Value *values = b.CreateSIToFP(centered, k.vec(k.f32(), kChunk));
@@ -383,6 +399,8 @@ void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCod
           for (int64_t u = 0; u < unroll; ++u) {
             Value *index = b.CreateAdd(block, k.i64c(u));
             Value *blockBase = b.CreateGEP(k.i8(), rowBase, b.CreateMul(index, k.i64c(traits.blockBytes)));
+            if (target.prefetchBytes > 0 && u == 0)
+              k.prefetch(blockBase, target.prefetchBytes, traits.blockBytes * unroll);
             DecodedBlock decoded = codegen.decode(k, blockBase);
             Value *xBlock = b.CreateMul(index, k.i64c(codegen.blockValues));
             for (const Chunk &chunk : decoded.chunks) {
@@ -502,19 +520,8 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
     run.scale = fpext(block, 0);
     run.minimums = scales.minimums;
     Value *sc16 = b.CreateZExt(scales.scaleBits, k.vec(b.getInt16Ty(), 8));
-    const bool five = type == GgmlType::Q5_K;
-    Value *qh = five ? k.loadBytes(block, 16, kChunk) : nullptr;
     for (int j = 0; j < 4; ++j) {
-      Value *q = k.loadBytes(block, (five ? 48 : 16) + 32 * j, kChunk);
-      Value *low = b.CreateAnd(q, k.splatBytes(0xF));
-      Value *high = b.CreateLShr(q, k.splatBytes(4));
-      if (five) {
-        auto bit = [&](int shift) {
-          return b.CreateShl(b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(shift))), k.splatBytes(1)), k.splatBytes(4));
-        };
-        low = b.CreateOr(low, bit(2 * j));
-        high = b.CreateOr(high, bit(2 * j + 1));
-      }
+      auto [low, high] = kQuantGroups(k, type, block, j);
       run.pieces.push_back({concat(b, low, high), 64 * j, pairScales(b, sc16, {2 * j, 2 * j + 1}), nullptr});
     }
     return run;
@@ -524,18 +531,10 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
     Value *sc = b.CreateSExt(k.loadBytes(block, 192, 16), k.vec(b.getInt16Ty(), 16));
     run.subScales = b.CreateSExt(sc, k.vec(b.getInt32Ty(), 16));
     for (int n = 0; n < 2; ++n) {
-      Value *qlA = k.loadBytes(block, 64 * n, kChunk), *qlB = k.loadBytes(block, 64 * n + 32, kChunk);
-      Value *qh = k.loadBytes(block, 128 + 32 * n, kChunk);
-      auto upper = [&](int shift) {
-        return b.CreateShl(b.CreateAnd(b.CreateLShr(qh, k.splatBytes(static_cast<uint8_t>(shift))), k.splatBytes(3)), k.splatBytes(4));
-      };
-      Value *run0 = b.CreateOr(b.CreateAnd(qlA, k.splatBytes(0xF)), upper(0));
-      Value *run1 = b.CreateOr(b.CreateAnd(qlB, k.splatBytes(0xF)), upper(2));
-      Value *run2 = b.CreateOr(b.CreateLShr(qlA, k.splatBytes(4)), upper(4));
-      Value *run3 = b.CreateOr(b.CreateLShr(qlB, k.splatBytes(4)), upper(6));
+      std::array<Value *, 4> runs = q6Runs(k, block, n);
       const int s0 = 8 * n;
-      run.pieces.push_back({concat(b, run0, run1), 128 * n, pairScales(b, sc, {s0, s0 + 1, s0 + 2, s0 + 3}), nullptr});
-      run.pieces.push_back({concat(b, run2, run3), 128 * n + 64, pairScales(b, sc, {s0 + 4, s0 + 5, s0 + 6, s0 + 7}), nullptr});
+      run.pieces.push_back({concat(b, runs[0], runs[1]), 128 * n, pairScales(b, sc, {s0, s0 + 1, s0 + 2, s0 + 3}), nullptr});
+      run.pieces.push_back({concat(b, runs[2], runs[3]), 128 * n + 64, pairScales(b, sc, {s0 + 4, s0 + 5, s0 + 6, s0 + 7}), nullptr});
     }
     return run;
   }
@@ -589,6 +588,8 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
         [&](Value *runIndex, const std::vector<Value *> &carried) {
           std::vector<Value *> next = carried;
           Value *runBase = b.CreateGEP(k.i8(), rowBase, b.CreateMul(runIndex, k.i64c(static_cast<int64_t>(runBytes))));
+          if (target.prefetchBytes > 0)
+            k.prefetch(runBase, target.prefetchBytes, static_cast<int64_t>(runBytes));
           Int8Run run = decodeInt8Run(k, request.type, runBase);
           for (int j = 0; j < count; ++j) {
             Value *token = b.CreateAdd(t, k.i64c(j));
@@ -801,32 +802,53 @@ std::vector<RowKernelRequest> expertKernelRequests(const plan::Plan &plan) {
   return requests;
 }
 
-StatusOr<std::string> rowKernelIr(const std::vector<RowKernelRequest> &requests,
-                                  const CpuCodeTarget &target) {
+namespace {
+
+// The kernels' module with the machine it is built for (the module goes
+// before its context).
+struct KernelModule {
+  std::unique_ptr<TargetMachine> machine;
+  std::unique_ptr<LLVMContext> context;
+  std::unique_ptr<Module> module;
+};
+
+StatusOr<KernelModule> kernelModule(const std::vector<RowKernelRequest> &requests,
+                                    const CpuCodeTarget &target) {
+  KernelModule out;
   StatusOr<std::unique_ptr<TargetMachine>> machine = targetMachine(target);
   if (!machine)
     return machine.status();
-  LLVMContext context;
-  StatusOr<std::unique_ptr<Module>> module = buildModule(context, requests, target, **machine);
+  out.machine = std::move(*machine);
+  out.context = std::make_unique<LLVMContext>();
+  StatusOr<std::unique_ptr<Module>> module = buildModule(*out.context, requests, target, *out.machine);
   if (!module)
     return module.status();
+  out.module = std::move(*module);
+  return out;
+}
+
+} // namespace
+
+StatusOr<std::string> rowKernelIr(const std::vector<RowKernelRequest> &requests,
+                                  const CpuCodeTarget &target) {
+  StatusOr<KernelModule> kernels = kernelModule(requests, target);
+  if (!kernels)
+    return kernels.status();
   std::string text;
   raw_string_ostream stream(text);
-  (*module)->print(stream, nullptr);
+  kernels->module->print(stream, nullptr);
   return stream.str();
 }
 
 StatusOr<plan::CpuCode> buildCpuCode(const std::vector<RowKernelRequest> &requests,
                                      const CpuCodeTarget &target, const std::string &sharedPath,
                                      const std::string &planDirectory) {
-  StatusOr<std::unique_ptr<TargetMachine>> machine = targetMachine(target);
-  if (!machine)
-    return machine.status();
-  LLVMContext context;
-  StatusOr<std::unique_ptr<Module>> module = buildModule(context, requests, target, **machine);
-  if (!module)
-    return module.status();
-  optimize(**module, **machine);
+  StatusOr<KernelModule> kernels = kernelModule(requests, target);
+  if (!kernels)
+    return kernels.status();
+  Module &module = *kernels->module;
+  TargetMachine &machine = *kernels->machine;
+  optimize(module, machine);
 
   const std::string suffix = ".tmp-" + std::to_string(getpid());
   const std::string object = sharedPath + suffix + ".o", temporary = sharedPath + suffix;
@@ -841,11 +863,11 @@ StatusOr<plan::CpuCode> buildCpuCode(const std::vector<RowKernelRequest> &reques
     if (error)
       return Status::error("cannot write " + object + ": " + error.message());
     legacy::PassManager passes;
-    if ((*machine)->addPassesToEmitFile(passes, out, nullptr, CGFT_ObjectFile)) {
+    if (machine.addPassesToEmitFile(passes, out, nullptr, CGFT_ObjectFile)) {
       cleanUp();
       return Status::error("LLVM cannot emit object code for the CPU '" + target.cpu + "'");
     }
-    passes.run(**module);
+    passes.run(module);
     out.flush();
     if (out.has_error()) {
       out.clear_error();

@@ -21,6 +21,10 @@ struct CpuCodeTarget {
   // On AVX-512 VNNI targets, kernels may quantize the activations to int8
   // (per 256 values) for integer dot products; false keeps f32 everywhere.
   bool int8Activations = true;
+  // Bytes ahead of the block being decoded that the kernels prefetch (the
+  // hardware streamers stop at 4 KiB pages, about one row); 0: none.
+  int prefetchBytes = kDefaultPrefetchBytes;
+  static constexpr int kDefaultPrefetchBytes = 3072; // best of 0-3072 on the 16-core SPR host
 };
 
 struct RowKernelRequest {

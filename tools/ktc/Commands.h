@@ -55,6 +55,7 @@ struct CpuKernelsOptions {
   std::string outputPath;           // -o FILE.so
   bool printIr = false;
   bool f32Activations = false;      // --f32-cpu-experts
+  int prefetchBytes = -1;           // --prefetch-bytes; -1: the default
 };
 int runCpuKernels(const CpuKernelsOptions &options);
 

@@ -41,6 +41,8 @@ int runCpuKernels(const CpuKernelsOptions &options) {
   codegen::CpuCodeTarget codeTarget;
   codeTarget.cpu = target->getCpu().str();
   codeTarget.int8Activations = !options.f32Activations;
+  if (options.prefetchBytes >= 0)
+    codeTarget.prefetchBytes = options.prefetchBytes;
   for (mlir::Attribute feature : target->getCpuFeatures())
     codeTarget.features.push_back(feature.cast<mlir::StringAttr>().str());
 

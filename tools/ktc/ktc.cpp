@@ -175,6 +175,10 @@ cl::opt<bool> cpuKernelsPrintIr("print-ir", cl::cat(ktcCategory), cl::sub(cpuKer
                                 cl::desc("Print the LLVM IR instead of writing an object"));
 cl::opt<bool> cpuKernelsF32("f32-cpu-experts", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand),
                             cl::desc("f32 activations even on AVX-512 VNNI targets"));
+cl::opt<int> cpuKernelsPrefetch(
+    "prefetch-bytes", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand), cl::init(-1),
+    cl::desc("How far ahead of the weights being decoded the kernels prefetch, in bytes (0: "
+             "no prefetch; default 3072), for tuning with cpu_expert_bench"));
 
 cl::SubCommand verifyPlanCommand(
     "verify-plan", "Read a plan file as the runtime does and check that its model is the one "
@@ -278,6 +282,7 @@ int main(int argc, char **argv) {
     options.outputPath = cpuKernelsOutput;
     options.printIr = cpuKernelsPrintIr;
     options.f32Activations = cpuKernelsF32;
+    options.prefetchBytes = cpuKernelsPrefetch;
     return kt::tools::runCpuKernels(options);
   }
   if (targetCommand) {
