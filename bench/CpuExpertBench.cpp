@@ -9,6 +9,7 @@
 // every iteration here multiplies one token by the next matrix of a pool of
 // distinct experts much larger than the caches, rows split over the threads.
 // Weights are random blocks with sane f16 scales (never zeros).
+#include "runtime/cpu/ExpertGemm.h"
 #include "runtime/cpu/GeneratedKernels.h"
 #include "runtime/cpu/Linear.h"
 #include "runtime/cpu/ThreadPool.h"
@@ -16,6 +17,10 @@
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
+#ifdef KT_HAVE_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#include <omp.h>
+#endif
 
 #include <algorithm>
 #include <chrono>
@@ -108,6 +113,48 @@ struct Result {
   double generatedGBs = 0, referenceGBs = 0;
 };
 
+struct PrefillResult {
+  std::string type, shape;
+  int64_t tokens = 0;
+  double generatedGflops = 0; // row kernels, activation quantization included
+  double gemmGflops = 0;      // the runtime's prefill path: dequantize to bf16 + oneDNN
+  double onednnGflops = 0;    // the peer: oneDNN alone on bf16 weights; 0: no oneDNN
+};
+
+#ifdef KT_HAVE_DNNL
+// The peer: oneDNN's bf16 matmul of the same shape (AMX or AVX-512 BF16
+// where the host has them), weights already in bf16, best of `repeats`.
+double onednnGflops(int64_t tokens, int64_t rows, int64_t cols, int threads, int repeats) {
+  using namespace dnnl;
+  omp_set_num_threads(threads);
+  engine cpu(engine::kind::cpu, 0);
+  stream s(cpu);
+  using dt = memory::data_type;
+  using tag = memory::format_tag;
+  memory::desc src({tokens, cols}, dt::bf16, tag::ab);
+  memory::desc weights({cols, rows}, dt::bf16, tag::ba); // rows of `cols` values, as GGUF
+  memory::desc dst({tokens, rows}, dt::f32, tag::ab);
+  matmul::primitive_desc pd(matmul::desc(src, weights, dst), cpu);
+  matmul product(pd);
+  memory a(src, cpu), b(weights, cpu), c(dst, cpu);
+  std::mt19937 random(3);
+  for (memory *m : {&a, &b}) {
+    auto *data = static_cast<uint16_t *>(m->get_data_handle());
+    size_t count = m->get_desc().get_size() / 2;
+    for (size_t i = 0; i < count; ++i)
+      data[i] = static_cast<uint16_t>(0x3c00 + (random() & 0x3ff)) ^ ((random() & 1) << 15); // +-[1, 2)
+  }
+  double best = 1e30;
+  for (int r = 0; r < repeats; ++r) {
+    auto start = Clock::now();
+    product.execute(s, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+    s.wait();
+    best = std::min(best, secondsSince(start));
+  }
+  return 2.0 * tokens * rows * cols / best / 1e9;
+}
+#endif
+
 } // namespace
 
 int main(int argc, char **argv) {
@@ -127,6 +174,10 @@ int main(int argc, char **argv) {
   app.add_option("--seconds", seconds, "Time per measurement");
   app.add_option("--types", types, "Weight types");
   app.add_flag("--json", json, "Print the results as JSON");
+  std::vector<int64_t> prefillTokens;
+  app.add_option("--prefill", prefillTokens,
+                 "Also time prefill expert GEMMs of these token counts (e.g. 512 4096) against "
+                 "oneDNN's bf16 matmul of the same shape");
   CLI11_PARSE(app, argc, argv);
 
   void *handle = dlopen(kernelsPath.c_str(), RTLD_NOW | RTLD_LOCAL);
@@ -222,6 +273,75 @@ int main(int argc, char **argv) {
     }
   }
 
+  // Prefill: one expert matrix times many tokens; compute-bound, so one
+  // matrix (in the caches after the first pass) is enough.
+  std::vector<PrefillResult> prefill;
+  for (int64_t tokens : prefillTokens)
+    for (const std::string &typeName : types) {
+      gguf::GgmlType type = *gguf::parseGgmlType(typeName);
+      for (const Shape &shape : shapes) {
+        auto kernel = reinterpret_cast<cpu::RowKernel>(
+            dlsym(handle, cpu::rowKernelSymbol(type, shape.cols).c_str()));
+        const uint64_t rowBytes = *gguf::ggmlRowBytes(type, shape.cols);
+        std::vector<float> x(static_cast<size_t>(tokens * shape.cols));
+        std::normal_distribution<float> normal(0.0f, 1.0f);
+        for (float &v : x)
+          v = normal(random);
+        std::vector<float> xsum(static_cast<size_t>(tokens * shape.cols / 32));
+        std::vector<int8_t> xq(static_cast<size_t>(tokens * shape.cols));
+        std::vector<float> xqScale(static_cast<size_t>(tokens * shape.cols / 256));
+        std::vector<int32_t> xqSum16(static_cast<size_t>(tokens * shape.cols / 16));
+        std::vector<float> y(static_cast<size_t>(tokens * shape.rows));
+        const int64_t rowTasks = (shape.rows + 15) / 16;
+        const int64_t tokenTasks = pool.threadCount();
+        auto once = [&] {
+          // What the runtime does per expert batch: the inputs once, then
+          // 16-row tasks over all tokens.
+          pool.parallelFor(tokenTasks, [&](int64_t task, int) {
+            const int64_t begin = tokens * task / tokenTasks, end = tokens * (task + 1) / tokenTasks;
+            if (begin == end)
+              return;
+            const float *rowsOfX = x.data() + begin * shape.cols;
+            cpu::sumRunsOf32(rowsOfX, shape.cols, shape.cols, end - begin, xsum.data() + begin * shape.cols / 32);
+            cpu::quantizeActivations(rowsOfX, shape.cols, shape.cols, end - begin, xq.data() + begin * shape.cols,
+                                     xqScale.data() + begin * shape.cols / 256, xqSum16.data() + begin * shape.cols / 16);
+          });
+          pool.parallelFor(rowTasks, [&](int64_t task, int) {
+            const int64_t begin = task * 16, end = std::min(shape.rows, begin + 16);
+            kernel(buffer.data() + static_cast<uint64_t>(begin) * rowBytes, rowBytes, end - begin, x.data(),
+                   shape.cols, xsum.data(), xq.data(), xqScale.data(), xqSum16.data(), tokens,
+                   y.data() + begin, shape.rows);
+          });
+        };
+        once();
+        double best = 1e30;
+        for (int r = 0; r < 3; ++r) {
+          auto start = Clock::now();
+          once();
+          best = std::min(best, secondsSince(start));
+        }
+        cpu::WeightMatrix w{type, buffer.data(), shape.rows, shape.cols, rowBytes};
+        cpu::ExpertGemm gemm;
+        gemm.multiply(pool, w, x.data(), tokens, y.data(), shape.rows);
+        double bestGemm = 1e30;
+        for (int r = 0; r < 3; ++r) {
+          auto start = Clock::now();
+          gemm.multiply(pool, w, x.data(), tokens, y.data(), shape.rows);
+          bestGemm = std::min(bestGemm, secondsSince(start));
+        }
+        PrefillResult result;
+        result.gemmGflops = 2.0 * tokens * shape.rows * shape.cols / bestGemm / 1e9;
+        result.type = typeName;
+        result.shape = shape.name;
+        result.tokens = tokens;
+        result.generatedGflops = 2.0 * tokens * shape.rows * shape.cols / best / 1e9;
+#ifdef KT_HAVE_DNNL
+        result.onednnGflops = onednnGflops(tokens, shape.rows, shape.cols, pool.threadCount(), 5);
+#endif
+        prefill.push_back(result);
+      }
+    }
+
   if (json) {
     nlohmann::json out = {{"threads", pool.threadCount()},
                           {"read_bandwidth_gbs", bandwidth / 1e9},
@@ -235,6 +355,15 @@ int main(int argc, char **argv) {
                                 {"reference_gbs", r.referenceGBs},
                                 {"ratio_to_bandwidth", r.generatedGBs * 1e9 / bandwidth},
                                 {"speedup_over_reference", r.generatedGBs / r.referenceGBs}});
+    out["prefill"] = nlohmann::json::array();
+    for (const PrefillResult &r : prefill)
+      out["prefill"].push_back({{"type", r.type},
+                                {"shape", r.shape},
+                                {"tokens", r.tokens},
+                                {"generated_gflops", r.generatedGflops},
+                                {"gemm_gflops", r.gemmGflops},
+                                {"onednn_bf16_gflops", r.onednnGflops},
+                                {"ratio_to_onednn", r.onednnGflops > 0 ? r.gemmGflops / r.onednnGflops : 0.0}});
     std::printf("%s\n", out.dump(1).c_str());
     return 0;
   }
@@ -246,5 +375,16 @@ int main(int argc, char **argv) {
     std::printf("%-6s %-20s %9.2f %8.1f GB/s %9.0f%% %7.1f GB/s %9.1fx\n", r.type.c_str(),
                 r.shape.c_str(), r.matrixMiB, r.generatedGBs, 100 * r.generatedGBs * 1e9 / bandwidth,
                 r.referenceGBs, r.generatedGBs / r.referenceGBs);
+  if (!prefill.empty()) {
+    std::printf("\nprefill expert GEMM: row kernels; the runtime's GEMM path (dequantize to bf16 + "
+                "oneDNN); oneDNN alone on bf16 weights (the peer)\n");
+    std::printf("%-6s %-20s %7s %16s %16s %16s %8s\n", "type", "matrix", "tokens", "row kernels",
+                "GEMM path", "oneDNN bf16", "ratio");
+    for (const PrefillResult &r : prefill)
+      std::printf("%-6s %-20s %7lld %9.0f GFLOP/s %9.0f GFLOP/s %9.0f GFLOP/s %7.0f%%\n",
+                  r.type.c_str(), r.shape.c_str(), static_cast<long long>(r.tokens),
+                  r.generatedGflops, r.gemmGflops, r.onednnGflops,
+                  r.onednnGflops > 0 ? 100 * r.gemmGflops / r.onednnGflops : 0.0);
+  }
   return 0;
 }

@@ -479,6 +479,7 @@ public:
   std::string modelName;
   std::unique_ptr<GeneratedKernels> generated; // the plan's CPU expert code, if any
   int generatedExpertLayers = 0;
+  int64_t expertGemmTokens = 0;
 
   Status bind(const plan::Plan &plan, const gguf::GgufModel &model, const std::string &planName);
   // One step over the tokens of several sequences (`tokens` holds each
@@ -726,6 +727,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
       if (!b.ok())
         return b.status();
       RoutedExperts routed(*gate, *up, *down, generated.get());
+      routed.setGemmTokens(expertGemmTokens);
       if (routed.usesGeneratedKernels())
         ++generatedExpertLayers;
       step = std::make_unique<ExpertsStep>(std::move(routed));
@@ -884,6 +886,7 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
   auto impl = std::make_unique<Impl>(options.threads);
   impl->capacity = capacity;
   impl->positions.assign(static_cast<size_t>(options.sequences), 0);
+  impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
   impl->caches.resize(static_cast<size_t>(options.sequences));
   impl->chunkSize = options.chunkSize > 0 ? options.chunkSize
                                           : std::max<int64_t>(1, plan.defaults.chunkSize);

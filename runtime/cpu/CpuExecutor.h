@@ -20,6 +20,9 @@ struct ExecutorOptions {
   int64_t cacheLens = 0;  // positions the KV cache holds; 0: the plan's runtime.cache_lens
   int64_t chunkSize = 0;  // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
   std::string planPath;   // the plan's file, for messages; empty: "the plan"
+  // Experts chosen by at least this many tokens of a step run as bf16
+  // GEMMs through oneDNN (builds with it); 0: never.
+  int64_t expertGemmTokens = 64;
   // Independent sequences (KV caches of cacheLens positions each) that
   // forwardBatch() can advance together; forward() uses sequence 0.
   int sequences = 1;

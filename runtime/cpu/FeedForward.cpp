@@ -201,6 +201,19 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     if (count == 0)
       continue;
     const int64_t row = firstRow[static_cast<size_t>(e)];
+    if (gemmTokens_ > 0 && count >= gemmTokens_ && haveExpertGemm()) {
+      // Many tokens share this expert: three bf16 GEMMs.
+      FfnMatrices w = expert(e);
+      float *g = gate + row * ffn_, *u = up + row * ffn_;
+      gemm_.multiply(pool, w.gate, gathered + row * hidden_, count, g, ffn_);
+      gemm_.multiply(pool, w.up, gathered + row * hidden_, count, u, ffn_);
+      pool.parallelFor(count, [&](int64_t t, int) {
+        for (int64_t i = 0; i < ffn_; ++i)
+          g[t * ffn_ + i] = silu(g[t * ffn_ + i]) * u[t * ffn_ + i];
+      });
+      gemm_.multiply(pool, w.down, g, count, results + row * hidden_, hidden_);
+      continue;
+    }
     batches.push_back({expert(e), gathered + row * hidden_, count, results + row * hidden_,
                        gate + row * ffn_, up + row * ffn_, offsetInput(xInput, row, hidden_),
                        offsetInput(gateInput, row, ffn_)});

@@ -2,6 +2,7 @@
 // experts of MoE layers.
 #pragma once
 
+#include "runtime/cpu/ExpertGemm.h"
 #include "runtime/cpu/Linear.h"
 #include "runtime/cpu/Math.h"
 #include "runtime/cpu/ThreadPool.h"
@@ -57,6 +58,9 @@ public:
                 const gguf::TensorInfo &down, const GeneratedKernels *kernels = nullptr);
   // Whether gate, up and down run generated code.
   bool usesGeneratedKernels() const;
+  // Experts chosen by at least this many tokens of a step run their three
+  // products as bf16 GEMMs (ExpertGemm) when the build has oneDNN; 0: never.
+  void setGemmTokens(int64_t tokens) { gemmTokens_ = tokens; }
 
   int64_t experts() const { return experts_; }
   int64_t hidden() const { return hidden_; }
@@ -72,6 +76,8 @@ private:
 
   WeightMatrix gate_, up_, down_; // all experts' rows
   int64_t experts_, hidden_, ffn_;
+  int64_t gemmTokens_ = 0;
+  mutable ExpertGemm gemm_; // scratch reused by forward()
 };
 
 } // namespace kt::cpu

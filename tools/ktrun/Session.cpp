@@ -94,6 +94,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const SessionOptions &options) 
 StatusOr<std::unique_ptr<cpu::CpuExecutor>> Session::makeExecutor() const {
   cpu::ExecutorOptions executorOptions;
   executorOptions.threads = options_.threads;
+  executorOptions.expertGemmTokens = options_.expertGemmTokens;
   executorOptions.cacheLens = options_.cacheLens;
   executorOptions.planPath = options_.planPath;
   executorOptions.sequences = options_.sequences;

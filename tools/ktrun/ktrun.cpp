@@ -122,6 +122,10 @@ int main(int argc, char **argv) {
   app.add_option("--cache-lens,--cache_lens", options.cacheLens,
                  "Tokens of context the KV cache holds (default: the plan's)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--expert-gemm-tokens", options.expertGemmTokens,
+                 "Routed experts chosen by at least this many tokens of a prefill step run as bf16 "
+                 "GEMMs through oneDNN (AMX where the CPU has it); 0: never (64)")
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--cpu-infer,--cpu_infer", options.threads,
                  "CPU threads (default: all cores)")
       ->check(CLI::NonNegativeNumber);

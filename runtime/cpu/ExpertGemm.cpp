@@ -1,0 +1,65 @@
+#include "runtime/cpu/ExpertGemm.h"
+
+#ifdef KT_HAVE_DNNL
+#include <oneapi/dnnl/dnnl.hpp>
+#include <omp.h>
+#endif
+
+#include <algorithm>
+
+namespace kt::cpu {
+
+#ifdef KT_HAVE_DNNL
+bool haveExpertGemm() { return true; }
+
+void ExpertGemm::multiply(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens,
+                          float *y, int64_t ldy) {
+  const int64_t rows = w.rows, cols = w.cols;
+  weights_.resize(static_cast<size_t>(rows * cols));
+  input_.resize(static_cast<size_t>(tokens * cols));
+  // The weights, 16 rows per task, decoded to f32 and rounded to bf16.
+  constexpr int64_t kRowsPerTask = 16;
+  const size_t scratchFloats = static_cast<size_t>(kRowsPerTask * cols);
+  pool.parallelFor((rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task, int) {
+    const int64_t first = task * kRowsPerTask, count = std::min(kRowsPerTask, rows - first);
+    const float *decoded = decodeRows(w, first, count, threadScratch(0, scratchFloats));
+    uint16_t *out = weights_.data() + first * cols;
+    for (int64_t i = 0; i < count * cols; ++i)
+      out[i] = toBf16(decoded[i]);
+  });
+  pool.parallelFor(tokens, [&](int64_t t, int) {
+    for (int64_t c = 0; c < cols; ++c)
+      input_[static_cast<size_t>(t * cols + c)] = toBf16(x[t * cols + c]);
+  });
+
+  using namespace dnnl;
+  using dt = memory::data_type;
+  static engine cpu(engine::kind::cpu, 0);
+  static stream s(cpu);
+  omp_set_num_threads(pool.threadCount());
+  memory::desc src({tokens, cols}, dt::bf16, memory::format_tag::ab);
+  memory::desc weights({cols, rows}, dt::bf16, memory::format_tag::ba); // GGUF's rows of `cols`
+  memory::desc dst({tokens, rows}, dt::f32, memory::dims{ldy, 1});
+  // oneDNN keeps created primitives in its cache: a shape seen before is cheap.
+  dnnl::matmul product(dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, weights, dst), cpu));
+  memory a(src, cpu, input_.data()), b(weights, cpu, weights_.data()), c(dst, cpu, y);
+  product.execute(s, {{DNNL_ARG_SRC, a}, {DNNL_ARG_WEIGHTS, b}, {DNNL_ARG_DST, c}});
+  s.wait();
+}
+#else
+bool haveExpertGemm() { return false; }
+
+void ExpertGemm::multiply(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens,
+                          float *y, int64_t ldy) {
+  if (ldy == w.rows) {
+    matmul(pool, w, x, tokens, y);
+    return;
+  }
+  std::vector<float> packed(static_cast<size_t>(tokens * w.rows));
+  matmul(pool, w, x, tokens, packed.data());
+  for (int64_t t = 0; t < tokens; ++t)
+    std::copy_n(packed.data() + t * w.rows, w.rows, y + t * ldy);
+}
+#endif
+
+} // namespace kt::cpu

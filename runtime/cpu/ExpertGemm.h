@@ -1,0 +1,40 @@
+// Prefill matrix products of experts chosen by many tokens: the expert's
+// quantized rows dequantized to bf16 (in parallel, into a buffer reused
+// across calls) and multiplied by oneDNN's bf16 matmul, which uses AMX or
+// AVX-512 BF16 where the host has them. Decode and experts with few tokens
+// keep the row kernels: dequantizing a whole matrix only pays off once
+// enough tokens share it.
+#pragma once
+
+#include "runtime/cpu/Linear.h"
+#include "runtime/cpu/ThreadPool.h"
+
+#include <cstdint>
+#include <vector>
+
+namespace kt::cpu {
+
+// Whether this build has oneDNN (Debian's libdnnl-dev).
+bool haveExpertGemm();
+
+class ExpertGemm {
+public:
+  // y[t * ldy + r] = <row r of w, x[t * cols ...]> for every row and token,
+  // activations and weights rounded to bf16, accumulated in f32. Without
+  // oneDNN, the reference matmul.
+  void multiply(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens, float *y,
+                int64_t ldy);
+
+private:
+  std::vector<uint16_t> weights_, input_; // bf16 scratch, kept between calls
+};
+
+// IEEE f32 to bf16, rounding to nearest even.
+inline uint16_t toBf16(float value) {
+  uint32_t bits;
+  __builtin_memcpy(&bits, &value, 4);
+  bits += 0x7fff + ((bits >> 16) & 1);
+  return static_cast<uint16_t>(bits >> 16);
+}
+
+} // namespace kt::cpu
