@@ -21,8 +21,11 @@ struct ExecutorOptions {
   int64_t chunkSize = 0;  // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
   std::string planPath;   // the plan's file, for messages; empty: "the plan"
   // Experts chosen by at least this many tokens of a step run as bf16
-  // GEMMs through oneDNN (builds with it); 0: never.
-  int64_t expertGemmTokens = 64;
+  // GEMMs through oneDNN (builds with it); 0: never. Off by default: the
+  // GEMMs beat the row kernels per matrix from about 64 tokens, but oneDNN's
+  // OpenMP threads keep spinning against the pool's between them, and end
+  // to end a 2048-token prefill was slower (docs/cpu-codegen.md).
+  int64_t expertGemmTokens = 0;
   // Independent sequences (KV caches of cacheLens positions each) that
   // forwardBatch() can advance together; forward() uses sequence 0.
   int sequences = 1;

@@ -17,26 +17,30 @@ void ExpertGemm::multiply(ThreadPool &pool, const WeightMatrix &w, const float *
   const int64_t rows = w.rows, cols = w.cols;
   weights_.resize(static_cast<size_t>(rows * cols));
   input_.resize(static_cast<size_t>(tokens * cols));
-  // The weights, 16 rows per task, decoded to f32 and rounded to bf16.
+  // The weights decoded to f32 and rounded to bf16, 16 rows per step, and
+  // the activations rounded to bf16: on oneDNN's OpenMP threads, which
+  // would otherwise spin against the pool's threads between the products.
   constexpr int64_t kRowsPerTask = 16;
+  const int64_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
   const size_t scratchFloats = static_cast<size_t>(kRowsPerTask * cols);
-  pool.parallelFor((rows + kRowsPerTask - 1) / kRowsPerTask, [&](int64_t task, int) {
+  omp_set_num_threads(pool.threadCount());
+#pragma omp parallel for schedule(static)
+  for (int64_t task = 0; task < tasks; ++task) {
     const int64_t first = task * kRowsPerTask, count = std::min(kRowsPerTask, rows - first);
     const float *decoded = decodeRows(w, first, count, threadScratch(0, scratchFloats));
     uint16_t *out = weights_.data() + first * cols;
     for (int64_t i = 0; i < count * cols; ++i)
       out[i] = toBf16(decoded[i]);
-  });
-  pool.parallelFor(tokens, [&](int64_t t, int) {
+  }
+#pragma omp parallel for schedule(static)
+  for (int64_t t = 0; t < tokens; ++t)
     for (int64_t c = 0; c < cols; ++c)
       input_[static_cast<size_t>(t * cols + c)] = toBf16(x[t * cols + c]);
-  });
 
   using namespace dnnl;
   using dt = memory::data_type;
   static engine cpu(engine::kind::cpu, 0);
   static stream s(cpu);
-  omp_set_num_threads(pool.threadCount());
   memory::desc src({tokens, cols}, dt::bf16, memory::format_tag::ab);
   memory::desc weights({cols, rows}, dt::bf16, memory::format_tag::ba); // GGUF's rows of `cols`
   memory::desc dst({tokens, rows}, dt::f32, memory::dims{ldy, 1});

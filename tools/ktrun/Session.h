@@ -24,7 +24,7 @@ struct SessionOptions {
   std::string chatTemplatePath; // a Jinja template to use instead of the model's
   int threads = 0;
   int64_t cacheLens = 0;        // 0: the plan's
-  int64_t expertGemmTokens = 64; // experts with this many tokens in a step run as bf16 GEMMs
+  int64_t expertGemmTokens = 0; // experts with this many tokens in a step run as bf16 GEMMs; 0: never
   bool forceThink = false;
   bool chat = true;             // false: raw completion of the prompt
   bool progress = false;        // progress bar while the weights are read

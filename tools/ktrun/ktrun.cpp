@@ -124,7 +124,8 @@ int main(int argc, char **argv) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--expert-gemm-tokens", options.expertGemmTokens,
                  "Routed experts chosen by at least this many tokens of a prefill step run as bf16 "
-                 "GEMMs through oneDNN (AMX where the CPU has it); 0: never (64)")
+                 "GEMMs through oneDNN (AMX where the CPU has it); 0: never (default 0; see "
+                 "docs/cpu-codegen.md for when it pays)")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--cpu-infer,--cpu_infer", options.threads,
                  "CPU threads (default: all cores)")
