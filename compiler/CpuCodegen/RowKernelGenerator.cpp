@@ -334,6 +334,41 @@ TypeCodegen typeCodegen(GgmlType type) {
 
 // ------------------------------------------------------------------ kernels
 
+// Activation bytes of one token tile: the tile's activations stay in L2
+// while every row of the call is multiplied with them (prefill), instead of
+// all tokens' activations streaming through the caches once per row.
+constexpr int64_t tileBytes = 512 * 1024;
+
+// The loops of a kernel: token tiles, rows, then tokens in blocks of
+// `tokenBlock` (decoded weights shared) and the rest one by one; returns.
+void emitTiledLoops(KernelBuilder &k, Value *rows, Value *tokens, int tokenBlock, int64_t tileTokens,
+                    const std::function<void(Value *row, Value *t, int count)> &dotTokens) {
+  IRBuilder<> &b = k.b();
+  tileTokens = std::max<int64_t>(tokenBlock, tileTokens / tokenBlock * tokenBlock);
+  Value *zero = k.i64c(0);
+  k.loop(zero, tokens, tileTokens, {}, [&](Value *tileStart, const std::vector<Value *> &) {
+    Value *tileEnd = b.CreateAdd(tileStart, k.i64c(tileTokens));
+    tileEnd = b.CreateSelect(b.CreateICmpSLT(tileEnd, tokens), tileEnd, tokens);
+    k.loop(zero, rows, 1, {}, [&](Value *row, const std::vector<Value *> &) {
+      Value *span = b.CreateSub(tileEnd, tileStart);
+      Value *blockedEnd = b.CreateAdd(
+          tileStart, b.CreateMul(b.CreateSDiv(span, k.i64c(tokenBlock)), k.i64c(tokenBlock)));
+      k.loop(tileStart, blockedEnd, tokenBlock, {}, [&](Value *t, const std::vector<Value *> &) {
+        dotTokens(row, t, tokenBlock);
+        return std::vector<Value *>{};
+      });
+      if (tokenBlock > 1)
+        k.loop(blockedEnd, tileEnd, 1, {}, [&](Value *t, const std::vector<Value *> &) {
+          dotTokens(row, t, 1);
+          return std::vector<Value *>{};
+        });
+      return std::vector<Value *>{};
+    });
+    return std::vector<Value *>{};
+  });
+  b.CreateRetVoid();
+}
+
 // The kernel's function with the ABI of runtime/cpu/GeneratedKernels.h:
 // (w, rowBytes, rows, x, ldx, xsum, xq, xqScale, xqSum16, tokens, y, ldy).
 Function *createKernelFunction(Module &module, const RowKernelRequest &request,
@@ -446,20 +481,7 @@ void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCod
     }
   };
 
-  k.loop(zero, rows, 1, {}, [&](Value *row, const std::vector<Value *> &) {
-    Value *blockedEnd = b.CreateMul(b.CreateSDiv(tokens, k.i64c(tokenBlock)), k.i64c(tokenBlock));
-    k.loop(zero, blockedEnd, tokenBlock, {}, [&](Value *t, const std::vector<Value *> &) {
-      dotTokens(row, t, tokenBlock);
-      return std::vector<Value *>{};
-    });
-    if (tokenBlock > 1)
-      k.loop(blockedEnd, tokens, 1, {}, [&](Value *t, const std::vector<Value *> &) {
-        dotTokens(row, t, 1);
-        return std::vector<Value *>{};
-      });
-    return std::vector<Value *>{};
-  });
-  b.CreateRetVoid();
+  emitTiledLoops(k, rows, tokens, tokenBlock, tileBytes / (4 * request.cols), dotTokens);
 }
 
 
@@ -648,19 +670,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
     }
   };
 
-  k.loop(zero, rows, 1, {}, [&](Value *row, const std::vector<Value *> &) {
-    Value *blockedEnd = b.CreateMul(b.CreateSDiv(tokens, k.i64c(tokenBlock)), k.i64c(tokenBlock));
-    k.loop(zero, blockedEnd, tokenBlock, {}, [&](Value *t, const std::vector<Value *> &) {
-      dotTokens(row, t, tokenBlock);
-      return std::vector<Value *>{};
-    });
-    k.loop(blockedEnd, tokens, 1, {}, [&](Value *t, const std::vector<Value *> &) {
-      dotTokens(row, t, 1);
-      return std::vector<Value *>{};
-    });
-    return std::vector<Value *>{};
-  });
-  b.CreateRetVoid();
+  emitTiledLoops(k, rows, tokens, tokenBlock, tileBytes / request.cols, dotTokens);
 }
 
 StatusOr<std::unique_ptr<TargetMachine>> targetMachine(const CpuCodeTarget &target) {

@@ -62,8 +62,9 @@ void checkKernel(const cpu::GeneratedKernels &kernels, const RowKernelRequest &r
     ASSERT_TRUE(quant::dequantize(request.type, weights.data() + r * rowBytes,
                                   decoded.data() + r * cols, cols)
                     .ok());
-  // Token counts around the kernels' token blocks of 1, 2 and 4.
-  for (int64_t tokens : {1, 2, 3, 4, 5, 9}) {
+  // Token counts around the token blocks (1, 2, 4) and across token tiles
+  // (16 tokens of 7168 f32 values, 72 of 7168 int8 values).
+  for (int64_t tokens : {1, 2, 3, 4, 5, 9, 37, 80}) {
     const int64_t ldx = cols + 8, ldy = rows + 3;
     std::uniform_real_distribution<float> uniform(-0.5f, 1.5f); // a mean, for the minimums
     std::vector<float> x(static_cast<size_t>(tokens * ldx));
