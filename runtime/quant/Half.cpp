@@ -2,6 +2,9 @@
 // definitions (ggml-impl.h), including how NaNs come out.
 #include "runtime/quant/Quant.h"
 
+#include <cmath>
+#include <limits>
+
 #include <cstring>
 
 namespace kt::quant {
@@ -82,6 +85,36 @@ uint16_t floatToBf16(float f) {
   // Adding 0x7fff plus the lowest kept bit rounds to nearest, ties to even;
   // finite values past the largest bf16 carry into infinity.
   return uint16_t((bits + 0x7fffu + ((bits >> 16) & 1)) >> 16);
+}
+
+float fp8E4m3ToFloat(uint8_t bits) {
+  const int exponent = (bits >> 3) & 15, mantissa = bits & 7;
+  const float sign = (bits & 0x80) ? -1.0f : 1.0f;
+  if (exponent == 15 && mantissa == 7)
+    return std::numeric_limits<float>::quiet_NaN();
+  if (exponent == 0)
+    return sign * std::ldexp(static_cast<float>(mantissa), -9); // subnormal: m/8 * 2^-6
+  return sign * std::ldexp(1.0f + static_cast<float>(mantissa) / 8.0f, exponent - 7);
+}
+
+uint8_t floatToFp8E4m3(float f) {
+  if (std::isnan(f))
+    return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float magnitude = std::fabs(f);
+  // The 127 finite magnitudes, increasing with their code: nearest wins,
+  // a tie goes to the even code (even mantissa).
+  uint8_t low = 0, high = 0x7e;
+  if (magnitude >= fp8E4m3ToFloat(high))
+    return sign | high;
+  while (high - low > 1) {
+    const uint8_t mid = static_cast<uint8_t>((low + high) / 2);
+    (fp8E4m3ToFloat(mid) <= magnitude ? low : high) = mid;
+  }
+  const float below = fp8E4m3ToFloat(low), above = fp8E4m3ToFloat(high);
+  const float toBelow = magnitude - below, toAbove = above - magnitude;
+  const uint8_t code = toBelow < toAbove ? low : toAbove < toBelow ? high : (low % 2 == 0 ? low : high);
+  return sign | code;
 }
 
 } // namespace kt::quant

@@ -34,4 +34,11 @@ uint16_t floatToHalf(float f);
 float bf16ToFloat(uint16_t h);
 uint16_t floatToBf16(float f);
 
+// FP8 e4m3 as DeepSeek's checkpoints and PyTorch's float8_e4m3fn store it:
+// 1 sign, 4 exponent (bias 7) and 3 mantissa bits, subnormals, no
+// infinities, NaN = 0x7f/0xff, largest finite 448. Encoding rounds to
+// nearest even and saturates to +-448 (NaN stays NaN).
+float fp8E4m3ToFloat(uint8_t bits);
+uint8_t floatToFp8E4m3(float f);
+
 } // namespace kt::quant

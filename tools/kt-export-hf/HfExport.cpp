@@ -664,4 +664,183 @@ Status writeExport(const ExportPlan &plan, const std::string &directory) {
   });
 }
 
+// ------------------------------------------------------------------ FP8
+
+namespace {
+
+enum class StoredAs { Fp8, Bf16, F32 };
+
+// One tensor of the FP8 checkpoint as stored.
+struct StoredTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  StoredAs dtype;
+  const ExportTensor *source;
+  bool scales = false; // the weight_scale_inv of `source`
+  uint64_t bytes = 0;
+};
+
+bool isFp8Projection(const ExportTensor &t) {
+  const std::string suffix = "_proj.weight";
+  return t.shape.size() == 2 && t.name.size() > suffix.size() &&
+         t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+const char *storedName(StoredAs dtype) {
+  return dtype == StoredAs::Fp8 ? "F8_E4M3" : dtype == StoredAs::Bf16 ? "BF16" : "F32";
+}
+
+// The stored bytes of one tensor (after materializing its source).
+std::vector<uint8_t> encode(const StoredTensor &t, const std::vector<float> &values, int64_t block) {
+  std::vector<uint8_t> out(t.bytes);
+  if (t.dtype == StoredAs::Bf16) {
+    for (size_t i = 0; i < values.size(); ++i) {
+      uint16_t bits = quant::floatToBf16(values[i]);
+      std::memcpy(out.data() + 2 * i, &bits, 2);
+    }
+    return out;
+  }
+  if (t.dtype == StoredAs::F32 && !t.scales) {
+    std::memcpy(out.data(), values.data(), t.bytes);
+    return out;
+  }
+  // FP8 weights and their scales: per block, amax / 448.
+  const int64_t rows = t.source->shape[0], cols = t.source->shape[1];
+  const int64_t blockCols = (cols + block - 1) / block;
+  std::vector<float> scales(static_cast<size_t>(((rows + block - 1) / block) * blockCols), 0.0f);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      float &amax = scales[static_cast<size_t>((r / block) * blockCols + c / block)];
+      amax = std::max(amax, std::fabs(values[static_cast<size_t>(r * cols + c)]));
+    }
+  for (float &scale : scales)
+    scale = scale > 0 ? scale / 448.0f : 1.0f;
+  if (t.scales) {
+    std::memcpy(out.data(), scales.data(), t.bytes);
+    return out;
+  }
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const float scale = scales[static_cast<size_t>((r / block) * blockCols + c / block)];
+      out[static_cast<size_t>(r * cols + c)] =
+          quant::floatToFp8E4m3(values[static_cast<size_t>(r * cols + c)] / scale);
+    }
+  return out;
+}
+
+std::string headerFor(const std::vector<const StoredTensor *> &tensors) {
+  OrderedJson header;
+  header["__metadata__"] = {{"format", "pt"}, {"producer", "kt-export-hf"}};
+  uint64_t offset = 0;
+  for (const StoredTensor *t : tensors) {
+    header[t->name] = {{"dtype", storedName(t->dtype)},
+                       {"shape", t->shape},
+                       {"data_offsets", {offset, offset + t->bytes}}};
+    offset += t->bytes;
+  }
+  std::string text = header.dump();
+  while ((8 + text.size()) % 8 != 0)
+    text.push_back(' ');
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i)
+    out[i] = static_cast<char>((uint64_t(text.size()) >> (8 * i)) & 0xff);
+  return out + text;
+}
+
+} // namespace
+
+Status writeFp8Export(const ExportPlan &plan, const std::string &directory,
+                      const Fp8ExportOptions &options) {
+  if (!hostIsLittleEndian())
+    return Status::error("kt-export-hf writes little-endian safetensors data and runs only on "
+                         "little-endian hosts");
+  if (options.block <= 0)
+    return Status::error("the FP8 block size must be positive");
+  std::error_code error;
+  fs::create_directories(directory, error);
+  if (error)
+    return Status::error(directory + ": cannot create the output directory (" + error.message() + ")");
+
+  std::vector<StoredTensor> stored;
+  for (const ExportTensor &t : plan.tensors) {
+    const uint64_t elements = static_cast<uint64_t>(t.elements());
+    if (isFp8Projection(t)) {
+      stored.push_back({t.name, t.shape, StoredAs::Fp8, &t, false, elements});
+      const int64_t br = (t.shape[0] + options.block - 1) / options.block;
+      const int64_t bc = (t.shape[1] + options.block - 1) / options.block;
+      std::string scaleName = t.name.substr(0, t.name.size() - std::string("weight").size()) + "weight_scale_inv";
+      stored.push_back({scaleName, {br, bc}, StoredAs::F32, &t, true, uint64_t(br * bc) * 4});
+    } else if (t.name.find("e_score_correction_bias") != std::string::npos) {
+      stored.push_back({t.name, t.shape, StoredAs::F32, &t, false, elements * 4});
+    } else {
+      stored.push_back({t.name, t.shape, StoredAs::Bf16, &t, false, elements * 2});
+    }
+  }
+  // Shards of whole tensors, in order.
+  std::vector<std::vector<const StoredTensor *>> shards(1);
+  uint64_t inShard = 0, total = 0;
+  for (const StoredTensor &t : stored) {
+    if (options.shardBytes > 0 && inShard > 0 && inShard + t.bytes > options.shardBytes) {
+      shards.emplace_back();
+      inShard = 0;
+    }
+    shards.back().push_back(&t);
+    inShard += t.bytes;
+    total += t.bytes;
+  }
+  const bool single = options.shardBytes == 0;
+  OrderedJson weightMap = OrderedJson::object();
+  for (size_t i = 0; i < shards.size(); ++i) {
+    char name[64];
+    std::snprintf(name, sizeof name, "model-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    const std::string file = single ? "model.safetensors" : name;
+    const std::string path = (fs::path(directory) / file).string();
+    const std::string header = headerFor(shards[i]);
+    Status status = writeFileAtomically(path, "a safetensors shard", [&](std::FILE *out) {
+      if (std::fwrite(header.data(), 1, header.size(), out) != header.size())
+        return Status::error(path + ": writing the header failed (" + std::strerror(errno) + ")");
+      std::vector<float> values;
+      for (const StoredTensor *t : shards[i]) {
+        values.resize(static_cast<size_t>(t->source->elements()));
+        if (Status s = materializeTensor(*t->source, values.data()); !s.ok())
+          return Status::error(plan.sourcePath + ": " + s.message());
+        std::vector<uint8_t> bytes = encode(*t, values, options.block);
+        if (std::fwrite(bytes.data(), 1, bytes.size(), out) != bytes.size())
+          return Status::error(path + ": writing " + t->name + " failed (" + std::strerror(errno) +
+                               "); check the free disk space");
+      }
+      return Status::success();
+    });
+    if (!status.ok())
+      return status;
+    for (const StoredTensor *t : shards[i])
+      weightMap[t->name] = file;
+  }
+  if (!single) {
+    const std::string indexPath = (fs::path(directory) / "model.safetensors.index.json").string();
+    const std::string index =
+        OrderedJson{{"metadata", {{"total_size", total}}}, {"weight_map", weightMap}}.dump(2) + "\n";
+    Status status = writeFileAtomically(indexPath, "the index", [&](std::FILE *out) {
+      return std::fwrite(index.data(), 1, index.size(), out) == index.size()
+                 ? Status::success()
+                 : Status::error(indexPath + ": writing failed");
+    });
+    if (!status.ok())
+      return status;
+  }
+  OrderedJson config = OrderedJson::parse(plan.configJson);
+  config["torch_dtype"] = "bfloat16";
+  config["quantization_config"] = {{"activation_scheme", "dynamic"},
+                                   {"fmt", "e4m3"},
+                                   {"quant_method", "fp8"},
+                                   {"weight_block_size", {options.block, options.block}}};
+  const std::string configText = config.dump(2) + "\n";
+  const std::string configPath = (fs::path(directory) / "config.json").string();
+  return writeFileAtomically(configPath, "config.json", [&](std::FILE *out) {
+    return std::fwrite(configText.data(), 1, configText.size(), out) == configText.size()
+               ? Status::success()
+               : Status::error(configPath + ": writing failed");
+  });
+}
+
 } // namespace kt::hfexport

@@ -80,4 +80,19 @@ Status writeExport(const ExportPlan &plan, const std::string &directory);
 // spaces to a multiple of 8) for F32 tensors stored back to back in order.
 std::string safetensorsHeader(const std::vector<ExportTensor> &tensors);
 
+// An FP8 checkpoint in the form DeepSeek publishes V3/R1: the projection
+// matrices (*_proj.weight, experts included) as F8_E4M3 with an F32
+// `weight_scale_inv` per block x block tile (amax / 448), norms, embeddings,
+// router and lm_head as BF16, the correction bias as F32; config.json with
+// quantization_config {fp8, e4m3, dynamic, [block, block]}; shards of at most
+// `shardBytes` (0: one model.safetensors) listed by
+// model.safetensors.index.json. The reference for such a checkpoint is the
+// model on its dequantized values, not on the GGUF ones.
+struct Fp8ExportOptions {
+  int64_t block = 128;
+  uint64_t shardBytes = 0;
+};
+Status writeFp8Export(const ExportPlan &plan, const std::string &directory,
+                      const Fp8ExportOptions &options);
+
 } // namespace kt::hfexport

@@ -33,6 +33,20 @@ int main(int argc, char **argv) {
                  "Source of kv_b_proj when the file has both forms: auto (the joint attn_kv_b "
                  "when present), joint, or split (rebuilt from attn_k_b and attn_v_b)")
       ->capture_default_str();
+  bool fp8 = false;
+  Fp8ExportOptions fp8Options;
+  std::string shardSize = "0";
+  app.add_flag("--fp8", fp8,
+               "Write an FP8 checkpoint as DeepSeek publishes V3/R1: projection matrices as "
+               "F8_E4M3 with a weight_scale_inv per 128x128 block, the rest BF16, "
+               "quantization_config in config.json");
+  app.add_option("--fp8-block", fp8Options.block, "--fp8: block size of the scales")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--shard-size", shardSize,
+                 "--fp8: most bytes per shard, e.g. 64MiB (0: one model.safetensors); shards come "
+                 "with model.safetensors.index.json")
+      ->capture_default_str();
   app.add_flag("-q,--quiet", quiet, "Print nothing on success");
   try {
     app.parse(argc, argv);
@@ -61,6 +75,25 @@ int main(int argc, char **argv) {
   if (!plan.ok()) {
     std::cerr << "kt-export-hf: error: " << plan.message() << "\n";
     return 1;
+  }
+  if (fp8) {
+    std::optional<uint64_t> shardBytes = kt::parseByteSize(shardSize);
+    if (!shardBytes) {
+      std::cerr << "kt-export-hf: error: --shard-size '" << shardSize
+                << "' is not a size; use e.g. 64MiB or 0\n";
+      return 2;
+    }
+    fp8Options.shardBytes = *shardBytes;
+    Status written = writeFp8Export(*plan, output, fp8Options);
+    if (!written.ok()) {
+      std::cerr << "kt-export-hf: error: " << written.message() << "\n";
+      return 1;
+    }
+    if (!quiet)
+      std::printf("wrote %s: an FP8 checkpoint (%s, %zu source tensors, e4m3 blocks of %lld)\n",
+                  output.c_str(), std::string(hfModelTypeName(plan->modelType)).c_str(),
+                  plan->tensors.size(), static_cast<long long>(fp8Options.block));
+    return 0;
   }
   Status written = writeExport(*plan, output);
   if (!written.ok()) {

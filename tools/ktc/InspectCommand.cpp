@@ -1,6 +1,9 @@
 // `ktc inspect`: a GGUF model's overview, or one tensor's dequantized values.
 #include "tools/ktc/Commands.h"
 
+#include "runtime/safetensors/Safetensors.h"
+#include <filesystem>
+
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/quant/Quant.h"
 #include "runtime/support/ByteSize.h"
@@ -119,7 +122,80 @@ int reportError(const std::string &message) {
   return EXIT_FAILURE;
 }
 
+// A Hugging Face checkpoint (directory with config.json and safetensors, or
+// one .safetensors file): its model type, FP8 configuration, files and
+// tensor table; with --tensor, the values of rows (FP8 weights times their
+// block scales).
+bool isSafetensorsPath(const std::string &path) {
+  namespace fs = std::filesystem;
+  std::error_code error;
+  if (fs::is_directory(path, error))
+    return fs::exists(fs::path(path) / "model.safetensors", error) ||
+           fs::exists(fs::path(path) / "model.safetensors.index.json", error);
+  return fs::path(path).extension() == ".safetensors";
+}
+
+int inspectCheckpoint(const InspectOptions &options, llvm::raw_ostream &os) {
+  StatusOr<std::unique_ptr<safetensors::Checkpoint>> opened =
+      safetensors::Checkpoint::open(options.modelPath);
+  if (!opened)
+    return reportError(opened.message());
+  const safetensors::Checkpoint &checkpoint = **opened;
+  if (!options.tensorName.empty()) {
+    const safetensors::TensorInfo *tensor = checkpoint.findTensor(options.tensorName);
+    if (!tensor)
+      return reportError(options.modelPath + " has no tensor '" + options.tensorName + "'");
+    std::string scaleName = options.tensorName;
+    const std::string weight = ".weight";
+    if (scaleName.size() > weight.size() &&
+        scaleName.compare(scaleName.size() - weight.size(), weight.size(), weight) == 0)
+      scaleName += "_scale_inv";
+    const int64_t block = checkpoint.fp8() ? checkpoint.fp8()->blockSize[0] : 128;
+    std::vector<float> values(static_cast<size_t>(tensor->elements()));
+    Status decoded = safetensors::dequantize(*tensor, checkpoint.findTensor(scaleName), block,
+                                             values.data());
+    if (!decoded.ok())
+      return reportError(decoded.message());
+    const int64_t cols = tensor->shape.empty() ? 1 : tensor->shape.back();
+    const int64_t rows = tensor->elements() / std::max<int64_t>(1, cols);
+    int64_t begin = options.rows ? options.rows->first : 0;
+    int64_t end = options.rows ? std::min(options.rows->second, rows) : rows;
+    for (int64_t r = begin; r < end; ++r) {
+      os << "row " << r << ":";
+      for (int64_t c = 0; c < cols; ++c)
+        os << " " << llvm::format("%.9g", values[static_cast<size_t>(r * cols + c)]);
+      os << "\n";
+    }
+    return EXIT_SUCCESS;
+  }
+  os << "checkpoint: " << checkpoint.path() << "\n";
+  os << "model_type: " << (checkpoint.modelType().empty() ? "(no config.json)" : checkpoint.modelType()) << "\n";
+  if (checkpoint.fp8())
+    os << "quantization: fp8 " << checkpoint.fp8()->format << ", activations "
+       << checkpoint.fp8()->activationScheme << ", blocks " << checkpoint.fp8()->blockSize[0]
+       << "x" << checkpoint.fp8()->blockSize[1] << "\n";
+  os << "files: " << checkpoint.files().size() << ", tensors: " << checkpoint.tensors().size()
+     << ", " << formatByteSize(checkpoint.totalTensorBytes()) << "\n";
+  std::map<std::string, int> byType;
+  for (const safetensors::TensorInfo *t : checkpoint.tensors())
+    ++byType[safetensors::dtypeName(t->dtype)];
+  os << "dtypes:";
+  for (const auto &[name, count] : byType)
+    os << " " << name << "=" << count;
+  os << "\n";
+  for (const safetensors::TensorInfo *t : checkpoint.tensors()) {
+    std::string shape;
+    for (size_t i = 0; i < t->shape.size(); ++i)
+      shape += (i ? "x" : "") + std::to_string(t->shape[i]);
+    os << "  " << t->name << "  " << safetensors::dtypeName(t->dtype) << "  [" << shape << "]  "
+       << (t->end - t->begin) << " bytes\n";
+  }
+  return EXIT_SUCCESS;
+}
+
 int runInspect(const InspectOptions &options) {
+  if (isSafetensorsPath(options.modelPath))
+    return inspectCheckpoint(options, llvm::outs());
   StatusOr<std::unique_ptr<GgufModel>> model = GgufModel::open(options.modelPath);
   if (!model)
     return reportError(model.message());

@@ -1,6 +1,7 @@
 // kt-export-hf: Hugging Face names, shapes and values of exported DeepSeek
 // models, config.json, the kv_b_proj rebuilt from the split MLA form, the
 // models transformers cannot represent, and the command line.
+#include "runtime/safetensors/Safetensors.h"
 #include "test/unit/common/TempDir.h"
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/quant/Quant.h"
@@ -660,6 +661,68 @@ TEST(ExportCliTest, ExportsAndReportsErrors) {
   EXPECT_EQ(refusal.exitCode, 1);
   EXPECT_NE(refusal.output.find("norm-topk-prob"), std::string::npos) << refusal.output;
   EXPECT_FALSE(fs::exists(dir.file("z")));
+}
+
+} // namespace
+} // namespace kt::hfexport::test
+
+namespace kt::hfexport::test {
+namespace {
+
+// The FP8 checkpoint read back with the runtime's safetensors reader: the
+// projections are F8_E4M3 with per-block scales and dequantize to the
+// exported f32 values within e4m3's precision; the rest is BF16 (F32 for the
+// correction bias); shards, index and config are consistent.
+TEST(ExportTest, Fp8CheckpointReadsBackWithinE4m3Precision) {
+  TempDir dir;
+  ModelConfig c = smallConfig();
+  writeModel(c, dir.file("m.gguf"));
+  std::unique_ptr<GgufModel> model = openModel(dir.file("m.gguf"));
+  ASSERT_TRUE(model);
+  StatusOr<ExportPlan> plan = planExport(*model);
+  ASSERT_TRUE(plan.ok()) << plan.message();
+  Fp8ExportOptions options;
+  options.block = 64; // several blocks per matrix at these sizes
+  options.shardBytes = 100 * 1024;
+  ASSERT_TRUE(writeFp8Export(*plan, dir.file("fp8"), options).ok());
+
+  StatusOr<std::unique_ptr<safetensors::Checkpoint>> checkpoint =
+      safetensors::Checkpoint::open(dir.file("fp8"));
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.message();
+  EXPECT_GT((*checkpoint)->files().size(), 1u);
+  ASSERT_TRUE((*checkpoint)->fp8().has_value());
+  EXPECT_EQ((*checkpoint)->fp8()->blockSize, (std::vector<int64_t>{64, 64}));
+  EXPECT_EQ((*checkpoint)->modelType(), "deepseek_v3");
+
+  int fp8Tensors = 0;
+  for (const ExportTensor &t : plan->tensors) {
+    SCOPED_TRACE(t.name);
+    const safetensors::TensorInfo *stored = (*checkpoint)->findTensor(t.name);
+    ASSERT_NE(stored, nullptr);
+    EXPECT_EQ(stored->shape, t.shape);
+    std::vector<float> expected(static_cast<size_t>(t.elements())), got(expected.size());
+    ASSERT_TRUE(materializeTensor(t, expected.data()).ok());
+    const safetensors::TensorInfo *scales = (*checkpoint)->findTensor(t.name + "_scale_inv");
+    ASSERT_TRUE(safetensors::dequantize(*stored, scales, 64, got.data()).ok());
+    double diff = 0, norm = 0;
+    for (size_t i = 0; i < got.size(); ++i) {
+      diff += (double(got[i]) - expected[i]) * (double(got[i]) - expected[i]);
+      norm += double(expected[i]) * expected[i];
+    }
+    const double error = norm > 0 ? std::sqrt(diff / norm) : std::sqrt(diff);
+    if (stored->dtype == safetensors::Dtype::F8_E4M3) {
+      ++fp8Tensors;
+      EXPECT_LT(t.name.find("_proj.weight"), std::string::npos);
+      EXPECT_LE(error, 0.05);  // 3 mantissa bits
+      EXPECT_GT(error, 1e-4);  // really quantized
+    } else if (stored->dtype == safetensors::Dtype::BF16) {
+      EXPECT_LE(error, 4e-3);
+    } else {
+      EXPECT_EQ(stored->dtype, safetensors::Dtype::F32);
+      EXPECT_EQ(error, 0.0);
+    }
+  }
+  EXPECT_GT(fp8Tensors, 10);
 }
 
 } // namespace
