@@ -22,8 +22,9 @@ using kt::model::DeepseekConfig;
 
 class Importer {
 public:
-  Importer(MLIRContext &context, const gguf::GgufModel &model, const DeepseekConfig &config)
-      : context_(context), builder_(&context), model_(model), config_(config) {}
+  Importer(MLIRContext &context, const gguf::GgufModel &model, const DeepseekConfig &config,
+           const safetensors::Checkpoint *fp8)
+      : context_(context), builder_(&context), model_(model), config_(config), fp8_(fp8) {}
 
   StatusOr<OwningOpRef<ModuleOp>> run(const std::string &sourcePath);
 
@@ -45,16 +46,82 @@ private:
 
   MLIRContext &context_;
   OpBuilder builder_;
+  // The FP8 checkpoint's weight for GGUF tensor `name` when it is one of
+  // the projections the checkpoint provides; null otherwise (or on error).
+  graph::WeightAttr fp8Weight(const std::string &name, const TensorInfo &gguf);
+
   const gguf::GgufModel &model_;
   const DeepseekConfig &config_;
+  const safetensors::Checkpoint *fp8_;
   Location loc_ = UnknownLoc::get(&context_);
   RankedTensorType activation_;
   std::string error_;
 };
 
+// The Hugging Face module of GGUF projection `blk.N.<kind>.weight` that an
+// FP8 checkpoint stores in FP8, or an empty string. attn_kv_b stays GGUF: the
+// MLA operator splits it into its absorbed halves.
+std::string fp8ProjectionName(const std::string &name) {
+  static const std::pair<const char *, const char *> kProjections[] = {
+      {"attn_q_a", "self_attn.q_a_proj"},
+      {"attn_q_b", "self_attn.q_b_proj"},
+      {"attn_q", "self_attn.q_proj"},
+      {"attn_kv_a_mqa", "self_attn.kv_a_proj_with_mqa"},
+      {"attn_output", "self_attn.o_proj"},
+      {"ffn_gate", "mlp.gate_proj"},
+      {"ffn_up", "mlp.up_proj"},
+      {"ffn_down", "mlp.down_proj"},
+      {"ffn_gate_shexp", "mlp.shared_experts.gate_proj"},
+      {"ffn_up_shexp", "mlp.shared_experts.up_proj"},
+      {"ffn_down_shexp", "mlp.shared_experts.down_proj"},
+  };
+  const std::string prefix = "blk.", suffix = ".weight";
+  if (name.compare(0, prefix.size(), prefix) != 0 || name.size() <= suffix.size() ||
+      name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0)
+    return {};
+  const size_t dot = name.find('.', prefix.size());
+  if (dot == std::string::npos)
+    return {};
+  const std::string layer = name.substr(prefix.size(), dot - prefix.size());
+  const std::string kind = name.substr(dot + 1, name.size() - suffix.size() - dot - 1);
+  for (const auto &[gguf, hf] : kProjections)
+    if (kind == gguf)
+      return "model.layers." + layer + "." + hf + ".weight";
+  return {};
+}
+
+graph::WeightAttr Importer::fp8Weight(const std::string &name, const TensorInfo &gguf) {
+  const std::string hf = fp8ProjectionName(name);
+  if (!fp8_ || hf.empty())
+    return {};
+  const std::string checkpoint = fp8_->path();
+  const safetensors::TensorInfo *weight = fp8_->findTensor(hf);
+  const safetensors::TensorInfo *scale = fp8_->findTensor(hf + "_scale_inv");
+  const std::vector<int64_t> rowsCols = {gguf.ne.size() == 2 ? gguf.ne[1] : 0, gguf.ne[0]};
+  const auto blocks = [&](int64_t n) { return (n + 127) / 128; };
+  if (!weight || weight->dtype != safetensors::Dtype::F8_E4M3 || weight->shape != rowsCols) {
+    fail(checkpoint + ": the FP8 checkpoint has no F8_E4M3 tensor '" + hf + "' of shape [" +
+         std::to_string(rowsCols[0]) + ", " + std::to_string(rowsCols[1]) + "] for " + file() +
+         "'s '" + name + "'; give the FP8 checkpoint of the same model to --fp8-path");
+    return {};
+  }
+  if (!scale || scale->dtype != safetensors::Dtype::F32 ||
+      scale->shape != std::vector<int64_t>{blocks(rowsCols[0]), blocks(rowsCols[1])}) {
+    fail(checkpoint + ": '" + hf + "' has no F32 weight_scale_inv of shape [" +
+         std::to_string(blocks(rowsCols[0])) + ", " + std::to_string(blocks(rowsCols[1])) +
+         "] (one per 128x128 block); the checkpoint is incomplete");
+    return {};
+  }
+  return graph::WeightAttr::get(&context_, hf, graph::kFp8E4m3, gguf.ne);
+}
+
 graph::WeightAttr Importer::optionalWeight(const std::string &name) {
   const TensorInfo *tensor = model_.findTensor(name);
   if (!tensor)
+    return {};
+  if (graph::WeightAttr fp8 = fp8Weight(name, *tensor))
+    return fp8;
+  if (!error_.empty())
     return {};
   const GgmlTypeTraits &traits = gguf::ggmlTypeTraits(tensor->type);
   if (!traits.dequantizable) {
@@ -238,12 +305,22 @@ StatusOr<OwningOpRef<ModuleOp>> Importer::run(const std::string &sourcePath) {
 
 StatusOr<OwningOpRef<ModuleOp>> importGgufModel(MLIRContext &context,
                                                 const gguf::GgufModel &model,
-                                                const std::string &sourcePath) {
+                                                const std::string &sourcePath,
+                                                const safetensors::Checkpoint *fp8) {
   context.loadDialect<graph::KtGraphDialect, func::FuncDialect>();
   StatusOr<DeepseekConfig> config = DeepseekConfig::fromGguf(model);
   if (!config)
     return config.status();
-  return Importer(context, model, *config).run(sourcePath);
+  if (fp8) {
+    if (!fp8->fp8())
+      return Status::error(fp8->path() + ": not an FP8 checkpoint (its config.json has no "
+                                         "quantization_config with quant_method fp8)");
+    if (fp8->fp8()->blockSize[0] != static_cast<int64_t>(graph::kFp8Block))
+      return Status::error(fp8->path() + ": FP8 blocks of " +
+                           std::to_string(fp8->fp8()->blockSize[0]) +
+                           "; the FP8 kernels take DeepSeek's 128x128 blocks");
+  }
+  return Importer(context, model, *config, fp8).run(sourcePath);
 }
 
 } // namespace kt::compiler

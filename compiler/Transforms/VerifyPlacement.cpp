@@ -21,7 +21,8 @@ namespace {
 // Storage types the GPU kernels read (dequantizing in registers); the CPU
 // path reads every type the GGUF reader dequantizes.
 bool gpuReadsType(StringRef dtype) {
-  static const StringRef kGpuTypes[] = {"f32", "f16", "bf16", "q8_0", "q4_K", "q5_K", "q6_K"};
+  static const StringRef kGpuTypes[] = {"f32",  "f16",  "bf16", "q8_0",
+                                        "q4_K", "q5_K", "q6_K", "f8_e4m3"};
   return llvm::is_contained(kGpuTypes, dtype);
 }
 
@@ -74,6 +75,28 @@ private:
   bool verifyFp8Weights(ModelModuleOpInterface op, PlacementAttr placement,
                         const std::string &path, StringRef role) {
     DictionaryAttr kwargs = placement.getKwargs();
+    // FP8 weights only run in the fp8 family (on a GPU). A weight placed on
+    // its own (a sub-placement) is checked against that placement.
+    auto subs = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_placements");
+    for (auto &[weightRole, weight] : op.getWeights()) {
+      if ((!role.empty() && weightRole != role) || weight.getDtype() != "f8_e4m3")
+        continue;
+      if (role.empty() && subs && subs.get(weightRole))
+        continue;
+      bool fp8 = false;
+      for (StringRef key : {"generate_op", "prefill_op"})
+        if (auto family = kwargs ? kwargs.getAs<StringAttr>(key) : StringAttr())
+          fp8 = fp8 || family.getValue() == "fp8";
+      if (!fp8) {
+        op->emitOpError() << "weight '" << weight.getName() << "' of module '" << path
+                          << "' is FP8 (from the --fp8-path checkpoint), but "
+                          << ruleOf(placement)
+                          << " does not run it with the fp8 kernel family; place it on a GPU "
+                             "with generate_op/prefill_op KLinearFP8, or compile without "
+                             "--fp8-path to use the GGUF weights";
+        return false;
+      }
+    }
     if (!kwargs)
       return true;
     for (StringRef key : {"generate_op", "prefill_op"}) {

@@ -203,6 +203,14 @@ std::string planToJson(const Plan &plan) {
       {"kernel_specializations", kernels},
       {"output_value", plan.outputValue},
   };
+  if (plan.model.fp8) {
+    json fp8Files = json::array();
+    for (const ModelFile &file : plan.model.fp8->files)
+      fp8Files.push_back({{"path", file.path}, {"size", file.size}});
+    root["model"]["fp8_checkpoint"] = {{"path", plan.model.fp8->path},
+                                       {"files", fp8Files},
+                                       {"fingerprint", plan.model.fp8->fingerprint}};
+  }
   if (plan.cpuCode) {
     const CpuCode &code = *plan.cpuCode;
     json codeKernels = json::array();
@@ -270,6 +278,22 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
     r.read(*model, "name", "model", plan.model.name);
     r.read(*model, "tensor_bytes", "model", plan.model.tensorBytes);
     r.read(*model, "fingerprint", "model", plan.model.fingerprint);
+    if (model->contains("fp8_checkpoint")) {
+      Fp8Checkpoint fp8;
+      if (const json *entry = r.field(*model, "fp8_checkpoint", "model")) {
+        r.read(*entry, "path", "model.fp8_checkpoint", fp8.path);
+        r.read(*entry, "fingerprint", "model.fp8_checkpoint", fp8.fingerprint);
+        if (const json *files = r.array(*entry, "files", "model.fp8_checkpoint"))
+          for (size_t i = 0; i < files->size(); ++i) {
+            std::string where = "model.fp8_checkpoint.files[" + std::to_string(i) + "]";
+            ModelFile file;
+            r.read((*files)[i], "path", where, file.path);
+            r.read((*files)[i], "size", where, file.size);
+            fp8.files.push_back(file);
+          }
+      }
+      plan.model.fp8 = std::move(fp8);
+    }
     if (const json *files = r.array(*model, "files", "model"))
       for (size_t i = 0; i < files->size(); ++i) {
         std::string where = "model.files[" + std::to_string(i) + "]";

@@ -26,6 +26,14 @@ struct ModelFile {
   uint64_t size = 0;
 };
 
+// The native FP8 checkpoint whose projections a plan uses (ktc compile
+// --fp8-path), beside the GGUF model.
+struct Fp8Checkpoint {
+  std::string path;
+  std::vector<ModelFile> files;
+  std::string fingerprint; // safetensors::fingerprint()
+};
+
 struct ModelSource {
   std::string path;          // as given to ktc compile (file or directory)
   std::string architecture;  // "deepseek2"
@@ -36,6 +44,7 @@ struct ModelSource {
   // evenly spaced 4 KiB samples of its tensor data: a re-quantized,
   // re-converted, truncated or re-generated model changes it.
   std::string fingerprint;
+  std::optional<Fp8Checkpoint> fp8;
 };
 
 struct Gpu {

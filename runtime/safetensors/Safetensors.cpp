@@ -5,6 +5,8 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <cstdio>
+#include <xxhash.h>
 #include <cstring>
 #include <fcntl.h>
 #include <filesystem>
@@ -119,6 +121,7 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std::stri
     return Status::error(path + ": the header length field says " + std::to_string(headerBytes) +
                          " bytes, but the file has " + std::to_string(file->size_ - 8) +
                          " after it" + fix);
+  file->headerBytes_ = headerBytes;
   json header = json::parse(bytes + 8, bytes + 8 + headerBytes, nullptr, false);
   if (header.is_discarded() || !header.is_object())
     return Status::error(path + ": the header is not a JSON object" + fix);
@@ -188,6 +191,10 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::open(const std::stri
   std::sort(file->tensors_.begin(), file->tensors_.end(),
             [](const TensorInfo &a, const TensorInfo &b) { return a.name < b.name; });
   return file;
+}
+
+std::string_view SafetensorsFile::header() const {
+  return {static_cast<const char *>(mapping_) + 8, static_cast<size_t>(headerBytes_)};
 }
 
 SafetensorsFile::~SafetensorsFile() {
@@ -307,6 +314,30 @@ uint64_t Checkpoint::totalTensorBytes() const {
   for (const auto &[name, info] : byName_)
     total += info->end - info->begin;
   return total;
+}
+
+std::string fingerprint(const Checkpoint &checkpoint) {
+  XXH3_state_t *state = XXH3_createState();
+  XXH3_128bits_reset(state);
+  for (const std::unique_ptr<SafetensorsFile> &file : checkpoint.files()) {
+    const std::string name = fs::path(file->path()).filename().string();
+    const uint64_t size = file->fileSize();
+    XXH3_128bits_update(state, name.data(), name.size());
+    XXH3_128bits_update(state, &size, sizeof size);
+    std::string_view header = file->header();
+    XXH3_128bits_update(state, header.data(), header.size());
+    const uint8_t *data = reinterpret_cast<const uint8_t *>(header.data() + header.size());
+    const uint64_t dataBytes = size - 8 - header.size();
+    const uint64_t sample = std::min<uint64_t>(4096, dataBytes);
+    XXH3_128bits_update(state, data, sample);
+    XXH3_128bits_update(state, data + dataBytes - sample, sample);
+  }
+  XXH128_hash_t hash = XXH3_128bits_digest(state);
+  XXH3_freeState(state);
+  char text[33];
+  std::snprintf(text, sizeof text, "%016llx%016llx", static_cast<unsigned long long>(hash.high64),
+                static_cast<unsigned long long>(hash.low64));
+  return text;
 }
 
 // ------------------------------------------------------------------ values

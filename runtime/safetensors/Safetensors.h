@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kt::safetensors {
@@ -51,12 +52,15 @@ public:
   const std::vector<TensorInfo> &tensors() const { return tensors_; }
   const std::map<std::string, std::string> &metadata() const { return metadata_; }
   uint64_t fileSize() const { return size_; }
+  // The JSON header's bytes.
+  std::string_view header() const;
 
 private:
   SafetensorsFile() = default;
   std::string path_;
   void *mapping_ = nullptr;
   uint64_t size_ = 0;
+  uint64_t headerBytes_ = 0;
   std::vector<TensorInfo> tensors_;
   std::map<std::string, std::string> metadata_; // "__metadata__"
 };
@@ -94,6 +98,11 @@ private:
   std::vector<std::unique_ptr<SafetensorsFile>> files_;
   std::map<std::string, const TensorInfo *> byName_;
 };
+
+// A hash of the checkpoint's files: each one's name, size, header and the
+// first and last 4 KiB of its data (32 hex digits). A re-converted,
+// truncated or other checkpoint changes it.
+std::string fingerprint(const Checkpoint &checkpoint);
 
 // The f32 values of `weight` (F32, F16, BF16 or F8_E4M3). An F8_E4M3 matrix
 // [rows, cols] is multiplied by `scaleInv` (F32, [ceil(rows / block),

@@ -680,10 +680,14 @@ struct StoredTensor {
   uint64_t bytes = 0;
 };
 
+// The linear layers DeepSeek's FP8 release stores in FP8: every projection
+// (q_a/q_b/kv_a_proj_with_mqa/kv_b/o_proj, MLP and expert gate/up/down).
 bool isFp8Projection(const ExportTensor &t) {
-  const std::string suffix = "_proj.weight";
-  return t.shape.size() == 2 && t.name.size() > suffix.size() &&
-         t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  auto endsWith = [&](const std::string &suffix) {
+    return t.name.size() > suffix.size() &&
+           t.name.compare(t.name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return t.shape.size() == 2 && (endsWith("_proj.weight") || endsWith("_proj_with_mqa.weight"));
 }
 
 const char *storedName(StoredAs dtype) {

@@ -81,7 +81,7 @@ Status writeExport(const ExportPlan &plan, const std::string &directory);
 std::string safetensorsHeader(const std::vector<ExportTensor> &tensors);
 
 // An FP8 checkpoint in the form DeepSeek publishes V3/R1: the projection
-// matrices (*_proj.weight, experts included) as F8_E4M3 with an F32
+// matrices (*_proj.weight, kv_a_proj_with_mqa, experts included) as F8_E4M3 with an F32
 // `weight_scale_inv` per block x block tile (amax / 448), norms, embeddings,
 // router and lm_head as BF16, the correction bias as F32; config.json with
 // quantization_config {fp8, e4m3, dynamic, [block, block]}; shards of at most

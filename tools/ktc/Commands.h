@@ -32,6 +32,7 @@ int runTarget(const TargetCommandOptions &options);
 
 struct CompileOptions {
   std::string modelPath;  // --gguf-path
+  std::string fp8Path;    // --fp8-path: FP8 checkpoint for the projections
   std::string rulesPath;  // --optimize-config-path
   std::string outputPath; // -o
   TargetCommandOptions target;

@@ -3,6 +3,7 @@
 #include "tools/ktc/Commands.h"
 
 #include "compiler/CpuCodegen/RowKernelGenerator.h"
+#include "runtime/safetensors/Safetensors.h"
 #include "compiler/Import/GgufImporter.h"
 #include "compiler/Plan/ExportPlan.h"
 #include "compiler/Plan/KernelSpecializations.h"
@@ -174,12 +175,20 @@ int runCompile(const CompileOptions &options) {
   StatusOr<std::unique_ptr<gguf::GgufModel>> model = gguf::GgufModel::open(options.modelPath);
   if (!model)
     return reportError(model.message());
+  std::unique_ptr<safetensors::Checkpoint> fp8;
+  if (!options.fp8Path.empty()) {
+    StatusOr<std::unique_ptr<safetensors::Checkpoint>> opened =
+        safetensors::Checkpoint::open(options.fp8Path);
+    if (!opened)
+      return reportError(opened.message());
+    fp8 = std::move(*opened);
+  }
 
   MLIRContext context;
   context.printOpOnDiagnostic(false);
   ScopedDiagnosticHandler handler(&context, printDiagnostic);
   StatusOr<OwningOpRef<ModuleOp>> module =
-      compiler::importGgufModel(context, **model, options.modelPath);
+      compiler::importGgufModel(context, **model, options.modelPath, fp8.get());
   if (!module)
     return reportError(module.message());
 
@@ -222,6 +231,14 @@ int runCompile(const CompileOptions &options) {
       compiler::exportPlan(**module, **model, options.modelPath, defaults);
   if (!plan)
     return reportError(plan.message());
+  if (fp8) {
+    plan::Fp8Checkpoint record;
+    record.path = options.fp8Path;
+    for (const std::unique_ptr<safetensors::SafetensorsFile> &file : fp8->files())
+      record.files.push_back({file->path(), file->fileSize()});
+    record.fingerprint = safetensors::fingerprint(*fp8);
+    plan->model.fp8 = std::move(record);
+  }
   std::string cpuCodeNote;
   if (options.cpuCode) {
     // The CPU expert code goes beside the plan: x.plan -> x.cpu.so.

@@ -4,6 +4,7 @@
 
 #include "runtime/cpu/GeneratedKernels.h"
 #include "runtime/plan/Plan.h"
+#include "runtime/safetensors/Safetensors.h"
 #include "runtime/support/ByteSize.h"
 
 #include "llvm/Support/raw_ostream.h"
@@ -21,6 +22,17 @@ int runVerifyPlan(const std::string &planPath, const std::string &modelPath) {
   if (Status matches = plan::checkModelMatches(*loaded, **model); !matches.ok())
     return reportError(planPath + ": " + matches.message());
   std::string codeNote;
+  if (loaded->model.fp8) {
+    StatusOr<std::unique_ptr<safetensors::Checkpoint>> fp8 =
+        safetensors::Checkpoint::open(loaded->model.fp8->path);
+    if (!fp8)
+      return reportError(planPath + ": its FP8 checkpoint: " + fp8.message());
+    if (safetensors::fingerprint(**fp8) != loaded->model.fp8->fingerprint)
+      return reportError(planPath + ": the FP8 checkpoint " + loaded->model.fp8->path +
+                         " is not the one the plan was compiled with (its files differ); "
+                         "recompile the plan with `ktc compile --fp8-path`");
+    codeNote += ", FP8 checkpoint " + loaded->model.fp8->path + " matches";
+  }
   if (loaded->cpuCode) {
     // The file and its kernels; not the ISA, since the plan may be meant for
     // another machine (ktrun checks that on the host that runs it).
@@ -28,7 +40,7 @@ int runVerifyPlan(const std::string &planPath, const std::string &modelPath) {
         cpu::GeneratedKernels::load(*loaded->cpuCode, planPath, loaded->cpuCode->features);
     if (!code)
       return reportError(code.message());
-    codeNote = ", CPU expert code " + (*code)->path() + " (" +
+    codeNote += ", CPU expert code " + (*code)->path() + " (" +
                std::to_string(loaded->cpuCode->kernels.size()) + " kernels for " +
                loaded->cpuCode->cpu + ") intact";
   }

@@ -74,6 +74,13 @@ cl::opt<std::string> compileRules(
     cl::desc("Placement rules (KTransformers format); see rules/ and docs/rules.md"));
 cl::alias compileRulesUnderscore("optimize_config_path", cl::aliasopt(compileRules),
                                  cl::desc("Alias for --optimize-config-path"));
+cl::opt<std::string> compileFp8Path(
+    "fp8-path", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
+    cl::value_desc("checkpoint"),
+    cl::desc("A native FP8 checkpoint of the same model (DeepSeek's release: config.json with "
+             "quantization_config fp8, safetensors shards): attention, dense and shared-expert "
+             "projections use its e4m3 weights, the rest the GGUF model (for the "
+             "fp8-linear-ggml-experts rules; docs/safetensors.md)"));
 cl::opt<std::string> compileOutput("o", cl::cat(ktcCategory), cl::sub(compileCommand),
                                    cl::value_desc("file.plan"),
                                    cl::desc("Where to write the plan"));
@@ -268,6 +275,7 @@ int main(int argc, char **argv) {
     options.explain = bool(explainCommand);
     options.precompile = compilePrecompile;
     options.cpuCode = !compileReferenceCpuKernels;
+    options.fp8Path = compileFp8Path;
     options.f32CpuExperts = compileF32CpuExperts;
     if (options.cacheLens <= 0 || options.chunkSize <= 0)
       return kt::tools::reportError("--cache-lens and --chunk-size must be positive");

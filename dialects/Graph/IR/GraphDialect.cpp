@@ -29,6 +29,14 @@ LogicalResult WeightAttr::verify(function_ref<InFlightDiagnostic()> emitError,
                                  ArrayRef<int64_t> shape) {
   if (name.empty())
     return emitError() << "weight has an empty tensor name";
+  if (dtype == kt::graph::kFp8E4m3) {
+    // A native FP8 checkpoint's matrix: e4m3 values plus one f32 scale per
+    // 128x128 block (`<name>_scale_inv`), shape in GGML order [cols, rows].
+    if (shape.size() != 2 || shape[0] <= 0 || shape[1] <= 0)
+      return emitError() << "FP8 weight '" << name << "' must be a matrix with positive "
+                            "dimensions";
+    return success();
+  }
   std::optional<kt::gguf::GgmlType> type =
       kt::gguf::parseGgmlType(std::string_view(dtype.data(), dtype.size()));
   if (!type)
@@ -59,6 +67,12 @@ int64_t WeightAttr::getElementCount() const {
 
 uint64_t WeightAttr::getStorageBytes() const {
   StringRef dtype = getDtype();
+  if (dtype == kt::graph::kFp8E4m3) {
+    const uint64_t cols = static_cast<uint64_t>(getShape()[0]), rows = static_cast<uint64_t>(getShape()[1]);
+    const uint64_t blocks = ((rows + kt::graph::kFp8Block - 1) / kt::graph::kFp8Block) *
+                           ((cols + kt::graph::kFp8Block - 1) / kt::graph::kFp8Block);
+    return rows * cols + blocks * 4;
+  }
   std::optional<kt::gguf::GgmlType> type =
       kt::gguf::parseGgmlType(std::string_view(dtype.data(), dtype.size()));
   // The verifier guarantees a known type whose block size divides a row.

@@ -20,6 +20,10 @@
 #include "dialects/Graph/IR/GraphOps.h.inc"
 
 namespace kt::graph {
+// The storage type of weights from a native FP8 checkpoint (e4m3 with f32
+// scales per kFp8Block x kFp8Block block), beside the GGML type names.
+inline constexpr llvm::StringLiteral kFp8E4m3 = "f8_e4m3";
+inline constexpr uint64_t kFp8Block = 128;
 // The oldest GPU architecture the project compiles for (Turing).
 constexpr unsigned kMinComputeCapability = 75;
 // 90 for "sm_90a", 80 for "sm_80"; nullopt if `arch` is not sm_NN[a].
