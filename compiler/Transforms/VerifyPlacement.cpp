@@ -110,8 +110,9 @@ private:
                           << ruleOf(placement) << "), which needs FP8 weights from a native "
                           << "FP8 checkpoint, but weight '" << weight.getName() << "' is "
                           << weight.getDtype()
-                          << "; for a GGUF model use the quant family (KLinearMarlin) "
-                             "or the dense one (KLinearTorch)";
+                          << "; give the model's FP8 checkpoint with --fp8-path, or for a "
+                             "GGUF model use the quant family (KLinearMarlin) or the dense one "
+                             "(KLinearTorch)";
         return false;
       }
     }

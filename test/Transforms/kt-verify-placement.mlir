@@ -98,12 +98,28 @@ func.func @unplaced(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
 
 module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
 func.func @fp8_on_gguf(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
-  // expected-error @+1 {{module 'model.layers.0.mlp.gate_proj' runs the fp8 kernel family (the rule at r.yaml:30:3), which needs FP8 weights from a native FP8 checkpoint, but weight 'g' is q8_0; for a GGUF model use the quant family (KLinearMarlin) or the dense one (KLinearTorch)}}
+  // expected-error @+1 {{module 'model.layers.0.mlp.gate_proj' runs the fp8 kernel family (the rule at r.yaml:30:3), which needs FP8 weights from a native FP8 checkpoint, but weight 'g' is q8_0; give the model's FP8 checkpoint with --fp8-path, or for a GGUF model use the quant family (KLinearMarlin) or the dense one (KLinearTorch)}}
   %d = ktgraph.mlp %x {path = "model.layers.0.mlp",
       gate_proj = #ktgraph.weight<"g", "q8_0", [64, 96]>, up_proj = #ktgraph.weight<"u", "q8_0", [64, 96]>,
       down_proj = #ktgraph.weight<"d", "q8_0", [96, 64]>,
       ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "mlp">,
       ktgraph.sub_placements = {gate_proj = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "linear", rule = "r.yaml:30:3", kwargs = {generate_op = "fp8", prefill_op = "fp8"}>}} : tensor<?x64xf32>
+  return %d : tensor<?x64xf32>
+}
+}
+
+// -----
+
+// FP8 weights (ktc compile --fp8-path) on a sub-module the rules run with the
+// quant family.
+module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
+func.func @fp8_weight_quant_family(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{weight 'model.layers.0.mlp.gate_proj.weight' of module 'model.layers.0.mlp.gate_proj' is FP8 (from the --fp8-path checkpoint), but the rule at r.yaml:30:3 does not run it with the fp8 kernel family; place it on a GPU with generate_op/prefill_op KLinearFP8, or compile without --fp8-path to use the GGUF weights}}
+  %d = ktgraph.mlp %x {path = "model.layers.0.mlp",
+      gate_proj = #ktgraph.weight<"model.layers.0.mlp.gate_proj.weight", "f8_e4m3", [64, 96]>, up_proj = #ktgraph.weight<"u", "q8_0", [64, 96]>,
+      down_proj = #ktgraph.weight<"d", "q8_0", [96, 64]>,
+      ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "mlp">,
+      ktgraph.sub_placements = {gate_proj = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "linear", rule = "r.yaml:30:3", kwargs = {generate_op = "quant", prefill_op = "quant"}>}} : tensor<?x64xf32>
   return %d : tensor<?x64xf32>
 }
 }

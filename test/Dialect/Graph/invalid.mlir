@@ -8,6 +8,14 @@ func.func @unknown_dtype(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
 
 // -----
 
+func.func @fp8_vector(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{FP8 weight 'w' must be a matrix with positive dimensions}}
+  %y = ktgraph.rms_norm %x {path = "model.norm", weight = #ktgraph.weight<"w", "f8_e4m3", [64]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+
+// -----
+
 func.func @row_not_multiple_of_block(%x: tensor<?x64xf32>) -> tensor<?x512xf32> {
   // expected-error @+1 {{weight 'output.weight' of type q4_K has rows of 64 values, not a multiple of the block size 256}}
   %y = ktgraph.lm_head %x {path = "lm_head", weight = #ktgraph.weight<"output.weight", "q4_K", [64, 512]>} : tensor<?x64xf32> -> tensor<?x512xf32>

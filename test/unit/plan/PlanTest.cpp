@@ -85,6 +85,28 @@ TEST(PlanTest, RoundTripsThroughJson) {
   EXPECT_FALSE(back->memory[0].budget.has_value());
 }
 
+// The optional sections: CPU expert code and the FP8 checkpoint.
+TEST(PlanTest, RoundTripsCpuCodeAndFp8Checkpoint) {
+  Plan plan = samplePlan();
+  EXPECT_FALSE(planFromJson(planToJson(plan), "p")->cpuCode.has_value());
+  EXPECT_FALSE(planFromJson(planToJson(plan), "p")->model.fp8.has_value());
+  plan.cpuCode = CpuCode{"tiny.cpu.so", 17384, "0123456789abcdef", "sapphirerapids",
+                         {"avx2", "avx512vnni"}, 512,
+                         {{"q4_K", 7168, "kt_rows_q4_K_7168", "q8"}, {"q8_0", 96, "kt_rows_q8_0_96", "f32"}}};
+  plan.model.fp8 = Fp8Checkpoint{"/models/fp8", {{"/models/fp8/model-00001-of-00002.safetensors", 10}},
+                                 "ffeeddccbbaa99887766554433221100"};
+  StatusOr<Plan> back = planFromJson(planToJson(plan), "sample.plan");
+  ASSERT_TRUE(back.ok()) << back.message();
+  expectSamePlan(plan, *back);
+  ASSERT_TRUE(back->cpuCode.has_value());
+  EXPECT_EQ(back->cpuCode->kernels[0].input, "q8");
+  EXPECT_EQ(back->cpuCode->kernels[1].cols, 96);
+  EXPECT_EQ(back->cpuCode->vectorBits, 512);
+  ASSERT_TRUE(back->model.fp8.has_value());
+  EXPECT_EQ(back->model.fp8->files[0].size, 10u);
+  EXPECT_EQ(back->model.fp8->fingerprint, "ffeeddccbbaa99887766554433221100");
+}
+
 TEST(PlanTest, RoundTripsThroughAFile) {
   fs::path dir = fs::path(KT_BINARY_DIR) / "test-tmp" / ("plan-" + std::to_string(getpid()));
   fs::create_directories(dir);
