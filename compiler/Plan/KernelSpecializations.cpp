@@ -49,7 +49,7 @@ struct Collector {
 };
 
 // The kernel chosen for `phase` ("prefill", "decode") ends with `variant`.
-bool chose(DictionaryAttr kernels, StringRef phase, StringRef variant) {
+bool chose(DictionaryAttr kernels, StringRef phase, const std::string &variant) {
   auto name = kernels ? kernels.getAs<StringAttr>(phase) : StringAttr();
   return name && name.getValue().endswith(variant);
 }
@@ -83,13 +83,15 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
           collector.add(cuda::embeddingSpec(table.getShape()[0], table.getShape()[1], *type),
                         device, path);
       } else if (auto head = dyn_cast<LmHeadOp>(op.getOperation())) {
-        if (chose(kernels, phase, ".gemv_q8_0"))
-          collector.add(cuda::gemvQ8_0Spec(head.getWeight().getShape()[1],
-                                           head.getWeight().getShape()[0]),
+        WeightAttr weight = head.getWeight();
+        std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
+        if (type && cuda::hasGpuGemv(*type) && chose(kernels, phase, ".gemv_" + weight.getDtype().str()))
+          collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
                         device, path);
       }
     }
-    // Linear sub-modules placed on their own: their Q8_0 decode GEMVs.
+    // Linear sub-modules placed on their own: their decode GEMVs (q8_0 and
+    // k-quants).
     auto subPlacements = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_placements");
     auto subKernels = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_kernels");
     if (!subPlacements || !subKernels)
@@ -97,9 +99,11 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
     for (auto &[role, weight] : op.getWeights()) {
       auto sub = subPlacements.getAs<PlacementAttr>(role);
       auto chosen = subKernels.getAs<DictionaryAttr>(role);
-      if (!sub || weight.getShape().size() != 2 || !chose(chosen, "decode", ".gemv_q8_0"))
+      std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
+      if (!sub || !type || !cuda::hasGpuGemv(*type) || weight.getShape().size() != 2 ||
+          !chose(chosen, "decode", ".gemv_" + weight.getDtype().str()))
         continue;
-      collector.add(cuda::gemvQ8_0Spec(weight.getShape()[1], weight.getShape()[0]),
+      collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
                     sub.getDecode(), (path + "." + role).str());
     }
   });

@@ -125,6 +125,35 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures) {
                         kGemvRowsPerBlock * 32);
 }
 
+StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
+  const int qtype = type == gguf::GgmlType::Q4_K ? 4 : type == gguf::GgmlType::Q5_K ? 5
+                  : type == gguf::GgmlType::Q6_K ? 6 : 0;
+  const std::string name(gguf::ggmlTypeName(type));
+  if (qtype == 0)
+    return Status::error("the GPU k-quant GEMV reads q4_K, q5_K or q6_K, not " + name);
+  if (outFeatures <= 0 || inFeatures <= 0 || inFeatures % 256 != 0 || outFeatures > INT32_MAX)
+    return Status::error(name + " matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
+                         "] cannot be multiplied on the GPU: rows must be whole 256-value "
+                         "super-blocks.");
+  return makeKernelSpec("gemv_kquant.cu", "gemv_kquant",
+                        {{"QTYPE", std::to_string(qtype)},
+                         {"IN_FEATURES", integer(inFeatures)},
+                         {"OUT_FEATURES", integer(outFeatures)},
+                         {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
+                        kGemvRowsPerBlock * 32);
+}
+
+bool hasGpuGemv(gguf::GgmlType type) {
+  return type == gguf::GgmlType::Q8_0 || type == gguf::GgmlType::Q4_K ||
+         type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K;
+}
+
+StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
+  if (type == gguf::GgmlType::Q8_0)
+    return gemvQ8_0Spec(outFeatures, inFeatures);
+  return gemvKQuantSpec(type, outFeatures, inFeatures);
+}
+
 StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShapes &shapes) {
   std::vector<KernelSpec> specs;
   std::set<std::string> described;
@@ -144,6 +173,9 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
       return s;
   for (const auto &[out, in] : shapes.q8_0Matrices)
     if (Status s = add(gemvQ8_0Spec(out, in)); !s.ok())
+      return s;
+  for (const ModelKernelShapes::Matrix &m : shapes.kquantMatrices)
+    if (Status s = add(gemvKQuantSpec(m.type, m.out, m.in)); !s.ok())
       return s;
   return specs;
 }

@@ -29,6 +29,12 @@ StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType
 // y = W x for a Q8_0 matrix of `outFeatures` rows of `inFeatures` (one warp per row).
 StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures);
 constexpr unsigned kGemvRowsPerBlock = 4;
+// y = W x for a q4_K, q5_K or q6_K matrix (one warp per row).
+StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+// The decode GEMV of a matrix of `type` (q8_0 or a k-quant); an error for
+// types without a GPU GEMV.
+StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+bool hasGpuGemv(gguf::GgmlType type);
 
 // The shapes of a model that the GPU kernels are specialized on.
 struct ModelKernelShapes {
@@ -38,6 +44,11 @@ struct ModelKernelShapes {
   gguf::GgmlType embeddingType = gguf::GgmlType::F32;
   std::vector<int64_t> extraNormWidths;                  // e.g. q_lora_rank, kv_lora_rank
   std::vector<std::pair<int64_t, int64_t>> q8_0Matrices; // {out, in}
+  struct Matrix {
+    gguf::GgmlType type;
+    int64_t out, in;
+  };
+  std::vector<Matrix> kquantMatrices; // q4_K/q5_K/q6_K matrices
 };
 
 // Every specialization the model needs, without duplicates.

@@ -51,6 +51,13 @@ ModelKernelShapes deepseekV3Shapes() {
       {7168, 18432},  // dense layer down
       {129280, 7168}, // lm_head
   };
+  // Q4_K_M-style GGUF files: k-quant attention, shared experts and lm_head.
+  shapes.kquantMatrices = {
+      {gguf::GgmlType::Q4_K, 1536, 7168},
+      {gguf::GgmlType::Q5_K, 24576, 1536},
+      {gguf::GgmlType::Q6_K, 7168, 16384},
+      {gguf::GgmlType::Q6_K, 129280, 7168},
+  };
   return shapes;
 }
 
@@ -62,6 +69,9 @@ ModelKernelShapes smallModelShapes() {
   shapes.embeddingType = gguf::GgmlType::F32;
   shapes.extraNormWidths = {96, 64};
   shapes.q8_0Matrices = {{96, 256}, {256, 128}, {1024, 256}};
+  shapes.kquantMatrices = {{gguf::GgmlType::Q4_K, 96, 256},
+                           {gguf::GgmlType::Q5_K, 256, 512},
+                           {gguf::GgmlType::Q6_K, 1024, 256}};
   return shapes;
 }
 

@@ -205,6 +205,42 @@ TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
   }
 }
 
+TEST_P(GpuKernels, GemvKQuantMatchesTheCpuReference) {
+  struct Shape {
+    int64_t out, in;
+  } shapes[] = {{1001, 7168}, {576, 2048}, {33, 256}};
+  for (gguf::GgmlType type : {gguf::GgmlType::Q4_K, gguf::GgmlType::Q5_K, gguf::GgmlType::Q6_K})
+    for (const auto &shape : shapes) {
+      const std::string name(gguf::ggmlTypeName(type));
+      SCOPED_TRACE(name + " " + std::to_string(shape.out) + "x" + std::to_string(shape.in));
+      auto w = randomFloats(shape.out * shape.in, -1, 1, 6);
+      auto x = randomFloats(shape.in, -0.5, 1.5, 7); // a mean, so the minimums matter
+      const size_t rowBytes = *gguf::ggmlRowBytes(type, shape.in);
+      std::vector<uint8_t> q(rowBytes * shape.out);
+      ASSERT_TRUE(quant::quantize(type, w.data(), q.data(), w.size()).ok());
+      std::vector<float> dequantized(w.size());
+      ASSERT_TRUE(quant::dequantize(type, q.data(), dequantized.data(), w.size()).ok());
+      std::vector<double> expected(shape.out);
+      for (int64_t o = 0; o < shape.out; ++o) {
+        double sum = 0;
+        for (int64_t i = 0; i < shape.in; ++i)
+          sum += double(dequantized[o * shape.in + i]) * x[i];
+        expected[o] = sum;
+      }
+      auto spec = gemvSpec(type, shape.out, shape.in);
+      LoadedKernel kernel = load(spec);
+      ASSERT_NE(kernel.function, nullptr);
+      DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4);
+      DevicePointer dy = allocate(shape.out * 4);
+      const unsigned blocks = unsigned((shape.out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
+      run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &dx, &dy});
+      const double error = relativeL2(download(dy, shape.out), expected);
+      EXPECT_LE(error, 1e-4);
+      std::printf("[ gpu      ] gemv_%s %lldx%lld: relative L2 %.2e\n", name.c_str(),
+                  (long long)shape.out, (long long)shape.in, error);
+    }
+}
+
 TEST_P(GpuKernels, SecondLoadComesFromTheCache) {
   auto spec = rmsNormSpec(7168, 1e-6f);
   load(spec);
