@@ -1,14 +1,16 @@
 // y = W x for a GGUF k-quant matrix W (q4_K, q5_K or q6_K) of OUT_FEATURES
 // rows of IN_FEATURES values (each row IN_FEATURES/256 super-blocks). Weights
 // are dequantized in registers, never expanded in memory.
-// One warp per output row. Eight lanes share a super-block, each taking 32 of
-// its 256 values, so eight consecutive lanes read one super-block's quants as
-// contiguous 16-byte pieces; the warp walks four super-blocks per step.
+// A warp computes ROWS_PER_WARP rows. Eight lanes share a super-block, each
+// taking 32 of its 256 values, so eight consecutive lanes read one
+// super-block's quants as contiguous 16-byte pieces; the warp walks four
+// super-blocks per step, loading their activations once for all its rows.
 // Specialization defines:
 //   QTYPE           4 (q4_K), 5 (q5_K) or 6 (q6_K)
 //   IN_FEATURES     columns (a multiple of 256)
 //   OUT_FEATURES    rows
-//   ROWS_PER_BLOCK  warps (rows) per thread block
+//   ROWS_PER_BLOCK  warps per thread block
+//   ROWS_PER_WARP   rows per warp
 #include "common.cuh"
 
 #ifndef QTYPE
@@ -22,6 +24,9 @@
 #endif
 #ifndef ROWS_PER_BLOCK
 #define ROWS_PER_BLOCK 4
+#endif
+#ifndef ROWS_PER_WARP
+#define ROWS_PER_WARP 1
 #endif
 
 static_assert(QTYPE == 4 || QTYPE == 5 || QTYPE == 6, "q4_K, q5_K or q6_K");
@@ -41,25 +46,74 @@ __device__ __forceinline__ void scaleMin(const kt::u8 *scales, int j, float &sca
   }
 }
 
-// The dot product of this lane's 32 values of super-block `block` with x.
-__device__ __forceinline__ float pieceDot(const kt::u8 *block, const float *x, int part) {
+// This lane's 32 activations of a super-block (and, for q4_K/q5_K, their
+// sums per group), loaded once and reused for every row of the warp.
+struct Piece {
+  float values[32];
+  float sumLow, sumHigh;
+};
+
+__device__ __forceinline__ float4 load4(const float *p) { return *reinterpret_cast<const float4 *>(p); }
+
+__device__ __forceinline__ void loadPiece(const float *x, int part, Piece &piece) {
 #if QTYPE == 4 || QTYPE == 5
-  // part = 2 * pair + half: bytes [16 * half, +16) of the pair's 32 bytes;
-  // low nibbles are group 2 * pair, high nibbles group 2 * pair + 1.
+  // part = 2 * pair + half: values [16 * half, +16) of groups 2 * pair (low
+  // nibbles) and 2 * pair + 1 (high nibbles).
   const int pair = part / 2, half = part % 2;
-  const float d = kt::halfToFloat(*reinterpret_cast<const kt::u16 *>(block));
-  const float dmin = kt::halfToFloat(*reinterpret_cast<const kt::u16 *>(block + 2));
-  float scaleLow, minLow, scaleHigh, minHigh;
-  scaleMin(block + 4, 2 * pair, scaleLow, minLow);
-  scaleMin(block + 4, 2 * pair + 1, scaleHigh, minHigh);
-#if QTYPE == 4
-  const kt::u8 *qs = block + 16 + 32 * pair + 16 * half;
-#else
-  const kt::u8 *qs = block + 48 + 32 * pair + 16 * half;
-  const kt::u8 *qh = block + 16 + 16 * half;
-#endif
   const float *xLow = x + 64 * pair + 16 * half, *xHigh = xLow + 32;
-  float dotLow = 0, dotHigh = 0, sumLow = 0, sumHigh = 0;
+  piece.sumLow = piece.sumHigh = 0;
+#pragma unroll
+  for (int v = 0; v < 4; ++v) {
+    const float4 lo = load4(xLow + 4 * v), hi = load4(xHigh + 4 * v);
+    piece.values[4 * v] = lo.x, piece.values[4 * v + 1] = lo.y;
+    piece.values[4 * v + 2] = lo.z, piece.values[4 * v + 3] = lo.w;
+    piece.values[16 + 4 * v] = hi.x, piece.values[16 + 4 * v + 1] = hi.y;
+    piece.values[16 + 4 * v + 2] = hi.z, piece.values[16 + 4 * v + 3] = hi.w;
+    piece.sumLow += lo.x + lo.y + lo.z + lo.w;
+    piece.sumHigh += hi.x + hi.y + hi.z + hi.w;
+  }
+#else
+  // q6_K: part = 4 * n + quarter: l in [8 * quarter, +8) of the n-th 128
+  // values, at l, l + 32, l + 64 and l + 96.
+  const int n = part / 4, quarter = part % 4;
+  const float *xs = x + 128 * n + 8 * quarter;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const float4 a = load4(xs + 32 * r), b = load4(xs + 32 * r + 4);
+    piece.values[8 * r] = a.x, piece.values[8 * r + 1] = a.y, piece.values[8 * r + 2] = a.z;
+    piece.values[8 * r + 3] = a.w, piece.values[8 * r + 4] = b.x, piece.values[8 * r + 5] = b.y;
+    piece.values[8 * r + 6] = b.z, piece.values[8 * r + 7] = b.w;
+  }
+  piece.sumLow = piece.sumHigh = 0;
+#endif
+}
+
+// The dot product of this lane's 32 weights of super-block `block` with the
+// piece. Quants and scales are read as 16-byte (q4_K, q5_K) or 2-byte
+// (q6_K: 210-byte super-blocks) units.
+__device__ __forceinline__ float pieceDot(const kt::u8 *block, const Piece &piece, int part) {
+#if QTYPE == 4 || QTYPE == 5
+  const int pair = part / 2, half = part % 2;
+  const kt::u32 dm = *reinterpret_cast<const kt::u32 *>(block);
+  const float d = kt::halfToFloat(static_cast<kt::u16>(dm & 0xffff));
+  const float dmin = kt::halfToFloat(static_cast<kt::u16>(dm >> 16));
+  kt::u32 scaleWords[3];
+#pragma unroll
+  for (int i = 0; i < 3; ++i)
+    scaleWords[i] = reinterpret_cast<const kt::u32 *>(block + 4)[i];
+  const kt::u8 *scales = reinterpret_cast<const kt::u8 *>(scaleWords);
+  float scaleLow, minLow, scaleHigh, minHigh;
+  scaleMin(scales, 2 * pair, scaleLow, minLow);
+  scaleMin(scales, 2 * pair + 1, scaleHigh, minHigh);
+#if QTYPE == 4
+  const uint4 packed = *reinterpret_cast<const uint4 *>(block + 16 + 32 * pair + 16 * half);
+#else
+  const uint4 packed = *reinterpret_cast<const uint4 *>(block + 48 + 32 * pair + 16 * half);
+  const uint4 packedHigh = *reinterpret_cast<const uint4 *>(block + 16 + 16 * half);
+  const kt::u8 *qh = reinterpret_cast<const kt::u8 *>(&packedHigh);
+#endif
+  const kt::u8 *qs = reinterpret_cast<const kt::u8 *>(&packed);
+  float dotLow = 0, dotHigh = 0;
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
     int low = qs[i] & 0xF, high = qs[i] >> 4;
@@ -67,50 +121,64 @@ __device__ __forceinline__ float pieceDot(const kt::u8 *block, const float *x, i
     low |= ((qh[i] >> (2 * pair)) & 1) << 4;
     high |= ((qh[i] >> (2 * pair + 1)) & 1) << 4;
 #endif
-    dotLow += static_cast<float>(low) * xLow[i];
-    dotHigh += static_cast<float>(high) * xHigh[i];
-    sumLow += xLow[i];
-    sumHigh += xHigh[i];
+    dotLow += static_cast<float>(low) * piece.values[i];
+    dotHigh += static_cast<float>(high) * piece.values[16 + i];
   }
-  return d * (scaleLow * dotLow + scaleHigh * dotHigh) - dmin * (minLow * sumLow + minHigh * sumHigh);
+  return d * (scaleLow * dotLow + scaleHigh * dotHigh) -
+         dmin * (minLow * piece.sumLow + minHigh * piece.sumHigh);
 #else
-  // q6_K: part = 4 * n + quarter: l in [8 * quarter, +8) of the n-th 128
-  // values; each l gives 4 values (l, l + 32, l + 64, l + 96).
   const int n = part / 4, quarter = part % 4;
   const kt::u8 *ql = block + 64 * n, *qh = block + 128 + 32 * n;
   const kt::i8 *sc = reinterpret_cast<const kt::i8 *>(block + 192) + 8 * n;
   const float d = kt::halfToFloat(*reinterpret_cast<const kt::u16 *>(block + 208));
   const int is = (8 * quarter) / 16;
-  const float *xs = x + 128 * n;
+  kt::u16 lowA[4], lowB[4], high[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    lowA[i] = reinterpret_cast<const kt::u16 *>(ql + 8 * quarter)[i];
+    lowB[i] = reinterpret_cast<const kt::u16 *>(ql + 32 + 8 * quarter)[i];
+    high[i] = reinterpret_cast<const kt::u16 *>(qh + 8 * quarter)[i];
+  }
+  const kt::u8 *a = reinterpret_cast<const kt::u8 *>(lowA), *b = reinterpret_cast<const kt::u8 *>(lowB),
+               *h = reinterpret_cast<const kt::u8 *>(high);
   float dots[4] = {0, 0, 0, 0};
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
-    const int l = 8 * quarter + k;
-    const int q1 = ((ql[l] & 0xF) | (((qh[l] >> 0) & 3) << 4)) - 32;
-    const int q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) - 32;
-    const int q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-    const int q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-    dots[0] += static_cast<float>(q1) * xs[l];
-    dots[1] += static_cast<float>(q2) * xs[l + 32];
-    dots[2] += static_cast<float>(q3) * xs[l + 64];
-    dots[3] += static_cast<float>(q4) * xs[l + 96];
+    dots[0] += static_cast<float>(((a[k] & 0xF) | (((h[k] >> 0) & 3) << 4)) - 32) * piece.values[k];
+    dots[1] += static_cast<float>(((b[k] & 0xF) | (((h[k] >> 2) & 3) << 4)) - 32) * piece.values[8 + k];
+    dots[2] += static_cast<float>(((a[k] >> 4) | (((h[k] >> 4) & 3) << 4)) - 32) * piece.values[16 + k];
+    dots[3] += static_cast<float>(((b[k] >> 4) | (((h[k] >> 6) & 3) << 4)) - 32) * piece.values[24 + k];
   }
   return d * (sc[is] * dots[0] + sc[is + 2] * dots[1] + sc[is + 4] * dots[2] + sc[is + 6] * dots[3]);
 #endif
 }
 
+// Each warp computes ROWS_PER_WARP consecutive rows, loading each piece of x
+// once for all of them.
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
             float *__restrict__ y) {
   const int lane = threadIdx.x % 32;
-  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
-  if (row >= OUT_FEATURES)
+  const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32) * ROWS_PER_WARP;
+  if (firstRow >= OUT_FEATURES)
     return;
-  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + row * kRowBytes;
-  float sum = 0.0f;
-  for (int b = lane / 8; b < kSuperBlocks; b += 4)
-    sum += pieceDot(rowBytes + b * kBlockBytes, x + b * 256, lane % 8);
-  sum = kt::warpSum(sum);
-  if (lane == 0)
-    y[row] = sum;
+  const kt::u8 *rows = static_cast<const kt::u8 *>(weight) + firstRow * kRowBytes;
+  float sums[ROWS_PER_WARP];
+#pragma unroll
+  for (int r = 0; r < ROWS_PER_WARP; ++r)
+    sums[r] = 0.0f;
+  for (int b = lane / 8; b < kSuperBlocks; b += 4) {
+    Piece piece;
+    loadPiece(x + b * 256, lane % 8, piece);
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; ++r)
+      if (firstRow + r < OUT_FEATURES)
+        sums[r] += pieceDot(rows + r * kRowBytes + b * kBlockBytes, piece, lane % 8);
+  }
+#pragma unroll
+  for (int r = 0; r < ROWS_PER_WARP; ++r) {
+    const float sum = kt::warpSum(sums[r]);
+    if (lane == 0 && firstRow + r < OUT_FEATURES)
+      y[firstRow + r] = sum;
+  }
 }

@@ -1,8 +1,9 @@
 // y = W x for a GGUF Q8_0 matrix W of OUT_FEATURES rows of IN_FEATURES values
 // (row-major, each row IN_FEATURES/32 blocks of 34 bytes: f16 scale, 32 int8).
 // Weights are dequantized in registers, never expanded in memory.
-// One warp per output row; lane L takes blocks L, L+32, ... of the row, so a
-// warp reads 32 consecutive blocks (1088 contiguous bytes) per step.
+// One warp per output row; four lanes share a block (8 values each), so a
+// warp reads 8 consecutive blocks (272 contiguous bytes) per step, and the
+// steps are unrolled so that all of a row's loads are in flight together.
 // Specialization defines:
 //   IN_FEATURES     columns (a multiple of 32)
 //   OUT_FEATURES    rows
@@ -33,18 +34,25 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
   const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + row * kRowBytes;
 
   float sum = 0.0f;
-  for (int b = lane; b < kBlocksPerRow; b += 32) {
+  const int quarter = lane % 4;
+#pragma unroll
+  for (int b = lane / 4; b < kBlocksPerRow; b += 8) {
     const kt::u8 *block = rowBytes + b * kt::kQ8_0BlockBytes;
-    // The quants start 2 bytes into a 34-byte block: read them as 16 pairs.
+    // Blocks are 2-byte aligned: the scale and this lane's 8 quants as u16s.
     const kt::u16 *pairs = reinterpret_cast<const kt::u16 *>(block);
     const float scale = kt::halfToFloat(pairs[0]);
-    const float *xs = x + b * kt::kQ8_0BlockElements;
+    kt::u16 quants[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      quants[j] = pairs[1 + 4 * quarter + j];
+    const float *xs = x + b * kt::kQ8_0BlockElements + 8 * quarter;
+    const float4 x0 = *reinterpret_cast<const float4 *>(xs), x1 = *reinterpret_cast<const float4 *>(xs + 4);
+    const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
     float dot = 0.0f;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-      const kt::u16 pair = pairs[1 + j];
-      dot += static_cast<float>(static_cast<kt::i8>(pair & 0xff)) * xs[2 * j];
-      dot += static_cast<float>(static_cast<kt::i8>(pair >> 8)) * xs[2 * j + 1];
+    for (int j = 0; j < 4; ++j) {
+      dot += static_cast<float>(static_cast<kt::i8>(quants[j] & 0xff)) * xv[2 * j];
+      dot += static_cast<float>(static_cast<kt::i8>(quants[j] >> 8)) * xv[2 * j + 1];
     }
     sum += scale * dot;
   }

@@ -30,6 +30,7 @@ struct CudaDevice::Api {
   CUresult (*memFree)(CUdeviceptr) = nullptr;
   CUresult (*memcpyHtoD)(CUdeviceptr, const void *, size_t) = nullptr;
   CUresult (*memcpyDtoH)(void *, CUdeviceptr, size_t) = nullptr;
+  CUresult (*memcpyDtoD)(CUdeviceptr, CUdeviceptr, size_t) = nullptr;
   CUresult (*launchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                            unsigned, unsigned, CUstream, void **, void **) = nullptr;
   CUresult (*getErrorString)(CUresult, const char **) = nullptr;
@@ -73,6 +74,7 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.memAlloc, {"cuMemAlloc_v2"});
   bind(api.memFree, {"cuMemFree_v2"});
   bind(api.memcpyHtoD, {"cuMemcpyHtoD_v2"});
+  bind(api.memcpyDtoD, {"cuMemcpyDtoD_v2"});
   bind(api.memcpyDtoH, {"cuMemcpyDtoH_v2"});
   bind(api.launchKernel, {"cuLaunchKernel"});
   bind(api.getErrorString, {"cuGetErrorString"});
@@ -111,6 +113,10 @@ StatusOr<DevicePointer> CudaDevice::allocate(size_t bytes) {
 
 Status CudaDevice::free(DevicePointer pointer) {
   return check(api_->memFree(pointer), "cuMemFree");
+}
+
+Status CudaDevice::copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes) {
+  return check(api_->memcpyDtoD(dst, src, bytes), "cuMemcpyDtoD");
 }
 
 Status CudaDevice::copyToDevice(DevicePointer dst, const void *src, size_t bytes) {

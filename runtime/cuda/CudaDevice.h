@@ -39,6 +39,8 @@ public:
   Status free(DevicePointer pointer);
   Status copyToDevice(DevicePointer dst, const void *src, size_t bytes);
   Status copyToHost(void *dst, DevicePointer src, size_t bytes);
+  // Device memory to device memory (the bandwidth ceiling benchmarks compare with).
+  Status copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes);
 
   // Loads the module and finds its entry; the module lives as long as the device.
   StatusOr<LoadedKernel> load(const CompiledKernel &kernel);

@@ -139,8 +139,21 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
                         {{"QTYPE", std::to_string(qtype)},
                          {"IN_FEATURES", integer(inFeatures)},
                          {"OUT_FEATURES", integer(outFeatures)},
-                         {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
+                         {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)},
+                         {"ROWS_PER_WARP", std::to_string(gemvKQuantRowsPerWarp(outFeatures))}},
                         kGemvRowsPerBlock * 32);
+}
+
+unsigned gemvKQuantRowsPerWarp(int64_t outFeatures) {
+  // Measured on an H200 (docs/gpu-kernels.md): four rows per warp doubled
+  // lm_head and o_proj, one row per warp kept 576..2048-row matrices fastest.
+  return outFeatures >= 16384 ? 4 : outFeatures >= 4096 ? 2 : 1;
+}
+
+unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures) {
+  const int64_t rowsPerBlock = int64_t(kGemvRowsPerBlock) *
+                               (type == gguf::GgmlType::Q8_0 ? 1 : gemvKQuantRowsPerWarp(outFeatures));
+  return static_cast<unsigned>((outFeatures + rowsPerBlock - 1) / rowsPerBlock);
 }
 
 bool hasGpuGemv(gguf::GgmlType type) {

@@ -31,10 +31,15 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures);
 constexpr unsigned kGemvRowsPerBlock = 4;
 // y = W x for a q4_K, q5_K or q6_K matrix (one warp per row).
 StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+// Rows per warp of the k-quant GEMV: 4 for large matrices (activations
+// loaded once for four rows), fewer where that would leave SMs idle.
+unsigned gemvKQuantRowsPerWarp(int64_t outFeatures);
 // The decode GEMV of a matrix of `type` (q8_0 or a k-quant); an error for
 // types without a GPU GEMV.
 StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
 bool hasGpuGemv(gguf::GgmlType type);
+// Thread blocks of the GEMV of `type` for `outFeatures` rows.
+unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures);
 
 // The shapes of a model that the GPU kernels are specialized on.
 struct ModelKernelShapes {

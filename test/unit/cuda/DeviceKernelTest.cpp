@@ -232,7 +232,7 @@ TEST_P(GpuKernels, GemvKQuantMatchesTheCpuReference) {
       ASSERT_NE(kernel.function, nullptr);
       DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4);
       DevicePointer dy = allocate(shape.out * 4);
-      const unsigned blocks = unsigned((shape.out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
+      const unsigned blocks = gemvGridBlocks(type, shape.out);
       run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &dx, &dy});
       const double error = relativeL2(download(dy, shape.out), expected);
       EXPECT_LE(error, 1e-4);

@@ -1,0 +1,207 @@
+// gpu_kernel_bench: the decode GEMV kernels at DeepSeek-V3 shapes against the
+// GPU's memory bandwidth measured in the same run (a large device-to-device
+// copy, bytes read plus written).
+//
+//   gpu_kernel_bench [--json]
+//
+// Each kernel is timed over many launches (host clock around a synchronize,
+// after a warm-up), rotating among enough distinct weight buffers that they
+// cannot sit in L2; bytes = the matrix plus x and y. Weights are random
+// blocks with small finite scales (never zeros).
+#include "runtime/cuda/CudaDevice.h"
+#include "runtime/cuda/DeviceQuery.h"
+#include "runtime/cuda/KernelCache.h"
+#include "runtime/cuda/KernelCatalog.h"
+#include "runtime/cuda/Nvrtc.h"
+#include "runtime/gguf/GgmlType.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace kt;
+using Clock = std::chrono::steady_clock;
+
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+int fail(const std::string &message) {
+  std::fprintf(stderr, "gpu_kernel_bench: error: %s\n", message.c_str());
+  return 1;
+}
+
+struct Shape {
+  const char *name;
+  int64_t out, in;
+};
+
+struct Result {
+  std::string type, shape;
+  double mib = 0, gbs = 0, microseconds = 0;
+};
+
+// Offsets of the f16 scales in a block of `type`.
+std::vector<int> halfOffsets(gguf::GgmlType type) {
+  switch (type) {
+  case gguf::GgmlType::Q8_0: return {0};
+  case gguf::GgmlType::Q4_K:
+  case gguf::GgmlType::Q5_K: return {0, 2};
+  case gguf::GgmlType::Q6_K: return {208};
+  default: return {};
+  }
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  CLI::App app{"Times the GPU decode GEMV kernels against the GPU's memory bandwidth"};
+  bool json = false;
+  int launches = 200;
+  double ringMiB = 1024;
+  app.add_flag("--json", json, "Print the results as JSON");
+  app.add_option("--launches", launches, "Timed launches per kernel")->check(CLI::PositiveNumber);
+  app.add_option("--ring-mib", ringMiB, "Bytes of distinct weight buffers cycled through (MiB)");
+  CLI11_PARSE(app, argc, argv);
+
+  std::string whyNone;
+  std::vector<cuda::GpuInfo> gpus = cuda::queryGpus(whyNone);
+  if (gpus.empty())
+    return fail("no GPU: " + whyNone);
+  StatusOr<const cuda::Nvrtc *> nvrtc = cuda::Nvrtc::instance();
+  if (!nvrtc)
+    return fail(nvrtc.message());
+  StatusOr<std::unique_ptr<cuda::CudaDevice>> opened = cuda::CudaDevice::open(0);
+  if (!opened)
+    return fail(opened.message());
+  cuda::CudaDevice &device = **opened;
+  StatusOr<std::string> cacheDir = cuda::KernelCache::defaultDirectory();
+  if (!cacheDir)
+    return fail(cacheDir.message());
+  cuda::KernelCache cache(*cacheDir, **nvrtc);
+  const std::string arch = gpus[0].arch();
+
+  // The ceiling: a 1 GiB device-to-device copy, best of 10.
+  const size_t copyBytes = size_t(1) << 30;
+  StatusOr<cuda::DevicePointer> a = device.allocate(copyBytes), b = device.allocate(copyBytes);
+  if (!a || !b)
+    return fail("cannot allocate the copy buffers");
+  double bestCopy = 1e30;
+  for (int i = 0; i < 11; ++i) {
+    auto start = Clock::now();
+    if (Status s = device.copyOnDevice(*b, *a, copyBytes); !s.ok())
+      return fail(s.message());
+    if (Status s = device.synchronize(); !s.ok())
+      return fail(s.message());
+    if (i > 0)
+      bestCopy = std::min(bestCopy, secondsSince(start));
+  }
+  const double bandwidth = 2.0 * copyBytes / bestCopy;
+  (void)device.free(*a);
+  (void)device.free(*b);
+
+  const Shape shapes[] = {{"q_a_proj 1536x7168", 1536, 7168},  {"q_b_proj 24576x1536", 24576, 1536},
+                          {"kv_a 576x7168", 576, 7168},         {"o_proj 7168x16384", 7168, 16384},
+                          {"shared gate 2048x7168", 2048, 7168}, {"shared down 7168x2048", 7168, 2048},
+                          {"lm_head 129280x7168", 129280, 7168}};
+  std::mt19937_64 random(9);
+  std::vector<Result> results;
+  for (gguf::GgmlType type : {gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_K, gguf::GgmlType::Q6_K}) {
+    const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(type);
+    for (const Shape &shape : shapes) {
+      StatusOr<cuda::KernelSpec> spec = cuda::gemvSpec(type, shape.out, shape.in);
+      if (!spec)
+        return fail(spec.message());
+      StatusOr<cuda::CompiledKernel> compiled = cache.getOrCompile(*spec, arch);
+      if (!compiled)
+        return fail(compiled.message());
+      StatusOr<cuda::LoadedKernel> kernel = device.load(*compiled);
+      if (!kernel)
+        return fail(kernel.message());
+      const size_t matrixBytes = *gguf::ggmlRowBytes(type, shape.in) * size_t(shape.out);
+      const size_t copies = std::max<size_t>(2, size_t(ringMiB * (1 << 20)) / matrixBytes);
+      std::vector<uint8_t> host(matrixBytes);
+      for (size_t i = 0; i + 8 <= host.size(); i += 8) {
+        uint64_t word = random();
+        std::memcpy(host.data() + i, &word, 8);
+      }
+      for (size_t block = 0; block + size_t(traits.blockBytes) <= host.size(); block += size_t(traits.blockBytes))
+        for (int half : halfOffsets(type)) {
+          uint16_t value = 0x1800; // 2^-9
+          std::memcpy(host.data() + block + half, &value, 2);
+        }
+      std::vector<cuda::DevicePointer> weights;
+      for (size_t c = 0; c < copies; ++c) {
+        StatusOr<cuda::DevicePointer> p = device.allocate(matrixBytes);
+        if (!p)
+          return fail(p.message());
+        if (Status s = device.copyToDevice(*p, host.data(), host.size()); !s.ok())
+          return fail(s.message());
+        weights.push_back(*p);
+      }
+      std::vector<float> xHost(static_cast<size_t>(shape.in));
+      std::normal_distribution<float> normal(0.0f, 1.0f);
+      for (float &v : xHost)
+        v = normal(random);
+      StatusOr<cuda::DevicePointer> x = device.allocate(xHost.size() * 4), y = device.allocate(size_t(shape.out) * 4);
+      if (!x || !y)
+        return fail("cannot allocate x or y");
+      (void)device.copyToDevice(*x, xHost.data(), xHost.size() * 4);
+      cuda::LaunchShape launch;
+      launch.gridX = cuda::gemvGridBlocks(type, shape.out);
+      launch.blockX = spec->blockThreads;
+      auto runLaunches = [&](int count) -> Status {
+        for (int i = 0; i < count; ++i) {
+          cuda::DevicePointer w = weights[size_t(i) % weights.size()];
+          if (Status s = device.launch(*kernel, launch, {&w, &*x, &*y}); !s.ok())
+            return s;
+        }
+        return device.synchronize();
+      };
+      if (Status s = runLaunches(20); !s.ok())
+        return fail(s.message());
+      auto start = Clock::now();
+      if (Status s = runLaunches(launches); !s.ok())
+        return fail(s.message());
+      const double seconds = secondsSince(start) / launches;
+      Result result;
+      result.type = std::string(traits.name);
+      result.shape = shape.name;
+      result.mib = double(matrixBytes) / (1 << 20);
+      result.microseconds = seconds * 1e6;
+      result.gbs = double(matrixBytes + 4 * (shape.in + shape.out)) / seconds / 1e9;
+      results.push_back(result);
+      for (cuda::DevicePointer w : weights)
+        (void)device.free(w);
+      (void)device.free(*x);
+      (void)device.free(*y);
+    }
+  }
+
+  if (json) {
+    nlohmann::json out = {{"gpu", gpus[0].name}, {"arch", arch},
+                          {"copy_bandwidth_gbs", bandwidth / 1e9}, {"results", nlohmann::json::array()}};
+    for (const Result &r : results)
+      out["results"].push_back({{"type", r.type}, {"shape", r.shape}, {"mib", r.mib},
+                                {"microseconds", r.microseconds}, {"gbs", r.gbs},
+                                {"ratio_to_copy", r.gbs * 1e9 / bandwidth}});
+    std::printf("%s\n", out.dump(1).c_str());
+    return 0;
+  }
+  std::printf("%s (%s): device copy %.0f GB/s (read + write, 1 GiB, best of 10)\n",
+              gpus[0].name.c_str(), arch.c_str(), bandwidth / 1e9);
+  std::printf("%-6s %-24s %9s %10s %10s %8s\n", "type", "matrix", "MiB", "us", "GB/s", "of copy");
+  for (const Result &r : results)
+    std::printf("%-6s %-24s %9.1f %10.1f %10.0f %7.0f%%\n", r.type.c_str(), r.shape.c_str(), r.mib,
+                r.microseconds, r.gbs, 100 * r.gbs * 1e9 / bandwidth);
+  return 0;
+}
