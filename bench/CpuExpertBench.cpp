@@ -9,6 +9,7 @@
 // every iteration here multiplies one token by the next matrix of a pool of
 // distinct experts much larger than the caches, rows split over the threads.
 // Weights are random blocks with sane f16 scales (never zeros).
+#include "bench/RandomBlocks.h"
 #include "runtime/cpu/ExpertGemm.h"
 #include "runtime/cpu/GeneratedKernels.h"
 #include "runtime/cpu/Linear.h"
@@ -88,18 +89,6 @@ double readBandwidth(cpu::ThreadPool &pool, const std::vector<uint8_t> &buffer, 
   for (uint64_t s : sinks)
     keep = keep + s;
   return best;
-}
-
-// Offsets of the f16 scales in a block, set to small values so the random
-// blocks decode to finite numbers.
-std::vector<int> halfOffsets(gguf::GgmlType type) {
-  switch (type) {
-  case gguf::GgmlType::Q8_0: return {0};
-  case gguf::GgmlType::Q4_K:
-  case gguf::GgmlType::Q5_K: return {0, 2};
-  case gguf::GgmlType::Q6_K: return {208};
-  default: return {};
-  }
 }
 
 struct Shape {
@@ -205,7 +194,6 @@ int main(int argc, char **argv) {
       std::fprintf(stderr, "cpu_expert_bench: error: no generated kernels for type '%s'\n", typeName.c_str());
       return 1;
     }
-    const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(*type);
     for (const Shape &shape : shapes) {
       const std::string symbol = cpu::rowKernelSymbol(*type, shape.cols);
       auto kernel = reinterpret_cast<cpu::RowKernel>(dlsym(handle, symbol.c_str()));
@@ -218,12 +206,8 @@ int main(int argc, char **argv) {
       const uint64_t matrixBytes = rowBytes * static_cast<uint64_t>(shape.rows);
       const size_t matrices = std::max<size_t>(2, poolBytes / matrixBytes);
       // The pool's bytes as `matrices` expert matrices, scales made finite.
-      for (size_t offset = 0; offset + static_cast<size_t>(traits.blockBytes) <= matrices * matrixBytes;
-           offset += static_cast<size_t>(traits.blockBytes))
-        for (int half : halfOffsets(*type)) {
-          uint16_t value = static_cast<uint16_t>(0x1800 + (offset / 64) % 0x400); // ~0.0005..0.001
-          std::memcpy(buffer.data() + offset + half, &value, 2);
-        }
+      bench::makeScalesFinite(*type, buffer.data(), matrices * matrixBytes, 0x1800,
+                              /*vary=*/true); // ~0.0005..0.001
       std::vector<float> x(static_cast<size_t>(shape.cols)), xsum(static_cast<size_t>(shape.cols / 32));
       std::normal_distribution<float> normal(0.0f, 1.0f);
       for (float &v : x)

@@ -8,6 +8,7 @@
 // after a warm-up), rotating among enough distinct weight buffers that they
 // cannot sit in L2; bytes = the matrix plus x and y. Weights are random
 // blocks with small finite scales (never zeros).
+#include "bench/RandomBlocks.h"
 #include "runtime/cuda/CudaDevice.h"
 #include "runtime/cuda/DeviceQuery.h"
 #include "runtime/cuda/KernelCache.h"
@@ -49,17 +50,6 @@ struct Result {
   std::string type, shape;
   double mib = 0, gbs = 0, microseconds = 0;
 };
-
-// Offsets of the f16 scales in a block of `type`.
-std::vector<int> halfOffsets(gguf::GgmlType type) {
-  switch (type) {
-  case gguf::GgmlType::Q8_0: return {0};
-  case gguf::GgmlType::Q4_K:
-  case gguf::GgmlType::Q5_K: return {0, 2};
-  case gguf::GgmlType::Q6_K: return {208};
-  default: return {};
-  }
-}
 
 } // namespace
 
@@ -134,11 +124,7 @@ int main(int argc, char **argv) {
         uint64_t word = random();
         std::memcpy(host.data() + i, &word, 8);
       }
-      for (size_t block = 0; block + size_t(traits.blockBytes) <= host.size(); block += size_t(traits.blockBytes))
-        for (int half : halfOffsets(type)) {
-          uint16_t value = 0x1800; // 2^-9
-          std::memcpy(host.data() + block + half, &value, 2);
-        }
+      bench::makeScalesFinite(type, host.data(), host.size(), 0x1800); // 2^-9
       std::vector<cuda::DevicePointer> weights;
       for (size_t c = 0; c < copies; ++c) {
         StatusOr<cuda::DevicePointer> p = device.allocate(matrixBytes);
