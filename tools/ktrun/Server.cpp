@@ -74,7 +74,7 @@ struct ParsedRequest {
   std::vector<std::string> stops;
   bool stream = false;
   bool includeUsage = false;
-  bool ignoreEos = false; // vLLM's and llama.cpp's extension, for benchmarks
+  bool ignoreEos = false; // a common server extension, for fixed-length benchmarks
 };
 
 bool isInteger(const json &value) { return value.is_number_integer() || value.is_number_unsigned(); }
