@@ -82,6 +82,17 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
                      *type == gguf::GgmlType::BF16 || *type == gguf::GgmlType::Q8_0))
           collector.add(cuda::embeddingSpec(table.getShape()[0], table.getShape()[1], *type),
                         device, path);
+      } else if (auto gate = dyn_cast<MoeGateOp>(op.getOperation())) {
+        cuda::MoeGateShape shape;
+        shape.experts = gate.getNumExperts();
+        shape.topK = gate.getTopK();
+        shape.groups = gate.getNGroup();
+        shape.groupsUsed = gate.getTopkGroup();
+        shape.sigmoid = gate.getScoringFunc() == "sigmoid";
+        shape.hasBias = static_cast<bool>(gate.getEScoreCorrectionBias());
+        shape.normalize = gate.getNormTopkProb();
+        shape.scale = static_cast<float>(gate.getRoutedScalingFactor().convertToDouble());
+        collector.add(cuda::moeGateSpec(shape), device, path);
       } else if (auto head = dyn_cast<LmHeadOp>(op.getOperation())) {
         WeightAttr weight = head.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());

@@ -144,6 +144,28 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
                         kGemvRowsPerBlock * 32);
 }
 
+StatusOr<KernelSpec> moeGateSpec(const MoeGateShape &g) {
+  if (g.experts <= 0 || g.experts > 1024 || g.topK <= 0 || g.groups <= 0 ||
+      g.experts % g.groups != 0 || g.groupsUsed <= 0 || g.groupsUsed > g.groups ||
+      g.topK > g.groupsUsed * (g.experts / g.groups))
+    return Status::error("routing of " + integer(g.experts) + " experts, top " + integer(g.topK) +
+                         ", " + integer(g.groups) + " groups (" + integer(g.groupsUsed) +
+                         " used) is not supported on the GPU (at most 1024 experts in whole "
+                         "groups, enough of them for the top-k).");
+  const int64_t threads = (g.experts + 31) / 32 * 32;
+  return makeKernelSpec("moe_gate.cu", "moe_gate",
+                        {{"EXPERTS", integer(g.experts)},
+                         {"TOP_K", integer(g.topK)},
+                         {"GROUPS", integer(g.groups)},
+                         {"GROUPS_USED", integer(g.groupsUsed)},
+                         {"SIGMOID", g.sigmoid ? "1" : "0"},
+                         {"HAS_BIAS", g.hasBias ? "1" : "0"},
+                         {"NORMALIZE", g.normalize ? "1" : "0"},
+                         {"SCALE", floatLiteral(g.scale)},
+                         {"BLOCK_THREADS", integer(threads)}},
+                        static_cast<unsigned>(threads));
+}
+
 unsigned gemvKQuantRowsPerWarp(int64_t outFeatures) {
   // Measured on an H200 (docs/gpu-kernels.md): four rows per warp doubled
   // lm_head and o_proj, one row per warp kept 576..2048-row matrices fastest.
@@ -189,6 +211,9 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
       return s;
   for (const ModelKernelShapes::Matrix &m : shapes.kquantMatrices)
     if (Status s = add(gemvKQuantSpec(m.type, m.out, m.in)); !s.ok())
+      return s;
+  for (const MoeGateShape &gate : shapes.gates)
+    if (Status s = add(moeGateSpec(gate)); !s.ok())
       return s;
   return specs;
 }

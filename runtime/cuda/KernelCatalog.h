@@ -41,6 +41,15 @@ bool hasGpuGemv(gguf::GgmlType type);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows.
 unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures);
 
+// DeepSeek's expert choice from router logits (one block per token; the
+// runtime/cpu/MoeRouting rules).
+struct MoeGateShape {
+  int64_t experts = 0, topK = 0, groups = 1, groupsUsed = 1;
+  bool sigmoid = true, hasBias = false, normalize = true;
+  float scale = 1.0f;
+};
+StatusOr<KernelSpec> moeGateSpec(const MoeGateShape &shape);
+
 // The shapes of a model that the GPU kernels are specialized on.
 struct ModelKernelShapes {
   int64_t hidden = 0;
@@ -54,6 +63,7 @@ struct ModelKernelShapes {
     int64_t out, in;
   };
   std::vector<Matrix> kquantMatrices; // q4_K/q5_K/q6_K matrices
+  std::vector<MoeGateShape> gates;
 };
 
 // Every specialization the model needs, without duplicates.

@@ -58,6 +58,7 @@ ModelKernelShapes deepseekV3Shapes() {
       {gguf::GgmlType::Q6_K, 7168, 16384},
       {gguf::GgmlType::Q6_K, 129280, 7168},
   };
+  shapes.gates = {{256, 8, 8, 4, true, true, true, 2.5f}};
   return shapes;
 }
 
@@ -72,6 +73,7 @@ ModelKernelShapes smallModelShapes() {
   shapes.kquantMatrices = {{gguf::GgmlType::Q4_K, 96, 256},
                            {gguf::GgmlType::Q5_K, 256, 512},
                            {gguf::GgmlType::Q6_K, 1024, 256}};
+  shapes.gates = {{16, 4, 4, 2, true, true, true, 2.5f}, {64, 6, 1, 1, false, false, false, 1.0f}};
   return shapes;
 }
 

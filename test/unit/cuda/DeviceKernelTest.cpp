@@ -1,6 +1,7 @@
 // The kernels on a real GPU against CPU references, both as CUBIN for the
 // device's arch and as PTX the driver compiles. Skips without a GPU.
 // On the GPU machine: cuda_tests --gtest_filter='GpuKernels*'
+#include "runtime/cpu/MoeRouting.h"
 #include "runtime/cuda/CudaDevice.h"
 #include "runtime/cuda/DeviceQuery.h"
 #include "runtime/cuda/KernelCache.h"
@@ -239,6 +240,56 @@ TEST_P(GpuKernels, GemvKQuantMatchesTheCpuReference) {
       std::printf("[ gpu      ] gemv_%s %lldx%lld: relative L2 %.2e\n", name.c_str(),
                   (long long)shape.out, (long long)shape.in, error);
     }
+}
+
+// The expert choice against runtime/cpu/MoeRouting on random logits:
+// V3's sigmoid with bias and groups, V2's softmax, V2-Lite's small softmax.
+TEST_P(GpuKernels, MoeGateMatchesTheCpuRouting) {
+  struct Case {
+    const char *name;
+    MoeGateShape shape;
+  } cases[] = {{"v3", {256, 8, 8, 4, true, true, true, 2.5f}},
+               {"v2", {160, 6, 1, 1, false, false, false, 16.0f}},
+               {"v2-lite", {64, 6, 1, 1, false, false, false, 1.0f}},
+               {"tiny", {16, 4, 4, 2, true, true, true, 2.5f}}};
+  const int64_t tokens = 97;
+  for (const Case &c : cases) {
+    SCOPED_TRACE(c.name);
+    const MoeGateShape &g = c.shape;
+    auto logits = randomFloats(tokens * g.experts, -4, 4, 11);
+    auto bias = randomFloats(g.experts, -0.5, 0.5, 12);
+    cpu::RoutingParams p;
+    p.experts = g.experts;
+    p.topK = g.topK;
+    p.groups = g.groups;
+    p.groupsUsed = g.groupsUsed;
+    p.scoring = g.sigmoid ? cpu::GateScoring::Sigmoid : cpu::GateScoring::Softmax;
+    p.normalize = g.normalize;
+    p.scale = g.scale;
+    std::vector<int32_t> expectedIds(tokens * g.topK);
+    std::vector<float> expectedWeights(tokens * g.topK), scratch(2 * g.experts + g.groups);
+    for (int64_t t = 0; t < tokens; ++t)
+      cpu::routeToken(p, logits.data() + t * g.experts, g.hasBias ? bias.data() : nullptr,
+                      expectedIds.data() + t * g.topK, expectedWeights.data() + t * g.topK,
+                      scratch.data());
+    auto spec = moeGateSpec(g);
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    DevicePointer dl = upload(logits.data(), logits.size() * 4), db = upload(bias.data(), bias.size() * 4);
+    DevicePointer di = allocate(tokens * g.topK * 4), dw = allocate(tokens * g.topK * 4);
+    run(kernel, {unsigned(tokens), 1, 1, spec->blockThreads, 1, 1, 0}, {&dl, &db, &di, &dw});
+    std::vector<int32_t> ids(tokens * g.topK);
+    ASSERT_TRUE(device->copyToHost(ids.data(), di, ids.size() * 4).ok());
+    std::vector<float> weights = download(dw, tokens * g.topK);
+    EXPECT_EQ(ids, expectedIds);
+    double worst = 0;
+    for (size_t i = 0; i < weights.size(); ++i)
+      worst = std::max(worst, std::fabs(double(weights[i]) - expectedWeights[i]) /
+                                  std::max(1e-12, std::fabs(double(expectedWeights[i]))));
+    EXPECT_LE(worst, 1e-5);
+    std::printf("[ gpu      ] moe_gate %s: %lld tokens, ids %s, weights max relative error %.1e\n",
+                c.name, (long long)tokens, ids == expectedIds ? "identical" : "DIFFER", worst);
+  }
 }
 
 TEST_P(GpuKernels, SecondLoadComesFromTheCache) {

@@ -1,0 +1,158 @@
+// DeepSeek's expert choice from router logits, one thread block per token:
+// scores (sigmoid, or softmax over the experts), the correction bias added
+// for selection only, group-limited choice (the best GROUPS_USED of GROUPS
+// groups by the sum of their top-2 sigmoid scores, or their top score for
+// softmax), top-k over the remaining experts (the lower index wins a tie),
+// weights = the chosen scores, normalized to sum 1 if NORMALIZE, times SCALE.
+// The same rules as runtime/cpu/MoeRouting.cpp, which is its reference.
+// Specialization defines:
+//   EXPERTS, TOP_K, GROUPS, GROUPS_USED   routing shape
+//   SIGMOID        1: sigmoid scores (V3), 0: softmax (V2)
+//   HAS_BIAS       1: e_score_correction_bias is given
+//   NORMALIZE      1: weights normalized before scaling
+//   SCALE          routed_scaling_factor (a float literal)
+//   BLOCK_THREADS  threads per block: a multiple of 32, at least EXPERTS
+#include "common.cuh"
+
+#if !defined(EXPERTS) || !defined(TOP_K) || !defined(GROUPS) || !defined(GROUPS_USED) || \
+    !defined(SIGMOID) || !defined(HAS_BIAS) || !defined(NORMALIZE) || !defined(SCALE) ||   \
+    !defined(BLOCK_THREADS)
+#error "moe_gate needs EXPERTS, TOP_K, GROUPS, GROUPS_USED, SIGMOID, HAS_BIAS, NORMALIZE, SCALE and BLOCK_THREADS"
+#endif
+
+static_assert(BLOCK_THREADS % 32 == 0 && BLOCK_THREADS >= EXPERTS, "one thread per expert");
+static_assert(EXPERTS % GROUPS == 0 && GROUPS_USED >= 1 && GROUPS_USED <= GROUPS, "groups");
+constexpr int kPerGroup = EXPERTS / GROUPS;
+constexpr int kWarps = BLOCK_THREADS / 32;
+#define kMinusInfinity (-__int_as_float(0x7f800000))
+
+// The (value, index) of the warp's best value, the lower index on ties.
+__device__ __forceinline__ void warpArgmax(float &value, int &index) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float otherValue = __shfl_xor_sync(0xffffffffu, value, offset);
+    const int otherIndex = __shfl_xor_sync(0xffffffffu, index, offset);
+    if (otherValue > value || (otherValue == value && otherIndex < index)) {
+      value = otherValue;
+      index = otherIndex;
+    }
+  }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+moe_gate(const float *__restrict__ logits, const float *__restrict__ bias,
+         int *__restrict__ ids, float *__restrict__ weights) {
+  __shared__ float scores[EXPERTS];
+  __shared__ float selection[EXPERTS];
+  __shared__ float warpValues[kWarps];
+  __shared__ int warpIndices[kWarps];
+  __shared__ float reduction[kWarps];
+  __shared__ int chosen[TOP_K];
+  const int e = threadIdx.x;
+  const float *row = logits + static_cast<long long>(blockIdx.x) * EXPERTS;
+
+  float score = 0.0f;
+#if SIGMOID
+  if (e < EXPERTS)
+    score = 1.0f / (1.0f + expf(-row[e]));
+#else
+  // Softmax over the experts: max, then the sum of exponentials.
+  float value = e < EXPERTS ? row[e] : kMinusInfinity;
+  float maximum = value;
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    maximum = fmaxf(maximum, __shfl_xor_sync(0xffffffffu, maximum, offset));
+  if (e % 32 == 0)
+    reduction[e / 32] = maximum;
+  __syncthreads();
+  maximum = reduction[0];
+  for (int w = 1; w < kWarps; ++w)
+    maximum = fmaxf(maximum, reduction[w]);
+  __syncthreads();
+  const float exponential = e < EXPERTS ? expf(value - maximum) : 0.0f;
+  const float total = kt::blockSum<BLOCK_THREADS>(exponential, reduction);
+  score = exponential * (1.0f / total);
+#endif
+  if (e < EXPERTS) {
+    scores[e] = score;
+#if HAS_BIAS
+    selection[e] = score + bias[e];
+#else
+    selection[e] = score;
+#endif
+  }
+  __syncthreads();
+
+#if GROUPS > 1 && GROUPS_USED < GROUPS
+  // Group scores, then the worst groups dropped one by one (the higher index
+  // loses a tie).
+  if (e == 0) {
+    float groupScores[GROUPS];
+    for (int g = 0; g < GROUPS; ++g) {
+      const float *member = selection + g * kPerGroup;
+      int first = 0;
+      for (int i = 1; i < kPerGroup; ++i)
+        if (member[i] > member[first])
+          first = i;
+      float value = member[first];
+#if SIGMOID
+      if (kPerGroup > 1) {
+        int second = -1;
+        for (int i = 0; i < kPerGroup; ++i)
+          if (i != first && (second < 0 || member[i] > member[second]))
+            second = i;
+        value += member[second];
+      }
+#endif
+      groupScores[g] = value;
+    }
+    for (int dropped = 0; dropped < GROUPS - GROUPS_USED; ++dropped) {
+      int worst = -1;
+      for (int g = 0; g < GROUPS; ++g)
+        if (groupScores[g] != kMinusInfinity && (worst < 0 || groupScores[g] <= groupScores[worst]))
+          worst = g;
+      groupScores[worst] = kMinusInfinity;
+      for (int i = 0; i < kPerGroup; ++i)
+        selection[worst * kPerGroup + i] = kMinusInfinity;
+    }
+  }
+  __syncthreads();
+#endif
+
+  // Top-k: TOP_K rounds of a block-wide argmax over the experts not yet chosen.
+  for (int k = 0; k < TOP_K; ++k) {
+    float value = e < EXPERTS ? selection[e] : kMinusInfinity;
+    int index = e < EXPERTS ? e : EXPERTS;
+    for (int j = 0; j < k; ++j)
+      if (chosen[j] == e)
+        value = kMinusInfinity, index = EXPERTS;
+    warpArgmax(value, index);
+    if (e % 32 == 0) {
+      warpValues[e / 32] = value;
+      warpIndices[e / 32] = index;
+    }
+    __syncthreads();
+    if (e == 0) {
+      float best = warpValues[0];
+      int bestIndex = warpIndices[0];
+      for (int w = 1; w < kWarps; ++w)
+        if (warpValues[w] > best || (warpValues[w] == best && warpIndices[w] < bestIndex)) {
+          best = warpValues[w];
+          bestIndex = warpIndices[w];
+        }
+      chosen[k] = bestIndex;
+    }
+    __syncthreads();
+  }
+
+  if (e == 0) {
+    float sum = 0.0f;
+    for (int k = 0; k < TOP_K; ++k)
+      sum += scores[chosen[k]];
+    const float denominator = NORMALIZE ? sum + 1e-20f : 1.0f;
+    for (int k = 0; k < TOP_K; ++k) {
+      ids[blockIdx.x * TOP_K + k] = chosen[k];
+      weights[blockIdx.x * TOP_K + k] = scores[chosen[k]] / denominator * (SCALE);
+    }
+  }
+}
