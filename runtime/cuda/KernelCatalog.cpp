@@ -2,6 +2,7 @@
 
 #include "runtime/cuda/EmbeddedKernels.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <set>
@@ -166,6 +167,26 @@ StatusOr<KernelSpec> moeGateSpec(const MoeGateShape &g) {
                         static_cast<unsigned>(threads));
 }
 
+StatusOr<KernelSpec> ropeSpec(const RopeShape &r) {
+  if (r.dims <= 0 || r.dims % 2 != 0 || r.dims > 512 || r.heads <= 0 || r.ropeOffset < 0 ||
+      r.ropeOffset + r.dims > r.headStride)
+    return Status::error("rope of " + integer(r.dims) + " values at " + integer(r.ropeOffset) +
+                         " of " + integer(r.heads) + " heads of " + integer(r.headStride) +
+                         " floats is not supported on the GPU (even dims up to 512 within the "
+                         "head).");
+  // Whole heads per block: a multiple of the pairs per head near 256 threads.
+  const int64_t half = r.dims / 2;
+  const int64_t threads = std::max<int64_t>(half, 256 / half * half);
+  return makeKernelSpec("rope.cu", "rope",
+                        {{"DIMS", integer(r.dims)},
+                         {"HEADS", integer(r.heads)},
+                         {"HEAD_STRIDE", integer(r.headStride)},
+                         {"ROPE_OFFSET", integer(r.ropeOffset)},
+                         {"COS_SIN_SCALE", floatLiteral(r.cosSinScale)},
+                         {"BLOCK_THREADS", integer(threads)}},
+                        static_cast<unsigned>(threads));
+}
+
 unsigned gemvKQuantRowsPerWarp(int64_t outFeatures) {
   // Measured on an H200 (docs/gpu-kernels.md): four rows per warp doubled
   // lm_head and o_proj, one row per warp kept 576..2048-row matrices fastest.
@@ -214,6 +235,9 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
       return s;
   for (const MoeGateShape &gate : shapes.gates)
     if (Status s = add(moeGateSpec(gate)); !s.ok())
+      return s;
+  for (const RopeShape &rope : shapes.ropes)
+    if (Status s = add(ropeSpec(rope)); !s.ok())
       return s;
   return specs;
 }

@@ -50,6 +50,14 @@ struct MoeGateShape {
 };
 StatusOr<KernelSpec> moeGateSpec(const MoeGateShape &shape);
 
+// RoPE over `heads` heads of `headStride` floats per token, the `dims`
+// values at `ropeOffset` of each (the inverse frequencies are an argument).
+struct RopeShape {
+  int64_t dims = 64, heads = 1, headStride = 64, ropeOffset = 0;
+  float cosSinScale = 1.0f;
+};
+StatusOr<KernelSpec> ropeSpec(const RopeShape &shape);
+
 // The shapes of a model that the GPU kernels are specialized on.
 struct ModelKernelShapes {
   int64_t hidden = 0;
@@ -64,6 +72,7 @@ struct ModelKernelShapes {
   };
   std::vector<Matrix> kquantMatrices; // q4_K/q5_K/q6_K matrices
   std::vector<MoeGateShape> gates;
+  std::vector<RopeShape> ropes;
 };
 
 // Every specialization the model needs, without duplicates.

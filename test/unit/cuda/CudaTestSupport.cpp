@@ -59,6 +59,8 @@ ModelKernelShapes deepseekV3Shapes() {
       {gguf::GgmlType::Q6_K, 129280, 7168},
   };
   shapes.gates = {{256, 8, 8, 4, true, true, true, 2.5f}};
+  // Queries (128 heads of 192, rope at 128) and the shared rope key.
+  shapes.ropes = {{64, 128, 192, 128, 1.0f}, {64, 1, 64, 0, 1.0f}};
   return shapes;
 }
 

@@ -2,6 +2,7 @@
 // device's arch and as PTX the driver compiles. Skips without a GPU.
 // On the GPU machine: cuda_tests --gtest_filter='GpuKernels*'
 #include "runtime/cpu/MoeRouting.h"
+#include "runtime/cpu/Rope.h"
 #include "runtime/cuda/CudaDevice.h"
 #include "runtime/cuda/DeviceQuery.h"
 #include "runtime/cuda/KernelCache.h"
@@ -289,6 +290,61 @@ TEST_P(GpuKernels, MoeGateMatchesTheCpuRouting) {
     EXPECT_LE(worst, 1e-5);
     std::printf("[ gpu      ] moe_gate %s: %lld tokens, ids %s, weights max relative error %.1e\n",
                 c.name, (long long)tokens, ids == expectedIds ? "identical" : "DIFFER", worst);
+  }
+}
+
+// RoPE against runtime/cpu/Rope (YaRN as DeepSeek-V3 configures it, and
+// plain): queries with the rope part after the nope part, and single keys.
+TEST_P(GpuKernels, RopeMatchesTheCpuReference) {
+  cpu::RopeConfig yarn;
+  yarn.dims = 64;
+  yarn.theta = 10000.0;
+  yarn.factor = 40.0;
+  yarn.originalContext = 4096;
+  yarn.yarnLogMultiplier = 0.1;
+  cpu::RopeConfig plain = yarn;
+  plain.factor = 1.0;
+  struct Case {
+    const char *name;
+    cpu::RopeConfig config;
+    RopeShape shape;
+  } cases[] = {{"yarn query", yarn, {64, 16, 192, 128, 0}},
+               {"yarn key", yarn, {64, 1, 64, 0, 0}},
+               {"plain query", plain, {64, 4, 96, 32, 0}}};
+  for (Case &c : cases) {
+    SCOPED_TRACE(c.name);
+    cpu::Rope rope(c.config);
+    c.shape.cosSinScale = static_cast<float>(cpu::ropeCosSinScale(c.config));
+    const int tokens = 37;
+    std::vector<int> positions(tokens);
+    for (int t = 0; t < tokens; ++t)
+      positions[t] = t * 997 % 160000; // far beyond the original context too
+    auto x = randomFloats(size_t(tokens) * c.shape.heads * c.shape.headStride, -2, 2, 13);
+    std::vector<float> expected = x;
+    std::vector<float> cosines(32), sines(32);
+    for (int t = 0; t < tokens; ++t) {
+      rope.angles(positions[t], cosines.data(), sines.data());
+      for (int64_t h = 0; h < c.shape.heads; ++h)
+        rope.rotate(expected.data() + (t * c.shape.heads + h) * c.shape.headStride + c.shape.ropeOffset,
+                    cosines.data(), sines.data());
+    }
+    auto spec = ropeSpec(c.shape);
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    DevicePointer dx = upload(x.data(), x.size() * 4);
+    DevicePointer dp = upload(positions.data(), positions.size() * 4);
+    DevicePointer df = upload(rope.inverseFrequencies().data(), rope.inverseFrequencies().size() * 4);
+    int count = tokens;
+    const long long items = (long long)tokens * c.shape.heads * (c.shape.dims / 2);
+    const unsigned blocks = unsigned((items + spec->blockThreads - 1) / spec->blockThreads);
+    run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dx, &dp, &df, &count});
+    std::vector<float> got = download(dx, x.size());
+    double worst = 0;
+    for (size_t i = 0; i < got.size(); ++i)
+      worst = std::max(worst, std::fabs(double(got[i]) - expected[i]));
+    EXPECT_LE(worst, 1e-5);
+    std::printf("[ gpu      ] rope %s: %d tokens x %lld heads, max abs error %.1e\n", c.name,
+                tokens, (long long)c.shape.heads, worst);
   }
 }
 
