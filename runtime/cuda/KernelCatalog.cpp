@@ -187,6 +187,19 @@ StatusOr<KernelSpec> ropeSpec(const RopeShape &r) {
                         static_cast<unsigned>(threads));
 }
 
+StatusOr<KernelSpec> mlaDecodeSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale) {
+  if (kvLoraRank <= 0 || ropeDims <= 0 || kvLoraRank > 4096 || ropeDims > 512 ||
+      !(softmaxScale > 0))
+    return Status::error("MLA decode with kv_lora_rank " + integer(kvLoraRank) + " and rope " +
+                         integer(ropeDims) + " is not supported on the GPU.");
+  return makeKernelSpec("mla_decode.cu", "mla_decode",
+                        {{"KV_LORA", integer(kvLoraRank)},
+                         {"ROPE", integer(ropeDims)},
+                         {"SCALE", floatLiteral(softmaxScale)},
+                         {"BLOCK_THREADS", "256"}},
+                        256);
+}
+
 unsigned gemvKQuantRowsPerWarp(int64_t outFeatures) {
   // Measured on an H200 (docs/gpu-kernels.md): four rows per warp doubled
   // lm_head and o_proj, one row per warp kept 576..2048-row matrices fastest.
@@ -238,6 +251,9 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
       return s;
   for (const RopeShape &rope : shapes.ropes)
     if (Status s = add(ropeSpec(rope)); !s.ok())
+      return s;
+  for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)
+    if (Status s = add(mlaDecodeSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale)); !s.ok())
       return s;
   return specs;
 }

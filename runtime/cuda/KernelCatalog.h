@@ -58,6 +58,10 @@ struct RopeShape {
 };
 StatusOr<KernelSpec> ropeSpec(const RopeShape &shape);
 
+// The MLA decode attention core over the latent cache (one block per head;
+// dynamic shared memory: 4 bytes per cached position).
+StatusOr<KernelSpec> mlaDecodeSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale);
+
 // The shapes of a model that the GPU kernels are specialized on.
 struct ModelKernelShapes {
   int64_t hidden = 0;
@@ -73,6 +77,11 @@ struct ModelKernelShapes {
   std::vector<Matrix> kquantMatrices; // q4_K/q5_K/q6_K matrices
   std::vector<MoeGateShape> gates;
   std::vector<RopeShape> ropes;
+  struct Mla {
+    int64_t kvLoraRank, ropeDims;
+    float softmaxScale;
+  };
+  std::vector<Mla> mlaDecode;
 };
 
 // Every specialization the model needs, without duplicates.

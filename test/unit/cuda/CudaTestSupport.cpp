@@ -61,6 +61,7 @@ ModelKernelShapes deepseekV3Shapes() {
   shapes.gates = {{256, 8, 8, 4, true, true, true, 2.5f}};
   // Queries (128 heads of 192, rope at 128) and the shared rope key.
   shapes.ropes = {{64, 128, 192, 128, 1.0f}, {64, 1, 64, 0, 1.0f}};
+  shapes.mlaDecode = {{512, 64, 0.1352f}};
   return shapes;
 }
 
