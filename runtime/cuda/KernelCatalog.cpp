@@ -200,6 +200,21 @@ StatusOr<KernelSpec> mlaDecodeSpec(int64_t kvLoraRank, int64_t ropeDims, float s
                         256);
 }
 
+StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count) {
+  if ((entry != "silu_mul" && entry != "add") || count <= 0 || count > INT32_MAX)
+    return Status::error("no element-wise GPU kernel '" + entry + "' over " + integer(count) +
+                         " values (silu_mul and add exist).");
+  return makeKernelSpec("elementwise.cu", entry,
+                        {{"COUNT", integer(count)}, {"BLOCK_THREADS", "256"}}, 256);
+}
+
+StatusOr<KernelSpec> argmaxSpec(int64_t vocab) {
+  if (vocab <= 0 || vocab > INT32_MAX)
+    return Status::error("greedy sampling over " + integer(vocab) + " logits is not supported.");
+  return makeKernelSpec("argmax.cu", "argmax", {{"VOCAB", integer(vocab)}, {"BLOCK_THREADS", "1024"}},
+                        1024);
+}
+
 unsigned gemvKQuantRowsPerWarp(int64_t outFeatures) {
   // Measured on an H200 (docs/gpu-kernels.md): four rows per warp doubled
   // lm_head and o_proj, one row per warp kept 576..2048-row matrices fastest.
@@ -252,6 +267,12 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (const RopeShape &rope : shapes.ropes)
     if (Status s = add(ropeSpec(rope)); !s.ok())
       return s;
+  if (Status s = add(argmaxSpec(shapes.vocab)); !s.ok())
+    return s;
+  for (const char *entry : {"silu_mul", "add"})
+    for (int64_t count : shapes.elementwiseCounts)
+      if (Status s = add(elementwiseSpec(entry, count)); !s.ok())
+        return s;
   for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)
     if (Status s = add(mlaDecodeSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale)); !s.ok())
       return s;

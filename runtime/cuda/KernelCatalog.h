@@ -62,6 +62,11 @@ StatusOr<KernelSpec> ropeSpec(const RopeShape &shape);
 // dynamic shared memory: 4 bytes per cached position).
 StatusOr<KernelSpec> mlaDecodeSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale);
 
+// silu_mul and add over `count` floats per token (entry "silu_mul" or "add").
+StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count);
+// Greedy sampling over `vocab` logits per row (one block per row).
+StatusOr<KernelSpec> argmaxSpec(int64_t vocab);
+
 // The shapes of a model that the GPU kernels are specialized on.
 struct ModelKernelShapes {
   int64_t hidden = 0;
@@ -82,6 +87,7 @@ struct ModelKernelShapes {
     float softmaxScale;
   };
   std::vector<Mla> mlaDecode;
+  std::vector<int64_t> elementwiseCounts; // hidden, ffn widths
 };
 
 // Every specialization the model needs, without duplicates.

@@ -62,6 +62,7 @@ ModelKernelShapes deepseekV3Shapes() {
   // Queries (128 heads of 192, rope at 128) and the shared rope key.
   shapes.ropes = {{64, 128, 192, 128, 1.0f}, {64, 1, 64, 0, 1.0f}};
   shapes.mlaDecode = {{512, 64, 0.1352f}};
+  shapes.elementwiseCounts = {7168, 2048};
   return shapes;
 }
 

@@ -1,6 +1,7 @@
 // The kernels on a real GPU against CPU references, both as CUBIN for the
 // device's arch and as PTX the driver compiles. Skips without a GPU.
 // On the GPU machine: cuda_tests --gtest_filter='GpuKernels*'
+#include "runtime/cpu/Math.h"
 #include "runtime/cpu/MoeRouting.h"
 #include "runtime/cpu/Rope.h"
 #include "runtime/cuda/CudaDevice.h"
@@ -13,6 +14,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <random>
@@ -393,6 +395,48 @@ TEST_P(GpuKernels, MlaDecodeMatchesTheDoubleReference) {
     std::printf("[ gpu      ] mla_decode %lld heads, %d positions: relative L2 %.2e\n",
                 (long long)heads, positions, error);
   }
+}
+
+TEST_P(GpuKernels, ElementwiseAndArgmaxMatchTheCpu) {
+  const int tokens = 5;
+  const int64_t count = 2048;
+  auto g = randomFloats(tokens * count, -8, 8, 31), u = randomFloats(tokens * count, -2, 2, 32);
+  for (const char *entry : {"silu_mul", "add"}) {
+    SCOPED_TRACE(entry);
+    std::vector<double> expected(g.size());
+    for (size_t i = 0; i < g.size(); ++i)
+      expected[i] = std::string(entry) == "add" ? double(g[i]) + u[i]
+                                                : double(cpu::silu(g[i])) * u[i];
+    auto spec = elementwiseSpec(entry, count);
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    DevicePointer dg = upload(g.data(), g.size() * 4), du = upload(u.data(), u.size() * 4);
+    DevicePointer dout = allocate(g.size() * 4);
+    int n = tokens;
+    run(kernel, {7, 1, 1, spec->blockThreads, 1, 1, 0}, {&dg, &du, &dout, &n});
+    const double error = relativeL2(download(dout, g.size()), expected);
+    EXPECT_LE(error, 1e-6);
+    std::printf("[ gpu      ] %s %d x %lld: relative L2 %.2e\n", entry, tokens, (long long)count, error);
+  }
+  // argmax: ties go to the lower index, as std::max_element.
+  const int64_t vocab = 129280;
+  auto logits = randomFloats(tokens * vocab, -10, 10, 33);
+  logits[1 * vocab + 500] = logits[1 * vocab + 90000] = 50.0f; // a tie
+  std::vector<int> expectedIds(tokens);
+  for (int t = 0; t < tokens; ++t)
+    expectedIds[t] = int(std::max_element(logits.begin() + t * vocab, logits.begin() + (t + 1) * vocab) -
+                         (logits.begin() + t * vocab));
+  auto spec = argmaxSpec(vocab);
+  LoadedKernel kernel = load(spec);
+  ASSERT_NE(kernel.function, nullptr);
+  DevicePointer dl = upload(logits.data(), logits.size() * 4), di = allocate(tokens * 4);
+  run(kernel, {unsigned(tokens), 1, 1, spec->blockThreads, 1, 1, 0}, {&dl, &di});
+  std::vector<int> ids(tokens);
+  ASSERT_TRUE(device->copyToHost(ids.data(), di, tokens * 4).ok());
+  EXPECT_EQ(ids, expectedIds);
+  EXPECT_EQ(ids[1], 500);
+  std::printf("[ gpu      ] argmax %d x %lld: ids %s\n", tokens, (long long)vocab,
+              ids == expectedIds ? "identical" : "DIFFER");
 }
 
 TEST_P(GpuKernels, SecondLoadComesFromTheCache) {
