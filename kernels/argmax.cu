@@ -22,15 +22,7 @@ argmax(const float *__restrict__ logits, int *__restrict__ ids) {
       best = row[i];
       bestIndex = i;
     }
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float otherValue = __shfl_xor_sync(0xffffffffu, best, offset);
-    const int otherIndex = __shfl_xor_sync(0xffffffffu, bestIndex, offset);
-    if (otherValue > best || (otherValue == best && otherIndex < bestIndex)) {
-      best = otherValue;
-      bestIndex = otherIndex;
-    }
-  }
+  kt::warpArgmax(best, bestIndex);
   if (threadIdx.x % 32 == 0) {
     values[threadIdx.x / 32] = best;
     indices[threadIdx.x / 32] = bestIndex;

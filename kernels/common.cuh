@@ -28,6 +28,20 @@ __device__ __forceinline__ float warpSum(float value) {
   return value;
 }
 
+// The (value, index) of the warp's largest value, the lower index on ties;
+// every lane gets the result.
+__device__ __forceinline__ void warpArgmax(float &value, int &index) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) {
+    const float otherValue = __shfl_xor_sync(0xffffffffu, value, offset);
+    const int otherIndex = __shfl_xor_sync(0xffffffffu, index, offset);
+    if (otherValue > value || (otherValue == value && otherIndex < index)) {
+      value = otherValue;
+      index = otherIndex;
+    }
+  }
+}
+
 // Sum over the block; every thread gets the result. `scratch` holds one float
 // per warp. kThreads must be a multiple of 32.
 template <int kThreads>

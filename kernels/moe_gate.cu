@@ -26,19 +26,6 @@ constexpr int kPerGroup = EXPERTS / GROUPS;
 constexpr int kWarps = BLOCK_THREADS / 32;
 #define kMinusInfinity (-__int_as_float(0x7f800000))
 
-// The (value, index) of the warp's best value, the lower index on ties.
-__device__ __forceinline__ void warpArgmax(float &value, int &index) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1) {
-    const float otherValue = __shfl_xor_sync(0xffffffffu, value, offset);
-    const int otherIndex = __shfl_xor_sync(0xffffffffu, index, offset);
-    if (otherValue > value || (otherValue == value && otherIndex < index)) {
-      value = otherValue;
-      index = otherIndex;
-    }
-  }
-}
-
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 moe_gate(const float *__restrict__ logits, const float *__restrict__ bias,
          int *__restrict__ ids, float *__restrict__ weights) {
@@ -126,7 +113,7 @@ moe_gate(const float *__restrict__ logits, const float *__restrict__ bias,
     for (int j = 0; j < k; ++j)
       if (chosen[j] == e)
         value = kMinusInfinity, index = EXPERTS;
-    warpArgmax(value, index);
+    kt::warpArgmax(value, index);
     if (e % 32 == 0) {
       warpValues[e / 32] = value;
       warpIndices[e / 32] = index;
