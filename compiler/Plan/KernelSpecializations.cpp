@@ -3,6 +3,7 @@
 #include "dialects/Graph/IR/GraphDialect.h"
 
 #ifdef KT_HAVE_CUDA_KERNELS
+#include "runtime/cpu/Rope.h"
 #include "runtime/cuda/KernelCache.h"
 #include "runtime/cuda/KernelCatalog.h"
 #include "runtime/cuda/Nvrtc.h"
@@ -82,6 +83,30 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
                      *type == gguf::GgmlType::BF16 || *type == gguf::GgmlType::Q8_0))
           collector.add(cuda::embeddingSpec(table.getShape()[0], table.getShape()[1], *type),
                         device, path);
+      } else if (auto attention = dyn_cast<MlaAttentionOp>(op.getOperation())) {
+        // RoPE of the queries (after each head's nope part) and of the shared
+        // key, and in decode the absorbed attention core over the latent cache.
+        cpu::RopeConfig rope;
+        rope.dims = attention.getQkRopeHeadDim();
+        rope.theta = attention.getRopeTheta().convertToDouble();
+        rope.factor = attention.getRopeScalingFactor().convertToDouble();
+        rope.originalContext = attention.getRopeOriginalContextLength();
+        rope.yarnLogMultiplier = attention.getRopeYarnLogMultiplier().convertToDouble();
+        const int64_t nope = attention.getQkNopeHeadDim(), dims = rope.dims;
+        const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
+        collector.add(cuda::ropeSpec({dims, attention.getNumHeads(), nope + dims, nope, cosSin}),
+                      device, path);
+        collector.add(cuda::ropeSpec({dims, 1, dims, 0, cosSin}), device, path);
+        if (phase == "decode")
+          collector.add(cuda::mlaDecodeSpec(attention.getKvLoraRank(), dims,
+                                            static_cast<float>(cpu::attentionSoftmaxScale(
+                                                nope + dims, rope))),
+                        device, path);
+      } else if (isa<MlpOp, SharedExpertsOp>(op.getOperation())) {
+        WeightAttr gateProj = isa<MlpOp>(op.getOperation())
+                                  ? cast<MlpOp>(op.getOperation()).getGateProj()
+                                  : cast<SharedExpertsOp>(op.getOperation()).getGateProj();
+        collector.add(cuda::elementwiseSpec("silu_mul", gateProj.getShape()[1]), device, path);
       } else if (auto gate = dyn_cast<MoeGateOp>(op.getOperation())) {
         cuda::MoeGateShape shape;
         shape.experts = gate.getNumExperts();
@@ -99,6 +124,9 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         if (type && cuda::hasGpuGemv(*type) && chose(kernels, phase, ".gemv_" + weight.getDtype().str()))
           collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
                         device, path);
+        // Greedy sampling where the logits are.
+        if (phase == "decode")
+          collector.add(cuda::argmaxSpec(weight.getShape()[1]), device, path);
       }
     }
     // Linear sub-modules placed on their own: their decode GEMVs (q8_0 and
