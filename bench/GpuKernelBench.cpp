@@ -23,6 +23,7 @@
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 #include <string>
 #include <vector>
@@ -50,6 +51,28 @@ struct Result {
   std::string type, shape;
   double mib = 0, gbs = 0, microseconds = 0;
 };
+
+// Seconds per launch of `kernel` over `launches` launches after 20 warm-up
+// ones, launch i reading weights[i % size]; `arguments` gives the kernel's
+// argument pointers for one weight buffer.
+StatusOr<double> timeLaunches(cuda::CudaDevice &device, const cuda::LoadedKernel &kernel,
+                              const cuda::LaunchShape &launch,
+                              std::vector<cuda::DevicePointer> weights, int launches,
+                              const std::function<std::vector<void *>(cuda::DevicePointer &)> &arguments) {
+  auto run = [&](int count) -> Status {
+    for (int i = 0; i < count; ++i)
+      if (Status s = device.launch(kernel, launch, arguments(weights[size_t(i) % weights.size()]));
+          !s.ok())
+        return s;
+    return device.synchronize();
+  };
+  if (Status s = run(20); !s.ok())
+    return s;
+  auto start = Clock::now();
+  if (Status s = run(launches); !s.ok())
+    return s;
+  return secondsSince(start) / launches;
+}
 
 } // namespace
 
@@ -105,16 +128,19 @@ int main(int argc, char **argv) {
                           {"lm_head 129280x7168", 129280, 7168}};
   std::mt19937_64 random(9);
   std::vector<Result> results;
+  auto compileAndLoad = [&](const StatusOr<cuda::KernelSpec> &spec) -> StatusOr<cuda::LoadedKernel> {
+    if (!spec)
+      return spec.status();
+    StatusOr<cuda::CompiledKernel> compiled = cache.getOrCompile(*spec, arch);
+    if (!compiled)
+      return compiled.status();
+    return device.load(*compiled);
+  };
   for (gguf::GgmlType type : {gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_K, gguf::GgmlType::Q6_K}) {
     const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(type);
     for (const Shape &shape : shapes) {
       StatusOr<cuda::KernelSpec> spec = cuda::gemvSpec(type, shape.out, shape.in);
-      if (!spec)
-        return fail(spec.message());
-      StatusOr<cuda::CompiledKernel> compiled = cache.getOrCompile(*spec, arch);
-      if (!compiled)
-        return fail(compiled.message());
-      StatusOr<cuda::LoadedKernel> kernel = device.load(*compiled);
+      StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
       if (!kernel)
         return fail(kernel.message());
       const size_t matrixBytes = *gguf::ggmlRowBytes(type, shape.in) * size_t(shape.out);
@@ -145,20 +171,13 @@ int main(int argc, char **argv) {
       cuda::LaunchShape launch;
       launch.gridX = cuda::gemvGridBlocks(type, shape.out);
       launch.blockX = spec->blockThreads;
-      auto runLaunches = [&](int count) -> Status {
-        for (int i = 0; i < count; ++i) {
-          cuda::DevicePointer w = weights[size_t(i) % weights.size()];
-          if (Status s = device.launch(*kernel, launch, {&w, &*x, &*y}); !s.ok())
-            return s;
-        }
-        return device.synchronize();
-      };
-      if (Status s = runLaunches(20); !s.ok())
-        return fail(s.message());
-      auto start = Clock::now();
-      if (Status s = runLaunches(launches); !s.ok())
-        return fail(s.message());
-      const double seconds = secondsSince(start) / launches;
+      StatusOr<double> timed = timeLaunches(device, *kernel, launch, weights, launches,
+                                            [&](cuda::DevicePointer &w) {
+                                              return std::vector<void *>{&w, &*x, &*y};
+                                            });
+      if (!timed)
+        return fail(timed.message());
+      const double seconds = *timed;
       Result result;
       result.type = std::string(traits.name);
       result.shape = shape.name;
@@ -171,6 +190,57 @@ int main(int argc, char **argv) {
       (void)device.free(*x);
       (void)device.free(*y);
     }
+  }
+
+  // FP8 (e4m3 with 128x128 block scales): random non-NaN bytes.
+  for (const Shape &shape : shapes) {
+    StatusOr<cuda::KernelSpec> spec = cuda::gemvFp8Spec(shape.out, shape.in);
+    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+    if (!kernel)
+      return fail(kernel.message());
+    const size_t matrixBytes = size_t(shape.out) * size_t(shape.in);
+    const size_t scaleCount = size_t((shape.out + 127) / 128) * size_t((shape.in + 127) / 128);
+    const size_t copies = std::max<size_t>(2, size_t(ringMiB * (1 << 20)) / matrixBytes);
+    std::vector<uint8_t> host(matrixBytes);
+    for (uint8_t &b : host) {
+      b = static_cast<uint8_t>(random());
+      if ((b & 0x7f) == 0x7f)
+        b ^= 1;
+    }
+    std::vector<float> scales(scaleCount, 1e-3f);
+    std::vector<cuda::DevicePointer> weights;
+    for (size_t c = 0; c < copies; ++c) {
+      StatusOr<cuda::DevicePointer> p = device.allocate(matrixBytes);
+      if (!p)
+        return fail(p.message());
+      (void)device.copyToDevice(*p, host.data(), host.size());
+      weights.push_back(*p);
+    }
+    std::vector<float> xHost(static_cast<size_t>(shape.in), 0.5f);
+    StatusOr<cuda::DevicePointer> s = device.allocate(scales.size() * 4), x = device.allocate(xHost.size() * 4),
+                                  y = device.allocate(size_t(shape.out) * 4);
+    if (!s || !x || !y)
+      return fail("cannot allocate scales, x or y");
+    (void)device.copyToDevice(*s, scales.data(), scales.size() * 4);
+    (void)device.copyToDevice(*x, xHost.data(), xHost.size() * 4);
+    cuda::LaunchShape launch;
+    launch.gridX = unsigned((shape.out + cuda::kGemvRowsPerBlock - 1) / cuda::kGemvRowsPerBlock);
+    launch.blockX = spec->blockThreads;
+    StatusOr<double> timed = timeLaunches(device, *kernel, launch, weights, launches,
+                                          [&](cuda::DevicePointer &w) {
+                                            return std::vector<void *>{&w, &*s, &*x, &*y};
+                                          });
+    if (!timed)
+      return fail(timed.message());
+    const double seconds = *timed;
+    results.push_back({"f8_e4m3", shape.name, double(matrixBytes) / (1 << 20),
+                       double(matrixBytes + 4 * (shape.in + shape.out)) / seconds / 1e9,
+                       seconds * 1e6});
+    for (cuda::DevicePointer w : weights)
+      (void)device.free(w);
+    (void)device.free(*s);
+    (void)device.free(*x);
+    (void)device.free(*y);
   }
 
   if (json) {

@@ -138,6 +138,14 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
     for (auto &[role, weight] : op.getWeights()) {
       auto sub = subPlacements.getAs<PlacementAttr>(role);
       auto chosen = subKernels.getAs<DictionaryAttr>(role);
+      // FP8 weights decode with the FP8 GEMV, whatever the prefill kernel.
+      if (sub && weight.getDtype() == graph::kFp8E4m3 && sub.getDecode().startswith("cuda:") &&
+          chosen && chosen.getAs<StringAttr>("decode") &&
+          chosen.getAs<StringAttr>("decode").getValue().contains(".fp8")) {
+        collector.add(cuda::gemvFp8Spec(weight.getShape()[1], weight.getShape()[0]),
+                      sub.getDecode(), (path + "." + role).str());
+        continue;
+      }
       std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
       if (!sub || !type || !cuda::hasGpuGemv(*type) || weight.getShape().size() != 2 ||
           !chose(chosen, "decode", ".gemv_" + weight.getDtype().str()))

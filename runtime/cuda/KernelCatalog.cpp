@@ -227,6 +227,18 @@ unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures) {
   return static_cast<unsigned>((outFeatures + rowsPerBlock - 1) / rowsPerBlock);
 }
 
+StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures) {
+  if (outFeatures <= 0 || inFeatures <= 0 || inFeatures % 16 != 0 || outFeatures > INT32_MAX)
+    return Status::error("FP8 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
+                         "] cannot be multiplied on the GPU: rows must be a multiple of 16 "
+                         "values.");
+  return makeKernelSpec("gemv_fp8.cu", "gemv_fp8",
+                        {{"IN_FEATURES", integer(inFeatures)},
+                         {"OUT_FEATURES", integer(outFeatures)},
+                         {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
+                        kGemvRowsPerBlock * 32);
+}
+
 bool hasGpuGemv(gguf::GgmlType type) {
   return type == gguf::GgmlType::Q8_0 || type == gguf::GgmlType::Q4_K ||
          type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K;
@@ -273,6 +285,9 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
     for (int64_t count : shapes.elementwiseCounts)
       if (Status s = add(elementwiseSpec(entry, count)); !s.ok())
         return s;
+  for (const auto &[out, in] : shapes.fp8Matrices)
+    if (Status s = add(gemvFp8Spec(out, in)); !s.ok())
+      return s;
   for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)
     if (Status s = add(mlaDecodeSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale)); !s.ok())
       return s;

@@ -38,6 +38,9 @@ unsigned gemvKQuantRowsPerWarp(int64_t outFeatures);
 // types without a GPU GEMV.
 StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
 bool hasGpuGemv(gguf::GgmlType type);
+// y = W x for a native FP8 (e4m3, 128x128 block scales) matrix; the decode
+// kernel of the fp8 family (one warp per row, kGemvRowsPerBlock rows per block).
+StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows.
 unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures);
 
@@ -88,6 +91,7 @@ struct ModelKernelShapes {
   };
   std::vector<Mla> mlaDecode;
   std::vector<int64_t> elementwiseCounts; // hidden, ffn widths
+  std::vector<std::pair<int64_t, int64_t>> fp8Matrices; // {out, in}
 };
 
 // Every specialization the model needs, without duplicates.

@@ -63,6 +63,7 @@ ModelKernelShapes deepseekV3Shapes() {
   shapes.ropes = {{64, 128, 192, 128, 1.0f}, {64, 1, 64, 0, 1.0f}};
   shapes.mlaDecode = {{512, 64, 0.1352f}};
   shapes.elementwiseCounts = {7168, 2048};
+  shapes.fp8Matrices = {{1536, 7168}, {24576, 1536}, {576, 7168}, {7168, 16384}};
   return shapes;
 }
 

@@ -439,6 +439,45 @@ TEST_P(GpuKernels, ElementwiseAndArgmaxMatchTheCpu) {
               ids == expectedIds ? "identical" : "DIFFER");
 }
 
+// The FP8 decode GEMV against e4m3 decoded on the CPU times the block scales.
+TEST_P(GpuKernels, GemvFp8MatchesTheCpuReference) {
+  struct Shape {
+    int64_t out, in;
+  } shapes[] = {{1001, 7168}, {576, 1536}, {130, 272}};
+  std::mt19937 random(41);
+  for (const auto &shape : shapes) {
+    SCOPED_TRACE(std::to_string(shape.out) + "x" + std::to_string(shape.in));
+    std::vector<uint8_t> w(size_t(shape.out * shape.in));
+    for (uint8_t &b : w) {
+      b = static_cast<uint8_t>(random());
+      if ((b & 0x7f) == 0x7f) // NaN codes: weights have none
+        b ^= 1;
+    }
+    const int64_t blockRows = (shape.out + 127) / 128, blockCols = (shape.in + 127) / 128;
+    auto scales = randomFloats(blockRows * blockCols, 1e-4f, 4e-3f, 42);
+    auto x = randomFloats(shape.in, -1, 1, 43);
+    std::vector<double> expected(shape.out);
+    for (int64_t o = 0; o < shape.out; ++o) {
+      double sum = 0;
+      for (int64_t i = 0; i < shape.in; ++i)
+        sum += double(quant::fp8E4m3ToFloat(w[o * shape.in + i])) *
+               scales[(o / 128) * blockCols + i / 128] * x[i];
+      expected[o] = sum;
+    }
+    auto spec = gemvFp8Spec(shape.out, shape.in);
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    DevicePointer dw = upload(w.data(), w.size()), ds = upload(scales.data(), scales.size() * 4);
+    DevicePointer dx = upload(x.data(), x.size() * 4), dy = allocate(shape.out * 4);
+    const unsigned blocks = unsigned((shape.out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
+    run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &ds, &dx, &dy});
+    const double error = relativeL2(download(dy, shape.out), expected);
+    EXPECT_LE(error, 1e-5);
+    std::printf("[ gpu      ] gemv_fp8 %lldx%lld: relative L2 %.2e\n", (long long)shape.out,
+                (long long)shape.in, error);
+  }
+}
+
 TEST_P(GpuKernels, SecondLoadComesFromTheCache) {
   auto spec = rmsNormSpec(7168, 1e-6f);
   load(spec);

@@ -1,0 +1,58 @@
+// y = W x for a native FP8 weight (DeepSeek's checkpoints): W holds
+// OUT_FEATURES rows of IN_FEATURES e4m3 bytes, `scales` one f32 per 128x128
+// block ([ceil(OUT/128)][ceil(IN/128)], the weight_scale_inv), so a value is
+// e4m3 x its block's scale. The decode kernel for the fp8 family; e4m3 is
+// decoded in registers by bit arithmetic, so it runs on every GPU.
+// One warp per row; each lane reads 16 consecutive weights (one 16-byte
+// load, within one scale block) and their 16 activations per step.
+// Specialization defines:
+//   IN_FEATURES     columns (a multiple of 16)
+//   OUT_FEATURES    rows
+//   ROWS_PER_BLOCK  warps (rows) per thread block
+#include "common.cuh"
+
+#if !defined(IN_FEATURES) || !defined(OUT_FEATURES)
+#error "gemv_fp8 needs IN_FEATURES and OUT_FEATURES"
+#endif
+#ifndef ROWS_PER_BLOCK
+#define ROWS_PER_BLOCK 4
+#endif
+static_assert(IN_FEATURES % 16 == 0, "rows of whole 16-byte pieces");
+constexpr int kBlockCols = (IN_FEATURES + 127) / 128;
+
+// e4m3 (float8_e4m3fn) to float: (8 + m) * 2^(e - 10) for e > 0, m * 2^-9
+// for subnormals; the weights hold no NaN.
+__device__ __forceinline__ float e4m3ToFloat(kt::u32 b) {
+  const kt::u32 exponent = (b >> 3) & 15, mantissa = b & 7;
+  const float magnitude = exponent ? __uint_as_float(((exponent + 120) << 23) | (mantissa << 20))
+                                   : static_cast<float>(mantissa) * 0.001953125f;
+  return (b & 0x80) ? -magnitude : magnitude;
+}
+
+extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
+gemv_fp8(const void *__restrict__ weight, const float *__restrict__ scales,
+         const float *__restrict__ x, float *__restrict__ y) {
+  const int lane = threadIdx.x % 32;
+  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  if (row >= OUT_FEATURES)
+    return;
+  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + static_cast<long long>(row) * IN_FEATURES;
+  const float *rowScales = scales + (row / 128) * kBlockCols;
+  float sum = 0.0f;
+#pragma unroll 4
+  for (int col = 16 * lane; col < IN_FEATURES; col += 16 * 32) {
+    const uint4 packed = *reinterpret_cast<const uint4 *>(rowBytes + col);
+    const kt::u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
+    float dot = 0.0f;
+#pragma unroll
+    for (int w = 0; w < 4; ++w) {
+      const float4 xs = *reinterpret_cast<const float4 *>(x + col + 4 * w);
+      dot += e4m3ToFloat(words[w] & 0xff) * xs.x + e4m3ToFloat((words[w] >> 8) & 0xff) * xs.y +
+             e4m3ToFloat((words[w] >> 16) & 0xff) * xs.z + e4m3ToFloat(words[w] >> 24) * xs.w;
+    }
+    sum += rowScales[col / 128] * dot;
+  }
+  sum = kt::warpSum(sum);
+  if (lane == 0)
+    y[row] = sum;
+}
