@@ -49,10 +49,10 @@ struct Collector {
   }
 };
 
-// The kernel chosen for `phase` ("prefill", "decode") ends with `variant`.
-bool chose(DictionaryAttr kernels, StringRef phase, const std::string &variant) {
+// The kernel chosen for `phase` ("prefill", "decode"); empty where none is.
+StringRef chosenKernel(DictionaryAttr kernels, StringRef phase) {
   auto name = kernels ? kernels.getAs<StringAttr>(phase) : StringAttr();
-  return name && name.getValue().endswith(variant);
+  return name ? name.getValue() : StringRef();
 }
 
 } // namespace
@@ -121,7 +121,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
       } else if (auto head = dyn_cast<LmHeadOp>(op.getOperation())) {
         WeightAttr weight = head.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
-        if (type && cuda::hasGpuGemv(*type) && chose(kernels, phase, ".gemv_" + weight.getDtype().str()))
+        if (type && cuda::hasGpuGemv(*type) &&
+            chosenKernel(kernels, phase).endswith((".gemv_" + weight.getDtype()).str()))
           collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
                         device, path);
         // Greedy sampling where the logits are.
@@ -140,15 +141,14 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
       auto chosen = subKernels.getAs<DictionaryAttr>(role);
       // FP8 weights decode with the FP8 GEMV, whatever the prefill kernel.
       if (sub && weight.getDtype() == graph::kFp8E4m3 && sub.getDecode().startswith("cuda:") &&
-          chosen && chosen.getAs<StringAttr>("decode") &&
-          chosen.getAs<StringAttr>("decode").getValue().contains(".fp8")) {
+          chosenKernel(chosen, "decode").contains(".fp8")) {
         collector.add(cuda::gemvFp8Spec(weight.getShape()[1], weight.getShape()[0]),
                       sub.getDecode(), (path + "." + role).str());
         continue;
       }
       std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
       if (!sub || !type || !cuda::hasGpuGemv(*type) || weight.getShape().size() != 2 ||
-          !chose(chosen, "decode", ".gemv_" + weight.getDtype().str()))
+          !chosenKernel(chosen, "decode").endswith((".gemv_" + weight.getDtype()).str()))
         continue;
       collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
                     sub.getDecode(), (path + "." + role).str());

@@ -267,11 +267,8 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (int64_t width : shapes.extraNormWidths)
     if (Status s = add(rmsNormSpec(width, shapes.rmsNormEps)); !s.ok())
       return s;
-  for (const auto &[out, in] : shapes.q8_0Matrices)
-    if (Status s = add(gemvQ8_0Spec(out, in)); !s.ok())
-      return s;
-  for (const ModelKernelShapes::Matrix &m : shapes.kquantMatrices)
-    if (Status s = add(gemvKQuantSpec(m.type, m.out, m.in)); !s.ok())
+  for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices)
+    if (Status s = add(gemvSpec(m.type, m.out, m.in)); !s.ok())
       return s;
   for (const MoeGateShape &gate : shapes.gates)
     if (Status s = add(moeGateSpec(gate)); !s.ok())

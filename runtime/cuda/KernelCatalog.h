@@ -77,12 +77,11 @@ struct ModelKernelShapes {
   float rmsNormEps = 1e-6f;
   gguf::GgmlType embeddingType = gguf::GgmlType::F32;
   std::vector<int64_t> extraNormWidths;                  // e.g. q_lora_rank, kv_lora_rank
-  std::vector<std::pair<int64_t, int64_t>> q8_0Matrices; // {out, in}
   struct Matrix {
     gguf::GgmlType type;
     int64_t out, in;
   };
-  std::vector<Matrix> kquantMatrices; // q4_K/q5_K/q6_K matrices
+  std::vector<Matrix> gemvMatrices; // q8_0, q4_K, q5_K and q6_K matrices
   std::vector<MoeGateShape> gates;
   std::vector<RopeShape> ropes;
   struct Mla {

@@ -40,19 +40,17 @@ ModelKernelShapes deepseekV3Shapes() {
   shapes.rmsNormEps = 1e-6f;
   shapes.embeddingType = gguf::GgmlType::Q8_0;
   shapes.extraNormWidths = {1536, 512};
-  shapes.q8_0Matrices = {
-      {1536, 7168},   // q_a_proj
-      {24576, 1536},  // q_b_proj: 128 heads x 192
-      {576, 7168},    // kv_a_proj_with_mqa: 512 + 64
-      {7168, 16384},  // o_proj: 128 heads x 128
-      {2048, 7168},   // shared expert gate/up
-      {7168, 2048},   // shared expert down
-      {18432, 7168},  // dense layer gate/up
-      {7168, 18432},  // dense layer down
-      {129280, 7168}, // lm_head
-  };
-  // Q4_K_M-style GGUF files: k-quant attention, shared experts and lm_head.
-  shapes.kquantMatrices = {
+  shapes.gemvMatrices = {
+      {gguf::GgmlType::Q8_0, 1536, 7168},   // q_a_proj
+      {gguf::GgmlType::Q8_0, 24576, 1536},  // q_b_proj: 128 heads x 192
+      {gguf::GgmlType::Q8_0, 576, 7168},    // kv_a_proj_with_mqa: 512 + 64
+      {gguf::GgmlType::Q8_0, 7168, 16384},  // o_proj: 128 heads x 128
+      {gguf::GgmlType::Q8_0, 2048, 7168},   // shared expert gate/up
+      {gguf::GgmlType::Q8_0, 7168, 2048},   // shared expert down
+      {gguf::GgmlType::Q8_0, 18432, 7168},  // dense layer gate/up
+      {gguf::GgmlType::Q8_0, 7168, 18432},  // dense layer down
+      {gguf::GgmlType::Q8_0, 129280, 7168}, // lm_head
+      // Q4_K_M-style GGUF files: k-quant attention, shared experts and lm_head.
       {gguf::GgmlType::Q4_K, 1536, 7168},
       {gguf::GgmlType::Q5_K, 24576, 1536},
       {gguf::GgmlType::Q6_K, 7168, 16384},
@@ -74,10 +72,9 @@ ModelKernelShapes smallModelShapes() {
   shapes.rmsNormEps = 1e-6f;
   shapes.embeddingType = gguf::GgmlType::F32;
   shapes.extraNormWidths = {96, 64};
-  shapes.q8_0Matrices = {{96, 256}, {256, 128}, {1024, 256}};
-  shapes.kquantMatrices = {{gguf::GgmlType::Q4_K, 96, 256},
-                           {gguf::GgmlType::Q5_K, 256, 512},
-                           {gguf::GgmlType::Q6_K, 1024, 256}};
+  shapes.gemvMatrices = {{gguf::GgmlType::Q8_0, 96, 256},  {gguf::GgmlType::Q8_0, 256, 128},
+                         {gguf::GgmlType::Q8_0, 1024, 256}, {gguf::GgmlType::Q4_K, 96, 256},
+                         {gguf::GgmlType::Q5_K, 256, 512},  {gguf::GgmlType::Q6_K, 1024, 256}};
   shapes.gates = {{16, 4, 4, 2, true, true, true, 2.5f}, {64, 6, 1, 1, false, false, false, 1.0f}};
   return shapes;
 }
