@@ -92,12 +92,8 @@ void BatchScheduler::admit(std::unique_lock<std::mutex> &) {
   // Requests cancelled while queued leave without taking a slot.
   for (auto it = waiting_.begin(); it != waiting_.end();) {
     if ((*it)->cancelled()) {
-      std::shared_ptr<Generation> gone = *it;
+      finish(*it, false, Status::success());
       it = waiting_.erase(it);
-      std::lock_guard<std::mutex> lock(gone->mutex_);
-      gone->result_.cancelled = true;
-      gone->finished_ = true;
-      gone->changed_.notify_all();
     } else {
       ++it;
     }
@@ -141,6 +137,13 @@ void BatchScheduler::finish(const std::shared_ptr<Generation> &generation, bool 
   generation->changed_.notify_all();
 }
 
+void BatchScheduler::release(const std::shared_ptr<Generation> &generation, bool stoppedAtEos,
+                             Status status) {
+  freeSlots_.push_back(generation->slot_);
+  executor_.reset(generation->slot_);
+  finish(generation, stoppedAtEos, std::move(status));
+}
+
 void BatchScheduler::loop() {
   std::vector<std::shared_ptr<Generation>> active;
   for (;;) {
@@ -161,9 +164,7 @@ void BatchScheduler::loop() {
       // Cancelled requests give their slot back before anything else runs.
       for (auto it = active_.begin(); it != active_.end();) {
         if ((*it)->cancelled()) {
-          freeSlots_.push_back((*it)->slot_);
-          executor_.reset((*it)->slot_);
-          finish(*it, false, Status::success());
+          release(*it, false, Status::success());
           it = active_.erase(it);
         } else {
           ++it;
@@ -181,7 +182,7 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
   // Decoding requests first feed their last token; the prompts share the
   // prefill budget in admission order.
   std::vector<cpu::SequenceTokens> batch;
-  std::vector<Generation *> members;
+  std::vector<std::shared_ptr<Generation>> members;
   int64_t budget = prefillBudget_;
   for (const std::shared_ptr<Generation> &g : active) {
     const std::vector<int32_t> &prompt = g->request_.promptIds;
@@ -195,7 +196,7 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
       batch.push_back({g->slot_, std::vector<int32_t>(prompt.begin() + static_cast<std::ptrdiff_t>(g->fed_),
                                                       prompt.begin() + static_cast<std::ptrdiff_t>(g->fed_ + static_cast<size_t>(take)))});
     }
-    members.push_back(g.get());
+    members.push_back(g);
   }
   if (batch.empty())
     return;
@@ -204,16 +205,18 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
     rows += entry.tokens.size();
 
   StatusOr<std::vector<float>> logits = executor_.forwardBatch(batch);
-  std::vector<std::shared_ptr<Generation>> done;
-  std::vector<std::pair<bool, Status>> endings;
+  struct Ending {
+    std::shared_ptr<Generation> generation;
+    bool stoppedAtEos;
+    Status status;
+  };
+  std::vector<Ending> endings;
   const size_t vocab = static_cast<size_t>(executor_.vocabSize());
   for (size_t i = 0; i < members.size(); ++i) {
     Generation &g = *members[i];
-    auto shared = *std::find_if(active.begin(), active.end(),
-                                [&](auto &candidate) { return candidate.get() == &g; });
     if (!logits) {
-      done.push_back(shared);
-      endings.push_back({false, Status::error("the forward pass failed: " + logits.message())});
+      endings.push_back({members[i], false,
+                         Status::error("the forward pass failed: " + logits.message())});
       continue;
     }
     const std::vector<int32_t> &prompt = g.request_.promptIds;
@@ -226,15 +229,13 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
     const float *row = logits->data() + i * vocab;
     const int32_t next = g.sampler_->sample(row, vocab);
     if (eos_ && next == *eos_ && !g.request_.ignoreEos) {
-      done.push_back(shared);
-      endings.push_back({true, Status::success()});
+      endings.push_back({members[i], true, Status::success()});
       continue;
     }
     g.result_.generatedIds.push_back(next); // read by the consumer only after finish
     StatusOr<std::string> piece = g.decoder_->push(next);
     if (!piece) {
-      done.push_back(shared);
-      endings.push_back({false, piece.status()});
+      endings.push_back({members[i], false, piece.status()});
       continue;
     }
     if (!piece->empty()) {
@@ -244,8 +245,7 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
     }
     const bool full = executor_.position(g.slot_) >= executor_.cacheCapacity();
     if (static_cast<int64_t>(g.result_.generatedIds.size()) >= g.request_.maxNewTokens || full) {
-      done.push_back(shared);
-      endings.push_back({false, Status::success()});
+      endings.push_back({members[i], false, Status::success()});
       continue;
     }
     g.lastToken_ = next;
@@ -257,11 +257,9 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
   stats_.largestBatch = std::max(stats_.largestBatch, static_cast<int>(batch.size()));
   if (batch.size() > 1)
     ++stats_.batchedSteps;
-  for (size_t i = 0; i < done.size(); ++i) {
-    freeSlots_.push_back(done[i]->slot_);
-    executor_.reset(done[i]->slot_);
-    finish(done[i], endings[i].first, std::move(endings[i].second));
-    active_.erase(std::find(active_.begin(), active_.end(), done[i]));
+  for (Ending &ending : endings) {
+    release(ending.generation, ending.stoppedAtEos, std::move(ending.status));
+    active_.erase(std::find(active_.begin(), active_.end(), ending.generation));
   }
 }
 

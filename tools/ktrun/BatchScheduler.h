@@ -108,6 +108,8 @@ private:
   void admit(std::unique_lock<std::mutex> &lock);
   void step(std::vector<std::shared_ptr<Generation>> &active);
   void finish(const std::shared_ptr<Generation> &generation, bool stoppedAtEos, Status status);
+  // Gives an admitted generation's slot back (its cache emptied) and finishes it.
+  void release(const std::shared_ptr<Generation> &generation, bool stoppedAtEos, Status status);
   void wake();
 
   cpu::CpuExecutor &executor_;
