@@ -1,5 +1,7 @@
 #include "runtime/cpu/ExpertGemm.h"
 
+#include "runtime/quant/Quant.h"
+
 #ifdef KT_HAVE_DNNL
 #include <oneapi/dnnl/dnnl.hpp>
 #include <omp.h>
@@ -30,12 +32,12 @@ void ExpertGemm::multiply(ThreadPool &pool, const WeightMatrix &w, const float *
     const float *decoded = decodeRows(w, first, count, threadScratch(0, scratchFloats));
     uint16_t *out = weights_.data() + first * cols;
     for (int64_t i = 0; i < count * cols; ++i)
-      out[i] = toBf16(decoded[i]);
+      out[i] = quant::floatToBf16(decoded[i]);
   }
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t c = 0; c < cols; ++c)
-      input_[static_cast<size_t>(t * cols + c)] = toBf16(x[t * cols + c]);
+      input_[static_cast<size_t>(t * cols + c)] = quant::floatToBf16(x[t * cols + c]);
 
   using namespace dnnl;
   using dt = memory::data_type;

@@ -29,12 +29,4 @@ private:
   std::vector<uint16_t> weights_, input_; // bf16 scratch, kept between calls
 };
 
-// IEEE f32 to bf16, rounding to nearest even.
-inline uint16_t toBf16(float value) {
-  uint32_t bits;
-  __builtin_memcpy(&bits, &value, 4);
-  bits += 0x7fff + ((bits >> 16) & 1);
-  return static_cast<uint16_t>(bits >> 16);
-}
-
 } // namespace kt::cpu
