@@ -77,6 +77,21 @@ public:
     }
   }
 
+  // A list of {path, size} objects (the model's files, the FP8 checkpoint's).
+  void readFiles(const json &object, const std::string &key, const std::string &where,
+                 std::vector<ModelFile> &out) {
+    const json *files = array(object, key, where);
+    if (!files)
+      return;
+    for (size_t i = 0; i < files->size(); ++i) {
+      std::string entry = join(where, key) + "[" + std::to_string(i) + "]";
+      ModelFile file;
+      read((*files)[i], "path", entry, file.path);
+      read((*files)[i], "size", entry, file.size);
+      out.push_back(file);
+    }
+  }
+
   const json *array(const json &object, const std::string &key, const std::string &where) {
     const json *value = field(object, key, where);
     if (value && !value->is_array()) {
@@ -142,12 +157,16 @@ json opToJson(const Op &op) {
   return out;
 }
 
+json filesJson(const std::vector<ModelFile> &files) {
+  json out = json::array();
+  for (const ModelFile &file : files)
+    out.push_back({{"path", file.path}, {"size", file.size}});
+  return out;
+}
+
 } // namespace
 
 std::string planToJson(const Plan &plan) {
-  json files = json::array();
-  for (const ModelFile &file : plan.model.files)
-    files.push_back({{"path", file.path}, {"size", file.size}});
   json gpus = json::array();
   for (const Gpu &gpu : plan.target.gpus)
     gpus.push_back({{"arch", gpu.arch}, {"memory", gpu.memory}});
@@ -187,7 +206,7 @@ std::string planToJson(const Plan &plan) {
        {{"path", plan.model.path},
         {"architecture", plan.model.architecture},
         {"name", plan.model.name},
-        {"files", files},
+        {"files", filesJson(plan.model.files)},
         {"tensor_bytes", plan.model.tensorBytes},
         {"fingerprint", plan.model.fingerprint}}},
       {"target",
@@ -204,11 +223,8 @@ std::string planToJson(const Plan &plan) {
       {"output_value", plan.outputValue},
   };
   if (plan.model.fp8) {
-    json fp8Files = json::array();
-    for (const ModelFile &file : plan.model.fp8->files)
-      fp8Files.push_back({{"path", file.path}, {"size", file.size}});
     root["model"]["fp8_checkpoint"] = {{"path", plan.model.fp8->path},
-                                       {"files", fp8Files},
+                                       {"files", filesJson(plan.model.fp8->files)},
                                        {"fingerprint", plan.model.fp8->fingerprint}};
   }
   if (plan.cpuCode) {
@@ -283,25 +299,11 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
       if (const json *entry = r.field(*model, "fp8_checkpoint", "model")) {
         r.read(*entry, "path", "model.fp8_checkpoint", fp8.path);
         r.read(*entry, "fingerprint", "model.fp8_checkpoint", fp8.fingerprint);
-        if (const json *files = r.array(*entry, "files", "model.fp8_checkpoint"))
-          for (size_t i = 0; i < files->size(); ++i) {
-            std::string where = "model.fp8_checkpoint.files[" + std::to_string(i) + "]";
-            ModelFile file;
-            r.read((*files)[i], "path", where, file.path);
-            r.read((*files)[i], "size", where, file.size);
-            fp8.files.push_back(file);
-          }
+        r.readFiles(*entry, "files", "model.fp8_checkpoint", fp8.files);
       }
       plan.model.fp8 = std::move(fp8);
     }
-    if (const json *files = r.array(*model, "files", "model"))
-      for (size_t i = 0; i < files->size(); ++i) {
-        std::string where = "model.files[" + std::to_string(i) + "]";
-        ModelFile file;
-        r.read((*files)[i], "path", where, file.path);
-        r.read((*files)[i], "size", where, file.size);
-        plan.model.files.push_back(file);
-      }
+    r.readFiles(*model, "files", "model", plan.model.files);
   }
   if (const json *target = r.field(root, "target", "")) {
     r.read(*target, "cpu", "target", plan.target.cpu);
