@@ -171,9 +171,10 @@ int main(int argc, char **argv) {
       cuda::LaunchShape launch;
       launch.gridX = cuda::gemvGridBlocks(type, shape.out);
       launch.blockX = spec->blockThreads;
+      cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
       StatusOr<double> timed = timeLaunches(device, *kernel, launch, weights, launches,
                                             [&](cuda::DevicePointer &w) {
-                                              return std::vector<void *>{&w, &*x, &*y};
+                                              return std::vector<void *>{&w, &*x, &*y, &layout};
                                             });
       if (!timed)
         return fail(timed.message());
@@ -226,9 +227,10 @@ int main(int argc, char **argv) {
     cuda::LaunchShape launch;
     launch.gridX = unsigned((shape.out + cuda::kGemvRowsPerBlock - 1) / cuda::kGemvRowsPerBlock);
     launch.blockX = spec->blockThreads;
+    cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
     StatusOr<double> timed = timeLaunches(device, *kernel, launch, weights, launches,
                                           [&](cuda::DevicePointer &w) {
-                                            return std::vector<void *>{&w, &*s, &*x, &*y};
+                                            return std::vector<void *>{&w, &*s, &*x, &*y, &layout};
                                           });
     if (!timed)
       return fail(timed.message());

@@ -62,6 +62,26 @@ __device__ __forceinline__ float blockSum(float value, float *scratch) {
   return total;
 }
 
+// Where the GEMV kernels find their vectors: blockIdx.y is the token,
+// blockIdx.z the head of a per-head batch of matrices (MLA's k_b and v_b:
+// head h uses the h-th OUT_FEATURES rows); strides count floats.
+// runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
+struct GemvLayout {
+  int xTokenStride, yTokenStride, xHeadStride, yHeadStride;
+};
+
+// Moves x and y to this block's token and head; returns the index of the
+// head's first row in the stacked weight rows.
+__device__ __forceinline__ long long gemvSelect(const float *__restrict__ &x,
+                                                float *__restrict__ &y, GemvLayout layout,
+                                                int rows) {
+  x += static_cast<long long>(blockIdx.y) * layout.xTokenStride +
+       static_cast<long long>(blockIdx.z) * layout.xHeadStride;
+  y += static_cast<long long>(blockIdx.y) * layout.yTokenStride +
+       static_cast<long long>(blockIdx.z) * layout.yHeadStride;
+  return static_cast<long long>(blockIdx.z) * rows;
+}
+
 // GGUF Q8_0 block: f16 scale d, then 32 signed bytes; value = d * q.
 constexpr int kQ8_0BlockElements = 32;
 constexpr int kQ8_0BlockBytes = 34;

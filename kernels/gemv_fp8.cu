@@ -31,11 +31,14 @@ __device__ __forceinline__ float e4m3ToFloat(kt::u32 b) {
 
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_fp8(const void *__restrict__ weight, const float *__restrict__ scales,
-         const float *__restrict__ x, float *__restrict__ y) {
+         const float *__restrict__ x, float *__restrict__ y, kt::GemvLayout layout) {
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
   if (row >= OUT_FEATURES)
     return;
+  // Tokens only: FP8 weights are never batched per head.
+  x += static_cast<long long>(blockIdx.y) * layout.xTokenStride;
+  y += static_cast<long long>(blockIdx.y) * layout.yTokenStride;
   const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + static_cast<long long>(row) * IN_FEATURES;
   const float *rowScales = scales + (row / 128) * kBlockCols;
   float sum = 0.0f;

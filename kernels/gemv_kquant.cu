@@ -157,12 +157,13 @@ __device__ __forceinline__ float pieceDot(const kt::u8 *block, const Piece &piec
 // once for all of them.
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
-            float *__restrict__ y) {
+            float *__restrict__ y, kt::GemvLayout layout) {
   const int lane = threadIdx.x % 32;
   const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32) * ROWS_PER_WARP;
   if (firstRow >= OUT_FEATURES)
     return;
-  const kt::u8 *rows = static_cast<const kt::u8 *>(weight) + firstRow * kRowBytes;
+  const long long headRow = kt::gemvSelect(x, y, layout, OUT_FEATURES);
+  const kt::u8 *rows = static_cast<const kt::u8 *>(weight) + (headRow + firstRow) * kRowBytes;
   float sums[ROWS_PER_WARP];
 #pragma unroll
   for (int r = 0; r < ROWS_PER_WARP; ++r)

@@ -26,12 +26,13 @@ constexpr long long kRowBytes = static_cast<long long>(kBlocksPerRow) * kt::kQ8_
 
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
-          float *__restrict__ y) {
+          float *__restrict__ y, kt::GemvLayout layout) {
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
   if (row >= OUT_FEATURES)
     return;
-  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + row * kRowBytes;
+  const long long headRow = kt::gemvSelect(x, y, layout, OUT_FEATURES);
+  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + row) * kRowBytes;
 
   float sum = 0.0f;
   const int quarter = lane % 4;

@@ -5,9 +5,13 @@
 // softmax over p < positions, then context[h] = sum_p softmax[p] latent[p].
 // The caller maps the query's nope part into latent space before (k_b) and
 // the context out through the value up-projection after (v_b).
-// One block per head; threads stride over positions for the scores and own
+// Several tokens of one sequence attend at once (prefill through the
+// absorbed path): blockIdx.y is the token, which sees firstPositions +
+// blockIdx.y cached positions (causal). One block per (head, token); threads stride over positions for the scores and own
 // KV_LORA / BLOCK_THREADS latent dimensions each for the context. Scores
-// live in dynamic shared memory (positions floats).
+// live in dynamic shared memory (as many floats as the last token's positions).
+// qRope is read in place from the rotated queries: head h of token t at
+// qRope + t * qRopeTokenStride + h * qRopeHeadStride.
 // Specialization defines:
 //   KV_LORA        latent width (kv_lora_rank)
 //   ROPE           rope key width (qk_rope_head_dim)
@@ -22,13 +26,16 @@ static_assert(BLOCK_THREADS % 32 == 0, "whole warps");
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 mla_decode(const float *__restrict__ qLatent, const float *__restrict__ qRope,
-           const float *__restrict__ latent, const float *__restrict__ ropeKey, int positions,
-           float *__restrict__ context) {
+           int qRopeHeadStride, int qRopeTokenStride, const float *__restrict__ latent,
+           const float *__restrict__ ropeKey, int firstPositions, float *__restrict__ context) {
   extern __shared__ float scores[];
   __shared__ float reduction[BLOCK_THREADS / 32];
-  const int head = blockIdx.x;
-  const float *q = qLatent + static_cast<long long>(head) * KV_LORA;
-  const float *qr = qRope + static_cast<long long>(head) * ROPE;
+  const int head = blockIdx.x, token = blockIdx.y;
+  const int positions = firstPositions + token;
+  const long long slot = static_cast<long long>(token) * gridDim.x + head;
+  const float *q = qLatent + slot * KV_LORA;
+  const float *qr = qRope + static_cast<long long>(token) * qRopeTokenStride +
+                    static_cast<long long>(head) * qRopeHeadStride;
 
   // Scores: one warp per position at a time, lanes over the dimensions.
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -75,6 +82,6 @@ mla_decode(const float *__restrict__ qLatent, const float *__restrict__ qRope,
     float value = 0.0f;
     for (int p = 0; p < positions; ++p)
       value += scores[p] * latent[static_cast<long long>(p) * KV_LORA + i];
-    context[static_cast<long long>(head) * KV_LORA + i] = value * inverse;
+    context[slot * KV_LORA + i] = value * inverse;
   }
 }

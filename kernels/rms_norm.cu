@@ -1,5 +1,6 @@
 // RMSNorm over rows of HIDDEN floats: y = x / sqrt(mean(x^2) + EPS) * weight.
-// One block per row. Specialization defines:
+// One block per row; rows are xStride / yStride floats apart (MLA normalizes
+// the latent part of each kv_a row straight into the cache). Specialization defines:
 //   HIDDEN         row length (constant: loops unroll, no bounds arguments)
 //   EPS            epsilon, a float literal such as 1e-06f
 //   BLOCK_THREADS  threads per block (a multiple of 32, at most 1024)
@@ -17,13 +18,13 @@
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 rms_norm(const float *__restrict__ x, const float *__restrict__ weight,
-         float *__restrict__ y, int rows) {
+         float *__restrict__ y, int rows, int xStride, int yStride) {
   __shared__ float scratch[BLOCK_THREADS / 32];
   const int row = blockIdx.x;
   if (row >= rows)
     return;
-  const float *in = x + static_cast<long long>(row) * HIDDEN;
-  float *out = y + static_cast<long long>(row) * HIDDEN;
+  const float *in = x + static_cast<long long>(row) * xStride;
+  float *out = y + static_cast<long long>(row) * yStride;
 
   float sumSquares = 0.0f;
   for (int i = threadIdx.x; i < HIDDEN; i += BLOCK_THREADS)

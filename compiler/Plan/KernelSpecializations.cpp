@@ -1,5 +1,6 @@
 #include "compiler/Plan/KernelSpecializations.h"
 
+#include "compiler/Transforms/PlacementUtils.h"
 #include "dialects/Graph/IR/GraphDialect.h"
 
 #ifdef KT_HAVE_CUDA_KERNELS
@@ -23,8 +24,11 @@ namespace {
 
 struct Collector {
   TargetAttr target;
-  // (file, defines, arch) -> index in `kernels`; the specs for recompiling.
-  std::map<std::tuple<std::string, std::map<std::string, std::string>, std::string>, size_t> seen;
+  // (file, entry, defines, arch) -> index in `kernels`; the specs for
+  // recompiling (one file may hold several entries with equal defines).
+  std::map<std::tuple<std::string, std::string, std::map<std::string, std::string>, std::string>,
+           size_t>
+      seen;
   std::vector<plan::KernelSpecialization> kernels;
   std::string error;
 
@@ -39,12 +43,12 @@ struct Collector {
         index >= target.getGpuCount())
       return;
     std::string arch = target.getGpu(index).getArch().str();
-    auto key = std::make_tuple(spec->file, spec->defines, arch);
+    auto key = std::make_tuple(spec->file, spec->entry, spec->defines, arch);
     auto [it, inserted] = seen.emplace(key, kernels.size());
     if (inserted)
       kernels.push_back({spec->entry, spec->file, spec->defines, arch, "", {}});
     std::vector<std::string> &usedBy = kernels[it->second].usedBy;
-    if (std::find(usedBy.begin(), usedBy.end(), path.str()) == usedBy.end())
+    if (!path.empty() && std::find(usedBy.begin(), usedBy.end(), path.str()) == usedBy.end())
       usedBy.push_back(path.str());
   }
 };
@@ -97,11 +101,26 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         collector.add(cuda::ropeSpec({dims, attention.getNumHeads(), nope + dims, nope, cosSin}),
                       device, path);
         collector.add(cuda::ropeSpec({dims, 1, dims, 0, cosSin}), device, path);
-        if (phase == "decode")
-          collector.add(cuda::mlaDecodeSpec(attention.getKvLoraRank(), dims,
-                                            static_cast<float>(cpu::attentionSoftmaxScale(
-                                                nope + dims, rope))),
-                        device, path);
+        // The absorbed attention core, in prefill too (each token over its
+        // causal prefix).
+        collector.add(cuda::mlaDecodeSpec(attention.getKvLoraRank(), dims,
+                                          static_cast<float>(cpu::attentionSoftmaxScale(
+                                              nope + dims, rope))),
+                      device, path);
+        // The norms of the compressed query and of the latent.
+        const float eps = attention.getEps().convertToFloat();
+        if (attention.getQLoraRank() > 0)
+          collector.add(cuda::rmsNormSpec(attention.getQLoraRank(), eps), device, path);
+        collector.add(cuda::rmsNormSpec(attention.getKvLoraRank(), eps), device, path);
+        // The per-head up-projections of the latent, batched over heads.
+        for (std::optional<WeightAttr> weight :
+             {attention.getKBProj(), attention.getVBProj()}) {
+          std::optional<gguf::GgmlType> type =
+              weight ? gguf::parseGgmlType(weight->getDtype().str()) : std::nullopt;
+          if (type && cuda::hasGpuGemv(*type))
+            collector.add(cuda::gemvSpec(*type, weight->getShape()[1], weight->getShape()[0]),
+                          device, path);
+        }
       } else if (isa<MlpOp, SharedExpertsOp>(op.getOperation())) {
         WeightAttr gateProj = isa<MlpOp>(op.getOperation())
                                   ? cast<MlpOp>(op.getOperation()).getGateProj()
@@ -118,6 +137,12 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         shape.normalize = gate.getNormTopkProb();
         shape.scale = static_cast<float>(gate.getRoutedScalingFactor().convertToDouble());
         collector.add(cuda::moeGateSpec(shape), device, path);
+        // The router's logits.
+        WeightAttr router = gate.getWeight();
+        if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(router.getDtype().str());
+            type && cuda::hasGpuGemv(*type))
+          collector.add(cuda::gemvSpec(*type, router.getShape()[1], router.getShape()[0]), device,
+                        path);
       } else if (auto head = dyn_cast<LmHeadOp>(op.getOperation())) {
         WeightAttr weight = head.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
@@ -153,6 +178,13 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
       collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
                     sub.getDecode(), (path + "." + role).str());
     }
+  });
+  // Residual adds and the sum of routed and shared experts.
+  module.walk([&](AddOp add) {
+    const int64_t width = cast<RankedTensorType>(add.getType()).getShape()[1];
+    for (Phase phase : {Phase::Prefill, Phase::Decode})
+      if (std::optional<StringRef> device = runDevice(add, phase); device && isGpu(*device))
+        collector.add(cuda::elementwiseSpec("add", width), *device, "");
   });
   if (!collector.error.empty())
     return Status::error(collector.error);

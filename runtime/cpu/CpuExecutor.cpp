@@ -6,7 +6,9 @@
 #include "runtime/cpu/Math.h"
 #include "runtime/cpu/IsaVariants.h"
 #include "runtime/cpu/MoeRouting.h"
+#include "runtime/cpu/OpBinder.h"
 #include "runtime/cpu/ThreadPool.h"
+#include "runtime/exec/SequenceCaches.h"
 #include "runtime/quant/Quant.h"
 
 #include <algorithm>
@@ -271,182 +273,12 @@ private:
 
 // ---------------------------------------------------------------- binding
 
-std::string shapeText(const std::vector<int64_t> &shape) {
-  std::string text = "[";
-  for (size_t i = 0; i < shape.size(); ++i)
-    text += (i ? ", " : "") + std::to_string(shape[i]);
-  return text + "]";
-}
-
 // Kernel variants kt-select-kernels picks for CPU placements.
 bool isCpuKernelVariant(const std::string &variant) {
   static const std::set<std::string> variants = {"amx", "avx512_bf16", "avx512_vnni",
                                                  "avx512", "avx2", "generic"};
   return variants.count(variant) > 0;
 }
-
-// Reads one op's weights and hyper-parameters; the first problem becomes the
-// binding's error and later reads return neutral values.
-class OpBinder {
-public:
-  OpBinder(const plan::Op &op, size_t index, const gguf::GgufModel &model,
-           const std::string &planName)
-      : op_(op), index_(index), model_(model), planName_(planName) {}
-
-  std::string where() const {
-    std::string text = "Op " + std::to_string(index_) + " (" + op_.kind;
-    if (!op_.path.empty())
-      text += " " + op_.path;
-    return text + ") of " + planName_;
-  }
-
-  void fail(const std::string &message) {
-    if (!error_)
-      error_ = where() + " " + message;
-  }
-  void require(bool condition, const std::string &message) {
-    if (!condition)
-      fail(message);
-  }
-  bool ok() const { return !error_.has_value(); }
-  Status status() const { return error_ ? Status::error(*error_) : Status::success(); }
-
-  // The tensor of weight `role`, checked against the plan and expected to
-  // have `dims` dimensions; null if absent (an error when required).
-  const gguf::TensorInfo *tensor(const std::string &role, size_t dims, bool required = true) {
-    const plan::Weight *weight = nullptr;
-    for (const plan::Weight &w : op_.weights)
-      if (w.role == role)
-        weight = &w;
-    if (!weight) {
-      if (required)
-        fail("has no '" + role + "' weight; recompile the plan with this version of ktc.");
-      return nullptr;
-    }
-    const gguf::TensorInfo *info = model_.findTensor(weight->tensor);
-    const std::string name = "tensor '" + weight->tensor + "' (" + role + ")";
-    const std::string recompile =
-        "; the model is not the one the plan was compiled for: recompile the plan with "
-        "ktc compile for this model.";
-    if (!info) {
-      fail("needs " + name + ", which the model lacks" + recompile);
-      return nullptr;
-    }
-    const std::string actualType(gguf::ggmlTypeName(info->type));
-    if (actualType != weight->type) {
-      fail("expects " + name + " of type " + weight->type + ", but the model stores it as " +
-           actualType + recompile);
-      return nullptr;
-    }
-    if (info->ne != weight->shape) {
-      fail("expects " + name + " of shape " + shapeText(weight->shape) +
-           ", but the model's is " + shapeText(info->ne) + recompile);
-      return nullptr;
-    }
-    if (!gguf::ggmlTypeTraits(info->type).dequantizable ||
-        !gguf::ggmlRowBytes(info->type, info->ne[0])) {
-      fail("cannot use " + name + ": the CPU executor has no kernel for type " + actualType +
-           "; requantize the model to a supported type (f32, f16, bf16, q8_0, q4_0, q4_1, "
-           "q5_0, q5_1, q2_K ... q6_K).");
-      return nullptr;
-    }
-    if (info->ne.size() != dims) {
-      fail("expects " + name + " to have " + std::to_string(dims) + " dimensions, not " +
-           std::to_string(info->ne.size()) + "; the plan is damaged: recompile it.");
-      return nullptr;
-    }
-    return info;
-  }
-
-  // A 1-D weight as f32 values (norm weights may be stored as f16/bf16).
-  std::vector<float> vector(const std::string &role, int64_t length, bool required = true) {
-    const gguf::TensorInfo *info = tensor(role, 1, required);
-    if (!info)
-      return {};
-    if (info->ne[0] != length) {
-      fail("expects '" + role + "' to have " + std::to_string(length) + " values, not " +
-           std::to_string(info->ne[0]) + "; the plan is damaged: recompile it.");
-      return {};
-    }
-    std::vector<float> values(static_cast<size_t>(length));
-    Status decoded = quant::dequantize(info->type, info->data, values.data(), length);
-    if (!decoded.ok())
-      fail("cannot decode '" + role + "': " + decoded.message());
-    return values;
-  }
-
-  // A 2-D weight [cols, rows] (GGML order) as a matrix, checked for shape.
-  WeightMatrix matrix(const std::string &role, int64_t cols, int64_t rows) {
-    const gguf::TensorInfo *info = tensor(role, 2);
-    if (!info)
-      return {};
-    checkShape(role, *info, {cols, rows});
-    return weightMatrix(*info);
-  }
-
-  void checkShape(const std::string &role, const gguf::TensorInfo &info,
-                  const std::vector<int64_t> &expected) {
-    if (info.ne != expected)
-      fail("expects '" + role + "' of shape " + shapeText(expected) +
-           " from the module's hyper-parameters, but it is " + shapeText(info.ne) +
-           "; the plan is damaged: recompile it.");
-  }
-
-  const plan::Param *param(const std::string &name) {
-    auto it = op_.params.find(name);
-    if (it == op_.params.end()) {
-      fail("lacks the hyper-parameter '" + name +
-           "'; recompile the plan with this version of ktc.");
-      return nullptr;
-    }
-    return &it->second;
-  }
-  int64_t integer(const std::string &name) {
-    const plan::Param *p = param(name);
-    if (!p)
-      return 0;
-    if (const int64_t *v = std::get_if<int64_t>(p))
-      return *v;
-    fail("has a non-integer hyper-parameter '" + name + "'; recompile the plan.");
-    return 0;
-  }
-  double real(const std::string &name) {
-    const plan::Param *p = param(name);
-    if (!p)
-      return 0;
-    if (const double *v = std::get_if<double>(p))
-      return *v;
-    if (const int64_t *v = std::get_if<int64_t>(p))
-      return static_cast<double>(*v);
-    fail("has a non-numeric hyper-parameter '" + name + "'; recompile the plan.");
-    return 0;
-  }
-  bool boolean(const std::string &name) {
-    const plan::Param *p = param(name);
-    if (!p)
-      return false;
-    if (const bool *v = std::get_if<bool>(p))
-      return *v;
-    fail("has a non-boolean hyper-parameter '" + name + "'; recompile the plan.");
-    return false;
-  }
-  std::string text(const std::string &name) {
-    const plan::Param *p = param(name);
-    if (!p)
-      return {};
-    if (const std::string *v = std::get_if<std::string>(p))
-      return *v;
-    fail("has a non-string hyper-parameter '" + name + "'; recompile the plan.");
-    return {};
-  }
-
-private:
-  const plan::Op &op_;
-  size_t index_;
-  const gguf::GgufModel &model_;
-  const std::string &planName_;
-  std::optional<std::string> error_;
-};
 
 struct BoundStep {
   std::unique_ptr<Step> step;
@@ -470,9 +302,8 @@ public:
   int outputValue = -1;
   int64_t vocab = 0;             // logits per token
   int64_t embeddingRows = 0;     // token ids accepted
-  int64_t capacity = 0;
   int64_t chunkSize = 0;
-  std::vector<int64_t> positions;                // per sequence: tokens in its cache
+  exec::SequenceCaches sequences;                // per sequence: tokens in its cache
   std::vector<std::vector<float>> cacheStorage;
   std::vector<std::vector<LatentCache>> caches;  // [sequence][layer]
   AttentionPath attentionPath = AttentionPath::Automatic;
@@ -487,8 +318,6 @@ public:
   // token, or of every token, to `logits`.
   void runStep(const int32_t *tokens, std::vector<Segment> segments, bool lastTokenOnly,
                float *logits);
-  Status checkTokens(const int32_t *tokens, int64_t count) const;
-  Status checkRoom(size_t sequence, int64_t count) const;
   void acquire(Value &v);
   void release(Value &v);
 };
@@ -680,27 +509,9 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
         return b.status();
       const int64_t hidden = in[0]->width;
       expectFloats(0, hidden);
-      RoutingParams p;
-      p.experts = b.integer("num_experts");
-      p.topK = b.integer("top_k");
-      p.groups = b.integer("n_group");
-      p.groupsUsed = b.integer("topk_group");
-      const std::string scoring = b.text("scoring_func");
-      p.normalize = b.boolean("norm_topk_prob");
-      p.scale = static_cast<float>(b.real("routed_scaling_factor"));
+      const RoutingParams p = b.routing();
       if (!b.ok())
         return b.status();
-      b.require(scoring == "sigmoid" || scoring == "softmax",
-                "has the unknown scoring function '" + scoring +
-                    "'; DeepSeek models use sigmoid or softmax.");
-      p.scoring = scoring == "sigmoid" ? GateScoring::Sigmoid : GateScoring::Softmax;
-      b.require(p.experts > 0 && p.groups > 0 && p.experts % p.groups == 0 &&
-                    p.groupsUsed > 0 && p.groupsUsed <= p.groups && p.topK > 0 &&
-                    p.topK <= p.groupsUsed * (p.experts / p.groups),
-                "has inconsistent routing hyper-parameters (num_experts " +
-                    std::to_string(p.experts) + ", top_k " + std::to_string(p.topK) +
-                    ", n_group " + std::to_string(p.groups) + ", topk_group " +
-                    std::to_string(p.groupsUsed) + "); the plan is damaged: recompile it.");
       WeightMatrix router = b.matrix("weight", hidden, p.experts);
       std::vector<float> bias = b.vector("e_score_correction_bias", p.experts, false);
       step = std::make_unique<GateStep>(op.path, router, std::move(bias), p);
@@ -773,8 +584,8 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
 
   for (std::vector<LatentCache> &sequenceCaches : caches)
     for (const AttentionCacheShape &c : cacheShapes) {
-      std::vector<float> latent(static_cast<size_t>(capacity * c.latent));
-      std::vector<float> rope(static_cast<size_t>(capacity * c.rope));
+      std::vector<float> latent(static_cast<size_t>(sequences.capacity() * c.latent));
+      std::vector<float> rope(static_cast<size_t>(sequences.capacity() * c.rope));
       sequenceCaches.push_back({latent.data(), rope.data()});
       cacheStorage.push_back(std::move(latent));
       cacheStorage.push_back(std::move(rope));
@@ -802,7 +613,7 @@ void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segm
   int64_t rows = 0;
   for (Segment &segment : segments) {
     segment.row = rows;
-    segment.start = positions[segment.sequence];
+    segment.start = sequences.position(segment.sequence);
     rows += segment.count;
     switch (attentionPath) {
     case AttentionPath::Automatic:
@@ -843,28 +654,7 @@ void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segm
   std::memcpy(logits, result.data.data(), result.data.size() * sizeof(float));
   release(values[static_cast<size_t>(outputValue)]);
   for (const Segment &segment : ctx.segments)
-    positions[segment.sequence] += segment.count;
-}
-
-Status CpuExecutor::Impl::checkTokens(const int32_t *tokens, int64_t count) const {
-  for (int64_t i = 0; i < count; ++i)
-    if (tokens[i] < 0 || tokens[i] >= embeddingRows)
-      return Status::error("Token id " + std::to_string(tokens[i]) + " (input position " +
-                           std::to_string(i) + ") is outside the model's vocabulary of " +
-                           std::to_string(embeddingRows) +
-                           " tokens; use the tokenizer of the same model.");
-  return Status::success();
-}
-
-Status CpuExecutor::Impl::checkRoom(size_t sequence, int64_t count) const {
-  const int64_t used = positions[sequence], room = capacity - used;
-  if (count <= room)
-    return Status::success();
-  return Status::error(
-      "The KV cache is full: it holds " + std::to_string(capacity) + " tokens, " +
-      std::to_string(used) + " are in use, so " + std::to_string(room) +
-      " more fit, but this step needs " + std::to_string(count) +
-      ". Raise --cache-lens (the model allows longer contexts) or start a new conversation.");
+    sequences.advance(segment.sequence, segment.count);
 }
 
 CpuExecutor::CpuExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -884,8 +674,7 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
     return Status::error("The executor needs at least one sequence (KV cache slot), not " +
                          std::to_string(options.sequences) + ".");
   auto impl = std::make_unique<Impl>(options.threads);
-  impl->capacity = capacity;
-  impl->positions.assign(static_cast<size_t>(options.sequences), 0);
+  impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
   impl->caches.resize(static_cast<size_t>(options.sequences));
   impl->chunkSize = options.chunkSize > 0 ? options.chunkSize
@@ -914,14 +703,9 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
 StatusOr<std::vector<float>> CpuExecutor::forward(const std::vector<int32_t> &tokens,
                                                   bool allPositions) {
   Impl &m = *impl_;
-  const int64_t count = static_cast<int64_t>(tokens.size());
-  if (count == 0)
-    return Status::error("forward() got no tokens; pass at least one token id.");
-  if (Status valid = m.checkTokens(tokens.data(), count); !valid.ok())
+  if (Status valid = m.sequences.checkForward(tokens, m.embeddingRows); !valid.ok())
     return valid;
-  if (Status room = m.checkRoom(0, count); !room.ok())
-    return room;
-
+  const int64_t count = static_cast<int64_t>(tokens.size());
   std::vector<float> logits(static_cast<size_t>((allPositions ? count : 1) * m.vocab));
   for (int64_t begin = 0; begin < count; begin += m.chunkSize) {
     const int64_t chunk = std::min(m.chunkSize, count - begin);
@@ -943,29 +727,13 @@ StatusOr<std::vector<float>> CpuExecutor::forward(const std::vector<int32_t> &to
 
 StatusOr<std::vector<float>> CpuExecutor::forwardBatch(const std::vector<SequenceTokens> &batch) {
   Impl &m = *impl_;
-  if (batch.empty())
-    return Status::error("forwardBatch() got no sequences; pass at least one.");
-  std::vector<bool> seen(m.positions.size(), false);
+  if (Status valid = m.sequences.checkBatch(batch, m.embeddingRows); !valid.ok())
+    return valid;
   std::vector<int32_t> tokens;
   std::vector<Segment> segments;
   for (const SequenceTokens &entry : batch) {
-    if (entry.sequence < 0 || entry.sequence >= static_cast<int>(m.positions.size()))
-      return Status::error("Sequence " + std::to_string(entry.sequence) +
-                           " does not exist; the executor has " +
-                           std::to_string(m.positions.size()) + " sequences.");
-    const size_t sequence = static_cast<size_t>(entry.sequence);
-    if (seen[sequence])
-      return Status::error("Sequence " + std::to_string(entry.sequence) +
-                           " appears twice in one batch; give each sequence's tokens once.");
-    seen[sequence] = true;
     const int64_t count = static_cast<int64_t>(entry.tokens.size());
-    if (count == 0)
-      return Status::error("Sequence " + std::to_string(entry.sequence) +
-                           " has no tokens in this batch; leave it out instead.");
-    if (Status valid = m.checkTokens(entry.tokens.data(), count); !valid.ok())
-      return Status::error("Sequence " + std::to_string(entry.sequence) + ": " + valid.message());
-    if (Status room = m.checkRoom(sequence, count); !room.ok())
-      return Status::error("Sequence " + std::to_string(entry.sequence) + ": " + room.message());
+    const size_t sequence = static_cast<size_t>(entry.sequence);
     tokens.insert(tokens.end(), entry.tokens.begin(), entry.tokens.end());
     Segment segment;
     segment.count = count;
@@ -977,20 +745,16 @@ StatusOr<std::vector<float>> CpuExecutor::forwardBatch(const std::vector<Sequenc
   return logits;
 }
 
-int64_t CpuExecutor::position() const { return impl_->positions[0]; }
 int64_t CpuExecutor::position(int sequence) const {
-  return impl_->positions.at(static_cast<size_t>(sequence));
+  return impl_->sequences.position(static_cast<size_t>(sequence));
 }
-int64_t CpuExecutor::cacheCapacity() const { return impl_->capacity; }
+int64_t CpuExecutor::cacheCapacity() const { return impl_->sequences.capacity(); }
 int64_t CpuExecutor::chunkSize() const { return impl_->chunkSize; }
 int CpuExecutor::generatedExpertLayers() const { return impl_->generatedExpertLayers; }
-int CpuExecutor::sequenceCount() const { return static_cast<int>(impl_->positions.size()); }
-void CpuExecutor::reset() { reset(0); }
-void CpuExecutor::reset(int sequence) { impl_->positions.at(static_cast<size_t>(sequence)) = 0; }
-void CpuExecutor::truncate(int64_t tokens) { truncate(0, tokens); }
+int CpuExecutor::sequenceCount() const { return impl_->sequences.count(); }
+void CpuExecutor::reset(int sequence) { impl_->sequences.reset(static_cast<size_t>(sequence)); }
 void CpuExecutor::truncate(int sequence, int64_t tokens) {
-  int64_t &position = impl_->positions.at(static_cast<size_t>(sequence));
-  position = std::clamp<int64_t>(tokens, 0, position);
+  impl_->sequences.truncate(static_cast<size_t>(sequence), tokens);
 }
 
 std::vector<RoutingStats> CpuExecutor::routingStats() const {
@@ -1007,9 +771,6 @@ void CpuExecutor::clearRoutingStats() {
       gate->clearStats();
 }
 
-int64_t RoutingStats::distinctExperts() const {
-  return std::count_if(selections.begin(), selections.end(), [](uint64_t n) { return n > 0; });
-}
 int64_t CpuExecutor::vocabSize() const { return impl_->vocab; }
 int CpuExecutor::threadCount() const { return impl_->pool.threadCount(); }
 void CpuExecutor::setAttentionPath(AttentionPath path) { impl_->attentionPath = path; }

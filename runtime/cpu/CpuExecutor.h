@@ -4,6 +4,7 @@
 // inside the matrix products; the KV cache holds MLA's compressed latents.
 #pragma once
 
+#include "runtime/exec/Executor.h"
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/plan/Plan.h"
 #include "runtime/support/Status.h"
@@ -15,37 +16,11 @@
 
 namespace kt::cpu {
 
-struct ExecutorOptions {
-  int threads = 0;        // 0: one per hardware thread
-  int64_t cacheLens = 0;  // positions the KV cache holds; 0: the plan's runtime.cache_lens
-  int64_t chunkSize = 0;  // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
-  std::string planPath;   // the plan's file, for messages; empty: "the plan"
-  // Experts chosen by at least this many tokens of a step run as bf16
-  // GEMMs through oneDNN (builds with it); 0: never. Off by default: the
-  // GEMMs beat the row kernels per matrix from about 64 tokens, but oneDNN's
-  // OpenMP threads keep spinning against the pool's between them, and end
-  // to end a 2048-token prefill was slower (docs/cpu-codegen.md).
-  int64_t expertGemmTokens = 0;
-  // Independent sequences (KV caches of cacheLens positions each) that
-  // forwardBatch() can advance together; forward() uses sequence 0.
-  int sequences = 1;
-};
+using ExecutorOptions = exec::ExecutorOptions;
+using SequenceTokens = exec::SequenceTokens;
+using RoutingStats = exec::RoutingStats;
 
-// The new tokens of one sequence in a batched step.
-struct SequenceTokens {
-  int sequence = 0;
-  std::vector<int32_t> tokens;
-};
-
-// How often each expert of one MoE layer was chosen since the statistics
-// were last cleared (benchmarks print how many distinct experts a layer used).
-struct RoutingStats {
-  std::string path; // the gate's module path, "model.layers.3.mlp.gate"
-  std::vector<uint64_t> selections;
-  int64_t distinctExperts() const;
-};
-
-class CpuExecutor {
+class CpuExecutor : public exec::Executor {
 public:
   // Binds every op of `plan` to the weights of `model`, which must outlive
   // the executor, and allocates the KV cache. Fails with a message naming
@@ -64,7 +39,7 @@ public:
   // for an empty input, a token id outside the vocabulary, or when the KV
   // cache would overflow (the message says how many tokens still fit).
   StatusOr<std::vector<float>> forward(const std::vector<int32_t> &tokens,
-                                       bool allPositions = false);
+                                       bool allPositions = false) override;
 
   // One step for several sequences at once (continuous batching): each
   // entry's tokens go to the next positions of its own KV cache, and all
@@ -74,26 +49,27 @@ public:
   // without changing any state for an empty batch or entry, an unknown or
   // repeated sequence, a bad token id, or a cache that would overflow. The
   // caller bounds the step's size (no chunking here).
-  StatusOr<std::vector<float>> forwardBatch(const std::vector<SequenceTokens> &batch);
+  StatusOr<std::vector<float>> forwardBatch(const std::vector<SequenceTokens> &batch) override;
 
-  int64_t position() const;      // tokens in the cache of sequence 0
-  int64_t position(int sequence) const;
-  int64_t cacheCapacity() const; // positions each sequence's cache holds
-  int sequenceCount() const;
-  int64_t chunkSize() const;     // most tokens forward() runs in one step
+  using Executor::position;
+  int64_t position(int sequence) const override;
+  int64_t cacheCapacity() const override;
+  int sequenceCount() const override;
+  int64_t chunkSize() const override;
   // MoE layers whose routed experts run the plan's generated CPU code (the
   // others use the reference kernels).
-  int generatedExpertLayers() const;
-  void reset();                  // empties sequence 0's cache (a new conversation)
-  void reset(int sequence);
+  int generatedExpertLayers() const override;
+  using Executor::reset;
+  void reset(int sequence) override;
   // Keeps only the first `tokens` positions of the cache, for a
   // conversation whose history diverges from what was fed after them.
-  void truncate(int64_t tokens);
-  void truncate(int sequence, int64_t tokens);
-  std::vector<RoutingStats> routingStats() const;
-  void clearRoutingStats();
-  int64_t vocabSize() const;     // logits per token
-  int threadCount() const;
+  using Executor::truncate;
+  void truncate(int sequence, int64_t tokens) override;
+  std::vector<RoutingStats> routingStats() const override;
+  void clearRoutingStats() override;
+  int64_t vocabSize() const override;
+  int threadCount() const override;
+  std::string deviceDescription() const override { return "cpu"; }
 
   // Which attention computation a forward step uses. Automatic: the
   // expanded keys/values (HF's computation) for steps of several tokens,

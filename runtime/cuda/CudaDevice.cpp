@@ -14,6 +14,24 @@ using CUfunction = void *;
 using CUstream = void *;
 using CUdeviceptr = unsigned long long;
 constexpr CUresult kSuccess = 0;
+constexpr int kMemoryTypeDevice = 2;                // CU_MEMORYTYPE_DEVICE
+constexpr int kAttributeMaxDynamicSharedBytes = 8;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+constexpr unsigned kDefaultDynamicSharedLimit = 48 * 1024;
+struct Memcpy2D { // CUDA_MEMCPY2D
+  size_t srcXInBytes, srcY;
+  int srcMemoryType;
+  const void *srcHost;
+  CUdeviceptr srcDevice;
+  void *srcArray;
+  size_t srcPitch;
+  size_t dstXInBytes, dstY;
+  int dstMemoryType;
+  void *dstHost;
+  CUdeviceptr dstDevice;
+  void *dstArray;
+  size_t dstPitch;
+  size_t widthInBytes, height;
+};
 } // namespace
 
 struct CudaDevice::Api {
@@ -31,6 +49,10 @@ struct CudaDevice::Api {
   CUresult (*memcpyHtoD)(CUdeviceptr, const void *, size_t) = nullptr;
   CUresult (*memcpyDtoH)(void *, CUdeviceptr, size_t) = nullptr;
   CUresult (*memcpyDtoD)(CUdeviceptr, CUdeviceptr, size_t) = nullptr;
+  CUresult (*memcpy2DAsync)(const Memcpy2D *, CUstream) = nullptr;
+  CUresult (*memAllocHost)(void **, size_t) = nullptr;
+  CUresult (*memFreeHost)(void *) = nullptr;
+  CUresult (*funcSetAttribute)(CUfunction, int, int) = nullptr;
   CUresult (*launchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                            unsigned, unsigned, CUstream, void **, void **) = nullptr;
   CUresult (*getErrorString)(CUresult, const char **) = nullptr;
@@ -76,6 +98,10 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.memcpyHtoD, {"cuMemcpyHtoD_v2"});
   bind(api.memcpyDtoD, {"cuMemcpyDtoD_v2"});
   bind(api.memcpyDtoH, {"cuMemcpyDtoH_v2"});
+  bind(api.memcpy2DAsync, {"cuMemcpy2DAsync_v2"});
+  bind(api.memAllocHost, {"cuMemAllocHost_v2"});
+  bind(api.memFreeHost, {"cuMemFreeHost"});
+  bind(api.funcSetAttribute, {"cuFuncSetAttribute"});
   bind(api.launchKernel, {"cuLaunchKernel"});
   bind(api.getErrorString, {"cuGetErrorString"});
   if (!missing.empty())
@@ -119,6 +145,33 @@ Status CudaDevice::copyOnDevice(DevicePointer dst, DevicePointer src, size_t byt
   return check(api_->memcpyDtoD(dst, src, bytes), "cuMemcpyDtoD");
 }
 
+Status CudaDevice::copyRowsOnDevice(DevicePointer dst, size_t dstPitch, DevicePointer src,
+                                    size_t srcPitch, size_t rowBytes, size_t rows) {
+  Memcpy2D copy{};
+  copy.srcMemoryType = kMemoryTypeDevice;
+  copy.srcDevice = src;
+  copy.srcPitch = srcPitch;
+  copy.dstMemoryType = kMemoryTypeDevice;
+  copy.dstDevice = dst;
+  copy.dstPitch = dstPitch;
+  copy.widthInBytes = rowBytes;
+  copy.height = rows;
+  return check(api_->memcpy2DAsync(&copy, nullptr), "cuMemcpy2DAsync");
+}
+
+StatusOr<void *> CudaDevice::allocateHost(size_t bytes) {
+  void *pointer = nullptr;
+  if (Status s = check(api_->memAllocHost(&pointer, bytes),
+                       "cuMemAllocHost of " + std::to_string(bytes) + " bytes");
+      !s.ok())
+    return s;
+  return pointer;
+}
+
+Status CudaDevice::freeHost(void *pointer) {
+  return check(api_->memFreeHost(pointer), "cuMemFreeHost");
+}
+
 Status CudaDevice::copyToDevice(DevicePointer dst, const void *src, size_t bytes) {
   return check(api_->memcpyHtoD(dst, src, bytes), "cuMemcpyHtoD");
 }
@@ -145,6 +198,15 @@ StatusOr<LoadedKernel> CudaDevice::load(const CompiledKernel &kernel) {
 
 Status CudaDevice::launch(const LoadedKernel &kernel, const LaunchShape &shape,
                           std::vector<void *> arguments) {
+  // Beyond 48 KiB of dynamic shared memory a kernel must opt in (attention
+  // scores over long contexts).
+  if (shape.sharedBytes > kDefaultDynamicSharedLimit)
+    if (Status s = check(api_->funcSetAttribute(kernel.function, kAttributeMaxDynamicSharedBytes,
+                                                static_cast<int>(shape.sharedBytes)),
+                         "cuFuncSetAttribute " + kernel.entry + " shared memory " +
+                             std::to_string(shape.sharedBytes));
+        !s.ok())
+      return s;
   return check(api_->launchKernel(kernel.function, shape.gridX, shape.gridY, shape.gridZ,
                                   shape.blockX, shape.blockY, shape.blockZ, shape.sharedBytes,
                                   nullptr, arguments.data(), nullptr),

@@ -1,6 +1,8 @@
 // One GPU through the CUDA driver API, loaded at run time (libcuda.so.1):
 // device memory, modules from NVRTC output (CUBIN, or PTX the driver JITs),
-// kernel launches. Enough to run and test the kernels; no streams yet.
+// kernel launches, page-locked host memory. Work goes to the context's
+// default stream, so launches and copies run in the order they are issued;
+// the host-side copies return once their data has moved.
 #pragma once
 
 #include "runtime/cuda/KernelSpec.h"
@@ -41,6 +43,13 @@ public:
   Status copyToHost(void *dst, DevicePointer src, size_t bytes);
   // Device memory to device memory (the bandwidth ceiling benchmarks compare with).
   Status copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes);
+  // `rows` rows of `rowBytes` from rows `srcPitch` bytes apart to rows
+  // `dstPitch` bytes apart, on the device (queued like a launch).
+  Status copyRowsOnDevice(DevicePointer dst, size_t dstPitch, DevicePointer src,
+                          size_t srcPitch, size_t rowBytes, size_t rows);
+  // Page-locked host memory: copies from and to it run at full link speed.
+  StatusOr<void *> allocateHost(size_t bytes);
+  Status freeHost(void *pointer);
 
   // Loads the module and finds its entry; the module lives as long as the device.
   StatusOr<LoadedKernel> load(const CompiledKernel &kernel);

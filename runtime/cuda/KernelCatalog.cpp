@@ -222,8 +222,10 @@ unsigned gemvKQuantRowsPerWarp(int64_t outFeatures) {
 }
 
 unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures) {
-  const int64_t rowsPerBlock = int64_t(kGemvRowsPerBlock) *
-                               (type == gguf::GgmlType::Q8_0 ? 1 : gemvKQuantRowsPerWarp(outFeatures));
+  const bool kQuant = type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q5_K ||
+                      type == gguf::GgmlType::Q6_K;
+  const int64_t rowsPerBlock =
+      int64_t(kGemvRowsPerBlock) * (kQuant ? gemvKQuantRowsPerWarp(outFeatures) : 1);
   return static_cast<unsigned>((outFeatures + rowsPerBlock - 1) / rowsPerBlock);
 }
 
@@ -239,14 +241,37 @@ StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures) {
                         kGemvRowsPerBlock * 32);
 }
 
+StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures,
+                                   int64_t inFeatures) {
+  const char *weightType = type == gguf::GgmlType::F32   ? "0"
+                           : type == gguf::GgmlType::F16 ? "1"
+                           : type == gguf::GgmlType::BF16 ? "2"
+                                                          : nullptr;
+  if (!weightType || outFeatures <= 0 || inFeatures <= 0 || outFeatures > INT32_MAX ||
+      inFeatures > INT32_MAX)
+    return Status::error("no GPU GEMV for a " + std::string(gguf::ggmlTypeName(type)) +
+                         " matrix [" + integer(outFeatures) + "][" + integer(inFeatures) + "].");
+  return makeKernelSpec("gemv_float.cu", "gemv_float",
+                        {{"WEIGHT_TYPE", weightType},
+                         {"IN_FEATURES", integer(inFeatures)},
+                         {"OUT_FEATURES", integer(outFeatures)},
+                         {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
+                        kGemvRowsPerBlock * 32);
+}
+
 bool hasGpuGemv(gguf::GgmlType type) {
   return type == gguf::GgmlType::Q8_0 || type == gguf::GgmlType::Q4_K ||
-         type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K;
+         type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K ||
+         type == gguf::GgmlType::F32 || type == gguf::GgmlType::F16 ||
+         type == gguf::GgmlType::BF16;
 }
 
 StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
   if (type == gguf::GgmlType::Q8_0)
     return gemvQ8_0Spec(outFeatures, inFeatures);
+  if (type == gguf::GgmlType::F32 || type == gguf::GgmlType::F16 ||
+      type == gguf::GgmlType::BF16)
+    return gemvFloatSpec(type, outFeatures, inFeatures);
   return gemvKQuantSpec(type, outFeatures, inFeatures);
 }
 

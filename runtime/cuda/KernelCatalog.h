@@ -26,6 +26,13 @@ std::string floatLiteral(float value); // "1e-06f", exact round trip
 StatusOr<KernelSpec> rmsNormSpec(int64_t width, float eps);
 // Embedding rows of a [vocab][hidden] table of f32, f16, bf16 or q8_0 (one block per token).
 StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType tableType);
+// The GEMV kernels' last argument (kernels/common.cuh): grid y runs over
+// tokens, grid z over the heads of a per-head batch of matrices; strides in
+// floats. One token: {in, out, 0, 0} with a grid of 1 x 1.
+struct GemvLayout {
+  int xTokenStride = 0, yTokenStride = 0, xHeadStride = 0, yHeadStride = 0;
+};
+
 // y = W x for a Q8_0 matrix of `outFeatures` rows of `inFeatures` (one warp per row).
 StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures);
 constexpr unsigned kGemvRowsPerBlock = 4;
@@ -34,7 +41,9 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
 // Rows per warp of the k-quant GEMV: 4 for large matrices (activations
 // loaded once for four rows), fewer where that would leave SMs idle.
 unsigned gemvKQuantRowsPerWarp(int64_t outFeatures);
-// The decode GEMV of a matrix of `type` (q8_0 or a k-quant); an error for
+// y = W x for an f32, f16 or bf16 matrix (one warp per row).
+StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+// The decode GEMV of a matrix of `type` (q8_0, a k-quant, f32, f16 or bf16); an error for
 // types without a GPU GEMV.
 StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
 bool hasGpuGemv(gguf::GgmlType type);

@@ -545,4 +545,12 @@ Status checkModelMatches(const Plan &plan, const gguf::GgufModel &model) {
                        "); recompile the plan with `ktc compile` for this model");
 }
 
+bool usesGpu(const Plan &plan) {
+  for (const Op &op : plan.ops)
+    for (const std::string *device : {&op.prefillDevice, &op.decodeDevice, &op.outDevice})
+      if (device->rfind("cuda:", 0) == 0)
+        return true;
+  return false;
+}
+
 } // namespace kt::plan

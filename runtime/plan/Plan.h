@@ -165,6 +165,9 @@ std::string planToJson(const Plan &plan);
 StatusOr<Plan> readPlan(const std::string &path);
 StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayName);
 
+// Whether any op runs on, or sends its output to, a GPU.
+bool usesGpu(const Plan &plan);
+
 // The fingerprint of a model's files (see ModelSource::fingerprint).
 StatusOr<std::string> modelFingerprint(const gguf::GgufModel &model);
 // The model's files as the plan records them.

@@ -31,7 +31,7 @@ void Generation::cancel() {
 
 // ---------------------------------------------------------------- scheduler
 
-BatchScheduler::BatchScheduler(cpu::CpuExecutor &executor, const tokenizer::Tokenizer &tokenizer,
+BatchScheduler::BatchScheduler(exec::Executor &executor, const tokenizer::Tokenizer &tokenizer,
                                int queueLimit, int64_t prefillBudget)
     : executor_(executor), tokenizer_(tokenizer), eos_(tokenizer.eosId()),
       queueLimit_(queueLimit), prefillBudget_(std::max<int64_t>(1, prefillBudget)) {
@@ -181,7 +181,7 @@ void BatchScheduler::loop() {
 void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
   // Decoding requests first feed their last token; the prompts share the
   // prefill budget in admission order.
-  std::vector<cpu::SequenceTokens> batch;
+  std::vector<exec::SequenceTokens> batch;
   std::vector<std::shared_ptr<Generation>> members;
   int64_t budget = prefillBudget_;
   for (const std::shared_ptr<Generation> &g : active) {
@@ -201,7 +201,7 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
   if (batch.empty())
     return;
   uint64_t rows = 0;
-  for (const cpu::SequenceTokens &entry : batch)
+  for (const exec::SequenceTokens &entry : batch)
     rows += entry.tokens.size();
 
   StatusOr<std::vector<float>> logits = executor_.forwardBatch(batch);

@@ -7,7 +7,7 @@
 // experts see the batch's rows together instead of one vector per request.
 #pragma once
 
-#include "runtime/cpu/CpuExecutor.h"
+#include "runtime/exec/Executor.h"
 #include "runtime/tokenizer/Tokenizer.h"
 #include "tools/ktrun/Sampler.h"
 
@@ -85,7 +85,7 @@ public:
   // the scheduler. Up to `queueLimit` requests wait when all slots are busy.
   // A step feeds at most `prefillBudget` prompt tokens (the decoding
   // requests' tokens come on top).
-  BatchScheduler(cpu::CpuExecutor &executor, const tokenizer::Tokenizer &tokenizer,
+  BatchScheduler(exec::Executor &executor, const tokenizer::Tokenizer &tokenizer,
                  int queueLimit, int64_t prefillBudget);
   // Ends the running generations (cancelled) and stops the thread.
   ~BatchScheduler();
@@ -112,7 +112,7 @@ private:
   void release(const std::shared_ptr<Generation> &generation, bool stoppedAtEos, Status status);
   void wake();
 
-  cpu::CpuExecutor &executor_;
+  exec::Executor &executor_;
   const tokenizer::Tokenizer &tokenizer_;
   std::optional<int32_t> eos_;
   int queueLimit_;

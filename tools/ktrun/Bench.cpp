@@ -16,6 +16,26 @@ double seconds(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
+// The value `value` was copied from, through any transfers.
+int sourceValue(const plan::Plan &plan, int value) {
+  for (bool moved = true; moved;) {
+    moved = false;
+    for (const plan::Op &op : plan.ops)
+      if (op.kind == "transfer" && op.outputs.size() == 1 && op.outputs[0] == value &&
+          op.inputs.size() == 1) {
+        value = op.inputs[0];
+        moved = true;
+      }
+  }
+  return value;
+}
+
+int moeLayers(const plan::Plan &plan) {
+  return static_cast<int>(std::count_if(plan.ops.begin(), plan.ops.end(), [](const plan::Op &op) {
+    return op.kind == "routed_experts";
+  }));
+}
+
 // Routed-expert bytes one decoded token reads: top_k experts' three
 // matrices in every MoE layer.
 uint64_t expertBytesPerToken(const plan::Plan &plan) {
@@ -30,9 +50,9 @@ uint64_t expertBytesPerToken(const plan::Plan &plan) {
     int64_t experts = op.weights.front().shape.back();
     // top_k is the width of the routing the gate feeding this op produced.
     int64_t topK = 0;
+    const int ids = op.inputs.size() > 1 ? sourceValue(plan, op.inputs[1]) : -1;
     for (const plan::Op &gate : plan.ops)
-      if (gate.kind == "moe_gate" && !gate.outputs.empty() && op.inputs.size() > 1 &&
-          gate.outputs.front() == op.inputs[1])
+      if (gate.kind == "moe_gate" && !gate.outputs.empty() && gate.outputs.front() == ids)
         if (auto it = gate.params.find("top_k"); it != gate.params.end())
           topK = std::get<int64_t>(it->second);
     if (experts > 0)
@@ -89,7 +109,7 @@ double measureReadBandwidth(int threads) {
   return best;
 }
 
-int runBench(const plan::Plan &plan, cpu::CpuExecutor &executor, const BenchOptions &options) {
+int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOptions &options) {
   std::mt19937_64 random(options.seed);
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(executor.vocabSize() - 1));
   std::vector<int32_t> prompt(static_cast<size_t>(options.promptTokens));
@@ -111,7 +131,7 @@ int runBench(const plan::Plan &plan, cpu::CpuExecutor &executor, const BenchOpti
     std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
     return 1;
   }
-  std::vector<cpu::RoutingStats> prefillRouting = executor.routingStats();
+  std::vector<exec::RoutingStats> prefillRouting = executor.routingStats();
   executor.clearRoutingStats();
   start = Clock::now();
   for (int64_t i = 0; i < options.decodeTokens; ++i) {
@@ -124,7 +144,7 @@ int runBench(const plan::Plan &plan, cpu::CpuExecutor &executor, const BenchOpti
     }
   }
   double decode = seconds(start);
-  std::vector<cpu::RoutingStats> decodeRouting = executor.routingStats();
+  std::vector<exec::RoutingStats> decodeRouting = executor.routingStats();
 
   double decodeRate = options.decodeTokens / decode;
   uint64_t expertBytes = expertBytesPerToken(plan);
@@ -143,12 +163,45 @@ int runBench(const plan::Plan &plan, cpu::CpuExecutor &executor, const BenchOpti
   uint64_t allBytes = weightBytesPerToken(plan);
   std::printf("decode all weights: %.2f MB per token, %.2f GB/s; ratio %.3f\n", allBytes / 1e6,
               allBytes * decodeRate / 1e9, bandwidth > 0 ? allBytes * decodeRate / bandwidth : 0.0);
+  if (const int layers = moeLayers(plan); layers > 0 && bandwidth > 0 && expertBytes > 0) {
+    // Decode is bound by the expert bytes each MoE layer reads from host memory.
+    const double perLayer = 1.0 / decodeRate / layers;
+    const double bound = double(expertBytes) / layers / bandwidth;
+    std::printf("decode per MoE layer per token: %.3f ms; bound (expert bytes / host bandwidth) "
+                "%.3f ms; ratio %.2f\n",
+                perLayer * 1e3, bound * 1e3, perLayer / bound);
+  }
   std::printf("distinct experts used per MoE layer (prefill / decode):\n");
   for (size_t i = 0; i < prefillRouting.size(); ++i)
     std::printf("  %s: %lld / %lld of %zu\n", prefillRouting[i].path.c_str(),
                 static_cast<long long>(prefillRouting[i].distinctExperts()),
                 static_cast<long long>(decodeRouting[i].distinctExperts()),
                 prefillRouting[i].selections.size());
+
+  // Where prefill's time goes: the same prompt again, profiled (GPU steps
+  // waited for one by one, so it runs a little slower than above).
+  executor.reset();
+  executor.setProfiling(true);
+  start = Clock::now();
+  logits = executor.forward(prompt);
+  const double profiled = seconds(start);
+  const exec::ExecutionProfile profile = executor.profile();
+  executor.setProfiling(false);
+  if (!logits) {
+    std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
+    return 1;
+  }
+  if (profile.available) {
+    const double other = profiled - profile.gpuSeconds - profile.cpuExpertSeconds -
+                         profile.cpuOtherSeconds - profile.transferSeconds;
+    auto share = [&](double part) { return profiled > 0 ? 100 * part / profiled : 0.0; };
+    std::printf("prefill split (profiled run, %.3f s): CPU experts %.3f s (%.0f%%), GPU %.3f s "
+                "(%.0f%%), transfers %.3f s (%.0f%%, %.1f MB), other CPU %.3f s, rest %.3f s\n",
+                profiled, profile.cpuExpertSeconds, share(profile.cpuExpertSeconds),
+                profile.gpuSeconds, share(profile.gpuSeconds), profile.transferSeconds,
+                share(profile.transferSeconds), profile.transferBytes / 1e6,
+                profile.cpuOtherSeconds, other);
+  }
   return 0;
 }
 

@@ -2,7 +2,7 @@
 // with decode's expert-weight traffic against the host's memory bandwidth.
 #pragma once
 
-#include "runtime/cpu/CpuExecutor.h"
+#include "runtime/exec/Executor.h"
 #include "runtime/plan/Plan.h"
 
 #include <cstdint>
@@ -16,7 +16,7 @@ struct BenchOptions {
 };
 
 // Runs the benchmark and prints its report to stdout; returns the exit code.
-int runBench(const plan::Plan &plan, cpu::CpuExecutor &executor, const BenchOptions &options);
+int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOptions &options);
 
 // Bytes per second that `threads` threads read from a buffer much larger
 // than the caches (best of three passes).

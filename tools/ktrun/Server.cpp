@@ -732,7 +732,7 @@ extern "C" void onStopSignal(int) {
 } // namespace
 
 int serve(std::unique_ptr<Session> session, const ServerOptions &options) {
-  cpu::CpuExecutor &executor = session->executor();
+  exec::Executor &executor = session->executor();
   if (executor.sequenceCount() != options.parallel) {
     std::fprintf(stderr, "ktrun: error: the executor has %d KV cache slots for --parallel %d\n",
                  executor.sequenceCount(), options.parallel);

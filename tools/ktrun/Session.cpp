@@ -59,7 +59,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const SessionOptions &options) 
     return Status::error(options.planPath + ": " + matches.message());
 
   pageIn(*session->model_, options.progress);
-  StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor = session->makeExecutor();
+  StatusOr<std::unique_ptr<exec::Executor>> executor = session->makeExecutor();
   if (!executor)
     return executor.status();
   session->executor_ = std::move(*executor);
@@ -91,14 +91,14 @@ StatusOr<std::unique_ptr<Session>> Session::open(const SessionOptions &options) 
   return session;
 }
 
-StatusOr<std::unique_ptr<cpu::CpuExecutor>> Session::makeExecutor() const {
-  cpu::ExecutorOptions executorOptions;
+StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
+  exec::ExecutorOptions executorOptions;
   executorOptions.threads = options_.threads;
   executorOptions.expertGemmTokens = options_.expertGemmTokens;
   executorOptions.cacheLens = options_.cacheLens;
   executorOptions.planPath = options_.planPath;
   executorOptions.sequences = options_.sequences;
-  return cpu::CpuExecutor::create(plan_, *model_, executorOptions);
+  return exec::createExecutor(plan_, *model_, executorOptions);
 }
 
 std::string Session::modelName() const {

@@ -3,7 +3,7 @@
 // history. Generation streams text through a callback.
 #pragma once
 
-#include "runtime/cpu/CpuExecutor.h"
+#include "runtime/exec/CreateExecutor.h"
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/plan/Plan.h"
 #include "runtime/tokenizer/ChatTemplate.h"
@@ -75,13 +75,13 @@ public:
   std::string modelName() const;
 
   const plan::Plan &plan() const { return plan_; }
-  cpu::CpuExecutor &executor() { return *executor_; }
+  exec::Executor &executor() { return *executor_; }
   const tokenizer::Tokenizer &tokenizer() const { return *tokenizer_; }
 
 private:
   Session() = default;
   StatusOr<std::vector<int32_t>> promptIds(const std::string &input);
-  StatusOr<std::unique_ptr<cpu::CpuExecutor>> makeExecutor() const;
+  StatusOr<std::unique_ptr<exec::Executor>> makeExecutor() const;
   // Feeds what of `all` the cache does not hold yet, then decodes.
   StatusOr<TurnResult> feedAndGenerate(const std::vector<int32_t> &all, int64_t maxNewTokens,
                                        Sampler &sampler, const TextSink &onText);
@@ -89,7 +89,7 @@ private:
   SessionOptions options_;
   plan::Plan plan_;
   std::shared_ptr<gguf::GgufModel> model_;
-  std::unique_ptr<cpu::CpuExecutor> executor_;
+  std::unique_ptr<exec::Executor> executor_;
   std::optional<tokenizer::Tokenizer> tokenizer_;
   std::optional<tokenizer::DeepseekChatTemplate> template_;
   std::vector<tokenizer::ChatMessage> history_;

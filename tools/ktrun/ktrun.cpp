@@ -57,6 +57,7 @@ int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, b
         {"decode", {{"tokens", turn->generatedIds.size()}, {"seconds", turn->decodeSeconds}}},
         // MoE layers whose CPU experts run the plan's generated code.
         {"generated_expert_layers", session.executor().generatedExpertLayers()},
+        {"device", session.executor().deviceDescription()},
     };
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
@@ -204,6 +205,9 @@ int main(int argc, char **argv) {
   kt::StatusOr<std::unique_ptr<Session>> session = Session::open(options);
   if (!session)
     return fail(session.message());
+  if (std::string kernels = kt::exec::kernelLoadSummary((*session)->executor()); !kernels.empty())
+    std::fprintf(stderr, "ktrun: %s: %s\n", (*session)->executor().deviceDescription().c_str(),
+                 kernels.c_str());
   if (serve) {
     serverOptions.defaultMaxTokens = maxNewTokens;
     serverOptions.defaultSampling = options.sampling;

@@ -129,8 +129,9 @@ TEST_P(GpuKernels, RmsNormMatchesTheCpuReference) {
     ASSERT_NE(kernel.function, nullptr);
     DevicePointer dx = upload(x.data(), x.size() * 4), dw = upload(weight.data(), hidden * 4);
     DevicePointer dy = allocate(x.size() * 4);
-    int rowCount = rows;
-    run(kernel, {unsigned(rows), 1, 1, spec->blockThreads, 1, 1, 0}, {&dx, &dw, &dy, &rowCount});
+    int rowCount = rows, stride = int(hidden);
+    run(kernel, {unsigned(rows), 1, 1, spec->blockThreads, 1, 1, 0},
+        {&dx, &dw, &dy, &rowCount, &stride, &stride});
     const double error = relativeL2(download(dy, x.size()), expected);
     EXPECT_LE(error, 1e-5);
     std::printf("[ gpu      ] rms_norm %lld: relative L2 %.2e\n", (long long)hidden, error);
@@ -201,7 +202,8 @@ TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
     DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4);
     DevicePointer dy = allocate(shape.out * 4);
     const unsigned blocks = unsigned((shape.out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
-    run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &dx, &dy});
+    GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
+    run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &dx, &dy, &layout});
     const double error = relativeL2(download(dy, shape.out), expected);
     EXPECT_LE(error, 1e-4);
     std::printf("[ gpu      ] gemv_q8_0 %lldx%lld: relative L2 %.2e\n", (long long)shape.out,
@@ -237,7 +239,8 @@ TEST_P(GpuKernels, GemvKQuantMatchesTheCpuReference) {
       DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4);
       DevicePointer dy = allocate(shape.out * 4);
       const unsigned blocks = gemvGridBlocks(type, shape.out);
-      run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &dx, &dy});
+      GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
+      run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &dx, &dy, &layout});
       const double error = relativeL2(download(dy, shape.out), expected);
       EXPECT_LE(error, 1e-4);
       std::printf("[ gpu      ] gemv_%s %lldx%lld: relative L2 %.2e\n", name.c_str(),
@@ -387,9 +390,9 @@ TEST_P(GpuKernels, MlaDecodeMatchesTheDoubleReference) {
     DevicePointer dq = upload(qLatent.data(), qLatent.size() * 4), dr = upload(qRope.data(), qRope.size() * 4);
     DevicePointer dl = upload(latent.data(), latent.size() * 4), dk = upload(ropeKey.data(), ropeKey.size() * 4);
     DevicePointer dc = allocate(heads * kvLora * 4);
-    int count = positions;
+    int count = positions, headStride = int(ropeDims), tokenStride = int(heads * ropeDims);
     run(kernel, {unsigned(heads), 1, 1, spec->blockThreads, 1, 1, unsigned(positions * 4)},
-        {&dq, &dr, &dl, &dk, &count, &dc});
+        {&dq, &dr, &headStride, &tokenStride, &dl, &dk, &count, &dc});
     const double error = relativeL2(download(dc, heads * kvLora), expected);
     EXPECT_LE(error, 1e-5);
     std::printf("[ gpu      ] mla_decode %lld heads, %d positions: relative L2 %.2e\n",
@@ -470,7 +473,8 @@ TEST_P(GpuKernels, GemvFp8MatchesTheCpuReference) {
     DevicePointer dw = upload(w.data(), w.size()), ds = upload(scales.data(), scales.size() * 4);
     DevicePointer dx = upload(x.data(), x.size() * 4), dy = allocate(shape.out * 4);
     const unsigned blocks = unsigned((shape.out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
-    run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &ds, &dx, &dy});
+    GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
+    run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &ds, &dx, &dy, &layout});
     const double error = relativeL2(download(dy, shape.out), expected);
     EXPECT_LE(error, 1e-5);
     std::printf("[ gpu      ] gemv_fp8 %lldx%lld: relative L2 %.2e\n", (long long)shape.out,

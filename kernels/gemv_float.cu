@@ -1,0 +1,49 @@
+// y = W x for an f32, f16 or bf16 matrix W of OUT_FEATURES rows of
+// IN_FEATURES values (row-major): the router of the MoE gate (f32 in GGUF
+// files) and the unquantized projections some models carry.
+// One warp per row; lanes stride over the columns, so a warp reads
+// consecutive weights and activations. Tokens and heads as in GemvLayout.
+// Specialization defines:
+//   WEIGHT_TYPE     0 (f32), 1 (f16) or 2 (bf16)
+//   IN_FEATURES     columns
+//   OUT_FEATURES    rows
+//   ROWS_PER_BLOCK  warps (rows) per thread block
+#include "common.cuh"
+
+#if !defined(WEIGHT_TYPE) || !defined(IN_FEATURES) || !defined(OUT_FEATURES)
+#error "gemv_float needs WEIGHT_TYPE, IN_FEATURES and OUT_FEATURES"
+#endif
+#ifndef ROWS_PER_BLOCK
+#define ROWS_PER_BLOCK 4
+#endif
+
+#if WEIGHT_TYPE == 0
+typedef float Weight;
+__device__ __forceinline__ float weightValue(float w) { return w; }
+#elif WEIGHT_TYPE == 1
+typedef kt::u16 Weight;
+__device__ __forceinline__ float weightValue(kt::u16 w) { return kt::halfToFloat(w); }
+#elif WEIGHT_TYPE == 2
+typedef kt::u16 Weight;
+__device__ __forceinline__ float weightValue(kt::u16 w) { return kt::bf16ToFloat(w); }
+#else
+#error "WEIGHT_TYPE must be 0, 1 or 2"
+#endif
+
+extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
+gemv_float(const void *__restrict__ weight, const float *__restrict__ x,
+           float *__restrict__ y, kt::GemvLayout layout) {
+  const int lane = threadIdx.x % 32;
+  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
+  if (row >= OUT_FEATURES)
+    return;
+  const long long headRow = kt::gemvSelect(x, y, layout, OUT_FEATURES);
+  const Weight *w = static_cast<const Weight *>(weight) + (headRow + row) * IN_FEATURES;
+  float sum = 0.0f;
+#pragma unroll 4
+  for (int col = lane; col < IN_FEATURES; col += 32)
+    sum += weightValue(w[col]) * x[col];
+  sum = kt::warpSum(sum);
+  if (lane == 0)
+    y[row] = sum;
+}

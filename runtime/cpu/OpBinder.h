@@ -1,0 +1,215 @@
+// Reads one plan op's weights and hyper-parameters against the model, with
+// the messages every executor gives for a plan that does not fit the model:
+// the first problem becomes the binding's error and later reads return
+// neutral values.
+#pragma once
+
+#include "runtime/cpu/Linear.h"
+#include "runtime/cpu/MoeRouting.h"
+#include "runtime/gguf/GgufFile.h"
+#include "runtime/plan/Plan.h"
+#include "runtime/quant/Quant.h"
+#include "runtime/support/Status.h"
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace kt::cpu {
+
+inline std::string shapeText(const std::vector<int64_t> &shape) {
+  std::string text = "[";
+  for (size_t i = 0; i < shape.size(); ++i)
+    text += (i ? ", " : "") + std::to_string(shape[i]);
+  return text + "]";
+}
+
+class OpBinder {
+public:
+  OpBinder(const plan::Op &op, size_t index, const gguf::GgufModel &model,
+           const std::string &planName)
+      : op_(op), index_(index), model_(model), planName_(planName) {}
+
+  std::string where() const {
+    std::string text = "Op " + std::to_string(index_) + " (" + op_.kind;
+    if (!op_.path.empty())
+      text += " " + op_.path;
+    return text + ") of " + planName_;
+  }
+
+  void fail(const std::string &message) {
+    if (!error_)
+      error_ = where() + " " + message;
+  }
+  void require(bool condition, const std::string &message) {
+    if (!condition)
+      fail(message);
+  }
+  bool ok() const { return !error_.has_value(); }
+  Status status() const { return error_ ? Status::error(*error_) : Status::success(); }
+
+  // The tensor of weight `role`, checked against the plan and expected to
+  // have `dims` dimensions; null if absent (an error when required).
+  const gguf::TensorInfo *tensor(const std::string &role, size_t dims, bool required = true) {
+    const plan::Weight *weight = nullptr;
+    for (const plan::Weight &w : op_.weights)
+      if (w.role == role)
+        weight = &w;
+    if (!weight) {
+      if (required)
+        fail("has no '" + role + "' weight; recompile the plan with this version of ktc.");
+      return nullptr;
+    }
+    const gguf::TensorInfo *info = model_.findTensor(weight->tensor);
+    const std::string name = "tensor '" + weight->tensor + "' (" + role + ")";
+    const std::string recompile =
+        "; the model is not the one the plan was compiled for: recompile the plan with "
+        "ktc compile for this model.";
+    if (!info) {
+      fail("needs " + name + ", which the model lacks" + recompile);
+      return nullptr;
+    }
+    const std::string actualType(gguf::ggmlTypeName(info->type));
+    if (actualType != weight->type) {
+      fail("expects " + name + " of type " + weight->type + ", but the model stores it as " +
+           actualType + recompile);
+      return nullptr;
+    }
+    if (info->ne != weight->shape) {
+      fail("expects " + name + " of shape " + shapeText(weight->shape) +
+           ", but the model's is " + shapeText(info->ne) + recompile);
+      return nullptr;
+    }
+    if (!gguf::ggmlTypeTraits(info->type).dequantizable ||
+        !gguf::ggmlRowBytes(info->type, info->ne[0])) {
+      fail("cannot use " + name + ": the CPU executor has no kernel for type " + actualType +
+           "; requantize the model to a supported type (f32, f16, bf16, q8_0, q4_0, q4_1, "
+           "q5_0, q5_1, q2_K ... q6_K).");
+      return nullptr;
+    }
+    if (info->ne.size() != dims) {
+      fail("expects " + name + " to have " + std::to_string(dims) + " dimensions, not " +
+           std::to_string(info->ne.size()) + "; the plan is damaged: recompile it.");
+      return nullptr;
+    }
+    return info;
+  }
+
+  // A 1-D weight as f32 values (norm weights may be stored as f16/bf16).
+  std::vector<float> vector(const std::string &role, int64_t length, bool required = true) {
+    const gguf::TensorInfo *info = tensor(role, 1, required);
+    if (!info)
+      return {};
+    if (info->ne[0] != length) {
+      fail("expects '" + role + "' to have " + std::to_string(length) + " values, not " +
+           std::to_string(info->ne[0]) + "; the plan is damaged: recompile it.");
+      return {};
+    }
+    std::vector<float> values(static_cast<size_t>(length));
+    Status decoded = quant::dequantize(info->type, info->data, values.data(), length);
+    if (!decoded.ok())
+      fail("cannot decode '" + role + "': " + decoded.message());
+    return values;
+  }
+
+  // A 2-D weight [cols, rows] (GGML order) as a matrix, checked for shape.
+  WeightMatrix matrix(const std::string &role, int64_t cols, int64_t rows) {
+    const gguf::TensorInfo *info = tensor(role, 2);
+    if (!info)
+      return {};
+    checkShape(role, *info, {cols, rows});
+    return weightMatrix(*info);
+  }
+
+  void checkShape(const std::string &role, const gguf::TensorInfo &info,
+                  const std::vector<int64_t> &expected) {
+    if (info.ne != expected)
+      fail("expects '" + role + "' of shape " + shapeText(expected) +
+           " from the module's hyper-parameters, but it is " + shapeText(info.ne) +
+           "; the plan is damaged: recompile it.");
+  }
+
+  const plan::Param *param(const std::string &name) {
+    auto it = op_.params.find(name);
+    if (it == op_.params.end()) {
+      fail("lacks the hyper-parameter '" + name +
+           "'; recompile the plan with this version of ktc.");
+      return nullptr;
+    }
+    return &it->second;
+  }
+  int64_t integer(const std::string &name) {
+    const plan::Param *p = param(name);
+    if (!p)
+      return 0;
+    if (const int64_t *v = std::get_if<int64_t>(p))
+      return *v;
+    fail("has a non-integer hyper-parameter '" + name + "'; recompile the plan.");
+    return 0;
+  }
+  double real(const std::string &name) {
+    const plan::Param *p = param(name);
+    if (!p)
+      return 0;
+    if (const double *v = std::get_if<double>(p))
+      return *v;
+    if (const int64_t *v = std::get_if<int64_t>(p))
+      return static_cast<double>(*v);
+    fail("has a non-numeric hyper-parameter '" + name + "'; recompile the plan.");
+    return 0;
+  }
+  bool boolean(const std::string &name) {
+    const plan::Param *p = param(name);
+    if (!p)
+      return false;
+    if (const bool *v = std::get_if<bool>(p))
+      return *v;
+    fail("has a non-boolean hyper-parameter '" + name + "'; recompile the plan.");
+    return false;
+  }
+  std::string text(const std::string &name) {
+    const plan::Param *p = param(name);
+    if (!p)
+      return {};
+    if (const std::string *v = std::get_if<std::string>(p))
+      return *v;
+    fail("has a non-string hyper-parameter '" + name + "'; recompile the plan.");
+    return {};
+  }
+
+  // A moe_gate's routing hyper-parameters, checked for consistency.
+  RoutingParams routing() {
+    RoutingParams p;
+    p.experts = integer("num_experts");
+    p.topK = integer("top_k");
+    p.groups = integer("n_group");
+    p.groupsUsed = integer("topk_group");
+    const std::string scoring = text("scoring_func");
+    p.normalize = boolean("norm_topk_prob");
+    p.scale = static_cast<float>(real("routed_scaling_factor"));
+    if (!ok())
+      return p;
+    require(scoring == "sigmoid" || scoring == "softmax",
+            "has the unknown scoring function '" + scoring +
+                "'; DeepSeek models use sigmoid or softmax.");
+    p.scoring = scoring == "sigmoid" ? GateScoring::Sigmoid : GateScoring::Softmax;
+    require(p.experts > 0 && p.groups > 0 && p.experts % p.groups == 0 && p.groupsUsed > 0 &&
+                p.groupsUsed <= p.groups && p.topK > 0 &&
+                p.topK <= p.groupsUsed * (p.experts / p.groups),
+            "has inconsistent routing hyper-parameters (num_experts " +
+                std::to_string(p.experts) + ", top_k " + std::to_string(p.topK) + ", n_group " +
+                std::to_string(p.groups) + ", topk_group " + std::to_string(p.groupsUsed) +
+                "); the plan is damaged: recompile it.");
+    return p;
+  }
+
+private:
+  const plan::Op &op_;
+  size_t index_;
+  const gguf::GgufModel &model_;
+  const std::string &planName_;
+  std::optional<std::string> error_;
+};
+
+} // namespace kt::cpu

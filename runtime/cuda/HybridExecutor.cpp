@@ -1,0 +1,1272 @@
+#include "runtime/cuda/HybridExecutor.h"
+
+#include "runtime/cpu/FeedForward.h"
+#include "runtime/cpu/GeneratedKernels.h"
+#include "runtime/cpu/IsaVariants.h"
+#include "runtime/cpu/Linear.h"
+#include "runtime/cpu/Math.h"
+#include "runtime/cpu/OpBinder.h"
+#include "runtime/cpu/Rope.h"
+#include "runtime/cpu/ThreadPool.h"
+#include "runtime/cuda/CudaDevice.h"
+#include "runtime/cuda/DeviceQuery.h"
+#include "runtime/cuda/KernelCache.h"
+#include "runtime/cuda/KernelCatalog.h"
+#include "runtime/cuda/Nvrtc.h"
+#include "runtime/exec/SequenceCaches.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <map>
+#include <optional>
+#include <set>
+
+namespace kt::cuda {
+
+namespace {
+
+using gguf::GgmlType;
+
+enum class Where { Host, Gpu };
+enum class Kind { Tokens, Floats, ExpertIds };
+
+// One value of the graph: where it lives, what it holds, and (after
+// binding) the buffer it uses, sized for the most rows a step has.
+struct Value {
+  Where where = Where::Gpu;
+  Kind kind = Kind::Floats;
+  int64_t width = 0;
+  int64_t experts = 0; // ExpertIds: the gate's expert count
+  bool defined = false;
+  int slot = -1;
+  DevicePointer gpu = 0;
+  void *host = nullptr;
+  float *hostFloats() const { return static_cast<float *>(host); }
+  int32_t *hostIds() const { return static_cast<int32_t *>(host); }
+};
+
+struct Kernel {
+  LoadedKernel loaded;
+  unsigned threads = 0;
+};
+
+// A matrix in GPU memory (GGUF storage type) and its GEMV; `heads`
+// matrices of `out` x `in` one after another for the per-head batches.
+struct GpuMatrix {
+  DevicePointer data = 0;
+  int64_t out = 0, in = 0, heads = 1;
+  GgmlType type = GgmlType::F32;
+  const Kernel *kernel = nullptr;
+  unsigned blocks = 0;
+};
+
+struct LatentCache {
+  DevicePointer latent = 0, rope = 0;
+};
+
+struct StepContext {
+  int64_t rows = 0;           // tokens of this step (one sequence)
+  int64_t start = 0;          // their first position in the cache
+  size_t sequence = 0;
+  bool lastTokenOnly = false; // lm_head: the last token's logits only
+  const int32_t *tokens = nullptr;
+};
+
+class Step {
+public:
+  virtual ~Step() = default;
+  virtual Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+                     const std::vector<Value *> &out) = 0;
+  // Floats of GPU scratch the step needs for `rows` tokens.
+  virtual size_t scratchFloats(int64_t) const { return 0; }
+  // Work on the host (GPU steps after it that do not need its result are
+  // queued before it, so the GPU runs them meanwhile).
+  virtual bool runsOnHost() const { return false; }
+  virtual bool movable() const { return true; } // a GPU step that may be queued earlier
+};
+
+using Clock = std::chrono::steady_clock;
+double secondsSince(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+struct BoundStep {
+  std::unique_ptr<Step> step;
+  std::vector<int> inputs, outputs;
+};
+
+// Same-size buffers handed out at bind time by liveness, so values that are
+// never alive together share memory and no step allocates.
+struct SlotPlanner {
+  std::vector<size_t> bytes;
+  std::vector<bool> busy;
+  int acquire(size_t need) {
+    int best = -1;
+    for (size_t i = 0; i < bytes.size(); ++i)
+      if (!busy[i] && bytes[i] >= need && (best < 0 || bytes[i] < bytes[size_t(best)]))
+        best = int(i);
+    if (best < 0) {
+      bytes.push_back(need);
+      busy.push_back(false);
+      best = int(bytes.size() - 1);
+    }
+    busy[size_t(best)] = true;
+    return best;
+  }
+  void release(int slot) { busy[size_t(slot)] = false; }
+};
+
+unsigned ceilDiv(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
+
+} // namespace
+
+// ---------------------------------------------------------------- executor
+
+class HybridExecutor::Impl {
+public:
+  explicit Impl(int threads) : pool(threads) {}
+  ~Impl();
+
+  std::unique_ptr<CudaDevice> device;
+  GpuInfo gpu;
+  std::string arch; // the plan's
+  std::unique_ptr<KernelCache> cache;
+  const plan::Plan *plan = nullptr;
+  std::string planName;
+  std::map<std::string, std::unique_ptr<Kernel>> kernels; // by KernelSpec::describe()
+  KernelLoadStats loadStats;
+
+  cpu::ThreadPool pool;
+  cpu::Workspace workspace;
+  std::unique_ptr<cpu::GeneratedKernels> generated;
+  int generatedExpertLayers = 0;
+  int64_t expertGemmTokens = 0;
+
+  std::vector<BoundStep> steps;
+  std::vector<Value> values;
+  int outputValue = -1;
+  int64_t vocab = 0;
+  int64_t embeddingRows = 0;
+  int64_t chunkSize = 0;
+  exec::SequenceCaches sequences;
+  std::vector<std::vector<LatentCache>> caches; // [sequence][layer]
+  struct CacheShape {
+    int64_t latent, rope;
+  };
+  std::vector<CacheShape> cacheShapes;
+
+  DevicePointer scratch = 0;        // steps' temporaries
+  DevicePointer positionsGpu = 0;   // the step's positions (int32)
+  DevicePointer tokensGpu = 0;      // the step's token ids, for a GPU embedding
+  std::vector<int32_t> positionsHost;
+  std::vector<DevicePointer> gpuAllocations;
+  std::vector<void *> hostAllocations;
+  uint64_t weightBytes = 0, bufferBytes = 0;
+  bool profiling = false;
+  exec::ExecutionProfile profile;
+
+  Status bind(const gguf::GgufModel &model);
+  Status planBuffers();
+  Status runStep(const int32_t *tokens, int64_t count, size_t sequence, bool lastTokenOnly,
+                 float *logits);
+
+  // The loaded kernel of `spec`, compiled or read from the cache; the plan
+  // must list the specialization (else it comes from another ktc).
+  StatusOr<const Kernel *> kernel(const StatusOr<KernelSpec> &spec, const std::string &where);
+  StatusOr<DevicePointer> allocate(size_t bytes, bool weights);
+  StatusOr<DevicePointer> upload(const void *data, size_t bytes);
+  Status launch(const Kernel &k, unsigned gridX, unsigned gridY, unsigned gridZ,
+                unsigned sharedBytes, std::vector<void *> arguments) {
+    LaunchShape shape;
+    shape.gridX = gridX;
+    shape.gridY = gridY;
+    shape.gridZ = gridZ;
+    shape.blockX = k.threads;
+    shape.sharedBytes = sharedBytes;
+    return device->launch(k.loaded, shape, std::move(arguments));
+  }
+  // y = W x for `tokens` tokens (and W's heads) laid out as `layout` says.
+  Status gemv(const GpuMatrix &w, DevicePointer x, DevicePointer y, int64_t tokens,
+              GemvLayout layout) {
+    DevicePointer data = w.data;
+    return launch(*w.kernel, w.blocks, static_cast<unsigned>(tokens),
+                  static_cast<unsigned>(w.heads), 0, {&data, &x, &y, &layout});
+  }
+  Status rmsNorm(const Kernel &k, DevicePointer x, DevicePointer weight, DevicePointer y,
+                 int64_t rows, int64_t xStride, int64_t yStride) {
+    int rowCount = int(rows), xs = int(xStride), ys = int(yStride);
+    return launch(k, static_cast<unsigned>(rows), 1, 1, 0, {&x, &weight, &y, &rowCount, &xs, &ys});
+  }
+  // Element-wise kernels stride over the data: enough blocks to fill the GPU.
+  Status elementwise(const Kernel &k, DevicePointer a, DevicePointer b, DevicePointer out,
+                     int64_t rows, int64_t width) {
+    int tokens = int(rows);
+    const unsigned blocks = std::min<unsigned>(ceilDiv(rows * width, k.threads), 4096);
+    return launch(k, blocks, 1, 1, 0, {&a, &b, &out, &tokens});
+  }
+};
+
+HybridExecutor::Impl::~Impl() {
+  if (!device)
+    return;
+  for (DevicePointer p : gpuAllocations)
+    (void)device->free(p);
+  for (void *p : hostAllocations)
+    (void)device->freeHost(p);
+}
+
+StatusOr<DevicePointer> HybridExecutor::Impl::allocate(size_t bytes, bool weights) {
+  StatusOr<DevicePointer> p = device->allocate(std::max<size_t>(bytes, 256));
+  if (!p)
+    return Status::error(p.message() + " The plan's GPU data do not fit this GPU (" +
+                         std::to_string((weightBytes + bufferBytes) >> 20) +
+                         " MiB allocated so far): lower --cache-lens or recompile the plan "
+                         "with a smaller --gpu-mem budget so that more runs on the CPU.");
+  gpuAllocations.push_back(*p);
+  (weights ? weightBytes : bufferBytes) += bytes;
+  return *p;
+}
+
+StatusOr<DevicePointer> HybridExecutor::Impl::upload(const void *data, size_t bytes) {
+  StatusOr<DevicePointer> p = allocate(bytes, true);
+  if (!p)
+    return p;
+  if (Status s = device->copyToDevice(*p, data, bytes); !s.ok())
+    return s;
+  return *p;
+}
+
+StatusOr<const Kernel *> HybridExecutor::Impl::kernel(const StatusOr<KernelSpec> &spec,
+                                                      const std::string &where) {
+  if (!spec)
+    return Status::error(where + " cannot run on the GPU: " + spec.message());
+  const std::string name = spec->describe();
+  if (auto it = kernels.find(name); it != kernels.end())
+    return it->second.get();
+  bool planned = false;
+  for (const plan::KernelSpecialization &k : plan->kernelSpecializations)
+    planned = planned || (k.file == spec->file && k.entry == spec->entry &&
+                          k.defines == spec->defines && k.arch == arch);
+  if (!planned)
+    return Status::error(where + " needs the GPU kernel " + name + " for " + arch + ", which " +
+                         planName +
+                         " does not list: it was compiled by another version of ktc. "
+                         "Recompile it with this version's ktc compile.");
+  StatusOr<CompiledKernel> compiled = cache->getOrCompile(*spec, arch);
+  if (!compiled)
+    return compiled.status();
+  StatusOr<LoadedKernel> loaded = device->load(*compiled);
+  if (!loaded)
+    return loaded.status();
+  auto k = std::make_unique<Kernel>();
+  k->loaded = *loaded;
+  k->threads = spec->blockThreads;
+  const Kernel *result = k.get();
+  kernels.emplace(name, std::move(k));
+  return result;
+}
+
+namespace {
+
+// ---------------------------------------------------------------- steps
+
+// Uploads a 2-D (or per-head 3-D) weight and finds its GEMV.
+class MatrixLoader {
+public:
+  MatrixLoader(HybridExecutor::Impl &m, cpu::OpBinder &b) : m_(m), b_(b) {}
+
+  // A [cols, rows] matrix (GGML order), or with `heads` a [cols, rows,
+  // heads] stack of them.
+  GpuMatrix load(const std::string &role, int64_t cols, int64_t rows, int64_t heads = 0) {
+    GpuMatrix w;
+    const gguf::TensorInfo *info = b_.tensor(role, heads ? 3 : 2);
+    if (!info)
+      return w;
+    if (heads)
+      b_.checkShape(role, *info, {cols, rows, heads});
+    else
+      b_.checkShape(role, *info, {cols, rows});
+    if (!b_.ok())
+      return w;
+    w.out = rows;
+    w.in = cols;
+    w.heads = heads ? heads : 1;
+    w.type = info->type;
+    StatusOr<const Kernel *> k = m_.kernel(gemvSpec(info->type, rows, cols), b_.where() + " (" + role + ")");
+    if (!k) {
+      b_.fail("cannot multiply '" + role + "' on the GPU: " + k.message());
+      return w;
+    }
+    w.kernel = *k;
+    w.blocks = gemvGridBlocks(info->type, rows);
+    StatusOr<DevicePointer> data = m_.upload(info->data, info->nbytes);
+    if (!data) {
+      b_.fail("cannot copy '" + role + "' to the GPU: " + data.message());
+      return w;
+    }
+    w.data = *data;
+    return w;
+  }
+
+  DevicePointer vector(const std::string &role, int64_t length, bool required = true) {
+    std::vector<float> values = b_.vector(role, length, required);
+    if (values.empty())
+      return 0;
+    StatusOr<DevicePointer> data = m_.upload(values.data(), values.size() * sizeof(float));
+    if (!data) {
+      b_.fail("cannot copy '" + role + "' to the GPU: " + data.message());
+      return 0;
+    }
+    return *data;
+  }
+
+  const Kernel *kernel(const StatusOr<KernelSpec> &spec) {
+    StatusOr<const Kernel *> k = m_.kernel(spec, b_.where());
+    if (!k) {
+      b_.fail("cannot run on the GPU: " + k.message());
+      return nullptr;
+    }
+    return *k;
+  }
+
+private:
+  HybridExecutor::Impl &m_;
+  cpu::OpBinder &b_;
+};
+
+class CpuEmbeddingStep : public Step {
+public:
+  explicit CpuEmbeddingStep(cpu::WeightMatrix table) : table_(table) {}
+  bool runsOnHost() const override { return true; }
+  bool movable() const override { return false; }
+  Status run(HybridExecutor::Impl &, StepContext &ctx, const std::vector<Value *> &,
+             const std::vector<Value *> &out) override {
+    float *scratch = cpu::threadScratch(0, static_cast<size_t>(table_.cols));
+    for (int64_t t = 0; t < ctx.rows; ++t) {
+      const float *row = cpu::decodeRows(table_, ctx.tokens[t], 1, scratch);
+      std::memcpy(out[0]->hostFloats() + t * table_.cols, row,
+                  static_cast<size_t>(table_.cols) * sizeof(float));
+    }
+    return Status::success();
+  }
+
+private:
+  cpu::WeightMatrix table_;
+};
+
+class GpuEmbeddingStep : public Step {
+public:
+  GpuEmbeddingStep(DevicePointer table, const Kernel *kernel) : table_(table), kernel_(kernel) {}
+  bool movable() const override { return false; }
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &,
+             const std::vector<Value *> &out) override {
+    if (Status s = m.device->copyToDevice(m.tokensGpu, ctx.tokens, size_t(ctx.rows) * 4); !s.ok())
+      return s;
+    DevicePointer table = table_, tokens = m.tokensGpu, o = out[0]->gpu;
+    int count = int(ctx.rows);
+    return m.launch(*kernel_, unsigned(ctx.rows), 1, 1, 0, {&table, &tokens, &o, &count});
+  }
+
+private:
+  DevicePointer table_;
+  const Kernel *kernel_;
+};
+
+// Moves a value between the host and the GPU (or copies it in place).
+class TransferStep : public Step {
+public:
+  bool runsOnHost() const override { return true; }
+  bool movable() const override { return false; }
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    const Value &from = *in[0];
+    Value &to = *out[0];
+    const size_t bytes = size_t(ctx.rows * from.width) * 4;
+    if (m.profiling && from.where != to.where) {
+      const auto start = Clock::now();
+      Status s = copy(m, from, to, bytes);
+      m.profile.transferSeconds += secondsSince(start);
+      m.profile.transferBytes += bytes;
+      return s;
+    }
+    return copy(m, from, to, bytes);
+  }
+
+private:
+  static Status copy(HybridExecutor::Impl &m, const Value &from, Value &to, size_t bytes) {
+    if (from.where == Where::Gpu && to.where == Where::Gpu)
+      return m.device->copyOnDevice(to.gpu, from.gpu, bytes);
+    if (from.where == Where::Gpu)
+      return m.device->copyToHost(to.host, from.gpu, bytes);
+    if (to.where == Where::Gpu)
+      return m.device->copyToDevice(to.gpu, from.host, bytes);
+    std::memcpy(to.host, from.host, bytes);
+    return Status::success();
+  }
+};
+
+class RmsNormStep : public Step {
+public:
+  RmsNormStep(DevicePointer weight, const Kernel *kernel, int64_t width)
+      : weight_(weight), kernel_(kernel), width_(width) {}
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    return m.rmsNorm(*kernel_, in[0]->gpu, weight_, out[0]->gpu, ctx.rows, width_, width_);
+  }
+
+private:
+  DevicePointer weight_;
+  const Kernel *kernel_;
+  int64_t width_;
+};
+
+class AddStep : public Step {
+public:
+  AddStep(const Kernel *kernel, int64_t width) : kernel_(kernel), width_(width) {}
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    return m.elementwise(*kernel_, in[0]->gpu, in[1]->gpu, out[0]->gpu, ctx.rows, width_);
+  }
+
+private:
+  const Kernel *kernel_;
+  int64_t width_;
+};
+
+// MLA with weight absorption over the GPU latent cache, every token over
+// its causal prefix (runtime/cpu/Attention's absorbed path is the reference).
+struct AttentionShape {
+  int64_t hidden = 0, heads = 0, qLora = 0, kvLora = 0, nope = 0, rope = 0, v = 0;
+  int64_t qk() const { return nope + rope; }
+};
+
+class AttentionStep : public Step {
+public:
+  AttentionShape s;
+  GpuMatrix qA, qB, q, kvA, kB, vB, o;
+  DevicePointer qANorm = 0, kvANorm = 0, inverseFrequencies = 0;
+  const Kernel *qNorm = nullptr, *kvNorm = nullptr, *ropeQ = nullptr, *ropeK = nullptr,
+               *core = nullptr;
+  size_t layer = 0;
+
+  size_t scratchFloats(int64_t rows) const override {
+    return size_t(rows) * size_t(s.qLora + s.heads * s.qk() + s.kvLora + s.rope +
+                                 2 * s.heads * s.kvLora + s.heads * s.v);
+  }
+
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    const int64_t rows = ctx.rows, H = s.heads, qk = s.qk(), kvWidth = s.kvLora + s.rope;
+    DevicePointer next = m.scratch;
+    auto carve = [&](int64_t floats) {
+      DevicePointer p = next;
+      next += DevicePointer(floats) * 4;
+      return p;
+    };
+    const DevicePointer qLoraBuf = carve(rows * s.qLora), qBuf = carve(rows * H * qk),
+                        kvABuf = carve(rows * kvWidth), qLatent = carve(rows * H * s.kvLora),
+                        context = carve(rows * H * s.kvLora), vOut = carve(rows * H * s.v);
+    const DevicePointer x = in[0]->gpu, result = out[0]->gpu;
+    const LatentCache &cache = m.caches[ctx.sequence][layer];
+    const DevicePointer latentAt = cache.latent + DevicePointer(ctx.start * s.kvLora) * 4;
+    const DevicePointer ropeAt = cache.rope + DevicePointer(ctx.start * s.rope) * 4;
+    int tokens = int(rows);
+    DevicePointer positions = m.positionsGpu, frequencies = inverseFrequencies;
+
+    Status st = Status::success();
+    auto step = [&](Status s) {
+      if (st.ok())
+        st = std::move(s);
+    };
+    // Queries: compressed, normalized, expanded to heads; rope on each head's tail.
+    if (s.qLora > 0) {
+      step(m.gemv(qA, x, qLoraBuf, rows, {int(s.hidden), int(s.qLora), 0, 0}));
+      step(m.rmsNorm(*qNorm, qLoraBuf, qANorm, qLoraBuf, rows, s.qLora, s.qLora));
+      step(m.gemv(qB, qLoraBuf, qBuf, rows, {int(s.qLora), int(H * qk), 0, 0}));
+    } else {
+      step(m.gemv(q, x, qBuf, rows, {int(s.hidden), int(H * qk), 0, 0}));
+    }
+    DevicePointer qPointer = qBuf;
+    step(m.launch(*ropeQ, ceilDiv(rows * H * (s.rope / 2), ropeQ->threads), 1, 1, 0,
+                  {&qPointer, &positions, &frequencies, &tokens}));
+    // The new latents and rope keys, normalized and rotated into the cache.
+    step(m.gemv(kvA, x, kvABuf, rows, {int(s.hidden), int(kvWidth), 0, 0}));
+    step(m.rmsNorm(*kvNorm, kvABuf, kvANorm, latentAt, rows, kvWidth, s.kvLora));
+    step(m.device->copyRowsOnDevice(ropeAt, size_t(s.rope) * 4,
+                                    kvABuf + DevicePointer(s.kvLora) * 4, size_t(kvWidth) * 4,
+                                    size_t(s.rope) * 4, size_t(rows)));
+    DevicePointer ropeKeys = ropeAt;
+    step(m.launch(*ropeK, ceilDiv(rows * (s.rope / 2), ropeK->threads), 1, 1, 0,
+                  {&ropeKeys, &positions, &frequencies, &tokens}));
+    // Absorption: each head's nope query into latent space.
+    step(m.gemv(kB, qBuf, qLatent, rows,
+                {int(H * qk), int(H * s.kvLora), int(qk), int(s.kvLora)}));
+    DevicePointer qLatentP = qLatent, qRope = qBuf + DevicePointer(s.nope) * 4,
+                  latent = cache.latent, rope = cache.rope, contextP = context;
+    int headStride = int(qk), tokenStride = int(H * qk), firstPositions = int(ctx.start + 1);
+    step(m.launch(*core, unsigned(H), unsigned(rows), 1, unsigned((ctx.start + rows) * 4),
+                  {&qLatentP, &qRope, &headStride, &tokenStride, &latent, &rope, &firstPositions,
+                   &contextP}));
+    // Values out of latent space per head, then the output projection.
+    step(m.gemv(vB, context, vOut, rows, {int(H * s.kvLora), int(H * s.v), int(s.kvLora), int(s.v)}));
+    step(m.gemv(o, vOut, result, rows, {int(H * s.v), int(s.hidden), 0, 0}));
+    return st;
+  }
+};
+
+class FeedForwardStep : public Step {
+public:
+  GpuMatrix gate, up, down;
+  const Kernel *siluMul = nullptr;
+  int64_t hidden = 0, ffn = 0;
+
+  size_t scratchFloats(int64_t rows) const override { return size_t(2 * rows * ffn); }
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    const int64_t rows = ctx.rows;
+    const DevicePointer g = m.scratch, u = m.scratch + DevicePointer(rows * ffn) * 4;
+    const GemvLayout wide{int(hidden), int(ffn), 0, 0};
+    if (Status s = m.gemv(gate, in[0]->gpu, g, rows, wide); !s.ok())
+      return s;
+    if (Status s = m.gemv(up, in[0]->gpu, u, rows, wide); !s.ok())
+      return s;
+    if (Status s = m.elementwise(*siluMul, g, u, g, rows, ffn); !s.ok())
+      return s;
+    return m.gemv(down, g, out[0]->gpu, rows, {int(ffn), int(hidden), 0, 0});
+  }
+};
+
+class GateStep : public Step {
+public:
+  GpuMatrix router;
+  DevicePointer bias = 0;
+  const Kernel *choose = nullptr;
+  int64_t hidden = 0, experts = 0;
+
+  size_t scratchFloats(int64_t rows) const override { return size_t(rows * experts); }
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    DevicePointer logits = m.scratch, b = bias, ids = out[0]->gpu, weights = out[1]->gpu;
+    if (Status s = m.gemv(router, in[0]->gpu, logits, ctx.rows, {int(hidden), int(experts), 0, 0});
+        !s.ok())
+      return s;
+    return m.launch(*choose, unsigned(ctx.rows), 1, 1, 0, {&logits, &b, &ids, &weights});
+  }
+};
+
+class ExpertsStep : public Step {
+public:
+  ExpertsStep(cpu::RoutedExperts experts, std::string gatePath, void *staging)
+      : experts_(std::move(experts)), staging_(static_cast<float *>(staging)) {
+    stats_.path = std::move(gatePath);
+    stats_.selections.assign(size_t(experts_.experts()), 0);
+  }
+  bool runsOnHost() const override { return true; }
+  bool movable() const override { return false; }
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    const Value &x = *in[0], &ids = *in[1], &weights = *in[2];
+    Value &o = *out[0];
+    float *result = o.where == Where::Host ? o.hostFloats() : staging_;
+    auto start = Clock::now();
+    experts_.forward(m.pool, m.workspace, x.hostFloats(), ctx.rows, ids.hostIds(),
+                     weights.hostFloats(), ids.width, result);
+    for (int64_t i = 0; i < ctx.rows * ids.width; ++i)
+      ++stats_.selections[size_t(ids.hostIds()[i])];
+    if (m.profiling)
+      m.profile.cpuExpertSeconds += secondsSince(start);
+    if (o.where == Where::Host)
+      return Status::success();
+    const size_t bytes = size_t(ctx.rows * experts_.hidden()) * 4;
+    start = Clock::now();
+    Status copied = m.device->copyToDevice(o.gpu, result, bytes);
+    if (m.profiling) {
+      m.profile.transferSeconds += secondsSince(start);
+      m.profile.transferBytes += bytes;
+    }
+    return copied;
+  }
+  const exec::RoutingStats &stats() const { return stats_; }
+  void clearStats() { std::fill(stats_.selections.begin(), stats_.selections.end(), 0); }
+
+private:
+  cpu::RoutedExperts experts_;
+  float *staging_; // page-locked, for a result that goes to the GPU
+  exec::RoutingStats stats_;
+};
+
+class LmHeadStep : public Step {
+public:
+  GpuMatrix w;
+  int64_t hidden = 0;
+  bool movable() const override { return false; }
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    const int64_t rows = ctx.lastTokenOnly ? 1 : ctx.rows;
+    const DevicePointer x =
+        in[0]->gpu + (ctx.lastTokenOnly ? DevicePointer((ctx.rows - 1) * hidden) * 4 : 0);
+    return m.gemv(w, x, out[0]->gpu, rows, {int(hidden), int(w.out), 0, 0});
+  }
+};
+
+std::string placementText(const plan::Op &op) {
+  return "prefill on " + op.prefillDevice + ", decode on " + op.decodeDevice;
+}
+
+} // namespace
+
+// ---------------------------------------------------------------- binding
+
+Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
+  int maxValue = plan->outputValue;
+  for (const plan::Op &op : plan->ops)
+    for (const std::vector<int> *ids : {&op.inputs, &op.outputs})
+      for (int id : *ids)
+        maxValue = std::max(maxValue, id);
+  if (maxValue < 0)
+    return Status::error(planName + " has no ops; recompile it with ktc compile.");
+  values.assign(size_t(maxValue + 1), Value{});
+  values[0] = {Where::Host, Kind::Tokens, 1, 0, true};
+  // Where each value lives, from the plan's buffers.
+  std::vector<std::optional<Where>> bufferWhere(values.size());
+  for (const plan::Buffer &buffer : plan->buffers) {
+    if (buffer.value < 0 || buffer.value > maxValue)
+      continue;
+    if (buffer.prefillDevice != buffer.decodeDevice)
+      return Status::error("Value " + std::to_string(buffer.value) + " of " + planName +
+                           " lives on " + buffer.prefillDevice + " in prefill but on " +
+                           buffer.decodeDevice +
+                           " in decode; the GPU executor runs plans whose placement is the "
+                           "same in both phases. Give prefill_device and generate_device the "
+                           "same value in the rule file.");
+    const std::string &device = buffer.decodeDevice;
+    if (device == "cuda:0")
+      bufferWhere[size_t(buffer.value)] = Where::Gpu;
+    else if (device == "cpu" || device == "host")
+      bufferWhere[size_t(buffer.value)] = Where::Host;
+    else
+      return Status::error(planName + " places value " + std::to_string(buffer.value) + " on " +
+                           device +
+                           "; this executor runs one GPU (cuda:0) and the CPU. Recompile the "
+                           "plan with rules for one GPU.");
+  }
+
+  for (size_t index = 0; index < plan->ops.size(); ++index) {
+    const plan::Op &op = plan->ops[index];
+    cpu::OpBinder b(op, index, model, planName);
+    MatrixLoader loader(*this, b);
+    const bool gpuOp = op.decodeDevice == "cuda:0";
+    if (op.prefillDevice != op.decodeDevice)
+      return Status::error(b.where() + " runs " + placementText(op) +
+                           "; the GPU executor runs ops whose prefill and decode devices are "
+                           "equal. Give prefill_device and generate_device the same value in "
+                           "the rule file.");
+    if (!gpuOp && op.decodeDevice != "cpu")
+      return Status::error(b.where() + " runs on " + op.decodeDevice +
+                           "; this executor runs one GPU (cuda:0) and the CPU. Recompile the "
+                           "plan with rules for one GPU.");
+    std::vector<Value *> in;
+    for (int id : op.inputs) {
+      if (id < 0 || id > maxValue || !values[size_t(id)].defined)
+        return Status::error(b.where() + " reads value " + std::to_string(id) +
+                             ", which no earlier op produces; the plan is damaged: recompile "
+                             "it.");
+      in.push_back(&values[size_t(id)]);
+    }
+    for (int id : op.outputs)
+      if (id <= 0 || values[size_t(id)].defined)
+        return Status::error(b.where() + " writes value " + std::to_string(id) +
+                             ", which is the token input or written twice; the plan is "
+                             "damaged: recompile it.");
+    auto expectOperands = [&](size_t inputs, size_t outputs) {
+      b.require(op.inputs.size() == inputs && op.outputs.size() == outputs,
+                "has " + std::to_string(op.inputs.size()) + " inputs and " +
+                    std::to_string(op.outputs.size()) + " outputs instead of " +
+                    std::to_string(inputs) + " and " + std::to_string(outputs) +
+                    "; the plan is damaged: recompile it.");
+      return b.ok();
+    };
+    // Operands must be where the op runs (kt-insert-transfers put them there).
+    auto expectWhere = [&](Where where) {
+      for (size_t i = 0; i < in.size(); ++i)
+        b.require(in[i]->where == where,
+                  "reads value " + std::to_string(op.inputs[i]) + " on the " +
+                      (in[i]->where == Where::Gpu ? "GPU" : "host") +
+                      " but runs on the other side, with no transfer between; the plan is "
+                      "damaged: recompile it.");
+    };
+    auto unsupportedOnCpu = [&]() {
+      return Status::error(b.where() + " runs on the CPU in a plan that also uses the GPU; the "
+                           "GPU executor runs embeddings and routed experts on the CPU, and "
+                           "everything else on cuda:0 so far. Place this module on cuda:0 in "
+                           "the rule file, or run an all-CPU plan (rules/DeepSeek-V3-Chat-cpu-"
+                           "only.yaml).");
+    };
+
+    std::unique_ptr<Step> step;
+    std::vector<Value> produced;
+    const std::string &kind = op.kind;
+    const Where here = gpuOp ? Where::Gpu : Where::Host;
+    if (kind == "embedding") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      b.require(in[0]->kind == Kind::Tokens, "must read the token ids (value 0).");
+      const gguf::TensorInfo *table = b.tensor("weight", 2);
+      if (table) {
+        embeddingRows = table->ne[1];
+        if (gpuOp) {
+          const Kernel *k = loader.kernel(embeddingSpec(table->ne[0], table->ne[1], table->type));
+          StatusOr<DevicePointer> data = upload(table->data, table->nbytes);
+          if (!data)
+            return data.status();
+          step = std::make_unique<GpuEmbeddingStep>(*data, k);
+        } else {
+          step = std::make_unique<CpuEmbeddingStep>(cpu::weightMatrix(*table));
+        }
+        produced.push_back({here, Kind::Floats, table->ne[0], 0, true});
+      }
+    } else if (kind == "transfer") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      step = std::make_unique<TransferStep>();
+      Value v = *in[0];
+      v.slot = -1;
+      produced.push_back(v);
+    } else if (kind == "routed_experts") {
+      if (gpuOp)
+        return Status::error(b.where() + " places routed experts on the GPU, which this "
+                             "executor cannot run yet (GPU experts come later); place them on "
+                             "the CPU in the rule file.");
+      if (!expectOperands(3, 1))
+        return b.status();
+      expectWhere(Where::Host);
+      const int64_t hidden = in[0]->width;
+      b.require(in[1]->kind == Kind::ExpertIds,
+                "expects the expert ids of a moe_gate as input 1; the plan is damaged: "
+                "recompile it.");
+      const gguf::TensorInfo *gate = b.tensor("gate_proj", 3);
+      const gguf::TensorInfo *up = b.tensor("up_proj", 3);
+      const gguf::TensorInfo *down = b.tensor("down_proj", 3);
+      if (!b.ok())
+        return b.status();
+      const int64_t ffn = gate->ne[1], experts = gate->ne[2];
+      b.checkShape("gate_proj", *gate, {hidden, ffn, in[1]->experts});
+      b.checkShape("up_proj", *up, {hidden, ffn, experts});
+      b.checkShape("down_proj", *down, {ffn, hidden, experts});
+      if (!b.ok())
+        return b.status();
+      cpu::RoutedExperts routed(*gate, *up, *down, generated.get());
+      routed.setGemmTokens(expertGemmTokens);
+      if (routed.usesGeneratedKernels())
+        ++generatedExpertLayers;
+      StatusOr<void *> staging =
+          device->allocateHost(size_t(std::max(chunkSize, int64_t(1)) * hidden) * 4);
+      if (!staging)
+        return staging.status();
+      hostAllocations.push_back(*staging);
+      std::string gatePath = op.path;
+      if (size_t dot = gatePath.rfind(".experts"); dot != std::string::npos)
+        gatePath = gatePath.substr(0, dot) + ".gate";
+      step = std::make_unique<ExpertsStep>(std::move(routed), gatePath, *staging);
+      produced.push_back({Where::Host, Kind::Floats, hidden, 0, true});
+    } else if (!gpuOp) {
+      return unsupportedOnCpu();
+    } else if (kind == "rms_norm") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      expectWhere(Where::Gpu);
+      const int64_t width = in[0]->width;
+      DevicePointer weight = loader.vector("weight", width);
+      const Kernel *k = loader.kernel(rmsNormSpec(width, float(b.real("eps"))));
+      step = std::make_unique<RmsNormStep>(weight, k, width);
+      produced.push_back({here, Kind::Floats, width, 0, true});
+    } else if (kind == "add") {
+      if (!expectOperands(2, 1))
+        return b.status();
+      expectWhere(Where::Gpu);
+      const int64_t width = in[0]->width;
+      b.require(in[1]->width == width, "adds values of different widths; the plan is damaged: "
+                                       "recompile it.");
+      step = std::make_unique<AddStep>(loader.kernel(elementwiseSpec("add", width)), width);
+      produced.push_back({here, Kind::Floats, width, 0, true});
+    } else if (kind == "mla_attention") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      expectWhere(Where::Gpu);
+      auto attention = std::make_unique<AttentionStep>();
+      AttentionShape &s = attention->s;
+      s.hidden = in[0]->width;
+      s.heads = b.integer("num_heads");
+      s.qLora = b.integer("q_lora_rank");
+      s.kvLora = b.integer("kv_lora_rank");
+      s.nope = b.integer("qk_nope_head_dim");
+      s.rope = b.integer("qk_rope_head_dim");
+      s.v = b.integer("v_head_dim");
+      const float eps = static_cast<float>(b.real("eps"));
+      cpu::RopeConfig rope;
+      rope.dims = s.rope;
+      rope.theta = b.real("rope_theta");
+      rope.factor = b.real("rope_scaling_factor");
+      rope.originalContext = b.integer("rope_original_context_length");
+      rope.yarnLogMultiplier = b.real("rope_yarn_log_multiplier");
+      if (!b.ok())
+        return b.status();
+      b.require(s.heads > 0 && s.kvLora > 0 && s.nope > 0 && s.v > 0 && s.rope > 0 &&
+                    s.rope % 2 == 0 && s.qLora >= 0,
+                "has invalid attention dimensions; the plan is damaged: recompile it.");
+      if (!b.ok())
+        return b.status();
+      if (s.qLora > 0) {
+        attention->qA = loader.load("q_a_proj", s.hidden, s.qLora);
+        attention->qANorm = loader.vector("q_a_norm", s.qLora);
+        attention->qNorm = loader.kernel(rmsNormSpec(s.qLora, eps));
+        attention->qB = loader.load("q_b_proj", s.qLora, s.heads * s.qk());
+      } else {
+        attention->q = loader.load("q_proj", s.hidden, s.heads * s.qk());
+      }
+      attention->kvA = loader.load("kv_a_proj_with_mqa", s.hidden, s.kvLora + s.rope);
+      attention->kvANorm = loader.vector("kv_a_norm", s.kvLora);
+      attention->kvNorm = loader.kernel(rmsNormSpec(s.kvLora, eps));
+      if (!b.tensor("k_b_proj", 3, false) || !b.tensor("v_b_proj", 3, false))
+        b.fail("has no k_b_proj and v_b_proj (GGUF attn_k_b, attn_v_b), which GPU attention "
+               "multiplies per head; convert the model with a converter that writes them, or "
+               "place self_attn on the CPU in an all-CPU plan.");
+      if (!b.ok())
+        return b.status();
+      attention->kB = loader.load("k_b_proj", s.nope, s.kvLora, s.heads);
+      attention->vB = loader.load("v_b_proj", s.kvLora, s.v, s.heads);
+      attention->o = loader.load("o_proj", s.heads * s.v, s.hidden);
+      const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
+      attention->ropeQ = loader.kernel(ropeSpec({s.rope, s.heads, s.qk(), s.nope, cosSin}));
+      attention->ropeK = loader.kernel(ropeSpec({s.rope, 1, s.rope, 0, cosSin}));
+      attention->core = loader.kernel(mlaDecodeSpec(
+          s.kvLora, s.rope, static_cast<float>(cpu::attentionSoftmaxScale(s.qk(), rope))));
+      std::vector<float> frequencies = cpu::ropeInverseFrequencies(rope);
+      if (!b.ok())
+        return b.status();
+      StatusOr<DevicePointer> f = upload(frequencies.data(), frequencies.size() * 4);
+      if (!f)
+        return f.status();
+      attention->inverseFrequencies = *f;
+      attention->layer = cacheShapes.size();
+      cacheShapes.push_back({s.kvLora, s.rope});
+      produced.push_back({here, Kind::Floats, s.hidden, 0, true});
+      step = std::move(attention);
+    } else if (kind == "mlp" || kind == "shared_experts") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      expectWhere(Where::Gpu);
+      auto ffn = std::make_unique<FeedForwardStep>();
+      ffn->hidden = in[0]->width;
+      const gguf::TensorInfo *gate = b.tensor("gate_proj", 2);
+      ffn->ffn = gate ? gate->ne[1] : 0;
+      ffn->gate = loader.load("gate_proj", ffn->hidden, ffn->ffn);
+      ffn->up = loader.load("up_proj", ffn->hidden, ffn->ffn);
+      ffn->down = loader.load("down_proj", ffn->ffn, ffn->hidden);
+      ffn->siluMul = loader.kernel(elementwiseSpec("silu_mul", ffn->ffn));
+      produced.push_back({here, Kind::Floats, ffn->hidden, 0, true});
+      step = std::move(ffn);
+    } else if (kind == "moe_gate") {
+      if (!expectOperands(1, 2))
+        return b.status();
+      expectWhere(Where::Gpu);
+      auto gate = std::make_unique<GateStep>();
+      gate->hidden = in[0]->width;
+      const cpu::RoutingParams routing = b.routing();
+      if (!b.ok())
+        return b.status();
+      MoeGateShape shape;
+      shape.experts = routing.experts;
+      shape.topK = routing.topK;
+      shape.groups = routing.groups;
+      shape.groupsUsed = routing.groupsUsed;
+      shape.sigmoid = routing.scoring == cpu::GateScoring::Sigmoid;
+      shape.normalize = routing.normalize;
+      shape.scale = routing.scale;
+      gate->experts = shape.experts;
+      gate->router = loader.load("weight", gate->hidden, shape.experts);
+      gate->bias = loader.vector("e_score_correction_bias", shape.experts, false);
+      shape.hasBias = gate->bias != 0;
+      gate->choose = loader.kernel(moeGateSpec(shape));
+      produced.push_back({here, Kind::ExpertIds, shape.topK, shape.experts, true});
+      produced.push_back({here, Kind::Floats, shape.topK, 0, true});
+      step = std::move(gate);
+    } else if (kind == "lm_head") {
+      if (!expectOperands(1, 1))
+        return b.status();
+      expectWhere(Where::Gpu);
+      auto head = std::make_unique<LmHeadStep>();
+      head->hidden = in[0]->width;
+      const gguf::TensorInfo *weight = b.tensor("weight", 2);
+      if (weight)
+        head->w = loader.load("weight", head->hidden, weight->ne[1]);
+      produced.push_back({here, Kind::Floats, head->w.out, 0, true});
+      step = std::move(head);
+    } else {
+      return Status::error(b.where() + " has the unknown kind '" + kind +
+                           "'; this runtime does not know it: use a ktc of the same version "
+                           "as this runtime to compile the plan.");
+    }
+    if (!b.ok())
+      return b.status();
+    for (size_t i = 0; i < op.outputs.size(); ++i) {
+      Value &v = values[size_t(op.outputs[i])];
+      v = produced[i];
+      // Results live where the plan's buffers say (a transfer's output is
+      // on the other side; routed experts write to their out device).
+      if (const auto &where = bufferWhere[size_t(op.outputs[i])])
+        v.where = *where;
+    }
+    steps.push_back({std::move(step), op.inputs, op.outputs});
+  }
+
+  if (plan->outputValue <= 0 || !values[size_t(plan->outputValue)].defined ||
+      values[size_t(plan->outputValue)].kind != Kind::Floats)
+    return Status::error(planName + " has no logits output (output_value " +
+                         std::to_string(plan->outputValue) +
+                         "); the plan is damaged: recompile it.");
+  if (steps.empty() || embeddingRows == 0)
+    return Status::error(planName + " has no embedding op; recompile it with ktc compile.");
+  outputValue = plan->outputValue;
+  vocab = values[size_t(outputValue)].width;
+  return planBuffers();
+}
+
+Status HybridExecutor::Impl::planBuffers() {
+  // GPU work that does not need a host step's result is queued before it:
+  // the shared expert runs on the GPU while the CPU computes the routed ones.
+  for (size_t i = 0; i < steps.size(); ++i) {
+    if (!steps[i].step->runsOnHost() || steps[i].step->movable())
+      continue;
+    std::set<int> producedSince(steps[i].outputs.begin(), steps[i].outputs.end());
+    for (size_t j = i + 1; j < steps.size(); ++j) {
+      const bool independent = std::none_of(steps[j].inputs.begin(), steps[j].inputs.end(),
+                                            [&](int id) { return producedSince.count(id) > 0; });
+      if (independent && !steps[j].step->runsOnHost() && steps[j].step->movable()) {
+        std::rotate(steps.begin() + long(i), steps.begin() + long(j), steps.begin() + long(j) + 1);
+        ++i;
+        continue;
+      }
+      producedSince.insert(steps[j].outputs.begin(), steps[j].outputs.end());
+    }
+  }
+
+  // Buffers by liveness, on each side.
+  const int64_t rows = chunkSize;
+  std::vector<int> lastUse(values.size(), -1);
+  for (size_t i = 0; i < steps.size(); ++i)
+    for (int id : steps[i].inputs)
+      lastUse[size_t(id)] = int(i);
+  lastUse[size_t(outputValue)] = int(steps.size());
+  SlotPlanner gpuSlots, hostSlots;
+  size_t scratchFloats = 0;
+  for (size_t i = 0; i < steps.size(); ++i) {
+    scratchFloats = std::max(scratchFloats, steps[i].step->scratchFloats(rows));
+    for (int id : steps[i].outputs) {
+      Value &v = values[size_t(id)];
+      const size_t bytes = size_t(rows * v.width) * 4;
+      v.slot = (v.where == Where::Gpu ? gpuSlots : hostSlots).acquire(bytes);
+    }
+    // Inputs read for the last time, and outputs nobody reads, free their buffers.
+    std::set<int> done;
+    for (int id : steps[i].inputs)
+      if (id != 0 && lastUse[size_t(id)] == int(i))
+        done.insert(id);
+    for (int id : steps[i].outputs)
+      if (lastUse[size_t(id)] < 0)
+        done.insert(id);
+    for (int id : done) {
+      const Value &v = values[size_t(id)];
+      (v.where == Where::Gpu ? gpuSlots : hostSlots).release(v.slot);
+    }
+  }
+  std::vector<DevicePointer> gpuBuffers;
+  for (size_t bytes : gpuSlots.bytes) {
+    StatusOr<DevicePointer> p = allocate(bytes, false);
+    if (!p)
+      return p.status();
+    gpuBuffers.push_back(*p);
+  }
+  std::vector<void *> hostBuffers;
+  for (size_t bytes : hostSlots.bytes) {
+    StatusOr<void *> p = device->allocateHost(std::max<size_t>(bytes, 256));
+    if (!p)
+      return p.status();
+    hostAllocations.push_back(*p);
+    hostBuffers.push_back(*p);
+  }
+  for (size_t id = 1; id < values.size(); ++id) {
+    Value &v = values[id];
+    if (v.slot < 0)
+      continue;
+    if (v.where == Where::Gpu)
+      v.gpu = gpuBuffers[size_t(v.slot)];
+    else
+      v.host = hostBuffers[size_t(v.slot)];
+  }
+  for (auto [pointer, bytes] :
+       {std::pair<DevicePointer *, size_t>{&scratch, scratchFloats * 4},
+        {&positionsGpu, size_t(rows) * 4},
+        {&tokensGpu, size_t(rows) * 4}}) {
+    StatusOr<DevicePointer> p = allocate(bytes, false);
+    if (!p)
+      return p.status();
+    *pointer = *p;
+  }
+  for (std::vector<LatentCache> &sequenceCaches : caches)
+    for (const CacheShape &shape : cacheShapes) {
+      StatusOr<DevicePointer> latent =
+          allocate(size_t(sequences.capacity() * shape.latent) * 4, false);
+      if (!latent)
+        return latent.status();
+      StatusOr<DevicePointer> rope = allocate(size_t(sequences.capacity() * shape.rope) * 4, false);
+      if (!rope)
+        return rope.status();
+      sequenceCaches.push_back({*latent, *rope});
+    }
+  return Status::success();
+}
+
+Status HybridExecutor::Impl::runStep(const int32_t *tokens, int64_t count, size_t sequence,
+                                     bool lastTokenOnly, float *logits) {
+  StepContext ctx;
+  ctx.rows = count;
+  ctx.start = sequences.position(sequence);
+  ctx.sequence = sequence;
+  ctx.lastTokenOnly = lastTokenOnly;
+  ctx.tokens = tokens;
+  positionsHost.resize(size_t(count));
+  for (int64_t i = 0; i < count; ++i)
+    positionsHost[size_t(i)] = int32_t(ctx.start + i);
+  if (Status s = device->copyToDevice(positionsGpu, positionsHost.data(), size_t(count) * 4);
+      !s.ok())
+    return s;
+  std::vector<Value *> in, out;
+  for (BoundStep &s : steps) {
+    in.clear();
+    out.clear();
+    for (int id : s.inputs)
+      in.push_back(&values[size_t(id)]);
+    for (int id : s.outputs)
+      out.push_back(&values[size_t(id)]);
+    if (!profiling) {
+      if (Status st = s.step->run(*this, ctx, in, out); !st.ok())
+        return st;
+      continue;
+    }
+    // Host steps time themselves; GPU steps are waited for.
+    const auto start = Clock::now();
+    Status st = s.step->run(*this, ctx, in, out);
+    if (st.ok() && !s.step->runsOnHost())
+      st = device->synchronize();
+    if (!st.ok())
+      return st;
+    if (!s.step->runsOnHost())
+      profile.gpuSeconds += secondsSince(start);
+    else if (dynamic_cast<const CpuEmbeddingStep *>(s.step.get()))
+      profile.cpuOtherSeconds += secondsSince(start);
+  }
+  const Value &result = values[size_t(outputValue)];
+  const size_t bytes = size_t((lastTokenOnly ? 1 : count) * vocab) * 4;
+  const auto copyStart = Clock::now();
+  if (result.where == Where::Gpu) {
+    if (Status s = device->copyToHost(logits, result.gpu, bytes); !s.ok())
+      return s;
+  } else {
+    std::memcpy(logits, result.host, bytes);
+  }
+  if (profiling) {
+    profile.transferSeconds += secondsSince(copyStart);
+    profile.transferBytes += bytes;
+  }
+  sequences.advance(sequence, count);
+  return Status::success();
+}
+
+// ---------------------------------------------------------------- public
+
+HybridExecutor::HybridExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+HybridExecutor::~HybridExecutor() = default;
+
+namespace {
+// Whether code compiled for `planArch` runs on a GPU of compute capability
+// major.minor: CUBINs need the same architecture, PTX an equal or newer GPU.
+bool archRuns(const std::string &planArch, const GpuInfo &gpu) {
+  if (planArch == gpu.arch())
+    return true;
+  if (planArch.rfind("compute_", 0) == 0) {
+    const int version = std::atoi(planArch.c_str() + 8);
+    return gpu.computeMajor * 10 + gpu.computeMinor >= version;
+  }
+  return planArch == "sm_" + std::to_string(gpu.computeMajor) + std::to_string(gpu.computeMinor);
+}
+} // namespace
+
+StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Plan &plan,
+                                                                 const gguf::GgufModel &model,
+                                                                 const exec::ExecutorOptions &options) {
+  const auto started = Clock::now();
+  const std::string planName =
+      options.planPath.empty() ? std::string("the plan") : "plan " + options.planPath;
+  const int64_t capacity = options.cacheLens > 0 ? options.cacheLens : plan.defaults.cacheLens;
+  if (capacity <= 0)
+    return Status::error("The KV cache length must be positive (" + planName + " asks for " +
+                         std::to_string(capacity) +
+                         "); pass --cache-lens with a positive number of tokens.");
+  if (options.sequences < 1)
+    return Status::error("The executor needs at least one sequence (KV cache slot), not " +
+                         std::to_string(options.sequences) + ".");
+  if (plan.target.gpus.empty())
+    return Status::error(planName + " places ops on a GPU but names no target GPU; the plan is "
+                         "damaged: recompile it.");
+  // The attention core keeps one score per cached position in shared memory.
+  constexpr int64_t kMaxGpuContext = 227 * 1024 / 4;
+  if (capacity > kMaxGpuContext)
+    return Status::error("--cache-lens " + std::to_string(capacity) +
+                         " is more than GPU attention holds so far (" +
+                         std::to_string(kMaxGpuContext) + " positions); lower it.");
+
+  std::string whyNone;
+  std::vector<GpuInfo> gpus = queryGpus(whyNone);
+  if (gpus.empty())
+    return Status::error(planName + " runs ops on cuda:0, but this host has no usable GPU (" +
+                         whyNone +
+                         "). Run it on the GPU machine, or compile a CPU plan: ktc compile "
+                         "--target-gpu none --optimize-config-path "
+                         "rules/DeepSeek-V3-Chat-cpu-only.yaml.");
+  auto impl = std::make_unique<Impl>(options.threads);
+  impl->plan = &plan;
+  impl->planName = planName;
+  impl->gpu = gpus[0];
+  impl->arch = plan.target.gpus[0].arch;
+  if (!archRuns(impl->arch, impl->gpu))
+    return Status::error(planName + " was compiled for " + impl->arch + " GPUs, but GPU 0 is " +
+                         impl->gpu.name + " (" + impl->gpu.arch() +
+                         "). Recompile the plan on this machine, or with --target-gpu " +
+                         impl->gpu.arch() + ":MEMORY.");
+  StatusOr<const Nvrtc *> nvrtc = Nvrtc::instance();
+  if (!nvrtc)
+    return nvrtc.status();
+  StatusOr<std::string> cacheDirectory = KernelCache::defaultDirectory();
+  if (!cacheDirectory)
+    return cacheDirectory.status();
+  impl->cache = std::make_unique<KernelCache>(*cacheDirectory, **nvrtc);
+  StatusOr<std::unique_ptr<CudaDevice>> device = CudaDevice::open(0);
+  if (!device)
+    return device.status();
+  impl->device = std::move(*device);
+
+  impl->sequences = exec::SequenceCaches(options.sequences, capacity);
+  impl->caches.resize(size_t(options.sequences));
+  impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
+  impl->chunkSize =
+      options.chunkSize > 0 ? options.chunkSize : std::max<int64_t>(1, plan.defaults.chunkSize);
+  if (impl->chunkSize > 65535)
+    impl->chunkSize = 65535; // a grid dimension per token
+  if (Status isa = cpu::checkHostRunsPlan(plan, cpu::hostCpuFeatures(), planName); !isa.ok())
+    return isa;
+  if (plan.cpuCode) {
+    const std::string codePlanPath = !options.planPath.empty() ? options.planPath : plan.sourcePath;
+    StatusOr<std::unique_ptr<cpu::GeneratedKernels>> generated = cpu::GeneratedKernels::load(
+        *plan.cpuCode, codePlanPath.empty() ? "plan" : codePlanPath, cpu::hostCpuFeatures());
+    if (!generated)
+      return generated.status();
+    impl->generated = std::move(*generated);
+  }
+  if (Status bound = impl->bind(model); !bound.ok())
+    return bound;
+  const KernelCacheStats stats = impl->cache->stats();
+  impl->loadStats.kernels = impl->kernels.size();
+  impl->loadStats.fromCache = stats.hits;
+  impl->loadStats.compiled = stats.misses;
+  impl->loadStats.compileSeconds = stats.compileSeconds;
+  impl->loadStats.cacheDirectory = *cacheDirectory;
+  impl->loadStats.loadSeconds = secondsSince(started);
+  impl->plan = nullptr; // not kept: the caller's plan may go away
+  return std::unique_ptr<HybridExecutor>(new HybridExecutor(std::move(impl)));
+}
+
+StatusOr<std::vector<float>> HybridExecutor::forward(const std::vector<int32_t> &tokens,
+                                                     bool allPositions) {
+  Impl &m = *impl_;
+  if (Status valid = m.sequences.checkForward(tokens, m.embeddingRows); !valid.ok())
+    return valid;
+  const int64_t count = static_cast<int64_t>(tokens.size());
+  std::vector<float> logits(size_t((allPositions ? count : 1) * m.vocab));
+  std::vector<float> discarded;
+  for (int64_t begin = 0; begin < count; begin += m.chunkSize) {
+    const int64_t chunk = std::min(m.chunkSize, count - begin);
+    const bool last = begin + chunk == count;
+    float *into = logits.data();
+    if (allPositions)
+      into = logits.data() + size_t(begin * m.vocab);
+    else if (!last) {
+      discarded.resize(size_t(m.vocab));
+      into = discarded.data();
+    }
+    if (Status s = m.runStep(tokens.data() + begin, chunk, 0, !allPositions, into); !s.ok())
+      return s;
+  }
+  return logits;
+}
+
+StatusOr<std::vector<float>> HybridExecutor::forwardBatch(
+    const std::vector<exec::SequenceTokens> &batch) {
+  Impl &m = *impl_;
+  if (Status valid = m.sequences.checkBatch(batch, m.embeddingRows); !valid.ok())
+    return valid;
+  std::vector<float> logits(batch.size() * size_t(m.vocab));
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const exec::SequenceTokens &entry = batch[i];
+    const int64_t count = static_cast<int64_t>(entry.tokens.size());
+    for (int64_t begin = 0; begin < count; begin += m.chunkSize) {
+      const int64_t chunk = std::min(m.chunkSize, count - begin);
+      if (Status s = m.runStep(entry.tokens.data() + begin, chunk, size_t(entry.sequence), true,
+                               logits.data() + i * size_t(m.vocab));
+          !s.ok())
+        return s;
+    }
+  }
+  return logits;
+}
+
+int64_t HybridExecutor::position(int sequence) const {
+  return impl_->sequences.position(size_t(sequence));
+}
+int64_t HybridExecutor::cacheCapacity() const { return impl_->sequences.capacity(); }
+int HybridExecutor::sequenceCount() const { return impl_->sequences.count(); }
+int64_t HybridExecutor::chunkSize() const { return impl_->chunkSize; }
+int HybridExecutor::generatedExpertLayers() const { return impl_->generatedExpertLayers; }
+void HybridExecutor::reset(int sequence) { impl_->sequences.reset(size_t(sequence)); }
+void HybridExecutor::truncate(int sequence, int64_t tokens) {
+  impl_->sequences.truncate(size_t(sequence), tokens);
+}
+std::vector<exec::RoutingStats> HybridExecutor::routingStats() const {
+  std::vector<exec::RoutingStats> stats;
+  for (const BoundStep &bound : impl_->steps)
+    if (auto *experts = dynamic_cast<const ExpertsStep *>(bound.step.get()))
+      stats.push_back(experts->stats());
+  return stats;
+}
+void HybridExecutor::clearRoutingStats() {
+  for (BoundStep &bound : impl_->steps)
+    if (auto *experts = dynamic_cast<ExpertsStep *>(bound.step.get()))
+      experts->clearStats();
+}
+int64_t HybridExecutor::vocabSize() const { return impl_->vocab; }
+int HybridExecutor::threadCount() const { return impl_->pool.threadCount(); }
+std::string HybridExecutor::deviceDescription() const {
+  return "cuda:0 (" + impl_->gpu.name + ", " + impl_->gpu.arch() + ")";
+}
+void HybridExecutor::setProfiling(bool on) {
+  impl_->profiling = on;
+  impl_->profile = {};
+  impl_->profile.available = true;
+}
+exec::ExecutionProfile HybridExecutor::profile() const { return impl_->profile; }
+const KernelLoadStats &HybridExecutor::kernelLoadStats() const { return impl_->loadStats; }
+uint64_t HybridExecutor::gpuWeightBytes() const { return impl_->weightBytes; }
+uint64_t HybridExecutor::gpuBufferBytes() const { return impl_->bufferBytes; }
+
+} // namespace kt::cuda

@@ -1,0 +1,83 @@
+// Runs an execution plan whose ops are placed on a GPU and the CPU (the
+// default deployment: attention, dense MLPs, shared experts, gate, norms and
+// lm_head on cuda:0, routed experts on the CPU; docs/gpu-execution.md).
+// GPU ops run the NVRTC kernels of kernels/, specialized as the plan records
+// them and loaded through the on-disk kernel cache; their weights are copied
+// to the GPU in their GGUF storage type and dequantized in registers. Routed
+// experts run on the CPU with the plan's generated code (or the reference
+// kernels), reading and writing page-locked staging buffers; the shared
+// expert's kernels are queued before the CPU experts start, so the GPU works
+// on it meanwhile. The MLA latent cache lives on the GPU; prefill and decode
+// both use the absorbed attention (each prompt token over its causal prefix).
+#pragma once
+
+#include "runtime/exec/Executor.h"
+#include "runtime/gguf/GgufFile.h"
+#include "runtime/plan/Plan.h"
+#include "runtime/support/Status.h"
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace kt::cuda {
+
+// Kernels the executor loaded when it was created.
+struct KernelLoadStats {
+  size_t kernels = 0;   // distinct specializations
+  size_t fromCache = 0; // found in the on-disk cache
+  size_t compiled = 0;  // compiled by NVRTC (and stored)
+  double compileSeconds = 0;
+  double loadSeconds = 0; // all of it, cache reads and module loads included
+  std::string cacheDirectory;
+};
+
+class HybridExecutor : public exec::Executor {
+public:
+  // Opens GPU 0, loads every kernel the plan's GPU ops need, copies their
+  // weights to the GPU and allocates the latent caches. Fails with a
+  // message saying what to do for a host without a GPU, a GPU of another
+  // architecture than the plan's, a kernel the plan does not list (another
+  // ktc version), an op placement this executor cannot run yet, or any
+  // mismatch between plan and model that the CPU executor also refuses.
+  static StatusOr<std::unique_ptr<HybridExecutor>> create(const plan::Plan &plan,
+                                                          const gguf::GgufModel &model,
+                                                          const exec::ExecutorOptions &options);
+  ~HybridExecutor() override;
+
+  StatusOr<std::vector<float>> forward(const std::vector<int32_t> &tokens,
+                                       bool allPositions = false) override;
+  // Runs the entries one after another (each is one sequence's step).
+  StatusOr<std::vector<float>> forwardBatch(const std::vector<exec::SequenceTokens> &batch) override;
+
+  using Executor::position;
+  int64_t position(int sequence) const override;
+  int64_t cacheCapacity() const override;
+  int sequenceCount() const override;
+  int64_t chunkSize() const override;
+  int generatedExpertLayers() const override;
+  using Executor::reset;
+  void reset(int sequence) override;
+  using Executor::truncate;
+  void truncate(int sequence, int64_t tokens) override;
+  std::vector<exec::RoutingStats> routingStats() const override;
+  void clearRoutingStats() override;
+  int64_t vocabSize() const override;
+  int threadCount() const override;
+  std::string deviceDescription() const override;
+  void setProfiling(bool on) override;
+  exec::ExecutionProfile profile() const override;
+
+  const KernelLoadStats &kernelLoadStats() const;
+  // Bytes of GPU memory the executor allocated: weights, caches, activations.
+  uint64_t gpuWeightBytes() const;
+  uint64_t gpuBufferBytes() const;
+
+  class Impl;
+
+private:
+  explicit HybridExecutor(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+} // namespace kt::cuda

@@ -1,0 +1,107 @@
+// What runs an execution plan: the CPU executor (every op on the CPU, the
+// reference) and the hybrid executor (GPU ops through NVRTC kernels, routed
+// experts on the CPU) behind one interface, so ktrun's chat, server and
+// benchmark drive either. createExecutor() picks by the plan's placement.
+#pragma once
+
+#include "runtime/support/Status.h"
+
+#include <algorithm>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace kt::exec {
+
+struct ExecutorOptions {
+  int threads = 0;        // CPU threads; 0: one per hardware thread
+  int64_t cacheLens = 0;  // positions the KV cache holds; 0: the plan's runtime.cache_lens
+  int64_t chunkSize = 0;  // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
+  std::string planPath;   // the plan's file, for messages; empty: "the plan"
+  // Experts chosen by at least this many tokens of a step run as bf16
+  // GEMMs through oneDNN (builds with it); 0: never. Off by default: the
+  // GEMMs beat the row kernels per matrix from about 64 tokens, but oneDNN's
+  // OpenMP threads keep spinning against the pool's between them, and end
+  // to end a 2048-token prefill was slower (docs/cpu-codegen.md).
+  int64_t expertGemmTokens = 0;
+  // Independent sequences (KV caches of cacheLens positions each) that
+  // forwardBatch() can advance together; forward() uses sequence 0.
+  int sequences = 1;
+};
+
+// The new tokens of one sequence in a batched step.
+struct SequenceTokens {
+  int sequence = 0;
+  std::vector<int32_t> tokens;
+};
+
+// How often each expert of one MoE layer was chosen since the statistics
+// were last cleared (benchmarks print how many distinct experts a layer used).
+struct RoutingStats {
+  std::string path; // the gate's module path, "model.layers.3.mlp.gate"
+  std::vector<uint64_t> selections;
+  int64_t distinctExperts() const {
+    return std::count_if(selections.begin(), selections.end(), [](uint64_t n) { return n > 0; });
+  }
+};
+
+// Where the time of the steps since profiling was switched on went. The
+// hybrid executor waits for the GPU after each GPU step while profiling, so
+// GPU work no longer overlaps the CPU experts: profile separately from the
+// runs you time.
+struct ExecutionProfile {
+  double gpuSeconds = 0;        // GPU kernels
+  double cpuExpertSeconds = 0;  // routed experts on the CPU
+  double cpuOtherSeconds = 0;   // other CPU steps (embedding)
+  double transferSeconds = 0;   // copies between host and GPU
+  uint64_t transferBytes = 0;
+  bool available = false;       // false: the executor does not profile
+};
+
+class Executor {
+public:
+  virtual ~Executor() = default;
+
+  // Feeds `tokens` at the next positions (prefill when several, in chunks
+  // of at most chunkSize; decode when one) and returns the logits of the
+  // last token ([vocab]) or, with allPositions, of every token
+  // ([tokens.size() * vocab], token-major). Fails without changing any state
+  // for an empty input, a token id outside the vocabulary, or when the KV
+  // cache would overflow (the message says how many tokens still fit).
+  virtual StatusOr<std::vector<float>> forward(const std::vector<int32_t> &tokens,
+                                               bool allPositions = false) = 0;
+
+  // One step for several sequences at once (continuous batching): each
+  // entry's tokens go to the next positions of its own KV cache. Returns
+  // the logits of each entry's last token ([batch.size() * vocab], in batch
+  // order). Fails without changing any state for an empty batch or entry,
+  // an unknown or repeated sequence, a bad token id, or a cache that would
+  // overflow. The caller bounds the step's size (no chunking here).
+  virtual StatusOr<std::vector<float>> forwardBatch(const std::vector<SequenceTokens> &batch) = 0;
+
+  virtual int64_t position(int sequence) const = 0; // tokens in that sequence's cache
+  int64_t position() const { return position(0); }
+  virtual int64_t cacheCapacity() const = 0; // positions each sequence's cache holds
+  virtual int sequenceCount() const = 0;
+  virtual int64_t chunkSize() const = 0;     // most tokens forward() runs in one step
+  // MoE layers whose routed experts run the plan's generated CPU code (the
+  // others use the reference kernels).
+  virtual int generatedExpertLayers() const = 0;
+  virtual void reset(int sequence) = 0; // empties the cache (a new conversation)
+  void reset() { reset(0); }
+  // Keeps only the first `tokens` positions of the cache, for a
+  // conversation whose history diverges from what was fed after them.
+  virtual void truncate(int sequence, int64_t tokens) = 0;
+  void truncate(int64_t tokens) { truncate(0, tokens); }
+  virtual std::vector<RoutingStats> routingStats() const = 0;
+  virtual void clearRoutingStats() = 0;
+  virtual int64_t vocabSize() const = 0; // logits per token
+  virtual int threadCount() const = 0;   // CPU threads
+  // Profiling on (clears the profile) or off.
+  virtual void setProfiling(bool) {}
+  virtual ExecutionProfile profile() const { return {}; }
+  // "cpu", or the GPU that runs the GPU ops ("cuda:0 (NVIDIA H100 80GB HBM3)").
+  virtual std::string deviceDescription() const = 0;
+};
+
+} // namespace kt::exec

@@ -1,0 +1,245 @@
+// The hybrid executor (GPU ops through NVRTC kernels, routed experts on the
+// CPU) against the CPU executor, the reference, on the same generated model.
+// Tests that need a GPU skip without one; the refusal of GPU plans on a
+// host without a GPU runs everywhere.
+#include "runtime/cuda/DeviceQuery.h"
+#include "runtime/cuda/HybridExecutor.h"
+#include "runtime/exec/CreateExecutor.h"
+#include "test/unit/cpu/TestModels.h"
+#include "test/unit/cuda/CudaTestSupport.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace kt::cuda {
+namespace {
+
+using cpu::test::TestModel;
+
+std::vector<GpuInfo> gpus() {
+  std::string whyNone;
+  return queryGpus(whyNone);
+}
+
+// The GPU the tests run on, as ktc's --target-gpu names it.
+std::string targetGpu() {
+  std::vector<GpuInfo> found = gpus();
+  return found.empty() ? std::string("sm_90a:80GiB") : found[0].arch() + ":80GiB";
+}
+
+// Kernels compile into a cache of this test process.
+class CacheDirectory : public ::testing::Environment {
+public:
+  void SetUp() override { setenv("KT_CACHE_DIR", dir_.path().c_str(), 1); }
+
+private:
+  test::TempDir dir_;
+};
+[[maybe_unused]] ::testing::Environment *const gCache =
+    ::testing::AddGlobalTestEnvironment(new CacheDirectory);
+
+#define KT_REQUIRE_GPU()                                                                      \
+  do {                                                                                        \
+    KT_REQUIRE_COMPILER();                                                                    \
+    if (gpus().empty())                                                                       \
+      GTEST_SKIP() << "no GPU on this host";                                                  \
+  } while (0)
+
+// The model as a GPU plan (default rules) and as a CPU plan. Routed experts
+// keep f32 activations in both (--f32-cpu-experts), so the two differ only
+// by the GPU's rounding.
+struct ModelPair {
+  TestModel gpu, cpu;
+};
+
+void buildPair(const std::string &name, const gen::ModelConfig &config, ModelPair &pair,
+               const std::string &rules = "rules/DeepSeek-V3-Chat.yaml") {
+  cpu::test::buildModel(name + "-gpu", config, pair.gpu, rules, targetGpu(), "--f32-cpu-experts");
+  cpu::test::buildModel(name + "-cpu", config, pair.cpu, "rules/DeepSeek-V3-Chat-cpu-only.yaml",
+                        "none", "--f32-cpu-experts");
+}
+
+std::unique_ptr<exec::Executor> open(const TestModel &m, exec::ExecutorOptions options = {}) {
+  if (options.threads == 0)
+    options.threads = 2;
+  StatusOr<std::unique_ptr<exec::Executor>> executor =
+      exec::createExecutor(m.plan, *m.model, options);
+  EXPECT_TRUE(executor.ok()) << executor.message();
+  return executor.ok() ? std::move(*executor) : nullptr;
+}
+
+int32_t argmax(const std::vector<float> &logits, size_t row, int64_t vocab) {
+  auto begin = logits.begin() + long(row * size_t(vocab));
+  return int32_t(std::max_element(begin, begin + vocab) - begin);
+}
+
+// Prefill of `prompt` (all positions), then greedy decode: logits and
+// tokens of the GPU plan against the CPU plan's.
+void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps,
+                   double tolerance, exec::ExecutorOptions options = {}) {
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, options);
+  ASSERT_TRUE(gpu && cpu);
+  EXPECT_NE(gpu->deviceDescription(), "cpu");
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(promptTokens, 7);
+  StatusOr<std::vector<float>> g = gpu->forward(prompt, true), c = cpu->forward(prompt, true);
+  ASSERT_TRUE(g.ok()) << g.message();
+  ASSERT_TRUE(c.ok()) << c.message();
+  const double prefillError = cpu::test::relativeL2(*g, *c);
+  EXPECT_LE(prefillError, tolerance) << "prefill of " << promptTokens << " tokens";
+  const int64_t vocab = cpu->vocabSize();
+  int32_t next = argmax(*c, promptTokens - 1, vocab);
+  double worst = 0;
+  for (int step = 0; step < decodeSteps; ++step) {
+    g = gpu->forward({next});
+    c = cpu->forward({next});
+    ASSERT_TRUE(g.ok()) << g.message();
+    ASSERT_TRUE(c.ok()) << c.message();
+    worst = std::max(worst, cpu::test::relativeL2(*g, *c));
+    ASSERT_EQ(argmax(*g, 0, vocab), argmax(*c, 0, vocab)) << "decode step " << step;
+    next = argmax(*c, 0, vocab);
+  }
+  EXPECT_LE(worst, tolerance);
+  EXPECT_EQ(gpu->position(), cpu->position());
+  std::printf("[ gpu      ] prefill %zu tokens: relative L2 %.2e; %d decode steps: worst %.2e\n",
+              promptTokens, prefillError, decodeSteps, worst);
+}
+
+TEST(HybridExecutor, QuantizedModelMatchesTheCpuExecutor) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-q", *gen::presetConfig("tiny"), pair);
+  expectSameRun(pair, 23, 16, 1e-4);
+}
+
+TEST(HybridExecutor, F32ModelMatchesTheCpuExecutor) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-f32", cpu::test::tinyF32Config(), pair);
+  expectSameRun(pair, 17, 16, 1e-4);
+}
+
+TEST(HybridExecutor, KQuantAttentionAndSoftmaxGatingMatchTheCpuExecutor) {
+  KT_REQUIRE_GPU();
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.hiddenSize = 512; // k-quant rows are 256 values
+  config.types.attention = gguf::GgmlType::Q6_K;
+  config.types.sharedExperts = gguf::GgmlType::Q4_K;
+  config.types.dense = gguf::GgmlType::Q5_K;
+  config.types.output = gguf::GgmlType::Q6_K;
+  config.gating = gen::GatingFunction::Softmax;
+  ModelPair pair;
+  buildPair("tiny-k", config, pair);
+  expectSameRun(pair, 9, 8, 1e-4);
+}
+
+TEST(HybridExecutor, ModelWithoutQueryCompressionMatches) {
+  KT_REQUIRE_GPU();
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.qLoraRank = 0;
+  ModelPair pair;
+  buildPair("tiny-noq", config, pair);
+  expectSameRun(pair, 11, 6, 1e-4);
+}
+
+TEST(HybridExecutor, ChunkedPrefillEqualsTheCpuExecutor) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-chunks", *gen::presetConfig("tiny"), pair);
+  exec::ExecutorOptions options;
+  options.chunkSize = 5; // three chunks, the later ones over a filled cache
+  expectSameRun(pair, 13, 4, 1e-4, options);
+}
+
+TEST(HybridExecutor, BatchedSequencesMatchSeparateRuns) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-batch", *gen::presetConfig("tiny"), pair);
+  exec::ExecutorOptions options;
+  options.sequences = 2;
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options);
+  std::unique_ptr<exec::Executor> single = open(pair.gpu);
+  ASSERT_TRUE(gpu && single);
+  const std::vector<int32_t> a = cpu::test::sampleTokens(6, 1), b = cpu::test::sampleTokens(9, 2);
+  StatusOr<std::vector<float>> batched = gpu->forwardBatch({{0, a}, {1, b}});
+  ASSERT_TRUE(batched.ok()) << batched.message();
+  const int64_t vocab = gpu->vocabSize();
+  StatusOr<std::vector<float>> alone = single->forward(b);
+  ASSERT_TRUE(alone.ok()) << alone.message();
+  std::vector<float> second(batched->begin() + vocab, batched->end());
+  EXPECT_LE(cpu::test::relativeL2(second, *alone), 1e-6);
+  EXPECT_EQ(gpu->position(0), 6);
+  EXPECT_EQ(gpu->position(1), 9);
+}
+
+TEST(HybridExecutor, CountsExpertSelectionsAndReportsKernels) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-stats", *gen::presetConfig("tiny"), pair);
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu), cpu = open(pair.cpu);
+  ASSERT_TRUE(gpu && cpu);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(12, 3);
+  ASSERT_TRUE(gpu->forward(prompt).ok());
+  ASSERT_TRUE(cpu->forward(prompt).ok());
+  std::vector<exec::RoutingStats> g = gpu->routingStats(), c = cpu->routingStats();
+  ASSERT_EQ(g.size(), c.size());
+  for (size_t i = 0; i < g.size(); ++i) {
+    EXPECT_EQ(g[i].path, c[i].path);
+    EXPECT_EQ(g[i].selections, c[i].selections) << g[i].path;
+  }
+  // A second executor finds every kernel in the cache the first filled.
+  std::unique_ptr<exec::Executor> again = open(pair.gpu);
+  ASSERT_TRUE(again);
+  const auto &stats = dynamic_cast<HybridExecutor &>(*again).kernelLoadStats();
+  EXPECT_GT(stats.kernels, 5u);
+  EXPECT_EQ(stats.compiled, 0u);
+  EXPECT_EQ(stats.fromCache, stats.kernels);
+  EXPECT_NE(exec::kernelLoadSummary(*again).find("from the cache"), std::string::npos);
+}
+
+TEST(HybridExecutor, RefusesAPlanForAnotherGpuArchitecture) {
+  KT_REQUIRE_GPU();
+  const std::string arch = gpus()[0].arch() == "sm_80" ? "sm_89" : "sm_80";
+  TestModel m;
+  cpu::test::buildModel("tiny-arch", *gen::presetConfig("tiny"), m, "rules/DeepSeek-V3-Chat.yaml",
+                        arch + ":24GiB");
+  StatusOr<std::unique_ptr<exec::Executor>> executor = exec::createExecutor(m.plan, *m.model, {});
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("was compiled for " + arch), std::string::npos)
+      << executor.message();
+  EXPECT_NE(executor.message().find("--target-gpu"), std::string::npos) << executor.message();
+}
+
+TEST(HybridExecutor, RefusesAPlanThatDoesNotListItsKernels) {
+  KT_REQUIRE_GPU();
+  TestModel m;
+  cpu::test::buildModel("tiny-unlisted", *gen::presetConfig("tiny"), m,
+                        "rules/DeepSeek-V3-Chat.yaml", targetGpu());
+  m.plan.kernelSpecializations.erase(m.plan.kernelSpecializations.begin());
+  StatusOr<std::unique_ptr<exec::Executor>> executor = exec::createExecutor(m.plan, *m.model, {});
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("does not list"), std::string::npos) << executor.message();
+  EXPECT_NE(executor.message().find("Recompile"), std::string::npos) << executor.message();
+}
+
+// Runs everywhere: without a GPU a GPU plan is refused with what to do.
+TEST(HybridExecutor, RefusesGpuPlansOnAHostWithoutAGpu) {
+  KT_REQUIRE_COMPILER();
+  if (!gpus().empty())
+    GTEST_SKIP() << "this host has a GPU";
+  TestModel m;
+  cpu::test::buildModel("tiny-nogpu", *gen::presetConfig("tiny"), m,
+                        "rules/DeepSeek-V3-Chat.yaml", "sm_90a:80GiB");
+  exec::ExecutorOptions options;
+  options.planPath = m.planPath;
+  StatusOr<std::unique_ptr<exec::Executor>> executor =
+      exec::createExecutor(m.plan, *m.model, options);
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("no usable GPU"), std::string::npos) << executor.message();
+  EXPECT_NE(executor.message().find("--target-gpu none"), std::string::npos)
+      << executor.message();
+}
+
+} // namespace
+} // namespace kt::cuda
