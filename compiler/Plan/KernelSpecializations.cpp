@@ -100,13 +100,19 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
         collector.add(cuda::ropeSpec({dims, attention.getNumHeads(), nope + dims, nope, cosSin}),
                       device, path);
-        collector.add(cuda::ropeSpec({dims, 1, dims, 0, cosSin}), device, path);
-        // The absorbed attention core, in prefill too (each token over its
-        // causal prefix).
-        collector.add(cuda::mlaDecodeSpec(attention.getKvLoraRank(), dims,
-                                          static_cast<float>(cpu::attentionSoftmaxScale(
-                                              nope + dims, rope))),
-                      device, path);
+        // The new key's rope part, rotated inside the kv_a row before the
+        // row is appended to the latent cache.
+        const int64_t kvLora = attention.getKvLoraRank();
+        collector.add(cuda::ropeSpec({dims, 1, kvLora + dims, kvLora, cosSin}), device, path);
+        collector.add(cuda::mlaCacheAppendSpec(kvLora, dims), device, path);
+        // The absorbed attention core: in prefill each token over its causal
+        // prefix, in decode split over chunks of the cache.
+        const float scale = static_cast<float>(cpu::attentionSoftmaxScale(nope + dims, rope));
+        if (phase == "prefill")
+          collector.add(cuda::mlaDecodeSpec(kvLora, dims, scale), device, path);
+        else
+          for (const char *entry : {"mla_decode_split", "mla_combine"})
+            collector.add(cuda::mlaDecodeSplitSpec(kvLora, dims, scale, entry), device, path);
         // The norms of the compressed query and of the latent.
         const float eps = attention.getEps().convertToFloat();
         if (attention.getQLoraRank() > 0)

@@ -14,24 +14,8 @@ using CUfunction = void *;
 using CUstream = void *;
 using CUdeviceptr = unsigned long long;
 constexpr CUresult kSuccess = 0;
-constexpr int kMemoryTypeDevice = 2;                // CU_MEMORYTYPE_DEVICE
 constexpr int kAttributeMaxDynamicSharedBytes = 8;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 constexpr unsigned kDefaultDynamicSharedLimit = 48 * 1024;
-struct Memcpy2D { // CUDA_MEMCPY2D
-  size_t srcXInBytes, srcY;
-  int srcMemoryType;
-  const void *srcHost;
-  CUdeviceptr srcDevice;
-  void *srcArray;
-  size_t srcPitch;
-  size_t dstXInBytes, dstY;
-  int dstMemoryType;
-  void *dstHost;
-  CUdeviceptr dstDevice;
-  void *dstArray;
-  size_t dstPitch;
-  size_t widthInBytes, height;
-};
 } // namespace
 
 struct CudaDevice::Api {
@@ -40,16 +24,23 @@ struct CudaDevice::Api {
   CUresult (*primaryCtxRetain)(CUcontext *, CUdevice) = nullptr;
   CUresult (*primaryCtxRelease)(CUdevice) = nullptr;
   CUresult (*ctxSetCurrent)(CUcontext) = nullptr;
-  CUresult (*ctxSynchronize)() = nullptr;
   CUresult (*moduleLoadData)(CUmodule *, const void *) = nullptr;
   CUresult (*moduleUnload)(CUmodule) = nullptr;
   CUresult (*moduleGetFunction)(CUfunction *, CUmodule, const char *) = nullptr;
   CUresult (*memAlloc)(CUdeviceptr *, size_t) = nullptr;
   CUresult (*memFree)(CUdeviceptr) = nullptr;
-  CUresult (*memcpyHtoD)(CUdeviceptr, const void *, size_t) = nullptr;
-  CUresult (*memcpyDtoH)(void *, CUdeviceptr, size_t) = nullptr;
-  CUresult (*memcpyDtoD)(CUdeviceptr, CUdeviceptr, size_t) = nullptr;
-  CUresult (*memcpy2DAsync)(const Memcpy2D *, CUstream) = nullptr;
+  CUresult (*memcpyHtoD)(CUdeviceptr, const void *, size_t, CUstream) = nullptr;
+  CUresult (*memcpyDtoH)(void *, CUdeviceptr, size_t, CUstream) = nullptr;
+  CUresult (*memcpyDtoD)(CUdeviceptr, CUdeviceptr, size_t, CUstream) = nullptr;
+  CUresult (*streamCreate)(CUstream *, unsigned) = nullptr;
+  CUresult (*streamDestroy)(CUstream) = nullptr;
+  CUresult (*streamSynchronize)(CUstream) = nullptr;
+  CUresult (*streamBeginCapture)(CUstream, int) = nullptr;
+  CUresult (*streamEndCapture)(CUstream, void **) = nullptr;
+  CUresult (*graphInstantiate)(void **, void *, unsigned long long) = nullptr;
+  CUresult (*graphLaunch)(void *, CUstream) = nullptr;
+  CUresult (*graphExecDestroy)(void *) = nullptr;
+  CUresult (*graphDestroy)(void *) = nullptr;
   CUresult (*memAllocHost)(void **, size_t) = nullptr;
   CUresult (*memFreeHost)(void *) = nullptr;
   CUresult (*funcSetAttribute)(CUfunction, int, int) = nullptr;
@@ -89,16 +80,23 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.primaryCtxRetain, {"cuDevicePrimaryCtxRetain"});
   bind(api.primaryCtxRelease, {"cuDevicePrimaryCtxRelease_v2", "cuDevicePrimaryCtxRelease"});
   bind(api.ctxSetCurrent, {"cuCtxSetCurrent"});
-  bind(api.ctxSynchronize, {"cuCtxSynchronize"});
   bind(api.moduleLoadData, {"cuModuleLoadData"});
   bind(api.moduleUnload, {"cuModuleUnload"});
   bind(api.moduleGetFunction, {"cuModuleGetFunction"});
   bind(api.memAlloc, {"cuMemAlloc_v2"});
   bind(api.memFree, {"cuMemFree_v2"});
-  bind(api.memcpyHtoD, {"cuMemcpyHtoD_v2"});
-  bind(api.memcpyDtoD, {"cuMemcpyDtoD_v2"});
-  bind(api.memcpyDtoH, {"cuMemcpyDtoH_v2"});
-  bind(api.memcpy2DAsync, {"cuMemcpy2DAsync_v2"});
+  bind(api.memcpyHtoD, {"cuMemcpyHtoDAsync_v2"});
+  bind(api.memcpyDtoD, {"cuMemcpyDtoDAsync_v2"});
+  bind(api.memcpyDtoH, {"cuMemcpyDtoHAsync_v2"});
+  bind(api.streamCreate, {"cuStreamCreate"});
+  bind(api.streamDestroy, {"cuStreamDestroy_v2"});
+  bind(api.streamSynchronize, {"cuStreamSynchronize"});
+  bind(api.streamBeginCapture, {"cuStreamBeginCapture_v2"});
+  bind(api.streamEndCapture, {"cuStreamEndCapture"});
+  bind(api.graphInstantiate, {"cuGraphInstantiateWithFlags"});
+  bind(api.graphLaunch, {"cuGraphLaunch"});
+  bind(api.graphExecDestroy, {"cuGraphExecDestroy"});
+  bind(api.graphDestroy, {"cuGraphDestroy"});
   bind(api.memAllocHost, {"cuMemAllocHost_v2"});
   bind(api.memFreeHost, {"cuMemFreeHost"});
   bind(api.funcSetAttribute, {"cuFuncSetAttribute"});
@@ -117,12 +115,24 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
     return s;
   if (Status s = device->check(api.ctxSetCurrent(device->context_), "cuCtxSetCurrent"); !s.ok())
     return s;
+  constexpr unsigned kNonBlocking = 1; // CU_STREAM_NON_BLOCKING
+  if (Status s = device->check(api.streamCreate(&device->stream_, kNonBlocking), "cuStreamCreate");
+      !s.ok())
+    return s;
   return device;
 }
 
 CudaDevice::~CudaDevice() {
   if (!api_ || !context_)
     return;
+  if (stream_)
+    api_->streamSynchronize(stream_);
+  for (void *exec : graphExecs_)
+    api_->graphExecDestroy(exec);
+  for (void *graph : graphs_)
+    api_->graphDestroy(graph);
+  if (stream_)
+    api_->streamDestroy(stream_);
   for (void *module : modules_)
     api_->moduleUnload(module);
   api_->primaryCtxRelease(device_);
@@ -142,21 +152,7 @@ Status CudaDevice::free(DevicePointer pointer) {
 }
 
 Status CudaDevice::copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes) {
-  return check(api_->memcpyDtoD(dst, src, bytes), "cuMemcpyDtoD");
-}
-
-Status CudaDevice::copyRowsOnDevice(DevicePointer dst, size_t dstPitch, DevicePointer src,
-                                    size_t srcPitch, size_t rowBytes, size_t rows) {
-  Memcpy2D copy{};
-  copy.srcMemoryType = kMemoryTypeDevice;
-  copy.srcDevice = src;
-  copy.srcPitch = srcPitch;
-  copy.dstMemoryType = kMemoryTypeDevice;
-  copy.dstDevice = dst;
-  copy.dstPitch = dstPitch;
-  copy.widthInBytes = rowBytes;
-  copy.height = rows;
-  return check(api_->memcpy2DAsync(&copy, nullptr), "cuMemcpy2DAsync");
+  return check(api_->memcpyDtoD(dst, src, bytes, stream_), "cuMemcpyDtoDAsync");
 }
 
 StatusOr<void *> CudaDevice::allocateHost(size_t bytes) {
@@ -173,11 +169,15 @@ Status CudaDevice::freeHost(void *pointer) {
 }
 
 Status CudaDevice::copyToDevice(DevicePointer dst, const void *src, size_t bytes) {
-  return check(api_->memcpyHtoD(dst, src, bytes), "cuMemcpyHtoD");
+  if (Status s = check(api_->memcpyHtoD(dst, src, bytes, stream_), "cuMemcpyHtoDAsync"); !s.ok())
+    return s;
+  return synchronize(); // the source may be reused at once
 }
 
 Status CudaDevice::copyToHost(void *dst, DevicePointer src, size_t bytes) {
-  return check(api_->memcpyDtoH(dst, src, bytes), "cuMemcpyDtoH");
+  if (Status s = check(api_->memcpyDtoH(dst, src, bytes, stream_), "cuMemcpyDtoHAsync"); !s.ok())
+    return s;
+  return synchronize();
 }
 
 StatusOr<LoadedKernel> CudaDevice::load(const CompiledKernel &kernel) {
@@ -209,10 +209,34 @@ Status CudaDevice::launch(const LoadedKernel &kernel, const LaunchShape &shape,
       return s;
   return check(api_->launchKernel(kernel.function, shape.gridX, shape.gridY, shape.gridZ,
                                   shape.blockX, shape.blockY, shape.blockZ, shape.sharedBytes,
-                                  nullptr, arguments.data(), nullptr),
+                                  stream_, arguments.data(), nullptr),
                "cuLaunchKernel " + kernel.entry);
 }
 
-Status CudaDevice::synchronize() { return check(api_->ctxSynchronize(), "cuCtxSynchronize"); }
+Status CudaDevice::synchronize() {
+  return check(api_->streamSynchronize(stream_), "cuStreamSynchronize");
+}
+
+Status CudaDevice::beginCapture() {
+  constexpr int kThreadLocal = 1; // CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
+  return check(api_->streamBeginCapture(stream_, kThreadLocal), "cuStreamBeginCapture");
+}
+
+StatusOr<CapturedGraph> CudaDevice::endCapture() {
+  void *graph = nullptr;
+  if (Status s = check(api_->streamEndCapture(stream_, &graph), "cuStreamEndCapture"); !s.ok())
+    return s;
+  graphs_.push_back(graph);
+  CapturedGraph captured;
+  if (Status s = check(api_->graphInstantiate(&captured.exec, graph, 0), "cuGraphInstantiate");
+      !s.ok())
+    return s;
+  graphExecs_.push_back(captured.exec);
+  return captured;
+}
+
+Status CudaDevice::launchGraph(const CapturedGraph &graph) {
+  return check(api_->graphLaunch(graph.exec, stream_), "cuGraphLaunch");
+}
 
 } // namespace kt::cuda

@@ -1,8 +1,8 @@
 // One GPU through the CUDA driver API, loaded at run time (libcuda.so.1):
 // device memory, modules from NVRTC output (CUBIN, or PTX the driver JITs),
-// kernel launches, page-locked host memory. Work goes to the context's
-// default stream, so launches and copies run in the order they are issued;
-// the host-side copies return once their data has moved.
+// kernel launches, page-locked host memory, CUDA graphs. Work goes to one
+// stream of the device, so launches and copies run in the order they are
+// issued; the copies to and from the host return once their data has moved.
 #pragma once
 
 #include "runtime/cuda/KernelSpec.h"
@@ -21,6 +21,11 @@ using DevicePointer = uint64_t; // CUdeviceptr
 struct LoadedKernel {
   std::string entry;
   void *function = nullptr; // CUfunction, owned by the device's module list
+};
+
+// An instantiated CUDA graph (CUgraphExec), owned by the device.
+struct CapturedGraph {
+  void *exec = nullptr;
 };
 
 struct LaunchShape {
@@ -43,10 +48,6 @@ public:
   Status copyToHost(void *dst, DevicePointer src, size_t bytes);
   // Device memory to device memory (the bandwidth ceiling benchmarks compare with).
   Status copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes);
-  // `rows` rows of `rowBytes` from rows `srcPitch` bytes apart to rows
-  // `dstPitch` bytes apart, on the device (queued like a launch).
-  Status copyRowsOnDevice(DevicePointer dst, size_t dstPitch, DevicePointer src,
-                          size_t srcPitch, size_t rowBytes, size_t rows);
   // Page-locked host memory: copies from and to it run at full link speed.
   StatusOr<void *> allocateHost(size_t bytes);
   Status freeHost(void *pointer);
@@ -58,6 +59,13 @@ public:
                 std::vector<void *> arguments);
   Status synchronize();
 
+  // Records the launches and device copies issued until endCapture() into a
+  // graph instead of running them; the graph then replays them with the
+  // same arguments (the pointers' contents may change between replays).
+  Status beginCapture();
+  StatusOr<CapturedGraph> endCapture();
+  Status launchGraph(const CapturedGraph &graph);
+
   struct Api;
 
 private:
@@ -68,6 +76,8 @@ private:
   int index_ = 0;
   void *context_ = nullptr;
   std::vector<void *> modules_;
+  void *stream_ = nullptr;
+  std::vector<void *> graphs_, graphExecs_;
 };
 
 } // namespace kt::cuda

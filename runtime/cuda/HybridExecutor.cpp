@@ -84,6 +84,8 @@ public:
   // queued before it, so the GPU runs them meanwhile).
   virtual bool runsOnHost() const { return false; }
   virtual bool movable() const { return true; } // a GPU step that may be queued earlier
+  // Whether a CUDA graph can hold the step (GPU work only, no host copies).
+  virtual bool capturable() const { return !runsOnHost(); }
 };
 
 using Clock = std::chrono::steady_clock;
@@ -94,6 +96,7 @@ double secondsSince(Clock::time_point start) {
 struct BoundStep {
   std::unique_ptr<Step> step;
   std::vector<int> inputs, outputs;
+  int64_t graphRegion = -1; // the plan's decode graph region, -1 for none
 };
 
 // Same-size buffers handed out at bind time by liveness, so values that are
@@ -165,6 +168,14 @@ public:
   uint64_t weightBytes = 0, bufferBytes = 0;
   bool profiling = false;
   exec::ExecutionProfile profile;
+  bool cudaGraphs = true;
+  std::map<std::pair<size_t, size_t>, CapturedGraph> graphs; // (first step, sequence)
+  HybridExecutor::GraphStats graphStats;
+
+  // Runs steps [begin, end) as a CUDA graph: captured on first use for
+  // this sequence, replayed after.
+  Status runGraph(size_t begin, size_t end, StepContext &ctx);
+  Status runSteps(size_t begin, size_t end, StepContext &ctx);
 
   Status bind(const gguf::GgufModel &model);
   Status planBuffers();
@@ -359,6 +370,7 @@ class GpuEmbeddingStep : public Step {
 public:
   GpuEmbeddingStep(DevicePointer table, const Kernel *kernel) : table_(table), kernel_(kernel) {}
   bool movable() const override { return false; }
+  bool capturable() const override { return false; } // uploads the token ids
   Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &,
              const std::vector<Value *> &out) override {
     if (Status s = m.device->copyToDevice(m.tokensGpu, ctx.tokens, size_t(ctx.rows) * 4); !s.ok())
@@ -447,12 +459,16 @@ public:
   GpuMatrix qA, qB, q, kvA, kB, vB, o;
   DevicePointer qANorm = 0, kvANorm = 0, inverseFrequencies = 0;
   const Kernel *qNorm = nullptr, *kvNorm = nullptr, *ropeQ = nullptr, *ropeK = nullptr,
-               *core = nullptr;
+               *append = nullptr, *core = nullptr, *splitCore = nullptr, *combine = nullptr;
   size_t layer = 0;
+  int64_t chunks = 0; // of the cache, for the split decode core
 
+  // Single-token steps use the split core, whose pieces need chunks x
+  // (kv_lora + 2) floats per head.
   size_t scratchFloats(int64_t rows) const override {
     return size_t(rows) * size_t(s.qLora + s.heads * s.qk() + s.kvLora + s.rope +
-                                 2 * s.heads * s.kvLora + s.heads * s.v);
+                                 2 * s.heads * s.kvLora + s.heads * s.v) +
+           size_t(s.heads * chunks * (s.kvLora + 2));
   }
 
   Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
@@ -466,11 +482,10 @@ public:
     };
     const DevicePointer qLoraBuf = carve(rows * s.qLora), qBuf = carve(rows * H * qk),
                         kvABuf = carve(rows * kvWidth), qLatent = carve(rows * H * s.kvLora),
-                        context = carve(rows * H * s.kvLora), vOut = carve(rows * H * s.v);
+                        context = carve(rows * H * s.kvLora), vOut = carve(rows * H * s.v),
+                        pieces = carve(H * chunks * (s.kvLora + 2));
     const DevicePointer x = in[0]->gpu, result = out[0]->gpu;
     const LatentCache &cache = m.caches[ctx.sequence][layer];
-    const DevicePointer latentAt = cache.latent + DevicePointer(ctx.start * s.kvLora) * 4;
-    const DevicePointer ropeAt = cache.rope + DevicePointer(ctx.start * s.rope) * 4;
     int tokens = int(rows);
     DevicePointer positions = m.positionsGpu, frequencies = inverseFrequencies;
 
@@ -490,24 +505,31 @@ public:
     DevicePointer qPointer = qBuf;
     step(m.launch(*ropeQ, ceilDiv(rows * H * (s.rope / 2), ropeQ->threads), 1, 1, 0,
                   {&qPointer, &positions, &frequencies, &tokens}));
-    // The new latents and rope keys, normalized and rotated into the cache.
+    // The new latents and rope keys, normalized and rotated in the kv_a rows,
+    // then appended to the cache at the positions in device memory (so a
+    // decode graph replays at any position).
     step(m.gemv(kvA, x, kvABuf, rows, {int(s.hidden), int(kvWidth), 0, 0}));
-    step(m.rmsNorm(*kvNorm, kvABuf, kvANorm, latentAt, rows, kvWidth, s.kvLora));
-    step(m.device->copyRowsOnDevice(ropeAt, size_t(s.rope) * 4,
-                                    kvABuf + DevicePointer(s.kvLora) * 4, size_t(kvWidth) * 4,
-                                    size_t(s.rope) * 4, size_t(rows)));
-    DevicePointer ropeKeys = ropeAt;
+    step(m.rmsNorm(*kvNorm, kvABuf, kvANorm, kvABuf, rows, kvWidth, kvWidth));
+    DevicePointer kvRows = kvABuf, latent = cache.latent, rope = cache.rope;
     step(m.launch(*ropeK, ceilDiv(rows * (s.rope / 2), ropeK->threads), 1, 1, 0,
-                  {&ropeKeys, &positions, &frequencies, &tokens}));
+                  {&kvRows, &positions, &frequencies, &tokens}));
+    step(m.launch(*append, unsigned(rows), 1, 1, 0, {&kvRows, &positions, &latent, &rope}));
     // Absorption: each head's nope query into latent space.
     step(m.gemv(kB, qBuf, qLatent, rows,
                 {int(H * qk), int(H * s.kvLora), int(qk), int(s.kvLora)}));
     DevicePointer qLatentP = qLatent, qRope = qBuf + DevicePointer(s.nope) * 4,
-                  latent = cache.latent, rope = cache.rope, contextP = context;
+                  contextP = context, piecesP = pieces;
     int headStride = int(qk), tokenStride = int(H * qk), firstPositions = int(ctx.start + 1);
-    step(m.launch(*core, unsigned(H), unsigned(rows), 1, unsigned((ctx.start + rows) * 4),
-                  {&qLatentP, &qRope, &headStride, &tokenStride, &latent, &rope, &firstPositions,
-                   &contextP}));
+    if (rows == 1) {
+      int chunkCount = int(chunks);
+      step(m.launch(*splitCore, unsigned(H), unsigned(chunks), 1, 0,
+                    {&qLatentP, &qRope, &headStride, &latent, &rope, &positions, &piecesP}));
+      step(m.launch(*combine, unsigned(H), 1, 1, 0, {&piecesP, &positions, &chunkCount, &contextP}));
+    } else {
+      step(m.launch(*core, unsigned(H), unsigned(rows), 1, unsigned((ctx.start + rows) * 4),
+                    {&qLatentP, &qRope, &headStride, &tokenStride, &latent, &rope,
+                     &firstPositions, &contextP}));
+    }
     // Values out of latent space per head, then the output projection.
     step(m.gemv(vB, context, vOut, rows, {int(H * s.kvLora), int(H * s.v), int(s.kvLora), int(s.v)}));
     step(m.gemv(o, vOut, result, rows, {int(H * s.v), int(s.hidden), 0, 0}));
@@ -839,9 +861,13 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       attention->o = loader.load("o_proj", s.heads * s.v, s.hidden);
       const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
       attention->ropeQ = loader.kernel(ropeSpec({s.rope, s.heads, s.qk(), s.nope, cosSin}));
-      attention->ropeK = loader.kernel(ropeSpec({s.rope, 1, s.rope, 0, cosSin}));
-      attention->core = loader.kernel(mlaDecodeSpec(
-          s.kvLora, s.rope, static_cast<float>(cpu::attentionSoftmaxScale(s.qk(), rope))));
+      attention->ropeK = loader.kernel(ropeSpec({s.rope, 1, s.kvLora + s.rope, s.kvLora, cosSin}));
+      attention->append = loader.kernel(mlaCacheAppendSpec(s.kvLora, s.rope));
+      const float scale = static_cast<float>(cpu::attentionSoftmaxScale(s.qk(), rope));
+      attention->core = loader.kernel(mlaDecodeSpec(s.kvLora, s.rope, scale));
+      attention->splitCore = loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, "mla_decode_split"));
+      attention->combine = loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, "mla_combine"));
+      attention->chunks = (sequences.capacity() + kMlaDecodeChunk - 1) / kMlaDecodeChunk;
       std::vector<float> frequencies = cpu::ropeInverseFrequencies(rope);
       if (!b.ok())
         return b.status();
@@ -918,7 +944,11 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       if (const auto &where = bufferWhere[size_t(op.outputs[i])])
         v.where = *where;
     }
-    steps.push_back({std::move(step), op.inputs, op.outputs});
+    int64_t region = -1;
+    if (auto it = op.params.find("graph_region"); it != op.params.end())
+      if (const int64_t *r = std::get_if<int64_t>(&it->second))
+        region = *r;
+    steps.push_back({std::move(step), op.inputs, op.outputs, region});
   }
 
   if (plan->outputValue <= 0 || !values[size_t(plan->outputValue)].defined ||
@@ -1028,22 +1058,10 @@ Status HybridExecutor::Impl::planBuffers() {
   return Status::success();
 }
 
-Status HybridExecutor::Impl::runStep(const int32_t *tokens, int64_t count, size_t sequence,
-                                     bool lastTokenOnly, float *logits) {
-  StepContext ctx;
-  ctx.rows = count;
-  ctx.start = sequences.position(sequence);
-  ctx.sequence = sequence;
-  ctx.lastTokenOnly = lastTokenOnly;
-  ctx.tokens = tokens;
-  positionsHost.resize(size_t(count));
-  for (int64_t i = 0; i < count; ++i)
-    positionsHost[size_t(i)] = int32_t(ctx.start + i);
-  if (Status s = device->copyToDevice(positionsGpu, positionsHost.data(), size_t(count) * 4);
-      !s.ok())
-    return s;
+Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx) {
   std::vector<Value *> in, out;
-  for (BoundStep &s : steps) {
+  for (size_t i = begin; i < end; ++i) {
+    BoundStep &s = steps[i];
     in.clear();
     out.clear();
     for (int id : s.inputs)
@@ -1066,6 +1084,58 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, int64_t count, size_
       profile.gpuSeconds += secondsSince(start);
     else if (dynamic_cast<const CpuEmbeddingStep *>(s.step.get()))
       profile.cpuOtherSeconds += secondsSince(start);
+  }
+  return Status::success();
+}
+
+Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx) {
+  const auto key = std::make_pair(begin, ctx.sequence);
+  auto it = graphs.find(key);
+  if (it == graphs.end()) {
+    if (Status s = device->beginCapture(); !s.ok())
+      return s;
+    Status recorded = runSteps(begin, end, ctx);
+    StatusOr<CapturedGraph> graph = device->endCapture();
+    if (!recorded.ok())
+      return recorded;
+    if (!graph)
+      return graph.status();
+    it = graphs.emplace(key, *graph).first;
+    ++graphStats.captured;
+  }
+  ++graphStats.launched;
+  return device->launchGraph(it->second);
+}
+
+Status HybridExecutor::Impl::runStep(const int32_t *tokens, int64_t count, size_t sequence,
+                                     bool lastTokenOnly, float *logits) {
+  StepContext ctx;
+  ctx.rows = count;
+  ctx.start = sequences.position(sequence);
+  ctx.sequence = sequence;
+  ctx.lastTokenOnly = lastTokenOnly;
+  ctx.tokens = tokens;
+  positionsHost.resize(size_t(count));
+  for (int64_t i = 0; i < count; ++i)
+    positionsHost[size_t(i)] = int32_t(ctx.start + i);
+  if (Status s = device->copyToDevice(positionsGpu, positionsHost.data(), size_t(count) * 4);
+      !s.ok())
+    return s;
+  // Decode steps replay their GPU regions as CUDA graphs; profiling waits
+  // for each step, so it runs them one by one.
+  const bool replay = cudaGraphs && count == 1 && !profiling;
+  for (size_t i = 0; i < steps.size();) {
+    size_t end = i + 1;
+    if (replay && steps[i].graphRegion >= 0 && steps[i].step->capturable()) {
+      while (end < steps.size() && steps[end].graphRegion == steps[i].graphRegion &&
+             steps[end].step->capturable())
+        ++end;
+      if (Status st = runGraph(i, end, ctx); !st.ok())
+        return st;
+    } else if (Status st = runSteps(i, end, ctx); !st.ok()) {
+      return st;
+    }
+    i = end;
   }
   const Value &result = values[size_t(outputValue)];
   const size_t bytes = size_t((lastTokenOnly ? 1 : count) * vocab) * 4;
@@ -1158,6 +1228,7 @@ StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Pla
   impl->device = std::move(*device);
 
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
+  impl->cudaGraphs = options.cudaGraphs;
   impl->caches.resize(size_t(options.sequences));
   impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
   impl->chunkSize =
@@ -1265,6 +1336,7 @@ void HybridExecutor::setProfiling(bool on) {
   impl_->profile.available = true;
 }
 exec::ExecutionProfile HybridExecutor::profile() const { return impl_->profile; }
+HybridExecutor::GraphStats HybridExecutor::graphStats() const { return impl_->graphStats; }
 const KernelLoadStats &HybridExecutor::kernelLoadStats() const { return impl_->loadStats; }
 uint64_t HybridExecutor::gpuWeightBytes() const { return impl_->weightBytes; }
 uint64_t HybridExecutor::gpuBufferBytes() const { return impl_->bufferBytes; }

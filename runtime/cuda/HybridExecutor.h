@@ -69,6 +69,11 @@ public:
   exec::ExecutionProfile profile() const override;
 
   const KernelLoadStats &kernelLoadStats() const;
+  // CUDA graphs captured (one per decode region and sequence) and replayed.
+  struct GraphStats {
+    size_t captured = 0, launched = 0;
+  };
+  GraphStats graphStats() const;
   // Bytes of GPU memory the executor allocated: weights, caches, activations.
   uint64_t gpuWeightBytes() const;
   uint64_t gpuBufferBytes() const;

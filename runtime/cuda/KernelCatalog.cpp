@@ -200,6 +200,33 @@ StatusOr<KernelSpec> mlaDecodeSpec(int64_t kvLoraRank, int64_t ropeDims, float s
                         256);
 }
 
+StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
+                                        const std::string &entry) {
+  if (kvLoraRank <= 0 || ropeDims <= 0 || kvLoraRank > 4096 || ropeDims > 512 ||
+      !(softmaxScale > 0) || (entry != "mla_decode_split" && entry != "mla_combine"))
+    return Status::error("MLA split decode (" + entry + ") with kv_lora_rank " +
+                         integer(kvLoraRank) + " and rope " + integer(ropeDims) +
+                         " is not supported on the GPU.");
+  return makeKernelSpec("mla_decode_split.cu", entry,
+                        {{"KV_LORA", integer(kvLoraRank)},
+                         {"ROPE", integer(ropeDims)},
+                         {"SCALE", floatLiteral(softmaxScale)},
+                         {"CHUNK", integer(kMlaDecodeChunk)},
+                         {"BLOCK_THREADS", "256"}},
+                        256);
+}
+
+StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims) {
+  if (kvLoraRank <= 0 || ropeDims <= 0 || kvLoraRank > 4096 || ropeDims > 512)
+    return Status::error("an MLA cache of kv_lora_rank " + integer(kvLoraRank) + " and rope " +
+                         integer(ropeDims) + " is not supported on the GPU.");
+  return makeKernelSpec("mla_cache.cu", "mla_cache_append",
+                        {{"KV_LORA", integer(kvLoraRank)},
+                         {"ROPE", integer(ropeDims)},
+                         {"BLOCK_THREADS", "128"}},
+                        128);
+}
+
 StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count) {
   if ((entry != "silu_mul" && entry != "add") || count <= 0 || count > INT32_MAX)
     return Status::error("no element-wise GPU kernel '" + entry + "' over " + integer(count) +
@@ -311,8 +338,13 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
     if (Status s = add(gemvFp8Spec(out, in)); !s.ok())
       return s;
   for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)
-    if (Status s = add(mlaDecodeSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale)); !s.ok())
-      return s;
+    for (StatusOr<KernelSpec> spec :
+         {mlaDecodeSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale),
+          mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, "mla_decode_split"),
+          mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, "mla_combine"),
+          mlaCacheAppendSpec(mla.kvLoraRank, mla.ropeDims)})
+      if (Status s = add(std::move(spec)); !s.ok())
+        return s;
   return specs;
 }
 

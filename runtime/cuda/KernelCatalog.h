@@ -74,6 +74,17 @@ StatusOr<KernelSpec> ropeSpec(const RopeShape &shape);
 // dynamic shared memory: 4 bytes per cached position).
 StatusOr<KernelSpec> mlaDecodeSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale);
 
+// The decode attention split over chunks of kMlaDecodeChunk cached positions
+// (entry "mla_decode_split", one block per head and chunk) and the merge of
+// the chunks (entry "mla_combine", one block per head); the token's position
+// is read from device memory, so CUDA graphs replay them.
+constexpr int64_t kMlaDecodeChunk = 256;
+StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
+                                        const std::string &entry);
+// Appends rows of [latent | rope key] to the latent cache at positions read
+// from device memory (one block per token).
+StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims);
+
 // silu_mul and add over `count` floats per token (entry "silu_mul" or "add").
 StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count);
 // Greedy sampling over `vocab` logits per row (one block per row).

@@ -27,6 +27,9 @@ struct ExecutorOptions {
   // Independent sequences (KV caches of cacheLens positions each) that
   // forwardBatch() can advance together; forward() uses sequence 0.
   int sequences = 1;
+  // GPU plans: capture each decode step's GPU regions (the plan's
+  // graph_region) as CUDA graphs on first use and replay them after.
+  bool cudaGraphs = true;
 };
 
 // The new tokens of one sequence in a batched step.

@@ -98,6 +98,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.cacheLens = options_.cacheLens;
   executorOptions.planPath = options_.planPath;
   executorOptions.sequences = options_.sequences;
+  executorOptions.cudaGraphs = options_.cudaGraphs;
   return exec::createExecutor(plan_, *model_, executorOptions);
 }
 

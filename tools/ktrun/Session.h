@@ -29,6 +29,7 @@ struct SessionOptions {
   bool chat = true;             // false: raw completion of the prompt
   bool progress = false;        // progress bar while the weights are read
   int sequences = 1;            // KV cache slots of the executor (the server's --parallel)
+  bool cudaGraphs = true;       // GPU plans: replay decode's GPU regions as CUDA graphs
   SamplingOptions sampling;
 };
 

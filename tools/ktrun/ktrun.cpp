@@ -149,6 +149,10 @@ int main(int argc, char **argv) {
   app.add_option("--gguf-path,--gguf_path", options.modelPath,
                  "The model, if it moved since the plan was compiled");
   app.add_flag("--no-progress,--no_progress", noProgress, "No progress bar while loading");
+  bool noCudaGraphs = false;
+  app.add_flag("--no-cuda-graphs", noCudaGraphs,
+               "GPU plans: launch decode's kernels one by one instead of replaying each GPU "
+               "region as a CUDA graph (for comparison and debugging)");
   bool bench = false;
   kt::ktrun::BenchOptions benchOptions;
   app.add_flag("--bench", bench,
@@ -199,6 +203,7 @@ int main(int argc, char **argv) {
   }
   options.chat = !noChat;
   options.progress = !noProgress && isatty(STDERR_FILENO);
+  options.cudaGraphs = !noCudaGraphs;
   if (serve)
     options.sequences = serverOptions.parallel; // one KV cache slot per concurrent request
 

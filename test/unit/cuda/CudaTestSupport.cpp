@@ -55,10 +55,17 @@ ModelKernelShapes deepseekV3Shapes() {
       {gguf::GgmlType::Q5_K, 24576, 1536},
       {gguf::GgmlType::Q6_K, 7168, 16384},
       {gguf::GgmlType::Q6_K, 129280, 7168},
+      // The router (f32), and MLA's per-head k_b and v_b matrices.
+      {gguf::GgmlType::F32, 256, 7168},
+      {gguf::GgmlType::Q8_0, 512, 128},
+      {gguf::GgmlType::Q8_0, 128, 512},
+      {gguf::GgmlType::BF16, 512, 128},
+      {gguf::GgmlType::F16, 128, 512},
   };
   shapes.gates = {{256, 8, 8, 4, true, true, true, 2.5f}};
-  // Queries (128 heads of 192, rope at 128) and the shared rope key.
-  shapes.ropes = {{64, 128, 192, 128, 1.0f}, {64, 1, 64, 0, 1.0f}};
+  // Queries (128 heads of 192, rope at 128) and the new key's rope part
+  // inside its kv_a row (512 + 64).
+  shapes.ropes = {{64, 128, 192, 128, 1.0f}, {64, 1, 576, 512, 1.0f}};
   shapes.mlaDecode = {{512, 64, 0.1352f}};
   shapes.elementwiseCounts = {7168, 2048};
   shapes.fp8Matrices = {{1536, 7168}, {24576, 1536}, {576, 7168}, {7168, 16384}};
@@ -74,7 +81,9 @@ ModelKernelShapes smallModelShapes() {
   shapes.extraNormWidths = {96, 64};
   shapes.gemvMatrices = {{gguf::GgmlType::Q8_0, 96, 256},  {gguf::GgmlType::Q8_0, 256, 128},
                          {gguf::GgmlType::Q8_0, 1024, 256}, {gguf::GgmlType::Q4_K, 96, 256},
-                         {gguf::GgmlType::Q5_K, 256, 512},  {gguf::GgmlType::Q6_K, 1024, 256}};
+                         {gguf::GgmlType::Q5_K, 256, 512},  {gguf::GgmlType::Q6_K, 1024, 256},
+                         {gguf::GgmlType::F32, 16, 256},    {gguf::GgmlType::F16, 64, 32}};
+  shapes.mlaDecode = {{64, 16, 0.25f}};
   shapes.gates = {{16, 4, 4, 2, true, true, true, 2.5f}, {64, 6, 1, 1, false, false, false, 1.0f}};
   return shapes;
 }

@@ -152,6 +152,39 @@ TEST(HybridExecutor, ChunkedPrefillEqualsTheCpuExecutor) {
   expectSameRun(pair, 13, 4, 1e-4, options);
 }
 
+TEST(HybridExecutor, LongContextDecodeMatchesTheCpuExecutor) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-long", *gen::presetConfig("tiny"), pair);
+  // Decode at positions past 600: the split attention merges three chunks.
+  expectSameRun(pair, 601, 4, 1e-4);
+}
+
+TEST(HybridExecutor, CudaGraphsReplayDecodeExactly) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-graphs", *gen::presetConfig("tiny"), pair);
+  exec::ExecutorOptions withoutGraphs;
+  withoutGraphs.cudaGraphs = false;
+  std::unique_ptr<exec::Executor> graphed = open(pair.gpu), plain = open(pair.gpu, withoutGraphs);
+  ASSERT_TRUE(graphed && plain);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(9, 4);
+  StatusOr<std::vector<float>> a = graphed->forward(prompt), b = plain->forward(prompt);
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (int step = 0; step < 8; ++step) {
+    const int32_t next = argmax(*b, 0, plain->vocabSize());
+    a = graphed->forward({next});
+    b = plain->forward({next});
+    ASSERT_TRUE(a.ok()) << a.message();
+    ASSERT_TRUE(b.ok()) << b.message();
+    ASSERT_EQ(*a, *b) << "decode step " << step; // the same kernels, replayed
+  }
+  const HybridExecutor::GraphStats stats = dynamic_cast<HybridExecutor &>(*graphed).graphStats();
+  EXPECT_GT(stats.captured, 0u);
+  EXPECT_EQ(stats.launched, stats.captured * 8); // captured once, then replayed every step
+  EXPECT_EQ(dynamic_cast<HybridExecutor &>(*plain).graphStats().launched, 0u);
+}
+
 TEST(HybridExecutor, BatchedSequencesMatchSeparateRuns) {
   KT_REQUIRE_GPU();
   ModelPair pair;
