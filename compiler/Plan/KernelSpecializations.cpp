@@ -118,14 +118,19 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         if (attention.getQLoraRank() > 0)
           collector.add(cuda::rmsNormSpec(attention.getQLoraRank(), eps), device, path);
         collector.add(cuda::rmsNormSpec(attention.getKvLoraRank(), eps), device, path);
-        // The per-head up-projections of the latent, batched over heads.
-        for (std::optional<WeightAttr> weight :
-             {attention.getKBProj(), attention.getVBProj()}) {
-          std::optional<gguf::GgmlType> type =
-              weight ? gguf::parseGgmlType(weight->getDtype().str()) : std::nullopt;
-          if (type && cuda::hasGpuGemv(*type))
-            collector.add(cuda::gemvSpec(*type, weight->getShape()[1], weight->getShape()[0]),
-                          device, path);
+        // The per-head up-projections of the latent, batched over heads; a
+        // model with only the joint kv_b_proj gets them split into f32 at load.
+        if (attention.getKBProj() && attention.getVBProj()) {
+          for (WeightAttr weight : {*attention.getKBProj(), *attention.getVBProj()}) {
+            std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
+            if (type && cuda::hasGpuGemv(*type))
+              collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
+                            device, path);
+          }
+        } else {
+          const int64_t v = attention.getVHeadDim();
+          collector.add(cuda::gemvSpec(gguf::GgmlType::F32, kvLora, nope), device, path);
+          collector.add(cuda::gemvSpec(gguf::GgmlType::F32, v, kvLora), device, path);
         }
       } else if (isa<MlpOp, SharedExpertsOp>(op.getOperation())) {
         WeightAttr gateProj = isa<MlpOp>(op.getOperation())

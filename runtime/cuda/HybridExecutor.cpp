@@ -320,6 +320,30 @@ public:
     return w;
   }
 
+  // `heads` f32 matrices of `out` x `in` from host values (made at load).
+  GpuMatrix fromFloats(const std::string &what, const std::vector<float> &values, int64_t out,
+                       int64_t in, int64_t heads) {
+    GpuMatrix w;
+    w.out = out;
+    w.in = in;
+    w.heads = heads;
+    w.type = GgmlType::F32;
+    StatusOr<const Kernel *> k = m_.kernel(gemvSpec(GgmlType::F32, out, in), b_.where() + " (" + what + ")");
+    if (!k) {
+      b_.fail("cannot multiply " + what + " on the GPU: " + k.message());
+      return w;
+    }
+    w.kernel = *k;
+    w.blocks = gemvGridBlocks(GgmlType::F32, out);
+    StatusOr<DevicePointer> data = m_.upload(values.data(), values.size() * sizeof(float));
+    if (!data) {
+      b_.fail("cannot copy " + what + " to the GPU: " + data.message());
+      return w;
+    }
+    w.data = *data;
+    return w;
+  }
+
   DevicePointer vector(const std::string &role, int64_t length, bool required = true) {
     std::vector<float> values = b_.vector(role, length, required);
     if (values.empty())
@@ -850,14 +874,36 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       attention->kvA = loader.load("kv_a_proj_with_mqa", s.hidden, s.kvLora + s.rope);
       attention->kvANorm = loader.vector("kv_a_norm", s.kvLora);
       attention->kvNorm = loader.kernel(rmsNormSpec(s.kvLora, eps));
-      if (!b.tensor("k_b_proj", 3, false) || !b.tensor("v_b_proj", 3, false))
-        b.fail("has no k_b_proj and v_b_proj (GGUF attn_k_b, attn_v_b), which GPU attention "
-               "multiplies per head; convert the model with a converter that writes them, or "
-               "place self_attn on the CPU in an all-CPU plan.");
+      if (b.tensor("k_b_proj", 3, false) && b.tensor("v_b_proj", 3, false)) {
+        attention->kB = loader.load("k_b_proj", s.nope, s.kvLora, s.heads);
+        attention->vB = loader.load("v_b_proj", s.kvLora, s.v, s.heads);
+      } else if (const gguf::TensorInfo *kvB = b.tensor("kv_b_proj", 2, false)) {
+        // Only the joint up-projection (older conversions): split it per head
+        // into f32 k_b (transposed) and v_b, as the absorbed path multiplies them.
+        b.checkShape("kv_b_proj", *kvB, {s.kvLora, s.heads * (s.nope + s.v)});
+        if (!b.ok())
+          return b.status();
+        std::vector<float> joint(size_t(kvB->elements()));
+        if (Status d = quant::dequantize(kvB->type, kvB->data, joint.data(), kvB->elements());
+            !d.ok())
+          return Status::error(b.where() + " cannot decode kv_b_proj: " + d.message());
+        std::vector<float> kB(size_t(s.heads * s.kvLora * s.nope)), vB(size_t(s.heads * s.v * s.kvLora));
+        for (int64_t h = 0; h < s.heads; ++h) {
+          const float *head = joint.data() + h * (s.nope + s.v) * s.kvLora;
+          for (int64_t n = 0; n < s.nope; ++n)
+            for (int64_t c = 0; c < s.kvLora; ++c)
+              kB[size_t((h * s.kvLora + c) * s.nope + n)] = head[n * s.kvLora + c];
+          std::copy(head + s.nope * s.kvLora, head + (s.nope + s.v) * s.kvLora,
+                    vB.begin() + h * s.v * s.kvLora);
+        }
+        attention->kB = loader.fromFloats("k_b (from kv_b_proj)", kB, s.kvLora, s.nope, s.heads);
+        attention->vB = loader.fromFloats("v_b (from kv_b_proj)", vB, s.v, s.kvLora, s.heads);
+      } else {
+        b.fail("has neither kv_b_proj nor both k_b_proj and v_b_proj; the model must carry "
+               "the up-projection of the compressed KV in one of these forms.");
+      }
       if (!b.ok())
         return b.status();
-      attention->kB = loader.load("k_b_proj", s.nope, s.kvLora, s.heads);
-      attention->vB = loader.load("v_b_proj", s.kvLora, s.v, s.heads);
       attention->o = loader.load("o_proj", s.heads * s.v, s.hidden);
       const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
       attention->ropeQ = loader.kernel(ropeSpec({s.rope, s.heads, s.qk(), s.nope, cosSin}));

@@ -1,8 +1,10 @@
-// The CPU execution path against Hugging Face transformers: for every
-// fixture in test/golden/fixtures, regenerate the case's model, compile a
-// CPU plan, and compare the logits of every prompt position, 32 greedy
-// tokens and the decode logits with the reference (test/golden/README.md).
-#include "runtime/cpu/CpuExecutor.h"
+// The execution paths against Hugging Face transformers: for every fixture
+// in test/golden/fixtures, regenerate the case's model, compile a CPU plan
+// (and, where the host has a GPU, a plan with the default GPU placement),
+// and compare the logits of every prompt position, 32 greedy tokens and the
+// decode logits with the reference (test/golden/README.md).
+#include "runtime/cuda/DeviceQuery.h"
+#include "runtime/exec/CreateExecutor.h"
 #include "runtime/plan/Plan.h"
 
 #include <gtest/gtest.h>
@@ -71,13 +73,22 @@ std::vector<fs::path> fixtures() {
   return files;
 }
 
-class GoldenLogits : public ::testing::TestWithParam<fs::path> {};
+// The first GPU as ktc's --target-gpu names it, empty without one.
+std::string hostGpu() {
+  std::string whyNone;
+  std::vector<cuda::GpuInfo> gpus = cuda::queryGpus(whyNone);
+  return gpus.empty() ? std::string() : gpus[0].arch() + ":" +
+                                            std::to_string(gpus[0].totalMemory >> 30) + "GiB";
+}
 
-TEST_P(GoldenLogits, MatchTransformers) {
-  std::ifstream in(GetParam());
+// Runs one fixture on a CPU plan (gpu empty) or a GPU plan for `gpu`.
+void checkFixture(const fs::path &fixturePath, const std::string &gpu) {
+  std::ifstream in(fixturePath);
   json fixture = json::parse(in);
   std::string name = fixture["case"].get<std::string>();
-  fs::path dir = fs::path(KT_BINARY_DIR) / "test-tmp" / ("golden-" + std::to_string(getpid()));
+  fs::path dir = fs::path(KT_BINARY_DIR) / "test-tmp" /
+                 ("golden-" + std::string(gpu.empty() ? "cpu-" : "gpu-") +
+                  std::to_string(getpid()));
   fs::create_directories(dir);
   fs::path model = dir / (name + ".gguf"), planPath = dir / (name + ".plan");
 
@@ -90,21 +101,23 @@ TEST_P(GoldenLogits, MatchTransformers) {
   ASSERT_EQ(sha256(model), fixture["gguf_sha256"].get<std::string>())
       << "kt-gen-model no longer writes the bytes this fixture was made from; remake the "
          "fixtures as test/golden/README.md says";
+  const std::string rules = gpu.empty() ? "DeepSeek-V3-Chat-cpu-only.yaml" : "DeepSeek-V3-Chat.yaml";
   error = run(std::string(KT_TOOLS_DIR) + "/ktc compile --gguf-path '" + model.string() +
-              "' --optimize-config-path '" + KT_SOURCE_DIR +
-              "/rules/DeepSeek-V3-Chat-cpu-only.yaml' --target-gpu none -o '" +
-              planPath.string() + "'");
+              "' --optimize-config-path '" + KT_SOURCE_DIR + "/rules/" + rules +
+              "' --target-gpu " + (gpu.empty() ? "none" : gpu) + " -o '" + planPath.string() +
+              "'");
   ASSERT_EQ(error, "");
 
   StatusOr<plan::Plan> plan = plan::readPlan(planPath.string());
   ASSERT_TRUE(plan.ok()) << plan.message();
   StatusOr<std::unique_ptr<gguf::GgufModel>> weights = gguf::GgufModel::open(model.string());
   ASSERT_TRUE(weights.ok()) << weights.message();
-  cpu::ExecutorOptions options;
+  exec::ExecutorOptions options;
   options.threads = 2;
-  StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor =
-      cpu::CpuExecutor::create(*plan, **weights, options);
+  StatusOr<std::unique_ptr<exec::Executor>> executor =
+      exec::createExecutor(*plan, **weights, options);
   ASSERT_TRUE(executor.ok()) << executor.message();
+  ASSERT_EQ((*executor)->deviceDescription() == "cpu", gpu.empty());
   int64_t vocab = (*executor)->vocabSize();
   // Quantized experts of a type the generator covers run generated code,
   // so these fixtures check it end to end.
@@ -146,13 +159,27 @@ TEST_P(GoldenLogits, MatchTransformers) {
     }
     EXPECT_EQ(produced, greedy) << "greedy tokens";
     EXPECT_LE(worstDecode, tolerance) << "decode logits, relative L2";
-    std::printf("[ golden   ] %s/%s: prompt logits rel L2 %.2e, decode %.2e (limit %.0e), "
+    std::printf("[ golden   ] %s %s/%s: prompt logits rel L2 %.2e, decode %.2e (limit %.0e), "
                 "%zu greedy tokens %s; experts: %s\n",
-                name.c_str(), prompt["name"].get<std::string>().c_str(), promptError,
+                gpu.empty() ? "cpu" : "gpu", name.c_str(),
+                prompt["name"].get<std::string>().c_str(), promptError,
                 worstDecode, tolerance, greedy.size(), produced == greedy ? "identical" : "DIFFER",
                 generatedLayers ? "generated code" : "reference kernels");
   }
   fs::remove_all(dir);
+}
+
+class GoldenLogits : public ::testing::TestWithParam<fs::path> {};
+
+TEST_P(GoldenLogits, CpuPlanMatchesTransformers) { checkFixture(GetParam(), ""); }
+
+// Attention, dense layers, shared experts, gate and lm_head on the GPU,
+// routed experts on the CPU.
+TEST_P(GoldenLogits, GpuPlanMatchesTransformers) {
+  const std::string gpu = hostGpu();
+  if (gpu.empty())
+    GTEST_SKIP() << "no GPU on this host";
+  checkFixture(GetParam(), gpu);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, GoldenLogits, ::testing::ValuesIn(fixtures()),

@@ -143,6 +143,15 @@ TEST(HybridExecutor, ModelWithoutQueryCompressionMatches) {
   expectSameRun(pair, 11, 6, 1e-4);
 }
 
+TEST(HybridExecutor, JointKvUpProjectionIsSplitAtLoad) {
+  KT_REQUIRE_GPU();
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.attention = gen::AttentionLayout::Joint; // attn_kv_b only, as older conversions
+  ModelPair pair;
+  buildPair("tiny-joint", config, pair);
+  expectSameRun(pair, 10, 6, 1e-4);
+}
+
 TEST(HybridExecutor, ChunkedPrefillEqualsTheCpuExecutor) {
   KT_REQUIRE_GPU();
   ModelPair pair;
