@@ -109,7 +109,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         // prefix, in decode split over chunks of the cache.
         const float scale = static_cast<float>(cpu::attentionSoftmaxScale(nope + dims, rope));
         if (phase == "prefill")
-          collector.add(cuda::mlaDecodeSpec(kvLora, dims, scale), device, path);
+          collector.add(cuda::mlaPrefillSpec(kvLora, dims, scale, attention.getNumHeads()), device,
+                        path);
         else
           for (const char *entry : {"mla_decode_split", "mla_combine"})
             collector.add(cuda::mlaDecodeSplitSpec(kvLora, dims, scale, entry), device, path);

@@ -485,7 +485,8 @@ public:
   const Kernel *qNorm = nullptr, *kvNorm = nullptr, *ropeQ = nullptr, *ropeK = nullptr,
                *append = nullptr, *core = nullptr, *splitCore = nullptr, *combine = nullptr;
   size_t layer = 0;
-  int64_t chunks = 0; // of the cache, for the split decode core
+  int64_t chunks = 0;        // of the cache, for the split decode core
+  int64_t headsPerBlock = 1; // of the prefill core
 
   // Single-token steps use the split core, whose pieces need chunks x
   // (kv_lora + 2) floats per head.
@@ -550,7 +551,7 @@ public:
                     {&qLatentP, &qRope, &headStride, &latent, &rope, &positions, &piecesP}));
       step(m.launch(*combine, unsigned(H), 1, 1, 0, {&piecesP, &positions, &chunkCount, &contextP}));
     } else {
-      step(m.launch(*core, unsigned(H), unsigned(rows), 1, unsigned((ctx.start + rows) * 4),
+      step(m.launch(*core, unsigned(H / headsPerBlock), unsigned(rows), 1, 0,
                     {&qLatentP, &qRope, &headStride, &tokenStride, &latent, &rope,
                      &firstPositions, &contextP}));
     }
@@ -910,7 +911,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       attention->ropeK = loader.kernel(ropeSpec({s.rope, 1, s.kvLora + s.rope, s.kvLora, cosSin}));
       attention->append = loader.kernel(mlaCacheAppendSpec(s.kvLora, s.rope));
       const float scale = static_cast<float>(cpu::attentionSoftmaxScale(s.qk(), rope));
-      attention->core = loader.kernel(mlaDecodeSpec(s.kvLora, s.rope, scale));
+      attention->core = loader.kernel(mlaPrefillSpec(s.kvLora, s.rope, scale, s.heads));
+      attention->headsPerBlock = mlaPrefillHeadsPerBlock(s.heads);
       attention->splitCore = loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, "mla_decode_split"));
       attention->combine = loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, "mla_combine"));
       attention->chunks = (sequences.capacity() + kMlaDecodeChunk - 1) / kMlaDecodeChunk;
@@ -1236,13 +1238,6 @@ StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Pla
   if (plan.target.gpus.empty())
     return Status::error(planName + " places ops on a GPU but names no target GPU; the plan is "
                          "damaged: recompile it.");
-  // The attention core keeps one score per cached position in shared memory.
-  constexpr int64_t kMaxGpuContext = 227 * 1024 / 4;
-  if (capacity > kMaxGpuContext)
-    return Status::error("--cache-lens " + std::to_string(capacity) +
-                         " is more than GPU attention holds so far (" +
-                         std::to_string(kMaxGpuContext) + " positions); lower it.");
-
   std::string whyNone;
   std::vector<GpuInfo> gpus = queryGpus(whyNone);
   if (gpus.empty())

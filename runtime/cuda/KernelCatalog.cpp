@@ -187,17 +187,30 @@ StatusOr<KernelSpec> ropeSpec(const RopeShape &r) {
                         static_cast<unsigned>(threads));
 }
 
-StatusOr<KernelSpec> mlaDecodeSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale) {
-  if (kvLoraRank <= 0 || ropeDims <= 0 || kvLoraRank > 4096 || ropeDims > 512 ||
-      !(softmaxScale > 0))
-    return Status::error("MLA decode with kv_lora_rank " + integer(kvLoraRank) + " and rope " +
-                         integer(ropeDims) + " is not supported on the GPU.");
-  return makeKernelSpec("mla_decode.cu", "mla_decode",
+int64_t mlaPrefillHeadsPerBlock(int64_t heads) {
+  for (int64_t perBlock : {16, 8, 4, 2})
+    if (heads % perBlock == 0)
+      return perBlock;
+  return 1;
+}
+
+StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
+                                    int64_t heads) {
+  constexpr int64_t kChunk = 16;
+  // The chunk of latent rows and rope keys is staged in static shared memory.
+  if (kvLoraRank <= 0 || ropeDims <= 0 || heads <= 0 || !(softmaxScale > 0) ||
+      kChunk * (kvLoraRank + ropeDims) * 4 > 48 * 1024)
+    return Status::error("MLA prefill with kv_lora_rank " + integer(kvLoraRank) + ", rope " +
+                         integer(ropeDims) + " and " + integer(heads) +
+                         " heads is not supported on the GPU.");
+  const int64_t perBlock = mlaPrefillHeadsPerBlock(heads);
+  return makeKernelSpec("mla_prefill.cu", "mla_prefill",
                         {{"KV_LORA", integer(kvLoraRank)},
                          {"ROPE", integer(ropeDims)},
                          {"SCALE", floatLiteral(softmaxScale)},
-                         {"BLOCK_THREADS", "256"}},
-                        256);
+                         {"HEADS_PER_BLOCK", integer(perBlock)},
+                         {"CHUNK", integer(kChunk)}},
+                        static_cast<unsigned>(perBlock * 32));
 }
 
 StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
@@ -339,7 +352,7 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
       return s;
   for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)
     for (StatusOr<KernelSpec> spec :
-         {mlaDecodeSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale),
+         {mlaPrefillSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads),
           mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, "mla_decode_split"),
           mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, "mla_combine"),
           mlaCacheAppendSpec(mla.kvLoraRank, mla.ropeDims)})

@@ -70,9 +70,13 @@ struct RopeShape {
 };
 StatusOr<KernelSpec> ropeSpec(const RopeShape &shape);
 
-// The MLA decode attention core over the latent cache (one block per head;
-// dynamic shared memory: 4 bytes per cached position).
-StatusOr<KernelSpec> mlaDecodeSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale);
+// MLA attention of several tokens over the latent cache, each over its
+// causal prefix (flash-style: one block per token and group of heads).
+StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
+                                    int64_t heads);
+// Heads (warps) per block of mla_prefill: the largest of 16, 8, 4, 2, 1
+// dividing `heads`; the grid has heads / this blocks per token.
+int64_t mlaPrefillHeadsPerBlock(int64_t heads);
 
 // The decode attention split over chunks of kMlaDecodeChunk cached positions
 // (entry "mla_decode_split", one block per head and chunk) and the merge of
@@ -107,6 +111,7 @@ struct ModelKernelShapes {
   struct Mla {
     int64_t kvLoraRank, ropeDims;
     float softmaxScale;
+    int64_t heads;
   };
   std::vector<Mla> mlaDecode;
   std::vector<int64_t> elementwiseCounts; // hidden, ffn widths

@@ -66,7 +66,7 @@ ModelKernelShapes deepseekV3Shapes() {
   // Queries (128 heads of 192, rope at 128) and the new key's rope part
   // inside its kv_a row (512 + 64).
   shapes.ropes = {{64, 128, 192, 128, 1.0f}, {64, 1, 576, 512, 1.0f}};
-  shapes.mlaDecode = {{512, 64, 0.1352f}};
+  shapes.mlaDecode = {{512, 64, 0.1352f, 128}};
   shapes.elementwiseCounts = {7168, 2048};
   shapes.fp8Matrices = {{1536, 7168}, {24576, 1536}, {576, 7168}, {7168, 16384}};
   return shapes;
@@ -83,7 +83,7 @@ ModelKernelShapes smallModelShapes() {
                          {gguf::GgmlType::Q8_0, 1024, 256}, {gguf::GgmlType::Q4_K, 96, 256},
                          {gguf::GgmlType::Q5_K, 256, 512},  {gguf::GgmlType::Q6_K, 1024, 256},
                          {gguf::GgmlType::F32, 16, 256},    {gguf::GgmlType::F16, 64, 32}};
-  shapes.mlaDecode = {{64, 16, 0.25f}};
+  shapes.mlaDecode = {{64, 16, 0.25f, 4}};
   shapes.gates = {{16, 4, 4, 2, true, true, true, 2.5f}, {64, 6, 1, 1, false, false, false, 1.0f}};
   return shapes;
 }

@@ -353,50 +353,97 @@ TEST_P(GpuKernels, RopeMatchesTheCpuReference) {
   }
 }
 
-// The MLA decode attention core against a double-precision computation of
-// the same formula, at DeepSeek-V3's widths and several cache lengths.
-TEST_P(GpuKernels, MlaDecodeMatchesTheDoubleReference) {
-  const int64_t heads = 16, kvLora = 512, ropeDims = 64;
-  const float scale = 0.1352f;
-  for (int positions : {1, 7, 300, 4096}) {
-    SCOPED_TRACE(positions);
-    auto qLatent = randomFloats(heads * kvLora, -0.2f, 0.2f, 21);
-    auto qRope = randomFloats(heads * ropeDims, -1, 1, 22);
-    auto latent = randomFloats(size_t(positions) * kvLora, -1, 1, 23);
-    auto ropeKey = randomFloats(size_t(positions) * ropeDims, -1, 1, 24);
-    std::vector<double> expected(heads * kvLora, 0.0);
-    for (int64_t h = 0; h < heads; ++h) {
-      std::vector<double> scores(positions);
-      double maximum = -1e300;
-      for (int p = 0; p < positions; ++p) {
-        double dot = 0;
-        for (int64_t i = 0; i < kvLora; ++i)
-          dot += double(qLatent[h * kvLora + i]) * latent[p * kvLora + i];
-        for (int64_t i = 0; i < ropeDims; ++i)
-          dot += double(qRope[h * ropeDims + i]) * ropeKey[p * ropeDims + i];
-        scores[p] = dot * scale;
-        maximum = std::max(maximum, scores[p]);
+// The MLA attention cores against a double-precision computation of the
+// same formula at DeepSeek-V3's widths: the prefill kernel for several
+// tokens over their causal prefixes, and the split decode kernel with its
+// combine for one token, at cache lengths within one chunk and across many.
+namespace {
+struct MlaCase {
+  int64_t heads = 16, kvLora = 512, ropeDims = 64;
+  float scale = 0.1352f;
+  std::vector<float> qLatent, qRope, latent, ropeKey;
+  // context[t][h] for token t seeing firstPositions + t positions.
+  std::vector<double> expected(int tokens, int firstPositions) const {
+    std::vector<double> out(size_t(tokens * heads * kvLora), 0.0);
+    for (int t = 0; t < tokens; ++t)
+      for (int64_t h = 0; h < heads; ++h) {
+        const int positions = firstPositions + t;
+        const size_t slot = size_t(t * heads + h);
+        std::vector<double> scores(positions);
+        double maximum = -1e300;
+        for (int p = 0; p < positions; ++p) {
+          double dot = 0;
+          for (int64_t i = 0; i < kvLora; ++i)
+            dot += double(qLatent[slot * kvLora + i]) * latent[p * kvLora + i];
+          for (int64_t i = 0; i < ropeDims; ++i)
+            dot += double(qRope[slot * ropeDims + i]) * ropeKey[p * ropeDims + i];
+          scores[p] = dot * scale;
+          maximum = std::max(maximum, scores[p]);
+        }
+        double sum = 0;
+        for (double &s : scores)
+          sum += s = std::exp(s - maximum);
+        for (int p = 0; p < positions; ++p)
+          for (int64_t i = 0; i < kvLora; ++i)
+            out[slot * kvLora + i] += scores[p] / sum * latent[p * kvLora + i];
       }
-      double sum = 0;
-      for (double &s : scores)
-        sum += s = std::exp(s - maximum);
-      for (int p = 0; p < positions; ++p)
-        for (int64_t i = 0; i < kvLora; ++i)
-          expected[h * kvLora + i] += scores[p] / sum * latent[p * kvLora + i];
-    }
-    auto spec = mlaDecodeSpec(kvLora, ropeDims, scale);
-    LoadedKernel kernel = load(spec);
+    return out;
+  }
+};
+} // namespace
+
+TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
+  struct Shape {
+    int tokens, firstPositions;
+  } shapes[] = {{1, 1}, {5, 3}, {7, 300}, {1, 4096}, {3, 1000}};
+  for (const Shape &shape : shapes) {
+    SCOPED_TRACE(std::to_string(shape.tokens) + " tokens from " + std::to_string(shape.firstPositions));
+    MlaCase c;
+    const int cached = shape.firstPositions + shape.tokens - 1;
+    c.qLatent = randomFloats(shape.tokens * c.heads * c.kvLora, -0.2f, 0.2f, 21);
+    c.qRope = randomFloats(shape.tokens * c.heads * c.ropeDims, -1, 1, 22);
+    c.latent = randomFloats(size_t(cached) * c.kvLora, -1, 1, 23);
+    c.ropeKey = randomFloats(size_t(cached) * c.ropeDims, -1, 1, 24);
+    const std::vector<double> expected = c.expected(shape.tokens, shape.firstPositions);
+    DevicePointer dq = upload(c.qLatent.data(), c.qLatent.size() * 4);
+    DevicePointer dr = upload(c.qRope.data(), c.qRope.size() * 4);
+    DevicePointer dl = upload(c.latent.data(), c.latent.size() * 4);
+    DevicePointer dk = upload(c.ropeKey.data(), c.ropeKey.size() * 4);
+    const size_t contextFloats = size_t(shape.tokens * c.heads * c.kvLora);
+    DevicePointer dc = allocate(contextFloats * 4);
+    int headStride = int(c.ropeDims), tokenStride = int(c.heads * c.ropeDims);
+
+    auto prefill = mlaPrefillSpec(c.kvLora, c.ropeDims, c.scale, c.heads);
+    LoadedKernel kernel = load(prefill);
     ASSERT_NE(kernel.function, nullptr);
-    DevicePointer dq = upload(qLatent.data(), qLatent.size() * 4), dr = upload(qRope.data(), qRope.size() * 4);
-    DevicePointer dl = upload(latent.data(), latent.size() * 4), dk = upload(ropeKey.data(), ropeKey.size() * 4);
-    DevicePointer dc = allocate(heads * kvLora * 4);
-    int count = positions, headStride = int(ropeDims), tokenStride = int(heads * ropeDims);
-    run(kernel, {unsigned(heads), 1, 1, spec->blockThreads, 1, 1, unsigned(positions * 4)},
-        {&dq, &dr, &headStride, &tokenStride, &dl, &dk, &count, &dc});
-    const double error = relativeL2(download(dc, heads * kvLora), expected);
-    EXPECT_LE(error, 1e-5);
-    std::printf("[ gpu      ] mla_decode %lld heads, %d positions: relative L2 %.2e\n",
-                (long long)heads, positions, error);
+    int first = shape.firstPositions;
+    const unsigned groups = unsigned(c.heads / mlaPrefillHeadsPerBlock(c.heads));
+    run(kernel, {groups, unsigned(shape.tokens), 1, prefill->blockThreads, 1, 1, 0},
+        {&dq, &dr, &headStride, &tokenStride, &dl, &dk, &first, &dc});
+    const double prefillError = relativeL2(download(dc, contextFloats), expected);
+    EXPECT_LE(prefillError, 1e-5);
+
+    double decodeError = 0;
+    if (shape.tokens == 1) {
+      auto split = mlaDecodeSplitSpec(c.kvLora, c.ropeDims, c.scale, "mla_decode_split");
+      auto combine = mlaDecodeSplitSpec(c.kvLora, c.ropeDims, c.scale, "mla_combine");
+      LoadedKernel splitKernel = load(split), combineKernel = load(combine);
+      ASSERT_NE(splitKernel.function, nullptr);
+      // The cache holds more chunks than are filled, as in a real cache.
+      int chunks = int((cached + 3 * kMlaDecodeChunk) / kMlaDecodeChunk);
+      DevicePointer pieces = allocate(size_t(c.heads * chunks * (c.kvLora + 2)) * 4);
+      int position = shape.firstPositions - 1;
+      DevicePointer dp = upload(&position, 4);
+      run(splitKernel, {unsigned(c.heads), unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
+          {&dq, &dr, &headStride, &dl, &dk, &dp, &pieces});
+      run(combineKernel, {unsigned(c.heads), 1, 1, combine->blockThreads, 1, 1, 0},
+          {&pieces, &dp, &chunks, &dc});
+      decodeError = relativeL2(download(dc, contextFloats), expected);
+      EXPECT_LE(decodeError, 1e-5);
+    }
+    std::printf("[ gpu      ] mla %d tokens from %d positions: prefill relative L2 %.2e, split "
+                "decode %.2e\n",
+                shape.tokens, shape.firstPositions, prefillError, decodeError);
   }
 }
 
