@@ -62,24 +62,28 @@ __device__ __forceinline__ float blockSum(float value, float *scratch) {
   return total;
 }
 
-// Where the GEMV kernels find their vectors: blockIdx.y is the token,
-// blockIdx.z the head of a per-head batch of matrices (MLA's k_b and v_b:
-// head h uses the h-th OUT_FEATURES rows); strides count floats.
-// runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
+// Where the GEMV kernels find their vectors: blockIdx.y is a tile of
+// `tileTokens` consecutive tokens (of `tokens`), blockIdx.z the head of a
+// per-head batch of matrices (MLA's k_b and v_b: head h uses the h-th
+// OUT_FEATURES rows); strides count floats. Each weight read serves every
+// token of the tile. runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
 struct GemvLayout {
-  int xTokenStride, yTokenStride, xHeadStride, yHeadStride;
+  int xTokenStride, yTokenStride, xHeadStride, yHeadStride, tokens;
 };
 
-// Moves x and y to this block's token and head; returns the index of the
-// head's first row in the stacked weight rows.
-__device__ __forceinline__ long long gemvSelect(const float *__restrict__ &x,
-                                                float *__restrict__ &y, GemvLayout layout,
-                                                int rows) {
-  x += static_cast<long long>(blockIdx.y) * layout.xTokenStride +
+// Moves x and y to this block's first token and head; returns how many
+// tokens the tile holds and sets headRow to the index of the head's first
+// row in the stacked weight rows.
+__device__ __forceinline__ int gemvSelect(const float *__restrict__ &x, float *__restrict__ &y,
+                                          GemvLayout layout, int rows, int tileTokens,
+                                          long long &headRow) {
+  const int firstToken = blockIdx.y * tileTokens;
+  x += static_cast<long long>(firstToken) * layout.xTokenStride +
        static_cast<long long>(blockIdx.z) * layout.xHeadStride;
-  y += static_cast<long long>(blockIdx.y) * layout.yTokenStride +
+  y += static_cast<long long>(firstToken) * layout.yTokenStride +
        static_cast<long long>(blockIdx.z) * layout.yHeadStride;
-  return static_cast<long long>(blockIdx.z) * rows;
+  headRow = static_cast<long long>(blockIdx.z) * rows;
+  return min(tileTokens, layout.tokens - firstToken);
 }
 
 // GGUF Q8_0 block: f16 scale d, then 32 signed bytes; value = d * q.

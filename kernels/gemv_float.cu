@@ -8,6 +8,7 @@
 //   IN_FEATURES     columns
 //   OUT_FEATURES    rows
 //   ROWS_PER_BLOCK  warps (rows) per thread block
+//   TOKEN_TILE      tokens per block
 #include "common.cuh"
 
 #if !defined(WEIGHT_TYPE) || !defined(IN_FEATURES) || !defined(OUT_FEATURES)
@@ -15,6 +16,9 @@
 #endif
 #ifndef ROWS_PER_BLOCK
 #define ROWS_PER_BLOCK 4
+#endif
+#ifndef TOKEN_TILE
+#define TOKEN_TILE 1
 #endif
 
 #if WEIGHT_TYPE == 0
@@ -37,13 +41,25 @@ gemv_float(const void *__restrict__ weight, const float *__restrict__ x,
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
   if (row >= OUT_FEATURES)
     return;
-  const long long headRow = kt::gemvSelect(x, y, layout, OUT_FEATURES);
+  long long headRow;
+  const int tokens = kt::gemvSelect(x, y, layout, OUT_FEATURES, TOKEN_TILE, headRow);
   const Weight *w = static_cast<const Weight *>(weight) + (headRow + row) * IN_FEATURES;
-  float sum = 0.0f;
+  float sums[TOKEN_TILE];
+#pragma unroll
+  for (int t = 0; t < TOKEN_TILE; ++t)
+    sums[t] = 0.0f;
 #pragma unroll 4
-  for (int col = lane; col < IN_FEATURES; col += 32)
-    sum += weightValue(w[col]) * x[col];
-  sum = kt::warpSum(sum);
-  if (lane == 0)
-    y[row] = sum;
+  for (int col = lane; col < IN_FEATURES; col += 32) {
+    const float value = weightValue(w[col]);
+#pragma unroll
+    for (int t = 0; t < TOKEN_TILE; ++t)
+      if (t < tokens)
+        sums[t] += value * x[static_cast<long long>(t) * layout.xTokenStride + col];
+  }
+#pragma unroll
+  for (int t = 0; t < TOKEN_TILE; ++t) {
+    const float sum = kt::warpSum(sums[t]);
+    if (lane == 0 && t < tokens)
+      y[static_cast<long long>(t) * layout.yTokenStride + row] = sum;
+  }
 }

@@ -36,7 +36,7 @@ gemv_fp8(const void *__restrict__ weight, const float *__restrict__ scales,
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
   if (row >= OUT_FEATURES)
     return;
-  // Tokens only: FP8 weights are never batched per head.
+  // One token per block (no tile); FP8 weights are never batched per head.
   x += static_cast<long long>(blockIdx.y) * layout.xTokenStride;
   y += static_cast<long long>(blockIdx.y) * layout.yTokenStride;
   const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + static_cast<long long>(row) * IN_FEATURES;

@@ -11,6 +11,7 @@
 //   OUT_FEATURES    rows
 //   ROWS_PER_BLOCK  warps per thread block
 //   ROWS_PER_WARP   rows per warp
+//   TOKEN_TILE      tokens per block (the weights come from DRAM once for all)
 #include "common.cuh"
 
 #ifndef QTYPE
@@ -27,6 +28,9 @@
 #endif
 #ifndef ROWS_PER_WARP
 #define ROWS_PER_WARP 1
+#endif
+#ifndef TOKEN_TILE
+#define TOKEN_TILE 1
 #endif
 
 static_assert(QTYPE == 4 || QTYPE == 5 || QTYPE == 6, "q4_K, q5_K or q6_K");
@@ -162,24 +166,35 @@ gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
   const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32) * ROWS_PER_WARP;
   if (firstRow >= OUT_FEATURES)
     return;
-  const long long headRow = kt::gemvSelect(x, y, layout, OUT_FEATURES);
+  long long headRow;
+  const int tokens = kt::gemvSelect(x, y, layout, OUT_FEATURES, TOKEN_TILE, headRow);
   const kt::u8 *rows = static_cast<const kt::u8 *>(weight) + (headRow + firstRow) * kRowBytes;
-  float sums[ROWS_PER_WARP];
+  float sums[TOKEN_TILE][ROWS_PER_WARP];
 #pragma unroll
-  for (int r = 0; r < ROWS_PER_WARP; ++r)
-    sums[r] = 0.0f;
-  for (int b = lane / 8; b < kSuperBlocks; b += 4) {
-    Piece piece;
-    loadPiece(x + b * 256, lane % 8, piece);
+  for (int t = 0; t < TOKEN_TILE; ++t)
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r)
-      if (firstRow + r < OUT_FEATURES)
-        sums[r] += pieceDot(rows + r * kRowBytes + b * kBlockBytes, piece, lane % 8);
+      sums[t][r] = 0.0f;
+  for (int b = lane / 8; b < kSuperBlocks; b += 4) {
+    // The tile's later tokens find the super-blocks in L1.
+#pragma unroll
+    for (int t = 0; t < TOKEN_TILE; ++t) {
+      if (t >= tokens)
+        break;
+      Piece piece;
+      loadPiece(x + static_cast<long long>(t) * layout.xTokenStride + b * 256, lane % 8, piece);
+#pragma unroll
+      for (int r = 0; r < ROWS_PER_WARP; ++r)
+        if (firstRow + r < OUT_FEATURES)
+          sums[t][r] += pieceDot(rows + r * kRowBytes + b * kBlockBytes, piece, lane % 8);
+    }
   }
 #pragma unroll
-  for (int r = 0; r < ROWS_PER_WARP; ++r) {
-    const float sum = kt::warpSum(sums[r]);
-    if (lane == 0 && firstRow + r < OUT_FEATURES)
-      y[firstRow + r] = sum;
-  }
+  for (int t = 0; t < TOKEN_TILE; ++t)
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; ++r) {
+      const float sum = kt::warpSum(sums[t][r]);
+      if (lane == 0 && t < tokens && firstRow + r < OUT_FEATURES)
+        y[static_cast<long long>(t) * layout.yTokenStride + firstRow + r] = sum;
+    }
 }

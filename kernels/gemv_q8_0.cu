@@ -8,6 +8,7 @@
 //   IN_FEATURES     columns (a multiple of 32)
 //   OUT_FEATURES    rows
 //   ROWS_PER_BLOCK  warps (rows) per thread block
+//   TOKEN_TILE      tokens per block (each weight block read once for all)
 #include "common.cuh"
 
 #ifndef IN_FEATURES
@@ -18,6 +19,9 @@
 #endif
 #ifndef ROWS_PER_BLOCK
 #define ROWS_PER_BLOCK 4
+#endif
+#ifndef TOKEN_TILE
+#define TOKEN_TILE 1
 #endif
 
 static_assert(IN_FEATURES % kt::kQ8_0BlockElements == 0, "Q8_0 rows are whole blocks");
@@ -31,12 +35,23 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
   if (row >= OUT_FEATURES)
     return;
-  const long long headRow = kt::gemvSelect(x, y, layout, OUT_FEATURES);
+  long long headRow;
+  const int tokens = kt::gemvSelect(x, y, layout, OUT_FEATURES, TOKEN_TILE, headRow);
   const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + row) * kRowBytes;
 
-  float sum = 0.0f;
-  const int quarter = lane % 4;
+  float sums[TOKEN_TILE];
 #pragma unroll
+  for (int t = 0; t < TOKEN_TILE; ++t)
+    sums[t] = 0.0f;
+  const int quarter = lane % 4;
+  // Decode unrolls the whole row so that all its loads are in flight; a
+  // token tile has work enough per step, and full unrolling would only
+  // make NVRTC slow.
+#if TOKEN_TILE > 1
+#pragma unroll 2
+#else
+#pragma unroll
+#endif
   for (int b = lane / 4; b < kBlocksPerRow; b += 8) {
     const kt::u8 *block = rowBytes + b * kt::kQ8_0BlockBytes;
     // Blocks are 2-byte aligned: the scale and this lane's 8 quants as u16s.
@@ -46,18 +61,29 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
 #pragma unroll
     for (int j = 0; j < 4; ++j)
       quants[j] = pairs[1 + 4 * quarter + j];
-    const float *xs = x + b * kt::kQ8_0BlockElements + 8 * quarter;
-    const float4 x0 = *reinterpret_cast<const float4 *>(xs), x1 = *reinterpret_cast<const float4 *>(xs + 4);
-    const float xv[8] = {x0.x, x0.y, x0.z, x0.w, x1.x, x1.y, x1.z, x1.w};
-    float dot = 0.0f;
+    float w[8];
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
-      dot += static_cast<float>(static_cast<kt::i8>(quants[j] & 0xff)) * xv[2 * j];
-      dot += static_cast<float>(static_cast<kt::i8>(quants[j] >> 8)) * xv[2 * j + 1];
+      w[2 * j] = static_cast<float>(static_cast<kt::i8>(quants[j] & 0xff));
+      w[2 * j + 1] = static_cast<float>(static_cast<kt::i8>(quants[j] >> 8));
     }
-    sum += scale * dot;
+#pragma unroll
+    for (int t = 0; t < TOKEN_TILE; ++t) {
+      if (t >= tokens)
+        break;
+      const float *xs = x + static_cast<long long>(t) * layout.xTokenStride +
+                        b * kt::kQ8_0BlockElements + 8 * quarter;
+      const float4 x0 = *reinterpret_cast<const float4 *>(xs),
+                   x1 = *reinterpret_cast<const float4 *>(xs + 4);
+      const float dot = w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x +
+                        w[5] * x1.y + w[6] * x1.z + w[7] * x1.w;
+      sums[t] += scale * dot;
+    }
   }
-  sum = kt::warpSum(sum);
-  if (lane == 0)
-    y[row] = sum;
+#pragma unroll
+  for (int t = 0; t < TOKEN_TILE; ++t) {
+    const float sum = kt::warpSum(sums[t]);
+    if (lane == 0 && t < tokens)
+      y[static_cast<long long>(t) * layout.yTokenStride + row] = sum;
+  }
 }

@@ -53,6 +53,14 @@ struct Collector {
   }
 };
 
+// A matrix's GEMVs: one token per block for decode steps, a tile of tokens
+// for prefill steps.
+void addGemv(Collector &collector, gguf::GgmlType type, int64_t out, int64_t in,
+             StringRef device, StringRef path) {
+  for (int64_t tile : {int64_t(1), cuda::kGemvPrefillTokenTile})
+    collector.add(cuda::gemvSpec(type, out, in, tile), device, path);
+}
+
 // The kernel chosen for `phase` ("prefill", "decode"); empty where none is.
 StringRef chosenKernel(DictionaryAttr kernels, StringRef phase) {
   auto name = kernels ? kernels.getAs<StringAttr>(phase) : StringAttr();
@@ -125,13 +133,12 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
           for (WeightAttr weight : {*attention.getKBProj(), *attention.getVBProj()}) {
             std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
             if (type && cuda::hasGpuGemv(*type))
-              collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
-                            device, path);
+              addGemv(collector, *type, weight.getShape()[1], weight.getShape()[0], device, path);
           }
         } else {
           const int64_t v = attention.getVHeadDim();
-          collector.add(cuda::gemvSpec(gguf::GgmlType::F32, kvLora, nope), device, path);
-          collector.add(cuda::gemvSpec(gguf::GgmlType::F32, v, kvLora), device, path);
+          addGemv(collector, gguf::GgmlType::F32, kvLora, nope, device, path);
+          addGemv(collector, gguf::GgmlType::F32, v, kvLora, device, path);
         }
       } else if (isa<MlpOp, SharedExpertsOp>(op.getOperation())) {
         WeightAttr gateProj = isa<MlpOp>(op.getOperation())
@@ -153,15 +160,13 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         WeightAttr router = gate.getWeight();
         if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(router.getDtype().str());
             type && cuda::hasGpuGemv(*type))
-          collector.add(cuda::gemvSpec(*type, router.getShape()[1], router.getShape()[0]), device,
-                        path);
+          addGemv(collector, *type, router.getShape()[1], router.getShape()[0], device, path);
       } else if (auto head = dyn_cast<LmHeadOp>(op.getOperation())) {
         WeightAttr weight = head.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
         if (type && cuda::hasGpuGemv(*type) &&
             chosenKernel(kernels, phase).endswith((".gemv_" + weight.getDtype()).str()))
-          collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
-                        device, path);
+          addGemv(collector, *type, weight.getShape()[1], weight.getShape()[0], device, path);
         // Greedy sampling where the logits are.
         if (phase == "decode")
           collector.add(cuda::argmaxSpec(weight.getShape()[1]), device, path);
@@ -187,8 +192,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
       if (!sub || !type || !cuda::hasGpuGemv(*type) || weight.getShape().size() != 2 ||
           !chosenKernel(chosen, "decode").endswith((".gemv_" + weight.getDtype()).str()))
         continue;
-      collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]),
-                    sub.getDecode(), (path + "." + role).str());
+      addGemv(collector, *type, weight.getShape()[1], weight.getShape()[0], sub.getDecode(),
+              (path + "." + role).str());
     }
   });
   // Residual adds and the sum of routed and shared experts.

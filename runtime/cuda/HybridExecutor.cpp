@@ -51,13 +51,14 @@ struct Kernel {
   unsigned threads = 0;
 };
 
-// A matrix in GPU memory (GGUF storage type) and its GEMV; `heads`
-// matrices of `out` x `in` one after another for the per-head batches.
+// A matrix in GPU memory (GGUF storage type) and its GEMVs: one token per
+// block for decode, kGemvPrefillTokenTile for prefill; `heads` matrices of
+// `out` x `in` one after another for the per-head batches.
 struct GpuMatrix {
   DevicePointer data = 0;
   int64_t out = 0, in = 0, heads = 1;
   GgmlType type = GgmlType::F32;
-  const Kernel *kernel = nullptr;
+  const Kernel *kernel = nullptr, *tiled = nullptr;
   unsigned blocks = 0;
 };
 
@@ -201,8 +202,11 @@ public:
   Status gemv(const GpuMatrix &w, DevicePointer x, DevicePointer y, int64_t tokens,
               GemvLayout layout) {
     DevicePointer data = w.data;
-    return launch(*w.kernel, w.blocks, static_cast<unsigned>(tokens),
-                  static_cast<unsigned>(w.heads), 0, {&data, &x, &y, &layout});
+    layout.tokens = int(tokens);
+    const bool tiled = tokens > 1;
+    const unsigned tiles = tiled ? ceilDiv(tokens, kGemvPrefillTokenTile) : 1;
+    return launch(tiled ? *w.tiled : *w.kernel, w.blocks, tiles, static_cast<unsigned>(w.heads), 0,
+                  {&data, &x, &y, &layout});
   }
   Status rmsNorm(const Kernel &k, DevicePointer x, DevicePointer weight, DevicePointer y,
                  int64_t rows, int64_t xStride, int64_t yStride) {
@@ -304,12 +308,8 @@ public:
     w.in = cols;
     w.heads = heads ? heads : 1;
     w.type = info->type;
-    StatusOr<const Kernel *> k = m_.kernel(gemvSpec(info->type, rows, cols), b_.where() + " (" + role + ")");
-    if (!k) {
-      b_.fail("cannot multiply '" + role + "' on the GPU: " + k.message());
+    if (!findKernels(w, role))
       return w;
-    }
-    w.kernel = *k;
     w.blocks = gemvGridBlocks(info->type, rows);
     StatusOr<DevicePointer> data = m_.upload(info->data, info->nbytes);
     if (!data) {
@@ -328,12 +328,8 @@ public:
     w.in = in;
     w.heads = heads;
     w.type = GgmlType::F32;
-    StatusOr<const Kernel *> k = m_.kernel(gemvSpec(GgmlType::F32, out, in), b_.where() + " (" + what + ")");
-    if (!k) {
-      b_.fail("cannot multiply " + what + " on the GPU: " + k.message());
+    if (!findKernels(w, what))
       return w;
-    }
-    w.kernel = *k;
     w.blocks = gemvGridBlocks(GgmlType::F32, out);
     StatusOr<DevicePointer> data = m_.upload(values.data(), values.size() * sizeof(float));
     if (!data) {
@@ -342,6 +338,21 @@ public:
     }
     w.data = *data;
     return w;
+  }
+
+  // The decode and prefill GEMVs of `w` (type and shape set).
+  bool findKernels(GpuMatrix &w, const std::string &what) {
+    for (auto [tile, slot] : {std::pair<int64_t, const Kernel **>{1, &w.kernel},
+                              {kGemvPrefillTokenTile, &w.tiled}}) {
+      StatusOr<const Kernel *> k =
+          m_.kernel(gemvSpec(w.type, w.out, w.in, tile), b_.where() + " (" + what + ")");
+      if (!k) {
+        b_.fail("cannot multiply " + what + " on the GPU: " + k.message());
+        return false;
+      }
+      *slot = *k;
+    }
+    return true;
   }
 
   DevicePointer vector(const std::string &role, int64_t length, bool required = true) {

@@ -35,6 +35,14 @@ std::vector<std::string> quotedIncludes(std::string_view text) {
 
 std::string integer(int64_t value) { return std::to_string(value); }
 
+// TOKEN_TILE only where it is not 1, so decode specializations keep their keys.
+std::map<std::string, std::string> withTokenTile(std::map<std::string, std::string> defines,
+                                                 int64_t tokenTile) {
+  if (tokenTile > 1)
+    defines["TOKEN_TILE"] = integer(tokenTile);
+  return defines;
+}
+
 } // namespace
 
 std::string floatLiteral(float value) {
@@ -114,19 +122,21 @@ StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType
                         256);
 }
 
-StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures) {
+StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64_t tokenTile) {
   if (outFeatures <= 0 || inFeatures <= 0 || inFeatures % 32 != 0 || outFeatures > INT32_MAX)
     return Status::error("q8_0 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 32-value "
                          "blocks.");
   return makeKernelSpec("gemv_q8_0.cu", "gemv_q8_0",
-                        {{"IN_FEATURES", integer(inFeatures)},
-                         {"OUT_FEATURES", integer(outFeatures)},
-                         {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
+                        withTokenTile({{"IN_FEATURES", integer(inFeatures)},
+                                       {"OUT_FEATURES", integer(outFeatures)},
+                                       {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
+                                      tokenTile),
                         kGemvRowsPerBlock * 32);
 }
 
-StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
+StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                                    int64_t tokenTile) {
   const int qtype = type == gguf::GgmlType::Q4_K ? 4 : type == gguf::GgmlType::Q5_K ? 5
                   : type == gguf::GgmlType::Q6_K ? 6 : 0;
   const std::string name(gguf::ggmlTypeName(type));
@@ -136,13 +146,15 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
     return Status::error(name + " matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 256-value "
                          "super-blocks.");
-  return makeKernelSpec("gemv_kquant.cu", "gemv_kquant",
-                        {{"QTYPE", std::to_string(qtype)},
-                         {"IN_FEATURES", integer(inFeatures)},
-                         {"OUT_FEATURES", integer(outFeatures)},
-                         {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)},
-                         {"ROWS_PER_WARP", std::to_string(gemvKQuantRowsPerWarp(outFeatures))}},
-                        kGemvRowsPerBlock * 32);
+  return makeKernelSpec(
+      "gemv_kquant.cu", "gemv_kquant",
+      withTokenTile({{"QTYPE", std::to_string(qtype)},
+                     {"IN_FEATURES", integer(inFeatures)},
+                     {"OUT_FEATURES", integer(outFeatures)},
+                     {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)},
+                     {"ROWS_PER_WARP", std::to_string(gemvKQuantRowsPerWarp(outFeatures))}},
+                    tokenTile),
+      kGemvRowsPerBlock * 32);
 }
 
 StatusOr<KernelSpec> moeGateSpec(const MoeGateShape &g) {
@@ -281,8 +293,8 @@ StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures) {
                         kGemvRowsPerBlock * 32);
 }
 
-StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures,
-                                   int64_t inFeatures) {
+StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                                   int64_t tokenTile) {
   const char *weightType = type == gguf::GgmlType::F32   ? "0"
                            : type == gguf::GgmlType::F16 ? "1"
                            : type == gguf::GgmlType::BF16 ? "2"
@@ -292,10 +304,11 @@ StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures,
     return Status::error("no GPU GEMV for a " + std::string(gguf::ggmlTypeName(type)) +
                          " matrix [" + integer(outFeatures) + "][" + integer(inFeatures) + "].");
   return makeKernelSpec("gemv_float.cu", "gemv_float",
-                        {{"WEIGHT_TYPE", weightType},
-                         {"IN_FEATURES", integer(inFeatures)},
-                         {"OUT_FEATURES", integer(outFeatures)},
-                         {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
+                        withTokenTile({{"WEIGHT_TYPE", weightType},
+                                       {"IN_FEATURES", integer(inFeatures)},
+                                       {"OUT_FEATURES", integer(outFeatures)},
+                                       {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
+                                      tokenTile),
                         kGemvRowsPerBlock * 32);
 }
 
@@ -306,13 +319,16 @@ bool hasGpuGemv(gguf::GgmlType type) {
          type == gguf::GgmlType::BF16;
 }
 
-StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
+StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                              int64_t tokenTile) {
+  if (tokenTile < 1 || tokenTile > 16)
+    return Status::error("GEMV token tiles hold 1 to 16 tokens, not " + integer(tokenTile) + ".");
   if (type == gguf::GgmlType::Q8_0)
-    return gemvQ8_0Spec(outFeatures, inFeatures);
+    return gemvQ8_0Spec(outFeatures, inFeatures, tokenTile);
   if (type == gguf::GgmlType::F32 || type == gguf::GgmlType::F16 ||
       type == gguf::GgmlType::BF16)
-    return gemvFloatSpec(type, outFeatures, inFeatures);
-  return gemvKQuantSpec(type, outFeatures, inFeatures);
+    return gemvFloatSpec(type, outFeatures, inFeatures, tokenTile);
+  return gemvKQuantSpec(type, outFeatures, inFeatures, tokenTile);
 }
 
 StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShapes &shapes) {
@@ -333,8 +349,9 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
     if (Status s = add(rmsNormSpec(width, shapes.rmsNormEps)); !s.ok())
       return s;
   for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices)
-    if (Status s = add(gemvSpec(m.type, m.out, m.in)); !s.ok())
-      return s;
+    for (int64_t tile : {int64_t(1), kGemvPrefillTokenTile})
+      if (Status s = add(gemvSpec(m.type, m.out, m.in, tile)); !s.ok())
+        return s;
   for (const MoeGateShape &gate : shapes.gates)
     if (Status s = add(moeGateSpec(gate)); !s.ok())
       return s;

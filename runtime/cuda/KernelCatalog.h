@@ -27,25 +27,33 @@ StatusOr<KernelSpec> rmsNormSpec(int64_t width, float eps);
 // Embedding rows of a [vocab][hidden] table of f32, f16, bf16 or q8_0 (one block per token).
 StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType tableType);
 // The GEMV kernels' last argument (kernels/common.cuh): grid y runs over
-// tokens, grid z over the heads of a per-head batch of matrices; strides in
-// floats. One token: {in, out, 0, 0} with a grid of 1 x 1.
+// tiles of the spec's token tile, grid z over the heads of a per-head batch
+// of matrices; strides in floats. One token: {in, out, 0, 0} with a grid of
+// 1 x 1.
 struct GemvLayout {
   int xTokenStride = 0, yTokenStride = 0, xHeadStride = 0, yHeadStride = 0;
+  int tokens = 1;
 };
+// Tokens per block of the GEMVs that serve prefill steps (decode uses 1):
+// each weight read from memory serves this many tokens.
+constexpr int64_t kGemvPrefillTokenTile = 8;
 
 // y = W x for a Q8_0 matrix of `outFeatures` rows of `inFeatures` (one warp per row).
-StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures);
+StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64_t tokenTile = 1);
 constexpr unsigned kGemvRowsPerBlock = 4;
 // y = W x for a q4_K, q5_K or q6_K matrix (one warp per row).
-StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                                    int64_t tokenTile = 1);
 // Rows per warp of the k-quant GEMV: 4 for large matrices (activations
 // loaded once for four rows), fewer where that would leave SMs idle.
 unsigned gemvKQuantRowsPerWarp(int64_t outFeatures);
 // y = W x for an f32, f16 or bf16 matrix (one warp per row).
-StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                                   int64_t tokenTile = 1);
 // The decode GEMV of a matrix of `type` (q8_0, a k-quant, f32, f16 or bf16); an error for
 // types without a GPU GEMV.
-StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                              int64_t tokenTile = 1);
 bool hasGpuGemv(gguf::GgmlType type);
 // y = W x for a native FP8 (e4m3, 128x128 block scales) matrix; the decode
 // kernel of the fp8 family (one warp per row, kGemvRowsPerBlock rows per block).
