@@ -713,6 +713,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
   for (size_t index = 0; index < plan->ops.size(); ++index) {
     const plan::Op &op = plan->ops[index];
     cpu::OpBinder b(op, index, model, planName);
+
     MatrixLoader loader(*this, b);
     const bool gpuOp = op.decodeDevice == "cuda:0";
     if (op.prefillDevice != op.decodeDevice)
@@ -1249,6 +1250,16 @@ StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Pla
   if (plan.target.gpus.empty())
     return Status::error(planName + " places ops on a GPU but names no target GPU; the plan is "
                          "damaged: recompile it.");
+  for (size_t index = 0; index < plan.ops.size(); ++index)
+    for (const plan::Weight &weight : plan.ops[index].weights)
+      if (weight.type == "f8_e4m3")
+        return Status::error("Op " + std::to_string(index) + " (" + plan.ops[index].kind + " " +
+                             plan.ops[index].path + ") of " + planName + " uses the FP8 weight '" +
+                             weight.tensor +
+                             "' of the checkpoint given with --fp8-path; the GPU executor does "
+                             "not run FP8 projections yet. Compile the plan without --fp8-path "
+                             "(the GGUF weights) for now.");
+
   std::string whyNone;
   std::vector<GpuInfo> gpus = queryGpus(whyNone);
   if (gpus.empty())

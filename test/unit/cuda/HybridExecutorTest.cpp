@@ -265,6 +265,27 @@ TEST(HybridExecutor, RefusesAPlanThatDoesNotListItsKernels) {
   EXPECT_NE(executor.message().find("Recompile"), std::string::npos) << executor.message();
 }
 
+// Runs everywhere: FP8 projections are refused before any GPU is needed.
+TEST(HybridExecutor, RefusesFp8ProjectionsItCannotRunYet) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  cpu::test::buildModel("tiny-fp8", *gen::presetConfig("tiny"), m, "rules/DeepSeek-V3-Chat.yaml",
+                        "sm_90a:80GiB");
+  bool changed = false;
+  for (plan::Op &op : m.plan.ops)
+    for (plan::Weight &weight : op.weights)
+      if (!changed && weight.role == "q_a_proj") {
+        weight.type = "f8_e4m3"; // as ktc compile --fp8-path records it
+        changed = true;
+      }
+  ASSERT_TRUE(changed);
+  StatusOr<std::unique_ptr<exec::Executor>> executor = exec::createExecutor(m.plan, *m.model, {});
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("FP8 weight"), std::string::npos) << executor.message();
+  EXPECT_NE(executor.message().find("without --fp8-path"), std::string::npos)
+      << executor.message();
+}
+
 // Runs everywhere: without a GPU a GPU plan is refused with what to do.
 TEST(HybridExecutor, RefusesGpuPlansOnAHostWithoutAGpu) {
   KT_REQUIRE_COMPILER();
