@@ -217,6 +217,10 @@ Status CudaDevice::synchronize() {
   return check(api_->streamSynchronize(stream_), "cuStreamSynchronize");
 }
 
+Status CudaDevice::makeCurrent() {
+  return check(api_->ctxSetCurrent(context_), "cuCtxSetCurrent");
+}
+
 Status CudaDevice::beginCapture() {
   constexpr int kThreadLocal = 1; // CU_STREAM_CAPTURE_MODE_THREAD_LOCAL
   return check(api_->streamBeginCapture(stream_, kThreadLocal), "cuStreamBeginCapture");

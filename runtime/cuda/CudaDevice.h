@@ -58,6 +58,9 @@ public:
   Status launch(const LoadedKernel &kernel, const LaunchShape &shape,
                 std::vector<void *> arguments);
   Status synchronize();
+  // Makes the device's context current on the calling thread (open() does
+  // it for the opening thread; a server steps the model on another one).
+  Status makeCurrent();
 
   // Records the launches and device copies issued until endCapture() into a
   // graph instead of running them; the graph then replays them with the

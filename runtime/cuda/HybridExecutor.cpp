@@ -225,6 +225,7 @@ public:
 HybridExecutor::Impl::~Impl() {
   if (!device)
     return;
+  (void)device->makeCurrent();
   for (DevicePointer p : gpuAllocations)
     (void)device->free(p);
   for (void *p : hostAllocations)
@@ -1326,6 +1327,8 @@ StatusOr<std::vector<float>> HybridExecutor::forward(const std::vector<int32_t> 
   Impl &m = *impl_;
   if (Status valid = m.sequences.checkForward(tokens, m.embeddingRows); !valid.ok())
     return valid;
+  if (Status current = m.device->makeCurrent(); !current.ok())
+    return current;
   const int64_t count = static_cast<int64_t>(tokens.size());
   std::vector<float> logits(size_t((allPositions ? count : 1) * m.vocab));
   std::vector<float> discarded;
@@ -1350,6 +1353,8 @@ StatusOr<std::vector<float>> HybridExecutor::forwardBatch(
   Impl &m = *impl_;
   if (Status valid = m.sequences.checkBatch(batch, m.embeddingRows); !valid.ok())
     return valid;
+  if (Status current = m.device->makeCurrent(); !current.ok())
+    return current;
   std::vector<float> logits(batch.size() * size_t(m.vocab));
   for (size_t i = 0; i < batch.size(); ++i) {
     const exec::SequenceTokens &entry = batch[i];

@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <thread>
 
 namespace kt::cuda {
 namespace {
@@ -213,6 +214,42 @@ TEST(HybridExecutor, BatchedSequencesMatchSeparateRuns) {
   EXPECT_LE(cpu::test::relativeL2(second, *alone), 1e-6);
   EXPECT_EQ(gpu->position(0), 6);
   EXPECT_EQ(gpu->position(1), 9);
+}
+
+// The server steps the model on its scheduler thread, not the one that
+// loaded it.
+TEST(HybridExecutor, RunsOnAnotherThreadThanTheOneThatCreatedIt) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-thread", *gen::presetConfig("tiny"), pair);
+  exec::ExecutorOptions options;
+  options.sequences = 2;
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), reference = open(pair.gpu);
+  ASSERT_TRUE(gpu && reference);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(7, 5);
+  StatusOr<std::vector<float>> expected = reference->forward(prompt);
+  ASSERT_TRUE(expected.ok()) << expected.message();
+  std::vector<float> prefilled;
+  std::string error;
+  std::thread worker([&] {
+    StatusOr<std::vector<float>> step = gpu->forwardBatch({{0, prompt}, {1, prompt}});
+    if (step.ok())
+      prefilled = *step;
+    for (int i = 0; step.ok() && i < 3; ++i) // decode steps: graphs captured on this thread
+      step = gpu->forwardBatch({{0, {int32_t(i + 1)}}, {1, {int32_t(i + 1)}}});
+    if (!step.ok())
+      error = step.message();
+  });
+  worker.join();
+  ASSERT_EQ(error, "");
+  const size_t vocab = size_t(gpu->vocabSize());
+  ASSERT_EQ(prefilled.size(), 2 * vocab);
+  EXPECT_EQ(std::vector<float>(prefilled.begin(), prefilled.begin() + long(vocab)), *expected);
+  EXPECT_EQ(std::vector<float>(prefilled.begin() + long(vocab), prefilled.end()), *expected);
+  EXPECT_EQ(gpu->position(0), 10);
+  // Back on this thread, the same executor goes on.
+  StatusOr<std::vector<float>> more = gpu->forwardBatch({{0, {9}}});
+  EXPECT_TRUE(more.ok()) << more.message();
 }
 
 TEST(HybridExecutor, CountsExpertSelectionsAndReportsKernels) {
