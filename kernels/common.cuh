@@ -63,12 +63,15 @@ __device__ __forceinline__ float blockSum(float value, float *scratch) {
 }
 
 // Where the GEMV kernels find their vectors: blockIdx.y is a tile of
-// `tileTokens` consecutive tokens (of `tokens`), blockIdx.z the head of a
-// per-head batch of matrices (MLA's k_b and v_b: head h uses the h-th
-// OUT_FEATURES rows); strides count floats. Each weight read serves every
-// token of the tile. runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
+// `tileTokens` consecutive tokens (of `tokens`), blockIdx.z a slot of a
+// batch of matrices stacked in the weight: slot s uses matrix s (MLA's k_b
+// and v_b, one per head) or, with `matrixIds`, matrix matrixIds[token *
+// gridDim.z + s] (routed experts: the ids the gate chose, read on the device,
+// with tiles of one token); strides count floats. Each weight read serves
+// every token of the tile. runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
 struct GemvLayout {
   int xTokenStride, yTokenStride, xHeadStride, yHeadStride, tokens;
+  unsigned long long matrixIds; // const int *, or 0
 };
 
 // Moves x and y to this block's first token and head; returns how many
@@ -82,7 +85,13 @@ __device__ __forceinline__ int gemvSelect(const float *__restrict__ &x, float *_
        static_cast<long long>(blockIdx.z) * layout.xHeadStride;
   y += static_cast<long long>(firstToken) * layout.yTokenStride +
        static_cast<long long>(blockIdx.z) * layout.yHeadStride;
-  headRow = static_cast<long long>(blockIdx.z) * rows;
+  const long long matrix =
+      layout.matrixIds
+          ? reinterpret_cast<const int *>(layout.matrixIds)[static_cast<long long>(firstToken) *
+                                                                gridDim.z +
+                                                            blockIdx.z]
+          : blockIdx.z;
+  headRow = matrix * rows;
   return min(tileTokens, layout.tokens - firstToken);
 }
 

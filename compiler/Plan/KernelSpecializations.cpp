@@ -161,6 +161,20 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(router.getDtype().str());
             type && cuda::hasGpuGemv(*type))
           addGemv(collector, *type, router.getShape()[1], router.getShape()[0], device, path);
+      } else if (auto experts = dyn_cast<RoutedExpertsOp>(op.getOperation())) {
+        // Routed experts on the GPU: the GEMVs of the chosen experts (matrix
+        // ids read on the device, one token per block), silu_mul and the
+        // weighted sum over the top-k.
+        const int64_t topK =
+            cast<RankedTensorType>(experts.getTopkIds().getType()).getShape()[1];
+        WeightAttr gateProj = experts.getGateProj();
+        for (WeightAttr weight : {gateProj, experts.getUpProj(), experts.getDownProj()})
+          if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
+              type && cuda::hasGpuGemv(*type))
+            collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]), device,
+                          path);
+        collector.add(cuda::elementwiseSpec("silu_mul", gateProj.getShape()[1]), device, path);
+        collector.add(cuda::moeCombineSpec(gateProj.getShape()[0], topK), device, path);
       } else if (auto head = dyn_cast<LmHeadOp>(op.getOperation())) {
         WeightAttr weight = head.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());

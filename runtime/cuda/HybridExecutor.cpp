@@ -203,8 +203,9 @@ public:
               GemvLayout layout) {
     DevicePointer data = w.data;
     layout.tokens = int(tokens);
-    const bool tiled = tokens > 1;
-    const unsigned tiles = tiled ? ceilDiv(tokens, kGemvPrefillTokenTile) : 1;
+    const bool tiled = tokens > 1 && !layout.matrixIds; // chosen matrices differ per token
+    const unsigned tiles =
+        tiled ? ceilDiv(tokens, kGemvPrefillTokenTile) : static_cast<unsigned>(tokens);
     return launch(tiled ? *w.tiled : *w.kernel, w.blocks, tiles, static_cast<unsigned>(w.heads), 0,
                   {&data, &x, &y, &layout});
   }
@@ -294,7 +295,8 @@ public:
 
   // A [cols, rows] matrix (GGML order), or with `heads` a [cols, rows,
   // heads] stack of them.
-  GpuMatrix load(const std::string &role, int64_t cols, int64_t rows, int64_t heads = 0) {
+  GpuMatrix load(const std::string &role, int64_t cols, int64_t rows, int64_t heads = 0,
+                 bool tiled = true) {
     GpuMatrix w;
     const gguf::TensorInfo *info = b_.tensor(role, heads ? 3 : 2);
     if (!info)
@@ -309,7 +311,7 @@ public:
     w.in = cols;
     w.heads = heads ? heads : 1;
     w.type = info->type;
-    if (!findKernels(w, role))
+    if (!findKernels(w, role, tiled))
       return w;
     w.blocks = gemvGridBlocks(info->type, rows);
     StatusOr<DevicePointer> data = m_.upload(info->data, info->nbytes);
@@ -342,9 +344,11 @@ public:
   }
 
   // The decode and prefill GEMVs of `w` (type and shape set).
-  bool findKernels(GpuMatrix &w, const std::string &what) {
+  bool findKernels(GpuMatrix &w, const std::string &what, bool tiled = true) {
     for (auto [tile, slot] : {std::pair<int64_t, const Kernel **>{1, &w.kernel},
                               {kGemvPrefillTokenTile, &w.tiled}}) {
+      if (!tiled && tile > 1)
+        continue;
       StatusOr<const Kernel *> k =
           m_.kernel(gemvSpec(w.type, w.out, w.in, tile), b_.where() + " (" + what + ")");
       if (!k) {
@@ -655,6 +659,39 @@ private:
   exec::RoutingStats stats_;
 };
 
+// Routed experts on the GPU: each token's chosen experts (ids read on the
+// device, so decode graphs replay them) through gate/up, SiLU, down, and
+// the gate-weighted sum.
+class GpuExpertsStep : public Step {
+public:
+  GpuMatrix gate, up, down;
+  const Kernel *siluMul = nullptr, *combine = nullptr;
+  int64_t hidden = 0, ffn = 0, topK = 0;
+
+  size_t scratchFloats(int64_t rows) const override {
+    return size_t(rows * topK * (2 * ffn + hidden));
+  }
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    const int64_t rows = ctx.rows;
+    const DevicePointer g = m.scratch, u = g + DevicePointer(rows * topK * ffn) * 4,
+                        d = u + DevicePointer(rows * topK * ffn) * 4;
+    const uint64_t ids = in[1]->gpu;
+    const GemvLayout wide{int(hidden), int(topK * ffn), 0, int(ffn), int(rows), ids};
+    if (Status s = m.gemv(gate, in[0]->gpu, g, rows, wide); !s.ok())
+      return s;
+    if (Status s = m.gemv(up, in[0]->gpu, u, rows, wide); !s.ok())
+      return s;
+    if (Status s = m.elementwise(*siluMul, g, u, g, rows * topK, ffn); !s.ok())
+      return s;
+    const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn), int(hidden), int(rows),
+                            ids};
+    if (Status s = m.gemv(down, g, d, rows, narrow); !s.ok())
+      return s;
+    return m.elementwise(*combine, d, in[2]->gpu, out[0]->gpu, rows, hidden);
+  }
+};
+
 class LmHeadStep : public Step {
 public:
   GpuMatrix w;
@@ -793,11 +830,32 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       Value v = *in[0];
       v.slot = -1;
       produced.push_back(v);
+    } else if (kind == "routed_experts" && gpuOp) {
+      if (!expectOperands(3, 1))
+        return b.status();
+      expectWhere(Where::Gpu);
+      b.require(in[1]->kind == Kind::ExpertIds,
+                "expects the expert ids of a moe_gate as input 1; the plan is damaged: "
+                "recompile it.");
+      const gguf::TensorInfo *gateInfo = b.tensor("gate_proj", 3);
+      if (!b.ok())
+        return b.status();
+      auto experts = std::make_unique<GpuExpertsStep>();
+      experts->hidden = in[0]->width;
+      experts->ffn = gateInfo->ne[1];
+      experts->topK = in[1]->width;
+      const int64_t count = in[1]->experts;
+      experts->gate = loader.load("gate_proj", experts->hidden, experts->ffn, count, false);
+      experts->up = loader.load("up_proj", experts->hidden, experts->ffn, count, false);
+      experts->down = loader.load("down_proj", experts->ffn, experts->hidden, count, false);
+      // The launches' grid z runs over the top_k chosen slots, not the experts.
+      for (GpuMatrix *w : {&experts->gate, &experts->up, &experts->down})
+        w->heads = experts->topK;
+      experts->siluMul = loader.kernel(elementwiseSpec("silu_mul", experts->ffn));
+      experts->combine = loader.kernel(moeCombineSpec(experts->hidden, experts->topK));
+      produced.push_back({here, Kind::Floats, experts->hidden, 0, true});
+      step = std::move(experts);
     } else if (kind == "routed_experts") {
-      if (gpuOp)
-        return Status::error(b.where() + " places routed experts on the GPU, which this "
-                             "executor cannot run yet (GPU experts come later); place them on "
-                             "the CPU in the rule file.");
       if (!expectOperands(3, 1))
         return b.status();
       expectWhere(Where::Host);

@@ -252,6 +252,17 @@ StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims) {
                         128);
 }
 
+StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK) {
+  if (hidden <= 0 || topK <= 0 || topK > 64 || hidden > INT32_MAX)
+    return Status::error("combining " + integer(topK) + " experts of " + integer(hidden) +
+                         " values is not supported on the GPU.");
+  return makeKernelSpec("moe_combine.cu", "moe_combine",
+                        {{"HIDDEN", integer(hidden)},
+                         {"TOP_K", integer(topK)},
+                         {"BLOCK_THREADS", "256"}},
+                        256);
+}
+
 StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count) {
   if ((entry != "silu_mul" && entry != "add") || count <= 0 || count > INT32_MAX)
     return Status::error("no element-wise GPU kernel '" + entry + "' over " + integer(count) +
@@ -363,6 +374,12 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (const char *entry : {"silu_mul", "add"})
     for (int64_t count : shapes.elementwiseCounts)
       if (Status s = add(elementwiseSpec(entry, count)); !s.ok())
+        return s;
+  for (const ModelKernelShapes::Experts &e : shapes.gpuExperts)
+    for (StatusOr<KernelSpec> spec :
+         {gemvSpec(e.type, e.ffn, e.hidden), gemvSpec(e.type, e.hidden, e.ffn),
+          elementwiseSpec("silu_mul", e.ffn), moeCombineSpec(e.hidden, e.topK)})
+      if (Status s = add(std::move(spec)); !s.ok())
         return s;
   for (const auto &[out, in] : shapes.fp8Matrices)
     if (Status s = add(gemvFp8Spec(out, in)); !s.ok())

@@ -33,6 +33,7 @@ StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType
 struct GemvLayout {
   int xTokenStride = 0, yTokenStride = 0, xHeadStride = 0, yHeadStride = 0;
   int tokens = 1;
+  uint64_t matrixIds = 0; // device int32 [tokens][grid z]: the matrix of each slot; 0: the slot's own
 };
 // Tokens per block of the GEMVs that serve prefill steps (decode uses 1):
 // each weight read from memory serves this many tokens.
@@ -97,6 +98,10 @@ StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, fl
 // from device memory (one block per token).
 StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims);
 
+// out[t] = sum over the TOP_K slots of weights[t][k] * y[t][k] ([hidden]
+// each): the routed experts' outputs combined with the gate's weights.
+StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK);
+
 // silu_mul and add over `count` floats per token (entry "silu_mul" or "add").
 StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count);
 // Greedy sampling over `vocab` logits per row (one block per row).
@@ -124,6 +129,12 @@ struct ModelKernelShapes {
   std::vector<Mla> mlaDecode;
   std::vector<int64_t> elementwiseCounts; // hidden, ffn widths
   std::vector<std::pair<int64_t, int64_t>> fp8Matrices; // {out, in}
+  // Routed experts placed on the GPU.
+  struct Experts {
+    gguf::GgmlType type;
+    int64_t hidden, ffn, topK;
+  };
+  std::vector<Experts> gpuExperts;
 };
 
 // Every specialization the model needs, without duplicates.

@@ -30,19 +30,23 @@ int sourceValue(const plan::Plan &plan, int value) {
   return value;
 }
 
+// Routed experts that decode on the CPU (their bytes come from host memory).
+bool cpuExperts(const plan::Op &op) {
+  return op.kind == "routed_experts" && op.decodeDevice == "cpu";
+}
+
 int moeLayers(const plan::Plan &plan) {
-  return static_cast<int>(std::count_if(plan.ops.begin(), plan.ops.end(), [](const plan::Op &op) {
-    return op.kind == "routed_experts";
-  }));
+  return static_cast<int>(std::count_if(plan.ops.begin(), plan.ops.end(), cpuExperts));
 }
 
 // Routed-expert bytes one decoded token reads: top_k experts' three
-// matrices in every MoE layer.
-uint64_t expertBytesPerToken(const plan::Plan &plan) {
+// matrices in every MoE layer (with cpuOnly, the layers whose experts are on
+// the CPU: the bytes that come from host memory).
+uint64_t expertBytesPerToken(const plan::Plan &plan, bool cpuOnly) {
   uint64_t bytes = 0;
   for (size_t i = 0; i < plan.ops.size(); ++i) {
     const plan::Op &op = plan.ops[i];
-    if (op.kind != "routed_experts" || op.weights.empty())
+    if (op.kind != "routed_experts" || (cpuOnly && !cpuExperts(op)) || op.weights.empty())
       continue;
     uint64_t all = 0;
     for (const plan::Weight &weight : op.weights)
@@ -64,7 +68,7 @@ uint64_t expertBytesPerToken(const plan::Plan &plan) {
 // All weight bytes one decoded token reads: every module's weights, but only
 // top_k of the routed experts (the embedding reads one row).
 uint64_t weightBytesPerToken(const plan::Plan &plan) {
-  uint64_t bytes = expertBytesPerToken(plan);
+  uint64_t bytes = expertBytesPerToken(plan, false);
   for (const plan::Op &op : plan.ops) {
     if (op.kind == "routed_experts")
       continue;
@@ -147,7 +151,7 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   std::vector<exec::RoutingStats> decodeRouting = executor.routingStats();
 
   double decodeRate = options.decodeTokens / decode;
-  uint64_t expertBytes = expertBytesPerToken(plan);
+  uint64_t expertBytes = expertBytesPerToken(plan, true);
   double bandwidth = measureReadBandwidth(executor.threadCount());
   double achieved = expertBytes * decodeRate;
   std::printf("threads: %d\n", executor.threadCount());
@@ -156,7 +160,7 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
               options.promptTokens / prefill);
   std::printf("decode: %lld tokens in %.3f s, %.1f tok/s\n",
               static_cast<long long>(options.decodeTokens), decode, decodeRate);
-  std::printf("decode expert weights: %.2f MB per token, %.2f GB/s; host read bandwidth "
+  std::printf("decode CPU expert weights: %.2f MB per token, %.2f GB/s; host read bandwidth "
               "%.2f GB/s (%d threads); ratio %.3f\n",
               expertBytes / 1e6, achieved / 1e9, bandwidth / 1e9, executor.threadCount(),
               bandwidth > 0 ? achieved / bandwidth : 0.0);

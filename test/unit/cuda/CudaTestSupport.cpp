@@ -69,6 +69,7 @@ ModelKernelShapes deepseekV3Shapes() {
   shapes.mlaDecode = {{512, 64, 0.1352f, 128}};
   shapes.elementwiseCounts = {7168, 2048};
   shapes.fp8Matrices = {{1536, 7168}, {24576, 1536}, {576, 7168}, {7168, 16384}};
+  shapes.gpuExperts = {{gguf::GgmlType::Q4_K, 7168, 2048, 8}};
   return shapes;
 }
 
@@ -84,6 +85,7 @@ ModelKernelShapes smallModelShapes() {
                          {gguf::GgmlType::Q5_K, 256, 512},  {gguf::GgmlType::Q6_K, 1024, 256},
                          {gguf::GgmlType::F32, 16, 256},    {gguf::GgmlType::F16, 64, 32}};
   shapes.mlaDecode = {{64, 16, 0.25f, 4}};
+  shapes.gpuExperts = {{gguf::GgmlType::Q4_K, 256, 256, 4}, {gguf::GgmlType::Q8_0, 256, 128, 2}};
   shapes.gates = {{16, 4, 4, 2, true, true, true, 2.5f}, {64, 6, 1, 1, false, false, false, 1.0f}};
   return shapes;
 }

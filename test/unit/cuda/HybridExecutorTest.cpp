@@ -153,6 +153,38 @@ TEST(HybridExecutor, JointKvUpProjectionIsSplitAtLoad) {
   expectSameRun(pair, 10, 6, 1e-4);
 }
 
+// Routed experts of layers 4 to 10 on the GPU (the rule file for a GPU with
+// memory to spare): prefill, and decode replayed as CUDA graphs with the
+// expert choice read on the device.
+TEST(HybridExecutor, GpuExpertsMatchTheCpuExecutorInsideDecodeGraphs) {
+  KT_REQUIRE_GPU();
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.layerCount = 6;
+  ModelPair pair;
+  buildPair("tiny-gpu-experts", config, pair, "rules/DeepSeek-V3-Chat-gpu-experts-4-10.yaml");
+  int gpuExpertLayers = 0;
+  for (const plan::Op &op : pair.gpu.plan.ops)
+    gpuExpertLayers += op.kind == "routed_experts" && op.decodeDevice == "cuda:0";
+  ASSERT_EQ(gpuExpertLayers, 2); // layers 4 and 5
+  expectSameRun(pair, 15, 8, 1e-4);
+  // The same decode with and without graphs: the experts' regions replay.
+  exec::ExecutorOptions withoutGraphs;
+  withoutGraphs.cudaGraphs = false;
+  std::unique_ptr<exec::Executor> graphed = open(pair.gpu), plain = open(pair.gpu, withoutGraphs);
+  ASSERT_TRUE(graphed && plain);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(6, 8);
+  StatusOr<std::vector<float>> a = graphed->forward(prompt), b = plain->forward(prompt);
+  ASSERT_TRUE(a.ok() && b.ok());
+  for (int step = 0; step < 4; ++step) {
+    const int32_t next = argmax(*b, 0, plain->vocabSize());
+    a = graphed->forward({next});
+    b = plain->forward({next});
+    ASSERT_TRUE(a.ok() && b.ok());
+    ASSERT_EQ(*a, *b) << "decode step " << step;
+  }
+  EXPECT_GT(dynamic_cast<HybridExecutor &>(*graphed).graphStats().launched, 0u);
+}
+
 TEST(HybridExecutor, ChunkedPrefillEqualsTheCpuExecutor) {
   KT_REQUIRE_GPU();
   ModelPair pair;

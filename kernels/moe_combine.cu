@@ -1,0 +1,28 @@
+// The routed experts' result on the GPU: out[t] = sum over the TOP_K chosen
+// experts k of weights[t][k] * y[t][k], where y holds each chosen expert's
+// output ([tokens][TOP_K][HIDDEN]) and weights are the gate's (normalized and
+// scaled). Threads stride over tokens x HIDDEN.
+// Specialization defines:
+//   HIDDEN         values per token
+//   TOP_K          experts per token
+//   BLOCK_THREADS  threads per block
+#include "common.cuh"
+
+#if !defined(HIDDEN) || !defined(TOP_K) || !defined(BLOCK_THREADS)
+#error "moe_combine needs HIDDEN, TOP_K and BLOCK_THREADS"
+#endif
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+moe_combine(const float *__restrict__ y, const float *__restrict__ weights,
+            float *__restrict__ out, int tokens) {
+  const long long total = static_cast<long long>(tokens) * HIDDEN;
+  for (long long i = static_cast<long long>(blockIdx.x) * BLOCK_THREADS + threadIdx.x; i < total;
+       i += static_cast<long long>(gridDim.x) * BLOCK_THREADS) {
+    const long long token = i / HIDDEN, column = i % HIDDEN;
+    float sum = 0.0f;
+#pragma unroll
+    for (int k = 0; k < TOP_K; ++k)
+      sum += weights[token * TOP_K + k] * y[(token * TOP_K + k) * HIDDEN + column];
+    out[i] = sum;
+  }
+}
