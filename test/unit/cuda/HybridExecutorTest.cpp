@@ -107,6 +107,33 @@ void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps,
               promptTokens, prefillError, decodeSteps, worst);
 }
 
+// Greedy decode of `steps` tokens after a prompt of `promptTokens`, with
+// and without CUDA graphs: the logits must be identical (the same kernels,
+// replayed), and the executor without graphs launches none. Returns the
+// graphed executor's statistics.
+HybridExecutor::GraphStats expectGraphedDecodeEqualsPlain(const TestModel &m, size_t promptTokens,
+                                                          int steps) {
+  exec::ExecutorOptions withoutGraphs;
+  withoutGraphs.cudaGraphs = false;
+  std::unique_ptr<exec::Executor> graphed = open(m), plain = open(m, withoutGraphs);
+  if (!graphed || !plain)
+    return {};
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(promptTokens, 4);
+  StatusOr<std::vector<float>> a = graphed->forward(prompt), b = plain->forward(prompt);
+  EXPECT_TRUE(a.ok() && b.ok());
+  for (int step = 0; step < steps && a.ok() && b.ok(); ++step) {
+    const int32_t next = argmax(*b, 0, plain->vocabSize());
+    a = graphed->forward({next});
+    b = plain->forward({next});
+    EXPECT_TRUE(a.ok()) << a.message();
+    EXPECT_TRUE(b.ok()) << b.message();
+    if (a.ok() && b.ok())
+      EXPECT_EQ(*a, *b) << "decode step " << step;
+  }
+  EXPECT_EQ(dynamic_cast<HybridExecutor &>(*plain).graphStats().launched, 0u);
+  return dynamic_cast<HybridExecutor &>(*graphed).graphStats();
+}
+
 TEST(HybridExecutor, QuantizedModelMatchesTheCpuExecutor) {
   KT_REQUIRE_GPU();
   ModelPair pair;
@@ -168,21 +195,7 @@ TEST(HybridExecutor, GpuExpertsMatchTheCpuExecutorInsideDecodeGraphs) {
   ASSERT_EQ(gpuExpertLayers, 2); // layers 4 and 5
   expectSameRun(pair, 15, 8, 1e-4);
   // The same decode with and without graphs: the experts' regions replay.
-  exec::ExecutorOptions withoutGraphs;
-  withoutGraphs.cudaGraphs = false;
-  std::unique_ptr<exec::Executor> graphed = open(pair.gpu), plain = open(pair.gpu, withoutGraphs);
-  ASSERT_TRUE(graphed && plain);
-  const std::vector<int32_t> prompt = cpu::test::sampleTokens(6, 8);
-  StatusOr<std::vector<float>> a = graphed->forward(prompt), b = plain->forward(prompt);
-  ASSERT_TRUE(a.ok() && b.ok());
-  for (int step = 0; step < 4; ++step) {
-    const int32_t next = argmax(*b, 0, plain->vocabSize());
-    a = graphed->forward({next});
-    b = plain->forward({next});
-    ASSERT_TRUE(a.ok() && b.ok());
-    ASSERT_EQ(*a, *b) << "decode step " << step;
-  }
-  EXPECT_GT(dynamic_cast<HybridExecutor &>(*graphed).graphStats().launched, 0u);
+  EXPECT_GT(expectGraphedDecodeEqualsPlain(pair.gpu, 6, 4).launched, 0u);
 }
 
 TEST(HybridExecutor, ChunkedPrefillEqualsTheCpuExecutor) {
@@ -206,25 +219,9 @@ TEST(HybridExecutor, CudaGraphsReplayDecodeExactly) {
   KT_REQUIRE_GPU();
   ModelPair pair;
   buildPair("tiny-graphs", *gen::presetConfig("tiny"), pair);
-  exec::ExecutorOptions withoutGraphs;
-  withoutGraphs.cudaGraphs = false;
-  std::unique_ptr<exec::Executor> graphed = open(pair.gpu), plain = open(pair.gpu, withoutGraphs);
-  ASSERT_TRUE(graphed && plain);
-  const std::vector<int32_t> prompt = cpu::test::sampleTokens(9, 4);
-  StatusOr<std::vector<float>> a = graphed->forward(prompt), b = plain->forward(prompt);
-  ASSERT_TRUE(a.ok() && b.ok());
-  for (int step = 0; step < 8; ++step) {
-    const int32_t next = argmax(*b, 0, plain->vocabSize());
-    a = graphed->forward({next});
-    b = plain->forward({next});
-    ASSERT_TRUE(a.ok()) << a.message();
-    ASSERT_TRUE(b.ok()) << b.message();
-    ASSERT_EQ(*a, *b) << "decode step " << step; // the same kernels, replayed
-  }
-  const HybridExecutor::GraphStats stats = dynamic_cast<HybridExecutor &>(*graphed).graphStats();
+  const HybridExecutor::GraphStats stats = expectGraphedDecodeEqualsPlain(pair.gpu, 9, 8);
   EXPECT_GT(stats.captured, 0u);
   EXPECT_EQ(stats.launched, stats.captured * 8); // captured once, then replayed every step
-  EXPECT_EQ(dynamic_cast<HybridExecutor &>(*plain).graphStats().launched, 0u);
 }
 
 TEST(HybridExecutor, BatchedSequencesMatchSeparateRuns) {
