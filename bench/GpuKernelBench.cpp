@@ -77,7 +77,7 @@ StatusOr<double> timeLaunches(cuda::CudaDevice &device, const cuda::LoadedKernel
 } // namespace
 
 int main(int argc, char **argv) {
-  CLI::App app{"Times the GPU decode GEMV kernels against the GPU's memory bandwidth"};
+  CLI::App app{"Times the GPU decode GEMVs, RMSNorm and MLA decode attention against the GPU's memory bandwidth"};
   bool json = false;
   int launches = 200;
   double ringMiB = 1024;
@@ -243,6 +243,101 @@ int main(int argc, char **argv) {
     (void)device.free(*s);
     (void)device.free(*x);
     (void)device.free(*y);
+  }
+
+  // Beyond the GEMVs: RMSNorm over prefill rows, and MLA decode attention
+  // (split over 256-position chunks, then combined) at V3's widths over
+  // cached contexts of several lengths; bytes are what each must read and
+  // write at least (the cache once, not once per head).
+  auto timeRepeated = [&](const std::function<Status()> &launchOnce) -> StatusOr<double> {
+    for (int i = 0; i < 20; ++i)
+      if (Status s = launchOnce(); !s.ok())
+        return s;
+    if (Status s = device.synchronize(); !s.ok())
+      return s;
+    auto start = Clock::now();
+    for (int i = 0; i < launches; ++i)
+      if (Status s = launchOnce(); !s.ok())
+        return s;
+    if (Status s = device.synchronize(); !s.ok())
+      return s;
+    return secondsSince(start) / launches;
+  };
+  auto randomBuffer = [&](size_t floats) -> StatusOr<cuda::DevicePointer> {
+    std::vector<float> host(floats);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float &v : host)
+      v = normal(random);
+    StatusOr<cuda::DevicePointer> p = device.allocate(floats * 4);
+    if (p)
+      if (Status s = device.copyToDevice(*p, host.data(), floats * 4); !s.ok())
+        return s;
+    return p;
+  };
+  {
+    const int64_t hidden = 7168, rows = 512;
+    StatusOr<cuda::KernelSpec> spec = cuda::rmsNormSpec(hidden, 1e-6f);
+    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+    StatusOr<cuda::DevicePointer> x = randomBuffer(size_t(rows * hidden)), w = randomBuffer(size_t(hidden));
+    StatusOr<cuda::DevicePointer> y = device.allocate(size_t(rows * hidden) * 4);
+    if (!kernel || !x || !w || !y)
+      return fail("cannot set up rms_norm");
+    int rowCount = int(rows), stride = int(hidden);
+    cuda::LaunchShape shape;
+    shape.gridX = unsigned(rows);
+    shape.blockX = spec->blockThreads;
+    StatusOr<double> timed = timeRepeated([&] {
+      return device.launch(*kernel, shape, {&*x, &*w, &*y, &rowCount, &stride, &stride});
+    });
+    if (!timed)
+      return fail(timed.message());
+    const double bytes = 2.0 * rows * hidden * 4 + hidden * 4;
+    results.push_back({"f32", "rms_norm 512x7168", bytes / (1 << 20), bytes / *timed / 1e9,
+                       *timed * 1e6});
+  }
+  for (int positions : {4096, 32768}) {
+    const int64_t heads = 128, kvLora = 512, rope = 64;
+    const float scale = 0.1352f;
+    StatusOr<cuda::KernelSpec> splitSpec =
+        cuda::mlaDecodeSplitSpec(kvLora, rope, scale, heads, "mla_decode_split");
+    StatusOr<cuda::KernelSpec> combineSpec =
+        cuda::mlaDecodeSplitSpec(kvLora, rope, scale, heads, "mla_combine");
+    StatusOr<cuda::LoadedKernel> split = compileAndLoad(splitSpec), combine = compileAndLoad(combineSpec);
+    if (!split || !combine)
+      return fail(!split ? split.message() : combine.message());
+    int chunks = int((positions + cuda::kMlaDecodeChunk - 1) / cuda::kMlaDecodeChunk);
+    StatusOr<cuda::DevicePointer> q = randomBuffer(size_t(heads * kvLora)),
+                                  qRope = randomBuffer(size_t(heads * rope)),
+                                  latent = randomBuffer(size_t(positions) * kvLora),
+                                  ropeKey = randomBuffer(size_t(positions) * rope),
+                                  pieces = device.allocate(size_t(heads * chunks * (kvLora + 2)) * 4),
+                                  context = device.allocate(size_t(heads * kvLora) * 4),
+                                  position = device.allocate(4);
+    if (!q || !qRope || !latent || !ropeKey || !pieces || !context || !position)
+      return fail("cannot set up mla decode");
+    int last = positions - 1, headStride = int(rope);
+    (void)device.copyToDevice(*position, &last, 4);
+    cuda::LaunchShape splitShape, combineShape;
+    splitShape.gridX = unsigned(heads / cuda::mlaPrefillHeadsPerBlock(heads));
+    splitShape.gridY = unsigned(chunks);
+    splitShape.blockX = splitSpec->blockThreads;
+    combineShape.gridX = unsigned(heads);
+    combineShape.blockX = combineSpec->blockThreads;
+    StatusOr<double> timed = timeRepeated([&]() -> Status {
+      if (Status s = device.launch(*split, splitShape,
+                                   {&*q, &*qRope, &headStride, &*latent, &*ropeKey, &*position, &*pieces});
+          !s.ok())
+        return s;
+      return device.launch(*combine, combineShape, {&*pieces, &*position, &chunks, &*context});
+    });
+    if (!timed)
+      return fail(timed.message());
+    const double bytes = double(positions) * (kvLora + rope) * 4 +
+                         2.0 * heads * chunks * (kvLora + 2) * 4 + heads * kvLora * 4;
+    results.push_back({"f32", "mla decode " + std::to_string(positions) + " pos", bytes / (1 << 20),
+                       bytes / *timed / 1e9, *timed * 1e6});
+    for (cuda::DevicePointer p : {*q, *qRope, *latent, *ropeKey, *pieces, *context, *position})
+      (void)device.free(p);
   }
 
   if (json) {

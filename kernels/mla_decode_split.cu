@@ -1,95 +1,126 @@
 // Decode attention of MLA over the latent cache, split over positions
-// (flash-decoding): the absorbed core of mla_decode.cu for one token, with
+// (flash-decoding): the absorbed core of mla_prefill.cu for one token, with
 // the cached positions cut into chunks of CHUNK that separate blocks score
 // in parallel; mla_combine then merges the chunks' softmax pieces. The
 // token's position comes from device memory and the grid covers the whole
 // cache (blocks past the last position exit), so the launch is the same at
 // every step and a decode graph replays it.
 //
-// mla_decode_split: grid (heads, chunks of the cache). Block (h, c) writes
-//   partial[(h * chunks + c)] = {max score m, sum of exp(score - m),
-//   sum of exp(score - m) * latent[p]  (KV_LORA values)}.
+// mla_decode_split: grid (heads / HEADS_PER_BLOCK, chunks of the cache).
+//   All heads read the same latent rows, so a block takes HEADS_PER_BLOCK
+//   heads (a warp each, queries in registers) and stages its chunk's rows in
+//   shared memory kStage positions at a time for all of them (as
+//   mla_prefill.cu does), keeping an online softmax. Block (g, c) writes, for
+//   each of its heads h, partial[(h * chunks + c)] = {max score m, sum of
+//   exp(score - m), sum of exp(score - m) * latent[p] (KV_LORA values)}.
 // mla_combine: grid (heads). context[h] = sum_c e^(m_c - M) ctx_c /
 //   sum_c e^(m_c - M) l_c over the chunks that hold positions.
 // Specialization defines:
-//   KV_LORA        latent width (kv_lora_rank)
-//   ROPE           rope key width (qk_rope_head_dim)
-//   SCALE          softmax scale (a float literal)
-//   CHUNK          positions per block
-//   BLOCK_THREADS  threads per block, a multiple of 32
+//   KV_LORA          latent width (kv_lora_rank)
+//   ROPE             rope key width (qk_rope_head_dim)
+//   SCALE            softmax scale (a float literal)
+//   CHUNK            positions per block
+//   HEADS_PER_BLOCK  heads (warps) per block of mla_decode_split
+//   BLOCK_THREADS    threads per block of mla_combine, a multiple of 32
 #include "common.cuh"
 
 #if !defined(KV_LORA) || !defined(ROPE) || !defined(SCALE) || !defined(CHUNK) || \
-    !defined(BLOCK_THREADS)
-#error "mla_decode_split needs KV_LORA, ROPE, SCALE, CHUNK and BLOCK_THREADS"
+    !defined(HEADS_PER_BLOCK) || !defined(BLOCK_THREADS)
+#error "mla_decode_split needs KV_LORA, ROPE, SCALE, CHUNK, HEADS_PER_BLOCK and BLOCK_THREADS"
 #endif
 static_assert(BLOCK_THREADS % 32 == 0, "whole warps");
-constexpr int kWarps = BLOCK_THREADS / 32;
 constexpr int kPartial = KV_LORA + 2; // m, l, then the weighted latent sum
+constexpr int kSplitThreads = HEADS_PER_BLOCK * 32;
+constexpr int kStage = 16;
+constexpr int kLatentPerLane = (KV_LORA + 31) / 32;
+constexpr int kRopePerLane = (ROPE + 31) / 32;
 
-extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+extern "C" __global__ void __launch_bounds__(kSplitThreads)
 mla_decode_split(const float *__restrict__ qLatent, const float *__restrict__ qRope,
                  int qRopeHeadStride, const float *__restrict__ latent,
                  const float *__restrict__ ropeKey, const int *__restrict__ position,
                  float *__restrict__ partial) {
-  __shared__ float scores[CHUNK];
-  __shared__ float reduction[kWarps];
-  const int head = blockIdx.x, chunk = blockIdx.y;
+  __shared__ float latentStage[kStage * KV_LORA];
+  __shared__ float ropeStage[kStage * ROPE];
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int head = blockIdx.x * HEADS_PER_BLOCK + warp, chunk = blockIdx.y;
   const int positions = position[0] + 1; // the token sees itself and everything before
   const int first = chunk * CHUNK;
   if (first >= positions)
     return;
-  const int count = min(CHUNK, positions - first);
-  const float *q = qLatent + static_cast<long long>(head) * KV_LORA;
-  const float *qr = qRope + static_cast<long long>(head) * qRopeHeadStride;
+  const int end = min(positions, first + CHUNK);
 
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  for (int p = warp; p < count; p += kWarps) {
-    const float *l = latent + static_cast<long long>(first + p) * KV_LORA;
-    const float *r = ropeKey + static_cast<long long>(first + p) * ROPE;
-    float dot = 0.0f;
-    for (int i = lane; i < KV_LORA; i += 32)
-      dot += q[i] * l[i];
-    for (int i = lane; i < ROPE; i += 32)
-      dot += qr[i] * r[i];
-    dot = kt::warpSum(dot);
-    if (lane == 0)
-      scores[p] = dot * (SCALE);
-  }
-  __syncthreads();
-
-  float maximum = -__int_as_float(0x7f800000);
-  for (int p = threadIdx.x; p < count; p += BLOCK_THREADS)
-    maximum = fmaxf(maximum, scores[p]);
+  float q[kLatentPerLane], qr[kRopePerLane], sum[kLatentPerLane];
 #pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1)
-    maximum = fmaxf(maximum, __shfl_xor_sync(0xffffffffu, maximum, offset));
-  if (lane == 0)
-    reduction[warp] = maximum;
-  __syncthreads();
-  maximum = reduction[0];
-  for (int w = 1; w < kWarps; ++w)
-    maximum = fmaxf(maximum, reduction[w]);
-  __syncthreads();
-  float sum = 0.0f;
-  for (int p = threadIdx.x; p < count; p += BLOCK_THREADS) {
-    const float e = expf(scores[p] - maximum);
-    scores[p] = e;
-    sum += e;
+  for (int k = 0; k < kLatentPerLane; ++k) {
+    const int i = lane + 32 * k;
+    q[k] = i < KV_LORA ? qLatent[static_cast<long long>(head) * KV_LORA + i] : 0.0f;
+    sum[k] = 0.0f;
   }
-  sum = kt::blockSum<BLOCK_THREADS>(sum, reduction);
+#pragma unroll
+  for (int k = 0; k < kRopePerLane; ++k) {
+    const int i = lane + 32 * k;
+    qr[k] = i < ROPE ? qRope[static_cast<long long>(head) * qRopeHeadStride + i] : 0.0f;
+  }
+  float maximum = -__int_as_float(0x7f800000), total = 0.0f;
+
+  for (int stage = first; stage < end; stage += kStage) {
+    const int count = min(kStage, end - stage);
+    __syncthreads(); // the previous stage is no longer read
+    for (int i = threadIdx.x; i < count * KV_LORA; i += kSplitThreads)
+      latentStage[i] = latent[static_cast<long long>(stage) * KV_LORA + i];
+    for (int i = threadIdx.x; i < count * ROPE; i += kSplitThreads)
+      ropeStage[i] = ropeKey[static_cast<long long>(stage) * ROPE + i];
+    __syncthreads();
+    float scores[kStage];
+    float stageMaximum = -__int_as_float(0x7f800000);
+#pragma unroll
+    for (int p = 0; p < kStage; ++p) {
+      float dot = 0.0f;
+      if (p < count) {
+#pragma unroll
+        for (int k = 0; k < kLatentPerLane; ++k)
+          if (lane + 32 * k < KV_LORA)
+            dot += q[k] * latentStage[p * KV_LORA + lane + 32 * k];
+#pragma unroll
+        for (int k = 0; k < kRopePerLane; ++k)
+          if (lane + 32 * k < ROPE)
+            dot += qr[k] * ropeStage[p * ROPE + lane + 32 * k];
+      }
+      dot = kt::warpSum(dot) * (SCALE);
+      scores[p] = dot;
+      if (p < count)
+        stageMaximum = fmaxf(stageMaximum, dot);
+    }
+    const float newMaximum = fmaxf(maximum, stageMaximum);
+    const float correction = expf(maximum - newMaximum);
+    total *= correction;
+#pragma unroll
+    for (int k = 0; k < kLatentPerLane; ++k)
+      sum[k] *= correction;
+#pragma unroll
+    for (int p = 0; p < kStage; ++p) {
+      if (p >= count)
+        break;
+      const float e = expf(scores[p] - newMaximum);
+      total += e;
+#pragma unroll
+      for (int k = 0; k < kLatentPerLane; ++k)
+        if (lane + 32 * k < KV_LORA)
+          sum[k] += e * latentStage[p * KV_LORA + lane + 32 * k];
+    }
+    maximum = newMaximum;
+  }
 
   float *out = partial + (static_cast<long long>(head) * gridDim.y + chunk) * kPartial;
-  if (threadIdx.x == 0) {
+  if (lane == 0) {
     out[0] = maximum;
-    out[1] = sum;
+    out[1] = total;
   }
-  for (int i = threadIdx.x; i < KV_LORA; i += BLOCK_THREADS) {
-    float value = 0.0f;
-    for (int p = 0; p < count; ++p)
-      value += scores[p] * latent[static_cast<long long>(first + p) * KV_LORA + i];
-    out[2 + i] = value;
-  }
+#pragma unroll
+  for (int k = 0; k < kLatentPerLane; ++k)
+    if (lane + 32 * k < KV_LORA)
+      out[2 + lane + 32 * k] = sum[k];
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)

@@ -121,7 +121,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
                         path);
         else
           for (const char *entry : {"mla_decode_split", "mla_combine"})
-            collector.add(cuda::mlaDecodeSplitSpec(kvLora, dims, scale, entry), device, path);
+            collector.add(cuda::mlaDecodeSplitSpec(kvLora, dims, scale, attention.getNumHeads(), entry),
+                          device, path);
         // The norms of the compressed query and of the latent.
         const float eps = attention.getEps().convertToFloat();
         if (attention.getQLoraRank() > 0)

@@ -563,7 +563,7 @@ public:
     int headStride = int(qk), tokenStride = int(H * qk), firstPositions = int(ctx.start + 1);
     if (rows == 1) {
       int chunkCount = int(chunks);
-      step(m.launch(*splitCore, unsigned(H), unsigned(chunks), 1, 0,
+      step(m.launch(*splitCore, unsigned(H / headsPerBlock), unsigned(chunks), 1, 0,
                     {&qLatentP, &qRope, &headStride, &latent, &rope, &positions, &piecesP}));
       step(m.launch(*combine, unsigned(H), 1, 1, 0, {&piecesP, &positions, &chunkCount, &contextP}));
     } else {
@@ -984,8 +984,10 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       const float scale = static_cast<float>(cpu::attentionSoftmaxScale(s.qk(), rope));
       attention->core = loader.kernel(mlaPrefillSpec(s.kvLora, s.rope, scale, s.heads));
       attention->headsPerBlock = mlaPrefillHeadsPerBlock(s.heads);
-      attention->splitCore = loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, "mla_decode_split"));
-      attention->combine = loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, "mla_combine"));
+      attention->splitCore =
+          loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, s.heads, "mla_decode_split"));
+      attention->combine =
+          loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, s.heads, "mla_combine"));
       attention->chunks = (sequences.capacity() + kMlaDecodeChunk - 1) / kMlaDecodeChunk;
       std::vector<float> frequencies = cpu::ropeInverseFrequencies(rope);
       if (!b.ok())

@@ -226,8 +226,9 @@ StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float 
 }
 
 StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
-                                        const std::string &entry) {
-  if (kvLoraRank <= 0 || ropeDims <= 0 || kvLoraRank > 4096 || ropeDims > 512 ||
+                                        int64_t heads, const std::string &entry) {
+  // Stages of 16 latent rows and rope keys live in static shared memory.
+  if (kvLoraRank <= 0 || ropeDims <= 0 || heads <= 0 || 16 * (kvLoraRank + ropeDims) * 4 > 48 * 1024 ||
       !(softmaxScale > 0) || (entry != "mla_decode_split" && entry != "mla_combine"))
     return Status::error("MLA split decode (" + entry + ") with kv_lora_rank " +
                          integer(kvLoraRank) + " and rope " + integer(ropeDims) +
@@ -237,8 +238,11 @@ StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, fl
                          {"ROPE", integer(ropeDims)},
                          {"SCALE", floatLiteral(softmaxScale)},
                          {"CHUNK", integer(kMlaDecodeChunk)},
+                         {"HEADS_PER_BLOCK", integer(mlaPrefillHeadsPerBlock(heads))},
                          {"BLOCK_THREADS", "256"}},
-                        256);
+                        entry == "mla_combine"
+                            ? 256u
+                            : static_cast<unsigned>(mlaPrefillHeadsPerBlock(heads) * 32));
 }
 
 StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims) {
@@ -387,8 +391,10 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)
     for (StatusOr<KernelSpec> spec :
          {mlaPrefillSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads),
-          mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, "mla_decode_split"),
-          mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, "mla_combine"),
+          mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads,
+                             "mla_decode_split"),
+          mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads,
+                             "mla_combine"),
           mlaCacheAppendSpec(mla.kvLoraRank, mla.ropeDims)})
       if (Status s = add(std::move(spec)); !s.ok())
         return s;

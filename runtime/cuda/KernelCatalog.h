@@ -88,12 +88,13 @@ StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float 
 int64_t mlaPrefillHeadsPerBlock(int64_t heads);
 
 // The decode attention split over chunks of kMlaDecodeChunk cached positions
-// (entry "mla_decode_split", one block per head and chunk) and the merge of
-// the chunks (entry "mla_combine", one block per head); the token's position
-// is read from device memory, so CUDA graphs replay them.
+// (entry "mla_decode_split", one block per chunk and group of
+// mlaPrefillHeadsPerBlock(heads) heads) and the merge of the chunks (entry
+// "mla_combine", one block per head); the token's position is read from
+// device memory, so CUDA graphs replay them.
 constexpr int64_t kMlaDecodeChunk = 256;
 StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
-                                        const std::string &entry);
+                                        int64_t heads, const std::string &entry);
 // Appends rows of [latent | rope key] to the latent cache at positions read
 // from device memory (one block per token).
 StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims);

@@ -425,8 +425,8 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
 
     double decodeError = 0;
     if (shape.tokens == 1) {
-      auto split = mlaDecodeSplitSpec(c.kvLora, c.ropeDims, c.scale, "mla_decode_split");
-      auto combine = mlaDecodeSplitSpec(c.kvLora, c.ropeDims, c.scale, "mla_combine");
+      auto split = mlaDecodeSplitSpec(c.kvLora, c.ropeDims, c.scale, c.heads, "mla_decode_split");
+      auto combine = mlaDecodeSplitSpec(c.kvLora, c.ropeDims, c.scale, c.heads, "mla_combine");
       LoadedKernel splitKernel = load(split), combineKernel = load(combine);
       ASSERT_NE(splitKernel.function, nullptr);
       // The cache holds more chunks than are filled, as in a real cache.
@@ -434,7 +434,7 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
       DevicePointer pieces = allocate(size_t(c.heads * chunks * (c.kvLora + 2)) * 4);
       int position = shape.firstPositions - 1;
       DevicePointer dp = upload(&position, 4);
-      run(splitKernel, {unsigned(c.heads), unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
+      run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
           {&dq, &dr, &headStride, &dl, &dk, &dp, &pieces});
       run(combineKernel, {unsigned(c.heads), 1, 1, combine->blockThreads, 1, 1, 0},
           {&pieces, &dp, &chunks, &dc});
