@@ -14,6 +14,7 @@
 #include "runtime/cuda/KernelCatalog.h"
 #include "runtime/cuda/Nvrtc.h"
 #include "runtime/exec/SequenceCaches.h"
+#include "runtime/safetensors/Safetensors.h"
 
 #include <algorithm>
 #include <chrono>
@@ -51,11 +52,13 @@ struct Kernel {
   unsigned threads = 0;
 };
 
-// A matrix in GPU memory (GGUF storage type) and its GEMVs: one token per
-// block for decode, kGemvPrefillTokenTile for prefill; `heads` matrices of
-// `out` x `in` one after another for the per-head batches.
+// A matrix in GPU memory (GGUF storage type, or the FP8 checkpoint's e4m3
+// with its block scales) and its GEMVs: one token per block for decode,
+// kGemvPrefillTokenTile for prefill (FP8: one token per block in both);
+// `heads` matrices of `out` x `in` one after another for the per-head batches.
 struct GpuMatrix {
   DevicePointer data = 0;
+  DevicePointer scales = 0; // FP8: weight_scale_inv, one f32 per 128x128 block
   int64_t out = 0, in = 0, heads = 1;
   GgmlType type = GgmlType::F32;
   const Kernel *kernel = nullptr, *tiled = nullptr;
@@ -145,6 +148,7 @@ public:
   cpu::Workspace workspace;
   std::unique_ptr<cpu::GeneratedKernels> generated;
   int generatedExpertLayers = 0;
+  std::unique_ptr<safetensors::Checkpoint> fp8; // the plan's FP8 checkpoint, if any
   int64_t expertGemmTokens = 0;
 
   std::vector<BoundStep> steps;
@@ -201,8 +205,11 @@ public:
   // y = W x for `tokens` tokens (and W's heads) laid out as `layout` says.
   Status gemv(const GpuMatrix &w, DevicePointer x, DevicePointer y, int64_t tokens,
               GemvLayout layout) {
-    DevicePointer data = w.data;
+    DevicePointer data = w.data, scales = w.scales;
     layout.tokens = int(tokens);
+    if (scales) // FP8: one token per block, the block scales before the activations
+      return launch(*w.kernel, w.blocks, static_cast<unsigned>(tokens), 1, 0,
+                    {&data, &scales, &x, &y, &layout});
     const bool tiled = tokens > 1 && !layout.matrixIds; // chosen matrices differ per token
     const unsigned tiles =
         tiled ? ceilDiv(tokens, kGemvPrefillTokenTile) : static_cast<unsigned>(tokens);
@@ -291,12 +298,16 @@ namespace {
 // Uploads a 2-D (or per-head 3-D) weight and finds its GEMV.
 class MatrixLoader {
 public:
-  MatrixLoader(HybridExecutor::Impl &m, cpu::OpBinder &b) : m_(m), b_(b) {}
+  MatrixLoader(HybridExecutor::Impl &m, cpu::OpBinder &b, const plan::Op &op)
+      : m_(m), b_(b), op_(op) {}
 
   // A [cols, rows] matrix (GGML order), or with `heads` a [cols, rows,
   // heads] stack of them.
   GpuMatrix load(const std::string &role, int64_t cols, int64_t rows, int64_t heads = 0,
                  bool tiled = true) {
+    for (const plan::Weight &weight : op_.weights)
+      if (weight.role == role && weight.type == "f8_e4m3" && !heads)
+        return loadFp8(role, weight, cols, rows);
     GpuMatrix w;
     const gguf::TensorInfo *info = b_.tensor(role, heads ? 3 : 2);
     if (!info)
@@ -320,6 +331,60 @@ public:
       return w;
     }
     w.data = *data;
+    return w;
+  }
+
+  // Rows (output features) of the matrix `role` as the plan records it
+  // ([cols, rows] in GGML order; FP8 weights are not in the GGUF file).
+  int64_t rows(const std::string &role) {
+    for (const plan::Weight &weight : op_.weights)
+      if (weight.role == role && weight.shape.size() >= 2)
+        return weight.shape[1];
+    b_.fail("has no '" + role + "' weight; recompile the plan with this version of ktc.");
+    return 0;
+  }
+
+  // An FP8 projection from the plan's checkpoint: e4m3 [rows][cols] and its
+  // weight_scale_inv [ceil(rows / 128)][ceil(cols / 128)].
+  GpuMatrix loadFp8(const std::string &role, const plan::Weight &weight, int64_t cols,
+                    int64_t rows) {
+    GpuMatrix w;
+    if (!m_.fp8) {
+      b_.fail("has the FP8 weight '" + weight.tensor +
+              "' but the plan names no FP8 checkpoint; the plan is damaged: recompile it.");
+      return w;
+    }
+    const std::string where = "the FP8 checkpoint " + m_.fp8->path();
+    const safetensors::TensorInfo *tensor = m_.fp8->findTensor(weight.tensor);
+    const safetensors::TensorInfo *scale = m_.fp8->findTensor(weight.tensor + "_scale_inv");
+    const int64_t block = 128;
+    if (!tensor || tensor->dtype != safetensors::Dtype::F8_E4M3 ||
+        tensor->shape != std::vector<int64_t>{rows, cols} || !scale ||
+        scale->dtype != safetensors::Dtype::F32 ||
+        scale->shape != std::vector<int64_t>{(rows + block - 1) / block, (cols + block - 1) / block}) {
+      b_.fail("needs '" + weight.tensor + "' (F8_E4M3 [" + std::to_string(rows) + ", " +
+              std::to_string(cols) + "]) and its weight_scale_inv from " + where +
+              ", which lacks them or has them in another form; give ktc compile --fp8-path the "
+              "checkpoint of this model and recompile.");
+      return w;
+    }
+    w.out = rows;
+    w.in = cols;
+    StatusOr<const Kernel *> k = m_.kernel(gemvFp8Spec(rows, cols), b_.where() + " (" + role + ")");
+    if (!k) {
+      b_.fail("cannot multiply '" + role + "' on the GPU: " + k.message());
+      return w;
+    }
+    w.kernel = w.tiled = *k;
+    w.blocks = ceilDiv(rows, kGemvRowsPerBlock);
+    StatusOr<DevicePointer> data = m_.upload(tensor->data, size_t(tensor->end - tensor->begin));
+    StatusOr<DevicePointer> scales = m_.upload(scale->data, size_t(scale->end - scale->begin));
+    if (!data || !scales) {
+      b_.fail("cannot copy '" + role + "' to the GPU: " + (!data ? data : scales).message());
+      return w;
+    }
+    w.data = *data;
+    w.scales = *scales;
     return w;
   }
 
@@ -384,6 +449,7 @@ public:
 private:
   HybridExecutor::Impl &m_;
   cpu::OpBinder &b_;
+  const plan::Op &op_;
 };
 
 class CpuEmbeddingStep : public Step {
@@ -752,7 +818,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
     const plan::Op &op = plan->ops[index];
     cpu::OpBinder b(op, index, model, planName);
 
-    MatrixLoader loader(*this, b);
+    MatrixLoader loader(*this, b, op);
     const bool gpuOp = op.decodeDevice == "cuda:0";
     if (op.prefillDevice != op.decodeDevice)
       return Status::error(b.where() + " runs " + placementText(op) +
@@ -1006,8 +1072,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       expectWhere(Where::Gpu);
       auto ffn = std::make_unique<FeedForwardStep>();
       ffn->hidden = in[0]->width;
-      const gguf::TensorInfo *gate = b.tensor("gate_proj", 2);
-      ffn->ffn = gate ? gate->ne[1] : 0;
+      ffn->ffn = loader.rows("gate_proj");
       ffn->gate = loader.load("gate_proj", ffn->hidden, ffn->ffn);
       ffn->up = loader.load("up_proj", ffn->hidden, ffn->ffn);
       ffn->down = loader.load("down_proj", ffn->ffn, ffn->hidden);
@@ -1311,15 +1376,20 @@ StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Pla
   if (plan.target.gpus.empty())
     return Status::error(planName + " places ops on a GPU but names no target GPU; the plan is "
                          "damaged: recompile it.");
-  for (size_t index = 0; index < plan.ops.size(); ++index)
-    for (const plan::Weight &weight : plan.ops[index].weights)
-      if (weight.type == "f8_e4m3")
-        return Status::error("Op " + std::to_string(index) + " (" + plan.ops[index].kind + " " +
-                             plan.ops[index].path + ") of " + planName + " uses the FP8 weight '" +
-                             weight.tensor +
-                             "' of the checkpoint given with --fp8-path; the GPU executor does "
-                             "not run FP8 projections yet. Compile the plan without --fp8-path "
-                             "(the GGUF weights) for now.");
+  // The FP8 checkpoint of the projections (ktc compile --fp8-path), checked
+  // against the plan before any GPU is needed.
+  std::unique_ptr<safetensors::Checkpoint> fp8;
+  if (plan.model.fp8) {
+    StatusOr<std::unique_ptr<safetensors::Checkpoint>> opened =
+        safetensors::Checkpoint::open(plan.model.fp8->path);
+    if (!opened)
+      return Status::error(planName + ": its FP8 checkpoint: " + opened.message());
+    if (safetensors::fingerprint(**opened) != plan.model.fp8->fingerprint)
+      return Status::error(planName + ": the FP8 checkpoint " + plan.model.fp8->path +
+                           " is not the one the plan was compiled with (its files changed); "
+                           "recompile the plan with ktc compile --fp8-path.");
+    fp8 = std::move(*opened);
+  }
 
   std::string whyNone;
   std::vector<GpuInfo> gpus = queryGpus(whyNone);
@@ -1330,6 +1400,7 @@ StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Pla
                          "--target-gpu none --optimize-config-path "
                          "rules/DeepSeek-V3-Chat-cpu-only.yaml.");
   auto impl = std::make_unique<Impl>(options.threads);
+  impl->fp8 = std::move(fp8);
   impl->plan = &plan;
   impl->planName = planName;
   impl->gpu = gpus[0];

@@ -5,6 +5,8 @@
 #include "runtime/cuda/DeviceQuery.h"
 #include "runtime/cuda/HybridExecutor.h"
 #include "runtime/exec/CreateExecutor.h"
+#include "runtime/gguf/GgufWriter.h"
+#include "runtime/safetensors/Safetensors.h"
 #include "test/unit/cpu/TestModels.h"
 #include "test/unit/cuda/CudaTestSupport.h"
 
@@ -12,6 +14,8 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <cstring>
+#include <map>
 #include <thread>
 
 namespace kt::cuda {
@@ -331,25 +335,130 @@ TEST(HybridExecutor, RefusesAPlanThatDoesNotListItsKernels) {
   EXPECT_NE(executor.message().find("Recompile"), std::string::npos) << executor.message();
 }
 
-// Runs everywhere: FP8 projections are refused before any GPU is needed.
-TEST(HybridExecutor, RefusesFp8ProjectionsItCannotRunYet) {
+// A GGUF model with its FP8 checkpoint (kt-export-hf --fp8) and the plan of
+// the FP8-linear + GGUF-experts rules; `gguf` is the GGUF-only GPU plan.
+void buildFp8Plan(const std::string &name, TestModel &gguf, plan::Plan &fp8Plan) {
+  cpu::test::buildModel(name, *gen::presetConfig("tiny"), gguf, "rules/DeepSeek-V3-Chat.yaml",
+                        targetGpu());
+  const std::string tools = KT_TOOLS_DIR, checkpoint = gguf.ggufPath + ".fp8",
+                    planPath = gguf.ggufPath + ".fp8.plan";
+  const std::string exportCommand = "'" + tools + "/kt-export-hf' '" + gguf.ggufPath + "' -o '" +
+                                    checkpoint + "' --fp8 -q";
+  ASSERT_EQ(std::system(exportCommand.c_str()), 0) << exportCommand;
+  const std::string compileCommand =
+      "'" + tools + "/ktc' compile --gguf-path '" + gguf.ggufPath + "' --fp8-path '" + checkpoint +
+      "' --optimize-config-path '" + KT_SOURCE_DIR +
+      "/rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml' --target-gpu " + targetGpu() +
+      " --f32-cpu-experts -o '" + planPath + "' 2>/dev/null";
+  ASSERT_EQ(std::system(compileCommand.c_str()), 0) << compileCommand;
+  StatusOr<plan::Plan> read = plan::readPlan(planPath);
+  ASSERT_TRUE(read.ok()) << read.message();
+  fp8Plan = std::move(*read);
+}
+
+// The attention, dense and shared-expert projections read the checkpoint's
+// e4m3 weights (gemv_fp8). The reference is the same model with those
+// projections replaced by their dequantized values in f32 (a GGUF written
+// here), run through the GGUF GPU path: the two differ by f32 rounding only.
+TEST(HybridExecutor, Fp8ProjectionsMatchTheirDequantizedWeights) {
+  KT_REQUIRE_GPU();
+  TestModel gguf;
+  plan::Plan fp8Plan;
+  buildFp8Plan("tiny-fp8", gguf, fp8Plan);
+  StatusOr<std::unique_ptr<safetensors::Checkpoint>> checkpoint =
+      safetensors::Checkpoint::open(fp8Plan.model.fp8->path);
+  ASSERT_TRUE(checkpoint.ok()) << checkpoint.message();
+
+  // GGUF tensor name -> the FP8 tensor that replaces it, by (module, role).
+  std::map<std::string, std::string> replaced;
+  for (size_t i = 0; i < fp8Plan.ops.size(); ++i)
+    for (const plan::Weight &weight : fp8Plan.ops[i].weights)
+      if (weight.type == "f8_e4m3")
+        for (const plan::Op &op : gguf.plan.ops)
+          if (op.path == fp8Plan.ops[i].path)
+            for (const plan::Weight &original : op.weights)
+              if (original.role == weight.role)
+                replaced[original.tensor] = weight.tensor;
+  ASSERT_GT(replaced.size(), 10u);
+  gguf::GgufWriter writer;
+  for (const gguf::KeyValue &entry : gguf.model->metadata())
+    writer.addValue(entry.key, entry.value);
+  for (const gguf::TensorInfo &tensor : gguf.model->tensors()) {
+    auto it = replaced.find(tensor.name);
+    if (it == replaced.end()) {
+      writer.addTensor(tensor.name, tensor.ne, tensor.type,
+                       std::vector<uint8_t>(tensor.data, tensor.data + tensor.nbytes));
+      continue;
+    }
+    const safetensors::TensorInfo *weight = (*checkpoint)->findTensor(it->second);
+    const safetensors::TensorInfo *scale = (*checkpoint)->findTensor(it->second + "_scale_inv");
+    ASSERT_TRUE(weight && scale) << it->second;
+    std::vector<float> values(size_t(weight->elements()));
+    ASSERT_TRUE(safetensors::dequantize(*weight, scale, 128, values.data()).ok());
+    std::vector<uint8_t> bytes(values.size() * 4);
+    std::memcpy(bytes.data(), values.data(), bytes.size());
+    writer.addTensor(tensor.name, tensor.ne, gguf::GgmlType::F32, std::move(bytes));
+  }
+  const std::string dequantizedPath = gguf.ggufPath + ".dequantized.gguf";
+  ASSERT_TRUE(writer.write(dequantizedPath).ok());
+  const std::string planPath = dequantizedPath + ".plan";
+  const std::string compile = "'" + std::string(KT_TOOLS_DIR) + "/ktc' compile --gguf-path '" +
+                              dequantizedPath + "' --optimize-config-path '" + KT_SOURCE_DIR +
+                              "/rules/DeepSeek-V3-Chat.yaml' --target-gpu " + targetGpu() +
+                              " --f32-cpu-experts -o '" + planPath + "' 2>/dev/null";
+  ASSERT_EQ(std::system(compile.c_str()), 0) << compile;
+  StatusOr<plan::Plan> referencePlan = plan::readPlan(planPath);
+  ASSERT_TRUE(referencePlan.ok()) << referencePlan.message();
+  StatusOr<std::unique_ptr<gguf::GgufModel>> dequantized = gguf::GgufModel::open(dequantizedPath);
+  ASSERT_TRUE(dequantized.ok()) << dequantized.message();
+
+  exec::ExecutorOptions options;
+  options.threads = 2;
+  StatusOr<std::unique_ptr<exec::Executor>> fp8 =
+      exec::createExecutor(fp8Plan, *gguf.model, options);
+  StatusOr<std::unique_ptr<exec::Executor>> reference =
+      exec::createExecutor(*referencePlan, **dequantized, options);
+  ASSERT_TRUE(fp8.ok()) << fp8.message();
+  ASSERT_TRUE(reference.ok()) << reference.message();
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(12, 9);
+  StatusOr<std::vector<float>> a = (*fp8)->forward(prompt, true),
+                               b = (*reference)->forward(prompt, true);
+  ASSERT_TRUE(a.ok()) << a.message();
+  ASSERT_TRUE(b.ok()) << b.message();
+  const int64_t vocab = (*reference)->vocabSize();
+  const double prefill = cpu::test::relativeL2(*a, *b);
+  double decode = 0;
+  int32_t next = argmax(*b, prompt.size() - 1, vocab);
+  for (int step = 0; step < 8; ++step) {
+    a = (*fp8)->forward({next});
+    b = (*reference)->forward({next});
+    ASSERT_TRUE(a.ok()) << a.message();
+    ASSERT_TRUE(b.ok()) << b.message();
+    decode = std::max(decode, cpu::test::relativeL2(*a, *b));
+    ASSERT_EQ(argmax(*a, 0, vocab), argmax(*b, 0, vocab)) << "decode step " << step;
+    next = argmax(*b, 0, vocab);
+  }
+  EXPECT_LE(prefill, 1e-4);
+  EXPECT_LE(decode, 1e-4);
+  std::printf("[ gpu      ] FP8 projections against their dequantized weights: prefill relative "
+              "L2 %.2e, decode worst %.2e\n",
+              prefill, decode);
+}
+
+// Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.
+TEST(HybridExecutor, RefusesAChangedFp8Checkpoint) {
   KT_REQUIRE_COMPILER();
-  TestModel m;
-  cpu::test::buildModel("tiny-fp8", *gen::presetConfig("tiny"), m, "rules/DeepSeek-V3-Chat.yaml",
-                        "sm_90a:80GiB");
-  bool changed = false;
-  for (plan::Op &op : m.plan.ops)
-    for (plan::Weight &weight : op.weights)
-      if (!changed && weight.role == "q_a_proj") {
-        weight.type = "f8_e4m3"; // as ktc compile --fp8-path records it
-        changed = true;
-      }
-  ASSERT_TRUE(changed);
-  StatusOr<std::unique_ptr<exec::Executor>> executor = exec::createExecutor(m.plan, *m.model, {});
+  TestModel gguf;
+  plan::Plan fp8Plan;
+  buildFp8Plan("tiny-fp8-changed", gguf, fp8Plan);
+  ASSERT_TRUE(fp8Plan.model.fp8.has_value());
+  fp8Plan.model.fp8->fingerprint = "00000000000000000000000000000000";
+  StatusOr<std::unique_ptr<exec::Executor>> executor =
+      exec::createExecutor(fp8Plan, *gguf.model, {});
   ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("FP8 weight"), std::string::npos) << executor.message();
-  EXPECT_NE(executor.message().find("without --fp8-path"), std::string::npos)
+  EXPECT_NE(executor.message().find("is not the one the plan was compiled with"), std::string::npos)
       << executor.message();
+  EXPECT_NE(executor.message().find("--fp8-path"), std::string::npos) << executor.message();
 }
 
 // Runs everywhere: without a GPU a GPU plan is refused with what to do.
