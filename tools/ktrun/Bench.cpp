@@ -167,7 +167,15 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   uint64_t allBytes = weightBytesPerToken(plan);
   std::printf("decode all weights: %.2f MB per token, %.2f GB/s; ratio %.3f\n", allBytes / 1e6,
               allBytes * decodeRate / 1e9, bandwidth > 0 ? allBytes * decodeRate / bandwidth : 0.0);
-  if (const int layers = moeLayers(plan); layers > 0 && bandwidth > 0 && expertBytes > 0) {
+  const int gpuExpertLayers = static_cast<int>(
+      std::count_if(plan.ops.begin(), plan.ops.end(), [](const plan::Op &op) {
+        return op.kind == "routed_experts" && !cpuExperts(op);
+      }));
+  if (gpuExpertLayers > 0)
+    std::printf("MoE layers: %d with CPU experts, %d with GPU experts (no per-layer bound: the "
+                "token's time covers both)\n",
+                moeLayers(plan), gpuExpertLayers);
+  else if (const int layers = moeLayers(plan); layers > 0 && bandwidth > 0 && expertBytes > 0) {
     // Decode is bound by the expert bytes each MoE layer reads from host memory.
     const double perLayer = 1.0 / decodeRate / layers;
     const double bound = double(expertBytes) / layers / bandwidth;
