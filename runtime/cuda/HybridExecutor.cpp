@@ -69,11 +69,17 @@ struct LatentCache {
   DevicePointer latent = 0, rope = 0;
 };
 
-struct StepContext {
-  int64_t rows = 0;           // tokens of this step (one sequence)
-  int64_t start = 0;          // their first position in the cache
+// The tokens of one sequence within a step: rows [row, row + count) of
+// every activation, at positions [start, start + count) of its cache.
+struct Segment {
+  int64_t row = 0, count = 0, start = 0;
   size_t sequence = 0;
-  bool lastTokenOnly = false; // lm_head: the last token's logits only
+};
+
+struct StepContext {
+  int64_t rows = 0;              // tokens of this step, all sequences
+  std::vector<Segment> segments; // in row order, covering every row once
+  bool lastTokenOnly = false;    // lm_head: each segment's last token's logits only
   const int32_t *tokens = nullptr;
 };
 
@@ -184,7 +190,10 @@ public:
 
   Status bind(const gguf::GgufModel &model);
   Status planBuffers();
-  Status runStep(const int32_t *tokens, int64_t count, size_t sequence, bool lastTokenOnly,
+  // One step over the tokens of one or several sequences (`tokens` holds
+  // each segment's rows in order, at most chunkSize in all); writes each
+  // segment's last logits, or every token's.
+  Status runStep(const int32_t *tokens, std::vector<Segment> segments, bool lastTokenOnly,
                  float *logits);
 
   // The loaded kernel of `spec`, compiled or read from the cache; the plan
@@ -592,7 +601,6 @@ public:
                         context = carve(rows * H * s.kvLora), vOut = carve(rows * H * s.v),
                         pieces = carve(H * chunks * (s.kvLora + 2));
     const DevicePointer x = in[0]->gpu, result = out[0]->gpu;
-    const LatentCache &cache = m.caches[ctx.sequence][layer];
     int tokens = int(rows);
     DevicePointer positions = m.positionsGpu, frequencies = inverseFrequencies;
 
@@ -617,25 +625,38 @@ public:
     // decode graph replays at any position).
     step(m.gemv(kvA, x, kvABuf, rows, {int(s.hidden), int(kvWidth), 0, 0}));
     step(m.rmsNorm(*kvNorm, kvABuf, kvANorm, kvABuf, rows, kvWidth, kvWidth));
-    DevicePointer kvRows = kvABuf, latent = cache.latent, rope = cache.rope;
+    DevicePointer kvRows = kvABuf;
     step(m.launch(*ropeK, ceilDiv(rows * (s.rope / 2), ropeK->threads), 1, 1, 0,
                   {&kvRows, &positions, &frequencies, &tokens}));
-    step(m.launch(*append, unsigned(rows), 1, 1, 0, {&kvRows, &positions, &latent, &rope}));
     // Absorption: each head's nope query into latent space.
     step(m.gemv(kB, qBuf, qLatent, rows,
                 {int(H * qk), int(H * s.kvLora), int(qk), int(s.kvLora)}));
-    DevicePointer qLatentP = qLatent, qRope = qBuf + DevicePointer(s.nope) * 4,
-                  contextP = context, piecesP = pieces;
-    int headStride = int(qk), tokenStride = int(H * qk), firstPositions = int(ctx.start + 1);
-    if (rows == 1) {
-      int chunkCount = int(chunks);
-      step(m.launch(*splitCore, unsigned(H / headsPerBlock), unsigned(chunks), 1, 0,
-                    {&qLatentP, &qRope, &headStride, &latent, &rope, &positions, &piecesP}));
-      step(m.launch(*combine, unsigned(H), 1, 1, 0, {&piecesP, &positions, &chunkCount, &contextP}));
-    } else {
-      step(m.launch(*core, unsigned(H / headsPerBlock), unsigned(rows), 1, 0,
-                    {&qLatentP, &qRope, &headStride, &tokenStride, &latent, &rope,
-                     &firstPositions, &contextP}));
+    // Each sequence appends to and attends over its own cache.
+    int headStride = int(qk), tokenStride = int(H * qk);
+    for (const Segment &segment : ctx.segments) {
+      const LatentCache &cache = m.caches[segment.sequence][layer];
+      const DevicePointer row = DevicePointer(segment.row);
+      DevicePointer latent = cache.latent, rope = cache.rope,
+                    segmentRows = kvABuf + row * DevicePointer(kvWidth) * 4,
+                    segmentPositions = positions + row * 4,
+                    qLatentP = qLatent + row * DevicePointer(H * s.kvLora) * 4,
+                    qRope = qBuf + (row * DevicePointer(H * qk) + DevicePointer(s.nope)) * 4,
+                    contextP = context + row * DevicePointer(H * s.kvLora) * 4, piecesP = pieces;
+      step(m.launch(*append, unsigned(segment.count), 1, 1, 0,
+                    {&segmentRows, &segmentPositions, &latent, &rope}));
+      if (segment.count == 1) {
+        int chunkCount = int(chunks);
+        step(m.launch(*splitCore, unsigned(H / headsPerBlock), unsigned(chunks), 1, 0,
+                      {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions,
+                       &piecesP}));
+        step(m.launch(*combine, unsigned(H), 1, 1, 0,
+                      {&piecesP, &segmentPositions, &chunkCount, &contextP}));
+      } else {
+        int firstPositions = int(segment.start + 1);
+        step(m.launch(*core, unsigned(H / headsPerBlock), unsigned(segment.count), 1, 0,
+                      {&qLatentP, &qRope, &headStride, &tokenStride, &latent, &rope,
+                       &firstPositions, &contextP}));
+      }
     }
     // Values out of latent space per head, then the output projection.
     step(m.gemv(vB, context, vOut, rows, {int(H * s.kvLora), int(H * s.v), int(s.kvLora), int(s.v)}));
@@ -765,10 +786,17 @@ public:
   bool movable() const override { return false; }
   Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
              const std::vector<Value *> &out) override {
-    const int64_t rows = ctx.lastTokenOnly ? 1 : ctx.rows;
-    const DevicePointer x =
-        in[0]->gpu + (ctx.lastTokenOnly ? DevicePointer((ctx.rows - 1) * hidden) * 4 : 0);
-    return m.gemv(w, x, out[0]->gpu, rows, {int(hidden), int(w.out), 0, 0});
+    if (!ctx.lastTokenOnly)
+      return m.gemv(w, in[0]->gpu, out[0]->gpu, ctx.rows, {int(hidden), int(w.out), 0, 0});
+    // The last row of each segment, into consecutive logits rows.
+    for (size_t i = 0; i < ctx.segments.size(); ++i) {
+      const Segment &segment = ctx.segments[i];
+      const DevicePointer x = in[0]->gpu + DevicePointer((segment.row + segment.count - 1) * hidden) * 4,
+                          y = out[0]->gpu + DevicePointer(i) * DevicePointer(w.out) * 4;
+      if (Status s = m.gemv(w, x, y, 1, {int(hidden), int(w.out), 0, 0}); !s.ok())
+        return s;
+    }
+    return Status::success();
   }
 };
 
@@ -1275,7 +1303,7 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
 }
 
 Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx) {
-  const auto key = std::make_pair(begin, ctx.sequence);
+  const auto key = std::make_pair(begin, ctx.segments.front().sequence);
   auto it = graphs.find(key);
   if (it == graphs.end()) {
     if (Status s = device->beginCapture(); !s.ok())
@@ -1293,23 +1321,27 @@ Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx
   return device->launchGraph(it->second);
 }
 
-Status HybridExecutor::Impl::runStep(const int32_t *tokens, int64_t count, size_t sequence,
+Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segments,
                                      bool lastTokenOnly, float *logits) {
   StepContext ctx;
-  ctx.rows = count;
-  ctx.start = sequences.position(sequence);
-  ctx.sequence = sequence;
+  positionsHost.clear();
+  for (Segment &segment : segments) {
+    segment.row = ctx.rows;
+    segment.start = sequences.position(segment.sequence);
+    for (int64_t i = 0; i < segment.count; ++i)
+      positionsHost.push_back(int32_t(segment.start + i));
+    ctx.rows += segment.count;
+  }
+  ctx.segments = std::move(segments);
   ctx.lastTokenOnly = lastTokenOnly;
   ctx.tokens = tokens;
-  positionsHost.resize(size_t(count));
-  for (int64_t i = 0; i < count; ++i)
-    positionsHost[size_t(i)] = int32_t(ctx.start + i);
-  if (Status s = device->copyToDevice(positionsGpu, positionsHost.data(), size_t(count) * 4);
+  if (Status s = device->copyToDevice(positionsGpu, positionsHost.data(), size_t(ctx.rows) * 4);
       !s.ok())
     return s;
-  // Decode steps replay their GPU regions as CUDA graphs; profiling waits
-  // for each step, so it runs them one by one.
-  const bool replay = cudaGraphs && count == 1 && !profiling;
+  // Single-sequence decode steps replay their GPU regions as CUDA graphs
+  // (per sequence: the caches differ); profiling waits for each step, so it
+  // runs them one by one.
+  const bool replay = cudaGraphs && ctx.rows == 1 && !profiling;
   for (size_t i = 0; i < steps.size();) {
     size_t end = i + 1;
     if (replay && steps[i].graphRegion >= 0 && steps[i].step->capturable()) {
@@ -1324,7 +1356,8 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, int64_t count, size_
     i = end;
   }
   const Value &result = values[size_t(outputValue)];
-  const size_t bytes = size_t((lastTokenOnly ? 1 : count) * vocab) * 4;
+  const int64_t logitRows = lastTokenOnly ? int64_t(ctx.segments.size()) : ctx.rows;
+  const size_t bytes = size_t(logitRows * vocab) * 4;
   const auto copyStart = Clock::now();
   if (result.where == Where::Gpu) {
     if (Status s = device->copyToHost(logits, result.gpu, bytes); !s.ok())
@@ -1336,7 +1369,8 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, int64_t count, size_
     profile.transferSeconds += secondsSince(copyStart);
     profile.transferBytes += bytes;
   }
-  sequences.advance(sequence, count);
+  for (const Segment &segment : ctx.segments)
+    sequences.advance(segment.sequence, segment.count);
   return Status::success();
 }
 
@@ -1473,7 +1507,8 @@ StatusOr<std::vector<float>> HybridExecutor::forward(const std::vector<int32_t> 
       discarded.resize(size_t(m.vocab));
       into = discarded.data();
     }
-    if (Status s = m.runStep(tokens.data() + begin, chunk, 0, !allPositions, into); !s.ok())
+    if (Status s = m.runStep(tokens.data() + begin, {Segment{0, chunk, 0, 0}}, !allPositions, into);
+        !s.ok())
       return s;
   }
   return logits;
@@ -1486,18 +1521,52 @@ StatusOr<std::vector<float>> HybridExecutor::forwardBatch(
     return valid;
   if (Status current = m.device->makeCurrent(); !current.ok())
     return current;
+  // Entries share steps of at most chunkSize rows, so the matrix products
+  // (and the routed experts) serve several sequences at once; an entry
+  // longer than a chunk runs in chunks of its own.
   std::vector<float> logits(batch.size() * size_t(m.vocab));
+  std::vector<int32_t> tokens;
+  std::vector<Segment> segments;
+  std::vector<size_t> entries; // batch index of each segment
+  auto flush = [&]() -> Status {
+    if (segments.empty())
+      return Status::success();
+    std::vector<float> stepLogits(segments.size() * size_t(m.vocab));
+    if (Status s = m.runStep(tokens.data(), segments, true, stepLogits.data()); !s.ok())
+      return s;
+    for (size_t i = 0; i < entries.size(); ++i)
+      std::copy(stepLogits.begin() + long(i * size_t(m.vocab)),
+                stepLogits.begin() + long((i + 1) * size_t(m.vocab)),
+                logits.begin() + long(entries[i] * size_t(m.vocab)));
+    tokens.clear();
+    segments.clear();
+    entries.clear();
+    return Status::success();
+  };
+  int64_t rows = 0;
   for (size_t i = 0; i < batch.size(); ++i) {
     const exec::SequenceTokens &entry = batch[i];
     const int64_t count = static_cast<int64_t>(entry.tokens.size());
     for (int64_t begin = 0; begin < count; begin += m.chunkSize) {
       const int64_t chunk = std::min(m.chunkSize, count - begin);
-      if (Status s = m.runStep(entry.tokens.data() + begin, chunk, size_t(entry.sequence), true,
-                               logits.data() + i * size_t(m.vocab));
-          !s.ok())
-        return s;
+      if (rows + chunk > m.chunkSize) {
+        if (Status s = flush(); !s.ok())
+          return s;
+        rows = 0;
+      }
+      tokens.insert(tokens.end(), entry.tokens.begin() + begin, entry.tokens.begin() + begin + chunk);
+      segments.push_back({0, chunk, 0, size_t(entry.sequence)});
+      entries.push_back(i);
+      rows += chunk;
+      if (begin + chunk < count) { // the entry's later chunks need this one in the cache
+        if (Status s = flush(); !s.ok())
+          return s;
+        rows = 0;
+      }
     }
   }
+  if (Status s = flush(); !s.ok())
+    return s;
   return logits;
 }
 

@@ -47,7 +47,8 @@ public:
 
   StatusOr<std::vector<float>> forward(const std::vector<int32_t> &tokens,
                                        bool allPositions = false) override;
-  // Runs the entries one after another (each is one sequence's step).
+  // Entries share steps of at most chunkSize rows: every matrix product and
+  // the routed experts run once for all of them, attention per sequence.
   StatusOr<std::vector<float>> forwardBatch(const std::vector<exec::SequenceTokens> &batch) override;
 
   using Executor::position;
