@@ -22,105 +22,45 @@
 //   CHUNK            positions per block
 //   HEADS_PER_BLOCK  heads (warps) per block of mla_decode_split
 //   BLOCK_THREADS    threads per block of mla_combine, a multiple of 32
-#include "common.cuh"
-
 #if !defined(KV_LORA) || !defined(ROPE) || !defined(SCALE) || !defined(CHUNK) || \
     !defined(HEADS_PER_BLOCK) || !defined(BLOCK_THREADS)
 #error "mla_decode_split needs KV_LORA, ROPE, SCALE, CHUNK, HEADS_PER_BLOCK and BLOCK_THREADS"
 #endif
+#include "mla_attend.cuh"
+
 static_assert(BLOCK_THREADS % 32 == 0, "whole warps");
 constexpr int kPartial = KV_LORA + 2; // m, l, then the weighted latent sum
 constexpr int kSplitThreads = HEADS_PER_BLOCK * 32;
-constexpr int kStage = 16;
-constexpr int kLatentPerLane = (KV_LORA + 31) / 32;
-constexpr int kRopePerLane = (ROPE + 31) / 32;
 
 extern "C" __global__ void __launch_bounds__(kSplitThreads)
 mla_decode_split(const float *__restrict__ qLatent, const float *__restrict__ qRope,
                  int qRopeHeadStride, const float *__restrict__ latent,
                  const float *__restrict__ ropeKey, const int *__restrict__ position,
                  float *__restrict__ partial) {
-  __shared__ float latentStage[kStage * KV_LORA];
-  __shared__ float ropeStage[kStage * ROPE];
+  __shared__ float latentStage[kt::mla::kStage * KV_LORA];
+  __shared__ float ropeStage[kt::mla::kStage * ROPE];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int head = blockIdx.x * HEADS_PER_BLOCK + warp, chunk = blockIdx.y;
   const int positions = position[0] + 1; // the token sees itself and everything before
   const int first = chunk * CHUNK;
   if (first >= positions)
-    return;
-  const int end = min(positions, first + CHUNK);
+    return; // the whole block: no thread of it reaches a barrier
 
-  float q[kLatentPerLane], qr[kRopePerLane], sum[kLatentPerLane];
-#pragma unroll
-  for (int k = 0; k < kLatentPerLane; ++k) {
-    const int i = lane + 32 * k;
-    q[k] = i < KV_LORA ? qLatent[static_cast<long long>(head) * KV_LORA + i] : 0.0f;
-    sum[k] = 0.0f;
-  }
-#pragma unroll
-  for (int k = 0; k < kRopePerLane; ++k) {
-    const int i = lane + 32 * k;
-    qr[k] = i < ROPE ? qRope[static_cast<long long>(head) * qRopeHeadStride + i] : 0.0f;
-  }
-  float maximum = -__int_as_float(0x7f800000), total = 0.0f;
-
-  for (int stage = first; stage < end; stage += kStage) {
-    const int count = min(kStage, end - stage);
-    __syncthreads(); // the previous stage is no longer read
-    for (int i = threadIdx.x; i < count * KV_LORA; i += kSplitThreads)
-      latentStage[i] = latent[static_cast<long long>(stage) * KV_LORA + i];
-    for (int i = threadIdx.x; i < count * ROPE; i += kSplitThreads)
-      ropeStage[i] = ropeKey[static_cast<long long>(stage) * ROPE + i];
-    __syncthreads();
-    float scores[kStage];
-    float stageMaximum = -__int_as_float(0x7f800000);
-#pragma unroll
-    for (int p = 0; p < kStage; ++p) {
-      float dot = 0.0f;
-      if (p < count) {
-#pragma unroll
-        for (int k = 0; k < kLatentPerLane; ++k)
-          if (lane + 32 * k < KV_LORA)
-            dot += q[k] * latentStage[p * KV_LORA + lane + 32 * k];
-#pragma unroll
-        for (int k = 0; k < kRopePerLane; ++k)
-          if (lane + 32 * k < ROPE)
-            dot += qr[k] * ropeStage[p * ROPE + lane + 32 * k];
-      }
-      dot = kt::warpSum(dot) * (SCALE);
-      scores[p] = dot;
-      if (p < count)
-        stageMaximum = fmaxf(stageMaximum, dot);
-    }
-    const float newMaximum = fmaxf(maximum, stageMaximum);
-    const float correction = expf(maximum - newMaximum);
-    total *= correction;
-#pragma unroll
-    for (int k = 0; k < kLatentPerLane; ++k)
-      sum[k] *= correction;
-#pragma unroll
-    for (int p = 0; p < kStage; ++p) {
-      if (p >= count)
-        break;
-      const float e = expf(scores[p] - newMaximum);
-      total += e;
-#pragma unroll
-      for (int k = 0; k < kLatentPerLane; ++k)
-        if (lane + 32 * k < KV_LORA)
-          sum[k] += e * latentStage[p * KV_LORA + lane + 32 * k];
-    }
-    maximum = newMaximum;
-  }
+  kt::mla::WarpState w;
+  kt::mla::loadQuery(w, qLatent + static_cast<long long>(head) * KV_LORA,
+                     qRope + static_cast<long long>(head) * qRopeHeadStride, lane);
+  kt::mla::attend<kSplitThreads>(w, latent, ropeKey, first, min(positions, first + CHUNK),
+                                 latentStage, ropeStage, lane);
 
   float *out = partial + (static_cast<long long>(head) * gridDim.y + chunk) * kPartial;
   if (lane == 0) {
-    out[0] = maximum;
-    out[1] = total;
+    out[0] = w.maximum;
+    out[1] = w.total;
   }
 #pragma unroll
-  for (int k = 0; k < kLatentPerLane; ++k)
+  for (int k = 0; k < kt::mla::kLatentPerLane; ++k)
     if (lane + 32 * k < KV_LORA)
-      out[2 + lane + 32 * k] = sum[k];
+      out[2 + lane + 32 * k] = w.sum[k];
 }
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
