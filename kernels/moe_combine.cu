@@ -1,7 +1,9 @@
-// The routed experts' result on the GPU: out[t] = sum over the TOP_K chosen
+// The routed experts on the GPU. moe_combine, their result: out[t] = sum over the TOP_K chosen
 // experts k of weights[t][k] * y[t][k], where y holds each chosen expert's
 // output ([tokens][TOP_K][HIDDEN]) and weights are the gate's (normalized and
-// scaled). Threads stride over tokens x HIDDEN.
+// scaled). Threads stride over tokens x HIDDEN. expert_counts: how often
+// each expert was chosen (the routing statistics), counted on the device so
+// that decode graphs keep counting.
 // Specialization defines:
 //   HIDDEN         values per token
 //   TOP_K          experts per token
@@ -25,4 +27,11 @@ moe_combine(const float *__restrict__ y, const float *__restrict__ weights,
       sum += weights[token * TOP_K + k] * y[(token * TOP_K + k) * HIDDEN + column];
     out[i] = sum;
   }
+}
+
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+expert_counts(const int *__restrict__ ids, unsigned long long *__restrict__ counts, int tokens) {
+  const int total = tokens * TOP_K;
+  for (int i = blockIdx.x * BLOCK_THREADS + threadIdx.x; i < total; i += gridDim.x * BLOCK_THREADS)
+    atomicAdd(counts + ids[i], 1ull);
 }

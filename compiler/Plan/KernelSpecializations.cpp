@@ -175,7 +175,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
             collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]), device,
                           path);
         collector.add(cuda::elementwiseSpec("silu_mul", gateProj.getShape()[1]), device, path);
-        collector.add(cuda::moeCombineSpec(gateProj.getShape()[0], topK), device, path);
+        for (const char *entry : {"moe_combine", "expert_counts"})
+          collector.add(cuda::moeCombineSpec(gateProj.getShape()[0], topK, entry), device, path);
       } else if (auto head = dyn_cast<LmHeadOp>(op.getOperation())) {
         WeightAttr weight = head.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());

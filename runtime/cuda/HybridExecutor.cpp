@@ -752,8 +752,10 @@ private:
 class GpuExpertsStep : public Step {
 public:
   GpuMatrix gate, up, down;
-  const Kernel *siluMul = nullptr, *combine = nullptr;
-  int64_t hidden = 0, ffn = 0, topK = 0;
+  const Kernel *siluMul = nullptr, *combine = nullptr, *countSelections = nullptr;
+  int64_t hidden = 0, ffn = 0, topK = 0, experts = 0;
+  DevicePointer selections = 0; // u64 per expert: the routing statistics
+  std::string gatePath;
 
   size_t scratchFloats(int64_t rows) const override {
     return size_t(rows * topK * (2 * ffn + hidden));
@@ -775,7 +777,27 @@ public:
                             ids};
     if (Status s = m.gemv(down, g, d, rows, narrow); !s.ok())
       return s;
+    DevicePointer idsPointer = in[1]->gpu, counts = selections;
+    int tokens = int(rows);
+    if (Status s = m.launch(*countSelections, ceilDiv(rows * topK, countSelections->threads), 1, 1, 0,
+                            {&idsPointer, &counts, &tokens});
+        !s.ok())
+      return s;
     return m.elementwise(*combine, d, in[2]->gpu, out[0]->gpu, rows, hidden);
+  }
+
+  StatusOr<exec::RoutingStats> stats(CudaDevice &device) const {
+    exec::RoutingStats stats;
+    stats.path = gatePath;
+    stats.selections.assign(size_t(experts), 0);
+    if (Status s = device.copyToHost(stats.selections.data(), selections, size_t(experts) * 8);
+        !s.ok())
+      return s;
+    return stats;
+  }
+  Status clearStats(CudaDevice &device) {
+    const std::vector<uint64_t> zeros(size_t(experts), 0);
+    return device.copyToDevice(selections, zeros.data(), zeros.size() * 8);
   }
 };
 
@@ -947,6 +969,17 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         w->heads = experts->topK;
       experts->siluMul = loader.kernel(elementwiseSpec("silu_mul", experts->ffn));
       experts->combine = loader.kernel(moeCombineSpec(experts->hidden, experts->topK));
+      experts->countSelections =
+          loader.kernel(moeCombineSpec(experts->hidden, experts->topK, "expert_counts"));
+      experts->experts = count;
+      const std::vector<uint64_t> zeros(size_t(count), 0);
+      StatusOr<DevicePointer> selections = upload(zeros.data(), zeros.size() * 8);
+      if (!selections)
+        return selections.status();
+      experts->selections = *selections;
+      experts->gatePath = op.path;
+      if (size_t dot = experts->gatePath.rfind(".experts"); dot != std::string::npos)
+        experts->gatePath = experts->gatePath.substr(0, dot) + ".gate";
       produced.push_back({here, Kind::Floats, experts->hidden, 0, true});
       step = std::move(experts);
     } else if (kind == "routed_experts") {
@@ -1583,15 +1616,23 @@ void HybridExecutor::truncate(int sequence, int64_t tokens) {
 }
 std::vector<exec::RoutingStats> HybridExecutor::routingStats() const {
   std::vector<exec::RoutingStats> stats;
+  (void)impl_->device->makeCurrent();
   for (const BoundStep &bound : impl_->steps)
     if (auto *experts = dynamic_cast<const ExpertsStep *>(bound.step.get()))
       stats.push_back(experts->stats());
+    else if (auto *gpuExperts = dynamic_cast<const GpuExpertsStep *>(bound.step.get())) {
+      StatusOr<exec::RoutingStats> counted = gpuExperts->stats(*impl_->device);
+      stats.push_back(counted ? *counted : exec::RoutingStats{gpuExperts->gatePath, {}});
+    }
   return stats;
 }
 void HybridExecutor::clearRoutingStats() {
+  (void)impl_->device->makeCurrent();
   for (BoundStep &bound : impl_->steps)
     if (auto *experts = dynamic_cast<ExpertsStep *>(bound.step.get()))
       experts->clearStats();
+    else if (auto *gpuExperts = dynamic_cast<GpuExpertsStep *>(bound.step.get()))
+      (void)gpuExperts->clearStats(*impl_->device);
 }
 int64_t HybridExecutor::vocabSize() const { return impl_->vocab; }
 int HybridExecutor::threadCount() const { return impl_->pool.threadCount(); }

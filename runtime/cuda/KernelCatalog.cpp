@@ -256,11 +256,12 @@ StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims) {
                         128);
 }
 
-StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK) {
-  if (hidden <= 0 || topK <= 0 || topK > 64 || hidden > INT32_MAX)
+StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK, const std::string &entry) {
+  if (hidden <= 0 || topK <= 0 || topK > 64 || hidden > INT32_MAX ||
+      (entry != "moe_combine" && entry != "expert_counts"))
     return Status::error("combining " + integer(topK) + " experts of " + integer(hidden) +
                          " values is not supported on the GPU.");
-  return makeKernelSpec("moe_combine.cu", "moe_combine",
+  return makeKernelSpec("moe_combine.cu", entry,
                         {{"HIDDEN", integer(hidden)},
                          {"TOP_K", integer(topK)},
                          {"BLOCK_THREADS", "256"}},
@@ -382,7 +383,8 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (const ModelKernelShapes::Experts &e : shapes.gpuExperts)
     for (StatusOr<KernelSpec> spec :
          {gemvSpec(e.type, e.ffn, e.hidden), gemvSpec(e.type, e.hidden, e.ffn),
-          elementwiseSpec("silu_mul", e.ffn), moeCombineSpec(e.hidden, e.topK)})
+          elementwiseSpec("silu_mul", e.ffn), moeCombineSpec(e.hidden, e.topK),
+          moeCombineSpec(e.hidden, e.topK, "expert_counts")})
       if (Status s = add(std::move(spec)); !s.ok())
         return s;
   for (const auto &[out, in] : shapes.fp8Matrices)

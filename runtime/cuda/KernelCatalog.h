@@ -99,9 +99,12 @@ StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, fl
 // from device memory (one block per token).
 StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims);
 
-// out[t] = sum over the TOP_K slots of weights[t][k] * y[t][k] ([hidden]
-// each): the routed experts' outputs combined with the gate's weights.
-StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK);
+// Entry "moe_combine": out[t] = sum over the TOP_K slots of weights[t][k] *
+// y[t][k] ([hidden] each), the routed experts' outputs combined with the
+// gate's weights; entry "expert_counts": adds each chosen id to a u64 count
+// per expert (routing statistics).
+StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK,
+                                    const std::string &entry = "moe_combine");
 
 // silu_mul and add over `count` floats per token (entry "silu_mul" or "add").
 StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count);

@@ -198,6 +198,26 @@ TEST(HybridExecutor, GpuExpertsMatchTheCpuExecutorInsideDecodeGraphs) {
     gpuExpertLayers += op.kind == "routed_experts" && op.decodeDevice == "cuda:0";
   ASSERT_EQ(gpuExpertLayers, 2); // layers 4 and 5
   expectSameRun(pair, 15, 8, 1e-4);
+  // Routing statistics: counted on the device for the GPU layers, equal to
+  // the CPU executor's for every layer.
+  {
+    std::unique_ptr<exec::Executor> onGpu = open(pair.gpu), onCpu = open(pair.cpu);
+    ASSERT_TRUE(onGpu && onCpu);
+    const std::vector<int32_t> prompt = cpu::test::sampleTokens(10, 6);
+    ASSERT_TRUE(onGpu->forward(prompt).ok());
+    ASSERT_TRUE(onCpu->forward(prompt).ok());
+    ASSERT_TRUE(onGpu->forward({3}).ok()); // a decode step, through the graphs
+    ASSERT_TRUE(onCpu->forward({3}).ok());
+    std::vector<exec::RoutingStats> g = onGpu->routingStats(), c = onCpu->routingStats();
+    ASSERT_EQ(g.size(), c.size());
+    for (size_t i = 0; i < g.size(); ++i) {
+      EXPECT_EQ(g[i].path, c[i].path);
+      EXPECT_EQ(g[i].selections, c[i].selections) << g[i].path;
+    }
+    onGpu->clearRoutingStats();
+    for (const exec::RoutingStats &layer : onGpu->routingStats())
+      EXPECT_EQ(layer.distinctExperts(), 0) << layer.path;
+  }
   // The same decode with and without graphs: the experts' regions replay.
   EXPECT_GT(expectGraphedDecodeEqualsPlain(pair.gpu, 6, 4).launched, 0u);
 }
