@@ -14,8 +14,6 @@ using CUfunction = void *;
 using CUstream = void *;
 using CUdeviceptr = unsigned long long;
 constexpr CUresult kSuccess = 0;
-constexpr int kAttributeMaxDynamicSharedBytes = 8;  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
-constexpr unsigned kDefaultDynamicSharedLimit = 48 * 1024;
 } // namespace
 
 struct CudaDevice::Api {
@@ -43,7 +41,6 @@ struct CudaDevice::Api {
   CUresult (*graphDestroy)(void *) = nullptr;
   CUresult (*memAllocHost)(void **, size_t) = nullptr;
   CUresult (*memFreeHost)(void *) = nullptr;
-  CUresult (*funcSetAttribute)(CUfunction, int, int) = nullptr;
   CUresult (*launchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                            unsigned, unsigned, CUstream, void **, void **) = nullptr;
   CUresult (*getErrorString)(CUresult, const char **) = nullptr;
@@ -99,7 +96,6 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.graphDestroy, {"cuGraphDestroy"});
   bind(api.memAllocHost, {"cuMemAllocHost_v2"});
   bind(api.memFreeHost, {"cuMemFreeHost"});
-  bind(api.funcSetAttribute, {"cuFuncSetAttribute"});
   bind(api.launchKernel, {"cuLaunchKernel"});
   bind(api.getErrorString, {"cuGetErrorString"});
   if (!missing.empty())
@@ -198,15 +194,6 @@ StatusOr<LoadedKernel> CudaDevice::load(const CompiledKernel &kernel) {
 
 Status CudaDevice::launch(const LoadedKernel &kernel, const LaunchShape &shape,
                           std::vector<void *> arguments) {
-  // Beyond 48 KiB of dynamic shared memory a kernel must opt in (attention
-  // scores over long contexts).
-  if (shape.sharedBytes > kDefaultDynamicSharedLimit)
-    if (Status s = check(api_->funcSetAttribute(kernel.function, kAttributeMaxDynamicSharedBytes,
-                                                static_cast<int>(shape.sharedBytes)),
-                         "cuFuncSetAttribute " + kernel.entry + " shared memory " +
-                             std::to_string(shape.sharedBytes));
-        !s.ok())
-      return s;
   return check(api_->launchKernel(kernel.function, shape.gridX, shape.gridY, shape.gridZ,
                                   shape.blockX, shape.blockY, shape.blockZ, shape.sharedBytes,
                                   stream_, arguments.data(), nullptr),
