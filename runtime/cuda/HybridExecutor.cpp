@@ -43,6 +43,7 @@ struct Value {
   int slot = -1;
   DevicePointer gpu = 0;
   void *host = nullptr;
+  int logicalGpu = 0; // of a GPU value (virtual GPUs)
   float *hostFloats() const { return static_cast<float *>(host); }
   int32_t *hostIds() const { return static_cast<int32_t *>(host); }
 };
@@ -132,6 +133,19 @@ struct SlotPlanner {
 
 unsigned ceilDiv(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
+// N of "cuda:N", -1 for any other device.
+int gpuIndex(const std::string &device) {
+  if (device.rfind("cuda:", 0) != 0 || device.size() == 5)
+    return -1;
+  int index = 0;
+  for (char c : device.substr(5)) {
+    if (c < '0' || c > '9' || index > 1000)
+      return -1;
+    index = index * 10 + (c - '0');
+  }
+  return index;
+}
+
 } // namespace
 
 // ---------------------------------------------------------------- executor
@@ -167,6 +181,7 @@ public:
   std::vector<std::vector<LatentCache>> caches; // [sequence][layer]
   struct CacheShape {
     int64_t latent, rope;
+    int gpu; // logical GPU of the attention op
   };
   std::vector<CacheShape> cacheShapes;
 
@@ -177,6 +192,9 @@ public:
   std::vector<DevicePointer> gpuAllocations;
   std::vector<void *> hostAllocations;
   uint64_t weightBytes = 0, bufferBytes = 0;
+  int logicalGpus = 1;                // cuda:0 .. cuda:logicalGpus-1, all on GPU 0
+  int bindingGpu = 0;                 // the logical GPU allocations are charged to
+  std::vector<uint64_t> logicalBytes; // per logical GPU
   bool profiling = false;
   exec::ExecutionProfile profile;
   bool cudaGraphs = true;
@@ -258,6 +276,7 @@ StatusOr<DevicePointer> HybridExecutor::Impl::allocate(size_t bytes, bool weight
                          "with a smaller --gpu-mem budget so that more runs on the CPU.");
   gpuAllocations.push_back(*p);
   (weights ? weightBytes : bufferBytes) += bytes;
+  logicalBytes[size_t(bindingGpu)] += bytes;
   return *p;
 }
 
@@ -842,6 +861,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
   values[0] = {Where::Host, Kind::Tokens, 1, 0, true};
   // Where each value lives, from the plan's buffers.
   std::vector<std::optional<Where>> bufferWhere(values.size());
+  std::vector<int> bufferGpu(values.size(), 0);
   for (const plan::Buffer &buffer : plan->buffers) {
     if (buffer.value < 0 || buffer.value > maxValue)
       continue;
@@ -853,15 +873,15 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
                            "same in both phases. Give prefill_device and generate_device the "
                            "same value in the rule file.");
     const std::string &device = buffer.decodeDevice;
-    if (device == "cuda:0")
+    if (const int gpu = gpuIndex(device); gpu >= 0 && gpu < logicalGpus) {
       bufferWhere[size_t(buffer.value)] = Where::Gpu;
-    else if (device == "cpu" || device == "host")
+      bufferGpu[size_t(buffer.value)] = gpu;
+    } else if (device == "cpu" || device == "host") {
       bufferWhere[size_t(buffer.value)] = Where::Host;
-    else
+    } else {
       return Status::error(planName + " places value " + std::to_string(buffer.value) + " on " +
-                           device +
-                           "; this executor runs one GPU (cuda:0) and the CPU. Recompile the "
-                           "plan with rules for one GPU.");
+                           device + ", which this executor does not run; recompile the plan.");
+    }
   }
 
   for (size_t index = 0; index < plan->ops.size(); ++index) {
@@ -869,7 +889,9 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
     cpu::OpBinder b(op, index, model, planName);
 
     MatrixLoader loader(*this, b, op);
-    const bool gpuOp = op.decodeDevice == "cuda:0";
+    const int opGpu = gpuIndex(op.decodeDevice);
+    const bool gpuOp = opGpu >= 0 && opGpu < logicalGpus;
+    bindingGpu = gpuOp ? opGpu : 0;
     if (op.prefillDevice != op.decodeDevice)
       return Status::error(b.where() + " runs " + placementText(op) +
                            "; the GPU executor runs ops whose prefill and decode devices are "
@@ -877,8 +899,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
                            "the rule file.");
     if (!gpuOp && op.decodeDevice != "cpu")
       return Status::error(b.where() + " runs on " + op.decodeDevice +
-                           "; this executor runs one GPU (cuda:0) and the CPU. Recompile the "
-                           "plan with rules for one GPU.");
+                           ", which this executor does not run; recompile the plan.");
     std::vector<Value *> in;
     for (int id : op.inputs) {
       if (id < 0 || id > maxValue || !values[size_t(id)].defined)
@@ -1124,7 +1145,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         return f.status();
       attention->inverseFrequencies = *f;
       attention->layer = cacheShapes.size();
-      cacheShapes.push_back({s.kvLora, s.rope});
+      cacheShapes.push_back({s.kvLora, s.rope, opGpu});
       produced.push_back({here, Kind::Floats, s.hidden, 0, true});
       step = std::move(attention);
     } else if (kind == "mlp" || kind == "shared_experts") {
@@ -1190,6 +1211,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       // on the other side; routed experts write to their out device).
       if (const auto &where = bufferWhere[size_t(op.outputs[i])])
         v.where = *where;
+      v.logicalGpu = bufferGpu[size_t(op.outputs[i])];
     }
     int64_t region = -1;
     if (auto it = op.params.find("graph_region"); it != op.params.end())
@@ -1236,14 +1258,19 @@ Status HybridExecutor::Impl::planBuffers() {
     for (int id : steps[i].inputs)
       lastUse[size_t(id)] = int(i);
   lastUse[size_t(outputValue)] = int(steps.size());
-  SlotPlanner gpuSlots, hostSlots;
+  // Each logical GPU has buffers of its own (its own memory budget).
+  std::vector<SlotPlanner> gpuSlots(static_cast<size_t>(logicalGpus));
+  SlotPlanner hostSlots;
+  auto planner = [&](const Value &v) -> SlotPlanner & {
+    return v.where == Where::Gpu ? gpuSlots[size_t(v.logicalGpu)] : hostSlots;
+  };
   size_t scratchFloats = 0;
   for (size_t i = 0; i < steps.size(); ++i) {
     scratchFloats = std::max(scratchFloats, steps[i].step->scratchFloats(rows));
     for (int id : steps[i].outputs) {
       Value &v = values[size_t(id)];
       const size_t bytes = size_t(rows * v.width) * 4;
-      v.slot = (v.where == Where::Gpu ? gpuSlots : hostSlots).acquire(bytes);
+      v.slot = planner(v).acquire(bytes);
     }
     // Inputs read for the last time, and outputs nobody reads, free their buffers.
     std::set<int> done;
@@ -1255,16 +1282,20 @@ Status HybridExecutor::Impl::planBuffers() {
         done.insert(id);
     for (int id : done) {
       const Value &v = values[size_t(id)];
-      (v.where == Where::Gpu ? gpuSlots : hostSlots).release(v.slot);
+      planner(v).release(v.slot);
     }
   }
-  std::vector<DevicePointer> gpuBuffers;
-  for (size_t bytes : gpuSlots.bytes) {
-    StatusOr<DevicePointer> p = allocate(bytes, false);
-    if (!p)
-      return p.status();
-    gpuBuffers.push_back(*p);
+  std::vector<std::vector<DevicePointer>> gpuBuffers(static_cast<size_t>(logicalGpus));
+  for (int gpu = 0; gpu < logicalGpus; ++gpu) {
+    bindingGpu = gpu;
+    for (size_t bytes : gpuSlots[size_t(gpu)].bytes) {
+      StatusOr<DevicePointer> p = allocate(bytes, false);
+      if (!p)
+        return p.status();
+      gpuBuffers[size_t(gpu)].push_back(*p);
+    }
   }
+  bindingGpu = 0;
   std::vector<void *> hostBuffers;
   for (size_t bytes : hostSlots.bytes) {
     StatusOr<void *> p = device->allocateHost(std::max<size_t>(bytes, 256));
@@ -1278,7 +1309,7 @@ Status HybridExecutor::Impl::planBuffers() {
     if (v.slot < 0)
       continue;
     if (v.where == Where::Gpu)
-      v.gpu = gpuBuffers[size_t(v.slot)];
+      v.gpu = gpuBuffers[size_t(v.logicalGpu)][size_t(v.slot)];
     else
       v.host = hostBuffers[size_t(v.slot)];
   }
@@ -1293,6 +1324,7 @@ Status HybridExecutor::Impl::planBuffers() {
   }
   for (std::vector<LatentCache> &sequenceCaches : caches)
     for (const CacheShape &shape : cacheShapes) {
+      bindingGpu = shape.gpu;
       StatusOr<DevicePointer> latent =
           allocate(size_t(sequences.capacity() * shape.latent) * 4, false);
       if (!latent)
@@ -1302,6 +1334,19 @@ Status HybridExecutor::Impl::planBuffers() {
         return rope.status();
       sequenceCaches.push_back({*latent, *rope});
     }
+  bindingGpu = 0;
+  // The plan's memory budget of each logical GPU (ktc compile --gpu-mem).
+  for (const plan::DeviceMemory &memory : plan->memory) {
+    const int gpu = gpuIndex(memory.device);
+    if (gpu < 0 || gpu >= logicalGpus || !memory.budget)
+      continue;
+    if (logicalBytes[size_t(gpu)] > *memory.budget)
+      return Status::error(planName + ": " + memory.device + " needs " +
+                           std::to_string(logicalBytes[size_t(gpu)] >> 20) +
+                           " MiB here, more than its budget of " +
+                           std::to_string(*memory.budget >> 20) +
+                           " MiB; lower --cache-lens or recompile with a larger --gpu-mem for it.");
+  }
   return Status::success();
 }
 
@@ -1443,6 +1488,27 @@ StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Pla
   if (plan.target.gpus.empty())
     return Status::error(planName + " places ops on a GPU but names no target GPU; the plan is "
                          "damaged: recompile it.");
+  // This executor drives GPU 0; a plan for several GPUs runs on it as
+  // virtual GPUs when asked to (before any GPU is needed, so it is checked
+  // everywhere).
+  const int logicalGpus = std::max(1, options.virtualGpus);
+  int highestGpu = 0;
+  for (const plan::Op &op : plan.ops)
+    for (const std::string *device : {&op.prefillDevice, &op.decodeDevice, &op.outDevice})
+      highestGpu = std::max(highestGpu, gpuIndex(*device));
+  if (highestGpu >= logicalGpus)
+    return Status::error(planName + " runs ops on cuda:" + std::to_string(highestGpu) +
+                         ", but this executor drives one GPU" +
+                         (options.virtualGpus > 0
+                              ? " as " + std::to_string(options.virtualGpus) + " virtual GPUs"
+                              : std::string()) +
+                         ". Run it with --virtual-gpus " + std::to_string(highestGpu + 1) +
+                         " (its stages then share GPU 0), or compile it for one GPU.");
+  for (int gpu = 1; gpu < std::min<int>(logicalGpus, int(plan.target.gpus.size())); ++gpu)
+    if (plan.target.gpus[size_t(gpu)].arch != plan.target.gpus[0].arch)
+      return Status::error(planName + " targets GPUs of different architectures (" +
+                           plan.target.gpus[0].arch + ", " + plan.target.gpus[size_t(gpu)].arch +
+                           "), which cannot share one GPU as virtual GPUs.");
   // The FP8 checkpoint of the projections (ktc compile --fp8-path), checked
   // against the plan before any GPU is needed.
   std::unique_ptr<safetensors::Checkpoint> fp8;
@@ -1491,6 +1557,8 @@ StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Pla
 
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->cudaGraphs = options.cudaGraphs;
+  impl->logicalGpus = logicalGpus;
+  impl->logicalBytes.assign(size_t(logicalGpus), 0);
   impl->caches.resize(size_t(options.sequences));
   impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
   impl->chunkSize =
@@ -1637,7 +1705,10 @@ void HybridExecutor::clearRoutingStats() {
 int64_t HybridExecutor::vocabSize() const { return impl_->vocab; }
 int HybridExecutor::threadCount() const { return impl_->pool.threadCount(); }
 std::string HybridExecutor::deviceDescription() const {
-  return "cuda:0 (" + impl_->gpu.name + ", " + impl_->gpu.arch() + ")";
+  std::string text = "cuda:0 (" + impl_->gpu.name + ", " + impl_->gpu.arch() + ")";
+  if (impl_->logicalGpus > 1)
+    text += " as " + std::to_string(impl_->logicalGpus) + " virtual GPUs";
+  return text;
 }
 void HybridExecutor::setProfiling(bool on) {
   impl_->profiling = on;

@@ -30,6 +30,10 @@ struct ExecutorOptions {
   // GPU plans: capture each decode step's GPU regions (the plan's
   // graph_region) as CUDA graphs on first use and replay them after.
   bool cudaGraphs = true;
+  // GPU plans: run a plan for N GPUs (cuda:0 .. cuda:N-1) on this host's
+  // GPU 0, each logical device with its own buffers and the plan's memory
+  // budget (pipelines tested on one GPU); 0: cuda:0 only.
+  int virtualGpus = 0;
 };
 
 // The new tokens of one sequence in a batched step.

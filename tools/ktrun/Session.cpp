@@ -99,6 +99,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.planPath = options_.planPath;
   executorOptions.sequences = options_.sequences;
   executorOptions.cudaGraphs = options_.cudaGraphs;
+  executorOptions.virtualGpus = options_.virtualGpus;
   return exec::createExecutor(plan_, *model_, executorOptions);
 }
 

@@ -30,6 +30,7 @@ struct SessionOptions {
   bool progress = false;        // progress bar while the weights are read
   int sequences = 1;            // KV cache slots of the executor (the server's --parallel)
   bool cudaGraphs = true;       // GPU plans: replay decode's GPU regions as CUDA graphs
+  int virtualGpus = 0;          // run a plan for N GPUs on GPU 0
   SamplingOptions sampling;
 };
 

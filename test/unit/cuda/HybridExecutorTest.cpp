@@ -510,6 +510,74 @@ TEST(HybridExecutor, RefusesAChangedFp8Checkpoint) {
   EXPECT_NE(executor.message().find("--fp8-path"), std::string::npos) << executor.message();
 }
 
+// The multi-GPU rule files on virtual GPUs: their stages, transfers and
+// per-stage graphs run on GPU 0 and give the single-GPU plan's logits.
+TEST(HybridExecutor, MultiGpuRulesRunOnVirtualGpusLikeOneGpu) {
+  KT_REQUIRE_GPU();
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.layerCount = 24; // stages on cuda:0 and 1 (2 GPUs), 0, 1, 3 (4), 0, 1, 2, 7 (8)
+  TestModel single;
+  cpu::test::buildModel("tiny-pipeline", config, single, "rules/DeepSeek-V3-Chat.yaml",
+                        targetGpu());
+  for (int gpus : {2, 4, 8}) {
+    SCOPED_TRACE(std::to_string(gpus) + " GPUs");
+    std::string targets = targetGpu();
+    for (int i = 1; i < gpus; ++i)
+      targets += " --target-gpu " + targetGpu();
+    TestModel pipeline;
+    cpu::test::buildModel("tiny-pipeline-" + std::to_string(gpus), config, pipeline,
+                          "rules/DeepSeek-V3-Chat-multi-gpu-" + std::to_string(gpus) + ".yaml",
+                          targets);
+    int highest = 0;
+    for (const plan::Op &op : pipeline.plan.ops)
+      if (op.decodeDevice.rfind("cuda:", 0) == 0)
+        highest = std::max(highest, std::atoi(op.decodeDevice.c_str() + 5));
+    EXPECT_GT(highest, 0) << "the plan uses one GPU only";
+
+    StatusOr<std::unique_ptr<exec::Executor>> refused =
+        exec::createExecutor(pipeline.plan, *pipeline.model, {});
+    ASSERT_FALSE(refused.ok());
+    EXPECT_NE(refused.message().find("--virtual-gpus " + std::to_string(highest + 1)),
+              std::string::npos)
+        << refused.message();
+
+    exec::ExecutorOptions options;
+    options.virtualGpus = gpus;
+    std::unique_ptr<exec::Executor> virtualGpus = open(pipeline, options), one = open(single);
+    ASSERT_TRUE(virtualGpus && one);
+    EXPECT_NE(virtualGpus->deviceDescription().find("virtual GPUs"), std::string::npos);
+    const std::vector<int32_t> prompt = cpu::test::sampleTokens(11, 3);
+    StatusOr<std::vector<float>> a = virtualGpus->forward(prompt, true), b = one->forward(prompt, true);
+    ASSERT_TRUE(a.ok()) << a.message();
+    ASSERT_TRUE(b.ok()) << b.message();
+    EXPECT_LE(cpu::test::relativeL2(*a, *b), 1e-6);
+    for (int step = 0; step < 4; ++step) {
+      const int32_t next = argmax(*b, step == 0 ? prompt.size() - 1 : 0, one->vocabSize());
+      a = virtualGpus->forward({next});
+      b = one->forward({next});
+      ASSERT_TRUE(a.ok()) << a.message();
+      ASSERT_TRUE(b.ok()) << b.message();
+      EXPECT_LE(cpu::test::relativeL2(*a, *b), 1e-6) << "decode step " << step;
+    }
+    EXPECT_GT(dynamic_cast<HybridExecutor &>(*virtualGpus).graphStats().launched, 0u);
+  }
+}
+
+// Runs everywhere: a plan for several GPUs needs --virtual-gpus on one.
+TEST(HybridExecutor, RefusesAMultiGpuPlanWithoutVirtualGpus) {
+  KT_REQUIRE_COMPILER();
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.layerCount = 4;
+  TestModel pipeline;
+  cpu::test::buildModel("tiny-pipeline-refused", config, pipeline,
+                        "rules/DeepSeek-V3-Chat-multi-gpu-2.yaml",
+                        "sm_90a:80GiB --target-gpu sm_90a:80GiB");
+  StatusOr<std::unique_ptr<exec::Executor>> executor =
+      exec::createExecutor(pipeline.plan, *pipeline.model, {});
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("--virtual-gpus 2"), std::string::npos) << executor.message();
+}
+
 // Runs everywhere: without a GPU a GPU plan is refused with what to do.
 TEST(HybridExecutor, RefusesGpuPlansOnAHostWithoutAGpu) {
   KT_REQUIRE_COMPILER();
