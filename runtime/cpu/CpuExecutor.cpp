@@ -437,27 +437,10 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
       if (!expectOperands(1, 1))
         return b.status();
       MlaShape s;
-      s.hidden = in[0]->width;
-      s.heads = b.integer("num_heads");
-      s.qLoraRank = b.integer("q_lora_rank");
-      s.kvLoraRank = b.integer("kv_lora_rank");
-      s.nope = b.integer("qk_nope_head_dim");
-      s.rope = b.integer("qk_rope_head_dim");
-      s.v = b.integer("v_head_dim");
-      s.eps = static_cast<float>(b.real("eps"));
       RopeConfig rope;
-      rope.dims = s.rope;
-      rope.theta = b.real("rope_theta");
-      rope.factor = b.real("rope_scaling_factor");
-      rope.originalContext = b.integer("rope_original_context_length");
-      rope.yarnLogMultiplier = b.real("rope_yarn_log_multiplier");
+      b.attention(in[0]->width, s, rope);
       if (!b.ok())
         return b.status();
-      b.require(s.heads > 0 && s.kvLoraRank > 0 && s.nope > 0 && s.v > 0 && s.rope > 0 &&
-                    s.rope % 2 == 0 && s.qLoraRank >= 0,
-                "has invalid attention dimensions; the plan is damaged: recompile it.");
-      b.require(!rope.yarn() || rope.originalContext > 0,
-                "uses YaRN without an original context length; recompile the plan.");
       const int64_t qkDim = s.nope + s.rope;
       MlaWeights w;
       if (s.qLoraRank > 0) {
@@ -526,18 +509,10 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
                 "expects the expert ids of a moe_gate as input 1; the plan is damaged: "
                 "recompile it.");
       expectFloats(2, in[1]->width);
-      const gguf::TensorInfo *gate = b.tensor("gate_proj", 3);
-      const gguf::TensorInfo *up = b.tensor("up_proj", 3);
-      const gguf::TensorInfo *down = b.tensor("down_proj", 3);
+      const OpBinder::ExpertTensors t = b.experts(hidden, in[1]->experts);
       if (!b.ok())
         return b.status();
-      const int64_t ffn = gate->ne[1], experts = gate->ne[2];
-      b.checkShape("gate_proj", *gate, {hidden, ffn, in[1]->experts});
-      b.checkShape("up_proj", *up, {hidden, ffn, experts});
-      b.checkShape("down_proj", *down, {ffn, hidden, experts});
-      if (!b.ok())
-        return b.status();
-      RoutedExperts routed(*gate, *up, *down, generated.get());
+      RoutedExperts routed(*t.gate, *t.up, *t.down, generated.get());
       routed.setGemmTokens(expertGemmTokens);
       if (routed.usesGeneratedKernels())
         ++generatedExpertLayers;

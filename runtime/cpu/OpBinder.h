@@ -4,8 +4,10 @@
 // neutral values.
 #pragma once
 
+#include "runtime/cpu/Attention.h"
 #include "runtime/cpu/Linear.h"
 #include "runtime/cpu/MoeRouting.h"
+#include "runtime/cpu/Rope.h"
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/plan/Plan.h"
 #include "runtime/quant/Quant.h"
@@ -23,6 +25,14 @@ inline std::string shapeText(const std::vector<int64_t> &shape) {
   for (size_t i = 0; i < shape.size(); ++i)
     text += (i ? ", " : "") + std::to_string(shape[i]);
   return text + "]";
+}
+
+// The module path of the gate that routes the experts at `expertsPath`
+// ("model.layers.3.mlp.experts" -> "model.layers.3.mlp.gate"), the name the
+// routing statistics carry.
+inline std::string gatePathOf(const std::string &expertsPath) {
+  const size_t dot = expertsPath.rfind(".experts");
+  return dot == std::string::npos ? expertsPath : expertsPath.substr(0, dot) + ".gate";
 }
 
 class OpBinder {
@@ -176,6 +186,47 @@ public:
       return *v;
     fail("has a non-string hyper-parameter '" + name + "'; recompile the plan.");
     return {};
+  }
+
+  // An mla_attention's dimensions (input width `hidden`) and RoPE, checked.
+  void attention(int64_t hidden, MlaShape &s, RopeConfig &rope) {
+    s.hidden = hidden;
+    s.heads = integer("num_heads");
+    s.qLoraRank = integer("q_lora_rank");
+    s.kvLoraRank = integer("kv_lora_rank");
+    s.nope = integer("qk_nope_head_dim");
+    s.rope = integer("qk_rope_head_dim");
+    s.v = integer("v_head_dim");
+    s.eps = static_cast<float>(real("eps"));
+    rope.dims = s.rope;
+    rope.theta = real("rope_theta");
+    rope.factor = real("rope_scaling_factor");
+    rope.originalContext = integer("rope_original_context_length");
+    rope.yarnLogMultiplier = real("rope_yarn_log_multiplier");
+    if (!ok())
+      return;
+    require(s.heads > 0 && s.kvLoraRank > 0 && s.nope > 0 && s.v > 0 && s.rope > 0 &&
+                s.rope % 2 == 0 && s.qLoraRank >= 0,
+            "has invalid attention dimensions; the plan is damaged: recompile it.");
+    require(!rope.yarn() || rope.originalContext > 0,
+            "uses YaRN without an original context length; recompile the plan.");
+  }
+
+  // A routed_experts op's gate, up and down tensors [hidden, ffn, experts]
+  // ([ffn, hidden, experts] for down), checked against the gate's expert
+  // count; all null after a failure.
+  struct ExpertTensors {
+    const gguf::TensorInfo *gate = nullptr, *up = nullptr, *down = nullptr;
+  };
+  ExpertTensors experts(int64_t hidden, int64_t expertCount) {
+    ExpertTensors t{tensor("gate_proj", 3), tensor("up_proj", 3), tensor("down_proj", 3)};
+    if (!ok())
+      return {};
+    const int64_t ffn = t.gate->ne[1];
+    checkShape("gate_proj", *t.gate, {hidden, ffn, expertCount});
+    checkShape("up_proj", *t.up, {hidden, ffn, expertCount});
+    checkShape("down_proj", *t.down, {ffn, hidden, expertCount});
+    return ok() ? t : ExpertTensors{};
   }
 
   // A moe_gate's routing hyper-parameters, checked for consistency.

@@ -582,14 +582,10 @@ private:
 
 // MLA with weight absorption over the GPU latent cache, every token over
 // its causal prefix (runtime/cpu/Attention's absorbed path is the reference).
-struct AttentionShape {
-  int64_t hidden = 0, heads = 0, qLora = 0, kvLora = 0, nope = 0, rope = 0, v = 0;
-  int64_t qk() const { return nope + rope; }
-};
-
 class AttentionStep : public Step {
 public:
-  AttentionShape s;
+  cpu::MlaShape s;
+  int64_t qk() const { return s.nope + s.rope; }
   GpuMatrix qA, qB, q, kvA, kB, vB, o;
   DevicePointer qANorm = 0, kvANorm = 0, inverseFrequencies = 0;
   const Kernel *qNorm = nullptr, *kvNorm = nullptr, *ropeQ = nullptr, *ropeK = nullptr,
@@ -601,24 +597,26 @@ public:
   // Single-token steps use the split core, whose pieces need chunks x
   // (kv_lora + 2) floats per head.
   size_t scratchFloats(int64_t rows) const override {
-    return size_t(rows) * size_t(s.qLora + s.heads * s.qk() + s.kvLora + s.rope +
-                                 2 * s.heads * s.kvLora + s.heads * s.v) +
-           size_t(s.heads * chunks * (s.kvLora + 2));
+    return size_t(rows) * size_t(s.qLoraRank + s.heads * qk() + s.kvLoraRank + s.rope +
+                                 2 * s.heads * s.kvLoraRank + s.heads * s.v) +
+           size_t(s.heads * chunks * (s.kvLoraRank + 2));
   }
 
   Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
              const std::vector<Value *> &out) override {
-    const int64_t rows = ctx.rows, H = s.heads, qk = s.qk(), kvWidth = s.kvLora + s.rope;
+    const int64_t rows = ctx.rows, H = s.heads, qk = s.nope + s.rope;
+    const int64_t kvWidth = s.kvLoraRank + s.rope;
     DevicePointer next = m.scratch;
     auto carve = [&](int64_t floats) {
       DevicePointer p = next;
       next += DevicePointer(floats) * 4;
       return p;
     };
-    const DevicePointer qLoraBuf = carve(rows * s.qLora), qBuf = carve(rows * H * qk),
-                        kvABuf = carve(rows * kvWidth), qLatent = carve(rows * H * s.kvLora),
-                        context = carve(rows * H * s.kvLora), vOut = carve(rows * H * s.v),
-                        pieces = carve(H * chunks * (s.kvLora + 2));
+    const DevicePointer qLoraBuf = carve(rows * s.qLoraRank), qBuf = carve(rows * H * qk),
+                        kvABuf = carve(rows * kvWidth),
+                        qLatent = carve(rows * H * s.kvLoraRank),
+                        context = carve(rows * H * s.kvLoraRank), vOut = carve(rows * H * s.v),
+                        pieces = carve(H * chunks * (s.kvLoraRank + 2));
     const DevicePointer x = in[0]->gpu, result = out[0]->gpu;
     int tokens = int(rows);
     DevicePointer positions = m.positionsGpu, frequencies = inverseFrequencies;
@@ -629,10 +627,10 @@ public:
         st = std::move(s);
     };
     // Queries: compressed, normalized, expanded to heads; rope on each head's tail.
-    if (s.qLora > 0) {
-      step(m.gemv(qA, x, qLoraBuf, rows, {int(s.hidden), int(s.qLora), 0, 0}));
-      step(m.rmsNorm(*qNorm, qLoraBuf, qANorm, qLoraBuf, rows, s.qLora, s.qLora));
-      step(m.gemv(qB, qLoraBuf, qBuf, rows, {int(s.qLora), int(H * qk), 0, 0}));
+    if (s.qLoraRank > 0) {
+      step(m.gemv(qA, x, qLoraBuf, rows, {int(s.hidden), int(s.qLoraRank), 0, 0}));
+      step(m.rmsNorm(*qNorm, qLoraBuf, qANorm, qLoraBuf, rows, s.qLoraRank, s.qLoraRank));
+      step(m.gemv(qB, qLoraBuf, qBuf, rows, {int(s.qLoraRank), int(H * qk), 0, 0}));
     } else {
       step(m.gemv(q, x, qBuf, rows, {int(s.hidden), int(H * qk), 0, 0}));
     }
@@ -649,7 +647,7 @@ public:
                   {&kvRows, &positions, &frequencies, &tokens}));
     // Absorption: each head's nope query into latent space.
     step(m.gemv(kB, qBuf, qLatent, rows,
-                {int(H * qk), int(H * s.kvLora), int(qk), int(s.kvLora)}));
+                {int(H * qk), int(H * s.kvLoraRank), int(qk), int(s.kvLoraRank)}));
     // Each sequence appends to and attends over its own cache.
     int headStride = int(qk), tokenStride = int(H * qk);
     for (const Segment &segment : ctx.segments) {
@@ -658,9 +656,9 @@ public:
       DevicePointer latent = cache.latent, rope = cache.rope,
                     segmentRows = kvABuf + row * DevicePointer(kvWidth) * 4,
                     segmentPositions = positions + row * 4,
-                    qLatentP = qLatent + row * DevicePointer(H * s.kvLora) * 4,
+                    qLatentP = qLatent + row * DevicePointer(H * s.kvLoraRank) * 4,
                     qRope = qBuf + (row * DevicePointer(H * qk) + DevicePointer(s.nope)) * 4,
-                    contextP = context + row * DevicePointer(H * s.kvLora) * 4, piecesP = pieces;
+                    contextP = context + row * DevicePointer(H * s.kvLoraRank) * 4, piecesP = pieces;
       step(m.launch(*append, unsigned(segment.count), 1, 1, 0,
                     {&segmentRows, &segmentPositions, &latent, &rope}));
       if (segment.count == 1) {
@@ -678,7 +676,7 @@ public:
       }
     }
     // Values out of latent space per head, then the output projection.
-    step(m.gemv(vB, context, vOut, rows, {int(H * s.kvLora), int(H * s.v), int(s.kvLora), int(s.v)}));
+    step(m.gemv(vB, context, vOut, rows, {int(H * s.kvLoraRank), int(H * s.v), int(s.kvLoraRank), int(s.v)}));
     step(m.gemv(o, vOut, result, rows, {int(H * s.v), int(s.hidden), 0, 0}));
     return st;
   }
@@ -967,75 +965,55 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       Value v = *in[0];
       v.slot = -1;
       produced.push_back(v);
-    } else if (kind == "routed_experts" && gpuOp) {
-      if (!expectOperands(3, 1))
-        return b.status();
-      expectWhere(Where::Gpu);
-      b.require(in[1]->kind == Kind::ExpertIds,
-                "expects the expert ids of a moe_gate as input 1; the plan is damaged: "
-                "recompile it.");
-      const gguf::TensorInfo *gateInfo = b.tensor("gate_proj", 3);
-      if (!b.ok())
-        return b.status();
-      auto experts = std::make_unique<GpuExpertsStep>();
-      experts->hidden = in[0]->width;
-      experts->ffn = gateInfo->ne[1];
-      experts->topK = in[1]->width;
-      const int64_t count = in[1]->experts;
-      experts->gate = loader.load("gate_proj", experts->hidden, experts->ffn, count, false);
-      experts->up = loader.load("up_proj", experts->hidden, experts->ffn, count, false);
-      experts->down = loader.load("down_proj", experts->ffn, experts->hidden, count, false);
-      // The launches' grid z runs over the top_k chosen slots, not the experts.
-      for (GpuMatrix *w : {&experts->gate, &experts->up, &experts->down})
-        w->heads = experts->topK;
-      experts->siluMul = loader.kernel(elementwiseSpec("silu_mul", experts->ffn));
-      experts->combine = loader.kernel(moeCombineSpec(experts->hidden, experts->topK));
-      experts->countSelections =
-          loader.kernel(moeCombineSpec(experts->hidden, experts->topK, "expert_counts"));
-      experts->experts = count;
-      const std::vector<uint64_t> zeros(size_t(count), 0);
-      StatusOr<DevicePointer> selections = upload(zeros.data(), zeros.size() * 8);
-      if (!selections)
-        return selections.status();
-      experts->selections = *selections;
-      experts->gatePath = op.path;
-      if (size_t dot = experts->gatePath.rfind(".experts"); dot != std::string::npos)
-        experts->gatePath = experts->gatePath.substr(0, dot) + ".gate";
-      produced.push_back({here, Kind::Floats, experts->hidden, 0, true});
-      step = std::move(experts);
     } else if (kind == "routed_experts") {
       if (!expectOperands(3, 1))
         return b.status();
-      expectWhere(Where::Host);
+      expectWhere(here);
       const int64_t hidden = in[0]->width;
       b.require(in[1]->kind == Kind::ExpertIds,
                 "expects the expert ids of a moe_gate as input 1; the plan is damaged: "
                 "recompile it.");
-      const gguf::TensorInfo *gate = b.tensor("gate_proj", 3);
-      const gguf::TensorInfo *up = b.tensor("up_proj", 3);
-      const gguf::TensorInfo *down = b.tensor("down_proj", 3);
+      const cpu::OpBinder::ExpertTensors t = b.experts(hidden, in[1]->experts);
       if (!b.ok())
         return b.status();
-      const int64_t ffn = gate->ne[1], experts = gate->ne[2];
-      b.checkShape("gate_proj", *gate, {hidden, ffn, in[1]->experts});
-      b.checkShape("up_proj", *up, {hidden, ffn, experts});
-      b.checkShape("down_proj", *down, {ffn, hidden, experts});
-      if (!b.ok())
-        return b.status();
-      cpu::RoutedExperts routed(*gate, *up, *down, generated.get());
-      routed.setGemmTokens(expertGemmTokens);
-      if (routed.usesGeneratedKernels())
-        ++generatedExpertLayers;
-      StatusOr<void *> staging =
-          device->allocateHost(size_t(std::max(chunkSize, int64_t(1)) * hidden) * 4);
-      if (!staging)
-        return staging.status();
-      hostAllocations.push_back(*staging);
-      std::string gatePath = op.path;
-      if (size_t dot = gatePath.rfind(".experts"); dot != std::string::npos)
-        gatePath = gatePath.substr(0, dot) + ".gate";
-      step = std::make_unique<ExpertsStep>(std::move(routed), gatePath, *staging);
-      produced.push_back({Where::Host, Kind::Floats, hidden, 0, true});
+      if (gpuOp) {
+        auto experts = std::make_unique<GpuExpertsStep>();
+        experts->hidden = hidden;
+        experts->ffn = t.gate->ne[1];
+        experts->topK = in[1]->width;
+        const int64_t count = in[1]->experts;
+        experts->gate = loader.load("gate_proj", experts->hidden, experts->ffn, count, false);
+        experts->up = loader.load("up_proj", experts->hidden, experts->ffn, count, false);
+        experts->down = loader.load("down_proj", experts->ffn, experts->hidden, count, false);
+        // The launches' grid z runs over the top_k chosen slots, not the experts.
+        for (GpuMatrix *w : {&experts->gate, &experts->up, &experts->down})
+          w->heads = experts->topK;
+        experts->siluMul = loader.kernel(elementwiseSpec("silu_mul", experts->ffn));
+        experts->combine = loader.kernel(moeCombineSpec(experts->hidden, experts->topK));
+        experts->countSelections =
+            loader.kernel(moeCombineSpec(experts->hidden, experts->topK, "expert_counts"));
+        experts->experts = count;
+        const std::vector<uint64_t> zeros(size_t(count), 0);
+        StatusOr<DevicePointer> selections = upload(zeros.data(), zeros.size() * 8);
+        if (!selections)
+          return selections.status();
+        experts->selections = *selections;
+        experts->gatePath = cpu::gatePathOf(op.path);
+        produced.push_back({here, Kind::Floats, experts->hidden, 0, true});
+        step = std::move(experts);
+      } else {
+        cpu::RoutedExperts routed(*t.gate, *t.up, *t.down, generated.get());
+        routed.setGemmTokens(expertGemmTokens);
+        if (routed.usesGeneratedKernels())
+          ++generatedExpertLayers;
+        StatusOr<void *> staging =
+            device->allocateHost(size_t(std::max(chunkSize, int64_t(1)) * hidden) * 4);
+        if (!staging)
+          return staging.status();
+        hostAllocations.push_back(*staging);
+        step = std::make_unique<ExpertsStep>(std::move(routed), cpu::gatePathOf(op.path), *staging);
+        produced.push_back({Where::Host, Kind::Floats, hidden, 0, true});
+      }
     } else if (!gpuOp) {
       return unsupportedOnCpu();
     } else if (kind == "rms_norm") {
@@ -1061,63 +1039,47 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         return b.status();
       expectWhere(Where::Gpu);
       auto attention = std::make_unique<AttentionStep>();
-      AttentionShape &s = attention->s;
-      s.hidden = in[0]->width;
-      s.heads = b.integer("num_heads");
-      s.qLora = b.integer("q_lora_rank");
-      s.kvLora = b.integer("kv_lora_rank");
-      s.nope = b.integer("qk_nope_head_dim");
-      s.rope = b.integer("qk_rope_head_dim");
-      s.v = b.integer("v_head_dim");
-      const float eps = static_cast<float>(b.real("eps"));
+      cpu::MlaShape &s = attention->s;
       cpu::RopeConfig rope;
-      rope.dims = s.rope;
-      rope.theta = b.real("rope_theta");
-      rope.factor = b.real("rope_scaling_factor");
-      rope.originalContext = b.integer("rope_original_context_length");
-      rope.yarnLogMultiplier = b.real("rope_yarn_log_multiplier");
+      b.attention(in[0]->width, s, rope);
       if (!b.ok())
         return b.status();
-      b.require(s.heads > 0 && s.kvLora > 0 && s.nope > 0 && s.v > 0 && s.rope > 0 &&
-                    s.rope % 2 == 0 && s.qLora >= 0,
-                "has invalid attention dimensions; the plan is damaged: recompile it.");
-      if (!b.ok())
-        return b.status();
-      if (s.qLora > 0) {
-        attention->qA = loader.load("q_a_proj", s.hidden, s.qLora);
-        attention->qANorm = loader.vector("q_a_norm", s.qLora);
-        attention->qNorm = loader.kernel(rmsNormSpec(s.qLora, eps));
-        attention->qB = loader.load("q_b_proj", s.qLora, s.heads * s.qk());
+      const float eps = s.eps;
+      if (s.qLoraRank > 0) {
+        attention->qA = loader.load("q_a_proj", s.hidden, s.qLoraRank);
+        attention->qANorm = loader.vector("q_a_norm", s.qLoraRank);
+        attention->qNorm = loader.kernel(rmsNormSpec(s.qLoraRank, eps));
+        attention->qB = loader.load("q_b_proj", s.qLoraRank, s.heads * attention->qk());
       } else {
-        attention->q = loader.load("q_proj", s.hidden, s.heads * s.qk());
+        attention->q = loader.load("q_proj", s.hidden, s.heads * attention->qk());
       }
-      attention->kvA = loader.load("kv_a_proj_with_mqa", s.hidden, s.kvLora + s.rope);
-      attention->kvANorm = loader.vector("kv_a_norm", s.kvLora);
-      attention->kvNorm = loader.kernel(rmsNormSpec(s.kvLora, eps));
+      attention->kvA = loader.load("kv_a_proj_with_mqa", s.hidden, s.kvLoraRank + s.rope);
+      attention->kvANorm = loader.vector("kv_a_norm", s.kvLoraRank);
+      attention->kvNorm = loader.kernel(rmsNormSpec(s.kvLoraRank, eps));
       if (b.tensor("k_b_proj", 3, false) && b.tensor("v_b_proj", 3, false)) {
-        attention->kB = loader.load("k_b_proj", s.nope, s.kvLora, s.heads);
-        attention->vB = loader.load("v_b_proj", s.kvLora, s.v, s.heads);
+        attention->kB = loader.load("k_b_proj", s.nope, s.kvLoraRank, s.heads);
+        attention->vB = loader.load("v_b_proj", s.kvLoraRank, s.v, s.heads);
       } else if (const gguf::TensorInfo *kvB = b.tensor("kv_b_proj", 2, false)) {
         // Only the joint up-projection (older conversions): split it per head
         // into f32 k_b (transposed) and v_b, as the absorbed path multiplies them.
-        b.checkShape("kv_b_proj", *kvB, {s.kvLora, s.heads * (s.nope + s.v)});
+        b.checkShape("kv_b_proj", *kvB, {s.kvLoraRank, s.heads * (s.nope + s.v)});
         if (!b.ok())
           return b.status();
         std::vector<float> joint(size_t(kvB->elements()));
         if (Status d = quant::dequantize(kvB->type, kvB->data, joint.data(), kvB->elements());
             !d.ok())
           return Status::error(b.where() + " cannot decode kv_b_proj: " + d.message());
-        std::vector<float> kB(size_t(s.heads * s.kvLora * s.nope)), vB(size_t(s.heads * s.v * s.kvLora));
+        std::vector<float> kB(size_t(s.heads * s.kvLoraRank * s.nope)), vB(size_t(s.heads * s.v * s.kvLoraRank));
         for (int64_t h = 0; h < s.heads; ++h) {
-          const float *head = joint.data() + h * (s.nope + s.v) * s.kvLora;
+          const float *head = joint.data() + h * (s.nope + s.v) * s.kvLoraRank;
           for (int64_t n = 0; n < s.nope; ++n)
-            for (int64_t c = 0; c < s.kvLora; ++c)
-              kB[size_t((h * s.kvLora + c) * s.nope + n)] = head[n * s.kvLora + c];
-          std::copy(head + s.nope * s.kvLora, head + (s.nope + s.v) * s.kvLora,
-                    vB.begin() + h * s.v * s.kvLora);
+            for (int64_t c = 0; c < s.kvLoraRank; ++c)
+              kB[size_t((h * s.kvLoraRank + c) * s.nope + n)] = head[n * s.kvLoraRank + c];
+          std::copy(head + s.nope * s.kvLoraRank, head + (s.nope + s.v) * s.kvLoraRank,
+                    vB.begin() + h * s.v * s.kvLoraRank);
         }
-        attention->kB = loader.fromFloats("k_b (from kv_b_proj)", kB, s.kvLora, s.nope, s.heads);
-        attention->vB = loader.fromFloats("v_b (from kv_b_proj)", vB, s.v, s.kvLora, s.heads);
+        attention->kB = loader.fromFloats("k_b (from kv_b_proj)", kB, s.kvLoraRank, s.nope, s.heads);
+        attention->vB = loader.fromFloats("v_b (from kv_b_proj)", vB, s.v, s.kvLoraRank, s.heads);
       } else {
         b.fail("has neither kv_b_proj nor both k_b_proj and v_b_proj; the model must carry "
                "the up-projection of the compressed KV in one of these forms.");
@@ -1126,16 +1088,16 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         return b.status();
       attention->o = loader.load("o_proj", s.heads * s.v, s.hidden);
       const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
-      attention->ropeQ = loader.kernel(ropeSpec({s.rope, s.heads, s.qk(), s.nope, cosSin}));
-      attention->ropeK = loader.kernel(ropeSpec({s.rope, 1, s.kvLora + s.rope, s.kvLora, cosSin}));
-      attention->append = loader.kernel(mlaCacheAppendSpec(s.kvLora, s.rope));
-      const float scale = static_cast<float>(cpu::attentionSoftmaxScale(s.qk(), rope));
-      attention->core = loader.kernel(mlaPrefillSpec(s.kvLora, s.rope, scale, s.heads));
+      attention->ropeQ = loader.kernel(ropeSpec({s.rope, s.heads, attention->qk(), s.nope, cosSin}));
+      attention->ropeK = loader.kernel(ropeSpec({s.rope, 1, s.kvLoraRank + s.rope, s.kvLoraRank, cosSin}));
+      attention->append = loader.kernel(mlaCacheAppendSpec(s.kvLoraRank, s.rope));
+      const float scale = static_cast<float>(cpu::attentionSoftmaxScale(attention->qk(), rope));
+      attention->core = loader.kernel(mlaPrefillSpec(s.kvLoraRank, s.rope, scale, s.heads));
       attention->headsPerBlock = mlaPrefillHeadsPerBlock(s.heads);
       attention->splitCore =
-          loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, s.heads, "mla_decode_split"));
+          loader.kernel(mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_decode_split"));
       attention->combine =
-          loader.kernel(mlaDecodeSplitSpec(s.kvLora, s.rope, scale, s.heads, "mla_combine"));
+          loader.kernel(mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_combine"));
       attention->chunks = (sequences.capacity() + kMlaDecodeChunk - 1) / kMlaDecodeChunk;
       std::vector<float> frequencies = cpu::ropeInverseFrequencies(rope);
       if (!b.ok())
@@ -1145,7 +1107,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         return f.status();
       attention->inverseFrequencies = *f;
       attention->layer = cacheShapes.size();
-      cacheShapes.push_back({s.kvLora, s.rope, opGpu});
+      cacheShapes.push_back({s.kvLoraRank, s.rope, opGpu});
       produced.push_back({here, Kind::Floats, s.hidden, 0, true});
       step = std::move(attention);
     } else if (kind == "mlp" || kind == "shared_experts") {
