@@ -87,8 +87,8 @@ public:
       return nullptr;
     }
     if (info->ne != weight->shape) {
-      fail("expects " + name + " of shape " + shapeText(weight->shape) +
-           ", but the model's is " + shapeText(info->ne) + recompile);
+      fail("expects " + name + " of shape " + shapeText(weight->shape) + ", but the model's is " +
+           shapeText(info->ne) + recompile);
       return nullptr;
     }
     if (!gguf::ggmlTypeTraits(info->type).dequantizable ||
@@ -248,9 +248,9 @@ public:
     require(p.experts > 0 && p.groups > 0 && p.experts % p.groups == 0 && p.groupsUsed > 0 &&
                 p.groupsUsed <= p.groups && p.topK > 0 &&
                 p.topK <= p.groupsUsed * (p.experts / p.groups),
-            "has inconsistent routing hyper-parameters (num_experts " +
-                std::to_string(p.experts) + ", top_k " + std::to_string(p.topK) + ", n_group " +
-                std::to_string(p.groups) + ", topk_group " + std::to_string(p.groupsUsed) +
+            "has inconsistent routing hyper-parameters (num_experts " + std::to_string(p.experts) +
+                ", top_k " + std::to_string(p.topK) + ", n_group " + std::to_string(p.groups) +
+                ", topk_group " + std::to_string(p.groupsUsed) +
                 "); the plan is damaged: recompile it.");
     return p;
   }

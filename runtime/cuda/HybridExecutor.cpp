@@ -185,9 +185,9 @@ public:
   };
   std::vector<CacheShape> cacheShapes;
 
-  DevicePointer scratch = 0;        // steps' temporaries
-  DevicePointer positionsGpu = 0;   // the step's positions (int32)
-  DevicePointer tokensGpu = 0;      // the step's token ids, for a GPU embedding
+  DevicePointer scratch = 0;      // steps' temporaries
+  DevicePointer positionsGpu = 0; // the step's positions (int32)
+  DevicePointer tokensGpu = 0;    // the step's token ids, for a GPU embedding
   std::vector<int32_t> positionsHost;
   std::vector<DevicePointer> gpuAllocations;
   std::vector<void *> hostAllocations;
@@ -389,7 +389,8 @@ public:
     if (!tensor || tensor->dtype != safetensors::Dtype::F8_E4M3 ||
         tensor->shape != std::vector<int64_t>{rows, cols} || !scale ||
         scale->dtype != safetensors::Dtype::F32 ||
-        scale->shape != std::vector<int64_t>{(rows + block - 1) / block, (cols + block - 1) / block}) {
+        scale->shape !=
+            std::vector<int64_t>{(rows + block - 1) / block, (cols + block - 1) / block}) {
       b_.fail("needs '" + weight.tensor + "' (F8_E4M3 [" + std::to_string(rows) + ", " +
               std::to_string(cols) + "]) and its weight_scale_inv from " + where +
               ", which lacks them or has them in another form; give ktc compile --fp8-path the "
@@ -438,8 +439,8 @@ public:
 
   // The decode and prefill GEMVs of `w` (type and shape set).
   bool findKernels(GpuMatrix &w, const std::string &what, bool tiled = true) {
-    for (auto [tile, slot] : {std::pair<int64_t, const Kernel **>{1, &w.kernel},
-                              {kGemvPrefillTokenTile, &w.tiled}}) {
+    for (auto [tile, slot] :
+         {std::pair<int64_t, const Kernel **>{1, &w.kernel}, {kGemvPrefillTokenTile, &w.tiled}}) {
       if (!tiled && tile > 1)
         continue;
       StatusOr<const Kernel *> k =
@@ -613,8 +614,7 @@ public:
       return p;
     };
     const DevicePointer qLoraBuf = carve(rows * s.qLoraRank), qBuf = carve(rows * H * qk),
-                        kvABuf = carve(rows * kvWidth),
-                        qLatent = carve(rows * H * s.kvLoraRank),
+                        kvABuf = carve(rows * kvWidth), qLatent = carve(rows * H * s.kvLoraRank),
                         context = carve(rows * H * s.kvLoraRank), vOut = carve(rows * H * s.v),
                         pieces = carve(H * chunks * (s.kvLoraRank + 2));
     const DevicePointer x = in[0]->gpu, result = out[0]->gpu;
@@ -658,14 +658,15 @@ public:
                     segmentPositions = positions + row * 4,
                     qLatentP = qLatent + row * DevicePointer(H * s.kvLoraRank) * 4,
                     qRope = qBuf + (row * DevicePointer(H * qk) + DevicePointer(s.nope)) * 4,
-                    contextP = context + row * DevicePointer(H * s.kvLoraRank) * 4, piecesP = pieces;
+                    contextP = context + row * DevicePointer(H * s.kvLoraRank) * 4,
+                    piecesP = pieces;
       step(m.launch(*append, unsigned(segment.count), 1, 1, 0,
                     {&segmentRows, &segmentPositions, &latent, &rope}));
       if (segment.count == 1) {
         int chunkCount = int(chunks);
-        step(m.launch(*splitCore, unsigned(H / headsPerBlock), unsigned(chunks), 1, 0,
-                      {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions,
-                       &piecesP}));
+        step(m.launch(
+            *splitCore, unsigned(H / headsPerBlock), unsigned(chunks), 1, 0,
+            {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions, &piecesP}));
         step(m.launch(*combine, unsigned(H), 1, 1, 0,
                       {&piecesP, &segmentPositions, &chunkCount, &contextP}));
       } else {
@@ -676,7 +677,8 @@ public:
       }
     }
     // Values out of latent space per head, then the output projection.
-    step(m.gemv(vB, context, vOut, rows, {int(H * s.kvLoraRank), int(H * s.v), int(s.kvLoraRank), int(s.v)}));
+    step(m.gemv(vB, context, vOut, rows,
+                {int(H * s.kvLoraRank), int(H * s.v), int(s.kvLoraRank), int(s.v)}));
     step(m.gemv(o, vOut, result, rows, {int(H * s.v), int(s.hidden), 0, 0}));
     return st;
   }
@@ -790,14 +792,14 @@ public:
       return s;
     if (Status s = m.elementwise(*siluMul, g, u, g, rows * topK, ffn); !s.ok())
       return s;
-    const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn), int(hidden), int(rows),
-                            ids};
+    const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn),
+                            int(hidden),     int(rows),          ids};
     if (Status s = m.gemv(down, g, d, rows, narrow); !s.ok())
       return s;
     DevicePointer idsPointer = in[1]->gpu, counts = selections;
     int tokens = int(rows);
-    if (Status s = m.launch(*countSelections, ceilDiv(rows * topK, countSelections->threads), 1, 1, 0,
-                            {&idsPointer, &counts, &tokens});
+    if (Status s = m.launch(*countSelections, ceilDiv(rows * topK, countSelections->threads), 1, 1,
+                            0, {&idsPointer, &counts, &tokens});
         !s.ok())
       return s;
     return m.elementwise(*combine, d, in[2]->gpu, out[0]->gpu, rows, hidden);
@@ -830,7 +832,8 @@ public:
     // The last row of each segment, into consecutive logits rows.
     for (size_t i = 0; i < ctx.segments.size(); ++i) {
       const Segment &segment = ctx.segments[i];
-      const DevicePointer x = in[0]->gpu + DevicePointer((segment.row + segment.count - 1) * hidden) * 4,
+      const DevicePointer x = in[0]->gpu +
+                              DevicePointer((segment.row + segment.count - 1) * hidden) * 4,
                           y = out[0]->gpu + DevicePointer(i) * DevicePointer(w.out) * 4;
       if (Status s = m.gemv(w, x, y, 1, {int(hidden), int(w.out), 0, 0}); !s.ok())
         return s;
@@ -929,7 +932,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
                       "damaged: recompile it.");
     };
     auto unsupportedOnCpu = [&]() {
-      return Status::error(b.where() + " runs on the CPU in a plan that also uses the GPU; the "
+      return Status::error(b.where() +
+                           " runs on the CPU in a plan that also uses the GPU; the "
                            "GPU executor runs embeddings and routed experts on the CPU, and "
                            "everything else on cuda:0 so far. Place this module on cuda:0 in "
                            "the rule file, or run an all-CPU plan (rules/DeepSeek-V3-Chat-cpu-"
@@ -1069,7 +1073,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         if (Status d = quant::dequantize(kvB->type, kvB->data, joint.data(), kvB->elements());
             !d.ok())
           return Status::error(b.where() + " cannot decode kv_b_proj: " + d.message());
-        std::vector<float> kB(size_t(s.heads * s.kvLoraRank * s.nope)), vB(size_t(s.heads * s.v * s.kvLoraRank));
+        std::vector<float> kB(size_t(s.heads * s.kvLoraRank * s.nope)),
+            vB(size_t(s.heads * s.v * s.kvLoraRank));
         for (int64_t h = 0; h < s.heads; ++h) {
           const float *head = joint.data() + h * (s.nope + s.v) * s.kvLoraRank;
           for (int64_t n = 0; n < s.nope; ++n)
@@ -1078,7 +1083,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
           std::copy(head + s.nope * s.kvLoraRank, head + (s.nope + s.v) * s.kvLoraRank,
                     vB.begin() + h * s.v * s.kvLoraRank);
         }
-        attention->kB = loader.fromFloats("k_b (from kv_b_proj)", kB, s.kvLoraRank, s.nope, s.heads);
+        attention->kB =
+            loader.fromFloats("k_b (from kv_b_proj)", kB, s.kvLoraRank, s.nope, s.heads);
         attention->vB = loader.fromFloats("v_b (from kv_b_proj)", vB, s.v, s.kvLoraRank, s.heads);
       } else {
         b.fail("has neither kv_b_proj nor both k_b_proj and v_b_proj; the model must carry "
@@ -1088,14 +1094,16 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         return b.status();
       attention->o = loader.load("o_proj", s.heads * s.v, s.hidden);
       const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
-      attention->ropeQ = loader.kernel(ropeSpec({s.rope, s.heads, attention->qk(), s.nope, cosSin}));
-      attention->ropeK = loader.kernel(ropeSpec({s.rope, 1, s.kvLoraRank + s.rope, s.kvLoraRank, cosSin}));
+      attention->ropeQ =
+          loader.kernel(ropeSpec({s.rope, s.heads, attention->qk(), s.nope, cosSin}));
+      attention->ropeK =
+          loader.kernel(ropeSpec({s.rope, 1, s.kvLoraRank + s.rope, s.kvLoraRank, cosSin}));
       attention->append = loader.kernel(mlaCacheAppendSpec(s.kvLoraRank, s.rope));
       const float scale = static_cast<float>(cpu::attentionSoftmaxScale(attention->qk(), rope));
       attention->core = loader.kernel(mlaPrefillSpec(s.kvLoraRank, s.rope, scale, s.heads));
       attention->headsPerBlock = mlaPrefillHeadsPerBlock(s.heads);
-      attention->splitCore =
-          loader.kernel(mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_decode_split"));
+      attention->splitCore = loader.kernel(
+          mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_decode_split"));
       attention->combine =
           loader.kernel(mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_combine"));
       attention->chunks = (sequences.capacity() + kMlaDecodeChunk - 1) / kMlaDecodeChunk;
@@ -1275,10 +1283,9 @@ Status HybridExecutor::Impl::planBuffers() {
     else
       v.host = hostBuffers[size_t(v.slot)];
   }
-  for (auto [pointer, bytes] :
-       {std::pair<DevicePointer *, size_t>{&scratch, scratchFloats * 4},
-        {&positionsGpu, size_t(rows) * 4},
-        {&tokensGpu, size_t(rows) * 4}}) {
+  for (auto [pointer, bytes] : {std::pair<DevicePointer *, size_t>{&scratch, scratchFloats * 4},
+                                {&positionsGpu, size_t(rows) * 4},
+                                {&tokensGpu, size_t(rows) * 4}}) {
     StatusOr<DevicePointer> p = allocate(bytes, false);
     if (!p)
       return p.status();
@@ -1433,9 +1440,9 @@ bool archRuns(const std::string &planArch, const GpuInfo &gpu) {
 }
 } // namespace
 
-StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Plan &plan,
-                                                                 const gguf::GgufModel &model,
-                                                                 const exec::ExecutorOptions &options) {
+StatusOr<std::unique_ptr<HybridExecutor>>
+HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
+                       const exec::ExecutorOptions &options) {
   const auto started = Clock::now();
   const std::string planName =
       options.planPath.empty() ? std::string("the plan") : "plan " + options.planPath;
@@ -1449,7 +1456,7 @@ StatusOr<std::unique_ptr<HybridExecutor>> HybridExecutor::create(const plan::Pla
                          std::to_string(options.sequences) + ".");
   if (plan.target.gpus.empty())
     return Status::error(planName + " places ops on a GPU but names no target GPU; the plan is "
-                         "damaged: recompile it.");
+                                    "damaged: recompile it.");
   // This executor drives GPU 0; a plan for several GPUs runs on it as
   // virtual GPUs when asked to (before any GPU is needed, so it is checked
   // everywhere).
@@ -1577,8 +1584,8 @@ StatusOr<std::vector<float>> HybridExecutor::forward(const std::vector<int32_t> 
   return logits;
 }
 
-StatusOr<std::vector<float>> HybridExecutor::forwardBatch(
-    const std::vector<exec::SequenceTokens> &batch) {
+StatusOr<std::vector<float>>
+HybridExecutor::forwardBatch(const std::vector<exec::SequenceTokens> &batch) {
   Impl &m = *impl_;
   if (Status valid = m.sequences.checkBatch(batch, m.embeddingRows); !valid.ok())
     return valid;
@@ -1617,7 +1624,8 @@ StatusOr<std::vector<float>> HybridExecutor::forwardBatch(
           return s;
         rows = 0;
       }
-      tokens.insert(tokens.end(), entry.tokens.begin() + begin, entry.tokens.begin() + begin + chunk);
+      tokens.insert(tokens.end(), entry.tokens.begin() + begin,
+                    entry.tokens.begin() + begin + chunk);
       segments.push_back({0, chunk, 0, size_t(entry.sequence)});
       entries.push_back(i);
       rows += chunk;

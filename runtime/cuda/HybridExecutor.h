@@ -49,7 +49,8 @@ public:
                                        bool allPositions = false) override;
   // Entries share steps of at most chunkSize rows: every matrix product and
   // the routed experts run once for all of them, attention per sequence.
-  StatusOr<std::vector<float>> forwardBatch(const std::vector<exec::SequenceTokens> &batch) override;
+  StatusOr<std::vector<float>>
+  forwardBatch(const std::vector<exec::SequenceTokens> &batch) override;
 
   using Executor::position;
   int64_t position(int sequence) const override;

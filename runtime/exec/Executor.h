@@ -14,10 +14,10 @@
 namespace kt::exec {
 
 struct ExecutorOptions {
-  int threads = 0;        // CPU threads; 0: one per hardware thread
-  int64_t cacheLens = 0;  // positions the KV cache holds; 0: the plan's runtime.cache_lens
-  int64_t chunkSize = 0;  // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
-  std::string planPath;   // the plan's file, for messages; empty: "the plan"
+  int threads = 0;       // CPU threads; 0: one per hardware thread
+  int64_t cacheLens = 0; // positions the KV cache holds; 0: the plan's runtime.cache_lens
+  int64_t chunkSize = 0; // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
+  std::string planPath;  // the plan's file, for messages; empty: "the plan"
   // Experts chosen by at least this many tokens of a step run as bf16
   // GEMMs through oneDNN (builds with it); 0: never. Off by default: the
   // GEMMs beat the row kernels per matrix from about 64 tokens, but oneDNN's
@@ -57,12 +57,12 @@ struct RoutingStats {
 // GPU work no longer overlaps the CPU experts: profile separately from the
 // runs you time.
 struct ExecutionProfile {
-  double gpuSeconds = 0;        // GPU kernels
-  double cpuExpertSeconds = 0;  // routed experts on the CPU
-  double cpuOtherSeconds = 0;   // other CPU steps (embedding)
-  double transferSeconds = 0;   // copies between host and GPU
+  double gpuSeconds = 0;       // GPU kernels
+  double cpuExpertSeconds = 0; // routed experts on the CPU
+  double cpuOtherSeconds = 0;  // other CPU steps (embedding)
+  double transferSeconds = 0;  // copies between host and GPU
   uint64_t transferBytes = 0;
-  bool available = false;       // false: the executor does not profile
+  bool available = false; // false: the executor does not profile
 };
 
 class Executor {
@@ -90,7 +90,7 @@ public:
   int64_t position() const { return position(0); }
   virtual int64_t cacheCapacity() const = 0; // positions each sequence's cache holds
   virtual int sequenceCount() const = 0;
-  virtual int64_t chunkSize() const = 0;     // most tokens forward() runs in one step
+  virtual int64_t chunkSize() const = 0; // most tokens forward() runs in one step
   // MoE layers whose routed experts run the plan's generated CPU code (the
   // others use the reference kernels).
   virtual int generatedExpertLayers() const = 0;

@@ -48,8 +48,8 @@ Status SequenceCaches::checkBatch(const std::vector<SequenceTokens> &batch,
   for (const SequenceTokens &entry : batch) {
     const std::string name = "Sequence " + std::to_string(entry.sequence);
     if (entry.sequence < 0 || entry.sequence >= count())
-      return Status::error(name + " does not exist; the executor has " +
-                           std::to_string(count()) + " sequences.");
+      return Status::error(name + " does not exist; the executor has " + std::to_string(count()) +
+                           " sequences.");
     const size_t sequence = static_cast<size_t>(entry.sequence);
     if (seen[sequence])
       return Status::error(name + " appears twice in one batch; give each sequence's tokens once.");

@@ -2,8 +2,8 @@
 // CPU) against the CPU executor, the reference, on the same generated model.
 // Tests that need a GPU skip without one; the refusal of GPU plans on a
 // host without a GPU runs everywhere.
-#include "runtime/cuda/DeviceQuery.h"
 #include "runtime/cuda/HybridExecutor.h"
+#include "runtime/cuda/DeviceQuery.h"
 #include "runtime/exec/CreateExecutor.h"
 #include "runtime/gguf/GgufWriter.h"
 #include "runtime/safetensors/Safetensors.h"
@@ -45,11 +45,11 @@ private:
 [[maybe_unused]] ::testing::Environment *const gCache =
     ::testing::AddGlobalTestEnvironment(new CacheDirectory);
 
-#define KT_REQUIRE_GPU()                                                                      \
-  do {                                                                                        \
-    KT_REQUIRE_COMPILER();                                                                    \
-    if (gpus().empty())                                                                       \
-      GTEST_SKIP() << "no GPU on this host";                                                  \
+#define KT_REQUIRE_GPU()                                                                           \
+  do {                                                                                             \
+    KT_REQUIRE_COMPILER();                                                                         \
+    if (gpus().empty())                                                                            \
+      GTEST_SKIP() << "no GPU on this host";                                                       \
   } while (0)
 
 // The model as a GPU plan (default rules) and as a CPU plan. Routed experts
@@ -82,8 +82,8 @@ int32_t argmax(const std::vector<float> &logits, size_t row, int64_t vocab) {
 
 // Prefill of `prompt` (all positions), then greedy decode: logits and
 // tokens of the GPU plan against the CPU plan's.
-void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps,
-                   double tolerance, exec::ExecutorOptions options = {}) {
+void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, double tolerance,
+                   exec::ExecutorOptions options = {}) {
   std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, options);
   ASSERT_TRUE(gpu && cpu);
   EXPECT_NE(gpu->deviceDescription(), "cpu");
@@ -260,9 +260,8 @@ TEST(HybridExecutor, BatchedSequencesMatchSeparateRuns) {
   std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options);
   ASSERT_TRUE(gpu);
   const int64_t vocab = gpu->vocabSize();
-  const std::vector<std::vector<int32_t>> prompts = {cpu::test::sampleTokens(6, 1),
-                                                     cpu::test::sampleTokens(9, 2),
-                                                     cpu::test::sampleTokens(1, 3)};
+  const std::vector<std::vector<int32_t>> prompts = {
+      cpu::test::sampleTokens(6, 1), cpu::test::sampleTokens(9, 2), cpu::test::sampleTokens(1, 3)};
   std::vector<std::unique_ptr<exec::Executor>> alone;
   std::vector<std::vector<float>> expected;
   for (const std::vector<int32_t> &prompt : prompts) {
@@ -277,8 +276,10 @@ TEST(HybridExecutor, BatchedSequencesMatchSeparateRuns) {
   for (int step = 0; step < 4; ++step) {
     std::vector<exec::SequenceTokens> next;
     for (size_t i = 0; i < prompts.size(); ++i) {
-      std::vector<float> row(batched->begin() + long(i * vocab), batched->begin() + long((i + 1) * vocab));
-      EXPECT_LE(cpu::test::relativeL2(row, expected[i]), 1e-5) << "sequence " << i << ", step " << step;
+      std::vector<float> row(batched->begin() + long(i * vocab),
+                             batched->begin() + long((i + 1) * vocab));
+      EXPECT_LE(cpu::test::relativeL2(row, expected[i]), 1e-5)
+          << "sequence " << i << ", step " << step;
       const int32_t token = argmax(expected[i], 0, vocab);
       next.push_back({int(i), {token}});
       StatusOr<std::vector<float>> single = alone[i]->forward({token});
@@ -391,8 +392,8 @@ void buildFp8Plan(const std::string &name, TestModel &gguf, plan::Plan &fp8Plan)
                         targetGpu());
   const std::string tools = KT_TOOLS_DIR, checkpoint = gguf.ggufPath + ".fp8",
                     planPath = gguf.ggufPath + ".fp8.plan";
-  const std::string exportCommand = "'" + tools + "/kt-export-hf' '" + gguf.ggufPath + "' -o '" +
-                                    checkpoint + "' --fp8 -q";
+  const std::string exportCommand =
+      "'" + tools + "/kt-export-hf' '" + gguf.ggufPath + "' -o '" + checkpoint + "' --fp8 -q";
   ASSERT_EQ(std::system(exportCommand.c_str()), 0) << exportCommand;
   const std::string compileCommand =
       "'" + tools + "/ktc' compile --gguf-path '" + gguf.ggufPath + "' --fp8-path '" + checkpoint +
@@ -547,7 +548,8 @@ TEST(HybridExecutor, MultiGpuRulesRunOnVirtualGpusLikeOneGpu) {
     ASSERT_TRUE(virtualGpus && one);
     EXPECT_NE(virtualGpus->deviceDescription().find("virtual GPUs"), std::string::npos);
     const std::vector<int32_t> prompt = cpu::test::sampleTokens(11, 3);
-    StatusOr<std::vector<float>> a = virtualGpus->forward(prompt, true), b = one->forward(prompt, true);
+    StatusOr<std::vector<float>> a = virtualGpus->forward(prompt, true),
+                                 b = one->forward(prompt, true);
     ASSERT_TRUE(a.ok()) << a.message();
     ASSERT_TRUE(b.ok()) << b.message();
     EXPECT_LE(cpu::test::relativeL2(*a, *b), 1e-6);
@@ -584,16 +586,15 @@ TEST(HybridExecutor, RefusesGpuPlansOnAHostWithoutAGpu) {
   if (!gpus().empty())
     GTEST_SKIP() << "this host has a GPU";
   TestModel m;
-  cpu::test::buildModel("tiny-nogpu", *gen::presetConfig("tiny"), m,
-                        "rules/DeepSeek-V3-Chat.yaml", "sm_90a:80GiB");
+  cpu::test::buildModel("tiny-nogpu", *gen::presetConfig("tiny"), m, "rules/DeepSeek-V3-Chat.yaml",
+                        "sm_90a:80GiB");
   exec::ExecutorOptions options;
   options.planPath = m.planPath;
   StatusOr<std::unique_ptr<exec::Executor>> executor =
       exec::createExecutor(m.plan, *m.model, options);
   ASSERT_FALSE(executor.ok());
   EXPECT_NE(executor.message().find("no usable GPU"), std::string::npos) << executor.message();
-  EXPECT_NE(executor.message().find("--target-gpu none"), std::string::npos)
-      << executor.message();
+  EXPECT_NE(executor.message().find("--target-gpu none"), std::string::npos) << executor.message();
 }
 
 } // namespace
