@@ -371,26 +371,11 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
 
     // Operands.
     std::vector<const ValueInfo *> in;
-    for (int id : op.inputs) {
-      if (id < 0 || id > maxValue || !info[static_cast<size_t>(id)].defined)
-        return Status::error(b.where() + " reads value " + std::to_string(id) +
-                             ", which no earlier op produces; the plan is damaged: recompile "
-                             "it.");
+    auto defined = [&](int id) { return info[static_cast<size_t>(id)].defined; };
+    if (Status flow = b.checkDataflow(maxValue, defined); !flow.ok())
+      return flow;
+    for (int id : op.inputs)
       in.push_back(&info[static_cast<size_t>(id)]);
-    }
-    for (int id : op.outputs)
-      if (id <= 0 || info[static_cast<size_t>(id)].defined)
-        return Status::error(b.where() + " writes value " + std::to_string(id) +
-                             ", which is the token input or written twice; the plan is "
-                             "damaged: recompile it.");
-    auto expectOperands = [&](size_t inputs, size_t outputs) {
-      b.require(op.inputs.size() == inputs && op.outputs.size() == outputs,
-                "has " + std::to_string(op.inputs.size()) + " inputs and " +
-                    std::to_string(op.outputs.size()) + " outputs instead of " +
-                    std::to_string(inputs) + " and " + std::to_string(outputs) +
-                    "; the plan is damaged: recompile it.");
-      return b.ok();
-    };
     auto expectFloats = [&](size_t i, int64_t width) {
       b.require(in[i]->kind == ValueKind::Floats && in[i]->width == width,
                 "expects input " + std::to_string(i) + " to have " + std::to_string(width) +
@@ -403,7 +388,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
     std::vector<ValueInfo> produced;
     const std::string &kind = op.kind;
     if (kind == "embedding") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       b.require(in[0]->kind == ValueKind::Tokens, "must read the token ids (value 0).");
       const gguf::TensorInfo *table = b.tensor("weight", 2);
@@ -413,7 +398,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
         produced.push_back({ValueKind::Floats, table->ne[0], 0, true});
       }
     } else if (kind == "rms_norm") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       const int64_t width = in[0]->width;
       expectFloats(0, width);
@@ -422,19 +407,19 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
       step = std::make_unique<RmsNormStep>(std::move(weight), eps);
       produced.push_back({ValueKind::Floats, width, 0, true});
     } else if (kind == "add") {
-      if (!expectOperands(2, 1))
+      if (!b.operands(2, 1))
         return b.status();
       expectFloats(0, in[0]->width);
       expectFloats(1, in[0]->width);
       step = std::make_unique<AddStep>();
       produced.push_back({ValueKind::Floats, in[0]->width, 0, true});
     } else if (kind == "transfer") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       step = std::make_unique<CopyStep>();
       produced.push_back(*in[0]);
     } else if (kind == "mla_attention") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       MlaShape s;
       RopeConfig rope;
@@ -477,7 +462,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
       cacheShapes.push_back({s.kvLoraRank, s.rope});
       produced.push_back({ValueKind::Floats, s.hidden, 0, true});
     } else if (kind == "mlp" || kind == "shared_experts") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       const int64_t hidden = in[0]->width;
       expectFloats(0, hidden);
@@ -488,7 +473,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
       step = std::make_unique<FeedForwardStep>(w);
       produced.push_back({ValueKind::Floats, hidden, 0, true});
     } else if (kind == "moe_gate") {
-      if (!expectOperands(1, 2))
+      if (!b.operands(1, 2))
         return b.status();
       const int64_t hidden = in[0]->width;
       expectFloats(0, hidden);
@@ -501,7 +486,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
       produced.push_back({ValueKind::ExpertIds, p.topK, p.experts, true});
       produced.push_back({ValueKind::Floats, p.topK, 0, true});
     } else if (kind == "routed_experts") {
-      if (!expectOperands(3, 1))
+      if (!b.operands(3, 1))
         return b.status();
       const int64_t hidden = in[0]->width;
       expectFloats(0, hidden);
@@ -519,7 +504,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
       step = std::make_unique<ExpertsStep>(std::move(routed));
       produced.push_back({ValueKind::Floats, hidden, 0, true});
     } else if (kind == "lm_head") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       const int64_t hidden = in[0]->width;
       expectFloats(0, hidden);

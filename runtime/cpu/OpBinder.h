@@ -14,6 +14,7 @@
 #include "runtime/support/Status.h"
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -186,6 +187,33 @@ public:
       return *v;
     fail("has a non-string hyper-parameter '" + name + "'; recompile the plan.");
     return {};
+  }
+
+  // The op reads only values earlier ops wrote (or the token ids, value 0)
+  // and writes new values; `defined` says whether value id (0 .. maxValue)
+  // was written already.
+  Status checkDataflow(int maxValue, const std::function<bool(int)> &defined) const {
+    for (int id : op_.inputs)
+      if (id < 0 || id > maxValue || !defined(id))
+        return Status::error(where() + " reads value " + std::to_string(id) +
+                             ", which no earlier op produces; the plan is damaged: recompile "
+                             "it.");
+    for (int id : op_.outputs)
+      if (id <= 0 || id > maxValue || defined(id))
+        return Status::error(where() + " writes value " + std::to_string(id) +
+                             ", which is the token input or written twice; the plan is "
+                             "damaged: recompile it.");
+    return Status::success();
+  }
+
+  // The op has `inputs` inputs and `outputs` outputs (else the binding fails).
+  bool operands(size_t inputs, size_t outputs) {
+    require(op_.inputs.size() == inputs && op_.outputs.size() == outputs,
+            "has " + std::to_string(op_.inputs.size()) + " inputs and " +
+                std::to_string(op_.outputs.size()) + " outputs instead of " +
+                std::to_string(inputs) + " and " + std::to_string(outputs) +
+                "; the plan is damaged: recompile it.");
+    return ok();
   }
 
   // An mla_attention's dimensions (input width `hidden`) and RoPE, checked.

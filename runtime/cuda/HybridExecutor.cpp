@@ -902,26 +902,11 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       return Status::error(b.where() + " runs on " + op.decodeDevice +
                            ", which this executor does not run; recompile the plan.");
     std::vector<Value *> in;
-    for (int id : op.inputs) {
-      if (id < 0 || id > maxValue || !values[size_t(id)].defined)
-        return Status::error(b.where() + " reads value " + std::to_string(id) +
-                             ", which no earlier op produces; the plan is damaged: recompile "
-                             "it.");
+    auto defined = [&](int id) { return values[size_t(id)].defined; };
+    if (Status flow = b.checkDataflow(maxValue, defined); !flow.ok())
+      return flow;
+    for (int id : op.inputs)
       in.push_back(&values[size_t(id)]);
-    }
-    for (int id : op.outputs)
-      if (id <= 0 || values[size_t(id)].defined)
-        return Status::error(b.where() + " writes value " + std::to_string(id) +
-                             ", which is the token input or written twice; the plan is "
-                             "damaged: recompile it.");
-    auto expectOperands = [&](size_t inputs, size_t outputs) {
-      b.require(op.inputs.size() == inputs && op.outputs.size() == outputs,
-                "has " + std::to_string(op.inputs.size()) + " inputs and " +
-                    std::to_string(op.outputs.size()) + " outputs instead of " +
-                    std::to_string(inputs) + " and " + std::to_string(outputs) +
-                    "; the plan is damaged: recompile it.");
-      return b.ok();
-    };
     // Operands must be where the op runs (kt-insert-transfers put them there).
     auto expectWhere = [&](Where where) {
       for (size_t i = 0; i < in.size(); ++i)
@@ -945,7 +930,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
     const std::string &kind = op.kind;
     const Where here = gpuOp ? Where::Gpu : Where::Host;
     if (kind == "embedding") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       b.require(in[0]->kind == Kind::Tokens, "must read the token ids (value 0).");
       const gguf::TensorInfo *table = b.tensor("weight", 2);
@@ -963,14 +948,14 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         produced.push_back({here, Kind::Floats, table->ne[0], 0, true});
       }
     } else if (kind == "transfer") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       step = std::make_unique<TransferStep>();
       Value v = *in[0];
       v.slot = -1;
       produced.push_back(v);
     } else if (kind == "routed_experts") {
-      if (!expectOperands(3, 1))
+      if (!b.operands(3, 1))
         return b.status();
       expectWhere(here);
       const int64_t hidden = in[0]->width;
@@ -1021,7 +1006,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
     } else if (!gpuOp) {
       return unsupportedOnCpu();
     } else if (kind == "rms_norm") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       expectWhere(Where::Gpu);
       const int64_t width = in[0]->width;
@@ -1030,7 +1015,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       step = std::make_unique<RmsNormStep>(weight, k, width);
       produced.push_back({here, Kind::Floats, width, 0, true});
     } else if (kind == "add") {
-      if (!expectOperands(2, 1))
+      if (!b.operands(2, 1))
         return b.status();
       expectWhere(Where::Gpu);
       const int64_t width = in[0]->width;
@@ -1039,7 +1024,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       step = std::make_unique<AddStep>(loader.kernel(elementwiseSpec("add", width)), width);
       produced.push_back({here, Kind::Floats, width, 0, true});
     } else if (kind == "mla_attention") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       expectWhere(Where::Gpu);
       auto attention = std::make_unique<AttentionStep>();
@@ -1119,7 +1104,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       produced.push_back({here, Kind::Floats, s.hidden, 0, true});
       step = std::move(attention);
     } else if (kind == "mlp" || kind == "shared_experts") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       expectWhere(Where::Gpu);
       auto ffn = std::make_unique<FeedForwardStep>();
@@ -1132,7 +1117,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       produced.push_back({here, Kind::Floats, ffn->hidden, 0, true});
       step = std::move(ffn);
     } else if (kind == "moe_gate") {
-      if (!expectOperands(1, 2))
+      if (!b.operands(1, 2))
         return b.status();
       expectWhere(Where::Gpu);
       auto gate = std::make_unique<GateStep>();
@@ -1157,7 +1142,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       produced.push_back({here, Kind::Floats, shape.topK, 0, true});
       step = std::move(gate);
     } else if (kind == "lm_head") {
-      if (!expectOperands(1, 1))
+      if (!b.operands(1, 1))
         return b.status();
       expectWhere(Where::Gpu);
       auto head = std::make_unique<LmHeadStep>();
