@@ -318,7 +318,7 @@ int main(int argc, char **argv) {
     int last = positions - 1, headStride = int(rope);
     (void)device.copyToDevice(*position, &last, 4);
     cuda::LaunchShape splitShape, combineShape;
-    splitShape.gridX = unsigned(heads / cuda::mlaPrefillHeadsPerBlock(heads));
+    splitShape.gridX = unsigned(heads / cuda::mlaHeadsPerBlock(heads));
     splitShape.gridY = unsigned(chunks);
     splitShape.blockX = splitSpec->blockThreads;
     combineShape.gridX = unsigned(heads);

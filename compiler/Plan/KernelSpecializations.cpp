@@ -105,9 +105,9 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         rope.originalContext = attention.getRopeOriginalContextLength();
         rope.yarnLogMultiplier = attention.getRopeYarnLogMultiplier().convertToDouble();
         const int64_t nope = attention.getQkNopeHeadDim(), dims = rope.dims;
+        const int64_t heads = static_cast<int64_t>(attention.getNumHeads());
         const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
-        collector.add(cuda::ropeSpec({dims, attention.getNumHeads(), nope + dims, nope, cosSin}),
-                      device, path);
+        collector.add(cuda::ropeSpec({dims, heads, nope + dims, nope, cosSin}), device, path);
         // The new key's rope part, rotated inside the kv_a row before the
         // row is appended to the latent cache.
         const int64_t kvLora = attention.getKvLoraRank();
@@ -117,12 +117,10 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         // prefix, in decode split over chunks of the cache.
         const float scale = static_cast<float>(cpu::attentionSoftmaxScale(nope + dims, rope));
         if (phase == "prefill")
-          collector.add(cuda::mlaPrefillSpec(kvLora, dims, scale, attention.getNumHeads()), device,
-                        path);
+          collector.add(cuda::mlaPrefillSpec(kvLora, dims, scale, heads), device, path);
         else
           for (const char *entry : {"mla_decode_split", "mla_combine"})
-            collector.add(cuda::mlaDecodeSplitSpec(kvLora, dims, scale, attention.getNumHeads(), entry),
-                          device, path);
+            collector.add(cuda::mlaDecodeSplitSpec(kvLora, dims, scale, heads, entry), device, path);
         // The norms of the compressed query and of the latent.
         const float eps = attention.getEps().convertToFloat();
         if (attention.getQLoraRank() > 0)

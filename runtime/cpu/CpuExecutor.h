@@ -32,23 +32,11 @@ public:
                                                        const ExecutorOptions &options);
   ~CpuExecutor();
 
-  // Feeds `tokens` at the next positions (prefill when several, in chunks
-  // of at most chunkSize; decode when one) and returns the logits of the
-  // last token ([vocab]) or, with allPositions, of every token
-  // ([tokens.size() * vocab], token-major). Fails without changing any state
-  // for an empty input, a token id outside the vocabulary, or when the KV
-  // cache would overflow (the message says how many tokens still fit).
+  // As runtime/exec/Executor.h documents them.
   StatusOr<std::vector<float>> forward(const std::vector<int32_t> &tokens,
                                        bool allPositions = false) override;
-
-  // One step for several sequences at once (continuous batching): each
-  // entry's tokens go to the next positions of its own KV cache, and all
-  // rows run through the matrix products together, so an expert chosen by
-  // several sequences is read once for all of them. Returns the logits of
-  // each entry's last token ([batch.size() * vocab], in batch order). Fails
-  // without changing any state for an empty batch or entry, an unknown or
-  // repeated sequence, a bad token id, or a cache that would overflow. The
-  // caller bounds the step's size (no chunking here).
+  // All rows of the batch run through the matrix products together, so an
+  // expert chosen by several sequences is read once for all of them.
   StatusOr<std::vector<float>> forwardBatch(const std::vector<SequenceTokens> &batch) override;
 
   using Executor::position;
@@ -56,13 +44,9 @@ public:
   int64_t cacheCapacity() const override;
   int sequenceCount() const override;
   int64_t chunkSize() const override;
-  // MoE layers whose routed experts run the plan's generated CPU code (the
-  // others use the reference kernels).
   int generatedExpertLayers() const override;
   using Executor::reset;
   void reset(int sequence) override;
-  // Keeps only the first `tokens` positions of the cache, for a
-  // conversation whose history diverges from what was fed after them.
   using Executor::truncate;
   void truncate(int sequence, int64_t tokens) override;
   std::vector<RoutingStats> routingStats() const override;

@@ -983,9 +983,11 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
             loader.kernel(moeCombineSpec(experts->hidden, experts->topK, "expert_counts"));
         experts->experts = count;
         const std::vector<uint64_t> zeros(size_t(count), 0);
-        StatusOr<DevicePointer> selections = upload(zeros.data(), zeros.size() * 8);
+        StatusOr<DevicePointer> selections = allocate(zeros.size() * 8, false); // not a weight
         if (!selections)
           return selections.status();
+        if (Status s = device->copyToDevice(*selections, zeros.data(), zeros.size() * 8); !s.ok())
+          return s;
         experts->selections = *selections;
         experts->gatePath = cpu::gatePathOf(op.path);
         produced.push_back({here, Kind::Floats, experts->hidden, 0, true});
@@ -1086,7 +1088,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       attention->append = loader.kernel(mlaCacheAppendSpec(s.kvLoraRank, s.rope));
       const float scale = static_cast<float>(cpu::attentionSoftmaxScale(attention->qk(), rope));
       attention->core = loader.kernel(mlaPrefillSpec(s.kvLoraRank, s.rope, scale, s.heads));
-      attention->headsPerBlock = mlaPrefillHeadsPerBlock(s.heads);
+      attention->headsPerBlock = mlaHeadsPerBlock(s.heads);
       attention->splitCore = loader.kernel(
           mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_decode_split"));
       attention->combine =

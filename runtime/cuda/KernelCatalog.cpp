@@ -199,7 +199,7 @@ StatusOr<KernelSpec> ropeSpec(const RopeShape &r) {
                         static_cast<unsigned>(threads));
 }
 
-int64_t mlaPrefillHeadsPerBlock(int64_t heads) {
+int64_t mlaHeadsPerBlock(int64_t heads) {
   for (int64_t perBlock : {16, 8, 4, 2})
     if (heads % perBlock == 0)
       return perBlock;
@@ -215,7 +215,7 @@ StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float 
     return Status::error("MLA prefill with kv_lora_rank " + integer(kvLoraRank) + ", rope " +
                          integer(ropeDims) + " and " + integer(heads) +
                          " heads is not supported on the GPU.");
-  const int64_t perBlock = mlaPrefillHeadsPerBlock(heads);
+  const int64_t perBlock = mlaHeadsPerBlock(heads);
   return makeKernelSpec("mla_prefill.cu", "mla_prefill",
                         {{"KV_LORA", integer(kvLoraRank)},
                          {"ROPE", integer(ropeDims)},
@@ -238,11 +238,11 @@ StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, fl
                          {"ROPE", integer(ropeDims)},
                          {"SCALE", floatLiteral(softmaxScale)},
                          {"CHUNK", integer(kMlaDecodeChunk)},
-                         {"HEADS_PER_BLOCK", integer(mlaPrefillHeadsPerBlock(heads))},
+                         {"HEADS_PER_BLOCK", integer(mlaHeadsPerBlock(heads))},
                          {"BLOCK_THREADS", "256"}},
                         entry == "mla_combine"
                             ? 256u
-                            : static_cast<unsigned>(mlaPrefillHeadsPerBlock(heads) * 32));
+                            : static_cast<unsigned>(mlaHeadsPerBlock(heads) * 32));
 }
 
 StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims) {

@@ -33,7 +33,8 @@ StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType
 struct GemvLayout {
   int xTokenStride = 0, yTokenStride = 0, xHeadStride = 0, yHeadStride = 0;
   int tokens = 1;
-  uint64_t matrixIds = 0; // device int32 [tokens][grid z]: the matrix of each slot; 0: the slot's own
+  // Device int32 [tokens][grid z]: the matrix of each slot; 0: slot s uses matrix s.
+  uint64_t matrixIds = 0;
 };
 // Tokens per block of the GEMVs that serve prefill steps (decode uses 1):
 // each weight read from memory serves this many tokens.
@@ -83,13 +84,14 @@ StatusOr<KernelSpec> ropeSpec(const RopeShape &shape);
 // causal prefix (flash-style: one block per token and group of heads).
 StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
                                     int64_t heads);
-// Heads (warps) per block of mla_prefill: the largest of 16, 8, 4, 2, 1
-// dividing `heads`; the grid has heads / this blocks per token.
-int64_t mlaPrefillHeadsPerBlock(int64_t heads);
+// Heads (warps) per block of mla_prefill and mla_decode_split: the largest
+// of 16, 8, 4, 2, 1 dividing `heads`; their grids have heads / this blocks
+// per token or chunk.
+int64_t mlaHeadsPerBlock(int64_t heads);
 
 // The decode attention split over chunks of kMlaDecodeChunk cached positions
 // (entry "mla_decode_split", one block per chunk and group of
-// mlaPrefillHeadsPerBlock(heads) heads) and the merge of the chunks (entry
+// mlaHeadsPerBlock(heads) heads) and the merge of the chunks (entry
 // "mla_combine", one block per head); the token's position is read from
 // device memory, so CUDA graphs replay them.
 constexpr int64_t kMlaDecodeChunk = 256;

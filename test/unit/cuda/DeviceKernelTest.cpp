@@ -417,7 +417,7 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
     LoadedKernel kernel = load(prefill);
     ASSERT_NE(kernel.function, nullptr);
     int first = shape.firstPositions;
-    const unsigned groups = unsigned(c.heads / mlaPrefillHeadsPerBlock(c.heads));
+    const unsigned groups = unsigned(c.heads / mlaHeadsPerBlock(c.heads));
     run(kernel, {groups, unsigned(shape.tokens), 1, prefill->blockThreads, 1, 1, 0},
         {&dq, &dr, &headStride, &tokenStride, &dl, &dk, &first, &dc});
     const double prefillError = relativeL2(download(dc, contextFloats), expected);
