@@ -120,7 +120,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
           collector.add(cuda::mlaPrefillSpec(kvLora, dims, scale, heads), device, path);
         else
           for (const char *entry : {"mla_decode_split", "mla_combine"})
-            collector.add(cuda::mlaDecodeSplitSpec(kvLora, dims, scale, heads, entry), device, path);
+            collector.add(cuda::mlaDecodeSplitSpec(kvLora, dims, scale, heads, entry), device,
+                          path);
         // The norms of the compressed query and of the latent.
         const float eps = attention.getEps().convertToFloat();
         if (attention.getQLoraRank() > 0)
