@@ -44,6 +44,14 @@ struct CudaDevice::Api {
   CUresult (*launchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                            unsigned, unsigned, CUstream, void **, void **) = nullptr;
   CUresult (*getErrorString)(CUresult, const char **) = nullptr;
+  CUresult (*eventCreate)(void **, unsigned) = nullptr;
+  CUresult (*eventDestroy)(void *) = nullptr;
+  CUresult (*eventRecord)(void *, CUstream) = nullptr;
+  CUresult (*streamWaitEvent)(CUstream, void *, unsigned) = nullptr;
+  CUresult (*memcpyPeer)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t,
+                         CUstream) = nullptr;
+  CUresult (*canAccessPeer)(int *, CUdevice, CUdevice) = nullptr;
+  CUresult (*enablePeer)(CUcontext, unsigned) = nullptr;
 };
 
 Status CudaDevice::check(int result, const std::string &what) const {
@@ -98,6 +106,13 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.memFreeHost, {"cuMemFreeHost"});
   bind(api.launchKernel, {"cuLaunchKernel"});
   bind(api.getErrorString, {"cuGetErrorString"});
+  bind(api.eventCreate, {"cuEventCreate"});
+  bind(api.eventDestroy, {"cuEventDestroy_v2"});
+  bind(api.eventRecord, {"cuEventRecord"});
+  bind(api.streamWaitEvent, {"cuStreamWaitEvent"});
+  bind(api.memcpyPeer, {"cuMemcpyPeerAsync"});
+  bind(api.canAccessPeer, {"cuDeviceCanAccessPeer"});
+  bind(api.enablePeer, {"cuCtxEnablePeerAccess"});
   if (!missing.empty())
     return Status::error("the CUDA driver library lacks " + missing +
                          "; update the NVIDIA driver.");
@@ -115,6 +130,10 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   if (Status s = device->check(api.streamCreate(&device->stream_, kNonBlocking), "cuStreamCreate");
       !s.ok())
     return s;
+  constexpr unsigned kDisableTiming = 2; // CU_EVENT_DISABLE_TIMING: cheaper to record
+  if (Status s = device->check(api.eventCreate(&device->event_, kDisableTiming), "cuEventCreate");
+      !s.ok())
+    return s;
   return device;
 }
 
@@ -127,6 +146,8 @@ CudaDevice::~CudaDevice() {
     api_->graphExecDestroy(exec);
   for (void *graph : graphs_)
     api_->graphDestroy(graph);
+  if (event_)
+    api_->eventDestroy(event_);
   if (stream_)
     api_->streamDestroy(stream_);
   for (void *module : modules_)
@@ -149,6 +170,48 @@ Status CudaDevice::free(DevicePointer pointer) {
 
 Status CudaDevice::copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes) {
   return check(api_->memcpyDtoD(dst, src, bytes, stream_), "cuMemcpyDtoDAsync");
+}
+
+Status CudaDevice::copyFromPeer(DevicePointer dst, CudaDevice &from, DevicePointer src,
+                                size_t bytes) {
+  if (Status s = from.makeCurrent(); !s.ok())
+    return s;
+  if (Status s = from.check(api_->eventRecord(from.event_, from.stream_), "cuEventRecord"); !s.ok())
+    return s;
+  if (Status s = makeCurrent(); !s.ok())
+    return s;
+  if (Status s = check(api_->streamWaitEvent(stream_, from.event_, 0), "cuStreamWaitEvent");
+      !s.ok())
+    return s;
+  if (Status s = check(api_->memcpyPeer(dst, context_, src, from.context_, bytes, stream_),
+                       "cuMemcpyPeerAsync from GPU " + std::to_string(from.index_));
+      !s.ok())
+    return s;
+  if (Status s = check(api_->eventRecord(event_, stream_), "cuEventRecord"); !s.ok())
+    return s;
+  if (Status s = from.makeCurrent(); !s.ok())
+    return s;
+  if (Status s = from.check(api_->streamWaitEvent(from.stream_, event_, 0), "cuStreamWaitEvent");
+      !s.ok())
+    return s;
+  return makeCurrent();
+}
+
+StatusOr<bool> CudaDevice::enablePeerAccess(CudaDevice &peer) {
+  int can = 0;
+  if (Status s = check(api_->canAccessPeer(&can, device_, peer.device_), "cuDeviceCanAccessPeer");
+      !s.ok())
+    return s;
+  if (!can)
+    return false;
+  if (Status s = makeCurrent(); !s.ok())
+    return s;
+  constexpr int kAlreadyEnabled = 704; // CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED
+  const int result = api_->enablePeer(peer.context_, 0);
+  if (result != kAlreadyEnabled)
+    if (Status s = check(result, "cuCtxEnablePeerAccess"); !s.ok())
+      return s;
+  return true;
 }
 
 StatusOr<void *> CudaDevice::allocateHost(size_t bytes) {

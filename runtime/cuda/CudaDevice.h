@@ -48,6 +48,14 @@ public:
   Status copyToHost(void *dst, DevicePointer src, size_t bytes);
   // Device memory to device memory (the bandwidth ceiling benchmarks compare with).
   Status copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes);
+  // `bytes` from `src` on GPU `from` to `dst` here, in order with both GPUs'
+  // queued work and without the host waiting: the copy starts after the
+  // work `from` has queued, and work queued on `from` later waits for the
+  // copy (it may overwrite the source).
+  Status copyFromPeer(DevicePointer dst, CudaDevice &from, DevicePointer src, size_t bytes);
+  // Lets this GPU reach `peer`'s memory directly (NVLink or PCIe) where the
+  // hardware allows; false where copies between them go through the host.
+  StatusOr<bool> enablePeerAccess(CudaDevice &peer);
   // Page-locked host memory: copies from and to it run at full link speed.
   StatusOr<void *> allocateHost(size_t bytes);
   Status freeHost(void *pointer);
@@ -80,6 +88,7 @@ private:
   void *context_ = nullptr;
   std::vector<void *> modules_;
   void *stream_ = nullptr;
+  void *event_ = nullptr; // marks queued work for another GPU's stream to wait for
   std::vector<void *> graphs_, graphExecs_;
 };
 

@@ -108,6 +108,7 @@ struct BoundStep {
   std::unique_ptr<Step> step;
   std::vector<int> inputs, outputs;
   int64_t graphRegion = -1; // the plan's decode graph region, -1 for none
+  int gpu = 0;              // the logical GPU it runs on (or copies to or from)
 };
 
 // Same-size buffers handed out at bind time by liveness, so values that are
@@ -155,13 +156,40 @@ public:
   explicit Impl(int threads) : pool(threads) {}
   ~Impl();
 
-  std::unique_ptr<CudaDevice> device;
-  GpuInfo gpu;
+  // A physical GPU the plan runs on and the step buffers it holds.
+  struct Gpu {
+    std::unique_ptr<CudaDevice> device;
+    GpuInfo info;
+    DevicePointer scratch = 0;   // steps' temporaries
+    DevicePointer positions = 0; // the step's positions (int32)
+    DevicePointer tokens = 0;    // the step's token ids, for a GPU embedding
+    std::vector<DevicePointer> allocations;
+  };
+  std::vector<Gpu> physical;
+  std::vector<int> physicalOf; // logical GPU (cuda:N of the plan) -> index into physical
+  bool peerAccess = false;     // between every pair of physical GPUs
+  // The GPU that steps and allocations use now (use()), and its buffers.
+  CudaDevice *device = nullptr;
+  DevicePointer scratch = 0, positionsGpu = 0, tokensGpu = 0;
+  int currentPhysical = -1;
+  // Makes logical GPU `logical` the one steps run on and allocations are
+  // charged to; makes its context current when the physical GPU changes.
+  Status use(int logical);
+  // For a call from the caller's thread: makes the context current again.
+  Status enter() {
+    currentPhysical = -1;
+    return use(0);
+  }
+  CudaDevice &deviceOf(const Value &v) {
+    return *physical[size_t(physicalOf[size_t(v.logicalGpu)])].device;
+  }
+
   std::string arch; // the plan's
   std::unique_ptr<KernelCache> cache;
   const plan::Plan *plan = nullptr;
   std::string planName;
-  std::map<std::string, std::unique_ptr<Kernel>> kernels; // by KernelSpec::describe()
+  // By physical GPU and KernelSpec::describe(): each GPU loads its own modules.
+  std::map<std::pair<int, std::string>, std::unique_ptr<Kernel>> kernels;
   KernelLoadStats loadStats;
 
   cpu::ThreadPool pool;
@@ -185,14 +213,11 @@ public:
   };
   std::vector<CacheShape> cacheShapes;
 
-  DevicePointer scratch = 0;      // steps' temporaries
-  DevicePointer positionsGpu = 0; // the step's positions (int32)
-  DevicePointer tokensGpu = 0;    // the step's token ids, for a GPU embedding
   std::vector<int32_t> positionsHost;
-  std::vector<DevicePointer> gpuAllocations;
   std::vector<void *> hostAllocations;
   uint64_t weightBytes = 0, bufferBytes = 0;
-  int logicalGpus = 1;                // cuda:0 .. cuda:logicalGpus-1, all on GPU 0
+  int logicalGpus = 1;                // cuda:0 .. cuda:logicalGpus-1
+  bool virtualGpus = false;           // all of them on GPU 0
   int bindingGpu = 0;                 // the logical GPU allocations are charged to
   std::vector<uint64_t> logicalBytes; // per logical GPU
   bool profiling = false;
@@ -258,23 +283,42 @@ public:
 };
 
 HybridExecutor::Impl::~Impl() {
-  if (!device)
-    return;
-  (void)device->makeCurrent();
-  for (DevicePointer p : gpuAllocations)
-    (void)device->free(p);
-  for (void *p : hostAllocations)
-    (void)device->freeHost(p);
+  for (Gpu &gpu : physical) {
+    if (!gpu.device || !gpu.device->makeCurrent().ok())
+      continue;
+    for (DevicePointer p : gpu.allocations)
+      (void)gpu.device->free(p);
+  }
+  if (!physical.empty() && physical[0].device)
+    for (void *p : hostAllocations)
+      (void)physical[0].device->freeHost(p);
+}
+
+Status HybridExecutor::Impl::use(int logical) {
+  bindingGpu = logical;
+  const int index = physicalOf[size_t(logical)];
+  if (index == currentPhysical)
+    return Status::success();
+  Gpu &gpu = physical[size_t(index)];
+  if (Status s = gpu.device->makeCurrent(); !s.ok())
+    return s;
+  currentPhysical = index;
+  device = gpu.device.get();
+  scratch = gpu.scratch;
+  positionsGpu = gpu.positions;
+  tokensGpu = gpu.tokens;
+  return Status::success();
 }
 
 StatusOr<DevicePointer> HybridExecutor::Impl::allocate(size_t bytes, bool weights) {
   StatusOr<DevicePointer> p = device->allocate(std::max<size_t>(bytes, 256));
   if (!p)
-    return Status::error(p.message() + " The plan's GPU data do not fit this GPU (" +
-                         std::to_string((weightBytes + bufferBytes) >> 20) +
-                         " MiB allocated so far): lower --cache-lens or recompile the plan "
+    return Status::error(p.message() + " The plan's data for cuda:" + std::to_string(bindingGpu) +
+                         " do not fit its GPU (" +
+                         std::to_string(logicalBytes[size_t(bindingGpu)] >> 20) +
+                         " MiB allocated there so far): lower --cache-lens or recompile the plan "
                          "with a smaller --gpu-mem budget so that more runs on the CPU.");
-  gpuAllocations.push_back(*p);
+  physical[size_t(currentPhysical)].allocations.push_back(*p);
   (weights ? weightBytes : bufferBytes) += bytes;
   logicalBytes[size_t(bindingGpu)] += bytes;
   return *p;
@@ -294,7 +338,7 @@ StatusOr<const Kernel *> HybridExecutor::Impl::kernel(const StatusOr<KernelSpec>
   if (!spec)
     return Status::error(where + " cannot run on the GPU: " + spec.message());
   const std::string name = spec->describe();
-  if (auto it = kernels.find(name); it != kernels.end())
+  if (auto it = kernels.find({currentPhysical, name}); it != kernels.end())
     return it->second.get();
   bool planned = false;
   for (const plan::KernelSpecialization &k : plan->kernelSpecializations)
@@ -315,7 +359,7 @@ StatusOr<const Kernel *> HybridExecutor::Impl::kernel(const StatusOr<KernelSpec>
   k->loaded = *loaded;
   k->threads = spec->blockThreads;
   const Kernel *result = k.get();
-  kernels.emplace(name, std::move(k));
+  kernels.emplace(std::make_pair(currentPhysical, name), std::move(k));
   return result;
 }
 
@@ -530,9 +574,11 @@ public:
     const Value &from = *in[0];
     Value &to = *out[0];
     const size_t bytes = size_t(ctx.rows * from.width) * 4;
-    if (m.profiling && from.where != to.where) {
+    if (m.profiling && (from.where != to.where || from.logicalGpu != to.logicalGpu)) {
       const auto start = Clock::now();
       Status s = copy(m, from, to, bytes);
+      if (s.ok() && to.where == Where::Gpu)
+        s = m.device->synchronize(); // a copy from another GPU is queued, not done
       m.profile.transferSeconds += secondsSince(start);
       m.profile.transferBytes += bytes;
       return s;
@@ -541,9 +587,16 @@ public:
   }
 
 private:
+  // The step runs on the GPU of `to` (of `from` for a copy to the host).
   static Status copy(HybridExecutor::Impl &m, const Value &from, Value &to, size_t bytes) {
-    if (from.where == Where::Gpu && to.where == Where::Gpu)
-      return m.device->copyOnDevice(to.gpu, from.gpu, bytes);
+    if (from.where == Where::Gpu && to.where == Where::Gpu) {
+      if (m.profiling && from.logicalGpu != to.logicalGpu)
+        m.profile.gpuToGpuBytes += bytes;
+      CudaDevice &source = m.deviceOf(from);
+      if (&source == m.device) // the same GPU (virtual GPUs)
+        return m.device->copyOnDevice(to.gpu, from.gpu, bytes);
+      return m.device->copyFromPeer(to.gpu, source, from.gpu, bytes);
+    }
     if (from.where == Where::Gpu)
       return m.device->copyToHost(to.host, from.gpu, bytes);
     if (to.where == Where::Gpu)
@@ -892,7 +945,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
     MatrixLoader loader(*this, b, op);
     const int opGpu = gpuIndex(op.decodeDevice);
     const bool gpuOp = opGpu >= 0 && opGpu < logicalGpus;
-    bindingGpu = gpuOp ? opGpu : 0;
+    if (Status s = use(gpuOp ? opGpu : 0); !s.ok())
+      return s;
     if (op.prefillDevice != op.decodeDevice)
       return Status::error(b.where() + " runs " + placementText(op) +
                            "; the GPU executor runs ops whose prefill and decode devices are "
@@ -1174,7 +1228,17 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
     if (auto it = op.params.find("graph_region"); it != op.params.end())
       if (const int64_t *r = std::get_if<int64_t>(&it->second))
         region = *r;
-    steps.push_back({std::move(step), op.inputs, op.outputs, region});
+    // A host step runs with the GPU it copies to (or from) current.
+    int stepGpu = gpuOp ? opGpu : 0;
+    if (!gpuOp) {
+      for (const Value *v : in)
+        if (v->where == Where::Gpu)
+          stepGpu = v->logicalGpu;
+      for (int id : op.outputs)
+        if (values[size_t(id)].where == Where::Gpu)
+          stepGpu = values[size_t(id)].logicalGpu;
+    }
+    steps.push_back({std::move(step), op.inputs, op.outputs, region, stepGpu});
   }
 
   if (plan->outputValue <= 0 || !values[size_t(plan->outputValue)].defined ||
@@ -1221,9 +1285,10 @@ Status HybridExecutor::Impl::planBuffers() {
   auto planner = [&](const Value &v) -> SlotPlanner & {
     return v.where == Where::Gpu ? gpuSlots[size_t(v.logicalGpu)] : hostSlots;
   };
-  size_t scratchFloats = 0;
+  std::vector<size_t> scratchFloats(physical.size(), 0); // per physical GPU
   for (size_t i = 0; i < steps.size(); ++i) {
-    scratchFloats = std::max(scratchFloats, steps[i].step->scratchFloats(rows));
+    size_t &scratchOfGpu = scratchFloats[size_t(physicalOf[size_t(steps[i].gpu)])];
+    scratchOfGpu = std::max(scratchOfGpu, steps[i].step->scratchFloats(rows));
     for (int id : steps[i].outputs) {
       Value &v = values[size_t(id)];
       const size_t bytes = size_t(rows * v.width) * 4;
@@ -1244,7 +1309,8 @@ Status HybridExecutor::Impl::planBuffers() {
   }
   std::vector<std::vector<DevicePointer>> gpuBuffers(static_cast<size_t>(logicalGpus));
   for (int gpu = 0; gpu < logicalGpus; ++gpu) {
-    bindingGpu = gpu;
+    if (Status s = use(gpu); !s.ok())
+      return s;
     for (size_t bytes : gpuSlots[size_t(gpu)].bytes) {
       StatusOr<DevicePointer> p = allocate(bytes, false);
       if (!p)
@@ -1252,7 +1318,8 @@ Status HybridExecutor::Impl::planBuffers() {
       gpuBuffers[size_t(gpu)].push_back(*p);
     }
   }
-  bindingGpu = 0;
+  if (Status s = use(0); !s.ok())
+    return s;
   std::vector<void *> hostBuffers;
   for (size_t bytes : hostSlots.bytes) {
     StatusOr<void *> p = device->allocateHost(std::max<size_t>(bytes, 256));
@@ -1270,17 +1337,27 @@ Status HybridExecutor::Impl::planBuffers() {
     else
       v.host = hostBuffers[size_t(v.slot)];
   }
-  for (auto [pointer, bytes] : {std::pair<DevicePointer *, size_t>{&scratch, scratchFloats * 4},
-                                {&positionsGpu, size_t(rows) * 4},
-                                {&tokensGpu, size_t(rows) * 4}}) {
-    StatusOr<DevicePointer> p = allocate(bytes, false);
-    if (!p)
-      return p.status();
-    *pointer = *p;
+  // Each physical GPU's step buffers, charged to the first logical GPU on it.
+  for (size_t index = 0; index < physical.size(); ++index) {
+    Gpu &gpu = physical[index];
+    const int logical =
+        int(std::find(physicalOf.begin(), physicalOf.end(), int(index)) - physicalOf.begin());
+    if (Status s = use(logical); !s.ok())
+      return s;
+    for (auto [pointer, bytes] :
+         {std::pair<DevicePointer *, size_t>{&gpu.scratch, scratchFloats[index] * 4},
+          {&gpu.positions, size_t(rows) * 4},
+          {&gpu.tokens, size_t(rows) * 4}}) {
+      StatusOr<DevicePointer> p = allocate(bytes, false);
+      if (!p)
+        return p.status();
+      *pointer = *p;
+    }
   }
   for (std::vector<LatentCache> &sequenceCaches : caches)
     for (const CacheShape &shape : cacheShapes) {
-      bindingGpu = shape.gpu;
+      if (Status s = use(shape.gpu); !s.ok())
+        return s;
       StatusOr<DevicePointer> latent =
           allocate(size_t(sequences.capacity() * shape.latent) * 4, false);
       if (!latent)
@@ -1290,7 +1367,8 @@ Status HybridExecutor::Impl::planBuffers() {
         return rope.status();
       sequenceCaches.push_back({*latent, *rope});
     }
-  bindingGpu = 0;
+  if (Status s = enter(); !s.ok()) // with the buffers just made
+    return s;
   // The plan's memory budget of each logical GPU (ktc compile --gpu-mem).
   for (const plan::DeviceMemory &memory : plan->memory) {
     const int gpu = gpuIndex(memory.device);
@@ -1316,6 +1394,8 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
       in.push_back(&values[size_t(id)]);
     for (int id : s.outputs)
       out.push_back(&values[size_t(id)]);
+    if (Status st = use(s.gpu); !st.ok())
+      return st;
     if (!profiling) {
       if (Status st = s.step->run(*this, ctx, in, out); !st.ok())
         return st;
@@ -1328,9 +1408,12 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
       st = device->synchronize();
     if (!st.ok())
       return st;
-    if (!s.step->runsOnHost())
-      profile.gpuSeconds += secondsSince(start);
-    else if (dynamic_cast<const CpuEmbeddingStep *>(s.step.get()))
+    if (!s.step->runsOnHost()) {
+      const double seconds = secondsSince(start);
+      profile.gpuSeconds += seconds;
+      profile.gpuSecondsByDevice.resize(size_t(logicalGpus), 0.0);
+      profile.gpuSecondsByDevice[size_t(s.gpu)] += seconds;
+    } else if (dynamic_cast<const CpuEmbeddingStep *>(s.step.get()))
       profile.cpuOtherSeconds += secondsSince(start);
   }
   return Status::success();
@@ -1338,6 +1421,8 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
 
 Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx) {
   const auto key = std::make_pair(begin, ctx.segments.front().sequence);
+  if (Status s = use(steps[begin].gpu); !s.ok()) // the graph's stream
+    return s;
   auto it = graphs.find(key);
   if (it == graphs.end()) {
     if (Status s = device->beginCapture(); !s.ok())
@@ -1369,9 +1454,18 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   ctx.segments = std::move(segments);
   ctx.lastTokenOnly = lastTokenOnly;
   ctx.tokens = tokens;
-  if (Status s = device->copyToDevice(positionsGpu, positionsHost.data(), size_t(ctx.rows) * 4);
-      !s.ok())
-    return s;
+  // Every GPU's attention reads the positions from its own memory.
+  for (int logical = 0; logical < logicalGpus; ++logical) {
+    if (logical !=
+        int(std::find(physicalOf.begin(), physicalOf.end(), physicalOf[size_t(logical)]) -
+            physicalOf.begin()))
+      continue; // not the first logical GPU on its physical one
+    if (Status s = use(logical); !s.ok())
+      return s;
+    if (Status s = device->copyToDevice(positionsGpu, positionsHost.data(), size_t(ctx.rows) * 4);
+        !s.ok())
+      return s;
+  }
   // Single-sequence decode steps replay their GPU regions as CUDA graphs
   // (per sequence: the caches differ); profiling waits for each step, so it
   // runs them one by one.
@@ -1380,7 +1474,7 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
     size_t end = i + 1;
     if (replay && steps[i].graphRegion >= 0 && steps[i].step->capturable()) {
       while (end < steps.size() && steps[end].graphRegion == steps[i].graphRegion &&
-             steps[end].step->capturable())
+             steps[end].gpu == steps[i].gpu && steps[end].step->capturable())
         ++end;
       if (Status st = runGraph(i, end, ctx); !st.ok())
         return st;
@@ -1394,6 +1488,8 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   const size_t bytes = size_t(logitRows * vocab) * 4;
   const auto copyStart = Clock::now();
   if (result.where == Where::Gpu) {
+    if (Status s = use(result.logicalGpu); !s.ok())
+      return s;
     if (Status s = device->copyToHost(logits, result.gpu, bytes); !s.ok())
       return s;
   } else {
@@ -1444,27 +1540,25 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   if (plan.target.gpus.empty())
     return Status::error(planName + " places ops on a GPU but names no target GPU; the plan is "
                                     "damaged: recompile it.");
-  // This executor drives GPU 0; a plan for several GPUs runs on it as
-  // virtual GPUs when asked to (before any GPU is needed, so it is checked
-  // everywhere).
-  const int logicalGpus = std::max(1, options.virtualGpus);
+  // A plan for N GPUs runs on GPUs 0..N-1 of this host, or, with virtual
+  // GPUs, on GPU 0 alone (checked before any GPU is needed where possible).
+  const bool virtualGpus = options.virtualGpus > 0;
   int highestGpu = 0;
   for (const plan::Op &op : plan.ops)
     for (const std::string *device : {&op.prefillDevice, &op.decodeDevice, &op.outDevice})
       highestGpu = std::max(highestGpu, gpuIndex(*device));
+  const int logicalGpus = virtualGpus ? options.virtualGpus : highestGpu + 1;
   if (highestGpu >= logicalGpus)
     return Status::error(planName + " runs ops on cuda:" + std::to_string(highestGpu) +
-                         ", but this executor drives one GPU" +
-                         (options.virtualGpus > 0
-                              ? " as " + std::to_string(options.virtualGpus) + " virtual GPUs"
-                              : std::string()) +
-                         ". Run it with --virtual-gpus " + std::to_string(highestGpu + 1) +
-                         " (its stages then share GPU 0), or compile it for one GPU.");
+                         ", more than the " + std::to_string(options.virtualGpus) +
+                         " virtual GPUs asked for. Run it with --virtual-gpus " +
+                         std::to_string(highestGpu + 1) + ".");
   for (int gpu = 1; gpu < std::min<int>(logicalGpus, int(plan.target.gpus.size())); ++gpu)
     if (plan.target.gpus[size_t(gpu)].arch != plan.target.gpus[0].arch)
       return Status::error(planName + " targets GPUs of different architectures (" +
                            plan.target.gpus[0].arch + ", " + plan.target.gpus[size_t(gpu)].arch +
-                           "), which cannot share one GPU as virtual GPUs.");
+                           "); this executor runs plans whose GPUs share one architecture. "
+                           "Compile it with the same --target-gpu architecture for each GPU.");
   // The FP8 checkpoint of the projections (ktc compile --fp8-path), checked
   // against the plan before any GPU is needed.
   std::unique_ptr<safetensors::Checkpoint> fp8;
@@ -1488,17 +1582,26 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
                          "). Run it on the GPU machine, or compile a CPU plan: ktc compile "
                          "--target-gpu none --optimize-config-path "
                          "rules/DeepSeek-V3-Chat-cpu-only.yaml.");
+  const int physicalGpus = virtualGpus ? 1 : logicalGpus;
+  if (int(gpus.size()) < physicalGpus)
+    return Status::error(planName + " runs ops on cuda:0 to cuda:" + std::to_string(highestGpu) +
+                         ", but this host has " + std::to_string(gpus.size()) +
+                         " GPU(s). Run it with --virtual-gpus " + std::to_string(highestGpu + 1) +
+                         " (its stages then share GPU 0), or compile it for " +
+                         std::to_string(gpus.size()) + " GPU(s).");
   auto impl = std::make_unique<Impl>(options.threads);
   impl->fp8 = std::move(fp8);
   impl->plan = &plan;
   impl->planName = planName;
-  impl->gpu = gpus[0];
   impl->arch = plan.target.gpus[0].arch;
-  if (!archRuns(impl->arch, impl->gpu))
-    return Status::error(planName + " was compiled for " + impl->arch + " GPUs, but GPU 0 is " +
-                         impl->gpu.name + " (" + impl->gpu.arch() +
-                         "). Recompile the plan on this machine, or with --target-gpu " +
-                         impl->gpu.arch() + ":MEMORY.");
+  for (int index = 0; index < physicalGpus; ++index) {
+    const GpuInfo &gpu = gpus[size_t(index)];
+    if (!archRuns(impl->arch, gpu))
+      return Status::error(planName + " was compiled for " + impl->arch + " GPUs, but GPU " +
+                           std::to_string(index) + " is " + gpu.name + " (" + gpu.arch() +
+                           "). Recompile the plan on this machine, or with --target-gpu " +
+                           gpu.arch() + ":MEMORY.");
+  }
   StatusOr<const Nvrtc *> nvrtc = Nvrtc::instance();
   if (!nvrtc)
     return nvrtc.status();
@@ -1506,15 +1609,32 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   if (!cacheDirectory)
     return cacheDirectory.status();
   impl->cache = std::make_unique<KernelCache>(*cacheDirectory, **nvrtc);
-  StatusOr<std::unique_ptr<CudaDevice>> device = CudaDevice::open(0);
-  if (!device)
-    return device.status();
-  impl->device = std::move(*device);
+  for (int index = 0; index < physicalGpus; ++index) {
+    StatusOr<std::unique_ptr<CudaDevice>> device = CudaDevice::open(index);
+    if (!device)
+      return device.status();
+    impl->physical.push_back({std::move(*device), gpus[size_t(index)]});
+  }
+  // Stages hand activations to each other directly where the GPUs allow.
+  impl->peerAccess = physicalGpus > 1;
+  for (Impl::Gpu &a : impl->physical)
+    for (Impl::Gpu &b : impl->physical)
+      if (&a != &b) {
+        StatusOr<bool> enabled = a.device->enablePeerAccess(*b.device);
+        if (!enabled)
+          return enabled.status();
+        impl->peerAccess = impl->peerAccess && *enabled;
+      }
+  for (int logical = 0; logical < logicalGpus; ++logical)
+    impl->physicalOf.push_back(virtualGpus ? 0 : logical);
+  impl->virtualGpus = virtualGpus;
 
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->cudaGraphs = options.cudaGraphs;
   impl->logicalGpus = logicalGpus;
   impl->logicalBytes.assign(size_t(logicalGpus), 0);
+  if (Status s = impl->enter(); !s.ok())
+    return s;
   impl->caches.resize(size_t(options.sequences));
   impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
   impl->chunkSize =
@@ -1549,7 +1669,7 @@ StatusOr<std::vector<float>> HybridExecutor::forward(const std::vector<int32_t> 
   Impl &m = *impl_;
   if (Status valid = m.sequences.checkForward(tokens, m.embeddingRows); !valid.ok())
     return valid;
-  if (Status current = m.device->makeCurrent(); !current.ok())
+  if (Status current = m.enter(); !current.ok())
     return current;
   const int64_t count = static_cast<int64_t>(tokens.size());
   std::vector<float> logits(size_t((allPositions ? count : 1) * m.vocab));
@@ -1576,7 +1696,7 @@ HybridExecutor::forwardBatch(const std::vector<exec::SequenceTokens> &batch) {
   Impl &m = *impl_;
   if (Status valid = m.sequences.checkBatch(batch, m.embeddingRows); !valid.ok())
     return valid;
-  if (Status current = m.device->makeCurrent(); !current.ok())
+  if (Status current = m.enter(); !current.ok())
     return current;
   // Entries share steps of at most chunkSize rows, so the matrix products
   // (and the routed experts) serve several sequences at once; an entry
@@ -1641,30 +1761,41 @@ void HybridExecutor::truncate(int sequence, int64_t tokens) {
 }
 std::vector<exec::RoutingStats> HybridExecutor::routingStats() const {
   std::vector<exec::RoutingStats> stats;
-  (void)impl_->device->makeCurrent();
+  (void)impl_->enter();
   for (const BoundStep &bound : impl_->steps)
     if (auto *experts = dynamic_cast<const ExpertsStep *>(bound.step.get()))
       stats.push_back(experts->stats());
     else if (auto *gpuExperts = dynamic_cast<const GpuExpertsStep *>(bound.step.get())) {
+      (void)impl_->use(bound.gpu);
       StatusOr<exec::RoutingStats> counted = gpuExperts->stats(*impl_->device);
       stats.push_back(counted ? *counted : exec::RoutingStats{gpuExperts->gatePath, {}});
     }
   return stats;
 }
 void HybridExecutor::clearRoutingStats() {
-  (void)impl_->device->makeCurrent();
+  (void)impl_->enter();
   for (BoundStep &bound : impl_->steps)
     if (auto *experts = dynamic_cast<ExpertsStep *>(bound.step.get()))
       experts->clearStats();
-    else if (auto *gpuExperts = dynamic_cast<GpuExpertsStep *>(bound.step.get()))
+    else if (auto *gpuExperts = dynamic_cast<GpuExpertsStep *>(bound.step.get())) {
+      (void)impl_->use(bound.gpu);
       (void)gpuExperts->clearStats(*impl_->device);
+    }
 }
 int64_t HybridExecutor::vocabSize() const { return impl_->vocab; }
 int HybridExecutor::threadCount() const { return impl_->pool.threadCount(); }
 std::string HybridExecutor::deviceDescription() const {
-  std::string text = "cuda:0 (" + impl_->gpu.name + ", " + impl_->gpu.arch() + ")";
-  if (impl_->logicalGpus > 1)
+  std::string text;
+  for (size_t index = 0; index < impl_->physical.size(); ++index) {
+    const GpuInfo &gpu = impl_->physical[index].info;
+    text += (index ? ", cuda:" : "cuda:") + std::to_string(index) + " (" + gpu.name + ", " +
+            gpu.arch() + ")";
+  }
+  if (impl_->virtualGpus)
     text += " as " + std::to_string(impl_->logicalGpus) + " virtual GPUs";
+  else if (impl_->physical.size() > 1)
+    text += impl_->peerAccess ? "; peer access between the GPUs"
+                              : "; copies between the GPUs through the host";
   return text;
 }
 void HybridExecutor::setProfiling(bool on) {

@@ -60,9 +60,11 @@ struct ExecutionProfile {
   double gpuSeconds = 0;       // GPU kernels
   double cpuExpertSeconds = 0; // routed experts on the CPU
   double cpuOtherSeconds = 0;  // other CPU steps (embedding)
-  double transferSeconds = 0;  // copies between host and GPU
+  double transferSeconds = 0;  // copies between host and GPU, and between GPUs
   uint64_t transferBytes = 0;
-  bool available = false; // false: the executor does not profile
+  uint64_t gpuToGpuBytes = 0;             // of transferBytes, from one GPU to another
+  std::vector<double> gpuSecondsByDevice; // gpuSeconds by the plan's cuda:N
+  bool available = false;                 // false: the executor does not profile
 };
 
 class Executor {

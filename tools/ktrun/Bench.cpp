@@ -80,6 +80,17 @@ uint64_t weightBytesPerToken(const plan::Plan &plan) {
   return bytes;
 }
 
+// The GPU time of each pipeline stage (the plan's cuda:N) and what moved
+// between the GPUs.
+void printStages(const exec::ExecutionProfile &profile) {
+  if (profile.gpuSecondsByDevice.size() < 2)
+    return;
+  std::printf("  GPU time by stage:");
+  for (size_t gpu = 0; gpu < profile.gpuSecondsByDevice.size(); ++gpu)
+    std::printf("%s cuda:%zu %.3f s", gpu ? "," : "", gpu, profile.gpuSecondsByDevice[gpu]);
+  std::printf("; GPU-to-GPU copies %.3f MB\n", profile.gpuToGpuBytes / 1e6);
+}
+
 } // namespace
 
 double measureReadBandwidth(int threads) {
@@ -213,6 +224,29 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
                 profile.gpuSeconds, share(profile.gpuSeconds), profile.transferSeconds,
                 share(profile.transferSeconds), profile.transferBytes / 1e6,
                 profile.cpuOtherSeconds, other);
+    printStages(profile);
+  }
+  // And of decode, for a pipeline over several GPUs (each stage's share).
+  if (profile.available && profile.gpuSecondsByDevice.size() > 1 && options.decodeTokens > 0) {
+    executor.setProfiling(true);
+    const int64_t tokens = std::min<int64_t>(options.decodeTokens, 32);
+    start = Clock::now();
+    for (int64_t i = 0; i < tokens && logits; ++i)
+      logits = executor.forward({static_cast<int32_t>(
+          std::max_element(logits->begin(), logits->end()) - logits->begin())});
+    const double decodeProfiled = seconds(start);
+    const exec::ExecutionProfile decodeProfile = executor.profile();
+    executor.setProfiling(false);
+    if (!logits) {
+      std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
+      return 1;
+    }
+    std::printf("decode split (profiled run, %lld tokens, %.3f s): CPU experts %.3f s, GPU %.3f "
+                "s, transfers %.3f s (%.3f MB per token)\n",
+                static_cast<long long>(tokens), decodeProfiled, decodeProfile.cpuExpertSeconds,
+                decodeProfile.gpuSeconds, decodeProfile.transferSeconds,
+                decodeProfile.transferBytes / 1e6 / double(tokens));
+    printStages(decodeProfile);
   }
   return 0;
 }

@@ -151,8 +151,9 @@ int main(int argc, char **argv) {
   app.add_flag("--no-progress,--no_progress", noProgress, "No progress bar while loading");
   app.add_option("--virtual-gpus", options.virtualGpus,
                  "Run a plan compiled for N GPUs (cuda:0 .. cuda:N-1, e.g. the multi-GPU rule "
-                 "files) on this host's GPU 0: each logical GPU keeps its own buffers and the "
-                 "plan's memory budget, stages hand activations over as on N GPUs")
+                 "files) on this host's GPU 0, for hosts with fewer GPUs (otherwise it runs on "
+                 "GPUs 0 .. N-1): each logical GPU keeps its own buffers and the plan's memory "
+                 "budget, stages hand activations over as on N GPUs")
       ->check(CLI::Range(0, 64));
   bool noCudaGraphs = false;
   app.add_flag("--no-cuda-graphs", noCudaGraphs,

@@ -511,63 +511,122 @@ TEST(HybridExecutor, RefusesAChangedFp8Checkpoint) {
   EXPECT_NE(executor.message().find("--fp8-path"), std::string::npos) << executor.message();
 }
 
+// The plan of the N-GPU rule file for a 24-layer model, whose stages sit
+// on cuda:0,1 (2 GPUs), 0,1,3 (4) and 0,1,2,7 (8).
+struct Pipeline {
+  TestModel single, pipeline;
+  int highestGpu = 0;
+};
+
+void buildPipeline(int gpus, Pipeline &p) {
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.layerCount = 24;
+  cpu::test::buildModel("tiny-pipeline", config, p.single, "rules/DeepSeek-V3-Chat.yaml",
+                        targetGpu());
+  std::string targets = targetGpu();
+  for (int i = 1; i < gpus; ++i)
+    targets += " --target-gpu " + targetGpu();
+  cpu::test::buildModel("tiny-pipeline-" + std::to_string(gpus), config, p.pipeline,
+                        "rules/DeepSeek-V3-Chat-multi-gpu-" + std::to_string(gpus) + ".yaml",
+                        targets);
+  for (const plan::Op &op : p.pipeline.plan.ops)
+    if (op.decodeDevice.rfind("cuda:", 0) == 0)
+      p.highestGpu = std::max(p.highestGpu, std::atoi(op.decodeDevice.c_str() + 5));
+  EXPECT_GT(p.highestGpu, 0) << "the plan uses one GPU only";
+}
+
+// Prefill and graphed decode of the pipeline against the one-GPU plan;
+// profiles one more decode step to check that every stage ran.
+void expectPipelineMatchesOneGpu(Pipeline &p, const exec::ExecutorOptions &options) {
+  std::unique_ptr<exec::Executor> stages = open(p.pipeline, options), one = open(p.single);
+  ASSERT_TRUE(stages && one);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(11, 3);
+  StatusOr<std::vector<float>> a = stages->forward(prompt, true), b = one->forward(prompt, true);
+  ASSERT_TRUE(a.ok()) << a.message();
+  ASSERT_TRUE(b.ok()) << b.message();
+  EXPECT_LE(cpu::test::relativeL2(*a, *b), 1e-6);
+  for (int step = 0; step < 4; ++step) {
+    const int32_t next = argmax(*b, step == 0 ? prompt.size() - 1 : 0, one->vocabSize());
+    a = stages->forward({next});
+    b = one->forward({next});
+    ASSERT_TRUE(a.ok()) << a.message();
+    ASSERT_TRUE(b.ok()) << b.message();
+    EXPECT_LE(cpu::test::relativeL2(*a, *b), 1e-6) << "decode step " << step;
+  }
+  EXPECT_GT(dynamic_cast<HybridExecutor &>(*stages).graphStats().launched, 0u);
+  stages->setProfiling(true);
+  a = stages->forward({argmax(*b, 0, one->vocabSize())});
+  ASSERT_TRUE(a.ok()) << a.message();
+  const exec::ExecutionProfile profile = stages->profile();
+  ASSERT_EQ(profile.gpuSecondsByDevice.size(), size_t(p.highestGpu + 1));
+  for (int gpu = 0; gpu <= p.highestGpu; ++gpu) {
+    const bool used = std::any_of(
+        p.pipeline.plan.ops.begin(), p.pipeline.plan.ops.end(),
+        [&](const plan::Op &op) { return op.decodeDevice == "cuda:" + std::to_string(gpu); });
+    if (used)
+      EXPECT_GT(profile.gpuSecondsByDevice[size_t(gpu)], 0.0) << "cuda:" << gpu;
+  }
+  EXPECT_GT(profile.gpuToGpuBytes, 0u);
+}
+
 // The multi-GPU rule files on virtual GPUs: their stages, transfers and
 // per-stage graphs run on GPU 0 and give the single-GPU plan's logits.
 TEST(HybridExecutor, MultiGpuRulesRunOnVirtualGpusLikeOneGpu) {
   KT_REQUIRE_GPU();
-  gen::ModelConfig config = *gen::presetConfig("tiny");
-  config.layerCount = 24; // stages on cuda:0 and 1 (2 GPUs), 0, 1, 3 (4), 0, 1, 2, 7 (8)
-  TestModel single;
-  cpu::test::buildModel("tiny-pipeline", config, single, "rules/DeepSeek-V3-Chat.yaml",
-                        targetGpu());
-  for (int gpus : {2, 4, 8}) {
-    SCOPED_TRACE(std::to_string(gpus) + " GPUs");
-    std::string targets = targetGpu();
-    for (int i = 1; i < gpus; ++i)
-      targets += " --target-gpu " + targetGpu();
-    TestModel pipeline;
-    cpu::test::buildModel("tiny-pipeline-" + std::to_string(gpus), config, pipeline,
-                          "rules/DeepSeek-V3-Chat-multi-gpu-" + std::to_string(gpus) + ".yaml",
-                          targets);
-    int highest = 0;
-    for (const plan::Op &op : pipeline.plan.ops)
-      if (op.decodeDevice.rfind("cuda:", 0) == 0)
-        highest = std::max(highest, std::atoi(op.decodeDevice.c_str() + 5));
-    EXPECT_GT(highest, 0) << "the plan uses one GPU only";
-
-    StatusOr<std::unique_ptr<exec::Executor>> refused =
-        exec::createExecutor(pipeline.plan, *pipeline.model, {});
-    ASSERT_FALSE(refused.ok());
-    EXPECT_NE(refused.message().find("--virtual-gpus " + std::to_string(highest + 1)),
-              std::string::npos)
-        << refused.message();
-
-    exec::ExecutorOptions options;
-    options.virtualGpus = gpus;
-    std::unique_ptr<exec::Executor> virtualGpus = open(pipeline, options), one = open(single);
-    ASSERT_TRUE(virtualGpus && one);
-    EXPECT_NE(virtualGpus->deviceDescription().find("virtual GPUs"), std::string::npos);
-    const std::vector<int32_t> prompt = cpu::test::sampleTokens(11, 3);
-    StatusOr<std::vector<float>> a = virtualGpus->forward(prompt, true),
-                                 b = one->forward(prompt, true);
-    ASSERT_TRUE(a.ok()) << a.message();
-    ASSERT_TRUE(b.ok()) << b.message();
-    EXPECT_LE(cpu::test::relativeL2(*a, *b), 1e-6);
-    for (int step = 0; step < 4; ++step) {
-      const int32_t next = argmax(*b, step == 0 ? prompt.size() - 1 : 0, one->vocabSize());
-      a = virtualGpus->forward({next});
-      b = one->forward({next});
-      ASSERT_TRUE(a.ok()) << a.message();
-      ASSERT_TRUE(b.ok()) << b.message();
-      EXPECT_LE(cpu::test::relativeL2(*a, *b), 1e-6) << "decode step " << step;
+  for (int count : {2, 4, 8}) {
+    SCOPED_TRACE(std::to_string(count) + " GPUs");
+    Pipeline p;
+    buildPipeline(count, p);
+    if (int(gpus().size()) <= p.highestGpu) { // too few GPUs: virtual ones are needed
+      StatusOr<std::unique_ptr<exec::Executor>> refused =
+          exec::createExecutor(p.pipeline.plan, *p.pipeline.model, {});
+      ASSERT_FALSE(refused.ok());
+      EXPECT_NE(refused.message().find("--virtual-gpus " + std::to_string(p.highestGpu + 1)),
+                std::string::npos)
+          << refused.message();
     }
-    EXPECT_GT(dynamic_cast<HybridExecutor &>(*virtualGpus).graphStats().launched, 0u);
+    exec::ExecutorOptions options;
+    options.virtualGpus = count;
+    {
+      std::unique_ptr<exec::Executor> stages = open(p.pipeline, options);
+      ASSERT_TRUE(stages);
+      EXPECT_NE(stages->deviceDescription().find("virtual GPUs"), std::string::npos);
+    }
+    expectPipelineMatchesOneGpu(p, options);
   }
 }
 
-// Runs everywhere: a plan for several GPUs needs --virtual-gpus on one.
-TEST(HybridExecutor, RefusesAMultiGpuPlanWithoutVirtualGpus) {
+// The same on real GPUs, as many as the host has (2 or more): each stage on
+// its own GPU, activations copied between them.
+TEST(HybridExecutor, MultiGpuRulesRunOnRealGpusLikeOneGpu) {
+  KT_REQUIRE_GPU();
+  const int available = int(gpus().size());
+  if (available < 2)
+    GTEST_SKIP() << "this host has one GPU";
+  for (int count : {2, 4, 8}) {
+    SCOPED_TRACE(std::to_string(count) + " GPUs");
+    Pipeline p;
+    buildPipeline(count, p);
+    if (p.highestGpu >= available)
+      continue;
+    {
+      std::unique_ptr<exec::Executor> stages = open(p.pipeline, {});
+      ASSERT_TRUE(stages);
+      const std::string description = stages->deviceDescription();
+      EXPECT_NE(description.find("cuda:1 ("), std::string::npos) << description;
+      EXPECT_EQ(description.find("virtual"), std::string::npos) << description;
+      std::printf("[ gpu      ] %d-GPU plan on %s\n", count, description.c_str());
+    }
+    expectPipelineMatchesOneGpu(p, {});
+  }
+}
+
+// Runs everywhere: a plan for more GPUs than the host has needs
+// --virtual-gpus (a host without a GPU is told so first).
+TEST(HybridExecutor, RefusesAMultiGpuPlanOnTooFewGpus) {
   KT_REQUIRE_COMPILER();
+  if (gpus().size() >= 2)
+    GTEST_SKIP() << "this host has enough GPUs for the plan";
   gen::ModelConfig config = *gen::presetConfig("tiny");
   config.layerCount = 4;
   TestModel pipeline;
@@ -576,6 +635,14 @@ TEST(HybridExecutor, RefusesAMultiGpuPlanWithoutVirtualGpus) {
                         "sm_90a:80GiB --target-gpu sm_90a:80GiB");
   StatusOr<std::unique_ptr<exec::Executor>> executor =
       exec::createExecutor(pipeline.plan, *pipeline.model, {});
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find(gpus().empty() ? "no usable GPU" : "--virtual-gpus 2"),
+            std::string::npos)
+      << executor.message();
+  // Fewer virtual GPUs than the plan's stages are refused everywhere.
+  exec::ExecutorOptions options;
+  options.virtualGpus = 1;
+  executor = exec::createExecutor(pipeline.plan, *pipeline.model, options);
   ASSERT_FALSE(executor.ok());
   EXPECT_NE(executor.message().find("--virtual-gpus 2"), std::string::npos) << executor.message();
 }
