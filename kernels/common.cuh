@@ -67,7 +67,8 @@ __device__ __forceinline__ float blockSum(float value, float *scratch) {
 // batch of matrices stacked in the weight: slot s uses matrix s (MLA's k_b
 // and v_b, one per head) or, with `matrixIds`, matrix matrixIds[token *
 // gridDim.z + s] (routed experts: the ids the gate chose, read on the device,
-// with tiles of one token); strides count floats. Each weight read serves
+// with tiles of one token; a negative id leaves the slot's y unwritten);
+// strides count floats. Each weight read serves
 // every token of the tile. runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
 struct GemvLayout {
   int xTokenStride, yTokenStride, xHeadStride, yHeadStride, tokens;
@@ -85,13 +86,15 @@ __device__ __forceinline__ int gemvSelect(const float *__restrict__ &x, float *_
        static_cast<long long>(blockIdx.z) * layout.xHeadStride;
   y += static_cast<long long>(firstToken) * layout.yTokenStride +
        static_cast<long long>(blockIdx.z) * layout.yHeadStride;
+  // Signed: an id of -1 must stay negative (int against unsigned would not).
   const long long matrix =
       layout.matrixIds
-          ? reinterpret_cast<const int *>(layout.matrixIds)[static_cast<long long>(firstToken) *
-                                                                gridDim.z +
-                                                            blockIdx.z]
-          : blockIdx.z;
+          ? static_cast<long long>(reinterpret_cast<const int *>(
+                layout.matrixIds)[static_cast<long long>(firstToken) * gridDim.z + blockIdx.z])
+          : static_cast<long long>(blockIdx.z);
   headRow = matrix * rows;
+  if (matrix < 0) // a slot without a matrix (the expert cache's misses): nothing to do
+    return 0;
   return min(tileTokens, layout.tokens - firstToken);
 }
 

@@ -43,6 +43,8 @@ gemv_float(const void *__restrict__ weight, const float *__restrict__ x,
     return;
   long long headRow;
   const int tokens = kt::gemvSelect(x, y, layout, OUT_FEATURES, TOKEN_TILE, headRow);
+  if (tokens <= 0) // the whole block: a slot without a matrix
+    return;
   const Weight *w = static_cast<const Weight *>(weight) + (headRow + row) * IN_FEATURES;
   float sums[TOKEN_TILE];
 #pragma unroll

@@ -168,6 +168,8 @@ gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
     return;
   long long headRow;
   const int tokens = kt::gemvSelect(x, y, layout, OUT_FEATURES, TOKEN_TILE, headRow);
+  if (tokens <= 0) // the whole block: a slot without a matrix
+    return;
   const kt::u8 *rows = static_cast<const kt::u8 *>(weight) + (headRow + firstRow) * kRowBytes;
   float sums[TOKEN_TILE][ROWS_PER_WARP];
 #pragma unroll

@@ -37,6 +37,8 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
     return;
   long long headRow;
   const int tokens = kt::gemvSelect(x, y, layout, OUT_FEATURES, TOKEN_TILE, headRow);
+  if (tokens <= 0) // the whole block: a slot without a matrix
+    return;
   const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + row) * kRowBytes;
 
   float sums[TOKEN_TILE];

@@ -23,8 +23,13 @@ moe_combine(const float *__restrict__ y, const float *__restrict__ weights,
     const long long token = i / HIDDEN, column = i % HIDDEN;
     float sum = 0.0f;
 #pragma unroll
-    for (int k = 0; k < TOP_K; ++k)
-      sum += weights[token * TOP_K + k] * y[(token * TOP_K + k) * HIDDEN + column];
+    for (int k = 0; k < TOP_K; ++k) {
+      // A zero weight marks a slot no expert filled (the expert cache's
+      // misses, whose y was never written).
+      const float weight = weights[token * TOP_K + k];
+      if (weight != 0.0f)
+        sum += weight * y[(token * TOP_K + k) * HIDDEN + column];
+    }
     out[i] = sum;
   }
 }

@@ -76,6 +76,7 @@ void exportMemory(DictionaryAttr memoryPlan, std::vector<plan::DeviceMemory> &ou
     memory.total = get("total");
     if (fields.get("budget"))
       memory.budget = get("budget");
+    memory.expertCache = get("expert_cache");
     out.push_back(memory);
   }
 }

@@ -61,6 +61,31 @@ void addGemv(Collector &collector, gguf::GgmlType type, int64_t out, int64_t in,
     collector.add(cuda::gemvSpec(type, out, in, tile), device, path);
 }
 
+// Routed experts on a GPU: the GEMVs of the chosen experts (matrix ids read
+// on the device, one token per block), silu_mul and the weighted sum over the
+// top-k (and the selection counts).
+void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef device,
+                   StringRef path) {
+  const int64_t topK = cast<RankedTensorType>(experts.getTopkIds().getType()).getShape()[1];
+  WeightAttr gateProj = experts.getGateProj();
+  for (WeightAttr weight : {gateProj, experts.getUpProj(), experts.getDownProj()})
+    if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
+        type && cuda::hasGpuGemv(*type))
+      collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]), device,
+                    path);
+  collector.add(cuda::elementwiseSpec("silu_mul", gateProj.getShape()[1]), device, path);
+  for (const char *entry : {"moe_combine", "expert_counts"})
+    collector.add(cuda::moeCombineSpec(gateProj.getShape()[0], topK, entry), device, path);
+}
+
+// Bytes the memory plan reserves for the GPU expert cache (on cuda:0).
+uint64_t expertCacheBytes(ModuleOp module) {
+  auto memoryPlan = module->getAttrOfType<DictionaryAttr>("ktgraph.memory_plan");
+  auto gpu = memoryPlan ? memoryPlan.getAs<DictionaryAttr>("cuda:0") : DictionaryAttr();
+  auto bytes = gpu ? gpu.getAs<IntegerAttr>("expert_cache") : IntegerAttr();
+  return bytes ? bytes.getValue().getZExtValue() : 0;
+}
+
 // The kernel chosen for `phase` ("prefill", "decode"); empty where none is.
 StringRef chosenKernel(DictionaryAttr kernels, StringRef phase) {
   auto name = kernels ? kernels.getAs<StringAttr>(phase) : StringAttr();
@@ -74,10 +99,19 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
   collector.target = module->getAttrOfType<TargetAttr>("ktgraph.target");
   if (!collector.target)
     return std::vector<plan::KernelSpecialization>();
+  const bool expertCache = expertCacheBytes(module) > 0;
   module.walk([&](ModelModuleOpInterface op) {
     auto placement = op->getAttrOfType<PlacementAttr>("ktgraph.placement");
     if (!placement)
       return;
+    // The expert cache runs copies of CPU-placed experts on cuda:0 (for the
+    // layers whose results go there), adding their sum to the CPU's.
+    if (auto experts = dyn_cast<RoutedExpertsOp>(op.getOperation());
+        experts && expertCache && placement.getDecode() == "cpu" && placement.getOut() == "cuda:0") {
+      addGpuExperts(collector, experts, "cuda:0", op.getModulePath());
+      collector.add(cuda::elementwiseSpec("add", experts.getGateProj().getShape()[0]), "cuda:0",
+                    op.getModulePath());
+    }
     auto kernels = op->getAttrOfType<DictionaryAttr>("ktgraph.kernels");
     StringRef path = op.getModulePath();
     for (auto [phase, device] : {std::pair<StringRef, StringRef>{"prefill", placement.getPrefill()},
@@ -162,20 +196,7 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
             type && cuda::hasGpuGemv(*type))
           addGemv(collector, *type, router.getShape()[1], router.getShape()[0], device, path);
       } else if (auto experts = dyn_cast<RoutedExpertsOp>(op.getOperation())) {
-        // Routed experts on the GPU: the GEMVs of the chosen experts (matrix
-        // ids read on the device, one token per block), silu_mul and the
-        // weighted sum over the top-k.
-        const int64_t topK =
-            cast<RankedTensorType>(experts.getTopkIds().getType()).getShape()[1];
-        WeightAttr gateProj = experts.getGateProj();
-        for (WeightAttr weight : {gateProj, experts.getUpProj(), experts.getDownProj()})
-          if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
-              type && cuda::hasGpuGemv(*type))
-            collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]), device,
-                          path);
-        collector.add(cuda::elementwiseSpec("silu_mul", gateProj.getShape()[1]), device, path);
-        for (const char *entry : {"moe_combine", "expert_counts"})
-          collector.add(cuda::moeCombineSpec(gateProj.getShape()[0], topK, entry), device, path);
+        addGpuExperts(collector, experts, device, path);
       } else if (auto head = dyn_cast<LmHeadOp>(op.getOperation())) {
         WeightAttr weight = head.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());

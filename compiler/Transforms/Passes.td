@@ -108,7 +108,10 @@ def PlanMemory : Pass<"kt-plan-memory", "mlir::ModuleOp"> {
       module kind, counted once per device because layers run in turn);
     - staging: on a GPU, two expert-sized buffers for streaming CPU-resident
       expert weights during prefill; on the CPU, pinned buffers for the
-      activations that cross between CPU and GPU.
+      activations that cross between CPU and GPU;
+    - expert cache: with `expert-cache`, that many bytes on cuda:0 for copies
+      of the most often routed experts of CPU-placed layers (the runtime
+      fills them; ktc compile --gpu-expert-cache).
 
     Each GPU's budget is its `--gpu-mem` value or, without one, the target's
     memory for it minus `gpu-reserve` (CUDA context, library workspaces).
@@ -133,6 +136,8 @@ def PlanMemory : Pass<"kt-plan-memory", "mlir::ModuleOp"> {
                "Budgets as DEVICE=SIZE (cuda:0=24GiB), overriding the target's memory">,
     Option<"gpuReserve", "gpu-reserve", "std::string", "\"1GiB\"",
            "Memory kept free on each GPU when its budget comes from the target">,
+    Option<"expertCache", "expert-cache", "std::string", "\"\"",
+           "Bytes reserved on cuda:0 for the GPU expert cache (a size, e.g. 20GiB)">,
   ];
 }
 

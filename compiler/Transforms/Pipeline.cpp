@@ -17,6 +17,7 @@ void buildCompilePipeline(mlir::OpPassManager &pm, const CompilePipelineOptions 
   memory.cacheLens = options.cacheLens;
   memory.chunkSize = options.chunkSize;
   memory.gpuMemory = options.gpuMemory;
+  memory.expertCache = options.gpuExpertCache;
   pm.addPass(createPlanMemory(memory));
   pm.addPass(createPartitionStages());
   pm.addPass(createInsertTransfers());
@@ -35,6 +36,8 @@ struct CompilePipelineCliOptions
                             llvm::cl::init(512)};
   ListOption<std::string> gpuMemory{*this, "gpu-mem",
                                     llvm::cl::desc("GPU budgets as cuda:N=SIZE")};
+  Option<std::string> expertCache{*this, "expert-cache",
+                                  llvm::cl::desc("GPU expert cache on cuda:0, a size")};
 };
 } // namespace
 
@@ -48,6 +51,7 @@ void registerCompilePipeline() {
         options.cacheLens = cli.cacheLens;
         options.chunkSize = cli.chunkSize;
         options.gpuMemory.assign(cli.gpuMemory.begin(), cli.gpuMemory.end());
+        options.gpuExpertCache = cli.expertCache;
         buildCompilePipeline(pm, options);
       });
 }

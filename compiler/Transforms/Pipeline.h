@@ -15,6 +15,7 @@ struct CompilePipelineOptions {
   int64_t cacheLens = 4096;
   int64_t chunkSize = 512;
   std::vector<std::string> gpuMemory; // "cuda:0=24GiB"
+  std::string gpuExpertCache;         // "20GiB": reserved on cuda:0 for cached experts
 };
 
 void buildCompilePipeline(mlir::OpPassManager &pm, const CompilePipelineOptions &options);

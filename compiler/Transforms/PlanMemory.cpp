@@ -35,10 +35,11 @@ struct DeviceUsage {
   uint64_t kvCache = 0;
   uint64_t activations = 0; // max over modules: layers run one at a time
   uint64_t staging = 0;     // max over modules: buffers are reused
+  uint64_t expertCache = 0; // copies of CPU-placed experts (cuda:0)
   std::optional<uint64_t> budget;
   std::vector<std::pair<uint64_t, std::string>> modules; // weight bytes, path
 
-  uint64_t total() const { return weights + kvCache + activations + staging; }
+  uint64_t total() const { return weights + kvCache + activations + staging + expertCache; }
 };
 
 // Hidden size of the op's input (or result for the embedding).
@@ -108,6 +109,19 @@ public:
     });
     if (missingPlacement)
       return signalPassFailure();
+    if (!expertCache.empty()) {
+      std::optional<uint64_t> bytes = parseByteSize(expertCache);
+      if (!bytes) {
+        module.emitError() << "expert-cache '" << expertCache << "' is not a size, e.g. 20GiB";
+        return signalPassFailure();
+      }
+      if (*bytes > 0 && !usage["cuda:0"].budget) {
+        module.emitError() << "a GPU expert cache needs a GPU, but the target has none; give "
+                              "one with --target-gpu";
+        return signalPassFailure();
+      }
+      usage["cuda:0"].expertCache = *bytes;
+    }
 
     recordPlan(module, usage);
     if (failed(checkBudgets(module, usage)))
@@ -189,6 +203,9 @@ private:
           builder.getNamedAttr("activations", builder.getI64IntegerAttr(use.activations)),
           builder.getNamedAttr("staging", builder.getI64IntegerAttr(use.staging)),
           builder.getNamedAttr("total", builder.getI64IntegerAttr(use.total()))};
+      if (use.expertCache)
+        fields.push_back(
+            builder.getNamedAttr("expert_cache", builder.getI64IntegerAttr(use.expertCache)));
       if (use.budget)
         fields.push_back(builder.getNamedAttr("budget", builder.getI64IntegerAttr(*use.budget)));
       devices.push_back(builder.getNamedAttr(device, builder.getDictionaryAttr(fields)));
@@ -215,24 +232,28 @@ private:
     std::string table;
     llvm::raw_string_ostream os(table);
     os << "the plan does not fit in memory:\n";
-    os << llvm::format("  %-8s %12s %12s %12s %12s %12s %12s\n",
+    os << llvm::format("  %-8s %12s %12s %12s %12s %12s %12s %12s\n",
                        static_cast<const char *>("device"), static_cast<const char *>("weights"),
                        static_cast<const char *>("kv cache"),
                        static_cast<const char *>("activations"),
-                       static_cast<const char *>("staging"), static_cast<const char *>("total"),
-                       static_cast<const char *>("budget"));
+                       static_cast<const char *>("staging"),
+                       static_cast<const char *>("expert cache"),
+                       static_cast<const char *>("total"), static_cast<const char *>("budget"));
     for (const auto &[device, use] : usage)
-      os << llvm::format("  %-8s %12s %12s %12s %12s %12s %12s%s\n", device.c_str(),
+      os << llvm::format("  %-8s %12s %12s %12s %12s %12s %12s %12s%s\n", device.c_str(),
                          formatByteSize(use.weights).c_str(), formatByteSize(use.kvCache).c_str(),
                          formatByteSize(use.activations).c_str(),
-                         formatByteSize(use.staging).c_str(), formatByteSize(use.total()).c_str(),
+                         formatByteSize(use.staging).c_str(),
+                         formatByteSize(use.expertCache).c_str(),
+                         formatByteSize(use.total()).c_str(),
                          use.budget ? formatByteSize(*use.budget).c_str() : "-",
                          use.budget && use.total() > *use.budget ? "  OVER" : "");
     for (const std::string &device : over) {
       DeviceUsage &use = usage[device];
       std::sort(use.modules.rbegin(), use.modules.rend());
       os << "largest modules on " << device << " (move some to \"cpu\" or another GPU with a "
-         << "rule, or lower --cache-lens / --chunk-size):\n";
+         << "rule, or lower --cache-lens / --chunk-size"
+         << (use.expertCache ? " / --gpu-expert-cache" : "") << "):\n";
       for (size_t i = 0; i < std::min<size_t>(5, use.modules.size()); ++i)
         os << "  " << use.modules[i].second << "  " << formatByteSize(use.modules[i].first)
            << "\n";

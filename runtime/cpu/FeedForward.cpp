@@ -135,7 +135,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
   // Row of each (token, k) assignment in the expert-grouped order.
   std::vector<int64_t> counts(static_cast<size_t>(experts_), 0);
   for (int64_t i = 0; i < assignments; ++i)
-    ++counts[static_cast<size_t>(ids[i])];
+    if (ids[i] >= 0)
+      ++counts[static_cast<size_t>(ids[i])];
   std::vector<int64_t> firstRow(static_cast<size_t>(experts_), 0);
   for (int64_t e = 1; e < experts_; ++e)
     firstRow[static_cast<size_t>(e)] = firstRow[static_cast<size_t>(e - 1)] + counts[static_cast<size_t>(e - 1)];
@@ -189,6 +190,10 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     return out;
   };
   for (int64_t i = 0; i < assignments; ++i) {
+    if (ids[i] < 0) {
+      rowOf[static_cast<size_t>(i)] = -1;
+      continue;
+    }
     const int64_t row = filled[static_cast<size_t>(ids[i])]++;
     rowOf[static_cast<size_t>(i)] = row;
     std::memcpy(gathered + row * hidden_, x + (i / topK) * hidden_,
@@ -229,7 +234,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       order[static_cast<size_t>(k)] = t * topK + k;
     std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
     for (int64_t i : order)
-      axpy(weights[i], results + rowOf[static_cast<size_t>(i)] * hidden_, o, hidden_);
+      if (rowOf[static_cast<size_t>(i)] >= 0)
+        axpy(weights[i], results + rowOf[static_cast<size_t>(i)] * hidden_, o, hidden_);
   });
 }
 

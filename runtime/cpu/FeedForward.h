@@ -67,7 +67,8 @@ public:
 
   // out[t] = sum_k weights[t][k] * expert_{ids[t][k]}(x[t]). Tokens are
   // grouped by expert so that every chosen expert's matrices are read once
-  // for all the tokens that chose it.
+  // for all the tokens that chose it. A negative id skips its assignment
+  // (its expert runs elsewhere: the GPU expert cache).
   void forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
                const int32_t *ids, const float *weights, int64_t topK, float *out) const;
 

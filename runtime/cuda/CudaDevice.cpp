@@ -233,6 +233,10 @@ Status CudaDevice::copyToDevice(DevicePointer dst, const void *src, size_t bytes
   return synchronize(); // the source may be reused at once
 }
 
+Status CudaDevice::copyToDeviceAsync(DevicePointer dst, const void *src, size_t bytes) {
+  return check(api_->memcpyHtoD(dst, src, bytes, stream_), "cuMemcpyHtoDAsync");
+}
+
 Status CudaDevice::copyToHost(void *dst, DevicePointer src, size_t bytes) {
   if (Status s = check(api_->memcpyDtoH(dst, src, bytes, stream_), "cuMemcpyDtoHAsync"); !s.ok())
     return s;

@@ -46,6 +46,9 @@ public:
   Status free(DevicePointer pointer);
   Status copyToDevice(DevicePointer dst, const void *src, size_t bytes);
   Status copyToHost(void *dst, DevicePointer src, size_t bytes);
+  // Queues a copy from page-locked host memory and returns at once: `src`
+  // must stay unchanged until the stream has passed the copy.
+  Status copyToDeviceAsync(DevicePointer dst, const void *src, size_t bytes);
   // Device memory to device memory (the bandwidth ceiling benchmarks compare with).
   Status copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes);
   // `bytes` from `src` on GPU `from` to `dst` here, in order with both GPUs'

@@ -15,6 +15,7 @@
 #include "runtime/cuda/Nvrtc.h"
 #include "runtime/exec/SequenceCaches.h"
 #include "runtime/safetensors/Safetensors.h"
+#include "runtime/support/ByteSize.h"
 
 #include <algorithm>
 #include <chrono>
@@ -134,6 +135,8 @@ struct SlotPlanner {
 
 unsigned ceilDiv(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
 
+class ExpertsStep;
+
 // N of "cuda:N", -1 for any other device.
 int gpuIndex(const std::string &device) {
   if (device.rfind("cuda:", 0) != 0 || device.size() == 5)
@@ -223,6 +226,21 @@ public:
   bool profiling = false;
   exec::ExecutionProfile profile;
   bool cudaGraphs = true;
+  // The GPU expert cache (on cuda:0), and what the plan lets it use there.
+  uint64_t expertCacheBudget = 0;
+  std::optional<uint64_t> firstGpuBudget;
+  bool expertCacheFilled = false;
+  exec::ExpertCacheStats expertCache;
+  // Sets up `experts` (CPU-placed) for the cache where its input and result
+  // are on cuda:0; returns the GPU value of its input, or -1.
+  StatusOr<int> bindExpertCache(ExpertsStep &experts, cpu::OpBinder &b,
+                                const cpu::OpBinder::ExpertTensors &tensors, size_t opIndex,
+                                const std::vector<Value *> &in);
+  // Copies the most often chosen experts by `counts` (per gate path) to the
+  // GPU until the cache's bytes are used.
+  Status fillExpertCache(const std::vector<exec::RoutingStats> &counts);
+  // Without a profile, the first prefill's routing chooses the experts.
+  Status fillExpertCacheAfterPrefill();
   std::map<std::pair<size_t, size_t>, CapturedGraph> graphs; // (first step, sequence)
   HybridExecutor::GraphStats graphStats;
 
@@ -777,6 +795,33 @@ public:
   }
 };
 
+// Copies of a CPU-placed layer's most often routed experts on the GPU (the
+// spare-VRAM expert cache): the choices of cached experts run there, the
+// rest on the CPU meanwhile, and the GPU adds the two sums.
+struct CachedExperts {
+  const gguf::TensorInfo *tensors[3] = {}; // gate, up, down of all experts, on the host
+  GpuMatrix matrices[3];                   // the cached experts in slot order (empty until filled)
+  const Kernel *siluMul = nullptr, *combine = nullptr, *add = nullptr;
+  int64_t hidden = 0, ffn = 0, topK = 0, experts = 0;
+  uint64_t bytesPerExpert = 0;
+  std::vector<int32_t> slotOf; // expert -> slot, -1: on the CPU only
+  int64_t cached = 0;
+  std::vector<int32_t> cpuIds; // a step's choices with the cached ones -1
+  int32_t *slotsHost = nullptr;
+  float *weightsHost = nullptr; // page-locked: queued copies read them
+  DevicePointer slots = 0, weights = 0;
+  uint64_t selections = 0, gpuSelections = 0;
+
+  size_t scratchFloats(int64_t rows) const {
+    return size_t(rows * (topK * (2 * ffn + hidden) + hidden));
+  }
+
+  // Queues the cached choices of `rows` tokens on the GPU, their weighted
+  // sum into scratch (returned); sets cpuIds to what the CPU runs.
+  StatusOr<DevicePointer> run(HybridExecutor::Impl &m, int64_t rows, const int32_t *ids,
+                              const float *gateWeights, DevicePointer x);
+};
+
 class ExpertsStep : public Step {
 public:
   ExpertsStep(cpu::RoutedExperts experts, std::string gatePath, void *staging)
@@ -786,14 +831,30 @@ public:
   }
   bool runsOnHost() const override { return true; }
   bool movable() const override { return false; }
+  size_t scratchFloats(int64_t rows) const override {
+    return cache ? cache->scratchFloats(rows) : 0;
+  }
+  // in: x, ids, weights on the host; with a cache, x on the GPU too.
   Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
              const std::vector<Value *> &out) override {
     const Value &x = *in[0], &ids = *in[1], &weights = *in[2];
     Value &o = *out[0];
     float *result = o.where == Where::Host ? o.hostFloats() : staging_;
+    const int32_t *cpuIds = ids.hostIds();
+    DevicePointer cachedSum = 0;
+    if (cache && cache->cached > 0 && o.where == Where::Gpu) {
+      StatusOr<DevicePointer> sum =
+          cache->run(m, ctx.rows, ids.hostIds(), weights.hostFloats(), in[3]->gpu);
+      if (!sum)
+        return sum.status();
+      cachedSum = *sum;
+      cpuIds = cache->cpuIds.data();
+    } else if (cache) {
+      cache->selections += uint64_t(ctx.rows * ids.width);
+    }
     auto start = Clock::now();
-    experts_.forward(m.pool, m.workspace, x.hostFloats(), ctx.rows, ids.hostIds(),
-                     weights.hostFloats(), ids.width, result);
+    experts_.forward(m.pool, m.workspace, x.hostFloats(), ctx.rows, cpuIds, weights.hostFloats(),
+                     ids.width, result);
     for (int64_t i = 0; i < ctx.rows * ids.width; ++i)
       ++stats_.selections[size_t(ids.hostIds()[i])];
     if (m.profiling)
@@ -807,16 +868,57 @@ public:
       m.profile.transferSeconds += secondsSince(start);
       m.profile.transferBytes += bytes;
     }
-    return copied;
+    if (!copied.ok() || !cachedSum)
+      return copied;
+    return m.elementwise(*cache->add, o.gpu, cachedSum, o.gpu, ctx.rows, experts_.hidden());
   }
   const exec::RoutingStats &stats() const { return stats_; }
-  void clearStats() { std::fill(stats_.selections.begin(), stats_.selections.end(), 0); }
+  void clearStats() {
+    std::fill(stats_.selections.begin(), stats_.selections.end(), 0);
+    if (cache)
+      cache->selections = cache->gpuSelections = 0;
+  }
+  const cpu::RoutedExperts &experts() const { return experts_; }
+
+  std::unique_ptr<CachedExperts> cache; // null: the layer is not cached
 
 private:
   cpu::RoutedExperts experts_;
   float *staging_; // page-locked, for a result that goes to the GPU
   exec::RoutingStats stats_;
 };
+
+StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows,
+                                           const int32_t *ids, const float *gateWeights,
+                                           DevicePointer x) {
+  const int64_t choices = rows * topK;
+  cpuIds.resize(size_t(choices));
+  for (int64_t i = 0; i < choices; ++i) {
+    const int32_t slot = slotOf[size_t(ids[i])];
+    slotsHost[i] = slot;
+    weightsHost[i] = slot >= 0 ? gateWeights[i] : 0.0f; // 0: moe_combine skips the slot
+    cpuIds[size_t(i)] = slot >= 0 ? -1 : ids[i];
+    gpuSelections += slot >= 0;
+  }
+  selections += uint64_t(choices);
+  if (Status s = m.device->copyToDeviceAsync(slots, slotsHost, size_t(choices) * 4); !s.ok())
+    return s;
+  if (Status s = m.device->copyToDeviceAsync(weights, weightsHost, size_t(choices) * 4); !s.ok())
+    return s;
+  const DevicePointer g = m.scratch, u = g + DevicePointer(choices * ffn) * 4,
+                      d = u + DevicePointer(choices * ffn) * 4,
+                      sum = d + DevicePointer(choices * hidden) * 4;
+  const GemvLayout wide{int(hidden), int(topK * ffn), 0, int(ffn), int(rows), slots};
+  const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn),
+                          int(hidden),     int(rows),          slots};
+  for (Status s :
+       {m.gemv(matrices[0], x, g, rows, wide), m.gemv(matrices[1], x, u, rows, wide),
+        m.elementwise(*siluMul, g, u, g, choices, ffn), m.gemv(matrices[2], g, d, rows, narrow),
+        m.elementwise(*combine, d, weights, sum, rows, hidden)})
+    if (!s.ok())
+      return s;
+  return sum;
+}
 
 // Routed experts on the GPU: each token's chosen experts (ids read on the
 // device, so decode graphs replay them) through gate/up, SiLU, down, and
@@ -901,6 +1003,181 @@ std::string placementText(const plan::Op &op) {
 
 } // namespace
 
+// ---------------------------------------------------------------- expert cache
+
+StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::OpBinder &b,
+                                                    const cpu::OpBinder::ExpertTensors &tensors,
+                                                    size_t opIndex,
+                                                    const std::vector<Value *> &in) {
+  // The input as the GPU had it before its transfer to the host, and the
+  // result going to cuda:0: the cache adds its sum there.
+  const plan::Op &op = plan->ops[opIndex];
+  int gpuInput = -1;
+  for (size_t i = 0; i < opIndex; ++i) {
+    const plan::Op &transfer = plan->ops[i];
+    if (transfer.kind == "transfer" && transfer.outputs.size() == 1 &&
+        transfer.outputs[0] == op.inputs[0] && transfer.inputs.size() == 1) {
+      const Value &source = values[size_t(transfer.inputs[0])];
+      if (source.where == Where::Gpu && source.logicalGpu == 0)
+        gpuInput = transfer.inputs[0];
+    }
+  }
+  const plan::Buffer *result = nullptr;
+  for (const plan::Buffer &buffer : plan->buffers)
+    if (buffer.value == op.outputs[0])
+      result = &buffer;
+  if (gpuInput < 0 || !result || result->decodeDevice != "cuda:0")
+    return -1;
+
+  auto cache = std::make_unique<CachedExperts>();
+  cache->hidden = in[0]->width;
+  cache->ffn = tensors.gate->ne[1];
+  cache->topK = in[1]->width;
+  cache->experts = in[1]->experts;
+  cache->tensors[0] = tensors.gate;
+  cache->tensors[1] = tensors.up;
+  cache->tensors[2] = tensors.down;
+  for (int i = 0; i < 3; ++i) {
+    const gguf::TensorInfo &tensor = *cache->tensors[i];
+    cache->bytesPerExpert += tensor.nbytes / uint64_t(cache->experts);
+    GpuMatrix &w = cache->matrices[i];
+    w.in = tensor.ne[0];
+    w.out = tensor.ne[1];
+    w.heads = cache->topK; // the launches' grid z runs over the chosen slots
+    w.type = tensor.type;
+    w.blocks = gemvGridBlocks(tensor.type, w.out);
+    StatusOr<const Kernel *> k = kernel(gemvSpec(tensor.type, w.out, w.in, 1), b.where());
+    if (!k)
+      return Status::error(b.where() +
+                           ": the GPU expert cache cannot multiply its experts: " + k.message());
+    w.kernel = w.tiled = *k;
+  }
+  StatusOr<const Kernel *> silu = kernel(elementwiseSpec("silu_mul", cache->ffn), b.where()),
+                           combine = kernel(moeCombineSpec(cache->hidden, cache->topK), b.where()),
+                           add = kernel(elementwiseSpec("add", cache->hidden), b.where());
+  for (const StatusOr<const Kernel *> *k : {&silu, &combine, &add})
+    if (!*k)
+      return k->status();
+  cache->siluMul = *silu;
+  cache->combine = *combine;
+  cache->add = *add;
+  cache->slotOf.assign(size_t(cache->experts), -1);
+  const size_t choices = size_t(std::max<int64_t>(chunkSize, 1) * cache->topK);
+  for (void **host : {reinterpret_cast<void **>(&cache->slotsHost),
+                      reinterpret_cast<void **>(&cache->weightsHost)}) {
+    StatusOr<void *> p = device->allocateHost(choices * 4);
+    if (!p)
+      return p.status();
+    hostAllocations.push_back(*p);
+    *host = *p;
+  }
+  for (DevicePointer *gpu : {&cache->slots, &cache->weights}) {
+    StatusOr<DevicePointer> p = allocate(choices * 4, false);
+    if (!p)
+      return p.status();
+    *gpu = *p;
+  }
+  experts.cache = std::move(cache);
+  return gpuInput;
+}
+
+Status HybridExecutor::Impl::fillExpertCache(const std::vector<exec::RoutingStats> &counts) {
+  const auto started = Clock::now();
+  expertCacheFilled = true;
+  std::vector<ExpertsStep *> layers;
+  for (BoundStep &bound : steps)
+    if (auto *experts = dynamic_cast<ExpertsStep *>(bound.step.get()); experts && experts->cache)
+      layers.push_back(experts);
+  // (count, layer, expert), most chosen first.
+  struct Candidate {
+    uint64_t count;
+    size_t layer;
+    int64_t expert;
+  };
+  std::vector<Candidate> candidates;
+  size_t matched = 0;
+  for (size_t layer = 0; layer < layers.size(); ++layer) {
+    const std::string &path = layers[layer]->stats().path;
+    const exec::RoutingStats *found = nullptr;
+    for (const exec::RoutingStats &stats : counts)
+      if (stats.path == path)
+        found = &stats;
+    matched += found != nullptr;
+    const int64_t experts = layers[layer]->cache->experts;
+    if (found && int64_t(found->selections.size()) != experts)
+      return Status::error("The expert profile has " + std::to_string(found->selections.size()) +
+                           " experts for " + path + ", but the model has " +
+                           std::to_string(experts) +
+                           "; use a profile saved with this model (--save-expert-profile).");
+    for (int64_t e = 0; e < experts; ++e)
+      candidates.push_back({found ? found->selections[size_t(e)] : 0, layer, e});
+  }
+  if (matched == 0 && !layers.empty())
+    return Status::error("The expert profile counts none of the MoE layers whose experts the GPU "
+                         "cache can hold (" +
+                         layers.front()->stats().path +
+                         ", ...); use a profile saved with this model (--save-expert-profile).");
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [](const Candidate &a, const Candidate &b) { return a.count > b.count; });
+  // What is left of cuda:0's budget bounds the cache too (the runtime's
+  // buffers may differ from the compiler's estimate).
+  if (Status s = use(0); !s.ok())
+    return s;
+  uint64_t budget = expertCacheBudget;
+  if (firstGpuBudget)
+    budget = std::min(budget, *firstGpuBudget > logicalBytes[0] ? *firstGpuBudget - logicalBytes[0]
+                                                                : uint64_t(0));
+  std::vector<std::vector<int64_t>> chosen(layers.size());
+  uint64_t used = 0;
+  for (const Candidate &c : candidates) {
+    const uint64_t bytes = layers[c.layer]->cache->bytesPerExpert;
+    if (used + bytes > budget)
+      continue;
+    used += bytes;
+    chosen[c.layer].push_back(c.expert);
+  }
+  for (size_t layer = 0; layer < layers.size(); ++layer) {
+    CachedExperts &cache = *layers[layer]->cache;
+    std::vector<int64_t> &experts = chosen[layer];
+    if (experts.empty())
+      continue;
+    std::sort(experts.begin(), experts.end());
+    for (int i = 0; i < 3; ++i) {
+      const gguf::TensorInfo &tensor = *cache.tensors[i];
+      const size_t slice = size_t(tensor.nbytes / uint64_t(cache.experts));
+      StatusOr<DevicePointer> stack = allocate(slice * experts.size(), true);
+      if (!stack)
+        return stack.status();
+      for (size_t slot = 0; slot < experts.size(); ++slot)
+        if (Status s = device->copyToDevice(
+                *stack + slot * slice,
+                static_cast<const uint8_t *>(tensor.data) + size_t(experts[slot]) * slice, slice);
+            !s.ok())
+          return s;
+      cache.matrices[i].data = *stack;
+    }
+    for (size_t slot = 0; slot < experts.size(); ++slot)
+      cache.slotOf[size_t(experts[slot])] = int32_t(slot);
+    cache.cached = int64_t(experts.size());
+    expertCache.experts += cache.cached;
+  }
+  expertCache.filled = true;
+  expertCache.bytes = used;
+  expertCache.fillSeconds = secondsSince(started);
+  return Status::success();
+}
+
+Status HybridExecutor::Impl::fillExpertCacheAfterPrefill() {
+  if (expertCacheBudget == 0 || expertCacheFilled)
+    return Status::success();
+  std::vector<exec::RoutingStats> counts;
+  for (const BoundStep &bound : steps)
+    if (auto *experts = dynamic_cast<const ExpertsStep *>(bound.step.get());
+        experts && experts->cache)
+      counts.push_back(experts->stats());
+  return fillExpertCache(counts);
+}
+
 // ---------------------------------------------------------------- binding
 
 Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
@@ -981,6 +1258,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
 
     std::unique_ptr<Step> step;
     std::vector<Value> produced;
+    std::vector<int> stepInputs = op.inputs; // and values a step reads besides the op's
     const std::string &kind = op.kind;
     const Where here = gpuOp ? Where::Gpu : Where::Host;
     if (kind == "embedding") {
@@ -1056,7 +1334,16 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         if (!staging)
           return staging.status();
         hostAllocations.push_back(*staging);
-        step = std::make_unique<ExpertsStep>(std::move(routed), cpu::gatePathOf(op.path), *staging);
+        auto experts =
+            std::make_unique<ExpertsStep>(std::move(routed), cpu::gatePathOf(op.path), *staging);
+        if (expertCacheBudget > 0) {
+          StatusOr<int> gpuInput = bindExpertCache(*experts, b, t, index, in);
+          if (!gpuInput)
+            return gpuInput.status();
+          if (*gpuInput >= 0)
+            stepInputs.push_back(*gpuInput); // keeps it alive until the step
+        }
+        step = std::move(experts);
         produced.push_back({Where::Host, Kind::Floats, hidden, 0, true});
       }
     } else if (!gpuOp) {
@@ -1238,7 +1525,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         if (values[size_t(id)].where == Where::Gpu)
           stepGpu = values[size_t(id)].logicalGpu;
     }
-    steps.push_back({std::move(step), op.inputs, op.outputs, region, stepGpu});
+    steps.push_back({std::move(step), stepInputs, op.outputs, region, stepGpu});
   }
 
   if (plan->outputValue <= 0 || !values[size_t(plan->outputValue)].defined ||
@@ -1574,6 +1861,24 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
     fp8 = std::move(*opened);
   }
 
+  // The GPU expert cache: what the plan reserves on cuda:0, or less.
+  uint64_t reserved = 0;
+  std::optional<uint64_t> firstGpuBudget;
+  for (const plan::DeviceMemory &memory : plan.memory)
+    if (memory.device == "cuda:0") {
+      reserved = memory.expertCache;
+      firstGpuBudget = memory.budget;
+    }
+  if (options.gpuExpertCacheBytes > 0 && uint64_t(options.gpuExpertCacheBytes) > reserved)
+    return Status::error(
+        "A GPU expert cache of " + formatByteSize(uint64_t(options.gpuExpertCacheBytes)) +
+        " was asked for, but " + planName + " reserves " + formatByteSize(reserved) +
+        " on cuda:0 for it; recompile the plan with ktc compile --gpu-expert-cache " +
+        std::to_string(options.gpuExpertCacheBytes) +
+        " (its memory plan must have room), or ask for less.");
+  const uint64_t expertCacheBytes =
+      options.gpuExpertCacheBytes < 0 ? reserved : uint64_t(options.gpuExpertCacheBytes);
+
   std::string whyNone;
   std::vector<GpuInfo> gpus = queryGpus(whyNone);
   if (gpus.empty())
@@ -1651,8 +1956,14 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
       return generated.status();
     impl->generated = std::move(*generated);
   }
+  impl->firstGpuBudget = firstGpuBudget;
+  impl->expertCacheBudget = expertCacheBytes;
+  impl->expertCache.enabled = expertCacheBytes > 0;
   if (Status bound = impl->bind(model); !bound.ok())
     return bound;
+  if (impl->expertCacheBudget > 0 && !options.expertProfile.empty())
+    if (Status filled = impl->fillExpertCache(options.expertProfile); !filled.ok())
+      return filled;
   const KernelCacheStats stats = impl->cache->stats();
   impl->loadStats.kernels = impl->kernels.size();
   impl->loadStats.fromCache = stats.hits;
@@ -1688,6 +1999,9 @@ StatusOr<std::vector<float>> HybridExecutor::forward(const std::vector<int32_t> 
         !s.ok())
       return s;
   }
+  if (count > 1)
+    if (Status s = m.fillExpertCacheAfterPrefill(); !s.ok())
+      return s;
   return logits;
 }
 
@@ -1745,6 +2059,12 @@ HybridExecutor::forwardBatch(const std::vector<exec::SequenceTokens> &batch) {
   }
   if (Status s = flush(); !s.ok())
     return s;
+  for (const exec::SequenceTokens &entry : batch)
+    if (entry.tokens.size() > 1) {
+      if (Status s = m.fillExpertCacheAfterPrefill(); !s.ok())
+        return s;
+      break;
+    }
   return logits;
 }
 
@@ -1804,6 +2124,16 @@ void HybridExecutor::setProfiling(bool on) {
   impl_->profile.available = true;
 }
 exec::ExecutionProfile HybridExecutor::profile() const { return impl_->profile; }
+exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
+  exec::ExpertCacheStats stats = impl_->expertCache;
+  for (const BoundStep &bound : impl_->steps)
+    if (auto *experts = dynamic_cast<const ExpertsStep *>(bound.step.get());
+        experts && experts->cache) {
+      stats.selections += experts->cache->selections;
+      stats.gpuSelections += experts->cache->gpuSelections;
+    }
+  return stats;
+}
 HybridExecutor::GraphStats HybridExecutor::graphStats() const { return impl_->graphStats; }
 const KernelLoadStats &HybridExecutor::kernelLoadStats() const { return impl_->loadStats; }
 uint64_t HybridExecutor::gpuWeightBytes() const { return impl_->weightBytes; }

@@ -69,6 +69,7 @@ public:
   std::string deviceDescription() const override;
   void setProfiling(bool on) override;
   exec::ExecutionProfile profile() const override;
+  exec::ExpertCacheStats expertCacheStats() const override;
 
   const KernelLoadStats &kernelLoadStats() const;
   // CUDA graphs captured (one per decode region and sequence) and replayed.

@@ -13,6 +13,11 @@ StatusOr<std::unique_ptr<Executor>> createExecutor(const plan::Plan &plan,
                                                    const gguf::GgufModel &model,
                                                    const ExecutorOptions &options) {
   if (!plan::usesGpu(plan)) {
+    if (options.gpuExpertCacheBytes > 0)
+      return Status::error((options.planPath.empty() ? std::string("The plan")
+                                                     : "Plan " + options.planPath) +
+                           " runs on the CPU only; a GPU expert cache needs a GPU plan compiled "
+                           "with ktc compile --gpu-expert-cache.");
     StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor =
         cpu::CpuExecutor::create(plan, model, options);
     if (!executor)

@@ -13,6 +13,16 @@
 
 namespace kt::exec {
 
+// How often each expert of one MoE layer was chosen since the statistics
+// were last cleared (benchmarks print how many distinct experts a layer used).
+struct RoutingStats {
+  std::string path; // the gate's module path, "model.layers.3.mlp.gate"
+  std::vector<uint64_t> selections;
+  int64_t distinctExperts() const {
+    return std::count_if(selections.begin(), selections.end(), [](uint64_t n) { return n > 0; });
+  }
+};
+
 struct ExecutorOptions {
   int threads = 0;       // CPU threads; 0: one per hardware thread
   int64_t cacheLens = 0; // positions the KV cache holds; 0: the plan's runtime.cache_lens
@@ -34,6 +44,13 @@ struct ExecutorOptions {
   // GPU 0, each logical device with its own buffers and the plan's memory
   // budget (pipelines tested on one GPU); 0: cuda:0 only.
   int virtualGpus = 0;
+  // GPU plans compiled with --gpu-expert-cache: bytes of cuda:0 for copies
+  // of the most often routed experts of CPU-placed layers; -1: what the plan
+  // reserves, 0: none. More than the plan reserves is refused.
+  int64_t gpuExpertCacheBytes = -1;
+  // Routing statistics (a profile saved by an earlier run) that choose the
+  // cached experts at load; empty: the first prefill's routing chooses them.
+  std::vector<RoutingStats> expertProfile;
 };
 
 // The new tokens of one sequence in a batched step.
@@ -42,14 +59,16 @@ struct SequenceTokens {
   std::vector<int32_t> tokens;
 };
 
-// How often each expert of one MoE layer was chosen since the statistics
-// were last cleared (benchmarks print how many distinct experts a layer used).
-struct RoutingStats {
-  std::string path; // the gate's module path, "model.layers.3.mlp.gate"
-  std::vector<uint64_t> selections;
-  int64_t distinctExperts() const {
-    return std::count_if(selections.begin(), selections.end(), [](uint64_t n) { return n > 0; });
-  }
+// The GPU expert cache: what it holds, and the share of the CPU-placed
+// layers' selections it served since the routing statistics were cleared.
+struct ExpertCacheStats {
+  bool enabled = false; // the plan and options ask for one
+  bool filled = false;
+  int64_t experts = 0; // cached (layer, expert) pairs
+  uint64_t bytes = 0;
+  double fillSeconds = 0;
+  uint64_t selections = 0;    // of the cacheable layers' experts
+  uint64_t gpuSelections = 0; // of those, run from the cache
 };
 
 // Where the time of the steps since profiling was switched on went. The
@@ -109,6 +128,7 @@ public:
   // Profiling on (clears the profile) or off.
   virtual void setProfiling(bool) {}
   virtual ExecutionProfile profile() const { return {}; }
+  virtual ExpertCacheStats expertCacheStats() const { return {}; }
   // "cpu", or the GPU that runs the GPU ops ("cuda:0 (NVIDIA H100 80GB HBM3)").
   virtual std::string deviceDescription() const = 0;
 };

@@ -1,5 +1,7 @@
 #include "runtime/plan/Plan.h"
 
+#include "runtime/support/AtomicFile.h"
+
 #include <nlohmann/json.hpp>
 #include <xxhash.h>
 
@@ -177,6 +179,8 @@ std::string planToJson(const Plan &plan) {
                   {"staging", device.staging},  {"total", device.total}};
     if (device.budget)
       entry["budget"] = *device.budget;
+    if (device.expertCache)
+      entry["expert_cache"] = device.expertCache;
     memory.push_back(entry);
   }
   json ops = json::array();
@@ -245,25 +249,7 @@ std::string planToJson(const Plan &plan) {
 }
 
 Status writePlan(const Plan &plan, const std::string &path) {
-  std::string text = planToJson(plan);
-  std::string temporary = path + ".tmp-" + std::to_string(getpid());
-  {
-    std::ofstream out(temporary, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) {
-      std::error_code ignored;
-      std::filesystem::remove(temporary, ignored);
-      return Status::error(path + ": cannot write the plan (disk full or no permission?)");
-    }
-  }
-  std::error_code error;
-  std::filesystem::rename(temporary, path, error);
-  if (error) {
-    std::filesystem::remove(temporary, error);
-    return Status::error(path + ": cannot write the plan: " + error.message());
-  }
-  return Status::success();
+  return writeFileAtomically(path, planToJson(plan), "the plan");
 }
 
 StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayName) {
@@ -331,6 +317,9 @@ StatusOr<Plan> planFromJson(const std::string &text, const std::string &displayN
       r.read(entry, "staging", where, device.staging);
       r.read(entry, "total", where, device.total);
       r.readOptional(entry, "budget", where, device.budget);
+      std::optional<uint64_t> expertCache;
+      r.readOptional(entry, "expert_cache", where, expertCache);
+      device.expertCache = expertCache.value_or(0);
       plan.memory.push_back(device);
     }
   if (const json *runtime = r.field(root, "runtime", "")) {

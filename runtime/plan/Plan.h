@@ -64,6 +64,7 @@ struct DeviceMemory {
   std::string device; // "cpu", "cuda:0"
   uint64_t weights = 0, kvCache = 0, activations = 0, staging = 0, total = 0;
   std::optional<uint64_t> budget;
+  uint64_t expertCache = 0; // reserved for the GPU expert cache (ktc --gpu-expert-cache)
 };
 
 struct Weight {

@@ -37,6 +37,7 @@ struct CompileOptions {
   std::string outputPath; // -o
   TargetCommandOptions target;
   std::vector<std::string> gpuMemory; // --gpu-mem cuda:0=24GiB
+  std::string gpuExpertCache;         // --gpu-expert-cache 20GiB
   int64_t cacheLens = 4096;
   int64_t chunkSize = 512;
   bool strict = false;

@@ -216,6 +216,7 @@ int runCompile(const CompileOptions &options) {
   pipeline.cacheLens = options.cacheLens;
   pipeline.chunkSize = options.chunkSize;
   pipeline.gpuMemory = options.gpuMemory;
+  pipeline.gpuExpertCache = options.gpuExpertCache;
   compiler::buildCompilePipeline(pm, pipeline);
   if (failed(pm.run(**module)))
     return EXIT_FAILURE; // the passes printed their diagnostics

@@ -104,6 +104,12 @@ cl::list<std::string> compileGpuMemory(
     "gpu-mem", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
     cl::value_desc("cuda:N=SIZE"),
     cl::desc("Memory budget of a GPU, e.g. cuda:0=24GiB (default: its memory less 1 GiB)"));
+cl::opt<std::string> compileGpuExpertCache(
+    "gpu-expert-cache", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
+    cl::value_desc("SIZE"),
+    cl::desc("Reserve SIZE (e.g. 20GiB) on cuda:0 for copies of the most often routed experts "
+             "of CPU-placed layers; ktrun fills it from the routing of the first prefill or "
+             "from --expert-profile and runs those experts on the GPU (docs/gpu-execution.md)"));
 cl::opt<int64_t> compileCacheLens(
     "cache-lens", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
     cl::desc("Tokens of context the KV cache holds"), cl::init(4096));
@@ -268,6 +274,7 @@ int main(int argc, char **argv) {
     options.target.cores = compileTargetCores;
     options.target.numaNodes = compileTargetNuma;
     options.gpuMemory.assign(compileGpuMemory.begin(), compileGpuMemory.end());
+    options.gpuExpertCache = compileGpuExpertCache;
     options.cacheLens = compileCacheLens;
     options.chunkSize = compileChunkSize;
     options.strict = compileStrict;

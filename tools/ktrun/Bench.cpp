@@ -160,6 +160,7 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   }
   double decode = seconds(start);
   std::vector<exec::RoutingStats> decodeRouting = executor.routingStats();
+  const exec::ExpertCacheStats cache = executor.expertCacheStats();
 
   double decodeRate = options.decodeTokens / decode;
   uint64_t expertBytes = expertBytesPerToken(plan, true);
@@ -193,6 +194,18 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     std::printf("decode per MoE layer per token: %.3f ms; bound (expert bytes / host bandwidth) "
                 "%.3f ms; ratio %.2f\n",
                 perLayer * 1e3, bound * 1e3, perLayer / bound);
+  }
+  if (cache.enabled) {
+    // The cache takes its share of the CPU-placed layers' expert choices,
+    // and so of the expert bytes decode reads from host memory.
+    const double share =
+        cache.selections ? double(cache.gpuSelections) / double(cache.selections) : 0.0;
+    std::printf("GPU expert cache: %lld experts, %.2f GiB, filled in %.2f s%s; decode: %.1f%% of "
+                "the CPU-placed layers' expert choices ran from it; CPU expert weights left "
+                "%.2f MB per token, %.2f GB/s\n",
+                static_cast<long long>(cache.experts), cache.bytes / 1073741824.0,
+                cache.fillSeconds, cache.filled ? "" : " (not filled)", 100 * share,
+                expertBytes * (1 - share) / 1e6, expertBytes * (1 - share) * decodeRate / 1e9);
   }
   std::printf("distinct experts used per MoE layer (prefill / decode):\n");
   for (size_t i = 0; i < prefillRouting.size(); ++i)

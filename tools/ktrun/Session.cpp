@@ -100,6 +100,8 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.sequences = options_.sequences;
   executorOptions.cudaGraphs = options_.cudaGraphs;
   executorOptions.virtualGpus = options_.virtualGpus;
+  executorOptions.gpuExpertCacheBytes = options_.gpuExpertCacheBytes;
+  executorOptions.expertProfile = options_.expertProfile;
   return exec::createExecutor(plan_, *model_, executorOptions);
 }
 

@@ -31,6 +31,8 @@ struct SessionOptions {
   int sequences = 1;            // KV cache slots of the executor (the server's --parallel)
   bool cudaGraphs = true;       // GPU plans: replay decode's GPU regions as CUDA graphs
   int virtualGpus = 0;          // run a plan for N GPUs on GPU 0
+  int64_t gpuExpertCacheBytes = -1;            // -1: what the plan reserves
+  std::vector<exec::RoutingStats> expertProfile; // chooses the cached experts at load
   SamplingOptions sampling;
 };
 

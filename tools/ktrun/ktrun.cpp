@@ -1,5 +1,7 @@
 // ktrun: runs a compiled plan — interactive chat with the DeepSeek template,
 // or one-shot completion for scripts.
+#include "runtime/exec/ExpertProfile.h"
+#include "runtime/support/ByteSize.h"
 #include "tools/ktrun/Bench.h"
 #include "tools/ktrun/Server.h"
 #include "tools/ktrun/Session.h"
@@ -155,6 +157,18 @@ int main(int argc, char **argv) {
                  "GPUs 0 .. N-1): each logical GPU keeps its own buffers and the plan's memory "
                  "budget, stages hand activations over as on N GPUs")
       ->check(CLI::Range(0, 64));
+  std::string gpuExpertCache, expertProfile, saveExpertProfile;
+  app.add_option("--gpu-expert-cache", gpuExpertCache,
+                 "GPU plans compiled with ktc compile --gpu-expert-cache: use SIZE (e.g. 8GiB, at "
+                 "most what the plan reserves; 0: none) of cuda:0 for copies of the most often "
+                 "routed experts of CPU-placed layers, chosen by --expert-profile or else by the "
+                 "first prefill's routing (default: all the plan reserves)");
+  app.add_option("--expert-profile", expertProfile,
+                 "Fill the GPU expert cache at load from this routing profile (written by "
+                 "--save-expert-profile)");
+  app.add_option("--save-expert-profile", saveExpertProfile,
+                 "On exit, write how often each MoE layer chose each expert in this run (with "
+                 "--bench: from its decode on) to this file, for --expert-profile");
   bool noCudaGraphs = false;
   app.add_flag("--no-cuda-graphs", noCudaGraphs,
                "GPU plans: launch decode's kernels one by one instead of replaying each GPU "
@@ -210,6 +224,22 @@ int main(int argc, char **argv) {
   options.chat = !noChat;
   options.progress = !noProgress && isatty(STDERR_FILENO);
   options.cudaGraphs = !noCudaGraphs;
+  if (!gpuExpertCache.empty()) {
+    std::optional<uint64_t> bytes = kt::parseByteSize(gpuExpertCache);
+    if (!bytes || *bytes > uint64_t(INT64_MAX))
+      return fail("--gpu-expert-cache '" + gpuExpertCache + "' is not a size, e.g. 8GiB");
+    options.gpuExpertCacheBytes = int64_t(*bytes);
+  }
+  if (!expertProfile.empty()) {
+    kt::StatusOr<std::vector<kt::exec::RoutingStats>> profile =
+        kt::exec::readExpertProfile(expertProfile);
+    if (!profile)
+      return fail(profile.message());
+    options.expertProfile = std::move(*profile);
+  }
+  if (serve && !saveExpertProfile.empty())
+    return fail("--save-expert-profile does not go with --serve; save a profile from a chat, a "
+                "--prompt or a --bench run");
   if (serve)
     options.sequences = serverOptions.parallel; // one KV cache slot per concurrent request
 
@@ -224,9 +254,19 @@ int main(int argc, char **argv) {
     serverOptions.defaultSampling = options.sampling;
     return kt::ktrun::serve(std::move(*session), serverOptions);
   }
+  int status;
   if (bench)
-    return kt::ktrun::runBench((*session)->plan(), (*session)->executor(), benchOptions);
-  if (!prompt.empty() || !promptFile.empty())
-    return oneShot(**session, prompt, maxNewTokens, json);
-  return chat(**session, maxNewTokens);
+    status = kt::ktrun::runBench((*session)->plan(), (*session)->executor(), benchOptions);
+  else if (!prompt.empty() || !promptFile.empty())
+    status = oneShot(**session, prompt, maxNewTokens, json);
+  else
+    status = chat(**session, maxNewTokens);
+  if (!saveExpertProfile.empty()) {
+    if (kt::Status saved = kt::exec::writeExpertProfile(saveExpertProfile,
+                                                        (*session)->executor().routingStats());
+        !saved.ok())
+      return fail(saved.message());
+    std::fprintf(stderr, "ktrun: wrote the expert profile %s\n", saveExpertProfile.c_str());
+  }
+  return status;
 }

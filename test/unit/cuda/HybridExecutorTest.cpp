@@ -84,7 +84,10 @@ int32_t argmax(const std::vector<float> &logits, size_t row, int64_t vocab) {
 // tokens of the GPU plan against the CPU plan's.
 void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, double tolerance,
                    exec::ExecutorOptions options = {}) {
-  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, options);
+  exec::ExecutorOptions cpuOptions = options; // without the GPU's own options
+  cpuOptions.gpuExpertCacheBytes = -1;
+  cpuOptions.expertProfile.clear();
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, cpuOptions);
   ASSERT_TRUE(gpu && cpu);
   EXPECT_NE(gpu->deviceDescription(), "cpu");
   const std::vector<int32_t> prompt = cpu::test::sampleTokens(promptTokens, 7);
@@ -220,6 +223,120 @@ TEST(HybridExecutor, GpuExpertsMatchTheCpuExecutorInsideDecodeGraphs) {
   }
   // The same decode with and without graphs: the experts' regions replay.
   EXPECT_GT(expectGraphedDecodeEqualsPlain(pair.gpu, 6, 4).launched, 0u);
+}
+
+// Bytes of one routed expert (its three matrices) and the routed experts
+// of all CPU-placed layers of `m`'s plan.
+std::pair<uint64_t, int64_t> cpuExpertSizes(const TestModel &m) {
+  uint64_t perExpert = 0;
+  int64_t experts = 0;
+  for (const plan::Op &op : m.plan.ops)
+    if (op.kind == "routed_experts" && op.decodeDevice == "cpu") {
+      uint64_t bytes = 0;
+      for (const plan::Weight &weight : op.weights)
+        bytes += weight.bytes;
+      const int64_t count = op.weights.front().shape.back();
+      perExpert = bytes / uint64_t(count);
+      experts += count;
+    }
+  return {perExpert, experts};
+}
+
+// The GPU expert cache (ktc --gpu-expert-cache): the cached experts' choices
+// run on cuda:0, the rest on the CPU, and the sums agree with the CPU
+// executor's whether the cache holds all experts, some, or those a profile
+// names.
+TEST(HybridExecutor, ExpertCacheSplitsTheExpertsBetweenGpuAndCpu) {
+  KT_REQUIRE_GPU();
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.layerCount = 4;
+  ModelPair pair;
+  cpu::test::buildModel("tiny-expert-cache-gpu", config, pair.gpu, "rules/DeepSeek-V3-Chat.yaml",
+                        targetGpu(), "--f32-cpu-experts --gpu-expert-cache 256MiB");
+  cpu::test::buildModel("tiny-expert-cache-cpu", config, pair.cpu,
+                        "rules/DeepSeek-V3-Chat-cpu-only.yaml", "none", "--f32-cpu-experts");
+  const auto [perExpert, allExperts] = cpuExpertSizes(pair.gpu);
+  ASSERT_GT(allExperts, 0);
+  ASSERT_LE(uint64_t(allExperts) * perExpert, 256ull << 20);
+
+  // Filled after the first prefill: all experts, then about a third of them.
+  for (int64_t cached : {allExperts, allExperts / 3}) {
+    SCOPED_TRACE(std::to_string(cached) + " experts cached");
+    exec::ExecutorOptions options;
+    options.gpuExpertCacheBytes = int64_t(uint64_t(cached) * perExpert);
+    expectSameRun(pair, 15, 8, 1e-4, options);
+    std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options);
+    ASSERT_TRUE(gpu);
+    EXPECT_TRUE(gpu->expertCacheStats().enabled);
+    EXPECT_FALSE(gpu->expertCacheStats().filled);
+    ASSERT_TRUE(gpu->forward(cpu::test::sampleTokens(12, 9)).ok());
+    gpu->clearRoutingStats();
+    for (int32_t token : {5, 9, 17, 33})
+      ASSERT_TRUE(gpu->forward({token}).ok());
+    const exec::ExpertCacheStats stats = gpu->expertCacheStats();
+    EXPECT_TRUE(stats.filled);
+    EXPECT_EQ(stats.experts, cached);
+    EXPECT_EQ(stats.bytes, uint64_t(cached) * perExpert);
+    EXPECT_GT(stats.selections, 0u);
+    if (cached == allExperts)
+      EXPECT_EQ(stats.gpuSelections, stats.selections);
+    else
+      EXPECT_LT(stats.gpuSelections, stats.selections);
+  }
+
+  // A profile that favours expert 1 of every layer fills the cache at load
+  // with those experts: a decode that routes there is served from the GPU.
+  std::unique_ptr<exec::Executor> cpu = open(pair.cpu);
+  ASSERT_TRUE(cpu);
+  ASSERT_TRUE(cpu->forward(cpu::test::sampleTokens(12, 9)).ok());
+  std::vector<exec::RoutingStats> profile = cpu->routingStats();
+  ASSERT_FALSE(profile.empty());
+  for (exec::RoutingStats &layer : profile) {
+    std::fill(layer.selections.begin(), layer.selections.end(), 0);
+    layer.selections[1] = 100;
+  }
+  exec::ExecutorOptions fromProfile;
+  fromProfile.gpuExpertCacheBytes = int64_t(uint64_t(profile.size()) * perExpert);
+  fromProfile.expertProfile = profile;
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, fromProfile);
+  ASSERT_TRUE(gpu);
+  EXPECT_TRUE(gpu->expertCacheStats().filled);
+  EXPECT_EQ(gpu->expertCacheStats().experts, int64_t(profile.size()));
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(12, 9);
+  StatusOr<std::vector<float>> g = gpu->forward(prompt), c = open(pair.cpu)->forward(prompt);
+  ASSERT_TRUE(g.ok() && c.ok());
+  EXPECT_LE(cpu::test::relativeL2(*g, *c), 1e-4);
+  const exec::ExpertCacheStats stats = gpu->expertCacheStats();
+  uint64_t expertOne = 0;
+  for (const exec::RoutingStats &layer : gpu->routingStats())
+    expertOne += layer.selections[1];
+  EXPECT_EQ(stats.gpuSelections, expertOne);
+
+  // A profile of another model is refused.
+  profile.front().selections.pop_back();
+  fromProfile.expertProfile = profile;
+  StatusOr<std::unique_ptr<exec::Executor>> refused =
+      exec::createExecutor(pair.gpu.plan, *pair.gpu.model, fromProfile);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("--save-expert-profile"), std::string::npos)
+      << refused.message();
+}
+
+// Runs everywhere: more cache than the plan reserves is refused before any
+// GPU is needed, with the recompile to do.
+TEST(HybridExecutor, RefusesAnExpertCacheThePlanDoesNotReserve) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  cpu::test::buildModel("tiny-expert-cache-small", *gen::presetConfig("tiny"), m,
+                        "rules/DeepSeek-V3-Chat.yaml", "sm_90a:80GiB", "--gpu-expert-cache 1MiB");
+  exec::ExecutorOptions options;
+  options.gpuExpertCacheBytes = 2 << 20;
+  StatusOr<std::unique_ptr<exec::Executor>> executor =
+      exec::createExecutor(m.plan, *m.model, options);
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("reserves 1.00 MiB"), std::string::npos) << executor.message();
+  EXPECT_NE(executor.message().find("ktc compile --gpu-expert-cache 2097152"), std::string::npos)
+      << executor.message();
 }
 
 TEST(HybridExecutor, ChunkedPrefillEqualsTheCpuExecutor) {

@@ -26,7 +26,7 @@ Plan samplePlan() {
   plan.target.cpuFeatures = {"amx-tile", "avx512f"};
   plan.target.cores = 16;
   plan.target.gpus = {{"sm_90a", 85899345920ull}};
-  plan.memory = {{"cpu", 10, 0, 5, 2, 17, std::nullopt}, {"cuda:0", 1, 2, 3, 4, 10, 1000}};
+  plan.memory = {{"cpu", 10, 0, 5, 2, 17, std::nullopt}, {"cuda:0", 1, 2, 3, 4, 10, 1000, 512}};
   Op embed;
   embed.kind = "embedding";
   embed.path = "model.embed_tokens";
@@ -75,6 +75,8 @@ TEST(PlanTest, RoundTripsThroughJson) {
   EXPECT_EQ(back->ops[1].params.at("eps"), Param(1e-6));
   EXPECT_EQ(back->ops[1].params.at("norm_topk_prob"), Param(true));
   EXPECT_EQ(back->memory[1].budget, 1000u);
+  EXPECT_EQ(back->memory[1].expertCache, 512u);
+  EXPECT_EQ(back->memory[0].expertCache, 0u);
   EXPECT_EQ(back->ops[0].kernels.at("q_a_proj.decode"), "linear.quant.gemv_q8_0");
   ASSERT_EQ(back->buffers.size(), 3u);
   EXPECT_EQ(back->buffers[2].decodeDevice, "cpu");
