@@ -67,19 +67,25 @@ __device__ __forceinline__ float blockSum(float value, float *scratch) {
 // batch of matrices stacked in the weight: slot s uses matrix s (MLA's k_b
 // and v_b, one per head) or, with `matrixIds`, matrix matrixIds[token *
 // gridDim.z + s] (routed experts: the ids the gate chose, read on the device,
-// with tiles of one token; a negative id leaves the slot's y unwritten);
-// strides count floats. Each weight read serves
-// every token of the tile. runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
+// with tiles of one token; a negative id leaves the slot's y unwritten).
+// GROUPED kernels (routed experts in prefill, their assignments grouped by
+// expert) read tile blockIdx.y from `groups` instead: groups[blockIdx.y *
+// (1 + TILE) ...] is its matrix (-1: none), then up to TILE assignments a
+// (-1: none, at the end), each reading x row a / assignmentsPerX and writing
+// y row a (grid z is 1). Strides count floats. Each weight read serves every
+// token of the tile. runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
 struct GemvLayout {
   int xTokenStride, yTokenStride, xHeadStride, yHeadStride, tokens;
   unsigned long long matrixIds; // const int *, or 0
+  unsigned long long groups;    // const int *, or 0 (GROUPED kernels)
+  int assignmentsPerX;
 };
 
 // Moves x and y to this block's first token and head; returns how many
-// tokens the tile holds and sets headRow to the index of the head's first
-// row in the stacked weight rows.
+// tokens the tile holds (0: nothing to do) and sets headRow to the index of
+// the matrix's first row in the stacked weight rows.
 __device__ __forceinline__ int gemvSelect(const float *__restrict__ &x, float *__restrict__ &y,
-                                          GemvLayout layout, int rows, int tileTokens,
+                                          const GemvLayout &layout, int rows, int tileTokens,
                                           long long &headRow) {
   const int firstToken = blockIdx.y * tileTokens;
   x += static_cast<long long>(firstToken) * layout.xTokenStride +
@@ -97,6 +103,42 @@ __device__ __forceinline__ int gemvSelect(const float *__restrict__ &x, float *_
     return 0;
   return min(tileTokens, layout.tokens - firstToken);
 }
+
+// A GROUPED block's tile: each assignment's x and y offsets (floats);
+// returns how many assignments it holds.
+template <int TILE>
+__device__ __forceinline__ int gemvGroup(const GemvLayout &layout, int rows, long long &headRow,
+                                         long long (&xOffset)[TILE], long long (&yOffset)[TILE]) {
+  const int *group = reinterpret_cast<const int *>(layout.groups) + blockIdx.y * (1 + TILE);
+  const long long matrix = group[0];
+  headRow = matrix * rows;
+  int count = 0;
+#pragma unroll
+  for (int t = 0; t < TILE; ++t) {
+    const int assignment = group[1 + t];
+    count += assignment >= 0;
+    xOffset[t] = assignment >= 0 ? static_cast<long long>(assignment / layout.assignmentsPerX) *
+                                       layout.xTokenStride
+                                 : 0;
+    yOffset[t] = assignment >= 0 ? static_cast<long long>(assignment) * layout.yTokenStride : 0;
+  }
+  return matrix < 0 ? 0 : count;
+}
+
+// In a GEMV kernel (x, y and layout in scope): declares `tokens`, the
+// block's token count, and KT_GEMV_X(t) / KT_GEMV_Y(t), token t's vectors.
+#if defined(GROUPED) && GROUPED
+#define KT_GEMV_TOKENS(TILE, rows, headRow)                                                        \
+  long long gemvXOffset[TILE], gemvYOffset[TILE];                                                  \
+  const int tokens = kt::gemvGroup<TILE>(layout, rows, headRow, gemvXOffset, gemvYOffset)
+#define KT_GEMV_X(t) (x + gemvXOffset[t])
+#define KT_GEMV_Y(t) (y + gemvYOffset[t])
+#else
+#define KT_GEMV_TOKENS(TILE, rows, headRow)                                                        \
+  const int tokens = kt::gemvSelect(x, y, layout, rows, TILE, headRow)
+#define KT_GEMV_X(t) (x + static_cast<long long>(t) * layout.xTokenStride)
+#define KT_GEMV_Y(t) (y + static_cast<long long>(t) * layout.yTokenStride)
+#endif
 
 // GGUF Q8_0 block: f16 scale d, then 32 signed bytes; value = d * q.
 constexpr int kQ8_0BlockElements = 32;

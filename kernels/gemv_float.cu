@@ -42,7 +42,7 @@ gemv_float(const void *__restrict__ weight, const float *__restrict__ x,
   if (row >= OUT_FEATURES)
     return;
   long long headRow;
-  const int tokens = kt::gemvSelect(x, y, layout, OUT_FEATURES, TOKEN_TILE, headRow);
+  KT_GEMV_TOKENS(TOKEN_TILE, OUT_FEATURES, headRow);
   if (tokens <= 0) // the whole block: a slot without a matrix
     return;
   const Weight *w = static_cast<const Weight *>(weight) + (headRow + row) * IN_FEATURES;
@@ -56,12 +56,12 @@ gemv_float(const void *__restrict__ weight, const float *__restrict__ x,
 #pragma unroll
     for (int t = 0; t < TOKEN_TILE; ++t)
       if (t < tokens)
-        sums[t] += value * x[static_cast<long long>(t) * layout.xTokenStride + col];
+        sums[t] += value * KT_GEMV_X(t)[col];
   }
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t) {
     const float sum = kt::warpSum(sums[t]);
     if (lane == 0 && t < tokens)
-      y[static_cast<long long>(t) * layout.yTokenStride + row] = sum;
+      KT_GEMV_Y(t)[row] = sum;
   }
 }

@@ -92,10 +92,23 @@ __device__ __forceinline__ void loadPiece(const float *x, int part, Piece &piece
 #endif
 }
 
-// The dot product of this lane's 32 weights of super-block `block` with the
-// piece. Quants and scales are read as 16-byte (q4_K, q5_K) or 2-byte
-// (q6_K: 210-byte super-blocks) units.
-__device__ __forceinline__ float pieceDot(const kt::u8 *block, const Piece &piece, int part) {
+// A row's super-block header and this lane's quants (the scales and
+// minimums of its two groups, or q6_K's four scales, already multiplied by
+// the super-block's d and dmin).
+struct RowQuants {
+#if QTYPE == 4 || QTYPE == 5
+  float lowScale, lowMin, highScale, highMin;
+  uint4 packed;
+#if QTYPE == 5
+  uint4 packedHigh;
+#endif
+#else
+  float scale[4];
+  kt::u16 lowA[4], lowB[4], high[4];
+#endif
+};
+
+__device__ __forceinline__ void loadRowQuants(const kt::u8 *block, int part, RowQuants &q) {
 #if QTYPE == 4 || QTYPE == 5
   const int pair = part / 2, half = part % 2;
   const kt::u32 dm = *reinterpret_cast<const kt::u32 *>(block);
@@ -109,14 +122,46 @@ __device__ __forceinline__ float pieceDot(const kt::u8 *block, const Piece &piec
   float scaleLow, minLow, scaleHigh, minHigh;
   scaleMin(scales, 2 * pair, scaleLow, minLow);
   scaleMin(scales, 2 * pair + 1, scaleHigh, minHigh);
+  q.lowScale = d * scaleLow;
+  q.lowMin = dmin * minLow;
+  q.highScale = d * scaleHigh;
+  q.highMin = dmin * minHigh;
 #if QTYPE == 4
-  const uint4 packed = *reinterpret_cast<const uint4 *>(block + 16 + 32 * pair + 16 * half);
+  q.packed = *reinterpret_cast<const uint4 *>(block + 16 + 32 * pair + 16 * half);
 #else
-  const uint4 packed = *reinterpret_cast<const uint4 *>(block + 48 + 32 * pair + 16 * half);
-  const uint4 packedHigh = *reinterpret_cast<const uint4 *>(block + 16 + 16 * half);
-  const kt::u8 *qh = reinterpret_cast<const kt::u8 *>(&packedHigh);
+  q.packed = *reinterpret_cast<const uint4 *>(block + 48 + 32 * pair + 16 * half);
+  q.packedHigh = *reinterpret_cast<const uint4 *>(block + 16 + 16 * half);
 #endif
-  const kt::u8 *qs = reinterpret_cast<const kt::u8 *>(&packed);
+#else
+  const int n = part / 4, quarter = part % 4;
+  const kt::u8 *ql = block + 64 * n, *qh = block + 128 + 32 * n;
+  const kt::i8 *sc = reinterpret_cast<const kt::i8 *>(block + 192) + 8 * n;
+  const float d = kt::halfToFloat(*reinterpret_cast<const kt::u16 *>(block + 208));
+  const int is = (8 * quarter) / 16;
+#pragma unroll
+  for (int c = 0; c < 4; ++c)
+    q.scale[c] = d * sc[is + 2 * c];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    q.lowA[i] = reinterpret_cast<const kt::u16 *>(ql + 8 * quarter)[i];
+    q.lowB[i] = reinterpret_cast<const kt::u16 *>(ql + 32 + 8 * quarter)[i];
+    q.high[i] = reinterpret_cast<const kt::u16 *>(qh + 8 * quarter)[i];
+  }
+#endif
+}
+
+// The dot product of this lane's 32 weights of super-block `block` with the
+// piece. Quants and scales are read as 16-byte (q4_K, q5_K) or 2-byte
+// (q6_K: 210-byte super-blocks) units.
+__device__ __forceinline__ float pieceDot(const kt::u8 *block, const Piece &piece, int part) {
+  RowQuants q;
+  loadRowQuants(block, part, q);
+#if QTYPE == 4 || QTYPE == 5
+  const kt::u8 *qs = reinterpret_cast<const kt::u8 *>(&q.packed);
+#if QTYPE == 5
+  const int pair = part / 2;
+  const kt::u8 *qh = reinterpret_cast<const kt::u8 *>(&q.packedHigh);
+#endif
   float dotLow = 0, dotHigh = 0;
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
@@ -128,23 +173,12 @@ __device__ __forceinline__ float pieceDot(const kt::u8 *block, const Piece &piec
     dotLow += static_cast<float>(low) * piece.values[i];
     dotHigh += static_cast<float>(high) * piece.values[16 + i];
   }
-  return d * (scaleLow * dotLow + scaleHigh * dotHigh) -
-         dmin * (minLow * piece.sumLow + minHigh * piece.sumHigh);
+  return q.lowScale * dotLow + q.highScale * dotHigh -
+         (q.lowMin * piece.sumLow + q.highMin * piece.sumHigh);
 #else
-  const int n = part / 4, quarter = part % 4;
-  const kt::u8 *ql = block + 64 * n, *qh = block + 128 + 32 * n;
-  const kt::i8 *sc = reinterpret_cast<const kt::i8 *>(block + 192) + 8 * n;
-  const float d = kt::halfToFloat(*reinterpret_cast<const kt::u16 *>(block + 208));
-  const int is = (8 * quarter) / 16;
-  kt::u16 lowA[4], lowB[4], high[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    lowA[i] = reinterpret_cast<const kt::u16 *>(ql + 8 * quarter)[i];
-    lowB[i] = reinterpret_cast<const kt::u16 *>(ql + 32 + 8 * quarter)[i];
-    high[i] = reinterpret_cast<const kt::u16 *>(qh + 8 * quarter)[i];
-  }
-  const kt::u8 *a = reinterpret_cast<const kt::u8 *>(lowA), *b = reinterpret_cast<const kt::u8 *>(lowB),
-               *h = reinterpret_cast<const kt::u8 *>(high);
+  const kt::u8 *a = reinterpret_cast<const kt::u8 *>(q.lowA),
+               *b = reinterpret_cast<const kt::u8 *>(q.lowB),
+               *h = reinterpret_cast<const kt::u8 *>(q.high);
   float dots[4] = {0, 0, 0, 0};
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
@@ -153,9 +187,64 @@ __device__ __forceinline__ float pieceDot(const kt::u8 *block, const Piece &piec
     dots[2] += static_cast<float>(((a[k] >> 4) | (((h[k] >> 4) & 3) << 4)) - 32) * piece.values[16 + k];
     dots[3] += static_cast<float>(((b[k] >> 4) | (((h[k] >> 6) & 3) << 4)) - 32) * piece.values[24 + k];
   }
-  return d * (sc[is] * dots[0] + sc[is + 2] * dots[1] + sc[is + 4] * dots[2] + sc[is + 6] * dots[3]);
+  return q.scale[0] * dots[0] + q.scale[1] * dots[1] + q.scale[2] * dots[2] +
+         q.scale[3] * dots[3];
 #endif
 }
+
+#if TOKEN_TILE > 1
+// Prefill (a tile of tokens): a row's super-block header and this lane's
+// quants, read once; then, in four chunks of 8 of the lane's 32 values, the
+// chunk's weights are decoded once per row and its activations loaded once
+// per token, and every (row, token) pair of the tile uses them.
+
+// Chunk c's 8 weights of the row, in the order of chunkActivations' values.
+__device__ __forceinline__ void chunkWeights(const RowQuants &q, int part, int c, float (&w)[8]) {
+#if QTYPE == 4 || QTYPE == 5
+  const kt::u8 *qs = reinterpret_cast<const kt::u8 *>(&q.packed) + 4 * c;
+#if QTYPE == 5
+  const int pair = part / 2;
+  const kt::u8 *qh = reinterpret_cast<const kt::u8 *>(&q.packedHigh) + 4 * c;
+#endif
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    int low = qs[j] & 0xF, high = qs[j] >> 4;
+#if QTYPE == 5
+    low |= ((qh[j] >> (2 * pair)) & 1) << 4;
+    high |= ((qh[j] >> (2 * pair + 1)) & 1) << 4;
+#endif
+    w[j] = q.lowScale * static_cast<float>(low) - q.lowMin;
+    w[4 + j] = q.highScale * static_cast<float>(high) - q.highMin;
+  }
+#else
+  (void)part;
+  const kt::u8 *a = reinterpret_cast<const kt::u8 *>(q.lowA),
+               *b = reinterpret_cast<const kt::u8 *>(q.lowB),
+               *h = reinterpret_cast<const kt::u8 *>(q.high);
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const int low = c == 0 ? a[k] & 0xF : c == 1 ? b[k] & 0xF : c == 2 ? a[k] >> 4 : b[k] >> 4;
+    w[k] = q.scale[c] * static_cast<float>((low | (((h[k] >> (2 * c)) & 3) << 4)) - 32);
+  }
+#endif
+}
+
+// Chunk c's 8 activations of a super-block (x at its start).
+__device__ __forceinline__ void chunkActivations(const float *x, int part, int c, float4 &a,
+                                                 float4 &b) {
+#if QTYPE == 4 || QTYPE == 5
+  const int pair = part / 2, half = part % 2;
+  const float *xLow = x + 64 * pair + 16 * half;
+  a = load4(xLow + 4 * c);
+  b = load4(xLow + 32 + 4 * c);
+#else
+  const int n = part / 4, quarter = part % 4;
+  const float *xs = x + 128 * n + 8 * quarter + 32 * c;
+  a = load4(xs);
+  b = load4(xs + 4);
+#endif
+}
+#endif
 
 // Each warp computes ROWS_PER_WARP consecutive rows, loading each piece of x
 // once for all of them.
@@ -167,7 +256,7 @@ gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
   if (firstRow >= OUT_FEATURES)
     return;
   long long headRow;
-  const int tokens = kt::gemvSelect(x, y, layout, OUT_FEATURES, TOKEN_TILE, headRow);
+  KT_GEMV_TOKENS(TOKEN_TILE, OUT_FEATURES, headRow);
   if (tokens <= 0) // the whole block: a slot without a matrix
     return;
   const kt::u8 *rows = static_cast<const kt::u8 *>(weight) + (headRow + firstRow) * kRowBytes;
@@ -177,26 +266,54 @@ gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r)
       sums[t][r] = 0.0f;
+#if TOKEN_TILE > 1
+  // Prefill: per super-block, each row's quants read once; per chunk, each
+  // weight decoded once and each activation loaded once for the whole tile.
+  const int part = lane % 8;
   for (int b = lane / 8; b < kSuperBlocks; b += 4) {
-    // The tile's later tokens find the super-blocks in L1.
+    RowQuants quants[ROWS_PER_WARP];
 #pragma unroll
-    for (int t = 0; t < TOKEN_TILE; ++t) {
-      if (t >= tokens)
-        break;
-      Piece piece;
-      loadPiece(x + static_cast<long long>(t) * layout.xTokenStride + b * 256, lane % 8, piece);
+    for (int r = 0; r < ROWS_PER_WARP; ++r)
+      if (firstRow + r < OUT_FEATURES)
+        loadRowQuants(rows + r * kRowBytes + b * kBlockBytes, part, quants[r]);
 #pragma unroll
-      for (int r = 0; r < ROWS_PER_WARP; ++r)
-        if (firstRow + r < OUT_FEATURES)
-          sums[t][r] += pieceDot(rows + r * kRowBytes + b * kBlockBytes, piece, lane % 8);
+    for (int c = 0; c < 4; ++c) {
+      float4 xa[TOKEN_TILE], xb[TOKEN_TILE];
+#pragma unroll
+      for (int t = 0; t < TOKEN_TILE; ++t)
+        if (t < tokens)
+          chunkActivations(KT_GEMV_X(t) + b * 256, part, c, xa[t], xb[t]);
+#pragma unroll
+      for (int r = 0; r < ROWS_PER_WARP; ++r) {
+        if (firstRow + r >= OUT_FEATURES)
+          break;
+        float w[8];
+        chunkWeights(quants[r], part, c, w);
+#pragma unroll
+        for (int t = 0; t < TOKEN_TILE; ++t)
+          if (t < tokens)
+            sums[t][r] += w[0] * xa[t].x + w[1] * xa[t].y + w[2] * xa[t].z + w[3] * xa[t].w +
+                          w[4] * xb[t].x + w[5] * xb[t].y + w[6] * xb[t].z + w[7] * xb[t].w;
+      }
     }
   }
+#else
+  for (int b = lane / 8; b < kSuperBlocks; b += 4) {
+    // Decode: the piece of x loaded once for all the warp's rows.
+    Piece piece;
+    loadPiece(KT_GEMV_X(0) + b * 256, lane % 8, piece);
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; ++r)
+      if (firstRow + r < OUT_FEATURES)
+        sums[0][r] += pieceDot(rows + r * kRowBytes + b * kBlockBytes, piece, lane % 8);
+  }
+#endif
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t)
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r) {
       const float sum = kt::warpSum(sums[t][r]);
       if (lane == 0 && t < tokens && firstRow + r < OUT_FEATURES)
-        y[static_cast<long long>(t) * layout.yTokenStride + firstRow + r] = sum;
+        KT_GEMV_Y(t)[firstRow + r] = sum;
     }
 }

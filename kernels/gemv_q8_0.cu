@@ -36,7 +36,7 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
   if (row >= OUT_FEATURES)
     return;
   long long headRow;
-  const int tokens = kt::gemvSelect(x, y, layout, OUT_FEATURES, TOKEN_TILE, headRow);
+  KT_GEMV_TOKENS(TOKEN_TILE, OUT_FEATURES, headRow);
   if (tokens <= 0) // the whole block: a slot without a matrix
     return;
   const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + row) * kRowBytes;
@@ -73,7 +73,7 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
     for (int t = 0; t < TOKEN_TILE; ++t) {
       if (t >= tokens)
         break;
-      const float *xs = x + static_cast<long long>(t) * layout.xTokenStride +
+      const float *xs = KT_GEMV_X(t) +
                         b * kt::kQ8_0BlockElements + 8 * quarter;
       const float4 x0 = *reinterpret_cast<const float4 *>(xs),
                    x1 = *reinterpret_cast<const float4 *>(xs + 4);
@@ -86,6 +86,6 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
   for (int t = 0; t < TOKEN_TILE; ++t) {
     const float sum = kt::warpSum(sums[t]);
     if (lane == 0 && t < tokens)
-      y[static_cast<long long>(t) * layout.yTokenStride + row] = sum;
+      KT_GEMV_Y(t)[row] = sum;
   }
 }

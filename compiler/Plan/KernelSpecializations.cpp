@@ -55,15 +55,16 @@ struct Collector {
 
 // A matrix's GEMVs: one token per block for decode steps, a tile of tokens
 // for prefill steps.
-void addGemv(Collector &collector, gguf::GgmlType type, int64_t out, int64_t in,
-             StringRef device, StringRef path) {
+void addGemv(Collector &collector, gguf::GgmlType type, int64_t out, int64_t in, StringRef device,
+             StringRef path) {
   for (int64_t tile : {int64_t(1), cuda::kGemvPrefillTokenTile})
     collector.add(cuda::gemvSpec(type, out, in, tile), device, path);
 }
 
-// Routed experts on a GPU: the GEMVs of the chosen experts (matrix ids read
-// on the device, one token per block), silu_mul and the weighted sum over the
-// top-k (and the selection counts).
+// Routed experts on a GPU: the GEMVs of the chosen experts (decode: matrix
+// ids read on the device, one token per block; prefill: tiles of choices
+// grouped by expert), silu_mul and the weighted sum over the top-k (and the
+// selection counts).
 void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef device,
                    StringRef path) {
   const int64_t topK = cast<RankedTensorType>(experts.getTopkIds().getType()).getShape()[1];
@@ -71,8 +72,10 @@ void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef devi
   for (WeightAttr weight : {gateProj, experts.getUpProj(), experts.getDownProj()})
     if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
         type && cuda::hasGpuGemv(*type))
-      collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0]), device,
-                    path);
+      for (bool grouped : {false, true})
+        collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0],
+                                     grouped ? cuda::kGemvPrefillTokenTile : 1, grouped),
+                      device, path);
   collector.add(cuda::elementwiseSpec("silu_mul", gateProj.getShape()[1]), device, path);
   for (const char *entry : {"moe_combine", "expert_counts"})
     collector.add(cuda::moeCombineSpec(gateProj.getShape()[0], topK, entry), device, path);
@@ -107,7 +110,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
     // The expert cache runs copies of CPU-placed experts on cuda:0 (for the
     // layers whose results go there), adding their sum to the CPU's.
     if (auto experts = dyn_cast<RoutedExpertsOp>(op.getOperation());
-        experts && expertCache && placement.getDecode() == "cpu" && placement.getOut() == "cuda:0") {
+        experts && expertCache && placement.getDecode() == "cpu" &&
+        placement.getOut() == "cuda:0") {
       addGpuExperts(collector, experts, "cuda:0", op.getModulePath());
       collector.add(cuda::elementwiseSpec("add", experts.getGateProj().getShape()[0]), "cuda:0",
                     op.getModulePath());
@@ -119,9 +123,9 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
       if (!device.startswith("cuda:"))
         continue;
       if (auto norm = dyn_cast<RmsNormOp>(op.getOperation()))
-        collector.add(cuda::rmsNormSpec(norm.getWeight().getShape()[0],
-                                        norm.getEps().convertToFloat()),
-                      device, path);
+        collector.add(
+            cuda::rmsNormSpec(norm.getWeight().getShape()[0], norm.getEps().convertToFloat()),
+            device, path);
       else if (auto embedding = dyn_cast<EmbeddingOp>(op.getOperation())) {
         WeightAttr table = embedding.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(table.getDtype().str());
@@ -247,8 +251,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
   if (nvrtc) {
     cuda::KernelCache cache("", **nvrtc);
     for (plan::KernelSpecialization &kernel : collector.kernels) {
-      StatusOr<cuda::KernelSpec> spec = cuda::makeKernelSpec(kernel.file, kernel.entry,
-                                                             kernel.defines, 0);
+      StatusOr<cuda::KernelSpec> spec =
+          cuda::makeKernelSpec(kernel.file, kernel.entry, kernel.defines, 0);
       if (!spec)
         return spec.status();
       if (StatusOr<std::string> key = cache.keyHex(*spec, kernel.arch))
@@ -258,7 +262,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
   return collector.kernels;
 }
 
-StatusOr<PrecompileStats> precompileKernels(const std::vector<plan::KernelSpecialization> &kernels) {
+StatusOr<PrecompileStats>
+precompileKernels(const std::vector<plan::KernelSpecialization> &kernels) {
   StatusOr<const cuda::Nvrtc *> nvrtc = cuda::Nvrtc::instance();
   if (!nvrtc)
     return nvrtc.status();

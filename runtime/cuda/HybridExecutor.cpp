@@ -64,7 +64,7 @@ struct GpuMatrix {
   int64_t out = 0, in = 0, heads = 1;
   GgmlType type = GgmlType::F32;
   const Kernel *kernel = nullptr, *tiled = nullptr;
-  unsigned blocks = 0;
+  unsigned blocks = 0, tiledBlocks = 0; // of the decode and prefill kernels
 };
 
 struct LatentCache {
@@ -283,7 +283,14 @@ public:
     const bool tiled = tokens > 1 && !layout.matrixIds; // chosen matrices differ per token
     const unsigned tiles =
         tiled ? ceilDiv(tokens, kGemvPrefillTokenTile) : static_cast<unsigned>(tokens);
-    return launch(tiled ? *w.tiled : *w.kernel, w.blocks, tiles, static_cast<unsigned>(w.heads), 0,
+    return launch(tiled ? *w.tiled : *w.kernel, tiled ? w.tiledBlocks : w.blocks, tiles,
+                  static_cast<unsigned>(w.heads), 0, {&data, &x, &y, &layout});
+  }
+  // y = W x over the tiles of grouped assignments in `layout.groups`.
+  Status groupedGemv(const GpuMatrix &w, DevicePointer x, DevicePointer y, int64_t tiles,
+                     GemvLayout layout) {
+    DevicePointer data = w.data;
+    return launch(*w.tiled, w.tiledBlocks, static_cast<unsigned>(tiles), 1, 0,
                   {&data, &x, &y, &layout});
   }
   Status rmsNorm(const Kernel &k, DevicePointer x, DevicePointer weight, DevicePointer y,
@@ -392,9 +399,10 @@ public:
       : m_(m), b_(b), op_(op) {}
 
   // A [cols, rows] matrix (GGML order), or with `heads` a [cols, rows,
-  // heads] stack of them.
+  // heads] stack of them; `groupedPrefill`: routed experts, whose prefill
+  // GEMV reads tiles of assignments grouped by expert.
   GpuMatrix load(const std::string &role, int64_t cols, int64_t rows, int64_t heads = 0,
-                 bool tiled = true) {
+                 bool groupedPrefill = false) {
     for (const plan::Weight &weight : op_.weights)
       if (weight.role == role && weight.type == "f8_e4m3" && !heads)
         return loadFp8(role, weight, cols, rows);
@@ -412,9 +420,10 @@ public:
     w.in = cols;
     w.heads = heads ? heads : 1;
     w.type = info->type;
-    if (!findKernels(w, role, tiled))
+    if (!findKernels(w, role, groupedPrefill))
       return w;
     w.blocks = gemvGridBlocks(info->type, rows);
+    w.tiledBlocks = gemvGridBlocks(info->type, rows, kGemvPrefillTokenTile);
     StatusOr<DevicePointer> data = m_.upload(info->data, info->nbytes);
     if (!data) {
       b_.fail("cannot copy '" + role + "' to the GPU: " + data.message());
@@ -467,7 +476,7 @@ public:
       return w;
     }
     w.kernel = w.tiled = *k;
-    w.blocks = ceilDiv(rows, kGemvRowsPerBlock);
+    w.blocks = w.tiledBlocks = ceilDiv(rows, kGemvRowsPerBlock);
     StatusOr<DevicePointer> data = m_.upload(tensor->data, size_t(tensor->end - tensor->begin));
     StatusOr<DevicePointer> scales = m_.upload(scale->data, size_t(scale->end - scale->begin));
     if (!data || !scales) {
@@ -489,7 +498,7 @@ public:
     w.type = GgmlType::F32;
     if (!findKernels(w, what))
       return w;
-    w.blocks = gemvGridBlocks(GgmlType::F32, out);
+    w.blocks = w.tiledBlocks = gemvGridBlocks(GgmlType::F32, out);
     StatusOr<DevicePointer> data = m_.upload(values.data(), values.size() * sizeof(float));
     if (!data) {
       b_.fail("cannot copy " + what + " to the GPU: " + data.message());
@@ -500,13 +509,12 @@ public:
   }
 
   // The decode and prefill GEMVs of `w` (type and shape set).
-  bool findKernels(GpuMatrix &w, const std::string &what, bool tiled = true) {
+  bool findKernels(GpuMatrix &w, const std::string &what, bool groupedPrefill = false) {
     for (auto [tile, slot] :
          {std::pair<int64_t, const Kernel **>{1, &w.kernel}, {kGemvPrefillTokenTile, &w.tiled}}) {
-      if (!tiled && tile > 1)
-        continue;
       StatusOr<const Kernel *> k =
-          m_.kernel(gemvSpec(w.type, w.out, w.in, tile), b_.where() + " (" + what + ")");
+          m_.kernel(gemvSpec(w.type, w.out, w.in, tile, tile > 1 && groupedPrefill),
+                    b_.where() + " (" + what + ")");
       if (!k) {
         b_.fail("cannot multiply " + what + " on the GPU: " + k.message());
         return false;
@@ -795,6 +803,33 @@ public:
   }
 };
 
+// Prefill tiles of routed-expert assignments grouped by matrix
+// (groupAssignments()): built on the host, copied from page-locked memory.
+struct AssignmentGroups {
+  int32_t *host = nullptr;
+  DevicePointer gpu = 0;
+  static constexpr int64_t kTileInts = 1 + kGemvPrefillTokenTile;
+
+  // Room for the tiles of `assignments` assignments (at most one tile each).
+  Status allocate(HybridExecutor::Impl &m, int64_t assignments);
+  // Groups `matrixOf` (one entry per assignment) and queues the copy;
+  // returns the tile count.
+  StatusOr<int64_t> build(HybridExecutor::Impl &m, const int32_t *matrixOf, int64_t assignments) {
+    const int64_t tiles = groupAssignments(matrixOf, assignments, host);
+    if (Status s = m.device->copyToDeviceAsync(gpu, host, size_t(tiles * kTileInts) * 4); !s.ok())
+      return s;
+    return tiles;
+  }
+  // x rows of `xStride` floats, one per `assignmentsPerX` assignments; y
+  // rows of `yStride`, one per assignment.
+  GemvLayout layout(int64_t xStride, int64_t yStride, int64_t assignmentsPerX) const {
+    GemvLayout layout{int(xStride), int(yStride), 0, 0, 0};
+    layout.groups = gpu;
+    layout.assignmentsPerX = int(assignmentsPerX);
+    return layout;
+  }
+};
+
 // Copies of a CPU-placed layer's most often routed experts on the GPU (the
 // spare-VRAM expert cache): the choices of cached experts run there, the
 // rest on the CPU meanwhile, and the GPU adds the two sums.
@@ -810,6 +845,7 @@ struct CachedExperts {
   int32_t *slotsHost = nullptr;
   float *weightsHost = nullptr; // page-locked: queued copies read them
   DevicePointer slots = 0, weights = 0;
+  AssignmentGroups groups; // prefill: the cached choices grouped by slot
   uint64_t selections = 0, gpuSelections = 0;
 
   size_t scratchFloats(int64_t rows) const {
@@ -908,6 +944,21 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   const DevicePointer g = m.scratch, u = g + DevicePointer(choices * ffn) * 4,
                       d = u + DevicePointer(choices * ffn) * 4,
                       sum = d + DevicePointer(choices * hidden) * 4;
+  if (rows > 1) { // prefill: each cached expert read once per tile of its choices
+    StatusOr<int64_t> tiles = groups.build(m, slotsHost, choices);
+    if (!tiles)
+      return tiles.status();
+    const GemvLayout wide = groups.layout(hidden, ffn, topK),
+                     narrow = groups.layout(ffn, hidden, 1);
+    for (Status s : {m.groupedGemv(matrices[0], x, g, *tiles, wide),
+                     m.groupedGemv(matrices[1], x, u, *tiles, wide),
+                     m.elementwise(*siluMul, g, u, g, choices, ffn),
+                     m.groupedGemv(matrices[2], g, d, *tiles, narrow),
+                     m.elementwise(*combine, d, weights, sum, rows, hidden)})
+      if (!s.ok())
+        return s;
+    return sum;
+  }
   const GemvLayout wide{int(hidden), int(topK * ffn), 0, int(ffn), int(rows), slots};
   const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn),
                           int(hidden),     int(rows),          slots};
@@ -920,6 +971,20 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   return sum;
 }
 
+Status AssignmentGroups::allocate(HybridExecutor::Impl &m, int64_t assignments) {
+  const size_t bytes = size_t(std::max<int64_t>(assignments, 1) * kTileInts) * 4;
+  StatusOr<void *> pinned = m.device->allocateHost(bytes);
+  if (!pinned)
+    return pinned.status();
+  m.hostAllocations.push_back(*pinned);
+  host = static_cast<int32_t *>(*pinned);
+  StatusOr<DevicePointer> onGpu = m.allocate(bytes, false);
+  if (!onGpu)
+    return onGpu.status();
+  gpu = *onGpu;
+  return Status::success();
+}
+
 // Routed experts on the GPU: each token's chosen experts (ids read on the
 // device, so decode graphs replay them) through gate/up, SiLU, down, and
 // the gate-weighted sum.
@@ -930,27 +995,45 @@ public:
   int64_t hidden = 0, ffn = 0, topK = 0, experts = 0;
   DevicePointer selections = 0; // u64 per expert: the routing statistics
   std::string gatePath;
+  AssignmentGroups groups; // prefill: the tokens' choices grouped by expert
+  std::vector<int32_t> hostIds;
 
   size_t scratchFloats(int64_t rows) const override {
     return size_t(rows * topK * (2 * ffn + hidden));
   }
   Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
              const std::vector<Value *> &out) override {
-    const int64_t rows = ctx.rows;
-    const DevicePointer g = m.scratch, u = g + DevicePointer(rows * topK * ffn) * 4,
-                        d = u + DevicePointer(rows * topK * ffn) * 4;
+    const int64_t rows = ctx.rows, choices = rows * topK;
+    const DevicePointer g = m.scratch, u = g + DevicePointer(choices * ffn) * 4,
+                        d = u + DevicePointer(choices * ffn) * 4;
     const uint64_t ids = in[1]->gpu;
-    const GemvLayout wide{int(hidden), int(topK * ffn), 0, int(ffn), int(rows), ids};
-    if (Status s = m.gemv(gate, in[0]->gpu, g, rows, wide); !s.ok())
-      return s;
-    if (Status s = m.gemv(up, in[0]->gpu, u, rows, wide); !s.ok())
-      return s;
-    if (Status s = m.elementwise(*siluMul, g, u, g, rows * topK, ffn); !s.ok())
-      return s;
-    const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn),
-                            int(hidden),     int(rows),          ids};
-    if (Status s = m.gemv(down, g, d, rows, narrow); !s.ok())
-      return s;
+    if (rows > 1) {
+      // Prefill: the choices grouped by expert (ids read back to the host),
+      // each expert's matrices read once per tile of its choices.
+      hostIds.resize(size_t(choices));
+      if (Status s = m.device->copyToHost(hostIds.data(), ids, size_t(choices) * 4); !s.ok())
+        return s;
+      StatusOr<int64_t> tiles = groups.build(m, hostIds.data(), choices);
+      if (!tiles)
+        return tiles.status();
+      const GemvLayout wide = groups.layout(hidden, ffn, topK),
+                       narrow = groups.layout(ffn, hidden, 1);
+      for (Status s : {m.groupedGemv(gate, in[0]->gpu, g, *tiles, wide),
+                       m.groupedGemv(up, in[0]->gpu, u, *tiles, wide),
+                       m.elementwise(*siluMul, g, u, g, choices, ffn),
+                       m.groupedGemv(down, g, d, *tiles, narrow)})
+        if (!s.ok())
+          return s;
+    } else {
+      const GemvLayout wide{int(hidden), int(topK * ffn), 0, int(ffn), int(rows), ids};
+      const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn),
+                              int(hidden),     int(rows),          ids};
+      for (Status s :
+           {m.gemv(gate, in[0]->gpu, g, rows, wide), m.gemv(up, in[0]->gpu, u, rows, wide),
+            m.elementwise(*siluMul, g, u, g, choices, ffn), m.gemv(down, g, d, rows, narrow)})
+        if (!s.ok())
+          return s;
+    }
     DevicePointer idsPointer = in[1]->gpu, counts = selections;
     int tokens = int(rows);
     if (Status s = m.launch(*countSelections, ceilDiv(rows * topK, countSelections->threads), 1, 1,
@@ -1046,11 +1129,17 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
     w.heads = cache->topK; // the launches' grid z runs over the chosen slots
     w.type = tensor.type;
     w.blocks = gemvGridBlocks(tensor.type, w.out);
-    StatusOr<const Kernel *> k = kernel(gemvSpec(tensor.type, w.out, w.in, 1), b.where());
-    if (!k)
-      return Status::error(b.where() +
-                           ": the GPU expert cache cannot multiply its experts: " + k.message());
-    w.kernel = w.tiled = *k;
+    w.tiledBlocks = gemvGridBlocks(tensor.type, w.out, kGemvPrefillTokenTile);
+    StatusOr<const Kernel *> k = kernel(gemvSpec(tensor.type, w.out, w.in, 1), b.where()),
+                             tiled = kernel(
+                                 gemvSpec(tensor.type, w.out, w.in, kGemvPrefillTokenTile, true),
+                                 b.where());
+    for (const StatusOr<const Kernel *> *found : {&k, &tiled})
+      if (!*found)
+        return Status::error(
+            b.where() + ": the GPU expert cache cannot multiply its experts: " + found->message());
+    w.kernel = *k;
+    w.tiled = *tiled;
   }
   StatusOr<const Kernel *> silu = kernel(elementwiseSpec("silu_mul", cache->ffn), b.where()),
                            combine = kernel(moeCombineSpec(cache->hidden, cache->topK), b.where()),
@@ -1077,6 +1166,8 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
       return p.status();
     *gpu = *p;
   }
+  if (Status s = cache->groups.allocate(*this, int64_t(choices)); !s.ok())
+    return s;
   experts.cache = std::move(cache);
   return gpuInput;
 }
@@ -1303,9 +1394,11 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         experts->ffn = t.gate->ne[1];
         experts->topK = in[1]->width;
         const int64_t count = in[1]->experts;
-        experts->gate = loader.load("gate_proj", experts->hidden, experts->ffn, count, false);
-        experts->up = loader.load("up_proj", experts->hidden, experts->ffn, count, false);
-        experts->down = loader.load("down_proj", experts->ffn, experts->hidden, count, false);
+        experts->gate = loader.load("gate_proj", experts->hidden, experts->ffn, count, true);
+        experts->up = loader.load("up_proj", experts->hidden, experts->ffn, count, true);
+        experts->down = loader.load("down_proj", experts->ffn, experts->hidden, count, true);
+        if (Status s = experts->groups.allocate(*this, chunkSize * experts->topK); !s.ok())
+          return s;
         // The launches' grid z runs over the top_k chosen slots, not the experts.
         for (GpuMatrix *w : {&experts->gate, &experts->up, &experts->down})
           w->heads = experts->topK;

@@ -35,11 +35,14 @@ std::vector<std::string> quotedIncludes(std::string_view text) {
 
 std::string integer(int64_t value) { return std::to_string(value); }
 
-// TOKEN_TILE only where it is not 1, so decode specializations keep their keys.
+// TOKEN_TILE only where it is not 1 and GROUPED only where set, so the
+// other specializations keep their keys.
 std::map<std::string, std::string> withTokenTile(std::map<std::string, std::string> defines,
-                                                 int64_t tokenTile) {
+                                                 int64_t tokenTile, bool grouped = false) {
   if (tokenTile > 1)
     defines["TOKEN_TILE"] = integer(tokenTile);
+  if (grouped)
+    defines["GROUPED"] = "1";
   return defines;
 }
 
@@ -101,13 +104,22 @@ StatusOr<KernelSpec> rmsNormSpec(int64_t width, float eps) {
 StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType tableType) {
   int typeCode;
   switch (tableType) {
-  case gguf::GgmlType::F32: typeCode = 0; break;
-  case gguf::GgmlType::F16: typeCode = 1; break;
-  case gguf::GgmlType::BF16: typeCode = 2; break;
-  case gguf::GgmlType::Q8_0: typeCode = 3; break;
+  case gguf::GgmlType::F32:
+    typeCode = 0;
+    break;
+  case gguf::GgmlType::F16:
+    typeCode = 1;
+    break;
+  case gguf::GgmlType::BF16:
+    typeCode = 2;
+    break;
+  case gguf::GgmlType::Q8_0:
+    typeCode = 3;
+    break;
   default:
     return Status::error("the GPU embedding kernel reads f32, f16, bf16 or q8_0 tables, not "
-                         "GGML type " + std::to_string(static_cast<uint32_t>(tableType)) +
+                         "GGML type " +
+                         std::to_string(static_cast<uint32_t>(tableType)) +
                          "; place the embedding on the CPU in the rule file.");
   }
   if (hidden <= 0 || vocab <= 0 || vocab > INT32_MAX || (typeCode == 3 && hidden % 32 != 0))
@@ -122,7 +134,8 @@ StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType
                         256);
 }
 
-StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64_t tokenTile) {
+StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64_t tokenTile,
+                                  bool grouped) {
   if (outFeatures <= 0 || inFeatures <= 0 || inFeatures % 32 != 0 || outFeatures > INT32_MAX)
     return Status::error("q8_0 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 32-value "
@@ -131,14 +144,16 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64
                         withTokenTile({{"IN_FEATURES", integer(inFeatures)},
                                        {"OUT_FEATURES", integer(outFeatures)},
                                        {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
-                                      tokenTile),
+                                      tokenTile, grouped),
                         kGemvRowsPerBlock * 32);
 }
 
 StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                                    int64_t tokenTile) {
-  const int qtype = type == gguf::GgmlType::Q4_K ? 4 : type == gguf::GgmlType::Q5_K ? 5
-                  : type == gguf::GgmlType::Q6_K ? 6 : 0;
+                                    int64_t tokenTile, bool grouped) {
+  const int qtype = type == gguf::GgmlType::Q4_K   ? 4
+                    : type == gguf::GgmlType::Q5_K ? 5
+                    : type == gguf::GgmlType::Q6_K ? 6
+                                                   : 0;
   const std::string name(gguf::ggmlTypeName(type));
   if (qtype == 0)
     return Status::error("the GPU k-quant GEMV reads q4_K, q5_K or q6_K, not " + name);
@@ -148,12 +163,13 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
                          "super-blocks.");
   return makeKernelSpec(
       "gemv_kquant.cu", "gemv_kquant",
-      withTokenTile({{"QTYPE", std::to_string(qtype)},
-                     {"IN_FEATURES", integer(inFeatures)},
-                     {"OUT_FEATURES", integer(outFeatures)},
-                     {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)},
-                     {"ROWS_PER_WARP", std::to_string(gemvKQuantRowsPerWarp(outFeatures))}},
-                    tokenTile),
+      withTokenTile(
+          {{"QTYPE", std::to_string(qtype)},
+           {"IN_FEATURES", integer(inFeatures)},
+           {"OUT_FEATURES", integer(outFeatures)},
+           {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)},
+           {"ROWS_PER_WARP", std::to_string(gemvKQuantRowsPerWarp(outFeatures, tokenTile))}},
+          tokenTile, grouped),
       kGemvRowsPerBlock * 32);
 }
 
@@ -228,32 +244,31 @@ StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float 
 StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
                                         int64_t heads, const std::string &entry) {
   // Stages of 16 latent rows and rope keys live in static shared memory.
-  if (kvLoraRank <= 0 || ropeDims <= 0 || heads <= 0 || 16 * (kvLoraRank + ropeDims) * 4 > 48 * 1024 ||
-      !(softmaxScale > 0) || (entry != "mla_decode_split" && entry != "mla_combine"))
+  if (kvLoraRank <= 0 || ropeDims <= 0 || heads <= 0 ||
+      16 * (kvLoraRank + ropeDims) * 4 > 48 * 1024 || !(softmaxScale > 0) ||
+      (entry != "mla_decode_split" && entry != "mla_combine"))
     return Status::error("MLA split decode (" + entry + ") with kv_lora_rank " +
                          integer(kvLoraRank) + " and rope " + integer(ropeDims) +
                          " is not supported on the GPU.");
-  return makeKernelSpec("mla_decode_split.cu", entry,
-                        {{"KV_LORA", integer(kvLoraRank)},
-                         {"ROPE", integer(ropeDims)},
-                         {"SCALE", floatLiteral(softmaxScale)},
-                         {"CHUNK", integer(kMlaDecodeChunk)},
-                         {"HEADS_PER_BLOCK", integer(mlaHeadsPerBlock(heads))},
-                         {"BLOCK_THREADS", "256"}},
-                        entry == "mla_combine"
-                            ? 256u
-                            : static_cast<unsigned>(mlaHeadsPerBlock(heads) * 32));
+  return makeKernelSpec(
+      "mla_decode_split.cu", entry,
+      {{"KV_LORA", integer(kvLoraRank)},
+       {"ROPE", integer(ropeDims)},
+       {"SCALE", floatLiteral(softmaxScale)},
+       {"CHUNK", integer(kMlaDecodeChunk)},
+       {"HEADS_PER_BLOCK", integer(mlaHeadsPerBlock(heads))},
+       {"BLOCK_THREADS", "256"}},
+      entry == "mla_combine" ? 256u : static_cast<unsigned>(mlaHeadsPerBlock(heads) * 32));
 }
 
 StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims) {
   if (kvLoraRank <= 0 || ropeDims <= 0 || kvLoraRank > 4096 || ropeDims > 512)
     return Status::error("an MLA cache of kv_lora_rank " + integer(kvLoraRank) + " and rope " +
                          integer(ropeDims) + " is not supported on the GPU.");
-  return makeKernelSpec("mla_cache.cu", "mla_cache_append",
-                        {{"KV_LORA", integer(kvLoraRank)},
-                         {"ROPE", integer(ropeDims)},
-                         {"BLOCK_THREADS", "128"}},
-                        128);
+  return makeKernelSpec(
+      "mla_cache.cu", "mla_cache_append",
+      {{"KV_LORA", integer(kvLoraRank)}, {"ROPE", integer(ropeDims)}, {"BLOCK_THREADS", "128"}},
+      128);
 }
 
 StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK, const std::string &entry) {
@@ -261,11 +276,9 @@ StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK, const std::str
       (entry != "moe_combine" && entry != "expert_counts"))
     return Status::error("combining " + integer(topK) + " experts of " + integer(hidden) +
                          " values is not supported on the GPU.");
-  return makeKernelSpec("moe_combine.cu", entry,
-                        {{"HIDDEN", integer(hidden)},
-                         {"TOP_K", integer(topK)},
-                         {"BLOCK_THREADS", "256"}},
-                        256);
+  return makeKernelSpec(
+      "moe_combine.cu", entry,
+      {{"HIDDEN", integer(hidden)}, {"TOP_K", integer(topK)}, {"BLOCK_THREADS", "256"}}, 256);
 }
 
 StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count) {
@@ -279,21 +292,47 @@ StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count) {
 StatusOr<KernelSpec> argmaxSpec(int64_t vocab) {
   if (vocab <= 0 || vocab > INT32_MAX)
     return Status::error("greedy sampling over " + integer(vocab) + " logits is not supported.");
-  return makeKernelSpec("argmax.cu", "argmax", {{"VOCAB", integer(vocab)}, {"BLOCK_THREADS", "1024"}},
-                        1024);
+  return makeKernelSpec("argmax.cu", "argmax",
+                        {{"VOCAB", integer(vocab)}, {"BLOCK_THREADS", "1024"}}, 1024);
 }
 
-unsigned gemvKQuantRowsPerWarp(int64_t outFeatures) {
+unsigned gemvKQuantRowsPerWarp(int64_t outFeatures, int64_t tokenTile) {
   // Measured on an H200 (docs/gpu-kernels.md): four rows per warp doubled
-  // lm_head and o_proj, one row per warp kept 576..2048-row matrices fastest.
+  // lm_head and o_proj, one row per warp kept 576..2048-row matrices fastest
+  // in decode; in prefill, loading the tile's activations bounds the kernel
+  // unless four rows share them.
+  if (tokenTile > 1)
+    return 4;
   return outFeatures >= 16384 ? 4 : outFeatures >= 4096 ? 2 : 1;
 }
 
-unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures) {
-  const bool kQuant = type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q5_K ||
-                      type == gguf::GgmlType::Q6_K;
+int64_t groupAssignments(const int32_t *matrixOf, int64_t assignments, int32_t *tiles) {
+  std::vector<std::pair<int32_t, int32_t>> byMatrix; // (matrix, assignment)
+  byMatrix.reserve(size_t(assignments));
+  for (int64_t a = 0; a < assignments; ++a)
+    if (matrixOf[a] >= 0)
+      byMatrix.emplace_back(matrixOf[a], int32_t(a));
+  std::sort(byMatrix.begin(), byMatrix.end());
+  const int64_t width = 1 + kGemvPrefillTokenTile;
+  int64_t count = 0;
+  for (size_t i = 0; i < byMatrix.size();) {
+    int32_t *tile = tiles + count * width;
+    tile[0] = byMatrix[i].first;
+    int64_t filled = 0;
+    for (; filled < kGemvPrefillTokenTile && i < byMatrix.size() && byMatrix[i].first == tile[0];
+         ++filled, ++i)
+      tile[1 + filled] = byMatrix[i].second;
+    std::fill(tile + 1 + filled, tile + width, -1);
+    ++count;
+  }
+  return count;
+}
+
+unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t tokenTile) {
+  const bool kQuant =
+      type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K;
   const int64_t rowsPerBlock =
-      int64_t(kGemvRowsPerBlock) * (kQuant ? gemvKQuantRowsPerWarp(outFeatures) : 1);
+      int64_t(kGemvRowsPerBlock) * (kQuant ? gemvKQuantRowsPerWarp(outFeatures, tokenTile) : 1);
   return static_cast<unsigned>((outFeatures + rowsPerBlock - 1) / rowsPerBlock);
 }
 
@@ -310,9 +349,9 @@ StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures) {
 }
 
 StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                                   int64_t tokenTile) {
-  const char *weightType = type == gguf::GgmlType::F32   ? "0"
-                           : type == gguf::GgmlType::F16 ? "1"
+                                   int64_t tokenTile, bool grouped) {
+  const char *weightType = type == gguf::GgmlType::F32    ? "0"
+                           : type == gguf::GgmlType::F16  ? "1"
                            : type == gguf::GgmlType::BF16 ? "2"
                                                           : nullptr;
   if (!weightType || outFeatures <= 0 || inFeatures <= 0 || outFeatures > INT32_MAX ||
@@ -324,27 +363,25 @@ StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int
                                        {"IN_FEATURES", integer(inFeatures)},
                                        {"OUT_FEATURES", integer(outFeatures)},
                                        {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
-                                      tokenTile),
+                                      tokenTile, grouped),
                         kGemvRowsPerBlock * 32);
 }
 
 bool hasGpuGemv(gguf::GgmlType type) {
   return type == gguf::GgmlType::Q8_0 || type == gguf::GgmlType::Q4_K ||
          type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K ||
-         type == gguf::GgmlType::F32 || type == gguf::GgmlType::F16 ||
-         type == gguf::GgmlType::BF16;
+         type == gguf::GgmlType::F32 || type == gguf::GgmlType::F16 || type == gguf::GgmlType::BF16;
 }
 
 StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                              int64_t tokenTile) {
+                              int64_t tokenTile, bool grouped) {
   if (tokenTile < 1 || tokenTile > 16)
     return Status::error("GEMV token tiles hold 1 to 16 tokens, not " + integer(tokenTile) + ".");
   if (type == gguf::GgmlType::Q8_0)
-    return gemvQ8_0Spec(outFeatures, inFeatures, tokenTile);
-  if (type == gguf::GgmlType::F32 || type == gguf::GgmlType::F16 ||
-      type == gguf::GgmlType::BF16)
-    return gemvFloatSpec(type, outFeatures, inFeatures, tokenTile);
-  return gemvKQuantSpec(type, outFeatures, inFeatures, tokenTile);
+    return gemvQ8_0Spec(outFeatures, inFeatures, tokenTile, grouped);
+  if (type == gguf::GgmlType::F32 || type == gguf::GgmlType::F16 || type == gguf::GgmlType::BF16)
+    return gemvFloatSpec(type, outFeatures, inFeatures, tokenTile, grouped);
+  return gemvKQuantSpec(type, outFeatures, inFeatures, tokenTile, grouped);
 }
 
 StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShapes &shapes) {
@@ -383,6 +420,8 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (const ModelKernelShapes::Experts &e : shapes.gpuExperts)
     for (StatusOr<KernelSpec> spec :
          {gemvSpec(e.type, e.ffn, e.hidden), gemvSpec(e.type, e.hidden, e.ffn),
+          gemvSpec(e.type, e.ffn, e.hidden, kGemvPrefillTokenTile, true),
+          gemvSpec(e.type, e.hidden, e.ffn, kGemvPrefillTokenTile, true),
           elementwiseSpec("silu_mul", e.ffn), moeCombineSpec(e.hidden, e.topK),
           moeCombineSpec(e.hidden, e.topK, "expert_counts")})
       if (Status s = add(std::move(spec)); !s.ok())

@@ -35,33 +35,50 @@ struct GemvLayout {
   int tokens = 1;
   // Device int32 [tokens][grid z]: the matrix of each slot; 0: slot s uses matrix s.
   uint64_t matrixIds = 0;
+  // Device int32 [tiles][1 + kGemvPrefillTokenTile]: each tile's matrix and
+  // assignments (groupAssignments()); 0: tiles of consecutive tokens.
+  uint64_t groups = 0;
+  int assignmentsPerX = 1; // with groups: assignment a reads x row a / assignmentsPerX
 };
+
+// Groups the assignments of a prefill step's routed experts (assignment a:
+// token a / top_k's (a % top_k)-th choice) by the matrix each uses
+// (`matrixOf[a]`, -1: none) into tiles of up to kGemvPrefillTokenTile
+// assignments of one matrix, written to `tiles` as [matrix, a0, ..., -1
+// pads] (room for `assignments` tiles); returns how many. Each tile's GEMV
+// block then reads its matrix once for all its assignments.
+int64_t groupAssignments(const int32_t *matrixOf, int64_t assignments, int32_t *tiles);
 // Tokens per block of the GEMVs that serve prefill steps (decode uses 1):
 // each weight read from memory serves this many tokens.
 constexpr int64_t kGemvPrefillTokenTile = 8;
 
+// The GEMVs below take `tokenTile` tokens per block; `grouped` ones read
+// their tiles from GemvLayout::groups (routed experts in prefill).
 // y = W x for a Q8_0 matrix of `outFeatures` rows of `inFeatures` (one warp per row).
-StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64_t tokenTile = 1);
+StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64_t tokenTile = 1,
+                                  bool grouped = false);
 constexpr unsigned kGemvRowsPerBlock = 4;
 // y = W x for a q4_K, q5_K or q6_K matrix (one warp per row).
 StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                                    int64_t tokenTile = 1);
+                                    int64_t tokenTile = 1, bool grouped = false);
 // Rows per warp of the k-quant GEMV: 4 for large matrices (activations
-// loaded once for four rows), fewer where that would leave SMs idle.
-unsigned gemvKQuantRowsPerWarp(int64_t outFeatures);
+// loaded once for four rows), fewer where that would leave SMs idle in
+// decode; always 4 with a token tile (the tiles fill the GPU, and each
+// activation loaded then serves four rows).
+unsigned gemvKQuantRowsPerWarp(int64_t outFeatures, int64_t tokenTile = 1);
 // y = W x for an f32, f16 or bf16 matrix (one warp per row).
 StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                                   int64_t tokenTile = 1);
+                                   int64_t tokenTile = 1, bool grouped = false);
 // The decode GEMV of a matrix of `type` (q8_0, a k-quant, f32, f16 or bf16); an error for
 // types without a GPU GEMV.
 StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                              int64_t tokenTile = 1);
+                              int64_t tokenTile = 1, bool grouped = false);
 bool hasGpuGemv(gguf::GgmlType type);
 // y = W x for a native FP8 (e4m3, 128x128 block scales) matrix; the decode
 // kernel of the fp8 family (one warp per row, kGemvRowsPerBlock rows per block).
 StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows.
-unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures);
+unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t tokenTile = 1);
 
 // DeepSeek's expert choice from router logits (one block per token; the
 // runtime/cpu/MoeRouting rules).
@@ -119,7 +136,7 @@ struct ModelKernelShapes {
   int64_t vocab = 0;
   float rmsNormEps = 1e-6f;
   gguf::GgmlType embeddingType = gguf::GgmlType::F32;
-  std::vector<int64_t> extraNormWidths;                  // e.g. q_lora_rank, kv_lora_rank
+  std::vector<int64_t> extraNormWidths; // e.g. q_lora_rank, kv_lora_rank
   struct Matrix {
     gguf::GgmlType type;
     int64_t out, in;
@@ -133,7 +150,7 @@ struct ModelKernelShapes {
     int64_t heads;
   };
   std::vector<Mla> mlaDecode;
-  std::vector<int64_t> elementwiseCounts; // hidden, ffn widths
+  std::vector<int64_t> elementwiseCounts;               // hidden, ffn widths
   std::vector<std::pair<int64_t, int64_t>> fp8Matrices; // {out, in}
   // Routed experts placed on the GPU.
   struct Experts {

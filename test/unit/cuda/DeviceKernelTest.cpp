@@ -142,8 +142,8 @@ TEST_P(GpuKernels, EmbeddingMatchesTheCpuReferenceForEveryTableType) {
   const int64_t hidden = 512, vocab = 300;
   auto values = randomFloats(hidden * vocab, -1, 1, 3);
   std::vector<int> tokens = {0, 299, 17, 17, 150, 300 /* out of range */, -1};
-  for (auto type : {gguf::GgmlType::F32, gguf::GgmlType::F16, gguf::GgmlType::BF16,
-                    gguf::GgmlType::Q8_0}) {
+  for (auto type :
+       {gguf::GgmlType::F32, gguf::GgmlType::F16, gguf::GgmlType::BF16, gguf::GgmlType::Q8_0}) {
     SCOPED_TRACE(static_cast<int>(type));
     const size_t rowBytes = *gguf::ggmlRowBytes(type, hidden);
     std::vector<uint8_t> table(rowBytes * vocab);
@@ -165,8 +165,8 @@ TEST_P(GpuKernels, EmbeddingMatchesTheCpuReferenceForEveryTableType) {
           ASSERT_TRUE(std::isnan(out[t * hidden + i])) << "token " << tokens[t];
         continue;
       }
-      ASSERT_TRUE(quant::dequantize(type, table.data() + tokens[t] * rowBytes, row.data(), hidden)
-                      .ok());
+      ASSERT_TRUE(
+          quant::dequantize(type, table.data() + tokens[t] * rowBytes, row.data(), hidden).ok());
       std::vector<double> expected(row.begin(), row.end());
       std::vector<float> actual(out.begin() + t * hidden, out.begin() + (t + 1) * hidden);
       EXPECT_LE(relativeL2(actual, expected), 1e-5) << "token " << tokens[t];
@@ -245,7 +245,94 @@ TEST_P(GpuKernels, GemvKQuantMatchesTheCpuReference) {
       EXPECT_LE(error, 1e-4);
       std::printf("[ gpu      ] gemv_%s %lldx%lld: relative L2 %.2e\n", name.c_str(),
                   (long long)shape.out, (long long)shape.in, error);
+      // The prefill variant (weights decoded once per tile) on 11 tokens: the
+      // same x for each, so each token's row is the decode result.
+      const int64_t tokens = 11;
+      std::vector<float> xs;
+      for (int64_t t = 0; t < tokens; ++t)
+        xs.insert(xs.end(), x.begin(), x.end());
+      auto tiledSpec = gemvSpec(type, shape.out, shape.in, kGemvPrefillTokenTile);
+      LoadedKernel tiled = load(tiledSpec);
+      ASSERT_NE(tiled.function, nullptr);
+      DevicePointer dxs = upload(xs.data(), xs.size() * 4), dys = allocate(tokens * shape.out * 4);
+      GemvLayout tiledLayout{int(shape.in), int(shape.out), 0, 0, int(tokens)};
+      run(tiled,
+          {gemvGridBlocks(type, shape.out, kGemvPrefillTokenTile),
+           unsigned((tokens + kGemvPrefillTokenTile - 1) / kGemvPrefillTokenTile), 1,
+           tiledSpec->blockThreads, 1, 1, 0},
+          {&dw, &dxs, &dys, &tiledLayout});
+      const std::vector<float> rows = download(dys, tokens * shape.out);
+      for (int64_t t = 0; t < tokens; ++t)
+        EXPECT_LE(relativeL2(std::vector<float>(rows.begin() + t * shape.out,
+                                                rows.begin() + (t + 1) * shape.out),
+                             expected),
+                  1e-4)
+            << "token " << t << " of the tiled GEMV";
     }
+}
+
+// Prefill's grouped expert GEMVs: tiles of the assignments of one expert
+// (groupAssignments) against each assignment's product in double; rows of
+// assignments without an expert (-1) are left as they were.
+TEST_P(GpuKernels, GroupedExpertGemvMatchesEachAssignment) {
+  const int64_t experts = 5, out = 96, in = 512, tokens = 23, topK = 3;
+  const int64_t assignments = tokens * topK;
+  for (gguf::GgmlType type : {gguf::GgmlType::Q4_K, gguf::GgmlType::Q5_K, gguf::GgmlType::Q6_K,
+                              gguf::GgmlType::Q8_0, gguf::GgmlType::BF16}) {
+    const std::string name(gguf::ggmlTypeName(type));
+    SCOPED_TRACE(name);
+    auto w = randomFloats(experts * out * in, -1, 1, 21);
+    auto x = randomFloats(tokens * in, -0.5, 1.5, 22);
+    const size_t rowBytes = *gguf::ggmlRowBytes(type, in);
+    std::vector<uint8_t> q(rowBytes * experts * out);
+    ASSERT_TRUE(quant::quantize(type, w.data(), q.data(), w.size()).ok());
+    std::vector<float> dequantized(w.size());
+    ASSERT_TRUE(quant::dequantize(type, q.data(), dequantized.data(), w.size()).ok());
+    // Expert 4 is chosen by no one; every seventh choice by none (-1).
+    std::vector<int32_t> matrixOf(assignments);
+    for (int64_t a = 0; a < assignments; ++a)
+      matrixOf[a] = a % 7 == 3 ? -1 : int32_t((a * 5 + a / topK) % 4);
+    std::vector<int32_t> tiles(size_t(assignments * (1 + kGemvPrefillTokenTile)));
+    const int64_t tileCount = groupAssignments(matrixOf.data(), assignments, tiles.data());
+
+    auto spec = gemvSpec(type, out, in, kGemvPrefillTokenTile, /*grouped=*/true);
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4),
+                  dTiles = upload(tiles.data(), tiles.size() * 4);
+    const std::vector<float> sentinel(size_t(assignments * out), -7.0f);
+    DevicePointer dy = upload(sentinel.data(), sentinel.size() * 4);
+    GemvLayout layout{int(in), int(out), 0, 0, 0};
+    layout.groups = dTiles;
+    layout.assignmentsPerX = int(topK);
+    run(kernel,
+        {gemvGridBlocks(type, out, kGemvPrefillTokenTile), unsigned(tileCount), 1,
+         spec->blockThreads, 1, 1, 0},
+        {&dw, &dx, &dy, &layout});
+    const std::vector<float> y = download(dy, size_t(assignments * out));
+    std::vector<double> expected;
+    std::vector<float> got;
+    for (int64_t a = 0; a < assignments; ++a) {
+      if (matrixOf[a] < 0) {
+        for (int64_t o = 0; o < out; ++o)
+          ASSERT_EQ(y[a * out + o], -7.0f) << "wrote the row of an assignment without an expert";
+        continue;
+      }
+      for (int64_t o = 0; o < out; ++o) {
+        double sum = 0;
+        const float *row = dequantized.data() + (matrixOf[a] * out + o) * in;
+        for (int64_t i = 0; i < in; ++i)
+          sum += double(row[i]) * x[(a / topK) * in + i];
+        expected.push_back(sum);
+        got.push_back(y[a * out + o]);
+      }
+    }
+    const double error = relativeL2(got, expected);
+    EXPECT_LE(error, 1e-4);
+    std::printf("[ gpu      ] grouped gemv_%s, %lld tiles for %lld assignments: relative L2 "
+                "%.2e\n",
+                name.c_str(), (long long)tileCount, (long long)assignments, error);
+  }
 }
 
 // The expert choice against runtime/cpu/MoeRouting on random logits:
@@ -281,7 +368,8 @@ TEST_P(GpuKernels, MoeGateMatchesTheCpuRouting) {
     auto spec = moeGateSpec(g);
     LoadedKernel kernel = load(spec);
     ASSERT_NE(kernel.function, nullptr);
-    DevicePointer dl = upload(logits.data(), logits.size() * 4), db = upload(bias.data(), bias.size() * 4);
+    DevicePointer dl = upload(logits.data(), logits.size() * 4),
+                  db = upload(bias.data(), bias.size() * 4);
     DevicePointer di = allocate(tokens * g.topK * 4), dw = allocate(tokens * g.topK * 4);
     run(kernel, {unsigned(tokens), 1, 1, spec->blockThreads, 1, 1, 0}, {&dl, &db, &di, &dw});
     std::vector<int32_t> ids(tokens * g.topK);
@@ -330,7 +418,8 @@ TEST_P(GpuKernels, RopeMatchesTheCpuReference) {
     for (int t = 0; t < tokens; ++t) {
       rope.angles(positions[t], cosines.data(), sines.data());
       for (int64_t h = 0; h < c.shape.heads; ++h)
-        rope.rotate(expected.data() + (t * c.shape.heads + h) * c.shape.headStride + c.shape.ropeOffset,
+        rope.rotate(expected.data() + (t * c.shape.heads + h) * c.shape.headStride +
+                        c.shape.ropeOffset,
                     cosines.data(), sines.data());
     }
     auto spec = ropeSpec(c.shape);
@@ -338,7 +427,8 @@ TEST_P(GpuKernels, RopeMatchesTheCpuReference) {
     ASSERT_NE(kernel.function, nullptr);
     DevicePointer dx = upload(x.data(), x.size() * 4);
     DevicePointer dp = upload(positions.data(), positions.size() * 4);
-    DevicePointer df = upload(rope.inverseFrequencies().data(), rope.inverseFrequencies().size() * 4);
+    DevicePointer df =
+        upload(rope.inverseFrequencies().data(), rope.inverseFrequencies().size() * 4);
     int count = tokens;
     const long long items = (long long)tokens * c.shape.heads * (c.shape.dims / 2);
     const unsigned blocks = unsigned((items + spec->blockThreads - 1) / spec->blockThreads);
@@ -397,7 +487,8 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
     int tokens, firstPositions;
   } shapes[] = {{1, 1}, {5, 3}, {7, 300}, {1, 4096}, {3, 1000}};
   for (const Shape &shape : shapes) {
-    SCOPED_TRACE(std::to_string(shape.tokens) + " tokens from " + std::to_string(shape.firstPositions));
+    SCOPED_TRACE(std::to_string(shape.tokens) + " tokens from " +
+                 std::to_string(shape.firstPositions));
     MlaCase c;
     const int cached = shape.firstPositions + shape.tokens - 1;
     c.qLatent = randomFloats(shape.tokens * c.heads * c.kvLora, -0.2f, 0.2f, 21);
@@ -455,8 +546,8 @@ TEST_P(GpuKernels, ElementwiseAndArgmaxMatchTheCpu) {
     SCOPED_TRACE(entry);
     std::vector<double> expected(g.size());
     for (size_t i = 0; i < g.size(); ++i)
-      expected[i] = std::string(entry) == "add" ? double(g[i]) + u[i]
-                                                : double(cpu::silu(g[i])) * u[i];
+      expected[i] =
+          std::string(entry) == "add" ? double(g[i]) + u[i] : double(cpu::silu(g[i])) * u[i];
     auto spec = elementwiseSpec(entry, count);
     LoadedKernel kernel = load(spec);
     ASSERT_NE(kernel.function, nullptr);
@@ -466,7 +557,8 @@ TEST_P(GpuKernels, ElementwiseAndArgmaxMatchTheCpu) {
     run(kernel, {7, 1, 1, spec->blockThreads, 1, 1, 0}, {&dg, &du, &dout, &n});
     const double error = relativeL2(download(dout, g.size()), expected);
     EXPECT_LE(error, 1e-6);
-    std::printf("[ gpu      ] %s %d x %lld: relative L2 %.2e\n", entry, tokens, (long long)count, error);
+    std::printf("[ gpu      ] %s %d x %lld: relative L2 %.2e\n", entry, tokens, (long long)count,
+                error);
   }
   // argmax: ties go to the lower index, as std::max_element.
   const int64_t vocab = 129280;
@@ -474,8 +566,9 @@ TEST_P(GpuKernels, ElementwiseAndArgmaxMatchTheCpu) {
   logits[1 * vocab + 500] = logits[1 * vocab + 90000] = 50.0f; // a tie
   std::vector<int> expectedIds(tokens);
   for (int t = 0; t < tokens; ++t)
-    expectedIds[t] = int(std::max_element(logits.begin() + t * vocab, logits.begin() + (t + 1) * vocab) -
-                         (logits.begin() + t * vocab));
+    expectedIds[t] =
+        int(std::max_element(logits.begin() + t * vocab, logits.begin() + (t + 1) * vocab) -
+            (logits.begin() + t * vocab));
   auto spec = argmaxSpec(vocab);
   LoadedKernel kernel = load(spec);
   ASSERT_NE(kernel.function, nullptr);
@@ -535,6 +628,41 @@ TEST_P(GpuKernels, SecondLoadComesFromTheCache) {
   load(spec);
   EXPECT_EQ(cache->stats().misses, 1u);
   EXPECT_EQ(cache->stats().hits, 1u);
+}
+
+// Runs everywhere: every assignment with a matrix lands in exactly one tile
+// of its matrix, tiles hold at most kGemvPrefillTokenTile and pad with -1.
+TEST(GroupAssignments, TilesCoverEachAssignmentOnceByMatrix) {
+  const int64_t assignments = 100, width = 1 + kGemvPrefillTokenTile;
+  std::vector<int32_t> matrixOf(assignments);
+  for (int64_t a = 0; a < assignments; ++a)
+    matrixOf[a] = a % 9 == 0 ? -1 : int32_t((a * 7) % 6);
+  std::vector<int32_t> tiles(size_t(assignments * width), 12345);
+  const int64_t count = groupAssignments(matrixOf.data(), assignments, tiles.data());
+  std::vector<int> seen(assignments, 0);
+  std::vector<int64_t> perMatrix(6, 0);
+  for (int64_t t = 0; t < count; ++t) {
+    const int32_t *tile = tiles.data() + t * width;
+    ASSERT_GE(tile[0], 0);
+    bool padding = false;
+    for (int64_t i = 1; i < width; ++i) {
+      if (tile[i] < 0) {
+        padding = true;
+        continue;
+      }
+      ASSERT_FALSE(padding) << "an assignment after the padding";
+      EXPECT_EQ(matrixOf[tile[i]], tile[0]);
+      ++seen[tile[i]];
+    }
+    ++perMatrix[size_t(tile[0])];
+  }
+  for (int64_t a = 0; a < assignments; ++a)
+    EXPECT_EQ(seen[a], matrixOf[a] < 0 ? 0 : 1) << "assignment " << a;
+  // As few tiles as the counts allow: ceil(count / tile) per matrix.
+  for (int m = 0; m < 6; ++m) {
+    const int64_t chosen = std::count(matrixOf.begin(), matrixOf.end(), m);
+    EXPECT_EQ(perMatrix[size_t(m)], (chosen + kGemvPrefillTokenTile - 1) / kGemvPrefillTokenTile);
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(CubinAndPtx, GpuKernels, ::testing::Values(true, false),
