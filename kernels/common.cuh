@@ -72,14 +72,24 @@ __device__ __forceinline__ float blockSum(float value, float *scratch) {
 // expert) read tile blockIdx.y from `groups` instead: groups[blockIdx.y *
 // (1 + TILE) ...] is its matrix (-1: none), then up to TILE assignments a
 // (-1: none, at the end), each reading x row a / assignmentsPerX and writing
-// y row a (grid z is 1). Strides count floats. Each weight read serves every
-// token of the tile. runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
+// y row a (grid z is 1). GATE_UP kernels (routed experts in decode, one
+// token per block) multiply x with the gate rows in `weight` and the up rows
+// at the same place in `upWeight`, and write silu(gate) * up. Strides count
+// floats. Each weight read serves every token of the tile.
+// runtime/cuda/KernelCatalog.h's GemvLayout mirrors it.
 struct GemvLayout {
   int xTokenStride, yTokenStride, xHeadStride, yHeadStride, tokens;
   unsigned long long matrixIds; // const int *, or 0
   unsigned long long groups;    // const int *, or 0 (GROUPED kernels)
   int assignmentsPerX;
+  unsigned long long upWeight; // GATE_UP kernels: the up matrices, stacked as the gate's
 };
+
+// The SiLU-gated product of the MLPs: silu(gate) * up, silu(x) = x / (1 + e^-x)
+// as runtime/cpu/Math computes it.
+__device__ __forceinline__ float siluMul(float gate, float up) {
+  return gate / (1.0f + expf(-gate)) * up;
+}
 
 // Moves x and y to this block's first token and head; returns how many
 // tokens the tile holds (0: nothing to do) and sets headRow to the index of
@@ -138,6 +148,9 @@ __device__ __forceinline__ int gemvGroup(const GemvLayout &layout, int rows, lon
   const int tokens = kt::gemvSelect(x, y, layout, rows, TILE, headRow)
 #define KT_GEMV_X(t) (x + static_cast<long long>(t) * layout.xTokenStride)
 #define KT_GEMV_Y(t) (y + static_cast<long long>(t) * layout.yTokenStride)
+#endif
+#if defined(GATE_UP) && GATE_UP && defined(TOKEN_TILE) && TOKEN_TILE != 1
+#error "GATE_UP kernels take one token per block"
 #endif
 
 // GGUF Q8_0 block: f16 scale d, then 32 signed bytes; value = d * q.

@@ -18,8 +18,7 @@ silu_mul(const float *__restrict__ gate, const float *__restrict__ up, float *__
   const long long total = static_cast<long long>(tokens) * COUNT;
   for (long long i = static_cast<long long>(blockIdx.x) * BLOCK_THREADS + threadIdx.x; i < total;
        i += static_cast<long long>(gridDim.x) * BLOCK_THREADS) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + expf(-g)) * up[i];
+    out[i] = kt::siluMul(gate[i], up[i]);
   }
 }
 

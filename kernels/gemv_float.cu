@@ -9,6 +9,8 @@
 //   OUT_FEATURES    rows
 //   ROWS_PER_BLOCK  warps (rows) per thread block
 //   TOKEN_TILE      tokens per block
+//   GROUPED, GATE_UP  optional: tiles of grouped assignments, or the fused
+//                   gate and up products of routed experts (common.cuh)
 #include "common.cuh"
 
 #if !defined(WEIGHT_TYPE) || !defined(IN_FEATURES) || !defined(OUT_FEATURES)
@@ -46,6 +48,10 @@ gemv_float(const void *__restrict__ weight, const float *__restrict__ x,
   if (tokens <= 0) // the whole block: a slot without a matrix
     return;
   const Weight *w = static_cast<const Weight *>(weight) + (headRow + row) * IN_FEATURES;
+#if GATE_UP
+  const Weight *up = reinterpret_cast<const Weight *>(layout.upWeight) + (headRow + row) * IN_FEATURES;
+  float upSum = 0.0f;
+#endif
   float sums[TOKEN_TILE];
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t)
@@ -57,10 +63,16 @@ gemv_float(const void *__restrict__ weight, const float *__restrict__ x,
     for (int t = 0; t < TOKEN_TILE; ++t)
       if (t < tokens)
         sums[t] += value * KT_GEMV_X(t)[col];
+#if GATE_UP
+    upSum += weightValue(up[col]) * KT_GEMV_X(0)[col];
+#endif
   }
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t) {
-    const float sum = kt::warpSum(sums[t]);
+    float sum = kt::warpSum(sums[t]);
+#if GATE_UP
+    sum = kt::siluMul(sum, kt::warpSum(upSum));
+#endif
     if (lane == 0 && t < tokens)
       KT_GEMV_Y(t)[row] = sum;
   }

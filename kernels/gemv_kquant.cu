@@ -12,6 +12,8 @@
 //   ROWS_PER_BLOCK  warps per thread block
 //   ROWS_PER_WARP   rows per warp
 //   TOKEN_TILE      tokens per block (the weights come from DRAM once for all)
+//   GROUPED, GATE_UP  optional: tiles of grouped assignments, or the fused
+//                   gate and up products of routed experts (common.cuh)
 #include "common.cuh"
 
 #ifndef QTYPE
@@ -92,9 +94,9 @@ __device__ __forceinline__ void loadPiece(const float *x, int part, Piece &piece
 #endif
 }
 
-// A row's super-block header and this lane's quants (the scales and
-// minimums of its two groups, or q6_K's four scales, already multiplied by
-// the super-block's d and dmin).
+// A row's super-block header and this lane's quants (q4_K/q5_K: the scales
+// and minimums of its two groups, already multiplied by the super-block's d
+// and dmin; q6_K: d and the four groups' scales).
 struct RowQuants {
 #if QTYPE == 4 || QTYPE == 5
   float lowScale, lowMin, highScale, highMin;
@@ -103,7 +105,7 @@ struct RowQuants {
   uint4 packedHigh;
 #endif
 #else
-  float scale[4];
+  float d, scale[4];
   kt::u16 lowA[4], lowB[4], high[4];
 #endif
 };
@@ -136,11 +138,11 @@ __device__ __forceinline__ void loadRowQuants(const kt::u8 *block, int part, Row
   const int n = part / 4, quarter = part % 4;
   const kt::u8 *ql = block + 64 * n, *qh = block + 128 + 32 * n;
   const kt::i8 *sc = reinterpret_cast<const kt::i8 *>(block + 192) + 8 * n;
-  const float d = kt::halfToFloat(*reinterpret_cast<const kt::u16 *>(block + 208));
+  q.d = kt::halfToFloat(*reinterpret_cast<const kt::u16 *>(block + 208));
   const int is = (8 * quarter) / 16;
 #pragma unroll
   for (int c = 0; c < 4; ++c)
-    q.scale[c] = d * sc[is + 2 * c];
+    q.scale[c] = static_cast<float>(sc[is + 2 * c]);
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     q.lowA[i] = reinterpret_cast<const kt::u16 *>(ql + 8 * quarter)[i];
@@ -187,8 +189,8 @@ __device__ __forceinline__ float pieceDot(const kt::u8 *block, const Piece &piec
     dots[2] += static_cast<float>(((a[k] >> 4) | (((h[k] >> 4) & 3) << 4)) - 32) * piece.values[16 + k];
     dots[3] += static_cast<float>(((b[k] >> 4) | (((h[k] >> 6) & 3) << 4)) - 32) * piece.values[24 + k];
   }
-  return q.scale[0] * dots[0] + q.scale[1] * dots[1] + q.scale[2] * dots[2] +
-         q.scale[3] * dots[3];
+  return q.d * (q.scale[0] * dots[0] + q.scale[1] * dots[1] + q.scale[2] * dots[2] +
+                q.scale[3] * dots[3]);
 #endif
 }
 
@@ -224,7 +226,7 @@ __device__ __forceinline__ void chunkWeights(const RowQuants &q, int part, int c
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
     const int low = c == 0 ? a[k] & 0xF : c == 1 ? b[k] & 0xF : c == 2 ? a[k] >> 4 : b[k] >> 4;
-    w[k] = q.scale[c] * static_cast<float>((low | (((h[k] >> (2 * c)) & 3) << 4)) - 32);
+    w[k] = q.d * q.scale[c] * static_cast<float>((low | (((h[k] >> (2 * c)) & 3) << 4)) - 32);
   }
 #endif
 }
@@ -260,6 +262,14 @@ gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
   if (tokens <= 0) // the whole block: a slot without a matrix
     return;
   const kt::u8 *rows = static_cast<const kt::u8 *>(weight) + (headRow + firstRow) * kRowBytes;
+#if GATE_UP
+  const kt::u8 *upRows =
+      reinterpret_cast<const kt::u8 *>(layout.upWeight) + (headRow + firstRow) * kRowBytes;
+  float upSums[ROWS_PER_WARP];
+#pragma unroll
+  for (int r = 0; r < ROWS_PER_WARP; ++r)
+    upSums[r] = 0.0f;
+#endif
   float sums[TOKEN_TILE][ROWS_PER_WARP];
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t)
@@ -304,15 +314,22 @@ gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
     loadPiece(KT_GEMV_X(0) + b * 256, lane % 8, piece);
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r)
-      if (firstRow + r < OUT_FEATURES)
+      if (firstRow + r < OUT_FEATURES) {
         sums[0][r] += pieceDot(rows + r * kRowBytes + b * kBlockBytes, piece, lane % 8);
+#if GATE_UP
+        upSums[r] += pieceDot(upRows + r * kRowBytes + b * kBlockBytes, piece, lane % 8);
+#endif
+      }
   }
 #endif
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t)
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r) {
-      const float sum = kt::warpSum(sums[t][r]);
+      float sum = kt::warpSum(sums[t][r]);
+#if GATE_UP
+      sum = kt::siluMul(sum, kt::warpSum(upSums[r]));
+#endif
       if (lane == 0 && t < tokens && firstRow + r < OUT_FEATURES)
         KT_GEMV_Y(t)[firstRow + r] = sum;
     }

@@ -9,6 +9,8 @@
 //   OUT_FEATURES    rows
 //   ROWS_PER_BLOCK  warps (rows) per thread block
 //   TOKEN_TILE      tokens per block (each weight block read once for all)
+//   GROUPED, GATE_UP  optional: tiles of grouped assignments, or the fused
+//                   gate and up products of routed experts (common.cuh)
 #include "common.cuh"
 
 #ifndef IN_FEATURES
@@ -28,6 +30,22 @@ static_assert(IN_FEATURES % kt::kQ8_0BlockElements == 0, "Q8_0 rows are whole bl
 constexpr int kBlocksPerRow = IN_FEATURES / kt::kQ8_0BlockElements;
 constexpr long long kRowBytes = static_cast<long long>(kBlocksPerRow) * kt::kQ8_0BlockBytes;
 
+// This lane's 8 quants of `block` as floats; returns the block's scale.
+// Blocks are 2-byte aligned: the scale and the quants are read as u16s.
+__device__ __forceinline__ float blockWeights(const kt::u8 *block, int quarter, float (&w)[8]) {
+  const kt::u16 *pairs = reinterpret_cast<const kt::u16 *>(block);
+  kt::u16 quants[4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+    quants[j] = pairs[1 + 4 * quarter + j];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    w[2 * j] = static_cast<float>(static_cast<kt::i8>(quants[j] & 0xff));
+    w[2 * j + 1] = static_cast<float>(static_cast<kt::i8>(quants[j] >> 8));
+  }
+  return kt::halfToFloat(pairs[0]);
+}
+
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
           float *__restrict__ y, kt::GemvLayout layout) {
@@ -40,6 +58,11 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
   if (tokens <= 0) // the whole block: a slot without a matrix
     return;
   const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + row) * kRowBytes;
+#if GATE_UP
+  const kt::u8 *upBytes =
+      reinterpret_cast<const kt::u8 *>(layout.upWeight) + (headRow + row) * kRowBytes;
+  float upSum = 0.0f;
+#endif
 
   float sums[TOKEN_TILE];
 #pragma unroll
@@ -55,20 +78,12 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
 #pragma unroll
 #endif
   for (int b = lane / 4; b < kBlocksPerRow; b += 8) {
-    const kt::u8 *block = rowBytes + b * kt::kQ8_0BlockBytes;
-    // Blocks are 2-byte aligned: the scale and this lane's 8 quants as u16s.
-    const kt::u16 *pairs = reinterpret_cast<const kt::u16 *>(block);
-    const float scale = kt::halfToFloat(pairs[0]);
-    kt::u16 quants[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-      quants[j] = pairs[1 + 4 * quarter + j];
     float w[8];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      w[2 * j] = static_cast<float>(static_cast<kt::i8>(quants[j] & 0xff));
-      w[2 * j + 1] = static_cast<float>(static_cast<kt::i8>(quants[j] >> 8));
-    }
+    const float scale = blockWeights(rowBytes + b * kt::kQ8_0BlockBytes, quarter, w);
+#if GATE_UP
+    float wUp[8];
+    const float upScale = blockWeights(upBytes + b * kt::kQ8_0BlockBytes, quarter, wUp);
+#endif
 #pragma unroll
     for (int t = 0; t < TOKEN_TILE; ++t) {
       if (t >= tokens)
@@ -80,11 +95,18 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
       const float dot = w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x +
                         w[5] * x1.y + w[6] * x1.z + w[7] * x1.w;
       sums[t] += scale * dot;
+#if GATE_UP
+      upSum += upScale * (wUp[0] * x0.x + wUp[1] * x0.y + wUp[2] * x0.z + wUp[3] * x0.w +
+                          wUp[4] * x1.x + wUp[5] * x1.y + wUp[6] * x1.z + wUp[7] * x1.w);
+#endif
     }
   }
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t) {
-    const float sum = kt::warpSum(sums[t]);
+    float sum = kt::warpSum(sums[t]);
+#if GATE_UP
+    sum = kt::siluMul(sum, kt::warpSum(upSum));
+#endif
     if (lane == 0 && t < tokens)
       KT_GEMV_Y(t)[row] = sum;
   }

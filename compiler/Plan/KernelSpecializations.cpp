@@ -74,8 +74,17 @@ void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef devi
         type && cuda::hasGpuGemv(*type))
       for (bool grouped : {false, true})
         collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0],
-                                     grouped ? cuda::kGemvPrefillTokenTile : 1, grouped),
+                                     grouped ? cuda::kGemvPrefillTokenTile : 1,
+                                     grouped ? cuda::GemvVariant::Grouped
+                                             : cuda::GemvVariant::Plain),
                       device, path);
+  // Decode's gate and up products in one pass, where their types agree.
+  if (gateProj.getDtype() == experts.getUpProj().getDtype())
+    if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(gateProj.getDtype().str());
+        type && cuda::hasGpuGemv(*type))
+      collector.add(cuda::gemvSpec(*type, gateProj.getShape()[1], gateProj.getShape()[0], 1,
+                                   cuda::GemvVariant::GateUp),
+                    device, path);
   collector.add(cuda::elementwiseSpec("silu_mul", gateProj.getShape()[1]), device, path);
   for (const char *entry : {"moe_combine", "expert_counts"})
     collector.add(cuda::moeCombineSpec(gateProj.getShape()[0], topK, entry), device, path);

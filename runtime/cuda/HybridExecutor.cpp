@@ -286,6 +286,16 @@ public:
     return launch(tiled ? *w.tiled : *w.kernel, tiled ? w.tiledBlocks : w.blocks, tiles,
                   static_cast<unsigned>(w.heads), 0, {&data, &x, &y, &layout});
   }
+  // silu(gate x) * (up x) of the chosen experts (decode: one token per
+  // block, matrix ids in `layout`), in one pass over both stacks.
+  Status gateUpGemv(const Kernel &k, const GpuMatrix &gate, const GpuMatrix &up, DevicePointer x,
+                    DevicePointer y, int64_t tokens, GemvLayout layout) {
+    DevicePointer data = gate.data;
+    layout.tokens = int(tokens);
+    layout.upWeight = up.data;
+    return launch(k, gate.blocks, static_cast<unsigned>(tokens), static_cast<unsigned>(gate.heads),
+                  0, {&data, &x, &y, &layout});
+  }
   // y = W x over the tiles of grouped assignments in `layout.groups`.
   Status groupedGemv(const GpuMatrix &w, DevicePointer x, DevicePointer y, int64_t tiles,
                      GemvLayout layout) {
@@ -513,7 +523,9 @@ public:
     for (auto [tile, slot] :
          {std::pair<int64_t, const Kernel **>{1, &w.kernel}, {kGemvPrefillTokenTile, &w.tiled}}) {
       StatusOr<const Kernel *> k =
-          m_.kernel(gemvSpec(w.type, w.out, w.in, tile, tile > 1 && groupedPrefill),
+          m_.kernel(gemvSpec(w.type, w.out, w.in, tile,
+                             tile > 1 && groupedPrefill ? GemvVariant::Grouped
+                                                        : GemvVariant::Plain),
                     b_.where() + " (" + what + ")");
       if (!k) {
         b_.fail("cannot multiply " + what + " on the GPU: " + k.message());
@@ -837,6 +849,7 @@ struct CachedExperts {
   const gguf::TensorInfo *tensors[3] = {}; // gate, up, down of all experts, on the host
   GpuMatrix matrices[3];                   // the cached experts in slot order (empty until filled)
   const Kernel *siluMul = nullptr, *combine = nullptr, *add = nullptr;
+  const Kernel *gateUp = nullptr; // decode's fused gate and up (types agreeing)
   int64_t hidden = 0, ffn = 0, topK = 0, experts = 0;
   uint64_t bytesPerExpert = 0;
   std::vector<int32_t> slotOf; // expert -> slot, -1: on the CPU only
@@ -962,10 +975,17 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   const GemvLayout wide{int(hidden), int(topK * ffn), 0, int(ffn), int(rows), slots};
   const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn),
                           int(hidden),     int(rows),          slots};
-  for (Status s :
-       {m.gemv(matrices[0], x, g, rows, wide), m.gemv(matrices[1], x, u, rows, wide),
-        m.elementwise(*siluMul, g, u, g, choices, ffn), m.gemv(matrices[2], g, d, rows, narrow),
-        m.elementwise(*combine, d, weights, sum, rows, hidden)})
+  if (gateUp) { // gate and up in one pass
+    if (Status s = m.gateUpGemv(*gateUp, matrices[0], matrices[1], x, g, rows, wide); !s.ok())
+      return s;
+  } else {
+    for (Status s : {m.gemv(matrices[0], x, g, rows, wide), m.gemv(matrices[1], x, u, rows, wide),
+                     m.elementwise(*siluMul, g, u, g, choices, ffn)})
+      if (!s.ok())
+        return s;
+  }
+  for (Status s : {m.gemv(matrices[2], g, d, rows, narrow),
+                   m.elementwise(*combine, d, weights, sum, rows, hidden)})
     if (!s.ok())
       return s;
   return sum;
@@ -992,6 +1012,7 @@ class GpuExpertsStep : public Step {
 public:
   GpuMatrix gate, up, down;
   const Kernel *siluMul = nullptr, *combine = nullptr, *countSelections = nullptr;
+  const Kernel *gateUp = nullptr; // decode's fused gate and up (types agreeing)
   int64_t hidden = 0, ffn = 0, topK = 0, experts = 0;
   DevicePointer selections = 0; // u64 per expert: the routing statistics
   std::string gatePath;
@@ -1028,11 +1049,18 @@ public:
       const GemvLayout wide{int(hidden), int(topK * ffn), 0, int(ffn), int(rows), ids};
       const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn),
                               int(hidden),     int(rows),          ids};
-      for (Status s :
-           {m.gemv(gate, in[0]->gpu, g, rows, wide), m.gemv(up, in[0]->gpu, u, rows, wide),
-            m.elementwise(*siluMul, g, u, g, choices, ffn), m.gemv(down, g, d, rows, narrow)})
-        if (!s.ok())
-          return s;
+      if (gateUp) { // gate and up in one pass, then down
+        for (Status s : {m.gateUpGemv(*gateUp, gate, up, in[0]->gpu, g, rows, wide),
+                         m.gemv(down, g, d, rows, narrow)})
+          if (!s.ok())
+            return s;
+      } else {
+        for (Status s :
+             {m.gemv(gate, in[0]->gpu, g, rows, wide), m.gemv(up, in[0]->gpu, u, rows, wide),
+              m.elementwise(*siluMul, g, u, g, choices, ffn), m.gemv(down, g, d, rows, narrow)})
+          if (!s.ok())
+            return s;
+      }
     }
     DevicePointer idsPointer = in[1]->gpu, counts = selections;
     int tokens = int(rows);
@@ -1132,7 +1160,8 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
     w.tiledBlocks = gemvGridBlocks(tensor.type, w.out, kGemvPrefillTokenTile);
     StatusOr<const Kernel *> k = kernel(gemvSpec(tensor.type, w.out, w.in, 1), b.where()),
                              tiled = kernel(
-                                 gemvSpec(tensor.type, w.out, w.in, kGemvPrefillTokenTile, true),
+                                 gemvSpec(tensor.type, w.out, w.in, kGemvPrefillTokenTile,
+                                          GemvVariant::Grouped),
                                  b.where());
     for (const StatusOr<const Kernel *> *found : {&k, &tiled})
       if (!*found)
@@ -1150,6 +1179,14 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
   cache->siluMul = *silu;
   cache->combine = *combine;
   cache->add = *add;
+  if (cache->matrices[0].type == cache->matrices[1].type) {
+    StatusOr<const Kernel *> gateUp = kernel(
+        gemvSpec(cache->matrices[0].type, cache->ffn, cache->hidden, 1, GemvVariant::GateUp),
+        b.where());
+    if (!gateUp)
+      return gateUp.status();
+    cache->gateUp = *gateUp;
+  }
   cache->slotOf.assign(size_t(cache->experts), -1);
   const size_t choices = size_t(std::max<int64_t>(chunkSize, 1) * cache->topK);
   for (void **host : {reinterpret_cast<void **>(&cache->slotsHost),
@@ -1403,6 +1440,9 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         for (GpuMatrix *w : {&experts->gate, &experts->up, &experts->down})
           w->heads = experts->topK;
         experts->siluMul = loader.kernel(elementwiseSpec("silu_mul", experts->ffn));
+        if (experts->gate.type == experts->up.type)
+          experts->gateUp = loader.kernel(
+              gemvSpec(experts->gate.type, experts->ffn, experts->hidden, 1, GemvVariant::GateUp));
         experts->combine = loader.kernel(moeCombineSpec(experts->hidden, experts->topK));
         experts->countSelections =
             loader.kernel(moeCombineSpec(experts->hidden, experts->topK, "expert_counts"));

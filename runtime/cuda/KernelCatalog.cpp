@@ -35,14 +35,17 @@ std::vector<std::string> quotedIncludes(std::string_view text) {
 
 std::string integer(int64_t value) { return std::to_string(value); }
 
-// TOKEN_TILE only where it is not 1 and GROUPED only where set, so the
-// other specializations keep their keys.
+// TOKEN_TILE only where it is not 1 and GROUPED or GATE_UP only where set,
+// so the other specializations keep their keys.
 std::map<std::string, std::string> withTokenTile(std::map<std::string, std::string> defines,
-                                                 int64_t tokenTile, bool grouped = false) {
+                                                 int64_t tokenTile,
+                                                 GemvVariant variant = GemvVariant::Plain) {
   if (tokenTile > 1)
     defines["TOKEN_TILE"] = integer(tokenTile);
-  if (grouped)
+  if (variant == GemvVariant::Grouped)
     defines["GROUPED"] = "1";
+  if (variant == GemvVariant::GateUp)
+    defines["GATE_UP"] = "1";
   return defines;
 }
 
@@ -135,7 +138,7 @@ StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType
 }
 
 StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64_t tokenTile,
-                                  bool grouped) {
+                                  GemvVariant variant) {
   if (outFeatures <= 0 || inFeatures <= 0 || inFeatures % 32 != 0 || outFeatures > INT32_MAX)
     return Status::error("q8_0 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 32-value "
@@ -144,12 +147,12 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64
                         withTokenTile({{"IN_FEATURES", integer(inFeatures)},
                                        {"OUT_FEATURES", integer(outFeatures)},
                                        {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
-                                      tokenTile, grouped),
+                                      tokenTile, variant),
                         kGemvRowsPerBlock * 32);
 }
 
 StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                                    int64_t tokenTile, bool grouped) {
+                                    int64_t tokenTile, GemvVariant variant) {
   const int qtype = type == gguf::GgmlType::Q4_K   ? 4
                     : type == gguf::GgmlType::Q5_K ? 5
                     : type == gguf::GgmlType::Q6_K ? 6
@@ -169,7 +172,7 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
            {"OUT_FEATURES", integer(outFeatures)},
            {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)},
            {"ROWS_PER_WARP", std::to_string(gemvKQuantRowsPerWarp(outFeatures, tokenTile))}},
-          tokenTile, grouped),
+          tokenTile, variant),
       kGemvRowsPerBlock * 32);
 }
 
@@ -349,7 +352,7 @@ StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures) {
 }
 
 StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                                   int64_t tokenTile, bool grouped) {
+                                   int64_t tokenTile, GemvVariant variant) {
   const char *weightType = type == gguf::GgmlType::F32    ? "0"
                            : type == gguf::GgmlType::F16  ? "1"
                            : type == gguf::GgmlType::BF16 ? "2"
@@ -363,7 +366,7 @@ StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int
                                        {"IN_FEATURES", integer(inFeatures)},
                                        {"OUT_FEATURES", integer(outFeatures)},
                                        {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
-                                      tokenTile, grouped),
+                                      tokenTile, variant),
                         kGemvRowsPerBlock * 32);
 }
 
@@ -374,14 +377,16 @@ bool hasGpuGemv(gguf::GgmlType type) {
 }
 
 StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                              int64_t tokenTile, bool grouped) {
+                              int64_t tokenTile, GemvVariant variant) {
   if (tokenTile < 1 || tokenTile > 16)
     return Status::error("GEMV token tiles hold 1 to 16 tokens, not " + integer(tokenTile) + ".");
+  if (variant == GemvVariant::GateUp && tokenTile != 1)
+    return Status::error("the fused gate and up GEMV takes one token per block.");
   if (type == gguf::GgmlType::Q8_0)
-    return gemvQ8_0Spec(outFeatures, inFeatures, tokenTile, grouped);
+    return gemvQ8_0Spec(outFeatures, inFeatures, tokenTile, variant);
   if (type == gguf::GgmlType::F32 || type == gguf::GgmlType::F16 || type == gguf::GgmlType::BF16)
-    return gemvFloatSpec(type, outFeatures, inFeatures, tokenTile, grouped);
-  return gemvKQuantSpec(type, outFeatures, inFeatures, tokenTile, grouped);
+    return gemvFloatSpec(type, outFeatures, inFeatures, tokenTile, variant);
+  return gemvKQuantSpec(type, outFeatures, inFeatures, tokenTile, variant);
 }
 
 StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShapes &shapes) {
@@ -420,8 +425,9 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (const ModelKernelShapes::Experts &e : shapes.gpuExperts)
     for (StatusOr<KernelSpec> spec :
          {gemvSpec(e.type, e.ffn, e.hidden), gemvSpec(e.type, e.hidden, e.ffn),
-          gemvSpec(e.type, e.ffn, e.hidden, kGemvPrefillTokenTile, true),
-          gemvSpec(e.type, e.hidden, e.ffn, kGemvPrefillTokenTile, true),
+          gemvSpec(e.type, e.ffn, e.hidden, kGemvPrefillTokenTile, GemvVariant::Grouped),
+          gemvSpec(e.type, e.hidden, e.ffn, kGemvPrefillTokenTile, GemvVariant::Grouped),
+          gemvSpec(e.type, e.ffn, e.hidden, 1, GemvVariant::GateUp),
           elementwiseSpec("silu_mul", e.ffn), moeCombineSpec(e.hidden, e.topK),
           moeCombineSpec(e.hidden, e.topK, "expert_counts")})
       if (Status s = add(std::move(spec)); !s.ok())

@@ -39,7 +39,14 @@ struct GemvLayout {
   // assignments (groupAssignments()); 0: tiles of consecutive tokens.
   uint64_t groups = 0;
   int assignmentsPerX = 1; // with groups: assignment a reads x row a / assignmentsPerX
+  uint64_t upWeight = 0;   // GemvVariant::GateUp: the up matrices, stacked as the gate's
 };
+
+// What a GEMV specialization computes: y = W x over consecutive tokens;
+// over tiles of assignments grouped by matrix (GemvLayout::groups: routed
+// experts in prefill); or silu(W x) * (U x) with U at GemvLayout::upWeight
+// (the gate and up products of routed experts in decode, one token per block).
+enum class GemvVariant { Plain, Grouped, GateUp };
 
 // Groups the assignments of a prefill step's routed experts (assignment a:
 // token a / top_k's (a % top_k)-th choice) by the matrix each uses
@@ -52,15 +59,15 @@ int64_t groupAssignments(const int32_t *matrixOf, int64_t assignments, int32_t *
 // each weight read from memory serves this many tokens.
 constexpr int64_t kGemvPrefillTokenTile = 8;
 
-// The GEMVs below take `tokenTile` tokens per block; `grouped` ones read
-// their tiles from GemvLayout::groups (routed experts in prefill).
+// The GEMVs below take `tokenTile` tokens per block.
 // y = W x for a Q8_0 matrix of `outFeatures` rows of `inFeatures` (one warp per row).
 StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64_t tokenTile = 1,
-                                  bool grouped = false);
+                                  GemvVariant variant = GemvVariant::Plain);
 constexpr unsigned kGemvRowsPerBlock = 4;
 // y = W x for a q4_K, q5_K or q6_K matrix (one warp per row).
 StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                                    int64_t tokenTile = 1, bool grouped = false);
+                                    int64_t tokenTile = 1,
+                                    GemvVariant variant = GemvVariant::Plain);
 // Rows per warp of the k-quant GEMV: 4 for large matrices (activations
 // loaded once for four rows), fewer where that would leave SMs idle in
 // decode; always 4 with a token tile (the tiles fill the GPU, and each
@@ -68,11 +75,13 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
 unsigned gemvKQuantRowsPerWarp(int64_t outFeatures, int64_t tokenTile = 1);
 // y = W x for an f32, f16 or bf16 matrix (one warp per row).
 StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                                   int64_t tokenTile = 1, bool grouped = false);
+                                   int64_t tokenTile = 1,
+                                    GemvVariant variant = GemvVariant::Plain);
 // The decode GEMV of a matrix of `type` (q8_0, a k-quant, f32, f16 or bf16); an error for
 // types without a GPU GEMV.
 StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
-                              int64_t tokenTile = 1, bool grouped = false);
+                              int64_t tokenTile = 1,
+                                    GemvVariant variant = GemvVariant::Plain);
 bool hasGpuGemv(gguf::GgmlType type);
 // y = W x for a native FP8 (e4m3, 128x128 block scales) matrix; the decode
 // kernel of the fp8 family (one warp per row, kGemvRowsPerBlock rows per block).

@@ -64,9 +64,9 @@ TEST(NvrtcCompile, EveryDeepseekV3SpecializationCompilesForEveryArch) {
   // split decode core and its combine, cache append) + argmax + silu_mul and
   // add for 2 widths + 4 FP8 matrices, the prefill (token-tiled) GEMV of
   // each of the 18 GEMV matrices, and Q4_K experts on the GPU (their two
-  // GEMVs, their two grouped prefill GEMVs, the weighted sum and the routing
-  // counts).
-  EXPECT_EQ(specs->size(), 62u);
+  // GEMVs, their two grouped prefill GEMVs, the fused gate and up GEMV of
+  // decode, the weighted sum and the routing counts).
+  EXPECT_EQ(specs->size(), 63u);
   compileAll(*nvrtc, *specs);
 }
 
