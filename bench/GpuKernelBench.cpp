@@ -55,10 +55,11 @@ struct Result {
 // Seconds per launch of `kernel` over `launches` launches after 20 warm-up
 // ones, launch i reading weights[i % size]; `arguments` gives the kernel's
 // argument pointers for one weight buffer.
-StatusOr<double> timeLaunches(cuda::CudaDevice &device, const cuda::LoadedKernel &kernel,
-                              const cuda::LaunchShape &launch,
-                              std::vector<cuda::DevicePointer> weights, int launches,
-                              const std::function<std::vector<void *>(cuda::DevicePointer &)> &arguments) {
+StatusOr<double>
+timeLaunches(cuda::CudaDevice &device, const cuda::LoadedKernel &kernel,
+             const cuda::LaunchShape &launch, std::vector<cuda::DevicePointer> weights,
+             int launches,
+             const std::function<std::vector<void *>(cuda::DevicePointer &)> &arguments) {
   auto run = [&](int count) -> Status {
     for (int i = 0; i < count; ++i)
       if (Status s = device.launch(kernel, launch, arguments(weights[size_t(i) % weights.size()]));
@@ -77,7 +78,9 @@ StatusOr<double> timeLaunches(cuda::CudaDevice &device, const cuda::LoadedKernel
 } // namespace
 
 int main(int argc, char **argv) {
-  CLI::App app{"Times the GPU decode GEMVs, RMSNorm and MLA decode attention against the GPU's memory bandwidth"};
+  CLI::App app{"Times the GPU kernels: decode GEMVs, RMSNorm, MLA decode, the expert choice and "
+               "RoPE against the GPU's memory bandwidth; prefill GEMVs (token tiles, grouped "
+               "experts) and MLA prefill against its f32 FMA ceiling, all measured in the run"};
   bool json = false;
   int launches = 200;
   double ringMiB = 1024;
@@ -122,13 +125,15 @@ int main(int argc, char **argv) {
   (void)device.free(*a);
   (void)device.free(*b);
 
-  const Shape shapes[] = {{"q_a_proj 1536x7168", 1536, 7168},  {"q_b_proj 24576x1536", 24576, 1536},
-                          {"kv_a 576x7168", 576, 7168},         {"o_proj 7168x16384", 7168, 16384},
-                          {"shared gate 2048x7168", 2048, 7168}, {"shared down 7168x2048", 7168, 2048},
-                          {"lm_head 129280x7168", 129280, 7168}};
+  const Shape shapes[] = {
+      {"q_a_proj 1536x7168", 1536, 7168},    {"q_b_proj 24576x1536", 24576, 1536},
+      {"kv_a 576x7168", 576, 7168},          {"o_proj 7168x16384", 7168, 16384},
+      {"shared gate 2048x7168", 2048, 7168}, {"shared down 7168x2048", 7168, 2048},
+      {"lm_head 129280x7168", 129280, 7168}};
   std::mt19937_64 random(9);
   std::vector<Result> results;
-  auto compileAndLoad = [&](const StatusOr<cuda::KernelSpec> &spec) -> StatusOr<cuda::LoadedKernel> {
+  auto compileAndLoad =
+      [&](const StatusOr<cuda::KernelSpec> &spec) -> StatusOr<cuda::LoadedKernel> {
     if (!spec)
       return spec.status();
     StatusOr<cuda::CompiledKernel> compiled = cache.getOrCompile(*spec, arch);
@@ -164,7 +169,8 @@ int main(int argc, char **argv) {
       std::normal_distribution<float> normal(0.0f, 1.0f);
       for (float &v : xHost)
         v = normal(random);
-      StatusOr<cuda::DevicePointer> x = device.allocate(xHost.size() * 4), y = device.allocate(size_t(shape.out) * 4);
+      StatusOr<cuda::DevicePointer> x = device.allocate(xHost.size() * 4),
+                                    y = device.allocate(size_t(shape.out) * 4);
       if (!x || !y)
         return fail("cannot allocate x or y");
       (void)device.copyToDevice(*x, xHost.data(), xHost.size() * 4);
@@ -172,10 +178,10 @@ int main(int argc, char **argv) {
       launch.gridX = cuda::gemvGridBlocks(type, shape.out);
       launch.blockX = spec->blockThreads;
       cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
-      StatusOr<double> timed = timeLaunches(device, *kernel, launch, weights, launches,
-                                            [&](cuda::DevicePointer &w) {
-                                              return std::vector<void *>{&w, &*x, &*y, &layout};
-                                            });
+      StatusOr<double> timed =
+          timeLaunches(device, *kernel, launch, weights, launches, [&](cuda::DevicePointer &w) {
+            return std::vector<void *>{&w, &*x, &*y, &layout};
+          });
       if (!timed)
         return fail(timed.message());
       const double seconds = *timed;
@@ -218,7 +224,8 @@ int main(int argc, char **argv) {
       weights.push_back(*p);
     }
     std::vector<float> xHost(static_cast<size_t>(shape.in), 0.5f);
-    StatusOr<cuda::DevicePointer> s = device.allocate(scales.size() * 4), x = device.allocate(xHost.size() * 4),
+    StatusOr<cuda::DevicePointer> s = device.allocate(scales.size() * 4),
+                                  x = device.allocate(xHost.size() * 4),
                                   y = device.allocate(size_t(shape.out) * 4);
     if (!s || !x || !y)
       return fail("cannot allocate scales, x or y");
@@ -228,10 +235,10 @@ int main(int argc, char **argv) {
     launch.gridX = unsigned((shape.out + cuda::kGemvRowsPerBlock - 1) / cuda::kGemvRowsPerBlock);
     launch.blockX = spec->blockThreads;
     cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
-    StatusOr<double> timed = timeLaunches(device, *kernel, launch, weights, launches,
-                                          [&](cuda::DevicePointer &w) {
-                                            return std::vector<void *>{&w, &*s, &*x, &*y, &layout};
-                                          });
+    StatusOr<double> timed =
+        timeLaunches(device, *kernel, launch, weights, launches, [&](cuda::DevicePointer &w) {
+          return std::vector<void *>{&w, &*s, &*x, &*y, &layout};
+        });
     if (!timed)
       return fail(timed.message());
     const double seconds = *timed;
@@ -278,7 +285,8 @@ int main(int argc, char **argv) {
     const int64_t hidden = 7168, rows = 512;
     StatusOr<cuda::KernelSpec> spec = cuda::rmsNormSpec(hidden, 1e-6f);
     StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
-    StatusOr<cuda::DevicePointer> x = randomBuffer(size_t(rows * hidden)), w = randomBuffer(size_t(hidden));
+    StatusOr<cuda::DevicePointer> x = randomBuffer(size_t(rows * hidden)),
+                                  w = randomBuffer(size_t(hidden));
     StatusOr<cuda::DevicePointer> y = device.allocate(size_t(rows * hidden) * 4);
     if (!kernel || !x || !w || !y)
       return fail("cannot set up rms_norm");
@@ -292,8 +300,8 @@ int main(int argc, char **argv) {
     if (!timed)
       return fail(timed.message());
     const double bytes = 2.0 * rows * hidden * 4 + hidden * 4;
-    results.push_back({"f32", "rms_norm 512x7168", bytes / (1 << 20), bytes / *timed / 1e9,
-                       *timed * 1e6});
+    results.push_back(
+        {"f32", "rms_norm 512x7168", bytes / (1 << 20), bytes / *timed / 1e9, *timed * 1e6});
   }
   for (int positions : {4096, 32768}) {
     const int64_t heads = 128, kvLora = 512, rope = 64;
@@ -302,7 +310,8 @@ int main(int argc, char **argv) {
         cuda::mlaDecodeSplitSpec(kvLora, rope, scale, heads, "mla_decode_split");
     StatusOr<cuda::KernelSpec> combineSpec =
         cuda::mlaDecodeSplitSpec(kvLora, rope, scale, heads, "mla_combine");
-    StatusOr<cuda::LoadedKernel> split = compileAndLoad(splitSpec), combine = compileAndLoad(combineSpec);
+    StatusOr<cuda::LoadedKernel> split = compileAndLoad(splitSpec),
+                                 combine = compileAndLoad(combineSpec);
     if (!split || !combine)
       return fail(!split ? split.message() : combine.message());
     int chunks = int((positions + cuda::kMlaDecodeChunk - 1) / cuda::kMlaDecodeChunk);
@@ -310,7 +319,8 @@ int main(int argc, char **argv) {
                                   qRope = randomBuffer(size_t(heads * rope)),
                                   latent = randomBuffer(size_t(positions) * kvLora),
                                   ropeKey = randomBuffer(size_t(positions) * rope),
-                                  pieces = device.allocate(size_t(heads * chunks * (kvLora + 2)) * 4),
+                                  pieces =
+                                      device.allocate(size_t(heads * chunks * (kvLora + 2)) * 4),
                                   context = device.allocate(size_t(heads * kvLora) * 4),
                                   position = device.allocate(4);
     if (!q || !qRope || !latent || !ropeKey || !pieces || !context || !position)
@@ -324,8 +334,9 @@ int main(int argc, char **argv) {
     combineShape.gridX = unsigned(heads);
     combineShape.blockX = combineSpec->blockThreads;
     StatusOr<double> timed = timeRepeated([&]() -> Status {
-      if (Status s = device.launch(*split, splitShape,
-                                   {&*q, &*qRope, &headStride, &*latent, &*ropeKey, &*position, &*pieces});
+      if (Status s =
+              device.launch(*split, splitShape,
+                            {&*q, &*qRope, &headStride, &*latent, &*ropeKey, &*position, &*pieces});
           !s.ok())
         return s;
       return device.launch(*combine, combineShape, {&*pieces, &*position, &chunks, &*context});
@@ -340,13 +351,227 @@ int main(int argc, char **argv) {
       (void)device.free(p);
   }
 
+  // The small memory-bound kernels of a 4096-token prefill step: the expert
+  // choice (router logits in, ids and weights out) and RoPE over the
+  // queries' rope parts (read and written in place).
+  const int64_t stepTokens = 4096;
+  {
+    cuda::MoeGateShape gate{256, 8, 8, 4, true, true, true, 2.5f};
+    StatusOr<cuda::KernelSpec> spec = cuda::moeGateSpec(gate);
+    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+    StatusOr<cuda::DevicePointer> logits = randomBuffer(size_t(stepTokens * gate.experts)),
+                                  bias = randomBuffer(size_t(gate.experts)),
+                                  ids = device.allocate(size_t(stepTokens * gate.topK) * 4),
+                                  weights = device.allocate(size_t(stepTokens * gate.topK) * 4);
+    if (!kernel || !logits || !bias || !ids || !weights)
+      return fail("cannot set up moe_gate");
+    cuda::LaunchShape shape;
+    shape.gridX = unsigned(stepTokens);
+    shape.blockX = spec->blockThreads;
+    StatusOr<double> timed = timeRepeated([&] {
+      return device.launch(*kernel, shape, {&*logits, &*bias, &*ids, &*weights});
+    });
+    if (!timed)
+      return fail(timed.message());
+    const double bytes = double(stepTokens) * (gate.experts + 2 * gate.topK) * 4;
+    results.push_back(
+        {"f32", "moe_gate 4096x256", bytes / (1 << 20), bytes / *timed / 1e9, *timed * 1e6});
+    for (cuda::DevicePointer p : {*logits, *bias, *ids, *weights})
+      (void)device.free(p);
+  }
+  {
+    const int64_t heads = 128, nope = 128, dims = 64;
+    StatusOr<cuda::KernelSpec> spec = cuda::ropeSpec({dims, heads, nope + dims, nope, 1.0f});
+    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+    std::vector<int32_t> positionsHost(static_cast<size_t>(stepTokens));
+    for (size_t i = 0; i < positionsHost.size(); ++i)
+      positionsHost[i] = int32_t(i);
+    StatusOr<cuda::DevicePointer> q = randomBuffer(size_t(stepTokens * heads * (nope + dims))),
+                                  frequencies = randomBuffer(size_t(dims / 2)),
+                                  positions = device.allocate(positionsHost.size() * 4);
+    if (!kernel || !q || !frequencies || !positions)
+      return fail("cannot set up rope");
+    (void)device.copyToDevice(*positions, positionsHost.data(), positionsHost.size() * 4);
+    int tokens = int(stepTokens);
+    cuda::LaunchShape shape;
+    shape.gridX =
+        unsigned((stepTokens * heads * (dims / 2) + spec->blockThreads - 1) / spec->blockThreads);
+    shape.blockX = spec->blockThreads;
+    StatusOr<double> timed = timeRepeated([&] {
+      return device.launch(*kernel, shape, {&*q, &*positions, &*frequencies, &tokens});
+    });
+    if (!timed)
+      return fail(timed.message());
+    const double bytes = 2.0 * stepTokens * heads * dims * 4 + stepTokens * 4;
+    results.push_back(
+        {"f32", "rope 4096x128 heads", bytes / (1 << 20), bytes / *timed / 1e9, *timed * 1e6});
+    for (cuda::DevicePointer p : {*q, *frequencies, *positions})
+      (void)device.free(p);
+  }
+
+  // Compute-bound kernels against the f32 FMA ceiling measured here: the
+  // prefill GEMVs (tiles of 8 tokens, and tiles of 8 choices of one routed
+  // expert) and MLA prefill attention.
+  struct Computed {
+    std::string name;
+    double gflop, microseconds;
+  };
+  std::vector<Computed> computed;
+  double ceiling = 0; // FLOP/s
+  {
+    const int64_t iterations = 4096;
+    const unsigned blocks = 8192;
+    StatusOr<cuda::KernelSpec> spec = cuda::fmaCeilingSpec(iterations);
+    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+    StatusOr<cuda::DevicePointer> out = device.allocate(size_t(blocks) * spec->blockThreads * 4);
+    if (!kernel || !out)
+      return fail("cannot set up the FMA ceiling");
+    float seed = 1.0f;
+    cuda::LaunchShape shape;
+    shape.gridX = blocks;
+    shape.blockX = spec->blockThreads;
+    StatusOr<double> timed = timeRepeated([&] {
+      return device.launch(*kernel, shape, {&*out, &seed});
+    });
+    if (!timed)
+      return fail(timed.message());
+    ceiling = 2.0 * blocks * spec->blockThreads * iterations * cuda::kFmaCeilingChains / *timed;
+    (void)device.free(*out);
+  }
+  // A random matrix stack of `type` in GPU memory (`count` matrices of out x in).
+  auto randomWeights = [&](gguf::GgmlType type, int64_t out, int64_t in,
+                           int64_t count) -> StatusOr<cuda::DevicePointer> {
+    const size_t bytes = *gguf::ggmlRowBytes(type, in) * size_t(out);
+    std::vector<uint8_t> host(bytes);
+    for (size_t i = 0; i + 8 <= host.size(); i += 8) {
+      uint64_t word = random();
+      std::memcpy(host.data() + i, &word, 8);
+    }
+    bench::makeScalesFinite(type, host.data(), host.size(), 0x1800);
+    StatusOr<cuda::DevicePointer> p = device.allocate(bytes * size_t(count));
+    if (!p)
+      return p;
+    for (int64_t c = 0; c < count; ++c)
+      if (Status s = device.copyToDevice(*p + c * bytes, host.data(), bytes); !s.ok())
+        return s;
+    return p;
+  };
+  const int64_t prefillTokens = 512;
+  for (gguf::GgmlType type : {gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_K, gguf::GgmlType::Q6_K})
+    for (const Shape &shape : {shapes[3], shapes[4]}) { // o_proj, shared gate
+      StatusOr<cuda::KernelSpec> spec =
+          cuda::gemvSpec(type, shape.out, shape.in, cuda::kGemvPrefillTokenTile);
+      StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+      StatusOr<cuda::DevicePointer> w = randomWeights(type, shape.out, shape.in, 1),
+                                    x = randomBuffer(size_t(prefillTokens * shape.in)),
+                                    y = device.allocate(size_t(prefillTokens * shape.out) * 4);
+      if (!kernel || !w || !x || !y)
+        return fail("cannot set up the prefill GEMV");
+      cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0, int(prefillTokens)};
+      cuda::LaunchShape launch;
+      launch.gridX = cuda::gemvGridBlocks(type, shape.out, cuda::kGemvPrefillTokenTile);
+      launch.gridY = unsigned(prefillTokens / cuda::kGemvPrefillTokenTile);
+      launch.blockX = spec->blockThreads;
+      StatusOr<double> timed = timeRepeated([&] {
+        return device.launch(*kernel, launch, {&*w, &*x, &*y, &layout});
+      });
+      if (!timed)
+        return fail(timed.message());
+      computed.push_back({std::string(gguf::ggmlTypeName(type)) + " prefill " + shape.name,
+                          2.0 * prefillTokens * shape.out * shape.in / 1e9, *timed * 1e6});
+      for (cuda::DevicePointer p : {*w, *x, *y})
+        (void)device.free(p);
+    }
+  {
+    // 512 tokens choosing 8 of 256 Q4_K experts (2048 x 7168 each) at random.
+    const int64_t experts = 256, topK = 8, out = 2048, in = 7168;
+    const int64_t assignments = prefillTokens * topK;
+    std::vector<int32_t> chosen(static_cast<size_t>(assignments));
+    std::uniform_int_distribution<int32_t> expert(0, int32_t(experts - 1));
+    for (int32_t &e : chosen)
+      e = expert(random);
+    std::vector<int32_t> tiles(size_t(assignments * (1 + cuda::kGemvPrefillTokenTile)));
+    const int64_t tileCount = cuda::groupAssignments(chosen.data(), assignments, tiles.data());
+    StatusOr<cuda::KernelSpec> spec = cuda::gemvSpec(
+        gguf::GgmlType::Q4_K, out, in, cuda::kGemvPrefillTokenTile, cuda::GemvVariant::Grouped);
+    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+    StatusOr<cuda::DevicePointer> w = randomWeights(gguf::GgmlType::Q4_K, out, in, experts),
+                                  x = randomBuffer(size_t(prefillTokens * in)),
+                                  y = device.allocate(size_t(assignments * out) * 4),
+                                  groups = device.allocate(tiles.size() * 4);
+    if (!kernel || !w || !x || !y || !groups)
+      return fail("cannot set up the grouped expert GEMV");
+    (void)device.copyToDevice(*groups, tiles.data(), tiles.size() * 4);
+    cuda::GemvLayout layout{int(in), int(out), 0, 0, 0};
+    layout.groups = *groups;
+    layout.assignmentsPerX = int(topK);
+    cuda::LaunchShape launch;
+    launch.gridX = cuda::gemvGridBlocks(gguf::GgmlType::Q4_K, out, cuda::kGemvPrefillTokenTile);
+    launch.gridY = unsigned(tileCount);
+    launch.blockX = spec->blockThreads;
+    StatusOr<double> timed = timeRepeated([&] {
+      return device.launch(*kernel, launch, {&*w, &*x, &*y, &layout});
+    });
+    if (!timed)
+      return fail(timed.message());
+    computed.push_back({"q4_K grouped experts 512 tok x 8 of 256, 2048x7168",
+                        2.0 * assignments * out * in / 1e9, *timed * 1e6});
+    for (cuda::DevicePointer p : {*w, *x, *y, *groups})
+      (void)device.free(p);
+  }
+  {
+    // MLA prefill of 512 tokens at positions 0..511, V3's 128 heads.
+    const int64_t heads = 128, kvLora = 512, rope = 64, tokens = prefillTokens;
+    StatusOr<cuda::KernelSpec> spec = cuda::mlaPrefillSpec(kvLora, rope, 0.1352f, heads);
+    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+    StatusOr<cuda::DevicePointer> qLatent = randomBuffer(size_t(tokens * heads * kvLora)),
+                                  qRope = randomBuffer(size_t(tokens * heads * rope)),
+                                  latent = randomBuffer(size_t(tokens * kvLora)),
+                                  ropeKey = randomBuffer(size_t(tokens * rope)),
+                                  context = device.allocate(size_t(tokens * heads * kvLora) * 4);
+    if (!kernel || !qLatent || !qRope || !latent || !ropeKey || !context)
+      return fail("cannot set up mla_prefill");
+    int headStride = int(rope), tokenStride = int(heads * rope), firstPositions = 1;
+    cuda::LaunchShape launch;
+    launch.gridX = unsigned(heads / cuda::mlaHeadsPerBlock(heads));
+    launch.gridY = unsigned(tokens);
+    launch.blockX = spec->blockThreads;
+    StatusOr<double> timed = timeRepeated([&] {
+      return device.launch(*kernel, launch,
+                           {&*qLatent, &*qRope, &headStride, &tokenStride, &*latent, &*ropeKey,
+                            &firstPositions, &*context});
+    });
+    if (!timed)
+      return fail(timed.message());
+    // Scores over latent and rope parts, then the weighted latent sum.
+    const double pairs = double(tokens) * double(tokens + 1) / 2 * heads;
+    computed.push_back({"mla_prefill 512 tok, 128 heads",
+                        pairs * (2.0 * (kvLora + rope) + 2.0 * kvLora) / 1e9, *timed * 1e6});
+    for (cuda::DevicePointer p : {*qLatent, *qRope, *latent, *ropeKey, *context})
+      (void)device.free(p);
+  }
+
   if (json) {
-    nlohmann::json out = {{"gpu", gpus[0].name}, {"arch", arch},
-                          {"copy_bandwidth_gbs", bandwidth / 1e9}, {"results", nlohmann::json::array()}};
+    nlohmann::json out = {{"gpu", gpus[0].name},
+                          {"arch", arch},
+                          {"copy_bandwidth_gbs", bandwidth / 1e9},
+                          {"results", nlohmann::json::array()}};
     for (const Result &r : results)
-      out["results"].push_back({{"type", r.type}, {"shape", r.shape}, {"mib", r.mib},
-                                {"microseconds", r.microseconds}, {"gbs", r.gbs},
+      out["results"].push_back({{"type", r.type},
+                                {"shape", r.shape},
+                                {"mib", r.mib},
+                                {"microseconds", r.microseconds},
+                                {"gbs", r.gbs},
                                 {"ratio_to_copy", r.gbs * 1e9 / bandwidth}});
+    out["fma_ceiling_tflops"] = ceiling / 1e12;
+    out["compute"] = nlohmann::json::array();
+    for (const Computed &c : computed)
+      out["compute"].push_back(
+          {{"kernel", c.name},
+           {"gflop", c.gflop},
+           {"microseconds", c.microseconds},
+           {"tflops", c.gflop / c.microseconds / 1e3},
+           {"ratio_to_fma_ceiling", c.gflop * 1e9 / (c.microseconds * 1e-6) / ceiling}});
     std::printf("%s\n", out.dump(1).c_str());
     return 0;
   }
@@ -356,5 +581,12 @@ int main(int argc, char **argv) {
   for (const Result &r : results)
     std::printf("%-6s %-24s %9.1f %10.1f %10.0f %7.0f%%\n", r.type.c_str(), r.shape.c_str(), r.mib,
                 r.microseconds, r.gbs, 100 * r.gbs * 1e9 / bandwidth);
+  std::printf("f32 FMA ceiling %.1f TFLOP/s (independent FMA chains)\n", ceiling / 1e12);
+  std::printf("%-52s %8s %10s %9s %8s\n", "kernel", "GFLOP", "us", "TFLOP/s", "of FMA");
+  for (const Computed &c : computed) {
+    const double flops = c.gflop * 1e9 / (c.microseconds * 1e-6);
+    std::printf("%-52s %8.1f %10.1f %9.2f %7.0f%%\n", c.name.c_str(), c.gflop, c.microseconds,
+                flops / 1e12, 100 * flops / ceiling);
+  }
   return 0;
 }

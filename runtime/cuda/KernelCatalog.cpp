@@ -176,6 +176,14 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
       kGemvRowsPerBlock * 32);
 }
 
+StatusOr<KernelSpec> fmaCeilingSpec(int64_t iterations) {
+  if (iterations <= 0 || iterations > INT32_MAX)
+    return Status::error("the FMA ceiling kernel takes 1 to 2^31 - 1 steps, not " +
+                         integer(iterations) + ".");
+  return makeKernelSpec("fma_ceiling.cu", "fma_ceiling",
+                        {{"ITERATIONS", integer(iterations)}, {"BLOCK_THREADS", "256"}}, 256);
+}
+
 StatusOr<KernelSpec> moeGateSpec(const MoeGateShape &g) {
   if (g.experts <= 0 || g.experts > 1024 || g.topK <= 0 || g.groups <= 0 ||
       g.experts % g.groups != 0 || g.groupsUsed <= 0 || g.groupsUsed > g.groups ||

@@ -89,6 +89,12 @@ StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows.
 unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t tokenTile = 1);
 
+// A kernel of independent f32 FMA chains, `iterations` steps of 8 per
+// thread: the FLOP ceiling benchmarks compare compute-bound kernels with
+// (2 FLOP per FMA).
+StatusOr<KernelSpec> fmaCeilingSpec(int64_t iterations);
+constexpr int64_t kFmaCeilingChains = 8;
+
 // DeepSeek's expert choice from router logits (one block per token; the
 // runtime/cpu/MoeRouting rules).
 struct MoeGateShape {

@@ -55,6 +55,16 @@ void compileAll(const Nvrtc &nvrtc, const std::vector<KernelSpec> &specs) {
   }
 }
 
+// The benchmarks' FLOP ceiling kernel (bench/GpuKernelBench.cpp) compiles
+// too, and bad step counts are refused.
+TEST(NvrtcCompile, FmaCeilingKernelCompilesForEveryArch) {
+  REQUIRE_NVRTC(nvrtc);
+  StatusOr<KernelSpec> spec = fmaCeilingSpec(4096);
+  ASSERT_TRUE(spec.ok()) << spec.message();
+  compileAll(*nvrtc, {*spec});
+  EXPECT_FALSE(fmaCeilingSpec(0).ok());
+}
+
 TEST(NvrtcCompile, EveryDeepseekV3SpecializationCompilesForEveryArch) {
   REQUIRE_NVRTC(nvrtc);
   auto specs = allKernelSpecializations(test::deepseekV3Shapes());
