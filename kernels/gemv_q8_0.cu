@@ -1,13 +1,16 @@
 // y = W x for a GGUF Q8_0 matrix W of OUT_FEATURES rows of IN_FEATURES values
 // (row-major, each row IN_FEATURES/32 blocks of 34 bytes: f16 scale, 32 int8).
 // Weights are dequantized in registers, never expanded in memory.
-// One warp per output row; four lanes share a block (8 values each), so a
-// warp reads 8 consecutive blocks (272 contiguous bytes) per step, and the
-// steps are unrolled so that all of a row's loads are in flight together.
+// Decode: one warp per output row; four lanes share a block (8 values each),
+// so a warp reads 8 consecutive blocks (272 contiguous bytes) per step, and
+// the steps are unrolled so that all of a row's loads are in flight together.
+// Prefill (a token tile): ROWS_PER_WARP rows per warp, so that each
+// activation loaded serves all of them.
 // Specialization defines:
 //   IN_FEATURES     columns (a multiple of 32)
 //   OUT_FEATURES    rows
-//   ROWS_PER_BLOCK  warps (rows) per thread block
+//   ROWS_PER_BLOCK  warps per thread block
+//   ROWS_PER_WARP   rows per warp (token tiles only)
 //   TOKEN_TILE      tokens per block (each weight block read once for all)
 //   GROUPED, GATE_UP  optional: tiles of grouped assignments, or the fused
 //                   gate and up products of routed experts (common.cuh)
@@ -25,6 +28,10 @@
 #ifndef TOKEN_TILE
 #define TOKEN_TILE 1
 #endif
+#ifndef ROWS_PER_WARP
+#define ROWS_PER_WARP 1
+#endif
+static_assert(TOKEN_TILE > 1 || ROWS_PER_WARP == 1, "decode takes one row per warp");
 
 static_assert(IN_FEATURES % kt::kQ8_0BlockElements == 0, "Q8_0 rows are whole blocks");
 constexpr int kBlocksPerRow = IN_FEATURES / kt::kQ8_0BlockElements;
@@ -50,6 +57,54 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
           float *__restrict__ y, kt::GemvLayout layout) {
   const int lane = threadIdx.x % 32;
+#if TOKEN_TILE > 1
+  const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32) * ROWS_PER_WARP;
+  if (firstRow >= OUT_FEATURES)
+    return;
+  long long headRow;
+  KT_GEMV_TOKENS(TOKEN_TILE, OUT_FEATURES, headRow);
+  if (tokens <= 0) // the whole block: a slot without a matrix
+    return;
+  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + firstRow) * kRowBytes;
+  float sums[TOKEN_TILE][ROWS_PER_WARP];
+#pragma unroll
+  for (int t = 0; t < TOKEN_TILE; ++t)
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; ++r)
+      sums[t][r] = 0.0f;
+  const int quarter = lane % 4;
+#pragma unroll 2
+  for (int b = lane / 4; b < kBlocksPerRow; b += 8) {
+    float w[ROWS_PER_WARP][8], scale[ROWS_PER_WARP];
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; ++r)
+      scale[r] = firstRow + r < OUT_FEATURES
+                     ? blockWeights(rowBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, w[r])
+                     : 0.0f;
+#pragma unroll
+    for (int t = 0; t < TOKEN_TILE; ++t) {
+      if (t >= tokens)
+        break;
+      const float *xs = KT_GEMV_X(t) + b * kt::kQ8_0BlockElements + 8 * quarter;
+      const float4 x0 = *reinterpret_cast<const float4 *>(xs),
+                   x1 = *reinterpret_cast<const float4 *>(xs + 4);
+#pragma unroll
+      for (int r = 0; r < ROWS_PER_WARP; ++r)
+        if (firstRow + r < OUT_FEATURES)
+          sums[t][r] += scale[r] * (w[r][0] * x0.x + w[r][1] * x0.y + w[r][2] * x0.z +
+                                    w[r][3] * x0.w + w[r][4] * x1.x + w[r][5] * x1.y +
+                                    w[r][6] * x1.z + w[r][7] * x1.w);
+    }
+  }
+#pragma unroll
+  for (int t = 0; t < TOKEN_TILE; ++t)
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; ++r) {
+      const float sum = kt::warpSum(sums[t][r]);
+      if (lane == 0 && t < tokens && firstRow + r < OUT_FEATURES)
+        KT_GEMV_Y(t)[firstRow + r] = sum;
+    }
+#else
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
   if (row >= OUT_FEATURES)
     return;
@@ -69,14 +124,10 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
   for (int t = 0; t < TOKEN_TILE; ++t)
     sums[t] = 0.0f;
   const int quarter = lane % 4;
-  // Decode unrolls the whole row so that all its loads are in flight; a
-  // token tile has work enough per step, and full unrolling would only
-  // make NVRTC slow.
-#if TOKEN_TILE > 1
-#pragma unroll 2
-#else
+  // The whole row unrolled, so that all its loads are in flight (a token
+  // tile, above, has work enough per step; unrolling it would only make
+  // NVRTC slow).
 #pragma unroll
-#endif
   for (int b = lane / 4; b < kBlocksPerRow; b += 8) {
     float w[8];
     const float scale = blockWeights(rowBytes + b * kt::kQ8_0BlockBytes, quarter, w);
@@ -110,4 +161,5 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
     if (lane == 0 && t < tokens)
       KT_GEMV_Y(t)[row] = sum;
   }
+#endif
 }

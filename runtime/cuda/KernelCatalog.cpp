@@ -143,11 +143,13 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64
     return Status::error("q8_0 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 32-value "
                          "blocks.");
-  return makeKernelSpec("gemv_q8_0.cu", "gemv_q8_0",
-                        withTokenTile({{"IN_FEATURES", integer(inFeatures)},
-                                       {"OUT_FEATURES", integer(outFeatures)},
-                                       {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
-                                      tokenTile, variant),
+  std::map<std::string, std::string> defines = {
+      {"IN_FEATURES", integer(inFeatures)},
+      {"OUT_FEATURES", integer(outFeatures)},
+      {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}};
+  if (tokenTile > 1) // prefill: rows per warp share the activations
+    defines["ROWS_PER_WARP"] = std::to_string(gemvQ8_0RowsPerWarp(tokenTile));
+  return makeKernelSpec("gemv_q8_0.cu", "gemv_q8_0", withTokenTile(defines, tokenTile, variant),
                         kGemvRowsPerBlock * 32);
 }
 
@@ -339,11 +341,15 @@ int64_t groupAssignments(const int32_t *matrixOf, int64_t assignments, int32_t *
   return count;
 }
 
+unsigned gemvQ8_0RowsPerWarp(int64_t tokenTile) { return tokenTile > 1 ? 4 : 1; }
+
 unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t tokenTile) {
   const bool kQuant =
       type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K;
-  const int64_t rowsPerBlock =
-      int64_t(kGemvRowsPerBlock) * (kQuant ? gemvKQuantRowsPerWarp(outFeatures, tokenTile) : 1);
+  const unsigned rowsPerWarp = kQuant ? gemvKQuantRowsPerWarp(outFeatures, tokenTile)
+                               : type == gguf::GgmlType::Q8_0 ? gemvQ8_0RowsPerWarp(tokenTile)
+                                                              : 1;
+  const int64_t rowsPerBlock = int64_t(kGemvRowsPerBlock) * rowsPerWarp;
   return static_cast<unsigned>((outFeatures + rowsPerBlock - 1) / rowsPerBlock);
 }
 
