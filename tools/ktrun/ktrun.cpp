@@ -39,6 +39,19 @@ void report(const TurnResult &turn) {
                rate(turn.generatedIds.size(), turn.decodeSeconds).c_str());
 }
 
+// What the GPU expert cache holds, once it is filled (after the first
+// prompt, whose routing chose the experts, or at load from a profile).
+void reportExpertCache(const kt::exec::Executor &executor) {
+  static bool reported = false;
+  const kt::exec::ExpertCacheStats cache = executor.expertCacheStats();
+  if (reported || !cache.filled)
+    return;
+  reported = true;
+  std::fprintf(stderr, "[GPU expert cache: %lld experts, %s, filled in %.2f s]\n",
+               static_cast<long long>(cache.experts), kt::formatByteSize(cache.bytes).c_str(),
+               cache.fillSeconds);
+}
+
 int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, bool json) {
   auto print = [&](const std::string &text) {
     if (!json) {
@@ -61,10 +74,18 @@ int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, b
         {"generated_expert_layers", session.executor().generatedExpertLayers()},
         {"device", session.executor().deviceDescription()},
     };
+    if (const kt::exec::ExpertCacheStats cache = session.executor().expertCacheStats();
+        cache.enabled)
+      out["gpu_expert_cache"] = {{"experts", cache.experts},
+                                 {"bytes", cache.bytes},
+                                 {"fill_seconds", cache.fillSeconds},
+                                 {"choices", cache.selections},
+                                 {"choices_on_gpu", cache.gpuSelections}};
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::printf("\n");
     report(*turn);
+    reportExpertCache(session.executor());
   }
   return 0;
 }
@@ -103,6 +124,7 @@ int chat(Session &session, int64_t maxNewTokens) {
       continue;
     }
     report(*turn);
+    reportExpertCache(session.executor());
   }
   return 0;
 }
