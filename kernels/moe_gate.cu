@@ -71,10 +71,33 @@ moe_gate(const float *__restrict__ logits, const float *__restrict__ bias,
   __syncthreads();
 
 #if GROUPS > 1 && GROUPS_USED < GROUPS
-  // Group scores, then the worst groups dropped one by one (the higher index
-  // loses a tie).
-  if (e == 0) {
-    float groupScores[GROUPS];
+  // Group scores (the top selection score of each group's members, plus the
+  // second for sigmoid), then the worst groups dropped one by one (the higher
+  // index loses a tie), then their experts masked.
+  __shared__ float groupScores[GROUPS];
+  __shared__ bool groupDropped[GROUPS];
+#if EXPERTS / GROUPS <= 32
+  // A warp per group: its members one per lane (the lower index wins a tie).
+  for (int g = e / 32; g < GROUPS; g += kWarps) {
+    const int lane = e % 32;
+    const float value = lane < kPerGroup ? selection[g * kPerGroup + lane] : kMinusInfinity;
+    float best = value;
+    int bestIndex = lane < kPerGroup ? lane : 32;
+    kt::warpArgmax(best, bestIndex);
+    float groupScore = best;
+#if SIGMOID
+    if (kPerGroup > 1) {
+      float second = lane == bestIndex ? kMinusInfinity : value;
+      int secondIndex = lane == bestIndex || lane >= kPerGroup ? 32 : lane;
+      kt::warpArgmax(second, secondIndex);
+      groupScore += second;
+    }
+#endif
+    if (lane == 0)
+      groupScores[g] = groupScore;
+  }
+#else
+  if (e == 0)
     for (int g = 0; g < GROUPS; ++g) {
       const float *member = selection + g * kPerGroup;
       int first = 0;
@@ -83,26 +106,30 @@ moe_gate(const float *__restrict__ logits, const float *__restrict__ bias,
           first = i;
       float value = member[first];
 #if SIGMOID
-      if (kPerGroup > 1) {
-        int second = -1;
-        for (int i = 0; i < kPerGroup; ++i)
-          if (i != first && (second < 0 || member[i] > member[second]))
-            second = i;
-        value += member[second];
-      }
+      int second = -1;
+      for (int i = 0; i < kPerGroup; ++i)
+        if (i != first && (second < 0 || member[i] > member[second]))
+          second = i;
+      value += member[second];
 #endif
       groupScores[g] = value;
     }
+#endif
+  __syncthreads();
+  if (e == 0) {
+    for (int g = 0; g < GROUPS; ++g)
+      groupDropped[g] = false;
     for (int dropped = 0; dropped < GROUPS - GROUPS_USED; ++dropped) {
       int worst = -1;
       for (int g = 0; g < GROUPS; ++g)
-        if (groupScores[g] != kMinusInfinity && (worst < 0 || groupScores[g] <= groupScores[worst]))
+        if (!groupDropped[g] && (worst < 0 || groupScores[g] <= groupScores[worst]))
           worst = g;
-      groupScores[worst] = kMinusInfinity;
-      for (int i = 0; i < kPerGroup; ++i)
-        selection[worst * kPerGroup + i] = kMinusInfinity;
+      groupDropped[worst] = true;
     }
   }
+  __syncthreads();
+  if (e < EXPERTS && groupDropped[e / kPerGroup])
+    selection[e] = kMinusInfinity;
   __syncthreads();
 #endif
 
