@@ -23,6 +23,7 @@
 #include <map>
 #include <optional>
 #include <set>
+#include <tuple>
 
 namespace kt::cuda {
 
@@ -82,6 +83,7 @@ struct StepContext {
   int64_t rows = 0;              // tokens of this step, all sequences
   std::vector<Segment> segments; // in row order, covering every row once
   bool lastTokenOnly = false;    // lm_head: each segment's last token's logits only
+  bool decode = false;           // one token of each sequence: graphs may replay it
   const int32_t *tokens = nullptr;
 };
 
@@ -241,7 +243,11 @@ public:
   Status fillExpertCache(const std::vector<exec::RoutingStats> &counts);
   // Without a profile, the first prefill's routing chooses the experts.
   Status fillExpertCacheAfterPrefill();
-  std::map<std::pair<size_t, size_t>, CapturedGraph> graphs; // (first step, sequence)
+  // Decode graphs by (first step, the step's sequences in row order, lm_head
+  // on last tokens only): a batch of sequences replays graphs of its own.
+  std::map<std::tuple<size_t, std::vector<size_t>, bool>, CapturedGraph> graphs;
+  size_t batchGraphs = 0; // of several sequences, at most kMaxBatchGraphs
+  static constexpr size_t kMaxBatchGraphs = 256;
   HybridExecutor::GraphStats graphStats;
 
   // Runs steps [begin, end) as a CUDA graph: captured on first use for
@@ -1028,9 +1034,10 @@ public:
     const DevicePointer g = m.scratch, u = g + DevicePointer(choices * ffn) * 4,
                         d = u + DevicePointer(choices * ffn) * 4;
     const uint64_t ids = in[1]->gpu;
-    if (rows > 1) {
+    if (!ctx.decode) {
       // Prefill: the choices grouped by expert (ids read back to the host),
-      // each expert's matrices read once per tile of its choices.
+      // each expert's matrices read once per tile of its choices. (Decode,
+      // one token per sequence, keeps the ids on the device for its graphs.)
       hostIds.resize(size_t(choices));
       if (Status s = m.device->copyToHost(hostIds.data(), ids, size_t(choices) * 4); !s.ok())
         return s;
@@ -1840,10 +1847,20 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
 }
 
 Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx) {
-  const auto key = std::make_pair(begin, ctx.segments.front().sequence);
+  std::vector<size_t> sequenceOrder;
+  for (const Segment &segment : ctx.segments)
+    sequenceOrder.push_back(segment.sequence);
+  auto key = std::make_tuple(begin, std::move(sequenceOrder), ctx.lastTokenOnly);
   if (Status s = use(steps[begin].gpu); !s.ok()) // the graph's stream
     return s;
   auto it = graphs.find(key);
+  if (it == graphs.end() && ctx.segments.size() > 1) {
+    // A server's batches come in many combinations: past the bound, new
+    // ones launch kernel by kernel instead of holding ever more graphs.
+    if (batchGraphs >= kMaxBatchGraphs)
+      return runSteps(begin, end, ctx);
+    ++batchGraphs;
+  }
   if (it == graphs.end()) {
     if (Status s = device->beginCapture(); !s.ok())
       return s;
@@ -1853,7 +1870,7 @@ Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx
       return recorded;
     if (!graph)
       return graph.status();
-    it = graphs.emplace(key, *graph).first;
+    it = graphs.emplace(std::move(key), *graph).first;
     ++graphStats.captured;
   }
   ++graphStats.launched;
@@ -1886,10 +1903,12 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
         !s.ok())
       return s;
   }
-  // Single-sequence decode steps replay their GPU regions as CUDA graphs
-  // (per sequence: the caches differ); profiling waits for each step, so it
-  // runs them one by one.
-  const bool replay = cudaGraphs && ctx.rows == 1 && !profiling;
+  // Decode steps (one token of each sequence) replay their GPU regions as
+  // CUDA graphs, one per sequence or batch of sequences (the caches differ);
+  // profiling waits for each step, so it runs them one by one.
+  ctx.decode = std::all_of(ctx.segments.begin(), ctx.segments.end(),
+                           [](const Segment &segment) { return segment.count == 1; });
+  const bool replay = cudaGraphs && ctx.decode && !profiling;
   for (size_t i = 0; i < steps.size();) {
     size_t end = i + 1;
     if (replay && steps[i].graphRegion >= 0 && steps[i].step->capturable()) {

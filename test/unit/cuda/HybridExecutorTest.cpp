@@ -409,6 +409,44 @@ TEST(HybridExecutor, BatchedSequencesMatchSeparateRuns) {
   EXPECT_EQ(gpu->position(0), 10);
   EXPECT_EQ(gpu->position(1), 13);
   EXPECT_EQ(gpu->position(2), 5);
+  // The batch's decode steps replayed graphs of their own.
+  EXPECT_GT(dynamic_cast<HybridExecutor &>(*gpu).graphStats().launched, 0u);
+}
+
+// Batched decode replayed as CUDA graphs gives the logits of batched decode
+// launched kernel by kernel, bit for bit, also when the batch changes.
+TEST(HybridExecutor, BatchedDecodeGraphsReplayExactly) {
+  KT_REQUIRE_GPU();
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.layerCount = 6;
+  ModelPair pair;
+  buildPair("tiny-batch-graphs", config, pair, "rules/DeepSeek-V3-Chat-gpu-experts-4-10.yaml");
+  exec::ExecutorOptions graphed, plain;
+  graphed.sequences = plain.sequences = 3;
+  plain.cudaGraphs = false;
+  std::unique_ptr<exec::Executor> a = open(pair.gpu, graphed), b = open(pair.gpu, plain);
+  ASSERT_TRUE(a && b);
+  const std::vector<exec::SequenceTokens> prompts = {
+      {0, cpu::test::sampleTokens(5, 1)}, {1, cpu::test::sampleTokens(7, 2)},
+      {2, cpu::test::sampleTokens(3, 3)}};
+  StatusOr<std::vector<float>> x = a->forwardBatch(prompts), y = b->forwardBatch(prompts);
+  ASSERT_TRUE(x.ok() && y.ok());
+  const int64_t vocab = a->vocabSize();
+  // Steps of all three, then of two (another batch, so other graphs), twice each.
+  for (const std::vector<int> &batch :
+       {std::vector<int>{0, 1, 2}, {0, 1, 2}, {0, 2}, {0, 2}, {0, 1, 2}}) {
+    std::vector<exec::SequenceTokens> step;
+    for (int sequence : batch)
+      step.push_back({sequence, {int32_t((sequence * 7 + a->position(sequence)) % vocab)}});
+    x = a->forwardBatch(step);
+    y = b->forwardBatch(step);
+    ASSERT_TRUE(x.ok()) << x.message();
+    ASSERT_TRUE(y.ok()) << y.message();
+    EXPECT_EQ(*x, *y);
+  }
+  const HybridExecutor::GraphStats stats = dynamic_cast<HybridExecutor &>(*a).graphStats();
+  EXPECT_GT(stats.launched, stats.captured) << "the repeated batches replayed their graphs";
+  EXPECT_EQ(dynamic_cast<HybridExecutor &>(*b).graphStats().launched, 0u);
 }
 
 // The server steps the model on its scheduler thread, not the one that
