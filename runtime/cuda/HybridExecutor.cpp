@@ -261,7 +261,15 @@ public:
   // each segment's rows in order, at most chunkSize in all); writes each
   // segment's last logits, or every token's.
   Status runStep(const int32_t *tokens, std::vector<Segment> segments, bool lastTokenOnly,
-                 float *logits);
+                 float *logits, int32_t *greedyIds = nullptr);
+  // forwardBatch() and forwardGreedy(): each entry's last logits into
+  // `logits`, or with `greedyIds` its most likely token.
+  Status runBatch(const std::vector<exec::SequenceTokens> &batch, float *logits,
+                  int32_t *greedyIds);
+  // Greedy sampling on the GPU where the logits are (plans that list argmax).
+  const Kernel *argmax = nullptr;
+  DevicePointer argmaxIds = 0; // int32 per sequence, on the logits' GPU
+  std::vector<float> hostLogits; // greedy without the kernel: the logits, then argmax here
 
   // The loaded kernel of `spec`, compiled or read from the cache; the plan
   // must list the specialization (else it comes from another ktc).
@@ -1631,8 +1639,25 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       auto head = std::make_unique<LmHeadStep>();
       head->hidden = in[0]->width;
       const gguf::TensorInfo *weight = b.tensor("weight", 2);
-      if (weight)
+      if (weight) {
         head->w = loader.load("weight", head->hidden, weight->ne[1]);
+        // Greedy decoding's argmax, where the plan lists it (ktc adds it).
+        const StatusOr<KernelSpec> greedy = argmaxSpec(weight->ne[1]);
+        const bool listed =
+            greedy && std::any_of(plan->kernelSpecializations.begin(),
+                                  plan->kernelSpecializations.end(),
+                                  [&](const plan::KernelSpecialization &k) {
+                                    return k.file == greedy->file && k.entry == greedy->entry &&
+                                           k.defines == greedy->defines && k.arch == arch;
+                                  });
+        if (listed) {
+          argmax = loader.kernel(greedy);
+          StatusOr<DevicePointer> ids = allocate(size_t(sequences.count()) * 4, false);
+          if (!ids)
+            return ids.status();
+          argmaxIds = *ids;
+        }
+      }
       produced.push_back({here, Kind::Floats, head->w.out, 0, true});
       step = std::move(head);
     } else {
@@ -1878,7 +1903,7 @@ Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx
 }
 
 Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segments,
-                                     bool lastTokenOnly, float *logits) {
+                                     bool lastTokenOnly, float *logits, int32_t *greedyIds) {
   StepContext ctx;
   positionsHost.clear();
   for (Segment &segment : segments) {
@@ -1924,6 +1949,24 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   }
   const Value &result = values[size_t(outputValue)];
   const int64_t logitRows = lastTokenOnly ? int64_t(ctx.segments.size()) : ctx.rows;
+  if (greedyIds && result.where == Where::Gpu && argmax && argmaxIds &&
+      logitRows <= int64_t(sequences.count())) {
+    // Only the ids cross to the host.
+    if (Status s = use(result.logicalGpu); !s.ok())
+      return s;
+    DevicePointer rows = result.gpu, ids = argmaxIds;
+    if (Status s = launch(*argmax, unsigned(logitRows), 1, 1, 0, {&rows, &ids}); !s.ok())
+      return s;
+    if (Status s = device->copyToHost(greedyIds, argmaxIds, size_t(logitRows) * 4); !s.ok())
+      return s;
+    for (const Segment &segment : ctx.segments)
+      sequences.advance(segment.sequence, segment.count);
+    return Status::success();
+  }
+  if (greedyIds) { // no argmax kernel: the logits, then their argmax here
+    hostLogits.resize(size_t(logitRows * vocab));
+    logits = hostLogits.data();
+  }
   const size_t bytes = size_t(logitRows * vocab) * 4;
   const auto copyStart = Clock::now();
   if (result.where == Where::Gpu) {
@@ -1940,6 +1983,10 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   }
   for (const Segment &segment : ctx.segments)
     sequences.advance(segment.sequence, segment.count);
+  if (greedyIds)
+    for (int64_t row = 0; row < logitRows; ++row)
+      greedyIds[row] = int32_t(std::max_element(logits + row * vocab, logits + (row + 1) * vocab) -
+                               (logits + row * vocab));
   return Status::success();
 }
 
@@ -2159,28 +2206,50 @@ StatusOr<std::vector<float>> HybridExecutor::forward(const std::vector<int32_t> 
 
 StatusOr<std::vector<float>>
 HybridExecutor::forwardBatch(const std::vector<exec::SequenceTokens> &batch) {
-  Impl &m = *impl_;
-  if (Status valid = m.sequences.checkBatch(batch, m.embeddingRows); !valid.ok())
+  std::vector<float> logits(batch.size() * size_t(impl_->vocab));
+  if (Status s = impl_->runBatch(batch, logits.data(), nullptr); !s.ok())
+    return s;
+  return logits;
+}
+
+StatusOr<std::vector<int32_t>>
+HybridExecutor::forwardGreedy(const std::vector<exec::SequenceTokens> &batch) {
+  std::vector<int32_t> ids(batch.size());
+  if (Status s = impl_->runBatch(batch, nullptr, ids.data()); !s.ok())
+    return s;
+  return ids;
+}
+
+Status HybridExecutor::Impl::runBatch(const std::vector<exec::SequenceTokens> &batch,
+                                      float *logits, int32_t *greedyIds) {
+  if (Status valid = sequences.checkBatch(batch, embeddingRows); !valid.ok())
     return valid;
-  if (Status current = m.enter(); !current.ok())
+  if (Status current = enter(); !current.ok())
     return current;
   // Entries share steps of at most chunkSize rows, so the matrix products
   // (and the routed experts) serve several sequences at once; an entry
   // longer than a chunk runs in chunks of its own.
-  std::vector<float> logits(batch.size() * size_t(m.vocab));
   std::vector<int32_t> tokens;
   std::vector<Segment> segments;
   std::vector<size_t> entries; // batch index of each segment
+  std::vector<float> stepLogits;
+  std::vector<int32_t> stepIds;
   auto flush = [&]() -> Status {
     if (segments.empty())
       return Status::success();
-    std::vector<float> stepLogits(segments.size() * size_t(m.vocab));
-    if (Status s = m.runStep(tokens.data(), segments, true, stepLogits.data()); !s.ok())
+    stepLogits.resize(greedyIds ? 0 : segments.size() * size_t(vocab));
+    stepIds.resize(segments.size());
+    if (Status s = runStep(tokens.data(), segments, true, stepLogits.data(),
+                           greedyIds ? stepIds.data() : nullptr);
+        !s.ok())
       return s;
     for (size_t i = 0; i < entries.size(); ++i)
-      std::copy(stepLogits.begin() + long(i * size_t(m.vocab)),
-                stepLogits.begin() + long((i + 1) * size_t(m.vocab)),
-                logits.begin() + long(entries[i] * size_t(m.vocab)));
+      if (greedyIds)
+        greedyIds[entries[i]] = stepIds[i];
+      else
+        std::copy(stepLogits.begin() + long(i * size_t(vocab)),
+                  stepLogits.begin() + long((i + 1) * size_t(vocab)),
+                  logits + entries[i] * size_t(vocab));
     tokens.clear();
     segments.clear();
     entries.clear();
@@ -2190,9 +2259,9 @@ HybridExecutor::forwardBatch(const std::vector<exec::SequenceTokens> &batch) {
   for (size_t i = 0; i < batch.size(); ++i) {
     const exec::SequenceTokens &entry = batch[i];
     const int64_t count = static_cast<int64_t>(entry.tokens.size());
-    for (int64_t begin = 0; begin < count; begin += m.chunkSize) {
-      const int64_t chunk = std::min(m.chunkSize, count - begin);
-      if (rows + chunk > m.chunkSize) {
+    for (int64_t begin = 0; begin < count; begin += chunkSize) {
+      const int64_t chunk = std::min(chunkSize, count - begin);
+      if (rows + chunk > chunkSize) {
         if (Status s = flush(); !s.ok())
           return s;
         rows = 0;
@@ -2212,12 +2281,9 @@ HybridExecutor::forwardBatch(const std::vector<exec::SequenceTokens> &batch) {
   if (Status s = flush(); !s.ok())
     return s;
   for (const exec::SequenceTokens &entry : batch)
-    if (entry.tokens.size() > 1) {
-      if (Status s = m.fillExpertCacheAfterPrefill(); !s.ok())
-        return s;
-      break;
-    }
-  return logits;
+    if (entry.tokens.size() > 1)
+      return fillExpertCacheAfterPrefill();
+  return Status::success();
 }
 
 int64_t HybridExecutor::position(int sequence) const {

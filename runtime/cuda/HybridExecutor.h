@@ -51,6 +51,8 @@ public:
   // the routed experts run once for all of them, attention per sequence.
   StatusOr<std::vector<float>>
   forwardBatch(const std::vector<exec::SequenceTokens> &batch) override;
+  StatusOr<std::vector<int32_t>>
+  forwardGreedy(const std::vector<exec::SequenceTokens> &batch) override;
 
   using Executor::position;
   int64_t position(int sequence) const override;

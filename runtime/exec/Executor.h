@@ -106,6 +106,22 @@ public:
   // an unknown or repeated sequence, a bad token id, or a cache that would
   // overflow. The caller bounds the step's size (no chunking here).
   virtual StatusOr<std::vector<float>> forwardBatch(const std::vector<SequenceTokens> &batch) = 0;
+  // Greedy decoding where the logits are: the step of forwardBatch(), but
+  // returns each entry's most likely next token (the lower id on a tie)
+  // instead of its logits; a GPU plan then copies an id per entry instead of
+  // a vocabulary of logits.
+  virtual StatusOr<std::vector<int32_t>> forwardGreedy(const std::vector<SequenceTokens> &batch) {
+    StatusOr<std::vector<float>> logits = forwardBatch(batch);
+    if (!logits)
+      return logits.status();
+    const int64_t vocab = vocabSize();
+    std::vector<int32_t> ids;
+    for (size_t i = 0; i < batch.size(); ++i) {
+      const auto row = logits->begin() + static_cast<long>(i * static_cast<size_t>(vocab));
+      ids.push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
+    }
+    return ids;
+  }
 
   virtual int64_t position(int sequence) const = 0; // tokens in that sequence's cache
   int64_t position() const { return position(0); }

@@ -204,7 +204,17 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
   for (const exec::SequenceTokens &entry : batch)
     rows += entry.tokens.size();
 
-  StatusOr<std::vector<float>> logits = executor_.forwardBatch(batch);
+  // A batch of greedy requests lets the executor pick the tokens where the
+  // logits are; otherwise every request's logits come back for its sampler.
+  const bool allGreedy = std::all_of(members.begin(), members.end(),
+                                     [](const auto &g) { return g->sampler_->greedy(); });
+  StatusOr<std::vector<float>> logits = std::vector<float>();
+  StatusOr<std::vector<int32_t>> greedyIds = std::vector<int32_t>();
+  if (allGreedy)
+    greedyIds = executor_.forwardGreedy(batch);
+  else
+    logits = executor_.forwardBatch(batch);
+  const Status stepStatus = allGreedy ? greedyIds.status() : logits.status();
   struct Ending {
     std::shared_ptr<Generation> generation;
     bool stoppedAtEos;
@@ -214,9 +224,9 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
   const size_t vocab = static_cast<size_t>(executor_.vocabSize());
   for (size_t i = 0; i < members.size(); ++i) {
     Generation &g = *members[i];
-    if (!logits) {
+    if (!stepStatus.ok()) {
       endings.push_back({members[i], false,
-                         Status::error("the forward pass failed: " + logits.message())});
+                         Status::error("the forward pass failed: " + stepStatus.message())});
       continue;
     }
     const std::vector<int32_t> &prompt = g.request_.promptIds;
@@ -226,8 +236,8 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
         continue; // more of the prompt next step
       g.decodeStart_ = Generation::Clock::now();
     }
-    const float *row = logits->data() + i * vocab;
-    const int32_t next = g.sampler_->sample(row, vocab);
+    const int32_t next =
+        allGreedy ? (*greedyIds)[i] : g.sampler_->sample(logits->data() + i * vocab, vocab);
     if (eos_ && next == *eos_ && !g.request_.ignoreEos) {
       endings.push_back({members[i], true, Status::success()});
       continue;

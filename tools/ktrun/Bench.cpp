@@ -149,14 +149,16 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   std::vector<exec::RoutingStats> prefillRouting = executor.routingStats();
   executor.clearRoutingStats();
   start = Clock::now();
+  // Greedy decode, the executor picking each token where the logits are.
+  int32_t next = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) -
+                                      logits->begin());
   for (int64_t i = 0; i < options.decodeTokens; ++i) {
-    int32_t next = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) -
-                                        logits->begin());
-    logits = executor.forward({next});
-    if (!logits) {
-      std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
+    StatusOr<std::vector<int32_t>> ids = executor.forwardGreedy({{0, {next}}});
+    if (!ids) {
+      std::fprintf(stderr, "ktrun: error: %s\n", ids.message().c_str());
       return 1;
     }
+    next = ids->front();
   }
   double decode = seconds(start);
   std::vector<exec::RoutingStats> decodeRouting = executor.routingStats();

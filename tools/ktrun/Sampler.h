@@ -22,6 +22,9 @@ public:
   // The chosen token id; `logits` has one entry per vocabulary token.
   int32_t sample(const std::vector<float> &logits) { return sample(logits.data(), logits.size()); }
   int32_t sample(const float *logits, size_t count);
+  // Temperature 0: the most likely token, which the executor can pick where
+  // the logits are (Executor::forwardGreedy).
+  bool greedy() const { return options_.temperature <= 0.0; }
 
 private:
   SamplingOptions options_;

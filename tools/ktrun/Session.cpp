@@ -216,10 +216,27 @@ StatusOr<TurnResult> Session::feedAndGenerate(const std::vector<int32_t> &allIds
                          std::to_string(executor_->cacheCapacity()) +
                          "; start over with /clear or raise --cache-lens");
 
+  // Greedy decoding lets the executor pick each token where the logits are
+  // (on the GPU only the id is copied); sampling takes the logits.
+  std::vector<float> logits;
+  int32_t greedyNext = 0;
+  auto feed = [&](std::vector<int32_t> tokens) -> Status {
+    if (sampler.greedy()) {
+      StatusOr<std::vector<int32_t>> ids = executor_->forwardGreedy({{0, std::move(tokens)}});
+      if (!ids)
+        return ids.status();
+      greedyNext = ids->front();
+      return Status::success();
+    }
+    StatusOr<std::vector<float>> next = executor_->forward(tokens);
+    if (!next)
+      return next.status();
+    logits = std::move(*next);
+    return Status::success();
+  };
   auto start = Clock::now();
-  StatusOr<std::vector<float>> logits = executor_->forward(result.promptIds);
-  if (!logits)
-    return logits.status();
+  if (Status fed = feed(result.promptIds); !fed.ok())
+    return fed;
   cached_.insert(cached_.end(), result.promptIds.begin(), result.promptIds.end());
   result.prefillSeconds = secondsSince(start);
 
@@ -229,16 +246,13 @@ StatusOr<TurnResult> Session::feedAndGenerate(const std::vector<int32_t> &allIds
   std::optional<int32_t> eos = tokenizer_->eosId();
   start = Clock::now();
   for (int64_t step = 0; step < maxNewTokens; ++step) {
-    int32_t next = sampler.sample(*logits);
+    const int32_t next = sampler.greedy() ? greedyNext : sampler.sample(logits);
     if (eos && next == *eos) {
       result.stoppedAtEos = true;
       // The end-of-sentence token closes the turn in the history the
       // template renders; keep the cache in step with it.
-      if (executor_->position() < executor_->cacheCapacity()) {
-        logits = executor_->forward({next});
-        if (logits)
-          cached_.push_back(next);
-      }
+      if (executor_->position() < executor_->cacheCapacity() && feed({next}).ok())
+        cached_.push_back(next);
       break;
     }
     result.generatedIds.push_back(next);
@@ -256,9 +270,8 @@ StatusOr<TurnResult> Session::feedAndGenerate(const std::vector<int32_t> &allIds
       return Status::error("the KV cache is full (--cache-lens " +
                            std::to_string(executor_->cacheCapacity()) +
                            "); start over with /clear or raise --cache-lens");
-    logits = executor_->forward({next});
-    if (!logits)
-      return logits.status();
+    if (Status fed = feed({next}); !fed.ok())
+      return fed;
     cached_.push_back(next);
   }
   if (!result.stoppedByCaller) {

@@ -325,6 +325,30 @@ TEST(CpuExecutor, RejectsBadTokens) {
   EXPECT_EQ(executor->position(), 0);
 }
 
+// Greedy decoding through the executor: each entry's id is the argmax of
+// the logits the same step gives (the lower id on a tie).
+TEST(CpuExecutor, GreedyIdsAreTheArgmaxOfTheLogits) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("greedy", tinyF32Config(), m));
+  ExecutorOptions options;
+  options.sequences = 2;
+  auto greedy = makeExecutor(m, options), full = makeExecutor(m, options);
+  std::vector<SequenceTokens> step = {{0, sampleTokens(6, 1)}, {1, sampleTokens(3, 2)}};
+  const int64_t vocab = full->vocabSize();
+  for (int round = 0; round < 3; ++round) {
+    StatusOr<std::vector<int32_t>> ids = greedy->forwardGreedy(step);
+    StatusOr<std::vector<float>> logits = full->forwardBatch(step);
+    ASSERT_TRUE(ids.ok() && logits.ok());
+    ASSERT_EQ(ids->size(), 2u);
+    for (size_t i = 0; i < 2; ++i) {
+      const auto row = logits->begin() + long(i * size_t(vocab));
+      EXPECT_EQ((*ids)[i], int32_t(std::max_element(row, row + vocab) - row)) << "round " << round;
+    }
+    step = {{0, {(*ids)[0]}}, {1, {(*ids)[1]}}};
+  }
+}
+
 // Continuous batching: sequences advanced together give each sequence the
 // logits it gets alone (each token's products do not depend on the other
 // rows of the step, and every sequence attends over its own cache).

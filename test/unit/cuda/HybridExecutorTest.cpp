@@ -413,6 +413,32 @@ TEST(HybridExecutor, BatchedSequencesMatchSeparateRuns) {
   EXPECT_GT(dynamic_cast<HybridExecutor &>(*gpu).graphStats().launched, 0u);
 }
 
+// Greedy decoding on the GPU (the plan's argmax kernel): the ids are the
+// argmax of the logits forwardBatch() returns, for a batch and in decode.
+TEST(HybridExecutor, GreedyIdsAreTheArgmaxOfTheLogits) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-greedy", *gen::presetConfig("tiny"), pair);
+  exec::ExecutorOptions options;
+  options.sequences = 2;
+  std::unique_ptr<exec::Executor> greedy = open(pair.gpu, options), full = open(pair.gpu, options);
+  ASSERT_TRUE(greedy && full);
+  std::vector<exec::SequenceTokens> step = {{0, cpu::test::sampleTokens(7, 1)},
+                                            {1, cpu::test::sampleTokens(4, 2)}};
+  const int64_t vocab = full->vocabSize();
+  for (int round = 0; round < 4; ++round) {
+    StatusOr<std::vector<int32_t>> ids = greedy->forwardGreedy(step);
+    StatusOr<std::vector<float>> logits = full->forwardBatch(step);
+    ASSERT_TRUE(ids.ok()) << ids.message();
+    ASSERT_TRUE(logits.ok()) << logits.message();
+    ASSERT_EQ(ids->size(), 2u);
+    for (size_t i = 0; i < 2; ++i)
+      EXPECT_EQ((*ids)[i], argmax(*logits, i, vocab)) << "round " << round << ", sequence " << i;
+    step = {{0, {(*ids)[0]}}, {1, {(*ids)[1]}}};
+  }
+  EXPECT_EQ(greedy->position(0), full->position(0));
+}
+
 // Batched decode replayed as CUDA graphs gives the logits of batched decode
 // launched kernel by kernel, bit for bit, also when the batch changes.
 TEST(HybridExecutor, BatchedDecodeGraphsReplayExactly) {
