@@ -274,6 +274,14 @@ public:
   // The loaded kernel of `spec`, compiled or read from the cache; the plan
   // must list the specialization (else it comes from another ktc).
   StatusOr<const Kernel *> kernel(const StatusOr<KernelSpec> &spec, const std::string &where);
+  // Whether the plan lists `spec` for its arch (same file, entry and constants).
+  bool listsKernel(const KernelSpec &spec) const {
+    return std::any_of(plan->kernelSpecializations.begin(), plan->kernelSpecializations.end(),
+                       [&](const plan::KernelSpecialization &k) {
+                         return k.file == spec.file && k.entry == spec.entry &&
+                                k.defines == spec.defines && k.arch == arch;
+                       });
+  }
   StatusOr<DevicePointer> allocate(size_t bytes, bool weights);
   StatusOr<DevicePointer> upload(const void *data, size_t bytes);
   Status launch(const Kernel &k, unsigned gridX, unsigned gridY, unsigned gridZ,
@@ -389,11 +397,7 @@ StatusOr<const Kernel *> HybridExecutor::Impl::kernel(const StatusOr<KernelSpec>
   const std::string name = spec->describe();
   if (auto it = kernels.find({currentPhysical, name}); it != kernels.end())
     return it->second.get();
-  bool planned = false;
-  for (const plan::KernelSpecialization &k : plan->kernelSpecializations)
-    planned = planned || (k.file == spec->file && k.entry == spec->entry &&
-                          k.defines == spec->defines && k.arch == arch);
-  if (!planned)
+  if (!listsKernel(*spec))
     return Status::error(where + " needs the GPU kernel " + name + " for " + arch + ", which " +
                          planName +
                          " does not list: it was compiled by another version of ktc. "
@@ -1643,14 +1647,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         head->w = loader.load("weight", head->hidden, weight->ne[1]);
         // Greedy decoding's argmax, where the plan lists it (ktc adds it).
         const StatusOr<KernelSpec> greedy = argmaxSpec(weight->ne[1]);
-        const bool listed =
-            greedy && std::any_of(plan->kernelSpecializations.begin(),
-                                  plan->kernelSpecializations.end(),
-                                  [&](const plan::KernelSpecialization &k) {
-                                    return k.file == greedy->file && k.entry == greedy->entry &&
-                                           k.defines == greedy->defines && k.arch == arch;
-                                  });
-        if (listed) {
+        if (greedy && listsKernel(*greedy)) {
           argmax = loader.kernel(greedy);
           StatusOr<DevicePointer> ids = allocate(size_t(sequences.count()) * 4, false);
           if (!ids)
@@ -1984,9 +1981,7 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   for (const Segment &segment : ctx.segments)
     sequences.advance(segment.sequence, segment.count);
   if (greedyIds)
-    for (int64_t row = 0; row < logitRows; ++row)
-      greedyIds[row] = int32_t(std::max_element(logits + row * vocab, logits + (row + 1) * vocab) -
-                               (logits + row * vocab));
+    exec::argmaxRows(logits, logitRows, vocab, greedyIds);
   return Status::success();
 }
 

@@ -23,6 +23,15 @@ struct RoutingStats {
   }
 };
 
+// The index of each of `rows` rows' largest logit (the lower index on a tie,
+// as std::max_element): greedy decoding where the logits are on the host.
+inline void argmaxRows(const float *logits, int64_t rows, int64_t vocab, int32_t *ids) {
+  for (int64_t row = 0; row < rows; ++row)
+    ids[row] =
+        static_cast<int32_t>(std::max_element(logits + row * vocab, logits + (row + 1) * vocab) -
+                             (logits + row * vocab));
+}
+
 struct ExecutorOptions {
   int threads = 0;       // CPU threads; 0: one per hardware thread
   int64_t cacheLens = 0; // positions the KV cache holds; 0: the plan's runtime.cache_lens
@@ -114,12 +123,8 @@ public:
     StatusOr<std::vector<float>> logits = forwardBatch(batch);
     if (!logits)
       return logits.status();
-    const int64_t vocab = vocabSize();
-    std::vector<int32_t> ids;
-    for (size_t i = 0; i < batch.size(); ++i) {
-      const auto row = logits->begin() + static_cast<long>(i * static_cast<size_t>(vocab));
-      ids.push_back(static_cast<int32_t>(std::max_element(row, row + vocab) - row));
-    }
+    std::vector<int32_t> ids(batch.size());
+    argmaxRows(logits->data(), static_cast<int64_t>(batch.size()), vocabSize(), ids.data());
     return ids;
   }
 
