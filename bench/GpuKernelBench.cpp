@@ -8,6 +8,7 @@
 // after a warm-up), rotating among enough distinct weight buffers that they
 // cannot sit in L2; bytes = the matrix plus x and y. Weights are random
 // blocks with small finite scales (never zeros).
+#include "bench/GpuBench.h"
 #include "bench/RandomBlocks.h"
 #include "runtime/cuda/CudaDevice.h"
 #include "runtime/cuda/DeviceQuery.h"
@@ -89,21 +90,12 @@ int main(int argc, char **argv) {
   app.add_option("--ring-mib", ringMiB, "Bytes of distinct weight buffers cycled through (MiB)");
   CLI11_PARSE(app, argc, argv);
 
-  std::string whyNone;
-  std::vector<cuda::GpuInfo> gpus = cuda::queryGpus(whyNone);
-  if (gpus.empty())
-    return fail("no GPU: " + whyNone);
-  StatusOr<const cuda::Nvrtc *> nvrtc = cuda::Nvrtc::instance();
-  if (!nvrtc)
-    return fail(nvrtc.message());
-  StatusOr<std::unique_ptr<cuda::CudaDevice>> opened = cuda::CudaDevice::open(0);
-  if (!opened)
-    return fail(opened.message());
-  cuda::CudaDevice &device = **opened;
-  StatusOr<std::string> cacheDir = cuda::KernelCache::defaultDirectory();
-  if (!cacheDir)
-    return fail(cacheDir.message());
-  cuda::KernelCache cache(*cacheDir, **nvrtc);
+  StatusOr<bench::BenchGpu> gpu = bench::openBenchGpu();
+  if (!gpu)
+    return fail(gpu.message());
+  cuda::CudaDevice &device = *gpu->device;
+  cuda::KernelCache &cache = *gpu->cache;
+  const std::vector<cuda::GpuInfo> gpus = {gpu->info};
   const std::string arch = gpus[0].arch();
 
   // The ceiling: a 1 GiB device-to-device copy, best of 10.
@@ -256,19 +248,8 @@ int main(int argc, char **argv) {
   // (split over 256-position chunks, then combined) at V3's widths over
   // cached contexts of several lengths; bytes are what each must read and
   // write at least (the cache once, not once per head).
-  auto timeRepeated = [&](const std::function<Status()> &launchOnce) -> StatusOr<double> {
-    for (int i = 0; i < 20; ++i)
-      if (Status s = launchOnce(); !s.ok())
-        return s;
-    if (Status s = device.synchronize(); !s.ok())
-      return s;
-    auto start = Clock::now();
-    for (int i = 0; i < launches; ++i)
-      if (Status s = launchOnce(); !s.ok())
-        return s;
-    if (Status s = device.synchronize(); !s.ok())
-      return s;
-    return secondsSince(start) / launches;
+  auto timeRepeated = [&](const std::function<Status()> &launchOnce) {
+    return bench::secondsPerLaunch(device, 20, launches, launchOnce);
   };
   auto randomBuffer = [&](size_t floats) -> StatusOr<cuda::DevicePointer> {
     std::vector<float> host(floats);

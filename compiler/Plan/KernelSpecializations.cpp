@@ -233,8 +233,20 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
       // FP8 weights decode with the FP8 GEMV, whatever the prefill kernel.
       if (sub && weight.getDtype() == graph::kFp8E4m3 && sub.getDecode().startswith("cuda:") &&
           chosenKernel(chosen, "decode").contains(".fp8")) {
-        collector.add(cuda::gemvFp8Spec(weight.getShape()[1], weight.getShape()[0]),
-                      sub.getDecode(), (path + "." + role).str());
+        const int64_t out = weight.getShape()[1], in = weight.getShape()[0];
+        collector.add(cuda::gemvFp8Spec(out, in), sub.getDecode(), (path + "." + role).str());
+        // Prefill on sm_90a: the wgmma GEMM on quantized activations, where
+        // the shape suits it (else the GEMV serves prefill too).
+        if (sub.getPrefill().startswith("cuda:") &&
+            chosenKernel(chosen, "prefill").endswith(".fp8_wgmma") && cuda::fp8GemmFits(out, in)) {
+          for (StatusOr<cuda::KernelSpec> spec :
+               {cuda::gemmFp8Spec(out, in), cuda::gemmFp8SumSpec(out, in),
+                cuda::fp8QuantizeSpec(in)})
+            collector.add(std::move(spec), sub.getPrefill(), (path + "." + role).str());
+          if (cuda::fp8GemmHasWide(out))
+            collector.add(cuda::gemmFp8WideSpec(out, in), sub.getPrefill(),
+                          (path + "." + role).str());
+        }
         continue;
       }
       std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());

@@ -52,6 +52,11 @@ struct CudaDevice::Api {
                          CUstream) = nullptr;
   CUresult (*canAccessPeer)(int *, CUdevice, CUdevice) = nullptr;
   CUresult (*enablePeer)(CUcontext, unsigned) = nullptr;
+  CUresult (*funcSetAttribute)(CUfunction, int, int) = nullptr;
+  CUresult (*deviceGetAttribute)(int *, int, CUdevice) = nullptr;
+  CUresult (*tensorMapEncodeTiled)(void *, int, unsigned, void *, const unsigned long long *,
+                                   const unsigned long long *, const unsigned *, const unsigned *,
+                                   int, int, int, int) = nullptr;
 };
 
 Status CudaDevice::check(int result, const std::string &what) const {
@@ -113,6 +118,11 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.memcpyPeer, {"cuMemcpyPeerAsync"});
   bind(api.canAccessPeer, {"cuDeviceCanAccessPeer"});
   bind(api.enablePeer, {"cuCtxEnablePeerAccess"});
+  bind(api.funcSetAttribute, {"cuFuncSetAttribute"});
+  bind(api.deviceGetAttribute, {"cuDeviceGetAttribute"});
+  // Drivers before CUDA 12 lack TMA; only the FP8 GEMM needs it.
+  api.tensorMapEncodeTiled = reinterpret_cast<decltype(api.tensorMapEncodeTiled)>(
+      dlsym(library, "cuTensorMapEncodeTiled"));
   if (!missing.empty())
     return Status::error("the CUDA driver library lacks " + missing +
                          "; update the NVIDIA driver.");
@@ -265,6 +275,46 @@ Status CudaDevice::launch(const LoadedKernel &kernel, const LaunchShape &shape,
                                   shape.blockX, shape.blockY, shape.blockZ, shape.sharedBytes,
                                   stream_, arguments.data(), nullptr),
                "cuLaunchKernel " + kernel.entry);
+}
+
+StatusOr<int> CudaDevice::multiprocessors() const {
+  constexpr int kMultiprocessorCount = 16; // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+  int count = 0;
+  if (Status s = check(api_->deviceGetAttribute(&count, kMultiprocessorCount, device_),
+                       "cuDeviceGetAttribute(multiprocessor count)");
+      !s.ok())
+    return s;
+  return count;
+}
+
+Status CudaDevice::allowSharedBytes(const LoadedKernel &kernel, unsigned bytes) {
+  constexpr int kMaxDynamicShared = 8; // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+  return check(api_->funcSetAttribute(kernel.function, kMaxDynamicShared, int(bytes)),
+               "cuFuncSetAttribute(max dynamic shared memory " + std::to_string(bytes) + ") of " +
+                   kernel.entry);
+}
+
+StatusOr<TensorMap> CudaDevice::byteMatrixTensorMap(DevicePointer base, uint64_t columns,
+                                                    uint64_t rows, uint64_t rowBytes,
+                                                    unsigned boxColumns, unsigned boxRows) {
+  // CU_TENSOR_MAP_DATA_TYPE_UINT8, no interleave, 128-byte swizzle, L2
+  // promotion of 256 bytes, zeros out of bounds.
+  constexpr int kUint8 = 0, kNoInterleave = 0, kSwizzle128 = 3, kL2Promote256 = 3, kZeroFill = 0;
+  if (!api_->tensorMapEncodeTiled)
+    return Status::error("the CUDA driver lacks cuTensorMapEncodeTiled (TMA), which the FP8 "
+                         "GEMM needs; update the NVIDIA driver to CUDA 12 or later.");
+  TensorMap map;
+  const unsigned long long dims[2] = {columns, rows}, strides[1] = {rowBytes};
+  const unsigned box[2] = {boxColumns, boxRows}, elementStrides[2] = {1, 1};
+  if (Status s = check(api_->tensorMapEncodeTiled(map.words, kUint8, 2,
+                                                  reinterpret_cast<void *>(base), dims, strides,
+                                                  box, elementStrides, kNoInterleave, kSwizzle128,
+                                                  kL2Promote256, kZeroFill),
+                       "cuTensorMapEncodeTiled of a " + std::to_string(rows) + " x " +
+                           std::to_string(columns) + " byte matrix");
+      !s.ok())
+    return s;
+  return map;
 }
 
 Status CudaDevice::synchronize() {

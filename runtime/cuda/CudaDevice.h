@@ -34,6 +34,12 @@ struct LaunchShape {
   unsigned sharedBytes = 0;
 };
 
+// A TMA descriptor (CUtensorMap) as the driver encodes it; kernels take it
+// by value as a __grid_constant__ parameter.
+struct alignas(64) TensorMap {
+  unsigned long long words[16] = {};
+};
+
 class CudaDevice {
 public:
   // Retains GPU `index`'s primary context and makes it current on this thread.
@@ -68,6 +74,18 @@ public:
   // `arguments` point at each kernel parameter's value, as cuLaunchKernel takes them.
   Status launch(const LoadedKernel &kernel, const LaunchShape &shape,
                 std::vector<void *> arguments);
+  StatusOr<int> multiprocessors() const;
+  // Lets `kernel` use `bytes` of dynamic shared memory (past the default 48 KiB).
+  Status allowSharedBytes(const LoadedKernel &kernel, unsigned bytes);
+  // A tensor map over a row-major matrix of bytes at `base` (`rows` x
+  // `columns`, rows `rowBytes` apart, a multiple of 16) that copies boxes of
+  // `boxRows` x `boxColumns` (at most 128 columns) into shared memory with
+  // the 128-byte swizzle wgmma reads; rows past the end read as zeros.
+  StatusOr<TensorMap> byteMatrixTensorMap(DevicePointer base, uint64_t columns, uint64_t rows,
+                                          uint64_t rowBytes, unsigned boxColumns,
+                                          unsigned boxRows);
+  // The CUstream the device's work goes to (for libraries such as cuBLASLt).
+  void *nativeStream() const { return stream_; }
   Status synchronize();
   // Makes the device's context current on the calling thread (open() does
   // it for the opening thread; a server steps the model on another one).

@@ -9,6 +9,7 @@
 #include "runtime/cpu/Rope.h"
 #include "runtime/cpu/ThreadPool.h"
 #include "runtime/cuda/CudaDevice.h"
+#include "runtime/cuda/Fp8Gemm.h"
 #include "runtime/cuda/DeviceQuery.h"
 #include "runtime/cuda/KernelCache.h"
 #include "runtime/cuda/KernelCatalog.h"
@@ -66,7 +67,21 @@ struct GpuMatrix {
   GgmlType type = GgmlType::F32;
   const Kernel *kernel = nullptr, *tiled = nullptr;
   unsigned blocks = 0, tiledBlocks = 0; // of the decode and prefill kernels
+  // FP8 on sm_90a: the tensor-core GEMM for steps of more than
+  // kFp8GemvMaxTokens tokens, on 128-column tiles (null: the GEMV for
+  // every step) and, where the rows allow, on 256-column ones.
+  struct Fp8Gemm {
+    Fp8GemmWeight weight;
+    Fp8GemmKernels kernels;
+  };
+  std::shared_ptr<const Fp8Gemm> fp8Gemm, fp8GemmWide;
 };
+
+// FP8 steps of up to this many tokens keep the GEMV on f32 activations
+// (single-token decode); larger ones quantize the activations and run the
+// GEMM, which reads the weight once for 128 tokens and is faster from two
+// tokens on (fp8_gemm_bench measures the crossover; docs/gpu-kernels.md).
+constexpr int64_t kFp8GemvMaxTokens = 1;
 
 struct LatentCache {
   DevicePointer latent = 0, rope = 0;
@@ -169,6 +184,10 @@ public:
     DevicePointer positions = 0; // the step's positions (int32)
     DevicePointer tokens = 0;    // the step's token ids, for a GPU embedding
     std::vector<DevicePointer> allocations;
+    int multiprocessors = 0;
+    // The FP8 GEMM's activations, scales and split-K partials, sized at
+    // bind time for the widest FP8 GEMM weight on this GPU.
+    Fp8GemmScratch fp8;
   };
   std::vector<Gpu> physical;
   std::vector<int> physicalOf; // logical GPU (cuda:N of the plan) -> index into physical
@@ -228,6 +247,7 @@ public:
   bool profiling = false;
   exec::ExecutionProfile profile;
   bool cudaGraphs = true;
+  bool fp8Gemm = true; // ExecutorOptions::fp8Gemm
   // The GPU expert cache (on cuda:0), and what the plan lets it use there.
   uint64_t expertCacheBudget = 0;
   std::optional<uint64_t> firstGpuBudget;
@@ -299,6 +319,16 @@ public:
               GemvLayout layout) {
     DevicePointer data = w.data, scales = w.scales;
     layout.tokens = int(tokens);
+    if (w.fp8Gemm && tokens > kFp8GemvMaxTokens && !layout.matrixIds) {
+      Gpu &gpu = physical[size_t(currentPhysical)];
+      const GpuMatrix::Fp8Gemm &path =
+          w.fp8GemmWide && fp8GemmPrefersWide(tokens, w.out, gpu.multiprocessors) ? *w.fp8GemmWide
+                                                                                 : *w.fp8Gemm;
+      return runFp8Gemm(*device, path.kernels, path.weight, x, layout.xTokenStride, tokens, y,
+                        layout.yTokenStride, gpu.fp8,
+                        fp8GemmSplits(tokens, w.out, w.in, gpu.multiprocessors,
+                                      path.kernels.config.blockN));
+    }
     if (scales) // FP8: one token per block, the block scales before the activations
       return launch(*w.kernel, w.blocks, static_cast<unsigned>(tokens), 1, 0,
                     {&data, &scales, &x, &y, &layout});
@@ -513,7 +543,52 @@ public:
     }
     w.data = *data;
     w.scales = *scales;
+    if (m_.fp8Gemm)
+      loadFp8Gemm(role, w);
     return w;
+  }
+
+  // The FP8 GEMMs of `w` where the plan lists them (sm_90a targets, shapes
+  // they take), and room for them in their GPU's FP8 scratch.
+  void loadFp8Gemm(const std::string &role, GpuMatrix &w) {
+    StatusOr<Fp8GemmConfig> narrow = fp8GemmConfig(w.out);
+    if (!narrow || !loadFp8GemmPath(role, w, *narrow, w.fp8Gemm) || !fp8GemmHasWide(w.out))
+      return;
+    if (StatusOr<Fp8GemmConfig> wide = fp8GemmConfig(w.out, 256); wide)
+      loadFp8GemmPath(role, w, *wide, w.fp8GemmWide);
+  }
+  // One tile width's kernels and weight tensor map into `path`; false where
+  // the plan does not list it (or on errors, which fail the binding).
+  bool loadFp8GemmPath(const std::string &role, GpuMatrix &w, const Fp8GemmConfig &config,
+                       std::shared_ptr<const GpuMatrix::Fp8Gemm> &path) {
+    StatusOr<KernelSpec> gemm = gemmFp8Spec(w.out, w.in, config);
+    if (!gemm || !m_.listsKernel(*gemm))
+      return false;
+    const std::string where = b_.where() + " (" + role + ")";
+    StatusOr<const Kernel *> k = m_.kernel(gemm, where),
+                             sum = m_.kernel(gemmFp8SumSpec(w.out, w.in), where),
+                             quantize = m_.kernel(fp8QuantizeSpec(w.in), where);
+    if (!k || !sum || !quantize) {
+      b_.fail("cannot multiply '" + role + "' on the GPU: " +
+              (!k ? k : !sum ? sum : quantize).message());
+      return false;
+    }
+    HybridExecutor::Impl::Gpu &gpu = m_.physical[size_t(m_.currentPhysical)];
+    Status allowed = allowFp8GemmSharedBytes(*m_.device, (*k)->loaded, config);
+    StatusOr<Fp8GemmWeight> weight =
+        allowed.ok() ? prepareFp8GemmWeight(*m_.device, w.data, w.scales, w.out, w.in, config)
+                     : StatusOr<Fp8GemmWeight>(allowed);
+    if (!weight) {
+      b_.fail("cannot set up the FP8 GEMM of '" + role + "': " + weight.message());
+      return false;
+    }
+    path = std::make_shared<const GpuMatrix::Fp8Gemm>(GpuMatrix::Fp8Gemm{
+        *weight, {&(*quantize)->loaded, &(*k)->loaded, &(*sum)->loaded, config}});
+    gpu.fp8.in = std::max(gpu.fp8.in, w.in);
+    gpu.fp8.partialFloats =
+        std::max(gpu.fp8.partialFloats, fp8GemmPartialFloats(m_.chunkSize, w.out, w.in,
+                                                             gpu.multiprocessors, config.blockN));
+    return true;
   }
 
   // `heads` f32 matrices of `out` x `in` from host values (made at load).
@@ -1802,6 +1877,18 @@ Status HybridExecutor::Impl::planBuffers() {
         return p.status();
       *pointer = *p;
     }
+    if (gpu.fp8.in > 0) {
+      gpu.fp8.rows = rows;
+      for (auto [pointer, bytes] : {std::pair<DevicePointer *, size_t>{
+                                        &gpu.fp8.activations, fp8GemmActivationBytes(rows, gpu.fp8.in)},
+                                    {&gpu.fp8.scales, fp8GemmScaleBytes(rows, gpu.fp8.in)},
+                                    {&gpu.fp8.partials, gpu.fp8.partialFloats * 4}}) {
+        StatusOr<DevicePointer> p = allocate(bytes, false);
+        if (!p)
+          return p.status();
+        *pointer = *p;
+      }
+    }
   }
   for (std::vector<LatentCache> &sequenceCaches : caches)
     for (const CacheShape &shape : cacheShapes) {
@@ -2112,7 +2199,11 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
     StatusOr<std::unique_ptr<CudaDevice>> device = CudaDevice::open(index);
     if (!device)
       return device.status();
+    StatusOr<int> multiprocessors = (*device)->multiprocessors();
+    if (!multiprocessors)
+      return multiprocessors.status();
     impl->physical.push_back({std::move(*device), gpus[size_t(index)]});
+    impl->physical.back().multiprocessors = *multiprocessors;
   }
   // Stages hand activations to each other directly where the GPUs allow.
   impl->peerAccess = physicalGpus > 1;
@@ -2130,6 +2221,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
 
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->cudaGraphs = options.cudaGraphs;
+  impl->fp8Gemm = options.fp8Gemm;
   impl->logicalGpus = logicalGpus;
   impl->logicalBytes.assign(size_t(logicalGpus), 0);
   if (Status s = impl->enter(); !s.ok())

@@ -365,6 +365,75 @@ StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures) {
                         kGemvRowsPerBlock * 32);
 }
 
+bool fp8GemmFits(int64_t outFeatures, int64_t inFeatures) {
+  return outFeatures > 0 && inFeatures > 0 && outFeatures % 64 == 0 && inFeatures % 128 == 0 &&
+         outFeatures <= INT32_MAX && inFeatures <= INT32_MAX;
+}
+
+StatusOr<Fp8GemmConfig> fp8GemmConfig(int64_t outFeatures, unsigned blockN) {
+  Fp8GemmConfig config;
+  config.blockN = blockN ? blockN : outFeatures % 128 == 0 ? 128 : 64;
+  if ((config.blockN != 64 && config.blockN != 128 && config.blockN != 256) ||
+      outFeatures <= 0 || outFeatures % config.blockN != 0)
+    return Status::error("the FP8 GEMM cannot tile " + integer(outFeatures) + " rows by " +
+                         integer(config.blockN) + ".");
+  // As deep a ring as sm_90's 227 KiB allow: 8 x 24, 6 x 32 or 4 x 48 KiB.
+  const unsigned stageBytes = 128 * 128 + config.blockN * 128;
+  config.stages = std::min(8u, (227u * 1024 - 1024) / (stageBytes + 16));
+  return config;
+}
+
+unsigned fp8GemmSharedBytes(const Fp8GemmConfig &config) {
+  return config.stages * (128 * 128 + config.blockN * 128 + 16) + 1024;
+}
+
+StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures,
+                                 const Fp8GemmConfig &config) {
+  if (!fp8GemmFits(outFeatures, inFeatures))
+    return Status::error("the FP8 GEMM takes weights of a multiple of 64 rows of a multiple of "
+                         "128 values, not [" +
+                         integer(outFeatures) + "][" + integer(inFeatures) + "].");
+  return makeKernelSpec("gemm_fp8.cu", "gemm_fp8",
+                        {{"N_FEATURES", integer(outFeatures)},
+                         {"K_FEATURES", integer(inFeatures)},
+                         {"BLOCK_N", integer(config.blockN)},
+                         {"STAGES", integer(config.stages)}},
+                        384);
+}
+
+StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures) {
+  StatusOr<Fp8GemmConfig> config = fp8GemmConfig(outFeatures);
+  if (!config)
+    return config.status();
+  return gemmFp8Spec(outFeatures, inFeatures, *config);
+}
+
+bool fp8GemmHasWide(int64_t outFeatures) { return outFeatures > 0 && outFeatures % 256 == 0; }
+
+StatusOr<KernelSpec> gemmFp8WideSpec(int64_t outFeatures, int64_t inFeatures) {
+  StatusOr<Fp8GemmConfig> config = fp8GemmConfig(outFeatures, 256);
+  if (!config)
+    return config.status();
+  return gemmFp8Spec(outFeatures, inFeatures, *config);
+}
+
+StatusOr<KernelSpec> gemmFp8SumSpec(int64_t outFeatures, int64_t inFeatures) {
+  StatusOr<KernelSpec> spec = gemmFp8Spec(outFeatures, inFeatures);
+  if (!spec)
+    return spec;
+  spec->entry = "gemm_fp8_sum_splits";
+  spec->blockThreads = 256;
+  return spec;
+}
+
+StatusOr<KernelSpec> fp8QuantizeSpec(int64_t inFeatures) {
+  if (inFeatures <= 0 || inFeatures % 128 != 0 || inFeatures > INT32_MAX)
+    return Status::error("activations of " + integer(inFeatures) +
+                         " values cannot be quantized to FP8 per 128 columns.");
+  return makeKernelSpec("fp8_quantize.cu", "fp8_quantize", {{"IN_FEATURES", integer(inFeatures)}},
+                        256);
+}
+
 StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
                                    int64_t tokenTile, GemvVariant variant) {
   const char *weightType = type == gguf::GgmlType::F32    ? "0"
@@ -446,9 +515,18 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
           moeCombineSpec(e.hidden, e.topK, "expert_counts")})
       if (Status s = add(std::move(spec)); !s.ok())
         return s;
-  for (const auto &[out, in] : shapes.fp8Matrices)
+  for (const auto &[out, in] : shapes.fp8Matrices) {
     if (Status s = add(gemvFp8Spec(out, in)); !s.ok())
       return s;
+    if (shapes.fp8Gemm && fp8GemmFits(out, in))
+      for (StatusOr<KernelSpec> spec :
+           {gemmFp8Spec(out, in), gemmFp8SumSpec(out, in), fp8QuantizeSpec(in)})
+        if (Status s = add(std::move(spec)); !s.ok())
+          return s;
+    if (shapes.fp8Gemm && fp8GemmFits(out, in) && fp8GemmHasWide(out))
+      if (Status s = add(gemmFp8WideSpec(out, in)); !s.ok())
+        return s;
+  }
   for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)
     for (StatusOr<KernelSpec> spec :
          {mlaPrefillSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads),

@@ -88,6 +88,33 @@ bool hasGpuGemv(gguf::GgmlType type);
 // y = W x for a native FP8 (e4m3, 128x128 block scales) matrix; the decode
 // kernel of the fp8 family (one warp per row, kGemvRowsPerBlock rows per block).
 StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures);
+// The FP8 prefill GEMM on sm_90a's tensor cores (kernels/gemm_fp8.cu, entry
+// "gemm_fp8", 3 warpgroups per block; entry "gemm_fp8_sum_splits" adds the
+// partial results of a split-K launch) for a weight of `outFeatures` rows of
+// `inFeatures` e4m3, and the activation quantization it reads
+// (kernels/fp8_quantize.cu, per token and 128 columns). fp8GemmFits: the
+// shapes it takes (rows a multiple of 64, columns of 128); others keep the GEMV.
+bool fp8GemmFits(int64_t outFeatures, int64_t inFeatures);
+// How a GEMM specialization tiles: columns per block (64, 128 or 256) and
+// buffers in its ring.
+struct Fp8GemmConfig {
+  unsigned blockN = 128, stages = 7;
+};
+// The configuration for a weight of `outFeatures` rows: `blockN` as asked
+// (0: the default), the ring as deep as shared memory allows; an error
+// where the rows do not divide into such tiles.
+StatusOr<Fp8GemmConfig> fp8GemmConfig(int64_t outFeatures, unsigned blockN = 0);
+// Dynamic shared memory of a GEMM block: the ring, its barriers, 1 KiB to align.
+unsigned fp8GemmSharedBytes(const Fp8GemmConfig &config);
+StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures,
+                                 const Fp8GemmConfig &config);
+StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures); // the default config
+// The 256-column GEMM where the rows divide into such tiles (larger steps
+// run it: runtime/cuda/Fp8Gemm.h, fp8GemmPrefersWide).
+bool fp8GemmHasWide(int64_t outFeatures);
+StatusOr<KernelSpec> gemmFp8WideSpec(int64_t outFeatures, int64_t inFeatures);
+StatusOr<KernelSpec> gemmFp8SumSpec(int64_t outFeatures, int64_t inFeatures);
+StatusOr<KernelSpec> fp8QuantizeSpec(int64_t inFeatures);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows.
 unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t tokenTile = 1);
 
@@ -169,6 +196,7 @@ struct ModelKernelShapes {
   std::vector<Mla> mlaDecode;
   std::vector<int64_t> elementwiseCounts;               // hidden, ffn widths
   std::vector<std::pair<int64_t, int64_t>> fp8Matrices; // {out, in}
+  bool fp8Gemm = false; // the target runs the FP8 prefill GEMM (sm_90a)
   // Routed experts placed on the GPU.
   struct Experts {
     gguf::GgmlType type;

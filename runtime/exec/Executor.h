@@ -49,6 +49,11 @@ struct ExecutorOptions {
   // GPU plans: capture each decode step's GPU regions (the plan's
   // graph_region) as CUDA graphs on first use and replay them after.
   bool cudaGraphs = true;
+  // GPU plans with FP8 projections on sm_90a: steps of more than one token
+  // run them as tensor-core GEMMs on activations quantized per token and
+  // 128 columns (DeepSeek's recipe); false: the FP8 GEMV on f32
+  // activations for every step (for comparison).
+  bool fp8Gemm = true;
   // GPU plans: run a plan for N GPUs (cuda:0 .. cuda:N-1) on this host's
   // GPU 0, each logical device with its own buffers and the plan's memory
   // budget (pipelines tested on one GPU); 0: cuda:0 only.

@@ -30,6 +30,7 @@ struct SessionOptions {
   bool progress = false;        // progress bar while the weights are read
   int sequences = 1;            // KV cache slots of the executor (the server's --parallel)
   bool cudaGraphs = true;       // GPU plans: replay decode's GPU regions as CUDA graphs
+  bool fp8Gemm = true;          // GPU plans: FP8 projections of prefill steps as GEMMs
   int virtualGpus = 0;          // run a plan for N GPUs on GPU 0
   int64_t gpuExpertCacheBytes = -1;            // -1: what the plan reserves
   std::vector<exec::RoutingStats> expertProfile; // chooses the cached experts at load

@@ -195,6 +195,11 @@ int main(int argc, char **argv) {
   app.add_flag("--no-cuda-graphs", noCudaGraphs,
                "GPU plans: launch decode's kernels one by one instead of replaying each GPU "
                "region as a CUDA graph (for comparison and debugging)");
+  bool noFp8Gemm = false;
+  app.add_flag("--no-fp8-gemm", noFp8Gemm,
+               "FP8 plans on sm_90a: multiply the FP8 projections of prefill steps with the FP8 "
+               "GEMV on f32 activations too, instead of the tensor-core GEMM on activations "
+               "quantized per token and 128 columns (for comparison)");
   bool bench = false;
   kt::ktrun::BenchOptions benchOptions;
   app.add_flag("--bench", bench,
@@ -246,6 +251,7 @@ int main(int argc, char **argv) {
   options.chat = !noChat;
   options.progress = !noProgress && isatty(STDERR_FILENO);
   options.cudaGraphs = !noCudaGraphs;
+  options.fp8Gemm = !noFp8Gemm;
   if (!gpuExpertCache.empty()) {
     std::optional<uint64_t> bytes = kt::parseByteSize(gpuExpertCache);
     if (!bytes || *bytes > uint64_t(INT64_MAX))

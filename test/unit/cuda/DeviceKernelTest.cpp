@@ -6,6 +6,7 @@
 #include "runtime/cpu/Rope.h"
 #include "runtime/cuda/CudaDevice.h"
 #include "runtime/cuda/DeviceQuery.h"
+#include "runtime/cuda/Fp8Gemm.h"
 #include "runtime/cuda/KernelCache.h"
 #include "runtime/cuda/KernelCatalog.h"
 #include "runtime/gguf/GgmlType.h"
@@ -679,12 +680,164 @@ TEST_P(GpuKernels, GemvFp8MatchesTheCpuReference) {
   }
 }
 
+// The FP8 prefill path on sm_90a: activations quantized per token and 128
+// columns (scales max|x| / 448, values within e4m3's rounding), then the
+// wgmma GEMM against a double product of the same e4m3 values and scales;
+// one and several K splits, odd and even slice counts, tiles of 64, 128
+// and 256 columns, partial row tiles, strided x and y.
+TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
+  if (arch != "sm_90a")
+    GTEST_SKIP() << "the FP8 GEMM runs on sm_90a (wgmma), not " << arch;
+  struct Case {
+    int64_t rows, out, in;
+    unsigned splits, blockN;
+  } cases[] = {{200, 576, 1536, 1, 64},  {200, 576, 1536, 5, 64},  {1, 1024, 512, 1, 128},
+               {1100, 256, 1152, 1, 128}, {129, 2048, 2048, 3, 128}, {129, 2048, 2048, 1, 128},
+               {300, 768, 1024, 1, 256},  {129, 2048, 2048, 2, 256}};
+  std::mt19937 random(51);
+  for (const Case &c : cases) {
+    SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.out) + "x" +
+                 std::to_string(c.in) + ", " + std::to_string(c.splits) + " splits, " +
+                 std::to_string(c.blockN) + " columns");
+    const int64_t xStride = c.in + 128, yStride = c.out + 64, slices = c.in / 128;
+    std::vector<uint8_t> w(size_t(c.out * c.in));
+    for (uint8_t &b : w) {
+      b = static_cast<uint8_t>(random());
+      if ((b & 0x7f) == 0x7f)
+        b ^= 1;
+    }
+    const int64_t blockRows = (c.out + 127) / 128;
+    auto wScales = randomFloats(size_t(blockRows * slices), 1e-4f, 4e-3f, 52);
+    auto x = randomFloats(size_t(c.rows * xStride), -2, 2, 53);
+    // A slice of zeros and one of tiny values: scale 1, and subnormal codes.
+    for (int64_t i = 0; i < 128; ++i) {
+      x[size_t(i)] = 0.0f;
+      if (c.rows > 1)
+        x[size_t(xStride + 128 + i)] *= 1e-6f;
+    }
+    StatusOr<Fp8GemmConfig> config = fp8GemmConfig(c.out, c.blockN);
+    ASSERT_TRUE(config.ok()) << config.message();
+    LoadedKernel quantize = load(fp8QuantizeSpec(c.in)),
+                 gemm = load(gemmFp8Spec(c.out, c.in, *config)),
+                 sum = load(gemmFp8SumSpec(c.out, c.in));
+    ASSERT_NE(gemm.function, nullptr);
+    ASSERT_TRUE(allowFp8GemmSharedBytes(*device, gemm, *config).ok());
+    DevicePointer dw = upload(w.data(), w.size()),
+                  dws = upload(wScales.data(), wScales.size() * 4),
+                  dx = upload(x.data(), x.size() * 4), dy = allocate(size_t(c.rows * yStride) * 4);
+    Fp8GemmScratch scratch;
+    scratch.rows = c.rows + 3; // a scale stride other than the row count
+    scratch.in = c.in;
+    scratch.activations = allocate(fp8GemmActivationBytes(scratch.rows, c.in));
+    scratch.scales = allocate(fp8GemmScaleBytes(scratch.rows, c.in));
+    scratch.partialFloats = size_t(c.splits * c.rows * c.out);
+    scratch.partials = allocate(std::max<size_t>(scratch.partialFloats, 1) * 4);
+    auto weight = prepareFp8GemmWeight(*device, dw, dws, c.out, c.in, *config);
+    ASSERT_TRUE(weight.ok()) << weight.message();
+    Status s = runFp8Gemm(*device, {&quantize, &gemm, &sum, *config}, *weight, dx, xStride,
+                          c.rows, dy, yStride, scratch, c.splits);
+    ASSERT_TRUE(s.ok()) << s.message();
+    ASSERT_TRUE(device->synchronize().ok());
+
+    std::vector<uint8_t> q(size_t(c.rows * c.in));
+    ASSERT_TRUE(device->copyToHost(q.data(), scratch.activations, q.size()).ok());
+    std::vector<float> qScales = download(scratch.scales, size_t(slices * scratch.rows));
+    for (int64_t r = 0; r < c.rows; ++r)
+      for (int64_t slice = 0; slice < slices; ++slice) {
+        float largest = 0;
+        for (int64_t i = 0; i < 128; ++i)
+          largest = std::max(largest, std::fabs(x[size_t(r * xStride + slice * 128 + i)]));
+        const float scale = qScales[size_t(slice * scratch.rows + r)];
+        ASSERT_EQ(scale, largest > 0 ? largest / 448.0f : 1.0f) << "row " << r << " slice " << slice;
+        for (int64_t i = 0; i < 128; ++i) {
+          const float value = x[size_t(r * xStride + slice * 128 + i)];
+          const float decoded = quant::fp8E4m3ToFloat(q[size_t(r * c.in + slice * 128 + i)]) * scale;
+          // Half a step of e4m3: 2^-4 relative, or 2^-10 x scale below the normals.
+          ASSERT_LE(std::fabs(decoded - value),
+                    std::max(std::fabs(value) / 16, scale * 0.0009765625f) * 1.0001f)
+              << "row " << r << " column " << slice * 128 + i;
+        }
+      }
+    std::vector<double> expected(size_t(c.rows * c.out));
+    for (int64_t r = 0; r < c.rows; ++r)
+      for (int64_t o = 0; o < c.out; ++o) {
+        double total = 0;
+        for (int64_t slice = 0; slice < slices; ++slice) {
+          double part = 0;
+          for (int64_t i = slice * 128; i < slice * 128 + 128; ++i)
+            part += double(quant::fp8E4m3ToFloat(q[size_t(r * c.in + i)])) *
+                    quant::fp8E4m3ToFloat(w[size_t(o * c.in + i)]);
+          total += part * qScales[size_t(slice * scratch.rows + r)] *
+                   wScales[size_t((o / 128) * slices + slice)];
+        }
+        expected[size_t(r * c.out + o)] = total;
+      }
+    std::vector<float> y = download(dy, size_t(c.rows * yStride)), packed(expected.size());
+    for (int64_t r = 0; r < c.rows; ++r)
+      std::copy_n(y.begin() + r * yStride, c.out, packed.begin() + r * c.out);
+    // FP8 wgmma adds its products with fewer mantissa bits than f32 (which
+    // is why the GEMM promotes every 128 columns): 2.3e-4 on the H200.
+    const double error = relativeL2(packed, expected);
+    EXPECT_LE(error, 5e-4);
+    std::printf("[ gpu      ] gemm_fp8 %lld tokens x %lldx%lld, %u splits, %u columns: relative "
+                "L2 %.2e\n",
+                (long long)c.rows, (long long)c.out, (long long)c.in, c.splits, c.blockN, error);
+  }
+}
+
 TEST_P(GpuKernels, SecondLoadComesFromTheCache) {
   auto spec = rmsNormSpec(7168, 1e-6f);
   load(spec);
   load(spec);
   EXPECT_EQ(cache->stats().misses, 1u);
   EXPECT_EQ(cache->stats().hits, 1u);
+}
+
+// Runs everywhere: K is split only where the output tiles leave most SMs
+// idle, into parts of at least 4 slices, and the partials fit their scratch.
+TEST(Fp8GemmSplits, SplitOnlyWhereTilesAreFew) {
+  EXPECT_EQ(fp8GemmSplits(4096, 7168, 16384, 132, 128), 1u); // 32 x 56 tiles
+  EXPECT_EQ(fp8GemmSplits(128, 24576, 1536, 132, 128), 1u);  // 192 tiles
+  EXPECT_EQ(fp8GemmSplits(128, 1536, 7168, 132, 128), 11u);  // 12 tiles
+  EXPECT_EQ(fp8GemmSplits(128, 1536, 7168, 132, 256), 14u);  // 6 tiles, 56 slices
+  EXPECT_EQ(fp8GemmSplits(128, 576, 7168, 132, 64), 14u);    // 9 tiles
+  EXPECT_EQ(fp8GemmSplits(128, 1536, 512, 132, 128), 1u);    // 4 slices: one part
+  // The most partials: 128, 256 or 896 rows (14, 7 or 2 parts).
+  EXPECT_EQ(fp8GemmPartialFloats(4096, 576, 7168, 132, 64), size_t(14) * 128 * 576);
+  EXPECT_FALSE(fp8GemmFits(100, 512));
+  EXPECT_FALSE(fp8GemmFits(128, 200));
+  EXPECT_TRUE(fp8GemmFits(576, 7168));
+}
+
+// Runs everywhere: 256-column tiles where they take fewer waves (a wide
+// tile costing 1.8 narrow ones) and the narrow tiles need no split; the
+// cases the H100 measured (docs/gpu-kernels.md).
+TEST(Fp8GemmPrefersWide, WhereWideTilesTakeFewerWaves) {
+  EXPECT_TRUE(fp8GemmPrefersWide(4096, 7168, 132));  // o_proj: 7 wide waves against 14
+  EXPECT_TRUE(fp8GemmPrefersWide(512, 7168, 132));   // 112 wide tiles: 1 wave against 2
+  EXPECT_FALSE(fp8GemmPrefersWide(4096, 1536, 132)); // q_a: 2 wide waves (3.6) against 3
+  EXPECT_FALSE(fp8GemmPrefersWide(512, 18432, 132)); // dense gate/up: 3 (5.4) against 5
+  EXPECT_TRUE(fp8GemmPrefersWide(128, 18432, 132));  // 72 wide tiles: 1 wave against 2
+  EXPECT_FALSE(fp8GemmPrefersWide(128, 7168, 132));  // 56 narrow tiles split K instead
+  EXPECT_FALSE(fp8GemmPrefersWide(4096, 576, 132));  // 576 rows: no wide tiles
+}
+
+// Runs everywhere: tile configurations, their rings within sm_90's shared
+// memory, and the ones refused.
+TEST(Fp8GemmConfig, TilesTheRowsWithinSharedMemory) {
+  StatusOr<Fp8GemmConfig> narrow = fp8GemmConfig(576), wide = fp8GemmConfig(1536, 256);
+  ASSERT_TRUE(narrow.ok() && wide.ok());
+  EXPECT_EQ(narrow->blockN, 64u); // 576 rows: 9 tiles of 64
+  EXPECT_EQ(narrow->stages, 8u);
+  EXPECT_EQ(wide->stages, 4u);
+  for (const Fp8GemmConfig &config : {*narrow, *wide, *fp8GemmConfig(1536)})
+    EXPECT_LE(fp8GemmSharedBytes(config), 227u * 1024);
+  EXPECT_FALSE(fp8GemmConfig(576, 128).ok());    // 4.5 tiles
+  EXPECT_FALSE(fp8GemmConfig(1536, 96).ok());
+  StatusOr<KernelSpec> sum = gemmFp8SumSpec(1536, 7168), spec = gemmFp8Spec(1536, 7168);
+  ASSERT_TRUE(sum.ok() && spec.ok());
+  EXPECT_EQ(sum->entry, "gemm_fp8_sum_splits");
+  EXPECT_EQ(sum->defines, spec->defines);
 }
 
 // Runs everywhere: every assignment with a matrix lands in exactly one tile

@@ -588,9 +588,10 @@ void buildFp8Plan(const std::string &name, TestModel &gguf, plan::Plan &fp8Plan)
 }
 
 // The attention, dense and shared-expert projections read the checkpoint's
-// e4m3 weights (gemv_fp8). The reference is the same model with those
-// projections replaced by their dequantized values in f32 (a GGUF written
-// here), run through the GGUF GPU path: the two differ by f32 rounding only.
+// e4m3 weights (gemv_fp8, on f32 activations also in prefill here). The
+// reference is the same model with those projections replaced by their
+// dequantized values in f32 (a GGUF written here), run through the GGUF GPU
+// path: the two differ by f32 rounding only.
 TEST(HybridExecutor, Fp8ProjectionsMatchTheirDequantizedWeights) {
   KT_REQUIRE_GPU();
   TestModel gguf;
@@ -645,6 +646,7 @@ TEST(HybridExecutor, Fp8ProjectionsMatchTheirDequantizedWeights) {
 
   exec::ExecutorOptions options;
   options.threads = 2;
+  options.fp8Gemm = false;
   StatusOr<std::unique_ptr<exec::Executor>> fp8 =
       exec::createExecutor(fp8Plan, *gguf.model, options);
   StatusOr<std::unique_ptr<exec::Executor>> reference =
@@ -674,6 +676,70 @@ TEST(HybridExecutor, Fp8ProjectionsMatchTheirDequantizedWeights) {
   std::printf("[ gpu      ] FP8 projections against their dequantized weights: prefill relative "
               "L2 %.2e, decode worst %.2e\n",
               prefill, decode);
+}
+
+// On sm_90a, steps of more than one token multiply the FP8 projections
+// with the wgmma GEMM on activations quantized per token and 128 columns
+// (the kernel itself is checked exactly in cuda_tests). The quantization is
+// per token, so prefill in chunks of 64 (row tiles, splits and scale
+// strides change) gives the logits of one 200-token step up to f32
+// rounding, which the quantization amplifies where a value's rounding to
+// e4m3 flips (6.8e-4 on the H100; a wrong stride or row offset gives 1e-1).
+// Against the GEMV on f32 activations the logits move by the quantization
+// (e4m3 keeps 3 mantissa bits), and decode continues from the cache the
+// GEMM filled.
+TEST(HybridExecutor, Fp8PrefillGemmIsPerTokenAndNearTheGemvOnF32Activations) {
+  KT_REQUIRE_GPU();
+  if (targetGpu().rfind("sm_90a", 0) != 0)
+    GTEST_SKIP() << "the FP8 GEMM runs on sm_90a, not " << targetGpu();
+  TestModel gguf;
+  plan::Plan fp8Plan;
+  buildFp8Plan("tiny-fp8-gemm", gguf, fp8Plan);
+  exec::ExecutorOptions options;
+  options.threads = 2;
+  StatusOr<std::unique_ptr<exec::Executor>> gemm =
+      exec::createExecutor(fp8Plan, *gguf.model, options);
+  options.chunkSize = 64;
+  StatusOr<std::unique_ptr<exec::Executor>> chunked =
+      exec::createExecutor(fp8Plan, *gguf.model, options);
+  options.chunkSize = 0;
+  options.fp8Gemm = false;
+  StatusOr<std::unique_ptr<exec::Executor>> gemv =
+      exec::createExecutor(fp8Plan, *gguf.model, options);
+  ASSERT_TRUE(gemm.ok()) << gemm.message();
+  ASSERT_TRUE(chunked.ok()) << chunked.message();
+  ASSERT_TRUE(gemv.ok()) << gemv.message();
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(200, 11);
+  StatusOr<std::vector<float>> a = (*gemm)->forward(prompt, true),
+                               c = (*chunked)->forward(prompt, true),
+                               b = (*gemv)->forward(prompt, true);
+  ASSERT_TRUE(a.ok()) << a.message();
+  ASSERT_TRUE(c.ok()) << c.message();
+  ASSERT_TRUE(b.ok()) << b.message();
+  const int64_t vocab = (*gemv)->vocabSize();
+  const double chunking = cpu::test::relativeL2(*c, *a);
+  const double prefill = cpu::test::relativeL2(*a, *b);
+  size_t agree = 0;
+  for (size_t row = 0; row < prompt.size(); ++row)
+    agree += argmax(*a, row, vocab) == argmax(*b, row, vocab);
+  double decode = 0;
+  int32_t next = argmax(*b, prompt.size() - 1, vocab);
+  for (int step = 0; step < 4; ++step) {
+    a = (*gemm)->forward({next});
+    b = (*gemv)->forward({next});
+    ASSERT_TRUE(a.ok() && b.ok());
+    decode = std::max(decode, cpu::test::relativeL2(*a, *b));
+    next = argmax(*b, 0, vocab);
+  }
+  std::printf("[ gpu      ] FP8 GEMM prefill: in chunks of 64 against one step %.2e; against the "
+              "GEMV on f32 activations %.2e, same top token at %zu of %zu positions; decode "
+              "after it %.2e\n",
+              chunking, prefill, agree, prompt.size(), decode);
+  EXPECT_LE(chunking, 3e-3);
+  EXPECT_GT(prefill, 1e-6); // the activations were quantized: the GEMM ran
+  EXPECT_LE(prefill, 0.25);
+  EXPECT_GE(agree, prompt.size() * 7 / 10);
+  EXPECT_LE(decode, 0.1);
 }
 
 // Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.

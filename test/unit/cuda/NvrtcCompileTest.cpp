@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <set>
 
 namespace kt::cuda {
 namespace {
@@ -78,6 +79,32 @@ TEST(NvrtcCompile, EveryDeepseekV3SpecializationCompilesForEveryArch) {
   // decode, the weighted sum and the routing counts).
   EXPECT_EQ(specs->size(), 63u);
   compileAll(*nvrtc, *specs);
+}
+
+// On sm_90a targets the FP8 matrices add the prefill GEMM (wgmma; also on
+// 256-column tiles where the rows allow), its split-K sum and the
+// activation quantization; they compile for sm_90a.
+TEST(NvrtcCompile, Fp8GemmSpecializationsCompileForSm90a) {
+  REQUIRE_NVRTC(nvrtc);
+  ModelKernelShapes shapes = test::deepseekV3Shapes();
+  auto without = allKernelSpecializations(shapes);
+  shapes.fp8Gemm = true;
+  auto with = allKernelSpecializations(shapes);
+  ASSERT_TRUE(without.ok() && with.ok());
+  // 4 FP8 matrices x (GEMM, split sum), the wide GEMM of the 3 whose rows
+  // divide by 256 (not kv_a's 576), and quantization for 3 input widths.
+  ASSERT_EQ(with->size(), without->size() + 4 * 2 + 3 + 3);
+  std::set<std::string> before;
+  for (const KernelSpec &spec : *without)
+    before.insert(spec.describe());
+  for (const KernelSpec &spec : *with) {
+    if (before.count(spec.describe()))
+      continue;
+    auto compiled = nvrtc->compile(spec, "sm_90a");
+    ASSERT_TRUE(compiled.ok()) << compiled.message();
+    EXPECT_TRUE(compiled->isCubin);
+    std::printf("[ nvrtc    ] sm_90a %s\n", spec.describe().c_str());
+  }
 }
 
 TEST(NvrtcCompile, EverySmallModelSpecializationAndTableTypeCompiles) {

@@ -1,0 +1,602 @@
+// fp8_gemm_bench: the FP8 prefill GEMM (kernels/gemm_fp8.cu) at DeepSeek-V3's
+// projection shapes and 128, 512 and 4096 tokens, against cuBLASLt's FP8
+// matmul of the same shapes in the same run.
+//
+//   fp8_gemm_bench [--json] [--cublaslt PATH] [--save-cubin DIR]
+//
+// cuBLASLt is loaded at run time (libcublasLt.so from the CUDA toolkit);
+// it runs block-scaled (1x128 activation and 128x128 weight scales, as our
+// kernel) where this cuBLASLt offers it for the GPU, else per-tensor scaled
+// (less work: a ceiling). Both multiply the same random e4m3 operands with
+// unit scales, so their results are compared too. Times are host clock
+// around many launches after a warm-up; the activation quantization our
+// path runs first is timed on its own.
+#include "bench/GpuBench.h"
+#include "runtime/cuda/CudaDevice.h"
+#include "runtime/cuda/DeviceQuery.h"
+#include "runtime/cuda/Fp8Gemm.h"
+#include "runtime/cuda/KernelCache.h"
+#include "runtime/cuda/KernelCatalog.h"
+#include "runtime/cuda/Nvrtc.h"
+
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include <dlfcn.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace {
+
+using namespace kt;
+
+int fail(const std::string &message) {
+  std::fprintf(stderr, "fp8_gemm_bench: error: %s\n", message.c_str());
+  return 1;
+}
+
+// The part of cuBLASLt's C API used here (cublasLt.h, CUDA 12.9 and later);
+// the library is opened at run time so the build needs no CUDA headers.
+struct CublasLt {
+  // cudaDataType_t, cublasComputeType_t and attribute values.
+  static constexpr int kR32F = 0, kR16BF = 14, kR8FE4M3 = 28, kCompute32F = 68;
+  static constexpr int kTransA = 3, kTransB = 4, kAScalePointer = 17, kBScalePointer = 18,
+                       kAScaleMode = 31, kBScaleMode = 32;
+  static constexpr int kScaleVec128 = 1, kScaleBlock128x128 = 2;
+  static constexpr int kPreferenceMaxWorkspace = 1;
+  static constexpr int kOpN = 0, kOpT = 1;
+  struct Heuristic {
+    uint64_t algo[8];
+    size_t workspaceSize;
+    int state;
+    float wavesCount;
+    int reserved[4];
+  };
+  int (*create)(void **) = nullptr;
+  int (*descCreate)(void **, int, int) = nullptr;
+  int (*descDestroy)(void *) = nullptr;
+  int (*descSet)(void *, int, const void *, size_t) = nullptr;
+  int (*layoutCreate)(void **, int, uint64_t, uint64_t, int64_t) = nullptr;
+  int (*layoutDestroy)(void *) = nullptr;
+  int (*preferenceCreate)(void **) = nullptr;
+  int (*preferenceSet)(void *, int, const void *, size_t) = nullptr;
+  int (*heuristic)(void *, void *, void *, void *, void *, void *, void *, int, Heuristic *,
+                   int *) = nullptr;
+  int (*matmul)(void *, void *, const void *, const void *, void *, const void *, void *,
+                const void *, const void *, void *, void *, void *, const void *, void *, size_t,
+                void *) = nullptr;
+  void *handle = nullptr;
+
+  std::string open(const std::string &path) {
+    std::vector<std::string> candidates = {path};
+    if (path.empty())
+      candidates = {"libcublasLt.so", "libcublasLt.so.13", "libcublasLt.so.12"};
+    void *library = nullptr;
+    for (const std::string &name : candidates)
+      if ((library = dlopen(name.c_str(), RTLD_NOW | RTLD_LOCAL)))
+        break;
+    if (!library)
+      return "cuBLASLt could not be loaded (" + candidates[0] + "); give its path with --cublaslt";
+    std::string missing;
+    auto bind = [&](auto &slot, const char *name) {
+      slot = reinterpret_cast<std::remove_reference_t<decltype(slot)>>(dlsym(library, name));
+      if (!slot)
+        missing += std::string(" ") + name;
+    };
+    bind(create, "cublasLtCreate");
+    bind(descCreate, "cublasLtMatmulDescCreate");
+    bind(descDestroy, "cublasLtMatmulDescDestroy");
+    bind(descSet, "cublasLtMatmulDescSetAttribute");
+    bind(layoutCreate, "cublasLtMatrixLayoutCreate");
+    bind(layoutDestroy, "cublasLtMatrixLayoutDestroy");
+    bind(preferenceCreate, "cublasLtMatmulPreferenceCreate");
+    bind(preferenceSet, "cublasLtMatmulPreferenceSetAttribute");
+    bind(heuristic, "cublasLtMatmulAlgoGetHeuristic");
+    bind(matmul, "cublasLtMatmul");
+    if (!missing.empty())
+      return "cuBLASLt lacks" + missing;
+    if (int status = create(&handle); status != 0)
+      return "cublasLtCreate failed (status " + std::to_string(status) + ")";
+    return "";
+  }
+};
+
+// One cuBLASLt FP8 matmul set up for D[tokens][out] = x[tokens][in] W^T.
+struct CublasLtGemm {
+  void *desc = nullptr, *a = nullptr, *b = nullptr, *c = nullptr, *pref = nullptr;
+  CublasLt::Heuristic algo{};
+  std::string mode; // what ran: "block-scaled" or "per-tensor", and the output type
+  int outType = CublasLt::kR32F;
+  bool weightsFirst = true; // W is cuBLAS's A (D = W x^T, out x tokens), else x is
+
+  // cuBLAS is column-major: D (out x tokens) = op(A) op(B) with A = W stored
+  // K x out (transposed), B = x stored K x tokens; FP8 needs this "TN" form.
+  // Or the other way round (x as A, D tokens x out): block scaling on sm_90
+  // may take its 1x128 and 128x128 scales only in one order.
+  bool setUp(CublasLt &lt, int64_t tokens, int64_t out, int64_t in, bool blockScaled,
+             bool weightsAsFirst, int outputType, cuda::DevicePointer firstScales,
+             cuda::DevicePointer secondScales, size_t workspaceBytes) {
+    if (lt.descCreate(&desc, CublasLt::kCompute32F, CublasLt::kR32F) != 0)
+      return false;
+    const int t = CublasLt::kOpT, n = CublasLt::kOpN;
+    lt.descSet(desc, CublasLt::kTransA, &t, sizeof t);
+    lt.descSet(desc, CublasLt::kTransB, &n, sizeof n);
+    if (blockScaled) {
+      const int weightMode = CublasLt::kScaleBlock128x128, activationMode = CublasLt::kScaleVec128;
+      const int &first = weightsAsFirst ? weightMode : activationMode,
+                &second = weightsAsFirst ? activationMode : weightMode;
+      if (lt.descSet(desc, CublasLt::kAScaleMode, &first, sizeof first) != 0 ||
+          lt.descSet(desc, CublasLt::kBScaleMode, &second, sizeof second) != 0)
+        return false;
+    }
+    void *aPointer = reinterpret_cast<void *>(firstScales),
+         *bPointer = reinterpret_cast<void *>(secondScales);
+    lt.descSet(desc, CublasLt::kAScalePointer, &aPointer, sizeof aPointer);
+    lt.descSet(desc, CublasLt::kBScalePointer, &bPointer, sizeof bPointer);
+    outType = outputType;
+    weightsFirst = weightsAsFirst;
+    const int64_t m = weightsAsFirst ? out : tokens, ncols = weightsAsFirst ? tokens : out;
+    if (lt.layoutCreate(&a, CublasLt::kR8FE4M3, uint64_t(in), uint64_t(m), in) != 0 ||
+        lt.layoutCreate(&b, CublasLt::kR8FE4M3, uint64_t(in), uint64_t(ncols), in) != 0 ||
+        lt.layoutCreate(&c, outputType, uint64_t(m), uint64_t(ncols), m) != 0 ||
+        lt.preferenceCreate(&pref) != 0)
+      return false;
+    lt.preferenceSet(pref, CublasLt::kPreferenceMaxWorkspace, &workspaceBytes,
+                     sizeof workspaceBytes);
+    int found = 0;
+    if (lt.heuristic(lt.handle, desc, a, b, c, c, pref, 1, &algo, &found) != 0 || found < 1)
+      return false;
+    mode = std::string(blockScaled ? "block-scaled" : "per-tensor") +
+           (outputType == CublasLt::kR32F ? " f32" : " bf16") +
+           (weightsAsFirst ? ", weights as A" : ", activations as A");
+    return true;
+  }
+};
+
+float bf16ToFloat(uint16_t bits) {
+  uint32_t word = uint32_t(bits) << 16;
+  float value;
+  std::memcpy(&value, &word, 4);
+  return value;
+}
+
+} // namespace
+
+int main(int argc, char **argv) {
+  CLI::App app{"Times the FP8 prefill GEMM (wgmma, block-scaled) at DeepSeek-V3 shapes against "
+               "cuBLASLt's FP8 matmul in the same run"};
+  bool json = false;
+  std::string cublasPath, cubinDirectory;
+  int launches = 50;
+  app.add_flag("--json", json, "Print the results as JSON");
+  app.add_option("--cublaslt", cublasPath, "Path of libcublasLt.so (default: the loader's search)");
+  app.add_option("--save-cubin", cubinDirectory,
+                 "Write each GEMM's CUBIN to this directory (to read its SASS)");
+  app.add_option("--launches", launches, "Timed launches per GEMM")->check(CLI::PositiveNumber);
+  CLI11_PARSE(app, argc, argv);
+
+  StatusOr<bench::BenchGpu> gpu = bench::openBenchGpu();
+  if (!gpu)
+    return fail(gpu.message());
+  const std::vector<cuda::GpuInfo> gpus = {gpu->info};
+  const std::string arch = gpus[0].arch();
+  if (arch != "sm_90a")
+    return fail("the FP8 GEMM needs an sm_90 GPU (wgmma); this one is " + arch + ".");
+  cuda::CudaDevice &device = *gpu->device;
+  cuda::KernelCache &cache = *gpu->cache;
+  StatusOr<int> multiprocessors = device.multiprocessors();
+  if (!multiprocessors)
+    return fail(multiprocessors.message());
+  CublasLt lt;
+  if (std::string error = lt.open(cublasPath); !error.empty())
+    return fail(error);
+
+  auto compileAndLoad = [&](const StatusOr<cuda::KernelSpec> &spec,
+                            const std::string &saveAs) -> StatusOr<cuda::LoadedKernel> {
+    if (!spec)
+      return spec.status();
+    StatusOr<cuda::CompiledKernel> compiled = cache.getOrCompile(*spec, arch);
+    if (!compiled)
+      return compiled.status();
+    if (!saveAs.empty() && !cubinDirectory.empty())
+      std::ofstream(cubinDirectory + "/" + saveAs, std::ios::binary) << compiled->image;
+    return device.load(*compiled);
+  };
+  std::vector<cuda::DevicePointer> allocations;
+  auto allocate = [&](size_t bytes) -> cuda::DevicePointer {
+    StatusOr<cuda::DevicePointer> p = device.allocate(bytes);
+    if (!p) {
+      std::fprintf(stderr, "fp8_gemm_bench: error: %s\n", p.message().c_str());
+      std::exit(1);
+    }
+    allocations.push_back(*p);
+    return *p;
+  };
+  auto upload = [&](const void *data, size_t bytes) {
+    cuda::DevicePointer p = allocate(bytes);
+    if (Status s = device.copyToDevice(p, data, bytes); !s.ok())
+      std::exit(fail(s.message()));
+    return p;
+  };
+  // Seconds per call of `launch`, over `launches` calls after 5 warm-up ones.
+  auto timeIt = [&](const std::function<Status()> &launch) {
+    return bench::secondsPerLaunch(device, 5, launches, launch);
+  };
+
+  struct Shape {
+    const char *name;
+    int64_t out, in;
+  };
+  const Shape shapes[] = {{"q_a_proj", 1536, 7168},       {"q_b_proj", 24576, 1536},
+                          {"kv_a_proj", 576, 7168},       {"o_proj", 7168, 16384},
+                          {"dense gate/up", 18432, 7168}, {"dense down", 7168, 18432},
+                          {"shared gate/up", 2048, 7168}, {"shared down", 7168, 2048}};
+  const int64_t tokenCounts[] = {128, 512, 4096};
+  const int64_t maxTokens = 4096, maxIn = 18432, maxOut = 24576;
+  const size_t workspaceBytes = size_t(32) << 20;
+
+  // Operands: random e4m3 codes without NaN, unit scales; activations as
+  // f32 too, for timing the quantization.
+  std::mt19937_64 random(7);
+  auto randomCodes = [&](size_t count) {
+    std::vector<uint8_t> codes(count);
+    for (uint8_t &c : codes) {
+      c = uint8_t(random());
+      c = uint8_t((c & 0x80) | (c & 0x3f)); // exponents up to 7: magnitudes below 2
+    }
+    return codes;
+  };
+  const cuda::DevicePointer weights =
+      upload(randomCodes(size_t(maxOut * maxIn)).data(), size_t(maxOut * maxIn));
+  const cuda::DevicePointer activations =
+      upload(randomCodes(size_t(maxTokens * maxIn)).data(), size_t(maxTokens * maxIn));
+  std::vector<float> ones(size_t(maxTokens * maxIn / 128), 1.0f);
+  const cuda::DevicePointer unitScales = upload(ones.data(), ones.size() * 4);
+  // The random weight of `out` x `in` for a GEMM kernel of `config`.
+  auto gemmWeight = [&](const cuda::LoadedKernel &gemm, const cuda::Fp8GemmConfig &config,
+                        int64_t out, int64_t in) -> StatusOr<cuda::Fp8GemmWeight> {
+    if (Status s = cuda::allowFp8GemmSharedBytes(device, gemm, config); !s.ok())
+      return s;
+    return cuda::prepareFp8GemmWeight(device, weights, unitScales, out, in, config);
+  };
+  std::vector<float> xHost(size_t(maxTokens * maxIn));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float &v : xHost)
+    v = normal(random);
+  const cuda::DevicePointer x = upload(xHost.data(), xHost.size() * 4);
+  const cuda::DevicePointer ours = allocate(size_t(maxTokens * maxOut) * 4),
+                            theirs = allocate(size_t(maxTokens * maxOut) * 4),
+                            workspace = allocate(workspaceBytes);
+  cuda::Fp8GemmScratch scratch;
+  scratch.rows = maxTokens;
+  scratch.in = maxIn;
+  scratch.activations = allocate(cuda::fp8GemmActivationBytes(maxTokens, maxIn));
+  scratch.scales = allocate(cuda::fp8GemmScaleBytes(maxTokens, maxIn));
+  scratch.partialFloats = size_t(16) << 20;
+  scratch.partials = allocate(scratch.partialFloats * 4);
+
+  // Our tile configurations: columns per block (kv_a's 576 rows take 64).
+  struct Variant {
+    const char *name;
+    unsigned blockN;
+  };
+  const Variant variants[] = {{"n128", 128}, {"n256", 256}};
+  constexpr size_t kVariants = sizeof variants / sizeof variants[0];
+  struct Row {
+    std::string shape, blockMode, tensorMode;
+    int64_t tokens, out, in;
+    unsigned splits = 1;
+    double seconds[kVariants] = {};        // ours per variant (0: does not tile this shape)
+    double chosen = 0;                     // ours, the executor's configuration
+    double blockScaled = 0, perTensor = 0; // cuBLASLt (0: not offered)
+    double quantize = 0, difference = 0;
+    double ours() const { return chosen; }
+    double peer() const { return blockScaled > 0 ? blockScaled : perTensor; }
+  };
+  std::vector<Row> rows;
+  const float alpha = 1.0f, beta = 0.0f;
+  for (const Shape &shape : shapes) {
+    const std::string tag = std::to_string(shape.out) + "x" + std::to_string(shape.in);
+    StatusOr<cuda::LoadedKernel> sum =
+        compileAndLoad(cuda::gemmFp8SumSpec(shape.out, shape.in), "");
+    StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::fp8QuantizeSpec(shape.in), "");
+    StatusOr<cuda::Fp8GemmConfig> chosenConfig = cuda::fp8GemmConfig(shape.out);
+    if (!sum || !quantize || !chosenConfig)
+      return fail(!sum ? sum.message() : !quantize ? quantize.message() : chosenConfig.message());
+    // Each variant that tiles the shape (kv_a's 576 rows take 64 columns).
+    struct Loaded {
+      size_t variant;
+      cuda::Fp8GemmConfig config;
+      cuda::LoadedKernel kernel;
+      cuda::Fp8GemmWeight weight;
+    };
+    std::vector<Loaded> loaded;
+    for (size_t v = 0; v < kVariants; ++v) {
+      const unsigned blockN = shape.out % variants[v].blockN == 0 ? variants[v].blockN : 64;
+      StatusOr<cuda::Fp8GemmConfig> config = cuda::fp8GemmConfig(shape.out, blockN);
+      if (!config || (blockN != variants[v].blockN && v > 0))
+        continue;
+      StatusOr<cuda::LoadedKernel> gemm =
+          compileAndLoad(cuda::gemmFp8Spec(shape.out, shape.in, *config),
+                         "gemm_fp8_" + tag + "_" + variants[v].name + ".cubin");
+      if (!gemm)
+        return fail(gemm.message());
+      StatusOr<cuda::Fp8GemmWeight> weight = gemmWeight(*gemm, *config, shape.out, shape.in);
+      if (!weight)
+        return fail(weight.message());
+      loaded.push_back({v, *config, *gemm, *weight});
+    }
+    for (int64_t tokens : tokenCounts) {
+      Row row;
+      row.shape = shape.name;
+      row.tokens = tokens;
+      row.out = shape.out;
+      row.in = shape.in;
+      const unsigned chosenBlockN = cuda::fp8GemmPrefersWide(tokens, shape.out, *multiprocessors)
+                                        ? 256
+                                        : chosenConfig->blockN;
+      row.splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors, chosenBlockN);
+      // Our path: quantize, then the GEMM; timed apart, the GEMM on the
+      // random codes with unit scales (what cuBLASLt multiplies).
+      StatusOr<double> quantizeTime = timeIt([&] {
+        int xs = int(shape.in), count = int(tokens), stride = int(scratch.rows);
+        cuda::DevicePointer q = scratch.activations, s = scratch.scales, xp = x;
+        cuda::LaunchShape launch;
+        launch.gridX = unsigned((tokens * (shape.in / 128) * 32 + 255) / 256);
+        launch.blockX = 256;
+        return device.launch(*quantize, launch, {&xp, &xs, &count, &q, &s, &stride});
+      });
+      if (!quantizeTime)
+        return fail(quantizeTime.message());
+      row.quantize = *quantizeTime;
+      for (Loaded &variant : loaded) {
+        const unsigned splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors,
+                                                    variant.config.blockN);
+        StatusOr<cuda::TensorMap> aMap = device.byteMatrixTensorMap(
+            activations, uint64_t(shape.in), uint64_t(tokens), uint64_t(shape.in), 128, 128);
+        if (!aMap)
+          return fail(aMap.message());
+        cuda::DevicePointer aScales = unitScales, bScales = unitScales, out = ours,
+                            partials = scratch.partials;
+        int scaleStride = int(maxTokens), count = int(tokens), outStride = int(shape.out),
+            splitCount = int(splits);
+        long long splitStride = tokens * shape.out;
+        cuda::TensorMap bMap = variant.weight.map;
+        const cuda::LoadedKernel &gemm = variant.kernel;
+        StatusOr<double> timed = timeIt([&]() -> Status {
+          cuda::LaunchShape launch;
+          launch.gridX = unsigned((tokens + 127) / 128 * (shape.out / variant.config.blockN));
+          launch.gridY = splits;
+          launch.blockX = 384;
+          launch.sharedBytes = cuda::fp8GemmSharedBytes(variant.config);
+          cuda::DevicePointer target = splits > 1 ? partials : out;
+          long long stride = splits > 1 ? splitStride : 0;
+          if (Status s = device.launch(gemm, launch,
+                                       {&*aMap, &bMap, &aScales, &scaleStride, &bScales, &target,
+                                        &outStride, &stride, &count});
+              !s.ok() || splits == 1)
+            return s;
+          cuda::LaunchShape sumLaunch;
+          sumLaunch.gridX = unsigned(std::min<int64_t>((tokens * shape.out + 255) / 256, 2048));
+          sumLaunch.blockX = 256;
+          return device.launch(*sum, sumLaunch, {&partials, &splitCount, &out, &outStride, &count});
+        });
+        if (!timed)
+          return fail(timed.message());
+        row.seconds[variant.variant] = *timed;
+        if (variant.config.blockN == chosenBlockN)
+          row.chosen = *timed;
+      }
+      std::vector<float> mine(size_t(tokens * shape.out));
+      if (Status s = device.copyToHost(mine.data(), ours, mine.size() * 4); !s.ok())
+        return fail(s.message());
+
+      // cuBLASLt, block-scaled (either operand order) and per-tensor.
+      for (bool blockScaled : {true, false}) {
+        CublasLtGemm theirsGemm;
+        bool ready = false;
+        for (bool weightsFirst : {true, false})
+          for (int outputType : {CublasLt::kR32F, CublasLt::kR16BF})
+            if (!ready && (weightsFirst || blockScaled))
+              ready = (theirsGemm = CublasLtGemm{},
+                       theirsGemm.setUp(lt, tokens, shape.out, shape.in, blockScaled, weightsFirst,
+                                        outputType, unitScales, unitScales, workspaceBytes));
+        if (!ready)
+          continue;
+        const bool weightsFirst = theirsGemm.weightsFirst;
+        StatusOr<double> timed = timeIt([&]() -> Status {
+          const void *first = reinterpret_cast<void *>(weightsFirst ? weights : activations),
+                     *second = reinterpret_cast<void *>(weightsFirst ? activations : weights);
+          int status =
+              lt.matmul(lt.handle, theirsGemm.desc, &alpha, first, theirsGemm.a, second,
+                        theirsGemm.b, &beta, reinterpret_cast<void *>(theirs), theirsGemm.c,
+                        reinterpret_cast<void *>(theirs), theirsGemm.c, theirsGemm.algo.algo,
+                        reinterpret_cast<void *>(workspace), workspaceBytes, device.nativeStream());
+          return status == 0 ? Status::success()
+                             : Status::error("cublasLtMatmul failed (status " +
+                                             std::to_string(status) + ")");
+        });
+        if (!timed)
+          return fail(timed.message());
+        (blockScaled ? row.blockScaled : row.perTensor) = *timed;
+        (blockScaled ? row.blockMode : row.tensorMode) = theirsGemm.mode;
+        // Compare the results (relative L2 of the difference), once.
+        if (blockScaled || row.blockScaled == 0) {
+          std::vector<float> other(mine.size());
+          if (theirsGemm.outType == CublasLt::kR32F) {
+            if (Status s = device.copyToHost(other.data(), theirs, other.size() * 4); !s.ok())
+              return fail(s.message());
+          } else {
+            std::vector<uint16_t> half(other.size());
+            if (Status s = device.copyToHost(half.data(), theirs, half.size() * 2); !s.ok())
+              return fail(s.message());
+            for (size_t i = 0; i < other.size(); ++i)
+              other[i] = bf16ToFloat(half[i]);
+          }
+          double diff = 0, norm = 0;
+          for (int64_t t = 0; t < tokens; ++t)
+            for (int64_t o = 0; o < shape.out; ++o) {
+              // Ours: [tokens][out]; theirs column-major out x tokens, or tokens x out.
+              const double a = mine[size_t(t * shape.out + o)],
+                           b = other[size_t(weightsFirst ? t * shape.out + o : o * tokens + t)];
+              diff += (a - b) * (a - b);
+              norm += b * b;
+            }
+          row.difference = std::sqrt(diff / std::max(norm, 1e-30));
+        }
+        lt.descDestroy(theirsGemm.desc);
+        for (void *layout : {theirsGemm.a, theirsGemm.b, theirsGemm.c})
+          lt.layoutDestroy(layout);
+      }
+      if (row.peer() == 0)
+        return fail("cuBLASLt offers no FP8 matmul for " + tag + " at " + std::to_string(tokens) +
+                    " tokens");
+      rows.push_back(row);
+    }
+  }
+
+  // The FP8 GEMV (one token per block) against the GEMM at a few tokens:
+  // where the executor switches from one to the other.
+  struct Crossover {
+    std::string shape;
+    int64_t tokens;
+    double gemv, gemm;
+  };
+  std::vector<Crossover> crossovers;
+  for (const Shape &shape : {shapes[0], shapes[3]}) {
+    StatusOr<cuda::KernelSpec> gemvSpec = cuda::gemvFp8Spec(shape.out, shape.in);
+    StatusOr<cuda::LoadedKernel> gemv = compileAndLoad(gemvSpec, "");
+    StatusOr<cuda::Fp8GemmConfig> config = cuda::fp8GemmConfig(shape.out);
+    StatusOr<cuda::LoadedKernel> gemm = compileAndLoad(cuda::gemmFp8Spec(shape.out, shape.in), "");
+    StatusOr<cuda::LoadedKernel> sum =
+        compileAndLoad(cuda::gemmFp8SumSpec(shape.out, shape.in), "");
+    StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::fp8QuantizeSpec(shape.in), "");
+    if (!config || !gemv || !gemm || !sum || !quantize)
+      return fail("cannot load the crossover kernels");
+    StatusOr<cuda::Fp8GemmWeight> weight = gemmWeight(*gemm, *config, shape.out, shape.in);
+    if (!weight)
+      return fail(weight.message());
+    cuda::Fp8GemmKernels kernels{&*quantize, &*gemm, &*sum, *config};
+    for (int64_t tokens : {1, 2, 4, 8, 16, 32}) {
+      cuda::DevicePointer w = weights, scales = unitScales, xp = x, y = ours;
+      cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0, int(tokens)};
+      cuda::LaunchShape launch;
+      launch.gridX = unsigned((shape.out + cuda::kGemvRowsPerBlock - 1) / cuda::kGemvRowsPerBlock);
+      launch.gridY = unsigned(tokens);
+      launch.blockX = gemvSpec->blockThreads;
+      StatusOr<double> gemvTime = timeIt([&] {
+        return device.launch(*gemv, launch, {&w, &scales, &xp, &y, &layout});
+      });
+      StatusOr<double> gemmTime = timeIt([&] {
+        return cuda::runFp8Gemm(
+            device, kernels, *weight, x, shape.in, tokens, ours, shape.out, scratch,
+            cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors, config->blockN));
+      });
+      if (!gemvTime || !gemmTime)
+        return fail(!gemvTime ? gemvTime.message() : gemmTime.message());
+      crossovers.push_back({shape.name, tokens, *gemvTime, *gemmTime});
+    }
+  }
+
+  auto tflops = [](const Row &r, double seconds) {
+    return seconds > 0 ? 2.0 * double(r.tokens) * double(r.out) * double(r.in) / seconds / 1e12
+                       : 0.0;
+  };
+  double logSum = 0, logSumBlock = 0;
+  int blockCount = 0;
+  for (const Row &r : rows) {
+    logSum += std::log(r.peer() / r.ours());
+    if (r.blockScaled > 0) {
+      logSumBlock += std::log(r.blockScaled / r.ours());
+      ++blockCount;
+    }
+  }
+  const double geometricMean = std::exp(logSum / double(rows.size()));
+  if (json) {
+    nlohmann::json out = {{"gpu", gpus[0].name},
+                          {"arch", arch},
+                          {"multiprocessors", *multiprocessors},
+                          {"geomean_ratio_to_cublaslt", geometricMean},
+                          {"results", nlohmann::json::array()},
+                          {"gemv_crossover", nlohmann::json::array()}};
+    for (const Row &r : rows)
+      out["results"].push_back({{"shape", r.shape},
+                                {"tokens", r.tokens},
+                                {"out", r.out},
+                                {"in", r.in},
+                                {"splits", r.splits},
+                                {"ours_us", r.ours() * 1e6},
+                                {"ours_tflops", tflops(r, r.ours())},
+                                {"cublaslt_block_scaled_us", r.blockScaled * 1e6},
+                                {"cublaslt_block_scaled_mode", r.blockMode},
+                                {"cublaslt_per_tensor_us", r.perTensor * 1e6},
+                                {"cublaslt_per_tensor_mode", r.tensorMode},
+                                {"ratio_to_cublaslt", r.peer() / r.ours()},
+                                {"quantize_us", r.quantize * 1e6},
+                                {"relative_difference", r.difference}});
+    for (size_t i = 0; i < rows.size(); ++i)
+      for (size_t v = 0; v < kVariants; ++v)
+        out["results"][i]["variants_us"][variants[v].name] = rows[i].seconds[v] * 1e6;
+    for (const Crossover &c : crossovers)
+      out["gemv_crossover"].push_back({{"shape", c.shape},
+                                       {"tokens", c.tokens},
+                                       {"gemv_us", c.gemv * 1e6},
+                                       {"gemm_us", c.gemm * 1e6}});
+    std::printf("%s\n", out.dump(1).c_str());
+    return 0;
+  }
+  std::printf("%s (%s), %d SMs; cuBLASLt FP8 in the same run. Ours in us per tile width: "
+              "n128/n256 columns per block (* = the executor's; kv_a's 576 rows take 64); ratio: "
+              "cuBLASLt's time over ours, against its block-scaled matmul where offered, else "
+              "per-tensor\n",
+              gpus[0].name.c_str(), arch.c_str(), *multiprocessors);
+  std::printf("%-15s %6s %-11s %3s", "matrix", "tokens", "out x in", "spl");
+  for (const Variant &v : variants)
+    std::printf(" %8s", v.name);
+  std::printf(" %8s %8s %8s %8s %6s %8s %8s\n", "TFLOP/s", "cuB blk", "cuB ten", "TFLOP/s", "ratio",
+              "quant us", "rel diff");
+  for (const Row &r : rows) {
+    const std::string dims = std::to_string(r.out) + "x" + std::to_string(r.in);
+    auto cell = [](double seconds, bool chosen) {
+      char text[32];
+      if (seconds <= 0)
+        std::snprintf(text, sizeof text, "-");
+      else
+        std::snprintf(text, sizeof text, "%.1f%s", seconds * 1e6, chosen ? "*" : "");
+      return std::string(text);
+    };
+    std::printf("%-15s %6lld %-11s %3u", r.shape.c_str(), (long long)r.tokens, dims.c_str(),
+                r.splits);
+    for (double seconds : r.seconds)
+      std::printf(" %8s", cell(seconds, seconds == r.chosen).c_str());
+    std::printf(" %8.0f %8s %8s %8.0f %5.0f%% %8.1f %8.1e\n", tflops(r, r.ours()),
+                cell(r.blockScaled, false).c_str(), cell(r.perTensor, false).c_str(),
+                tflops(r, r.peer()), 100 * r.peer() / r.ours(), r.quantize * 1e6, r.difference);
+  }
+  if (!rows.empty()) {
+    std::printf("cuBLASLt modes: block-scaled %s; per-tensor %s\n",
+                rows[0].blockMode.empty() ? "not offered" : rows[0].blockMode.c_str(),
+                rows[0].tensorMode.c_str());
+  }
+  std::printf("geometric mean of ours against cuBLASLt: %.0f%% (target >= 90%%)",
+              100 * geometricMean);
+  if (blockCount > 0)
+    std::printf("; against its block-scaled matmul alone: %.0f%% over %d shapes",
+                100 * std::exp(logSumBlock / blockCount), blockCount);
+  std::printf("\n\nFP8 GEMV (f32 activations, a block per token) against the GEMM (quantize + "
+              "wgmma) at few tokens:\n%-10s %6s %9s %9s\n",
+              "matrix", "tokens", "GEMV us", "GEMM us");
+  for (const Crossover &c : crossovers)
+    std::printf("%-10s %6lld %9.1f %9.1f\n", c.shape.c_str(), (long long)c.tokens, c.gemv * 1e6,
+                c.gemm * 1e6);
+  return 0;
+}

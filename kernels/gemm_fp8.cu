@@ -1,0 +1,267 @@
+// C = A B^T on sm_90a's FP8 tensor cores, with DeepSeek's block scales: the
+// prefill GEMM of the fp8 family.
+//   A  activations [M][K] e4m3, one f32 per token and 128 columns
+//      (aScales[K / 128][aScaleStride], fp8_quantize.cu writes both);
+//   B  weight [N][K] e4m3, one f32 per 128x128 block
+//      (bScales[ceil(N / 128)][K / 128], the checkpoint's weight_scale_inv);
+//   C  f32 [M][N], rows `outStride` floats apart.
+// A and B reach shared memory through the TMA engine (tensor maps built by
+// the host over 128-column slices, 128-byte swizzle, rows past M read as
+// zeros), in a ring of STAGES buffers. A block is 3 warpgroups: the first
+// issues the copies (one thread), the other two each multiply 64 rows of
+// the block's 128 by BLOCK_N columns. Per slice of 128 columns, four k32
+// wgmma accumulate into a fresh f32 fragment, which is then added to the
+// result times the slice's two scales (A's per row, B's per block): the
+// products are exact per slice, as DeepSeek's recipe promotes every 128.
+// Tiles are ordered in groups of 8 row tiles, so the weight slices and
+// activations in flight are shared through L2.
+// Split-K (grid y = `splits`): split s takes an equal share of the slices
+// and writes its partial result at out + s * splitStride; entry
+// gemm_fp8_sum_splits adds the partials into C.
+// Specialization defines:
+//   N_FEATURES  output columns (weight rows), a multiple of BLOCK_N
+//   K_FEATURES  reduction length, a multiple of 128
+//   BLOCK_N     64 or 128 (within one 128-row scale block of B), or 256
+//               (two 128-column parts, each with its B scale, one after the
+//               other; the consumers take 232 registers, the copying
+//               warpgroup 40)
+//   STAGES      buffers in the ring
+#include "common.cuh"
+
+#if !defined(N_FEATURES) || !defined(K_FEATURES) || !defined(BLOCK_N) || !defined(STAGES)
+#error "gemm_fp8 needs N_FEATURES, K_FEATURES, BLOCK_N and STAGES"
+#endif
+static_assert(K_FEATURES % 128 == 0, "whole 128-column slices");
+static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 256, "BLOCK_N is 64, 128 or 256");
+static_assert(N_FEATURES % BLOCK_N == 0, "whole column tiles");
+
+constexpr int kBlockM = 128;
+constexpr int kSlices = K_FEATURES / 128;
+constexpr int kColumnTiles = N_FEATURES / BLOCK_N;
+constexpr int kGroupM = 8;
+constexpr int kATileBytes = kBlockM * 128;
+constexpr int kBTileBytes = BLOCK_N * 128;
+constexpr int kStageBytes = kATileBytes + kBTileBytes;
+constexpr int kConsumerWarps = 8;
+constexpr int kFragment = BLOCK_N / 2; // f32 values per thread of an m64 x BLOCK_N fragment
+// wgmma covers at most 128 columns here (a 256-wide fragment and its part
+// would not fit the registers): BLOCK_N 256 runs as two parts of 128.
+constexpr int kPartColumns = BLOCK_N > 128 ? 128 : BLOCK_N;
+constexpr int kParts = BLOCK_N / kPartColumns;
+constexpr int kPartFragment = kPartColumns / 2;
+
+// A CUtensorMap as the driver encodes it (opaque, 128 bytes).
+struct __align__(64) TensorMap {
+  unsigned long long words[16];
+};
+
+__device__ __forceinline__ unsigned sharedAddress(const void *pointer) {
+  return static_cast<unsigned>(__cvta_generic_to_shared(pointer));
+}
+
+__device__ __forceinline__ void barrierInit(unsigned barrier, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(barrier), "r"(count));
+}
+__device__ __forceinline__ void barrierExpectBytes(unsigned barrier, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(barrier),
+               "r"(bytes)
+               : "memory");
+}
+__device__ __forceinline__ void barrierArrive(unsigned barrier) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(barrier) : "memory");
+}
+// Waits until the barrier's phase of parity `parity` has completed (a fresh
+// barrier counts the phase before its first as completed, parity 1).
+__device__ __forceinline__ void barrierWait(unsigned barrier, unsigned parity) {
+  unsigned done = 0;
+  do {
+    asm volatile("{\n.reg .pred p;\n"
+                 "mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                 "selp.u32 %0, 1, 0, p;\n}\n"
+                 : "=r"(done)
+                 : "r"(barrier), "r"(parity)
+                 : "memory");
+  } while (!done);
+}
+
+// A box of the tensor map at (column, row) into shared memory; the barrier
+// counts its bytes.
+__device__ __forceinline__ void tmaLoad(unsigned destination, const TensorMap *map,
+                                        unsigned barrier, int column, int row) {
+  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes"
+               " [%0], [%1, {%3, %4}], [%2];" ::"r"(destination),
+               "l"(reinterpret_cast<unsigned long long>(map)), "r"(barrier), "r"(column),
+               "r"(row)
+               : "memory");
+}
+
+// wgmma's descriptor of a K-major operand in rows of 128 bytes with the
+// 128-byte swizzle (as TMA wrote them): start address, 1024 bytes between
+// groups of 8 rows, swizzle mode 1.
+__device__ __forceinline__ unsigned long long operandDescriptor(unsigned address) {
+  return static_cast<unsigned long long>((address & 0x3ffff) >> 4) | (1ull << 16) |
+         (static_cast<unsigned long long>(1024 >> 4) << 32) | (1ull << 62);
+}
+
+// Keeps the compiler from moving reads or writes of the fragment across the
+// asynchronous wgmma (it does not know the registers are in flight).
+__device__ __forceinline__ void pinFragment(float (&d)[kPartFragment]) {
+#pragma unroll
+  for (int i = 0; i < kPartFragment; ++i)
+    asm volatile("" : "+f"(d[i])::"memory");
+}
+
+#define KT_ACC8(b)                                                                                 \
+  "+f"(d[b]), "+f"(d[b + 1]), "+f"(d[b + 2]), "+f"(d[b + 3]), "+f"(d[b + 4]), "+f"(d[b + 5]),      \
+      "+f"(d[b + 6]), "+f"(d[b + 7])
+
+// d (+)= A B^T for a 64 x 32 slice of A and a kPartColumns x 32 slice of B.
+__device__ __forceinline__ void wgmma(float (&d)[kPartFragment], unsigned long long a,
+                                      unsigned long long b, int accumulate) {
+#if BLOCK_N >= 128
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
+               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+               "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+               "%64, %65, p, 1, 1;\n}\n"
+               : KT_ACC8(0), KT_ACC8(8), KT_ACC8(16), KT_ACC8(24), KT_ACC8(32), KT_ACC8(40),
+                 KT_ACC8(48), KT_ACC8(56)
+               : "l"(a), "l"(b), "r"(accumulate));
+#else
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n64k32.f32.e4m3.e4m3 "
+               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+               "%32, %33, p, 1, 1;\n}\n"
+               : KT_ACC8(0), KT_ACC8(8), KT_ACC8(16), KT_ACC8(24)
+               : "l"(a), "l"(b), "r"(accumulate));
+#endif
+}
+#undef KT_ACC8
+
+extern "C" __global__ void __launch_bounds__(384, 1)
+gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorMap bMap,
+         const float *__restrict__ aScales, int aScaleStride, const float *__restrict__ bScales,
+         float *__restrict__ out, int outStride, long long splitStride, int rows) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ kt::u8 sharedBytes[];
+  // Swizzled tiles start on 1024-byte boundaries (the host asks for 1 KiB more).
+  const unsigned base = (sharedAddress(sharedBytes) + 1023u) & ~1023u;
+  const unsigned barriers = base + STAGES * kStageBytes; // full[STAGES], then empty[STAGES]
+  auto aTile = [&](int stage) { return base + stage * kStageBytes; };
+  auto bTile = [&](int stage) { return base + stage * kStageBytes + kATileBytes; };
+  auto full = [&](int stage) { return barriers + 8 * stage; };
+  auto empty = [&](int stage) { return barriers + 8 * (STAGES + stage); };
+
+  // Which tile: groups of kGroupM row tiles, rows fastest within a group.
+  const int rowTiles = (rows + kBlockM - 1) / kBlockM;
+  const int tile = blockIdx.x;
+  const int firstRowTile = tile / (kGroupM * kColumnTiles) * kGroupM;
+  const int groupRows = min(rowTiles - firstRowTile, kGroupM);
+  const int inGroup = tile % (kGroupM * kColumnTiles);
+  const int m0 = (firstRowTile + inGroup % groupRows) * kBlockM;
+  const int n0 = inGroup / groupRows * BLOCK_N;
+  // This split's slices.
+  const int sliceBegin = blockIdx.y * kSlices / gridDim.y;
+  const int sliceEnd = (blockIdx.y + 1) * kSlices / gridDim.y;
+
+  if (threadIdx.x == 0) {
+    for (int stage = 0; stage < STAGES; ++stage) {
+      barrierInit(full(stage), 1);
+      barrierInit(empty(stage), kConsumerWarps);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  }
+  __syncthreads();
+
+  if (threadIdx.x < 128) { // the copying warpgroup
+#if BLOCK_N == 256
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
+#endif
+    if (threadIdx.x == 0) {
+      for (int slice = sliceBegin; slice < sliceEnd; ++slice) {
+        const int step = slice - sliceBegin, stage = step % STAGES;
+        barrierWait(empty(stage), ((step / STAGES) & 1) ^ 1);
+        barrierExpectBytes(full(stage), kStageBytes);
+        tmaLoad(aTile(stage), &aMap, full(stage), slice * 128, m0);
+        tmaLoad(bTile(stage), &bMap, full(stage), slice * 128, n0);
+      }
+    }
+    return;
+  }
+
+#if BLOCK_N == 256
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+#endif
+  const int group = threadIdx.x / 128 - 1; // rows group*64 .. +63 of the tile
+  const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
+  const int row = m0 + group * 64 + warp * 16 + lane / 4; // and row + 8
+  const float *bScaleRow = bScales + (n0 / 128) * kSlices;
+  float result[kFragment];
+#pragma unroll
+  for (int i = 0; i < kFragment; ++i)
+    result[i] = 0.0f;
+
+  float part[kPartFragment];
+  for (int slice = sliceBegin; slice < sliceEnd; ++slice) {
+    const int step = slice - sliceBegin, stage = step % STAGES;
+    // The scales load while the copy and the products run.
+    const float aScale0 = aScales[slice * aScaleStride + min(row, rows - 1)];
+    const float aScale8 = aScales[slice * aScaleStride + min(row + 8, rows - 1)];
+    barrierWait(full(stage), (step / STAGES) & 1);
+#pragma unroll
+    for (int p = 0; p < kParts; ++p) {
+      const float bScale = bScaleRow[p * kSlices + slice];
+      pinFragment(part);
+      asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        wgmma(part, operandDescriptor(aTile(stage) + group * 64 * 128 + k * 32),
+              operandDescriptor(bTile(stage) + p * kPartColumns * 128 + k * 32), k);
+      asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+      asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+      pinFragment(part);
+      if (p == kParts - 1 && lane == 0)
+        barrierArrive(empty(stage));
+      const float scale0 = aScale0 * bScale, scale8 = aScale8 * bScale;
+#pragma unroll
+      for (int i = 0; i < kPartFragment; ++i)
+        result[p * kPartFragment + i] += part[i] * ((i & 2) ? scale8 : scale0);
+    }
+  }
+
+  // Fragment layout: value i is at row (+8 where i & 2), column
+  // 8 * (i / 4) + 2 * (lane % 4) + (i & 1).
+  float *split = out + static_cast<long long>(blockIdx.y) * splitStride;
+  const int column = n0 + 2 * (lane % 4);
+#pragma unroll
+  for (int half = 0; half < 2; ++half) {
+    const int r = row + 8 * half;
+    if (r >= rows)
+      continue;
+    float *outRow = split + static_cast<long long>(r) * outStride + column;
+#pragma unroll
+    for (int chunk = 0; chunk < BLOCK_N / 8; ++chunk)
+      *reinterpret_cast<float2 *>(outRow + 8 * chunk) =
+          make_float2(result[4 * chunk + 2 * half], result[4 * chunk + 2 * half + 1]);
+  }
+#endif
+}
+
+// C[r][c] = the sum over `splits` partial results [splits][rows][N_FEATURES]
+// (in split order, so results do not depend on timing).
+extern "C" __global__ void __launch_bounds__(256)
+gemm_fp8_sum_splits(const float *__restrict__ partials, int splits, float *__restrict__ out,
+                    int outStride, int rows) {
+  const long long count = static_cast<long long>(rows) * N_FEATURES;
+  const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
+  for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += stride) {
+    float sum = 0.0f;
+    for (int s = 0; s < splits; ++s)
+      sum += partials[s * count + i];
+    out[i / N_FEATURES * outStride + i % N_FEATURES] = sum;
+  }
+}

@@ -1,0 +1,132 @@
+#include "runtime/cuda/Fp8Gemm.h"
+
+#include "runtime/cuda/KernelCatalog.h"
+
+#include <algorithm>
+
+namespace kt::cuda {
+namespace {
+
+constexpr int64_t kBlockRows = 128; // the GEMM's block tile: 128 tokens
+constexpr int64_t kSlice = 128;     // columns per scale (and per TMA box)
+constexpr int64_t kMinSlicesPerSplit = 4;
+
+int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+int64_t tiles(int64_t rows, int64_t out, unsigned blockN) {
+  return ceilDiv(rows, kBlockRows) * (out / blockN);
+}
+
+} // namespace
+
+StatusOr<Fp8GemmWeight> prepareFp8GemmWeight(CudaDevice &device, DevicePointer data,
+                                             DevicePointer scales, int64_t out, int64_t in,
+                                             const Fp8GemmConfig &config) {
+  if (!fp8GemmFits(out, in))
+    return Status::error("the FP8 GEMM cannot take a [" + std::to_string(out) + "][" +
+                         std::to_string(in) + "] weight.");
+  StatusOr<TensorMap> map = device.byteMatrixTensorMap(data, uint64_t(in), uint64_t(out),
+                                                       uint64_t(in), kSlice, config.blockN);
+  if (!map)
+    return map.status();
+  Fp8GemmWeight weight;
+  weight.data = data;
+  weight.scales = scales;
+  weight.out = out;
+  weight.in = in;
+  weight.map = *map;
+  return weight;
+}
+
+Status allowFp8GemmSharedBytes(CudaDevice &device, const LoadedKernel &gemm,
+                               const Fp8GemmConfig &config) {
+  return device.allowSharedBytes(gemm, fp8GemmSharedBytes(config));
+}
+
+unsigned fp8GemmSplits(int64_t rows, int64_t out, int64_t in, int multiprocessors,
+                       unsigned blockN) {
+  // As many parts as fit one wave of blocks beside the tiles.
+  const int64_t parts = multiprocessors / tiles(rows, out, blockN);
+  return unsigned(std::max<int64_t>(1, std::min(parts, in / kSlice / kMinSlicesPerSplit)));
+}
+
+bool fp8GemmPrefersWide(int64_t rows, int64_t out, int multiprocessors) {
+  if (out % 256 != 0 || multiprocessors <= 0)
+    return false;
+  const int64_t narrow = tiles(rows, out, 128), wide = tiles(rows, out, 256);
+  if (narrow * 2 < multiprocessors)
+    return false; // the narrow tiles split K instead
+  const double narrowWaves = double(ceilDiv(narrow, multiprocessors));
+  const double wideWaves = double(ceilDiv(wide, multiprocessors)) * 1.8;
+  return wideWaves < narrowWaves;
+}
+
+size_t fp8GemmActivationBytes(int64_t rows, int64_t in) { return size_t(rows * in); }
+
+size_t fp8GemmScaleBytes(int64_t rows, int64_t in) { return size_t(in / kSlice * rows) * 4; }
+
+size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiprocessors,
+                            unsigned blockN) {
+  // Splits only happen for few tiles, so the most partials come from the
+  // largest row count that still splits.
+  size_t most = 0;
+  for (int64_t r = kBlockRows; r < rows + kBlockRows; r += kBlockRows) {
+    const int64_t n = std::min(r, rows);
+    const unsigned splits = fp8GemmSplits(n, out, in, multiprocessors, blockN);
+    if (splits > 1)
+      most = std::max(most, size_t(splits) * size_t(n * out));
+  }
+  return most;
+}
+
+Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8GemmWeight &weight,
+                  DevicePointer x, int64_t xStride, int64_t rows, DevicePointer y, int64_t yStride,
+                  const Fp8GemmScratch &scratch, unsigned splits) {
+  if (rows <= 0)
+    return Status::success();
+  if (rows > scratch.rows || weight.in > scratch.in)
+    return Status::error("the FP8 GEMM's scratch holds " + std::to_string(scratch.rows) +
+                         " tokens of " + std::to_string(scratch.in) + " values, not " +
+                         std::to_string(rows) + " of " + std::to_string(weight.in) + ".");
+  if (splits > 1 && splits * size_t(rows * weight.out) > scratch.partialFloats)
+    return Status::error("the FP8 GEMM's scratch has no room for " + std::to_string(splits) +
+                         " partial results.");
+  // Activations to e4m3, one warp per token and slice.
+  int xs = int(xStride), tokens = int(rows), scaleStride = int(scratch.rows);
+  DevicePointer q = scratch.activations, qScales = scratch.scales;
+  LaunchShape quantize;
+  quantize.gridX = unsigned(ceilDiv(rows * (weight.in / kSlice) * 32, 256));
+  quantize.blockX = 256;
+  if (Status s = device.launch(*kernels.quantize, quantize,
+                               {&x, &xs, &tokens, &q, &qScales, &scaleStride});
+      !s.ok())
+    return s;
+  StatusOr<TensorMap> aMap =
+      device.byteMatrixTensorMap(scratch.activations, uint64_t(weight.in), uint64_t(rows),
+                                 uint64_t(weight.in), kSlice, unsigned(kBlockRows));
+  if (!aMap)
+    return aMap.status();
+  TensorMap bMap = weight.map;
+  DevicePointer bScales = weight.scales;
+  DevicePointer out = splits > 1 ? scratch.partials : y;
+  int outStride = int(splits > 1 ? weight.out : yStride);
+  long long splitStride = splits > 1 ? rows * weight.out : 0;
+  LaunchShape gemm;
+  gemm.gridX = unsigned(tiles(rows, weight.out, kernels.config.blockN));
+  gemm.gridY = splits;
+  gemm.blockX = 384;
+  gemm.sharedBytes = fp8GemmSharedBytes(kernels.config);
+  if (Status s = device.launch(*kernels.gemm, gemm,
+                               {&*aMap, &bMap, &qScales, &scaleStride, &bScales, &out, &outStride,
+                                &splitStride, &tokens});
+      !s.ok() || splits <= 1)
+    return s;
+  int splitCount = int(splits), yStrideInt = int(yStride);
+  DevicePointer partials = scratch.partials;
+  LaunchShape sum;
+  sum.gridX = unsigned(std::min<int64_t>(ceilDiv(rows * weight.out, 256), 2048));
+  sum.blockX = 256;
+  return device.launch(*kernels.sumSplits, sum, {&partials, &splitCount, &y, &yStrideInt, &tokens});
+}
+
+} // namespace kt::cuda

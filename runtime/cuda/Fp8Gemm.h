@@ -1,0 +1,71 @@
+// The FP8 prefill GEMM (kernels/gemm_fp8.cu) from the host: activations
+// quantized per token and 128 columns (kernels/fp8_quantize.cu), then
+// y = x W^T on sm_90a's tensor cores, split along K where the output tiles
+// alone would leave most SMs idle.
+#pragma once
+
+#include "runtime/cuda/CudaDevice.h"
+#include "runtime/cuda/KernelCatalog.h"
+#include "runtime/support/Status.h"
+
+#include <cstdint>
+
+namespace kt::cuda {
+
+// The loaded kernels of one weight shape: gemmFp8Spec with `config`,
+// gemmFp8SumSpec and fp8QuantizeSpec (KernelCatalog.h).
+struct Fp8GemmKernels {
+  const LoadedKernel *quantize = nullptr, *gemm = nullptr, *sumSplits = nullptr;
+  Fp8GemmConfig config;
+};
+
+// An FP8 weight in GPU memory: [out][in] e4m3 and its [ceil(out/128)][in/128]
+// block scales, with the tensor map the GEMM copies it through (boxes of
+// the config's columns per block).
+struct Fp8GemmWeight {
+  DevicePointer data = 0, scales = 0;
+  int64_t out = 0, in = 0;
+  TensorMap map;
+};
+StatusOr<Fp8GemmWeight> prepareFp8GemmWeight(CudaDevice &device, DevicePointer data,
+                                             DevicePointer scales, int64_t out, int64_t in,
+                                             const Fp8GemmConfig &config);
+// Lets the GEMM kernel use its shared memory.
+Status allowFp8GemmSharedBytes(CudaDevice &device, const LoadedKernel &gemm,
+                               const Fp8GemmConfig &config);
+
+// How many parts K is split into for `rows` tokens: as many as keep the
+// blocks (tiles x parts) within one wave on `multiprocessors`, each part at
+// least 4 slices of 128; 1 once the tiles alone fill half the SMs.
+unsigned fp8GemmSplits(int64_t rows, int64_t out, int64_t in, int multiprocessors, unsigned blockN);
+
+// Whether `rows` tokens run faster on 256-column tiles than on 128-column
+// ones (rows a multiple of 256): where the narrow tiles need no split and
+// the wide ones take fewer waves of blocks, a wide tile taking 1.8 times as
+// long (measured on the H100 at V3's shapes, docs/gpu-kernels.md).
+bool fp8GemmPrefersWide(int64_t rows, int64_t out, int multiprocessors);
+
+// GPU memory the GEMM works in, for up to `rows` tokens of up to `in`
+// values and `partialFloats` floats of split-K partial results.
+struct Fp8GemmScratch {
+  DevicePointer activations = 0; // e4m3 [rows][in]
+  DevicePointer scales = 0;      // f32 [in / 128][rows]
+  DevicePointer partials = 0;    // f32 [splits][rows][out]
+  int64_t rows = 0, in = 0;
+  size_t partialFloats = 0;
+};
+// Bytes of each part, for the largest `rows`, `in` and `partialFloats`.
+size_t fp8GemmActivationBytes(int64_t rows, int64_t in);
+size_t fp8GemmScaleBytes(int64_t rows, int64_t in);
+// Floats of partial results of the largest split of `rows` tokens by `out`.
+size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiprocessors,
+                            unsigned blockN);
+
+// y[t] = W x[t] for `rows` tokens: x f32 rows `xStride` floats apart, y
+// rows `yStride` apart; `splits` from fp8GemmSplits. Queued on the device's
+// stream (CUDA graphs may capture it).
+Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8GemmWeight &weight,
+                  DevicePointer x, int64_t xStride, int64_t rows, DevicePointer y, int64_t yStride,
+                  const Fp8GemmScratch &scratch, unsigned splits);
+
+} // namespace kt::cuda
