@@ -182,6 +182,12 @@ int main(int argc, char **argv) {
   app.add_option("--save-cubin", cubinDirectory,
                  "Write each GEMM's CUBIN to this directory (to read its SASS)");
   app.add_option("--launches", launches, "Timed launches per GEMM")->check(CLI::PositiveNumber);
+  std::string onlyShape;
+  int64_t onlyTokens = 0;
+  app.add_option("--shape", onlyShape,
+                 "Only this matrix (q_a_proj, q_b_proj, kv_a_proj, o_proj, dense gate/up, dense "
+                 "down, shared gate/up, shared down), e.g. to profile its kernels");
+  app.add_option("--tokens", onlyTokens, "Only this token count (128, 512 or 4096)");
   CLI11_PARSE(app, argc, argv);
 
   StatusOr<bench::BenchGpu> gpu = bench::openBenchGpu();
@@ -305,6 +311,8 @@ int main(int argc, char **argv) {
   std::vector<Row> rows;
   const float alpha = 1.0f, beta = 0.0f;
   for (const Shape &shape : shapes) {
+    if (!onlyShape.empty() && onlyShape != shape.name)
+      continue;
     const std::string tag = std::to_string(shape.out) + "x" + std::to_string(shape.in);
     StatusOr<cuda::LoadedKernel> sum =
         compileAndLoad(cuda::gemmFp8SumSpec(shape.out, shape.in), "");
@@ -336,6 +344,8 @@ int main(int argc, char **argv) {
       loaded.push_back({v, *config, *gemm, *weight});
     }
     for (int64_t tokens : tokenCounts) {
+      if (onlyTokens > 0 && tokens != onlyTokens)
+        continue;
       Row row;
       row.shape = shape.name;
       row.tokens = tokens;
@@ -472,7 +482,12 @@ int main(int argc, char **argv) {
     double gemv, gemm;
   };
   std::vector<Crossover> crossovers;
+  const bool filtered = !onlyShape.empty() || onlyTokens > 0;
+  if (rows.empty())
+    return fail("no matrix and token count match --shape and --tokens");
   for (const Shape &shape : {shapes[0], shapes[3]}) {
+    if (filtered)
+      break;
     StatusOr<cuda::KernelSpec> gemvSpec = cuda::gemvFp8Spec(shape.out, shape.in);
     StatusOr<cuda::LoadedKernel> gemv = compileAndLoad(gemvSpec, "");
     StatusOr<cuda::Fp8GemmConfig> config = cuda::fp8GemmConfig(shape.out);

@@ -53,6 +53,12 @@ __device__ __forceinline__ float blockWeights(const kt::u8 *block, int quarter, 
   return kt::halfToFloat(pairs[0]);
 }
 
+// The lane's 8 weights against its 8 activations.
+__device__ __forceinline__ float dot8(const float (&w)[8], float4 x0, float4 x1) {
+  return w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x + w[5] * x1.y +
+         w[6] * x1.z + w[7] * x1.w;
+}
+
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
           float *__restrict__ y, kt::GemvLayout layout) {
@@ -91,9 +97,7 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
 #pragma unroll
       for (int r = 0; r < ROWS_PER_WARP; ++r)
         if (firstRow + r < OUT_FEATURES)
-          sums[t][r] += scale[r] * (w[r][0] * x0.x + w[r][1] * x0.y + w[r][2] * x0.z +
-                                    w[r][3] * x0.w + w[r][4] * x1.x + w[r][5] * x1.y +
-                                    w[r][6] * x1.z + w[r][7] * x1.w);
+          sums[t][r] += scale[r] * dot8(w[r], x0, x1);
     }
   }
 #pragma unroll
@@ -143,12 +147,9 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
                         b * kt::kQ8_0BlockElements + 8 * quarter;
       const float4 x0 = *reinterpret_cast<const float4 *>(xs),
                    x1 = *reinterpret_cast<const float4 *>(xs + 4);
-      const float dot = w[0] * x0.x + w[1] * x0.y + w[2] * x0.z + w[3] * x0.w + w[4] * x1.x +
-                        w[5] * x1.y + w[6] * x1.z + w[7] * x1.w;
-      sums[t] += scale * dot;
+      sums[t] += scale * dot8(w, x0, x1);
 #if GATE_UP
-      upSum += upScale * (wUp[0] * x0.x + wUp[1] * x0.y + wUp[2] * x0.z + wUp[3] * x0.w +
-                          wUp[4] * x1.x + wUp[5] * x1.y + wUp[6] * x1.z + wUp[7] * x1.w);
+      upSum += upScale * dot8(wUp, x0, x1);
 #endif
     }
   }

@@ -938,6 +938,24 @@ struct AssignmentGroups {
 // Copies of a CPU-placed layer's most often routed experts on the GPU (the
 // spare-VRAM expert cache): the choices of cached experts run there, the
 // rest on the CPU meanwhile, and the GPU adds the two sums.
+// A layer's routed experts on the GPU (all of them, or the cached ones in
+// slot order) and the kernels of their products.
+struct ExpertMatrices {
+  const GpuMatrix &gate, &up, &down;
+  const Kernel &siluMul;
+  const Kernel *gateUp; // decode's fused gate and up (types agreeing), or null
+  int64_t hidden, ffn, topK;
+};
+
+// silu(gate x) * (up x), then down, for each of `rows` tokens' top_k
+// choices, into d [choices][hidden] (g and u: [choices][ffn] of scratch).
+// With `groups` (prefill), `tiles` tiles of choices grouped by matrix, each
+// matrix read once per tile; else one slot per choice, its matrix id in
+// device memory at `matrixIds` (decode graphs replay that).
+Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer x,
+                      int64_t rows, const AssignmentGroups *groups, int64_t tiles,
+                      uint64_t matrixIds, DevicePointer g, DevicePointer u, DevicePointer d);
+
 struct CachedExperts {
   const gguf::TensorInfo *tensors[3] = {}; // gate, up, down of all experts, on the host
   GpuMatrix matrices[3];                   // the cached experts in slot order (empty until filled)
@@ -1050,38 +1068,47 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   const DevicePointer g = m.scratch, u = g + DevicePointer(choices * ffn) * 4,
                       d = u + DevicePointer(choices * ffn) * 4,
                       sum = d + DevicePointer(choices * hidden) * 4;
-  if (rows > 1) { // prefill: each cached expert read once per tile of its choices
-    StatusOr<int64_t> tiles = groups.build(m, slotsHost, choices);
-    if (!tiles)
-      return tiles.status();
-    const GemvLayout wide = groups.layout(hidden, ffn, topK),
-                     narrow = groups.layout(ffn, hidden, 1);
-    for (Status s : {m.groupedGemv(matrices[0], x, g, *tiles, wide),
-                     m.groupedGemv(matrices[1], x, u, *tiles, wide),
-                     m.elementwise(*siluMul, g, u, g, choices, ffn),
-                     m.groupedGemv(matrices[2], g, d, *tiles, narrow),
-                     m.elementwise(*combine, d, weights, sum, rows, hidden)})
-      if (!s.ok())
-        return s;
-    return sum;
-  }
-  const GemvLayout wide{int(hidden), int(topK * ffn), 0, int(ffn), int(rows), slots};
-  const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn),
-                          int(hidden),     int(rows),          slots};
-  if (gateUp) { // gate and up in one pass
-    if (Status s = m.gateUpGemv(*gateUp, matrices[0], matrices[1], x, g, rows, wide); !s.ok())
-      return s;
-  } else {
-    for (Status s : {m.gemv(matrices[0], x, g, rows, wide), m.gemv(matrices[1], x, u, rows, wide),
-                     m.elementwise(*siluMul, g, u, g, choices, ffn)})
-      if (!s.ok())
-        return s;
-  }
-  for (Status s : {m.gemv(matrices[2], g, d, rows, narrow),
+  // Prefill: each cached expert read once per tile of its choices.
+  StatusOr<int64_t> tiles = rows > 1 ? groups.build(m, slotsHost, choices) : int64_t(0);
+  if (!tiles)
+    return tiles.status();
+  const ExpertMatrices cachedMatrices{matrices[0], matrices[1], matrices[2], *siluMul,
+                                      gateUp,      hidden,      ffn,         topK};
+  for (Status s : {expertProducts(m, cachedMatrices, x, rows, rows > 1 ? &groups : nullptr, *tiles,
+                                  slots, g, u, d),
                    m.elementwise(*combine, d, weights, sum, rows, hidden)})
     if (!s.ok())
       return s;
   return sum;
+}
+
+Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer x,
+                      int64_t rows, const AssignmentGroups *groups, int64_t tiles,
+                      uint64_t matrixIds, DevicePointer g, DevicePointer u, DevicePointer d) {
+  const int64_t choices = rows * e.topK;
+  if (groups) {
+    const GemvLayout wide = groups->layout(e.hidden, e.ffn, e.topK),
+                     narrow = groups->layout(e.ffn, e.hidden, 1);
+    for (Status s : {m.groupedGemv(e.gate, x, g, tiles, wide), m.groupedGemv(e.up, x, u, tiles, wide),
+                     m.elementwise(e.siluMul, g, u, g, choices, e.ffn),
+                     m.groupedGemv(e.down, g, d, tiles, narrow)})
+      if (!s.ok())
+        return s;
+    return Status::success();
+  }
+  const GemvLayout wide{int(e.hidden), int(e.topK * e.ffn), 0, int(e.ffn), int(rows), matrixIds};
+  const GemvLayout narrow{int(e.topK * e.ffn), int(e.topK * e.hidden), int(e.ffn),
+                          int(e.hidden),       int(rows),              matrixIds};
+  if (e.gateUp) { // gate and up in one pass
+    if (Status s = m.gateUpGemv(*e.gateUp, e.gate, e.up, x, g, rows, wide); !s.ok())
+      return s;
+  } else {
+    for (Status s : {m.gemv(e.gate, x, g, rows, wide), m.gemv(e.up, x, u, rows, wide),
+                     m.elementwise(e.siluMul, g, u, g, choices, e.ffn)})
+      if (!s.ok())
+        return s;
+  }
+  return m.gemv(e.down, g, d, rows, narrow);
 }
 
 Status AssignmentGroups::allocate(HybridExecutor::Impl &m, int64_t assignments) {
@@ -1121,41 +1148,24 @@ public:
     const DevicePointer g = m.scratch, u = g + DevicePointer(choices * ffn) * 4,
                         d = u + DevicePointer(choices * ffn) * 4;
     const uint64_t ids = in[1]->gpu;
+    // Prefill: the choices grouped by expert (ids read back to the host).
+    // Decode, one token per sequence, keeps the ids on the device for its
+    // graphs.
+    int64_t tiles = 0;
     if (!ctx.decode) {
-      // Prefill: the choices grouped by expert (ids read back to the host),
-      // each expert's matrices read once per tile of its choices. (Decode,
-      // one token per sequence, keeps the ids on the device for its graphs.)
       hostIds.resize(size_t(choices));
       if (Status s = m.device->copyToHost(hostIds.data(), ids, size_t(choices) * 4); !s.ok())
         return s;
-      StatusOr<int64_t> tiles = groups.build(m, hostIds.data(), choices);
-      if (!tiles)
-        return tiles.status();
-      const GemvLayout wide = groups.layout(hidden, ffn, topK),
-                       narrow = groups.layout(ffn, hidden, 1);
-      for (Status s : {m.groupedGemv(gate, in[0]->gpu, g, *tiles, wide),
-                       m.groupedGemv(up, in[0]->gpu, u, *tiles, wide),
-                       m.elementwise(*siluMul, g, u, g, choices, ffn),
-                       m.groupedGemv(down, g, d, *tiles, narrow)})
-        if (!s.ok())
-          return s;
-    } else {
-      const GemvLayout wide{int(hidden), int(topK * ffn), 0, int(ffn), int(rows), ids};
-      const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn),
-                              int(hidden),     int(rows),          ids};
-      if (gateUp) { // gate and up in one pass, then down
-        for (Status s : {m.gateUpGemv(*gateUp, gate, up, in[0]->gpu, g, rows, wide),
-                         m.gemv(down, g, d, rows, narrow)})
-          if (!s.ok())
-            return s;
-      } else {
-        for (Status s :
-             {m.gemv(gate, in[0]->gpu, g, rows, wide), m.gemv(up, in[0]->gpu, u, rows, wide),
-              m.elementwise(*siluMul, g, u, g, choices, ffn), m.gemv(down, g, d, rows, narrow)})
-          if (!s.ok())
-            return s;
-      }
+      StatusOr<int64_t> built = groups.build(m, hostIds.data(), choices);
+      if (!built)
+        return built.status();
+      tiles = *built;
     }
+    if (Status s = expertProducts(m, {gate, up, down, *siluMul, gateUp, hidden, ffn, topK},
+                                  in[0]->gpu, rows, ctx.decode ? nullptr : &groups, tiles, ids, g,
+                                  u, d);
+        !s.ok())
+      return s;
     DevicePointer idsPointer = in[1]->gpu, counts = selections;
     int tokens = int(rows);
     if (Status s = m.launch(*countSelections, ceilDiv(rows * topK, countSelections->threads), 1, 1,
