@@ -2,7 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <map>
+#include <numeric>
+#include <random>
+#include <set>
 
 namespace kt::ktrun {
 namespace {
@@ -59,6 +64,68 @@ TEST(SamplerTest, HighTemperatureReachesEveryToken) {
   for (int i = 0; i < 1000; ++i)
     ++seen[sampler.sample(kLogits)];
   EXPECT_EQ(seen.size(), kLogits.size());
+}
+
+// The top-p nucleus by brute force: every token sorted by logit (ties by
+// id), the smallest prefix whose softmax probability reaches p, plus the
+// next token (rounding may put the boundary one token later).
+std::set<int32_t> nucleusOf(const std::vector<float> &logits, double temperature, double p) {
+  std::vector<int32_t> order(logits.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) {
+    return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+  });
+  const double top = logits[order.front()];
+  double total = 0;
+  for (float logit : logits)
+    total += std::exp((logit - top) / temperature);
+  std::set<int32_t> nucleus;
+  double cumulative = 0;
+  for (size_t i = 0; i < order.size(); ++i) {
+    nucleus.insert(order[i]);
+    if (cumulative >= p) // one past the boundary
+      break;
+    cumulative += std::exp((logits[order[i]] - top) / temperature) / total;
+  }
+  return nucleus;
+}
+
+// A vocabulary the size of DeepSeek-V3's: only the tokens near the best are
+// sorted, and every sample lies in the nucleus of a full sort.
+TEST(SamplerTest, TopPOverALargeVocabularySamplesOnlyTheNucleus) {
+  std::vector<float> logits(129280);
+  std::mt19937 random(3);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  for (float &logit : logits)
+    logit = normal(random);
+  const std::set<int32_t> nucleus = nucleusOf(logits, 0.6, 0.9);
+  Sampler sampler({0.6, 0, 0.9, 21});
+  std::set<int32_t> seen;
+  for (int i = 0; i < 300; ++i) {
+    const int32_t token = sampler.sample(logits);
+    ASSERT_TRUE(nucleus.count(token)) << "token " << token << " is outside the nucleus";
+    seen.insert(token);
+  }
+  EXPECT_GT(seen.size(), 1u);
+}
+
+// One token far ahead and 100000 tied ones 3 temperatures below it: the
+// nearby tokens hold too little probability, so the margin widens; the
+// nucleus takes the tied tokens in id order.
+TEST(SamplerTest, TopPWidensPastTheBestTokensAndTakesTiesInIdOrder) {
+  std::vector<float> logits(100001, 7.0f);
+  logits[500] = 10.0f;
+  const std::set<int32_t> nucleus = nucleusOf(logits, 1.0, 0.5);
+  ASSERT_GT(nucleus.size(), 40000u);
+  ASSERT_LT(nucleus.size(), 60000u);
+  Sampler sampler({1.0, 0, 0.5, 5});
+  std::set<int32_t> seen;
+  for (int i = 0; i < 300; ++i) {
+    const int32_t token = sampler.sample(logits);
+    ASSERT_TRUE(nucleus.count(token)) << "token " << token << " is outside the nucleus";
+    seen.insert(token);
+  }
+  EXPECT_GT(seen.size(), 250u); // about 50000 equally likely tokens
 }
 
 } // namespace
