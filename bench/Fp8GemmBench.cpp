@@ -475,11 +475,13 @@ int main(int argc, char **argv) {
   }
 
   // The FP8 GEMV (one token per block) against the GEMM at a few tokens:
-  // where the executor switches from one to the other.
+  // where the executor switches from one to the other; and the bf16 mma
+  // GEMM of GPUs without FP8 tensor cores, compiled as compute_80 PTX (the
+  // GEMV only up to 32 tokens: it reads the weight once per token).
   struct Crossover {
     std::string shape;
     int64_t tokens;
-    double gemv, gemm;
+    double gemv, gemm, bf16;
   };
   std::vector<Crossover> crossovers;
   const bool filtered = !onlyShape.empty() || onlyTokens > 0;
@@ -495,30 +497,46 @@ int main(int argc, char **argv) {
     StatusOr<cuda::LoadedKernel> sum =
         compileAndLoad(cuda::gemmFp8SumSpec(shape.out, shape.in), "");
     StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::fp8QuantizeSpec(shape.in), "");
-    if (!config || !gemv || !gemm || !sum || !quantize)
+    StatusOr<cuda::KernelSpec> bf16Spec = cuda::gemmFp8Bf16Spec(shape.out, shape.in);
+    StatusOr<cuda::CompiledKernel> bf16Ptx =
+        bf16Spec ? cache.getOrCompile(*bf16Spec, "compute_80")
+                 : StatusOr<cuda::CompiledKernel>(bf16Spec.status());
+    StatusOr<cuda::LoadedKernel> bf16 =
+        bf16Ptx ? device.load(*bf16Ptx) : StatusOr<cuda::LoadedKernel>(bf16Ptx.status());
+    if (!config || !gemv || !gemm || !sum || !quantize || !bf16)
       return fail("cannot load the crossover kernels");
     StatusOr<cuda::Fp8GemmWeight> weight = gemmWeight(*gemm, *config, shape.out, shape.in);
     if (!weight)
       return fail(weight.message());
     cuda::Fp8GemmKernels kernels{&*quantize, &*gemm, &*sum, *config};
-    for (int64_t tokens : {1, 2, 4, 8, 16, 32}) {
+    for (int64_t tokens : {1, 2, 4, 8, 16, 32, 512, 4096}) {
       cuda::DevicePointer w = weights, scales = unitScales, xp = x, y = ours;
       cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0, int(tokens)};
       cuda::LaunchShape launch;
       launch.gridX = unsigned((shape.out + cuda::kGemvRowsPerBlock - 1) / cuda::kGemvRowsPerBlock);
       launch.gridY = unsigned(tokens);
       launch.blockX = gemvSpec->blockThreads;
-      StatusOr<double> gemvTime = timeIt([&] {
+      StatusOr<double> gemvTime = tokens > 32 ? StatusOr<double>(0.0) : timeIt([&] {
         return device.launch(*gemv, launch, {&w, &scales, &xp, &y, &layout});
+      });
+      int xs = int(shape.in), ys = int(shape.out), count = int(tokens);
+      cuda::LaunchShape bf16Launch;
+      bf16Launch.gridX = unsigned(shape.out / 64);
+      bf16Launch.gridY = unsigned((tokens + 63) / 64);
+      bf16Launch.blockX = bf16Spec->blockThreads;
+      StatusOr<double> bf16Time = timeIt([&] {
+        return device.launch(*bf16, bf16Launch, {&w, &scales, &xp, &xs, &y, &ys, &count});
       });
       StatusOr<double> gemmTime = timeIt([&] {
         return cuda::runFp8Gemm(
             device, kernels, *weight, x, shape.in, tokens, ours, shape.out, scratch,
             cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors, config->blockN));
       });
-      if (!gemvTime || !gemmTime)
-        return fail(!gemvTime ? gemvTime.message() : gemmTime.message());
-      crossovers.push_back({shape.name, tokens, *gemvTime, *gemmTime});
+      if (!gemvTime || !gemmTime || !bf16Time)
+        return fail(!gemvTime   ? gemvTime.message()
+                    : !gemmTime ? gemmTime.message()
+                                : bf16Time.message());
+      crossovers.push_back({shape.name, tokens, *gemvTime, *gemmTime, *bf16Time});
     }
   }
 
@@ -565,7 +583,8 @@ int main(int argc, char **argv) {
       out["gemv_crossover"].push_back({{"shape", c.shape},
                                        {"tokens", c.tokens},
                                        {"gemv_us", c.gemv * 1e6},
-                                       {"gemm_us", c.gemm * 1e6}});
+                                       {"gemm_us", c.gemm * 1e6},
+                                       {"bf16_mma_compute_80_us", c.bf16 * 1e6}});
     std::printf("%s\n", out.dump(1).c_str());
     return 0;
   }
@@ -608,10 +627,15 @@ int main(int argc, char **argv) {
     std::printf("; against its block-scaled matmul alone: %.0f%% over %d shapes",
                 100 * std::exp(logSumBlock / blockCount), blockCount);
   std::printf("\n\nFP8 GEMV (f32 activations, a block per token) against the GEMM (quantize + "
-              "wgmma) at few tokens:\n%-10s %6s %9s %9s\n",
-              "matrix", "tokens", "GEMV us", "GEMM us");
-  for (const Crossover &c : crossovers)
-    std::printf("%-10s %6lld %9.1f %9.1f\n", c.shape.c_str(), (long long)c.tokens, c.gemv * 1e6,
-                c.gemm * 1e6);
+              "wgmma), and the bf16 mma GEMM of sm_80-sm_89 run as compute_80 PTX:\n"
+              "%-10s %6s %9s %9s %9s %9s\n",
+              "matrix", "tokens", "GEMV us", "GEMM us", "bf16 us", "TFLOP/s");
+  for (const Crossover &c : crossovers) {
+    const Shape &shape = c.shape == shapes[0].name ? shapes[0] : shapes[3];
+    std::printf("%-10s %6lld %9s %9.1f %9.1f %9.0f\n", c.shape.c_str(), (long long)c.tokens,
+                c.gemv > 0 ? std::to_string(int64_t(c.gemv * 1e6 + 0.5)).c_str() : "-",
+                c.gemm * 1e6, c.bf16 * 1e6,
+                2.0 * double(c.tokens) * double(shape.out) * double(shape.in) / c.bf16 / 1e12);
+  }
   return 0;
 }

@@ -16,6 +16,15 @@ __device__ __forceinline__ float halfToFloat(u16 bits) {
   return value;
 }
 
+// e4m3 (float8_e4m3fn, DeepSeek's FP8 weights) to float: (8 + m) * 2^(e - 10)
+// for e > 0, m * 2^-9 for subnormals; the weights hold no NaN.
+__device__ __forceinline__ float e4m3ToFloat(u32 b) {
+  const u32 exponent = (b >> 3) & 15, mantissa = b & 7;
+  const float magnitude = exponent ? __uint_as_float(((exponent + 120) << 23) | (mantissa << 20))
+                                   : static_cast<float>(mantissa) * 0.001953125f;
+  return (b & 0x80) ? -magnitude : magnitude;
+}
+
 // bfloat16 is the upper half of an f32.
 __device__ __forceinline__ float bf16ToFloat(u16 bits) {
   return __uint_as_float(static_cast<u32>(bits) << 16);

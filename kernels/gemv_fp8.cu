@@ -20,15 +20,6 @@
 static_assert(IN_FEATURES % 16 == 0, "rows of whole 16-byte pieces");
 constexpr int kBlockCols = (IN_FEATURES + 127) / 128;
 
-// e4m3 (float8_e4m3fn) to float: (8 + m) * 2^(e - 10) for e > 0, m * 2^-9
-// for subnormals; the weights hold no NaN.
-__device__ __forceinline__ float e4m3ToFloat(kt::u32 b) {
-  const kt::u32 exponent = (b >> 3) & 15, mantissa = b & 7;
-  const float magnitude = exponent ? __uint_as_float(((exponent + 120) << 23) | (mantissa << 20))
-                                   : static_cast<float>(mantissa) * 0.001953125f;
-  return (b & 0x80) ? -magnitude : magnitude;
-}
-
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_fp8(const void *__restrict__ weight, const float *__restrict__ scales,
          const float *__restrict__ x, float *__restrict__ y, kt::GemvLayout layout) {
@@ -50,8 +41,9 @@ gemv_fp8(const void *__restrict__ weight, const float *__restrict__ scales,
 #pragma unroll
     for (int w = 0; w < 4; ++w) {
       const float4 xs = *reinterpret_cast<const float4 *>(x + col + 4 * w);
-      dot += e4m3ToFloat(words[w] & 0xff) * xs.x + e4m3ToFloat((words[w] >> 8) & 0xff) * xs.y +
-             e4m3ToFloat((words[w] >> 16) & 0xff) * xs.z + e4m3ToFloat(words[w] >> 24) * xs.w;
+      dot += kt::e4m3ToFloat(words[w] & 0xff) * xs.x +
+             kt::e4m3ToFloat((words[w] >> 8) & 0xff) * xs.y +
+             kt::e4m3ToFloat((words[w] >> 16) & 0xff) * xs.z + kt::e4m3ToFloat(words[w] >> 24) * xs.w;
     }
     sum += rowScales[col / 128] * dot;
   }

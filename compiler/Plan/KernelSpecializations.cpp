@@ -247,6 +247,13 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
             collector.add(cuda::gemmFp8WideSpec(out, in), sub.getPrefill(),
                           (path + "." + role).str());
         }
+        // sm_80 to sm_89: weights and activations to bf16, mma.sync.
+        const StringRef prefill = chosenKernel(chosen, "prefill");
+        if (sub.getPrefill().startswith("cuda:") &&
+            (prefill.endswith(".fp8_mma") || prefill.endswith(".fp8_dequant_bf16")) &&
+            cuda::fp8GemmFits(out, in))
+          collector.add(cuda::gemmFp8Bf16Spec(out, in), sub.getPrefill(),
+                        (path + "." + role).str());
         continue;
       }
       std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());

@@ -104,7 +104,8 @@ StatusOr<graph::TargetAttr> buildTarget(MLIRContext &context, const TargetOption
     std::optional<unsigned> capability = graph::parseComputeCapability(arch);
     if (!capability || *capability < graph::kMinComputeCapability)
       return Status::error("--target-gpu architecture '" + arch +
-                           "' is not sm_NN with NN >= 75 (e.g. sm_75, sm_80, sm_89, sm_90a)");
+                           "' is not sm_NN or compute_NN with NN >= 75 (e.g. sm_75, sm_80, "
+                           "sm_89, sm_90a; compute_80 for PTX that newer GPUs run too)");
     gpuAttrs.push_back(graph::GpuAttr::get(&context, arch, memory));
   }
   unsigned numaNodes = options.numaNodes ? options.numaNodes : host ? hostNumaNodes() : 1;

@@ -75,6 +75,9 @@ struct GpuMatrix {
     Fp8GemmKernels kernels;
   };
   std::shared_ptr<const Fp8Gemm> fp8Gemm, fp8GemmWide;
+  // FP8 on sm_80 to sm_89: the bf16 mma GEMM for steps of at least
+  // kFp8Bf16GemmMinTokens tokens (null: the GEMV).
+  const Kernel *fp8Bf16Gemm = nullptr;
 };
 
 // FP8 steps of up to this many tokens keep the GEMV on f32 activations
@@ -82,6 +85,10 @@ struct GpuMatrix {
 // GEMM, which reads the weight once for 128 tokens and is faster from two
 // tokens on (fp8_gemm_bench measures the crossover; docs/gpu-kernels.md).
 constexpr int64_t kFp8GemvMaxTokens = 1;
+// The bf16 mma GEMM of GPUs without FP8 tensor cores (sm_80 to sm_89) has
+// a block per 64 outputs and 64 tokens and no pipelining: it overtakes the
+// GEMV between 8 and 32 tokens (measured as compute_80 PTX on the H100).
+constexpr int64_t kFp8Bf16GemmMinTokens = 32;
 
 struct LatentCache {
   DevicePointer latent = 0, rope = 0;
@@ -329,6 +336,11 @@ public:
                         fp8GemmSplits(tokens, w.out, w.in, gpu.multiprocessors,
                                       path.kernels.config.blockN));
     }
+    if (w.fp8Bf16Gemm && tokens >= kFp8Bf16GemmMinTokens && !layout.matrixIds) {
+      int xStride = layout.xTokenStride, yStride = layout.yTokenStride, rows = int(tokens);
+      return launch(*w.fp8Bf16Gemm, unsigned(w.out / 64), ceilDiv(tokens, 64), 1, 0,
+                    {&data, &scales, &x, &xStride, &y, &yStride, &rows});
+    }
     if (scales) // FP8: one token per block, the block scales before the activations
       return launch(*w.kernel, w.blocks, static_cast<unsigned>(tokens), 1, 0,
                     {&data, &scales, &x, &y, &layout});
@@ -543,8 +555,18 @@ public:
     }
     w.data = *data;
     w.scales = *scales;
-    if (m_.fp8Gemm)
+    if (m_.fp8Gemm) {
       loadFp8Gemm(role, w);
+      // sm_80 to sm_89: the bf16 GEMM where the plan lists it.
+      StatusOr<KernelSpec> bf16 = gemmFp8Bf16Spec(w.out, w.in);
+      if (bf16 && m_.listsKernel(*bf16)) {
+        StatusOr<const Kernel *> k = m_.kernel(bf16, b_.where() + " (" + role + ")");
+        if (!k)
+          b_.fail("cannot multiply '" + role + "' on the GPU: " + k.message());
+        else
+          w.fp8Bf16Gemm = *k;
+      }
+    }
     return w;
   }
 

@@ -426,6 +426,16 @@ StatusOr<KernelSpec> gemmFp8SumSpec(int64_t outFeatures, int64_t inFeatures) {
   return spec;
 }
 
+StatusOr<KernelSpec> gemmFp8Bf16Spec(int64_t outFeatures, int64_t inFeatures) {
+  if (!fp8GemmFits(outFeatures, inFeatures))
+    return Status::error("the FP8 GEMM takes weights of a multiple of 64 rows of a multiple of "
+                         "128 values, not [" +
+                         integer(outFeatures) + "][" + integer(inFeatures) + "].");
+  return makeKernelSpec("gemm_fp8_bf16.cu", "gemm_fp8_bf16",
+                        {{"N_FEATURES", integer(outFeatures)}, {"K_FEATURES", integer(inFeatures)}},
+                        128);
+}
+
 StatusOr<KernelSpec> fp8QuantizeSpec(int64_t inFeatures) {
   if (inFeatures <= 0 || inFeatures % 128 != 0 || inFeatures > INT32_MAX)
     return Status::error("activations of " + integer(inFeatures) +
@@ -525,6 +535,9 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
           return s;
     if (shapes.fp8Gemm && fp8GemmFits(out, in) && fp8GemmHasWide(out))
       if (Status s = add(gemmFp8WideSpec(out, in)); !s.ok())
+        return s;
+    if (shapes.fp8Bf16Gemm && fp8GemmFits(out, in))
+      if (Status s = add(gemmFp8Bf16Spec(out, in)); !s.ok())
         return s;
   }
   for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)

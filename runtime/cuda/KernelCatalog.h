@@ -115,6 +115,11 @@ bool fp8GemmHasWide(int64_t outFeatures);
 StatusOr<KernelSpec> gemmFp8WideSpec(int64_t outFeatures, int64_t inFeatures);
 StatusOr<KernelSpec> gemmFp8SumSpec(int64_t outFeatures, int64_t inFeatures);
 StatusOr<KernelSpec> fp8QuantizeSpec(int64_t inFeatures);
+// The FP8 prefill GEMM on GPUs without FP8 tensor cores, sm_80 to sm_89
+// (kernels/gemm_fp8_bf16.cu: e4m3 weights and f32 activations to bf16,
+// mma.sync; 128 threads, grid (out / 64, ceil(tokens / 64))), for the
+// shapes fp8GemmFits takes.
+StatusOr<KernelSpec> gemmFp8Bf16Spec(int64_t outFeatures, int64_t inFeatures);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows.
 unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t tokenTile = 1);
 
@@ -196,7 +201,8 @@ struct ModelKernelShapes {
   std::vector<Mla> mlaDecode;
   std::vector<int64_t> elementwiseCounts;               // hidden, ffn widths
   std::vector<std::pair<int64_t, int64_t>> fp8Matrices; // {out, in}
-  bool fp8Gemm = false; // the target runs the FP8 prefill GEMM (sm_90a)
+  bool fp8Gemm = false;     // the target runs the FP8 prefill GEMM (sm_90a)
+  bool fp8Bf16Gemm = false; // the target runs the bf16 one (sm_80 to sm_89)
   // Routed experts placed on the GPU.
   struct Experts {
     gguf::GgmlType type;

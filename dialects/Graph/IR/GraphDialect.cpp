@@ -113,7 +113,8 @@ LogicalResult GpuAttr::verify(function_ref<InFlightDiagnostic()> emitError, Stri
   std::optional<unsigned> capability = parseComputeCapability(arch);
   if (!capability || *capability < kMinComputeCapability)
     return emitError() << "GPU architecture '" << arch
-                       << "' is not sm_NN with NN >= 75 (e.g. sm_80, sm_90a)";
+                       << "' is not sm_NN or compute_NN with NN >= 75 (e.g. sm_80, sm_90a, "
+                          "compute_80)";
   if (memory == 0)
     return emitError() << "GPU memory must be positive";
   return success();
@@ -126,7 +127,7 @@ unsigned GpuAttr::getComputeCapability() const {
 
 std::optional<unsigned> kt::graph::parseComputeCapability(StringRef arch) {
   unsigned capability = 0;
-  if (!arch.consume_front("sm_"))
+  if (!arch.consume_front("sm_") && !arch.consume_front("compute_"))
     return std::nullopt;
   arch.consume_back("a"); // the architecture-specific variant (wgmma, FP8)
   if (arch.getAsInteger(10, capability))

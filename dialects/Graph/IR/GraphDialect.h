@@ -26,6 +26,7 @@ inline constexpr llvm::StringLiteral kFp8E4m3 = "f8_e4m3";
 inline constexpr uint64_t kFp8Block = 128;
 // The oldest GPU architecture the project compiles for (Turing).
 constexpr unsigned kMinComputeCapability = 75;
-// 90 for "sm_90a", 80 for "sm_80"; nullopt if `arch` is not sm_NN[a].
+// 90 for "sm_90a", 80 for "sm_80" or "compute_80" (PTX, which the driver
+// compiles for that GPU or a newer one); nullopt if `arch` is neither.
 std::optional<unsigned> parseComputeCapability(llvm::StringRef arch);
 } // namespace kt::graph

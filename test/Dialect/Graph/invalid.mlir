@@ -243,7 +243,7 @@ func.func @placement_device(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
 
 // -----
 
-// expected-error @+2 {{GPU architecture 'sm_61' is not sm_NN with NN >= 75}}
+// expected-error @+2 {{GPU architecture 'sm_61' is not sm_NN or compute_NN with NN >= 75}}
 // expected-error @+1 {{failed to parse KtGraph_TargetAttr parameter 'gpus'}}
 module attributes {ktgraph.target = #ktgraph.target<cpu = "haswell", cpu_features = [], cores = 4, gpus = [#ktgraph.gpu<arch = "sm_61", memory = 1024>]>} {}
 

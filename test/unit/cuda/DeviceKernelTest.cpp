@@ -18,6 +18,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <random>
 
 namespace kt::cuda {
@@ -782,6 +783,72 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
     std::printf("[ gpu      ] gemm_fp8 %lld tokens x %lldx%lld, %u splits, %u columns: relative "
                 "L2 %.2e\n",
                 (long long)c.rows, (long long)c.out, (long long)c.in, c.splits, c.blockN, error);
+  }
+}
+
+// The FP8 prefill GEMM of GPUs without FP8 tensor cores (sm_80 to sm_89),
+// run here as compute_80 PTX that the driver compiles for this GPU: against
+// a double product of the same e4m3 weights and block scales with the
+// activations rounded to bf16 (the products are exact, the sums f32).
+TEST_P(GpuKernels, Fp8Bf16GemmMatchesTheDoubleReference) {
+  if (!GetParam())
+    GTEST_SKIP() << "one run: the kernel is compiled as compute_80 PTX either way";
+  std::string whyNone;
+  if (queryGpus(whyNone)[0].computeMajor < 8)
+    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+  struct Case {
+    int64_t rows, out, in;
+  } cases[] = {{100, 576, 1536}, {1, 128, 256}, {130, 1024, 2048}};
+  std::mt19937 random(61);
+  auto bf16 = [](float value) { // round to nearest even, as the kernel does
+    uint32_t bits;
+    std::memcpy(&bits, &value, 4);
+    bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+    float rounded;
+    std::memcpy(&rounded, &bits, 4);
+    return rounded;
+  };
+  for (const Case &c : cases) {
+    SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.out) + "x" +
+                 std::to_string(c.in));
+    const int64_t xStride = c.in + 64, yStride = c.out + 32, slices = c.in / 128;
+    std::vector<uint8_t> w(size_t(c.out * c.in));
+    for (uint8_t &b : w) {
+      b = static_cast<uint8_t>(random());
+      if ((b & 0x7f) == 0x7f)
+        b ^= 1;
+    }
+    auto scales = randomFloats(size_t((c.out + 127) / 128 * slices), 1e-4f, 4e-3f, 62);
+    auto x = randomFloats(size_t(c.rows * xStride), -2, 2, 63);
+    StatusOr<KernelSpec> spec = gemmFp8Bf16Spec(c.out, c.in);
+    ASSERT_TRUE(spec.ok()) << spec.message();
+    auto compiled = cache->getOrCompile(*spec, "compute_80");
+    ASSERT_TRUE(compiled.ok()) << compiled.message();
+    auto kernel = device->load(*compiled);
+    ASSERT_TRUE(kernel.ok()) << kernel.message();
+    DevicePointer dw = upload(w.data(), w.size()), ds = upload(scales.data(), scales.size() * 4),
+                  dx = upload(x.data(), x.size() * 4), dy = allocate(size_t(c.rows * yStride) * 4);
+    int xs = int(xStride), ys = int(yStride), rows = int(c.rows);
+    run(*kernel, {unsigned(c.out / 64), unsigned((c.rows + 63) / 64), 1, 128, 1, 1, 0},
+        {&dw, &ds, &dx, &xs, &dy, &ys, &rows});
+    std::vector<double> expected(size_t(c.rows * c.out));
+    for (int64_t r = 0; r < c.rows; ++r)
+      for (int64_t o = 0; o < c.out; ++o) {
+        double total = 0;
+        for (int64_t i = 0; i < c.in; ++i)
+          total += double(bf16(x[size_t(r * xStride + i)])) *
+                   quant::fp8E4m3ToFloat(w[size_t(o * c.in + i)]) *
+                   scales[size_t((o / 128) * slices + i / 128)];
+        expected[size_t(r * c.out + o)] = total;
+      }
+    std::vector<float> y = download(dy, size_t(c.rows * yStride)), packed(expected.size());
+    for (int64_t r = 0; r < c.rows; ++r)
+      std::copy_n(y.begin() + r * yStride, c.out, packed.begin() + r * c.out);
+    const double error = relativeL2(packed, expected);
+    EXPECT_LE(error, 1e-5);
+    std::printf("[ gpu      ] gemm_fp8_bf16 (compute_80) %lld tokens x %lldx%lld: relative L2 "
+                "%.2e\n",
+                (long long)c.rows, (long long)c.out, (long long)c.in, error);
   }
 }
 

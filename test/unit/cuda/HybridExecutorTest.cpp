@@ -568,9 +568,10 @@ TEST(HybridExecutor, RefusesAPlanThatDoesNotListItsKernels) {
 
 // A GGUF model with its FP8 checkpoint (kt-export-hf --fp8) and the plan of
 // the FP8-linear + GGUF-experts rules; `gguf` is the GGUF-only GPU plan.
-void buildFp8Plan(const std::string &name, TestModel &gguf, plan::Plan &fp8Plan) {
+void buildFp8Plan(const std::string &name, TestModel &gguf, plan::Plan &fp8Plan,
+                  const std::string &target = targetGpu()) {
   cpu::test::buildModel(name, *gen::presetConfig("tiny"), gguf, "rules/DeepSeek-V3-Chat.yaml",
-                        targetGpu());
+                        target);
   const std::string tools = KT_TOOLS_DIR, checkpoint = gguf.ggufPath + ".fp8",
                     planPath = gguf.ggufPath + ".fp8.plan";
   const std::string exportCommand =
@@ -579,7 +580,7 @@ void buildFp8Plan(const std::string &name, TestModel &gguf, plan::Plan &fp8Plan)
   const std::string compileCommand =
       "'" + tools + "/ktc' compile --gguf-path '" + gguf.ggufPath + "' --fp8-path '" + checkpoint +
       "' --optimize-config-path '" + KT_SOURCE_DIR +
-      "/rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml' --target-gpu " + targetGpu() +
+      "/rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml' --target-gpu " + target +
       " --f32-cpu-experts -o '" + planPath + "' 2>/dev/null";
   ASSERT_EQ(std::system(compileCommand.c_str()), 0) << compileCommand;
   StatusOr<plan::Plan> read = plan::readPlan(planPath);
@@ -740,6 +741,50 @@ TEST(HybridExecutor, Fp8PrefillGemmIsPerTokenAndNearTheGemvOnF32Activations) {
   EXPECT_LE(prefill, 0.25);
   EXPECT_GE(agree, prompt.size() * 7 / 10);
   EXPECT_LE(decode, 0.1);
+}
+
+// A plan for compute_80 (PTX the driver compiles for this GPU) runs steps
+// of 32 tokens or more through the bf16 mma GEMM of GPUs without FP8 tensor
+// cores: its logits stay near those of the GEMV on f32 activations (bf16
+// rounds the activations to 8 bits of mantissa; 3.6e-3 on the H100).
+TEST(HybridExecutor, Fp8Bf16GemmOfAComputePtxPlanIsNearTheGemv) {
+  KT_REQUIRE_GPU();
+  std::string whyNone;
+  if (queryGpus(whyNone)[0].computeMajor < 8)
+    GTEST_SKIP() << "the bf16 GEMM needs sm_80";
+  TestModel gguf;
+  plan::Plan fp8Plan;
+  buildFp8Plan("tiny-fp8-bf16", gguf, fp8Plan, "compute_80:80GiB");
+  ASSERT_TRUE(std::any_of(fp8Plan.kernelSpecializations.begin(),
+                          fp8Plan.kernelSpecializations.end(),
+                          [](const plan::KernelSpecialization &k) {
+                            return k.entry == "gemm_fp8_bf16" && k.arch == "compute_80";
+                          }));
+  exec::ExecutorOptions options;
+  options.threads = 2;
+  StatusOr<std::unique_ptr<exec::Executor>> gemm =
+      exec::createExecutor(fp8Plan, *gguf.model, options);
+  options.fp8Gemm = false;
+  StatusOr<std::unique_ptr<exec::Executor>> gemv =
+      exec::createExecutor(fp8Plan, *gguf.model, options);
+  ASSERT_TRUE(gemm.ok()) << gemm.message();
+  ASSERT_TRUE(gemv.ok()) << gemv.message();
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(150, 12);
+  StatusOr<std::vector<float>> a = (*gemm)->forward(prompt, true),
+                               b = (*gemv)->forward(prompt, true);
+  ASSERT_TRUE(a.ok()) << a.message();
+  ASSERT_TRUE(b.ok()) << b.message();
+  const int64_t vocab = (*gemv)->vocabSize();
+  const double prefill = cpu::test::relativeL2(*a, *b);
+  size_t agree = 0;
+  for (size_t row = 0; row < prompt.size(); ++row)
+    agree += argmax(*a, row, vocab) == argmax(*b, row, vocab);
+  std::printf("[ gpu      ] bf16 FP8 GEMM (compute_80 plan) against the GEMV: relative L2 %.2e, "
+              "same top token at %zu of %zu positions\n",
+              prefill, agree, prompt.size());
+  EXPECT_GT(prefill, 1e-7); // the activations were rounded: the GEMM ran
+  EXPECT_LE(prefill, 0.03);
+  EXPECT_GE(agree, prompt.size() * 9 / 10);
 }
 
 // Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.

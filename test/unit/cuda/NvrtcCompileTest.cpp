@@ -107,6 +107,27 @@ TEST(NvrtcCompile, Fp8GemmSpecializationsCompileForSm90a) {
   }
 }
 
+// On sm_80 to sm_89 targets the FP8 matrices add the bf16 mma GEMM; it
+// compiles for those archs and as compute_80 PTX.
+TEST(NvrtcCompile, Fp8Bf16GemmSpecializationsCompileForAmpereAndAda) {
+  REQUIRE_NVRTC(nvrtc);
+  ModelKernelShapes shapes = test::deepseekV3Shapes();
+  shapes.fp8Bf16Gemm = true;
+  auto specs = allKernelSpecializations(shapes);
+  ASSERT_TRUE(specs.ok()) << specs.message();
+  int compiled = 0;
+  for (const KernelSpec &spec : *specs) {
+    if (spec.entry != "gemm_fp8_bf16")
+      continue;
+    for (const char *arch : {"sm_80", "sm_86", "sm_89", "compute_80"}) {
+      auto result = nvrtc->compile(spec, arch);
+      ASSERT_TRUE(result.ok()) << result.message();
+      ++compiled;
+    }
+  }
+  EXPECT_EQ(compiled, 4 * 4); // V3's 4 FP8 matrices, all of whose shapes it takes
+}
+
 TEST(NvrtcCompile, EverySmallModelSpecializationAndTableTypeCompiles) {
   REQUIRE_NVRTC(nvrtc);
   auto specs = allKernelSpecializations(test::smallModelShapes());
