@@ -29,6 +29,18 @@ __device__ __forceinline__ kt::u32 toBf16(float value) {
   return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
 }
 
+// A warp's 2 x 4 accumulators of 4 values; f += add * scale.
+typedef float Fragments[2][4][4];
+__device__ __forceinline__ void addScaled(Fragments &f, const Fragments &add, float scale) {
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int v = 0; v < 4; ++v)
+        f[i][j][v] += add[i][j][v] * scale;
+}
+
 extern "C" __global__ void __launch_bounds__(128)
 gemm_fp8_bf16(const kt::u8 *__restrict__ weight, const float *__restrict__ scales,
               const float *__restrict__ x, int xStride, float *__restrict__ y, int yStride,
@@ -45,22 +57,9 @@ gemm_fp8_bf16(const kt::u8 *__restrict__ weight, const float *__restrict__ scale
   const kt::u8 *wRow = weight + static_cast<long long>(n0 + copyRow) * K_FEATURES;
   const float *scaleRow = scales + (n0 / 128) * kScaleColumns;
 
-  float result[2][4][4], sums[2][4][4];
-#pragma unroll
-  for (int i = 0; i < 2; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j)
-#pragma unroll
-      for (int v = 0; v < 4; ++v)
-        result[i][j][v] = 0.0f;
+  Fragments result = {};
   for (int block = 0; block < kScaleColumns; ++block) {
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int v = 0; v < 4; ++v)
-          sums[i][j][v] = 0.0f;
+    Fragments sums = {};
     for (int k0 = block * 128; k0 < block * 128 + 128; k0 += kStep) {
       // Activations (rows past the end repeat the last row; their results
       // are not stored) and weights to bf16 pairs.
@@ -115,14 +114,7 @@ gemm_fp8_bf16(const kt::u8 *__restrict__ weight, const float *__restrict__ scale
       }
       __syncthreads();
     }
-    const float scale = scaleRow[block];
-#pragma unroll
-    for (int i = 0; i < 2; ++i)
-#pragma unroll
-      for (int j = 0; j < 4; ++j)
-#pragma unroll
-        for (int v = 0; v < 4; ++v)
-          result[i][j][v] += sums[i][j][v] * scale;
+    addScaled(result, sums, scaleRow[block]);
   }
   // Accumulator layout: values 0, 1 at (row, column, column + 1), 2, 3 at row + 8.
 #pragma unroll

@@ -42,6 +42,26 @@ std::vector<float> randomFloats(size_t count, float low, float high, unsigned se
   return values;
 }
 
+// Random e4m3 codes without the NaN ones (weights hold none).
+std::vector<uint8_t> randomE4m3(size_t count, std::mt19937 &random) {
+  std::vector<uint8_t> codes(count);
+  for (uint8_t &b : codes) {
+    b = static_cast<uint8_t>(random());
+    if ((b & 0x7f) == 0x7f)
+      b ^= 1;
+  }
+  return codes;
+}
+
+// `rows` rows of `width` floats from rows `stride` apart.
+std::vector<float> packRows(const std::vector<float> &strided, int64_t rows, int64_t width,
+                            int64_t stride) {
+  std::vector<float> packed(size_t(rows * width));
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy_n(strided.begin() + r * stride, width, packed.begin() + r * width);
+  return packed;
+}
+
 // Parameter: true = CUBIN for the GPU's own arch, false = PTX (compute_XY).
 class GpuKernels : public ::testing::TestWithParam<bool> {
 protected:
@@ -649,12 +669,7 @@ TEST_P(GpuKernels, GemvFp8MatchesTheCpuReference) {
   std::mt19937 random(41);
   for (const auto &shape : shapes) {
     SCOPED_TRACE(std::to_string(shape.out) + "x" + std::to_string(shape.in));
-    std::vector<uint8_t> w(size_t(shape.out * shape.in));
-    for (uint8_t &b : w) {
-      b = static_cast<uint8_t>(random());
-      if ((b & 0x7f) == 0x7f) // NaN codes: weights have none
-        b ^= 1;
-    }
+    const std::vector<uint8_t> w = randomE4m3(size_t(shape.out * shape.in), random);
     const int64_t blockRows = (shape.out + 127) / 128, blockCols = (shape.in + 127) / 128;
     auto scales = randomFloats(blockRows * blockCols, 1e-4f, 4e-3f, 42);
     auto x = randomFloats(shape.in, -1, 1, 43);
@@ -701,12 +716,7 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
                  std::to_string(c.in) + ", " + std::to_string(c.splits) + " splits, " +
                  std::to_string(c.blockN) + " columns");
     const int64_t xStride = c.in + 128, yStride = c.out + 64, slices = c.in / 128;
-    std::vector<uint8_t> w(size_t(c.out * c.in));
-    for (uint8_t &b : w) {
-      b = static_cast<uint8_t>(random());
-      if ((b & 0x7f) == 0x7f)
-        b ^= 1;
-    }
+    const std::vector<uint8_t> w = randomE4m3(size_t(c.out * c.in), random);
     const int64_t blockRows = (c.out + 127) / 128;
     auto wScales = randomFloats(size_t(blockRows * slices), 1e-4f, 4e-3f, 52);
     auto x = randomFloats(size_t(c.rows * xStride), -2, 2, 53);
@@ -773,9 +783,8 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
         }
         expected[size_t(r * c.out + o)] = total;
       }
-    std::vector<float> y = download(dy, size_t(c.rows * yStride)), packed(expected.size());
-    for (int64_t r = 0; r < c.rows; ++r)
-      std::copy_n(y.begin() + r * yStride, c.out, packed.begin() + r * c.out);
+    const std::vector<float> packed =
+        packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
     // FP8 wgmma adds its products with fewer mantissa bits than f32 (which
     // is why the GEMM promotes every 128 columns): 2.3e-4 on the H200.
     const double error = relativeL2(packed, expected);
@@ -812,12 +821,7 @@ TEST_P(GpuKernels, Fp8Bf16GemmMatchesTheDoubleReference) {
     SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.out) + "x" +
                  std::to_string(c.in));
     const int64_t xStride = c.in + 64, yStride = c.out + 32, slices = c.in / 128;
-    std::vector<uint8_t> w(size_t(c.out * c.in));
-    for (uint8_t &b : w) {
-      b = static_cast<uint8_t>(random());
-      if ((b & 0x7f) == 0x7f)
-        b ^= 1;
-    }
+    const std::vector<uint8_t> w = randomE4m3(size_t(c.out * c.in), random);
     auto scales = randomFloats(size_t((c.out + 127) / 128 * slices), 1e-4f, 4e-3f, 62);
     auto x = randomFloats(size_t(c.rows * xStride), -2, 2, 63);
     StatusOr<KernelSpec> spec = gemmFp8Bf16Spec(c.out, c.in);
@@ -841,9 +845,8 @@ TEST_P(GpuKernels, Fp8Bf16GemmMatchesTheDoubleReference) {
                    scales[size_t((o / 128) * slices + i / 128)];
         expected[size_t(r * c.out + o)] = total;
       }
-    std::vector<float> y = download(dy, size_t(c.rows * yStride)), packed(expected.size());
-    for (int64_t r = 0; r < c.rows; ++r)
-      std::copy_n(y.begin() + r * yStride, c.out, packed.begin() + r * c.out);
+    const std::vector<float> packed =
+        packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
     const double error = relativeL2(packed, expected);
     EXPECT_LE(error, 1e-5);
     std::printf("[ gpu      ] gemm_fp8_bf16 (compute_80) %lld tokens x %lldx%lld: relative L2 "
