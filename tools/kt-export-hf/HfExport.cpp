@@ -13,8 +13,10 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 #include <unistd.h>
 
 namespace kt::hfexport {
@@ -542,6 +544,46 @@ StatusOr<ExportPlan> planExport(const gguf::GgufModel &model, const ExportOption
   return plan;
 }
 
+namespace {
+
+// body(begin, end) over [0, count) in equal ranges, one per hardware
+// thread: exporting V3-sized tensors is CPU-bound (decoding GGUF blocks,
+// rounding to e4m3).
+void parallelRanges(int64_t count, const std::function<void(int64_t, int64_t)> &body) {
+  const int64_t threads = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1,
+                                              std::max<int64_t>(count, 1));
+  if (threads == 1) {
+    body(0, count);
+    return;
+  }
+  std::vector<std::thread> workers;
+  for (int64_t t = 0; t < threads; ++t)
+    workers.emplace_back(body, count * t / threads, count * (t + 1) / threads);
+  for (std::thread &worker : workers)
+    worker.join();
+}
+
+// `n` values of `type` from `data` (whole rows of `rowValues`), rows on
+// several threads.
+Status dequantizeRows(gguf::GgmlType type, const uint8_t *data, int64_t rowValues, float *out,
+                      int64_t n) {
+  std::optional<uint64_t> rowBytes = gguf::ggmlRowBytes(type, rowValues);
+  if (!rowBytes || rowValues <= 0 || n % rowValues != 0)
+    return quant::dequantize(type, data, out, n);
+  std::mutex failure;
+  Status status = Status::success();
+  parallelRanges(n / rowValues, [&](int64_t begin, int64_t end) {
+    Status s = quant::dequantize(type, data + uint64_t(begin) * *rowBytes, out + begin * rowValues,
+                                 (end - begin) * rowValues);
+    std::lock_guard<std::mutex> lock(failure);
+    if (!s.ok() && status.ok())
+      status = s;
+  });
+  return status;
+}
+
+} // namespace
+
 Status materializeTensor(const ExportTensor &tensor, float *out) {
   const int64_t n = tensor.elements();
   auto failed = [&](const Status &status) {
@@ -553,7 +595,8 @@ Status materializeTensor(const ExportTensor &tensor, float *out) {
     std::fill(out, out + n, 0.0f);
     return Status::success();
   case TensorSource::Whole: {
-    Status s = quant::dequantize(tensor.inputs[0]->type, tensor.inputs[0]->data, out, n);
+    Status s = dequantizeRows(tensor.inputs[0]->type, tensor.inputs[0]->data,
+                              tensor.inputs[0]->ne[0], out, n);
     return s.ok() ? s : failed(s);
   }
   case TensorSource::ExpertSlice: {
@@ -563,7 +606,7 @@ Status materializeTensor(const ExportTensor &tensor, float *out) {
       return failed(Status::error("rows do not fit the type's blocks"));
     const uint8_t *slice = in.data + static_cast<uint64_t>(tensor.expert) *
                                          static_cast<uint64_t>(in.ne[1]) * *rowBytes;
-    Status s = quant::dequantize(in.type, slice, out, n);
+    Status s = dequantizeRows(in.type, slice, in.ne[0], out, n);
     return s.ok() ? s : failed(s);
   }
   case TensorSource::KvBFromSplit: {
@@ -711,24 +754,29 @@ std::vector<uint8_t> encode(const StoredTensor &t, const std::vector<float> &val
   // FP8 weights and their scales: per block, amax / 448.
   const int64_t rows = t.source->shape[0], cols = t.source->shape[1];
   const int64_t blockCols = (cols + block - 1) / block;
-  std::vector<float> scales(static_cast<size_t>(((rows + block - 1) / block) * blockCols), 0.0f);
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      float &amax = scales[static_cast<size_t>((r / block) * blockCols + c / block)];
-      amax = std::max(amax, std::fabs(values[static_cast<size_t>(r * cols + c)]));
-    }
-  for (float &scale : scales)
-    scale = scale > 0 ? scale / 448.0f : 1.0f;
-  if (t.scales) {
+  const int64_t blockRows = (rows + block - 1) / block;
+  std::vector<float> scales(static_cast<size_t>(blockRows * blockCols), 0.0f);
+  // Each thread takes whole row blocks: their scales, then their codes.
+  parallelRanges(blockRows, [&](int64_t firstBlock, int64_t endBlock) {
+    const int64_t begin = firstBlock * block, end = std::min(endBlock * block, rows);
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        float &amax = scales[static_cast<size_t>((r / block) * blockCols + c / block)];
+        amax = std::max(amax, std::fabs(values[static_cast<size_t>(r * cols + c)]));
+      }
+    for (int64_t i = firstBlock * blockCols; i < endBlock * blockCols; ++i)
+      scales[size_t(i)] = scales[size_t(i)] > 0 ? scales[size_t(i)] / 448.0f : 1.0f;
+    if (t.scales)
+      return;
+    for (int64_t r = begin; r < end; ++r)
+      for (int64_t c = 0; c < cols; ++c) {
+        const float scale = scales[static_cast<size_t>((r / block) * blockCols + c / block)];
+        out[static_cast<size_t>(r * cols + c)] =
+            quant::floatToFp8E4m3(values[static_cast<size_t>(r * cols + c)] / scale);
+      }
+  });
+  if (t.scales)
     std::memcpy(out.data(), scales.data(), t.bytes);
-    return out;
-  }
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) {
-      const float scale = scales[static_cast<size_t>((r / block) * blockCols + c / block)];
-      out[static_cast<size_t>(r * cols + c)] =
-          quant::floatToFp8E4m3(values[static_cast<size_t>(r * cols + c)] / scale);
-    }
   return out;
 }
 
