@@ -90,8 +90,8 @@ cl::opt<std::string> compileTargetCpu(
 cl::list<std::string> compileTargetGpus(
     "target-gpu", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
     cl::value_desc("arch:memory"),
-    cl::desc("A GPU of that machine, e.g. sm_90a:80GiB, repeated per GPU; 'none' for no GPU "
-             "(default: this host's GPUs)"));
+    cl::desc("A GPU of that machine, e.g. sm_90a:80GiB (compute_80:40GiB: PTX, for that GPU "
+             "or newer), repeated per GPU; 'none' for no GPU (default: this host's GPUs)"));
 cl::opt<unsigned> compileTargetCores("target-cores", cl::cat(ktcCategory),
                                      cl::sub(compileCommand), cl::sub(explainCommand),
                                      cl::desc("CPU cores of that machine (default: this host's)"),

@@ -197,9 +197,9 @@ int main(int argc, char **argv) {
                "region as a CUDA graph (for comparison and debugging)");
   bool noFp8Gemm = false;
   app.add_flag("--no-fp8-gemm", noFp8Gemm,
-               "FP8 plans on sm_90a: multiply the FP8 projections of prefill steps with the FP8 "
-               "GEMV on f32 activations too, instead of the tensor-core GEMM on activations "
-               "quantized per token and 128 columns (for comparison)");
+               "FP8 plans: multiply the FP8 projections of prefill steps with the FP8 GEMV on "
+               "f32 activations too, instead of the tensor-core GEMM (sm_90a: on activations "
+               "quantized per token and 128 columns; sm_80 to sm_89: in bf16) (for comparison)");
   bool bench = false;
   kt::ktrun::BenchOptions benchOptions;
   app.add_flag("--bench", bench,
