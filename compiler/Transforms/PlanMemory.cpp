@@ -75,6 +75,15 @@ uint64_t activationBytes(Operation *op, int64_t chunk) {
   } else if (auto gate = dyn_cast<MoeGateOp>(op)) {
     bytes += 2 * chunk * gate.getNumExperts() * kF32;
   }
+  // FP8 projections' GEMM (sm_90a) quantizes its input first: a byte per
+  // value and an f32 per 128 of the widest input (an upper bound where the
+  // GPU runs another FP8 kernel).
+  int64_t widestFp8Input = 0;
+  if (auto module = dyn_cast<ModelModuleOpInterface>(op))
+    for (auto &[role, weight] : module.getWeights())
+      if (weight.getDtype() == kFp8E4m3 && !weight.getShape().empty())
+        widestFp8Input = std::max(widestFp8Input, weight.getShape()[0]);
+  bytes += chunk * widestFp8Input + chunk * (widestFp8Input / 128) * kF32;
   return static_cast<uint64_t>(bytes);
 }
 

@@ -36,6 +36,26 @@ func.func @forward(%x: tensor<?x64xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf
 
 // -----
 
+// FP8 weights: one byte per value and an f32 per 128x128 block; the GEMM's
+// quantized input adds a byte per value and an f32 per 128 of the widest
+// input (down_proj's 256) to the MLP's f32 buffers for the chunk.
+// CHECK-LABEL: module @fp8
+// weights: 3 x (128 x 256 + 2 x 4); activations: 3 x 64 x 128 x 4 + 2 x 64 x
+// 256 x 4, then 64 x 256 + 64 x 2 x 4.
+// CHECK-SAME: "cuda:0" = {activations = 246272 : i64, budget = 1073741824 : i64, kv_cache = 0 : i64, staging = 0 : i64, total = 344600 : i64, weights = 98328 : i64}
+module @fp8 attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 2147483648>]>} {
+func.func @forward(%x: tensor<?x128xf32>) -> tensor<?x128xf32> {
+  %d = ktgraph.mlp %x {path = "model.layers.0.mlp",
+      gate_proj = #ktgraph.weight<"model.layers.0.mlp.gate_proj.weight", "f8_e4m3", [128, 256]>,
+      up_proj = #ktgraph.weight<"model.layers.0.mlp.up_proj.weight", "f8_e4m3", [128, 256]>,
+      down_proj = #ktgraph.weight<"model.layers.0.mlp.down_proj.weight", "f8_e4m3", [256, 128]>,
+      ktgraph.placement = #ktgraph.placement<prefill = "cuda:0", decode = "cuda:0", op = "mlp">} : tensor<?x128xf32>
+  return %d : tensor<?x128xf32>
+}
+}
+
+// -----
+
 // Over budget: the whole table and the largest modules on the device.
 // expected-error @+1 {{the plan does not fit in memory}}
 module @over attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 1073807360>]>} {
