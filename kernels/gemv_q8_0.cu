@@ -63,7 +63,7 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
           float *__restrict__ y, kt::GemvLayout layout) {
   const int lane = threadIdx.x % 32;
-#if TOKEN_TILE > 1
+  // The warp's first row (its only one in decode).
   const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32) * ROWS_PER_WARP;
   if (firstRow >= OUT_FEATURES)
     return;
@@ -72,6 +72,7 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
   if (tokens <= 0) // the whole block: a slot without a matrix
     return;
   const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + firstRow) * kRowBytes;
+#if TOKEN_TILE > 1
   float sums[TOKEN_TILE][ROWS_PER_WARP];
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t)
@@ -109,17 +110,9 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
         KT_GEMV_Y(t)[firstRow + r] = sum;
     }
 #else
-  const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
-  if (row >= OUT_FEATURES)
-    return;
-  long long headRow;
-  KT_GEMV_TOKENS(TOKEN_TILE, OUT_FEATURES, headRow);
-  if (tokens <= 0) // the whole block: a slot without a matrix
-    return;
-  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + row) * kRowBytes;
 #if GATE_UP
   const kt::u8 *upBytes =
-      reinterpret_cast<const kt::u8 *>(layout.upWeight) + (headRow + row) * kRowBytes;
+      reinterpret_cast<const kt::u8 *>(layout.upWeight) + (headRow + firstRow) * kRowBytes;
   float upSum = 0.0f;
 #endif
 
@@ -160,7 +153,7 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
     sum = kt::siluMul(sum, kt::warpSum(upSum));
 #endif
     if (lane == 0 && t < tokens)
-      KT_GEMV_Y(t)[row] = sum;
+      KT_GEMV_Y(t)[firstRow] = sum;
   }
 #endif
 }

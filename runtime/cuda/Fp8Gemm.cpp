@@ -51,7 +51,7 @@ unsigned fp8GemmSplits(int64_t rows, int64_t out, int64_t in, int multiprocessor
 }
 
 bool fp8GemmPrefersWide(int64_t rows, int64_t out, int multiprocessors) {
-  if (out % 256 != 0 || multiprocessors <= 0)
+  if (!fp8GemmHasWide(out) || multiprocessors <= 0)
     return false;
   const int64_t narrow = tiles(rows, out, 128), wide = tiles(rows, out, 256);
   if (narrow * 2 < multiprocessors)
@@ -67,8 +67,8 @@ size_t fp8GemmScaleBytes(int64_t rows, int64_t in) { return size_t(in / kSlice *
 
 size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiprocessors,
                             unsigned blockN) {
-  // Splits only happen for few tiles, so the most partials come from the
-  // largest row count that still splits.
+  // The most over every step size up to `rows` that splits K (only steps
+  // of few tiles do).
   size_t most = 0;
   for (int64_t r = kBlockRows; r < rows + kBlockRows; r += kBlockRows) {
     const int64_t n = std::min(r, rows);

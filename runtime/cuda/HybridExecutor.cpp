@@ -9,8 +9,8 @@
 #include "runtime/cpu/Rope.h"
 #include "runtime/cpu/ThreadPool.h"
 #include "runtime/cuda/CudaDevice.h"
-#include "runtime/cuda/Fp8Gemm.h"
 #include "runtime/cuda/DeviceQuery.h"
+#include "runtime/cuda/Fp8Gemm.h"
 #include "runtime/cuda/KernelCache.h"
 #include "runtime/cuda/KernelCatalog.h"
 #include "runtime/cuda/Nvrtc.h"
@@ -957,9 +957,6 @@ struct AssignmentGroups {
   }
 };
 
-// Copies of a CPU-placed layer's most often routed experts on the GPU (the
-// spare-VRAM expert cache): the choices of cached experts run there, the
-// rest on the CPU meanwhile, and the GPU adds the two sums.
 // A layer's routed experts on the GPU (all of them, or the cached ones in
 // slot order) and the kernels of their products.
 struct ExpertMatrices {
@@ -978,6 +975,9 @@ Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePo
                       int64_t rows, const AssignmentGroups *groups, int64_t tiles,
                       uint64_t matrixIds, DevicePointer g, DevicePointer u, DevicePointer d);
 
+// Copies of a CPU-placed layer's most often routed experts on the GPU (the
+// spare-VRAM expert cache): the choices of cached experts run there, the
+// rest on the CPU meanwhile, and the GPU adds the two sums.
 struct CachedExperts {
   const gguf::TensorInfo *tensors[3] = {}; // gate, up, down of all experts, on the host
   GpuMatrix matrices[3];                   // the cached experts in slot order (empty until filled)

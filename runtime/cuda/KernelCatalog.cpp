@@ -370,6 +370,17 @@ bool fp8GemmFits(int64_t outFeatures, int64_t inFeatures) {
          outFeatures <= INT32_MAX && inFeatures <= INT32_MAX;
 }
 
+namespace {
+// Why the FP8 GEMMs cannot take a weight (success where they can).
+Status fp8GemmShapeCheck(int64_t outFeatures, int64_t inFeatures) {
+  if (fp8GemmFits(outFeatures, inFeatures))
+    return Status::success();
+  return Status::error("the FP8 GEMM takes weights of a multiple of 64 rows of a multiple of 128 "
+                       "values, not [" +
+                       integer(outFeatures) + "][" + integer(inFeatures) + "].");
+}
+} // namespace
+
 StatusOr<Fp8GemmConfig> fp8GemmConfig(int64_t outFeatures, unsigned blockN) {
   Fp8GemmConfig config;
   config.blockN = blockN ? blockN : outFeatures % 128 == 0 ? 128 : 64;
@@ -377,7 +388,7 @@ StatusOr<Fp8GemmConfig> fp8GemmConfig(int64_t outFeatures, unsigned blockN) {
       outFeatures <= 0 || outFeatures % config.blockN != 0)
     return Status::error("the FP8 GEMM cannot tile " + integer(outFeatures) + " rows by " +
                          integer(config.blockN) + ".");
-  // As deep a ring as sm_90's 227 KiB allow: 8 x 24, 6 x 32 or 4 x 48 KiB.
+  // As deep a ring as sm_90's 227 KiB allow: 8 x 24, 7 x 32 or 4 x 48 KiB.
   const unsigned stageBytes = 128 * 128 + config.blockN * 128;
   config.stages = std::min(8u, (227u * 1024 - 1024) / (stageBytes + 16));
   return config;
@@ -389,10 +400,8 @@ unsigned fp8GemmSharedBytes(const Fp8GemmConfig &config) {
 
 StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures,
                                  const Fp8GemmConfig &config) {
-  if (!fp8GemmFits(outFeatures, inFeatures))
-    return Status::error("the FP8 GEMM takes weights of a multiple of 64 rows of a multiple of "
-                         "128 values, not [" +
-                         integer(outFeatures) + "][" + integer(inFeatures) + "].");
+  if (Status s = fp8GemmShapeCheck(outFeatures, inFeatures); !s.ok())
+    return s;
   return makeKernelSpec("gemm_fp8.cu", "gemm_fp8",
                         {{"N_FEATURES", integer(outFeatures)},
                          {"K_FEATURES", integer(inFeatures)},
@@ -427,10 +436,8 @@ StatusOr<KernelSpec> gemmFp8SumSpec(int64_t outFeatures, int64_t inFeatures) {
 }
 
 StatusOr<KernelSpec> gemmFp8Bf16Spec(int64_t outFeatures, int64_t inFeatures) {
-  if (!fp8GemmFits(outFeatures, inFeatures))
-    return Status::error("the FP8 GEMM takes weights of a multiple of 64 rows of a multiple of "
-                         "128 values, not [" +
-                         integer(outFeatures) + "][" + integer(inFeatures) + "].");
+  if (Status s = fp8GemmShapeCheck(outFeatures, inFeatures); !s.ok())
+    return s;
   return makeKernelSpec("gemm_fp8_bf16.cu", "gemm_fp8_bf16",
                         {{"N_FEATURES", integer(outFeatures)}, {"K_FEATURES", integer(inFeatures)}},
                         128);

@@ -19,6 +19,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <functional>
 #include <random>
 
 namespace kt::cuda {
@@ -51,6 +52,30 @@ std::vector<uint8_t> randomE4m3(size_t count, std::mt19937 &random) {
       b ^= 1;
   }
   return codes;
+}
+
+// y = x W^T in double for a weight of `out` rows of `in` e4m3 codes with
+// 128x128 block scales: per 128-column slice, the sum of activation(r, i)
+// x weight, times activationScale(r, slice) and the weight's block scale.
+std::vector<double> blockScaledProduct(int64_t rows, int64_t out, int64_t in,
+                                       const std::function<double(int64_t, int64_t)> &activation,
+                                       const std::function<double(int64_t, int64_t)> &activationScale,
+                                       const std::vector<uint8_t> &w,
+                                       const std::vector<float> &wScales) {
+  const int64_t slices = in / 128;
+  std::vector<double> product(size_t(rows * out));
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t o = 0; o < out; ++o) {
+      double total = 0;
+      for (int64_t slice = 0; slice < slices; ++slice) {
+        double part = 0;
+        for (int64_t i = slice * 128; i < slice * 128 + 128; ++i)
+          part += activation(r, i) * quant::fp8E4m3ToFloat(w[size_t(o * in + i)]);
+        total += part * activationScale(r, slice) * wScales[size_t((o / 128) * slices + slice)];
+      }
+      product[size_t(r * out + o)] = total;
+    }
+  return product;
 }
 
 // `rows` rows of `width` floats from rows `stride` apart.
@@ -769,20 +794,11 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
               << "row " << r << " column " << slice * 128 + i;
         }
       }
-    std::vector<double> expected(size_t(c.rows * c.out));
-    for (int64_t r = 0; r < c.rows; ++r)
-      for (int64_t o = 0; o < c.out; ++o) {
-        double total = 0;
-        for (int64_t slice = 0; slice < slices; ++slice) {
-          double part = 0;
-          for (int64_t i = slice * 128; i < slice * 128 + 128; ++i)
-            part += double(quant::fp8E4m3ToFloat(q[size_t(r * c.in + i)])) *
-                    quant::fp8E4m3ToFloat(w[size_t(o * c.in + i)]);
-          total += part * qScales[size_t(slice * scratch.rows + r)] *
-                   wScales[size_t((o / 128) * slices + slice)];
-        }
-        expected[size_t(r * c.out + o)] = total;
-      }
+    const std::vector<double> expected = blockScaledProduct(
+        c.rows, c.out, c.in,
+        [&](int64_t r, int64_t i) { return quant::fp8E4m3ToFloat(q[size_t(r * c.in + i)]); },
+        [&](int64_t r, int64_t slice) { return qScales[size_t(slice * scratch.rows + r)]; }, w,
+        wScales);
     const std::vector<float> packed =
         packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
     // FP8 wgmma adds its products with fewer mantissa bits than f32 (which
@@ -835,16 +851,9 @@ TEST_P(GpuKernels, Fp8Bf16GemmMatchesTheDoubleReference) {
     int xs = int(xStride), ys = int(yStride), rows = int(c.rows);
     run(*kernel, {unsigned(c.out / 64), unsigned((c.rows + 63) / 64), 1, 128, 1, 1, 0},
         {&dw, &ds, &dx, &xs, &dy, &ys, &rows});
-    std::vector<double> expected(size_t(c.rows * c.out));
-    for (int64_t r = 0; r < c.rows; ++r)
-      for (int64_t o = 0; o < c.out; ++o) {
-        double total = 0;
-        for (int64_t i = 0; i < c.in; ++i)
-          total += double(bf16(x[size_t(r * xStride + i)])) *
-                   quant::fp8E4m3ToFloat(w[size_t(o * c.in + i)]) *
-                   scales[size_t((o / 128) * slices + i / 128)];
-        expected[size_t(r * c.out + o)] = total;
-      }
+    const std::vector<double> expected = blockScaledProduct(
+        c.rows, c.out, c.in, [&](int64_t r, int64_t i) { return bf16(x[size_t(r * xStride + i)]); },
+        [](int64_t, int64_t) { return 1.0; }, w, scales);
     const std::vector<float> packed =
         packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
     const double error = relativeL2(packed, expected);
