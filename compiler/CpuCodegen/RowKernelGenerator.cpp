@@ -801,6 +801,9 @@ std::vector<RowKernelRequest> expertKernelRequests(const plan::Plan &plan) {
       std::optional<GgmlType> type = gguf::parseGgmlType(weight.type);
       if (!type || weight.shape.empty())
         continue;
+      // FP8 experts run as the q8_0 copy the executor makes at load.
+      if (*type == GgmlType::F8_E4M3_B128)
+        type = GgmlType::Q8_0;
       RowKernelRequest request{*type, weight.shape[0]};
       bool known = std::any_of(requests.begin(), requests.end(), [&](const RowKernelRequest &r) {
         return r.type == request.type && r.cols == request.cols;

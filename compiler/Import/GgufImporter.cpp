@@ -38,7 +38,7 @@ private:
     if (error_.empty())
       error_ = std::move(message);
   }
-  const std::string &file() const { return model_.files().front()->path(); }
+  const std::string &file() const { return model_.sourcePath(); }
 
   StringAttr path(const std::string &modulePath) { return builder_.getStringAttr(modulePath); }
   Value buildLayer(int64_t layer, Value hidden);
@@ -124,6 +124,9 @@ graph::WeightAttr Importer::optionalWeight(const std::string &name) {
   if (!error_.empty())
     return {};
   const GgmlTypeTraits &traits = gguf::ggmlTypeTraits(tensor->type);
+  // A checkpoint's e4m3 weight (its block scales ride with it).
+  if (tensor->type == gguf::GgmlType::F8_E4M3_B128)
+    return graph::WeightAttr::get(&context_, name, graph::kFp8E4m3, tensor->ne);
   if (!traits.dequantizable) {
     fail(file() + ": tensor '" + name + "' has storage type " + std::string(traits.name) +
          ", which ktc cannot run yet; use a model quantized to F32, F16, BF16, Q8_0, Q4_0, "

@@ -75,15 +75,6 @@ uint64_t activationBytes(Operation *op, int64_t chunk) {
   } else if (auto gate = dyn_cast<MoeGateOp>(op)) {
     bytes += 2 * chunk * gate.getNumExperts() * kF32;
   }
-  // FP8 projections' GEMM (sm_90a) quantizes its input first: a byte per
-  // value and an f32 per 128 of the widest input (an upper bound where the
-  // GPU runs another FP8 kernel).
-  int64_t widestFp8Input = 0;
-  if (auto module = dyn_cast<ModelModuleOpInterface>(op))
-    for (auto &[role, weight] : module.getWeights())
-      if (weight.getDtype() == kFp8E4m3 && !weight.getShape().empty())
-        widestFp8Input = std::max(widestFp8Input, weight.getShape()[0]);
-  bytes += chunk * widestFp8Input + chunk * (widestFp8Input / 128) * kF32;
   return static_cast<uint64_t>(bytes);
 }
 
@@ -122,6 +113,16 @@ public:
       std::optional<uint64_t> bytes = parseByteSize(expertCache);
       if (!bytes) {
         module.emitError() << "expert-cache '" << expertCache << "' is not a size, e.g. 20GiB";
+        return signalPassFailure();
+      }
+      bool fp8Experts = false;
+      module.walk([&](RoutedExpertsOp experts) {
+        fp8Experts |= experts.getGateProj().getDtype() == kFp8E4m3;
+      });
+      if (*bytes > 0 && fp8Experts) {
+        module.emitError() << "the GPU expert cache holds GGUF-quantized experts only, and "
+                              "this model's routed experts are FP8; compile without "
+                              "--gpu-expert-cache";
         return signalPassFailure();
       }
       if (*bytes > 0 && !usage["cuda:0"].budget) {
@@ -170,7 +171,12 @@ private:
     uint64_t weights = 0;
     for (auto &[role, weight] : op.getWeights()) {
       (void)role;
-      weights += weight.getStorageBytes();
+      // The CPU keeps FP8 weights as the q8_0 copy it makes at load (34
+      // bytes per 32 values instead of 32 plus a scale per 128x128).
+      if (decode == "cpu" && weight.getDtype() == kFp8E4m3)
+        weights += static_cast<uint64_t>(weight.getElementCount() / 32 * 34);
+      else
+        weights += weight.getStorageBytes();
     }
     DeviceUsage &home = usage[decode];
     home.weights += weights;
@@ -182,6 +188,17 @@ private:
                       (decode == "cpu" ? kCpuKvCacheElementBytes : kGpuKvCacheElementBytes);
 
     uint64_t activations = activationBytes(operation, chunkSize);
+    // FP8 projections' GEMM (sm_90a) quantizes its input first: a byte per
+    // value and an f32 per 128 of the widest input (an upper bound where the
+    // GPU runs another FP8 kernel). The CPU multiplies q8_0 copies instead.
+    if (prefill.rfind("cuda:", 0) == 0) {
+      int64_t widestFp8Input = 0;
+      for (auto &[role, weight] : op.getWeights())
+        if (weight.getDtype() == kFp8E4m3 && !weight.getShape().empty())
+          widestFp8Input = std::max(widestFp8Input, weight.getShape()[0]);
+      activations += static_cast<uint64_t>(chunkSize * widestFp8Input +
+                                           chunkSize * (widestFp8Input / 128) * kF32);
+    }
     for (const std::string &device : {prefill, decode})
       usage[device].activations = std::max(usage[device].activations, activations);
 

@@ -71,13 +71,16 @@ private:
 
   // The fp8 kernel family computes on FP8 e4m3 weights with block scales,
   // which only native FP8 checkpoints have (their importer names the type
-  // "f8_e4m3"); GGUF weights need the quant or dense family.
+  // "f8_e4m3"); GGUF weights need the quant or dense family. Elsewhere an
+  // FP8 weight is converted to q8_0 at load: on the CPU, and for the MLA
+  // operator's kv_b_proj, which it splits into its absorbed halves itself.
   bool verifyFp8Weights(ModelModuleOpInterface op, PlacementAttr placement,
                         const std::string &path, StringRef role) {
     DictionaryAttr kwargs = placement.getKwargs();
-    // FP8 weights only run in the fp8 family (on a GPU). A weight placed on
-    // its own (a sub-placement) is checked against that placement.
+    // A weight placed on its own (a sub-placement) is checked against that
+    // placement.
     auto subs = op->getAttrOfType<DictionaryAttr>("ktgraph.sub_placements");
+    const bool onCpu = placement.getPrefill() == "cpu" && placement.getDecode() == "cpu";
     for (auto &[weightRole, weight] : op.getWeights()) {
       if ((!role.empty() && weightRole != role) || weight.getDtype() != "f8_e4m3")
         continue;
@@ -87,15 +90,23 @@ private:
       for (StringRef key : {"generate_op", "prefill_op"})
         if (auto family = kwargs ? kwargs.getAs<StringAttr>(key) : StringAttr())
           fp8 = fp8 || family.getValue() == "fp8";
-      if (!fp8) {
-        op->emitOpError() << "weight '" << weight.getName() << "' of module '" << path
-                          << "' is FP8 (from the --fp8-path checkpoint), but "
-                          << ruleOf(placement)
-                          << " does not run it with the fp8 kernel family; place it on a GPU "
-                             "with generate_op/prefill_op KLinearFP8, or compile without "
-                             "--fp8-path to use the GGUF weights";
+      const bool splitByOperator = isa<MlaAttentionOp>(op.getOperation()) &&
+                                   weightRole == "kv_b_proj";
+      if (fp8 || onCpu || splitByOperator)
+        continue;
+      if (isa<RoutedExpertsOp>(op.getOperation())) {
+        op->emitOpError() << "the routed experts '" << path << "' are FP8 and "
+                          << ruleOf(placement) << " places them on a GPU; FP8 experts run on "
+                          << "the CPU (converted to q8_0 at load): place them on the CPU";
         return false;
       }
+      op->emitOpError() << "weight '" << weight.getName() << "' of module '" << path
+                        << "' is FP8 (from a native FP8 checkpoint), but " << ruleOf(placement)
+                        << " runs it on a GPU without the fp8 kernel family; use "
+                           "generate_op/prefill_op KLinearFP8 there (see "
+                           "rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml), or place it "
+                           "on the CPU, which converts it to q8_0 at load";
+      return false;
     }
     if (!kwargs)
       return true;

@@ -1,5 +1,7 @@
 #include "runtime/cpu/CpuExecutor.h"
 
+#include "runtime/safetensors/Safetensors.h"
+
 #include "runtime/cpu/Attention.h"
 #include "runtime/cpu/FeedForward.h"
 #include "runtime/cpu/Linear.h"
@@ -10,6 +12,7 @@
 #include "runtime/cpu/ThreadPool.h"
 #include "runtime/exec/SequenceCaches.h"
 #include "runtime/quant/Quant.h"
+#include "runtime/safetensors/Safetensors.h"
 
 #include <algorithm>
 #include <cstring>
@@ -310,6 +313,8 @@ public:
   std::string modelName;
   std::unique_ptr<GeneratedKernels> generated; // the plan's CPU expert code, if any
   int generatedExpertLayers = 0;
+  std::unique_ptr<safetensors::Checkpoint> fp8; // the plan's --fp8-path checkpoint, if any
+  std::unique_ptr<WeightConversions> conversions; // FP8 weights as q8_0
   int64_t expertGemmTokens = 0;
 
   Status bind(const plan::Plan &plan, const gguf::GgufModel &model, const std::string &planName);
@@ -341,7 +346,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
 
   for (size_t index = 0; index < plan.ops.size(); ++index) {
     const plan::Op &op = plan.ops[index];
-    OpBinder b(op, index, model, planName);
+    OpBinder b(op, index, model, planName, conversions.get());
 
     // Placement: this executor runs CPU plans only.
     for (const auto &[phase, device] :
@@ -654,10 +659,20 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
       return generated.status();
     impl->generated = std::move(*generated);
   }
+  StatusOr<std::unique_ptr<safetensors::Checkpoint>> fp8 = openPlanFp8Checkpoint(plan, planName);
+  if (!fp8)
+    return fp8.status();
+  impl->fp8 = std::move(*fp8);
+  impl->conversions = std::make_unique<WeightConversions>(impl->fp8.get());
   Status bound = impl->bind(plan, model, planName);
   if (!bound.ok())
     return bound;
   return std::unique_ptr<CpuExecutor>(new CpuExecutor(std::move(impl)));
+}
+
+exec::WeightConversionStats CpuExecutor::weightConversions() const {
+  const WeightConversions &c = *impl_->conversions;
+  return {c.convertedTensors(), c.convertedBytes(), c.convertSeconds()};
 }
 
 StatusOr<std::vector<float>> CpuExecutor::forward(const std::vector<int32_t> &tokens,

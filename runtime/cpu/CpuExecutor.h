@@ -54,6 +54,7 @@ public:
   int64_t vocabSize() const override;
   int threadCount() const override;
   std::string deviceDescription() const override { return "cpu"; }
+  exec::WeightConversionStats weightConversions() const override;
 
   // Which attention computation a forward step uses. Automatic: the
   // expanded keys/values (HF's computation) for steps of several tokens,

@@ -8,6 +8,7 @@
 #include "runtime/cpu/Linear.h"
 #include "runtime/cpu/MoeRouting.h"
 #include "runtime/cpu/Rope.h"
+#include "runtime/cpu/WeightConversions.h"
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/plan/Plan.h"
 #include "runtime/quant/Quant.h"
@@ -38,9 +39,13 @@ inline std::string gatePathOf(const std::string &expertsPath) {
 
 class OpBinder {
 public:
+  // `conversions` turns FP8 weights into q8_0 (and finds those of the
+  // plan's --fp8-path checkpoint); without it they are refused.
   OpBinder(const plan::Op &op, size_t index, const gguf::GgufModel &model,
-           const std::string &planName)
-      : op_(op), index_(index), model_(model), planName_(planName) {}
+           const std::string &planName, WeightConversions *conversions = nullptr)
+      : op_(op), index_(index), model_(model), planName_(planName), conversions_(conversions) {}
+
+  const gguf::GgufModel &model() const { return model_; }
 
   std::string where() const {
     std::string text = "Op " + std::to_string(index_) + " (" + op_.kind;
@@ -73,6 +78,8 @@ public:
       return nullptr;
     }
     const gguf::TensorInfo *info = model_.findTensor(weight->tensor);
+    if (!info && conversions_ && weight->type == "f8_e4m3")
+      info = conversions_->checkpointTensor(weight->tensor);
     const std::string name = "tensor '" + weight->tensor + "' (" + role + ")";
     const std::string recompile =
         "; the model is not the one the plan was compiled for: recompile the plan with "
@@ -91,6 +98,14 @@ public:
       fail("expects " + name + " of shape " + shapeText(weight->shape) + ", but the model's is " +
            shapeText(info->ne) + recompile);
       return nullptr;
+    }
+    if (info->type == gguf::GgmlType::F8_E4M3_B128 && conversions_) {
+      StatusOr<const gguf::TensorInfo *> converted = conversions_->q8_0(*info);
+      if (!converted) {
+        fail("cannot use " + name + ": " + converted.message());
+        return nullptr;
+      }
+      info = *converted;
     }
     if (!gguf::ggmlTypeTraits(info->type).dequantizable ||
         !gguf::ggmlRowBytes(info->type, info->ne[0])) {
@@ -288,6 +303,7 @@ private:
   size_t index_;
   const gguf::GgufModel &model_;
   const std::string &planName_;
+  WeightConversions *conversions_;
   std::optional<std::string> error_;
 };
 

@@ -228,6 +228,8 @@ public:
   std::unique_ptr<cpu::GeneratedKernels> generated;
   int generatedExpertLayers = 0;
   std::unique_ptr<safetensors::Checkpoint> fp8; // the plan's FP8 checkpoint, if any
+  // FP8 weights the CPU (and the MLA operator's kv_b split) read as q8_0.
+  std::unique_ptr<cpu::WeightConversions> conversions;
   int64_t expertGemmTokens = 0;
 
   std::vector<BoundStep> steps;
@@ -518,26 +520,24 @@ public:
   GpuMatrix loadFp8(const std::string &role, const plan::Weight &weight, int64_t cols,
                     int64_t rows) {
     GpuMatrix w;
-    if (!m_.fp8) {
-      b_.fail("has the FP8 weight '" + weight.tensor +
-              "' but the plan names no FP8 checkpoint; the plan is damaged: recompile it.");
+    // A checkpoint model holds it under its GGUF name; a GGUF model with
+    // --fp8-path finds it in that checkpoint.
+    const gguf::TensorInfo *tensor = b_.model().findTensor(weight.tensor);
+    if (!tensor)
+      tensor = m_.conversions->checkpointTensor(weight.tensor);
+    if (!tensor || tensor->type != gguf::GgmlType::F8_E4M3_B128 || !tensor->fp8 ||
+        tensor->ne != std::vector<int64_t>{cols, rows} || tensor->fp8->values.size() != 1) {
+      b_.fail("needs the FP8 matrix '" + weight.tensor + "' (F8_E4M3 [" + std::to_string(rows) +
+              ", " + std::to_string(cols) + "]) with its weight_scale_inv, which " +
+              (m_.fp8 ? "the FP8 checkpoint " + m_.fp8->path() : std::string("the model")) +
+              " lacks or has in another form; recompile the plan for this model and "
+              "checkpoint.");
       return w;
     }
-    const std::string where = "the FP8 checkpoint " + m_.fp8->path();
-    const safetensors::TensorInfo *tensor = m_.fp8->findTensor(weight.tensor);
-    const safetensors::TensorInfo *scale = m_.fp8->findTensor(weight.tensor + "_scale_inv");
-    const int64_t block = 128;
-    if (!tensor || tensor->dtype != safetensors::Dtype::F8_E4M3 ||
-        tensor->shape != std::vector<int64_t>{rows, cols} || !scale ||
-        scale->dtype != safetensors::Dtype::F32 ||
-        scale->shape !=
-            std::vector<int64_t>{(rows + block - 1) / block, (cols + block - 1) / block}) {
-      b_.fail("needs '" + weight.tensor + "' (F8_E4M3 [" + std::to_string(rows) + ", " +
-              std::to_string(cols) + "]) and its weight_scale_inv from " + where +
-              ", which lacks them or has them in another form; give ktc compile --fp8-path the "
-              "checkpoint of this model and recompile.");
-      return w;
-    }
+    const int64_t block = gguf::BlockScaledFp8::kBlock;
+    const size_t valueBytes = size_t(rows) * size_t(cols);
+    const size_t scaleBytes = size_t((rows + block - 1) / block) *
+                              size_t((cols + block - 1) / block) * sizeof(float);
     w.out = rows;
     w.in = cols;
     StatusOr<const Kernel *> k = m_.kernel(gemvFp8Spec(rows, cols), b_.where() + " (" + role + ")");
@@ -547,8 +547,8 @@ public:
     }
     w.kernel = w.tiled = *k;
     w.blocks = w.tiledBlocks = ceilDiv(rows, kGemvRowsPerBlock);
-    StatusOr<DevicePointer> data = m_.upload(tensor->data, size_t(tensor->end - tensor->begin));
-    StatusOr<DevicePointer> scales = m_.upload(scale->data, size_t(scale->end - scale->begin));
+    StatusOr<DevicePointer> data = m_.upload(tensor->fp8->values[0], valueBytes);
+    StatusOr<DevicePointer> scales = m_.upload(tensor->fp8->scales[0], scaleBytes);
     if (!data || !scales) {
       b_.fail("cannot copy '" + role + "' to the GPU: " + (!data ? data : scales).message());
       return w;
@@ -1471,7 +1471,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
 
   for (size_t index = 0; index < plan->ops.size(); ++index) {
     const plan::Op &op = plan->ops[index];
-    cpu::OpBinder b(op, index, model, planName);
+    cpu::OpBinder b(op, index, model, planName, conversions.get());
 
     MatrixLoader loader(*this, b, op);
     const int opGpu = gpuIndex(op.decodeDevice);
@@ -2161,18 +2161,10 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
                            "Compile it with the same --target-gpu architecture for each GPU.");
   // The FP8 checkpoint of the projections (ktc compile --fp8-path), checked
   // against the plan before any GPU is needed.
-  std::unique_ptr<safetensors::Checkpoint> fp8;
-  if (plan.model.fp8) {
-    StatusOr<std::unique_ptr<safetensors::Checkpoint>> opened =
-        safetensors::Checkpoint::open(plan.model.fp8->path);
-    if (!opened)
-      return Status::error(planName + ": its FP8 checkpoint: " + opened.message());
-    if (safetensors::fingerprint(**opened) != plan.model.fp8->fingerprint)
-      return Status::error(planName + ": the FP8 checkpoint " + plan.model.fp8->path +
-                           " is not the one the plan was compiled with (its files changed); "
-                           "recompile the plan with ktc compile --fp8-path.");
-    fp8 = std::move(*opened);
-  }
+  StatusOr<std::unique_ptr<safetensors::Checkpoint>> fp8 =
+      cpu::openPlanFp8Checkpoint(plan, planName);
+  if (!fp8)
+    return fp8.status();
 
   // The GPU expert cache: what the plan reserves on cuda:0, or less.
   uint64_t reserved = 0;
@@ -2208,7 +2200,8 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
                          " (its stages then share GPU 0), or compile it for " +
                          std::to_string(gpus.size()) + " GPU(s).");
   auto impl = std::make_unique<Impl>(options.threads);
-  impl->fp8 = std::move(fp8);
+  impl->fp8 = std::move(*fp8);
+  impl->conversions = std::make_unique<cpu::WeightConversions>(impl->fp8.get());
   impl->plan = &plan;
   impl->planName = planName;
   impl->arch = plan.target.gpus[0].arch;
@@ -2461,6 +2454,11 @@ void HybridExecutor::setProfiling(bool on) {
   impl_->profile.available = true;
 }
 exec::ExecutionProfile HybridExecutor::profile() const { return impl_->profile; }
+exec::WeightConversionStats HybridExecutor::weightConversions() const {
+  const cpu::WeightConversions &c = *impl_->conversions;
+  return {c.convertedTensors(), c.convertedBytes(), c.convertSeconds()};
+}
+
 exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
   exec::ExpertCacheStats stats = impl_->expertCache;
   for (const BoundStep &bound : impl_->steps)

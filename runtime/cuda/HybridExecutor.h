@@ -72,6 +72,7 @@ public:
   void setProfiling(bool on) override;
   exec::ExecutionProfile profile() const override;
   exec::ExpertCacheStats expertCacheStats() const override;
+  exec::WeightConversionStats weightConversions() const override;
 
   const KernelLoadStats &kernelLoadStats() const;
   // CUDA graphs captured (one per decode region and sequence) and replayed.

@@ -75,6 +75,13 @@ struct SequenceTokens {
 
 // The GPU expert cache: what it holds, and the share of the CPU-placed
 // layers' selections it served since the routing statistics were cleared.
+// FP8 weights converted to q8_0 at load (checkpoint models on the CPU).
+struct WeightConversionStats {
+  int tensors = 0;
+  uint64_t bytes = 0; // of the q8_0 copies
+  double seconds = 0;
+};
+
 struct ExpertCacheStats {
   bool enabled = false; // the plan and options ask for one
   bool filled = false;
@@ -155,6 +162,7 @@ public:
   virtual void setProfiling(bool) {}
   virtual ExecutionProfile profile() const { return {}; }
   virtual ExpertCacheStats expertCacheStats() const { return {}; }
+  virtual WeightConversionStats weightConversions() const { return {}; }
   // "cpu", or the GPU that runs the GPU ops ("cuda:0 (NVIDIA H100 80GB HBM3)").
   virtual std::string deviceDescription() const = 0;
 };

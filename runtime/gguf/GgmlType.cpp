@@ -43,6 +43,9 @@ constexpr std::array<GgmlTypeTraits, 32> kTraits = {{
     {GgmlType::MXFP4, "mxfp4", 32, 17, false, false},
 }};
 
+// One byte per value; the block scales live outside the tensor's data.
+constexpr GgmlTypeTraits kFp8Traits = {GgmlType::F8_E4M3_B128, "f8_e4m3", 1, 1, false, false};
+
 bool equalsIgnoringCase(std::string_view a, std::string_view b) {
   if (a.size() != b.size())
     return false;
@@ -63,6 +66,8 @@ std::optional<GgmlTypeTraits> ggmlTypeTraits(uint32_t typeId) {
 }
 
 const GgmlTypeTraits &ggmlTypeTraits(GgmlType type) {
+  if (type == GgmlType::F8_E4M3_B128)
+    return kFp8Traits;
   for (const GgmlTypeTraits &traits : kTraits)
     if (traits.type == type)
       return traits;
@@ -75,6 +80,8 @@ std::optional<GgmlType> parseGgmlType(std::string_view name) {
   for (const GgmlTypeTraits &traits : kTraits)
     if (equalsIgnoringCase(traits.name, name))
       return traits.type;
+  if (equalsIgnoringCase(kFp8Traits.name, name))
+    return kFp8Traits.type;
   return std::nullopt;
 }
 

@@ -41,6 +41,11 @@ enum class GgmlType : uint32_t {
   TQ1_0 = 34,
   TQ2_0 = 35,
   MXFP4 = 39,
+  // Not a GGML type and never read from GGUF files: e4m3 values with one f32
+  // scale per 128x128 block kept beside them (TensorInfo::fp8), as native FP8
+  // checkpoints store projections. Models opened from a checkpoint
+  // (runtime/model/CheckpointModel.h) present such tensors with it.
+  F8_E4M3_B128 = 0x10000,
 };
 
 struct GgmlTypeTraits {
@@ -52,7 +57,8 @@ struct GgmlTypeTraits {
   bool quantizable;       // this project can quantize f32 to it
 };
 
-// Traits of a known type id, or nullopt for an id GGML never defined or retired.
+// Traits of a known GGUF type id, or nullopt for an id GGML never defined or
+// retired (F8_E4M3_B128 is not a GGUF type id either).
 std::optional<GgmlTypeTraits> ggmlTypeTraits(uint32_t typeId);
 const GgmlTypeTraits &ggmlTypeTraits(GgmlType type);
 // Parses GGML's name of a type ("q4_K", case-insensitive).

@@ -72,6 +72,16 @@ struct KeyValue {
   Value value;
 };
 
+// The data of an F8_E4M3_B128 tensor: per slice of its outermost dimension
+// (one for a matrix, one per expert for stacked experts), [rows][cols] e4m3
+// bytes and [ceil(rows / 128)][ceil(cols / 128)] f32 block scales. The
+// slices need not be contiguous: a checkpoint stores each expert apart.
+struct BlockScaledFp8 {
+  static constexpr int64_t kBlock = 128;
+  std::vector<const uint8_t *> values;
+  std::vector<const float *> scales;
+};
+
 struct TensorInfo {
   std::string name;
   std::vector<int64_t> ne;   // GGML order: ne[0] is the contiguous (row) dimension
@@ -80,6 +90,8 @@ struct TensorInfo {
   uint64_t nbytes = 0;       // size of the data, from type and shape
   const uint8_t *data = nullptr; // into the mapping; valid while the file lives
   int fileIndex = 0;         // which split holds it (0 for single files)
+  // F8_E4M3_B128 only (data is then null): where the values and scales are.
+  std::shared_ptr<const BlockScaledFp8> fp8;
 
   int64_t elements() const;
   int64_t rows() const;      // elements / ne[0]
@@ -120,16 +132,38 @@ private:
   std::vector<TensorInfo> tensors_;
 };
 
+// Where a model that is not a set of GGUF files comes from (a native
+// checkpoint seen through GGUF's names and keys): what the plan records.
+struct ModelView {
+  std::string format;   // "safetensors"
+  std::vector<std::pair<std::string, uint64_t>> files; // path, size
+  std::string fingerprint;
+  std::shared_ptr<const void> owner; // keeps the mapped files alive
+};
+
 // A model: one GGUF file, the parts of a split model, or a directory holding
 // exactly one model. Metadata comes from the first part (split.* keys
-// included); tensors from all parts, in file order.
+// included); tensors from all parts, in file order. A view (fromView) holds
+// no GGUF files: its metadata and tensors were translated from another format.
 class GgufModel {
 public:
   // `path` is a .gguf file (any part of a split; all parts are opened) or a
   // directory (the --gguf-path convention).
   static StatusOr<std::unique_ptr<GgufModel>> open(const std::string &path);
 
+  // Metadata and tensors translated from another format; tensor names must
+  // be unique. `path` names the model in messages.
+  static StatusOr<std::unique_ptr<GgufModel>> fromView(std::string path,
+                                                       std::vector<KeyValue> metadata,
+                                                       std::vector<TensorInfo> tensors,
+                                                       ModelView view);
+
+  // Empty for views.
   const std::vector<std::unique_ptr<GgufFile>> &files() const { return files_; }
+  // The file (first part) or the view's path, for messages.
+  const std::string &sourcePath() const;
+  // Set for views only.
+  const ModelView *view() const { return view_ ? &*view_ : nullptr; }
   const std::vector<KeyValue> &metadata() const;
   const std::vector<TensorInfo> &tensors() const { return tensors_; }
   const Value *find(std::string_view key) const;
@@ -143,6 +177,9 @@ private:
   fromFiles(std::vector<std::unique_ptr<GgufFile>> files);
 
   std::vector<std::unique_ptr<GgufFile>> files_;
+  std::string viewPath_;
+  std::vector<KeyValue> viewMetadata_;
+  std::optional<ModelView> view_;
   std::vector<TensorInfo> tensors_;
   // Name -> index into tensors_; the views point into tensors_, which is not
   // modified after open().

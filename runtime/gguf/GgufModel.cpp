@@ -340,13 +340,37 @@ StatusOr<std::unique_ptr<GgufModel>> GgufModel::open(const std::string &path) {
   return openFilePath(models.begin()->second.file, assemble);
 }
 
+StatusOr<std::unique_ptr<GgufModel>> GgufModel::fromView(std::string path,
+                                                          std::vector<KeyValue> metadata,
+                                                          std::vector<TensorInfo> tensors,
+                                                          ModelView view) {
+  std::unique_ptr<GgufModel> model(new GgufModel());
+  model->viewPath_ = std::move(path);
+  model->viewMetadata_ = std::move(metadata);
+  model->tensors_ = std::move(tensors);
+  model->view_ = std::move(view);
+  for (size_t index = 0; index < model->tensors_.size(); ++index)
+    if (!model->tensorIndex_.emplace(model->tensors_[index].name, index).second)
+      return Status::error(model->viewPath_ + ": two tensors map to " +
+                           "'" + model->tensors_[index].name + "'" + "; the model lists it twice.");
+  return model;
+}
+
+const std::string &GgufModel::sourcePath() const {
+  return files_.empty() ? viewPath_ : files_.front()->path();
+}
+
 const std::vector<KeyValue> &GgufModel::metadata() const {
-  static const std::vector<KeyValue> kEmpty;
-  return files_.empty() ? kEmpty : files_.front()->metadata();
+  return files_.empty() ? viewMetadata_ : files_.front()->metadata();
 }
 
 const Value *GgufModel::find(std::string_view key) const {
-  return files_.empty() ? nullptr : files_.front()->find(key);
+  if (!files_.empty())
+    return files_.front()->find(key);
+  for (const KeyValue &entry : viewMetadata_)
+    if (entry.key == key)
+      return &entry.value;
+  return nullptr;
 }
 
 const TensorInfo *GgufModel::findTensor(std::string_view name) const {

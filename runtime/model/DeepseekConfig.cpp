@@ -15,7 +15,7 @@ class MetadataReader {
 public:
   explicit MetadataReader(const gguf::GgufModel &model) : model_(model) {}
 
-  const std::string &file() const { return model_.files().front()->path(); }
+  const std::string &file() const { return model_.sourcePath(); }
 
   Status missing(const std::string &key) const {
     return Status::error(file() + ": required metadata key '" + key +

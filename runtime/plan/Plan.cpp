@@ -461,7 +461,21 @@ StatusOr<Plan> readPlan(const std::string &path) {
   return plan;
 }
 
+namespace {
+std::vector<ModelFile> modelFiles(const gguf::GgufModel &model) {
+  std::vector<ModelFile> files;
+  if (const gguf::ModelView *view = model.view())
+    for (const auto &[path, size] : view->files)
+      files.push_back({path, size});
+  for (const auto &file : model.files())
+    files.push_back({file->path(), file->fileSize()});
+  return files;
+}
+} // namespace
+
 StatusOr<std::string> modelFingerprint(const gguf::GgufModel &model) {
+  if (const gguf::ModelView *view = model.view())
+    return view->fingerprint;
   XXH3_state_t *state = XXH3_createState();
   if (!state)
     return Status::error("out of memory while fingerprinting the model");
@@ -507,8 +521,7 @@ ModelSource describeModel(const gguf::GgufModel &model, const std::string &path)
   source.architecture = model.architecture();
   if (const gguf::Value *name = model.find("general.name"); name && name->type == gguf::ValueType::String)
     source.name = name->s;
-  for (const auto &file : model.files())
-    source.files.push_back({file->path(), file->fileSize()});
+  source.files = modelFiles(model);
   source.tensorBytes = model.totalTensorBytes();
   return source;
 }
@@ -520,13 +533,14 @@ Status checkModelMatches(const Plan &plan, const gguf::GgufModel &model) {
   if (*fingerprint == plan.model.fingerprint)
     return Status::success();
   std::string what = "its files differ";
-  if (model.files().size() != plan.model.files.size())
-    what = "it has " + std::to_string(model.files().size()) + " files, the plan's model had " +
+  const std::vector<ModelFile> files = modelFiles(model);
+  if (files.size() != plan.model.files.size())
+    what = "it has " + std::to_string(files.size()) + " files, the plan's model had " +
            std::to_string(plan.model.files.size());
   else
     for (size_t i = 0; i < plan.model.files.size(); ++i)
-      if (model.files()[i]->fileSize() != plan.model.files[i].size) {
-        what = model.files()[i]->path() + " is " + std::to_string(model.files()[i]->fileSize()) +
+      if (files[i].size != plan.model.files[i].size) {
+        what = files[i].path + " is " + std::to_string(files[i].size) +
                " bytes, the plan's was " + std::to_string(plan.model.files[i].size);
         break;
       }

@@ -119,6 +119,23 @@ private:
   std::shared_ptr<const Impl> impl_;
 };
 
+// The tokenizer.ggml.* / tokenizer.chat_template metadata a GGUF converter
+// would write for a Hugging Face tokenizer.json (and tokenizer_config.json
+// beside it), so that a checkpoint seen as a GGUF model (runtime/model/
+// CheckpointModel.h) carries its tokenizer. Only the DeepSeek-V3
+// pre-tokenizer is accepted, as everywhere here.
+StatusOr<std::vector<gguf::KeyValue>> ggufMetadataFromTokenizerJson(const std::string &path);
+
+// The other way: tokenizer.json and tokenizer_config.json texts for a GGUF
+// vocabulary (tokenizer.ggml.*), which fromTokenizerJson reads back to the
+// same ids and kinds (unused padding tokens become [PADn] vocabulary
+// entries past the last added token, as they read back as normal tokens).
+struct TokenizerJsonFiles {
+  std::string tokenizerJson, tokenizerConfigJson;
+};
+StatusOr<TokenizerJsonFiles> tokenizerJsonFromGgufMetadata(
+    const std::vector<gguf::KeyValue> &metadata, const std::string &sourceName);
+
 // Turns generated token ids into text as they arrive, emitting only complete
 // UTF-8 characters: a character whose bytes are spread over several tokens
 // is returned once its last byte has arrived. Byte sequences that can never

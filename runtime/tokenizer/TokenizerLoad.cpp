@@ -267,7 +267,10 @@ StatusOr<VocabularySpec> readTokenizerJson(const std::string &path) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
       return Status::error(path + ": token " + json(token).dump() + " has id " + id.dump() +
                            ", which is not a valid token id.");
-    byId[id.get<int64_t>()] = {token, TokenKind::Normal};
+    // Padding named as llama.cpp's converter names it is unused, wherever it
+    // is listed.
+    const bool padding = token == "[PAD" + std::to_string(id.get<int64_t>()) + "]";
+    byId[id.get<int64_t>()] = {token, padding ? TokenKind::Unused : TokenKind::Normal};
   }
   if (root.contains("added_tokens") && root["added_tokens"].is_array()) {
     for (const json &added : root["added_tokens"]) {
@@ -407,7 +410,7 @@ StatusOr<Tokenizer> Tokenizer::fromGgufMetadata(const std::vector<gguf::KeyValue
 }
 
 StatusOr<Tokenizer> Tokenizer::fromGguf(const gguf::GgufModel &model) {
-  return fromGgufMetadata(model.metadata(), model.files().front()->path());
+  return fromGgufMetadata(model.metadata(), model.sourcePath());
 }
 
 StatusOr<Tokenizer> Tokenizer::fromGgufPath(const std::string &path) {
@@ -427,6 +430,127 @@ StatusOr<Tokenizer> Tokenizer::fromTokenizerJson(const std::string &path) {
   return Tokenizer(std::move(*impl));
 }
 
+namespace {
+gguf::Value stringValue(std::string text) {
+  gguf::Value value;
+  value.type = gguf::ValueType::String;
+  value.s = std::move(text);
+  return value;
+}
+gguf::Value stringArrayValue(const std::vector<std::string> &items) {
+  gguf::Value value;
+  value.type = gguf::ValueType::Array;
+  value.elementType = gguf::ValueType::String;
+  value.array.reserve(items.size());
+  for (const std::string &item : items)
+    value.array.push_back(stringValue(item));
+  return value;
+}
+gguf::Value integerValue(uint64_t number, gguf::ValueType type) {
+  gguf::Value value;
+  value.type = type;
+  value.u = number;
+  value.i = static_cast<int64_t>(number);
+  return value;
+}
+} // namespace
+
+StatusOr<std::vector<gguf::KeyValue>> ggufMetadataFromTokenizerJson(const std::string &path) {
+  StatusOr<VocabularySpec> spec = readTokenizerJsonNoThrow(path);
+  if (!spec.ok())
+    return spec.status();
+  if (spec->preTokenizerPatterns != deepseekV3PreTokenizerPatterns())
+    return Status::error(path + ": the pre-tokenizer's regexes are not DeepSeek-V3's, the only "
+                                "pre-tokenizer supported; use the model's own tokenizer.json.");
+  std::vector<gguf::KeyValue> metadata;
+  metadata.push_back({"tokenizer.ggml.model", stringValue("gpt2")});
+  metadata.push_back({"tokenizer.ggml.pre", stringValue("deepseek-v3")});
+  metadata.push_back({"tokenizer.ggml.tokens", stringArrayValue(spec->tokens)});
+  gguf::Value kinds;
+  kinds.type = gguf::ValueType::Array;
+  kinds.elementType = gguf::ValueType::Int32;
+  for (TokenKind kind : spec->kinds)
+    kinds.array.push_back(integerValue(static_cast<uint64_t>(kind), gguf::ValueType::Int32));
+  metadata.push_back({"tokenizer.ggml.token_type", std::move(kinds)});
+  metadata.push_back({"tokenizer.ggml.merges", stringArrayValue(spec->merges)});
+  if (spec->bos)
+    metadata.push_back(
+        {"tokenizer.ggml.bos_token_id", integerValue(*spec->bos, gguf::ValueType::UInt32)});
+  if (spec->eos)
+    metadata.push_back(
+        {"tokenizer.ggml.eos_token_id", integerValue(*spec->eos, gguf::ValueType::UInt32)});
+  metadata.push_back({"tokenizer.ggml.add_bos_token",
+                      integerValue(spec->addBos ? 1 : 0, gguf::ValueType::Bool)});
+  if (!spec->chatTemplate.empty())
+    metadata.push_back({"tokenizer.chat_template", stringValue(spec->chatTemplate)});
+  return metadata;
+}
+
+StatusOr<TokenizerJsonFiles> tokenizerJsonFromGgufMetadata(
+    const std::vector<gguf::KeyValue> &metadata, const std::string &sourceName) {
+  // Checked by building the tokenizer: what it accepts is what is written.
+  StatusOr<Tokenizer> tokenizer = Tokenizer::fromGgufMetadata(metadata, sourceName);
+  if (!tokenizer.ok())
+    return tokenizer.status();
+  json vocab = json::object(), added = json::array();
+  for (size_t id = 0; id < tokenizer->vocabSize(); ++id) {
+    const TokenId token = static_cast<TokenId>(id);
+    const TokenKind kind = tokenizer->tokenKind(token);
+    if (kind == TokenKind::Control || kind == TokenKind::UserDefined)
+      added.push_back({{"id", id},
+                       {"content", tokenizer->tokenText(token)},
+                       {"single_word", false},
+                       {"lstrip", false},
+                       {"rstrip", false},
+                       {"normalized", kind == TokenKind::UserDefined},
+                       {"special", kind == TokenKind::Control}});
+    else
+      vocab[tokenizer->tokenText(token)] = id;
+  }
+  StatusOr<std::vector<std::string>> merges =
+      stringArray(metadata, "tokenizer.ggml.merges", sourceName, /*required=*/false);
+  if (!merges.ok())
+    return merges.status();
+  json steps = json::array();
+  for (const std::string &pattern : deepseekV3PreTokenizerPatterns())
+    steps.push_back({{"type", "Split"},
+                     {"pattern", {{"Regex", pattern}}},
+                     {"behavior", "Isolated"},
+                     {"invert", false}});
+  steps.push_back(
+      {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+       {"use_regex", false}});
+  json root = {{"version", "1.0"},
+               {"truncation", nullptr},
+               {"padding", nullptr},
+               {"added_tokens", added},
+               {"normalizer", nullptr},
+               {"pre_tokenizer", {{"type", "Sequence"}, {"pretokenizers", steps}}},
+               {"post_processor", nullptr},
+               {"decoder", {{"type", "ByteLevel"}, {"add_prefix_space", true},
+                            {"trim_offsets", true}, {"use_regex", true}}},
+               {"model", {{"type", "BPE"},
+                          {"dropout", nullptr},
+                          {"unk_token", nullptr},
+                          {"continuing_subword_prefix", nullptr},
+                          {"end_of_word_suffix", nullptr},
+                          {"fuse_unk", false},
+                          {"byte_fallback", false},
+                          {"vocab", vocab},
+                          {"merges", *merges}}}};
+  json config = {{"add_bos_token", tokenizer->addBosByDefault()},
+                 {"add_eos_token", false},
+                 {"tokenizer_class", "LlamaTokenizerFast"}};
+  if (std::optional<TokenId> bos = tokenizer->bosId())
+    config["bos_token"] = tokenizer->tokenText(*bos);
+  if (std::optional<TokenId> eos = tokenizer->eosId())
+    config["eos_token"] = tokenizer->tokenText(*eos);
+  if (!tokenizer->chatTemplate().empty())
+    config["chat_template"] = tokenizer->chatTemplate();
+  // Invalid UTF-8 in a token would make dump() throw; replace it instead.
+  return TokenizerJsonFiles{root.dump(1, ' ', false, json::error_handler_t::replace) + "\n",
+                            config.dump(2, ' ', false, json::error_handler_t::replace) + "\n"};
+}
 
 // The converter's rule, so tokenizer.json and GGUF tokenizers classify alike.
 bool looksLikeSpecialToken(std::string_view token) {

@@ -92,7 +92,7 @@ public:
   Status planTensors(std::vector<ExportTensor> &out);
 
 private:
-  const std::string &file() const { return model_.files().front()->path(); }
+  const std::string &file() const { return model_.sourcePath(); }
 
   bool fail(std::string message) {
     error_ = Status::error(std::move(message));
@@ -356,7 +356,7 @@ Status Planner::planTensors(std::vector<ExportTensor> &out) {
 // Checks that transformers' model computes what the GGUF describes; returns
 // the model type to export.
 StatusOr<HfModelType> chooseModelType(const GgufModel &model, const DeepseekConfig &c) {
-  const std::string &file = model.files().front()->path();
+  const std::string &file = model.sourcePath();
   const bool yarn = c.ropeScalingFactor > 1.0;
   if (c.experts > 0 && c.sharedExperts <= 0)
     return Status::error(file +
@@ -497,6 +497,26 @@ Status writeFileAtomically(const std::string &path, const std::string &what,
   return status;
 }
 
+Status writeTextFile(const std::string &path, const std::string &what, const std::string &text) {
+  return writeFileAtomically(path, what, [&](std::FILE *out) {
+    return std::fwrite(text.data(), 1, text.size(), out) == text.size()
+               ? Status::success()
+               : Status::error(path + ": writing failed (" + std::strerror(errno) + ")");
+  });
+}
+
+// tokenizer.json and tokenizer_config.json, where the model has a vocabulary.
+Status writeTokenizerFiles(const ExportPlan &plan, const std::string &directory) {
+  if (!plan.tokenizer)
+    return Status::success();
+  Status status = writeTextFile((fs::path(directory) / "tokenizer.json").string(),
+                                "tokenizer.json", plan.tokenizer->tokenizerJson);
+  if (!status.ok())
+    return status;
+  return writeTextFile((fs::path(directory) / "tokenizer_config.json").string(),
+                       "tokenizer_config.json", plan.tokenizer->tokenizerConfigJson);
+}
+
 } // namespace
 
 std::string_view hfModelTypeName(HfModelType type) {
@@ -531,11 +551,18 @@ StatusOr<ExportPlan> planExport(const gguf::GgufModel &model, const ExportOption
 
   ExportPlan plan;
   plan.modelType = *type;
-  plan.sourcePath = model.files().front()->path();
+  plan.sourcePath = model.sourcePath();
   Planner planner(model, *config, options, *type);
   Status status = planner.planTensors(plan.tensors);
   if (!status.ok())
     return status;
+  if (model.find("tokenizer.ggml.model")) {
+    StatusOr<tokenizer::TokenizerJsonFiles> files =
+        tokenizer::tokenizerJsonFromGgufMetadata(model.metadata(), model.sourcePath());
+    if (!files.ok())
+      return files.status();
+    plan.tokenizer = std::move(*files);
+  }
   try {
     plan.configJson = buildConfig(model, *config, *type).dump(2) + "\n";
   } catch (const std::exception &error) {
@@ -699,12 +726,9 @@ Status writeExport(const ExportPlan &plan, const std::string &directory) {
   });
   if (!status.ok())
     return status;
-  return writeFileAtomically(configPath, "config.json", [&](std::FILE *out) {
-    if (std::fwrite(plan.configJson.data(), 1, plan.configJson.size(), out) !=
-        plan.configJson.size())
-      return Status::error(configPath + ": writing failed (" + std::strerror(errno) + ")");
-    return Status::success();
-  });
+  if (Status tokenizer = writeTokenizerFiles(plan, directory); !tokenizer.ok())
+    return tokenizer;
+  return writeTextFile(configPath, "config.json", plan.configJson);
 }
 
 // ------------------------------------------------------------------ FP8
@@ -886,13 +910,10 @@ Status writeFp8Export(const ExportPlan &plan, const std::string &directory,
                                    {"fmt", "e4m3"},
                                    {"quant_method", "fp8"},
                                    {"weight_block_size", {options.block, options.block}}};
-  const std::string configText = config.dump(2) + "\n";
+  if (Status tokenizer = writeTokenizerFiles(plan, directory); !tokenizer.ok())
+    return tokenizer;
   const std::string configPath = (fs::path(directory) / "config.json").string();
-  return writeFileAtomically(configPath, "config.json", [&](std::FILE *out) {
-    return std::fwrite(configText.data(), 1, configText.size(), out) == configText.size()
-               ? Status::success()
-               : Status::error(configPath + ": writing failed");
-  });
+  return writeTextFile(configPath, "config.json", config.dump(2) + "\n");
 }
 
 } // namespace kt::hfexport

@@ -12,8 +12,10 @@
 
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/support/Status.h"
+#include "runtime/tokenizer/Tokenizer.h"
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -59,6 +61,9 @@ struct ExportPlan {
   std::string configJson;            // the text of config.json
   std::vector<ExportTensor> tensors; // in the order their data is written
   std::string sourcePath;            // the GGUF file (first part), for messages
+  // tokenizer.json and tokenizer_config.json of the GGUF vocabulary, when
+  // the model has one (both writers write them).
+  std::optional<tokenizer::TokenizerJsonFiles> tokenizer;
 
   uint64_t dataBytes() const; // f32 bytes of all tensors
 };
@@ -71,7 +76,8 @@ StatusOr<ExportPlan> planExport(const gguf::GgufModel &model, const ExportOption
 // `out` holds tensor.elements() floats.
 Status materializeTensor(const ExportTensor &tensor, float *out);
 
-// Writes `directory`/config.json and `directory`/model.safetensors (creating
+// Writes `directory`/config.json, `directory`/model.safetensors and the
+// tokenizer files (creating
 // the directory). Each file is written under a temporary name and renamed
 // when complete, so a reader never sees a partial file.
 Status writeExport(const ExportPlan &plan, const std::string &directory);

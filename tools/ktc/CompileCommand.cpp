@@ -3,6 +3,7 @@
 #include "tools/ktc/Commands.h"
 
 #include "compiler/CpuCodegen/RowKernelGenerator.h"
+#include "runtime/model/CheckpointModel.h"
 #include "runtime/safetensors/Safetensors.h"
 #include "compiler/Import/GgufImporter.h"
 #include "compiler/Plan/ExportPlan.h"
@@ -162,19 +163,27 @@ void printExplanation(ModuleOp module, llvm::raw_ostream &os) {
 
 } // namespace
 
-int runCompile(const CompileOptions &options) {
+int runCompile(const CompileOptions &given) {
   auto start = std::chrono::steady_clock::now();
+  CompileOptions options = given;
+  // --fp8-path alone: the checkpoint is the whole model.
+  if (options.modelPath.empty() && !options.fp8Path.empty())
+    std::swap(options.modelPath, options.fp8Path);
   if (options.modelPath.empty())
-    return reportError("no model: give --gguf-path MODEL (a .gguf file or a directory)");
+    return reportError("no model: give --gguf-path MODEL (a .gguf file or a directory), or "
+                       "--fp8-path CHECKPOINT for a native FP8 checkpoint alone");
   if (options.rulesPath.empty())
     return reportError("no rules: give --optimize-config-path RULES.yaml (see rules/ for "
                        "ready ones, e.g. rules/DeepSeek-V3-Chat.yaml)");
   if (!options.explain && options.outputPath.empty())
     return reportError("no output: give -o FILE.plan");
 
-  StatusOr<std::unique_ptr<gguf::GgufModel>> model = gguf::GgufModel::open(options.modelPath);
+  StatusOr<std::unique_ptr<gguf::GgufModel>> model = kt::model::openModel(options.modelPath);
   if (!model)
     return reportError(model.message());
+  if ((*model)->view() && !options.fp8Path.empty())
+    return reportError(options.modelPath + " is a checkpoint, which holds its FP8 weights "
+                       "itself; give it once, without --fp8-path");
   std::unique_ptr<safetensors::Checkpoint> fp8;
   if (!options.fp8Path.empty()) {
     StatusOr<std::unique_ptr<safetensors::Checkpoint>> opened =

@@ -3,6 +3,7 @@
 
 #include "compiler/Import/GgufImporter.h"
 #include "dialects/Graph/IR/GraphDialect.h"
+#include "runtime/model/CheckpointModel.h"
 
 #include "mlir/IR/MLIRContext.h"
 #include "mlir/Support/FileUtilities.h"
@@ -53,7 +54,7 @@ void printSummary(mlir::ModuleOp module, llvm::raw_ostream &os) {
 } // namespace
 
 int runImport(const ImportOptions &options) {
-  StatusOr<std::unique_ptr<gguf::GgufModel>> model = gguf::GgufModel::open(options.modelPath);
+  StatusOr<std::unique_ptr<gguf::GgufModel>> model = kt::model::openModel(options.modelPath);
   if (!model)
     return reportError(model.message());
   mlir::MLIRContext context;

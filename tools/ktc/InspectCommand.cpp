@@ -35,7 +35,7 @@ void printMetadata(const GgufModel &model, llvm::raw_ostream &os) {
 }
 
 void printOverview(const GgufModel &model, llvm::raw_ostream &os) {
-  os << "model: " << model.files().front()->path() << "\n";
+  os << "model: " << model.sourcePath() << "\n";
   for (const auto &file : model.files())
     os << "  file: " << file->path() << " (GGUF v" << file->version() << ", "
        << file->tensors().size() << " tensors, " << formatByteSize(file->fileSize()) << ")\n";
@@ -80,7 +80,7 @@ int printTensorRows(const GgufModel &model, const InspectOptions &options,
                     llvm::raw_ostream &os) {
   const TensorInfo *tensor = model.findTensor(options.tensorName);
   if (!tensor)
-    return reportError(model.files().front()->path() + ": no tensor named '" +
+    return reportError(model.sourcePath() + ": no tensor named '" +
                        options.tensorName + "'; `ktc inspect " + options.modelPath +
                        "` lists the tensors");
   const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(tensor->type);

@@ -2,6 +2,7 @@
 // still belongs to its model.
 #include "tools/ktc/Commands.h"
 
+#include "runtime/model/CheckpointModel.h"
 #include "runtime/cpu/GeneratedKernels.h"
 #include "runtime/plan/Plan.h"
 #include "runtime/safetensors/Safetensors.h"
@@ -16,7 +17,7 @@ int runVerifyPlan(const std::string &planPath, const std::string &modelPath) {
   if (!loaded)
     return reportError(loaded.message());
   std::string path = modelPath.empty() ? loaded->model.path : modelPath;
-  StatusOr<std::unique_ptr<gguf::GgufModel>> model = gguf::GgufModel::open(path);
+  StatusOr<std::unique_ptr<gguf::GgufModel>> model = kt::model::openModel(path);
   if (!model)
     return reportError(model.message());
   if (Status matches = plan::checkModelMatches(*loaded, **model); !matches.ok())

@@ -65,7 +65,8 @@ cl::SubCommand explainCommand(
 cl::opt<std::string> compileModel(
     "gguf-path", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(explainCommand),
     cl::value_desc("model"),
-    cl::desc("The model: a .gguf file, any part of a split model, or a directory"));
+    cl::desc("The model: a .gguf file, any part of a split model, or a directory (of .gguf "
+             "files, or a Hugging Face checkpoint: config.json, safetensors, tokenizer.json)"));
 cl::alias compileModelUnderscore("gguf_path", cl::aliasopt(compileModel), cl::NotHidden,
                                  cl::desc("Alias for --gguf-path"));
 cl::opt<std::string> compileRules(
@@ -80,7 +81,9 @@ cl::opt<std::string> compileFp8Path(
     cl::desc("A native FP8 checkpoint of the same model (DeepSeek's release: config.json with "
              "quantization_config fp8, safetensors shards): attention, dense and shared-expert "
              "projections use its e4m3 weights, the rest the GGUF model (for the "
-             "fp8-linear-ggml-experts rules; docs/safetensors.md)"));
+             "fp8-linear-ggml-experts rules). Without --gguf-path the checkpoint is the whole "
+             "model: FP8 weights placed on the CPU (the routed experts) are converted to q8_0 "
+             "at load (docs/safetensors.md)"));
 cl::opt<std::string> compileOutput("o", cl::cat(ktcCategory), cl::sub(compileCommand),
                                    cl::value_desc("file.plan"),
                                    cl::desc("Where to write the plan"));

@@ -1,5 +1,7 @@
 #include "tools/ktrun/Session.h"
 
+#include "runtime/model/CheckpointModel.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -23,8 +25,16 @@ void pageIn(const gguf::GgufModel &model, bool progress) {
   volatile uint8_t sink = 0;
   int shown = -1;
   for (const gguf::TensorInfo &tensor : model.tensors()) {
-    for (uint64_t offset = 0; offset < tensor.nbytes; offset += 4096)
-      sink ^= tensor.data[offset];
+    if (tensor.fp8) {
+      // A checkpoint's e4m3 tensor: its slices (experts) lie apart.
+      const uint64_t sliceBytes = tensor.nbytes / tensor.fp8->values.size();
+      for (const uint8_t *slice : tensor.fp8->values)
+        for (uint64_t offset = 0; offset < sliceBytes; offset += 4096)
+          sink ^= slice[offset];
+    } else {
+      for (uint64_t offset = 0; offset < tensor.nbytes; offset += 4096)
+        sink ^= tensor.data[offset];
+    }
     done += tensor.nbytes;
     int percent = total ? static_cast<int>(done * 100 / total) : 100;
     if (progress && percent != shown) {
@@ -50,7 +60,7 @@ StatusOr<std::unique_ptr<Session>> Session::open(const SessionOptions &options) 
   session->plan_ = std::move(*loaded);
   std::string modelPath = options.modelPath.empty() ? session->plan_.model.path
                                                     : options.modelPath;
-  StatusOr<std::unique_ptr<gguf::GgufModel>> model = gguf::GgufModel::open(modelPath);
+  StatusOr<std::unique_ptr<gguf::GgufModel>> model = kt::model::openModel(modelPath);
   if (!model)
     return Status::error(model.message() + " (the model of plan " + options.planPath +
                          "; --gguf-path gives another location)");

@@ -277,6 +277,11 @@ int main(int argc, char **argv) {
   if (std::string kernels = kt::exec::kernelLoadSummary((*session)->executor()); !kernels.empty())
     std::fprintf(stderr, "ktrun: %s: %s\n", (*session)->executor().deviceDescription().c_str(),
                  kernels.c_str());
+  if (kt::exec::WeightConversionStats converted = (*session)->executor().weightConversions();
+      converted.tensors > 0)
+    std::fprintf(stderr, "ktrun: converted %d FP8 tensors to q8_0 for the CPU (%s) in %.2f s\n",
+                 converted.tensors, kt::formatByteSize(converted.bytes).c_str(),
+                 converted.seconds);
   if (serve) {
     serverOptions.defaultMaxTokens = maxNewTokens;
     serverOptions.defaultSampling = options.sampling;

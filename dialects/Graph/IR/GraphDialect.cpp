@@ -31,10 +31,12 @@ LogicalResult WeightAttr::verify(function_ref<InFlightDiagnostic()> emitError,
     return emitError() << "weight has an empty tensor name";
   if (dtype == kt::graph::kFp8E4m3) {
     // A native FP8 checkpoint's matrix: e4m3 values plus one f32 scale per
-    // 128x128 block (`<name>_scale_inv`), shape in GGML order [cols, rows].
-    if (shape.size() != 2 || shape[0] <= 0 || shape[1] <= 0)
-      return emitError() << "FP8 weight '" << name << "' must be a matrix with positive "
-                            "dimensions";
+    // 128x128 block (`<name>_scale_inv`), shape in GGML order [cols, rows];
+    // routed experts stack one per expert: [cols, rows, experts].
+    if (shape.size() < 2 || shape.size() > 3 ||
+        llvm::any_of(shape, [](int64_t dim) { return dim <= 0; }))
+      return emitError() << "FP8 weight '" << name << "' must be a matrix or a stack of "
+                            "matrices with positive dimensions";
     return success();
   }
   std::optional<kt::gguf::GgmlType> type =
@@ -68,10 +70,12 @@ int64_t WeightAttr::getElementCount() const {
 uint64_t WeightAttr::getStorageBytes() const {
   StringRef dtype = getDtype();
   if (dtype == kt::graph::kFp8E4m3) {
-    const uint64_t cols = static_cast<uint64_t>(getShape()[0]), rows = static_cast<uint64_t>(getShape()[1]);
+    const uint64_t cols = static_cast<uint64_t>(getShape()[0]),
+                   rows = static_cast<uint64_t>(getShape()[1]),
+                   stack = getShape().size() > 2 ? static_cast<uint64_t>(getShape()[2]) : 1;
     const uint64_t blocks = ((rows + kt::graph::kFp8Block - 1) / kt::graph::kFp8Block) *
-                           ((cols + kt::graph::kFp8Block - 1) / kt::graph::kFp8Block);
-    return rows * cols + blocks * 4;
+                            ((cols + kt::graph::kFp8Block - 1) / kt::graph::kFp8Block);
+    return stack * (rows * cols + blocks * 4);
   }
   std::optional<kt::gguf::GgmlType> type =
       kt::gguf::parseGgmlType(std::string_view(dtype.data(), dtype.size()));

@@ -9,7 +9,7 @@ func.func @unknown_dtype(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
 // -----
 
 func.func @fp8_vector(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
-  // expected-error @+1 {{FP8 weight 'w' must be a matrix with positive dimensions}}
+  // expected-error @+1 {{FP8 weight 'w' must be a matrix or a stack of matrices with positive dimensions}}
   %y = ktgraph.rms_norm %x {path = "model.norm", weight = #ktgraph.weight<"w", "f8_e4m3", [64]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
   return %y : tensor<?x64xf32>
 }

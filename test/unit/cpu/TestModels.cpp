@@ -1,8 +1,11 @@
 #include "test/unit/cpu/TestModels.h"
 
+#include "runtime/gguf/GgufWriter.h"
+#include "runtime/quant/Quant.h"
 #include "tools/kt-gen-model/Vocabulary.h"
 
 #include <cmath>
+#include <cstring>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -65,16 +68,9 @@ void buildModel(const std::string &name, const gen::ModelConfig &config, TestMod
   StatusOr<gen::WriteResult> written = gen::writeModel(*modelPlan, write);
   ASSERT_TRUE(written.ok()) << written.message();
 
-  const std::string log = (dir / (name + ".ktc.log")).string();
-  const std::string command = "'" + ktcPath() + "' compile --gguf-path '" + out.ggufPath +
-                              "' --optimize-config-path '" + std::string(KT_SOURCE_DIR) + "/" +
-                              rules + "' --target-gpu " + targetGpu + " " + extraFlags + " -o '" + out.planPath +
-                              "' > '" + log + "' 2>&1";
-  int status = std::system(command.c_str());
-  std::ifstream logFile(log);
-  std::stringstream logText;
-  logText << logFile.rdbuf();
-  ASSERT_EQ(status, 0) << command << "\n" << logText.str();
+  compilePlan("--gguf-path '" + out.ggufPath + "'", out.planPath, rules, targetGpu, extraFlags);
+  if (::testing::Test::HasFatalFailure())
+    return;
 
   StatusOr<std::unique_ptr<gguf::GgufModel>> model = gguf::GgufModel::open(out.ggufPath);
   ASSERT_TRUE(model.ok()) << model.message();
@@ -82,6 +78,23 @@ void buildModel(const std::string &name, const gen::ModelConfig &config, TestMod
   StatusOr<plan::Plan> plan = plan::readPlan(out.planPath);
   ASSERT_TRUE(plan.ok()) << plan.message();
   out.plan = std::move(*plan);
+}
+
+std::string testDirectory() { return TempDirEnvironment::path().string(); }
+
+void compilePlan(const std::string &modelFlags, const std::string &planPath,
+                 const std::string &rules, const std::string &targetGpu,
+                 const std::string &extraFlags) {
+  const std::string log = planPath + ".ktc.log";
+  const std::string command = "'" + ktcPath() + "' compile " + modelFlags +
+                              " --optimize-config-path '" + std::string(KT_SOURCE_DIR) + "/" +
+                              rules + "' --target-gpu " + targetGpu + " " + extraFlags + " -o '" +
+                              planPath + "' > '" + log + "' 2>&1";
+  int status = std::system(command.c_str());
+  std::ifstream logFile(log);
+  std::stringstream logText;
+  logText << logFile.rdbuf();
+  ASSERT_EQ(status, 0) << command << "\n" << logText.str();
 }
 
 std::unique_ptr<CpuExecutor> makeExecutor(const TestModel &m, ExecutorOptions options) {
@@ -101,6 +114,49 @@ double relativeL2(const std::vector<float> &a, const std::vector<float> &b) {
     norm += double(b[i]) * b[i];
   }
   return std::sqrt(diff / norm);
+}
+
+std::vector<float> checkpointTensorValues(const gguf::TensorInfo &tensor) {
+  std::vector<float> values(static_cast<size_t>(tensor.elements()));
+  if (!tensor.fp8) {
+    EXPECT_TRUE(quant::dequantize(tensor.type, tensor.data, values.data(), tensor.elements()).ok());
+    return values;
+  }
+  const int64_t cols = tensor.ne[0], rows = tensor.ne[1], block = gguf::BlockScaledFp8::kBlock;
+  for (size_t slice = 0; slice < tensor.fp8->values.size(); ++slice)
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t c = 0; c < cols; ++c)
+        values[(slice * size_t(rows) + size_t(r)) * size_t(cols) + size_t(c)] =
+            quant::fp8E4m3ToFloat(tensor.fp8->values[slice][r * cols + c]) *
+            tensor.fp8->scales[slice][(r / block) * ((cols + block - 1) / block) + c / block];
+  return values;
+}
+
+std::string writeCheckpointAsGguf(const gguf::GgufModel &view, const std::string &path,
+                                  CheckpointWeights weights) {
+  gguf::GgufWriter writer;
+  for (const gguf::KeyValue &entry : view.metadata())
+    writer.addValue(entry.key, entry.value);
+  for (const gguf::TensorInfo &tensor : view.tensors()) {
+    std::vector<float> values = checkpointTensorValues(tensor);
+    if (weights == CheckpointWeights::Q8_0Copies && tensor.fp8) {
+      std::vector<uint8_t> bytes(values.size() / 32 * 34);
+      EXPECT_TRUE(quant::quantize(gguf::GgmlType::Q8_0, values.data(), bytes.data(),
+                                  int64_t(values.size()))
+                      .ok());
+      writer.addTensor(tensor.name, tensor.ne, gguf::GgmlType::Q8_0, std::move(bytes));
+    } else if (weights == CheckpointWeights::Q8_0Copies) {
+      writer.addTensor(tensor.name, tensor.ne, tensor.type,
+                       std::vector<uint8_t>(tensor.data, tensor.data + tensor.nbytes));
+    } else {
+      std::vector<uint8_t> bytes(values.size() * sizeof(float));
+      std::memcpy(bytes.data(), values.data(), bytes.size());
+      writer.addTensor(tensor.name, tensor.ne, gguf::GgmlType::F32, std::move(bytes));
+    }
+  }
+  Status status = writer.write(path);
+  EXPECT_TRUE(status.ok()) << status.message();
+  return path;
 }
 
 std::vector<int32_t> sampleTokens(size_t count, uint32_t seed) {

@@ -30,6 +30,15 @@ void buildModel(const std::string &name, const gen::ModelConfig &config, TestMod
                 const std::string &rules = "rules/DeepSeek-V3-Chat-cpu-only.yaml",
                 const std::string &targetGpu = "none", const std::string &extraFlags = "");
 
+// Compiles with the build's ktc: `modelFlags` names the model ("--gguf-path
+// X" or "--fp8-path X"). Fails the test (fatally) on error.
+void compilePlan(const std::string &modelFlags, const std::string &planPath,
+                 const std::string &rules = "rules/DeepSeek-V3-Chat-cpu-only.yaml",
+                 const std::string &targetGpu = "none", const std::string &extraFlags = "");
+
+// The test process's temporary directory (removed when the tests end).
+std::string testDirectory();
+
 // Whether the build has ktc (it needs the MLIR half of the project).
 bool haveCompiler();
 
@@ -37,6 +46,18 @@ std::unique_ptr<CpuExecutor> makeExecutor(const TestModel &m, ExecutorOptions op
 
 // |a - b| / |b| over two vectors of equal length.
 double relativeL2(const std::vector<float> &a, const std::vector<float> &b);
+
+// The exact values of a checkpoint view's tensor (runtime/model/
+// CheckpointModel.h): e4m3 times its block scale, or the stored BF16/F32.
+std::vector<float> checkpointTensorValues(const gguf::TensorInfo &tensor);
+
+// A checkpoint view written as a GGUF file with its keys: every tensor in
+// f32 (its exact values), or the e4m3 ones as GGML's q8_0 of their values
+// and the rest as stored (what the executors make of them on the CPU).
+// Returns `path`.
+enum class CheckpointWeights { ExactF32, Q8_0Copies };
+std::string writeCheckpointAsGguf(const gguf::GgufModel &view, const std::string &path,
+                                  CheckpointWeights weights);
 
 // Token ids inside the tiny vocabulary, varied.
 std::vector<int32_t> sampleTokens(size_t count, uint32_t seed = 1);

@@ -6,6 +6,7 @@
 #include "runtime/cuda/DeviceQuery.h"
 #include "runtime/exec/CreateExecutor.h"
 #include "runtime/gguf/GgufWriter.h"
+#include "runtime/model/CheckpointModel.h"
 #include "runtime/safetensors/Safetensors.h"
 #include "test/unit/cpu/TestModels.h"
 #include "test/unit/cuda/CudaTestSupport.h"
@@ -785,6 +786,64 @@ TEST(HybridExecutor, Fp8Bf16GemmOfAComputePtxPlanIsNearTheGemv) {
   EXPECT_GT(prefill, 1e-7); // the activations were rounded: the GEMM ran
   EXPECT_LE(prefill, 0.03);
   EXPECT_GE(agree, prompt.size() * 9 / 10);
+}
+
+// A native FP8 checkpoint alone as the model (ktc compile --fp8-path only):
+// FP8 projections on the GPU from its e4m3 weights, experts and kv_b_proj
+// converted to q8_0 at load. The reference is the GGUF model holding those
+// q8_0 copies (and the BF16 tensors as stored) with the same checkpoint for
+// its projections: the same weights through the same kernels.
+TEST(HybridExecutor, CheckpointModelRunsLikeItsGgufWithTheSameCheckpoint) {
+  KT_REQUIRE_GPU();
+  TestModel gguf;
+  plan::Plan unused;
+  buildFp8Plan("tiny-ckpt", gguf, unused);
+  const std::string checkpoint = gguf.ggufPath + ".fp8";
+  const std::string rules = "rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml";
+  TestModel alone, combined;
+  StatusOr<std::unique_ptr<gguf::GgufModel>> view = model::openModel(checkpoint);
+  ASSERT_TRUE(view.ok()) << view.message();
+  alone.model = std::move(*view);
+  alone.planPath = checkpoint + ".alone.plan";
+  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan("--fp8-path '" + checkpoint + "'",
+                                                 alone.planPath, rules, targetGpu()));
+  combined.ggufPath = cpu::test::writeCheckpointAsGguf(
+      *alone.model, checkpoint + ".q8_0.gguf", cpu::test::CheckpointWeights::Q8_0Copies);
+  combined.planPath = checkpoint + ".combined.plan";
+  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan("--gguf-path '" + combined.ggufPath +
+                                                     "' --fp8-path '" + checkpoint + "'",
+                                                 combined.planPath, rules, targetGpu()));
+  StatusOr<std::unique_ptr<gguf::GgufModel>> q8 = gguf::GgufModel::open(combined.ggufPath);
+  ASSERT_TRUE(q8.ok()) << q8.message();
+  combined.model = std::move(*q8);
+  for (TestModel *m : {&alone, &combined}) {
+    StatusOr<plan::Plan> read = plan::readPlan(m->planPath);
+    ASSERT_TRUE(read.ok()) << read.message();
+    m->plan = std::move(*read);
+  }
+  std::unique_ptr<exec::Executor> a = open(alone), b = open(combined);
+  ASSERT_TRUE(a && b);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(100, 5);
+  StatusOr<std::vector<float>> x = a->forward(prompt, true), y = b->forward(prompt, true);
+  ASSERT_TRUE(x.ok()) << x.message();
+  ASSERT_TRUE(y.ok()) << y.message();
+  const double prefill = cpu::test::relativeL2(*x, *y);
+  const int64_t vocab = b->vocabSize();
+  int32_t next = argmax(*y, prompt.size() - 1, vocab);
+  double decode = 0;
+  for (int step = 0; step < 6; ++step) {
+    x = a->forward({next});
+    y = b->forward({next});
+    ASSERT_TRUE(x.ok() && y.ok());
+    decode = std::max(decode, cpu::test::relativeL2(*x, *y));
+    ASSERT_EQ(argmax(*x, 0, vocab), argmax(*y, 0, vocab)) << "decode step " << step;
+    next = argmax(*y, 0, vocab);
+  }
+  std::printf("[ gpu      ] checkpoint model against its GGUF + --fp8-path twin: prefill %.2e, "
+              "decode %.2e\n",
+              prefill, decode);
+  EXPECT_LE(prefill, 1e-6);
+  EXPECT_LE(decode, 1e-6);
 }
 
 // Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.

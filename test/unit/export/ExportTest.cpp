@@ -321,11 +321,13 @@ TEST(ExportTest, NamesShapesAndValuesMatchTheDequantizedGguf) {
   // q4_K and q8_0 decoding, not a copy of f32 data).
   EXPECT_EQ(model->findTensor("blk.1.ffn_gate_exps.weight")->type, GgmlType::Q4_K);
   EXPECT_EQ(model->findTensor("blk.1.attn_k_b.weight")->type, GgmlType::Q8_0);
-  // Nothing but the two files (no temporaries) is left in the directory.
+  // Nothing but the weights, config and tokenizer files (no temporaries) is
+  // left in the directory.
   std::set<std::string> names;
   for (const auto &entry : fs::directory_iterator(dir.file("hf")))
     names.insert(entry.path().filename().string());
-  EXPECT_EQ(names, (std::set<std::string>{"config.json", "model.safetensors"}));
+  EXPECT_EQ(names, (std::set<std::string>{"config.json", "model.safetensors", "tokenizer.json",
+                                          "tokenizer_config.json"}));
 }
 
 TEST(ExportTest, ModelWithoutQueryCompressionUsesQProjAndJointKvB) {

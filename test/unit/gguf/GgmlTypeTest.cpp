@@ -71,6 +71,16 @@ TEST(GgmlTypeTest, RetiredAndUndefinedIdsAreUnknown) {
     EXPECT_FALSE(ggmlTypeTraits(id).has_value()) << id;
 }
 
+// The checkpoints' block-scaled e4m3 type has a name and traits but is no
+// GGUF type id: a GGUF file that claims it is refused like any unknown id.
+TEST(GgmlTypeTest, BlockScaledFp8IsNotAGgufTypeId) {
+  EXPECT_FALSE(ggmlTypeTraits(static_cast<uint32_t>(GgmlType::F8_E4M3_B128)).has_value());
+  EXPECT_EQ(ggmlTypeName(GgmlType::F8_E4M3_B128), "f8_e4m3");
+  EXPECT_EQ(parseGgmlType("f8_e4m3"), GgmlType::F8_E4M3_B128);
+  EXPECT_FALSE(ggmlTypeTraits(GgmlType::F8_E4M3_B128).dequantizable);
+  EXPECT_EQ(ggmlRowBytes(GgmlType::F8_E4M3_B128, 256), 256u);
+}
+
 TEST(GgmlTypeTest, RowBytesRequireWholeBlocks) {
   EXPECT_EQ(ggmlRowBytes(GgmlType::Q4_K, 512), 288u);
   EXPECT_EQ(ggmlRowBytes(GgmlType::Q8_0, 64), 68u);

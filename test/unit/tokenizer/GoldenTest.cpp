@@ -3,6 +3,7 @@
 // `transformers` libraries from golden/strings.json and golden/chats.json.
 #include "runtime/tokenizer/ChatTemplate.h"
 #include "runtime/tokenizer/Tokenizer.h"
+#include "test/unit/common/TempDir.h"
 #include "test/unit/tokenizer/TokenizerTestUtil.h"
 
 #include <nlohmann/json.hpp>
@@ -90,6 +91,53 @@ TEST(Golden, TokenizerJsonIdsMatchHuggingFace) {
 TEST(Golden, GgufIdsMatchHuggingFace) {
   KT_REQUIRE_GOLDEN();
   checkEncodings(test::ggufTokenizer(), "GGUF");
+}
+
+// A checkpoint opened as a GGUF model carries its tokenizer.json as GGUF
+// metadata (runtime/model/CheckpointModel.h).
+TEST(Golden, TokenizerJsonAsGgufMetadataIdsMatchHuggingFace) {
+  KT_REQUIRE_GOLDEN();
+  StatusOr<std::vector<gguf::KeyValue>> metadata =
+      ggufMetadataFromTokenizerJson(test::deepseekTokenizerJson().string());
+  ASSERT_TRUE(metadata.ok()) << metadata.message();
+  StatusOr<Tokenizer> tokenizer = Tokenizer::fromGgufMetadata(*metadata, "checkpoint");
+  ASSERT_TRUE(tokenizer.ok()) << tokenizer.message();
+  EXPECT_EQ(tokenizer->vocabSize(), test::jsonTokenizer().vocabSize());
+  EXPECT_EQ(tokenizer->chatTemplate(), test::jsonTokenizer().chatTemplate());
+  checkEncodings(*tokenizer, "tokenizer.json as GGUF metadata");
+}
+
+// kt-export-hf writes a GGUF vocabulary as tokenizer.json and
+// tokenizer_config.json; reading them back gives every token, its kind and
+// the special tokens, and Hugging Face's ids.
+TEST(Golden, GgufVocabularyWrittenAsTokenizerJsonReadsBackTheSame) {
+  KT_REQUIRE_GOLDEN();
+  StatusOr<gen::Vocabulary> vocab = gen::loadTokenizerJson(test::deepseekTokenizerJson().string());
+  ASSERT_TRUE(vocab.ok()) << vocab.message();
+  ASSERT_TRUE(gen::padVocabulary(*vocab, 129280).ok());
+  std::vector<gguf::KeyValue> metadata = gen::buildMetadata(*gen::presetConfig("tiny"), *vocab);
+  StatusOr<TokenizerJsonFiles> files = tokenizerJsonFromGgufMetadata(metadata, "GGUF");
+  ASSERT_TRUE(files.ok()) << files.message();
+  kt::test::TempDir dir;
+  std::ofstream(dir.file("tokenizer.json")) << files->tokenizerJson;
+  std::ofstream(dir.file("tokenizer_config.json")) << files->tokenizerConfigJson;
+  StatusOr<Tokenizer> written = Tokenizer::fromTokenizerJson(dir.file("tokenizer.json"));
+  ASSERT_TRUE(written.ok()) << written.message();
+  const Tokenizer &gguf = test::ggufTokenizer();
+  ASSERT_EQ(written->vocabSize(), gguf.vocabSize());
+  size_t differing = 0;
+  for (size_t id = 0; id < gguf.vocabSize(); ++id) {
+    const TokenId token = static_cast<TokenId>(id);
+    if (written->tokenText(token) != gguf.tokenText(token) ||
+        written->tokenKind(token) != gguf.tokenKind(token))
+      ++differing;
+  }
+  EXPECT_EQ(differing, 0u);
+  EXPECT_EQ(written->bosId(), gguf.bosId());
+  EXPECT_EQ(written->eosId(), gguf.eosId());
+  EXPECT_EQ(written->addBosByDefault(), gguf.addBosByDefault());
+  EXPECT_EQ(written->chatTemplate(), gguf.chatTemplate());
+  checkEncodings(*written, "tokenizer.json written from GGUF");
 }
 
 std::vector<ChatMessage> messagesOf(const json &messages) {
