@@ -216,9 +216,11 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         if (type && cuda::hasGpuGemv(*type) &&
             chosenKernel(kernels, phase).endswith((".gemv_" + weight.getDtype()).str()))
           addGemv(collector, *type, weight.getShape()[1], weight.getShape()[0], device, path);
-        // Greedy sampling where the logits are.
-        if (phase == "decode")
+        // Greedy decoding and sampling where the logits are.
+        if (phase == "decode") {
           collector.add(cuda::argmaxSpec(weight.getShape()[1]), device, path);
+          collector.add(cuda::sampleSpec(weight.getShape()[1]), device, path);
+        }
       }
     }
     // Linear sub-modules placed on their own: their decode GEMVs (q8_0 and

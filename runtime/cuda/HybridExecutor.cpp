@@ -289,16 +289,23 @@ public:
   // One step over the tokens of one or several sequences (`tokens` holds
   // each segment's rows in order, at most chunkSize in all); writes each
   // segment's last logits, or every token's.
+  // With `ids`, each segment's next token instead: drawn by `sampling`
+  // (one per segment), or the most likely one without it.
   Status runStep(const int32_t *tokens, std::vector<Segment> segments, bool lastTokenOnly,
-                 float *logits, int32_t *greedyIds = nullptr);
-  // forwardBatch() and forwardGreedy(): each entry's last logits into
-  // `logits`, or with `greedyIds` its most likely token.
-  Status runBatch(const std::vector<exec::SequenceTokens> &batch, float *logits,
-                  int32_t *greedyIds);
-  // Greedy sampling on the GPU where the logits are (plans that list argmax).
+                 float *logits, int32_t *ids = nullptr,
+                 const exec::TokenSampling *sampling = nullptr);
+  // forwardBatch(), forwardGreedy() and forwardSampled(): each entry's last
+  // logits into `logits`, or with `ids` its next token (by `sampling`, one
+  // per entry, or greedy).
+  Status runBatch(const std::vector<exec::SequenceTokens> &batch, float *logits, int32_t *ids,
+                  const exec::TokenSampling *sampling = nullptr);
+  // Greedy decoding and sampling on the GPU where the logits are (plans
+  // that list argmax and sample_rows).
   const Kernel *argmax = nullptr;
-  DevicePointer argmaxIds = 0; // int32 per sequence, on the logits' GPU
-  std::vector<float> hostLogits; // greedy without the kernel: the logits, then argmax here
+  const Kernel *sampler = nullptr;
+  DevicePointer argmaxIds = 0;    // int32 per sequence, on the logits' GPU
+  DevicePointer sampleParams = 0; // kSampleParamsBytes per sequence, beside them
+  std::vector<float> hostLogits; // without the kernels: the logits, then the choice here
 
   // The loaded kernel of `spec`, compiled or read from the cache; the plan
   // must list the specialization (else it comes from another ktc).
@@ -1754,8 +1761,19 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         head->w = loader.load("weight", head->hidden, weight->ne[1]);
         // Greedy decoding's argmax, where the plan lists it (ktc adds it).
         const StatusOr<KernelSpec> greedy = argmaxSpec(weight->ne[1]);
-        if (greedy && listsKernel(*greedy)) {
+        if (greedy && listsKernel(*greedy))
           argmax = loader.kernel(greedy);
+        // Sampling at a temperature, likewise.
+        const StatusOr<KernelSpec> sampling = sampleSpec(weight->ne[1]);
+        if (sampling && listsKernel(*sampling)) {
+          sampler = loader.kernel(sampling);
+          StatusOr<DevicePointer> params =
+              allocate(size_t(sequences.count()) * kSampleParamsBytes, false);
+          if (!params)
+            return params.status();
+          sampleParams = *params;
+        }
+        if (argmax || sampler) {
           StatusOr<DevicePointer> ids = allocate(size_t(sequences.count()) * 4, false);
           if (!ids)
             return ids.status();
@@ -2019,7 +2037,8 @@ Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx
 }
 
 Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segments,
-                                     bool lastTokenOnly, float *logits, int32_t *greedyIds) {
+                                     bool lastTokenOnly, float *logits, int32_t *greedyIds,
+                                     const exec::TokenSampling *sampling) {
   StepContext ctx;
   positionsHost.clear();
   for (Segment &segment : segments) {
@@ -2065,14 +2084,25 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   }
   const Value &result = values[size_t(outputValue)];
   const int64_t logitRows = lastTokenOnly ? int64_t(ctx.segments.size()) : ctx.rows;
-  if (greedyIds && result.where == Where::Gpu && argmax && argmaxIds &&
+  const Kernel *chooser = sampling ? sampler : argmax;
+  if (greedyIds && result.where == Where::Gpu && chooser && argmaxIds &&
       logitRows <= int64_t(sequences.count())) {
     // Only the ids cross to the host.
     if (Status s = use(result.logicalGpu); !s.ok())
       return s;
-    DevicePointer rows = result.gpu, ids = argmaxIds;
-    if (Status s = launch(*argmax, unsigned(logitRows), 1, 1, 0, {&rows, &ids}); !s.ok())
+    DevicePointer rows = result.gpu, ids = argmaxIds, params = sampleParams;
+    if (sampling) {
+      std::vector<uint8_t> packed(size_t(logitRows) * kSampleParamsBytes);
+      for (int64_t row = 0; row < logitRows; ++row)
+        packSampleParams(sampling[row], packed.data() + size_t(row) * kSampleParamsBytes);
+      if (Status s = device->copyToDevice(sampleParams, packed.data(), packed.size()); !s.ok())
+        return s;
+      if (Status s = launch(*sampler, unsigned(logitRows), 1, 1, 0, {&rows, &params, &ids});
+          !s.ok())
+        return s;
+    } else if (Status s = launch(*argmax, unsigned(logitRows), 1, 1, 0, {&rows, &ids}); !s.ok()) {
       return s;
+    }
     if (Status s = device->copyToHost(greedyIds, argmaxIds, size_t(logitRows) * 4); !s.ok())
       return s;
     for (const Segment &segment : ctx.segments)
@@ -2099,7 +2129,10 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   }
   for (const Segment &segment : ctx.segments)
     sequences.advance(segment.sequence, segment.count);
-  if (greedyIds)
+  if (greedyIds && sampling)
+    for (int64_t row = 0; row < logitRows; ++row)
+      greedyIds[row] = exec::sampleToken(logits + row * vocab, vocab, sampling[row]);
+  else if (greedyIds)
     exec::argmaxRows(logits, logitRows, vocab, greedyIds);
   return Status::success();
 }
@@ -2332,8 +2365,20 @@ HybridExecutor::forwardGreedy(const std::vector<exec::SequenceTokens> &batch) {
   return ids;
 }
 
+StatusOr<std::vector<int32_t>>
+HybridExecutor::forwardSampled(const std::vector<exec::SequenceTokens> &batch,
+                               const std::vector<exec::TokenSampling> &sampling) {
+  if (sampling.size() != batch.size())
+    return Status::error("forwardSampled needs one sampling per batch entry");
+  std::vector<int32_t> ids(batch.size());
+  if (Status s = impl_->runBatch(batch, nullptr, ids.data(), sampling.data()); !s.ok())
+    return s;
+  return ids;
+}
+
 Status HybridExecutor::Impl::runBatch(const std::vector<exec::SequenceTokens> &batch,
-                                      float *logits, int32_t *greedyIds) {
+                                      float *logits, int32_t *greedyIds,
+                                      const exec::TokenSampling *sampling) {
   if (Status valid = sequences.checkBatch(batch, embeddingRows); !valid.ok())
     return valid;
   if (Status current = enter(); !current.ok())
@@ -2346,13 +2391,19 @@ Status HybridExecutor::Impl::runBatch(const std::vector<exec::SequenceTokens> &b
   std::vector<size_t> entries; // batch index of each segment
   std::vector<float> stepLogits;
   std::vector<int32_t> stepIds;
+  std::vector<exec::TokenSampling> stepSampling;
   auto flush = [&]() -> Status {
     if (segments.empty())
       return Status::success();
     stepLogits.resize(greedyIds ? 0 : segments.size() * size_t(vocab));
     stepIds.resize(segments.size());
+    stepSampling.clear();
+    if (sampling)
+      for (size_t entry : entries)
+        stepSampling.push_back(sampling[entry]);
     if (Status s = runStep(tokens.data(), segments, true, stepLogits.data(),
-                           greedyIds ? stepIds.data() : nullptr);
+                           greedyIds ? stepIds.data() : nullptr,
+                           sampling ? stepSampling.data() : nullptr);
         !s.ok())
       return s;
     for (size_t i = 0; i < entries.size(); ++i)

@@ -53,6 +53,9 @@ public:
   forwardBatch(const std::vector<exec::SequenceTokens> &batch) override;
   StatusOr<std::vector<int32_t>>
   forwardGreedy(const std::vector<exec::SequenceTokens> &batch) override;
+  StatusOr<std::vector<int32_t>>
+  forwardSampled(const std::vector<exec::SequenceTokens> &batch,
+                 const std::vector<exec::TokenSampling> &sampling) override;
 
   using Executor::position;
   int64_t position(int sequence) const override;

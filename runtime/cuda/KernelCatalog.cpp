@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <set>
 
 namespace kt::cuda {
@@ -309,6 +310,24 @@ StatusOr<KernelSpec> argmaxSpec(int64_t vocab) {
                         {{"VOCAB", integer(vocab)}, {"BLOCK_THREADS", "1024"}}, 1024);
 }
 
+StatusOr<KernelSpec> sampleSpec(int64_t vocab) {
+  if (vocab <= 0 || vocab > INT32_MAX)
+    return Status::error("sampling over " + integer(vocab) + " logits is not supported.");
+  return makeKernelSpec("sample.cu", "sample_rows",
+                        {{"VOCAB", integer(vocab)}, {"BLOCK_THREADS", "1024"}}, 1024);
+}
+
+// sample.cu's SampleParams: temperature, top-k, top-p, padding, seed, draw.
+void packSampleParams(const exec::TokenSampling &sampling, uint8_t *out) {
+  const int32_t pad = 0;
+  std::memcpy(out, &sampling.temperature, 4);
+  std::memcpy(out + 4, &sampling.topK, 4);
+  std::memcpy(out + 8, &sampling.topP, 4);
+  std::memcpy(out + 12, &pad, 4);
+  std::memcpy(out + 16, &sampling.seed, 8);
+  std::memcpy(out + 24, &sampling.draw, 8);
+}
+
 unsigned gemvKQuantRowsPerWarp(int64_t outFeatures, int64_t tokenTile) {
   // Measured on an H200 (docs/gpu-kernels.md): four rows per warp doubled
   // lm_head and o_proj, one row per warp kept 576..2048-row matrices fastest
@@ -517,6 +536,8 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
     if (Status s = add(ropeSpec(rope)); !s.ok())
       return s;
   if (Status s = add(argmaxSpec(shapes.vocab)); !s.ok())
+    return s;
+  if (Status s = add(sampleSpec(shapes.vocab)); !s.ok())
     return s;
   for (const char *entry : {"silu_mul", "add"})
     for (int64_t count : shapes.elementwiseCounts)

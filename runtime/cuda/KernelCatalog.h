@@ -2,6 +2,7 @@
 #pragma once
 
 #include "runtime/cuda/KernelSpec.h"
+#include "runtime/exec/TokenSampling.h"
 #include "runtime/gguf/GgmlType.h"
 #include "runtime/support/Status.h"
 
@@ -178,6 +179,11 @@ StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK,
 StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count);
 // Greedy sampling over `vocab` logits per row (one block per row).
 StatusOr<KernelSpec> argmaxSpec(int64_t vocab);
+// Sampling at a temperature with top-k and top-p (kernels/sample.cu), one
+// block per row; its parameters are packed per row by packSampleParams.
+StatusOr<KernelSpec> sampleSpec(int64_t vocab);
+constexpr size_t kSampleParamsBytes = 32;
+void packSampleParams(const exec::TokenSampling &sampling, uint8_t *out);
 
 // The shapes of a model that the GPU kernels are specialized on.
 struct ModelKernelShapes {

@@ -4,6 +4,7 @@
 // benchmark drive either. createExecutor() picks by the plan's placement.
 #pragma once
 
+#include "runtime/exec/TokenSampling.h"
 #include "runtime/support/Status.h"
 
 #include <algorithm>
@@ -137,6 +138,23 @@ public:
       return logits.status();
     std::vector<int32_t> ids(batch.size());
     argmaxRows(logits->data(), static_cast<int64_t>(batch.size()), vocabSize(), ids.data());
+    return ids;
+  }
+  // Sampling where the logits are: the step of forwardBatch(), but returns
+  // each entry's next token drawn by its `sampling` (exec::sampleToken's
+  // rule; greedy at temperature 0). A GPU plan that lists the sampling
+  // kernel then copies an id per entry instead of a vocabulary of logits.
+  virtual StatusOr<std::vector<int32_t>>
+  forwardSampled(const std::vector<SequenceTokens> &batch,
+                 const std::vector<TokenSampling> &sampling) {
+    if (sampling.size() != batch.size())
+      return Status::error("forwardSampled needs one sampling per batch entry");
+    StatusOr<std::vector<float>> logits = forwardBatch(batch);
+    if (!logits)
+      return logits.status();
+    std::vector<int32_t> ids(batch.size());
+    for (size_t i = 0; i < batch.size(); ++i)
+      ids[i] = sampleToken(logits->data() + i * size_t(vocabSize()), vocabSize(), sampling[i]);
     return ids;
   }
 

@@ -204,24 +204,29 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
   for (const exec::SequenceTokens &entry : batch)
     rows += entry.tokens.size();
 
-  // A batch of greedy requests lets the executor pick the tokens where the
-  // logits are; otherwise every request's logits come back for its sampler.
+  // The executor picks the tokens where the logits are: the most likely
+  // ones for a batch of greedy requests, else each request's next draw
+  // (greedy ones at temperature 0). Entries still reading their prompt take
+  // a draw only when their prompt ends in this step.
   const bool allGreedy = std::all_of(members.begin(), members.end(),
                                      [](const auto &g) { return g->sampler_->greedy(); });
-  StatusOr<std::vector<float>> logits = std::vector<float>();
-  StatusOr<std::vector<int32_t>> greedyIds = std::vector<int32_t>();
-  if (allGreedy)
-    greedyIds = executor_.forwardGreedy(batch);
-  else
-    logits = executor_.forwardBatch(batch);
-  const Status stepStatus = allGreedy ? greedyIds.status() : logits.status();
+  std::vector<exec::TokenSampling> draws;
+  if (!allGreedy)
+    for (size_t i = 0; i < members.size(); ++i) {
+      Generation &g = *members[i];
+      const bool choosing = g.fed_ >= g.request_.promptIds.size() ||
+                            g.fed_ + batch[i].tokens.size() >= g.request_.promptIds.size();
+      draws.push_back(choosing ? g.sampler_->nextDraw() : exec::TokenSampling{});
+    }
+  StatusOr<std::vector<int32_t>> chosenIds =
+      allGreedy ? executor_.forwardGreedy(batch) : executor_.forwardSampled(batch, draws);
+  const Status stepStatus = chosenIds.status();
   struct Ending {
     std::shared_ptr<Generation> generation;
     bool stoppedAtEos;
     Status status;
   };
   std::vector<Ending> endings;
-  const size_t vocab = static_cast<size_t>(executor_.vocabSize());
   for (size_t i = 0; i < members.size(); ++i) {
     Generation &g = *members[i];
     if (!stepStatus.ok()) {
@@ -236,8 +241,7 @@ void BatchScheduler::step(std::vector<std::shared_ptr<Generation>> &active) {
         continue; // more of the prompt next step
       g.decodeStart_ = Generation::Clock::now();
     }
-    const int32_t next =
-        allGreedy ? (*greedyIds)[i] : g.sampler_->sample(logits->data() + i * vocab, vocab);
+    const int32_t next = (*chosenIds)[i];
     if (eos_ && next == *eos_ && !g.request_.ignoreEos) {
       endings.push_back({members[i], true, Status::success()});
       continue;

@@ -227,22 +227,16 @@ StatusOr<TurnResult> Session::feedAndGenerate(const std::vector<int32_t> &allIds
                          std::to_string(executor_->cacheCapacity()) +
                          "; start over with /clear or raise --cache-lens");
 
-  // Greedy decoding lets the executor pick each token where the logits are
-  // (on the GPU only the id is copied); sampling takes the logits.
-  std::vector<float> logits;
-  int32_t greedyNext = 0;
+  // The executor picks each token where the logits are (on a GPU only the
+  // id is copied): the most likely one, or drawn by the sampler's next draw.
+  int32_t chosenNext = 0;
   auto feed = [&](std::vector<int32_t> tokens) -> Status {
-    if (sampler.greedy()) {
-      StatusOr<std::vector<int32_t>> ids = executor_->forwardGreedy({{0, std::move(tokens)}});
-      if (!ids)
-        return ids.status();
-      greedyNext = ids->front();
-      return Status::success();
-    }
-    StatusOr<std::vector<float>> next = executor_->forward(tokens);
-    if (!next)
-      return next.status();
-    logits = std::move(*next);
+    StatusOr<std::vector<int32_t>> ids =
+        sampler.greedy() ? executor_->forwardGreedy({{0, std::move(tokens)}})
+                         : executor_->forwardSampled({{0, std::move(tokens)}}, {sampler.nextDraw()});
+    if (!ids)
+      return ids.status();
+    chosenNext = ids->front();
     return Status::success();
   };
   auto start = Clock::now();
@@ -257,7 +251,7 @@ StatusOr<TurnResult> Session::feedAndGenerate(const std::vector<int32_t> &allIds
   std::optional<int32_t> eos = tokenizer_->eosId();
   start = Clock::now();
   for (int64_t step = 0; step < maxNewTokens; ++step) {
-    const int32_t next = sampler.greedy() ? greedyNext : sampler.sample(logits);
+    const int32_t next = chosenNext;
     if (eos && next == *eos) {
       result.stoppedAtEos = true;
       // The end-of-sentence token closes the turn in the history the

@@ -9,6 +9,7 @@
 #include "runtime/cuda/Fp8Gemm.h"
 #include "runtime/cuda/KernelCache.h"
 #include "runtime/cuda/KernelCatalog.h"
+#include "runtime/exec/TokenSampling.h"
 #include "runtime/gguf/GgmlType.h"
 #include "runtime/quant/Quant.h"
 #include "test/unit/cuda/CudaTestSupport.h"
@@ -684,6 +685,97 @@ TEST_P(GpuKernels, ElementwiseAndArgmaxMatchTheCpu) {
   EXPECT_EQ(ids[1], 500);
   std::printf("[ gpu      ] argmax %d x %lld: ids %s\n", tokens, (long long)vocab,
               ids == expectedIds ? "identical" : "DIFFER");
+}
+
+// Sampling where the logits are: the kernel draws the token the host rule
+// (exec::sampleToken) draws from the same logits and draw, across greedy,
+// temperature, top-k and top-p settings; and repeated draws of one row
+// follow the exact renormalized softmax.
+TEST_P(GpuKernels, SampleDrawsWhatTheHostRuleDraws) {
+  const int64_t vocab = 129280;
+  const int rows = 48;
+  auto logits = randomFloats(size_t(rows * vocab), -12, 12, 51);
+  const exec::TokenSampling settings[] = {
+      {0.0f, 0, 1.0f}, {0.7f, 0, 1.0f}, {1.0f, 50, 1.0f}, {0.8f, 0, 0.9f},
+      {1.2f, 40, 0.8f}, {0.6f, 1, 1.0f}, {2.0f, 0, 0.5f}, {1.0f, 1000, 0.95f}};
+  std::vector<exec::TokenSampling> draws(rows);
+  std::vector<uint8_t> packed(size_t(rows) * kSampleParamsBytes);
+  std::vector<int> expected(rows);
+  for (int r = 0; r < rows; ++r) {
+    draws[size_t(r)] = settings[r % 8];
+    draws[size_t(r)].seed = 1234 + uint64_t(r / 8);
+    draws[size_t(r)].draw = uint64_t(r);
+    packSampleParams(draws[size_t(r)], packed.data() + size_t(r) * kSampleParamsBytes);
+    expected[size_t(r)] = exec::sampleToken(logits.data() + size_t(r) * size_t(vocab), vocab,
+                                            draws[size_t(r)]);
+  }
+  auto spec = sampleSpec(vocab);
+  LoadedKernel kernel = load(spec);
+  ASSERT_NE(kernel.function, nullptr);
+  DevicePointer dl = upload(logits.data(), logits.size() * 4);
+  DevicePointer dp = upload(packed.data(), packed.size()), di = allocate(size_t(rows) * 4);
+  run(kernel, {unsigned(rows), 1, 1, spec->blockThreads, 1, 1, 0}, {&dl, &dp, &di});
+  std::vector<int> ids(rows);
+  ASSERT_TRUE(device->copyToHost(ids.data(), di, size_t(rows) * 4).ok());
+  int same = 0;
+  for (int r = 0; r < rows; ++r)
+    same += ids[size_t(r)] == expected[size_t(r)];
+  std::printf("[ gpu      ] sample %d x %lld: %d of %d draws as the host rule's\n", rows,
+              (long long)vocab, same, rows);
+  // expf/logf may differ from the host's in the last bit, which can only
+  // move a draw between nearly tied candidates.
+  EXPECT_GE(same, rows - 1);
+
+  // One row drawn 8192 times: frequencies of the renormalized softmax.
+  const int64_t small = 1000;
+  std::vector<float> row(size_t(small), -20.0f);
+  const float peaks[] = {3.0f, 2.6f, 2.5f, 1.0f, 0.2f, -1.0f};
+  for (int i = 0; i < 6; ++i)
+    row[size_t(100 * i + 7)] = peaks[i];
+  const exec::TokenSampling setting{0.9f, 5, 0.9f, 77, 0};
+  // Exact: top-5, then the smallest prefix reaching 0.9 of their mass.
+  std::vector<double> weights;
+  double total = 0;
+  for (int i = 0; i < 5; ++i)
+    total += weights.emplace_back(std::exp((peaks[i] - peaks[0]) / 0.9));
+  std::vector<double> probability(6, 0.0);
+  double mass = 0;
+  for (int i = 0; i < 5 && mass < 0.9 * total; ++i)
+    mass += probability[size_t(i)] = weights[size_t(i)];
+  for (double &p : probability)
+    p /= mass;
+  const int repeats = 8192;
+  std::vector<float> repeated;
+  std::vector<uint8_t> repeatedParams(size_t(repeats) * kSampleParamsBytes);
+  for (int i = 0; i < repeats; ++i) {
+    repeated.insert(repeated.end(), row.begin(), row.end());
+    exec::TokenSampling draw = setting;
+    draw.draw = uint64_t(i);
+    packSampleParams(draw, repeatedParams.data() + size_t(i) * kSampleParamsBytes);
+  }
+  auto smallSpec = sampleSpec(small);
+  LoadedKernel smallKernel = load(smallSpec);
+  ASSERT_NE(smallKernel.function, nullptr);
+  DevicePointer rl = upload(repeated.data(), repeated.size() * 4);
+  DevicePointer rp = upload(repeatedParams.data(), repeatedParams.size());
+  DevicePointer ri = allocate(size_t(repeats) * 4);
+  run(smallKernel, {unsigned(repeats), 1, 1, smallSpec->blockThreads, 1, 1, 0}, {&rl, &rp, &ri});
+  std::vector<int> drawn(repeats);
+  ASSERT_TRUE(device->copyToHost(drawn.data(), ri, size_t(repeats) * 4).ok());
+  std::vector<int> counts(6, 0);
+  for (int id : drawn) {
+    ASSERT_EQ(id % 100, 7) << "token " << id << " is not a peak";
+    ASSERT_LT(id / 100, 6);
+    ++counts[size_t(id / 100)];
+  }
+  for (int i = 0; i < 6; ++i) // within 4 standard deviations
+    EXPECT_NEAR(double(counts[size_t(i)]) / repeats, probability[size_t(i)], 0.022) << "peak " << i;
+  std::printf("[ gpu      ] sample frequencies %.3f %.3f %.3f %.3f %.3f %.3f, exact %.3f %.3f "
+              "%.3f %.3f %.3f %.3f\n",
+              counts[0] / double(repeats), counts[1] / double(repeats),
+              counts[2] / double(repeats), counts[3] / double(repeats),
+              counts[4] / double(repeats), counts[5] / double(repeats), probability[0],
+              probability[1], probability[2], probability[3], probability[4], probability[5]);
 }
 
 // The FP8 decode GEMV against e4m3 decoded on the CPU times the block scales.

@@ -440,6 +440,47 @@ TEST(HybridExecutor, GreedyIdsAreTheArgmaxOfTheLogits) {
   EXPECT_EQ(greedy->position(0), full->position(0));
 }
 
+// Sampling at a temperature on the GPU (sample_rows, which the plan lists)
+// draws what the host rule draws from the logits forwardBatch() returns,
+// for a batch whose entries sample differently, in prefill and decode.
+TEST(HybridExecutor, SampledIdsAreTheHostRulesDrawsFromTheLogits) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-sampled", *gen::presetConfig("tiny"), pair);
+  ASSERT_TRUE(std::any_of(pair.gpu.plan.kernelSpecializations.begin(),
+                          pair.gpu.plan.kernelSpecializations.end(),
+                          [](const plan::KernelSpecialization &k) {
+                            return k.entry == "sample_rows";
+                          }));
+  exec::ExecutorOptions options;
+  options.sequences = 3;
+  std::unique_ptr<exec::Executor> sampled = open(pair.gpu, options), full = open(pair.gpu, options);
+  ASSERT_TRUE(sampled && full);
+  std::vector<exec::SequenceTokens> step = {{0, cpu::test::sampleTokens(7, 1)},
+                                            {1, cpu::test::sampleTokens(4, 2)},
+                                            {2, cpu::test::sampleTokens(5, 3)}};
+  const int64_t vocab = full->vocabSize();
+  int same = 0, total = 0;
+  for (int round = 0; round < 8; ++round) {
+    const std::vector<exec::TokenSampling> draws = {{0.8f, 0, 0.9f, 11, uint64_t(round)},
+                                                    {1.5f, 20, 1.0f, 12, uint64_t(round)},
+                                                    {0.0f, 0, 1.0f, 13, uint64_t(round)}};
+    StatusOr<std::vector<int32_t>> ids = sampled->forwardSampled(step, draws);
+    StatusOr<std::vector<float>> logits = full->forwardBatch(step);
+    ASSERT_TRUE(ids.ok()) << ids.message();
+    ASSERT_TRUE(logits.ok()) << logits.message();
+    ASSERT_EQ(ids->size(), 3u);
+    for (size_t i = 0; i < 3; ++i) {
+      same += (*ids)[i] == exec::sampleToken(logits->data() + i * size_t(vocab), vocab, draws[i]);
+      ++total;
+    }
+    EXPECT_EQ((*ids)[2], argmax(*logits, 2, vocab)) << "greedy entry, round " << round;
+    step = {{0, {(*ids)[0]}}, {1, {(*ids)[1]}}, {2, {(*ids)[2]}}};
+  }
+  std::printf("[ gpu      ] sampled on the GPU: %d of %d draws as the host rule's\n", same, total);
+  EXPECT_GE(same, total - 1);
+}
+
 // Batched decode replayed as CUDA graphs gives the logits of batched decode
 // launched kernel by kernel, bit for bit, also when the batch changes.
 TEST(HybridExecutor, BatchedDecodeGraphsReplayExactly) {
