@@ -359,11 +359,11 @@ int main(int argc, char **argv) {
       // random codes with unit scales (what cuBLASLt multiplies).
       StatusOr<double> quantizeTime = timeIt([&] {
         int xs = int(shape.in), count = int(tokens), stride = int(scratch.rows);
-        cuda::DevicePointer q = scratch.activations, s = scratch.scales, xp = x;
+        cuda::DevicePointer q = scratch.activations, s = scratch.scales, xp = x, inOrder = 0;
         cuda::LaunchShape launch;
         launch.gridX = unsigned((tokens * (shape.in / 128) * 32 + 255) / 256);
         launch.blockX = 256;
-        return device.launch(*quantize, launch, {&xp, &xs, &count, &q, &s, &stride});
+        return device.launch(*quantize, launch, {&xp, &xs, &count, &q, &s, &stride, &inOrder});
       });
       if (!quantizeTime)
         return fail(quantizeTime.message());
@@ -376,7 +376,7 @@ int main(int argc, char **argv) {
         if (!aMap)
           return fail(aMap.message());
         cuda::DevicePointer aScales = unitScales, bScales = unitScales, out = ours,
-                            partials = scratch.partials;
+                            partials = scratch.partials, noTiles = 0, inOrder = 0;
         int scaleStride = int(maxTokens), count = int(tokens), outStride = int(shape.out),
             splitCount = int(splits);
         long long splitStride = tokens * shape.out;
@@ -392,7 +392,7 @@ int main(int argc, char **argv) {
           long long stride = splits > 1 ? splitStride : 0;
           if (Status s = device.launch(gemm, launch,
                                        {&*aMap, &bMap, &aScales, &scaleStride, &bScales, &target,
-                                        &outStride, &stride, &count});
+                                        &outStride, &stride, &count, &noTiles, &inOrder});
               !s.ok() || splits == 1)
             return s;
           cuda::LaunchShape sumLaunch;
@@ -540,6 +540,99 @@ int main(int argc, char **argv) {
     }
   }
 
+  // The routed experts' grouped GEMM at V3's expert shapes: 256 experts,
+  // top-8 of uniformly random routing, against the same rows as one group
+  // of one weight (its ceiling: full tiles, one weight).
+  struct Grouped {
+    std::string shape;
+    int64_t tokens, rows, tiles, out, in, usedExperts;
+    double grouped, dense;
+  };
+  std::vector<Grouped> groupedRows;
+  const int64_t kExperts = 256, kTopK = 8;
+  cuda::DevicePointer expertWeights = 0;
+  for (const Shape &shape : {Shape{"expert gate/up", 2048, 7168}, Shape{"expert down", 7168, 2048}}) {
+    if (filtered)
+      break;
+    if (!expertWeights) { // every expert's weight apart, as in a model (3.8 GB)
+      const size_t bytes = size_t(kExperts * 2048 * 7168), chunk = size_t(64) << 20;
+      expertWeights = allocate(bytes);
+      const std::vector<uint8_t> codes = randomCodes(chunk);
+      for (size_t at = 0; at < bytes; at += chunk)
+        if (Status s = device.copyToDevice(expertWeights + at, codes.data(), std::min(chunk, bytes - at));
+            !s.ok())
+          return fail(s.message());
+    }
+    std::vector<float> expertScales(size_t(kExperts * (shape.out / 128) * (shape.in / 128)), 1.0f);
+    const cuda::DevicePointer scales = upload(expertScales.data(), expertScales.size() * 4);
+    StatusOr<cuda::Fp8GemmConfig> config = cuda::fp8GemmConfig(shape.out);
+    StatusOr<cuda::LoadedKernel> grouped =
+        config ? compileAndLoad(cuda::gemmFp8GroupedSpec(shape.out, shape.in, *config), "")
+               : StatusOr<cuda::LoadedKernel>(config.status());
+    StatusOr<cuda::LoadedKernel> sum = compileAndLoad(cuda::gemmFp8SumSpec(shape.out, shape.in), "");
+    StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::fp8QuantizeSpec(shape.in), "");
+    if (!config || !grouped || !sum || !quantize)
+      return fail("cannot load the grouped GEMM kernels");
+    if (Status s = cuda::allowFp8GemmSharedBytes(device, *grouped, *config); !s.ok())
+      return fail(s.message());
+    StatusOr<cuda::Fp8GemmWeight> stacked = cuda::prepareFp8GemmWeight(
+        device, expertWeights, scales, kExperts * shape.out, shape.in, *config);
+    StatusOr<cuda::Fp8GemmWeight> single =
+        cuda::prepareFp8GemmWeight(device, expertWeights, scales, shape.out, shape.in, *config);
+    if (!stacked || !single)
+      return fail(!stacked ? stacked.message() : single.message());
+    for (int64_t tokens : {int64_t(512), int64_t(4096)}) {
+      // Uniform routing: token t's k-th expert is a random distinct one.
+      std::vector<int64_t> sizes(static_cast<size_t>(kExperts), 0);
+      std::vector<int32_t> rowIndex;
+      std::vector<std::vector<int32_t>> byExpert(static_cast<size_t>(kExperts));
+      for (int64_t t = 0; t < tokens; ++t) {
+        std::vector<int64_t> chosen;
+        while (int64_t(chosen.size()) < kTopK) {
+          const int64_t e = int64_t(random() % uint64_t(kExperts));
+          if (std::find(chosen.begin(), chosen.end(), e) == chosen.end())
+            chosen.push_back(e);
+        }
+        for (int64_t e : chosen)
+          byExpert[size_t(e)].push_back(int32_t(t % maxTokens));
+      }
+      for (int64_t e = 0; e < kExperts; ++e) {
+        sizes[size_t(e)] = int64_t(byExpert[size_t(e)].size());
+        rowIndex.insert(rowIndex.end(), byExpert[size_t(e)].begin(), byExpert[size_t(e)].end());
+      }
+      const int64_t rowCount = int64_t(rowIndex.size());
+      const std::vector<int32_t> tiles = cuda::fp8GroupedTiles(sizes);
+      const cuda::DevicePointer dIndex = upload(rowIndex.data(), rowIndex.size() * 4),
+                                dTiles = upload(tiles.data(), tiles.size() * 4);
+      cuda::Fp8GemmScratch big = scratch;
+      big.rows = rowCount;
+      big.activations = allocate(cuda::fp8GemmActivationBytes(rowCount, shape.in));
+      big.scales = allocate(cuda::fp8GemmScaleBytes(rowCount, shape.in));
+      const cuda::DevicePointer y = allocate(size_t(rowCount * shape.out) * 4);
+      cuda::Fp8GemmKernels groupedKernels{&*quantize, &*grouped, &*sum, *config};
+      // x rows of the real tokens (rowIndex), as the executor gathers them.
+      StatusOr<double> groupedTime = timeIt([&] {
+        return cuda::runFp8GroupedGemm(device, groupedKernels, *stacked, shape.out, x, shape.in,
+                                       dIndex, rowCount, dTiles, int64_t(tiles.size() / 3), y,
+                                       shape.out, big);
+      });
+      // The peer: the same rows as one group against one weight.
+      const std::vector<int32_t> oneGroup = cuda::fp8GroupedTiles({rowCount});
+      const cuda::DevicePointer dOneGroup = upload(oneGroup.data(), oneGroup.size() * 4);
+      StatusOr<double> denseTime = timeIt([&] {
+        return cuda::runFp8GroupedGemm(device, groupedKernels, *single, shape.out, x, shape.in,
+                                       dIndex, rowCount, dOneGroup, int64_t(oneGroup.size() / 3), y,
+                                       shape.out, big);
+      });
+      if (!groupedTime || !denseTime)
+        return fail(!groupedTime ? groupedTime.message() : denseTime.message());
+      const int64_t used =
+          std::count_if(sizes.begin(), sizes.end(), [](int64_t n) { return n > 0; });
+      groupedRows.push_back({shape.name, tokens, rowCount, int64_t(tiles.size() / 3), shape.out,
+                             shape.in, used, *groupedTime, *denseTime});
+    }
+  }
+
   auto tflops = [](const Row &r, double seconds) {
     return seconds > 0 ? 2.0 * double(r.tokens) * double(r.out) * double(r.in) / seconds / 1e12
                        : 0.0;
@@ -585,6 +678,12 @@ int main(int argc, char **argv) {
                                        {"gemv_us", c.gemv * 1e6},
                                        {"gemm_us", c.gemm * 1e6},
                                        {"bf16_mma_compute_80_us", c.bf16 * 1e6}});
+    for (const Grouped &g : groupedRows)
+      out["grouped_experts"].push_back(
+          {{"shape", g.shape}, {"tokens", g.tokens}, {"rows", g.rows}, {"tiles", g.tiles},
+           {"grouped_us", g.grouped * 1e6}, {"dense_same_rows_us", g.dense * 1e6},
+           {"grouped_tflops", 2.0 * double(g.rows * g.out * g.in) / g.grouped / 1e12},
+           {"expert_weight_gb_per_s", double(g.usedExperts * g.out * g.in) / g.grouped / 1e9}});
     std::printf("%s\n", out.dump(1).c_str());
     return 0;
   }
@@ -636,6 +735,20 @@ int main(int argc, char **argv) {
                 c.gemv > 0 ? std::to_string(int64_t(c.gemv * 1e6 + 0.5)).c_str() : "-",
                 c.gemm * 1e6, c.bf16 * 1e6,
                 2.0 * double(c.tokens) * double(shape.out) * double(shape.in) / c.bf16 / 1e12);
+  }
+  if (!groupedRows.empty())
+    std::printf("\nRouted experts, grouped GEMM (256 experts, top-8 uniform routing; quantize + "
+                "gather + wgmma) against the same kernel on the same rows as one group of one weight:\n"
+                "%-15s %6s %6s %6s %10s %8s %9s %10s %8s %6s\n",
+                "matrix", "tokens", "rows", "tiles", "grouped us", "TFLOP/s", "wt GB/s",
+                "dense us", "TFLOP/s", "ratio");
+  for (const Grouped &g : groupedRows) {
+    const double flops = 2.0 * double(g.rows * g.out * g.in);
+    std::printf("%-15s %6lld %6lld %6lld %10.1f %8.0f %9.0f %10.1f %8.0f %5.0f%%\n",
+                g.shape.c_str(), (long long)g.tokens, (long long)g.rows, (long long)g.tiles,
+                g.grouped * 1e6, flops / g.grouped / 1e12,
+                double(g.usedExperts * g.out * g.in) / g.grouped / 1e9, g.dense * 1e6,
+                flops / g.dense / 1e12, 100 * g.dense / g.grouped);
   }
   return 0;
 }

@@ -4,6 +4,8 @@
 // rounded to nearest even. x: f32 rows `xStride` floats apart; q: e4m3
 // [rows][IN_FEATURES]; scales: f32 [IN_FEATURES / 128][scaleStride], a
 // slice's scales contiguous over tokens as the GEMM reads them.
+// With `rowIndex`, row r of q reads x row rowIndex[r] (routed experts gather
+// their assignments' rows, grouped by expert, as they quantize them).
 // One warp per (token, slice): four values per lane. Needs sm_89's
 // conversion to e4m3 (the GEMM runs on sm_90a only).
 // Specialization defines:
@@ -27,14 +29,15 @@ __device__ __forceinline__ kt::u16 toE4m3Pair(float low, float high) {
 
 extern "C" __global__ void __launch_bounds__(256)
 fp8_quantize(const float *__restrict__ x, int xStride, int rows, kt::u8 *__restrict__ q,
-             float *__restrict__ scales, int scaleStride) {
+             float *__restrict__ scales, int scaleStride, const int *__restrict__ rowIndex) {
   const int lane = threadIdx.x % 32;
   const long long item = (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   if (item >= static_cast<long long>(rows) * kSlices)
     return;
   const int token = static_cast<int>(item / kSlices), slice = static_cast<int>(item % kSlices);
   const float4 v = *reinterpret_cast<const float4 *>(
-      x + static_cast<long long>(token) * xStride + slice * 128 + 4 * lane);
+      x + static_cast<long long>(rowIndex ? rowIndex[token] : token) * xStride + slice * 128 +
+      4 * lane);
   float largest = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1)

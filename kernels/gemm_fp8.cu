@@ -18,7 +18,17 @@
 // Split-K (grid y = `splits`): split s takes an equal share of the slices
 // and writes its partial result at out + s * splitStride; entry
 // gemm_fp8_sum_splits adds the partials into C.
+// GROUPED (routed experts in prefill): B stacks the experts' weights
+// [experts * N_FEATURES][K] and bScales theirs [experts][N_FEATURES / 128]
+// [K / 128]; A holds the assignments' rows grouped by expert. Block x takes
+// column tile x % (N_FEATURES / BLOCK_N) of entry e = x / (N_FEATURES /
+// BLOCK_N) of `groupTiles`, {expert, first row, end row}: the 128 rows of A
+// from the first row against that expert's weight, written up to the end
+// row (the next expert's rows follow). No split-K (grid y is 1). With
+// `outRows`, row r of the result goes to row outRows[r] of C (back to the
+// assignments' order).
 // Specialization defines:
+//   GROUPED     (optional) the routed-experts form above
 //   N_FEATURES  output columns (weight rows), a multiple of BLOCK_N
 //   K_FEATURES  reduction length, a multiple of 128
 //   BLOCK_N     64 or 128 (within one 128-row scale block of B), or 256
@@ -144,7 +154,8 @@ __device__ __forceinline__ void wgmma(float (&d)[kPartFragment], unsigned long l
 extern "C" __global__ void __launch_bounds__(384, 1)
 gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorMap bMap,
          const float *__restrict__ aScales, int aScaleStride, const float *__restrict__ bScales,
-         float *__restrict__ out, int outStride, long long splitStride, int rows) {
+         float *__restrict__ out, int outStride, long long splitStride, int rows,
+         const int *__restrict__ groupTiles, const int *__restrict__ outRows) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ kt::u8 sharedBytes[];
   // Swizzled tiles start on 1024-byte boundaries (the host asks for 1 KiB more).
@@ -155,6 +166,16 @@ gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorM
   auto full = [&](int stage) { return barriers + 8 * stage; };
   auto empty = [&](int stage) { return barriers + 8 * (STAGES + stage); };
 
+#if defined(GROUPED)
+  static_assert(N_FEATURES % 128 == 0, "whole scale blocks per expert");
+  const int entry = blockIdx.x / kColumnTiles;
+  const int expert = groupTiles[3 * entry], m0 = groupTiles[3 * entry + 1];
+  const int rowEnd = groupTiles[3 * entry + 2];
+  const int n0 = blockIdx.x % kColumnTiles * BLOCK_N;
+  const int bRow0 = expert * N_FEATURES + n0;
+  const float *bScaleRow =
+      bScales + (static_cast<long long>(expert) * (N_FEATURES / 128) + n0 / 128) * kSlices;
+#else
   // Which tile: groups of kGroupM row tiles, rows fastest within a group.
   const int rowTiles = (rows + kBlockM - 1) / kBlockM;
   const int tile = blockIdx.x;
@@ -163,6 +184,9 @@ gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorM
   const int inGroup = tile % (kGroupM * kColumnTiles);
   const int m0 = (firstRowTile + inGroup % groupRows) * kBlockM;
   const int n0 = inGroup / groupRows * BLOCK_N;
+  const int rowEnd = rows, bRow0 = n0;
+  const float *bScaleRow = bScales + (n0 / 128) * kSlices;
+#endif
   // This split's slices.
   const int sliceBegin = blockIdx.y * kSlices / gridDim.y;
   const int sliceEnd = (blockIdx.y + 1) * kSlices / gridDim.y;
@@ -186,7 +210,7 @@ gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorM
         barrierWait(empty(stage), ((step / STAGES) & 1) ^ 1);
         barrierExpectBytes(full(stage), kStageBytes);
         tmaLoad(aTile(stage), &aMap, full(stage), slice * 128, m0);
-        tmaLoad(bTile(stage), &bMap, full(stage), slice * 128, n0);
+        tmaLoad(bTile(stage), &bMap, full(stage), slice * 128, bRow0);
       }
     }
     return;
@@ -198,7 +222,6 @@ gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorM
   const int group = threadIdx.x / 128 - 1; // rows group*64 .. +63 of the tile
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
   const int row = m0 + group * 64 + warp * 16 + lane / 4; // and row + 8
-  const float *bScaleRow = bScales + (n0 / 128) * kSlices;
   float result[kFragment];
 #pragma unroll
   for (int i = 0; i < kFragment; ++i)
@@ -239,9 +262,10 @@ gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorM
 #pragma unroll
   for (int half = 0; half < 2; ++half) {
     const int r = row + 8 * half;
-    if (r >= rows)
+    if (r >= rowEnd)
       continue;
-    float *outRow = split + static_cast<long long>(r) * outStride + column;
+    const long long target = outRows ? outRows[r] : r;
+    float *outRow = split + target * outStride + column;
 #pragma unroll
     for (int chunk = 0; chunk < BLOCK_N / 8; ++chunk)
       *reinterpret_cast<float2 *>(outRow + 8 * chunk) =

@@ -5,6 +5,9 @@
 // decoded in registers by bit arithmetic, so it runs on every GPU.
 // One warp per row; each lane reads 16 consecutive weights (one 16-byte
 // load, within one scale block) and their 16 activations per step.
+// Routed experts stack their matrices (OUT_FEATURES a multiple of 128, the
+// scales stacked alike) and pick one per token and slot through the
+// layout's matrix ids (kt::gemvSelect; grid z is the slots).
 // Specialization defines:
 //   IN_FEATURES     columns (a multiple of 16)
 //   OUT_FEATURES    rows
@@ -27,11 +30,13 @@ gemv_fp8(const void *__restrict__ weight, const float *__restrict__ scales,
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
   if (row >= OUT_FEATURES)
     return;
-  // One token per block (no tile); FP8 weights are never batched per head.
-  x += static_cast<long long>(blockIdx.y) * layout.xTokenStride;
-  y += static_cast<long long>(blockIdx.y) * layout.yTokenStride;
-  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + static_cast<long long>(row) * IN_FEATURES;
-  const float *rowScales = scales + (row / 128) * kBlockCols;
+  // One token per block (no tile).
+  long long headRow = 0;
+  if (kt::gemvSelect(x, y, layout, OUT_FEATURES, 1, headRow) == 0)
+    return;
+  const long long weightRow = headRow + row;
+  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + weightRow * IN_FEATURES;
+  const float *rowScales = scales + (weightRow / 128) * kBlockCols;
   float sum = 0.0f;
 #pragma unroll 4
   for (int col = 16 * lane; col < IN_FEATURES; col += 16 * 32) {

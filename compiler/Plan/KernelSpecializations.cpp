@@ -69,6 +69,24 @@ void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef devi
                    StringRef path) {
   const int64_t topK = cast<RankedTensorType>(experts.getTopkIds().getType()).getShape()[1];
   WeightAttr gateProj = experts.getGateProj();
+  // FP8 experts (a checkpoint's, on sm_90a): the FP8 GEMV by expert id in
+  // decode; in prefill the assignments gathered and quantized per expert,
+  // then the grouped wgmma GEMM.
+  if (gateProj.getDtype() == graph::kFp8E4m3) {
+    for (WeightAttr weight : {gateProj, experts.getDownProj()}) {
+      const int64_t out = weight.getShape()[1], in = weight.getShape()[0];
+      collector.add(cuda::gemvFp8Spec(out, in), device, path);
+      collector.add(cuda::fp8QuantizeSpec(in), device, path);
+      StatusOr<cuda::Fp8GemmConfig> config = cuda::fp8GemmConfig(out);
+      collector.add(config ? cuda::gemmFp8GroupedSpec(out, in, *config)
+                           : StatusOr<cuda::KernelSpec>(config.status()),
+                    device, path);
+    }
+    collector.add(cuda::elementwiseSpec("silu_mul", gateProj.getShape()[1]), device, path);
+    for (const char *entry : {"moe_combine", "expert_counts"})
+      collector.add(cuda::moeCombineSpec(gateProj.getShape()[0], topK, entry), device, path);
+    return;
+  }
   for (WeightAttr weight : {gateProj, experts.getUpProj(), experts.getDownProj()})
     if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
         type && cuda::hasGpuGemv(*type))

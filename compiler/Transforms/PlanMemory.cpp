@@ -196,8 +196,12 @@ private:
       for (auto &[role, weight] : op.getWeights())
         if (weight.getDtype() == kFp8E4m3 && !weight.getShape().empty())
           widestFp8Input = std::max(widestFp8Input, weight.getShape()[0]);
-      activations += static_cast<uint64_t>(chunkSize * widestFp8Input +
-                                           chunkSize * (widestFp8Input / 128) * kF32);
+      // Routed experts quantize each token's top-k assignments.
+      int64_t rows = chunkSize;
+      if (auto experts = dyn_cast<RoutedExpertsOp>(operation))
+        rows *= experts.getTopkIds().getType().cast<RankedTensorType>().getDimSize(1);
+      activations += static_cast<uint64_t>(rows * widestFp8Input +
+                                           rows * (widestFp8Input / 128) * kF32);
     }
     for (const std::string &device : {prefill, decode})
       usage[device].activations = std::max(usage[device].activations, activations);

@@ -17,7 +17,70 @@ int64_t tiles(int64_t rows, int64_t out, unsigned blockN) {
   return ceilDiv(rows, kBlockRows) * (out / blockN);
 }
 
+// Activations to e4m3 (rows `rowIndex` picks, or all in order), one warp
+// per token and slice, and the GEMM's tensor map over them.
+StatusOr<TensorMap> quantizeActivations(CudaDevice &device, const Fp8GemmKernels &kernels,
+                                        int64_t in, DevicePointer x, int64_t xStride,
+                                        DevicePointer rowIndex, int64_t rows,
+                                        const Fp8GemmScratch &scratch) {
+  int xs = int(xStride), tokens = int(rows), scaleStride = int(scratch.rows);
+  DevicePointer q = scratch.activations, qScales = scratch.scales;
+  LaunchShape quantize;
+  quantize.gridX = unsigned(ceilDiv(rows * (in / kSlice) * 32, 256));
+  quantize.blockX = 256;
+  if (Status s = device.launch(*kernels.quantize, quantize,
+                               {&x, &xs, &tokens, &q, &qScales, &scaleStride, &rowIndex});
+      !s.ok())
+    return s;
+  return device.byteMatrixTensorMap(scratch.activations, uint64_t(in), uint64_t(rows),
+                                    uint64_t(in), kSlice, unsigned(kBlockRows));
+}
+
 } // namespace
+
+std::vector<int32_t> fp8GroupedTiles(const std::vector<int64_t> &groupSizes) {
+  std::vector<int32_t> tiles;
+  int64_t first = 0;
+  for (size_t expert = 0; expert < groupSizes.size(); ++expert) {
+    const int64_t end = first + groupSizes[expert];
+    for (int64_t row = first; row < end; row += kBlockRows)
+      tiles.insert(tiles.end(), {int32_t(expert), int32_t(row), int32_t(end)});
+    first = end;
+  }
+  return tiles;
+}
+
+Status runFp8GroupedGemm(CudaDevice &device, const Fp8GemmKernels &kernels,
+                         const Fp8GemmWeight &experts, int64_t out, DevicePointer x,
+                         int64_t xStride, DevicePointer rowIndex, int64_t rows,
+                         DevicePointer tiles, int64_t tileCount, DevicePointer y,
+                         int64_t yStride, const Fp8GemmScratch &scratch, DevicePointer outRows) {
+  if (rows <= 0 || tileCount <= 0)
+    return Status::success();
+  if (rows > scratch.rows || experts.in > scratch.in)
+    return Status::error("the FP8 GEMM's scratch holds " + std::to_string(scratch.rows) +
+                         " rows of " + std::to_string(scratch.in) + " values, not " +
+                         std::to_string(rows) + " of " + std::to_string(experts.in) + ".");
+  if (out <= 0 || out % kernels.config.blockN != 0 || experts.out % out != 0)
+    return Status::error("the grouped FP8 GEMM's experts have " + std::to_string(out) +
+                         " rows, which do not divide the stacked weight's " +
+                         std::to_string(experts.out) + ".");
+  StatusOr<TensorMap> aMap =
+      quantizeActivations(device, kernels, experts.in, x, xStride, rowIndex, rows, scratch);
+  if (!aMap)
+    return aMap.status();
+  TensorMap bMap = experts.map;
+  DevicePointer qScales = scratch.scales, bScales = experts.scales, yOut = y;
+  int scaleStride = int(scratch.rows), outStride = int(yStride), count = int(rows);
+  long long splitStride = 0;
+  LaunchShape gemm;
+  gemm.gridX = unsigned(tileCount * (out / kernels.config.blockN));
+  gemm.blockX = 384;
+  gemm.sharedBytes = fp8GemmSharedBytes(kernels.config);
+  return device.launch(*kernels.gemm, gemm,
+                       {&*aMap, &bMap, &qScales, &scaleStride, &bScales, &yOut, &outStride,
+                        &splitStride, &count, &tiles, &outRows});
+}
 
 StatusOr<Fp8GemmWeight> prepareFp8GemmWeight(CudaDevice &device, DevicePointer data,
                                              DevicePointer scales, int64_t out, int64_t in,
@@ -91,21 +154,12 @@ Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8Ge
   if (splits > 1 && splits * size_t(rows * weight.out) > scratch.partialFloats)
     return Status::error("the FP8 GEMM's scratch has no room for " + std::to_string(splits) +
                          " partial results.");
-  // Activations to e4m3, one warp per token and slice.
-  int xs = int(xStride), tokens = int(rows), scaleStride = int(scratch.rows);
-  DevicePointer q = scratch.activations, qScales = scratch.scales;
-  LaunchShape quantize;
-  quantize.gridX = unsigned(ceilDiv(rows * (weight.in / kSlice) * 32, 256));
-  quantize.blockX = 256;
-  if (Status s = device.launch(*kernels.quantize, quantize,
-                               {&x, &xs, &tokens, &q, &qScales, &scaleStride});
-      !s.ok())
-    return s;
-  StatusOr<TensorMap> aMap =
-      device.byteMatrixTensorMap(scratch.activations, uint64_t(weight.in), uint64_t(rows),
-                                 uint64_t(weight.in), kSlice, unsigned(kBlockRows));
+  StatusOr<TensorMap> aMap = quantizeActivations(device, kernels, weight.in, x, xStride, 0, rows,
+                                                  scratch);
   if (!aMap)
     return aMap.status();
+  int tokens = int(rows), scaleStride = int(scratch.rows);
+  DevicePointer qScales = scratch.scales, noTiles = 0, inOrder = 0;
   TensorMap bMap = weight.map;
   DevicePointer bScales = weight.scales;
   DevicePointer out = splits > 1 ? scratch.partials : y;
@@ -118,7 +172,7 @@ Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8Ge
   gemm.sharedBytes = fp8GemmSharedBytes(kernels.config);
   if (Status s = device.launch(*kernels.gemm, gemm,
                                {&*aMap, &bMap, &qScales, &scaleStride, &bScales, &out, &outStride,
-                                &splitStride, &tokens});
+                                &splitStride, &tokens, &noTiles, &inOrder});
       !s.ok() || splits <= 1)
     return s;
   int splitCount = int(splits), yStrideInt = int(yStride);

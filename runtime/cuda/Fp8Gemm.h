@@ -9,6 +9,7 @@
 #include "runtime/support/Status.h"
 
 #include <cstdint>
+#include <vector>
 
 namespace kt::cuda {
 
@@ -67,5 +68,25 @@ size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiproc
 Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8GemmWeight &weight,
                   DevicePointer x, int64_t xStride, int64_t rows, DevicePointer y, int64_t yStride,
                   const Fp8GemmScratch &scratch, unsigned splits);
+
+// Routed experts in prefill (the GROUPED GEMM): tiles of up to 128
+// assignment rows, each within one expert's group. `groupSizes[e]`: rows of
+// expert e, whose rows follow expert e-1's. Each tile is {expert, first
+// row, end row}, three ints.
+std::vector<int32_t> fp8GroupedTiles(const std::vector<int64_t> &groupSizes);
+
+// Y[j] = W[expert of j] x[rowIndex[j]] for the `rows` assignment rows j,
+// grouped by expert as `tiles` (fp8GroupedTiles, `tileCount` of them, on
+// the device) says. `experts` holds every expert's [out][in] weight stacked
+// (prepareFp8GemmWeight over experts * out rows, scales [experts][out /
+// 128][in / 128]); `rowIndex` (device ints, or 0 for the identity) picks x's
+// rows as the quantization reads them; `outRows` (device ints, or 0) the
+// rows of y the results go to. `gemm` is gemmFp8GroupedSpec's.
+Status runFp8GroupedGemm(CudaDevice &device, const Fp8GemmKernels &kernels,
+                         const Fp8GemmWeight &experts, int64_t out, DevicePointer x,
+                         int64_t xStride, DevicePointer rowIndex, int64_t rows,
+                         DevicePointer tiles, int64_t tileCount, DevicePointer y,
+                         int64_t yStride, const Fp8GemmScratch &scratch,
+                         DevicePointer outRows = 0);
 
 } // namespace kt::cuda

@@ -75,6 +75,9 @@ struct GpuMatrix {
     Fp8GemmKernels kernels;
   };
   std::shared_ptr<const Fp8Gemm> fp8Gemm, fp8GemmWide;
+  // FP8 routed experts on sm_90a: the grouped GEMM over all experts' stacked
+  // weights (prefill; null: the GEMV by expert id).
+  std::shared_ptr<const Fp8Gemm> fp8Grouped;
   // FP8 on sm_80 to sm_89: the bf16 mma GEMM for steps of at least
   // kFp8Bf16GemmMinTokens tokens (null: the GEMV).
   const Kernel *fp8Bf16Gemm = nullptr;
@@ -193,8 +196,10 @@ public:
     std::vector<DevicePointer> allocations;
     int multiprocessors = 0;
     // The FP8 GEMM's activations, scales and split-K partials, sized at
-    // bind time for the widest FP8 GEMM weight on this GPU.
+    // bind time for the widest FP8 GEMM weight on this GPU, and rows per
+    // token (routed experts quantize each token's top-k assignments).
     Fp8GemmScratch fp8;
+    int64_t fp8RowsPerToken = 1;
   };
   std::vector<Gpu> physical;
   std::vector<int> physicalOf; // logical GPU (cuda:N of the plan) -> index into physical
@@ -351,8 +356,8 @@ public:
                     {&data, &scales, &x, &xStride, &y, &yStride, &rows});
     }
     if (scales) // FP8: one token per block, the block scales before the activations
-      return launch(*w.kernel, w.blocks, static_cast<unsigned>(tokens), 1, 0,
-                    {&data, &scales, &x, &y, &layout});
+      return launch(*w.kernel, w.blocks, static_cast<unsigned>(tokens),
+                    static_cast<unsigned>(w.heads), 0, {&data, &scales, &x, &y, &layout});
     const bool tiled = tokens > 1 && !layout.matrixIds; // chosen matrices differ per token
     const unsigned tiles =
         tiled ? ceilDiv(tokens, kGemvPrefillTokenTile) : static_cast<unsigned>(tokens);
@@ -574,6 +579,82 @@ public:
           w.fp8Bf16Gemm = *k;
       }
     }
+    return w;
+  }
+
+  // A routed-experts matrix of a checkpoint: every expert's e4m3 [rows][cols]
+  // and block scales stacked on the GPU, the FP8 GEMV by expert id (grid z:
+  // the `topK` slots) and, where the plan lists it, the grouped GEMM.
+  GpuMatrix loadFp8Experts(const std::string &role, const plan::Weight &weight, int64_t cols,
+                           int64_t rows, int64_t experts, int64_t topK) {
+    GpuMatrix w;
+    const gguf::TensorInfo *tensor = b_.model().findTensor(weight.tensor);
+    if (!tensor || tensor->type != gguf::GgmlType::F8_E4M3_B128 || !tensor->fp8 ||
+        tensor->ne != std::vector<int64_t>{cols, rows, experts} ||
+        int64_t(tensor->fp8->values.size()) != experts || rows % 128 != 0) {
+      b_.fail("needs the FP8 experts '" + weight.tensor + "' ([" + std::to_string(experts) +
+              "][" + std::to_string(rows) + "][" + std::to_string(cols) +
+              "] e4m3 with their block scales), which the model lacks or has in another form; "
+              "recompile the plan for this model.");
+      return w;
+    }
+    const int64_t block = gguf::BlockScaledFp8::kBlock;
+    const size_t matrixBytes = size_t(rows * cols);
+    const size_t scaleFloats = size_t((rows / block) * ((cols + block - 1) / block));
+    std::vector<uint8_t> values(matrixBytes * size_t(experts));
+    std::vector<float> scales(scaleFloats * size_t(experts));
+    for (int64_t e = 0; e < experts; ++e) {
+      std::memcpy(values.data() + size_t(e) * matrixBytes, tensor->fp8->values[size_t(e)],
+                  matrixBytes);
+      std::memcpy(scales.data() + size_t(e) * scaleFloats, tensor->fp8->scales[size_t(e)],
+                  scaleFloats * 4);
+    }
+    StatusOr<DevicePointer> data = m_.upload(values.data(), values.size());
+    StatusOr<DevicePointer> scaleData = m_.upload(scales.data(), scales.size() * 4);
+    if (!data || !scaleData) {
+      b_.fail("cannot copy '" + role + "' to the GPU: " + (!data ? data : scaleData).message());
+      return w;
+    }
+    w.data = *data;
+    w.scales = *scaleData;
+    w.out = rows;
+    w.in = cols;
+    w.heads = topK;
+    w.type = gguf::GgmlType::F8_E4M3_B128;
+    StatusOr<const Kernel *> k = m_.kernel(gemvFp8Spec(rows, cols), b_.where() + " (" + role + ")");
+    if (!k) {
+      b_.fail("cannot multiply '" + role + "' on the GPU: " + k.message());
+      return w;
+    }
+    w.kernel = w.tiled = *k;
+    w.blocks = w.tiledBlocks = ceilDiv(rows, kGemvRowsPerBlock);
+    StatusOr<Fp8GemmConfig> config = fp8GemmConfig(rows);
+    StatusOr<KernelSpec> grouped =
+        config ? gemmFp8GroupedSpec(rows, cols, *config) : StatusOr<KernelSpec>(config.status());
+    if (!m_.fp8Gemm || !grouped || !m_.listsKernel(*grouped))
+      return w;
+    const std::string where = b_.where() + " (" + role + ")";
+    StatusOr<const Kernel *> gemm = m_.kernel(grouped, where),
+                             quantize = m_.kernel(fp8QuantizeSpec(cols), where);
+    if (!gemm || !quantize) {
+      b_.fail("cannot multiply '" + role + "' on the GPU: " +
+              (!gemm ? gemm : quantize).message());
+      return w;
+    }
+    Status allowed = allowFp8GemmSharedBytes(*m_.device, (*gemm)->loaded, *config);
+    StatusOr<Fp8GemmWeight> stacked =
+        allowed.ok()
+            ? prepareFp8GemmWeight(*m_.device, w.data, w.scales, experts * rows, cols, *config)
+            : StatusOr<Fp8GemmWeight>(allowed);
+    if (!stacked) {
+      b_.fail("cannot set up the grouped FP8 GEMM of '" + role + "': " + stacked.message());
+      return w;
+    }
+    w.fp8Grouped = std::make_shared<const GpuMatrix::Fp8Gemm>(GpuMatrix::Fp8Gemm{
+        *stacked, {&(*quantize)->loaded, &(*gemm)->loaded, nullptr, *config}});
+    HybridExecutor::Impl::Gpu &gpu = m_.physical[size_t(m_.currentPhysical)];
+    gpu.fp8.in = std::max(gpu.fp8.in, cols);
+    gpu.fp8RowsPerToken = std::max(gpu.fp8RowsPerToken, topK);
     return w;
   }
 
@@ -1167,6 +1248,14 @@ public:
   std::string gatePath;
   AssignmentGroups groups; // prefill: the tokens' choices grouped by expert
   std::vector<int32_t> hostIds;
+  // FP8 experts with the grouped GEMM: per prefill step, the assignments
+  // grouped by expert: x row (token) and result row (assignment) of each,
+  // and the GEMM's tiles; written to page-locked memory, copied before use.
+  struct Fp8Groups {
+    int32_t *host = nullptr; // rowIndex[A], outRows[A], tiles[3 * (A + experts)]
+    DevicePointer gpu = 0;
+    int64_t capacity = 0; // A
+  } fp8;
 
   size_t scratchFloats(int64_t rows) const override {
     return size_t(rows * topK * (2 * ffn + hidden));
@@ -1181,20 +1270,29 @@ public:
     // Decode, one token per sequence, keeps the ids on the device for its
     // graphs.
     int64_t tiles = 0;
-    if (!ctx.decode) {
-      hostIds.resize(size_t(choices));
-      if (Status s = m.device->copyToHost(hostIds.data(), ids, size_t(choices) * 4); !s.ok())
+    const bool fp8Experts = gate.type == GgmlType::F8_E4M3_B128;
+    if (fp8Experts && !ctx.decode && gate.fp8Grouped) {
+      if (Status s = fp8Prefill(m, in[0]->gpu, rows, ids, g, u, d); !s.ok())
         return s;
-      StatusOr<int64_t> built = groups.build(m, hostIds.data(), choices);
-      if (!built)
-        return built.status();
-      tiles = *built;
+    } else {
+      // FP8 experts without the grouped GEMM take the GEMV by expert id in
+      // prefill too.
+      if (!ctx.decode && !fp8Experts) {
+        hostIds.resize(size_t(choices));
+        if (Status s = m.device->copyToHost(hostIds.data(), ids, size_t(choices) * 4); !s.ok())
+          return s;
+        StatusOr<int64_t> built = groups.build(m, hostIds.data(), choices);
+        if (!built)
+          return built.status();
+        tiles = *built;
+      }
+      const bool grouped = !ctx.decode && !fp8Experts;
+      if (Status s = expertProducts(m, {gate, up, down, *siluMul, gateUp, hidden, ffn, topK},
+                                    in[0]->gpu, rows, grouped ? &groups : nullptr, tiles, ids, g,
+                                    u, d);
+          !s.ok())
+        return s;
     }
-    if (Status s = expertProducts(m, {gate, up, down, *siluMul, gateUp, hidden, ffn, topK},
-                                  in[0]->gpu, rows, ctx.decode ? nullptr : &groups, tiles, ids, g,
-                                  u, d);
-        !s.ok())
-      return s;
     DevicePointer idsPointer = in[1]->gpu, counts = selections;
     int tokens = int(rows);
     if (Status s = m.launch(*countSelections, ceilDiv(rows * topK, countSelections->threads), 1, 1,
@@ -1202,6 +1300,56 @@ public:
         !s.ok())
       return s;
     return m.elementwise(*combine, d, in[2]->gpu, out[0]->gpu, rows, hidden);
+  }
+
+  // FP8 prefill: the choices grouped by expert on the host, gate and up as
+  // grouped GEMMs on the gathered rows (g, u in group order), SiLU, and down
+  // back into the choices' order (d), which the weighted sum reads.
+  Status fp8Prefill(HybridExecutor::Impl &m, DevicePointer x, int64_t rows, uint64_t ids,
+                    DevicePointer g, DevicePointer u, DevicePointer d) {
+    const int64_t choices = rows * topK;
+    if (choices > fp8.capacity)
+      return Status::error("a prefill step of " + std::to_string(rows) +
+                           " tokens exceeds the FP8 experts' grouping room; recompile the plan.");
+    hostIds.resize(size_t(choices));
+    if (Status s = m.device->copyToHost(hostIds.data(), ids, size_t(choices) * 4); !s.ok())
+      return s;
+    std::vector<int64_t> sizes(size_t(experts), 0);
+    for (int32_t id : hostIds) {
+      if (id < 0 || id >= experts)
+        return Status::error("the gate chose expert " + std::to_string(id) + " of " +
+                             std::to_string(experts) + "; the plan is damaged: recompile it.");
+      ++sizes[size_t(id)];
+    }
+    std::vector<int64_t> next(size_t(experts), 0);
+    for (int64_t e = 1; e < experts; ++e)
+      next[size_t(e)] = next[size_t(e - 1)] + sizes[size_t(e - 1)];
+    int32_t *rowIndex = fp8.host, *outRows = fp8.host + choices;
+    for (int64_t a = 0; a < choices; ++a) {
+      const int64_t j = next[size_t(hostIds[size_t(a)])]++;
+      rowIndex[j] = int32_t(a / topK);
+      outRows[j] = int32_t(a);
+    }
+    const std::vector<int32_t> tiles = fp8GroupedTiles(sizes);
+    std::memcpy(fp8.host + 2 * choices, tiles.data(), tiles.size() * 4);
+    const size_t bytes = size_t(2 * choices) * 4 + tiles.size() * 4;
+    if (Status s = m.device->copyToDeviceAsync(fp8.gpu, fp8.host, bytes); !s.ok())
+      return s;
+    const DevicePointer rowIndexGpu = fp8.gpu, outRowsGpu = fp8.gpu + DevicePointer(choices) * 4,
+                        tilesGpu = fp8.gpu + DevicePointer(2 * choices) * 4;
+    const int64_t tileCount = int64_t(tiles.size() / 3);
+    HybridExecutor::Impl::Gpu &gpu = m.physical[size_t(m.currentPhysical)];
+    for (auto [w, y] : {std::pair<const GpuMatrix *, DevicePointer>{&gate, g}, {&up, u}})
+      if (Status s = runFp8GroupedGemm(*m.device, w->fp8Grouped->kernels, w->fp8Grouped->weight,
+                                       w->out, x, hidden, rowIndexGpu, choices, tilesGpu,
+                                       tileCount, y, ffn, gpu.fp8);
+          !s.ok())
+        return s;
+    if (Status s = m.elementwise(*siluMul, g, u, g, choices, ffn); !s.ok())
+      return s;
+    return runFp8GroupedGemm(*m.device, down.fp8Grouped->kernels, down.fp8Grouped->weight,
+                             down.out, g, ffn, 0, choices, tilesGpu, tileCount, d, hidden, gpu.fp8,
+                             outRowsGpu);
   }
 
   StatusOr<exec::RoutingStats> stats(CudaDevice &device) const {
@@ -1555,27 +1703,67 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       b.require(in[1]->kind == Kind::ExpertIds,
                 "expects the expert ids of a moe_gate as input 1; the plan is damaged: "
                 "recompile it.");
-      const cpu::OpBinder::ExpertTensors t = b.experts(hidden, in[1]->experts);
+      // FP8 experts on the GPU stay FP8 (the binder would convert them).
+      const plan::Weight *fp8Gate = nullptr;
+      for (const plan::Weight &weight : op.weights)
+        if (weight.role == "gate_proj" && weight.type == "f8_e4m3")
+          fp8Gate = &weight;
+      const cpu::OpBinder::ExpertTensors t =
+          gpuOp && fp8Gate ? cpu::OpBinder::ExpertTensors{} : b.experts(hidden, in[1]->experts);
       if (!b.ok())
         return b.status();
       if (gpuOp) {
         auto experts = std::make_unique<GpuExpertsStep>();
         experts->hidden = hidden;
-        experts->ffn = t.gate->ne[1];
+        experts->ffn = fp8Gate ? (fp8Gate->shape.size() == 3 ? fp8Gate->shape[1] : 0)
+                               : t.gate->ne[1];
         experts->topK = in[1]->width;
         const int64_t count = in[1]->experts;
-        experts->gate = loader.load("gate_proj", experts->hidden, experts->ffn, count, true);
-        experts->up = loader.load("up_proj", experts->hidden, experts->ffn, count, true);
-        experts->down = loader.load("down_proj", experts->ffn, experts->hidden, count, true);
-        if (Status s = experts->groups.allocate(*this, chunkSize * experts->topK); !s.ok())
-          return s;
-        // The launches' grid z runs over the top_k chosen slots, not the experts.
-        for (GpuMatrix *w : {&experts->gate, &experts->up, &experts->down})
-          w->heads = experts->topK;
+        if (fp8Gate) {
+          // e4m3 stacks with the GEMV by id and the grouped GEMM.
+          for (auto [role, matrix, cols, rows] :
+               {std::tuple<const char *, GpuMatrix *, int64_t, int64_t>{
+                    "gate_proj", &experts->gate, experts->hidden, experts->ffn},
+                {"up_proj", &experts->up, experts->hidden, experts->ffn},
+                {"down_proj", &experts->down, experts->ffn, experts->hidden}}) {
+            const plan::Weight *weight = nullptr;
+            for (const plan::Weight &w : op.weights)
+              if (w.role == role)
+                weight = &w;
+            if (!weight || weight->type != "f8_e4m3") {
+              b.fail("mixes FP8 and other routed-expert weights ('" + std::string(role) +
+                     "'); recompile the plan.");
+              return b.status();
+            }
+            *matrix =
+                loader.loadFp8Experts(role, *weight, cols, rows, count, experts->topK);
+          }
+          if (!b.ok())
+            return b.status();
+          const int64_t capacity = std::max<int64_t>(chunkSize * experts->topK, 1);
+          const size_t bytes = size_t(2 * capacity + 3 * (capacity + count)) * 4;
+          StatusOr<void *> pinned = device->allocateHost(bytes);
+          if (!pinned)
+            return pinned.status();
+          hostAllocations.push_back(*pinned);
+          StatusOr<DevicePointer> onGpu = allocate(bytes, false);
+          if (!onGpu)
+            return onGpu.status();
+          experts->fp8 = {static_cast<int32_t *>(*pinned), *onGpu, capacity};
+        } else {
+          experts->gate = loader.load("gate_proj", experts->hidden, experts->ffn, count, true);
+          experts->up = loader.load("up_proj", experts->hidden, experts->ffn, count, true);
+          experts->down = loader.load("down_proj", experts->ffn, experts->hidden, count, true);
+          if (Status s = experts->groups.allocate(*this, chunkSize * experts->topK); !s.ok())
+            return s;
+          // The launches' grid z runs over the top_k chosen slots, not the experts.
+          for (GpuMatrix *w : {&experts->gate, &experts->up, &experts->down})
+            w->heads = experts->topK;
+          if (experts->gate.type == experts->up.type)
+            experts->gateUp = loader.kernel(gemvSpec(experts->gate.type, experts->ffn,
+                                                     experts->hidden, 1, GemvVariant::GateUp));
+        }
         experts->siluMul = loader.kernel(elementwiseSpec("silu_mul", experts->ffn));
-        if (experts->gate.type == experts->up.type)
-          experts->gateUp = loader.kernel(
-              gemvSpec(experts->gate.type, experts->ffn, experts->hidden, 1, GemvVariant::GateUp));
         experts->combine = loader.kernel(moeCombineSpec(experts->hidden, experts->topK));
         experts->countSelections =
             loader.kernel(moeCombineSpec(experts->hidden, experts->topK, "expert_counts"));
@@ -1928,10 +2116,11 @@ Status HybridExecutor::Impl::planBuffers() {
       *pointer = *p;
     }
     if (gpu.fp8.in > 0) {
-      gpu.fp8.rows = rows;
-      for (auto [pointer, bytes] : {std::pair<DevicePointer *, size_t>{
-                                        &gpu.fp8.activations, fp8GemmActivationBytes(rows, gpu.fp8.in)},
-                                    {&gpu.fp8.scales, fp8GemmScaleBytes(rows, gpu.fp8.in)},
+      gpu.fp8.rows = rows * gpu.fp8RowsPerToken;
+      for (auto [pointer, bytes] :
+           {std::pair<DevicePointer *, size_t>{&gpu.fp8.activations,
+                                               fp8GemmActivationBytes(gpu.fp8.rows, gpu.fp8.in)},
+            {&gpu.fp8.scales, fp8GemmScaleBytes(gpu.fp8.rows, gpu.fp8.in)},
                                     {&gpu.fp8.partials, gpu.fp8.partialFloats * 4}}) {
         StatusOr<DevicePointer> p = allocate(bytes, false);
         if (!p)

@@ -436,6 +436,18 @@ StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures) {
   return gemmFp8Spec(outFeatures, inFeatures, *config);
 }
 
+StatusOr<KernelSpec> gemmFp8GroupedSpec(int64_t outFeatures, int64_t inFeatures,
+                                        const Fp8GemmConfig &config) {
+  if (outFeatures % 128 != 0)
+    return Status::error("the grouped FP8 GEMM needs experts of whole 128-row scale blocks, not " +
+                         integer(outFeatures) + " rows.");
+  StatusOr<KernelSpec> spec = gemmFp8Spec(outFeatures, inFeatures, config);
+  if (!spec)
+    return spec;
+  spec->defines["GROUPED"] = "1";
+  return spec;
+}
+
 bool fp8GemmHasWide(int64_t outFeatures) { return outFeatures > 0 && outFeatures % 256 == 0; }
 
 StatusOr<KernelSpec> gemmFp8WideSpec(int64_t outFeatures, int64_t inFeatures) {

@@ -113,6 +113,10 @@ StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures); // th
 // The 256-column GEMM where the rows divide into such tiles (larger steps
 // run it: runtime/cuda/Fp8Gemm.h, fp8GemmPrefersWide).
 bool fp8GemmHasWide(int64_t outFeatures);
+// The routed experts' form (GROUPED): weights of every expert stacked, tiles
+// of assignments grouped by expert (runFp8GroupedGemm); out % 128 == 0.
+StatusOr<KernelSpec> gemmFp8GroupedSpec(int64_t outFeatures, int64_t inFeatures,
+                                        const Fp8GemmConfig &config);
 StatusOr<KernelSpec> gemmFp8WideSpec(int64_t outFeatures, int64_t inFeatures);
 StatusOr<KernelSpec> gemmFp8SumSpec(int64_t outFeatures, int64_t inFeatures);
 StatusOr<KernelSpec> fp8QuantizeSpec(int64_t inFeatures);

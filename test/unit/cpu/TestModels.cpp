@@ -87,8 +87,10 @@ void compilePlan(const std::string &modelFlags, const std::string &planPath,
                  const std::string &extraFlags) {
   const std::string log = planPath + ".ktc.log";
   const std::string command = "'" + ktcPath() + "' compile " + modelFlags +
-                              " --optimize-config-path '" + std::string(KT_SOURCE_DIR) + "/" +
-                              rules + "' --target-gpu " + targetGpu + " " + extraFlags + " -o '" +
+                              " --optimize-config-path '" +
+                              (rules.rfind('/', 0) == 0 ? rules
+                                                        : std::string(KT_SOURCE_DIR) + "/" + rules) +
+                              "' --target-gpu " + targetGpu + " " + extraFlags + " -o '" +
                               planPath + "' > '" + log + "' 2>&1";
   int status = std::system(command.c_str());
   std::ifstream logFile(log);
@@ -139,13 +141,15 @@ std::string writeCheckpointAsGguf(const gguf::GgufModel &view, const std::string
     writer.addValue(entry.key, entry.value);
   for (const gguf::TensorInfo &tensor : view.tensors()) {
     std::vector<float> values = checkpointTensorValues(tensor);
-    if (weights == CheckpointWeights::Q8_0Copies && tensor.fp8) {
+    const bool f32Expert = weights == CheckpointWeights::Q8_0CopiesF32Experts && tensor.fp8 &&
+                           tensor.ne.size() == 3;
+    if (weights != CheckpointWeights::ExactF32 && tensor.fp8 && !f32Expert) {
       std::vector<uint8_t> bytes(values.size() / 32 * 34);
       EXPECT_TRUE(quant::quantize(gguf::GgmlType::Q8_0, values.data(), bytes.data(),
                                   int64_t(values.size()))
                       .ok());
       writer.addTensor(tensor.name, tensor.ne, gguf::GgmlType::Q8_0, std::move(bytes));
-    } else if (weights == CheckpointWeights::Q8_0Copies) {
+    } else if (weights != CheckpointWeights::ExactF32 && !f32Expert) {
       writer.addTensor(tensor.name, tensor.ne, tensor.type,
                        std::vector<uint8_t>(tensor.data, tensor.data + tensor.nbytes));
     } else {

@@ -31,7 +31,8 @@ void buildModel(const std::string &name, const gen::ModelConfig &config, TestMod
                 const std::string &targetGpu = "none", const std::string &extraFlags = "");
 
 // Compiles with the build's ktc: `modelFlags` names the model ("--gguf-path
-// X" or "--fp8-path X"). Fails the test (fatally) on error.
+// X" or "--fp8-path X"); `rules` relative to the source tree, or absolute.
+// Fails the test (fatally) on error.
 void compilePlan(const std::string &modelFlags, const std::string &planPath,
                  const std::string &rules = "rules/DeepSeek-V3-Chat-cpu-only.yaml",
                  const std::string &targetGpu = "none", const std::string &extraFlags = "");
@@ -53,9 +54,10 @@ std::vector<float> checkpointTensorValues(const gguf::TensorInfo &tensor);
 
 // A checkpoint view written as a GGUF file with its keys: every tensor in
 // f32 (its exact values), or the e4m3 ones as GGML's q8_0 of their values
-// and the rest as stored (what the executors make of them on the CPU).
+// and the rest as stored (what the executors make of them on the CPU), or
+// that with the routed experts in f32 (what GPU FP8 experts compute).
 // Returns `path`.
-enum class CheckpointWeights { ExactF32, Q8_0Copies };
+enum class CheckpointWeights { ExactF32, Q8_0Copies, Q8_0CopiesF32Experts };
 std::string writeCheckpointAsGguf(const gguf::GgufModel &view, const std::string &path,
                                   CheckpointWeights weights);
 

@@ -804,13 +804,52 @@ TEST_P(GpuKernels, GemvFp8MatchesTheCpuReference) {
     DevicePointer dw = upload(w.data(), w.size()), ds = upload(scales.data(), scales.size() * 4);
     DevicePointer dx = upload(x.data(), x.size() * 4), dy = allocate(shape.out * 4);
     const unsigned blocks = unsigned((shape.out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
-    GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
+    GemvLayout layout{int(shape.in), int(shape.out), 0, 0, 1};
     run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &ds, &dx, &dy, &layout});
     const double error = relativeL2(download(dy, shape.out), expected);
     EXPECT_LE(error, 1e-5);
     std::printf("[ gpu      ] gemv_fp8 %lldx%lld: relative L2 %.2e\n", (long long)shape.out,
                 (long long)shape.in, error);
   }
+
+  // Routed experts: 3 stacked 256x512 matrices, 2 tokens x 2 slots picking
+  // them by id (slot id -1: nothing written), as decode runs them.
+  const int64_t out = 256, in = 512, matrices = 3, slots = 2, tokens = 2;
+  const std::vector<uint8_t> w = randomE4m3(size_t(matrices * out * in), random);
+  auto scales = randomFloats(size_t(matrices * (out / 128) * (in / 128)), 1e-4f, 4e-3f, 44);
+  auto x = randomFloats(size_t(tokens * in), -1, 1, 45);
+  const std::vector<int32_t> ids = {2, 0, -1, 1};
+  std::vector<double> expected(size_t(tokens * slots * out), 7.0); // 7: left alone
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t slot = 0; slot < slots; ++slot) {
+      const int32_t m = ids[size_t(t * slots + slot)];
+      if (m < 0)
+        continue;
+      for (int64_t o = 0; o < out; ++o) {
+        double sum = 0;
+        for (int64_t i = 0; i < in; ++i)
+          sum += double(quant::fp8E4m3ToFloat(w[size_t((m * out + o) * in + i)])) *
+                 scales[size_t((m * out + o) / 128 * (in / 128) + i / 128)] * x[size_t(t * in + i)];
+        expected[size_t((t * slots + slot) * out + o)] = sum;
+      }
+    }
+  auto spec = gemvFp8Spec(out, in);
+  LoadedKernel kernel = load(spec);
+  ASSERT_NE(kernel.function, nullptr);
+  const std::vector<float> sevens(expected.size(), 7.0f);
+  DevicePointer dw = upload(w.data(), w.size()), ds = upload(scales.data(), scales.size() * 4),
+                dx = upload(x.data(), x.size() * 4), di = upload(ids.data(), ids.size() * 4),
+                dy = upload(sevens.data(), sevens.size() * 4);
+  GemvLayout layout{int(in), int(slots * out), 0, int(out), int(tokens), di};
+  run(kernel,
+      {unsigned((out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock), unsigned(tokens),
+       unsigned(slots), spec->blockThreads, 1, 1, 0},
+      {&dw, &ds, &dx, &dy, &layout});
+  const double error = relativeL2(download(dy, expected.size()), expected);
+  EXPECT_LE(error, 1e-5);
+  std::printf("[ gpu      ] gemv_fp8 by matrix id (3 stacked 256x512, 2 tokens x 2 slots): "
+              "relative L2 %.2e\n",
+              error);
 }
 
 // The FP8 prefill path on sm_90a: activations quantized per token and 128
@@ -900,6 +939,120 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
     std::printf("[ gpu      ] gemm_fp8 %lld tokens x %lldx%lld, %u splits, %u columns: relative "
                 "L2 %.2e\n",
                 (long long)c.rows, (long long)c.out, (long long)c.in, c.splits, c.blockN, error);
+  }
+}
+
+// The routed experts' grouped FP8 GEMM: assignments (token, expert) grouped
+// by expert, their rows gathered as they are quantized, each group against
+// its expert's weight; against a double product per group of the same e4m3
+// values and scales. Groups of 0 to 300 rows, tiles that end inside a group
+// and at its end, all three tile widths.
+TEST_P(GpuKernels, Fp8GroupedGemmMatchesTheDoubleReference) {
+  if (arch != "sm_90a")
+    GTEST_SKIP() << "the FP8 GEMM runs on sm_90a (wgmma), not " << arch;
+  struct Case {
+    int64_t experts, tokens, topK, out, in;
+    unsigned blockN;
+  } cases[] = {{6, 150, 2, 256, 384, 128}, {4, 300, 3, 512, 256, 256}, {9, 40, 2, 128, 1024, 64}};
+  std::mt19937 random(71);
+  for (const Case &c : cases) {
+    SCOPED_TRACE(std::to_string(c.experts) + " experts of " + std::to_string(c.out) + "x" +
+                 std::to_string(c.in) + ", " + std::to_string(c.tokens) + " tokens x top-" +
+                 std::to_string(c.topK) + ", " + std::to_string(c.blockN) + " columns");
+    const int64_t xStride = c.in + 128, yStride = c.out + 64, slices = c.in / 128;
+    // Distinct experts per token; expert 1 is never chosen (an empty group).
+    std::vector<std::vector<int32_t>> byExpert(size_t(c.experts));
+    for (int64_t t = 0; t < c.tokens; ++t) {
+      std::vector<int32_t> choices;
+      while (int64_t(choices.size()) < c.topK) {
+        const int32_t e = int32_t(random() % uint32_t(c.experts));
+        if (e != 1 && std::find(choices.begin(), choices.end(), e) == choices.end())
+          choices.push_back(e);
+      }
+      for (int32_t e : choices)
+        byExpert[size_t(e)].push_back(int32_t(t));
+    }
+    std::vector<int32_t> rowIndex, expertOfRow;
+    std::vector<int64_t> sizes;
+    for (int64_t e = 0; e < c.experts; ++e) {
+      sizes.push_back(int64_t(byExpert[size_t(e)].size()));
+      for (int32_t t : byExpert[size_t(e)]) {
+        rowIndex.push_back(t);
+        expertOfRow.push_back(int32_t(e));
+      }
+    }
+    const int64_t rows = int64_t(rowIndex.size());
+    const std::vector<int32_t> tiles = fp8GroupedTiles(sizes);
+    const std::vector<uint8_t> w = randomE4m3(size_t(c.experts * c.out * c.in), random);
+    auto wScales = randomFloats(size_t(c.experts * (c.out / 128) * slices), 1e-4f, 4e-3f, 72);
+    auto x = randomFloats(size_t(c.tokens * xStride), -2, 2, 73);
+    StatusOr<Fp8GemmConfig> config = fp8GemmConfig(c.out, c.blockN);
+    ASSERT_TRUE(config.ok()) << config.message();
+    LoadedKernel quantize = load(fp8QuantizeSpec(c.in)),
+                 gemm = load(gemmFp8GroupedSpec(c.out, c.in, *config));
+    ASSERT_NE(gemm.function, nullptr);
+    ASSERT_TRUE(allowFp8GemmSharedBytes(*device, gemm, *config).ok());
+    DevicePointer dw = upload(w.data(), w.size()),
+                  dws = upload(wScales.data(), wScales.size() * 4),
+                  dx = upload(x.data(), x.size() * 4),
+                  dIndex = upload(rowIndex.data(), rowIndex.size() * 4),
+                  dTiles = upload(tiles.data(), tiles.size() * 4),
+                  dy = allocate(size_t(rows * yStride) * 4);
+    Fp8GemmScratch scratch;
+    scratch.rows = rows + 5;
+    scratch.in = c.in;
+    scratch.activations = allocate(fp8GemmActivationBytes(scratch.rows, c.in));
+    scratch.scales = allocate(fp8GemmScaleBytes(scratch.rows, c.in));
+    auto weight = prepareFp8GemmWeight(*device, dw, dws, c.experts * c.out, c.in, *config);
+    ASSERT_TRUE(weight.ok()) << weight.message();
+    Status s = runFp8GroupedGemm(*device, {&quantize, &gemm, nullptr, *config}, *weight, c.out, dx,
+                                 xStride, dIndex, rows, dTiles, int64_t(tiles.size() / 3), dy,
+                                 yStride, scratch);
+    ASSERT_TRUE(s.ok()) << s.message();
+    ASSERT_TRUE(device->synchronize().ok());
+
+    std::vector<uint8_t> q(size_t(rows * c.in));
+    ASSERT_TRUE(device->copyToHost(q.data(), scratch.activations, q.size()).ok());
+    std::vector<float> qScales = download(scratch.scales, size_t(slices * scratch.rows));
+    // The gather: row j quantizes x row rowIndex[j].
+    for (int64_t j = 0; j < rows; ++j)
+      for (int64_t slice = 0; slice < slices; ++slice) {
+        float largest = 0;
+        for (int64_t i = 0; i < 128; ++i)
+          largest = std::max(
+              largest, std::fabs(x[size_t(rowIndex[size_t(j)] * xStride + slice * 128 + i)]));
+        ASSERT_EQ(qScales[size_t(slice * scratch.rows + j)], largest / 448.0f) << "row " << j;
+      }
+    std::vector<double> expected(size_t(rows * c.out));
+    int64_t first = 0;
+    for (int64_t e = 0; e < c.experts; ++e) {
+      const int64_t n = sizes[size_t(e)];
+      if (n == 0)
+        continue;
+      const std::vector<uint8_t> we(w.begin() + e * c.out * c.in,
+                                    w.begin() + (e + 1) * c.out * c.in);
+      const std::vector<float> se(wScales.begin() + e * (c.out / 128) * slices,
+                                  wScales.begin() + (e + 1) * (c.out / 128) * slices);
+      const std::vector<double> part = blockScaledProduct(
+          n, c.out, c.in,
+          [&](int64_t r, int64_t i) {
+            return quant::fp8E4m3ToFloat(q[size_t((first + r) * c.in + i)]);
+          },
+          [&](int64_t r, int64_t slice) {
+            return qScales[size_t(slice * scratch.rows + first + r)];
+          },
+          we, se);
+      std::copy(part.begin(), part.end(), expected.begin() + first * c.out);
+      first += n;
+    }
+    const std::vector<float> packed =
+        packRows(download(dy, size_t(rows * yStride)), rows, c.out, yStride);
+    const double error = relativeL2(packed, expected);
+    EXPECT_LE(error, 5e-4);
+    std::printf("[ gpu      ] gemm_fp8 grouped: %lld experts of %lldx%lld, %lld rows in %zu "
+                "tiles, %u columns: relative L2 %.2e\n",
+                (long long)c.experts, (long long)c.out, (long long)c.in, (long long)rows,
+                tiles.size() / 3, c.blockN, error);
   }
 }
 

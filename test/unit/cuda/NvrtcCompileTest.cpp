@@ -107,6 +107,27 @@ TEST(NvrtcCompile, Fp8GemmSpecializationsCompileForSm90a) {
   }
 }
 
+// The routed experts' grouped FP8 GEMM at DeepSeek-V3's expert shapes
+// (gate/up 2048x7168, down 7168x2048) in every tile width.
+TEST(NvrtcCompile, Fp8GroupedGemmCompilesForSm90a) {
+  REQUIRE_NVRTC(nvrtc);
+  for (auto [out, in] : {std::pair<int64_t, int64_t>{2048, 7168}, {7168, 2048}})
+    for (unsigned blockN : {64u, 128u, 256u}) {
+      StatusOr<Fp8GemmConfig> config = fp8GemmConfig(out, blockN);
+      ASSERT_TRUE(config.ok()) << config.message();
+      StatusOr<KernelSpec> spec = gemmFp8GroupedSpec(out, in, *config);
+      ASSERT_TRUE(spec.ok()) << spec.message();
+      EXPECT_EQ(spec->defines.at("GROUPED"), "1");
+      auto compiled = nvrtc->compile(*spec, "sm_90a");
+      ASSERT_TRUE(compiled.ok()) << compiled.message();
+      EXPECT_TRUE(compiled->isCubin);
+    }
+  // Experts must be whole 128-row scale blocks.
+  StatusOr<Fp8GemmConfig> config = fp8GemmConfig(576, 64);
+  ASSERT_TRUE(config.ok());
+  EXPECT_FALSE(gemmFp8GroupedSpec(576, 7168, *config).ok());
+}
+
 // On sm_80 to sm_89 targets the FP8 matrices add the bf16 mma GEMM; it
 // compiles for those archs and as compute_80 PTX.
 TEST(NvrtcCompile, Fp8Bf16GemmSpecializationsCompileForAmpereAndAda) {
