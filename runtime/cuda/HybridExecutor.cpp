@@ -600,19 +600,20 @@ public:
     }
     const int64_t block = gguf::BlockScaledFp8::kBlock;
     const size_t matrixBytes = size_t(rows * cols);
-    const size_t scaleFloats = size_t((rows / block) * ((cols + block - 1) / block));
-    std::vector<uint8_t> values(matrixBytes * size_t(experts));
-    std::vector<float> scales(scaleFloats * size_t(experts));
-    for (int64_t e = 0; e < experts; ++e) {
-      std::memcpy(values.data() + size_t(e) * matrixBytes, tensor->fp8->values[size_t(e)],
-                  matrixBytes);
-      std::memcpy(scales.data() + size_t(e) * scaleFloats, tensor->fp8->scales[size_t(e)],
-                  scaleFloats * 4);
+    const size_t scaleBytes = size_t((rows / block) * ((cols + block - 1) / block)) * 4;
+    // Each expert's slice straight from the checkpoint's mapping.
+    StatusOr<DevicePointer> data = m_.allocate(matrixBytes * size_t(experts), true);
+    StatusOr<DevicePointer> scaleData = m_.allocate(scaleBytes * size_t(experts), true);
+    Status copied = !data ? data.status() : !scaleData ? scaleData.status() : Status::success();
+    for (int64_t e = 0; e < experts && copied.ok(); ++e) {
+      copied = m_.device->copyToDevice(*data + DevicePointer(e) * matrixBytes,
+                                       tensor->fp8->values[size_t(e)], matrixBytes);
+      if (copied.ok())
+        copied = m_.device->copyToDevice(*scaleData + DevicePointer(e) * scaleBytes,
+                                         tensor->fp8->scales[size_t(e)], scaleBytes);
     }
-    StatusOr<DevicePointer> data = m_.upload(values.data(), values.size());
-    StatusOr<DevicePointer> scaleData = m_.upload(scales.data(), scales.size() * 4);
-    if (!data || !scaleData) {
-      b_.fail("cannot copy '" + role + "' to the GPU: " + (!data ? data : scaleData).message());
+    if (!copied.ok()) {
+      b_.fail("cannot copy '" + role + "' to the GPU: " + copied.message());
       return w;
     }
     w.data = *data;
