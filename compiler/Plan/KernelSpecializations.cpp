@@ -69,10 +69,21 @@ void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef devi
                    StringRef path) {
   const int64_t topK = cast<RankedTensorType>(experts.getTopkIds().getType()).getShape()[1];
   WeightAttr gateProj = experts.getGateProj();
-  // FP8 experts (a checkpoint's, on sm_90a): the FP8 GEMV by expert id in
+  // FP8 experts (a checkpoint's) on sm_90a: the FP8 GEMV by expert id in
   // decode; in prefill the assignments gathered and quantized per expert,
-  // then the grouped wgmma GEMM.
-  if (gateProj.getDtype() == graph::kFp8E4m3) {
+  // then the grouped wgmma GEMM. Other GPUs run the q8_0 copies the
+  // executor makes at load, with the q8_0 kernels.
+  unsigned gpu = 0;
+  (void)device.drop_front(5).getAsInteger(10, gpu); // a cuda:N device
+  const bool fp8 = gateProj.getDtype() == graph::kFp8E4m3;
+  const bool wgmma = gpu < collector.target.getGpuCount() &&
+                     collector.target.getGpu(gpu).getArch() == "sm_90a";
+  auto typeOf = [&](WeightAttr weight) -> std::optional<gguf::GgmlType> {
+    if (fp8)
+      return gguf::GgmlType::Q8_0;
+    return gguf::parseGgmlType(weight.getDtype().str());
+  };
+  if (fp8 && wgmma) {
     for (WeightAttr weight : {gateProj, experts.getDownProj()}) {
       const int64_t out = weight.getShape()[1], in = weight.getShape()[0];
       collector.add(cuda::gemvFp8Spec(out, in), device, path);
@@ -88,8 +99,7 @@ void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef devi
     return;
   }
   for (WeightAttr weight : {gateProj, experts.getUpProj(), experts.getDownProj()})
-    if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
-        type && cuda::hasGpuGemv(*type))
+    if (std::optional<gguf::GgmlType> type = typeOf(weight); type && cuda::hasGpuGemv(*type))
       for (bool grouped : {false, true})
         collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0],
                                      grouped ? cuda::kGemvPrefillTokenTile : 1,
@@ -98,8 +108,7 @@ void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef devi
                       device, path);
   // Decode's gate and up products in one pass, where their types agree.
   if (gateProj.getDtype() == experts.getUpProj().getDtype())
-    if (std::optional<gguf::GgmlType> type = gguf::parseGgmlType(gateProj.getDtype().str());
-        type && cuda::hasGpuGemv(*type))
+    if (std::optional<gguf::GgmlType> type = typeOf(gateProj); type && cuda::hasGpuGemv(*type))
       collector.add(cuda::gemvSpec(*type, gateProj.getShape()[1], gateProj.getShape()[0], 1,
                                    cuda::GemvVariant::GateUp),
                     device, path);

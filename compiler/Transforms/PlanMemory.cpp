@@ -92,6 +92,7 @@ public:
 
   void runOnOperation() override {
     ModuleOp module = getOperation();
+    target = module->getAttrOfType<TargetAttr>("ktgraph.target");
     std::map<std::string, DeviceUsage> usage;
     if (failed(setBudgets(module, usage)))
       return signalPassFailure();
@@ -139,6 +140,8 @@ public:
   }
 
 private:
+  TargetAttr target;
+
   LogicalResult setBudgets(ModuleOp module, std::map<std::string, DeviceUsage> &usage) {
     if (auto target = module->getAttrOfType<TargetAttr>("ktgraph.target")) {
       std::optional<uint64_t> reserve = parseByteSize(gpuReserve);
@@ -163,6 +166,13 @@ private:
     return success();
   }
 
+  // Whether `device` is an sm_90a GPU of the target.
+  bool isWgmmaGpu(StringRef device) const {
+    unsigned index = 0;
+    return target && device.startswith("cuda:") && !device.drop_front(5).getAsInteger(10, index) &&
+           index < target.getGpuCount() && target.getGpu(index).getArch() == "sm_90a";
+  }
+
   void account(ModelModuleOpInterface op, PlacementAttr placement,
                std::map<std::string, DeviceUsage> &usage) {
     Operation *operation = op.getOperation();
@@ -172,8 +182,10 @@ private:
     for (auto &[role, weight] : op.getWeights()) {
       (void)role;
       // The CPU keeps FP8 weights as the q8_0 copy it makes at load (34
-      // bytes per 32 values instead of 32 plus a scale per 128x128).
-      if (decode == "cpu" && weight.getDtype() == kFp8E4m3)
+      // bytes per 32 values instead of 32 plus a scale per 128x128), as do
+      // GPUs without wgmma for FP8 experts.
+      if (weight.getDtype() == kFp8E4m3 &&
+          (decode == "cpu" || (isa<RoutedExpertsOp>(operation) && !isWgmmaGpu(decode))))
         weights += static_cast<uint64_t>(weight.getElementCount() / 32 * 34);
       else
         weights += weight.getStorageBytes();

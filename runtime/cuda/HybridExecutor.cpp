@@ -1704,10 +1704,11 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       b.require(in[1]->kind == Kind::ExpertIds,
                 "expects the expert ids of a moe_gate as input 1; the plan is damaged: "
                 "recompile it.");
-      // FP8 experts on the GPU stay FP8 (the binder would convert them).
+      // FP8 experts on an sm_90a GPU stay FP8; elsewhere the binder
+      // converts them to q8_0 for the q8_0 kernels the plan lists.
       const plan::Weight *fp8Gate = nullptr;
       for (const plan::Weight &weight : op.weights)
-        if (weight.role == "gate_proj" && weight.type == "f8_e4m3")
+        if (weight.role == "gate_proj" && weight.type == "f8_e4m3" && arch == "sm_90a")
           fp8Gate = &weight;
       const cpu::OpBinder::ExpertTensors t =
           gpuOp && fp8Gate ? cpu::OpBinder::ExpertTensors{} : b.experts(hidden, in[1]->experts);

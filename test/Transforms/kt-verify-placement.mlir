@@ -163,7 +163,7 @@ func.func @fp8_on_cpu_and_kv_b(%x: tensor<?x64xf32>, %ids: tensor<?x2xi32>, %w: 
 // (streamed there) are refused.
 module attributes {ktgraph.target = #ktgraph.target<cpu = "sapphirerapids", cpu_features = [], cores = 16, gpus = [#ktgraph.gpu<arch = "sm_90a", memory = 85899345920>]>} {
 func.func @fp8_experts_on_gpu(%x: tensor<?x64xf32>, %ids: tensor<?x2xi32>, %w: tensor<?x2xf32>) -> tensor<?x64xf32> {
-  // expected-error @+1 {{the routed experts 'model.layers.0.mlp.experts' are FP8 and the rule at r.yaml:9:3 places them on a GPU; FP8 experts run on an sm_90a GPU (prefill and decode on the same one) or on the CPU (converted to q8_0 at load): place them there}}
+  // expected-error @+1 {{the routed experts 'model.layers.0.mlp.experts' are FP8 and the rule at r.yaml:9:3 runs their prefill and decode on different devices; FP8 experts run on one GPU for both, or on the CPU (converted to q8_0 at load)}}
   %e = ktgraph.routed_experts %x, %ids, %w {path = "model.layers.0.mlp.experts",
       gate_proj = #ktgraph.weight<"blk.0.ffn_gate_exps.weight", "f8_e4m3", [64, 32, 8]>,
       up_proj = #ktgraph.weight<"blk.0.ffn_up_exps.weight", "f8_e4m3", [64, 32, 8]>,

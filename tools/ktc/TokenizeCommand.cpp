@@ -2,6 +2,7 @@
 // checks: text in, ids out (space-separated, one line), or the reverse.
 #include "tools/ktc/Commands.h"
 
+#include "runtime/model/CheckpointModel.h"
 #include "runtime/tokenizer/Tokenizer.h"
 
 #include "llvm/Support/MemoryBuffer.h"
@@ -19,8 +20,13 @@ using tokenizer::Tokenizer;
 StatusOr<Tokenizer> loadTokenizer(const TokenizeOptions &options) {
   if (!options.tokenizerJson.empty())
     return Tokenizer::fromTokenizerJson(options.tokenizerJson);
-  if (!options.ggufPath.empty())
-    return Tokenizer::fromGgufPath(options.ggufPath);
+  if (!options.ggufPath.empty()) {
+    // A GGUF model, or a checkpoint directory (its tokenizer.json).
+    StatusOr<std::unique_ptr<gguf::GgufModel>> model = kt::model::openModel(options.ggufPath);
+    if (!model)
+      return model.status();
+    return Tokenizer::fromGguf(**model);
+  }
   return Status::error("tokenize needs a tokenizer: pass --gguf-path MODEL or "
                        "--tokenizer-json FILE");
 }

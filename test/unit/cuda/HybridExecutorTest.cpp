@@ -889,6 +889,23 @@ TEST(HybridExecutor, CheckpointModelRunsLikeItsGgufWithTheSameCheckpoint) {
   EXPECT_LE(decode, 1e-6);
 }
 
+// The FP8-linear rules with the routed experts on cuda:0, beside `prefix`.
+std::string writeGpuExpertRules(const std::string &prefix) {
+  std::ifstream in(std::string(KT_SOURCE_DIR) +
+                   "/rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml");
+  std::stringstream text;
+  text << in.rdbuf();
+  std::string rules = text.str();
+  for (auto [from, to] : {std::pair<std::string, std::string>{"_device: \"cpu\"",
+                                                              "_device: \"cuda:0\""},
+                          {"KExpertsCPU", "KExpertsMarlin"}})
+    for (size_t at = rules.find(from); at != std::string::npos; at = rules.find(from, at))
+      rules.replace(at, from.size(), to);
+  const std::string path = prefix + ".gpu-experts.yaml";
+  std::ofstream(path) << rules;
+  return path;
+}
+
 // FP8 routed experts on the GPU (a checkpoint alone, sm_90a): with the GEMV
 // by expert id in prefill and decode (fp8Gemm off) they match the same
 // model whose experts are their exact values in f32 on the GPU, to f32
@@ -901,20 +918,7 @@ TEST(HybridExecutor, Fp8GpuExpertsMatchTheirExactValues) {
   plan::Plan unused;
   buildFp8Plan("tiny-gpu-fp8-experts", gguf, unused);
   const std::string checkpoint = gguf.ggufPath + ".fp8";
-  // The FP8-linear rules with the experts on the GPU.
-  std::ifstream in(std::string(KT_SOURCE_DIR) +
-                   "/rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml");
-  std::stringstream text;
-  text << in.rdbuf();
-  std::string rules = text.str();
-  for (auto [from, to] : {std::pair<std::string, std::string>{"_device: \"cpu\"",
-                                                              "_device: \"cuda:0\""},
-                          {"KExpertsCPU", "KExpertsMarlin"}})
-    for (size_t at = rules.find(from); at != std::string::npos; at = rules.find(from, at))
-      rules.replace(at, from.size(), to);
-  const std::string rulesPath = checkpoint + ".gpu-experts.yaml";
-  std::ofstream(rulesPath) << rules;
-
+  const std::string rulesPath = writeGpuExpertRules(checkpoint);
   TestModel alone, exact;
   StatusOr<std::unique_ptr<gguf::GgufModel>> view = model::openModel(checkpoint);
   ASSERT_TRUE(view.ok()) << view.message();
@@ -979,6 +983,63 @@ TEST(HybridExecutor, Fp8GpuExpertsMatchTheirExactValues) {
   EXPECT_GT(groupedPrefill, 1e-6); // the activations were quantized: the GEMM ran
   EXPECT_LE(groupedPrefill, 0.25);
   EXPECT_GE(agree, prompt.size() * 7 / 10);
+}
+
+// FP8 routed experts on a GPU without wgmma (a compute_80 plan, run here as
+// PTX) are the q8_0 copies made at load: the same logits as the GGUF model
+// holding those copies, with the same checkpoint for its projections.
+TEST(HybridExecutor, Fp8GpuExpertsWithoutWgmmaRunTheirQ8_0Copies) {
+  KT_REQUIRE_GPU();
+  if (gpus()[0].computeMajor < 8)
+    GTEST_SKIP() << "a compute_80 plan needs sm_80";
+  TestModel gguf;
+  plan::Plan unused;
+  buildFp8Plan("tiny-ampere-fp8-experts", gguf, unused, "compute_80:80GiB");
+  const std::string checkpoint = gguf.ggufPath + ".fp8";
+  const std::string rulesPath = writeGpuExpertRules(checkpoint);
+  TestModel alone, copies;
+  StatusOr<std::unique_ptr<gguf::GgufModel>> view = model::openModel(checkpoint);
+  ASSERT_TRUE(view.ok()) << view.message();
+  alone.model = std::move(*view);
+  alone.planPath = checkpoint + ".ampere-experts.plan";
+  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan("--fp8-path '" + checkpoint + "'",
+                                                 alone.planPath, rulesPath, "compute_80:80GiB"));
+  copies.ggufPath = cpu::test::writeCheckpointAsGguf(*alone.model, checkpoint + ".q8_0.gguf",
+                                                     cpu::test::CheckpointWeights::Q8_0Copies);
+  copies.planPath = checkpoint + ".ampere-copies.plan";
+  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan(
+      "--gguf-path '" + copies.ggufPath + "' --fp8-path '" + checkpoint + "'", copies.planPath,
+      rulesPath, "compute_80:80GiB"));
+  StatusOr<std::unique_ptr<gguf::GgufModel>> q8 = gguf::GgufModel::open(copies.ggufPath);
+  ASSERT_TRUE(q8.ok()) << q8.message();
+  copies.model = std::move(*q8);
+  for (TestModel *m : {&alone, &copies}) {
+    StatusOr<plan::Plan> read = plan::readPlan(m->planPath);
+    ASSERT_TRUE(read.ok()) << read.message();
+    m->plan = std::move(*read);
+  }
+  std::unique_ptr<exec::Executor> a = open(alone), b = open(copies);
+  ASSERT_TRUE(a && b);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(60, 4);
+  StatusOr<std::vector<float>> x = a->forward(prompt, true), y = b->forward(prompt, true);
+  ASSERT_TRUE(x.ok()) << x.message();
+  ASSERT_TRUE(y.ok()) << y.message();
+  const double prefill = cpu::test::relativeL2(*x, *y);
+  const int64_t vocab = b->vocabSize();
+  int32_t next = argmax(*y, prompt.size() - 1, vocab);
+  double decode = 0;
+  for (int step = 0; step < 4; ++step) {
+    x = a->forward({next});
+    y = b->forward({next});
+    ASSERT_TRUE(x.ok() && y.ok());
+    decode = std::max(decode, cpu::test::relativeL2(*x, *y));
+    next = argmax(*y, 0, vocab);
+  }
+  std::printf("[ gpu      ] FP8 experts as q8_0 copies on a compute_80 plan against the GGUF "
+              "twin: prefill %.2e, decode %.2e\n",
+              prefill, decode);
+  EXPECT_LE(prefill, 1e-6);
+  EXPECT_LE(decode, 1e-6);
 }
 
 // Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.
