@@ -65,8 +65,10 @@ void addGemv(Collector &collector, gguf::GgmlType type, int64_t out, int64_t in,
 // ids read on the device, one token per block; prefill: tiles of choices
 // grouped by expert), silu_mul and the weighted sum over the top-k (and the
 // selection counts).
+// `nativeFp8`: FP8 experts run as such where the GPU has wgmma (placed on
+// the GPU); the expert cache always holds the CPU's q8_0 copies.
 void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef device,
-                   StringRef path) {
+                   StringRef path, bool nativeFp8 = true) {
   const int64_t topK = cast<RankedTensorType>(experts.getTopkIds().getType()).getShape()[1];
   WeightAttr gateProj = experts.getGateProj();
   // FP8 experts (a checkpoint's) on sm_90a: the FP8 GEMV by expert id in
@@ -76,7 +78,7 @@ void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef devi
   unsigned gpu = 0;
   (void)device.drop_front(5).getAsInteger(10, gpu); // a cuda:N device
   const bool fp8 = gateProj.getDtype() == graph::kFp8E4m3;
-  const bool wgmma = gpu < collector.target.getGpuCount() &&
+  const bool wgmma = nativeFp8 && gpu < collector.target.getGpuCount() &&
                      collector.target.getGpu(gpu).getArch() == "sm_90a";
   auto typeOf = [&](WeightAttr weight) -> std::optional<gguf::GgmlType> {
     if (fp8)
@@ -148,7 +150,7 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
     if (auto experts = dyn_cast<RoutedExpertsOp>(op.getOperation());
         experts && expertCache && placement.getDecode() == "cpu" &&
         placement.getOut() == "cuda:0") {
-      addGpuExperts(collector, experts, "cuda:0", op.getModulePath());
+      addGpuExperts(collector, experts, "cuda:0", op.getModulePath(), /*nativeFp8=*/false);
       collector.add(cuda::elementwiseSpec("add", experts.getGateProj().getShape()[0]), "cuda:0",
                     op.getModulePath());
     }

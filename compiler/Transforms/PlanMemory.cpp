@@ -116,16 +116,6 @@ public:
         module.emitError() << "expert-cache '" << expertCache << "' is not a size, e.g. 20GiB";
         return signalPassFailure();
       }
-      bool fp8Experts = false;
-      module.walk([&](RoutedExpertsOp experts) {
-        fp8Experts |= experts.getGateProj().getDtype() == kFp8E4m3;
-      });
-      if (*bytes > 0 && fp8Experts) {
-        module.emitError() << "the GPU expert cache holds GGUF-quantized experts only, and "
-                              "this model's routed experts are FP8; compile without "
-                              "--gpu-expert-cache";
-        return signalPassFailure();
-      }
       if (*bytes > 0 && !usage["cuda:0"].budget) {
         module.emitError() << "a GPU expert cache needs a GPU, but the target has none; give "
                               "one with --target-gpu";

@@ -1042,6 +1042,61 @@ TEST(HybridExecutor, Fp8GpuExpertsWithoutWgmmaRunTheirQ8_0Copies) {
   EXPECT_LE(decode, 1e-6);
 }
 
+// A checkpoint's CPU-placed FP8 experts in the GPU expert cache: the cache
+// holds the q8_0 copies made at load and runs them like the CPU (f32
+// activations on both here), so the logits stay those of the plan without
+// the cache.
+TEST(HybridExecutor, ExpertCacheHoldsFp8ExpertsAsQ8_0Copies) {
+  KT_REQUIRE_GPU();
+  TestModel gguf;
+  plan::Plan unused;
+  buildFp8Plan("tiny-fp8-cache", gguf, unused);
+  const std::string checkpoint = gguf.ggufPath + ".fp8";
+  const std::string rules = "rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml";
+  ModelPair pair; // gpu: with the cache; cpu: the same plan without it
+  for (auto [m, flags, name] :
+       {std::tuple<TestModel *, std::string, std::string>{
+            &pair.gpu, "--f32-cpu-experts --gpu-expert-cache 256MiB", ".cache.plan"},
+        {&pair.cpu, "--f32-cpu-experts", ".nocache.plan"}}) {
+    StatusOr<std::unique_ptr<gguf::GgufModel>> view = model::openModel(checkpoint);
+    ASSERT_TRUE(view.ok()) << view.message();
+    m->model = std::move(*view);
+    m->planPath = checkpoint + name;
+    ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan("--fp8-path '" + checkpoint + "'",
+                                                   m->planPath, rules, targetGpu(), flags));
+    StatusOr<plan::Plan> read = plan::readPlan(m->planPath);
+    ASSERT_TRUE(read.ok()) << read.message();
+    m->plan = std::move(*read);
+  }
+  exec::ExecutorOptions options;
+  options.gpuExpertCacheBytes = 256ll << 20;
+  std::unique_ptr<exec::Executor> cached = open(pair.gpu, options), plain = open(pair.cpu);
+  ASSERT_TRUE(cached && plain);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(20, 6);
+  StatusOr<std::vector<float>> x = cached->forward(prompt, true), y = plain->forward(prompt, true);
+  ASSERT_TRUE(x.ok()) << x.message();
+  ASSERT_TRUE(y.ok()) << y.message();
+  double worst = cpu::test::relativeL2(*x, *y);
+  const int64_t vocab = plain->vocabSize();
+  int32_t next = argmax(*y, prompt.size() - 1, vocab);
+  for (int step = 0; step < 6; ++step) {
+    x = cached->forward({next});
+    y = plain->forward({next});
+    ASSERT_TRUE(x.ok() && y.ok());
+    worst = std::max(worst, cpu::test::relativeL2(*x, *y));
+    next = argmax(*y, 0, vocab);
+  }
+  const exec::ExpertCacheStats stats = cached->expertCacheStats();
+  std::printf("[ gpu      ] FP8 experts' q8_0 copies in the GPU expert cache: %lld experts, %llu "
+              "of %llu decode selections on the GPU; against no cache %.2e\n",
+              (long long)stats.experts, (unsigned long long)stats.gpuSelections,
+              (unsigned long long)stats.selections, worst);
+  EXPECT_TRUE(stats.filled);
+  EXPECT_GT(stats.experts, 0);
+  EXPECT_GT(stats.gpuSelections, 0u);
+  EXPECT_LE(worst, 1e-4);
+}
+
 // Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.
 TEST(HybridExecutor, RefusesAChangedFp8Checkpoint) {
   KT_REQUIRE_COMPILER();
