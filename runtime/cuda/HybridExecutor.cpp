@@ -1255,7 +1255,8 @@ public:
   struct Fp8Groups {
     int32_t *host = nullptr; // rowIndex[A], outRows[A], tiles[3 * (A + experts)]
     DevicePointer gpu = 0;
-    int64_t capacity = 0; // A
+    int64_t capacity = 0;                   // A
+    std::vector<int64_t> sizes, next;       // per expert: rows, next free row
   } fp8;
 
   size_t scratchFloats(int64_t rows) const override {
@@ -1315,14 +1316,15 @@ public:
     hostIds.resize(size_t(choices));
     if (Status s = m.device->copyToHost(hostIds.data(), ids, size_t(choices) * 4); !s.ok())
       return s;
-    std::vector<int64_t> sizes(size_t(experts), 0);
+    std::vector<int64_t> &sizes = fp8.sizes, &next = fp8.next;
+    sizes.assign(size_t(experts), 0);
     for (int32_t id : hostIds) {
       if (id < 0 || id >= experts)
         return Status::error("the gate chose expert " + std::to_string(id) + " of " +
                              std::to_string(experts) + "; the plan is damaged: recompile it.");
       ++sizes[size_t(id)];
     }
-    std::vector<int64_t> next(size_t(experts), 0);
+    next.assign(size_t(experts), 0);
     for (int64_t e = 1; e < experts; ++e)
       next[size_t(e)] = next[size_t(e - 1)] + sizes[size_t(e - 1)];
     int32_t *rowIndex = fp8.host, *outRows = fp8.host + choices;
@@ -1751,7 +1753,9 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
           StatusOr<DevicePointer> onGpu = allocate(bytes, false);
           if (!onGpu)
             return onGpu.status();
-          experts->fp8 = {static_cast<int32_t *>(*pinned), *onGpu, capacity};
+          experts->fp8.host = static_cast<int32_t *>(*pinned);
+          experts->fp8.gpu = *onGpu;
+          experts->fp8.capacity = capacity;
         } else {
           experts->gate = loader.load("gate_proj", experts->hidden, experts->ffn, count, true);
           experts->up = loader.load("up_proj", experts->hidden, experts->ffn, count, true);
