@@ -663,8 +663,9 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
   if (!fp8)
     return fp8.status();
   impl->fp8 = std::move(*fp8);
-  impl->conversions = std::make_unique<WeightConversions>(impl->fp8.get());
+  impl->conversions = std::make_unique<WeightConversions>(impl->fp8.get(), options.progress);
   Status bound = impl->bind(plan, model, planName);
+  impl->conversions->finishProgress();
   if (!bound.ok())
     return bound;
   return std::unique_ptr<CpuExecutor>(new CpuExecutor(std::move(impl)));

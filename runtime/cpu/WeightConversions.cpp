@@ -4,7 +4,10 @@
 #include "runtime/plan/Plan.h"
 #include "runtime/safetensors/Safetensors.h"
 
+#include "runtime/support/ByteSize.h"
+
 #include <chrono>
+#include <cstdio>
 
 namespace kt::cpu {
 
@@ -48,6 +51,14 @@ const gguf::TensorInfo *WeightConversions::checkpointTensor(const std::string &n
   return &checkpointTensors_.emplace(name, std::move(info)).first->second;
 }
 
+WeightConversions::~WeightConversions() { finishProgress(); }
+
+void WeightConversions::finishProgress() {
+  if (progressShown_)
+    std::fprintf(stderr, "\n");
+  progressShown_ = false;
+}
+
 StatusOr<const gguf::TensorInfo *> WeightConversions::q8_0(const gguf::TensorInfo &fp8) {
   if (auto it = converted_.find(fp8.name); it != converted_.end())
     return &it->second.info;
@@ -74,6 +85,11 @@ StatusOr<const gguf::TensorInfo *> WeightConversions::q8_0(const gguf::TensorInf
   convertedBytes_ += bytes;
   convertSeconds_ +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  if (progress_) {
+    std::fprintf(stderr, "\rconverting FP8 weights to q8_0: %zu tensors, %s, %.1f s",
+                 converted_.size() + 1, formatByteSize(convertedBytes_).c_str(), convertSeconds_);
+    progressShown_ = true;
+  }
   return &converted_.emplace(fp8.name, std::move(converted)).first->second.info;
 }
 

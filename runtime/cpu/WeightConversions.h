@@ -30,8 +30,12 @@ openPlanFp8Checkpoint(const plan::Plan &plan, const std::string &planName);
 class WeightConversions {
 public:
   // `checkpoint`: the plan's --fp8-path checkpoint, or null.
-  explicit WeightConversions(const safetensors::Checkpoint *checkpoint = nullptr)
-      : checkpoint_(checkpoint) {}
+  // `progress`: a running count on stderr while converting (ended by
+  // finishProgress()).
+  explicit WeightConversions(const safetensors::Checkpoint *checkpoint = nullptr,
+                             bool progress = false)
+      : checkpoint_(checkpoint), progress_(progress) {}
+  ~WeightConversions();
 
   // An e4m3 matrix of the --fp8-path checkpoint (named as there, with its
   // weight_scale_inv) as an F8_E4M3_B128 tensor; null if it has none.
@@ -39,6 +43,9 @@ public:
 
   // The q8_0 copy of an F8_E4M3_B128 tensor, made on first use.
   StatusOr<const gguf::TensorInfo *> q8_0(const gguf::TensorInfo &fp8);
+
+  // Ends the progress line, if one was shown.
+  void finishProgress();
 
   int convertedTensors() const { return int(converted_.size()); }
   uint64_t convertedBytes() const { return convertedBytes_; }
@@ -50,6 +57,8 @@ private:
     std::unique_ptr<uint8_t[]> data;
   };
   const safetensors::Checkpoint *checkpoint_;
+  bool progress_;
+  bool progressShown_ = false;
   std::map<std::string, gguf::TensorInfo> checkpointTensors_;
   std::map<std::string, Converted> converted_;
   uint64_t convertedBytes_ = 0;

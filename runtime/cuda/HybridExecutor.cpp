@@ -2429,7 +2429,8 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
                          std::to_string(gpus.size()) + " GPU(s).");
   auto impl = std::make_unique<Impl>(options.threads);
   impl->fp8 = std::move(*fp8);
-  impl->conversions = std::make_unique<cpu::WeightConversions>(impl->fp8.get());
+  impl->conversions =
+      std::make_unique<cpu::WeightConversions>(impl->fp8.get(), options.progress);
   impl->plan = &plan;
   impl->planName = planName;
   impl->arch = plan.target.gpus[0].arch;
@@ -2498,7 +2499,9 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->firstGpuBudget = firstGpuBudget;
   impl->expertCacheBudget = expertCacheBytes;
   impl->expertCache.enabled = expertCacheBytes > 0;
-  if (Status bound = impl->bind(model); !bound.ok())
+  Status bound = impl->bind(model);
+  impl->conversions->finishProgress();
+  if (!bound.ok())
     return bound;
   if (impl->expertCacheBudget > 0 && !options.expertProfile.empty())
     if (Status filled = impl->fillExpertCache(options.expertProfile); !filled.ok())

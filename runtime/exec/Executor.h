@@ -59,6 +59,8 @@ struct ExecutorOptions {
   // GPU 0, each logical device with its own buffers and the plan's memory
   // budget (pipelines tested on one GPU); 0: cuda:0 only.
   int virtualGpus = 0;
+  // Progress on stderr for long loading work (FP8 weights converted to q8_0).
+  bool progress = false;
   // GPU plans compiled with --gpu-expert-cache: bytes of cuda:0 for copies
   // of the most often routed experts of CPU-placed layers; -1: what the plan
   // reserves, 0: none. More than the plan reserves is refused.

@@ -19,22 +19,21 @@ double secondsSince(Clock::time_point start) {
 }
 
 // Reads every page of the mapped weights once, with a progress bar, so the
-// first prompt does not pay for page faults and the user sees the load.
+// first prompt does not pay for page faults and the user sees the load. A
+// checkpoint's e4m3 tensors are left out: loading reads them once anyway
+// (into q8_0 copies or onto a GPU), and for V3 they would not fit in the
+// page cache beside the copies.
 void pageIn(const gguf::GgufModel &model, bool progress) {
-  uint64_t total = model.totalTensorBytes(), done = 0;
+  uint64_t total = 0, done = 0;
+  for (const gguf::TensorInfo &tensor : model.tensors())
+    total += tensor.fp8 ? 0 : tensor.nbytes;
   volatile uint8_t sink = 0;
   int shown = -1;
   for (const gguf::TensorInfo &tensor : model.tensors()) {
-    if (tensor.fp8) {
-      // A checkpoint's e4m3 tensor: its slices (experts) lie apart.
-      const uint64_t sliceBytes = tensor.nbytes / tensor.fp8->values.size();
-      for (const uint8_t *slice : tensor.fp8->values)
-        for (uint64_t offset = 0; offset < sliceBytes; offset += 4096)
-          sink ^= slice[offset];
-    } else {
-      for (uint64_t offset = 0; offset < tensor.nbytes; offset += 4096)
-        sink ^= tensor.data[offset];
-    }
+    if (tensor.fp8)
+      continue;
+    for (uint64_t offset = 0; offset < tensor.nbytes; offset += 4096)
+      sink ^= tensor.data[offset];
     done += tensor.nbytes;
     int percent = total ? static_cast<int>(done * 100 / total) : 100;
     if (progress && percent != shown) {
@@ -113,6 +112,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.virtualGpus = options_.virtualGpus;
   executorOptions.gpuExpertCacheBytes = options_.gpuExpertCacheBytes;
   executorOptions.expertProfile = options_.expertProfile;
+  executorOptions.progress = options_.progress;
   return exec::createExecutor(plan_, *model_, executorOptions);
 }
 
