@@ -92,6 +92,11 @@ constexpr int64_t kFp8GemvMaxTokens = 1;
 // a block per 64 outputs and 64 tokens and no pipelining: it overtakes the
 // GEMV between 8 and 32 tokens (measured as compute_80 PTX on the H100).
 constexpr int64_t kFp8Bf16GemmMinTokens = 32;
+// Prefill segments whose attention covers at least this many tokens x
+// positions (a 512-token chunk after 512 cached ones) run MLA on tensor
+// cores, in bf16; shorter ones keep the f32 core, whose results match the
+// CPU's to 1e-6 (the tensor cores' to about 1e-3).
+constexpr int64_t kMlaPrefillMmaMinWork = 512 * 1024;
 
 struct LatentCache {
   DevicePointer latent = 0, rope = 0;
@@ -262,6 +267,7 @@ public:
   exec::ExecutionProfile profile;
   bool cudaGraphs = true;
   bool fp8Gemm = true; // ExecutorOptions::fp8Gemm
+  bool mlaTensorCores = true; // ExecutorOptions::mlaTensorCores
   // The GPU expert cache (on cuda:0), and what the plan lets it use there.
   uint64_t expertCacheBudget = 0;
   std::optional<uint64_t> firstGpuBudget;
@@ -886,6 +892,10 @@ public:
   DevicePointer qANorm = 0, kvANorm = 0, inverseFrequencies = 0;
   const Kernel *qNorm = nullptr, *kvNorm = nullptr, *ropeQ = nullptr, *ropeK = nullptr,
                *append = nullptr, *core = nullptr, *splitCore = nullptr, *combine = nullptr;
+  // The prefill core on tensor cores (sm_80+, where the plan lists it) for
+  // segments of at least kMlaPrefillMmaMinWork tokens x positions.
+  const Kernel *coreMma = nullptr;
+  unsigned coreMmaShared = 0;
   size_t layer = 0;
   int64_t chunks = 0;        // of the cache, for the split decode core
   int64_t headsPerBlock = 1; // of the prefill core
@@ -965,10 +975,16 @@ public:
         step(m.launch(*combine, unsigned(H), 1, 1, 0,
                       {&piecesP, &segmentPositions, &chunkCount, &contextP}));
       } else {
-        int firstPositions = int(segment.start + 1);
-        step(m.launch(*core, unsigned(H / headsPerBlock), unsigned(segment.count), 1, 0,
-                      {&qLatentP, &qRope, &headStride, &tokenStride, &latent, &rope,
-                       &firstPositions, &contextP}));
+        int firstPositions = int(segment.start + 1), tokenCount = int(segment.count);
+        if (coreMma && segment.count * (segment.start + segment.count) >= kMlaPrefillMmaMinWork)
+          step(m.launch(*coreMma, unsigned(ceilDiv(segment.count * H, kMlaPrefillMmaRows)), 1, 1,
+                        coreMmaShared,
+                        {&qLatentP, &qRope, &headStride, &tokenStride, &latent, &rope,
+                         &firstPositions, &tokenCount, &contextP}));
+        else
+          step(m.launch(*core, unsigned(H / headsPerBlock), unsigned(segment.count), 1, 0,
+                        {&qLatentP, &qRope, &headStride, &tokenStride, &latent, &rope,
+                         &firstPositions, &contextP}));
       }
     }
     // Values out of latent space per head, then the output projection.
@@ -1890,6 +1906,16 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       const float scale = static_cast<float>(cpu::attentionSoftmaxScale(attention->qk(), rope));
       attention->core = loader.kernel(mlaPrefillSpec(s.kvLoraRank, s.rope, scale, s.heads));
       attention->headsPerBlock = mlaHeadsPerBlock(s.heads);
+      if (StatusOr<KernelSpec> mma = mlaPrefillMmaSpec(s.kvLoraRank, s.rope, scale, s.heads);
+          mlaTensorCores && mma && listsKernel(*mma)) {
+        attention->coreMma = loader.kernel(mma);
+        attention->coreMmaShared = mlaPrefillMmaSharedBytes(s.kvLoraRank, s.rope);
+        if (attention->coreMma)
+          if (Status s = device->allowSharedBytes(attention->coreMma->loaded,
+                                                  attention->coreMmaShared);
+              !s.ok())
+            return s;
+      }
       attention->splitCore = loader.kernel(
           mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_decode_split"));
       attention->combine =
@@ -2476,6 +2502,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->cudaGraphs = options.cudaGraphs;
   impl->fp8Gemm = options.fp8Gemm;
+  impl->mlaTensorCores = options.mlaTensorCores;
   impl->logicalGpus = logicalGpus;
   impl->logicalBytes.assign(size_t(logicalGpus), 0);
   if (Status s = impl->enter(); !s.ok())

@@ -255,6 +255,26 @@ StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float 
                         static_cast<unsigned>(perBlock * 32));
 }
 
+StatusOr<KernelSpec> mlaPrefillMmaSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
+                                       int64_t heads) {
+  if (kvLoraRank <= 0 || ropeDims <= 0 || heads <= 0 || !(softmaxScale > 0) ||
+      kvLoraRank % 16 != 0 || (kvLoraRank + ropeDims) % 16 != 0 ||
+      mlaPrefillMmaSharedBytes(kvLoraRank, ropeDims) > 200 * 1024)
+    return Status::error("MLA prefill on tensor cores with kv_lora_rank " + integer(kvLoraRank) +
+                         " and rope " + integer(ropeDims) + " is not supported.");
+  return makeKernelSpec("mla_prefill_mma.cu", "mla_prefill_mma",
+                        {{"KV_LORA", integer(kvLoraRank)},
+                         {"ROPE", integer(ropeDims)},
+                         {"SCALE", floatLiteral(softmaxScale)},
+                         {"HEADS", integer(heads)}},
+                        256);
+}
+
+unsigned mlaPrefillMmaSharedBytes(int64_t kvLoraRank, int64_t ropeDims) {
+  // 64 query rows and 32 positions of bf16, rows padded by 8 values.
+  return unsigned((kMlaPrefillMmaRows + 32) * (kvLoraRank + ropeDims + 8) * 2);
+}
+
 StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
                                         int64_t heads, const std::string &entry) {
   // Stages of 16 latent rows and rope keys live in static shared memory.
@@ -583,6 +603,7 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)
     for (StatusOr<KernelSpec> spec :
          {mlaPrefillSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads),
+          mlaPrefillMmaSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads),
           mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads,
                              "mla_decode_split"),
           mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads,

@@ -155,6 +155,13 @@ StatusOr<KernelSpec> ropeSpec(const RopeShape &shape);
 // causal prefix (flash-style: one block per token and group of heads).
 StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
                                     int64_t heads);
+// The same core on tensor cores (kernels/mla_prefill_mma.cu, sm_80+): bf16
+// products, for long prefills; blocks of 64 (token, head) rows and 256
+// threads with mlaPrefillMmaSharedBytes() of dynamic shared memory.
+StatusOr<KernelSpec> mlaPrefillMmaSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
+                                       int64_t heads);
+unsigned mlaPrefillMmaSharedBytes(int64_t kvLoraRank, int64_t ropeDims);
+constexpr int64_t kMlaPrefillMmaRows = 64;
 // Heads (warps) per block of mla_prefill and mla_decode_split: the largest
 // of 16, 8, 4, 2, 1 dividing `heads`; their grids have heads / this blocks
 // per token or chunk.

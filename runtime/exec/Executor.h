@@ -55,6 +55,9 @@ struct ExecutorOptions {
   // 128 columns (DeepSeek's recipe); false: the FP8 GEMV on f32
   // activations for every step (for comparison).
   bool fp8Gemm = true;
+  // GPU plans that list it (sm_80+): MLA prefill of long segments on tensor
+  // cores in bf16 (about 1e-3 relative error); false: the f32 core always.
+  bool mlaTensorCores = true;
   // GPU plans: run a plan for N GPUs (cuda:0 .. cuda:N-1) on this host's
   // GPU 0, each logical device with its own buffers and the plan's memory
   // budget (pipelines tested on one GPU); 0: cuda:0 only.

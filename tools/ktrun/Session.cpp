@@ -109,6 +109,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.sequences = options_.sequences;
   executorOptions.cudaGraphs = options_.cudaGraphs;
   executorOptions.fp8Gemm = options_.fp8Gemm;
+  executorOptions.mlaTensorCores = options_.mlaTensorCores;
   executorOptions.virtualGpus = options_.virtualGpus;
   executorOptions.gpuExpertCacheBytes = options_.gpuExpertCacheBytes;
   executorOptions.expertProfile = options_.expertProfile;

@@ -200,6 +200,11 @@ int main(int argc, char **argv) {
                "FP8 plans: multiply the FP8 projections of prefill steps with the FP8 GEMV on "
                "f32 activations too, instead of the tensor-core GEMM (sm_90a: on activations "
                "quantized per token and 128 columns; sm_80 to sm_89: in bf16) (for comparison)");
+  bool noMlaTensorCores = false;
+  app.add_flag("--no-mla-tensor-cores", noMlaTensorCores,
+               "GPU plans: keep MLA prefill attention in f32 on CUDA cores for long prompts too "
+               "(by default prefill chunks attending over 512K token-positions or more run on "
+               "tensor cores in bf16, about 1e-3 relative error)");
   bool bench = false;
   kt::ktrun::BenchOptions benchOptions;
   app.add_flag("--bench", bench,
@@ -252,6 +257,7 @@ int main(int argc, char **argv) {
   options.progress = !noProgress && isatty(STDERR_FILENO);
   options.cudaGraphs = !noCudaGraphs;
   options.fp8Gemm = !noFp8Gemm;
+  options.mlaTensorCores = !noMlaTensorCores;
   if (!gpuExpertCache.empty()) {
     std::optional<uint64_t> bytes = kt::parseByteSize(gpuExpertCache);
     if (!bytes || *bytes > uint64_t(INT64_MAX))

@@ -643,6 +643,61 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
   }
 }
 
+// MLA prefill on tensor cores against the same double reference: bf16
+// products (about 1e-3), V3's latent (512 + 64, 16 heads here) and the tiny
+// model's (64 + 16, 4 heads, so one block spans 16 tokens), causal limits
+// inside a block, 1 to 130 tokens after 0 to 700 cached positions.
+TEST_P(GpuKernels, MlaPrefillOnTensorCoresMatchesTheDoubleReference) {
+  std::string whyNone;
+  if (queryGpus(whyNone)[0].computeMajor < 8)
+    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+  struct Shape {
+    int64_t heads, kvLora, ropeDims;
+    int tokens, firstPositions;
+  } shapes[] = {{16, 512, 64, 5, 3}, {16, 512, 64, 130, 700}, {4, 64, 16, 37, 1},
+                {4, 64, 16, 1, 90}};
+  for (const Shape &shape : shapes) {
+    SCOPED_TRACE(std::to_string(shape.tokens) + " tokens from " +
+                 std::to_string(shape.firstPositions) + ", " + std::to_string(shape.heads) +
+                 " heads of " + std::to_string(shape.kvLora));
+    MlaCase c;
+    c.heads = shape.heads;
+    c.kvLora = shape.kvLora;
+    c.ropeDims = shape.ropeDims;
+    const int cached = shape.firstPositions + shape.tokens - 1;
+    c.qLatent = randomFloats(shape.tokens * c.heads * c.kvLora, -0.2f, 0.2f, 25);
+    c.qRope = randomFloats(shape.tokens * c.heads * c.ropeDims, -1, 1, 26);
+    c.latent = randomFloats(size_t(cached) * c.kvLora, -1, 1, 27);
+    c.ropeKey = randomFloats(size_t(cached) * c.ropeDims, -1, 1, 28);
+    const std::vector<double> expected = c.expected(shape.tokens, shape.firstPositions);
+    DevicePointer dq = upload(c.qLatent.data(), c.qLatent.size() * 4);
+    DevicePointer dr = upload(c.qRope.data(), c.qRope.size() * 4);
+    DevicePointer dl = upload(c.latent.data(), c.latent.size() * 4);
+    DevicePointer dk = upload(c.ropeKey.data(), c.ropeKey.size() * 4);
+    const size_t contextFloats = size_t(shape.tokens * c.heads * c.kvLora);
+    DevicePointer dc = allocate(contextFloats * 4);
+    int headStride = int(c.ropeDims), tokenStride = int(c.heads * c.ropeDims);
+    auto spec = mlaPrefillMmaSpec(c.kvLora, c.ropeDims, c.scale, c.heads);
+    ASSERT_TRUE(spec.ok()) << spec.message();
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    const unsigned shared = mlaPrefillMmaSharedBytes(c.kvLora, c.ropeDims);
+    ASSERT_TRUE(device->allowSharedBytes(kernel, shared).ok());
+    int first = shape.firstPositions, tokens = shape.tokens;
+    const unsigned blocks =
+        unsigned((shape.tokens * c.heads + kMlaPrefillMmaRows - 1) / kMlaPrefillMmaRows);
+    run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, shared},
+        {&dq, &dr, &headStride, &tokenStride, &dl, &dk, &first, &tokens, &dc});
+    const double error = relativeL2(download(dc, contextFloats), expected);
+    EXPECT_LE(error, 5e-3);
+    EXPECT_GT(error, 1e-6); // bf16 rounded: the tensor cores ran
+    std::printf("[ gpu      ] mla_prefill_mma %d tokens from %d positions (%lld heads of %lld + "
+                "%lld): relative L2 %.2e\n",
+                shape.tokens, shape.firstPositions, (long long)c.heads, (long long)c.kvLora,
+                (long long)c.ropeDims, error);
+  }
+}
+
 TEST_P(GpuKernels, ElementwiseAndArgmaxMatchTheCpu) {
   const int tokens = 5;
   const int64_t count = 2048;

@@ -1097,6 +1097,51 @@ TEST(HybridExecutor, ExpertCacheHoldsFp8ExpertsAsQ8_0Copies) {
   EXPECT_LE(worst, 1e-4);
 }
 
+// A long prefill (chunks of 512 after 512 or more cached positions) runs
+// MLA attention on tensor cores in bf16 (2e-3 against double per kernel
+// call, which the tiny random model amplifies to about 5e-2 in its logits,
+// as it does FP8's rounding): near the f32 core's logits, the same top
+// token nearly everywhere; the first chunk keeps the f32 core.
+TEST(HybridExecutor, LongPrefillAttentionOnTensorCoresStaysNearTheF32Core) {
+  KT_REQUIRE_GPU();
+  if (gpus()[0].computeMajor < 8)
+    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+  TestModel m;
+  cpu::test::buildModel("tiny-mla-mma", *gen::presetConfig("tiny"), m,
+                        "rules/DeepSeek-V3-Chat.yaml", targetGpu());
+  ASSERT_TRUE(std::any_of(m.plan.kernelSpecializations.begin(), m.plan.kernelSpecializations.end(),
+                          [](const plan::KernelSpecialization &k) {
+                            return k.entry == "mla_prefill_mma";
+                          }));
+  exec::ExecutorOptions options;
+  options.chunkSize = 512;
+  std::unique_ptr<exec::Executor> mma = open(m, options);
+  options.mlaTensorCores = false;
+  std::unique_ptr<exec::Executor> f32 = open(m, options);
+  ASSERT_TRUE(mma && f32);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(1500, 13);
+  StatusOr<std::vector<float>> a = mma->forward(prompt, true), b = f32->forward(prompt, true);
+  ASSERT_TRUE(a.ok()) << a.message();
+  ASSERT_TRUE(b.ok()) << b.message();
+  const int64_t vocab = f32->vocabSize();
+  // The first chunk (512 tokens over themselves) keeps the f32 core.
+  const std::vector<float> firstA(a->begin(), a->begin() + 512 * vocab),
+      firstB(b->begin(), b->begin() + 512 * vocab);
+  EXPECT_EQ(firstA, firstB);
+  const std::vector<float> restA(a->begin() + 512 * vocab, a->end()),
+      restB(b->begin() + 512 * vocab, b->end());
+  const double error = cpu::test::relativeL2(restA, restB);
+  size_t agree = 0;
+  for (size_t row = 512; row < prompt.size(); ++row)
+    agree += argmax(*a, row, vocab) == argmax(*b, row, vocab);
+  std::printf("[ gpu      ] MLA prefill on tensor cores (tokens 512-1499) against the f32 core: "
+              "relative L2 %.2e, same top token at %zu of %zu positions\n",
+              error, agree, prompt.size() - 512);
+  EXPECT_GT(error, 1e-7); // bf16: the tensor cores ran
+  EXPECT_LE(error, 0.1);
+  EXPECT_GE(agree, (prompt.size() - 512) * 9 / 10);
+}
+
 // Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.
 TEST(HybridExecutor, RefusesAChangedFp8Checkpoint) {
   KT_REQUIRE_COMPILER();
