@@ -29,6 +29,7 @@ constexpr int kRows = 64, kPositions = 32, kThreads = 256;
 constexpr int kPitch = kDims + 8; // bf16 per shared row: fragment loads hit 32 banks
 constexpr int kHalf = KV_LORA / 2, kDimTiles = kHalf / 8;
 static_assert(kDims % 16 == 0 && KV_LORA % 16 == 0, "whole k16 steps and n8 tiles");
+static_assert(ROPE % 4 == 0 && kPitch % 4 == 0, "loads and stores of 4 values");
 
 namespace {
 
@@ -76,15 +77,18 @@ mla_prefill_mma(const float *__restrict__ qLatent, const float *__restrict__ qRo
   const int rowGroup = warp % 4, dimBase = (warp / 4) * kHalf;
   const int rows = tokens * HEADS, r0 = blockIdx.x * kRows;
 
-  // The block's queries to bf16 (rows past the end repeat the last one).
-  for (int i = threadIdx.x; i < kRows * kDims; i += kThreads) {
-    const int r = i / kDims, d = i % kDims, row = min(r0 + r, rows - 1);
+  // The block's queries to bf16, 4 values per load (rows past the end
+  // repeat the last one).
+  for (int i = threadIdx.x; i < kRows * kDims / 4; i += kThreads) {
+    const int r = i / (kDims / 4), d = 4 * (i % (kDims / 4)), row = min(r0 + r, rows - 1);
     const int token = row / HEADS, head = row % HEADS;
-    const float v = d < KV_LORA ? qLatent[static_cast<long long>(row) * KV_LORA + d]
-                                : qRope[static_cast<long long>(token) * qRopeTokenStride +
-                                        static_cast<long long>(head) * qRopeHeadStride + d -
-                                        KV_LORA];
-    qTile[r * kPitch + d] = static_cast<kt::u16>(toBf16(v));
+    const float4 v =
+        d < KV_LORA ? *reinterpret_cast<const float4 *>(
+                          qLatent + static_cast<long long>(row) * KV_LORA + d)
+                    : *reinterpret_cast<const float4 *>(
+                          qRope + static_cast<long long>(token) * qRopeTokenStride +
+                          static_cast<long long>(head) * qRopeHeadStride + d - KV_LORA);
+    *reinterpret_cast<uint2 *>(&qTile[r * kPitch + d]) = make_uint2(pack(v.x, v.y), pack(v.z, v.w));
   }
   // This thread's two rows (fragment rows lane / 4 and + 8) and how many
   // positions each sees.
@@ -102,13 +106,16 @@ mla_prefill_mma(const float *__restrict__ qLatent, const float *__restrict__ qRo
 
   for (int p0 = 0; p0 < visible; p0 += kPositions) {
     __syncthreads(); // the previous tile is consumed (and the queries are in)
-    for (int i = threadIdx.x; i < kPositions * kDims; i += kThreads) {
-      const int p = i / kDims, d = i % kDims, position = p0 + p;
-      float v = 0.0f;
+    for (int i = threadIdx.x; i < kPositions * kDims / 4; i += kThreads) {
+      const int p = i / (kDims / 4), d = 4 * (i % (kDims / 4)), position = p0 + p;
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
       if (position < visible)
-        v = d < KV_LORA ? latent[static_cast<long long>(position) * KV_LORA + d]
-                        : ropeKey[static_cast<long long>(position) * ROPE + d - KV_LORA];
-      kTile[p * kPitch + d] = static_cast<kt::u16>(toBf16(v));
+        v = d < KV_LORA ? *reinterpret_cast<const float4 *>(
+                              latent + static_cast<long long>(position) * KV_LORA + d)
+                        : *reinterpret_cast<const float4 *>(
+                              ropeKey + static_cast<long long>(position) * ROPE + d - KV_LORA);
+      *reinterpret_cast<uint2 *>(&kTile[p * kPitch + d]) =
+          make_uint2(pack(v.x, v.y), pack(v.z, v.w));
     }
     __syncthreads();
 

@@ -1907,7 +1907,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       attention->core = loader.kernel(mlaPrefillSpec(s.kvLoraRank, s.rope, scale, s.heads));
       attention->headsPerBlock = mlaHeadsPerBlock(s.heads);
       if (StatusOr<KernelSpec> mma = mlaPrefillMmaSpec(s.kvLoraRank, s.rope, scale, s.heads);
-          mlaTensorCores && mma && listsKernel(*mma)) {
+          mlaTensorCores && mma && listsKernel(*mma) && s.nope % 4 == 0 &&
+          attention->qk() % 4 == 0) { // its 16-byte query loads
         attention->coreMma = loader.kernel(mma);
         attention->coreMmaShared = mlaPrefillMmaSharedBytes(s.kvLoraRank, s.rope);
         if (attention->coreMma)
