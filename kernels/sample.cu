@@ -150,7 +150,7 @@ sample_rows(const float *__restrict__ logits, const SampleParams *__restrict__ p
     } else {
       if (logitKey(row[i]) < threshold)
         continue;
-      const float u = (float(mix(stream + u64(i)) >> 40) + 0.5f) * (1.0f / 16777216.0f);
+      const float u = (float(mix(stream + u64(i)) >> 41) + 0.5f) * (1.0f / 8388608.0f);
       score = (row[i] - top) * inverseTemperature - logf(-logf(u));
     }
     if (score > best) { // increasing i: the first maximum stays

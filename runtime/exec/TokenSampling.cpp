@@ -21,8 +21,10 @@ constexpr double kFixedPointOne = 1099511627776.0; // 2^40
 } // namespace
 
 float samplingUniform(uint64_t seed, uint64_t draw, int64_t token) {
-  const uint64_t bits = mix(mix(seed ^ mix(draw)) + uint64_t(token)) >> 40;
-  return (float(bits) + 0.5f) * (1.0f / 16777216.0f);
+  // 23 bits: bits + 0.5 is exact in float, so u stays below 1 (with 24,
+  // the last value rounded to 1.0 and its token's noise to infinity).
+  const uint64_t bits = mix(mix(seed ^ mix(draw)) + uint64_t(token)) >> 41;
+  return (float(bits) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 // The largest key t with sum(amount of the keys >= t, among those passing
@@ -69,27 +71,35 @@ int32_t sampleToken(const float *logits, int64_t vocab, const TokenSampling &sam
   if (sampling.topK > 0 && sampling.topK < vocab)
     threshold = radixThreshold(keys, 0, uint64_t(sampling.topK), [](size_t) { return 1; });
   // Top-p: the largest key whose candidates at or above it hold p of the
-  // candidates' weight.
+  // candidates' weight. Tokens more than 28 temperatures below the best
+  // weigh 0 in 2^-40 fixed point (e^-28 < 2^-40): no exp for them.
   if (sampling.topP < 1.0f) {
-    std::vector<uint64_t> weights(static_cast<size_t>(vocab));
+    std::vector<uint64_t> weights(static_cast<size_t>(vocab), 0);
     uint64_t total = 0;
     for (int64_t i = 0; i < vocab; ++i) {
-      weights[size_t(i)] =
-          uint64_t(double(std::exp((logits[i] - top) * inverseTemperature)) * kFixedPointOne);
-      if (keys[size_t(i)] >= threshold)
-        total += weights[size_t(i)];
+      const float scaled = (logits[i] - top) * inverseTemperature;
+      if (keys[size_t(i)] < threshold || scaled < -28.0f)
+        continue;
+      weights[size_t(i)] = uint64_t(double(std::exp(scaled)) * kFixedPointOne);
+      total += weights[size_t(i)];
     }
     const uint64_t target = std::max<uint64_t>(1, uint64_t(double(sampling.topP) * double(total)));
     threshold = radixThreshold(keys, threshold, target, [&](size_t i) { return weights[i]; });
   }
-  // Gumbel-max over the tokens at or above the threshold.
+  // Gumbel-max over the tokens at or above the threshold. The best token's
+  // score is at least -log(-log(2^-24)) > -2.82 and no token's noise exceeds
+  // -log(-log(1 - 2^-24)) < 16.64, so tokens more than 21 temperatures below
+  // the best can never win: they are skipped.
   int32_t best = 0;
   float bestScore = -INFINITY;
   for (int64_t i = 0; i < vocab; ++i) {
     if (keys[size_t(i)] < threshold)
       continue;
+    const float scaled = (logits[i] - top) * inverseTemperature;
+    if (scaled < -21.0f)
+      continue;
     const float u = samplingUniform(sampling.seed, sampling.draw, i);
-    const float score = (logits[i] - top) * inverseTemperature - std::log(-std::log(u));
+    const float score = scaled - std::log(-std::log(u));
     if (score > bestScore) {
       bestScore = score;
       best = int32_t(i);

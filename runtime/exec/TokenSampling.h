@@ -40,7 +40,7 @@ inline uint32_t logitKey(float logit) {
   return (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;
 }
 
-// The uniform number in (0, 1) the draw uses for `token` (24 random bits).
+// The uniform number in (0, 1) the draw uses for `token` (23 random bits).
 float samplingUniform(uint64_t seed, uint64_t draw, int64_t token);
 
 // The token chosen from one row of `vocab` logits.

@@ -1,5 +1,7 @@
 #include "tools/ktrun/Sampler.h"
 
+#include "runtime/exec/TokenSampling.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -173,6 +175,101 @@ TEST(SamplerTest, DrawsFollowTheRenormalizedSoftmax) {
             << ", top-p " << c.topP;
     }
   }
+}
+
+// exec::sampleToken's rule written out plainly (full sorts, every token
+// weighed and drawn): the radix selections and the skipped far tokens of the
+// real one must give the same token.
+int32_t plainRule(const std::vector<float> &logits, const exec::TokenSampling &s) {
+  const float top = *std::max_element(logits.begin(), logits.end());
+  if (s.greedy())
+    return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  const float inverse = 1.0f / s.temperature;
+  std::vector<uint32_t> keys;
+  for (float logit : logits)
+    keys.push_back(exec::logitKey(logit));
+  uint32_t threshold = 0;
+  if (s.topK > 0 && size_t(s.topK) < logits.size()) {
+    std::vector<uint32_t> sorted = keys;
+    std::sort(sorted.rbegin(), sorted.rend());
+    threshold = sorted[size_t(s.topK - 1)];
+  }
+  if (s.topP < 1.0f) {
+    std::vector<std::pair<uint32_t, uint64_t>> candidates;
+    uint64_t total = 0;
+    for (size_t i = 0; i < logits.size(); ++i)
+      if (keys[i] >= threshold) {
+        const uint64_t w =
+            uint64_t(double(std::exp((logits[i] - top) * inverse)) * 1099511627776.0);
+        candidates.push_back({keys[i], w});
+        total += w;
+      }
+    const uint64_t target = std::max<uint64_t>(1, uint64_t(double(s.topP) * double(total)));
+    std::sort(candidates.rbegin(), candidates.rend());
+    uint64_t mass = 0;
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      mass += candidates[i].second;
+      const bool lastOfKey =
+          i + 1 == candidates.size() || candidates[i + 1].first != candidates[i].first;
+      if (lastOfKey && mass >= target) {
+        threshold = candidates[i].first;
+        break;
+      }
+    }
+  }
+  int32_t best = 0;
+  float bestScore = -INFINITY;
+  for (size_t i = 0; i < logits.size(); ++i) {
+    if (keys[i] < threshold)
+      continue;
+    const float u = exec::samplingUniform(s.seed, s.draw, int64_t(i));
+    const float score = (logits[i] - top) * inverse - std::log(-std::log(u));
+    if (score > bestScore) {
+      bestScore = score;
+      best = int32_t(i);
+    }
+  }
+  return best;
+}
+
+TEST(SamplerTest, TheRuleDrawsAsItsPlainDefinition) {
+  std::mt19937 random(17);
+  int compared = 0;
+  for (float spread : {0.5f, 4.0f, 40.0f}) {
+    std::normal_distribution<float> normal(0.0f, spread);
+    std::vector<float> logits(5000);
+    for (float &logit : logits)
+      logit = std::round(normal(random) * 8) / 8; // some ties
+    for (const exec::TokenSampling &setting :
+         {exec::TokenSampling{0.7f, 0, 1.0f}, exec::TokenSampling{1.0f, 0, 0.9f},
+          exec::TokenSampling{0.3f, 50, 0.8f}, exec::TokenSampling{2.0f, 7, 1.0f},
+          exec::TokenSampling{1.0f, 0, 0.05f}})
+      for (uint64_t draw = 0; draw < 40; ++draw) {
+        exec::TokenSampling s = setting;
+        s.seed = 5;
+        s.draw = draw;
+        ASSERT_EQ(exec::sampleToken(logits.data(), int64_t(logits.size()), s),
+                  plainRule(logits, s))
+            << "spread " << spread << ", T " << s.temperature << ", top-k " << s.topK
+            << ", top-p " << s.topP << ", draw " << draw;
+        ++compared;
+      }
+  }
+  EXPECT_EQ(compared, 600);
+}
+
+// The uniform numbers stay strictly inside (0, 1): a 1 would give its token
+// infinite noise.
+TEST(SamplerTest, UniformsStayInsideTheOpenInterval) {
+  float lowest = 1, highest = 0;
+  for (int64_t token = 0; token < (int64_t(1) << 22); ++token) {
+    const float u = exec::samplingUniform(3, 9, token);
+    lowest = std::min(lowest, u);
+    highest = std::max(highest, u);
+  }
+  EXPECT_GT(lowest, 0.0f);
+  EXPECT_LT(highest, 1.0f);
+  EXPECT_EQ((float(8388607) + 0.5f) * (1.0f / 8388608.0f) < 1.0f, true);
 }
 
 } // namespace
