@@ -664,6 +664,50 @@ std::string_view valueTypeName(ValueType type) {
   return "unknown";
 }
 
+Value stringValue(std::string text) {
+  Value value;
+  value.type = ValueType::String;
+  value.s = std::move(text);
+  return value;
+}
+Value unsignedValue(uint64_t number, ValueType type) {
+  Value value;
+  value.type = type;
+  value.u = number;
+  return value;
+}
+Value signedValue(int64_t number, ValueType type) {
+  Value value;
+  value.type = type;
+  value.i = number;
+  return value;
+}
+Value realValue(double number, ValueType type) {
+  Value value;
+  value.type = type;
+  value.f = number;
+  return value;
+}
+Value boolValue(bool flag) { return unsignedValue(flag ? 1 : 0, ValueType::Bool); }
+Value stringArrayValue(const std::vector<std::string> &items) {
+  Value value;
+  value.type = ValueType::Array;
+  value.elementType = ValueType::String;
+  value.array.reserve(items.size());
+  for (const std::string &item : items)
+    value.array.push_back(stringValue(item));
+  return value;
+}
+Value int32ArrayValue(const std::vector<int32_t> &items) {
+  Value value;
+  value.type = ValueType::Array;
+  value.elementType = ValueType::Int32;
+  value.array.reserve(items.size());
+  for (int32_t item : items)
+    value.array.push_back(signedValue(item, ValueType::Int32));
+  return value;
+}
+
 bool Value::isInteger() const {
   switch (type) {
   case ValueType::UInt8:

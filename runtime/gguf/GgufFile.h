@@ -67,6 +67,16 @@ struct Value {
   std::string toString(size_t maxElements = 8) const;
 };
 
+// Values built in code (generated files, metadata translated from other
+// formats), each stored as the reader would store it.
+Value stringValue(std::string text);
+Value unsignedValue(uint64_t number, ValueType type = ValueType::UInt32);
+Value signedValue(int64_t number, ValueType type);
+Value realValue(double number, ValueType type = ValueType::Float32); // kept as given
+Value boolValue(bool flag);
+Value stringArrayValue(const std::vector<std::string> &items);
+Value int32ArrayValue(const std::vector<int32_t> &items);
+
 struct KeyValue {
   std::string key;
   Value value;

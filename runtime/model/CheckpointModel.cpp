@@ -29,32 +29,10 @@ using gguf::Value;
 using gguf::ValueType;
 using nlohmann::json;
 
-Value integerValue(int64_t number) {
-  Value value;
-  value.type = ValueType::UInt32;
-  value.u = static_cast<uint64_t>(number);
-  value.i = number;
-  return value;
-}
-Value realValue(double number) {
-  Value value;
-  value.type = ValueType::Float32;
-  value.f = number;
-  return value;
-}
-Value boolValue(bool flag) {
-  Value value;
-  value.type = ValueType::Bool;
-  value.u = flag ? 1 : 0;
-  value.i = flag ? 1 : 0;
-  return value;
-}
-Value stringValue(std::string text) {
-  Value value;
-  value.type = ValueType::String;
-  value.s = std::move(text);
-  return value;
-}
+using gguf::boolValue;
+using gguf::realValue;
+using gguf::stringValue;
+Value integerValue(int64_t number) { return gguf::unsignedValue(uint64_t(number)); }
 
 // Reads config.json keys without exceptions; the first problem is kept.
 class ConfigReader {
@@ -483,7 +461,7 @@ StatusOr<std::unique_ptr<gguf::GgufModel>> openCheckpointModel(const std::string
   int64_t layers = 0;
   for (const KeyValue &entry : *metadata)
     if (entry.key == "deepseek2.block_count")
-      layers = entry.value.i;
+      layers = entry.value.asInt().value_or(0);
   std::vector<TensorInfo> tensors;
   if (Status built = ViewBuilder(*checkpoint, layers).build(tensors); !built.ok())
     return built;

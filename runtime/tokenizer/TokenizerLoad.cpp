@@ -430,31 +430,6 @@ StatusOr<Tokenizer> Tokenizer::fromTokenizerJson(const std::string &path) {
   return Tokenizer(std::move(*impl));
 }
 
-namespace {
-gguf::Value stringValue(std::string text) {
-  gguf::Value value;
-  value.type = gguf::ValueType::String;
-  value.s = std::move(text);
-  return value;
-}
-gguf::Value stringArrayValue(const std::vector<std::string> &items) {
-  gguf::Value value;
-  value.type = gguf::ValueType::Array;
-  value.elementType = gguf::ValueType::String;
-  value.array.reserve(items.size());
-  for (const std::string &item : items)
-    value.array.push_back(stringValue(item));
-  return value;
-}
-gguf::Value integerValue(uint64_t number, gguf::ValueType type) {
-  gguf::Value value;
-  value.type = type;
-  value.u = number;
-  value.i = static_cast<int64_t>(number);
-  return value;
-}
-} // namespace
-
 StatusOr<std::vector<gguf::KeyValue>> ggufMetadataFromTokenizerJson(const std::string &path) {
   StatusOr<VocabularySpec> spec = readTokenizerJsonNoThrow(path);
   if (!spec.ok())
@@ -463,26 +438,21 @@ StatusOr<std::vector<gguf::KeyValue>> ggufMetadataFromTokenizerJson(const std::s
     return Status::error(path + ": the pre-tokenizer's regexes are not DeepSeek-V3's, the only "
                                 "pre-tokenizer supported; use the model's own tokenizer.json.");
   std::vector<gguf::KeyValue> metadata;
-  metadata.push_back({"tokenizer.ggml.model", stringValue("gpt2")});
-  metadata.push_back({"tokenizer.ggml.pre", stringValue("deepseek-v3")});
-  metadata.push_back({"tokenizer.ggml.tokens", stringArrayValue(spec->tokens)});
-  gguf::Value kinds;
-  kinds.type = gguf::ValueType::Array;
-  kinds.elementType = gguf::ValueType::Int32;
+  metadata.push_back({"tokenizer.ggml.model", gguf::stringValue("gpt2")});
+  metadata.push_back({"tokenizer.ggml.pre", gguf::stringValue("deepseek-v3")});
+  metadata.push_back({"tokenizer.ggml.tokens", gguf::stringArrayValue(spec->tokens)});
+  std::vector<int32_t> kinds;
   for (TokenKind kind : spec->kinds)
-    kinds.array.push_back(integerValue(static_cast<uint64_t>(kind), gguf::ValueType::Int32));
-  metadata.push_back({"tokenizer.ggml.token_type", std::move(kinds)});
-  metadata.push_back({"tokenizer.ggml.merges", stringArrayValue(spec->merges)});
+    kinds.push_back(static_cast<int32_t>(kind));
+  metadata.push_back({"tokenizer.ggml.token_type", gguf::int32ArrayValue(kinds)});
+  metadata.push_back({"tokenizer.ggml.merges", gguf::stringArrayValue(spec->merges)});
   if (spec->bos)
-    metadata.push_back(
-        {"tokenizer.ggml.bos_token_id", integerValue(*spec->bos, gguf::ValueType::UInt32)});
+    metadata.push_back({"tokenizer.ggml.bos_token_id", gguf::unsignedValue(*spec->bos)});
   if (spec->eos)
-    metadata.push_back(
-        {"tokenizer.ggml.eos_token_id", integerValue(*spec->eos, gguf::ValueType::UInt32)});
-  metadata.push_back({"tokenizer.ggml.add_bos_token",
-                      integerValue(spec->addBos ? 1 : 0, gguf::ValueType::Bool)});
+    metadata.push_back({"tokenizer.ggml.eos_token_id", gguf::unsignedValue(*spec->eos)});
+  metadata.push_back({"tokenizer.ggml.add_bos_token", gguf::boolValue(spec->addBos)});
   if (!spec->chatTemplate.empty())
-    metadata.push_back({"tokenizer.chat_template", stringValue(spec->chatTemplate)});
+    metadata.push_back({"tokenizer.chat_template", gguf::stringValue(spec->chatTemplate)});
   return metadata;
 }
 

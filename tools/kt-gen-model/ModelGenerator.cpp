@@ -26,54 +26,14 @@ constexpr const char *kArch = "deepseek2";
 
 // ---------------------------------------------------------------- metadata values
 
-Value uintValue(uint64_t v, ValueType type = ValueType::UInt32) {
-  Value value;
-  value.type = type;
-  value.u = v;
-  return value;
-}
-Value intValue(int64_t v, ValueType type) {
-  Value value;
-  value.type = type;
-  value.i = v;
-  return value;
-}
-Value floatValue(double v) {
-  Value value;
-  value.type = ValueType::Float32;
-  value.f = static_cast<float>(v);
-  return value;
-}
-Value boolValue(bool v) {
-  Value value;
-  value.type = ValueType::Bool;
-  value.u = v ? 1 : 0;
-  return value;
-}
-Value stringValue(std::string v) {
-  Value value;
-  value.type = ValueType::String;
-  value.s = std::move(v);
-  return value;
-}
-Value stringArray(const std::vector<std::string> &items) {
-  Value value;
-  value.type = ValueType::Array;
-  value.elementType = ValueType::String;
-  value.array.reserve(items.size());
-  for (const std::string &item : items)
-    value.array.push_back(stringValue(item));
-  return value;
-}
-Value int32Array(const std::vector<int32_t> &items) {
-  Value value;
-  value.type = ValueType::Array;
-  value.elementType = ValueType::Int32;
-  value.array.reserve(items.size());
-  for (int32_t item : items)
-    value.array.push_back(intValue(item, ValueType::Int32));
-  return value;
-}
+using gguf::boolValue;
+using gguf::int32ArrayValue;
+using gguf::signedValue;
+using gguf::stringArrayValue;
+using gguf::stringValue;
+using gguf::unsignedValue;
+// Rounded to the Float32 the file stores.
+Value floatValue(double v) { return gguf::realValue(static_cast<float>(v)); }
 
 // llama.cpp's LLAMA_FTYPE of a file whose bulk (the routed experts) is `type`.
 uint32_t fileTypeOf(GgmlType type) {
@@ -439,75 +399,75 @@ std::vector<KeyValue> buildMetadata(const ModelConfig &c, const Vocabulary &voca
   add("general.architecture", stringValue(kArch));
   add("general.type", stringValue("model"));
   add("general.name", stringValue(c.name));
-  add("general.file_type", uintValue(fileTypeOf(c.types.experts)));
-  add("general.quantization_version", uintValue(2));
+  add("general.file_type", unsignedValue(fileTypeOf(c.types.experts)));
+  add("general.quantization_version", unsignedValue(2));
 
-  add(arch("block_count"), uintValue(c.layerCount));
-  add(arch("context_length"), uintValue(c.contextLength));
-  add(arch("embedding_length"), uintValue(c.hiddenSize));
-  add(arch("feed_forward_length"), uintValue(c.denseFfnSize));
-  add(arch("attention.head_count"), uintValue(c.headCount));
+  add(arch("block_count"), unsignedValue(c.layerCount));
+  add(arch("context_length"), unsignedValue(c.contextLength));
+  add(arch("embedding_length"), unsignedValue(c.hiddenSize));
+  add(arch("feed_forward_length"), unsignedValue(c.denseFfnSize));
+  add(arch("attention.head_count"), unsignedValue(c.headCount));
   // Since the attn_k_b/attn_v_b split the converter stores MLA as
   // multi-query attention over the compressed latent (one KV head); older
   // joint files kept the config's num_key_value_heads, which equals the head
   // count, and llama.cpp sizes their (decompressed) KV cache by it.
   add(arch("attention.head_count_kv"),
-      uintValue(c.attention == AttentionLayout::Joint ? c.headCount : 1));
+      unsignedValue(c.attention == AttentionLayout::Joint ? c.headCount : 1));
   add(arch("rope.freq_base"), floatValue(c.ropeFreqBase));
   add(arch("attention.layer_norm_rms_epsilon"), floatValue(c.rmsNormEps));
-  add(arch("expert_used_count"), uintValue(c.expertsUsed));
-  add(arch("expert_group_count"), uintValue(c.expertGroupCount));
-  add(arch("expert_group_used_count"), uintValue(c.expertGroupsUsed));
-  add(arch("expert_gating_func"), uintValue(static_cast<uint32_t>(c.gating)));
-  add(arch("leading_dense_block_count"), uintValue(c.denseLayerCount));
-  add(arch("vocab_size"), uintValue(vocab.tokens.size()));
+  add(arch("expert_used_count"), unsignedValue(c.expertsUsed));
+  add(arch("expert_group_count"), unsignedValue(c.expertGroupCount));
+  add(arch("expert_group_used_count"), unsignedValue(c.expertGroupsUsed));
+  add(arch("expert_gating_func"), unsignedValue(static_cast<uint32_t>(c.gating)));
+  add(arch("leading_dense_block_count"), unsignedValue(c.denseLayerCount));
+  add(arch("vocab_size"), unsignedValue(vocab.tokens.size()));
   // The converter omits q_lora_rank for models without query compression,
   // but llama.cpp then only loads them at 26 or 27 layers; 0 says the same
   // thing and loads at any depth.
-  add(arch("attention.q_lora_rank"), uintValue(c.qLoraRank));
-  add(arch("attention.kv_lora_rank"), uintValue(c.kvLoraRank));
+  add(arch("attention.q_lora_rank"), unsignedValue(c.qLoraRank));
+  add(arch("attention.kv_lora_rank"), unsignedValue(c.kvLoraRank));
   if (c.attention == AttentionLayout::Joint) {
     // Files from before the attn_k_b/attn_v_b split describe the
     // decompressed multi-head attention.
-    add(arch("attention.key_length"), uintValue(c.qkNopeHeadDim + c.qkRopeHeadDim));
-    add(arch("attention.value_length"), uintValue(c.vHeadDim));
+    add(arch("attention.key_length"), unsignedValue(c.qkNopeHeadDim + c.qkRopeHeadDim));
+    add(arch("attention.value_length"), unsignedValue(c.vHeadDim));
   } else {
     // Since the split, key/value_length describe the latent (MQA) form and
     // the *_mla keys the decompressed heads; their presence tells llama.cpp
     // to load attn_k_b/attn_v_b.
-    add(arch("attention.key_length"), uintValue(c.kvLoraRank + c.qkRopeHeadDim));
-    add(arch("attention.value_length"), uintValue(c.kvLoraRank));
-    add(arch("attention.key_length_mla"), uintValue(c.qkNopeHeadDim + c.qkRopeHeadDim));
-    add(arch("attention.value_length_mla"), uintValue(c.vHeadDim));
+    add(arch("attention.key_length"), unsignedValue(c.kvLoraRank + c.qkRopeHeadDim));
+    add(arch("attention.value_length"), unsignedValue(c.kvLoraRank));
+    add(arch("attention.key_length_mla"), unsignedValue(c.qkNopeHeadDim + c.qkRopeHeadDim));
+    add(arch("attention.value_length_mla"), unsignedValue(c.vHeadDim));
   }
-  add(arch("expert_feed_forward_length"), uintValue(c.expertFfnSize));
-  add(arch("expert_count"), uintValue(c.expertCount));
-  add(arch("expert_shared_count"), uintValue(c.sharedExpertCount));
+  add(arch("expert_feed_forward_length"), unsignedValue(c.expertFfnSize));
+  add(arch("expert_count"), unsignedValue(c.expertCount));
+  add(arch("expert_shared_count"), unsignedValue(c.sharedExpertCount));
   add(arch("expert_weights_scale"), floatValue(c.routedScalingFactor));
   add(arch("expert_weights_norm"), boolValue(c.normTopkProb));
-  add(arch("rope.dimension_count"), uintValue(c.qkRopeHeadDim));
+  add(arch("rope.dimension_count"), unsignedValue(c.qkRopeHeadDim));
   if (c.yarnFactor > 1.0) {
     add(arch("rope.scaling.type"), stringValue("yarn"));
     add(arch("rope.scaling.factor"), floatValue(c.yarnFactor));
-    add(arch("rope.scaling.original_context_length"), uintValue(c.yarnOriginalContext));
+    add(arch("rope.scaling.original_context_length"), unsignedValue(c.yarnOriginalContext));
     add(arch("rope.scaling.yarn_log_multiplier"), floatValue(c.yarnLogMultiplier));
   }
 
   add("tokenizer.ggml.model", stringValue(vocab.model));
   add("tokenizer.ggml.pre", stringValue(vocab.pre));
-  add("tokenizer.ggml.tokens", stringArray(vocab.tokens));
+  add("tokenizer.ggml.tokens", stringArrayValue(vocab.tokens));
   std::vector<int32_t> types;
   types.reserve(vocab.tokenTypes.size());
   for (TokenType type : vocab.tokenTypes)
     types.push_back(static_cast<int32_t>(type));
-  add("tokenizer.ggml.token_type", int32Array(types));
-  add("tokenizer.ggml.merges", stringArray(vocab.merges));
+  add("tokenizer.ggml.token_type", int32ArrayValue(types));
+  add("tokenizer.ggml.merges", stringArrayValue(vocab.merges));
   if (vocab.bosId)
-    add("tokenizer.ggml.bos_token_id", uintValue(*vocab.bosId));
+    add("tokenizer.ggml.bos_token_id", unsignedValue(*vocab.bosId));
   if (vocab.eosId)
-    add("tokenizer.ggml.eos_token_id", uintValue(*vocab.eosId));
+    add("tokenizer.ggml.eos_token_id", unsignedValue(*vocab.eosId));
   if (vocab.padId)
-    add("tokenizer.ggml.padding_token_id", uintValue(*vocab.padId));
+    add("tokenizer.ggml.padding_token_id", unsignedValue(*vocab.padId));
   if (vocab.addBos)
     add("tokenizer.ggml.add_bos_token", boolValue(*vocab.addBos));
   if (vocab.addEos)
@@ -841,10 +801,10 @@ StatusOr<WriteResult> writeModel(const ModelPlan &plan, const WriteOptions &opti
     if (split) {
       // As llama.cpp's gguf-split: all metadata in the first part, the split
       // keys in every part.
-      metadata.push_back({"split.no", uintValue(f, ValueType::UInt16)});
-      metadata.push_back({"split.count", uintValue(fileCount, ValueType::UInt16)});
+      metadata.push_back({"split.no", unsignedValue(f, ValueType::UInt16)});
+      metadata.push_back({"split.count", unsignedValue(fileCount, ValueType::UInt16)});
       metadata.push_back({"split.tensors.count",
-                          intValue(static_cast<int64_t>(plan.tensors.size()), ValueType::Int32)});
+                          signedValue(static_cast<int64_t>(plan.tensors.size()), ValueType::Int32)});
     }
     std::vector<gguf::TensorDeclaration> declarations;
     for (size_t i : tensorsOfFile[f])
