@@ -22,19 +22,7 @@ argmax(const float *__restrict__ logits, int *__restrict__ ids) {
       best = row[i];
       bestIndex = i;
     }
-  kt::warpArgmax(best, bestIndex);
-  if (threadIdx.x % 32 == 0) {
-    values[threadIdx.x / 32] = best;
-    indices[threadIdx.x / 32] = bestIndex;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    // Thread 0 holds warp 0's result; compare with the other warps'.
-    for (int w = 1; w < BLOCK_THREADS / 32; ++w)
-      if (values[w] > best || (values[w] == best && indices[w] < bestIndex)) {
-        best = values[w];
-        bestIndex = indices[w];
-      }
+  kt::blockArgmax<BLOCK_THREADS>(best, bestIndex, values, indices);
+  if (threadIdx.x == 0)
     ids[blockIdx.x] = bestIndex;
-  }
 }

@@ -51,6 +51,26 @@ __device__ __forceinline__ void warpArgmax(float &value, int &index) {
   }
 }
 
+// The (value, index) of the block's largest value, the lower index on ties,
+// in thread 0 (the other threads hold partial results). `values` and
+// `indices` hold one entry per warp; kThreads must be a multiple of 32.
+template <int kThreads>
+__device__ __forceinline__ void blockArgmax(float &value, int &index, float *values,
+                                            int *indices) {
+  warpArgmax(value, index);
+  if (threadIdx.x % 32 == 0) {
+    values[threadIdx.x / 32] = value;
+    indices[threadIdx.x / 32] = index;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0)
+    for (int w = 1; w < kThreads / 32; ++w)
+      if (values[w] > value || (values[w] == value && indices[w] < index)) {
+        value = values[w];
+        index = indices[w];
+      }
+}
+
 // Sum over the block; every thread gets the result. `scratch` holds one float
 // per warp. kThreads must be a multiple of 32.
 template <int kThreads>

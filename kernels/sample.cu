@@ -158,18 +158,7 @@ sample_rows(const float *__restrict__ logits, const SampleParams *__restrict__ p
       bestIndex = i;
     }
   }
-  kt::warpArgmax(best, bestIndex);
-  if (threadIdx.x % 32 == 0) {
-    scratch[threadIdx.x / 32] = best;
-    indices[threadIdx.x / 32] = bestIndex;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    for (int w = 1; w < BLOCK_THREADS / 32; ++w)
-      if (scratch[w] > best || (scratch[w] == best && indices[w] < bestIndex)) {
-        best = scratch[w];
-        bestIndex = indices[w];
-      }
+  kt::blockArgmax<BLOCK_THREADS>(best, bestIndex, scratch, indices);
+  if (threadIdx.x == 0)
     ids[blockIdx.x] = bestIndex;
-  }
 }

@@ -558,13 +558,8 @@ public:
                               size_t((cols + block - 1) / block) * sizeof(float);
     w.out = rows;
     w.in = cols;
-    StatusOr<const Kernel *> k = m_.kernel(gemvFp8Spec(rows, cols), b_.where() + " (" + role + ")");
-    if (!k) {
-      b_.fail("cannot multiply '" + role + "' on the GPU: " + k.message());
+    if (!findFp8Gemv(role, w))
       return w;
-    }
-    w.kernel = w.tiled = *k;
-    w.blocks = w.tiledBlocks = ceilDiv(rows, kGemvRowsPerBlock);
     StatusOr<DevicePointer> data = m_.upload(tensor->fp8->values[0], valueBytes);
     StatusOr<DevicePointer> scales = m_.upload(tensor->fp8->scales[0], scaleBytes);
     if (!data || !scales) {
@@ -586,6 +581,21 @@ public:
       }
     }
     return w;
+  }
+
+  // The FP8 GEMV of `w` (w.out x w.in; by expert id for stacked experts):
+  // decode's, and prefill's without a GEMM. False on errors, which fail the
+  // binding.
+  bool findFp8Gemv(const std::string &role, GpuMatrix &w) {
+    StatusOr<const Kernel *> k =
+        m_.kernel(gemvFp8Spec(w.out, w.in), b_.where() + " (" + role + ")");
+    if (!k) {
+      b_.fail("cannot multiply '" + role + "' on the GPU: " + k.message());
+      return false;
+    }
+    w.kernel = w.tiled = *k;
+    w.blocks = w.tiledBlocks = ceilDiv(w.out, kGemvRowsPerBlock);
+    return true;
   }
 
   // A routed-experts matrix of a checkpoint: every expert's e4m3 [rows][cols]
@@ -628,13 +638,8 @@ public:
     w.in = cols;
     w.heads = topK;
     w.type = gguf::GgmlType::F8_E4M3_B128;
-    StatusOr<const Kernel *> k = m_.kernel(gemvFp8Spec(rows, cols), b_.where() + " (" + role + ")");
-    if (!k) {
-      b_.fail("cannot multiply '" + role + "' on the GPU: " + k.message());
+    if (!findFp8Gemv(role, w))
       return w;
-    }
-    w.kernel = w.tiled = *k;
-    w.blocks = w.tiledBlocks = ceilDiv(rows, kGemvRowsPerBlock);
     StatusOr<Fp8GemmConfig> config = fp8GemmConfig(rows);
     StatusOr<KernelSpec> grouped =
         config ? gemmFp8GroupedSpec(rows, cols, *config) : StatusOr<KernelSpec>(config.status());

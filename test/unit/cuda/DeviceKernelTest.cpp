@@ -89,6 +89,12 @@ std::vector<float> packRows(const std::vector<float> &strided, int64_t rows, int
 }
 
 // Parameter: true = CUBIN for the GPU's own arch, false = PTX (compute_XY).
+// An MLA case's queries, cache and context on the GPU.
+struct MlaBuffers {
+  DevicePointer qLatent = 0, qRope = 0, latent = 0, ropeKey = 0, context = 0;
+  size_t contextFloats = 0;
+};
+
 class GpuKernels : public ::testing::TestWithParam<bool> {
 protected:
   void SetUp() override {
@@ -135,6 +141,17 @@ protected:
     EXPECT_TRUE(p.ok()) << p.message();
     allocations.push_back(*p);
     return *p;
+  }
+  // MlaCase's vectors uploaded, and room for `tokens` tokens' context.
+  template <typename MlaCase> MlaBuffers uploadMla(const MlaCase &c, int tokens) {
+    MlaBuffers m;
+    m.qLatent = upload(c.qLatent.data(), c.qLatent.size() * 4);
+    m.qRope = upload(c.qRope.data(), c.qRope.size() * 4);
+    m.latent = upload(c.latent.data(), c.latent.size() * 4);
+    m.ropeKey = upload(c.ropeKey.data(), c.ropeKey.size() * 4);
+    m.contextFloats = size_t(tokens * c.heads * c.kvLora);
+    m.context = allocate(m.contextFloats * 4);
+    return m;
   }
   std::vector<float> download(DevicePointer p, size_t count) {
     std::vector<float> out(count);
@@ -557,6 +574,15 @@ struct MlaCase {
   int64_t heads = 16, kvLora = 512, ropeDims = 64;
   float scale = 0.1352f;
   std::vector<float> qLatent, qRope, latent, ropeKey;
+  // Random queries for `tokens` tokens and a cache for the last of them
+  // (firstPositions + tokens - 1 positions), from seeds seed .. seed + 3.
+  void randomize(int tokens, int firstPositions, uint32_t seed) {
+    const size_t cached = size_t(firstPositions + tokens - 1);
+    qLatent = randomFloats(size_t(tokens * heads * kvLora), -0.2f, 0.2f, seed);
+    qRope = randomFloats(size_t(tokens * heads * ropeDims), -1, 1, seed + 1);
+    latent = randomFloats(cached * size_t(kvLora), -1, 1, seed + 2);
+    ropeKey = randomFloats(cached * size_t(ropeDims), -1, 1, seed + 3);
+  }
   // context[t][h] for token t seeing firstPositions + t positions.
   std::vector<double> expected(int tokens, int firstPositions) const {
     std::vector<double> out(size_t(tokens * heads * kvLora), 0.0);
@@ -596,17 +622,11 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
                  std::to_string(shape.firstPositions));
     MlaCase c;
     const int cached = shape.firstPositions + shape.tokens - 1;
-    c.qLatent = randomFloats(shape.tokens * c.heads * c.kvLora, -0.2f, 0.2f, 21);
-    c.qRope = randomFloats(shape.tokens * c.heads * c.ropeDims, -1, 1, 22);
-    c.latent = randomFloats(size_t(cached) * c.kvLora, -1, 1, 23);
-    c.ropeKey = randomFloats(size_t(cached) * c.ropeDims, -1, 1, 24);
+    c.randomize(shape.tokens, shape.firstPositions, 21);
     const std::vector<double> expected = c.expected(shape.tokens, shape.firstPositions);
-    DevicePointer dq = upload(c.qLatent.data(), c.qLatent.size() * 4);
-    DevicePointer dr = upload(c.qRope.data(), c.qRope.size() * 4);
-    DevicePointer dl = upload(c.latent.data(), c.latent.size() * 4);
-    DevicePointer dk = upload(c.ropeKey.data(), c.ropeKey.size() * 4);
-    const size_t contextFloats = size_t(shape.tokens * c.heads * c.kvLora);
-    DevicePointer dc = allocate(contextFloats * 4);
+    MlaBuffers m = uploadMla(c, shape.tokens);
+    DevicePointer dq = m.qLatent, dr = m.qRope, dl = m.latent, dk = m.ropeKey, dc = m.context;
+    const size_t contextFloats = m.contextFloats;
     int headStride = int(c.ropeDims), tokenStride = int(c.heads * c.ropeDims);
 
     auto prefill = mlaPrefillSpec(c.kvLora, c.ropeDims, c.scale, c.heads);
@@ -664,18 +684,11 @@ TEST_P(GpuKernels, MlaPrefillOnTensorCoresMatchesTheDoubleReference) {
     c.heads = shape.heads;
     c.kvLora = shape.kvLora;
     c.ropeDims = shape.ropeDims;
-    const int cached = shape.firstPositions + shape.tokens - 1;
-    c.qLatent = randomFloats(shape.tokens * c.heads * c.kvLora, -0.2f, 0.2f, 25);
-    c.qRope = randomFloats(shape.tokens * c.heads * c.ropeDims, -1, 1, 26);
-    c.latent = randomFloats(size_t(cached) * c.kvLora, -1, 1, 27);
-    c.ropeKey = randomFloats(size_t(cached) * c.ropeDims, -1, 1, 28);
+    c.randomize(shape.tokens, shape.firstPositions, 25);
     const std::vector<double> expected = c.expected(shape.tokens, shape.firstPositions);
-    DevicePointer dq = upload(c.qLatent.data(), c.qLatent.size() * 4);
-    DevicePointer dr = upload(c.qRope.data(), c.qRope.size() * 4);
-    DevicePointer dl = upload(c.latent.data(), c.latent.size() * 4);
-    DevicePointer dk = upload(c.ropeKey.data(), c.ropeKey.size() * 4);
-    const size_t contextFloats = size_t(shape.tokens * c.heads * c.kvLora);
-    DevicePointer dc = allocate(contextFloats * 4);
+    MlaBuffers m = uploadMla(c, shape.tokens);
+    DevicePointer dq = m.qLatent, dr = m.qRope, dl = m.latent, dk = m.ropeKey, dc = m.context;
+    const size_t contextFloats = m.contextFloats;
     int headStride = int(c.ropeDims), tokenStride = int(c.heads * c.ropeDims);
     auto spec = mlaPrefillMmaSpec(c.kvLora, c.ropeDims, c.scale, c.heads);
     ASSERT_TRUE(spec.ok()) << spec.message();

@@ -831,6 +831,70 @@ TEST(HybridExecutor, Fp8Bf16GemmOfAComputePtxPlanIsNearTheGemv) {
   EXPECT_GE(agree, prompt.size() * 9 / 10);
 }
 
+// The checkpoint alone as the model: opened, and compiled with `rules` for
+// `target` (`flags` appended) into `planPath`.
+void buildCheckpointModel(const std::string &checkpoint, const std::string &planPath,
+                          const std::string &rules, const std::string &target,
+                          const std::string &flags, TestModel &m) {
+  StatusOr<std::unique_ptr<gguf::GgufModel>> view = model::openModel(checkpoint);
+  ASSERT_TRUE(view.ok()) << view.message();
+  m.model = std::move(*view);
+  m.planPath = planPath;
+  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan("--fp8-path '" + checkpoint + "'", planPath,
+                                                 rules, target, flags));
+  StatusOr<plan::Plan> read = plan::readPlan(planPath);
+  ASSERT_TRUE(read.ok()) << read.message();
+  m.plan = std::move(*read);
+}
+
+// The checkpoint model's GGUF twin: its values written as `weights` says to
+// `name`.gguf beside the checkpoint, with the checkpoint for its projections
+// (--fp8-path), compiled like it.
+void buildGgufTwin(const TestModel &alone, const std::string &checkpoint, const std::string &name,
+                   cpu::test::CheckpointWeights weights, const std::string &rules,
+                   const std::string &target, TestModel &twin) {
+  twin.ggufPath =
+      cpu::test::writeCheckpointAsGguf(*alone.model, checkpoint + "." + name + ".gguf", weights);
+  twin.planPath = checkpoint + "." + name + ".plan";
+  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan(
+      "--gguf-path '" + twin.ggufPath + "' --fp8-path '" + checkpoint + "'", twin.planPath, rules,
+      target));
+  StatusOr<std::unique_ptr<gguf::GgufModel>> model = gguf::GgufModel::open(twin.ggufPath);
+  ASSERT_TRUE(model.ok()) << model.message();
+  twin.model = std::move(*model);
+  StatusOr<plan::Plan> read = plan::readPlan(twin.planPath);
+  ASSERT_TRUE(read.ok()) << read.message();
+  twin.plan = std::move(*read);
+}
+
+// Prefill of `prompt` (every position), then `steps` greedy decode steps fed
+// from `b`'s choices: the relative L2 of `a`'s logits against `b`'s, in
+// prefill and at the worst decode step, and `a`'s prefill logits. With
+// `sameTokens`, their top tokens must agree at every decode step.
+struct RunDifference {
+  double prefill = 0, decode = 0;
+  std::vector<float> prefillLogits;
+};
+void compareRuns(exec::Executor &a, exec::Executor &b, const std::vector<int32_t> &prompt,
+                 int steps, bool sameTokens, RunDifference &out) {
+  StatusOr<std::vector<float>> x = a.forward(prompt, true), y = b.forward(prompt, true);
+  ASSERT_TRUE(x.ok()) << x.message();
+  ASSERT_TRUE(y.ok()) << y.message();
+  out.prefill = cpu::test::relativeL2(*x, *y);
+  out.prefillLogits = *x;
+  const int64_t vocab = b.vocabSize();
+  int32_t next = argmax(*y, prompt.size() - 1, vocab);
+  for (int step = 0; step < steps; ++step) {
+    x = a.forward({next});
+    y = b.forward({next});
+    ASSERT_TRUE(x.ok() && y.ok());
+    out.decode = std::max(out.decode, cpu::test::relativeL2(*x, *y));
+    if (sameTokens)
+      ASSERT_EQ(argmax(*x, 0, vocab), argmax(*y, 0, vocab)) << "decode step " << step;
+    next = argmax(*y, 0, vocab);
+  }
+}
+
 // A native FP8 checkpoint alone as the model (ktc compile --fp8-path only):
 // FP8 projections on the GPU from its e4m3 weights, experts and kv_b_proj
 // converted to q8_0 at load. The reference is the GGUF model holding those
@@ -844,49 +908,20 @@ TEST(HybridExecutor, CheckpointModelRunsLikeItsGgufWithTheSameCheckpoint) {
   const std::string checkpoint = gguf.ggufPath + ".fp8";
   const std::string rules = "rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml";
   TestModel alone, combined;
-  StatusOr<std::unique_ptr<gguf::GgufModel>> view = model::openModel(checkpoint);
-  ASSERT_TRUE(view.ok()) << view.message();
-  alone.model = std::move(*view);
-  alone.planPath = checkpoint + ".alone.plan";
-  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan("--fp8-path '" + checkpoint + "'",
-                                                 alone.planPath, rules, targetGpu()));
-  combined.ggufPath = cpu::test::writeCheckpointAsGguf(
-      *alone.model, checkpoint + ".q8_0.gguf", cpu::test::CheckpointWeights::Q8_0Copies);
-  combined.planPath = checkpoint + ".combined.plan";
-  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan("--gguf-path '" + combined.ggufPath +
-                                                     "' --fp8-path '" + checkpoint + "'",
-                                                 combined.planPath, rules, targetGpu()));
-  StatusOr<std::unique_ptr<gguf::GgufModel>> q8 = gguf::GgufModel::open(combined.ggufPath);
-  ASSERT_TRUE(q8.ok()) << q8.message();
-  combined.model = std::move(*q8);
-  for (TestModel *m : {&alone, &combined}) {
-    StatusOr<plan::Plan> read = plan::readPlan(m->planPath);
-    ASSERT_TRUE(read.ok()) << read.message();
-    m->plan = std::move(*read);
-  }
+  ASSERT_NO_FATAL_FAILURE(
+      buildCheckpointModel(checkpoint, checkpoint + ".alone.plan", rules, targetGpu(), "", alone));
+  ASSERT_NO_FATAL_FAILURE(buildGgufTwin(alone, checkpoint, "q8_0",
+                                        cpu::test::CheckpointWeights::Q8_0Copies, rules,
+                                        targetGpu(), combined));
   std::unique_ptr<exec::Executor> a = open(alone), b = open(combined);
   ASSERT_TRUE(a && b);
-  const std::vector<int32_t> prompt = cpu::test::sampleTokens(100, 5);
-  StatusOr<std::vector<float>> x = a->forward(prompt, true), y = b->forward(prompt, true);
-  ASSERT_TRUE(x.ok()) << x.message();
-  ASSERT_TRUE(y.ok()) << y.message();
-  const double prefill = cpu::test::relativeL2(*x, *y);
-  const int64_t vocab = b->vocabSize();
-  int32_t next = argmax(*y, prompt.size() - 1, vocab);
-  double decode = 0;
-  for (int step = 0; step < 6; ++step) {
-    x = a->forward({next});
-    y = b->forward({next});
-    ASSERT_TRUE(x.ok() && y.ok());
-    decode = std::max(decode, cpu::test::relativeL2(*x, *y));
-    ASSERT_EQ(argmax(*x, 0, vocab), argmax(*y, 0, vocab)) << "decode step " << step;
-    next = argmax(*y, 0, vocab);
-  }
+  RunDifference d;
+  ASSERT_NO_FATAL_FAILURE(compareRuns(*a, *b, cpu::test::sampleTokens(100, 5), 6, true, d));
   std::printf("[ gpu      ] checkpoint model against its GGUF + --fp8-path twin: prefill %.2e, "
               "decode %.2e\n",
-              prefill, decode);
-  EXPECT_LE(prefill, 1e-6);
-  EXPECT_LE(decode, 1e-6);
+              d.prefill, d.decode);
+  EXPECT_LE(d.prefill, 1e-6);
+  EXPECT_LE(d.decode, 1e-6);
 }
 
 // The FP8-linear rules with the routed experts on cuda:0, beside `prefix`.
@@ -920,28 +955,11 @@ TEST(HybridExecutor, Fp8GpuExpertsMatchTheirExactValues) {
   const std::string checkpoint = gguf.ggufPath + ".fp8";
   const std::string rulesPath = writeGpuExpertRules(checkpoint);
   TestModel alone, exact;
-  StatusOr<std::unique_ptr<gguf::GgufModel>> view = model::openModel(checkpoint);
-  ASSERT_TRUE(view.ok()) << view.message();
-  alone.model = std::move(*view);
-  alone.planPath = checkpoint + ".gpu-experts.plan";
-  ASSERT_NO_FATAL_FAILURE(
-      cpu::test::compilePlan("--fp8-path '" + checkpoint + "'", alone.planPath, rulesPath,
-                             targetGpu()));
-  exact.ggufPath = cpu::test::writeCheckpointAsGguf(
-      *alone.model, checkpoint + ".f32-experts.gguf",
-      cpu::test::CheckpointWeights::Q8_0CopiesF32Experts);
-  exact.planPath = checkpoint + ".f32-experts.plan";
-  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan(
-      "--gguf-path '" + exact.ggufPath + "' --fp8-path '" + checkpoint + "'", exact.planPath,
-      rulesPath, targetGpu()));
-  StatusOr<std::unique_ptr<gguf::GgufModel>> f32 = gguf::GgufModel::open(exact.ggufPath);
-  ASSERT_TRUE(f32.ok()) << f32.message();
-  exact.model = std::move(*f32);
-  for (TestModel *m : {&alone, &exact}) {
-    StatusOr<plan::Plan> read = plan::readPlan(m->planPath);
-    ASSERT_TRUE(read.ok()) << read.message();
-    m->plan = std::move(*read);
-  }
+  ASSERT_NO_FATAL_FAILURE(buildCheckpointModel(checkpoint, checkpoint + ".gpu-experts.plan",
+                                               rulesPath, targetGpu(), "", alone));
+  ASSERT_NO_FATAL_FAILURE(buildGgufTwin(alone, checkpoint, "f32-experts",
+                                        cpu::test::CheckpointWeights::Q8_0CopiesF32Experts,
+                                        rulesPath, targetGpu(), exact));
   ASSERT_TRUE(std::any_of(alone.plan.kernelSpecializations.begin(),
                           alone.plan.kernelSpecializations.end(),
                           [](const plan::KernelSpecialization &k) {
@@ -953,33 +971,21 @@ TEST(HybridExecutor, Fp8GpuExpertsMatchTheirExactValues) {
                                   grouped = open(alone);
   ASSERT_TRUE(a && b && grouped);
   const std::vector<int32_t> prompt = cpu::test::sampleTokens(150, 9);
-  StatusOr<std::vector<float>> x = a->forward(prompt, true), y = b->forward(prompt, true),
-                               z = grouped->forward(prompt, true);
-  ASSERT_TRUE(x.ok()) << x.message();
-  ASSERT_TRUE(y.ok()) << y.message();
+  RunDifference d;
+  ASSERT_NO_FATAL_FAILURE(compareRuns(*a, *b, prompt, 6, true, d));
+  StatusOr<std::vector<float>> z = grouped->forward(prompt, true);
   ASSERT_TRUE(z.ok()) << z.message();
-  const double prefill = cpu::test::relativeL2(*x, *y);
-  const double groupedPrefill = cpu::test::relativeL2(*z, *x);
+  const double groupedPrefill = cpu::test::relativeL2(*z, d.prefillLogits);
   const int64_t vocab = b->vocabSize();
   size_t agree = 0;
   for (size_t row = 0; row < prompt.size(); ++row)
-    agree += argmax(*z, row, vocab) == argmax(*x, row, vocab);
-  int32_t next = argmax(*y, prompt.size() - 1, vocab);
-  double decode = 0;
-  for (int step = 0; step < 6; ++step) {
-    x = a->forward({next});
-    y = b->forward({next});
-    ASSERT_TRUE(x.ok() && y.ok());
-    decode = std::max(decode, cpu::test::relativeL2(*x, *y));
-    ASSERT_EQ(argmax(*x, 0, vocab), argmax(*y, 0, vocab)) << "decode step " << step;
-    next = argmax(*y, 0, vocab);
-  }
+    agree += argmax(*z, row, vocab) == argmax(d.prefillLogits, row, vocab);
   std::printf("[ gpu      ] FP8 experts on the GPU against their f32 values: prefill %.2e, "
               "decode %.2e; grouped GEMM prefill against the GEMV %.2e, same top token at %zu "
               "of %zu positions\n",
-              prefill, decode, groupedPrefill, agree, prompt.size());
-  EXPECT_LE(prefill, 1e-5);
-  EXPECT_LE(decode, 1e-5);
+              d.prefill, d.decode, groupedPrefill, agree, prompt.size());
+  EXPECT_LE(d.prefill, 1e-5);
+  EXPECT_LE(d.decode, 1e-5);
   EXPECT_GT(groupedPrefill, 1e-6); // the activations were quantized: the GEMM ran
   EXPECT_LE(groupedPrefill, 0.25);
   EXPECT_GE(agree, prompt.size() * 7 / 10);
@@ -998,48 +1004,20 @@ TEST(HybridExecutor, Fp8GpuExpertsWithoutWgmmaRunTheirQ8_0Copies) {
   const std::string checkpoint = gguf.ggufPath + ".fp8";
   const std::string rulesPath = writeGpuExpertRules(checkpoint);
   TestModel alone, copies;
-  StatusOr<std::unique_ptr<gguf::GgufModel>> view = model::openModel(checkpoint);
-  ASSERT_TRUE(view.ok()) << view.message();
-  alone.model = std::move(*view);
-  alone.planPath = checkpoint + ".ampere-experts.plan";
-  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan("--fp8-path '" + checkpoint + "'",
-                                                 alone.planPath, rulesPath, "compute_80:80GiB"));
-  copies.ggufPath = cpu::test::writeCheckpointAsGguf(*alone.model, checkpoint + ".q8_0.gguf",
-                                                     cpu::test::CheckpointWeights::Q8_0Copies);
-  copies.planPath = checkpoint + ".ampere-copies.plan";
-  ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan(
-      "--gguf-path '" + copies.ggufPath + "' --fp8-path '" + checkpoint + "'", copies.planPath,
-      rulesPath, "compute_80:80GiB"));
-  StatusOr<std::unique_ptr<gguf::GgufModel>> q8 = gguf::GgufModel::open(copies.ggufPath);
-  ASSERT_TRUE(q8.ok()) << q8.message();
-  copies.model = std::move(*q8);
-  for (TestModel *m : {&alone, &copies}) {
-    StatusOr<plan::Plan> read = plan::readPlan(m->planPath);
-    ASSERT_TRUE(read.ok()) << read.message();
-    m->plan = std::move(*read);
-  }
+  ASSERT_NO_FATAL_FAILURE(buildCheckpointModel(checkpoint, checkpoint + ".ampere-experts.plan",
+                                               rulesPath, "compute_80:80GiB", "", alone));
+  ASSERT_NO_FATAL_FAILURE(buildGgufTwin(alone, checkpoint, "ampere-copies",
+                                        cpu::test::CheckpointWeights::Q8_0Copies, rulesPath,
+                                        "compute_80:80GiB", copies));
   std::unique_ptr<exec::Executor> a = open(alone), b = open(copies);
   ASSERT_TRUE(a && b);
-  const std::vector<int32_t> prompt = cpu::test::sampleTokens(60, 4);
-  StatusOr<std::vector<float>> x = a->forward(prompt, true), y = b->forward(prompt, true);
-  ASSERT_TRUE(x.ok()) << x.message();
-  ASSERT_TRUE(y.ok()) << y.message();
-  const double prefill = cpu::test::relativeL2(*x, *y);
-  const int64_t vocab = b->vocabSize();
-  int32_t next = argmax(*y, prompt.size() - 1, vocab);
-  double decode = 0;
-  for (int step = 0; step < 4; ++step) {
-    x = a->forward({next});
-    y = b->forward({next});
-    ASSERT_TRUE(x.ok() && y.ok());
-    decode = std::max(decode, cpu::test::relativeL2(*x, *y));
-    next = argmax(*y, 0, vocab);
-  }
+  RunDifference d;
+  ASSERT_NO_FATAL_FAILURE(compareRuns(*a, *b, cpu::test::sampleTokens(60, 4), 4, false, d));
   std::printf("[ gpu      ] FP8 experts as q8_0 copies on a compute_80 plan against the GGUF "
               "twin: prefill %.2e, decode %.2e\n",
-              prefill, decode);
-  EXPECT_LE(prefill, 1e-6);
-  EXPECT_LE(decode, 1e-6);
+              d.prefill, d.decode);
+  EXPECT_LE(d.prefill, 1e-6);
+  EXPECT_LE(d.decode, 1e-6);
 }
 
 // A checkpoint's CPU-placed FP8 experts in the GPU expert cache: the cache
@@ -1053,39 +1031,21 @@ TEST(HybridExecutor, ExpertCacheHoldsFp8ExpertsAsQ8_0Copies) {
   buildFp8Plan("tiny-fp8-cache", gguf, unused);
   const std::string checkpoint = gguf.ggufPath + ".fp8";
   const std::string rules = "rules/DeepSeek-V3-Chat-fp8-linear-ggml-experts.yaml";
-  ModelPair pair; // gpu: with the cache; cpu: the same plan without it
-  for (auto [m, flags, name] :
-       {std::tuple<TestModel *, std::string, std::string>{
-            &pair.gpu, "--f32-cpu-experts --gpu-expert-cache 256MiB", ".cache.plan"},
-        {&pair.cpu, "--f32-cpu-experts", ".nocache.plan"}}) {
-    StatusOr<std::unique_ptr<gguf::GgufModel>> view = model::openModel(checkpoint);
-    ASSERT_TRUE(view.ok()) << view.message();
-    m->model = std::move(*view);
-    m->planPath = checkpoint + name;
-    ASSERT_NO_FATAL_FAILURE(cpu::test::compilePlan("--fp8-path '" + checkpoint + "'",
-                                                   m->planPath, rules, targetGpu(), flags));
-    StatusOr<plan::Plan> read = plan::readPlan(m->planPath);
-    ASSERT_TRUE(read.ok()) << read.message();
-    m->plan = std::move(*read);
-  }
+  TestModel withCache, withoutCache;
+  ASSERT_NO_FATAL_FAILURE(buildCheckpointModel(checkpoint, checkpoint + ".cache.plan", rules,
+                                               targetGpu(),
+                                               "--f32-cpu-experts --gpu-expert-cache 256MiB",
+                                               withCache));
+  ASSERT_NO_FATAL_FAILURE(buildCheckpointModel(checkpoint, checkpoint + ".nocache.plan", rules,
+                                               targetGpu(), "--f32-cpu-experts", withoutCache));
   exec::ExecutorOptions options;
   options.gpuExpertCacheBytes = 256ll << 20;
-  std::unique_ptr<exec::Executor> cached = open(pair.gpu, options), plain = open(pair.cpu);
+  std::unique_ptr<exec::Executor> cached = open(withCache, options), plain = open(withoutCache);
   ASSERT_TRUE(cached && plain);
-  const std::vector<int32_t> prompt = cpu::test::sampleTokens(20, 6);
-  StatusOr<std::vector<float>> x = cached->forward(prompt, true), y = plain->forward(prompt, true);
-  ASSERT_TRUE(x.ok()) << x.message();
-  ASSERT_TRUE(y.ok()) << y.message();
-  double worst = cpu::test::relativeL2(*x, *y);
-  const int64_t vocab = plain->vocabSize();
-  int32_t next = argmax(*y, prompt.size() - 1, vocab);
-  for (int step = 0; step < 6; ++step) {
-    x = cached->forward({next});
-    y = plain->forward({next});
-    ASSERT_TRUE(x.ok() && y.ok());
-    worst = std::max(worst, cpu::test::relativeL2(*x, *y));
-    next = argmax(*y, 0, vocab);
-  }
+  RunDifference d;
+  ASSERT_NO_FATAL_FAILURE(
+      compareRuns(*cached, *plain, cpu::test::sampleTokens(20, 6), 6, false, d));
+  const double worst = std::max(d.prefill, d.decode);
   const exec::ExpertCacheStats stats = cached->expertCacheStats();
   std::printf("[ gpu      ] FP8 experts' q8_0 copies in the GPU expert cache: %lld experts, %llu "
               "of %llu decode selections on the GPU; against no cache %.2e\n",
