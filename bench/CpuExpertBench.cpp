@@ -11,6 +11,7 @@
 // Weights are random blocks with sane f16 scales (never zeros).
 #include "bench/RandomBlocks.h"
 #include "runtime/cpu/ExpertGemm.h"
+#include "runtime/cpu/FeedForward.h"
 #include "runtime/cpu/GeneratedKernels.h"
 #include "runtime/cpu/Linear.h"
 #include "runtime/cpu/ThreadPool.h"
@@ -107,7 +108,8 @@ struct PrefillResult {
   int64_t tokens = 0;
   double generatedGflops = 0; // row kernels, activation quantization included
   double gemmGflops = 0;      // the runtime's prefill path: dequantize to bf16 + oneDNN
-  double onednnGflops = 0;    // the peer: oneDNN alone on bf16 weights; 0: no oneDNN
+  double tileGflops = 0;   // the generated AMX tile kernels (activation rounding included); 0: none
+  double onednnGflops = 0; // the peer: oneDNN alone on bf16 weights; 0: no oneDNN
 };
 
 #ifdef KT_HAVE_DNNL
@@ -314,6 +316,21 @@ int main(int argc, char **argv) {
           bestGemm = std::min(bestGemm, secondsSince(start));
         }
         PrefillResult result;
+        if (auto tiles = reinterpret_cast<cpu::TileKernel>(
+                dlsym(handle, cpu::tileKernelSymbol(type, shape.cols).c_str()));
+            tiles && cpu::enableAmxTiles().empty()) {
+          w.kernel.tiles = tiles;
+          std::vector<uint16_t> xBf16(
+              static_cast<size_t>(cpu::paddedTileTokens(tokens) * shape.cols));
+          cpu::tileMatmul(pool, w, x.data(), tokens, xBf16.data(), y.data(), shape.rows);
+          double bestTiles = 1e30;
+          for (int r = 0; r < 3; ++r) {
+            auto start = Clock::now();
+            cpu::tileMatmul(pool, w, x.data(), tokens, xBf16.data(), y.data(), shape.rows);
+            bestTiles = std::min(bestTiles, secondsSince(start));
+          }
+          result.tileGflops = 2.0 * tokens * shape.rows * shape.cols / bestTiles / 1e9;
+        }
         result.gemmGflops = 2.0 * tokens * shape.rows * shape.cols / bestGemm / 1e9;
         result.type = typeName;
         result.shape = shape.name;
@@ -346,8 +363,10 @@ int main(int argc, char **argv) {
                                 {"tokens", r.tokens},
                                 {"generated_gflops", r.generatedGflops},
                                 {"gemm_gflops", r.gemmGflops},
+                                {"tile_gflops", r.tileGflops},
                                 {"onednn_bf16_gflops", r.onednnGflops},
-                                {"ratio_to_onednn", r.onednnGflops > 0 ? r.gemmGflops / r.onednnGflops : 0.0}});
+                                {"gemm_ratio_to_onednn", r.onednnGflops > 0 ? r.gemmGflops / r.onednnGflops : 0.0},
+                                {"tile_ratio_to_onednn", r.onednnGflops > 0 ? r.tileGflops / r.onednnGflops : 0.0}});
     std::printf("%s\n", out.dump(1).c_str());
     return 0;
   }
@@ -360,14 +379,16 @@ int main(int argc, char **argv) {
                 r.shape.c_str(), r.matrixMiB, r.generatedGBs, 100 * r.generatedGBs * 1e9 / bandwidth,
                 r.referenceGBs, r.generatedGBs / r.referenceGBs);
   if (!prefill.empty()) {
-    std::printf("\nprefill expert GEMM: row kernels; the runtime's GEMM path (dequantize to bf16 + "
-                "oneDNN); oneDNN alone on bf16 weights (the peer)\n");
-    std::printf("%-6s %-20s %7s %16s %16s %16s %8s\n", "type", "matrix", "tokens", "row kernels",
-                "GEMM path", "oneDNN bf16", "ratio");
+    std::printf("\nprefill expert GEMM, GFLOP/s: row kernels; AMX tile kernels (generated, "
+                "activations rounded to bf16 included); the GEMM path (dequantize to bf16 + "
+                "oneDNN); oneDNN alone on bf16 weights (the peer); ratios to the peer\n");
+    std::printf("%-6s %-20s %7s %12s %12s %12s %12s %8s %8s\n", "type", "matrix", "tokens",
+                "row kernels", "AMX tiles", "GEMM path", "oneDNN bf16", "tiles", "GEMM");
     for (const PrefillResult &r : prefill)
-      std::printf("%-6s %-20s %7lld %9.0f GFLOP/s %9.0f GFLOP/s %9.0f GFLOP/s %7.0f%%\n",
-                  r.type.c_str(), r.shape.c_str(), static_cast<long long>(r.tokens),
-                  r.generatedGflops, r.gemmGflops, r.onednnGflops,
+      std::printf("%-6s %-20s %7lld %12.0f %12.0f %12.0f %12.0f %7.0f%% %7.0f%%\n", r.type.c_str(),
+                  r.shape.c_str(), static_cast<long long>(r.tokens), r.generatedGflops,
+                  r.tileGflops, r.gemmGflops, r.onednnGflops,
+                  r.onednnGflops > 0 ? 100 * r.tileGflops / r.onednnGflops : 0.0,
                   r.onednnGflops > 0 ? 100 * r.gemmGflops / r.onednnGflops : 0.0);
   }
   return 0;

@@ -369,18 +369,19 @@ void emitTiledLoops(KernelBuilder &k, Value *rows, Value *tokens, int tokenBlock
   b.CreateRetVoid();
 }
 
-// The kernel's function with the ABI of runtime/cpu/GeneratedKernels.h:
-// (w, rowBytes, rows, x, ldx, xsum, xq, xqScale, xqSum16, tokens, y, ldy).
-Function *createKernelFunction(Module &module, const RowKernelRequest &request,
-                               const CpuCodeTarget &target) {
+// A kernel function `symbol` taking pointers ('p') and 64-bit integers ('i')
+// as `signature` spells them, compiled for `target`'s features with vectors
+// of `vectorBits`; the parameters `noAlias` (outputs) alias nothing.
+Function *createFunction(Module &module, const std::string &symbol, const char *signature,
+                         const CpuCodeTarget &target, int vectorBits,
+                         std::initializer_list<unsigned> noAlias) {
   LLVMContext &context = module.getContext();
-  Type *ptr = PointerType::get(context, 0);
-  Type *i64 = Type::getInt64Ty(context);
-  FunctionType *type = FunctionType::get(
-      Type::getVoidTy(context), {ptr, i64, i64, ptr, i64, ptr, ptr, ptr, ptr, i64, ptr, i64}, false);
-  Function *function = Function::Create(type, GlobalValue::ExternalLinkage,
-                                        cpu::rowKernelSymbol(request.type, request.cols), module);
-  const int vectorBits = vectorBitsFor(target);
+  std::vector<Type *> params;
+  for (const char *c = signature; *c; ++c)
+    params.push_back(*c == 'p' ? static_cast<Type *>(PointerType::get(context, 0))
+                               : Type::getInt64Ty(context));
+  FunctionType *type = FunctionType::get(Type::getVoidTy(context), params, false);
+  Function *function = Function::Create(type, GlobalValue::ExternalLinkage, symbol, module);
   function->addFnAttr(Attribute::NoUnwind);
   function->addFnAttr("target-cpu", "x86-64");
   function->addFnAttr("tune-cpu", target.cpu);
@@ -388,8 +389,17 @@ Function *createKernelFunction(Module &module, const RowKernelRequest &request,
   // Without these, targets that prefer 256-bit vectors split the 512-bit ones.
   function->addFnAttr("min-legal-vector-width", std::to_string(vectorBits));
   function->addFnAttr("prefer-vector-width", std::to_string(vectorBits));
-  function->addParamAttr(10, Attribute::NoAlias);
+  for (unsigned param : noAlias)
+    function->addParamAttr(param, Attribute::NoAlias);
   return function;
+}
+
+// The kernel's function with the ABI of runtime/cpu/GeneratedKernels.h:
+// (w, rowBytes, rows, x, ldx, xsum, xq, xqScale, xqSum16, tokens, y, ldy).
+Function *createKernelFunction(Module &module, const RowKernelRequest &request,
+                               const CpuCodeTarget &target) {
+  return createFunction(module, cpu::rowKernelSymbol(request.type, request.cols), "piipippppipi",
+                        target, vectorBitsFor(target), {10});
 }
 
 void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCodeTarget &target) {
@@ -673,6 +683,198 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
   emitTiledLoops(k, rows, tokens, tokenBlock, tileBytes / request.cols, dotTokens);
 }
 
+// ------------------------------------------------------------------ tile kernels
+
+// A 16 x 16 matrix of dwords (one vector per row) transposed by swapping the
+// off-diagonal blocks of each size 8, 4, 2, 1: two-source shuffles only.
+std::array<Value *, 16> transpose16x16(IRBuilder<> &b, std::array<Value *, 16> rows) {
+  for (int d = 8; d >= 1; d /= 2) {
+    std::array<Value *, 16> next;
+    for (int r = 0; r < 16; ++r) {
+      if (r & d)
+        continue;
+      SmallVector<int, 16> upper, lower;
+      for (int c = 0; c < 16; ++c) {
+        upper.push_back((c & d) == 0 ? c : 16 + c - d);
+        lower.push_back((c & d) == 0 ? c + d : 16 + c);
+      }
+      next[r] = b.CreateShuffleVector(rows[r], rows[r + d], upper);
+      next[r + d] = b.CreateShuffleVector(rows[r], rows[r + d], lower);
+    }
+    rows = next;
+  }
+  return rows;
+}
+
+// 32 floats rounded to bf16 (to nearest, ties to even; the weights are
+// finite), as 16 dwords of two bf16 each: the pairs of a VNNI tile row.
+// With AVX-512 BF16 one instruction (VCVTNE2PS2BF16), else integer rounding.
+Value *bf16Pairs(KernelBuilder &k, Value *values, bool hasBf16) {
+  IRBuilder<> &b = k.b();
+  if (hasBf16) {
+    SmallVector<int, 16> low, high;
+    for (int lane = 0; lane < 16; ++lane) {
+      low.push_back(lane);
+      high.push_back(lane + 16);
+    }
+    // The second operand fills the low half.
+    Value *packed = b.CreateIntrinsic(
+        Intrinsic::x86_avx512bf16_cvtne2ps2bf16_512, {},
+        {b.CreateShuffleVector(values, values, high), b.CreateShuffleVector(values, values, low)});
+    return b.CreateBitCast(packed, k.vec(b.getInt32Ty(), 16));
+  }
+  VectorType *i32x32 = k.vec(b.getInt32Ty(), kChunk);
+  Value *bits = b.CreateBitCast(values, i32x32);
+  auto splat32 = [&](uint32_t v) {
+    return ConstantVector::getSplat(ElementCount::getFixed(kChunk), b.getInt32(v));
+  };
+  Value *lsb = b.CreateAnd(b.CreateLShr(bits, splat32(16)), splat32(1));
+  Value *rounded = b.CreateLShr(b.CreateAdd(b.CreateAdd(bits, splat32(0x7fff)), lsb), splat32(16));
+  Value *halves = b.CreateTrunc(rounded, k.vec(b.getInt16Ty(), kChunk));
+  return b.CreateBitCast(halves, k.vec(b.getInt32Ty(), 16));
+}
+
+// The tile kernel (ABI: cpu::TileKernel): for each panel of 32 weight rows,
+// the rows decoded once to bf16 as AMX A tiles (tile (s, j): values
+// [32s, 32s + 32) of rows 16j .. 16j + 15, 64 bytes a row, the order a row
+// decodes in), then every 32-token block of the packed activations (B
+// tiles) multiplied with it in four f32 accumulator tiles, 2 x 2 tile
+// products per 32 values (TDPBF16PS). The accumulators hold rows x tokens;
+// they pass through the scratch and are transposed in registers into y's
+// token rows (only tokens that exist are written).
+void emitTileKernel(Module &module, const RowKernelRequest &request, const CpuCodeTarget &target) {
+  const TypeCodegen codegen = typeCodegen(request.type);
+  const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(request.type);
+  const int64_t cols = request.cols, steps = cols / 32;
+  const int64_t blocks = cols / codegen.blockValues;
+  const int64_t panelBytes = steps * 2048;
+
+  // (w, rowBytes, rows, x, tokens, y, ldy, scratch): cpu::TileKernel.
+  Function *function = createFunction(module, cpu::tileKernelSymbol(request.type, request.cols),
+                                      "piipipip", target, 512, {5, 7});
+  Argument *args = function->arg_begin();
+  Value *w = &args[0], *rowBytes = &args[1], *rows = &args[2], *x = &args[3], *tokens = &args[4],
+        *y = &args[5], *ldy = &args[6], *scratch = &args[7];
+
+  KernelBuilder k(module, function, hasFeature(target, "f16c"));
+  IRBuilder<> &b = k.b();
+  b.SetInsertPoint(k.block("entry"));
+  Value *zero = k.i64c(0);
+  const bool hasBf16 = hasFeature(target, "avx512bf16");
+  VectorType *i32x16 = k.vec(b.getInt32Ty(), 16), *tileVector = k.vec(b.getInt32Ty(), 256);
+  Value *sixteen = b.getInt16(16), *tileBytesPerRow = b.getInt16(64), *tileStride = k.i64c(64);
+  auto at = [&](Value *base, Value *offset) { return b.CreateGEP(k.i8(), base, offset); };
+  // Tiles travel between loop iterations as <256 x i32> (what the x86
+  // backend turns back into tile registers).
+  auto toVector = [&](Value *tile) {
+    return b.CreateIntrinsic(Intrinsic::x86_cast_tile_to_vector, {tileVector}, {tile});
+  };
+  auto toTile = [&](Value *vector) {
+    return b.CreateIntrinsic(Intrinsic::x86_cast_vector_to_tile, {tileVector}, {vector});
+  };
+  auto loadTile = [&](Value *address) {
+    return b.CreateIntrinsic(Intrinsic::x86_tileloadd64_internal, {},
+                             {sixteen, tileBytesPerRow, address, tileStride});
+  };
+
+  k.loop(zero, rows, cpu::kTileRows, {}, [&](Value *panel, const std::vector<Value *> &) {
+    // Decode: per half of the panel and block, its 16 rows side by side,
+    // every 32-value chunk stored as one row of its A tile (so each 1 KiB
+    // tile is written front to back).
+    k.loop(zero, k.i64c(2), 1, {}, [&](Value *half, const std::vector<Value *> &) {
+      k.loop(zero, k.i64c(blocks), 1, {}, [&](Value *block, const std::vector<Value *> &) {
+        k.loop(zero, k.i64c(16), 1, {}, [&](Value *row, const std::vector<Value *> &) {
+          Value *rowBase =
+              at(w, b.CreateMul(b.CreateAdd(panel, b.CreateAdd(b.CreateMul(half, k.i64c(16)), row)),
+                                rowBytes));
+          Value *tileRow =
+              b.CreateAdd(b.CreateMul(half, k.i64c(1024)), b.CreateMul(row, k.i64c(64)));
+          Value *blockBase = at(rowBase, b.CreateMul(block, k.i64c(traits.blockBytes)));
+          // 16 rows are read side by side, each past the 4 KiB pages the
+          // hardware streamers follow: fetch this row's block after next.
+          if (target.prefetchBytes > 0)
+            k.prefetch(blockBase, std::max<int64_t>(2 * traits.blockBytes, 256), traits.blockBytes);
+          DecodedBlock decoded = codegen.decode(k, blockBase);
+          Value *firstStep = b.CreateMul(block, k.i64c(codegen.blockValues / kChunk));
+          for (const Chunk &chunk : decoded.chunks) {
+            Value *scale =
+                chunk.scale->getType()->isVectorTy() ? chunk.scale : k.splat(chunk.scale);
+            // w = d * sc * q - dmin * m (the chunk's group), one FMA.
+            Value *values =
+                decoded.minimums
+                    ? k.fmuladd(
+                          chunk.values, scale,
+                          k.splat(b.CreateFNeg(b.CreateExtractElement(
+                              decoded.minimums, static_cast<uint64_t>(chunk.xOffset / kChunk)))))
+                    : b.CreateFMul(chunk.values, scale);
+            Value *step = b.CreateAdd(firstStep, k.i64c(chunk.xOffset / kChunk));
+            Value *slot = b.CreateAdd(b.CreateMul(step, k.i64c(2048)), tileRow);
+            b.CreateAlignedStore(bf16Pairs(k, values, hasBf16), at(scratch, slot), Align(64));
+          }
+          return std::vector<Value *>{};
+        });
+        return std::vector<Value *>{};
+      });
+      return std::vector<Value *>{};
+    });
+
+    // Multiply: 32 rows x 32 tokens per block of tokens.
+    Value *accumulators = at(scratch, k.i64c(panelBytes));
+    k.loop(zero, tokens, cpu::kTileTokens, {}, [&](Value *first, const std::vector<Value *> &) {
+      Value *zeroTile = toVector(
+          b.CreateIntrinsic(Intrinsic::x86_tilezero_internal, {}, {sixteen, tileBytesPerRow}));
+      // B tiles of tokens first .. first + 15 and first + 16 .. first + 31.
+      Value *xBlock = at(x, b.CreateMul(first, k.i64c(cols * 2)));
+      std::vector<Value *> sums = k.loop(
+          zero, k.i64c(steps), 1, {zeroTile, zeroTile, zeroTile, zeroTile},
+          [&](Value *step, const std::vector<Value *> &carried) {
+            Value *aTile = at(scratch, b.CreateMul(step, k.i64c(2048)));
+            Value *weights[2] = {loadTile(aTile), loadTile(at(aTile, k.i64c(1024)))};
+            Value *xStep = at(xBlock, b.CreateMul(step, k.i64c(1024)));
+            Value *activations[2] = {loadTile(xStep), loadTile(at(xStep, k.i64c(steps * 1024)))};
+            std::vector<Value *> next;
+            for (int j = 0; j < 2; ++j)
+              for (int i = 0; i < 2; ++i)
+                next.push_back(toVector(
+                    b.CreateIntrinsic(Intrinsic::x86_tdpbf16ps_internal, {},
+                                      {sixteen, tileBytesPerRow, tileBytesPerRow,
+                                       toTile(carried[2 * j + i]), weights[j], activations[i]})));
+            return next;
+          });
+      for (int t = 0; t < 4; ++t)
+        b.CreateIntrinsic(Intrinsic::x86_tilestored64_internal, {},
+                          {sixteen, tileBytesPerRow, at(accumulators, k.i64c(1024 * t)), tileStride,
+                           toTile(sums[static_cast<size_t>(t)])});
+      // Accumulator (j, i): rows 16j.., tokens first + 16i..; transposed,
+      // vector t holds token first + 16i + t's 16 rows.
+      for (int i = 0; i < 2; ++i) {
+        std::array<std::array<Value *, 16>, 2> byToken;
+        for (int j = 0; j < 2; ++j) {
+          std::array<Value *, 16> byRow;
+          for (int r = 0; r < 16; ++r)
+            byRow[r] = b.CreateAlignedLoad(
+                i32x16, at(accumulators, k.i64c(1024 * (2 * j + i) + 64 * r)), Align(64));
+          byToken[j] = transpose16x16(b, byRow);
+        }
+        for (int t = 0; t < 16; ++t) {
+          Value *token = b.CreateAdd(first, k.i64c(16 * i + t));
+          BasicBlock *store = k.block("store"), *next = k.block("next");
+          b.CreateCondBr(b.CreateICmpSLT(token, tokens), store, next);
+          b.SetInsertPoint(store);
+          Value *out = at(y, b.CreateMul(b.CreateAdd(b.CreateMul(token, ldy), panel), k.i64c(4)));
+          for (int j = 0; j < 2; ++j)
+            b.CreateAlignedStore(byToken[j][t], at(out, k.i64c(64 * j)), Align(4));
+          b.CreateBr(next);
+          b.SetInsertPoint(next);
+        }
+      }
+      return std::vector<Value *>{};
+    });
+    return std::vector<Value *>{};
+  });
+  b.CreateRetVoid();
+}
+
 StatusOr<std::unique_ptr<TargetMachine>> targetMachine(const CpuCodeTarget &target) {
   static const bool initialized = [] {
     LLVMInitializeX86TargetInfo();
@@ -712,6 +914,8 @@ StatusOr<std::unique_ptr<Module>> buildModule(LLVMContext &context,
       emitInt8RowKernel(*module, request, target);
     else
       emitRowKernel(*module, request, target);
+    if (emitsTileKernels(target))
+      emitTileKernel(*module, request, target);
   }
   std::string problems;
   raw_string_ostream stream(problems);
@@ -770,6 +974,11 @@ StatusOr<CpuCodeTarget> namedCpuTarget(const std::string &cpu) {
   for (StringRef feature : implied)
     target.features.push_back(feature.str());
   return target;
+}
+
+bool emitsTileKernels(const CpuCodeTarget &target) {
+  return target.amxTiles && hasFeature(target, "amx-tile") && hasFeature(target, "amx-bf16") &&
+         hasFeature(target, "avx512bw");
 }
 
 int vectorBitsFor(const CpuCodeTarget &target) {
@@ -921,6 +1130,12 @@ StatusOr<plan::CpuCode> buildCpuCode(const std::vector<RowKernelRequest> &reques
     if (!listed)
       code.kernels.push_back({std::string(gguf::ggmlTypeName(request.type)), request.cols, symbol,
                               usesInt8(request, target) ? "q8" : "f32"});
+    if (emitsTileKernels(target) &&
+        std::none_of(code.kernels.begin(), code.kernels.end(), [&](const plan::CpuCodeKernel &k) {
+          return k.symbol == cpu::tileKernelSymbol(request.type, request.cols);
+        }))
+      code.kernels.push_back({std::string(gguf::ggmlTypeName(request.type)), request.cols,
+                              cpu::tileKernelSymbol(request.type, request.cols), "bf16-tiles"});
   }
   return code;
 }

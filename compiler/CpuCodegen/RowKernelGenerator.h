@@ -24,6 +24,9 @@ struct CpuCodeTarget {
   // Bytes ahead of the block being decoded that the kernels prefetch (the
   // hardware streamers stop at 4 KiB pages, about one row); 0: none.
   int prefetchBytes = kDefaultPrefetchBytes;
+  // On AMX-BF16 targets, also emit tile kernels (bf16 AMX tile products
+  // for experts that many tokens chose in prefill); false: row kernels only.
+  bool amxTiles = true;
   static constexpr int kDefaultPrefetchBytes = 3072; // best of 0-3072 on the 16-core SPR host
 };
 
@@ -39,6 +42,10 @@ StatusOr<CpuCodeTarget> namedCpuTarget(const std::string &cpu);
 // The vector width the kernels use on `target`: 512 with AVX-512F, 256 with
 // AVX2, else 128 (SSE2, every x86-64).
 int vectorBitsFor(const CpuCodeTarget &target);
+
+// Whether `target` gets tile kernels beside its row kernels: AMX-BF16 (and
+// AVX-512 BW to decode the weights) and tiles not turned off.
+bool emitsTileKernels(const CpuCodeTarget &target);
 
 // Why `request` cannot get a kernel (an unsupported type, or a row width
 // that is not a whole number of blocks), or an empty string.

@@ -236,8 +236,11 @@ public:
     const Value &x = *in[0], &ids = *in[1], &weights = *in[2];
     Value &o = *out[0];
     shape(o, x.rows, experts_.hidden());
+    std::vector<int64_t> segmentStarts;
+    for (const Segment &segment : ctx.segments)
+      segmentStarts.push_back(segment.row);
     experts_.forward(ctx.pool, ctx.workspace, x.data.data(), x.rows, ids.ids.data(),
-                     weights.data.data(), ids.width, o.data.data());
+                     weights.data.data(), ids.width, o.data.data(), &segmentStarts);
   }
 
 private:
@@ -313,9 +316,11 @@ public:
   std::string modelName;
   std::unique_ptr<GeneratedKernels> generated; // the plan's CPU expert code, if any
   int generatedExpertLayers = 0;
+  int tileExpertLayers = 0;
   std::unique_ptr<safetensors::Checkpoint> fp8; // the plan's --fp8-path checkpoint, if any
   std::unique_ptr<WeightConversions> conversions; // FP8 weights as q8_0
   int64_t expertGemmTokens = 0;
+  int64_t expertTileTokens = 0;
 
   Status bind(const plan::Plan &plan, const gguf::GgufModel &model, const std::string &planName);
   // One step over the tokens of several sequences (`tokens` holds each
@@ -504,6 +509,9 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
         return b.status();
       RoutedExperts routed(*t.gate, *t.up, *t.down, generated.get());
       routed.setGemmTokens(expertGemmTokens);
+      routed.setTileTokens(expertTileTokens);
+      if (expertTileTokens > 0 && routed.hasTileKernels())
+        ++tileExpertLayers;
       if (routed.usesGeneratedKernels())
         ++generatedExpertLayers;
       step = std::make_unique<ExpertsStep>(std::move(routed));
@@ -641,6 +649,7 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
   auto impl = std::make_unique<Impl>(options.threads);
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
+  impl->expertTileTokens = std::max<int64_t>(0, options.expertTileTokens);
   impl->caches.resize(static_cast<size_t>(options.sequences));
   impl->chunkSize = options.chunkSize > 0 ? options.chunkSize
                                           : std::max<int64_t>(1, plan.defaults.chunkSize);
@@ -727,6 +736,7 @@ int64_t CpuExecutor::position(int sequence) const {
 int64_t CpuExecutor::cacheCapacity() const { return impl_->sequences.capacity(); }
 int64_t CpuExecutor::chunkSize() const { return impl_->chunkSize; }
 int CpuExecutor::generatedExpertLayers() const { return impl_->generatedExpertLayers; }
+int CpuExecutor::tileExpertLayers() const { return impl_->tileExpertLayers; }
 int CpuExecutor::sequenceCount() const { return impl_->sequences.count(); }
 void CpuExecutor::reset(int sequence) { impl_->sequences.reset(static_cast<size_t>(sequence)); }
 void CpuExecutor::truncate(int sequence, int64_t tokens) {

@@ -45,6 +45,7 @@ public:
   int sequenceCount() const override;
   int64_t chunkSize() const override;
   int generatedExpertLayers() const override;
+  int tileExpertLayers() const override;
   using Executor::reset;
   void reset(int sequence) override;
   using Executor::truncate;

@@ -1,8 +1,11 @@
 #include "runtime/cpu/FeedForward.h"
 
 #include <algorithm>
+#include <chrono>
+#include <cstdint>
 #include <cstring>
 #include <tuple>
+#include <utility>
 
 namespace kt::cpu {
 
@@ -13,17 +16,17 @@ struct RowTask {
   int64_t begin, end;
 };
 
-// Splits `rows(batch)` rows of every batch into tasks of whole 16-row groups
-// (64-byte output lines, so threads never share one), aiming at about four
-// tasks per thread over all batches.
-template <typename RowsOf>
-std::vector<RowTask> splitRows(const std::vector<FfnBatch> &batches, RowsOf rows,
-                               int threads) {
+// Splits `rows(batch)` rows of every batch into tasks of whole `granule`-row
+// groups (16: 64-byte output lines, so threads never share one), aiming at
+// about four tasks per thread over all batches.
+template <typename Batch, typename RowsOf>
+std::vector<RowTask> splitRows(const std::vector<Batch> &batches, RowsOf rows, int threads,
+                               int64_t granule = 16) {
   int64_t total = 0;
-  for (const FfnBatch &b : batches)
+  for (const Batch &b : batches)
     total += rows(b);
   int64_t perTask = (total + threads * 4 - 1) / (threads * 4);
-  perTask = std::max<int64_t>(16, (perTask + 15) / 16 * 16);
+  perTask = std::max<int64_t>(granule, (perTask + granule - 1) / granule * granule);
   std::vector<RowTask> tasks;
   for (size_t i = 0; i < batches.size(); ++i)
     for (int64_t begin = 0; begin < rows(batches[i]); begin += perTask)
@@ -64,7 +67,120 @@ void prepareKernelInputs(ThreadPool &pool, const std::vector<FfnBatch> &batches,
   });
 }
 
+// Splits the rows of every tile batch into tasks of whole panels with about
+// equal work, four per thread, heaviest first (the pool hands tasks out in
+// order): an expert many tokens chose is spread over many threads instead
+// of keeping one busy after the others finish. A panel's work is its
+// decoding, about as long as multiplying 48 tokens, plus its token blocks.
+template <typename RowsOf>
+std::vector<RowTask> splitTileRows(const std::vector<TileFfnBatch> &batches, RowsOf rows,
+                                   int threads) {
+  constexpr int64_t kDecodeTokens = 48;
+  auto cost = [](const TileFfnBatch &b) { return paddedTileTokens(b.tokens) + kDecodeTokens; };
+  int64_t total = 0;
+  for (const TileFfnBatch &b : batches)
+    total += rows(b) * cost(b);
+  const int64_t target = std::max<int64_t>(1, total / (threads * 4));
+  std::vector<RowTask> tasks;
+  for (size_t i = 0; i < batches.size(); ++i) {
+    int64_t perTask = (target / cost(batches[i]) + kTileRows / 2) / kTileRows * kTileRows;
+    perTask = std::clamp<int64_t>(perTask, kTileRows, rows(batches[i]));
+    for (int64_t begin = 0; begin < rows(batches[i]); begin += perTask)
+      tasks.push_back({i, begin, std::min(rows(batches[i]), begin + perTask)});
+  }
+  std::stable_sort(tasks.begin(), tasks.end(), [&](const RowTask &a, const RowTask &b) {
+    return (a.end - a.begin) * cost(batches[a.batch]) > (b.end - b.begin) * cost(batches[b.batch]);
+  });
+  return tasks;
+}
+
+// This thread's scratch for tile kernels of `cols`-wide rows, 64-byte aligned.
+uint8_t *tileScratch(int64_t cols) {
+  float *raw = threadScratch(4, (tileKernelScratchBytes(cols) + 128) / sizeof(float));
+  return reinterpret_cast<uint8_t *>((reinterpret_cast<uintptr_t>(raw) + 63) & ~uintptr_t{63});
+}
+
+// Token rows packed as bf16 B tiles: `rows(i)` gives batch i's (f32
+// source, destination, cols, tokens); 32 tokens per task, so only the last
+// task of a batch pads.
+template <typename RowsOf> void packTokenTiles(ThreadPool &pool, size_t batches, RowsOf rows) {
+  std::vector<std::pair<size_t, int64_t>> tasks;
+  for (size_t i = 0; i < batches; ++i)
+    for (int64_t first = 0; first < std::get<3>(rows(i)); first += kTileTokens)
+      tasks.push_back({i, first});
+  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
+    auto [batch, first] = tasks[static_cast<size_t>(index)];
+    auto [x, out, cols, tokens] = rows(batch);
+    packTileActivations(x + first * cols, cols, cols, std::min(kTileTokens, tokens - first),
+                        out + first * cols);
+  });
+}
+
 } // namespace
+
+int64_t paddedTileTokens(int64_t tokens) {
+  return (tokens + kTileTokens - 1) / kTileTokens * kTileTokens;
+}
+
+bool runsOnTiles(const FfnMatrices &w) {
+  return w.gate.kernel.tiles && w.up.kernel.tiles && w.down.kernel.tiles &&
+         w.gate.rows % kTileRows == 0 && w.down.rows % kTileRows == 0;
+}
+
+void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batches) {
+  if (batches.empty())
+    return;
+  packTokenTiles(pool, batches.size(), [&](size_t i) {
+    const TileFfnBatch &b = batches[i];
+    return std::make_tuple(b.x, b.xBf16, b.w.gate.cols, b.tokens);
+  });
+  std::vector<RowTask> tasks = splitTileRows(
+      batches, [](const TileFfnBatch &b) { return b.w.gate.rows; }, pool.threadCount());
+  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
+    const RowTask &task = tasks[static_cast<size_t>(index)];
+    const TileFfnBatch &b = batches[task.batch];
+    const int64_t ffn = b.w.gate.rows, rows = task.end - task.begin;
+    uint8_t *scratch = tileScratch(b.w.gate.cols);
+    for (auto [w, y] : {std::pair{&b.w.gate, b.gate}, std::pair{&b.w.up, b.up}})
+      w->kernel.tiles(w->data + static_cast<uint64_t>(task.begin) * w->rowBytes, w->rowBytes, rows,
+                      b.xBf16, b.tokens, y + task.begin, ffn, scratch);
+    for (int64_t t = 0; t < b.tokens; ++t) {
+      float *g = b.gate + t * ffn, *u = b.up + t * ffn;
+      for (int64_t r = task.begin; r < task.end; ++r)
+        g[r] = silu(g[r]) * u[r];
+    }
+  });
+  packTokenTiles(pool, batches.size(), [&](size_t i) {
+    const TileFfnBatch &b = batches[i];
+    return std::make_tuple(static_cast<const float *>(b.gate), b.gateBf16, b.w.down.cols, b.tokens);
+  });
+  tasks = splitTileRows(
+      batches, [](const TileFfnBatch &b) { return b.w.down.rows; }, pool.threadCount());
+  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
+    const RowTask &task = tasks[static_cast<size_t>(index)];
+    const TileFfnBatch &b = batches[task.batch];
+    const WeightMatrix &w = b.w.down;
+    w.kernel.tiles(w.data + static_cast<uint64_t>(task.begin) * w.rowBytes, w.rowBytes,
+                   task.end - task.begin, b.gateBf16, b.tokens, b.out + task.begin, w.rows,
+                   tileScratch(w.cols));
+  });
+}
+
+void tileMatmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens,
+                uint16_t *xBf16, float *y, int64_t ldy) {
+  packTokenTiles(pool, 1, [&](size_t) { return std::make_tuple(x, xBf16, w.cols, tokens); });
+  struct One {
+    int64_t rows;
+  };
+  std::vector<RowTask> tasks = splitRows(
+      std::vector<One>{{w.rows}}, [](const One &b) { return b.rows; }, pool.threadCount(),
+      kTileRows);
+  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
+    const RowTask &task = tasks[static_cast<size_t>(index)];
+    w.kernel.tiles(w.data + static_cast<uint64_t>(task.begin) * w.rowBytes, w.rowBytes,
+                   task.end - task.begin, xBf16, tokens, y + task.begin, ldy, tileScratch(w.cols));
+  });
+}
 
 void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
   if (batches.empty())
@@ -123,6 +239,8 @@ bool RoutedExperts::usesGeneratedKernels() const {
   return gate_.kernel.function && up_.kernel.function && down_.kernel.function;
 }
 
+bool RoutedExperts::hasTileKernels() const { return runsOnTiles({gate_, up_, down_}); }
+
 FfnMatrices RoutedExperts::expert(int64_t e) const {
   return {gate_.rowRange(e * ffn_, ffn_), up_.rowRange(e * ffn_, ffn_),
           down_.rowRange(e * hidden_, hidden_)};
@@ -130,7 +248,18 @@ FfnMatrices RoutedExperts::expert(int64_t e) const {
 
 void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float *x,
                             int64_t tokens, const int32_t *ids, const float *weights,
-                            int64_t topK, float *out) const {
+                            int64_t topK, float *out, const std::vector<int64_t> *segmentStarts,
+                            ExpertPhaseSeconds *phases) const {
+  using Clock = std::chrono::steady_clock;
+  Clock::time_point mark = Clock::now();
+  // Adds the time since the last mark to `part` (when profiling).
+  auto lap = [&](double ExpertPhaseSeconds::*part) {
+    if (!phases)
+      return;
+    const Clock::time_point now = Clock::now();
+    phases->*part += std::chrono::duration<double>(now - mark).count();
+    mark = now;
+  };
   const int64_t assignments = tokens * topK;
   // Row of each (token, k) assignment in the expert-grouped order.
   std::vector<int64_t> counts(static_cast<size_t>(experts_), 0);
@@ -189,23 +318,82 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     }
     return out;
   };
+  // Each expert's rows by segment, in row order: (segment, rows) runs.
+  std::vector<std::vector<std::pair<size_t, int64_t>>> segmentRuns(static_cast<size_t>(experts_));
+  size_t segment = 0;
   for (int64_t i = 0; i < assignments; ++i) {
     if (ids[i] < 0) {
       rowOf[static_cast<size_t>(i)] = -1;
       continue;
     }
+    const int64_t token = i / topK;
+    while (segmentStarts && segment + 1 < segmentStarts->size() &&
+           (*segmentStarts)[segment + 1] <= token)
+      ++segment;
+    auto &runs = segmentRuns[static_cast<size_t>(ids[i])];
+    if (runs.empty() || runs.back().first != segment)
+      runs.push_back({segment, 0});
+    ++runs.back().second;
     const int64_t row = filled[static_cast<size_t>(ids[i])]++;
     rowOf[static_cast<size_t>(i)] = row;
-    std::memcpy(gathered + row * hidden_, x + (i / topK) * hidden_,
+    std::memcpy(gathered + row * hidden_, x + token * hidden_,
                 static_cast<size_t>(hidden_) * sizeof(float));
   }
 
-  std::vector<FfnBatch> batches;
+  lap(&ExpertPhaseSeconds::gather);
+  // A segment's rows of an expert run on the tile kernels when at least
+  // tileTokens_ of them chose it: the choice never depends on the other
+  // sequences of the step, so an answer is the same alone or batched (a
+  // token's result does not depend on the tokens that share its kernel).
+  // Neighbouring rows with the same choice run together.
+  struct ExpertRows {
+    int64_t expert, row, count;
+    bool tiles;
+  };
+  const bool tiles = tileTokens_ > 0 && hasTileKernels();
+  std::vector<ExpertRows> groups;
   for (int64_t e = 0; e < experts_; ++e) {
-    const int64_t count = counts[static_cast<size_t>(e)];
-    if (count == 0)
+    int64_t row = firstRow[static_cast<size_t>(e)];
+    for (const auto &[runSegment, count] : segmentRuns[static_cast<size_t>(e)]) {
+      const bool onTiles = tiles && count >= tileTokens_;
+      if (!groups.empty() && groups.back().expert == e && groups.back().tiles == onTiles)
+        groups.back().count += count;
+      else
+        groups.push_back({e, row, count, onTiles});
+      row += count;
+    }
+  }
+
+  // Tile groups, with bf16 copies of their rows (each padded to whole tile
+  // blocks).
+  std::vector<TileFfnBatch> tileBatches;
+  if (tiles) {
+    int64_t paddedRows = 0;
+    for (const ExpertRows &g : groups)
+      if (g.tiles)
+        paddedRows += paddedTileTokens(g.count);
+    auto *xBf16 = reinterpret_cast<uint16_t *>(workspace.floats(
+        Workspace::ExpertInputBf16, static_cast<size_t>(paddedRows * hidden_ / 2 + 1)));
+    auto *gateBf16 = reinterpret_cast<uint16_t *>(
+        workspace.floats(Workspace::FfnGateBf16, static_cast<size_t>(paddedRows * ffn_ / 2 + 1)));
+    int64_t paddedRow = 0;
+    for (const ExpertRows &g : groups) {
+      if (!g.tiles)
+        continue;
+      tileBatches.push_back({expert(g.expert), gathered + g.row * hidden_, g.count,
+                             results + g.row * hidden_, gate + g.row * ffn_, up + g.row * ffn_,
+                             xBf16 + paddedRow * hidden_, gateBf16 + paddedRow * ffn_});
+      paddedRow += paddedTileTokens(g.count);
+    }
+  }
+  runTileFeedForward(pool, tileBatches);
+  lap(&ExpertPhaseSeconds::tiles);
+
+  std::vector<FfnBatch> batches;
+  for (const ExpertRows &g : groups) {
+    if (g.tiles)
       continue;
-    const int64_t row = firstRow[static_cast<size_t>(e)];
+    const int64_t e = g.expert, row = g.row, count = g.count;
     if (gemmTokens_ > 0 && count >= gemmTokens_ && haveExpertGemm()) {
       // Many tokens share this expert: three bf16 GEMMs.
       FfnMatrices w = expert(e);
@@ -224,6 +412,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
                        offsetInput(gateInput, row, ffn_)});
   }
   runFeedForward(pool, batches);
+  lap(&ExpertPhaseSeconds::rows);
 
   // Each token's sum in increasing expert order, as HF adds them up.
   pool.parallelFor(tokens, [&](int64_t t, int) {
@@ -237,6 +426,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       if (rowOf[static_cast<size_t>(i)] >= 0)
         axpy(weights[i], results + rowOf[static_cast<size_t>(i)] * hidden_, o, hidden_);
   });
+  lap(&ExpertPhaseSeconds::combine);
 }
 
 } // namespace kt::cpu

@@ -48,6 +48,38 @@ struct FfnBatch {
 // rows), and each weight row is decoded once for all the batch's tokens.
 void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches);
 
+// One feed-forward through the generated AMX tile kernels (prefill: every
+// matrix has WeightMatrix::kernel.tiles and rows a multiple of kTileRows).
+struct TileFfnBatch {
+  FfnMatrices w;
+  const float *x = nullptr; // tokens x hidden
+  int64_t tokens = 0;
+  float *out = nullptr;         // tokens x hidden
+  float *gate = nullptr;        // tokens x ffn scratch
+  float *up = nullptr;          // tokens x ffn scratch
+  uint16_t *xBf16 = nullptr;    // paddedTileTokens(tokens) x hidden scratch
+  uint16_t *gateBf16 = nullptr; // paddedTileTokens(tokens) x ffn scratch
+};
+int64_t paddedTileTokens(int64_t tokens);
+// Whether the tile kernels can run `w` (all three matrices).
+bool runsOnTiles(const FfnMatrices &w);
+// out = down(silu(gate x) * up x) for every batch: the activations rounded
+// to bf16 once, then 32-row panels of all batches over the pool (gate/up,
+// then down), each panel decoded once for all its batch's tokens.
+void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batches);
+// y = W x through `w`'s tile kernel (x: f32 rows of w.cols; xBf16 scratch
+// of paddedTileTokens(tokens) x w.cols), panels over the pool.
+void tileMatmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens,
+                uint16_t *xBf16, float *y, int64_t ldy);
+
+// Wall time of the parts of RoutedExperts::forward, added up.
+struct ExpertPhaseSeconds {
+  double gather = 0;  // grouping the tokens by expert
+  double tiles = 0;   // experts on the AMX tile kernels
+  double rows = 0;    // experts on the row kernels (or oneDNN)
+  double combine = 0; // each token's weighted sum
+};
+
 // The routed experts of a MoE layer: 3-D gate/up [hidden, ffn, experts] and
 // down [ffn, hidden, experts] tensors (GGML order).
 class RoutedExperts {
@@ -61,6 +93,12 @@ public:
   // Experts chosen by at least this many tokens of a step run their three
   // products as bf16 GEMMs (ExpertGemm) when the build has oneDNN; 0: never.
   void setGemmTokens(int64_t tokens) { gemmTokens_ = tokens; }
+  // An expert's rows of one sequence run its three products through the
+  // plan's AMX tile kernels (where it has them) when at least this many of
+  // that sequence's tokens in the step chose it; 0: never.
+  void setTileTokens(int64_t tokens) { tileTokens_ = tokens; }
+  // Whether the experts' matrices have tile kernels.
+  bool hasTileKernels() const;
 
   int64_t experts() const { return experts_; }
   int64_t hidden() const { return hidden_; }
@@ -69,8 +107,13 @@ public:
   // grouped by expert so that every chosen expert's matrices are read once
   // for all the tokens that chose it. A negative id skips its assignment
   // (its expert runs elsewhere: the GPU expert cache).
+  // `segmentStarts`: the first token of each sequence of the step (in
+  // order; null: one sequence). With `phases`, adds the wall time of its
+  // parts to it.
   void forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
-               const int32_t *ids, const float *weights, int64_t topK, float *out) const;
+               const int32_t *ids, const float *weights, int64_t topK, float *out,
+               const std::vector<int64_t> *segmentStarts = nullptr,
+               ExpertPhaseSeconds *phases = nullptr) const;
 
 private:
   FfnMatrices expert(int64_t e) const;
@@ -78,6 +121,7 @@ private:
   WeightMatrix gate_, up_, down_; // all experts' rows
   int64_t experts_, hidden_, ffn_;
   int64_t gemmTokens_ = 0;
+  int64_t tileTokens_ = 0;
   mutable ExpertGemm gemm_; // scratch reused by forward()
 };
 

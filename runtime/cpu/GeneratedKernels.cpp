@@ -1,12 +1,16 @@
 #include "runtime/cpu/GeneratedKernels.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 #include <dlfcn.h>
 #include <filesystem>
 #include <fstream>
+#include <sys/syscall.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 namespace kt::cpu {
@@ -53,6 +57,43 @@ void quantizeActivations(const float *x, int64_t ldx, int64_t cols, int64_t toke
         xqSum16[t * (cols / 16) + r * 16 + j] = sum;
       }
     }
+}
+
+std::string tileKernelSymbol(gguf::GgmlType type, int64_t cols) {
+  return "kt_tiles_" + std::string(gguf::ggmlTypeName(type)) + "_" + std::to_string(cols);
+}
+
+void packTileActivations(const float *x, int64_t ldx, int64_t cols, int64_t tokens, uint16_t *out) {
+  const int64_t padded = (tokens + kTileTokens - 1) / kTileTokens * kTileTokens;
+  const int64_t steps = cols / 32;
+  for (int64_t t = 0; t < padded; ++t) {
+    uint16_t *tiles = out + (t / 16) * steps * 512 + (t % 16) * 2;
+    if (t >= tokens) {
+      for (int64_t s = 0; s < steps; ++s)
+        for (int64_t p = 0; p < 16; ++p)
+          std::memset(tiles + s * 512 + p * 32, 0, 2 * sizeof(uint16_t));
+      continue;
+    }
+    const float *row = x + t * ldx;
+    for (int64_t c = 0; c < cols; ++c) {
+      uint32_t bits;
+      std::memcpy(&bits, row + c, sizeof bits);
+      tiles[(c / 32) * 512 + (c % 32 / 2) * 32 + c % 2] =
+          static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
+    }
+  }
+}
+
+std::string enableAmxTiles() {
+  // arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA): once per process.
+  static const std::string refusal = [] {
+    constexpr int kRequestPermission = 0x1023, kTileData = 18;
+    if (syscall(SYS_arch_prctl, kRequestPermission, kTileData) == 0)
+      return std::string();
+    return "the kernel refuses AMX tile data (" + std::string(std::strerror(errno)) +
+           "; Linux 5.16 or newer grants it)";
+  }();
+  return refusal;
 }
 
 StatusOr<std::string> codeFileHash(const std::string &path) {
@@ -113,7 +154,9 @@ StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
                          dlerror() + recompile);
   for (const plan::CpuCodeKernel &kernel : code.kernels) {
     std::optional<gguf::GgmlType> type = gguf::parseGgmlType(kernel.type);
-    if (!type || kernel.symbol != rowKernelSymbol(*type, kernel.cols))
+    const bool tiles = kernel.input == "bf16-tiles";
+    if (!type || kernel.symbol != (tiles ? tileKernelSymbol(*type, kernel.cols)
+                                         : rowKernelSymbol(*type, kernel.cols)))
       return Status::error(planPath + ": cpu_code lists the kernel '" + kernel.symbol +
                            "' for " + kernel.type + " rows of " + std::to_string(kernel.cols) +
                            " values, which this runtime does not know" + recompile);
@@ -121,6 +164,13 @@ StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
     if (!symbol)
       return Status::error(planPath + ": its CPU expert code " + path + " lacks the kernel " +
                            kernel.symbol + recompile);
+    if (tiles) {
+      if (kernels->tilesUnavailable_.empty())
+        kernels->tilesUnavailable_ = enableAmxTiles();
+      if (kernels->tilesUnavailable_.empty())
+        kernels->kernels_[{*type, kernel.cols}].tiles = reinterpret_cast<TileKernel>(symbol);
+      continue;
+    }
     if (kernel.input != "f32" && kernel.input != "q8")
       return Status::error(planPath + ": cpu_code's kernel " + kernel.symbol +
                            " reads activations as '" + kernel.input +
@@ -129,8 +179,9 @@ StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
       return Status::error(planPath + ": cpu_code's kernel " + kernel.symbol +
                            " reads int8 activations of rows that are not whole 256-value runs" +
                            recompile);
-    kernels->kernels_[{*type, kernel.cols}] = {reinterpret_cast<RowKernel>(symbol),
-                                               kernel.input == "q8"};
+    LoadedKernel &loaded = kernels->kernels_[{*type, kernel.cols}];
+    loaded.function = reinterpret_cast<RowKernel>(symbol);
+    loaded.quantizedInput = kernel.input == "q8";
   }
   return kernels;
 }

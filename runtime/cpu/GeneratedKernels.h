@@ -30,16 +30,47 @@ using RowKernel = void (*)(const uint8_t *w, uint64_t rowBytes, int64_t rows, co
                            const float *xqScale, const int32_t *xqSum16, int64_t tokens,
                            float *y, int64_t ldy);
 
+// Tile kernels ("bf16-tiles", AMX targets; prefill): y[t * ldy + r] = <row
+// r of w, x[t]> for r in [0, rows), t in [0, tokens), weights and
+// activations rounded to bf16, sums in f32. `rows` is a multiple of
+// kTileRows; x holds the activations packed as AMX B tiles
+// (packTileActivations), through the next multiple of kTileTokens tokens;
+// y is written only for the tokens; `scratch` is
+// tileKernelScratchBytes(cols), 64-byte aligned, one per thread. The
+// thread must have AMX tile data (enableAmxTiles()).
+using TileKernel = void (*)(const uint8_t *w, uint64_t rowBytes, int64_t rows, const uint16_t *x,
+                            int64_t tokens, float *y, int64_t ldy, uint8_t *scratch);
+constexpr int64_t kTileRows = 32, kTileTokens = 32;
+// The decoded panel (32 rows of bf16) and four 16 x 16 f32 accumulators.
+constexpr size_t tileKernelScratchBytes(int64_t cols) {
+  return static_cast<size_t>(cols) * 64 + 4096;
+}
+// `tokens` rows of x (f32, `ldx` apart, `cols` values) rounded to bf16 (to
+// nearest, ties to even) in the layout of AMX B tiles: per 16 tokens and 32
+// values one 1 KiB tile, row p holding the pairs (2p, 2p + 1) of the 16
+// tokens side by side: out[((t / 16) * (cols / 32) + c / 32) * 512 +
+// (c % 32 / 2) * 32 + (t % 16) * 2 + c % 2]. Tokens after `tokens` up to the
+// next multiple of kTileTokens are zero. A range of tokens starting at a
+// multiple of 16 packs on its own at out + first * cols.
+void packTileActivations(const float *x, int64_t ldx, int64_t cols, int64_t tokens, uint16_t *out);
+// Asks the kernel for AMX tile data for this process (Linux 5.16+); the
+// reason when it refuses, else empty.
+std::string enableAmxTiles();
+
 // A kernel and what it reads.
 struct LoadedKernel {
   RowKernel function = nullptr;
   bool quantizedInput = false; // "q8": needs quantizeActivations()
+  TileKernel tiles = nullptr;  // prefill tile kernel, if the code has one
 };
 
 // Weight types the generator has kernels for.
 bool hasGeneratedRowKernel(gguf::GgmlType type);
 // "kt_rows_q4_K_7168": the kernel for `cols`-wide rows of `type`.
 std::string rowKernelSymbol(gguf::GgmlType type, int64_t cols);
+
+// "kt_tiles_q4_K_7168": the tile kernel for `cols`-wide rows of `type`.
+std::string tileKernelSymbol(gguf::GgmlType type, int64_t cols);
 
 // XXH3-64 of a file as 16 hex digits (the plan's record of the code object).
 StatusOr<std::string> codeFileHash(const std::string &path);
@@ -70,11 +101,15 @@ public:
   // has none).
   LoadedKernel find(gguf::GgmlType type, int64_t cols) const;
   const std::string &path() const { return path_; }
+  // Why the code's tile kernels are not used on this host (the kernel
+  // refused AMX tile data), or empty.
+  const std::string &tilesUnavailable() const { return tilesUnavailable_; }
 
 private:
   GeneratedKernels() = default;
   void *handle_ = nullptr;
   std::string path_;
+  std::string tilesUnavailable_;
   std::map<std::pair<gguf::GgmlType, int64_t>, LoadedKernel> kernels_;
 };
 

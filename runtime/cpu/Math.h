@@ -43,6 +43,9 @@ public:
     FfnGateQuantized,
     FfnGateScales,
     FfnGateSums16,
+    // bf16 rows of ExpertInput and FfnGate for tile kernels (padded blocks).
+    ExpertInputBf16,
+    FfnGateBf16,
     ExpertOutput,
     RouterLogits,
     kSlotCount

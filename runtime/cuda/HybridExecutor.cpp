@@ -237,10 +237,12 @@ public:
   cpu::Workspace workspace;
   std::unique_ptr<cpu::GeneratedKernels> generated;
   int generatedExpertLayers = 0;
+  int tileExpertLayers = 0;
   std::unique_ptr<safetensors::Checkpoint> fp8; // the plan's FP8 checkpoint, if any
   // FP8 weights the CPU (and the MLA operator's kv_b split) read as q8_0.
   std::unique_ptr<cpu::WeightConversions> conversions;
   int64_t expertGemmTokens = 0;
+  int64_t expertTileTokens = 0;
 
   std::vector<BoundStep> steps;
   std::vector<Value> values;
@@ -1145,12 +1147,21 @@ public:
       cache->selections += uint64_t(ctx.rows * ids.width);
     }
     auto start = Clock::now();
+    cpu::ExpertPhaseSeconds phases;
+    std::vector<int64_t> segmentStarts;
+    for (const Segment &segment : ctx.segments)
+      segmentStarts.push_back(segment.row);
     experts_.forward(m.pool, m.workspace, x.hostFloats(), ctx.rows, cpuIds, weights.hostFloats(),
-                     ids.width, result);
+                     ids.width, result, &segmentStarts, m.profiling ? &phases : nullptr);
     for (int64_t i = 0; i < ctx.rows * ids.width; ++i)
       ++stats_.selections[size_t(ids.hostIds()[i])];
-    if (m.profiling)
+    if (m.profiling) {
       m.profile.cpuExpertSeconds += secondsSince(start);
+      m.profile.expertGatherSeconds += phases.gather;
+      m.profile.expertTileSeconds += phases.tiles;
+      m.profile.expertRowSeconds += phases.rows;
+      m.profile.expertCombineSeconds += phases.combine;
+    }
     if (o.where == Where::Host)
       return Status::success();
     const size_t bytes = size_t(ctx.rows * experts_.hidden()) * 4;
@@ -1808,6 +1819,9 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       } else {
         cpu::RoutedExperts routed(*t.gate, *t.up, *t.down, generated.get());
         routed.setGemmTokens(expertGemmTokens);
+        routed.setTileTokens(expertTileTokens);
+        if (expertTileTokens > 0 && routed.hasTileKernels())
+          ++tileExpertLayers;
         if (routed.usesGeneratedKernels())
           ++generatedExpertLayers;
         StatusOr<void *> staging =
@@ -2515,6 +2529,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
     return s;
   impl->caches.resize(size_t(options.sequences));
   impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
+  impl->expertTileTokens = std::max<int64_t>(0, options.expertTileTokens);
   impl->chunkSize =
       options.chunkSize > 0 ? options.chunkSize : std::max<int64_t>(1, plan.defaults.chunkSize);
   if (impl->chunkSize > 65535)
@@ -2687,6 +2702,7 @@ int64_t HybridExecutor::cacheCapacity() const { return impl_->sequences.capacity
 int HybridExecutor::sequenceCount() const { return impl_->sequences.count(); }
 int64_t HybridExecutor::chunkSize() const { return impl_->chunkSize; }
 int HybridExecutor::generatedExpertLayers() const { return impl_->generatedExpertLayers; }
+int HybridExecutor::tileExpertLayers() const { return impl_->tileExpertLayers; }
 void HybridExecutor::reset(int sequence) { impl_->sequences.reset(size_t(sequence)); }
 void HybridExecutor::truncate(int sequence, int64_t tokens) {
   impl_->sequences.truncate(size_t(sequence), tokens);

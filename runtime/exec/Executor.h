@@ -44,6 +44,13 @@ struct ExecutorOptions {
   // OpenMP threads keep spinning against the pool's between them, and end
   // to end a 2048-token prefill was slower (docs/cpu-codegen.md).
   int64_t expertGemmTokens = 0;
+  // Experts chosen by at least this many tokens of one sequence in a step
+  // run their products for them through the plan's AMX tile kernels (plans
+  // compiled for AMX hosts); 0: never. Other sequences of the step do not
+  // change the choice, so an answer is the same alone or batched.
+  int64_t expertTileTokens = kDefaultExpertTileTokens;
+  // End to end (2048-token prefill, V3 dimensions) 8 beat 16 in two runs on the 16-core SPR host.
+  static constexpr int64_t kDefaultExpertTileTokens = 8;
   // Independent sequences (KV caches of cacheLens positions each) that
   // forwardBatch() can advance together; forward() uses sequence 0.
   int sequences = 1;
@@ -105,8 +112,12 @@ struct ExpertCacheStats {
 struct ExecutionProfile {
   double gpuSeconds = 0;       // GPU kernels
   double cpuExpertSeconds = 0; // routed experts on the CPU
-  double cpuOtherSeconds = 0;  // other CPU steps (embedding)
-  double transferSeconds = 0;  // copies between host and GPU, and between GPUs
+  // Of cpuExpertSeconds: grouping the tokens by expert, experts on the AMX
+  // tile kernels, experts on the row kernels (or oneDNN), the weighted sums.
+  double expertGatherSeconds = 0, expertTileSeconds = 0, expertRowSeconds = 0,
+         expertCombineSeconds = 0;
+  double cpuOtherSeconds = 0; // other CPU steps (embedding)
+  double transferSeconds = 0; // copies between host and GPU, and between GPUs
   uint64_t transferBytes = 0;
   uint64_t gpuToGpuBytes = 0;             // of transferBytes, from one GPU to another
   std::vector<double> gpuSecondsByDevice; // gpuSeconds by the plan's cuda:N
@@ -171,6 +182,9 @@ public:
   // MoE layers whose routed experts run the plan's generated CPU code (the
   // others use the reference kernels).
   virtual int generatedExpertLayers() const = 0;
+  // Of those, the layers whose prefill runs the AMX tile kernels for experts
+  // with ExecutorOptions::expertTileTokens tokens or more.
+  virtual int tileExpertLayers() const = 0;
   virtual void reset(int sequence) = 0; // empties the cache (a new conversation)
   void reset() { reset(0); }
   // Keeps only the first `tokens` positions of the cache, for a

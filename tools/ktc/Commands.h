@@ -46,6 +46,7 @@ struct CompileOptions {
   bool precompile = false; // also compile the plan's GPU kernels into the cache
   bool cpuCode = true;     // generate the CPU expert code beside the plan
   bool f32CpuExperts = false; // generated expert kernels read f32 activations, never int8
+  bool amxTiles = true;       // AMX tile kernels on AMX-BF16 targets (--no-amx-tiles)
 };
 int runCompile(const CompileOptions &options);
 
@@ -57,6 +58,7 @@ struct CpuKernelsOptions {
   std::string outputPath;           // -o FILE.so
   bool printIr = false;
   bool f32Activations = false;      // --f32-cpu-experts
+  bool amxTiles = true;        // --no-amx-tiles
   int prefetchBytes = -1;           // --prefetch-bytes; -1: the default
 };
 int runCpuKernels(const CpuKernelsOptions &options);

@@ -2,6 +2,8 @@
 // plan file, or a table of what was decided for each module and why.
 #include "tools/ktc/Commands.h"
 
+#include <algorithm>
+
 #include "compiler/CpuCodegen/RowKernelGenerator.h"
 #include "runtime/model/CheckpointModel.h"
 #include "runtime/safetensors/Safetensors.h"
@@ -259,14 +261,21 @@ int runCompile(const CompileOptions &given) {
       codeFile.replace_extension(".cpu.so");
       codegen::CpuCodeTarget codeTarget{plan->target.cpu, plan->target.cpuFeatures};
       codeTarget.int8Activations = !options.f32CpuExperts;
+      codeTarget.amxTiles = options.amxTiles;
       StatusOr<plan::CpuCode> code = codegen::buildCpuCode(
           requests, codeTarget, codeFile.string(), planFile.parent_path().string());
       if (!code)
         return reportError(code.message());
       plan->cpuCode = std::move(*code);
-      size_t kernels = plan->cpuCode->kernels.size();
+      const auto &listed = plan->cpuCode->kernels;
+      const size_t tiles =
+          std::count_if(listed.begin(), listed.end(),
+                        [](const plan::CpuCodeKernel &k) { return k.input == "bf16-tiles"; });
+      const size_t kernels = listed.size() - tiles;
       cpuCodeNote = ", " + std::to_string(kernels) + " CPU expert kernel" +
-                    (kernels == 1 ? "" : "s") + " for " + plan->cpuCode->cpu + " (" +
+                    (kernels == 1 ? "" : "s") +
+                    (tiles ? " (+" + std::to_string(tiles) + " AMX tile)" : std::string()) +
+                    " for " + plan->cpuCode->cpu + " (" +
                     std::to_string(plan->cpuCode->vectorBits) + "-bit vectors) in " +
                     codeFile.string();
     }

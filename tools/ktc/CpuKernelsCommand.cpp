@@ -41,6 +41,7 @@ int runCpuKernels(const CpuKernelsOptions &options) {
   codegen::CpuCodeTarget codeTarget;
   codeTarget.cpu = target->getCpu().str();
   codeTarget.int8Activations = !options.f32Activations;
+  codeTarget.amxTiles = options.amxTiles;
   if (options.prefetchBytes >= 0)
     codeTarget.prefetchBytes = options.prefetchBytes;
   for (mlir::Attribute feature : target->getCpuFeatures())

@@ -174,8 +174,9 @@ cl::opt<bool> compileF32CpuExperts(
              "tolerance)"));
 
 cl::SubCommand cpuKernelsCommand(
-    "cpu-kernels", "Generate CPU expert row kernels for weight types and row widths, compiled "
-                   "for a target CPU, into a shared object (or print their LLVM IR)");
+    "cpu-kernels", "Generate CPU expert kernels (row kernels, and AMX tile kernels on AMX "
+                   "targets) for weight types and row widths, compiled for a target CPU, into "
+                   "a shared object (or print their LLVM IR)");
 cl::opt<std::string> cpuKernelsCpu(
     "target-cpu", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand), cl::value_desc("cpu"),
     cl::desc("LLVM CPU name to compile for (x86-64, haswell, skylake-avx512, sapphirerapids, "
@@ -189,6 +190,11 @@ cl::opt<std::string> cpuKernelsOutput("o", cl::cat(ktcCategory), cl::sub(cpuKern
                                       cl::desc("The shared object to write"));
 cl::opt<bool> cpuKernelsPrintIr("print-ir", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand),
                                 cl::desc("Print the LLVM IR instead of writing an object"));
+cl::opt<bool> noAmxTiles(
+    "no-amx-tiles", cl::cat(ktcCategory), cl::sub(compileCommand), cl::sub(cpuKernelsCommand),
+    cl::desc("Generate no AMX tile kernels (on AMX-BF16 targets the default adds them for "
+             "experts that many tokens of a prefill step chose; ktrun --expert-tile-tokens "
+             "sets how many)"));
 cl::opt<bool> cpuKernelsF32("f32-cpu-experts", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand),
                             cl::desc("f32 activations even on AVX-512 VNNI targets"));
 cl::opt<int> cpuKernelsPrefetch(
@@ -287,6 +293,7 @@ int main(int argc, char **argv) {
     options.cpuCode = !compileReferenceCpuKernels;
     options.fp8Path = compileFp8Path;
     options.f32CpuExperts = compileF32CpuExperts;
+    options.amxTiles = !noAmxTiles;
     if (options.cacheLens <= 0 || options.chunkSize <= 0)
       return kt::tools::reportError("--cache-lens and --chunk-size must be positive");
     return kt::tools::runCompile(options);
@@ -300,6 +307,7 @@ int main(int argc, char **argv) {
     options.outputPath = cpuKernelsOutput;
     options.printIr = cpuKernelsPrintIr;
     options.f32Activations = cpuKernelsF32;
+    options.amxTiles = !noAmxTiles;
     options.prefetchBytes = cpuKernelsPrefetch;
     return kt::tools::runCpuKernels(options);
   }

@@ -239,6 +239,11 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
                 profile.gpuSeconds, share(profile.gpuSeconds), profile.transferSeconds,
                 share(profile.transferSeconds), profile.transferBytes / 1e6,
                 profile.cpuOtherSeconds, other);
+    if (profile.cpuExpertSeconds > 0)
+      std::printf("CPU experts: grouping %.3f s, AMX tile kernels %.3f s, row kernels %.3f s, "
+                  "weighted sums %.3f s\n",
+                  profile.expertGatherSeconds, profile.expertTileSeconds, profile.expertRowSeconds,
+                  profile.expertCombineSeconds);
     printStages(profile);
   }
   // And of decode, for a pipeline over several GPUs (each stage's share).

@@ -104,6 +104,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   exec::ExecutorOptions executorOptions;
   executorOptions.threads = options_.threads;
   executorOptions.expertGemmTokens = options_.expertGemmTokens;
+  executorOptions.expertTileTokens = options_.expertTileTokens;
   executorOptions.cacheLens = options_.cacheLens;
   executorOptions.planPath = options_.planPath;
   executorOptions.sequences = options_.sequences;

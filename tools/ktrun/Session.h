@@ -26,6 +26,8 @@ struct SessionOptions {
   int64_t cacheLens = 0;        // 0: the plan's
   int64_t expertGemmTokens = 0; // experts with this many tokens in a step run as bf16 GEMMs; 0: never
   bool forceThink = false;
+  // Experts with this many tokens in a step run on AMX tile kernels; 0: never.
+  int64_t expertTileTokens = exec::ExecutorOptions::kDefaultExpertTileTokens;
   bool chat = true;             // false: raw completion of the prompt
   bool progress = false;        // progress bar while the weights are read
   int sequences = 1;            // KV cache slots of the executor (the server's --parallel)

@@ -72,6 +72,7 @@ int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, b
         {"decode", {{"tokens", turn->generatedIds.size()}, {"seconds", turn->decodeSeconds}}},
         // MoE layers whose CPU experts run the plan's generated code.
         {"generated_expert_layers", session.executor().generatedExpertLayers()},
+        {"tile_expert_layers", session.executor().tileExpertLayers()},
         {"device", session.executor().deviceDescription()},
     };
     if (const kt::exec::ExpertCacheStats cache = session.executor().expertCacheStats();
@@ -151,6 +152,12 @@ int main(int argc, char **argv) {
                  "Routed experts chosen by at least this many tokens of a prefill step run as bf16 "
                  "GEMMs through oneDNN (AMX where the CPU has it); 0: never (default 0; see "
                  "docs/cpu-codegen.md for when it pays)")
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--expert-tile-tokens", options.expertTileTokens,
+                 "Routed experts chosen by at least this many tokens of a prefill step run on the "
+                 "plan's AMX tile kernels (plans compiled for a CPU with AMX-BF16); 0: never "
+                 "(default " +
+                     std::to_string(kt::exec::ExecutorOptions::kDefaultExpertTileTokens) + ")")
       ->check(CLI::NonNegativeNumber);
   app.add_option("--cpu-infer,--cpu_infer", options.threads,
                  "CPU threads (default: all cores)")
