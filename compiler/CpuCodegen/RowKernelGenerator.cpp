@@ -734,20 +734,27 @@ Value *bf16Pairs(KernelBuilder &k, Value *values, bool hasBf16) {
   return b.CreateBitCast(halves, k.vec(b.getInt32Ty(), 16));
 }
 
-// The tile kernel (ABI: cpu::TileKernel): for each panel of 32 weight rows,
-// the rows decoded once to bf16 as AMX A tiles (tile (s, j): values
+// The tile kernel (ABI: cpu::TileKernel): for each panel of kTileRows weight
+// rows, the rows decoded once to bf16 as AMX A tiles (tile (s, j): values
 // [32s, 32s + 32) of rows 16j .. 16j + 15, 64 bytes a row, the order a row
-// decodes in), then every 32-token block of the packed activations (B
-// tiles) multiplied with it in four f32 accumulator tiles, 2 x 2 tile
-// products per 32 values (TDPBF16PS). The accumulators hold rows x tokens;
-// they pass through the scratch and are transposed in registers into y's
-// token rows (only tokens that exist are written).
+// decodes in), then every kTileTokens-token block of the packed activations
+// (B tiles) multiplied with it in f32 accumulator tiles, one tile product
+// (TDPBF16PS) per accumulator and 32 values. With 64 rows x 16 tokens each
+// B tile serves four products, so the tokens stream through the caches once
+// per 64 rows. The accumulators hold rows x tokens; they pass through the
+// scratch and are transposed in registers into y's token rows (only tokens
+// that exist are written).
 void emitTileKernel(Module &module, const RowKernelRequest &request, const CpuCodeTarget &target) {
   const TypeCodegen codegen = typeCodegen(request.type);
   const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(request.type);
   const int64_t cols = request.cols, steps = cols / 32;
   const int64_t blocks = cols / codegen.blockValues;
-  const int64_t panelBytes = steps * 2048;
+  // Row tiles per panel and token tiles per block (cpu::kTileRows / 16,
+  // cpu::kTileTokens / 16): their accumulators, one tile of B and one of A
+  // fit the 8 tile registers.
+  constexpr int rowTiles = cpu::kTileRows / 16, tokenTiles = cpu::kTileTokens / 16;
+  static_assert(rowTiles * tokenTiles + tokenTiles + 1 <= 8, "more tiles than AMX has");
+  const int64_t stepBytes = rowTiles * 1024, panelBytes = steps * stepBytes;
 
   // (w, rowBytes, rows, x, tokens, y, ldy, scratch): cpu::TileKernel.
   Function *function = createFunction(module, cpu::tileKernelSymbol(request.type, request.cols),
@@ -778,10 +785,10 @@ void emitTileKernel(Module &module, const RowKernelRequest &request, const CpuCo
   };
 
   k.loop(zero, rows, cpu::kTileRows, {}, [&](Value *panel, const std::vector<Value *> &) {
-    // Decode: per half of the panel and block, its 16 rows side by side,
+    // Decode: per 16 rows of the panel and block, the rows side by side,
     // every 32-value chunk stored as one row of its A tile (so each 1 KiB
     // tile is written front to back).
-    k.loop(zero, k.i64c(2), 1, {}, [&](Value *half, const std::vector<Value *> &) {
+    k.loop(zero, k.i64c(rowTiles), 1, {}, [&](Value *half, const std::vector<Value *> &) {
       k.loop(zero, k.i64c(blocks), 1, {}, [&](Value *block, const std::vector<Value *> &) {
         k.loop(zero, k.i64c(16), 1, {}, [&](Value *row, const std::vector<Value *> &) {
           Value *rowBase =
@@ -808,7 +815,7 @@ void emitTileKernel(Module &module, const RowKernelRequest &request, const CpuCo
                               decoded.minimums, static_cast<uint64_t>(chunk.xOffset / kChunk)))))
                     : b.CreateFMul(chunk.values, scale);
             Value *step = b.CreateAdd(firstStep, k.i64c(chunk.xOffset / kChunk));
-            Value *slot = b.CreateAdd(b.CreateMul(step, k.i64c(2048)), tileRow);
+            Value *slot = b.CreateAdd(b.CreateMul(step, k.i64c(stepBytes)), tileRow);
             b.CreateAlignedStore(bf16Pairs(k, values, hasBf16), at(scratch, slot), Align(64));
           }
           return std::vector<Value *>{};
@@ -818,42 +825,47 @@ void emitTileKernel(Module &module, const RowKernelRequest &request, const CpuCo
       return std::vector<Value *>{};
     });
 
-    // Multiply: 32 rows x 32 tokens per block of tokens.
+    // Multiply: kTileRows rows x kTileTokens tokens per block of tokens;
+    // accumulator (j, i) holds rows 16j.. and tokens first + 16i...
     Value *accumulators = at(scratch, k.i64c(panelBytes));
     k.loop(zero, tokens, cpu::kTileTokens, {}, [&](Value *first, const std::vector<Value *> &) {
       Value *zeroTile = toVector(
           b.CreateIntrinsic(Intrinsic::x86_tilezero_internal, {}, {sixteen, tileBytesPerRow}));
-      // B tiles of tokens first .. first + 15 and first + 16 .. first + 31.
       Value *xBlock = at(x, b.CreateMul(first, k.i64c(cols * 2)));
-      std::vector<Value *> sums = k.loop(
-          zero, k.i64c(steps), 1, {zeroTile, zeroTile, zeroTile, zeroTile},
-          [&](Value *step, const std::vector<Value *> &carried) {
-            Value *aTile = at(scratch, b.CreateMul(step, k.i64c(2048)));
-            Value *weights[2] = {loadTile(aTile), loadTile(at(aTile, k.i64c(1024)))};
-            Value *xStep = at(xBlock, b.CreateMul(step, k.i64c(1024)));
-            Value *activations[2] = {loadTile(xStep), loadTile(at(xStep, k.i64c(steps * 1024)))};
-            std::vector<Value *> next;
-            for (int j = 0; j < 2; ++j)
-              for (int i = 0; i < 2; ++i)
-                next.push_back(toVector(
-                    b.CreateIntrinsic(Intrinsic::x86_tdpbf16ps_internal, {},
-                                      {sixteen, tileBytesPerRow, tileBytesPerRow,
-                                       toTile(carried[2 * j + i]), weights[j], activations[i]})));
-            return next;
-          });
-      for (int t = 0; t < 4; ++t)
+      std::vector<Value *> sums =
+          k.loop(zero, k.i64c(steps), 1, std::vector<Value *>(rowTiles * tokenTiles, zeroTile),
+                 [&](Value *step, const std::vector<Value *> &carried) {
+                   // B tiles of tokens first + 16i .. first + 16i + 15, then each A
+                   // tile loaded just before its products (one A tile live).
+                   Value *xStep = at(xBlock, b.CreateMul(step, k.i64c(1024)));
+                   std::array<Value *, tokenTiles> activations;
+                   for (int i = 0; i < tokenTiles; ++i)
+                     activations[i] = loadTile(at(xStep, k.i64c(i * steps * 1024)));
+                   Value *aTile = at(scratch, b.CreateMul(step, k.i64c(stepBytes)));
+                   std::vector<Value *> next(carried.size());
+                   for (int j = 0; j < rowTiles; ++j) {
+                     Value *weights = loadTile(at(aTile, k.i64c(1024 * j)));
+                     for (int i = 0; i < tokenTiles; ++i)
+                       next[j * tokenTiles + i] = toVector(b.CreateIntrinsic(
+                           Intrinsic::x86_tdpbf16ps_internal, {},
+                           {sixteen, tileBytesPerRow, tileBytesPerRow,
+                            toTile(carried[j * tokenTiles + i]), weights, activations[i]}));
+                   }
+                   return next;
+                 });
+      for (size_t t = 0; t < sums.size(); ++t)
         b.CreateIntrinsic(Intrinsic::x86_tilestored64_internal, {},
-                          {sixteen, tileBytesPerRow, at(accumulators, k.i64c(1024 * t)), tileStride,
-                           toTile(sums[static_cast<size_t>(t)])});
-      // Accumulator (j, i): rows 16j.., tokens first + 16i..; transposed,
-      // vector t holds token first + 16i + t's 16 rows.
-      for (int i = 0; i < 2; ++i) {
-        std::array<std::array<Value *, 16>, 2> byToken;
-        for (int j = 0; j < 2; ++j) {
+                          {sixteen, tileBytesPerRow, at(accumulators, k.i64c(1024 * int64_t(t))),
+                           tileStride, toTile(sums[t])});
+      // Transposed, vector t of accumulator (j, i) holds token first + 16i +
+      // t's rows 16j ...
+      for (int i = 0; i < tokenTiles; ++i) {
+        std::array<std::array<Value *, 16>, rowTiles> byToken;
+        for (int j = 0; j < rowTiles; ++j) {
           std::array<Value *, 16> byRow;
           for (int r = 0; r < 16; ++r)
             byRow[r] = b.CreateAlignedLoad(
-                i32x16, at(accumulators, k.i64c(1024 * (2 * j + i) + 64 * r)), Align(64));
+                i32x16, at(accumulators, k.i64c(1024 * (j * tokenTiles + i) + 64 * r)), Align(64));
           byToken[j] = transpose16x16(b, byRow);
         }
         for (int t = 0; t < 16; ++t) {
@@ -862,7 +874,7 @@ void emitTileKernel(Module &module, const RowKernelRequest &request, const CpuCo
           b.CreateCondBr(b.CreateICmpSLT(token, tokens), store, next);
           b.SetInsertPoint(store);
           Value *out = at(y, b.CreateMul(b.CreateAdd(b.CreateMul(token, ldy), panel), k.i64c(4)));
-          for (int j = 0; j < 2; ++j)
+          for (int j = 0; j < rowTiles; ++j)
             b.CreateAlignedStore(byToken[j][t], at(out, k.i64c(64 * j)), Align(4));
           b.CreateBr(next);
           b.SetInsertPoint(next);

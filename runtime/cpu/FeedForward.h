@@ -64,7 +64,7 @@ int64_t paddedTileTokens(int64_t tokens);
 // Whether the tile kernels can run `w` (all three matrices).
 bool runsOnTiles(const FfnMatrices &w);
 // out = down(silu(gate x) * up x) for every batch: the activations rounded
-// to bf16 once, then 32-row panels of all batches over the pool (gate/up,
+// to bf16 once, then kTileRows-row panels of all batches over the pool (gate/up,
 // then down), each panel decoded once for all its batch's tokens.
 void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batches);
 // y = W x through `w`'s tile kernel (x: f32 rows of w.cols; xBf16 scratch

@@ -40,10 +40,10 @@ using RowKernel = void (*)(const uint8_t *w, uint64_t rowBytes, int64_t rows, co
 // thread must have AMX tile data (enableAmxTiles()).
 using TileKernel = void (*)(const uint8_t *w, uint64_t rowBytes, int64_t rows, const uint16_t *x,
                             int64_t tokens, float *y, int64_t ldy, uint8_t *scratch);
-constexpr int64_t kTileRows = 32, kTileTokens = 32;
-// The decoded panel (32 rows of bf16) and four 16 x 16 f32 accumulators.
+constexpr int64_t kTileRows = 64, kTileTokens = 16;
+// The decoded panel (kTileRows rows of bf16) and the f32 accumulators.
 constexpr size_t tileKernelScratchBytes(int64_t cols) {
-  return static_cast<size_t>(cols) * 64 + 4096;
+  return static_cast<size_t>(cols * 2 * kTileRows + kTileRows * kTileTokens * 4);
 }
 // `tokens` rows of x (f32, `ldx` apart, `cols` values) rounded to bf16 (to
 // nearest, ties to even) in the layout of AMX B tiles: per 16 tokens and 32

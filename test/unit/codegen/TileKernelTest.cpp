@@ -94,7 +94,7 @@ TEST_P(TileKernels, MatchBf16Products) {
   uint8_t *scratch =
       scratchBytes.data() + (64 - reinterpret_cast<uintptr_t>(scratchBytes.data()) % 64) % 64;
 
-  // Token counts below, at and across the 32-token blocks.
+  // Token counts below, at and across the token blocks (kTileTokens).
   for (int64_t tokens : {1, 5, 32, 33, 70}) {
     SCOPED_TRACE(std::to_string(tokens) + " tokens");
     std::uniform_real_distribution<float> uniform(-0.5f, 1.5f);

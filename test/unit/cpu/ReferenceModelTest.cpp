@@ -409,7 +409,7 @@ TEST(CpuExecutorReference, QuantizedWeightsGeneratedCode) {
 // least ExecutorOptions::expertTileTokens tokens (here every one) run their
 // products on bf16 AMX tiles, held to the tolerance for quantized inference
 // against the double-precision reference; 45 tokens give experts partial
-// and whole 32-token blocks.
+// and whole token blocks.
 TEST(CpuExecutorReference, QuantizedWeightsTileKernels) {
   KT_REQUIRE_COMPILER();
   TestModel m;
