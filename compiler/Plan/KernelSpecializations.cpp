@@ -51,14 +51,27 @@ struct Collector {
     if (!path.empty() && std::find(usedBy.begin(), usedBy.end(), path.str()) == usedBy.end())
       usedBy.push_back(path.str());
   }
+  // The arch of a cuda:N device, or empty.
+  std::string arch(StringRef device) const {
+    unsigned index = 0;
+    if (!device.startswith("cuda:") || device.drop_front(5).getAsInteger(10, index) ||
+        index >= target.getGpuCount())
+      return {};
+    return target.getGpu(index).getArch().str();
+  }
 };
 
 // A matrix's GEMVs: one token per block for decode steps, a tile of tokens
 // for prefill steps.
+// `perHead`: a stack of per-head matrices, which keeps the GEMV in prefill.
 void addGemv(Collector &collector, gguf::GgmlType type, int64_t out, int64_t in, StringRef device,
-             StringRef path) {
+             StringRef path, bool perHead = false) {
   for (int64_t tile : {int64_t(1), cuda::kGemvPrefillTokenTile})
     collector.add(cuda::gemvSpec(type, out, in, tile), device, path);
+  // Q8_0 prefill on tensor cores where the GPU has bf16 mma.sync.
+  if (!perHead && type == gguf::GgmlType::Q8_0 && cuda::archHasBf16Mma(collector.arch(device)) &&
+      cuda::gemmQ8_0MmaFits(out, in))
+    collector.add(cuda::gemmQ8_0MmaSpec(out, in), device, path);
 }
 
 // Routed experts on a GPU: the GEMVs of the chosen experts (decode: matrix
@@ -219,7 +232,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
           for (WeightAttr weight : {*attention.getKBProj(), *attention.getVBProj()}) {
             std::optional<gguf::GgmlType> type = gguf::parseGgmlType(weight.getDtype().str());
             if (type && cuda::hasGpuGemv(*type))
-              addGemv(collector, *type, weight.getShape()[1], weight.getShape()[0], device, path);
+              addGemv(collector, *type, weight.getShape()[1], weight.getShape()[0], device, path,
+                      /*perHead=*/true);
           }
         } else {
           const int64_t v = attention.getVHeadDim();

@@ -494,6 +494,28 @@ StatusOr<KernelSpec> gemmFp8Bf16Spec(int64_t outFeatures, int64_t inFeatures) {
                         128);
 }
 
+bool gemmQ8_0MmaFits(int64_t outFeatures, int64_t inFeatures) {
+  return outFeatures > 0 && outFeatures % 64 == 0 && outFeatures <= INT32_MAX && inFeatures > 0 &&
+         inFeatures % 32 == 0 && inFeatures <= INT32_MAX;
+}
+
+StatusOr<KernelSpec> gemmQ8_0MmaSpec(int64_t outFeatures, int64_t inFeatures) {
+  if (!gemmQ8_0MmaFits(outFeatures, inFeatures))
+    return Status::error("a " + integer(outFeatures) + "x" + integer(inFeatures) +
+                         " Q8_0 matrix does not fit the tensor-core GEMM (rows in 64-row tiles, "
+                         "whole 32-value blocks).");
+  return makeKernelSpec("gemm_q8_0_mma.cu", "gemm_q8_0_mma",
+                        {{"N_FEATURES", integer(outFeatures)}, {"K_FEATURES", integer(inFeatures)}},
+                        128);
+}
+
+bool archHasBf16Mma(const std::string &arch) {
+  const size_t underscore = arch.find('_');
+  if (underscore == std::string::npos)
+    return false;
+  return std::atoi(arch.c_str() + underscore + 1) >= 80;
+}
+
 StatusOr<KernelSpec> fp8QuantizeSpec(int64_t inFeatures) {
   if (inFeatures <= 0 || inFeatures % 128 != 0 || inFeatures > INT32_MAX)
     return Status::error("activations of " + integer(inFeatures) +
@@ -557,10 +579,14 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (int64_t width : shapes.extraNormWidths)
     if (Status s = add(rmsNormSpec(width, shapes.rmsNormEps)); !s.ok())
       return s;
-  for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices)
+  for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices) {
     for (int64_t tile : {int64_t(1), kGemvPrefillTokenTile})
       if (Status s = add(gemvSpec(m.type, m.out, m.in, tile)); !s.ok())
         return s;
+    if (shapes.q8_0Mma && m.type == gguf::GgmlType::Q8_0 && gemmQ8_0MmaFits(m.out, m.in))
+      if (Status s = add(gemmQ8_0MmaSpec(m.out, m.in)); !s.ok())
+        return s;
+  }
   for (const MoeGateShape &gate : shapes.gates)
     if (Status s = add(moeGateSpec(gate)); !s.ok())
       return s;

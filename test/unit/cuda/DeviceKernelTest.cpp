@@ -95,6 +95,16 @@ struct MlaBuffers {
   size_t contextFloats = 0;
 };
 
+// f32 rounded to bf16, to nearest even, as the mma GEMMs round activations.
+float bf16Rounded(float value) {
+  uint32_t bits;
+  std::memcpy(&bits, &value, 4);
+  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
+  float rounded;
+  std::memcpy(&rounded, &bits, 4);
+  return rounded;
+}
+
 class GpuKernels : public ::testing::TestWithParam<bool> {
 protected:
   void SetUp() override {
@@ -1138,14 +1148,6 @@ TEST_P(GpuKernels, Fp8Bf16GemmMatchesTheDoubleReference) {
     int64_t rows, out, in;
   } cases[] = {{100, 576, 1536}, {1, 128, 256}, {130, 1024, 2048}};
   std::mt19937 random(61);
-  auto bf16 = [](float value) { // round to nearest even, as the kernel does
-    uint32_t bits;
-    std::memcpy(&bits, &value, 4);
-    bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-    float rounded;
-    std::memcpy(&rounded, &bits, 4);
-    return rounded;
-  };
   for (const Case &c : cases) {
     SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.out) + "x" +
                  std::to_string(c.in));
@@ -1165,7 +1167,8 @@ TEST_P(GpuKernels, Fp8Bf16GemmMatchesTheDoubleReference) {
     run(*kernel, {unsigned(c.out / 64), unsigned((c.rows + 63) / 64), 1, 128, 1, 1, 0},
         {&dw, &ds, &dx, &xs, &dy, &ys, &rows});
     const std::vector<double> expected = blockScaledProduct(
-        c.rows, c.out, c.in, [&](int64_t r, int64_t i) { return bf16(x[size_t(r * xStride + i)]); },
+        c.rows, c.out, c.in,
+        [&](int64_t r, int64_t i) { return bf16Rounded(x[size_t(r * xStride + i)]); },
         [](int64_t, int64_t) { return 1.0; }, w, scales);
     const std::vector<float> packed =
         packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
@@ -1175,6 +1178,56 @@ TEST_P(GpuKernels, Fp8Bf16GemmMatchesTheDoubleReference) {
                 "%.2e\n",
                 (long long)c.rows, (long long)c.out, (long long)c.in, error);
   }
+}
+
+// The Q8_0 prefill GEMM on tensor cores (sm_80 and newer; cubin and PTX):
+// against a double product of the dequantized weights with the activations
+// rounded to bf16 (int8 weights are exact in bf16, each block's sums are
+// scaled in f32).
+TEST_P(GpuKernels, GemmQ8_0MmaMatchesTheDoubleReference) {
+  std::string whyNone;
+  if (queryGpus(whyNone)[0].computeMajor < 8)
+    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+  struct Case {
+    int64_t rows, out, in;
+  } cases[] = {{100, 576, 7168}, {32, 128, 96}, {130, 7168, 2048}, {64, 1536, 1536}};
+  for (const Case &c : cases) {
+    SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.out) + "x" +
+                 std::to_string(c.in));
+    const int64_t xStride = c.in + 64, yStride = c.out + 32;
+    auto w = randomFloats(size_t(c.out * c.in), -1, 1, 71);
+    const size_t rowBytes = *gguf::ggmlRowBytes(gguf::GgmlType::Q8_0, c.in);
+    std::vector<uint8_t> q(rowBytes * size_t(c.out));
+    ASSERT_TRUE(quant::quantize(gguf::GgmlType::Q8_0, w.data(), q.data(), w.size()).ok());
+    std::vector<float> dequantized(w.size());
+    ASSERT_TRUE(
+        quant::dequantize(gguf::GgmlType::Q8_0, q.data(), dequantized.data(), w.size()).ok());
+    auto x = randomFloats(size_t(c.rows * xStride), -2, 2, 72);
+    std::vector<double> expected(size_t(c.rows * c.out));
+    for (int64_t r = 0; r < c.rows; ++r)
+      for (int64_t o = 0; o < c.out; ++o) {
+        double sum = 0;
+        for (int64_t i = 0; i < c.in; ++i)
+          sum +=
+              double(dequantized[size_t(o * c.in + i)]) * bf16Rounded(x[size_t(r * xStride + i)]);
+        expected[size_t(r * c.out + o)] = sum;
+      }
+    StatusOr<KernelSpec> spec = gemmQ8_0MmaSpec(c.out, c.in);
+    LoadedKernel kernel = load(spec);
+    ASSERT_NE(kernel.function, nullptr);
+    DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4),
+                  dy = allocate(size_t(c.rows * yStride) * 4);
+    int xs = int(xStride), ys = int(yStride), rows = int(c.rows);
+    run(kernel, {unsigned(c.out / 64), unsigned((c.rows + 63) / 64), 1, 128, 1, 1, 0},
+        {&dw, &dx, &xs, &dy, &ys, &rows});
+    const std::vector<float> packed =
+        packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
+    const double error = relativeL2(packed, expected);
+    EXPECT_LE(error, 1e-5);
+    std::printf("[ gpu      ] gemm_q8_0_mma (%s) %lld tokens x %lldx%lld: relative L2 %.2e\n",
+                arch.c_str(), (long long)c.rows, (long long)c.out, (long long)c.in, error);
+  }
+  EXPECT_FALSE(gemmQ8_0MmaSpec(100, 7168).ok()) << "rows must fill 64-row tiles";
 }
 
 TEST_P(GpuKernels, SecondLoadComesFromTheCache) {

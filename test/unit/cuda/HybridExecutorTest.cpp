@@ -87,6 +87,11 @@ int32_t argmax(const std::vector<float> &logits, size_t row, int64_t vocab) {
 // tokens of the GPU plan against the CPU plan's.
 void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, double tolerance,
                    exec::ExecutorOptions options = {}) {
+  // f32 against f32: Q8_0 prefill on tensor cores rounds the activations to
+  // bf16 (Q8_0PrefillOnTensorCoresStaysNearTheGemv), and so do the CPU
+  // experts' AMX tile kernels on hosts that have them (cpu_tests).
+  options.q8_0TensorCores = false;
+  options.expertTileTokens = 0;
   exec::ExecutorOptions cpuOptions = options; // without the GPU's own options
   cpuOptions.gpuExpertCacheBytes = -1;
   cpuOptions.expertProfile.clear();
@@ -742,6 +747,9 @@ TEST(HybridExecutor, Fp8PrefillGemmIsPerTokenAndNearTheGemvOnF32Activations) {
   buildFp8Plan("tiny-fp8-gemm", gguf, fp8Plan);
   exec::ExecutorOptions options;
   options.threads = 2;
+  // The chunks would switch the q8_0 matrices' kernels and the CPU experts'.
+  options.q8_0TensorCores = false;
+  options.expertTileTokens = 0;
   StatusOr<std::unique_ptr<exec::Executor>> gemm =
       exec::createExecutor(fp8Plan, *gguf.model, options);
   options.chunkSize = 64;
@@ -1100,6 +1108,48 @@ TEST(HybridExecutor, LongPrefillAttentionOnTensorCoresStaysNearTheF32Core) {
   EXPECT_GT(error, 1e-7); // bf16: the tensor cores ran
   EXPECT_LE(error, 0.1);
   EXPECT_GE(agree, (prompt.size() - 512) * 9 / 10);
+}
+
+// Q8_0 matrices of prefill steps of 32 tokens or more run as tensor-core
+// GEMMs (activations rounded to bf16); shorter steps and decode keep the
+// f32 GEMV. Against the GEMV everywhere, on the tiny random model.
+TEST(HybridExecutor, Q8_0PrefillOnTensorCoresStaysNearTheGemv) {
+  KT_REQUIRE_GPU();
+  if (gpus()[0].computeMajor < 8)
+    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+  TestModel m;
+  cpu::test::buildModel("tiny-q8-mma", *gen::presetConfig("tiny"), m, "rules/DeepSeek-V3-Chat.yaml",
+                        targetGpu());
+  ASSERT_TRUE(
+      std::any_of(m.plan.kernelSpecializations.begin(), m.plan.kernelSpecializations.end(),
+                  [](const plan::KernelSpecialization &k) { return k.entry == "gemm_q8_0_mma"; }));
+  exec::ExecutorOptions options;
+  std::unique_ptr<exec::Executor> mma = open(m, options);
+  options.q8_0TensorCores = false;
+  std::unique_ptr<exec::Executor> gemv = open(m, options);
+  ASSERT_TRUE(mma && gemv);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(200, 17);
+  StatusOr<std::vector<float>> a = mma->forward(prompt, true), b = gemv->forward(prompt, true);
+  ASSERT_TRUE(a.ok()) << a.message();
+  ASSERT_TRUE(b.ok()) << b.message();
+  const int64_t vocab = gemv->vocabSize();
+  const double error = cpu::test::relativeL2(*a, *b);
+  size_t agree = 0;
+  for (size_t row = 0; row < prompt.size(); ++row)
+    agree += argmax(*a, row, vocab) == argmax(*b, row, vocab);
+  // Decode after it: both GEMVs, on caches the prefills filled.
+  int32_t next = argmax(*b, prompt.size() - 1, vocab);
+  a = mma->forward({next});
+  b = gemv->forward({next});
+  ASSERT_TRUE(a.ok() && b.ok());
+  const double decode = cpu::test::relativeL2(*a, *b);
+  std::printf("[ gpu      ] Q8_0 prefill on tensor cores against the GEMV: relative L2 %.2e, "
+              "same top token at %zu of %zu positions; decode after it %.2e\n",
+              error, agree, prompt.size(), decode);
+  EXPECT_GT(error, 1e-7); // bf16: the tensor cores ran
+  EXPECT_LE(error, 0.1);
+  EXPECT_GE(agree, prompt.size() * 9 / 10);
+  EXPECT_LE(decode, 0.1);
 }
 
 // Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.

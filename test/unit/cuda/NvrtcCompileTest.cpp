@@ -66,6 +66,23 @@ TEST(NvrtcCompile, FmaCeilingKernelCompilesForEveryArch) {
   EXPECT_FALSE(fmaCeilingSpec(0).ok());
 }
 
+// Compiles every spec of `entry` for each of `archs` (each must compile);
+// returns how many specs there were.
+int compileEntry(const Nvrtc &nvrtc, const std::vector<KernelSpec> &specs, const std::string &entry,
+                 std::initializer_list<const char *> archs) {
+  int count = 0;
+  for (const KernelSpec &spec : specs) {
+    if (spec.entry != entry)
+      continue;
+    ++count;
+    for (const char *arch : archs) {
+      auto result = nvrtc.compile(spec, arch);
+      EXPECT_TRUE(result.ok()) << arch << ": " << result.message();
+    }
+  }
+  return count;
+}
+
 TEST(NvrtcCompile, EveryDeepseekV3SpecializationCompilesForEveryArch) {
   REQUIRE_NVRTC(nvrtc);
   auto specs = allKernelSpecializations(test::deepseekV3Shapes());
@@ -137,17 +154,29 @@ TEST(NvrtcCompile, Fp8Bf16GemmSpecializationsCompileForAmpereAndAda) {
   shapes.fp8Bf16Gemm = true;
   auto specs = allKernelSpecializations(shapes);
   ASSERT_TRUE(specs.ok()) << specs.message();
-  int compiled = 0;
-  for (const KernelSpec &spec : *specs) {
-    if (spec.entry != "gemm_fp8_bf16")
-      continue;
-    for (const char *arch : {"sm_80", "sm_86", "sm_89", "compute_80"}) {
-      auto result = nvrtc->compile(spec, arch);
-      ASSERT_TRUE(result.ok()) << result.message();
-      ++compiled;
-    }
-  }
-  EXPECT_EQ(compiled, 4 * 4); // V3's 4 FP8 matrices, all of whose shapes it takes
+  // V3's 4 FP8 matrices, all of whose shapes it takes.
+  EXPECT_EQ(
+      compileEntry(*nvrtc, *specs, "gemm_fp8_bf16", {"sm_80", "sm_86", "sm_89", "compute_80"}), 4);
+}
+
+// On sm_80 and newer the Q8_0 matrices add the tensor-core prefill GEMM; it
+// compiles for those archs and as compute_80 PTX.
+TEST(NvrtcCompile, Q8_0MmaGemmCompilesForSm80AndNewer) {
+  REQUIRE_NVRTC(nvrtc);
+  ModelKernelShapes shapes = test::deepseekV3Shapes();
+  auto without = allKernelSpecializations(shapes);
+  shapes.q8_0Mma = true;
+  auto with = allKernelSpecializations(shapes);
+  ASSERT_TRUE(without.ok() && with.ok());
+  const int matrices = compileEntry(*nvrtc, *with, "gemm_q8_0_mma",
+                                    {"sm_80", "sm_86", "sm_89", "sm_90a", "compute_80"});
+  // Every q8_0 matrix of V3 whose rows fill 64-row tiles.
+  int fitting = 0;
+  for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices)
+    fitting += m.type == gguf::GgmlType::Q8_0 && gemmQ8_0MmaFits(m.out, m.in);
+  EXPECT_GT(fitting, 0);
+  EXPECT_EQ(matrices, fitting);
+  EXPECT_EQ(with->size(), without->size() + size_t(fitting));
 }
 
 TEST(NvrtcCompile, EverySmallModelSpecializationAndTableTypeCompiles) {

@@ -1,0 +1,81 @@
+// y = x W^T for a GGUF Q8_0 weight on tensor cores (sm_80 and newer): the
+// prefill GEMM of q8_0 matrices. Per 32 values (one Q8_0 block) the weight's
+// int8 values (exact in bf16) and the f32 activations (rounded to nearest
+// even) go to bf16 in shared memory, mma.sync m16n8k16 multiplies them with
+// f32 accumulation, and each block's sums are added times the weight row's
+// block scale, so only the activations are rounded.
+//   x  f32 [rows][K_FEATURES], rows `xStride` floats apart
+//   W  Q8_0 [N_FEATURES][K_FEATURES / 32 blocks of 34 bytes: f16 scale, 32 int8]
+//   y  f32 [rows][N_FEATURES], rows `yStride` floats apart
+// A block of 4 warps owns 64 tokens x 64 outputs (mma_tile64.cuh). Grid:
+// (N_FEATURES / 64, ceil(rows / 64)).
+// Specialization defines:
+//   N_FEATURES  output columns (weight rows), a multiple of 64
+//   K_FEATURES  reduction length, a multiple of 32
+#include "mma_tile64.cuh"
+
+#if !defined(N_FEATURES) || !defined(K_FEATURES)
+#error "gemm_q8_0_mma needs N_FEATURES and K_FEATURES"
+#endif
+static_assert(N_FEATURES % kt::kMmaTile == 0, "whole 64-row tiles of the weight");
+static_assert(K_FEATURES % 32 == 0, "whole Q8_0 blocks");
+static_assert(kt::kMmaStep == 32, "one Q8_0 block per step");
+constexpr long long kRowBytes = static_cast<long long>(K_FEATURES / 32) * kt::kQ8_0BlockBytes;
+
+// An int8 weight as bf16 (exact: at most 8 significant bits).
+__device__ __forceinline__ kt::u32 int8ToBf16(kt::u32 byte) {
+  return __float_as_uint(static_cast<float>(static_cast<kt::i8>(byte))) >> 16;
+}
+
+extern "C" __global__ void __launch_bounds__(128)
+    gemm_q8_0_mma(const kt::u8 *__restrict__ weight, const float *__restrict__ x, int xStride,
+                  float *__restrict__ y, int yStride, int rows) {
+#if __CUDA_ARCH__ >= 800
+  using kt::kMmaPitch;
+  using kt::kMmaTile;
+  __shared__ __align__(16) kt::u16 aTile[kMmaTile][kMmaPitch]; // activations [token][k]
+  __shared__ __align__(16) kt::u16 bTile[kMmaTile][kMmaPitch]; // weight [output][k]
+  __shared__ float blockScale[kMmaTile];                       // the weight rows' block scales
+  const int m0 = blockIdx.y * kMmaTile, n0 = blockIdx.x * kMmaTile;
+  const int lane = threadIdx.x % 32, warpColumn = (threadIdx.x / 32 % 2) * 32;
+  const kt::MmaCopy copy = kt::mmaCopySlot();
+  const float *xRow = x + static_cast<long long>(min(m0 + copy.row, rows - 1)) * xStride;
+  const kt::u8 *wRow = weight + static_cast<long long>(n0 + copy.row) * kRowBytes;
+
+  kt::MmaFragments result = {};
+  for (int k0 = 0; k0 < K_FEATURES; k0 += kt::kMmaStep) {
+    // Activations (rows past the end repeat the last row; their results are
+    // not stored) and weights to bf16 pairs. Blocks are 2-byte aligned.
+    kt::stageActivations(xRow + k0 + copy.column,
+                         reinterpret_cast<kt::u32 *>(&aTile[copy.row][copy.column]));
+    kt::u32 *bDestination = reinterpret_cast<kt::u32 *>(&bTile[copy.row][copy.column]);
+    const kt::u16 *block =
+        reinterpret_cast<const kt::u16 *>(wRow + (k0 / 32) * kt::kQ8_0BlockBytes);
+#pragma unroll
+    for (int q = 0; q < 8; ++q) {
+      const kt::u32 pair = block[1 + copy.column / 2 + q];
+      bDestination[q] = int8ToBf16(pair & 0xff) | int8ToBf16(pair >> 8) << 16;
+    }
+    if (copy.column == 0)
+      blockScale[copy.row] = kt::halfToFloat(block[0]);
+    __syncthreads();
+    kt::MmaFragments sums = {};
+    kt::mmaTileStep(aTile, bTile, sums);
+    // Each accumulator value takes its weight row's (column's) scale.
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int column = warpColumn + 8 * j + (lane % 4) * 2;
+      const float s0 = blockScale[column], s1 = blockScale[column + 1];
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        result[i][j][0] += sums[i][j][0] * s0;
+        result[i][j][1] += sums[i][j][1] * s1;
+        result[i][j][2] += sums[i][j][2] * s0;
+        result[i][j][3] += sums[i][j][3] * s1;
+      }
+    }
+    __syncthreads();
+  }
+  kt::storeMmaTile(result, y, yStride, m0, n0, rows);
+#endif
+}

@@ -1,0 +1,103 @@
+// The 64 x 64 bf16 tile product of the prefill GEMMs for GPUs' mma.sync
+// (gemm_fp8_bf16, gemm_q8_0_mma): 4 warps, each owning 32 tokens x 32
+// outputs as 2 x 4 m16n8k16 accumulators, over 32 values of K staged in
+// shared memory ([token][k] and [output][k] bf16 rows of kMmaPitch).
+#pragma once
+
+#include "common.cuh"
+
+namespace kt {
+
+constexpr int kMmaTile = 64, kMmaStep = 32;
+constexpr int kMmaPitch =
+    kMmaStep + 8; // bf16 per shared row: 80 bytes, so fragment loads hit 32 banks
+
+// A warp's 2 x 4 accumulators of 4 values: values 0, 1 at (row, column,
+// column + 1), 2, 3 eight rows down.
+typedef float MmaFragments[2][4][4];
+
+// f32 to bf16, round to nearest even (activations hold no NaN).
+__device__ __forceinline__ u32 toBf16(float value) {
+  const u32 bits = __float_as_uint(value);
+  return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+}
+
+// The rows of the staged tiles a thread copies: 16 values of one row each.
+struct MmaCopy {
+  int row, column;
+};
+__device__ __forceinline__ MmaCopy mmaCopySlot() {
+  return {static_cast<int>(threadIdx.x) / 2, static_cast<int>(threadIdx.x % 2) * 16};
+}
+
+// 16 f32 activations to bf16 pairs at `destination`.
+__device__ __forceinline__ void stageActivations(const float *values, u32 *destination) {
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const float4 v = *reinterpret_cast<const float4 *>(values + 4 * q);
+    destination[2 * q] = toBf16(v.x) | toBf16(v.y) << 16;
+    destination[2 * q + 1] = toBf16(v.z) | toBf16(v.w) << 16;
+  }
+}
+
+// sums += the warp's part of aTile x bTile^T over the staged 32 values.
+__device__ __forceinline__ void mmaTileStep(const u16 (&aTile)[kMmaTile][kMmaPitch],
+                                            const u16 (&bTile)[kMmaTile][kMmaPitch],
+                                            MmaFragments &sums) {
+#if __CUDA_ARCH__ >= 800
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warpRow = (warp / 2) * 32, warpColumn = (warp % 2) * 32;
+#pragma unroll
+  for (int kk = 0; kk < kMmaStep; kk += 16) {
+    const int k = kk + (lane % 4) * 2;
+    u32 a[2][4], b[4][2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+      const int r = warpRow + 16 * i + lane / 4;
+      a[i][0] = *reinterpret_cast<const u32 *>(&aTile[r][k]);
+      a[i][1] = *reinterpret_cast<const u32 *>(&aTile[r + 8][k]);
+      a[i][2] = *reinterpret_cast<const u32 *>(&aTile[r][k + 8]);
+      a[i][3] = *reinterpret_cast<const u32 *>(&aTile[r + 8][k + 8]);
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int n = warpColumn + 8 * j + lane / 4;
+      b[j][0] = *reinterpret_cast<const u32 *>(&bTile[n][k]);
+      b[j][1] = *reinterpret_cast<const u32 *>(&bTile[n][k + 8]);
+    }
+#pragma unroll
+    for (int i = 0; i < 2; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        asm volatile(
+            "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 "
+            "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};"
+            : "+f"(sums[i][j][0]), "+f"(sums[i][j][1]), "+f"(sums[i][j][2]), "+f"(sums[i][j][3])
+            : "r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]), "r"(b[j][0]), "r"(b[j][1]));
+  }
+#endif
+}
+
+// The warp's accumulators to y (tokens from m0, outputs from n0); tokens
+// past `rows` are not stored.
+__device__ __forceinline__ void storeMmaTile(const MmaFragments &result, float *y, int yStride,
+                                             int m0, int n0, int rows) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warpRow = (warp / 2) * 32, warpColumn = (warp % 2) * 32;
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int row = m0 + warpRow + 16 * i + lane / 4 + 8 * half;
+      if (row >= rows)
+        continue;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int column = n0 + warpColumn + 8 * j + (lane % 4) * 2;
+        *reinterpret_cast<float2 *>(y + static_cast<long long>(row) * yStride + column) =
+            make_float2(result[i][j][2 * half], result[i][j][2 * half + 1]);
+      }
+    }
+}
+
+} // namespace kt
