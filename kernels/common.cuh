@@ -186,4 +186,17 @@ __device__ __forceinline__ int gemvGroup(const GemvLayout &layout, int rows, lon
 constexpr int kQ8_0BlockElements = 32;
 constexpr int kQ8_0BlockBytes = 34;
 
+// GGML's get_scale_min_k4 (q4_K, q5_K): the 6-bit scale and minimum of group
+// j from a super-block's 12 scale bytes.
+__device__ __forceinline__ void kquantScaleMin(const u8 *scales, int j, float &scale,
+                                               float &minimum) {
+  if (j < 4) {
+    scale = static_cast<float>(scales[j] & 63);
+    minimum = static_cast<float>(scales[j + 4] & 63);
+  } else {
+    scale = static_cast<float>((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4));
+    minimum = static_cast<float>((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
+  }
+}
+
 } // namespace kt

@@ -38,26 +38,18 @@ gemm_fp8_bf16(const kt::u8 *__restrict__ weight, const float *__restrict__ scale
               const float *__restrict__ x, int xStride, float *__restrict__ y, int yStride,
               int rows) {
 #if __CUDA_ARCH__ >= 800
-  using kt::kMmaPitch;
-  using kt::kMmaTile;
-  __shared__ __align__(16) kt::u16 aTile[kMmaTile][kMmaPitch]; // activations [token][k]
-  __shared__ __align__(16) kt::u16 bTile[kMmaTile][kMmaPitch]; // weight [output][k]
-  const int m0 = blockIdx.y * kMmaTile, n0 = blockIdx.x * kMmaTile;
-  const kt::MmaCopy copy = kt::mmaCopySlot();
-  const float *xRow = x + static_cast<long long>(min(m0 + copy.row, rows - 1)) * xStride;
-  const kt::u8 *wRow = weight + static_cast<long long>(n0 + copy.row) * K_FEATURES;
-  const float *scaleRow = scales + (n0 / 128) * kScaleColumns;
+  __shared__ __align__(16) kt::MmaTiles tiles;
+  const kt::MmaBlock b = kt::mmaBlock(x, xStride, rows);
+  const kt::u8 *wRow = weight + static_cast<long long>(b.n0 + b.row) * K_FEATURES;
+  const float *scaleRow = scales + (b.n0 / 128) * kScaleColumns;
 
   kt::MmaFragments result = {};
   for (int block = 0; block < kScaleColumns; ++block) {
     kt::MmaFragments sums = {};
     for (int k0 = block * 128; k0 < block * 128 + 128; k0 += kt::kMmaStep) {
-      // Activations (rows past the end repeat the last row; their results
-      // are not stored) and weights to bf16 pairs.
-      kt::stageActivations(xRow + k0 + copy.column,
-                           reinterpret_cast<kt::u32 *>(&aTile[copy.row][copy.column]));
-      kt::u32 *bDestination = reinterpret_cast<kt::u32 *>(&bTile[copy.row][copy.column]);
-      const uint4 packed = *reinterpret_cast<const uint4 *>(wRow + k0 + copy.column);
+      // The weights to bf16 pairs.
+      kt::u32 *destination = kt::weightSlot(tiles, b);
+      const uint4 packed = *reinterpret_cast<const uint4 *>(wRow + k0 + b.column);
       const kt::u32 words[4] = {packed.x, packed.y, packed.z, packed.w};
 #pragma unroll
       for (int q = 0; q < 4; ++q)
@@ -66,14 +58,12 @@ gemm_fp8_bf16(const kt::u8 *__restrict__ weight, const float *__restrict__ scale
           // e4m3 has 3 mantissa bits: its float's low 16 bits are zero.
           const kt::u32 low = __float_as_uint(kt::e4m3ToFloat((words[q] >> (16 * h)) & 0xff)),
                         high = __float_as_uint(kt::e4m3ToFloat((words[q] >> (16 * h + 8)) & 0xff));
-          bDestination[2 * q + h] = (low >> 16) | (high & 0xffff0000u);
+          destination[2 * q + h] = (low >> 16) | (high & 0xffff0000u);
         }
-      __syncthreads();
-      kt::mmaTileStep(aTile, bTile, sums);
-      __syncthreads();
+      kt::mmaStep(tiles, b, k0, sums);
     }
     addScaled(result, sums, scaleRow[block]);
   }
-  kt::storeMmaTile(result, y, yStride, m0, n0, rows);
+  kt::storeMmaTile(result, y, yStride, b.m0, b.n0, rows);
 #endif
 }

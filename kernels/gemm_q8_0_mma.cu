@@ -31,41 +31,35 @@ extern "C" __global__ void __launch_bounds__(128)
     gemm_q8_0_mma(const kt::u8 *__restrict__ weight, const float *__restrict__ x, int xStride,
                   float *__restrict__ y, int yStride, int rows) {
 #if __CUDA_ARCH__ >= 800
-  using kt::kMmaPitch;
-  using kt::kMmaTile;
-  __shared__ __align__(16) kt::u16 aTile[kMmaTile][kMmaPitch]; // activations [token][k]
-  __shared__ __align__(16) kt::u16 bTile[kMmaTile][kMmaPitch]; // weight [output][k]
-  __shared__ float blockScale[kMmaTile];                       // the weight rows' block scales
-  const int m0 = blockIdx.y * kMmaTile, n0 = blockIdx.x * kMmaTile;
+  __shared__ __align__(16) kt::MmaTiles tiles;
+  // The weight rows' block scales, by step parity: a thread may write the
+  // next step's while others still read this step's.
+  __shared__ float blockScale[2][kt::kMmaTile];
+  const kt::MmaBlock b = kt::mmaBlock(x, xStride, rows);
   const int lane = threadIdx.x % 32, warpColumn = (threadIdx.x / 32 % 2) * 32;
-  const kt::MmaCopy copy = kt::mmaCopySlot();
-  const float *xRow = x + static_cast<long long>(min(m0 + copy.row, rows - 1)) * xStride;
-  const kt::u8 *wRow = weight + static_cast<long long>(n0 + copy.row) * kRowBytes;
+  const kt::u8 *wRow = weight + static_cast<long long>(b.n0 + b.row) * kRowBytes;
 
   kt::MmaFragments result = {};
   for (int k0 = 0; k0 < K_FEATURES; k0 += kt::kMmaStep) {
-    // Activations (rows past the end repeat the last row; their results are
-    // not stored) and weights to bf16 pairs. Blocks are 2-byte aligned.
-    kt::stageActivations(xRow + k0 + copy.column,
-                         reinterpret_cast<kt::u32 *>(&aTile[copy.row][copy.column]));
-    kt::u32 *bDestination = reinterpret_cast<kt::u32 *>(&bTile[copy.row][copy.column]);
+    // The weights to bf16 pairs (blocks are 2-byte aligned) and their scale.
+    kt::u32 *destination = kt::weightSlot(tiles, b);
     const kt::u16 *block =
         reinterpret_cast<const kt::u16 *>(wRow + (k0 / 32) * kt::kQ8_0BlockBytes);
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
-      const kt::u32 pair = block[1 + copy.column / 2 + q];
-      bDestination[q] = int8ToBf16(pair & 0xff) | int8ToBf16(pair >> 8) << 16;
+      const kt::u32 pair = block[1 + b.column / 2 + q];
+      destination[q] = int8ToBf16(pair & 0xff) | int8ToBf16(pair >> 8) << 16;
     }
-    if (copy.column == 0)
-      blockScale[copy.row] = kt::halfToFloat(block[0]);
-    __syncthreads();
+    float *scales = blockScale[(k0 / kt::kMmaStep) % 2];
+    if (b.column == 0)
+      scales[b.row] = kt::halfToFloat(block[0]);
     kt::MmaFragments sums = {};
-    kt::mmaTileStep(aTile, bTile, sums);
+    kt::mmaStep(tiles, b, k0, sums);
     // Each accumulator value takes its weight row's (column's) scale.
 #pragma unroll
     for (int j = 0; j < 4; ++j) {
       const int column = warpColumn + 8 * j + (lane % 4) * 2;
-      const float s0 = blockScale[column], s1 = blockScale[column + 1];
+      const float s0 = scales[column], s1 = scales[column + 1];
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         result[i][j][0] += sums[i][j][0] * s0;
@@ -74,8 +68,7 @@ extern "C" __global__ void __launch_bounds__(128)
         result[i][j][3] += sums[i][j][3] * s1;
       }
     }
-    __syncthreads();
   }
-  kt::storeMmaTile(result, y, yStride, m0, n0, rows);
+  kt::storeMmaTile(result, y, yStride, b.m0, b.n0, rows);
 #endif
 }

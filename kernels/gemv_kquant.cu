@@ -41,17 +41,6 @@ constexpr int kSuperBlocks = IN_FEATURES / 256;
 constexpr int kBlockBytes = QTYPE == 4 ? 144 : QTYPE == 5 ? 176 : 210;
 constexpr long long kRowBytes = static_cast<long long>(kSuperBlocks) * kBlockBytes;
 
-// GGML's get_scale_min_k4: the 6-bit scale and minimum of group j.
-__device__ __forceinline__ void scaleMin(const kt::u8 *scales, int j, float &scale, float &minimum) {
-  if (j < 4) {
-    scale = static_cast<float>(scales[j] & 63);
-    minimum = static_cast<float>(scales[j + 4] & 63);
-  } else {
-    scale = static_cast<float>((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4));
-    minimum = static_cast<float>((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
-  }
-}
-
 // This lane's 32 activations of a super-block (and, for q4_K/q5_K, their
 // sums per group), loaded once and reused for every row of the warp.
 struct Piece {
@@ -122,8 +111,8 @@ __device__ __forceinline__ void loadRowQuants(const kt::u8 *block, int part, Row
     scaleWords[i] = reinterpret_cast<const kt::u32 *>(block + 4)[i];
   const kt::u8 *scales = reinterpret_cast<const kt::u8 *>(scaleWords);
   float scaleLow, minLow, scaleHigh, minHigh;
-  scaleMin(scales, 2 * pair, scaleLow, minLow);
-  scaleMin(scales, 2 * pair + 1, scaleHigh, minHigh);
+  kt::kquantScaleMin(scales, 2 * pair, scaleLow, minLow);
+  kt::kquantScaleMin(scales, 2 * pair + 1, scaleHigh, minHigh);
   q.lowScale = d * scaleLow;
   q.lowMin = dmin * minLow;
   q.highScale = d * scaleHigh;

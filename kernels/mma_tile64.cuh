@@ -22,12 +22,31 @@ __device__ __forceinline__ u32 toBf16(float value) {
   return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
 }
 
-// The rows of the staged tiles a thread copies: 16 values of one row each.
-struct MmaCopy {
-  int row, column;
+// The staged 32 values of the block's 64 tokens and 64 outputs.
+struct MmaTiles {
+  u16 a[kMmaTile][kMmaPitch]; // activations [token][k]
+  u16 b[kMmaTile][kMmaPitch]; // weight [output][k]
 };
-__device__ __forceinline__ MmaCopy mmaCopySlot() {
-  return {static_cast<int>(threadIdx.x) / 2, static_cast<int>(threadIdx.x % 2) * 16};
+
+// The block's first token and output, and the row of each staged tile this
+// thread copies (16 values of it, from `column`): tokens past `rows` repeat
+// the last one (their results are not stored).
+struct MmaBlock {
+  int m0, n0, row, column;
+  const float *xRow;
+};
+__device__ __forceinline__ MmaBlock mmaBlock(const float *x, int xStride, int rows) {
+  MmaBlock b;
+  b.m0 = blockIdx.y * kMmaTile;
+  b.n0 = blockIdx.x * kMmaTile;
+  b.row = static_cast<int>(threadIdx.x) / 2;
+  b.column = static_cast<int>(threadIdx.x % 2) * 16;
+  b.xRow = x + static_cast<long long>(min(b.m0 + b.row, rows - 1)) * xStride;
+  return b;
+}
+// Where this thread stages its 16 weight values (bf16 pairs).
+__device__ __forceinline__ u32 *weightSlot(MmaTiles &tiles, const MmaBlock &b) {
+  return reinterpret_cast<u32 *>(&tiles.b[b.row][b.column]);
 }
 
 // 16 f32 activations to bf16 pairs at `destination`.
@@ -40,11 +59,11 @@ __device__ __forceinline__ void stageActivations(const float *values, u32 *desti
   }
 }
 
-// sums += the warp's part of aTile x bTile^T over the staged 32 values.
-__device__ __forceinline__ void mmaTileStep(const u16 (&aTile)[kMmaTile][kMmaPitch],
-                                            const u16 (&bTile)[kMmaTile][kMmaPitch],
-                                            MmaFragments &sums) {
+// sums += the warp's part of a x b^T over the staged 32 values.
+__device__ __forceinline__ void mmaTileProduct(const MmaTiles &tiles, MmaFragments &sums) {
 #if __CUDA_ARCH__ >= 800
+  const auto &aTile = tiles.a;
+  const auto &bTile = tiles.b;
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warpRow = (warp / 2) * 32, warpColumn = (warp % 2) * 32;
 #pragma unroll
@@ -76,6 +95,16 @@ __device__ __forceinline__ void mmaTileStep(const u16 (&aTile)[kMmaTile][kMmaPit
             : "r"(a[i][0]), "r"(a[i][1]), "r"(a[i][2]), "r"(a[i][3]), "r"(b[j][0]), "r"(b[j][1]));
   }
 #endif
+}
+
+// After this thread staged its weight values for K from k0: stages the
+// activations, and once every thread has, adds the product to `sums`.
+__device__ __forceinline__ void mmaStep(MmaTiles &tiles, const MmaBlock &b, int k0,
+                                        MmaFragments &sums) {
+  stageActivations(b.xRow + k0 + b.column, reinterpret_cast<u32 *>(&tiles.a[b.row][b.column]));
+  __syncthreads();
+  mmaTileProduct(tiles, sums);
+  __syncthreads();
 }
 
 // The warp's accumulators to y (tokens from m0, outputs from n0); tokens

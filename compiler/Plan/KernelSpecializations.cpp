@@ -68,10 +68,9 @@ void addGemv(Collector &collector, gguf::GgmlType type, int64_t out, int64_t in,
              StringRef path, bool perHead = false) {
   for (int64_t tile : {int64_t(1), cuda::kGemvPrefillTokenTile})
     collector.add(cuda::gemvSpec(type, out, in, tile), device, path);
-  // Q8_0 prefill on tensor cores where the GPU has bf16 mma.sync.
-  if (!perHead && type == gguf::GgmlType::Q8_0 && cuda::archHasBf16Mma(collector.arch(device)) &&
-      cuda::gemmQ8_0MmaFits(out, in))
-    collector.add(cuda::gemmQ8_0MmaSpec(out, in), device, path);
+  // Q8_0 and k-quant prefill on tensor cores where the GPU has bf16 mma.sync.
+  if (!perHead && cuda::archHasBf16Mma(collector.arch(device)) && cuda::gemmMmaFits(type, out, in))
+    collector.add(cuda::gemmMmaSpec(type, out, in), device, path);
 }
 
 // Routed experts on a GPU: the GEMVs of the chosen experts (decode: matrix

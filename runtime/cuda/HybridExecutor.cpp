@@ -81,9 +81,9 @@ struct GpuMatrix {
   // FP8 on sm_80 to sm_89: the bf16 mma GEMM for steps of at least
   // kFp8Bf16GemmMinTokens tokens (null: the GEMV).
   const Kernel *fp8Bf16Gemm = nullptr;
-  // Q8_0 on sm_80 and newer: the tensor-core GEMM for steps of at least
-  // kQ8_0MmaMinTokens tokens (null: the token-tiled GEMV).
-  const Kernel *q8_0Mma = nullptr;
+  // Q8_0 and k-quants on sm_80 and newer: the tensor-core GEMM for steps of
+  // at least kMmaGemmMinTokens tokens (null: the token-tiled GEMV).
+  const Kernel *mmaGemm = nullptr;
 };
 
 // FP8 steps of up to this many tokens keep the GEMV on f32 activations
@@ -95,8 +95,8 @@ constexpr int64_t kFp8GemvMaxTokens = 1;
 // a block per 64 outputs and 64 tokens and no pipelining: it overtakes the
 // GEMV between 8 and 32 tokens (measured as compute_80 PTX on the H100).
 constexpr int64_t kFp8Bf16GemmMinTokens = 32;
-// The Q8_0 tensor-core GEMM has the same tiles; from this many tokens on.
-constexpr int64_t kQ8_0MmaMinTokens = 32;
+// The GGUF tensor-core GEMMs have the same tiles; from this many tokens on.
+constexpr int64_t kMmaGemmMinTokens = 32;
 // Prefill segments whose attention covers at least this many tokens x
 // positions (a 512-token chunk after 512 cached ones) run MLA on tensor
 // cores, in bf16; shorter ones keep the f32 core, whose results match the
@@ -275,7 +275,7 @@ public:
   bool cudaGraphs = true;
   bool fp8Gemm = true; // ExecutorOptions::fp8Gemm
   bool mlaTensorCores = true; // ExecutorOptions::mlaTensorCores
-  bool mmaGemm = true;        // ExecutorOptions::q8_0TensorCores
+  bool mmaGemm = true;        // ExecutorOptions::ggufTensorCores
   // The GPU expert cache (on cuda:0), and what the plan lets it use there.
   uint64_t expertCacheBudget = 0;
   std::optional<uint64_t> firstGpuBudget;
@@ -369,9 +369,9 @@ public:
       return launch(*w.fp8Bf16Gemm, unsigned(w.out / 64), ceilDiv(tokens, 64), 1, 0,
                     {&data, &scales, &x, &xStride, &y, &yStride, &rows});
     }
-    if (w.q8_0Mma && tokens >= kQ8_0MmaMinTokens && !layout.matrixIds && w.heads == 1) {
+    if (w.mmaGemm && tokens >= kMmaGemmMinTokens && !layout.matrixIds && w.heads == 1) {
       int xStride = layout.xTokenStride, yStride = layout.yTokenStride, rows = int(tokens);
-      return launch(*w.q8_0Mma, unsigned(w.out / 64), ceilDiv(tokens, 64), 1, 0,
+      return launch(*w.mmaGemm, unsigned(w.out / 64), ceilDiv(tokens, 64), 1, 0,
                     {&data, &x, &xStride, &y, &yStride, &rows});
     }
     if (scales) // FP8: one token per block, the block scales before the activations
@@ -525,16 +525,16 @@ public:
     w.type = info->type;
     if (!findKernels(w, role, groupedPrefill))
       return w;
-    // Q8_0 prefill on tensor cores where the plan lists it.
-    if (info->type == GgmlType::Q8_0 && !heads && !groupedPrefill && m_.mmaGemm) {
-      StatusOr<KernelSpec> mma = gemmQ8_0MmaSpec(rows, cols);
+    // Prefill on tensor cores where the plan lists it.
+    if (!heads && !groupedPrefill && m_.mmaGemm && gemmMmaFits(info->type, rows, cols)) {
+      StatusOr<KernelSpec> mma = gemmMmaSpec(info->type, rows, cols);
       if (mma && m_.listsKernel(*mma)) {
         StatusOr<const Kernel *> k = m_.kernel(mma, b_.where() + " (" + role + ")");
         if (!k) {
           b_.fail("cannot multiply '" + role + "' on the GPU: " + k.message());
           return w;
         }
-        w.q8_0Mma = *k;
+        w.mmaGemm = *k;
       }
     }
     w.blocks = gemvGridBlocks(info->type, rows);
@@ -2546,7 +2546,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->cudaGraphs = options.cudaGraphs;
   impl->fp8Gemm = options.fp8Gemm;
   impl->mlaTensorCores = options.mlaTensorCores;
-  impl->mmaGemm = options.q8_0TensorCores;
+  impl->mmaGemm = options.ggufTensorCores;
   impl->logicalGpus = logicalGpus;
   impl->logicalBytes.assign(size_t(logicalGpus), 0);
   if (Status s = impl->enter(); !s.ok())

@@ -494,19 +494,34 @@ StatusOr<KernelSpec> gemmFp8Bf16Spec(int64_t outFeatures, int64_t inFeatures) {
                         128);
 }
 
-bool gemmQ8_0MmaFits(int64_t outFeatures, int64_t inFeatures) {
-  return outFeatures > 0 && outFeatures % 64 == 0 && outFeatures <= INT32_MAX && inFeatures > 0 &&
-         inFeatures % 32 == 0 && inFeatures <= INT32_MAX;
+namespace {
+// 4, 5, 6 for q4_K, q5_K, q6_K; 0 otherwise.
+int kquantNumber(gguf::GgmlType type) {
+  return type == gguf::GgmlType::Q4_K   ? 4
+         : type == gguf::GgmlType::Q5_K ? 5
+         : type == gguf::GgmlType::Q6_K ? 6
+                                        : 0;
+}
+} // namespace
+
+bool gemmMmaFits(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
+  const int64_t block = type == gguf::GgmlType::Q8_0 ? 32 : kquantNumber(type) ? 256 : 0;
+  return block > 0 && outFeatures > 0 && outFeatures % 64 == 0 && outFeatures <= INT32_MAX &&
+         inFeatures > 0 && inFeatures % block == 0 && inFeatures <= INT32_MAX;
 }
 
-StatusOr<KernelSpec> gemmQ8_0MmaSpec(int64_t outFeatures, int64_t inFeatures) {
-  if (!gemmQ8_0MmaFits(outFeatures, inFeatures))
-    return Status::error("a " + integer(outFeatures) + "x" + integer(inFeatures) +
-                         " Q8_0 matrix does not fit the tensor-core GEMM (rows in 64-row tiles, "
-                         "whole 32-value blocks).");
-  return makeKernelSpec("gemm_q8_0_mma.cu", "gemm_q8_0_mma",
-                        {{"N_FEATURES", integer(outFeatures)}, {"K_FEATURES", integer(inFeatures)}},
-                        128);
+StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
+  if (!gemmMmaFits(type, outFeatures, inFeatures))
+    return Status::error("a " + integer(outFeatures) + "x" + integer(inFeatures) + " " +
+                         std::string(gguf::ggmlTypeName(type)) +
+                         " matrix does not fit a tensor-core GEMM (q8_0 or k-quant weights, rows "
+                         "in 64-row tiles, whole blocks).");
+  std::map<std::string, std::string> defines = {{"N_FEATURES", integer(outFeatures)},
+                                                {"K_FEATURES", integer(inFeatures)}};
+  if (type == gguf::GgmlType::Q8_0)
+    return makeKernelSpec("gemm_q8_0_mma.cu", "gemm_q8_0_mma", std::move(defines), 128);
+  defines["QTYPE"] = std::to_string(kquantNumber(type));
+  return makeKernelSpec("gemm_kquant_mma.cu", "gemm_kquant_mma", std::move(defines), 128);
 }
 
 bool archHasBf16Mma(const std::string &arch) {
@@ -583,8 +598,8 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
     for (int64_t tile : {int64_t(1), kGemvPrefillTokenTile})
       if (Status s = add(gemvSpec(m.type, m.out, m.in, tile)); !s.ok())
         return s;
-    if (shapes.q8_0Mma && m.type == gguf::GgmlType::Q8_0 && gemmQ8_0MmaFits(m.out, m.in))
-      if (Status s = add(gemmQ8_0MmaSpec(m.out, m.in)); !s.ok())
+    if (shapes.mmaGemm && gemmMmaFits(m.type, m.out, m.in))
+      if (Status s = add(gemmMmaSpec(m.type, m.out, m.in)); !s.ok())
         return s;
   }
   for (const MoeGateShape &gate : shapes.gates)

@@ -126,12 +126,14 @@ StatusOr<KernelSpec> fp8QuantizeSpec(int64_t inFeatures);
 // shapes fp8GemmFits takes.
 StatusOr<KernelSpec> gemmFp8Bf16Spec(int64_t outFeatures, int64_t inFeatures);
 
-// The prefill GEMM of a Q8_0 matrix on tensor cores (kernels/gemm_q8_0_mma.cu:
-// int8 weights exact in bf16, activations rounded to bf16, mma.sync, each
-// 32-value block's sums times its scale), for sm_80 and newer, where the
-// shape fits: rows (outputs) in 64-row tiles.
-bool gemmQ8_0MmaFits(int64_t outFeatures, int64_t inFeatures);
-StatusOr<KernelSpec> gemmQ8_0MmaSpec(int64_t outFeatures, int64_t inFeatures);
+// The prefill GEMM of a GGUF matrix on tensor cores, for sm_80 and newer,
+// where the type and shape fit (rows, the outputs, in 64-row tiles):
+// q8_0 (kernels/gemm_q8_0_mma.cu: int8 weights exact in bf16, each 32-value
+// block's sums times its scale) and q4_K/q5_K/q6_K (kernels/gemm_kquant_mma.cu:
+// weights dequantized and rounded to bf16); activations rounded to bf16,
+// mma.sync with f32 sums.
+bool gemmMmaFits(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
 // Whether `arch` ("sm_86", "compute_80", "sm_90a") has mma.sync for bf16.
 bool archHasBf16Mma(const std::string &arch);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows.
@@ -229,7 +231,7 @@ struct ModelKernelShapes {
   std::vector<std::pair<int64_t, int64_t>> fp8Matrices; // {out, in}
   bool fp8Gemm = false;     // the target runs the FP8 prefill GEMM (sm_90a)
   bool fp8Bf16Gemm = false; // the target runs the bf16 one (sm_80 to sm_89)
-  bool q8_0Mma = false;     // the target has bf16 mma.sync (sm_80 and newer)
+  bool mmaGemm = false;     // the target has bf16 mma.sync (sm_80 and newer)
   // Routed experts placed on the GPU.
   struct Experts {
     gguf::GgmlType type;

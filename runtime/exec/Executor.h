@@ -65,10 +65,10 @@ struct ExecutorOptions {
   // GPU plans that list it (sm_80+): MLA prefill of long segments on tensor
   // cores in bf16 (about 1e-3 relative error); false: the f32 core always.
   bool mlaTensorCores = true;
-  // GPU plans that list it (sm_80+): Q8_0 matrices of prefill steps of 32
-  // or more tokens as tensor-core GEMMs (activations rounded to bf16);
-  // false: the token-tiled GEMV in f32 always.
-  bool q8_0TensorCores = true;
+  // GPU plans that list them (sm_80+): Q8_0 and k-quant matrices of prefill
+  // steps of 32 or more tokens as tensor-core GEMMs (activations, and
+  // k-quant weights, rounded to bf16); false: the token-tiled GEMV in f32.
+  bool ggufTensorCores = true;
   // GPU plans: run a plan for N GPUs (cuda:0 .. cuda:N-1) on this host's
   // GPU 0, each logical device with its own buffers and the plan's memory
   // budget (pipelines tested on one GPU); 0: cuda:0 only.

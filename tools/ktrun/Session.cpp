@@ -111,7 +111,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.cudaGraphs = options_.cudaGraphs;
   executorOptions.fp8Gemm = options_.fp8Gemm;
   executorOptions.mlaTensorCores = options_.mlaTensorCores;
-  executorOptions.q8_0TensorCores = options_.q8_0TensorCores;
+  executorOptions.ggufTensorCores = options_.ggufTensorCores;
   executorOptions.virtualGpus = options_.virtualGpus;
   executorOptions.gpuExpertCacheBytes = options_.gpuExpertCacheBytes;
   executorOptions.expertProfile = options_.expertProfile;

@@ -34,7 +34,7 @@ struct SessionOptions {
   bool cudaGraphs = true;       // GPU plans: replay decode's GPU regions as CUDA graphs
   bool fp8Gemm = true;          // GPU plans: FP8 projections of prefill steps as GEMMs
   bool mlaTensorCores = true;   // GPU plans: long MLA prefills on tensor cores
-  bool q8_0TensorCores = true;  // GPU plans: Q8_0 prefill GEMMs on tensor cores
+  bool ggufTensorCores = true;  // GPU plans: Q8_0/k-quant prefill GEMMs on tensor cores
   int virtualGpus = 0;          // run a plan for N GPUs on GPU 0
   int64_t gpuExpertCacheBytes = -1;            // -1: what the plan reserves
   std::vector<exec::RoutingStats> expertProfile; // chooses the cached experts at load

@@ -212,11 +212,12 @@ int main(int argc, char **argv) {
                "GPU plans: keep MLA prefill attention in f32 on CUDA cores for long prompts too "
                "(by default prefill chunks attending over 512K token-positions or more run on "
                "tensor cores in bf16, about 1e-3 relative error)");
-  bool noQ8TensorCores = false;
-  app.add_flag("--no-q8-tensor-cores", noQ8TensorCores,
-               "GPU plans: multiply Q8_0 matrices of prefill steps with the token-tiled GEMV in "
-               "f32 instead of the tensor-core GEMM (sm_80 and newer, steps of 32 tokens or "
-               "more, activations rounded to bf16) (for comparison)");
+  bool noGgufTensorCores = false;
+  app.add_flag("--no-gguf-tensor-cores", noGgufTensorCores,
+               "GPU plans: multiply Q8_0 and k-quant matrices of prefill steps with the "
+               "token-tiled GEMV in f32 instead of the tensor-core GEMM (sm_80 and newer, steps "
+               "of 32 tokens or more, activations and k-quant weights rounded to bf16) (for "
+               "comparison)");
   bool bench = false;
   kt::ktrun::BenchOptions benchOptions;
   app.add_flag("--bench", bench,
@@ -270,7 +271,7 @@ int main(int argc, char **argv) {
   options.cudaGraphs = !noCudaGraphs;
   options.fp8Gemm = !noFp8Gemm;
   options.mlaTensorCores = !noMlaTensorCores;
-  options.q8_0TensorCores = !noQ8TensorCores;
+  options.ggufTensorCores = !noGgufTensorCores;
   if (!gpuExpertCache.empty()) {
     std::optional<uint64_t> bytes = kt::parseByteSize(gpuExpertCache);
     if (!bytes || *bytes > uint64_t(INT64_MAX))

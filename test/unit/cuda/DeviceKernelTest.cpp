@@ -106,7 +106,7 @@ float bf16Rounded(float value) {
 }
 
 class GpuKernels : public ::testing::TestWithParam<bool> {
-protected:
+public: // shared check helpers call the fixture
   void SetUp() override {
     std::string whyNone;
     auto gpus = queryGpus(whyNone);
@@ -1180,54 +1180,69 @@ TEST_P(GpuKernels, Fp8Bf16GemmMatchesTheDoubleReference) {
   }
 }
 
-// The Q8_0 prefill GEMM on tensor cores (sm_80 and newer; cubin and PTX):
+// The GGUF prefill GEMMs on tensor cores (sm_80 and newer; cubin and PTX):
 // against a double product of the dequantized weights with the activations
-// rounded to bf16 (int8 weights are exact in bf16, each block's sums are
-// scaled in f32).
-TEST_P(GpuKernels, GemmQ8_0MmaMatchesTheDoubleReference) {
+// rounded to bf16, and for k-quants the weights too (Q8_0's int8 values are
+// exact in bf16, each block's sums scaled in f32).
+struct GgufMmaCase {
+  gguf::GgmlType type;
+  int64_t rows, out, in;
+};
+
+void expectGgufMmaGemmMatchesDouble(GpuKernels &t, const GgufMmaCase &c, double tolerance) {
+  SCOPED_TRACE(std::string(gguf::ggmlTypeName(c.type)) + " " + std::to_string(c.rows) + " x " +
+               std::to_string(c.out) + "x" + std::to_string(c.in));
+  const int64_t xStride = c.in + 64, yStride = c.out + 32;
+  auto w = randomFloats(size_t(c.out * c.in), -1, 1, 71);
+  const size_t rowBytes = *gguf::ggmlRowBytes(c.type, c.in);
+  std::vector<uint8_t> q(rowBytes * size_t(c.out));
+  ASSERT_TRUE(quant::quantize(c.type, w.data(), q.data(), w.size()).ok());
+  std::vector<float> weights(w.size());
+  ASSERT_TRUE(quant::dequantize(c.type, q.data(), weights.data(), w.size()).ok());
+  if (c.type != gguf::GgmlType::Q8_0)
+    for (float &v : weights)
+      v = bf16Rounded(v);
+  auto x = randomFloats(size_t(c.rows * xStride), -2, 2, 72);
+  std::vector<double> expected(size_t(c.rows * c.out));
+  for (int64_t r = 0; r < c.rows; ++r)
+    for (int64_t o = 0; o < c.out; ++o) {
+      double sum = 0;
+      for (int64_t i = 0; i < c.in; ++i)
+        sum += double(weights[size_t(o * c.in + i)]) * bf16Rounded(x[size_t(r * xStride + i)]);
+      expected[size_t(r * c.out + o)] = sum;
+    }
+  LoadedKernel kernel = t.load(gemmMmaSpec(c.type, c.out, c.in));
+  ASSERT_NE(kernel.function, nullptr);
+  DevicePointer dw = t.upload(q.data(), q.size()), dx = t.upload(x.data(), x.size() * 4),
+                dy = t.allocate(size_t(c.rows * yStride) * 4);
+  int xs = int(xStride), ys = int(yStride), rows = int(c.rows);
+  t.run(kernel, {unsigned(c.out / 64), unsigned((c.rows + 63) / 64), 1, 128, 1, 1, 0},
+        {&dw, &dx, &xs, &dy, &ys, &rows});
+  const std::vector<float> packed =
+      packRows(t.download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
+  const double error = relativeL2(packed, expected);
+  EXPECT_LE(error, tolerance);
+  std::printf("[ gpu      ] %s %s (%s) %lld tokens x %lldx%lld: relative L2 %.2e\n",
+              c.type == gguf::GgmlType::Q8_0 ? "gemm_q8_0_mma" : "gemm_kquant_mma",
+              gguf::ggmlTypeName(c.type).data(), t.arch.c_str(), (long long)c.rows,
+              (long long)c.out, (long long)c.in, error);
+}
+
+TEST_P(GpuKernels, GgufMmaGemmsMatchTheDoubleReference) {
   std::string whyNone;
   if (queryGpus(whyNone)[0].computeMajor < 8)
     GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
-  struct Case {
-    int64_t rows, out, in;
-  } cases[] = {{100, 576, 7168}, {32, 128, 96}, {130, 7168, 2048}, {64, 1536, 1536}};
-  for (const Case &c : cases) {
-    SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.out) + "x" +
-                 std::to_string(c.in));
-    const int64_t xStride = c.in + 64, yStride = c.out + 32;
-    auto w = randomFloats(size_t(c.out * c.in), -1, 1, 71);
-    const size_t rowBytes = *gguf::ggmlRowBytes(gguf::GgmlType::Q8_0, c.in);
-    std::vector<uint8_t> q(rowBytes * size_t(c.out));
-    ASSERT_TRUE(quant::quantize(gguf::GgmlType::Q8_0, w.data(), q.data(), w.size()).ok());
-    std::vector<float> dequantized(w.size());
-    ASSERT_TRUE(
-        quant::dequantize(gguf::GgmlType::Q8_0, q.data(), dequantized.data(), w.size()).ok());
-    auto x = randomFloats(size_t(c.rows * xStride), -2, 2, 72);
-    std::vector<double> expected(size_t(c.rows * c.out));
-    for (int64_t r = 0; r < c.rows; ++r)
-      for (int64_t o = 0; o < c.out; ++o) {
-        double sum = 0;
-        for (int64_t i = 0; i < c.in; ++i)
-          sum +=
-              double(dequantized[size_t(o * c.in + i)]) * bf16Rounded(x[size_t(r * xStride + i)]);
-        expected[size_t(r * c.out + o)] = sum;
-      }
-    StatusOr<KernelSpec> spec = gemmQ8_0MmaSpec(c.out, c.in);
-    LoadedKernel kernel = load(spec);
-    ASSERT_NE(kernel.function, nullptr);
-    DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4),
-                  dy = allocate(size_t(c.rows * yStride) * 4);
-    int xs = int(xStride), ys = int(yStride), rows = int(c.rows);
-    run(kernel, {unsigned(c.out / 64), unsigned((c.rows + 63) / 64), 1, 128, 1, 1, 0},
-        {&dw, &dx, &xs, &dy, &ys, &rows});
-    const std::vector<float> packed =
-        packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
-    const double error = relativeL2(packed, expected);
-    EXPECT_LE(error, 1e-5);
-    std::printf("[ gpu      ] gemm_q8_0_mma (%s) %lld tokens x %lldx%lld: relative L2 %.2e\n",
-                arch.c_str(), (long long)c.rows, (long long)c.out, (long long)c.in, error);
-  }
-  EXPECT_FALSE(gemmQ8_0MmaSpec(100, 7168).ok()) << "rows must fill 64-row tiles";
+  using gguf::GgmlType;
+  for (const GgufMmaCase &c :
+       {GgufMmaCase{GgmlType::Q8_0, 100, 576, 7168}, GgufMmaCase{GgmlType::Q8_0, 32, 128, 96},
+        GgufMmaCase{GgmlType::Q8_0, 130, 7168, 2048}, GgufMmaCase{GgmlType::Q8_0, 64, 1536, 1536}})
+    expectGgufMmaGemmMatchesDouble(*this, c, 1e-5);
+  // A k-quant weight decoded one f32 ulp off may round to the neighbouring bf16.
+  for (const GgufMmaCase &c :
+       {GgufMmaCase{GgmlType::Q4_K, 100, 576, 7168}, GgufMmaCase{GgmlType::Q5_K, 33, 128, 512},
+        GgufMmaCase{GgmlType::Q6_K, 130, 7168, 2048}, GgufMmaCase{GgmlType::Q6_K, 64, 192, 256}})
+    expectGgufMmaGemmMatchesDouble(*this, c, 1e-4);
+  EXPECT_FALSE(gemmMmaSpec(GgmlType::Q8_0, 100, 7168).ok()) << "rows fill 64-row tiles";
 }
 
 TEST_P(GpuKernels, SecondLoadComesFromTheCache) {

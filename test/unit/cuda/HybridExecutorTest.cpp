@@ -88,9 +88,9 @@ int32_t argmax(const std::vector<float> &logits, size_t row, int64_t vocab) {
 void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, double tolerance,
                    exec::ExecutorOptions options = {}) {
   // f32 against f32: Q8_0 prefill on tensor cores rounds the activations to
-  // bf16 (Q8_0PrefillOnTensorCoresStaysNearTheGemv), and so do the CPU
+  // bf16 (GgufPrefillOnTensorCoresStaysNearTheGemv), and so do the CPU
   // experts' AMX tile kernels on hosts that have them (cpu_tests).
-  options.q8_0TensorCores = false;
+  options.ggufTensorCores = false;
   options.expertTileTokens = 0;
   exec::ExecutorOptions cpuOptions = options; // without the GPU's own options
   cpuOptions.gpuExpertCacheBytes = -1;
@@ -748,7 +748,7 @@ TEST(HybridExecutor, Fp8PrefillGemmIsPerTokenAndNearTheGemvOnF32Activations) {
   exec::ExecutorOptions options;
   options.threads = 2;
   // The chunks would switch the q8_0 matrices' kernels and the CPU experts'.
-  options.q8_0TensorCores = false;
+  options.ggufTensorCores = false;
   options.expertTileTokens = 0;
   StatusOr<std::unique_ptr<exec::Executor>> gemm =
       exec::createExecutor(fp8Plan, *gguf.model, options);
@@ -1110,22 +1110,19 @@ TEST(HybridExecutor, LongPrefillAttentionOnTensorCoresStaysNearTheF32Core) {
   EXPECT_GE(agree, (prompt.size() - 512) * 9 / 10);
 }
 
-// Q8_0 matrices of prefill steps of 32 tokens or more run as tensor-core
-// GEMMs (activations rounded to bf16); shorter steps and decode keep the
-// f32 GEMV. Against the GEMV everywhere, on the tiny random model.
-TEST(HybridExecutor, Q8_0PrefillOnTensorCoresStaysNearTheGemv) {
-  KT_REQUIRE_GPU();
-  if (gpus()[0].computeMajor < 8)
-    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+// Q8_0 and k-quant matrices of prefill steps of 32 tokens or more run as
+// tensor-core GEMMs (activations, and k-quant weights, rounded to bf16);
+// shorter steps and decode keep the f32 GEMV. Against the GEMV everywhere,
+// on the tiny random model with q8_0 weights and with k-quant ones.
+void expectPrefillOnTensorCoresNearTheGemv(const std::string &name, const gen::ModelConfig &config,
+                                           const char *entry) {
   TestModel m;
-  cpu::test::buildModel("tiny-q8-mma", *gen::presetConfig("tiny"), m, "rules/DeepSeek-V3-Chat.yaml",
-                        targetGpu());
-  ASSERT_TRUE(
-      std::any_of(m.plan.kernelSpecializations.begin(), m.plan.kernelSpecializations.end(),
-                  [](const plan::KernelSpecialization &k) { return k.entry == "gemm_q8_0_mma"; }));
+  cpu::test::buildModel(name, config, m, "rules/DeepSeek-V3-Chat.yaml", targetGpu());
+  ASSERT_TRUE(std::any_of(m.plan.kernelSpecializations.begin(), m.plan.kernelSpecializations.end(),
+                          [&](const plan::KernelSpecialization &k) { return k.entry == entry; }));
   exec::ExecutorOptions options;
   std::unique_ptr<exec::Executor> mma = open(m, options);
-  options.q8_0TensorCores = false;
+  options.ggufTensorCores = false;
   std::unique_ptr<exec::Executor> gemv = open(m, options);
   ASSERT_TRUE(mma && gemv);
   const std::vector<int32_t> prompt = cpu::test::sampleTokens(200, 17);
@@ -1143,13 +1140,25 @@ TEST(HybridExecutor, Q8_0PrefillOnTensorCoresStaysNearTheGemv) {
   b = gemv->forward({next});
   ASSERT_TRUE(a.ok() && b.ok());
   const double decode = cpu::test::relativeL2(*a, *b);
-  std::printf("[ gpu      ] Q8_0 prefill on tensor cores against the GEMV: relative L2 %.2e, "
+  std::printf("[ gpu      ] %s prefill on tensor cores against the GEMV: relative L2 %.2e, "
               "same top token at %zu of %zu positions; decode after it %.2e\n",
-              error, agree, prompt.size(), decode);
+              entry, error, agree, prompt.size(), decode);
   EXPECT_GT(error, 1e-7); // bf16: the tensor cores ran
   EXPECT_LE(error, 0.1);
   EXPECT_GE(agree, prompt.size() * 9 / 10);
   EXPECT_LE(decode, 0.1);
+}
+
+TEST(HybridExecutor, GgufPrefillOnTensorCoresStaysNearTheGemv) {
+  KT_REQUIRE_GPU();
+  if (gpus()[0].computeMajor < 8)
+    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+  expectPrefillOnTensorCoresNearTheGemv("tiny-q8-mma", *gen::presetConfig("tiny"), "gemm_q8_0_mma");
+  gen::ModelConfig kquants = *gen::presetConfig("tiny");
+  kquants.types.attention = gguf::GgmlType::Q4_K;
+  kquants.types.dense = gguf::GgmlType::Q6_K;
+  kquants.types.sharedExperts = gguf::GgmlType::Q5_K;
+  expectPrefillOnTensorCoresNearTheGemv("tiny-kquant-mma", kquants, "gemm_kquant_mma");
 }
 
 // Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.

@@ -159,24 +159,30 @@ TEST(NvrtcCompile, Fp8Bf16GemmSpecializationsCompileForAmpereAndAda) {
       compileEntry(*nvrtc, *specs, "gemm_fp8_bf16", {"sm_80", "sm_86", "sm_89", "compute_80"}), 4);
 }
 
-// On sm_80 and newer the Q8_0 matrices add the tensor-core prefill GEMM; it
-// compiles for those archs and as compute_80 PTX.
-TEST(NvrtcCompile, Q8_0MmaGemmCompilesForSm80AndNewer) {
+// On sm_80 and newer the Q8_0 and k-quant matrices add the tensor-core
+// prefill GEMMs; they compile for those archs and as compute_80 PTX.
+TEST(NvrtcCompile, GgufMmaGemmsCompileForSm80AndNewer) {
   REQUIRE_NVRTC(nvrtc);
   ModelKernelShapes shapes = test::deepseekV3Shapes();
   auto without = allKernelSpecializations(shapes);
-  shapes.q8_0Mma = true;
+  shapes.mmaGemm = true;
   auto with = allKernelSpecializations(shapes);
   ASSERT_TRUE(without.ok() && with.ok());
-  const int matrices = compileEntry(*nvrtc, *with, "gemm_q8_0_mma",
-                                    {"sm_80", "sm_86", "sm_89", "sm_90a", "compute_80"});
-  // Every q8_0 matrix of V3 whose rows fill 64-row tiles.
+  int matrices = 0;
+  for (const char *entry : {"gemm_q8_0_mma", "gemm_kquant_mma"}) {
+    const int count =
+        compileEntry(*nvrtc, *with, entry, {"sm_80", "sm_86", "sm_89", "sm_90a", "compute_80"});
+    EXPECT_GT(count, 0) << entry;
+    matrices += count;
+  }
+  // Every q8_0 and k-quant matrix of V3 whose rows fill 64-row tiles.
   int fitting = 0;
   for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices)
-    fitting += m.type == gguf::GgmlType::Q8_0 && gemmQ8_0MmaFits(m.out, m.in);
-  EXPECT_GT(fitting, 0);
+    fitting += gemmMmaFits(m.type, m.out, m.in);
   EXPECT_EQ(matrices, fitting);
   EXPECT_EQ(with->size(), without->size() + size_t(fitting));
+  EXPECT_FALSE(gemmMmaSpec(gguf::GgmlType::Q4_0, 64, 256).ok());
+  EXPECT_FALSE(gemmMmaSpec(gguf::GgmlType::Q4_K, 64, 96).ok()) << "whole super-blocks";
 }
 
 TEST(NvrtcCompile, EverySmallModelSpecializationAndTableTypeCompiles) {
