@@ -15,6 +15,7 @@
 #include "runtime/safetensors/Safetensors.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <map>
 #include <optional>
@@ -60,6 +61,7 @@ struct StepContext {
   std::vector<Segment> segments; // in row order, covering every row once
   bool lastTokenOnly = false;    // lm_head: logits of each segment's last token only
   std::vector<std::vector<LatentCache>> *caches = nullptr; // [sequence][layer]
+  ExpertPhaseSeconds *expertPhases = nullptr;              // while profiling
 };
 
 class Step {
@@ -240,7 +242,8 @@ public:
     for (const Segment &segment : ctx.segments)
       segmentStarts.push_back(segment.row);
     experts_.forward(ctx.pool, ctx.workspace, x.data.data(), x.rows, ids.ids.data(),
-                     weights.data.data(), ids.width, o.data.data(), &segmentStarts);
+                     weights.data.data(), ids.width, o.data.data(), &segmentStarts,
+                     ctx.expertPhases);
   }
 
 private:
@@ -321,6 +324,8 @@ public:
   std::unique_ptr<WeightConversions> conversions; // FP8 weights as q8_0
   int64_t expertGemmTokens = 0;
   int64_t expertTileTokens = 0;
+  bool profiling = false;
+  exec::ExecutionProfile profile; // while profiling: CPU experts and the other steps
 
   Status bind(const plan::Plan &plan, const gguf::GgufModel &model, const std::string &planName);
   // One step over the tokens of several sequences (`tokens` holds each
@@ -600,6 +605,9 @@ void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segm
   ctx.segments = std::move(segments);
   ctx.lastTokenOnly = lastTokenOnly;
   ctx.caches = &caches;
+  ExpertPhaseSeconds phases;
+  if (profiling)
+    ctx.expertPhases = &phases;
 
   Value &input = values[0];
   input.rows = rows;
@@ -618,7 +626,14 @@ void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segm
       acquire(v);
       out.push_back(&v);
     }
+    const auto start = std::chrono::steady_clock::now();
     s.step->run(ctx, in, out);
+    if (profiling) {
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      (dynamic_cast<const ExpertsStep *>(s.step.get()) ? profile.cpuExpertSeconds
+                                                       : profile.cpuOtherSeconds) += seconds;
+    }
     for (int id : s.inputs)
       if (id != 0 && id != outputValue && lastUse[static_cast<size_t>(id)] == static_cast<int>(i))
         release(values[static_cast<size_t>(id)]);
@@ -628,6 +643,10 @@ void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segm
   release(values[static_cast<size_t>(outputValue)]);
   for (const Segment &segment : ctx.segments)
     sequences.advance(segment.sequence, segment.count);
+  profile.expertGatherSeconds += phases.gather;
+  profile.expertTileSeconds += phases.tiles;
+  profile.expertRowSeconds += phases.rows;
+  profile.expertCombineSeconds += phases.combine;
 }
 
 CpuExecutor::CpuExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -737,6 +756,12 @@ int64_t CpuExecutor::cacheCapacity() const { return impl_->sequences.capacity();
 int64_t CpuExecutor::chunkSize() const { return impl_->chunkSize; }
 int CpuExecutor::generatedExpertLayers() const { return impl_->generatedExpertLayers; }
 int CpuExecutor::tileExpertLayers() const { return impl_->tileExpertLayers; }
+void CpuExecutor::setProfiling(bool on) {
+  impl_->profiling = on;
+  impl_->profile = {};
+  impl_->profile.available = true;
+}
+exec::ExecutionProfile CpuExecutor::profile() const { return impl_->profile; }
 int CpuExecutor::sequenceCount() const { return impl_->sequences.count(); }
 void CpuExecutor::reset(int sequence) { impl_->sequences.reset(static_cast<size_t>(sequence)); }
 void CpuExecutor::truncate(int sequence, int64_t tokens) {

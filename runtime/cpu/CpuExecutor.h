@@ -46,6 +46,9 @@ public:
   int64_t chunkSize() const override;
   int generatedExpertLayers() const override;
   int tileExpertLayers() const override;
+  // Profiles the CPU experts (by part) against the other steps.
+  void setProfiling(bool on) override;
+  exec::ExecutionProfile profile() const override;
   using Executor::reset;
   void reset(int sequence) override;
   using Executor::truncate;

@@ -229,23 +229,28 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
     return 1;
   }
-  if (profile.available) {
+  auto share = [&](double part) { return profiled > 0 ? 100 * part / profiled : 0.0; };
+  if (profile.available && executor.deviceDescription() == "cpu") {
+    std::printf("prefill split (profiled run, %.3f s): routed experts %.3f s (%.0f%%), other steps "
+                "%.3f s (%.0f%%)\n",
+                profiled, profile.cpuExpertSeconds, share(profile.cpuExpertSeconds),
+                profile.cpuOtherSeconds, share(profile.cpuOtherSeconds));
+  } else if (profile.available) {
     const double other = profiled - profile.gpuSeconds - profile.cpuExpertSeconds -
                          profile.cpuOtherSeconds - profile.transferSeconds;
-    auto share = [&](double part) { return profiled > 0 ? 100 * part / profiled : 0.0; };
     std::printf("prefill split (profiled run, %.3f s): CPU experts %.3f s (%.0f%%), GPU %.3f s "
                 "(%.0f%%), transfers %.3f s (%.0f%%, %.1f MB), other CPU %.3f s, rest %.3f s\n",
                 profiled, profile.cpuExpertSeconds, share(profile.cpuExpertSeconds),
                 profile.gpuSeconds, share(profile.gpuSeconds), profile.transferSeconds,
                 share(profile.transferSeconds), profile.transferBytes / 1e6,
                 profile.cpuOtherSeconds, other);
-    if (profile.cpuExpertSeconds > 0)
-      std::printf("CPU experts: grouping %.3f s, AMX tile kernels %.3f s, row kernels %.3f s, "
-                  "weighted sums %.3f s\n",
-                  profile.expertGatherSeconds, profile.expertTileSeconds, profile.expertRowSeconds,
-                  profile.expertCombineSeconds);
     printStages(profile);
   }
+  if (profile.available && profile.cpuExpertSeconds > 0)
+    std::printf("CPU experts: grouping %.3f s, AMX tile kernels %.3f s, row kernels %.3f s, "
+                "weighted sums %.3f s\n",
+                profile.expertGatherSeconds, profile.expertTileSeconds, profile.expertRowSeconds,
+                profile.expertCombineSeconds);
   // And of decode, for a pipeline over several GPUs (each stage's share).
   if (profile.available && profile.gpuSecondsByDevice.size() > 1 && options.decodeTokens > 0) {
     executor.setProfiling(true);
