@@ -706,32 +706,20 @@ std::array<Value *, 16> transpose16x16(IRBuilder<> &b, std::array<Value *, 16> r
   return rows;
 }
 
-// 32 floats rounded to bf16 (to nearest, ties to even; the weights are
-// finite), as 16 dwords of two bf16 each: the pairs of a VNNI tile row.
-// With AVX-512 BF16 one instruction (VCVTNE2PS2BF16), else integer rounding.
-Value *bf16Pairs(KernelBuilder &k, Value *values, bool hasBf16) {
+// 32 floats rounded to bf16 (to nearest, ties to even) by VCVTNE2PS2BF16,
+// as 16 dwords of two bf16 each: 64 bytes of a tile row, in order.
+Value *bf16Pairs(KernelBuilder &k, Value *values) {
   IRBuilder<> &b = k.b();
-  if (hasBf16) {
-    SmallVector<int, 16> low, high;
-    for (int lane = 0; lane < 16; ++lane) {
-      low.push_back(lane);
-      high.push_back(lane + 16);
-    }
-    // The second operand fills the low half.
-    Value *packed = b.CreateIntrinsic(
-        Intrinsic::x86_avx512bf16_cvtne2ps2bf16_512, {},
-        {b.CreateShuffleVector(values, values, high), b.CreateShuffleVector(values, values, low)});
-    return b.CreateBitCast(packed, k.vec(b.getInt32Ty(), 16));
+  SmallVector<int, 16> low, high;
+  for (int lane = 0; lane < 16; ++lane) {
+    low.push_back(lane);
+    high.push_back(lane + 16);
   }
-  VectorType *i32x32 = k.vec(b.getInt32Ty(), kChunk);
-  Value *bits = b.CreateBitCast(values, i32x32);
-  auto splat32 = [&](uint32_t v) {
-    return ConstantVector::getSplat(ElementCount::getFixed(kChunk), b.getInt32(v));
-  };
-  Value *lsb = b.CreateAnd(b.CreateLShr(bits, splat32(16)), splat32(1));
-  Value *rounded = b.CreateLShr(b.CreateAdd(b.CreateAdd(bits, splat32(0x7fff)), lsb), splat32(16));
-  Value *halves = b.CreateTrunc(rounded, k.vec(b.getInt16Ty(), kChunk));
-  return b.CreateBitCast(halves, k.vec(b.getInt32Ty(), 16));
+  // The second operand fills the low half.
+  Value *packed = b.CreateIntrinsic(
+      Intrinsic::x86_avx512bf16_cvtne2ps2bf16_512, {},
+      {b.CreateShuffleVector(values, values, high), b.CreateShuffleVector(values, values, low)});
+  return b.CreateBitCast(packed, k.vec(b.getInt32Ty(), 16));
 }
 
 // The tile kernel (ABI: cpu::TileKernel): for each panel of kTileRows weight
@@ -767,7 +755,6 @@ void emitTileKernel(Module &module, const RowKernelRequest &request, const CpuCo
   IRBuilder<> &b = k.b();
   b.SetInsertPoint(k.block("entry"));
   Value *zero = k.i64c(0);
-  const bool hasBf16 = hasFeature(target, "avx512bf16");
   VectorType *i32x16 = k.vec(b.getInt32Ty(), 16), *tileVector = k.vec(b.getInt32Ty(), 256);
   Value *sixteen = b.getInt16(16), *tileBytesPerRow = b.getInt16(64), *tileStride = k.i64c(64);
   auto at = [&](Value *base, Value *offset) { return b.CreateGEP(k.i8(), base, offset); };
@@ -816,7 +803,7 @@ void emitTileKernel(Module &module, const RowKernelRequest &request, const CpuCo
                     : b.CreateFMul(chunk.values, scale);
             Value *step = b.CreateAdd(firstStep, k.i64c(chunk.xOffset / kChunk));
             Value *slot = b.CreateAdd(b.CreateMul(step, k.i64c(stepBytes)), tileRow);
-            b.CreateAlignedStore(bf16Pairs(k, values, hasBf16), at(scratch, slot), Align(64));
+            b.CreateAlignedStore(bf16Pairs(k, values), at(scratch, slot), Align(64));
           }
           return std::vector<Value *>{};
         });
@@ -990,7 +977,7 @@ StatusOr<CpuCodeTarget> namedCpuTarget(const std::string &cpu) {
 
 bool emitsTileKernels(const CpuCodeTarget &target) {
   return target.amxTiles && hasFeature(target, "amx-tile") && hasFeature(target, "amx-bf16") &&
-         hasFeature(target, "avx512bw");
+         hasFeature(target, "avx512bw") && hasFeature(target, "avx512bf16");
 }
 
 int vectorBitsFor(const CpuCodeTarget &target) {

@@ -43,8 +43,9 @@ StatusOr<CpuCodeTarget> namedCpuTarget(const std::string &cpu);
 // AVX2, else 128 (SSE2, every x86-64).
 int vectorBitsFor(const CpuCodeTarget &target);
 
-// Whether `target` gets tile kernels beside its row kernels: AMX-BF16 (and
-// AVX-512 BW to decode the weights) and tiles not turned off.
+// Whether `target` gets tile kernels beside its row kernels: AMX-BF16, with
+// AVX-512 BW and BF16 to decode the weights and round them (every AMX-BF16
+// CPU has both), and tiles not turned off.
 bool emitsTileKernels(const CpuCodeTarget &target);
 
 // Why `request` cannot get a kernel (an unsupported type, or a row width

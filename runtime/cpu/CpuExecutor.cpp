@@ -61,7 +61,7 @@ struct StepContext {
   std::vector<Segment> segments; // in row order, covering every row once
   bool lastTokenOnly = false;    // lm_head: logits of each segment's last token only
   std::vector<std::vector<LatentCache>> *caches = nullptr; // [sequence][layer]
-  ExpertPhaseSeconds *expertPhases = nullptr;              // while profiling
+  exec::ExpertPhaseSeconds *expertPhases = nullptr;        // while profiling
 };
 
 class Step {
@@ -605,9 +605,8 @@ void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segm
   ctx.segments = std::move(segments);
   ctx.lastTokenOnly = lastTokenOnly;
   ctx.caches = &caches;
-  ExpertPhaseSeconds phases;
   if (profiling)
-    ctx.expertPhases = &phases;
+    ctx.expertPhases = &profile.expertPhases;
 
   Value &input = values[0];
   input.rows = rows;
@@ -643,10 +642,6 @@ void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segm
   release(values[static_cast<size_t>(outputValue)]);
   for (const Segment &segment : ctx.segments)
     sequences.advance(segment.sequence, segment.count);
-  profile.expertGatherSeconds += phases.gather;
-  profile.expertTileSeconds += phases.tiles;
-  profile.expertRowSeconds += phases.rows;
-  profile.expertCombineSeconds += phases.combine;
 }
 
 CpuExecutor::CpuExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -67,6 +67,17 @@ void prepareKernelInputs(ThreadPool &pool, const std::vector<FfnBatch> &batches,
   });
 }
 
+// gate = silu(gate) * up for rows [begin, end) of every token (rows `ld` apart).
+void gateRows(float *gate, const float *up, int64_t ld, int64_t tokens, int64_t begin,
+              int64_t end) {
+  for (int64_t t = 0; t < tokens; ++t) {
+    float *g = gate + t * ld;
+    const float *u = up + t * ld;
+    for (int64_t r = begin; r < end; ++r)
+      g[r] = silu(g[r]) * u[r];
+  }
+}
+
 // Splits the rows of every tile batch into tasks of whole panels with about
 // equal work, four per thread, heaviest first (the pool hands tasks out in
 // order): an expert many tokens chose is spread over many threads instead
@@ -144,11 +155,7 @@ void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batch
     for (auto [w, y] : {std::pair{&b.w.gate, b.gate}, std::pair{&b.w.up, b.up}})
       w->kernel.tiles(w->data + static_cast<uint64_t>(task.begin) * w->rowBytes, w->rowBytes, rows,
                       b.xBf16, b.tokens, y + task.begin, ffn, scratch);
-    for (int64_t t = 0; t < b.tokens; ++t) {
-      float *g = b.gate + t * ffn, *u = b.up + t * ffn;
-      for (int64_t r = task.begin; r < task.end; ++r)
-        g[r] = silu(g[r]) * u[r];
-    }
+    gateRows(b.gate, b.up, ffn, b.tokens, task.begin, task.end);
   });
   packTokenTiles(pool, batches.size(), [&](size_t i) {
     const TileFfnBatch &b = batches[i];
@@ -205,11 +212,7 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
                 scratch);
     rowsProduct(b.w.up, task.begin, task.end, b.x, b.xInput, b.tokens, b.up + task.begin, ffn,
                 scratch);
-    for (int64_t t = 0; t < b.tokens; ++t) {
-      float *g = b.gate + t * ffn, *u = b.up + t * ffn;
-      for (int64_t r = task.begin; r < task.end; ++r)
-        g[r] = silu(g[r]) * u[r];
-    }
+    gateRows(b.gate, b.up, ffn, b.tokens, task.begin, task.end);
   });
 
   prepareKernelInputs(pool, batches, [](const FfnBatch &b) {
@@ -246,14 +249,14 @@ FfnMatrices RoutedExperts::expert(int64_t e) const {
           down_.rowRange(e * hidden_, hidden_)};
 }
 
-void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float *x,
-                            int64_t tokens, const int32_t *ids, const float *weights,
-                            int64_t topK, float *out, const std::vector<int64_t> *segmentStarts,
-                            ExpertPhaseSeconds *phases) const {
+void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
+                            const int32_t *ids, const float *weights, int64_t topK, float *out,
+                            const std::vector<int64_t> *segmentStarts,
+                            exec::ExpertPhaseSeconds *phases) const {
   using Clock = std::chrono::steady_clock;
   Clock::time_point mark = Clock::now();
   // Adds the time since the last mark to `part` (when profiling).
-  auto lap = [&](double ExpertPhaseSeconds::*part) {
+  auto lap = [&](double exec::ExpertPhaseSeconds::*part) {
     if (!phases)
       return;
     const Clock::time_point now = Clock::now();
@@ -346,7 +349,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
                     static_cast<size_t>(hidden_) * sizeof(float));
   });
 
-  lap(&ExpertPhaseSeconds::gather);
+  lap(&exec::ExpertPhaseSeconds::gather);
   // A segment's rows of an expert run on the tile kernels when at least
   // tileTokens_ of them chose it: the choice never depends on the other
   // sequences of the step, so an answer is the same alone or batched (a
@@ -393,7 +396,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     }
   }
   runTileFeedForward(pool, tileBatches);
-  lap(&ExpertPhaseSeconds::tiles);
+  lap(&exec::ExpertPhaseSeconds::tiles);
 
   std::vector<FfnBatch> batches;
   for (const ExpertRows &g : groups) {
@@ -406,10 +409,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       float *g = gate + row * ffn_, *u = up + row * ffn_;
       gemm_.multiply(pool, w.gate, gathered + row * hidden_, count, g, ffn_);
       gemm_.multiply(pool, w.up, gathered + row * hidden_, count, u, ffn_);
-      pool.parallelFor(count, [&](int64_t t, int) {
-        for (int64_t i = 0; i < ffn_; ++i)
-          g[t * ffn_ + i] = silu(g[t * ffn_ + i]) * u[t * ffn_ + i];
-      });
+      pool.parallelFor(
+          count, [&](int64_t t, int) { gateRows(g + t * ffn_, u + t * ffn_, ffn_, 1, 0, ffn_); });
       gemm_.multiply(pool, w.down, g, count, results + row * hidden_, hidden_);
       continue;
     }
@@ -418,7 +419,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
                        offsetInput(gateInput, row, ffn_)});
   }
   runFeedForward(pool, batches);
-  lap(&ExpertPhaseSeconds::rows);
+  lap(&exec::ExpertPhaseSeconds::rows);
 
   // Each token's sum in increasing expert order, as HF adds them up.
   pool.parallelFor(tokens, [&](int64_t t, int) {
@@ -432,7 +433,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       if (rowOf[static_cast<size_t>(i)] >= 0)
         axpy(weights[i], results + rowOf[static_cast<size_t>(i)] * hidden_, o, hidden_);
   });
-  lap(&ExpertPhaseSeconds::combine);
+  lap(&exec::ExpertPhaseSeconds::combine);
 }
 
 } // namespace kt::cpu

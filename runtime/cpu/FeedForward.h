@@ -6,6 +6,7 @@
 #include "runtime/cpu/Linear.h"
 #include "runtime/cpu/Math.h"
 #include "runtime/cpu/ThreadPool.h"
+#include "runtime/exec/Executor.h"
 #include "runtime/gguf/GgufFile.h"
 
 #include <cstdint>
@@ -72,14 +73,6 @@ void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batch
 void tileMatmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens,
                 uint16_t *xBf16, float *y, int64_t ldy);
 
-// Wall time of the parts of RoutedExperts::forward, added up.
-struct ExpertPhaseSeconds {
-  double gather = 0;  // grouping the tokens by expert
-  double tiles = 0;   // experts on the AMX tile kernels
-  double rows = 0;    // experts on the row kernels (or oneDNN)
-  double combine = 0; // each token's weighted sum
-};
-
 // The routed experts of a MoE layer: 3-D gate/up [hidden, ffn, experts] and
 // down [ffn, hidden, experts] tensors (GGML order).
 class RoutedExperts {
@@ -113,7 +106,7 @@ public:
   void forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
                const int32_t *ids, const float *weights, int64_t topK, float *out,
                const std::vector<int64_t> *segmentStarts = nullptr,
-               ExpertPhaseSeconds *phases = nullptr) const;
+               exec::ExpertPhaseSeconds *phases = nullptr) const;
 
 private:
   FfnMatrices expert(int64_t e) const;

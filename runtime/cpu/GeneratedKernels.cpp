@@ -1,5 +1,7 @@
 #include "runtime/cpu/GeneratedKernels.h"
 
+#include "runtime/quant/Quant.h"
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -75,12 +77,8 @@ void packTileActivations(const float *x, int64_t ldx, int64_t cols, int64_t toke
       continue;
     }
     const float *row = x + t * ldx;
-    for (int64_t c = 0; c < cols; ++c) {
-      uint32_t bits;
-      std::memcpy(&bits, row + c, sizeof bits);
-      tiles[(c / 32) * 512 + (c % 32 / 2) * 32 + c % 2] =
-          static_cast<uint16_t>((bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16);
-    }
+    for (int64_t c = 0; c < cols; ++c)
+      tiles[(c / 32) * 512 + (c % 32 / 2) * 32 + c % 2] = quant::floatToBf16(row[c]);
   }
 }
 
@@ -165,8 +163,7 @@ StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
       return Status::error(planPath + ": its CPU expert code " + path + " lacks the kernel " +
                            kernel.symbol + recompile);
     if (tiles) {
-      if (kernels->tilesUnavailable_.empty())
-        kernels->tilesUnavailable_ = enableAmxTiles();
+      kernels->tilesUnavailable_ = enableAmxTiles(); // asked once per process
       if (kernels->tilesUnavailable_.empty())
         kernels->kernels_[{*type, kernel.cols}].tiles = reinterpret_cast<TileKernel>(symbol);
       continue;

@@ -1170,21 +1170,16 @@ public:
       cache->selections += uint64_t(ctx.rows * ids.width);
     }
     auto start = Clock::now();
-    cpu::ExpertPhaseSeconds phases;
     std::vector<int64_t> segmentStarts;
     for (const Segment &segment : ctx.segments)
       segmentStarts.push_back(segment.row);
     experts_.forward(m.pool, m.workspace, x.hostFloats(), ctx.rows, cpuIds, weights.hostFloats(),
-                     ids.width, result, &segmentStarts, m.profiling ? &phases : nullptr);
+                     ids.width, result, &segmentStarts,
+                     m.profiling ? &m.profile.expertPhases : nullptr);
     for (int64_t i = 0; i < ctx.rows * ids.width; ++i)
       ++stats_.selections[size_t(ids.hostIds()[i])];
-    if (m.profiling) {
+    if (m.profiling)
       m.profile.cpuExpertSeconds += secondsSince(start);
-      m.profile.expertGatherSeconds += phases.gather;
-      m.profile.expertTileSeconds += phases.tiles;
-      m.profile.expertRowSeconds += phases.rows;
-      m.profile.expertCombineSeconds += phases.combine;
-    }
     if (o.where == Where::Host)
       return Status::success();
     const size_t bytes = size_t(ctx.rows * experts_.hidden()) * 4;

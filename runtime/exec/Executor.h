@@ -109,6 +109,14 @@ struct ExpertCacheStats {
   uint64_t gpuSelections = 0; // of those, run from the cache
 };
 
+// Wall time of the parts of the CPU's routed experts (RoutedExperts::forward).
+struct ExpertPhaseSeconds {
+  double gather = 0;  // grouping the tokens by expert
+  double tiles = 0;   // experts on the AMX tile kernels
+  double rows = 0;    // experts on the row kernels (or oneDNN)
+  double combine = 0; // each token's weighted sum
+};
+
 // Where the time of the steps since profiling was switched on went. The
 // hybrid executor waits for the GPU after each GPU step while profiling, so
 // GPU work no longer overlaps the CPU experts: profile separately from the
@@ -116,10 +124,7 @@ struct ExpertCacheStats {
 struct ExecutionProfile {
   double gpuSeconds = 0;       // GPU kernels
   double cpuExpertSeconds = 0; // routed experts on the CPU
-  // Of cpuExpertSeconds: grouping the tokens by expert, experts on the AMX
-  // tile kernels, experts on the row kernels (or oneDNN), the weighted sums.
-  double expertGatherSeconds = 0, expertTileSeconds = 0, expertRowSeconds = 0,
-         expertCombineSeconds = 0;
+  ExpertPhaseSeconds expertPhases; // of cpuExpertSeconds
   double cpuOtherSeconds = 0; // other CPU steps (embedding)
   double transferSeconds = 0; // copies between host and GPU, and between GPUs
   uint64_t transferBytes = 0;

@@ -78,15 +78,6 @@ uint16_t floatToHalf(float f) {
 
 float bf16ToFloat(uint16_t h) { return floatFromBits(uint32_t(h) << 16); }
 
-uint16_t floatToBf16(float f) {
-  const uint32_t bits = floatBits(f);
-  if ((bits & 0x7fffffffu) > 0x7f800000u)
-    return uint16_t((bits >> 16) | 0x40); // keep sign and payload, force quiet
-  // Adding 0x7fff plus the lowest kept bit rounds to nearest, ties to even;
-  // finite values past the largest bf16 carry into infinity.
-  return uint16_t((bits + 0x7fffu + ((bits >> 16) & 1)) >> 16);
-}
-
 float fp8E4m3ToFloat(uint8_t bits) {
   const int exponent = (bits >> 3) & 15, mantissa = bits & 7;
   const float sign = (bits & 0x80) ? -1.0f : 1.0f;

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace kt::quant {
 
@@ -32,7 +33,16 @@ Status quantize(GgmlType type, const float *src, void *dst, int64_t elements);
 float halfToFloat(uint16_t h);
 uint16_t floatToHalf(float f);
 float bf16ToFloat(uint16_t h);
-uint16_t floatToBf16(float f);
+// Inline: packing activations for the CPU's tile kernels calls it per value.
+inline uint16_t floatToBf16(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, sizeof bits);
+  if ((bits & 0x7fffffffu) > 0x7f800000u)
+    return uint16_t((bits >> 16) | 0x40); // keep sign and payload, force quiet
+  // Adding 0x7fff plus the lowest kept bit rounds to nearest, ties to even;
+  // finite values past the largest bf16 carry into infinity.
+  return uint16_t((bits + 0x7fffu + ((bits >> 16) & 1)) >> 16);
+}
 
 // FP8 e4m3 as DeepSeek's checkpoints and PyTorch's float8_e4m3fn store it:
 // 1 sign, 4 exponent (bias 7) and 3 mantissa bits, subnormals, no

@@ -249,8 +249,8 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   if (profile.available && profile.cpuExpertSeconds > 0)
     std::printf("CPU experts: grouping %.3f s, AMX tile kernels %.3f s, row kernels %.3f s, "
                 "weighted sums %.3f s\n",
-                profile.expertGatherSeconds, profile.expertTileSeconds, profile.expertRowSeconds,
-                profile.expertCombineSeconds);
+                profile.expertPhases.gather, profile.expertPhases.tiles, profile.expertPhases.rows,
+                profile.expertPhases.combine);
   // And of decode, for a pipeline over several GPUs (each stage's share).
   if (profile.available && profile.gpuSecondsByDevice.size() > 1 && options.decodeTokens > 0) {
     executor.setProfiling(true);

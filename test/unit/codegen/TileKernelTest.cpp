@@ -21,14 +21,7 @@ namespace {
 
 using gguf::GgmlType;
 
-float bf16Rounded(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-  float rounded;
-  std::memcpy(&rounded, &bits, sizeof rounded);
-  return rounded;
-}
+float bf16Rounded(float value) { return quant::bf16ToFloat(quant::floatToBf16(value)); }
 
 bool hostRuns(const plan::CpuCode &code) {
   std::vector<std::string> host = cpu::hostCpuFeatures();
@@ -44,6 +37,12 @@ TEST(TileKernelCode, OnlyAmxTargetsGetThem) {
   CpuCodeTarget off = *namedCpuTarget("sapphirerapids");
   off.amxTiles = false;
   EXPECT_FALSE(emitsTileKernels(off));
+  // The weights are rounded to bf16 with AVX-512 BF16.
+  CpuCodeTarget noBf16 = *namedCpuTarget("sapphirerapids");
+  noBf16.features.erase(
+      std::remove(noBf16.features.begin(), noBf16.features.end(), std::string("avx512bf16")),
+      noBf16.features.end());
+  EXPECT_FALSE(emitsTileKernels(noBf16));
 
   test::TempDir dir("tile-kernels-list");
   StatusOr<plan::CpuCode> code =

@@ -96,14 +96,7 @@ struct MlaBuffers {
 };
 
 // f32 rounded to bf16, to nearest even, as the mma GEMMs round activations.
-float bf16Rounded(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, 4);
-  bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;
-  float rounded;
-  std::memcpy(&rounded, &bits, 4);
-  return rounded;
-}
+float bf16Rounded(float value) { return quant::bf16ToFloat(quant::floatToBf16(value)); }
 
 class GpuKernels : public ::testing::TestWithParam<bool> {
 public: // shared check helpers call the fixture
