@@ -8,12 +8,15 @@
 // Decode reads each routed expert's matrices once per token, from memory:
 // every iteration here multiplies one token by the next matrix of a pool of
 // distinct experts much larger than the caches, rows split over the threads.
+// A last row per type times what a decode step does per MoE layer: one token
+// through 8 experts' gate/up/down by the runtime's own feed-forward code.
 // Weights are random blocks with sane f16 scales (never zeros).
 #include "bench/RandomBlocks.h"
 #include "runtime/cpu/ExpertGemm.h"
 #include "runtime/cpu/FeedForward.h"
 #include "runtime/cpu/GeneratedKernels.h"
 #include "runtime/cpu/Linear.h"
+#include "runtime/cpu/ReadBandwidth.h"
 #include "runtime/cpu/ThreadPool.h"
 #include "runtime/gguf/GgmlType.h"
 
@@ -29,7 +32,6 @@
 #include <cstdio>
 #include <cstring>
 #include <dlfcn.h>
-#include <immintrin.h>
 #include <random>
 #include <string>
 #include <vector>
@@ -43,55 +45,6 @@ double secondsSince(Clock::time_point start) {
   return std::chrono::duration<double>(Clock::now() - start).count();
 }
 
-// Sum of a slice of 64-byte lines, with as many loads in flight as the
-// core allows; AVX2 where the host has it.
-__attribute__((target("avx2"))) uint64_t readSliceAvx2(const uint8_t *data, size_t bytes) {
-  __m256i a = _mm256_setzero_si256(), b = a, c = a, d = a;
-  for (size_t i = 0; i + 128 <= bytes; i += 128) {
-    a = _mm256_add_epi64(a, _mm256_load_si256(reinterpret_cast<const __m256i *>(data + i)));
-    b = _mm256_add_epi64(b, _mm256_load_si256(reinterpret_cast<const __m256i *>(data + i + 32)));
-    c = _mm256_add_epi64(c, _mm256_load_si256(reinterpret_cast<const __m256i *>(data + i + 64)));
-    d = _mm256_add_epi64(d, _mm256_load_si256(reinterpret_cast<const __m256i *>(data + i + 96)));
-  }
-  __m256i sum = _mm256_add_epi64(_mm256_add_epi64(a, b), _mm256_add_epi64(c, d));
-  alignas(32) uint64_t lanes[4];
-  _mm256_store_si256(reinterpret_cast<__m256i *>(lanes), sum);
-  return lanes[0] + lanes[1] + lanes[2] + lanes[3];
-}
-
-uint64_t readSlice(const uint8_t *data, size_t bytes) {
-  if (__builtin_cpu_supports("avx2"))
-    return readSliceAvx2(data, bytes);
-  const uint64_t *words = reinterpret_cast<const uint64_t *>(data);
-  uint64_t a = 0, b = 0, c = 0, d = 0;
-  for (size_t i = 0; i + 4 <= bytes / 8; i += 4) {
-    a += words[i];
-    b += words[i + 1];
-    c += words[i + 2];
-    d += words[i + 3];
-  }
-  return a + b + c + d;
-}
-
-// Best of several passes over `pool`, split over the threads.
-double readBandwidth(cpu::ThreadPool &pool, const std::vector<uint8_t> &buffer, int passes) {
-  const int64_t slices = pool.threadCount() * 8;
-  const size_t slice = buffer.size() / static_cast<size_t>(slices) / 128 * 128;
-  std::vector<uint64_t> sinks(static_cast<size_t>(slices));
-  double best = 0;
-  for (int pass = 0; pass < passes; ++pass) {
-    auto start = Clock::now();
-    pool.parallelFor(slices, [&](int64_t s, int) {
-      sinks[static_cast<size_t>(s)] = readSlice(buffer.data() + static_cast<size_t>(s) * slice, slice);
-    });
-    best = std::max(best, static_cast<double>(slice) * static_cast<double>(slices) / secondsSince(start));
-  }
-  volatile uint64_t keep = 0;
-  for (uint64_t s : sinks)
-    keep = keep + s;
-  return best;
-}
-
 struct Shape {
   const char *name;
   int64_t rows, cols;
@@ -102,6 +55,86 @@ struct Result {
   double matrixMiB = 0;
   double generatedGBs = 0, referenceGBs = 0;
 };
+
+// Decode as the runtime runs it: one token through kTopK distinct experts
+// by cpu::runFeedForward (the gate/up rows of all of them over the pool in
+// one loop, then their down rows), the experts cycled through the pool.
+// Bytes/s of the three matrices of each expert. The pool must hold blocks
+// of `type` (the per-matrix runs above made their scales finite).
+Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
+                   const std::string &typeName, std::vector<uint8_t> &buffer, double seconds) {
+  constexpr int kTopK = 8;
+  constexpr int64_t kHidden = 7168, kFfn = 2048;
+  auto kernelFor = [&](int64_t cols) {
+    cpu::LoadedKernel kernel;
+    kernel.function =
+        reinterpret_cast<cpu::RowKernel>(dlsym(handle, cpu::rowKernelSymbol(type, cols).c_str()));
+    kernel.quantizedInput = true; // harmless for f32 kernels: they ignore it
+    return kernel;
+  };
+  const uint64_t hiddenRowBytes = *gguf::ggmlRowBytes(type, kHidden);
+  const uint64_t ffnRowBytes = *gguf::ggmlRowBytes(type, kFfn);
+  const uint64_t matrixBytes = hiddenRowBytes * kFfn; // = ffnRowBytes * kHidden
+  const uint64_t expertBytes = 3 * matrixBytes;
+  const size_t experts = std::max<size_t>(kTopK, buffer.size() / expertBytes);
+
+  std::mt19937_64 random(11);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  std::vector<float> x(kHidden), out(kTopK * kHidden), gate(kTopK * kFfn), up(kTopK * kFfn);
+  for (float &v : x)
+    v = normal(random);
+  struct Inputs {
+    std::vector<float> sums, scales;
+    std::vector<int8_t> quantized;
+    std::vector<int32_t> sums16;
+    explicit Inputs(int64_t cols)
+        : sums(cols / 32), scales(cols / 256), quantized(cols), sums16(cols / 16) {}
+    cpu::KernelInput view() {
+      return {sums.data(), quantized.data(), scales.data(), sums16.data()};
+    }
+  };
+  std::vector<Inputs> xInputs(kTopK, Inputs(kHidden)), gateInputs(kTopK, Inputs(kFfn));
+  std::vector<cpu::FfnBatch> batches(kTopK);
+  const cpu::LoadedKernel hiddenKernel = kernelFor(kHidden), ffnKernel = kernelFor(kFfn);
+  size_t next = 0;
+  auto route = [&](bool generated) {
+    const cpu::LoadedKernel hidden = generated ? hiddenKernel : cpu::LoadedKernel{};
+    const cpu::LoadedKernel ffn = generated ? ffnKernel : cpu::LoadedKernel{};
+    for (int k = 0; k < kTopK; ++k) {
+      const uint8_t *expert = buffer.data() + (next++ % experts) * expertBytes;
+      cpu::FfnBatch &b = batches[static_cast<size_t>(k)];
+      b.w.gate = {type, expert, kFfn, kHidden, hiddenRowBytes, hidden};
+      b.w.up = {type, expert + matrixBytes, kFfn, kHidden, hiddenRowBytes, hidden};
+      b.w.down = {type, expert + 2 * matrixBytes, kHidden, kFfn, ffnRowBytes, ffn};
+      b.x = x.data();
+      b.tokens = 1;
+      b.out = out.data() + k * kHidden;
+      b.gate = gate.data() + k * kFfn;
+      b.up = up.data() + k * kFfn;
+      b.xInput = xInputs[static_cast<size_t>(k)].view();
+      b.gateInput = gateInputs[static_cast<size_t>(k)].view();
+    }
+  };
+  auto run = [&](bool generated) {
+    size_t done = 0;
+    auto start = Clock::now();
+    do {
+      route(generated);
+      cpu::runFeedForward(pool, batches);
+      ++done;
+    } while (secondsSince(start) < seconds || done * kTopK < experts);
+    return static_cast<double>(expertBytes * kTopK) * static_cast<double>(done) /
+           secondsSince(start);
+  };
+  run(true); // warm-up
+  Result result;
+  result.type = typeName;
+  result.shape = "decode: 8 experts";
+  result.matrixMiB = static_cast<double>(expertBytes * kTopK) / (1 << 20);
+  result.generatedGBs = std::max(run(true), run(true)) / 1e9;
+  result.referenceGBs = run(false) / 1e9;
+  return result;
+}
 
 struct PrefillResult {
   std::string type, shape;
@@ -185,7 +218,7 @@ int main(int argc, char **argv) {
     uint64_t word = random();
     std::memcpy(buffer.data() + i, &word, std::min<size_t>(8, buffer.size() - i));
   }
-  const double bandwidth = readBandwidth(pool, buffer, 5);
+  const double bandwidth = cpu::measureReadBandwidth(pool, buffer.data(), buffer.size(), 5);
 
   // DeepSeek-V3 experts: gate/up [2048 rows of 7168], down [7168 rows of 2048].
   const Shape shapes[] = {{"7168x2048 (gate/up)", 2048, 7168}, {"2048x7168 (down)", 7168, 2048}};
@@ -257,6 +290,7 @@ int main(int argc, char **argv) {
       result.referenceGBs = run(false) / 1e9;
       results.push_back(result);
     }
+    results.push_back(decodeLayer(pool, handle, *type, typeName, buffer, seconds));
   }
 
   // Prefill: one expert matrix times many tokens; compute-bound, so one

@@ -30,6 +30,12 @@ __device__ __forceinline__ float bf16ToFloat(u16 bits) {
   return __uint_as_float(static_cast<u32>(bits) << 16);
 }
 
+// f32 to bf16 bits, round to nearest even (the values converted hold no NaN).
+__device__ __forceinline__ u32 toBf16(float value) {
+  const u32 bits = __float_as_uint(value);
+  return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
+}
+
 __device__ __forceinline__ float warpSum(float value) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1)

@@ -35,12 +35,8 @@ namespace {
 
 #define KT_INFINITY __int_as_float(0x7f800000)
 
-__device__ __forceinline__ kt::u32 toBf16(float value) {
-  const kt::u32 bits = __float_as_uint(value);
-  return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-}
 __device__ __forceinline__ kt::u32 pack(float low, float high) {
-  return toBf16(low) | toBf16(high) << 16;
+  return kt::toBf16(low) | kt::toBf16(high) << 16;
 }
 __device__ __forceinline__ kt::u32 pair(const kt::u16 *p) {
   return *reinterpret_cast<const kt::u32 *>(p);

@@ -16,12 +16,6 @@ constexpr int kMmaPitch =
 // column + 1), 2, 3 eight rows down.
 typedef float MmaFragments[2][4][4];
 
-// f32 to bf16, round to nearest even (activations hold no NaN).
-__device__ __forceinline__ u32 toBf16(float value) {
-  const u32 bits = __float_as_uint(value);
-  return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
-}
-
 // The staged 32 values of the block's 64 tokens and 64 outputs.
 struct MmaTiles {
   u16 a[kMmaTile][kMmaPitch]; // activations [token][k]

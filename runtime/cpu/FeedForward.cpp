@@ -18,14 +18,18 @@ struct RowTask {
 
 // Splits `rows(batch)` rows of every batch into tasks of whole `granule`-row
 // groups (16: 64-byte output lines, so threads never share one), aiming at
-// about four tasks per thread over all batches.
+// about kTasksPerThread tasks per thread over all batches: threads finish
+// within one task of each other, so smaller tasks waste less at the end of a
+// loop (a decode step's 8 experts: 64-row tasks on 16 threads; 4 tasks per
+// thread read 5-10% fewer bytes/s end to end on the 16-core host).
+constexpr int64_t kTasksPerThread = 16;
 template <typename Batch, typename RowsOf>
 std::vector<RowTask> splitRows(const std::vector<Batch> &batches, RowsOf rows, int threads,
                                int64_t granule = 16) {
   int64_t total = 0;
   for (const Batch &b : batches)
     total += rows(b);
-  int64_t perTask = (total + threads * 4 - 1) / (threads * 4);
+  int64_t perTask = (total + threads * kTasksPerThread - 1) / (threads * kTasksPerThread);
   perTask = std::max<int64_t>(granule, (perTask + granule - 1) / granule * granule);
   std::vector<RowTask> tasks;
   for (size_t i = 0; i < batches.size(); ++i)

@@ -1,10 +1,12 @@
 #include "tools/ktrun/Bench.h"
 
+#include "runtime/cpu/ReadBandwidth.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <random>
-#include <thread>
+#include <string>
 #include <vector>
 
 namespace kt::ktrun {
@@ -91,38 +93,38 @@ void printStages(const exec::ExecutionProfile &profile) {
   std::printf("; GPU-to-GPU copies %.3f MB\n", profile.gpuToGpuBytes / 1e6);
 }
 
-} // namespace
-
-double measureReadBandwidth(int threads) {
-  threads = std::max(1, threads);
-  const size_t bytes = size_t{1} << 30; // far beyond any cache
-  std::vector<uint64_t> buffer(bytes / sizeof(uint64_t), 1);
-  double best = 0;
-  for (int pass = 0; pass < 3; ++pass) {
-    std::vector<uint64_t> sums(static_cast<size_t>(threads) * 8, 0);
-    auto start = Clock::now();
-    std::vector<std::thread> workers;
-    size_t slice = buffer.size() / threads;
-    for (int t = 0; t < threads; ++t)
-      workers.emplace_back([&, t] {
-        const uint64_t *p = buffer.data() + t * slice;
-        uint64_t a = 0, b = 0, c = 0, d = 0;
-        for (size_t i = 0; i + 4 <= slice; i += 4) {
-          a += p[i];
-          b += p[i + 1];
-          c += p[i + 2];
-          d += p[i + 3];
-        }
-        sums[static_cast<size_t>(t) * 8] = a + b + c + d; // one cache line each
-      });
-    for (std::thread &worker : workers)
-      worker.join();
-    best = std::max(best, static_cast<double>(slice * threads * sizeof(uint64_t)) / seconds(start));
-    if (sums[0] == 0)
-      std::printf(" "); // keeps the reads
+// Where a profiled run's `seconds` went: the routed experts against the
+// rest on a CPU plan; CPU experts, GPU, transfers and the rest on a GPU plan;
+// then the CPU experts' phases.
+void printSplit(const std::string &what, const exec::Executor &executor,
+                const exec::ExecutionProfile &profile, double seconds) {
+  if (!profile.available)
+    return;
+  auto share = [&](double part) { return seconds > 0 ? 100 * part / seconds : 0.0; };
+  if (executor.deviceDescription() == "cpu") {
+    std::printf("%s split (profiled run, %.3f s): routed experts %.3f s (%.0f%%), other steps "
+                "%.3f s (%.0f%%)\n",
+                what.c_str(), seconds, profile.cpuExpertSeconds, share(profile.cpuExpertSeconds),
+                profile.cpuOtherSeconds, share(profile.cpuOtherSeconds));
+  } else {
+    const double other = seconds - profile.gpuSeconds - profile.cpuExpertSeconds -
+                         profile.cpuOtherSeconds - profile.transferSeconds;
+    std::printf("%s split (profiled run, %.3f s): CPU experts %.3f s (%.0f%%), GPU %.3f s "
+                "(%.0f%%), transfers %.3f s (%.0f%%, %.1f MB), other CPU %.3f s, rest %.3f s\n",
+                what.c_str(), seconds, profile.cpuExpertSeconds, share(profile.cpuExpertSeconds),
+                profile.gpuSeconds, share(profile.gpuSeconds), profile.transferSeconds,
+                share(profile.transferSeconds), profile.transferBytes / 1e6,
+                profile.cpuOtherSeconds, other);
+    printStages(profile);
   }
-  return best;
+  if (profile.cpuExpertSeconds > 0)
+    std::printf("CPU experts: grouping %.3f s, AMX tile kernels %.3f s, row kernels %.3f s, "
+                "weighted sums %.3f s\n",
+                profile.expertPhases.gather, profile.expertPhases.tiles, profile.expertPhases.rows,
+                profile.expertPhases.combine);
 }
+
+} // namespace
 
 int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOptions &options) {
   std::mt19937_64 random(options.seed);
@@ -166,7 +168,8 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
 
   double decodeRate = options.decodeTokens / decode;
   uint64_t expertBytes = expertBytesPerToken(plan, true);
-  double bandwidth = measureReadBandwidth(executor.threadCount());
+  cpu::ThreadPool pool(executor.threadCount());
+  const double bandwidth = cpu::measureReadBandwidth(pool);
   double achieved = expertBytes * decodeRate;
   std::printf("threads: %d\n", executor.threadCount());
   std::printf("prefill: %lld tokens in %.3f s, %.1f tok/s\n",
@@ -229,30 +232,11 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
     return 1;
   }
-  auto share = [&](double part) { return profiled > 0 ? 100 * part / profiled : 0.0; };
-  if (profile.available && executor.deviceDescription() == "cpu") {
-    std::printf("prefill split (profiled run, %.3f s): routed experts %.3f s (%.0f%%), other steps "
-                "%.3f s (%.0f%%)\n",
-                profiled, profile.cpuExpertSeconds, share(profile.cpuExpertSeconds),
-                profile.cpuOtherSeconds, share(profile.cpuOtherSeconds));
-  } else if (profile.available) {
-    const double other = profiled - profile.gpuSeconds - profile.cpuExpertSeconds -
-                         profile.cpuOtherSeconds - profile.transferSeconds;
-    std::printf("prefill split (profiled run, %.3f s): CPU experts %.3f s (%.0f%%), GPU %.3f s "
-                "(%.0f%%), transfers %.3f s (%.0f%%, %.1f MB), other CPU %.3f s, rest %.3f s\n",
-                profiled, profile.cpuExpertSeconds, share(profile.cpuExpertSeconds),
-                profile.gpuSeconds, share(profile.gpuSeconds), profile.transferSeconds,
-                share(profile.transferSeconds), profile.transferBytes / 1e6,
-                profile.cpuOtherSeconds, other);
-    printStages(profile);
-  }
-  if (profile.available && profile.cpuExpertSeconds > 0)
-    std::printf("CPU experts: grouping %.3f s, AMX tile kernels %.3f s, row kernels %.3f s, "
-                "weighted sums %.3f s\n",
-                profile.expertPhases.gather, profile.expertPhases.tiles, profile.expertPhases.rows,
-                profile.expertPhases.combine);
-  // And of decode, for a pipeline over several GPUs (each stage's share).
-  if (profile.available && profile.gpuSecondsByDevice.size() > 1 && options.decodeTokens > 0) {
+  printSplit("prefill", executor, profile, profiled);
+
+  // And of decode (profiled steps are not replayed from CUDA graphs, so
+  // they run slower than above; the shares are what counts).
+  if (profile.available && options.decodeTokens > 0) {
     executor.setProfiling(true);
     const int64_t tokens = std::min<int64_t>(options.decodeTokens, 32);
     start = Clock::now();
@@ -266,12 +250,11 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
       std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
       return 1;
     }
-    std::printf("decode split (profiled run, %lld tokens, %.3f s): CPU experts %.3f s, GPU %.3f "
-                "s, transfers %.3f s (%.3f MB per token)\n",
-                static_cast<long long>(tokens), decodeProfiled, decodeProfile.cpuExpertSeconds,
-                decodeProfile.gpuSeconds, decodeProfile.transferSeconds,
-                decodeProfile.transferBytes / 1e6 / double(tokens));
-    printStages(decodeProfile);
+    printSplit("decode (" + std::to_string(tokens) + " tokens)", executor, decodeProfile,
+               decodeProfiled);
+    if (decodeProfile.transferBytes > 0)
+      std::printf("decode transfers: %.3f MB per token\n",
+                  decodeProfile.transferBytes / 1e6 / double(tokens));
   }
   return 0;
 }

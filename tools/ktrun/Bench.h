@@ -18,8 +18,4 @@ struct BenchOptions {
 // Runs the benchmark and prints its report to stdout; returns the exit code.
 int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOptions &options);
 
-// Bytes per second that `threads` threads read from a buffer much larger
-// than the caches (best of three passes).
-double measureReadBandwidth(int threads);
-
 } // namespace kt::ktrun

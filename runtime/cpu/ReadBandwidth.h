@@ -1,0 +1,22 @@
+// The host's memory read bandwidth as the expert kernels meet it: the
+// threads of a pool streaming slices of a buffer far larger than the caches.
+// The decode benchmarks (cpu_expert_bench, ktrun --bench) divide the expert
+// bytes they read by it.
+#pragma once
+
+#include "runtime/cpu/ThreadPool.h"
+
+#include <cstddef>
+#include <cstdint>
+
+namespace kt::cpu {
+
+// Best of `passes` passes over `bytes` of `data`, split into 8 slices per
+// thread of `pool` (64-byte lines, several loads in flight per thread).
+double measureReadBandwidth(ThreadPool &pool, const uint8_t *data, size_t bytes, int passes);
+
+// The same over a buffer of `bytes` allocated and written here (so that
+// every page is real memory, not the shared zero page).
+double measureReadBandwidth(ThreadPool &pool, size_t bytes = size_t{1} << 30, int passes = 5);
+
+} // namespace kt::cpu
