@@ -14,7 +14,7 @@ PACKAGES=(
   llvm-16-dev libmlir-16-dev mlir-16-tools llvm-16-tools
   libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libpcre2-dev libxxhash-dev
-  libcpp-httplib-dev libdnnl-dev pkg-config curl
+  libcpp-httplib-dev libdnnl-dev libnuma-dev pkg-config curl
 )
 
 # The server test drives ktrun with the official openai SDK (npm).

@@ -300,7 +300,7 @@ struct BoundStep {
 
 class CpuExecutor::Impl {
 public:
-  Impl(int threads) : pool(threads) {}
+  Impl(int threads, const NumaTopology &numa) : pool(threads, numa) {}
 
   ThreadPool pool;
   Workspace workspace;
@@ -320,6 +320,7 @@ public:
   std::unique_ptr<GeneratedKernels> generated; // the plan's CPU expert code, if any
   int generatedExpertLayers = 0;
   int tileExpertLayers = 0;
+  exec::NumaPlacement numaPlacement;
   std::unique_ptr<safetensors::Checkpoint> fp8; // the plan's --fp8-path checkpoint, if any
   std::unique_ptr<WeightConversions> conversions; // FP8 weights as q8_0
   int64_t expertGemmTokens = 0;
@@ -519,6 +520,8 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
         ++tileExpertLayers;
       if (routed.usesGeneratedKernels())
         ++generatedExpertLayers;
+      if (Status placed = placeExperts(routed, pool, numaPlacement); !placed.ok())
+        return placed;
       step = std::make_unique<ExpertsStep>(std::move(routed));
       produced.push_back({ValueKind::Floats, hidden, 0, true});
     } else if (kind == "lm_head") {
@@ -660,7 +663,10 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
   if (options.sequences < 1)
     return Status::error("The executor needs at least one sequence (KV cache slot), not " +
                          std::to_string(options.sequences) + ".");
-  auto impl = std::make_unique<Impl>(options.threads);
+  StatusOr<NumaTopology> numa = numaTopologyFor(options.numa);
+  if (!numa)
+    return numa.status();
+  auto impl = std::make_unique<Impl>(options.threads, *numa);
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
   impl->expertTileTokens = std::max<int64_t>(0, options.expertTileTokens);
@@ -751,6 +757,8 @@ int64_t CpuExecutor::cacheCapacity() const { return impl_->sequences.capacity();
 int64_t CpuExecutor::chunkSize() const { return impl_->chunkSize; }
 int CpuExecutor::generatedExpertLayers() const { return impl_->generatedExpertLayers; }
 int CpuExecutor::tileExpertLayers() const { return impl_->tileExpertLayers; }
+
+exec::NumaPlacement CpuExecutor::numaPlacement() const { return impl_->numaPlacement; }
 void CpuExecutor::setProfiling(bool on) {
   impl_->profiling = on;
   impl_->profile = {};

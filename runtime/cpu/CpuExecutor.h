@@ -46,6 +46,7 @@ public:
   int64_t chunkSize() const override;
   int generatedExpertLayers() const override;
   int tileExpertLayers() const override;
+  exec::NumaPlacement numaPlacement() const override;
   // Profiles the CPU experts (by part) against the other steps.
   void setProfiling(bool on) override;
   exec::ExecutionProfile profile() const override;

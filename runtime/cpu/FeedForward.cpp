@@ -1,10 +1,13 @@
 #include "runtime/cpu/FeedForward.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <sys/mman.h>
 #include <tuple>
+#include <unistd.h>
 #include <utility>
 
 namespace kt::cpu {
@@ -14,28 +17,97 @@ namespace {
 struct RowTask {
   size_t batch;
   int64_t begin, end;
+  int node = -1; // the NUMA band the rows are read from; -1: the whole matrix
 };
 
-// Splits `rows(batch)` rows of every batch into tasks of whole `granule`-row
+// A row range of a batch's matrix: (first row, rows).
+using RowRange = std::pair<int64_t, int64_t>;
+
+// Appends tasks over `range(batch)` of every batch, of whole `granule`-row
 // groups (16: 64-byte output lines, so threads never share one), aiming at
 // about kTasksPerThread tasks per thread over all batches: threads finish
 // within one task of each other, so smaller tasks waste less at the end of a
 // loop (a decode step's 8 experts: 64-row tasks on 16 threads; 4 tasks per
 // thread read 5-10% fewer bytes/s end to end on the 16-core host).
 constexpr int64_t kTasksPerThread = 16;
+template <typename Batch, typename RangeOf>
+void appendRowTasks(const std::vector<Batch> &batches, RangeOf range, int threads, int64_t granule,
+                    int node, std::vector<RowTask> &tasks) {
+  int64_t total = 0;
+  for (const Batch &b : batches)
+    total += range(b).second;
+  int64_t perTask = (total + threads * kTasksPerThread - 1) / (threads * kTasksPerThread);
+  perTask = std::max<int64_t>(granule, (perTask + granule - 1) / granule * granule);
+  for (size_t i = 0; i < batches.size(); ++i) {
+    const auto [first, rows] = range(batches[i]);
+    for (int64_t begin = first; begin < first + rows; begin += perTask)
+      tasks.push_back({i, begin, std::min(first + rows, begin + perTask), node});
+  }
+}
+
 template <typename Batch, typename RowsOf>
 std::vector<RowTask> splitRows(const std::vector<Batch> &batches, RowsOf rows, int threads,
                                int64_t granule = 16) {
-  int64_t total = 0;
-  for (const Batch &b : batches)
-    total += rows(b);
-  int64_t perTask = (total + threads * kTasksPerThread - 1) / (threads * kTasksPerThread);
-  perTask = std::max<int64_t>(granule, (perTask + granule - 1) / granule * granule);
   std::vector<RowTask> tasks;
-  for (size_t i = 0; i < batches.size(); ++i)
-    for (int64_t begin = 0; begin < rows(batches[i]); begin += perTask)
-      tasks.push_back({i, begin, std::min(rows(batches[i]), begin + perTask)});
+  appendRowTasks(
+      batches,
+      [&](const Batch &b) {
+        return RowRange{0, rows(b)};
+      },
+      threads, granule, -1, tasks);
   return tasks;
+}
+
+// Tasks for parallelForNodes, and each node's first task.
+struct NodeTasks {
+  std::vector<RowTask> tasks;
+  std::vector<int64_t> nodeStarts;
+};
+
+// The rows of `which` of every batch as tasks: with NUMA bands (every batch
+// has them and the pool spans several nodes), node n's tasks cover band n
+// of each batch, split by `append` for node n's threads; else all tasks
+// are node 0's and every thread takes them.
+template <typename Batch, typename Append>
+NodeTasks splitOnNodes(const std::vector<Batch> &batches, const ThreadPool &pool,
+                       WeightMatrix FfnMatrices::*which, Append append) {
+  NodeTasks out;
+  const int nodes = pool.nodeCount();
+  const bool banded = nodes > 1 && !batches.empty() &&
+                      std::all_of(batches.begin(), batches.end(),
+                                  [](const Batch &b) { return b.bands != nullptr; });
+  out.nodeStarts.push_back(0);
+  if (!banded) {
+    append(
+        [&](const Batch &b) {
+          return RowRange{0, (b.w.*which).rows};
+        },
+        pool.threadCount(), -1, out.tasks);
+    out.nodeStarts.resize(static_cast<size_t>(nodes) + 1, static_cast<int64_t>(out.tasks.size()));
+    return out;
+  }
+  const bool down = which == &FfnMatrices::down;
+  for (int n = 0; n < nodes; ++n) {
+    append(
+        [&](const Batch &b) {
+          const FfnBand &band = b.bands[n];
+          return RowRange{down ? band.downFirst : band.gateUpFirst, (band.w.*which).rows};
+        },
+        pool.threadsOnNode(n), n, out.tasks);
+    out.nodeStarts.push_back(static_cast<int64_t>(out.tasks.size()));
+  }
+  return out;
+}
+
+// The matrix holding a task's rows of `which` and the row it starts at:
+// the task's NUMA band, or the whole matrix.
+template <typename Batch>
+std::pair<const WeightMatrix *, int64_t> taskMatrix(const Batch &b, const RowTask &task,
+                                                    WeightMatrix FfnMatrices::*which) {
+  if (task.node < 0)
+    return {&(b.w.*which), 0};
+  const FfnBand &band = b.bands[task.node];
+  return {&(band.w.*which), which == &FfnMatrices::down ? band.downFirst : band.gateUpFirst};
 }
 
 // y = W x for rows [rowBegin, rowEnd): the generated kernel when the matrix
@@ -87,26 +159,28 @@ void gateRows(float *gate, const float *up, int64_t ld, int64_t tokens, int64_t 
 // order): an expert many tokens chose is spread over many threads instead
 // of keeping one busy after the others finish. A panel's work is its
 // decoding, about as long as multiplying 48 tokens, plus its token blocks.
-template <typename RowsOf>
-std::vector<RowTask> splitTileRows(const std::vector<TileFfnBatch> &batches, RowsOf rows,
-                                   int threads) {
+template <typename RangeOf>
+void appendTileTasks(const std::vector<TileFfnBatch> &batches, RangeOf range, int threads, int node,
+                     std::vector<RowTask> &tasks) {
   constexpr int64_t kDecodeTokens = 48;
   auto cost = [](const TileFfnBatch &b) { return paddedTileTokens(b.tokens) + kDecodeTokens; };
   int64_t total = 0;
   for (const TileFfnBatch &b : batches)
-    total += rows(b) * cost(b);
+    total += range(b).second * cost(b);
   const int64_t target = std::max<int64_t>(1, total / (threads * 4));
-  std::vector<RowTask> tasks;
+  const size_t firstTask = tasks.size();
   for (size_t i = 0; i < batches.size(); ++i) {
+    const auto [first, rows] = range(batches[i]);
     int64_t perTask = (target / cost(batches[i]) + kTileRows / 2) / kTileRows * kTileRows;
-    perTask = std::clamp<int64_t>(perTask, kTileRows, rows(batches[i]));
-    for (int64_t begin = 0; begin < rows(batches[i]); begin += perTask)
-      tasks.push_back({i, begin, std::min(rows(batches[i]), begin + perTask)});
+    perTask = std::clamp<int64_t>(perTask, kTileRows, std::max<int64_t>(rows, kTileRows));
+    for (int64_t begin = first; begin < first + rows; begin += perTask)
+      tasks.push_back({i, begin, std::min(first + rows, begin + perTask), node});
   }
-  std::stable_sort(tasks.begin(), tasks.end(), [&](const RowTask &a, const RowTask &b) {
-    return (a.end - a.begin) * cost(batches[a.batch]) > (b.end - b.begin) * cost(batches[b.batch]);
-  });
-  return tasks;
+  std::stable_sort(tasks.begin() + static_cast<std::ptrdiff_t>(firstTask), tasks.end(),
+                   [&](const RowTask &a, const RowTask &b) {
+                     return (a.end - a.begin) * cost(batches[a.batch]) >
+                            (b.end - b.begin) * cost(batches[b.batch]);
+                   });
 }
 
 // This thread's scratch for tile kernels of `cols`-wide rows, 64-byte aligned.
@@ -145,35 +219,46 @@ bool runsOnTiles(const FfnMatrices &w) {
 void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batches) {
   if (batches.empty())
     return;
+  auto tileTasks = [](auto range, int threads, int node, std::vector<RowTask> &tasks,
+                      const std::vector<TileFfnBatch> &all) {
+    appendTileTasks(all, range, threads, node, tasks);
+  };
   packTokenTiles(pool, batches.size(), [&](size_t i) {
     const TileFfnBatch &b = batches[i];
     return std::make_tuple(b.x, b.xBf16, b.w.gate.cols, b.tokens);
   });
-  std::vector<RowTask> tasks = splitTileRows(
-      batches, [](const TileFfnBatch &b) { return b.w.gate.rows; }, pool.threadCount());
-  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
-    const RowTask &task = tasks[static_cast<size_t>(index)];
+  NodeTasks split = splitOnNodes(batches, pool, &FfnMatrices::gate,
+                                 [&](auto range, int threads, int node, std::vector<RowTask> &t) {
+                                   tileTasks(range, threads, node, t, batches);
+                                 });
+  pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
+    const RowTask &task = split.tasks[static_cast<size_t>(index)];
     const TileFfnBatch &b = batches[task.batch];
     const int64_t ffn = b.w.gate.rows, rows = task.end - task.begin;
     uint8_t *scratch = tileScratch(b.w.gate.cols);
-    for (auto [w, y] : {std::pair{&b.w.gate, b.gate}, std::pair{&b.w.up, b.up}})
-      w->kernel.tiles(w->data + static_cast<uint64_t>(task.begin) * w->rowBytes, w->rowBytes, rows,
-                      b.xBf16, b.tokens, y + task.begin, ffn, scratch);
+    for (auto [which, y] :
+         {std::pair{&FfnMatrices::gate, b.gate}, std::pair{&FfnMatrices::up, b.up}}) {
+      const auto [w, first] = taskMatrix(b, task, which);
+      w->kernel.tiles(w->data + static_cast<uint64_t>(task.begin - first) * w->rowBytes,
+                      w->rowBytes, rows, b.xBf16, b.tokens, y + task.begin, ffn, scratch);
+    }
     gateRows(b.gate, b.up, ffn, b.tokens, task.begin, task.end);
   });
   packTokenTiles(pool, batches.size(), [&](size_t i) {
     const TileFfnBatch &b = batches[i];
     return std::make_tuple(static_cast<const float *>(b.gate), b.gateBf16, b.w.down.cols, b.tokens);
   });
-  tasks = splitTileRows(
-      batches, [](const TileFfnBatch &b) { return b.w.down.rows; }, pool.threadCount());
-  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
-    const RowTask &task = tasks[static_cast<size_t>(index)];
+  split = splitOnNodes(batches, pool, &FfnMatrices::down,
+                       [&](auto range, int threads, int node, std::vector<RowTask> &t) {
+                         tileTasks(range, threads, node, t, batches);
+                       });
+  pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
+    const RowTask &task = split.tasks[static_cast<size_t>(index)];
     const TileFfnBatch &b = batches[task.batch];
-    const WeightMatrix &w = b.w.down;
-    w.kernel.tiles(w.data + static_cast<uint64_t>(task.begin) * w.rowBytes, w.rowBytes,
-                   task.end - task.begin, b.gateBf16, b.tokens, b.out + task.begin, w.rows,
-                   tileScratch(w.cols));
+    const auto [w, first] = taskMatrix(b, task, &FfnMatrices::down);
+    w->kernel.tiles(w->data + static_cast<uint64_t>(task.begin - first) * w->rowBytes, w->rowBytes,
+                    task.end - task.begin, b.gateBf16, b.tokens, b.out + task.begin, b.w.down.rows,
+                    tileScratch(w->cols));
   });
 }
 
@@ -205,17 +290,21 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
     return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.gate.kernel, &b.w.up.kernel},
                            b.x, b.w.gate.cols, b.xInput);
   });
-  std::vector<RowTask> tasks =
-      splitRows(batches, [](const FfnBatch &b) { return b.w.gate.rows; }, pool.threadCount());
-  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
-    const RowTask &task = tasks[static_cast<size_t>(index)];
+  auto rowTasks = [&](auto range, int threads, int node, std::vector<RowTask> &tasks) {
+    appendRowTasks(batches, range, threads, 16, node, tasks);
+  };
+  NodeTasks split = splitOnNodes(batches, pool, &FfnMatrices::gate, rowTasks);
+  pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
+    const RowTask &task = split.tasks[static_cast<size_t>(index)];
     const FfnBatch &b = batches[task.batch];
     const int64_t ffn = b.w.gate.rows;
     float *scratch = threadScratch(0, scratchFloats);
-    rowsProduct(b.w.gate, task.begin, task.end, b.x, b.xInput, b.tokens, b.gate + task.begin, ffn,
-                scratch);
-    rowsProduct(b.w.up, task.begin, task.end, b.x, b.xInput, b.tokens, b.up + task.begin, ffn,
-                scratch);
+    for (auto [which, y] :
+         {std::pair{&FfnMatrices::gate, b.gate}, std::pair{&FfnMatrices::up, b.up}}) {
+      const auto [w, first] = taskMatrix(b, task, which);
+      rowsProduct(*w, task.begin - first, task.end - first, b.x, b.xInput, b.tokens, y + task.begin,
+                  ffn, scratch);
+    }
     gateRows(b.gate, b.up, ffn, b.tokens, task.begin, task.end);
   });
 
@@ -223,13 +312,13 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
     return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.down.kernel},
                            static_cast<const float *>(b.gate), b.w.down.cols, b.gateInput);
   });
-  tasks = splitRows(batches, [](const FfnBatch &b) { return b.w.down.rows; }, pool.threadCount());
-  pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
-    const RowTask &task = tasks[static_cast<size_t>(index)];
+  split = splitOnNodes(batches, pool, &FfnMatrices::down, rowTasks);
+  pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
+    const RowTask &task = split.tasks[static_cast<size_t>(index)];
     const FfnBatch &b = batches[task.batch];
-    const int64_t hidden = b.w.down.rows;
-    rowsProduct(b.w.down, task.begin, task.end, b.gate, b.gateInput, b.tokens, b.out + task.begin,
-                hidden, threadScratch(0, scratchFloats));
+    const auto [w, first] = taskMatrix(b, task, &FfnMatrices::down);
+    rowsProduct(*w, task.begin - first, task.end - first, b.gate, b.gateInput, b.tokens,
+                b.out + task.begin, b.w.down.rows, threadScratch(0, scratchFloats));
   });
 }
 
@@ -247,6 +336,136 @@ bool RoutedExperts::usesGeneratedKernels() const {
 }
 
 bool RoutedExperts::hasTileKernels() const { return runsOnTiles({gate_, up_, down_}); }
+
+struct RoutedExperts::NodeCopies {
+  std::vector<FfnBand> bands;                    // [expert * nodes + node]
+  std::vector<std::pair<void *, size_t>> memory; // one mapping per node
+  NodeCopies() = default;
+  NodeCopies(const NodeCopies &) = delete;
+  NodeCopies &operator=(const NodeCopies &) = delete;
+  ~NodeCopies() {
+    for (auto [address, bytes] : memory)
+      munmap(address, bytes);
+  }
+};
+
+StatusOr<uint64_t> RoutedExperts::placeOnNodes(ThreadPool &pool) {
+  const int nodes = pool.nodeCount();
+  if (nodes < 2)
+    return uint64_t{0};
+  // Band boundaries in proportion to each node's threads, in whole tile
+  // panels where the rows allow (so tile kernels run on every band), else in
+  // 16-row groups.
+  auto bounds = [&](int64_t rows) {
+    const int64_t granule = rows % kTileRows == 0 ? kTileRows : 16;
+    std::vector<int64_t> b{0};
+    int64_t threadsBefore = 0;
+    for (int n = 0; n < nodes; ++n) {
+      threadsBefore += pool.threadsOnNode(n);
+      int64_t end = (rows * threadsBefore / pool.threadCount() + granule / 2) / granule * granule;
+      if (n + 1 == nodes)
+        end = rows;
+      b.push_back(std::clamp(end, b.back(), rows));
+    }
+    return b;
+  };
+  const std::vector<int64_t> gateUp = bounds(ffn_), down = bounds(hidden_);
+  auto copies = std::make_shared<NodeCopies>();
+  copies->bands.resize(static_cast<size_t>(experts_ * nodes));
+  std::vector<uint64_t> perExpert(static_cast<size_t>(nodes));
+  uint64_t total = 0;
+  for (int n = 0; n < nodes; ++n) {
+    const int64_t g = gateUp[n + 1] - gateUp[n], d = down[n + 1] - down[n];
+    const uint64_t bytes =
+        uint64_t(g) * (gate_.rowBytes + up_.rowBytes) + uint64_t(d) * down_.rowBytes;
+    perExpert[size_t(n)] = (bytes + 63) / 64 * 64; // each expert's band on a cache line
+    const size_t size = perExpert[size_t(n)] * size_t(experts_);
+    void *memory =
+        size ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+             : nullptr;
+    if (memory == MAP_FAILED)
+      return Status::error("Cannot allocate " + std::to_string(size) + " bytes for node " +
+                           std::to_string(pool.topology().nodes[size_t(n)].id) +
+                           "'s copy of the routed experts: " + std::strerror(errno) +
+                           ". Run with --numa off to keep them in the model file's mapping.");
+    if (memory)
+      madvise(memory, size, MADV_HUGEPAGE); // fewer TLB misses while streaming; a hint only
+    copies->memory.push_back({memory, size});
+    total += size;
+    for (int64_t e = 0; e < experts_; ++e) {
+      uint8_t *base = static_cast<uint8_t *>(memory) + uint64_t(e) * perExpert[size_t(n)];
+      FfnBand &band = copies->bands[size_t(e * nodes + n)];
+      band.gateUpFirst = gateUp[n];
+      band.downFirst = down[n];
+      band.w.gate = {gate_.type, base, g, gate_.cols, gate_.rowBytes, gate_.kernel};
+      band.w.up = {up_.type,  base + uint64_t(g) * gate_.rowBytes, g, up_.cols, up_.rowBytes,
+                   up_.kernel};
+      band.w.down = {down_.type,
+                     base + uint64_t(g) * (gate_.rowBytes + up_.rowBytes),
+                     d,
+                     down_.cols,
+                     down_.rowBytes,
+                     down_.kernel};
+    }
+  }
+  // Node n's threads copy node n's bands: its pages are first written, so
+  // placed, there.
+  std::vector<int64_t> nodeStarts;
+  for (int n = 0; n <= nodes; ++n)
+    nodeStarts.push_back(int64_t(n) * experts_);
+  pool.parallelForNodes(
+      nodeStarts,
+      [&](int64_t task, int) {
+        const int64_t n = task / experts_, e = task % experts_;
+        const FfnBand &band = copies->bands[size_t(e * nodes + n)];
+        const FfnMatrices w = expert(e);
+        for (auto [which, first] : {std::pair{&FfnMatrices::gate, band.gateUpFirst},
+                                    std::pair{&FfnMatrices::up, band.gateUpFirst},
+                                    std::pair{&FfnMatrices::down, band.downFirst}}) {
+          const WeightMatrix &to = band.w.*which, &from = w.*which;
+          std::memcpy(const_cast<uint8_t *>(to.data), from.data + uint64_t(first) * from.rowBytes,
+                      size_t(to.rows) * to.rowBytes);
+        }
+      },
+      /*steal=*/false);
+  // The mapping's pages of these tensors are not read again by the kernels:
+  // handed back (clean file pages; a later read, such as the GPU expert
+  // cache's, faults them in again).
+  for (const WeightMatrix *w : {&gate_, &up_, &down_}) {
+    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+    const uintptr_t begin = (reinterpret_cast<uintptr_t>(w->data) + page - 1) / page * page;
+    const uintptr_t end =
+        (reinterpret_cast<uintptr_t>(w->data) + uint64_t(w->rows) * w->rowBytes) / page * page;
+    if (end > begin)
+      madvise(reinterpret_cast<void *>(begin), end - begin, MADV_DONTNEED);
+  }
+  nodeCopies_ = std::move(copies);
+  return total;
+}
+
+Status placeExperts(RoutedExperts &experts, ThreadPool &pool, exec::NumaPlacement &placement) {
+  if (pool.nodeCount() < 2)
+    return Status::success();
+  if (placement.nodes.empty()) {
+    placement.nodes = pool.topology().describe();
+    for (int n = 0; n < pool.nodeCount(); ++n)
+      placement.threadsPerNode.push_back(pool.threadsOnNode(n));
+  }
+  const auto start = std::chrono::steady_clock::now();
+  StatusOr<uint64_t> bytes = experts.placeOnNodes(pool);
+  if (!bytes)
+    return bytes.status();
+  placement.expertBytes += *bytes;
+  placement.seconds +=
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return Status::success();
+}
+
+const FfnBand *RoutedExperts::bandsOf(int64_t e) const {
+  return nodeCopies_
+             ? nodeCopies_->bands.data() + e * static_cast<int64_t>(nodeCopies_->memory.size())
+             : nullptr;
+}
 
 FfnMatrices RoutedExperts::expert(int64_t e) const {
   return {gate_.rowRange(e * ffn_, ffn_), up_.rowRange(e * ffn_, ffn_),
@@ -395,7 +614,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
         continue;
       tileBatches.push_back({expert(g.expert), gathered + g.row * hidden_, g.count,
                              results + g.row * hidden_, gate + g.row * ffn_, up + g.row * ffn_,
-                             xBf16 + paddedRow * hidden_, gateBf16 + paddedRow * ffn_});
+                             xBf16 + paddedRow * hidden_, gateBf16 + paddedRow * ffn_,
+                             bandsOf(g.expert)});
       paddedRow += paddedTileTokens(g.count);
     }
   }
@@ -420,7 +640,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     }
     batches.push_back({expert(e), gathered + row * hidden_, count, results + row * hidden_,
                        gate + row * ffn_, up + row * ffn_, offsetInput(xInput, row, hidden_),
-                       offsetInput(gateInput, row, ffn_)});
+                       offsetInput(gateInput, row, ffn_), bandsOf(e)});
   }
   runFeedForward(pool, batches);
   lap(&exec::ExpertPhaseSeconds::rows);

@@ -10,6 +10,7 @@
 #include "runtime/gguf/GgufFile.h"
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace kt::cpu {
@@ -18,6 +19,14 @@ struct FfnMatrices {
   WeightMatrix gate; // [ffn][hidden]
   WeightMatrix up;   // [ffn][hidden]
   WeightMatrix down; // [hidden][ffn]
+};
+
+// One NUMA node's copy of a band of rows of an expert's three matrices:
+// gate and up rows [gateUpFirst, gateUpFirst + w.gate.rows), down rows
+// [downFirst, downFirst + w.down.rows), as matrices of their own.
+struct FfnBand {
+  FfnMatrices w;
+  int64_t gateUpFirst = 0, downFirst = 0;
 };
 
 // What generated kernels read of the input rows of a matrix product besides
@@ -42,6 +51,9 @@ struct FfnBatch {
   // inputs derived from x (gate and up) and from the gated product (down).
   KernelInput xInput;
   KernelInput gateInput;
+  // With NUMA placement: a band per node of the pool (node n's threads
+  // multiply band n's rows); null: every row from w.
+  const FfnBand *bands = nullptr;
 };
 
 // out = down(silu(gate x) * up x) for every batch. The rows of all batches
@@ -60,6 +72,7 @@ struct TileFfnBatch {
   float *up = nullptr;          // tokens x ffn scratch
   uint16_t *xBf16 = nullptr;    // paddedTileTokens(tokens) x hidden scratch
   uint16_t *gateBf16 = nullptr; // paddedTileTokens(tokens) x ffn scratch
+  const FfnBand *bands = nullptr; // as FfnBatch::bands
 };
 int64_t paddedTileTokens(int64_t tokens);
 // Whether the tile kernels can run `w` (all three matrices).
@@ -92,6 +105,12 @@ public:
   void setTileTokens(int64_t tokens) { tileTokens_ = tokens; }
   // Whether the experts' matrices have tile kernels.
   bool hasTileKernels() const;
+  // On a pool over several NUMA nodes: copies every expert's rows into the
+  // memory of the node whose threads multiply them (a band of rows per
+  // node, written by that node's threads: first touch), and releases the
+  // pages of the model file's mapping it read. Returns the bytes copied
+  // (0 on a single node, where nothing changes).
+  StatusOr<uint64_t> placeOnNodes(ThreadPool &pool);
 
   int64_t experts() const { return experts_; }
   int64_t hidden() const { return hidden_; }
@@ -110,12 +129,20 @@ public:
 
 private:
   FfnMatrices expert(int64_t e) const;
+  const FfnBand *bandsOf(int64_t e) const; // null without NUMA placement
+
+  struct NodeCopies; // the NUMA bands of every expert and their memory
 
   WeightMatrix gate_, up_, down_; // all experts' rows
+  std::shared_ptr<const NodeCopies> nodeCopies_; // null: no NUMA placement
   int64_t experts_, hidden_, ffn_;
   int64_t gemmTokens_ = 0;
   int64_t tileTokens_ = 0;
   mutable ExpertGemm gemm_; // scratch reused by forward()
 };
+
+// RoutedExperts::placeOnNodes for an executor: adds the bytes and time to
+// `placement` and, on the first call, describes the pool's nodes there.
+Status placeExperts(RoutedExperts &experts, ThreadPool &pool, exec::NumaPlacement &placement);
 
 } // namespace kt::cpu

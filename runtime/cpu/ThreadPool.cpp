@@ -1,6 +1,8 @@
 #include "runtime/cpu/ThreadPool.h"
 
 #include <algorithm>
+#include <pthread.h>
+#include <sched.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -36,12 +38,43 @@ template <typename Ready> bool spinUntil(Ready ready) {
 
 } // namespace
 
-ThreadPool::ThreadPool(int threads) {
+ThreadPool::ThreadPool(int threads, const NumaTopology &topology) {
   if (threads <= 0)
     threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  workers_.reserve(static_cast<size_t>(threads - 1));
-  for (int thread = 1; thread < threads; ++thread)
+  const size_t nodes = topology.nodes.size();
+  if (nodes > 1 && static_cast<size_t>(threads) >= nodes) {
+    nodes_ = topology;
+    callerRuns_ = false;
+    // Threads per node in proportion to the node's CPUs, at least one each.
+    size_t cpus = 0;
+    for (const NumaNode &node : nodes_.nodes)
+      cpus += node.cpus.size();
+    std::vector<int> perNode(nodes, 1);
+    int given = static_cast<int>(nodes);
+    for (size_t n = 0; n < nodes; ++n) {
+      const int share =
+          static_cast<int>(static_cast<size_t>(threads) * nodes_.nodes[n].cpus.size() / cpus);
+      const int extra = std::min(threads - given, std::max(0, share - 1));
+      perNode[n] += extra;
+      given += extra;
+    }
+    for (size_t n = 0; given < threads; n = (n + 1) % nodes, ++given)
+      ++perNode[n]; // rounding leftovers
+    for (size_t n = 0; n < nodes; ++n)
+      nodeOfThread_.insert(nodeOfThread_.end(), static_cast<size_t>(perNode[n]),
+                           static_cast<int>(n));
+  } else {
+    nodeOfThread_.assign(static_cast<size_t>(threads), 0);
+  }
+  ranges_.reset(new TaskRange[std::max<size_t>(nodes_.nodes.size(), 1)]);
+  const int firstWorker = callerRuns_ ? 1 : 0;
+  workers_.reserve(static_cast<size_t>(threads - firstWorker));
+  for (int thread = firstWorker; thread < threads; ++thread)
     workers_.emplace_back([this, thread] { workerLoop(thread); });
+}
+
+int ThreadPool::threadsOnNode(int node) const {
+  return static_cast<int>(std::count(nodeOfThread_.begin(), nodeOfThread_.end(), node));
 }
 
 ThreadPool::~ThreadPool() {
@@ -56,11 +89,16 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::runTasks(int thread) {
-  for (;;) {
-    const int64_t task = nextTask_.fetch_add(1, std::memory_order_relaxed);
-    if (task >= taskCount_)
-      return;
-    (*body_)(task, thread);
+  // The thread's own node first, then (when stealing) the others in turn.
+  const int nodes = nodeCount(), home = nodeOfThread_[static_cast<size_t>(thread)];
+  for (int i = 0; i < (steal_ ? nodes : 1); ++i) {
+    TaskRange &range = ranges_[static_cast<size_t>((home + i) % nodes)];
+    for (;;) {
+      const int64_t task = range.next.fetch_add(1, std::memory_order_relaxed);
+      if (task >= range.end)
+        break;
+      (*body_)(task, thread);
+    }
   }
 }
 
@@ -68,14 +106,40 @@ void ThreadPool::parallelFor(int64_t tasks,
                              const std::function<void(int64_t task, int thread)> &body) {
   if (tasks <= 0)
     return;
-  if (workers_.empty() || tasks == 1) {
+  if (threadCount() == 1 || tasks == 1) {
     for (int64_t task = 0; task < tasks; ++task)
       body(task, 0);
     return;
   }
+  // Every thread starts at its node's range; all tasks sit in node 0's, and
+  // the others are empty, so they all end up there.
+  for (int n = 0; n < nodeCount(); ++n) {
+    ranges_[static_cast<size_t>(n)].next.store(0, std::memory_order_relaxed);
+    ranges_[static_cast<size_t>(n)].end = n == 0 ? tasks : 0;
+  }
+  steal_ = true;
+  run(body);
+}
+
+void ThreadPool::parallelForNodes(const std::vector<int64_t> &nodeStarts,
+                                  const std::function<void(int64_t task, int thread)> &body,
+                                  bool steal) {
+  const int nodes = nodeCount();
+  if (nodes == 1 || nodeStarts.size() != static_cast<size_t>(nodes) + 1) {
+    parallelFor(nodeStarts.empty() ? 0 : nodeStarts.back(), body);
+    return;
+  }
+  for (int n = 0; n < nodes; ++n) {
+    ranges_[static_cast<size_t>(n)].next.store(nodeStarts[static_cast<size_t>(n)],
+                                               std::memory_order_relaxed);
+    ranges_[static_cast<size_t>(n)].end = nodeStarts[static_cast<size_t>(n) + 1];
+  }
+  steal_ = steal;
+  run(body);
+}
+
+void ThreadPool::run(const std::function<void(int64_t, int)> &body) {
   body_ = &body;
-  taskCount_ = tasks;
-  nextTask_.store(0, std::memory_order_relaxed);
   pending_.store(static_cast<int>(workers_.size()));
   // Publishes the loop; a worker that went to sleep before it is woken (the
   // seq_cst pair generation_/sleepers_ guarantees one side sees the other).
@@ -84,7 +148,8 @@ void ThreadPool::parallelFor(int64_t tasks,
     std::lock_guard<std::mutex> lock(mutex_);
     wake_.notify_all();
   }
-  runTasks(0);
+  if (callerRuns_)
+    runTasks(0);
   if (!spinUntil([this] { return pending_.load() == 0; })) {
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [this] { return pending_.load() == 0; });
@@ -93,6 +158,15 @@ void ThreadPool::parallelFor(int64_t tasks,
 }
 
 void ThreadPool::workerLoop(int thread) {
+  if (!callerRuns_) {
+    // Pinned to its node's CPUs (they were checked against this process's
+    // affinity, so this does not fail).
+    cpu_set_t mask;
+    CPU_ZERO(&mask);
+    for (int cpu : nodes_.nodes[static_cast<size_t>(nodeOfThread(thread))].cpus)
+      CPU_SET(cpu, &mask);
+    pthread_setaffinity_np(pthread_self(), sizeof(mask), &mask);
+  }
   uint64_t seen = 0;
   for (;;) {
     if (!spinUntil([&] { return generation_.load() != seen; })) {

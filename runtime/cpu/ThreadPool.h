@@ -1,12 +1,18 @@
 // A fixed pool of worker threads for the CPU executor. The calling thread
 // takes part in every parallel loop, so a pool of N threads starts N - 1
-// workers.
+// workers. On several NUMA nodes the pool starts N workers, each pinned to
+// one node's CPUs, and the caller only waits: it stays unpinned, so the
+// threads it starts later (OpenMP's, the GPU driver's) are not confined to
+// one node.
 #pragma once
+
+#include "runtime/cpu/Numa.h"
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -15,24 +21,54 @@ namespace kt::cpu {
 
 class ThreadPool {
 public:
-  // `threads` <= 0: one per hardware thread.
-  explicit ThreadPool(int threads);
+  // `threads` <= 0: one per hardware thread. With a multi-node `topology`
+  // (and at least a thread per node), the threads are spread over the nodes
+  // in proportion to their CPUs.
+  explicit ThreadPool(int threads, const NumaTopology &topology = {});
   ~ThreadPool();
   ThreadPool(const ThreadPool &) = delete;
   ThreadPool &operator=(const ThreadPool &) = delete;
 
-  int threadCount() const { return static_cast<int>(workers_.size()) + 1; }
+  int threadCount() const { return static_cast<int>(nodeOfThread_.size()); }
+  // NUMA nodes the threads are pinned to (1: none).
+  int nodeCount() const {
+    return static_cast<int>(nodes_.nodes.size()) > 1 ? static_cast<int>(nodes_.nodes.size()) : 1;
+  }
+  const NumaTopology &topology() const { return nodes_; }
+  // Threads pinned to node `node` (all of them on a single node).
+  int threadsOnNode(int node) const;
+  int nodeOfThread(int thread) const { return nodeOfThread_[static_cast<size_t>(thread)]; }
 
   // Runs body(task, thread) for every task in [0, tasks) and returns when all
   // are done. Tasks are handed out one at a time in increasing order, so
   // uneven tasks balance; `thread` in [0, threadCount()) identifies the
-  // thread (0 is the caller) for per-thread buffers. Not reentrant: `body`
-  // must not call parallelFor, and one thread drives the pool at a time.
+  // thread (0 is the caller, except on several NUMA nodes) for per-thread
+  // buffers. Not reentrant: `body` must not call parallelFor, and one thread
+  // drives the pool at a time.
   void parallelFor(int64_t tasks, const std::function<void(int64_t task, int thread)> &body);
+  // The same for tasks grouped by the node whose memory they read: tasks
+  // [nodeStarts[n], nodeStarts[n + 1]) go to node n's threads (nodeStarts
+  // has nodeCount() + 1 entries). With `steal`, a thread whose node has no
+  // tasks left takes other nodes' (balance over locality); without, node
+  // n's tasks run on node n only (first touch of node-local memory).
+  void parallelForNodes(const std::vector<int64_t> &nodeStarts,
+                        const std::function<void(int64_t task, int thread)> &body,
+                        bool steal = true);
 
 private:
   void workerLoop(int thread);
   void runTasks(int thread);
+  void run(const std::function<void(int64_t, int)> &body);
+
+  // One node's tasks; a cache line each, so nodes do not contend.
+  struct alignas(64) TaskRange {
+    std::atomic<int64_t> next{0};
+    int64_t end = 0;
+  };
+
+  NumaTopology nodes_;            // empty unless the threads are pinned
+  std::vector<int> nodeOfThread_; // per thread (0 is the caller unless pinned)
+  bool callerRuns_ = true;        // whether the calling thread runs tasks
 
   std::vector<std::thread> workers_;
   // A decode step runs dozens of short loops; workers spin briefly between
@@ -45,8 +81,8 @@ private:
   std::condition_variable wake_;
   std::condition_variable done_;
   const std::function<void(int64_t, int)> *body_ = nullptr;
-  int64_t taskCount_ = 0;
-  std::atomic<int64_t> nextTask_{0};
+  std::unique_ptr<TaskRange[]> ranges_; // one per node
+  bool steal_ = true;
 };
 
 } // namespace kt::cpu

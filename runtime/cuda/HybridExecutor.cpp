@@ -193,7 +193,7 @@ int gpuIndex(const std::string &device) {
 
 class HybridExecutor::Impl {
 public:
-  explicit Impl(int threads) : pool(threads) {}
+  Impl(int threads, const cpu::NumaTopology &numa) : pool(threads, numa) {}
   ~Impl();
 
   // A physical GPU the plan runs on and the step buffers it holds.
@@ -243,6 +243,7 @@ public:
   std::unique_ptr<cpu::GeneratedKernels> generated;
   int generatedExpertLayers = 0;
   int tileExpertLayers = 0;
+  exec::NumaPlacement numaPlacement;
   std::unique_ptr<safetensors::Checkpoint> fp8; // the plan's FP8 checkpoint, if any
   // FP8 weights the CPU (and the MLA operator's kv_b split) read as q8_0.
   std::unique_ptr<cpu::WeightConversions> conversions;
@@ -1842,6 +1843,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
           ++tileExpertLayers;
         if (routed.usesGeneratedKernels())
           ++generatedExpertLayers;
+        if (Status placed = cpu::placeExperts(routed, pool, numaPlacement); !placed.ok())
+          return placed;
         StatusOr<void *> staging =
             device->allocateHost(size_t(std::max(chunkSize, int64_t(1)) * hidden) * 4);
         if (!staging)
@@ -2491,7 +2494,10 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
                          " GPU(s). Run it with --virtual-gpus " + std::to_string(highestGpu + 1) +
                          " (its stages then share GPU 0), or compile it for " +
                          std::to_string(gpus.size()) + " GPU(s).");
-  auto impl = std::make_unique<Impl>(options.threads);
+  StatusOr<cpu::NumaTopology> numa = cpu::numaTopologyFor(options.numa);
+  if (!numa)
+    return numa.status();
+  auto impl = std::make_unique<Impl>(options.threads, *numa);
   impl->fp8 = std::move(*fp8);
   impl->conversions =
       std::make_unique<cpu::WeightConversions>(impl->fp8.get(), options.progress);
@@ -2722,6 +2728,8 @@ int HybridExecutor::sequenceCount() const { return impl_->sequences.count(); }
 int64_t HybridExecutor::chunkSize() const { return impl_->chunkSize; }
 int HybridExecutor::generatedExpertLayers() const { return impl_->generatedExpertLayers; }
 int HybridExecutor::tileExpertLayers() const { return impl_->tileExpertLayers; }
+
+exec::NumaPlacement HybridExecutor::numaPlacement() const { return impl_->numaPlacement; }
 void HybridExecutor::reset(int sequence) { impl_->sequences.reset(size_t(sequence)); }
 void HybridExecutor::truncate(int sequence, int64_t tokens) {
   impl_->sequences.truncate(size_t(sequence), tokens);

@@ -64,6 +64,7 @@ public:
   int64_t chunkSize() const override;
   int generatedExpertLayers() const override;
   int tileExpertLayers() const override;
+  exec::NumaPlacement numaPlacement() const override;
   using Executor::reset;
   void reset(int sequence) override;
   using Executor::truncate;

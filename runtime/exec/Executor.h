@@ -35,6 +35,11 @@ inline void argmaxRows(const float *logits, int64_t rows, int64_t vocab, int32_t
 
 struct ExecutorOptions {
   int threads = 0;       // CPU threads; 0: one per hardware thread
+  // NUMA: "auto" (this host's nodes), "off", or the nodes' CPU lists
+  // separated by ';' ("0-7;8-15"). On several nodes the threads are pinned
+  // per node and the routed experts' rows copied to the node that
+  // multiplies them; on one node nothing changes.
+  std::string numa = "auto";
   int64_t cacheLens = 0; // positions the KV cache holds; 0: the plan's runtime.cache_lens
   int64_t chunkSize = 0; // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
   std::string planPath;  // the plan's file, for messages; empty: "the plan"
@@ -107,6 +112,14 @@ struct ExpertCacheStats {
   double fillSeconds = 0;
   uint64_t selections = 0;    // of the cacheable layers' experts
   uint64_t gpuSelections = 0; // of those, run from the cache
+};
+
+// How the CPU threads and routed experts were spread over NUMA nodes.
+struct NumaPlacement {
+  std::string nodes; // "node 0: CPUs 0-7; node 1: CPUs 8-15"; empty: one node
+  std::vector<int> threadsPerNode;
+  uint64_t expertBytes = 0; // routed-expert bytes copied to the nodes
+  double seconds = 0;       // spent copying them
 };
 
 // Wall time of the parts of the CPU's routed experts (RoutedExperts::forward).
@@ -209,6 +222,7 @@ public:
   virtual ExecutionProfile profile() const { return {}; }
   virtual ExpertCacheStats expertCacheStats() const { return {}; }
   virtual WeightConversionStats weightConversions() const { return {}; }
+  virtual NumaPlacement numaPlacement() const { return {}; }
   // "cpu", or the GPU that runs the GPU ops ("cuda:0 (NVIDIA H100 80GB HBM3)").
   virtual std::string deviceDescription() const = 0;
 };

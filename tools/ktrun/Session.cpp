@@ -105,6 +105,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.threads = options_.threads;
   executorOptions.expertGemmTokens = options_.expertGemmTokens;
   executorOptions.expertTileTokens = options_.expertTileTokens;
+  executorOptions.numa = options_.numa;
   executorOptions.cacheLens = options_.cacheLens;
   executorOptions.planPath = options_.planPath;
   executorOptions.sequences = options_.sequences;

@@ -75,6 +75,11 @@ int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, b
         {"tile_expert_layers", session.executor().tileExpertLayers()},
         {"device", session.executor().deviceDescription()},
     };
+    if (const kt::exec::NumaPlacement numa = session.executor().numaPlacement();
+        !numa.nodes.empty())
+      out["numa"] = {{"nodes", numa.nodes},
+                     {"threads_per_node", numa.threadsPerNode},
+                     {"expert_bytes", numa.expertBytes}};
     if (const kt::exec::ExpertCacheStats cache = session.executor().expertCacheStats();
         cache.enabled)
       out["gpu_expert_cache"] = {{"experts", cache.experts},
@@ -162,6 +167,12 @@ int main(int argc, char **argv) {
   app.add_option("--cpu-infer,--cpu_infer", options.threads,
                  "CPU threads (default: all cores)")
       ->check(CLI::NonNegativeNumber);
+  app.add_option("--numa", options.numa,
+                 "NUMA nodes: auto (this host's), off, or the nodes' CPU lists separated by ';' "
+                 "(e.g. '0-7,16-23;8-15,24-31'). On several nodes the CPU threads are pinned per "
+                 "node and each node gets a copy of the rows of the routed experts its threads "
+                 "multiply (memory: the experts' size, once); one node changes nothing "
+                 "(default auto)");
   app.add_flag("--force-think,--force_think", options.forceThink,
                "Start the answer with <think>\\n so R1 reasons before answering");
   app.add_option("--temperature", options.sampling.temperature,
@@ -297,6 +308,15 @@ int main(int argc, char **argv) {
   if (std::string kernels = kt::exec::kernelLoadSummary((*session)->executor()); !kernels.empty())
     std::fprintf(stderr, "ktrun: %s: %s\n", (*session)->executor().deviceDescription().c_str(),
                  kernels.c_str());
+  if (kt::exec::NumaPlacement numa = (*session)->executor().numaPlacement(); !numa.nodes.empty()) {
+    std::string threads;
+    for (int count : numa.threadsPerNode)
+      threads += (threads.empty() ? "" : "+") + std::to_string(count);
+    std::fprintf(
+        stderr, "ktrun: NUMA: %s; threads %s; routed experts copied to their nodes: %s in %.2f s\n",
+        numa.nodes.c_str(), threads.c_str(), kt::formatByteSize(numa.expertBytes).c_str(),
+        numa.seconds);
+  }
   if (kt::exec::WeightConversionStats converted = (*session)->executor().weightConversions();
       converted.tensors > 0)
     std::fprintf(stderr, "ktrun: converted %d FP8 tensors to q8_0 for the CPU (%s) in %.2f s\n",

@@ -1,0 +1,210 @@
+// NUMA: node settings, threads pinned per node, tasks kept on their node,
+// and the routed experts copied per node giving the same logits bit for bit.
+// This host may have one node; two "nodes" of one CPU each exercise the
+// same code (pinning is real, placement is first touch by pinned threads).
+#include "runtime/cpu/Numa.h"
+#include "runtime/cpu/ThreadPool.h"
+#include "test/unit/cpu/TestModels.h"
+
+#include <gtest/gtest.h>
+
+#include <mutex>
+#include <sched.h>
+#include <set>
+
+namespace kt::cpu::test {
+namespace {
+
+std::vector<int> allowedCpus() {
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(mask), &mask) == 0)
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+      if (CPU_ISSET(cpu, &mask))
+        cpus.push_back(cpu);
+  return cpus;
+}
+
+// Two nodes of this process's first two CPUs ("3;5"), or empty.
+std::string twoNodes() {
+  const std::vector<int> cpus = allowedCpus();
+  return cpus.size() < 2 ? "" : std::to_string(cpus[0]) + ";" + std::to_string(cpus[1]);
+}
+
+TEST(Numa, CpuListText) {
+  EXPECT_EQ(cpuListText({0, 1, 2, 5, 7, 8}), "0-2,5,7-8");
+  EXPECT_EQ(cpuListText({3}), "3");
+  EXPECT_EQ(cpuListText({}), "");
+}
+
+TEST(Numa, SettingsNameTheNodes) {
+  StatusOr<NumaTopology> off = numaTopologyFor("off");
+  ASSERT_TRUE(off.ok());
+  EXPECT_FALSE(off->multiNode());
+  EXPECT_TRUE(off->nodes.empty());
+
+  // This host's nodes: only CPUs the process may use, each in one node.
+  StatusOr<NumaTopology> host = numaTopologyFor("auto");
+  ASSERT_TRUE(host.ok());
+  const std::vector<int> allowed = allowedCpus();
+  std::set<int> seen;
+  for (const NumaNode &node : host->nodes) {
+    EXPECT_FALSE(node.cpus.empty());
+    for (int cpu : node.cpus) {
+      EXPECT_TRUE(std::count(allowed.begin(), allowed.end(), cpu)) << cpu;
+      EXPECT_TRUE(seen.insert(cpu).second) << cpu;
+    }
+  }
+  std::printf("this host: %s\n", host->describe().c_str());
+
+  const std::string two = twoNodes();
+  if (two.empty())
+    GTEST_SKIP() << "needs two CPUs";
+  StatusOr<NumaTopology> lists = numaTopologyFor(two);
+  ASSERT_TRUE(lists.ok()) << lists.message();
+  ASSERT_EQ(lists->nodes.size(), 2u);
+  EXPECT_EQ(lists->nodes[0].cpus, std::vector<int>{allowed[0]});
+  EXPECT_EQ(lists->nodes[1].cpus, std::vector<int>{allowed[1]});
+  EXPECT_EQ(lists->describe(), "node 0: CPUs " + std::to_string(allowed[0]) + "; node 1: CPUs " +
+                                   std::to_string(allowed[1]));
+}
+
+TEST(Numa, BadSettingsSayWhatIsWrong) {
+  auto expectError = [](const std::string &setting, const std::string &words) {
+    StatusOr<NumaTopology> topology = numaTopologyFor(setting);
+    ASSERT_FALSE(topology.ok()) << setting;
+    EXPECT_NE(topology.message().find(words), std::string::npos) << topology.message();
+  };
+  expectError("0-x", "is not a CPU list");
+  expectError("0;;1", "is not a CPU list");
+  expectError(";", "is not a CPU list");
+  const std::vector<int> allowed = allowedCpus();
+  expectError(std::to_string(allowed[0]) + ";" + std::to_string(allowed[0]), "is in two nodes");
+  // A CPU of the machine this process may not use (when there is one).
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  CPU_SET(allowed[0], &mask);
+  const std::string other = std::to_string(allowed.size() > 1 ? allowed[1] : allowed[0]);
+  if (allowed.size() > 1 && sched_setaffinity(0, sizeof(mask), &mask) == 0) {
+    StatusOr<NumaTopology> topology = numaTopologyFor(other);
+    cpu_set_t all;
+    CPU_ZERO(&all);
+    for (int cpu : allowed)
+      CPU_SET(cpu, &all);
+    ASSERT_EQ(sched_setaffinity(0, sizeof(all), &all), 0);
+    ASSERT_FALSE(topology.ok());
+    EXPECT_NE(topology.message().find("not one this process may run on"), std::string::npos)
+        << topology.message();
+  }
+}
+
+TEST(Numa, PoolPinsThreadsAndKeepsTasksOnTheirNode) {
+  const std::string two = twoNodes();
+  if (two.empty())
+    GTEST_SKIP() << "needs two CPUs";
+  const NumaTopology topology = *numaTopologyFor(two);
+  ThreadPool pool(4, topology);
+  ASSERT_EQ(pool.nodeCount(), 2);
+  EXPECT_EQ(pool.threadCount(), 4);
+  EXPECT_EQ(pool.threadsOnNode(0), 2);
+  EXPECT_EQ(pool.threadsOnNode(1), 2);
+
+  // Without stealing, node n's tasks run on node n's threads, on its CPU.
+  const std::vector<int64_t> nodeStarts = {0, 40, 100};
+  std::vector<int> ranOnNode(100, -1), ranOnCpu(100, -1), runs(100, 0);
+  std::mutex mutex;
+  pool.parallelForNodes(
+      nodeStarts,
+      [&](int64_t task, int thread) {
+        std::lock_guard<std::mutex> lock(mutex);
+        ranOnNode[size_t(task)] = pool.nodeOfThread(thread);
+        ranOnCpu[size_t(task)] = sched_getcpu();
+        ++runs[size_t(task)];
+      },
+      /*steal=*/false);
+  for (int64_t task = 0; task < 100; ++task) {
+    const int node = task < 40 ? 0 : 1;
+    EXPECT_EQ(runs[size_t(task)], 1) << task;
+    EXPECT_EQ(ranOnNode[size_t(task)], node) << task;
+    EXPECT_EQ(ranOnCpu[size_t(task)], topology.nodes[size_t(node)].cpus[0]) << task;
+  }
+  // With stealing and in plain loops every task still runs once.
+  for (bool plain : {false, true}) {
+    std::fill(runs.begin(), runs.end(), 0);
+    auto body = [&](int64_t task, int) {
+      std::lock_guard<std::mutex> lock(mutex);
+      ++runs[size_t(task)];
+    };
+    if (plain)
+      pool.parallelFor(100, body);
+    else
+      pool.parallelForNodes({0, 0, 100}, body);
+    EXPECT_EQ(runs, std::vector<int>(100, 1)) << (plain ? "parallelFor" : "stealing");
+  }
+}
+
+TEST(Numa, FewerThreadsThanNodesIsOneNode) {
+  const std::string two = twoNodes();
+  if (two.empty())
+    GTEST_SKIP() << "needs two CPUs";
+  ThreadPool pool(1, *numaTopologyFor(two));
+  EXPECT_EQ(pool.nodeCount(), 1);
+  EXPECT_EQ(pool.threadCount(), 1);
+}
+
+// The routed experts copied per node: the same logits bit for bit as one
+// node, in prefill and decode, on the row kernels and (on AMX hosts) the
+// tile kernels; one node copies nothing.
+TEST(Numa, ExpertsPlacedPerNodeGiveTheSameLogits) {
+  KT_REQUIRE_COMPILER();
+  const std::string two = twoNodes();
+  if (two.empty())
+    GTEST_SKIP() << "needs two CPUs";
+  gen::ModelConfig config = *gen::presetConfig("tiny"); // q4_K experts
+  config.hiddenSize = 256;
+  TestModel m;
+  ASSERT_NO_FATAL_FAILURE(buildModel("numa", config, m));
+  uint64_t expertBytes = 0;
+  int64_t expertCount = 0, moeLayers = 0;
+  for (const gguf::TensorInfo &tensor : m.model->tensors())
+    if (tensor.name.find("_exps.weight") != std::string::npos) {
+      expertBytes += tensor.nbytes;
+      expertCount += tensor.ne[2];
+      moeLayers += tensor.name.find("ffn_gate_exps") != std::string::npos;
+    }
+  ASSERT_GT(expertBytes, 0u);
+  const std::vector<int32_t> tokens = sampleTokens(40, 5);
+  for (int64_t tileTokens : {int64_t{0}, int64_t{2}}) {
+    ExecutorOptions one;
+    one.threads = 2;
+    one.numa = "off";
+    one.expertTileTokens = tileTokens;
+    ExecutorOptions nodes = one;
+    nodes.numa = two;
+    auto single = makeExecutor(m, one), placed = makeExecutor(m, nodes);
+    ASSERT_TRUE(single && placed);
+    EXPECT_TRUE(single->numaPlacement().nodes.empty());
+    EXPECT_EQ(single->numaPlacement().expertBytes, 0u);
+    const exec::NumaPlacement placement = placed->numaPlacement();
+    EXPECT_EQ(placement.threadsPerNode, (std::vector<int>{1, 1}));
+    // Every expert's bytes once, each band padded to a cache line.
+    EXPECT_GE(placement.expertBytes, expertBytes);
+    EXPECT_LT(placement.expertBytes, expertBytes + uint64_t(expertCount) / 3 * 2 * 64);
+    if (tileTokens > 0)
+      std::printf("tile kernels in %d of %lld MoE layers\n", placed->tileExpertLayers(),
+                  static_cast<long long>(moeLayers));
+    StatusOr<std::vector<float>> a = single->forward(tokens), b = placed->forward(tokens);
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(*a, *b) << "prefill, tile tokens " << tileTokens;
+    for (int32_t token : {3, 17, 9}) {
+      a = single->forward({token});
+      b = placed->forward({token});
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_EQ(*a, *b) << "decode, tile tokens " << tileTokens;
+    }
+  }
+}
+
+} // namespace
+} // namespace kt::cpu::test
