@@ -404,7 +404,8 @@ int main(int argc, char **argv) {
     std::printf("%s\n", out.dump(1).c_str());
     return 0;
   }
-  std::printf("memory read bandwidth, %d threads: %.1f GB/s (best of 5 passes over %.1f GiB)\n",
+  std::printf("memory read bandwidth, %d threads: %.1f GB/s (best of 10 passes over %.1f GiB, half "
+              "with software prefetch)\n",
               pool.threadCount(), bandwidth / 1e9, poolGiB);
   std::printf("%-6s %-20s %9s %12s %10s %12s %10s\n", "type", "matrix", "MiB", "generated", "of bw",
               "reference", "speedup");

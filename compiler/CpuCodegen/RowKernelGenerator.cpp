@@ -149,12 +149,21 @@ public:
     return b_.CreateBitCast(b_.CreateOr(unsignedBits, sign), f32());
   }
 
-  // Prefetches the `bytes` bytes at `base + offset` into L1 (one per line).
-  void prefetch(Value *base, int64_t offset, int64_t bytes) {
+  // Prefetches the `bytes` bytes at `base + offset` (one per line) into L1,
+  // or with `intoL2` into L2 only (prefetcht1), which holds many more lines
+  // in flight than L1's fill buffers.
+  void prefetch(Value *base, int64_t offset, int64_t bytes, bool intoL2 = false) {
     for (int64_t line = 0; line < bytes; line += 64)
       b_.CreateIntrinsic(Intrinsic::prefetch, {b_.getPtrTy()},
                          {b_.CreateGEP(i8(), base, i64c(offset + line)), b_.getInt32(0),
-                          b_.getInt32(3), b_.getInt32(1)});
+                          b_.getInt32(intoL2 ? 2 : 3), b_.getInt32(1)});
+  }
+  // The row kernels' weights: far ahead into L2, near ahead into L1.
+  void prefetchWeights(const CpuCodeTarget &target, Value *base, int64_t bytes) {
+    if (target.prefetchBytes > 0)
+      prefetch(base, target.prefetchBytes, bytes, /*intoL2=*/true);
+    if (target.nearPrefetchBytes > 0)
+      prefetch(base, target.nearPrefetchBytes, bytes);
   }
 
   Value *fmuladd(Value *a, Value *x, Value *acc) {
@@ -444,8 +453,8 @@ void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCod
           for (int64_t u = 0; u < unroll; ++u) {
             Value *index = b.CreateAdd(block, k.i64c(u));
             Value *blockBase = b.CreateGEP(k.i8(), rowBase, b.CreateMul(index, k.i64c(traits.blockBytes)));
-            if (target.prefetchBytes > 0 && u == 0)
-              k.prefetch(blockBase, target.prefetchBytes, traits.blockBytes * unroll);
+            if (u == 0)
+              k.prefetchWeights(target, blockBase, traits.blockBytes * unroll);
             DecodedBlock decoded = codegen.decode(k, blockBase);
             Value *xBlock = b.CreateMul(index, k.i64c(codegen.blockValues));
             for (const Chunk &chunk : decoded.chunks) {
@@ -620,8 +629,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
         [&](Value *runIndex, const std::vector<Value *> &carried) {
           std::vector<Value *> next = carried;
           Value *runBase = b.CreateGEP(k.i8(), rowBase, b.CreateMul(runIndex, k.i64c(static_cast<int64_t>(runBytes))));
-          if (target.prefetchBytes > 0)
-            k.prefetch(runBase, target.prefetchBytes, static_cast<int64_t>(runBytes));
+          k.prefetchWeights(target, runBase, static_cast<int64_t>(runBytes));
           Int8Run run = decodeInt8Run(k, request.type, runBase);
           for (int j = 0; j < count; ++j) {
             Value *token = b.CreateAdd(t, k.i64c(j));

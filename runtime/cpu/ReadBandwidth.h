@@ -11,8 +11,9 @@
 
 namespace kt::cpu {
 
-// Best of `passes` passes over `bytes` of `data`, split into 8 slices per
-// thread of `pool` (64-byte lines, several loads in flight per thread).
+// Best of `passes` passes over `bytes` of `data` each with and without
+// software prefetch, split into 8 slices per thread of `pool` (64-byte
+// lines, several loads in flight per thread).
 double measureReadBandwidth(ThreadPool &pool, const uint8_t *data, size_t bytes, int passes);
 
 // The same over a buffer of `bytes` allocated and written here (so that

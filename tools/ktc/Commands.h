@@ -60,6 +60,7 @@ struct CpuKernelsOptions {
   bool f32Activations = false;      // --f32-cpu-experts
   bool amxTiles = true;        // --no-amx-tiles
   int prefetchBytes = -1;           // --prefetch-bytes; -1: the default
+  int nearPrefetchBytes = -1;       // --near-prefetch-bytes; -1: the default
 };
 int runCpuKernels(const CpuKernelsOptions &options);
 

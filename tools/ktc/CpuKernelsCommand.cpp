@@ -44,6 +44,8 @@ int runCpuKernels(const CpuKernelsOptions &options) {
   codeTarget.amxTiles = options.amxTiles;
   if (options.prefetchBytes >= 0)
     codeTarget.prefetchBytes = options.prefetchBytes;
+  if (options.nearPrefetchBytes >= 0)
+    codeTarget.nearPrefetchBytes = options.nearPrefetchBytes;
   for (mlir::Attribute feature : target->getCpuFeatures())
     codeTarget.features.push_back(feature.cast<mlir::StringAttr>().str());
 

@@ -199,8 +199,12 @@ cl::opt<bool> cpuKernelsF32("f32-cpu-experts", cl::cat(ktcCategory), cl::sub(cpu
                             cl::desc("f32 activations even on AVX-512 VNNI targets"));
 cl::opt<int> cpuKernelsPrefetch(
     "prefetch-bytes", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand), cl::init(-1),
-    cl::desc("How far ahead of the weights being decoded the kernels prefetch, in bytes (0: "
-             "no prefetch; default 3072), for tuning with cpu_expert_bench"));
+    cl::desc("How far ahead of the weights being decoded the row kernels prefetch into L2, in "
+             "bytes (0: no prefetch; default 6144), for tuning with cpu_expert_bench"));
+cl::opt<int> cpuKernelsNearPrefetch(
+    "near-prefetch-bytes", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand), cl::init(-1),
+    cl::desc("How far ahead of the weights being decoded the row kernels prefetch into L1, in "
+             "bytes (0: no prefetch; default 768)"));
 
 cl::SubCommand verifyPlanCommand(
     "verify-plan", "Read a plan file as the runtime does and check that its model is the one "
@@ -309,6 +313,7 @@ int main(int argc, char **argv) {
     options.f32Activations = cpuKernelsF32;
     options.amxTiles = !noAmxTiles;
     options.prefetchBytes = cpuKernelsPrefetch;
+    options.nearPrefetchBytes = cpuKernelsNearPrefetch;
     return kt::tools::runCpuKernels(options);
   }
   if (targetCommand) {
