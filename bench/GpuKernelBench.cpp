@@ -25,6 +25,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -291,10 +292,15 @@ int main(int argc, char **argv) {
         cuda::mlaDecodeSplitSpec(kvLora, rope, scale, heads, "mla_decode_split");
     StatusOr<cuda::KernelSpec> combineSpec =
         cuda::mlaDecodeSplitSpec(kvLora, rope, scale, heads, "mla_combine");
+    StatusOr<cuda::KernelSpec> mmaSpec = cuda::mlaDecodeMmaSpec(kvLora, rope, scale, heads);
     StatusOr<cuda::LoadedKernel> split = compileAndLoad(splitSpec),
-                                 combine = compileAndLoad(combineSpec);
-    if (!split || !combine)
-      return fail(!split ? split.message() : combine.message());
+                                 combine = compileAndLoad(combineSpec),
+                                 mma = compileAndLoad(mmaSpec);
+    if (!split || !combine || !mma)
+      return fail(!split ? split.message() : !combine ? combine.message() : mma.message());
+    const unsigned mmaShared = cuda::mlaPrefillMmaSharedBytes(kvLora, rope);
+    if (Status s = device.allowSharedBytes(*mma, mmaShared); !s.ok())
+      return fail(s.message());
     int chunks = int((positions + cuda::kMlaDecodeChunk - 1) / cuda::kMlaDecodeChunk);
     StatusOr<cuda::DevicePointer> q = randomBuffer(size_t(heads * kvLora)),
                                   qRope = randomBuffer(size_t(heads * rope)),
@@ -308,26 +314,43 @@ int main(int argc, char **argv) {
       return fail("cannot set up mla decode");
     int last = positions - 1, headStride = int(rope);
     (void)device.copyToDevice(*position, &last, 4);
-    cuda::LaunchShape splitShape, combineShape;
+    cuda::LaunchShape splitShape, combineShape, mmaShape;
     splitShape.gridX = unsigned(heads / cuda::mlaHeadsPerBlock(heads));
     splitShape.gridY = unsigned(chunks);
     splitShape.blockX = splitSpec->blockThreads;
     combineShape.gridX = unsigned(heads);
     combineShape.blockX = combineSpec->blockThreads;
-    StatusOr<double> timed = timeRepeated([&]() -> Status {
-      if (Status s =
-              device.launch(*split, splitShape,
-                            {&*q, &*qRope, &headStride, &*latent, &*ropeKey, &*position, &*pieces});
-          !s.ok())
-        return s;
-      return device.launch(*combine, combineShape, {&*pieces, &*position, &chunks, &*context});
-    });
-    if (!timed)
-      return fail(timed.message());
-    const double bytes = double(positions) * (kvLora + rope) * 4 +
-                         2.0 * heads * chunks * (kvLora + 2) * 4 + heads * kvLora * 4;
-    results.push_back({"f32", "mla decode " + std::to_string(positions) + " pos", bytes / (1 << 20),
-                       bytes / *timed / 1e9, *timed * 1e6});
+    mmaShape.gridX = unsigned((heads + cuda::kMlaPrefillMmaRows - 1) / cuda::kMlaPrefillMmaRows);
+    mmaShape.gridY = unsigned(chunks);
+    mmaShape.blockX = mmaSpec->blockThreads;
+    mmaShape.sharedBytes = mmaShared;
+    // The f32 split core (mmaFrom past every position), then the tensor
+    // cores (mmaFrom 0: the split core exits), as the executor launches them.
+    for (bool tensorCores : {false, true}) {
+      int mmaFrom = tensorCores ? 0 : std::numeric_limits<int>::max();
+      StatusOr<double> timed = timeRepeated([&]() -> Status {
+        if (Status s = device.launch(
+                *split, splitShape,
+                {&*q, &*qRope, &headStride, &*latent, &*ropeKey, &*position, &mmaFrom, &*pieces});
+            !s.ok())
+          return s;
+        if (tensorCores)
+          if (Status s = device.launch(
+                  *mma, mmaShape,
+                  {&*q, &*qRope, &headStride, &*latent, &*ropeKey, &*position, &mmaFrom, &*pieces});
+              !s.ok())
+            return s;
+        return device.launch(*combine, combineShape, {&*pieces, &*position, &chunks, &*context});
+      });
+      if (!timed)
+        return fail(timed.message());
+      const double bytes = double(positions) * (kvLora + rope) * 4 +
+                           2.0 * heads * chunks * (kvLora + 2) * 4 + heads * kvLora * 4;
+      results.push_back(
+          {tensorCores ? "bf16" : "f32",
+           "mla decode " + std::to_string(positions) + " pos" + (tensorCores ? " (mma)" : ""),
+           bytes / (1 << 20), bytes / *timed / 1e9, *timed * 1e6});
+    }
     for (cuda::DevicePointer p : {*q, *qRope, *latent, *ropeKey, *pieces, *context, *position})
       (void)device.free(p);
   }

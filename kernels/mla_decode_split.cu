@@ -4,7 +4,8 @@
 // in parallel; mla_combine then merges the chunks' softmax pieces. The
 // token's position comes from device memory and the grid covers the whole
 // cache (blocks past the last position exit), so the launch is the same at
-// every step and a decode graph replays it.
+// every step and a decode graph replays it. Tokens that see `mmaFrom`
+// positions or more are left to mla_decode_mma.cu (tensor cores).
 //
 // mla_decode_split: grid (heads / HEADS_PER_BLOCK, chunks of the cache).
 //   All heads read the same latent rows, so a block takes HEADS_PER_BLOCK
@@ -33,18 +34,19 @@ constexpr int kPartial = KV_LORA + 2; // m, l, then the weighted latent sum
 constexpr int kSplitThreads = HEADS_PER_BLOCK * 32;
 
 extern "C" __global__ void __launch_bounds__(kSplitThreads)
-mla_decode_split(const float *__restrict__ qLatent, const float *__restrict__ qRope,
-                 int qRopeHeadStride, const float *__restrict__ latent,
-                 const float *__restrict__ ropeKey, const int *__restrict__ position,
-                 float *__restrict__ partial) {
+    mla_decode_split(const float *__restrict__ qLatent, const float *__restrict__ qRope,
+                     int qRopeHeadStride, const float *__restrict__ latent,
+                     const float *__restrict__ ropeKey, const int *__restrict__ position,
+                     int mmaFrom, float *__restrict__ partial) {
   __shared__ float latentStage[kt::mla::kStage * KV_LORA];
   __shared__ float ropeStage[kt::mla::kStage * ROPE];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int head = blockIdx.x * HEADS_PER_BLOCK + warp, chunk = blockIdx.y;
   const int positions = position[0] + 1; // the token sees itself and everything before
   const int first = chunk * CHUNK;
-  if (first >= positions)
-    return; // the whole block: no thread of it reaches a barrier
+  if (positions >= mmaFrom || first >= positions)
+    return; // the whole block: no thread of it reaches a barrier (from
+            // mmaFrom positions on, mla_decode_mma.cu scores the chunks)
 
   kt::mla::WarpState w;
   kt::mla::loadQuery(w, qLatent + static_cast<long long>(head) * KV_LORA,

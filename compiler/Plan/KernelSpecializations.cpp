@@ -204,22 +204,25 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         // The absorbed attention core: in prefill each token over its causal
         // prefix, in decode split over chunks of the cache.
         const float scale = static_cast<float>(cpu::attentionSoftmaxScale(nope + dims, rope));
+        // Long prefills, and decode over long caches, on tensor cores where
+        // the GPU has bf16 mma.
+        unsigned gpu = 0;
+        (void)device.drop_front(5).getAsInteger(10, gpu);
+        const bool bf16Mma = gpu < collector.target.getGpuCount() &&
+                             collector.target.getGpu(gpu).getComputeCapability() >= 80;
         if (phase == "prefill") {
           collector.add(cuda::mlaPrefillSpec(kvLora, dims, scale, heads), device, path);
-          // Long prefills on tensor cores where the GPU has bf16 mma.
-          unsigned gpu = 0;
-          (void)device.drop_front(5).getAsInteger(10, gpu);
-          if (gpu < collector.target.getGpuCount() &&
-              collector.target.getGpu(gpu).getComputeCapability() >= 80)
-            if (StatusOr<cuda::KernelSpec> mma =
-                    cuda::mlaPrefillMmaSpec(kvLora, dims, scale, heads);
-                mma)
-              collector.add(mma, device, path);
-        }
-        else
+          if (StatusOr<cuda::KernelSpec> mma = cuda::mlaPrefillMmaSpec(kvLora, dims, scale, heads);
+              bf16Mma && mma)
+            collector.add(mma, device, path);
+        } else {
           for (const char *entry : {"mla_decode_split", "mla_combine"})
             collector.add(cuda::mlaDecodeSplitSpec(kvLora, dims, scale, heads, entry), device,
                           path);
+          if (StatusOr<cuda::KernelSpec> mma = cuda::mlaDecodeMmaSpec(kvLora, dims, scale, heads);
+              bf16Mma && mma)
+            collector.add(mma, device, path);
+        }
         // The norms of the compressed query and of the latent.
         const float eps = attention.getEps().convertToFloat();
         if (attention.getQLoraRank() > 0)

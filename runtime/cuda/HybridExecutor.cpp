@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <optional>
 #include <set>
@@ -927,6 +928,9 @@ public:
   // segments of at least kMlaPrefillMmaMinWork tokens x positions.
   const Kernel *coreMma = nullptr;
   unsigned coreMmaShared = 0;
+  // The decode core on tensor cores (same conditions), for tokens that see
+  // at least kMlaDecodeMmaFrom positions; the split core takes the others.
+  const Kernel *decodeMma = nullptr;
   size_t layer = 0;
   int64_t chunks = 0;        // of the cache, for the split decode core
   int64_t headsPerBlock = 1; // of the prefill core
@@ -1000,9 +1004,17 @@ public:
                     {&segmentRows, &segmentPositions, &latent, &rope}));
       if (segment.count == 1) {
         int chunkCount = int(chunks);
-        step(m.launch(
-            *splitCore, unsigned(H / headsPerBlock), unsigned(chunks), 1, 0,
-            {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions, &piecesP}));
+        // Both cores are launched (a graph replays them at every position);
+        // each scores the chunks only on its side of mmaFrom.
+        int mmaFrom = decodeMma ? int(kMlaDecodeMmaFrom) : std::numeric_limits<int>::max();
+        step(m.launch(*splitCore, unsigned(H / headsPerBlock), unsigned(chunks), 1, 0,
+                      {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions, &mmaFrom,
+                       &piecesP}));
+        if (decodeMma)
+          step(m.launch(*decodeMma, unsigned(ceilDiv(H, kMlaPrefillMmaRows)), unsigned(chunks), 1,
+                        coreMmaShared,
+                        {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions,
+                         &mmaFrom, &piecesP}));
         step(m.launch(*combine, unsigned(H), 1, 1, 0,
                       {&piecesP, &segmentPositions, &chunkCount, &contextP}));
       } else {
@@ -1954,6 +1966,17 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         if (attention->coreMma)
           if (Status s = device->allowSharedBytes(attention->coreMma->loaded,
                                                   attention->coreMmaShared);
+              !s.ok())
+            return s;
+      }
+      if (StatusOr<KernelSpec> mma = mlaDecodeMmaSpec(s.kvLoraRank, s.rope, scale, s.heads);
+          mlaTensorCores && mma && listsKernel(*mma) && s.nope % 4 == 0 &&
+          attention->qk() % 4 == 0) {
+        attention->decodeMma = loader.kernel(mma);
+        attention->coreMmaShared = mlaPrefillMmaSharedBytes(s.kvLoraRank, s.rope);
+        if (attention->decodeMma)
+          if (Status s =
+                  device->allowSharedBytes(attention->decodeMma->loaded, attention->coreMmaShared);
               !s.ok())
             return s;
       }

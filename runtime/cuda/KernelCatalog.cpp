@@ -270,6 +270,21 @@ StatusOr<KernelSpec> mlaPrefillMmaSpec(int64_t kvLoraRank, int64_t ropeDims, flo
                         256);
 }
 
+StatusOr<KernelSpec> mlaDecodeMmaSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
+                                      int64_t heads) {
+  StatusOr<KernelSpec> prefill = mlaPrefillMmaSpec(kvLoraRank, ropeDims, softmaxScale, heads);
+  if (!prefill)
+    return Status::error("MLA decode on tensor cores with kv_lora_rank " + integer(kvLoraRank) +
+                         " and rope " + integer(ropeDims) + " is not supported.");
+  return makeKernelSpec("mla_decode_mma.cu", "mla_decode_mma",
+                        {{"KV_LORA", integer(kvLoraRank)},
+                         {"ROPE", integer(ropeDims)},
+                         {"SCALE", floatLiteral(softmaxScale)},
+                         {"HEADS", integer(heads)},
+                         {"CHUNK", integer(kMlaDecodeChunk)}},
+                        256);
+}
+
 unsigned mlaPrefillMmaSharedBytes(int64_t kvLoraRank, int64_t ropeDims) {
   // 64 query rows and 32 positions of bf16, rows padded by 8 values.
   return unsigned((kMlaPrefillMmaRows + 32) * (kvLoraRank + ropeDims + 8) * 2);
@@ -645,6 +660,7 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
     for (StatusOr<KernelSpec> spec :
          {mlaPrefillSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads),
           mlaPrefillMmaSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads),
+          mlaDecodeMmaSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads),
           mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads,
                              "mla_decode_split"),
           mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads,

@@ -172,6 +172,16 @@ StatusOr<KernelSpec> mlaPrefillSpec(int64_t kvLoraRank, int64_t ropeDims, float 
 StatusOr<KernelSpec> mlaPrefillMmaSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
                                        int64_t heads);
 unsigned mlaPrefillMmaSharedBytes(int64_t kvLoraRank, int64_t ropeDims);
+// Decode on the same core (kernels/mla_decode_mma.cu, sm_80+): one block per
+// 64 heads and chunk of kMlaDecodeChunk positions, 256 threads with
+// mlaPrefillMmaSharedBytes(); its pieces go to mla_combine. It works for
+// tokens that see at least its `mmaFrom` argument positions, and
+// mla_decode_split (given the same) for the others.
+StatusOr<KernelSpec> mlaDecodeMmaSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
+                                      int64_t heads);
+// Positions from which decode attention runs on tensor cores (below, the
+// f32 kernel is as fast and exact to 1e-6).
+constexpr int kMlaDecodeMmaFrom = 1024;
 constexpr int64_t kMlaPrefillMmaRows = 64;
 // Heads (warps) per block of mla_prefill and mla_decode_split: the largest
 // of 16, 8, 4, 2, 1 dividing `heads`; their grids have heads / this blocks

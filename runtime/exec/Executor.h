@@ -67,8 +67,9 @@ struct ExecutorOptions {
   // 128 columns (DeepSeek's recipe); false: the FP8 GEMV on f32
   // activations for every step (for comparison).
   bool fp8Gemm = true;
-  // GPU plans that list it (sm_80+): MLA prefill of long segments on tensor
-  // cores in bf16 (about 1e-3 relative error); false: the f32 core always.
+  // GPU plans that list them (sm_80+): MLA prefill of long segments, and
+  // decode over long caches, on tensor cores in bf16 (about 1e-3 relative
+  // error); false: the f32 cores always.
   bool mlaTensorCores = true;
   // GPU plans that list them (sm_80+): Q8_0 and k-quant matrices of prefill
   // steps of 32 or more tokens as tensor-core GEMMs (activations, and

@@ -220,9 +220,10 @@ int main(int argc, char **argv) {
                "quantized per token and 128 columns; sm_80 to sm_89: in bf16) (for comparison)");
   bool noMlaTensorCores = false;
   app.add_flag("--no-mla-tensor-cores", noMlaTensorCores,
-               "GPU plans: keep MLA prefill attention in f32 on CUDA cores for long prompts too "
-               "(by default prefill chunks attending over 512K token-positions or more run on "
-               "tensor cores in bf16, about 1e-3 relative error)");
+               "GPU plans: keep MLA attention in f32 on CUDA cores for long prompts and long "
+               "caches too (by default prefill chunks attending over 512K token-positions or "
+               "more, and decode over 1024 positions or more, run on tensor cores in bf16, "
+               "about 1e-3 relative error)");
   bool noGgufTensorCores = false;
   app.add_flag("--no-gguf-tensor-cores", noGgufTensorCores,
                "GPU plans: multiply Q8_0 and k-quant matrices of prefill steps with the "

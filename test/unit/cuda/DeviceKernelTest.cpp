@@ -21,6 +21,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <limits>
 #include <random>
 
 namespace kt::cuda {
@@ -619,7 +620,7 @@ struct MlaCase {
 TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
   struct Shape {
     int tokens, firstPositions;
-  } shapes[] = {{1, 1}, {5, 3}, {7, 300}, {1, 4096}, {3, 1000}};
+  } shapes[] = {{1, 1}, {5, 3}, {7, 300}, {1, 4096}, {3, 1000}, {1, 700}};
   for (const Shape &shape : shapes) {
     SCOPED_TRACE(std::to_string(shape.tokens) + " tokens from " +
                  std::to_string(shape.firstPositions));
@@ -653,12 +654,48 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
       DevicePointer pieces = allocate(size_t(c.heads * chunks * (c.kvLora + 2)) * 4);
       int position = shape.firstPositions - 1;
       DevicePointer dp = upload(&position, 4);
+      int mmaFrom = std::numeric_limits<int>::max(); // the split core for every position
       run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
-          {&dq, &dr, &headStride, &dl, &dk, &dp, &pieces});
+          {&dq, &dr, &headStride, &dl, &dk, &dp, &mmaFrom, &pieces});
       run(combineKernel, {unsigned(c.heads), 1, 1, combine->blockThreads, 1, 1, 0},
           {&pieces, &dp, &chunks, &dc});
       decodeError = relativeL2(download(dc, contextFloats), expected);
       EXPECT_LE(decodeError, 1e-5);
+      // With mmaFrom at or below the token's positions the split core
+      // leaves every chunk alone (run after the tensor-core one, it would
+      // otherwise overwrite its pieces with f32 ones).
+      std::string whyNone;
+      if (queryGpus(whyNone)[0].computeMajor >= 8) {
+        auto mmaSpec = mlaDecodeMmaSpec(c.kvLora, c.ropeDims, c.scale, c.heads);
+        ASSERT_TRUE(mmaSpec.ok()) << mmaSpec.message();
+        LoadedKernel mma = load(mmaSpec);
+        ASSERT_NE(mma.function, nullptr);
+        const unsigned shared = mlaPrefillMmaSharedBytes(c.kvLora, c.ropeDims);
+        ASSERT_TRUE(device->allowSharedBytes(mma, shared).ok());
+        const unsigned headBlocks =
+            unsigned((c.heads + kMlaPrefillMmaRows - 1) / kMlaPrefillMmaRows);
+        for (int from : {std::numeric_limits<int>::max(), shape.firstPositions}) {
+          // Below mmaFrom the tensor-core core must leave the split's pieces.
+          run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
+              {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
+          run(mma, {headBlocks, unsigned(chunks), 1, mmaSpec->blockThreads, 1, 1, shared},
+              {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
+          if (from != std::numeric_limits<int>::max()) // tensor cores first, then the split
+            run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
+                {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
+          run(combineKernel, {unsigned(c.heads), 1, 1, combine->blockThreads, 1, 1, 0},
+              {&pieces, &dp, &chunks, &dc});
+          const double error = relativeL2(download(dc, contextFloats), expected);
+          if (from == std::numeric_limits<int>::max()) {
+            EXPECT_LE(error, 1e-5) << "the tensor-core core ran below mmaFrom";
+          } else {
+            EXPECT_LE(error, 5e-3);
+            EXPECT_GT(error, 1e-6) << "the split core ran from mmaFrom on";
+            std::printf("[ gpu      ] mla_decode_mma from %d positions: relative L2 %.2e\n",
+                        shape.firstPositions, error);
+          }
+        }
+      }
     }
     std::printf("[ gpu      ] mla %d tokens from %d positions: prefill relative L2 %.2e, split "
                 "decode %.2e\n",

@@ -1065,6 +1065,59 @@ TEST(HybridExecutor, ExpertCacheHoldsFp8ExpertsAsQ8_0Copies) {
   EXPECT_LE(worst, 1e-4);
 }
 
+// Decode over 1024 or more cached positions runs MLA attention on tensor
+// cores (mla_decode_mma; below that, the f32 split core): after the same
+// f32 prefill (chunks of 64 stay under the prefill core's threshold), the
+// tokens that see fewer than 1024 positions get exactly the f32 executor's
+// logits, the later ones logits near them.
+TEST(HybridExecutor, LongDecodeAttentionOnTensorCoresStaysNearTheF32Core) {
+  KT_REQUIRE_GPU();
+  if (gpus()[0].computeMajor < 8)
+    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+  TestModel m;
+  cpu::test::buildModel("tiny-mla-decode-mma", *gen::presetConfig("tiny"), m,
+                        "rules/DeepSeek-V3-Chat.yaml", targetGpu());
+  ASSERT_TRUE(
+      std::any_of(m.plan.kernelSpecializations.begin(), m.plan.kernelSpecializations.end(),
+                  [](const plan::KernelSpecialization &k) { return k.entry == "mla_decode_mma"; }));
+  exec::ExecutorOptions options;
+  options.chunkSize = 64;
+  options.cacheLens = 1100;
+  std::unique_ptr<exec::Executor> mma = open(m, options);
+  options.mlaTensorCores = false;
+  std::unique_ptr<exec::Executor> f32 = open(m, options);
+  ASSERT_TRUE(mma && f32);
+  const std::vector<int32_t> prompt = cpu::test::sampleTokens(1020, 17);
+  StatusOr<std::vector<float>> a = mma->forward(prompt), b = f32->forward(prompt);
+  ASSERT_TRUE(a.ok()) << a.message();
+  ASSERT_TRUE(b.ok()) << b.message();
+  EXPECT_EQ(*a, *b);
+  const int64_t vocab = f32->vocabSize();
+  std::vector<float> late, lateF32;
+  int agree = 0, steps = 0;
+  for (int64_t position = 1020; position < 1036; ++position) {
+    const int32_t next = int32_t(argmax(*b, 0, vocab));
+    a = mma->forward({next});
+    b = f32->forward({next});
+    ASSERT_TRUE(a.ok() && b.ok());
+    if (position + 1 < kMlaDecodeMmaFrom) {
+      EXPECT_EQ(*a, *b) << "position " << position;
+      continue;
+    }
+    late.insert(late.end(), a->begin(), a->end());
+    lateF32.insert(lateF32.end(), b->begin(), b->end());
+    agree += argmax(*a, 0, vocab) == argmax(*b, 0, vocab);
+    ++steps;
+  }
+  const double error = cpu::test::relativeL2(late, lateF32);
+  std::printf("[ gpu      ] MLA decode on tensor cores (positions 1023-1035) against the f32 "
+              "core: relative L2 %.2e, same top token at %d of %d steps\n",
+              error, agree, steps);
+  EXPECT_GT(error, 1e-7); // bf16: the tensor cores ran
+  EXPECT_LE(error, 0.1);
+  EXPECT_GE(agree, steps * 3 / 4);
+}
+
 // A long prefill (chunks of 512 after 512 or more cached positions) runs
 // MLA attention on tensor cores in bf16 (2e-3 against double per kernel
 // call, which the tiny random model amplifies to about 5e-2 in its logits,
