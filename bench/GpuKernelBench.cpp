@@ -26,6 +26,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -292,15 +293,10 @@ int main(int argc, char **argv) {
         cuda::mlaDecodeSplitSpec(kvLora, rope, scale, heads, "mla_decode_split");
     StatusOr<cuda::KernelSpec> combineSpec =
         cuda::mlaDecodeSplitSpec(kvLora, rope, scale, heads, "mla_combine");
-    StatusOr<cuda::KernelSpec> mmaSpec = cuda::mlaDecodeMmaSpec(kvLora, rope, scale, heads);
     StatusOr<cuda::LoadedKernel> split = compileAndLoad(splitSpec),
-                                 combine = compileAndLoad(combineSpec),
-                                 mma = compileAndLoad(mmaSpec);
-    if (!split || !combine || !mma)
-      return fail(!split ? split.message() : !combine ? combine.message() : mma.message());
-    const unsigned mmaShared = cuda::mlaPrefillMmaSharedBytes(kvLora, rope);
-    if (Status s = device.allowSharedBytes(*mma, mmaShared); !s.ok())
-      return fail(s.message());
+                                 combine = compileAndLoad(combineSpec);
+    if (!split || !combine)
+      return fail(!split ? split.message() : combine.message());
     int chunks = int((positions + cuda::kMlaDecodeChunk - 1) / cuda::kMlaDecodeChunk);
     StatusOr<cuda::DevicePointer> q = randomBuffer(size_t(heads * kvLora)),
                                   qRope = randomBuffer(size_t(heads * rope)),
@@ -314,27 +310,40 @@ int main(int argc, char **argv) {
       return fail("cannot set up mla decode");
     int last = positions - 1, headStride = int(rope);
     (void)device.copyToDevice(*position, &last, 4);
-    cuda::LaunchShape splitShape, combineShape, mmaShape;
+    cuda::LaunchShape splitShape, combineShape;
     splitShape.gridX = unsigned(heads / cuda::mlaHeadsPerBlock(heads));
     splitShape.gridY = unsigned(chunks);
     splitShape.blockX = splitSpec->blockThreads;
     combineShape.gridX = unsigned(heads);
     combineShape.blockX = combineSpec->blockThreads;
-    mmaShape.gridX = unsigned((heads + cuda::kMlaPrefillMmaRows - 1) / cuda::kMlaPrefillMmaRows);
-    mmaShape.gridY = unsigned(chunks);
-    mmaShape.blockX = mmaSpec->blockThreads;
-    mmaShape.sharedBytes = mmaShared;
     // The f32 split core (mmaFrom past every position), then the tensor
-    // cores (mmaFrom 0: the split core exits), as the executor launches them.
-    for (bool tensorCores : {false, true}) {
-      int mmaFrom = tensorCores ? 0 : std::numeric_limits<int>::max();
+    // cores with blocks of 16, 32 and 64 heads (mmaFrom 0: the split core
+    // exits), as the executor launches them.
+    for (int rowGroups : {0, 1, 2, 4}) {
+      std::optional<cuda::LoadedKernel> mma;
+      cuda::LaunchShape mmaShape;
+      if (rowGroups > 0) {
+        StatusOr<cuda::KernelSpec> mmaSpec =
+            cuda::mlaDecodeMmaSpec(kvLora, rope, scale, heads, rowGroups);
+        StatusOr<cuda::LoadedKernel> loaded = compileAndLoad(mmaSpec);
+        if (!loaded)
+          return fail(loaded.message());
+        mma = *loaded;
+        mmaShape.gridX = unsigned((heads + 16 * rowGroups - 1) / (16 * rowGroups));
+        mmaShape.gridY = unsigned(chunks);
+        mmaShape.blockX = mmaSpec->blockThreads;
+        mmaShape.sharedBytes = cuda::mlaDecodeMmaSharedBytes(kvLora, rope, rowGroups);
+        if (Status s = device.allowSharedBytes(*mma, mmaShape.sharedBytes); !s.ok())
+          return fail(s.message());
+      }
+      int mmaFrom = mma ? 0 : std::numeric_limits<int>::max();
       StatusOr<double> timed = timeRepeated([&]() -> Status {
         if (Status s = device.launch(
                 *split, splitShape,
                 {&*q, &*qRope, &headStride, &*latent, &*ropeKey, &*position, &mmaFrom, &*pieces});
             !s.ok())
           return s;
-        if (tensorCores)
+        if (mma)
           if (Status s = device.launch(
                   *mma, mmaShape,
                   {&*q, &*qRope, &headStride, &*latent, &*ropeKey, &*position, &mmaFrom, &*pieces});
@@ -346,10 +355,10 @@ int main(int argc, char **argv) {
         return fail(timed.message());
       const double bytes = double(positions) * (kvLora + rope) * 4 +
                            2.0 * heads * chunks * (kvLora + 2) * 4 + heads * kvLora * 4;
-      results.push_back(
-          {tensorCores ? "bf16" : "f32",
-           "mla decode " + std::to_string(positions) + " pos" + (tensorCores ? " (mma)" : ""),
-           bytes / (1 << 20), bytes / *timed / 1e9, *timed * 1e6});
+      results.push_back({mma ? "bf16" : "f32",
+                         "mla decode " + std::to_string(positions) + " pos" +
+                             (mma ? " (mma, " + std::to_string(16 * rowGroups) + " heads)" : ""),
+                         bytes / (1 << 20), bytes / *timed / 1e9, *timed * 1e6});
     }
     for (cuda::DevicePointer p : {*q, *qRope, *latent, *ropeKey, *pieces, *context, *position})
       (void)device.free(p);

@@ -1,7 +1,7 @@
 // MLA decode attention on tensor cores (sm_80+), split over the cached
 // positions like mla_decode_split.cu (flash-decoding): one token's heads are
-// the rows of mla_mma.cuh's core (64 per block), each block takes one chunk
-// of CHUNK positions and writes, per head, the chunk's softmax piece
+// the rows of mla_mma.cuh's core (16 ROW_GROUPS per block), each block takes
+// one chunk of CHUNK positions and writes, per head, the chunk's softmax piece
 // {max score m, sum of exp(score - m), sum of exp(score - m) * latent} to
 // partial[(head * chunks + chunk)], which mla_decode_split.cu's mla_combine
 // merges. Decode is compute-bound on CUDA cores (about 280 kFLOP per cached
@@ -11,12 +11,15 @@
 // whole cache, so a decode graph replays the launch at every step. Both this
 // kernel and mla_decode_split are launched: this one works when the token
 // sees at least `mmaFrom` positions, mla_decode_split below that.
-// Grid: (ceil(HEADS / 64), chunks of the cache), 256 threads, dynamic shared
-// memory mlaPrefillMmaSharedBytes(). Specialization defines:
+// Grid: (ceil(HEADS / (16 ROW_GROUPS)), chunks of the cache), 64 ROW_GROUPS
+// threads, dynamic shared memory mlaDecodeMmaSharedBytes(). Specialization
+// defines:
 //   KV_LORA, ROPE, SCALE, HEADS   as mla_prefill_mma.cu
 //   CHUNK                         positions per block (mla_combine's)
-#if !defined(KV_LORA) || !defined(ROPE) || !defined(SCALE) || !defined(HEADS) || !defined(CHUNK)
-#error "mla_decode_mma needs KV_LORA, ROPE, SCALE, HEADS and CHUNK"
+//   ROW_GROUPS                    16-row groups per block (1, 2 or 4)
+#if !defined(KV_LORA) || !defined(ROPE) || !defined(SCALE) || !defined(HEADS) ||                   \
+    !defined(CHUNK) || !defined(ROW_GROUPS)
+#error "mla_decode_mma needs KV_LORA, ROPE, SCALE, HEADS, CHUNK and ROW_GROUPS"
 #endif
 #include "mla_mma.cuh"
 
@@ -37,7 +40,7 @@ extern "C" __global__ void __launch_bounds__(kThreads)
   kt::u16 *qTile = shared;                  // [kRows][kPitch]
   kt::u16 *kTile = shared + kRows * kPitch; // [kPositions][kPitch]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int rowGroup = warp % 4, dimBase = (warp / 4) * kHalf;
+  const int rowGroup = warp % ROW_GROUPS, dimBase = (warp / ROW_GROUPS) * kHalf;
   const int r0 = blockIdx.x * kRows;
   loadQueries(qTile, qLatent, qRope, qRopeHeadStride, 0, r0, HEADS);
   RowState s;
@@ -51,7 +54,7 @@ extern "C" __global__ void __launch_bounds__(kThreads)
   const long long chunks = gridDim.y;
   float *outA = partial + (headA * chunks + blockIdx.y) * kPartial;
   float *outB = partial + (headB * chunks + blockIdx.y) * kPartial;
-  if (lane % 4 == 0 && warp < 4) {
+  if (lane % 4 == 0 && warp < ROW_GROUPS) {
     if (headA < HEADS) {
       outA[0] = s.maxA;
       outA[1] = s.sumA;

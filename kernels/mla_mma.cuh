@@ -1,23 +1,30 @@
 // The tensor-core core of MLA attention over the latent cache, shared by
-// mla_prefill_mma.cu (a block's 64 rows are (token, head) pairs) and
+// mla_prefill_mma.cu (a block's rows are (token, head) pairs) and
 // mla_decode_mma.cu (one token's heads over a chunk of the cache): bf16
 // mma.sync with f32 sums, positions staged 32 at a time in shared memory as
-// bf16 for all 64 rows, an online softmax per row in registers.
+// bf16 for all the block's rows, an online softmax per row in registers.
 //   score[p] = (<qLatent, latent[p]> + <qRope, ropeKey[p]>) * SCALE
 //   context = softmax(score) . latent
-// 8 warps: warp w owns rows 16 (w % 4) .. +16 and latent dimensions
-// (w / 4) * KV_LORA / 2 .. +KV_LORA / 2 of the context; both warps of a row
-// group compute its scores (the price of keeping each warp's softmax and
-// products in registers, with no exchange through shared memory).
+// A block has ROW_GROUPS groups of 16 rows (4 unless the including kernel
+// says otherwise) and two warps per group: warp w owns rows
+// 16 (w % ROW_GROUPS) .. +16 and latent dimensions
+// (w / ROW_GROUPS) * KV_LORA / 2 .. +KV_LORA / 2 of the context; both warps
+// of a row group compute its scores (the price of keeping each warp's
+// softmax and products in registers, with no exchange through shared
+// memory).
 // The including kernel defines KV_LORA, ROPE, SCALE and HEADS.
 #pragma once
 
 #include "common.cuh"
 
+#ifndef ROW_GROUPS
+#define ROW_GROUPS 4
+#endif
+
 namespace kt::mla_mma {
 
 constexpr int kDims = KV_LORA + ROPE;
-constexpr int kRows = 64, kPositions = 32, kThreads = 256;
+constexpr int kRows = 16 * ROW_GROUPS, kPositions = 32, kThreads = 64 * ROW_GROUPS;
 constexpr int kPitch = kDims + 8; // bf16 per shared row: fragment loads hit 32 banks
 constexpr int kHalf = KV_LORA / 2, kDimTiles = kHalf / 8;
 static_assert(kDims % 16 == 0 && KV_LORA % 16 == 0, "whole k16 steps and n8 tiles");
@@ -47,7 +54,7 @@ __device__ __forceinline__ float quadSum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
-// Rows r0 .. r0 + 63 of the queries to bf16 in qTile, 4 values per load:
+// Rows r0 .. r0 + kRows - 1 of the queries to bf16 in qTile, 4 values per load:
 // row = token * HEADS + head (rows past `rows` repeat the last one).
 __device__ __forceinline__ void loadQueries(kt::u16 *qTile, const float *qLatent,
                                             const float *qRope, int qRopeHeadStride,
@@ -79,7 +86,7 @@ struct RowState {
   }
 };
 
-// Bytes of dynamic shared memory: the 64 query rows and 32 positions.
+// Values (bf16) of dynamic shared memory: the query rows and 32 positions.
 constexpr int kSharedValues = (kRows + kPositions) * kPitch;
 
 // Adds positions [begin, end) of the cache to the state; row A sees those
@@ -88,7 +95,7 @@ __device__ __forceinline__ void attend(RowState &s, const kt::u16 *qTile, kt::u1
                                        const float *latent, const float *ropeKey, int begin,
                                        int end, int visibleA, int visibleB) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int rowGroup = warp % 4, dimBase = (warp / 4) * kHalf;
+  const int rowGroup = warp % ROW_GROUPS, dimBase = (warp / ROW_GROUPS) * kHalf;
   const int qRow = rowGroup * 16 + lane / 4, kColumn = (lane % 4) * 2;
   for (int p0 = begin; p0 < end; p0 += kPositions) {
     __syncthreads(); // the previous tile is consumed (and the queries are in)

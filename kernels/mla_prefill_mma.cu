@@ -29,7 +29,7 @@ mla_prefill_mma(const float *__restrict__ qLatent, const float *__restrict__ qRo
   kt::u16 *qTile = shared;                   // [kRows][kPitch]
   kt::u16 *kTile = shared + kRows * kPitch;  // [kPositions][kPitch]
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int rowGroup = warp % 4, dimBase = (warp / 4) * kHalf;
+  const int rowGroup = warp % ROW_GROUPS, dimBase = (warp / ROW_GROUPS) * kHalf;
   const int rows = tokens * HEADS, r0 = blockIdx.x * kRows;
   loadQueries(qTile, qLatent, qRope, qRopeHeadStride, qRopeTokenStride, r0, rows);
   // This thread's two rows and how many positions each sees.

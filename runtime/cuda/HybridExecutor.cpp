@@ -931,6 +931,7 @@ public:
   // The decode core on tensor cores (same conditions), for tokens that see
   // at least kMlaDecodeMmaFrom positions; the split core takes the others.
   const Kernel *decodeMma = nullptr;
+  unsigned decodeMmaShared = 0;
   size_t layer = 0;
   int64_t chunks = 0;        // of the cache, for the split decode core
   int64_t headsPerBlock = 1; // of the prefill core
@@ -1011,8 +1012,8 @@ public:
                       {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions, &mmaFrom,
                        &piecesP}));
         if (decodeMma)
-          step(m.launch(*decodeMma, unsigned(ceilDiv(H, kMlaPrefillMmaRows)), unsigned(chunks), 1,
-                        coreMmaShared,
+          step(m.launch(*decodeMma, ceilDiv(H, 16 * kMlaDecodeMmaRowGroups), unsigned(chunks), 1,
+                        decodeMmaShared,
                         {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions,
                          &mmaFrom, &piecesP}));
         step(m.launch(*combine, unsigned(H), 1, 1, 0,
@@ -1973,10 +1974,10 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
           mlaTensorCores && mma && listsKernel(*mma) && s.nope % 4 == 0 &&
           attention->qk() % 4 == 0) {
         attention->decodeMma = loader.kernel(mma);
-        attention->coreMmaShared = mlaPrefillMmaSharedBytes(s.kvLoraRank, s.rope);
+        attention->decodeMmaShared = mlaDecodeMmaSharedBytes(s.kvLoraRank, s.rope);
         if (attention->decodeMma)
-          if (Status s =
-                  device->allowSharedBytes(attention->decodeMma->loaded, attention->coreMmaShared);
+          if (Status s = device->allowSharedBytes(attention->decodeMma->loaded,
+                                                  attention->decodeMmaShared);
               !s.ok())
             return s;
       }

@@ -271,18 +271,25 @@ StatusOr<KernelSpec> mlaPrefillMmaSpec(int64_t kvLoraRank, int64_t ropeDims, flo
 }
 
 StatusOr<KernelSpec> mlaDecodeMmaSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
-                                      int64_t heads) {
+                                      int64_t heads, int rowGroups) {
   StatusOr<KernelSpec> prefill = mlaPrefillMmaSpec(kvLoraRank, ropeDims, softmaxScale, heads);
-  if (!prefill)
+  if (!prefill || (rowGroups != 1 && rowGroups != 2 && rowGroups != 4))
     return Status::error("MLA decode on tensor cores with kv_lora_rank " + integer(kvLoraRank) +
-                         " and rope " + integer(ropeDims) + " is not supported.");
+                         ", rope " + integer(ropeDims) + " and " + integer(rowGroups) +
+                         " row groups is not supported.");
   return makeKernelSpec("mla_decode_mma.cu", "mla_decode_mma",
                         {{"KV_LORA", integer(kvLoraRank)},
                          {"ROPE", integer(ropeDims)},
                          {"SCALE", floatLiteral(softmaxScale)},
                          {"HEADS", integer(heads)},
-                         {"CHUNK", integer(kMlaDecodeChunk)}},
-                        256);
+                         {"CHUNK", integer(kMlaDecodeChunk)},
+                         {"ROW_GROUPS", integer(rowGroups)}},
+                        static_cast<unsigned>(64 * rowGroups));
+}
+
+unsigned mlaDecodeMmaSharedBytes(int64_t kvLoraRank, int64_t ropeDims, int rowGroups) {
+  // 16 query rows per group and 32 positions of bf16, rows padded by 8 values.
+  return unsigned((16 * rowGroups + 32) * (kvLoraRank + ropeDims + 8) * 2);
 }
 
 unsigned mlaPrefillMmaSharedBytes(int64_t kvLoraRank, int64_t ropeDims) {

@@ -666,33 +666,35 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
       // otherwise overwrite its pieces with f32 ones).
       std::string whyNone;
       if (queryGpus(whyNone)[0].computeMajor >= 8) {
-        auto mmaSpec = mlaDecodeMmaSpec(c.kvLora, c.ropeDims, c.scale, c.heads);
-        ASSERT_TRUE(mmaSpec.ok()) << mmaSpec.message();
-        LoadedKernel mma = load(mmaSpec);
-        ASSERT_NE(mma.function, nullptr);
-        const unsigned shared = mlaPrefillMmaSharedBytes(c.kvLora, c.ropeDims);
-        ASSERT_TRUE(device->allowSharedBytes(mma, shared).ok());
-        const unsigned headBlocks =
-            unsigned((c.heads + kMlaPrefillMmaRows - 1) / kMlaPrefillMmaRows);
-        for (int from : {std::numeric_limits<int>::max(), shape.firstPositions}) {
-          // Below mmaFrom the tensor-core core must leave the split's pieces.
-          run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
-              {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
-          run(mma, {headBlocks, unsigned(chunks), 1, mmaSpec->blockThreads, 1, 1, shared},
-              {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
-          if (from != std::numeric_limits<int>::max()) // tensor cores first, then the split
+        for (int rowGroups : {1, 2, 4}) {
+          auto mmaSpec = mlaDecodeMmaSpec(c.kvLora, c.ropeDims, c.scale, c.heads, rowGroups);
+          ASSERT_TRUE(mmaSpec.ok()) << mmaSpec.message();
+          LoadedKernel mma = load(mmaSpec);
+          ASSERT_NE(mma.function, nullptr);
+          const unsigned shared = mlaDecodeMmaSharedBytes(c.kvLora, c.ropeDims, rowGroups);
+          ASSERT_TRUE(device->allowSharedBytes(mma, shared).ok());
+          const unsigned headBlocks = unsigned((c.heads + 16 * rowGroups - 1) / (16 * rowGroups));
+          for (int from : {std::numeric_limits<int>::max(), shape.firstPositions}) {
+            // Below mmaFrom the tensor-core core must leave the split's pieces.
             run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
                 {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
-          run(combineKernel, {unsigned(c.heads), 1, 1, combine->blockThreads, 1, 1, 0},
-              {&pieces, &dp, &chunks, &dc});
-          const double error = relativeL2(download(dc, contextFloats), expected);
-          if (from == std::numeric_limits<int>::max()) {
-            EXPECT_LE(error, 1e-5) << "the tensor-core core ran below mmaFrom";
-          } else {
-            EXPECT_LE(error, 5e-3);
-            EXPECT_GT(error, 1e-6) << "the split core ran from mmaFrom on";
-            std::printf("[ gpu      ] mla_decode_mma from %d positions: relative L2 %.2e\n",
-                        shape.firstPositions, error);
+            run(mma, {headBlocks, unsigned(chunks), 1, mmaSpec->blockThreads, 1, 1, shared},
+                {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
+            if (from != std::numeric_limits<int>::max()) // tensor cores first, then the split
+              run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
+                  {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
+            run(combineKernel, {unsigned(c.heads), 1, 1, combine->blockThreads, 1, 1, 0},
+                {&pieces, &dp, &chunks, &dc});
+            const double error = relativeL2(download(dc, contextFloats), expected);
+            if (from == std::numeric_limits<int>::max()) {
+              EXPECT_LE(error, 1e-5) << "the tensor-core core ran below mmaFrom";
+            } else {
+              EXPECT_LE(error, 5e-3);
+              EXPECT_GT(error, 1e-6) << "the split core ran from mmaFrom on";
+              std::printf("[ gpu      ] mla_decode_mma (%d heads a block) from %d positions: "
+                          "relative L2 %.2e\n",
+                          16 * rowGroups, shape.firstPositions, error);
+            }
           }
         }
       }
