@@ -219,18 +219,14 @@ bool runsOnTiles(const FfnMatrices &w) {
 void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batches) {
   if (batches.empty())
     return;
-  auto tileTasks = [](auto range, int threads, int node, std::vector<RowTask> &tasks,
-                      const std::vector<TileFfnBatch> &all) {
-    appendTileTasks(all, range, threads, node, tasks);
+  auto tileTasks = [&](auto range, int threads, int node, std::vector<RowTask> &tasks) {
+    appendTileTasks(batches, range, threads, node, tasks);
   };
   packTokenTiles(pool, batches.size(), [&](size_t i) {
     const TileFfnBatch &b = batches[i];
     return std::make_tuple(b.x, b.xBf16, b.w.gate.cols, b.tokens);
   });
-  NodeTasks split = splitOnNodes(batches, pool, &FfnMatrices::gate,
-                                 [&](auto range, int threads, int node, std::vector<RowTask> &t) {
-                                   tileTasks(range, threads, node, t, batches);
-                                 });
+  NodeTasks split = splitOnNodes(batches, pool, &FfnMatrices::gate, tileTasks);
   pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
     const RowTask &task = split.tasks[static_cast<size_t>(index)];
     const TileFfnBatch &b = batches[task.batch];
@@ -248,10 +244,7 @@ void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batch
     const TileFfnBatch &b = batches[i];
     return std::make_tuple(static_cast<const float *>(b.gate), b.gateBf16, b.w.down.cols, b.tokens);
   });
-  split = splitOnNodes(batches, pool, &FfnMatrices::down,
-                       [&](auto range, int threads, int node, std::vector<RowTask> &t) {
-                         tileTasks(range, threads, node, t, batches);
-                       });
+  split = splitOnNodes(batches, pool, &FfnMatrices::down, tileTasks);
   pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
     const RowTask &task = split.tasks[static_cast<size_t>(index)];
     const TileFfnBatch &b = batches[task.batch];
