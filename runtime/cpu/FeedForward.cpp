@@ -45,19 +45,6 @@ void appendRowTasks(const std::vector<Batch> &batches, RangeOf range, int thread
   }
 }
 
-template <typename Batch, typename RowsOf>
-std::vector<RowTask> splitRows(const std::vector<Batch> &batches, RowsOf rows, int threads,
-                               int64_t granule = 16) {
-  std::vector<RowTask> tasks;
-  appendRowTasks(
-      batches,
-      [&](const Batch &b) {
-        return RowRange{0, rows(b)};
-      },
-      threads, granule, -1, tasks);
-  return tasks;
-}
-
 // Tasks for parallelForNodes, and each node's first task.
 struct NodeTasks {
   std::vector<RowTask> tasks;
@@ -261,9 +248,13 @@ void tileMatmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t
   struct One {
     int64_t rows;
   };
-  std::vector<RowTask> tasks = splitRows(
-      std::vector<One>{{w.rows}}, [](const One &b) { return b.rows; }, pool.threadCount(),
-      kTileRows);
+  std::vector<RowTask> tasks;
+  appendRowTasks(
+      std::vector<One>{{w.rows}},
+      [](const One &b) {
+        return RowRange{0, b.rows};
+      },
+      pool.threadCount(), kTileRows, -1, tasks);
   pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
     const RowTask &task = tasks[static_cast<size_t>(index)];
     w.kernel.tiles(w.data + static_cast<uint64_t>(task.begin) * w.rowBytes, w.rowBytes,

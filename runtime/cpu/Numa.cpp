@@ -15,18 +15,6 @@ namespace kt::cpu {
 
 namespace {
 
-std::set<int> allowedCpus() {
-  cpu_set_t mask;
-  CPU_ZERO(&mask);
-  std::set<int> cpus;
-  if (sched_getaffinity(0, sizeof(mask), &mask) != 0)
-    return cpus;
-  for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
-    if (CPU_ISSET(cpu, &mask))
-      cpus.insert(cpu);
-  return cpus;
-}
-
 std::vector<int> cpusOf(const bitmask *mask) {
   std::vector<int> cpus;
   for (unsigned cpu = 0; cpu < mask->size; ++cpu)
@@ -36,6 +24,17 @@ std::vector<int> cpusOf(const bitmask *mask) {
 }
 
 } // namespace
+
+std::vector<int> allowedCpus() {
+  cpu_set_t mask;
+  CPU_ZERO(&mask);
+  std::vector<int> cpus;
+  if (sched_getaffinity(0, sizeof(mask), &mask) == 0)
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
+      if (CPU_ISSET(cpu, &mask))
+        cpus.push_back(cpu);
+  return cpus;
+}
 
 std::string cpuListText(const std::vector<int> &cpus) {
   std::ostringstream out;
@@ -62,7 +61,8 @@ NumaTopology detectNumaTopology() {
   NumaTopology topology;
   if (numa_available() < 0)
     return topology;
-  const std::set<int> allowed = allowedCpus();
+  const std::vector<int> cpus = allowedCpus();
+  const std::set<int> allowed(cpus.begin(), cpus.end());
   bitmask *mask = numa_allocate_cpumask();
   for (int node = 0; node <= numa_max_node(); ++node) {
     if (!numa_bitmask_isbitset(numa_all_nodes_ptr, static_cast<unsigned>(node)) ||
@@ -84,7 +84,8 @@ StatusOr<NumaTopology> numaTopologyFor(const std::string &setting) {
     return detectNumaTopology();
   if (setting == "off")
     return NumaTopology{};
-  const std::set<int> allowed = allowedCpus();
+  const std::vector<int> cpus = allowedCpus();
+  const std::set<int> allowed(cpus.begin(), cpus.end());
   NumaTopology topology;
   std::set<int> seen;
   std::stringstream lists(setting);
@@ -102,8 +103,8 @@ StatusOr<NumaTopology> numaTopologyFor(const std::string &setting) {
     for (int cpu : node.cpus) {
       if (!allowed.count(cpu))
         return Status::error("NUMA setting '" + setting + "': CPU " + std::to_string(cpu) +
-                             " is not one this process may run on (it may: " +
-                             cpuListText({allowed.begin(), allowed.end()}) + ").");
+                             " is not one this process may run on (it may: " + cpuListText(cpus) +
+                             ").");
       if (!seen.insert(cpu).second)
         return Status::error("NUMA setting '" + setting + "': CPU " + std::to_string(cpu) +
                              " is in two nodes; each CPU belongs to one.");

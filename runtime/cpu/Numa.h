@@ -34,6 +34,9 @@ NumaTopology detectNumaTopology();
 // run on and in one node only.
 StatusOr<NumaTopology> numaTopologyFor(const std::string &setting);
 
+// The CPUs this process may run on (its affinity mask), in increasing order.
+std::vector<int> allowedCpus();
+
 // "0-3,8" for {0, 1, 2, 3, 8}.
 std::string cpuListText(const std::vector<int> &cpus);
 

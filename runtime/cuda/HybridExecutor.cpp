@@ -1959,28 +1959,28 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       const float scale = static_cast<float>(cpu::attentionSoftmaxScale(attention->qk(), rope));
       attention->core = loader.kernel(mlaPrefillSpec(s.kvLoraRank, s.rope, scale, s.heads));
       attention->headsPerBlock = mlaHeadsPerBlock(s.heads);
-      if (StatusOr<KernelSpec> mma = mlaPrefillMmaSpec(s.kvLoraRank, s.rope, scale, s.heads);
-          mlaTensorCores && mma && listsKernel(*mma) && s.nope % 4 == 0 &&
-          attention->qk() % 4 == 0) { // its 16-byte query loads
-        attention->coreMma = loader.kernel(mma);
-        attention->coreMmaShared = mlaPrefillMmaSharedBytes(s.kvLoraRank, s.rope);
-        if (attention->coreMma)
-          if (Status s = device->allowSharedBytes(attention->coreMma->loaded,
-                                                  attention->coreMmaShared);
-              !s.ok())
-            return s;
-      }
-      if (StatusOr<KernelSpec> mma = mlaDecodeMmaSpec(s.kvLoraRank, s.rope, scale, s.heads);
-          mlaTensorCores && mma && listsKernel(*mma) && s.nope % 4 == 0 &&
-          attention->qk() % 4 == 0) {
-        attention->decodeMma = loader.kernel(mma);
-        attention->decodeMmaShared = mlaDecodeMmaSharedBytes(s.kvLoraRank, s.rope);
-        if (attention->decodeMma)
-          if (Status s = device->allowSharedBytes(attention->decodeMma->loaded,
-                                                  attention->decodeMmaShared);
-              !s.ok())
-            return s;
-      }
+      // The tensor-core cores where the plan lists them (sm_80+), with the
+      // shared memory they ask for; their 16-byte query loads need nope and
+      // qk in multiples of 4.
+      auto loadMma = [&](StatusOr<KernelSpec> spec, unsigned shared, const Kernel *&kernel,
+                         unsigned &kernelShared) -> Status {
+        if (!mlaTensorCores || !spec || !listsKernel(*spec) || s.nope % 4 != 0 ||
+            attention->qk() % 4 != 0)
+          return Status::success();
+        kernel = loader.kernel(spec);
+        kernelShared = shared;
+        return kernel ? device->allowSharedBytes(kernel->loaded, shared) : Status::success();
+      };
+      if (Status st = loadMma(mlaPrefillMmaSpec(s.kvLoraRank, s.rope, scale, s.heads),
+                              mlaPrefillMmaSharedBytes(s.kvLoraRank, s.rope), attention->coreMma,
+                              attention->coreMmaShared);
+          !st.ok())
+        return st;
+      if (Status st = loadMma(mlaDecodeMmaSpec(s.kvLoraRank, s.rope, scale, s.heads),
+                              mlaDecodeMmaSharedBytes(s.kvLoraRank, s.rope), attention->decodeMma,
+                              attention->decodeMmaShared);
+          !st.ok())
+        return st;
       attention->splitCore = loader.kernel(
           mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_decode_split"));
       attention->combine =

@@ -234,8 +234,8 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   }
   printSplit("prefill", executor, profile, profiled);
 
-  // And of decode (profiled steps are not replayed from CUDA graphs, so
-  // they run slower than above; the shares are what counts).
+  // And of decode (profiling waits for the GPU after each GPU step, so the
+  // shares are what counts, not the time).
   if (profile.available && options.decodeTokens > 0) {
     executor.setProfiling(true);
     const int64_t tokens = std::min<int64_t>(options.decodeTokens, 32);

@@ -15,17 +15,6 @@
 namespace kt::cpu::test {
 namespace {
 
-std::vector<int> allowedCpus() {
-  cpu_set_t mask;
-  CPU_ZERO(&mask);
-  std::vector<int> cpus;
-  if (sched_getaffinity(0, sizeof(mask), &mask) == 0)
-    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu)
-      if (CPU_ISSET(cpu, &mask))
-        cpus.push_back(cpu);
-  return cpus;
-}
-
 // Two nodes of this process's first two CPUs ("3;5"), or empty.
 std::string twoNodes() {
   const std::vector<int> cpus = allowedCpus();
