@@ -294,8 +294,9 @@ int main(int argc, char **argv) {
   struct Variant {
     const char *name;
     unsigned blockN;
+    bool promoteBehind;
   };
-  const Variant variants[] = {{"n128", 128}, {"n256", 256}};
+  const Variant variants[] = {{"n128", 128, false}, {"n128pb", 128, true}, {"n256", 256, false}};
   constexpr size_t kVariants = sizeof variants / sizeof variants[0];
   struct Row {
     std::string shape, blockMode, tensorMode;
@@ -331,8 +332,9 @@ int main(int argc, char **argv) {
     for (size_t v = 0; v < kVariants; ++v) {
       const unsigned blockN = shape.out % variants[v].blockN == 0 ? variants[v].blockN : 64;
       StatusOr<cuda::Fp8GemmConfig> config = cuda::fp8GemmConfig(shape.out, blockN);
-      if (!config || (blockN != variants[v].blockN && v > 0))
+      if (!config || (blockN != variants[v].blockN && variants[v].blockN > 128))
         continue;
+      config->promoteBehind = variants[v].promoteBehind;
       StatusOr<cuda::LoadedKernel> gemm =
           compileAndLoad(cuda::gemmFp8Spec(shape.out, shape.in, *config),
                          "gemm_fp8_" + tag + "_" + variants[v].name + ".cubin");
@@ -355,6 +357,7 @@ int main(int argc, char **argv) {
                                         ? 256
                                         : chosenConfig->blockN;
       row.splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors, chosenBlockN);
+      const cuda::Fp8GemmConfig chosen = *cuda::fp8GemmConfig(shape.out, chosenBlockN);
       // Our path: quantize, then the GEMM; timed apart, the GEMM on the
       // random codes with unit scales (what cuBLASLt multiplies).
       StatusOr<double> quantizeTime = timeIt([&] {
@@ -371,39 +374,33 @@ int main(int argc, char **argv) {
       for (Loaded &variant : loaded) {
         const unsigned splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors,
                                                     variant.config.blockN);
-        StatusOr<cuda::TensorMap> aMap = device.byteMatrixTensorMap(
-            activations, uint64_t(shape.in), uint64_t(tokens), uint64_t(shape.in), 128, 128);
-        if (!aMap)
-          return fail(aMap.message());
-        cuda::DevicePointer aScales = unitScales, bScales = unitScales, out = ours,
-                            partials = scratch.partials, noTiles = 0, inOrder = 0;
-        int scaleStride = int(maxTokens), count = int(tokens), outStride = int(shape.out),
-            splitCount = int(splits);
-        long long splitStride = tokens * shape.out;
-        cuda::TensorMap bMap = variant.weight.map;
-        const cuda::LoadedKernel &gemm = variant.kernel;
+        cuda::Fp8GemmOperands operands;
+        operands.activations = activations;
+        operands.scales = unitScales;
+        operands.scaleStride = maxTokens;
+        operands.rows = tokens;
+        operands.outFeatures = shape.out;
+        operands.out = splits > 1 ? scratch.partials : ours;
+        operands.outStride = shape.out;
+        operands.splits = splits;
+        std::pair<cuda::DevicePointer, cuda::DevicePointer> sumArgs{scratch.partials, ours};
         StatusOr<double> timed = timeIt([&]() -> Status {
-          cuda::LaunchShape launch;
-          launch.gridX = unsigned((tokens + 127) / 128 * (shape.out / variant.config.blockN));
-          launch.gridY = splits;
-          launch.blockX = 384;
-          launch.sharedBytes = cuda::fp8GemmSharedBytes(variant.config);
-          cuda::DevicePointer target = splits > 1 ? partials : out;
-          long long stride = splits > 1 ? splitStride : 0;
-          if (Status s = device.launch(gemm, launch,
-                                       {&*aMap, &bMap, &aScales, &scaleStride, &bScales, &target,
-                                        &outStride, &stride, &count, &noTiles, &inOrder});
+          if (Status s = cuda::launchFp8GemmKernel(device, variant.kernel, variant.config,
+                                                   variant.weight, operands);
               !s.ok() || splits == 1)
             return s;
+          int splitCount = int(splits), outStride = int(shape.out), count = int(tokens);
           cuda::LaunchShape sumLaunch;
           sumLaunch.gridX = unsigned(std::min<int64_t>((tokens * shape.out + 255) / 256, 2048));
           sumLaunch.blockX = 256;
-          return device.launch(*sum, sumLaunch, {&partials, &splitCount, &out, &outStride, &count});
+          return device.launch(*sum, sumLaunch,
+                               {&sumArgs.first, &splitCount, &sumArgs.second, &outStride, &count});
         });
         if (!timed)
           return fail(timed.message());
         row.seconds[variant.variant] = *timed;
-        if (variant.config.blockN == chosenBlockN)
+        if (variant.config.blockN == chosen.blockN &&
+            variant.config.promoteBehind == chosen.promoteBehind)
           row.chosen = *timed;
       }
       std::vector<float> mine(size_t(tokens * shape.out));
@@ -688,7 +685,8 @@ int main(int argc, char **argv) {
     return 0;
   }
   std::printf("%s (%s), %d SMs; cuBLASLt FP8 in the same run. Ours in us per tile width: "
-              "n128/n256 columns per block (* = the executor's; kv_a's 576 rows take 64); ratio: "
+              "n128/n256 columns per block, pb: promoted behind the next products (* = the "
+              "executor's; kv_a's 576 rows take 64); ratio: "
               "cuBLASLt's time over ours, against its block-scaled matmul where offered, else "
               "per-tensor\n",
               gpus[0].name.c_str(), arch.c_str(), *multiprocessors);

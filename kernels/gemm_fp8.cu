@@ -1,32 +1,37 @@
 // C = A B^T on sm_90a's FP8 tensor cores, with DeepSeek's block scales: the
 // prefill GEMM of the fp8 family.
 //   A  activations [M][K] e4m3, one f32 per token and 128 columns
-//      (aScales[K / 128][aScaleStride], fp8_quantize.cu writes both);
+//      (scales [K / 128][stride], fp8_quantize.cu writes both);
 //   B  weight [N][K] e4m3, one f32 per 128x128 block
 //      (bScales[ceil(N / 128)][K / 128], the checkpoint's weight_scale_inv);
 //   C  f32 [M][N], rows `outStride` floats apart.
-// A and B reach shared memory through the TMA engine (tensor maps built by
-// the host over 128-column slices, 128-byte swizzle, rows past M read as
+// A, B and A's scales reach shared memory through the TMA engine (tensor
+// maps built by the host: A and B over 128-column slices with the 128-byte
+// swizzle, the scales as a [K / 128][M] f32 matrix; rows past M read as
 // zeros), in a ring of STAGES buffers. A block is 3 warpgroups: the first
 // issues the copies (one thread), the other two each multiply 64 rows of
 // the block's 128 by BLOCK_N columns. Per slice of 128 columns, four k32
 // wgmma accumulate into a fresh f32 fragment, which is then added to the
-// result times the slice's two scales (A's per row, B's per block): the
-// products are exact per slice, as DeepSeek's recipe promotes every 128.
+// result times the slice's two scales (A's per row, from shared memory;
+// B's per block): the products are exact per slice, as DeepSeek's recipe
+// promotes every 128.
+// Blocks are persistent (the host launches at most one per SM): block b
+// takes work items b, b + gridDim.x, ... and the copying thread runs ahead
+// across items, so a tile's loads overlap the previous tile's epilogue.
 // Tiles are ordered in groups of 8 row tiles, so the weight slices and
 // activations in flight are shared through L2.
-// Split-K (grid y = `splits`): split s takes an equal share of the slices
-// and writes its partial result at out + s * splitStride; entry
+// Split-K (`splits` > 1): split s of a tile takes an equal share of the
+// slices and writes its partial result at out + s * splitStride; entry
 // gemm_fp8_sum_splits adds the partials into C.
 // GROUPED (routed experts in prefill): B stacks the experts' weights
 // [experts * N_FEATURES][K] and bScales theirs [experts][N_FEATURES / 128]
-// [K / 128]; A holds the assignments' rows grouped by expert. Block x takes
+// [K / 128]; A holds the assignments' rows grouped by expert. Item x takes
 // column tile x % (N_FEATURES / BLOCK_N) of entry e = x / (N_FEATURES /
-// BLOCK_N) of `groupTiles`, {expert, first row, end row}: the 128 rows of A
-// from the first row against that expert's weight, written up to the end
-// row (the next expert's rows follow). No split-K (grid y is 1). With
-// `outRows`, row r of the result goes to row outRows[r] of C (back to the
-// assignments' order).
+// BLOCK_N) of `groupTiles` (`groupEntries` of them), {expert, first row,
+// end row}: the 128 rows of A from the first row against that expert's
+// weight, written up to the end row (the next expert's rows follow). No
+// split-K. With `outRows`, row r of the result goes to row outRows[r] of C
+// (back to the assignments' order).
 // Specialization defines:
 //   GROUPED     (optional) the routed-experts form above
 //   N_FEATURES  output columns (weight rows), a multiple of BLOCK_N
@@ -36,6 +41,10 @@
 //               other; the consumers take 232 registers, the copying
 //               warpgroup 40)
 //   STAGES      buffers in the ring
+//   PROMOTE_BEHIND (optional, BLOCK_N up to 128) each slice's products are
+//               issued before the previous slice's are promoted, into two
+//               fragments in turn (the consumers take 232 registers), so a
+//               warpgroup's tensor work does not wait for its promotion
 #include "common.cuh"
 
 #if !defined(N_FEATURES) || !defined(K_FEATURES) || !defined(BLOCK_N) || !defined(STAGES)
@@ -52,6 +61,12 @@ constexpr int kGroupM = 8;
 constexpr int kATileBytes = kBlockM * 128;
 constexpr int kBTileBytes = BLOCK_N * 128;
 constexpr int kStageBytes = kATileBytes + kBTileBytes;
+// A slice's activation scales of the tile's rows: a box of 132 from the
+// 4-aligned row at or before the first (a TMA box starts 16-byte aligned in
+// memory; the grouped form's tiles start on any row), 128-byte aligned.
+constexpr int kScaleBoxRows = kBlockM + 4;
+constexpr int kScaleBytes = 640;
+static_assert(kScaleBoxRows * 4 <= kScaleBytes && kScaleBytes % 128 == 0, "scale box space");
 constexpr int kConsumerWarps = 8;
 constexpr int kFragment = BLOCK_N / 2; // f32 values per thread of an m64 x BLOCK_N fragment
 // wgmma covers at most 128 columns here (a 256-wide fragment and its part
@@ -151,45 +166,80 @@ __device__ __forceinline__ void wgmma(float (&d)[kPartFragment], unsigned long l
 }
 #undef KT_ACC8
 
+// One output tile's work: rows m0.. (written up to rowEnd) against weight
+// rows bRow0.. (columns n0.. of C), slices [sliceBegin, sliceEnd) of K, its
+// partial result at split `split`.
+struct TileWork {
+  int m0, n0, rowEnd, bRow0, sliceBegin, sliceEnd, split;
+  const float *bScaleRow;
+};
+
+// Work items: tiles x splits, or the grouped form's entries x column tiles.
+__device__ __forceinline__ int workItems(int rows, int splits, int groupEntries) {
+#if defined(GROUPED)
+  return groupEntries * kColumnTiles;
+#else
+  return (rows + kBlockM - 1) / kBlockM * kColumnTiles * splits;
+#endif
+}
+
+__device__ __forceinline__ TileWork workOf(int item, int rows, int splits,
+                                           const int *__restrict__ groupTiles,
+                                           const float *__restrict__ bScales) {
+  TileWork w;
+#if defined(GROUPED)
+  static_assert(N_FEATURES % 128 == 0, "whole scale blocks per expert");
+  const int entry = item / kColumnTiles;
+  const int expert = groupTiles[3 * entry];
+  w.m0 = groupTiles[3 * entry + 1];
+  w.rowEnd = groupTiles[3 * entry + 2];
+  w.n0 = item % kColumnTiles * BLOCK_N;
+  w.bRow0 = expert * N_FEATURES + w.n0;
+  w.bScaleRow =
+      bScales + (static_cast<long long>(expert) * (N_FEATURES / 128) + w.n0 / 128) * kSlices;
+  w.split = 0;
+  w.sliceBegin = 0;
+  w.sliceEnd = kSlices;
+#else
+  // Which tile: groups of kGroupM row tiles, rows fastest within a group;
+  // the splits of a tile are tiles apart.
+  const int rowTiles = (rows + kBlockM - 1) / kBlockM;
+  const int tiles = rowTiles * kColumnTiles;
+  const int tile = item % tiles;
+  w.split = item / tiles;
+  const int firstRowTile = tile / (kGroupM * kColumnTiles) * kGroupM;
+  const int groupRows = min(rowTiles - firstRowTile, kGroupM);
+  const int inGroup = tile % (kGroupM * kColumnTiles);
+  w.m0 = (firstRowTile + inGroup % groupRows) * kBlockM;
+  w.n0 = inGroup / groupRows * BLOCK_N;
+  w.rowEnd = rows;
+  w.bRow0 = w.n0;
+  w.bScaleRow = bScales + (w.n0 / 128) * kSlices;
+  w.sliceBegin = w.split * kSlices / splits;
+  w.sliceEnd = (w.split + 1) * kSlices / splits;
+#endif
+  return w;
+}
+
 extern "C" __global__ void __launch_bounds__(384, 1)
-gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorMap bMap,
-         const float *__restrict__ aScales, int aScaleStride, const float *__restrict__ bScales,
-         float *__restrict__ out, int outStride, long long splitStride, int rows,
-         const int *__restrict__ groupTiles, const int *__restrict__ outRows) {
+    gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorMap bMap,
+             const __grid_constant__ TensorMap aScaleMap, const float *__restrict__ bScales,
+             float *__restrict__ out, int outStride, long long splitStride, int rows, int splits,
+             int groupEntries, const int *__restrict__ groupTiles,
+             const int *__restrict__ outRows) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   extern __shared__ kt::u8 sharedBytes[];
   // Swizzled tiles start on 1024-byte boundaries (the host asks for 1 KiB more).
   const unsigned base = (sharedAddress(sharedBytes) + 1023u) & ~1023u;
-  const unsigned barriers = base + STAGES * kStageBytes; // full[STAGES], then empty[STAGES]
+  const unsigned scaleBase = base + STAGES * kStageBytes;     // A's scales, kScaleBytes a stage
+  const unsigned barriers = scaleBase + STAGES * kScaleBytes; // full[STAGES], empty[STAGES]
+  const float *stageScales =
+      reinterpret_cast<const float *>(sharedBytes + (scaleBase - sharedAddress(sharedBytes)));
   auto aTile = [&](int stage) { return base + stage * kStageBytes; };
   auto bTile = [&](int stage) { return base + stage * kStageBytes + kATileBytes; };
   auto full = [&](int stage) { return barriers + 8 * stage; };
   auto empty = [&](int stage) { return barriers + 8 * (STAGES + stage); };
-
-#if defined(GROUPED)
-  static_assert(N_FEATURES % 128 == 0, "whole scale blocks per expert");
-  const int entry = blockIdx.x / kColumnTiles;
-  const int expert = groupTiles[3 * entry], m0 = groupTiles[3 * entry + 1];
-  const int rowEnd = groupTiles[3 * entry + 2];
-  const int n0 = blockIdx.x % kColumnTiles * BLOCK_N;
-  const int bRow0 = expert * N_FEATURES + n0;
-  const float *bScaleRow =
-      bScales + (static_cast<long long>(expert) * (N_FEATURES / 128) + n0 / 128) * kSlices;
-#else
-  // Which tile: groups of kGroupM row tiles, rows fastest within a group.
-  const int rowTiles = (rows + kBlockM - 1) / kBlockM;
-  const int tile = blockIdx.x;
-  const int firstRowTile = tile / (kGroupM * kColumnTiles) * kGroupM;
-  const int groupRows = min(rowTiles - firstRowTile, kGroupM);
-  const int inGroup = tile % (kGroupM * kColumnTiles);
-  const int m0 = (firstRowTile + inGroup % groupRows) * kBlockM;
-  const int n0 = inGroup / groupRows * BLOCK_N;
-  const int rowEnd = rows, bRow0 = n0;
-  const float *bScaleRow = bScales + (n0 / 128) * kSlices;
-#endif
-  // This split's slices.
-  const int sliceBegin = blockIdx.y * kSlices / gridDim.y;
-  const int sliceEnd = (blockIdx.y + 1) * kSlices / gridDim.y;
+  const int items = workItems(rows, splits, groupEntries);
 
   if (threadIdx.x == 0) {
     for (int stage = 0; stage < STAGES; ++stage) {
@@ -200,76 +250,151 @@ gemm_fp8(const __grid_constant__ TensorMap aMap, const __grid_constant__ TensorM
   }
   __syncthreads();
 
+  // Persistent: block b takes items b, b + gridDim.x, ...; the ring runs on
+  // across items, so the next tile's copies start while this one's results
+  // are written.
   if (threadIdx.x < 128) { // the copying warpgroup
-#if BLOCK_N == 256
+#if BLOCK_N == 256 || defined(PROMOTE_BEHIND)
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
 #endif
     if (threadIdx.x == 0) {
-      for (int slice = sliceBegin; slice < sliceEnd; ++slice) {
-        const int step = slice - sliceBegin, stage = step % STAGES;
-        barrierWait(empty(stage), ((step / STAGES) & 1) ^ 1);
-        barrierExpectBytes(full(stage), kStageBytes);
-        tmaLoad(aTile(stage), &aMap, full(stage), slice * 128, m0);
-        tmaLoad(bTile(stage), &bMap, full(stage), slice * 128, bRow0);
+      int step = 0;
+      for (int item = blockIdx.x; item < items; item += gridDim.x) {
+        const TileWork w = workOf(item, rows, splits, groupTiles, bScales);
+        for (int slice = w.sliceBegin; slice < w.sliceEnd; ++slice, ++step) {
+          const int stage = step % STAGES;
+          barrierWait(empty(stage), ((step / STAGES) & 1) ^ 1);
+          barrierExpectBytes(full(stage), kStageBytes + kScaleBoxRows * 4);
+          tmaLoad(aTile(stage), &aMap, full(stage), slice * 128, w.m0);
+          tmaLoad(bTile(stage), &bMap, full(stage), slice * 128, w.bRow0);
+          tmaLoad(scaleBase + stage * kScaleBytes, &aScaleMap, full(stage), w.m0 & ~3, slice);
+        }
       }
     }
     return;
   }
 
-#if BLOCK_N == 256
+#if BLOCK_N == 256 || defined(PROMOTE_BEHIND)
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
 #endif
   const int group = threadIdx.x / 128 - 1; // rows group*64 .. +63 of the tile
   const int warp = (threadIdx.x / 32) % 4, lane = threadIdx.x % 32;
-  const int row = m0 + group * 64 + warp * 16 + lane / 4; // and row + 8
-  float result[kFragment];
+  const int tileRow = group * 64 + warp * 16 + lane / 4; // and tileRow + 8
+  int step = 0;
+  for (int item = blockIdx.x; item < items; item += gridDim.x) {
+    const TileWork w = workOf(item, rows, splits, groupTiles, bScales);
+    float result[kFragment];
 #pragma unroll
-  for (int i = 0; i < kFragment; ++i)
-    result[i] = 0.0f;
+    for (int i = 0; i < kFragment; ++i)
+      result[i] = 0.0f;
 
-  float part[kPartFragment];
-  for (int slice = sliceBegin; slice < sliceEnd; ++slice) {
-    const int step = slice - sliceBegin, stage = step % STAGES;
-    // The scales load while the copy and the products run.
-    const float aScale0 = aScales[slice * aScaleStride + min(row, rows - 1)];
-    const float aScale8 = aScales[slice * aScaleStride + min(row + 8, rows - 1)];
-    barrierWait(full(stage), (step / STAGES) & 1);
-#pragma unroll
-    for (int p = 0; p < kParts; ++p) {
-      const float bScale = bScaleRow[p * kSlices + slice];
-      pinFragment(part);
+#if defined(PROMOTE_BEHIND)
+    static_assert(kParts == 1, "one fragment per slice");
+    // Slice i + 1's products run while slice i's are promoted: two
+    // fragments in turn, each slice's scales read before its buffer is freed.
+    float fragment0[kPartFragment], fragment1[kPartFragment];
+    float scale0a = 0, scale8a = 0, scale0b = 0, scale8b = 0;
+    const int count = w.sliceEnd - w.sliceBegin;
+    auto issue = [&](float(&d)[kPartFragment], int i, float &scale0, float &scale8) {
+      const int at = step + i, stage = at % STAGES;
+      const float bScale = w.bScaleRow[w.sliceBegin + i];
+      barrierWait(full(stage), (at / STAGES) & 1);
+      const float *scales = stageScales + stage * (kScaleBytes / 4) + (w.m0 & 3) + tileRow;
+      scale0 = scales[0] * bScale;
+      scale8 = scales[8] * bScale;
+      pinFragment(d);
       asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
       for (int k = 0; k < 4; ++k)
-        wgmma(part, operandDescriptor(aTile(stage) + group * 64 * 128 + k * 32),
-              operandDescriptor(bTile(stage) + p * kPartColumns * 128 + k * 32), k);
+        wgmma(d, operandDescriptor(aTile(stage) + group * 64 * 128 + k * 32),
+              operandDescriptor(bTile(stage) + k * 32), k);
       asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
-      asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
-      pinFragment(part);
-      if (p == kParts - 1 && lane == 0)
-        barrierArrive(empty(stage));
-      const float scale0 = aScale0 * bScale, scale8 = aScale8 * bScale;
+    };
+    auto promote = [&](float(&d)[kPartFragment], int i, float scale0, float scale8) {
+      pinFragment(d);
+      if (lane == 0)
+        barrierArrive(empty((step + i) % STAGES));
 #pragma unroll
-      for (int i = 0; i < kPartFragment; ++i)
-        result[p * kPartFragment + i] += part[i] * ((i & 2) ? scale8 : scale0);
+      for (int v = 0; v < kPartFragment; ++v)
+        result[v] += d[v] * ((v & 2) ? scale8 : scale0);
+    };
+    auto waitAllButOne = [] { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); };
+    auto waitAll = [] { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); };
+    // Straight-line steps (fragment 0 in flight at the top of each), so
+    // ptxas can tell which fragment each wait completes.
+    if (count > 0) {
+      issue(fragment0, 0, scale0a, scale8a);
+      int i = 0;
+      for (; i + 2 < count; i += 2) {
+        issue(fragment1, i + 1, scale0b, scale8b);
+        waitAllButOne();
+        promote(fragment0, i, scale0a, scale8a);
+        issue(fragment0, i + 2, scale0a, scale8a);
+        waitAllButOne();
+        promote(fragment1, i + 1, scale0b, scale8b);
+      }
+      if (i + 1 < count) {
+        issue(fragment1, i + 1, scale0b, scale8b);
+        waitAllButOne();
+        promote(fragment0, i, scale0a, scale8a);
+        waitAll();
+        promote(fragment1, i + 1, scale0b, scale8b);
+      } else {
+        waitAll();
+        promote(fragment0, i, scale0a, scale8a);
+      }
     }
-  }
+    step += count;
+#else
+    float part[kPartFragment];
+    for (int slice = w.sliceBegin; slice < w.sliceEnd; ++slice, ++step) {
+      const int stage = step % STAGES;
+      // The weight's scale loads while the copy and the products run.
+      float bScale[kParts];
+#pragma unroll
+      for (int p = 0; p < kParts; ++p)
+        bScale[p] = w.bScaleRow[p * kSlices + slice];
+      barrierWait(full(stage), (step / STAGES) & 1);
+      const float *scales = stageScales + stage * (kScaleBytes / 4) + (w.m0 & 3) + tileRow;
+      const float aScale0 = scales[0], aScale8 = scales[8];
+#pragma unroll
+      for (int p = 0; p < kParts; ++p) {
+        pinFragment(part);
+        asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          wgmma(part, operandDescriptor(aTile(stage) + group * 64 * 128 + k * 32),
+                operandDescriptor(bTile(stage) + p * kPartColumns * 128 + k * 32), k);
+        asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
+        asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
+        pinFragment(part);
+        if (p == kParts - 1 && lane == 0)
+          barrierArrive(empty(stage));
+        const float scale0 = aScale0 * bScale[p], scale8 = aScale8 * bScale[p];
+#pragma unroll
+        for (int i = 0; i < kPartFragment; ++i)
+          result[p * kPartFragment + i] += part[i] * ((i & 2) ? scale8 : scale0);
+      }
+    }
 
-  // Fragment layout: value i is at row (+8 where i & 2), column
-  // 8 * (i / 4) + 2 * (lane % 4) + (i & 1).
-  float *split = out + static_cast<long long>(blockIdx.y) * splitStride;
-  const int column = n0 + 2 * (lane % 4);
+#endif
+
+    // Fragment layout: value i is at row (+8 where i & 2), column
+    // 8 * (i / 4) + 2 * (lane % 4) + (i & 1).
+    float *split = out + static_cast<long long>(w.split) * splitStride;
+    const int column = w.n0 + 2 * (lane % 4);
 #pragma unroll
-  for (int half = 0; half < 2; ++half) {
-    const int r = row + 8 * half;
-    if (r >= rowEnd)
-      continue;
-    const long long target = outRows ? outRows[r] : r;
-    float *outRow = split + target * outStride + column;
+    for (int half = 0; half < 2; ++half) {
+      const int r = w.m0 + tileRow + 8 * half;
+      if (r >= w.rowEnd)
+        continue;
+      const long long target = outRows ? outRows[r] : r;
+      float *outRow = split + target * outStride + column;
 #pragma unroll
-    for (int chunk = 0; chunk < BLOCK_N / 8; ++chunk)
-      *reinterpret_cast<float2 *>(outRow + 8 * chunk) =
-          make_float2(result[4 * chunk + 2 * half], result[4 * chunk + 2 * half + 1]);
+      for (int chunk = 0; chunk < BLOCK_N / 8; ++chunk)
+        *reinterpret_cast<float2 *>(outRow + 8 * chunk) =
+            make_float2(result[4 * chunk + 2 * half], result[4 * chunk + 2 * half + 1]);
+    }
   }
 #endif
 }

@@ -294,27 +294,44 @@ Status CudaDevice::allowSharedBytes(const LoadedKernel &kernel, unsigned bytes) 
                    kernel.entry);
 }
 
-StatusOr<TensorMap> CudaDevice::byteMatrixTensorMap(DevicePointer base, uint64_t columns,
-                                                    uint64_t rows, uint64_t rowBytes,
-                                                    unsigned boxColumns, unsigned boxRows) {
-  // CU_TENSOR_MAP_DATA_TYPE_UINT8, no interleave, 128-byte swizzle, L2
-  // promotion of 256 bytes, zeros out of bounds.
-  constexpr int kUint8 = 0, kNoInterleave = 0, kSwizzle128 = 3, kL2Promote256 = 3, kZeroFill = 0;
+namespace {
+// CUtensorMapDataType, CUtensorMapSwizzle and the other encoding enums.
+constexpr int kTensorMapUint8 = 0, kTensorMapFloat32 = 7, kNoInterleave = 0, kNoSwizzle = 0,
+              kSwizzle128 = 3, kL2Promote256 = 3, kZeroFill = 0;
+} // namespace
+
+StatusOr<TensorMap> CudaDevice::matrixTensorMap(int dataType, DevicePointer base, uint64_t columns,
+                                                uint64_t rows, uint64_t rowBytes,
+                                                unsigned boxColumns, unsigned boxRows,
+                                                int swizzle) {
   if (!api_->tensorMapEncodeTiled)
     return Status::error("the CUDA driver lacks cuTensorMapEncodeTiled (TMA), which the FP8 "
                          "GEMM needs; update the NVIDIA driver to CUDA 12 or later.");
   TensorMap map;
   const unsigned long long dims[2] = {columns, rows}, strides[1] = {rowBytes};
   const unsigned box[2] = {boxColumns, boxRows}, elementStrides[2] = {1, 1};
-  if (Status s = check(api_->tensorMapEncodeTiled(map.words, kUint8, 2,
-                                                  reinterpret_cast<void *>(base), dims, strides,
-                                                  box, elementStrides, kNoInterleave, kSwizzle128,
-                                                  kL2Promote256, kZeroFill),
+  if (Status s = check(api_->tensorMapEncodeTiled(
+                           map.words, dataType, 2, reinterpret_cast<void *>(base), dims, strides,
+                           box, elementStrides, kNoInterleave, swizzle, kL2Promote256, kZeroFill),
                        "cuTensorMapEncodeTiled of a " + std::to_string(rows) + " x " +
-                           std::to_string(columns) + " byte matrix");
+                           std::to_string(columns) + " matrix");
       !s.ok())
     return s;
   return map;
+}
+
+StatusOr<TensorMap> CudaDevice::byteMatrixTensorMap(DevicePointer base, uint64_t columns,
+                                                    uint64_t rows, uint64_t rowBytes,
+                                                    unsigned boxColumns, unsigned boxRows) {
+  return matrixTensorMap(kTensorMapUint8, base, columns, rows, rowBytes, boxColumns, boxRows,
+                         kSwizzle128);
+}
+
+StatusOr<TensorMap> CudaDevice::floatMatrixTensorMap(DevicePointer base, uint64_t columns,
+                                                     uint64_t rows, uint64_t rowBytes,
+                                                     unsigned boxColumns, unsigned boxRows) {
+  return matrixTensorMap(kTensorMapFloat32, base, columns, rows, rowBytes, boxColumns, boxRows,
+                         kNoSwizzle);
 }
 
 Status CudaDevice::synchronize() {

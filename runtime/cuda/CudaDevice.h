@@ -84,6 +84,13 @@ public:
   StatusOr<TensorMap> byteMatrixTensorMap(DevicePointer base, uint64_t columns, uint64_t rows,
                                           uint64_t rowBytes, unsigned boxColumns,
                                           unsigned boxRows);
+  // A tensor map over a row-major f32 matrix (rows `rowBytes` apart, a
+  // multiple of 16) that copies boxes of `boxRows` x `boxColumns` (at most
+  // 256 columns, a multiple of 4) unswizzled; columns and rows past the end
+  // read as zeros.
+  StatusOr<TensorMap> floatMatrixTensorMap(DevicePointer base, uint64_t columns, uint64_t rows,
+                                           uint64_t rowBytes, unsigned boxColumns,
+                                           unsigned boxRows);
   // The CUstream the device's work goes to (for libraries such as cuBLASLt).
   void *nativeStream() const { return stream_; }
   Status synchronize();
@@ -103,6 +110,10 @@ public:
 private:
   CudaDevice() = default;
   Status check(int result, const std::string &what) const;
+  // A 2-D tensor map of CUtensorMapDataType `dataType` with `swizzle`.
+  StatusOr<TensorMap> matrixTensorMap(int dataType, DevicePointer base, uint64_t columns,
+                                      uint64_t rows, uint64_t rowBytes, unsigned boxColumns,
+                                      unsigned boxRows, int swizzle);
   std::unique_ptr<Api> api_;
   int device_ = 0;
   int index_ = 0;

@@ -18,22 +18,17 @@ int64_t tiles(int64_t rows, int64_t out, unsigned blockN) {
 }
 
 // Activations to e4m3 (rows `rowIndex` picks, or all in order), one warp
-// per token and slice, and the GEMM's tensor map over them.
-StatusOr<TensorMap> quantizeActivations(CudaDevice &device, const Fp8GemmKernels &kernels,
-                                        int64_t in, DevicePointer x, int64_t xStride,
-                                        DevicePointer rowIndex, int64_t rows,
-                                        const Fp8GemmScratch &scratch) {
-  int xs = int(xStride), tokens = int(rows), scaleStride = int(scratch.rows);
+// per token and slice, into the scratch.
+Status quantizeActivations(CudaDevice &device, const Fp8GemmKernels &kernels, int64_t in,
+                           DevicePointer x, int64_t xStride, DevicePointer rowIndex, int64_t rows,
+                           const Fp8GemmScratch &scratch) {
+  int xs = int(xStride), tokens = int(rows), scaleStride = int(fp8GemmScaleStride(scratch.rows));
   DevicePointer q = scratch.activations, qScales = scratch.scales;
   LaunchShape quantize;
   quantize.gridX = unsigned(ceilDiv(rows * (in / kSlice) * 32, 256));
   quantize.blockX = 256;
-  if (Status s = device.launch(*kernels.quantize, quantize,
-                               {&x, &xs, &tokens, &q, &qScales, &scaleStride, &rowIndex});
-      !s.ok())
-    return s;
-  return device.byteMatrixTensorMap(scratch.activations, uint64_t(in), uint64_t(rows),
-                                    uint64_t(in), kSlice, unsigned(kBlockRows));
+  return device.launch(*kernels.quantize, quantize,
+                       {&x, &xs, &tokens, &q, &qScales, &scaleStride, &rowIndex});
 }
 
 } // namespace
@@ -65,21 +60,62 @@ Status runFp8GroupedGemm(CudaDevice &device, const Fp8GemmKernels &kernels,
     return Status::error("the grouped FP8 GEMM's experts have " + std::to_string(out) +
                          " rows, which do not divide the stacked weight's " +
                          std::to_string(experts.out) + ".");
+  if (Status s =
+          quantizeActivations(device, kernels, experts.in, x, xStride, rowIndex, rows, scratch);
+      !s.ok())
+    return s;
+  Fp8GemmOperands operands;
+  operands.activations = scratch.activations;
+  operands.scales = scratch.scales;
+  operands.scaleStride = fp8GemmScaleStride(scratch.rows);
+  operands.rows = rows;
+  operands.outFeatures = out;
+  operands.out = y;
+  operands.outStride = yStride;
+  operands.groupTiles = tiles;
+  operands.groupEntries = tileCount;
+  operands.outRows = outRows;
+  return launchFp8GemmKernel(device, *kernels.gemm, kernels.config, experts, operands);
+}
+
+Status launchFp8GemmKernel(CudaDevice &device, const LoadedKernel &gemm,
+                           const Fp8GemmConfig &config, const Fp8GemmWeight &weight,
+                           const Fp8GemmOperands &operands) {
+  const int64_t rows = operands.rows;
   StatusOr<TensorMap> aMap =
-      quantizeActivations(device, kernels, experts.in, x, xStride, rowIndex, rows, scratch);
+      device.byteMatrixTensorMap(operands.activations, uint64_t(weight.in), uint64_t(rows),
+                                 uint64_t(weight.in), kSlice, unsigned(kBlockRows));
   if (!aMap)
     return aMap.status();
-  TensorMap bMap = experts.map;
-  DevicePointer qScales = scratch.scales, bScales = experts.scales, yOut = y;
-  int scaleStride = int(scratch.rows), outStride = int(yStride), count = int(rows);
-  long long splitStride = 0;
-  LaunchShape gemm;
-  gemm.gridX = unsigned(tileCount * (out / kernels.config.blockN));
-  gemm.blockX = 384;
-  gemm.sharedBytes = fp8GemmSharedBytes(kernels.config);
-  return device.launch(*kernels.gemm, gemm,
-                       {&*aMap, &bMap, &qScales, &scaleStride, &bScales, &yOut, &outStride,
-                        &splitStride, &count, &tiles, &outRows});
+  // A's scales as a [in / 128][rows] matrix: a box is one slice's scales of
+  // a tile's rows, from the 4-aligned row at or before its first.
+  StatusOr<TensorMap> scaleMap =
+      device.floatMatrixTensorMap(operands.scales, uint64_t(rows), uint64_t(weight.in / kSlice),
+                                  uint64_t(operands.scaleStride) * 4, unsigned(kBlockRows + 4), 1);
+  if (!scaleMap)
+    return scaleMap.status();
+  StatusOr<int> multiprocessors = device.multiprocessors();
+  if (!multiprocessors)
+    return multiprocessors.status();
+  const int64_t columnTiles = operands.outFeatures / config.blockN;
+  const int64_t items = operands.groupTiles
+                            ? operands.groupEntries * columnTiles
+                            : ceilDiv(rows, kBlockRows) * columnTiles * operands.splits;
+  if (items <= 0)
+    return Status::success();
+  TensorMap bMap = weight.map;
+  DevicePointer bScales = weight.scales, out = operands.out, groupTiles = operands.groupTiles,
+                outRows = operands.outRows;
+  int outStride = int(operands.outStride), count = int(rows), splits = int(operands.splits),
+      groupEntries = int(operands.groupEntries);
+  long long splitStride = operands.splits > 1 ? rows * operands.outFeatures : 0;
+  LaunchShape launch;
+  launch.gridX = unsigned(std::min<int64_t>(items, *multiprocessors)); // persistent blocks
+  launch.blockX = 384;
+  launch.sharedBytes = fp8GemmSharedBytes(config);
+  return device.launch(gemm, launch,
+                       {&*aMap, &bMap, &*scaleMap, &bScales, &out, &outStride, &splitStride, &count,
+                        &splits, &groupEntries, &groupTiles, &outRows});
 }
 
 StatusOr<Fp8GemmWeight> prepareFp8GemmWeight(CudaDevice &device, DevicePointer data,
@@ -126,7 +162,11 @@ bool fp8GemmPrefersWide(int64_t rows, int64_t out, int multiprocessors) {
 
 size_t fp8GemmActivationBytes(int64_t rows, int64_t in) { return size_t(rows * in); }
 
-size_t fp8GemmScaleBytes(int64_t rows, int64_t in) { return size_t(in / kSlice * rows) * 4; }
+int64_t fp8GemmScaleStride(int64_t rows) { return (rows + 3) / 4 * 4; }
+
+size_t fp8GemmScaleBytes(int64_t rows, int64_t in) {
+  return size_t(in / kSlice * fp8GemmScaleStride(rows)) * 4;
+}
 
 size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiprocessors,
                             unsigned blockN) {
@@ -154,27 +194,22 @@ Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8Ge
   if (splits > 1 && splits * size_t(rows * weight.out) > scratch.partialFloats)
     return Status::error("the FP8 GEMM's scratch has no room for " + std::to_string(splits) +
                          " partial results.");
-  StatusOr<TensorMap> aMap = quantizeActivations(device, kernels, weight.in, x, xStride, 0, rows,
-                                                  scratch);
-  if (!aMap)
-    return aMap.status();
-  int tokens = int(rows), scaleStride = int(scratch.rows);
-  DevicePointer qScales = scratch.scales, noTiles = 0, inOrder = 0;
-  TensorMap bMap = weight.map;
-  DevicePointer bScales = weight.scales;
-  DevicePointer out = splits > 1 ? scratch.partials : y;
-  int outStride = int(splits > 1 ? weight.out : yStride);
-  long long splitStride = splits > 1 ? rows * weight.out : 0;
-  LaunchShape gemm;
-  gemm.gridX = unsigned(tiles(rows, weight.out, kernels.config.blockN));
-  gemm.gridY = splits;
-  gemm.blockX = 384;
-  gemm.sharedBytes = fp8GemmSharedBytes(kernels.config);
-  if (Status s = device.launch(*kernels.gemm, gemm,
-                               {&*aMap, &bMap, &qScales, &scaleStride, &bScales, &out, &outStride,
-                                &splitStride, &tokens, &noTiles, &inOrder});
+  if (Status s = quantizeActivations(device, kernels, weight.in, x, xStride, 0, rows, scratch);
+      !s.ok())
+    return s;
+  Fp8GemmOperands operands;
+  operands.activations = scratch.activations;
+  operands.scales = scratch.scales;
+  operands.scaleStride = fp8GemmScaleStride(scratch.rows);
+  operands.rows = rows;
+  operands.outFeatures = weight.out;
+  operands.out = splits > 1 ? scratch.partials : y;
+  operands.outStride = splits > 1 ? weight.out : yStride;
+  operands.splits = splits;
+  if (Status s = launchFp8GemmKernel(device, *kernels.gemm, kernels.config, weight, operands);
       !s.ok() || splits <= 1)
     return s;
+  int tokens = int(rows);
   int splitCount = int(splits), yStrideInt = int(yStride);
   DevicePointer partials = scratch.partials;
   LaunchShape sum;

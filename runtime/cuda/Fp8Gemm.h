@@ -50,11 +50,14 @@ bool fp8GemmPrefersWide(int64_t rows, int64_t out, int multiprocessors);
 // values and `partialFloats` floats of split-K partial results.
 struct Fp8GemmScratch {
   DevicePointer activations = 0; // e4m3 [rows][in]
-  DevicePointer scales = 0;      // f32 [in / 128][rows]
+  DevicePointer scales = 0;      // f32 [in / 128][fp8GemmScaleStride(rows)]
   DevicePointer partials = 0;    // f32 [splits][rows][out]
   int64_t rows = 0, in = 0;
   size_t partialFloats = 0;
 };
+// Floats between slices of the activations' scales for up to `rows` tokens
+// (a multiple of 4: the GEMM copies them through a tensor map).
+int64_t fp8GemmScaleStride(int64_t rows);
 // Bytes of each part, for the largest `rows`, `in` and `partialFloats`.
 size_t fp8GemmActivationBytes(int64_t rows, int64_t in);
 size_t fp8GemmScaleBytes(int64_t rows, int64_t in);
@@ -88,5 +91,24 @@ Status runFp8GroupedGemm(CudaDevice &device, const Fp8GemmKernels &kernels,
                          DevicePointer tiles, int64_t tileCount, DevicePointer y,
                          int64_t yStride, const Fp8GemmScratch &scratch,
                          DevicePointer outRows = 0);
+
+// The GEMM kernel alone (what runFp8Gemm and runFp8GroupedGemm launch after
+// quantizing): `rows` e4m3 activations [rows][weight.in] at `activations`
+// with their scales [in / 128][scaleStride] at `scales`, against `weight`,
+// into `out` (rows `outStride` floats apart). `outFeatures` is the kernel's
+// N (the weight's rows; an expert's in the grouped form). With `splits` >
+// 1, split s writes its partial result at out + s * rows * outFeatures; with
+// `groupTiles` (device ints, `groupEntries` tiles), the grouped form. At
+// most one persistent block per SM.
+struct Fp8GemmOperands {
+  DevicePointer activations = 0, scales = 0, out = 0;
+  int64_t rows = 0, scaleStride = 0, outFeatures = 0, outStride = 0;
+  unsigned splits = 1;
+  DevicePointer groupTiles = 0, outRows = 0;
+  int64_t groupEntries = 0;
+};
+Status launchFp8GemmKernel(CudaDevice &device, const LoadedKernel &gemm,
+                           const Fp8GemmConfig &config, const Fp8GemmWeight &weight,
+                           const Fp8GemmOperands &operands);
 
 } // namespace kt::cuda

@@ -97,15 +97,18 @@ StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures);
 // shapes it takes (rows a multiple of 64, columns of 128); others keep the GEMV.
 bool fp8GemmFits(int64_t outFeatures, int64_t inFeatures);
 // How a GEMM specialization tiles: columns per block (64, 128 or 256) and
-// buffers in its ring.
+// buffers in its ring; `promoteBehind` (64 and 128 columns): each slice's
+// products run while the previous slice's are promoted, in two fragments.
 struct Fp8GemmConfig {
-  unsigned blockN = 128, stages = 7;
+  unsigned blockN = 128, stages = 6;
+  bool promoteBehind = true;
 };
 // The configuration for a weight of `outFeatures` rows: `blockN` as asked
-// (0: the default), the ring as deep as shared memory allows; an error
-// where the rows do not divide into such tiles.
+// (0: the default), the ring as deep as shared memory allows, promotion
+// behind the products on 64- and 128-column tiles; an error where the rows
+// do not divide into such tiles.
 StatusOr<Fp8GemmConfig> fp8GemmConfig(int64_t outFeatures, unsigned blockN = 0);
-// Dynamic shared memory of a GEMM block: the ring, its barriers, 1 KiB to align.
+// Dynamic shared memory of a GEMM block: the ring, its scales and barriers, 1 KiB to align.
 unsigned fp8GemmSharedBytes(const Fp8GemmConfig &config);
 StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures,
                                  const Fp8GemmConfig &config);

@@ -973,14 +973,20 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
   struct Case {
     int64_t rows, out, in;
     unsigned splits, blockN;
-  } cases[] = {{200, 576, 1536, 1, 64},  {200, 576, 1536, 5, 64},  {1, 1024, 512, 1, 128},
-               {1100, 256, 1152, 1, 128}, {129, 2048, 2048, 3, 128}, {129, 2048, 2048, 1, 128},
-               {300, 768, 1024, 1, 256},  {129, 2048, 2048, 2, 256}};
+    bool promoteBehind = false;
+  } cases[] = {{200, 576, 1536, 1, 64},         {200, 576, 1536, 5, 64},
+               {1, 1024, 512, 1, 128},          {1100, 256, 1152, 1, 128},
+               {129, 2048, 2048, 3, 128},       {129, 2048, 2048, 1, 128},
+               {300, 768, 1024, 1, 256},        {129, 2048, 2048, 2, 256},
+               {200, 576, 1536, 5, 64, true},   {1100, 256, 1152, 1, 128, true},
+               {129, 2048, 2048, 3, 128, true}, {5, 256, 128, 1, 128, true},
+               {130, 512, 256, 1, 128, true}};
   std::mt19937 random(51);
   for (const Case &c : cases) {
     SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.out) + "x" +
                  std::to_string(c.in) + ", " + std::to_string(c.splits) + " splits, " +
-                 std::to_string(c.blockN) + " columns");
+                 std::to_string(c.blockN) + " columns" +
+                 (c.promoteBehind ? ", promoted behind" : ""));
     const int64_t xStride = c.in + 128, yStride = c.out + 64, slices = c.in / 128;
     const std::vector<uint8_t> w = randomE4m3(size_t(c.out * c.in), random);
     const int64_t blockRows = (c.out + 127) / 128;
@@ -994,6 +1000,7 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
     }
     StatusOr<Fp8GemmConfig> config = fp8GemmConfig(c.out, c.blockN);
     ASSERT_TRUE(config.ok()) << config.message();
+    config->promoteBehind = c.promoteBehind;
     LoadedKernel quantize = load(fp8QuantizeSpec(c.in)),
                  gemm = load(gemmFp8Spec(c.out, c.in, *config)),
                  sum = load(gemmFp8SumSpec(c.out, c.in));
@@ -1003,7 +1010,7 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
                   dws = upload(wScales.data(), wScales.size() * 4),
                   dx = upload(x.data(), x.size() * 4), dy = allocate(size_t(c.rows * yStride) * 4);
     Fp8GemmScratch scratch;
-    scratch.rows = c.rows + 3; // a scale stride other than the row count
+    scratch.rows = c.rows + 3; // a scale stride other than the row count (padded to 4)
     scratch.in = c.in;
     scratch.activations = allocate(fp8GemmActivationBytes(scratch.rows, c.in));
     scratch.scales = allocate(fp8GemmScaleBytes(scratch.rows, c.in));
@@ -1018,13 +1025,14 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
 
     std::vector<uint8_t> q(size_t(c.rows * c.in));
     ASSERT_TRUE(device->copyToHost(q.data(), scratch.activations, q.size()).ok());
-    std::vector<float> qScales = download(scratch.scales, size_t(slices * scratch.rows));
+    const int64_t scaleStride = fp8GemmScaleStride(scratch.rows);
+    std::vector<float> qScales = download(scratch.scales, size_t(slices * scaleStride));
     for (int64_t r = 0; r < c.rows; ++r)
       for (int64_t slice = 0; slice < slices; ++slice) {
         float largest = 0;
         for (int64_t i = 0; i < 128; ++i)
           largest = std::max(largest, std::fabs(x[size_t(r * xStride + slice * 128 + i)]));
-        const float scale = qScales[size_t(slice * scratch.rows + r)];
+        const float scale = qScales[size_t(slice * scaleStride + r)];
         ASSERT_EQ(scale, largest > 0 ? largest / 448.0f : 1.0f) << "row " << r << " slice " << slice;
         for (int64_t i = 0; i < 128; ++i) {
           const float value = x[size_t(r * xStride + slice * 128 + i)];
@@ -1038,7 +1046,7 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
     const std::vector<double> expected = blockScaledProduct(
         c.rows, c.out, c.in,
         [&](int64_t r, int64_t i) { return quant::fp8E4m3ToFloat(q[size_t(r * c.in + i)]); },
-        [&](int64_t r, int64_t slice) { return qScales[size_t(slice * scratch.rows + r)]; }, w,
+        [&](int64_t r, int64_t slice) { return qScales[size_t(slice * scaleStride + r)]; }, w,
         wScales);
     const std::vector<float> packed =
         packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
@@ -1046,9 +1054,10 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
     // is why the GEMM promotes every 128 columns): 2.3e-4 on the H200.
     const double error = relativeL2(packed, expected);
     EXPECT_LE(error, 5e-4);
-    std::printf("[ gpu      ] gemm_fp8 %lld tokens x %lldx%lld, %u splits, %u columns: relative "
-                "L2 %.2e\n",
-                (long long)c.rows, (long long)c.out, (long long)c.in, c.splits, c.blockN, error);
+    std::printf("[ gpu      ] gemm_fp8 %lld tokens x %lldx%lld, %u splits, %u columns%s: "
+                "relative L2 %.2e\n",
+                (long long)c.rows, (long long)c.out, (long long)c.in, c.splits, c.blockN,
+                c.promoteBehind ? ", promoted behind" : "", error);
   }
 }
 
@@ -1063,7 +1072,11 @@ TEST_P(GpuKernels, Fp8GroupedGemmMatchesTheDoubleReference) {
   struct Case {
     int64_t experts, tokens, topK, out, in;
     unsigned blockN;
-  } cases[] = {{6, 150, 2, 256, 384, 128}, {4, 300, 3, 512, 256, 256}, {9, 40, 2, 128, 1024, 64}};
+    bool promoteBehind = false;
+  } cases[] = {{6, 150, 2, 256, 384, 128},
+               {4, 300, 3, 512, 256, 256},
+               {9, 40, 2, 128, 1024, 64},
+               {6, 150, 2, 256, 384, 128, true}};
   std::mt19937 random(71);
   for (const Case &c : cases) {
     SCOPED_TRACE(std::to_string(c.experts) + " experts of " + std::to_string(c.out) + "x" +
@@ -1098,6 +1111,7 @@ TEST_P(GpuKernels, Fp8GroupedGemmMatchesTheDoubleReference) {
     auto x = randomFloats(size_t(c.tokens * xStride), -2, 2, 73);
     StatusOr<Fp8GemmConfig> config = fp8GemmConfig(c.out, c.blockN);
     ASSERT_TRUE(config.ok()) << config.message();
+    config->promoteBehind = c.promoteBehind;
     LoadedKernel quantize = load(fp8QuantizeSpec(c.in)),
                  gemm = load(gemmFp8GroupedSpec(c.out, c.in, *config));
     ASSERT_NE(gemm.function, nullptr);
@@ -1123,7 +1137,8 @@ TEST_P(GpuKernels, Fp8GroupedGemmMatchesTheDoubleReference) {
 
     std::vector<uint8_t> q(size_t(rows * c.in));
     ASSERT_TRUE(device->copyToHost(q.data(), scratch.activations, q.size()).ok());
-    std::vector<float> qScales = download(scratch.scales, size_t(slices * scratch.rows));
+    const int64_t scaleStride = fp8GemmScaleStride(scratch.rows);
+    std::vector<float> qScales = download(scratch.scales, size_t(slices * scaleStride));
     // The gather: row j quantizes x row rowIndex[j].
     for (int64_t j = 0; j < rows; ++j)
       for (int64_t slice = 0; slice < slices; ++slice) {
@@ -1131,7 +1146,7 @@ TEST_P(GpuKernels, Fp8GroupedGemmMatchesTheDoubleReference) {
         for (int64_t i = 0; i < 128; ++i)
           largest = std::max(
               largest, std::fabs(x[size_t(rowIndex[size_t(j)] * xStride + slice * 128 + i)]));
-        ASSERT_EQ(qScales[size_t(slice * scratch.rows + j)], largest / 448.0f) << "row " << j;
+        ASSERT_EQ(qScales[size_t(slice * scaleStride + j)], largest / 448.0f) << "row " << j;
       }
     std::vector<double> expected(size_t(rows * c.out));
     int64_t first = 0;
@@ -1149,7 +1164,7 @@ TEST_P(GpuKernels, Fp8GroupedGemmMatchesTheDoubleReference) {
             return quant::fp8E4m3ToFloat(q[size_t((first + r) * c.in + i)]);
           },
           [&](int64_t r, int64_t slice) {
-            return qScales[size_t(slice * scratch.rows + first + r)];
+            return qScales[size_t(slice * scaleStride + first + r)];
           },
           we, se);
       std::copy(part.begin(), part.end(), expected.begin() + first * c.out);
@@ -1160,9 +1175,9 @@ TEST_P(GpuKernels, Fp8GroupedGemmMatchesTheDoubleReference) {
     const double error = relativeL2(packed, expected);
     EXPECT_LE(error, 5e-4);
     std::printf("[ gpu      ] gemm_fp8 grouped: %lld experts of %lldx%lld, %lld rows in %zu "
-                "tiles, %u columns: relative L2 %.2e\n",
+                "tiles, %u columns%s: relative L2 %.2e\n",
                 (long long)c.experts, (long long)c.out, (long long)c.in, (long long)rows,
-                tiles.size() / 3, c.blockN, error);
+                tiles.size() / 3, c.blockN, c.promoteBehind ? ", promoted behind" : "", error);
   }
 }
 
@@ -1322,6 +1337,16 @@ TEST(Fp8GemmConfig, TilesTheRowsWithinSharedMemory) {
   EXPECT_EQ(narrow->blockN, 64u); // 576 rows: 9 tiles of 64
   EXPECT_EQ(narrow->stages, 8u);
   EXPECT_EQ(wide->stages, 4u);
+  EXPECT_EQ(fp8GemmConfig(1536)->stages, 6u);
+  EXPECT_TRUE(narrow->promoteBehind && fp8GemmConfig(1536)->promoteBehind);
+  EXPECT_FALSE(wide->promoteBehind); // no registers for a second 256-column fragment
+  Fp8GemmConfig wideBehind = *wide;
+  wideBehind.promoteBehind = true;
+  EXPECT_FALSE(gemmFp8Spec(1536, 7168, wideBehind).ok());
+  // The activations' scales: slices a multiple of 4 floats apart (TMA rows).
+  EXPECT_EQ(fp8GemmScaleStride(203), 204);
+  EXPECT_EQ(fp8GemmScaleStride(4096), 4096);
+  EXPECT_EQ(fp8GemmScaleBytes(203, 1536), size_t(12 * 204 * 4));
   for (const Fp8GemmConfig &config : {*narrow, *wide, *fp8GemmConfig(1536)})
     EXPECT_LE(fp8GemmSharedBytes(config), 227u * 1024);
   EXPECT_FALSE(fp8GemmConfig(576, 128).ok());    // 4.5 tiles
