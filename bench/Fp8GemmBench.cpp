@@ -184,10 +184,16 @@ int main(int argc, char **argv) {
   app.add_option("--launches", launches, "Timed launches per GEMM")->check(CLI::PositiveNumber);
   std::string onlyShape;
   int64_t onlyTokens = 0;
+  bool splitSweep = false;
+  app.add_flag("--split-sweep", splitSweep,
+               "Also time each matrix at 128 and 512 tokens split 1 to 16 ways along K (to tune "
+               "the executor's choice)");
   app.add_option("--shape", onlyShape,
                  "Only this matrix (q_a_proj, q_b_proj, kv_a_proj, o_proj, dense gate/up, dense "
                  "down, shared gate/up, shared down), e.g. to profile its kernels");
-  app.add_option("--tokens", onlyTokens, "Only this token count (128, 512 or 4096)");
+  app.add_option("--tokens", onlyTokens,
+                 "Only this token count (default: 128, 512 and 4096; at most 4096)")
+      ->check(CLI::Range(1, 4096));
   CLI11_PARSE(app, argc, argv);
 
   StatusOr<bench::BenchGpu> gpu = bench::openBenchGpu();
@@ -296,7 +302,8 @@ int main(int argc, char **argv) {
     unsigned blockN;
     bool promoteBehind;
   };
-  const Variant variants[] = {{"n128", 128, false}, {"n128pb", 128, true}, {"n256", 256, false}};
+  const Variant variants[] = {
+      {"n64pb", 64, true}, {"n128", 128, false}, {"n128pb", 128, true}, {"n256", 256, false}};
   constexpr size_t kVariants = sizeof variants / sizeof variants[0];
   struct Row {
     std::string shape, blockMode, tensorMode;
@@ -310,6 +317,13 @@ int main(int argc, char **argv) {
     double peer() const { return blockScaled > 0 ? blockScaled : perTensor; }
   };
   std::vector<Row> rows;
+  struct SweepRow {
+    std::string shape;
+    int64_t tokens;
+    unsigned blockN;
+    std::vector<double> seconds; // split 1, 2, ...
+  };
+  std::vector<SweepRow> sweeps;
   const float alpha = 1.0f, beta = 0.0f;
   for (const Shape &shape : shapes) {
     if (!onlyShape.empty() && onlyShape != shape.name)
@@ -318,9 +332,8 @@ int main(int argc, char **argv) {
     StatusOr<cuda::LoadedKernel> sum =
         compileAndLoad(cuda::gemmFp8SumSpec(shape.out, shape.in), "");
     StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::fp8QuantizeSpec(shape.in), "");
-    StatusOr<cuda::Fp8GemmConfig> chosenConfig = cuda::fp8GemmConfig(shape.out);
-    if (!sum || !quantize || !chosenConfig)
-      return fail(!sum ? sum.message() : !quantize ? quantize.message() : chosenConfig.message());
+    if (!sum || !quantize)
+      return fail(!sum ? sum.message() : quantize.message());
     // Each variant that tiles the shape (kv_a's 576 rows take 64 columns).
     struct Loaded {
       size_t variant;
@@ -345,19 +358,18 @@ int main(int argc, char **argv) {
         return fail(weight.message());
       loaded.push_back({v, *config, *gemm, *weight});
     }
-    for (int64_t tokens : tokenCounts) {
-      if (onlyTokens > 0 && tokens != onlyTokens)
-        continue;
+    for (int64_t tokens :
+         onlyTokens > 0 ? std::vector<int64_t>{onlyTokens}
+                        : std::vector<int64_t>(std::begin(tokenCounts), std::end(tokenCounts))) {
       Row row;
       row.shape = shape.name;
       row.tokens = tokens;
       row.out = shape.out;
       row.in = shape.in;
-      const unsigned chosenBlockN = cuda::fp8GemmPrefersWide(tokens, shape.out, *multiprocessors)
-                                        ? 256
-                                        : chosenConfig->blockN;
-      row.splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors, chosenBlockN);
-      const cuda::Fp8GemmConfig chosen = *cuda::fp8GemmConfig(shape.out, chosenBlockN);
+      const cuda::Fp8GemmTiling tiling =
+          cuda::fp8GemmTiling(tokens, shape.out, shape.in, *multiprocessors);
+      row.splits = tiling.splits;
+      const cuda::Fp8GemmConfig chosen = *cuda::fp8GemmConfig(shape.out, tiling.blockN);
       // Our path: quantize, then the GEMM; timed apart, the GEMM on the
       // random codes with unit scales (what cuBLASLt multiplies).
       StatusOr<double> quantizeTime = timeIt([&] {
@@ -371,9 +383,8 @@ int main(int argc, char **argv) {
       if (!quantizeTime)
         return fail(quantizeTime.message());
       row.quantize = *quantizeTime;
-      for (Loaded &variant : loaded) {
-        const unsigned splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors,
-                                                    variant.config.blockN);
+      // Seconds per GEMM (and split sum) of `variant` split `splits` ways.
+      auto timeVariant = [&](const Loaded &variant, unsigned splits) {
         cuda::Fp8GemmOperands operands;
         operands.activations = activations;
         operands.scales = unitScales;
@@ -383,25 +394,47 @@ int main(int argc, char **argv) {
         operands.out = splits > 1 ? scratch.partials : ours;
         operands.outStride = shape.out;
         operands.splits = splits;
-        std::pair<cuda::DevicePointer, cuda::DevicePointer> sumArgs{scratch.partials, ours};
-        StatusOr<double> timed = timeIt([&]() -> Status {
+        return timeIt([&]() -> Status {
           if (Status s = cuda::launchFp8GemmKernel(device, variant.kernel, variant.config,
                                                    variant.weight, operands);
               !s.ok() || splits == 1)
             return s;
+          cuda::DevicePointer partials = scratch.partials, out = ours;
           int splitCount = int(splits), outStride = int(shape.out), count = int(tokens);
           cuda::LaunchShape sumLaunch;
           sumLaunch.gridX = unsigned(std::min<int64_t>((tokens * shape.out + 255) / 256, 2048));
           sumLaunch.blockX = 256;
-          return device.launch(*sum, sumLaunch,
-                               {&sumArgs.first, &splitCount, &sumArgs.second, &outStride, &count});
+          return device.launch(*sum, sumLaunch, {&partials, &splitCount, &out, &outStride, &count});
         });
+      };
+      for (Loaded &variant : loaded) {
+        const unsigned splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors,
+                                                    variant.config.blockN);
+        StatusOr<double> timed = timeVariant(variant, splits);
         if (!timed)
           return fail(timed.message());
         row.seconds[variant.variant] = *timed;
         if (variant.config.blockN == chosen.blockN &&
             variant.config.promoteBehind == chosen.promoteBehind)
           row.chosen = *timed;
+      }
+      // The split sweep: the executor's tiles (and the wide ones) split 1
+      // to 16 ways, where the parts keep at least 2 slices.
+      for (const Loaded &variant : loaded) {
+        if (!splitSweep || tokens > 512 ||
+            variant.config.promoteBehind != (variant.config.blockN <= 128))
+          continue;
+        SweepRow sweep{shape.name, tokens, variant.config.blockN, {}};
+        for (unsigned splits = 1; splits <= 16; ++splits) {
+          if (splits * 2 > unsigned(shape.in / 128) ||
+              splits * size_t(tokens * shape.out) > scratch.partialFloats)
+            break;
+          StatusOr<double> timed = timeVariant(variant, splits);
+          if (!timed)
+            return fail(timed.message());
+          sweep.seconds.push_back(*timed);
+        }
+        sweeps.push_back(sweep);
       }
       std::vector<float> mine(size_t(tokens * shape.out));
       if (Status s = device.copyToHost(mine.data(), ours, mine.size() * 4); !s.ok())
@@ -489,8 +522,6 @@ int main(int argc, char **argv) {
       break;
     StatusOr<cuda::KernelSpec> gemvSpec = cuda::gemvFp8Spec(shape.out, shape.in);
     StatusOr<cuda::LoadedKernel> gemv = compileAndLoad(gemvSpec, "");
-    StatusOr<cuda::Fp8GemmConfig> config = cuda::fp8GemmConfig(shape.out);
-    StatusOr<cuda::LoadedKernel> gemm = compileAndLoad(cuda::gemmFp8Spec(shape.out, shape.in), "");
     StatusOr<cuda::LoadedKernel> sum =
         compileAndLoad(cuda::gemmFp8SumSpec(shape.out, shape.in), "");
     StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::fp8QuantizeSpec(shape.in), "");
@@ -500,12 +531,22 @@ int main(int argc, char **argv) {
                  : StatusOr<cuda::CompiledKernel>(bf16Spec.status());
     StatusOr<cuda::LoadedKernel> bf16 =
         bf16Ptx ? device.load(*bf16Ptx) : StatusOr<cuda::LoadedKernel>(bf16Ptx.status());
-    if (!config || !gemv || !gemm || !sum || !quantize || !bf16)
+    if (!gemv || !sum || !quantize || !bf16)
       return fail("cannot load the crossover kernels");
-    StatusOr<cuda::Fp8GemmWeight> weight = gemmWeight(*gemm, *config, shape.out, shape.in);
-    if (!weight)
-      return fail(weight.message());
-    cuda::Fp8GemmKernels kernels{&*quantize, &*gemm, &*sum, *config};
+    // The GEMM in each tile width, as the executor picks them per step.
+    std::map<unsigned, std::pair<cuda::LoadedKernel, cuda::Fp8GemmWeight>> gemms;
+    for (unsigned blockN : {64u, 128u, 256u}) {
+      StatusOr<cuda::Fp8GemmConfig> config = cuda::fp8GemmConfig(shape.out, blockN);
+      if (!config)
+        continue;
+      StatusOr<cuda::LoadedKernel> gemm =
+          compileAndLoad(cuda::gemmFp8Spec(shape.out, shape.in, *config), "");
+      StatusOr<cuda::Fp8GemmWeight> weight = gemm ? gemmWeight(*gemm, *config, shape.out, shape.in)
+                                                  : StatusOr<cuda::Fp8GemmWeight>(gemm.status());
+      if (!weight)
+        return fail(weight.message());
+      gemms.emplace(blockN, std::make_pair(*gemm, *weight));
+    }
     for (int64_t tokens : {1, 2, 4, 8, 16, 32, 512, 4096}) {
       cuda::DevicePointer w = weights, scales = unitScales, xp = x, y = ours;
       cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0, int(tokens)};
@@ -524,10 +565,14 @@ int main(int argc, char **argv) {
       StatusOr<double> bf16Time = timeIt([&] {
         return device.launch(*bf16, bf16Launch, {&w, &scales, &xp, &xs, &y, &ys, &count});
       });
+      const cuda::Fp8GemmTiling tiling =
+          cuda::fp8GemmTiling(tokens, shape.out, shape.in, *multiprocessors);
+      const auto &[gemm, weight] = gemms.at(tiling.blockN);
+      const cuda::Fp8GemmKernels kernels{&*quantize, &gemm, &*sum,
+                                         *cuda::fp8GemmConfig(shape.out, tiling.blockN)};
       StatusOr<double> gemmTime = timeIt([&] {
-        return cuda::runFp8Gemm(
-            device, kernels, *weight, x, shape.in, tokens, ours, shape.out, scratch,
-            cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors, config->blockN));
+        return cuda::runFp8Gemm(device, kernels, weight, x, shape.in, tokens, ours, shape.out,
+                                scratch, tiling.splits);
       });
       if (!gemvTime || !gemmTime || !bf16Time)
         return fail(!gemvTime   ? gemvTime.message()
@@ -685,7 +730,7 @@ int main(int argc, char **argv) {
     return 0;
   }
   std::printf("%s (%s), %d SMs; cuBLASLt FP8 in the same run. Ours in us per tile width: "
-              "n128/n256 columns per block, pb: promoted behind the next products (* = the "
+              "n64/n128/n256 columns per block, pb: promoted behind the next products (* = the "
               "executor's; kv_a's 576 rows take 64); ratio: "
               "cuBLASLt's time over ours, against its block-scaled matmul where offered, else "
               "per-tensor\n",
@@ -723,6 +768,18 @@ int main(int argc, char **argv) {
   if (blockCount > 0)
     std::printf("; against its block-scaled matmul alone: %.0f%% over %d shapes",
                 100 * std::exp(logSumBlock / blockCount), blockCount);
+  if (!sweeps.empty())
+    std::printf("\n\nSplit sweep: us per GEMM (and split sum) split 1, 2, ... ways along K; "
+                "* = the executor's split:");
+  for (const SweepRow &sweep : sweeps) {
+    const Shape &shape = *std::find_if(std::begin(shapes), std::end(shapes),
+                                       [&](const Shape &s) { return sweep.shape == s.name; });
+    const unsigned chosen =
+        cuda::fp8GemmSplits(sweep.tokens, shape.out, shape.in, *multiprocessors, sweep.blockN);
+    std::printf("\n%-15s %5lld n%-4u", sweep.shape.c_str(), (long long)sweep.tokens, sweep.blockN);
+    for (size_t i = 0; i < sweep.seconds.size(); ++i)
+      std::printf(" %6.1f%s", sweep.seconds[i] * 1e6, i + 1 == chosen ? "*" : " ");
+  }
   std::printf("\n\nFP8 GEMV (f32 activations, a block per token) against the GEMM (quantize + "
               "wgmma), and the bf16 mma GEMM of sm_80-sm_89 run as compute_80 PTX:\n"
               "%-10s %6s %9s %9s %9s %9s\n",

@@ -296,13 +296,15 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         // the shape suits it (else the GEMV serves prefill too).
         if (sub.getPrefill().startswith("cuda:") &&
             chosenKernel(chosen, "prefill").endswith(".fp8_wgmma") && cuda::fp8GemmFits(out, in)) {
+          StatusOr<std::vector<cuda::KernelSpec>> gemms = cuda::gemmFp8TileSpecs(out, in);
+          if (!gemms)
+            collector.add(gemms.status(), sub.getPrefill(), (path + "." + role).str());
+          else
+            for (cuda::KernelSpec &gemm : *gemms)
+              collector.add(std::move(gemm), sub.getPrefill(), (path + "." + role).str());
           for (StatusOr<cuda::KernelSpec> spec :
-               {cuda::gemmFp8Spec(out, in), cuda::gemmFp8SumSpec(out, in),
-                cuda::fp8QuantizeSpec(in)})
+               {cuda::gemmFp8SumSpec(out, in), cuda::fp8QuantizeSpec(in)})
             collector.add(std::move(spec), sub.getPrefill(), (path + "." + role).str());
-          if (cuda::fp8GemmHasWide(out))
-            collector.add(cuda::gemmFp8WideSpec(out, in), sub.getPrefill(),
-                          (path + "." + role).str());
         }
         // sm_80 to sm_89: weights and activations to bf16, mma.sync.
         const StringRef prefill = chosenKernel(chosen, "prefill");

@@ -150,7 +150,7 @@ unsigned fp8GemmSplits(int64_t rows, int64_t out, int64_t in, int multiprocessor
 }
 
 bool fp8GemmPrefersWide(int64_t rows, int64_t out, int multiprocessors) {
-  if (!fp8GemmHasWide(out) || multiprocessors <= 0)
+  if (out <= 0 || out % 256 != 0 || multiprocessors <= 0)
     return false;
   const int64_t narrow = tiles(rows, out, 128), wide = tiles(rows, out, 256);
   if (narrow * 2 < multiprocessors)
@@ -158,6 +158,16 @@ bool fp8GemmPrefersWide(int64_t rows, int64_t out, int multiprocessors) {
   const double narrowWaves = double(ceilDiv(narrow, multiprocessors));
   const double wideWaves = double(ceilDiv(wide, multiprocessors)) * 1.8;
   return wideWaves < narrowWaves;
+}
+
+Fp8GemmTiling fp8GemmTiling(int64_t rows, int64_t out, int64_t in, int multiprocessors) {
+  Fp8GemmTiling tiling;
+  if (fp8GemmPrefersWide(rows, out, multiprocessors))
+    tiling.blockN = 256;
+  else if (out % 128 != 0 || (rows >= kBlockRows && tiles(rows, out, 128) < multiprocessors))
+    tiling.blockN = 64;
+  tiling.splits = fp8GemmSplits(rows, out, in, multiprocessors, tiling.blockN);
+  return tiling;
 }
 
 size_t fp8GemmActivationBytes(int64_t rows, int64_t in) { return size_t(rows * in); }

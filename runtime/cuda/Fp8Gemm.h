@@ -46,6 +46,19 @@ unsigned fp8GemmSplits(int64_t rows, int64_t out, int64_t in, int multiprocessor
 // long (measured on the H100 at V3's shapes, docs/gpu-kernels.md).
 bool fp8GemmPrefersWide(int64_t rows, int64_t out, int multiprocessors);
 
+// The tile width (one of gemmFp8TileSpecs') and K split for `rows` tokens
+// of an [out][in] weight: 256 columns where fp8GemmPrefersWide; else 128
+// where those tiles fill the SMs at least once or the step has fewer rows
+// than a tile (mostly empty activation tiles: narrower ones would copy more
+// of them); else 64 (more tiles rather than split K, which costs a pass
+// over the partial results); split only while the tiles fill less than
+// half the SMs (measured on the H100: fp8_gemm_bench --split-sweep,
+// docs/gpu-kernels.md).
+struct Fp8GemmTiling {
+  unsigned blockN = 128, splits = 1;
+};
+Fp8GemmTiling fp8GemmTiling(int64_t rows, int64_t out, int64_t in, int multiprocessors);
+
 // GPU memory the GEMM works in, for up to `rows` tokens of up to `in`
 // values and `partialFloats` floats of split-K partial results.
 struct Fp8GemmScratch {

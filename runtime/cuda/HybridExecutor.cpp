@@ -69,13 +69,14 @@ struct GpuMatrix {
   const Kernel *kernel = nullptr, *tiled = nullptr;
   unsigned blocks = 0, tiledBlocks = 0; // of the decode and prefill kernels
   // FP8 on sm_90a: the tensor-core GEMM for steps of more than
-  // kFp8GemvMaxTokens tokens, on 128-column tiles (null: the GEMV for
-  // every step) and, where the rows allow, on 256-column ones.
+  // kFp8GemvMaxTokens tokens, on the default tiles (null: the GEMV for
+  // every step) and the other widths the plan lists (fp8GemmTiling picks).
   struct Fp8Gemm {
     Fp8GemmWeight weight;
     Fp8GemmKernels kernels;
   };
-  std::shared_ptr<const Fp8Gemm> fp8Gemm, fp8GemmWide;
+  std::shared_ptr<const Fp8Gemm> fp8Gemm;
+  std::vector<std::shared_ptr<const Fp8Gemm>> fp8GemmWidths;
   // FP8 routed experts on sm_90a: the grouped GEMM over all experts' stacked
   // weights (prefill; null: the GEMV by expert id).
   std::shared_ptr<const Fp8Gemm> fp8Grouped;
@@ -358,13 +359,15 @@ public:
     layout.tokens = int(tokens);
     if (w.fp8Gemm && tokens > kFp8GemvMaxTokens && !layout.matrixIds) {
       Gpu &gpu = physical[size_t(currentPhysical)];
-      const GpuMatrix::Fp8Gemm &path =
-          w.fp8GemmWide && fp8GemmPrefersWide(tokens, w.out, gpu.multiprocessors) ? *w.fp8GemmWide
-                                                                                 : *w.fp8Gemm;
-      return runFp8Gemm(*device, path.kernels, path.weight, x, layout.xTokenStride, tokens, y,
-                        layout.yTokenStride, gpu.fp8,
-                        fp8GemmSplits(tokens, w.out, w.in, gpu.multiprocessors,
-                                      path.kernels.config.blockN));
+      const Fp8GemmTiling tiling = fp8GemmTiling(tokens, w.out, w.in, gpu.multiprocessors);
+      const GpuMatrix::Fp8Gemm *path = w.fp8Gemm.get();
+      for (const std::shared_ptr<const GpuMatrix::Fp8Gemm> &width : w.fp8GemmWidths)
+        if (width->kernels.config.blockN == tiling.blockN)
+          path = width.get();
+      return runFp8Gemm(
+          *device, path->kernels, path->weight, x, layout.xTokenStride, tokens, y,
+          layout.yTokenStride, gpu.fp8,
+          fp8GemmSplits(tokens, w.out, w.in, gpu.multiprocessors, path->kernels.config.blockN));
     }
     if (w.fp8Bf16Gemm && tokens >= kFp8Bf16GemmMinTokens && !layout.matrixIds) {
       int xStride = layout.xTokenStride, yStride = layout.yTokenStride, rows = int(tokens);
@@ -700,11 +703,15 @@ public:
   // The FP8 GEMMs of `w` where the plan lists them (sm_90a targets, shapes
   // they take), and room for them in their GPU's FP8 scratch.
   void loadFp8Gemm(const std::string &role, GpuMatrix &w) {
-    StatusOr<Fp8GemmConfig> narrow = fp8GemmConfig(w.out);
-    if (!narrow || !loadFp8GemmPath(role, w, *narrow, w.fp8Gemm) || !fp8GemmHasWide(w.out))
+    StatusOr<Fp8GemmConfig> standard = fp8GemmConfig(w.out);
+    if (!standard || !loadFp8GemmPath(role, w, *standard, w.fp8Gemm))
       return;
-    if (StatusOr<Fp8GemmConfig> wide = fp8GemmConfig(w.out, 256); wide)
-      loadFp8GemmPath(role, w, *wide, w.fp8GemmWide);
+    for (unsigned blockN : {64u, 256u}) {
+      std::shared_ptr<const GpuMatrix::Fp8Gemm> path;
+      if (StatusOr<Fp8GemmConfig> config = fp8GemmConfig(w.out, blockN);
+          config && config->blockN != standard->blockN && loadFp8GemmPath(role, w, *config, path))
+        w.fp8GemmWidths.push_back(std::move(path));
+    }
   }
   // One tile width's kernels and weight tensor map into `path`; false where
   // the plan does not list it (or on errors, which fail the binding).

@@ -508,13 +508,20 @@ StatusOr<KernelSpec> gemmFp8GroupedSpec(int64_t outFeatures, int64_t inFeatures,
   return spec;
 }
 
-bool fp8GemmHasWide(int64_t outFeatures) { return outFeatures > 0 && outFeatures % 256 == 0; }
-
-StatusOr<KernelSpec> gemmFp8WideSpec(int64_t outFeatures, int64_t inFeatures) {
-  StatusOr<Fp8GemmConfig> config = fp8GemmConfig(outFeatures, 256);
-  if (!config)
-    return config.status();
-  return gemmFp8Spec(outFeatures, inFeatures, *config);
+StatusOr<std::vector<KernelSpec>> gemmFp8TileSpecs(int64_t outFeatures, int64_t inFeatures) {
+  std::vector<KernelSpec> specs;
+  for (unsigned blockN : {64u, 128u, 256u}) {
+    if (outFeatures % blockN != 0)
+      continue;
+    StatusOr<Fp8GemmConfig> config = fp8GemmConfig(outFeatures, blockN);
+    if (!config)
+      return config.status();
+    StatusOr<KernelSpec> spec = gemmFp8Spec(outFeatures, inFeatures, *config);
+    if (!spec)
+      return spec.status();
+    specs.push_back(std::move(*spec));
+  }
+  return specs;
 }
 
 StatusOr<KernelSpec> gemmFp8SumSpec(int64_t outFeatures, int64_t inFeatures) {
@@ -669,14 +676,17 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (const auto &[out, in] : shapes.fp8Matrices) {
     if (Status s = add(gemvFp8Spec(out, in)); !s.ok())
       return s;
-    if (shapes.fp8Gemm && fp8GemmFits(out, in))
-      for (StatusOr<KernelSpec> spec :
-           {gemmFp8Spec(out, in), gemmFp8SumSpec(out, in), fp8QuantizeSpec(in)})
+    if (shapes.fp8Gemm && fp8GemmFits(out, in)) {
+      StatusOr<std::vector<KernelSpec>> gemms = gemmFp8TileSpecs(out, in);
+      if (!gemms)
+        return gemms.status();
+      for (KernelSpec &gemm : *gemms)
+        if (Status s = add(std::move(gemm)); !s.ok())
+          return s;
+      for (StatusOr<KernelSpec> spec : {gemmFp8SumSpec(out, in), fp8QuantizeSpec(in)})
         if (Status s = add(std::move(spec)); !s.ok())
           return s;
-    if (shapes.fp8Gemm && fp8GemmFits(out, in) && fp8GemmHasWide(out))
-      if (Status s = add(gemmFp8WideSpec(out, in)); !s.ok())
-        return s;
+    }
     if (shapes.fp8Bf16Gemm && fp8GemmFits(out, in))
       if (Status s = add(gemmFp8Bf16Spec(out, in)); !s.ok())
         return s;

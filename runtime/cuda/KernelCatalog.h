@@ -113,14 +113,15 @@ unsigned fp8GemmSharedBytes(const Fp8GemmConfig &config);
 StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures,
                                  const Fp8GemmConfig &config);
 StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures); // the default config
-// The 256-column GEMM where the rows divide into such tiles (larger steps
-// run it: runtime/cuda/Fp8Gemm.h, fp8GemmPrefersWide).
-bool fp8GemmHasWide(int64_t outFeatures);
 // The routed experts' form (GROUPED): weights of every expert stacked, tiles
 // of assignments grouped by expert (runFp8GroupedGemm); out % 128 == 0.
 StatusOr<KernelSpec> gemmFp8GroupedSpec(int64_t outFeatures, int64_t inFeatures,
                                         const Fp8GemmConfig &config);
-StatusOr<KernelSpec> gemmFp8WideSpec(int64_t outFeatures, int64_t inFeatures);
+// Every tile width's GEMM a weight gets: the default (128 columns, or 64
+// where the rows are not whole 128s), 64 columns beside 128 (small steps:
+// more tiles instead of split K), 256 where the rows divide into such tiles
+// (large steps). runtime/cuda/Fp8Gemm.h, fp8GemmTiling, picks one per step.
+StatusOr<std::vector<KernelSpec>> gemmFp8TileSpecs(int64_t outFeatures, int64_t inFeatures);
 StatusOr<KernelSpec> gemmFp8SumSpec(int64_t outFeatures, int64_t inFeatures);
 StatusOr<KernelSpec> fp8QuantizeSpec(int64_t inFeatures);
 // The FP8 prefill GEMM on GPUs without FP8 tensor cores, sm_80 to sm_89

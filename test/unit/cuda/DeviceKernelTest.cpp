@@ -1054,6 +1054,11 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
     // is why the GEMM promotes every 128 columns): 2.3e-4 on the H200.
     const double error = relativeL2(packed, expected);
     EXPECT_LE(error, 5e-4);
+    // Again: the split sum adds in split order, so the same bits.
+    ASSERT_TRUE(runFp8Gemm(*device, {&quantize, &gemm, &sum, *config}, *weight, dx, xStride, c.rows,
+                           dy, yStride, scratch, c.splits)
+                    .ok());
+    EXPECT_EQ(packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride), packed);
     std::printf("[ gpu      ] gemm_fp8 %lld tokens x %lldx%lld, %u splits, %u columns%s: "
                 "relative L2 %.2e\n",
                 (long long)c.rows, (long long)c.out, (long long)c.in, c.splits, c.blockN,
@@ -1327,6 +1332,31 @@ TEST(Fp8GemmPrefersWide, WhereWideTilesTakeFewerWaves) {
   EXPECT_TRUE(fp8GemmPrefersWide(128, 18432, 132));  // 72 wide tiles: 1 wave against 2
   EXPECT_FALSE(fp8GemmPrefersWide(128, 7168, 132));  // 56 narrow tiles split K instead
   EXPECT_FALSE(fp8GemmPrefersWide(4096, 576, 132));  // 576 rows: no wide tiles
+}
+
+// Runs everywhere: the tile width and K split per step, on the cases the
+// H100 measured (docs/gpu-kernels.md): 64-column tiles unsplit where they
+// about fill the SMs (o_proj at 128 tokens: 48.6 us against 57.4 on 128
+// columns split in 2), split only where even they are few.
+TEST(Fp8GemmTiling, NarrowTilesBeforeSplittingK) {
+  auto tiling = [](int64_t rows, int64_t out, int64_t in) {
+    const Fp8GemmTiling t = fp8GemmTiling(rows, out, in, 132);
+    return std::make_pair(t.blockN, t.splits);
+  };
+  using Pick = std::pair<unsigned, unsigned>;
+  EXPECT_EQ(tiling(128, 7168, 16384), Pick(64, 1));  // o_proj: 112 tiles of 64
+  EXPECT_EQ(tiling(32, 7168, 16384), Pick(128, 2));  // part of a tile: 50.5 us against 68.9
+  EXPECT_EQ(tiling(32, 576, 7168), Pick(64, 14));    // kv_a's tiles are 64 wide anyway
+  EXPECT_EQ(tiling(512, 2048, 7168), Pick(64, 1));   // shared gate/up: 128 tiles
+  EXPECT_EQ(tiling(128, 2048, 7168), Pick(64, 4));   // 32 tiles of 64, in 4 parts
+  EXPECT_EQ(tiling(128, 1536, 7168), Pick(64, 5));   // q_a: 24 tiles
+  EXPECT_EQ(tiling(128, 576, 7168), Pick(64, 14));   // kv_a: 9 tiles
+  EXPECT_EQ(tiling(128, 18432, 7168), Pick(256, 1)); // 72 wide tiles: one wave
+  EXPECT_EQ(tiling(128, 24576, 1536), Pick(256, 1)); // q_b: 96 wide tiles: one wave
+  EXPECT_EQ(tiling(512, 18432, 7168), Pick(128, 1)); // dense gate/up: 576 tiles of 128
+  EXPECT_EQ(tiling(512, 7168, 16384), Pick(256, 1)); // o_proj: 112 wide tiles
+  EXPECT_EQ(tiling(4096, 1536, 7168), Pick(128, 1)); // q_a: 384 tiles
+  EXPECT_EQ(tiling(4096, 7168, 16384), Pick(256, 1));
 }
 
 // Runs everywhere: tile configurations, their rings within sm_90's shared

@@ -109,9 +109,10 @@ TEST(NvrtcCompile, Fp8GemmSpecializationsCompileForSm90a) {
   shapes.fp8Gemm = true;
   auto with = allKernelSpecializations(shapes);
   ASSERT_TRUE(without.ok() && with.ok());
-  // 4 FP8 matrices x (GEMM, split sum), the wide GEMM of the 3 whose rows
-  // divide by 256 (not kv_a's 576), and quantization for 3 input widths.
-  ASSERT_EQ(with->size(), without->size() + 4 * 2 + 3 + 3);
+  // 4 FP8 matrices x (GEMM, split sum), the 64- and 256-column GEMMs of
+  // the 3 whose rows divide by 256 (not kv_a's 576, whose default is 64),
+  // and quantization for 3 input widths.
+  ASSERT_EQ(with->size(), without->size() + 4 * 2 + 3 * 2 + 3);
   std::set<std::string> before;
   for (const KernelSpec &spec : *without)
     before.insert(spec.describe());
