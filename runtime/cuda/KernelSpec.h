@@ -31,6 +31,7 @@ struct CompiledKernel {
   std::string arch;   // as requested: sm_90a, sm_80, compute_90, ...
   bool isCubin = false; // CUBIN for sm_XY, else PTX (JIT-compiled by the driver)
   std::string image;  // the CUBIN bytes, or the PTX text
+  std::string log;    // the compiler's notes on a fresh compile (warnings, ptxas notes)
 };
 
 } // namespace kt::cuda

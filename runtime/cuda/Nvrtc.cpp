@@ -210,6 +210,7 @@ StatusOr<CompiledKernel> Nvrtc::compile(const KernelSpec &spec, const std::strin
     return fail("compile", result, log);
 
   CompiledKernel compiled;
+  compiled.log = log;
   compiled.entry = spec.entry;
   compiled.arch = arch;
   compiled.isCubin = target->cubin;
