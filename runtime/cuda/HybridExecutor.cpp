@@ -332,6 +332,11 @@ public:
   // The loaded kernel of `spec`, compiled or read from the cache; the plan
   // must list the specialization (else it comes from another ktc).
   StatusOr<const Kernel *> kernel(const StatusOr<KernelSpec> &spec, const std::string &where);
+  // The error for a kernel `where` needs that the plan does not list.
+  Status unlistedKernel(const std::string &where, const KernelSpec &spec) const;
+  // Whether the plan lists an FP8 GEMM of `spec`'s shape with other
+  // constants (planListsOtherVersionOf).
+  bool listsOtherFp8GemmVersion(const KernelSpec &spec) const;
   // Whether the plan lists `spec` for its arch (same file, entry and constants).
   bool listsKernel(const KernelSpec &spec) const {
     return std::any_of(plan->kernelSpecializations.begin(), plan->kernelSpecializations.end(),
@@ -470,6 +475,36 @@ StatusOr<DevicePointer> HybridExecutor::Impl::upload(const void *data, size_t by
   return *p;
 }
 
+bool planListsOtherVersionOf(const plan::Plan &plan, const KernelSpec &spec,
+                             const std::string &arch, const std::vector<std::string> &sameDefines) {
+  auto value = [](const std::map<std::string, std::string> &defines, const std::string &name) {
+    auto it = defines.find(name);
+    return it == defines.end() ? std::string() : it->second;
+  };
+  return std::any_of(
+      plan.kernelSpecializations.begin(), plan.kernelSpecializations.end(),
+      [&](const plan::KernelSpecialization &k) {
+        return k.file == spec.file && k.entry == spec.entry && k.arch == arch &&
+               k.defines != spec.defines &&
+               std::all_of(sameDefines.begin(), sameDefines.end(), [&](const std::string &name) {
+                 return value(k.defines, name) == value(spec.defines, name);
+               });
+      });
+}
+
+Status HybridExecutor::Impl::unlistedKernel(const std::string &where,
+                                            const KernelSpec &spec) const {
+  return Status::error(where + " needs the GPU kernel " + spec.describe() + " for " + arch +
+                       ", which " + planName +
+                       " does not list: it was compiled by another version of ktc. "
+                       "Recompile it with this version's ktc compile.");
+}
+
+bool HybridExecutor::Impl::listsOtherFp8GemmVersion(const KernelSpec &spec) const {
+  return planListsOtherVersionOf(*plan, spec, arch,
+                                 {"N_FEATURES", "K_FEATURES", "BLOCK_N", "GROUPED"});
+}
+
 StatusOr<const Kernel *> HybridExecutor::Impl::kernel(const StatusOr<KernelSpec> &spec,
                                                       const std::string &where) {
   if (!spec)
@@ -478,10 +513,7 @@ StatusOr<const Kernel *> HybridExecutor::Impl::kernel(const StatusOr<KernelSpec>
   if (auto it = kernels.find({currentPhysical, name}); it != kernels.end())
     return it->second.get();
   if (!listsKernel(*spec))
-    return Status::error(where + " needs the GPU kernel " + name + " for " + arch + ", which " +
-                         planName +
-                         " does not list: it was compiled by another version of ktc. "
-                         "Recompile it with this version's ktc compile.");
+    return unlistedKernel(where, *spec);
   StatusOr<CompiledKernel> compiled = cache->getOrCompile(*spec, arch);
   if (!compiled)
     return compiled.status();
@@ -673,8 +705,13 @@ public:
     StatusOr<Fp8GemmConfig> config = fp8GemmConfig(rows);
     StatusOr<KernelSpec> grouped =
         config ? gemmFp8GroupedSpec(rows, cols, *config) : StatusOr<KernelSpec>(config.status());
-    if (!m_.fp8Gemm || !grouped || !m_.listsKernel(*grouped))
+    if (!m_.fp8Gemm || !grouped)
       return w;
+    if (!m_.listsKernel(*grouped)) {
+      if (m_.listsOtherFp8GemmVersion(*grouped))
+        b_.fail(m_.unlistedKernel(b_.where() + " (" + role + ")", *grouped).message());
+      return w;
+    }
     const std::string where = b_.where() + " (" + role + ")";
     StatusOr<const Kernel *> gemm = m_.kernel(grouped, where),
                              quantize = m_.kernel(fp8QuantizeSpec(cols), where);
@@ -718,8 +755,15 @@ public:
   bool loadFp8GemmPath(const std::string &role, GpuMatrix &w, const Fp8GemmConfig &config,
                        std::shared_ptr<const GpuMatrix::Fp8Gemm> &path) {
     StatusOr<KernelSpec> gemm = gemmFp8Spec(w.out, w.in, config);
-    if (!gemm || !m_.listsKernel(*gemm))
+    if (!gemm)
       return false;
+    if (!m_.listsKernel(*gemm)) {
+      // The default tiles are listed with every FP8 GEMM; other constants
+      // for this shape mean a plan of another ktc.
+      if (&path == &w.fp8Gemm && m_.listsOtherFp8GemmVersion(*gemm))
+        b_.fail(m_.unlistedKernel(b_.where() + " (" + role + ")", *gemm).message());
+      return false;
+    }
     const std::string where = b_.where() + " (" + role + ")";
     StatusOr<const Kernel *> k = m_.kernel(gemm, where),
                              sum = m_.kernel(gemmFp8SumSpec(w.out, w.in), where),

@@ -11,6 +11,7 @@
 // both use the absorbed attention (each prompt token over its causal prefix).
 #pragma once
 
+#include "runtime/cuda/KernelSpec.h"
 #include "runtime/exec/Executor.h"
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/plan/Plan.h"
@@ -31,6 +32,14 @@ struct KernelLoadStats {
   double loadSeconds = 0; // all of it, cache reads and module loads included
   std::string cacheDirectory;
 };
+
+// Whether `plan` lists `spec`'s kernel (file and entry) for `arch` with the
+// same values of `sameDefines` (absent ones included) but other constants:
+// the plan of another ktc version, whose specialization of an optional
+// kernel changed. The executor refuses such a plan rather than silently
+// taking the slower path the kernel would have replaced.
+bool planListsOtherVersionOf(const plan::Plan &plan, const KernelSpec &spec,
+                             const std::string &arch, const std::vector<std::string> &sameDefines);
 
 class HybridExecutor : public exec::Executor {
 public:

@@ -4,6 +4,7 @@
 // host without a GPU runs everywhere.
 #include "runtime/cuda/HybridExecutor.h"
 #include "runtime/cuda/DeviceQuery.h"
+#include "runtime/cuda/KernelCatalog.h"
 #include "runtime/exec/CreateExecutor.h"
 #include "runtime/gguf/GgufWriter.h"
 #include "runtime/model/CheckpointModel.h"
@@ -793,6 +794,50 @@ TEST(HybridExecutor, Fp8PrefillGemmIsPerTokenAndNearTheGemvOnF32Activations) {
   EXPECT_LE(prefill, 0.25);
   EXPECT_GE(agree, prompt.size() * 7 / 10);
   EXPECT_LE(decode, 0.1);
+}
+
+// A plan whose FP8 GEMMs were specialized by another ktc (here: without
+// the promotion behind the products, as before it was the default) is
+// refused with what to do, not run on the slower GEMV.
+TEST(HybridExecutor, RefusesAnFp8PlanWithAnotherVersionsGemms) {
+  KT_REQUIRE_GPU();
+  if (targetGpu().rfind("sm_90a", 0) != 0)
+    GTEST_SKIP() << "the FP8 GEMM runs on sm_90a, not " << targetGpu();
+  TestModel gguf;
+  plan::Plan fp8Plan;
+  buildFp8Plan("tiny-fp8-old-gemm", gguf, fp8Plan);
+  size_t changed = 0;
+  for (plan::KernelSpecialization &k : fp8Plan.kernelSpecializations)
+    if (k.entry == "gemm_fp8")
+      changed += k.defines.erase("PROMOTE_BEHIND");
+  ASSERT_GT(changed, 0u);
+  StatusOr<std::unique_ptr<exec::Executor>> executor =
+      exec::createExecutor(fp8Plan, *gguf.model, {});
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("another version of ktc"), std::string::npos)
+      << executor.message();
+}
+
+// Runs everywhere: which plan entries count as another version's kernel.
+TEST(PlanListsOtherVersionOf, SameKernelAndShapeWithOtherConstants) {
+  StatusOr<KernelSpec> spec = gemmFp8Spec(1536, 7168);
+  ASSERT_TRUE(spec.ok()) << spec.message();
+  plan::Plan plan;
+  plan::KernelSpecialization listed{spec->entry, spec->file, spec->defines, "sm_90a", "", {}};
+  plan.kernelSpecializations.push_back(listed);
+  const std::vector<std::string> shape = {"N_FEATURES", "K_FEATURES", "BLOCK_N", "GROUPED"};
+  // Listed exactly: not another version.
+  EXPECT_FALSE(planListsOtherVersionOf(plan, *spec, "sm_90a", shape));
+  // Other constants of the same shape: another version.
+  plan.kernelSpecializations[0].defines["STAGES"] = "7";
+  EXPECT_TRUE(planListsOtherVersionOf(plan, *spec, "sm_90a", shape));
+  // Another arch, another shape, or the grouped form: not this kernel.
+  EXPECT_FALSE(planListsOtherVersionOf(plan, *spec, "sm_80", shape));
+  plan.kernelSpecializations[0].defines["N_FEATURES"] = "2048";
+  EXPECT_FALSE(planListsOtherVersionOf(plan, *spec, "sm_90a", shape));
+  plan.kernelSpecializations[0].defines["N_FEATURES"] = "1536";
+  plan.kernelSpecializations[0].defines["GROUPED"] = "1";
+  EXPECT_FALSE(planListsOtherVersionOf(plan, *spec, "sm_90a", shape));
 }
 
 // A plan for compute_80 (PTX the driver compiles for this GPU) runs steps
