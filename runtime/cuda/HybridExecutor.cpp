@@ -709,7 +709,7 @@ public:
       return w;
     if (!m_.listsKernel(*grouped)) {
       if (m_.listsOtherFp8GemmVersion(*grouped))
-        b_.fail(m_.unlistedKernel(b_.where() + " (" + role + ")", *grouped).message());
+        b_.fail(m_.unlistedKernel("(" + role + ")", *grouped).message());
       return w;
     }
     const std::string where = b_.where() + " (" + role + ")";
@@ -761,7 +761,7 @@ public:
       // The default tiles are listed with every FP8 GEMM; other constants
       // for this shape mean a plan of another ktc.
       if (&path == &w.fp8Gemm && m_.listsOtherFp8GemmVersion(*gemm))
-        b_.fail(m_.unlistedKernel(b_.where() + " (" + role + ")", *gemm).message());
+        b_.fail(m_.unlistedKernel("(" + role + ")", *gemm).message());
       return false;
     }
     const std::string where = b_.where() + " (" + role + ")";
