@@ -31,6 +31,22 @@ Status quantizeActivations(CudaDevice &device, const Fp8GemmKernels &kernels, in
                        {&x, &xs, &tokens, &q, &qScales, &scaleStride, &rowIndex});
 }
 
+// The GEMM's operands for `rows` activations quantized into the scratch,
+// against a kernel of `outFeatures` columns, into `out` (rows `outStride`
+// floats apart).
+Fp8GemmOperands scratchOperands(const Fp8GemmScratch &scratch, int64_t rows, int64_t outFeatures,
+                                DevicePointer out, int64_t outStride) {
+  Fp8GemmOperands operands;
+  operands.activations = scratch.activations;
+  operands.scales = scratch.scales;
+  operands.scaleStride = fp8GemmScaleStride(scratch.rows);
+  operands.rows = rows;
+  operands.outFeatures = outFeatures;
+  operands.out = out;
+  operands.outStride = outStride;
+  return operands;
+}
+
 } // namespace
 
 std::vector<int32_t> fp8GroupedTiles(const std::vector<int64_t> &groupSizes) {
@@ -64,14 +80,7 @@ Status runFp8GroupedGemm(CudaDevice &device, const Fp8GemmKernels &kernels,
           quantizeActivations(device, kernels, experts.in, x, xStride, rowIndex, rows, scratch);
       !s.ok())
     return s;
-  Fp8GemmOperands operands;
-  operands.activations = scratch.activations;
-  operands.scales = scratch.scales;
-  operands.scaleStride = fp8GemmScaleStride(scratch.rows);
-  operands.rows = rows;
-  operands.outFeatures = out;
-  operands.out = y;
-  operands.outStride = yStride;
+  Fp8GemmOperands operands = scratchOperands(scratch, rows, out, y, yStride);
   operands.groupTiles = tiles;
   operands.groupEntries = tileCount;
   operands.outRows = outRows;
@@ -207,14 +216,9 @@ Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8Ge
   if (Status s = quantizeActivations(device, kernels, weight.in, x, xStride, 0, rows, scratch);
       !s.ok())
     return s;
-  Fp8GemmOperands operands;
-  operands.activations = scratch.activations;
-  operands.scales = scratch.scales;
-  operands.scaleStride = fp8GemmScaleStride(scratch.rows);
-  operands.rows = rows;
-  operands.outFeatures = weight.out;
-  operands.out = splits > 1 ? scratch.partials : y;
-  operands.outStride = splits > 1 ? weight.out : yStride;
+  Fp8GemmOperands operands =
+      splits > 1 ? scratchOperands(scratch, rows, weight.out, scratch.partials, weight.out)
+                 : scratchOperands(scratch, rows, weight.out, y, yStride);
   operands.splits = splits;
   if (Status s = launchFp8GemmKernel(device, *kernels.gemm, kernels.config, weight, operands);
       !s.ok() || splits <= 1)
