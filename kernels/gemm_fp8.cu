@@ -36,10 +36,12 @@
 //   GROUPED     (optional) the routed-experts form above
 //   N_FEATURES  output columns (weight rows), a multiple of BLOCK_N
 //   K_FEATURES  reduction length, a multiple of 128
-//   BLOCK_N     64 or 128 (within one 128-row scale block of B), or 256
-//               (two 128-column parts, each with its B scale, one after the
-//               other; the consumers take 232 registers, the copying
-//               warpgroup 40)
+//   BLOCK_N     64 or 128 (within one 128-row scale block of B), 144
+//               (straddles two of B's scale blocks: the promotion picks each
+//               8-column chunk's scale; the one width that tiles 576 rows,
+//               kv_a's, in fewer tiles than the SMs), or 256 (two 128-column
+//               parts, each with its B scale, one after the other). Above
+//               128 the consumers take 232 registers, the copying warpgroup 40
 //   STAGES      buffers in the ring
 //   PROMOTE_BEHIND (optional, BLOCK_N up to 128) each slice's products are
 //               issued before the previous slice's are promoted, into two
@@ -51,7 +53,8 @@
 #error "gemm_fp8 needs N_FEATURES, K_FEATURES, BLOCK_N and STAGES"
 #endif
 static_assert(K_FEATURES % 128 == 0, "whole 128-column slices");
-static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 256, "BLOCK_N is 64, 128 or 256");
+static_assert(BLOCK_N == 64 || BLOCK_N == 128 || BLOCK_N == 144 || BLOCK_N == 256,
+              "BLOCK_N is 64, 128, 144 or 256");
 static_assert(N_FEATURES % BLOCK_N == 0, "whole column tiles");
 
 constexpr int kBlockM = 128;
@@ -69,11 +72,17 @@ constexpr int kScaleBytes = 640;
 static_assert(kScaleBoxRows * 4 <= kScaleBytes && kScaleBytes % 128 == 0, "scale box space");
 constexpr int kConsumerWarps = 8;
 constexpr int kFragment = BLOCK_N / 2; // f32 values per thread of an m64 x BLOCK_N fragment
-// wgmma covers at most 128 columns here (a 256-wide fragment and its part
+// wgmma covers at most 144 columns here (a 256-wide fragment and its part
 // would not fit the registers): BLOCK_N 256 runs as two parts of 128.
-constexpr int kPartColumns = BLOCK_N > 128 ? 128 : BLOCK_N;
+constexpr int kPartColumns = BLOCK_N > 144 ? 128 : BLOCK_N;
 constexpr int kParts = BLOCK_N / kPartColumns;
 constexpr int kPartFragment = kPartColumns / 2;
+// A tile straddling two of B's 128-row scale blocks (BLOCK_N 144 starts
+// on a multiple of 16): chunks of 8 columns before the tile's boundary
+// take the first block's scale, the rest the next one's. The boundary
+// falls 16 to 128 columns in, so the first two chunks and those from 128
+// on need no choice.
+constexpr bool kStraddles = BLOCK_N == 144;
 
 // A CUtensorMap as the driver encodes it (opaque, 128 bytes).
 struct __align__(64) TensorMap {
@@ -143,7 +152,19 @@ __device__ __forceinline__ void pinFragment(float (&d)[kPartFragment]) {
 // d (+)= A B^T for a 64 x 32 slice of A and a kPartColumns x 32 slice of B.
 __device__ __forceinline__ void wgmma(float (&d)[kPartFragment], unsigned long long a,
                                       unsigned long long b, int accumulate) {
-#if BLOCK_N >= 128
+#if BLOCK_N == 144
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %74, 0;\n"
+               "wgmma.mma_async.sync.aligned.m64n144k32.f32.e4m3.e4m3 "
+               "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+               "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+               "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+               "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+               "%64, %65, %66, %67, %68, %69, %70, %71}, "
+               "%72, %73, p, 1, 1;\n}\n"
+               : KT_ACC8(0), KT_ACC8(8), KT_ACC8(16), KT_ACC8(24), KT_ACC8(32), KT_ACC8(40),
+                 KT_ACC8(48), KT_ACC8(56), KT_ACC8(64)
+               : "l"(a), "l"(b), "r"(accumulate));
+#elif BLOCK_N >= 128
   asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
                "wgmma.mma_async.sync.aligned.m64n128k32.f32.e4m3.e4m3 "
                "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
@@ -173,6 +194,21 @@ struct TileWork {
   int m0, n0, rowEnd, bRow0, sliceBegin, sliceEnd, split;
   const float *bScaleRow;
 };
+
+// One slice's product scales for a thread's two rows (the fragment's row
+// and the one 8 below): A's per row times B's per block; `next*` with the
+// next block's scale where the tile straddles two.
+struct SliceScales {
+  float first0 = 0, first8 = 0, next0 = 0, next8 = 0;
+};
+// The scale of fragment value v, whose columns are 8 * (v / 4) on from the
+// tile's start; `firstChunks`: the straddling tile's 8-column chunks in
+// the first block.
+__device__ __forceinline__ float promotionScale(int v, const SliceScales &s, int firstChunks) {
+  const int chunk = v / 4;
+  const bool first = !kStraddles || chunk < 2 || (chunk < 16 && chunk < firstChunks);
+  return (v & 2) ? (first ? s.first8 : s.next8) : (first ? s.first0 : s.next0);
+}
 
 // Work items: tiles x splits, or the grouped form's entries x column tiles.
 __device__ __forceinline__ int workItems(int rows, int splits, int groupEntries) {
@@ -254,7 +290,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
   // across items, so the next tile's copies start while this one's results
   // are written.
   if (threadIdx.x < 128) { // the copying warpgroup
-#if BLOCK_N == 256 || defined(PROMOTE_BEHIND)
+#if BLOCK_N > 128 || defined(PROMOTE_BEHIND)
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");
 #endif
     if (threadIdx.x == 0) {
@@ -274,7 +310,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     return;
   }
 
-#if BLOCK_N == 256 || defined(PROMOTE_BEHIND)
+#if BLOCK_N > 128 || defined(PROMOTE_BEHIND)
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
 #endif
   const int group = threadIdx.x / 128 - 1; // rows group*64 .. +63 of the tile
@@ -287,21 +323,27 @@ extern "C" __global__ void __launch_bounds__(384, 1)
 #pragma unroll
     for (int i = 0; i < kFragment; ++i)
       result[i] = 0.0f;
+    const int firstChunks = (128 - w.n0 % 128) / 8; // a straddling tile's, in its first block
 
 #if defined(PROMOTE_BEHIND)
     static_assert(kParts == 1, "one fragment per slice");
     // Slice i + 1's products run while slice i's are promoted: two
     // fragments in turn, each slice's scales read before its buffer is freed.
     float fragment0[kPartFragment], fragment1[kPartFragment];
-    float scale0a = 0, scale8a = 0, scale0b = 0, scale8b = 0;
+    SliceScales scalesA, scalesB;
     const int count = w.sliceEnd - w.sliceBegin;
-    auto issue = [&](float(&d)[kPartFragment], int i, float &scale0, float &scale8) {
+    auto issue = [&](float(&d)[kPartFragment], int i, SliceScales &sliceScales) {
       const int at = step + i, stage = at % STAGES;
       const float bScale = w.bScaleRow[w.sliceBegin + i];
+      const float bNext = kStraddles ? w.bScaleRow[kSlices + w.sliceBegin + i] : 0.0f;
       barrierWait(full(stage), (at / STAGES) & 1);
       const float *scales = stageScales + stage * (kScaleBytes / 4) + (w.m0 & 3) + tileRow;
-      scale0 = scales[0] * bScale;
-      scale8 = scales[8] * bScale;
+      sliceScales.first0 = scales[0] * bScale;
+      sliceScales.first8 = scales[8] * bScale;
+      if constexpr (kStraddles) {
+        sliceScales.next0 = scales[0] * bNext;
+        sliceScales.next8 = scales[8] * bNext;
+      }
       pinFragment(d);
       asm volatile("wgmma.fence.sync.aligned;" ::: "memory");
 #pragma unroll
@@ -310,38 +352,38 @@ extern "C" __global__ void __launch_bounds__(384, 1)
               operandDescriptor(bTile(stage) + k * 32), k);
       asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
     };
-    auto promote = [&](float(&d)[kPartFragment], int i, float scale0, float scale8) {
+    auto promote = [&](float(&d)[kPartFragment], int i, const SliceScales &sliceScales) {
       pinFragment(d);
       if (lane == 0)
         barrierArrive(empty((step + i) % STAGES));
 #pragma unroll
       for (int v = 0; v < kPartFragment; ++v)
-        result[v] += d[v] * ((v & 2) ? scale8 : scale0);
+        result[v] += d[v] * promotionScale(v, sliceScales, firstChunks);
     };
     auto waitAllButOne = [] { asm volatile("wgmma.wait_group.sync.aligned 1;" ::: "memory"); };
     auto waitAll = [] { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); };
     // Straight-line steps (fragment 0 in flight at the top of each), so
     // ptxas can tell which fragment each wait completes.
     if (count > 0) {
-      issue(fragment0, 0, scale0a, scale8a);
+      issue(fragment0, 0, scalesA);
       int i = 0;
       for (; i + 2 < count; i += 2) {
-        issue(fragment1, i + 1, scale0b, scale8b);
+        issue(fragment1, i + 1, scalesB);
         waitAllButOne();
-        promote(fragment0, i, scale0a, scale8a);
-        issue(fragment0, i + 2, scale0a, scale8a);
+        promote(fragment0, i, scalesA);
+        issue(fragment0, i + 2, scalesA);
         waitAllButOne();
-        promote(fragment1, i + 1, scale0b, scale8b);
+        promote(fragment1, i + 1, scalesB);
       }
       if (i + 1 < count) {
-        issue(fragment1, i + 1, scale0b, scale8b);
+        issue(fragment1, i + 1, scalesB);
         waitAllButOne();
-        promote(fragment0, i, scale0a, scale8a);
+        promote(fragment0, i, scalesA);
         waitAll();
-        promote(fragment1, i + 1, scale0b, scale8b);
+        promote(fragment1, i + 1, scalesB);
       } else {
         waitAll();
-        promote(fragment0, i, scale0a, scale8a);
+        promote(fragment0, i, scalesA);
       }
     }
     step += count;
@@ -349,10 +391,11 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     float part[kPartFragment];
     for (int slice = w.sliceBegin; slice < w.sliceEnd; ++slice, ++step) {
       const int stage = step % STAGES;
-      // The weight's scale loads while the copy and the products run.
-      float bScale[kParts];
+      // The weight's scales load while the copy and the products run (a
+      // straddling tile's second block's in bScale[1]).
+      float bScale[kStraddles ? 2 : kParts];
 #pragma unroll
-      for (int p = 0; p < kParts; ++p)
+      for (int p = 0; p < (kStraddles ? 2 : kParts); ++p)
         bScale[p] = w.bScaleRow[p * kSlices + slice];
       barrierWait(full(stage), (step / STAGES) & 1);
       const float *scales = stageScales + stage * (kScaleBytes / 4) + (w.m0 & 3) + tileRow;
@@ -370,10 +413,16 @@ extern "C" __global__ void __launch_bounds__(384, 1)
         pinFragment(part);
         if (p == kParts - 1 && lane == 0)
           barrierArrive(empty(stage));
-        const float scale0 = aScale0 * bScale[p], scale8 = aScale8 * bScale[p];
+        SliceScales sliceScales;
+        sliceScales.first0 = aScale0 * bScale[p];
+        sliceScales.first8 = aScale8 * bScale[p];
+        if constexpr (kStraddles) {
+          sliceScales.next0 = aScale0 * bScale[1];
+          sliceScales.next8 = aScale8 * bScale[1];
+        }
 #pragma unroll
         for (int i = 0; i < kPartFragment; ++i)
-          result[p * kPartFragment + i] += part[i] * ((i & 2) ? scale8 : scale0);
+          result[p * kPartFragment + i] += part[i] * promotionScale(i, sliceScales, firstChunks);
       }
     }
 

@@ -173,6 +173,8 @@ Fp8GemmTiling fp8GemmTiling(int64_t rows, int64_t out, int64_t in, int multiproc
   Fp8GemmTiling tiling;
   if (fp8GemmPrefersWide(rows, out, multiprocessors))
     tiling.blockN = 256;
+  else if (out % 128 != 0 && out % 144 == 0 && tiles(rows, out, 64) > multiprocessors)
+    tiling.blockN = 144;
   else if (out % 128 != 0 || (rows >= kBlockRows && tiles(rows, out, 128) < multiprocessors))
     tiling.blockN = 64;
   tiling.splits = fp8GemmSplits(rows, out, in, multiprocessors, tiling.blockN);

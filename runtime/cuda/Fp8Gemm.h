@@ -47,7 +47,10 @@ unsigned fp8GemmSplits(int64_t rows, int64_t out, int64_t in, int multiprocessor
 bool fp8GemmPrefersWide(int64_t rows, int64_t out, int multiprocessors);
 
 // The tile width (one of gemmFp8TileSpecs') and K split for `rows` tokens
-// of an [out][in] weight: 256 columns where fp8GemmPrefersWide; else 128
+// of an [out][in] weight: 256 columns where fp8GemmPrefersWide; 144 where
+// the rows divide into 144s but not 128s and 64-column tiles would take
+// more than one wave (kv_a at 2048 and 4096 tokens: 30.1 us split in 2 and
+// 38.4 against 35.9 and 58.4 on the H100; at 1024, 19.6 against 19.2); else 128
 // where those tiles fill the SMs at least once or the step has fewer rows
 // than a tile (mostly empty activation tiles: narrower ones would copy more
 // of them); else 64 (more tiles rather than split K, which costs a pass

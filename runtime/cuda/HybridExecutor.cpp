@@ -743,7 +743,7 @@ public:
     StatusOr<Fp8GemmConfig> standard = fp8GemmConfig(w.out);
     if (!standard || !loadFp8GemmPath(role, w, *standard, w.fp8Gemm))
       return;
-    for (unsigned blockN : {64u, 256u}) {
+    for (unsigned blockN : fp8GemmTileWidths(w.out)) {
       std::shared_ptr<const GpuMatrix::Fp8Gemm> path;
       if (StatusOr<Fp8GemmConfig> config = fp8GemmConfig(w.out, blockN);
           config && config->blockN != standard->blockN && loadFp8GemmPath(role, w, *config, path))

@@ -452,12 +452,13 @@ constexpr unsigned kFp8GemmStageExtraBytes = 640 + 16;
 StatusOr<Fp8GemmConfig> fp8GemmConfig(int64_t outFeatures, unsigned blockN) {
   Fp8GemmConfig config;
   config.blockN = blockN ? blockN : outFeatures % 128 == 0 ? 128 : 64;
-  if ((config.blockN != 64 && config.blockN != 128 && config.blockN != 256) ||
+  if ((config.blockN != 64 && config.blockN != 128 && config.blockN != 144 &&
+       config.blockN != 256) ||
       outFeatures <= 0 || outFeatures % config.blockN != 0)
     return Status::error("the FP8 GEMM cannot tile " + integer(outFeatures) + " rows by " +
                          integer(config.blockN) + ".");
-  // As deep a ring as sm_90's 227 KiB allow: 8 x 24, 6 x 32 or 4 x 48 KiB
-  // of tiles, each stage with its scales and two barriers.
+  // As deep a ring as sm_90's 227 KiB allow: 8 x 24, 6 x 32, 6 x 34 or 4 x
+  // 48 KiB of tiles, each stage with its scales and two barriers.
   const unsigned stageBytes = 128 * 128 + config.blockN * 128 + kFp8GemmStageExtraBytes;
   config.stages = std::min(8u, (227u * 1024 - 1024) / stageBytes);
   // Measured on the H100 at V3's shapes (fp8_gemm_bench): promoting behind
@@ -508,11 +509,17 @@ StatusOr<KernelSpec> gemmFp8GroupedSpec(int64_t outFeatures, int64_t inFeatures,
   return spec;
 }
 
+std::vector<unsigned> fp8GemmTileWidths(int64_t outFeatures) {
+  std::vector<unsigned> widths;
+  for (unsigned blockN : {64u, 128u, 144u, 256u})
+    if (outFeatures > 0 && outFeatures % blockN == 0 && (blockN != 144 || outFeatures % 128 != 0))
+      widths.push_back(blockN);
+  return widths;
+}
+
 StatusOr<std::vector<KernelSpec>> gemmFp8TileSpecs(int64_t outFeatures, int64_t inFeatures) {
   std::vector<KernelSpec> specs;
-  for (unsigned blockN : {64u, 128u, 256u}) {
-    if (outFeatures % blockN != 0)
-      continue;
+  for (unsigned blockN : fp8GemmTileWidths(outFeatures)) {
     StatusOr<Fp8GemmConfig> config = fp8GemmConfig(outFeatures, blockN);
     if (!config)
       return config.status();

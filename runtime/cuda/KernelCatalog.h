@@ -96,9 +96,10 @@ StatusOr<KernelSpec> gemvFp8Spec(int64_t outFeatures, int64_t inFeatures);
 // (kernels/fp8_quantize.cu, per token and 128 columns). fp8GemmFits: the
 // shapes it takes (rows a multiple of 64, columns of 128); others keep the GEMV.
 bool fp8GemmFits(int64_t outFeatures, int64_t inFeatures);
-// How a GEMM specialization tiles: columns per block (64, 128 or 256) and
-// buffers in its ring; `promoteBehind` (64 and 128 columns): each slice's
-// products run while the previous slice's are promoted, in two fragments.
+// How a GEMM specialization tiles: columns per block (64, 128, 144 or 256)
+// and buffers in its ring; `promoteBehind` (64 and 128 columns): each
+// slice's products run while the previous slice's are promoted, in two
+// fragments.
 struct Fp8GemmConfig {
   unsigned blockN = 128, stages = 6;
   bool promoteBehind = true;
@@ -117,10 +118,16 @@ StatusOr<KernelSpec> gemmFp8Spec(int64_t outFeatures, int64_t inFeatures); // th
 // of assignments grouped by expert (runFp8GroupedGemm); out % 128 == 0.
 StatusOr<KernelSpec> gemmFp8GroupedSpec(int64_t outFeatures, int64_t inFeatures,
                                         const Fp8GemmConfig &config);
-// Every tile width's GEMM a weight gets: the default (128 columns, or 64
-// where the rows are not whole 128s), 64 columns beside 128 (small steps:
-// more tiles instead of split K), 256 where the rows divide into such tiles
-// (large steps). runtime/cuda/Fp8Gemm.h, fp8GemmTiling, picks one per step.
+// The tile widths a weight of `outFeatures` rows gets, narrowest first:
+// 64, 128 and 256 where the rows divide into them; 144 where they divide
+// into it but not into 128 (kv_a's 576: 4 tiles that straddle scale blocks
+// instead of 9 of 64).
+std::vector<unsigned> fp8GemmTileWidths(int64_t outFeatures);
+// Every tile width's GEMM a weight gets (fp8GemmTileWidths, each with
+// fp8GemmConfig's ring): the default (128 columns, or 64 where the rows
+// are not whole 128s) and the others for small steps (more tiles instead of
+// split K) and large ones. runtime/cuda/Fp8Gemm.h, fp8GemmTiling, picks one
+// per step.
 StatusOr<std::vector<KernelSpec>> gemmFp8TileSpecs(int64_t outFeatures, int64_t inFeatures);
 StatusOr<KernelSpec> gemmFp8SumSpec(int64_t outFeatures, int64_t inFeatures);
 StatusOr<KernelSpec> fp8QuantizeSpec(int64_t inFeatures);

@@ -965,8 +965,9 @@ TEST_P(GpuKernels, GemvFp8MatchesTheCpuReference) {
 // The FP8 prefill path on sm_90a: activations quantized per token and 128
 // columns (scales max|x| / 448, values within e4m3's rounding), then the
 // wgmma GEMM against a double product of the same e4m3 values and scales;
-// one and several K splits, odd and even slice counts, tiles of 64, 128
-// and 256 columns, partial row tiles, strided x and y.
+// one and several K splits, odd and even slice counts, tiles of 64, 128,
+// 144 (straddling B's scale blocks at each of the 8 offsets 1152 rows
+// give) and 256 columns, partial row tiles, strided x and y.
 TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
   if (arch != "sm_90a")
     GTEST_SKIP() << "the FP8 GEMM runs on sm_90a (wgmma), not " << arch;
@@ -980,7 +981,8 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
                {300, 768, 1024, 1, 256},        {129, 2048, 2048, 2, 256},
                {200, 576, 1536, 5, 64, true},   {1100, 256, 1152, 1, 128, true},
                {129, 2048, 2048, 3, 128, true}, {5, 256, 128, 1, 128, true},
-               {130, 512, 256, 1, 128, true}};
+               {130, 512, 256, 1, 128, true},   {300, 576, 1536, 1, 144},
+               {129, 1152, 512, 3, 144}};
   std::mt19937 random(51);
   for (const Case &c : cases) {
     SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.out) + "x" +
@@ -1357,6 +1359,24 @@ TEST(Fp8GemmTiling, NarrowTilesBeforeSplittingK) {
   EXPECT_EQ(tiling(512, 7168, 16384), Pick(256, 1)); // o_proj: 112 wide tiles
   EXPECT_EQ(tiling(4096, 1536, 7168), Pick(128, 1)); // q_a: 384 tiles
   EXPECT_EQ(tiling(4096, 7168, 16384), Pick(256, 1));
+  EXPECT_EQ(tiling(4096, 576, 7168), Pick(144, 1)); // kv_a: 128 tiles of 144, not 288 of 64
+  EXPECT_EQ(tiling(2048, 576, 7168), Pick(144, 2)); // 64 of 144 in 2 parts, not 144 of 64
+  EXPECT_EQ(tiling(1024, 576, 7168), Pick(64, 1));  // 72 tiles of 64: one wave
+}
+
+// Runs everywhere: the widths a weight's plan lists; 144 only where 128 does not tile.
+TEST(Fp8GemmTileWidths, EveryWidthTheRowsDivideInto) {
+  using Widths = std::vector<unsigned>;
+  EXPECT_EQ(fp8GemmTileWidths(576), Widths({64, 144}));
+  EXPECT_EQ(fp8GemmTileWidths(1152), Widths({64, 128}));
+  EXPECT_EQ(fp8GemmTileWidths(1536), Widths({64, 128, 256}));
+  EXPECT_EQ(fp8GemmTileWidths(320), Widths({64}));
+  EXPECT_EQ(fp8GemmTileWidths(100), Widths());
+  StatusOr<std::vector<KernelSpec>> specs = gemmFp8TileSpecs(576, 7168);
+  ASSERT_TRUE(specs.ok()) << specs.message();
+  ASSERT_EQ(specs->size(), 2u);
+  EXPECT_EQ((*specs)[1].defines.at("BLOCK_N"), "144");
+  EXPECT_EQ((*specs)[1].defines.count("PROMOTE_BEHIND"), 0u);
 }
 
 // Runs everywhere: tile configurations, their rings within sm_90's shared
@@ -1379,6 +1399,12 @@ TEST(Fp8GemmConfig, TilesTheRowsWithinSharedMemory) {
   EXPECT_EQ(fp8GemmScaleBytes(203, 1536), size_t(12 * 204 * 4));
   for (const Fp8GemmConfig &config : {*narrow, *wide, *fp8GemmConfig(1536)})
     EXPECT_LE(fp8GemmSharedBytes(config), 227u * 1024);
+  StatusOr<Fp8GemmConfig> straddling = fp8GemmConfig(576, 144);
+  ASSERT_TRUE(straddling.ok()) << straddling.message();
+  EXPECT_EQ(straddling->stages, 6u);
+  EXPECT_FALSE(straddling->promoteBehind);
+  EXPECT_LE(fp8GemmSharedBytes(*straddling), 227u * 1024);
+  EXPECT_FALSE(fp8GemmConfig(1536, 144).ok());   // 10.7 tiles
   EXPECT_FALSE(fp8GemmConfig(576, 128).ok());    // 4.5 tiles
   EXPECT_FALSE(fp8GemmConfig(1536, 96).ok());
   StatusOr<KernelSpec> sum = gemmFp8SumSpec(1536, 7168), spec = gemmFp8Spec(1536, 7168);
