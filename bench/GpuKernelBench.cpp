@@ -424,7 +424,8 @@ int main(int argc, char **argv) {
 
   // Compute-bound kernels against the f32 FMA ceiling measured here: the
   // prefill GEMVs (tiles of 8 tokens, and tiles of 8 choices of one routed
-  // expert) and MLA prefill attention.
+  // expert, beside the experts' grouped tensor-core GEMM, which can pass
+  // it) and MLA prefill attention.
   struct Computed {
     std::string name;
     double gflop, microseconds;
@@ -496,40 +497,81 @@ int main(int argc, char **argv) {
         (void)device.free(p);
     }
   {
-    // 512 tokens choosing 8 of 256 Q4_K experts (2048 x 7168 each) at random.
-    const int64_t experts = 256, topK = 8, out = 2048, in = 7168;
-    const int64_t assignments = prefillTokens * topK;
-    std::vector<int32_t> chosen(static_cast<size_t>(assignments));
-    std::uniform_int_distribution<int32_t> expert(0, int32_t(experts - 1));
-    for (int32_t &e : chosen)
-      e = expert(random);
-    std::vector<int32_t> tiles(size_t(assignments * (1 + cuda::kGemvPrefillTokenTile)));
-    const int64_t tileCount = cuda::groupAssignments(chosen.data(), assignments, tiles.data());
+    // 512 and 4096 tokens choosing 8 of 256 Q4_K experts (2048 x 7168 each)
+    // at random: the grouped GEMV (tiles of 8 choices of one expert) and the
+    // grouped tensor-core GEMM (tiles of up to 64 rows of one expert, the
+    // choices' x rows gathered) on the same choices.
+    const int64_t experts = 256, topK = 8, out = 2048, in = 7168, mostTokens = 4096;
     StatusOr<cuda::KernelSpec> spec = cuda::gemvSpec(
         gguf::GgmlType::Q4_K, out, in, cuda::kGemvPrefillTokenTile, cuda::GemvVariant::Grouped);
-    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+    StatusOr<cuda::KernelSpec> mmaSpec = cuda::gemmMmaSpec(gguf::GgmlType::Q4_K, out, in);
+    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec), mma = compileAndLoad(mmaSpec);
     StatusOr<cuda::DevicePointer> w = randomWeights(gguf::GgmlType::Q4_K, out, in, experts),
-                                  x = randomBuffer(size_t(prefillTokens * in)),
-                                  y = device.allocate(size_t(assignments * out) * 4),
-                                  groups = device.allocate(tiles.size() * 4);
-    if (!kernel || !w || !x || !y || !groups)
-      return fail("cannot set up the grouped expert GEMV");
-    (void)device.copyToDevice(*groups, tiles.data(), tiles.size() * 4);
-    cuda::GemvLayout layout{int(in), int(out), 0, 0, 0};
-    layout.groups = *groups;
-    layout.assignmentsPerX = int(topK);
-    cuda::LaunchShape launch;
-    launch.gridX = cuda::gemvGridBlocks(gguf::GgmlType::Q4_K, out, cuda::kGemvPrefillTokenTile);
-    launch.gridY = unsigned(tileCount);
-    launch.blockX = spec->blockThreads;
-    StatusOr<double> timed = timeRepeated([&] {
-      return device.launch(*kernel, launch, {&*w, &*x, &*y, &layout});
-    });
-    if (!timed)
-      return fail(timed.message());
-    computed.push_back({"q4_K grouped experts 512 tok x 8 of 256, 2048x7168",
-                        2.0 * assignments * out * in / 1e9, *timed * 1e6});
-    for (cuda::DevicePointer p : {*w, *x, *y, *groups})
+                                  x = randomBuffer(size_t(mostTokens * in)),
+                                  y = device.allocate(size_t(mostTokens * topK * out) * 4),
+                                  groups = device.allocate(
+                                      size_t(mostTokens * topK * (1 + cuda::kGemvPrefillTokenTile) +
+                                             3 * (mostTokens * topK + experts)) *
+                                      4),
+                                  rowIndex = device.allocate(size_t(mostTokens * topK) * 4);
+    if (!kernel || !mma || !w || !x || !y || !groups || !rowIndex)
+      return fail("cannot set up the grouped expert products");
+    for (int64_t tokens : {prefillTokens, mostTokens}) {
+      const int64_t assignments = tokens * topK;
+      std::vector<int32_t> chosen(static_cast<size_t>(assignments));
+      std::uniform_int_distribution<int32_t> expert(0, int32_t(experts - 1));
+      for (int32_t &e : chosen)
+        e = expert(random);
+      std::vector<int32_t> tiles(size_t(assignments * (1 + cuda::kGemvPrefillTokenTile)));
+      const int64_t tileCount = cuda::groupAssignments(chosen.data(), assignments, tiles.data());
+      (void)device.copyToDevice(*groups, tiles.data(),
+                                size_t(tileCount) * (tiles.size() / assignments) * 4);
+      cuda::GemvLayout layout{int(in), int(out), 0, 0, 0};
+      layout.groups = *groups;
+      layout.assignmentsPerX = int(topK);
+      cuda::LaunchShape launch;
+      launch.gridX = cuda::gemvGridBlocks(gguf::GgmlType::Q4_K, out, cuda::kGemvPrefillTokenTile);
+      launch.gridY = unsigned(tileCount);
+      launch.blockX = spec->blockThreads;
+      StatusOr<double> timed = timeRepeated([&] {
+        return device.launch(*kernel, launch, {&*w, &*x, &*y, &layout});
+      });
+      if (!timed)
+        return fail(timed.message());
+      const std::string what = " " + std::to_string(tokens) + " tok x 8 of 256, 2048x7168";
+      computed.push_back(
+          {"q4_K grouped GEMV" + what, 2.0 * assignments * out * in / 1e9, *timed * 1e6});
+      // The same choices grouped by expert for the GEMM: rows in expert
+      // order, each reading its token's x row.
+      std::vector<int64_t> sizes(size_t(experts), 0);
+      for (int32_t e : chosen)
+        ++sizes[size_t(e)];
+      std::vector<int64_t> next(size_t(experts), 0);
+      for (int64_t e = 1; e < experts; ++e)
+        next[size_t(e)] = next[size_t(e - 1)] + sizes[size_t(e - 1)];
+      std::vector<int32_t> rows(static_cast<size_t>(assignments));
+      for (int64_t a = 0; a < assignments; ++a)
+        rows[size_t(next[size_t(chosen[size_t(a)])]++)] = int32_t(a / topK);
+      const std::vector<int32_t> mmaTiles = cuda::expertRowTiles(sizes, cuda::kMmaGemmTileRows);
+      (void)device.copyToDevice(*groups, mmaTiles.data(), mmaTiles.size() * 4);
+      (void)device.copyToDevice(*rowIndex, rows.data(), rows.size() * 4);
+      cuda::LaunchShape mmaLaunch;
+      mmaLaunch.gridX = unsigned(out / 64);
+      mmaLaunch.gridY = unsigned(mmaTiles.size() / 3);
+      mmaLaunch.blockX = mmaSpec->blockThreads;
+      int xStride = int(in), yStride = int(out), rowCount = 0;
+      cuda::DevicePointer inOrder = 0;
+      timed = timeRepeated([&] {
+        return device.launch(
+            *mma, mmaLaunch,
+            {&*w, &*x, &xStride, &*y, &yStride, &rowCount, &*groups, &*rowIndex, &inOrder});
+      });
+      if (!timed)
+        return fail(timed.message());
+      computed.push_back(
+          {"q4_K grouped mma GEMM" + what, 2.0 * assignments * out * in / 1e9, *timed * 1e6});
+    }
+    for (cuda::DevicePointer p : {*w, *x, *y, *groups, *rowIndex})
       (void)device.free(p);
   }
   {

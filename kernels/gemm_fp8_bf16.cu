@@ -64,6 +64,6 @@ gemm_fp8_bf16(const kt::u8 *__restrict__ weight, const float *__restrict__ scale
     }
     addScaled(result, sums, scaleRow[block]);
   }
-  kt::storeMmaTile(result, y, yStride, b.m0, b.n0, rows);
+  kt::storeMmaTile(result, y, yStride, b);
 #endif
 }

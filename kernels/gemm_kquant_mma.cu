@@ -8,7 +8,10 @@
 //      or 210 (q6_K) bytes]
 //   y  f32 [rows][N_FEATURES], rows `yStride` floats apart
 // A block of 4 warps owns 64 tokens x 64 outputs (mma_tile64.cuh). Grid:
-// (N_FEATURES / 64, ceil(rows / 64)).
+// (N_FEATURES / 64, ceil(rows / 64)); or, with `groupTiles` (routed experts
+// in prefill: W every expert's matrix stacked, x rows picked by `rowIndex`,
+// results to y rows `outRows`, either null for the same rows), one block row
+// per tile entry {expert, first row, end row} (mma_tile64.cuh's mmaBlock).
 // Specialization defines:
 //   QTYPE       4 (q4_K), 5 (q5_K) or 6 (q6_K)
 //   N_FEATURES  output columns (weight rows), a multiple of 64
@@ -64,11 +67,14 @@ __device__ __forceinline__ void decode16(const kt::u8 *block, int v0, float (&w)
 
 extern "C" __global__ void __launch_bounds__(128)
     gemm_kquant_mma(const kt::u8 *__restrict__ weight, const float *__restrict__ x, int xStride,
-                    float *__restrict__ y, int yStride, int rows) {
+                    float *__restrict__ y, int yStride, int rows,
+                    const int *__restrict__ groupTiles, const int *__restrict__ rowIndex,
+                    const int *__restrict__ outRows) {
 #if __CUDA_ARCH__ >= 800
   __shared__ __align__(16) kt::MmaTiles tiles;
-  const kt::MmaBlock b = kt::mmaBlock(x, xStride, rows);
-  const kt::u8 *wRow = weight + static_cast<long long>(b.n0 + b.row) * kRowBytes;
+  const kt::MmaBlock b = kt::mmaBlock(x, xStride, rows, groupTiles, rowIndex, outRows);
+  const kt::u8 *wRow =
+      weight + (static_cast<long long>(b.expert) * N_FEATURES + b.n0 + b.row) * kRowBytes;
 
   kt::MmaFragments result = {};
   for (int k0 = 0; k0 < K_FEATURES; k0 += kt::kMmaStep) {
@@ -81,6 +87,6 @@ extern "C" __global__ void __launch_bounds__(128)
       destination[q] = kt::toBf16(w[2 * q]) | kt::toBf16(w[2 * q + 1]) << 16;
     kt::mmaStep(tiles, b, k0, result);
   }
-  kt::storeMmaTile(result, y, yStride, b.m0, b.n0, rows);
+  kt::storeMmaTile(result, y, yStride, b);
 #endif
 }

@@ -8,7 +8,10 @@
 //   W  Q8_0 [N_FEATURES][K_FEATURES / 32 blocks of 34 bytes: f16 scale, 32 int8]
 //   y  f32 [rows][N_FEATURES], rows `yStride` floats apart
 // A block of 4 warps owns 64 tokens x 64 outputs (mma_tile64.cuh). Grid:
-// (N_FEATURES / 64, ceil(rows / 64)).
+// (N_FEATURES / 64, ceil(rows / 64)); or, with `groupTiles` (routed experts
+// in prefill: W every expert's matrix stacked, x rows picked by `rowIndex`,
+// results to y rows `outRows`, either null for the same rows), one block row
+// per tile entry {expert, first row, end row} (mma_tile64.cuh's mmaBlock).
 // Specialization defines:
 //   N_FEATURES  output columns (weight rows), a multiple of 64
 //   K_FEATURES  reduction length, a multiple of 32
@@ -29,15 +32,17 @@ __device__ __forceinline__ kt::u32 int8ToBf16(kt::u32 byte) {
 
 extern "C" __global__ void __launch_bounds__(128)
     gemm_q8_0_mma(const kt::u8 *__restrict__ weight, const float *__restrict__ x, int xStride,
-                  float *__restrict__ y, int yStride, int rows) {
+                  float *__restrict__ y, int yStride, int rows, const int *__restrict__ groupTiles,
+                  const int *__restrict__ rowIndex, const int *__restrict__ outRows) {
 #if __CUDA_ARCH__ >= 800
   __shared__ __align__(16) kt::MmaTiles tiles;
   // The weight rows' block scales, by step parity: a thread may write the
   // next step's while others still read this step's.
   __shared__ float blockScale[2][kt::kMmaTile];
-  const kt::MmaBlock b = kt::mmaBlock(x, xStride, rows);
+  const kt::MmaBlock b = kt::mmaBlock(x, xStride, rows, groupTiles, rowIndex, outRows);
   const int lane = threadIdx.x % 32, warpColumn = (threadIdx.x / 32 % 2) * 32;
-  const kt::u8 *wRow = weight + static_cast<long long>(b.n0 + b.row) * kRowBytes;
+  const kt::u8 *wRow =
+      weight + (static_cast<long long>(b.expert) * N_FEATURES + b.n0 + b.row) * kRowBytes;
 
   kt::MmaFragments result = {};
   for (int k0 = 0; k0 < K_FEATURES; k0 += kt::kMmaStep) {
@@ -69,6 +74,6 @@ extern "C" __global__ void __launch_bounds__(128)
       }
     }
   }
-  kt::storeMmaTile(result, y, yStride, b.m0, b.n0, rows);
+  kt::storeMmaTile(result, y, yStride, b);
 #endif
 }

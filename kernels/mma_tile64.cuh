@@ -22,20 +22,41 @@ struct MmaTiles {
   u16 b[kMmaTile][kMmaPitch]; // weight [output][k]
 };
 
-// The block's first token and output, and the row of each staged tile this
-// thread copies (16 values of it, from `column`): tokens past `rows` repeat
-// the last one (their results are not stored).
+// The block's rows and first output, and the row of each staged tile this
+// thread copies (16 values of it, from `column`). Rows are 64 tokens from
+// blockIdx.y * 64, up to `rows`; or, in the grouped form (routed experts in
+// prefill, `groupTiles` not null), entry blockIdx.y of the tile table,
+// {expert, first row, end row}: rows of one expert's assignments, against
+// that expert's weight (`expert`: the kernel offsets the weight by that many
+// of its matrices), whose x rows `rowIndex` names (null: the same rows) and
+// whose results go to the rows of y `outRows` names (null: the same rows).
+// Rows past the end repeat the last one (their results are not stored).
 struct MmaBlock {
-  int m0, n0, row, column;
+  int m0, rowEnd, n0, row, column, expert;
   const float *xRow;
+  const int *outRows;
 };
-__device__ __forceinline__ MmaBlock mmaBlock(const float *x, int xStride, int rows) {
+__device__ __forceinline__ MmaBlock mmaBlock(const float *x, int xStride, int rows,
+                                             const int *groupTiles = nullptr,
+                                             const int *rowIndex = nullptr,
+                                             const int *outRows = nullptr) {
   MmaBlock b;
-  b.m0 = blockIdx.y * kMmaTile;
+  if (groupTiles) {
+    const int *tile = groupTiles + 3 * blockIdx.y;
+    b.expert = tile[0];
+    b.m0 = tile[1];
+    b.rowEnd = tile[2];
+  } else {
+    b.expert = 0;
+    b.m0 = blockIdx.y * kMmaTile;
+    b.rowEnd = rows;
+  }
   b.n0 = blockIdx.x * kMmaTile;
   b.row = static_cast<int>(threadIdx.x) / 2;
   b.column = static_cast<int>(threadIdx.x % 2) * 16;
-  b.xRow = x + static_cast<long long>(min(b.m0 + b.row, rows - 1)) * xStride;
+  const int r = min(b.m0 + b.row, b.rowEnd - 1);
+  b.xRow = x + static_cast<long long>(rowIndex ? rowIndex[r] : r) * xStride;
+  b.outRows = outRows;
   return b;
 }
 // Where this thread stages its 16 weight values (bf16 pairs).
@@ -101,23 +122,24 @@ __device__ __forceinline__ void mmaStep(MmaTiles &tiles, const MmaBlock &b, int 
   __syncthreads();
 }
 
-// The warp's accumulators to y (tokens from m0, outputs from n0); tokens
-// past `rows` are not stored.
+// The warp's accumulators to y (the block's rows, from its first output);
+// rows past the block's end are not stored.
 __device__ __forceinline__ void storeMmaTile(const MmaFragments &result, float *y, int yStride,
-                                             int m0, int n0, int rows) {
+                                             const MmaBlock &b) {
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int warpRow = (warp / 2) * 32, warpColumn = (warp % 2) * 32;
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const int row = m0 + warpRow + 16 * i + lane / 4 + 8 * half;
-      if (row >= rows)
+      const int row = b.m0 + warpRow + 16 * i + lane / 4 + 8 * half;
+      if (row >= b.rowEnd)
         continue;
+      const long long target = b.outRows ? b.outRows[row] : row;
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const int column = n0 + warpColumn + 8 * j + (lane % 4) * 2;
-        *reinterpret_cast<float2 *>(y + static_cast<long long>(row) * yStride + column) =
+        const int column = b.n0 + warpColumn + 8 * j + (lane % 4) * 2;
+        *reinterpret_cast<float2 *>(y + target * yStride + column) =
             make_float2(result[i][j][2 * half], result[i][j][2 * half + 1]);
       }
     }

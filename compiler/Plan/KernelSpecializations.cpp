@@ -75,8 +75,8 @@ void addGemv(Collector &collector, gguf::GgmlType type, int64_t out, int64_t in,
 
 // Routed experts on a GPU: the GEMVs of the chosen experts (decode: matrix
 // ids read on the device, one token per block; prefill: tiles of choices
-// grouped by expert), silu_mul and the weighted sum over the top-k (and the
-// selection counts).
+// grouped by expert, or the grouped tensor-core GEMM on sm_80 and newer),
+// silu_mul and the weighted sum over the top-k (and the selection counts).
 // `nativeFp8`: FP8 experts run as such where the GPU has wgmma (placed on
 // the GPU); the expert cache always holds the CPU's q8_0 copies.
 void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef device,
@@ -112,14 +112,20 @@ void addGpuExperts(Collector &collector, RoutedExpertsOp experts, StringRef devi
       collector.add(cuda::moeCombineSpec(gateProj.getShape()[0], topK, entry), device, path);
     return;
   }
+  const bool mma = cuda::archHasBf16Mma(collector.arch(device));
   for (WeightAttr weight : {gateProj, experts.getUpProj(), experts.getDownProj()})
-    if (std::optional<gguf::GgmlType> type = typeOf(weight); type && cuda::hasGpuGemv(*type))
+    if (std::optional<gguf::GgmlType> type = typeOf(weight); type && cuda::hasGpuGemv(*type)) {
+      const int64_t out = weight.getShape()[1], in = weight.getShape()[0];
       for (bool grouped : {false, true})
-        collector.add(cuda::gemvSpec(*type, weight.getShape()[1], weight.getShape()[0],
-                                     grouped ? cuda::kGemvPrefillTokenTile : 1,
-                                     grouped ? cuda::GemvVariant::Grouped
-                                             : cuda::GemvVariant::Plain),
-                      device, path);
+        collector.add(
+            cuda::gemvSpec(*type, out, in, grouped ? cuda::kGemvPrefillTokenTile : 1,
+                           grouped ? cuda::GemvVariant::Grouped : cuda::GemvVariant::Plain),
+            device, path);
+      // Prefill's grouped tensor-core GEMM, where the GPU has bf16 mma.sync
+      // (FP8 experts there: on their q8_0 copies).
+      if (mma && cuda::gemmMmaFits(*type, out, in))
+        collector.add(cuda::gemmMmaSpec(*type, out, in), device, path);
+    }
   // Decode's gate and up products in one pass, where their types agree.
   if (gateProj.getDtype() == experts.getUpProj().getDtype())
     if (std::optional<gguf::GgmlType> type = typeOf(gateProj); type && cuda::hasGpuGemv(*type))

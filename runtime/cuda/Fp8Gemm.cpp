@@ -7,14 +7,13 @@
 namespace kt::cuda {
 namespace {
 
-constexpr int64_t kBlockRows = 128; // the GEMM's block tile: 128 tokens
 constexpr int64_t kSlice = 128;     // columns per scale (and per TMA box)
 constexpr int64_t kMinSlicesPerSplit = 4;
 
 int64_t ceilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 int64_t tiles(int64_t rows, int64_t out, unsigned blockN) {
-  return ceilDiv(rows, kBlockRows) * (out / blockN);
+  return ceilDiv(rows, kFp8GemmTileRows) * (out / blockN);
 }
 
 // Activations to e4m3 (rows `rowIndex` picks, or all in order), one warp
@@ -50,15 +49,7 @@ Fp8GemmOperands scratchOperands(const Fp8GemmScratch &scratch, int64_t rows, int
 } // namespace
 
 std::vector<int32_t> fp8GroupedTiles(const std::vector<int64_t> &groupSizes) {
-  std::vector<int32_t> tiles;
-  int64_t first = 0;
-  for (size_t expert = 0; expert < groupSizes.size(); ++expert) {
-    const int64_t end = first + groupSizes[expert];
-    for (int64_t row = first; row < end; row += kBlockRows)
-      tiles.insert(tiles.end(), {int32_t(expert), int32_t(row), int32_t(end)});
-    first = end;
-  }
-  return tiles;
+  return expertRowTiles(groupSizes, kFp8GemmTileRows);
 }
 
 Status runFp8GroupedGemm(CudaDevice &device, const Fp8GemmKernels &kernels,
@@ -93,14 +84,14 @@ Status launchFp8GemmKernel(CudaDevice &device, const LoadedKernel &gemm,
   const int64_t rows = operands.rows;
   StatusOr<TensorMap> aMap =
       device.byteMatrixTensorMap(operands.activations, uint64_t(weight.in), uint64_t(rows),
-                                 uint64_t(weight.in), kSlice, unsigned(kBlockRows));
+                                 uint64_t(weight.in), kSlice, unsigned(kFp8GemmTileRows));
   if (!aMap)
     return aMap.status();
   // A's scales as a [in / 128][rows] matrix: a box is one slice's scales of
   // a tile's rows, from the 4-aligned row at or before its first.
-  StatusOr<TensorMap> scaleMap =
-      device.floatMatrixTensorMap(operands.scales, uint64_t(rows), uint64_t(weight.in / kSlice),
-                                  uint64_t(operands.scaleStride) * 4, unsigned(kBlockRows + 4), 1);
+  StatusOr<TensorMap> scaleMap = device.floatMatrixTensorMap(
+      operands.scales, uint64_t(rows), uint64_t(weight.in / kSlice),
+      uint64_t(operands.scaleStride) * 4, unsigned(kFp8GemmTileRows + 4), 1);
   if (!scaleMap)
     return scaleMap.status();
   StatusOr<int> multiprocessors = device.multiprocessors();
@@ -109,7 +100,7 @@ Status launchFp8GemmKernel(CudaDevice &device, const LoadedKernel &gemm,
   const int64_t columnTiles = operands.outFeatures / config.blockN;
   const int64_t items = operands.groupTiles
                             ? operands.groupEntries * columnTiles
-                            : ceilDiv(rows, kBlockRows) * columnTiles * operands.splits;
+                            : ceilDiv(rows, kFp8GemmTileRows) * columnTiles * operands.splits;
   if (items <= 0)
     return Status::success();
   TensorMap bMap = weight.map;
@@ -175,7 +166,7 @@ Fp8GemmTiling fp8GemmTiling(int64_t rows, int64_t out, int64_t in, int multiproc
     tiling.blockN = 256;
   else if (out % 128 != 0 && out % 144 == 0 && tiles(rows, out, 64) > multiprocessors)
     tiling.blockN = 144;
-  else if (out % 128 != 0 || (rows >= kBlockRows && tiles(rows, out, 128) < multiprocessors))
+  else if (out % 128 != 0 || (rows >= kFp8GemmTileRows && tiles(rows, out, 128) < multiprocessors))
     tiling.blockN = 64;
   tiling.splits = fp8GemmSplits(rows, out, in, multiprocessors, tiling.blockN);
   return tiling;
@@ -194,7 +185,7 @@ size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiproc
   // The most over every step size up to `rows` that splits K (only steps
   // of few tiles do).
   size_t most = 0;
-  for (int64_t r = kBlockRows; r < rows + kBlockRows; r += kBlockRows) {
+  for (int64_t r = kFp8GemmTileRows; r < rows + kFp8GemmTileRows; r += kFp8GemmTileRows) {
     const int64_t n = std::min(r, rows);
     const unsigned splits = fp8GemmSplits(n, out, in, multiprocessors, blockN);
     if (splits > 1)

@@ -88,10 +88,10 @@ Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8Ge
                   DevicePointer x, int64_t xStride, int64_t rows, DevicePointer y, int64_t yStride,
                   const Fp8GemmScratch &scratch, unsigned splits);
 
-// Routed experts in prefill (the GROUPED GEMM): tiles of up to 128
-// assignment rows, each within one expert's group. `groupSizes[e]`: rows of
-// expert e, whose rows follow expert e-1's. Each tile is {expert, first
-// row, end row}, three ints.
+// The GEMM's block tile: 128 tokens (or assignment rows).
+constexpr int64_t kFp8GemmTileRows = 128;
+// Routed experts in prefill (the GROUPED GEMM): expertRowTiles of up to
+// kFp8GemmTileRows rows (KernelCatalog.h).
 std::vector<int32_t> fp8GroupedTiles(const std::vector<int64_t> &groupSizes);
 
 // Y[j] = W[expert of j] x[rowIndex[j]] for the `rows` assignment rows j,

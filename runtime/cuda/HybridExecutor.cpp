@@ -84,7 +84,8 @@ struct GpuMatrix {
   // kFp8Bf16GemmMinTokens tokens (null: the GEMV).
   const Kernel *fp8Bf16Gemm = nullptr;
   // Q8_0 and k-quants on sm_80 and newer: the tensor-core GEMM for steps of
-  // at least kMmaGemmMinTokens tokens (null: the token-tiled GEMV).
+  // at least kMmaGemmMinTokens tokens (null: the token-tiled GEMV); for
+  // routed experts (stacked), its grouped form for every prefill step.
   const Kernel *mmaGemm = nullptr;
 };
 
@@ -381,8 +382,9 @@ public:
     }
     if (w.mmaGemm && tokens >= kMmaGemmMinTokens && !layout.matrixIds && w.heads == 1) {
       int xStride = layout.xTokenStride, yStride = layout.yTokenStride, rows = int(tokens);
+      DevicePointer ungrouped = 0; // no tile table, row index or result rows
       return launch(*w.mmaGemm, unsigned(w.out / 64), ceilDiv(tokens, 64), 1, 0,
-                    {&data, &x, &xStride, &y, &yStride, &rows});
+                    {&data, &x, &xStride, &y, &yStride, &rows, &ungrouped, &ungrouped, &ungrouped});
     }
     if (scales) // FP8: one token per block, the block scales before the activations
       return launch(*w.kernel, w.blocks, static_cast<unsigned>(tokens),
@@ -402,6 +404,18 @@ public:
     layout.upWeight = up.data;
     return launch(k, gate.blocks, static_cast<unsigned>(tokens), static_cast<unsigned>(gate.heads),
                   0, {&data, &x, &y, &layout});
+  }
+  // Y[j] = W[expert of j] x[rowIndex[j]] for assignment rows grouped by
+  // expert as the tile table `tiles` says ({expert, first row, end row},
+  // `tileCount` of them, up to 64 rows each), results to y rows `outRows`
+  // (0: in order): the grouped tensor-core GEMM of stacked experts.
+  Status groupedMmaGemm(const GpuMatrix &w, DevicePointer x, int64_t xStride, DevicePointer y,
+                        int64_t yStride, DevicePointer tiles, int64_t tileCount,
+                        DevicePointer rowIndex, DevicePointer outRows) {
+    DevicePointer data = w.data;
+    int xs = int(xStride), ys = int(yStride), rows = 0;
+    return launch(*w.mmaGemm, unsigned(w.out / 64), unsigned(tileCount), 1, 0,
+                  {&data, &x, &xs, &y, &ys, &rows, &tiles, &rowIndex, &outRows});
   }
   // y = W x over the tiles of grouped assignments in `layout.groups`.
   Status groupedGemv(const GpuMatrix &w, DevicePointer x, DevicePointer y, int64_t tiles,
@@ -562,8 +576,9 @@ public:
     w.type = info->type;
     if (!findKernels(w, role, groupedPrefill))
       return w;
-    // Prefill on tensor cores where the plan lists it.
-    if (!heads && !groupedPrefill && m_.mmaGemm && gemmMmaFits(info->type, rows, cols)) {
+    // Prefill on tensor cores where the plan lists it (routed experts: the
+    // grouped form over the stack).
+    if ((!heads || groupedPrefill) && m_.mmaGemm && gemmMmaFits(info->type, rows, cols)) {
       StatusOr<KernelSpec> mma = gemmMmaSpec(info->type, rows, cols);
       if (mma && m_.listsKernel(*mma)) {
         StatusOr<const Kernel *> k = m_.kernel(mma, b_.where() + " (" + role + ")");
@@ -1364,15 +1379,38 @@ public:
   std::string gatePath;
   AssignmentGroups groups; // prefill: the tokens' choices grouped by expert
   std::vector<int32_t> hostIds;
-  // FP8 experts with the grouped GEMM: per prefill step, the assignments
-  // grouped by expert: x row (token) and result row (assignment) of each,
-  // and the GEMM's tiles; written to page-locked memory, copied before use.
-  struct Fp8Groups {
+  // Experts with a grouped GEMM (FP8's wgmma, GGUF's tensor-core GEMM): per
+  // prefill step, the assignments grouped by expert: x row (token) and
+  // result row (assignment) of each, and the GEMM's tiles; written to
+  // page-locked memory, copied before use.
+  struct RowGroups {
     int32_t *host = nullptr; // rowIndex[A], outRows[A], tiles[3 * (A + experts)]
     DevicePointer gpu = 0;
     int64_t capacity = 0;                   // A
     std::vector<int64_t> sizes, next;       // per expert: rows, next free row
-  } fp8;
+    // On the device after build(): rowIndex, outRows and the tile table.
+    DevicePointer rowIndex = 0, outRows = 0, tiles = 0;
+    int64_t tileCount = 0;
+  } rowGroups;
+  // Whether prefill runs the GGUF experts' grouped tensor-core GEMM.
+  bool mmaPrefill() const { return gate.mmaGemm && up.mmaGemm && down.mmaGemm; }
+  // Room in rowGroups for a prefill chunk of `chunkSize` tokens.
+  Status allocateRowGroups(HybridExecutor::Impl &m, int64_t chunkSize) {
+    // Tiles: at most one per assignment plus one partial tile per expert.
+    const int64_t capacity = std::max<int64_t>(chunkSize * topK, 1);
+    const size_t bytes = size_t(2 * capacity + 3 * (capacity + experts)) * 4;
+    StatusOr<void *> pinned = m.device->allocateHost(bytes);
+    if (!pinned)
+      return pinned.status();
+    m.hostAllocations.push_back(*pinned);
+    StatusOr<DevicePointer> onGpu = m.allocate(bytes, false);
+    if (!onGpu)
+      return onGpu.status();
+    rowGroups.host = static_cast<int32_t *>(*pinned);
+    rowGroups.gpu = *onGpu;
+    rowGroups.capacity = capacity;
+    return Status::success();
+  }
 
   size_t scratchFloats(int64_t rows) const override {
     return size_t(rows * topK * (2 * ffn + hidden));
@@ -1390,6 +1428,9 @@ public:
     const bool fp8Experts = gate.type == GgmlType::F8_E4M3_B128;
     if (fp8Experts && !ctx.decode && gate.fp8Grouped) {
       if (Status s = fp8Prefill(m, in[0]->gpu, rows, ids, g, u, d); !s.ok())
+        return s;
+    } else if (!fp8Experts && !ctx.decode && rows >= kMmaGemmMinTokens && mmaPrefill()) {
+      if (Status s = mmaGroupedPrefill(m, in[0]->gpu, rows, ids, g, u, d); !s.ok())
         return s;
     } else {
       // FP8 experts without the grouped GEMM take the GEMV by expert id in
@@ -1419,19 +1460,19 @@ public:
     return m.elementwise(*combine, d, in[2]->gpu, out[0]->gpu, rows, hidden);
   }
 
-  // FP8 prefill: the choices grouped by expert on the host, gate and up as
-  // grouped GEMMs on the gathered rows (g, u in group order), SiLU, and down
-  // back into the choices' order (d), which the weighted sum reads.
-  Status fp8Prefill(HybridExecutor::Impl &m, DevicePointer x, int64_t rows, uint64_t ids,
-                    DevicePointer g, DevicePointer u, DevicePointer d) {
+  // The choices of a prefill step of `rows` tokens grouped by expert on the
+  // host (ids read back), in tiles of up to `tileRows` rows, copied to the
+  // device (rowGroups' pointers).
+  Status groupChoices(HybridExecutor::Impl &m, int64_t rows, uint64_t ids, int64_t tileRows) {
+    RowGroups &groups = rowGroups;
     const int64_t choices = rows * topK;
-    if (choices > fp8.capacity)
+    if (choices > groups.capacity)
       return Status::error("a prefill step of " + std::to_string(rows) +
-                           " tokens exceeds the FP8 experts' grouping room; recompile the plan.");
+                           " tokens exceeds the experts' grouping room; recompile the plan.");
     hostIds.resize(size_t(choices));
     if (Status s = m.device->copyToHost(hostIds.data(), ids, size_t(choices) * 4); !s.ok())
       return s;
-    std::vector<int64_t> &sizes = fp8.sizes, &next = fp8.next;
+    std::vector<int64_t> &sizes = groups.sizes, &next = groups.next;
     sizes.assign(size_t(experts), 0);
     for (int32_t id : hostIds) {
       if (id < 0 || id >= experts)
@@ -1442,32 +1483,69 @@ public:
     next.assign(size_t(experts), 0);
     for (int64_t e = 1; e < experts; ++e)
       next[size_t(e)] = next[size_t(e - 1)] + sizes[size_t(e - 1)];
-    int32_t *rowIndex = fp8.host, *outRows = fp8.host + choices;
+    int32_t *rowIndex = groups.host, *outRows = groups.host + choices;
     for (int64_t a = 0; a < choices; ++a) {
       const int64_t j = next[size_t(hostIds[size_t(a)])]++;
       rowIndex[j] = int32_t(a / topK);
       outRows[j] = int32_t(a);
     }
-    const std::vector<int32_t> tiles = fp8GroupedTiles(sizes);
-    std::memcpy(fp8.host + 2 * choices, tiles.data(), tiles.size() * 4);
+    const std::vector<int32_t> tiles = expertRowTiles(sizes, tileRows);
+    std::memcpy(groups.host + 2 * choices, tiles.data(), tiles.size() * 4);
     const size_t bytes = size_t(2 * choices) * 4 + tiles.size() * 4;
-    if (Status s = m.device->copyToDeviceAsync(fp8.gpu, fp8.host, bytes); !s.ok())
+    if (Status s = m.device->copyToDeviceAsync(groups.gpu, groups.host, bytes); !s.ok())
       return s;
-    const DevicePointer rowIndexGpu = fp8.gpu, outRowsGpu = fp8.gpu + DevicePointer(choices) * 4,
-                        tilesGpu = fp8.gpu + DevicePointer(2 * choices) * 4;
-    const int64_t tileCount = int64_t(tiles.size() / 3);
-    HybridExecutor::Impl::Gpu &gpu = m.physical[size_t(m.currentPhysical)];
-    for (auto [w, y] : {std::pair<const GpuMatrix *, DevicePointer>{&gate, g}, {&up, u}})
-      if (Status s = runFp8GroupedGemm(*m.device, w->fp8Grouped->kernels, w->fp8Grouped->weight,
-                                       w->out, x, hidden, rowIndexGpu, choices, tilesGpu,
-                                       tileCount, y, ffn, gpu.fp8);
-          !s.ok())
+    groups.rowIndex = groups.gpu;
+    groups.outRows = groups.gpu + DevicePointer(choices) * 4;
+    groups.tiles = groups.gpu + DevicePointer(2 * choices) * 4;
+    groups.tileCount = int64_t(tiles.size() / 3);
+    return Status::success();
+  }
+
+  // Prefill through a grouped GEMM: the choices grouped by expert in tiles
+  // of `tileRows`, gate and up on the gathered rows (g, u in group order),
+  // SiLU, and down back into the choices' order (d), which the weighted sum
+  // reads. `product(w, x, xStride, y, yStride, rowIndex, outRows)` queues
+  // one grouped GEMM over rowGroups' tiles.
+  template <typename Product>
+  Status groupedPrefill(HybridExecutor::Impl &m, DevicePointer x, int64_t rows, uint64_t ids,
+                        DevicePointer g, DevicePointer u, DevicePointer d, int64_t tileRows,
+                        Product product) {
+    if (Status s = groupChoices(m, rows, ids, tileRows); !s.ok())
+      return s;
+    const DevicePointer gathered = rowGroups.rowIndex, scattered = rowGroups.outRows;
+    for (Status s : {product(gate, x, hidden, g, ffn, gathered, 0),
+                     product(up, x, hidden, u, ffn, gathered, 0),
+                     m.elementwise(*siluMul, g, u, g, rows * topK, ffn),
+                     product(down, g, ffn, d, hidden, 0, scattered)})
+      if (!s.ok())
         return s;
-    if (Status s = m.elementwise(*siluMul, g, u, g, choices, ffn); !s.ok())
-      return s;
-    return runFp8GroupedGemm(*m.device, down.fp8Grouped->kernels, down.fp8Grouped->weight,
-                             down.out, g, ffn, 0, choices, tilesGpu, tileCount, d, hidden, gpu.fp8,
-                             outRowsGpu);
+    return Status::success();
+  }
+  // GGUF experts: the grouped tensor-core GEMM on 64-row tiles.
+  Status mmaGroupedPrefill(HybridExecutor::Impl &m, DevicePointer x, int64_t rows, uint64_t ids,
+                           DevicePointer g, DevicePointer u, DevicePointer d) {
+    return groupedPrefill(
+        m, x, rows, ids, g, u, d, kMmaGemmTileRows,
+        [&](const GpuMatrix &w, DevicePointer in, int64_t inStride, DevicePointer out,
+            int64_t outStride, DevicePointer rowIndex, DevicePointer outRows) {
+          return m.groupedMmaGemm(w, in, inStride, out, outStride, rowGroups.tiles,
+                                  rowGroups.tileCount, rowIndex, outRows);
+        });
+  }
+  // FP8 experts: activations quantized as gathered, the wgmma GEMM on
+  // 128-row tiles.
+  Status fp8Prefill(HybridExecutor::Impl &m, DevicePointer x, int64_t rows, uint64_t ids,
+                    DevicePointer g, DevicePointer u, DevicePointer d) {
+    HybridExecutor::Impl::Gpu &gpu = m.physical[size_t(m.currentPhysical)];
+    const int64_t choices = rows * topK;
+    return groupedPrefill(
+        m, x, rows, ids, g, u, d, kFp8GemmTileRows,
+        [&](const GpuMatrix &w, DevicePointer in, int64_t inStride, DevicePointer out,
+            int64_t outStride, DevicePointer rowIndex, DevicePointer outRows) {
+          return runFp8GroupedGemm(*m.device, w.fp8Grouped->kernels, w.fp8Grouped->weight, w.out,
+                                   in, inStride, rowIndex, choices, rowGroups.tiles,
+                                   rowGroups.tileCount, out, outStride, gpu.fp8, outRows);
+        });
   }
 
   StatusOr<exec::RoutingStats> stats(CudaDevice &device) const {
@@ -1838,6 +1916,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
                                : t.gate->ne[1];
         experts->topK = in[1]->width;
         const int64_t count = in[1]->experts;
+        experts->experts = count;
         if (fp8Gate) {
           // e4m3 stacks with the GEMV by id and the grouped GEMM.
           for (auto [role, matrix, cols, rows] :
@@ -1859,24 +1938,17 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
           }
           if (!b.ok())
             return b.status();
-          const int64_t capacity = std::max<int64_t>(chunkSize * experts->topK, 1);
-          const size_t bytes = size_t(2 * capacity + 3 * (capacity + count)) * 4;
-          StatusOr<void *> pinned = device->allocateHost(bytes);
-          if (!pinned)
-            return pinned.status();
-          hostAllocations.push_back(*pinned);
-          StatusOr<DevicePointer> onGpu = allocate(bytes, false);
-          if (!onGpu)
-            return onGpu.status();
-          experts->fp8.host = static_cast<int32_t *>(*pinned);
-          experts->fp8.gpu = *onGpu;
-          experts->fp8.capacity = capacity;
+          if (Status s = experts->allocateRowGroups(*this, chunkSize); !s.ok())
+            return s;
         } else {
           experts->gate = loader.load("gate_proj", experts->hidden, experts->ffn, count, true);
           experts->up = loader.load("up_proj", experts->hidden, experts->ffn, count, true);
           experts->down = loader.load("down_proj", experts->ffn, experts->hidden, count, true);
           if (Status s = experts->groups.allocate(*this, chunkSize * experts->topK); !s.ok())
             return s;
+          if (experts->mmaPrefill())
+            if (Status s = experts->allocateRowGroups(*this, chunkSize); !s.ok())
+              return s;
           // The launches' grid z runs over the top_k chosen slots, not the experts.
           for (GpuMatrix *w : {&experts->gate, &experts->up, &experts->down})
             w->heads = experts->topK;

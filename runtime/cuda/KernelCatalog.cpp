@@ -564,6 +564,18 @@ bool gemmMmaFits(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
          inFeatures > 0 && inFeatures % block == 0 && inFeatures <= INT32_MAX;
 }
 
+std::vector<int32_t> expertRowTiles(const std::vector<int64_t> &groupSizes, int64_t tileRows) {
+  std::vector<int32_t> tiles;
+  int64_t first = 0;
+  for (size_t expert = 0; expert < groupSizes.size(); ++expert) {
+    const int64_t end = first + groupSizes[expert];
+    for (int64_t row = first; row < end; row += tileRows)
+      tiles.insert(tiles.end(), {int32_t(expert), int32_t(row), int32_t(end)});
+    first = end;
+  }
+  return tiles;
+}
+
 StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
   if (!gemmMmaFits(type, outFeatures, inFeatures))
     return Status::error("a " + integer(outFeatures) + "x" + integer(inFeatures) + " " +
@@ -680,6 +692,12 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
           moeCombineSpec(e.hidden, e.topK, "expert_counts")})
       if (Status s = add(std::move(spec)); !s.ok())
         return s;
+  // The routed experts' grouped tensor-core GEMMs (the dense form's kernels).
+  for (const ModelKernelShapes::Experts &e : shapes.gpuExperts)
+    for (auto [out, in] : {std::pair{e.ffn, e.hidden}, std::pair{e.hidden, e.ffn}})
+      if (shapes.mmaGemm && gemmMmaFits(e.type, out, in))
+        if (Status s = add(gemmMmaSpec(e.type, out, in)); !s.ok())
+          return s;
   for (const auto &[out, in] : shapes.fp8Matrices) {
     if (Status s = add(gemvFp8Spec(out, in)); !s.ok())
       return s;

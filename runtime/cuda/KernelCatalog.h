@@ -143,8 +143,16 @@ StatusOr<KernelSpec> gemmFp8Bf16Spec(int64_t outFeatures, int64_t inFeatures);
 // block's sums times its scale) and q4_K/q5_K/q6_K (kernels/gemm_kquant_mma.cu:
 // weights dequantized and rounded to bf16); activations rounded to bf16,
 // mma.sync with f32 sums.
+// The same kernels multiply routed experts in prefill (their grouped form,
+// chosen by arguments: a tile table of up to kMmaGemmTileRows rows of one
+// expert each, expertRowTiles).
 bool gemmMmaFits(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
 StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+constexpr int64_t kMmaGemmTileRows = 64;
+// The tile table of a grouped GEMM: assignment rows grouped by expert
+// (`groupSizes[e]` rows of expert e after expert e-1's) in tiles of up to
+// `tileRows` rows within one expert, each {expert, first row, end row}.
+std::vector<int32_t> expertRowTiles(const std::vector<int64_t> &groupSizes, int64_t tileRows);
 // Whether `arch` ("sm_86", "compute_80", "sm_90a") has mma.sync for bf16.
 bool archHasBf16Mma(const std::string &arch);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows.

@@ -1270,8 +1270,9 @@ void expectGgufMmaGemmMatchesDouble(GpuKernels &t, const GgufMmaCase &c, double 
   DevicePointer dw = t.upload(q.data(), q.size()), dx = t.upload(x.data(), x.size() * 4),
                 dy = t.allocate(size_t(c.rows * yStride) * 4);
   int xs = int(xStride), ys = int(yStride), rows = int(c.rows);
+  DevicePointer ungrouped = 0;
   t.run(kernel, {unsigned(c.out / 64), unsigned((c.rows + 63) / 64), 1, 128, 1, 1, 0},
-        {&dw, &dx, &xs, &dy, &ys, &rows});
+        {&dw, &dx, &xs, &dy, &ys, &rows, &ungrouped, &ungrouped, &ungrouped});
   const std::vector<float> packed =
       packRows(t.download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
   const double error = relativeL2(packed, expected);
@@ -1297,6 +1298,87 @@ TEST_P(GpuKernels, GgufMmaGemmsMatchTheDoubleReference) {
         GgufMmaCase{GgmlType::Q6_K, 130, 7168, 2048}, GgufMmaCase{GgmlType::Q6_K, 64, 192, 256}})
     expectGgufMmaGemmMatchesDouble(*this, c, 1e-4);
   EXPECT_FALSE(gemmMmaSpec(GgmlType::Q8_0, 100, 7168).ok()) << "rows fill 64-row tiles";
+}
+
+// The grouped form of the same kernels (routed experts in prefill): every
+// expert's matrix stacked, assignment rows grouped by expert in tiles of up
+// to 64 (a group of 70 ends inside its second tile, an empty one has none),
+// x rows gathered by a row index, results scattered to the assignments'
+// rows; against a double product of each assignment with its expert.
+void expectGroupedGgufMmaGemmMatchesDouble(GpuKernels &t, gguf::GgmlType type, int64_t out,
+                                           int64_t in, double tolerance) {
+  SCOPED_TRACE(std::string(gguf::ggmlTypeName(type)) + " grouped " + std::to_string(out) + "x" +
+               std::to_string(in));
+  const std::vector<int64_t> sizes = {70, 0, 5, 64};
+  const int64_t experts = int64_t(sizes.size()), tokens = 50, xStride = in + 32, yStride = out + 64;
+  auto w = randomFloats(size_t(experts * out * in), -1, 1, 81);
+  const size_t rowBytes = *gguf::ggmlRowBytes(type, in);
+  std::vector<uint8_t> q(rowBytes * size_t(experts * out));
+  ASSERT_TRUE(quant::quantize(type, w.data(), q.data(), w.size()).ok());
+  std::vector<float> weights(w.size());
+  ASSERT_TRUE(quant::dequantize(type, q.data(), weights.data(), w.size()).ok());
+  if (type != gguf::GgmlType::Q8_0)
+    for (float &v : weights)
+      v = bf16Rounded(v);
+  auto x = randomFloats(size_t(tokens * xStride), -2, 2, 82);
+  int64_t assignments = 0;
+  for (int64_t size : sizes)
+    assignments += size;
+  std::mt19937 random(83);
+  std::vector<int32_t> rowIndex(static_cast<size_t>(assignments)),
+      outRows(static_cast<size_t>(assignments));
+  for (int64_t j = 0; j < assignments; ++j) {
+    rowIndex[size_t(j)] = int32_t(random() % tokens);
+    outRows[size_t(j)] = int32_t(j);
+  }
+  std::shuffle(outRows.begin(), outRows.end(), random);
+  std::vector<double> expected(size_t(assignments * out));
+  for (int64_t e = 0, j = 0; e < experts; ++e)
+    for (int64_t end = j + sizes[size_t(e)]; j < end; ++j)
+      for (int64_t o = 0; o < out; ++o) {
+        double sum = 0;
+        for (int64_t i = 0; i < in; ++i)
+          sum += double(weights[size_t((e * out + o) * in + i)]) *
+                 bf16Rounded(x[size_t(rowIndex[size_t(j)] * xStride + i)]);
+        expected[size_t(outRows[size_t(j)] * out + o)] = sum;
+      }
+  const std::vector<int32_t> tiles = expertRowTiles(sizes, kMmaGemmTileRows);
+  ASSERT_EQ(tiles.size(), 12u); // 2 + 0 + 1 + 1 tiles
+  LoadedKernel kernel = t.load(gemmMmaSpec(type, out, in));
+  ASSERT_NE(kernel.function, nullptr);
+  DevicePointer dw = t.upload(q.data(), q.size()), dx = t.upload(x.data(), x.size() * 4),
+                dy = t.allocate(size_t(assignments * yStride) * 4),
+                dTiles = t.upload(tiles.data(), tiles.size() * 4),
+                dRowIndex = t.upload(rowIndex.data(), rowIndex.size() * 4),
+                dOutRows = t.upload(outRows.data(), outRows.size() * 4);
+  int xs = int(xStride), ys = int(yStride), rows = 0;
+  t.run(kernel, {unsigned(out / 64), unsigned(tiles.size() / 3), 1, 128, 1, 1, 0},
+        {&dw, &dx, &xs, &dy, &ys, &rows, &dTiles, &dRowIndex, &dOutRows});
+  const std::vector<float> packed =
+      packRows(t.download(dy, size_t(assignments * yStride)), assignments, out, yStride);
+  const double error = relativeL2(packed, expected);
+  EXPECT_LE(error, tolerance);
+  std::printf("[ gpu      ] grouped %s (%s) %lld assignments of 4 experts x %lldx%lld: relative "
+              "L2 %.2e\n",
+              gguf::ggmlTypeName(type).data(), t.arch.c_str(), (long long)assignments,
+              (long long)out, (long long)in, error);
+}
+
+TEST_P(GpuKernels, GroupedGgufMmaGemmsMatchTheDoubleReference) {
+  std::string whyNone;
+  if (queryGpus(whyNone)[0].computeMajor < 8)
+    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+  expectGroupedGgufMmaGemmMatchesDouble(*this, gguf::GgmlType::Q8_0, 128, 512, 1e-5);
+  expectGroupedGgufMmaGemmMatchesDouble(*this, gguf::GgmlType::Q4_K, 192, 512, 1e-4);
+  expectGroupedGgufMmaGemmMatchesDouble(*this, gguf::GgmlType::Q6_K, 64, 256, 1e-4);
+}
+
+// Runs everywhere: tiles of up to `tileRows` rows within each expert's group.
+TEST(ExpertRowTiles, TilesWithinEachGroup) {
+  EXPECT_EQ(expertRowTiles({70, 0, 5, 64}, 64),
+            std::vector<int32_t>({0, 0, 70, 0, 64, 70, 2, 70, 75, 3, 75, 139}));
+  EXPECT_EQ(expertRowTiles({130}, 128), std::vector<int32_t>({0, 0, 130, 0, 128, 130}));
+  EXPECT_TRUE(expertRowTiles({0, 0}, 64).empty());
 }
 
 TEST_P(GpuKernels, SecondLoadComesFromTheCache) {

@@ -1213,9 +1213,10 @@ TEST(HybridExecutor, LongPrefillAttentionOnTensorCoresStaysNearTheF32Core) {
 // shorter steps and decode keep the f32 GEMV. Against the GEMV everywhere,
 // on the tiny random model with q8_0 weights and with k-quant ones.
 void expectPrefillOnTensorCoresNearTheGemv(const std::string &name, const gen::ModelConfig &config,
-                                           const char *entry) {
+                                           const char *entry,
+                                           const char *rules = "rules/DeepSeek-V3-Chat.yaml") {
   TestModel m;
-  cpu::test::buildModel(name, config, m, "rules/DeepSeek-V3-Chat.yaml", targetGpu());
+  cpu::test::buildModel(name, config, m, rules, targetGpu());
   ASSERT_TRUE(std::any_of(m.plan.kernelSpecializations.begin(), m.plan.kernelSpecializations.end(),
                           [&](const plan::KernelSpecialization &k) { return k.entry == entry; }));
   exec::ExecutorOptions options;
@@ -1257,6 +1258,21 @@ TEST(HybridExecutor, GgufPrefillOnTensorCoresStaysNearTheGemv) {
   kquants.types.dense = gguf::GgmlType::Q6_K;
   kquants.types.sharedExperts = gguf::GgmlType::Q5_K;
   expectPrefillOnTensorCoresNearTheGemv("tiny-kquant-mma", kquants, "gemm_kquant_mma");
+}
+
+// Routed experts on the GPU (layers 4 and 5) in prefill: the grouped form of
+// the tensor-core GEMM against the grouped GEMV. Every other matrix is f32,
+// which has no tensor-core GEMM, so the difference is the experts'.
+TEST(HybridExecutor, GpuExpertPrefillOnTensorCoresStaysNearTheGemv) {
+  KT_REQUIRE_GPU();
+  if (gpus()[0].computeMajor < 8)
+    GTEST_SKIP() << "mma.sync on bf16 needs sm_80";
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.layerCount = 6;
+  config.types.attention = config.types.dense = config.types.sharedExperts = config.types.output =
+      gguf::GgmlType::F32;
+  expectPrefillOnTensorCoresNearTheGemv("tiny-gpu-experts-mma", config, "gemm_kquant_mma",
+                                        "rules/DeepSeek-V3-Chat-gpu-experts-4-10.yaml");
 }
 
 // Runs everywhere: a changed FP8 checkpoint is refused before any GPU is needed.

@@ -182,7 +182,8 @@ TEST(NvrtcCompile, Fp8Bf16GemmSpecializationsCompileForAmpereAndAda) {
 }
 
 // On sm_80 and newer the Q8_0 and k-quant matrices add the tensor-core
-// prefill GEMMs; they compile for those archs and as compute_80 PTX.
+// prefill GEMMs (and the GPU experts' grouped ones); they compile for those
+// archs and as compute_80 PTX.
 TEST(NvrtcCompile, GgufMmaGemmsCompileForSm80AndNewer) {
   REQUIRE_NVRTC(nvrtc);
   ModelKernelShapes shapes = test::deepseekV3Shapes();
@@ -197,10 +198,15 @@ TEST(NvrtcCompile, GgufMmaGemmsCompileForSm80AndNewer) {
     EXPECT_GT(count, 0) << entry;
     matrices += count;
   }
-  // Every q8_0 and k-quant matrix of V3 whose rows fill 64-row tiles.
+  // Every q8_0 and k-quant matrix of V3 whose rows fill 64-row tiles, and
+  // the GPU experts' two shapes (the grouped form of the same kernels).
   int fitting = 0;
   for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices)
     fitting += gemmMmaFits(m.type, m.out, m.in);
+  ASSERT_EQ(shapes.gpuExperts.size(), 1u);
+  const ModelKernelShapes::Experts &e = shapes.gpuExperts[0];
+  ASSERT_TRUE(gemmMmaFits(e.type, e.ffn, e.hidden) && gemmMmaFits(e.type, e.hidden, e.ffn));
+  fitting += 2;
   EXPECT_EQ(matrices, fitting);
   EXPECT_EQ(with->size(), without->size() + size_t(fitting));
   EXPECT_FALSE(gemmMmaSpec(gguf::GgmlType::Q4_0, 64, 256).ok());
