@@ -493,6 +493,26 @@ int main(int argc, char **argv) {
         return fail(timed.message());
       computed.push_back({std::string(gguf::ggmlTypeName(type)) + " prefill " + shape.name,
                           2.0 * prefillTokens * shape.out * shape.in / 1e9, *timed * 1e6});
+      // The tensor-core GEMM of the same product.
+      StatusOr<cuda::KernelSpec> mmaSpec = cuda::gemmMmaSpec(type, shape.out, shape.in);
+      StatusOr<cuda::LoadedKernel> mma = compileAndLoad(mmaSpec);
+      if (!mma)
+        return fail("cannot set up the prefill GEMM");
+      cuda::LaunchShape mmaLaunch;
+      mmaLaunch.gridX = unsigned(shape.out / 64);
+      mmaLaunch.gridY = unsigned(prefillTokens / 64);
+      mmaLaunch.blockX = mmaSpec->blockThreads;
+      int xStride = int(shape.in), yStride = int(shape.out), rows = int(prefillTokens);
+      cuda::DevicePointer ungrouped = 0;
+      timed = timeRepeated([&] {
+        return device.launch(
+            *mma, mmaLaunch,
+            {&*w, &*x, &xStride, &*y, &yStride, &rows, &ungrouped, &ungrouped, &ungrouped});
+      });
+      if (!timed)
+        return fail(timed.message());
+      computed.push_back({std::string(gguf::ggmlTypeName(type)) + " prefill mma GEMM " + shape.name,
+                          2.0 * prefillTokens * shape.out * shape.in / 1e9, *timed * 1e6});
       for (cuda::DevicePointer p : {*w, *x, *y})
         (void)device.free(p);
     }

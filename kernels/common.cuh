@@ -193,16 +193,22 @@ constexpr int kQ8_0BlockElements = 32;
 constexpr int kQ8_0BlockBytes = 34;
 
 // GGML's get_scale_min_k4 (q4_K, q5_K): the 6-bit scale and minimum of group
-// j from a super-block's 12 scale bytes.
+// j from a super-block's 12 scale bytes, `byteAt(k)` giving byte k.
+template <typename ByteAt>
+__device__ __forceinline__ void kquantScaleMinOf(ByteAt byteAt, int j, float &scale,
+                                                 float &minimum) {
+  if (j < 4) {
+    scale = static_cast<float>(byteAt(j) & 63);
+    minimum = static_cast<float>(byteAt(j + 4) & 63);
+  } else {
+    scale = static_cast<float>((byteAt(j + 4) & 0xF) | ((byteAt(j - 4) >> 6) << 4));
+    minimum = static_cast<float>((byteAt(j + 4) >> 4) | ((byteAt(j) >> 6) << 4));
+  }
+}
+// The same from the scale bytes in memory.
 __device__ __forceinline__ void kquantScaleMin(const u8 *scales, int j, float &scale,
                                                float &minimum) {
-  if (j < 4) {
-    scale = static_cast<float>(scales[j] & 63);
-    minimum = static_cast<float>(scales[j + 4] & 63);
-  } else {
-    scale = static_cast<float>((scales[j + 4] & 0xF) | ((scales[j - 4] >> 6) << 4));
-    minimum = static_cast<float>((scales[j + 4] >> 4) | ((scales[j] >> 6) << 4));
-  }
+  kquantScaleMinOf([scales](int k) { return static_cast<u32>(scales[k]); }, j, scale, minimum);
 }
 
 } // namespace kt

@@ -34,17 +34,33 @@ __device__ __forceinline__ void decode16(const kt::u8 *block, int v0, float (&w)
   // Per 64 values, 32 bytes: low nibbles the first 32 (group 2j), high
   // nibbles the next (group 2j + 1); q5_K adds bit g of qh[l].
   const int j = v0 / 64, high = (v0 % 64) / 32, l0 = v0 % 32, group = 2 * j + high;
-  const float d = kt::halfToFloat(*reinterpret_cast<const kt::u16 *>(block));
-  const float dmin = kt::halfToFloat(*reinterpret_cast<const kt::u16 *>(block + 2));
+  // d, dmin and the 12 scale bytes, then the 16 bytes of values, each in
+  // one load: super-blocks of 144 and 176 bytes, rows of whole super-blocks
+  // and buffers from the allocator keep them 16-byte aligned (byte loads
+  // had taken a transaction each).
+  const uint4 header = *reinterpret_cast<const uint4 *>(block);
+  const float d = kt::halfToFloat(static_cast<kt::u16>(header.x & 0xffff));
+  const float dmin = kt::halfToFloat(static_cast<kt::u16>(header.x >> 16));
   float scale, minimum;
-  kt::kquantScaleMin(block + 4, group, scale, minimum);
+  kt::kquantScaleMinOf(
+      [scales = make_uint3(header.y, header.z, header.w)](int k) {
+        const kt::u32 word = k < 4 ? scales.x : k < 8 ? scales.y : scales.z;
+        return (word >> (8 * (k % 4))) & 0xff;
+      },
+      group, scale, minimum);
   const float dl = d * scale, ml = dmin * minimum;
-  const kt::u8 *qs = block + (QTYPE == 4 ? 16 : 48) + 32 * j + l0;
+  const uint4 qs = *reinterpret_cast<const uint4 *>(block + (QTYPE == 4 ? 16 : 48) + 32 * j + l0);
+  const kt::u32 qsWords[4] = {qs.x, qs.y, qs.z, qs.w};
+#if QTYPE == 5
+  const uint4 qh = *reinterpret_cast<const uint4 *>(block + 16 + l0);
+  const kt::u32 qhWords[4] = {qh.x, qh.y, qh.z, qh.w};
+#endif
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
-    int q = high ? qs[i] >> 4 : qs[i] & 0xF;
+    const kt::u32 byte = (qsWords[i / 4] >> (8 * (i % 4))) & 0xff;
+    int q = high ? byte >> 4 : byte & 0xF;
 #if QTYPE == 5
-    q |= ((block[16 + l0 + i] >> group) & 1) << 4;
+    q |= ((qhWords[i / 4] >> (8 * (i % 4) + group)) & 1) << 4;
 #endif
     w[i] = dl * static_cast<float>(q) - ml;
   }
@@ -57,19 +73,34 @@ __device__ __forceinline__ void decode16(const kt::u8 *block, int v0, float (&w)
   const float scale =
       d *
       static_cast<float>(reinterpret_cast<const kt::i8 *>(block + 192)[8 * n + l0 / 16 + 2 * r]);
+  // Two bytes a load: 210-byte super-blocks keep only 2-byte alignment.
+  const kt::u16 *ql2 = reinterpret_cast<const kt::u16 *>(ql),
+                *qh2 = reinterpret_cast<const kt::u16 *>(qh);
 #pragma unroll
-  for (int i = 0; i < 16; ++i) {
-    const int q = ((r < 2 ? ql[i] & 0xF : ql[i] >> 4) | (((qh[i] >> (2 * r)) & 3) << 4)) - 32;
-    w[i] = scale * static_cast<float>(q);
+  for (int p = 0; p < 8; ++p) {
+    const kt::u32 low = ql2[p], high = qh2[p];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const kt::u32 l = (low >> (8 * h)) & 0xff, b = (high >> (8 * h)) & 0xff;
+      const int q = static_cast<int>((r < 2 ? l & 0xF : l >> 4) | (((b >> (2 * r)) & 3) << 4)) - 32;
+      w[2 * p + h] = scale * static_cast<float>(q);
+    }
   }
 #endif
 }
 
-extern "C" __global__ void __launch_bounds__(128)
-    gemm_kquant_mma(const kt::u8 *__restrict__ weight, const float *__restrict__ x, int xStride,
-                    float *__restrict__ y, int yStride, int rows,
-                    const int *__restrict__ groupTiles, const int *__restrict__ rowIndex,
-                    const int *__restrict__ outRows) {
+// q4_K/q5_K ask for 8 blocks an SM: ptxas then fits their decoding in 64
+// registers without the spill it chose for a bare 128-thread bound (which
+// suits q6_K, spilling under the other).
+#if QTYPE == 6
+#define KT_KQUANT_MMA_BOUNDS __launch_bounds__(128)
+#else
+#define KT_KQUANT_MMA_BOUNDS __launch_bounds__(128, 8)
+#endif
+extern "C" __global__ void KT_KQUANT_MMA_BOUNDS
+gemm_kquant_mma(const kt::u8 *__restrict__ weight, const float *__restrict__ x, int xStride,
+                float *__restrict__ y, int yStride, int rows, const int *__restrict__ groupTiles,
+                const int *__restrict__ rowIndex, const int *__restrict__ outRows) {
 #if __CUDA_ARCH__ >= 800
   __shared__ __align__(16) kt::MmaTiles tiles;
   const kt::MmaBlock b = kt::mmaBlock(x, xStride, rows, groupTiles, rowIndex, outRows);
