@@ -26,8 +26,12 @@ Status quantizeActivations(CudaDevice &device, const Fp8GemmKernels &kernels, in
   LaunchShape quantize;
   quantize.gridX = unsigned(ceilDiv(rows * (in / kSlice) * 32, 256));
   quantize.blockX = 256;
-  return device.launch(*kernels.quantize, quantize,
-                       {&x, &xs, &tokens, &q, &qScales, &scaleStride, &rowIndex});
+  scratch.holds = {};
+  Status s = device.launch(*kernels.quantize, quantize,
+                           {&x, &xs, &tokens, &q, &qScales, &scaleStride, &rowIndex});
+  if (s.ok())
+    scratch.holds = {x, rowIndex, rows, xStride, in};
+  return s;
 }
 
 // The GEMM's operands for `rows` activations quantized into the scratch,
@@ -196,7 +200,7 @@ size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiproc
 
 Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8GemmWeight &weight,
                   DevicePointer x, int64_t xStride, int64_t rows, DevicePointer y, int64_t yStride,
-                  const Fp8GemmScratch &scratch, unsigned splits) {
+                  const Fp8GemmScratch &scratch, unsigned splits, bool xUnchanged) {
   if (rows <= 0)
     return Status::success();
   if (rows > scratch.rows || weight.in > scratch.in)
@@ -206,9 +210,12 @@ Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8Ge
   if (splits > 1 && splits * size_t(rows * weight.out) > scratch.partialFloats)
     return Status::error("the FP8 GEMM's scratch has no room for " + std::to_string(splits) +
                          " partial results.");
-  if (Status s = quantizeActivations(device, kernels, weight.in, x, xStride, 0, rows, scratch);
-      !s.ok())
-    return s;
+  const bool quantized =
+      xUnchanged && scratch.holds == Fp8GemmScratch::Holds{x, 0, rows, xStride, weight.in};
+  if (!quantized)
+    if (Status s = quantizeActivations(device, kernels, weight.in, x, xStride, 0, rows, scratch);
+        !s.ok())
+      return s;
   Fp8GemmOperands operands =
       splits > 1 ? scratchOperands(scratch, rows, weight.out, scratch.partials, weight.out)
                  : scratchOperands(scratch, rows, weight.out, y, yStride);

@@ -70,6 +70,17 @@ struct Fp8GemmScratch {
   DevicePointer partials = 0;    // f32 [splits][rows][out]
   int64_t rows = 0, in = 0;
   size_t partialFloats = 0;
+  // Whose quantization the activations hold (queued last): x, its row index
+  // (0: in order), rows, stride and width.
+  struct Holds {
+    DevicePointer x = 0, rowIndex = 0;
+    int64_t rows = 0, stride = 0, in = 0;
+    bool operator==(const Holds &o) const {
+      return x == o.x && rowIndex == o.rowIndex && rows == o.rows && stride == o.stride &&
+             in == o.in;
+    }
+  };
+  mutable Holds holds;
 };
 // Floats between slices of the activations' scales for up to `rows` tokens
 // (a multiple of 4: the GEMM copies them through a tensor map).
@@ -83,10 +94,13 @@ size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiproc
 
 // y[t] = W x[t] for `rows` tokens: x f32 rows `xStride` floats apart, y
 // rows `yStride` apart; `splits` from fp8GemmSplits. Queued on the device's
-// stream (CUDA graphs may capture it).
+// stream (CUDA graphs may capture it). `xUnchanged`: the caller has not
+// written x since the last GEMM that read it, so where the scratch still
+// holds x's quantization (no other quantization since) it is used again
+// (q_a and kv_a, gate and up read the same x).
 Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8GemmWeight &weight,
                   DevicePointer x, int64_t xStride, int64_t rows, DevicePointer y, int64_t yStride,
-                  const Fp8GemmScratch &scratch, unsigned splits);
+                  const Fp8GemmScratch &scratch, unsigned splits, bool xUnchanged = false);
 
 // The GEMM's block tile: 128 tokens (or assignment rows).
 constexpr int64_t kFp8GemmTileRows = 128;

@@ -359,8 +359,10 @@ public:
     return device->launch(k.loaded, shape, std::move(arguments));
   }
   // y = W x for `tokens` tokens (and W's heads) laid out as `layout` says.
+  // `xUnchanged`: x is as the previous product that read it left it (the
+  // FP8 GEMM may reuse its quantization).
   Status gemv(const GpuMatrix &w, DevicePointer x, DevicePointer y, int64_t tokens,
-              GemvLayout layout) {
+              GemvLayout layout, bool xUnchanged = false) {
     DevicePointer data = w.data, scales = w.scales;
     layout.tokens = int(tokens);
     if (w.fp8Gemm && tokens > kFp8GemvMaxTokens && !layout.matrixIds) {
@@ -373,7 +375,8 @@ public:
       return runFp8Gemm(
           *device, path->kernels, path->weight, x, layout.xTokenStride, tokens, y,
           layout.yTokenStride, gpu.fp8,
-          fp8GemmSplits(tokens, w.out, w.in, gpu.multiprocessors, path->kernels.config.blockN));
+          fp8GemmSplits(tokens, w.out, w.in, gpu.multiprocessors, path->kernels.config.blockN),
+          xUnchanged);
     }
     if (w.fp8Bf16Gemm && tokens >= kFp8Bf16GemmMinTokens && !layout.matrixIds) {
       int xStride = layout.xTokenStride, yStride = layout.yTokenStride, rows = int(tokens);
@@ -1034,12 +1037,16 @@ public:
         st = std::move(s);
     };
     // Queries: compressed, normalized, expanded to heads; rope on each head's tail.
+    // kv_a right after q_a: the FP8 GEMM quantizes x once for both.
+    const GemvLayout kvALayout{int(s.hidden), int(kvWidth), 0, 0};
     if (s.qLoraRank > 0) {
       step(m.gemv(qA, x, qLoraBuf, rows, {int(s.hidden), int(s.qLoraRank), 0, 0}));
+      step(m.gemv(kvA, x, kvABuf, rows, kvALayout, true));
       step(m.rmsNorm(*qNorm, qLoraBuf, qANorm, qLoraBuf, rows, s.qLoraRank, s.qLoraRank));
       step(m.gemv(qB, qLoraBuf, qBuf, rows, {int(s.qLoraRank), int(H * qk), 0, 0}));
     } else {
       step(m.gemv(q, x, qBuf, rows, {int(s.hidden), int(H * qk), 0, 0}));
+      step(m.gemv(kvA, x, kvABuf, rows, kvALayout, true));
     }
     DevicePointer qPointer = qBuf;
     step(m.launch(*ropeQ, ceilDiv(rows * H * (s.rope / 2), ropeQ->threads), 1, 1, 0,
@@ -1047,7 +1054,6 @@ public:
     // The new latents and rope keys, normalized and rotated in the kv_a rows,
     // then appended to the cache at the positions in device memory (so a
     // decode graph replays at any position).
-    step(m.gemv(kvA, x, kvABuf, rows, {int(s.hidden), int(kvWidth), 0, 0}));
     step(m.rmsNorm(*kvNorm, kvABuf, kvANorm, kvABuf, rows, kvWidth, kvWidth));
     DevicePointer kvRows = kvABuf;
     step(m.launch(*ropeK, ceilDiv(rows * (s.rope / 2), ropeK->threads), 1, 1, 0,
@@ -1119,7 +1125,7 @@ public:
     const GemvLayout wide{int(hidden), int(ffn), 0, 0};
     if (Status s = m.gemv(gate, in[0]->gpu, g, rows, wide); !s.ok())
       return s;
-    if (Status s = m.gemv(up, in[0]->gpu, u, rows, wide); !s.ok())
+    if (Status s = m.gemv(up, in[0]->gpu, u, rows, wide, true); !s.ok())
       return s;
     if (Status s = m.elementwise(*siluMul, g, u, g, rows, ffn); !s.ok())
       return s;
@@ -1344,7 +1350,7 @@ Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePo
     if (Status s = m.gateUpGemv(*e.gateUp, e.gate, e.up, x, g, rows, wide); !s.ok())
       return s;
   } else {
-    for (Status s : {m.gemv(e.gate, x, g, rows, wide), m.gemv(e.up, x, u, rows, wide),
+    for (Status s : {m.gemv(e.gate, x, g, rows, wide), m.gemv(e.up, x, u, rows, wide, true),
                      m.elementwise(e.siluMul, g, u, g, choices, e.ffn)})
       if (!s.ok())
         return s;

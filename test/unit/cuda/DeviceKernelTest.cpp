@@ -965,6 +965,7 @@ TEST_P(GpuKernels, GemvFp8MatchesTheCpuReference) {
 // The FP8 prefill path on sm_90a: activations quantized per token and 128
 // columns (scales max|x| / 448, values within e4m3's rounding), then the
 // wgmma GEMM against a double product of the same e4m3 values and scales;
+// a rerun on the scratch's quantization of x (runFp8Gemm's xUnchanged);
 // one and several K splits, odd and even slice counts, tiles of 64, 128,
 // 144 (straddling B's scale blocks at each of the 8 offsets 1152 rows
 // give) and 256 columns, partial row tiles, strided x and y.
@@ -1061,6 +1062,21 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
                            dy, yStride, scratch, c.splits)
                     .ok());
     EXPECT_EQ(packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride), packed);
+    // With x "unchanged" the scratch's quantization is used again: x zeroed
+    // behind the GEMM's back still gives the same bits; without the promise
+    // x is quantized anew (all zeros).
+    const std::vector<float> zeros(x.size(), 0.0f);
+    ASSERT_TRUE(device->copyToDevice(dx, zeros.data(), zeros.size() * 4).ok());
+    ASSERT_TRUE(runFp8Gemm(*device, {&quantize, &gemm, &sum, *config}, *weight, dx, xStride, c.rows,
+                           dy, yStride, scratch, c.splits, true)
+                    .ok());
+    EXPECT_EQ(packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride), packed);
+    ASSERT_TRUE(runFp8Gemm(*device, {&quantize, &gemm, &sum, *config}, *weight, dx, xStride, c.rows,
+                           dy, yStride, scratch, c.splits)
+                    .ok());
+    const std::vector<float> requantized =
+        packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
+    EXPECT_EQ(requantized, std::vector<float>(requantized.size(), 0.0f));
     std::printf("[ gpu      ] gemm_fp8 %lld tokens x %lldx%lld, %u splits, %u columns%s: "
                 "relative L2 %.2e\n",
                 (long long)c.rows, (long long)c.out, (long long)c.in, c.splits, c.blockN,
