@@ -359,14 +359,16 @@ public:
     return device->launch(k.loaded, shape, std::move(arguments));
   }
   // y = W x for `tokens` tokens (and W's heads) laid out as `layout` says.
-  // `xUnchanged`: x is as the previous product that read it left it (the
-  // FP8 GEMM may reuse its quantization).
+  // `xUnchanged`: the previous call multiplied the same x, unchanged since
+  // (the FP8 GEMM may reuse the quantization that call made).
   Status gemv(const GpuMatrix &w, DevicePointer x, DevicePointer y, int64_t tokens,
               GemvLayout layout, bool xUnchanged = false) {
     DevicePointer data = w.data, scales = w.scales;
     layout.tokens = int(tokens);
+    Gpu &gpu = physical[size_t(currentPhysical)];
+    if (!w.fp8Gemm || tokens <= kFp8GemvMaxTokens || layout.matrixIds)
+      gpu.fp8.holds = {}; // the next call's xUnchanged speaks of this call's x only
     if (w.fp8Gemm && tokens > kFp8GemvMaxTokens && !layout.matrixIds) {
-      Gpu &gpu = physical[size_t(currentPhysical)];
       const Fp8GemmTiling tiling = fp8GemmTiling(tokens, w.out, w.in, gpu.multiprocessors);
       const GpuMatrix::Fp8Gemm *path = w.fp8Gemm.get();
       for (const std::shared_ptr<const GpuMatrix::Fp8Gemm> &width : w.fp8GemmWidths)
