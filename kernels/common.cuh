@@ -188,6 +188,26 @@ __device__ __forceinline__ int gemvGroup(const GemvLayout &layout, int rows, lon
 #error "GATE_UP kernels take one token per block"
 #endif
 
+// 16 bytes from a 2-byte aligned address as 4 little-endian words: four
+// 4-byte loads where the address allows, else two 2-byte and three 4-byte
+// loads (Q8_0's 34- and q6_K's 210-byte blocks keep only 2-byte alignment).
+__device__ __forceinline__ void load16Bytes(const u8 *p, u32 (&words)[4]) {
+  if ((reinterpret_cast<unsigned long long>(p) & 3) == 0) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+      words[i] = reinterpret_cast<const u32 *>(p)[i];
+  } else {
+    const u32 first = *reinterpret_cast<const u16 *>(p),
+              last = *reinterpret_cast<const u16 *>(p + 14);
+    const u32 *middle = reinterpret_cast<const u32 *>(p + 2);
+    const u32 m0 = middle[0], m1 = middle[1], m2 = middle[2];
+    words[0] = first | m0 << 16;
+    words[1] = m0 >> 16 | m1 << 16;
+    words[2] = m1 >> 16 | m2 << 16;
+    words[3] = m2 >> 16 | last << 16;
+  }
+}
+
 // GGUF Q8_0 block: f16 scale d, then 32 signed bytes; value = d * q.
 constexpr int kQ8_0BlockElements = 32;
 constexpr int kQ8_0BlockBytes = 34;

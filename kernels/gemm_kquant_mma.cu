@@ -73,18 +73,16 @@ __device__ __forceinline__ void decode16(const kt::u8 *block, int v0, float (&w)
   const float scale =
       d *
       static_cast<float>(reinterpret_cast<const kt::i8 *>(block + 192)[8 * n + l0 / 16 + 2 * r]);
-  // Two bytes a load: 210-byte super-blocks keep only 2-byte alignment.
-  const kt::u16 *ql2 = reinterpret_cast<const kt::u16 *>(ql),
-                *qh2 = reinterpret_cast<const kt::u16 *>(qh);
+  // 210-byte super-blocks keep only 2-byte alignment (load16Bytes).
+  kt::u32 lowWords[4], highWords[4];
+  kt::load16Bytes(ql, lowWords);
+  kt::load16Bytes(qh, highWords);
 #pragma unroll
-  for (int p = 0; p < 8; ++p) {
-    const kt::u32 low = ql2[p], high = qh2[p];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const kt::u32 l = (low >> (8 * h)) & 0xff, b = (high >> (8 * h)) & 0xff;
-      const int q = static_cast<int>((r < 2 ? l & 0xF : l >> 4) | (((b >> (2 * r)) & 3) << 4)) - 32;
-      w[2 * p + h] = scale * static_cast<float>(q);
-    }
+  for (int i = 0; i < 16; ++i) {
+    const kt::u32 l = (lowWords[i / 4] >> (8 * (i % 4))) & 0xff,
+                  b = (highWords[i / 4] >> (8 * (i % 4))) & 0xff;
+    const int q = static_cast<int>((r < 2 ? l & 0xF : l >> 4) | (((b >> (2 * r)) & 3) << 4)) - 32;
+    w[i] = scale * static_cast<float>(q);
   }
 #endif
 }

@@ -48,11 +48,13 @@ extern "C" __global__ void __launch_bounds__(128)
   for (int k0 = 0; k0 < K_FEATURES; k0 += kt::kMmaStep) {
     // The weights to bf16 pairs (blocks are 2-byte aligned) and their scale.
     kt::u32 *destination = kt::weightSlot(tiles, b);
-    const kt::u16 *block =
-        reinterpret_cast<const kt::u16 *>(wRow + (k0 / 32) * kt::kQ8_0BlockBytes);
+    const kt::u8 *blockBytes = wRow + (k0 / 32) * kt::kQ8_0BlockBytes;
+    const kt::u16 *block = reinterpret_cast<const kt::u16 *>(blockBytes);
+    kt::u32 words[4];
+    kt::load16Bytes(blockBytes + 2 + b.column, words);
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
-      const kt::u32 pair = block[1 + b.column / 2 + q];
+      const kt::u32 pair = (words[q / 2] >> (16 * (q % 2))) & 0xffff;
       destination[q] = int8ToBf16(pair & 0xff) | int8ToBf16(pair >> 8) << 16;
     }
     float *scales = blockScale[(k0 / kt::kMmaStep) % 2];
