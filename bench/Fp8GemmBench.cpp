@@ -338,7 +338,7 @@ int main(int argc, char **argv) {
     StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::fp8QuantizeSpec(shape.in), "");
     if (!sum || !quantize)
       return fail(!sum ? sum.message() : quantize.message());
-    // Each variant that tiles the shape (kv_a's 576 rows take 64 columns).
+    // Each variant that tiles the shape (kv_a's 576 rows: n64 or n144).
     struct Loaded {
       size_t variant;
       cuda::Fp8GemmConfig config;
