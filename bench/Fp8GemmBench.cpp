@@ -647,7 +647,7 @@ int main(int argc, char **argv) {
         rowIndex.insert(rowIndex.end(), byExpert[size_t(e)].begin(), byExpert[size_t(e)].end());
       }
       const int64_t rowCount = int64_t(rowIndex.size());
-      const std::vector<int32_t> tiles = cuda::fp8GroupedTiles(sizes);
+      const std::vector<int32_t> tiles = cuda::expertRowTiles(sizes, cuda::kFp8GemmTileRows);
       const cuda::DevicePointer dIndex = upload(rowIndex.data(), rowIndex.size() * 4),
                                 dTiles = upload(tiles.data(), tiles.size() * 4);
       cuda::Fp8GemmScratch big = scratch;
@@ -663,7 +663,8 @@ int main(int argc, char **argv) {
                                        shape.out, big);
       });
       // The peer: the same rows as one group against one weight.
-      const std::vector<int32_t> oneGroup = cuda::fp8GroupedTiles({rowCount});
+      const std::vector<int32_t> oneGroup =
+          cuda::expertRowTiles({rowCount}, cuda::kFp8GemmTileRows);
       const cuda::DevicePointer dOneGroup = upload(oneGroup.data(), oneGroup.size() * 4);
       StatusOr<double> denseTime = timeIt([&] {
         return cuda::runFp8GroupedGemm(device, groupedKernels, *single, shape.out, x, shape.in,

@@ -563,15 +563,11 @@ int main(int argc, char **argv) {
           {"q4_K grouped GEMV" + what, 2.0 * assignments * out * in / 1e9, *timed * 1e6});
       // The same choices grouped by expert for the GEMM: rows in expert
       // order, each reading its token's x row.
-      std::vector<int64_t> sizes(size_t(experts), 0);
-      for (int32_t e : chosen)
-        ++sizes[size_t(e)];
-      std::vector<int64_t> next(size_t(experts), 0);
-      for (int64_t e = 1; e < experts; ++e)
-        next[size_t(e)] = next[size_t(e - 1)] + sizes[size_t(e - 1)];
-      std::vector<int32_t> rows(static_cast<size_t>(assignments));
-      for (int64_t a = 0; a < assignments; ++a)
-        rows[size_t(next[size_t(chosen[size_t(a)])]++)] = int32_t(a / topK);
+      std::vector<int64_t> sizes, next;
+      std::vector<int32_t> rows(static_cast<size_t>(assignments)),
+          outRows(static_cast<size_t>(assignments));
+      (void)cuda::orderAssignmentsByExpert(chosen.data(), assignments, topK, experts, sizes, next,
+                                           rows.data(), outRows.data());
       const std::vector<int32_t> mmaTiles = cuda::expertRowTiles(sizes, cuda::kMmaGemmTileRows);
       (void)device.copyToDevice(*groups, mmaTiles.data(), mmaTiles.size() * 4);
       (void)device.copyToDevice(*rowIndex, rows.data(), rows.size() * 4);

@@ -208,6 +208,11 @@ __device__ __forceinline__ void load16Bytes(const u8 *p, u32 (&words)[4]) {
   }
 }
 
+// Byte i of 16 held as 4 little-endian words (i known when unrolled).
+__device__ __forceinline__ u32 wordByte(const u32 (&words)[4], int i) {
+  return (words[i / 4] >> (8 * (i % 4))) & 0xff;
+}
+
 // GGUF Q8_0 block: f16 scale d, then 32 signed bytes; value = d * q.
 constexpr int kQ8_0BlockElements = 32;
 constexpr int kQ8_0BlockBytes = 34;

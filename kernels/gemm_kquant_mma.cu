@@ -57,7 +57,7 @@ __device__ __forceinline__ void decode16(const kt::u8 *block, int v0, float (&w)
 #endif
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
-    const kt::u32 byte = (qsWords[i / 4] >> (8 * (i % 4))) & 0xff;
+    const kt::u32 byte = kt::wordByte(qsWords, i);
     int q = high ? byte >> 4 : byte & 0xF;
 #if QTYPE == 5
     q |= ((qhWords[i / 4] >> (8 * (i % 4) + group)) & 1) << 4;
@@ -79,8 +79,7 @@ __device__ __forceinline__ void decode16(const kt::u8 *block, int v0, float (&w)
   kt::load16Bytes(qh, highWords);
 #pragma unroll
   for (int i = 0; i < 16; ++i) {
-    const kt::u32 l = (lowWords[i / 4] >> (8 * (i % 4))) & 0xff,
-                  b = (highWords[i / 4] >> (8 * (i % 4))) & 0xff;
+    const kt::u32 l = kt::wordByte(lowWords, i), b = kt::wordByte(highWords, i);
     const int q = static_cast<int>((r < 2 ? l & 0xF : l >> 4) | (((b >> (2 * r)) & 3) << 4)) - 32;
     w[i] = scale * static_cast<float>(q);
   }

@@ -52,10 +52,6 @@ Fp8GemmOperands scratchOperands(const Fp8GemmScratch &scratch, int64_t rows, int
 
 } // namespace
 
-std::vector<int32_t> fp8GroupedTiles(const std::vector<int64_t> &groupSizes) {
-  return expertRowTiles(groupSizes, kFp8GemmTileRows);
-}
-
 Status runFp8GroupedGemm(CudaDevice &device, const Fp8GemmKernels &kernels,
                          const Fp8GemmWeight &experts, int64_t out, DevicePointer x,
                          int64_t xStride, DevicePointer rowIndex, int64_t rows,
@@ -168,7 +164,7 @@ Fp8GemmTiling fp8GemmTiling(int64_t rows, int64_t out, int64_t in, int multiproc
   Fp8GemmTiling tiling;
   if (fp8GemmPrefersWide(rows, out, multiprocessors))
     tiling.blockN = 256;
-  else if (out % 128 != 0 && out % 144 == 0 && tiles(rows, out, 64) > multiprocessors)
+  else if (fp8GemmHasStraddlingTiles(out) && tiles(rows, out, 64) > multiprocessors)
     tiling.blockN = 144;
   else if (out % 128 != 0 || (rows >= kFp8GemmTileRows && tiles(rows, out, 128) < multiprocessors))
     tiling.blockN = 64;

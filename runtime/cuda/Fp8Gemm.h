@@ -104,12 +104,9 @@ Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8Ge
 
 // The GEMM's block tile: 128 tokens (or assignment rows).
 constexpr int64_t kFp8GemmTileRows = 128;
-// Routed experts in prefill (the GROUPED GEMM): expertRowTiles of up to
-// kFp8GemmTileRows rows (KernelCatalog.h).
-std::vector<int32_t> fp8GroupedTiles(const std::vector<int64_t> &groupSizes);
 
 // Y[j] = W[expert of j] x[rowIndex[j]] for the `rows` assignment rows j,
-// grouped by expert as `tiles` (fp8GroupedTiles, `tileCount` of them, on
+// grouped by expert as `tiles` (expertRowTiles of kFp8GemmTileRows, `tileCount` of them, on
 // the device) says. `experts` holds every expert's [out][in] weight stacked
 // (prepareFp8GemmWeight over experts * out rows, scales [experts][out /
 // 128][in / 128]); `rowIndex` (device ints, or 0 for the identity) picks x's

@@ -366,8 +366,6 @@ public:
     DevicePointer data = w.data, scales = w.scales;
     layout.tokens = int(tokens);
     Gpu &gpu = physical[size_t(currentPhysical)];
-    if (!w.fp8Gemm || tokens <= kFp8GemvMaxTokens || layout.matrixIds)
-      gpu.fp8.holds = {}; // the next call's xUnchanged speaks of this call's x only
     if (w.fp8Gemm && tokens > kFp8GemvMaxTokens && !layout.matrixIds) {
       const Fp8GemmTiling tiling = fp8GemmTiling(tokens, w.out, w.in, gpu.multiprocessors);
       const GpuMatrix::Fp8Gemm *path = w.fp8Gemm.get();
@@ -380,6 +378,7 @@ public:
           fp8GemmSplits(tokens, w.out, w.in, gpu.multiprocessors, path->kernels.config.blockN),
           xUnchanged);
     }
+    gpu.fp8.holds = {}; // the next call's xUnchanged speaks of this call's x only
     if (w.fp8Bf16Gemm && tokens >= kFp8Bf16GemmMinTokens && !layout.matrixIds) {
       int xStride = layout.xTokenStride, yStride = layout.yTokenStride, rows = int(tokens);
       return launch(*w.fp8Bf16Gemm, unsigned(w.out / 64), ceilDiv(tokens, 64), 1, 0,
@@ -1480,24 +1479,12 @@ public:
     hostIds.resize(size_t(choices));
     if (Status s = m.device->copyToHost(hostIds.data(), ids, size_t(choices) * 4); !s.ok())
       return s;
-    std::vector<int64_t> &sizes = groups.sizes, &next = groups.next;
-    sizes.assign(size_t(experts), 0);
-    for (int32_t id : hostIds) {
-      if (id < 0 || id >= experts)
-        return Status::error("the gate chose expert " + std::to_string(id) + " of " +
-                             std::to_string(experts) + "; the plan is damaged: recompile it.");
-      ++sizes[size_t(id)];
-    }
-    next.assign(size_t(experts), 0);
-    for (int64_t e = 1; e < experts; ++e)
-      next[size_t(e)] = next[size_t(e - 1)] + sizes[size_t(e - 1)];
-    int32_t *rowIndex = groups.host, *outRows = groups.host + choices;
-    for (int64_t a = 0; a < choices; ++a) {
-      const int64_t j = next[size_t(hostIds[size_t(a)])]++;
-      rowIndex[j] = int32_t(a / topK);
-      outRows[j] = int32_t(a);
-    }
-    const std::vector<int32_t> tiles = expertRowTiles(sizes, tileRows);
+    if (std::optional<int32_t> invalid =
+            orderAssignmentsByExpert(hostIds.data(), choices, topK, experts, groups.sizes,
+                                     groups.next, groups.host, groups.host + choices))
+      return Status::error("the gate chose expert " + std::to_string(*invalid) + " of " +
+                           std::to_string(experts) + "; the plan is damaged: recompile it.");
+    const std::vector<int32_t> tiles = expertRowTiles(groups.sizes, tileRows);
     std::memcpy(groups.host + 2 * choices, tiles.data(), tiles.size() * 4);
     const size_t bytes = size_t(2 * choices) * 4 + tiles.size() * 4;
     if (Status s = m.device->copyToDeviceAsync(groups.gpu, groups.host, bytes); !s.ok())

@@ -509,10 +509,15 @@ StatusOr<KernelSpec> gemmFp8GroupedSpec(int64_t outFeatures, int64_t inFeatures,
   return spec;
 }
 
+bool fp8GemmHasStraddlingTiles(int64_t outFeatures) {
+  return outFeatures > 0 && outFeatures % 144 == 0 && outFeatures % 128 != 0;
+}
+
 std::vector<unsigned> fp8GemmTileWidths(int64_t outFeatures) {
   std::vector<unsigned> widths;
   for (unsigned blockN : {64u, 128u, 144u, 256u})
-    if (outFeatures > 0 && outFeatures % blockN == 0 && (blockN != 144 || outFeatures % 128 != 0))
+    if (blockN == 144 ? fp8GemmHasStraddlingTiles(outFeatures)
+                      : outFeatures > 0 && outFeatures % blockN == 0)
       widths.push_back(blockN);
   return widths;
 }
@@ -574,6 +579,29 @@ std::vector<int32_t> expertRowTiles(const std::vector<int64_t> &groupSizes, int6
     first = end;
   }
   return tiles;
+}
+
+std::optional<int32_t> orderAssignmentsByExpert(const int32_t *expertOf, int64_t assignments,
+                                                int64_t topK, int64_t experts,
+                                                std::vector<int64_t> &sizes,
+                                                std::vector<int64_t> &next, int32_t *rowIndex,
+                                                int32_t *outRows) {
+  sizes.assign(size_t(experts), 0);
+  for (int64_t a = 0; a < assignments; ++a) {
+    const int32_t id = expertOf[a];
+    if (id < 0 || id >= experts)
+      return id;
+    ++sizes[size_t(id)];
+  }
+  next.assign(size_t(experts), 0);
+  for (int64_t e = 1; e < experts; ++e)
+    next[size_t(e)] = next[size_t(e - 1)] + sizes[size_t(e - 1)];
+  for (int64_t a = 0; a < assignments; ++a) {
+    const int64_t j = next[size_t(expertOf[a])]++;
+    rowIndex[j] = int32_t(a / topK);
+    outRows[j] = int32_t(a);
+  }
+  return std::nullopt;
 }
 
 StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {

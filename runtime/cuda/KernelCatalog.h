@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -123,6 +124,8 @@ StatusOr<KernelSpec> gemmFp8GroupedSpec(int64_t outFeatures, int64_t inFeatures,
 // into it but not into 128 (kv_a's 576: 4 tiles that straddle scale blocks
 // instead of 9 of 64).
 std::vector<unsigned> fp8GemmTileWidths(int64_t outFeatures);
+// Whether the rows take 144-column tiles (straddling the scale blocks).
+bool fp8GemmHasStraddlingTiles(int64_t outFeatures);
 // Every tile width's GEMM a weight gets (fp8GemmTileWidths, each with
 // fp8GemmConfig's ring): the default (128 columns, or 64 where the rows
 // are not whole 128s) and the others for small steps (more tiles instead of
@@ -153,6 +156,18 @@ constexpr int64_t kMmaGemmTileRows = 64;
 // (`groupSizes[e]` rows of expert e after expert e-1's) in tiles of up to
 // `tileRows` rows within one expert, each {expert, first row, end row}.
 std::vector<int32_t> expertRowTiles(const std::vector<int64_t> &groupSizes, int64_t tileRows);
+// The `assignments` assignments (assignment a: token a / topK's choice of
+// expert expertOf[a]) in expert order, as the grouped GEMMs read them:
+// `sizes` (resized to `experts`) gets each expert's rows, and row j of the
+// order reads x row rowIndex[j] (its token) into result row outRows[j] (its
+// assignment). `next` is working room, kept by callers that group every
+// step. Returns the first id outside [0, experts), or nothing where all are
+// valid (then the order is written).
+std::optional<int32_t> orderAssignmentsByExpert(const int32_t *expertOf, int64_t assignments,
+                                                int64_t topK, int64_t experts,
+                                                std::vector<int64_t> &sizes,
+                                                std::vector<int64_t> &next, int32_t *rowIndex,
+                                                int32_t *outRows);
 // Whether `arch` ("sm_86", "compute_80", "sm_90a") has mma.sync for bf16.
 bool archHasBf16Mma(const std::string &arch);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows.

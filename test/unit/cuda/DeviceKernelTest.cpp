@@ -1128,7 +1128,7 @@ TEST_P(GpuKernels, Fp8GroupedGemmMatchesTheDoubleReference) {
       }
     }
     const int64_t rows = int64_t(rowIndex.size());
-    const std::vector<int32_t> tiles = fp8GroupedTiles(sizes);
+    const std::vector<int32_t> tiles = expertRowTiles(sizes, kFp8GemmTileRows);
     const std::vector<uint8_t> w = randomE4m3(size_t(c.experts * c.out * c.in), random);
     auto wScales = randomFloats(size_t(c.experts * (c.out / 128) * slices), 1e-4f, 4e-3f, 72);
     auto x = randomFloats(size_t(c.tokens * xStride), -2, 2, 73);
@@ -1395,6 +1395,24 @@ TEST(ExpertRowTiles, TilesWithinEachGroup) {
             std::vector<int32_t>({0, 0, 70, 0, 64, 70, 2, 70, 75, 3, 75, 139}));
   EXPECT_EQ(expertRowTiles({130}, 128), std::vector<int32_t>({0, 0, 130, 0, 128, 130}));
   EXPECT_TRUE(expertRowTiles({0, 0}, 64).empty());
+}
+
+// Runs everywhere: 3 tokens choosing 2 of 3 experts each, in expert order
+// (within an expert, assignment order), each row with its token and
+// assignment; an id out of range is named and nothing else is promised.
+TEST(OrderAssignmentsByExpert, RowsInExpertOrderWithTheirTokens) {
+  const std::vector<int32_t> expertOf = {2, 0, 2, 1, 0, 2};
+  std::vector<int64_t> sizes, next;
+  std::vector<int32_t> rowIndex(6, -1), outRows(6, -1);
+  EXPECT_FALSE(orderAssignmentsByExpert(expertOf.data(), 6, 2, 3, sizes, next, rowIndex.data(),
+                                        outRows.data()));
+  EXPECT_EQ(sizes, std::vector<int64_t>({2, 1, 3}));
+  EXPECT_EQ(outRows, std::vector<int32_t>({1, 4, 3, 0, 2, 5}));
+  EXPECT_EQ(rowIndex, std::vector<int32_t>({0, 2, 1, 0, 1, 2}));
+  const std::vector<int32_t> damaged = {0, 3};
+  EXPECT_EQ(orderAssignmentsByExpert(damaged.data(), 2, 2, 3, sizes, next, rowIndex.data(),
+                                     outRows.data()),
+            std::optional<int32_t>(3));
 }
 
 TEST_P(GpuKernels, SecondLoadComesFromTheCache) {
