@@ -10,6 +10,8 @@
 // distinct experts much larger than the caches, rows split over the threads.
 // A last row per type times what a decode step does per MoE layer: one token
 // through 8 experts' gate/up/down by the runtime's own feed-forward code.
+// The compute rate (weights cached) says how far the kernels' instructions
+// would let them go past the memory.
 // Weights are random blocks with sane f16 scales (never zeros).
 #include "bench/RandomBlocks.h"
 #include "runtime/cpu/ExpertGemm.h"
@@ -136,6 +138,46 @@ Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
   return result;
 }
 
+// The kernel's compute rate: every thread multiplies one token by its own
+// 256-row slice of a `cols`-wide matrix, again and again, so the weights
+// come from its L2 instead of memory. Bytes/s of all threads together; where
+// this is not well above the read bandwidth, the instructions per weight
+// byte, not memory, bound decode.
+double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, gguf::GgmlType type,
+                        int64_t cols, std::vector<uint8_t> &buffer, double seconds) {
+  constexpr int64_t kRows = 256, kCallsPerPass = 64;
+  const uint64_t sliceBytes = *gguf::ggmlRowBytes(type, cols) * kRows;
+  const int threads = pool.threadCount();
+  std::vector<float> x(static_cast<size_t>(cols)), xsum(static_cast<size_t>(cols / 32));
+  std::mt19937 random(5);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float &v : x)
+    v = normal(random);
+  cpu::sumRunsOf32(x.data(), cols, cols, 1, xsum.data());
+  std::vector<int8_t> xq(static_cast<size_t>(cols));
+  std::vector<float> xqScale(static_cast<size_t>(cols / 256));
+  std::vector<int32_t> xqSum16(static_cast<size_t>(cols / 16));
+  cpu::quantizeActivations(x.data(), cols, cols, 1, xq.data(), xqScale.data(), xqSum16.data());
+  std::vector<float> y(static_cast<size_t>(kRows * threads));
+  auto pass = [&] {
+    pool.parallelFor(threads, [&](int64_t task, int) {
+      const uint8_t *slice = buffer.data() + static_cast<uint64_t>(task) * sliceBytes;
+      for (int64_t call = 0; call < kCallsPerPass; ++call)
+        kernel(slice, sliceBytes / kRows, kRows, x.data(), cols, xsum.data(), xq.data(),
+               xqScale.data(), xqSum16.data(), 1, y.data() + task * kRows, kRows);
+    });
+  };
+  pass(); // warm-up: the slices into the caches
+  size_t passes = 0;
+  auto start = Clock::now();
+  do {
+    pass();
+    ++passes;
+  } while (secondsSince(start) < seconds);
+  return static_cast<double>(sliceBytes * threads * kCallsPerPass * passes) / secondsSince(start) /
+         1e9;
+}
+
 struct PrefillResult {
   std::string type, shape;
   int64_t tokens = 0;
@@ -223,6 +265,7 @@ int main(int argc, char **argv) {
   // DeepSeek-V3 experts: gate/up [2048 rows of 7168], down [7168 rows of 2048].
   const Shape shapes[] = {{"7168x2048 (gate/up)", 2048, 7168}, {"2048x7168 (down)", 7168, 2048}};
   std::vector<Result> results;
+  std::vector<std::pair<std::string, double>> computeRates; // per type, GB/s
   for (const std::string &typeName : types) {
     std::optional<gguf::GgmlType> type = gguf::parseGgmlType(typeName);
     if (!type || !cpu::hasGeneratedRowKernel(*type)) {
@@ -291,6 +334,12 @@ int main(int argc, char **argv) {
       results.push_back(result);
     }
     results.push_back(decodeLayer(pool, handle, *type, typeName, buffer, seconds));
+    computeRates.emplace_back(
+        typeName,
+        cacheResidentGBs(pool,
+                         reinterpret_cast<cpu::RowKernel>(
+                             dlsym(handle, cpu::rowKernelSymbol(*type, shapes[1].cols).c_str())),
+                         *type, shapes[1].cols, buffer, seconds));
   }
 
   // Prefill: one expert matrix times many tokens; compute-bound, so one
@@ -390,6 +439,11 @@ int main(int argc, char **argv) {
                                 {"reference_gbs", r.referenceGBs},
                                 {"ratio_to_bandwidth", r.generatedGBs * 1e9 / bandwidth},
                                 {"speedup_over_reference", r.generatedGBs / r.referenceGBs}});
+    out["compute_rate"] = nlohmann::json::array();
+    for (const auto &[typeName, rate] : computeRates)
+      out["compute_rate"].push_back({{"type", typeName},
+                                     {"cache_resident_gbs", rate},
+                                     {"ratio_to_bandwidth", rate * 1e9 / bandwidth}});
     out["prefill"] = nlohmann::json::array();
     for (const PrefillResult &r : prefill)
       out["prefill"].push_back({{"type", r.type},
@@ -413,6 +467,11 @@ int main(int argc, char **argv) {
     std::printf("%-6s %-20s %9.2f %8.1f GB/s %9.0f%% %7.1f GB/s %9.1fx\n", r.type.c_str(),
                 r.shape.c_str(), r.matrixMiB, r.generatedGBs, 100 * r.generatedGBs * 1e9 / bandwidth,
                 r.referenceGBs, r.generatedGBs / r.referenceGBs);
+  std::printf("\ncompute rate: one token, each thread's 256 rows of 2048 values cached in its L2 "
+              "(where not well above the read bandwidth, the instructions bound decode)\n");
+  for (const auto &[typeName, rate] : computeRates)
+    std::printf("%-6s %8.1f GB/s %6.2fx the read bandwidth\n", typeName.c_str(), rate,
+                rate * 1e9 / bandwidth);
   if (!prefill.empty()) {
     std::printf("\nprefill expert GEMM, GFLOP/s: row kernels; AMX tile kernels (generated, "
                 "activations rounded to bf16 included); the GEMM path (dequantize to bf16 + "

@@ -210,39 +210,54 @@ struct TypeCodegen {
 };
 
 // Scales d * sc[j] and minimums dmin * m[j] of the 8 groups of a q4_K/q5_K
-// block, unpacked from the 12 scale bytes with vector operations (GGML's
-// get_scale_min_k4 for all j at once):
+// block, unpacked from the 12 scale bytes b (GGML's get_scale_min_k4):
 //   j < 4: sc = b[j] & 63,                          m = b[j + 4] & 63
 //   j >= 4: sc = (b[j + 4] & 15) | (b[j - 4] >> 6) << 4, m = (b[j + 4] >> 4) | (b[j] >> 6) << 4
+// All 16 at once in one 16-byte vector (sc in lanes 0-7, m in 8-15): two
+// byte shuffles, two shifts, a blend and the masks, about half the
+// instructions of unpacking sc and m apart (the block's next 4 bytes are
+// read along and ignored).
 struct KScales {
   Value *scales;    // <8 x float>
   Value *minimums;  // <8 x float>
   Value *scaleBits; // <8 x i8>: the 6-bit scales sc[j]
+  Value *minBits;   // <8 x i8>: the 6-bit minimums m[j]
+  Value *dmin;      // float
 };
 KScales kScales(KernelBuilder &k, Value *block) {
   IRBuilder<> &b = k.b();
   Value *d = k.loadHalf(block, 0), *dmin = k.loadHalf(block, 2);
-  Value *bytes = k.loadBytes(block, 4, 12);
-  auto pick = [&](std::initializer_list<int> indices) {
-    SmallVector<int, 8> mask(indices.begin(), indices.end());
-    return b.CreateShuffleVector(bytes, bytes, mask);
+  Value *bytes = k.loadBytes(block, 4, 16);
+  VectorType *i32x4 = k.vec(b.getInt32Ty(), 4), *i8x16 = k.vec(k.i8(), 16);
+  auto dwordShift = [&](Value *v, unsigned shift) {
+    return b.CreateBitCast(b.CreateLShr(b.CreateBitCast(v, i32x4), shift), i8x16);
   };
-  auto splat8 = [&](uint8_t v) { return k.splatBytes(v, 8); };
-  Value *low4 = ConstantVector::get({b.getTrue(), b.getTrue(), b.getTrue(), b.getTrue(),
-                                     b.getFalse(), b.getFalse(), b.getFalse(), b.getFalse()});
-  Value *a = pick({0, 1, 2, 3, 8, 9, 10, 11});   // b[j], then b[j + 4]
-  Value *top = pick({0, 1, 2, 3, 0, 1, 2, 3});   // b[j - 4] for j >= 4
-  Value *c = pick({4, 5, 6, 7, 8, 9, 10, 11});   // b[j + 4]
-  Value *topM = pick({4, 5, 6, 7, 4, 5, 6, 7});  // b[j] for j >= 4
-  Value *highBits = [&](Value *v) { return b.CreateShl(b.CreateLShr(v, splat8(6)), splat8(4)); }(top);
-  Value *scaleBits = b.CreateSelect(low4, b.CreateAnd(a, splat8(63)),
-                                    b.CreateOr(b.CreateAnd(a, splat8(15)), highBits));
-  Value *minBits = b.CreateSelect(
-      low4, b.CreateAnd(c, splat8(63)),
-      b.CreateOr(b.CreateLShr(c, splat8(4)), b.CreateShl(b.CreateLShr(topM, splat8(6)), splat8(4))));
+  auto constantBytes = [&](std::initializer_list<uint8_t> values) {
+    SmallVector<Constant *, 16> lanes;
+    for (uint8_t v : values)
+      lanes.push_back(b.getInt8(v));
+    return ConstantVector::get(lanes);
+  };
+  // Low bits: b[j] (sc, j < 4), b[j + 4] (sc, j >= 4; m), the last four
+  // shifted right by 4 (m, j >= 4).
+  Value *low = b.CreateShuffleVector(
+      bytes, bytes, ArrayRef<int>{0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11});
+  Value *lowShifted = dwordShift(low, 4);
+  low = b.CreateShuffleVector(low, lowShifted,
+                              ArrayRef<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 28, 29, 30, 31});
+  low = b.CreateAnd(
+      low, constantBytes({63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15}));
+  // High bits of j >= 4: bits 6-7 of b[j - 4] (sc) and b[j] (m) moved to 4-5.
+  Value *zero = ConstantAggregateZero::get(i8x16);
+  Value *high = b.CreateShuffleVector(
+      bytes, zero, ArrayRef<int>{16, 16, 16, 16, 0, 1, 2, 3, 16, 16, 16, 16, 4, 5, 6, 7});
+  high = b.CreateAnd(dwordShift(high, 2), k.splatBytes(0x30, 16));
+  Value *both = b.CreateOr(low, high);
+  Value *scaleBits = b.CreateShuffleVector(both, both, ArrayRef<int>{0, 1, 2, 3, 4, 5, 6, 7});
+  Value *minBits = b.CreateShuffleVector(both, both, ArrayRef<int>{8, 9, 10, 11, 12, 13, 14, 15});
   VectorType *f8 = k.vec(k.f32(), 8);
   return {b.CreateFMul(k.splat(d, 8), b.CreateUIToFP(scaleBits, f8)),
-          b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8)), scaleBits};
+          b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8)), scaleBits, minBits, dmin};
 }
 
 // The unsigned weight values of group pair j of a q4_K/q5_K block: the low
@@ -264,6 +279,61 @@ std::pair<Value *, Value *> kQuantGroups(KernelBuilder &k, GgmlType type, Value 
     high = b.CreateOr(high, bit(2 * j + 1));
   }
   return {low, high};
+}
+
+// 32 bytes loaded into both halves of a 64-byte vector.
+Value *loadBytesTwice(KernelBuilder &k, Value *block, int64_t offset) {
+  SmallVector<int, 64> twice;
+  for (int i = 0; i < 64; ++i)
+    twice.push_back(i % 32);
+  Value *bytes = k.loadBytes(block, offset, kChunk);
+  return k.b().CreateShuffleVector(bytes, bytes, twice);
+}
+
+// The 16-bit words of a 64-byte vector shifted (right, or `left`) by
+// `lowCount` in the first half and `highCount` in the second: one variable
+// shift. Bits cross from byte to byte; callers mask them off.
+Value *shiftWordHalves(KernelBuilder &k, Value *bytes64, bool left, int lowCount, int highCount) {
+  IRBuilder<> &b = k.b();
+  SmallVector<Constant *, 32> counts;
+  for (int lane = 0; lane < 32; ++lane)
+    counts.push_back(b.getInt16(static_cast<uint16_t>(lane < 16 ? lowCount : highCount)));
+  Value *words = b.CreateBitCast(bytes64, k.vec(b.getInt16Ty(), 32));
+  Value *shifted = left ? b.CreateShl(words, ConstantVector::get(counts))
+                        : b.CreateLShr(words, ConstantVector::get(counts));
+  return b.CreateBitCast(shifted, k.vec(k.i8(), 64));
+}
+
+// kQuantGroups' two groups as one 64-byte vector (group 2j, then 2j + 1),
+// for the integer kernels: the 32 bytes in both halves, each half shifted
+// by its own count, instead of two shifts and an insert.
+Value *kQuantPiece(KernelBuilder &k, GgmlType type, Value *block, int j) {
+  IRBuilder<> &b = k.b();
+  const bool five = type == GgmlType::Q5_K;
+  Value *q = loadBytesTwice(k, block, (five ? 48 : 16) + 32 * j);
+  Value *piece = b.CreateAnd(shiftWordHalves(k, q, false, 0, 4), k.splatBytes(0xF, 64));
+  if (five) {
+    Value *bits = shiftWordHalves(k, loadBytesTwice(k, block, 16), false, 2 * j, 2 * j + 1);
+    piece =
+        b.CreateOr(piece, b.CreateShl(b.CreateAnd(bits, k.splatBytes(1, 64)), k.splatBytes(4, 64)));
+  }
+  return piece;
+}
+
+// q6Runs' runs in pairs as 64-byte vectors, for the integer kernels: runs
+// 0 and 1 (the low nibbles of 64 bytes of ql) and 2 and 3 (the high ones),
+// each with its 2-bit pairs of qh (bits 0, 2 and 4, 6) moved to bits 4-5
+// by one variable shift of qh loaded into both halves.
+std::array<Value *, 2> q6Pieces(KernelBuilder &k, Value *block, int n) {
+  IRBuilder<> &b = k.b();
+  Value *ql = k.loadBytes(block, 64 * n, 64);
+  Value *qh = loadBytesTwice(k, block, 128 + 32 * n);
+  Value *nibble = k.splatBytes(0xF, 64), *upperBits = k.splatBytes(0x30, 64);
+  Value *first = b.CreateOr(b.CreateAnd(ql, nibble),
+                            b.CreateAnd(shiftWordHalves(k, qh, true, 4, 2), upperBits));
+  Value *second = b.CreateOr(b.CreateAnd(shiftWordHalves(k, ql, false, 4, 4), nibble),
+                             b.CreateAnd(shiftWordHalves(k, qh, false, 0, 2), upperBits));
+  return {first, second};
 }
 
 // The 4 runs of 32 unsigned 6-bit values (w + 32) of half n of a q6_K block:
@@ -529,7 +599,8 @@ struct Int8Piece {
 struct Int8Run {
   std::vector<Int8Piece> pieces;
   Value *scale = nullptr;     // float factor of the integer sum (k-quants)
-  Value *minimums = nullptr;  // q4_K/q5_K: dmin * m[g], subtracted times the x sums
+  Value *minimumPairs = nullptr; // q4_K/q5_K: <16 x i16> m[i / 2], times the x sums over 16
+  Value *minimumScale = nullptr; // q4_K/q5_K: dmin
   Value *subScales = nullptr; // q6_K: <16 x i32> sub-block scales (for the -32 offset)
   Value *blockScales = nullptr; // q8_0: <8 x float> d of the run's 8 blocks
 };
@@ -559,12 +630,14 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
   if (type == GgmlType::Q4_K || type == GgmlType::Q5_K) {
     KScales scales = kScales(k, block);
     run.scale = fpext(block, 0);
-    run.minimums = scales.minimums;
+    Value *m16 = b.CreateZExt(scales.minBits, k.vec(b.getInt16Ty(), 8));
+    run.minimumPairs = b.CreateShuffleVector(
+        m16, m16, ArrayRef<int>{0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7});
+    run.minimumScale = scales.dmin;
     Value *sc16 = b.CreateZExt(scales.scaleBits, k.vec(b.getInt16Ty(), 8));
-    for (int j = 0; j < 4; ++j) {
-      auto [low, high] = kQuantGroups(k, type, block, j);
-      run.pieces.push_back({concat(b, low, high), 64 * j, pairScales(b, sc16, {2 * j, 2 * j + 1}), nullptr});
-    }
+    for (int j = 0; j < 4; ++j)
+      run.pieces.push_back({kQuantPiece(k, type, block, j), 64 * j,
+                            pairScales(b, sc16, {2 * j, 2 * j + 1}), nullptr});
     return run;
   }
   if (type == GgmlType::Q6_K) {
@@ -572,10 +645,12 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
     Value *sc = b.CreateSExt(k.loadBytes(block, 192, 16), k.vec(b.getInt16Ty(), 16));
     run.subScales = b.CreateSExt(sc, k.vec(b.getInt32Ty(), 16));
     for (int n = 0; n < 2; ++n) {
-      std::array<Value *, 4> runs = q6Runs(k, block, n);
+      std::array<Value *, 2> pieces = q6Pieces(k, block, n);
       const int s0 = 8 * n;
-      run.pieces.push_back({concat(b, runs[0], runs[1]), 128 * n, pairScales(b, sc, {s0, s0 + 1, s0 + 2, s0 + 3}), nullptr});
-      run.pieces.push_back({concat(b, runs[2], runs[3]), 128 * n + 64, pairScales(b, sc, {s0 + 4, s0 + 5, s0 + 6, s0 + 7}), nullptr});
+      run.pieces.push_back(
+          {pieces[0], 128 * n, pairScales(b, sc, {s0, s0 + 1, s0 + 2, s0 + 3}), nullptr});
+      run.pieces.push_back(
+          {pieces[1], 128 * n + 64, pairScales(b, sc, {s0 + 4, s0 + 5, s0 + 6, s0 + 7}), nullptr});
     }
     return run;
   }
@@ -670,14 +745,22 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
                                       {acc, b.CreateBitCast(pairs, i32x16), b.CreateBitCast(piece.scales16, i32x16)});
             }
             if (run.subScales) {
-              // q6_K stores w + 32: take off 32 * sum(sc[i] * sum16(x)[i]).
-              Value *offset = b.CreateShl(b.CreateAddReduce(b.CreateMul(run.subScales, sums16)), 5);
-              acc = b.CreateSub(acc, b.CreateInsertElement(ConstantAggregateZero::get(i32x16), offset, uint64_t(0)));
+              // q6_K stores w + 32: take off 32 * sc[i] * sum16(x)[i], lane
+              // by lane (only the lanes' total counts, so no reduction here).
+              acc = b.CreateSub(acc, b.CreateShl(b.CreateMul(run.subScales, sums16), 5));
             }
             next[j] = k.fmuladd(b.CreateSIToFP(acc, f32x16), k.splat(b.CreateFMul(run.scale, dx), 16), next[j]);
-            if (hasMinimums) // dmin * m[g] times the sum of the int8 activations of group g
-              next[count + j] = k.fmuladd(run.minimums, b.CreateFMul(b.CreateSIToFP(sums32, f32x8), k.splat(dx, 8)),
-                                          next[count + j]);
+            if (hasMinimums) {
+              // dmin * m[g] times the sum of the int8 activations of group g:
+              // the integer sums m[g] * (its two sums of 16) in one word
+              // multiply-add (|sum of 16| <= 2032 fits 16 bits), then scaled.
+              Value *sumWords = b.CreateTrunc(sums16, k.vec(b.getInt16Ty(), 16));
+              Value *minimumDots =
+                  b.CreateIntrinsic(Intrinsic::x86_avx2_pmadd_wd, {}, {sumWords, run.minimumPairs});
+              next[count + j] =
+                  k.fmuladd(b.CreateSIToFP(minimumDots, f32x8),
+                            k.splat(b.CreateFMul(run.minimumScale, dx), 8), next[count + j]);
+            }
           }
           return next;
         });
