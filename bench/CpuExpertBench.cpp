@@ -88,7 +88,7 @@ Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
   struct Inputs {
     std::vector<float> sums, scales;
     std::vector<int8_t> quantized;
-    std::vector<int32_t> sums16;
+    std::vector<int16_t> sums16;
     explicit Inputs(int64_t cols)
         : sums(cols / 32), scales(cols / 256), quantized(cols), sums16(cols / 16) {}
     cpu::KernelInput view() {
@@ -156,7 +156,7 @@ double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, gguf::Ggml
   cpu::sumRunsOf32(x.data(), cols, cols, 1, xsum.data());
   std::vector<int8_t> xq(static_cast<size_t>(cols));
   std::vector<float> xqScale(static_cast<size_t>(cols / 256));
-  std::vector<int32_t> xqSum16(static_cast<size_t>(cols / 16));
+  std::vector<int16_t> xqSum16(static_cast<size_t>(cols / 16));
   cpu::quantizeActivations(x.data(), cols, cols, 1, xq.data(), xqScale.data(), xqSum16.data());
   std::vector<float> y(static_cast<size_t>(kRows * threads));
   auto pass = [&] {
@@ -294,7 +294,7 @@ int main(int argc, char **argv) {
       // Integer kernels read x quantized; f32 kernels ignore these.
       std::vector<int8_t> xq(static_cast<size_t>(shape.cols));
       std::vector<float> xqScale(static_cast<size_t>(shape.cols / 256));
-      std::vector<int32_t> xqSum16(static_cast<size_t>(shape.cols / 16));
+      std::vector<int16_t> xqSum16(static_cast<size_t>(shape.cols / 16));
       cpu::quantizeActivations(x.data(), shape.cols, shape.cols, 1, xq.data(), xqScale.data(),
                                xqSum16.data());
       std::vector<float> y(static_cast<size_t>(shape.rows));
@@ -359,7 +359,7 @@ int main(int argc, char **argv) {
         std::vector<float> xsum(static_cast<size_t>(tokens * shape.cols / 32));
         std::vector<int8_t> xq(static_cast<size_t>(tokens * shape.cols));
         std::vector<float> xqScale(static_cast<size_t>(tokens * shape.cols / 256));
-        std::vector<int32_t> xqSum16(static_cast<size_t>(tokens * shape.cols / 16));
+        std::vector<int16_t> xqSum16(static_cast<size_t>(tokens * shape.cols / 16));
         std::vector<float> y(static_cast<size_t>(tokens * shape.rows));
         const int64_t rowTasks = (shape.rows + 15) / 16;
         const int64_t tokenTasks = pool.threadCount();

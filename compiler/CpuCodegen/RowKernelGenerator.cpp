@@ -601,7 +601,7 @@ struct Int8Run {
   Value *scale = nullptr;     // float factor of the integer sum (k-quants)
   Value *minimumPairs = nullptr; // q4_K/q5_K: <16 x i16> m[i / 2], times the x sums over 16
   Value *minimumScale = nullptr; // q4_K/q5_K: dmin
-  Value *subScales = nullptr; // q6_K: <16 x i32> sub-block scales (for the -32 offset)
+  Value *subScales32 = nullptr;  // q6_K: <16 x i16> 32 * the sub-block scales (for the -32 offset)
   Value *blockScales = nullptr; // q8_0: <8 x float> d of the run's 8 blocks
 };
 
@@ -643,7 +643,7 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
   if (type == GgmlType::Q6_K) {
     run.scale = fpext(block, 208);
     Value *sc = b.CreateSExt(k.loadBytes(block, 192, 16), k.vec(b.getInt16Ty(), 16));
-    run.subScales = b.CreateSExt(sc, k.vec(b.getInt32Ty(), 16));
+    run.subScales32 = b.CreateShl(sc, 5);
     for (int n = 0; n < 2; ++n) {
       std::array<Value *, 2> pieces = q6Pieces(k, block, n);
       const int s0 = 8 * n;
@@ -690,6 +690,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
   Value *zero = k.i64c(0);
   const int tokenBlock = 4;
   VectorType *i32x16 = k.vec(b.getInt32Ty(), 16), *f32x16 = k.vec(k.f32(), 16);
+  VectorType *i16x16 = k.vec(b.getInt16Ty(), 16);
   VectorType *f32x8 = k.vec(k.f32(), 8);
   const bool hasMinimums = request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K;
 
@@ -710,19 +711,22 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
             Value *token = b.CreateAdd(t, k.i64c(j));
             Value *xqRun = b.CreateGEP(k.i8(), xq, b.CreateAdd(b.CreateMul(token, k.i64c(request.cols)), b.CreateMul(runIndex, k.i64c(256))));
             Value *dx = b.CreateLoad(k.f32(), b.CreateGEP(k.f32(), xqScale, b.CreateAdd(b.CreateMul(token, k.i64c(runs)), runIndex)));
-            Value *sums16 = b.CreateAlignedLoad(i32x16, b.CreateGEP(b.getInt32Ty(), xqSum16, b.CreateAdd(b.CreateMul(token, k.i64c(request.cols / 16)), b.CreateMul(runIndex, k.i64c(16)))), Align(4));
-            // Sums of the int8 activations over each 32-value run.
-            SmallVector<int, 8> evens, odds;
-            for (int i = 0; i < 8; ++i) {
-              evens.push_back(2 * i);
-              odds.push_back(2 * i + 1);
-            }
-            Value *sums32 = b.CreateAdd(b.CreateShuffleVector(sums16, sums16, evens),
-                                        b.CreateShuffleVector(sums16, sums16, odds));
+            // The sums of the int8 activations over each run of 16 (words).
+            Value *sums16 = b.CreateAlignedLoad(
+                i16x16,
+                b.CreateGEP(b.getInt16Ty(), xqSum16,
+                            b.CreateAdd(b.CreateMul(token, k.i64c(request.cols / 16)),
+                                        b.CreateMul(runIndex, k.i64c(16)))),
+                Align(2));
+            // Its word pairs times `factors`, added: <8 x i32>.
+            auto multiplyAddPairs = [&](Value *factors) {
+              return b.CreateIntrinsic(Intrinsic::x86_avx2_pmadd_wd, {}, {sums16, factors});
+            };
             if (run.blockScales) {
               // q8_0: per piece, the integer dots of its two blocks, less
               // 128 times their activation sums, scaled per block.
-              Value *offsets = b.CreateShl(sums32, ConstantVector::getSplat(ElementCount::getFixed(8), b.getInt32(7)));
+              Value *offsets = multiplyAddPairs( // 128 * the sums over 32
+                  ConstantVector::getSplat(ElementCount::getFixed(16), b.getInt16(128)));
               Value *zeros = ConstantAggregateZero::get(k.vec(b.getInt32Ty(), 8));
               for (const Int8Piece &piece : run.pieces) {
                 Value *xv = b.CreateAlignedLoad(k.vec(k.i8(), 64), b.CreateGEP(k.i8(), xqRun, k.i64c(piece.xqOffset)), Align(1));
@@ -744,19 +748,24 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
               acc = b.CreateIntrinsic(Intrinsic::x86_avx512_vpdpwssd_512, {},
                                       {acc, b.CreateBitCast(pairs, i32x16), b.CreateBitCast(piece.scales16, i32x16)});
             }
-            if (run.subScales) {
-              // q6_K stores w + 32: take off 32 * sc[i] * sum16(x)[i], lane
-              // by lane (only the lanes' total counts, so no reduction here).
-              acc = b.CreateSub(acc, b.CreateShl(b.CreateMul(run.subScales, sums16), 5));
+            if (run.subScales32) {
+              // q6_K stores w + 32: take off 32 * sc[i] * sum16(x)[i], lane by
+              // lane (only the lanes' total counts, so no reduction here);
+              // |32 sc| <= 4096 and |sum16| <= 2032 multiply as words.
+              Value *offsets = multiplyAddPairs(run.subScales32);
+              SmallVector<int, 16> widen;
+              for (int lane = 0; lane < 16; ++lane)
+                widen.push_back(lane < 8 ? lane : 8);
+              acc = b.CreateSub(
+                  acc, b.CreateShuffleVector(
+                           offsets, ConstantAggregateZero::get(offsets->getType()), widen));
             }
             next[j] = k.fmuladd(b.CreateSIToFP(acc, f32x16), k.splat(b.CreateFMul(run.scale, dx), 16), next[j]);
             if (hasMinimums) {
               // dmin * m[g] times the sum of the int8 activations of group g:
               // the integer sums m[g] * (its two sums of 16) in one word
-              // multiply-add (|sum of 16| <= 2032 fits 16 bits), then scaled.
-              Value *sumWords = b.CreateTrunc(sums16, k.vec(b.getInt16Ty(), 16));
-              Value *minimumDots =
-                  b.CreateIntrinsic(Intrinsic::x86_avx2_pmadd_wd, {}, {sumWords, run.minimumPairs});
+              // multiply-add, then scaled.
+              Value *minimumDots = multiplyAddPairs(run.minimumPairs);
               next[count + j] =
                   k.fmuladd(b.CreateSIToFP(minimumDots, f32x8),
                             k.splat(b.CreateFMul(run.minimumScale, dx), 8), next[count + j]);

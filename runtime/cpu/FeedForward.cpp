@@ -504,8 +504,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       in.quantized = reinterpret_cast<int8_t *>(
           workspace.floats(quantized, static_cast<size_t>(assignments * cols / 4 + 1)));
       in.scales = workspace.floats(scales, static_cast<size_t>(assignments * cols / 256 + 1));
-      in.sums16 = reinterpret_cast<int32_t *>(
-          workspace.floats(sums16, static_cast<size_t>(assignments * cols / 16)));
+      in.sums16 = reinterpret_cast<int16_t *>(
+          workspace.floats(sums16, static_cast<size_t>(assignments * cols / 32 + 1)));
     }
     return in;
   };

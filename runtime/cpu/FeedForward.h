@@ -36,7 +36,7 @@ struct KernelInput {
   float *sums = nullptr;       // tokens x cols / 32
   int8_t *quantized = nullptr; // tokens x cols ("q8" kernels)
   float *scales = nullptr;     // tokens x cols / 256
-  int32_t *sums16 = nullptr;   // tokens x cols / 16
+  int16_t *sums16 = nullptr;   // tokens x cols / 16
 };
 
 // One feed-forward over a batch of token rows.

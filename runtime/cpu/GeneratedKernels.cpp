@@ -39,7 +39,7 @@ void sumRunsOf32(const float *x, int64_t ldx, int64_t cols, int64_t tokens, floa
 }
 
 void quantizeActivations(const float *x, int64_t ldx, int64_t cols, int64_t tokens, int8_t *xq,
-                         float *xqScale, int32_t *xqSum16) {
+                         float *xqScale, int16_t *xqSum16) {
   const int64_t runs = cols / 256;
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t r = 0; r < runs; ++r) {
@@ -56,7 +56,7 @@ void quantizeActivations(const float *x, int64_t ldx, int64_t cols, int64_t toke
         int32_t sum = 0;
         for (int i = 0; i < 16; ++i)
           sum += q[16 * j + i];
-        xqSum16[t * (cols / 16) + r * 16 + j] = sum;
+        xqSum16[t * (cols / 16) + r * 16 + j] = static_cast<int16_t>(sum);
       }
     }
 }

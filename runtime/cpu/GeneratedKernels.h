@@ -23,12 +23,12 @@ namespace kt::cpu {
 // (xsum[t * cols / 32 + b]); the kernels of types with per-block minimums
 // (q4_K, q5_K) read it. Kernels whose input is "q8" (integer dot products)
 // read x quantized: xq[t * cols + i] = round(x / xqScale[t * cols / 256 + i / 256])
-// and xqSum16[t * cols / 16 + j], the sums of xq over runs of 16; the "f32"
+// and xqSum16[t * cols / 16 + j], the sums of xq over runs of 16 (16 bits
+// suffice: |sum| <= 16 * 127; the kernels multiply-add them as words); the "f32"
 // kernels read x and ignore those.
 using RowKernel = void (*)(const uint8_t *w, uint64_t rowBytes, int64_t rows, const float *x,
-                           int64_t ldx, const float *xsum, const int8_t *xq,
-                           const float *xqScale, const int32_t *xqSum16, int64_t tokens,
-                           float *y, int64_t ldy);
+                           int64_t ldx, const float *xsum, const int8_t *xq, const float *xqScale,
+                           const int16_t *xqSum16, int64_t tokens, float *y, int64_t ldy);
 
 // Tile kernels ("bf16-tiles", AMX targets; prefill): y[t * ldy + r] = <row
 // r of w, x[t]> for r in [0, rows), t in [0, tokens), weights and
@@ -81,7 +81,7 @@ void sumRunsOf32(const float *x, int64_t ldx, int64_t cols, int64_t tokens, floa
 // xq, xqScale and xqSum16 for `tokens` rows of x (cols a multiple of 256):
 // per 256 values, scale = max|x| / 127 and xq = x / scale rounded to nearest.
 void quantizeActivations(const float *x, int64_t ldx, int64_t cols, int64_t tokens, int8_t *xq,
-                         float *xqScale, int32_t *xqSum16);
+                         float *xqScale, int16_t *xqSum16);
 
 // The kernels of a plan's CPU code object, dlopen()ed.
 class GeneratedKernels {

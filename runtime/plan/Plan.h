@@ -18,7 +18,7 @@ namespace kt::plan {
 
 // Bumped whenever the meaning or layout of the file changes; a runtime reads
 // only plans of its own version.
-constexpr int kPlanFormatVersion = 2; // 2: cpu_code
+constexpr int kPlanFormatVersion = 3; // 2: cpu_code; 3: its kernels read 16-bit xqSum16
 constexpr const char *kPlanFormatName = "ktc-plan";
 
 struct ModelFile {

@@ -75,7 +75,7 @@ void checkKernel(const cpu::GeneratedKernels &kernels, const RowKernelRequest &r
     // int8 kernels read x quantized per 256 values.
     std::vector<int8_t> xq;
     std::vector<float> xqScale;
-    std::vector<int32_t> xqSum16;
+    std::vector<int16_t> xqSum16;
     if (kernel.quantizedInput) {
       xq.resize(static_cast<size_t>(tokens * cols));
       xqScale.resize(static_cast<size_t>(tokens * cols / 256));
