@@ -222,7 +222,6 @@ struct KScales {
   Value *minimums;  // <8 x float>
   Value *scaleBits; // <8 x i8>: the 6-bit scales sc[j]
   Value *minBits;   // <8 x i8>: the 6-bit minimums m[j]
-  Value *dmin;      // float
 };
 KScales kScales(KernelBuilder &k, Value *block) {
   IRBuilder<> &b = k.b();
@@ -257,7 +256,7 @@ KScales kScales(KernelBuilder &k, Value *block) {
   Value *minBits = b.CreateShuffleVector(both, both, ArrayRef<int>{8, 9, 10, 11, 12, 13, 14, 15});
   VectorType *f8 = k.vec(k.f32(), 8);
   return {b.CreateFMul(k.splat(d, 8), b.CreateUIToFP(scaleBits, f8)),
-          b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8)), scaleBits, minBits, dmin};
+          b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8)), scaleBits, minBits};
 }
 
 // The unsigned weight values of group pair j of a q4_K/q5_K block: the low
@@ -600,7 +599,7 @@ struct Int8Run {
   std::vector<Int8Piece> pieces;
   Value *scale = nullptr;     // float factor of the integer sum (k-quants)
   Value *minimumPairs = nullptr; // q4_K/q5_K: <16 x i16> m[i / 2], times the x sums over 16
-  Value *minimumScale = nullptr; // q4_K/q5_K: dmin
+  Value *scalePair = nullptr;    // q4_K/q5_K: <2 x float> {d, dmin}
   Value *subScales32 = nullptr;  // q6_K: <16 x i16> 32 * the sub-block scales (for the -32 offset)
   Value *blockScales = nullptr; // q8_0: <8 x float> d of the run's 8 blocks
 };
@@ -633,7 +632,8 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
     Value *m16 = b.CreateZExt(scales.minBits, k.vec(b.getInt16Ty(), 8));
     run.minimumPairs = b.CreateShuffleVector(
         m16, m16, ArrayRef<int>{0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7});
-    run.minimumScale = scales.dmin;
+    Value *halves = b.CreateAlignedLoad(k.vec(b.getHalfTy(), 2), block, Align(1));
+    run.scalePair = b.CreateFPExt(halves, k.vec(k.f32(), 2));
     Value *sc16 = b.CreateZExt(scales.scaleBits, k.vec(b.getInt16Ty(), 8));
     for (int j = 0; j < 4; ++j)
       run.pieces.push_back({kQuantPiece(k, type, block, j), 64 * j,
@@ -691,7 +691,6 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
   const int tokenBlock = 4;
   VectorType *i32x16 = k.vec(b.getInt32Ty(), 16), *f32x16 = k.vec(k.f32(), 16);
   VectorType *i16x16 = k.vec(b.getInt16Ty(), 16);
-  VectorType *f32x8 = k.vec(k.f32(), 8);
   const bool hasMinimums = request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K;
 
   auto dotTokens = [&](Value *row, Value *t, int count) {
@@ -699,8 +698,6 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
     std::vector<Value *> init;
     for (int j = 0; j < count; ++j)
       init.push_back(ConstantAggregateZero::get(f32x16));
-    for (int j = 0; j < count; ++j)
-      init.push_back(ConstantAggregateZero::get(f32x8));
     std::vector<Value *> sums = k.loop(zero, k.i64c(runs), 1, init,
         [&](Value *runIndex, const std::vector<Value *> &carried) {
           std::vector<Value *> next = carried;
@@ -760,21 +757,46 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
                   acc, b.CreateShuffleVector(
                            offsets, ConstantAggregateZero::get(offsets->getType()), widen));
             }
-            next[j] = k.fmuladd(b.CreateSIToFP(acc, f32x16), k.splat(b.CreateFMul(run.scale, dx), 16), next[j]);
-            if (hasMinimums) {
-              // dmin * m[g] times the sum of the int8 activations of group g:
-              // the integer sums m[g] * (its two sums of 16) in one word
-              // multiply-add, then scaled.
-              Value *minimumDots = multiplyAddPairs(run.minimumPairs);
-              next[count + j] =
-                  k.fmuladd(b.CreateSIToFP(minimumDots, f32x8),
-                            k.splat(b.CreateFMul(run.minimumScale, dx), 8), next[count + j]);
+            if (!hasMinimums) {
+              next[j] = k.fmuladd(b.CreateSIToFP(acc, f32x16),
+                                  k.splat(b.CreateFMul(run.scale, dx), 16), next[j]);
+              continue;
             }
+            // q4_K/q5_K: the integer sums of the minimums, m[g] times the
+            // sums of the int8 activations of group g (one word multiply-add
+            // of m with the sums of 16), go in lanes 8-15 beside the block's
+            // sums folded to 8 lanes: one conversion and one multiply-add by
+            // {d dx x 8, dmin dx x 8} (the lanes 8-15 are subtracted at the end).
+            Value *minimumDots = multiplyAddPairs(run.minimumPairs);
+            SmallVector<int, 16> lowLanes, highLanes, bothHalves, pairLanes;
+            for (int lane = 0; lane < 16; ++lane) {
+              if (lane < 8) {
+                lowLanes.push_back(lane);
+                highLanes.push_back(lane + 8);
+              }
+              bothHalves.push_back(lane);
+              pairLanes.push_back(lane / 8);
+            }
+            Value *folded = b.CreateAdd(b.CreateShuffleVector(acc, acc, lowLanes),
+                                        b.CreateShuffleVector(acc, acc, highLanes));
+            Value *sums = b.CreateShuffleVector(folded, minimumDots, bothHalves);
+            Value *scales = b.CreateFMul(run.scalePair, k.splat(dx, 2));
+            next[j] = k.fmuladd(b.CreateSIToFP(sums, f32x16),
+                                b.CreateShuffleVector(scales, scales, pairLanes), next[j]);
           }
           return next;
         });
     for (int j = 0; j < count; ++j) {
-      Value *dot = b.CreateFSub(k.reduceAdd(sums[j]), k.reduceAdd(sums[count + j]));
+      Value *dot = k.reduceAdd(sums[j]);
+      if (hasMinimums) { // lanes 0-7 less lanes 8-15
+        SmallVector<int, 8> lowLanes, highLanes;
+        for (int lane = 0; lane < 8; ++lane) {
+          lowLanes.push_back(lane);
+          highLanes.push_back(lane + 8);
+        }
+        dot = b.CreateFSub(k.reduceAdd(b.CreateShuffleVector(sums[j], sums[j], lowLanes)),
+                           k.reduceAdd(b.CreateShuffleVector(sums[j], sums[j], highLanes)));
+      }
       Value *token = b.CreateAdd(t, k.i64c(j));
       b.CreateStore(dot, b.CreateGEP(k.f32(), y, b.CreateAdd(b.CreateMul(token, ldy), row)));
     }
