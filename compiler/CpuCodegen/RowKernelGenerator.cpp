@@ -186,6 +186,14 @@ private:
 
 // ------------------------------------------------------------------ weight types
 
+// The shuffle mask of lanes first .. first + count - 1.
+SmallVector<int, 16> laneRange(int first, int count) {
+  SmallVector<int, 16> lanes;
+  for (int lane = first; lane < first + count; ++lane)
+    lanes.push_back(lane);
+  return lanes;
+}
+
 // 32 weights of a block as floats with their scale (a float, or 32 floats),
 // to be multiplied with x[xOffset, xOffset + 32) of the block.
 struct Chunk {
@@ -252,8 +260,8 @@ KScales kScales(KernelBuilder &k, Value *block) {
       bytes, zero, ArrayRef<int>{16, 16, 16, 16, 0, 1, 2, 3, 16, 16, 16, 16, 4, 5, 6, 7});
   high = b.CreateAnd(dwordShift(high, 2), k.splatBytes(0x30, 16));
   Value *both = b.CreateOr(low, high);
-  Value *scaleBits = b.CreateShuffleVector(both, both, ArrayRef<int>{0, 1, 2, 3, 4, 5, 6, 7});
-  Value *minBits = b.CreateShuffleVector(both, both, ArrayRef<int>{8, 9, 10, 11, 12, 13, 14, 15});
+  Value *scaleBits = b.CreateShuffleVector(both, both, laneRange(0, 8));
+  Value *minBits = b.CreateShuffleVector(both, both, laneRange(8, 8));
   VectorType *f8 = k.vec(k.f32(), 8);
   return {b.CreateFMul(k.splat(d, 8), b.CreateUIToFP(scaleBits, f8)),
           b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8)), scaleBits, minBits};
@@ -597,7 +605,7 @@ struct Int8Piece {
 };
 struct Int8Run {
   std::vector<Int8Piece> pieces;
-  Value *scale = nullptr;     // float factor of the integer sum (k-quants)
+  Value *scale = nullptr;        // q6_K: d, the float factor of the integer sum
   Value *minimumPairs = nullptr; // q4_K/q5_K: <16 x i16> m[i / 2], times the x sums over 16
   Value *scalePair = nullptr;    // q4_K/q5_K: <2 x float> {d, dmin}
   Value *subScales32 = nullptr;  // q6_K: <16 x i16> 32 * the sub-block scales (for the -32 offset)
@@ -625,10 +633,8 @@ Value *pairScales(IRBuilder<> &b, Value *scales, std::initializer_list<int> indi
 Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
   IRBuilder<> &b = k.b();
   Int8Run run;
-  auto fpext = [&](Value *base, int64_t offset) { return k.loadHalf(base, offset); };
   if (type == GgmlType::Q4_K || type == GgmlType::Q5_K) {
     KScales scales = kScales(k, block);
-    run.scale = fpext(block, 0);
     Value *m16 = b.CreateZExt(scales.minBits, k.vec(b.getInt16Ty(), 8));
     run.minimumPairs = b.CreateShuffleVector(
         m16, m16, ArrayRef<int>{0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7});
@@ -641,7 +647,7 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
     return run;
   }
   if (type == GgmlType::Q6_K) {
-    run.scale = fpext(block, 208);
+    run.scale = k.loadHalf(block, 208);
     Value *sc = b.CreateSExt(k.loadBytes(block, 192, 16), k.vec(b.getInt16Ty(), 16));
     run.subScales32 = b.CreateShl(sc, 5);
     for (int n = 0; n < 2; ++n) {
@@ -768,18 +774,12 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
             // sums folded to 8 lanes: one conversion and one multiply-add by
             // {d dx x 8, dmin dx x 8} (the lanes 8-15 are subtracted at the end).
             Value *minimumDots = multiplyAddPairs(run.minimumPairs);
-            SmallVector<int, 16> lowLanes, highLanes, bothHalves, pairLanes;
-            for (int lane = 0; lane < 16; ++lane) {
-              if (lane < 8) {
-                lowLanes.push_back(lane);
-                highLanes.push_back(lane + 8);
-              }
-              bothHalves.push_back(lane);
+            SmallVector<int, 16> pairLanes;
+            for (int lane = 0; lane < 16; ++lane)
               pairLanes.push_back(lane / 8);
-            }
-            Value *folded = b.CreateAdd(b.CreateShuffleVector(acc, acc, lowLanes),
-                                        b.CreateShuffleVector(acc, acc, highLanes));
-            Value *sums = b.CreateShuffleVector(folded, minimumDots, bothHalves);
+            Value *folded = b.CreateAdd(b.CreateShuffleVector(acc, acc, laneRange(0, 8)),
+                                        b.CreateShuffleVector(acc, acc, laneRange(8, 8)));
+            Value *sums = b.CreateShuffleVector(folded, minimumDots, laneRange(0, 16));
             Value *scales = b.CreateFMul(run.scalePair, k.splat(dx, 2));
             next[j] = k.fmuladd(b.CreateSIToFP(sums, f32x16),
                                 b.CreateShuffleVector(scales, scales, pairLanes), next[j]);
@@ -788,15 +788,9 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
         });
     for (int j = 0; j < count; ++j) {
       Value *dot = k.reduceAdd(sums[j]);
-      if (hasMinimums) { // lanes 0-7 less lanes 8-15
-        SmallVector<int, 8> lowLanes, highLanes;
-        for (int lane = 0; lane < 8; ++lane) {
-          lowLanes.push_back(lane);
-          highLanes.push_back(lane + 8);
-        }
-        dot = b.CreateFSub(k.reduceAdd(b.CreateShuffleVector(sums[j], sums[j], lowLanes)),
-                           k.reduceAdd(b.CreateShuffleVector(sums[j], sums[j], highLanes)));
-      }
+      if (hasMinimums) // lanes 0-7 less lanes 8-15
+        dot = b.CreateFSub(k.reduceAdd(b.CreateShuffleVector(sums[j], sums[j], laneRange(0, 8))),
+                           k.reduceAdd(b.CreateShuffleVector(sums[j], sums[j], laneRange(8, 8))));
       Value *token = b.CreateAdd(t, k.i64c(j));
       b.CreateStore(dot, b.CreateGEP(k.f32(), y, b.CreateAdd(b.CreateMul(token, ldy), row)));
     }
