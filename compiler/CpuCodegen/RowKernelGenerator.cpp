@@ -583,14 +583,31 @@ void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCod
 
 // ------------------------------------------------------------------ int8 kernels
 
-// Whether `request` gets the integer kernel on `target`: AVX-512 VNNI, and
-// rows of whole 256-value runs (the activations' quantization blocks).
+// The integer dot products a target has for the int8 kernels: AVX-512 VNNI
+// (vpdpwssd, vpdpbusd), AVX-512 BW or AVX2 (vpmaddubsw then vpmaddwd, in
+// 512- or 256-bit vectors); all with F16C for the block scales.
+enum class IntegerDots { None, Avx2, Avx512, Avx512Vnni };
+IntegerDots integerDotsOf(const CpuCodeTarget &target) {
+  if (!hasFeature(target, "f16c"))
+    return IntegerDots::None;
+  if (hasFeature(target, "avx512bw"))
+    return hasFeature(target, "avx512vnni") ? IntegerDots::Avx512Vnni : IntegerDots::Avx512;
+  return hasFeature(target, "avx2") ? IntegerDots::Avx2 : IntegerDots::None;
+}
+
+// Whether `request` gets the integer kernel on `target`: rows of whole
+// 256-value runs (the activations' quantization blocks), k-quants wherever
+// the target has integer dot products, q8_0 only with VNNI (its weights,
+// made unsigned, reach 255: vpmaddubsw's pair sums would saturate 16 bits,
+// where the k-quants' values of at most 63 stay below).
 bool usesInt8(const RowKernelRequest &request, const CpuCodeTarget &target) {
-  return target.int8Activations && hasFeature(target, "avx512bw") &&
-         hasFeature(target, "avx512vnni") &&
-         hasFeature(target, "f16c") && request.cols % 256 == 0 &&
-         (request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K ||
-          request.type == GgmlType::Q6_K || request.type == GgmlType::Q8_0);
+  const IntegerDots dots = integerDotsOf(target);
+  if (!target.int8Activations || dots == IntegerDots::None || request.cols % 256 != 0)
+    return false;
+  if (request.type == GgmlType::Q8_0)
+    return dots == IntegerDots::Avx512Vnni;
+  return request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K ||
+         request.type == GgmlType::Q6_K;
 }
 
 // One 256-value run of weights prepared for integer dot products with the
@@ -694,10 +711,38 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
   IRBuilder<> &b = k.b();
   b.SetInsertPoint(k.block("entry"));
   Value *zero = k.i64c(0);
-  const int tokenBlock = 4;
+  const int tokenBlock = tokenBlockFor(vectorBitsFor(target));
+  const IntegerDots dots = integerDotsOf(target);
   VectorType *i32x16 = k.vec(b.getInt32Ty(), 16), *f32x16 = k.vec(k.f32(), 16);
   VectorType *i16x16 = k.vec(b.getInt16Ty(), 16);
   const bool hasMinimums = request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K;
+
+  // acc (<16 x i32>) plus the products of 64 unsigned weights and 64 int8
+  // activations, added in pairs (at most 2 * 63 * 127: 16 bits hold them)
+  // and the pairs times their scale words (<32 x i16>), added in pairs.
+  auto addScaledDots = [&](Value *acc, Value *weights, Value *xv, Value *scales16) -> Value * {
+    if (dots != IntegerDots::Avx2) {
+      Value *pairs = b.CreateIntrinsic(Intrinsic::x86_avx512_pmaddubs_w_512, {}, {weights, xv});
+      if (dots == IntegerDots::Avx512Vnni)
+        return b.CreateIntrinsic(
+            Intrinsic::x86_avx512_vpdpwssd_512, {},
+            {acc, b.CreateBitCast(pairs, i32x16), b.CreateBitCast(scales16, i32x16)});
+      return b.CreateAdd(
+          acc, b.CreateIntrinsic(Intrinsic::x86_avx512_pmaddw_d_512, {}, {pairs, scales16}));
+    }
+    // AVX2: the same on the 256-bit halves.
+    Value *products[2];
+    for (int half = 0; half < 2; ++half) {
+      Value *pairs =
+          b.CreateIntrinsic(Intrinsic::x86_avx2_pmadd_ub_sw, {},
+                            {b.CreateShuffleVector(weights, weights, laneRange(32 * half, 32)),
+                             b.CreateShuffleVector(xv, xv, laneRange(32 * half, 32))});
+      products[half] = b.CreateIntrinsic(
+          Intrinsic::x86_avx2_pmadd_wd, {},
+          {pairs, b.CreateShuffleVector(scales16, scales16, laneRange(16 * half, 16))});
+    }
+    return b.CreateAdd(acc, b.CreateShuffleVector(products[0], products[1], laneRange(0, 16)));
+  };
 
   auto dotTokens = [&](Value *row, Value *t, int count) {
     Value *rowBase = b.CreateGEP(k.i8(), w, b.CreateMul(row, rowBytes));
@@ -747,9 +792,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
             Value *acc = ConstantAggregateZero::get(i32x16);
             for (const Int8Piece &piece : run.pieces) {
               Value *xv = b.CreateAlignedLoad(k.vec(k.i8(), 64), b.CreateGEP(k.i8(), xqRun, k.i64c(piece.xqOffset)), Align(1));
-              Value *pairs = b.CreateIntrinsic(Intrinsic::x86_avx512_pmaddubs_w_512, {}, {piece.weights, xv});
-              acc = b.CreateIntrinsic(Intrinsic::x86_avx512_vpdpwssd_512, {},
-                                      {acc, b.CreateBitCast(pairs, i32x16), b.CreateBitCast(piece.scales16, i32x16)});
+              acc = addScaledDots(acc, piece.weights, xv, piece.scales16);
             }
             if (run.subScales32) {
               // q6_K stores w + 32: take off 32 * sc[i] * sum16(x)[i], lane by

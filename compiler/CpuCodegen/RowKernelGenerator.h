@@ -18,7 +18,7 @@ namespace kt::codegen {
 struct CpuCodeTarget {
   std::string cpu;                   // LLVM CPU name: "sapphirerapids", "haswell", "x86-64"
   std::vector<std::string> features; // LLVM feature names the code may use
-  // On AVX-512 VNNI targets, kernels may quantize the activations to int8
+  // On AVX2 and newer targets, kernels may quantize the activations to int8
   // (per 256 values) for integer dot products; false keeps f32 everywhere.
   bool int8Activations = true;
   // Bytes ahead of the block being decoded that the row kernels prefetch

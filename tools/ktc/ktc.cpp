@@ -169,8 +169,9 @@ cl::opt<bool> compileReferenceCpuKernels(
 cl::opt<bool> compileF32CpuExperts(
     "f32-cpu-experts", cl::cat(ktcCategory), cl::sub(compileCommand),
     cl::desc("Generated CPU expert kernels read f32 activations on every target (f32 rounding; "
-             "on AVX-512 VNNI targets the default quantizes activations to int8 per 256 "
-             "values for integer dot products, about twice as fast, within the quantized "
+             "on AVX2 and newer targets the default quantizes activations to int8 per 256 "
+             "values for integer dot products with k-quant weights, and with q8_0 weights on "
+             "AVX-512 VNNI targets: two to three times as fast, within the quantized "
              "tolerance)"));
 
 cl::SubCommand cpuKernelsCommand(
@@ -196,7 +197,7 @@ cl::opt<bool> noAmxTiles(
              "experts that many tokens of a prefill step chose; ktrun --expert-tile-tokens "
              "sets how many)"));
 cl::opt<bool> cpuKernelsF32("f32-cpu-experts", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand),
-                            cl::desc("f32 activations even on AVX-512 VNNI targets"));
+                            cl::desc("f32 activations even on targets with integer dot products"));
 cl::opt<int> cpuKernelsPrefetch(
     "prefetch-bytes", cl::cat(ktcCategory), cl::sub(cpuKernelsCommand), cl::init(-1),
     cl::desc("How far ahead of the weights being decoded the row kernels prefetch into L2, in "
