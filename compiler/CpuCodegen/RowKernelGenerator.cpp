@@ -595,19 +595,14 @@ IntegerDots integerDotsOf(const CpuCodeTarget &target) {
   return hasFeature(target, "avx2") ? IntegerDots::Avx2 : IntegerDots::None;
 }
 
-// Whether `request` gets the integer kernel on `target`: rows of whole
-// 256-value runs (the activations' quantization blocks), k-quants wherever
-// the target has integer dot products, q8_0 only with VNNI (its weights,
-// made unsigned, reach 255: vpmaddubsw's pair sums would saturate 16 bits,
-// where the k-quants' values of at most 63 stay below).
+// Whether `request` gets the integer kernel on `target`: integer dot
+// products, and rows of whole 256-value runs (the activations' quantization
+// blocks).
 bool usesInt8(const RowKernelRequest &request, const CpuCodeTarget &target) {
-  const IntegerDots dots = integerDotsOf(target);
-  if (!target.int8Activations || dots == IntegerDots::None || request.cols % 256 != 0)
-    return false;
-  if (request.type == GgmlType::Q8_0)
-    return dots == IntegerDots::Avx512Vnni;
-  return request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K ||
-         request.type == GgmlType::Q6_K;
+  return target.int8Activations && integerDotsOf(target) != IntegerDots::None &&
+         request.cols % 256 == 0 &&
+         (request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K ||
+          request.type == GgmlType::Q6_K || request.type == GgmlType::Q8_0);
 }
 
 // One 256-value run of weights prepared for integer dot products with the
@@ -647,7 +642,9 @@ Value *pairScales(IRBuilder<> &b, Value *scales, std::initializer_list<int> indi
   return b.CreateShuffleVector(scales, scales, mask);
 }
 
-Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
+// `unsignedQ8`: q8_0's weights with the sign bit flipped, for vpdpbusd (VNNI);
+// else as stored.
+Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsignedQ8) {
   IRBuilder<> &b = k.b();
   Int8Run run;
   if (type == GgmlType::Q4_K || type == GgmlType::Q5_K) {
@@ -677,8 +674,9 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
     }
     return run;
   }
-  // q8_0: 8 blocks of {d: f16, qs: int8[32]}; signed weights made unsigned
-  // by flipping the sign bit (w + 128), the 128 * sum(x) this adds taken off.
+  // q8_0: 8 blocks of {d: f16, qs: int8[32]}; for VNNI the signed weights are
+  // made unsigned by flipping the sign bit (w + 128), the 128 * sum(x) this
+  // adds taken off.
   Value *halves = UndefValue::get(k.vec(b.getInt16Ty(), 8));
   for (int blockIndex = 0; blockIndex < 8; ++blockIndex) {
     Value *bits = b.CreateAlignedLoad(b.getInt16Ty(), b.CreateGEP(k.i8(), block, k.i64c(34 * blockIndex)), Align(1));
@@ -687,7 +685,9 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block) {
   run.blockScales = b.CreateFPExt(b.CreateBitCast(halves, k.vec(b.getHalfTy(), 8)), k.vec(k.f32(), 8));
   for (int p = 0; p < 4; ++p) {
     Value *a = k.loadBytes(block, 34 * (2 * p) + 2, kChunk), *c = k.loadBytes(block, 34 * (2 * p + 1) + 2, kChunk);
-    Value *weights = b.CreateXor(concat(b, a, c), k.splatBytes(0x80, 64));
+    Value *weights = concat(b, a, c);
+    if (unsignedQ8)
+      weights = b.CreateXor(weights, k.splatBytes(0x80, 64));
     SmallVector<int, 16> mask;
     for (int lane = 0; lane < 16; ++lane)
       mask.push_back(lane < 8 ? 2 * p : 2 * p + 1);
@@ -744,6 +744,24 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
     return b.CreateAdd(acc, b.CreateShuffleVector(products[0], products[1], laneRange(0, 16)));
   };
 
+  // The dot products of 64 signed weights and 64 int8 activations per 4
+  // values (<16 x i32>), without VNNI: |w| times x with w's sign (vpsignb),
+  // added in pairs (at most 2 * 128 * 127: 16 bits hold them), then the pairs
+  // of pairs; on 256-bit halves (no 512-bit vpsignb).
+  auto signedDots = [&](Value *weights, Value *xv) -> Value * {
+    Value *ones = ConstantVector::getSplat(ElementCount::getFixed(16), b.getInt16(1));
+    Value *quads[2];
+    for (int half = 0; half < 2; ++half) {
+      Value *w = b.CreateShuffleVector(weights, weights, laneRange(32 * half, 32));
+      Value *x = b.CreateShuffleVector(xv, xv, laneRange(32 * half, 32));
+      Value *magnitudes = b.CreateBinaryIntrinsic(Intrinsic::abs, w, b.getFalse());
+      Value *signedX = b.CreateIntrinsic(Intrinsic::x86_avx2_psign_b, {}, {x, w});
+      Value *pairs = b.CreateIntrinsic(Intrinsic::x86_avx2_pmadd_ub_sw, {}, {magnitudes, signedX});
+      quads[half] = b.CreateIntrinsic(Intrinsic::x86_avx2_pmadd_wd, {}, {pairs, ones});
+    }
+    return b.CreateShuffleVector(quads[0], quads[1], laneRange(0, 16));
+  };
+
   auto dotTokens = [&](Value *row, Value *t, int count) {
     Value *rowBase = b.CreateGEP(k.i8(), w, b.CreateMul(row, rowBytes));
     std::vector<Value *> init;
@@ -754,7 +772,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
           std::vector<Value *> next = carried;
           Value *runBase = b.CreateGEP(k.i8(), rowBase, b.CreateMul(runIndex, k.i64c(static_cast<int64_t>(runBytes))));
           k.prefetchWeights(target, runBase, static_cast<int64_t>(runBytes));
-          Int8Run run = decodeInt8Run(k, request.type, runBase);
+          Int8Run run = decodeInt8Run(k, request.type, runBase, dots == IntegerDots::Avx512Vnni);
           for (int j = 0; j < count; ++j) {
             Value *token = b.CreateAdd(t, k.i64c(j));
             Value *xqRun = b.CreateGEP(k.i8(), xq, b.CreateAdd(b.CreateMul(token, k.i64c(request.cols)), b.CreateMul(runIndex, k.i64c(256))));
@@ -770,6 +788,18 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
             auto multiplyAddPairs = [&](Value *factors) {
               return b.CreateIntrinsic(Intrinsic::x86_avx2_pmadd_wd, {}, {sums16, factors});
             };
+            if (run.blockScales && dots != IntegerDots::Avx512Vnni) {
+              // q8_0 without VNNI: exact integer dots of its blocks per 4
+              // values (signedDots), scaled per block.
+              for (const Int8Piece &piece : run.pieces) {
+                Value *xv = b.CreateAlignedLoad(k.vec(k.i8(), 64),
+                                                b.CreateGEP(k.i8(), xqRun, k.i64c(piece.xqOffset)),
+                                                Align(1));
+                next[j] = k.fmuladd(b.CreateSIToFP(signedDots(piece.weights, xv), f32x16),
+                                    b.CreateFMul(piece.laneScales, k.splat(dx, 16)), next[j]);
+              }
+              continue;
+            }
             if (run.blockScales) {
               // q8_0: per piece, the integer dots of its two blocks, less
               // 128 times their activation sums, scaled per block.

@@ -170,9 +170,8 @@ cl::opt<bool> compileF32CpuExperts(
     "f32-cpu-experts", cl::cat(ktcCategory), cl::sub(compileCommand),
     cl::desc("Generated CPU expert kernels read f32 activations on every target (f32 rounding; "
              "on AVX2 and newer targets the default quantizes activations to int8 per 256 "
-             "values for integer dot products with k-quant weights, and with q8_0 weights on "
-             "AVX-512 VNNI targets: two to three times as fast, within the quantized "
-             "tolerance)"));
+             "values for integer dot products, two to three times as fast, within the "
+             "quantized tolerance)"));
 
 cl::SubCommand cpuKernelsCommand(
     "cpu-kernels", "Generate CPU expert kernels (row kernels, and AMX tile kernels on AMX "

@@ -137,8 +137,7 @@ TEST_P(RowKernels, MatchDequantizedDotProducts) {
   StatusOr<std::unique_ptr<cpu::GeneratedKernels>> kernels =
       cpu::GeneratedKernels::load(*code, (dir.path() / "m.plan").string(), cpu::hostCpuFeatures());
   ASSERT_TRUE(kernels.ok()) << kernels.message();
-  // Integer kernels for rows of whole 256-value runs: k-quants on AVX2 and
-  // newer, q8_0 only with AVX-512 VNNI.
+  // Integer kernels on AVX2 and newer, for rows of whole 256-value runs.
   auto has = [&](const char *feature) {
     return std::find(target->features.begin(), target->features.end(), feature) !=
            target->features.end();
@@ -146,8 +145,7 @@ TEST_P(RowKernels, MatchDequantizedDotProducts) {
   for (const plan::CpuCodeKernel &kernel : code->kernels) {
     if (kernel.input == "bf16-tiles")
       continue;
-    const bool integerDots = kernel.type == "q8_0" ? has("avx512vnni") : has("avx2");
-    EXPECT_EQ(kernel.input, integerDots && kernel.cols % 256 == 0 ? "q8" : "f32") << kernel.symbol;
+    EXPECT_EQ(kernel.input, has("avx2") && kernel.cols % 256 == 0 ? "q8" : "f32") << kernel.symbol;
   }
   for (const RowKernelRequest &request : kRequests)
     checkKernel(**kernels, request, GetParam());
