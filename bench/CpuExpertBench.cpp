@@ -52,6 +52,35 @@ struct Shape {
   int64_t rows, cols;
 };
 
+// What the generated kernels read of one token's activations besides x
+// (GeneratedKernels.h): the sums of 32, and x quantized to int8 with its
+// scales and sums of 16 (f32 kernels ignore those).
+struct KernelInputs {
+  std::vector<float> sums, scales;
+  std::vector<int8_t> quantized;
+  std::vector<int16_t> sums16;
+  explicit KernelInputs(int64_t cols)
+      : sums(cols / 32), scales(cols / 256), quantized(cols), sums16(cols / 16) {}
+  // Computed from x (its size is the row width).
+  explicit KernelInputs(const std::vector<float> &x)
+      : KernelInputs(static_cast<int64_t>(x.size())) {
+    const auto cols = static_cast<int64_t>(x.size());
+    cpu::sumRunsOf32(x.data(), cols, cols, 1, sums.data());
+    cpu::quantizeActivations(x.data(), cols, cols, 1, quantized.data(), scales.data(),
+                             sums16.data());
+  }
+  cpu::KernelInput view() { return {sums.data(), quantized.data(), scales.data(), sums16.data()}; }
+};
+
+// `count` activations drawn from N(0, 1).
+template <typename Engine> std::vector<float> randomActivations(int64_t count, Engine &random) {
+  std::vector<float> x(static_cast<size_t>(count));
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (float &v : x)
+    v = normal(random);
+  return x;
+}
+
 struct Result {
   std::string type, shape;
   double matrixMiB = 0;
@@ -81,21 +110,10 @@ Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
   const size_t experts = std::max<size_t>(kTopK, buffer.size() / expertBytes);
 
   std::mt19937_64 random(11);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> x(kHidden), out(kTopK * kHidden), gate(kTopK * kFfn), up(kTopK * kFfn);
-  for (float &v : x)
-    v = normal(random);
-  struct Inputs {
-    std::vector<float> sums, scales;
-    std::vector<int8_t> quantized;
-    std::vector<int16_t> sums16;
-    explicit Inputs(int64_t cols)
-        : sums(cols / 32), scales(cols / 256), quantized(cols), sums16(cols / 16) {}
-    cpu::KernelInput view() {
-      return {sums.data(), quantized.data(), scales.data(), sums16.data()};
-    }
-  };
-  std::vector<Inputs> xInputs(kTopK, Inputs(kHidden)), gateInputs(kTopK, Inputs(kFfn));
+  const std::vector<float> x = randomActivations(kHidden, random);
+  std::vector<float> out(kTopK * kHidden), gate(kTopK * kFfn), up(kTopK * kFfn);
+  std::vector<KernelInputs> xInputs(kTopK, KernelInputs(kHidden)),
+      gateInputs(kTopK, KernelInputs(kFfn));
   std::vector<cpu::FfnBatch> batches(kTopK);
   const cpu::LoadedKernel hiddenKernel = kernelFor(kHidden), ffnKernel = kernelFor(kFfn);
   size_t next = 0;
@@ -148,23 +166,17 @@ double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, gguf::Ggml
   constexpr int64_t kRows = 256, kCallsPerPass = 64;
   const uint64_t sliceBytes = *gguf::ggmlRowBytes(type, cols) * kRows;
   const int threads = pool.threadCount();
-  std::vector<float> x(static_cast<size_t>(cols)), xsum(static_cast<size_t>(cols / 32));
   std::mt19937 random(5);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  for (float &v : x)
-    v = normal(random);
-  cpu::sumRunsOf32(x.data(), cols, cols, 1, xsum.data());
-  std::vector<int8_t> xq(static_cast<size_t>(cols));
-  std::vector<float> xqScale(static_cast<size_t>(cols / 256));
-  std::vector<int16_t> xqSum16(static_cast<size_t>(cols / 16));
-  cpu::quantizeActivations(x.data(), cols, cols, 1, xq.data(), xqScale.data(), xqSum16.data());
+  const std::vector<float> x = randomActivations(cols, random);
+  KernelInputs in(x);
   std::vector<float> y(static_cast<size_t>(kRows * threads));
   auto pass = [&] {
     pool.parallelFor(threads, [&](int64_t task, int) {
       const uint8_t *slice = buffer.data() + static_cast<uint64_t>(task) * sliceBytes;
       for (int64_t call = 0; call < kCallsPerPass; ++call)
-        kernel(slice, sliceBytes / kRows, kRows, x.data(), cols, xsum.data(), xq.data(),
-               xqScale.data(), xqSum16.data(), 1, y.data() + task * kRows, kRows);
+        kernel(slice, sliceBytes / kRows, kRows, x.data(), cols, in.sums.data(),
+               in.quantized.data(), in.scales.data(), in.sums16.data(), 1, y.data() + task * kRows,
+               kRows);
     });
   };
   pass(); // warm-up: the slices into the caches
@@ -286,17 +298,8 @@ int main(int argc, char **argv) {
       // The pool's bytes as `matrices` expert matrices, scales made finite.
       bench::makeScalesFinite(*type, buffer.data(), matrices * matrixBytes, 0x1800,
                               /*vary=*/true); // ~0.0005..0.001
-      std::vector<float> x(static_cast<size_t>(shape.cols)), xsum(static_cast<size_t>(shape.cols / 32));
-      std::normal_distribution<float> normal(0.0f, 1.0f);
-      for (float &v : x)
-        v = normal(random);
-      cpu::sumRunsOf32(x.data(), shape.cols, shape.cols, 1, xsum.data());
-      // Integer kernels read x quantized; f32 kernels ignore these.
-      std::vector<int8_t> xq(static_cast<size_t>(shape.cols));
-      std::vector<float> xqScale(static_cast<size_t>(shape.cols / 256));
-      std::vector<int16_t> xqSum16(static_cast<size_t>(shape.cols / 16));
-      cpu::quantizeActivations(x.data(), shape.cols, shape.cols, 1, xq.data(), xqScale.data(),
-                               xqSum16.data());
+      const std::vector<float> x = randomActivations(shape.cols, random);
+      KernelInputs in(x);
       std::vector<float> y(static_cast<size_t>(shape.rows));
       const int64_t tasks = pool.threadCount() * 4;
       const int64_t rowsPerTask = (shape.rows + tasks - 1) / tasks;
@@ -311,9 +314,9 @@ int main(int argc, char **argv) {
             if (begin >= end)
               return;
             if (generated) {
-              kernel(matrix + static_cast<uint64_t>(begin) * rowBytes, rowBytes, end - begin, x.data(),
-                     shape.cols, xsum.data(), xq.data(), xqScale.data(), xqSum16.data(), 1,
-                     y.data() + begin, shape.rows);
+              kernel(matrix + static_cast<uint64_t>(begin) * rowBytes, rowBytes, end - begin,
+                     x.data(), shape.cols, in.sums.data(), in.quantized.data(), in.scales.data(),
+                     in.sums16.data(), 1, y.data() + begin, shape.rows);
             } else {
               cpu::WeightMatrix w{*type, matrix, shape.rows, shape.cols, rowBytes};
               cpu::matmulRows(w, begin, end, x.data(), shape.cols, 1, y.data() + begin, shape.rows,
@@ -352,10 +355,7 @@ int main(int argc, char **argv) {
         auto kernel = reinterpret_cast<cpu::RowKernel>(
             dlsym(handle, cpu::rowKernelSymbol(type, shape.cols).c_str()));
         const uint64_t rowBytes = *gguf::ggmlRowBytes(type, shape.cols);
-        std::vector<float> x(static_cast<size_t>(tokens * shape.cols));
-        std::normal_distribution<float> normal(0.0f, 1.0f);
-        for (float &v : x)
-          v = normal(random);
+        const std::vector<float> x = randomActivations(tokens * shape.cols, random);
         std::vector<float> xsum(static_cast<size_t>(tokens * shape.cols / 32));
         std::vector<int8_t> xq(static_cast<size_t>(tokens * shape.cols));
         std::vector<float> xqScale(static_cast<size_t>(tokens * shape.cols / 256));

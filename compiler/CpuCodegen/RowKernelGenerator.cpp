@@ -625,10 +625,7 @@ struct Int8Run {
 };
 
 Value *concat(IRBuilder<> &b, Value *low, Value *high) {
-  SmallVector<int, 64> mask;
-  for (int i = 0; i < 64; ++i)
-    mask.push_back(i);
-  return b.CreateShuffleVector(low, high, mask);
+  return b.CreateShuffleVector(low, high, laneRange(0, 64));
 }
 
 // <32 x i16> whose lanes [8i, 8i + 8) hold `scales`[indices[i]] (a pair of
