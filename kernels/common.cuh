@@ -36,6 +36,25 @@ __device__ __forceinline__ u32 toBf16(float value) {
   return (bits + 0x7fffu + ((bits >> 16) & 1u)) >> 16;
 }
 
+// Four floats of a lane, one warp holding a 128-column slice, to e4m3 as
+// DeepSeek's recipe quantizes activations: scale = max |x| / 448 over the
+// slice (448 is e4m3's largest value; 1 where the slice is all zeros), q =
+// x / scale rounded to nearest even, saturating. Returns the four bytes
+// (x in the lowest) and sets `scale`. Needs sm_89's conversion (zeros before).
+__device__ __forceinline__ u32 quantizeE4m3Slice(float4 v, float &scale) {
+  float largest = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
+  scale = largest > 0.0f ? largest / 448.0f : 1.0f;
+  u16 low = 0, high = 0;
+#if __CUDA_ARCH__ >= 890
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(low) : "f"(v.y / scale), "f"(v.x / scale));
+  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(high) : "f"(v.w / scale), "f"(v.z / scale));
+#endif
+  return static_cast<u32>(low) | static_cast<u32>(high) << 16;
+}
+
 __device__ __forceinline__ float warpSum(float value) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1)

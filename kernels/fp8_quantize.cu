@@ -18,15 +18,6 @@
 static_assert(IN_FEATURES % 128 == 0, "whole 128-column slices");
 constexpr int kSlices = IN_FEATURES / 128;
 
-// Two floats to two e4m3 bytes (`low` in the low byte), saturating.
-__device__ __forceinline__ kt::u16 toE4m3Pair(float low, float high) {
-  kt::u16 pair = 0;
-#if __CUDA_ARCH__ >= 890
-  asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(high), "f"(low));
-#endif
-  return pair;
-}
-
 extern "C" __global__ void __launch_bounds__(256)
 fp8_quantize(const float *__restrict__ x, int xStride, int rows, kt::u8 *__restrict__ q,
              float *__restrict__ scales, int scaleStride, const int *__restrict__ rowIndex) {
@@ -38,13 +29,8 @@ fp8_quantize(const float *__restrict__ x, int xStride, int rows, kt::u8 *__restr
   const float4 v = *reinterpret_cast<const float4 *>(
       x + static_cast<long long>(rowIndex ? rowIndex[token] : token) * xStride + slice * 128 +
       4 * lane);
-  float largest = fmaxf(fmaxf(fabsf(v.x), fabsf(v.y)), fmaxf(fabsf(v.z), fabsf(v.w)));
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1)
-    largest = fmaxf(largest, __shfl_xor_sync(0xffffffffu, largest, offset));
-  const float scale = largest > 0.0f ? largest / 448.0f : 1.0f;
-  const kt::u32 packed = toE4m3Pair(v.x / scale, v.y / scale) |
-                         static_cast<kt::u32>(toE4m3Pair(v.z / scale, v.w / scale)) << 16;
+  float scale;
+  const kt::u32 packed = kt::quantizeE4m3Slice(v, scale);
   *reinterpret_cast<kt::u32 *>(q + static_cast<long long>(token) * IN_FEATURES + slice * 128 +
                                4 * lane) = packed;
   if (lane == 0)

@@ -4,6 +4,7 @@
 //   HIDDEN         row length (constant: loops unroll, no bounds arguments)
 //   EPS            epsilon, a float literal such as 1e-06f
 //   BLOCK_THREADS  threads per block (a multiple of 32, at most 1024)
+//   FP8_OUT        (optional) also the entry rms_norm_fp8 below
 #include "common.cuh"
 
 #ifndef HIDDEN
@@ -35,3 +36,44 @@ rms_norm(const float *__restrict__ x, const float *__restrict__ weight,
   for (int i = threadIdx.x; i < HIDDEN; i += BLOCK_THREADS)
     out[i] = in[i] * scale * weight[i];
 }
+
+#if defined(FP8_OUT)
+// rms_norm, and the result quantized for the FP8 GEMM as fp8_quantize.cu
+// does it (the same bytes and scales), in the same pass: q e4m3
+// [rows][HIDDEN], scales f32 [HIDDEN / 128][scaleStride]. The norm is the
+// producer of the layers' GEMM inputs, so prefill skips a kernel and a read
+// of its result. One warp per 128-column slice; rows 16-byte aligned.
+static_assert(HIDDEN % 128 == 0, "whole 128-column slices");
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+    rms_norm_fp8(const float *__restrict__ x, const float *__restrict__ weight,
+                 float *__restrict__ y, int rows, int xStride, int yStride, kt::u8 *__restrict__ q,
+                 float *__restrict__ scales, int scaleStride) {
+  __shared__ float scratch[BLOCK_THREADS / 32];
+  const int row = blockIdx.x;
+  if (row >= rows)
+    return;
+  const float *in = x + static_cast<long long>(row) * xStride;
+  float *out = y + static_cast<long long>(row) * yStride;
+
+  // The sum as rms_norm forms it, so both give the same bits.
+  float sumSquares = 0.0f;
+  for (int i = threadIdx.x; i < HIDDEN; i += BLOCK_THREADS)
+    sumSquares += in[i] * in[i];
+  const float total = kt::blockSum<BLOCK_THREADS>(sumSquares, scratch);
+  const float scale = 1.0f / sqrtf(total / static_cast<float>(HIDDEN) + EPS);
+  const int lane = threadIdx.x % 32;
+  for (int slice = threadIdx.x / 32; slice < HIDDEN / 128; slice += BLOCK_THREADS / 32) {
+    const int i = slice * 128 + 4 * lane;
+    const float4 a = *reinterpret_cast<const float4 *>(in + i),
+                 w = *reinterpret_cast<const float4 *>(weight + i);
+    const float4 v =
+        make_float4(a.x * scale * w.x, a.y * scale * w.y, a.z * scale * w.z, a.w * scale * w.w);
+    *reinterpret_cast<float4 *>(out + i) = v;
+    float sliceScale;
+    const kt::u32 packed = kt::quantizeE4m3Slice(v, sliceScale);
+    *reinterpret_cast<kt::u32 *>(q + static_cast<long long>(row) * HIDDEN + i) = packed;
+    if (lane == 0)
+      scales[static_cast<long long>(slice) * scaleStride + row] = sliceScale;
+  }
+}
+#endif

@@ -178,11 +178,14 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
                                  {"decode", placement.getDecode()}}) {
       if (!device.startswith("cuda:"))
         continue;
-      if (auto norm = dyn_cast<RmsNormOp>(op.getOperation()))
-        collector.add(
-            cuda::rmsNormSpec(norm.getWeight().getShape()[0], norm.getEps().convertToFloat()),
-            device, path);
-      else if (auto embedding = dyn_cast<EmbeddingOp>(op.getOperation())) {
+      if (auto norm = dyn_cast<RmsNormOp>(op.getOperation())) {
+        const int64_t width = norm.getWeight().getShape()[0];
+        const float eps = norm.getEps().convertToFloat();
+        collector.add(cuda::rmsNormSpec(width, eps), device, path);
+        // Prefill quantizes the result for the FP8 GEMM that reads it.
+        if (phase == "prefill" && op->hasAttr("ktgraph.quantize_fp8"))
+          collector.add(cuda::rmsNormFp8Spec(width, eps), device, path);
+      } else if (auto embedding = dyn_cast<EmbeddingOp>(op.getOperation())) {
         WeightAttr table = embedding.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(table.getDtype().str());
         if (type && (*type == gguf::GgmlType::F32 || *type == gguf::GgmlType::F16 ||
@@ -233,6 +236,8 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         const float eps = attention.getEps().convertToFloat();
         if (attention.getQLoraRank() > 0)
           collector.add(cuda::rmsNormSpec(attention.getQLoraRank(), eps), device, path);
+        if (phase == "prefill" && op->hasAttr("ktgraph.quantize_fp8_q_norm"))
+          collector.add(cuda::rmsNormFp8Spec(attention.getQLoraRank(), eps), device, path);
         collector.add(cuda::rmsNormSpec(attention.getKvLoraRank(), eps), device, path);
         // The per-head up-projections of the latent, batched over heads; a
         // model with only the joint kv_b_proj gets them split into f32 at load.
@@ -253,6 +258,9 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
                                   ? cast<MlpOp>(op.getOperation()).getGateProj()
                                   : cast<SharedExpertsOp>(op.getOperation()).getGateProj();
         collector.add(cuda::elementwiseSpec("silu_mul", gateProj.getShape()[1]), device, path);
+        if (phase == "prefill" && op->hasAttr("ktgraph.quantize_fp8_act"))
+          collector.add(cuda::elementwiseSpec("silu_mul_fp8", gateProj.getShape()[1]), device,
+                        path);
       } else if (auto gate = dyn_cast<MoeGateOp>(op.getOperation())) {
         cuda::MoeGateShape shape;
         shape.experts = gate.getNumExperts();

@@ -188,4 +188,26 @@ def MarkGraphRegions : Pass<"kt-mark-graph-regions", "mlir::ModuleOp"> {
   }];
 }
 
+def FuseNormQuantize : Pass<"kt-fuse-norm-quantize", "mlir::ModuleOp"> {
+  let summary = "Lets RMSNorms quantize their results for the FP8 GEMMs that read them";
+  let description = [{
+    The FP8 wgmma GEMM (sm_90a) multiplies activations quantized to e4m3 per
+    token and 128 columns. Where a GEMM's input is an RMSNorm's result on the
+    same GPU, the norm can write that quantization in the pass that writes
+    its result, so prefill skips a kernel and a read of the activations.
+
+    An `rms_norm` gets `ktgraph.quantize_fp8 = true` when one of its users
+    (not through a transfer) multiplies it first by a linear sub-module whose
+    prefill kernel is `linear.fp8.fp8_wgmma`, placed on the norm's prefill
+    device, with `in` equal to the norm's width (a multiple of 128): the
+    attention's `q_a_proj` or `q_proj` (`kv_a_proj_with_mqa` reads the same
+    quantization), the MLP's or shared experts' `gate_proj` (`up_proj` too).
+    An `mla_attention` gets `ktgraph.quantize_fp8_q_norm = true` when its
+    `q_b_proj` is such a sub-module: `q_a_norm` quantizes for it. An `mlp`
+    or `shared_experts` gets `ktgraph.quantize_fp8_act = true` when its
+    `down_proj` is: the SiLU-gated product quantizes for it (and is not
+    written as floats).
+  }];
+}
+
 #endif // KT_TRANSFORMS_PASSES

@@ -21,6 +21,7 @@ void buildCompilePipeline(mlir::OpPassManager &pm, const CompilePipelineOptions 
   pm.addPass(createPlanMemory(memory));
   pm.addPass(createPartitionStages());
   pm.addPass(createInsertTransfers());
+  pm.addPass(createFuseNormQuantize());
   pm.addPass(createMarkGraphRegions());
 }
 
@@ -43,7 +44,9 @@ struct CompilePipelineCliOptions
 
 void registerCompilePipeline() {
   mlir::PassPipelineRegistration<CompilePipelineCliOptions>(
-      "kt-compile", "Placement, verification, memory plan, stages, transfers, graph regions",
+      "kt-compile",
+      "Placement, verification, memory plan, stages, transfers, norm-quantize fusion, graph "
+      "regions",
       [](mlir::OpPassManager &pm, const CompilePipelineCliOptions &cli) {
         CompilePipelineOptions options;
         options.rulesPath = cli.rules;

@@ -1,5 +1,6 @@
 // The compile pipeline: placement, verification, memory planning, stages,
-// transfers and graph regions, in the order DESIGN.md gives.
+// transfers, norm-quantize fusion and graph regions, in the order DESIGN.md
+// gives (fusion, which DESIGN.md does not list, just before the regions).
 #pragma once
 
 #include "mlir/Pass/PassManager.h"

@@ -27,6 +27,7 @@ Status quantizeActivations(CudaDevice &device, const Fp8GemmKernels &kernels, in
   quantize.gridX = unsigned(ceilDiv(rows * (in / kSlice) * 32, 256));
   quantize.blockX = 256;
   scratch.holds = {};
+  scratch.producer = {};
   Status s = device.launch(*kernels.quantize, quantize,
                            {&x, &xs, &tokens, &q, &qScales, &scaleStride, &rowIndex});
   if (s.ok())
@@ -196,7 +197,8 @@ size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiproc
 
 Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8GemmWeight &weight,
                   DevicePointer x, int64_t xStride, int64_t rows, DevicePointer y, int64_t yStride,
-                  const Fp8GemmScratch &scratch, unsigned splits, bool xUnchanged) {
+                  const Fp8GemmScratch &scratch, unsigned splits, bool xUnchanged,
+                  uint64_t quantizedBy) {
   if (rows <= 0)
     return Status::success();
   if (rows > scratch.rows || weight.in > scratch.in)
@@ -206,8 +208,10 @@ Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8Ge
   if (splits > 1 && splits * size_t(rows * weight.out) > scratch.partialFloats)
     return Status::error("the FP8 GEMM's scratch has no room for " + std::to_string(splits) +
                          " partial results.");
+  const Fp8GemmScratch::Holds wanted{x, 0, rows, xStride, weight.in};
   const bool quantized =
-      xUnchanged && scratch.holds == Fp8GemmScratch::Holds{x, 0, rows, xStride, weight.in};
+      (xUnchanged && scratch.holds == wanted) ||
+      (quantizedBy != 0 && scratch.producer.run == quantizedBy && scratch.producer.holds == wanted);
   if (!quantized)
     if (Status s = quantizeActivations(device, kernels, weight.in, x, xStride, 0, rows, scratch);
         !s.ok())

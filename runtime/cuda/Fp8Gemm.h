@@ -81,6 +81,14 @@ struct Fp8GemmScratch {
     }
   };
   mutable Holds holds;
+  // A quantization a fused producer (rms_norm_fp8) wrote, and its run
+  // (runFp8Gemm's quantizedBy): kept over other GEMVs until the scratch is
+  // written again.
+  struct Produced {
+    Holds holds;
+    uint64_t run = 0;
+  };
+  mutable Produced producer;
 };
 // Floats between slices of the activations' scales for up to `rows` tokens
 // (a multiple of 4: the GEMM copies them through a tensor map).
@@ -98,9 +106,12 @@ size_t fp8GemmPartialFloats(int64_t rows, int64_t out, int64_t in, int multiproc
 // written x since the last GEMM that read it, so where the scratch still
 // holds x's quantization (no other quantization since) it is used again
 // (q_a and kv_a, gate and up read the same x).
+// `quantizedBy` (non-zero): the producer run that wrote x's quantization
+// into the scratch (Fp8GemmScratch::producer), used where it is still there.
 Status runFp8Gemm(CudaDevice &device, const Fp8GemmKernels &kernels, const Fp8GemmWeight &weight,
                   DevicePointer x, int64_t xStride, int64_t rows, DevicePointer y, int64_t yStride,
-                  const Fp8GemmScratch &scratch, unsigned splits, bool xUnchanged = false);
+                  const Fp8GemmScratch &scratch, unsigned splits, bool xUnchanged = false,
+                  uint64_t quantizedBy = 0);
 
 // The GEMM's block tile: 128 tokens (or assignment rows).
 constexpr int64_t kFp8GemmTileRows = 128;

@@ -48,6 +48,10 @@ struct Value {
   DevicePointer gpu = 0;
   void *host = nullptr;
   int logicalGpu = 0; // of a GPU value (virtual GPUs)
+  // The run of the fused norm that last wrote this value's FP8 quantization
+  // into its GPU's GEMM scratch (0: none); the GEMMs reading the value reuse
+  // it where the scratch still holds it (runFp8Gemm's quantizedBy).
+  uint64_t fp8Quantization = 0;
   float *hostFloats() const { return static_cast<float *>(host); }
   int32_t *hostIds() const { return static_cast<int32_t *>(host); }
 };
@@ -278,6 +282,7 @@ public:
   exec::ExecutionProfile profile;
   bool cudaGraphs = true;
   bool fp8Gemm = true; // ExecutorOptions::fp8Gemm
+  bool fusedNormQuantization = true; // ExecutorOptions::fusedNormQuantization
   bool mlaTensorCores = true; // ExecutorOptions::mlaTensorCores
   bool mmaGemm = true;        // ExecutorOptions::ggufTensorCores
   // The GPU expert cache (on cuda:0), and what the plan lets it use there.
@@ -329,6 +334,7 @@ public:
   DevicePointer argmaxIds = 0;    // int32 per sequence, on the logits' GPU
   DevicePointer sampleParams = 0; // kSampleParamsBytes per sequence, beside them
   std::vector<float> hostLogits; // without the kernels: the logits, then the choice here
+  uint64_t fp8NormRuns = 0;      // fused producer runs so far (rmsNormForFp8, siluMulForFp8)
 
   // The loaded kernel of `spec`, compiled or read from the cache; the plan
   // must list the specialization (else it comes from another ktc).
@@ -361,8 +367,9 @@ public:
   // y = W x for `tokens` tokens (and W's heads) laid out as `layout` says.
   // `xUnchanged`: the previous call multiplied the same x, unchanged since
   // (the FP8 GEMM may reuse the quantization that call made).
+  // `quantizedBy`: the fused norm run that quantized x (Value::fp8Quantization).
   Status gemv(const GpuMatrix &w, DevicePointer x, DevicePointer y, int64_t tokens,
-              GemvLayout layout, bool xUnchanged = false) {
+              GemvLayout layout, bool xUnchanged = false, uint64_t quantizedBy = 0) {
     DevicePointer data = w.data, scales = w.scales;
     layout.tokens = int(tokens);
     Gpu &gpu = physical[size_t(currentPhysical)];
@@ -376,7 +383,7 @@ public:
           *device, path->kernels, path->weight, x, layout.xTokenStride, tokens, y,
           layout.yTokenStride, gpu.fp8,
           fp8GemmSplits(tokens, w.out, w.in, gpu.multiprocessors, path->kernels.config.blockN),
-          xUnchanged);
+          xUnchanged, quantizedBy);
     }
     gpu.fp8.holds = {}; // the next call's xUnchanged speaks of this call's x only
     if (w.fp8Bf16Gemm && tokens >= kFp8Bf16GemmMinTokens && !layout.matrixIds) {
@@ -432,6 +439,70 @@ public:
                  int64_t rows, int64_t xStride, int64_t yStride) {
     int rowCount = int(rows), xs = int(xStride), ys = int(yStride);
     return launch(k, static_cast<unsigned>(rows), 1, 1, 0, {&x, &weight, &y, &rowCount, &xs, &ys});
+  }
+  // The norm of `rows` rows of `width` into y (rows `width` apart), and, with
+  // `fused` (rmsNormFp8Spec's kernel) where the FP8 GEMM will read y (more
+  // than kFp8GemvMaxTokens rows that fit this GPU's scratch), y quantized
+  // into the scratch as the GEMM would quantize it. Returns the run that
+  // quantized (the readers' quantizedBy), 0 where none did.
+  StatusOr<uint64_t> rmsNormForFp8(const Kernel &plain, const Kernel *fused, DevicePointer x,
+                                   DevicePointer weight, DevicePointer y, int64_t rows,
+                                   int64_t width) {
+    Fp8GemmScratch &scratch = physical[size_t(currentPhysical)].fp8;
+    if (!fused || !fp8ScratchTakes(rows, width)) {
+      if (Status s = rmsNorm(plain, x, weight, y, rows, width, width); !s.ok())
+        return s;
+      return uint64_t(0);
+    }
+    int rowCount = int(rows), stride = int(width),
+        scaleStride = int(fp8GemmScaleStride(scratch.rows));
+    DevicePointer q = scratch.activations, scales = scratch.scales;
+    scratch.holds = {};
+    scratch.producer = {};
+    if (Status s =
+            launch(*fused, static_cast<unsigned>(rows), 1, 1, 0,
+                   {&x, &weight, &y, &rowCount, &stride, &stride, &q, &scales, &scaleStride});
+        !s.ok())
+      return s;
+    return producedFp8(y, rows, width);
+  }
+  // out = silu(gate) * up over `rows` rows of `width` (a step's scratch,
+  // rows `width` apart); with `fused` (silu_mul_fp8) where an FP8 GEMM will
+  // read out, its quantization into the scratch instead of the floats. The
+  // run as rmsNormForFp8's.
+  StatusOr<uint64_t> siluMulForFp8(const Kernel &plain, const Kernel *fused, DevicePointer gate,
+                                   DevicePointer up, DevicePointer out, int64_t rows,
+                                   int64_t width) {
+    Fp8GemmScratch &scratch = physical[size_t(currentPhysical)].fp8;
+    if (!fused || !fp8ScratchTakes(rows, width)) {
+      if (Status s = elementwise(plain, gate, up, out, rows, width); !s.ok())
+        return s;
+      return uint64_t(0);
+    }
+    int tokens = int(rows), scaleStride = int(fp8GemmScaleStride(scratch.rows));
+    DevicePointer q = scratch.activations, scales = scratch.scales;
+    scratch.holds = {};
+    scratch.producer = {};
+    if (Status s = launch(*fused, ceilDiv(rows * (width / 128) * 32, fused->threads), 1, 1, 0,
+                          {&gate, &up, &q, &scales, &scaleStride, &tokens});
+        !s.ok())
+      return s;
+    return producedFp8(out, rows, width);
+  }
+  // Whether this GPU's FP8 GEMM scratch takes a fused producer's
+  // quantization of `rows` x `width`: steps the GEMM runs (more than
+  // kFp8GemvMaxTokens rows) that fit it.
+  bool fp8ScratchTakes(int64_t rows, int64_t width) const {
+    const Fp8GemmScratch &scratch = physical[size_t(currentPhysical)].fp8;
+    return rows > kFp8GemvMaxTokens && rows <= scratch.rows && width <= scratch.in &&
+           scratch.activations;
+  }
+  // Records a fused producer's quantization of x (`rows` x `width`, rows
+  // `width` apart) in the scratch; returns its run.
+  uint64_t producedFp8(DevicePointer x, int64_t rows, int64_t width) {
+    Fp8GemmScratch &scratch = physical[size_t(currentPhysical)].fp8;
+    scratch.producer = {{x, 0, rows, width, width}, ++fp8NormRuns};
+    return scratch.producer.run;
   }
   // Element-wise kernels stride over the data: enough blocks to fill the GPU.
   Status elementwise(const Kernel &k, DevicePointer a, DevicePointer b, DevicePointer out,
@@ -958,16 +1029,23 @@ private:
 
 class RmsNormStep : public Step {
 public:
-  RmsNormStep(DevicePointer weight, const Kernel *kernel, int64_t width)
-      : weight_(weight), kernel_(kernel), width_(width) {}
+  // `fp8Kernel`: the fused norm and quantization, where the plan marks the
+  // norm (quantize_fp8: an FP8 GEMM reads its result in prefill).
+  RmsNormStep(DevicePointer weight, const Kernel *kernel, const Kernel *fp8Kernel, int64_t width)
+      : weight_(weight), kernel_(kernel), fp8Kernel_(fp8Kernel), width_(width) {}
   Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
              const std::vector<Value *> &out) override {
-    return m.rmsNorm(*kernel_, in[0]->gpu, weight_, out[0]->gpu, ctx.rows, width_, width_);
+    StatusOr<uint64_t> run =
+        m.rmsNormForFp8(*kernel_, fp8Kernel_, in[0]->gpu, weight_, out[0]->gpu, ctx.rows, width_);
+    if (!run)
+      return run.status();
+    out[0]->fp8Quantization = *run;
+    return Status::success();
   }
 
 private:
   DevicePointer weight_;
-  const Kernel *kernel_;
+  const Kernel *kernel_, *fp8Kernel_;
   int64_t width_;
 };
 
@@ -994,6 +1072,7 @@ public:
   DevicePointer qANorm = 0, kvANorm = 0, inverseFrequencies = 0;
   const Kernel *qNorm = nullptr, *kvNorm = nullptr, *ropeQ = nullptr, *ropeK = nullptr,
                *append = nullptr, *core = nullptr, *splitCore = nullptr, *combine = nullptr;
+  const Kernel *qNormFp8 = nullptr; // q_a_norm quantizing for q_b's FP8 GEMM
   // The prefill core on tensor cores (sm_80+, where the plan lists it) for
   // segments of at least kMlaPrefillMmaMinWork tokens x positions.
   const Kernel *coreMma = nullptr;
@@ -1040,14 +1119,24 @@ public:
     // Queries: compressed, normalized, expanded to heads; rope on each head's tail.
     // kv_a right after q_a: the FP8 GEMM quantizes x once for both.
     const GemvLayout kvALayout{int(s.hidden), int(kvWidth), 0, 0};
+    // x's FP8 quantization, where the norm before made it.
+    const uint64_t xQuantized = in[0]->fp8Quantization;
     if (s.qLoraRank > 0) {
-      step(m.gemv(qA, x, qLoraBuf, rows, {int(s.hidden), int(s.qLoraRank), 0, 0}));
-      step(m.gemv(kvA, x, kvABuf, rows, kvALayout, true));
-      step(m.rmsNorm(*qNorm, qLoraBuf, qANorm, qLoraBuf, rows, s.qLoraRank, s.qLoraRank));
-      step(m.gemv(qB, qLoraBuf, qBuf, rows, {int(s.qLoraRank), int(H * qk), 0, 0}));
+      step(m.gemv(qA, x, qLoraBuf, rows, {int(s.hidden), int(s.qLoraRank), 0, 0}, false,
+                  xQuantized));
+      step(m.gemv(kvA, x, kvABuf, rows, kvALayout, true, xQuantized));
+      uint64_t qQuantized = 0;
+      if (st.ok()) {
+        StatusOr<uint64_t> run =
+            m.rmsNormForFp8(*qNorm, qNormFp8, qLoraBuf, qANorm, qLoraBuf, rows, s.qLoraRank);
+        step(run.status());
+        qQuantized = run ? *run : 0;
+      }
+      step(m.gemv(qB, qLoraBuf, qBuf, rows, {int(s.qLoraRank), int(H * qk), 0, 0}, false,
+                  qQuantized));
     } else {
-      step(m.gemv(q, x, qBuf, rows, {int(s.hidden), int(H * qk), 0, 0}));
-      step(m.gemv(kvA, x, kvABuf, rows, kvALayout, true));
+      step(m.gemv(q, x, qBuf, rows, {int(s.hidden), int(H * qk), 0, 0}, false, xQuantized));
+      step(m.gemv(kvA, x, kvABuf, rows, kvALayout, true, xQuantized));
     }
     DevicePointer qPointer = qBuf;
     step(m.launch(*ropeQ, ceilDiv(rows * H * (s.rope / 2), ropeQ->threads), 1, 1, 0,
@@ -1116,6 +1205,7 @@ class FeedForwardStep : public Step {
 public:
   GpuMatrix gate, up, down;
   const Kernel *siluMul = nullptr;
+  const Kernel *siluMulFp8 = nullptr; // where down's FP8 GEMM reads the product quantized
   int64_t hidden = 0, ffn = 0;
 
   size_t scratchFloats(int64_t rows) const override { return size_t(2 * rows * ffn); }
@@ -1124,13 +1214,19 @@ public:
     const int64_t rows = ctx.rows;
     const DevicePointer g = m.scratch, u = m.scratch + DevicePointer(rows * ffn) * 4;
     const GemvLayout wide{int(hidden), int(ffn), 0, 0};
-    if (Status s = m.gemv(gate, in[0]->gpu, g, rows, wide); !s.ok())
+    const uint64_t xQuantized = in[0]->fp8Quantization; // by the norm before
+    if (Status s = m.gemv(gate, in[0]->gpu, g, rows, wide, false, xQuantized); !s.ok())
       return s;
-    if (Status s = m.gemv(up, in[0]->gpu, u, rows, wide, true); !s.ok())
+    if (Status s = m.gemv(up, in[0]->gpu, u, rows, wide, true, xQuantized); !s.ok())
       return s;
-    if (Status s = m.elementwise(*siluMul, g, u, g, rows, ffn); !s.ok())
-      return s;
-    return m.gemv(down, g, out[0]->gpu, rows, {int(ffn), int(hidden), 0, 0});
+    // The fused product writes only the quantization: only where down's
+    // GEMM (not its GEMV) reads g.
+    const bool downGemm = down.fp8Gemm && rows > kFp8GemvMaxTokens;
+    StatusOr<uint64_t> run =
+        m.siluMulForFp8(*siluMul, downGemm ? siluMulFp8 : nullptr, g, u, g, rows, ffn);
+    if (!run)
+      return run.status();
+    return m.gemv(down, g, out[0]->gpu, rows, {int(ffn), int(hidden), 0, 0}, false, *run);
   }
 };
 
@@ -1580,6 +1676,13 @@ public:
   }
 };
 
+// Whether the compiler set the op's flag `name` (kt-fuse-norm-quantize's).
+bool marked(const plan::Op &op, const std::string &name) {
+  auto it = op.params.find(name);
+  const bool *value = it == op.params.end() ? nullptr : std::get_if<bool>(&it->second);
+  return value && *value;
+}
+
 std::string placementText(const plan::Op &op) {
   return "prefill on " + op.prefillDevice + ", decode on " + op.decodeDevice;
 }
@@ -2001,8 +2104,12 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       expectWhere(Where::Gpu);
       const int64_t width = in[0]->width;
       DevicePointer weight = loader.vector("weight", width);
-      const Kernel *k = loader.kernel(rmsNormSpec(width, float(b.real("eps"))));
-      step = std::make_unique<RmsNormStep>(weight, k, width);
+      const float eps = float(b.real("eps"));
+      const Kernel *k = loader.kernel(rmsNormSpec(width, eps));
+      const Kernel *fused = fusedNormQuantization && fp8Gemm && marked(op, "quantize_fp8")
+                                ? loader.kernel(rmsNormFp8Spec(width, eps))
+                                : nullptr;
+      step = std::make_unique<RmsNormStep>(weight, k, fused, width);
       produced.push_back({here, Kind::Floats, width, 0, true});
     } else if (kind == "add") {
       if (!b.operands(2, 1))
@@ -2028,6 +2135,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         attention->qA = loader.load("q_a_proj", s.hidden, s.qLoraRank);
         attention->qANorm = loader.vector("q_a_norm", s.qLoraRank);
         attention->qNorm = loader.kernel(rmsNormSpec(s.qLoraRank, eps));
+        if (fusedNormQuantization && fp8Gemm && marked(op, "quantize_fp8_q_norm"))
+          attention->qNormFp8 = loader.kernel(rmsNormFp8Spec(s.qLoraRank, eps));
         attention->qB = loader.load("q_b_proj", s.qLoraRank, s.heads * attention->qk());
       } else {
         attention->q = loader.load("q_proj", s.hidden, s.heads * attention->qk());
@@ -2126,6 +2235,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       ffn->up = loader.load("up_proj", ffn->hidden, ffn->ffn);
       ffn->down = loader.load("down_proj", ffn->ffn, ffn->hidden);
       ffn->siluMul = loader.kernel(elementwiseSpec("silu_mul", ffn->ffn));
+      if (fusedNormQuantization && fp8Gemm && marked(op, "quantize_fp8_act"))
+        ffn->siluMulFp8 = loader.kernel(elementwiseSpec("silu_mul_fp8", ffn->ffn));
       produced.push_back({here, Kind::Floats, ffn->hidden, 0, true});
       step = std::move(ffn);
     } else if (kind == "moe_gate") {
@@ -2688,6 +2799,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->cudaGraphs = options.cudaGraphs;
   impl->fp8Gemm = options.fp8Gemm;
+  impl->fusedNormQuantization = options.fusedNormQuantization;
   impl->mlaTensorCores = options.mlaTensorCores;
   impl->mmaGemm = options.ggufTensorCores;
   impl->logicalGpus = logicalGpus;
@@ -2937,6 +3049,8 @@ exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
   return stats;
 }
 HybridExecutor::GraphStats HybridExecutor::graphStats() const { return impl_->graphStats; }
+
+uint64_t HybridExecutor::fusedNormQuantizations() const { return impl_->fp8NormRuns; }
 const KernelLoadStats &HybridExecutor::kernelLoadStats() const { return impl_->loadStats; }
 uint64_t HybridExecutor::gpuWeightBytes() const { return impl_->weightBytes; }
 uint64_t HybridExecutor::gpuBufferBytes() const { return impl_->bufferBytes; }

@@ -94,6 +94,9 @@ public:
     size_t captured = 0, launched = 0;
   };
   GraphStats graphStats() const;
+  // Runs of norms and SiLU products that quantized their results for an
+  // FP8 GEMM (rms_norm_fp8, silu_mul_fp8) since the executor was made.
+  uint64_t fusedNormQuantizations() const;
   // Bytes of GPU memory the executor allocated: weights, caches, activations.
   uint64_t gpuWeightBytes() const;
   uint64_t gpuBufferBytes() const;

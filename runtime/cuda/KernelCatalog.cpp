@@ -105,6 +105,17 @@ StatusOr<KernelSpec> rmsNormSpec(int64_t width, float eps) {
                         threads);
 }
 
+StatusOr<KernelSpec> rmsNormFp8Spec(int64_t width, float eps) {
+  StatusOr<KernelSpec> spec = rmsNormSpec(width, eps);
+  if (!spec)
+    return spec;
+  if (width % 128 != 0)
+    return Status::error("rms_norm_fp8 quantizes whole 128-column slices; " + integer(width) +
+                         " values are not.");
+  spec->defines["FP8_OUT"] = "1";
+  return makeKernelSpec("rms_norm.cu", "rms_norm_fp8", spec->defines, spec->blockThreads);
+}
+
 StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType tableType) {
   int typeCode;
   switch (tableType) {
@@ -338,9 +349,11 @@ StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK, const std::str
 }
 
 StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count) {
-  if ((entry != "silu_mul" && entry != "add") || count <= 0 || count > INT32_MAX)
+  if ((entry != "silu_mul" && entry != "add" && entry != "silu_mul_fp8") || count <= 0 ||
+      count > INT32_MAX || (entry == "silu_mul_fp8" && count % 128 != 0))
     return Status::error("no element-wise GPU kernel '" + entry + "' over " + integer(count) +
-                         " values (silu_mul and add exist).");
+                         " values (silu_mul and add exist; silu_mul_fp8 over whole 128-value "
+                         "slices).");
   return makeKernelSpec("elementwise.cu", entry,
                         {{"COUNT", integer(count)}, {"BLOCK_THREADS", "256"}}, 256);
 }
@@ -743,6 +756,21 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
     if (shapes.fp8Bf16Gemm && fp8GemmFits(out, in))
       if (Status s = add(gemmFp8Bf16Spec(out, in)); !s.ok())
         return s;
+  }
+  // The norms feeding FP8 GEMMs (the layers' and q_a's) quantize their
+  // results for them.
+  if (shapes.fp8Gemm && !shapes.fp8Matrices.empty()) {
+    std::vector<int64_t> widths = shapes.extraNormWidths;
+    widths.push_back(shapes.hidden);
+    for (int64_t width : widths)
+      if (width % 128 == 0)
+        if (Status s = add(rmsNormFp8Spec(width, shapes.rmsNormEps)); !s.ok())
+          return s;
+    // And the SiLU-gated products for the down projections.
+    for (int64_t count : shapes.elementwiseCounts)
+      if (count % 128 == 0)
+        if (Status s = add(elementwiseSpec("silu_mul_fp8", count)); !s.ok())
+          return s;
   }
   for (const ModelKernelShapes::Mla &mla : shapes.mlaDecode)
     for (StatusOr<KernelSpec> spec :

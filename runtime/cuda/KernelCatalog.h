@@ -26,6 +26,10 @@ std::string floatLiteral(float value); // "1e-06f", exact round trip
 
 // RMSNorm over rows of `width` floats (one block per row).
 StatusOr<KernelSpec> rmsNormSpec(int64_t width, float eps);
+// rms_norm that also writes its result quantized for the FP8 GEMM (entry
+// rms_norm_fp8; width a multiple of 128): for norms whose result the FP8
+// wgmma GEMM multiplies in prefill (ktc's kt-fuse-norm-quantize).
+StatusOr<KernelSpec> rmsNormFp8Spec(int64_t width, float eps);
 // Embedding rows of a [vocab][hidden] table of f32, f16, bf16 or q8_0 (one block per token).
 StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType tableType);
 // The GEMV kernels' last argument (kernels/common.cuh): grid y runs over
@@ -247,7 +251,9 @@ StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims);
 StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK,
                                     const std::string &entry = "moe_combine");
 
-// silu_mul and add over `count` floats per token (entry "silu_mul" or "add").
+// silu_mul and add over `count` floats per token (entry "silu_mul" or "add"),
+// or silu_mul_fp8: silu_mul's values quantized for the FP8 GEMM instead
+// (count a multiple of 128).
 StatusOr<KernelSpec> elementwiseSpec(const std::string &entry, int64_t count);
 // Greedy sampling over `vocab` logits per row (one block per row).
 StatusOr<KernelSpec> argmaxSpec(int64_t vocab);

@@ -67,6 +67,11 @@ struct ExecutorOptions {
   // 128 columns (DeepSeek's recipe); false: the FP8 GEMV on f32
   // activations for every step (for comparison).
   bool fp8Gemm = true;
+  // GPU plans whose norms and SiLU-gated products ktc marked
+  // (kt-fuse-norm-quantize): such a producer writes the activations the FP8
+  // GEMM after it reads, quantized, in its own pass (the same bytes); false:
+  // the GEMM quantizes them (for comparison).
+  bool fusedNormQuantization = true;
   // GPU plans that list them (sm_80+): MLA prefill of long segments, and
   // decode over long caches, on tensor cores in bf16 (about 1e-3 relative
   // error); false: the f32 cores always.

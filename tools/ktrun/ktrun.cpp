@@ -218,6 +218,11 @@ int main(int argc, char **argv) {
                "FP8 plans: multiply the FP8 projections of prefill steps with the FP8 GEMV on "
                "f32 activations too, instead of the tensor-core GEMM (sm_90a: on activations "
                "quantized per token and 128 columns; sm_80 to sm_89: in bf16) (for comparison)");
+  bool noFusedQuantization = false;
+  app.add_flag("--no-fused-quantization", noFusedQuantization,
+               "FP8 plans on sm_90a: quantize the FP8 GEMMs' activations in a kernel of their own "
+               "instead of in the RMSNorm or SiLU product before them (the same bytes; for "
+               "comparison)");
   bool noMlaTensorCores = false;
   app.add_flag("--no-mla-tensor-cores", noMlaTensorCores,
                "GPU plans: keep MLA attention in f32 on CUDA cores for long prompts and long "
@@ -282,6 +287,7 @@ int main(int argc, char **argv) {
   options.progress = !noProgress && isatty(STDERR_FILENO);
   options.cudaGraphs = !noCudaGraphs;
   options.fp8Gemm = !noFp8Gemm;
+  options.fusedNormQuantization = !noFusedQuantization;
   options.mlaTensorCores = !noMlaTensorCores;
   options.ggufTensorCores = !noGgufTensorCores;
   if (!gpuExpertCache.empty()) {

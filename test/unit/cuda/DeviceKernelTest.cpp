@@ -207,6 +207,84 @@ TEST_P(GpuKernels, RmsNormMatchesTheCpuReference) {
   }
 }
 
+// rms_norm_fp8 and silu_mul_fp8 (kt-fuse-norm-quantize's) write what
+// rms_norm or silu_mul and then fp8_quantize write, bit for bit: the
+// normalized rows (the norm), the e4m3 codes and the per-slice scales (a
+// zero row gives scale 1, tiny values subnormals).
+TEST_P(GpuKernels, FusedQuantizationWritesWhatTheProducerThenFp8QuantizeWrite) {
+  if (std::atoi(arch.c_str() + arch.find('_') + 1) < 89)
+    GTEST_SKIP() << "e4m3 conversion needs sm_89, not " << arch;
+  for (int64_t hidden : {7168, 1536, 256}) {
+    SCOPED_TRACE(hidden);
+    const int rows = 6;
+    const float eps = 1e-6f;
+    auto x = randomFloats(rows * hidden, -3, 3, 5);
+    auto weight = randomFloats(hidden, 0.5f, 1.5f, 6);
+    for (int64_t i = 0; i < hidden; ++i) {
+      x[size_t(hidden + i)] = 0.0f;
+      x[size_t(2 * hidden + i)] *= i < 128 ? 1e-30f : 1.0f;
+    }
+    auto plainSpec = rmsNormSpec(hidden, eps), fusedSpec = rmsNormFp8Spec(hidden, eps);
+    ASSERT_TRUE(fusedSpec.ok()) << fusedSpec.message();
+    LoadedKernel plain = load(plainSpec), fused = load(fusedSpec),
+                 quantize = load(fp8QuantizeSpec(hidden));
+    ASSERT_NE(fused.function, nullptr);
+    const int scaleStride = 8, slices = int(hidden / 128);
+    DevicePointer dx = upload(x.data(), x.size() * 4), dw = upload(weight.data(), hidden * 4);
+    DevicePointer y1 = allocate(x.size() * 4), y2 = allocate(x.size() * 4), q1 = allocate(x.size()),
+                  q2 = allocate(x.size()), s1 = allocate(size_t(slices * scaleStride) * 4),
+                  s2 = allocate(size_t(slices * scaleStride) * 4), none = 0;
+    int rowCount = rows, stride = int(hidden), scaleStrideArg = scaleStride;
+    run(plain, {unsigned(rows), 1, 1, plainSpec->blockThreads, 1, 1, 0},
+        {&dx, &dw, &y1, &rowCount, &stride, &stride});
+    run(quantize, {unsigned(rows * slices * 32 / 256 + 1), 1, 1, 256, 1, 1, 0},
+        {&y1, &stride, &rowCount, &q1, &s1, &scaleStrideArg, &none});
+    run(fused, {unsigned(rows), 1, 1, fusedSpec->blockThreads, 1, 1, 0},
+        {&dx, &dw, &y2, &rowCount, &stride, &stride, &q2, &s2, &scaleStrideArg});
+    const std::vector<float> a = download(y1, x.size()), b = download(y2, x.size());
+    EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << "normalized rows differ";
+    std::vector<uint8_t> codes1(x.size()), codes2(x.size());
+    ASSERT_TRUE(device->copyToHost(codes1.data(), q1, codes1.size()).ok());
+    ASSERT_TRUE(device->copyToHost(codes2.data(), q2, codes2.size()).ok());
+    EXPECT_EQ(codes1, codes2);
+    std::vector<float> scales1 = download(s1, size_t(slices * scaleStride)),
+                       scales2 = download(s2, size_t(slices * scaleStride));
+    for (int slice = 0; slice < slices; ++slice)
+      for (int r = 0; r < rows; ++r)
+        ASSERT_EQ(scales1[size_t(slice * scaleStride + r)],
+                  scales2[size_t(slice * scaleStride + r)])
+            << "row " << r << " slice " << slice;
+    EXPECT_EQ(scales2[size_t(scaleStride + 1)], 1.0f); // the zero row
+    // Not all zeros: the quantization ran.
+    EXPECT_NE(std::count(codes2.begin(), codes2.end(), uint8_t(0)), std::ptrdiff_t(codes2.size()));
+
+    // silu(gate) * up with x as the gates and its reverse as the ups.
+    auto siluSpec = elementwiseSpec("silu_mul", hidden),
+         siluFp8Spec = elementwiseSpec("silu_mul_fp8", hidden);
+    ASSERT_TRUE(siluFp8Spec.ok()) << siluFp8Spec.message();
+    LoadedKernel silu = load(siluSpec), siluFp8 = load(siluFp8Spec);
+    ASSERT_NE(siluFp8.function, nullptr);
+    std::vector<float> ups(x.rbegin(), x.rend());
+    DevicePointer du = upload(ups.data(), ups.size() * 4);
+    run(silu, {unsigned(rows * hidden / 256 + 1), 1, 1, 256, 1, 1, 0}, {&dx, &du, &y1, &rowCount});
+    run(quantize, {unsigned(rows * slices * 32 / 256 + 1), 1, 1, 256, 1, 1, 0},
+        {&y1, &stride, &rowCount, &q1, &s1, &scaleStrideArg, &none});
+    run(siluFp8, {unsigned(rows * slices * 32 / 256 + 1), 1, 1, 256, 1, 1, 0},
+        {&dx, &du, &q2, &s2, &scaleStrideArg, &rowCount});
+    ASSERT_TRUE(device->copyToHost(codes1.data(), q1, codes1.size()).ok());
+    ASSERT_TRUE(device->copyToHost(codes2.data(), q2, codes2.size()).ok());
+    EXPECT_EQ(codes1, codes2) << "silu_mul_fp8";
+    scales1 = download(s1, size_t(slices * scaleStride));
+    scales2 = download(s2, size_t(slices * scaleStride));
+    for (int slice = 0; slice < slices; ++slice)
+      for (int r = 0; r < rows; ++r)
+        ASSERT_EQ(scales1[size_t(slice * scaleStride + r)],
+                  scales2[size_t(slice * scaleStride + r)])
+            << "silu_mul_fp8: row " << r << " slice " << slice;
+    EXPECT_NE(std::count(codes2.begin(), codes2.end(), uint8_t(0)), std::ptrdiff_t(codes2.size()));
+  }
+}
+
 TEST_P(GpuKernels, EmbeddingMatchesTheCpuReferenceForEveryTableType) {
   const int64_t hidden = 512, vocab = 300;
   auto values = randomFloats(hidden * vocab, -1, 1, 3);

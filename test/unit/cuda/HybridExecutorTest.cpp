@@ -796,6 +796,58 @@ TEST(HybridExecutor, Fp8PrefillGemmIsPerTokenAndNearTheGemvOnF32Activations) {
   EXPECT_LE(decode, 0.1);
 }
 
+// ktc marks the norms whose results the FP8 GEMM multiplies
+// (kt-fuse-norm-quantize); on sm_90a each such norm writes the GEMM's
+// quantized activations in its own pass. They are the bytes the GEMM would
+// have made, so prefill (one step, and in chunks of 64) and the decode after
+// it give the same bits as with the quantization in a kernel of its own.
+TEST(HybridExecutor, Fp8NormsQuantizeForTheGemmWithTheSameResults) {
+  KT_REQUIRE_GPU();
+  if (targetGpu().rfind("sm_90a", 0) != 0)
+    GTEST_SKIP() << "the FP8 GEMM runs on sm_90a, not " << targetGpu();
+  TestModel gguf;
+  plan::Plan fp8Plan;
+  buildFp8Plan("tiny-fp8-fused", gguf, fp8Plan);
+  const auto marked = std::count_if(fp8Plan.ops.begin(), fp8Plan.ops.end(), [](const plan::Op &op) {
+    auto it = op.params.find("quantize_fp8");
+    return op.kind == "rms_norm" && it != op.params.end() && std::get<bool>(it->second);
+  });
+  EXPECT_GE(marked, 2); // attention norms of every layer, the dense layer's MLP norm, ...
+  for (int64_t chunk : {0, 64}) {
+    SCOPED_TRACE(chunk);
+    exec::ExecutorOptions options;
+    options.threads = 2;
+    options.chunkSize = chunk;
+    StatusOr<std::unique_ptr<exec::Executor>> fused =
+        exec::createExecutor(fp8Plan, *gguf.model, options);
+    options.fusedNormQuantization = false;
+    StatusOr<std::unique_ptr<exec::Executor>> separate =
+        exec::createExecutor(fp8Plan, *gguf.model, options);
+    ASSERT_TRUE(fused.ok()) << fused.message();
+    ASSERT_TRUE(separate.ok()) << separate.message();
+    const std::vector<int32_t> prompt = cpu::test::sampleTokens(150, 13);
+    StatusOr<std::vector<float>> a = (*fused)->forward(prompt, true),
+                                 b = (*separate)->forward(prompt, true);
+    ASSERT_TRUE(a.ok()) << a.message();
+    ASSERT_TRUE(b.ok()) << b.message();
+    ASSERT_EQ(a->size(), b->size());
+    EXPECT_EQ(std::memcmp(a->data(), b->data(), a->size() * 4), 0) << "prefill logits differ";
+    const uint64_t runs = dynamic_cast<HybridExecutor &>(**fused).fusedNormQuantizations();
+    EXPECT_GE(runs, uint64_t(marked) * (chunk ? 3 : 1)); // each marked norm, each chunk
+    EXPECT_EQ(dynamic_cast<HybridExecutor &>(**separate).fusedNormQuantizations(), 0u);
+    int32_t next = argmax(*a, prompt.size() - 1, (*fused)->vocabSize());
+    for (int step = 0; step < 3; ++step) {
+      a = (*fused)->forward({next});
+      b = (*separate)->forward({next});
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_EQ(std::memcmp(a->data(), b->data(), a->size() * 4), 0) << "decode step " << step;
+      next = argmax(*a, 0, (*fused)->vocabSize());
+    }
+    // Decode steps (one token) take the FP8 GEMV: no fused runs.
+    EXPECT_EQ(dynamic_cast<HybridExecutor &>(**fused).fusedNormQuantizations(), runs);
+  }
+}
+
 // A plan whose FP8 GEMMs were specialized by another ktc (here: without
 // the promotion behind the products, as before it was the default) is
 // refused with what to do, not run on the slower GEMV.

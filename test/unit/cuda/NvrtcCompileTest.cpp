@@ -110,8 +110,9 @@ void expectWgmmaNotSerialized(const CompiledKernel &compiled, const KernelSpec &
 }
 
 // On sm_90a targets the FP8 matrices add the prefill GEMM (wgmma; also on
-// 256-column tiles where the rows allow), its split-K sum and the
-// activation quantization; they compile for sm_90a.
+// 256-column tiles where the rows allow), its split-K sum, the activation
+// quantization and the norms and SiLU products fused with it; they compile
+// for sm_90a.
 TEST(NvrtcCompile, Fp8GemmSpecializationsCompileForSm90a) {
   REQUIRE_NVRTC(nvrtc);
   ModelKernelShapes shapes = test::deepseekV3Shapes();
@@ -121,8 +122,10 @@ TEST(NvrtcCompile, Fp8GemmSpecializationsCompileForSm90a) {
   ASSERT_TRUE(without.ok() && with.ok());
   // 4 FP8 matrices x (GEMM, split sum), the 64- and 256-column GEMMs of
   // the 3 whose rows divide by 256, kv_a's 144-column GEMM (its default is
-  // 64), and quantization for 3 input widths.
-  ASSERT_EQ(with->size(), without->size() + 4 * 2 + 3 * 2 + 1 + 3);
+  // 64), quantization for 3 input widths, and the producers that quantize
+  // for the GEMMs: norms of 3 widths (hidden, q_lora, kv_lora) and SiLU
+  // products of 2 (dense and expert FFN).
+  ASSERT_EQ(with->size(), without->size() + 4 * 2 + 3 * 2 + 1 + 3 + 3 + 2);
   std::set<std::string> before;
   for (const KernelSpec &spec : *without)
     before.insert(spec.describe());
