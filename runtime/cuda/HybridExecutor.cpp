@@ -335,6 +335,10 @@ public:
   DevicePointer sampleParams = 0; // kSampleParamsBytes per sequence, beside them
   std::vector<float> hostLogits; // without the kernels: the logits, then the choice here
   uint64_t fp8NormRuns = 0;      // fused producer runs so far (rmsNormForFp8, siluMulForFp8)
+  // This decode step's CPU-expert layer starts, and the intervals between
+  // them so far (exec::MoeLayerTiming).
+  std::vector<Clock::time_point> expertLayerStarts;
+  exec::MoeLayerTiming moeLayers;
 
   // The loaded kernel of `spec`, compiled or read from the cache; the plan
   // must list the specialization (else it comes from another ktc).
@@ -1353,6 +1357,8 @@ public:
       cache->selections += uint64_t(ctx.rows * ids.width);
     }
     auto start = Clock::now();
+    if (ctx.decode)
+      m.expertLayerStarts.push_back(start);
     std::vector<int64_t> segmentStarts;
     for (const Segment &segment : ctx.segments)
       segmentStarts.push_back(segment.row);
@@ -2584,6 +2590,7 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   ctx.decode = std::all_of(ctx.segments.begin(), ctx.segments.end(),
                            [](const Segment &segment) { return segment.count == 1; });
   const bool replay = cudaGraphs && ctx.decode && !profiling;
+  expertLayerStarts.clear();
   for (size_t i = 0; i < steps.size();) {
     size_t end = i + 1;
     if (replay && steps[i].graphRegion >= 0 && steps[i].step->capturable()) {
@@ -2596,6 +2603,11 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
       return st;
     }
     i = end;
+  }
+  for (size_t i = 1; i < expertLayerStarts.size(); ++i) {
+    moeLayers.seconds +=
+        std::chrono::duration<double>(expertLayerStarts[i] - expertLayerStarts[i - 1]).count();
+    ++moeLayers.intervals;
   }
   const Value &result = values[size_t(outputValue)];
   const int64_t logitRows = lastTokenOnly ? int64_t(ctx.segments.size()) : ctx.rows;
@@ -3051,6 +3063,10 @@ exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
 HybridExecutor::GraphStats HybridExecutor::graphStats() const { return impl_->graphStats; }
 
 uint64_t HybridExecutor::fusedNormQuantizations() const { return impl_->fp8NormRuns; }
+
+exec::MoeLayerTiming HybridExecutor::moeLayerTiming() const { return impl_->moeLayers; }
+
+void HybridExecutor::clearMoeLayerTiming() { impl_->moeLayers = {}; }
 const KernelLoadStats &HybridExecutor::kernelLoadStats() const { return impl_->loadStats; }
 uint64_t HybridExecutor::gpuWeightBytes() const { return impl_->weightBytes; }
 uint64_t HybridExecutor::gpuBufferBytes() const { return impl_->bufferBytes; }

@@ -79,6 +79,8 @@ public:
   using Executor::truncate;
   void truncate(int sequence, int64_t tokens) override;
   std::vector<exec::RoutingStats> routingStats() const override;
+  exec::MoeLayerTiming moeLayerTiming() const override;
+  void clearMoeLayerTiming() override;
   void clearRoutingStats() override;
   int64_t vocabSize() const override;
   int threadCount() const override;

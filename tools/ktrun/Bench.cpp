@@ -150,6 +150,7 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   }
   std::vector<exec::RoutingStats> prefillRouting = executor.routingStats();
   executor.clearRoutingStats();
+  executor.clearMoeLayerTiming();
   start = Clock::now();
   // Greedy decode, the executor picking each token where the logits are.
   int32_t next = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) -
@@ -163,6 +164,7 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     next = ids->front();
   }
   double decode = seconds(start);
+  const exec::MoeLayerTiming moeTiming = executor.moeLayerTiming();
   std::vector<exec::RoutingStats> decodeRouting = executor.routingStats();
   const exec::ExpertCacheStats cache = executor.expertCacheStats();
 
@@ -196,9 +198,17 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     // Decode is bound by the expert bytes each MoE layer reads from host memory.
     const double perLayer = 1.0 / decodeRate / layers;
     const double bound = double(expertBytes) / layers / bandwidth;
-    std::printf("decode per MoE layer per token: %.3f ms; bound (expert bytes / host bandwidth) "
-                "%.3f ms; ratio %.2f\n",
-                perLayer * 1e3, bound * 1e3, perLayer / bound);
+    std::printf("decode per MoE layer per token: %.3f ms (the token's time over its %d MoE "
+                "layers, embedding, dense layers and output head included); bound (expert bytes "
+                "/ host bandwidth) %.3f ms; ratio %.2f\n",
+                perLayer * 1e3, layers, bound * 1e3, perLayer / bound);
+    // The layers' own time: from one MoE layer's experts to the next's.
+    if (moeTiming.intervals > 0) {
+      const double steady = moeTiming.seconds / double(moeTiming.intervals);
+      std::printf("decode per MoE layer, steady state: %.3f ms (from one layer's CPU experts to "
+                  "the next's, %lld intervals); ratio to the bound %.2f\n",
+                  steady * 1e3, static_cast<long long>(moeTiming.intervals), steady / bound);
+    }
   }
   if (cache.enabled) {
     // The cache takes its share of the CPU-placed layers' expert choices,

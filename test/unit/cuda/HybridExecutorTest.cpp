@@ -422,6 +422,29 @@ TEST(HybridExecutor, BatchedSequencesMatchSeparateRuns) {
   EXPECT_GT(dynamic_cast<HybridExecutor &>(*gpu).graphStats().launched, 0u);
 }
 
+// Decode's MoE-layer clock (ktrun --bench's steady-state time per MoE
+// layer): one interval per pair of consecutive CPU-expert layers per decode
+// step (the tiny model has 2 MoE layers), none from prefill; cleared on
+// request. Each interval covers a layer's experts and the next layer's
+// attention, so it is longer than the expert step alone.
+TEST(HybridExecutor, TimesDecodeFromOneMoeLayerToTheNext) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-layer-clock", *gen::presetConfig("tiny"), pair);
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu);
+  ASSERT_TRUE(gpu);
+  ASSERT_TRUE(gpu->forward(cpu::test::sampleTokens(9, 4)).ok());
+  EXPECT_EQ(gpu->moeLayerTiming().intervals, 0);
+  for (int step = 0; step < 5; ++step)
+    ASSERT_TRUE(gpu->forward({int32_t(step + 1)}).ok());
+  const exec::MoeLayerTiming timing = gpu->moeLayerTiming();
+  EXPECT_EQ(timing.intervals, 5);
+  EXPECT_GT(timing.seconds, 0.0);
+  gpu->clearMoeLayerTiming();
+  EXPECT_EQ(gpu->moeLayerTiming().intervals, 0);
+  EXPECT_EQ(gpu->moeLayerTiming().seconds, 0.0);
+}
+
 // Greedy decoding on the GPU (the plan's argmax kernel): the ids are the
 // argmax of the logits forwardBatch() returns, for a batch and in decode.
 TEST(HybridExecutor, GreedyIdsAreTheArgmaxOfTheLogits) {
