@@ -154,6 +154,7 @@ struct BoundStep {
   std::vector<int> inputs, outputs;
   int64_t graphRegion = -1; // the plan's decode graph region, -1 for none
   int gpu = 0;              // the logical GPU it runs on (or copies to or from)
+  size_t op = 0;            // the plan op it runs
 };
 
 // Same-size buffers handed out at bind time by liveness, so values that are
@@ -2332,7 +2333,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         if (values[size_t(id)].where == Where::Gpu)
           stepGpu = values[size_t(id)].logicalGpu;
     }
-    steps.push_back({std::move(step), stepInputs, op.outputs, region, stepGpu});
+    steps.push_back({std::move(step), stepInputs, op.outputs, region, stepGpu, index});
   }
 
   if (plan->outputValue <= 0 || !values[size_t(plan->outputValue)].defined ||
@@ -2350,14 +2351,39 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
 Status HybridExecutor::Impl::planBuffers() {
   // GPU work that does not need a host step's result is queued before it:
   // the shared expert runs on the GPU while the CPU computes the routed ones.
+  // A copy to the host waits for all GPU work queued before it, so only
+  // what such copies read (the gate's choices) goes before one: the shared
+  // expert is queued after the copies, and the routed experts start as
+  // soon as their inputs arrive.
+  auto copiesToHost = [&](size_t s) {
+    return dynamic_cast<const TransferStep *>(steps[s].step.get()) &&
+           values[size_t(steps[s].inputs[0])].where == Where::Gpu &&
+           values[size_t(steps[s].outputs[0])].where == Where::Host;
+  };
+  // Whether a copy to the host after step j, before the next other host
+  // step, reads what j writes.
+  auto copiedToHost = [&](size_t j) {
+    for (size_t k = j + 1; k < steps.size(); ++k) {
+      if (!steps[k].step->runsOnHost())
+        continue;
+      if (!copiesToHost(k))
+        return false;
+      if (std::find(steps[j].outputs.begin(), steps[j].outputs.end(), steps[k].inputs[0]) !=
+          steps[j].outputs.end())
+        return true;
+    }
+    return false;
+  };
   for (size_t i = 0; i < steps.size(); ++i) {
     if (!steps[i].step->runsOnHost() || steps[i].step->movable())
       continue;
+    const bool copy = copiesToHost(i);
     std::set<int> producedSince(steps[i].outputs.begin(), steps[i].outputs.end());
     for (size_t j = i + 1; j < steps.size(); ++j) {
       const bool independent = std::none_of(steps[j].inputs.begin(), steps[j].inputs.end(),
                                             [&](int id) { return producedSince.count(id) > 0; });
-      if (independent && !steps[j].step->runsOnHost() && steps[j].step->movable()) {
+      if (independent && !steps[j].step->runsOnHost() && steps[j].step->movable() &&
+          (!copy || copiedToHost(j))) {
         std::rotate(steps.begin() + long(i), steps.begin() + long(j), steps.begin() + long(j) + 1);
         ++i;
         continue;
@@ -3065,6 +3091,13 @@ HybridExecutor::GraphStats HybridExecutor::graphStats() const { return impl_->gr
 uint64_t HybridExecutor::fusedNormQuantizations() const { return impl_->fp8NormRuns; }
 
 exec::MoeLayerTiming HybridExecutor::moeLayerTiming() const { return impl_->moeLayers; }
+
+std::vector<size_t> HybridExecutor::queueOrder() const {
+  std::vector<size_t> order;
+  for (const BoundStep &step : impl_->steps)
+    order.push_back(step.op);
+  return order;
+}
 
 void HybridExecutor::clearMoeLayerTiming() { impl_->moeLayers = {}; }
 const KernelLoadStats &HybridExecutor::kernelLoadStats() const { return impl_->loadStats; }

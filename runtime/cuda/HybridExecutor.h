@@ -98,6 +98,9 @@ public:
   GraphStats graphStats() const;
   // Runs of norms and SiLU products that quantized their results for an
   // FP8 GEMM (rms_norm_fp8, silu_mul_fp8) since the executor was made.
+  // The plan's ops in the order a step queues them (planBuffers moves GPU
+  // work ahead of host steps that do not need it).
+  std::vector<size_t> queueOrder() const;
   uint64_t fusedNormQuantizations() const;
   // Bytes of GPU memory the executor allocated: weights, caches, activations.
   uint64_t gpuWeightBytes() const;

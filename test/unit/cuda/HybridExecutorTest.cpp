@@ -445,6 +445,55 @@ TEST(HybridExecutor, TimesDecodeFromOneMoeLayerToTheNext) {
   EXPECT_EQ(gpu->moeLayerTiming().seconds, 0.0);
 }
 
+// The shared expert runs on the GPU while the CPU computes the routed
+// experts: it is queued after the copies of the routed experts' inputs to
+// the host (a copy waits for every kernel queued before it) and before the
+// routed experts; the gate, whose choices those copies read, before them.
+TEST(HybridExecutor, QueuesTheSharedExpertAfterTheCopiesToTheHost) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-queue", *gen::presetConfig("tiny"), pair);
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu);
+  ASSERT_TRUE(gpu);
+  const std::vector<size_t> order = dynamic_cast<HybridExecutor &>(*gpu).queueOrder();
+  const std::vector<plan::Op> &ops = pair.gpu.plan.ops;
+  ASSERT_EQ(order.size(), ops.size());
+  std::vector<size_t> position(ops.size());
+  for (size_t i = 0; i < order.size(); ++i)
+    position[order[i]] = i;
+  auto producer = [&](int value) {
+    for (size_t i = 0; i < ops.size(); ++i)
+      if (std::find(ops[i].outputs.begin(), ops[i].outputs.end(), value) != ops[i].outputs.end())
+        return i;
+    return ops.size();
+  };
+  int layers = 0;
+  for (size_t r = 0; r < ops.size(); ++r) {
+    if (ops[r].kind != "routed_experts")
+      continue;
+    const std::string layer = ops[r].path.substr(0, ops[r].path.rfind(".experts"));
+    size_t shared = ops.size(), gate = ops.size();
+    for (size_t i = 0; i < ops.size(); ++i) {
+      if (ops[i].path == layer + ".shared_experts")
+        shared = i;
+      if (ops[i].path == layer + ".gate")
+        gate = i;
+    }
+    ASSERT_LT(shared, ops.size()) << layer;
+    ASSERT_LT(gate, ops.size()) << layer;
+    EXPECT_LT(position[shared], position[r]) << layer;
+    for (int input : ops[r].inputs) {
+      const size_t copy = producer(input);
+      ASSERT_LT(copy, ops.size());
+      EXPECT_EQ(ops[copy].kind, "transfer");
+      EXPECT_LT(position[copy], position[shared]) << layer << ": the copy of value " << input;
+      EXPECT_LT(position[gate], position[copy]) << layer;
+    }
+    ++layers;
+  }
+  EXPECT_EQ(layers, 2);
+}
+
 // Greedy decoding on the GPU (the plan's argmax kernel): the ids are the
 // argmax of the logits forwardBatch() returns, for a batch and in decode.
 TEST(HybridExecutor, GreedyIdsAreTheArgmaxOfTheLogits) {
