@@ -1,6 +1,7 @@
 #include "runtime/cpu/ThreadPool.h"
 
 #include <algorithm>
+#include <chrono>
 #include <pthread.h>
 #include <sched.h>
 
@@ -34,6 +35,22 @@ template <typename Ready> bool spinUntil(Ready ready) {
     std::this_thread::yield();
   }
   return ready();
+}
+
+// Spins (pausing) until `ready()` holds or `nanoseconds` have passed.
+template <typename Ready> bool spinFor(int64_t nanoseconds, Ready ready) {
+  if (nanoseconds <= 0)
+    return ready();
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::nanoseconds(nanoseconds);
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (ready())
+        return true;
+      cpuRelax();
+    }
+    if (std::chrono::steady_clock::now() >= deadline)
+      return ready();
+  }
 }
 
 } // namespace
@@ -169,7 +186,8 @@ void ThreadPool::workerLoop(int thread) {
   }
   uint64_t seen = 0;
   for (;;) {
-    if (!spinUntil([&] { return generation_.load() != seen; })) {
+    if (!spinUntil([&] { return generation_.load() != seen; }) &&
+        !spinFor(idleSpinNanos_.load(), [&] { return generation_.load() != seen; })) {
       std::unique_lock<std::mutex> lock(mutex_);
       sleepers_.fetch_add(1);
       wake_.wait(lock, [&] { return generation_.load() != seen; });

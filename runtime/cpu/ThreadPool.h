@@ -51,6 +51,12 @@ public:
   // has nodeCount() + 1 entries). With `steal`, a thread whose node has no
   // tasks left takes other nodes' (balance over locality); without, node
   // n's tasks run on node n only (first touch of node-local memory).
+  // How long idle workers keep spinning (on top of the brief spin they
+  // always make) before they sleep; 0 by default. The GPU executor's decode
+  // leaves the pool idle for a few hundred microseconds between MoE layers
+  // (the GPU's attention), where waking sleeping workers costs system calls
+  // and a staggered start.
+  void setIdleSpin(int64_t microseconds) { idleSpinNanos_.store(microseconds * 1000); }
   void parallelForNodes(const std::vector<int64_t> &nodeStarts,
                         const std::function<void(int64_t task, int thread)> &body,
                         bool steal = true);
@@ -83,6 +89,7 @@ private:
   const std::function<void(int64_t, int)> *body_ = nullptr;
   std::unique_ptr<TaskRange[]> ranges_; // one per node
   bool steal_ = true;
+  std::atomic<int64_t> idleSpinNanos_{0};
 };
 
 } // namespace kt::cpu

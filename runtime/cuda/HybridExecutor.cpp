@@ -2838,6 +2838,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->cudaGraphs = options.cudaGraphs;
   impl->fp8Gemm = options.fp8Gemm;
   impl->fusedNormQuantization = options.fusedNormQuantization;
+  impl->pool.setIdleSpin(options.idleSpinMicros);
   impl->mlaTensorCores = options.mlaTensorCores;
   impl->mmaGemm = options.ggufTensorCores;
   impl->logicalGpus = logicalGpus;

@@ -112,6 +112,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.cudaGraphs = options_.cudaGraphs;
   executorOptions.fp8Gemm = options_.fp8Gemm;
   executorOptions.fusedNormQuantization = options_.fusedNormQuantization;
+  executorOptions.idleSpinMicros = options_.idleSpinMicros;
   executorOptions.mlaTensorCores = options_.mlaTensorCores;
   executorOptions.ggufTensorCores = options_.ggufTensorCores;
   executorOptions.virtualGpus = options_.virtualGpus;

@@ -35,6 +35,7 @@ struct SessionOptions {
   bool cudaGraphs = true;       // GPU plans: replay decode's GPU regions as CUDA graphs
   bool fp8Gemm = true;          // GPU plans: FP8 projections of prefill steps as GEMMs
   bool fusedNormQuantization = true; // FP8 plans: norms, SiLU products quantize for the GEMM
+  int64_t idleSpinMicros = 3000;     // GPU plans: CPU threads spin this long before sleeping
   bool mlaTensorCores = true;   // GPU plans: long MLA prefills on tensor cores
   bool ggufTensorCores = true;  // GPU plans: Q8_0/k-quant prefill GEMMs on tensor cores
   int virtualGpus = 0;          // run a plan for N GPUs on GPU 0

@@ -223,6 +223,13 @@ int main(int argc, char **argv) {
                "FP8 plans on sm_90a: quantize the FP8 GEMMs' activations in a kernel of their own "
                "instead of in the RMSNorm or SiLU product before them (the same bytes; for "
                "comparison)");
+  int64_t idleSpinMicros = 3000;
+  app.add_option("--idle-spin-us", idleSpinMicros,
+                 "GPU plans: how long idle CPU threads keep spinning before they sleep, in "
+                 "microseconds. Decode leaves them idle between MoE layers while the GPU runs "
+                 "attention; spinning, they start the next layer's experts at once (0: sleep "
+                 "soon, saving CPU time)")
+      ->check(CLI::Range(int64_t(0), int64_t(1000000)));
   bool noMlaTensorCores = false;
   app.add_flag("--no-mla-tensor-cores", noMlaTensorCores,
                "GPU plans: keep MLA attention in f32 on CUDA cores for long prompts and long "
@@ -288,6 +295,7 @@ int main(int argc, char **argv) {
   options.cudaGraphs = !noCudaGraphs;
   options.fp8Gemm = !noFp8Gemm;
   options.fusedNormQuantization = !noFusedQuantization;
+  options.idleSpinMicros = idleSpinMicros;
   options.mlaTensorCores = !noMlaTensorCores;
   options.ggufTensorCores = !noGgufTensorCores;
   if (!gpuExpertCache.empty()) {
