@@ -264,8 +264,11 @@ int main(int argc, char **argv) {
     return 1;
   }
   cpu::ThreadPool pool(threads);
-  // At least two of the largest matrices (q8_0 7168 x 2048, 15 MiB).
-  const size_t poolBytes = std::max<size_t>(static_cast<size_t>(poolGiB * (1ull << 30)), 32u << 20);
+  // At least the 8 experts of a decode step in the largest type (q8_0: 3
+  // matrices of 7168 x 2048, 15 MiB each), which the decode row reads.
+  const size_t leastBytes = 8 * 3 * *gguf::ggmlRowBytes(gguf::GgmlType::Q8_0, 7168) * 2048;
+  const size_t poolBytes =
+      std::max<size_t>(static_cast<size_t>(poolGiB * (1ull << 30)), leastBytes);
   std::vector<uint8_t> buffer(poolBytes);
   std::mt19937_64 random(7);
   for (size_t i = 0; i < buffer.size(); i += 8) {
