@@ -17,6 +17,17 @@
 #define BLOCK_THREADS 256
 #endif
 
+// 1 / sqrt(mean(in^2) + EPS) over a row, the block's threads together
+// (`scratch`: a float per warp).
+__device__ __forceinline__ float inverseRms(const float *__restrict__ in, float *scratch) {
+  float sumSquares = 0.0f;
+  for (int i = threadIdx.x; i < HIDDEN; i += BLOCK_THREADS)
+    sumSquares += in[i] * in[i];
+  const float total = kt::blockSum<BLOCK_THREADS>(sumSquares, scratch);
+  // rsqrtf is approximate (2 ulp); 1/sqrtf keeps the f32 reference tolerance.
+  return 1.0f / sqrtf(total / static_cast<float>(HIDDEN) + EPS);
+}
+
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 rms_norm(const float *__restrict__ x, const float *__restrict__ weight,
          float *__restrict__ y, int rows, int xStride, int yStride) {
@@ -26,13 +37,7 @@ rms_norm(const float *__restrict__ x, const float *__restrict__ weight,
     return;
   const float *in = x + static_cast<long long>(row) * xStride;
   float *out = y + static_cast<long long>(row) * yStride;
-
-  float sumSquares = 0.0f;
-  for (int i = threadIdx.x; i < HIDDEN; i += BLOCK_THREADS)
-    sumSquares += in[i] * in[i];
-  const float total = kt::blockSum<BLOCK_THREADS>(sumSquares, scratch);
-  // rsqrtf is approximate (2 ulp); 1/sqrtf keeps the f32 reference tolerance.
-  const float scale = 1.0f / sqrtf(total / static_cast<float>(HIDDEN) + EPS);
+  const float scale = inverseRms(in, scratch);
   for (int i = threadIdx.x; i < HIDDEN; i += BLOCK_THREADS)
     out[i] = in[i] * scale * weight[i];
 }
@@ -54,13 +59,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
     return;
   const float *in = x + static_cast<long long>(row) * xStride;
   float *out = y + static_cast<long long>(row) * yStride;
-
-  // The sum as rms_norm forms it, so both give the same bits.
-  float sumSquares = 0.0f;
-  for (int i = threadIdx.x; i < HIDDEN; i += BLOCK_THREADS)
-    sumSquares += in[i] * in[i];
-  const float total = kt::blockSum<BLOCK_THREADS>(sumSquares, scratch);
-  const float scale = 1.0f / sqrtf(total / static_cast<float>(HIDDEN) + EPS);
+  const float scale = inverseRms(in, scratch); // as rms_norm's: the same bits
   const int lane = threadIdx.x % 32;
   for (int slice = threadIdx.x / 32; slice < HIDDEN / 128; slice += BLOCK_THREADS / 32) {
     const int i = slice * 128 + 4 * lane;

@@ -243,20 +243,26 @@ TEST_P(GpuKernels, FusedQuantizationWritesWhatTheProducerThenFp8QuantizeWrite) {
         {&dx, &dw, &y2, &rowCount, &stride, &stride, &q2, &s2, &scaleStrideArg});
     const std::vector<float> a = download(y1, x.size()), b = download(y2, x.size());
     EXPECT_EQ(std::memcmp(a.data(), b.data(), a.size() * 4), 0) << "normalized rows differ";
-    std::vector<uint8_t> codes1(x.size()), codes2(x.size());
-    ASSERT_TRUE(device->copyToHost(codes1.data(), q1, codes1.size()).ok());
-    ASSERT_TRUE(device->copyToHost(codes2.data(), q2, codes2.size()).ok());
-    EXPECT_EQ(codes1, codes2);
-    std::vector<float> scales1 = download(s1, size_t(slices * scaleStride)),
-                       scales2 = download(s2, size_t(slices * scaleStride));
-    for (int slice = 0; slice < slices; ++slice)
-      for (int r = 0; r < rows; ++r)
-        ASSERT_EQ(scales1[size_t(slice * scaleStride + r)],
-                  scales2[size_t(slice * scaleStride + r)])
-            << "row " << r << " slice " << slice;
-    EXPECT_EQ(scales2[size_t(scaleStride + 1)], 1.0f); // the zero row
-    // Not all zeros: the quantization ran.
-    EXPECT_NE(std::count(codes2.begin(), codes2.end(), uint8_t(0)), std::ptrdiff_t(codes2.size()));
+    // The codes and the rows' scales of both quantizations are the same,
+    // and not all zeros (the quantization ran).
+    auto expectSameQuantization = [&](const char *producer) {
+      std::vector<uint8_t> codes1(x.size()), codes2(x.size());
+      ASSERT_TRUE(device->copyToHost(codes1.data(), q1, codes1.size()).ok());
+      ASSERT_TRUE(device->copyToHost(codes2.data(), q2, codes2.size()).ok());
+      EXPECT_EQ(codes1, codes2) << producer;
+      EXPECT_NE(std::count(codes2.begin(), codes2.end(), uint8_t(0)), std::ptrdiff_t(codes2.size()))
+          << producer;
+      const std::vector<float> scales1 = download(s1, size_t(slices * scaleStride)),
+                               scales2 = download(s2, size_t(slices * scaleStride));
+      for (int slice = 0; slice < slices; ++slice)
+        for (int r = 0; r < rows; ++r)
+          ASSERT_EQ(scales1[size_t(slice * scaleStride + r)],
+                    scales2[size_t(slice * scaleStride + r)])
+              << producer << ": row " << r << " slice " << slice;
+    };
+    expectSameQuantization("rms_norm_fp8");
+    EXPECT_EQ(download(s2, size_t(slices * scaleStride))[size_t(scaleStride + 1)],
+              1.0f); // zero row
 
     // silu(gate) * up with x as the gates and its reverse as the ups.
     auto siluSpec = elementwiseSpec("silu_mul", hidden),
@@ -271,17 +277,7 @@ TEST_P(GpuKernels, FusedQuantizationWritesWhatTheProducerThenFp8QuantizeWrite) {
         {&y1, &stride, &rowCount, &q1, &s1, &scaleStrideArg, &none});
     run(siluFp8, {unsigned(rows * slices * 32 / 256 + 1), 1, 1, 256, 1, 1, 0},
         {&dx, &du, &q2, &s2, &scaleStrideArg, &rowCount});
-    ASSERT_TRUE(device->copyToHost(codes1.data(), q1, codes1.size()).ok());
-    ASSERT_TRUE(device->copyToHost(codes2.data(), q2, codes2.size()).ok());
-    EXPECT_EQ(codes1, codes2) << "silu_mul_fp8";
-    scales1 = download(s1, size_t(slices * scaleStride));
-    scales2 = download(s2, size_t(slices * scaleStride));
-    for (int slice = 0; slice < slices; ++slice)
-      for (int r = 0; r < rows; ++r)
-        ASSERT_EQ(scales1[size_t(slice * scaleStride + r)],
-                  scales2[size_t(slice * scaleStride + r)])
-            << "silu_mul_fp8: row " << r << " slice " << slice;
-    EXPECT_NE(std::count(codes2.begin(), codes2.end(), uint8_t(0)), std::ptrdiff_t(codes2.size()));
+    expectSameQuantization("silu_mul_fp8");
   }
 }
 
