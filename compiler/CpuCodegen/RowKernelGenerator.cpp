@@ -231,37 +231,61 @@ struct KScales {
   Value *scaleBits; // <8 x i8>: the 6-bit scales sc[j]
   Value *minBits;   // <8 x i8>: the 6-bit minimums m[j]
 };
-KScales kScales(KernelBuilder &k, Value *block) {
+// The sc and m bytes (<8 x i8> each) of `blocks` (1 or 2): the operations
+// above on 16 bytes per block, so a pair unpacks in the instructions of one.
+std::vector<std::pair<Value *, Value *>> kScaleBits(KernelBuilder &k,
+                                                    const std::vector<Value *> &blocks) {
   IRBuilder<> &b = k.b();
-  Value *d = k.loadHalf(block, 0), *dmin = k.loadHalf(block, 2);
-  Value *bytes = k.loadBytes(block, 4, 16);
-  VectorType *i32x4 = k.vec(b.getInt32Ty(), 4), *i8x16 = k.vec(k.i8(), 16);
+  const int n = static_cast<int>(blocks.size()), width = 16 * n;
+  Value *bytes = k.loadBytes(blocks[0], 4, 16);
+  if (n == 2)
+    bytes = b.CreateShuffleVector(bytes, k.loadBytes(blocks[1], 4, 16), laneRange(0, 32));
+  VectorType *dwords = k.vec(b.getInt32Ty(), 4 * n), *i8s = k.vec(k.i8(), width);
   auto dwordShift = [&](Value *v, unsigned shift) {
-    return b.CreateBitCast(b.CreateLShr(b.CreateBitCast(v, i32x4), shift), i8x16);
+    return b.CreateBitCast(b.CreateLShr(b.CreateBitCast(v, dwords), shift), i8s);
+  };
+  // A two-operand mask of one block's 16 lanes, repeated for each block
+  // (indices from 16 pick the second operand, which is `width` lanes on).
+  auto perBlock = [&](std::initializer_list<int> lane) {
+    SmallVector<int, 32> mask;
+    for (int block = 0; block < n; ++block)
+      for (int i : lane)
+        mask.push_back(i < 16 ? i + 16 * block : i - 16 + width + 16 * block);
+    return mask;
   };
   auto constantBytes = [&](std::initializer_list<uint8_t> values) {
-    SmallVector<Constant *, 16> lanes;
-    for (uint8_t v : values)
-      lanes.push_back(b.getInt8(v));
+    SmallVector<Constant *, 32> lanes;
+    for (int block = 0; block < n; ++block)
+      for (uint8_t v : values)
+        lanes.push_back(b.getInt8(v));
     return ConstantVector::get(lanes);
   };
   // Low bits: b[j] (sc, j < 4), b[j + 4] (sc, j >= 4; m), the last four
   // shifted right by 4 (m, j >= 4).
   Value *low = b.CreateShuffleVector(
-      bytes, bytes, ArrayRef<int>{0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11});
+      bytes, bytes, perBlock({0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 8, 9, 10, 11}));
   Value *lowShifted = dwordShift(low, 4);
   low = b.CreateShuffleVector(low, lowShifted,
-                              ArrayRef<int>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 28, 29, 30, 31});
+                              perBlock({0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 28, 29, 30, 31}));
   low = b.CreateAnd(
       low, constantBytes({63, 63, 63, 63, 15, 15, 15, 15, 63, 63, 63, 63, 15, 15, 15, 15}));
   // High bits of j >= 4: bits 6-7 of b[j - 4] (sc) and b[j] (m) moved to 4-5.
-  Value *zero = ConstantAggregateZero::get(i8x16);
+  Value *zero = ConstantAggregateZero::get(i8s);
   Value *high = b.CreateShuffleVector(
-      bytes, zero, ArrayRef<int>{16, 16, 16, 16, 0, 1, 2, 3, 16, 16, 16, 16, 4, 5, 6, 7});
-  high = b.CreateAnd(dwordShift(high, 2), k.splatBytes(0x30, 16));
+      bytes, zero, perBlock({16, 16, 16, 16, 0, 1, 2, 3, 16, 16, 16, 16, 4, 5, 6, 7}));
+  high = b.CreateAnd(dwordShift(high, 2), k.splatBytes(0x30, width));
   Value *both = b.CreateOr(low, high);
-  Value *scaleBits = b.CreateShuffleVector(both, both, laneRange(0, 8));
-  Value *minBits = b.CreateShuffleVector(both, both, laneRange(8, 8));
+  std::vector<std::pair<Value *, Value *>> bits;
+  for (int block = 0; block < n; ++block)
+    bits.push_back({b.CreateShuffleVector(both, both, laneRange(16 * block, 8)),
+                    b.CreateShuffleVector(both, both, laneRange(16 * block + 8, 8))});
+  return bits;
+}
+
+KScales kScales(KernelBuilder &k, Value *block) {
+  IRBuilder<> &b = k.b();
+  Value *d = k.loadHalf(block, 0), *dmin = k.loadHalf(block, 2);
+  const auto [scaleBits, minBits] = kScaleBits(k, {block})[0];
   VectorType *f8 = k.vec(k.f32(), 8);
   return {b.CreateFMul(k.splat(d, 8), b.CreateUIToFP(scaleBits, f8)),
           b.CreateFMul(k.splat(dmin, 8), b.CreateUIToFP(minBits, f8)), scaleBits, minBits};
@@ -641,17 +665,25 @@ Value *pairScales(IRBuilder<> &b, Value *scales, std::initializer_list<int> indi
 
 // `unsignedQ8`: q8_0's weights with the sign bit flipped, for vpdpbusd (VNNI);
 // else as stored.
-Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsignedQ8) {
+// `kBits`: q4_K/q5_K's sc and m bytes, unpacked already (kScaleBits).
+Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsignedQ8,
+                      const std::pair<Value *, Value *> *kBits = nullptr) {
   IRBuilder<> &b = k.b();
   Int8Run run;
   if (type == GgmlType::Q4_K || type == GgmlType::Q5_K) {
-    KScales scales = kScales(k, block);
-    Value *m16 = b.CreateZExt(scales.minBits, k.vec(b.getInt16Ty(), 8));
+    std::pair<Value *, Value *> bits;
+    if (kBits) {
+      bits = *kBits;
+    } else {
+      KScales scales = kScales(k, block);
+      bits = {scales.scaleBits, scales.minBits};
+    }
+    Value *m16 = b.CreateZExt(bits.second, k.vec(b.getInt16Ty(), 8));
     run.minimumPairs = b.CreateShuffleVector(
         m16, m16, ArrayRef<int>{0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7});
     Value *halves = b.CreateAlignedLoad(k.vec(b.getHalfTy(), 2), block, Align(1));
     run.scalePair = b.CreateFPExt(halves, k.vec(k.f32(), 2));
-    Value *sc16 = b.CreateZExt(scales.scaleBits, k.vec(b.getInt16Ty(), 8));
+    Value *sc16 = b.CreateZExt(bits.first, k.vec(b.getInt16Ty(), 8));
     for (int j = 0; j < 4; ++j)
       run.pieces.push_back({kQuantPiece(k, type, block, j), 64 * j,
                             pairScales(b, sc16, {2 * j, 2 * j + 1}), nullptr});
@@ -764,12 +796,9 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
     std::vector<Value *> init;
     for (int j = 0; j < count; ++j)
       init.push_back(ConstantAggregateZero::get(f32x16));
-    std::vector<Value *> sums = k.loop(zero, k.i64c(runs), 1, init,
-        [&](Value *runIndex, const std::vector<Value *> &carried) {
-          std::vector<Value *> next = carried;
-          Value *runBase = b.CreateGEP(k.i8(), rowBase, b.CreateMul(runIndex, k.i64c(static_cast<int64_t>(runBytes))));
-          k.prefetchWeights(target, runBase, static_cast<int64_t>(runBytes));
-          Int8Run run = decodeInt8Run(k, request.type, runBase, dots == IntegerDots::Avx512Vnni);
+    // One run's products added into `next` (per token).
+    auto addRun =
+        [&](Value *runIndex, const Int8Run &run, std::vector<Value *> &next) {
           for (int j = 0; j < count; ++j) {
             Value *token = b.CreateAdd(t, k.i64c(j));
             Value *xqRun = b.CreateGEP(k.i8(), xq, b.CreateAdd(b.CreateMul(token, k.i64c(request.cols)), b.CreateMul(runIndex, k.i64c(256))));
@@ -854,6 +883,27 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
             next[j] = k.fmuladd(b.CreateSIToFP(sums, f32x16),
                                 b.CreateShuffleVector(scales, scales, pairLanes), next[j]);
           }
+        };
+    // q4_K/q5_K with an even run count: two runs per iteration, their scales
+    // unpacked together.
+    const int64_t step = hasMinimums && runs % 2 == 0 ? 2 : 1;
+    std::vector<Value *> sums = k.loop(
+        zero, k.i64c(runs), step, init, [&](Value *runIndex, const std::vector<Value *> &carried) {
+          std::vector<Value *> next = carried;
+          Value *runBase = b.CreateGEP(
+              k.i8(), rowBase, b.CreateMul(runIndex, k.i64c(static_cast<int64_t>(runBytes))));
+          k.prefetchWeights(target, runBase, static_cast<int64_t>(runBytes) * step);
+          if (step == 1) {
+            addRun(runIndex,
+                   decodeInt8Run(k, request.type, runBase, dots == IntegerDots::Avx512Vnni), next);
+            return next;
+          }
+          Value *secondBase = b.CreateGEP(k.i8(), runBase, k.i64c(static_cast<int64_t>(runBytes)));
+          const std::vector<std::pair<Value *, Value *>> bits =
+              kScaleBits(k, {runBase, secondBase});
+          addRun(runIndex, decodeInt8Run(k, request.type, runBase, false, &bits[0]), next);
+          addRun(b.CreateAdd(runIndex, k.i64c(1)),
+                 decodeInt8Run(k, request.type, secondBase, false, &bits[1]), next);
           return next;
         });
     for (int j = 0; j < count; ++j) {
