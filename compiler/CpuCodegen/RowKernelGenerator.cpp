@@ -887,6 +887,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
     // q4_K/q5_K with an even run count: two runs per iteration, their scales
     // unpacked together.
     const int64_t step = hasMinimums && runs % 2 == 0 ? 2 : 1;
+    const bool unsignedQ8 = dots == IntegerDots::Avx512Vnni; // q8_0's weights for vpdpbusd
     std::vector<Value *> sums = k.loop(
         zero, k.i64c(runs), step, init, [&](Value *runIndex, const std::vector<Value *> &carried) {
           std::vector<Value *> next = carried;
@@ -894,16 +895,15 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
               k.i8(), rowBase, b.CreateMul(runIndex, k.i64c(static_cast<int64_t>(runBytes))));
           k.prefetchWeights(target, runBase, static_cast<int64_t>(runBytes) * step);
           if (step == 1) {
-            addRun(runIndex,
-                   decodeInt8Run(k, request.type, runBase, dots == IntegerDots::Avx512Vnni), next);
+            addRun(runIndex, decodeInt8Run(k, request.type, runBase, unsignedQ8), next);
             return next;
           }
           Value *secondBase = b.CreateGEP(k.i8(), runBase, k.i64c(static_cast<int64_t>(runBytes)));
           const std::vector<std::pair<Value *, Value *>> bits =
               kScaleBits(k, {runBase, secondBase});
-          addRun(runIndex, decodeInt8Run(k, request.type, runBase, false, &bits[0]), next);
+          addRun(runIndex, decodeInt8Run(k, request.type, runBase, unsignedQ8, &bits[0]), next);
           addRun(b.CreateAdd(runIndex, k.i64c(1)),
-                 decodeInt8Run(k, request.type, secondBase, false, &bits[1]), next);
+                 decodeInt8Run(k, request.type, secondBase, unsignedQ8, &bits[1]), next);
           return next;
         });
     for (int j = 0; j < count; ++j) {

@@ -33,6 +33,17 @@ bool runsFp8Gemm(Operation *op, StringRef role, StringRef device, int64_t in) {
          prefill.getValue().endswith(".fp8_wgmma");
 }
 
+// Marks `op` with `flag` where its own sub-module `role` runs the FP8 wgmma
+// GEMM on the op's prefill GPU over `width` values (whole 128-value slices):
+// the op's step before that GEMM then quantizes for it.
+void markOwnFp8Gemm(Operation *op, StringRef role, int64_t width, StringRef flag,
+                    Builder &builder) {
+  std::optional<StringRef> device = runDevice(op, Phase::Prefill);
+  if (device && isGpu(*device) && width > 0 && width % 128 == 0 &&
+      runsFp8Gemm(op, role, *device, width))
+    op->setAttr(flag, builder.getBoolAttr(true));
+}
+
 // Whether `user` multiplies its input first by an FP8 GEMM on `device`.
 bool startsWithFp8Gemm(Operation *user, StringRef device, int64_t width) {
   if (auto attention = dyn_cast<MlaAttentionOp>(user))
@@ -57,21 +68,15 @@ public:
         norm->setAttr("ktgraph.quantize_fp8", builder.getBoolAttr(true));
     });
     module.walk([&](MlaAttentionOp attention) {
-      std::optional<StringRef> device = runDevice(attention, Phase::Prefill);
-      const int64_t rank = attention.getQLoraRank();
-      if (device && isGpu(*device) && rank > 0 && rank % 128 == 0 &&
-          runsFp8Gemm(attention, "q_b_proj", *device, rank))
-        attention->setAttr("ktgraph.quantize_fp8_q_norm", builder.getBoolAttr(true));
+      markOwnFp8Gemm(attention, "q_b_proj", attention.getQLoraRank(), "ktgraph.quantize_fp8_q_norm",
+                     builder);
     });
     module.walk([&](Operation *op) {
       if (!isa<MlpOp, SharedExpertsOp>(op))
         return;
-      std::optional<StringRef> device = runDevice(op, Phase::Prefill);
       auto down = op->getAttrOfType<WeightAttr>("down_proj");
       const int64_t ffn = down && down.getShape().size() == 2 ? down.getShape()[0] : 0;
-      if (device && isGpu(*device) && ffn > 0 && ffn % 128 == 0 &&
-          runsFp8Gemm(op, "down_proj", *device, ffn))
-        op->setAttr("ktgraph.quantize_fp8_act", builder.getBoolAttr(true));
+      markOwnFp8Gemm(op, "down_proj", ffn, "ktgraph.quantize_fp8_act", builder);
     });
   }
 };

@@ -462,8 +462,6 @@ public:
     int rowCount = int(rows), stride = int(width),
         scaleStride = int(fp8GemmScaleStride(scratch.rows));
     DevicePointer q = scratch.activations, scales = scratch.scales;
-    scratch.holds = {};
-    scratch.producer = {};
     if (Status s =
             launch(*fused, static_cast<unsigned>(rows), 1, 1, 0,
                    {&x, &weight, &y, &rowCount, &stride, &stride, &q, &scales, &scaleStride});
@@ -486,8 +484,6 @@ public:
     }
     int tokens = int(rows), scaleStride = int(fp8GemmScaleStride(scratch.rows));
     DevicePointer q = scratch.activations, scales = scratch.scales;
-    scratch.holds = {};
-    scratch.producer = {};
     if (Status s = launch(*fused, ceilDiv(rows * (width / 128) * 32, fused->threads), 1, 1, 0,
                           {&gate, &up, &q, &scales, &scaleStride, &tokens});
         !s.ok())
@@ -503,9 +499,10 @@ public:
            scratch.activations;
   }
   // Records a fused producer's quantization of x (`rows` x `width`, rows
-  // `width` apart) in the scratch; returns its run.
+  // `width` apart), queued last, as what the scratch holds; returns its run.
   uint64_t producedFp8(DevicePointer x, int64_t rows, int64_t width) {
     Fp8GemmScratch &scratch = physical[size_t(currentPhysical)].fp8;
+    scratch.holds = {};
     scratch.producer = {{x, 0, rows, width, width}, ++fp8NormRuns};
     return scratch.producer.run;
   }
@@ -1966,6 +1963,11 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
                            "only.yaml).");
     };
 
+    // Whether the plan marks the op's producer of GPU GEMM inputs `flag`
+    // (kt-fuse-norm-quantize) and the executor fuses the quantization in.
+    auto fuses = [&](const char *flag) {
+      return fusedNormQuantization && fp8Gemm && marked(op, flag);
+    };
     std::unique_ptr<Step> step;
     std::vector<Value> produced;
     std::vector<int> stepInputs = op.inputs; // and values a step reads besides the op's
@@ -2113,9 +2115,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       DevicePointer weight = loader.vector("weight", width);
       const float eps = float(b.real("eps"));
       const Kernel *k = loader.kernel(rmsNormSpec(width, eps));
-      const Kernel *fused = fusedNormQuantization && fp8Gemm && marked(op, "quantize_fp8")
-                                ? loader.kernel(rmsNormFp8Spec(width, eps))
-                                : nullptr;
+      const Kernel *fused =
+          fuses("quantize_fp8") ? loader.kernel(rmsNormFp8Spec(width, eps)) : nullptr;
       step = std::make_unique<RmsNormStep>(weight, k, fused, width);
       produced.push_back({here, Kind::Floats, width, 0, true});
     } else if (kind == "add") {
@@ -2142,7 +2143,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         attention->qA = loader.load("q_a_proj", s.hidden, s.qLoraRank);
         attention->qANorm = loader.vector("q_a_norm", s.qLoraRank);
         attention->qNorm = loader.kernel(rmsNormSpec(s.qLoraRank, eps));
-        if (fusedNormQuantization && fp8Gemm && marked(op, "quantize_fp8_q_norm"))
+        if (fuses("quantize_fp8_q_norm"))
           attention->qNormFp8 = loader.kernel(rmsNormFp8Spec(s.qLoraRank, eps));
         attention->qB = loader.load("q_b_proj", s.qLoraRank, s.heads * attention->qk());
       } else {
@@ -2242,7 +2243,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       ffn->up = loader.load("up_proj", ffn->hidden, ffn->ffn);
       ffn->down = loader.load("down_proj", ffn->ffn, ffn->hidden);
       ffn->siluMul = loader.kernel(elementwiseSpec("silu_mul", ffn->ffn));
-      if (fusedNormQuantization && fp8Gemm && marked(op, "quantize_fp8_act"))
+      if (fuses("quantize_fp8_act"))
         ffn->siluMulFp8 = loader.kernel(elementwiseSpec("silu_mul_fp8", ffn->ffn));
       produced.push_back({here, Kind::Floats, ffn->hidden, 0, true});
       step = std::move(ffn);
