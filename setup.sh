@@ -15,6 +15,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev
   nlohmann-json3-dev libcli11-dev libyaml-cpp-dev libpcre2-dev libxxhash-dev
   libcpp-httplib-dev libdnnl-dev libnuma-dev pkg-config curl
+  # dnnl's CMake package looks for OpenCL (its GPU runtime) and fails without it.
+  ocl-icd-opencl-dev
 )
 
 # The server test drives ktrun with the official openai SDK (npm).
