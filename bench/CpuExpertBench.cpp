@@ -57,20 +57,36 @@ struct Shape {
 // scales and sums of 16 (f32 kernels ignore those).
 struct KernelInputs {
   std::vector<float> sums, scales;
-  std::vector<int8_t> quantized;
+  std::vector<int8_t> quantized, quantizedNibbleOrder;
   std::vector<int16_t> sums16;
   explicit KernelInputs(int64_t cols)
-      : sums(cols / 32), scales(cols / 256), quantized(cols), sums16(cols / 16) {}
+      : sums(cols / 32), scales(cols / 256), quantized(cols), quantizedNibbleOrder(cols),
+        sums16(cols / 16) {}
   // Computed from x (its size is the row width).
   explicit KernelInputs(const std::vector<float> &x)
       : KernelInputs(static_cast<int64_t>(x.size())) {
     const auto cols = static_cast<int64_t>(x.size());
     cpu::sumRunsOf32(x.data(), cols, cols, 1, sums.data());
     cpu::quantizeActivations(x.data(), cols, cols, 1, quantized.data(), scales.data(),
-                             sums16.data());
+                             sums16.data(), quantizedNibbleOrder.data());
   }
-  cpu::KernelInput view() { return {sums.data(), quantized.data(), scales.data(), sums16.data()}; }
+  cpu::KernelInput view() {
+    return {sums.data(), quantized.data(), quantizedNibbleOrder.data(), scales.data(),
+            sums16.data()};
+  }
+  // The int8 activations a kernel reads (nibbleOrder: "q8-nibble-order").
+  const int8_t *xq(bool nibbleOrder) const {
+    return nibbleOrder ? quantizedNibbleOrder.data() : quantized.data();
+  }
 };
+
+// Whether the object's kernel for `cols`-wide rows of `type` reads its int8
+// activations in nibble order (its input record, GeneratedKernels.h).
+bool readsNibbleOrder(void *handle, gguf::GgmlType type, int64_t cols) {
+  const auto *input =
+      static_cast<const char *>(dlsym(handle, cpu::rowKernelInputSymbol(type, cols).c_str()));
+  return input && std::string(input) == "q8-nibble-order";
+}
 
 // `count` activations drawn from N(0, 1).
 template <typename Engine> std::vector<float> randomActivations(int64_t count, Engine &random) {
@@ -101,6 +117,7 @@ Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
     kernel.function =
         reinterpret_cast<cpu::RowKernel>(dlsym(handle, cpu::rowKernelSymbol(type, cols).c_str()));
     kernel.quantizedInput = true; // harmless for f32 kernels: they ignore it
+    kernel.nibbleOrderInput = readsNibbleOrder(handle, type, cols);
     return kernel;
   };
   const uint64_t hiddenRowBytes = *gguf::ggmlRowBytes(type, kHidden);
@@ -161,8 +178,9 @@ Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
 // come from its L2 instead of memory. Bytes/s of all threads together; where
 // this is not well above the read bandwidth, the instructions per weight
 // byte, not memory, bound decode.
-double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, gguf::GgmlType type,
-                        int64_t cols, std::vector<uint8_t> &buffer, double seconds) {
+double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, bool nibbleOrder,
+                        gguf::GgmlType type, int64_t cols, std::vector<uint8_t> &buffer,
+                        double seconds) {
   constexpr int64_t kRows = 256, kCallsPerPass = 64;
   const uint64_t sliceBytes = *gguf::ggmlRowBytes(type, cols) * kRows;
   const int threads = pool.threadCount();
@@ -174,9 +192,8 @@ double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, gguf::Ggml
     pool.parallelFor(threads, [&](int64_t task, int) {
       const uint8_t *slice = buffer.data() + static_cast<uint64_t>(task) * sliceBytes;
       for (int64_t call = 0; call < kCallsPerPass; ++call)
-        kernel(slice, sliceBytes / kRows, kRows, x.data(), cols, in.sums.data(),
-               in.quantized.data(), in.scales.data(), in.sums16.data(), 1, y.data() + task * kRows,
-               kRows);
+        kernel(slice, sliceBytes / kRows, kRows, x.data(), cols, in.sums.data(), in.xq(nibbleOrder),
+               in.scales.data(), in.sums16.data(), 1, y.data() + task * kRows, kRows);
     });
   };
   pass(); // warm-up: the slices into the caches
@@ -290,6 +307,7 @@ int main(int argc, char **argv) {
     for (const Shape &shape : shapes) {
       const std::string symbol = cpu::rowKernelSymbol(*type, shape.cols);
       auto kernel = reinterpret_cast<cpu::RowKernel>(dlsym(handle, symbol.c_str()));
+      const bool nibbleOrder = readsNibbleOrder(handle, *type, shape.cols);
       if (!kernel) {
         std::fprintf(stderr, "cpu_expert_bench: error: %s lacks %s; build it with ktc cpu-kernels --kernel %s:%lld\n",
                      kernelsPath.c_str(), symbol.c_str(), typeName.c_str(), static_cast<long long>(shape.cols));
@@ -318,7 +336,7 @@ int main(int argc, char **argv) {
               return;
             if (generated) {
               kernel(matrix + static_cast<uint64_t>(begin) * rowBytes, rowBytes, end - begin,
-                     x.data(), shape.cols, in.sums.data(), in.quantized.data(), in.scales.data(),
+                     x.data(), shape.cols, in.sums.data(), in.xq(nibbleOrder), in.scales.data(),
                      in.sums16.data(), 1, y.data() + begin, shape.rows);
             } else {
               cpu::WeightMatrix w{*type, matrix, shape.rows, shape.cols, rowBytes};
@@ -345,7 +363,8 @@ int main(int argc, char **argv) {
         cacheResidentGBs(pool,
                          reinterpret_cast<cpu::RowKernel>(
                              dlsym(handle, cpu::rowKernelSymbol(*type, shapes[1].cols).c_str())),
-                         *type, shapes[1].cols, buffer, seconds));
+                         readsNibbleOrder(handle, *type, shapes[1].cols), *type, shapes[1].cols,
+                         buffer, seconds));
   }
 
   // Prefill: one expert matrix times many tokens; compute-bound, so one
@@ -357,6 +376,7 @@ int main(int argc, char **argv) {
       for (const Shape &shape : shapes) {
         auto kernel = reinterpret_cast<cpu::RowKernel>(
             dlsym(handle, cpu::rowKernelSymbol(type, shape.cols).c_str()));
+        const bool nibbleOrder = readsNibbleOrder(handle, type, shape.cols);
         const uint64_t rowBytes = *gguf::ggmlRowBytes(type, shape.cols);
         const std::vector<float> x = randomActivations(tokens * shape.cols, random);
         std::vector<float> xsum(static_cast<size_t>(tokens * shape.cols / 32));
@@ -375,8 +395,11 @@ int main(int argc, char **argv) {
               return;
             const float *rowsOfX = x.data() + begin * shape.cols;
             cpu::sumRunsOf32(rowsOfX, shape.cols, shape.cols, end - begin, xsum.data() + begin * shape.cols / 32);
-            cpu::quantizeActivations(rowsOfX, shape.cols, shape.cols, end - begin, xq.data() + begin * shape.cols,
-                                     xqScale.data() + begin * shape.cols / 256, xqSum16.data() + begin * shape.cols / 16);
+            int8_t *rowsOfXq = xq.data() + begin * shape.cols; // in the kernel's order
+            cpu::quantizeActivations(
+                rowsOfX, shape.cols, shape.cols, end - begin, nibbleOrder ? nullptr : rowsOfXq,
+                xqScale.data() + begin * shape.cols / 256, xqSum16.data() + begin * shape.cols / 16,
+                nibbleOrder ? rowsOfXq : nullptr);
           });
           pool.parallelFor(rowTasks, [&](int64_t task, int) {
             const int64_t begin = task * 16, end = std::min(shape.rows, begin + 16);
@@ -423,7 +446,8 @@ int main(int argc, char **argv) {
         result.tokens = tokens;
         result.generatedGflops = 2.0 * tokens * shape.rows * shape.cols / best / 1e9;
 #ifdef KT_HAVE_DNNL
-        result.onednnGflops = onednnGflops(tokens, shape.rows, shape.cols, pool.threadCount(), 5);
+        if (cpu::haveExpertGemm()) // oneDNN has bf16 matmul on this host
+          result.onednnGflops = onednnGflops(tokens, shape.rows, shape.cols, pool.threadCount(), 5);
 #endif
         prefill.push_back(result);
       }

@@ -10,12 +10,48 @@
 #include <algorithm>
 
 namespace kt::cpu {
+namespace {
+// The reference product, into rows `ldy` apart.
+void referenceProduct(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens,
+                      float *y, int64_t ldy) {
+  if (ldy == w.rows) {
+    matmul(pool, w, x, tokens, y);
+    return;
+  }
+  std::vector<float> packed(static_cast<size_t>(tokens * w.rows));
+  matmul(pool, w, x, tokens, packed.data());
+  for (int64_t t = 0; t < tokens; ++t)
+    std::copy_n(packed.data() + t * w.rows, w.rows, y + t * ldy);
+}
+} // namespace
 
 #ifdef KT_HAVE_DNNL
-bool haveExpertGemm() { return true; }
+bool haveExpertGemm() {
+  // oneDNN multiplies bf16 only on AVX-512 (or AMX) hosts; elsewhere it
+  // cannot create the primitive, and the row kernels stay.
+  static const bool offered = [] {
+    try {
+      using namespace dnnl;
+      using dt = memory::data_type;
+      engine cpu(engine::kind::cpu, 0);
+      memory::desc src({16, 32}, dt::bf16, memory::format_tag::ab);
+      memory::desc weights({32, 16}, dt::bf16, memory::format_tag::ba);
+      memory::desc dst({16, 16}, dt::f32, memory::format_tag::ab);
+      matmul::primitive_desc(matmul::desc(src, weights, dst), cpu);
+      return true;
+    } catch (const dnnl::error &) {
+      return false;
+    }
+  }();
+  return offered;
+}
 
 void ExpertGemm::multiply(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens,
                           float *y, int64_t ldy) {
+  if (!haveExpertGemm()) {
+    referenceProduct(pool, w, x, tokens, y, ldy);
+    return;
+  }
   const int64_t rows = w.rows, cols = w.cols;
   weights_.resize(static_cast<size_t>(rows * cols));
   input_.resize(static_cast<size_t>(tokens * cols));
@@ -57,14 +93,7 @@ bool haveExpertGemm() { return false; }
 
 void ExpertGemm::multiply(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens,
                           float *y, int64_t ldy) {
-  if (ldy == w.rows) {
-    matmul(pool, w, x, tokens, y);
-    return;
-  }
-  std::vector<float> packed(static_cast<size_t>(tokens * w.rows));
-  matmul(pool, w, x, tokens, packed.data());
-  for (int64_t t = 0; t < tokens; ++t)
-    std::copy_n(packed.data() + t * w.rows, w.rows, y + t * ldy);
+  referenceProduct(pool, w, x, tokens, y, ldy);
 }
 #endif
 

@@ -14,14 +14,15 @@
 
 namespace kt::cpu {
 
-// Whether this build has oneDNN (Debian's libdnnl-dev).
+// Whether this build has oneDNN (Debian's libdnnl-dev) and it offers bf16
+// matmul on this host (AVX-512 or AMX; not on AVX2 hosts).
 bool haveExpertGemm();
 
 class ExpertGemm {
 public:
   // y[t * ldy + r] = <row r of w, x[t * cols ...]> for every row and token,
   // activations and weights rounded to bf16, accumulated in f32. Without
-  // oneDNN, the reference matmul.
+  // oneDNN's bf16 matmul (haveExpertGemm), the reference matmul.
   void multiply(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens, float *y,
                 int64_t ldy);
 

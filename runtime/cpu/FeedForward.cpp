@@ -102,13 +102,31 @@ std::pair<const WeightMatrix *, int64_t> taskMatrix(const Batch &b, const RowTas
 void rowsProduct(const WeightMatrix &w, int64_t rowBegin, int64_t rowEnd, const float *x,
                  const KernelInput &in, int64_t tokens, float *y, int64_t ldy, float *scratch) {
   const LoadedKernel &kernel = w.kernel;
-  if (kernel.function && in.sums && (!kernel.quantizedInput || in.quantized)) {
+  const int8_t *xq = kernel.nibbleOrderInput ? in.quantizedNibbleOrder : in.quantized;
+  if (kernel.function && in.sums && (!kernel.quantizedInput || xq)) {
     kernel.function(w.data + static_cast<uint64_t>(rowBegin) * w.rowBytes, w.rowBytes,
-                    rowEnd - rowBegin, x, w.cols, in.sums, in.quantized, in.scales, in.sums16,
-                    tokens, y, ldy);
+                    rowEnd - rowBegin, x, w.cols, in.sums, xq, in.scales, in.sums16, tokens, y,
+                    ldy);
     return;
   }
   matmulRows(w, rowBegin, rowEnd, x, w.cols, tokens, y, ldy, scratch);
+}
+
+// What the generated kernels among `kernels` read: any inputs at all, the
+// int8 activations in order, in nibble order.
+struct InputsRead {
+  bool any = false, inOrder = false, nibbleOrder = false;
+};
+template <typename Kernels> InputsRead inputsRead(const Kernels &kernels) {
+  InputsRead read;
+  for (const LoadedKernel *kernel : kernels) {
+    if (!kernel->function)
+      continue;
+    read.any = true;
+    read.inOrder = read.inOrder || (kernel->quantizedInput && !kernel->nibbleOrderInput);
+    read.nibbleOrder = read.nibbleOrder || kernel->nibbleOrderInput;
+  }
+  return read;
 }
 
 // The inputs generated kernels read, for every batch that has such a
@@ -118,15 +136,12 @@ void prepareKernelInputs(ThreadPool &pool, const std::vector<FfnBatch> &batches,
   pool.parallelFor(static_cast<int64_t>(batches.size()), [&](int64_t index, int) {
     const FfnBatch &b = batches[static_cast<size_t>(index)];
     auto [kernels, x, cols, in] = select(b);
-    bool any = false, quantized = false;
-    for (const LoadedKernel *kernel : kernels) {
-      any = any || kernel->function;
-      quantized = quantized || (kernel->function && kernel->quantizedInput);
-    }
+    const auto [any, inOrder, nibbleOrder] = inputsRead(kernels);
     if (any && in.sums)
       sumRunsOf32(x, cols, cols, b.tokens, in.sums);
-    if (quantized && in.quantized)
-      quantizeActivations(x, cols, cols, b.tokens, in.quantized, in.scales, in.sums16);
+    if ((inOrder || nibbleOrder) && in.scales)
+      quantizeActivations(x, cols, cols, b.tokens, inOrder ? in.quantized : nullptr, in.scales,
+                          in.sums16, nibbleOrder ? in.quantizedNibbleOrder : nullptr);
   });
 }
 
@@ -489,20 +504,21 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
   float *up = workspace.floats(Workspace::FfnUp, static_cast<size_t>(assignments * ffn_));
   // Inputs of the generated kernels, for all assignment rows.
   auto kernelInput = [&](std::initializer_list<const LoadedKernel *> kernels, int64_t cols,
-                         Workspace::Slot sums, Workspace::Slot quantized, Workspace::Slot scales,
+                         Workspace::Slot sums, Workspace::Slot quantized,
+                         Workspace::Slot quantizedNibbleOrder, Workspace::Slot scales,
                          Workspace::Slot sums16) {
     KernelInput in;
-    bool any = false, needsQuantized = false;
-    for (const LoadedKernel *kernel : kernels) {
-      any = any || kernel->function;
-      needsQuantized = needsQuantized || (kernel->function && kernel->quantizedInput);
-    }
+    const auto [any, inOrder, nibbleOrder] = inputsRead(kernels);
     if (!any)
       return in;
     in.sums = workspace.floats(sums, static_cast<size_t>(assignments * cols / 32));
-    if (needsQuantized) {
-      in.quantized = reinterpret_cast<int8_t *>(
-          workspace.floats(quantized, static_cast<size_t>(assignments * cols / 4 + 1)));
+    const size_t quantizedFloats = static_cast<size_t>(assignments * cols / 4 + 1);
+    if (inOrder)
+      in.quantized = reinterpret_cast<int8_t *>(workspace.floats(quantized, quantizedFloats));
+    if (nibbleOrder)
+      in.quantizedNibbleOrder =
+          reinterpret_cast<int8_t *>(workspace.floats(quantizedNibbleOrder, quantizedFloats));
+    if (inOrder || nibbleOrder) {
       in.scales = workspace.floats(scales, static_cast<size_t>(assignments * cols / 256 + 1));
       in.sums16 = reinterpret_cast<int16_t *>(
           workspace.floats(sums16, static_cast<size_t>(assignments * cols / 32 + 1)));
@@ -511,18 +527,21 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
   };
   const KernelInput xInput =
       kernelInput({&gate_.kernel, &up_.kernel}, hidden_, Workspace::ExpertInputSums,
-                  Workspace::ExpertInputQuantized, Workspace::ExpertInputScales,
-                  Workspace::ExpertInputSums16);
-  const KernelInput gateInput =
-      kernelInput({&down_.kernel}, ffn_, Workspace::FfnGateSums, Workspace::FfnGateQuantized,
-                  Workspace::FfnGateScales, Workspace::FfnGateSums16);
+                  Workspace::ExpertInputQuantized, Workspace::ExpertInputQuantizedNibbleOrder,
+                  Workspace::ExpertInputScales, Workspace::ExpertInputSums16);
+  const KernelInput gateInput = kernelInput(
+      {&down_.kernel}, ffn_, Workspace::FfnGateSums, Workspace::FfnGateQuantized,
+      Workspace::FfnGateQuantizedNibbleOrder, Workspace::FfnGateScales, Workspace::FfnGateSums16);
   // The slice of `in` for the rows from `row` on.
   auto offsetInput = [](const KernelInput &in, int64_t row, int64_t cols) {
     KernelInput out;
     if (in.sums)
       out.sums = in.sums + row * (cols / 32);
-    if (in.quantized) {
+    if (in.quantized)
       out.quantized = in.quantized + row * cols;
+    if (in.quantizedNibbleOrder)
+      out.quantizedNibbleOrder = in.quantizedNibbleOrder + row * cols;
+    if (in.scales) {
       out.scales = in.scales + row * (cols / 256);
       out.sums16 = in.sums16 + row * (cols / 16);
     }

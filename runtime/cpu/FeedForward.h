@@ -35,6 +35,7 @@ struct FfnBand {
 struct KernelInput {
   float *sums = nullptr;       // tokens x cols / 32
   int8_t *quantized = nullptr; // tokens x cols ("q8" kernels)
+  int8_t *quantizedNibbleOrder = nullptr; // the same in nibble order ("q8-nibble-order")
   float *scales = nullptr;     // tokens x cols / 256
   int16_t *sums16 = nullptr;   // tokens x cols / 16
 };

@@ -26,6 +26,10 @@ std::string rowKernelSymbol(gguf::GgmlType type, int64_t cols) {
   return "kt_rows_" + std::string(gguf::ggmlTypeName(type)) + "_" + std::to_string(cols);
 }
 
+std::string rowKernelInputSymbol(gguf::GgmlType type, int64_t cols) {
+  return rowKernelSymbol(type, cols) + "_input";
+}
+
 void sumRunsOf32(const float *x, int64_t ldx, int64_t cols, int64_t tokens, float *xsum) {
   const int64_t runs = cols / 32;
   for (int64_t t = 0; t < tokens; ++t)
@@ -39,8 +43,9 @@ void sumRunsOf32(const float *x, int64_t ldx, int64_t cols, int64_t tokens, floa
 }
 
 void quantizeActivations(const float *x, int64_t ldx, int64_t cols, int64_t tokens, int8_t *xq,
-                         float *xqScale, int16_t *xqSum16) {
+                         float *xqScale, int16_t *xqSum16, int8_t *xqNibbleOrder) {
   const int64_t runs = cols / 256;
+  int8_t q[256];
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t r = 0; r < runs; ++r) {
       const float *v = x + t * ldx + r * 256;
@@ -49,9 +54,15 @@ void quantizeActivations(const float *x, int64_t ldx, int64_t cols, int64_t toke
         amax = std::max(amax, std::fabs(v[i]));
       const float scale = amax / 127.0f, inverse = amax > 0 ? 127.0f / amax : 0.0f;
       xqScale[t * runs + r] = scale;
-      int8_t *q = xq + t * cols + r * 256;
       for (int i = 0; i < 256; ++i)
         q[i] = static_cast<int8_t>(std::clamp(std::nearbyint(v[i] * inverse), -127.0f, 127.0f));
+      if (xq)
+        std::copy(q, q + 256, xq + t * cols + r * 256);
+      if (xqNibbleOrder) // groups of 32 in the order 0, 2, 1, 3 per 128 values
+        for (int g = 0; g < 8; ++g) {
+          const int slot = g / 4 * 4 + (g % 2) * 2 + g % 4 / 2;
+          std::copy(q + 32 * g, q + 32 * g + 32, xqNibbleOrder + t * cols + r * 256 + 32 * slot);
+        }
       for (int j = 0; j < 16; ++j) {
         int32_t sum = 0;
         for (int i = 0; i < 16; ++i)
@@ -168,17 +179,27 @@ StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
         kernels->kernels_[{*type, kernel.cols}].tiles = reinterpret_cast<TileKernel>(symbol);
       continue;
     }
-    if (kernel.input != "f32" && kernel.input != "q8")
+    const bool nibbleOrder = kernel.input == "q8-nibble-order";
+    const bool quantized = kernel.input == "q8" || nibbleOrder;
+    if (kernel.input != "f32" && !quantized)
       return Status::error(planPath + ": cpu_code's kernel " + kernel.symbol +
                            " reads activations as '" + kernel.input +
                            "', which this runtime does not know" + recompile);
-    if (kernel.input == "q8" && kernel.cols % 256 != 0)
+    // The object says what each row kernel reads; it must be what the plan
+    // recorded (objects without the record predate nibble order: "q8" or "f32").
+    if (const auto *input = static_cast<const char *>(
+            dlsym(kernels->handle_, rowKernelInputSymbol(*type, kernel.cols).c_str()));
+        input && kernel.input != input)
+      return Status::error(planPath + ": cpu_code's kernel " + kernel.symbol + " reads '" + input +
+                           "' activations, not '" + kernel.input + "' as recorded" + recompile);
+    if (quantized && kernel.cols % 256 != 0)
       return Status::error(planPath + ": cpu_code's kernel " + kernel.symbol +
                            " reads int8 activations of rows that are not whole 256-value runs" +
                            recompile);
     LoadedKernel &loaded = kernels->kernels_[{*type, kernel.cols}];
     loaded.function = reinterpret_cast<RowKernel>(symbol);
-    loaded.quantizedInput = kernel.input == "q8";
+    loaded.quantizedInput = quantized;
+    loaded.nibbleOrderInput = nibbleOrder;
   }
   return kernels;
 }

@@ -25,7 +25,10 @@ namespace kt::cpu {
 // read x quantized: xq[t * cols + i] = round(x / xqScale[t * cols / 256 + i / 256])
 // and xqSum16[t * cols / 16 + j], the sums of xq over runs of 16 (16 bits
 // suffice: |sum| <= 16 * 127; the kernels multiply-add them as words); the "f32"
-// kernels read x and ignore those.
+// kernels read x and ignore those. "q8-nibble-order" kernels (q4_K and q5_K
+// on 512-bit vectors) read xq with the 32-value groups of every 128 values in
+// the order 0, 2, 1, 3 (the groups of a 64-byte piece of qs's low nibbles,
+// then its high ones); xqScale and xqSum16 stay in order.
 using RowKernel = void (*)(const uint8_t *w, uint64_t rowBytes, int64_t rows, const float *x,
                            int64_t ldx, const float *xsum, const int8_t *xq, const float *xqScale,
                            const int16_t *xqSum16, int64_t tokens, float *y, int64_t ldy);
@@ -60,7 +63,8 @@ std::string enableAmxTiles();
 // A kernel and what it reads.
 struct LoadedKernel {
   RowKernel function = nullptr;
-  bool quantizedInput = false; // "q8": needs quantizeActivations()
+  bool quantizedInput = false;   // "q8" or "q8-nibble-order": needs quantizeActivations()
+  bool nibbleOrderInput = false; // "q8-nibble-order": xq in nibble order
   TileKernel tiles = nullptr;  // prefill tile kernel, if the code has one
 };
 
@@ -68,6 +72,10 @@ struct LoadedKernel {
 bool hasGeneratedRowKernel(gguf::GgmlType type);
 // "kt_rows_q4_K_7168": the kernel for `cols`-wide rows of `type`.
 std::string rowKernelSymbol(gguf::GgmlType type, int64_t cols);
+
+// "kt_rows_q4_K_7168_input": a C string in the code object naming what that
+// kernel reads ("f32", "q8" or "q8-nibble-order").
+std::string rowKernelInputSymbol(gguf::GgmlType type, int64_t cols);
 
 // "kt_tiles_q4_K_7168": the tile kernel for `cols`-wide rows of `type`.
 std::string tileKernelSymbol(gguf::GgmlType type, int64_t cols);
@@ -79,9 +87,11 @@ StatusOr<std::string> codeFileHash(const std::string &path);
 void sumRunsOf32(const float *x, int64_t ldx, int64_t cols, int64_t tokens, float *xsum);
 
 // xq, xqScale and xqSum16 for `tokens` rows of x (cols a multiple of 256):
-// per 256 values, scale = max|x| / 127 and xq = x / scale rounded to nearest.
+// per 256 values, scale = max|x| / 127 and xq = x / scale rounded to nearest;
+// xq in order where `xq` is not null, in nibble order where `xqNibbleOrder`
+// is not null.
 void quantizeActivations(const float *x, int64_t ldx, int64_t cols, int64_t tokens, int8_t *xq,
-                         float *xqScale, int16_t *xqSum16);
+                         float *xqScale, int16_t *xqSum16, int8_t *xqNibbleOrder = nullptr);
 
 // The kernels of a plan's CPU code object, dlopen()ed.
 class GeneratedKernels {

@@ -32,15 +32,17 @@ public:
     AttnHeads,    // tokens x heads x v_head_dim
     FfnGate,      // tokens x experts-used x ffn: gate, then silu(gate) * up
     FfnUp,
-    ExpertInput,  // gathered token rows per expert
+    ExpertInput, // gathered token rows per expert
     // Inputs of generated kernels (KernelInput) per row of ExpertInput and
     // of FfnGate: sums of runs of 32, int8 values, their scales and sums.
     ExpertInputSums,
     ExpertInputQuantized,
+    ExpertInputQuantizedNibbleOrder,
     ExpertInputScales,
     ExpertInputSums16,
     FfnGateSums,
     FfnGateQuantized,
+    FfnGateQuantizedNibbleOrder,
     FfnGateScales,
     FfnGateSums16,
     // bf16 rows of ExpertInput and FfnGate for tile kernels (padded blocks).

@@ -122,7 +122,9 @@ struct CpuCodeKernel {
   int64_t cols = 0;   // values per row
   std::string symbol; // "kt_rows_q4_K_7168"
   // What the kernel reads of the activations: "f32" (x and its sums of 32),
-  // or "q8" (x quantized to int8 per 256 values, integer dot products).
+  // "q8" (x quantized to int8 per 256 values, integer dot products), or
+  // "q8-nibble-order" (the same int8 values, each 128's groups of 32 in the
+  // order 0, 2, 1, 3; runtime/cpu/GeneratedKernels.h).
   std::string input = "f32";
 };
 struct CpuCode {

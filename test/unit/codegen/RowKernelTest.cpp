@@ -72,19 +72,23 @@ void checkKernel(const cpu::GeneratedKernels &kernels, const RowKernelRequest &r
       v = uniform(random);
     std::vector<float> sums(static_cast<size_t>(tokens * cols / 32));
     cpu::sumRunsOf32(x.data(), ldx, cols, tokens, sums.data());
-    // int8 kernels read x quantized per 256 values.
-    std::vector<int8_t> xq;
+    // int8 kernels read x quantized per 256 values (in nibble order where
+    // the kernel says so; the reference below reads it in order).
+    std::vector<int8_t> xq, xqNibbleOrder;
     std::vector<float> xqScale;
     std::vector<int16_t> xqSum16;
     if (kernel.quantizedInput) {
       xq.resize(static_cast<size_t>(tokens * cols));
+      xqNibbleOrder.resize(xq.size());
       xqScale.resize(static_cast<size_t>(tokens * cols / 256));
       xqSum16.resize(static_cast<size_t>(tokens * cols / 16));
-      cpu::quantizeActivations(x.data(), ldx, cols, tokens, xq.data(), xqScale.data(), xqSum16.data());
+      cpu::quantizeActivations(x.data(), ldx, cols, tokens, xq.data(), xqScale.data(),
+                               xqSum16.data(), xqNibbleOrder.data());
     }
     std::vector<float> y(static_cast<size_t>(tokens * ldy), -7.0f);
-    kernel.function(weights.data(), rowBytes, rows, x.data(), ldx, sums.data(), xq.data(),
-                    xqScale.data(), xqSum16.data(), tokens, y.data(), ldy);
+    kernel.function(weights.data(), rowBytes, rows, x.data(), ldx, sums.data(),
+                    kernel.nibbleOrderInput ? xqNibbleOrder.data() : xq.data(), xqScale.data(),
+                    xqSum16.data(), tokens, y.data(), ldy);
     for (int64_t t = 0; t < tokens; ++t) {
       for (int64_t r = 0; r < rows; ++r) {
         // The kernel's own input (x, or x as its int8 values times their
@@ -115,6 +119,52 @@ void checkKernel(const cpu::GeneratedKernels &kernels, const RowKernelRequest &r
   }
 }
 
+// Nibble order holds each 128 values' groups of 32 in the order 0, 2, 1, 3
+// (what a 64-byte piece of q4_K's qs holds in its low nibbles, then its high
+// ones); the scales and sums of 16 are the in-order ones, and either xq may
+// be left out.
+TEST(QuantizeActivations, NibbleOrderSwapsTheMiddleGroupsOf128) {
+  const int64_t cols = 512, tokens = 2;
+  std::vector<float> x(static_cast<size_t>(tokens * cols));
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = std::sin(0.37f * float(i));
+  std::vector<int8_t> xq(x.size()), nibbles(x.size()), alone(x.size());
+  std::vector<float> scales(tokens * cols / 256), scalesAlone(scales.size());
+  std::vector<int16_t> sums(tokens * cols / 16), sumsAlone(sums.size());
+  cpu::quantizeActivations(x.data(), cols, cols, tokens, xq.data(), scales.data(), sums.data(),
+                           nibbles.data());
+  for (int64_t i = 0; i < tokens * cols; ++i) {
+    const int64_t group = i % 128 / 32, slot = group == 1 ? 2 : group == 2 ? 1 : group;
+    ASSERT_EQ(nibbles[size_t(i - 32 * group + 32 * slot)], xq[size_t(i)]) << "value " << i;
+  }
+  cpu::quantizeActivations(x.data(), cols, cols, tokens, nullptr, scalesAlone.data(),
+                           sumsAlone.data(), alone.data());
+  EXPECT_EQ(alone, nibbles);
+  EXPECT_EQ(scalesAlone, scales);
+  EXPECT_EQ(sumsAlone, sums);
+}
+
+// A plan whose record of what a kernel reads differs from the code
+// object's own is refused, naming both.
+TEST(RowKernelInput, APlanRecordingAnotherInputIsRefused) {
+  test::TempDir dir("row-kernel-input");
+  StatusOr<CpuCodeTarget> target = namedCpuTarget("skylake-avx512");
+  ASSERT_TRUE(target.ok()) << target.message();
+  StatusOr<plan::CpuCode> code = buildCpuCode({{GgmlType::Q4_K, 512}}, *target,
+                                              (dir.path() / "k.so").string(), dir.path().string());
+  ASSERT_TRUE(code.ok()) << code.message();
+  ASSERT_EQ(code->kernels[0].input, "q8-nibble-order");
+  if (!hostRuns(*code))
+    GTEST_SKIP() << "this host cannot run code for skylake-avx512";
+  code->kernels[0].input = "q8";
+  StatusOr<std::unique_ptr<cpu::GeneratedKernels>> kernels =
+      cpu::GeneratedKernels::load(*code, (dir.path() / "m.plan").string(), cpu::hostCpuFeatures());
+  ASSERT_FALSE(kernels.ok());
+  EXPECT_NE(kernels.message().find("reads 'q8-nibble-order' activations, not 'q8'"),
+            std::string::npos)
+      << kernels.message();
+}
+
 class RowKernels : public ::testing::TestWithParam<const char *> {};
 
 TEST_P(RowKernels, MatchDequantizedDotProducts) {
@@ -142,10 +192,15 @@ TEST_P(RowKernels, MatchDequantizedDotProducts) {
     return std::find(target->features.begin(), target->features.end(), feature) !=
            target->features.end();
   };
+  // q4_K and q5_K on 512-bit vectors read them in nibble order.
   for (const plan::CpuCodeKernel &kernel : code->kernels) {
     if (kernel.input == "bf16-tiles")
       continue;
-    EXPECT_EQ(kernel.input, has("avx2") && kernel.cols % 256 == 0 ? "q8" : "f32") << kernel.symbol;
+    const bool nibbleType = kernel.type == "q4_K" || kernel.type == "q5_K";
+    EXPECT_EQ(kernel.input, !has("avx2") || kernel.cols % 256 != 0 ? "f32"
+                            : has("avx512bw") && nibbleType        ? "q8-nibble-order"
+                                                                   : "q8")
+        << kernel.symbol;
   }
   for (const RowKernelRequest &request : kRequests)
     checkKernel(**kernels, request, GetParam());

@@ -13,7 +13,7 @@ namespace {
 
 TEST(ExpertGemm, MatchesTheReferenceProductToBf16Precision) {
   if (!haveExpertGemm())
-    GTEST_SKIP() << "built without oneDNN (libdnnl-dev)";
+    GTEST_SKIP() << "no oneDNN bf16 matmul (built without libdnnl-dev, or a host without AVX-512)";
   const int64_t rows = 48, cols = 512, tokens = 70, ldy = rows + 5;
   std::mt19937 random(11);
   std::normal_distribution<float> normal(0.0f, 1.0f);
@@ -53,7 +53,7 @@ TEST(ExpertGemm, MatchesTheReferenceProductToBf16Precision) {
 TEST(ExpertGemm, ExecutorPrefillMatchesTheRowKernels) {
   KT_REQUIRE_COMPILER();
   if (!haveExpertGemm())
-    GTEST_SKIP() << "built without oneDNN (libdnnl-dev)";
+    GTEST_SKIP() << "no oneDNN bf16 matmul (built without libdnnl-dev, or a host without AVX-512)";
   TestModel m;
   ASSERT_NO_FATAL_FAILURE(buildModel("expert-gemm", tinyF32Config(), m));
   ExecutorOptions rowKernels, gemm;
