@@ -83,9 +83,8 @@ struct KernelInputs {
 // Whether the object's kernel for `cols`-wide rows of `type` reads its int8
 // activations in nibble order (its input record, GeneratedKernels.h).
 bool readsNibbleOrder(void *handle, gguf::GgmlType type, int64_t cols) {
-  const auto *input =
-      static_cast<const char *>(dlsym(handle, cpu::rowKernelInputSymbol(type, cols).c_str()));
-  return input && std::string(input) == "q8-nibble-order";
+  const char *input = cpu::rowKernelInputRecord(handle, type, cols);
+  return input && std::string(input) == cpu::kNibbleOrderInput;
 }
 
 // `count` activations drawn from N(0, 1).

@@ -707,7 +707,7 @@ void nibbleOrderPieces(KernelBuilder &k, GgmlType type, Value *block, Value *sc1
 // The activations the row kernel of `request` reads (GeneratedKernels.h):
 // "q8-nibble-order", "q8" or "f32".
 std::string rowKernelInput(const RowKernelRequest &request, const CpuCodeTarget &target) {
-  return readsNibbleOrder(request, target) ? "q8-nibble-order"
+  return readsNibbleOrder(request, target) ? cpu::kNibbleOrderInput
          : usesInt8(request, target)       ? "q8"
                                            : "f32";
 }

@@ -30,6 +30,10 @@ std::string rowKernelInputSymbol(gguf::GgmlType type, int64_t cols) {
   return rowKernelSymbol(type, cols) + "_input";
 }
 
+const char *rowKernelInputRecord(void *handle, gguf::GgmlType type, int64_t cols) {
+  return static_cast<const char *>(dlsym(handle, rowKernelInputSymbol(type, cols).c_str()));
+}
+
 void sumRunsOf32(const float *x, int64_t ldx, int64_t cols, int64_t tokens, float *xsum) {
   const int64_t runs = cols / 32;
   for (int64_t t = 0; t < tokens; ++t)
@@ -179,7 +183,7 @@ StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
         kernels->kernels_[{*type, kernel.cols}].tiles = reinterpret_cast<TileKernel>(symbol);
       continue;
     }
-    const bool nibbleOrder = kernel.input == "q8-nibble-order";
+    const bool nibbleOrder = kernel.input == kNibbleOrderInput;
     const bool quantized = kernel.input == "q8" || nibbleOrder;
     if (kernel.input != "f32" && !quantized)
       return Status::error(planPath + ": cpu_code's kernel " + kernel.symbol +
@@ -187,8 +191,7 @@ StatusOr<std::unique_ptr<GeneratedKernels>> GeneratedKernels::load(
                            "', which this runtime does not know" + recompile);
     // The object says what each row kernel reads; it must be what the plan
     // recorded (objects without the record predate nibble order: "q8" or "f32").
-    if (const auto *input = static_cast<const char *>(
-            dlsym(kernels->handle_, rowKernelInputSymbol(*type, kernel.cols).c_str()));
+    if (const char *input = rowKernelInputRecord(kernels->handle_, *type, kernel.cols);
         input && kernel.input != input)
       return Status::error(planPath + ": cpu_code's kernel " + kernel.symbol + " reads '" + input +
                            "' activations, not '" + kernel.input + "' as recorded" + recompile);

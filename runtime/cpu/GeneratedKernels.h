@@ -74,8 +74,13 @@ bool hasGeneratedRowKernel(gguf::GgmlType type);
 std::string rowKernelSymbol(gguf::GgmlType type, int64_t cols);
 
 // "kt_rows_q4_K_7168_input": a C string in the code object naming what that
-// kernel reads ("f32", "q8" or "q8-nibble-order").
+// kernel reads ("f32", "q8" or kNibbleOrderInput).
 std::string rowKernelInputSymbol(gguf::GgmlType type, int64_t cols);
+// That record in the code object `handle` (dlopen()ed), or null where the
+// object has none (objects from before nibble order).
+const char *rowKernelInputRecord(void *handle, gguf::GgmlType type, int64_t cols);
+// The input of kernels that read xq in nibble order.
+inline constexpr const char *kNibbleOrderInput = "q8-nibble-order";
 
 // "kt_tiles_q4_K_7168": the tile kernel for `cols`-wide rows of `type`.
 std::string tileKernelSymbol(gguf::GgmlType type, int64_t cols);
