@@ -166,6 +166,26 @@ public:
       prefetch(base, target.nearPrefetchBytes, bytes);
   }
 
+  // The first bytes of a call's rows, which the loop's prefetches (ahead of
+  // the weights being decoded) never reach: up to the far distance into L2
+  // and the near one into L1, so a call (one task of a parallel loop) does
+  // not start on a run of cold misses.
+  void prefetchStart(const CpuCodeTarget &target, Value *base, Value *bytes) {
+    auto lines = [&](int64_t distance, bool intoL2) {
+      if (distance <= 0)
+        return;
+      Value *end = b_.CreateSelect(b_.CreateICmpSLT(bytes, i64c(distance)), bytes, i64c(distance));
+      loop(i64c(0), end, 64, {}, [&](Value *offset, const std::vector<Value *> &) {
+        b_.CreateIntrinsic(Intrinsic::prefetch, {b_.getPtrTy()},
+                           {b_.CreateGEP(i8(), base, offset), b_.getInt32(0),
+                            b_.getInt32(intoL2 ? 2 : 3), b_.getInt32(1)});
+        return std::vector<Value *>{};
+      });
+    };
+    lines(target.prefetchBytes, true);
+    lines(target.nearPrefetchBytes, false);
+  }
+
   Value *fmuladd(Value *a, Value *x, Value *acc) {
     return b_.CreateIntrinsic(Intrinsic::fmuladd, {a->getType()}, {a, x, acc});
   }
@@ -231,10 +251,10 @@ struct KScales {
   Value *scaleBits; // <8 x i8>: the 6-bit scales sc[j]
   Value *minBits;   // <8 x i8>: the 6-bit minimums m[j]
 };
-// The sc and m bytes (<8 x i8> each) of `blocks` (1 or 2): the operations
-// above on 16 bytes per block, so a pair unpacks in the instructions of one.
-std::vector<std::pair<Value *, Value *>> kScaleBits(KernelBuilder &k,
-                                                    const std::vector<Value *> &blocks) {
+// The sc and m bytes of `blocks` (1 or 2) in one vector, 16 bytes per block
+// (sc[0..8), then m[0..8)): the operations above on 16 bytes per block, so
+// a pair unpacks in the instructions of one.
+Value *kScaleBytes(KernelBuilder &k, const std::vector<Value *> &blocks) {
   IRBuilder<> &b = k.b();
   const int n = static_cast<int>(blocks.size()), width = 16 * n;
   Value *bytes = k.loadBytes(blocks[0], 4, 16);
@@ -274,7 +294,15 @@ std::vector<std::pair<Value *, Value *>> kScaleBits(KernelBuilder &k,
   Value *high = b.CreateShuffleVector(
       bytes, zero, perBlock({16, 16, 16, 16, 0, 1, 2, 3, 16, 16, 16, 16, 4, 5, 6, 7}));
   high = b.CreateAnd(dwordShift(high, 2), k.splatBytes(0x30, width));
-  Value *both = b.CreateOr(low, high);
+  return b.CreateOr(low, high);
+}
+
+// kScaleBytes split: the sc and m bytes (<8 x i8> each) of each block.
+std::vector<std::pair<Value *, Value *>> kScaleBits(KernelBuilder &k,
+                                                    const std::vector<Value *> &blocks) {
+  IRBuilder<> &b = k.b();
+  Value *both = kScaleBytes(k, blocks);
+  const int n = static_cast<int>(blocks.size());
   std::vector<std::pair<Value *, Value *>> bits;
   for (int block = 0; block < n; ++block)
     bits.push_back({b.CreateShuffleVector(both, both, laneRange(16 * block, 8)),
@@ -601,6 +629,7 @@ void emitRowKernel(Module &module, const RowKernelRequest &request, const CpuCod
     }
   };
 
+  k.prefetchStart(target, w, b.CreateMul(rows, rowBytes));
   emitTiledLoops(k, rows, tokens, tokenBlock, tileBytes / (4 * request.cols), dotTokens);
 }
 
@@ -650,6 +679,9 @@ struct Int8Piece {
   Value *scales16;    // <32 x i16> integer scale per pair of products (k-quants), or null
   Value *laneScales;  // <16 x float> per i32 lane (q8_0), or null
   int corrBlock = -1; // q8_0: the piece's first 32-block in the run
+  // With the next piece: both multiplied by vpdpbusd, the sums of 4 packed
+  // to words, then times `scales16` (the pair's words in packed order).
+  bool packedWithNext = false;
 };
 struct Int8Run {
   std::vector<Int8Piece> pieces;
@@ -675,12 +707,34 @@ Value *pairScales(IRBuilder<> &b, Value *scales, std::initializer_list<int> indi
   return b.CreateShuffleVector(scales, scales, mask);
 }
 
+// Each byte of `bytes` (<64 x i8>) through the GF(2) bit matrix of its
+// qword (GFNI's vgf2p8affineqb: result bit i is the parity of `matrices`'
+// byte 7 - i and the source byte): any bit moves, per qword, in one
+// instruction instead of a shift and a mask.
+Value *affineBytes(KernelBuilder &k, Value *bytes, const std::array<uint64_t, 8> &matrices) {
+  IRBuilder<> &b = k.b();
+  SmallVector<Constant *, 64> lanes;
+  for (uint64_t matrix : matrices)
+    for (int byte = 0; byte < 8; ++byte)
+      lanes.push_back(b.getInt8(static_cast<uint8_t>(matrix >> (8 * byte))));
+  return b.CreateIntrinsic(Intrinsic::x86_vgf2p8affineqb_512, {},
+                           {bytes, ConstantVector::get(lanes), b.getInt8(0)});
+}
+
+// The GF(2) matrix that moves bit `from` of a byte to bit `to` and clears
+// the others.
+uint64_t bitMoveMatrix(int from, int to) { return (uint64_t{1} << from) << (8 * (7 - to)); }
+
 // q4_K/q5_K's pieces for activations in nibble order (readsNibbleOrder):
 // per 128 values one 64-byte load of qs, its low nibbles (groups 4c and 4c +
 // 2, activation bytes 128c..) and its high ones (4c + 1 and 4c + 3, bytes
-// 128c + 64..), with q5_K's fifth bits from qh.
-void nibbleOrderPieces(KernelBuilder &k, GgmlType type, Value *block, Value *sc16,
-                       std::vector<Int8Piece> &pieces) {
+// 128c + 64..), with q5_K's fifth bits from qh. The group scales are words
+// `scaleLane`.. of `scaleWords`. With `gfni` the high nibbles and the fifth
+// bits move into place by one affine byte transform each. With
+// `packedPairs` (VNNI) each 64-byte load's two pieces are packed
+// (Int8Piece::packedWithNext).
+void nibbleOrderPieces(KernelBuilder &k, GgmlType type, Value *block, Value *scaleWords,
+                       int scaleLane, bool gfni, bool packedPairs, std::vector<Int8Piece> &pieces) {
   IRBuilder<> &b = k.b();
   const bool five = type == GgmlType::Q5_K;
   Value *nibble = k.splatBytes(0xF, 64);
@@ -688,20 +742,79 @@ void nibbleOrderPieces(KernelBuilder &k, GgmlType type, Value *block, Value *sc1
   // q5_K: bit `first` of qh's bytes in the first half, `second` in the
   // second, moved to bit 4.
   auto fifthBits = [&](int first, int second) {
+    if (gfni) {
+      const uint64_t low = bitMoveMatrix(first, 4), high = bitMoveMatrix(second, 4);
+      return affineBytes(k, qh, {low, low, low, low, high, high, high, high});
+    }
     Value *bits = shiftWordHalves(k, qh, false, first, second);
     return b.CreateShl(b.CreateAnd(bits, k.splatBytes(1, 64)), k.splatBytes(4, 64));
+  };
+  auto highNibbles = [&](Value *q) {
+    if (gfni) {
+      const uint64_t down4 =
+          bitMoveMatrix(4, 0) | bitMoveMatrix(5, 1) | bitMoveMatrix(6, 2) | bitMoveMatrix(7, 3);
+      return affineBytes(k, q, {down4, down4, down4, down4, down4, down4, down4, down4});
+    }
+    return b.CreateAnd(shiftWordHalves(k, q, false, 4, 4), nibble);
   };
   for (int c = 0; c < 2; ++c) {
     Value *q = k.loadBytes(block, (five ? 48 : 16) + 64 * c, 64);
     Value *low = b.CreateAnd(q, nibble);
-    Value *high = b.CreateAnd(shiftWordHalves(k, q, false, 4, 4), nibble);
+    Value *high = highNibbles(q);
     if (five) {
       low = b.CreateOr(low, fifthBits(4 * c, 4 * c + 2));
       high = b.CreateOr(high, fifthBits(4 * c + 1, 4 * c + 3));
     }
-    pieces.push_back({low, 128 * c, pairScales(b, sc16, {4 * c, 4 * c + 2}), nullptr});
-    pieces.push_back({high, 128 * c + 64, pairScales(b, sc16, {4 * c + 1, 4 * c + 3}), nullptr});
+    const int s = scaleLane + 4 * c;
+    if (packedPairs) {
+      // vpackssdw takes 4 dwords of each source per 128-bit lane: word w
+      // holds the sum of 4 of dword 4 (w / 8) + w % 4 of the low piece (w %
+      // 8 < 4) or the high one; dwords 0-7 are a piece's first group.
+      SmallVector<int, 32> packedLanes;
+      for (int w = 0; w < 32; ++w) {
+        const bool low = w % 8 < 4, first = 4 * (w / 8) + w % 4 < 8;
+        packedLanes.push_back(s + (low ? 0 : 1) + (first ? 0 : 2));
+      }
+      Int8Piece lowPiece{low, 128 * c, b.CreateShuffleVector(scaleWords, scaleWords, packedLanes),
+                         nullptr};
+      lowPiece.packedWithNext = true;
+      pieces.push_back(lowPiece);
+      pieces.push_back({high, 128 * c + 64, nullptr, nullptr});
+      continue;
+    }
+    pieces.push_back({low, 128 * c, pairScales(b, scaleWords, {s, s + 2}), nullptr});
+    pieces.push_back({high, 128 * c + 64, pairScales(b, scaleWords, {s + 1, s + 3}), nullptr});
   }
+}
+
+// Two q4_K/q5_K super-blocks decoded together for activations in nibble
+// order: both blocks' scale and minimum bytes widened to words once (block
+// b's sc at words 16b.., its m at 16b + 8..), each piece's scale words
+// permuted from them, and both blocks' minimum pairs in one vector so one
+// word multiply-add takes both blocks' minimum sums.
+struct NibbleOrderPair {
+  std::array<std::vector<Int8Piece>, 2> pieces;
+  Value *minimumPairs = nullptr; // <32 x i16>: block b's m[i / 2] at lanes 16b + i
+  Value *scaleFactors = nullptr; // <4 x float>: {d, dmin} of each block
+};
+NibbleOrderPair decodeNibbleOrderPair(KernelBuilder &k, GgmlType type, Value *first, Value *second,
+                                      bool gfni, bool packedPairs) {
+  IRBuilder<> &b = k.b();
+  NibbleOrderPair pair;
+  Value *words = b.CreateZExt(kScaleBytes(k, {first, second}), k.vec(b.getInt16Ty(), 32));
+  SmallVector<int, 32> minimumLanes;
+  for (int block = 0; block < 2; ++block)
+    for (int lane = 0; lane < 16; ++lane)
+      minimumLanes.push_back(16 * block + 8 + lane / 2);
+  pair.minimumPairs = b.CreateShuffleVector(words, words, minimumLanes);
+  VectorType *twoHalves = k.vec(b.getHalfTy(), 2);
+  Value *halves = b.CreateShuffleVector(b.CreateAlignedLoad(twoHalves, first, Align(1)),
+                                        b.CreateAlignedLoad(twoHalves, second, Align(1)),
+                                        ArrayRef<int>{0, 1, 2, 3});
+  pair.scaleFactors = b.CreateFPExt(halves, k.vec(k.f32(), 4));
+  nibbleOrderPieces(k, type, first, words, 0, gfni, packedPairs, pair.pieces[0]);
+  nibbleOrderPieces(k, type, second, words, 16, gfni, packedPairs, pair.pieces[1]);
+  return pair;
 }
 
 // The activations the row kernel of `request` reads (GeneratedKernels.h):
@@ -715,9 +828,11 @@ std::string rowKernelInput(const RowKernelRequest &request, const CpuCodeTarget 
 // `unsignedQ8`: q8_0's weights with the sign bit flipped, for vpdpbusd (VNNI);
 // else as stored.
 // `kBits`: q4_K/q5_K's sc and m bytes, unpacked already (kScaleBits).
-// `nibbleOrder`: q4_K/q5_K's activations are in nibble order (readsNibbleOrder).
+// `nibbleOrder`: q4_K/q5_K's activations are in nibble order (readsNibbleOrder);
+// `gfni`, `packedPairs`: how its pieces are made (nibbleOrderPieces).
 Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsignedQ8,
-                      bool nibbleOrder, const std::pair<Value *, Value *> *kBits = nullptr) {
+                      bool nibbleOrder, bool gfni, bool packedPairs,
+                      const std::pair<Value *, Value *> *kBits = nullptr) {
   IRBuilder<> &b = k.b();
   Int8Run run;
   if (type == GgmlType::Q4_K || type == GgmlType::Q5_K) {
@@ -735,7 +850,7 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsign
     run.scalePair = b.CreateFPExt(halves, k.vec(k.f32(), 2));
     Value *sc16 = b.CreateZExt(bits.first, k.vec(b.getInt16Ty(), 8));
     if (nibbleOrder) {
-      nibbleOrderPieces(k, type, block, sc16, run.pieces);
+      nibbleOrderPieces(k, type, block, sc16, 0, gfni, packedPairs, run.pieces);
       return run;
     }
     for (int j = 0; j < 4; ++j)
@@ -799,6 +914,10 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
   VectorType *i32x16 = k.vec(b.getInt32Ty(), 16), *f32x16 = k.vec(k.f32(), 16);
   VectorType *i16x16 = k.vec(b.getInt16Ty(), 16);
   const bool hasMinimums = request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K;
+  const bool gfni = hasFeature(target, "gfni");
+  // VNNI: the nibble-order pieces in packed pairs (Int8Piece::packedWithNext):
+  // 3 multiply instructions per 128 values instead of 4.
+  const bool packedPairs = dots == IntegerDots::Avx512Vnni;
 
   // acc (<16 x i32>) plus the products of 64 unsigned weights and 64 int8
   // activations, added in pairs (at most 2 * 63 * 127: 16 bits hold them)
@@ -825,6 +944,34 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
           {pairs, b.CreateShuffleVector(scales16, scales16, laneRange(16 * half, 16))});
     }
     return b.CreateAdd(acc, b.CreateShuffleVector(products[0], products[1], laneRange(0, 16)));
+  };
+  // acc plus the scaled products of a run's k-quant pieces with the
+  // activations at `xqRun` + `offset`: packed pairs by vpdpbusd (the sums of 4
+  // at most 4 * 31 * 127, so words hold them), the rest by addScaledDots.
+  auto addPieces = [&](Value *acc, const std::vector<Int8Piece> &pieces, Value *xqRun,
+                       int64_t offset) {
+    auto activations = [&](const Int8Piece &piece) {
+      return b.CreateAlignedLoad(
+          k.vec(k.i8(), 64), b.CreateGEP(k.i8(), xqRun, k.i64c(offset + piece.xqOffset)), Align(1));
+    };
+    for (size_t i = 0; i < pieces.size(); ++i) {
+      if (!pieces[i].packedWithNext) {
+        acc = addScaledDots(acc, pieces[i].weights, activations(pieces[i]), pieces[i].scales16);
+        continue;
+      }
+      Value *sums[2];
+      for (int p = 0; p < 2; ++p)
+        sums[p] = b.CreateIntrinsic(Intrinsic::x86_avx512_vpdpbusd_512, {},
+                                    {ConstantAggregateZero::get(i32x16),
+                                     b.CreateBitCast(pieces[i + p].weights, i32x16),
+                                     b.CreateBitCast(activations(pieces[i + p]), i32x16)});
+      Value *words = b.CreateIntrinsic(Intrinsic::x86_avx512_packssdw_512, {}, {sums[0], sums[1]});
+      acc = b.CreateIntrinsic(
+          Intrinsic::x86_avx512_vpdpwssd_512, {},
+          {acc, b.CreateBitCast(words, i32x16), b.CreateBitCast(pieces[i].scales16, i32x16)});
+      ++i;
+    }
+    return acc;
   };
 
   // The dot products of 64 signed weights and 64 int8 activations per 4
@@ -899,11 +1046,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
               }
               continue;
             }
-            Value *acc = ConstantAggregateZero::get(i32x16);
-            for (const Int8Piece &piece : run.pieces) {
-              Value *xv = b.CreateAlignedLoad(k.vec(k.i8(), 64), b.CreateGEP(k.i8(), xqRun, k.i64c(piece.xqOffset)), Align(1));
-              acc = addScaledDots(acc, piece.weights, xv, piece.scales16);
-            }
+            Value *acc = addPieces(ConstantAggregateZero::get(i32x16), run.pieces, xqRun, 0);
             if (run.subScales32) {
               // q6_K stores w + 32: take off 32 * sc[i] * sum16(x)[i], lane by
               // lane (only the lanes' total counts, so no reduction here);
@@ -938,11 +1081,61 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
                                 b.CreateShuffleVector(scales, scales, pairLanes), next[j]);
           }
         };
+    // Two nibble-order runs (decodeNibbleOrderPair) into `next`: per token
+    // both runs' integer sums folded into one vector (run r's in lanes 8r..),
+    // both runs' minimum sums by one word multiply-add, each converted once
+    // and multiplied by {d dx} and {dmin dx} of its run, the minimums
+    // subtracted here (so the row's result is the sum of all lanes).
+    auto addRunPair = [&](Value *runIndex, const NibbleOrderPair &pair,
+                          std::vector<Value *> &next) {
+      for (int j = 0; j < count; ++j) {
+        Value *token = b.CreateAdd(t, k.i64c(j));
+        Value *xqRun = b.CreateGEP(k.i8(), xq,
+                                   b.CreateAdd(b.CreateMul(token, k.i64c(request.cols)),
+                                               b.CreateMul(runIndex, k.i64c(256))));
+        Value *accs[2];
+        for (int r = 0; r < 2; ++r) {
+          accs[r] = ConstantAggregateZero::get(i32x16);
+          accs[r] = addPieces(accs[r], pair.pieces[r], xqRun, 256 * r);
+        }
+        Value *sums16 = b.CreateAlignedLoad(
+            k.vec(b.getInt16Ty(), 32),
+            b.CreateGEP(b.getInt16Ty(), xqSum16,
+                        b.CreateAdd(b.CreateMul(token, k.i64c(request.cols / 16)),
+                                    b.CreateMul(runIndex, k.i64c(16)))),
+            Align(2));
+        Value *minimumDots =
+            b.CreateIntrinsic(Intrinsic::x86_avx512_pmaddw_d_512, {}, {sums16, pair.minimumPairs});
+        SmallVector<int, 16> lowHalves, highHalves;
+        for (int lane = 0; lane < 16; ++lane) {
+          lowHalves.push_back(lane < 8 ? lane : lane + 8);
+          highHalves.push_back(lane < 8 ? lane + 8 : lane + 16);
+        }
+        Value *folded = b.CreateAdd(b.CreateShuffleVector(accs[0], accs[1], lowHalves),
+                                    b.CreateShuffleVector(accs[0], accs[1], highHalves));
+        Value *dx = b.CreateAlignedLoad(
+            k.vec(k.f32(), 2),
+            b.CreateGEP(k.f32(), xqScale, b.CreateAdd(b.CreateMul(token, k.i64c(runs)), runIndex)),
+            Align(4));
+        Value *factors = b.CreateFMul(pair.scaleFactors,
+                                      b.CreateShuffleVector(dx, dx, ArrayRef<int>{0, 0, 1, 1}));
+        SmallVector<int, 16> scaleLanes, minimumLanes;
+        for (int lane = 0; lane < 16; ++lane) {
+          scaleLanes.push_back(lane < 8 ? 0 : 2);
+          minimumLanes.push_back(lane < 8 ? 1 : 3);
+        }
+        next[j] = k.fmuladd(b.CreateSIToFP(folded, f32x16),
+                            b.CreateShuffleVector(factors, factors, scaleLanes), next[j]);
+        next[j] = k.fmuladd(b.CreateFNeg(b.CreateSIToFP(minimumDots, f32x16)),
+                            b.CreateShuffleVector(factors, factors, minimumLanes), next[j]);
+      }
+    };
     // q4_K/q5_K with an even run count: two runs per iteration, their scales
-    // unpacked together.
+    // unpacked together (in nibble order, also their minimums and factors).
     const int64_t step = hasMinimums && runs % 2 == 0 ? 2 : 1;
     const bool unsignedQ8 = dots == IntegerDots::Avx512Vnni; // q8_0's weights for vpdpbusd
     const bool nibbleOrder = readsNibbleOrder(request, target);
+    const bool pairs = nibbleOrder && step == 2;
     std::vector<Value *> sums = k.loop(
         zero, k.i64c(runs), step, init, [&](Value *runIndex, const std::vector<Value *> &carried) {
           std::vector<Value *> next = carried;
@@ -950,23 +1143,35 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
               k.i8(), rowBase, b.CreateMul(runIndex, k.i64c(static_cast<int64_t>(runBytes))));
           k.prefetchWeights(target, runBase, static_cast<int64_t>(runBytes) * step);
           if (step == 1) {
-            addRun(runIndex, decodeInt8Run(k, request.type, runBase, unsignedQ8, nibbleOrder),
-                   next);
+            addRun(
+                runIndex,
+                decodeInt8Run(k, request.type, runBase, unsignedQ8, nibbleOrder, gfni, packedPairs),
+                next);
             return next;
           }
           Value *secondBase = b.CreateGEP(k.i8(), runBase, k.i64c(static_cast<int64_t>(runBytes)));
+          if (pairs) {
+            addRunPair(
+                runIndex,
+                decodeNibbleOrderPair(k, request.type, runBase, secondBase, gfni, packedPairs),
+                next);
+            return next;
+          }
           const std::vector<std::pair<Value *, Value *>> bits =
               kScaleBits(k, {runBase, secondBase});
           addRun(runIndex,
-                 decodeInt8Run(k, request.type, runBase, unsignedQ8, nibbleOrder, &bits[0]), next);
+                 decodeInt8Run(k, request.type, runBase, unsignedQ8, nibbleOrder, gfni, packedPairs,
+                               &bits[0]),
+                 next);
           addRun(b.CreateAdd(runIndex, k.i64c(1)),
-                 decodeInt8Run(k, request.type, secondBase, unsignedQ8, nibbleOrder, &bits[1]),
+                 decodeInt8Run(k, request.type, secondBase, unsignedQ8, nibbleOrder, gfni,
+                               packedPairs, &bits[1]),
                  next);
           return next;
         });
     for (int j = 0; j < count; ++j) {
       Value *dot = k.reduceAdd(sums[j]);
-      if (hasMinimums) // lanes 0-7 less lanes 8-15
+      if (hasMinimums && !pairs) // lanes 0-7 less lanes 8-15
         dot = b.CreateFSub(k.reduceAdd(b.CreateShuffleVector(sums[j], sums[j], laneRange(0, 8))),
                            k.reduceAdd(b.CreateShuffleVector(sums[j], sums[j], laneRange(8, 8))));
       Value *token = b.CreateAdd(t, k.i64c(j));
@@ -974,6 +1179,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
     }
   };
 
+  k.prefetchStart(target, w, b.CreateMul(rows, rowBytes));
   emitTiledLoops(k, rows, tokens, tokenBlock, tileBytes / request.cols, dotTokens);
 }
 

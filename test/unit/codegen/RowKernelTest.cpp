@@ -21,9 +21,9 @@ namespace {
 using gguf::GgmlType;
 
 const std::vector<RowKernelRequest> kRequests = {
-    {GgmlType::Q8_0, 256},  {GgmlType::Q8_0, 7168}, {GgmlType::Q8_0, 96},
-    {GgmlType::Q4_K, 512},  {GgmlType::Q4_K, 2048}, {GgmlType::Q5_K, 768},
-    {GgmlType::Q6_K, 512},
+    {GgmlType::Q8_0, 256}, {GgmlType::Q8_0, 7168}, {GgmlType::Q8_0, 96},
+    {GgmlType::Q4_K, 512}, {GgmlType::Q4_K, 2048}, {GgmlType::Q4_K, 768},
+    {GgmlType::Q5_K, 768}, {GgmlType::Q5_K, 1024}, {GgmlType::Q6_K, 512},
 };
 
 bool hostRuns(const plan::CpuCode &code) {
