@@ -707,6 +707,24 @@ Value *pairScales(IRBuilder<> &b, Value *scales, std::initializer_list<int> indi
   return b.CreateShuffleVector(scales, scales, mask);
 }
 
+// Two pieces (weights, first activation byte) as a packed pair
+// (Int8Piece::packedWithNext). vpackssdw takes 4 dwords of each source per
+// 128-bit lane, so word w of the packed sums holds dword 4 (w / 8) + w % 4
+// of the first piece (w % 8 < 4) or of the second; `scaleOf(piece, dword)`
+// is the scale word (a lane of `scaleWords`) of a piece's dword.
+void pushPackedPair(IRBuilder<> &b, std::vector<Int8Piece> &pieces,
+                    std::pair<Value *, int64_t> first, std::pair<Value *, int64_t> second,
+                    Value *scaleWords, const std::function<int(int, int)> &scaleOf) {
+  SmallVector<int, 32> lanes;
+  for (int w = 0; w < 32; ++w)
+    lanes.push_back(scaleOf(w % 8 < 4 ? 0 : 1, 4 * (w / 8) + w % 4));
+  Int8Piece head{first.first, first.second, b.CreateShuffleVector(scaleWords, scaleWords, lanes),
+                 nullptr};
+  head.packedWithNext = true;
+  pieces.push_back(head);
+  pieces.push_back({second.first, second.second, nullptr, nullptr});
+}
+
 // Each byte of `bytes` (<64 x i8>) through the GF(2) bit matrix of its
 // qword (GFNI's vgf2p8affineqb: result bit i is the parity of `matrices`'
 // byte 7 - i and the source byte): any bit moves, per qword, in one
@@ -766,20 +784,9 @@ void nibbleOrderPieces(KernelBuilder &k, GgmlType type, Value *block, Value *sca
       high = b.CreateOr(high, fifthBits(4 * c + 1, 4 * c + 3));
     }
     const int s = scaleLane + 4 * c;
-    if (packedPairs) {
-      // vpackssdw takes 4 dwords of each source per 128-bit lane: word w
-      // holds the sum of 4 of dword 4 (w / 8) + w % 4 of the low piece (w %
-      // 8 < 4) or the high one; dwords 0-7 are a piece's first group.
-      SmallVector<int, 32> packedLanes;
-      for (int w = 0; w < 32; ++w) {
-        const bool low = w % 8 < 4, first = 4 * (w / 8) + w % 4 < 8;
-        packedLanes.push_back(s + (low ? 0 : 1) + (first ? 0 : 2));
-      }
-      Int8Piece lowPiece{low, 128 * c, b.CreateShuffleVector(scaleWords, scaleWords, packedLanes),
-                         nullptr};
-      lowPiece.packedWithNext = true;
-      pieces.push_back(lowPiece);
-      pieces.push_back({high, 128 * c + 64, nullptr, nullptr});
+    if (packedPairs) { // dwords 0-7 of a piece are its first group
+      pushPackedPair(b, pieces, {low, 128 * c}, {high, 128 * c + 64}, scaleWords,
+                     [&](int piece, int dword) { return s + piece + (dword < 8 ? 0 : 2); });
       continue;
     }
     pieces.push_back({low, 128 * c, pairScales(b, scaleWords, {s, s + 2}), nullptr});
@@ -829,7 +836,8 @@ std::string rowKernelInput(const RowKernelRequest &request, const CpuCodeTarget 
 // else as stored.
 // `kBits`: q4_K/q5_K's sc and m bytes, unpacked already (kScaleBits).
 // `nibbleOrder`: q4_K/q5_K's activations are in nibble order (readsNibbleOrder);
-// `gfni`, `packedPairs`: how its pieces are made (nibbleOrderPieces).
+// `gfni`, `packedPairs`: how its pieces are made (nibbleOrderPieces; q6_K's
+// are packed pairs too).
 Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsignedQ8,
                       bool nibbleOrder, bool gfni, bool packedPairs,
                       const std::pair<Value *, Value *> *kBits = nullptr) {
@@ -865,6 +873,11 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsign
     for (int n = 0; n < 2; ++n) {
       std::array<Value *, 2> pieces = q6Pieces(k, block, n);
       const int s0 = 8 * n;
+      if (packedPairs) { // 6-bit weights: sums of 4 at most 4 * 63 * 127, words hold them
+        pushPackedPair(b, run.pieces, {pieces[0], 128 * n}, {pieces[1], 128 * n + 64}, sc,
+                       [&](int piece, int dword) { return s0 + 4 * piece + dword / 4; });
+        continue;
+      }
       run.pieces.push_back(
           {pieces[0], 128 * n, pairScales(b, sc, {s0, s0 + 1, s0 + 2, s0 + 3}), nullptr});
       run.pieces.push_back(
@@ -915,7 +928,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
   VectorType *i16x16 = k.vec(b.getInt16Ty(), 16);
   const bool hasMinimums = request.type == GgmlType::Q4_K || request.type == GgmlType::Q5_K;
   const bool gfni = hasFeature(target, "gfni");
-  // VNNI: the nibble-order pieces in packed pairs (Int8Piece::packedWithNext):
+  // VNNI: the k-quants' pieces in packed pairs (Int8Piece::packedWithNext):
   // 3 multiply instructions per 128 values instead of 4.
   const bool packedPairs = dots == IntegerDots::Avx512Vnni;
 
@@ -947,7 +960,8 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
   };
   // acc plus the scaled products of a run's k-quant pieces with the
   // activations at `xqRun` + `offset`: packed pairs by vpdpbusd (the sums of 4
-  // at most 4 * 31 * 127, so words hold them), the rest by addScaledDots.
+  // at most 4 * 63 * 127 = 32004, so words hold them), the rest by
+  // addScaledDots.
   auto addPieces = [&](Value *acc, const std::vector<Int8Piece> &pieces, Value *xqRun,
                        int64_t offset) {
     auto activations = [&](const Int8Piece &piece) {
