@@ -46,6 +46,6 @@ llvm_config.with_system_environment(["HOME", "INCLUDE", "LIB", "TMP", "TEMP"])
 llvm_config.use_default_substitutions()
 
 tool_dirs = [config.kt_tools_dir, config.llvm_tools_dir]
-llvm_config.add_tool_substitutions(["kt-opt", "ktc", "kt-gen-model", "ktrun"], tool_dirs)
+llvm_config.add_tool_substitutions(["kt-opt", "ktc", "kt-gen-model", "ktrun", "cpu_expert_bench"], tool_dirs)
 llvm_config.with_environment("PATH", config.llvm_tools_dir, append_path=True)
 llvm_config.with_environment("PATH", config.kt_tools_dir, append_path=True)
