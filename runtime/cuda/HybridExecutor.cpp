@@ -155,6 +155,7 @@ struct BoundStep {
   int64_t graphRegion = -1; // the plan's decode graph region, -1 for none
   int gpu = 0;              // the logical GPU it runs on (or copies to or from)
   size_t op = 0;            // the plan op it runs
+  std::string opKind;       // its kind (the plan is not kept after binding)
 };
 
 // Same-size buffers handed out at bind time by liveness, so values that are
@@ -2334,7 +2335,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         if (values[size_t(id)].where == Where::Gpu)
           stepGpu = values[size_t(id)].logicalGpu;
     }
-    steps.push_back({std::move(step), stepInputs, op.outputs, region, stepGpu, index});
+    steps.push_back({std::move(step), stepInputs, op.outputs, region, stepGpu, index, op.kind});
   }
 
   if (plan->outputValue <= 0 || !values[size_t(plan->outputValue)].defined ||
@@ -2547,6 +2548,8 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
       profile.gpuSeconds += seconds;
       profile.gpuSecondsByDevice.resize(size_t(logicalGpus), 0.0);
       profile.gpuSecondsByDevice[size_t(s.gpu)] += seconds;
+      profile.gpuSecondsByOpKind[s.opKind] += seconds;
+      ++profile.gpuStepsByOpKind[s.opKind];
     } else if (dynamic_cast<const CpuEmbeddingStep *>(s.step.get()))
       profile.cpuOtherSeconds += secondsSince(start);
   }

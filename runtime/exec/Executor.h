@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -168,6 +169,11 @@ struct ExecutionProfile {
   uint64_t transferBytes = 0;
   uint64_t gpuToGpuBytes = 0;             // of transferBytes, from one GPU to another
   std::vector<double> gpuSecondsByDevice; // gpuSeconds by the plan's cuda:N
+  // gpuSeconds by the kind of the plan op a step runs ("mla_attention",
+  // "lm_head", ...), and how many steps of each ran: each step's time
+  // includes its launches and the wait for it.
+  std::map<std::string, double> gpuSecondsByOpKind;
+  std::map<std::string, int64_t> gpuStepsByOpKind;
   bool available = false;                 // false: the executor does not profile
 };
 

@@ -124,6 +124,23 @@ void printSplit(const std::string &what, const exec::Executor &executor,
                 profile.expertPhases.combine);
 }
 
+// A profiled run's GPU time by the kind of op, per token, largest first
+// (each step's time includes its launches and the wait for it).
+void printGpuOps(const std::string &what, const exec::ExecutionProfile &profile, int64_t tokens) {
+  if (profile.gpuSecondsByOpKind.empty() || tokens <= 0)
+    return;
+  std::vector<std::pair<double, std::string>> byTime;
+  for (const auto &[kind, seconds] : profile.gpuSecondsByOpKind)
+    byTime.emplace_back(seconds, kind);
+  std::sort(byTime.rbegin(), byTime.rend());
+  std::printf("%s GPU by op, per token (each step waited for):", what.c_str());
+  for (size_t i = 0; i < byTime.size(); ++i)
+    std::printf("%s %s %.3f ms (%.0f steps)", i ? "," : "", byTime[i].second.c_str(),
+                byTime[i].first * 1e3 / double(tokens),
+                double(profile.gpuStepsByOpKind.at(byTime[i].second)) / double(tokens));
+  std::printf("\n");
+}
+
 } // namespace
 
 int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOptions &options) {
@@ -262,6 +279,7 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     }
     printSplit("decode (" + std::to_string(tokens) + " tokens)", executor, decodeProfile,
                decodeProfiled);
+    printGpuOps("decode", decodeProfile, tokens);
     if (decodeProfile.transferBytes > 0)
       std::printf("decode transfers: %.3f MB per token\n",
                   decodeProfile.transferBytes / 1e6 / double(tokens));

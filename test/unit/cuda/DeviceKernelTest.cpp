@@ -354,12 +354,17 @@ TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
   }
 }
 
-TEST_P(GpuKernels, GemvKQuantMatchesTheCpuReference) {
+// K-quant and float GEMVs (f32: the router; f16/bf16: unquantized
+// projections), one token and the prefill tiles.
+TEST_P(GpuKernels, GemvKQuantAndFloatMatchTheCpuReference) {
   struct Shape {
     int64_t out, in;
-  } shapes[] = {{1001, 7168}, {576, 2048}, {33, 256}};
-  for (gguf::GgmlType type : {gguf::GgmlType::Q4_K, gguf::GgmlType::Q5_K, gguf::GgmlType::Q6_K})
+  } shapes[] = {{1001, 7168}, {576, 2048}, {33, 256}, {3000, 1024}, {7, 1100}};
+  for (gguf::GgmlType type : {gguf::GgmlType::Q4_K, gguf::GgmlType::Q5_K, gguf::GgmlType::Q6_K,
+                              gguf::GgmlType::F32, gguf::GgmlType::F16, gguf::GgmlType::BF16})
     for (const auto &shape : shapes) {
+      if (shape.in % gguf::ggmlTypeTraits(type).blockSize != 0)
+        continue; // rows of whole blocks
       const std::string name(gguf::ggmlTypeName(type));
       SCOPED_TRACE(name + " " + std::to_string(shape.out) + "x" + std::to_string(shape.in));
       auto w = randomFloats(shape.out * shape.in, -1, 1, 6);

@@ -1471,6 +1471,17 @@ void expectPipelineMatchesOneGpu(Pipeline &p, const exec::ExecutorOptions &optio
       EXPECT_GT(profile.gpuSecondsByDevice[size_t(gpu)], 0.0) << "cuda:" << gpu;
   }
   EXPECT_GT(profile.gpuToGpuBytes, 0u);
+  // The GPU time by op kind adds up to the GPU time, and names the plan's
+  // GPU ops of a decode step.
+  double byKind = 0;
+  for (const auto &[kind, seconds] : profile.gpuSecondsByOpKind) {
+    byKind += seconds;
+    EXPECT_GT(profile.gpuStepsByOpKind.at(kind), 0) << kind;
+  }
+  EXPECT_NEAR(byKind, profile.gpuSeconds, 1e-9 + 1e-12 * profile.gpuSeconds);
+  for (const plan::Op &op : p.pipeline.plan.ops)
+    if (op.decodeDevice.rfind("cuda:", 0) == 0 && op.kind != "transfer")
+      EXPECT_EQ(profile.gpuSecondsByOpKind.count(op.kind), 1u) << op.kind << " has no GPU time";
 }
 
 // The multi-GPU rule files on virtual GPUs: their stages, transfers and
