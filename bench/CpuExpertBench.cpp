@@ -31,6 +31,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <dlfcn.h>
@@ -543,12 +544,17 @@ int main(int argc, char **argv) {
                 "oneDNN); oneDNN alone on bf16 weights (the peer); ratios to the peer\n");
     std::printf("%-6s %-20s %7s %12s %12s %12s %12s %8s %8s\n", "type", "matrix", "tokens",
                 "row kernels", "AMX tiles", "GEMM path", "oneDNN bf16", "tiles", "GEMM");
+    // "-": not on this host (no AMX tiles, or no bf16 matmul in oneDNN).
+    auto number = [](double value) { return value > 0 ? std::to_string(std::lround(value)) : "-"; };
+    auto percent = [&](double part, double peer) {
+      return part > 0 && peer > 0 ? number(100 * part / peer) + "%" : std::string("-");
+    };
     for (const PrefillResult &r : prefill)
-      std::printf("%-6s %-20s %7lld %12.0f %12.0f %12.0f %12.0f %7.0f%% %7.0f%%\n", r.type.c_str(),
-                  r.shape.c_str(), static_cast<long long>(r.tokens), r.generatedGflops,
-                  r.tileGflops, r.gemmGflops, r.onednnGflops,
-                  r.onednnGflops > 0 ? 100 * r.tileGflops / r.onednnGflops : 0.0,
-                  r.onednnGflops > 0 ? 100 * r.gemmGflops / r.onednnGflops : 0.0);
+      std::printf("%-6s %-20s %7lld %12s %12s %12s %12s %8s %8s\n", r.type.c_str(), r.shape.c_str(),
+                  static_cast<long long>(r.tokens), number(r.generatedGflops).c_str(),
+                  number(r.tileGflops).c_str(), number(r.gemmGflops).c_str(),
+                  number(r.onednnGflops).c_str(), percent(r.tileGflops, r.onednnGflops).c_str(),
+                  percent(r.gemmGflops, r.onednnGflops).c_str());
   }
   return 0;
 }
