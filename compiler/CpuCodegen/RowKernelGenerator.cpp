@@ -1006,6 +1006,21 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
     return b.CreateShuffleVector(quads[0], quads[1], laneRange(0, 16));
   };
 
+  // Where `token`'s inputs of run `runIndex` start: its int8 activations,
+  // their scale (a float per run) and their sums of 16 (words, 16 per run).
+  struct RunInputs {
+    Value *xq, *scale, *sums16;
+  };
+  auto runInputs = [&](Value *token, Value *runIndex) -> RunInputs {
+    return {b.CreateGEP(k.i8(), xq,
+                        b.CreateAdd(b.CreateMul(token, k.i64c(request.cols)),
+                                    b.CreateMul(runIndex, k.i64c(256)))),
+            b.CreateGEP(k.f32(), xqScale, b.CreateAdd(b.CreateMul(token, k.i64c(runs)), runIndex)),
+            b.CreateGEP(b.getInt16Ty(), xqSum16,
+                        b.CreateAdd(b.CreateMul(token, k.i64c(request.cols / 16)),
+                                    b.CreateMul(runIndex, k.i64c(16))))};
+  };
+
   auto dotTokens = [&](Value *row, Value *t, int count) {
     Value *rowBase = b.CreateGEP(k.i8(), w, b.CreateMul(row, rowBytes));
     std::vector<Value *> init;
@@ -1015,16 +1030,11 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
     auto addRun =
         [&](Value *runIndex, const Int8Run &run, std::vector<Value *> &next) {
           for (int j = 0; j < count; ++j) {
-            Value *token = b.CreateAdd(t, k.i64c(j));
-            Value *xqRun = b.CreateGEP(k.i8(), xq, b.CreateAdd(b.CreateMul(token, k.i64c(request.cols)), b.CreateMul(runIndex, k.i64c(256))));
-            Value *dx = b.CreateLoad(k.f32(), b.CreateGEP(k.f32(), xqScale, b.CreateAdd(b.CreateMul(token, k.i64c(runs)), runIndex)));
+            const RunInputs in = runInputs(b.CreateAdd(t, k.i64c(j)), runIndex);
+            Value *xqRun = in.xq;
+            Value *dx = b.CreateLoad(k.f32(), in.scale);
             // The sums of the int8 activations over each run of 16 (words).
-            Value *sums16 = b.CreateAlignedLoad(
-                i16x16,
-                b.CreateGEP(b.getInt16Ty(), xqSum16,
-                            b.CreateAdd(b.CreateMul(token, k.i64c(request.cols / 16)),
-                                        b.CreateMul(runIndex, k.i64c(16)))),
-                Align(2));
+            Value *sums16 = b.CreateAlignedLoad(i16x16, in.sums16, Align(2));
             // Its word pairs times `factors`, added: <8 x i32>.
             auto multiplyAddPairs = [&](Value *factors) {
               return b.CreateIntrinsic(Intrinsic::x86_avx2_pmadd_wd, {}, {sums16, factors});
@@ -1103,21 +1113,12 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
     auto addRunPair = [&](Value *runIndex, const NibbleOrderPair &pair,
                           std::vector<Value *> &next) {
       for (int j = 0; j < count; ++j) {
-        Value *token = b.CreateAdd(t, k.i64c(j));
-        Value *xqRun = b.CreateGEP(k.i8(), xq,
-                                   b.CreateAdd(b.CreateMul(token, k.i64c(request.cols)),
-                                               b.CreateMul(runIndex, k.i64c(256))));
+        const RunInputs in = runInputs(b.CreateAdd(t, k.i64c(j)), runIndex);
         Value *accs[2];
-        for (int r = 0; r < 2; ++r) {
-          accs[r] = ConstantAggregateZero::get(i32x16);
-          accs[r] = addPieces(accs[r], pair.pieces[r], xqRun, 256 * r);
-        }
-        Value *sums16 = b.CreateAlignedLoad(
-            k.vec(b.getInt16Ty(), 32),
-            b.CreateGEP(b.getInt16Ty(), xqSum16,
-                        b.CreateAdd(b.CreateMul(token, k.i64c(request.cols / 16)),
-                                    b.CreateMul(runIndex, k.i64c(16)))),
-            Align(2));
+        for (int r = 0; r < 2; ++r)
+          accs[r] = addPieces(ConstantAggregateZero::get(i32x16), pair.pieces[r], in.xq, 256 * r);
+        // Both runs' sums of 16.
+        Value *sums16 = b.CreateAlignedLoad(k.vec(b.getInt16Ty(), 32), in.sums16, Align(2));
         Value *minimumDots =
             b.CreateIntrinsic(Intrinsic::x86_avx512_pmaddw_d_512, {}, {sums16, pair.minimumPairs});
         SmallVector<int, 16> lowHalves, highHalves;
@@ -1127,10 +1128,7 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
         }
         Value *folded = b.CreateAdd(b.CreateShuffleVector(accs[0], accs[1], lowHalves),
                                     b.CreateShuffleVector(accs[0], accs[1], highHalves));
-        Value *dx = b.CreateAlignedLoad(
-            k.vec(k.f32(), 2),
-            b.CreateGEP(k.f32(), xqScale, b.CreateAdd(b.CreateMul(token, k.i64c(runs)), runIndex)),
-            Align(4));
+        Value *dx = b.CreateAlignedLoad(k.vec(k.f32(), 2), in.scale, Align(4)); // both runs
         Value *factors = b.CreateFMul(pair.scaleFactors,
                                       b.CreateShuffleVector(dx, dx, ArrayRef<int>{0, 0, 1, 1}));
         SmallVector<int, 16> scaleLanes, minimumLanes;
