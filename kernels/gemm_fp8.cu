@@ -83,6 +83,14 @@ constexpr int kPartFragment = kPartColumns / 2;
 // falls 16 to 128 columns in, so the first two chunks and those from 128
 // on need no choice.
 constexpr bool kStraddles = BLOCK_N == 144;
+// The epilogue of tiles a whole number of 32 columns wide: each consumer
+// warp passes its 16 rows, 32 columns at a time, through 2 KiB of shared
+// memory, so that each store instruction writes 4 whole 128-byte lines
+// instead of 32 bytes of 8 rows. The buffers are the warpgroup's own rows
+// of the tile's last A slice (no other wgmma reads them; that stage is
+// freed after the stores); a 4-float group's place within its row is XORed
+// with the row (mod 8) against bank conflicts.
+constexpr bool kStagedStores = BLOCK_N % 32 == 0;
 
 // A CUtensorMap as the driver encodes it (opaque, 128 bytes).
 struct __align__(64) TensorMap {
@@ -354,7 +362,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     };
     auto promote = [&](float(&d)[kPartFragment], int i, const SliceScales &sliceScales) {
       pinFragment(d);
-      if (lane == 0)
+      if (lane == 0 && i + 1 < count) // the last stage is freed after the epilogue
         barrierArrive(empty((step + i) % STAGES));
 #pragma unroll
       for (int v = 0; v < kPartFragment; ++v)
@@ -411,7 +419,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
         asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory");
         asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory");
         pinFragment(part);
-        if (p == kParts - 1 && lane == 0)
+        if (p == kParts - 1 && lane == 0 && slice + 1 < w.sliceEnd) // the last: after the epilogue
           barrierArrive(empty(stage));
         SliceScales sliceScales;
         sliceScales.first0 = aScale0 * bScale[p];
@@ -431,18 +439,63 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     // Fragment layout: value i is at row (+8 where i & 2), column
     // 8 * (i / 4) + 2 * (lane % 4) + (i & 1).
     float *split = out + static_cast<long long>(w.split) * splitStride;
-    const int column = w.n0 + 2 * (lane % 4);
+    const int lastStage = (step + STAGES - 1) % STAGES; // the tile's last slice's
+    // 16-byte stores need rows a multiple of 4 floats apart from an aligned
+    // start; other outputs take the fragment's own stores.
+    if (kStagedStores && (outStride & 3) == 0 &&
+        (reinterpret_cast<unsigned long long>(out) & 15) == 0 && (splitStride & 3) == 0) {
+      float *buffer =
+          reinterpret_cast<float *>(sharedBytes + (aTile(lastStage) - sharedAddress(sharedBytes)) +
+                                    group * 64 * 128 + warp * 2048);
+      auto at = [](int row, int column) { return row * 32 + (column ^ (4 * (row % 8))); };
+      const int warpRow = w.m0 + group * 64 + warp * 16;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-      const int r = w.m0 + tileRow + 8 * half;
-      if (r >= w.rowEnd)
-        continue;
-      const long long target = outRows ? outRows[r] : r;
-      float *outRow = split + target * outStride + column;
+      for (int part = 0; part < BLOCK_N / 32; ++part) {
+        // The fragment's values of these 32 columns, at their rows...
 #pragma unroll
-      for (int chunk = 0; chunk < BLOCK_N / 8; ++chunk)
-        *reinterpret_cast<float2 *>(outRow + 8 * chunk) =
-            make_float2(result[4 * chunk + 2 * half], result[4 * chunk + 2 * half + 1]);
+        for (int chunk = 0; chunk < 4; ++chunk)
+#pragma unroll
+          for (int half = 0; half < 2; ++half)
+            *reinterpret_cast<float2 *>(buffer +
+                                        at(lane / 4 + 8 * half, 8 * chunk + 2 * (lane % 4))) =
+                make_float2(result[4 * (4 * part + chunk) + 2 * half],
+                            result[4 * (4 * part + chunk) + 2 * half + 1]);
+        __syncwarp();
+        // ...then 4 rows of 128 bytes a store.
+#pragma unroll
+        for (int quarter = 0; quarter < 4; ++quarter) {
+          const int row = 4 * quarter + lane / 8, r = warpRow + row;
+          const float4 values = *reinterpret_cast<const float4 *>(buffer + at(row, 4 * (lane % 8)));
+          if (r < w.rowEnd) {
+            const long long target = outRows ? outRows[r] : r;
+            *reinterpret_cast<float4 *>(split + target * outStride + w.n0 + 32 * part +
+                                        4 * (lane % 8)) = values;
+          }
+        }
+        __syncwarp();
+      }
+    } else {
+      const int column = w.n0 + 2 * (lane % 4);
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = w.m0 + tileRow + 8 * half;
+        if (r >= w.rowEnd)
+          continue;
+        const long long target = outRows ? outRows[r] : r;
+        float *outRow = split + target * outStride + column;
+#pragma unroll
+        for (int chunk = 0; chunk < BLOCK_N / 8; ++chunk)
+          *reinterpret_cast<float2 *>(outRow + 8 * chunk) =
+              make_float2(result[4 * chunk + 2 * half], result[4 * chunk + 2 * half + 1]);
+      }
+    }
+    // The last stage back to the copies (its generic-proxy reads and writes
+    // ordered before the TMA engine's next writes).
+    if (w.sliceEnd > w.sliceBegin) {
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      __syncwarp();
+      if (lane == 0)
+        barrierArrive(empty(lastStage));
     }
   }
 #endif

@@ -83,6 +83,10 @@ Status launchFp8GemmKernel(CudaDevice &device, const LoadedKernel &gemm,
                            const Fp8GemmConfig &config, const Fp8GemmWeight &weight,
                            const Fp8GemmOperands &operands) {
   const int64_t rows = operands.rows;
+  if (operands.outStride % 2 != 0 || operands.out % 8 != 0)
+    return Status::error("the FP8 GEMM stores pairs of floats: its output must start 8-byte "
+                         "aligned with rows an even number of floats apart, not " +
+                         std::to_string(operands.outStride) + ".");
   StatusOr<TensorMap> aMap =
       device.byteMatrixTensorMap(operands.activations, uint64_t(weight.in), uint64_t(rows),
                                  uint64_t(weight.in), kSlice, unsigned(kFp8GemmTileRows));

@@ -1047,7 +1047,9 @@ TEST_P(GpuKernels, GemvFp8MatchesTheCpuReference) {
 // a rerun on the scratch's quantization of x (runFp8Gemm's xUnchanged);
 // one and several K splits, odd and even slice counts, tiles of 64, 128,
 // 144 (straddling B's scale blocks at each of the 8 offsets 1152 rows
-// give) and 256 columns, partial row tiles, strided x and y.
+// give) and 256 columns, partial row tiles, strided x and y (y's rows a
+// multiple of 4 floats apart: stores staged through shared memory, 16 bytes
+// a thread; or not).
 TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
   if (arch != "sm_90a")
     GTEST_SKIP() << "the FP8 GEMM runs on sm_90a (wgmma), not " << arch;
@@ -1055,21 +1057,32 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
     int64_t rows, out, in;
     unsigned splits, blockN;
     bool promoteBehind = false;
-  } cases[] = {{200, 576, 1536, 1, 64},         {200, 576, 1536, 5, 64},
-               {1, 1024, 512, 1, 128},          {1100, 256, 1152, 1, 128},
-               {129, 2048, 2048, 3, 128},       {129, 2048, 2048, 1, 128},
-               {300, 768, 1024, 1, 256},        {129, 2048, 2048, 2, 256},
-               {200, 576, 1536, 5, 64, true},   {1100, 256, 1152, 1, 128, true},
-               {129, 2048, 2048, 3, 128, true}, {5, 256, 128, 1, 128, true},
-               {130, 512, 256, 1, 128, true},   {300, 576, 1536, 1, 144},
-               {129, 1152, 512, 3, 144}};
+    int64_t yPad = 64; // y's row stride past its columns (not a multiple of 4: unstaged stores)
+  } cases[] = {{200, 576, 1536, 1, 64},
+               {200, 576, 1536, 5, 64},
+               {1, 1024, 512, 1, 128},
+               {1100, 256, 1152, 1, 128},
+               {129, 2048, 2048, 3, 128},
+               {129, 2048, 2048, 1, 128},
+               {300, 768, 1024, 1, 256},
+               {129, 2048, 2048, 2, 256},
+               {200, 576, 1536, 5, 64, true},
+               {1100, 256, 1152, 1, 128, true},
+               {129, 2048, 2048, 3, 128, true},
+               {5, 256, 128, 1, 128, true},
+               {130, 512, 256, 1, 128, true},
+               {300, 576, 1536, 1, 144},
+               {129, 1152, 512, 3, 144},
+               {300, 768, 1024, 1, 256, false, 2},
+               {129, 2048, 2048, 1, 128, true, 6}};
   std::mt19937 random(51);
   for (const Case &c : cases) {
     SCOPED_TRACE(std::to_string(c.rows) + " x " + std::to_string(c.out) + "x" +
                  std::to_string(c.in) + ", " + std::to_string(c.splits) + " splits, " +
                  std::to_string(c.blockN) + " columns" +
-                 (c.promoteBehind ? ", promoted behind" : ""));
-    const int64_t xStride = c.in + 128, yStride = c.out + 64, slices = c.in / 128;
+                 (c.promoteBehind ? ", promoted behind" : "") + ", y stride " +
+                 std::to_string(c.out + c.yPad));
+    const int64_t xStride = c.in + 128, yStride = c.out + c.yPad, slices = c.in / 128;
     const std::vector<uint8_t> w = randomE4m3(size_t(c.out * c.in), random);
     const int64_t blockRows = (c.out + 127) / 128;
     auto wScales = randomFloats(size_t(blockRows * slices), 1e-4f, 4e-3f, 52);
@@ -1156,10 +1169,17 @@ TEST_P(GpuKernels, Fp8GemmMatchesTheDoubleReference) {
     const std::vector<float> requantized =
         packRows(download(dy, size_t(c.rows * yStride)), c.rows, c.out, yStride);
     EXPECT_EQ(requantized, std::vector<float>(requantized.size(), 0.0f));
-    std::printf("[ gpu      ] gemm_fp8 %lld tokens x %lldx%lld, %u splits, %u columns%s: "
-                "relative L2 %.2e\n",
+    std::printf("[ gpu      ] gemm_fp8 %lld tokens x %lldx%lld, %u splits, %u columns%s, y "
+                "stride %lld: relative L2 %.2e\n",
                 (long long)c.rows, (long long)c.out, (long long)c.in, c.splits, c.blockN,
-                c.promoteBehind ? ", promoted behind" : "", error);
+                c.promoteBehind ? ", promoted behind" : "", (long long)yStride, error);
+    // The GEMM stores pairs of floats: an odd row stride is refused.
+    if (c.splits == 1) {
+      Status odd = runFp8Gemm(*device, {&quantize, &gemm, &sum, *config}, *weight, dx, xStride,
+                              c.rows, dy, yStride - 1, scratch, 1);
+      EXPECT_FALSE(odd.ok());
+      EXPECT_NE(odd.message().find("even"), std::string::npos) << odd.message();
+    }
   }
 }
 
