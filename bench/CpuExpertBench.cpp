@@ -14,6 +14,7 @@
 // would let them go past the memory.
 // Weights are random blocks with sane f16 scales (never zeros).
 #include "bench/RandomBlocks.h"
+#include "bench/Statistics.h"
 #include "runtime/cpu/ExpertGemm.h"
 #include "runtime/cpu/FeedForward.h"
 #include "runtime/cpu/GeneratedKernels.h"
@@ -107,12 +108,6 @@ struct Result {
   double ceilingGBs = 0, ratio = 0;
 };
 
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  const size_t n = values.size();
-  return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
-}
-
 // `rounds` rounds of the read bandwidth (best of 2 passes each way over the
 // pool), then `measure()` (bytes/s): the kernel's share of the bandwidth in
 // each round, so that a shared host's swings move both sides of a ratio.
@@ -125,9 +120,9 @@ void pairedWithCeiling(cpu::ThreadPool &pool, const std::vector<uint8_t> &buffer
     kernel.push_back(measure());
     ratio.push_back(kernel.back() / ceiling.back());
   }
-  result.generatedGBs = median(kernel) / 1e9;
-  result.ceilingGBs = median(ceiling) / 1e9;
-  result.ratio = median(ratio);
+  result.generatedGBs = bench::median(kernel) / 1e9;
+  result.ceilingGBs = bench::median(ceiling) / 1e9;
+  result.ratio = bench::median(ratio);
 }
 
 // Decode as the runtime runs it: one token through kTopK distinct experts

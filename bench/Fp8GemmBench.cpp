@@ -2,16 +2,18 @@
 // projection shapes and 128, 512 and 4096 tokens, against cuBLASLt's FP8
 // matmul of the same shapes in the same run.
 //
-//   fp8_gemm_bench [--json] [--cublaslt PATH] [--save-cubin DIR]
+//   fp8_gemm_bench [--json] [--cublaslt PATH] [--save-cubin DIR] [--rounds N]
 //
 // cuBLASLt is loaded at run time (libcublasLt.so from the CUDA toolkit);
 // it runs block-scaled (1x128 activation and 128x128 weight scales, as our
 // kernel) where this cuBLASLt offers it for the GPU, else per-tensor scaled
 // (less work: a ceiling). Both multiply the same random e4m3 operands with
 // unit scales, so their results are compared too. Times are host clock
-// around many launches after a warm-up; the activation quantization our
-// path runs first is timed on its own.
+// around many launches after a warm-up, ours and theirs in turn over a few
+// rounds (medians reported); the activation quantization our path runs
+// first is timed on its own.
 #include "bench/GpuBench.h"
+#include "bench/Statistics.h"
 #include "runtime/cuda/CudaDevice.h"
 #include "runtime/cuda/DeviceQuery.h"
 #include "runtime/cuda/Fp8Gemm.h"
@@ -182,6 +184,12 @@ int main(int argc, char **argv) {
   app.add_option("--save-cubin", cubinDirectory,
                  "Write each GEMM's CUBIN to this directory (to read its SASS)");
   app.add_option("--launches", launches, "Timed launches per GEMM")->check(CLI::PositiveNumber);
+  int rounds = 3;
+  app.add_option("--rounds", rounds,
+                 "Rounds per matrix and token count: each of our tile widths, then cuBLASLt, "
+                 "timed in turn this many times (the row reports the medians: cuBLASLt's small "
+                 "steps alone move by a third between runs)")
+      ->check(CLI::Range(1, 20));
   std::string onlyShape;
   int64_t onlyTokens = 0;
   bool splitSweep = false;
@@ -411,16 +419,75 @@ int main(int argc, char **argv) {
           return device.launch(*sum, sumLaunch, {&partials, &splitCount, &out, &outStride, &count});
         });
       };
-      for (Loaded &variant : loaded) {
-        const unsigned splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors,
-                                                    variant.config.blockN);
-        StatusOr<double> timed = timeVariant(variant, splits);
-        if (!timed)
-          return fail(timed.message());
-        row.seconds[variant.variant] = *timed;
-        if (variant.config.blockN == chosen.blockN &&
-            variant.config.promoteBehind == chosen.promoteBehind)
-          row.chosen = *timed;
+      // cuBLASLt's matmuls of this step: block-scaled (either operand order)
+      // where offered, and per-tensor.
+      struct Theirs {
+        CublasLtGemm gemm;
+        bool blockScaled;
+      };
+      std::vector<Theirs> theirModes;
+      for (bool blockScaled : {true, false}) {
+        CublasLtGemm theirsGemm;
+        bool ready = false;
+        for (bool weightsFirst : {true, false})
+          for (int outputType : {CublasLt::kR32F, CublasLt::kR16BF})
+            if (!ready && (weightsFirst || blockScaled))
+              ready = (theirsGemm = CublasLtGemm{},
+                       theirsGemm.setUp(lt, tokens, shape.out, shape.in, blockScaled, weightsFirst,
+                                        outputType, unitScales, unitScales, workspaceBytes));
+        if (ready)
+          theirModes.push_back({theirsGemm, blockScaled});
+      }
+      auto runTheirs = [&](const CublasLtGemm &theirsGemm) -> Status {
+        const void *first =
+                       reinterpret_cast<void *>(theirsGemm.weightsFirst ? weights : activations),
+                   *second =
+                       reinterpret_cast<void *>(theirsGemm.weightsFirst ? activations : weights);
+        int status =
+            lt.matmul(lt.handle, theirsGemm.desc, &alpha, first, theirsGemm.a, second, theirsGemm.b,
+                      &beta, reinterpret_cast<void *>(theirs), theirsGemm.c,
+                      reinterpret_cast<void *>(theirs), theirsGemm.c, theirsGemm.algo.algo,
+                      reinterpret_cast<void *>(workspace), workspaceBytes, device.nativeStream());
+        return status == 0
+                   ? Status::success()
+                   : Status::error("cublasLtMatmul failed (status " + std::to_string(status) + ")");
+      };
+      auto destroyTheirs = [&] { // (a failure ends the program: no need on its paths)
+        for (Theirs &mode : theirModes) {
+          lt.descDestroy(mode.gemm.desc);
+          for (void *layout : {mode.gemm.a, mode.gemm.b, mode.gemm.c})
+            lt.layoutDestroy(layout);
+        }
+      };
+      // Rounds of ours in each width, then theirs; the medians.
+      std::vector<std::vector<double>> ourSamples(loaded.size()), theirSamples(theirModes.size());
+      for (int round = 0; round < rounds; ++round) {
+        for (size_t l = 0; l < loaded.size(); ++l) {
+          const unsigned splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors,
+                                                      loaded[l].config.blockN);
+          StatusOr<double> timed = timeVariant(loaded[l], splits);
+          if (!timed)
+            return fail(timed.message());
+          ourSamples[l].push_back(*timed);
+        }
+        for (size_t m = 0; m < theirModes.size(); ++m) {
+          StatusOr<double> timed = timeIt([&] { return runTheirs(theirModes[m].gemm); });
+          if (!timed)
+            return fail(timed.message());
+          theirSamples[m].push_back(*timed);
+        }
+      }
+      for (size_t l = 0; l < loaded.size(); ++l) {
+        const double seconds = bench::median(ourSamples[l]);
+        row.seconds[loaded[l].variant] = seconds;
+        if (loaded[l].config.blockN == chosen.blockN &&
+            loaded[l].config.promoteBehind == chosen.promoteBehind)
+          row.chosen = seconds;
+      }
+      for (size_t m = 0; m < theirModes.size(); ++m) {
+        (theirModes[m].blockScaled ? row.blockScaled : row.perTensor) =
+            bench::median(theirSamples[m]);
+        (theirModes[m].blockScaled ? row.blockMode : row.tensorMode) = theirModes[m].gemm.mode;
       }
       // The split sweep: the executor's tiles (and the wide ones) split 1
       // to 16 ways, where the parts keep at least 2 slices.
@@ -444,63 +511,36 @@ int main(int argc, char **argv) {
       if (Status s = device.copyToHost(mine.data(), ours, mine.size() * 4); !s.ok())
         return fail(s.message());
 
-      // cuBLASLt, block-scaled (either operand order) and per-tensor.
-      for (bool blockScaled : {true, false}) {
-        CublasLtGemm theirsGemm;
-        bool ready = false;
-        for (bool weightsFirst : {true, false})
-          for (int outputType : {CublasLt::kR32F, CublasLt::kR16BF})
-            if (!ready && (weightsFirst || blockScaled))
-              ready = (theirsGemm = CublasLtGemm{},
-                       theirsGemm.setUp(lt, tokens, shape.out, shape.in, blockScaled, weightsFirst,
-                                        outputType, unitScales, unitScales, workspaceBytes));
-        if (!ready)
-          continue;
-        const bool weightsFirst = theirsGemm.weightsFirst;
-        StatusOr<double> timed = timeIt([&]() -> Status {
-          const void *first = reinterpret_cast<void *>(weightsFirst ? weights : activations),
-                     *second = reinterpret_cast<void *>(weightsFirst ? activations : weights);
-          int status =
-              lt.matmul(lt.handle, theirsGemm.desc, &alpha, first, theirsGemm.a, second,
-                        theirsGemm.b, &beta, reinterpret_cast<void *>(theirs), theirsGemm.c,
-                        reinterpret_cast<void *>(theirs), theirsGemm.c, theirsGemm.algo.algo,
-                        reinterpret_cast<void *>(workspace), workspaceBytes, device.nativeStream());
-          return status == 0 ? Status::success()
-                             : Status::error("cublasLtMatmul failed (status " +
-                                             std::to_string(status) + ")");
-        });
-        if (!timed)
-          return fail(timed.message());
-        (blockScaled ? row.blockScaled : row.perTensor) = *timed;
-        (blockScaled ? row.blockMode : row.tensorMode) = theirsGemm.mode;
-        // Compare the results (relative L2 of the difference), once.
-        if (blockScaled || row.blockScaled == 0) {
-          std::vector<float> other(mine.size());
-          if (theirsGemm.outType == CublasLt::kR32F) {
-            if (Status s = device.copyToHost(other.data(), theirs, other.size() * 4); !s.ok())
-              return fail(s.message());
-          } else {
-            std::vector<uint16_t> half(other.size());
-            if (Status s = device.copyToHost(half.data(), theirs, half.size() * 2); !s.ok())
-              return fail(s.message());
-            for (size_t i = 0; i < other.size(); ++i)
-              other[i] = bf16ToFloat(half[i]);
-          }
-          double diff = 0, norm = 0;
-          for (int64_t t = 0; t < tokens; ++t)
-            for (int64_t o = 0; o < shape.out; ++o) {
-              // Ours: [tokens][out]; theirs column-major out x tokens, or tokens x out.
-              const double a = mine[size_t(t * shape.out + o)],
-                           b = other[size_t(weightsFirst ? t * shape.out + o : o * tokens + t)];
-              diff += (a - b) * (a - b);
-              norm += b * b;
-            }
-          row.difference = std::sqrt(diff / std::max(norm, 1e-30));
+      // Their result against ours (relative L2 of the difference), from the
+      // block-scaled matmul where offered.
+      if (!theirModes.empty()) {
+        const CublasLtGemm &reference = theirModes[0].gemm;
+        if (Status s = runTheirs(reference); !s.ok())
+          return fail(s.message());
+        std::vector<float> other(mine.size());
+        if (reference.outType == CublasLt::kR32F) {
+          if (Status s = device.copyToHost(other.data(), theirs, other.size() * 4); !s.ok())
+            return fail(s.message());
+        } else {
+          std::vector<uint16_t> half(other.size());
+          if (Status s = device.copyToHost(half.data(), theirs, half.size() * 2); !s.ok())
+            return fail(s.message());
+          for (size_t i = 0; i < other.size(); ++i)
+            other[i] = bf16ToFloat(half[i]);
         }
-        lt.descDestroy(theirsGemm.desc);
-        for (void *layout : {theirsGemm.a, theirsGemm.b, theirsGemm.c})
-          lt.layoutDestroy(layout);
+        double diff = 0, norm = 0;
+        for (int64_t t = 0; t < tokens; ++t)
+          for (int64_t o = 0; o < shape.out; ++o) {
+            // Ours: [tokens][out]; theirs column-major out x tokens, or tokens x out.
+            const double
+                a = mine[size_t(t * shape.out + o)],
+                b = other[size_t(reference.weightsFirst ? t * shape.out + o : o * tokens + t)];
+            diff += (a - b) * (a - b);
+            norm += b * b;
+          }
+        row.difference = std::sqrt(diff / std::max(norm, 1e-30));
       }
+      destroyTheirs();
       if (row.peer() == 0)
         return fail("cuBLASLt offers no FP8 matmul for " + tag + " at " + std::to_string(tokens) +
                     " tokens");
@@ -698,6 +738,7 @@ int main(int argc, char **argv) {
     nlohmann::json out = {{"gpu", gpus[0].name},
                           {"arch", arch},
                           {"multiprocessors", *multiprocessors},
+                          {"rounds", rounds},
                           {"geomean_ratio_to_cublaslt", geometricMean},
                           {"results", nlohmann::json::array()},
                           {"gemv_crossover", nlohmann::json::array()}};
@@ -734,12 +775,12 @@ int main(int argc, char **argv) {
     std::printf("%s\n", out.dump(1).c_str());
     return 0;
   }
-  std::printf("%s (%s), %d SMs; cuBLASLt FP8 in the same run. Ours in us per tile width: "
-              "n64/n128/n144/n256 columns per block, pb: promoted behind the next products (* = "
-              "the executor's; where the rows are not whole 128s, n128 runs 64); ratio: "
-              "cuBLASLt's time over ours, against its block-scaled matmul where offered, else "
-              "per-tensor\n",
-              gpus[0].name.c_str(), arch.c_str(), *multiprocessors);
+  std::printf("%s (%s), %d SMs; cuBLASLt FP8 in the same run, medians of %d rounds of ours then "
+              "theirs. Ours in us per tile width: n64/n128/n144/n256 columns per block, pb: "
+              "promoted behind the next products (* = the executor's; where the rows are not "
+              "whole 128s, n128 runs 64); ratio: cuBLASLt's time over ours, against its "
+              "block-scaled matmul where offered, else per-tensor\n",
+              gpus[0].name.c_str(), arch.c_str(), *multiprocessors, rounds);
   std::printf("%-15s %6s %-11s %3s", "matrix", "tokens", "out x in", "spl");
   for (const Variant &v : variants)
     std::printf(" %8s", v.name);
