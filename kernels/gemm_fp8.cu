@@ -4,7 +4,9 @@
 //      (scales [K / 128][stride], fp8_quantize.cu writes both);
 //   B  weight [N][K] e4m3, one f32 per 128x128 block
 //      (bScales[ceil(N / 128)][K / 128], the checkpoint's weight_scale_inv);
-//   C  f32 [M][N], rows `outStride` floats apart.
+//   C  f32 [M][N], rows `outStride` floats apart (an even number; a
+//      multiple of 4 with C 16-byte aligned takes the line-wide stores
+//      described at kStagedStores).
 // A, B and A's scales reach shared memory through the TMA engine (tensor
 // maps built by the host: A and B over 128-column slices with the 128-byte
 // swizzle, the scales as a [K / 128][M] f32 matrix; rows past M read as
