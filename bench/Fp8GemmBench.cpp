@@ -452,7 +452,9 @@ int main(int argc, char **argv) {
                    ? Status::success()
                    : Status::error("cublasLtMatmul failed (status " + std::to_string(status) + ")");
       };
-      auto destroyTheirs = [&] { // (a failure ends the program: no need on its paths)
+      // Frees the matmuls' descriptors (an error ends the program, so only the
+      // path that goes on calls this).
+      auto destroyTheirs = [&] {
         for (Theirs &mode : theirModes) {
           lt.descDestroy(mode.gemm.desc);
           for (void *layout : {mode.gemm.a, mode.gemm.b, mode.gemm.c})
