@@ -443,8 +443,9 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     float *split = out + static_cast<long long>(w.split) * splitStride;
     const int lastStage = (step + STAGES - 1) % STAGES; // the tile's last slice's
     // 16-byte stores need rows a multiple of 4 floats apart from an aligned
-    // start; other outputs take the fragment's own stores.
-    if (kStagedStores && (outStride & 3) == 0 &&
+    // start, and the buffers a last slice (a split with none holds no stage);
+    // other outputs take the fragment's own stores.
+    if (kStagedStores && w.sliceEnd > w.sliceBegin && (outStride & 3) == 0 &&
         (reinterpret_cast<unsigned long long>(out) & 15) == 0 && (splitStride & 3) == 0) {
       float *buffer =
           reinterpret_cast<float *>(sharedBytes + (aTile(lastStage) - sharedAddress(sharedBytes)) +
