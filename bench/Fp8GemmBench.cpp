@@ -463,11 +463,13 @@ int main(int argc, char **argv) {
       };
       // Rounds of ours in each width, then theirs; the medians.
       std::vector<std::vector<double>> ourSamples(loaded.size()), theirSamples(theirModes.size());
+      std::vector<unsigned> splitsOf;
+      for (const Loaded &variant : loaded)
+        splitsOf.push_back(cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors,
+                                               variant.config.blockN));
       for (int round = 0; round < rounds; ++round) {
         for (size_t l = 0; l < loaded.size(); ++l) {
-          const unsigned splits = cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors,
-                                                      loaded[l].config.blockN);
-          StatusOr<double> timed = timeVariant(loaded[l], splits);
+          StatusOr<double> timed = timeVariant(loaded[l], splitsOf[l]);
           if (!timed)
             return fail(timed.message());
           ourSamples[l].push_back(*timed);

@@ -441,11 +441,13 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     // Fragment layout: value i is at row (+8 where i & 2), column
     // 8 * (i / 4) + 2 * (lane % 4) + (i & 1).
     float *split = out + static_cast<long long>(w.split) * splitStride;
-    const int lastStage = (step + STAGES - 1) % STAGES; // the tile's last slice's
+    // The tile's last slice's stage (none where a split has no slices).
+    const bool holdsStage = w.sliceEnd > w.sliceBegin;
+    const int lastStage = (step + STAGES - 1) % STAGES;
     // 16-byte stores need rows a multiple of 4 floats apart from an aligned
-    // start, and the buffers a last slice (a split with none holds no stage);
-    // other outputs take the fragment's own stores.
-    if (kStagedStores && w.sliceEnd > w.sliceBegin && (outStride & 3) == 0 &&
+    // start, and the buffers a last slice's stage; other outputs take the
+    // fragment's own stores.
+    if (kStagedStores && holdsStage && (outStride & 3) == 0 &&
         (reinterpret_cast<unsigned long long>(out) & 15) == 0 && (splitStride & 3) == 0) {
       float *buffer =
           reinterpret_cast<float *>(sharedBytes + (aTile(lastStage) - sharedAddress(sharedBytes)) +
@@ -494,7 +496,7 @@ extern "C" __global__ void __launch_bounds__(384, 1)
     }
     // The last stage back to the copies (its generic-proxy reads and writes
     // ordered before the TMA engine's next writes).
-    if (w.sliceEnd > w.sliceBegin) {
+    if (holdsStage) {
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       __syncwarp();
       if (lane == 0)
