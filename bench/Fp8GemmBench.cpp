@@ -3,16 +3,20 @@
 // matmul of the same shapes in the same run.
 //
 //   fp8_gemm_bench [--json] [--cublaslt PATH] [--save-cubin DIR] [--rounds N]
+//                  [--warm-ms MS] [--timed-ms MS]
 //
 // cuBLASLt is loaded at run time (libcublasLt.so from the CUDA toolkit);
 // it runs block-scaled (1x128 activation and 128x128 weight scales, as our
 // kernel) where this cuBLASLt offers it for the GPU, else per-tensor scaled
 // (less work: a ceiling). Both multiply the same random e4m3 operands with
 // unit scales, so their results are compared too. Times are host clock
-// around many launches after a warm-up, ours and theirs in turn over a few
-// rounds (medians reported); the activation quantization our path runs
-// first is timed on its own.
+// around many launches after a warm-up, in sustained work (100 ms of
+// warm-up, then at least 200 ms timed: the board's power limit sets the
+// clock, as in a prefill; NVML's clock and power readings are printed
+// beside), ours and theirs in turn over a few rounds (medians reported);
+// the activation quantization our path runs first is timed on its own.
 #include "bench/GpuBench.h"
+#include "bench/GpuClocks.h"
 #include "bench/Statistics.h"
 #include "runtime/cuda/CudaDevice.h"
 #include "runtime/cuda/DeviceQuery.h"
@@ -26,6 +30,7 @@
 
 #include <dlfcn.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -33,6 +38,7 @@
 #include <fstream>
 #include <functional>
 #include <map>
+#include <memory>
 #include <random>
 #include <string>
 #include <vector>
@@ -183,7 +189,16 @@ int main(int argc, char **argv) {
   app.add_option("--cublaslt", cublasPath, "Path of libcublasLt.so (default: the loader's search)");
   app.add_option("--save-cubin", cubinDirectory,
                  "Write each GEMM's CUBIN to this directory (to read its SASS)");
-  app.add_option("--launches", launches, "Timed launches per GEMM")->check(CLI::PositiveNumber);
+  app.add_option("--launches", launches, "Timed launches per GEMM, at least")
+      ->check(CLI::PositiveNumber);
+  double warmMilliseconds = 100, timedMilliseconds = 200;
+  app.add_option("--warm-ms", warmMilliseconds,
+                 "Warm-up per timing, in milliseconds of launches (sustained work runs at the "
+                 "board's power limit, as a prefill does; 0 for bursts)")
+      ->check(CLI::Range(0.0, 10000.0));
+  app.add_option("--timed-ms", timedMilliseconds,
+                 "Timed launches per timing fill at least this many milliseconds")
+      ->check(CLI::Range(0.0, 10000.0));
   int rounds = 3;
   app.add_option("--rounds", rounds,
                  "Rounds per matrix and token count: each of our tile widths, then cuBLASLt, "
@@ -219,6 +234,10 @@ int main(int argc, char **argv) {
   CublasLt lt;
   if (std::string error = lt.open(cublasPath); !error.empty())
     return fail(error);
+  std::unique_ptr<bench::GpuClocks> clocks;
+  std::string whyNoClocks = "the GPU's PCI address is unknown";
+  if (StatusOr<std::string> busId = device.pciBusId(); busId)
+    clocks = bench::GpuClocks::open(*busId, whyNoClocks);
 
   auto compileAndLoad = [&](const StatusOr<cuda::KernelSpec> &spec,
                             const std::string &saveAs) -> StatusOr<cuda::LoadedKernel> {
@@ -247,9 +266,11 @@ int main(int argc, char **argv) {
       std::exit(fail(s.message()));
     return p;
   };
-  // Seconds per call of `launch`, over `launches` calls after 5 warm-up ones.
+  // Seconds per call of `launch` in sustained work: after --warm-ms of
+  // warm-up, over at least `launches` calls and --timed-ms.
   auto timeIt = [&](const std::function<Status()> &launch) {
-    return bench::secondsPerLaunch(device, 5, launches, launch);
+    return bench::sustainedSecondsPerLaunch(device, launches, warmMilliseconds / 1000,
+                                            timedMilliseconds / 1000, launch);
   };
 
   struct Shape {
@@ -325,6 +346,9 @@ int main(int argc, char **argv) {
     double chosen = 0;                     // ours, the executor's configuration
     double blockScaled = 0, perTensor = 0; // cuBLASLt (0: not offered)
     double quantize = 0, difference = 0;
+    // SM clock (MHz) and board power (W) while the executor's choice and the
+    // peer ran (medians over the rounds; 0: NVML not available).
+    double ourMegahertz = 0, theirMegahertz = 0, ourWatts = 0, theirWatts = 0;
     double ours() const { return chosen; }
     double peer() const { return blockScaled > 0 ? blockScaled : perTensor; }
   };
@@ -467,19 +491,48 @@ int main(int argc, char **argv) {
       for (const Loaded &variant : loaded)
         splitsOf.push_back(cuda::fp8GemmSplits(tokens, shape.out, shape.in, *multiprocessors,
                                                variant.config.blockN));
+      // Each timing with the clock and power read beside it where NVML is there.
+      auto sampled = [&](const std::function<StatusOr<double>()> &timing,
+                         std::vector<double> &megahertz, std::vector<double> &watts) {
+        if (!clocks)
+          return timing();
+        bench::GpuClocks::Reading reading;
+        StatusOr<double> timed = clocks->during(timing, reading);
+        if (reading.samples > 0) {
+          megahertz.push_back(reading.megahertz);
+          watts.push_back(reading.watts);
+        }
+        return timed;
+      };
+      const bool peerIsBlockScaled = std::any_of(theirModes.begin(), theirModes.end(),
+                                                 [](const Theirs &t) { return t.blockScaled; });
+      std::vector<double> ourMegahertz, ourWatts, theirMegahertz, theirWatts, unused;
       for (int round = 0; round < rounds; ++round) {
         for (size_t l = 0; l < loaded.size(); ++l) {
-          StatusOr<double> timed = timeVariant(loaded[l], splitsOf[l]);
+          const bool isChosen = loaded[l].config.blockN == chosen.blockN &&
+                                loaded[l].config.promoteBehind == chosen.promoteBehind;
+          StatusOr<double> timed =
+              sampled([&] { return timeVariant(loaded[l], splitsOf[l]); },
+                      isChosen ? ourMegahertz : unused, isChosen ? ourWatts : unused);
           if (!timed)
             return fail(timed.message());
           ourSamples[l].push_back(*timed);
         }
         for (size_t m = 0; m < theirModes.size(); ++m) {
-          StatusOr<double> timed = timeIt([&] { return runTheirs(theirModes[m].gemm); });
+          const bool isPeer = theirModes[m].blockScaled == peerIsBlockScaled;
+          StatusOr<double> timed =
+              sampled([&] { return timeIt([&] { return runTheirs(theirModes[m].gemm); }); },
+                      isPeer ? theirMegahertz : unused, isPeer ? theirWatts : unused);
           if (!timed)
             return fail(timed.message());
           theirSamples[m].push_back(*timed);
         }
+      }
+      if (!ourMegahertz.empty() && !theirMegahertz.empty()) {
+        row.ourMegahertz = bench::median(ourMegahertz);
+        row.ourWatts = bench::median(ourWatts);
+        row.theirMegahertz = bench::median(theirMegahertz);
+        row.theirWatts = bench::median(theirWatts);
       }
       for (size_t l = 0; l < loaded.size(); ++l) {
         const double seconds = bench::median(ourSamples[l]);
@@ -760,7 +813,11 @@ int main(int argc, char **argv) {
                                 {"cublaslt_per_tensor_mode", r.tensorMode},
                                 {"ratio_to_cublaslt", r.peer() / r.ours()},
                                 {"quantize_us", r.quantize * 1e6},
-                                {"relative_difference", r.difference}});
+                                {"relative_difference", r.difference},
+                                {"ours_sm_mhz", r.ourMegahertz},
+                                {"ours_board_watts", r.ourWatts},
+                                {"cublaslt_sm_mhz", r.theirMegahertz},
+                                {"cublaslt_board_watts", r.theirWatts}});
     for (size_t i = 0; i < rows.size(); ++i)
       for (size_t v = 0; v < kVariants; ++v)
         out["results"][i]["variants_us"][variants[v].name] = rows[i].seconds[v] * 1e6;
@@ -788,8 +845,8 @@ int main(int argc, char **argv) {
   std::printf("%-15s %6s %-11s %3s", "matrix", "tokens", "out x in", "spl");
   for (const Variant &v : variants)
     std::printf(" %8s", v.name);
-  std::printf(" %8s %8s %8s %8s %6s %8s %8s\n", "TFLOP/s", "cuB blk", "cuB ten", "TFLOP/s", "ratio",
-              "quant us", "rel diff");
+  std::printf(" %8s %8s %8s %8s %6s %8s %8s %9s %7s\n", "TFLOP/s", "cuB blk", "cuB ten", "TFLOP/s",
+              "ratio", "quant us", "rel diff", "MHz o/t", "W o/t");
   for (const Row &r : rows) {
     const std::string dims = std::to_string(r.out) + "x" + std::to_string(r.in);
     auto cell = [](double seconds, bool chosen) {
@@ -804,14 +861,35 @@ int main(int argc, char **argv) {
                 r.splits);
     for (double seconds : r.seconds)
       std::printf(" %8s", cell(seconds, seconds == r.chosen).c_str());
-    std::printf(" %8.0f %8s %8s %8.0f %5.0f%% %8.1f %8.1e\n", tflops(r, r.ours()),
+    std::printf(" %8.0f %8s %8s %8.0f %5.0f%% %8.1f %8.1e", tflops(r, r.ours()),
                 cell(r.blockScaled, false).c_str(), cell(r.perTensor, false).c_str(),
                 tflops(r, r.peer()), 100 * r.peer() / r.ours(), r.quantize * 1e6, r.difference);
+    if (r.ourMegahertz > 0)
+      std::printf(" %4.0f/%-4.0f %3.0f/%-3.0f\n", r.ourMegahertz, r.theirMegahertz, r.ourWatts,
+                  r.theirWatts);
+    else
+      std::printf(" %9s %7s\n", "-", "-");
   }
   if (!rows.empty()) {
     std::printf("cuBLASLt modes: block-scaled %s; per-tensor %s\n",
                 rows[0].blockMode.empty() ? "not offered" : rows[0].blockMode.c_str(),
                 rows[0].tensorMode.c_str());
+  }
+  if (!clocks) {
+    std::printf("No clock readings: %s.\n", whyNoClocks.c_str());
+  } else {
+    // Geometric means of our clock and power over cuBLASLt's, row by row.
+    double logMegahertz = 0, logWatts = 0, counted = 0;
+    for (const Row &r : rows)
+      if (r.ourMegahertz > 0 && r.theirMegahertz > 0 && r.ourWatts > 0 && r.theirWatts > 0) {
+        logMegahertz += std::log(r.ourMegahertz / r.theirMegahertz);
+        logWatts += std::log(r.ourWatts / r.theirWatts);
+        ++counted;
+      }
+    if (counted > 0)
+      std::printf("While timed (NVML, every ms): our SM clock %.3fx cuBLASLt's, our board power "
+                  "%.3fx (geometric means over %.0f rows; MHz o/t, W o/t per row)\n",
+                  std::exp(logMegahertz / counted), std::exp(logWatts / counted), counted);
   }
   std::printf("geometric mean of ours against cuBLASLt: %.0f%% (target >= 90%%)",
               100 * geometricMean);

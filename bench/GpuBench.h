@@ -9,6 +9,7 @@
 #include "runtime/cuda/Nvrtc.h"
 #include "runtime/support/Status.h"
 
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -60,6 +61,34 @@ inline StatusOr<double> secondsPerLaunch(cuda::CudaDevice &device, int warmups, 
   if (Status s = device.synchronize(); !s.ok())
     return s;
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / launches;
+}
+
+// Seconds per call of `launch` in the steady state of sustained work:
+// warm-up calls for about `warmSeconds`, then timed calls, at least
+// `launches` of them and as many as fill about `timedSeconds` (sized from
+// the first 5 calls). Under sustained load a GPU's clock settles at its
+// board power limit within a few hundred milliseconds; bursts of a few
+// dozen calls run faster than that and favour whichever kernel draws more
+// power.
+inline StatusOr<double> sustainedSecondsPerLaunch(cuda::CudaDevice &device, int launches,
+                                                  double warmSeconds, double timedSeconds,
+                                                  const std::function<Status()> &launch) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int i = 0; i < 5; ++i)
+    if (Status s = launch(); !s.ok())
+      return s;
+  if (Status s = device.synchronize(); !s.ok())
+    return s;
+  const double first =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 5;
+  const auto callsFor = [&](double seconds) {
+    return first > 0 ? static_cast<long long>(seconds / first) : 0;
+  };
+  for (long long i = 0; i < callsFor(warmSeconds); ++i)
+    if (Status s = launch(); !s.ok())
+      return s;
+  return secondsPerLaunch(device, 0, int(std::max<long long>(launches, callsFor(timedSeconds))),
+                          launch);
 }
 
 } // namespace kt::bench

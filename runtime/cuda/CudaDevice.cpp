@@ -54,6 +54,7 @@ struct CudaDevice::Api {
   CUresult (*enablePeer)(CUcontext, unsigned) = nullptr;
   CUresult (*funcSetAttribute)(CUfunction, int, int) = nullptr;
   CUresult (*deviceGetAttribute)(int *, int, CUdevice) = nullptr;
+  CUresult (*deviceGetPciBusId)(char *, int, CUdevice) = nullptr;
   CUresult (*tensorMapEncodeTiled)(void *, int, unsigned, void *, const unsigned long long *,
                                    const unsigned long long *, const unsigned *, const unsigned *,
                                    int, int, int, int) = nullptr;
@@ -120,6 +121,7 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.enablePeer, {"cuCtxEnablePeerAccess"});
   bind(api.funcSetAttribute, {"cuFuncSetAttribute"});
   bind(api.deviceGetAttribute, {"cuDeviceGetAttribute"});
+  bind(api.deviceGetPciBusId, {"cuDeviceGetPCIBusId"});
   // Drivers before CUDA 12 lack TMA; only the FP8 GEMM needs it.
   api.tensorMapEncodeTiled = reinterpret_cast<decltype(api.tensorMapEncodeTiled)>(
       dlsym(library, "cuTensorMapEncodeTiled"));
@@ -285,6 +287,14 @@ StatusOr<int> CudaDevice::multiprocessors() const {
       !s.ok())
     return s;
   return count;
+}
+
+StatusOr<std::string> CudaDevice::pciBusId() const {
+  char id[32] = {};
+  if (Status s = check(api_->deviceGetPciBusId(id, int(sizeof id), device_), "cuDeviceGetPCIBusId");
+      !s.ok())
+    return s;
+  return std::string(id);
 }
 
 Status CudaDevice::allowSharedBytes(const LoadedKernel &kernel, unsigned bytes) {

@@ -75,6 +75,8 @@ public:
   Status launch(const LoadedKernel &kernel, const LaunchShape &shape,
                 std::vector<void *> arguments);
   StatusOr<int> multiprocessors() const;
+  // The GPU's PCI address, "domain:bus:device.function" (NVML finds it by that).
+  StatusOr<std::string> pciBusId() const;
   // Lets `kernel` use `bytes` of dynamic shared memory (past the default 48 KiB).
   Status allowSharedBytes(const LoadedKernel &kernel, unsigned bytes);
   // A tensor map over a row-major matrix of bytes at `base` (`rows` x

@@ -23,6 +23,7 @@
 #include <functional>
 #include <limits>
 #include <random>
+#include <regex>
 
 namespace kt::cuda {
 namespace {
@@ -188,6 +189,17 @@ public: // shared check helpers call the fixture
   std::unique_ptr<KernelCache> cache;
   std::vector<DevicePointer> allocations;
 };
+
+// The PCI address NVML finds the GPU by (fp8_gemm_bench's clock readings):
+// domain:bus:device.function in hex, the same on every call.
+TEST_P(GpuKernels, PciBusIdNamesTheGpu) {
+  StatusOr<std::string> id = device->pciBusId();
+  ASSERT_TRUE(id.ok()) << id.message();
+  EXPECT_TRUE(
+      std::regex_match(*id, std::regex("[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\\.[0-7]")))
+      << *id;
+  EXPECT_EQ(device->pciBusId().value(), *id);
+}
 
 TEST_P(GpuKernels, RmsNormMatchesTheCpuReference) {
   for (int64_t hidden : {7168, 1536, 512, 100}) {
