@@ -506,14 +506,17 @@ int main(int argc, char **argv) {
       };
       const bool peerIsBlockScaled = std::any_of(theirModes.begin(), theirModes.end(),
                                                  [](const Theirs &t) { return t.blockScaled; });
+      // Which of our variants is the executor's choice.
+      std::vector<bool> isChosen;
+      for (const Loaded &variant : loaded)
+        isChosen.push_back(variant.config.blockN == chosen.blockN &&
+                           variant.config.promoteBehind == chosen.promoteBehind);
       std::vector<double> ourMegahertz, ourWatts, theirMegahertz, theirWatts, unused;
       for (int round = 0; round < rounds; ++round) {
         for (size_t l = 0; l < loaded.size(); ++l) {
-          const bool isChosen = loaded[l].config.blockN == chosen.blockN &&
-                                loaded[l].config.promoteBehind == chosen.promoteBehind;
           StatusOr<double> timed =
               sampled([&] { return timeVariant(loaded[l], splitsOf[l]); },
-                      isChosen ? ourMegahertz : unused, isChosen ? ourWatts : unused);
+                      isChosen[l] ? ourMegahertz : unused, isChosen[l] ? ourWatts : unused);
           if (!timed)
             return fail(timed.message());
           ourSamples[l].push_back(*timed);
@@ -537,8 +540,7 @@ int main(int argc, char **argv) {
       for (size_t l = 0; l < loaded.size(); ++l) {
         const double seconds = bench::median(ourSamples[l]);
         row.seconds[loaded[l].variant] = seconds;
-        if (loaded[l].config.blockN == chosen.blockN &&
-            loaded[l].config.promoteBehind == chosen.promoteBehind)
+        if (isChosen[l])
           row.chosen = seconds;
       }
       for (size_t m = 0; m < theirModes.size(); ++m) {

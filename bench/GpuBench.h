@@ -73,16 +73,11 @@ inline StatusOr<double> secondsPerLaunch(cuda::CudaDevice &device, int warmups, 
 inline StatusOr<double> sustainedSecondsPerLaunch(cuda::CudaDevice &device, int launches,
                                                   double warmSeconds, double timedSeconds,
                                                   const std::function<Status()> &launch) {
-  const auto start = std::chrono::steady_clock::now();
-  for (int i = 0; i < 5; ++i)
-    if (Status s = launch(); !s.ok())
-      return s;
-  if (Status s = device.synchronize(); !s.ok())
-    return s;
-  const double first =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() / 5;
+  StatusOr<double> first = secondsPerLaunch(device, 0, 5, launch);
+  if (!first)
+    return first;
   const auto callsFor = [&](double seconds) {
-    return first > 0 ? static_cast<long long>(seconds / first) : 0;
+    return *first > 0 ? static_cast<long long>(seconds / *first) : 0;
   };
   for (long long i = 0; i < callsFor(warmSeconds); ++i)
     if (Status s = launch(); !s.ok())
