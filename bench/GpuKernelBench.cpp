@@ -26,6 +26,7 @@
 #include <cstring>
 #include <functional>
 #include <limits>
+#include <map>
 #include <optional>
 #include <random>
 #include <string>
@@ -87,7 +88,11 @@ int main(int argc, char **argv) {
   bool json = false;
   int launches = 200;
   double ringMiB = 1024;
+  bool gemvSweep = false;
   app.add_flag("--json", json, "Print the results as JSON");
+  app.add_flag("--gemv-sweep", gemvSweep,
+               "Also time the q8_0 and f32 decode GEMVs with 1 to 16 warps per row (K_SPLIT), "
+               "marking the kernel catalog's choice: the data behind gemvColumnSplit");
   app.add_option("--launches", launches, "Timed launches per kernel")->check(CLI::PositiveNumber);
   app.add_option("--ring-mib", ringMiB, "Bytes of distinct weight buffers cycled through (MiB)");
   CLI11_PARSE(app, argc, argv);
@@ -120,10 +125,11 @@ int main(int argc, char **argv) {
   (void)device.free(*b);
 
   const Shape shapes[] = {
-      {"q_a_proj 1536x7168", 1536, 7168},    {"q_b_proj 24576x1536", 24576, 1536},
-      {"kv_a 576x7168", 576, 7168},          {"o_proj 7168x16384", 7168, 16384},
-      {"shared gate 2048x7168", 2048, 7168}, {"shared down 7168x2048", 7168, 2048},
-      {"lm_head 129280x7168", 129280, 7168}};
+      {"q_a_proj 1536x7168", 1536, 7168},     {"q_b_proj 24576x1536", 24576, 1536},
+      {"kv_a 576x7168", 576, 7168},           {"o_proj 7168x16384", 7168, 16384},
+      {"shared gate 2048x7168", 2048, 7168},  {"shared down 7168x2048", 7168, 2048},
+      {"lm_head 129280x7168", 129280, 7168},  {"dense gate 18432x7168", 18432, 7168},
+      {"dense down 7168x18432", 7168, 18432}, {"router 256x7168", 256, 7168}};
   std::mt19937_64 random(9);
   std::vector<Result> results;
   auto compileAndLoad =
@@ -135,66 +141,140 @@ int main(int argc, char **argv) {
       return compiled.status();
     return device.load(*compiled);
   };
-  for (gguf::GgmlType type : {gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_K, gguf::GgmlType::Q6_K}) {
-    const gguf::GgmlTypeTraits &traits = gguf::ggmlTypeTraits(type);
-    for (const Shape &shape : shapes) {
-      StatusOr<cuda::KernelSpec> spec = cuda::gemvSpec(type, shape.out, shape.in);
-      StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
-      if (!kernel)
-        return fail(kernel.message());
-      const size_t matrixBytes = *gguf::ggmlRowBytes(type, shape.in) * size_t(shape.out);
-      const size_t copies = std::max<size_t>(2, size_t(ringMiB * (1 << 20)) / matrixBytes);
-      std::vector<uint8_t> host(matrixBytes);
+  // One decode GEMV of `type` at `shape` with `spec`, `gridX` blocks.
+  auto timeDecodeGemv = [&](gguf::GgmlType type, const Shape &shape,
+                            const StatusOr<cuda::KernelSpec> &spec,
+                            unsigned gridX) -> StatusOr<Result> {
+    StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
+    if (!kernel)
+      return kernel.status();
+    const size_t matrixBytes = *gguf::ggmlRowBytes(type, shape.in) * size_t(shape.out);
+    const size_t copies = std::max<size_t>(2, size_t(ringMiB * (1 << 20)) / matrixBytes);
+    std::vector<uint8_t> host(matrixBytes);
+    if (type == gguf::GgmlType::F32) {
+      std::normal_distribution<float> normal(0.0f, 0.05f);
+      for (size_t i = 0; i + 4 <= host.size(); i += 4) {
+        const float value = normal(random);
+        std::memcpy(host.data() + i, &value, 4);
+      }
+    } else {
       for (size_t i = 0; i + 8 <= host.size(); i += 8) {
         uint64_t word = random();
         std::memcpy(host.data() + i, &word, 8);
       }
       bench::makeScalesFinite(type, host.data(), host.size(), 0x1800); // 2^-9
-      std::vector<cuda::DevicePointer> weights;
-      for (size_t c = 0; c < copies; ++c) {
-        StatusOr<cuda::DevicePointer> p = device.allocate(matrixBytes);
-        if (!p)
-          return fail(p.message());
-        if (Status s = device.copyToDevice(*p, host.data(), host.size()); !s.ok())
-          return fail(s.message());
-        weights.push_back(*p);
-      }
-      std::vector<float> xHost(static_cast<size_t>(shape.in));
-      std::normal_distribution<float> normal(0.0f, 1.0f);
-      for (float &v : xHost)
-        v = normal(random);
-      StatusOr<cuda::DevicePointer> x = device.allocate(xHost.size() * 4),
-                                    y = device.allocate(size_t(shape.out) * 4);
-      if (!x || !y)
-        return fail("cannot allocate x or y");
-      (void)device.copyToDevice(*x, xHost.data(), xHost.size() * 4);
-      cuda::LaunchShape launch;
-      launch.gridX = cuda::gemvGridBlocks(type, shape.out);
-      launch.blockX = spec->blockThreads;
-      cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
-      StatusOr<double> timed =
-          timeLaunches(device, *kernel, launch, weights, launches, [&](cuda::DevicePointer &w) {
-            return std::vector<void *>{&w, &*x, &*y, &layout};
-          });
-      if (!timed)
-        return fail(timed.message());
-      const double seconds = *timed;
-      Result result;
-      result.type = std::string(traits.name);
-      result.shape = shape.name;
-      result.mib = double(matrixBytes) / (1 << 20);
-      result.microseconds = seconds * 1e6;
-      result.gbs = double(matrixBytes + 4 * (shape.in + shape.out)) / seconds / 1e9;
-      results.push_back(result);
+    }
+    std::vector<cuda::DevicePointer> weights;
+    auto release = [&] {
       for (cuda::DevicePointer w : weights)
         (void)device.free(w);
-      (void)device.free(*x);
-      (void)device.free(*y);
+    };
+    for (size_t c = 0; c < copies; ++c) {
+      StatusOr<cuda::DevicePointer> p = device.allocate(matrixBytes);
+      if (!p) {
+        release();
+        return p.status();
+      }
+      weights.push_back(*p);
+      if (Status st = device.copyToDevice(*p, host.data(), host.size()); !st.ok()) {
+        release();
+        return st;
+      }
+    }
+    std::vector<float> xHost(static_cast<size_t>(shape.in));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float &v : xHost)
+      v = normal(random);
+    StatusOr<cuda::DevicePointer> x = device.allocate(xHost.size() * 4),
+                                  y = device.allocate(size_t(shape.out) * 4);
+    if (!x || !y) {
+      release();
+      return Status::error("cannot allocate x or y");
+    }
+    (void)device.copyToDevice(*x, xHost.data(), xHost.size() * 4);
+    cuda::LaunchShape launch;
+    launch.gridX = gridX;
+    launch.blockX = spec->blockThreads;
+    cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
+    StatusOr<double> timed =
+        timeLaunches(device, *kernel, launch, weights, launches, [&](cuda::DevicePointer &w) {
+          return std::vector<void *>{&w, &*x, &*y, &layout};
+        });
+    release();
+    (void)device.free(*x);
+    (void)device.free(*y);
+    if (!timed)
+      return timed.status();
+    Result result;
+    result.type = std::string(gguf::ggmlTypeTraits(type).name);
+    result.shape = shape.name;
+    result.mib = double(matrixBytes) / (1 << 20);
+    result.microseconds = *timed * 1e6;
+    result.gbs = double(matrixBytes + 4 * (shape.in + shape.out)) / *timed / 1e9;
+    return result;
+  };
+  const Shape &router = shapes[std::size(shapes) - 1]; // f32 only
+  for (gguf::GgmlType type :
+       {gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_K, gguf::GgmlType::Q6_K, gguf::GgmlType::F32}) {
+    for (const Shape &shape : shapes) {
+      if ((type == gguf::GgmlType::F32) != (&shape == &router))
+        continue;
+      StatusOr<Result> result =
+          timeDecodeGemv(type, shape, cuda::gemvSpec(type, shape.out, shape.in),
+                         cuda::gemvGridBlocks(type, shape.out, shape.in));
+      if (!result)
+        return fail(result.message());
+      results.push_back(*result);
+    }
+  }
+
+  // --gemv-sweep: the q8_0 and f32 decode GEMVs with each column split
+  // (warps per row), against the catalog's choice.
+  struct SweepRow {
+    std::string type, shape;
+    unsigned split;
+    bool chosen;
+    double microseconds, gbs;
+  };
+  std::vector<SweepRow> sweep;
+  for (gguf::GgmlType type : {gguf::GgmlType::Q8_0, gguf::GgmlType::F32}) {
+    if (!gemvSweep)
+      break;
+    for (const Shape &shape : shapes) {
+      if ((type == gguf::GgmlType::F32) != (&shape == &router))
+        continue;
+      const unsigned chosen = cuda::gemvColumnSplit(type, shape.out, shape.in);
+      // A warp's 16-byte steps along a row (as gemvColumnSplit counts them).
+      const int64_t warpSteps = shape.in / (type == gguf::GgmlType::Q8_0 ? 8 * 32 : 4 * 32);
+      for (unsigned split = 1; split <= cuda::kGemvMaxColumnSplit; split *= 2) {
+        if (warpSteps < int64_t(split) || (shape.out > 100000 && split > 2))
+          continue; // one step a warp at least; lm_head has rows enough
+        StatusOr<cuda::KernelSpec> spec = cuda::gemvSpec(type, shape.out, shape.in);
+        if (!spec)
+          return fail(spec.message());
+        const unsigned rowsPerBlock =
+            split >= cuda::kGemvRowsPerBlock ? 1 : cuda::kGemvRowsPerBlock / split;
+        std::map<std::string, std::string> defines = spec->defines;
+        defines["ROWS_PER_BLOCK"] = std::to_string(rowsPerBlock);
+        defines.erase("K_SPLIT");
+        if (split > 1)
+          defines["K_SPLIT"] = std::to_string(split);
+        StatusOr<cuda::KernelSpec> variant =
+            cuda::makeKernelSpec(spec->file, spec->entry, defines, rowsPerBlock * split * 32);
+        StatusOr<Result> result = timeDecodeGemv(
+            type, shape, variant, unsigned((shape.out + rowsPerBlock - 1) / rowsPerBlock));
+        if (!result)
+          return fail(result.message());
+        sweep.push_back(
+            {result->type, shape.name, split, split == chosen, result->microseconds, result->gbs});
+      }
     }
   }
 
   // FP8 (e4m3 with 128x128 block scales): random non-NaN bytes.
   for (const Shape &shape : shapes) {
+    if (&shape == &router)
+      continue;
     StatusOr<cuda::KernelSpec> spec = cuda::gemvFp8Spec(shape.out, shape.in);
     StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
     if (!kernel)
@@ -483,7 +563,7 @@ int main(int argc, char **argv) {
         return fail("cannot set up the prefill GEMV");
       cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0, int(prefillTokens)};
       cuda::LaunchShape launch;
-      launch.gridX = cuda::gemvGridBlocks(type, shape.out, cuda::kGemvPrefillTokenTile);
+      launch.gridX = cuda::gemvGridBlocks(type, shape.out, shape.in, cuda::kGemvPrefillTokenTile);
       launch.gridY = unsigned(prefillTokens / cuda::kGemvPrefillTokenTile);
       launch.blockX = spec->blockThreads;
       StatusOr<double> timed = timeRepeated([&] {
@@ -550,7 +630,8 @@ int main(int argc, char **argv) {
       layout.groups = *groups;
       layout.assignmentsPerX = int(topK);
       cuda::LaunchShape launch;
-      launch.gridX = cuda::gemvGridBlocks(gguf::GgmlType::Q4_K, out, cuda::kGemvPrefillTokenTile);
+      launch.gridX =
+          cuda::gemvGridBlocks(gguf::GgmlType::Q4_K, out, in, cuda::kGemvPrefillTokenTile);
       launch.gridY = unsigned(tileCount);
       launch.blockX = spec->blockThreads;
       StatusOr<double> timed = timeRepeated([&] {
@@ -634,6 +715,17 @@ int main(int argc, char **argv) {
                                 {"microseconds", r.microseconds},
                                 {"gbs", r.gbs},
                                 {"ratio_to_copy", r.gbs * 1e9 / bandwidth}});
+    if (gemvSweep) {
+      out["gemv_sweep"] = nlohmann::json::array();
+      for (const SweepRow &r : sweep)
+        out["gemv_sweep"].push_back({{"type", r.type},
+                                     {"shape", r.shape},
+                                     {"k_split", r.split},
+                                     {"chosen", r.chosen},
+                                     {"microseconds", r.microseconds},
+                                     {"gbs", r.gbs},
+                                     {"ratio_to_copy", r.gbs * 1e9 / bandwidth}});
+    }
     out["fma_ceiling_tflops"] = ceiling / 1e12;
     out["compute"] = nlohmann::json::array();
     for (const Computed &c : computed)
@@ -652,6 +744,15 @@ int main(int argc, char **argv) {
   for (const Result &r : results)
     std::printf("%-6s %-24s %9.1f %10.1f %10.0f %7.0f%%\n", r.type.c_str(), r.shape.c_str(), r.mib,
                 r.microseconds, r.gbs, 100 * r.gbs * 1e9 / bandwidth);
+  if (gemvSweep) {
+    std::printf("decode GEMV sweep (* the kernel catalog's choice)\n%-6s %-24s %7s %10s %10s "
+                "%8s\n",
+                "type", "matrix", "K_SPLIT", "us", "GB/s", "of copy");
+    for (const SweepRow &r : sweep)
+      std::printf("%-6s %-24s %7u %10.1f %10.0f %7.0f%%%s\n", r.type.c_str(), r.shape.c_str(),
+                  r.split, r.microseconds, r.gbs, 100 * r.gbs * 1e9 / bandwidth,
+                  r.chosen ? " *" : "");
+  }
   std::printf("f32 FMA ceiling %.1f TFLOP/s (independent FMA chains)\n", ceiling / 1e12);
   std::printf("%-52s %8s %10s %9s %8s\n", "kernel", "GFLOP", "us", "TFLOP/s", "of FMA");
   for (const Computed &c : computed) {

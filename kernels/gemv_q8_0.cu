@@ -4,6 +4,9 @@
 // Decode: one warp per output row; four lanes share a block (8 values each),
 // so a warp reads 8 consecutive blocks (272 contiguous bytes) per step, and
 // the steps are unrolled so that all of a row's loads are in flight together.
+// Decode GEMVs of few rows split each row's columns between K_SPLIT warps of a
+// block (partial sums added in shared memory), so that a small matrix still
+// has warps enough to keep the GPU's memory busy.
 // Prefill (a token tile): ROWS_PER_WARP rows per warp, so that each
 // activation loaded serves all of them.
 // Specialization defines:
@@ -11,6 +14,7 @@
 //   OUT_FEATURES    rows
 //   ROWS_PER_BLOCK  warps per thread block
 //   ROWS_PER_WARP   rows per warp (token tiles only)
+//   K_SPLIT         warps per row (decode only; block: ROWS_PER_BLOCK x K_SPLIT warps)
 //   TOKEN_TILE      tokens per block (each weight block read once for all)
 //   GROUPED, GATE_UP  optional: tiles of grouped assignments, or the fused
 //                   gate and up products of routed experts (common.cuh)
@@ -31,7 +35,18 @@
 #ifndef ROWS_PER_WARP
 #define ROWS_PER_WARP 1
 #endif
+#ifndef K_SPLIT
+#define K_SPLIT 1
+#endif
 static_assert(TOKEN_TILE > 1 || ROWS_PER_WARP == 1, "decode takes one row per warp");
+static_assert(TOKEN_TILE == 1 || K_SPLIT == 1, "token tiles take whole rows");
+#if K_SPLIT > 1
+#if defined(GATE_UP) && GATE_UP
+constexpr int kSumsPerRow = 2; // gate and up
+#else
+constexpr int kSumsPerRow = 1;
+#endif
+#endif
 
 static_assert(IN_FEATURES % kt::kQ8_0BlockElements == 0, "Q8_0 rows are whole blocks");
 constexpr int kBlocksPerRow = IN_FEATURES / kt::kQ8_0BlockElements;
@@ -59,19 +74,27 @@ __device__ __forceinline__ float dot8(const float (&w)[8], float4 x0, float4 x1)
          w[6] * x1.z + w[7] * x1.w;
 }
 
-extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
-gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
-          float *__restrict__ y, kt::GemvLayout layout) {
+extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
+    gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x, float *__restrict__ y,
+              kt::GemvLayout layout) {
   const int lane = threadIdx.x % 32;
-  // The warp's first row (its only one in decode).
-  const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32) * ROWS_PER_WARP;
+  // The warp's first row (its only one in decode) and its part of the row.
+  const int rowInBlock = threadIdx.x / 32 / K_SPLIT, split = threadIdx.x / 32 % K_SPLIT;
+  const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + rowInBlock) * ROWS_PER_WARP;
+#if K_SPLIT > 1
+  // Every warp reaches the block's barrier; a warp past the last row reads row 0.
+  const bool rowExists = firstRow < OUT_FEATURES;
+  const long long readRow = rowExists ? firstRow : 0;
+#else
   if (firstRow >= OUT_FEATURES)
     return;
+  const long long readRow = firstRow;
+#endif
   long long headRow;
   KT_GEMV_TOKENS(TOKEN_TILE, OUT_FEATURES, headRow);
   if (tokens <= 0) // the whole block: a slot without a matrix
     return;
-  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + firstRow) * kRowBytes;
+  const kt::u8 *rowBytes = static_cast<const kt::u8 *>(weight) + (headRow + readRow) * kRowBytes;
 #if TOKEN_TILE > 1
   float sums[TOKEN_TILE][ROWS_PER_WARP];
 #pragma unroll
@@ -112,7 +135,7 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
 #else
 #if GATE_UP
   const kt::u8 *upBytes =
-      reinterpret_cast<const kt::u8 *>(layout.upWeight) + (headRow + firstRow) * kRowBytes;
+      reinterpret_cast<const kt::u8 *>(layout.upWeight) + (headRow + readRow) * kRowBytes;
   float upSum = 0.0f;
 #endif
 
@@ -121,11 +144,11 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
   for (int t = 0; t < TOKEN_TILE; ++t)
     sums[t] = 0.0f;
   const int quarter = lane % 4;
-  // The whole row unrolled, so that all its loads are in flight (a token
-  // tile, above, has work enough per step; unrolling it would only make
-  // NVRTC slow).
+  // The warp's whole part of the row unrolled, so that all its loads are in
+  // flight (a token tile, above, has work enough per step; unrolling it
+  // would only make NVRTC slow). Its part: every K_SPLIT-th run of 8 blocks.
 #pragma unroll
-  for (int b = lane / 4; b < kBlocksPerRow; b += 8) {
+  for (int b = lane / 4 + 8 * split; b < kBlocksPerRow; b += 8 * K_SPLIT) {
     float w[8];
     const float scale = blockWeights(rowBytes + b * kt::kQ8_0BlockBytes, quarter, w);
 #if GATE_UP
@@ -146,6 +169,38 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
 #endif
     }
   }
+#if K_SPLIT > 1
+  // Decode has one token per block: the row's partial sums in split order.
+  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][kSumsPerRow];
+  const float sum = kt::warpSum(sums[0]);
+#if GATE_UP
+  const float up = kt::warpSum(upSum);
+#endif
+  if (lane == 0) {
+    partials[rowInBlock][split][0] = sum;
+#if GATE_UP
+    partials[rowInBlock][split][1] = up;
+#endif
+  }
+  __syncthreads();
+  if (split == 0 && lane == 0 && rowExists) {
+    float total = 0.0f;
+#if GATE_UP
+    float upTotal = 0.0f;
+#endif
+#pragma unroll
+    for (int part = 0; part < K_SPLIT; ++part) {
+      total += partials[rowInBlock][part][0];
+#if GATE_UP
+      upTotal += partials[rowInBlock][part][1];
+#endif
+    }
+#if GATE_UP
+    total = kt::siluMul(total, upTotal);
+#endif
+    KT_GEMV_Y(0)[firstRow] = total;
+  }
+#else
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t) {
     float sum = kt::warpSum(sums[t]);
@@ -155,5 +210,6 @@ gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x,
     if (lane == 0 && t < tokens)
       KT_GEMV_Y(t)[firstRow] = sum;
   }
+#endif
 #endif
 }

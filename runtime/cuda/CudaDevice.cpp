@@ -48,6 +48,7 @@ struct CudaDevice::Api {
   CUresult (*eventDestroy)(void *) = nullptr;
   CUresult (*eventRecord)(void *, CUstream) = nullptr;
   CUresult (*streamWaitEvent)(CUstream, void *, unsigned) = nullptr;
+  CUresult (*eventElapsedTime)(float *, void *, void *) = nullptr;
   CUresult (*memcpyPeer)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t,
                          CUstream) = nullptr;
   CUresult (*canAccessPeer)(int *, CUdevice, CUdevice) = nullptr;
@@ -116,6 +117,7 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.eventDestroy, {"cuEventDestroy_v2"});
   bind(api.eventRecord, {"cuEventRecord"});
   bind(api.streamWaitEvent, {"cuStreamWaitEvent"});
+  bind(api.eventElapsedTime, {"cuEventElapsedTime_v2", "cuEventElapsedTime"});
   bind(api.memcpyPeer, {"cuMemcpyPeerAsync"});
   bind(api.canAccessPeer, {"cuDeviceCanAccessPeer"});
   bind(api.enablePeer, {"cuCtxEnablePeerAccess"});
@@ -160,6 +162,8 @@ CudaDevice::~CudaDevice() {
     api_->graphDestroy(graph);
   if (event_)
     api_->eventDestroy(event_);
+  for (void *event : timingEvents_)
+    api_->eventDestroy(event);
   if (stream_)
     api_->streamDestroy(stream_);
   for (void *module : modules_)
@@ -178,6 +182,31 @@ StatusOr<DevicePointer> CudaDevice::allocate(size_t bytes) {
 
 Status CudaDevice::free(DevicePointer pointer) {
   return check(api_->memFree(pointer), "cuMemFree");
+}
+
+StatusOr<size_t> CudaDevice::markTime() {
+  if (marksUsed_ == timingEvents_.size()) {
+    void *event = nullptr;
+    if (Status s = check(api_->eventCreate(&event, 0), "cuEventCreate"); !s.ok())
+      return s;
+    timingEvents_.push_back(event);
+  }
+  if (Status s = check(api_->eventRecord(timingEvents_[marksUsed_], stream_), "cuEventRecord");
+      !s.ok())
+    return s;
+  return marksUsed_++;
+}
+
+StatusOr<double> CudaDevice::secondsBetweenMarks(size_t from, size_t to) const {
+  if (from >= marksUsed_ || to >= marksUsed_)
+    return Status::error("no such time mark on GPU " + std::to_string(index_));
+  float milliseconds = 0;
+  if (Status s =
+          check(api_->eventElapsedTime(&milliseconds, timingEvents_[from], timingEvents_[to]),
+                "cuEventElapsedTime");
+      !s.ok())
+    return s;
+  return milliseconds * 1e-3;
 }
 
 Status CudaDevice::copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes) {
@@ -247,6 +276,10 @@ Status CudaDevice::copyToDevice(DevicePointer dst, const void *src, size_t bytes
 
 Status CudaDevice::copyToDeviceAsync(DevicePointer dst, const void *src, size_t bytes) {
   return check(api_->memcpyHtoD(dst, src, bytes, stream_), "cuMemcpyHtoDAsync");
+}
+
+Status CudaDevice::copyToHostAsync(void *dst, DevicePointer src, size_t bytes) {
+  return check(api_->memcpyDtoH(dst, src, bytes, stream_), "cuMemcpyDtoHAsync");
 }
 
 Status CudaDevice::copyToHost(void *dst, DevicePointer src, size_t bytes) {

@@ -55,6 +55,9 @@ public:
   // Queues a copy from page-locked host memory and returns at once: `src`
   // must stay unchanged until the stream has passed the copy.
   Status copyToDeviceAsync(DevicePointer dst, const void *src, size_t bytes);
+  // Queues a copy into page-locked host memory and returns at once: `dst`
+  // holds the bytes once the stream has passed the copy (synchronize()).
+  Status copyToHostAsync(void *dst, DevicePointer src, size_t bytes);
   // Device memory to device memory (the bandwidth ceiling benchmarks compare with).
   Status copyOnDevice(DevicePointer dst, DevicePointer src, size_t bytes);
   // `bytes` from `src` on GPU `from` to `dst` here, in order with both GPUs'
@@ -96,6 +99,13 @@ public:
   // The CUstream the device's work goes to (for libraries such as cuBLASLt).
   void *nativeStream() const { return stream_; }
   Status synchronize();
+  // GPU-side time marks: markTime() records a timing event on the stream
+  // and returns its number; once the stream has passed two marks,
+  // secondsBetweenMarks gives the GPU time between them. clearTimeMarks()
+  // lets the next marks reuse the events.
+  StatusOr<size_t> markTime();
+  StatusOr<double> secondsBetweenMarks(size_t from, size_t to) const;
+  void clearTimeMarks() { marksUsed_ = 0; }
   // Makes the device's context current on the calling thread (open() does
   // it for the opening thread; a server steps the model on another one).
   Status makeCurrent();
@@ -123,6 +133,8 @@ private:
   std::vector<void *> modules_;
   void *stream_ = nullptr;
   void *event_ = nullptr; // marks queued work for another GPU's stream to wait for
+  std::vector<void *> timingEvents_; // markTime's events, reused after clearTimeMarks()
+  size_t marksUsed_ = 0;
   std::vector<void *> graphs_, graphExecs_;
 };
 

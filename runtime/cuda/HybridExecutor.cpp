@@ -339,8 +339,68 @@ public:
   uint64_t fp8NormRuns = 0;      // fused producer runs so far (rmsNormForFp8, siluMulForFp8)
   // This decode step's CPU-expert layer starts, and the intervals between
   // them so far (exec::MoeLayerTiming).
-  std::vector<Clock::time_point> expertLayerStarts;
+  std::vector<Clock::time_point> expertLayerStarts, expertLayerEnds;
   exec::MoeLayerTiming moeLayers;
+  // GPUs with copies to the host queued and not yet waited for: a run of
+  // copies (a MoE layer's activations, choices and weights) is waited for
+  // once, when it ends: before the next step, so that GPU work queued after
+  // the copies (the shared expert) is not waited for too.
+  std::vector<CudaDevice *> hostCopiesPending;
+  bool copiesGpuToHost(const BoundStep &s) const;
+  // The MoE-layer GPU clock (setMoeLayerGpuClock): in decode steps, a mark
+  // where a layer's expert result is queued for the GPU and one where the
+  // next layer's copies to the host end; paired when the step ends.
+  bool moeLayerGpuClock = false, decodeStep = false;
+  struct GpuMark {
+    CudaDevice *gpu;
+    size_t mark;
+    bool afterExperts; // else: after copies to the host
+  };
+  std::vector<GpuMark> gpuMarks;
+  Status markGpuTime(CudaDevice *gpu, bool afterExperts) {
+    if (!moeLayerGpuClock || !decodeStep || profiling)
+      return Status::success();
+    StatusOr<size_t> mark = gpu->markTime();
+    if (!mark)
+      return mark.status();
+    gpuMarks.push_back({gpu, *mark, afterExperts});
+    return Status::success();
+  }
+  // Adds each experts-to-copies pair of marks to moeLayers (the stream has
+  // passed them all) and frees the marks.
+  Status addGpuMarks() {
+    for (size_t i = 0; i < gpuMarks.size(); ++i) {
+      if (!gpuMarks[i].afterExperts)
+        continue;
+      for (size_t j = i + 1; j < gpuMarks.size(); ++j) {
+        if (gpuMarks[j].afterExperts)
+          break;
+        if (gpuMarks[j].gpu != gpuMarks[i].gpu)
+          continue;
+        StatusOr<double> seconds =
+            gpuMarks[i].gpu->secondsBetweenMarks(gpuMarks[i].mark, gpuMarks[j].mark);
+        if (!seconds)
+          return seconds.status();
+        moeLayers.gpuSeconds += *seconds;
+        ++moeLayers.gpuIntervals;
+        break;
+      }
+    }
+    for (const GpuMark &m : gpuMarks)
+      m.gpu->clearTimeMarks();
+    gpuMarks.clear();
+    return Status::success();
+  }
+  Status finishHostCopies() {
+    if (!hostCopiesPending.empty())
+      if (Status s = markGpuTime(hostCopiesPending.front(), false); !s.ok())
+        return s;
+    for (CudaDevice *gpu : hostCopiesPending)
+      if (Status s = gpu->synchronize(); !s.ok())
+        return s;
+    hostCopiesPending.clear();
+    return Status::success();
+  }
 
   // The loaded kernel of `spec`, compiled or read from the cache; the plan
   // must list the specialization (else it comes from another ktc).
@@ -667,8 +727,8 @@ public:
         w.mmaGemm = *k;
       }
     }
-    w.blocks = gemvGridBlocks(info->type, rows);
-    w.tiledBlocks = gemvGridBlocks(info->type, rows, kGemvPrefillTokenTile);
+    w.blocks = gemvGridBlocks(info->type, rows, cols);
+    w.tiledBlocks = gemvGridBlocks(info->type, rows, cols, kGemvPrefillTokenTile);
     StatusOr<DevicePointer> data = m_.upload(info->data, info->nbytes);
     if (!data) {
       b_.fail("cannot copy '" + role + "' to the GPU: " + data.message());
@@ -894,7 +954,8 @@ public:
     w.type = GgmlType::F32;
     if (!findKernels(w, what))
       return w;
-    w.blocks = w.tiledBlocks = gemvGridBlocks(GgmlType::F32, out);
+    w.blocks = gemvGridBlocks(GgmlType::F32, out, in);
+    w.tiledBlocks = gemvGridBlocks(GgmlType::F32, out, in, kGemvPrefillTokenTile);
     StatusOr<DevicePointer> data = m_.upload(values.data(), values.size() * sizeof(float));
     if (!data) {
       b_.fail("cannot copy " + what + " to the GPU: " + data.message());
@@ -1003,6 +1064,8 @@ public:
       Status s = copy(m, from, to, bytes);
       if (s.ok() && to.where == Where::Gpu)
         s = m.device->synchronize(); // a copy from another GPU is queued, not done
+      else if (s.ok())
+        s = m.finishHostCopies();
       m.profile.transferSeconds += secondsSince(start);
       m.profile.transferBytes += bytes;
       return s;
@@ -1021,8 +1084,12 @@ private:
         return m.device->copyOnDevice(to.gpu, from.gpu, bytes);
       return m.device->copyFromPeer(to.gpu, source, from.gpu, bytes);
     }
-    if (from.where == Where::Gpu)
-      return m.device->copyToHost(to.host, from.gpu, bytes);
+    if (from.where == Where::Gpu) { // waited for before the next host step
+      if (std::find(m.hostCopiesPending.begin(), m.hostCopiesPending.end(), m.device) ==
+          m.hostCopiesPending.end())
+        m.hostCopiesPending.push_back(m.device);
+      return m.device->copyToHostAsync(to.host, from.gpu, bytes);
+    }
     if (to.where == Where::Gpu)
       return m.device->copyToDevice(to.gpu, from.host, bytes);
     std::memcpy(to.host, from.host, bytes);
@@ -1364,6 +1431,8 @@ public:
     experts_.forward(m.pool, m.workspace, x.hostFloats(), ctx.rows, cpuIds, weights.hostFloats(),
                      ids.width, result, &segmentStarts,
                      m.profiling ? &m.profile.expertPhases : nullptr);
+    if (ctx.decode)
+      m.expertLayerEnds.push_back(Clock::now());
     for (int64_t i = 0; i < ctx.rows * ids.width; ++i)
       ++stats_.selections[size_t(ids.hostIds()[i])];
     if (m.profiling)
@@ -1372,7 +1441,13 @@ public:
       return Status::success();
     const size_t bytes = size_t(ctx.rows * experts_.hidden()) * 4;
     start = Clock::now();
-    Status copied = m.device->copyToDevice(o.gpu, result, bytes);
+    // Queued: the staging buffer is written again only by this layer's next
+    // step, after copies to the host the stream passes after this one.
+    Status copied = m.device->copyToDeviceAsync(o.gpu, result, bytes);
+    if (copied.ok() && m.profiling)
+      copied = m.device->synchronize();
+    if (copied.ok())
+      copied = m.markGpuTime(m.device, true);
     if (m.profiling) {
       m.profile.transferSeconds += secondsSince(start);
       m.profile.transferBytes += bytes;
@@ -1736,8 +1811,8 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
     w.out = tensor.ne[1];
     w.heads = cache->topK; // the launches' grid z runs over the chosen slots
     w.type = tensor.type;
-    w.blocks = gemvGridBlocks(tensor.type, w.out);
-    w.tiledBlocks = gemvGridBlocks(tensor.type, w.out, kGemvPrefillTokenTile);
+    w.blocks = gemvGridBlocks(tensor.type, w.out, w.in);
+    w.tiledBlocks = gemvGridBlocks(tensor.type, w.out, w.in, kGemvPrefillTokenTile);
     StatusOr<const Kernel *> k = kernel(gemvSpec(tensor.type, w.out, w.in, 1), b.where()),
                              tiled = kernel(
                                  gemvSpec(tensor.type, w.out, w.in, kGemvPrefillTokenTile,
@@ -2357,11 +2432,7 @@ Status HybridExecutor::Impl::planBuffers() {
   // what such copies read (the gate's choices) goes before one: the shared
   // expert is queued after the copies, and the routed experts start as
   // soon as their inputs arrive.
-  auto copiesToHost = [&](size_t s) {
-    return dynamic_cast<const TransferStep *>(steps[s].step.get()) &&
-           values[size_t(steps[s].inputs[0])].where == Where::Gpu &&
-           values[size_t(steps[s].outputs[0])].where == Where::Host;
-  };
+  auto copiesToHost = [&](size_t s) { return copiesGpuToHost(steps[s]); };
   // Whether a copy to the host after step j, before the next other host
   // step, reads what j writes.
   auto copiedToHost = [&](size_t j) {
@@ -2519,6 +2590,12 @@ Status HybridExecutor::Impl::planBuffers() {
   return Status::success();
 }
 
+bool HybridExecutor::Impl::copiesGpuToHost(const BoundStep &s) const {
+  return dynamic_cast<const TransferStep *>(s.step.get()) &&
+         values[size_t(s.inputs[0])].where == Where::Gpu &&
+         values[size_t(s.outputs[0])].where == Where::Host;
+}
+
 Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx) {
   std::vector<Value *> in, out;
   for (size_t i = begin; i < end; ++i) {
@@ -2531,6 +2608,9 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
       out.push_back(&values[size_t(id)]);
     if (Status st = use(s.gpu); !st.ok())
       return st;
+    if (!hostCopiesPending.empty() && !copiesGpuToHost(s))
+      if (Status st = finishHostCopies(); !st.ok())
+        return st;
     if (!profiling) {
       if (Status st = s.step->run(*this, ctx, in, out); !st.ok())
         return st;
@@ -2621,11 +2701,18 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
                            [](const Segment &segment) { return segment.count == 1; });
   const bool replay = cudaGraphs && ctx.decode && !profiling;
   expertLayerStarts.clear();
+  expertLayerEnds.clear();
+  decodeStep = ctx.decode;
   for (size_t i = 0; i < steps.size();) {
     size_t end = i + 1;
+    if (!hostCopiesPending.empty() && !copiesGpuToHost(steps[i]))
+      if (Status st = finishHostCopies(); !st.ok())
+        return st;
     if (replay && steps[i].graphRegion >= 0 && steps[i].step->capturable()) {
-      while (end < steps.size() && steps[end].graphRegion == steps[i].graphRegion &&
-             steps[end].gpu == steps[i].gpu && steps[end].step->capturable())
+      // Regions next to each other (the shared expert and the gate were
+      // queued before the copies to the host) run as one graph.
+      while (end < steps.size() && steps[end].graphRegion >= 0 && steps[end].gpu == steps[i].gpu &&
+             steps[end].step->capturable())
         ++end;
       if (Status st = runGraph(i, end, ctx); !st.ok())
         return st;
@@ -2634,9 +2721,15 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
     }
     i = end;
   }
+  if (Status s = finishHostCopies(); !s.ok())
+    return s;
+  if (Status s = addGpuMarks(); !s.ok())
+    return s;
   for (size_t i = 1; i < expertLayerStarts.size(); ++i) {
     moeLayers.seconds +=
         std::chrono::duration<double>(expertLayerStarts[i] - expertLayerStarts[i - 1]).count();
+    moeLayers.expertSeconds +=
+        std::chrono::duration<double>(expertLayerEnds[i - 1] - expertLayerStarts[i - 1]).count();
     ++moeLayers.intervals;
   }
   const Value &result = values[size_t(outputValue)];
@@ -3105,6 +3198,7 @@ std::vector<size_t> HybridExecutor::queueOrder() const {
 }
 
 void HybridExecutor::clearMoeLayerTiming() { impl_->moeLayers = {}; }
+void HybridExecutor::setMoeLayerGpuClock(bool on) { impl_->moeLayerGpuClock = on; }
 const KernelLoadStats &HybridExecutor::kernelLoadStats() const { return impl_->loadStats; }
 uint64_t HybridExecutor::gpuWeightBytes() const { return impl_->weightBytes; }
 uint64_t HybridExecutor::gpuBufferBytes() const { return impl_->bufferBytes; }

@@ -81,6 +81,7 @@ public:
   std::vector<exec::RoutingStats> routingStats() const override;
   exec::MoeLayerTiming moeLayerTiming() const override;
   void clearMoeLayerTiming() override;
+  void setMoeLayerGpuClock(bool on) override;
   void clearRoutingStats() override;
   int64_t vocabSize() const override;
   int threadCount() const override;

@@ -36,6 +36,12 @@ std::vector<std::string> quotedIncludes(std::string_view text) {
 
 std::string integer(int64_t value) { return std::to_string(value); }
 
+// Rows per block of a GEMV whose rows take `split` warps each: blocks of
+// kGemvRowsPerBlock warps, or one row of `split` warps.
+unsigned splitRowsPerBlock(unsigned split) {
+  return split >= kGemvRowsPerBlock ? 1 : kGemvRowsPerBlock / split;
+}
+
 // TOKEN_TILE only where it is not 1 and GROUPED or GATE_UP only where set,
 // so the other specializations keep their keys.
 std::map<std::string, std::string> withTokenTile(std::map<std::string, std::string> defines,
@@ -155,14 +161,18 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64
     return Status::error("q8_0 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 32-value "
                          "blocks.");
+  const unsigned split =
+      gemvColumnSplit(gguf::GgmlType::Q8_0, outFeatures, inFeatures, tokenTile, variant);
   std::map<std::string, std::string> defines = {
       {"IN_FEATURES", integer(inFeatures)},
       {"OUT_FEATURES", integer(outFeatures)},
-      {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}};
+      {"ROWS_PER_BLOCK", std::to_string(splitRowsPerBlock(split))}};
   if (tokenTile > 1) // prefill: rows per warp share the activations
     defines["ROWS_PER_WARP"] = std::to_string(gemvQ8_0RowsPerWarp(tokenTile));
+  if (split > 1)
+    defines["K_SPLIT"] = std::to_string(split);
   return makeKernelSpec("gemv_q8_0.cu", "gemv_q8_0", withTokenTile(defines, tokenTile, variant),
-                        kGemvRowsPerBlock * 32);
+                        splitRowsPerBlock(split) * split * 32);
 }
 
 StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
@@ -417,13 +427,38 @@ int64_t groupAssignments(const int32_t *matrixOf, int64_t assignments, int32_t *
 
 unsigned gemvQ8_0RowsPerWarp(int64_t tokenTile) { return tokenTile > 1 ? 4 : 1; }
 
-unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t tokenTile) {
+unsigned gemvColumnSplit(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                         int64_t tokenTile, GemvVariant variant) {
+  if (tokenTile != 1 || variant == GemvVariant::Grouped || outFeatures <= 0)
+    return 1;
+  // A lane's 16-byte steps along a row: q8_0 lanes take 8 values of a block
+  // (a warp 8 blocks a step); float lanes one 16-byte vector.
+  int64_t warpSteps = 0;
+  if (type == gguf::GgmlType::Q8_0)
+    warpSteps = inFeatures / (8 * 32);
+  else if (type == gguf::GgmlType::F32)
+    warpSteps = inFeatures / (4 * 32);
+  else if (type == gguf::GgmlType::F16 || type == gguf::GgmlType::BF16)
+    warpSteps = inFeatures / (8 * 32);
+  unsigned split = 1;
+  while (split < kGemvMaxColumnSplit && warpSteps >= 2 * 2 * int64_t(split) &&
+         (outFeatures * split < kGemvDecodeWarps || warpSteps > kGemvWarpSteps * split))
+    split *= 2;
+  return split;
+}
+
+unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                        int64_t tokenTile) {
   const bool kQuant =
       type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K;
   const unsigned rowsPerWarp = kQuant ? gemvKQuantRowsPerWarp(outFeatures, tokenTile)
                                : type == gguf::GgmlType::Q8_0 ? gemvQ8_0RowsPerWarp(tokenTile)
                                                               : 1;
-  const int64_t rowsPerBlock = int64_t(kGemvRowsPerBlock) * rowsPerWarp;
+  // A block's warps: kGemvRowsPerBlock rows, or fewer rows of split columns.
+  const unsigned rowsPerBlockOfWarps =
+      kQuant ? kGemvRowsPerBlock
+             : splitRowsPerBlock(gemvColumnSplit(type, outFeatures, inFeatures, tokenTile));
+  const int64_t rowsPerBlock = int64_t(rowsPerBlockOfWarps) * rowsPerWarp;
   return static_cast<unsigned>((outFeatures + rowsPerBlock - 1) / rowsPerBlock);
 }
 
@@ -656,13 +691,16 @@ StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int
       inFeatures > INT32_MAX)
     return Status::error("no GPU GEMV for a " + std::string(gguf::ggmlTypeName(type)) +
                          " matrix [" + integer(outFeatures) + "][" + integer(inFeatures) + "].");
-  return makeKernelSpec("gemv_float.cu", "gemv_float",
-                        withTokenTile({{"WEIGHT_TYPE", weightType},
-                                       {"IN_FEATURES", integer(inFeatures)},
-                                       {"OUT_FEATURES", integer(outFeatures)},
-                                       {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)}},
-                                      tokenTile, variant),
-                        kGemvRowsPerBlock * 32);
+  const unsigned split = gemvColumnSplit(type, outFeatures, inFeatures, tokenTile, variant);
+  std::map<std::string, std::string> defines = {
+      {"WEIGHT_TYPE", weightType},
+      {"IN_FEATURES", integer(inFeatures)},
+      {"OUT_FEATURES", integer(outFeatures)},
+      {"ROWS_PER_BLOCK", std::to_string(splitRowsPerBlock(split))}};
+  if (split > 1)
+    defines["K_SPLIT"] = std::to_string(split);
+  return makeKernelSpec("gemv_float.cu", "gemv_float", withTokenTile(defines, tokenTile, variant),
+                        splitRowsPerBlock(split) * split * 32);
 }
 
 bool hasGpuGemv(gguf::GgmlType type) {

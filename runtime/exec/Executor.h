@@ -144,8 +144,14 @@ struct NumaPlacement {
 // spreads thinner than a test model of a few. Measured without waiting for
 // anything the step does not wait for already.
 struct MoeLayerTiming {
-  double seconds = 0;    // summed intervals
-  int64_t intervals = 0; // how many (MoE layers - 1 per decode step)
+  double seconds = 0;       // summed intervals
+  double expertSeconds = 0; // their CPU experts' part (each interval's first layer)
+  int64_t intervals = 0;    // how many (MoE layers - 1 per decode step)
+  // With the GPU clock on (setMoeLayerGpuClock): GPU time between the two
+  // (from the experts' result queued for the GPU to the next layer's copies
+  // to the host done), summed over `gpuIntervals` of the intervals.
+  double gpuSeconds = 0;
+  int64_t gpuIntervals = 0;
 };
 
 // Wall time of the parts of the CPU's routed experts (RoutedExperts::forward).
@@ -255,6 +261,9 @@ public:
   // Plans with CPU experts on a GPU executor; zero intervals elsewhere.
   virtual MoeLayerTiming moeLayerTiming() const { return {}; }
   virtual void clearMoeLayerTiming() {}
+  // Whether decode also marks the GPU's time between MoE layers (two timing
+  // events a layer; off unless a benchmark asks).
+  virtual void setMoeLayerGpuClock(bool) {}
   virtual WeightConversionStats weightConversions() const { return {}; }
   virtual NumaPlacement numaPlacement() const { return {}; }
   // "cpu", or the GPU that runs the GPU ops ("cuda:0 (NVIDIA H100 80GB HBM3)").

@@ -168,6 +168,7 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   std::vector<exec::RoutingStats> prefillRouting = executor.routingStats();
   executor.clearRoutingStats();
   executor.clearMoeLayerTiming();
+  executor.setMoeLayerGpuClock(true);
   start = Clock::now();
   // Greedy decode, the executor picking each token where the logits are.
   int32_t next = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) -
@@ -181,6 +182,7 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     next = ids->front();
   }
   double decode = seconds(start);
+  executor.setMoeLayerGpuClock(false);
   const exec::MoeLayerTiming moeTiming = executor.moeLayerTiming();
   std::vector<exec::RoutingStats> decodeRouting = executor.routingStats();
   const exec::ExpertCacheStats cache = executor.expertCacheStats();
@@ -225,6 +227,19 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
       std::printf("decode per MoE layer, steady state: %.3f ms (from one layer's CPU experts to "
                   "the next's, %lld intervals); ratio to the bound %.2f\n",
                   steady * 1e3, static_cast<long long>(moeTiming.intervals), steady / bound);
+      // The CPU experts against the bandwidth, and what the layer spends
+      // outside them (the copies, the GPU's attention and routing).
+      const double experts = moeTiming.expertSeconds / double(moeTiming.intervals);
+      if (experts > 0)
+        std::printf("  of which CPU experts %.3f ms (%.2f GB/s, %.0f%% of the host bandwidth) and "
+                    "between them %.3f ms (copies, the GPU's attention and routing)\n",
+                    experts * 1e3, double(expertBytes) / layers / experts / 1e9,
+                    100 * double(expertBytes) / layers / experts / bandwidth,
+                    (steady - experts) * 1e3);
+      if (moeTiming.gpuIntervals > 0)
+        std::printf("  between them the GPU's part %.3f ms (from the experts' result queued to "
+                    "the next layer's copies to the host done); launches and waits the rest\n",
+                    moeTiming.gpuSeconds / double(moeTiming.gpuIntervals) * 1e3);
     }
   }
   if (cache.enabled) {

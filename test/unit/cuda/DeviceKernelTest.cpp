@@ -368,7 +368,7 @@ TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
     ASSERT_NE(kernel.function, nullptr);
     DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4);
     DevicePointer dy = allocate(shape.out * 4);
-    const unsigned blocks = unsigned((shape.out + kGemvRowsPerBlock - 1) / kGemvRowsPerBlock);
+    const unsigned blocks = gemvGridBlocks(gguf::GgmlType::Q8_0, shape.out, shape.in);
     GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
     run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &dx, &dy, &layout});
     const double error = relativeL2(download(dy, shape.out), expected);
@@ -410,7 +410,7 @@ TEST_P(GpuKernels, GemvKQuantAndFloatMatchTheCpuReference) {
       ASSERT_NE(kernel.function, nullptr);
       DevicePointer dw = upload(q.data(), q.size()), dx = upload(x.data(), x.size() * 4);
       DevicePointer dy = allocate(shape.out * 4);
-      const unsigned blocks = gemvGridBlocks(type, shape.out);
+      const unsigned blocks = gemvGridBlocks(type, shape.out, shape.in);
       GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
       run(kernel, {blocks, 1, 1, spec->blockThreads, 1, 1, 0}, {&dw, &dx, &dy, &layout});
       const double error = relativeL2(download(dy, shape.out), expected);
@@ -429,7 +429,7 @@ TEST_P(GpuKernels, GemvKQuantAndFloatMatchTheCpuReference) {
       DevicePointer dxs = upload(xs.data(), xs.size() * 4), dys = allocate(tokens * shape.out * 4);
       GemvLayout tiledLayout{int(shape.in), int(shape.out), 0, 0, int(tokens)};
       run(tiled,
-          {gemvGridBlocks(type, shape.out, kGemvPrefillTokenTile),
+          {gemvGridBlocks(type, shape.out, shape.in, kGemvPrefillTokenTile),
            unsigned((tokens + kGemvPrefillTokenTile - 1) / kGemvPrefillTokenTile), 1,
            tiledSpec->blockThreads, 1, 1, 0},
           {&dw, &dxs, &dys, &tiledLayout});
@@ -478,7 +478,7 @@ TEST_P(GpuKernels, GroupedExpertGemvMatchesEachAssignment) {
     layout.groups = dTiles;
     layout.assignmentsPerX = int(topK);
     run(kernel,
-        {gemvGridBlocks(type, out, kGemvPrefillTokenTile), unsigned(tileCount), 1,
+        {gemvGridBlocks(type, out, in, kGemvPrefillTokenTile), unsigned(tileCount), 1,
          spec->blockThreads, 1, 1, 0},
         {&dw, &dx, &dy, &layout});
     const std::vector<float> y = download(dy, size_t(assignments * out));
@@ -539,7 +539,8 @@ TEST_P(GpuKernels, FusedGateUpGemvMatchesSiluOfTheTwoProducts) {
     GemvLayout layout{int(hidden), int(topK * ffn), 0, int(ffn), int(tokens), dIds};
     layout.upWeight = up;
     run(kernel,
-        {gemvGridBlocks(type, ffn), unsigned(tokens), unsigned(topK), spec->blockThreads, 1, 1, 0},
+        {gemvGridBlocks(type, ffn, hidden), unsigned(tokens), unsigned(topK), spec->blockThreads, 1,
+         1, 0},
         {&gate, &dx, &dy, &layout});
     const std::vector<float> y = download(dy, sentinel.size());
     std::vector<double> expected;

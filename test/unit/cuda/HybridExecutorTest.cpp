@@ -372,6 +372,23 @@ TEST(HybridExecutor, CudaGraphsReplayDecodeExactly) {
   const HybridExecutor::GraphStats stats = expectGraphedDecodeEqualsPlain(pair.gpu, 9, 8);
   EXPECT_GT(stats.captured, 0u);
   EXPECT_EQ(stats.launched, stats.captured * 8); // captured once, then replayed every step
+  // One graph per stretch of GPU steps between host steps (the embedding on
+  // the host, copies, the CPU's experts), however many plan regions it spans:
+  // after the queue order moved the gate and the shared expert, a MoE layer's
+  // attention and gate are one graph.
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu);
+  ASSERT_TRUE(gpu);
+  const std::vector<size_t> order = dynamic_cast<HybridExecutor &>(*gpu).queueOrder();
+  const std::vector<plan::Op> &ops = pair.gpu.plan.ops;
+  auto onGpuInAGraph = [&](const plan::Op &op) {
+    return op.decodeDevice.rfind("cuda", 0) == 0 && op.kind != "transfer" &&
+           op.kind != "embedding" && op.params.count("graph_region") > 0;
+  };
+  size_t stretches = 0;
+  for (size_t i = 0; i < order.size(); ++i)
+    if (onGpuInAGraph(ops[order[i]]) && (i == 0 || !onGpuInAGraph(ops[order[i - 1]])))
+      ++stretches;
+  EXPECT_EQ(stats.captured, stretches);
 }
 
 // Sequences stepped together share the matrix products (one step for all
@@ -437,12 +454,27 @@ TEST(HybridExecutor, TimesDecodeFromOneMoeLayerToTheNext) {
   EXPECT_EQ(gpu->moeLayerTiming().intervals, 0);
   for (int step = 0; step < 5; ++step)
     ASSERT_TRUE(gpu->forward({int32_t(step + 1)}).ok());
-  const exec::MoeLayerTiming timing = gpu->moeLayerTiming();
+  exec::MoeLayerTiming timing = gpu->moeLayerTiming();
   EXPECT_EQ(timing.intervals, 5);
   EXPECT_GT(timing.seconds, 0.0);
+  // The experts' part: each interval's first layer, less than the interval.
+  EXPECT_GT(timing.expertSeconds, 0.0);
+  EXPECT_LT(timing.expertSeconds, timing.seconds);
+  EXPECT_EQ(timing.gpuIntervals, 0); // the GPU clock is off unless asked for
+  // With the GPU clock: the GPU's part of each interval, within what remains
+  // of it beside the experts.
+  gpu->setMoeLayerGpuClock(true);
+  gpu->clearMoeLayerTiming();
+  for (int step = 0; step < 5; ++step)
+    ASSERT_TRUE(gpu->forward({int32_t(step + 6)}).ok());
+  timing = gpu->moeLayerTiming();
+  EXPECT_EQ(timing.gpuIntervals, timing.intervals);
+  EXPECT_GT(timing.gpuSeconds, 0.0);
+  EXPECT_LT(timing.gpuSeconds, timing.seconds - timing.expertSeconds);
   gpu->clearMoeLayerTiming();
   EXPECT_EQ(gpu->moeLayerTiming().intervals, 0);
   EXPECT_EQ(gpu->moeLayerTiming().seconds, 0.0);
+  EXPECT_EQ(gpu->moeLayerTiming().expertSeconds, 0.0);
 }
 
 // The shared expert runs on the GPU while the CPU computes the routed

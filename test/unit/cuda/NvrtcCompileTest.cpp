@@ -10,6 +10,8 @@
 #include <chrono>
 #include <cstdio>
 #include <set>
+#include <string>
+#include <tuple>
 
 namespace kt::cuda {
 namespace {
@@ -307,6 +309,42 @@ TEST(KernelCatalog, HeadersAreResolvedAndShapesValidated) {
   EXPECT_FALSE(makeKernelSpec("no_such_kernel.cu", "x", {}, 32).ok());
   EXPECT_EQ(floatLiteral(1e-6f), "9.99999997e-07f");
   EXPECT_EQ(floatLiteral(2.0f), "2.0f");
+}
+
+// Decode GEMVs of few rows split each row's columns between warps (enough
+// warps for the GPU); large matrices, token tiles and k-quants keep one warp
+// a row; the grid and the block size agree with the split.
+TEST(KernelCatalog, DecodeGemvsOfFewRowsSplitTheirColumns) {
+  using gguf::GgmlType;
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 1536, 7168), 4u);  // q_a_proj
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 576, 7168), 8u);   // kv_a: 28 steps, 3.5 a warp
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 2048, 7168), 2u);  // shared gate
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 7168, 16384), 4u); // o_proj: 16 steps a warp
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 7168, 2048), 1u);  // shared down: 8 steps
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 24576, 1536), 1u); // q_b_proj: rows enough
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 512, 128), 1u);    // k_b per head: too short
+  EXPECT_EQ(gemvColumnSplit(GgmlType::F32, 256, 7168), 16u);   // the router
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 1536, 7168, kGemvPrefillTokenTile), 1u);
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 1536, 7168, 1, GemvVariant::Grouped), 1u);
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q4_K, 1536, 7168), 1u);
+  for (auto [type, out, in] : {std::tuple{GgmlType::Q8_0, 1536, 7168},
+                               {GgmlType::Q8_0, 7168, 16384},
+                               {GgmlType::F32, 256, 7168},
+                               {GgmlType::BF16, 1001, 7168}}) {
+    SCOPED_TRACE(std::to_string(out) + "x" + std::to_string(in));
+    const unsigned split = gemvColumnSplit(type, out, in);
+    StatusOr<KernelSpec> spec = gemvSpec(type, out, in);
+    ASSERT_TRUE(spec.ok()) << spec.message();
+    EXPECT_EQ(spec->defines.count("K_SPLIT") ? spec->defines.at("K_SPLIT") : "1",
+              std::to_string(split));
+    const unsigned rowsPerBlock = unsigned(std::stoi(spec->defines.at("ROWS_PER_BLOCK")));
+    EXPECT_EQ(spec->blockThreads, 32 * rowsPerBlock * split);
+    EXPECT_EQ(gemvGridBlocks(type, out, in), unsigned((out + rowsPerBlock - 1) / rowsPerBlock));
+    // The fused gate and up kernel runs on the same grid as the plain one.
+    StatusOr<KernelSpec> gateUp = gemvSpec(type, out, in, 1, GemvVariant::GateUp);
+    ASSERT_TRUE(gateUp.ok()) << gateUp.message();
+    EXPECT_EQ(gateUp->blockThreads, spec->blockThreads);
+  }
 }
 
 } // namespace
