@@ -12,6 +12,7 @@ static_assert(BLOCK_THREADS % 32 == 0, "whole warps");
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 argmax(const float *__restrict__ logits, int *__restrict__ ids) {
+  KT_WAIT_FOR_PRIOR_GRID();
   __shared__ float values[BLOCK_THREADS / 32];
   __shared__ int indices[BLOCK_THREADS / 32];
   const float *row = logits + static_cast<long long>(blockIdx.x) * VOCAB;

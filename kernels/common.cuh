@@ -2,6 +2,21 @@
 // available there, so the few conversions needed are written out here).
 #pragma once
 
+// Programmatic dependent launch (sm_90 and newer): the executor may start a
+// kernel that calls this first thing before the kernel queued ahead of it has
+// finished (its blocks then wait here, already resident, until that kernel's
+// results are visible), so that consecutive small kernels of a decode graph
+// do not each pay the whole launch latency. Past the wait, the kernel lets
+// the next one launch (once all its blocks are running): at most one kernel
+// waits ahead. A no-op elsewhere. Every entry of a kernel file calls it, or
+// none does (the executor checks the source).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define KT_WAIT_FOR_PRIOR_GRID()                                                                   \
+  asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define KT_WAIT_FOR_PRIOR_GRID()
+#endif
+
 namespace kt {
 
 typedef unsigned char u8;

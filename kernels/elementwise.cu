@@ -20,6 +20,7 @@
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 silu_mul(const float *__restrict__ gate, const float *__restrict__ up, float *__restrict__ out,
          int tokens) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const long long total = static_cast<long long>(tokens) * COUNT;
   for (long long i = static_cast<long long>(blockIdx.x) * BLOCK_THREADS + threadIdx.x; i < total;
        i += static_cast<long long>(gridDim.x) * BLOCK_THREADS) {
@@ -29,6 +30,7 @@ silu_mul(const float *__restrict__ gate, const float *__restrict__ up, float *__
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 add(const float *__restrict__ a, const float *__restrict__ b, float *__restrict__ out, int tokens) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const long long total = static_cast<long long>(tokens) * COUNT;
   for (long long i = static_cast<long long>(blockIdx.x) * BLOCK_THREADS + threadIdx.x; i < total;
        i += static_cast<long long>(gridDim.x) * BLOCK_THREADS)
@@ -39,6 +41,7 @@ add(const float *__restrict__ a, const float *__restrict__ b, float *__restrict_
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
     silu_mul_fp8(const float *__restrict__ gate, const float *__restrict__ up,
                  kt::u8 *__restrict__ q, float *__restrict__ scales, int scaleStride, int tokens) {
+  KT_WAIT_FOR_PRIOR_GRID();
   constexpr int kSlices = COUNT / 128;
   const int lane = threadIdx.x % 32;
   const long long item = (static_cast<long long>(blockIdx.x) * BLOCK_THREADS + threadIdx.x) / 32;

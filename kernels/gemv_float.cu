@@ -79,6 +79,7 @@ __device__ __forceinline__ bool aligned16(const void *p) {
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
     gemv_float(const void *__restrict__ weight, const float *__restrict__ x, float *__restrict__ y,
                kt::GemvLayout layout) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const int lane = threadIdx.x % 32;
   const int rowInBlock = threadIdx.x / 32 / K_SPLIT, split = threadIdx.x / 32 % K_SPLIT;
   const int row = blockIdx.x * ROWS_PER_BLOCK + rowInBlock;

@@ -26,6 +26,7 @@ constexpr int kBlockCols = (IN_FEATURES + 127) / 128;
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_fp8(const void *__restrict__ weight, const float *__restrict__ scales,
          const float *__restrict__ x, float *__restrict__ y, kt::GemvLayout layout) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const int lane = threadIdx.x % 32;
   const int row = blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32;
   if (row >= OUT_FEATURES)

@@ -242,6 +242,7 @@ __device__ __forceinline__ void chunkActivations(const float *x, int part, int c
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
 gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
             float *__restrict__ y, kt::GemvLayout layout) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const int lane = threadIdx.x % 32;
   const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32) * ROWS_PER_WARP;
   if (firstRow >= OUT_FEATURES)

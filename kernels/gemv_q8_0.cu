@@ -77,6 +77,7 @@ __device__ __forceinline__ float dot8(const float (&w)[8], float4 x0, float4 x1)
 extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
     gemv_q8_0(const void *__restrict__ weight, const float *__restrict__ x, float *__restrict__ y,
               kt::GemvLayout layout) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const int lane = threadIdx.x % 32;
   // The warp's first row (its only one in decode) and its part of the row.
   const int rowInBlock = threadIdx.x / 32 / K_SPLIT, split = threadIdx.x / 32 % K_SPLIT;

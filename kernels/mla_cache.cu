@@ -15,6 +15,7 @@
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 mla_cache_append(const float *__restrict__ kvA, const int *__restrict__ positions,
                  float *__restrict__ latent, float *__restrict__ ropeKey) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const int token = blockIdx.x;
   const long long position = positions[token];
   const float *row = kvA + static_cast<long long>(token) * (KV_LORA + ROPE);

@@ -31,6 +31,7 @@ extern "C" __global__ void __launch_bounds__(kThreads)
                    int qRopeHeadStride, const float *__restrict__ latent,
                    const float *__restrict__ ropeKey, const int *__restrict__ position, int mmaFrom,
                    float *__restrict__ partial) {
+  KT_WAIT_FOR_PRIOR_GRID();
 #if __CUDA_ARCH__ >= 800
   const int positions = position[0] + 1; // the token sees itself and everything before
   const int first = blockIdx.y * CHUNK, last = min(positions, first + CHUNK);

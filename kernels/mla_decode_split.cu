@@ -38,6 +38,7 @@ extern "C" __global__ void __launch_bounds__(kSplitThreads)
                      int qRopeHeadStride, const float *__restrict__ latent,
                      const float *__restrict__ ropeKey, const int *__restrict__ position,
                      int mmaFrom, float *__restrict__ partial) {
+  KT_WAIT_FOR_PRIOR_GRID();
   __shared__ float latentStage[kt::mla::kStage * KV_LORA];
   __shared__ float ropeStage[kt::mla::kStage * ROPE];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -68,6 +69,7 @@ extern "C" __global__ void __launch_bounds__(kSplitThreads)
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 mla_combine(const float *__restrict__ partial, const int *__restrict__ position, int chunks,
             float *__restrict__ context) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const int head = blockIdx.x;
   const int used = (position[0] + 1 + CHUNK - 1) / CHUNK;
   const float *parts = partial + static_cast<long long>(head) * chunks * kPartial;

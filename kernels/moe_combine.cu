@@ -17,6 +17,7 @@
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 moe_combine(const float *__restrict__ y, const float *__restrict__ weights,
             float *__restrict__ out, int tokens) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const long long total = static_cast<long long>(tokens) * HIDDEN;
   for (long long i = static_cast<long long>(blockIdx.x) * BLOCK_THREADS + threadIdx.x; i < total;
        i += static_cast<long long>(gridDim.x) * BLOCK_THREADS) {
@@ -36,6 +37,7 @@ moe_combine(const float *__restrict__ y, const float *__restrict__ weights,
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 expert_counts(const int *__restrict__ ids, unsigned long long *__restrict__ counts, int tokens) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const int total = tokens * TOP_K;
   for (int i = blockIdx.x * BLOCK_THREADS + threadIdx.x; i < total; i += gridDim.x * BLOCK_THREADS)
     atomicAdd(counts + ids[i], 1ull);

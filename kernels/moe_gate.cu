@@ -29,6 +29,7 @@ constexpr int kWarps = BLOCK_THREADS / 32;
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 moe_gate(const float *__restrict__ logits, const float *__restrict__ bias,
          int *__restrict__ ids, float *__restrict__ weights) {
+  KT_WAIT_FOR_PRIOR_GRID();
   __shared__ float scores[EXPERTS];
   __shared__ float selection[EXPERTS];
   __shared__ float warpValues[kWarps];

@@ -31,6 +31,7 @@ __device__ __forceinline__ float inverseRms(const float *__restrict__ in, float 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 rms_norm(const float *__restrict__ x, const float *__restrict__ weight,
          float *__restrict__ y, int rows, int xStride, int yStride) {
+  KT_WAIT_FOR_PRIOR_GRID();
   __shared__ float scratch[BLOCK_THREADS / 32];
   const int row = blockIdx.x;
   if (row >= rows)
@@ -53,6 +54,7 @@ extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
     rms_norm_fp8(const float *__restrict__ x, const float *__restrict__ weight,
                  float *__restrict__ y, int rows, int xStride, int yStride, kt::u8 *__restrict__ q,
                  float *__restrict__ scales, int scaleStride) {
+  KT_WAIT_FOR_PRIOR_GRID();
   __shared__ float scratch[BLOCK_THREADS / 32];
   const int row = blockIdx.x;
   if (row >= rows)

@@ -27,6 +27,7 @@ static_assert(BLOCK_THREADS % kHalf == 0, "whole heads per block");
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 rope(float *__restrict__ x, const int *__restrict__ positions,
      const float *__restrict__ inverseFrequencies, int tokens) {
+  KT_WAIT_FOR_PRIOR_GRID();
   const long long item = static_cast<long long>(blockIdx.x) * BLOCK_THREADS + threadIdx.x;
   const int pair = static_cast<int>(item % kHalf);
   const long long headIndex = item / kHalf; // token * HEADS + head

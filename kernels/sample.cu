@@ -102,6 +102,7 @@ __device__ kt::u32 radixThreshold(const float *row, kt::u32 floor, u64 target, f
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 sample_rows(const float *__restrict__ logits, const SampleParams *__restrict__ params,
             int *__restrict__ ids) {
+  KT_WAIT_FOR_PRIOR_GRID();
   __shared__ float scratch[BLOCK_THREADS / 32];
   __shared__ int indices[BLOCK_THREADS / 32];
   __shared__ u64 bins[256];

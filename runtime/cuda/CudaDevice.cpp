@@ -14,6 +14,25 @@ using CUfunction = void *;
 using CUstream = void *;
 using CUdeviceptr = unsigned long long;
 constexpr CUresult kSuccess = 0;
+// cuLaunchKernelEx's configuration (CUDA 12 and newer), with room for one
+// attribute: programmatic stream serialization (id 6), as cuda.h lays them out.
+struct LaunchAttribute {
+  int id;
+  char pad[4];
+  union {
+    char bytes[64];
+    int programmaticStreamSerializationAllowed;
+  } value;
+};
+struct LaunchConfig {
+  unsigned gridDimX, gridDimY, gridDimZ;
+  unsigned blockDimX, blockDimY, blockDimZ;
+  unsigned sharedMemBytes;
+  void *hStream;
+  LaunchAttribute *attrs;
+  unsigned numAttrs;
+};
+constexpr int kLaunchAttributeProgrammaticStreamSerialization = 6;
 } // namespace
 
 struct CudaDevice::Api {
@@ -44,6 +63,7 @@ struct CudaDevice::Api {
   CUresult (*launchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                            unsigned, unsigned, CUstream, void **, void **) = nullptr;
   CUresult (*getErrorString)(CUresult, const char **) = nullptr;
+  CUresult (*launchKernelEx)(const LaunchConfig *, CUfunction, void **, void **) = nullptr;
   CUresult (*eventCreate)(void **, unsigned) = nullptr;
   CUresult (*eventDestroy)(void *) = nullptr;
   CUresult (*eventRecord)(void *, CUstream) = nullptr;
@@ -124,6 +144,10 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.funcSetAttribute, {"cuFuncSetAttribute"});
   bind(api.deviceGetAttribute, {"cuDeviceGetAttribute"});
   bind(api.deviceGetPciBusId, {"cuDeviceGetPCIBusId"});
+  // Drivers before CUDA 12 lack cuLaunchKernelEx: kernels then launch
+  // without overlapping the one before them.
+  api.launchKernelEx =
+      reinterpret_cast<decltype(api.launchKernelEx)>(dlsym(library, "cuLaunchKernelEx"));
   // Drivers before CUDA 12 lack TMA; only the FP8 GEMM needs it.
   api.tensorMapEncodeTiled = reinterpret_cast<decltype(api.tensorMapEncodeTiled)>(
       dlsym(library, "cuTensorMapEncodeTiled"));
@@ -305,11 +329,30 @@ StatusOr<LoadedKernel> CudaDevice::load(const CompiledKernel &kernel) {
 }
 
 Status CudaDevice::launch(const LoadedKernel &kernel, const LaunchShape &shape,
-                          std::vector<void *> arguments) {
+                          std::vector<void *> arguments, bool overlapPrevious) {
+  if (overlapPrevious && overlapsLaunches()) {
+    LaunchAttribute attribute{};
+    attribute.id = kLaunchAttributeProgrammaticStreamSerialization;
+    attribute.value.programmaticStreamSerializationAllowed = 1;
+    const LaunchConfig config{
+        shape.gridX,  shape.gridY,       shape.gridZ, shape.blockX, shape.blockY,
+        shape.blockZ, shape.sharedBytes, stream_,     &attribute,   1};
+    return check(api_->launchKernelEx(&config, kernel.function, arguments.data(), nullptr),
+                 "cuLaunchKernelEx " + kernel.entry);
+  }
   return check(api_->launchKernel(kernel.function, shape.gridX, shape.gridY, shape.gridZ,
                                   shape.blockX, shape.blockY, shape.blockZ, shape.sharedBytes,
                                   stream_, arguments.data(), nullptr),
                "cuLaunchKernel " + kernel.entry);
+}
+
+bool CudaDevice::overlapsLaunches() const {
+  if (!api_->launchKernelEx)
+    return false;
+  constexpr int kComputeCapabilityMajor = 75; // CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR
+  int major = 0;
+  return api_->deviceGetAttribute(&major, kComputeCapabilityMajor, device_) == kSuccess &&
+         major >= 9;
 }
 
 StatusOr<int> CudaDevice::multiprocessors() const {

@@ -75,8 +75,14 @@ public:
   // Loads the module and finds its entry; the module lives as long as the device.
   StatusOr<LoadedKernel> load(const CompiledKernel &kernel);
   // `arguments` point at each kernel parameter's value, as cuLaunchKernel takes them.
-  Status launch(const LoadedKernel &kernel, const LaunchShape &shape,
-                std::vector<void *> arguments);
+  // `overlapPrevious`: the kernel may start before the one queued ahead of it
+  // has finished (programmatic dependent launch, where overlapsLaunches());
+  // it must then wait for it first thing (KT_WAIT_FOR_PRIOR_GRID).
+  Status launch(const LoadedKernel &kernel, const LaunchShape &shape, std::vector<void *> arguments,
+                bool overlapPrevious = false);
+  // Whether the GPU (sm_90 and newer) and the driver (cuLaunchKernelEx) let
+  // kernels overlap the one before them.
+  bool overlapsLaunches() const;
   StatusOr<int> multiprocessors() const;
   // The GPU's PCI address, "domain:bus:device.function" (NVML finds it by that).
   StatusOr<std::string> pciBusId() const;

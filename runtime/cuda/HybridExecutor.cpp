@@ -59,6 +59,9 @@ struct Value {
 struct Kernel {
   LoadedKernel loaded;
   unsigned threads = 0;
+  // Its entries wait for the kernel before them (KT_WAIT_FOR_PRIOR_GRID), so
+  // decode graphs may start it early.
+  bool waitsForPriorGrid = false;
 };
 
 // A matrix in GPU memory (GGUF storage type, or the FP8 checkpoint's e4m3
@@ -351,6 +354,9 @@ public:
   // where a layer's expert result is queued for the GPU and one where the
   // next layer's copies to the host end; paired when the step ends.
   bool moeLayerGpuClock = false, decodeStep = false;
+  // Decode graphs let each kernel that waits for the one before it start
+  // early (programmatic dependent launch; ExecutorOptions::overlapLaunches).
+  bool capturingDecodeGraph = false, overlapLaunches = true;
   struct GpuMark {
     CudaDevice *gpu;
     size_t mark;
@@ -428,7 +434,8 @@ public:
     shape.gridZ = gridZ;
     shape.blockX = k.threads;
     shape.sharedBytes = sharedBytes;
-    return device->launch(k.loaded, shape, std::move(arguments));
+    return device->launch(k.loaded, shape, std::move(arguments),
+                          capturingDecodeGraph && k.waitsForPriorGrid && overlapLaunches);
   }
   // y = W x for `tokens` tokens (and W's heads) laid out as `layout` says.
   // `xUnchanged`: the previous call multiplied the same x, unchanged since
@@ -675,6 +682,7 @@ StatusOr<const Kernel *> HybridExecutor::Impl::kernel(const StatusOr<KernelSpec>
   auto k = std::make_unique<Kernel>();
   k->loaded = *loaded;
   k->threads = spec->blockThreads;
+  k->waitsForPriorGrid = kernelWaitsForPriorGrid(spec->source);
   const Kernel *result = k.get();
   kernels.emplace(std::make_pair(currentPhysical, name), std::move(k));
   return result;
@@ -2654,7 +2662,9 @@ Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx
   if (it == graphs.end()) {
     if (Status s = device->beginCapture(); !s.ok())
       return s;
+    capturingDecodeGraph = true;
     Status recorded = runSteps(begin, end, ctx);
+    capturingDecodeGraph = false;
     StatusOr<CapturedGraph> graph = device->endCapture();
     if (!recorded.ok())
       return recorded;
@@ -2933,6 +2943,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
 
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->cudaGraphs = options.cudaGraphs;
+  impl->overlapLaunches = options.overlapLaunches;
   impl->fp8Gemm = options.fp8Gemm;
   impl->fusedNormQuantization = options.fusedNormQuantization;
   impl->pool.setIdleSpin(options.idleSpinMicros);

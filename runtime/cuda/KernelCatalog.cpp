@@ -427,6 +427,18 @@ int64_t groupAssignments(const int32_t *matrixOf, int64_t assignments, int32_t *
 
 unsigned gemvQ8_0RowsPerWarp(int64_t tokenTile) { return tokenTile > 1 ? 4 : 1; }
 
+bool kernelWaitsForPriorGrid(std::string_view source) {
+  auto count = [&](std::string_view what) {
+    size_t n = 0;
+    for (size_t at = source.find(what); at != std::string_view::npos;
+         at = source.find(what, at + what.size()))
+      ++n;
+    return n;
+  };
+  const size_t waits = count("KT_WAIT_FOR_PRIOR_GRID();");
+  return waits > 0 && waits == count("extern \"C\" __global__");
+}
+
 unsigned gemvColumnSplit(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
                          int64_t tokenTile, GemvVariant variant) {
   if (tokenTile != 1 || variant == GemvVariant::Grouped || outFeatures <= 0)

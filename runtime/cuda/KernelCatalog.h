@@ -10,6 +10,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -174,6 +175,10 @@ std::optional<int32_t> orderAssignmentsByExpert(const int32_t *expertOf, int64_t
                                                 int32_t *outRows);
 // Whether `arch` ("sm_86", "compute_80", "sm_90a") has mma.sync for bf16.
 bool archHasBf16Mma(const std::string &arch);
+// Whether every kernel entry of `source` (a kernel file's text) waits for
+// the kernel queued before it (KT_WAIT_FOR_PRIOR_GRID, common.cuh), so that
+// it may be launched to overlap that kernel.
+bool kernelWaitsForPriorGrid(std::string_view source);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows of `inFeatures`.
 unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
                         int64_t tokenTile = 1);

@@ -63,6 +63,10 @@ struct ExecutorOptions {
   // GPU plans: capture each decode step's GPU regions (the plan's
   // graph_region) as CUDA graphs on first use and replay them after.
   bool cudaGraphs = true;
+  // GPU plans on sm_90 and newer: in those graphs each kernel may start
+  // before the one ahead of it has finished, waiting for its results on the
+  // GPU (programmatic dependent launch); false: one after the other.
+  bool overlapLaunches = true;
   // GPU plans with FP8 projections on sm_90a: steps of more than one token
   // run them as tensor-core GEMMs on activations quantized per token and
   // 128 columns (DeepSeek's recipe); false: the FP8 GEMV on f32

@@ -110,6 +110,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.planPath = options_.planPath;
   executorOptions.sequences = options_.sequences;
   executorOptions.cudaGraphs = options_.cudaGraphs;
+  executorOptions.overlapLaunches = options_.overlapLaunches;
   executorOptions.fp8Gemm = options_.fp8Gemm;
   executorOptions.fusedNormQuantization = options_.fusedNormQuantization;
   executorOptions.idleSpinMicros = options_.idleSpinMicros;

@@ -33,6 +33,7 @@ struct SessionOptions {
   bool progress = false;        // progress bar while the weights are read
   int sequences = 1;            // KV cache slots of the executor (the server's --parallel)
   bool cudaGraphs = true;       // GPU plans: replay decode's GPU regions as CUDA graphs
+  bool overlapLaunches = true;  // GPU plans: graphs' kernels start before the previous ends
   bool fp8Gemm = true;          // GPU plans: FP8 projections of prefill steps as GEMMs
   bool fusedNormQuantization = true; // FP8 plans: norms, SiLU products quantize for the GEMM
   int64_t idleSpinMicros = 3000;     // GPU plans: CPU threads spin this long before sleeping

@@ -209,10 +209,14 @@ int main(int argc, char **argv) {
   app.add_option("--save-expert-profile", saveExpertProfile,
                  "On exit, write how often each MoE layer chose each expert in this run (with "
                  "--bench: from its decode on) to this file, for --expert-profile");
-  bool noCudaGraphs = false;
+  bool noCudaGraphs = false, noLaunchOverlap = false;
   app.add_flag("--no-cuda-graphs", noCudaGraphs,
                "GPU plans: launch decode's kernels one by one instead of replaying each GPU "
                "region as a CUDA graph (for comparison and debugging)");
+  app.add_flag("--no-launch-overlap", noLaunchOverlap,
+               "GPU plans on sm_90 and newer: in decode's CUDA graphs, start each kernel only "
+               "when the one before it has finished, instead of letting it start early and wait "
+               "for that kernel's results on the GPU (for comparison and debugging)");
   bool noFp8Gemm = false;
   app.add_flag("--no-fp8-gemm", noFp8Gemm,
                "FP8 plans: multiply the FP8 projections of prefill steps with the FP8 GEMV on "
@@ -293,6 +297,7 @@ int main(int argc, char **argv) {
   options.chat = !noChat;
   options.progress = !noProgress && isatty(STDERR_FILENO);
   options.cudaGraphs = !noCudaGraphs;
+  options.overlapLaunches = !noLaunchOverlap;
   options.fp8Gemm = !noFp8Gemm;
   options.fusedNormQuantization = !noFusedQuantization;
   options.idleSpinMicros = idleSpinMicros;

@@ -1,5 +1,6 @@
 // Every kernel specialization compiles with NVRTC for every CI architecture;
 // compile errors come back as a Status with NVRTC's log. No GPU needed.
+#include "runtime/cuda/EmbeddedKernels.h"
 #include "runtime/cuda/KernelCatalog.h"
 #include "runtime/cuda/Nvrtc.h"
 #include "test/unit/cuda/CudaTestSupport.h"
@@ -309,6 +310,30 @@ TEST(KernelCatalog, HeadersAreResolvedAndShapesValidated) {
   EXPECT_FALSE(makeKernelSpec("no_such_kernel.cu", "x", {}, 32).ok());
   EXPECT_EQ(floatLiteral(1e-6f), "9.99999997e-07f");
   EXPECT_EQ(floatLiteral(2.0f), "2.0f");
+}
+
+// Kernels launched to overlap the one before them must wait for it in every
+// entry: a file's entries all do or none does, and the decode graph's
+// kernels do.
+TEST(KernelCatalog, KernelFilesWaitForThePriorGridInEveryEntryOrNone) {
+  size_t waiting = 0;
+  for (const EmbeddedKernelFile &file : embeddedKernelFiles()) {
+    if (file.name.size() < 3 || file.name.substr(file.name.size() - 3) != ".cu")
+      continue;
+    const bool calls = file.text.find("KT_WAIT_FOR_PRIOR_GRID();") != std::string_view::npos;
+    EXPECT_EQ(calls, kernelWaitsForPriorGrid(file.text)) << file.name << ": some entries only";
+    waiting += calls;
+  }
+  EXPECT_GE(waiting, 14u);
+  for (const char *name : {"gemv_q8_0.cu", "gemv_float.cu", "rms_norm.cu", "rope.cu",
+                           "mla_decode_split.cu", "moe_gate.cu", "elementwise.cu"})
+    for (const EmbeddedKernelFile &file : embeddedKernelFiles())
+      if (file.name == name)
+        EXPECT_TRUE(kernelWaitsForPriorGrid(file.text)) << name;
+  EXPECT_FALSE(
+      kernelWaitsForPriorGrid("extern \"C\" __global__ void a() { KT_WAIT_FOR_PRIOR_GRID(); }\n"
+                              "extern \"C\" __global__ void b() {}"));
+  EXPECT_FALSE(kernelWaitsForPriorGrid("extern \"C\" __global__ void a() {}"));
 }
 
 // Decode GEMVs of few rows split each row's columns between warps (enough
