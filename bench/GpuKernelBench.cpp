@@ -90,9 +90,10 @@ int main(int argc, char **argv) {
   double ringMiB = 1024;
   bool gemvSweep = false;
   app.add_flag("--json", json, "Print the results as JSON");
-  app.add_flag("--gemv-sweep", gemvSweep,
-               "Also time the q8_0 and f32 decode GEMVs with 1 to 16 warps per row (K_SPLIT), "
-               "marking the kernel catalog's choice: the data behind gemvColumnSplit");
+  app.add_flag(
+      "--gemv-sweep", gemvSweep,
+      "Also time the q8_0, q4_K, q6_K and f32 decode GEMVs with 1 to 16 warps per row (K_SPLIT), "
+      "marking the kernel catalog's choice: the data behind gemvColumnSplit");
   app.add_option("--launches", launches, "Timed launches per kernel")->check(CLI::PositiveNumber);
   app.add_option("--ring-mib", ringMiB, "Bytes of distinct weight buffers cycled through (MiB)");
   CLI11_PARSE(app, argc, argv);
@@ -228,7 +229,7 @@ int main(int argc, char **argv) {
     }
   }
 
-  // --gemv-sweep: the q8_0 and f32 decode GEMVs with each column split
+  // --gemv-sweep: the q8_0, k-quant and f32 decode GEMVs with each column split
   // (warps per row), against the catalog's choice.
   struct SweepRow {
     std::string type, shape;
@@ -237,7 +238,8 @@ int main(int argc, char **argv) {
     double microseconds, gbs;
   };
   std::vector<SweepRow> sweep;
-  for (gguf::GgmlType type : {gguf::GgmlType::Q8_0, gguf::GgmlType::F32}) {
+  for (gguf::GgmlType type :
+       {gguf::GgmlType::Q8_0, gguf::GgmlType::Q4_K, gguf::GgmlType::Q6_K, gguf::GgmlType::F32}) {
     if (!gemvSweep)
       break;
     for (const Shape &shape : shapes) {
@@ -245,7 +247,9 @@ int main(int argc, char **argv) {
         continue;
       const unsigned chosen = cuda::gemvColumnSplit(type, shape.out, shape.in);
       // A warp's 16-byte steps along a row (as gemvColumnSplit counts them).
-      const int64_t warpSteps = shape.in / (type == gguf::GgmlType::Q8_0 ? 8 * 32 : 4 * 32);
+      const int64_t warpSteps = shape.in / (type == gguf::GgmlType::Q8_0  ? 8 * 32
+                                            : type == gguf::GgmlType::F32 ? 4 * 32
+                                                                          : 4 * 256);
       for (unsigned split = 1; split <= cuda::kGemvMaxColumnSplit; split *= 2) {
         if (warpSteps < int64_t(split) || (shape.out > 100000 && split > 2))
           continue; // one step a warp at least; lm_head has rows enough
@@ -261,8 +265,11 @@ int main(int argc, char **argv) {
           defines["K_SPLIT"] = std::to_string(split);
         StatusOr<cuda::KernelSpec> variant =
             cuda::makeKernelSpec(spec->file, spec->entry, defines, rowsPerBlock * split * 32);
-        StatusOr<Result> result = timeDecodeGemv(
-            type, shape, variant, unsigned((shape.out + rowsPerBlock - 1) / rowsPerBlock));
+        const bool kQuant = type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q6_K;
+        const int64_t blockRows =
+            int64_t(rowsPerBlock) * (kQuant ? cuda::gemvKQuantRowsPerWarp(shape.out) : 1);
+        StatusOr<Result> result =
+            timeDecodeGemv(type, shape, variant, unsigned((shape.out + blockRows - 1) / blockRows));
         if (!result)
           return fail(result.message());
         sweep.push_back(

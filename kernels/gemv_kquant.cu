@@ -5,12 +5,15 @@
 // taking 32 of its 256 values, so eight consecutive lanes read one
 // super-block's quants as contiguous 16-byte pieces; the warp walks four
 // super-blocks per step, loading their activations once for all its rows.
+// Decode GEMVs of few rows split each row's super-blocks between K_SPLIT
+// warps of a block (partial sums added in shared memory).
 // Specialization defines:
 //   QTYPE           4 (q4_K), 5 (q5_K) or 6 (q6_K)
 //   IN_FEATURES     columns (a multiple of 256)
 //   OUT_FEATURES    rows
 //   ROWS_PER_BLOCK  warps per thread block
 //   ROWS_PER_WARP   rows per warp
+//   K_SPLIT         warps per row (decode only; block: ROWS_PER_BLOCK x K_SPLIT warps)
 //   TOKEN_TILE      tokens per block (the weights come from DRAM once for all)
 //   GROUPED, GATE_UP  optional: tiles of grouped assignments, or the fused
 //                   gate and up products of routed experts (common.cuh)
@@ -33,6 +36,17 @@
 #endif
 #ifndef TOKEN_TILE
 #define TOKEN_TILE 1
+#endif
+#ifndef K_SPLIT
+#define K_SPLIT 1
+#endif
+static_assert(TOKEN_TILE == 1 || K_SPLIT == 1, "token tiles take whole rows");
+#if K_SPLIT > 1
+#if defined(GATE_UP) && GATE_UP
+constexpr int kSumsPerRow = 2; // gate and up
+#else
+constexpr int kSumsPerRow = 1;
+#endif
 #endif
 
 static_assert(QTYPE == 4 || QTYPE == 5 || QTYPE == 6, "q4_K, q5_K or q6_K");
@@ -239,14 +253,18 @@ __device__ __forceinline__ void chunkActivations(const float *x, int part, int c
 
 // Each warp computes ROWS_PER_WARP consecutive rows, loading each piece of x
 // once for all of them.
-extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK * 32)
-gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
-            float *__restrict__ y, kt::GemvLayout layout) {
+extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
+    gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x, float *__restrict__ y,
+                kt::GemvLayout layout) {
   KT_WAIT_FOR_PRIOR_GRID();
   const int lane = threadIdx.x % 32;
-  const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + threadIdx.x / 32) * ROWS_PER_WARP;
+  const int rowInBlock = threadIdx.x / 32 / K_SPLIT;
+  [[maybe_unused]] const int split = threadIdx.x / 32 % K_SPLIT; // decode only
+  const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + rowInBlock) * ROWS_PER_WARP;
+#if K_SPLIT == 1
   if (firstRow >= OUT_FEATURES)
     return;
+#endif // else every warp reaches the block's barrier (rows past the end read nothing)
   long long headRow;
   KT_GEMV_TOKENS(TOKEN_TILE, OUT_FEATURES, headRow);
   if (tokens <= 0) // the whole block: a slot without a matrix
@@ -298,7 +316,8 @@ gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
     }
   }
 #else
-  for (int b = lane / 8; b < kSuperBlocks; b += 4) {
+  // This warp's part of the row: every K_SPLIT-th run of 4 super-blocks.
+  for (int b = lane / 8 + 4 * split; b < kSuperBlocks; b += 4 * K_SPLIT) {
     // Decode: the piece of x loaded once for all the warp's rows.
     Piece piece;
     loadPiece(KT_GEMV_X(0) + b * 256, lane % 8, piece);
@@ -312,6 +331,41 @@ gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
       }
   }
 #endif
+#if K_SPLIT > 1
+  // Decode has one token per block: each row's partial sums in split order.
+  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][ROWS_PER_WARP][kSumsPerRow];
+#pragma unroll
+  for (int r = 0; r < ROWS_PER_WARP; ++r) {
+    const float sum = kt::warpSum(sums[0][r]);
+#if GATE_UP
+    const float up = kt::warpSum(upSums[r]);
+#endif
+    if (lane == 0) {
+      partials[rowInBlock][split][r][0] = sum;
+#if GATE_UP
+      partials[rowInBlock][split][r][1] = up;
+#endif
+    }
+  }
+  __syncthreads();
+  if (split == 0 && lane < ROWS_PER_WARP && firstRow + lane < OUT_FEATURES) {
+    float total = 0.0f;
+#if GATE_UP
+    float upTotal = 0.0f;
+#endif
+#pragma unroll
+    for (int part = 0; part < K_SPLIT; ++part) {
+      total += partials[rowInBlock][part][lane][0];
+#if GATE_UP
+      upTotal += partials[rowInBlock][part][lane][1];
+#endif
+    }
+#if GATE_UP
+    total = kt::siluMul(total, upTotal);
+#endif
+    KT_GEMV_Y(0)[firstRow + lane] = total;
+  }
+#else
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t)
 #pragma unroll
@@ -323,4 +377,5 @@ gemv_kquant(const void *__restrict__ weight, const float *__restrict__ x,
       if (lane == 0 && t < tokens && firstRow + r < OUT_FEATURES)
         KT_GEMV_Y(t)[firstRow + r] = sum;
     }
+#endif
 }

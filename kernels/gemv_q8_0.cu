@@ -80,7 +80,8 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
   KT_WAIT_FOR_PRIOR_GRID();
   const int lane = threadIdx.x % 32;
   // The warp's first row (its only one in decode) and its part of the row.
-  const int rowInBlock = threadIdx.x / 32 / K_SPLIT, split = threadIdx.x / 32 % K_SPLIT;
+  const int rowInBlock = threadIdx.x / 32 / K_SPLIT;
+  [[maybe_unused]] const int split = threadIdx.x / 32 % K_SPLIT; // decode only
   const int firstRow = (blockIdx.x * ROWS_PER_BLOCK + rowInBlock) * ROWS_PER_WARP;
 #if K_SPLIT > 1
   // Every warp reaches the block's barrier; a warp past the last row reads row 0.

@@ -188,16 +188,17 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
     return Status::error(name + " matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 256-value "
                          "super-blocks.");
-  return makeKernelSpec(
-      "gemv_kquant.cu", "gemv_kquant",
-      withTokenTile(
-          {{"QTYPE", std::to_string(qtype)},
-           {"IN_FEATURES", integer(inFeatures)},
-           {"OUT_FEATURES", integer(outFeatures)},
-           {"ROWS_PER_BLOCK", std::to_string(kGemvRowsPerBlock)},
-           {"ROWS_PER_WARP", std::to_string(gemvKQuantRowsPerWarp(outFeatures, tokenTile))}},
-          tokenTile, variant),
-      kGemvRowsPerBlock * 32);
+  const unsigned split = gemvColumnSplit(type, outFeatures, inFeatures, tokenTile, variant);
+  std::map<std::string, std::string> defines = {
+      {"QTYPE", std::to_string(qtype)},
+      {"IN_FEATURES", integer(inFeatures)},
+      {"OUT_FEATURES", integer(outFeatures)},
+      {"ROWS_PER_BLOCK", std::to_string(splitRowsPerBlock(split))},
+      {"ROWS_PER_WARP", std::to_string(gemvKQuantRowsPerWarp(outFeatures, tokenTile))}};
+  if (split > 1)
+    defines["K_SPLIT"] = std::to_string(split);
+  return makeKernelSpec("gemv_kquant.cu", "gemv_kquant", withTokenTile(defines, tokenTile, variant),
+                        splitRowsPerBlock(split) * split * 32);
 }
 
 StatusOr<KernelSpec> fmaCeilingSpec(int64_t iterations) {
@@ -443,18 +444,33 @@ unsigned gemvColumnSplit(gguf::GgmlType type, int64_t outFeatures, int64_t inFea
                          int64_t tokenTile, GemvVariant variant) {
   if (tokenTile != 1 || variant == GemvVariant::Grouped || outFeatures <= 0)
     return 1;
-  // A lane's 16-byte steps along a row: q8_0 lanes take 8 values of a block
-  // (a warp 8 blocks a step); float lanes one 16-byte vector.
-  int64_t warpSteps = 0;
+  // A warp's steps along a row, each 16 bytes of quants or weights a lane:
+  // q8_0 lanes take 8 values of a block (a warp 8 blocks a step), float
+  // lanes one 16-byte vector, k-quant lanes an eighth of a super-block (a
+  // warp 4 super-blocks a step, for each of its rows).
+  int64_t warpSteps = 0, warps = outFeatures;
+  // Splits stop at 2 steps a warp (k-quants: 1.75, their steps being 2-3
+  // times as many bytes) and, for rows, at kGemvDecodeWarps warps (k-quants,
+  // which decode more per byte, at twice as many).
+  int64_t minQuarterSteps = 8, targetWarps = kGemvDecodeWarps;
   if (type == gguf::GgmlType::Q8_0)
     warpSteps = inFeatures / (8 * 32);
   else if (type == gguf::GgmlType::F32)
     warpSteps = inFeatures / (4 * 32);
   else if (type == gguf::GgmlType::F16 || type == gguf::GgmlType::BF16)
     warpSteps = inFeatures / (8 * 32);
+  else if (type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q5_K ||
+           type == gguf::GgmlType::Q6_K) {
+    warpSteps = inFeatures / (4 * 256);
+    const int64_t rowsPerWarp = gemvKQuantRowsPerWarp(outFeatures, tokenTile);
+    warps = (outFeatures + rowsPerWarp - 1) / rowsPerWarp;
+    minQuarterSteps = 7;
+    targetWarps = 2 * kGemvDecodeWarps;
+  }
   unsigned split = 1;
-  while (split < kGemvMaxColumnSplit && warpSteps >= 2 * 2 * int64_t(split) &&
-         (outFeatures * split < kGemvDecodeWarps || warpSteps > kGemvWarpSteps * split))
+  while (split < kGemvMaxColumnSplit && 4 * warpSteps >= minQuarterSteps * 2 * int64_t(split) &&
+         (warps * split < targetWarps ||
+          (warpSteps > kGemvWarpSteps * split && warps * split < kGemvLongRowWarps)))
     split *= 2;
   return split;
 }
@@ -468,8 +484,7 @@ unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t inFeat
                                                               : 1;
   // A block's warps: kGemvRowsPerBlock rows, or fewer rows of split columns.
   const unsigned rowsPerBlockOfWarps =
-      kQuant ? kGemvRowsPerBlock
-             : splitRowsPerBlock(gemvColumnSplit(type, outFeatures, inFeatures, tokenTile));
+      splitRowsPerBlock(gemvColumnSplit(type, outFeatures, inFeatures, tokenTile));
   const int64_t rowsPerBlock = int64_t(rowsPerBlockOfWarps) * rowsPerWarp;
   return static_cast<unsigned>((outFeatures + rowsPerBlock - 1) / rowsPerBlock);
 }

@@ -182,16 +182,18 @@ bool kernelWaitsForPriorGrid(std::string_view source);
 // Thread blocks of the GEMV of `type` for `outFeatures` rows of `inFeatures`.
 unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
                         int64_t tokenTile = 1);
-// Warps sharing each row of a one-token q8_0 or float GEMV (K_SPLIT; their
+// Warps sharing each row of a one-token GEMV (K_SPLIT; their
 // partial sums added in shared memory): matrices of few rows get warps
-// enough to keep the GPU's memory busy (kGemvDecodeWarps), long rows at most
-// kGemvWarpSteps 16-byte steps per lane and warp, and every warp at least
-// two. 1 for token tiles, grouped GEMVs and k-quants. (H100 measurements
-// behind the constants: docs/gpu-kernels.md, gpu_kernel_bench --gemv-sweep.)
+// enough to keep the GPU's memory busy (kGemvDecodeWarps, twice as many for
+// k-quants), long rows at most kGemvWarpSteps 16-byte steps per lane and warp
+// while the matrix has fewer than kGemvLongRowWarps warps, and every warp at
+// least two steps (k-quants 1.75). 1 for token tiles and grouped GEMVs. (H100 measurements behind
+// the constants: docs/gpu-kernels.md, gpu_kernel_bench --gemv-sweep.)
 unsigned gemvColumnSplit(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
                          int64_t tokenTile = 1, GemvVariant variant = GemvVariant::Plain);
 constexpr int64_t kGemvDecodeWarps = 4096;
 constexpr int64_t kGemvWarpSteps = 16;
+constexpr int64_t kGemvLongRowWarps = 32768;
 constexpr unsigned kGemvMaxColumnSplit = 16;
 
 // A kernel of independent f32 FMA chains, `iterations` steps of 8 per

@@ -508,61 +508,66 @@ TEST_P(GpuKernels, GroupedExpertGemvMatchesEachAssignment) {
 }
 
 // Decode's fused gate and up GEMV of routed experts: silu(gate x) * (up x)
-// of each token's chosen experts (matrix ids, -1 skipped) against double.
+// of each token's chosen experts (matrix ids, -1 skipped) against double;
+// rows of 4096 split their columns between warps (gemvColumnSplit).
 TEST_P(GpuKernels, FusedGateUpGemvMatchesSiluOfTheTwoProducts) {
-  const int64_t experts = 4, ffn = 64, hidden = 512, tokens = 3, topK = 2;
-  for (gguf::GgmlType type : {gguf::GgmlType::Q4_K, gguf::GgmlType::Q6_K, gguf::GgmlType::Q8_0,
-                              gguf::GgmlType::BF16}) {
-    const std::string name(gguf::ggmlTypeName(type));
-    SCOPED_TRACE(name);
-    const size_t rowBytes = *gguf::ggmlRowBytes(type, hidden);
-    std::vector<std::vector<uint8_t>> quantized(2);
-    std::vector<std::vector<float>> dequantized(2);
-    for (int m = 0; m < 2; ++m) { // gate, up
-      auto w = randomFloats(experts * ffn * hidden, -1, 1, 31 + m);
-      quantized[m].resize(rowBytes * experts * ffn);
-      dequantized[m].resize(w.size());
-      ASSERT_TRUE(quant::quantize(type, w.data(), quantized[m].data(), w.size()).ok());
-      ASSERT_TRUE(
-          quant::dequantize(type, quantized[m].data(), dequantized[m].data(), w.size()).ok());
-    }
-    auto x = randomFloats(tokens * hidden, -0.5, 1.5, 33);
-    const std::vector<int32_t> ids = {2, 0, 1, -1, 3, 2}; // token 1's second slot: none
-    auto spec = gemvSpec(type, ffn, hidden, 1, GemvVariant::GateUp);
-    LoadedKernel kernel = load(spec);
-    ASSERT_NE(kernel.function, nullptr);
-    DevicePointer gate = upload(quantized[0].data(), quantized[0].size()),
-                  up = upload(quantized[1].data(), quantized[1].size()),
-                  dx = upload(x.data(), x.size() * 4), dIds = upload(ids.data(), ids.size() * 4);
-    const std::vector<float> sentinel(size_t(tokens * topK * ffn), -7.0f);
-    DevicePointer dy = upload(sentinel.data(), sentinel.size() * 4);
-    GemvLayout layout{int(hidden), int(topK * ffn), 0, int(ffn), int(tokens), dIds};
-    layout.upWeight = up;
-    run(kernel,
-        {gemvGridBlocks(type, ffn, hidden), unsigned(tokens), unsigned(topK), spec->blockThreads, 1,
-         1, 0},
-        {&gate, &dx, &dy, &layout});
-    const std::vector<float> y = download(dy, sentinel.size());
-    std::vector<double> expected;
-    std::vector<float> got;
-    for (int64_t a = 0; a < tokens * topK; ++a)
-      for (int64_t o = 0; o < ffn; ++o) {
-        if (ids[a] < 0) {
-          ASSERT_EQ(y[a * ffn + o], -7.0f) << "wrote a slot without an expert";
-          continue;
-        }
-        double products[2] = {0, 0};
-        for (int m = 0; m < 2; ++m)
-          for (int64_t i = 0; i < hidden; ++i)
-            products[m] += double(dequantized[m][(ids[a] * ffn + o) * hidden + i]) *
-                           x[(a / topK) * hidden + i];
-        expected.push_back(products[0] / (1 + std::exp(-products[0])) * products[1]);
-        got.push_back(y[a * ffn + o]);
+  const int64_t experts = 4, ffn = 64, tokens = 3, topK = 2;
+  for (int64_t hidden : {512, 4096})
+    for (gguf::GgmlType type :
+         {gguf::GgmlType::Q4_K, gguf::GgmlType::Q6_K, gguf::GgmlType::Q8_0, gguf::GgmlType::BF16}) {
+      const std::string name(gguf::ggmlTypeName(type));
+      SCOPED_TRACE(name + " " + std::to_string(hidden));
+      if (hidden == 4096)
+        EXPECT_GT(gemvColumnSplit(type, ffn, hidden), 1u);
+      const size_t rowBytes = *gguf::ggmlRowBytes(type, hidden);
+      std::vector<std::vector<uint8_t>> quantized(2);
+      std::vector<std::vector<float>> dequantized(2);
+      for (int m = 0; m < 2; ++m) { // gate, up
+        auto w = randomFloats(experts * ffn * hidden, -1, 1, 31 + m);
+        quantized[m].resize(rowBytes * experts * ffn);
+        dequantized[m].resize(w.size());
+        ASSERT_TRUE(quant::quantize(type, w.data(), quantized[m].data(), w.size()).ok());
+        ASSERT_TRUE(
+            quant::dequantize(type, quantized[m].data(), dequantized[m].data(), w.size()).ok());
       }
-    const double error = relativeL2(got, expected);
-    EXPECT_LE(error, 1e-4);
-    std::printf("[ gpu      ] fused gate/up gemv_%s: relative L2 %.2e\n", name.c_str(), error);
-  }
+      auto x = randomFloats(tokens * hidden, -0.5, 1.5, 33);
+      const std::vector<int32_t> ids = {2, 0, 1, -1, 3, 2}; // token 1's second slot: none
+      auto spec = gemvSpec(type, ffn, hidden, 1, GemvVariant::GateUp);
+      LoadedKernel kernel = load(spec);
+      ASSERT_NE(kernel.function, nullptr);
+      DevicePointer gate = upload(quantized[0].data(), quantized[0].size()),
+                    up = upload(quantized[1].data(), quantized[1].size()),
+                    dx = upload(x.data(), x.size() * 4), dIds = upload(ids.data(), ids.size() * 4);
+      const std::vector<float> sentinel(size_t(tokens * topK * ffn), -7.0f);
+      DevicePointer dy = upload(sentinel.data(), sentinel.size() * 4);
+      GemvLayout layout{int(hidden), int(topK * ffn), 0, int(ffn), int(tokens), dIds};
+      layout.upWeight = up;
+      run(kernel,
+          {gemvGridBlocks(type, ffn, hidden), unsigned(tokens), unsigned(topK), spec->blockThreads,
+           1, 1, 0},
+          {&gate, &dx, &dy, &layout});
+      const std::vector<float> y = download(dy, sentinel.size());
+      std::vector<double> expected;
+      std::vector<float> got;
+      for (int64_t a = 0; a < tokens * topK; ++a)
+        for (int64_t o = 0; o < ffn; ++o) {
+          if (ids[a] < 0) {
+            ASSERT_EQ(y[a * ffn + o], -7.0f) << "wrote a slot without an expert";
+            continue;
+          }
+          double products[2] = {0, 0};
+          for (int m = 0; m < 2; ++m)
+            for (int64_t i = 0; i < hidden; ++i)
+              products[m] += double(dequantized[m][(ids[a] * ffn + o) * hidden + i]) *
+                             x[(a / topK) * hidden + i];
+          expected.push_back(products[0] / (1 + std::exp(-products[0])) * products[1]);
+          got.push_back(y[a * ffn + o]);
+        }
+      const double error = relativeL2(got, expected);
+      EXPECT_LE(error, 1e-4);
+      std::printf("[ gpu      ] fused gate/up gemv_%s x%lld: relative L2 %.2e\n", name.c_str(),
+                  (long long)hidden, error);
+    }
 }
 
 // The expert choice against runtime/cpu/MoeRouting on random logits:

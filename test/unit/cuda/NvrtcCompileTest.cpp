@@ -347,23 +347,36 @@ TEST(KernelCatalog, DecodeGemvsOfFewRowsSplitTheirColumns) {
   EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 7168, 16384), 4u); // o_proj: 16 steps a warp
   EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 7168, 2048), 1u);  // shared down: 8 steps
   EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 24576, 1536), 1u); // q_b_proj: rows enough
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 18432, 7168), 2u); // dense gate: 28 steps
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 129280, 7168), 1u); // lm_head: warps enough
   EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 512, 128), 1u);    // k_b per head: too short
   EXPECT_EQ(gemvColumnSplit(GgmlType::F32, 256, 7168), 16u);   // the router
   EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 1536, 7168, kGemvPrefillTokenTile), 1u);
   EXPECT_EQ(gemvColumnSplit(GgmlType::Q8_0, 1536, 7168, 1, GemvVariant::Grouped), 1u);
-  EXPECT_EQ(gemvColumnSplit(GgmlType::Q4_K, 1536, 7168), 1u);
+  // k-quants: a warp step is 4 super-blocks; rows per warp count too.
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q4_K, 1536, 7168), 4u); // 7 steps: 1.75 a warp
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q6_K, 576, 7168), 4u);
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q4_K, 7168, 16384), 4u);  // 2 rows a warp: 3584 warps
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q4_K, 7168, 2048), 1u);   // shared down: 2 steps
+  EXPECT_EQ(gemvColumnSplit(GgmlType::Q4_K, 129280, 7168), 1u); // lm_head: 4 rows a warp
   for (auto [type, out, in] : {std::tuple{GgmlType::Q8_0, 1536, 7168},
                                {GgmlType::Q8_0, 7168, 16384},
                                {GgmlType::F32, 256, 7168},
-                               {GgmlType::BF16, 1001, 7168}}) {
+                               {GgmlType::BF16, 1001, 7168},
+                               {GgmlType::Q4_K, 1536, 7168},
+                               {GgmlType::Q6_K, 4096, 7168}}) {
     SCOPED_TRACE(std::to_string(out) + "x" + std::to_string(in));
     const unsigned split = gemvColumnSplit(type, out, in);
     StatusOr<KernelSpec> spec = gemvSpec(type, out, in);
     ASSERT_TRUE(spec.ok()) << spec.message();
     EXPECT_EQ(spec->defines.count("K_SPLIT") ? spec->defines.at("K_SPLIT") : "1",
               std::to_string(split));
-    const unsigned rowsPerBlock = unsigned(std::stoi(spec->defines.at("ROWS_PER_BLOCK")));
-    EXPECT_EQ(spec->blockThreads, 32 * rowsPerBlock * split);
+    const unsigned warpRowsPerBlock = unsigned(std::stoi(spec->defines.at("ROWS_PER_BLOCK")));
+    const unsigned rowsPerWarp = spec->defines.count("ROWS_PER_WARP")
+                                     ? unsigned(std::stoi(spec->defines.at("ROWS_PER_WARP")))
+                                     : 1u;
+    EXPECT_EQ(spec->blockThreads, 32 * warpRowsPerBlock * split);
+    const unsigned rowsPerBlock = warpRowsPerBlock * rowsPerWarp;
     EXPECT_EQ(gemvGridBlocks(type, out, in), unsigned((out + rowsPerBlock - 1) / rowsPerBlock));
     // The fused gate and up kernel runs on the same grid as the plain one.
     StatusOr<KernelSpec> gateUp = gemvSpec(type, out, in, 1, GemvVariant::GateUp);
