@@ -77,6 +77,32 @@ __device__ __forceinline__ float warpSum(float value) {
   return value;
 }
 
+// Decode GEMVs whose rows are split between SPLIT warps (K_SPLIT): each warp
+// passes its lanes' N partial sums of the row; the row's N totals, added in
+// split order (the same result every run), come back in every thread of the
+// block. `partials` is the block's shared [rows][SPLIT][N]; every thread of
+// the block calls this (it waits for the whole block).
+template <int SPLIT, int N>
+__device__ __forceinline__ void addSplitSums(float (*partials)[SPLIT][N], int rowInBlock, int split,
+                                             const float (&sums)[N], float (&totals)[N]) {
+  float warpTotals[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+    warpTotals[i] = warpSum(sums[i]);
+  if (threadIdx.x % 32 == 0)
+#pragma unroll
+    for (int i = 0; i < N; ++i)
+      partials[rowInBlock][split][i] = warpTotals[i];
+  __syncthreads();
+#pragma unroll
+  for (int i = 0; i < N; ++i) {
+    totals[i] = 0.0f;
+#pragma unroll
+    for (int part = 0; part < SPLIT; ++part)
+      totals[i] += partials[rowInBlock][part][i];
+  }
+}
+
 // The (value, index) of the warp's largest value, the lower index on ties;
 // every lane gets the result.
 __device__ __forceinline__ void warpArgmax(float &value, int &index) {

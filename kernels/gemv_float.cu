@@ -160,34 +160,19 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
 #if K_SPLIT > 1
   // One token per block: the row's partial sums, added in split order.
   __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][1 + KT_FLOAT_GATE_UP];
-  const float sum = kt::warpSum(sums[0]);
 #if KT_FLOAT_GATE_UP
-  const float upPart = kt::warpSum(upSum);
+  const float mine[2] = {sums[0], upSum};
+#else
+  const float mine[1] = {sums[0]};
 #endif
-  if (lane == 0) {
-    partials[rowInBlock][split][0] = sum;
+  float totals[1 + KT_FLOAT_GATE_UP];
+  kt::addSplitSums<K_SPLIT, 1 + KT_FLOAT_GATE_UP>(partials, rowInBlock, split, mine, totals);
+  if (split == 0 && lane == 0 && rowExists)
 #if KT_FLOAT_GATE_UP
-    partials[rowInBlock][split][1] = upPart;
+    KT_GEMV_Y(0)[row] = kt::siluMul(totals[0], totals[1]);
+#else
+    KT_GEMV_Y(0)[row] = totals[0];
 #endif
-  }
-  __syncthreads();
-  if (split == 0 && lane == 0 && rowExists) {
-    float total = 0.0f;
-#if KT_FLOAT_GATE_UP
-    float upTotal = 0.0f;
-#endif
-#pragma unroll
-    for (int part = 0; part < K_SPLIT; ++part) {
-      total += partials[rowInBlock][part][0];
-#if KT_FLOAT_GATE_UP
-      upTotal += partials[rowInBlock][part][1];
-#endif
-    }
-#if KT_FLOAT_GATE_UP
-    total = kt::siluMul(total, upTotal);
-#endif
-    KT_GEMV_Y(0)[row] = total;
-  }
 #else
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t) {

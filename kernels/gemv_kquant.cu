@@ -333,38 +333,26 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
 #endif
 #if K_SPLIT > 1
   // Decode has one token per block: each row's partial sums in split order.
-  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][ROWS_PER_WARP][kSumsPerRow];
+  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][ROWS_PER_WARP * kSumsPerRow];
+  float mine[ROWS_PER_WARP * kSumsPerRow], totals[ROWS_PER_WARP * kSumsPerRow];
 #pragma unroll
   for (int r = 0; r < ROWS_PER_WARP; ++r) {
-    const float sum = kt::warpSum(sums[0][r]);
+    mine[r * kSumsPerRow] = sums[0][r];
 #if GATE_UP
-    const float up = kt::warpSum(upSums[r]);
+    mine[r * kSumsPerRow + 1] = upSums[r];
 #endif
-    if (lane == 0) {
-      partials[rowInBlock][split][r][0] = sum;
-#if GATE_UP
-      partials[rowInBlock][split][r][1] = up;
-#endif
-    }
   }
-  __syncthreads();
-  if (split == 0 && lane < ROWS_PER_WARP && firstRow + lane < OUT_FEATURES) {
-    float total = 0.0f;
-#if GATE_UP
-    float upTotal = 0.0f;
-#endif
+  kt::addSplitSums<K_SPLIT, ROWS_PER_WARP * kSumsPerRow>(partials, rowInBlock, split, mine, totals);
+  if (split == 0 && lane == 0)
 #pragma unroll
-    for (int part = 0; part < K_SPLIT; ++part) {
-      total += partials[rowInBlock][part][lane][0];
+    for (int r = 0; r < ROWS_PER_WARP; ++r)
+      if (firstRow + r < OUT_FEATURES)
 #if GATE_UP
-      upTotal += partials[rowInBlock][part][lane][1];
+        KT_GEMV_Y(0)
+        [firstRow + r] = kt::siluMul(totals[r * kSumsPerRow], totals[r * kSumsPerRow + 1]);
+#else
+        KT_GEMV_Y(0)[firstRow + r] = totals[r * kSumsPerRow];
 #endif
-    }
-#if GATE_UP
-    total = kt::siluMul(total, upTotal);
-#endif
-    KT_GEMV_Y(0)[firstRow + lane] = total;
-  }
 #else
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t)

@@ -174,34 +174,19 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
 #if K_SPLIT > 1
   // Decode has one token per block: the row's partial sums in split order.
   __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][kSumsPerRow];
-  const float sum = kt::warpSum(sums[0]);
 #if GATE_UP
-  const float up = kt::warpSum(upSum);
+  const float mine[kSumsPerRow] = {sums[0], upSum};
+#else
+  const float mine[kSumsPerRow] = {sums[0]};
 #endif
-  if (lane == 0) {
-    partials[rowInBlock][split][0] = sum;
+  float totals[kSumsPerRow];
+  kt::addSplitSums<K_SPLIT, kSumsPerRow>(partials, rowInBlock, split, mine, totals);
+  if (split == 0 && lane == 0 && rowExists)
 #if GATE_UP
-    partials[rowInBlock][split][1] = up;
+    KT_GEMV_Y(0)[firstRow] = kt::siluMul(totals[0], totals[1]);
+#else
+    KT_GEMV_Y(0)[firstRow] = totals[0];
 #endif
-  }
-  __syncthreads();
-  if (split == 0 && lane == 0 && rowExists) {
-    float total = 0.0f;
-#if GATE_UP
-    float upTotal = 0.0f;
-#endif
-#pragma unroll
-    for (int part = 0; part < K_SPLIT; ++part) {
-      total += partials[rowInBlock][part][0];
-#if GATE_UP
-      upTotal += partials[rowInBlock][part][1];
-#endif
-    }
-#if GATE_UP
-    total = kt::siluMul(total, upTotal);
-#endif
-    KT_GEMV_Y(0)[firstRow] = total;
-  }
 #else
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t) {
