@@ -2713,14 +2713,17 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   expertLayerStarts.clear();
   expertLayerEnds.clear();
   decodeStep = ctx.decode;
+  for (const GpuMark &mark : gpuMarks) // left by a step that failed
+    mark.gpu->clearTimeMarks();
+  gpuMarks.clear();
   for (size_t i = 0; i < steps.size();) {
     size_t end = i + 1;
     if (!hostCopiesPending.empty() && !copiesGpuToHost(steps[i]))
       if (Status st = finishHostCopies(); !st.ok())
         return st;
     if (replay && steps[i].graphRegion >= 0 && steps[i].step->capturable()) {
-      // Regions next to each other (the shared expert and the gate were
-      // queued before the copies to the host) run as one graph.
+      // Regions next to each other run as one graph (a MoE layer's gate,
+      // queued right after its attention, ahead of the copies to the host).
       while (end < steps.size() && steps[end].graphRegion >= 0 && steps[end].gpu == steps[i].gpu &&
              steps[end].step->capturable())
         ++end;
