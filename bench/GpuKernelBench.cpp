@@ -256,18 +256,13 @@ int main(int argc, char **argv) {
         StatusOr<cuda::KernelSpec> spec = cuda::gemvSpec(type, shape.out, shape.in);
         if (!spec)
           return fail(spec.message());
-        const unsigned rowsPerBlock =
-            split >= cuda::kGemvRowsPerBlock ? 1 : cuda::kGemvRowsPerBlock / split;
         std::map<std::string, std::string> defines = spec->defines;
-        defines["ROWS_PER_BLOCK"] = std::to_string(rowsPerBlock);
-        defines.erase("K_SPLIT");
-        if (split > 1)
-          defines["K_SPLIT"] = std::to_string(split);
+        const unsigned threads = cuda::gemvSetColumnSplit(defines, split);
         StatusOr<cuda::KernelSpec> variant =
-            cuda::makeKernelSpec(spec->file, spec->entry, defines, rowsPerBlock * split * 32);
+            cuda::makeKernelSpec(spec->file, spec->entry, defines, threads);
         const bool kQuant = type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q6_K;
-        const int64_t blockRows =
-            int64_t(rowsPerBlock) * (kQuant ? cuda::gemvKQuantRowsPerWarp(shape.out) : 1);
+        const int64_t blockRows = int64_t(cuda::gemvSplitRowsPerBlock(split)) *
+                                  (kQuant ? cuda::gemvKQuantRowsPerWarp(shape.out) : 1);
         StatusOr<Result> result =
             timeDecodeGemv(type, shape, variant, unsigned((shape.out + blockRows - 1) / blockRows));
         if (!result)

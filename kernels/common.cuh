@@ -247,6 +247,12 @@ __device__ __forceinline__ int gemvGroup(const GemvLayout &layout, int rows, lon
 #if defined(GATE_UP) && GATE_UP && defined(TOKEN_TILE) && TOKEN_TILE != 1
 #error "GATE_UP kernels take one token per block"
 #endif
+// The sums a GEMV warp carries per row: gate and up in GATE_UP kernels.
+#if defined(GATE_UP) && GATE_UP
+constexpr int kGemvSumsPerRow = 2;
+#else
+constexpr int kGemvSumsPerRow = 1;
+#endif
 
 // 16 bytes from a 2-byte aligned address as 4 little-endian words: four
 // 4-byte loads where the address allows, else two 2-byte and three 4-byte

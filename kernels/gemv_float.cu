@@ -32,11 +32,6 @@
 #ifndef K_SPLIT
 #define K_SPLIT 1
 #endif
-#if defined(GATE_UP) && GATE_UP
-#define KT_FLOAT_GATE_UP 1
-#else
-#define KT_FLOAT_GATE_UP 0
-#endif
 static_assert(TOKEN_TILE == 1 || K_SPLIT == 1, "token tiles take whole rows");
 
 #if WEIGHT_TYPE == 0
@@ -97,12 +92,12 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
   if (tokens <= 0) // the whole block: a slot without a matrix
     return;
   const Weight *w = static_cast<const Weight *>(weight) + (headRow + readRow) * IN_FEATURES;
-#if KT_FLOAT_GATE_UP
+#if GATE_UP
   const Weight *up =
       reinterpret_cast<const Weight *>(layout.upWeight) + (headRow + readRow) * IN_FEATURES;
 #endif
   float sums[TOKEN_TILE];
-#if KT_FLOAT_GATE_UP
+#if GATE_UP
   float upSum = 0.0f;
 #endif
 #pragma unroll
@@ -110,7 +105,7 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
     sums[t] = 0.0f;
   // 16-byte loads where every row and activation vector of the block allows.
   bool vectors = IN_FEATURES % kVector == 0 && aligned16(w);
-#if KT_FLOAT_GATE_UP
+#if GATE_UP
   vectors = vectors && aligned16(up);
 #endif
 #pragma unroll
@@ -123,7 +118,7 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
     for (int v = lane + 32 * split; v < kVectors; v += 32 * K_SPLIT) {
       float values[kVector];
       vectorValues(reinterpret_cast<const uint4 *>(w)[v], values);
-#if KT_FLOAT_GATE_UP
+#if GATE_UP
       float upValues[kVector];
       vectorValues(reinterpret_cast<const uint4 *>(up)[v], upValues);
 #endif
@@ -137,7 +132,7 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
           const float4 x4 = xs[q];
           sums[t] += values[4 * q] * x4.x + values[4 * q + 1] * x4.y + values[4 * q + 2] * x4.z +
                      values[4 * q + 3] * x4.w;
-#if KT_FLOAT_GATE_UP
+#if GATE_UP
           upSum += upValues[4 * q] * x4.x + upValues[4 * q + 1] * x4.y +
                    upValues[4 * q + 2] * x4.z + upValues[4 * q + 3] * x4.w;
 #endif
@@ -152,23 +147,23 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
       for (int t = 0; t < TOKEN_TILE; ++t)
         if (t < tokens)
           sums[t] += value * KT_GEMV_X(t)[col];
-#if KT_FLOAT_GATE_UP
+#if GATE_UP
       upSum += weightValue(up[col]) * KT_GEMV_X(0)[col];
 #endif
     }
   }
 #if K_SPLIT > 1
   // One token per block: the row's partial sums, added in split order.
-  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][1 + KT_FLOAT_GATE_UP];
-#if KT_FLOAT_GATE_UP
-  const float mine[2] = {sums[0], upSum};
+  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][kt::kGemvSumsPerRow];
+#if GATE_UP
+  const float mine[kt::kGemvSumsPerRow] = {sums[0], upSum};
 #else
-  const float mine[1] = {sums[0]};
+  const float mine[kt::kGemvSumsPerRow] = {sums[0]};
 #endif
-  float totals[1 + KT_FLOAT_GATE_UP];
-  kt::addSplitSums<K_SPLIT, 1 + KT_FLOAT_GATE_UP>(partials, rowInBlock, split, mine, totals);
+  float totals[kt::kGemvSumsPerRow];
+  kt::addSplitSums<K_SPLIT, kt::kGemvSumsPerRow>(partials, rowInBlock, split, mine, totals);
   if (split == 0 && lane == 0 && rowExists)
-#if KT_FLOAT_GATE_UP
+#if GATE_UP
     KT_GEMV_Y(0)[row] = kt::siluMul(totals[0], totals[1]);
 #else
     KT_GEMV_Y(0)[row] = totals[0];
@@ -177,7 +172,7 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t) {
     float sum = kt::warpSum(sums[t]);
-#if KT_FLOAT_GATE_UP
+#if GATE_UP
     sum = kt::siluMul(sum, kt::warpSum(upSum));
 #endif
     if (lane == 0 && t < tokens)

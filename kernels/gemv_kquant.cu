@@ -41,13 +41,6 @@
 #define K_SPLIT 1
 #endif
 static_assert(TOKEN_TILE == 1 || K_SPLIT == 1, "token tiles take whole rows");
-#if K_SPLIT > 1
-#if defined(GATE_UP) && GATE_UP
-constexpr int kSumsPerRow = 2; // gate and up
-#else
-constexpr int kSumsPerRow = 1;
-#endif
-#endif
 
 static_assert(QTYPE == 4 || QTYPE == 5 || QTYPE == 6, "q4_K, q5_K or q6_K");
 static_assert(IN_FEATURES % 256 == 0, "k-quant rows are whole super-blocks");
@@ -333,25 +326,27 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
 #endif
 #if K_SPLIT > 1
   // Decode has one token per block: each row's partial sums in split order.
-  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][ROWS_PER_WARP * kSumsPerRow];
-  float mine[ROWS_PER_WARP * kSumsPerRow], totals[ROWS_PER_WARP * kSumsPerRow];
+  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][ROWS_PER_WARP * kt::kGemvSumsPerRow];
+  float mine[ROWS_PER_WARP * kt::kGemvSumsPerRow], totals[ROWS_PER_WARP * kt::kGemvSumsPerRow];
 #pragma unroll
   for (int r = 0; r < ROWS_PER_WARP; ++r) {
-    mine[r * kSumsPerRow] = sums[0][r];
+    mine[r * kt::kGemvSumsPerRow] = sums[0][r];
 #if GATE_UP
-    mine[r * kSumsPerRow + 1] = upSums[r];
+    mine[r * kt::kGemvSumsPerRow + 1] = upSums[r];
 #endif
   }
-  kt::addSplitSums<K_SPLIT, ROWS_PER_WARP * kSumsPerRow>(partials, rowInBlock, split, mine, totals);
+  kt::addSplitSums<K_SPLIT, ROWS_PER_WARP * kt::kGemvSumsPerRow>(partials, rowInBlock, split, mine,
+                                                                 totals);
   if (split == 0 && lane == 0)
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r)
       if (firstRow + r < OUT_FEATURES)
 #if GATE_UP
         KT_GEMV_Y(0)
-        [firstRow + r] = kt::siluMul(totals[r * kSumsPerRow], totals[r * kSumsPerRow + 1]);
+  [firstRow + r] =
+      kt::siluMul(totals[r * kt::kGemvSumsPerRow], totals[r * kt::kGemvSumsPerRow + 1]);
 #else
-        KT_GEMV_Y(0)[firstRow + r] = totals[r * kSumsPerRow];
+        KT_GEMV_Y(0)[firstRow + r] = totals[r * kt::kGemvSumsPerRow];
 #endif
 #else
 #pragma unroll

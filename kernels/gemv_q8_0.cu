@@ -40,13 +40,6 @@
 #endif
 static_assert(TOKEN_TILE > 1 || ROWS_PER_WARP == 1, "decode takes one row per warp");
 static_assert(TOKEN_TILE == 1 || K_SPLIT == 1, "token tiles take whole rows");
-#if K_SPLIT > 1
-#if defined(GATE_UP) && GATE_UP
-constexpr int kSumsPerRow = 2; // gate and up
-#else
-constexpr int kSumsPerRow = 1;
-#endif
-#endif
 
 static_assert(IN_FEATURES % kt::kQ8_0BlockElements == 0, "Q8_0 rows are whole blocks");
 constexpr int kBlocksPerRow = IN_FEATURES / kt::kQ8_0BlockElements;
@@ -173,14 +166,14 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
   }
 #if K_SPLIT > 1
   // Decode has one token per block: the row's partial sums in split order.
-  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][kSumsPerRow];
+  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][kt::kGemvSumsPerRow];
 #if GATE_UP
-  const float mine[kSumsPerRow] = {sums[0], upSum};
+  const float mine[kt::kGemvSumsPerRow] = {sums[0], upSum};
 #else
-  const float mine[kSumsPerRow] = {sums[0]};
+  const float mine[kt::kGemvSumsPerRow] = {sums[0]};
 #endif
-  float totals[kSumsPerRow];
-  kt::addSplitSums<K_SPLIT, kSumsPerRow>(partials, rowInBlock, split, mine, totals);
+  float totals[kt::kGemvSumsPerRow];
+  kt::addSplitSums<K_SPLIT, kt::kGemvSumsPerRow>(partials, rowInBlock, split, mine, totals);
   if (split == 0 && lane == 0 && rowExists)
 #if GATE_UP
     KT_GEMV_Y(0)[firstRow] = kt::siluMul(totals[0], totals[1]);

@@ -36,12 +36,6 @@ std::vector<std::string> quotedIncludes(std::string_view text) {
 
 std::string integer(int64_t value) { return std::to_string(value); }
 
-// Rows per block of a GEMV whose rows take `split` warps each: blocks of
-// kGemvRowsPerBlock warps, or one row of `split` warps.
-unsigned splitRowsPerBlock(unsigned split) {
-  return split >= kGemvRowsPerBlock ? 1 : kGemvRowsPerBlock / split;
-}
-
 // TOKEN_TILE only where it is not 1 and GROUPED or GATE_UP only where set,
 // so the other specializations keep their keys.
 std::map<std::string, std::string> withTokenTile(std::map<std::string, std::string> defines,
@@ -161,18 +155,14 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64
     return Status::error("q8_0 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 32-value "
                          "blocks.");
-  const unsigned split =
-      gemvColumnSplit(gguf::GgmlType::Q8_0, outFeatures, inFeatures, tokenTile, variant);
-  std::map<std::string, std::string> defines = {
-      {"IN_FEATURES", integer(inFeatures)},
-      {"OUT_FEATURES", integer(outFeatures)},
-      {"ROWS_PER_BLOCK", std::to_string(splitRowsPerBlock(split))}};
+  std::map<std::string, std::string> defines = {{"IN_FEATURES", integer(inFeatures)},
+                                                {"OUT_FEATURES", integer(outFeatures)}};
   if (tokenTile > 1) // prefill: rows per warp share the activations
     defines["ROWS_PER_WARP"] = std::to_string(gemvQ8_0RowsPerWarp(tokenTile));
-  if (split > 1)
-    defines["K_SPLIT"] = std::to_string(split);
+  const unsigned threads = gemvSetColumnSplit(
+      defines, gemvColumnSplit(gguf::GgmlType::Q8_0, outFeatures, inFeatures, tokenTile, variant));
   return makeKernelSpec("gemv_q8_0.cu", "gemv_q8_0", withTokenTile(defines, tokenTile, variant),
-                        splitRowsPerBlock(split) * split * 32);
+                        threads);
 }
 
 StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
@@ -188,17 +178,15 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
     return Status::error(name + " matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 256-value "
                          "super-blocks.");
-  const unsigned split = gemvColumnSplit(type, outFeatures, inFeatures, tokenTile, variant);
   std::map<std::string, std::string> defines = {
       {"QTYPE", std::to_string(qtype)},
       {"IN_FEATURES", integer(inFeatures)},
       {"OUT_FEATURES", integer(outFeatures)},
-      {"ROWS_PER_BLOCK", std::to_string(splitRowsPerBlock(split))},
       {"ROWS_PER_WARP", std::to_string(gemvKQuantRowsPerWarp(outFeatures, tokenTile))}};
-  if (split > 1)
-    defines["K_SPLIT"] = std::to_string(split);
+  const unsigned threads = gemvSetColumnSplit(
+      defines, gemvColumnSplit(type, outFeatures, inFeatures, tokenTile, variant));
   return makeKernelSpec("gemv_kquant.cu", "gemv_kquant", withTokenTile(defines, tokenTile, variant),
-                        splitRowsPerBlock(split) * split * 32);
+                        threads);
 }
 
 StatusOr<KernelSpec> fmaCeilingSpec(int64_t iterations) {
@@ -440,6 +428,19 @@ bool kernelWaitsForPriorGrid(std::string_view source) {
   return waits > 0 && waits == count("extern \"C\" __global__");
 }
 
+unsigned gemvSplitRowsPerBlock(unsigned split) {
+  return split >= kGemvRowsPerBlock ? 1 : kGemvRowsPerBlock / split;
+}
+
+unsigned gemvSetColumnSplit(std::map<std::string, std::string> &defines, unsigned split) {
+  defines["ROWS_PER_BLOCK"] = std::to_string(gemvSplitRowsPerBlock(split));
+  if (split > 1)
+    defines["K_SPLIT"] = std::to_string(split);
+  else
+    defines.erase("K_SPLIT");
+  return gemvSplitRowsPerBlock(split) * split * 32;
+}
+
 unsigned gemvColumnSplit(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
                          int64_t tokenTile, GemvVariant variant) {
   if (tokenTile != 1 || variant == GemvVariant::Grouped || outFeatures <= 0)
@@ -484,7 +485,7 @@ unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t inFeat
                                                               : 1;
   // A block's warps: kGemvRowsPerBlock rows, or fewer rows of split columns.
   const unsigned rowsPerBlockOfWarps =
-      splitRowsPerBlock(gemvColumnSplit(type, outFeatures, inFeatures, tokenTile));
+      gemvSplitRowsPerBlock(gemvColumnSplit(type, outFeatures, inFeatures, tokenTile));
   const int64_t rowsPerBlock = int64_t(rowsPerBlockOfWarps) * rowsPerWarp;
   return static_cast<unsigned>((outFeatures + rowsPerBlock - 1) / rowsPerBlock);
 }
@@ -718,16 +719,13 @@ StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int
       inFeatures > INT32_MAX)
     return Status::error("no GPU GEMV for a " + std::string(gguf::ggmlTypeName(type)) +
                          " matrix [" + integer(outFeatures) + "][" + integer(inFeatures) + "].");
-  const unsigned split = gemvColumnSplit(type, outFeatures, inFeatures, tokenTile, variant);
-  std::map<std::string, std::string> defines = {
-      {"WEIGHT_TYPE", weightType},
-      {"IN_FEATURES", integer(inFeatures)},
-      {"OUT_FEATURES", integer(outFeatures)},
-      {"ROWS_PER_BLOCK", std::to_string(splitRowsPerBlock(split))}};
-  if (split > 1)
-    defines["K_SPLIT"] = std::to_string(split);
+  std::map<std::string, std::string> defines = {{"WEIGHT_TYPE", weightType},
+                                                {"IN_FEATURES", integer(inFeatures)},
+                                                {"OUT_FEATURES", integer(outFeatures)}};
+  const unsigned threads = gemvSetColumnSplit(
+      defines, gemvColumnSplit(type, outFeatures, inFeatures, tokenTile, variant));
   return makeKernelSpec("gemv_float.cu", "gemv_float", withTokenTile(defines, tokenTile, variant),
-                        splitRowsPerBlock(split) * split * 32);
+                        threads);
 }
 
 bool hasGpuGemv(gguf::GgmlType type) {

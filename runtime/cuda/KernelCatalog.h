@@ -191,6 +191,12 @@ unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t inFeat
 // the constants: docs/gpu-kernels.md, gpu_kernel_bench --gemv-sweep.)
 unsigned gemvColumnSplit(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
                          int64_t tokenTile = 1, GemvVariant variant = GemvVariant::Plain);
+// Rows per block of a GEMV whose rows take `split` warps each: blocks of
+// kGemvRowsPerBlock warps, or one row of `split` warps.
+unsigned gemvSplitRowsPerBlock(unsigned split);
+// Sets a GEMV specialization's ROWS_PER_BLOCK and K_SPLIT for `split` warps
+// a row; returns the block's threads.
+unsigned gemvSetColumnSplit(std::map<std::string, std::string> &defines, unsigned split);
 constexpr int64_t kGemvDecodeWarps = 4096;
 constexpr int64_t kGemvWarpSteps = 16;
 constexpr int64_t kGemvLongRowWarps = 32768;
