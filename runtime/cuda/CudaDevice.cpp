@@ -52,6 +52,7 @@ struct CudaDevice::Api {
   CUresult (*streamCreate)(CUstream *, unsigned) = nullptr;
   CUresult (*streamDestroy)(CUstream) = nullptr;
   CUresult (*streamSynchronize)(CUstream) = nullptr;
+  CUresult (*streamQuery)(CUstream) = nullptr;
   CUresult (*streamBeginCapture)(CUstream, int) = nullptr;
   CUresult (*streamEndCapture)(CUstream, void **) = nullptr;
   CUresult (*graphInstantiate)(void **, void *, unsigned long long) = nullptr;
@@ -60,6 +61,8 @@ struct CudaDevice::Api {
   CUresult (*graphDestroy)(void *) = nullptr;
   CUresult (*memAllocHost)(void **, size_t) = nullptr;
   CUresult (*memFreeHost)(void *) = nullptr;
+  CUresult (*memHostRegister)(void *, size_t, unsigned) = nullptr;
+  CUresult (*memHostUnregister)(void *) = nullptr;
   CUresult (*launchKernel)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned,
                            unsigned, unsigned, CUstream, void **, void **) = nullptr;
   CUresult (*getErrorString)(CUresult, const char **) = nullptr;
@@ -123,6 +126,7 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.streamCreate, {"cuStreamCreate"});
   bind(api.streamDestroy, {"cuStreamDestroy_v2"});
   bind(api.streamSynchronize, {"cuStreamSynchronize"});
+  bind(api.streamQuery, {"cuStreamQuery"});
   bind(api.streamBeginCapture, {"cuStreamBeginCapture_v2"});
   bind(api.streamEndCapture, {"cuStreamEndCapture"});
   bind(api.graphInstantiate, {"cuGraphInstantiateWithFlags"});
@@ -131,6 +135,8 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.graphDestroy, {"cuGraphDestroy"});
   bind(api.memAllocHost, {"cuMemAllocHost_v2"});
   bind(api.memFreeHost, {"cuMemFreeHost"});
+  bind(api.memHostRegister, {"cuMemHostRegister_v2", "cuMemHostRegister"});
+  bind(api.memHostUnregister, {"cuMemHostUnregister"});
   bind(api.launchKernel, {"cuLaunchKernel"});
   bind(api.getErrorString, {"cuGetErrorString"});
   bind(api.eventCreate, {"cuEventCreate"});
@@ -292,6 +298,18 @@ Status CudaDevice::freeHost(void *pointer) {
   return check(api_->memFreeHost(pointer), "cuMemFreeHost");
 }
 
+Status CudaDevice::registerHostReadOnly(const void *pointer, size_t bytes) {
+  // CU_MEMHOSTREGISTER_READ_ONLY: the pages are pinned without write access,
+  // so read-only file mappings (the model's weights) can be registered.
+  constexpr unsigned kReadOnly = 8;
+  return check(api_->memHostRegister(const_cast<void *>(pointer), bytes, kReadOnly),
+               "cuMemHostRegister of " + std::to_string(bytes) + " bytes, read-only");
+}
+
+Status CudaDevice::unregisterHost(const void *pointer) {
+  return check(api_->memHostUnregister(const_cast<void *>(pointer)), "cuMemHostUnregister");
+}
+
 Status CudaDevice::copyToDevice(DevicePointer dst, const void *src, size_t bytes) {
   if (Status s = check(api_->memcpyHtoD(dst, src, bytes, stream_), "cuMemcpyHtoDAsync"); !s.ok())
     return s;
@@ -422,6 +440,16 @@ StatusOr<TensorMap> CudaDevice::floatMatrixTensorMap(DevicePointer base, uint64_
 
 Status CudaDevice::synchronize() {
   return check(api_->streamSynchronize(stream_), "cuStreamSynchronize");
+}
+
+StatusOr<bool> CudaDevice::finishedQueuedWork() {
+  constexpr CUresult kNotReady = 600; // CUDA_ERROR_NOT_READY
+  const CUresult result = api_->streamQuery(stream_);
+  if (result == kNotReady)
+    return false;
+  if (Status s = check(result, "cuStreamQuery"); !s.ok())
+    return s;
+  return true;
 }
 
 Status CudaDevice::makeCurrent() {

@@ -71,6 +71,11 @@ public:
   // Page-locked host memory: copies from and to it run at full link speed.
   StatusOr<void *> allocateHost(size_t bytes);
   Status freeHost(void *pointer);
+  // Page-locks existing host memory that the GPU only reads (such as a
+  // read-only file mapping), so that copies from it are queued without the
+  // host waiting and run at full link speed; unregisterHost() undoes it.
+  Status registerHostReadOnly(const void *pointer, size_t bytes);
+  Status unregisterHost(const void *pointer);
 
   // Loads the module and finds its entry; the module lives as long as the device.
   StatusOr<LoadedKernel> load(const CompiledKernel &kernel);
@@ -105,6 +110,8 @@ public:
   // The CUstream the device's work goes to (for libraries such as cuBLASLt).
   void *nativeStream() const { return stream_; }
   Status synchronize();
+  // Whether the stream has run everything queued so far (without waiting).
+  StatusOr<bool> finishedQueuedWork();
   // GPU-side time marks: markTime() records a timing event on the stream
   // and returns its number; once the stream has passed two marks,
   // secondsBetweenMarks gives the GPU time between them. clearTimeMarks()

@@ -20,12 +20,16 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
 #include <optional>
 #include <set>
 #include <tuple>
+
+#include <unistd.h>
 
 namespace kt::cuda {
 
@@ -305,6 +309,23 @@ public:
   Status fillExpertCache(const std::vector<exec::RoutingStats> &counts);
   // Without a profile, the first prefill's routing chooses the experts.
   Status fillExpertCacheAfterPrefill();
+  // Streamed experts (ExecutorOptions::streamedExperts): some of the
+  // experts left to the CPU are copied into streamedExperts staging slots
+  // and run on the GPU (CachedExperts::run). One set of slots serves all
+  // layers: the stream runs them one after the other.
+  int64_t streamedExperts = 0;
+  DevicePointer streamStaging[3] = {}; // gate, up, down: streamedExperts slices each
+  // Prefill: the share of a step's CPU-side experts the GPU streams (those
+  // chosen most). It balances the two by feedback: up a notch when the GPU
+  // had finished by the time the CPU's experts had, down a notch when not.
+  double prefillStreamShare = 0.5;
+  std::vector<const void *> registeredHost; // page-locked by registerHostReadOnly
+  // Takes the staging slots out of the cache's room (`reserved` by the plan,
+  // `askedCache` by the options, -1: the rest) and page-locks the host
+  // memory of the experts they copy.
+  // `progress`: says on stderr what the page-locking costs (seconds for
+  // tens of GiB).
+  Status setUpExpertStreaming(uint64_t reserved, int64_t askedCache, bool progress);
   // Decode graphs by (first step, the step's sequences in row order, lm_head
   // on last tokens only): a batch of sequences replays graphs of its own.
   std::map<std::tuple<size_t, std::vector<size_t>, bool>, CapturedGraph> graphs;
@@ -590,9 +611,12 @@ HybridExecutor::Impl::~Impl() {
     for (DevicePointer p : gpu.allocations)
       (void)gpu.device->free(p);
   }
-  if (!physical.empty() && physical[0].device)
+  if (!physical.empty() && physical[0].device) {
     for (void *p : hostAllocations)
       (void)physical[0].device->freeHost(p);
+    for (const void *p : registeredHost)
+      (void)physical[0].device->unregisterHost(p);
+  }
 }
 
 Status HybridExecutor::Impl::use(int logical) {
@@ -1389,16 +1413,46 @@ struct CachedExperts {
   DevicePointer slots = 0, weights = 0;
   AssignmentGroups groups; // prefill: the cached choices grouped by slot
   uint64_t selections = 0, gpuSelections = 0;
+  // Streaming: the shared staging slots as this layer's matrices, each
+  // choice's place in the step's streamed experts (-1: not streamed; in
+  // decode its slot), and per step the experts streamed (in that order) and
+  // each expert's place (-1 between steps). Prefill streams its experts
+  // through the slots a slot-count at a time, grouped as `streamGroups`.
+  GpuMatrix staged[3];
+  int32_t *streamSlotsHost = nullptr; // page-locked: queued copies read it
+  DevicePointer streamSlots = 0;
+  std::vector<int32_t> streamedIds, streamSlotOf, streamTokens, chunkSlotOf;
+  AssignmentGroups streamGroups; // prefill: at most a tile per choice, as `groups`
+  uint64_t streamedSelections = 0, streamedBytes = 0;
 
   size_t scratchFloats(int64_t rows) const {
     return size_t(rows * (topK * (2 * ffn + hidden) + hidden));
   }
+  // Bytes of one expert's matrix `i` (gate, up, down).
+  size_t sliceBytes(int i) const { return size_t(tensors[i]->nbytes / uint64_t(experts)); }
 
-  // Queues the cached choices of `rows` tokens on the GPU, their weighted
-  // sum into scratch (returned); sets cpuIds to what the CPU runs.
+  // Queues the cached choices of `rows` tokens on the GPU, and with
+  // streaming (m.streamedExperts slots) some of the others, their weights
+  // copied into the slots first: in decode up to a slot-count of experts,
+  // in prefill the most chosen (by kPrefillStreamMinTokens tokens or more),
+  // m.prefillStreamShare of the step's CPU-side experts, a slot-count at a
+  // time. Their weighted sum goes into scratch (returned). Sets cpuIds to
+  // what the CPU runs.
   StatusOr<DevicePointer> run(HybridExecutor::Impl &m, int64_t rows, const int32_t *ids,
-                              const float *gateWeights, DevicePointer x);
+                              const float *gateWeights, DevicePointer x, bool decode);
+
+private:
+  // Copies the weights of streamedIds[first, first + count) into slots 0 ..
+  // count - 1.
+  Status copyStreamed(HybridExecutor::Impl &m, size_t first, size_t count);
 };
+
+// A prefill step streams only experts at least this many of its tokens
+// chose: the CPU's time for an expert grows with its tokens (the tile
+// kernels' arithmetic) while the link's is its bytes alone, and an expert of
+// a token or two costs the CPU little more than reading it, which its
+// threads do about twice as fast as the link.
+constexpr int64_t kPrefillStreamMinTokens = 4;
 
 class ExpertsStep : public Step {
 public:
@@ -1420,9 +1474,9 @@ public:
     float *result = o.where == Where::Host ? o.hostFloats() : staging_;
     const int32_t *cpuIds = ids.hostIds();
     DevicePointer cachedSum = 0;
-    if (cache && cache->cached > 0 && o.where == Where::Gpu) {
+    if (cache && (cache->cached > 0 || m.streamedExperts > 0) && o.where == Where::Gpu) {
       StatusOr<DevicePointer> sum =
-          cache->run(m, ctx.rows, ids.hostIds(), weights.hostFloats(), in[3]->gpu);
+          cache->run(m, ctx.rows, ids.hostIds(), weights.hostFloats(), in[3]->gpu, ctx.decode);
       if (!sum)
         return sum.status();
       cachedSum = *sum;
@@ -1441,6 +1495,15 @@ public:
                      m.profiling ? &m.profile.expertPhases : nullptr);
     if (ctx.decode)
       m.expertLayerEnds.push_back(Clock::now());
+    if (cache && !ctx.decode && !cache->streamedIds.empty()) {
+      // Whoever finished first takes more of the next prefill step.
+      StatusOr<bool> gpuDone = m.device->finishedQueuedWork();
+      if (!gpuDone)
+        return gpuDone.status();
+      constexpr double kShareStep = 0.05;
+      m.prefillStreamShare = *gpuDone ? std::min(1.0, m.prefillStreamShare + kShareStep)
+                                      : std::max(kShareStep, m.prefillStreamShare - kShareStep);
+    }
     for (int64_t i = 0; i < ctx.rows * ids.width; ++i)
       ++stats_.selections[size_t(ids.hostIds()[i])];
     if (m.profiling)
@@ -1468,7 +1531,8 @@ public:
   void clearStats() {
     std::fill(stats_.selections.begin(), stats_.selections.end(), 0);
     if (cache)
-      cache->selections = cache->gpuSelections = 0;
+      cache->selections = cache->gpuSelections = cache->streamedSelections = cache->streamedBytes =
+          0;
   }
   const cpu::RoutedExperts &experts() const { return experts_; }
 
@@ -1482,36 +1546,149 @@ private:
 
 StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows,
                                            const int32_t *ids, const float *gateWeights,
-                                           DevicePointer x) {
-  const int64_t choices = rows * topK;
+                                           DevicePointer x, bool decode) {
+  const int64_t choices = rows * topK, slotCount = m.streamedExperts;
   cpuIds.resize(size_t(choices));
-  for (int64_t i = 0; i < choices; ++i) {
-    const int32_t slot = slotOf[size_t(ids[i])];
-    slotsHost[i] = slot;
-    weightsHost[i] = slot >= 0 ? gateWeights[i] : 0.0f; // 0: moe_combine skips the slot
-    cpuIds[size_t(i)] = slot >= 0 ? -1 : ids[i];
-    gpuSelections += slot >= 0;
+  streamedIds.clear();
+  if (slotCount > 0 && !decode) {
+    // Prefill: the experts chosen often enough, in id order.
+    // Prefill: the most chosen experts (those of kPrefillStreamMinTokens
+    // tokens or more), m.prefillStreamShare of the step's CPU-side ones.
+    streamTokens.assign(size_t(experts), 0);
+    for (int64_t i = 0; i < choices; ++i)
+      if (slotOf[size_t(ids[i])] < 0)
+        ++streamTokens[size_t(ids[i])];
+    int64_t cpuSide = 0;
+    for (int64_t e = 0; e < experts; ++e) {
+      cpuSide += streamTokens[size_t(e)] > 0;
+      if (streamTokens[size_t(e)] >= kPrefillStreamMinTokens)
+        streamedIds.push_back(int32_t(e));
+    }
+    std::stable_sort(streamedIds.begin(), streamedIds.end(), [&](int32_t a, int32_t b) {
+      return streamTokens[size_t(a)] > streamTokens[size_t(b)];
+    });
+    const auto share = size_t(std::ceil(m.prefillStreamShare * double(cpuSide)));
+    streamedIds.resize(std::min(streamedIds.size(), share));
+    for (size_t place = 0; place < streamedIds.size(); ++place)
+      streamSlotOf[size_t(streamedIds[place])] = int32_t(place);
   }
+  int64_t cachedChoices = 0;
+  for (int64_t i = 0; i < choices; ++i) {
+    const int32_t expert = ids[i];
+    const int32_t slot = slotOf[size_t(expert)];
+    int32_t streamed = -1;
+    if (slot < 0 && slotCount > 0) {
+      streamed = streamSlotOf[size_t(expert)];
+      // Decode: the first experts of the step, up to a slot each.
+      if (decode && streamed < 0 && int64_t(streamedIds.size()) < slotCount) {
+        streamed = int32_t(streamedIds.size());
+        streamSlotOf[size_t(expert)] = streamed;
+        streamedIds.push_back(expert);
+      }
+    }
+    const bool onGpu = slot >= 0 || streamed >= 0;
+    slotsHost[i] = slot;
+    weightsHost[i] = onGpu ? gateWeights[i] : 0.0f; // 0: moe_combine skips the slot
+    cpuIds[size_t(i)] = onGpu ? -1 : expert;
+    cachedChoices += slot >= 0;
+    streamedSelections += streamed >= 0;
+    if (slotCount > 0)
+      streamSlotsHost[i] = streamed;
+  }
+  for (int32_t expert : streamedIds)
+    streamSlotOf[size_t(expert)] = -1;
+  gpuSelections += uint64_t(cachedChoices);
   selections += uint64_t(choices);
-  if (Status s = m.device->copyToDeviceAsync(slots, slotsHost, size_t(choices) * 4); !s.ok())
-    return s;
   if (Status s = m.device->copyToDeviceAsync(weights, weightsHost, size_t(choices) * 4); !s.ok())
     return s;
   const DevicePointer g = m.scratch, u = g + DevicePointer(choices * ffn) * 4,
                       d = u + DevicePointer(choices * ffn) * 4,
                       sum = d + DevicePointer(choices * hidden) * 4;
-  // Prefill: each cached expert read once per tile of its choices.
-  StatusOr<int64_t> tiles = rows > 1 ? groups.build(m, slotsHost, choices) : int64_t(0);
-  if (!tiles)
-    return tiles.status();
-  const ExpertMatrices cachedMatrices{matrices[0], matrices[1], matrices[2], *siluMul,
-                                      gateUp,      hidden,      ffn,         topK};
-  for (Status s : {expertProducts(m, cachedMatrices, x, rows, rows > 1 ? &groups : nullptr, *tiles,
-                                  slots, g, u, d),
-                   m.elementwise(*combine, d, weights, sum, rows, hidden)})
-    if (!s.ok())
+  // Each pass writes the g, u and d rows of its own choices only (a slot of
+  // -1 is skipped), so the combine reads every pass's rows.
+  if (cachedChoices > 0) {
+    if (Status s = m.device->copyToDeviceAsync(slots, slotsHost, size_t(choices) * 4); !s.ok())
       return s;
+    // Prefill: each cached expert read once per tile of its choices.
+    StatusOr<int64_t> tiles = rows > 1 ? groups.build(m, slotsHost, choices) : int64_t(0);
+    if (!tiles)
+      return tiles.status();
+    const ExpertMatrices cachedMatrices{matrices[0], matrices[1], matrices[2], *siluMul,
+                                        gateUp,      hidden,      ffn,         topK};
+    if (Status s = expertProducts(m, cachedMatrices, x, rows, rows > 1 ? &groups : nullptr, *tiles,
+                                  slots, g, u, d);
+        !s.ok())
+      return s;
+  }
+  const ExpertMatrices stagedMatrices{staged[0], staged[1], staged[2], *siluMul,
+                                      gateUp,    hidden,    ffn,       topK};
+  if (decode && !streamedIds.empty()) {
+    // The copy engine reads the experts' page-locked pages while the CPU
+    // threads read the others'.
+    if (Status s = m.device->copyToDeviceAsync(streamSlots, streamSlotsHost, size_t(choices) * 4);
+        !s.ok())
+      return s;
+    if (Status s = copyStreamed(m, 0, streamedIds.size()); !s.ok())
+      return s;
+    if (Status s = expertProducts(m, stagedMatrices, x, rows, nullptr, 0, streamSlots, g, u, d);
+        !s.ok())
+      return s;
+  } else if (!streamedIds.empty()) {
+    // Prefill: chunks of a slot-count of experts, each chunk's choices
+    // grouped by slot; all chunks' tiles copied at once. The stream runs a
+    // chunk's products before the next chunk's copies overwrite the slots.
+    const size_t chunkSize = size_t(slotCount);
+    const size_t chunks = (streamedIds.size() + chunkSize - 1) / chunkSize;
+    std::vector<int64_t> tileStart(chunks + 1, 0);
+    chunkSlotOf.resize(size_t(choices));
+    for (size_t chunk = 0; chunk < chunks; ++chunk) {
+      for (int64_t i = 0; i < choices; ++i) {
+        const int32_t place = streamSlotsHost[i];
+        chunkSlotOf[size_t(i)] = place >= 0 && size_t(place) / chunkSize == chunk
+                                     ? int32_t(size_t(place) % chunkSize)
+                                     : -1;
+      }
+      tileStart[chunk + 1] =
+          tileStart[chunk] +
+          groupAssignments(chunkSlotOf.data(), choices,
+                           streamGroups.host + tileStart[chunk] * AssignmentGroups::kTileInts);
+    }
+    if (Status s = m.device->copyToDeviceAsync(
+            streamGroups.gpu, streamGroups.host,
+            size_t(tileStart[chunks] * AssignmentGroups::kTileInts) * 4);
+        !s.ok())
+      return s;
+    for (size_t chunk = 0; chunk < chunks; ++chunk) {
+      const size_t first = chunk * chunkSize;
+      if (Status s = copyStreamed(m, first, std::min(chunkSize, streamedIds.size() - first));
+          !s.ok())
+        return s;
+      AssignmentGroups chunkGroups = streamGroups;
+      chunkGroups.gpu += DevicePointer(tileStart[chunk] * AssignmentGroups::kTileInts) * 4;
+      if (Status s = expertProducts(m, stagedMatrices, x, rows, &chunkGroups,
+                                    tileStart[chunk + 1] - tileStart[chunk], 0, g, u, d);
+          !s.ok())
+        return s;
+    }
+  }
+  if (Status s = m.elementwise(*combine, d, weights, sum, rows, hidden); !s.ok())
+    return s;
   return sum;
+}
+
+Status CachedExperts::copyStreamed(HybridExecutor::Impl &m, size_t first, size_t count) {
+  for (size_t slot = 0; slot < count; ++slot)
+    for (int i = 0; i < 3; ++i) {
+      const size_t slice = sliceBytes(i);
+      if (Status s = m.device->copyToDeviceAsync(staged[i].data + slot * slice,
+                                                 static_cast<const uint8_t *>(tensors[i]->data) +
+                                                     size_t(streamedIds[first + slot]) * slice,
+                                                 slice);
+          !s.ok())
+        return s;
+      streamedBytes += slice;
+    }
+  return Status::success();
 }
 
 Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer x,
@@ -1851,16 +2028,23 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
     cache->gateUp = *gateUp;
   }
   cache->slotOf.assign(size_t(cache->experts), -1);
+  cache->streamSlotOf.assign(size_t(cache->experts), -1);
   const size_t choices = size_t(std::max<int64_t>(chunkSize, 1) * cache->topK);
-  for (void **host : {reinterpret_cast<void **>(&cache->slotsHost),
-                      reinterpret_cast<void **>(&cache->weightsHost)}) {
+  std::vector<void **> hostArrays = {reinterpret_cast<void **>(&cache->slotsHost),
+                                     reinterpret_cast<void **>(&cache->weightsHost)};
+  std::vector<DevicePointer *> gpuArrays = {&cache->slots, &cache->weights};
+  if (streamedExperts > 0) {
+    hostArrays.push_back(reinterpret_cast<void **>(&cache->streamSlotsHost));
+    gpuArrays.push_back(&cache->streamSlots);
+  }
+  for (void **host : hostArrays) {
     StatusOr<void *> p = device->allocateHost(choices * 4);
     if (!p)
       return p.status();
     hostAllocations.push_back(*p);
     *host = *p;
   }
-  for (DevicePointer *gpu : {&cache->slots, &cache->weights}) {
+  for (DevicePointer *gpu : gpuArrays) {
     StatusOr<DevicePointer> p = allocate(choices * 4, false);
     if (!p)
       return p.status();
@@ -1868,6 +2052,9 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
   }
   if (Status s = cache->groups.allocate(*this, int64_t(choices)); !s.ok())
     return s;
+  if (streamedExperts > 0)
+    if (Status s = cache->streamGroups.allocate(*this, int64_t(choices)); !s.ok())
+      return s;
   experts.cache = std::move(cache);
   return gpuInput;
 }
@@ -1967,6 +2154,92 @@ Status HybridExecutor::Impl::fillExpertCacheAfterPrefill() {
         experts && experts->cache)
       counts.push_back(experts->stats());
   return fillExpertCache(counts);
+}
+
+Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t askedCache,
+                                                  bool progress) {
+  std::vector<CachedExperts *> layers;
+  for (BoundStep &bound : steps)
+    if (auto *experts = dynamic_cast<ExpertsStep *>(bound.step.get()); experts && experts->cache)
+      layers.push_back(experts->cache.get());
+  const std::string asked = "--stream-experts " + std::to_string(streamedExperts);
+  if (layers.empty())
+    return Status::error(asked + ": " + planName +
+                         " has no CPU-placed routed experts whose result goes to cuda:0, so "
+                         "there is nothing to stream; leave it out.");
+  size_t slices[3] = {};
+  for (const CachedExperts *layer : layers)
+    for (int i = 0; i < 3; ++i)
+      slices[i] = std::max(slices[i], layer->sliceBytes(i));
+  const uint64_t staging = uint64_t(streamedExperts) * (slices[0] + slices[1] + slices[2]);
+  if (staging > reserved)
+    return Status::error(asked + " needs " + formatByteSize(staging) +
+                         " of cuda:0 for the streamed experts' weights, taken from the GPU "
+                         "expert cache's reservation, but " +
+                         planName + " reserves " + formatByteSize(reserved) +
+                         "; recompile it with ktc compile --gpu-expert-cache " +
+                         formatByteSize(staging) +
+                         " (or more: the rest caches experts), or "
+                         "stream fewer.");
+  if (askedCache >= 0 && uint64_t(askedCache) + staging > reserved)
+    return Status::error(asked + " needs " + formatByteSize(staging) + " of the " +
+                         formatByteSize(reserved) + " " + planName +
+                         " reserves for the GPU expert cache; ask for a cache of at most " +
+                         formatByteSize(reserved - staging) + ".");
+  expertCacheBudget = askedCache < 0 ? reserved - staging : uint64_t(askedCache);
+  expertCache.enabled = expertCacheBudget > 0;
+  if (Status s = use(0); !s.ok())
+    return s;
+  for (int i = 0; i < 3; ++i) {
+    StatusOr<DevicePointer> slots = allocate(size_t(streamedExperts) * slices[i], false);
+    if (!slots)
+      return slots.status();
+    streamStaging[i] = *slots;
+  }
+  for (CachedExperts *layer : layers)
+    for (int i = 0; i < 3; ++i) {
+      layer->staged[i] = layer->matrices[i];
+      layer->staged[i].data = streamStaging[i];
+    }
+  // The copies must not wait for the host: the experts' pages are locked,
+  // whole pages, ranges that share one merged.
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  std::vector<std::pair<uintptr_t, uintptr_t>> ranges;
+  for (const CachedExperts *layer : layers)
+    for (const gguf::TensorInfo *tensor : layer->tensors) {
+      const uintptr_t begin = reinterpret_cast<uintptr_t>(tensor->data);
+      ranges.push_back({begin / page * page, (begin + tensor->nbytes + page - 1) / page * page});
+    }
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<std::pair<uintptr_t, uintptr_t>> merged;
+  for (const auto &range : ranges)
+    if (!merged.empty() && range.first <= merged.back().second)
+      merged.back().second = std::max(merged.back().second, range.second);
+    else
+      merged.push_back(range);
+  uint64_t total = 0;
+  for (const auto &[begin, end] : merged)
+    total += end - begin;
+  if (progress)
+    std::fprintf(stderr, "[page-locking %s of routed experts for %s ...]\n",
+                 formatByteSize(total).c_str(), asked.c_str());
+  const auto started = Clock::now();
+  for (const auto &[begin, end] : merged) {
+    const void *pointer = reinterpret_cast<const void *>(begin);
+    if (Status s = device->registerHostReadOnly(pointer, size_t(end - begin)); !s.ok())
+      return Status::error(asked +
+                           " needs the routed experts' host memory page-locked, which "
+                           "failed: " +
+                           s.message() +
+                           " Raise the locked-memory limit (ulimit -l) or leave it out.");
+    registeredHost.push_back(pointer);
+    expertCache.pinnedBytes += end - begin;
+  }
+  expertCache.pinSeconds = secondsSince(started);
+  if (progress)
+    std::fprintf(stderr, "[page-locked in %.1f s]\n", expertCache.pinSeconds);
+  expertCache.streamedPerToken = streamedExperts;
+  return Status::success();
 }
 
 // ---------------------------------------------------------------- binding
@@ -2179,7 +2452,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         hostAllocations.push_back(*staging);
         auto experts =
             std::make_unique<ExpertsStep>(std::move(routed), cpu::gatePathOf(op.path), *staging);
-        if (expertCacheBudget > 0) {
+        if (expertCacheBudget > 0 || streamedExperts > 0) {
           StatusOr<int> gpuInput = bindExpertCache(*experts, b, t, index, in);
           if (!gpuInput)
             return gpuInput.status();
@@ -2879,6 +3152,13 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
         " (its memory plan must have room), or ask for less.");
   const uint64_t expertCacheBytes =
       options.gpuExpertCacheBytes < 0 ? reserved : uint64_t(options.gpuExpertCacheBytes);
+  if (options.streamedExperts > 0 && reserved == 0)
+    return Status::error("--stream-experts " + std::to_string(options.streamedExperts) +
+                         ": streamed experts run on the GPU expert cache's kernels and room, but " +
+                         planName +
+                         " reserves none; recompile it with ktc compile "
+                         "--gpu-expert-cache SIZE (at least the streamed experts' weights, e.g. "
+                         "128MiB for 2 of DeepSeek-V3's Q4_K experts).");
 
   std::string whyNone;
   std::vector<GpuInfo> gpus = queryGpus(whyNone);
@@ -2976,10 +3256,16 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->firstGpuBudget = firstGpuBudget;
   impl->expertCacheBudget = expertCacheBytes;
   impl->expertCache.enabled = expertCacheBytes > 0;
+  impl->streamedExperts = std::max(0, options.streamedExperts);
   Status bound = impl->bind(model);
   impl->conversions->finishProgress();
   if (!bound.ok())
     return bound;
+  if (impl->streamedExperts > 0)
+    if (Status s =
+            impl->setUpExpertStreaming(reserved, options.gpuExpertCacheBytes, options.progress);
+        !s.ok())
+      return s;
   if (impl->expertCacheBudget > 0 && !options.expertProfile.empty())
     if (Status filled = impl->fillExpertCache(options.expertProfile); !filled.ok())
       return filled;
@@ -3195,9 +3481,47 @@ exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
         experts && experts->cache) {
       stats.selections += experts->cache->selections;
       stats.gpuSelections += experts->cache->gpuSelections;
+      stats.streamedSelections += experts->cache->streamedSelections;
+      stats.streamedBytes += experts->cache->streamedBytes;
     }
+  stats.prefillStreamShare = impl_->prefillStreamShare;
   return stats;
 }
+double HybridExecutor::streamLinkBandwidth() {
+  Impl &m = *impl_;
+  const CachedExperts *layer = nullptr;
+  for (const BoundStep &bound : m.steps)
+    if (auto *experts = dynamic_cast<const ExpertsStep *>(bound.step.get());
+        experts && experts->cache && !layer)
+      layer = experts->cache.get();
+  if (m.streamedExperts <= 0 || !layer || !m.use(0).ok())
+    return 0;
+  // The gate slices of distinct experts into the staging slots, as decode
+  // copies them: one round to warm up, then 16 queued together.
+  const size_t slice = layer->sliceBytes(0);
+  const auto *gate = static_cast<const uint8_t *>(layer->tensors[0]->data);
+  int64_t copy = 0;
+  auto queueRound = [&] {
+    for (int64_t slot = 0; slot < m.streamedExperts; ++slot, ++copy)
+      if (!m.device
+               ->copyToDeviceAsync(m.streamStaging[0] + size_t(slot) * slice,
+                                   gate + size_t(copy % layer->experts) * slice, slice)
+               .ok())
+        return false;
+    return true;
+  };
+  if (!queueRound() || !m.device->synchronize().ok())
+    return 0;
+  const auto started = Clock::now();
+  constexpr int kRounds = 16;
+  for (int round = 0; round < kRounds; ++round)
+    if (!queueRound())
+      return 0;
+  if (!m.device->synchronize().ok())
+    return 0;
+  return double(kRounds * m.streamedExperts) * double(slice) / secondsSince(started);
+}
+
 HybridExecutor::GraphStats HybridExecutor::graphStats() const { return impl_->graphStats; }
 
 uint64_t HybridExecutor::fusedNormQuantizations() const { return impl_->fp8NormRuns; }

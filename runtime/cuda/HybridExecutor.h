@@ -89,6 +89,7 @@ public:
   void setProfiling(bool on) override;
   exec::ExecutionProfile profile() const override;
   exec::ExpertCacheStats expertCacheStats() const override;
+  double streamLinkBandwidth() override;
   exec::WeightConversionStats weightConversions() const override;
 
   const KernelLoadStats &kernelLoadStats() const;

@@ -13,11 +13,14 @@ StatusOr<std::unique_ptr<Executor>> createExecutor(const plan::Plan &plan,
                                                    const gguf::GgufModel &model,
                                                    const ExecutorOptions &options) {
   if (!plan::usesGpu(plan)) {
+    const std::string planName =
+        options.planPath.empty() ? std::string("The plan") : "Plan " + options.planPath;
     if (options.gpuExpertCacheBytes > 0)
-      return Status::error((options.planPath.empty() ? std::string("The plan")
-                                                     : "Plan " + options.planPath) +
-                           " runs on the CPU only; a GPU expert cache needs a GPU plan compiled "
-                           "with ktc compile --gpu-expert-cache.");
+      return Status::error(planName + " runs on the CPU only; a GPU expert cache needs a GPU plan "
+                                      "compiled with ktc compile --gpu-expert-cache.");
+    if (options.streamedExperts > 0)
+      return Status::error(planName + " runs on the CPU only; streaming experts to the GPU needs "
+                                      "a GPU plan compiled with ktc compile --gpu-expert-cache.");
     StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor =
         cpu::CpuExecutor::create(plan, model, options);
     if (!executor)

@@ -101,6 +101,13 @@ struct ExecutorOptions {
   // of the most often routed experts of CPU-placed layers; -1: what the plan
   // reserves, 0: none. More than the plan reserves is refused.
   int64_t gpuExpertCacheBytes = -1;
+  // Decode: of each token's routed choices in the CPU-placed layers that the
+  // expert cache does not hold, the GPU runs up to this many itself, its
+  // copy engine reading their weights from host memory (page-locked at
+  // load) into room taken from the plan's expert cache reservation, while
+  // the CPU runs the rest: the link adds its bandwidth to the CPU threads'.
+  // 0: none.
+  int streamedExperts = 0;
   // Routing statistics (a profile saved by an earlier run) that choose the
   // cached experts at load; empty: the first prefill's routing chooses them.
   std::vector<RoutingStats> expertProfile;
@@ -129,6 +136,15 @@ struct ExpertCacheStats {
   double fillSeconds = 0;
   uint64_t selections = 0;    // of the cacheable layers' experts
   uint64_t gpuSelections = 0; // of those, run from the cache
+  // Streamed experts (ExecutorOptions::streamedExperts): how many a token
+  // may stream per layer, the choices streamed, the bytes copied, and the
+  // host memory page-locked for it at load.
+  int64_t streamedPerToken = 0;
+  uint64_t streamedSelections = 0;
+  uint64_t streamedBytes = 0;
+  uint64_t pinnedBytes = 0;
+  double pinSeconds = 0;
+  double prefillStreamShare = 0; // of a prefill step's CPU-side experts, streamed now
 };
 
 // How the CPU threads and routed experts were spread over NUMA nodes.
@@ -262,6 +278,10 @@ public:
   virtual void setProfiling(bool) {}
   virtual ExecutionProfile profile() const { return {}; }
   virtual ExpertCacheStats expertCacheStats() const { return {}; }
+  // With streamed experts: bytes/s the link moves from their page-locked
+  // host memory into their staging on the GPU, measured now (the ceiling of
+  // the GPU's share); 0 without.
+  virtual double streamLinkBandwidth() { return 0; }
   // Plans with CPU experts on a GPU executor; zero intervals elsewhere.
   virtual MoeLayerTiming moeLayerTiming() const { return {}; }
   virtual void clearMoeLayerTiming() {}

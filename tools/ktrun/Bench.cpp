@@ -229,17 +229,32 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
                   steady * 1e3, static_cast<long long>(moeTiming.intervals), steady / bound);
       // The CPU experts against the bandwidth, and what the layer spends
       // outside them (the copies, the GPU's attention and routing).
+      // The bytes the CPU read: what the expert cache and streaming left it.
+      const double offCpu =
+          cache.selections
+              ? double(cache.gpuSelections + cache.streamedSelections) / double(cache.selections)
+              : 0.0;
+      const double cpuLayerBytes = double(expertBytes) / layers * (1 - offCpu);
       const double experts = moeTiming.expertSeconds / double(moeTiming.intervals);
       if (experts > 0)
         std::printf("  of which CPU experts %.3f ms (%.2f GB/s, %.0f%% of the host bandwidth) and "
                     "between them %.3f ms (copies, the GPU's attention and routing)\n",
-                    experts * 1e3, double(expertBytes) / layers / experts / 1e9,
-                    100 * double(expertBytes) / layers / experts / bandwidth,
-                    (steady - experts) * 1e3);
+                    experts * 1e3, cpuLayerBytes / experts / 1e9,
+                    100 * cpuLayerBytes / experts / bandwidth, (steady - experts) * 1e3);
       if (moeTiming.gpuIntervals > 0)
         std::printf("  between them the GPU's part %.3f ms (from the experts' result queued to "
                     "the next layer's copies to the host done); launches and waits the rest\n",
                     moeTiming.gpuSeconds / double(moeTiming.gpuIntervals) * 1e3);
+      // Streamed experts read host memory through the GPU's link as well:
+      // the bound over both bandwidths is the one they can approach.
+      if (cache.streamedPerToken > 0)
+        if (const double link = executor.streamLinkBandwidth(); link > 0) {
+          const double both = double(expertBytes) / layers / (bandwidth + link);
+          std::printf("  with streamed experts: link %.2f GB/s (page-locked host memory to "
+                      "cuda:0, measured now); bound over the host and link bandwidths together "
+                      "%.3f ms; steady state ratio to it %.2f\n",
+                      link / 1e9, both * 1e3, steady / both);
+        }
     }
   }
   if (cache.enabled) {
@@ -253,6 +268,19 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
                 static_cast<long long>(cache.experts), cache.bytes / 1073741824.0,
                 cache.fillSeconds, cache.filled ? "" : " (not filled)", 100 * share,
                 expertBytes * (1 - share) / 1e6, expertBytes * (1 - share) * decodeRate / 1e9);
+  }
+  if (cache.streamedPerToken > 0) {
+    const double share =
+        cache.selections ? double(cache.streamedSelections) / double(cache.selections) : 0.0;
+    std::printf("streamed experts: up to %lld per token and layer; decode: %.1f%% of the "
+                "CPU-placed layers' expert choices ran on the GPU from host memory, %.2f MB per "
+                "token over the link (%.2f GB/s); %.2f GiB page-locked in %.2f s; prefill "
+                "streams the most chosen %.0f%% of a step's CPU-side experts (balanced by "
+                "feedback)\n",
+                static_cast<long long>(cache.streamedPerToken), 100 * share,
+                double(cache.streamedBytes) / options.decodeTokens / 1e6,
+                double(cache.streamedBytes) / decode / 1e9, cache.pinnedBytes / 1073741824.0,
+                cache.pinSeconds, 100 * cache.prefillStreamShare);
   }
   std::printf("distinct experts used per MoE layer (prefill / decode):\n");
   for (size_t i = 0; i < prefillRouting.size(); ++i)

@@ -118,6 +118,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.ggufTensorCores = options_.ggufTensorCores;
   executorOptions.virtualGpus = options_.virtualGpus;
   executorOptions.gpuExpertCacheBytes = options_.gpuExpertCacheBytes;
+  executorOptions.streamedExperts = options_.streamedExperts;
   executorOptions.expertProfile = options_.expertProfile;
   executorOptions.progress = options_.progress;
   return exec::createExecutor(plan_, *model_, executorOptions);

@@ -41,6 +41,7 @@ struct SessionOptions {
   bool ggufTensorCores = true;  // GPU plans: Q8_0/k-quant prefill GEMMs on tensor cores
   int virtualGpus = 0;          // run a plan for N GPUs on GPU 0
   int64_t gpuExpertCacheBytes = -1;            // -1: what the plan reserves
+  int streamedExperts = 0; // decode: choices per token and layer the GPU streams
   std::vector<exec::RoutingStats> expertProfile; // chooses the cached experts at load
   SamplingOptions sampling;
 };

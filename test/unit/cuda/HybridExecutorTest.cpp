@@ -95,6 +95,7 @@ void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, 
   options.expertTileTokens = 0;
   exec::ExecutorOptions cpuOptions = options; // without the GPU's own options
   cpuOptions.gpuExpertCacheBytes = -1;
+  cpuOptions.streamedExperts = 0;
   cpuOptions.expertProfile.clear();
   std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, cpuOptions);
   ASSERT_TRUE(gpu && cpu);
@@ -251,19 +252,27 @@ std::pair<uint64_t, int64_t> cpuExpertSizes(const TestModel &m) {
   return {perExpert, experts};
 }
 
+// The tiny model with 4 layers as NAME-gpu (default rules, f32 CPU
+// experts, a 256 MiB expert cache reserved on cuda:0) and NAME-cpu (all on
+// the CPU); returns its configuration.
+gen::ModelConfig buildExpertCachePair(const std::string &name, ModelPair &pair) {
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.layerCount = 4;
+  cpu::test::buildModel(name + "-gpu", config, pair.gpu, "rules/DeepSeek-V3-Chat.yaml", targetGpu(),
+                        "--f32-cpu-experts --gpu-expert-cache 256MiB");
+  cpu::test::buildModel(name + "-cpu", config, pair.cpu, "rules/DeepSeek-V3-Chat-cpu-only.yaml",
+                        "none", "--f32-cpu-experts");
+  return config;
+}
+
 // The GPU expert cache (ktc --gpu-expert-cache): the cached experts' choices
 // run on cuda:0, the rest on the CPU, and the sums agree with the CPU
 // executor's whether the cache holds all experts, some, or those a profile
 // names.
 TEST(HybridExecutor, ExpertCacheSplitsTheExpertsBetweenGpuAndCpu) {
   KT_REQUIRE_GPU();
-  gen::ModelConfig config = *gen::presetConfig("tiny");
-  config.layerCount = 4;
   ModelPair pair;
-  cpu::test::buildModel("tiny-expert-cache-gpu", config, pair.gpu, "rules/DeepSeek-V3-Chat.yaml",
-                        targetGpu(), "--f32-cpu-experts --gpu-expert-cache 256MiB");
-  cpu::test::buildModel("tiny-expert-cache-cpu", config, pair.cpu,
-                        "rules/DeepSeek-V3-Chat-cpu-only.yaml", "none", "--f32-cpu-experts");
+  buildExpertCachePair("tiny-expert-cache", pair);
   const auto [perExpert, allExperts] = cpuExpertSizes(pair.gpu);
   ASSERT_GT(allExperts, 0);
   ASSERT_LE(uint64_t(allExperts) * perExpert, 256ull << 20);
@@ -345,6 +354,103 @@ TEST(HybridExecutor, RefusesAnExpertCacheThePlanDoesNotReserve) {
   ASSERT_FALSE(executor.ok());
   EXPECT_NE(executor.message().find("reserves 1.00 MiB"), std::string::npos) << executor.message();
   EXPECT_NE(executor.message().find("ktc compile --gpu-expert-cache 2097152"), std::string::npos)
+      << executor.message();
+}
+
+// Streamed experts (ExecutorOptions::streamedExperts): the GPU copies some
+// of each step's CPU-side experts from page-locked host memory into N
+// slots and runs them (in decode up to N; in prefill the most chosen, N at
+// a time, in a share balanced by feedback), alone or beside the expert
+// cache, one sequence or a batch; the sums agree with the CPU executor's
+// and the counts add up.
+TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  const gen::ModelConfig config = buildExpertCachePair("tiny-stream", pair);
+  const auto [perExpert, allExperts] = cpuExpertSizes(pair.gpu);
+  const int64_t moeLayers = config.layerCount - config.denseLayerCount;
+  ASSERT_GT(allExperts, 0);
+  for (const auto &[streamed, cached] :
+       {std::pair<int, int64_t>{1, 0}, {3, 0}, {2, allExperts / 3}}) {
+    SCOPED_TRACE(std::to_string(streamed) + " streamed, " + std::to_string(cached) + " cached");
+    exec::ExecutorOptions options;
+    options.streamedExperts = streamed;
+    options.gpuExpertCacheBytes = int64_t(uint64_t(cached) * perExpert);
+    expectSameRun(pair, 24, 8, 1e-4, options);
+    std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options);
+    ASSERT_TRUE(gpu);
+    const exec::ExpertCacheStats loaded = gpu->expertCacheStats();
+    EXPECT_EQ(loaded.streamedPerToken, streamed);
+    EXPECT_GE(loaded.pinnedBytes, uint64_t(allExperts) * perExpert);
+    EXPECT_GT(gpu->streamLinkBandwidth(), 0.0);
+    // The prefill streams some of the experts at least 4 of its tokens chose
+    // (kPrefillStreamMinTokens), a slot-count at a time, and each MoE layer
+    // moves the share streamed by a notch (3 layers: it ends off its start).
+    EXPECT_EQ(loaded.prefillStreamShare, 0.5);
+    ASSERT_TRUE(gpu->forward(cpu::test::sampleTokens(24, 9)).ok());
+    if (cached == 0) {
+      uint64_t often = 0;
+      for (const exec::RoutingStats &layer : gpu->routingStats())
+        for (uint64_t count : layer.selections)
+          often += count >= 4 ? count : 0;
+      const exec::ExpertCacheStats prefill = gpu->expertCacheStats();
+      EXPECT_GT(prefill.streamedSelections, uint64_t(4 * streamed)); // more experts than slots
+      EXPECT_LT(prefill.streamedSelections, often);
+      EXPECT_NE(prefill.prefillStreamShare, 0.5);
+    }
+    gpu->clearRoutingStats();
+    const int decodeSteps = 4;
+    for (int step = 0; step < decodeSteps; ++step)
+      ASSERT_TRUE(gpu->forward({int32_t(5 + 7 * step)}).ok());
+    const exec::ExpertCacheStats stats = gpu->expertCacheStats();
+    EXPECT_EQ(stats.selections, uint64_t(decodeSteps * moeLayers * config.expertsUsed));
+    // One token a step: every streamed choice is an expert of its own.
+    EXPECT_EQ(stats.streamedBytes, stats.streamedSelections * perExpert);
+    if (cached == 0)
+      EXPECT_EQ(stats.streamedSelections, uint64_t(decodeSteps * moeLayers * streamed));
+    else
+      EXPECT_LE(stats.streamedSelections + stats.gpuSelections, stats.selections);
+    EXPECT_GT(stats.streamedSelections, 0u);
+  }
+
+  // A batch of two sequences: an expert both tokens chose is copied once.
+  exec::ExecutorOptions options;
+  options.streamedExperts = 2;
+  options.gpuExpertCacheBytes = 0; // else the prefill's routing caches every expert
+  options.sequences = 2;
+  options.ggufTensorCores = false;
+  options.expertTileTokens = 0;
+  exec::ExecutorOptions cpuOptions = options;
+  cpuOptions.streamedExperts = 0;
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, cpuOptions);
+  ASSERT_TRUE(gpu && cpu);
+  std::vector<exec::SequenceTokens> batch = {{0, cpu::test::sampleTokens(6, 1)},
+                                             {1, cpu::test::sampleTokens(9, 2)}};
+  for (int step = 0; step < 4; ++step) {
+    StatusOr<std::vector<float>> g = gpu->forwardBatch(batch), c = cpu->forwardBatch(batch);
+    ASSERT_TRUE(g.ok() && c.ok());
+    EXPECT_LE(cpu::test::relativeL2(*g, *c), 1e-4) << "step " << step;
+    const int64_t vocab = cpu->vocabSize();
+    for (size_t i = 0; i < batch.size(); ++i)
+      batch[i].tokens = {argmax(*c, i, vocab)};
+  }
+  EXPECT_GT(gpu->expertCacheStats().streamedSelections, 0u);
+}
+
+// Runs everywhere: streaming with a plan that reserves no room for it is
+// refused before any GPU is needed, with the recompile to do.
+TEST(HybridExecutor, RefusesStreamedExpertsWithoutTheCacheReservation) {
+  KT_REQUIRE_COMPILER();
+  TestModel m;
+  cpu::test::buildModel("tiny-stream-unreserved", *gen::presetConfig("tiny"), m,
+                        "rules/DeepSeek-V3-Chat.yaml", "sm_90a:80GiB", "");
+  exec::ExecutorOptions options;
+  options.streamedExperts = 2;
+  StatusOr<std::unique_ptr<exec::Executor>> executor =
+      exec::createExecutor(m.plan, *m.model, options);
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("--stream-experts 2"), std::string::npos) << executor.message();
+  EXPECT_NE(executor.message().find("ktc compile --gpu-expert-cache"), std::string::npos)
       << executor.message();
 }
 
