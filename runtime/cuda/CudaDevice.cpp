@@ -186,6 +186,13 @@ CudaDevice::~CudaDevice() {
     return;
   if (stream_)
     api_->streamSynchronize(stream_);
+  if (sideStream_) {
+    api_->streamSynchronize(sideStream_);
+    api_->streamDestroy(sideStream_);
+  }
+  for (void *event : orderEvents_)
+    if (event)
+      api_->eventDestroy(event);
   for (void *exec : graphExecs_)
     api_->graphExecDestroy(exec);
   for (void *graph : graphs_)
@@ -440,6 +447,46 @@ StatusOr<TensorMap> CudaDevice::floatMatrixTensorMap(DevicePointer base, uint64_
 
 Status CudaDevice::synchronize() {
   return check(api_->streamSynchronize(stream_), "cuStreamSynchronize");
+}
+
+Status CudaDevice::ensureSideStream() {
+  if (sideStream_)
+    return Status::success();
+  constexpr unsigned kNonBlocking = 1; // CU_STREAM_NON_BLOCKING
+  return check(api_->streamCreate(&sideStream_, kNonBlocking), "cuStreamCreate (side)");
+}
+
+Status CudaDevice::copyToDeviceOnSide(DevicePointer dst, const void *src, size_t bytes) {
+  if (Status s = ensureSideStream(); !s.ok())
+    return s;
+  return check(api_->memcpyHtoD(dst, src, bytes, sideStream_),
+               "cuMemcpyHtoDAsync of " + std::to_string(bytes) + " bytes (side stream)");
+}
+
+Status CudaDevice::signal(Queue queue, int event) {
+  if (event < 0 || event >= kOrderEvents)
+    return Status::error("order event " + std::to_string(event) + " out of range");
+  if (queue == Queue::Side && !sideStream_)
+    return Status::error("the side stream has no work to signal");
+  void *&e = orderEvents_[event];
+  constexpr unsigned kDisableTiming = 2; // CU_EVENT_DISABLE_TIMING: cheaper to record
+  if (!e)
+    if (Status s = check(api_->eventCreate(&e, kDisableTiming), "cuEventCreate"); !s.ok())
+      return s;
+  return check(api_->eventRecord(e, queue == Queue::Main ? stream_ : sideStream_), "cuEventRecord");
+}
+
+Status CudaDevice::waitFor(Queue queue, int event) {
+  if (event < 0 || event >= kOrderEvents)
+    return Status::error("order event " + std::to_string(event) + " out of range");
+  void *e = orderEvents_[event];
+  if (!e) // never signalled: nothing to wait for
+    return Status::success();
+  if (queue == Queue::Side)
+    if (Status s = ensureSideStream(); !s.ok())
+      return s;
+  return check(api_->streamWaitEvent(queue == Queue::Main ? stream_ : sideStream_, e, 0),
+               "cuStreamWaitEvent");
 }
 
 StatusOr<bool> CudaDevice::finishedQueuedWork() {

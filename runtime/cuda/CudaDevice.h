@@ -112,6 +112,18 @@ public:
   Status synchronize();
   // Whether the stream has run everything queued so far (without waiting).
   StatusOr<bool> finishedQueuedWork();
+
+  // A side stream for copies that overlap the stream's kernels, ordered
+  // against it by kOrderEvents events: signal(stream, e) records event e
+  // after the work queued on `stream` so far; waitFor(stream, e) makes
+  // `stream`'s later work wait for e's last signal (a later signal does not
+  // change a wait already queued). The stream's synchronize() covers side
+  // work only where the stream waited for it.
+  enum class Queue { Main, Side };
+  static constexpr int kOrderEvents = 4;
+  Status copyToDeviceOnSide(DevicePointer dst, const void *src, size_t bytes);
+  Status signal(Queue queue, int event);
+  Status waitFor(Queue queue, int event);
   // GPU-side time marks: markTime() records a timing event on the stream
   // and returns its number; once the stream has passed two marks,
   // secondsBetweenMarks gives the GPU time between them. clearTimeMarks()
@@ -135,6 +147,7 @@ public:
 private:
   CudaDevice() = default;
   Status check(int result, const std::string &what) const;
+  Status ensureSideStream();
   // A 2-D tensor map of CUtensorMapDataType `dataType` with `swizzle`.
   StatusOr<TensorMap> matrixTensorMap(int dataType, DevicePointer base, uint64_t columns,
                                       uint64_t rows, uint64_t rowBytes, unsigned boxColumns,
@@ -146,6 +159,8 @@ private:
   std::vector<void *> modules_;
   void *stream_ = nullptr;
   void *event_ = nullptr; // marks queued work for another GPU's stream to wait for
+  void *sideStream_ = nullptr; // created on first use
+  void *orderEvents_[kOrderEvents] = {};
   std::vector<void *> timingEvents_; // markTime's events, reused after clearTimeMarks()
   size_t marksUsed_ = 0;
   std::vector<void *> graphs_, graphExecs_;

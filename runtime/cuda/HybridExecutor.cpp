@@ -1417,7 +1417,7 @@ struct CachedExperts {
   // choice's place in the step's streamed experts (-1: not streamed; in
   // decode its slot), and per step the experts streamed (in that order) and
   // each expert's place (-1 between steps). Prefill streams its experts
-  // through the slots a slot-count at a time, grouped as `streamGroups`.
+  // through the two halves of the slots in turn, grouped as `streamGroups`.
   GpuMatrix staged[3];
   int32_t *streamSlotsHost = nullptr; // page-locked: queued copies read it
   DevicePointer streamSlots = 0;
@@ -1435,16 +1435,18 @@ struct CachedExperts {
   // streaming (m.streamedExperts slots) some of the others, their weights
   // copied into the slots first: in decode up to a slot-count of experts,
   // in prefill the most chosen (by kPrefillStreamMinTokens tokens or more),
-  // m.prefillStreamShare of the step's CPU-side experts, a slot-count at a
-  // time. Their weighted sum goes into scratch (returned). Sets cpuIds to
+  // m.prefillStreamShare of the step's CPU-side experts, half the slots at
+  // a time. Their weighted sum goes into scratch (returned). Sets cpuIds to
   // what the CPU runs.
   StatusOr<DevicePointer> run(HybridExecutor::Impl &m, int64_t rows, const int32_t *ids,
                               const float *gateWeights, DevicePointer x, bool decode);
 
 private:
-  // Copies the weights of streamedIds[first, first + count) into slots 0 ..
-  // count - 1.
-  Status copyStreamed(HybridExecutor::Impl &m, size_t first, size_t count);
+  // Queues on the side stream the copies of the weights of
+  // streamedIds[first, first + count) into slots firstSlot on.
+  Status copyStreamed(HybridExecutor::Impl &m, size_t firstSlot, size_t first, size_t count);
+  // The device's order events (CudaDevice::signal) per set of slots.
+  static constexpr int kSlotsFree[2] = {0, 1}, kCopied[2] = {2, 3};
 };
 
 // A prefill step streams only experts at least this many of its tokens
@@ -1622,30 +1624,46 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   }
   const ExpertMatrices stagedMatrices{staged[0], staged[1], staged[2], *siluMul,
                                       gateUp,    hidden,    ffn,       topK};
+  // The copies run on the device's side stream, so that they overlap the
+  // stream's kernels (the shared expert, earlier chunks' products): a set
+  // of slots is copied into once the products that read it last are done
+  // (kSlotsFree), and products wait for their set's copies (kCopied).
+  using Queue = CudaDevice::Queue;
   if (decode && !streamedIds.empty()) {
     // The copy engine reads the experts' page-locked pages while the CPU
-    // threads read the others'.
+    // threads read the others'. Decode fills all slots (both sets).
     if (Status s = m.device->copyToDeviceAsync(streamSlots, streamSlotsHost, size_t(choices) * 4);
         !s.ok())
       return s;
-    if (Status s = copyStreamed(m, 0, streamedIds.size()); !s.ok())
-      return s;
+    for (Status s :
+         {m.device->waitFor(Queue::Side, kSlotsFree[0]),
+          m.device->waitFor(Queue::Side, kSlotsFree[1]), copyStreamed(m, 0, 0, streamedIds.size()),
+          m.device->signal(Queue::Side, kCopied[0]), m.device->waitFor(Queue::Main, kCopied[0])})
+      if (!s.ok())
+        return s;
     if (Status s = expertProducts(m, stagedMatrices, x, rows, nullptr, 0, streamSlots, g, u, d);
         !s.ok())
       return s;
+    for (Status s : {m.device->signal(Queue::Main, kSlotsFree[0]),
+                     m.device->signal(Queue::Main, kSlotsFree[1])})
+      if (!s.ok())
+        return s;
   } else if (!streamedIds.empty()) {
-    // Prefill: chunks of a slot-count of experts, each chunk's choices
-    // grouped by slot; all chunks' tiles copied at once. The stream runs a
-    // chunk's products before the next chunk's copies overwrite the slots.
-    const size_t chunkSize = size_t(slotCount);
+    // Prefill: chunks of half the slots, alternating between the two sets
+    // (with one slot, one set), so that the next chunk's copies run while a
+    // chunk's products do; each chunk's choices grouped by slot, all
+    // chunks' tiles copied at once.
+    const size_t chunkSize = size_t(std::max<int64_t>(slotCount / 2, 1));
+    const size_t sets = slotCount >= 2 ? 2 : 1;
     const size_t chunks = (streamedIds.size() + chunkSize - 1) / chunkSize;
     std::vector<int64_t> tileStart(chunks + 1, 0);
     chunkSlotOf.resize(size_t(choices));
     for (size_t chunk = 0; chunk < chunks; ++chunk) {
+      const size_t firstSlot = (chunk % sets) * chunkSize;
       for (int64_t i = 0; i < choices; ++i) {
         const int32_t place = streamSlotsHost[i];
         chunkSlotOf[size_t(i)] = place >= 0 && size_t(place) / chunkSize == chunk
-                                     ? int32_t(size_t(place) % chunkSize)
+                                     ? int32_t(firstSlot + size_t(place) % chunkSize)
                                      : -1;
       }
       tileStart[chunk + 1] =
@@ -1659,15 +1677,21 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
         !s.ok())
       return s;
     for (size_t chunk = 0; chunk < chunks; ++chunk) {
-      const size_t first = chunk * chunkSize;
-      if (Status s = copyStreamed(m, first, std::min(chunkSize, streamedIds.size() - first));
-          !s.ok())
-        return s;
+      const size_t set = chunk % sets, first = chunk * chunkSize;
+      for (Status s : {m.device->waitFor(Queue::Side, kSlotsFree[set]),
+                       copyStreamed(m, set * chunkSize, first,
+                                    std::min(chunkSize, streamedIds.size() - first)),
+                       m.device->signal(Queue::Side, kCopied[set]),
+                       m.device->waitFor(Queue::Main, kCopied[set])})
+        if (!s.ok())
+          return s;
       AssignmentGroups chunkGroups = streamGroups;
       chunkGroups.gpu += DevicePointer(tileStart[chunk] * AssignmentGroups::kTileInts) * 4;
       if (Status s = expertProducts(m, stagedMatrices, x, rows, &chunkGroups,
                                     tileStart[chunk + 1] - tileStart[chunk], 0, g, u, d);
           !s.ok())
+        return s;
+      if (Status s = m.device->signal(Queue::Main, kSlotsFree[set]); !s.ok())
         return s;
     }
   }
@@ -1676,14 +1700,15 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   return sum;
 }
 
-Status CachedExperts::copyStreamed(HybridExecutor::Impl &m, size_t first, size_t count) {
+Status CachedExperts::copyStreamed(HybridExecutor::Impl &m, size_t firstSlot, size_t first,
+                                   size_t count) {
   for (size_t slot = 0; slot < count; ++slot)
     for (int i = 0; i < 3; ++i) {
       const size_t slice = sliceBytes(i);
-      if (Status s = m.device->copyToDeviceAsync(staged[i].data + slot * slice,
-                                                 static_cast<const uint8_t *>(tensors[i]->data) +
-                                                     size_t(streamedIds[first + slot]) * slice,
-                                                 slice);
+      if (Status s = m.device->copyToDeviceOnSide(staged[i].data + (firstSlot + slot) * slice,
+                                                  static_cast<const uint8_t *>(tensors[i]->data) +
+                                                      size_t(streamedIds[first + slot]) * slice,
+                                                  slice);
           !s.ok())
         return s;
       streamedBytes += slice;

@@ -359,7 +359,7 @@ TEST(HybridExecutor, RefusesAnExpertCacheThePlanDoesNotReserve) {
 
 // Streamed experts (ExecutorOptions::streamedExperts): the GPU copies some
 // of each step's CPU-side experts from page-locked host memory into N
-// slots and runs them (in decode up to N; in prefill the most chosen, N at
+// slots and runs them (in decode up to N; in prefill the most chosen, N / 2 at
 // a time, in a share balanced by feedback), alone or beside the expert
 // cache, one sequence or a batch; the sums agree with the CPU executor's
 // and the counts add up.
@@ -384,7 +384,7 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
     EXPECT_GE(loaded.pinnedBytes, uint64_t(allExperts) * perExpert);
     EXPECT_GT(gpu->streamLinkBandwidth(), 0.0);
     // The prefill streams some of the experts at least 4 of its tokens chose
-    // (kPrefillStreamMinTokens), a slot-count at a time, and each MoE layer
+    // (kPrefillStreamMinTokens), half the slots at a time, and each MoE layer
     // moves the share streamed by a notch (3 layers: it ends off its start).
     EXPECT_EQ(loaded.prefillStreamShare, 0.5);
     ASSERT_TRUE(gpu->forward(cpu::test::sampleTokens(24, 9)).ok());
