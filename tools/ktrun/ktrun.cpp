@@ -211,16 +211,16 @@ int main(int argc, char **argv) {
                  "most what the plan reserves; 0: none) of cuda:0 for copies of the most often "
                  "routed experts of CPU-placed layers, chosen by --expert-profile or else by the "
                  "first prefill's routing (default: all the plan reserves)");
-  app.add_option(
-         "--stream-experts", options.streamedExperts,
-         "GPU plans compiled with ktc compile --gpu-expert-cache: the GPU runs some of "
-         "the routed experts of CPU-placed layers itself, its copy engine reading their "
-         "weights from host memory over PCIe (page-locked at load) into N slots while "
-         "the CPU threads run the rest, so the link adds its bandwidth to theirs: in "
-         "decode up to N of each step's experts per layer, in prefill the most chosen "
-         "ones, half the slots at a time, in a share balanced against the CPU's by feedback. The "
-         "slots (N experts' weights) come out of the plan's expert cache reservation. "
-         "2 suits 16 cores and PCIe 5 with 8 experts a token; 0: none (the default)")
+  app.add_option("--stream-experts", options.streamedExperts,
+                 "GPU plans compiled with ktc compile --gpu-expert-cache: the GPU runs some of "
+                 "the routed experts of CPU-placed layers itself, its copy engine reading their "
+                 "weights from host memory over PCIe (page-locked at load) into N slots while "
+                 "the CPU threads run the rest, so the link adds its bandwidth to theirs: in "
+                 "decode up to N of each step's experts per layer, in prefill the most chosen "
+                 "ones, half the slots at a time, in a share balanced against the CPU's by "
+                 "feedback. The slots (N experts' weights) come out of the plan's expert cache "
+                 "reservation. 2 suits 16 cores and PCIe 5 with 8 experts a token; 0: none (the "
+                 "default)")
       ->check(CLI::Range(0, 64));
   app.add_option("--expert-profile", expertProfile,
                  "Fill the GPU expert cache at load from this routing profile (written by "
