@@ -1553,7 +1553,6 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   cpuIds.resize(size_t(choices));
   streamedIds.clear();
   if (slotCount > 0 && !decode) {
-    // Prefill: the experts chosen often enough, in id order.
     // Prefill: the most chosen experts (those of kPrefillStreamMinTokens
     // tokens or more), m.prefillStreamShare of the step's CPU-side ones.
     streamTokens.assign(size_t(experts), 0);
@@ -2203,9 +2202,8 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
                          "expert cache's reservation, but " +
                          planName + " reserves " + formatByteSize(reserved) +
                          "; recompile it with ktc compile --gpu-expert-cache " +
-                         formatByteSize(staging) +
-                         " (or more: the rest caches experts), or "
-                         "stream fewer.");
+                         std::to_string(staging) +
+                         " (or more: the rest caches experts), or stream fewer.");
   if (askedCache >= 0 && uint64_t(askedCache) + staging > reserved)
     return Status::error(asked + " needs " + formatByteSize(staging) + " of the " +
                          formatByteSize(reserved) + " " + planName +
@@ -3512,6 +3510,7 @@ exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
   stats.prefillStreamShare = impl_->prefillStreamShare;
   return stats;
 }
+
 double HybridExecutor::streamLinkBandwidth() {
   Impl &m = *impl_;
   const CachedExperts *layer = nullptr;
