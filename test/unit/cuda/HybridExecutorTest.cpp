@@ -413,6 +413,17 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
     EXPECT_GT(stats.streamedSelections, 0u);
   }
 
+  // A cache that leaves the slots no room in the plan's reservation is
+  // refused, with the size that fits.
+  exec::ExecutorOptions crowded;
+  crowded.streamedExperts = 2;
+  crowded.gpuExpertCacheBytes = 256ll << 20;
+  StatusOr<std::unique_ptr<exec::Executor>> refused =
+      exec::createExecutor(pair.gpu.plan, *pair.gpu.model, crowded);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("ask for a cache of at most"), std::string::npos)
+      << refused.message();
+
   // A batch of two sequences: an expert both tokens chose is copied once.
   exec::ExecutorOptions options;
   options.streamedExperts = 2;
