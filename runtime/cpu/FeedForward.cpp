@@ -277,7 +277,8 @@ void tileMatmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t
   });
 }
 
-void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
+void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
+                    const std::function<void()> &beforeDown) {
   if (batches.empty())
     return;
   size_t scratchFloats = 0;
@@ -285,17 +286,21 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
     scratchFloats = std::max({scratchFloats, matmulScratchFloats(b.w.gate),
                               matmulScratchFloats(b.w.up), matmulScratchFloats(b.w.down)});
 
-  prepareKernelInputs(pool, batches, [](const FfnBatch &b) {
+  std::vector<FfnBatch> gateUp; // the batches whose gated rows are not given
+  for (const FfnBatch &b : batches)
+    if (!b.gatedGiven)
+      gateUp.push_back(b);
+  prepareKernelInputs(pool, gateUp, [](const FfnBatch &b) {
     return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.gate.kernel, &b.w.up.kernel},
                            b.x, b.w.gate.cols, b.xInput);
   });
-  auto rowTasks = [&](auto range, int threads, int node, std::vector<RowTask> &tasks) {
-    appendRowTasks(batches, range, threads, 16, node, tasks);
+  auto gateUpTasks = [&](auto range, int threads, int node, std::vector<RowTask> &tasks) {
+    appendRowTasks(gateUp, range, threads, 16, node, tasks);
   };
-  NodeTasks split = splitOnNodes(batches, pool, &FfnMatrices::gate, rowTasks);
+  NodeTasks split = splitOnNodes(gateUp, pool, &FfnMatrices::gate, gateUpTasks);
   pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
     const RowTask &task = split.tasks[static_cast<size_t>(index)];
-    const FfnBatch &b = batches[task.batch];
+    const FfnBatch &b = gateUp[task.batch];
     const int64_t ffn = b.w.gate.rows;
     float *scratch = threadScratch(0, scratchFloats);
     for (auto [which, y] :
@@ -306,7 +311,12 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches) {
     }
     gateRows(b.gate, b.up, ffn, b.tokens, task.begin, task.end);
   });
+  if (beforeDown)
+    beforeDown();
 
+  auto rowTasks = [&](auto range, int threads, int node, std::vector<RowTask> &tasks) {
+    appendRowTasks(batches, range, threads, 16, node, tasks);
+  };
   prepareKernelInputs(pool, batches, [](const FfnBatch &b) {
     return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.down.kernel},
                            static_cast<const float *>(b.gate), b.w.down.cols, b.gateInput);
@@ -474,7 +484,7 @@ FfnMatrices RoutedExperts::expert(int64_t e) const {
 void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
                             const int32_t *ids, const float *weights, int64_t topK, float *out,
                             const std::vector<int64_t> *segmentStarts,
-                            exec::ExpertPhaseSeconds *phases) const {
+                            exec::ExpertPhaseSeconds *phases, const GivenGatedRows *given) const {
   using Clock = std::chrono::steady_clock;
   Clock::time_point mark = Clock::now();
   // Adds the time since the last mark to `part` (when profiling).
@@ -486,6 +496,12 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     mark = now;
   };
   const int64_t assignments = tokens * topK;
+  // Experts whose gated rows `given` supplies: down products only.
+  std::vector<uint8_t> gatedGiven(static_cast<size_t>(experts_), 0);
+  if (given && given->given)
+    for (int64_t i = 0; i < assignments; ++i)
+      if (ids[i] >= 0 && given->given[i])
+        gatedGiven[static_cast<size_t>(ids[i])] = 1;
   // Row of each (token, k) assignment in the expert-grouped order.
   std::vector<int64_t> counts(static_cast<size_t>(experts_), 0);
   for (int64_t i = 0; i < assignments; ++i)
@@ -590,7 +606,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
   for (int64_t e = 0; e < experts_; ++e) {
     int64_t row = firstRow[static_cast<size_t>(e)];
     for (const auto &[runSegment, count] : segmentRuns[static_cast<size_t>(e)]) {
-      const bool onTiles = tiles && count >= tileTokens_;
+      const bool onTiles = tiles && count >= tileTokens_ && !gatedGiven[static_cast<size_t>(e)];
       if (!groups.empty() && groups.back().expert == e && groups.back().tiles == onTiles)
         groups.back().count += count;
       else
@@ -630,7 +646,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     if (g.tiles)
       continue;
     const int64_t e = g.expert, row = g.row, count = g.count;
-    if (gemmTokens_ > 0 && count >= gemmTokens_ && haveExpertGemm()) {
+    const bool givenRows = gatedGiven[static_cast<size_t>(e)] != 0;
+    if (gemmTokens_ > 0 && count >= gemmTokens_ && haveExpertGemm() && !givenRows) {
       // Many tokens share this expert: three bf16 GEMMs.
       FfnMatrices w = expert(e);
       float *g = gate + row * ffn_, *u = up + row * ffn_;
@@ -644,8 +661,15 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     batches.push_back({expert(e), gathered + row * hidden_, count, results + row * hidden_,
                        gate + row * ffn_, up + row * ffn_, offsetInput(xInput, row, hidden_),
                        offsetInput(gateInput, row, ffn_), bandsOf(e)});
+    batches.back().gatedGiven = givenRows;
   }
-  runFeedForward(pool, batches);
+  runFeedForward(pool, batches, [&] {
+    if (!given)
+      return;
+    for (int64_t i = 0; i < assignments; ++i)
+      if (ids[i] >= 0 && gatedGiven[static_cast<size_t>(ids[i])])
+        given->fill(i, gate + rowOf[static_cast<size_t>(i)] * ffn_);
+  });
   lap(&exec::ExpertPhaseSeconds::rows);
 
   // Each token's sum in increasing expert order, as HF adds them up.

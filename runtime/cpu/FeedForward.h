@@ -10,6 +10,7 @@
 #include "runtime/gguf/GgufFile.h"
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -55,12 +56,28 @@ struct FfnBatch {
   // With NUMA placement: a band per node of the pool (node n's threads
   // multiply band n's rows); null: every row from w.
   const FfnBand *bands = nullptr;
+  // The gated rows are given (in `gate`, by runFeedForward's beforeDown):
+  // only the down product runs.
+  bool gatedGiven = false;
 };
 
 // out = down(silu(gate x) * up x) for every batch. The rows of all batches
 // are split over the pool together (first the gate/up rows, then the down
 // rows), and each weight row is decoded once for all the batch's tokens.
-void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches);
+// `beforeDown` runs between the two (batches whose gatedGiven is set get
+// their gated rows there).
+void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
+                    const std::function<void()> &beforeDown = {});
+
+// Assignments of RoutedExperts::forward whose gated rows silu(gate x) * (up
+// x) another device computes: forward() skips their experts' gate and up
+// products and, between its gate/up and down products, has `fill` write
+// each such assignment's row. Every assignment of such an expert must be
+// given.
+struct GivenGatedRows {
+  const uint8_t *given = nullptr; // per assignment (tokens x topK): 1 where given
+  std::function<void(int64_t assignment, float *row)> fill;
+};
 
 // One feed-forward through the generated AMX tile kernels (prefill: every
 // matrix has WeightMatrix::kernel.tiles and rows a multiple of kTileRows).
@@ -123,10 +140,12 @@ public:
   // `segmentStarts`: the first token of each sequence of the step (in
   // order; null: one sequence). With `phases`, adds the wall time of its
   // parts to it.
+  // With `given`, the assignments it marks get their gated rows from it.
   void forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
                const int32_t *ids, const float *weights, int64_t topK, float *out,
                const std::vector<int64_t> *segmentStarts = nullptr,
-               exec::ExpertPhaseSeconds *phases = nullptr) const;
+               exec::ExpertPhaseSeconds *phases = nullptr,
+               const GivenGatedRows *given = nullptr) const;
 
 private:
   FfnMatrices expert(int64_t e) const;

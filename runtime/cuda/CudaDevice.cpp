@@ -70,6 +70,7 @@ struct CudaDevice::Api {
   CUresult (*eventCreate)(void **, unsigned) = nullptr;
   CUresult (*eventDestroy)(void *) = nullptr;
   CUresult (*eventRecord)(void *, CUstream) = nullptr;
+  CUresult (*eventSynchronize)(void *) = nullptr;
   CUresult (*streamWaitEvent)(CUstream, void *, unsigned) = nullptr;
   CUresult (*eventElapsedTime)(float *, void *, void *) = nullptr;
   CUresult (*memcpyPeer)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t,
@@ -142,6 +143,7 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   bind(api.eventCreate, {"cuEventCreate"});
   bind(api.eventDestroy, {"cuEventDestroy_v2"});
   bind(api.eventRecord, {"cuEventRecord"});
+  bind(api.eventSynchronize, {"cuEventSynchronize"});
   bind(api.streamWaitEvent, {"cuStreamWaitEvent"});
   bind(api.eventElapsedTime, {"cuEventElapsedTime_v2", "cuEventElapsedTime"});
   bind(api.memcpyPeer, {"cuMemcpyPeerAsync"});
@@ -487,6 +489,14 @@ Status CudaDevice::waitFor(Queue queue, int event) {
       return s;
   return check(api_->streamWaitEvent(queue == Queue::Main ? stream_ : sideStream_, e, 0),
                "cuStreamWaitEvent");
+}
+
+Status CudaDevice::waitOnHost(int event) {
+  if (event < 0 || event >= kOrderEvents)
+    return Status::error("order event " + std::to_string(event) + " out of range");
+  if (!orderEvents_[event]) // never signalled: nothing to wait for
+    return Status::success();
+  return check(api_->eventSynchronize(orderEvents_[event]), "cuEventSynchronize");
 }
 
 StatusOr<bool> CudaDevice::finishedQueuedWork() {

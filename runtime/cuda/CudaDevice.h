@@ -120,10 +120,12 @@ public:
   // change a wait already queued). The stream's synchronize() covers side
   // work only where the stream waited for it.
   enum class Queue { Main, Side };
-  static constexpr int kOrderEvents = 4;
+  static constexpr int kOrderEvents = 6;
   Status copyToDeviceOnSide(DevicePointer dst, const void *src, size_t bytes);
   Status signal(Queue queue, int event);
   Status waitFor(Queue queue, int event);
+  // Blocks the calling thread until event e's last signal has passed.
+  Status waitOnHost(int event);
   // GPU-side time marks: markTime() records a timing event on the stream
   // and returns its number; once the stream has passed two marks,
   // secondsBetweenMarks gives the GPU time between them. clearTimeMarks()

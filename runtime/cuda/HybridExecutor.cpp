@@ -314,7 +314,11 @@ public:
   // and run on the GPU (CachedExperts::run). One set of slots serves all
   // layers: the stream runs them one after the other.
   int64_t streamedExperts = 0;
-  DevicePointer streamStaging[3] = {}; // gate, up, down: streamedExperts slices each
+  int64_t streamedGateUps = 0; // ExecutorOptions::streamedGateUps
+  // gate and up: streamedExperts + streamedGateUps slices each, down:
+  // streamedExperts (the gate/up-only experts' slots come last).
+  DevicePointer streamStaging[3] = {};
+  int64_t decodeRowsMax = 1; // rows of a decode step: one per sequence
   // Prefill: the share of a step's CPU-side experts the GPU streams (those
   // chosen most). It balances the two by feedback: up a notch when the GPU
   // had finished by the time the CPU's experts had, down a notch when not.
@@ -1394,6 +1398,11 @@ struct ExpertMatrices {
 Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer x,
                       int64_t rows, const AssignmentGroups *groups, int64_t tiles,
                       uint64_t matrixIds, DevicePointer g, DevicePointer u, DevicePointer d);
+// Decode's gated rows silu(gate x) * (up x) of each token's top_k choices
+// into g [choices][ffn] (u: scratch), the matrix of each choice's slot at
+// `matrixIds` (-1: skipped).
+Status gatedProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer x,
+                     int64_t rows, uint64_t matrixIds, DevicePointer g, DevicePointer u);
 
 // Copies of a CPU-placed layer's most often routed experts on the GPU (the
 // spare-VRAM expert cache): the choices of cached experts run there, the
@@ -1424,6 +1433,16 @@ struct CachedExperts {
   std::vector<int32_t> streamedIds, streamSlotOf, streamTokens, chunkSlotOf;
   AssignmentGroups streamGroups; // prefill: at most a tile per choice, as `groups`
   uint64_t streamedSelections = 0, streamedBytes = 0;
+  // Decode's gate/up-only experts (m.streamedGateUps): each choice's slot
+  // (-1: none), the step's experts and each expert's place, which choices
+  // the CPU gets gated rows for, and those rows as the GPU copied them back
+  // (page-locked, [choices][ffn], valid after kGatedRowsReady).
+  int32_t *gateUpSlotsHost = nullptr;
+  DevicePointer gateUpSlots = 0;
+  std::vector<int32_t> gateUpIds, gateUpPlaceOf;
+  std::vector<uint8_t> gatedGiven;
+  float *gatedRowsHost = nullptr;
+  uint64_t gateUpSelections = 0;
 
   size_t scratchFloats(int64_t rows) const {
     return size_t(rows * (topK * (2 * ffn + hidden) + hidden));
@@ -1440,13 +1459,20 @@ struct CachedExperts {
   // what the CPU runs.
   StatusOr<DevicePointer> run(HybridExecutor::Impl &m, int64_t rows, const int32_t *ids,
                               const float *gateWeights, DevicePointer x, bool decode);
+  // The device's order events (CudaDevice::signal) per set of slots, and
+  // for the gate/up-only experts' copies and gated rows.
+  static constexpr int kSlotsFree[2] = {0, 1}, kCopied[2] = {2, 3};
+  static constexpr int kGateUpCopied = 4, kGatedRowsReady = 5;
 
 private:
   // Queues on the side stream the copies of the weights of
   // streamedIds[first, first + count) into slots firstSlot on.
   Status copyStreamed(HybridExecutor::Impl &m, size_t firstSlot, size_t first, size_t count);
-  // The device's order events (CudaDevice::signal) per set of slots.
-  static constexpr int kSlotsFree[2] = {0, 1}, kCopied[2] = {2, 3};
+  // Decode's gate/up-only experts: their gate and up copied into their
+  // slots first, the gated rows of their choices into g, and g to
+  // gatedRowsHost (kGatedRowsReady).
+  Status gateUpOnly(HybridExecutor::Impl &m, DevicePointer x, int64_t rows, DevicePointer g,
+                    DevicePointer u);
 };
 
 // A prefill step streams only experts at least this many of its tokens
@@ -1476,6 +1502,12 @@ public:
     float *result = o.where == Where::Host ? o.hostFloats() : staging_;
     const int32_t *cpuIds = ids.hostIds();
     DevicePointer cachedSum = 0;
+    // Gated rows the GPU computes for the CPU's down products (decode's
+    // gate/up-only experts), waited for once, when the CPU needs them.
+    cpu::GivenGatedRows given;
+    const cpu::GivenGatedRows *gatedRows = nullptr;
+    Status gatedStatus = Status::success();
+    bool gatedWaited = false;
     if (cache && (cache->cached > 0 || m.streamedExperts > 0) && o.where == Where::Gpu) {
       StatusOr<DevicePointer> sum =
           cache->run(m, ctx.rows, ids.hostIds(), weights.hostFloats(), in[3]->gpu, ctx.decode);
@@ -1483,6 +1515,22 @@ public:
         return sum.status();
       cachedSum = *sum;
       cpuIds = cache->cpuIds.data();
+      if (!cache->gateUpIds.empty()) {
+        const int64_t ffn = cache->ffn;
+        const float *rows = cache->gatedRowsHost;
+        given.given = cache->gatedGiven.data();
+        given.fill = [&m, &gatedStatus, &gatedWaited, ffn, rows](int64_t assignment, float *row) {
+          if (!gatedWaited) {
+            gatedWaited = true;
+            gatedStatus = m.device->waitOnHost(CachedExperts::kGatedRowsReady);
+          }
+          if (gatedStatus.ok())
+            std::memcpy(row, rows + assignment * ffn, size_t(ffn) * 4);
+          else
+            std::fill(row, row + ffn, 0.0f);
+        };
+        gatedRows = &given;
+      }
     } else if (cache) {
       cache->selections += uint64_t(ctx.rows * ids.width);
     }
@@ -1494,7 +1542,9 @@ public:
       segmentStarts.push_back(segment.row);
     experts_.forward(m.pool, m.workspace, x.hostFloats(), ctx.rows, cpuIds, weights.hostFloats(),
                      ids.width, result, &segmentStarts,
-                     m.profiling ? &m.profile.expertPhases : nullptr);
+                     m.profiling ? &m.profile.expertPhases : nullptr, gatedRows);
+    if (!gatedStatus.ok())
+      return gatedStatus;
     if (ctx.decode)
       m.expertLayerEnds.push_back(Clock::now());
     if (cache && !ctx.decode && !cache->streamedIds.empty()) {
@@ -1534,7 +1584,7 @@ public:
     std::fill(stats_.selections.begin(), stats_.selections.end(), 0);
     if (cache)
       cache->selections = cache->gpuSelections = cache->streamedSelections = cache->streamedBytes =
-          0;
+          cache->gateUpSelections = 0;
   }
   const cpu::RoutedExperts &experts() const { return experts_; }
 
@@ -1574,10 +1624,14 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
       streamSlotOf[size_t(streamedIds[place])] = int32_t(place);
   }
   int64_t cachedChoices = 0;
+  const int64_t gateUpCount = decode ? m.streamedGateUps : 0;
+  gateUpIds.clear();
+  if (gateUpCount > 0)
+    gatedGiven.assign(size_t(choices), 0);
   for (int64_t i = 0; i < choices; ++i) {
     const int32_t expert = ids[i];
     const int32_t slot = slotOf[size_t(expert)];
-    int32_t streamed = -1;
+    int32_t streamed = -1, gateUpSlot = -1;
     if (slot < 0 && slotCount > 0) {
       streamed = streamSlotOf[size_t(expert)];
       // Decode: the first experts of the step, up to a slot each.
@@ -1587,17 +1641,35 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
         streamedIds.push_back(expert);
       }
     }
+    // Decode: the next experts have only their gate and up on the GPU.
+    if (slot < 0 && streamed < 0 && gateUpCount > 0) {
+      int32_t place = gateUpPlaceOf[size_t(expert)];
+      if (place < 0 && int64_t(gateUpIds.size()) < gateUpCount) {
+        place = int32_t(gateUpIds.size());
+        gateUpPlaceOf[size_t(expert)] = place;
+        gateUpIds.push_back(expert);
+      }
+      if (place >= 0) {
+        gateUpSlot = int32_t(slotCount) + place;
+        gatedGiven[size_t(i)] = 1;
+      }
+    }
     const bool onGpu = slot >= 0 || streamed >= 0;
     slotsHost[i] = slot;
     weightsHost[i] = onGpu ? gateWeights[i] : 0.0f; // 0: moe_combine skips the slot
     cpuIds[size_t(i)] = onGpu ? -1 : expert;
     cachedChoices += slot >= 0;
     streamedSelections += streamed >= 0;
+    gateUpSelections += gateUpSlot >= 0;
     if (slotCount > 0)
       streamSlotsHost[i] = streamed;
+    if (gateUpCount > 0)
+      gateUpSlotsHost[i] = gateUpSlot;
   }
   for (int32_t expert : streamedIds)
     streamSlotOf[size_t(expert)] = -1;
+  for (int32_t expert : gateUpIds)
+    gateUpPlaceOf[size_t(expert)] = -1;
   gpuSelections += uint64_t(cachedChoices);
   selections += uint64_t(choices);
   if (Status s = m.device->copyToDeviceAsync(weights, weightsHost, size_t(choices) * 4); !s.ok())
@@ -1606,7 +1678,11 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
                       d = u + DevicePointer(choices * ffn) * 4,
                       sum = d + DevicePointer(choices * hidden) * 4;
   // Each pass writes the g, u and d rows of its own choices only (a slot of
-  // -1 is skipped), so the combine reads every pass's rows.
+  // -1 is skipped), so the combine reads every pass's rows. The gate/up-only
+  // experts go first: the CPU waits for their rows.
+  if (!gateUpIds.empty())
+    if (Status s = gateUpOnly(m, x, rows, g, u); !s.ok())
+      return s;
   if (cachedChoices > 0) {
     if (Status s = m.device->copyToDeviceAsync(slots, slotsHost, size_t(choices) * 4); !s.ok())
       return s;
@@ -1699,6 +1775,39 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   return sum;
 }
 
+Status CachedExperts::gateUpOnly(HybridExecutor::Impl &m, DevicePointer x, int64_t rows,
+                                 DevicePointer g, DevicePointer u) {
+  using Queue = CudaDevice::Queue;
+  const int64_t choices = rows * topK;
+  if (Status s = m.device->copyToDeviceAsync(gateUpSlots, gateUpSlotsHost, size_t(choices) * 4);
+      !s.ok())
+    return s;
+  for (Status s : {m.device->waitFor(Queue::Side, kSlotsFree[0]),
+                   m.device->waitFor(Queue::Side, kSlotsFree[1])})
+    if (!s.ok())
+      return s;
+  for (size_t place = 0; place < gateUpIds.size(); ++place)
+    for (int i = 0; i < 2; ++i) { // gate and up
+      const size_t slice = sliceBytes(i);
+      if (Status s = m.device->copyToDeviceOnSide(
+              staged[i].data + (size_t(m.streamedExperts) + place) * slice,
+              static_cast<const uint8_t *>(tensors[i]->data) + size_t(gateUpIds[place]) * slice,
+              slice);
+          !s.ok())
+        return s;
+      streamedBytes += slice;
+    }
+  for (Status s :
+       {m.device->signal(Queue::Side, kGateUpCopied), m.device->waitFor(Queue::Main, kGateUpCopied),
+        gatedProducts(m, {staged[0], staged[1], staged[2], *siluMul, gateUp, hidden, ffn, topK}, x,
+                      rows, gateUpSlots, g, u),
+        m.device->copyToHostAsync(gatedRowsHost, g, size_t(choices * ffn) * 4),
+        m.device->signal(Queue::Main, kGatedRowsReady)})
+    if (!s.ok())
+      return s;
+  return Status::success();
+}
+
 Status CachedExperts::copyStreamed(HybridExecutor::Impl &m, size_t firstSlot, size_t first,
                                    size_t count) {
   for (size_t slot = 0; slot < count; ++slot)
@@ -1729,19 +1838,23 @@ Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePo
         return s;
     return Status::success();
   }
-  const GemvLayout wide{int(e.hidden), int(e.topK * e.ffn), 0, int(e.ffn), int(rows), matrixIds};
   const GemvLayout narrow{int(e.topK * e.ffn), int(e.topK * e.hidden), int(e.ffn),
                           int(e.hidden),       int(rows),              matrixIds};
-  if (e.gateUp) { // gate and up in one pass
-    if (Status s = m.gateUpGemv(*e.gateUp, e.gate, e.up, x, g, rows, wide); !s.ok())
-      return s;
-  } else {
-    for (Status s : {m.gemv(e.gate, x, g, rows, wide), m.gemv(e.up, x, u, rows, wide, true),
-                     m.elementwise(e.siluMul, g, u, g, choices, e.ffn)})
-      if (!s.ok())
-        return s;
-  }
+  if (Status s = gatedProducts(m, e, x, rows, matrixIds, g, u); !s.ok())
+    return s;
   return m.gemv(e.down, g, d, rows, narrow);
+}
+
+Status gatedProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer x,
+                     int64_t rows, uint64_t matrixIds, DevicePointer g, DevicePointer u) {
+  const GemvLayout wide{int(e.hidden), int(e.topK * e.ffn), 0, int(e.ffn), int(rows), matrixIds};
+  if (e.gateUp) // gate and up in one pass
+    return m.gateUpGemv(*e.gateUp, e.gate, e.up, x, g, rows, wide);
+  for (Status s : {m.gemv(e.gate, x, g, rows, wide), m.gemv(e.up, x, u, rows, wide, true),
+                   m.elementwise(e.siluMul, g, u, g, rows * e.topK, e.ffn)})
+    if (!s.ok())
+      return s;
+  return Status::success();
 }
 
 Status AssignmentGroups::allocate(HybridExecutor::Impl &m, int64_t assignments) {
@@ -2061,6 +2174,18 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
     hostArrays.push_back(reinterpret_cast<void **>(&cache->streamSlotsHost));
     gpuArrays.push_back(&cache->streamSlots);
   }
+  if (streamedGateUps > 0) {
+    hostArrays.push_back(reinterpret_cast<void **>(&cache->gateUpSlotsHost));
+    gpuArrays.push_back(&cache->gateUpSlots);
+    cache->gateUpPlaceOf.assign(size_t(cache->experts), -1);
+    // A decode step's gated rows: one token per sequence.
+    StatusOr<void *> rows = device->allocateHost(
+        size_t(std::max<size_t>(caches.size(), 1) * size_t(cache->topK * cache->ffn)) * 4);
+    if (!rows)
+      return rows.status();
+    hostAllocations.push_back(*rows);
+    cache->gatedRowsHost = static_cast<float *>(*rows);
+  }
   for (void **host : hostArrays) {
     StatusOr<void *> p = device->allocateHost(choices * 4);
     if (!p)
@@ -2195,7 +2320,10 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
   for (const CachedExperts *layer : layers)
     for (int i = 0; i < 3; ++i)
       slices[i] = std::max(slices[i], layer->sliceBytes(i));
-  const uint64_t staging = uint64_t(streamedExperts) * (slices[0] + slices[1] + slices[2]);
+  // Gate and up have slots for the gate/up-only experts too.
+  const size_t slotsOf[3] = {size_t(streamedExperts + streamedGateUps),
+                             size_t(streamedExperts + streamedGateUps), size_t(streamedExperts)};
+  const uint64_t staging = slotsOf[0] * slices[0] + slotsOf[1] * slices[1] + slotsOf[2] * slices[2];
   if (staging > reserved)
     return Status::error(asked + " needs " + formatByteSize(staging) +
                          " of cuda:0 for the streamed experts' weights, taken from the GPU "
@@ -2214,7 +2342,7 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
   if (Status s = use(0); !s.ok())
     return s;
   for (int i = 0; i < 3; ++i) {
-    StatusOr<DevicePointer> slots = allocate(size_t(streamedExperts) * slices[i], false);
+    StatusOr<DevicePointer> slots = allocate(slotsOf[i] * slices[i], false);
     if (!slots)
       return slots.status();
     streamStaging[i] = *slots;
@@ -2262,6 +2390,8 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
   if (progress)
     std::fprintf(stderr, "[page-locked in %.1f s]\n", expertCache.pinSeconds);
   expertCache.streamedPerToken = streamedExperts;
+  expertCache.gateUpShare =
+      double(slices[0] + slices[1]) / double(slices[0] + slices[1] + slices[2]);
   return Status::success();
 }
 
@@ -3175,6 +3305,9 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
         " (its memory plan must have room), or ask for less.");
   const uint64_t expertCacheBytes =
       options.gpuExpertCacheBytes < 0 ? reserved : uint64_t(options.gpuExpertCacheBytes);
+  if (options.streamedGateUps > 0 && options.streamedExperts <= 0)
+    return Status::error("--stream-gate-up " + std::to_string(options.streamedGateUps) +
+                         " adds experts to --stream-experts N, which is 0; pass both.");
   if (options.streamedExperts > 0 && reserved == 0)
     return Status::error("--stream-experts " + std::to_string(options.streamedExperts) +
                          ": streamed experts run on the GPU expert cache's kernels and room, but " +
@@ -3280,6 +3413,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->expertCacheBudget = expertCacheBytes;
   impl->expertCache.enabled = expertCacheBytes > 0;
   impl->streamedExperts = std::max(0, options.streamedExperts);
+  impl->streamedGateUps = impl->streamedExperts > 0 ? std::max(0, options.streamedGateUps) : 0;
   Status bound = impl->bind(model);
   impl->conversions->finishProgress();
   if (!bound.ok())
@@ -3506,6 +3640,7 @@ exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
       stats.gpuSelections += experts->cache->gpuSelections;
       stats.streamedSelections += experts->cache->streamedSelections;
       stats.streamedBytes += experts->cache->streamedBytes;
+      stats.gateUpSelections += experts->cache->gateUpSelections;
     }
   stats.prefillStreamShare = impl_->prefillStreamShare;
   return stats;

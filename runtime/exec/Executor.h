@@ -108,6 +108,11 @@ struct ExecutorOptions {
   // the CPU runs the rest: the link adds its bandwidth to the CPU threads'.
   // 0: none.
   int streamedExperts = 0;
+  // Decode, with streamedExperts: of this many more of each step's
+  // CPU-side experts the GPU streams only the gate and up matrices and
+  // computes their gated rows, which the CPU's down products then read: a
+  // finer share than whole experts (for Q4_K, a third of an expert each).
+  int streamedGateUps = 0;
   // Routing statistics (a profile saved by an earlier run) that choose the
   // cached experts at load; empty: the first prefill's routing chooses them.
   std::vector<RoutingStats> expertProfile;
@@ -145,6 +150,10 @@ struct ExpertCacheStats {
   uint64_t pinnedBytes = 0;
   double pinSeconds = 0;
   double prefillStreamShare = 0; // of a prefill step's CPU-side experts, streamed now
+  // Decode choices whose gate and up the GPU computed (streamedGateUps), and
+  // the share of an expert's bytes those two matrices are.
+  uint64_t gateUpSelections = 0;
+  double gateUpShare = 0;
 };
 
 // How the CPU threads and routed experts were spread over NUMA nodes.

@@ -119,6 +119,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.virtualGpus = options_.virtualGpus;
   executorOptions.gpuExpertCacheBytes = options_.gpuExpertCacheBytes;
   executorOptions.streamedExperts = options_.streamedExperts;
+  executorOptions.streamedGateUps = options_.streamedGateUps;
   executorOptions.expertProfile = options_.expertProfile;
   executorOptions.progress = options_.progress;
   return exec::createExecutor(plan_, *model_, executorOptions);

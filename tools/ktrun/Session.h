@@ -42,6 +42,7 @@ struct SessionOptions {
   int virtualGpus = 0;          // run a plan for N GPUs on GPU 0
   int64_t gpuExpertCacheBytes = -1;            // -1: what the plan reserves
   int streamedExperts = 0; // decode: choices per token and layer the GPU streams
+  int streamedGateUps = 0; // decode: more experts whose gate and up only it streams
   std::vector<exec::RoutingStats> expertProfile; // chooses the cached experts at load
   SamplingOptions sampling;
 };

@@ -92,6 +92,7 @@ int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, b
       out["streamed_experts"] = {{"per_token", cache.streamedPerToken},
                                  {"choices", cache.selections},
                                  {"choices_streamed", cache.streamedSelections},
+                                 {"choices_gate_up_streamed", cache.gateUpSelections},
                                  {"bytes", cache.streamedBytes},
                                  {"pinned_bytes", cache.pinnedBytes},
                                  {"pin_seconds", cache.pinSeconds}};
@@ -219,8 +220,14 @@ int main(int argc, char **argv) {
                  "decode up to N of each step's experts per layer, in prefill the most chosen "
                  "ones, half the slots at a time, in a share balanced against the CPU's by "
                  "feedback. The slots (N experts' weights) come out of the plan's expert cache "
-                 "reservation. 2 suits 16 cores and PCIe 5 with 8 experts a token; 0: none (the "
-                 "default)")
+                 "reservation. 2 (with --stream-gate-up 1) suits 16 cores and PCIe 5 with 8 "
+                 "experts a token; 0: none (the default)")
+      ->check(CLI::Range(0, 64));
+  app.add_option("--stream-gate-up", options.streamedGateUps,
+                 "With --stream-experts: in decode the GPU also streams the gate and up "
+                 "matrices of M more of each step's experts per layer and computes their gated "
+                 "rows, which the CPU's down products read (a finer share than whole experts: "
+                 "with Q4_K a third of an expert each; 0: none, the default)")
       ->check(CLI::Range(0, 64));
   app.add_option("--expert-profile", expertProfile,
                  "Fill the GPU expert cache at load from this routing profile (written by "

@@ -1,36 +1,56 @@
 // The CPU routed experts: a negative expert id skips its assignment (the
-// GPU expert cache runs those experts and the CPU the rest).
+// GPU expert cache runs those experts and the CPU the rest), and given
+// gated rows replace an expert's gate and up products (the GPU streamed
+// them).
 #include "runtime/cpu/FeedForward.h"
 #include "test/unit/cpu/TestModels.h"
 
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <random>
 
 namespace kt::cpu::test {
 namespace {
 
+// Layer 1's routed experts of the tiny f32 model built as `name`, and a
+// step of `tokens` random tokens' `topK` choices and weights (choice i:
+// expert (i * stride + i / topK) mod experts).
+struct ExpertStep {
+  TestModel model;
+  const gguf::TensorInfo *gate = nullptr, *up = nullptr, *down = nullptr;
+  std::vector<float> x, weights;
+  std::vector<int32_t> ids;
+};
+void makeExpertStep(const std::string &name, int64_t tokens, int64_t topK, size_t stride,
+                    unsigned seed, ExpertStep &out) {
+  ASSERT_NO_FATAL_FAILURE(buildModel(name, tinyF32Config(), out.model));
+  out.gate = out.model.model->findTensor("blk.1.ffn_gate_exps.weight");
+  out.up = out.model.model->findTensor("blk.1.ffn_up_exps.weight");
+  out.down = out.model.model->findTensor("blk.1.ffn_down_exps.weight");
+  ASSERT_TRUE(out.gate && out.up && out.down);
+  const int64_t hidden = out.gate->ne[0], experts = out.gate->ne[2];
+  std::mt19937 random(seed);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  out.x.resize(size_t(tokens * hidden));
+  for (float &v : out.x)
+    v = normal(random);
+  out.ids.resize(size_t(tokens * topK));
+  out.weights.resize(out.ids.size());
+  for (size_t i = 0; i < out.ids.size(); ++i) {
+    out.ids[i] = int32_t((i * stride + i / size_t(topK)) % size_t(experts));
+    out.weights[i] = 0.25f + 0.1f * float(i % size_t(topK));
+  }
+}
+
 TEST(RoutedExperts, NegativeIdsSkipTheirAssignments) {
   KT_REQUIRE_COMPILER();
-  TestModel m;
-  ASSERT_NO_FATAL_FAILURE(buildModel("routed-skip", tinyF32Config(), m));
-  const gguf::TensorInfo *gate = m.model->findTensor("blk.1.ffn_gate_exps.weight"),
-                         *up = m.model->findTensor("blk.1.ffn_up_exps.weight"),
-                         *down = m.model->findTensor("blk.1.ffn_down_exps.weight");
-  ASSERT_TRUE(gate && up && down);
-  RoutedExperts experts(*gate, *up, *down, nullptr);
-  const int64_t tokens = 5, topK = 3, hidden = experts.hidden();
-  std::mt19937 random(3);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
-  std::vector<float> x(size_t(tokens * hidden));
-  for (float &v : x)
-    v = normal(random);
-  std::vector<int32_t> ids(size_t(tokens * topK));
-  std::vector<float> weights(ids.size());
-  for (size_t i = 0; i < ids.size(); ++i) {
-    ids[i] = int32_t((i * 7 + i / topK) % size_t(experts.experts()));
-    weights[i] = 0.25f + 0.1f * float(i % topK);
-  }
+  ExpertStep step;
+  const int64_t tokens = 5, topK = 3;
+  ASSERT_NO_FATAL_FAILURE(makeExpertStep("routed-skip", tokens, topK, 7, 3, step));
+  RoutedExperts experts(*step.gate, *step.up, *step.down, nullptr);
+  const std::vector<float> &x = step.x, &weights = step.weights;
+  const std::vector<int32_t> &ids = step.ids;
   // Every other assignment skipped, against the same assignments with
   // weight 0 (which run but add nothing).
   std::vector<int32_t> skipped = ids;
@@ -54,6 +74,68 @@ TEST(RoutedExperts, NegativeIdsSkipTheirAssignments) {
   experts.forward(pool, workspace, x.data(), tokens, skipped.data(), weights.data(), topK,
                   got.data());
   EXPECT_EQ(got, std::vector<float>(x.size(), 0.0f));
+}
+
+// The gated rows of one expert given from outside (f32 weights, computed
+// here): the result matches the CPU's own products; rows of zeros drop that
+// expert's contribution exactly; `fill` is asked once per assignment.
+TEST(RoutedExperts, GivenGatedRowsReplaceAnExpertsGateAndUp) {
+  KT_REQUIRE_COMPILER();
+  ExpertStep step;
+  const int64_t tokens = 4, topK = 3;
+  ASSERT_NO_FATAL_FAILURE(makeExpertStep("routed-given", tokens, topK, 5, 5, step));
+  const gguf::TensorInfo *gate = step.gate, *up = step.up;
+  ASSERT_EQ(gate->type, gguf::GgmlType::F32);
+  RoutedExperts experts(*gate, *up, *step.down, nullptr);
+  const int64_t hidden = experts.hidden(), ffn = gate->ne[1];
+  const std::vector<float> &x = step.x, &weights = step.weights;
+  std::vector<int32_t> &ids = step.ids;
+  // Expert ids[0]'s assignments given; another token chooses it too.
+  ids[size_t(topK)] = ids[0];
+  std::vector<uint8_t> given(ids.size(), 0);
+  std::vector<float> zeroed = weights;
+  int64_t expected = 0;
+  for (size_t i = 0; i < ids.size(); ++i)
+    if (ids[i] == ids[0]) {
+      given[i] = 1;
+      zeroed[i] = 0.0f;
+      ++expected;
+    }
+  auto gatedRow = [&](int64_t assignment, float *row) {
+    const int64_t e = ids[size_t(assignment)];
+    const float *xt = x.data() + (assignment / topK) * hidden;
+    const auto *g = reinterpret_cast<const float *>(gate->data) + e * ffn * hidden;
+    const auto *u = reinterpret_cast<const float *>(up->data) + e * ffn * hidden;
+    for (int64_t j = 0; j < ffn; ++j) {
+      double gx = 0, ux = 0;
+      for (int64_t k = 0; k < hidden; ++k) {
+        gx += double(g[j * hidden + k]) * xt[k];
+        ux += double(u[j * hidden + k]) * xt[k];
+      }
+      row[j] = float(gx / (1 + std::exp(-gx)) * ux);
+    }
+  };
+  ThreadPool pool(2);
+  Workspace workspace;
+  std::vector<float> own(x.size()), got(x.size()), without(x.size());
+  experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK, own.data());
+  int64_t calls = 0;
+  GivenGatedRows rows{given.data(), [&](int64_t assignment, float *row) {
+                        ++calls;
+                        gatedRow(assignment, row);
+                      }};
+  experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK, got.data(),
+                  nullptr, nullptr, &rows);
+  EXPECT_EQ(calls, expected);
+  EXPECT_LE(relativeL2(got, own), 1e-5);
+  // Rows of zeros: as if the expert's weight were 0.
+  GivenGatedRows zeros{given.data(), [&](int64_t, float *row) { std::fill(row, row + ffn, 0.0f); }};
+  experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK, got.data(),
+                  nullptr, nullptr, &zeros);
+  experts.forward(pool, workspace, x.data(), tokens, ids.data(), zeroed.data(), topK,
+                  without.data());
+  EXPECT_EQ(got, without);
+  EXPECT_GT(relativeL2(own, without), 1e-3) << "the given expert should matter";
 }
 
 } // namespace

@@ -95,7 +95,7 @@ void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, 
   options.expertTileTokens = 0;
   exec::ExecutorOptions cpuOptions = options; // without the GPU's own options
   cpuOptions.gpuExpertCacheBytes = -1;
-  cpuOptions.streamedExperts = 0;
+  cpuOptions.streamedExperts = cpuOptions.streamedGateUps = 0;
   cpuOptions.expertProfile.clear();
   std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, cpuOptions);
   ASSERT_TRUE(gpu && cpu);
@@ -370,11 +370,18 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
   const auto [perExpert, allExperts] = cpuExpertSizes(pair.gpu);
   const int64_t moeLayers = config.layerCount - config.denseLayerCount;
   ASSERT_GT(allExperts, 0);
-  for (const auto &[streamed, cached] :
-       {std::pair<int, int64_t>{1, 0}, {3, 0}, {2, allExperts / 3}}) {
-    SCOPED_TRACE(std::to_string(streamed) + " streamed, " + std::to_string(cached) + " cached");
+  struct Setting {
+    int streamed, gateUps;
+    int64_t cached;
+  };
+  for (const Setting &setting : {Setting{1, 0, 0}, Setting{3, 0, 0}, Setting{2, 0, allExperts / 3},
+                                 Setting{2, 1, 0}, Setting{1, 2, allExperts / 3}}) {
+    const auto [streamed, gateUps, cached] = setting;
+    SCOPED_TRACE(std::to_string(streamed) + " streamed, " + std::to_string(gateUps) +
+                 " gate/up only, " + std::to_string(cached) + " cached");
     exec::ExecutorOptions options;
     options.streamedExperts = streamed;
+    options.streamedGateUps = gateUps;
     options.gpuExpertCacheBytes = int64_t(uint64_t(cached) * perExpert);
     expectSameRun(pair, 24, 8, 1e-4, options);
     std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options);
@@ -404,13 +411,22 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
       ASSERT_TRUE(gpu->forward({int32_t(5 + 7 * step)}).ok());
     const exec::ExpertCacheStats stats = gpu->expertCacheStats();
     EXPECT_EQ(stats.selections, uint64_t(decodeSteps * moeLayers * config.expertsUsed));
-    // One token a step: every streamed choice is an expert of its own.
-    EXPECT_EQ(stats.streamedBytes, stats.streamedSelections * perExpert);
-    if (cached == 0)
+    // One token a step: every streamed choice is an expert of its own, and
+    // so is each gate/up-only one (its gate and up copied).
+    EXPECT_NEAR(double(stats.streamedBytes),
+                double(stats.streamedSelections * perExpert) +
+                    double(stats.gateUpSelections * perExpert) * stats.gateUpShare,
+                1.0);
+    if (cached == 0) {
       EXPECT_EQ(stats.streamedSelections, uint64_t(decodeSteps * moeLayers * streamed));
-    else
-      EXPECT_LE(stats.streamedSelections + stats.gpuSelections, stats.selections);
+      EXPECT_EQ(stats.gateUpSelections, uint64_t(decodeSteps * moeLayers * gateUps));
+    } else {
+      EXPECT_LE(stats.streamedSelections + stats.gpuSelections + stats.gateUpSelections,
+                stats.selections);
+    }
     EXPECT_GT(stats.streamedSelections, 0u);
+    if (gateUps > 0)
+      EXPECT_GT(stats.gateUpSelections, 0u);
   }
 
   // A cache that leaves the slots no room in the plan's reservation is
@@ -427,12 +443,13 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
   // A batch of two sequences: an expert both tokens chose is copied once.
   exec::ExecutorOptions options;
   options.streamedExperts = 2;
+  options.streamedGateUps = 1;
   options.gpuExpertCacheBytes = 0; // else the prefill's routing caches every expert
   options.sequences = 2;
   options.ggufTensorCores = false;
   options.expertTileTokens = 0;
   exec::ExecutorOptions cpuOptions = options;
-  cpuOptions.streamedExperts = 0;
+  cpuOptions.streamedExperts = cpuOptions.streamedGateUps = 0;
   std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, cpuOptions);
   ASSERT_TRUE(gpu && cpu);
   std::vector<exec::SequenceTokens> batch = {{0, cpu::test::sampleTokens(6, 1)},
@@ -446,6 +463,7 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
       batch[i].tokens = {argmax(*c, i, vocab)};
   }
   EXPECT_GT(gpu->expertCacheStats().streamedSelections, 0u);
+  EXPECT_GT(gpu->expertCacheStats().gateUpSelections, 0u);
 }
 
 // Runs everywhere: streaming with a plan that reserves no room for it is
