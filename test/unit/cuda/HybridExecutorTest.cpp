@@ -467,7 +467,8 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
 }
 
 // Runs everywhere: streaming with a plan that reserves no room for it is
-// refused before any GPU is needed, with the recompile to do.
+// refused before any GPU is needed, with the recompile to do, and so are
+// gate/up-only experts without streamed ones.
 TEST(HybridExecutor, RefusesStreamedExpertsWithoutTheCacheReservation) {
   KT_REQUIRE_COMPILER();
   TestModel m;
@@ -480,6 +481,14 @@ TEST(HybridExecutor, RefusesStreamedExpertsWithoutTheCacheReservation) {
   ASSERT_FALSE(executor.ok());
   EXPECT_NE(executor.message().find("--stream-experts 2"), std::string::npos) << executor.message();
   EXPECT_NE(executor.message().find("ktc compile --gpu-expert-cache"), std::string::npos)
+      << executor.message();
+  // Gate/up-only experts add to streamed ones: alone they are refused.
+  options.streamedExperts = 0;
+  options.streamedGateUps = 1;
+  executor = exec::createExecutor(m.plan, *m.model, options);
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("--stream-gate-up 1 adds experts to --stream-experts"),
+            std::string::npos)
       << executor.message();
 }
 
