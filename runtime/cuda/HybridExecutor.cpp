@@ -318,7 +318,6 @@ public:
   // gate and up: streamedExperts + streamedGateUps slices each, down:
   // streamedExperts (the gate/up-only experts' slots come last).
   DevicePointer streamStaging[3] = {};
-  int64_t decodeRowsMax = 1; // rows of a decode step: one per sequence
   // Prefill: the share of a step's CPU-side experts the GPU streams (those
   // chosen most). It balances the two by feedback: up a notch when the GPU
   // had finished by the time the CPU's experts had, down a notch when not.
