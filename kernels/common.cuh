@@ -254,6 +254,32 @@ constexpr int kGemvSumsPerRow = 2;
 constexpr int kGemvSumsPerRow = 1;
 #endif
 
+// The end of a GEMV row whose columns SPLIT warps of a block share (one
+// token per block, ROWS rows per block): adds the warps' sums of the row
+// (`sum`, and `upSum` in GATE_UP kernels) in split order, and the first
+// split's warp stores y[index], the product or silu(gate) * up, from the
+// lanes where `store` (lane 0 of a row that exists). Every thread of the
+// block calls it.
+template <int ROWS, int SPLIT>
+__device__ __forceinline__ void storeSplitRow(float sum, [[maybe_unused]] float upSum,
+                                              int rowInBlock, int split, bool store, float *y,
+                                              int index) {
+  __shared__ float partials[ROWS][SPLIT][kGemvSumsPerRow];
+#if defined(GATE_UP) && GATE_UP
+  const float mine[kGemvSumsPerRow] = {sum, upSum};
+#else
+  const float mine[kGemvSumsPerRow] = {sum};
+#endif
+  float totals[kGemvSumsPerRow];
+  addSplitSums<SPLIT, kGemvSumsPerRow>(partials, rowInBlock, split, mine, totals);
+  if (split == 0 && store)
+#if defined(GATE_UP) && GATE_UP
+    y[index] = siluMul(totals[0], totals[1]);
+#else
+    y[index] = totals[0];
+#endif
+}
+
 // 16 bytes from a 2-byte aligned address as 4 little-endian words: four
 // 4-byte loads where the address allows, else two 2-byte and three 4-byte
 // loads (Q8_0's 34- and q6_K's 210-byte blocks keep only 2-byte alignment).

@@ -97,9 +97,7 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
       reinterpret_cast<const Weight *>(layout.upWeight) + (headRow + readRow) * IN_FEATURES;
 #endif
   float sums[TOKEN_TILE];
-#if GATE_UP
-  float upSum = 0.0f;
-#endif
+  [[maybe_unused]] float upSum = 0.0f; // GATE_UP kernels
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t)
     sums[t] = 0.0f;
@@ -154,20 +152,8 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
   }
 #if K_SPLIT > 1
   // One token per block: the row's partial sums, added in split order.
-  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][kt::kGemvSumsPerRow];
-#if GATE_UP
-  const float mine[kt::kGemvSumsPerRow] = {sums[0], upSum};
-#else
-  const float mine[kt::kGemvSumsPerRow] = {sums[0]};
-#endif
-  float totals[kt::kGemvSumsPerRow];
-  kt::addSplitSums<K_SPLIT, kt::kGemvSumsPerRow>(partials, rowInBlock, split, mine, totals);
-  if (split == 0 && lane == 0 && rowExists)
-#if GATE_UP
-    KT_GEMV_Y(0)[row] = kt::siluMul(totals[0], totals[1]);
-#else
-    KT_GEMV_Y(0)[row] = totals[0];
-#endif
+  kt::storeSplitRow<ROWS_PER_BLOCK, K_SPLIT>(sums[0], upSum, rowInBlock, split,
+                                             lane == 0 && rowExists, KT_GEMV_Y(0), row);
 #else
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t) {

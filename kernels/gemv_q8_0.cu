@@ -131,8 +131,8 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
 #if GATE_UP
   const kt::u8 *upBytes =
       reinterpret_cast<const kt::u8 *>(layout.upWeight) + (headRow + readRow) * kRowBytes;
-  float upSum = 0.0f;
 #endif
+  [[maybe_unused]] float upSum = 0.0f; // GATE_UP kernels
 
   float sums[TOKEN_TILE];
 #pragma unroll
@@ -166,20 +166,8 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
   }
 #if K_SPLIT > 1
   // Decode has one token per block: the row's partial sums in split order.
-  __shared__ float partials[ROWS_PER_BLOCK][K_SPLIT][kt::kGemvSumsPerRow];
-#if GATE_UP
-  const float mine[kt::kGemvSumsPerRow] = {sums[0], upSum};
-#else
-  const float mine[kt::kGemvSumsPerRow] = {sums[0]};
-#endif
-  float totals[kt::kGemvSumsPerRow];
-  kt::addSplitSums<K_SPLIT, kt::kGemvSumsPerRow>(partials, rowInBlock, split, mine, totals);
-  if (split == 0 && lane == 0 && rowExists)
-#if GATE_UP
-    KT_GEMV_Y(0)[firstRow] = kt::siluMul(totals[0], totals[1]);
-#else
-    KT_GEMV_Y(0)[firstRow] = totals[0];
-#endif
+  kt::storeSplitRow<ROWS_PER_BLOCK, K_SPLIT>(sums[0], upSum, rowInBlock, split,
+                                             lane == 0 && rowExists, KT_GEMV_Y(0), firstRow);
 #else
 #pragma unroll
   for (int t = 0; t < TOKEN_TILE; ++t) {
