@@ -1507,6 +1507,7 @@ public:
     const cpu::GivenGatedRows *gatedRows = nullptr;
     Status gatedStatus = Status::success();
     bool gatedWaited = false;
+    bool streamedPrefill = false; // this step streamed experts in prefill
     if (cache && (cache->cached > 0 || m.streamedExperts > 0) && o.where == Where::Gpu) {
       StatusOr<DevicePointer> sum =
           cache->run(m, ctx.rows, ids.hostIds(), weights.hostFloats(), in[3]->gpu, ctx.decode);
@@ -1514,6 +1515,7 @@ public:
         return sum.status();
       cachedSum = *sum;
       cpuIds = cache->cpuIds.data();
+      streamedPrefill = !ctx.decode && !cache->streamedIds.empty();
       if (!cache->gateUpIds.empty()) {
         const int64_t ffn = cache->ffn;
         const float *rows = cache->gatedRowsHost;
@@ -1546,7 +1548,7 @@ public:
       return gatedStatus;
     if (ctx.decode)
       m.expertLayerEnds.push_back(Clock::now());
-    if (cache && !ctx.decode && !cache->streamedIds.empty()) {
+    if (streamedPrefill) {
       // Whoever finished first takes more of the next prefill step.
       StatusOr<bool> gpuDone = m.device->finishedQueuedWork();
       if (!gpuDone)
