@@ -205,11 +205,11 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         const int64_t heads = static_cast<int64_t>(attention.getNumHeads());
         const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
         collector.add(cuda::ropeSpec({dims, heads, nope + dims, nope, cosSin}), device, path);
-        // The new key's rope part, rotated inside the kv_a row before the
-        // row is appended to the latent cache.
+        // The new kv_a rows appended to the latent cache, their latent
+        // normalized and their rope key rotated on the way.
         const int64_t kvLora = attention.getKvLoraRank();
-        collector.add(cuda::ropeSpec({dims, 1, kvLora + dims, kvLora, cosSin}), device, path);
-        collector.add(cuda::mlaCacheAppendSpec(kvLora, dims), device, path);
+        const float eps = attention.getEps().convertToFloat();
+        collector.add(cuda::mlaCacheAppendSpec(kvLora, dims, eps, cosSin), device, path);
         // The absorbed attention core: in prefill each token over its causal
         // prefix, in decode split over chunks of the cache.
         const float scale = static_cast<float>(cpu::attentionSoftmaxScale(nope + dims, rope));
@@ -232,13 +232,11 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
               bf16Mma && mma)
             collector.add(mma, device, path);
         }
-        // The norms of the compressed query and of the latent.
-        const float eps = attention.getEps().convertToFloat();
+        // The norm of the compressed query.
         if (attention.getQLoraRank() > 0)
           collector.add(cuda::rmsNormSpec(attention.getQLoraRank(), eps), device, path);
         if (phase == "prefill" && op->hasAttr("ktgraph.quantize_fp8_q_norm"))
           collector.add(cuda::rmsNormFp8Spec(attention.getQLoraRank(), eps), device, path);
-        collector.add(cuda::rmsNormSpec(attention.getKvLoraRank(), eps), device, path);
         // The per-head up-projections of the latent, batched over heads; a
         // model with only the joint kv_b_proj gets them split into f32 at load.
         if (attention.getKBProj() && attention.getVBProj()) {

@@ -1175,8 +1175,8 @@ public:
   int64_t qk() const { return s.nope + s.rope; }
   GpuMatrix qA, qB, q, kvA, kB, vB, o;
   DevicePointer qANorm = 0, kvANorm = 0, inverseFrequencies = 0;
-  const Kernel *qNorm = nullptr, *kvNorm = nullptr, *ropeQ = nullptr, *ropeK = nullptr,
-               *append = nullptr, *core = nullptr, *splitCore = nullptr, *combine = nullptr;
+  const Kernel *qNorm = nullptr, *ropeQ = nullptr, *append = nullptr, *core = nullptr,
+               *splitCore = nullptr, *combine = nullptr;
   const Kernel *qNormFp8 = nullptr; // q_a_norm quantizing for q_b's FP8 GEMM
   // The prefill core on tensor cores (sm_80+, where the plan lists it) for
   // segments of at least kMlaPrefillMmaMinWork tokens x positions.
@@ -1246,17 +1246,13 @@ public:
     DevicePointer qPointer = qBuf;
     step(m.launch(*ropeQ, ceilDiv(rows * H * (s.rope / 2), ropeQ->threads), 1, 1, 0,
                   {&qPointer, &positions, &frequencies, &tokens}));
-    // The new latents and rope keys, normalized and rotated in the kv_a rows,
-    // then appended to the cache at the positions in device memory (so a
-    // decode graph replays at any position).
-    step(m.rmsNorm(*kvNorm, kvABuf, kvANorm, kvABuf, rows, kvWidth, kvWidth));
-    DevicePointer kvRows = kvABuf;
-    step(m.launch(*ropeK, ceilDiv(rows * (s.rope / 2), ropeK->threads), 1, 1, 0,
-                  {&kvRows, &positions, &frequencies, &tokens}));
     // Absorption: each head's nope query into latent space.
     step(m.gemv(kB, qBuf, qLatent, rows,
                 {int(H * qk), int(H * s.kvLoraRank), int(qk), int(s.kvLoraRank)}));
-    // Each sequence appends to and attends over its own cache.
+    // Each sequence appends to and attends over its own cache: the new
+    // latents normalized and rope keys rotated on the way, at the positions
+    // in device memory (so a decode graph replays at any position).
+    DevicePointer latentNorm = kvANorm;
     int headStride = int(qk), tokenStride = int(H * qk);
     for (const Segment &segment : ctx.segments) {
       const LatentCache &cache = m.caches[segment.sequence][layer];
@@ -1269,7 +1265,7 @@ public:
                     contextP = context + row * DevicePointer(H * s.kvLoraRank) * 4,
                     piecesP = pieces;
       step(m.launch(*append, unsigned(segment.count), 1, 1, 0,
-                    {&segmentRows, &segmentPositions, &latent, &rope}));
+                    {&segmentRows, &segmentPositions, &latentNorm, &frequencies, &latent, &rope}));
       if (segment.count == 1) {
         int chunkCount = int(chunks);
         // Both cores are launched (a graph replays them at every position);
@@ -2662,7 +2658,6 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       }
       attention->kvA = loader.load("kv_a_proj_with_mqa", s.hidden, s.kvLoraRank + s.rope);
       attention->kvANorm = loader.vector("kv_a_norm", s.kvLoraRank);
-      attention->kvNorm = loader.kernel(rmsNormSpec(s.kvLoraRank, eps));
       if (b.tensor("k_b_proj", 3, false) && b.tensor("v_b_proj", 3, false)) {
         attention->kB = loader.load("k_b_proj", s.nope, s.kvLoraRank, s.heads);
         attention->vB = loader.load("v_b_proj", s.kvLoraRank, s.v, s.heads);
@@ -2699,9 +2694,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
       const float cosSin = static_cast<float>(cpu::ropeCosSinScale(rope));
       attention->ropeQ =
           loader.kernel(ropeSpec({s.rope, s.heads, attention->qk(), s.nope, cosSin}));
-      attention->ropeK =
-          loader.kernel(ropeSpec({s.rope, 1, s.kvLoraRank + s.rope, s.kvLoraRank, cosSin}));
-      attention->append = loader.kernel(mlaCacheAppendSpec(s.kvLoraRank, s.rope));
+      attention->append = loader.kernel(mlaCacheAppendSpec(s.kvLoraRank, s.rope, eps, cosSin));
       const float scale = static_cast<float>(cpu::attentionSoftmaxScale(attention->qk(), rope));
       attention->core = loader.kernel(mlaPrefillSpec(s.kvLoraRank, s.rope, scale, s.heads));
       attention->headsPerBlock = mlaHeadsPerBlock(s.heads);

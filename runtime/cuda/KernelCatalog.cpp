@@ -327,14 +327,23 @@ StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, fl
       entry == "mla_combine" ? 256u : static_cast<unsigned>(mlaHeadsPerBlock(heads) * 32));
 }
 
-StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims) {
-  if (kvLoraRank <= 0 || ropeDims <= 0 || kvLoraRank > 4096 || ropeDims > 512)
+StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims, float eps,
+                                        float cosSinScale) {
+  if (kvLoraRank <= 0 || ropeDims <= 0 || ropeDims % 2 != 0 || kvLoraRank > 4096 ||
+      ropeDims > 512 || !(eps > 0))
     return Status::error("an MLA cache of kv_lora_rank " + integer(kvLoraRank) + " and rope " +
                          integer(ropeDims) + " is not supported on the GPU.");
-  return makeKernelSpec(
-      "mla_cache.cu", "mla_cache_append",
-      {{"KV_LORA", integer(kvLoraRank)}, {"ROPE", integer(ropeDims)}, {"BLOCK_THREADS", "128"}},
-      128);
+  // rms_norm's threads for the latent's width: the norm adds up in its order.
+  StatusOr<KernelSpec> norm = rmsNormSpec(kvLoraRank, eps);
+  if (!norm)
+    return norm.status();
+  return makeKernelSpec("mla_cache.cu", "mla_cache_append",
+                        {{"KV_LORA", integer(kvLoraRank)},
+                         {"ROPE", integer(ropeDims)},
+                         {"EPS", floatLiteral(eps)},
+                         {"COS_SIN_SCALE", floatLiteral(cosSinScale)},
+                         {"BLOCK_THREADS", std::to_string(norm->blockThreads)}},
+                        norm->blockThreads);
 }
 
 StatusOr<KernelSpec> moeCombineSpec(int64_t hidden, int64_t topK, const std::string &entry) {
@@ -844,7 +853,7 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
                              "mla_decode_split"),
           mlaDecodeSplitSpec(mla.kvLoraRank, mla.ropeDims, mla.softmaxScale, mla.heads,
                              "mla_combine"),
-          mlaCacheAppendSpec(mla.kvLoraRank, mla.ropeDims)})
+          mlaCacheAppendSpec(mla.kvLoraRank, mla.ropeDims, shapes.rmsNormEps, mla.cosSinScale)})
       if (Status s = add(std::move(spec)); !s.ok())
         return s;
   return specs;

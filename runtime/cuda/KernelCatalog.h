@@ -265,9 +265,11 @@ int64_t mlaHeadsPerBlock(int64_t heads);
 constexpr int64_t kMlaDecodeChunk = 256;
 StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
                                         int64_t heads, const std::string &entry);
-// Appends rows of [latent | rope key] to the latent cache at positions read
-// from device memory (one block per token).
-StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims);
+// Appends rows of kv_a's [latent | rope key] to the latent cache at
+// positions read from device memory (one block per token), the latent
+// normalized (kv_a_norm, epsilon `eps`) and the rope key rotated on the way.
+StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims, float eps,
+                                        float cosSinScale);
 
 // Entry "moe_combine": out[t] = sum over the TOP_K slots of weights[t][k] *
 // y[t][k] ([hidden] each), the routed experts' outputs combined with the
@@ -306,6 +308,7 @@ struct ModelKernelShapes {
     int64_t kvLoraRank, ropeDims;
     float softmaxScale;
     int64_t heads;
+    float cosSinScale = 1.0f; // the rope's
   };
   std::vector<Mla> mlaDecode;
   std::vector<int64_t> elementwiseCounts;               // hidden, ffn widths

@@ -39,7 +39,7 @@ ModelKernelShapes deepseekV3Shapes() {
   shapes.vocab = 129280;
   shapes.rmsNormEps = 1e-6f;
   shapes.embeddingType = gguf::GgmlType::Q8_0;
-  shapes.extraNormWidths = {1536, 512};
+  shapes.extraNormWidths = {1536}; // q_lora_rank (the latent's norm is the cache append's)
   shapes.gemvMatrices = {
       {gguf::GgmlType::Q8_0, 1536, 7168},   // q_a_proj
       {gguf::GgmlType::Q8_0, 24576, 1536},  // q_b_proj: 128 heads x 192
@@ -63,9 +63,9 @@ ModelKernelShapes deepseekV3Shapes() {
       {gguf::GgmlType::F16, 128, 512},
   };
   shapes.gates = {{256, 8, 8, 4, true, true, true, 2.5f}};
-  // Queries (128 heads of 192, rope at 128) and the new key's rope part
-  // inside its kv_a row (512 + 64).
-  shapes.ropes = {{64, 128, 192, 128, 1.0f}, {64, 1, 576, 512, 1.0f}};
+  // Queries: 128 heads of 192, rope at 128 (the new key's rope is the
+  // cache append's).
+  shapes.ropes = {{64, 128, 192, 128, 1.0f}};
   shapes.mlaDecode = {{512, 64, 0.1352f, 128}};
   shapes.elementwiseCounts = {7168, 2048};
   shapes.fp8Matrices = {{1536, 7168}, {24576, 1536}, {576, 7168}, {7168, 16384}};
