@@ -278,9 +278,13 @@ void tileMatmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t
 }
 
 void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
-                    const std::function<void()> &beforeDown) {
-  if (batches.empty())
+                    const std::function<void()> &beforeDown,
+                    const std::function<void()> *callerFirst) {
+  if (batches.empty()) {
+    if (callerFirst)
+      (*callerFirst)();
     return;
+  }
   size_t scratchFloats = 0;
   for (const FfnBatch &b : batches)
     scratchFloats = std::max({scratchFloats, matmulScratchFloats(b.w.gate),
@@ -298,19 +302,22 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
     appendRowTasks(gateUp, range, threads, 16, node, tasks);
   };
   NodeTasks split = splitOnNodes(gateUp, pool, &FfnMatrices::gate, gateUpTasks);
-  pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
-    const RowTask &task = split.tasks[static_cast<size_t>(index)];
-    const FfnBatch &b = gateUp[task.batch];
-    const int64_t ffn = b.w.gate.rows;
-    float *scratch = threadScratch(0, scratchFloats);
-    for (auto [which, y] :
-         {std::pair{&FfnMatrices::gate, b.gate}, std::pair{&FfnMatrices::up, b.up}}) {
-      const auto [w, first] = taskMatrix(b, task, which);
-      rowsProduct(*w, task.begin - first, task.end - first, b.x, b.xInput, b.tokens, y + task.begin,
-                  ffn, scratch);
-    }
-    gateRows(b.gate, b.up, ffn, b.tokens, task.begin, task.end);
-  });
+  pool.parallelForNodes(
+      split.nodeStarts,
+      [&](int64_t index, int) {
+        const RowTask &task = split.tasks[static_cast<size_t>(index)];
+        const FfnBatch &b = gateUp[task.batch];
+        const int64_t ffn = b.w.gate.rows;
+        float *scratch = threadScratch(0, scratchFloats);
+        for (auto [which, y] :
+             {std::pair{&FfnMatrices::gate, b.gate}, std::pair{&FfnMatrices::up, b.up}}) {
+          const auto [w, first] = taskMatrix(b, task, which);
+          rowsProduct(*w, task.begin - first, task.end - first, b.x, b.xInput, b.tokens,
+                      y + task.begin, ffn, scratch);
+        }
+        gateRows(b.gate, b.up, ffn, b.tokens, task.begin, task.end);
+      },
+      true, callerFirst);
   if (beforeDown)
     beforeDown();
 
@@ -484,7 +491,8 @@ FfnMatrices RoutedExperts::expert(int64_t e) const {
 void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
                             const int32_t *ids, const float *weights, int64_t topK, float *out,
                             const std::vector<int64_t> *segmentStarts,
-                            exec::ExpertPhaseSeconds *phases, const GivenGatedRows *given) const {
+                            exec::ExpertPhaseSeconds *phases, const GivenGatedRows *given,
+                            const std::function<void()> *callerFirst) const {
   using Clock = std::chrono::steady_clock;
   Clock::time_point mark = Clock::now();
   // Adds the time since the last mark to `part` (when profiling).
@@ -663,13 +671,16 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
                        offsetInput(gateInput, row, ffn_), bandsOf(e)});
     batches.back().gatedGiven = givenRows;
   }
-  runFeedForward(pool, batches, [&] {
-    if (!given)
-      return;
-    for (int64_t i = 0; i < assignments; ++i)
-      if (ids[i] >= 0 && gatedGiven[static_cast<size_t>(ids[i])])
-        given->fill(i, gate + rowOf[static_cast<size_t>(i)] * ffn_);
-  });
+  runFeedForward(
+      pool, batches,
+      [&] {
+        if (!given)
+          return;
+        for (int64_t i = 0; i < assignments; ++i)
+          if (ids[i] >= 0 && gatedGiven[static_cast<size_t>(ids[i])])
+            given->fill(i, gate + rowOf[static_cast<size_t>(i)] * ffn_);
+      },
+      callerFirst);
   lap(&exec::ExpertPhaseSeconds::rows);
 
   // Each token's sum in increasing expert order, as HF adds them up.

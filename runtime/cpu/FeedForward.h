@@ -65,9 +65,12 @@ struct FfnBatch {
 // are split over the pool together (first the gate/up rows, then the down
 // rows), and each weight row is decoded once for all the batch's tokens.
 // `beforeDown` runs between the two (batches whose gatedGiven is set get
-// their gated rows there).
+// their gated rows there). `callerFirst`, if given, runs once on the calling
+// thread while the other threads start the gate/up rows (ThreadPool), or
+// first when there are none.
 void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
-                    const std::function<void()> &beforeDown = {});
+                    const std::function<void()> &beforeDown = {},
+                    const std::function<void()> *callerFirst = nullptr);
 
 // Assignments of RoutedExperts::forward whose gated rows silu(gate x) * (up
 // x) another device computes: forward() skips their experts' gate and up
@@ -141,11 +144,14 @@ public:
   // order; null: one sequence). With `phases`, adds the wall time of its
   // parts to it.
   // With `given`, the assignments it marks get their gated rows from it.
+  // `callerFirst` runs once on the calling thread, as runFeedForward's
+  // (after the tile and GEMM experts of many tokens), before any gated row
+  // is filled.
   void forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
                const int32_t *ids, const float *weights, int64_t topK, float *out,
                const std::vector<int64_t> *segmentStarts = nullptr,
-               exec::ExpertPhaseSeconds *phases = nullptr,
-               const GivenGatedRows *given = nullptr) const;
+               exec::ExpertPhaseSeconds *phases = nullptr, const GivenGatedRows *given = nullptr,
+               const std::function<void()> *callerFirst = nullptr) const;
 
 private:
   FfnMatrices expert(int64_t e) const;

@@ -120,10 +120,11 @@ void ThreadPool::runTasks(int thread) {
 }
 
 void ThreadPool::parallelFor(int64_t tasks,
-                             const std::function<void(int64_t task, int thread)> &body) {
-  if (tasks <= 0)
-    return;
-  if (threadCount() == 1 || tasks == 1) {
+                             const std::function<void(int64_t task, int thread)> &body,
+                             const std::function<void()> *callerFirst) {
+  if (tasks <= 0 || threadCount() == 1 || tasks == 1) {
+    if (callerFirst)
+      (*callerFirst)();
     for (int64_t task = 0; task < tasks; ++task)
       body(task, 0);
     return;
@@ -135,15 +136,15 @@ void ThreadPool::parallelFor(int64_t tasks,
     ranges_[static_cast<size_t>(n)].end = n == 0 ? tasks : 0;
   }
   steal_ = true;
-  run(body);
+  run(body, callerFirst);
 }
 
 void ThreadPool::parallelForNodes(const std::vector<int64_t> &nodeStarts,
                                   const std::function<void(int64_t task, int thread)> &body,
-                                  bool steal) {
+                                  bool steal, const std::function<void()> *callerFirst) {
   const int nodes = nodeCount();
   if (nodes == 1 || nodeStarts.size() != static_cast<size_t>(nodes) + 1) {
-    parallelFor(nodeStarts.empty() ? 0 : nodeStarts.back(), body);
+    parallelFor(nodeStarts.empty() ? 0 : nodeStarts.back(), body, callerFirst);
     return;
   }
   for (int n = 0; n < nodes; ++n) {
@@ -152,10 +153,11 @@ void ThreadPool::parallelForNodes(const std::vector<int64_t> &nodeStarts,
     ranges_[static_cast<size_t>(n)].end = nodeStarts[static_cast<size_t>(n) + 1];
   }
   steal_ = steal;
-  run(body);
+  run(body, callerFirst);
 }
 
-void ThreadPool::run(const std::function<void(int64_t, int)> &body) {
+void ThreadPool::run(const std::function<void(int64_t, int)> &body,
+                     const std::function<void()> *callerFirst) {
   body_ = &body;
   pending_.store(static_cast<int>(workers_.size()));
   // Publishes the loop; a worker that went to sleep before it is woken (the
@@ -165,6 +167,8 @@ void ThreadPool::run(const std::function<void(int64_t, int)> &body) {
     std::lock_guard<std::mutex> lock(mutex_);
     wake_.notify_all();
   }
+  if (callerFirst)
+    (*callerFirst)();
   if (callerRuns_)
     runTasks(0);
   if (!spinUntil([this] { return pending_.load() == 0; })) {

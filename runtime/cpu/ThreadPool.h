@@ -44,8 +44,12 @@ public:
   // uneven tasks balance; `thread` in [0, threadCount()) identifies the
   // thread (0 is the caller, except on several NUMA nodes) for per-thread
   // buffers. Not reentrant: `body` must not call parallelFor, and one thread
-  // drives the pool at a time.
-  void parallelFor(int64_t tasks, const std::function<void(int64_t task, int thread)> &body);
+  // drives the pool at a time. `callerFirst`, if given, runs once on the
+  // calling thread after the workers have started and before it takes
+  // tasks (also when there are none): host work that would otherwise delay
+  // the loop's start, such as queueing another device's share of a step.
+  void parallelFor(int64_t tasks, const std::function<void(int64_t task, int thread)> &body,
+                   const std::function<void()> *callerFirst = nullptr);
   // The same for tasks grouped by the node whose memory they read: tasks
   // [nodeStarts[n], nodeStarts[n + 1]) go to node n's threads (nodeStarts
   // has nodeCount() + 1 entries). With `steal`, a thread whose node has no
@@ -59,12 +63,12 @@ public:
   void setIdleSpin(int64_t microseconds) { idleSpinNanos_.store(microseconds * 1000); }
   void parallelForNodes(const std::vector<int64_t> &nodeStarts,
                         const std::function<void(int64_t task, int thread)> &body,
-                        bool steal = true);
+                        bool steal = true, const std::function<void()> *callerFirst = nullptr);
 
 private:
   void workerLoop(int thread);
   void runTasks(int thread);
-  void run(const std::function<void(int64_t, int)> &body);
+  void run(const std::function<void(int64_t, int)> &body, const std::function<void()> *callerFirst);
 
   // One node's tasks; a cache line each, so nodes do not contend.
   struct alignas(64) TaskRange {

@@ -223,14 +223,19 @@ Status CudaDevice::free(DevicePointer pointer) {
   return check(api_->memFree(pointer), "cuMemFree");
 }
 
-StatusOr<size_t> CudaDevice::markTime() {
+StatusOr<size_t> CudaDevice::markTime(Queue queue) {
+  if (queue == Queue::Side)
+    if (Status s = ensureSideStream(); !s.ok())
+      return s;
   if (marksUsed_ == timingEvents_.size()) {
     void *event = nullptr;
     if (Status s = check(api_->eventCreate(&event, 0), "cuEventCreate"); !s.ok())
       return s;
     timingEvents_.push_back(event);
   }
-  if (Status s = check(api_->eventRecord(timingEvents_[marksUsed_], stream_), "cuEventRecord");
+  if (Status s = check(api_->eventRecord(timingEvents_[marksUsed_],
+                                         queue == Queue::Main ? stream_ : sideStream_),
+                       "cuEventRecord");
       !s.ok())
     return s;
   return marksUsed_++;

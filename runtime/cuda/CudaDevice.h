@@ -127,10 +127,10 @@ public:
   // Blocks the calling thread until event e's last signal has passed.
   Status waitOnHost(int event);
   // GPU-side time marks: markTime() records a timing event on the stream
-  // and returns its number; once the stream has passed two marks,
-  // secondsBetweenMarks gives the GPU time between them. clearTimeMarks()
-  // lets the next marks reuse the events.
-  StatusOr<size_t> markTime();
+  // (or the side stream) and returns its number; once the streams have
+  // passed two marks, secondsBetweenMarks gives the GPU time between them.
+  // clearTimeMarks() lets the next marks reuse the events.
+  StatusOr<size_t> markTime(Queue queue = Queue::Main);
   StatusOr<double> secondsBetweenMarks(size_t from, size_t to) const;
   void clearTimeMarks() { marksUsed_ = 0; }
   // Makes the device's context current on the calling thread (open() does

@@ -19,6 +19,7 @@
 #include "runtime/support/ByteSize.h"
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -311,7 +312,7 @@ public:
   Status fillExpertCacheAfterPrefill();
   // Streamed experts (ExecutorOptions::streamedExperts): some of the
   // experts left to the CPU are copied into streamedExperts staging slots
-  // and run on the GPU (CachedExperts::run). One set of slots serves all
+  // and run on the GPU (CachedExperts::route and queue). One set of slots serves all
   // layers: the stream runs them one after the other.
   int64_t streamedExperts = 0;
   int64_t streamedGateUps = 0; // ExecutorOptions::streamedGateUps
@@ -387,6 +388,17 @@ public:
     bool afterExperts; // else: after copies to the host
   };
   std::vector<GpuMark> gpuMarks;
+  // A decode layer's streamed share on the clock (streaming devices only):
+  // GPU marks where the side stream starts its copies, where they are done
+  // and where the products are; host times where queueing began and where
+  // the CPU's experts started and ended.
+  struct StreamTimeline {
+    CudaDevice *gpu;
+    size_t start, copied, done;
+    Clock::time_point queued, cpuStart, cpuEnd;
+  };
+  std::vector<StreamTimeline> streamTimelines;
+  bool streamClockOn() const { return moeLayerGpuClock && decodeStep && !profiling; }
   Status markGpuTime(CudaDevice *gpu, bool afterExperts) {
     if (!moeLayerGpuClock || !decodeStep || profiling)
       return Status::success();
@@ -416,9 +428,32 @@ public:
         break;
       }
     }
+    // The GPU's streamed share may end after the step's last wait.
+    if (!streamTimelines.empty())
+      if (Status s = streamTimelines.front().gpu->synchronize(); !s.ok())
+        return s;
+    for (const StreamTimeline &t : streamTimelines) {
+      StatusOr<double> copied = t.gpu->secondsBetweenMarks(t.start, t.copied);
+      StatusOr<double> done = t.gpu->secondsBetweenMarks(t.start, t.done);
+      if (!copied || !done)
+        return copied ? done.status() : copied.status();
+      const double cpuEnd = std::chrono::duration<double>(t.cpuEnd - t.queued).count();
+      moeLayers.streamQueueSeconds += std::chrono::duration<double>(t.cpuStart - t.queued).count();
+      moeLayers.streamCpuEndSeconds += cpuEnd;
+      moeLayers.streamCopiedSeconds += *copied;
+      moeLayers.streamGpuEndSeconds += *done;
+      ++moeLayers.streamedLayers;
+      if (*done > cpuEnd) {
+        moeLayers.gpuLaterSeconds += *done - cpuEnd;
+        ++moeLayers.gpuLaterLayers;
+      }
+    }
     for (const GpuMark &m : gpuMarks)
       m.gpu->clearTimeMarks();
+    for (const StreamTimeline &t : streamTimelines)
+      t.gpu->clearTimeMarks();
     gpuMarks.clear();
+    streamTimelines.clear();
     return Status::success();
   }
   Status finishHostCopies() {
@@ -1417,6 +1452,7 @@ struct CachedExperts {
   DevicePointer slots = 0, weights = 0;
   AssignmentGroups groups; // prefill: the cached choices grouped by slot
   uint64_t selections = 0, gpuSelections = 0;
+  int64_t stepCachedChoices = 0; // route()'s choices of cached experts
   // Streaming: the shared staging slots as this layer's matrices, each
   // choice's place in the step's streamed experts (-1: not streamed; in
   // decode its slot), and per step the experts streamed (in that order) and
@@ -1438,6 +1474,10 @@ struct CachedExperts {
   std::vector<uint8_t> gatedGiven;
   float *gatedRowsHost = nullptr;
   uint64_t gateUpSelections = 0;
+  // The last run's streamed-share marks (Impl::StreamTimeline), if on the
+  // clock: start on the side stream, copies done, products done.
+  std::optional<std::array<size_t, 3>> streamMarks;
+  Clock::time_point streamQueued; // when the host began queueing them
 
   size_t scratchFloats(int64_t rows) const {
     return size_t(rows * (topK * (2 * ffn + hidden) + hidden));
@@ -1451,9 +1491,18 @@ struct CachedExperts {
   // in prefill the most chosen (by kPrefillStreamMinTokens tokens or more),
   // m.prefillStreamShare of the step's CPU-side experts, half the slots at
   // a time. Their weighted sum goes into scratch (returned). Sets cpuIds to
-  // what the CPU runs.
-  StatusOr<DevicePointer> run(HybridExecutor::Impl &m, int64_t rows, const int32_t *ids,
-                              const float *gateWeights, DevicePointer x, bool decode);
+  // what the CPU runs. In parts: route() decides on the host what runs
+  // where (cpuIds, the gated rows given), queue() queues the GPU's share;
+  // decode queues the copies first (queueCopies) and the rest while the
+  // CPU threads start theirs.
+  void route(HybridExecutor::Impl &m, int64_t rows, const int32_t *ids, const float *gateWeights,
+             bool decode);
+  // Decode: queues on the side stream the copies of route()'s streamed
+  // weights (the gate/up-only experts' first: the CPU waits for their
+  // rows), before the CPU starts, so that the link starts at once.
+  Status queueCopies(HybridExecutor::Impl &m);
+  StatusOr<DevicePointer> queue(HybridExecutor::Impl &m, int64_t rows, DevicePointer x,
+                                bool decode);
   // The device's order events (CudaDevice::signal) per set of slots, and
   // for the gate/up-only experts' copies and gated rows.
   static constexpr int kSlotsFree[2] = {0, 1}, kCopied[2] = {2, 3};
@@ -1463,11 +1512,11 @@ private:
   // Queues on the side stream the copies of the weights of
   // streamedIds[first, first + count) into slots firstSlot on.
   Status copyStreamed(HybridExecutor::Impl &m, size_t firstSlot, size_t first, size_t count);
-  // Decode's gate/up-only experts: their gate and up copied into their
-  // slots first, the gated rows of their choices into g, and g to
-  // gatedRowsHost (kGatedRowsReady).
-  Status gateUpOnly(HybridExecutor::Impl &m, DevicePointer x, int64_t rows, DevicePointer g,
-                    DevicePointer u);
+  // Decode's gate/up-only experts, once queueCopies copied their gate and
+  // up: the gated rows of their choices into g, and g to gatedRowsHost
+  // (kGatedRowsReady).
+  Status gatedRowsForCpu(HybridExecutor::Impl &m, DevicePointer x, int64_t rows, DevicePointer g,
+                         DevicePointer u);
 };
 
 // A prefill step streams only experts at least this many of its tokens
@@ -1504,22 +1553,40 @@ public:
     Status gatedStatus = Status::success();
     bool gatedWaited = false;
     bool streamedPrefill = false; // this step streamed experts in prefill
+    // The GPU's share of the experts: queued before the CPU's in prefill
+    // (the CPU's tile products would delay it), in decode by this thread
+    // while the others start the CPU's (`queueOnGpu`, run once).
+    Status queued = Status::success();
+    std::function<void()> queueOnGpu;
     if (cache && (cache->cached > 0 || m.streamedExperts > 0) && o.where == Where::Gpu) {
-      StatusOr<DevicePointer> sum =
-          cache->run(m, ctx.rows, ids.hostIds(), weights.hostFloats(), in[3]->gpu, ctx.decode);
-      if (!sum)
-        return sum.status();
-      cachedSum = *sum;
+      cache->route(m, ctx.rows, ids.hostIds(), weights.hostFloats(), ctx.decode);
+      if (ctx.decode)
+        if (Status s = cache->queueCopies(m); !s.ok())
+          return s;
+      queueOnGpu = [&, x = in[3]->gpu] {
+        StatusOr<DevicePointer> sum = cache->queue(m, ctx.rows, x, ctx.decode);
+        if (sum)
+          cachedSum = *sum;
+        else
+          queued = sum.status();
+      };
+      if (!ctx.decode) {
+        queueOnGpu();
+        if (!queued.ok())
+          return queued;
+      }
       cpuIds = cache->cpuIds.data();
       streamedPrefill = !ctx.decode && !cache->streamedIds.empty();
       if (!cache->gateUpIds.empty()) {
         const int64_t ffn = cache->ffn;
         const float *rows = cache->gatedRowsHost;
         given.given = cache->gatedGiven.data();
-        given.fill = [&m, &gatedStatus, &gatedWaited, ffn, rows](int64_t assignment, float *row) {
+        given.fill = [&m, &gatedStatus, &gatedWaited, &queued, ffn, rows](int64_t assignment,
+                                                                          float *row) {
           if (!gatedWaited) {
             gatedWaited = true;
-            gatedStatus = m.device->waitOnHost(CachedExperts::kGatedRowsReady);
+            gatedStatus =
+                queued.ok() ? m.device->waitOnHost(CachedExperts::kGatedRowsReady) : queued;
           }
           if (gatedStatus.ok())
             std::memcpy(row, rows + assignment * ffn, size_t(ffn) * 4);
@@ -1539,11 +1606,20 @@ public:
       segmentStarts.push_back(segment.row);
     experts_.forward(m.pool, m.workspace, x.hostFloats(), ctx.rows, cpuIds, weights.hostFloats(),
                      ids.width, result, &segmentStarts,
-                     m.profiling ? &m.profile.expertPhases : nullptr, gatedRows);
+                     m.profiling ? &m.profile.expertPhases : nullptr, gatedRows,
+                     queueOnGpu && ctx.decode ? &queueOnGpu : nullptr);
+    if (!queued.ok())
+      return queued;
     if (!gatedStatus.ok())
       return gatedStatus;
     if (ctx.decode)
       m.expertLayerEnds.push_back(Clock::now());
+    if (cache && cache->streamMarks && ctx.decode) {
+      const auto &[first, copied, done] = *cache->streamMarks;
+      m.streamTimelines.push_back(
+          {m.device, first, copied, done, cache->streamQueued, start, Clock::now()});
+      cache->streamMarks.reset();
+    }
     if (streamedPrefill) {
       // Whoever finished first takes more of the next prefill step.
       StatusOr<bool> gpuDone = m.device->finishedQueuedWork();
@@ -1593,9 +1669,8 @@ private:
   exec::RoutingStats stats_;
 };
 
-StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows,
-                                           const int32_t *ids, const float *gateWeights,
-                                           DevicePointer x, bool decode) {
+void CachedExperts::route(HybridExecutor::Impl &m, int64_t rows, const int32_t *ids,
+                          const float *gateWeights, bool decode) {
   const int64_t choices = rows * topK, slotCount = m.streamedExperts;
   cpuIds.resize(size_t(choices));
   streamedIds.clear();
@@ -1669,8 +1744,15 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
     gateUpPlaceOf[size_t(expert)] = -1;
   gpuSelections += uint64_t(cachedChoices);
   selections += uint64_t(choices);
+  stepCachedChoices = cachedChoices;
+}
+
+StatusOr<DevicePointer> CachedExperts::queue(HybridExecutor::Impl &m, int64_t rows, DevicePointer x,
+                                             bool decode) {
+  const int64_t choices = rows * topK, slotCount = m.streamedExperts;
   if (Status s = m.device->copyToDeviceAsync(weights, weightsHost, size_t(choices) * 4); !s.ok())
     return s;
+  using Queue = CudaDevice::Queue;
   const DevicePointer g = m.scratch, u = g + DevicePointer(choices * ffn) * 4,
                       d = u + DevicePointer(choices * ffn) * 4,
                       sum = d + DevicePointer(choices * hidden) * 4;
@@ -1678,9 +1760,9 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   // -1 is skipped), so the combine reads every pass's rows. The gate/up-only
   // experts go first: the CPU waits for their rows.
   if (!gateUpIds.empty())
-    if (Status s = gateUpOnly(m, x, rows, g, u); !s.ok())
+    if (Status s = gatedRowsForCpu(m, x, rows, g, u); !s.ok())
       return s;
-  if (cachedChoices > 0) {
+  if (stepCachedChoices > 0) {
     if (Status s = m.device->copyToDeviceAsync(slots, slotsHost, size_t(choices) * 4); !s.ok())
       return s;
     // Prefill: each cached expert read once per tile of its choices.
@@ -1700,17 +1782,10 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   // stream's kernels (the shared expert, earlier chunks' products): a set
   // of slots is copied into once the products that read it last are done
   // (kSlotsFree), and products wait for their set's copies (kCopied).
-  using Queue = CudaDevice::Queue;
   if (decode && !streamedIds.empty()) {
-    // The copy engine reads the experts' page-locked pages while the CPU
-    // threads read the others'. Decode fills all slots (both sets).
-    if (Status s = m.device->copyToDeviceAsync(streamSlots, streamSlotsHost, size_t(choices) * 4);
-        !s.ok())
-      return s;
-    for (Status s :
-         {m.device->waitFor(Queue::Side, kSlotsFree[0]),
-          m.device->waitFor(Queue::Side, kSlotsFree[1]), copyStreamed(m, 0, 0, streamedIds.size()),
-          m.device->signal(Queue::Side, kCopied[0]), m.device->waitFor(Queue::Main, kCopied[0])})
+    // Their weights' copies are queued already (queueCopies).
+    for (Status s : {m.device->copyToDeviceAsync(streamSlots, streamSlotsHost, size_t(choices) * 4),
+                     m.device->waitFor(Queue::Main, kCopied[0])})
       if (!s.ok())
         return s;
     if (Status s = expertProducts(m, stagedMatrices, x, rows, nullptr, 0, streamSlots, g, u, d);
@@ -1769,33 +1844,70 @@ StatusOr<DevicePointer> CachedExperts::run(HybridExecutor::Impl &m, int64_t rows
   }
   if (Status s = m.elementwise(*combine, d, weights, sum, rows, hidden); !s.ok())
     return s;
+  if (decode && streamMarks) {
+    StatusOr<size_t> done = m.device->markTime();
+    if (!done)
+      return done.status();
+    (*streamMarks)[2] = *done;
+  }
   return sum;
 }
 
-Status CachedExperts::gateUpOnly(HybridExecutor::Impl &m, DevicePointer x, int64_t rows,
-                                 DevicePointer g, DevicePointer u) {
+Status CachedExperts::queueCopies(HybridExecutor::Impl &m) {
   using Queue = CudaDevice::Queue;
-  const int64_t choices = rows * topK;
-  if (Status s = m.device->copyToDeviceAsync(gateUpSlots, gateUpSlotsHost, size_t(choices) * 4);
-      !s.ok())
-    return s;
+  streamMarks.reset();
+  if (streamedIds.empty() && gateUpIds.empty())
+    return Status::success();
+  // On the clock: a layer that streams whole experts.
+  if (!streamedIds.empty() && m.streamClockOn()) {
+    StatusOr<size_t> start = m.device->markTime(Queue::Side);
+    if (!start)
+      return start.status();
+    streamMarks = std::array<size_t, 3>{*start, 0, 0};
+    streamQueued = Clock::now();
+  }
+  // Decode fills all slots (both sets) once the products that read them
+  // last are done.
   for (Status s : {m.device->waitFor(Queue::Side, kSlotsFree[0]),
                    m.device->waitFor(Queue::Side, kSlotsFree[1])})
     if (!s.ok())
       return s;
-  for (size_t place = 0; place < gateUpIds.size(); ++place)
-    for (int i = 0; i < 2; ++i) { // gate and up
-      const size_t slice = sliceBytes(i);
-      if (Status s = m.device->copyToDeviceOnSide(
-              staged[i].data + (size_t(m.streamedExperts) + place) * slice,
-              static_cast<const uint8_t *>(tensors[i]->data) + size_t(gateUpIds[place]) * slice,
-              slice);
-          !s.ok())
-        return s;
-      streamedBytes += slice;
-    }
+  if (!gateUpIds.empty()) {
+    for (size_t place = 0; place < gateUpIds.size(); ++place)
+      for (int i = 0; i < 2; ++i) { // gate and up
+        const size_t slice = sliceBytes(i);
+        if (Status s = m.device->copyToDeviceOnSide(
+                staged[i].data + (size_t(m.streamedExperts) + place) * slice,
+                static_cast<const uint8_t *>(tensors[i]->data) + size_t(gateUpIds[place]) * slice,
+                slice);
+            !s.ok())
+          return s;
+        streamedBytes += slice;
+      }
+    if (Status s = m.device->signal(Queue::Side, kGateUpCopied); !s.ok())
+      return s;
+  }
+  if (streamedIds.empty())
+    return Status::success();
+  if (Status s = copyStreamed(m, 0, 0, streamedIds.size()); !s.ok())
+    return s;
+  // Marked before the signal: the stream's wait for it covers the mark.
+  if (streamMarks) {
+    StatusOr<size_t> copied = m.device->markTime(Queue::Side);
+    if (!copied)
+      return copied.status();
+    (*streamMarks)[1] = *copied;
+  }
+  return m.device->signal(Queue::Side, kCopied[0]);
+}
+
+Status CachedExperts::gatedRowsForCpu(HybridExecutor::Impl &m, DevicePointer x, int64_t rows,
+                                      DevicePointer g, DevicePointer u) {
+  using Queue = CudaDevice::Queue;
+  const int64_t choices = rows * topK;
   for (Status s :
-       {m.device->signal(Queue::Side, kGateUpCopied), m.device->waitFor(Queue::Main, kGateUpCopied),
+       {m.device->copyToDeviceAsync(gateUpSlots, gateUpSlotsHost, size_t(choices) * 4),
+        m.device->waitFor(Queue::Main, kGateUpCopied),
         gatedProducts(m, {staged[0], staged[1], staged[2], *siluMul, gateUp, hidden, ffn, topK}, x,
                       rows, gateUpSlots, g, u),
         m.device->copyToHostAsync(gatedRowsHost, g, size_t(choices * ffn) * 4),

@@ -181,6 +181,15 @@ struct MoeLayerTiming {
   // to the host done), summed over `gpuIntervals` of the intervals.
   double gpuSeconds = 0;
   int64_t gpuIntervals = 0;
+  // With the GPU clock on and streamed experts (decode): per layer, from
+  // the moment the host starts queueing the streamed share, the host time
+  // until the CPU's experts start and end, and the GPU time until the
+  // link's copies and the streamed products are done; summed over
+  // `streamedLayers` layers. `gpuLaterLayers` of them ended on the GPU
+  // after the CPU, by `gpuLaterSeconds` together.
+  double streamQueueSeconds = 0, streamCpuEndSeconds = 0, streamCopiedSeconds = 0,
+         streamGpuEndSeconds = 0, gpuLaterSeconds = 0;
+  int64_t streamedLayers = 0, gpuLaterLayers = 0;
 };
 
 // Wall time of the parts of the CPU's routed experts (RoutedExperts::forward).

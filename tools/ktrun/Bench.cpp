@@ -246,6 +246,20 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
         std::printf("  between them the GPU's part %.3f ms (from the experts' result queued to "
                     "the next layer's copies to the host done); launches and waits the rest\n",
                     moeTiming.gpuSeconds / double(moeTiming.gpuIntervals) * 1e3);
+      if (moeTiming.streamedLayers > 0) {
+        const double layersTimed = double(moeTiming.streamedLayers);
+        std::printf(
+            "  streamed share, from the host queueing it: CPU experts start at %+.3f ms "
+            "and end at %.3f; the link's copies end at %.3f, the GPU's products at %.3f; the "
+            "GPU ended last in %.0f%% of layers, %.3f ms after the CPU on average over "
+            "all\n",
+            moeTiming.streamQueueSeconds / layersTimed * 1e3,
+            moeTiming.streamCpuEndSeconds / layersTimed * 1e3,
+            moeTiming.streamCopiedSeconds / layersTimed * 1e3,
+            moeTiming.streamGpuEndSeconds / layersTimed * 1e3,
+            100.0 * double(moeTiming.gpuLaterLayers) / layersTimed,
+            moeTiming.gpuLaterSeconds / layersTimed * 1e3);
+      }
       // Streamed experts read host memory through the GPU's link as well:
       // the bound over both bandwidths is the one they can approach.
       if (cache.streamedPerToken > 0)

@@ -1,13 +1,16 @@
 // The CPU routed experts: a negative expert id skips its assignment (the
 // GPU expert cache runs those experts and the CPU the rest), and given
 // gated rows replace an expert's gate and up products (the GPU streamed
-// them).
+// them), and the caller's job (queueing the GPU's share) runs once before
+// any given row is filled.
 #include "runtime/cpu/FeedForward.h"
 #include "test/unit/cpu/TestModels.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <functional>
 #include <random>
 
 namespace kt::cpu::test {
@@ -136,6 +139,48 @@ TEST(RoutedExperts, GivenGatedRowsReplaceAnExpertsGateAndUp) {
                   without.data());
   EXPECT_EQ(got, without);
   EXPECT_GT(relativeL2(own, without), 1e-3) << "the given expert should matter";
+}
+
+// forward()'s callerFirst runs once and before the first given row is
+// filled: with experts left to the CPU, with every CPU choice given (no
+// gate/up products), and with every choice skipped (no products at all).
+TEST(RoutedExperts, CallerFirstRunsOnceBeforeGivenRows) {
+  KT_REQUIRE_COMPILER();
+  ExpertStep step;
+  const int64_t tokens = 3, topK = 2;
+  ASSERT_NO_FATAL_FAILURE(makeExpertStep("routed-caller-first", tokens, topK, 3, 7, step));
+  RoutedExperts experts(*step.gate, *step.up, *step.down, nullptr);
+  const int64_t ffn = step.gate->ne[1];
+  ThreadPool pool(2);
+  Workspace workspace;
+  std::vector<float> out(step.x.size());
+  const size_t choices = step.ids.size();
+  std::vector<uint8_t> someGiven(choices, 0), allGiven(choices, 1);
+  for (size_t i = 0; i < choices; ++i)
+    someGiven[i] = step.ids[i] == step.ids[0];
+  std::vector<int32_t> skipped(choices, -1);
+  struct Case {
+    const char *name;
+    const std::vector<int32_t> *ids;
+    const std::vector<uint8_t> *given;
+  } cases[] = {{"some given", &step.ids, &someGiven},
+               {"all given", &step.ids, &allGiven},
+               {"all skipped", &skipped, &allGiven}};
+  for (const Case &c : cases) {
+    SCOPED_TRACE(c.name);
+    int firstRuns = 0, fills = 0, fillsBeforeFirst = 0;
+    const std::function<void()> first = [&] { ++firstRuns; };
+    GivenGatedRows rows{c.given->data(), [&](int64_t, float *row) {
+                          ++fills;
+                          fillsBeforeFirst += firstRuns == 0;
+                          std::fill(row, row + ffn, 0.5f);
+                        }};
+    experts.forward(pool, workspace, step.x.data(), tokens, c.ids->data(), step.weights.data(),
+                    topK, out.data(), nullptr, nullptr, &rows, &first);
+    EXPECT_EQ(firstRuns, 1);
+    EXPECT_EQ(fillsBeforeFirst, 0);
+    EXPECT_EQ(fills, c.ids == &skipped ? 0 : int(std::count(c.given->begin(), c.given->end(), 1)));
+  }
 }
 
 } // namespace

@@ -1,12 +1,14 @@
 // The pool's workers after idle time: within the idle spin (spinning) and
 // past it (asleep), every worker still takes part in the next loop and
-// every task runs once.
+// every task runs once. A loop's callerFirst job runs once on the caller
+// while the workers already take tasks.
 #include "runtime/cpu/ThreadPool.h"
 
 #include <gtest/gtest.h>
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -56,6 +58,53 @@ TEST(ThreadPool, WorkersTakePartAfterSpinningAndAfterSleeping) {
     for (const std::atomic<int> &r : runs)
       ASSERT_EQ(r.load(), 1) << "round " << round;
   }
+}
+
+// callerFirst runs once, on the calling thread, while the workers take
+// tasks (it waits, up to 10 s, until one finished a task), and before the
+// caller takes any; also in loops of no task, one task and one thread.
+TEST(ThreadPool, CallerFirstRunsOnceOnTheCallerWhileWorkersStart) {
+  ThreadPool pool(4);
+  const std::thread::id caller = std::this_thread::get_id();
+  for (int64_t tasks : {int64_t(0), int64_t(1), int64_t(64)}) {
+    SCOPED_TRACE(tasks);
+    std::atomic<int> runs{0}, done{0};
+    std::atomic<bool> onCaller{true}, callerTaskBefore{false}, sawWorkerTask{false};
+    const std::function<void()> first = [&] {
+      runs.fetch_add(1);
+      onCaller = std::this_thread::get_id() == caller;
+      if (tasks < 2)
+        return;
+      const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+      while (done.load() == 0 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::yield();
+      sawWorkerTask = done.load() > 0;
+    };
+    pool.parallelFor(
+        tasks,
+        [&](int64_t, int) {
+          if (std::this_thread::get_id() == caller && runs.load() == 0)
+            callerTaskBefore = true;
+          // Long enough that the workers cannot drain all tasks at once.
+          std::this_thread::sleep_for(std::chrono::microseconds(200));
+          done.fetch_add(1);
+        },
+        &first);
+    EXPECT_EQ(runs.load(), 1);
+    EXPECT_TRUE(onCaller.load());
+    EXPECT_FALSE(callerTaskBefore.load());
+    EXPECT_EQ(done.load(), tasks);
+    if (tasks >= 2)
+      EXPECT_TRUE(sawWorkerTask.load()) << "the workers should not wait for callerFirst";
+  }
+  ThreadPool single(1);
+  int runs = 0, order = 0, firstAt = -1, taskAt = -1;
+  const std::function<void()> first = [&] { ++runs, firstAt = order++; };
+  single.parallelFor(
+      3, [&](int64_t, int) { taskAt = order++; }, &first);
+  EXPECT_EQ(runs, 1);
+  EXPECT_EQ(firstAt, 0);
+  EXPECT_EQ(taskAt, 3);
 }
 
 } // namespace

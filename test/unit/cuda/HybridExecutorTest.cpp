@@ -362,7 +362,8 @@ TEST(HybridExecutor, RefusesAnExpertCacheThePlanDoesNotReserve) {
 // slots and runs them (in decode up to N; in prefill the most chosen, N / 2 at
 // a time, in a share balanced by feedback), alone or beside the expert
 // cache, one sequence or a batch; the sums agree with the CPU executor's
-// and the counts add up.
+// and the counts add up; on the MoE-layer clock each decode layer's
+// streamed share is timed.
 TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
   KT_REQUIRE_GPU();
   ModelPair pair;
@@ -407,8 +408,19 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
     }
     gpu->clearRoutingStats();
     const int decodeSteps = 4;
+    gpu->clearMoeLayerTiming();
+    gpu->setMoeLayerGpuClock(true); // and the streamed share's timeline
     for (int step = 0; step < decodeSteps; ++step)
       ASSERT_TRUE(gpu->forward({int32_t(5 + 7 * step)}).ok());
+    gpu->setMoeLayerGpuClock(false);
+    const exec::MoeLayerTiming timing = gpu->moeLayerTiming();
+    if (cached == 0)
+      EXPECT_EQ(timing.streamedLayers, decodeSteps * moeLayers);
+    EXPECT_GT(timing.streamedLayers, 0);
+    EXPECT_GT(timing.streamCopiedSeconds, 0.0);
+    EXPECT_GT(timing.streamGpuEndSeconds, timing.streamCopiedSeconds); // products after copies
+    EXPECT_GT(timing.streamCpuEndSeconds, timing.streamQueueSeconds);
+    EXPECT_LE(timing.gpuLaterLayers, timing.streamedLayers);
     const exec::ExpertCacheStats stats = gpu->expertCacheStats();
     EXPECT_EQ(stats.selections, uint64_t(decodeSteps * moeLayers * config.expertsUsed));
     // One token a step: every streamed choice is an expert of its own, and
