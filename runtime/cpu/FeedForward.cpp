@@ -589,12 +589,23 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     ++runs.back().second;
     rowOf[static_cast<size_t>(i)] = filled[static_cast<size_t>(ids[i])]++;
   }
-  // The rows copied in parallel (a 2048-token prefill of V3 copies 470 MB).
+  // An expert of one row reads its token's row of x in place (decode: every
+  // expert), unless the tile kernels or oneDNN could take one row.
+  const bool singleRowsInPlace = tileTokens_ != 1 && gemmTokens_ != 1;
+  std::vector<int64_t> tokenOfRow(static_cast<size_t>(assignments), -1);
+  for (int64_t i = 0; i < assignments; ++i)
+    if (const int64_t row = rowOf[static_cast<size_t>(i)]; row >= 0)
+      tokenOfRow[static_cast<size_t>(row)] = i / topK;
+  auto inPlace = [&](int64_t expert) {
+    return singleRowsInPlace && counts[static_cast<size_t>(expert)] == 1;
+  };
+  // The other rows copied in parallel (a 2048-token prefill of V3 copies
+  // 470 MB).
   constexpr int64_t kRowsPerCopy = 64;
   pool.parallelFor((assignments + kRowsPerCopy - 1) / kRowsPerCopy, [&](int64_t task, int) {
     const int64_t end = std::min(assignments, (task + 1) * kRowsPerCopy);
     for (int64_t i = task * kRowsPerCopy; i < end; ++i)
-      if (const int64_t row = rowOf[static_cast<size_t>(i)]; row >= 0)
+      if (const int64_t row = rowOf[static_cast<size_t>(i)]; row >= 0 && !inPlace(ids[i]))
         std::memcpy(gathered + row * hidden_, x + (i / topK) * hidden_,
                     static_cast<size_t>(hidden_) * sizeof(float));
   });
@@ -666,8 +677,10 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       gemm_.multiply(pool, w.down, g, count, results + row * hidden_, hidden_);
       continue;
     }
-    batches.push_back({expert(e), gathered + row * hidden_, count, results + row * hidden_,
-                       gate + row * ffn_, up + row * ffn_, offsetInput(xInput, row, hidden_),
+    const float *input =
+        inPlace(e) ? x + tokenOfRow[static_cast<size_t>(row)] * hidden_ : gathered + row * hidden_;
+    batches.push_back({expert(e), input, count, results + row * hidden_, gate + row * ffn_,
+                       up + row * ffn_, offsetInput(xInput, row, hidden_),
                        offsetInput(gateInput, row, ffn_), bandsOf(e)});
     batches.back().gatedGiven = givenRows;
   }
@@ -683,17 +696,25 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
       callerFirst);
   lap(&exec::ExpertPhaseSeconds::rows);
 
-  // Each token's sum in increasing expert order, as HF adds them up.
-  pool.parallelFor(tokens, [&](int64_t t, int) {
-    float *o = out + t * hidden_;
-    std::fill(o, o + hidden_, 0.0f);
+  // Each token's sum in increasing expert order, as HF adds them up; a few
+  // tokens' sums (decode) split into slices of their values over the pool.
+  const int64_t slices =
+      tokens >= pool.threadCount()
+          ? 1
+          : std::max<int64_t>(1, std::min<int64_t>(pool.threadCount() / tokens, hidden_ / 256));
+  const int64_t sliceWidth = (hidden_ + slices - 1) / slices;
+  pool.parallelFor(tokens * slices, [&](int64_t task, int) {
+    const int64_t t = task / slices, begin = task % slices * sliceWidth,
+                  width = std::min(hidden_, begin + sliceWidth) - begin;
+    float *o = out + t * hidden_ + begin;
+    std::fill(o, o + width, 0.0f);
     std::vector<int64_t> order(static_cast<size_t>(topK));
     for (int64_t k = 0; k < topK; ++k)
       order[static_cast<size_t>(k)] = t * topK + k;
     std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
     for (int64_t i : order)
       if (rowOf[static_cast<size_t>(i)] >= 0)
-        axpy(weights[i], results + rowOf[static_cast<size_t>(i)] * hidden_, o, hidden_);
+        axpy(weights[i], results + rowOf[static_cast<size_t>(i)] * hidden_ + begin, o, width);
   });
   lap(&exec::ExpertPhaseSeconds::combine);
 }

@@ -144,6 +144,51 @@ TEST(QuantizeActivations, NibbleOrderSwapsTheMiddleGroupsOf128) {
   EXPECT_EQ(sumsAlone, sums);
 }
 
+// The quantized activations are x / (max|x| / 127) rounded to nearest,
+// ties to even, as std::nearbyint rounds: random runs, a run of ties (its
+// largest value 127, so that the values scale exactly), a run of zeros.
+TEST(QuantizeActivations, RoundToNearestEvenWithinEachRun) {
+  const int64_t cols = 768, tokens = 3, ldx = cols + 8;
+  std::vector<float> x(static_cast<size_t>(tokens * ldx), 0.0f);
+  std::mt19937 random(11);
+  std::normal_distribution<float> normal(0.0f, 2.0f);
+  for (int64_t t = 0; t < 2; ++t)
+    for (int64_t c = 0; c < cols; ++c)
+      x[size_t(t * ldx + c)] = normal(random) * (c < 256 ? 1e-3f : c < 512 ? 1.0f : 40.0f);
+  for (int64_t c = 0; c < 256; ++c) // token 2, run 0: halves; run 1 stays zeros
+    x[size_t(2 * ldx + c)] = c == 0 ? 127.0f : float(c % 64 - 32) + 0.5f;
+  std::vector<int8_t> xq(size_t(tokens * cols));
+  std::vector<float> scales(size_t(tokens * cols / 256));
+  std::vector<int16_t> sums(size_t(tokens * cols / 16));
+  cpu::quantizeActivations(x.data(), ldx, cols, tokens, xq.data(), scales.data(), sums.data());
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t r = 0; r < cols / 256; ++r) {
+      const float *v = x.data() + t * ldx + r * 256;
+      float amax = 0;
+      for (int i = 0; i < 256; ++i)
+        amax = std::max(amax, std::fabs(v[i]));
+      ASSERT_EQ(scales[size_t(t * (cols / 256) + r)], amax / 127.0f) << t << " " << r;
+      const float inverse = amax > 0 ? 127.0f / amax : 0.0f;
+      for (int i = 0; i < 256; ++i) {
+        const float expected = std::clamp(std::nearbyint(v[i] * inverse), -127.0f, 127.0f);
+        ASSERT_EQ(xq[size_t(t * cols + r * 256 + i)], int8_t(expected))
+            << "token " << t << " value " << r * 256 + i << " (" << v[i] << ")";
+      }
+    }
+  // Ties went to even: 0.5 -> 0, 1.5 -> 2, -0.5 -> -0, -1.5 -> -2.
+  EXPECT_EQ(xq[size_t(2 * cols + 32)], 0);  // 0.5
+  EXPECT_EQ(xq[size_t(2 * cols + 33)], 2);  // 1.5
+  EXPECT_EQ(xq[size_t(2 * cols + 31)], 0);  // -0.5
+  EXPECT_EQ(xq[size_t(2 * cols + 30)], -2); // -1.5
+  EXPECT_EQ(scales[size_t(2 * (cols / 256) + 1)], 0.0f);
+  for (int j = 0; j < 16; ++j) {
+    int32_t sum = 0;
+    for (int i = 0; i < 16; ++i)
+      sum += xq[size_t(16 * j + i)];
+    EXPECT_EQ(sums[size_t(j)], sum);
+  }
+}
+
 // A plan whose record of what a kernel reads differs from the code
 // object's own is refused, naming both.
 TEST(RowKernelInput, APlanRecordingAnotherInputIsRefused) {
