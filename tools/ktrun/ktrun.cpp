@@ -220,8 +220,8 @@ int main(int argc, char **argv) {
                  "decode up to N of each step's experts per layer, in prefill the most chosen "
                  "ones, half the slots at a time, in a share balanced against the CPU's by "
                  "feedback. The slots (N experts' weights) come out of the plan's expert cache "
-                 "reservation. 2 (with --stream-gate-up 1) suits 16 cores and PCIe 5 with 8 "
-                 "experts a token; 0: none (the default)")
+                 "reservation. 2 suits 16 cores and PCIe 5 with 8 experts a token (ktrun "
+                 "--bench times both sides per layer); 0: none (the default)")
       ->check(CLI::Range(0, 64));
   app.add_option("--stream-gate-up", options.streamedGateUps,
                  "With --stream-experts: in decode the GPU also streams the gate and up "
