@@ -12,6 +12,8 @@
 #include <cmath>
 #include <functional>
 #include <random>
+#include <string>
+#include <utility>
 
 namespace kt::cpu::test {
 namespace {
@@ -180,6 +182,55 @@ TEST(RoutedExperts, CallerFirstRunsOnceBeforeGivenRows) {
     EXPECT_EQ(firstRuns, 1);
     EXPECT_EQ(fillsBeforeFirst, 0);
     EXPECT_EQ(fills, c.ids == &skipped ? 0 : int(std::count(c.given->begin(), c.given->end(), 1)));
+  }
+}
+
+// A step of fewer tokens than threads adds each token's experts up in
+// slices of its values spread over the pool (1024 values: up to 4 slices,
+// uneven with 3 threads); every value is still the experts' weighted sum
+// in increasing expert order, and one-row experts read x in place.
+TEST(RoutedExperts, FewTokensSumsSplitOverThePoolAddUpInExpertOrder) {
+  KT_REQUIRE_COMPILER();
+  gen::ModelConfig config = tinyF32Config();
+  config.hiddenSize = 1024;
+  TestModel model;
+  ASSERT_NO_FATAL_FAILURE(buildModel("routed-split-sum", config, model));
+  const gguf::TensorInfo *gate = model.model->findTensor("blk.1.ffn_gate_exps.weight"),
+                         *up = model.model->findTensor("blk.1.ffn_up_exps.weight"),
+                         *down = model.model->findTensor("blk.1.ffn_down_exps.weight");
+  ASSERT_TRUE(gate && up && down);
+  RoutedExperts experts(*gate, *up, *down, nullptr);
+  const int64_t hidden = experts.hidden(), topK = 3;
+  ASSERT_EQ(hidden, 1024);
+  std::mt19937 random(17);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  Workspace workspace;
+  for (const auto &[threads, tokens] : {std::pair{4, 1}, std::pair{3, 1}, std::pair{4, 2}}) {
+    SCOPED_TRACE(std::to_string(threads) + " threads, " + std::to_string(tokens) + " tokens");
+    std::vector<float> x(size_t(tokens * hidden));
+    for (float &v : x)
+      v = normal(random);
+    // Unsorted ids; the second token shares an expert with the first.
+    const std::vector<int32_t> ids = {5, 1, 3, 3, 0, 2};
+    const std::vector<float> weights = {0.5f, 0.25f, 1.5f, 0.75f, 1.25f, 0.125f};
+    ThreadPool pool(threads);
+    std::vector<float> got(x.size());
+    experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK,
+                    got.data());
+    std::vector<float> expected(x.size(), 0.0f), one(static_cast<size_t>(hidden));
+    ThreadPool single(1);
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::vector<int64_t> order = {t * topK, t * topK + 1, t * topK + 2};
+      std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+      for (int64_t i : order) {
+        const float weight = 1.0f;
+        experts.forward(single, workspace, x.data() + t * hidden, 1, &ids[size_t(i)], &weight, 1,
+                        one.data());
+        for (int64_t j = 0; j < hidden; ++j)
+          expected[size_t(t * hidden + j)] += weights[size_t(i)] * one[size_t(j)];
+      }
+    }
+    EXPECT_LE(relativeL2(got, expected), 1e-6);
   }
 }
 

@@ -313,6 +313,23 @@ TEST(KernelCatalog, HeadersAreResolvedAndShapesValidated) {
   EXPECT_EQ(floatLiteral(2.0f), "2.0f");
 }
 
+// The cache append normalizes the latent as rms_norm does: the same thread
+// count for the width (so the sum of squares adds up in the same order) and
+// the same epsilon; odd rope widths and no epsilon are refused.
+TEST(KernelCatalog, CacheAppendNormalizesAsRmsNormDoes) {
+  for (int64_t width : {int64_t(64), int64_t(512), int64_t(1536)}) {
+    StatusOr<KernelSpec> append = mlaCacheAppendSpec(width, 64, 1e-6f, 1.25f);
+    StatusOr<KernelSpec> norm = rmsNormSpec(width, 1e-6f);
+    ASSERT_TRUE(append.ok() && norm.ok()) << width;
+    EXPECT_EQ(append->blockThreads, norm->blockThreads) << width;
+    EXPECT_EQ(append->defines.at("BLOCK_THREADS"), norm->defines.at("BLOCK_THREADS"));
+    EXPECT_EQ(append->defines.at("EPS"), norm->defines.at("EPS"));
+    EXPECT_EQ(append->defines.at("COS_SIN_SCALE"), "1.25f");
+  }
+  EXPECT_FALSE(mlaCacheAppendSpec(512, 63, 1e-6f, 1.0f).ok());
+  EXPECT_FALSE(mlaCacheAppendSpec(512, 64, 0.0f, 1.0f).ok());
+}
+
 // Kernels launched to overlap the one before them must wait for it in every
 // entry: a file's entries all do or none does, and the decode graph's
 // kernels do.
