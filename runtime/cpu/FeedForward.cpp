@@ -571,8 +571,10 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     }
     return out;
   };
-  // Each expert's rows by segment, in row order: (segment, rows) runs.
+  // Each expert's rows by segment, in row order: (segment, rows) runs; and
+  // each row's token.
   std::vector<std::vector<std::pair<size_t, int64_t>>> segmentRuns(static_cast<size_t>(experts_));
+  std::vector<int64_t> tokenOfRow(static_cast<size_t>(assignments), -1);
   size_t segment = 0;
   for (int64_t i = 0; i < assignments; ++i) {
     if (ids[i] < 0) {
@@ -587,15 +589,13 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     if (runs.empty() || runs.back().first != segment)
       runs.push_back({segment, 0});
     ++runs.back().second;
-    rowOf[static_cast<size_t>(i)] = filled[static_cast<size_t>(ids[i])]++;
+    const int64_t row = filled[static_cast<size_t>(ids[i])]++;
+    rowOf[static_cast<size_t>(i)] = row;
+    tokenOfRow[static_cast<size_t>(row)] = token;
   }
   // An expert of one row reads its token's row of x in place (decode: every
   // expert), unless the tile kernels or oneDNN could take one row.
   const bool singleRowsInPlace = tileTokens_ != 1 && gemmTokens_ != 1;
-  std::vector<int64_t> tokenOfRow(static_cast<size_t>(assignments), -1);
-  for (int64_t i = 0; i < assignments; ++i)
-    if (const int64_t row = rowOf[static_cast<size_t>(i)]; row >= 0)
-      tokenOfRow[static_cast<size_t>(row)] = i / topK;
   auto inPlace = [&](int64_t expert) {
     return singleRowsInPlace && counts[static_cast<size_t>(expert)] == 1;
   };

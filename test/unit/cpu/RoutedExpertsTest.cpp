@@ -18,9 +18,10 @@
 namespace kt::cpu::test {
 namespace {
 
-// Layer 1's routed experts of the tiny f32 model built as `name`, and a
-// step of `tokens` random tokens' `topK` choices and weights (choice i:
-// expert (i * stride + i / topK) mod experts).
+// Layer 1's routed experts of the model built as `name` (the tiny f32 one
+// unless `config` says otherwise), and a step of `tokens` random tokens'
+// `topK` choices and weights (choice i: expert (i * stride + i / topK) mod
+// experts).
 struct ExpertStep {
   TestModel model;
   const gguf::TensorInfo *gate = nullptr, *up = nullptr, *down = nullptr;
@@ -28,8 +29,9 @@ struct ExpertStep {
   std::vector<int32_t> ids;
 };
 void makeExpertStep(const std::string &name, int64_t tokens, int64_t topK, size_t stride,
-                    unsigned seed, ExpertStep &out) {
-  ASSERT_NO_FATAL_FAILURE(buildModel(name, tinyF32Config(), out.model));
+                    unsigned seed, ExpertStep &out,
+                    const gen::ModelConfig &config = tinyF32Config()) {
+  ASSERT_NO_FATAL_FAILURE(buildModel(name, config, out.model));
   out.gate = out.model.model->findTensor("blk.1.ffn_gate_exps.weight");
   out.up = out.model.model->findTensor("blk.1.ffn_up_exps.weight");
   out.down = out.model.model->findTensor("blk.1.ffn_down_exps.weight");
@@ -193,31 +195,22 @@ TEST(RoutedExperts, FewTokensSumsSplitOverThePoolAddUpInExpertOrder) {
   KT_REQUIRE_COMPILER();
   gen::ModelConfig config = tinyF32Config();
   config.hiddenSize = 1024;
-  TestModel model;
-  ASSERT_NO_FATAL_FAILURE(buildModel("routed-split-sum", config, model));
-  const gguf::TensorInfo *gate = model.model->findTensor("blk.1.ffn_gate_exps.weight"),
-                         *up = model.model->findTensor("blk.1.ffn_up_exps.weight"),
-                         *down = model.model->findTensor("blk.1.ffn_down_exps.weight");
-  ASSERT_TRUE(gate && up && down);
-  RoutedExperts experts(*gate, *up, *down, nullptr);
-  const int64_t hidden = experts.hidden(), topK = 3;
+  ExpertStep step;
+  const int64_t topK = 3;
+  ASSERT_NO_FATAL_FAILURE(makeExpertStep("routed-split-sum", 2, topK, 5, 17, step, config));
+  RoutedExperts experts(*step.gate, *step.up, *step.down, nullptr);
+  const int64_t hidden = experts.hidden();
   ASSERT_EQ(hidden, 1024);
-  std::mt19937 random(17);
-  std::normal_distribution<float> normal(0.0f, 1.0f);
+  const std::vector<float> &x = step.x, &weights = step.weights;
+  const std::vector<int32_t> &ids = step.ids; // unsorted within each token
   Workspace workspace;
   for (const auto &[threads, tokens] : {std::pair{4, 1}, std::pair{3, 1}, std::pair{4, 2}}) {
     SCOPED_TRACE(std::to_string(threads) + " threads, " + std::to_string(tokens) + " tokens");
-    std::vector<float> x(size_t(tokens * hidden));
-    for (float &v : x)
-      v = normal(random);
-    // Unsorted ids; the second token shares an expert with the first.
-    const std::vector<int32_t> ids = {5, 1, 3, 3, 0, 2};
-    const std::vector<float> weights = {0.5f, 0.25f, 1.5f, 0.75f, 1.25f, 0.125f};
     ThreadPool pool(threads);
-    std::vector<float> got(x.size());
+    std::vector<float> got(size_t(tokens * hidden));
     experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK,
                     got.data());
-    std::vector<float> expected(x.size(), 0.0f), one(static_cast<size_t>(hidden));
+    std::vector<float> expected(got.size(), 0.0f), one(static_cast<size_t>(hidden));
     ThreadPool single(1);
     for (int64_t t = 0; t < tokens; ++t) {
       std::vector<int64_t> order = {t * topK, t * topK + 1, t * topK + 2};
