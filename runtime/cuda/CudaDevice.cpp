@@ -233,9 +233,8 @@ StatusOr<size_t> CudaDevice::markTime(Queue queue) {
       return s;
     timingEvents_.push_back(event);
   }
-  if (Status s = check(api_->eventRecord(timingEvents_[marksUsed_],
-                                         queue == Queue::Main ? stream_ : sideStream_),
-                       "cuEventRecord");
+  if (Status s =
+          check(api_->eventRecord(timingEvents_[marksUsed_], streamOf(queue)), "cuEventRecord");
       !s.ok())
     return s;
   return marksUsed_++;
@@ -480,7 +479,7 @@ Status CudaDevice::signal(Queue queue, int event) {
   if (!e)
     if (Status s = check(api_->eventCreate(&e, kDisableTiming), "cuEventCreate"); !s.ok())
       return s;
-  return check(api_->eventRecord(e, queue == Queue::Main ? stream_ : sideStream_), "cuEventRecord");
+  return check(api_->eventRecord(e, streamOf(queue)), "cuEventRecord");
 }
 
 Status CudaDevice::waitFor(Queue queue, int event) {
@@ -492,8 +491,7 @@ Status CudaDevice::waitFor(Queue queue, int event) {
   if (queue == Queue::Side)
     if (Status s = ensureSideStream(); !s.ok())
       return s;
-  return check(api_->streamWaitEvent(queue == Queue::Main ? stream_ : sideStream_, e, 0),
-               "cuStreamWaitEvent");
+  return check(api_->streamWaitEvent(streamOf(queue), e, 0), "cuStreamWaitEvent");
 }
 
 Status CudaDevice::waitOnHost(int event) {

@@ -150,6 +150,7 @@ private:
   CudaDevice() = default;
   Status check(int result, const std::string &what) const;
   Status ensureSideStream();
+  void *streamOf(Queue queue) const { return queue == Queue::Main ? stream_ : sideStream_; }
   // A 2-D tensor map of CUtensorMapDataType `dataType` with `swizzle`.
   StatusOr<TensorMap> matrixTensorMap(int dataType, DevicePointer base, uint64_t columns,
                                       uint64_t rows, uint64_t rowBytes, unsigned boxColumns,

@@ -398,9 +398,9 @@ public:
     Clock::time_point queued, cpuStart, cpuEnd;
   };
   std::vector<StreamTimeline> streamTimelines;
-  bool streamClockOn() const { return moeLayerGpuClock && decodeStep && !profiling; }
+  bool onMoeLayerClock() const { return moeLayerGpuClock && decodeStep && !profiling; }
   Status markGpuTime(CudaDevice *gpu, bool afterExperts) {
-    if (!moeLayerGpuClock || !decodeStep || profiling)
+    if (!onMoeLayerClock())
       return Status::success();
     StatusOr<size_t> mark = gpu->markTime();
     if (!mark)
@@ -1509,9 +1509,11 @@ struct CachedExperts {
   static constexpr int kGateUpCopied = 4, kGatedRowsReady = 5;
 
 private:
-  // Queues on the side stream the copies of the weights of
-  // streamedIds[first, first + count) into slots firstSlot on.
-  Status copyStreamed(HybridExecutor::Impl &m, size_t firstSlot, size_t first, size_t count);
+  // Queues on the side stream the copies of the first `matrices` matrices
+  // (gate, up, down) of experts ids[first, first + count) into slots
+  // firstSlot on.
+  Status copyIntoSlots(HybridExecutor::Impl &m, const std::vector<int32_t> &ids, size_t first,
+                       size_t count, size_t firstSlot, int matrices);
   // Decode's gate/up-only experts, once queueCopies copied their gate and
   // up: the gated rows of their choices into g, and g to gatedRowsHost
   // (kGatedRowsReady).
@@ -1825,11 +1827,12 @@ StatusOr<DevicePointer> CachedExperts::queue(HybridExecutor::Impl &m, int64_t ro
       return s;
     for (size_t chunk = 0; chunk < chunks; ++chunk) {
       const size_t set = chunk % sets, first = chunk * chunkSize;
-      for (Status s : {m.device->waitFor(Queue::Side, kSlotsFree[set]),
-                       copyStreamed(m, set * chunkSize, first,
-                                    std::min(chunkSize, streamedIds.size() - first)),
-                       m.device->signal(Queue::Side, kCopied[set]),
-                       m.device->waitFor(Queue::Main, kCopied[set])})
+      for (Status s :
+           {m.device->waitFor(Queue::Side, kSlotsFree[set]),
+            copyIntoSlots(m, streamedIds, first, std::min(chunkSize, streamedIds.size() - first),
+                          set * chunkSize, 3),
+            m.device->signal(Queue::Side, kCopied[set]),
+            m.device->waitFor(Queue::Main, kCopied[set])})
         if (!s.ok())
           return s;
       AssignmentGroups chunkGroups = streamGroups;
@@ -1859,7 +1862,7 @@ Status CachedExperts::queueCopies(HybridExecutor::Impl &m) {
   if (streamedIds.empty() && gateUpIds.empty())
     return Status::success();
   // On the clock: a layer that streams whole experts.
-  if (!streamedIds.empty() && m.streamClockOn()) {
+  if (!streamedIds.empty() && m.onMoeLayerClock()) {
     StatusOr<size_t> start = m.device->markTime(Queue::Side);
     if (!start)
       return start.status();
@@ -1872,24 +1875,18 @@ Status CachedExperts::queueCopies(HybridExecutor::Impl &m) {
                    m.device->waitFor(Queue::Side, kSlotsFree[1])})
     if (!s.ok())
       return s;
+  // Gate/up-only experts: their gate and up, into the slots after the
+  // whole experts'.
   if (!gateUpIds.empty()) {
-    for (size_t place = 0; place < gateUpIds.size(); ++place)
-      for (int i = 0; i < 2; ++i) { // gate and up
-        const size_t slice = sliceBytes(i);
-        if (Status s = m.device->copyToDeviceOnSide(
-                staged[i].data + (size_t(m.streamedExperts) + place) * slice,
-                static_cast<const uint8_t *>(tensors[i]->data) + size_t(gateUpIds[place]) * slice,
-                slice);
-            !s.ok())
-          return s;
-        streamedBytes += slice;
-      }
+    if (Status s = copyIntoSlots(m, gateUpIds, 0, gateUpIds.size(), size_t(m.streamedExperts), 2);
+        !s.ok())
+      return s;
     if (Status s = m.device->signal(Queue::Side, kGateUpCopied); !s.ok())
       return s;
   }
   if (streamedIds.empty())
     return Status::success();
-  if (Status s = copyStreamed(m, 0, 0, streamedIds.size()); !s.ok())
+  if (Status s = copyIntoSlots(m, streamedIds, 0, streamedIds.size(), 0, 3); !s.ok())
     return s;
   // Marked before the signal: the stream's wait for it covers the mark.
   if (streamMarks) {
@@ -1917,14 +1914,14 @@ Status CachedExperts::gatedRowsForCpu(HybridExecutor::Impl &m, DevicePointer x, 
   return Status::success();
 }
 
-Status CachedExperts::copyStreamed(HybridExecutor::Impl &m, size_t firstSlot, size_t first,
-                                   size_t count) {
+Status CachedExperts::copyIntoSlots(HybridExecutor::Impl &m, const std::vector<int32_t> &ids,
+                                    size_t first, size_t count, size_t firstSlot, int matrices) {
   for (size_t slot = 0; slot < count; ++slot)
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < matrices; ++i) {
       const size_t slice = sliceBytes(i);
       if (Status s = m.device->copyToDeviceOnSide(staged[i].data + (firstSlot + slot) * slice,
                                                   static_cast<const uint8_t *>(tensors[i]->data) +
-                                                      size_t(streamedIds[first + slot]) * slice,
+                                                      size_t(ids[first + slot]) * slice,
                                                   slice);
           !s.ok())
         return s;
