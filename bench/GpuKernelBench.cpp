@@ -329,9 +329,9 @@ int main(int argc, char **argv) {
   }
 
   // Beyond the GEMVs: RMSNorm over prefill rows, and MLA decode attention
-  // (split over 256-position chunks, then combined) at V3's widths over
+  // (split over the executor's pieces, then combined) at V3's widths over
   // cached contexts of several lengths; bytes are what each must read and
-  // write at least (the cache once, not once per head).
+  // write at least (the cache once, not once per head; the pieces used).
   auto timeRepeated = [&](const std::function<Status()> &launchOnce) {
     return bench::secondsPerLaunch(device, 20, launches, launchOnce);
   };
@@ -368,7 +368,7 @@ int main(int argc, char **argv) {
     results.push_back(
         {"f32", "rms_norm 512x7168", bytes / (1 << 20), bytes / *timed / 1e9, *timed * 1e6});
   }
-  for (int positions : {4096, 32768}) {
+  for (int positions : {576, 4096, 32768}) {
     const int64_t heads = 128, kvLora = 512, rope = 64;
     const float scale = 0.1352f;
     StatusOr<cuda::KernelSpec> splitSpec =
@@ -379,7 +379,7 @@ int main(int argc, char **argv) {
                                  combine = compileAndLoad(combineSpec);
     if (!split || !combine)
       return fail(!split ? split.message() : combine.message());
-    int chunks = int((positions + cuda::kMlaDecodeChunk - 1) / cuda::kMlaDecodeChunk);
+    int chunks = int(cuda::kMlaDecodePieces);
     StatusOr<cuda::DevicePointer> q = randomBuffer(size_t(heads * kvLora)),
                                   qRope = randomBuffer(size_t(heads * rope)),
                                   latent = randomBuffer(size_t(positions) * kvLora),
@@ -435,8 +435,11 @@ int main(int argc, char **argv) {
       });
       if (!timed)
         return fail(timed.message());
+      // kernels/mla_pieces.cuh's chunks: at least positions / pieces, whole 32s.
+      const int chunk = ((positions + chunks - 1) / chunks + 31) / 32 * 32;
+      const int used = (positions + chunk - 1) / chunk;
       const double bytes = double(positions) * (kvLora + rope) * 4 +
-                           2.0 * heads * chunks * (kvLora + 2) * 4 + heads * kvLora * 4;
+                           2.0 * heads * used * (kvLora + 2) * 4 + heads * kvLora * 4;
       results.push_back({mma ? "bf16" : "f32",
                          "mla decode " + std::to_string(positions) + " pos" +
                              (mma ? " (mma, " + std::to_string(16 * rowGroups) + " heads)" : ""),

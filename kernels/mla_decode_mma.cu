@@ -1,27 +1,27 @@
 // MLA decode attention on tensor cores (sm_80+), split over the cached
 // positions like mla_decode_split.cu (flash-decoding): one token's heads are
 // the rows of mla_mma.cuh's core (16 ROW_GROUPS per block), each block takes
-// one chunk of CHUNK positions and writes, per head, the chunk's softmax piece
+// one chunk of the positions (mla_pieces.cuh) and writes, per head, the chunk's softmax piece
 // {max score m, sum of exp(score - m), sum of exp(score - m) * latent} to
 // partial[(head * chunks + chunk)], which mla_decode_split.cu's mla_combine
 // merges. Decode is compute-bound on CUDA cores (about 280 kFLOP per cached
 // position for 128 heads); here the products run on bf16 tensor cores
 // (about 1e-3 relative error, against 1e-6).
-// The token's position comes from device memory and the grid covers the
-// whole cache, so a decode graph replays the launch at every step. Both this
+// The token's position comes from device memory and the chunks follow it,
+// so a decode graph replays the launch at every step. Both this
 // kernel and mla_decode_split are launched: this one works when the token
 // sees at least `mmaFrom` positions, mla_decode_split below that.
-// Grid: (ceil(HEADS / (16 ROW_GROUPS)), chunks of the cache), 64 ROW_GROUPS
+// Grid: (ceil(HEADS / (16 ROW_GROUPS)), pieces), 64 ROW_GROUPS
 // threads, dynamic shared memory mlaDecodeMmaSharedBytes(). Specialization
 // defines:
 //   KV_LORA, ROPE, SCALE, HEADS   as mla_prefill_mma.cu
-//   CHUNK                         positions per block (mla_combine's)
 //   ROW_GROUPS                    16-row groups per block (1, 2 or 4)
 #if !defined(KV_LORA) || !defined(ROPE) || !defined(SCALE) || !defined(HEADS) ||                   \
-    !defined(CHUNK) || !defined(ROW_GROUPS)
-#error "mla_decode_mma needs KV_LORA, ROPE, SCALE, HEADS, CHUNK and ROW_GROUPS"
+    !defined(ROW_GROUPS)
+#error "mla_decode_mma needs KV_LORA, ROPE, SCALE, HEADS and ROW_GROUPS"
 #endif
 #include "mla_mma.cuh"
+#include "mla_pieces.cuh"
 
 using namespace kt::mla_mma;
 constexpr int kPartial = KV_LORA + 2; // m, l, then the weighted latent sum
@@ -34,7 +34,8 @@ extern "C" __global__ void __launch_bounds__(kThreads)
   KT_WAIT_FOR_PRIOR_GRID();
 #if __CUDA_ARCH__ >= 800
   const int positions = position[0] + 1; // the token sees itself and everything before
-  const int first = blockIdx.y * CHUNK, last = min(positions, first + CHUNK);
+  const int size = kt::mla::decodeChunk(positions, gridDim.y);
+  const int first = blockIdx.y * size, last = min(positions, first + size);
   if (positions < mmaFrom || first >= positions)
     return; // the whole block: no thread of it reaches a barrier
   extern __shared__ __align__(16) kt::u16 shared[];

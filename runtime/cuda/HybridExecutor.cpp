@@ -1222,15 +1222,14 @@ public:
   const Kernel *decodeMma = nullptr;
   unsigned decodeMmaShared = 0;
   size_t layer = 0;
-  int64_t chunks = 0;        // of the cache, for the split decode core
   int64_t headsPerBlock = 1; // of the prefill core
 
-  // Single-token steps use the split core, whose pieces need chunks x
-  // (kv_lora + 2) floats per head.
+  // Single-token steps use the split core, whose pieces need
+  // kMlaDecodePieces x (kv_lora + 2) floats per head.
   size_t scratchFloats(int64_t rows) const override {
     return size_t(rows) * size_t(s.qLoraRank + s.heads * qk() + s.kvLoraRank + s.rope +
                                  2 * s.heads * s.kvLoraRank + s.heads * s.v) +
-           size_t(s.heads * chunks * (s.kvLoraRank + 2));
+           size_t(s.heads * kMlaDecodePieces * (s.kvLoraRank + 2));
   }
 
   Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
@@ -1246,7 +1245,7 @@ public:
     const DevicePointer qLoraBuf = carve(rows * s.qLoraRank), qBuf = carve(rows * H * qk),
                         kvABuf = carve(rows * kvWidth), qLatent = carve(rows * H * s.kvLoraRank),
                         context = carve(rows * H * s.kvLoraRank), vOut = carve(rows * H * s.v),
-                        pieces = carve(H * chunks * (s.kvLoraRank + 2));
+                        pieces = carve(H * kMlaDecodePieces * (s.kvLoraRank + 2));
     const DevicePointer x = in[0]->gpu, result = out[0]->gpu;
     int tokens = int(rows);
     DevicePointer positions = m.positionsGpu, frequencies = inverseFrequencies;
@@ -1302,20 +1301,20 @@ public:
       step(m.launch(*append, unsigned(segment.count), 1, 1, 0,
                     {&segmentRows, &segmentPositions, &latentNorm, &frequencies, &latent, &rope}));
       if (segment.count == 1) {
-        int chunkCount = int(chunks);
+        int pieceCount = int(kMlaDecodePieces);
         // Both cores are launched (a graph replays them at every position);
         // each scores the chunks only on its side of mmaFrom.
         int mmaFrom = decodeMma ? int(kMlaDecodeMmaFrom) : std::numeric_limits<int>::max();
-        step(m.launch(*splitCore, unsigned(H / headsPerBlock), unsigned(chunks), 1, 0,
+        step(m.launch(*splitCore, unsigned(H / headsPerBlock), unsigned(kMlaDecodePieces), 1, 0,
                       {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions, &mmaFrom,
                        &piecesP}));
         if (decodeMma)
-          step(m.launch(*decodeMma, ceilDiv(H, 16 * kMlaDecodeMmaRowGroups), unsigned(chunks), 1,
-                        decodeMmaShared,
+          step(m.launch(*decodeMma, ceilDiv(H, 16 * kMlaDecodeMmaRowGroups),
+                        unsigned(kMlaDecodePieces), 1, decodeMmaShared,
                         {&qLatentP, &qRope, &headStride, &latent, &rope, &segmentPositions,
                          &mmaFrom, &piecesP}));
         step(m.launch(*combine, unsigned(H), 1, 1, 0,
-                      {&piecesP, &segmentPositions, &chunkCount, &contextP}));
+                      {&piecesP, &segmentPositions, &pieceCount, &contextP}));
       } else {
         int firstPositions = int(segment.start + 1), tokenCount = int(segment.count);
         if (coreMma && segment.count * (segment.start + segment.count) >= kMlaPrefillMmaMinWork)
@@ -2833,7 +2832,6 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
           mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_decode_split"));
       attention->combine =
           loader.kernel(mlaDecodeSplitSpec(s.kvLoraRank, s.rope, scale, s.heads, "mla_combine"));
-      attention->chunks = (sequences.capacity() + kMlaDecodeChunk - 1) / kMlaDecodeChunk;
       std::vector<float> frequencies = cpu::ropeInverseFrequencies(rope);
       if (!b.ok())
         return b.status();

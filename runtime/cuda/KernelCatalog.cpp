@@ -292,7 +292,6 @@ StatusOr<KernelSpec> mlaDecodeMmaSpec(int64_t kvLoraRank, int64_t ropeDims, floa
                          {"ROPE", integer(ropeDims)},
                          {"SCALE", floatLiteral(softmaxScale)},
                          {"HEADS", integer(heads)},
-                         {"CHUNK", integer(kMlaDecodeChunk)},
                          {"ROW_GROUPS", integer(rowGroups)}},
                         static_cast<unsigned>(64 * rowGroups));
 }
@@ -321,7 +320,6 @@ StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, fl
       {{"KV_LORA", integer(kvLoraRank)},
        {"ROPE", integer(ropeDims)},
        {"SCALE", floatLiteral(softmaxScale)},
-       {"CHUNK", integer(kMlaDecodeChunk)},
        {"HEADS_PER_BLOCK", integer(mlaHeadsPerBlock(heads))},
        {"BLOCK_THREADS", "256"}},
       entry == "mla_combine" ? 256u : static_cast<unsigned>(mlaHeadsPerBlock(heads) * 32));

@@ -236,7 +236,7 @@ StatusOr<KernelSpec> mlaPrefillMmaSpec(int64_t kvLoraRank, int64_t ropeDims, flo
                                        int64_t heads);
 unsigned mlaPrefillMmaSharedBytes(int64_t kvLoraRank, int64_t ropeDims);
 // Decode on the same core (kernels/mla_decode_mma.cu, sm_80+): one block per
-// 16 rowGroups heads and chunk of kMlaDecodeChunk positions, 64 rowGroups
+// 16 rowGroups heads and piece of the positions (kMlaDecodePieces), 64 rowGroups
 // threads with mlaDecodeMmaSharedBytes(); its pieces go to mla_combine. It
 // works for tokens that see at least its `mmaFrom` argument positions, and
 // mla_decode_split (given the same) for the others.
@@ -257,12 +257,16 @@ constexpr int64_t kMlaPrefillMmaRows = 64;
 // per token or chunk.
 int64_t mlaHeadsPerBlock(int64_t heads);
 
-// The decode attention split over chunks of kMlaDecodeChunk cached positions
-// (entry "mla_decode_split", one block per chunk and group of
-// mlaHeadsPerBlock(heads) heads) and the merge of the chunks (entry
-// "mla_combine", one block per head); the token's position is read from
-// device memory, so CUDA graphs replay them.
-constexpr int64_t kMlaDecodeChunk = 256;
+// The decode attention split over kMlaDecodePieces chunks of the positions
+// the token sees (entry "mla_decode_split", one block per piece and group of
+// mlaHeadsPerBlock(heads) heads; kernels/mla_pieces.cuh) and the merge of
+// the pieces (entry "mla_combine", one block per head); the token's position
+// is read from device memory, so CUDA graphs replay them.
+// 64 pieces: at 576 positions, chunks of 256 over the cache's length (3
+// chunks used) took 130 us in a decode graph on the H100, 64 pieces 28 us;
+// the tensor-core core gets 2 x 64 blocks (2 fit an SM) from 1024 positions
+// on: 105 -> 72 us at 4096 positions, 337 -> 276 us at 32768.
+constexpr int64_t kMlaDecodePieces = 64;
 StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
                                         int64_t heads, const std::string &entry);
 // Appends rows of kv_a's [latent | rope key] to the latent cache at

@@ -753,21 +753,27 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
     EXPECT_LE(prefillError, 1e-5);
 
     double decodeError = 0;
-    if (shape.tokens == 1) {
+    // The executor's pieces, and few pieces, so chunks span more than one
+    // 32-position tile and the last one is partly filled.
+    for (int pieces : {int(kMlaDecodePieces), 3}) {
+      if (shape.tokens != 1)
+        break;
+      SCOPED_TRACE(std::to_string(pieces) + " pieces");
       auto split = mlaDecodeSplitSpec(c.kvLora, c.ropeDims, c.scale, c.heads, "mla_decode_split");
       auto combine = mlaDecodeSplitSpec(c.kvLora, c.ropeDims, c.scale, c.heads, "mla_combine");
       LoadedKernel splitKernel = load(split), combineKernel = load(combine);
       ASSERT_NE(splitKernel.function, nullptr);
-      // The cache holds more chunks than are filled, as in a real cache.
-      int chunks = int((cached + 3 * kMlaDecodeChunk) / kMlaDecodeChunk);
-      DevicePointer pieces = allocate(size_t(c.heads * chunks * (c.kvLora + 2)) * 4);
+      DevicePointer piecesBuffer = allocate(size_t(c.heads * pieces * (c.kvLora + 2)) * 4);
+      // Pieces a previous step wrote must not leak into this one.
+      const std::vector<float> stale(size_t(c.heads * pieces * (c.kvLora + 2)), 1e30f);
+      ASSERT_TRUE(device->copyToDevice(piecesBuffer, stale.data(), stale.size() * 4).ok());
       int position = shape.firstPositions - 1;
       DevicePointer dp = upload(&position, 4);
       int mmaFrom = std::numeric_limits<int>::max(); // the split core for every position
-      run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
-          {&dq, &dr, &headStride, &dl, &dk, &dp, &mmaFrom, &pieces});
+      run(splitKernel, {groups, unsigned(pieces), 1, split->blockThreads, 1, 1, 0},
+          {&dq, &dr, &headStride, &dl, &dk, &dp, &mmaFrom, &piecesBuffer});
       run(combineKernel, {unsigned(c.heads), 1, 1, combine->blockThreads, 1, 1, 0},
-          {&pieces, &dp, &chunks, &dc});
+          {&piecesBuffer, &dp, &pieces, &dc});
       decodeError = relativeL2(download(dc, contextFloats), expected);
       EXPECT_LE(decodeError, 1e-5);
       // With mmaFrom at or below the token's positions the split core
@@ -785,24 +791,24 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
           const unsigned headBlocks = unsigned((c.heads + 16 * rowGroups - 1) / (16 * rowGroups));
           for (int from : {std::numeric_limits<int>::max(), shape.firstPositions}) {
             // Below mmaFrom the tensor-core core must leave the split's pieces.
-            run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
-                {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
-            run(mma, {headBlocks, unsigned(chunks), 1, mmaSpec->blockThreads, 1, 1, shared},
-                {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
+            run(splitKernel, {groups, unsigned(pieces), 1, split->blockThreads, 1, 1, 0},
+                {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &piecesBuffer});
+            run(mma, {headBlocks, unsigned(pieces), 1, mmaSpec->blockThreads, 1, 1, shared},
+                {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &piecesBuffer});
             if (from != std::numeric_limits<int>::max()) // tensor cores first, then the split
-              run(splitKernel, {groups, unsigned(chunks), 1, split->blockThreads, 1, 1, 0},
-                  {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &pieces});
+              run(splitKernel, {groups, unsigned(pieces), 1, split->blockThreads, 1, 1, 0},
+                  {&dq, &dr, &headStride, &dl, &dk, &dp, &from, &piecesBuffer});
             run(combineKernel, {unsigned(c.heads), 1, 1, combine->blockThreads, 1, 1, 0},
-                {&pieces, &dp, &chunks, &dc});
+                {&piecesBuffer, &dp, &pieces, &dc});
             const double error = relativeL2(download(dc, contextFloats), expected);
             if (from == std::numeric_limits<int>::max()) {
               EXPECT_LE(error, 1e-5) << "the tensor-core core ran below mmaFrom";
             } else {
               EXPECT_LE(error, 5e-3);
               EXPECT_GT(error, 1e-6) << "the split core ran from mmaFrom on";
-              std::printf("[ gpu      ] mla_decode_mma (%d heads a block) from %d positions: "
-                          "relative L2 %.2e\n",
-                          16 * rowGroups, shape.firstPositions, error);
+              std::printf("[ gpu      ] mla_decode_mma (%d heads a block, %d pieces) from %d "
+                          "positions: relative L2 %.2e\n",
+                          16 * rowGroups, pieces, shape.firstPositions, error);
             }
           }
         }
