@@ -261,8 +261,11 @@ int main(int argc, char **argv) {
         StatusOr<cuda::KernelSpec> variant =
             cuda::makeKernelSpec(spec->file, spec->entry, defines, threads);
         const bool kQuant = type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q6_K;
-        const int64_t blockRows = int64_t(cuda::gemvSplitRowsPerBlock(split)) *
-                                  (kQuant ? cuda::gemvKQuantRowsPerWarp(shape.out) : 1);
+        const int64_t blockRows =
+            int64_t(cuda::gemvSplitRowsPerBlock(split)) *
+            (kQuant                         ? cuda::gemvKQuantRowsPerWarp(shape.out)
+             : type == gguf::GgmlType::Q8_0 ? cuda::gemvQ8_0RowsPerWarp(shape.in, 1)
+                                            : 1);
         StatusOr<Result> result =
             timeDecodeGemv(type, shape, variant, unsigned((shape.out + blockRows - 1) / blockRows));
         if (!result)

@@ -1,9 +1,10 @@
 // y = W x for a GGUF Q8_0 matrix W of OUT_FEATURES rows of IN_FEATURES values
 // (row-major, each row IN_FEATURES/32 blocks of 34 bytes: f16 scale, 32 int8).
 // Weights are dequantized in registers, never expanded in memory.
-// Decode: one warp per output row; four lanes share a block (8 values each),
-// so a warp reads 8 consecutive blocks (272 contiguous bytes) per step, and
-// the steps are unrolled so that all of a row's loads are in flight together.
+// Decode: one warp per output row (ROWS_PER_WARP rows of short matrices);
+// four lanes share a block (8 values each), so a warp reads 8 consecutive
+// blocks (272 contiguous bytes) per step, and the steps are unrolled so that
+// all of a row's loads are in flight together.
 // Decode GEMVs of few rows split each row's columns between K_SPLIT warps of a
 // block (partial sums added in shared memory), so that a small matrix still
 // has warps enough to keep the GPU's memory busy.
@@ -13,7 +14,7 @@
 //   IN_FEATURES     columns (a multiple of 32)
 //   OUT_FEATURES    rows
 //   ROWS_PER_BLOCK  warps per thread block
-//   ROWS_PER_WARP   rows per warp (token tiles only)
+//   ROWS_PER_WARP   rows per warp (decode: only with K_SPLIT 1)
 //   K_SPLIT         warps per row (decode only; block: ROWS_PER_BLOCK x K_SPLIT warps)
 //   TOKEN_TILE      tokens per block (each weight block read once for all)
 //   GROUPED, GATE_UP  optional: tiles of grouped assignments, or the fused
@@ -38,7 +39,9 @@
 #ifndef K_SPLIT
 #define K_SPLIT 1
 #endif
-static_assert(TOKEN_TILE > 1 || ROWS_PER_WARP == 1, "decode takes one row per warp");
+#if TOKEN_TILE == 1 && ROWS_PER_WARP > 1 && K_SPLIT > 1
+#error "decode splits the columns of one row per warp only"
+#endif
 static_assert(TOKEN_TILE == 1 || K_SPLIT == 1, "token tiles take whole rows");
 
 static_assert(IN_FEATURES % kt::kQ8_0BlockElements == 0, "Q8_0 rows are whole blocks");
@@ -132,51 +135,58 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
   const kt::u8 *upBytes =
       reinterpret_cast<const kt::u8 *>(layout.upWeight) + (headRow + readRow) * kRowBytes;
 #endif
-  [[maybe_unused]] float upSum = 0.0f; // GATE_UP kernels
-
-  float sums[TOKEN_TILE];
+  // One token; ROWS_PER_WARP rows one after the other (rows shorter than a
+  // warp's step leave lanes idle, but a warp's loads of all its rows are in
+  // flight together, so the grid takes fewer waves of short-lived warps).
+  float sums[ROWS_PER_WARP];
+  [[maybe_unused]] float upSums[ROWS_PER_WARP]; // GATE_UP kernels
 #pragma unroll
-  for (int t = 0; t < TOKEN_TILE; ++t)
-    sums[t] = 0.0f;
+  for (int r = 0; r < ROWS_PER_WARP; ++r)
+    sums[r] = upSums[r] = 0.0f;
   const int quarter = lane % 4;
   // The warp's whole part of the row unrolled, so that all its loads are in
   // flight (a token tile, above, has work enough per step; unrolling it
   // would only make NVRTC slow). Its part: every K_SPLIT-th run of 8 blocks.
 #pragma unroll
   for (int b = lane / 4 + 8 * split; b < kBlocksPerRow; b += 8 * K_SPLIT) {
-    float w[8];
-    const float scale = blockWeights(rowBytes + b * kt::kQ8_0BlockBytes, quarter, w);
+    float w[ROWS_PER_WARP][8], scale[ROWS_PER_WARP];
 #if GATE_UP
-    float wUp[8];
-    const float upScale = blockWeights(upBytes + b * kt::kQ8_0BlockBytes, quarter, wUp);
+    float wUp[ROWS_PER_WARP][8], upScale[ROWS_PER_WARP];
 #endif
 #pragma unroll
-    for (int t = 0; t < TOKEN_TILE; ++t) {
-      if (t >= tokens)
-        break;
-      const float *xs = KT_GEMV_X(t) +
-                        b * kt::kQ8_0BlockElements + 8 * quarter;
-      const float4 x0 = *reinterpret_cast<const float4 *>(xs),
-                   x1 = *reinterpret_cast<const float4 *>(xs + 4);
-      sums[t] += scale * dot8(w, x0, x1);
+    for (int r = 0; r < ROWS_PER_WARP; ++r)
+      if (ROWS_PER_WARP == 1 || firstRow + r < OUT_FEATURES) {
+        scale[r] = blockWeights(rowBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, w[r]);
 #if GATE_UP
-      upSum += upScale * dot8(wUp, x0, x1);
+        upScale[r] =
+            blockWeights(upBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, wUp[r]);
 #endif
-    }
+      }
+    const float *xs = KT_GEMV_X(0) + b * kt::kQ8_0BlockElements + 8 * quarter;
+    const float4 x0 = *reinterpret_cast<const float4 *>(xs),
+                 x1 = *reinterpret_cast<const float4 *>(xs + 4);
+#pragma unroll
+    for (int r = 0; r < ROWS_PER_WARP; ++r)
+      if (ROWS_PER_WARP == 1 || firstRow + r < OUT_FEATURES) {
+        sums[r] += scale[r] * dot8(w[r], x0, x1);
+#if GATE_UP
+        upSums[r] += upScale[r] * dot8(wUp[r], x0, x1);
+#endif
+      }
   }
 #if K_SPLIT > 1
   // Decode has one token per block: the row's partial sums in split order.
-  kt::storeSplitRow<ROWS_PER_BLOCK, K_SPLIT>(sums[0], upSum, rowInBlock, split,
+  kt::storeSplitRow<ROWS_PER_BLOCK, K_SPLIT>(sums[0], upSums[0], rowInBlock, split,
                                              lane == 0 && rowExists, KT_GEMV_Y(0), firstRow);
 #else
 #pragma unroll
-  for (int t = 0; t < TOKEN_TILE; ++t) {
-    float sum = kt::warpSum(sums[t]);
+  for (int r = 0; r < ROWS_PER_WARP; ++r) {
+    float sum = kt::warpSum(sums[r]);
 #if GATE_UP
-    sum = kt::siluMul(sum, kt::warpSum(upSum));
+    sum = kt::siluMul(sum, kt::warpSum(upSums[r]));
 #endif
-    if (lane == 0 && t < tokens)
-      KT_GEMV_Y(t)[firstRow] = sum;
+    if (lane == 0 && (ROWS_PER_WARP == 1 || firstRow + r < OUT_FEATURES))
+      KT_GEMV_Y(0)[firstRow + r] = sum;
   }
 #endif
 #endif

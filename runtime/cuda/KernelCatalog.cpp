@@ -157,8 +157,8 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64
                          "blocks.");
   std::map<std::string, std::string> defines = {{"IN_FEATURES", integer(inFeatures)},
                                                 {"OUT_FEATURES", integer(outFeatures)}};
-  if (tokenTile > 1) // prefill: rows per warp share the activations
-    defines["ROWS_PER_WARP"] = std::to_string(gemvQ8_0RowsPerWarp(tokenTile));
+  if (const unsigned rows = gemvQ8_0RowsPerWarp(inFeatures, tokenTile); rows > 1)
+    defines["ROWS_PER_WARP"] = std::to_string(rows);
   const unsigned threads = gemvSetColumnSplit(
       defines, gemvColumnSplit(gguf::GgmlType::Q8_0, outFeatures, inFeatures, tokenTile, variant));
   return makeKernelSpec("gemv_q8_0.cu", "gemv_q8_0", withTokenTile(defines, tokenTile, variant),
@@ -421,7 +421,18 @@ int64_t groupAssignments(const int32_t *matrixOf, int64_t assignments, int32_t *
   return count;
 }
 
-unsigned gemvQ8_0RowsPerWarp(int64_t tokenTile) { return tokenTile > 1 ? 4 : 1; }
+unsigned gemvQ8_0RowsPerWarp(int64_t inFeatures, int64_t tokenTile) {
+  if (tokenTile > 1)
+    return 4;
+  // Decode: rows of at most 256 values (one warp step or less; half the
+  // lanes idle at 128) go 1024 / length to a warp, at most 8, whose loads of
+  // them are in flight together. On the H100, in a decode graph: `k_b`'s
+  // 128 x 512 rows of 128, 19.8 us one a warp, 17.2 eight a warp; `v_b`'s
+  // rows of 512 5.7 us one a warp, 6.3 two a warp, so longer rows stay one.
+  if (inFeatures > 256)
+    return 1;
+  return unsigned(std::clamp<int64_t>(1024 / std::max<int64_t>(inFeatures, 1), 1, 8));
+}
 
 bool kernelWaitsForPriorGrid(std::string_view source) {
   auto count = [&](std::string_view what) {
@@ -488,8 +499,9 @@ unsigned gemvGridBlocks(gguf::GgmlType type, int64_t outFeatures, int64_t inFeat
   const bool kQuant =
       type == gguf::GgmlType::Q4_K || type == gguf::GgmlType::Q5_K || type == gguf::GgmlType::Q6_K;
   const unsigned rowsPerWarp = kQuant ? gemvKQuantRowsPerWarp(outFeatures, tokenTile)
-                               : type == gguf::GgmlType::Q8_0 ? gemvQ8_0RowsPerWarp(tokenTile)
-                                                              : 1;
+                               : type == gguf::GgmlType::Q8_0
+                                   ? gemvQ8_0RowsPerWarp(inFeatures, tokenTile)
+                                   : 1;
   // A block's warps: kGemvRowsPerBlock rows, or fewer rows of split columns.
   const unsigned rowsPerBlockOfWarps =
       gemvSplitRowsPerBlock(gemvColumnSplit(type, outFeatures, inFeatures, tokenTile));

@@ -80,8 +80,9 @@ StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, in
 // decode; always 4 with a token tile (the tiles fill the GPU, and each
 // activation loaded then serves four rows).
 unsigned gemvKQuantRowsPerWarp(int64_t outFeatures, int64_t tokenTile = 1);
-// Rows per warp of the q8_0 GEMV: one in decode, 4 with a token tile.
-unsigned gemvQ8_0RowsPerWarp(int64_t tokenTile);
+// Rows per warp of the q8_0 GEMV: 4 with a token tile; in decode one, or
+// up to 8 for rows of at most 256 values (whose columns are never split).
+unsigned gemvQ8_0RowsPerWarp(int64_t inFeatures, int64_t tokenTile);
 // y = W x for an f32, f16 or bf16 matrix (one warp per row).
 StatusOr<KernelSpec> gemvFloatSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
                                    int64_t tokenTile = 1,

@@ -345,9 +345,18 @@ TEST_P(GpuKernels, EmbeddingMatchesTheCpuReferenceForEveryTableType) {
 TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
   struct Shape {
     int64_t out, in;
-  } shapes[] = {{1001, 7168}, {576, 7168}, {7168, 2048}, {33, 64}};
+  } shapes[] = {{1001, 7168},
+                {576, 7168},
+                {7168, 2048},
+                {33, 64},
+                // Short rows, several a warp (the last warp's partly past the end).
+                {512, 128},
+                {37, 160},
+                {13, 512}};
   for (const auto &shape : shapes) {
     SCOPED_TRACE(std::to_string(shape.out) + "x" + std::to_string(shape.in));
+    if (shape.in <= 256)
+      EXPECT_GT(gemvQ8_0RowsPerWarp(shape.in, 1), 1u);
     auto w = randomFloats(shape.out * shape.in, -1, 1, 4);
     auto x = randomFloats(shape.in, -1, 1, 5);
     const size_t rowBytes = *gguf::ggmlRowBytes(gguf::GgmlType::Q8_0, shape.in);
@@ -512,7 +521,8 @@ TEST_P(GpuKernels, GroupedExpertGemvMatchesEachAssignment) {
 // rows of 4096 split their columns between warps (gemvColumnSplit).
 TEST_P(GpuKernels, FusedGateUpGemvMatchesSiluOfTheTwoProducts) {
   const int64_t experts = 4, ffn = 64, tokens = 3, topK = 2;
-  for (int64_t hidden : {512, 4096})
+  // 256: q8_0 takes 4 rows a warp (gemvQ8_0RowsPerWarp); 4096: split columns.
+  for (int64_t hidden : {256, 512, 4096})
     for (gguf::GgmlType type :
          {gguf::GgmlType::Q4_K, gguf::GgmlType::Q6_K, gguf::GgmlType::Q8_0, gguf::GgmlType::BF16}) {
       const std::string name(gguf::ggmlTypeName(type));
