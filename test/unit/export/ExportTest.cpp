@@ -1,10 +1,11 @@
 // kt-export-hf: Hugging Face names, shapes and values of exported DeepSeek
 // models, config.json, the kv_b_proj rebuilt from the split MLA form, the
 // models transformers cannot represent, and the command line.
-#include "runtime/safetensors/Safetensors.h"
-#include "test/unit/common/TempDir.h"
 #include "runtime/gguf/GgufFile.h"
 #include "runtime/quant/Quant.h"
+#include "runtime/safetensors/Safetensors.h"
+#include "test/unit/common/RunCommand.h"
+#include "test/unit/common/TempDir.h"
 #include "tools/kt-export-hf/HfExport.h"
 #include "tools/kt-gen-model/ModelGenerator.h"
 
@@ -20,7 +21,6 @@
 #include <map>
 #include <regex>
 #include <set>
-#include <sys/wait.h>
 #include <unistd.h>
 
 namespace kt::hfexport::test {
@@ -611,24 +611,11 @@ TEST(ExportTest, UnknownAndMisshapenTensorsAreRefused) {
   EXPECT_NE(error.find("'blk.1.ffn_up_exps.weight' is missing"), std::string::npos) << error;
 }
 
-struct CommandResult {
-  int exitCode = -1;
-  std::string output;
-};
+using kt::test::CommandResult;
 
 CommandResult runExporter(const std::string &arguments) {
-  CommandResult result;
-  std::string command = std::string(KT_BINARY_DIR) + "/bin/kt-export-hf " + arguments + " 2>&1";
-  FILE *pipe = ::popen(command.c_str(), "r");
-  if (!pipe)
-    return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0)
-    result.output.append(buffer, n);
-  int status = ::pclose(pipe);
-  result.exitCode = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return kt::test::runCommand(std::string(KT_BINARY_DIR) + "/bin/kt-export-hf " + arguments +
+                              " 2>&1");
 }
 
 TEST(ExportCliTest, ExportsAndReportsErrors) {

@@ -1,6 +1,7 @@
 // Helpers shared by the model generator tests.
 #pragma once
 
+#include "test/unit/common/RunCommand.h"
 #include "test/unit/common/SharedData.h"
 #include "test/unit/common/TempDir.h"
 
@@ -12,15 +13,14 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
 #include <set>
 #include <string>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <vector>
 
@@ -91,10 +91,7 @@ inline Moments moments(const std::vector<float> &values) {
   return m;
 }
 
-struct CommandResult {
-  int exitCode = -1;
-  std::string output; // stdout and stderr together
-};
+using kt::test::CommandResult;
 
 inline std::string generatorBinary() { return std::string(KT_BINARY_DIR) + "/bin/kt-gen-model"; }
 
@@ -102,18 +99,7 @@ inline std::string generatorBinary() { return std::string(KT_BINARY_DIR) + "/bin
 // `redirect` decides what the result's output captures.
 inline CommandResult runGenerator(const std::string &arguments,
                                   const std::string &redirect = "2>&1") {
-  CommandResult result;
-  std::string command = generatorBinary() + " " + arguments + " " + redirect;
-  FILE *pipe = ::popen(command.c_str(), "r");
-  if (!pipe)
-    return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0)
-    result.output.append(buffer, n);
-  int status = ::pclose(pipe);
-  result.exitCode = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+  return kt::test::runCommand(generatorBinary() + " " + arguments + " " + redirect);
 }
 
 } // namespace kt::gen::test

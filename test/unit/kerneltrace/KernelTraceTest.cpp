@@ -1,14 +1,13 @@
 // kt-kernel-trace: reading the recorder's files and summarizing graph
 // launches (time per kernel node and the time its end adds to the launch).
 #include "tools/kt-kernel-trace/KernelTrace.h"
+#include "test/unit/common/RunCommand.h"
+#include "test/unit/common/TempDir.h"
 
 #include <gtest/gtest.h>
 
-#include <cstdio>
 #include <fstream>
 #include <sstream>
-#include <sys/wait.h>
-#include <unistd.h>
 
 using namespace kt::kerneltrace;
 
@@ -137,33 +136,18 @@ TEST(KernelTrace, RefusesOtherFilesWithTheLine) {
 
 namespace {
 
-struct CommandResult {
-  int exitCode = -1;
-  std::string output;
-};
-
-CommandResult runTool(const std::string &arguments) {
-  CommandResult result;
-  const std::string command =
-      std::string(KT_BINARY_DIR) + "/bin/kt-kernel-trace " + arguments + " 2>&1";
-  FILE *pipe = ::popen(command.c_str(), "r");
-  if (!pipe)
-    return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = std::fread(buffer, 1, sizeof buffer, pipe)) > 0)
-    result.output.append(buffer, n);
-  const int status = ::pclose(pipe);
-  result.exitCode = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
+kt::test::CommandResult runTool(const std::string &arguments) {
+  return kt::test::runCommand(std::string(KT_BINARY_DIR) + "/bin/kt-kernel-trace " + arguments +
+                              " 2>&1");
 }
 
 } // namespace
 
 TEST(KernelTraceCli, PrintsEachGraphsNodesAndRefusesOtherFiles) {
-  const std::string path = "kernel_trace_cli_" + std::to_string(::getpid()) + ".csv";
+  kt::test::TempDir dir;
+  const std::string path = dir.file("trace.csv");
   std::ofstream(path) << traceText();
-  CommandResult ok = runTool(path);
+  kt::test::CommandResult ok = runTool(path);
   EXPECT_EQ(ok.exitCode, 0) << ok.output;
   EXPECT_NE(ok.output.find("graph 5: 3 launches summarized (1 skipped), 3 kernels, span 45.0 us"),
             std::string::npos)
@@ -171,13 +155,12 @@ TEST(KernelTraceCli, PrintsEachGraphsNodesAndRefusesOtherFiles) {
   EXPECT_NE(ok.output.find("gemv_q8_0"), std::string::npos) << ok.output;
   EXPECT_NE(ok.output.find("38.0       30.0"), std::string::npos) << ok.output;
 
-  CommandResult none = runTool(path + " --graph 6");
+  kt::test::CommandResult none = runTool(path + " --graph 6");
   EXPECT_NE(none.exitCode, 0);
   EXPECT_NE(none.output.find("no graph launches of that graph"), std::string::npos) << none.output;
 
   std::ofstream(path) << "something else\n";
-  CommandResult bad = runTool(path);
+  kt::test::CommandResult bad = runTool(path);
   EXPECT_NE(bad.exitCode, 0);
   EXPECT_NE(bad.output.find(path + ":1: not a kernel trace"), std::string::npos) << bad.output;
-  std::remove(path.c_str());
 }
