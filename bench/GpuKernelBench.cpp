@@ -233,7 +233,7 @@ int main(int argc, char **argv) {
   // (warps per row), against the catalog's choice.
   struct SweepRow {
     std::string type, shape;
-    unsigned split;
+    unsigned split, rowsPerWarp;
     bool chosen;
     double microseconds, gbs;
   };
@@ -270,9 +270,33 @@ int main(int argc, char **argv) {
             timeDecodeGemv(type, shape, variant, unsigned((shape.out + blockRows - 1) / blockRows));
         if (!result)
           return fail(result.message());
-        sweep.push_back(
-            {result->type, shape.name, split, split == chosen, result->microseconds, result->gbs});
+        sweep.push_back({result->type, shape.name, split,
+                         unsigned(blockRows / cuda::gemvSplitRowsPerBlock(split)), split == chosen,
+                         result->microseconds, result->gbs});
       }
+    }
+  }
+  // Short q8_0 rows (MLA's k_b: 128 heads x 512 rows of 128 values, timed as
+  // one matrix of their rows) with 1 to 16 rows a warp: the data behind
+  // gemvQ8_0RowsPerWarp.
+  if (gemvSweep) {
+    const Shape kB = {"k_b 65536x128", 65536, 128};
+    const unsigned chosen = cuda::gemvQ8_0RowsPerWarp(kB.in, 1);
+    for (unsigned rows = 1; rows <= 16; rows *= 2) {
+      StatusOr<cuda::KernelSpec> spec = cuda::gemvSpec(gguf::GgmlType::Q8_0, kB.out, kB.in);
+      if (!spec)
+        return fail(spec.message());
+      std::map<std::string, std::string> defines = spec->defines;
+      defines["ROWS_PER_WARP"] = std::to_string(rows);
+      StatusOr<cuda::KernelSpec> variant =
+          cuda::makeKernelSpec(spec->file, spec->entry, defines, spec->blockThreads);
+      const int64_t blockRows = int64_t(spec->blockThreads / 32) * rows;
+      StatusOr<Result> result = timeDecodeGemv(gguf::GgmlType::Q8_0, kB, variant,
+                                               unsigned((kB.out + blockRows - 1) / blockRows));
+      if (!result)
+        return fail(result.message());
+      sweep.push_back(
+          {result->type, kB.name, 1, rows, rows == chosen, result->microseconds, result->gbs});
     }
   }
 
@@ -729,6 +753,7 @@ int main(int argc, char **argv) {
         out["gemv_sweep"].push_back({{"type", r.type},
                                      {"shape", r.shape},
                                      {"k_split", r.split},
+                                     {"rows_per_warp", r.rowsPerWarp},
                                      {"chosen", r.chosen},
                                      {"microseconds", r.microseconds},
                                      {"gbs", r.gbs},
@@ -753,12 +778,12 @@ int main(int argc, char **argv) {
     std::printf("%-6s %-24s %9.1f %10.1f %10.0f %7.0f%%\n", r.type.c_str(), r.shape.c_str(), r.mib,
                 r.microseconds, r.gbs, 100 * r.gbs * 1e9 / bandwidth);
   if (gemvSweep) {
-    std::printf("decode GEMV sweep (* the kernel catalog's choice)\n%-6s %-24s %7s %10s %10s "
-                "%8s\n",
-                "type", "matrix", "K_SPLIT", "us", "GB/s", "of copy");
+    std::printf("decode GEMV sweep (* the kernel catalog's choice)\n%-6s %-24s %7s %9s %10s "
+                "%10s %8s\n",
+                "type", "matrix", "K_SPLIT", "rows/warp", "us", "GB/s", "of copy");
     for (const SweepRow &r : sweep)
-      std::printf("%-6s %-24s %7u %10.1f %10.0f %7.0f%%%s\n", r.type.c_str(), r.shape.c_str(),
-                  r.split, r.microseconds, r.gbs, 100 * r.gbs * 1e9 / bandwidth,
+      std::printf("%-6s %-24s %7u %9u %10.1f %10.0f %7.0f%%%s\n", r.type.c_str(), r.shape.c_str(),
+                  r.split, r.rowsPerWarp, r.microseconds, r.gbs, 100 * r.gbs * 1e9 / bandwidth,
                   r.chosen ? " *" : "");
   }
   std::printf("f32 FMA ceiling %.1f TFLOP/s (independent FMA chains)\n", ceiling / 1e12);

@@ -157,6 +157,23 @@ __device__ __forceinline__ float blockSum(float value, float *scratch) {
   return total;
 }
 
+// Maximum over the block, as blockSum.
+template <int kThreads> __device__ __forceinline__ float blockMax(float value, float *scratch) {
+  static_assert(kThreads % 32 == 0, "blocks are whole warps");
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1)
+    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
+  if (threadIdx.x % 32 == 0)
+    scratch[threadIdx.x / 32] = value;
+  __syncthreads();
+  float maximum = scratch[0];
+#pragma unroll
+  for (int i = 1; i < kThreads / 32; ++i)
+    maximum = fmaxf(maximum, scratch[i]);
+  __syncthreads(); // scratch may be reused by the caller
+  return maximum;
+}
+
 // Where the GEMV kernels find their vectors: blockIdx.y is a tile of
 // `tileTokens` consecutive tokens (of `tokens`), blockIdx.z a slot of a
 // batch of matrices stacked in the weight: slot s uses matrix s (MLA's k_b

@@ -47,6 +47,29 @@ static_assert(TOKEN_TILE == 1 || K_SPLIT == 1, "token tiles take whole rows");
 static_assert(IN_FEATURES % kt::kQ8_0BlockElements == 0, "Q8_0 rows are whole blocks");
 constexpr int kBlocksPerRow = IN_FEATURES / kt::kQ8_0BlockElements;
 constexpr long long kRowBytes = static_cast<long long>(kBlocksPerRow) * kt::kQ8_0BlockBytes;
+// Decode rows side by side in a warp's step: rows of 1, 2 or 4 blocks take
+// 4 lanes a block, so 8 / kBlocksPerRow of them fill the warp.
+// (At most ROWS_PER_WARP, and a power of two dividing it.)
+constexpr int rowsPerStep() {
+  if (TOKEN_TILE != 1 || kBlocksPerRow >= 8 || 8 % kBlocksPerRow != 0)
+    return 1;
+  int rows = 8 / kBlocksPerRow;
+  while (rows > 1 && ROWS_PER_WARP % rows != 0)
+    rows /= 2;
+  return rows;
+}
+constexpr int kRowsPerStep = rowsPerStep();
+static_assert(ROWS_PER_WARP % kRowsPerStep == 0, "whole steps of rows");
+constexpr int kSteps = ROWS_PER_WARP / kRowsPerStep;
+constexpr int kLanesPerRow = 32 / kRowsPerStep;
+
+// The sum over the lanes of one row of a step (the whole warp with one row).
+__device__ __forceinline__ float rowSum(float value) {
+#pragma unroll
+  for (int offset = kLanesPerRow / 2; offset > 0; offset >>= 1)
+    value += __shfl_xor_sync(0xffffffffu, value, offset);
+  return value;
+}
 
 // This lane's 8 quants of `block` as floats; returns the block's scale.
 // Blocks are 2-byte aligned: the scale and the quants are read as u16s.
@@ -135,42 +158,47 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
   const kt::u8 *upBytes =
       reinterpret_cast<const kt::u8 *>(layout.upWeight) + (headRow + readRow) * kRowBytes;
 #endif
-  // One token; ROWS_PER_WARP rows one after the other (rows shorter than a
-  // warp's step leave lanes idle, but a warp's loads of all its rows are in
-  // flight together, so the grid takes fewer waves of short-lived warps).
-  float sums[ROWS_PER_WARP];
-  [[maybe_unused]] float upSums[ROWS_PER_WARP]; // GATE_UP kernels
+  // One token; ROWS_PER_WARP rows, kRowsPerStep side by side in a step of
+  // the warp (rows of 1, 2 or 4 blocks: the lanes of a step take
+  // 8 / blocks rows, where lanes past a row's blocks would idle) and the
+  // steps one after the other; a warp's loads of all its rows are in flight
+  // together, so the grid takes fewer waves of short-lived warps.
+  float sums[kSteps];
+  [[maybe_unused]] float upSums[kSteps]; // GATE_UP kernels
 #pragma unroll
-  for (int r = 0; r < ROWS_PER_WARP; ++r)
-    sums[r] = upSums[r] = 0.0f;
-  const int quarter = lane % 4;
+  for (int s = 0; s < kSteps; ++s)
+    sums[s] = upSums[s] = 0.0f;
+  const int rowInStep = lane / kLanesPerRow, laneInRow = lane % kLanesPerRow;
+  const int quarter = laneInRow % 4;
   // The warp's whole part of the row unrolled, so that all its loads are in
   // flight (a token tile, above, has work enough per step; unrolling it
   // would only make NVRTC slow). Its part: every K_SPLIT-th run of 8 blocks.
 #pragma unroll
-  for (int b = lane / 4 + 8 * split; b < kBlocksPerRow; b += 8 * K_SPLIT) {
-    float w[ROWS_PER_WARP][8], scale[ROWS_PER_WARP];
+  for (int b = laneInRow / 4 + 8 * split; b < kBlocksPerRow; b += 8 * K_SPLIT) {
+    float w[kSteps][8], scale[kSteps];
 #if GATE_UP
-    float wUp[ROWS_PER_WARP][8], upScale[ROWS_PER_WARP];
+    float wUp[kSteps][8], upScale[kSteps];
 #endif
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; ++r)
+    for (int s = 0; s < kSteps; ++s) {
+      const int r = rowInStep + kRowsPerStep * s;
       if (ROWS_PER_WARP == 1 || firstRow + r < OUT_FEATURES) {
-        scale[r] = blockWeights(rowBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, w[r]);
+        scale[s] = blockWeights(rowBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, w[s]);
 #if GATE_UP
-        upScale[r] =
-            blockWeights(upBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, wUp[r]);
+        upScale[s] =
+            blockWeights(upBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, wUp[s]);
 #endif
       }
+    }
     const float *xs = KT_GEMV_X(0) + b * kt::kQ8_0BlockElements + 8 * quarter;
     const float4 x0 = *reinterpret_cast<const float4 *>(xs),
                  x1 = *reinterpret_cast<const float4 *>(xs + 4);
 #pragma unroll
-    for (int r = 0; r < ROWS_PER_WARP; ++r)
-      if (ROWS_PER_WARP == 1 || firstRow + r < OUT_FEATURES) {
-        sums[r] += scale[r] * dot8(w[r], x0, x1);
+    for (int s = 0; s < kSteps; ++s)
+      if (ROWS_PER_WARP == 1 || firstRow + rowInStep + kRowsPerStep * s < OUT_FEATURES) {
+        sums[s] += scale[s] * dot8(w[s], x0, x1);
 #if GATE_UP
-        upSums[r] += upScale[r] * dot8(wUp[r], x0, x1);
+        upSums[s] += upScale[s] * dot8(wUp[s], x0, x1);
 #endif
       }
   }
@@ -180,13 +208,14 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
                                              lane == 0 && rowExists, KT_GEMV_Y(0), firstRow);
 #else
 #pragma unroll
-  for (int r = 0; r < ROWS_PER_WARP; ++r) {
-    float sum = kt::warpSum(sums[r]);
+  for (int s = 0; s < kSteps; ++s) {
+    const int row = firstRow + rowInStep + kRowsPerStep * s;
+    float sum = rowSum(sums[s]);
 #if GATE_UP
-    sum = kt::siluMul(sum, kt::warpSum(upSums[r]));
+    sum = kt::siluMul(sum, rowSum(upSums[s]));
 #endif
-    if (lane == 0 && (ROWS_PER_WARP == 1 || firstRow + r < OUT_FEATURES))
-      KT_GEMV_Y(0)[firstRow + r] = sum;
+    if (laneInRow == 0 && (ROWS_PER_WARP == 1 || row < OUT_FEATURES))
+      KT_GEMV_Y(0)[row] = sum;
   }
 #endif
 #endif

@@ -29,8 +29,8 @@ mla_prefill(const float *__restrict__ qLatent, const float *__restrict__ qRope,
             int qRopeHeadStride, int qRopeTokenStride, const float *__restrict__ latent,
             const float *__restrict__ ropeKey, int firstPositions,
             float *__restrict__ context) {
-  __shared__ float latentStage[kt::mla::kStage * KV_LORA];
-  __shared__ float ropeStage[kt::mla::kStage * ROPE];
+  __shared__ __align__(16) float latentStage[kt::mla::kStage * KV_LORA];
+  __shared__ __align__(16) float ropeStage[kt::mla::kStage * ROPE];
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   const int token = blockIdx.y;
   const int heads = gridDim.x * HEADS_PER_BLOCK;
@@ -38,15 +38,15 @@ mla_prefill(const float *__restrict__ qLatent, const float *__restrict__ qRope,
   const long long slot = static_cast<long long>(token) * heads + head;
 
   kt::mla::WarpState w;
-  kt::mla::loadQuery(w, qLatent + slot * KV_LORA,
+  kt::mla::loadQuery(w, 0, qLatent + slot * KV_LORA,
                      qRope + static_cast<long long>(token) * qRopeTokenStride +
                          static_cast<long long>(head) * qRopeHeadStride,
                      lane);
-  kt::mla::attend<kThreads>(w, latent, ropeKey, 0, firstPositions + token, latentStage, ropeStage,
-                            lane);
-  const float inverse = 1.0f / w.total;
+  kt::mla::attend<kThreads, 1>(w, latent, ropeKey, 0, firstPositions + token, latentStage,
+                               ropeStage, lane);
+  const float inverse = 1.0f / w.total[0];
 #pragma unroll
   for (int k = 0; k < kt::mla::kLatentPerLane; ++k)
     if (lane + 32 * k < KV_LORA)
-      context[slot * KV_LORA + lane + 32 * k] = w.sum[k] * inverse;
+      context[slot * KV_LORA + lane + 32 * k] = w.sum[0][k] * inverse;
 }

@@ -24,6 +24,9 @@ static_assert(BLOCK_THREADS % 32 == 0 && BLOCK_THREADS >= EXPERTS, "one thread p
 static_assert(EXPERTS % GROUPS == 0 && GROUPS_USED >= 1 && GROUPS_USED <= GROUPS, "groups");
 constexpr int kPerGroup = EXPERTS / GROUPS;
 constexpr int kWarps = BLOCK_THREADS / 32;
+// The top-k's candidates: each warp's TOP_K best.
+constexpr int kCandidates = kWarps * TOP_K;
+constexpr int kCandidatesPerLane = (kCandidates + 31) / 32;
 #define kMinusInfinity (-__int_as_float(0x7f800000))
 
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
@@ -32,8 +35,8 @@ moe_gate(const float *__restrict__ logits, const float *__restrict__ bias,
   KT_WAIT_FOR_PRIOR_GRID();
   __shared__ float scores[EXPERTS];
   __shared__ float selection[EXPERTS];
-  __shared__ float warpValues[kWarps];
-  __shared__ int warpIndices[kWarps];
+  __shared__ float candidateValues[kCandidates];
+  __shared__ int candidateIndices[kCandidates];
   __shared__ float reduction[kWarps];
   __shared__ int chosen[TOP_K];
   const int e = threadIdx.x;
@@ -117,6 +120,18 @@ moe_gate(const float *__restrict__ logits, const float *__restrict__ bias,
     }
 #endif
   __syncthreads();
+#if GROUPS <= 32
+  // Dropping the worst group GROUPS - GROUPS_USED times keeps the best
+  // GROUPS_USED by (score, lower index on a tie): a lane per group counts
+  // the groups ahead of its own.
+  if (e < GROUPS) {
+    const float mine = groupScores[e];
+    int ahead = 0;
+    for (int g = 0; g < GROUPS; ++g)
+      ahead += groupScores[g] > mine || (groupScores[g] == mine && g < e);
+    groupDropped[e] = ahead >= GROUPS_USED;
+  }
+#else
   if (e == 0) {
     for (int g = 0; g < GROUPS; ++g)
       groupDropped[g] = false;
@@ -128,36 +143,58 @@ moe_gate(const float *__restrict__ logits, const float *__restrict__ bias,
       groupDropped[worst] = true;
     }
   }
+#endif
   __syncthreads();
   if (e < EXPERTS && groupDropped[e / kPerGroup])
     selection[e] = kMinusInfinity;
   __syncthreads();
 #endif
 
-  // Top-k: TOP_K rounds of a block-wide argmax over the experts not yet chosen.
-  for (int k = 0; k < TOP_K; ++k) {
+  // Top-k (the lower index wins a tie) in two warp-wide stages with one
+  // barrier: each warp takes the TOP_K best of its experts, among which are
+  // all of the block's TOP_K best that it holds; then warp 0 takes the TOP_K
+  // best of those candidates. A taken entry becomes (-inf, EXPERTS), below
+  // every expert, as the candidates past the last are.
+  {
     float value = e < EXPERTS ? selection[e] : kMinusInfinity;
     int index = e < EXPERTS ? e : EXPERTS;
-    for (int j = 0; j < k; ++j)
-      if (chosen[j] == e)
+    for (int k = 0; k < TOP_K; ++k) {
+      float best = value;
+      int bestIndex = index;
+      kt::warpArgmax(best, bestIndex);
+      if (e % 32 == 0) {
+        candidateValues[(e / 32) * TOP_K + k] = best;
+        candidateIndices[(e / 32) * TOP_K + k] = bestIndex;
+      }
+      if (index == bestIndex)
         value = kMinusInfinity, index = EXPERTS;
-    kt::warpArgmax(value, index);
-    if (e % 32 == 0) {
-      warpValues[e / 32] = value;
-      warpIndices[e / 32] = index;
     }
-    __syncthreads();
-    if (e == 0) {
-      float best = warpValues[0];
-      int bestIndex = warpIndices[0];
-      for (int w = 1; w < kWarps; ++w)
-        if (warpValues[w] > best || (warpValues[w] == best && warpIndices[w] < bestIndex)) {
-          best = warpValues[w];
-          bestIndex = warpIndices[w];
-        }
-      chosen[k] = bestIndex;
+  }
+  __syncthreads();
+  if (e < 32) {
+    float values[kCandidatesPerLane];
+    int indices[kCandidatesPerLane];
+#pragma unroll
+    for (int j = 0; j < kCandidatesPerLane; ++j) {
+      const int c = e + 32 * j;
+      values[j] = c < kCandidates ? candidateValues[c] : kMinusInfinity;
+      indices[j] = c < kCandidates ? candidateIndices[c] : EXPERTS;
     }
-    __syncthreads();
+    for (int k = 0; k < TOP_K; ++k) {
+      float best = values[0];
+      int bestIndex = indices[0];
+#pragma unroll
+      for (int j = 1; j < kCandidatesPerLane; ++j)
+        if (values[j] > best || (values[j] == best && indices[j] < bestIndex))
+          best = values[j], bestIndex = indices[j];
+      kt::warpArgmax(best, bestIndex);
+      if (e == 0)
+        chosen[k] = bestIndex;
+#pragma unroll
+      for (int j = 0; j < kCandidatesPerLane; ++j)
+        if (indices[j] == bestIndex)
+          values[j] = kMinusInfinity, indices[j] = EXPERTS;
+    }
   }
 
   if (e == 0) {

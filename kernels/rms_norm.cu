@@ -28,6 +28,9 @@ __device__ __forceinline__ float inverseRms(const float *__restrict__ in, float 
   return 1.0f / sqrtf(total / static_cast<float>(HIDDEN) + EPS);
 }
 
+// A thread's values of a row: HIDDEN / BLOCK_THREADS, rounded up.
+constexpr int kPerThread = (HIDDEN + BLOCK_THREADS - 1) / BLOCK_THREADS;
+
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 rms_norm(const float *__restrict__ x, const float *__restrict__ weight,
          float *__restrict__ y, int rows, int xStride, int yStride) {
@@ -38,9 +41,29 @@ rms_norm(const float *__restrict__ x, const float *__restrict__ weight,
     return;
   const float *in = x + static_cast<long long>(row) * xStride;
   float *out = y + static_cast<long long>(row) * yStride;
-  const float scale = inverseRms(in, scratch);
-  for (int i = threadIdx.x; i < HIDDEN; i += BLOCK_THREADS)
-    out[i] = in[i] * scale * weight[i];
+  // The row and the weights are read once, into registers, before the sum
+  // (decode normalizes one row with one block: its time is the latency of
+  // these loads, so both are in flight together). The squares add up in
+  // inverseRms' order, which mla_cache.cu repeats.
+  float values[kPerThread], weights[kPerThread];
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int i = threadIdx.x + k * BLOCK_THREADS;
+    values[k] = i < HIDDEN ? in[i] : 0.0f;
+    weights[k] = i < HIDDEN ? weight[i] : 0.0f;
+  }
+  float sumSquares = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k)
+    sumSquares += values[k] * values[k];
+  const float total = kt::blockSum<BLOCK_THREADS>(sumSquares, scratch);
+  const float scale = 1.0f / sqrtf(total / static_cast<float>(HIDDEN) + EPS);
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int i = threadIdx.x + k * BLOCK_THREADS;
+    if (i < HIDDEN)
+      out[i] = values[k] * scale * weights[k];
+  }
 }
 
 #if defined(FP8_OUT)

@@ -315,14 +315,19 @@ StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, fl
     return Status::error("MLA split decode (" + entry + ") with kv_lora_rank " +
                          integer(kvLoraRank) + " and rope " + integer(ropeDims) +
                          " is not supported on the GPU.");
-  return makeKernelSpec(
-      "mla_decode_split.cu", entry,
-      {{"KV_LORA", integer(kvLoraRank)},
-       {"ROPE", integer(ropeDims)},
-       {"SCALE", floatLiteral(softmaxScale)},
-       {"HEADS_PER_BLOCK", integer(mlaHeadsPerBlock(heads))},
-       {"BLOCK_THREADS", "256"}},
-      entry == "mla_combine" ? 256u : static_cast<unsigned>(mlaHeadsPerBlock(heads) * 32));
+  // Two heads a warp where a block has an even number of them: each latent
+  // value read from shared memory serves both (one head a warp, the stages'
+  // reads bounded the kernel: 27 us at 576 positions in a V3 decode graph).
+  const int64_t perBlock = mlaHeadsPerBlock(heads), perWarp = perBlock % 2 == 0 ? 2 : 1;
+  return makeKernelSpec("mla_decode_split.cu", entry,
+                        {{"KV_LORA", integer(kvLoraRank)},
+                         {"ROPE", integer(ropeDims)},
+                         {"SCALE", floatLiteral(softmaxScale)},
+                         {"HEADS_PER_BLOCK", integer(perBlock)},
+                         {"HEADS_PER_WARP", integer(perWarp)},
+                         {"BLOCK_THREADS", "256"}},
+                        entry == "mla_combine" ? 256u
+                                               : static_cast<unsigned>(perBlock / perWarp * 32));
 }
 
 StatusOr<KernelSpec> mlaCacheAppendSpec(int64_t kvLoraRank, int64_t ropeDims, float eps,
@@ -424,11 +429,13 @@ int64_t groupAssignments(const int32_t *matrixOf, int64_t assignments, int32_t *
 unsigned gemvQ8_0RowsPerWarp(int64_t inFeatures, int64_t tokenTile) {
   if (tokenTile > 1)
     return 4;
-  // Decode: rows of at most 256 values (one warp step or less; half the
-  // lanes idle at 128) go 1024 / length to a warp, at most 8, whose loads of
-  // them are in flight together. On the H100, in a decode graph: `k_b`'s
-  // 128 x 512 rows of 128, 19.8 us one a warp, 17.2 eight a warp; `v_b`'s
-  // rows of 512 5.7 us one a warp, 6.3 two a warp, so longer rows stay one.
+  // Decode: rows of at most 256 values (one warp step or less) go 1024 /
+  // length to a warp, at most 8, whose loads of them are in flight
+  // together (rows of 1, 2 or 4 blocks side by side in a step). On the H100,
+  // in a decode graph: `k_b`'s 128 x 512 rows of 128, 19.8 us one a warp,
+  // 7.0 eight a warp (two a step; 8.8-9.0 us at 4 or 8 in gpu_kernel_bench's
+  // sweep, 12.2 at 16); `v_b`'s rows of 512 5.7 us one a warp, 6.3 two a
+  // warp, so longer rows stay one.
   if (inFeatures > 256)
     return 1;
   return unsigned(std::clamp<int64_t>(1024 / std::max<int64_t>(inFeatures, 1), 1, 8));

@@ -268,6 +268,8 @@ int64_t mlaHeadsPerBlock(int64_t heads);
 // the tensor-core core gets 2 x 64 blocks (2 fit an SM) from 1024 positions
 // on: 105 -> 72 us at 4096 positions, 337 -> 276 us at 32768.
 constexpr int64_t kMlaDecodePieces = 64;
+// mla_combine takes the pieces' factors a thread each (256 threads).
+static_assert(kMlaDecodePieces <= 256, "at most a piece per thread of mla_combine");
 StatusOr<KernelSpec> mlaDecodeSplitSpec(int64_t kvLoraRank, int64_t ropeDims, float softmaxScale,
                                         int64_t heads, const std::string &entry);
 // Appends rows of kv_a's [latent | rope key] to the latent cache at

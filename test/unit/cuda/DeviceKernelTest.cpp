@@ -352,7 +352,11 @@ TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
                 // Short rows, several a warp (the last warp's partly past the end).
                 {512, 128},
                 {37, 160},
-                {13, 512}};
+                {13, 512},
+                // Rows of one block, eight side by side in a warp's step; of
+                // three blocks, one a step.
+                {19, 32},
+                {45, 96}};
   for (const auto &shape : shapes) {
     SCOPED_TRACE(std::to_string(shape.out) + "x" + std::to_string(shape.in));
     if (shape.in <= 256)
@@ -591,44 +595,55 @@ TEST_P(GpuKernels, MoeGateMatchesTheCpuRouting) {
                {"v2-lite", {64, 6, 1, 1, false, false, false, 1.0f}},
                {"tiny", {16, 4, 4, 2, true, true, true, 2.5f}}};
   const int64_t tokens = 97;
-  for (const Case &c : cases) {
-    SCOPED_TRACE(c.name);
-    const MoeGateShape &g = c.shape;
-    auto logits = randomFloats(tokens * g.experts, -4, 4, 11);
-    auto bias = randomFloats(g.experts, -0.5, 0.5, 12);
-    cpu::RoutingParams p;
-    p.experts = g.experts;
-    p.topK = g.topK;
-    p.groups = g.groups;
-    p.groupsUsed = g.groupsUsed;
-    p.scoring = g.sigmoid ? cpu::GateScoring::Sigmoid : cpu::GateScoring::Softmax;
-    p.normalize = g.normalize;
-    p.scale = g.scale;
-    std::vector<int32_t> expectedIds(tokens * g.topK);
-    std::vector<float> expectedWeights(tokens * g.topK), scratch(2 * g.experts + g.groups);
-    for (int64_t t = 0; t < tokens; ++t)
-      cpu::routeToken(p, logits.data() + t * g.experts, g.hasBias ? bias.data() : nullptr,
-                      expectedIds.data() + t * g.topK, expectedWeights.data() + t * g.topK,
-                      scratch.data());
-    auto spec = moeGateSpec(g);
-    LoadedKernel kernel = load(spec);
-    ASSERT_NE(kernel.function, nullptr);
-    DevicePointer dl = upload(logits.data(), logits.size() * 4),
-                  db = upload(bias.data(), bias.size() * 4);
-    DevicePointer di = allocate(tokens * g.topK * 4), dw = allocate(tokens * g.topK * 4);
-    run(kernel, {unsigned(tokens), 1, 1, spec->blockThreads, 1, 1, 0}, {&dl, &db, &di, &dw});
-    std::vector<int32_t> ids(tokens * g.topK);
-    ASSERT_TRUE(device->copyToHost(ids.data(), di, ids.size() * 4).ok());
-    std::vector<float> weights = download(dw, tokens * g.topK);
-    EXPECT_EQ(ids, expectedIds);
-    double worst = 0;
-    for (size_t i = 0; i < weights.size(); ++i)
-      worst = std::max(worst, std::fabs(double(weights[i]) - expectedWeights[i]) /
-                                  std::max(1e-12, std::fabs(double(expectedWeights[i]))));
-    EXPECT_LE(worst, 1e-5);
-    std::printf("[ gpu      ] moe_gate %s: %lld tokens, ids %s, weights max relative error %.1e\n",
-                c.name, (long long)tokens, ids == expectedIds ? "identical" : "DIFFER", worst);
-  }
+  for (const Case &c : cases)
+    for (bool ties : {false, true}) {
+      SCOPED_TRACE(std::string(c.name) + (ties ? ", ties" : ""));
+      const MoeGateShape &g = c.shape;
+      auto logits = randomFloats(tokens * g.experts, -4, 4, 11);
+      auto bias = randomFloats(g.experts, -0.5, 0.5, 12);
+      // Whole logits and biases of quarters: many experts and groups score
+      // alike, so the tie rules (the lower index wins, in the groups too) decide.
+      if (ties) {
+        for (float &v : logits)
+          v = std::round(v);
+        for (float &v : bias)
+          v = std::round(4 * v) / 4;
+      }
+      cpu::RoutingParams p;
+      p.experts = g.experts;
+      p.topK = g.topK;
+      p.groups = g.groups;
+      p.groupsUsed = g.groupsUsed;
+      p.scoring = g.sigmoid ? cpu::GateScoring::Sigmoid : cpu::GateScoring::Softmax;
+      p.normalize = g.normalize;
+      p.scale = g.scale;
+      std::vector<int32_t> expectedIds(tokens * g.topK);
+      std::vector<float> expectedWeights(tokens * g.topK), scratch(2 * g.experts + g.groups);
+      for (int64_t t = 0; t < tokens; ++t)
+        cpu::routeToken(p, logits.data() + t * g.experts, g.hasBias ? bias.data() : nullptr,
+                        expectedIds.data() + t * g.topK, expectedWeights.data() + t * g.topK,
+                        scratch.data());
+      auto spec = moeGateSpec(g);
+      LoadedKernel kernel = load(spec);
+      ASSERT_NE(kernel.function, nullptr);
+      DevicePointer dl = upload(logits.data(), logits.size() * 4),
+                    db = upload(bias.data(), bias.size() * 4);
+      DevicePointer di = allocate(tokens * g.topK * 4), dw = allocate(tokens * g.topK * 4);
+      run(kernel, {unsigned(tokens), 1, 1, spec->blockThreads, 1, 1, 0}, {&dl, &db, &di, &dw});
+      std::vector<int32_t> ids(tokens * g.topK);
+      ASSERT_TRUE(device->copyToHost(ids.data(), di, ids.size() * 4).ok());
+      std::vector<float> weights = download(dw, tokens * g.topK);
+      EXPECT_EQ(ids, expectedIds);
+      double worst = 0;
+      for (size_t i = 0; i < weights.size(); ++i)
+        worst = std::max(worst, std::fabs(double(weights[i]) - expectedWeights[i]) /
+                                    std::max(1e-12, std::fabs(double(expectedWeights[i]))));
+      EXPECT_LE(worst, 1e-5);
+      std::printf("[ gpu      ] moe_gate %s%s: %lld tokens, ids %s, weights max relative error "
+                  "%.1e\n",
+                  c.name, ties ? " (ties)" : "", (long long)tokens,
+                  ids == expectedIds ? "identical" : "DIFFER", worst);
+    }
 }
 
 // RoPE against runtime/cpu/Rope (YaRN as DeepSeek-V3 configures it, and
@@ -739,11 +754,22 @@ struct MlaCase {
 TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
   struct Shape {
     int tokens, firstPositions;
-  } shapes[] = {{1, 1}, {5, 3}, {7, 300}, {1, 4096}, {3, 1000}, {1, 700}};
+    int64_t heads = 16; // two a warp in the split decode core
+  } shapes[] = {{1, 1},
+                {5, 3},
+                {7, 300},
+                {1, 4096},
+                {3, 1000},
+                {1, 700},
+                // One head a warp (an odd count), and blocks of a single warp.
+                {1, 700, 3},
+                {1, 300, 6}};
   for (const Shape &shape : shapes) {
     SCOPED_TRACE(std::to_string(shape.tokens) + " tokens from " +
-                 std::to_string(shape.firstPositions));
+                 std::to_string(shape.firstPositions) + ", " + std::to_string(shape.heads) +
+                 " heads");
     MlaCase c;
+    c.heads = shape.heads;
     const int cached = shape.firstPositions + shape.tokens - 1;
     c.randomize(shape.tokens, shape.firstPositions, 21);
     const std::vector<double> expected = c.expected(shape.tokens, shape.firstPositions);
@@ -790,7 +816,7 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
       // leaves every chunk alone (run after the tensor-core one, it would
       // otherwise overwrite its pieces with f32 ones).
       std::string whyNone;
-      if (queryGpus(whyNone)[0].computeMajor >= 8) {
+      if (queryGpus(whyNone)[0].computeMajor >= 8 && c.heads == 16) {
         for (int rowGroups : {1, 2, 4}) {
           auto mmaSpec = mlaDecodeMmaSpec(c.kvLora, c.ropeDims, c.scale, c.heads, rowGroups);
           ASSERT_TRUE(mmaSpec.ok()) << mmaSpec.message();
@@ -824,9 +850,9 @@ TEST_P(GpuKernels, MlaPrefillAndSplitDecodeMatchTheDoubleReference) {
         }
       }
     }
-    std::printf("[ gpu      ] mla %d tokens from %d positions: prefill relative L2 %.2e, split "
-                "decode %.2e\n",
-                shape.tokens, shape.firstPositions, prefillError, decodeError);
+    std::printf("[ gpu      ] mla %d tokens from %d positions, %lld heads: prefill relative L2 "
+                "%.2e, split decode %.2e\n",
+                shape.tokens, shape.firstPositions, (long long)c.heads, prefillError, decodeError);
   }
 }
 
