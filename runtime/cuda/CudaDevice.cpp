@@ -73,6 +73,15 @@ struct CudaDevice::Api {
   CUresult (*eventSynchronize)(void *) = nullptr;
   CUresult (*streamWaitEvent)(CUstream, void *, unsigned) = nullptr;
   CUresult (*eventElapsedTime)(float *, void *, void *) = nullptr;
+  // cuMemcpyBatchAsync_v2's CUmemcpyAttributes (CUDA 13's cuda.h).
+  struct MemcpyAttributes {
+    int srcAccessOrder;                 // CUmemcpySrcAccessOrder
+    int srcLocationType, srcLocationId; // CUmemLocation hints (ignored for
+    int dstLocationType, dstLocationId; // page-locked and device memory)
+    unsigned flags;
+  };
+  CUresult (*memcpyBatch)(CUdeviceptr *, CUdeviceptr *, size_t *, size_t, MemcpyAttributes *,
+                          size_t *, size_t, CUstream) = nullptr;
   CUresult (*memcpyPeer)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t,
                          CUstream) = nullptr;
   CUresult (*canAccessPeer)(int *, CUdevice, CUdevice) = nullptr;
@@ -156,6 +165,10 @@ StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
   // without overlapping the one before them.
   api.launchKernelEx =
       reinterpret_cast<decltype(api.launchKernelEx)>(dlsym(library, "cuLaunchKernelEx"));
+  // Drivers before CUDA 13 lack batched copies (12.8's cuMemcpyBatchAsync
+  // takes other arguments): the streamed experts' copies then go one by one.
+  api.memcpyBatch =
+      reinterpret_cast<decltype(api.memcpyBatch)>(dlsym(library, "cuMemcpyBatchAsync_v2"));
   // Drivers before CUDA 12 lack TMA; only the FP8 GEMM needs it.
   api.tensorMapEncodeTiled = reinterpret_cast<decltype(api.tensorMapEncodeTiled)>(
       dlsym(library, "cuTensorMapEncodeTiled"));
@@ -467,6 +480,38 @@ Status CudaDevice::copyToDeviceOnSide(DevicePointer dst, const void *src, size_t
     return s;
   return check(api_->memcpyHtoD(dst, src, bytes, sideStream_),
                "cuMemcpyHtoDAsync of " + std::to_string(bytes) + " bytes (side stream)");
+}
+
+Status CudaDevice::copyBatchToDeviceOnSide(const std::vector<HostCopy> &copies) {
+  if (Status s = ensureSideStream(); !s.ok())
+    return s;
+  if (api_->memcpyBatch && batchCopies_ && copies.size() > 1) {
+    std::vector<CUdeviceptr> dsts, srcs;
+    std::vector<size_t> sizes;
+    for (const HostCopy &c : copies) {
+      dsts.push_back(c.dst);
+      srcs.push_back(reinterpret_cast<CUdeviceptr>(c.src));
+      sizes.push_back(c.bytes);
+    }
+    constexpr int kStreamOrder = 1; // CU_MEMCPY_SRC_ACCESS_ORDER_STREAM
+    Api::MemcpyAttributes attributes = {kStreamOrder, 0, 0, 0, 0, 0};
+    size_t firstCopy = 0;
+    const int result = api_->memcpyBatch(dsts.data(), srcs.data(), sizes.data(), copies.size(),
+                                         &attributes, &firstCopy, 1, sideStream_);
+    if (result == kSuccess)
+      return Status::success();
+    // A driver that lists the call but refuses these copies (a check of its
+    // arguments, before anything is queued): one call a copy from now on.
+    constexpr int kInvalidValue = 1, kNotSupported = 801;
+    if (result != kInvalidValue && result != kNotSupported)
+      return check(result, "cuMemcpyBatchAsync of " + std::to_string(copies.size()) +
+                               " copies (side stream)");
+    batchCopies_ = false;
+  }
+  for (const HostCopy &c : copies)
+    if (Status s = copyToDeviceOnSide(c.dst, c.src, c.bytes); !s.ok())
+      return s;
+  return Status::success();
 }
 
 Status CudaDevice::signal(Queue queue, int event) {

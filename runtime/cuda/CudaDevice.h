@@ -122,6 +122,15 @@ public:
   enum class Queue { Main, Side };
   static constexpr int kOrderEvents = 6;
   Status copyToDeviceOnSide(DevicePointer dst, const void *src, size_t bytes);
+  // Several host-to-device copies on the side stream, in any order among
+  // themselves: one driver call where the driver has batched copies (CUDA
+  // 13: cuMemcpyBatchAsync_v2), else one call each.
+  struct HostCopy {
+    DevicePointer dst;
+    const void *src;
+    size_t bytes;
+  };
+  Status copyBatchToDeviceOnSide(const std::vector<HostCopy> &copies);
   Status signal(Queue queue, int event);
   Status waitFor(Queue queue, int event);
   // Blocks the calling thread until event e's last signal has passed.
@@ -163,6 +172,7 @@ private:
   void *stream_ = nullptr;
   void *event_ = nullptr; // marks queued work for another GPU's stream to wait for
   void *sideStream_ = nullptr; // created on first use
+  bool batchCopies_ = true;    // false once the driver refused a batch
   void *orderEvents_[kOrderEvents] = {};
   std::vector<void *> timingEvents_; // markTime's events, reused after clearTimeMarks()
   size_t marksUsed_ = 0;

@@ -1915,18 +1915,19 @@ Status CachedExperts::gatedRowsForCpu(HybridExecutor::Impl &m, DevicePointer x, 
 
 Status CachedExperts::copyIntoSlots(HybridExecutor::Impl &m, const std::vector<int32_t> &ids,
                                     size_t first, size_t count, size_t firstSlot, int matrices) {
+  // One batch: decode queues these before the CPU's experts start, and each
+  // driver call took a few microseconds of that.
+  std::vector<CudaDevice::HostCopy> copies;
   for (size_t slot = 0; slot < count; ++slot)
     for (int i = 0; i < matrices; ++i) {
       const size_t slice = sliceBytes(i);
-      if (Status s = m.device->copyToDeviceOnSide(staged[i].data + (firstSlot + slot) * slice,
-                                                  static_cast<const uint8_t *>(tensors[i]->data) +
-                                                      size_t(ids[first + slot]) * slice,
-                                                  slice);
-          !s.ok())
-        return s;
+      copies.push_back(
+          {staged[i].data + (firstSlot + slot) * slice,
+           static_cast<const uint8_t *>(tensors[i]->data) + size_t(ids[first + slot]) * slice,
+           slice});
       streamedBytes += slice;
     }
-  return Status::success();
+  return m.device->copyBatchToDeviceOnSide(copies);
 }
 
 Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer x,

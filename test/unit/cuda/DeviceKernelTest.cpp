@@ -190,6 +190,41 @@ public: // shared check helpers call the fixture
   std::vector<DevicePointer> allocations;
 };
 
+// The streamed experts' copies: one batch on the side stream (one driver
+// call where the driver has batched copies) lands every slice where it was
+// sent, the main stream seeing them after it waits for the side's signal.
+TEST_P(GpuKernels, SideStreamBatchCopiesLandInPlace) {
+  const size_t sizes[] = {4096, 1000, 65536, 3, 20000};
+  size_t total = 0;
+  for (size_t size : sizes)
+    total += size;
+  StatusOr<void *> pinned = device->allocateHost(total);
+  ASSERT_TRUE(pinned.ok()) << pinned.message();
+  auto *host = static_cast<uint8_t *>(*pinned);
+  for (size_t i = 0; i < total; ++i)
+    host[i] = uint8_t(i * 7 + i / 251);
+  // Sent in reverse order of the host bytes, so each copy's place differs
+  // from its source's offset.
+  DevicePointer target = allocate(total);
+  std::vector<CudaDevice::HostCopy> copies;
+  std::vector<uint8_t> expected(total);
+  size_t from = 0, to = total;
+  for (size_t size : sizes) {
+    to -= size;
+    copies.push_back({target + to, host + from, size});
+    std::memcpy(expected.data() + to, host + from, size);
+    from += size;
+  }
+  ASSERT_TRUE(device->copyBatchToDeviceOnSide(copies).ok());
+  ASSERT_TRUE(device->signal(CudaDevice::Queue::Side, 0).ok());
+  ASSERT_TRUE(device->waitFor(CudaDevice::Queue::Main, 0).ok());
+  ASSERT_TRUE(device->synchronize().ok());
+  std::vector<uint8_t> landed(total);
+  ASSERT_TRUE(device->copyToHost(landed.data(), target, total).ok());
+  EXPECT_EQ(landed, expected);
+  ASSERT_TRUE(device->freeHost(*pinned).ok());
+}
+
 // The PCI address NVML finds the GPU by (fp8_gemm_bench's clock readings):
 // domain:bus:device.function in hex, the same on every call.
 TEST_P(GpuKernels, PciBusIdNamesTheGpu) {
