@@ -391,7 +391,11 @@ TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
                 // Rows of one block, eight side by side in a warp's step; of
                 // three blocks, one a step.
                 {19, 32},
-                {45, 96}};
+                {45, 96},
+                // Rows of 8 blocks or more whose last step is partial (pairs
+                // of lanes past the row's end), one warp a row and split.
+                {29, 320},
+                {100, 7200}};
   for (const auto &shape : shapes) {
     SCOPED_TRACE(std::to_string(shape.out) + "x" + std::to_string(shape.in));
     if (shape.in <= 256)
