@@ -486,8 +486,10 @@ Status CudaDevice::copyBatchToDeviceOnSide(const std::vector<HostCopy> &copies) 
   if (Status s = ensureSideStream(); !s.ok())
     return s;
   if (api_->memcpyBatch && batchCopies_ && copies.size() > 1) {
-    std::vector<CUdeviceptr> dsts, srcs;
-    std::vector<size_t> sizes;
+    // The driver's arrays, kept between calls (decode batches every token).
+    std::vector<CUdeviceptr> &dsts = batchDestinations_, &srcs = batchSources_;
+    std::vector<size_t> &sizes = batchSizes_;
+    dsts.clear(), srcs.clear(), sizes.clear();
     for (const HostCopy &c : copies) {
       dsts.push_back(c.dst);
       srcs.push_back(reinterpret_cast<CUdeviceptr>(c.src));

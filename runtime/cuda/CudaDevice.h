@@ -173,6 +173,8 @@ private:
   void *event_ = nullptr; // marks queued work for another GPU's stream to wait for
   void *sideStream_ = nullptr; // created on first use
   bool batchCopies_ = true;    // false once the driver refused a batch
+  std::vector<unsigned long long> batchDestinations_, batchSources_; // CUdeviceptrs
+  std::vector<size_t> batchSizes_;
   void *orderEvents_[kOrderEvents] = {};
   std::vector<void *> timingEvents_; // markTime's events, reused after clearTimeMarks()
   size_t marksUsed_ = 0;

@@ -1446,6 +1446,7 @@ struct CachedExperts {
   std::vector<int32_t> slotOf; // expert -> slot, -1: on the CPU only
   int64_t cached = 0;
   std::vector<int32_t> cpuIds; // a step's choices with the cached ones -1
+  std::vector<CudaDevice::HostCopy> slotCopies; // copyIntoSlots' batch, reused
   int32_t *slotsHost = nullptr;
   float *weightsHost = nullptr; // page-locked: queued copies read them
   DevicePointer slots = 0, weights = 0;
@@ -1917,17 +1918,17 @@ Status CachedExperts::copyIntoSlots(HybridExecutor::Impl &m, const std::vector<i
                                     size_t first, size_t count, size_t firstSlot, int matrices) {
   // One batch: decode queues these before the CPU's experts start, and each
   // driver call took a few microseconds of that.
-  std::vector<CudaDevice::HostCopy> copies;
+  slotCopies.clear();
   for (size_t slot = 0; slot < count; ++slot)
     for (int i = 0; i < matrices; ++i) {
       const size_t slice = sliceBytes(i);
-      copies.push_back(
+      slotCopies.push_back(
           {staged[i].data + (firstSlot + slot) * slice,
            static_cast<const uint8_t *>(tensors[i]->data) + size_t(ids[first + slot]) * slice,
            slice});
       streamedBytes += slice;
     }
-  return m.device->copyBatchToDeviceOnSide(copies);
+  return m.device->copyBatchToDeviceOnSide(slotCopies);
 }
 
 Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer x,
