@@ -48,20 +48,6 @@ __device__ __forceinline__ u64 weightOf(float logit, float top, float inverseTem
                           1099511627776.0); // 2^40
 }
 
-__device__ __forceinline__ float blockMax(float value, float *scratch) {
-#pragma unroll
-  for (int offset = 16; offset > 0; offset >>= 1)
-    value = fmaxf(value, __shfl_xor_sync(0xffffffffu, value, offset));
-  if (threadIdx.x % 32 == 0)
-    scratch[threadIdx.x / 32] = value;
-  __syncthreads();
-  float best = scratch[0];
-  for (int w = 1; w < BLOCK_THREADS / 32; ++w)
-    best = fmaxf(best, scratch[w]);
-  __syncthreads();
-  return best;
-}
-
 // The largest key t whose tokens at or above it (among keys >= floor) hold
 // `target` of the amount: counts (WEIGHTED false) or weights.
 template <bool WEIGHTED>
@@ -115,7 +101,7 @@ sample_rows(const float *__restrict__ logits, const SampleParams *__restrict__ p
   float top = -__int_as_float(0x7f800000);
   for (int i = threadIdx.x; i < VOCAB; i += BLOCK_THREADS)
     top = fmaxf(top, row[i]);
-  top = blockMax(top, scratch);
+  top = kt::blockMax<BLOCK_THREADS>(top, scratch);
   const float inverseTemperature = greedy ? 0.0f : 1.0f / p.temperature;
 
   kt::u32 threshold = 0;
