@@ -51,10 +51,23 @@ struct NodeTasks {
   std::vector<int64_t> nodeStarts;
 };
 
-// The rows of `which` of every batch as tasks: with NUMA bands (every batch
-// has them and the pool spans several nodes), node n's tasks cover band n
-// of each batch, split by `append` for node n's threads; else all tasks
-// are node 0's and every thread takes them.
+// The first row of `which` a batch computes: its gate and up rows start
+// after the gated rows it is given.
+int64_t firstComputedRow(const FfnBatch &b, WeightMatrix FfnMatrices::*which) {
+  return which == &FfnMatrices::down ? 0 : b.givenGatedRows;
+}
+int64_t firstComputedRow(const TileFfnBatch &, WeightMatrix FfnMatrices::*) { return 0; }
+
+// The rows [first, first + rows) with those before `from` left out.
+RowRange rowsFrom(int64_t first, int64_t rows, int64_t from) {
+  const int64_t begin = std::max(first, from);
+  return {begin, std::max<int64_t>(0, first + rows - begin)};
+}
+
+// The rows of `which` of every batch as tasks (from firstComputedRow on):
+// with NUMA bands (every batch has them and the pool spans several nodes),
+// node n's tasks cover band n of each batch, split by `append` for node n's
+// threads; else all tasks are node 0's and every thread takes them.
 template <typename Batch, typename Append>
 NodeTasks splitOnNodes(const std::vector<Batch> &batches, const ThreadPool &pool,
                        WeightMatrix FfnMatrices::*which, Append append) {
@@ -66,9 +79,7 @@ NodeTasks splitOnNodes(const std::vector<Batch> &batches, const ThreadPool &pool
   out.nodeStarts.push_back(0);
   if (!banded) {
     append(
-        [&](const Batch &b) {
-          return RowRange{0, (b.w.*which).rows};
-        },
+        [&](const Batch &b) { return rowsFrom(0, (b.w.*which).rows, firstComputedRow(b, which)); },
         pool.threadCount(), -1, out.tasks);
     out.nodeStarts.resize(static_cast<size_t>(nodes) + 1, static_cast<int64_t>(out.tasks.size()));
     return out;
@@ -78,7 +89,8 @@ NodeTasks splitOnNodes(const std::vector<Batch> &batches, const ThreadPool &pool
     append(
         [&](const Batch &b) {
           const FfnBand &band = b.bands[n];
-          return RowRange{down ? band.downFirst : band.gateUpFirst, (band.w.*which).rows};
+          return rowsFrom(down ? band.downFirst : band.gateUpFirst, (band.w.*which).rows,
+                          firstComputedRow(b, which));
         },
         pool.threadsOnNode(n), n, out.tasks);
     out.nodeStarts.push_back(static_cast<int64_t>(out.tasks.size()));
@@ -290,9 +302,9 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
     scratchFloats = std::max({scratchFloats, matmulScratchFloats(b.w.gate),
                               matmulScratchFloats(b.w.up), matmulScratchFloats(b.w.down)});
 
-  std::vector<FfnBatch> gateUp; // the batches whose gated rows are not given
+  std::vector<FfnBatch> gateUp; // the batches whose gated rows are not all given
   for (const FfnBatch &b : batches)
-    if (!b.gatedGiven)
+    if (b.givenGatedRows < b.w.gate.rows)
       gateUp.push_back(b);
   prepareKernelInputs(pool, gateUp, [](const FfnBatch &b) {
     return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.gate.kernel, &b.w.up.kernel},
@@ -504,12 +516,13 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     mark = now;
   };
   const int64_t assignments = tokens * topK;
-  // Experts whose gated rows `given` supplies: down products only.
-  std::vector<uint8_t> gatedGiven(static_cast<size_t>(experts_), 0);
-  if (given && given->given)
+  // Each expert's leading gated rows that `given` supplies (all of them:
+  // down products only).
+  std::vector<int64_t> givenRows(static_cast<size_t>(experts_), 0);
+  if (given && given->rows)
     for (int64_t i = 0; i < assignments; ++i)
-      if (ids[i] >= 0 && given->given[i])
-        gatedGiven[static_cast<size_t>(ids[i])] = 1;
+      if (ids[i] >= 0 && given->rows[i] > 0)
+        givenRows[static_cast<size_t>(ids[i])] = std::min<int64_t>(given->rows[i], ffn_);
   // Row of each (token, k) assignment in the expert-grouped order.
   std::vector<int64_t> counts(static_cast<size_t>(experts_), 0);
   for (int64_t i = 0; i < assignments; ++i)
@@ -625,7 +638,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
   for (int64_t e = 0; e < experts_; ++e) {
     int64_t row = firstRow[static_cast<size_t>(e)];
     for (const auto &[runSegment, count] : segmentRuns[static_cast<size_t>(e)]) {
-      const bool onTiles = tiles && count >= tileTokens_ && !gatedGiven[static_cast<size_t>(e)];
+      const bool onTiles = tiles && count >= tileTokens_ && givenRows[static_cast<size_t>(e)] == 0;
       if (!groups.empty() && groups.back().expert == e && groups.back().tiles == onTiles)
         groups.back().count += count;
       else
@@ -665,8 +678,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     if (g.tiles)
       continue;
     const int64_t e = g.expert, row = g.row, count = g.count;
-    const bool givenRows = gatedGiven[static_cast<size_t>(e)] != 0;
-    if (gemmTokens_ > 0 && count >= gemmTokens_ && haveExpertGemm() && !givenRows) {
+    const int64_t rowsGiven = givenRows[static_cast<size_t>(e)];
+    if (gemmTokens_ > 0 && count >= gemmTokens_ && haveExpertGemm() && rowsGiven == 0) {
       // Many tokens share this expert: three bf16 GEMMs.
       FfnMatrices w = expert(e);
       float *g = gate + row * ffn_, *u = up + row * ffn_;
@@ -682,7 +695,7 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     batches.push_back({expert(e), input, count, results + row * hidden_, gate + row * ffn_,
                        up + row * ffn_, offsetInput(xInput, row, hidden_),
                        offsetInput(gateInput, row, ffn_), bandsOf(e)});
-    batches.back().gatedGiven = givenRows;
+    batches.back().givenGatedRows = rowsGiven;
   }
   runFeedForward(
       pool, batches,
@@ -690,8 +703,9 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
         if (!given)
           return;
         for (int64_t i = 0; i < assignments; ++i)
-          if (ids[i] >= 0 && gatedGiven[static_cast<size_t>(ids[i])])
-            given->fill(i, gate + rowOf[static_cast<size_t>(i)] * ffn_);
+          if (ids[i] >= 0)
+            if (const int64_t rows = givenRows[static_cast<size_t>(ids[i])]; rows > 0)
+              given->fill(i, gate + rowOf[static_cast<size_t>(i)] * ffn_, rows);
       },
       callerFirst);
   lap(&exec::ExpertPhaseSeconds::rows);

@@ -56,16 +56,18 @@ struct FfnBatch {
   // With NUMA placement: a band per node of the pool (node n's threads
   // multiply band n's rows); null: every row from w.
   const FfnBand *bands = nullptr;
-  // The gated rows are given (in `gate`, by runFeedForward's beforeDown):
-  // only the down product runs.
-  bool gatedGiven = false;
+  // The first givenGatedRows of the gated rows are given (in `gate`, by
+  // runFeedForward's beforeDown): the gate and up products cover the rows
+  // after them only; all of them (the matrices' rows): only the down
+  // product runs.
+  int64_t givenGatedRows = 0;
 };
 
 // out = down(silu(gate x) * up x) for every batch. The rows of all batches
 // are split over the pool together (first the gate/up rows, then the down
 // rows), and each weight row is decoded once for all the batch's tokens.
-// `beforeDown` runs between the two (batches whose gatedGiven is set get
-// their gated rows there). `callerFirst`, if given, runs once on the calling
+// `beforeDown` runs between the two (batches with givenGatedRows get those
+// rows there). `callerFirst`, if given, runs once on the calling
 // thread while the other threads start the gate/up rows (ThreadPool), or
 // first when there are none.
 void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
@@ -73,13 +75,13 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
                     const std::function<void()> *callerFirst = nullptr);
 
 // Assignments of RoutedExperts::forward whose gated rows silu(gate x) * (up
-// x) another device computes: forward() skips their experts' gate and up
-// products and, between its gate/up and down products, has `fill` write
-// each such assignment's row. Every assignment of such an expert must be
-// given.
+// x) another device computes, all of them or the first few: forward() skips
+// those rows of their experts' gate and up products and, between its
+// gate/up and down products, has `fill` write each such assignment's given
+// rows. Every assignment of such an expert must be given as many.
 struct GivenGatedRows {
-  const uint8_t *given = nullptr; // per assignment (tokens x topK): 1 where given
-  std::function<void(int64_t assignment, float *row)> fill;
+  const int32_t *rows = nullptr; // per assignment (tokens x topK): leading rows given, 0: none
+  std::function<void(int64_t assignment, float *row, int64_t rows)> fill;
 };
 
 // One feed-forward through the generated AMX tile kernels (prefill: every

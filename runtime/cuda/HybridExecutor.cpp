@@ -316,6 +316,15 @@ public:
   // layers: the stream runs them one after the other.
   int64_t streamedExperts = 0;
   int64_t streamedGateUps = 0; // ExecutorOptions::streamedGateUps
+  // Decode: how much of the gate/up-only experts' gate and up rows the GPU
+  // computes, in experts' worth (0 to streamedGateUps; the last of them
+  // streams only its first rows). Unless the options fix it, it balances the
+  // CPU and the link by feedback, as prefill's share does: after each
+  // decode MoE layer that streamed, up a step when the GPU had finished by
+  // the time the CPU's experts had, down a step when not.
+  double gateUpShare = 0;
+  bool balanceGateUpShare = true;
+  static constexpr double kGateUpShareStep = 1.0 / 16;
   // gate and up: streamedExperts + streamedGateUps slices each, down:
   // streamedExperts (the gate/up-only experts' slots come last).
   DevicePointer streamStaging[3] = {};
@@ -1471,9 +1480,17 @@ struct CachedExperts {
   int32_t *gateUpSlotsHost = nullptr;
   DevicePointer gateUpSlots = 0;
   std::vector<int32_t> gateUpIds, gateUpPlaceOf;
-  std::vector<uint8_t> gatedGiven;
+  std::vector<int64_t> gateUpRows;     // per place: the leading rows streamed
+  std::vector<int32_t> gatedRowsGiven; // per choice: the rows the CPU is given
   float *gatedRowsHost = nullptr;
-  uint64_t gateUpSelections = 0;
+  uint64_t gateUpSelections = 0, gateUpRowSelections = 0; // choices, and their rows
+  // The gate and up rows the GPU computes of the gate/up-only expert at
+  // `place` for m.gateUpShare: whole 16-row groups (the CPU's tasks' grain),
+  // all of them once the share covers the expert; 0: it stays on the CPU.
+  int64_t gateUpRowsAt(double share, int64_t place) const {
+    const double part = std::clamp(share - double(place), 0.0, 1.0);
+    return part >= 1.0 ? ffn : int64_t(part * double(ffn) + 0.5) / 16 * 16;
+  }
   // The last run's streamed-share marks (Impl::StreamTimeline), if on the
   // clock: start on the side stream, copies done, products done.
   std::optional<std::array<size_t, 3>> streamMarks;
@@ -1511,9 +1528,11 @@ struct CachedExperts {
 private:
   // Queues on the side stream the copies of the first `matrices` matrices
   // (gate, up, down) of experts ids[first, first + count) into slots
-  // firstSlot on.
+  // firstSlot on; with `leadingRows` (gate and up only), of expert i's first
+  // leadingRows[i] rows.
   Status copyIntoSlots(HybridExecutor::Impl &m, const std::vector<int32_t> &ids, size_t first,
-                       size_t count, size_t firstSlot, int matrices);
+                       size_t count, size_t firstSlot, int matrices,
+                       const std::vector<int64_t> *leadingRows = nullptr);
   // Decode's gate/up-only experts, once queueCopies copied their gate and
   // up: the gated rows of their choices into g, and g to gatedRowsHost
   // (kGatedRowsReady).
@@ -1582,18 +1601,18 @@ public:
       if (!cache->gateUpIds.empty()) {
         const int64_t ffn = cache->ffn;
         const float *rows = cache->gatedRowsHost;
-        given.given = cache->gatedGiven.data();
-        given.fill = [&m, &gatedStatus, &gatedWaited, &queued, ffn, rows](int64_t assignment,
-                                                                          float *row) {
+        given.rows = cache->gatedRowsGiven.data();
+        given.fill = [&m, &gatedStatus, &gatedWaited, &queued, ffn,
+                      rows](int64_t assignment, float *row, int64_t count) {
           if (!gatedWaited) {
             gatedWaited = true;
             gatedStatus =
                 queued.ok() ? m.device->waitOnHost(CachedExperts::kGatedRowsReady) : queued;
           }
           if (gatedStatus.ok())
-            std::memcpy(row, rows + assignment * ffn, size_t(ffn) * 4);
+            std::memcpy(row, rows + assignment * ffn, size_t(count) * 4);
           else
-            std::fill(row, row + ffn, 0.0f);
+            std::fill(row, row + count, 0.0f);
         };
         gatedRows = &given;
       }
@@ -1621,6 +1640,16 @@ public:
       m.streamTimelines.push_back(
           {m.device, first, copied, done, cache->streamQueued, start, Clock::now()});
       cache->streamMarks.reset();
+    }
+    if (ctx.decode && m.balanceGateUpShare && m.streamedGateUps > 0 && cache &&
+        (!cache->streamedIds.empty() || !cache->gateUpIds.empty())) {
+      // Whoever finished first takes more gate/up rows in the next layer.
+      StatusOr<bool> gpuDone = m.device->finishedQueuedWork();
+      if (!gpuDone)
+        return gpuDone.status();
+      m.gateUpShare =
+          std::clamp(m.gateUpShare + (*gpuDone ? 1 : -1) * HybridExecutor::Impl::kGateUpShareStep,
+                     0.0, double(m.streamedGateUps));
     }
     if (streamedPrefill) {
       // Whoever finished first takes more of the next prefill step.
@@ -1659,7 +1688,7 @@ public:
     std::fill(stats_.selections.begin(), stats_.selections.end(), 0);
     if (cache)
       cache->selections = cache->gpuSelections = cache->streamedSelections = cache->streamedBytes =
-          cache->gateUpSelections = 0;
+          cache->gateUpSelections = cache->gateUpRowSelections = 0;
   }
   const cpu::RoutedExperts &experts() const { return experts_; }
 
@@ -1700,8 +1729,9 @@ void CachedExperts::route(HybridExecutor::Impl &m, int64_t rows, const int32_t *
   int64_t cachedChoices = 0;
   const int64_t gateUpCount = decode ? m.streamedGateUps : 0;
   gateUpIds.clear();
+  gateUpRows.clear();
   if (gateUpCount > 0)
-    gatedGiven.assign(size_t(choices), 0);
+    gatedRowsGiven.assign(size_t(choices), 0);
   for (int64_t i = 0; i < choices; ++i) {
     const int32_t expert = ids[i];
     const int32_t slot = slotOf[size_t(expert)];
@@ -1718,14 +1748,17 @@ void CachedExperts::route(HybridExecutor::Impl &m, int64_t rows, const int32_t *
     // Decode: the next experts have only their gate and up on the GPU.
     if (slot < 0 && streamed < 0 && gateUpCount > 0) {
       int32_t place = gateUpPlaceOf[size_t(expert)];
-      if (place < 0 && int64_t(gateUpIds.size()) < gateUpCount) {
-        place = int32_t(gateUpIds.size());
-        gateUpPlaceOf[size_t(expert)] = place;
-        gateUpIds.push_back(expert);
-      }
+      if (place < 0 && int64_t(gateUpIds.size()) < gateUpCount)
+        if (const int64_t rows = gateUpRowsAt(m.gateUpShare, int64_t(gateUpIds.size())); rows > 0) {
+          place = int32_t(gateUpIds.size());
+          gateUpPlaceOf[size_t(expert)] = place;
+          gateUpIds.push_back(expert);
+          gateUpRows.push_back(rows);
+        }
       if (place >= 0) {
         gateUpSlot = int32_t(slotCount) + place;
-        gatedGiven[size_t(i)] = 1;
+        gatedRowsGiven[size_t(i)] = int32_t(gateUpRows[size_t(place)]);
+        gateUpRowSelections += uint64_t(gateUpRows[size_t(place)]);
       }
     }
     const bool onGpu = slot >= 0 || streamed >= 0;
@@ -1878,7 +1911,8 @@ Status CachedExperts::queueCopies(HybridExecutor::Impl &m) {
   // Gate/up-only experts: their gate and up, into the slots after the
   // whole experts'.
   if (!gateUpIds.empty()) {
-    if (Status s = copyIntoSlots(m, gateUpIds, 0, gateUpIds.size(), size_t(m.streamedExperts), 2);
+    if (Status s = copyIntoSlots(m, gateUpIds, 0, gateUpIds.size(), size_t(m.streamedExperts), 2,
+                                 &gateUpRows);
         !s.ok())
       return s;
     if (Status s = m.device->signal(Queue::Side, kGateUpCopied); !s.ok())
@@ -1902,6 +1936,9 @@ Status CachedExperts::gatedRowsForCpu(HybridExecutor::Impl &m, DevicePointer x, 
                                       DevicePointer g, DevicePointer u) {
   using Queue = CudaDevice::Queue;
   const int64_t choices = rows * topK;
+  // Every row of the slots: past an expert's leading rows (gateUpRows) they
+  // hold older weights, whose rows the CPU never reads; a GEMV over fewer
+  // rows would need a kernel per count, for a few microseconds saved.
   for (Status s :
        {m.device->copyToDeviceAsync(gateUpSlots, gateUpSlotsHost, size_t(choices) * 4),
         m.device->waitFor(Queue::Main, kGateUpCopied),
@@ -1915,18 +1952,22 @@ Status CachedExperts::gatedRowsForCpu(HybridExecutor::Impl &m, DevicePointer x, 
 }
 
 Status CachedExperts::copyIntoSlots(HybridExecutor::Impl &m, const std::vector<int32_t> &ids,
-                                    size_t first, size_t count, size_t firstSlot, int matrices) {
+                                    size_t first, size_t count, size_t firstSlot, int matrices,
+                                    const std::vector<int64_t> *leadingRows) {
   // One batch: decode queues these before the CPU's experts start, and each
   // driver call took a few microseconds of that.
   slotCopies.clear();
   for (size_t slot = 0; slot < count; ++slot)
     for (int i = 0; i < matrices; ++i) {
       const size_t slice = sliceBytes(i);
+      // A gate or up matrix is ffn rows of whole quant blocks.
+      const size_t bytes =
+          leadingRows ? slice / size_t(ffn) * size_t((*leadingRows)[first + slot]) : slice;
       slotCopies.push_back(
           {staged[i].data + (firstSlot + slot) * slice,
            static_cast<const uint8_t *>(tensors[i]->data) + size_t(ids[first + slot]) * slice,
-           slice});
-      streamedBytes += slice;
+           bytes});
+      streamedBytes += bytes;
     }
   return m.device->copyBatchToDeviceOnSide(slotCopies);
 }
@@ -3411,6 +3452,16 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   if (options.streamedGateUps > 0 && options.streamedExperts <= 0)
     return Status::error("--stream-gate-up " + std::to_string(options.streamedGateUps) +
                          " adds experts to --stream-experts N, which is 0; pass both.");
+  if (!(options.streamedGateUpShare < 0) &&
+      !(options.streamedGateUpShare <= double(options.streamedGateUps))) {
+    char share[32];
+    std::snprintf(share, sizeof share, "%g", options.streamedGateUpShare);
+    return Status::error(std::string("--stream-gate-up-share ") + share +
+                         " is more than the --stream-gate-up " +
+                         std::to_string(options.streamedGateUps) +
+                         " experts it shares out; give at most that, or leave it out to let "
+                         "the share balance itself.");
+  }
   if (options.streamedExperts > 0 && reserved == 0)
     return Status::error("--stream-experts " + std::to_string(options.streamedExperts) +
                          ": streamed experts run on the GPU expert cache's kernels and room, but " +
@@ -3517,6 +3568,9 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->expertCache.enabled = expertCacheBytes > 0;
   impl->streamedExperts = std::max(0, options.streamedExperts);
   impl->streamedGateUps = impl->streamedExperts > 0 ? std::max(0, options.streamedGateUps) : 0;
+  impl->balanceGateUpShare = options.streamedGateUpShare < 0;
+  impl->gateUpShare =
+      impl->balanceGateUpShare ? double(impl->streamedGateUps) : options.streamedGateUpShare;
   Status bound = impl->bind(model);
   impl->conversions->finishProgress();
   if (!bound.ok())
@@ -3736,6 +3790,7 @@ exec::WeightConversionStats HybridExecutor::weightConversions() const {
 
 exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
   exec::ExpertCacheStats stats = impl_->expertCache;
+  double gateUpRows = 0, gateUpAllRows = 0; // streamed, and of those experts in all
   for (const BoundStep &bound : impl_->steps)
     if (auto *experts = dynamic_cast<const ExpertsStep *>(bound.step.get());
         experts && experts->cache) {
@@ -3744,8 +3799,12 @@ exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
       stats.streamedSelections += experts->cache->streamedSelections;
       stats.streamedBytes += experts->cache->streamedBytes;
       stats.gateUpSelections += experts->cache->gateUpSelections;
+      gateUpRows += double(experts->cache->gateUpRowSelections);
+      gateUpAllRows += double(experts->cache->gateUpSelections) * double(experts->cache->ffn);
     }
   stats.prefillStreamShare = impl_->prefillStreamShare;
+  stats.gateUpRowShare = gateUpAllRows > 0 ? gateUpRows / gateUpAllRows : 0.0;
+  stats.decodeGateUpShare = impl_->gateUpShare;
   return stats;
 }
 

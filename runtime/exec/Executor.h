@@ -113,6 +113,12 @@ struct ExecutorOptions {
   // computes their gated rows, which the CPU's down products then read: a
   // finer share than whole experts (for Q4_K, a third of an expert each).
   int streamedGateUps = 0;
+  // How much of those experts' gate and up rows the GPU takes, in experts'
+  // worth (0 to streamedGateUps; the last expert streamed may give it only
+  // its first rows). Negative: balanced by feedback, starting at all of
+  // them: after each decode MoE layer a sixteenth of an expert more when
+  // the GPU had finished by the time the CPU's experts had, less when not.
+  double streamedGateUpShare = -1;
   // Routing statistics (a profile saved by an earlier run) that choose the
   // cached experts at load; empty: the first prefill's routing chooses them.
   std::vector<RoutingStats> expertProfile;
@@ -154,6 +160,10 @@ struct ExpertCacheStats {
   // the share of an expert's bytes those two matrices are.
   uint64_t gateUpSelections = 0;
   double gateUpShare = 0;
+  // The mean share of those choices' gate and up rows the GPU computed
+  // (ExecutorOptions::streamedGateUpShare), and that share now.
+  double gateUpRowShare = 0;
+  double decodeGateUpShare = 0;
 };
 
 // How the CPU threads and routed experts were spread over NUMA nodes.

@@ -230,11 +230,12 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
       // The CPU experts against the bandwidth, and what the layer spends
       // outside them (the copies, the GPU's attention and routing).
       // The bytes the CPU read: what the expert cache and streaming left it.
-      const double offCpu = cache.selections
-                                ? (double(cache.gpuSelections + cache.streamedSelections) +
-                                   double(cache.gateUpSelections) * cache.gateUpShare) /
-                                      double(cache.selections)
-                                : 0.0;
+      const double offCpu =
+          cache.selections
+              ? (double(cache.gpuSelections + cache.streamedSelections) +
+                 double(cache.gateUpSelections) * cache.gateUpShare * cache.gateUpRowShare) /
+                    double(cache.selections)
+              : 0.0;
       const double cpuLayerBytes = double(expertBytes) / layers * (1 - offCpu);
       const double experts = moeTiming.expertSeconds / double(moeTiming.intervals);
       if (experts > 0)
@@ -298,10 +299,11 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
                 cache.pinSeconds, 100 * cache.prefillStreamShare);
   }
   if (cache.gateUpSelections > 0)
-    std::printf("  and the gate and up of %.1f%% more (%.0f%% of an expert's bytes each), the CPU "
-                "computing their down products\n",
+    std::printf("  and the gate and up of %.1f%% more (%.0f%% of an expert's bytes each), %.0f%% "
+                "of their rows on average (the share now: %.3f experts' worth), the CPU "
+                "computing the rest and their down products\n",
                 100 * double(cache.gateUpSelections) / double(cache.selections),
-                100 * cache.gateUpShare);
+                100 * cache.gateUpShare, 100 * cache.gateUpRowShare, cache.decodeGateUpShare);
   std::printf("distinct experts used per MoE layer (prefill / decode):\n");
   for (size_t i = 0; i < prefillRouting.size(); ++i)
     std::printf("  %s: %lld / %lld of %zu\n", prefillRouting[i].path.c_str(),

@@ -43,6 +43,7 @@ struct SessionOptions {
   int64_t gpuExpertCacheBytes = -1;            // -1: what the plan reserves
   int streamedExperts = 0; // decode: choices per token and layer the GPU streams
   int streamedGateUps = 0; // decode: more experts whose gate and up only it streams
+  double streamedGateUpShare = -1; // of those, in experts' worth; -1: balanced by feedback
   std::vector<exec::RoutingStats> expertProfile; // chooses the cached experts at load
   SamplingOptions sampling;
 };

@@ -93,6 +93,8 @@ int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, b
                                  {"choices", cache.selections},
                                  {"choices_streamed", cache.streamedSelections},
                                  {"choices_gate_up_streamed", cache.gateUpSelections},
+                                 {"gate_up_row_share", cache.gateUpRowShare},
+                                 {"gate_up_share_now", cache.decodeGateUpShare},
                                  {"bytes", cache.streamedBytes},
                                  {"pinned_bytes", cache.pinnedBytes},
                                  {"pin_seconds", cache.pinSeconds}};
@@ -220,15 +222,25 @@ int main(int argc, char **argv) {
                  "decode up to N of each step's experts per layer, in prefill the most chosen "
                  "ones, half the slots at a time, in a share balanced against the CPU's by "
                  "feedback. The slots (N experts' weights) come out of the plan's expert cache "
-                 "reservation. 2 suits 16 cores and PCIe 5 with 8 experts a token (ktrun "
-                 "--bench times both sides per layer); 0: none (the default)")
+                 "reservation. 2 with --stream-gate-up 1 suits 16 cores and PCIe 5 with 8 "
+                 "experts a token (ktrun --bench times both sides per layer); 0: none (the "
+                 "default)")
       ->check(CLI::Range(0, 64));
   app.add_option("--stream-gate-up", options.streamedGateUps,
                  "With --stream-experts: in decode the GPU also streams the gate and up "
                  "matrices of M more of each step's experts per layer and computes their gated "
                  "rows, which the CPU's down products read (a finer share than whole experts: "
-                 "with Q4_K a third of an expert each; 0: none, the default)")
+                 "with Q4_K a third of an expert each; 0: none, the default). How many of "
+                 "their rows it takes balances itself: after each MoE layer a sixteenth of an "
+                 "expert more when the GPU had finished by the time the CPU had, less when not "
+                 "(ktrun --bench prints where it settled)")
       ->check(CLI::Range(0, 64));
+  app.add_option("--stream-gate-up-share", options.streamedGateUpShare,
+                 "With --stream-gate-up M: fix the GPU's share of those experts' gate and up "
+                 "rows at X experts' worth (0 to M; e.g. 1.5 with M = 2: all of the first "
+                 "expert's rows and the first half of the second's) instead of balancing it "
+                 "by feedback")
+      ->check(CLI::Range(0.0, 64.0));
   app.add_option("--expert-profile", expertProfile,
                  "Fill the GPU expert cache at load from this routing profile (written by "
                  "--save-expert-profile)");

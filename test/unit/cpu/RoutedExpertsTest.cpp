@@ -84,30 +84,24 @@ TEST(RoutedExperts, NegativeIdsSkipTheirAssignments) {
 }
 
 // The gated rows of one expert given from outside (f32 weights, computed
-// here): the result matches the CPU's own products; rows of zeros drop that
-// expert's contribution exactly; `fill` is asked once per assignment.
+// here), all of them or the first 48 (the CPU computing the rest): the
+// result matches the CPU's own products; rows of zeros drop exactly those
+// rows' share of the expert's contribution; `fill` is asked once per
+// assignment, for the rows given.
 TEST(RoutedExperts, GivenGatedRowsReplaceAnExpertsGateAndUp) {
   KT_REQUIRE_COMPILER();
   ExpertStep step;
   const int64_t tokens = 4, topK = 3;
   ASSERT_NO_FATAL_FAILURE(makeExpertStep("routed-given", tokens, topK, 5, 5, step));
-  const gguf::TensorInfo *gate = step.gate, *up = step.up;
+  const gguf::TensorInfo *gate = step.gate, *up = step.up, *down = step.down;
   ASSERT_EQ(gate->type, gguf::GgmlType::F32);
-  RoutedExperts experts(*gate, *up, *step.down, nullptr);
+  ASSERT_EQ(down->type, gguf::GgmlType::F32);
+  RoutedExperts experts(*gate, *up, *down, nullptr);
   const int64_t hidden = experts.hidden(), ffn = gate->ne[1];
   const std::vector<float> &x = step.x, &weights = step.weights;
   std::vector<int32_t> &ids = step.ids;
   // Expert ids[0]'s assignments given; another token chooses it too.
   ids[size_t(topK)] = ids[0];
-  std::vector<uint8_t> given(ids.size(), 0);
-  std::vector<float> zeroed = weights;
-  int64_t expected = 0;
-  for (size_t i = 0; i < ids.size(); ++i)
-    if (ids[i] == ids[0]) {
-      given[i] = 1;
-      zeroed[i] = 0.0f;
-      ++expected;
-    }
   auto gatedRow = [&](int64_t assignment, float *row) {
     const int64_t e = ids[size_t(assignment)];
     const float *xt = x.data() + (assignment / topK) * hidden;
@@ -124,25 +118,54 @@ TEST(RoutedExperts, GivenGatedRowsReplaceAnExpertsGateAndUp) {
   };
   ThreadPool pool(2);
   Workspace workspace;
-  std::vector<float> own(x.size()), got(x.size()), without(x.size());
+  std::vector<float> own(x.size());
   experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK, own.data());
-  int64_t calls = 0;
-  GivenGatedRows rows{given.data(), [&](int64_t assignment, float *row) {
-                        ++calls;
-                        gatedRow(assignment, row);
-                      }};
-  experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK, got.data(),
-                  nullptr, nullptr, &rows);
-  EXPECT_EQ(calls, expected);
-  EXPECT_LE(relativeL2(got, own), 1e-5);
-  // Rows of zeros: as if the expert's weight were 0.
-  GivenGatedRows zeros{given.data(), [&](int64_t, float *row) { std::fill(row, row + ffn, 0.0f); }};
-  experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK, got.data(),
-                  nullptr, nullptr, &zeros);
-  experts.forward(pool, workspace, x.data(), tokens, ids.data(), zeroed.data(), topK,
-                  without.data());
-  EXPECT_EQ(got, without);
-  EXPECT_GT(relativeL2(own, without), 1e-3) << "the given expert should matter";
+  for (const int64_t givenCount : {ffn, int64_t(48)}) {
+    SCOPED_TRACE(std::to_string(givenCount) + " of " + std::to_string(ffn) + " rows given");
+    std::vector<int32_t> given(ids.size(), 0);
+    int64_t expected = 0;
+    for (size_t i = 0; i < ids.size(); ++i)
+      if (ids[i] == ids[0]) {
+        given[i] = int32_t(givenCount);
+        ++expected;
+      }
+    std::vector<float> got(x.size());
+    int64_t calls = 0;
+    GivenGatedRows rows{given.data(), [&](int64_t assignment, float *row, int64_t count) {
+                          ++calls;
+                          EXPECT_EQ(count, givenCount);
+                          std::vector<float> full(static_cast<size_t>(ffn));
+                          gatedRow(assignment, full.data());
+                          std::copy(full.begin(), full.begin() + count, row);
+                        }};
+    experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK, got.data(),
+                    nullptr, nullptr, &rows);
+    EXPECT_EQ(calls, expected);
+    EXPECT_LE(relativeL2(got, own), 1e-5);
+    // Rows of zeros: the expert's output less those rows' share of its
+    // down product, weighted, for each assignment given.
+    GivenGatedRows zeros{given.data(), [&](int64_t, float *row, int64_t count) {
+                           std::fill(row, row + count, 0.0f);
+                         }};
+    experts.forward(pool, workspace, x.data(), tokens, ids.data(), weights.data(), topK, got.data(),
+                    nullptr, nullptr, &zeros);
+    std::vector<double> without(own.begin(), own.end());
+    for (size_t i = 0; i < ids.size(); ++i) {
+      if (given[i] == 0)
+        continue;
+      std::vector<float> row(static_cast<size_t>(ffn));
+      gatedRow(int64_t(i), row.data());
+      const auto *d = reinterpret_cast<const float *>(down->data) + ids[i] * hidden * ffn;
+      for (int64_t h = 0; h < hidden; ++h) {
+        double dropped = 0;
+        for (int64_t j = 0; j < givenCount; ++j)
+          dropped += double(d[h * ffn + j]) * row[size_t(j)];
+        without[size_t(int64_t(i) / topK * hidden + h)] -= weights[i] * dropped;
+      }
+    }
+    EXPECT_LE(relativeL2(got, std::vector<float>(without.begin(), without.end())), 1e-5);
+    EXPECT_GT(relativeL2(own, got), 1e-3) << "the given rows should matter";
+  }
 }
 
 // forward()'s callerFirst runs once and before the first given row is
@@ -159,14 +182,14 @@ TEST(RoutedExperts, CallerFirstRunsOnceBeforeGivenRows) {
   Workspace workspace;
   std::vector<float> out(step.x.size());
   const size_t choices = step.ids.size();
-  std::vector<uint8_t> someGiven(choices, 0), allGiven(choices, 1);
+  std::vector<int32_t> someGiven(choices, 0), allGiven(choices, int32_t(ffn));
   for (size_t i = 0; i < choices; ++i)
-    someGiven[i] = step.ids[i] == step.ids[0];
+    someGiven[i] = step.ids[i] == step.ids[0] ? int32_t(ffn) : 0;
   std::vector<int32_t> skipped(choices, -1);
   struct Case {
     const char *name;
     const std::vector<int32_t> *ids;
-    const std::vector<uint8_t> *given;
+    const std::vector<int32_t> *given;
   } cases[] = {{"some given", &step.ids, &someGiven},
                {"all given", &step.ids, &allGiven},
                {"all skipped", &skipped, &allGiven}};
@@ -174,16 +197,17 @@ TEST(RoutedExperts, CallerFirstRunsOnceBeforeGivenRows) {
     SCOPED_TRACE(c.name);
     int firstRuns = 0, fills = 0, fillsBeforeFirst = 0;
     const std::function<void()> first = [&] { ++firstRuns; };
-    GivenGatedRows rows{c.given->data(), [&](int64_t, float *row) {
+    GivenGatedRows rows{c.given->data(), [&](int64_t, float *row, int64_t count) {
                           ++fills;
                           fillsBeforeFirst += firstRuns == 0;
-                          std::fill(row, row + ffn, 0.5f);
+                          std::fill(row, row + count, 0.5f);
                         }};
     experts.forward(pool, workspace, step.x.data(), tokens, c.ids->data(), step.weights.data(),
                     topK, out.data(), nullptr, nullptr, &rows, &first);
     EXPECT_EQ(firstRuns, 1);
     EXPECT_EQ(fillsBeforeFirst, 0);
-    EXPECT_EQ(fills, c.ids == &skipped ? 0 : int(std::count(c.given->begin(), c.given->end(), 1)));
+    EXPECT_EQ(fills,
+              c.ids == &skipped ? 0 : int(std::count(c.given->begin(), c.given->end(), ffn)));
   }
 }
 

@@ -374,15 +374,19 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
   struct Setting {
     int streamed, gateUps;
     int64_t cached;
+    double gateUpShare = -1; // fixed; -1: balanced by feedback
   };
-  for (const Setting &setting : {Setting{1, 0, 0}, Setting{3, 0, 0}, Setting{2, 0, allExperts / 3},
-                                 Setting{2, 1, 0}, Setting{1, 2, allExperts / 3}}) {
-    const auto [streamed, gateUps, cached] = setting;
+  for (const Setting &setting :
+       {Setting{1, 0, 0}, Setting{3, 0, 0}, Setting{2, 0, allExperts / 3}, Setting{2, 1, 0},
+        Setting{1, 2, allExperts / 3}, Setting{2, 2, 0, 1.5}}) {
+    const auto [streamed, gateUps, cached, gateUpShare] = setting;
     SCOPED_TRACE(std::to_string(streamed) + " streamed, " + std::to_string(gateUps) +
-                 " gate/up only, " + std::to_string(cached) + " cached");
+                 " gate/up only (share " + std::to_string(gateUpShare) + "), " +
+                 std::to_string(cached) + " cached");
     exec::ExecutorOptions options;
     options.streamedExperts = streamed;
     options.streamedGateUps = gateUps;
+    options.streamedGateUpShare = gateUpShare;
     options.gpuExpertCacheBytes = int64_t(uint64_t(cached) * perExpert);
     expectSameRun(pair, 24, 8, 1e-4, options);
     std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options);
@@ -424,11 +428,23 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
     const exec::ExpertCacheStats stats = gpu->expertCacheStats();
     EXPECT_EQ(stats.selections, uint64_t(decodeSteps * moeLayers * config.expertsUsed));
     // One token a step: every streamed choice is an expert of its own, and
-    // so is each gate/up-only one (its gate and up copied).
+    // so is each gate/up-only one (its gate and up rows copied).
     EXPECT_NEAR(double(stats.streamedBytes),
                 double(stats.streamedSelections * perExpert) +
-                    double(stats.gateUpSelections * perExpert) * stats.gateUpShare,
+                    double(stats.gateUpSelections * perExpert) * stats.gateUpShare *
+                        stats.gateUpRowShare,
                 1.0);
+    if (gateUpShare >= 0) {
+      // 1.5 of 2: the first expert's rows all, the second's first half.
+      EXPECT_EQ(stats.decodeGateUpShare, gateUpShare);
+      EXPECT_DOUBLE_EQ(stats.gateUpRowShare, 0.75);
+    } else if (gateUps > 0) {
+      // Each decode layer moved it by a sixteenth (within its limits).
+      EXPECT_GE(stats.decodeGateUpShare, gateUps - double(decodeSteps * moeLayers) / 16);
+      EXPECT_LE(stats.decodeGateUpShare, double(gateUps));
+      EXPECT_GT(stats.gateUpRowShare, 0.0);
+      EXPECT_LE(stats.gateUpRowShare, 1.0);
+    }
     if (cached == 0) {
       EXPECT_EQ(stats.streamedSelections, uint64_t(decodeSteps * moeLayers * streamed));
       EXPECT_EQ(stats.gateUpSelections, uint64_t(decodeSteps * moeLayers * gateUps));
@@ -500,6 +516,15 @@ TEST(HybridExecutor, RefusesStreamedExpertsWithoutTheCacheReservation) {
   executor = exec::createExecutor(m.plan, *m.model, options);
   ASSERT_FALSE(executor.ok());
   EXPECT_NE(executor.message().find("--stream-gate-up 1 adds experts to --stream-experts"),
+            std::string::npos)
+      << executor.message();
+  // A fixed share of their rows past the experts it shares out.
+  options.streamedExperts = 2;
+  options.streamedGateUpShare = 1.5;
+  executor = exec::createExecutor(m.plan, *m.model, options);
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("--stream-gate-up-share 1.5 is more than the --stream-gate-up "
+                                    "1 experts"),
             std::string::npos)
       << executor.message();
 }
