@@ -351,8 +351,13 @@ int main(int argc, char **argv) {
       const std::vector<float> x = randomActivations(shape.cols, random);
       KernelInputs in(x);
       std::vector<float> y(static_cast<size_t>(shape.rows));
-      const int64_t tasks = pool.threadCount() * 4;
-      const int64_t rowsPerTask = (shape.rows + tasks - 1) / tasks;
+      // A matrix's rows as the runtime splits one matrix (cpu::matmul): 4
+      // tasks per thread of 16-row groups, shorter at the end.
+      std::vector<int64_t> starts{0};
+      cpu::GuidedSplit split(shape.rows, pool.threadCount(), 16, 4);
+      while (starts.back() < shape.rows)
+        starts.push_back(starts.back() + split.next(shape.rows - starts.back()));
+      const int64_t tasks = static_cast<int64_t>(starts.size()) - 1;
 
       auto run = [&](bool generated) {
         size_t next = 0, done = 0;
@@ -360,9 +365,8 @@ int main(int argc, char **argv) {
         do {
           const uint8_t *matrix = buffer.data() + (next++ % matrices) * matrixBytes;
           pool.parallelFor(tasks, [&](int64_t task, int) {
-            const int64_t begin = task * rowsPerTask, end = std::min(shape.rows, begin + rowsPerTask);
-            if (begin >= end)
-              return;
+            const int64_t begin = starts[static_cast<size_t>(task)],
+                          end = starts[static_cast<size_t>(task) + 1];
             if (generated) {
               kernel(matrix + static_cast<uint64_t>(begin) * rowBytes, rowBytes, end - begin,
                      x.data(), shape.cols, in.sums.data(), in.xq(nibbleOrder), in.scales.data(),

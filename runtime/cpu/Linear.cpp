@@ -182,16 +182,16 @@ KT_VECTOR_CLONES void matmulTransposedRows(const WeightMatrix &w, int64_t rowBeg
 
 void matmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens, float *y) {
   // Tasks of whole 16-row groups (64 bytes of output per token) so that two
-  // threads never write the same cache line, and about four tasks per thread
-  // so that uneven progress balances.
-  const int64_t threads = pool.threadCount();
-  int64_t rowsPerTask = (w.rows + threads * 4 - 1) / (threads * 4);
-  rowsPerTask = std::max<int64_t>(16, (rowsPerTask + 15) / 16 * 16);
-  const int64_t tasks = (w.rows + rowsPerTask - 1) / rowsPerTask;
+  // threads never write the same cache line, about four per thread so that
+  // uneven progress balances, shorter at the end (GuidedSplit).
+  std::vector<int64_t> starts{0};
+  GuidedSplit split(w.rows, pool.threadCount(), 16, 4);
+  while (starts.back() < w.rows)
+    starts.push_back(starts.back() + split.next(w.rows - starts.back()));
   const size_t scratchFloats = matmulScratchFloats(w);
-  pool.parallelFor(tasks, [&](int64_t task, int) {
-    const int64_t begin = task * rowsPerTask;
-    const int64_t end = std::min(w.rows, begin + rowsPerTask);
+  pool.parallelFor(static_cast<int64_t>(starts.size()) - 1, [&](int64_t task, int) {
+    const int64_t begin = starts[static_cast<size_t>(task)];
+    const int64_t end = starts[static_cast<size_t>(task) + 1];
     matmulRows(w, begin, end, x, w.cols, tokens, y + begin, w.rows,
                threadScratch(0, scratchFloats));
   });

@@ -8,6 +8,7 @@
 
 #include "runtime/cpu/Numa.h"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -18,6 +19,37 @@
 #include <vector>
 
 namespace kt::cpu {
+
+// The row counts of a parallel loop's tasks over `rows` rows of weights, in
+// the order the pool hands them out: `tasksPerThread` equal tasks per
+// thread, in whole `granule`-row groups, until the rows not yet given out
+// are few; then each takes 1 / (2 threads) of those (at least a group), so
+// that the threads finish within a short task of each other, where equal
+// tasks to the end leave them idle for half a task on average. (Larger
+// first tasks, guided self-scheduling proper, were slower end to end on the
+// GPU machine's shared host: a thread slowed down holds a long task.)
+class GuidedSplit {
+public:
+  GuidedSplit(int64_t rows, int threads, int64_t granule, int64_t tasksPerThread)
+      : left_(rows), threads_(threads > 0 ? threads : 1), granule_(granule > 0 ? granule : 1) {
+    const int64_t tasks = threads_ * std::max<int64_t>(tasksPerThread, 1);
+    most_ = roundUp((rows + tasks - 1) / tasks);
+  }
+  // The next task's rows, at most `limit` (what is left of its batch).
+  int64_t next(int64_t limit) {
+    const int64_t share = roundUp((left_ + 2 * threads_ - 1) / (2 * threads_));
+    const int64_t rows = std::min({limit, most_, share});
+    left_ -= rows;
+    return rows;
+  }
+
+private:
+  int64_t roundUp(int64_t rows) const {
+    return std::max(granule_, (rows + granule_ - 1) / granule_ * granule_);
+  }
+  int64_t left_;
+  int64_t threads_, granule_, most_ = 0;
+};
 
 class ThreadPool {
 public:

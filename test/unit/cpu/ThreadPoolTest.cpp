@@ -1,7 +1,8 @@
 // The pool's workers after idle time: within the idle spin (spinning) and
 // past it (asleep), every worker still takes part in the next loop and
 // every task runs once. A loop's callerFirst job runs once on the caller
-// while the workers already take tasks.
+// while the workers already take tasks. GuidedSplit's tasks shrink to one
+// granule at the end of a loop.
 #include "runtime/cpu/ThreadPool.h"
 
 #include <gtest/gtest.h>
@@ -105,6 +106,45 @@ TEST(ThreadPool, CallerFirstRunsOnceOnTheCallerWhileWorkersStart) {
   EXPECT_EQ(runs, 1);
   EXPECT_EQ(firstAt, 0);
   EXPECT_EQ(taskAt, 3);
+}
+
+// The rows of `split` until `rows` are given out.
+std::vector<int64_t> taskRows(GuidedSplit split, int64_t rows) {
+  std::vector<int64_t> sizes;
+  for (int64_t given = 0; given < rows; given += sizes.back())
+    sizes.push_back(split.next(rows - given));
+  return sizes;
+}
+
+// A decode step's gate/up rows (8 experts of 2048) on 16 threads: 16 tasks
+// a thread of whole 16-row groups, never growing, the last ones a group
+// each, all rows given out once; a small split shrinks as it goes; a
+// batch's limit cuts a task short.
+TEST(GuidedSplit, TasksShrinkToOneGranuleAtTheEnd) {
+  const int64_t rows = 8 * 2048, granule = 16;
+  const std::vector<int64_t> sizes = taskRows(GuidedSplit(rows, 16, granule, 16), rows);
+  EXPECT_EQ(sizes.front(), rows / 256);
+  EXPECT_EQ(sizes.back(), granule);
+  int64_t total = 0;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    EXPECT_EQ(sizes[i] % granule, 0) << i;
+    if (i > 0)
+      EXPECT_LE(sizes[i], sizes[i - 1]) << i;
+    total += sizes[i];
+  }
+  EXPECT_EQ(total, rows);
+  EXPECT_GT(sizes.size(), size_t(256)); // the equal tasks, then shorter ones
+  EXPECT_LT(sizes.size(), size_t(320));
+
+  // 160 rows, 2 threads, one task each at most 80: a quarter of what is
+  // left each time, in whole groups.
+  EXPECT_EQ(taskRows(GuidedSplit(160, 2, granule, 1), 160),
+            (std::vector<int64_t>{48, 32, 32, 16, 16, 16}));
+  GuidedSplit limited(rows, 16, granule, 16);
+  EXPECT_EQ(limited.next(40), 40); // the rest of a batch
+  EXPECT_EQ(limited.next(rows), 64);
+  GuidedSplit one(5, 4, granule, 4);
+  EXPECT_EQ(one.next(5), 5); // fewer rows than a granule
 }
 
 } // namespace
