@@ -524,7 +524,7 @@ int main(int argc, char **argv) {
               "with software prefetch)\n",
               pool.threadCount(), bandwidth / 1e9, poolGiB);
   std::printf("rows: medians of %d rounds of the read bandwidth (best of 4 passes) then the "
-              "kernel; 'of bw' is each round's ratio\n",
+              "kernel; 'of bw' is each round's ratio (target 85%% or more)\n",
               rounds);
   std::printf("%-6s %-20s %9s %12s %12s %8s %12s %10s\n", "type", "matrix", "MiB", "generated",
               "bandwidth", "of bw", "reference", "speedup");
@@ -540,7 +540,8 @@ int main(int argc, char **argv) {
   if (!prefill.empty()) {
     std::printf("\nprefill expert GEMM, GFLOP/s: row kernels; AMX tile kernels (generated, "
                 "activations rounded to bf16 included); the GEMM path (dequantize to bf16 + "
-                "oneDNN); oneDNN alone on bf16 weights (the peer); ratios to the peer\n");
+                "oneDNN); oneDNN alone on bf16 weights (the peer); ratios to the peer (target "
+                "70%% or more)\n");
     std::printf("%-6s %-20s %7s %12s %12s %12s %12s %8s %8s\n", "type", "matrix", "tokens",
                 "row kernels", "AMX tiles", "GEMM path", "oneDNN bf16", "tiles", "GEMM");
     // "-": not on this host (no AMX tiles, or no bf16 matmul in oneDNN).
