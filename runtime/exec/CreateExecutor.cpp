@@ -18,7 +18,8 @@ StatusOr<std::unique_ptr<Executor>> createExecutor(const plan::Plan &plan,
     if (options.gpuExpertCacheBytes > 0)
       return Status::error(planName + " runs on the CPU only; a GPU expert cache needs a GPU plan "
                                       "compiled with ktc compile --gpu-expert-cache.");
-    if (options.streamedExperts > 0 || options.streamedGateUps > 0)
+    if (options.streamedExperts > 0 || options.streamedGateUps > 0 ||
+        options.streamedGateUpShare >= 0)
       return Status::error(planName + " runs on the CPU only; streaming experts to the GPU needs "
                                       "a GPU plan compiled with ktc compile --gpu-expert-cache.");
     StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor =
