@@ -353,10 +353,8 @@ int main(int argc, char **argv) {
       std::vector<float> y(static_cast<size_t>(shape.rows));
       // A matrix's rows as the runtime splits one matrix (cpu::matmul): 4
       // tasks per thread of 16-row groups, shorter at the end.
-      std::vector<int64_t> starts{0};
-      cpu::GuidedSplit split(shape.rows, pool.threadCount(), 16, 4);
-      while (starts.back() < shape.rows)
-        starts.push_back(starts.back() + split.next(shape.rows - starts.back()));
+      const std::vector<int64_t> starts =
+          cpu::GuidedSplit::taskStarts(shape.rows, pool.threadCount(), 16, 4);
       const int64_t tasks = static_cast<int64_t>(starts.size()) - 1;
 
       auto run = [&](bool generated) {

@@ -184,10 +184,7 @@ void matmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tok
   // Tasks of whole 16-row groups (64 bytes of output per token) so that two
   // threads never write the same cache line, about four per thread so that
   // uneven progress balances, shorter at the end (GuidedSplit).
-  std::vector<int64_t> starts{0};
-  GuidedSplit split(w.rows, pool.threadCount(), 16, 4);
-  while (starts.back() < w.rows)
-    starts.push_back(starts.back() + split.next(w.rows - starts.back()));
+  const std::vector<int64_t> starts = GuidedSplit::taskStarts(w.rows, pool.threadCount(), 16, 4);
   const size_t scratchFloats = matmulScratchFloats(w);
   pool.parallelFor(static_cast<int64_t>(starts.size()) - 1, [&](int64_t task, int) {
     const int64_t begin = starts[static_cast<size_t>(task)];

@@ -42,6 +42,15 @@ public:
     left_ -= rows;
     return rows;
   }
+  // One matrix's tasks: each task's first row, then `rows`.
+  static std::vector<int64_t> taskStarts(int64_t rows, int threads, int64_t granule,
+                                         int64_t tasksPerThread) {
+    GuidedSplit split(rows, threads, granule, tasksPerThread);
+    std::vector<int64_t> starts{0};
+    while (starts.back() < rows)
+      starts.push_back(starts.back() + split.next(rows - starts.back()));
+    return starts;
+  }
 
 private:
   int64_t roundUp(int64_t rows) const {

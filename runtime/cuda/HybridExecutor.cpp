@@ -1641,24 +1641,26 @@ public:
           {m.device, first, copied, done, cache->streamQueued, start, Clock::now()});
       cache->streamMarks.reset();
     }
-    if (ctx.decode && m.balanceGateUpShare && m.streamedGateUps > 0 && cache &&
-        (!cache->streamedIds.empty() || !cache->gateUpIds.empty())) {
-      // Whoever finished first takes more gate/up rows in the next layer.
+    // Whoever finished first takes more next time: of the next prefill
+    // step's experts, or of the next decode layer's gate/up rows.
+    struct Balanced {
+      double *share, step, lowest, highest;
+    };
+    std::optional<Balanced> balanced;
+    constexpr double kPrefillShareStep = 0.05;
+    if (streamedPrefill)
+      balanced = {&m.prefillStreamShare, kPrefillShareStep, kPrefillShareStep, 1.0};
+    else if (ctx.decode && m.balanceGateUpShare && m.streamedGateUps > 0 && cache &&
+             (!cache->streamedIds.empty() || !cache->gateUpIds.empty()))
+      balanced = {&m.gateUpShare, HybridExecutor::Impl::kGateUpShareStep, 0.0,
+                  double(m.streamedGateUps)};
+    if (balanced) {
       StatusOr<bool> gpuDone = m.device->finishedQueuedWork();
       if (!gpuDone)
         return gpuDone.status();
-      m.gateUpShare =
-          std::clamp(m.gateUpShare + (*gpuDone ? 1 : -1) * HybridExecutor::Impl::kGateUpShareStep,
-                     0.0, double(m.streamedGateUps));
-    }
-    if (streamedPrefill) {
-      // Whoever finished first takes more of the next prefill step.
-      StatusOr<bool> gpuDone = m.device->finishedQueuedWork();
-      if (!gpuDone)
-        return gpuDone.status();
-      constexpr double kShareStep = 0.05;
-      m.prefillStreamShare = *gpuDone ? std::min(1.0, m.prefillStreamShare + kShareStep)
-                                      : std::max(kShareStep, m.prefillStreamShare - kShareStep);
+      *balanced->share =
+          std::clamp(*balanced->share + (*gpuDone ? balanced->step : -balanced->step),
+                     balanced->lowest, balanced->highest);
     }
     for (int64_t i = 0; i < ctx.rows * ids.width; ++i)
       ++stats_.selections[size_t(ids.hostIds()[i])];

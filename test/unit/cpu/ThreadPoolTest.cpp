@@ -108,11 +108,13 @@ TEST(ThreadPool, CallerFirstRunsOnceOnTheCallerWhileWorkersStart) {
   EXPECT_EQ(taskAt, 3);
 }
 
-// The rows of `split` until `rows` are given out.
-std::vector<int64_t> taskRows(GuidedSplit split, int64_t rows) {
+// The rows of each task of one matrix (GuidedSplit::taskStarts).
+std::vector<int64_t> taskRows(int64_t rows, int threads, int64_t granule, int64_t tasksPerThread) {
+  const std::vector<int64_t> starts =
+      GuidedSplit::taskStarts(rows, threads, granule, tasksPerThread);
   std::vector<int64_t> sizes;
-  for (int64_t given = 0; given < rows; given += sizes.back())
-    sizes.push_back(split.next(rows - given));
+  for (size_t i = 1; i < starts.size(); ++i)
+    sizes.push_back(starts[i] - starts[i - 1]);
   return sizes;
 }
 
@@ -122,7 +124,7 @@ std::vector<int64_t> taskRows(GuidedSplit split, int64_t rows) {
 // batch's limit cuts a task short.
 TEST(GuidedSplit, TasksShrinkToOneGranuleAtTheEnd) {
   const int64_t rows = 8 * 2048, granule = 16;
-  const std::vector<int64_t> sizes = taskRows(GuidedSplit(rows, 16, granule, 16), rows);
+  const std::vector<int64_t> sizes = taskRows(rows, 16, granule, 16);
   EXPECT_EQ(sizes.front(), rows / 256);
   EXPECT_EQ(sizes.back(), granule);
   int64_t total = 0;
@@ -138,7 +140,7 @@ TEST(GuidedSplit, TasksShrinkToOneGranuleAtTheEnd) {
 
   // 160 rows, 2 threads, one task each at most 80: a quarter of what is
   // left each time, in whole groups.
-  EXPECT_EQ(taskRows(GuidedSplit(160, 2, granule, 1), 160),
+  EXPECT_EQ(taskRows(160, 2, granule, 1),
             (std::vector<int64_t>{48, 32, 32, 16, 16, 16}));
   GuidedSplit limited(rows, 16, granule, 16);
   EXPECT_EQ(limited.next(40), 40); // the rest of a batch

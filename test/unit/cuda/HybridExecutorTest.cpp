@@ -96,6 +96,7 @@ void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, 
   exec::ExecutorOptions cpuOptions = options; // without the GPU's own options
   cpuOptions.gpuExpertCacheBytes = -1;
   cpuOptions.streamedExperts = cpuOptions.streamedGateUps = 0;
+  cpuOptions.streamedGateUpShare = -1;
   cpuOptions.expertProfile.clear();
   std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, cpuOptions);
   ASSERT_TRUE(gpu && cpu);
