@@ -140,8 +140,7 @@ TEST(GuidedSplit, TasksShrinkToOneGranuleAtTheEnd) {
 
   // 160 rows, 2 threads, one task each at most 80: a quarter of what is
   // left each time, in whole groups.
-  EXPECT_EQ(taskRows(160, 2, granule, 1),
-            (std::vector<int64_t>{48, 32, 32, 16, 16, 16}));
+  EXPECT_EQ(taskRows(160, 2, granule, 1), (std::vector<int64_t>{48, 32, 32, 16, 16, 16}));
   GuidedSplit limited(rows, 16, granule, 16);
   EXPECT_EQ(limited.next(40), 40); // the rest of a batch
   EXPECT_EQ(limited.next(rows), 64);
