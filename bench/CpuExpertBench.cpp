@@ -231,6 +231,21 @@ double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, bool nibbl
          1e9;
 }
 
+// The pool's own cost per loop (fork and join): microseconds per loop of
+// `tasksPerThread` empty tasks a thread, the median of 5 runs of 1000
+// loops. Each single-matrix row above pays it once per matrix.
+double loopMicros(cpu::ThreadPool &pool, int tasksPerThread) {
+  constexpr int kLoops = 1000;
+  std::vector<double> runs;
+  for (int run = 0; run < 5; ++run) {
+    auto start = Clock::now();
+    for (int loop = 0; loop < kLoops; ++loop)
+      pool.parallelFor(int64_t(pool.threadCount()) * tasksPerThread, [](int64_t, int) {});
+    runs.push_back(secondsSince(start) * 1e6 / kLoops);
+  }
+  return bench::median(runs);
+}
+
 struct PrefillResult {
   std::string type, shape;
   int64_t tokens = 0;
@@ -352,9 +367,9 @@ int main(int argc, char **argv) {
       KernelInputs in(x);
       std::vector<float> y(static_cast<size_t>(shape.rows));
       // A matrix's rows as the runtime splits one matrix (cpu::matmul): 4
-      // tasks per thread of 16-row groups, shorter at the end.
-      const std::vector<int64_t> starts =
-          cpu::GuidedSplit::taskStarts(shape.rows, pool.threadCount(), 16, 4);
+      // tasks per thread of row groups, shorter at the end.
+      const std::vector<int64_t> starts = cpu::GuidedSplit::taskStarts(
+          shape.rows, pool.threadCount(), cpu::kRowGroup, 4, cpu::kRowTailGroup);
       const int64_t tasks = static_cast<int64_t>(starts.size()) - 1;
 
       auto run = [&](bool generated) {
@@ -485,11 +500,14 @@ int main(int argc, char **argv) {
       }
     }
 
+  const double loopOneUs = loopMicros(pool, 1), loopFourUs = loopMicros(pool, 4);
   if (json) {
-    nlohmann::json out = {{"threads", pool.threadCount()},
-                          {"read_bandwidth_gbs", bandwidth / 1e9},
-                          {"kernels", kernelsPath},
-                          {"results", nlohmann::json::array()}};
+    nlohmann::json out = {
+        {"threads", pool.threadCount()},
+        {"pool_loop_us", {{"one_task_a_thread", loopOneUs}, {"four_tasks_a_thread", loopFourUs}}},
+        {"read_bandwidth_gbs", bandwidth / 1e9},
+        {"kernels", kernelsPath},
+        {"results", nlohmann::json::array()}};
     for (const Result &r : results)
       out["results"].push_back({{"type", r.type},
                                 {"shape", r.shape},
@@ -535,6 +553,9 @@ int main(int argc, char **argv) {
   for (const auto &[typeName, rate] : computeRates)
     std::printf("%-6s %8.1f GB/s %6.2fx the read bandwidth\n", typeName.c_str(), rate,
                 rate * 1e9 / bandwidth);
+  std::printf("\nthread pool: a loop of one empty task a thread %.1f us, of four a thread %.1f us "
+              "(the fork and join each single matrix above pays once)\n",
+              loopOneUs, loopFourUs);
   if (!prefill.empty()) {
     std::printf("\nprefill expert GEMM, GFLOP/s: row kernels; AMX tile kernels (generated, "
                 "activations rounded to bf16 included); the GEMM path (dequantize to bf16 + "

@@ -24,20 +24,20 @@ struct RowTask {
 using RowRange = std::pair<int64_t, int64_t>;
 
 // Appends tasks over `range(batch)` of every batch, of whole `granule`-row
-// groups (16: 64-byte output lines, so threads never share one), about
-// kTasksPerThread per thread over all batches, shorter at the end
-// (GuidedSplit): a decode step's 8 experts on 16 threads take 64 gate/up
-// rows a task, the last eighth of them 48 down to 16. (Equal tasks to the
-// end left the threads idle for half a task at the end of each loop; 4
-// tasks per thread read 5-10% fewer bytes/s end to end on the 16-core host.)
+// groups, about kTasksPerThread per thread over all batches, shorter at the
+// end (GuidedSplit, down to `tailGranule` rows): a decode step's 8 experts
+// on 16 threads take 64 gate/up rows a task, the last eighth of them 48
+// down to 4. (Equal tasks to the end left the threads idle for half a task
+// at the end of each loop; 4 tasks per thread read 5-10% fewer bytes/s end
+// to end on the 16-core host.)
 constexpr int64_t kTasksPerThread = 16;
 template <typename Batch, typename RangeOf>
 void appendRowTasks(const std::vector<Batch> &batches, RangeOf range, int threads, int64_t granule,
-                    int node, std::vector<RowTask> &tasks) {
+                    int64_t tailGranule, int node, std::vector<RowTask> &tasks) {
   int64_t total = 0;
   for (const Batch &b : batches)
     total += range(b).second;
-  GuidedSplit split(total, threads, granule, kTasksPerThread);
+  GuidedSplit split(total, threads, granule, kTasksPerThread, tailGranule);
   for (size_t i = 0; i < batches.size(); ++i) {
     const auto [first, rows] = range(batches[i]);
     for (int64_t begin = first; begin < first + rows;) {
@@ -284,7 +284,7 @@ void tileMatmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t
       [](const One &b) {
         return RowRange{0, b.rows};
       },
-      pool.threadCount(), kTileRows, -1, tasks);
+      pool.threadCount(), kTileRows, kTileRows, -1, tasks);
   pool.parallelFor(static_cast<int64_t>(tasks.size()), [&](int64_t index, int) {
     const RowTask &task = tasks[static_cast<size_t>(index)];
     w.kernel.tiles(w.data + static_cast<uint64_t>(task.begin) * w.rowBytes, w.rowBytes,
@@ -314,7 +314,7 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
                            b.x, b.w.gate.cols, b.xInput);
   });
   auto gateUpTasks = [&](auto range, int threads, int node, std::vector<RowTask> &tasks) {
-    appendRowTasks(gateUp, range, threads, 16, node, tasks);
+    appendRowTasks(gateUp, range, threads, kRowGroup, kRowTailGroup, node, tasks);
   };
   NodeTasks split = splitOnNodes(gateUp, pool, &FfnMatrices::gate, gateUpTasks);
   pool.parallelForNodes(
@@ -337,7 +337,7 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
     beforeDown();
 
   auto rowTasks = [&](auto range, int threads, int node, std::vector<RowTask> &tasks) {
-    appendRowTasks(batches, range, threads, 16, node, tasks);
+    appendRowTasks(batches, range, threads, kRowGroup, kRowTailGroup, node, tasks);
   };
   prepareKernelInputs(pool, batches, [](const FfnBatch &b) {
     return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.down.kernel},

@@ -181,10 +181,10 @@ KT_VECTOR_CLONES void matmulTransposedRows(const WeightMatrix &w, int64_t rowBeg
 }
 
 void matmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens, float *y) {
-  // Tasks of whole 16-row groups (64 bytes of output per token) so that two
-  // threads never write the same cache line, about four per thread so that
-  // uneven progress balances, shorter at the end (GuidedSplit).
-  const std::vector<int64_t> starts = GuidedSplit::taskStarts(w.rows, pool.threadCount(), 16, 4);
+  // Tasks of whole row groups, about four per thread so that uneven
+  // progress balances, shorter at the end (GuidedSplit).
+  const std::vector<int64_t> starts =
+      GuidedSplit::taskStarts(w.rows, pool.threadCount(), kRowGroup, 4, kRowTailGroup);
   const size_t scratchFloats = matmulScratchFloats(w);
   pool.parallelFor(static_cast<int64_t>(starts.size()) - 1, [&](int64_t task, int) {
     const int64_t begin = starts[static_cast<size_t>(task)];

@@ -7,9 +7,11 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <functional>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -109,9 +111,10 @@ TEST(ThreadPool, CallerFirstRunsOnceOnTheCallerWhileWorkersStart) {
 }
 
 // The rows of each task of one matrix (GuidedSplit::taskStarts).
-std::vector<int64_t> taskRows(int64_t rows, int threads, int64_t granule, int64_t tasksPerThread) {
+std::vector<int64_t> taskRows(int64_t rows, int threads, int64_t granule, int64_t tasksPerThread,
+                              int64_t tailGranule = 0) {
   const std::vector<int64_t> starts =
-      GuidedSplit::taskStarts(rows, threads, granule, tasksPerThread);
+      GuidedSplit::taskStarts(rows, threads, granule, tasksPerThread, tailGranule);
   std::vector<int64_t> sizes;
   for (size_t i = 1; i < starts.size(); ++i)
     sizes.push_back(starts[i] - starts[i - 1]);
@@ -146,6 +149,46 @@ TEST(GuidedSplit, TasksShrinkToOneGranuleAtTheEnd) {
   EXPECT_EQ(limited.next(rows), 64);
   GuidedSplit one(5, 4, granule, 4);
   EXPECT_EQ(one.next(5), 5); // fewer rows than a granule
+}
+
+// With a tail granule of 4 rows, the same decode step's tasks are whole
+// groups while a thread's half-share is above 12 rows, so every one of them
+// starts on a group; then 12, 8 and 4 rows, never growing; all rows given
+// out once. A tail granule of the group changes nothing.
+TEST(GuidedSplit, LastTasksShrinkToTheTailGranule) {
+  const int64_t rows = 8 * 2048, granule = 16, tail = 4;
+  const std::vector<int64_t> sizes = taskRows(rows, 16, granule, 16, tail);
+  EXPECT_EQ(sizes.front(), rows / 256);
+  EXPECT_EQ(sizes.back(), tail);
+  int64_t total = 0, firstUnderAGroup = -1;
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    EXPECT_EQ(sizes[i] % tail, 0) << i;
+    if (i > 0)
+      EXPECT_LE(sizes[i], sizes[i - 1]) << i;
+    if (sizes[i] < granule && firstUnderAGroup < 0)
+      firstUnderAGroup = int64_t(i);
+    if (firstUnderAGroup < 0)
+      EXPECT_EQ(total % granule, 0) << "task " << i << " starts inside a group";
+    total += sizes[i];
+  }
+  EXPECT_EQ(total, rows);
+  ASSERT_GT(firstUnderAGroup, 0);
+  EXPECT_EQ(sizes[size_t(firstUnderAGroup)], 12);
+  // What is left when the tasks drop under a group: a half-share of 12 rows
+  // or less, so at most 2 x 16 threads x 12 rows.
+  const int64_t leftThen =
+      rows - std::accumulate(sizes.begin(), sizes.begin() + firstUnderAGroup, int64_t(0));
+  EXPECT_LE(leftThen, 2 * 16 * 12);
+  // The 4-row tasks: those taken once a half-share is 4 rows or less, so
+  // at most 2 x 16 x 4 rows, and more than that less one 8-row task.
+  const int64_t tailRows = tail * std::count(sizes.begin(), sizes.end(), tail);
+  EXPECT_LE(tailRows, 2 * 16 * tail);
+  EXPECT_GT(tailRows, 2 * 16 * tail - 8);
+  // Without a smaller tail granule, the split is the one above.
+  EXPECT_EQ(taskRows(rows, 16, granule, 16, granule), taskRows(rows, 16, granule, 16));
+  // 160 rows, 2 threads: as above until a half-share is 12 rows or less.
+  EXPECT_EQ(taskRows(160, 2, granule, 1, tail),
+            (std::vector<int64_t>{48, 32, 32, 12, 12, 8, 4, 4, 4, 4}));
 }
 
 } // namespace
