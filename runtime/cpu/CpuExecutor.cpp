@@ -181,11 +181,13 @@ public:
                    o.data.data(),
                    ctx.workspace.floats(Workspace::FfnGate, ffnFloats),
                    ctx.workspace.floats(Workspace::FfnUp, ffnFloats)};
-    runFeedForward(ctx.pool, {batch});
+    batches_.assign(1, batch); // kept: no allocation per token
+    runFeedForward(ctx.pool, batches_);
   }
 
 private:
   FfnMatrices w_;
+  std::vector<FfnBatch> batches_;
 };
 
 class GateStep : public Step {

@@ -1,6 +1,7 @@
 #include "runtime/cpu/FeedForward.h"
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
@@ -72,9 +73,10 @@ RowRange rowsFrom(int64_t first, int64_t rows, int64_t from) {
 // node n's tasks cover band n of each batch, split by `append` for node n's
 // threads; else all tasks are node 0's and every thread takes them.
 template <typename Batch, typename Append>
-NodeTasks splitOnNodes(const std::vector<Batch> &batches, const ThreadPool &pool,
-                       WeightMatrix FfnMatrices::*which, Append append) {
-  NodeTasks out;
+void splitOnNodes(const std::vector<Batch> &batches, const ThreadPool &pool,
+                  WeightMatrix FfnMatrices::*which, Append append, NodeTasks &out) {
+  out.tasks.clear();
+  out.nodeStarts.clear();
   const int nodes = pool.nodeCount();
   const bool banded = nodes > 1 && !batches.empty() &&
                       std::all_of(batches.begin(), batches.end(),
@@ -85,7 +87,7 @@ NodeTasks splitOnNodes(const std::vector<Batch> &batches, const ThreadPool &pool
         [&](const Batch &b) { return rowsFrom(0, (b.w.*which).rows, firstComputedRow(b, which)); },
         pool.threadCount(), -1, out.tasks);
     out.nodeStarts.resize(static_cast<size_t>(nodes) + 1, static_cast<int64_t>(out.tasks.size()));
-    return out;
+    return;
   }
   const bool down = which == &FfnMatrices::down;
   for (int n = 0; n < nodes; ++n) {
@@ -98,7 +100,6 @@ NodeTasks splitOnNodes(const std::vector<Batch> &batches, const ThreadPool &pool
         pool.threadsOnNode(n), n, out.tasks);
     out.nodeStarts.push_back(static_cast<int64_t>(out.tasks.size()));
   }
-  return out;
 }
 
 // The matrix holding a task's rows of `which` and the row it starts at:
@@ -135,7 +136,7 @@ struct InputsRead {
 template <typename Kernels> InputsRead inputsRead(const Kernels &kernels) {
   InputsRead read;
   for (const LoadedKernel *kernel : kernels) {
-    if (!kernel->function)
+    if (!kernel || !kernel->function)
       continue;
     read.any = true;
     read.inOrder = read.inOrder || (kernel->quantizedInput && !kernel->nibbleOrderInput);
@@ -243,7 +244,8 @@ void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batch
     const TileFfnBatch &b = batches[i];
     return std::make_tuple(b.x, b.xBf16, b.w.gate.cols, b.tokens);
   });
-  NodeTasks split = splitOnNodes(batches, pool, &FfnMatrices::gate, tileTasks);
+  NodeTasks split;
+  splitOnNodes(batches, pool, &FfnMatrices::gate, tileTasks, split);
   pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
     const RowTask &task = split.tasks[static_cast<size_t>(index)];
     const TileFfnBatch &b = batches[task.batch];
@@ -261,7 +263,7 @@ void runTileFeedForward(ThreadPool &pool, const std::vector<TileFfnBatch> &batch
     const TileFfnBatch &b = batches[i];
     return std::make_tuple(static_cast<const float *>(b.gate), b.gateBf16, b.w.down.cols, b.tokens);
   });
-  split = splitOnNodes(batches, pool, &FfnMatrices::down, tileTasks);
+  splitOnNodes(batches, pool, &FfnMatrices::down, tileTasks, split);
   pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
     const RowTask &task = split.tasks[static_cast<size_t>(index)];
     const TileFfnBatch &b = batches[task.batch];
@@ -293,8 +295,7 @@ void tileMatmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t
 }
 
 void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
-                    const std::function<void()> &beforeDown,
-                    const std::function<void()> *callerFirst) {
+                    FunctionRef<void()> beforeDown, const std::function<void()> *callerFirst) {
   if (batches.empty()) {
     if (callerFirst)
       (*callerFirst)();
@@ -305,18 +306,26 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
     scratchFloats = std::max({scratchFloats, matmulScratchFloats(b.w.gate),
                               matmulScratchFloats(b.w.up), matmulScratchFloats(b.w.down)});
 
-  std::vector<FfnBatch> gateUp; // the batches whose gated rows are not all given
+  // The driving thread's scratch, kept from call to call (Workspace: a
+  // warm decode step allocates nothing).
+  thread_local struct {
+    std::vector<FfnBatch> gateUp; // the batches whose gated rows are not all given
+    NodeTasks split;
+  } scratch;
+  std::vector<FfnBatch> &gateUp = scratch.gateUp;
+  gateUp.clear();
   for (const FfnBatch &b : batches)
     if (b.givenGatedRows < b.w.gate.rows)
       gateUp.push_back(b);
   prepareKernelInputs(pool, gateUp, [](const FfnBatch &b) {
-    return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.gate.kernel, &b.w.up.kernel},
+    return std::make_tuple(std::array<const LoadedKernel *, 2>{&b.w.gate.kernel, &b.w.up.kernel},
                            b.x, b.w.gate.cols, b.xInput);
   });
   auto gateUpTasks = [&](auto range, int threads, int node, std::vector<RowTask> &tasks) {
     appendRowTasks(gateUp, range, threads, kRowGroup, kRowTailGroup, node, tasks);
   };
-  NodeTasks split = splitOnNodes(gateUp, pool, &FfnMatrices::gate, gateUpTasks);
+  NodeTasks &split = scratch.split;
+  splitOnNodes(gateUp, pool, &FfnMatrices::gate, gateUpTasks, split);
   pool.parallelForNodes(
       split.nodeStarts,
       [&](int64_t index, int) {
@@ -333,17 +342,16 @@ void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
         gateRows(b.gate, b.up, ffn, b.tokens, task.begin, task.end);
       },
       true, callerFirst);
-  if (beforeDown)
-    beforeDown();
+  beforeDown();
 
   auto rowTasks = [&](auto range, int threads, int node, std::vector<RowTask> &tasks) {
     appendRowTasks(batches, range, threads, kRowGroup, kRowTailGroup, node, tasks);
   };
   prepareKernelInputs(pool, batches, [](const FfnBatch &b) {
-    return std::make_tuple(std::vector<const LoadedKernel *>{&b.w.down.kernel},
+    return std::make_tuple(std::array<const LoadedKernel *, 2>{&b.w.down.kernel, nullptr},
                            static_cast<const float *>(b.gate), b.w.down.cols, b.gateInput);
   });
-  split = splitOnNodes(batches, pool, &FfnMatrices::down, rowTasks);
+  splitOnNodes(batches, pool, &FfnMatrices::down, rowTasks, split);
   pool.parallelForNodes(split.nodeStarts, [&](int64_t index, int) {
     const RowTask &task = split.tasks[static_cast<size_t>(index)];
     const FfnBatch &b = batches[task.batch];
@@ -503,6 +511,32 @@ FfnMatrices RoutedExperts::expert(int64_t e) const {
           down_.rowRange(e * hidden_, hidden_)};
 }
 
+namespace {
+
+// A run of an expert's rows in forward(): on the tile kernels or not.
+struct ExpertRows {
+  int64_t expert, row, count;
+  bool tiles;
+};
+
+// forward()'s bookkeeping, kept by the driving thread from call to call
+// (Workspace: a warm decode step allocates nothing).
+struct ForwardScratch {
+  std::vector<int64_t> givenRows, counts, firstRow, rowOf, filled, tokenOfRow, segmentOfRow;
+  std::vector<ExpertRows> groups;
+  std::vector<TileFfnBatch> tileBatches;
+  std::vector<FfnBatch> batches;
+};
+ForwardScratch &forwardScratch() {
+  thread_local ForwardScratch scratch;
+  return scratch;
+}
+
+// Top-k values the weighted sums order on the stack.
+constexpr int64_t kMaxTopK = 64;
+
+} // namespace
+
 void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float *x, int64_t tokens,
                             const int32_t *ids, const float *weights, int64_t topK, float *out,
                             const std::vector<int64_t> *segmentStarts,
@@ -519,23 +553,29 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     mark = now;
   };
   const int64_t assignments = tokens * topK;
+  ForwardScratch &scratch = forwardScratch();
   // Each expert's leading gated rows that `given` supplies (all of them:
   // down products only).
-  std::vector<int64_t> givenRows(static_cast<size_t>(experts_), 0);
+  std::vector<int64_t> &givenRows = scratch.givenRows;
+  givenRows.assign(static_cast<size_t>(experts_), 0);
   if (given && given->rows)
     for (int64_t i = 0; i < assignments; ++i)
       if (ids[i] >= 0 && given->rows[i] > 0)
         givenRows[static_cast<size_t>(ids[i])] = std::min<int64_t>(given->rows[i], ffn_);
   // Row of each (token, k) assignment in the expert-grouped order.
-  std::vector<int64_t> counts(static_cast<size_t>(experts_), 0);
+  std::vector<int64_t> &counts = scratch.counts;
+  counts.assign(static_cast<size_t>(experts_), 0);
   for (int64_t i = 0; i < assignments; ++i)
     if (ids[i] >= 0)
       ++counts[static_cast<size_t>(ids[i])];
-  std::vector<int64_t> firstRow(static_cast<size_t>(experts_), 0);
+  std::vector<int64_t> &firstRow = scratch.firstRow;
+  firstRow.assign(static_cast<size_t>(experts_), 0);
   for (int64_t e = 1; e < experts_; ++e)
     firstRow[static_cast<size_t>(e)] = firstRow[static_cast<size_t>(e - 1)] + counts[static_cast<size_t>(e - 1)];
-  std::vector<int64_t> rowOf(static_cast<size_t>(assignments));
-  std::vector<int64_t> filled = firstRow;
+  std::vector<int64_t> &rowOf = scratch.rowOf;
+  rowOf.resize(static_cast<size_t>(assignments));
+  std::vector<int64_t> &filled = scratch.filled;
+  filled.assign(firstRow.begin(), firstRow.end());
   float *gathered =
       workspace.floats(Workspace::ExpertInput, static_cast<size_t>(assignments * hidden_));
   float *results =
@@ -587,27 +627,25 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
     }
     return out;
   };
-  // Each expert's rows by segment, in row order: (segment, rows) runs; and
-  // each row's token.
-  std::vector<std::vector<std::pair<size_t, int64_t>>> segmentRuns(static_cast<size_t>(experts_));
-  std::vector<int64_t> tokenOfRow(static_cast<size_t>(assignments), -1);
-  size_t segment = 0;
+  // Each row's token and segment (an expert's rows are in token order, so
+  // its segments' rows are runs of them).
+  std::vector<int64_t> &tokenOfRow = scratch.tokenOfRow, &segmentOfRow = scratch.segmentOfRow;
+  tokenOfRow.assign(static_cast<size_t>(assignments), -1);
+  segmentOfRow.assign(static_cast<size_t>(assignments), 0);
+  int64_t segment = 0;
   for (int64_t i = 0; i < assignments; ++i) {
     if (ids[i] < 0) {
       rowOf[static_cast<size_t>(i)] = -1;
       continue;
     }
     const int64_t token = i / topK;
-    while (segmentStarts && segment + 1 < segmentStarts->size() &&
-           (*segmentStarts)[segment + 1] <= token)
+    while (segmentStarts && static_cast<size_t>(segment) + 1 < segmentStarts->size() &&
+           (*segmentStarts)[static_cast<size_t>(segment) + 1] <= token)
       ++segment;
-    auto &runs = segmentRuns[static_cast<size_t>(ids[i])];
-    if (runs.empty() || runs.back().first != segment)
-      runs.push_back({segment, 0});
-    ++runs.back().second;
     const int64_t row = filled[static_cast<size_t>(ids[i])]++;
     rowOf[static_cast<size_t>(i)] = row;
     tokenOfRow[static_cast<size_t>(row)] = token;
+    segmentOfRow[static_cast<size_t>(row)] = segment;
   }
   // An expert of one row reads its token's row of x in place (decode: every
   // expert), unless the tile kernels or oneDNN could take one row.
@@ -632,15 +670,17 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
   // sequences of the step, so an answer is the same alone or batched (a
   // token's result does not depend on the tokens that share its kernel).
   // Neighbouring rows with the same choice run together.
-  struct ExpertRows {
-    int64_t expert, row, count;
-    bool tiles;
-  };
   const bool tiles = tileTokens_ > 0 && hasTileKernels();
-  std::vector<ExpertRows> groups;
+  std::vector<ExpertRows> &groups = scratch.groups;
+  groups.clear();
   for (int64_t e = 0; e < experts_; ++e) {
-    int64_t row = firstRow[static_cast<size_t>(e)];
-    for (const auto &[runSegment, count] : segmentRuns[static_cast<size_t>(e)]) {
+    const int64_t end = firstRow[static_cast<size_t>(e)] + counts[static_cast<size_t>(e)];
+    for (int64_t row = firstRow[static_cast<size_t>(e)]; row < end;) {
+      // The run of rows of one segment from `row`.
+      int64_t count = 1;
+      while (row + count < end && segmentOfRow[static_cast<size_t>(row + count)] ==
+                                      segmentOfRow[static_cast<size_t>(row)])
+        ++count;
       const bool onTiles = tiles && count >= tileTokens_ && givenRows[static_cast<size_t>(e)] == 0;
       if (!groups.empty() && groups.back().expert == e && groups.back().tiles == onTiles)
         groups.back().count += count;
@@ -652,7 +692,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
 
   // Tile groups, with bf16 copies of their rows (each padded to whole tile
   // blocks).
-  std::vector<TileFfnBatch> tileBatches;
+  std::vector<TileFfnBatch> &tileBatches = scratch.tileBatches;
+  tileBatches.clear();
   if (tiles) {
     int64_t paddedRows = 0;
     for (const ExpertRows &g : groups)
@@ -676,7 +717,8 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
   runTileFeedForward(pool, tileBatches);
   lap(&exec::ExpertPhaseSeconds::tiles);
 
-  std::vector<FfnBatch> batches;
+  std::vector<FfnBatch> &batches = scratch.batches;
+  batches.clear();
   for (const ExpertRows &g : groups) {
     if (g.tiles)
       continue;
@@ -725,13 +767,17 @@ void RoutedExperts::forward(ThreadPool &pool, Workspace &workspace, const float 
                   width = std::min(hidden_, begin + sliceWidth) - begin;
     float *o = out + t * hidden_ + begin;
     std::fill(o, o + width, 0.0f);
-    std::vector<int64_t> order(static_cast<size_t>(topK));
+    // The token's assignments in expert order (on the stack: the model's
+    // top-k is a few; a vector only past kMaxTopK).
+    std::array<int64_t, kMaxTopK> onStack;
+    std::vector<int64_t> onHeap(topK > kMaxTopK ? static_cast<size_t>(topK) : 0);
+    int64_t *order = topK > kMaxTopK ? onHeap.data() : onStack.data();
     for (int64_t k = 0; k < topK; ++k)
-      order[static_cast<size_t>(k)] = t * topK + k;
-    std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
-    for (int64_t i : order)
-      if (rowOf[static_cast<size_t>(i)] >= 0)
-        axpy(weights[i], results + rowOf[static_cast<size_t>(i)] * hidden_ + begin, o, width);
+      order[k] = t * topK + k;
+    std::sort(order, order + topK, [&](int64_t a, int64_t b) { return ids[a] < ids[b]; });
+    for (const int64_t *i = order; i < order + topK; ++i)
+      if (rowOf[static_cast<size_t>(*i)] >= 0)
+        axpy(weights[*i], results + rowOf[static_cast<size_t>(*i)] * hidden_ + begin, o, width);
   });
   lap(&exec::ExpertPhaseSeconds::combine);
 }

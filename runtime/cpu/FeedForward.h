@@ -70,9 +70,9 @@ struct FfnBatch {
 // rows there). `callerFirst`, if given, runs once on the calling
 // thread while the other threads start the gate/up rows (ThreadPool), or
 // first when there are none.
-void runFeedForward(ThreadPool &pool, const std::vector<FfnBatch> &batches,
-                    const std::function<void()> &beforeDown = {},
-                    const std::function<void()> *callerFirst = nullptr);
+void runFeedForward(
+    ThreadPool &pool, const std::vector<FfnBatch> &batches, FunctionRef<void()> beforeDown = [] {},
+    const std::function<void()> *callerFirst = nullptr);
 
 // Assignments of RoutedExperts::forward whose gated rows silu(gate x) * (up
 // x) another device computes, all of them or the first few: forward() skips

@@ -119,8 +119,7 @@ void ThreadPool::runTasks(int thread) {
   }
 }
 
-void ThreadPool::parallelFor(int64_t tasks,
-                             const std::function<void(int64_t task, int thread)> &body,
+void ThreadPool::parallelFor(int64_t tasks, FunctionRef<void(int64_t task, int thread)> body,
                              const std::function<void()> *callerFirst) {
   if (tasks <= 0 || threadCount() == 1 || tasks == 1) {
     if (callerFirst)
@@ -140,8 +139,8 @@ void ThreadPool::parallelFor(int64_t tasks,
 }
 
 void ThreadPool::parallelForNodes(const std::vector<int64_t> &nodeStarts,
-                                  const std::function<void(int64_t task, int thread)> &body,
-                                  bool steal, const std::function<void()> *callerFirst) {
+                                  FunctionRef<void(int64_t task, int thread)> body, bool steal,
+                                  const std::function<void()> *callerFirst) {
   const int nodes = nodeCount();
   if (nodes == 1 || nodeStarts.size() != static_cast<size_t>(nodes) + 1) {
     parallelFor(nodeStarts.empty() ? 0 : nodeStarts.back(), body, callerFirst);
@@ -156,8 +155,7 @@ void ThreadPool::parallelForNodes(const std::vector<int64_t> &nodeStarts,
   run(body, callerFirst);
 }
 
-void ThreadPool::run(const std::function<void(int64_t, int)> &body,
-                     const std::function<void()> *callerFirst) {
+void ThreadPool::run(const Body &body, const std::function<void()> *callerFirst) {
   body_ = &body;
   pending_.store(static_cast<int>(workers_.size()));
   // Publishes the loop; a worker that went to sleep before it is woken (the

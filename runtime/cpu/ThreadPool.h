@@ -16,6 +16,8 @@
 #include <memory>
 #include <mutex>
 #include <thread>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace kt::cpu {
@@ -73,6 +75,28 @@ private:
 // longer last task).
 constexpr int64_t kRowGroup = 16, kRowTailGroup = 4;
 
+// A non-owning reference to a callable, for a loop's body: a loop holds its
+// body only while it runs, and std::function would allocate for a lambda
+// of more than two captures (a decode step runs a few loops per layer; see
+// Workspace: nothing is allocated per token once warm).
+template <typename Signature> class FunctionRef;
+template <typename Result, typename... Args> class FunctionRef<Result(Args...)> {
+public:
+  template <typename Callable,
+            typename = std::enable_if_t<!std::is_same_v<std::decay_t<Callable>, FunctionRef>>>
+  FunctionRef(Callable &&callable) // NOLINT: converts from any callable, as std::function does
+      : object_(const_cast<void *>(static_cast<const void *>(std::addressof(callable)))),
+        call_([](void *object, Args... args) -> Result {
+          return (*static_cast<std::remove_reference_t<Callable> *>(object))(
+              std::forward<Args>(args)...);
+        }) {}
+  Result operator()(Args... args) const { return call_(object_, std::forward<Args>(args)...); }
+
+private:
+  void *object_;
+  Result (*call_)(void *, Args...);
+};
+
 class ThreadPool {
 public:
   // `threads` <= 0: one per hardware thread. With a multi-node `topology`
@@ -102,7 +126,7 @@ public:
   // calling thread after the workers have started and before it takes
   // tasks (also when there are none): host work that would otherwise delay
   // the loop's start, such as queueing another device's share of a step.
-  void parallelFor(int64_t tasks, const std::function<void(int64_t task, int thread)> &body,
+  void parallelFor(int64_t tasks, FunctionRef<void(int64_t task, int thread)> body,
                    const std::function<void()> *callerFirst = nullptr);
   // The same for tasks grouped by the node whose memory they read: tasks
   // [nodeStarts[n], nodeStarts[n + 1]) go to node n's threads (nodeStarts
@@ -116,13 +140,14 @@ public:
   // and a staggered start.
   void setIdleSpin(int64_t microseconds) { idleSpinNanos_.store(microseconds * 1000); }
   void parallelForNodes(const std::vector<int64_t> &nodeStarts,
-                        const std::function<void(int64_t task, int thread)> &body,
-                        bool steal = true, const std::function<void()> *callerFirst = nullptr);
+                        FunctionRef<void(int64_t task, int thread)> body, bool steal = true,
+                        const std::function<void()> *callerFirst = nullptr);
 
 private:
   void workerLoop(int thread);
   void runTasks(int thread);
-  void run(const std::function<void(int64_t, int)> &body, const std::function<void()> *callerFirst);
+  using Body = FunctionRef<void(int64_t, int)>;
+  void run(const Body &body, const std::function<void()> *callerFirst);
 
   // One node's tasks; a cache line each, so nodes do not contend.
   struct alignas(64) TaskRange {
@@ -148,7 +173,7 @@ private:
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  const std::function<void(int64_t, int)> *body_ = nullptr;
+  const Body *body_ = nullptr;
   std::unique_ptr<TaskRange[]> ranges_; // one per node
   bool steal_ = true;
   std::atomic<int64_t> idleSpinNanos_{0};

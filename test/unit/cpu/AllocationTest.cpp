@@ -1,0 +1,175 @@
+// A warm decode step of the CPU experts allocates nothing (Workspace: the
+// executor's modules allocate nothing per token once warm): the routed
+// experts' grouping, their gate/up and down loops with the generated
+// kernels' inputs, the weighted sums and the pool's loops. Counted by this
+// binary's operator new, which forwards to malloc.
+#include "runtime/cpu/FeedForward.h"
+#include "test/unit/cpu/TestModels.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <functional>
+#include <new>
+#include <thread>
+#include <vector>
+
+namespace {
+std::atomic<long> allocations{0};
+} // namespace
+
+void *operator new(std::size_t bytes) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (void *p = std::malloc(bytes ? bytes : 1))
+    return p;
+  throw std::bad_alloc();
+}
+void operator delete(void *p) noexcept { std::free(p); }
+void operator delete(void *p, std::size_t) noexcept { std::free(p); }
+
+namespace kt::cpu::test {
+namespace {
+
+// Allocations made by `step`.
+template <typename Step> long allocationsOf(Step step) {
+  const long before = allocations.load();
+  step();
+  return allocations.load() - before;
+}
+
+// Every thread of the pool sizes its matmul scratch (threadScratch) once,
+// in a loop of a task per thread that ends only when all have started one,
+// so that the counts below do not depend on which thread took which task
+// while warming up.
+void warmThreadScratch(ThreadPool &pool) {
+  std::atomic<int> started{0};
+  pool.parallelFor(pool.threadCount(), [&](int64_t, int) {
+    threadScratch(0, 1 << 20);
+    started.fetch_add(1);
+    while (started.load() < pool.threadCount())
+      std::this_thread::yield();
+  });
+}
+
+// A test kernel over f32 rows (rowBytes = cols * 4) reading the int8
+// activations and their scales, as the generated ones do.
+void quantizedProduct(const uint8_t *w, uint64_t rowBytes, int64_t rows, const float *, int64_t,
+                      const float *, const int8_t *xq, const float *xqScale, const int16_t *,
+                      int64_t tokens, float *y, int64_t ldy) {
+  const int64_t cols = static_cast<int64_t>(rowBytes / 4);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t r = 0; r < rows; ++r) {
+      const auto *row = reinterpret_cast<const float *>(w + r * rowBytes);
+      float sum = 0;
+      for (int64_t c = 0; c < cols; ++c)
+        sum += row[c] * xq[t * cols + c] * xqScale[t * (cols / 256) + c / 256];
+      y[t * ldy + r] = sum;
+    }
+}
+
+TEST(Allocations, WarmDecodeOfTheRoutedExpertsAllocatesNothing) {
+  KT_REQUIRE_COMPILER();
+  TestModel model;
+  ASSERT_NO_FATAL_FAILURE(buildModel("alloc-experts", tinyF32Config(), model));
+  const gguf::TensorInfo *gate = model.model->findTensor("blk.1.ffn_gate_exps.weight"),
+                         *up = model.model->findTensor("blk.1.ffn_up_exps.weight"),
+                         *down = model.model->findTensor("blk.1.ffn_down_exps.weight");
+  ASSERT_TRUE(gate && up && down);
+  const int64_t hidden = gate->ne[0], experts = gate->ne[2];
+  RoutedExperts routed(*gate, *up, *down, nullptr);
+  ThreadPool pool(2);
+  warmThreadScratch(pool);
+  Workspace workspace;
+  std::vector<float> x(static_cast<size_t>(hidden)), out(static_cast<size_t>(hidden));
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = std::sin(0.3f * float(i));
+  // One token's 4 choices, other experts at every step; a skipped one.
+  const int64_t topK = 4;
+  std::vector<int32_t> ids(static_cast<size_t>(topK));
+  const std::vector<float> weights{0.4f, 0.3f, 0.2f, 0.1f};
+  auto step = [&](int s) {
+    for (int64_t k = 0; k < topK; ++k)
+      ids[size_t(k)] = int32_t((s * 3 + k * 5) % experts);
+    ids[3] = s % 2 ? -1 : ids[3];
+    routed.forward(pool, workspace, x.data(), 1, ids.data(), weights.data(), topK, out.data());
+  };
+  step(0);
+  step(1); // warm: both the full and the skipping step
+  for (int s = 2; s < 6; ++s)
+    EXPECT_EQ(allocationsOf([&] { step(s); }), 0) << "step " << s;
+
+  // As the GPU executor runs it: the first choice's gated rows given (all
+  // of them: its down product only), a job for the caller first.
+  const int64_t ffn = gate->ne[1];
+  const std::vector<int32_t> rowsGiven{int32_t(ffn), 0, 0, 0};
+  int filled = 0, jobs = 0;
+  const GivenGatedRows given{rowsGiven.data(), [&](int64_t, float *row, int64_t count) {
+                               ++filled;
+                               std::fill(row, row + count, 0.01f);
+                             }};
+  const std::function<void()> callerFirst = [&] { ++jobs; };
+  auto givenStep = [&](int s) {
+    for (int64_t k = 0; k < topK; ++k)
+      ids[size_t(k)] = int32_t((s * 3 + k * 5) % experts);
+    routed.forward(pool, workspace, x.data(), 1, ids.data(), weights.data(), topK, out.data(),
+                   nullptr, nullptr, &given, &callerFirst);
+  };
+  givenStep(6);
+  for (int s = 7; s < 10; ++s)
+    EXPECT_EQ(allocationsOf([&] { givenStep(s); }), 0) << "step " << s;
+  EXPECT_EQ(filled, 4);
+  EXPECT_EQ(jobs, 4);
+}
+
+TEST(Allocations, WarmFeedForwardWithGeneratedKernelsAllocatesNothing) {
+  const int64_t hidden = 256, ffn = 512;
+  std::vector<float> gate(ffn * hidden), up(ffn * hidden), down(hidden * ffn), x(hidden);
+  for (size_t i = 0; i < gate.size(); ++i) {
+    gate[i] = 0.02f * std::sin(0.11f * float(i));
+    up[i] = 0.02f * std::cos(0.07f * float(i));
+    down[i] = 0.02f * std::sin(0.05f * float(i) + 1.0f);
+  }
+  for (size_t i = 0; i < x.size(); ++i)
+    x[i] = std::sin(0.3f * float(i));
+  auto matrix = [](const std::vector<float> &values, int64_t rows, int64_t cols) {
+    WeightMatrix w;
+    w.type = gguf::GgmlType::F32;
+    w.data = reinterpret_cast<const uint8_t *>(values.data());
+    w.rows = rows;
+    w.cols = cols;
+    w.rowBytes = uint64_t(cols) * 4;
+    w.kernel.function = quantizedProduct;
+    w.kernel.quantizedInput = true;
+    return w;
+  };
+  std::vector<float> sums(hidden / 32), scales(hidden / 256 + 1), gateSums(ffn / 32),
+      gateScales(ffn / 256 + 1);
+  std::vector<int8_t> quantized(hidden), gateQuantized(ffn);
+  std::vector<int16_t> sums16(hidden / 16), gateSums16(ffn / 16);
+  std::vector<float> out(hidden), gateRows(ffn), upRows(ffn);
+  FfnBatch batch;
+  batch.w = {matrix(gate, ffn, hidden), matrix(up, ffn, hidden), matrix(down, hidden, ffn)};
+  batch.x = x.data();
+  batch.tokens = 1;
+  batch.out = out.data();
+  batch.gate = gateRows.data();
+  batch.up = upRows.data();
+  batch.xInput = {sums.data(), quantized.data(), nullptr, scales.data(), sums16.data()};
+  batch.gateInput = {gateSums.data(), gateQuantized.data(), nullptr, gateScales.data(),
+                     gateSums16.data()};
+  const std::vector<FfnBatch> batches{batch, batch};
+  ThreadPool pool(2);
+  warmThreadScratch(pool);
+  runFeedForward(pool, batches);
+  EXPECT_EQ(allocationsOf([&] { runFeedForward(pool, batches); }), 0);
+  float largest = 0;
+  for (float v : out)
+    largest = std::max(largest, std::fabs(v));
+  EXPECT_GT(largest, 0.0f); // the kernels ran
+}
+
+} // namespace
+} // namespace kt::cpu::test
