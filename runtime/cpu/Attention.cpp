@@ -32,7 +32,9 @@ void MlaAttention::forward(ThreadPool &pool, Workspace &workspace, const float *
   float *kv = workspace.floats(Workspace::KvCompressed, static_cast<size_t>(tokens * kvWidth));
   matmul(pool, w_.kvA, x, tokens, kv);
 
-  std::vector<float> cos(static_cast<size_t>(s.rope / 2)), sin(static_cast<size_t>(s.rope / 2));
+  thread_local std::vector<float> cos, sin; // the driving thread's: no allocation per token
+  cos.resize(static_cast<size_t>(s.rope / 2));
+  sin.resize(static_cast<size_t>(s.rope / 2));
   for (const Segment &segment : segments)
     for (int64_t i = 0; i < segment.count; ++i) {
       const int64_t t = segment.row + i, position = segment.start + i;

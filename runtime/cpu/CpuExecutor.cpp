@@ -209,10 +209,10 @@ public:
     ids.width = weights.width = topK;
     ids.ids.resize(static_cast<size_t>(tokens * topK));
     weights.data.resize(static_cast<size_t>(tokens * topK));
-    std::vector<float> scratch(static_cast<size_t>(2 * experts + params_.groups));
+    scratch_.resize(static_cast<size_t>(2 * experts + params_.groups));
     for (int64_t t = 0; t < tokens; ++t)
       routeToken(params_, logits + t * experts, bias_.empty() ? nullptr : bias_.data(),
-                 ids.ids.data() + t * topK, weights.data.data() + t * topK, scratch.data());
+                 ids.ids.data() + t * topK, weights.data.data() + t * topK, scratch_.data());
     for (int32_t expert : ids.ids)
       ++selections_[static_cast<size_t>(expert)];
   }
@@ -230,6 +230,7 @@ private:
   RoutingParams params_;
   RoutingStats stats_;
   std::vector<uint64_t> selections_;
+  std::vector<float> scratch_; // routeToken's, kept: no allocation per token
 };
 
 class ExpertsStep : public Step {
@@ -240,16 +241,17 @@ public:
     const Value &x = *in[0], &ids = *in[1], &weights = *in[2];
     Value &o = *out[0];
     shape(o, x.rows, experts_.hidden());
-    std::vector<int64_t> segmentStarts;
+    segmentStarts_.clear();
     for (const Segment &segment : ctx.segments)
-      segmentStarts.push_back(segment.row);
+      segmentStarts_.push_back(segment.row);
     experts_.forward(ctx.pool, ctx.workspace, x.data.data(), x.rows, ids.ids.data(),
-                     weights.data.data(), ids.width, o.data.data(), &segmentStarts,
+                     weights.data.data(), ids.width, o.data.data(), &segmentStarts_,
                      ctx.expertPhases);
   }
 
 private:
   RoutedExperts experts_;
+  std::vector<int64_t> segmentStarts_; // the step's sequences' first rows, kept
 };
 
 class LmHeadStep : public Step {
@@ -334,8 +336,12 @@ public:
   // One step over the tokens of several sequences (`tokens` holds each
   // segment's rows in order); writes the logits of each segment's last
   // token, or of every token, to `logits`.
-  void runStep(const int32_t *tokens, std::vector<Segment> segments, bool lastTokenOnly,
+  // `segments` is the caller's, handed back (its capacity kept) on return.
+  void runStep(const int32_t *tokens, std::vector<Segment> &segments, bool lastTokenOnly,
                float *logits);
+  // Scratch kept from step to step (nothing allocated per token once warm).
+  std::vector<Segment> stepSegments;
+  std::vector<Value *> stepIn, stepOut;
   void acquire(Value &v);
   void release(Value &v);
 };
@@ -590,7 +596,7 @@ void CpuExecutor::Impl::release(Value &v) {
   }
 }
 
-void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segments,
+void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> &segments,
                                 bool lastTokenOnly, float *logits) {
   StepContext ctx{pool, workspace};
   int64_t rows = 0;
@@ -618,7 +624,7 @@ void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segm
   input.width = 1;
   input.ids.assign(tokens, tokens + rows);
 
-  std::vector<Value *> in, out;
+  std::vector<Value *> &in = stepIn, &out = stepOut;
   for (size_t i = 0; i < steps.size(); ++i) {
     BoundStep &s = steps[i];
     in.clear();
@@ -647,6 +653,7 @@ void CpuExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segm
   release(values[static_cast<size_t>(outputValue)]);
   for (const Segment &segment : ctx.segments)
     sequences.advance(segment.sequence, segment.count);
+  segments = std::move(ctx.segments);
 }
 
 CpuExecutor::CpuExecutor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -717,7 +724,8 @@ StatusOr<std::vector<float>> CpuExecutor::forward(const std::vector<int32_t> &to
   for (int64_t begin = 0; begin < count; begin += m.chunkSize) {
     const int64_t chunk = std::min(m.chunkSize, count - begin);
     const bool last = begin + chunk == count;
-    std::vector<Segment> segment(1);
+    std::vector<Segment> &segment = m.stepSegments;
+    segment.assign(1, Segment{});
     segment[0].count = chunk;
     if (allPositions)
       m.runStep(tokens.data() + begin, segment, false,
@@ -748,7 +756,7 @@ StatusOr<std::vector<float>> CpuExecutor::forwardBatch(const std::vector<Sequenc
     segments.push_back(segment);
   }
   std::vector<float> logits(batch.size() * static_cast<size_t>(m.vocab));
-  m.runStep(tokens.data(), std::move(segments), true, logits.data());
+  m.runStep(tokens.data(), segments, true, logits.data());
   return logits;
 }
 

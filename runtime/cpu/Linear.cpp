@@ -1,5 +1,6 @@
 #include "runtime/cpu/Linear.h"
 
+#include "runtime/cpu/Math.h"
 #include "runtime/cpu/RowDecode.h"
 
 #include <algorithm>
@@ -36,10 +37,7 @@ float *threadScratch(int slot, size_t floats) {
   constexpr int kSlots = 8;
   thread_local std::array<std::vector<float>, kSlots> buffers;
   assert(slot >= 0 && slot < kSlots);
-  std::vector<float> &buffer = buffers[static_cast<size_t>(slot)];
-  if (buffer.size() < floats)
-    buffer.resize(floats);
-  return buffer.data();
+  return Workspace::grown(buffers[static_cast<size_t>(slot)], floats);
 }
 
 const float *decodeRows(const WeightMatrix &w, int64_t first, int64_t count, float *scratch) {
@@ -183,8 +181,12 @@ KT_VECTOR_CLONES void matmulTransposedRows(const WeightMatrix &w, int64_t rowBeg
 void matmul(ThreadPool &pool, const WeightMatrix &w, const float *x, int64_t tokens, float *y) {
   // Tasks of whole row groups, about four per thread so that uneven
   // progress balances, shorter at the end (GuidedSplit).
-  const std::vector<int64_t> starts =
-      GuidedSplit::taskStarts(w.rows, pool.threadCount(), kRowGroup, 4, kRowTailGroup);
+  // The driving thread's, kept (no allocation per token); the workers reach
+  // it through this reference (a lambda naming a thread_local itself would
+  // read each worker's own).
+  thread_local std::vector<int64_t> startsScratch;
+  std::vector<int64_t> &starts = startsScratch;
+  GuidedSplit::taskStarts(w.rows, pool.threadCount(), kRowGroup, 4, kRowTailGroup, starts);
   const size_t scratchFloats = matmulScratchFloats(w);
   pool.parallelFor(static_cast<int64_t>(starts.size()) - 1, [&](int64_t task, int) {
     const int64_t begin = starts[static_cast<size_t>(task)];

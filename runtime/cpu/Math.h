@@ -2,6 +2,7 @@
 // share.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstddef>
@@ -52,10 +53,14 @@ public:
     RouterLogits,
     kSlotCount
   };
-  float *floats(Slot slot, size_t count) {
-    std::vector<float> &buffer = buffers_[slot];
+  float *floats(Slot slot, size_t count) { return grown(buffers_[slot], count); }
+  // `buffer` with room for `count` floats. It grows with headroom (twice
+  // the need, at most 256K floats more), so that buffers that grow a
+  // position a token (attention's) are not reallocated every token, while a
+  // prefill's large ones take at most 1 MiB more than they need.
+  static float *grown(std::vector<float> &buffer, size_t count) {
     if (buffer.size() < count)
-      buffer.resize(count);
+      buffer.resize(count + std::min<size_t>(count, size_t(1) << 18));
     return buffer.data();
   }
 

@@ -51,13 +51,18 @@ public:
     left_ -= rows;
     return rows;
   }
-  // One matrix's tasks: each task's first row, then `rows`.
-  static std::vector<int64_t> taskStarts(int64_t rows, int threads, int64_t granule,
-                                         int64_t tasksPerThread, int64_t tailGranule = 0) {
+  // One matrix's tasks into `starts`: each task's first row, then `rows`.
+  static void taskStarts(int64_t rows, int threads, int64_t granule, int64_t tasksPerThread,
+                         int64_t tailGranule, std::vector<int64_t> &starts) {
     GuidedSplit split(rows, threads, granule, tasksPerThread, tailGranule);
-    std::vector<int64_t> starts{0};
+    starts.assign(1, 0);
     while (starts.back() < rows)
       starts.push_back(starts.back() + split.next(rows - starts.back()));
+  }
+  static std::vector<int64_t> taskStarts(int64_t rows, int threads, int64_t granule,
+                                         int64_t tasksPerThread, int64_t tailGranule = 0) {
+    std::vector<int64_t> starts;
+    taskStarts(rows, threads, granule, tasksPerThread, tailGranule, starts);
     return starts;
   }
 
