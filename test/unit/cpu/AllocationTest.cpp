@@ -5,6 +5,7 @@
 // executor's whole decode step only the logits it returns. Counted by this
 // binary's operator new, which forwards to malloc.
 #include "runtime/cpu/FeedForward.h"
+#include "test/unit/cpu/TestKernels.h"
 #include "test/unit/cpu/TestModels.h"
 
 #include <gtest/gtest.h>
@@ -53,22 +54,6 @@ void warmThreadScratch(ThreadPool &pool) {
     while (started.load() < pool.threadCount())
       std::this_thread::yield();
   });
-}
-
-// A test kernel over f32 rows (rowBytes = cols * 4) reading the int8
-// activations and their scales, as the generated ones do.
-void quantizedProduct(const uint8_t *w, uint64_t rowBytes, int64_t rows, const float *, int64_t,
-                      const float *, const int8_t *xq, const float *xqScale, const int16_t *,
-                      int64_t tokens, float *y, int64_t ldy) {
-  const int64_t cols = static_cast<int64_t>(rowBytes / 4);
-  for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t r = 0; r < rows; ++r) {
-      const auto *row = reinterpret_cast<const float *>(w + r * rowBytes);
-      float sum = 0;
-      for (int64_t c = 0; c < cols; ++c)
-        sum += row[c] * xq[t * cols + c] * xqScale[t * (cols / 256) + c / 256];
-      y[t * ldy + r] = sum;
-    }
 }
 
 TEST(Allocations, WarmDecodeOfTheRoutedExpertsAllocatesNothing) {
@@ -135,32 +120,18 @@ TEST(Allocations, WarmFeedForwardWithGeneratedKernelsAllocatesNothing) {
   }
   for (size_t i = 0; i < x.size(); ++i)
     x[i] = std::sin(0.3f * float(i));
-  auto matrix = [](const std::vector<float> &values, int64_t rows, int64_t cols) {
-    WeightMatrix w;
-    w.type = gguf::GgmlType::F32;
-    w.data = reinterpret_cast<const uint8_t *>(values.data());
-    w.rows = rows;
-    w.cols = cols;
-    w.rowBytes = uint64_t(cols) * 4;
-    w.kernel.function = quantizedProduct;
-    w.kernel.quantizedInput = true;
-    return w;
-  };
-  std::vector<float> sums(hidden / 32), scales(hidden / 256 + 1), gateSums(ffn / 32),
-      gateScales(ffn / 256 + 1);
-  std::vector<int8_t> quantized(hidden), gateQuantized(ffn);
-  std::vector<int16_t> sums16(hidden / 16), gateSums16(ffn / 16);
+  KernelInputs xInputs(1, hidden), gateInputs(1, ffn);
   std::vector<float> out(hidden), gateRows(ffn), upRows(ffn);
   FfnBatch batch;
-  batch.w = {matrix(gate, ffn, hidden), matrix(up, ffn, hidden), matrix(down, hidden, ffn)};
+  batch.w = {testMatrix(gate, ffn, hidden, false), testMatrix(up, ffn, hidden, false),
+             testMatrix(down, hidden, ffn, false)};
   batch.x = x.data();
   batch.tokens = 1;
   batch.out = out.data();
   batch.gate = gateRows.data();
   batch.up = upRows.data();
-  batch.xInput = {sums.data(), quantized.data(), nullptr, scales.data(), sums16.data()};
-  batch.gateInput = {gateSums.data(), gateQuantized.data(), nullptr, gateScales.data(),
-                     gateSums16.data()};
+  batch.xInput = xInputs.view();
+  batch.gateInput = gateInputs.view();
   const std::vector<FfnBatch> batches{batch, batch};
   ThreadPool pool(2);
   warmThreadScratch(pool);
