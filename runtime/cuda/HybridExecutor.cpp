@@ -1578,18 +1578,31 @@ public:
     // (the CPU's tile products would delay it), in decode by this thread
     // while the others start the CPU's (`queueOnGpu`, run once).
     Status queued = Status::success();
+    // The two jobs below reach this call's state through one pointer, which
+    // std::function holds in place: they allocate nothing per token.
+    struct JobState {
+      HybridExecutor::Impl *m;
+      CachedExperts *cache;
+      StepContext *ctx;
+      DevicePointer x, *cachedSum;
+      Status *queued, *gatedStatus;
+      bool *gatedWaited;
+      int64_t ffn;
+      const float *rows;
+    } jobs{&m, cache.get(), &ctx, 0, &cachedSum, &queued, &gatedStatus, &gatedWaited, 0, nullptr};
     std::function<void()> queueOnGpu;
     if (cache && (cache->cached > 0 || m.streamedExperts > 0) && o.where == Where::Gpu) {
       cache->route(m, ctx.rows, ids.hostIds(), weights.hostFloats(), ctx.decode);
       if (ctx.decode)
         if (Status s = cache->queueCopies(m); !s.ok())
           return s;
-      queueOnGpu = [&, x = in[3]->gpu] {
-        StatusOr<DevicePointer> sum = cache->queue(m, ctx.rows, x, ctx.decode);
+      jobs.x = in[3]->gpu;
+      queueOnGpu = [j = &jobs] {
+        StatusOr<DevicePointer> sum = j->cache->queue(*j->m, j->ctx->rows, j->x, j->ctx->decode);
         if (sum)
-          cachedSum = *sum;
+          *j->cachedSum = *sum;
         else
-          queued = sum.status();
+          *j->queued = sum.status();
       };
       if (!ctx.decode) {
         queueOnGpu();
@@ -1599,18 +1612,18 @@ public:
       cpuIds = cache->cpuIds.data();
       streamedPrefill = !ctx.decode && !cache->streamedIds.empty();
       if (!cache->gateUpIds.empty()) {
-        const int64_t ffn = cache->ffn;
-        const float *rows = cache->gatedRowsHost;
+        jobs.ffn = cache->ffn;
+        jobs.rows = cache->gatedRowsHost;
         given.rows = cache->gatedRowsGiven.data();
-        given.fill = [&m, &gatedStatus, &gatedWaited, &queued, ffn,
-                      rows](int64_t assignment, float *row, int64_t count) {
-          if (!gatedWaited) {
-            gatedWaited = true;
-            gatedStatus =
-                queued.ok() ? m.device->waitOnHost(CachedExperts::kGatedRowsReady) : queued;
+        given.fill = [j = &jobs](int64_t assignment, float *row, int64_t count) {
+          if (!*j->gatedWaited) {
+            *j->gatedWaited = true;
+            *j->gatedStatus = j->queued->ok()
+                                  ? j->m->device->waitOnHost(CachedExperts::kGatedRowsReady)
+                                  : *j->queued;
           }
-          if (gatedStatus.ok())
-            std::memcpy(row, rows + assignment * ffn, size_t(count) * 4);
+          if (j->gatedStatus->ok())
+            std::memcpy(row, j->rows + assignment * j->ffn, size_t(count) * 4);
           else
             std::fill(row, row + count, 0.0f);
         };
@@ -1622,11 +1635,11 @@ public:
     auto start = Clock::now();
     if (ctx.decode)
       m.expertLayerStarts.push_back(start);
-    std::vector<int64_t> segmentStarts;
+    segmentStarts_.clear();
     for (const Segment &segment : ctx.segments)
-      segmentStarts.push_back(segment.row);
+      segmentStarts_.push_back(segment.row);
     experts_.forward(m.pool, m.workspace, x.hostFloats(), ctx.rows, cpuIds, weights.hostFloats(),
-                     ids.width, result, &segmentStarts,
+                     ids.width, result, &segmentStarts_,
                      m.profiling ? &m.profile.expertPhases : nullptr, gatedRows,
                      queueOnGpu && ctx.decode ? &queueOnGpu : nullptr);
     if (!queued.ok())
@@ -1698,6 +1711,7 @@ public:
 
 private:
   cpu::RoutedExperts experts_;
+  std::vector<int64_t> segmentStarts_; // the step's sequences' first rows (kept: no allocation)
   float *staging_; // page-locked, for a result that goes to the GPU
   exec::RoutingStats stats_;
 };
