@@ -5,6 +5,7 @@
 
 #include "llvm-c/Target.h"
 #include "llvm/IR/IRBuilder.h"
+#include "llvm/IR/InlineAsm.h"
 #include "llvm/IR/IntrinsicsX86.h"
 #include "llvm/IR/LLVMContext.h"
 #include "llvm/IR/LegacyPassManager.h"
@@ -889,9 +890,30 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsign
   // made unsigned by flipping the sign bit (w + 128), the 128 * sum(x) this
   // adds taken off.
   Value *halves = UndefValue::get(k.vec(b.getInt16Ty(), 8));
-  for (int blockIndex = 0; blockIndex < 8; ++blockIndex) {
-    Value *bits = b.CreateAlignedLoad(b.getInt16Ty(), b.CreateGEP(k.i8(), block, k.i64c(34 * blockIndex)), Align(1));
-    halves = b.CreateInsertElement(halves, bits, static_cast<uint64_t>(blockIndex));
+  if (unsignedQ8) {
+    // AVX-512 BW: the 8 scales (words 17i of the run) picked out of its
+    // first 256 bytes by one two-source word permute (vpermt2w), instead of
+    // 8 loads and 7 inserts into one register, all on the shuffle port.
+    // The block pointer passed through an empty inline asm: else instruction
+    // selection, seeing these loads overlap the quants' ones, builds those
+    // out of these, a byte at a time.
+    Value *opaque = b.CreateCall(
+        InlineAsm::get(FunctionType::get(b.getPtrTy(), {b.getPtrTy()}, false), "", "=r,0",
+                       /*hasSideEffects=*/false),
+        {block});
+    VectorType *words64 = k.vec(b.getInt16Ty(), 64);
+    Value *low = b.CreateAlignedLoad(words64, opaque, Align(1));
+    Value *high = b.CreateAlignedLoad(words64, b.CreateGEP(k.i8(), opaque, k.i64c(128)), Align(1));
+    SmallVector<int, 8> picks;
+    for (int blockIndex = 0; blockIndex < 8; ++blockIndex)
+      picks.push_back(17 * blockIndex); // word 64 + w of `high` is word 64 + w of the run
+    halves = b.CreateShuffleVector(low, high, picks);
+  } else {
+    for (int blockIndex = 0; blockIndex < 8; ++blockIndex) {
+      Value *bits = b.CreateAlignedLoad(
+          b.getInt16Ty(), b.CreateGEP(k.i8(), block, k.i64c(34 * blockIndex)), Align(1));
+      halves = b.CreateInsertElement(halves, bits, static_cast<uint64_t>(blockIndex));
+    }
   }
   run.blockScales = b.CreateFPExt(b.CreateBitCast(halves, k.vec(b.getHalfTy(), 8)), k.vec(k.f32(), 8));
   for (int p = 0; p < 4; ++p) {
@@ -1052,22 +1074,37 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
               continue;
             }
             if (run.blockScales) {
-              // q8_0: per piece, the integer dots of its two blocks, less
-              // 128 times their activation sums, scaled per block.
-              Value *offsets = multiplyAddPairs( // 128 * the sums over 32
-                  ConstantVector::getSplat(ElementCount::getFixed(16), b.getInt16(128)));
-              Value *zeros = ConstantAggregateZero::get(k.vec(b.getInt32Ty(), 8));
+              // q8_0 (VNNI): per piece, the integer dots of its two blocks
+              // with the unsigned weights (w + 128), times the blocks'
+              // scales d dx; the 128 * sum(x) per block that the flipped
+              // sign bit adds is taken off once per run, in floats: its 8
+              // blocks' -128 * sums over 32 (one word multiply-add) times
+              // their d dx, in lanes 0-7. (Taking it off each piece's
+              // integer sums cost a shuffle-port permute and a subtraction
+              // per piece; the float difference of the two sums is good to
+              // a few units in the last place of the run's terms.)
+              // The run's terms go into a sum of its own, added to the
+              // row's once: a chain of five multiply-adds on the row's sum
+              // would bound the loop by their latency.
+              Value *blockScales = b.CreateFMul(run.blockScales, k.splat(dx, 8));
+              Value *zeros = ConstantAggregateZero::get(k.vec(k.f32(), 8));
+              Value *offsets = multiplyAddPairs( // -128 * the sums over 32
+                  ConstantVector::getSplat(ElementCount::getFixed(16), b.getInt16(-128)));
+              Value *runSum =
+                  b.CreateFMul(b.CreateShuffleVector(b.CreateSIToFP(offsets, k.vec(k.f32(), 8)),
+                                                     zeros, laneRange(0, 16)),
+                               b.CreateShuffleVector(blockScales, zeros, laneRange(0, 16)));
               for (const Int8Piece &piece : run.pieces) {
                 Value *xv = b.CreateAlignedLoad(k.vec(k.i8(), 64), b.CreateGEP(k.i8(), xqRun, k.i64c(piece.xqOffset)), Align(1));
                 Value *dot = b.CreateIntrinsic(Intrinsic::x86_avx512_vpdpbusd_512, {},
                                                {ConstantAggregateZero::get(i32x16), b.CreateBitCast(piece.weights, i32x16), b.CreateBitCast(xv, i32x16)});
                 SmallVector<int, 16> mask;
                 for (int lane = 0; lane < 16; ++lane)
-                  mask.push_back(lane == 0 ? piece.corrBlock : lane == 8 ? piece.corrBlock + 1 : 8);
-                Value *correction = b.CreateShuffleVector(offsets, zeros, mask);
-                Value *exact = b.CreateSub(dot, correction);
-                next[j] = k.fmuladd(b.CreateSIToFP(exact, f32x16), b.CreateFMul(piece.laneScales, k.splat(dx, 16)), next[j]);
+                  mask.push_back(lane < 8 ? piece.corrBlock : piece.corrBlock + 1);
+                runSum = k.fmuladd(b.CreateSIToFP(dot, f32x16),
+                                   b.CreateShuffleVector(blockScales, blockScales, mask), runSum);
               }
+              next[j] = b.CreateFAdd(next[j], runSum);
               continue;
             }
             Value *acc = addPieces(ConstantAggregateZero::get(i32x16), run.pieces, xqRun, 0);
