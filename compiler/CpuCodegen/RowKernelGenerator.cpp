@@ -24,6 +24,7 @@
 #include <cstring>
 #include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -82,6 +83,22 @@ public:
   Value *i64c(int64_t v) { return b_.getInt64(static_cast<uint64_t>(v)); }
 
   BasicBlock *block(const char *name) { return BasicBlock::Create(context(), name, function_); }
+
+  // `value` as an operand instruction selection cannot see into (an empty
+  // inline asm in the entry block, once per constant): it keeps a constant
+  // operand from being combined with its neighbours into a worse
+  // instruction, and stays in a register across the loops.
+  Value *opaqueConstant(Constant *value) {
+    Value *&opaque = opaqueConstants_[value];
+    if (!opaque) {
+      IRBuilder<> entry(&*function_->getEntryBlock().getFirstInsertionPt());
+      Type *type = value->getType();
+      opaque = entry.CreateCall(InlineAsm::get(FunctionType::get(type, {type}, false), "", "=v,0",
+                                               /*hasSideEffects=*/false),
+                                {value});
+    }
+    return opaque;
+  }
 
   // for (i = begin; i < end; i += step) with loop-carried values; returns
   // their values after the loop. `body` gets i and the carried values and
@@ -203,6 +220,7 @@ private:
   Function *function_;
   IRBuilder<> b_;
   bool hasF16C_;
+  std::map<Constant *, Value *> opaqueConstants_;
 };
 
 // ------------------------------------------------------------------ weight types
@@ -708,19 +726,48 @@ Value *pairScales(IRBuilder<> &b, Value *scales, std::initializer_list<int> indi
   return b.CreateShuffleVector(scales, scales, mask);
 }
 
+// Words picked from `scales`, <N x i16> or <N x i8> (zero-extended): word i
+// is scales[lanes[i]]. From bytes it is one byte permute with zeroing
+// (vpermb, AVX-512 VBMI); a word permute (vpermw) is two micro-ops on
+// Sapphire Rapids (one on each vector port), and the bytes must be widened
+// to words first.
+Value *pickScaleWords(KernelBuilder &k, Value *scales, ArrayRef<int> lanes) {
+  IRBuilder<> &b = k.b();
+  auto *type = cast<FixedVectorType>(scales->getType());
+  if (type->getElementType()->isIntegerTy(16))
+    return b.CreateShuffleVector(scales, scales, lanes);
+  // One byte permute (vpermb) of the scales followed by zero bytes, each
+  // word's high byte picked from the zeros. Its indices opaque, else
+  // instruction selection merges it with the zeros into a two-source
+  // shuffle (vpermt2b, which also overwrites its index register).
+  const int count = static_cast<int>(type->getNumElements());
+  assert(lanes.size() == 32 && count < 64 && "64 bytes of words, a zero byte to pick");
+  SmallVector<int, 64> widen;
+  for (int lane = 0; lane < 64; ++lane)
+    widen.push_back(std::min(lane, count)); // lanes from `count` on: zeros
+  Value *source = b.CreateShuffleVector(scales, ConstantAggregateZero::get(type), widen);
+  SmallVector<Constant *, 64> indices;
+  for (int lane : lanes) {
+    indices.push_back(b.getInt8(static_cast<uint8_t>(lane)));
+    indices.push_back(b.getInt8(static_cast<uint8_t>(count)));
+  }
+  Value *bytes = b.CreateIntrinsic(Intrinsic::x86_avx512_permvar_qi_512, {},
+                                   {source, k.opaqueConstant(ConstantVector::get(indices))});
+  return b.CreateBitCast(bytes, FixedVectorType::get(b.getInt16Ty(), 32));
+}
+
 // Two pieces (weights, first activation byte) as a packed pair
 // (Int8Piece::packedWithNext). vpackssdw takes 4 dwords of each source per
 // 128-bit lane, so word w of the packed sums holds dword 4 (w / 8) + w % 4
 // of the first piece (w % 8 < 4) or of the second; `scaleOf(piece, dword)`
 // is the scale word (a lane of `scaleWords`) of a piece's dword.
-void pushPackedPair(IRBuilder<> &b, std::vector<Int8Piece> &pieces,
+void pushPackedPair(KernelBuilder &k, std::vector<Int8Piece> &pieces,
                     std::pair<Value *, int64_t> first, std::pair<Value *, int64_t> second,
                     Value *scaleWords, const std::function<int(int, int)> &scaleOf) {
   SmallVector<int, 32> lanes;
   for (int w = 0; w < 32; ++w)
     lanes.push_back(scaleOf(w % 8 < 4 ? 0 : 1, 4 * (w / 8) + w % 4));
-  Int8Piece head{first.first, first.second, b.CreateShuffleVector(scaleWords, scaleWords, lanes),
-                 nullptr};
+  Int8Piece head{first.first, first.second, pickScaleWords(k, scaleWords, lanes), nullptr};
   head.packedWithNext = true;
   pieces.push_back(head);
   pieces.push_back({second.first, second.second, nullptr, nullptr});
@@ -744,16 +791,24 @@ Value *affineBytes(KernelBuilder &k, Value *bytes, const std::array<uint64_t, 8>
 // the others.
 uint64_t bitMoveMatrix(int from, int to) { return (uint64_t{1} << from) << (8 * (7 - to)); }
 
-// q4_K/q5_K's pieces for activations in nibble order (readsNibbleOrder):
-// per 128 values one 64-byte load of qs, its low nibbles (groups 4c and 4c +
-// 2, activation bytes 128c..) and its high ones (4c + 1 and 4c + 3, bytes
-// 128c + 64..), with q5_K's fifth bits from qh. The group scales are words
-// `scaleLane`.. of `scaleWords`. With `gfni` the high nibbles and the fifth
-// bits move into place by one affine byte transform each. With
-// `packedPairs` (VNNI) each 64-byte load's two pieces are packed
-// (Int8Piece::packedWithNext).
-void nibbleOrderPieces(KernelBuilder &k, GgmlType type, Value *block, Value *scaleWords,
-                       int scaleLane, bool gfni, bool packedPairs, std::vector<Int8Piece> &pieces) {
+// A 64-byte piece of q4_K/q5_K weights for activations in nibble order:
+// the first activation byte it multiplies and the scale lanes of its two
+// groups (its dwords 0-7 and 8-15).
+struct NibblePiece {
+  Value *weights; // <64 x i8>, unsigned
+  int64_t xqOffset;
+  int firstScale, secondScale;
+};
+
+// A q4_K/q5_K block's pieces for activations in nibble order
+// (readsNibbleOrder): per 128 values one 64-byte load of qs, its low nibbles
+// (groups 4c and 4c + 2, activation bytes `xqBase` + 128c..) and its high
+// ones (4c + 1 and 4c + 3, bytes `xqBase` + 128c + 64..), with q5_K's fifth
+// bits from qh; group g's scale is lane `scaleLane` + g. With `gfni` the
+// high nibbles and the fifth bits move into place by one affine byte
+// transform each. In the order c = 0 low, high, c = 1 low, high.
+std::array<NibblePiece, 4> nibbleOrderWeights(KernelBuilder &k, GgmlType type, Value *block,
+                                              int64_t xqBase, int scaleLane, bool gfni) {
   IRBuilder<> &b = k.b();
   const bool five = type == GgmlType::Q5_K;
   Value *nibble = k.splatBytes(0xF, 64);
@@ -776,6 +831,7 @@ void nibbleOrderPieces(KernelBuilder &k, GgmlType type, Value *block, Value *sca
     }
     return b.CreateAnd(shiftWordHalves(k, q, false, 4, 4), nibble);
   };
+  std::array<NibblePiece, 4> pieces;
   for (int c = 0; c < 2; ++c) {
     Value *q = k.loadBytes(block, (five ? 48 : 16) + 64 * c, 64);
     Value *low = b.CreateAnd(q, nibble);
@@ -785,43 +841,73 @@ void nibbleOrderPieces(KernelBuilder &k, GgmlType type, Value *block, Value *sca
       high = b.CreateOr(high, fifthBits(4 * c + 1, 4 * c + 3));
     }
     const int s = scaleLane + 4 * c;
-    if (packedPairs) { // dwords 0-7 of a piece are its first group
-      pushPackedPair(b, pieces, {low, 128 * c}, {high, 128 * c + 64}, scaleWords,
-                     [&](int piece, int dword) { return s + piece + (dword < 8 ? 0 : 2); });
-      continue;
-    }
-    pieces.push_back({low, 128 * c, pairScales(b, scaleWords, {s, s + 2}), nullptr});
-    pieces.push_back({high, 128 * c + 64, pairScales(b, scaleWords, {s + 1, s + 3}), nullptr});
+    pieces[2 * c] = {low, xqBase + 128 * c, s, s + 2};
+    pieces[2 * c + 1] = {high, xqBase + 128 * c + 64, s + 1, s + 3};
   }
+  return pieces;
 }
 
-// Two q4_K/q5_K super-blocks decoded together for activations in nibble
-// order: both blocks' scale and minimum bytes widened to words once (block
-// b's sc at words 16b.., its m at 16b + 8..), each piece's scale words
-// permuted from them, and both blocks' minimum pairs in one vector so one
-// word multiply-add takes both blocks' minimum sums.
+// Two nibble-order pieces for the integer dot products, their scale words
+// picked from `scales` (pickScaleWords): with `packedPairs` (VNNI) as a
+// packed pair (Int8Piece::packedWithNext), else apart.
+void pushNibblePieces(KernelBuilder &k, const NibblePiece &first, const NibblePiece &second,
+                      Value *scales, bool packedPairs, std::vector<Int8Piece> &pieces) {
+  if (packedPairs) {
+    pushPackedPair(k, pieces, {first.weights, first.xqOffset}, {second.weights, second.xqOffset},
+                   scales, [&](int piece, int dword) {
+                     const NibblePiece &of = piece == 0 ? first : second;
+                     return dword < 8 ? of.firstScale : of.secondScale;
+                   });
+    return;
+  }
+  for (const NibblePiece *piece : {&first, &second})
+    pieces.push_back({piece->weights, piece->xqOffset,
+                      pairScales(k.b(), scales, {piece->firstScale, piece->secondScale}), nullptr});
+}
+
+// Two q4_K/q5_K super-blocks (runs) decoded together for activations in
+// nibble order: both blocks' scale and minimum bytes unpacked once (block
+// b's sc at lanes 16b.., its m at 16b + 8..), each piece's scale words
+// picked from them (pickScaleWords; from the bytes with `byteScales`, else
+// from the bytes widened to words), and both blocks' minimum pairs in one
+// vector so one word multiply-add takes both blocks' minimum sums. With
+// `packedPairs` each packed pair joins a piece of the first run with the
+// same piece of the second (`interleaved`): the integer sums of one
+// accumulator then hold run 0 in dword lanes 4i and 4i + 1 and run 1 in 4i
+// + 2 and 4i + 3, scaled by one multiply-add without folding two
+// accumulators into one. Else `pieces[r]` are run r's.
 struct NibbleOrderPair {
-  std::array<std::vector<Int8Piece>, 2> pieces;
+  std::array<std::vector<Int8Piece>, 2> pieces; // activation offsets from the first run's
+  bool interleaved = false;                     // all in pieces[0]
   Value *minimumPairs = nullptr; // <32 x i16>: block b's m[i / 2] at lanes 16b + i
   Value *scaleFactors = nullptr; // <4 x float>: {d, dmin} of each block
 };
 NibbleOrderPair decodeNibbleOrderPair(KernelBuilder &k, GgmlType type, Value *first, Value *second,
-                                      bool gfni, bool packedPairs) {
+                                      bool gfni, bool packedPairs, bool byteScales) {
   IRBuilder<> &b = k.b();
   NibbleOrderPair pair;
-  Value *words = b.CreateZExt(kScaleBytes(k, {first, second}), k.vec(b.getInt16Ty(), 32));
+  Value *bytes = kScaleBytes(k, {first, second});
+  Value *scales = byteScales ? bytes : b.CreateZExt(bytes, k.vec(b.getInt16Ty(), 32));
   SmallVector<int, 32> minimumLanes;
   for (int block = 0; block < 2; ++block)
     for (int lane = 0; lane < 16; ++lane)
       minimumLanes.push_back(16 * block + 8 + lane / 2);
-  pair.minimumPairs = b.CreateShuffleVector(words, words, minimumLanes);
+  pair.minimumPairs = pickScaleWords(k, scales, minimumLanes);
   VectorType *twoHalves = k.vec(b.getHalfTy(), 2);
   Value *halves = b.CreateShuffleVector(b.CreateAlignedLoad(twoHalves, first, Align(1)),
                                         b.CreateAlignedLoad(twoHalves, second, Align(1)),
                                         ArrayRef<int>{0, 1, 2, 3});
   pair.scaleFactors = b.CreateFPExt(halves, k.vec(k.f32(), 4));
-  nibbleOrderPieces(k, type, first, words, 0, gfni, packedPairs, pair.pieces[0]);
-  nibbleOrderPieces(k, type, second, words, 16, gfni, packedPairs, pair.pieces[1]);
+  const std::array<NibblePiece, 4> runs[2] = {nibbleOrderWeights(k, type, first, 0, 0, gfni),
+                                              nibbleOrderWeights(k, type, second, 256, 16, gfni)};
+  pair.interleaved = packedPairs;
+  for (int i = 0; i < 4; i += packedPairs ? 1 : 2) {
+    if (packedPairs)
+      pushNibblePieces(k, runs[0][i], runs[1][i], scales, true, pair.pieces[0]);
+    else
+      for (int r = 0; r < 2; ++r)
+        pushNibblePieces(k, runs[r][i], runs[r][i + 1], scales, false, pair.pieces[r]);
+  }
   return pair;
 }
 
@@ -837,7 +923,8 @@ std::string rowKernelInput(const RowKernelRequest &request, const CpuCodeTarget 
 // else as stored.
 // `kBits`: q4_K/q5_K's sc and m bytes, unpacked already (kScaleBits).
 // `nibbleOrder`: q4_K/q5_K's activations are in nibble order (readsNibbleOrder);
-// `gfni`, `packedPairs`: how its pieces are made (nibbleOrderPieces; q6_K's
+// `gfni`, `packedPairs`: how its pieces are made (nibbleOrderWeights,
+// pushNibblePieces; q6_K's
 // are packed pairs too).
 Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsignedQ8,
                       bool nibbleOrder, bool gfni, bool packedPairs,
@@ -858,8 +945,10 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsign
     Value *halves = b.CreateAlignedLoad(k.vec(b.getHalfTy(), 2), block, Align(1));
     run.scalePair = b.CreateFPExt(halves, k.vec(k.f32(), 2));
     Value *sc16 = b.CreateZExt(bits.first, k.vec(b.getInt16Ty(), 8));
-    if (nibbleOrder) {
-      nibbleOrderPieces(k, type, block, sc16, 0, gfni, packedPairs, run.pieces);
+    if (nibbleOrder) { // each 64-byte load's two pieces together
+      const std::array<NibblePiece, 4> pieces = nibbleOrderWeights(k, type, block, 0, 0, gfni);
+      for (int c = 0; c < 2; ++c)
+        pushNibblePieces(k, pieces[2 * c], pieces[2 * c + 1], sc16, packedPairs, run.pieces);
       return run;
     }
     for (int j = 0; j < 4; ++j)
@@ -875,7 +964,7 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsign
       std::array<Value *, 2> pieces = q6Pieces(k, block, n);
       const int s0 = 8 * n;
       if (packedPairs) { // 6-bit weights: sums of 4 at most 4 * 63 * 127, words hold them
-        pushPackedPair(b, run.pieces, {pieces[0], 128 * n}, {pieces[1], 128 * n + 64}, sc,
+        pushPackedPair(k, run.pieces, {pieces[0], 128 * n}, {pieces[1], 128 * n + 64}, sc,
                        [&](int piece, int dword) { return s0 + 4 * piece + dword / 4; });
         continue;
       }
@@ -953,6 +1042,8 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
   // VNNI: the k-quants' pieces in packed pairs (Int8Piece::packedWithNext):
   // 3 multiply instructions per 128 values instead of 4.
   const bool packedPairs = dots == IntegerDots::Avx512Vnni;
+  // Packed pairs' scale words picked from the scale bytes by vpermb.
+  const bool byteScales = packedPairs && hasFeature(target, "avx512vbmi");
 
   // acc (<16 x i32>) plus the products of 64 unsigned weights and 64 int8
   // activations, added in pairs (at most 2 * 63 * 127: 16 bits hold them)
@@ -1143,37 +1234,45 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
           }
         };
     // Two nibble-order runs (decodeNibbleOrderPair) into `next`: per token
-    // both runs' integer sums folded into one vector (run r's in lanes 8r..),
-    // both runs' minimum sums by one word multiply-add, each converted once
-    // and multiplied by {d dx} and {dmin dx} of its run, the minimums
-    // subtracted here (so the row's result is the sum of all lanes).
+    // both runs' integer sums in one vector (interleaved pairs: one
+    // accumulator; else each run's folded to 8 lanes), both runs' minimum
+    // sums by one word multiply-add, each converted once and multiplied by
+    // {d dx} and {dmin dx} of its run lane by lane, the minimums subtracted
+    // here (so the row's result is the sum of all lanes).
     auto addRunPair = [&](Value *runIndex, const NibbleOrderPair &pair,
                           std::vector<Value *> &next) {
       for (int j = 0; j < count; ++j) {
         const RunInputs in = runInputs(b.CreateAdd(t, k.i64c(j)), runIndex);
-        Value *accs[2];
-        for (int r = 0; r < 2; ++r)
-          accs[r] = addPieces(ConstantAggregateZero::get(i32x16), pair.pieces[r], in.xq, 256 * r);
         // Both runs' sums of 16.
         Value *sums16 = b.CreateAlignedLoad(k.vec(b.getInt16Ty(), 32), in.sums16, Align(2));
         Value *minimumDots =
             b.CreateIntrinsic(Intrinsic::x86_avx512_pmaddw_d_512, {}, {sums16, pair.minimumPairs});
-        SmallVector<int, 16> lowHalves, highHalves;
+        // The integer sums, run r's at the lanes of `scaleLanes` with factor
+        // lane 2r.
+        Value *sums;
+        SmallVector<int, 16> scaleLanes, minimumLanes;
         for (int lane = 0; lane < 16; ++lane) {
-          lowHalves.push_back(lane < 8 ? lane : lane + 8);
-          highHalves.push_back(lane < 8 ? lane + 8 : lane + 16);
+          scaleLanes.push_back(pair.interleaved ? (lane % 4 < 2 ? 0 : 2) : (lane < 8 ? 0 : 2));
+          minimumLanes.push_back(lane < 8 ? 1 : 3);
         }
-        Value *folded = b.CreateAdd(b.CreateShuffleVector(accs[0], accs[1], lowHalves),
-                                    b.CreateShuffleVector(accs[0], accs[1], highHalves));
+        if (pair.interleaved) {
+          sums = addPieces(ConstantAggregateZero::get(i32x16), pair.pieces[0], in.xq, 0);
+        } else { // each run's accumulator folded to 8 lanes
+          Value *accs[2];
+          for (int r = 0; r < 2; ++r)
+            accs[r] = addPieces(ConstantAggregateZero::get(i32x16), pair.pieces[r], in.xq, 0);
+          SmallVector<int, 16> lowHalves, highHalves;
+          for (int lane = 0; lane < 16; ++lane) {
+            lowHalves.push_back(lane < 8 ? lane : lane + 8);
+            highHalves.push_back(lane < 8 ? lane + 8 : lane + 16);
+          }
+          sums = b.CreateAdd(b.CreateShuffleVector(accs[0], accs[1], lowHalves),
+                             b.CreateShuffleVector(accs[0], accs[1], highHalves));
+        }
         Value *dx = b.CreateAlignedLoad(k.vec(k.f32(), 2), in.scale, Align(4)); // both runs
         Value *factors = b.CreateFMul(pair.scaleFactors,
                                       b.CreateShuffleVector(dx, dx, ArrayRef<int>{0, 0, 1, 1}));
-        SmallVector<int, 16> scaleLanes, minimumLanes;
-        for (int lane = 0; lane < 16; ++lane) {
-          scaleLanes.push_back(lane < 8 ? 0 : 2);
-          minimumLanes.push_back(lane < 8 ? 1 : 3);
-        }
-        next[j] = k.fmuladd(b.CreateSIToFP(folded, f32x16),
+        next[j] = k.fmuladd(b.CreateSIToFP(sums, f32x16),
                             b.CreateShuffleVector(factors, factors, scaleLanes), next[j]);
         next[j] = k.fmuladd(b.CreateFNeg(b.CreateSIToFP(minimumDots, f32x16)),
                             b.CreateShuffleVector(factors, factors, minimumLanes), next[j]);
@@ -1200,10 +1299,10 @@ void emitInt8RowKernel(Module &module, const RowKernelRequest &request, const Cp
           }
           Value *secondBase = b.CreateGEP(k.i8(), runBase, k.i64c(static_cast<int64_t>(runBytes)));
           if (pairs) {
-            addRunPair(
-                runIndex,
-                decodeNibbleOrderPair(k, request.type, runBase, secondBase, gfni, packedPairs),
-                next);
+            addRunPair(runIndex,
+                       decodeNibbleOrderPair(k, request.type, runBase, secondBase, gfni,
+                                             packedPairs, byteScales),
+                       next);
             return next;
           }
           const std::vector<std::pair<Value *, Value *>> bits =
