@@ -94,14 +94,15 @@ struct CudaDevice::Api {
                                    int, int, int, int) = nullptr;
 };
 
-Status CudaDevice::check(int result, const std::string &what) const {
+Status CudaDevice::check(int result, std::string_view what) const {
   if (result == kSuccess)
     return Status::success();
   const char *text = nullptr;
   if (api_->getErrorString(result, &text) != kSuccess || !text)
     text = "unknown error";
-  return Status::error("CUDA driver call failed on GPU " + std::to_string(index_) + " (" + what +
-                       "): " + text + " (error " + std::to_string(result) + ").");
+  return Status::error("CUDA driver call failed on GPU " + std::to_string(index_) + " (" +
+                       std::string(what) + "): " + text + " (error " + std::to_string(result) +
+                       ").");
 }
 
 StatusOr<std::unique_ptr<CudaDevice>> CudaDevice::open(int index) {
@@ -372,8 +373,15 @@ StatusOr<LoadedKernel> CudaDevice::load(const CompiledKernel &kernel) {
   return loaded;
 }
 
-Status CudaDevice::launch(const LoadedKernel &kernel, const LaunchShape &shape,
-                          std::vector<void *> arguments, bool overlapPrevious) {
+Status CudaDevice::launchWith(const LoadedKernel &kernel, const LaunchShape &shape,
+                              void *const *arguments, bool overlapPrevious) {
+  // The driver reads the parameter pointers only (its argument is not const).
+  void **parameters = const_cast<void **>(arguments);
+  // The call's name is spelled out only when it fails.
+  auto checked = [&](int result, const char *call) {
+    return result == kSuccess ? Status::success()
+                              : check(result, std::string(call) + " " + kernel.entry);
+  };
   if (overlapPrevious && overlapsLaunches()) {
     LaunchAttribute attribute{};
     attribute.id = kLaunchAttributeProgrammaticStreamSerialization;
@@ -381,13 +389,13 @@ Status CudaDevice::launch(const LoadedKernel &kernel, const LaunchShape &shape,
     const LaunchConfig config{
         shape.gridX,  shape.gridY,       shape.gridZ, shape.blockX, shape.blockY,
         shape.blockZ, shape.sharedBytes, stream_,     &attribute,   1};
-    return check(api_->launchKernelEx(&config, kernel.function, arguments.data(), nullptr),
-                 "cuLaunchKernelEx " + kernel.entry);
+    return checked(api_->launchKernelEx(&config, kernel.function, parameters, nullptr),
+                   "cuLaunchKernelEx");
   }
-  return check(api_->launchKernel(kernel.function, shape.gridX, shape.gridY, shape.gridZ,
-                                  shape.blockX, shape.blockY, shape.blockZ, shape.sharedBytes,
-                                  stream_, arguments.data(), nullptr),
-               "cuLaunchKernel " + kernel.entry);
+  return checked(api_->launchKernel(kernel.function, shape.gridX, shape.gridY, shape.gridZ,
+                                    shape.blockX, shape.blockY, shape.blockZ, shape.sharedBytes,
+                                    stream_, parameters, nullptr),
+                 "cuLaunchKernel");
 }
 
 bool CudaDevice::overlapsLaunches() const {
@@ -478,8 +486,9 @@ Status CudaDevice::ensureSideStream() {
 Status CudaDevice::copyToDeviceOnSide(DevicePointer dst, const void *src, size_t bytes) {
   if (Status s = ensureSideStream(); !s.ok())
     return s;
-  return check(api_->memcpyHtoD(dst, src, bytes, sideStream_),
-               "cuMemcpyHtoDAsync of " + std::to_string(bytes) + " bytes (side stream)");
+  if (const int result = api_->memcpyHtoD(dst, src, bytes, sideStream_); result != kSuccess)
+    return check(result, "cuMemcpyHtoDAsync of " + std::to_string(bytes) + " bytes (side stream)");
+  return Status::success();
 }
 
 Status CudaDevice::copyBatchToDeviceOnSide(const std::vector<HostCopy> &copies) {

@@ -10,8 +10,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <initializer_list>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace kt::cuda {
@@ -79,12 +81,20 @@ public:
 
   // Loads the module and finds its entry; the module lives as long as the device.
   StatusOr<LoadedKernel> load(const CompiledKernel &kernel);
-  // `arguments` point at each kernel parameter's value, as cuLaunchKernel takes them.
+  // `arguments` point at each kernel parameter's value, as cuLaunchKernel
+  // takes them (a braced list on the caller's stack: a launch allocates
+  // nothing).
   // `overlapPrevious`: the kernel may start before the one queued ahead of it
   // has finished (programmatic dependent launch, where overlapsLaunches());
   // it must then wait for it first thing (KT_WAIT_FOR_PRIOR_GRID).
-  Status launch(const LoadedKernel &kernel, const LaunchShape &shape, std::vector<void *> arguments,
-                bool overlapPrevious = false);
+  Status launch(const LoadedKernel &kernel, const LaunchShape &shape,
+                std::initializer_list<void *> arguments, bool overlapPrevious = false) {
+    return launchWith(kernel, shape, arguments.begin(), overlapPrevious);
+  }
+  Status launch(const LoadedKernel &kernel, const LaunchShape &shape,
+                const std::vector<void *> &arguments, bool overlapPrevious = false) {
+    return launchWith(kernel, shape, arguments.data(), overlapPrevious);
+  }
   // Whether the GPU (sm_90 and newer) and the driver (cuLaunchKernelEx) let
   // kernels overlap the one before them.
   bool overlapsLaunches() const;
@@ -157,7 +167,10 @@ public:
 
 private:
   CudaDevice() = default;
-  Status check(int result, const std::string &what) const;
+  Status launchWith(const LoadedKernel &kernel, const LaunchShape &shape, void *const *arguments,
+                    bool overlapPrevious);
+  // The error for a failed driver call (`what` names it); success costs nothing.
+  Status check(int result, std::string_view what) const;
   Status ensureSideStream();
   void *streamOf(Queue queue) const { return queue == Queue::Main ? stream_ : sideStream_; }
   // A 2-D tensor map of CUtensorMapDataType `dataType` with `swizzle`.

@@ -341,7 +341,9 @@ public:
   Status setUpExpertStreaming(uint64_t reserved, int64_t askedCache, bool progress);
   // Decode graphs by (first step, the step's sequences in row order, lm_head
   // on last tokens only): a batch of sequences replays graphs of its own.
-  std::map<std::tuple<size_t, std::vector<size_t>, bool>, CapturedGraph> graphs;
+  using GraphKey = std::tuple<size_t, std::vector<size_t>, bool>;
+  std::map<GraphKey, CapturedGraph> graphs;
+  GraphKey graphKey;      // runGraph's lookup, kept so that a warm step allocates none
   size_t batchGraphs = 0; // of several sequences, at most kMaxBatchGraphs
   static constexpr size_t kMaxBatchGraphs = 256;
   HybridExecutor::GraphStats graphStats;
@@ -350,6 +352,7 @@ public:
   // this sequence, replayed after.
   Status runGraph(size_t begin, size_t end, StepContext &ctx);
   Status runSteps(size_t begin, size_t end, StepContext &ctx);
+  std::vector<Value *> stepIn, stepOut; // runSteps' operands (kept: no allocation)
 
   Status bind(const gguf::GgufModel &model);
   Status planBuffers();
@@ -357,8 +360,10 @@ public:
   // each segment's rows in order, at most chunkSize in all); writes each
   // segment's last logits, or every token's.
   // With `ids`, each segment's next token instead: drawn by `sampling`
-  // (one per segment), or the most likely one without it.
-  Status runStep(const int32_t *tokens, std::vector<Segment> segments, bool lastTokenOnly,
+  // (one per segment), or the most likely one without it. `segments` is
+  // handed back (with each segment's row and start filled in) so that its
+  // room serves the next step.
+  Status runStep(const int32_t *tokens, std::vector<Segment> &segments, bool lastTokenOnly,
                  float *logits, int32_t *ids = nullptr,
                  const exec::TokenSampling *sampling = nullptr);
   // forwardBatch(), forwardGreedy() and forwardSampled(): each entry's last
@@ -366,6 +371,13 @@ public:
   // per entry, or greedy).
   Status runBatch(const std::vector<exec::SequenceTokens> &batch, float *logits, int32_t *ids,
                   const exec::TokenSampling *sampling = nullptr);
+  // forward()'s and runBatch()'s step inputs and results, kept between
+  // calls: a warm decode step allocates only what the call returns.
+  std::vector<Segment> stepSegments;
+  std::vector<int32_t> batchTokens, batchIds;
+  std::vector<size_t> batchEntries; // batch index of each segment
+  std::vector<float> batchLogits;
+  std::vector<exec::TokenSampling> batchSampling;
   // Greedy decoding and sampling on the GPU where the logits are (plans
   // that list argmax and sample_rows).
   const Kernel *argmax = nullptr;
@@ -495,14 +507,14 @@ public:
   StatusOr<DevicePointer> allocate(size_t bytes, bool weights);
   StatusOr<DevicePointer> upload(const void *data, size_t bytes);
   Status launch(const Kernel &k, unsigned gridX, unsigned gridY, unsigned gridZ,
-                unsigned sharedBytes, std::vector<void *> arguments) {
+                unsigned sharedBytes, std::initializer_list<void *> arguments) {
     LaunchShape shape;
     shape.gridX = gridX;
     shape.gridY = gridY;
     shape.gridZ = gridZ;
     shape.blockX = k.threads;
     shape.sharedBytes = sharedBytes;
-    return device->launch(k.loaded, shape, std::move(arguments),
+    return device->launch(k.loaded, shape, arguments,
                           capturingDecodeGraph && k.waitsForPriorGrid && overlapLaunches);
   }
   // y = W x for `tokens` tokens (and W's heads) laid out as `layout` says.
@@ -3191,7 +3203,7 @@ bool HybridExecutor::Impl::copiesGpuToHost(const BoundStep &s) const {
 }
 
 Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx) {
-  std::vector<Value *> in, out;
+  std::vector<Value *> &in = stepIn, &out = stepOut;
   for (size_t i = begin; i < end; ++i) {
     BoundStep &s = steps[i];
     in.clear();
@@ -3231,13 +3243,15 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
 }
 
 Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx) {
-  std::vector<size_t> sequenceOrder;
+  std::get<0>(graphKey) = begin;
+  std::vector<size_t> &sequenceOrder = std::get<1>(graphKey);
+  sequenceOrder.clear();
   for (const Segment &segment : ctx.segments)
     sequenceOrder.push_back(segment.sequence);
-  auto key = std::make_tuple(begin, std::move(sequenceOrder), ctx.lastTokenOnly);
+  std::get<2>(graphKey) = ctx.lastTokenOnly;
   if (Status s = use(steps[begin].gpu); !s.ok()) // the graph's stream
     return s;
-  auto it = graphs.find(key);
+  auto it = graphs.find(graphKey);
   if (it == graphs.end() && ctx.segments.size() > 1) {
     // A server's batches come in many combinations: past the bound, new
     // ones launch kernel by kernel instead of holding ever more graphs.
@@ -3256,17 +3270,22 @@ Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx
       return recorded;
     if (!graph)
       return graph.status();
-    it = graphs.emplace(std::move(key), *graph).first;
+    it = graphs.emplace(graphKey, *graph).first;
     ++graphStats.captured;
   }
   ++graphStats.launched;
   return device->launchGraph(it->second);
 }
 
-Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> segments,
+Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> &segments,
                                      bool lastTokenOnly, float *logits, int32_t *greedyIds,
                                      const exec::TokenSampling *sampling) {
   StepContext ctx;
+  struct HandBack { // however the step ends
+    std::vector<Segment> &to;
+    StepContext &ctx;
+    ~HandBack() { to = std::move(ctx.segments); }
+  } handBack{segments, ctx};
   positionsHost.clear();
   for (Segment &segment : segments) {
     segment.row = ctx.rows;
@@ -3630,8 +3649,8 @@ StatusOr<std::vector<float>> HybridExecutor::forward(const std::vector<int32_t> 
       discarded.resize(size_t(m.vocab));
       into = discarded.data();
     }
-    if (Status s = m.runStep(tokens.data() + begin, {Segment{0, chunk, 0, 0}}, !allPositions, into);
-        !s.ok())
+    m.stepSegments.assign(1, Segment{0, chunk, 0, 0});
+    if (Status s = m.runStep(tokens.data() + begin, m.stepSegments, !allPositions, into); !s.ok())
       return s;
   }
   if (count > 1)
@@ -3677,12 +3696,14 @@ Status HybridExecutor::Impl::runBatch(const std::vector<exec::SequenceTokens> &b
   // Entries share steps of at most chunkSize rows, so the matrix products
   // (and the routed experts) serve several sequences at once; an entry
   // longer than a chunk runs in chunks of its own.
-  std::vector<int32_t> tokens;
-  std::vector<Segment> segments;
-  std::vector<size_t> entries; // batch index of each segment
-  std::vector<float> stepLogits;
-  std::vector<int32_t> stepIds;
-  std::vector<exec::TokenSampling> stepSampling;
+  std::vector<int32_t> &tokens = batchTokens, &stepIds = batchIds;
+  std::vector<Segment> &segments = stepSegments;
+  std::vector<size_t> &entries = batchEntries;
+  std::vector<float> &stepLogits = batchLogits;
+  std::vector<exec::TokenSampling> &stepSampling = batchSampling;
+  tokens.clear();
+  segments.clear();
+  entries.clear();
   auto flush = [&]() -> Status {
     if (segments.empty())
       return Status::success();

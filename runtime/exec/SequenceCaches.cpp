@@ -44,23 +44,26 @@ Status SequenceCaches::checkBatch(const std::vector<SequenceTokens> &batch,
                                   int64_t vocabulary) const {
   if (batch.empty())
     return Status::error("forwardBatch() got no sequences; pass at least one.");
-  std::vector<bool> seen(positions_.size(), false);
-  for (const SequenceTokens &entry : batch) {
-    const std::string name = "Sequence " + std::to_string(entry.sequence);
+  // Names and repeats are looked for only where something is wrong: a
+  // valid batch (every decode step's) allocates nothing here.
+  for (size_t i = 0; i < batch.size(); ++i) {
+    const SequenceTokens &entry = batch[i];
+    auto name = [&] { return "Sequence " + std::to_string(entry.sequence); };
     if (entry.sequence < 0 || entry.sequence >= count())
-      return Status::error(name + " does not exist; the executor has " + std::to_string(count()) +
+      return Status::error(name() + " does not exist; the executor has " + std::to_string(count()) +
                            " sequences.");
+    for (size_t j = 0; j < i; ++j)
+      if (batch[j].sequence == entry.sequence)
+        return Status::error(name() +
+                             " appears twice in one batch; give each sequence's tokens once.");
     const size_t sequence = static_cast<size_t>(entry.sequence);
-    if (seen[sequence])
-      return Status::error(name + " appears twice in one batch; give each sequence's tokens once.");
-    seen[sequence] = true;
     const int64_t tokens = static_cast<int64_t>(entry.tokens.size());
     if (tokens == 0)
-      return Status::error(name + " has no tokens in this batch; leave it out instead.");
+      return Status::error(name() + " has no tokens in this batch; leave it out instead.");
     if (Status valid = checkTokens(entry.tokens.data(), tokens, vocabulary); !valid.ok())
-      return Status::error(name + ": " + valid.message());
+      return Status::error(name() + ": " + valid.message());
     if (Status room = checkRoom(sequence, tokens); !room.ok())
-      return Status::error(name + ": " + room.message());
+      return Status::error(name() + ": " + room.message());
   }
   return Status::success();
 }

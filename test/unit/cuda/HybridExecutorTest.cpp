@@ -14,13 +14,61 @@
 
 #include <gtest/gtest.h>
 
+#include <dlfcn.h>
+#include <execinfo.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <new>
 #include <sstream>
 #include <thread>
+
+// This binary's operator new counts its calls (WarmDecodeStepsAllocateOnly
+// WhatTheyReturn). While `gTraceAllocations` is set (KT_ALLOC_TRACE=1 in
+// that test), each call also prints its callers as module+offset on stderr,
+// for addr2line.
+namespace {
+std::atomic<long> gAllocations{0};
+std::atomic<bool> gTraceAllocations{false};
+thread_local bool gInTrace = false;
+void traceAllocation(std::size_t bytes) {
+  gInTrace = true;
+  void *frames[14];
+  const int count = backtrace(frames, 14);
+  char line[1024];
+  int length = std::snprintf(line, sizeof line, "[ alloc    ] %zu bytes:", bytes);
+  for (int i = 1; i < count && length < int(sizeof line) - 96; ++i) {
+    Dl_info info;
+    if (dladdr(frames[i], &info) && info.dli_fname && info.dli_fbase) {
+      const char *name = std::strrchr(info.dli_fname, '/');
+      length += std::snprintf(line + length, sizeof line - size_t(length), " %s+0x%lx",
+                              name ? name + 1 : info.dli_fname,
+                              static_cast<unsigned long>(static_cast<char *>(frames[i]) -
+                                                         static_cast<char *>(info.dli_fbase)));
+    }
+  }
+  line[length++] = '\n';
+  [[maybe_unused]] const ssize_t written = write(2, line, size_t(length));
+  gInTrace = false;
+}
+} // namespace
+
+void *operator new(std::size_t bytes) {
+  gAllocations.fetch_add(1, std::memory_order_relaxed);
+  if (gTraceAllocations.load(std::memory_order_relaxed) && !gInTrace)
+    traceAllocation(bytes);
+  if (void *p = std::malloc(bytes ? bytes : 1))
+    return p;
+  throw std::bad_alloc();
+}
+void operator delete(void *p) noexcept { std::free(p); }
+void operator delete(void *p, std::size_t) noexcept { std::free(p); }
 
 namespace kt::cuda {
 namespace {
@@ -1791,6 +1839,53 @@ TEST(HybridExecutor, RefusesGpuPlansOnAHostWithoutAGpu) {
   ASSERT_FALSE(executor.ok());
   EXPECT_NE(executor.message().find("no usable GPU"), std::string::npos) << executor.message();
   EXPECT_NE(executor.message().find("--target-gpu none"), std::string::npos) << executor.message();
+}
+
+// A warm decode step allocates nothing on the host but the vector the call
+// returns (the next token's id, or its logits): the step's inputs, the
+// steps' operand lists, the decode graphs' lookup, the routed experts on the
+// CPU and their jobs all reuse what earlier steps sized.
+TEST(HybridExecutor, WarmDecodeStepsAllocateOnlyWhatTheyReturn) {
+  KT_REQUIRE_GPU();
+  TestModel m;
+  cpu::test::buildModel("tiny-alloc-gpu", *gen::presetConfig("tiny"), m,
+                        "rules/DeepSeek-V3-Chat.yaml", targetGpu());
+  std::unique_ptr<exec::Executor> gpu = open(m);
+  ASSERT_TRUE(gpu);
+  ASSERT_TRUE(gpu->forward(cpu::test::sampleTokens(9, 4)).ok());
+  const std::vector<exec::SequenceTokens> batch{{0, {5}}};
+  const std::vector<int32_t> token{6};
+  for (int step = 0; step < 4; ++step) { // graphs captured, scratch sized
+    ASSERT_TRUE(gpu->forwardGreedy(batch).ok());
+    ASSERT_TRUE(gpu->forward(token).ok());
+  }
+  const char *trace = std::getenv("KT_ALLOC_TRACE");
+  void *warm[1];
+  backtrace(warm, 1); // loads what backtrace needs before counting
+  auto allocationsOf = [&](const auto &step) {
+    const long before = gAllocations.load();
+    gTraceAllocations.store(trace && *trace == '1');
+    const bool ok = step();
+    gTraceAllocations.store(false);
+    EXPECT_TRUE(ok);
+    return gAllocations.load() - before;
+  };
+  std::vector<long> greedy, logits;
+  for (int step = 0; step < 8; ++step) {
+    greedy.push_back(allocationsOf([&] { return gpu->forwardGreedy(batch).ok(); }));
+    logits.push_back(allocationsOf([&] { return gpu->forward(token).ok(); }));
+  }
+  std::printf("[ alloc    ] greedy steps:");
+  for (long count : greedy)
+    std::printf(" %ld", count);
+  std::printf("; logits steps:");
+  for (long count : logits)
+    std::printf(" %ld", count);
+  std::printf("\n");
+  for (int step = 0; step < 8; ++step) {
+    EXPECT_EQ(greedy[size_t(step)], 1) << "greedy decode step " << step;
+    EXPECT_EQ(logits[size_t(step)], 1) << "decode step " << step;
+  }
 }
 
 } // namespace
