@@ -727,10 +727,9 @@ Value *pairScales(IRBuilder<> &b, Value *scales, std::initializer_list<int> indi
 }
 
 // Words picked from `scales`, <N x i16> or <N x i8> (zero-extended): word i
-// is scales[lanes[i]]. From bytes it is one byte permute with zeroing
-// (vpermb, AVX-512 VBMI); a word permute (vpermw) is two micro-ops on
-// Sapphire Rapids (one on each vector port), and the bytes must be widened
-// to words first.
+// is scales[lanes[i]]. From bytes it is one byte permute (vpermb, AVX-512
+// VBMI); a word permute (vpermw) is two micro-ops on Sapphire Rapids (one on
+// each vector port), and the bytes must be widened to words first.
 Value *pickScaleWords(KernelBuilder &k, Value *scales, ArrayRef<int> lanes) {
   IRBuilder<> &b = k.b();
   auto *type = cast<FixedVectorType>(scales->getType());
@@ -924,8 +923,7 @@ std::string rowKernelInput(const RowKernelRequest &request, const CpuCodeTarget 
 // `kBits`: q4_K/q5_K's sc and m bytes, unpacked already (kScaleBits).
 // `nibbleOrder`: q4_K/q5_K's activations are in nibble order (readsNibbleOrder);
 // `gfni`, `packedPairs`: how its pieces are made (nibbleOrderWeights,
-// pushNibblePieces; q6_K's
-// are packed pairs too).
+// pushNibblePieces; q6_K's are packed pairs too).
 Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsignedQ8,
                       bool nibbleOrder, bool gfni, bool packedPairs,
                       const std::pair<Value *, Value *> *kBits = nullptr) {
