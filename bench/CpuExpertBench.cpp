@@ -198,26 +198,29 @@ Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
 }
 
 // The kernel's compute rate: every thread multiplies one token by its own
-// 256-row slice of a `cols`-wide matrix, again and again, so the weights
-// come from its L2 instead of memory. Bytes/s of all threads together; where
-// this is not well above the read bandwidth, the instructions per weight
-// byte, not memory, bound decode.
+// `rows`-row slice of a `cols`-wide matrix, again and again, so the weights
+// come from its caches instead of memory: L2 with kL2Rows, L1 with kL1Rows.
+// Bytes/s of all threads together; where the L2 rate is not well above the
+// read bandwidth, the instructions per weight byte, not memory, bound
+// decode; where the L1 rate is well above the L2 one, the lines' way from L2
+// into the core does.
+constexpr int64_t kL2Rows = 256, kL1Rows = 16; // 2048 values: 18-35 KiB in L1
 double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, bool nibbleOrder,
                         gguf::GgmlType type, int64_t cols, std::vector<uint8_t> &buffer,
-                        double seconds) {
-  constexpr int64_t kRows = 256, kCallsPerPass = 64;
-  const uint64_t sliceBytes = *gguf::ggmlRowBytes(type, cols) * kRows;
+                        double seconds, int64_t rows) {
+  const int64_t callsPerPass = 64 * kL2Rows / rows; // the same bytes a pass either way
+  const uint64_t sliceBytes = *gguf::ggmlRowBytes(type, cols) * rows;
   const int threads = pool.threadCount();
   std::mt19937 random(5);
   const std::vector<float> x = randomActivations(cols, random);
   KernelInputs in(x);
-  std::vector<float> y(static_cast<size_t>(kRows * threads));
+  std::vector<float> y(static_cast<size_t>(rows * threads));
   auto pass = [&] {
     pool.parallelFor(threads, [&](int64_t task, int) {
       const uint8_t *slice = buffer.data() + static_cast<uint64_t>(task) * sliceBytes;
-      for (int64_t call = 0; call < kCallsPerPass; ++call)
-        kernel(slice, sliceBytes / kRows, kRows, x.data(), cols, in.sums.data(), in.xq(nibbleOrder),
-               in.scales.data(), in.sums16.data(), 1, y.data() + task * kRows, kRows);
+      for (int64_t call = 0; call < callsPerPass; ++call)
+        kernel(slice, sliceBytes / rows, rows, x.data(), cols, in.sums.data(), in.xq(nibbleOrder),
+               in.scales.data(), in.sums16.data(), 1, y.data() + task * rows, rows);
     });
   };
   pass(); // warm-up: the slices into the caches
@@ -227,7 +230,7 @@ double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, bool nibbl
     pass();
     ++passes;
   } while (secondsSince(start) < seconds);
-  return static_cast<double>(sliceBytes * threads * kCallsPerPass * passes) / secondsSince(start) /
+  return static_cast<double>(sliceBytes * threads * callsPerPass * passes) / secondsSince(start) /
          1e9;
 }
 
@@ -341,7 +344,11 @@ int main(int argc, char **argv) {
   // DeepSeek-V3 experts: gate/up [2048 rows of 7168], down [7168 rows of 2048].
   const Shape shapes[] = {{"7168x2048 (gate/up)", 2048, 7168}, {"2048x7168 (down)", 7168, 2048}};
   std::vector<Result> results;
-  std::vector<std::pair<std::string, double>> computeRates; // per type, GB/s
+  struct ComputeRate {
+    std::string type;
+    double l2GBs = 0, l1GBs = 0;
+  };
+  std::vector<ComputeRate> computeRates;
   for (const std::string &typeName : types) {
     std::optional<gguf::GgmlType> type = gguf::parseGgmlType(typeName);
     if (!type || !cpu::hasGeneratedRowKernel(*type)) {
@@ -405,13 +412,14 @@ int main(int argc, char **argv) {
       results.push_back(result);
     }
     results.push_back(decodeLayer(pool, handle, *type, typeName, buffer, seconds, rounds));
-    computeRates.emplace_back(
-        typeName,
-        cacheResidentGBs(pool,
-                         reinterpret_cast<cpu::RowKernel>(
-                             dlsym(handle, cpu::rowKernelSymbol(*type, shapes[1].cols).c_str())),
-                         readsNibbleOrder(handle, *type, shapes[1].cols), *type, shapes[1].cols,
-                         buffer, seconds));
+    auto computeRate = [&](int64_t rows) {
+      return cacheResidentGBs(pool,
+                              reinterpret_cast<cpu::RowKernel>(dlsym(
+                                  handle, cpu::rowKernelSymbol(*type, shapes[1].cols).c_str())),
+                              readsNibbleOrder(handle, *type, shapes[1].cols), *type,
+                              shapes[1].cols, buffer, seconds, rows);
+    };
+    computeRates.push_back({typeName, computeRate(kL2Rows), computeRate(kL1Rows)});
   }
 
   // Prefill: one expert matrix times many tokens; compute-bound, so one
@@ -518,10 +526,11 @@ int main(int argc, char **argv) {
                                 {"bandwidth_beside_gbs", r.ceilingGBs},
                                 {"speedup_over_reference", r.generatedGBs / r.referenceGBs}});
     out["compute_rate"] = nlohmann::json::array();
-    for (const auto &[typeName, rate] : computeRates)
-      out["compute_rate"].push_back({{"type", typeName},
-                                     {"cache_resident_gbs", rate},
-                                     {"ratio_to_bandwidth", rate * 1e9 / bandwidth}});
+    for (const ComputeRate &rate : computeRates)
+      out["compute_rate"].push_back({{"type", rate.type},
+                                     {"cache_resident_gbs", rate.l2GBs},
+                                     {"ratio_to_bandwidth", rate.l2GBs * 1e9 / bandwidth},
+                                     {"l1_resident_gbs", rate.l1GBs}});
     out["prefill"] = nlohmann::json::array();
     for (const PrefillResult &r : prefill)
       out["prefill"].push_back({{"type", r.type},
@@ -549,10 +558,12 @@ int main(int argc, char **argv) {
                 r.type.c_str(), r.shape.c_str(), r.matrixMiB, r.generatedGBs, r.ceilingGBs,
                 100 * r.ratio, r.referenceGBs, r.generatedGBs / r.referenceGBs);
   std::printf("\ncompute rate: one token, each thread's 256 rows of 2048 values cached in its L2 "
-              "(where not well above the read bandwidth, the instructions bound decode)\n");
-  for (const auto &[typeName, rate] : computeRates)
-    std::printf("%-6s %8.1f GB/s %6.2fx the read bandwidth\n", typeName.c_str(), rate,
-                rate * 1e9 / bandwidth);
+              "(where not well above the read bandwidth, the instructions bound decode), and "
+              "16 rows in its L1 (where well above the L2 rate, the way from L2 does)\n");
+  for (const ComputeRate &rate : computeRates)
+    std::printf("%-6s %8.1f GB/s %6.2fx the read bandwidth; L1: %8.1f GB/s, %.2fx the L2 rate\n",
+                rate.type.c_str(), rate.l2GBs, rate.l2GBs * 1e9 / bandwidth, rate.l1GBs,
+                rate.l1GBs / rate.l2GBs);
   std::printf("\nthread pool: a loop of one empty task a thread %.1f us, of four a thread %.1f us "
               "(the fork and join each single matrix above pays once)\n",
               loopOneUs, loopFourUs);
