@@ -1882,9 +1882,13 @@ TEST(HybridExecutor, WarmDecodeStepsAllocateOnlyWhatTheyReturn) {
   for (long count : logits)
     std::printf(" %ld", count);
   std::printf("\n");
-  for (int step = 0; step < 8; ++step) {
-    EXPECT_EQ(greedy[size_t(step)], 1) << "greedy decode step " << step;
-    EXPECT_EQ(logits[size_t(step)], 1) << "decode step " << step;
+  // (Measured on the H100: 1 in every step of both; 20 and 17 before.) A
+  // step may grow a pool thread's scratch the first time that thread takes
+  // a larger task (as in the CPU executor's AllocationTest), so a few steps
+  // may allocate a little more; one more allocation every step may not.
+  for (const std::vector<long> *counts : {&greedy, &logits}) {
+    EXPECT_GE(std::count(counts->begin(), counts->end(), 1L), 6);
+    EXPECT_LE(*std::max_element(counts->begin(), counts->end()), 3L);
   }
 }
 
