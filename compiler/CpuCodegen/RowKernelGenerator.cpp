@@ -84,20 +84,27 @@ public:
 
   BasicBlock *block(const char *name) { return BasicBlock::Create(context(), name, function_); }
 
-  // `value` as an operand instruction selection cannot see into (an empty
-  // inline asm in the entry block, once per constant): it keeps a constant
-  // operand from being combined with its neighbours into a worse
+  // `value` passed through an empty inline asm at `at`'s insertion point:
+  // the same value, which the optimizers and instruction selection cannot
+  // see into.
+  static Value *opaque(IRBuilder<> &at, Value *value) {
+    Type *type = value->getType();
+    return at.CreateCall(InlineAsm::get(FunctionType::get(type, {type}, false), "",
+                                        type->isVectorTy() ? "=v,0" : "=r,0",
+                                        /*hasSideEffects=*/false),
+                         {value});
+  }
+  // `value` made opaque in the entry block, once per constant: it keeps a
+  // constant operand from being combined with its neighbours into a worse
   // instruction, and stays in a register across the loops.
   Value *opaqueConstant(Constant *value) {
-    Value *&opaque = opaqueConstants_[value];
-    if (!opaque) {
-      IRBuilder<> entry(&*function_->getEntryBlock().getFirstInsertionPt());
-      Type *type = value->getType();
-      opaque = entry.CreateCall(InlineAsm::get(FunctionType::get(type, {type}, false), "", "=v,0",
-                                               /*hasSideEffects=*/false),
-                                {value});
+    Value *&made = opaqueConstants_[value];
+    if (!made) {
+      BasicBlock &first = function_->getEntryBlock();
+      IRBuilder<> entry(&first, first.getFirstInsertionPt());
+      made = opaque(entry, value);
     }
-    return opaque;
+    return made;
   }
 
   // for (i = begin; i < end; i += step) with loop-carried values; returns
@@ -984,10 +991,7 @@ Int8Run decodeInt8Run(KernelBuilder &k, GgmlType type, Value *block, bool unsign
     // The block pointer passed through an empty inline asm: else instruction
     // selection, seeing these loads overlap the quants' ones, builds those
     // out of these, a byte at a time.
-    Value *opaque = b.CreateCall(
-        InlineAsm::get(FunctionType::get(b.getPtrTy(), {b.getPtrTy()}, false), "", "=r,0",
-                       /*hasSideEffects=*/false),
-        {block});
+    Value *opaque = KernelBuilder::opaque(b, block);
     VectorType *words64 = k.vec(b.getInt16Ty(), 64);
     Value *low = b.CreateAlignedLoad(words64, opaque, Align(1));
     Value *high = b.CreateAlignedLoad(words64, b.CreateGEP(k.i8(), opaque, k.i64c(128)), Align(1));
