@@ -3,8 +3,9 @@
 // experts' grouping, their gate/up and down loops with the generated
 // kernels' inputs, the weighted sums and the pool's loops; and the CPU
 // executor's whole decode step only the logits it returns. Counted by this
-// binary's operator new, which forwards to malloc.
+// binary's operator new (test/unit/common/CountingAllocator.h).
 #include "runtime/cpu/FeedForward.h"
+#include "test/unit/common/CountingAllocator.h"
 #include "test/unit/cpu/TestKernels.h"
 #include "test/unit/cpu/TestModels.h"
 
@@ -13,34 +14,14 @@
 #include <algorithm>
 #include <atomic>
 #include <cmath>
-#include <cstdlib>
 #include <functional>
-#include <new>
 #include <thread>
 #include <vector>
-
-namespace {
-std::atomic<long> allocations{0};
-} // namespace
-
-void *operator new(std::size_t bytes) {
-  allocations.fetch_add(1, std::memory_order_relaxed);
-  if (void *p = std::malloc(bytes ? bytes : 1))
-    return p;
-  throw std::bad_alloc();
-}
-void operator delete(void *p) noexcept { std::free(p); }
-void operator delete(void *p, std::size_t) noexcept { std::free(p); }
 
 namespace kt::cpu::test {
 namespace {
 
-// Allocations made by `step`.
-template <typename Step> long allocationsOf(Step step) {
-  const long before = allocations.load();
-  step();
-  return allocations.load() - before;
-}
+using kt::test::allocationsOf;
 
 // Every thread of the pool sizes its matmul scratch (threadScratch) once,
 // in a loop of a task per thread that ends only when all have started one,

@@ -9,66 +9,20 @@
 #include "runtime/gguf/GgufWriter.h"
 #include "runtime/model/CheckpointModel.h"
 #include "runtime/safetensors/Safetensors.h"
+#include "test/unit/common/CountingAllocator.h"
 #include "test/unit/cpu/TestModels.h"
 #include "test/unit/cuda/CudaTestSupport.h"
 
 #include <gtest/gtest.h>
 
-#include <dlfcn.h>
-#include <execinfo.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
 #include <map>
-#include <new>
 #include <sstream>
 #include <thread>
-
-// This binary's operator new counts its calls (WarmDecodeStepsAllocateOnly
-// WhatTheyReturn). While `gTraceAllocations` is set (KT_ALLOC_TRACE=1 in
-// that test), each call also prints its callers as module+offset on stderr,
-// for addr2line.
-namespace {
-std::atomic<long> gAllocations{0};
-std::atomic<bool> gTraceAllocations{false};
-thread_local bool gInTrace = false;
-void traceAllocation(std::size_t bytes) {
-  gInTrace = true;
-  void *frames[14];
-  const int count = backtrace(frames, 14);
-  char line[1024];
-  int length = std::snprintf(line, sizeof line, "[ alloc    ] %zu bytes:", bytes);
-  for (int i = 1; i < count && length < int(sizeof line) - 96; ++i) {
-    Dl_info info;
-    if (dladdr(frames[i], &info) && info.dli_fname && info.dli_fbase) {
-      const char *name = std::strrchr(info.dli_fname, '/');
-      length += std::snprintf(line + length, sizeof line - size_t(length), " %s+0x%lx",
-                              name ? name + 1 : info.dli_fname,
-                              static_cast<unsigned long>(static_cast<char *>(frames[i]) -
-                                                         static_cast<char *>(info.dli_fbase)));
-    }
-  }
-  line[length++] = '\n';
-  [[maybe_unused]] const ssize_t written = write(2, line, size_t(length));
-  gInTrace = false;
-}
-} // namespace
-
-void *operator new(std::size_t bytes) {
-  gAllocations.fetch_add(1, std::memory_order_relaxed);
-  if (gTraceAllocations.load(std::memory_order_relaxed) && !gInTrace)
-    traceAllocation(bytes);
-  if (void *p = std::malloc(bytes ? bytes : 1))
-    return p;
-  throw std::bad_alloc();
-}
-void operator delete(void *p) noexcept { std::free(p); }
-void operator delete(void *p, std::size_t) noexcept { std::free(p); }
 
 namespace kt::cuda {
 namespace {
@@ -1859,16 +1813,11 @@ TEST(HybridExecutor, WarmDecodeStepsAllocateOnlyWhatTheyReturn) {
     ASSERT_TRUE(gpu->forwardGreedy(batch).ok());
     ASSERT_TRUE(gpu->forward(token).ok());
   }
-  const char *trace = std::getenv("KT_ALLOC_TRACE");
-  void *warm[1];
-  backtrace(warm, 1); // loads what backtrace needs before counting
-  auto allocationsOf = [&](const auto &step) {
-    const long before = gAllocations.load();
-    gTraceAllocations.store(trace && *trace == '1');
-    const bool ok = step();
-    gTraceAllocations.store(false);
+  auto allocationsOf = [&](auto step) { // and the step succeeded
+    bool ok = false;
+    const long count = kt::test::allocationsOf([&] { ok = step(); });
     EXPECT_TRUE(ok);
-    return gAllocations.load() - before;
+    return count;
   };
   std::vector<long> greedy, logits;
   for (int step = 0; step < 8; ++step) {
