@@ -85,6 +85,7 @@ ThreadPool::ThreadPool(int threads, const NumaTopology &topology) {
   }
   ranges_.reset(new TaskRange[std::max<size_t>(nodes_.nodes.size(), 1)]);
   const int firstWorker = callerRuns_ ? 1 : 0;
+  workerDone_.reset(new WorkerDone[static_cast<size_t>(std::max(threads - firstWorker, 1))]);
   workers_.reserve(static_cast<size_t>(threads - firstWorker));
   for (int thread = firstWorker; thread < threads; ++thread)
     workers_.emplace_back([this, thread] { workerLoop(thread); });
@@ -106,6 +107,9 @@ ThreadPool::~ThreadPool() {
 }
 
 void ThreadPool::runTasks(int thread) {
+  const int64_t worker = thread - (callerRuns_ ? 1 : 0);
+  if (worker >= 0 && worker < staticTasks_)
+    (*body_)(worker, thread);
   // The thread's own node first, then (when stealing) the others in turn.
   const int nodes = nodeCount(), home = nodeOfThread_[static_cast<size_t>(thread)];
   for (int i = 0; i < (steal_ ? nodes : 1); ++i) {
@@ -130,8 +134,12 @@ void ThreadPool::parallelFor(int64_t tasks, FunctionRef<void(int64_t task, int t
   }
   // Every thread starts at its node's range; all tasks sit in node 0's, and
   // the others are empty, so they all end up there.
+  // First tasks by worker only when none sleeps: a sleeping worker's task
+  // would wait for its wake-up instead of going to a thread already running.
+  staticTasks_ = sleepers_.load() == 0 ? std::min(tasks, static_cast<int64_t>(workers_.size())) : 0;
   for (int n = 0; n < nodeCount(); ++n) {
-    ranges_[static_cast<size_t>(n)].next.store(0, std::memory_order_relaxed);
+    ranges_[static_cast<size_t>(n)].next.store(n == 0 ? staticTasks_ : 0,
+                                               std::memory_order_relaxed);
     ranges_[static_cast<size_t>(n)].end = n == 0 ? tasks : 0;
   }
   steal_ = true;
@@ -151,16 +159,16 @@ void ThreadPool::parallelForNodes(const std::vector<int64_t> &nodeStarts,
                                                std::memory_order_relaxed);
     ranges_[static_cast<size_t>(n)].end = nodeStarts[static_cast<size_t>(n) + 1];
   }
+  staticTasks_ = 0;
   steal_ = steal;
   run(body, callerFirst);
 }
 
 void ThreadPool::run(const Body &body, const std::function<void()> *callerFirst) {
   body_ = &body;
-  pending_.store(static_cast<int>(workers_.size()));
   // Publishes the loop; a worker that went to sleep before it is woken (the
   // seq_cst pair generation_/sleepers_ guarantees one side sees the other).
-  generation_.fetch_add(1);
+  const uint64_t loop = generation_.fetch_add(1) + 1;
   if (sleepers_.load() > 0) {
     std::lock_guard<std::mutex> lock(mutex_);
     wake_.notify_all();
@@ -169,9 +177,19 @@ void ThreadPool::run(const Body &body, const std::function<void()> *callerFirst)
     (*callerFirst)();
   if (callerRuns_)
     runTasks(0);
-  if (!spinUntil([this] { return pending_.load() == 0; })) {
+  size_t finished = 0; // workers [0, finished) seen done
+  auto allDone = [&] {
+    while (finished < workers_.size() && workerDone_[finished].generation.load() == loop)
+      ++finished;
+    return finished == workers_.size();
+  };
+  if (!spinUntil(allDone)) {
+    // A worker that finishes after callerSleeps_ is set notifies under the
+    // mutex (the seq_cst pair callerSleeps_/its generation, as above).
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [this] { return pending_.load() == 0; });
+    callerSleeps_.store(true);
+    done_.wait(lock, allDone);
+    callerSleeps_.store(false);
   }
   body_ = nullptr;
 }
@@ -199,7 +217,8 @@ void ThreadPool::workerLoop(int thread) {
       return;
     seen = generation_.load();
     runTasks(thread);
-    if (pending_.fetch_sub(1) == 1) {
+    workerDone_[static_cast<size_t>(thread - (callerRuns_ ? 1 : 0))].generation.store(seen);
+    if (callerSleeps_.load()) {
       std::lock_guard<std::mutex> lock(mutex_);
       done_.notify_one();
     }

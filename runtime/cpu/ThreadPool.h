@@ -123,14 +123,16 @@ public:
   int nodeOfThread(int thread) const { return nodeOfThread_[static_cast<size_t>(thread)]; }
 
   // Runs body(task, thread) for every task in [0, tasks) and returns when all
-  // are done. Tasks are handed out one at a time in increasing order, so
-  // uneven tasks balance; `thread` in [0, threadCount()) identifies the
-  // thread (0 is the caller, except on several NUMA nodes) for per-thread
-  // buffers. Not reentrant: `body` must not call parallelFor, and one thread
-  // drives the pool at a time. `callerFirst`, if given, runs once on the
-  // calling thread after the workers have started and before it takes
-  // tasks (also when there are none): host work that would otherwise delay
-  // the loop's start, such as queueing another device's share of a step.
+  // are done. When no worker sleeps, each worker starts with one of the
+  // first tasks (in the workers' order); the others are handed out one at a
+  // time in increasing order, so uneven tasks balance. `thread` in
+  // [0, threadCount()) identifies the thread (0 is the caller, except on
+  // several NUMA nodes) for per-thread buffers. Not reentrant: `body` must
+  // not call parallelFor, and one thread drives the pool at a time.
+  // `callerFirst`, if given, runs once on the calling thread after the
+  // workers have started and before it takes tasks (also when there are
+  // none): host work that would otherwise delay the loop's start, such as
+  // queueing another device's share of a step.
   void parallelFor(int64_t tasks, FunctionRef<void(int64_t task, int thread)> body,
                    const std::function<void()> *callerFirst = nullptr);
   // The same for tasks grouped by the node whose memory they read: tasks
@@ -167,19 +169,30 @@ private:
   std::vector<std::thread> workers_;
   // A decode step runs dozens of short loops; workers spin briefly between
   // them before they sleep, so that waking them costs no system call.
-  // The loop's start and its count of workers still in it on cache lines of
-  // their own: the workers done spin on the first while the others count
-  // down the second (on one line, a loop of a task per thread took 4.5 us
-  // instead of 2.9 on 16 Sapphire Rapids cores).
+  // The loop's start and each worker's end on cache lines of their own
+  // (the start and a count of workers left on one line made a loop of a
+  // task per thread take 4.5 us instead of 2.9 on 16 Sapphire Rapids
+  // cores).
   alignas(64) std::atomic<uint64_t> generation_{0};
   std::atomic<int> sleepers_{0};
   std::atomic<bool> stopping_{false};
-  alignas(64) std::atomic<int> pending_{0}; // workers still in the current loop
+  // Each worker's last loop finished (its generation), a cache line each:
+  // the caller reads them all, where a count of workers still in the loop
+  // had them queue for one line at the end of every loop.
+  struct alignas(64) WorkerDone {
+    std::atomic<uint64_t> generation{0};
+  };
+  std::unique_ptr<WorkerDone[]> workerDone_;
+  std::atomic<bool> callerSleeps_{false}; // the caller waits on done_
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
   const Body *body_ = nullptr;
   std::unique_ptr<TaskRange[]> ranges_; // one per node
+  // A loop's first tasks, one per worker in the workers' order, taken
+  // without the shared counter: all threads start at once, and 16 of them
+  // fetching from one counter serialize their first tasks' start.
+  int64_t staticTasks_ = 0;
   bool steal_ = true;
   std::atomic<int64_t> idleSpinNanos_{0};
 };

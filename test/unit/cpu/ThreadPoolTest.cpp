@@ -1,7 +1,8 @@
 // The pool's workers after idle time: within the idle spin (spinning) and
 // past it (asleep), every worker still takes part in the next loop and
-// every task runs once. A loop's callerFirst job runs once on the caller
-// while the workers already take tasks. GuidedSplit's tasks shrink to one
+// every task runs once; spinning workers start with the first tasks in
+// their order. A loop's callerFirst job runs once on the caller while the
+// workers already take tasks. GuidedSplit's tasks shrink to one
 // granule at the end of a loop.
 #include "runtime/cpu/ThreadPool.h"
 
@@ -61,6 +62,28 @@ TEST(ThreadPool, WorkersTakePartAfterSpinningAndAfterSleeping) {
     for (const std::atomic<int> &r : runs)
       ASSERT_EQ(r.load(), 1) << "round " << round;
   }
+}
+
+// With every worker spinning, worker w (thread w + 1) starts with task w
+// without the shared counter; the caller and the workers after their first
+// task take the rest; every task runs once.
+TEST(ThreadPool, SpinningWorkersStartWithTheFirstTasksInTheirOrder) {
+  ThreadPool pool(4);
+  pool.setIdleSpin(2000000); // 2 s: no worker sleeps between the loops below
+  pool.parallelFor(4, [](int64_t, int) {});
+  for (int round = 0; round < 20; ++round) {
+    std::vector<int> threadOf(40, -1);
+    std::vector<std::atomic<int>> runs(40);
+    pool.parallelFor(40, [&](int64_t task, int thread) {
+      threadOf[static_cast<size_t>(task)] = thread;
+      runs[static_cast<size_t>(task)].fetch_add(1);
+    });
+    for (int task = 0; task < 3; ++task)
+      EXPECT_EQ(threadOf[static_cast<size_t>(task)], task + 1) << "round " << round;
+    for (const std::atomic<int> &r : runs)
+      ASSERT_EQ(r.load(), 1) << "round " << round;
+  }
+  pool.setIdleSpin(0);
 }
 
 // callerFirst runs once, on the calling thread, while the workers take
