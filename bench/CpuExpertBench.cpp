@@ -36,9 +36,11 @@
 #include <cstdio>
 #include <cstring>
 #include <dlfcn.h>
+#include <fstream>
 #include <functional>
 #include <random>
 #include <string>
+#include <sys/mman.h>
 #include <vector>
 
 namespace {
@@ -99,6 +101,59 @@ template <typename Engine> std::vector<float> randomActivations(int64_t count, E
   return x;
 }
 
+// The expert bytes the rows cycle through: an anonymous mapping whose pages
+// the bench chooses (--pages). The runtime's experts sit in the model
+// file's mapping, in 4 KiB pages, unless it copies them (the NUMA
+// placement, into huge pages); the read bandwidth is measured over the same
+// bytes, so both sides of each ratio see the same pages.
+enum class Pages { System, Small, Huge };
+class PoolBuffer {
+public:
+  // data() is null if the mapping failed (errno says why).
+  PoolBuffer(size_t bytes, Pages pages) : size_(bytes) {
+    void *memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (memory == MAP_FAILED)
+      return;
+    data_ = static_cast<uint8_t *>(memory);
+    if (pages != Pages::System)
+      madvise(data_, bytes, pages == Pages::Huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  }
+  ~PoolBuffer() {
+    if (data_)
+      munmap(data_, size_);
+  }
+  PoolBuffer(const PoolBuffer &) = delete;
+  PoolBuffer &operator=(const PoolBuffer &) = delete;
+  uint8_t *data() { return data_; }
+  const uint8_t *data() const { return data_; }
+  size_t size() const { return size_; }
+
+private:
+  uint8_t *data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// The transparent huge pages (MiB) of the mapping that holds `address`, from
+// /proc/self/smaps; -1 where not known.
+double hugePagesMiBAt(const void *address) {
+  std::ifstream smaps("/proc/self/smaps");
+  const auto at = reinterpret_cast<uintptr_t>(address);
+  std::string line;
+  bool inside = false;
+  while (std::getline(smaps, line)) {
+    unsigned long long begin = 0, end = 0;
+    char dash = 0;
+    if (std::sscanf(line.c_str(), "%llx%c%llx", &begin, &dash, &end) == 3 && dash == '-') {
+      inside = begin <= at && at < end;
+      continue;
+    }
+    double kib = 0;
+    if (inside && std::sscanf(line.c_str(), "AnonHugePages: %lf kB", &kib) == 1)
+      return kib / 1024;
+  }
+  return -1;
+}
+
 struct Result {
   std::string type, shape;
   double matrixMiB = 0;
@@ -112,7 +167,7 @@ struct Result {
 // pool), then `measure()` (bytes/s): the kernel's share of the bandwidth in
 // each round, so that a shared host's swings move both sides of a ratio.
 // Sets the result's medians of the kernel's GB/s, the ceilings and the ratios.
-void pairedWithCeiling(cpu::ThreadPool &pool, const std::vector<uint8_t> &buffer, int rounds,
+void pairedWithCeiling(cpu::ThreadPool &pool, const PoolBuffer &buffer, int rounds,
                        const std::function<double()> &measure, Result &result) {
   std::vector<double> kernel, ceiling, ratio;
   for (int round = 0; round < rounds; ++round) {
@@ -131,8 +186,7 @@ void pairedWithCeiling(cpu::ThreadPool &pool, const std::vector<uint8_t> &buffer
 // Bytes/s of the three matrices of each expert. The pool must hold blocks
 // of `type` (the per-matrix runs above made their scales finite).
 Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
-                   const std::string &typeName, std::vector<uint8_t> &buffer, double seconds,
-                   int rounds) {
+                   const std::string &typeName, PoolBuffer &buffer, double seconds, int rounds) {
   constexpr int kTopK = 8;
   constexpr int64_t kHidden = 7168, kFfn = 2048;
   auto kernelFor = [&](int64_t cols) {
@@ -206,8 +260,8 @@ Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
 // into the core does.
 constexpr int64_t kL2Rows = 256, kL1Rows = 16; // 2048 values: 18-35 KiB in L1
 double cacheResidentGBs(cpu::ThreadPool &pool, cpu::RowKernel kernel, bool nibbleOrder,
-                        gguf::GgmlType type, int64_t cols, std::vector<uint8_t> &buffer,
-                        double seconds, int64_t rows) {
+                        gguf::GgmlType type, int64_t cols, PoolBuffer &buffer, double seconds,
+                        int64_t rows) {
   const int64_t callsPerPass = 64 * kL2Rows / rows; // the same bytes a pass either way
   const uint64_t sliceBytes = *gguf::ggmlRowBytes(type, cols) * rows;
   const int threads = pool.threadCount();
@@ -320,7 +374,17 @@ int main(int argc, char **argv) {
   app.add_option("--prefill", prefillTokens,
                  "Also time prefill expert GEMMs of these token counts (e.g. 512 4096) against "
                  "oneDNN's bf16 matmul of the same shape");
+  std::string pagesName = "system";
+  app.add_option("--pages", pagesName,
+                 "Pages of the expert bytes: system (the kernel's transparent huge page "
+                 "setting), small (4 KiB, as in the model file's mapping the runtime reads "
+                 "experts from) or huge (transparent huge pages, as in the NUMA placement's "
+                 "copies)")
+      ->check(CLI::IsMember({"system", "small", "huge"}));
   CLI11_PARSE(app, argc, argv);
+  const Pages pages = pagesName == "small"  ? Pages::Small
+                      : pagesName == "huge" ? Pages::Huge
+                                            : Pages::System;
 
   void *handle = dlopen(kernelsPath.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!handle) {
@@ -333,13 +397,21 @@ int main(int argc, char **argv) {
   const size_t leastBytes = 8 * 3 * *gguf::ggmlRowBytes(gguf::GgmlType::Q8_0, 7168) * 2048;
   const size_t poolBytes =
       std::max<size_t>(static_cast<size_t>(poolGiB * (1ull << 30)), leastBytes);
-  std::vector<uint8_t> buffer(poolBytes);
+  PoolBuffer buffer(poolBytes, pages);
+  if (!buffer.data()) {
+    std::fprintf(stderr,
+                 "cpu_expert_bench: error: cannot map %zu bytes for the expert pool: %s; use a "
+                 "smaller --pool-gib\n",
+                 poolBytes, std::strerror(errno));
+    return 1;
+  }
   std::mt19937_64 random(7);
   for (size_t i = 0; i < buffer.size(); i += 8) {
     uint64_t word = random();
     std::memcpy(buffer.data() + i, &word, std::min<size_t>(8, buffer.size() - i));
   }
   const double bandwidth = cpu::measureReadBandwidth(pool, buffer.data(), buffer.size(), 5);
+  const double hugeMiB = hugePagesMiBAt(buffer.data()); // after the fill placed the pages
 
   // DeepSeek-V3 experts: gate/up [2048 rows of 7168], down [7168 rows of 2048].
   const Shape shapes[] = {{"7168x2048 (gate/up)", 2048, 7168}, {"2048x7168 (down)", 7168, 2048}};
@@ -514,6 +586,7 @@ int main(int argc, char **argv) {
         {"threads", pool.threadCount()},
         {"pool_loop_us", {{"one_task_a_thread", loopOneUs}, {"four_tasks_a_thread", loopFourUs}}},
         {"read_bandwidth_gbs", bandwidth / 1e9},
+        {"huge_page_mib", hugeMiB},
         {"kernels", kernelsPath},
         {"results", nlohmann::json::array()}};
     for (const Result &r : results)
@@ -548,6 +621,9 @@ int main(int argc, char **argv) {
   std::printf("memory read bandwidth, %d threads: %.1f GB/s (best of 10 passes over %.1f GiB, half "
               "with software prefetch)\n",
               pool.threadCount(), bandwidth / 1e9, poolGiB);
+  if (hugeMiB >= 0)
+    std::printf("expert bytes: %.0f of %.0f MiB in transparent huge pages (--pages)\n", hugeMiB,
+                static_cast<double>(buffer.size()) / (1 << 20));
   std::printf("rows: medians of %d rounds of the read bandwidth (best of 4 passes) then the "
               "kernel; 'of bw' is each round's ratio (target 85%% or more)\n",
               rounds);
