@@ -106,17 +106,16 @@ template <typename Engine> std::vector<float> randomActivations(int64_t count, E
 // file's mapping, in 4 KiB pages, unless it copies them (the NUMA
 // placement, into huge pages); the read bandwidth is measured over the same
 // bytes, so both sides of each ratio see the same pages.
-enum class Pages { System, Small, Huge };
 class PoolBuffer {
 public:
   // data() is null if the mapping failed (errno says why).
-  PoolBuffer(size_t bytes, Pages pages) : size_(bytes) {
+  PoolBuffer(size_t bytes, cpu::PageKind pages) : size_(bytes) {
     void *memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (memory == MAP_FAILED)
       return;
     data_ = static_cast<uint8_t *>(memory);
-    if (pages != Pages::System)
-      madvise(data_, bytes, pages == Pages::Huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+    if (pages != cpu::PageKind::System)
+      madvise(data_, bytes, pages == cpu::PageKind::Huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
   }
   ~PoolBuffer() {
     if (data_)
@@ -382,9 +381,9 @@ int main(int argc, char **argv) {
                  "copies)")
       ->check(CLI::IsMember({"system", "small", "huge"}));
   CLI11_PARSE(app, argc, argv);
-  const Pages pages = pagesName == "small"  ? Pages::Small
-                      : pagesName == "huge" ? Pages::Huge
-                                            : Pages::System;
+  const cpu::PageKind pages = pagesName == "small"  ? cpu::PageKind::Small
+                              : pagesName == "huge" ? cpu::PageKind::Huge
+                                                    : cpu::PageKind::System;
 
   void *handle = dlopen(kernelsPath.c_str(), RTLD_NOW | RTLD_LOCAL);
   if (!handle) {

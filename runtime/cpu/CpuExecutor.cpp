@@ -329,6 +329,7 @@ public:
   std::unique_ptr<WeightConversions> conversions; // FP8 weights as q8_0
   int64_t expertGemmTokens = 0;
   int64_t expertTileTokens = 0;
+  bool hugePageExperts = false; // ExecutorOptions::expertPages == "huge"
   bool profiling = false;
   exec::ExecutionProfile profile; // while profiling: CPU experts and the other steps
 
@@ -528,7 +529,7 @@ Status CpuExecutor::Impl::bind(const plan::Plan &plan, const gguf::GgufModel &mo
         ++tileExpertLayers;
       if (routed.usesGeneratedKernels())
         ++generatedExpertLayers;
-      if (Status placed = placeExperts(routed, pool, numaPlacement); !placed.ok())
+      if (Status placed = placeExperts(routed, pool, numaPlacement, hugePageExperts); !placed.ok())
         return placed;
       step = std::make_unique<ExpertsStep>(std::move(routed));
       produced.push_back({ValueKind::Floats, hidden, 0, true});
@@ -672,6 +673,8 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
   if (options.sequences < 1)
     return Status::error("The executor needs at least one sequence (KV cache slot), not " +
                          std::to_string(options.sequences) + ".");
+  if (Status pages = exec::checkExpertPages(options.expertPages); !pages.ok())
+    return pages;
   StatusOr<NumaTopology> numa = numaTopologyFor(options.numa);
   if (!numa)
     return numa.status();
@@ -679,6 +682,7 @@ StatusOr<std::unique_ptr<CpuExecutor>> CpuExecutor::create(const plan::Plan &pla
   impl->sequences = exec::SequenceCaches(options.sequences, capacity);
   impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
   impl->expertTileTokens = std::max<int64_t>(0, options.expertTileTokens);
+  impl->hugePageExperts = options.expertPages == "huge";
   impl->caches.resize(static_cast<size_t>(options.sequences));
   impl->chunkSize = options.chunkSize > 0 ? options.chunkSize
                                           : std::max<int64_t>(1, plan.defaults.chunkSize);

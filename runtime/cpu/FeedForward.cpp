@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
+#include <fstream>
 #include <sys/mman.h>
 #include <tuple>
 #include <unistd.h>
@@ -388,6 +389,22 @@ struct RoutedExperts::NodeCopies {
   }
 };
 
+namespace {
+
+// The pages of the model file's mapping under `w`, which the kernels no
+// longer read once its rows are copied: handed back (clean file pages; a
+// later read, such as the GPU expert cache's, faults them in again).
+void releaseMappedPages(const WeightMatrix &w) {
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(w.data) + page - 1) / page * page;
+  const uintptr_t end =
+      (reinterpret_cast<uintptr_t>(w.data) + uint64_t(w.rows) * w.rowBytes) / page * page;
+  if (end > begin)
+    madvise(reinterpret_cast<void *>(begin), end - begin, MADV_DONTNEED);
+}
+
+} // namespace
+
 StatusOr<uint64_t> RoutedExperts::placeOnNodes(ThreadPool &pool) {
   const int nodes = pool.nodeCount();
   if (nodes < 2)
@@ -467,24 +484,106 @@ StatusOr<uint64_t> RoutedExperts::placeOnNodes(ThreadPool &pool) {
         }
       },
       /*steal=*/false);
-  // The mapping's pages of these tensors are not read again by the kernels:
-  // handed back (clean file pages; a later read, such as the GPU expert
-  // cache's, faults them in again).
-  for (const WeightMatrix *w : {&gate_, &up_, &down_}) {
-    const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
-    const uintptr_t begin = (reinterpret_cast<uintptr_t>(w->data) + page - 1) / page * page;
-    const uintptr_t end =
-        (reinterpret_cast<uintptr_t>(w->data) + uint64_t(w->rows) * w->rowBytes) / page * page;
-    if (end > begin)
-      madvise(reinterpret_cast<void *>(begin), end - begin, MADV_DONTNEED);
-  }
+  for (const WeightMatrix *w : {&gate_, &up_, &down_})
+    releaseMappedPages(*w);
   nodeCopies_ = std::move(copies);
   return total;
 }
 
-Status placeExperts(RoutedExperts &experts, ThreadPool &pool, exec::NumaPlacement &placement) {
-  if (pool.nodeCount() < 2)
+struct RoutedExperts::Mapping {
+  void *address = nullptr;
+  size_t bytes = 0;
+  Mapping() = default;
+  Mapping(const Mapping &) = delete;
+  Mapping &operator=(const Mapping &) = delete;
+  ~Mapping() {
+    if (address)
+      munmap(address, bytes);
+  }
+};
+
+StatusOr<uint64_t> RoutedExperts::copyIntoHugePages(ThreadPool &pool) {
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  std::getline(thp, modes);
+  if (!thp || modes.find("[never]") != std::string::npos)
+    return Status::error("Cannot keep the routed experts in huge pages: this host's transparent "
+                         "huge pages are off (/sys/kernel/mm/transparent_hugepage/enabled: " +
+                         (modes.empty() ? std::string("not readable") : modes) +
+                         "). Run with --expert-pages file.");
+  constexpr uint64_t kHugePage = 2 << 20;
+  const WeightMatrix *matrices[] = {&gate_, &up_, &down_};
+  uint64_t offsets[4] = {0, 0, 0, 0}; // each tensor from a huge page's start
+  for (int m = 0; m < 3; ++m)
+    offsets[m + 1] =
+        (offsets[m] + uint64_t(matrices[m]->rows) * matrices[m]->rowBytes + kHugePage - 1) /
+        kHugePage * kHugePage;
+  const uint64_t total = offsets[3];
+  // MemAvailable counts the page cache the copy reads from as reclaimable.
+  std::ifstream meminfo("/proc/meminfo");
+  std::string key;
+  uint64_t availableKiB = 0;
+  while (meminfo >> key) {
+    if (key == "MemAvailable:") {
+      meminfo >> availableKiB;
+      break;
+    }
+    meminfo.ignore(1 << 12, '\n');
+  }
+  if (availableKiB > 0 && total > availableKiB * 1024)
+    return Status::error("Cannot copy the routed experts into huge pages: they take " +
+                         std::to_string(total >> 20) + " MiB and the host has " +
+                         std::to_string(availableKiB >> 10) +
+                         " MiB available. Run with --expert-pages file.");
+  auto mapping = std::make_shared<Mapping>();
+  mapping->bytes = total + kHugePage; // room to start on a huge page
+  mapping->address =
+      mmap(nullptr, mapping->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapping->address == MAP_FAILED) {
+    mapping->address = nullptr;
+    return Status::error("Cannot allocate " + std::to_string(total) +
+                         " bytes for the routed experts' copy in huge pages: " +
+                         std::strerror(errno) + ". Run with --expert-pages file.");
+  }
+  uint8_t *base = reinterpret_cast<uint8_t *>(
+      (reinterpret_cast<uintptr_t>(mapping->address) + kHugePage - 1) / kHugePage * kHugePage);
+  madvise(base, total, MADV_HUGEPAGE);
+  // 8 MiB pieces over the pool, in order.
+  constexpr uint64_t kPiece = 8 << 20;
+  std::vector<std::pair<int, uint64_t>> pieces; // matrix, offset in it
+  for (int m = 0; m < 3; ++m)
+    for (uint64_t at = 0; at < uint64_t(matrices[m]->rows) * matrices[m]->rowBytes; at += kPiece)
+      pieces.push_back({m, at});
+  pool.parallelFor(static_cast<int64_t>(pieces.size()), [&](int64_t task, int) {
+    const auto [m, at] = pieces[size_t(task)];
+    const uint64_t bytes = uint64_t(matrices[m]->rows) * matrices[m]->rowBytes;
+    std::memcpy(base + offsets[m] + at, matrices[m]->data + at,
+                size_t(std::min(kPiece, bytes - at)));
+  });
+  WeightMatrix *targets[] = {&gate_, &up_, &down_};
+  for (int m = 0; m < 3; ++m) {
+    releaseMappedPages(*targets[m]);
+    targets[m]->data = base + offsets[m];
+  }
+  hugePageCopy_ = std::move(mapping);
+  return total;
+}
+
+Status placeExperts(RoutedExperts &experts, ThreadPool &pool, exec::NumaPlacement &placement,
+                    bool hugePages) {
+  if (pool.nodeCount() < 2) {
+    if (!hugePages)
+      return Status::success();
+    const auto start = std::chrono::steady_clock::now();
+    StatusOr<uint64_t> bytes = experts.copyIntoHugePages(pool);
+    if (!bytes)
+      return bytes.status();
+    placement.hugePages = true;
+    placement.expertBytes += *bytes;
+    placement.seconds +=
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     return Status::success();
+  }
   if (placement.nodes.empty()) {
     placement.nodes = pool.topology().describe();
     for (int n = 0; n < pool.nodeCount(); ++n)

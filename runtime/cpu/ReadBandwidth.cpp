@@ -4,6 +4,7 @@
 #include <chrono>
 #include <immintrin.h>
 #include <memory>
+#include <sys/mman.h>
 #include <vector>
 
 namespace kt::cpu {
@@ -79,8 +80,13 @@ double measureReadBandwidth(ThreadPool &pool, const uint8_t *data, size_t bytes,
   return best;
 }
 
-double measureReadBandwidth(ThreadPool &pool, size_t bytes, int passes) {
-  std::unique_ptr<uint8_t[]> buffer(new uint8_t[bytes]);
+double measureReadBandwidth(ThreadPool &pool, size_t bytes, int passes, PageKind pages) {
+  void *mapping = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (mapping == MAP_FAILED)
+    return 0;
+  if (pages != PageKind::System)
+    madvise(mapping, bytes, pages == PageKind::Huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
+  auto *buffer = static_cast<uint8_t *>(mapping);
   // Written in parallel (first touch by the threads that read it).
   const int64_t chunks = int64_t(pool.threadCount()) * 8;
   pool.parallelFor(chunks, [&](int64_t c, int) {
@@ -89,7 +95,9 @@ double measureReadBandwidth(ThreadPool &pool, size_t bytes, int passes) {
     for (size_t i = begin; i < end; ++i)
       buffer[i] = uint8_t(i * 131 + 7);
   });
-  return measureReadBandwidth(pool, buffer.get(), bytes, passes);
+  const double bandwidth = measureReadBandwidth(pool, buffer, bytes, passes);
+  munmap(mapping, bytes);
+  return bandwidth;
 }
 
 } // namespace kt::cpu

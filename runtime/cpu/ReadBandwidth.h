@@ -16,8 +16,14 @@ namespace kt::cpu {
 // lines, several loads in flight per thread).
 double measureReadBandwidth(ThreadPool &pool, const uint8_t *data, size_t bytes, int passes);
 
-// The same over a buffer of `bytes` allocated and written here (so that
-// every page is real memory, not the shared zero page).
-double measureReadBandwidth(ThreadPool &pool, size_t bytes = size_t{1} << 30, int passes = 5);
+// The pages of a buffer: as the kernel's transparent huge page setting
+// decides, 4 KiB (as in a model file's mapping), or transparent huge pages.
+enum class PageKind { System, Small, Huge };
+
+// The same over a buffer of `bytes` in `pages`, allocated and written here
+// (so that every page is real memory, not the shared zero page); 0 if it
+// cannot be allocated.
+double measureReadBandwidth(ThreadPool &pool, size_t bytes = size_t{1} << 30, int passes = 5,
+                            PageKind pages = PageKind::System);
 
 } // namespace kt::cpu

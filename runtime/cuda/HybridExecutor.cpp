@@ -266,6 +266,7 @@ public:
   std::unique_ptr<cpu::WeightConversions> conversions;
   int64_t expertGemmTokens = 0;
   int64_t expertTileTokens = 0;
+  bool hugePageExperts = false; // ExecutorOptions::expertPages == "huge"
 
   std::vector<BoundStep> steps;
   std::vector<Value> values;
@@ -2772,7 +2773,8 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
           ++tileExpertLayers;
         if (routed.usesGeneratedKernels())
           ++generatedExpertLayers;
-        if (Status placed = cpu::placeExperts(routed, pool, numaPlacement); !placed.ok())
+        if (Status placed = cpu::placeExperts(routed, pool, numaPlacement, hugePageExperts);
+            !placed.ok())
           return placed;
         StatusOr<void *> staging =
             device->allocateHost(size_t(std::max(chunkSize, int64_t(1)) * hidden) * 4);
@@ -3497,6 +3499,15 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
                          " experts it shares out; give at most that, or leave it out to let "
                          "the share balance itself.");
   }
+  if (Status pages = exec::checkExpertPages(options.expertPages); !pages.ok())
+    return pages;
+  // Streamed experts are page-locked where the model file is mapped; a copy
+  // for the CPU would hold their bytes twice.
+  if (options.expertPages == "huge" && options.streamedExperts > 0)
+    return Status::error("--expert-pages huge and --stream-experts " +
+                         std::to_string(options.streamedExperts) +
+                         " together would keep the routed experts in memory twice (the GPU "
+                         "streams them from the model file's page-locked mapping); drop one.");
   if (options.streamedExperts > 0 && reserved == 0)
     return Status::error("--stream-experts " + std::to_string(options.streamedExperts) +
                          ": streamed experts run on the GPU expert cache's kernels and room, but " +
@@ -3584,6 +3595,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->caches.resize(size_t(options.sequences));
   impl->expertGemmTokens = std::max<int64_t>(0, options.expertGemmTokens);
   impl->expertTileTokens = std::max<int64_t>(0, options.expertTileTokens);
+  impl->hugePageExperts = options.expertPages == "huge";
   impl->chunkSize =
       options.chunkSize > 0 ? options.chunkSize : std::max<int64_t>(1, plan.defaults.chunkSize);
   if (impl->chunkSize > 65535)

@@ -41,6 +41,10 @@ struct ExecutorOptions {
   // per node and the routed experts' rows copied to the node that
   // multiplies them; on one node nothing changes.
   std::string numa = "auto";
+  // Where the CPU reads the routed experts on one node: "file" (the model
+  // file's mapping) or "huge" (a copy in transparent huge pages, made at
+  // load; RoutedExperts::copyIntoHugePages). Several NUMA nodes always copy.
+  std::string expertPages = "file";
   int64_t cacheLens = 0; // positions the KV cache holds; 0: the plan's runtime.cache_lens
   int64_t chunkSize = 0; // most tokens one prefill step runs; 0: the plan's runtime.chunk_size
   std::string planPath;  // the plan's file, for messages; empty: "the plan"
@@ -166,12 +170,22 @@ struct ExpertCacheStats {
   double decodeGateUpShare = 0;
 };
 
+// ExecutorOptions::expertPages checked: "file" or "huge".
+inline Status checkExpertPages(const std::string &pages) {
+  if (pages == "file" || pages == "huge")
+    return Status::success();
+  return Status::error("--expert-pages '" + pages +
+                       "': give file (read the experts where the model file is mapped) or huge "
+                       "(copy them into huge pages at load).");
+}
+
 // How the CPU threads and routed experts were spread over NUMA nodes.
 struct NumaPlacement {
   std::string nodes; // "node 0: CPUs 0-7; node 1: CPUs 8-15"; empty: one node
   std::vector<int> threadsPerNode;
   uint64_t expertBytes = 0; // routed-expert bytes copied to the nodes
   double seconds = 0;       // spent copying them
+  bool hugePages = false;   // one node: the experts copied into huge pages (expertPages)
 };
 
 // Decode's time per MoE layer in the steady state: host time between the

@@ -190,7 +190,13 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   double decodeRate = options.decodeTokens / decode;
   uint64_t expertBytes = expertBytesPerToken(plan, true);
   cpu::ThreadPool pool(executor.threadCount());
-  const double bandwidth = cpu::measureReadBandwidth(pool);
+  // Over pages like the experts': 4 KiB where they are read from the model
+  // file's mapping, huge pages where they were copied (NUMA nodes,
+  // --expert-pages huge), so that the bound is what the same pages give.
+  const exec::NumaPlacement placement = executor.numaPlacement();
+  const bool hugePages = placement.hugePages || !placement.nodes.empty();
+  const double bandwidth = cpu::measureReadBandwidth(
+      pool, size_t{1} << 30, 5, hugePages ? cpu::PageKind::Huge : cpu::PageKind::Small);
   double achieved = expertBytes * decodeRate;
   std::printf("threads: %d\n", executor.threadCount());
   std::printf("prefill: %lld tokens in %.3f s, %.1f tok/s\n",
@@ -199,9 +205,9 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   std::printf("decode: %lld tokens in %.3f s, %.1f tok/s\n",
               static_cast<long long>(options.decodeTokens), decode, decodeRate);
   std::printf("decode CPU expert weights: %.2f MB per token, %.2f GB/s; host read bandwidth "
-              "%.2f GB/s (%d threads); ratio %.3f\n",
+              "%.2f GB/s (%d threads, %s pages like the experts'); ratio %.3f\n",
               expertBytes / 1e6, achieved / 1e9, bandwidth / 1e9, executor.threadCount(),
-              bandwidth > 0 ? achieved / bandwidth : 0.0);
+              hugePages ? "huge" : "4 KiB", bandwidth > 0 ? achieved / bandwidth : 0.0);
   uint64_t allBytes = weightBytesPerToken(plan);
   std::printf("decode all weights: %.2f MB per token, %.2f GB/s; ratio %.3f\n", allBytes / 1e6,
               allBytes * decodeRate / 1e9, bandwidth > 0 ? allBytes * decodeRate / bandwidth : 0.0);

@@ -106,6 +106,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.expertGemmTokens = options_.expertGemmTokens;
   executorOptions.expertTileTokens = options_.expertTileTokens;
   executorOptions.numa = options_.numa;
+  executorOptions.expertPages = options_.expertPages;
   executorOptions.cacheLens = options_.cacheLens;
   executorOptions.planPath = options_.planPath;
   executorOptions.sequences = options_.sequences;

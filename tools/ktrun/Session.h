@@ -24,6 +24,7 @@ struct SessionOptions {
   std::string chatTemplatePath; // a Jinja template to use instead of the model's
   int threads = 0;
   std::string numa = "auto";    // ExecutorOptions::numa
+  std::string expertPages = "file"; // ExecutorOptions::expertPages
   int64_t cacheLens = 0;        // 0: the plan's
   int64_t expertGemmTokens = 0; // experts with this many tokens in a step run as bf16 GEMMs; 0: never
   bool forceThink = false;

@@ -1,5 +1,7 @@
 // NUMA: node settings, threads pinned per node, tasks kept on their node,
-// and the routed experts copied per node giving the same logits bit for bit.
+// and the routed experts copied per node giving the same logits bit for bit;
+// on one node, the experts copied into huge pages (--expert-pages huge)
+// alike, and a bad --expert-pages refused.
 // This host may have one node; two "nodes" of one CPU each exercise the
 // same code (pinning is real, placement is first touch by pinned threads).
 #include "runtime/cpu/Numa.h"
@@ -8,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <fstream>
 #include <mutex>
 #include <sched.h>
 #include <set>
@@ -142,6 +145,28 @@ TEST(Numa, FewerThreadsThanNodesIsOneNode) {
   EXPECT_EQ(pool.threadCount(), 1);
 }
 
+// The routed-expert tensors of a model: their bytes, count, experts and
+// MoE layers.
+struct RoutedExpertTensors {
+  uint64_t bytes = 0;
+  int64_t tensors = 0, experts = 0, moeLayers = 0;
+};
+
+// The tiny preset (q4_K experts) at hidden size 256, and its routed experts.
+void buildExpertModel(const std::string &name, TestModel &m, RoutedExpertTensors &routed) {
+  gen::ModelConfig config = *gen::presetConfig("tiny");
+  config.hiddenSize = 256;
+  ASSERT_NO_FATAL_FAILURE(buildModel(name, config, m));
+  for (const gguf::TensorInfo &tensor : m.model->tensors())
+    if (tensor.name.find("_exps.weight") != std::string::npos) {
+      routed.bytes += tensor.nbytes;
+      ++routed.tensors;
+      routed.experts += tensor.ne[2];
+      routed.moeLayers += tensor.name.find("ffn_gate_exps") != std::string::npos;
+    }
+  ASSERT_GT(routed.bytes, 0u);
+}
+
 // The routed experts copied per node: the same logits bit for bit as one
 // node, in prefill and decode, on the row kernels and (on AMX hosts) the
 // tile kernels; one node copies nothing.
@@ -150,19 +175,11 @@ TEST(Numa, ExpertsPlacedPerNodeGiveTheSameLogits) {
   const std::string two = twoNodes();
   if (two.empty())
     GTEST_SKIP() << "needs two CPUs";
-  gen::ModelConfig config = *gen::presetConfig("tiny"); // q4_K experts
-  config.hiddenSize = 256;
   TestModel m;
-  ASSERT_NO_FATAL_FAILURE(buildModel("numa", config, m));
-  uint64_t expertBytes = 0;
-  int64_t expertCount = 0, moeLayers = 0;
-  for (const gguf::TensorInfo &tensor : m.model->tensors())
-    if (tensor.name.find("_exps.weight") != std::string::npos) {
-      expertBytes += tensor.nbytes;
-      expertCount += tensor.ne[2];
-      moeLayers += tensor.name.find("ffn_gate_exps") != std::string::npos;
-    }
-  ASSERT_GT(expertBytes, 0u);
+  RoutedExpertTensors routed;
+  ASSERT_NO_FATAL_FAILURE(buildExpertModel("numa", m, routed));
+  const uint64_t expertBytes = routed.bytes;
+  const int64_t expertCount = routed.experts, moeLayers = routed.moeLayers;
   const std::vector<int32_t> tokens = sampleTokens(40, 5);
   for (int64_t tileTokens : {int64_t{0}, int64_t{2}}) {
     ExecutorOptions one;
@@ -193,6 +210,53 @@ TEST(Numa, ExpertsPlacedPerNodeGiveTheSameLogits) {
       EXPECT_EQ(*a, *b) << "decode, tile tokens " << tileTokens;
     }
   }
+}
+
+// One node, --expert-pages huge: every expert tensor copied once (each from
+// a 2 MiB boundary), the same logits bit for bit as reading them where the
+// model file is mapped, in prefill and decode; "file" copies nothing; a
+// value other than file or huge is refused with both named.
+TEST(Numa, ExpertsCopiedIntoHugePagesGiveTheSameLogits) {
+  KT_REQUIRE_COMPILER();
+  std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
+  std::string modes;
+  if (!std::getline(thp, modes) || modes.find("[never]") != std::string::npos)
+    GTEST_SKIP() << "this host's transparent huge pages are off";
+  TestModel m;
+  RoutedExpertTensors routed;
+  ASSERT_NO_FATAL_FAILURE(buildExpertModel("huge-pages", m, routed));
+  const uint64_t expertBytes = routed.bytes;
+  const int64_t expertTensors = routed.tensors;
+  ExecutorOptions file;
+  file.threads = 2;
+  file.numa = "off";
+  ExecutorOptions huge = file;
+  huge.expertPages = "huge";
+  auto reading = makeExecutor(m, file), copied = makeExecutor(m, huge);
+  ASSERT_TRUE(reading && copied);
+  EXPECT_FALSE(reading->numaPlacement().hugePages);
+  EXPECT_EQ(reading->numaPlacement().expertBytes, 0u);
+  const exec::NumaPlacement placement = copied->numaPlacement();
+  EXPECT_TRUE(placement.hugePages);
+  EXPECT_TRUE(placement.nodes.empty());
+  EXPECT_GE(placement.expertBytes, expertBytes);
+  EXPECT_LE(placement.expertBytes, expertBytes + uint64_t(expertTensors) * (2 << 20));
+  const std::vector<int32_t> tokens = sampleTokens(40, 5);
+  StatusOr<std::vector<float>> a = reading->forward(tokens), b = copied->forward(tokens);
+  ASSERT_TRUE(a.ok() && b.ok());
+  EXPECT_EQ(*a, *b) << "prefill";
+  for (int32_t token : {3, 17, 9}) {
+    a = reading->forward({token});
+    b = copied->forward({token});
+    ASSERT_TRUE(a.ok() && b.ok());
+    EXPECT_EQ(*a, *b) << "decode";
+  }
+  ExecutorOptions bad = file;
+  bad.expertPages = "tiny";
+  StatusOr<std::unique_ptr<CpuExecutor>> refused = CpuExecutor::create(m.plan, *m.model, bad);
+  ASSERT_FALSE(refused.ok());
+  EXPECT_NE(refused.message().find("--expert-pages 'tiny': give file"), std::string::npos)
+      << refused.message();
 }
 
 } // namespace

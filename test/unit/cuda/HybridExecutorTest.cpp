@@ -530,6 +530,22 @@ TEST(HybridExecutor, RefusesStreamedExpertsWithoutTheCacheReservation) {
                                     "1 experts"),
             std::string::npos)
       << executor.message();
+  // The CPU's copy of the experts in huge pages beside streamed ones (read
+  // from the file's page-locked mapping) would hold them twice; an unknown
+  // --expert-pages is refused with the choices.
+  options = {};
+  options.streamedExperts = 2;
+  options.expertPages = "huge";
+  executor = exec::createExecutor(m.plan, *m.model, options);
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("--expert-pages huge and --stream-experts 2"),
+            std::string::npos)
+      << executor.message();
+  options.expertPages = "tiny";
+  executor = exec::createExecutor(m.plan, *m.model, options);
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("--expert-pages 'tiny': give file"), std::string::npos)
+      << executor.message();
 }
 
 TEST(HybridExecutor, ChunkedPrefillEqualsTheCpuExecutor) {
