@@ -512,12 +512,14 @@ StatusOr<uint64_t> RoutedExperts::copyIntoHugePages(ThreadPool &pool) {
                          (modes.empty() ? std::string("not readable") : modes) +
                          "). Run with --expert-pages file.");
   constexpr uint64_t kHugePage = 2 << 20;
-  const WeightMatrix *matrices[] = {&gate_, &up_, &down_};
+  WeightMatrix *matrices[] = {&gate_, &up_, &down_};
   uint64_t offsets[4] = {0, 0, 0, 0}; // each tensor from a huge page's start
-  for (int m = 0; m < 3; ++m)
-    offsets[m + 1] =
-        (offsets[m] + uint64_t(matrices[m]->rows) * matrices[m]->rowBytes + kHugePage - 1) /
-        kHugePage * kHugePage;
+  uint64_t copied = 0;
+  for (int m = 0; m < 3; ++m) {
+    const uint64_t bytes = uint64_t(matrices[m]->rows) * matrices[m]->rowBytes;
+    copied += bytes;
+    offsets[m + 1] = (offsets[m] + bytes + kHugePage - 1) / kHugePage * kHugePage;
+  }
   const uint64_t total = offsets[3];
   // MemAvailable counts the page cache the copy reads from as reclaimable.
   std::ifstream meminfo("/proc/meminfo");
@@ -560,13 +562,12 @@ StatusOr<uint64_t> RoutedExperts::copyIntoHugePages(ThreadPool &pool) {
     std::memcpy(base + offsets[m] + at, matrices[m]->data + at,
                 size_t(std::min(kPiece, bytes - at)));
   });
-  WeightMatrix *targets[] = {&gate_, &up_, &down_};
   for (int m = 0; m < 3; ++m) {
-    releaseMappedPages(*targets[m]);
-    targets[m]->data = base + offsets[m];
+    releaseMappedPages(*matrices[m]);
+    matrices[m]->data = base + offsets[m];
   }
   hugePageCopy_ = std::move(mapping);
-  return total;
+  return copied;
 }
 
 Status placeExperts(RoutedExperts &experts, ThreadPool &pool, exec::NumaPlacement &placement,

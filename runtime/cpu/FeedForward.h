@@ -140,7 +140,7 @@ public:
   // them there from then on, and releases the pages of the model file's
   // mapping it read. Refused where the host's transparent huge pages are
   // off or its available memory is short of the copy. Returns the bytes
-  // copied.
+  // copied (the tensors', without the padding to huge pages).
   StatusOr<uint64_t> copyIntoHugePages(ThreadPool &pool);
 
   int64_t experts() const { return experts_; }
