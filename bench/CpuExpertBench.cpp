@@ -40,7 +40,6 @@
 #include <functional>
 #include <random>
 #include <string>
-#include <sys/mman.h>
 #include <vector>
 
 namespace {
@@ -101,36 +100,12 @@ template <typename Engine> std::vector<float> randomActivations(int64_t count, E
   return x;
 }
 
-// The expert bytes the rows cycle through: an anonymous mapping whose pages
-// the bench chooses (--pages). The runtime's experts sit in the model
-// file's mapping, in 4 KiB pages, unless it copies them (the NUMA
-// placement, into huge pages); the read bandwidth is measured over the same
+// The expert bytes the rows cycle through, in the pages the bench chooses
+// (--pages). The runtime's experts sit in the model file's mapping, in
+// 4 KiB pages, unless it copies them (the NUMA placement or --expert-pages
+// huge, into huge pages); the read bandwidth is measured over the same
 // bytes, so both sides of each ratio see the same pages.
-class PoolBuffer {
-public:
-  // data() is null if the mapping failed (errno says why).
-  PoolBuffer(size_t bytes, cpu::PageKind pages) : size_(bytes) {
-    void *memory = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (memory == MAP_FAILED)
-      return;
-    data_ = static_cast<uint8_t *>(memory);
-    if (pages != cpu::PageKind::System)
-      madvise(data_, bytes, pages == cpu::PageKind::Huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-  }
-  ~PoolBuffer() {
-    if (data_)
-      munmap(data_, size_);
-  }
-  PoolBuffer(const PoolBuffer &) = delete;
-  PoolBuffer &operator=(const PoolBuffer &) = delete;
-  uint8_t *data() { return data_; }
-  const uint8_t *data() const { return data_; }
-  size_t size() const { return size_; }
-
-private:
-  uint8_t *data_ = nullptr;
-  size_t size_ = 0;
-};
+using PoolBuffer = cpu::AnonymousMemory;
 
 // The transparent huge pages (MiB) of the mapping that holds `address`, from
 // /proc/self/smaps; -1 where not known.

@@ -378,15 +378,10 @@ bool RoutedExperts::usesGeneratedKernels() const {
 bool RoutedExperts::hasTileKernels() const { return runsOnTiles({gate_, up_, down_}); }
 
 struct RoutedExperts::NodeCopies {
-  std::vector<FfnBand> bands;                    // [expert * nodes + node]
-  std::vector<std::pair<void *, size_t>> memory; // one mapping per node
-  NodeCopies() = default;
-  NodeCopies(const NodeCopies &) = delete;
-  NodeCopies &operator=(const NodeCopies &) = delete;
-  ~NodeCopies() {
-    for (auto [address, bytes] : memory)
-      munmap(address, bytes);
-  }
+  std::vector<FfnBand> bands; // [expert * nodes + node]
+  // One mapping per node (null where its bands are empty), in huge pages:
+  // fewer TLB misses while streaming; a hint only.
+  std::vector<std::unique_ptr<AnonymousMemory>> memory;
 };
 
 namespace {
@@ -436,20 +431,17 @@ StatusOr<uint64_t> RoutedExperts::placeOnNodes(ThreadPool &pool) {
         uint64_t(g) * (gate_.rowBytes + up_.rowBytes) + uint64_t(d) * down_.rowBytes;
     perExpert[size_t(n)] = (bytes + 63) / 64 * 64; // each expert's band on a cache line
     const size_t size = perExpert[size_t(n)] * size_t(experts_);
-    void *memory =
-        size ? mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
-             : nullptr;
-    if (memory == MAP_FAILED)
+    auto memory = size ? std::make_unique<AnonymousMemory>(size, PageKind::Huge) : nullptr;
+    if (memory && !memory->data())
       return Status::error("Cannot allocate " + std::to_string(size) + " bytes for node " +
                            std::to_string(pool.topology().nodes[size_t(n)].id) +
                            "'s copy of the routed experts: " + std::strerror(errno) +
                            ". Run with --numa off to keep them in the model file's mapping.");
-    if (memory)
-      madvise(memory, size, MADV_HUGEPAGE); // fewer TLB misses while streaming; a hint only
-    copies->memory.push_back({memory, size});
+    uint8_t *first = memory ? memory->data() : nullptr;
+    copies->memory.push_back(std::move(memory));
     total += size;
     for (int64_t e = 0; e < experts_; ++e) {
-      uint8_t *base = static_cast<uint8_t *>(memory) + uint64_t(e) * perExpert[size_t(n)];
+      uint8_t *base = first + uint64_t(e) * perExpert[size_t(n)];
       FfnBand &band = copies->bands[size_t(e * nodes + n)];
       band.gateUpFirst = gateUp[n];
       band.downFirst = down[n];
@@ -490,18 +482,6 @@ StatusOr<uint64_t> RoutedExperts::placeOnNodes(ThreadPool &pool) {
   return total;
 }
 
-struct RoutedExperts::Mapping {
-  void *address = nullptr;
-  size_t bytes = 0;
-  Mapping() = default;
-  Mapping(const Mapping &) = delete;
-  Mapping &operator=(const Mapping &) = delete;
-  ~Mapping() {
-    if (address)
-      munmap(address, bytes);
-  }
-};
-
 StatusOr<uint64_t> RoutedExperts::copyIntoHugePages(ThreadPool &pool) {
   std::ifstream thp("/sys/kernel/mm/transparent_hugepage/enabled");
   std::string modes;
@@ -537,19 +517,12 @@ StatusOr<uint64_t> RoutedExperts::copyIntoHugePages(ThreadPool &pool) {
                          std::to_string(total >> 20) + " MiB and the host has " +
                          std::to_string(availableKiB >> 10) +
                          " MiB available. Run with --expert-pages file.");
-  auto mapping = std::make_shared<Mapping>();
-  mapping->bytes = total + kHugePage; // room to start on a huge page
-  mapping->address =
-      mmap(nullptr, mapping->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mapping->address == MAP_FAILED) {
-    mapping->address = nullptr;
+  auto mapping = std::make_shared<AnonymousMemory>(total, PageKind::Huge, kHugePage);
+  if (!mapping->data())
     return Status::error("Cannot allocate " + std::to_string(total) +
                          " bytes for the routed experts' copy in huge pages: " +
                          std::strerror(errno) + ". Run with --expert-pages file.");
-  }
-  uint8_t *base = reinterpret_cast<uint8_t *>(
-      (reinterpret_cast<uintptr_t>(mapping->address) + kHugePage - 1) / kHugePage * kHugePage);
-  madvise(base, total, MADV_HUGEPAGE);
+  uint8_t *base = mapping->data();
   // 8 MiB pieces over the pool, in order.
   constexpr uint64_t kPiece = 8 << 20;
   std::vector<std::pair<int, uint64_t>> pieces; // matrix, offset in it

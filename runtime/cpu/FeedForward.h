@@ -2,6 +2,7 @@
 // experts of MoE layers.
 #pragma once
 
+#include "runtime/cpu/AnonymousMemory.h"
 #include "runtime/cpu/ExpertGemm.h"
 #include "runtime/cpu/Linear.h"
 #include "runtime/cpu/Math.h"
@@ -168,11 +169,11 @@ private:
   const FfnBand *bandsOf(int64_t e) const; // null without NUMA placement
 
   struct NodeCopies; // the NUMA bands of every expert and their memory
-  struct Mapping;    // anonymous memory, unmapped when the last owner goes
 
   WeightMatrix gate_, up_, down_; // all experts' rows
   std::shared_ptr<const NodeCopies> nodeCopies_; // null: no NUMA placement
-  std::shared_ptr<const Mapping> hugePageCopy_;  // gate_, up_, down_'s bytes; null: the file's
+  std::shared_ptr<const AnonymousMemory>
+      hugePageCopy_; // gate_, up_, down_'s bytes; null: the file's
   int64_t experts_, hidden_, ffn_;
   int64_t gemmTokens_ = 0;
   int64_t tileTokens_ = 0;

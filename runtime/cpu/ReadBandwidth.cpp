@@ -3,8 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <immintrin.h>
-#include <memory>
-#include <sys/mman.h>
 #include <vector>
 
 namespace kt::cpu {
@@ -81,12 +79,10 @@ double measureReadBandwidth(ThreadPool &pool, const uint8_t *data, size_t bytes,
 }
 
 double measureReadBandwidth(ThreadPool &pool, size_t bytes, int passes, PageKind pages) {
-  void *mapping = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (mapping == MAP_FAILED)
+  AnonymousMemory memory(bytes, pages);
+  uint8_t *buffer = memory.data();
+  if (!buffer)
     return 0;
-  if (pages != PageKind::System)
-    madvise(mapping, bytes, pages == PageKind::Huge ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
-  auto *buffer = static_cast<uint8_t *>(mapping);
   // Written in parallel (first touch by the threads that read it).
   const int64_t chunks = int64_t(pool.threadCount()) * 8;
   pool.parallelFor(chunks, [&](int64_t c, int) {
@@ -95,9 +91,7 @@ double measureReadBandwidth(ThreadPool &pool, size_t bytes, int passes, PageKind
     for (size_t i = begin; i < end; ++i)
       buffer[i] = uint8_t(i * 131 + 7);
   });
-  const double bandwidth = measureReadBandwidth(pool, buffer, bytes, passes);
-  munmap(mapping, bytes);
-  return bandwidth;
+  return measureReadBandwidth(pool, buffer, bytes, passes);
 }
 
 } // namespace kt::cpu

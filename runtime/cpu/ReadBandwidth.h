@@ -4,6 +4,7 @@
 // bytes they read by it.
 #pragma once
 
+#include "runtime/cpu/AnonymousMemory.h"
 #include "runtime/cpu/ThreadPool.h"
 
 #include <cstddef>
@@ -15,10 +16,6 @@ namespace kt::cpu {
 // software prefetch, split into 8 slices per thread of `pool` (64-byte
 // lines, several loads in flight per thread).
 double measureReadBandwidth(ThreadPool &pool, const uint8_t *data, size_t bytes, int passes);
-
-// The pages of a buffer: as the kernel's transparent huge page setting
-// decides, 4 KiB (as in a model file's mapping), or transparent huge pages.
-enum class PageKind { System, Small, Huge };
 
 // The same over a buffer of `bytes` in `pages`, allocated and written here
 // (so that every page is real memory, not the shared zero page); 0 if it
