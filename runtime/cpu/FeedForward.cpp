@@ -545,28 +545,19 @@ StatusOr<uint64_t> RoutedExperts::copyIntoHugePages(ThreadPool &pool) {
 
 Status placeExperts(RoutedExperts &experts, ThreadPool &pool, exec::NumaPlacement &placement,
                     bool hugePages) {
-  if (pool.nodeCount() < 2) {
-    if (!hugePages)
-      return Status::success();
-    const auto start = std::chrono::steady_clock::now();
-    StatusOr<uint64_t> bytes = experts.copyIntoHugePages(pool);
-    if (!bytes)
-      return bytes.status();
-    placement.hugePages = true;
-    placement.expertBytes += *bytes;
-    placement.seconds +=
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const bool nodes = pool.nodeCount() >= 2;
+  if (!nodes && !hugePages)
     return Status::success();
-  }
-  if (placement.nodes.empty()) {
+  if (nodes && placement.nodes.empty()) {
     placement.nodes = pool.topology().describe();
     for (int n = 0; n < pool.nodeCount(); ++n)
       placement.threadsPerNode.push_back(pool.threadsOnNode(n));
   }
   const auto start = std::chrono::steady_clock::now();
-  StatusOr<uint64_t> bytes = experts.placeOnNodes(pool);
+  StatusOr<uint64_t> bytes = nodes ? experts.placeOnNodes(pool) : experts.copyIntoHugePages(pool);
   if (!bytes)
     return bytes.status();
+  placement.hugePages = placement.hugePages || !nodes;
   placement.expertBytes += *bytes;
   placement.seconds +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
