@@ -248,6 +248,7 @@ public:
                      weights.data.data(), ids.width, o.data.data(), &segmentStarts_,
                      ctx.expertPhases);
   }
+  const RoutedExperts &experts() const { return experts_; }
 
 private:
   RoutedExperts experts_;
@@ -773,6 +774,9 @@ int CpuExecutor::generatedExpertLayers() const { return impl_->generatedExpertLa
 int CpuExecutor::tileExpertLayers() const { return impl_->tileExpertLayers; }
 
 exec::NumaPlacement CpuExecutor::numaPlacement() const { return impl_->numaPlacement; }
+std::vector<exec::HostBytes> CpuExecutor::routedExpertBytes() const {
+  return routedExpertBytesOf<ExpertsStep>(impl_->steps);
+}
 void CpuExecutor::setProfiling(bool on) {
   impl_->profiling = on;
   impl_->profile = {};

@@ -47,6 +47,7 @@ public:
   int generatedExpertLayers() const override;
   int tileExpertLayers() const override;
   exec::NumaPlacement numaPlacement() const override;
+  std::vector<exec::HostBytes> routedExpertBytes() const override;
   // Profiles the CPU experts (by part) against the other steps.
   void setProfiling(bool on) override;
   exec::ExecutionProfile profile() const override;

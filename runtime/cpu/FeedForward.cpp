@@ -564,6 +564,15 @@ Status placeExperts(RoutedExperts &experts, ThreadPool &pool, exec::NumaPlacemen
   return Status::success();
 }
 
+std::vector<exec::HostBytes> RoutedExperts::bytes() const {
+  if (nodeCopies_)
+    return {};
+  std::vector<exec::HostBytes> ranges;
+  for (const WeightMatrix *w : {&gate_, &up_, &down_})
+    ranges.push_back({w->data, uint64_t(w->rows) * w->rowBytes});
+  return ranges;
+}
+
 const FfnBand *RoutedExperts::bandsOf(int64_t e) const {
   return nodeCopies_
              ? nodeCopies_->bands.data() + e * static_cast<int64_t>(nodeCopies_->memory.size())

@@ -146,6 +146,9 @@ public:
 
   int64_t experts() const { return experts_; }
   int64_t hidden() const { return hidden_; }
+  // The gate, up and down bytes where forward() reads them (the model
+  // file's mapping or the huge-page copy); empty after placeOnNodes.
+  std::vector<exec::HostBytes> bytes() const;
 
   // out[t] = sum_k weights[t][k] * expert_{ids[t][k]}(x[t]). Tokens are
   // grouped by expert so that every chosen expert's matrices are read once
@@ -179,6 +182,19 @@ private:
   int64_t tileTokens_ = 0;
   mutable ExpertGemm gemm_; // scratch reused by forward()
 };
+
+// The routed experts' bytes (RoutedExperts::bytes) of every step among an
+// executor's bound `steps` that is an `ExpertsStep` (whose experts() gives
+// its RoutedExperts), in order: Executor::routedExpertBytes.
+template <class ExpertsStep, class BoundSteps>
+std::vector<exec::HostBytes> routedExpertBytesOf(const BoundSteps &steps) {
+  std::vector<exec::HostBytes> ranges;
+  for (const auto &bound : steps)
+    if (auto *experts = dynamic_cast<const ExpertsStep *>(bound.step.get()))
+      for (const exec::HostBytes &range : experts->experts().bytes())
+        ranges.push_back(range);
+  return ranges;
+}
 
 // RoutedExperts::placeOnNodes for an executor (on one node with
 // `hugePages`, copyIntoHugePages): adds the bytes and time to `placement`

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <chrono>
 #include <immintrin.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <vector>
 
 namespace kt::cpu {
@@ -53,29 +55,70 @@ uint64_t readSlice(const uint8_t *data, size_t bytes, bool prefetch) {
   return a + b + c + d;
 }
 
+// Best of `passes` passes each without and with software prefetch, task t
+// reading `pieceBytes` from pieces[t].
+double bestOverPieces(ThreadPool &pool, const std::vector<const uint8_t *> &pieces,
+                      size_t pieceBytes, int passes) {
+  std::vector<uint64_t> sinks(pieces.size() * 8); // a line per piece: no false sharing
+  double best = 0;
+  for (int pass = 0; pass < 2 * passes; ++pass) {
+    const auto start = Clock::now();
+    pool.parallelFor(int64_t(pieces.size()), [&](int64_t t, int) {
+      sinks[size_t(t) * 8] = readSlice(pieces[size_t(t)], pieceBytes, pass % 2 == 1);
+    });
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    best = std::max(best, double(pieceBytes) * double(pieces.size()) / seconds);
+  }
+  volatile uint64_t keep = 0; // the sums are used, so the reads stay
+  for (size_t s = 0; s < sinks.size(); s += 8)
+    keep = keep + sinks[s];
+  return best;
+}
+
 } // namespace
+
+double measureReadBandwidth(ThreadPool &pool, const std::vector<exec::HostBytes> &ranges,
+                            uint64_t sampleBytes, int passes, uint64_t &sampled) {
+  constexpr size_t kPieceBytes = size_t{4} << 20;
+  const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  std::vector<const uint8_t *> candidates;
+  for (const exec::HostBytes &range : ranges) {
+    const uintptr_t begin = reinterpret_cast<uintptr_t>(range.data);
+    const uintptr_t end = begin + range.bytes;
+    for (uintptr_t at = (begin + page - 1) / page * page; at + kPieceBytes <= end;
+         at += kPieceBytes)
+      candidates.push_back(reinterpret_cast<const uint8_t *>(at));
+  }
+  const size_t wanted = size_t(sampleBytes / kPieceBytes);
+  std::vector<const uint8_t *> pieces;
+  if (wanted > 0 && !candidates.empty()) {
+    // Evenly spread: the host memory behind one part of the ranges may be
+    // faster than behind another.
+    const double stride = std::max(1.0, double(candidates.size()) / double(wanted));
+    std::vector<unsigned char> resident(kPieceBytes / page);
+    for (double at = 0; size_t(at) < candidates.size() && pieces.size() < wanted; at += stride) {
+      const uint8_t *piece = candidates[size_t(at)];
+      if (mincore(const_cast<uint8_t *>(piece), kPieceBytes, resident.data()) != 0)
+        continue;
+      if (std::all_of(resident.begin(), resident.end(), [](unsigned char c) { return c & 1; }))
+        pieces.push_back(piece);
+    }
+  }
+  sampled = uint64_t(pieces.size()) * kPieceBytes;
+  return pieces.empty() ? 0 : bestOverPieces(pool, pieces, kPieceBytes, passes);
+}
 
 double measureReadBandwidth(ThreadPool &pool, const uint8_t *data, size_t bytes, int passes) {
   const int64_t slices = int64_t(pool.threadCount()) * 8;
   const size_t slice = bytes / size_t(slices) / 128 * 128;
   if (slice == 0)
     return 0;
-  std::vector<uint64_t> sinks(size_t(slices) * 8); // a line per slice: no false sharing
-  double best = 0;
   // Passes alternate between plain streaming and streaming with software
   // prefetch (what the kernels do); the best of all is the ceiling.
-  for (int pass = 0; pass < 2 * passes; ++pass) {
-    const auto start = Clock::now();
-    pool.parallelFor(slices, [&](int64_t s, int) {
-      sinks[size_t(s) * 8] = readSlice(data + size_t(s) * slice, slice, pass % 2 == 1);
-    });
-    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
-    best = std::max(best, double(slice) * double(slices) / seconds);
-  }
-  volatile uint64_t keep = 0; // the sums are used, so the reads stay
-  for (size_t s = 0; s < sinks.size(); s += 8)
-    keep = keep + sinks[s];
-  return best;
+  std::vector<const uint8_t *> pieces;
+  for (int64_t s = 0; s < slices; ++s)
+    pieces.push_back(data + size_t(s) * slice);
+  return bestOverPieces(pool, pieces, slice, passes);
 }
 
 double measureReadBandwidth(ThreadPool &pool, size_t bytes, int passes, PageKind pages) {

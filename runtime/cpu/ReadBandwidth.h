@@ -6,9 +6,11 @@
 
 #include "runtime/cpu/AnonymousMemory.h"
 #include "runtime/cpu/ThreadPool.h"
+#include "runtime/exec/Executor.h"
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace kt::cpu {
 
@@ -22,5 +24,14 @@ double measureReadBandwidth(ThreadPool &pool, const uint8_t *data, size_t bytes,
 // cannot be allocated.
 double measureReadBandwidth(ThreadPool &pool, size_t bytes = size_t{1} << 30, int passes = 5,
                             PageKind pages = PageKind::System);
+
+// The same over memory that is already there (the routed experts where the
+// kernels read them: the host memory behind a mapping, and so its speed,
+// differs from one buffer to the next on some hosts): pieces of 4 MiB spread
+// evenly over `ranges`, up to `sampleBytes` of them, each taken only if all
+// its pages are resident (mincore), so that none is read from disk. Sets
+// `sampled` to the bytes read per pass; 0 (and 0 bytes/s) if none qualify.
+double measureReadBandwidth(ThreadPool &pool, const std::vector<exec::HostBytes> &ranges,
+                            uint64_t sampleBytes, int passes, uint64_t &sampled);
 
 } // namespace kt::cpu

@@ -3783,6 +3783,9 @@ int HybridExecutor::generatedExpertLayers() const { return impl_->generatedExper
 int HybridExecutor::tileExpertLayers() const { return impl_->tileExpertLayers; }
 
 exec::NumaPlacement HybridExecutor::numaPlacement() const { return impl_->numaPlacement; }
+std::vector<exec::HostBytes> HybridExecutor::routedExpertBytes() const {
+  return cpu::routedExpertBytesOf<ExpertsStep>(impl_->steps);
+}
 void HybridExecutor::reset(int sequence) { impl_->sequences.reset(size_t(sequence)); }
 void HybridExecutor::truncate(int sequence, int64_t tokens) {
   impl_->sequences.truncate(size_t(sequence), tokens);

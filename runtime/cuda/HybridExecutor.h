@@ -74,6 +74,7 @@ public:
   int generatedExpertLayers() const override;
   int tileExpertLayers() const override;
   exec::NumaPlacement numaPlacement() const override;
+  std::vector<exec::HostBytes> routedExpertBytes() const override;
   using Executor::reset;
   void reset(int sequence) override;
   using Executor::truncate;

@@ -179,6 +179,12 @@ inline Status checkExpertPages(const std::string &pages) {
                        "(copy them into huge pages at load).");
 }
 
+// A range of host memory.
+struct HostBytes {
+  const uint8_t *data = nullptr;
+  uint64_t bytes = 0;
+};
+
 // How the CPU threads and routed experts were spread over NUMA nodes.
 struct NumaPlacement {
   std::string nodes; // "node 0: CPUs 0-7; node 1: CPUs 8-15"; empty: one node
@@ -332,6 +338,12 @@ public:
   virtual void setMoeLayerGpuClock(bool) {}
   virtual WeightConversionStats weightConversions() const { return {}; }
   virtual NumaPlacement numaPlacement() const { return {}; }
+  // The routed experts' bytes the CPU threads read, where they read them
+  // (the model file's mapping or the huge-page copy), so that a benchmark
+  // can measure the host's read bandwidth over those very pages. Empty with
+  // NUMA node copies (each node's band is read by that node's threads) and
+  // without CPU experts.
+  virtual std::vector<HostBytes> routedExpertBytes() const { return {}; }
   // "cpu", or the GPU that runs the GPU ops ("cuda:0 (NVIDIA H100 80GB HBM3)").
   virtual std::string deviceDescription() const = 0;
 };

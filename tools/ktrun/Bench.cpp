@@ -37,6 +37,38 @@ bool cpuExperts(const plan::Op &op) {
   return op.kind == "routed_experts" && op.decodeDevice == "cpu";
 }
 
+// The host's read bandwidth for the bound, and what it was read over.
+struct HostBandwidth {
+  double bytesPerSecond = 0;
+  std::string over;
+};
+
+// Over the routed experts' own bytes where the kernels read them: on some
+// hosts (virtual machines among them) the memory behind one buffer reads
+// 30% faster or slower than behind another, so a fresh buffer's speed is
+// not the experts'. Where less than kMinimumSample of them is resident
+// (a small model, or one larger than memory), or they sit in NUMA node
+// copies read by each node's own threads, over a fresh buffer in pages like
+// theirs: 4 KiB where they are read from the model file's mapping, huge
+// pages where they were copied.
+HostBandwidth measureHostBandwidth(const exec::Executor &executor, cpu::ThreadPool &pool) {
+  constexpr uint64_t kSampleBytes = uint64_t{2} << 30, kMinimumSample = uint64_t{1} << 30;
+  uint64_t sampled = 0;
+  const double overExperts =
+      cpu::measureReadBandwidth(pool, executor.routedExpertBytes(), kSampleBytes, 5, sampled);
+  if (sampled >= kMinimumSample) {
+    char over[96];
+    std::snprintf(over, sizeof over, "over %.2f GiB of the routed experts' own pages",
+                  double(sampled) / double(uint64_t{1} << 30));
+    return {overExperts, over};
+  }
+  const exec::NumaPlacement placement = executor.numaPlacement();
+  const bool hugePages = placement.hugePages || !placement.nodes.empty();
+  return {cpu::measureReadBandwidth(pool, size_t{1} << 30, 5,
+                                    hugePages ? cpu::PageKind::Huge : cpu::PageKind::Small),
+          std::string(hugePages ? "huge" : "4 KiB") + " pages like the experts'"};
+}
+
 int moeLayers(const plan::Plan &plan) {
   return static_cast<int>(std::count_if(plan.ops.begin(), plan.ops.end(), cpuExperts));
 }
@@ -190,13 +222,8 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   double decodeRate = options.decodeTokens / decode;
   uint64_t expertBytes = expertBytesPerToken(plan, true);
   cpu::ThreadPool pool(executor.threadCount());
-  // Over pages like the experts': 4 KiB where they are read from the model
-  // file's mapping, huge pages where they were copied (NUMA nodes,
-  // --expert-pages huge), so that the bound is what the same pages give.
-  const exec::NumaPlacement placement = executor.numaPlacement();
-  const bool hugePages = placement.hugePages || !placement.nodes.empty();
-  const double bandwidth = cpu::measureReadBandwidth(
-      pool, size_t{1} << 30, 5, hugePages ? cpu::PageKind::Huge : cpu::PageKind::Small);
+  const HostBandwidth host = measureHostBandwidth(executor, pool);
+  const double bandwidth = host.bytesPerSecond;
   double achieved = expertBytes * decodeRate;
   std::printf("threads: %d\n", executor.threadCount());
   std::printf("prefill: %lld tokens in %.3f s, %.1f tok/s\n",
@@ -205,9 +232,9 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   std::printf("decode: %lld tokens in %.3f s, %.1f tok/s\n",
               static_cast<long long>(options.decodeTokens), decode, decodeRate);
   std::printf("decode CPU expert weights: %.2f MB per token, %.2f GB/s; host read bandwidth "
-              "%.2f GB/s (%d threads, %s pages like the experts'); ratio %.3f\n",
+              "%.2f GB/s (%d threads, %s); ratio %.3f\n",
               expertBytes / 1e6, achieved / 1e9, bandwidth / 1e9, executor.threadCount(),
-              hugePages ? "huge" : "4 KiB", bandwidth > 0 ? achieved / bandwidth : 0.0);
+              host.over.c_str(), bandwidth > 0 ? achieved / bandwidth : 0.0);
   uint64_t allBytes = weightBytesPerToken(plan);
   std::printf("decode all weights: %.2f MB per token, %.2f GB/s; ratio %.3f\n", allBytes / 1e6,
               allBytes * decodeRate / 1e9, bandwidth > 0 ? allBytes * decodeRate / bandwidth : 0.0);

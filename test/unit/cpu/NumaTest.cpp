@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <fstream>
 #include <mutex>
 #include <sched.h>
@@ -152,6 +153,13 @@ struct RoutedExpertTensors {
   int64_t experts = 0, moeLayers = 0;
 };
 
+uint64_t totalBytes(const std::vector<exec::HostBytes> &ranges) {
+  uint64_t total = 0;
+  for (const exec::HostBytes &range : ranges)
+    total += range.bytes;
+  return total;
+}
+
 // The tiny preset (q4_K experts) at hidden size 256, and its routed experts.
 void buildExpertModel(const std::string &name, TestModel &m, RoutedExpertTensors &routed) {
   gen::ModelConfig config = *gen::presetConfig("tiny");
@@ -191,6 +199,8 @@ TEST(Numa, ExpertsPlacedPerNodeGiveTheSameLogits) {
     ASSERT_TRUE(single && placed);
     EXPECT_TRUE(single->numaPlacement().nodes.empty());
     EXPECT_EQ(single->numaPlacement().expertBytes, 0u);
+    EXPECT_EQ(totalBytes(single->routedExpertBytes()), expertBytes);
+    EXPECT_TRUE(placed->routedExpertBytes().empty()) << "each node reads its own band";
     const exec::NumaPlacement placement = placed->numaPlacement();
     EXPECT_EQ(placement.threadsPerNode, (std::vector<int>{1, 1}));
     // Every expert's bytes once, each band padded to a cache line.
@@ -238,6 +248,23 @@ TEST(Numa, ExpertsCopiedIntoHugePagesGiveTheSameLogits) {
   EXPECT_TRUE(placement.hugePages);
   EXPECT_TRUE(placement.nodes.empty());
   EXPECT_EQ(placement.expertBytes, expertBytes);
+  // Where the kernels read them: the model file's tensors, or the copy's,
+  // each from a huge page's start.
+  std::vector<const uint8_t *> tensorData;
+  for (const gguf::TensorInfo &tensor : m.model->tensors())
+    if (tensor.name.find("_exps.weight") != std::string::npos)
+      tensorData.push_back(tensor.data);
+  const std::vector<exec::HostBytes> inFile = reading->routedExpertBytes(),
+                                     inCopy = copied->routedExpertBytes();
+  EXPECT_EQ(totalBytes(inFile), expertBytes);
+  EXPECT_EQ(totalBytes(inCopy), expertBytes);
+  ASSERT_EQ(inFile.size(), tensorData.size());
+  ASSERT_EQ(inCopy.size(), tensorData.size());
+  for (size_t i = 0; i < inFile.size(); ++i) {
+    EXPECT_NE(std::find(tensorData.begin(), tensorData.end(), inFile[i].data), tensorData.end());
+    EXPECT_EQ(std::find(tensorData.begin(), tensorData.end(), inCopy[i].data), tensorData.end());
+    EXPECT_EQ(reinterpret_cast<uintptr_t>(inCopy[i].data) % (2 << 20), 0u);
+  }
   const std::vector<int32_t> tokens = sampleTokens(40, 5);
   StatusOr<std::vector<float>> a = reading->forward(tokens), b = copied->forward(tokens);
   ASSERT_TRUE(a.ok() && b.ok());
