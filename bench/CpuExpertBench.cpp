@@ -135,23 +135,30 @@ struct Result {
   // The read bandwidth measured beside the generated kernel's runs, and the
   // kernel's share of it (medians over the rounds; pairedWithCeiling).
   double ceilingGBs = 0, ratio = 0;
+  int rounds = 0;
 };
 
-// `rounds` rounds of the read bandwidth (best of 2 passes each way over the
-// pool), then `measure()` (bytes/s): the kernel's share of the bandwidth in
-// each round, so that a shared host's swings move both sides of a ratio.
-// Sets the result's medians of the kernel's GB/s, the ceilings and the ratios.
-void pairedWithCeiling(cpu::ThreadPool &pool, const PoolBuffer &buffer, int rounds,
-                       const std::function<double()> &measure, Result &result) {
+// Rounds of one pass of the read bandwidth over the pool (plain and
+// prefetched, the better), then one pass of the kernel over the same pool
+// (`pass()`, bytes/s), for `seconds` and at least `rounds` rounds: the
+// kernel's share of the bandwidth in each round. A round takes tens of
+// milliseconds, so the swings of a shared host reach both sides of each
+// ratio; sides measured a second apart (the kernel timed for a second after
+// a short reading of the ceiling) let them land on one. Sets the result's
+// medians of the kernel's GB/s, the ceilings and the ratios.
+void pairedWithCeiling(cpu::ThreadPool &pool, const PoolBuffer &buffer, double seconds, int rounds,
+                       const std::function<double()> &pass, Result &result) {
   std::vector<double> kernel, ceiling, ratio;
-  for (int round = 0; round < rounds; ++round) {
-    ceiling.push_back(cpu::measureReadBandwidth(pool, buffer.data(), buffer.size(), 2));
-    kernel.push_back(measure());
+  const auto start = Clock::now();
+  do {
+    ceiling.push_back(cpu::measureReadBandwidth(pool, buffer.data(), buffer.size(), 1));
+    kernel.push_back(pass());
     ratio.push_back(kernel.back() / ceiling.back());
-  }
+  } while (secondsSince(start) < seconds || int(ratio.size()) < rounds);
   result.generatedGBs = bench::median(kernel) / 1e9;
   result.ceilingGBs = bench::median(ceiling) / 1e9;
   result.ratio = bench::median(ratio);
+  result.rounds = int(ratio.size());
 }
 
 // Decode as the runtime runs it: one token through kTopK distinct experts
@@ -203,25 +210,26 @@ Result decodeLayer(cpu::ThreadPool &pool, void *handle, gguf::GgmlType type,
       b.gateInput = gateInputs[static_cast<size_t>(k)].view();
     }
   };
-  auto run = [&](bool generated) {
+  // For `runSeconds`, and at least once over every expert of the pool.
+  auto run = [&](bool generated, double runSeconds) {
     size_t done = 0;
     auto start = Clock::now();
     do {
       route(generated);
       cpu::runFeedForward(pool, batches);
       ++done;
-    } while (secondsSince(start) < seconds || done * kTopK < experts);
+    } while (secondsSince(start) < runSeconds || done * kTopK < experts);
     return static_cast<double>(expertBytes * kTopK) * static_cast<double>(done) /
            secondsSince(start);
   };
-  run(true); // warm-up
+  run(true, 0); // warm-up
   Result result;
   result.type = typeName;
   result.shape = "decode: 8 experts";
   result.matrixMiB = static_cast<double>(expertBytes * kTopK) / (1 << 20);
   pairedWithCeiling(
-      pool, buffer, rounds, [&] { return run(true); }, result);
-  result.referenceGBs = run(false) / 1e9;
+      pool, buffer, seconds, rounds, [&] { return run(true, 0); }, result);
+  result.referenceGBs = run(false, seconds) / 1e9;
   return result;
 }
 
@@ -337,10 +345,12 @@ int main(int argc, char **argv) {
       ->required();
   app.add_option("--threads", threads, "Threads (0: all hardware threads)");
   app.add_option("--pool-gib", poolGiB, "Bytes of distinct expert matrices cycled through (GiB)");
-  app.add_option("--seconds", seconds, "Time per measurement");
+  app.add_option("--seconds", seconds,
+                 "Time of each row's rounds, of the reference kernels' run and of each compute "
+                 "rate");
   app.add_option("--rounds", rounds,
-                 "Rounds per row of the read bandwidth then the kernel (the row reports the "
-                 "medians)")
+                 "Least rounds per row, each a pass of the read bandwidth over the pool then a "
+                 "pass of the kernel over it (the row reports the medians)")
       ->check(CLI::Range(1, 100));
   app.add_option("--types", types, "Weight types");
   app.add_flag("--json", json, "Print the results as JSON");
@@ -425,7 +435,8 @@ int main(int argc, char **argv) {
           shape.rows, pool.threadCount(), cpu::kRowGroup, 4, cpu::kRowTailGroup);
       const int64_t tasks = static_cast<int64_t>(starts.size()) - 1;
 
-      auto run = [&](bool generated) {
+      // For `runSeconds`, and at least once over every matrix of the pool.
+      auto run = [&](bool generated, double runSeconds) {
         size_t next = 0, done = 0;
         auto start = Clock::now();
         do {
@@ -444,17 +455,17 @@ int main(int argc, char **argv) {
             }
           });
           ++done;
-        } while (secondsSince(start) < seconds || done < matrices);
+        } while (secondsSince(start) < runSeconds || done < matrices);
         return static_cast<double>(matrixBytes) * static_cast<double>(done) / secondsSince(start);
       };
-      run(true); // warm-up: page in the pool
+      run(true, 0); // warm-up: page in the pool
       Result result;
       result.type = typeName;
       result.shape = shape.name;
       result.matrixMiB = static_cast<double>(matrixBytes) / (1 << 20);
       pairedWithCeiling(
-          pool, buffer, rounds, [&] { return run(true); }, result);
-      result.referenceGBs = run(false) / 1e9;
+          pool, buffer, seconds, rounds, [&] { return run(true, 0); }, result);
+      result.referenceGBs = run(false, seconds) / 1e9;
       results.push_back(result);
     }
     results.push_back(decodeLayer(pool, handle, *type, typeName, buffer, seconds, rounds));
@@ -571,6 +582,7 @@ int main(int argc, char **argv) {
                                 {"reference_gbs", r.referenceGBs},
                                 {"ratio_to_bandwidth", r.ratio},
                                 {"bandwidth_beside_gbs", r.ceilingGBs},
+                                {"rounds", r.rounds},
                                 {"speedup_over_reference", r.generatedGBs / r.referenceGBs}});
     out["compute_rate"] = nlohmann::json::array();
     for (const ComputeRate &rate : computeRates)
@@ -598,9 +610,11 @@ int main(int argc, char **argv) {
   if (hugeMiB >= 0)
     std::printf("expert bytes: %.0f of %.0f MiB in transparent huge pages (--pages)\n", hugeMiB,
                 static_cast<double>(buffer.size()) / (1 << 20));
-  std::printf("rows: medians of %d rounds of the read bandwidth (best of 4 passes) then the "
-              "kernel; 'of bw' is each round's ratio (target 85%% or more)\n",
-              rounds);
+  std::printf("rows: rounds of a pass of the read bandwidth over the pool (plain and prefetched, "
+              "the better) then a pass of the kernel over it, for %g s a row and at least %d "
+              "rounds; medians of each side and of the rounds' ratios ('of bw', target 85%% or "
+              "more)\n",
+              seconds, rounds);
   std::printf("%-6s %-20s %9s %12s %12s %8s %12s %10s\n", "type", "matrix", "MiB", "generated",
               "bandwidth", "of bw", "reference", "speedup");
   for (const Result &r : results)
