@@ -2,9 +2,11 @@
 // (row-major, each row IN_FEATURES/32 blocks of 34 bytes: f16 scale, 32 int8).
 // Weights are dequantized in registers, never expanded in memory.
 // Decode: one warp per output row (ROWS_PER_WARP rows of short matrices);
-// four lanes share a block (8 values each), so a warp reads 8 consecutive
-// blocks (272 contiguous bytes) per step, and the steps are unrolled so that
-// all of a row's loads are in flight together.
+// a warp reads 8 consecutive blocks (272 contiguous bytes) per step, eight
+// lanes a block (4 values each, each lane in two blocks, so that the
+// activations come in two contiguous 512-byte loads), and the steps are
+// unrolled so that all of a row's loads are in flight together. Rows of 1,
+// 2 or 4 blocks share a warp's step, four lanes a block (8 values each).
 // Decode GEMVs of few rows split each row's columns between K_SPLIT warps of a
 // block (partial sums added in shared memory), so that a small matrix still
 // has warps enough to keep the GPU's memory busy.
@@ -85,6 +87,22 @@ __device__ __forceinline__ float blockWeights(const kt::u8 *block, int quarter, 
     w[2 * j + 1] = static_cast<float>(static_cast<kt::i8>(quants[j] >> 8));
   }
   return kt::halfToFloat(pairs[0]);
+}
+
+// This lane's 4 quants at `part` (0..7: quants 4 part .. 4 part + 3) of
+// `block` as floats; returns the block's scale.
+__device__ __forceinline__ float blockQuad(const kt::u8 *block, int part, float (&w)[4]) {
+  const kt::u16 *pairs = reinterpret_cast<const kt::u16 *>(block);
+  const kt::u16 low = pairs[1 + 2 * part], high = pairs[2 + 2 * part];
+  w[0] = static_cast<float>(static_cast<kt::i8>(low & 0xff));
+  w[1] = static_cast<float>(static_cast<kt::i8>(low >> 8));
+  w[2] = static_cast<float>(static_cast<kt::i8>(high & 0xff));
+  w[3] = static_cast<float>(static_cast<kt::i8>(high >> 8));
+  return kt::halfToFloat(pairs[0]);
+}
+
+__device__ __forceinline__ float dot4(const float (&w)[4], float4 x) {
+  return w[0] * x.x + w[1] * x.y + w[2] * x.z + w[3] * x.w;
 }
 
 // The lane's 8 weights against its 8 activations.
@@ -173,34 +191,71 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
   // The warp's whole part of the row unrolled, so that all its loads are in
   // flight (a token tile, above, has work enough per step; unrolling it
   // would only make NVRTC slow). Its part: every K_SPLIT-th run of 8 blocks.
+  if constexpr (kRowsPerStep == 1) {
+    // Rows of a whole warp: lane L takes 4 values of two blocks of each run,
+    // L / 8 and 4 + L / 8, at quants 4 (L % 8), so that the warp's
+    // activations are two loads of 512 contiguous bytes (with 8 values of one
+    // block a lane they were 16-byte halves of 32-byte pieces over 1 KiB:
+    // twice the L1 wavefronts, and L1, not DRAM, bounded the GEMV).
+    const int part = lane % 8;
 #pragma unroll
-  for (int b = laneInRow / 4 + 8 * split; b < kBlocksPerRow; b += 8 * K_SPLIT) {
-    float w[kSteps][8], scale[kSteps];
-#if GATE_UP
-    float wUp[kSteps][8], upScale[kSteps];
-#endif
+    for (int run = split; run * 8 < kBlocksPerRow; run += K_SPLIT) {
+      const int firstBlock = run * 8 + lane / 8, secondBlock = firstBlock + 4;
+      const bool hasFirst = firstBlock < kBlocksPerRow, hasSecond = secondBlock < kBlocksPerRow;
+      const float *xs = KT_GEMV_X(0) + run * 8 * kt::kQ8_0BlockElements + 4 * lane;
+      const float4 x0 = hasFirst ? *reinterpret_cast<const float4 *>(xs) : float4{},
+                   x1 = hasSecond ? *reinterpret_cast<const float4 *>(xs + 128) : float4{};
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s) {
-      const int r = rowInStep + kRowsPerStep * s;
-      if (ROWS_PER_WARP == 1 || firstRow + r < OUT_FEATURES) {
-        scale[s] = blockWeights(rowBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, w[s]);
+      for (int s = 0; s < kSteps; ++s) { // rows
+        if (ROWS_PER_WARP == 1 || firstRow + s < OUT_FEATURES) {
+          const kt::u8 *row = rowBytes + s * kRowBytes;
+          float w[4];
+          if (hasFirst)
+            sums[s] += blockQuad(row + firstBlock * kt::kQ8_0BlockBytes, part, w) * dot4(w, x0);
+          if (hasSecond)
+            sums[s] += blockQuad(row + secondBlock * kt::kQ8_0BlockBytes, part, w) * dot4(w, x1);
 #if GATE_UP
-        upScale[s] =
-            blockWeights(upBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, wUp[s]);
+          const kt::u8 *upRow = upBytes + s * kRowBytes;
+          if (hasFirst)
+            upSums[s] += blockQuad(upRow + firstBlock * kt::kQ8_0BlockBytes, part, w) * dot4(w, x0);
+          if (hasSecond)
+            upSums[s] +=
+                blockQuad(upRow + secondBlock * kt::kQ8_0BlockBytes, part, w) * dot4(w, x1);
 #endif
+        }
       }
     }
-    const float *xs = KT_GEMV_X(0) + b * kt::kQ8_0BlockElements + 8 * quarter;
-    const float4 x0 = *reinterpret_cast<const float4 *>(xs),
-                 x1 = *reinterpret_cast<const float4 *>(xs + 4);
+  } else {
 #pragma unroll
-    for (int s = 0; s < kSteps; ++s)
-      if (ROWS_PER_WARP == 1 || firstRow + rowInStep + kRowsPerStep * s < OUT_FEATURES) {
-        sums[s] += scale[s] * dot8(w[s], x0, x1);
+    for (int b = laneInRow / 4 + 8 * split; b < kBlocksPerRow; b += 8 * K_SPLIT) {
+      float w[kSteps][8], scale[kSteps];
 #if GATE_UP
-        upSums[s] += upScale[s] * dot8(wUp[s], x0, x1);
+      float wUp[kSteps][8], upScale[kSteps];
 #endif
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s) {
+        const int r = rowInStep + kRowsPerStep * s;
+        if (ROWS_PER_WARP == 1 || firstRow + r < OUT_FEATURES) {
+          scale[s] =
+              blockWeights(rowBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, w[s]);
+#if GATE_UP
+          upScale[s] =
+              blockWeights(upBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, wUp[s]);
+#endif
+        }
       }
+      const float *xs = KT_GEMV_X(0) + b * kt::kQ8_0BlockElements + 8 * quarter;
+      const float4 x0 = *reinterpret_cast<const float4 *>(xs),
+                   x1 = *reinterpret_cast<const float4 *>(xs + 4);
+#pragma unroll
+      for (int s = 0; s < kSteps; ++s)
+        if (ROWS_PER_WARP == 1 || firstRow + rowInStep + kRowsPerStep * s < OUT_FEATURES) {
+          sums[s] += scale[s] * dot8(w[s], x0, x1);
+#if GATE_UP
+          upSums[s] += upScale[s] * dot8(wUp[s], x0, x1);
+#endif
+        }
+    }
   }
 #if K_SPLIT > 1
   // Decode has one token per block: the row's partial sums in split order.
