@@ -6,6 +6,7 @@
 #include "runtime/cpu/Linear.h"
 #include "runtime/cpu/Math.h"
 #include "runtime/cpu/OpBinder.h"
+#include "runtime/cpu/ReadBandwidth.h"
 #include "runtime/cpu/Rope.h"
 #include "runtime/cpu/ThreadPool.h"
 #include "runtime/cuda/CudaDevice.h"
@@ -15,19 +16,23 @@
 #include "runtime/cuda/KernelCatalog.h"
 #include "runtime/cuda/Nvrtc.h"
 #include "runtime/exec/SequenceCaches.h"
+#include "runtime/exec/StreamedExperts.h"
 #include "runtime/safetensors/Safetensors.h"
 #include "runtime/support/ByteSize.h"
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <limits>
 #include <map>
+#include <mutex>
 #include <optional>
 #include <set>
+#include <thread>
 #include <tuple>
 
 #include <unistd.h>
@@ -204,6 +209,7 @@ int gpuIndex(const std::string &device) {
   return index;
 }
 
+struct CachedExperts; // the GPU expert cache of one CPU-placed layer (below)
 } // namespace
 
 // ---------------------------------------------------------------- executor
@@ -333,13 +339,38 @@ public:
   // chosen most). It balances the two by feedback: up a notch when the GPU
   // had finished by the time the CPU's experts had, down a notch when not.
   double prefillStreamShare = 0.5;
-  std::vector<const void *> registeredHost; // page-locked by registerHostReadOnly
+  // Page-locked by registerHostReadOnly, the streamed experts' ranges by
+  // setUpExpertStreaming and then by pinThread (under pinMutex).
+  std::vector<const void *> registeredHost;
+  std::thread pinThread;
+  std::atomic<bool> stopPinning{false};
+  std::mutex pinMutex;
+  std::string pinningStopped; // why the background locking stopped (pinMutex)
+  std::atomic<uint64_t> pinnedBytes{0};
+  std::atomic<double> pinnedSeconds{0};
+  Clock::time_point pinStarted;
+  // Locks those of `merged`'s ranges (by index) not `locked` yet.
+  Status lockRanges(const std::vector<std::pair<uintptr_t, uintptr_t>> &merged,
+                    const std::vector<size_t> &ranges, std::vector<bool> &locked);
+  // Waits for the background locking to end, or (`stop`) for it to stop
+  // after the range it is locking.
+  void joinPinning(bool stop);
   // Takes the staging slots out of the cache's room (`reserved` by the plan,
   // `askedCache` by the options, -1: the rest) and page-locks the host
   // memory of the experts they copy.
   // `progress`: says on stderr what the page-locking costs (seconds for
   // tens of GiB).
   Status setUpExpertStreaming(uint64_t reserved, int64_t askedCache, bool progress);
+  // ExecutorOptions::streamedExperts = kAutoStreamedExperts: the layers are
+  // bound for streaming, and setUpExpertStreaming chooses how much.
+  bool autoStreaming = false;
+  // Auto: the link's and the CPU threads' bytes/s over the first layer's
+  // routed experts (page-locked at load), measured side by side as decode
+  // runs them: copies of distinct experts' gate slices queued for about 40
+  // ms, and the threads reading a sample of the experts meanwhile; the best
+  // of three such rounds.
+  Status measureStreamingBandwidths(const CachedExperts &first, double &host, double &link);
+  void unlockStreamedExperts(); // undoes the page-locking
   // Decode graphs by (first step, the step's sequences in row order, lm_head
   // on last tokens only): a batch of sequences replays graphs of its own.
   using GraphKey = std::tuple<size_t, std::vector<size_t>, bool>;
@@ -671,6 +702,7 @@ HybridExecutor::Impl::~Impl() {
     for (DevicePointer p : gpu.allocations)
       (void)gpu.device->free(p);
   }
+  joinPinning(true);
   if (!physical.empty() && physical[0].device) {
     for (void *p : hostAllocations)
       (void)physical[0].device->freeHost(p);
@@ -1464,6 +1496,10 @@ struct CachedExperts {
   const Kernel *siluMul = nullptr, *combine = nullptr, *add = nullptr;
   const Kernel *gateUp = nullptr; // decode's fused gate and up (types agreeing)
   int64_t hidden = 0, ffn = 0, topK = 0, experts = 0;
+  // Streamed experts: whether this layer's experts are page-locked yet (the
+  // later layers' are locked in the background after load); it streams
+  // none until they are.
+  std::atomic<bool> pinned{false};
   uint64_t bytesPerExpert = 0;
   std::vector<int32_t> slotOf; // expert -> slot, -1: on the CPU only
   int64_t cached = 0;
@@ -1604,7 +1640,8 @@ public:
       const float *rows;
     } jobs{&m, cache.get(), &ctx, 0, &cachedSum, &queued, &gatedStatus, &gatedWaited, 0, nullptr};
     std::function<void()> queueOnGpu;
-    if (cache && (cache->cached > 0 || m.streamedExperts > 0) && o.where == Where::Gpu) {
+    if (cache && (cache->cached > 0 || (m.streamedExperts > 0 && cache->pinned)) &&
+        o.where == Where::Gpu) {
       cache->route(m, ctx.rows, ids.hostIds(), weights.hostFloats(), ctx.decode);
       if (ctx.decode)
         if (Status s = cache->queueCopies(m); !s.ok())
@@ -1731,7 +1768,8 @@ private:
 
 void CachedExperts::route(HybridExecutor::Impl &m, int64_t rows, const int32_t *ids,
                           const float *gateWeights, bool decode) {
-  const int64_t choices = rows * topK, slotCount = m.streamedExperts;
+  const bool streams = pinned.load(std::memory_order_acquire);
+  const int64_t choices = rows * topK, slotCount = streams ? m.streamedExperts : 0;
   cpuIds.resize(size_t(choices));
   streamedIds.clear();
   if (slotCount > 0 && !decode) {
@@ -1756,7 +1794,7 @@ void CachedExperts::route(HybridExecutor::Impl &m, int64_t rows, const int32_t *
       streamSlotOf[size_t(streamedIds[place])] = int32_t(place);
   }
   int64_t cachedChoices = 0;
-  const int64_t gateUpCount = decode ? m.streamedGateUps : 0;
+  const int64_t gateUpCount = decode && streams ? m.streamedGateUps : 0;
   gateUpIds.clear();
   gateUpRows.clear();
   if (gateUpCount > 0)
@@ -2347,11 +2385,11 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
   std::vector<void **> hostArrays = {reinterpret_cast<void **>(&cache->slotsHost),
                                      reinterpret_cast<void **>(&cache->weightsHost)};
   std::vector<DevicePointer *> gpuArrays = {&cache->slots, &cache->weights};
-  if (streamedExperts > 0) {
+  if (streamedExperts > 0 || autoStreaming) {
     hostArrays.push_back(reinterpret_cast<void **>(&cache->streamSlotsHost));
     gpuArrays.push_back(&cache->streamSlots);
   }
-  if (streamedGateUps > 0) {
+  if (streamedGateUps > 0 || autoStreaming) {
     hostArrays.push_back(reinterpret_cast<void **>(&cache->gateUpSlotsHost));
     gpuArrays.push_back(&cache->gateUpSlots);
     cache->gateUpPlaceOf.assign(size_t(cache->experts), -1);
@@ -2378,7 +2416,7 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
   }
   if (Status s = cache->groups.allocate(*this, int64_t(choices)); !s.ok())
     return s;
-  if (streamedExperts > 0)
+  if (streamedExperts > 0 || autoStreaming)
     if (Status s = cache->streamGroups.allocate(*this, int64_t(choices)); !s.ok())
       return s;
   experts.cache = std::move(cache);
@@ -2488,47 +2526,56 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
   for (BoundStep &bound : steps)
     if (auto *experts = dynamic_cast<ExpertsStep *>(bound.step.get()); experts && experts->cache)
       layers.push_back(experts->cache.get());
-  const std::string asked = "--stream-experts " + std::to_string(streamedExperts);
-  if (layers.empty())
-    return Status::error(asked + ": " + planName +
-                         " has no CPU-placed routed experts whose result goes to cuda:0, so "
-                         "there is nothing to stream; leave it out.");
+  // Auto streams none where it cannot (and says why); numbers asked for
+  // that cannot be met are errors.
+  auto streamNone = [&](const std::string &why) {
+    streamedExperts = streamedGateUps = 0;
+    expertCache.autoStreamingRan = true;
+    expertCache.streamingNone = why;
+    if (progress)
+      std::fprintf(stderr, "[--stream-experts auto: none; %s]\n", why.c_str());
+    return Status::success();
+  };
+  const std::string asked = autoStreaming ? std::string("--stream-experts auto")
+                                          : "--stream-experts " + std::to_string(streamedExperts);
+  if (layers.empty()) {
+    const std::string why = planName + " has no CPU-placed routed experts whose result goes to "
+                                       "cuda:0, so there is nothing to stream";
+    return autoStreaming ? streamNone(why) : Status::error(asked + ": " + why + "; leave it out.");
+  }
   size_t slices[3] = {};
   for (const CachedExperts *layer : layers)
     for (int i = 0; i < 3; ++i)
       slices[i] = std::max(slices[i], layer->sliceBytes(i));
   // Gate and up have slots for the gate/up-only experts too.
-  const size_t slotsOf[3] = {size_t(streamedExperts + streamedGateUps),
-                             size_t(streamedExperts + streamedGateUps), size_t(streamedExperts)};
-  const uint64_t staging = slotsOf[0] * slices[0] + slotsOf[1] * slices[1] + slotsOf[2] * slices[2];
-  if (staging > reserved)
-    return Status::error(asked + " needs " + formatByteSize(staging) +
-                         " of cuda:0 for the streamed experts' weights, taken from the GPU "
-                         "expert cache's reservation, but " +
-                         planName + " reserves " + formatByteSize(reserved) +
-                         "; recompile it with ktc compile --gpu-expert-cache " +
-                         std::to_string(staging) +
-                         " (or more: the rest caches experts), or stream fewer.");
-  if (askedCache >= 0 && uint64_t(askedCache) + staging > reserved)
-    return Status::error(asked + " needs " + formatByteSize(staging) + " of the " +
-                         formatByteSize(reserved) + " " + planName +
-                         " reserves for the GPU expert cache; ask for a cache of at most " +
-                         formatByteSize(reserved - staging) + ".");
-  expertCacheBudget = askedCache < 0 ? reserved - staging : uint64_t(askedCache);
-  expertCache.enabled = expertCacheBudget > 0;
-  if (Status s = use(0); !s.ok())
-    return s;
-  for (int i = 0; i < 3; ++i) {
-    StatusOr<DevicePointer> slots = allocate(slotsOf[i] * slices[i], false);
-    if (!slots)
-      return slots.status();
-    streamStaging[i] = *slots;
+  auto stagingFor = [&](int64_t whole, int64_t gateUps) {
+    return uint64_t(whole + gateUps) * (slices[0] + slices[1]) + uint64_t(whole) * slices[2];
+  };
+  const uint64_t room =
+      askedCache < 0 ? reserved : reserved - std::min(reserved, uint64_t(askedCache));
+  const uint64_t expertBytes = slices[0] + slices[1] + slices[2];
+  if (autoStreaming) {
+    if (room < expertBytes)
+      return streamNone(formatByteSize(room) + " of " + planName +
+                        "'s GPU expert cache reservation left beside the cache, less than "
+                        "one expert's " +
+                        formatByteSize(expertBytes));
+  } else {
+    const uint64_t staging = stagingFor(streamedExperts, streamedGateUps);
+    if (staging > reserved)
+      return Status::error(asked + " needs " + formatByteSize(staging) +
+                           " of cuda:0 for the streamed experts' weights, taken from the GPU "
+                           "expert cache's reservation, but " +
+                           planName + " reserves " + formatByteSize(reserved) +
+                           "; recompile it with ktc compile --gpu-expert-cache " +
+                           std::to_string(staging) +
+                           " (or more: the rest caches experts), or stream fewer.");
+    if (askedCache >= 0 && uint64_t(askedCache) + staging > reserved)
+      return Status::error(asked + " needs " + formatByteSize(staging) + " of the " +
+                           formatByteSize(reserved) + " " + planName +
+                           " reserves for the GPU expert cache; ask for a cache of at most " +
+                           formatByteSize(reserved - staging) + ".");
   }
-  for (CachedExperts *layer : layers)
-    for (int i = 0; i < 3; ++i) {
-      layer->staged[i] = layer->matrices[i];
-      layer->staged[i].data = streamStaging[i];
-    }
   // The copies must not wait for the host: the experts' pages are locked,
   // whole pages, ranges that share one merged.
   const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
@@ -2548,28 +2595,210 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
   uint64_t total = 0;
   for (const auto &[begin, end] : merged)
     total += end - begin;
+  // Locking most of the host's memory would starve everything else (and a
+  // model larger than memory cannot be locked at all).
+  const uint64_t hostMemory = uint64_t(sysconf(_SC_PHYS_PAGES)) * uint64_t(page);
+  if (autoStreaming && total > hostMemory / 4 * 3)
+    return streamNone("the routed experts (" + formatByteSize(total) +
+                      ") are more than 3/4 of this host's memory (" + formatByteSize(hostMemory) +
+                      ") and would all be page-locked");
+  // Each layer's ranges, by index: the first layer's are locked now (auto
+  // measures over them, and its steps stream at once), the others' in the
+  // background (seconds for each GiB): a layer streams once its are.
+  std::vector<std::vector<size_t>> layerRanges(layers.size());
+  for (size_t i = 0; i < layers.size(); ++i)
+    for (const gguf::TensorInfo *tensor : layers[i]->tensors) {
+      const uintptr_t begin = reinterpret_cast<uintptr_t>(tensor->data) / page * page;
+      const size_t range = size_t(
+          std::upper_bound(merged.begin(), merged.end(), std::make_pair(begin, UINTPTR_MAX)) -
+          merged.begin() - 1);
+      if (std::find(layerRanges[i].begin(), layerRanges[i].end(), range) == layerRanges[i].end())
+        layerRanges[i].push_back(range);
+    }
   if (progress)
-    std::fprintf(stderr, "[page-locking %s of routed experts for %s ...]\n",
+    std::fprintf(stderr,
+                 "[page-locking %s of routed experts for %s: the first MoE layer's now, the "
+                 "rest in the background]\n",
                  formatByteSize(total).c_str(), asked.c_str());
-  const auto started = Clock::now();
-  for (const auto &[begin, end] : merged) {
-    const void *pointer = reinterpret_cast<const void *>(begin);
-    if (Status s = device->registerHostReadOnly(pointer, size_t(end - begin)); !s.ok())
+  pinStarted = Clock::now();
+  expertCache.pinTargetBytes = total;
+  std::vector<bool> locked(merged.size(), false);
+  if (Status s = lockRanges(merged, layerRanges[0], locked); !s.ok()) {
+    if (!autoStreaming)
       return Status::error(asked +
                            " needs the routed experts' host memory page-locked, which "
                            "failed: " +
                            s.message() +
                            " Raise the locked-memory limit (ulimit -l) or leave it out.");
-    registeredHost.push_back(pointer);
-    expertCache.pinnedBytes += end - begin;
+    unlockStreamedExperts();
+    return streamNone("page-locking the routed experts failed: " + s.message());
   }
-  expertCache.pinSeconds = secondsSince(started);
-  if (progress)
-    std::fprintf(stderr, "[page-locked in %.1f s]\n", expertCache.pinSeconds);
-  expertCache.streamedPerToken = streamedExperts;
+  layers[0]->pinned.store(true, std::memory_order_release);
+  pinnedSeconds.store(secondsSince(pinStarted));
   expertCache.gateUpShare =
       double(slices[0] + slices[1]) / double(slices[0] + slices[1] + slices[2]);
+  if (autoStreaming) {
+    double host = 0, link = 0;
+    if (Status s = measureStreamingBandwidths(*layers[0], host, link); !s.ok())
+      return s;
+    const int maxExperts = int(std::min<uint64_t>(64, room / expertBytes));
+    const exec::StreamedExpertsChoice choice =
+        exec::chooseStreamedExperts(int(layers[0]->topK), host, link, maxExperts);
+    expertCache.autoStreamingRan = true;
+    expertCache.chosenHostBandwidth = host;
+    expertCache.chosenLinkBandwidth = link;
+    expertCache.chosenShare = choice.share;
+    char measured[160];
+    std::snprintf(measured, sizeof measured,
+                  "the link %.1f GB/s beside the CPU threads' %.1f GB/s: %.2f of %lld experts "
+                  "a token",
+                  link / 1e9, host / 1e9, choice.share, static_cast<long long>(layers[0]->topK));
+    if (choice.experts == 0) {
+      unlockStreamedExperts();
+      return streamNone(std::string(measured) + ", under one expert's worth");
+    }
+    streamedExperts = choice.experts;
+    streamedGateUps = choice.gateUps;
+    gateUpShare = double(streamedGateUps); // balanced from all of them down
+    if (progress)
+      std::fprintf(stderr, "[--stream-experts auto: %s; streaming %lld + %lld gate/up-only]\n",
+                   measured, static_cast<long long>(streamedExperts),
+                   static_cast<long long>(streamedGateUps));
+  }
+  const uint64_t staging = stagingFor(streamedExperts, streamedGateUps);
+  expertCacheBudget = askedCache < 0 ? reserved - staging : uint64_t(askedCache);
+  expertCache.enabled = expertCacheBudget > 0;
+  if (Status s = use(0); !s.ok())
+    return s;
+  const size_t slotsOf[3] = {size_t(streamedExperts + streamedGateUps),
+                             size_t(streamedExperts + streamedGateUps), size_t(streamedExperts)};
+  for (int i = 0; i < 3; ++i) {
+    StatusOr<DevicePointer> slots = allocate(slotsOf[i] * slices[i], false);
+    if (!slots)
+      return slots.status();
+    streamStaging[i] = *slots;
+  }
+  for (CachedExperts *layer : layers)
+    for (int i = 0; i < 3; ++i) {
+      layer->staged[i] = layer->matrices[i];
+      layer->staged[i].data = streamStaging[i];
+    }
+  expertCache.streamedPerToken = streamedExperts;
+  expertCache.gateUpsPerToken = streamedGateUps;
+  // The other layers' ranges: a failure stops there (the layers after run
+  // their experts on the CPU) and says so.
+  pinThread = std::thread([this, layers, layerRanges, merged, locked]() mutable {
+    Status current = device->makeCurrent();
+    for (size_t i = 1; i < layers.size() && current.ok() && !stopPinning.load(); ++i) {
+      current = lockRanges(merged, layerRanges[i], locked);
+      if (current.ok())
+        layers[i]->pinned.store(true, std::memory_order_release);
+    }
+    pinnedSeconds.store(secondsSince(pinStarted));
+    if (!current.ok()) {
+      std::lock_guard<std::mutex> lock(pinMutex);
+      pinningStopped = current.message();
+      std::fprintf(stderr,
+                   "warning: page-locking the routed experts for streaming stopped (%s); the "
+                   "MoE layers not locked run their experts on the CPU.\n",
+                   current.message().c_str());
+    }
+  });
   return Status::success();
+}
+
+Status HybridExecutor::Impl::lockRanges(const std::vector<std::pair<uintptr_t, uintptr_t>> &merged,
+                                        const std::vector<size_t> &ranges,
+                                        std::vector<bool> &locked) {
+  for (size_t range : ranges) {
+    if (locked[range])
+      continue;
+    const auto [begin, end] = merged[range];
+    const void *pointer = reinterpret_cast<const void *>(begin);
+    if (Status s = device->registerHostReadOnly(pointer, size_t(end - begin)); !s.ok())
+      return s;
+    locked[range] = true;
+    std::lock_guard<std::mutex> lock(pinMutex);
+    registeredHost.push_back(pointer);
+    pinnedBytes += end - begin;
+  }
+  return Status::success();
+}
+
+void HybridExecutor::Impl::joinPinning(bool stop) {
+  if (stop)
+    stopPinning.store(true);
+  if (pinThread.joinable())
+    pinThread.join();
+}
+
+void HybridExecutor::Impl::unlockStreamedExperts() {
+  joinPinning(true);
+  for (const void *pointer : registeredHost)
+    (void)device->unregisterHost(pointer);
+  registeredHost.clear();
+  pinnedBytes = 0;
+}
+
+Status HybridExecutor::Impl::measureStreamingBandwidths(const CachedExperts &first, double &host,
+                                                        double &link) {
+  if (Status s = use(0); !s.ok())
+    return s;
+  const size_t slice = first.sliceBytes(0);
+  StatusOr<DevicePointer> scratch = device->allocate(slice);
+  if (!scratch)
+    return scratch.status();
+  // Distinct experts' gate slices of the first layer (the one locked at
+  // load), as decode copies them.
+  int64_t next = 0;
+  auto queueCopies = [&](int64_t count) {
+    const auto *gate = static_cast<const uint8_t *>(first.tensors[0]->data);
+    for (int64_t i = 0; i < count; ++i, ++next)
+      if (Status s = device->copyToDeviceAsync(*scratch,
+                                               gate + size_t(next % first.experts) * slice, slice);
+          !s.ok())
+        return s;
+    return Status::success();
+  };
+  // The threads read the same layer: its pages are mapped in by the
+  // locking, where reading a later layer's would first fault them in (the
+  // reading fell to 42-78 GB/s from 105 that way).
+  std::vector<exec::HostBytes> experts;
+  for (const gguf::TensorInfo *tensor : first.tensors)
+    experts.push_back({static_cast<const uint8_t *>(tensor->data), tensor->nbytes});
+  Status status = queueCopies(2);
+  if (status.ok())
+    status = device->synchronize();
+  // The link alone sizes the side-by-side rounds: copies for about 40 ms,
+  // while the threads read 256 MiB twice (plain and prefetched) at ~100 GB/s.
+  // The best of three: the host's other work only ever lowers a reading,
+  // and a low one gives the GPU experts it then finishes late.
+  const auto aloneStarted = Clock::now();
+  if (status.ok())
+    status = queueCopies(16);
+  if (status.ok())
+    status = device->synchronize();
+  const double alone = 16.0 * double(slice) / secondsSince(aloneStarted);
+  const int64_t copies = std::clamp<int64_t>(int64_t(0.04 * alone / double(slice)), 16, 4096);
+  host = link = 0;
+  constexpr int kRounds = 3;
+  for (int round = 0; round < kRounds && status.ok(); ++round) {
+    const auto started = Clock::now();
+    status = queueCopies(copies);
+    uint64_t sampled = 0;
+    double read = 0;
+    if (status.ok())
+      read = cpu::measureReadBandwidth(pool, experts, uint64_t{256} << 20, 1, sampled);
+    // Experts too few to sample (small models): a buffer as large instead.
+    if (status.ok() && sampled == 0)
+      read = cpu::measureReadBandwidth(pool, size_t{256} << 20, 1);
+    if (status.ok())
+      status = device->synchronize();
+    host = std::max(host, read);
+    link = std::max(link, double(copies) * double(slice) / secondsSince(started));
+  }
+  (void)device->free(*scratch);
+  return status;
 }
 
 // ---------------------------------------------------------------- binding
@@ -2783,7 +3012,7 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
         hostAllocations.push_back(*staging);
         auto experts =
             std::make_unique<ExpertsStep>(std::move(routed), cpu::gatePathOf(op.path), *staging);
-        if (expertCacheBudget > 0 || streamedExperts > 0) {
+        if (expertCacheBudget > 0 || streamedExperts > 0 || autoStreaming) {
           StatusOr<int> gpuInput = bindExpertCache(*experts, b, t, index, in);
           if (!gpuInput)
             return gpuInput.status();
@@ -3486,6 +3715,13 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
         " (its memory plan must have room), or ask for less.");
   const uint64_t expertCacheBytes =
       options.gpuExpertCacheBytes < 0 ? reserved : uint64_t(options.gpuExpertCacheBytes);
+  const bool autoStreaming = options.streamedExperts == exec::kAutoStreamedExperts;
+  if (autoStreaming && (options.streamedGateUps > 0 || !(options.streamedGateUpShare < 0)))
+    return Status::error(
+        std::string("--stream-experts auto chooses the gate/up-only experts "
+                    "too, and their share balances itself; drop ") +
+        (options.streamedGateUps > 0 ? "--stream-gate-up" : "--stream-gate-up-share") +
+        ", or give --stream-experts a number.");
   if (options.streamedGateUps > 0 && options.streamedExperts <= 0)
     return Status::error("--stream-gate-up " + std::to_string(options.streamedGateUps) +
                          " adds experts to --stream-experts N, which is 0; pass both.");
@@ -3613,6 +3849,15 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->firstGpuBudget = firstGpuBudget;
   impl->expertCacheBudget = expertCacheBytes;
   impl->expertCache.enabled = expertCacheBytes > 0;
+  // Auto streams only where explicit numbers would be accepted, and says
+  // why not otherwise (ktrun's default: plans without the reservation, or
+  // with the experts copied into huge pages, simply stream none).
+  impl->autoStreaming = autoStreaming && reserved > 0 && options.expertPages != "huge";
+  if (autoStreaming && !impl->autoStreaming)
+    impl->expertCache.streamingNone =
+        reserved == 0 ? planName + " reserves no GPU expert cache (ktc compile --gpu-expert-cache)"
+                      : std::string("--expert-pages huge keeps the experts outside the model "
+                                    "file's mapping");
   impl->streamedExperts = std::max(0, options.streamedExperts);
   impl->streamedGateUps = impl->streamedExperts > 0 ? std::max(0, options.streamedGateUps) : 0;
   impl->balanceGateUpShare = options.streamedGateUpShare < 0;
@@ -3622,7 +3867,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->conversions->finishProgress();
   if (!bound.ok())
     return bound;
-  if (impl->streamedExperts > 0)
+  if (impl->streamedExperts > 0 || impl->autoStreaming)
     if (Status s =
             impl->setUpExpertStreaming(reserved, options.gpuExpertCacheBytes, options.progress);
         !s.ok())
@@ -3854,11 +4099,19 @@ exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
       gateUpRows += double(experts->cache->gateUpRowSelections);
       gateUpAllRows += double(experts->cache->gateUpSelections) * double(experts->cache->ffn);
     }
+  stats.pinnedBytes = impl_->pinnedBytes.load();
+  stats.pinSeconds = impl_->pinnedSeconds.load();
+  {
+    std::lock_guard<std::mutex> lock(impl_->pinMutex);
+    stats.pinningStopped = impl_->pinningStopped;
+  }
   stats.prefillStreamShare = impl_->prefillStreamShare;
   stats.gateUpRowShare = gateUpAllRows > 0 ? gateUpRows / gateUpAllRows : 0.0;
   stats.decodeGateUpShare = impl_->gateUpShare;
   return stats;
 }
+
+void HybridExecutor::finishLoading() { impl_->joinPinning(false); }
 
 double HybridExecutor::streamLinkBandwidth() {
   Impl &m = *impl_;

@@ -91,6 +91,7 @@ public:
   exec::ExecutionProfile profile() const override;
   exec::ExpertCacheStats expertCacheStats() const override;
   double streamLinkBandwidth() override;
+  void finishLoading() override;
   exec::WeightConversionStats weightConversions() const override;
 
   const KernelLoadStats &kernelLoadStats() const;

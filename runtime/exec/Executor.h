@@ -34,6 +34,8 @@ inline void argmaxRows(const float *logits, int64_t rows, int64_t vocab, int32_t
                              (logits + row * vocab));
 }
 
+constexpr int kAutoStreamedExperts = -1; // ExecutorOptions::streamedExperts
+
 struct ExecutorOptions {
   int threads = 0;       // CPU threads; 0: one per hardware thread
   // NUMA: "auto" (this host's nodes), "off", or the nodes' CPU lists
@@ -110,7 +112,9 @@ struct ExecutorOptions {
   // copy engine reading their weights from host memory (page-locked at
   // load) into room taken from the plan's expert cache reservation, while
   // the CPU runs the rest: the link adds its bandwidth to the CPU threads'.
-  // 0: none.
+  // 0: none. kAutoStreamedExperts: chosen at load (with streamedGateUps)
+  // from the link's and the CPU threads' bandwidths measured side by side
+  // (chooseStreamedExperts); none where the plan reserves no expert cache.
   int streamedExperts = 0;
   // Decode, with streamedExperts: of this many more of each step's
   // CPU-side experts the GPU streams only the gate and up matrices and
@@ -153,11 +157,13 @@ struct ExpertCacheStats {
   uint64_t gpuSelections = 0; // of those, run from the cache
   // Streamed experts (ExecutorOptions::streamedExperts): how many a token
   // may stream per layer, the choices streamed, the bytes copied, and the
-  // host memory page-locked for it at load.
+  // host memory page-locked for it so far (the first layer's at load, the
+  // rest in the background) and the seconds that took.
   int64_t streamedPerToken = 0;
   uint64_t streamedSelections = 0;
   uint64_t streamedBytes = 0;
   uint64_t pinnedBytes = 0;
+  uint64_t pinTargetBytes = 0; // all layers' ranges
   double pinSeconds = 0;
   double prefillStreamShare = 0; // of a prefill step's CPU-side experts, streamed now
   // Decode choices whose gate and up the GPU computed (streamedGateUps), and
@@ -168,6 +174,16 @@ struct ExpertCacheStats {
   // (ExecutorOptions::streamedGateUpShare), and that share now.
   double gateUpRowShare = 0;
   double decodeGateUpShare = 0;
+  int64_t gateUpsPerToken = 0; // gate/up-only experts streamed beside streamedPerToken
+  // Why the background page-locking stopped short (the layers after run
+  // all their experts on the CPU); empty when it did not.
+  std::string pinningStopped;
+  // --stream-experts auto: whether it ran at load, the bandwidths it
+  // measured side by side (bytes/s), the experts' worth they give the GPU;
+  // or why it streams none (also where it did not run: no reservation).
+  bool autoStreamingRan = false;
+  double chosenHostBandwidth = 0, chosenLinkBandwidth = 0, chosenShare = 0;
+  std::string streamingNone;
 };
 
 // ExecutorOptions::expertPages checked: "file" or "huge".
@@ -330,6 +346,11 @@ public:
   // host memory into their staging on the GPU, measured now (the ceiling of
   // the GPU's share); 0 without.
   virtual double streamLinkBandwidth() { return 0; }
+  // Waits for what loading left to run in the background (the streamed
+  // experts' page-locking after the first layer's), so that a benchmark
+  // times the executor as it runs from then on. Steps need not wait: a
+  // layer streams once its experts are locked.
+  virtual void finishLoading() {}
   // Plans with CPU experts on a GPU executor; zero intervals elsewhere.
   virtual MoeLayerTiming moeLayerTiming() const { return {}; }
   virtual void clearMoeLayerTiming() {}

@@ -188,6 +188,7 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     return 1;
   }
 
+  executor.finishLoading(); // timed as it runs from then on (every layer streaming)
   executor.reset();
   executor.clearRoutingStats();
   auto start = Clock::now();
@@ -334,6 +335,20 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
                 double(cache.streamedBytes) / decode / 1e9, cache.pinnedBytes / 1073741824.0,
                 cache.pinSeconds, 100 * cache.prefillStreamShare);
   }
+  if (!cache.pinningStopped.empty())
+    std::printf("  page-locking stopped short (%s): the layers after run their experts on the "
+                "CPU\n",
+                cache.pinningStopped.c_str());
+  if (cache.autoStreamingRan && cache.streamedPerToken > 0)
+    std::printf("  chosen at load by --stream-experts auto: %lld + %lld gate/up-only, the link "
+                "%.2f GB/s beside the CPU threads' %.2f GB/s over the experts' pages giving the "
+                "GPU %.2f experts' worth a token\n",
+                static_cast<long long>(cache.streamedPerToken),
+                static_cast<long long>(cache.gateUpsPerToken), cache.chosenLinkBandwidth / 1e9,
+                cache.chosenHostBandwidth / 1e9, cache.chosenShare);
+  else if (!cache.streamingNone.empty())
+    std::printf("streamed experts: none (--stream-experts auto: %s)\n",
+                cache.streamingNone.c_str());
   if (cache.gateUpSelections > 0)
     std::printf("  and the gate and up of %.1f%% more (%.0f%% of an expert's bytes each), %.0f%% "
                 "of their rows on average (the share now: %.3f experts' worth), the CPU "

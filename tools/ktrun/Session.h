@@ -42,7 +42,7 @@ struct SessionOptions {
   bool ggufTensorCores = true;  // GPU plans: Q8_0/k-quant prefill GEMMs on tensor cores
   int virtualGpus = 0;          // run a plan for N GPUs on GPU 0
   int64_t gpuExpertCacheBytes = -1;            // -1: what the plan reserves
-  int streamedExperts = 0; // decode: choices per token and layer the GPU streams
+  int streamedExperts = 0; // choices per token and layer the GPU streams; -1: auto
   int streamedGateUps = 0; // decode: more experts whose gate and up only it streams
   double streamedGateUpShare = -1; // of those, in experts' worth; -1: balanced by feedback
   std::vector<exec::RoutingStats> expertProfile; // chooses the cached experts at load

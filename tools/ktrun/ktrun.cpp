@@ -9,6 +9,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include <charconv>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -50,6 +51,31 @@ void reportExpertCache(const kt::exec::Executor &executor) {
   std::fprintf(stderr, "[GPU expert cache: %lld experts, %s, filled in %.2f s]\n",
                static_cast<long long>(cache.experts), kt::formatByteSize(cache.bytes).c_str(),
                cache.fillSeconds);
+}
+
+// What --stream-experts chose at load (auto) or was given; empty where
+// nothing streams for a reason a user did not ask about (no reservation).
+std::string streamingSummary(const kt::exec::ExpertCacheStats &cache) {
+  if (cache.streamedPerToken <= 0)
+    return cache.autoStreamingRan ? "--stream-experts auto streams none: " + cache.streamingNone
+                                  : std::string();
+  char chosen[200] = "";
+  if (cache.autoStreamingRan)
+    std::snprintf(chosen, sizeof chosen,
+                  " (--stream-experts auto: link %.1f GB/s beside the CPU threads' %.1f GB/s, "
+                  "%.2f experts' worth)",
+                  cache.chosenLinkBandwidth / 1e9, cache.chosenHostBandwidth / 1e9,
+                  cache.chosenShare);
+  char text[480];
+  std::snprintf(text, sizeof text,
+                "streaming %lld + %lld gate/up-only routed experts a token and layer over the "
+                "link%s; page-locked %s of %s so far in %.1f s (the first MoE layer's at load, "
+                "the rest in the background)",
+                static_cast<long long>(cache.streamedPerToken),
+                static_cast<long long>(cache.gateUpsPerToken), chosen,
+                kt::formatByteSize(cache.pinnedBytes).c_str(),
+                kt::formatByteSize(cache.pinTargetBytes).c_str(), cache.pinSeconds);
+  return text;
 }
 
 int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, bool json) {
@@ -99,7 +125,16 @@ int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, b
                                  {"gate_up_share_now", cache.decodeGateUpShare},
                                  {"bytes", cache.streamedBytes},
                                  {"pinned_bytes", cache.pinnedBytes},
-                                 {"pin_seconds", cache.pinSeconds}};
+                                 {"pin_seconds", cache.pinSeconds},
+                                 {"gate_ups_per_token", cache.gateUpsPerToken}};
+    if (const kt::exec::ExpertCacheStats cache = session.executor().expertCacheStats();
+        cache.autoStreamingRan || !cache.streamingNone.empty())
+      out["streamed_experts_auto"] = {{"host_bytes_per_second", cache.chosenHostBandwidth},
+                                      {"link_bytes_per_second", cache.chosenLinkBandwidth},
+                                      {"share", cache.chosenShare},
+                                      {"per_token", cache.streamedPerToken},
+                                      {"gate_ups_per_token", cache.gateUpsPerToken},
+                                      {"none_because", cache.streamingNone}};
     std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
   } else {
     std::printf("\n");
@@ -191,7 +226,7 @@ int main(int argc, char **argv) {
                  "file's mapping, 4 KiB pages; the default) or huge (copied at load into "
                  "transparent huge pages, which the kernels stream about 5% faster; memory: "
                  "the experts' size, the file's pages of them handed back; not with "
-                 "--stream-experts). Several nodes always copy (--numa)")
+                 "--stream-experts N; auto then streams none). Several nodes always copy (--numa)")
       ->check(CLI::IsMember({"file", "huge"}));
   app.add_flag("--force-think,--force_think", options.forceThink,
                "Start the answer with <think>\\n so R1 reasons before answering");
@@ -223,18 +258,33 @@ int main(int argc, char **argv) {
                  "most what the plan reserves; 0: none) of cuda:0 for copies of the most often "
                  "routed experts of CPU-placed layers, chosen by --expert-profile or else by the "
                  "first prefill's routing (default: all the plan reserves)");
-  app.add_option("--stream-experts", options.streamedExperts,
+  std::string streamExperts = "auto";
+  app.add_option("--stream-experts", streamExperts,
                  "GPU plans compiled with ktc compile --gpu-expert-cache: the GPU runs some of "
                  "the routed experts of CPU-placed layers itself, its copy engine reading their "
-                 "weights from host memory over PCIe (page-locked at load) into N slots while "
+                 "weights from host memory over PCIe (page-locked: the first MoE layer's at "
+                 "load, the rest in the background) into N slots while "
                  "the CPU threads run the rest, so the link adds its bandwidth to theirs: in "
                  "decode up to N of each step's experts per layer, in prefill the most chosen "
                  "ones, half the slots at a time, in a share balanced against the CPU's by "
                  "feedback. The slots (N experts' weights) come out of the plan's expert cache "
-                 "reservation. 2 with --stream-gate-up 1 suits 16 cores and PCIe 5 with 8 "
-                 "experts a token (ktrun --bench times both sides per layer); 0: none (the "
-                 "default)")
-      ->check(CLI::Range(0, 64));
+                 "reservation. auto (the default): at load, measure the link and the CPU "
+                 "threads side by side over the experts' memory and choose N and "
+                 "--stream-gate-up for that balance (2 + 1 with 16 cores and PCIe 5); none "
+                 "where the plan reserves no expert cache or the experts are over 3/4 of the "
+                 "host's memory (ktrun prints the choice; --bench times both sides per layer). "
+                 "0: none")
+      ->check(CLI::Validator(
+          [](std::string &value) -> std::string {
+            int experts = -1;
+            const char *end = value.data() + value.size();
+            const auto [last, error] = std::from_chars(value.data(), end, experts);
+            if (value == "auto" ||
+                (error == std::errc() && last == end && experts >= 0 && experts <= 64))
+              return {};
+            return "expects auto or a number of experts from 0 to 64, not '" + value + "'";
+          },
+          "auto|0..64"));
   app.add_option("--stream-gate-up", options.streamedGateUps,
                  "With --stream-experts: in decode the GPU also streams the gate and up "
                  "matrices of M more of each step's experts per layer and computes their gated "
@@ -350,6 +400,8 @@ int main(int argc, char **argv) {
   options.idleSpinMicros = idleSpinMicros;
   options.mlaTensorCores = !noMlaTensorCores;
   options.ggufTensorCores = !noGgufTensorCores;
+  options.streamedExperts =
+      streamExperts == "auto" ? kt::exec::kAutoStreamedExperts : std::stoi(streamExperts);
   if (!gpuExpertCache.empty()) {
     std::optional<uint64_t> bytes = kt::parseByteSize(gpuExpertCache);
     if (!bytes || *bytes > uint64_t(INT64_MAX))
@@ -375,6 +427,9 @@ int main(int argc, char **argv) {
   if (std::string kernels = kt::exec::kernelLoadSummary((*session)->executor()); !kernels.empty())
     std::fprintf(stderr, "ktrun: %s: %s\n", (*session)->executor().deviceDescription().c_str(),
                  kernels.c_str());
+  if (std::string streaming = streamingSummary((*session)->executor().expertCacheStats());
+      !streaming.empty())
+    std::fprintf(stderr, "ktrun: %s\n", streaming.c_str());
   if (kt::exec::NumaPlacement numa = (*session)->executor().numaPlacement(); !numa.nodes.empty()) {
     std::string threads;
     for (int count : numa.threadsPerNode)

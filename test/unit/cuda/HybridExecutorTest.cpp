@@ -6,6 +6,7 @@
 #include "runtime/cuda/DeviceQuery.h"
 #include "runtime/cuda/KernelCatalog.h"
 #include "runtime/exec/CreateExecutor.h"
+#include "runtime/exec/StreamedExperts.h"
 #include "runtime/gguf/GgufWriter.h"
 #include "runtime/model/CheckpointModel.h"
 #include "runtime/safetensors/Safetensors.h"
@@ -72,12 +73,17 @@ void buildPair(const std::string &name, const gen::ModelConfig &config, ModelPai
                         "none", "--f32-cpu-experts");
 }
 
-std::unique_ptr<exec::Executor> open(const TestModel &m, exec::ExecutorOptions options = {}) {
+// Loaded whole unless `background`: the streamed experts' later layers are
+// page-locked by then.
+std::unique_ptr<exec::Executor> open(const TestModel &m, exec::ExecutorOptions options = {},
+                                     bool background = false) {
   if (options.threads == 0)
     options.threads = 2;
   StatusOr<std::unique_ptr<exec::Executor>> executor =
       exec::createExecutor(m.plan, *m.model, options);
   EXPECT_TRUE(executor.ok()) << executor.message();
+  if (executor.ok() && !background)
+    (*executor)->finishLoading();
   return executor.ok() ? std::move(*executor) : nullptr;
 }
 
@@ -89,7 +95,7 @@ int32_t argmax(const std::vector<float> &logits, size_t row, int64_t vocab) {
 // Prefill of `prompt` (all positions), then greedy decode: logits and
 // tokens of the GPU plan against the CPU plan's.
 void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, double tolerance,
-                   exec::ExecutorOptions options = {}) {
+                   exec::ExecutorOptions options = {}, bool background = false) {
   // f32 against f32: Q8_0 prefill on tensor cores rounds the activations to
   // bf16 (GgufPrefillOnTensorCoresStaysNearTheGemv), and so do the CPU
   // experts' AMX tile kernels on hosts that have them (cpu_tests).
@@ -100,7 +106,8 @@ void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, 
   cpuOptions.streamedExperts = cpuOptions.streamedGateUps = 0;
   cpuOptions.streamedGateUpShare = -1;
   cpuOptions.expertProfile.clear();
-  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options), cpu = open(pair.cpu, cpuOptions);
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options, background),
+                                  cpu = open(pair.cpu, cpuOptions);
   ASSERT_TRUE(gpu && cpu);
   EXPECT_NE(gpu->deviceDescription(), "cpu");
   const std::vector<int32_t> prompt = cpu::test::sampleTokens(promptTokens, 7);
@@ -392,11 +399,15 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
     options.streamedGateUpShare = gateUpShare;
     options.gpuExpertCacheBytes = int64_t(uint64_t(cached) * perExpert);
     expectSameRun(pair, 24, 8, 1e-4, options);
+    // Stepping at once, while the later layers may still be page-locked in
+    // the background: the same results (a layer streams once it is locked).
+    expectSameRun(pair, 24, 8, 1e-4, options, true);
     std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options);
     ASSERT_TRUE(gpu);
     const exec::ExpertCacheStats loaded = gpu->expertCacheStats();
     EXPECT_EQ(loaded.streamedPerToken, streamed);
-    EXPECT_GE(loaded.pinnedBytes, uint64_t(allExperts) * perExpert);
+    EXPECT_GE(loaded.pinnedBytes, uint64_t(allExperts) * perExpert); // every layer's, by now
+    EXPECT_TRUE(loaded.pinningStopped.empty()) << loaded.pinningStopped;
     EXPECT_GT(gpu->streamLinkBandwidth(), 0.0);
     // The prefill streams some of the experts at least 4 of its tokens chose
     // (kPrefillStreamMinTokens), half the slots at a time, and each MoE layer
@@ -546,6 +557,90 @@ TEST(HybridExecutor, RefusesStreamedExpertsWithoutTheCacheReservation) {
   ASSERT_FALSE(executor.ok());
   EXPECT_NE(executor.message().find("--expert-pages 'tiny': give file"), std::string::npos)
       << executor.message();
+  // Auto chooses the gate/up-only experts and lets their share balance.
+  options = {};
+  options.streamedExperts = exec::kAutoStreamedExperts;
+  options.streamedGateUps = 1;
+  executor = exec::createExecutor(m.plan, *m.model, options);
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("--stream-experts auto chooses the gate/up-only experts too, "
+                                    "and their share balances itself; drop --stream-gate-up,"),
+            std::string::npos)
+      << executor.message();
+  options.streamedGateUps = 0;
+  options.streamedGateUpShare = 0.5;
+  executor = exec::createExecutor(m.plan, *m.model, options);
+  ASSERT_FALSE(executor.ok());
+  EXPECT_NE(executor.message().find("drop --stream-gate-up-share, or give --stream-experts a "
+                                    "number"),
+            std::string::npos)
+      << executor.message();
+}
+
+// --stream-experts auto measures the link and the CPU threads side by side
+// at load and streams what chooseStreamedExperts makes of the two (whatever
+// this host's numbers: the results equal the CPU executor's either way);
+// with no room left beside the cache it streams none, says why, and leaves
+// nothing page-locked. Without a reservation it streams none silently (a
+// plan without --gpu-expert-cache, ktrun's default).
+TEST(HybridExecutor, AutoStreamedExpertsFollowTheMeasuredBandwidths) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  const gen::ModelConfig config = buildExpertCachePair("tiny-stream-auto", pair);
+  const auto [perExpert, allExperts] = cpuExpertSizes(pair.gpu);
+  exec::ExecutorOptions options;
+  options.streamedExperts = exec::kAutoStreamedExperts;
+  options.gpuExpertCacheBytes = 0; // the whole reservation is room for slots
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options);
+  ASSERT_TRUE(gpu);
+  exec::ExpertCacheStats stats = gpu->expertCacheStats();
+  EXPECT_TRUE(stats.autoStreamingRan);
+  EXPECT_GT(stats.chosenHostBandwidth, 0.0);
+  EXPECT_GT(stats.chosenLinkBandwidth, 0.0);
+  const exec::StreamedExpertsChoice expected = exec::chooseStreamedExperts(
+      int(config.expertsUsed), stats.chosenHostBandwidth, stats.chosenLinkBandwidth, 64);
+  std::printf("[ auto     ] host %.1f GB/s, link %.1f GB/s: %.2f experts' worth, %lld + %lld\n",
+              stats.chosenHostBandwidth / 1e9, stats.chosenLinkBandwidth / 1e9, stats.chosenShare,
+              static_cast<long long>(stats.streamedPerToken),
+              static_cast<long long>(stats.gateUpsPerToken));
+  EXPECT_DOUBLE_EQ(stats.chosenShare, expected.share);
+  EXPECT_EQ(stats.streamedPerToken, expected.experts);
+  EXPECT_EQ(stats.gateUpsPerToken, expected.gateUps);
+  if (expected.experts > 0) {
+    EXPECT_GE(stats.pinnedBytes, uint64_t(allExperts) * perExpert);
+    EXPECT_TRUE(stats.streamingNone.empty()) << stats.streamingNone;
+  } else {
+    EXPECT_EQ(stats.pinnedBytes, 0u);
+    EXPECT_NE(stats.streamingNone.find("under one expert's worth"), std::string::npos)
+        << stats.streamingNone;
+  }
+  gpu.reset();
+  expectSameRun(pair, 24, 8, 1e-4, options);
+
+  // The cache takes the whole reservation: no slot fits.
+  options.gpuExpertCacheBytes = int64_t{256} << 20;
+  gpu = open(pair.gpu, options);
+  ASSERT_TRUE(gpu);
+  stats = gpu->expertCacheStats();
+  EXPECT_TRUE(stats.autoStreamingRan);
+  EXPECT_EQ(stats.streamedPerToken, 0);
+  EXPECT_EQ(stats.pinnedBytes, 0u);
+  EXPECT_NE(stats.streamingNone.find("less than one expert's"), std::string::npos)
+      << stats.streamingNone;
+  gpu.reset();
+
+  // No reservation at all.
+  TestModel unreserved;
+  cpu::test::buildModel("tiny-stream-auto-unreserved", *gen::presetConfig("tiny"), unreserved,
+                        "rules/DeepSeek-V3-Chat.yaml", targetGpu(), "");
+  options.gpuExpertCacheBytes = -1;
+  gpu = open(unreserved, options);
+  ASSERT_TRUE(gpu);
+  stats = gpu->expertCacheStats();
+  EXPECT_FALSE(stats.autoStreamingRan);
+  EXPECT_EQ(stats.streamedPerToken, 0);
+  EXPECT_NE(stats.streamingNone.find("reserves no GPU expert cache"), std::string::npos)
+      << stats.streamingNone;
 }
 
 TEST(HybridExecutor, ChunkedPrefillEqualsTheCpuExecutor) {
