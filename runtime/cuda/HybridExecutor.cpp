@@ -349,8 +349,8 @@ public:
   std::atomic<uint64_t> pinnedBytes{0};
   std::atomic<double> pinnedSeconds{0};
   Clock::time_point pinStarted;
-  // Locks those of `merged`'s ranges (by index) not `locked` yet.
-  Status lockRanges(const std::vector<std::pair<uintptr_t, uintptr_t>> &merged,
+  // Locks for `gpu` those of `merged`'s ranges (by index) not `locked` yet.
+  Status lockRanges(CudaDevice &gpu, const std::vector<std::pair<uintptr_t, uintptr_t>> &merged,
                     const std::vector<size_t> &ranges, std::vector<bool> &locked);
   // Waits for the background locking to end, or (`stop`) for it to stop
   // after the range it is locking.
@@ -2620,10 +2620,15 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
                  "[page-locking %s of routed experts for %s: the first MoE layer's now, the "
                  "rest in the background]\n",
                  formatByteSize(total).c_str(), asked.c_str());
+  // Locked for cuda:0, whose copies read them (the background thread keeps
+  // this device while decode's use() moves `device` between GPUs).
+  if (Status s = use(0); !s.ok())
+    return s;
+  CudaDevice *const firstGpu = device;
   pinStarted = Clock::now();
   expertCache.pinTargetBytes = total;
   std::vector<bool> locked(merged.size(), false);
-  if (Status s = lockRanges(merged, layerRanges[0], locked); !s.ok()) {
+  if (Status s = lockRanges(*firstGpu, merged, layerRanges[0], locked); !s.ok()) {
     if (!autoStreaming)
       return Status::error(asked +
                            " needs the routed experts' host memory page-locked, which "
@@ -2687,10 +2692,10 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
   expertCache.gateUpsPerToken = streamedGateUps;
   // The other layers' ranges: a failure stops there (the layers after run
   // their experts on the CPU) and says so.
-  pinThread = std::thread([this, layers, layerRanges, merged, locked]() mutable {
-    Status current = device->makeCurrent();
+  pinThread = std::thread([this, firstGpu, layers, layerRanges, merged, locked]() mutable {
+    Status current = firstGpu->makeCurrent();
     for (size_t i = 1; i < layers.size() && current.ok() && !stopPinning.load(); ++i) {
-      current = lockRanges(merged, layerRanges[i], locked);
+      current = lockRanges(*firstGpu, merged, layerRanges[i], locked);
       if (current.ok())
         layers[i]->pinned.store(true, std::memory_order_release);
     }
@@ -2707,7 +2712,8 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
   return Status::success();
 }
 
-Status HybridExecutor::Impl::lockRanges(const std::vector<std::pair<uintptr_t, uintptr_t>> &merged,
+Status HybridExecutor::Impl::lockRanges(CudaDevice &gpu,
+                                        const std::vector<std::pair<uintptr_t, uintptr_t>> &merged,
                                         const std::vector<size_t> &ranges,
                                         std::vector<bool> &locked) {
   for (size_t range : ranges) {
@@ -2715,7 +2721,7 @@ Status HybridExecutor::Impl::lockRanges(const std::vector<std::pair<uintptr_t, u
       continue;
     const auto [begin, end] = merged[range];
     const void *pointer = reinterpret_cast<const void *>(begin);
-    if (Status s = device->registerHostReadOnly(pointer, size_t(end - begin)); !s.ok())
+    if (Status s = gpu.registerHostReadOnly(pointer, size_t(end - begin)); !s.ok())
       return s;
     locked[range] = true;
     std::lock_guard<std::mutex> lock(pinMutex);
@@ -2735,7 +2741,7 @@ void HybridExecutor::Impl::joinPinning(bool stop) {
 void HybridExecutor::Impl::unlockStreamedExperts() {
   joinPinning(true);
   for (const void *pointer : registeredHost)
-    (void)device->unregisterHost(pointer);
+    (void)physical[0].device->unregisterHost(pointer);
   registeredHost.clear();
   pinnedBytes = 0;
 }
