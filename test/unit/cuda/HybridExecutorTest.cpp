@@ -73,6 +73,15 @@ void buildPair(const std::string &name, const gen::ModelConfig &config, ModelPai
                         "none", "--f32-cpu-experts");
 }
 
+// The error of an executor for `m` with `options` that must be refused
+// (empty, with a failure, where it is not).
+std::string refusal(const TestModel &m, const exec::ExecutorOptions &options) {
+  StatusOr<std::unique_ptr<exec::Executor>> executor =
+      exec::createExecutor(m.plan, *m.model, options);
+  EXPECT_FALSE(executor.ok()) << "not refused";
+  return executor.ok() ? std::string() : executor.message();
+}
+
 // Loaded whole unless `background`: the streamed experts' later layers are
 // page-locked by then.
 std::unique_ptr<exec::Executor> open(const TestModel &m, exec::ExecutorOptions options = {},
@@ -359,12 +368,9 @@ TEST(HybridExecutor, RefusesAnExpertCacheThePlanDoesNotReserve) {
                         "rules/DeepSeek-V3-Chat.yaml", "sm_90a:80GiB", "--gpu-expert-cache 1MiB");
   exec::ExecutorOptions options;
   options.gpuExpertCacheBytes = 2 << 20;
-  StatusOr<std::unique_ptr<exec::Executor>> executor =
-      exec::createExecutor(m.plan, *m.model, options);
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("reserves 1.00 MiB"), std::string::npos) << executor.message();
-  EXPECT_NE(executor.message().find("ktc compile --gpu-expert-cache 2097152"), std::string::npos)
-      << executor.message();
+  const std::string message = refusal(m, options);
+  EXPECT_NE(message.find("reserves 1.00 MiB"), std::string::npos) << message;
+  EXPECT_NE(message.find("ktc compile --gpu-expert-cache 2097152"), std::string::npos) << message;
 }
 
 // Streamed experts (ExecutorOptions::streamedExperts): the GPU copies some
@@ -518,63 +524,51 @@ TEST(HybridExecutor, RefusesStreamedExpertsWithoutTheCacheReservation) {
                         "rules/DeepSeek-V3-Chat.yaml", "sm_90a:80GiB", "");
   exec::ExecutorOptions options;
   options.streamedExperts = 2;
-  StatusOr<std::unique_ptr<exec::Executor>> executor =
-      exec::createExecutor(m.plan, *m.model, options);
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("--stream-experts 2"), std::string::npos) << executor.message();
-  EXPECT_NE(executor.message().find("ktc compile --gpu-expert-cache"), std::string::npos)
-      << executor.message();
+  std::string message = refusal(m, options);
+  EXPECT_NE(message.find("--stream-experts 2"), std::string::npos) << message;
+  EXPECT_NE(message.find("ktc compile --gpu-expert-cache"), std::string::npos) << message;
   // Gate/up-only experts add to streamed ones: alone they are refused.
   options.streamedExperts = 0;
   options.streamedGateUps = 1;
-  executor = exec::createExecutor(m.plan, *m.model, options);
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("--stream-gate-up 1 adds experts to --stream-experts"),
-            std::string::npos)
-      << executor.message();
+  message = refusal(m, options);
+  EXPECT_NE(message.find("--stream-gate-up 1 adds experts to --stream-experts"), std::string::npos)
+      << message;
   // A fixed share of their rows past the experts it shares out.
   options.streamedExperts = 2;
   options.streamedGateUpShare = 1.5;
-  executor = exec::createExecutor(m.plan, *m.model, options);
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("--stream-gate-up-share 1.5 is more than the --stream-gate-up "
-                                    "1 experts"),
+  message = refusal(m, options);
+  EXPECT_NE(message.find("--stream-gate-up-share 1.5 is more than the --stream-gate-up "
+                         "1 experts"),
             std::string::npos)
-      << executor.message();
+      << message;
   // The CPU's copy of the experts in huge pages beside streamed ones (read
   // from the file's page-locked mapping) would hold them twice; an unknown
   // --expert-pages is refused with the choices.
   options = {};
   options.streamedExperts = 2;
   options.expertPages = "huge";
-  executor = exec::createExecutor(m.plan, *m.model, options);
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("--expert-pages huge and --stream-experts 2"),
-            std::string::npos)
-      << executor.message();
+  message = refusal(m, options);
+  EXPECT_NE(message.find("--expert-pages huge and --stream-experts 2"), std::string::npos)
+      << message;
   options.expertPages = "tiny";
-  executor = exec::createExecutor(m.plan, *m.model, options);
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("--expert-pages 'tiny': give file"), std::string::npos)
-      << executor.message();
+  message = refusal(m, options);
+  EXPECT_NE(message.find("--expert-pages 'tiny': give file"), std::string::npos) << message;
   // Auto chooses the gate/up-only experts and lets their share balance.
   options = {};
   options.streamedExperts = exec::kAutoStreamedExperts;
   options.streamedGateUps = 1;
-  executor = exec::createExecutor(m.plan, *m.model, options);
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("--stream-experts auto chooses the gate/up-only experts too, "
-                                    "and their share balances itself; drop --stream-gate-up,"),
+  message = refusal(m, options);
+  EXPECT_NE(message.find("--stream-experts auto chooses the gate/up-only experts too, "
+                         "and their share balances itself; drop --stream-gate-up,"),
             std::string::npos)
-      << executor.message();
+      << message;
   options.streamedGateUps = 0;
   options.streamedGateUpShare = 0.5;
-  executor = exec::createExecutor(m.plan, *m.model, options);
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("drop --stream-gate-up-share, or give --stream-experts a "
-                                    "number"),
+  message = refusal(m, options);
+  EXPECT_NE(message.find("drop --stream-gate-up-share, or give --stream-experts a "
+                         "number"),
             std::string::npos)
-      << executor.message();
+      << message;
 }
 
 // --stream-experts auto measures the link and the CPU threads side by side
@@ -996,11 +990,9 @@ TEST(HybridExecutor, RefusesAPlanForAnotherGpuArchitecture) {
   TestModel m;
   cpu::test::buildModel("tiny-arch", *gen::presetConfig("tiny"), m, "rules/DeepSeek-V3-Chat.yaml",
                         arch + ":24GiB");
-  StatusOr<std::unique_ptr<exec::Executor>> executor = exec::createExecutor(m.plan, *m.model, {});
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("was compiled for " + arch), std::string::npos)
-      << executor.message();
-  EXPECT_NE(executor.message().find("--target-gpu"), std::string::npos) << executor.message();
+  const std::string message = refusal(m, {});
+  EXPECT_NE(message.find("was compiled for " + arch), std::string::npos) << message;
+  EXPECT_NE(message.find("--target-gpu"), std::string::npos) << message;
 }
 
 TEST(HybridExecutor, RefusesAPlanThatDoesNotListItsKernels) {
@@ -1009,10 +1001,9 @@ TEST(HybridExecutor, RefusesAPlanThatDoesNotListItsKernels) {
   cpu::test::buildModel("tiny-unlisted", *gen::presetConfig("tiny"), m,
                         "rules/DeepSeek-V3-Chat.yaml", targetGpu());
   m.plan.kernelSpecializations.erase(m.plan.kernelSpecializations.begin());
-  StatusOr<std::unique_ptr<exec::Executor>> executor = exec::createExecutor(m.plan, *m.model, {});
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("does not list"), std::string::npos) << executor.message();
-  EXPECT_NE(executor.message().find("Recompile"), std::string::npos) << executor.message();
+  const std::string message = refusal(m, {});
+  EXPECT_NE(message.find("does not list"), std::string::npos) << message;
+  EXPECT_NE(message.find("Recompile"), std::string::npos) << message;
 }
 
 // A GGUF model with its FP8 checkpoint (kt-export-hf --fp8) and the plan of
@@ -1875,18 +1866,14 @@ TEST(HybridExecutor, RefusesAMultiGpuPlanOnTooFewGpus) {
   cpu::test::buildModel("tiny-pipeline-refused", config, pipeline,
                         "rules/DeepSeek-V3-Chat-multi-gpu-2.yaml",
                         "sm_90a:80GiB --target-gpu sm_90a:80GiB");
-  StatusOr<std::unique_ptr<exec::Executor>> executor =
-      exec::createExecutor(pipeline.plan, *pipeline.model, {});
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find(gpus().empty() ? "no usable GPU" : "--virtual-gpus 2"),
-            std::string::npos)
-      << executor.message();
+  std::string message = refusal(pipeline, {});
+  EXPECT_NE(message.find(gpus().empty() ? "no usable GPU" : "--virtual-gpus 2"), std::string::npos)
+      << message;
   // Fewer virtual GPUs than the plan's stages are refused everywhere.
   exec::ExecutorOptions options;
   options.virtualGpus = 1;
-  executor = exec::createExecutor(pipeline.plan, *pipeline.model, options);
-  ASSERT_FALSE(executor.ok());
-  EXPECT_NE(executor.message().find("--virtual-gpus 2"), std::string::npos) << executor.message();
+  message = refusal(pipeline, options);
+  EXPECT_NE(message.find("--virtual-gpus 2"), std::string::npos) << message;
 }
 
 // Runs everywhere: without a GPU a GPU plan is refused with what to do.
