@@ -321,17 +321,21 @@ public:
   // experts left to the CPU are copied into streamedExperts staging slots
   // and run on the GPU (CachedExperts::route and queue). One set of slots serves all
   // layers: the stream runs them one after the other.
+  // Prefill streams through all streamedExperts slots; decode streams
+  // decodeShare.experts whole experts (as many, or with moveStreamedExperts
+  // one fewer at first: whole experts move by feedback).
   int64_t streamedExperts = 0;
   int64_t streamedGateUps = 0; // ExecutorOptions::streamedGateUps
-  // Decode: how much of the gate/up-only experts' gate and up rows the GPU
-  // computes, in experts' worth (0 to streamedGateUps; the last of them
-  // streams only its first rows). Unless the options fix it, it balances the
-  // CPU and the link by feedback, as prefill's share does: after each
-  // decode MoE layer that streamed, up a step when the GPU had finished by
-  // the time the CPU's experts had, down a step when not.
-  double gateUpShare = 0;
+  bool moveStreamedExperts = false; // ExecutorOptions::moveStreamedExperts, or auto
+  // Decode: how many whole experts it streams, and how much of the
+  // gate/up-only experts' gate and up rows the GPU computes, in experts'
+  // worth (0 to streamedGateUps; the last of them streams only its first
+  // rows). Unless the options fix the share, it balances the CPU and the
+  // link by feedback, as prefill's share does: after each decode MoE layer
+  // that streamed, up a step when the GPU had finished by the time the
+  // CPU's experts had, down a step when not (exec::StreamedShareBalance).
+  exec::StreamedShareBalance decodeShare;
   bool balanceGateUpShare = true;
-  static constexpr double kGateUpShareStep = 1.0 / 16;
   // gate and up: streamedExperts + streamedGateUps slices each, down:
   // streamedExperts (the gate/up-only experts' slots come last).
   DevicePointer streamStaging[3] = {};
@@ -1534,7 +1538,7 @@ struct CachedExperts {
   float *gatedRowsHost = nullptr;
   uint64_t gateUpSelections = 0, gateUpRowSelections = 0; // choices, and their rows
   // The gate and up rows the GPU computes of the gate/up-only expert at
-  // `place` for m.gateUpShare: whole 16-row groups (the CPU's tasks' grain),
+  // `place` for the decode share's gate/up rows: whole 16-row groups (the CPU's tasks' grain),
   // all of them once the share covers the expert; 0: it stays on the CPU.
   int64_t gateUpRowsAt(double share, int64_t place) const {
     const double part = std::clamp(share - double(place), 0.0, 1.0);
@@ -1713,17 +1717,19 @@ public:
     constexpr double kPrefillShareStep = 0.05;
     if (streamedPrefill)
       balanced = {&m.prefillStreamShare, kPrefillShareStep, kPrefillShareStep, 1.0};
-    else if (ctx.decode && m.balanceGateUpShare && m.streamedGateUps > 0 && cache &&
-             (!cache->streamedIds.empty() || !cache->gateUpIds.empty()))
-      balanced = {&m.gateUpShare, HybridExecutor::Impl::kGateUpShareStep, 0.0,
-                  double(m.streamedGateUps)};
-    if (balanced) {
+    const bool balanceDecode = ctx.decode && m.balanceGateUpShare && m.decodeShare.balances() &&
+                               cache &&
+                               (!cache->streamedIds.empty() || !cache->gateUpIds.empty());
+    if (balanced || balanceDecode) {
       StatusOr<bool> gpuDone = m.device->finishedQueuedWork();
       if (!gpuDone)
         return gpuDone.status();
-      *balanced->share =
-          std::clamp(*balanced->share + (*gpuDone ? balanced->step : -balanced->step),
-                     balanced->lowest, balanced->highest);
+      if (balanced)
+        *balanced->share =
+            std::clamp(*balanced->share + (*gpuDone ? balanced->step : -balanced->step),
+                       balanced->lowest, balanced->highest);
+      else
+        m.decodeShare.update(*gpuDone);
     }
     for (int64_t i = 0; i < ctx.rows * ids.width; ++i)
       ++stats_.selections[size_t(ids.hostIds()[i])];
@@ -1769,7 +1775,9 @@ private:
 void CachedExperts::route(HybridExecutor::Impl &m, int64_t rows, const int32_t *ids,
                           const float *gateWeights, bool decode) {
   const bool streams = pinned.load(std::memory_order_acquire);
-  const int64_t choices = rows * topK, slotCount = streams ? m.streamedExperts : 0;
+  // Prefill streams through every slot, decode its balance's whole experts.
+  const int64_t choices = rows * topK,
+                slotCount = !streams ? 0 : decode ? m.decodeShare.experts : m.streamedExperts;
   cpuIds.resize(size_t(choices));
   streamedIds.clear();
   if (slotCount > 0 && !decode) {
@@ -1816,14 +1824,15 @@ void CachedExperts::route(HybridExecutor::Impl &m, int64_t rows, const int32_t *
     if (slot < 0 && streamed < 0 && gateUpCount > 0) {
       int32_t place = gateUpPlaceOf[size_t(expert)];
       if (place < 0 && int64_t(gateUpIds.size()) < gateUpCount)
-        if (const int64_t rows = gateUpRowsAt(m.gateUpShare, int64_t(gateUpIds.size())); rows > 0) {
+        if (const int64_t rows = gateUpRowsAt(m.decodeShare.gateUpShare, int64_t(gateUpIds.size()));
+            rows > 0) {
           place = int32_t(gateUpIds.size());
           gateUpPlaceOf[size_t(expert)] = place;
           gateUpIds.push_back(expert);
           gateUpRows.push_back(rows);
         }
       if (place >= 0) {
-        gateUpSlot = int32_t(slotCount) + place;
+        gateUpSlot = int32_t(m.streamedExperts) + place; // after all whole experts' slots
         gatedRowsGiven[size_t(i)] = int32_t(gateUpRows[size_t(place)]);
         gateUpRowSelections += uint64_t(gateUpRows[size_t(place)]);
       }
@@ -2561,9 +2570,11 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
                         "one expert's " +
                         formatByteSize(expertBytes));
   } else {
-    const uint64_t staging = stagingFor(streamedExperts, streamedGateUps);
+    // Moving whole experts takes a slot for one more.
+    const uint64_t staging = stagingFor(streamedExperts + moveStreamedExperts, streamedGateUps);
+    const std::string forWhat = moveStreamedExperts ? asked + " with whole experts moving" : asked;
     if (staging > reserved)
-      return Status::error(asked + " needs " + formatByteSize(staging) +
+      return Status::error(forWhat + " needs " + formatByteSize(staging) +
                            " of cuda:0 for the streamed experts' weights, taken from the GPU "
                            "expert cache's reservation, but " +
                            planName + " reserves " + formatByteSize(reserved) +
@@ -2571,7 +2582,7 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
                            std::to_string(staging) +
                            " (or more: the rest caches experts), or stream fewer.");
     if (askedCache >= 0 && uint64_t(askedCache) + staging > reserved)
-      return Status::error(asked + " needs " + formatByteSize(staging) + " of the " +
+      return Status::error(forWhat + " needs " + formatByteSize(staging) + " of the " +
                            formatByteSize(reserved) + " " + planName +
                            " reserves for the GPU expert cache; ask for a cache of at most " +
                            formatByteSize(reserved - staging) + ".");
@@ -2662,14 +2673,25 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
       unlockStreamedExperts();
       return streamNone(std::string(measured) + ", under one expert's worth");
     }
-    streamedExperts = choice.experts;
+    // Decode starts at the choice, its share balanced from all of the
+    // gate/up rows down; whole experts move by feedback, into a slot for
+    // one more where the room has it.
     streamedGateUps = choice.gateUps;
-    gateUpShare = double(streamedGateUps); // balanced from all of them down
+    moveStreamedExperts = true;
+    streamedExperts =
+        choice.experts + (stagingFor(choice.experts + 1, streamedGateUps) <= room ? 1 : 0);
+    decodeShare.experts = choice.experts;
+    decodeShare.gateUps = choice.gateUps;
+    decodeShare.gateUpShare = double(streamedGateUps);
     if (progress)
       std::fprintf(stderr, "[--stream-experts auto: %s; streaming %lld + %lld gate/up-only]\n",
-                   measured, static_cast<long long>(streamedExperts),
+                   measured, static_cast<long long>(choice.experts),
                    static_cast<long long>(streamedGateUps));
+  } else if (moveStreamedExperts) {
+    ++streamedExperts; // the slot for one more
   }
+  decodeShare.maxExperts = int(streamedExperts);
+  decodeShare.moveExperts = moveStreamedExperts && balanceGateUpShare;
   const uint64_t staging = stagingFor(streamedExperts, streamedGateUps);
   expertCacheBudget = askedCache < 0 ? reserved - staging : uint64_t(askedCache);
   expertCache.enabled = expertCacheBudget > 0;
@@ -2688,7 +2710,8 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
       layer->staged[i] = layer->matrices[i];
       layer->staged[i].data = streamStaging[i];
     }
-  expertCache.streamedPerToken = streamedExperts;
+  expertCache.streamedPerToken = decodeShare.experts;
+  expertCache.streamedSlots = streamedExperts;
   expertCache.gateUpsPerToken = streamedGateUps;
   // The other layers' ranges: a failure stops there (the layers after run
   // their experts on the CPU) and says so.
@@ -3741,6 +3764,14 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
                          " experts it shares out; give at most that, or leave it out to let "
                          "the share balance itself.");
   }
+  if (options.moveStreamedExperts && !autoStreaming && options.streamedExperts <= 0)
+    return Status::error("--move-streamed-experts moves whole experts of --stream-experts N, "
+                         "which is 0; pass a number of experts (or auto, which moves them "
+                         "anyway).");
+  if (options.moveStreamedExperts && !(options.streamedGateUpShare < 0))
+    return Status::error("--move-streamed-experts moves whole experts when the balanced "
+                         "gate/up share stays at one end, but --stream-gate-up-share fixes the "
+                         "share; drop one of them.");
   if (Status pages = exec::checkExpertPages(options.expertPages); !pages.ok())
     return pages;
   // Streamed experts are page-locked where the model file is mapped; a copy
@@ -3867,7 +3898,10 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->streamedExperts = std::max(0, options.streamedExperts);
   impl->streamedGateUps = impl->streamedExperts > 0 ? std::max(0, options.streamedGateUps) : 0;
   impl->balanceGateUpShare = options.streamedGateUpShare < 0;
-  impl->gateUpShare =
+  impl->moveStreamedExperts = options.moveStreamedExperts && impl->streamedExperts > 0;
+  impl->decodeShare.experts = int(impl->streamedExperts);
+  impl->decodeShare.gateUps = int(impl->streamedGateUps);
+  impl->decodeShare.gateUpShare =
       impl->balanceGateUpShare ? double(impl->streamedGateUps) : options.streamedGateUpShare;
   Status bound = impl->bind(model);
   impl->conversions->finishProgress();
@@ -4113,7 +4147,9 @@ exec::ExpertCacheStats HybridExecutor::expertCacheStats() const {
   }
   stats.prefillStreamShare = impl_->prefillStreamShare;
   stats.gateUpRowShare = gateUpAllRows > 0 ? gateUpRows / gateUpAllRows : 0.0;
-  stats.decodeGateUpShare = impl_->gateUpShare;
+  stats.decodeGateUpShare = impl_->decodeShare.gateUpShare;
+  stats.decodeStreamedNow = impl_->decodeShare.experts;
+  stats.streamedMoves = impl_->decodeShare.moves;
   return stats;
 }
 

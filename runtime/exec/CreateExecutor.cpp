@@ -19,7 +19,7 @@ StatusOr<std::unique_ptr<Executor>> createExecutor(const plan::Plan &plan,
       return Status::error(planName + " runs on the CPU only; a GPU expert cache needs a GPU plan "
                                       "compiled with ktc compile --gpu-expert-cache.");
     if (options.streamedExperts > 0 || options.streamedGateUps > 0 ||
-        options.streamedGateUpShare >= 0)
+        options.streamedGateUpShare >= 0 || options.moveStreamedExperts)
       return Status::error(planName + " runs on the CPU only; streaming experts to the GPU needs "
                                       "a GPU plan compiled with ktc compile --gpu-expert-cache.");
     StatusOr<std::unique_ptr<cpu::CpuExecutor>> executor =

@@ -127,6 +127,11 @@ struct ExecutorOptions {
   // them: after each decode MoE layer a sixteenth of an expert more when
   // the GPU had finished by the time the CPU's experts had, less when not.
   double streamedGateUpShare = -1;
+  // Decode, with streamedExperts N and the share balanced: move whole
+  // experts between the GPU and the CPU when the gate/up share stays pushed
+  // against either end (StreamedShareBalance), within room for N + 1 taken
+  // at load. kAutoStreamedExperts always does.
+  bool moveStreamedExperts = false;
   // Routing statistics (a profile saved by an earlier run) that choose the
   // cached experts at load; empty: the first prefill's routing chooses them.
   std::vector<RoutingStats> expertProfile;
@@ -175,6 +180,12 @@ struct ExpertCacheStats {
   double gateUpRowShare = 0;
   double decodeGateUpShare = 0;
   int64_t gateUpsPerToken = 0; // gate/up-only experts streamed beside streamedPerToken
+  // Whole experts moved by decode's balance (ExecutorOptions::
+  // moveStreamedExperts): slots for them, how many decode streams now, and
+  // the moves so far. streamedPerToken is the count it started with.
+  int64_t streamedSlots = 0;
+  int64_t decodeStreamedNow = 0;
+  int64_t streamedMoves = 0;
   // Why the background page-locking stopped short (the layers after run
   // all their experts on the CPU); empty when it did not.
   std::string pinningStopped;

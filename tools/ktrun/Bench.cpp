@@ -325,15 +325,22 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   if (cache.streamedPerToken > 0) {
     const double share =
         cache.selections ? double(cache.streamedSelections) / double(cache.selections) : 0.0;
-    std::printf("streamed experts: up to %lld per token and layer; decode: %.1f%% of the "
+    std::printf("streamed experts: %lld slots; decode: %.1f%% of the "
                 "CPU-placed layers' expert choices ran on the GPU from host memory, %.2f MB per "
                 "token over the link (%.2f GB/s); %.2f GiB page-locked in %.2f s; prefill "
                 "streams the most chosen %.0f%% of a step's CPU-side experts (balanced by "
                 "feedback)\n",
-                static_cast<long long>(cache.streamedPerToken), 100 * share,
+                static_cast<long long>(cache.streamedSlots), 100 * share,
                 double(cache.streamedBytes) / options.decodeTokens / 1e6,
                 double(cache.streamedBytes) / decode / 1e9, cache.pinnedBytes / 1073741824.0,
                 cache.pinSeconds, 100 * cache.prefillStreamShare);
+    if (cache.streamedSlots > cache.streamedPerToken || cache.streamedMoves > 0)
+      std::printf("  whole experts moved by decode's balance: %lld times; decode streams %lld "
+                  "now (started at %lld, slots for %lld)\n",
+                  static_cast<long long>(cache.streamedMoves),
+                  static_cast<long long>(cache.decodeStreamedNow),
+                  static_cast<long long>(cache.streamedPerToken),
+                  static_cast<long long>(cache.streamedSlots));
   }
   if (!cache.pinningStopped.empty())
     std::printf("  page-locking stopped short (%s): the layers after run their experts on the "

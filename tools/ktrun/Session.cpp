@@ -122,6 +122,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.streamedExperts = options_.streamedExperts;
   executorOptions.streamedGateUps = options_.streamedGateUps;
   executorOptions.streamedGateUpShare = options_.streamedGateUpShare;
+  executorOptions.moveStreamedExperts = options_.moveStreamedExperts;
   executorOptions.expertProfile = options_.expertProfile;
   executorOptions.progress = options_.progress;
   return exec::createExecutor(plan_, *model_, executorOptions);

@@ -45,6 +45,7 @@ struct SessionOptions {
   int streamedExperts = 0; // choices per token and layer the GPU streams; -1: auto
   int streamedGateUps = 0; // decode: more experts whose gate and up only it streams
   double streamedGateUpShare = -1; // of those, in experts' worth; -1: balanced by feedback
+  bool moveStreamedExperts = false; // decode moves whole experts by feedback (auto always)
   std::vector<exec::RoutingStats> expertProfile; // chooses the cached experts at load
   SamplingOptions sampling;
 };

@@ -126,7 +126,10 @@ int oneShot(Session &session, const std::string &prompt, int64_t maxNewTokens, b
                                  {"bytes", cache.streamedBytes},
                                  {"pinned_bytes", cache.pinnedBytes},
                                  {"pin_seconds", cache.pinSeconds},
-                                 {"gate_ups_per_token", cache.gateUpsPerToken}};
+                                 {"gate_ups_per_token", cache.gateUpsPerToken},
+                                 {"slots", cache.streamedSlots},
+                                 {"per_token_now", cache.decodeStreamedNow},
+                                 {"moves", cache.streamedMoves}};
     if (const kt::exec::ExpertCacheStats cache = session.executor().expertCacheStats();
         cache.autoStreamingRan || !cache.streamingNone.empty())
       out["streamed_experts_auto"] = {{"host_bytes_per_second", cache.chosenHostBandwidth},
@@ -270,7 +273,8 @@ int main(int argc, char **argv) {
                  "feedback. The slots (N experts' weights) come out of the plan's expert cache "
                  "reservation. auto (the default): at load, measure the link and the CPU "
                  "threads side by side over the experts' memory and choose N and "
-                 "--stream-gate-up for that balance (2 + 1 with 16 cores and PCIe 5); none "
+                 "--stream-gate-up for that balance (2 + 1 with 16 cores and PCIe 5), then "
+                 "move whole experts by feedback as --move-streamed-experts does; none "
                  "where the plan reserves no expert cache or the experts are over 3/4 of the "
                  "host's memory (ktrun prints the choice; --bench times both sides per layer). "
                  "0: none")
@@ -300,6 +304,13 @@ int main(int argc, char **argv) {
                  "expert's rows and the first half of the second's) instead of balancing it "
                  "by feedback")
       ->check(CLI::Range(0.0, 64.0));
+  app.add_flag("--move-streamed-experts", options.moveStreamedExperts,
+               "With --stream-experts N: let decode move whole experts between the GPU and the "
+               "CPU as auto does: when the balanced gate/up share has stayed at all of its rows "
+               "for 16 MoE layers in a row (the GPU keeps finishing first), one more expert "
+               "streams, in a slot for N + 1 taken at load; when it has stayed at none (the GPU "
+               "keeps finishing last), one fewer, never under one; a move undone waits twice "
+               "as long for the next (ktrun --bench prints the moves)");
   app.add_option("--expert-profile", expertProfile,
                  "Fill the GPU expert cache at load from this routing profile (written by "
                  "--save-expert-profile)");

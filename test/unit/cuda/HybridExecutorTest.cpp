@@ -103,8 +103,10 @@ int32_t argmax(const std::vector<float> &logits, size_t row, int64_t vocab) {
 
 // Prefill of `prompt` (all positions), then greedy decode: logits and
 // tokens of the GPU plan against the CPU plan's.
+// `gpuStats`: the GPU executor's expert cache statistics after the run.
 void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, double tolerance,
-                   exec::ExecutorOptions options = {}, bool background = false) {
+                   exec::ExecutorOptions options = {}, bool background = false,
+                   exec::ExpertCacheStats *gpuStats = nullptr) {
   // f32 against f32: Q8_0 prefill on tensor cores rounds the activations to
   // bf16 (GgufPrefillOnTensorCoresStaysNearTheGemv), and so do the CPU
   // experts' AMX tile kernels on hosts that have them (cpu_tests).
@@ -114,6 +116,7 @@ void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, 
   cpuOptions.gpuExpertCacheBytes = -1;
   cpuOptions.streamedExperts = cpuOptions.streamedGateUps = 0;
   cpuOptions.streamedGateUpShare = -1;
+  cpuOptions.moveStreamedExperts = false;
   cpuOptions.expertProfile.clear();
   std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options, background),
                                   cpu = open(pair.cpu, cpuOptions);
@@ -141,6 +144,8 @@ void expectSameRun(const ModelPair &pair, size_t promptTokens, int decodeSteps, 
   EXPECT_EQ(gpu->position(), cpu->position());
   std::printf("[ gpu      ] prefill %zu tokens: relative L2 %.2e; %d decode steps: worst %.2e\n",
               promptTokens, prefillError, decodeSteps, worst);
+  if (gpuStats)
+    *gpuStats = gpu->expertCacheStats();
 }
 
 // Greedy decode of `steps` tokens after a prompt of `promptTokens`, with
@@ -514,6 +519,45 @@ TEST(HybridExecutor, StreamedExpertsRunOnTheGpuBesideTheCpuExperts) {
   EXPECT_GT(gpu->expertCacheStats().gateUpSelections, 0u);
 }
 
+// Whole streamed experts moved by decode's balance (auto's, or asked for):
+// a slot for one more is taken at load, the count decode streams stays
+// within one of the slots and at least one, and every move leaves the
+// results equal to the CPU executor's. (Which way this host's tiny model
+// moves them depends on its timings; StreamedShareBalance's tests pin the
+// rule itself down.)
+TEST(HybridExecutor, StreamedWholeExpertsMoveByTheBalance) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  const gen::ModelConfig config = buildExpertCachePair("tiny-stream-move", pair);
+  const int64_t moeLayers = config.layerCount - config.denseLayerCount;
+  exec::ExecutorOptions options;
+  options.streamedExperts = 2;
+  options.streamedGateUps = 1;
+  options.moveStreamedExperts = true;
+  options.gpuExpertCacheBytes = 0;
+  std::unique_ptr<exec::Executor> gpu = open(pair.gpu, options);
+  ASSERT_TRUE(gpu);
+  exec::ExpertCacheStats stats = gpu->expertCacheStats();
+  EXPECT_EQ(stats.streamedPerToken, 2);
+  EXPECT_EQ(stats.streamedSlots, 3);
+  EXPECT_EQ(stats.decodeStreamedNow, 2);
+  EXPECT_EQ(stats.streamedMoves, 0);
+  gpu.reset();
+  // 40 decode steps: at least 40 x moeLayers balanced layers, more than
+  // the share's 16 steps from one end to the other plus the patience.
+  const int decodeSteps = 40;
+  expectSameRun(pair, 24, decodeSteps, 1e-4, options, false, &stats);
+  std::printf("[ moves    ] %lld whole experts moved; decode streams %lld now, its gate/up "
+              "share %.4f\n",
+              static_cast<long long>(stats.streamedMoves),
+              static_cast<long long>(stats.decodeStreamedNow), stats.decodeGateUpShare);
+  EXPECT_GE(stats.decodeStreamedNow, 1);
+  EXPECT_LE(stats.decodeStreamedNow, 3);
+  EXPECT_LE(std::abs(stats.decodeStreamedNow - 2), stats.streamedMoves);
+  // The prefill's and at least one a decode layer.
+  EXPECT_GE(stats.streamedSelections, uint64_t(decodeSteps * moeLayers));
+}
+
 // Runs everywhere: streaming with a plan that reserves no room for it is
 // refused before any GPU is needed, with the recompile to do, and so are
 // gate/up-only experts without streamed ones.
@@ -567,6 +611,21 @@ TEST(HybridExecutor, RefusesStreamedExpertsWithoutTheCacheReservation) {
   message = refusal(m, options);
   EXPECT_NE(message.find("drop --stream-gate-up-share, or give --stream-experts a "
                          "number"),
+            std::string::npos)
+      << message;
+  // Moving whole experts needs some to move, and the balance that moves them.
+  options = {};
+  options.moveStreamedExperts = true;
+  message = refusal(m, options);
+  EXPECT_NE(message.find("--move-streamed-experts moves whole experts of --stream-experts N, "
+                         "which is 0"),
+            std::string::npos)
+      << message;
+  options.streamedExperts = 2;
+  options.streamedGateUps = 1;
+  options.streamedGateUpShare = 0.5;
+  message = refusal(m, options);
+  EXPECT_NE(message.find("--stream-gate-up-share fixes the share; drop one of them"),
             std::string::npos)
       << message;
 }

@@ -1,4 +1,5 @@
-// ktrun --stream-experts auto: the streamed share from the two bandwidths.
+// ktrun --stream-experts auto: the streamed share from the two bandwidths,
+// and decode's balance of it by feedback.
 #include "runtime/exec/StreamedExperts.h"
 
 #include <gtest/gtest.h>
@@ -53,6 +54,116 @@ TEST(StreamedExperts, NothingWithoutMeasurementsOrRoom) {
     EXPECT_EQ(c.experts, 0);
     EXPECT_EQ(c.gateUps, 0);
   }
+}
+
+// Auto's balance: 2 + 1 in slots for 3 whole experts, starting where auto
+// starts it (all of the gate/up-only expert's rows on the GPU).
+StreamedShareBalance autoBalance() {
+  StreamedShareBalance b;
+  b.experts = 2;
+  b.maxExperts = 3;
+  b.gateUps = 1;
+  b.gateUpShare = 1;
+  b.moveExperts = true;
+  return b;
+}
+
+// Feeds `layers` outcomes of one kind.
+void feed(StreamedShareBalance &b, bool gpuFinishedFirst, int layers) {
+  for (int i = 0; i < layers; ++i)
+    b.update(gpuFinishedFirst);
+}
+
+TEST(StreamedShareBalance, TheGateUpShareStepsBetweenItsEnds) {
+  StreamedShareBalance b = autoBalance();
+  b.update(false);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 15.0 / 16);
+  feed(b, false, 15);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 0);
+  EXPECT_EQ(b.experts, 2);
+  b.update(true);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 1.0 / 16);
+  EXPECT_EQ(b.moves, 0);
+}
+
+TEST(StreamedShareBalance, ASharePushedAgainstAnEndMovesAWholeExpert) {
+  // The GPU late even with none of the gate/up rows: after the patience's
+  // layers at the end, an expert goes back to the CPU and the share
+  // restarts at all of the gate/up rows.
+  StreamedShareBalance b = autoBalance();
+  feed(b, false, 16 + StreamedShareBalance::kFirstPatience - 1);
+  EXPECT_EQ(b.experts, 2);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 0);
+  b.update(false);
+  EXPECT_EQ(b.experts, 1);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 1);
+  EXPECT_EQ(b.moves, 1);
+  // Never below one whole expert.
+  feed(b, false, 16 + 4 * StreamedShareBalance::kFirstPatience);
+  EXPECT_EQ(b.experts, 1);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 0);
+  EXPECT_EQ(b.moves, 1);
+}
+
+TEST(StreamedShareBalance, AnEarlyGpuTakesAWholeExpertWhileASlotIsFree) {
+  StreamedShareBalance b = autoBalance();
+  feed(b, true, StreamedShareBalance::kFirstPatience);
+  EXPECT_EQ(b.experts, 3);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 0);
+  // No slot for a fourth: the share climbs to its end and stays.
+  feed(b, true, 16 + 4 * StreamedShareBalance::kFirstPatience);
+  EXPECT_EQ(b.experts, 3);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 1);
+  EXPECT_EQ(b.moves, 1);
+}
+
+TEST(StreamedShareBalance, AnOutcomeTheOtherWayStartsThePatienceAgain) {
+  StreamedShareBalance b = autoBalance();
+  // At the top end, late and early alternating around it: it never moves.
+  for (int i = 0; i < 200; ++i) {
+    feed(b, true, StreamedShareBalance::kFirstPatience - 1);
+    b.update(false);
+    b.update(true);
+  }
+  EXPECT_EQ(b.experts, 2);
+  EXPECT_EQ(b.moves, 0);
+}
+
+TEST(StreamedShareBalance, AMoveUndoneDoublesThePatience) {
+  // The balance between 2 + all and 3 + none: each move back and forth
+  // waits twice as long as the one before.
+  StreamedShareBalance b = autoBalance();
+  feed(b, true, 16);
+  ASSERT_EQ(b.experts, 3);
+  feed(b, false, 15);
+  EXPECT_EQ(b.experts, 3);
+  b.update(false);
+  ASSERT_EQ(b.experts, 2);
+  EXPECT_EQ(b.patience, 2 * StreamedShareBalance::kFirstPatience);
+  feed(b, true, 2 * 16 - 1);
+  EXPECT_EQ(b.experts, 2);
+  b.update(true);
+  EXPECT_EQ(b.experts, 3);
+  EXPECT_EQ(b.patience, 4 * StreamedShareBalance::kFirstPatience);
+  EXPECT_EQ(b.moves, 3);
+}
+
+TEST(StreamedShareBalance, FixedWholeExpertsOnlyMoveTheShare) {
+  StreamedShareBalance b = autoBalance();
+  b.moveExperts = false;
+  feed(b, false, 1000);
+  EXPECT_EQ(b.experts, 2);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 0);
+  // Without gate/up-only experts there is nothing to balance.
+  b.gateUps = 0;
+  EXPECT_FALSE(b.balances());
+  b.moveExperts = true;
+  EXPECT_TRUE(b.balances());
+  // And the whole experts then move by themselves.
+  b.gateUpShare = 0;
+  feed(b, false, StreamedShareBalance::kFirstPatience);
+  EXPECT_EQ(b.experts, 1);
+  EXPECT_DOUBLE_EQ(b.gateUpShare, 0);
 }
 
 } // namespace
