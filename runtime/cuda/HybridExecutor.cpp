@@ -425,6 +425,8 @@ public:
   // This decode step's CPU-expert layer starts, and the intervals between
   // them so far (exec::MoeLayerTiming).
   std::vector<Clock::time_point> expertLayerStarts, expertLayerEnds;
+  // Decode: each wait for copies to the host, from its call to its return.
+  std::vector<std::pair<Clock::time_point, Clock::time_point>> hostCopyWaits;
   exec::MoeLayerTiming moeLayers;
   // GPUs with copies to the host queued and not yet waited for: a run of
   // copies (a MoE layer's activations, choices and weights) is waited for
@@ -514,13 +516,17 @@ public:
     return Status::success();
   }
   Status finishHostCopies() {
-    if (!hostCopiesPending.empty())
-      if (Status s = markGpuTime(hostCopiesPending.front(), false); !s.ok())
-        return s;
+    if (hostCopiesPending.empty())
+      return Status::success();
+    if (Status s = markGpuTime(hostCopiesPending.front(), false); !s.ok())
+      return s;
+    const Clock::time_point called = Clock::now();
     for (CudaDevice *gpu : hostCopiesPending)
       if (Status s = gpu->synchronize(); !s.ok())
         return s;
     hostCopiesPending.clear();
+    if (decodeStep)
+      hostCopyWaits.push_back({called, Clock::now()});
     return Status::success();
   }
 
@@ -3582,6 +3588,7 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   const bool replay = cudaGraphs && ctx.decode && !profiling;
   expertLayerStarts.clear();
   expertLayerEnds.clear();
+  hostCopyWaits.clear();
   decodeStep = ctx.decode;
   for (const GpuMark &mark : gpuMarks) // left by a step that failed
     mark.gpu->clearTimeMarks();
@@ -3614,6 +3621,15 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
     moeLayers.expertSeconds +=
         std::chrono::duration<double>(expertLayerEnds[i - 1] - expertLayerStarts[i - 1]).count();
     ++moeLayers.intervals;
+    // The last wait for copies to the host between the two layers.
+    for (auto wait = hostCopyWaits.rbegin(); wait != hostCopyWaits.rend(); ++wait)
+      if (wait->second <= expertLayerStarts[i] && wait->first >= expertLayerEnds[i - 1]) {
+        using Seconds = std::chrono::duration<double>;
+        moeLayers.hostQueueSeconds += Seconds(wait->first - expertLayerEnds[i - 1]).count();
+        moeLayers.hostWaitSeconds += Seconds(wait->second - wait->first).count();
+        moeLayers.hostStartSeconds += Seconds(expertLayerStarts[i] - wait->second).count();
+        break;
+      }
   }
   const Value &result = values[size_t(outputValue)];
   const int64_t logitRows = lastTokenOnly ? int64_t(ctx.segments.size()) : ctx.rows;

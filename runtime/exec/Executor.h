@@ -238,6 +238,10 @@ struct MoeLayerTiming {
   // to the host done), summed over `gpuIntervals` of the intervals.
   double gpuSeconds = 0;
   int64_t gpuIntervals = 0;
+  // The host's side of the intervals: from one layer's experts' end to its
+  // wait for the next layer's copies to the host (queueing the GPU's work),
+  // that wait, and from its end to the next experts' start (routing them).
+  double hostQueueSeconds = 0, hostWaitSeconds = 0, hostStartSeconds = 0;
   // With the GPU clock on and streamed experts (decode): per layer, from
   // the moment the host starts queueing the streamed share, the host time
   // until the CPU's experts start and end, and the GPU time until the

@@ -284,6 +284,12 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
         std::printf("  between them the GPU's part %.3f ms (from the experts' result queued to "
                     "the next layer's copies to the host done); launches and waits the rest\n",
                     moeTiming.gpuSeconds / double(moeTiming.gpuIntervals) * 1e3);
+      const double intervals = double(moeTiming.intervals);
+      std::printf("  the host between them: %.3f ms queueing the GPU's work, %.3f ms waiting "
+                  "for the copies to the host, %.3f ms routing until the next experts start\n",
+                  moeTiming.hostQueueSeconds / intervals * 1e3,
+                  moeTiming.hostWaitSeconds / intervals * 1e3,
+                  moeTiming.hostStartSeconds / intervals * 1e3);
       if (moeTiming.streamedLayers > 0) {
         const double layersTimed = double(moeTiming.streamedLayers);
         std::printf(
