@@ -1905,14 +1905,32 @@ StatusOr<DevicePointer> CachedExperts::queue(HybridExecutor::Impl &m, int64_t ro
   // of slots is copied into once the products that read it last are done
   // (kSlotsFree), and products wait for their set's copies (kCopied).
   if (decode && !streamedIds.empty()) {
-    // Their weights' copies are queued already (queueCopies).
-    for (Status s : {m.device->copyToDeviceAsync(streamSlots, streamSlotsHost, size_t(choices) * 4),
-                     m.device->waitFor(Queue::Main, kCopied[0])})
-      if (!s.ok())
-        return s;
-    if (Status s = expertProducts(m, stagedMatrices, x, rows, nullptr, 0, streamSlots, g, u, d);
+    // Their weights' copies are queued already (queueCopies): the first
+    // expert's, then the others' (kCopied[0], kCopied[1]). The first one's
+    // products run while the others' weights still cross the link, so that
+    // only theirs remain after the last copy: each pass reads a table of
+    // its own choices' slots (the others -1), after the whole table.
+    const size_t passes = streamedIds.size() > 1 ? 2 : 1;
+    if (passes > 1)
+      for (int64_t i = 0; i < choices; ++i) {
+        const int32_t place = streamSlotsHost[i];
+        streamSlotsHost[choices + i] = place == 0 ? 0 : -1;
+        streamSlotsHost[2 * choices + i] = place > 0 ? place : -1;
+      }
+    const size_t firstTable = passes > 1 ? size_t(choices) : 0;
+    if (Status s = m.device->copyToDeviceAsync(streamSlots + DevicePointer(firstTable * 4),
+                                               streamSlotsHost + firstTable,
+                                               passes * size_t(choices) * 4);
         !s.ok())
       return s;
+    for (size_t pass = 0; pass < passes; ++pass) {
+      if (Status s = m.device->waitFor(Queue::Main, kCopied[pass]); !s.ok())
+        return s;
+      const DevicePointer table = streamSlots + DevicePointer((firstTable + pass * choices) * 4);
+      if (Status s = expertProducts(m, stagedMatrices, x, rows, nullptr, 0, table, g, u, d);
+          !s.ok())
+        return s;
+    }
     for (Status s : {m.device->signal(Queue::Main, kSlotsFree[0]),
                      m.device->signal(Queue::Main, kSlotsFree[1])})
       if (!s.ok())
@@ -2007,8 +2025,16 @@ Status CachedExperts::queueCopies(HybridExecutor::Impl &m) {
   }
   if (streamedIds.empty())
     return Status::success();
-  if (Status s = copyIntoSlots(m, streamedIds, 0, streamedIds.size(), 0, 3); !s.ok())
+  // The first whole expert, then the others (queue() multiplies the first
+  // while the others are copied).
+  const size_t later = streamedIds.size() - 1;
+  if (Status s = copyIntoSlots(m, streamedIds, 0, 1, 0, 3); !s.ok())
     return s;
+  if (later > 0)
+    for (Status s : {m.device->signal(Queue::Side, kCopied[0]),
+                     copyIntoSlots(m, streamedIds, 1, later, 1, 3)})
+      if (!s.ok())
+        return s;
   // Marked before the signal: the stream's wait for it covers the mark.
   if (streamMarks) {
     StatusOr<size_t> copied = m.device->markTime(Queue::Side);
@@ -2016,7 +2042,7 @@ Status CachedExperts::queueCopies(HybridExecutor::Impl &m) {
       return copied.status();
     (*streamMarks)[1] = *copied;
   }
-  return m.device->signal(Queue::Side, kCopied[0]);
+  return m.device->signal(Queue::Side, kCopied[later > 0 ? 1 : 0]);
 }
 
 Status CachedExperts::gatedRowsForCpu(HybridExecutor::Impl &m, DevicePointer x, int64_t rows,
@@ -2405,10 +2431,6 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
   std::vector<void **> hostArrays = {reinterpret_cast<void **>(&cache->slotsHost),
                                      reinterpret_cast<void **>(&cache->weightsHost)};
   std::vector<DevicePointer *> gpuArrays = {&cache->slots, &cache->weights};
-  if (streamedExperts > 0 || autoStreaming) {
-    hostArrays.push_back(reinterpret_cast<void **>(&cache->streamSlotsHost));
-    gpuArrays.push_back(&cache->streamSlots);
-  }
   if (streamedGateUps > 0 || autoStreaming) {
     hostArrays.push_back(reinterpret_cast<void **>(&cache->gateUpSlotsHost));
     gpuArrays.push_back(&cache->gateUpSlots);
@@ -2433,6 +2455,21 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
     if (!p)
       return p.status();
     *gpu = *p;
+  }
+  // Decode's streamed slots also hold the tables of its two passes
+  // (CachedExperts::queue): three tables of a step's choices.
+  if (streamedExperts > 0 || autoStreaming) {
+    const size_t tables = 3 * std::max(choices, std::max<size_t>(caches.size(), 1) *
+                                                    size_t(cache->topK));
+    StatusOr<void *> host = device->allocateHost(tables * 4);
+    if (!host)
+      return host.status();
+    hostAllocations.push_back(*host);
+    cache->streamSlotsHost = static_cast<int32_t *>(*host);
+    StatusOr<DevicePointer> gpu = allocate(tables * 4, false);
+    if (!gpu)
+      return gpu.status();
+    cache->streamSlots = *gpu;
   }
   if (Status s = cache->groups.allocate(*this, int64_t(choices)); !s.ok())
     return s;
