@@ -1729,8 +1729,7 @@ public:
     if (streamedPrefill)
       balanced = {&m.prefillStreamShare, kPrefillShareStep, kPrefillShareStep, 1.0};
     const bool balanceDecode = ctx.decode && m.balanceGateUpShare && m.decodeShare.balances() &&
-                               cache &&
-                               (!cache->streamedIds.empty() || !cache->gateUpIds.empty());
+                               cache && (!cache->streamedIds.empty() || !cache->gateUpIds.empty());
     if (balanced || balanceDecode) {
       StatusOr<bool> gpuDone = m.device->finishedQueuedWork();
       if (!gpuDone)
@@ -1787,8 +1786,9 @@ void CachedExperts::route(HybridExecutor::Impl &m, int64_t rows, const int32_t *
                           const float *gateWeights, bool decode) {
   const bool streams = pinned.load(std::memory_order_acquire);
   // Prefill streams through every slot, decode its balance's whole experts.
-  const int64_t choices = rows * topK,
-                slotCount = !streams ? 0 : decode ? m.decodeShare.experts : m.streamedExperts;
+  const int64_t choices = rows * topK, slotCount = !streams ? 0
+                                                   : decode ? m.decodeShare.experts
+                                                            : m.streamedExperts;
   cpuIds.resize(size_t(choices));
   streamedIds.clear();
   if (slotCount > 0 && !decode) {
@@ -1918,9 +1918,9 @@ StatusOr<DevicePointer> CachedExperts::queue(HybridExecutor::Impl &m, int64_t ro
         streamSlotsHost[2 * choices + i] = place > 0 ? place : -1;
       }
     const size_t firstTable = passes > 1 ? size_t(choices) : 0;
-    if (Status s = m.device->copyToDeviceAsync(streamSlots + DevicePointer(firstTable * 4),
-                                               streamSlotsHost + firstTable,
-                                               passes * size_t(choices) * 4);
+    if (Status s =
+            m.device->copyToDeviceAsync(streamSlots + DevicePointer(firstTable * 4),
+                                        streamSlotsHost + firstTable, passes * size_t(choices) * 4);
         !s.ok())
       return s;
     for (size_t pass = 0; pass < passes; ++pass) {
@@ -2031,8 +2031,8 @@ Status CachedExperts::queueCopies(HybridExecutor::Impl &m) {
   if (Status s = copyIntoSlots(m, streamedIds, 0, 1, 0, 3); !s.ok())
     return s;
   if (later > 0)
-    for (Status s : {m.device->signal(Queue::Side, kCopied[0]),
-                     copyIntoSlots(m, streamedIds, 1, later, 1, 3)})
+    for (Status s :
+         {m.device->signal(Queue::Side, kCopied[0]), copyIntoSlots(m, streamedIds, 1, later, 1, 3)})
       if (!s.ok())
         return s;
   // Marked before the signal: the stream's wait for it covers the mark.
@@ -2459,8 +2459,8 @@ StatusOr<int> HybridExecutor::Impl::bindExpertCache(ExpertsStep &experts, cpu::O
   // Decode's streamed slots also hold the tables of its two passes
   // (CachedExperts::queue): three tables of a step's choices.
   if (streamedExperts > 0 || autoStreaming) {
-    const size_t tables = 3 * std::max(choices, std::max<size_t>(caches.size(), 1) *
-                                                    size_t(cache->topK));
+    const size_t tables =
+        3 * std::max(choices, std::max<size_t>(caches.size(), 1) * size_t(cache->topK));
     StatusOr<void *> host = device->allocateHost(tables * 4);
     if (!host)
       return host.status();

@@ -46,9 +46,9 @@ struct StreamedShareBalance {
   double gateUpShare = 0;   // of their rows, in experts' worth (0 to gateUps)
   bool moveExperts = false; // whether whole experts move
   int patience = kFirstPatience;
-  int pressure = 0;   // layers in a row pushed against an end: + up, - down
-  int lastMove = 0;   // +1: the last move took an expert to the GPU, -1: back
-  int64_t moves = 0;  // whole experts moved so far
+  int pressure = 0;  // layers in a row pushed against an end: + up, - down
+  int lastMove = 0;  // +1: the last move took an expert to the GPU, -1: back
+  int64_t moves = 0; // whole experts moved so far
   static constexpr double kStep = 1.0 / 16;
   static constexpr int kFirstPatience = 16, kMaxPatience = 1024;
 
