@@ -130,7 +130,7 @@ public:
   // change a wait already queued). The stream's synchronize() covers side
   // work only where the stream waited for it.
   enum class Queue { Main, Side };
-  static constexpr int kOrderEvents = 6;
+  static constexpr int kOrderEvents = 7;
   Status copyToDeviceOnSide(DevicePointer dst, const void *src, size_t bytes);
   // Several host-to-device copies on the side stream, in any order among
   // themselves: one driver call where the driver has batched copies (CUDA

@@ -1583,15 +1583,18 @@ struct CachedExperts {
   // for the gate/up-only experts' copies and gated rows.
   static constexpr int kSlotsFree[2] = {0, 1}, kCopied[2] = {2, 3};
   static constexpr int kGateUpCopied = 4, kGatedRowsReady = 5;
+  // Decode: the gate and up of the last pass's whole experts, copied before
+  // their down matrices.
+  static constexpr int kLastGateUpCopied = 6;
 
 private:
-  // Queues on the side stream the copies of the first `matrices` matrices
-  // (gate, up, down) of experts ids[first, first + count) into slots
-  // firstSlot on; with `leadingRows` (gate and up only), of expert i's first
-  // leadingRows[i] rows.
+  // Queues on the side stream the copies of matrices [firstMatrix,
+  // endMatrix) (0 gate, 1 up, 2 down) of experts ids[first, first + count)
+  // into slots firstSlot on; with `leadingRows` (gate and up only), of
+  // expert i's first leadingRows[i] rows.
   Status copyIntoSlots(HybridExecutor::Impl &m, const std::vector<int32_t> &ids, size_t first,
-                       size_t count, size_t firstSlot, int matrices,
-                       const std::vector<int64_t> *leadingRows = nullptr);
+                       size_t count, size_t firstSlot, int endMatrix,
+                       const std::vector<int64_t> *leadingRows = nullptr, int firstMatrix = 0);
   // Decode's gate/up-only experts, once queueCopies copied their gate and
   // up: the gated rows of their choices into g, and g to gatedRowsHost
   // (kGatedRowsReady).
@@ -1923,12 +1926,23 @@ StatusOr<DevicePointer> CachedExperts::queue(HybridExecutor::Impl &m, int64_t ro
                                         streamSlotsHost + firstTable, passes * size_t(choices) * 4);
         !s.ok())
       return s;
+    // The last pass's gate and up run once theirs are copied, before its
+    // down matrices are (kLastGateUpCopied): after the last copy only the
+    // down products and the weighted sum remain.
     for (size_t pass = 0; pass < passes; ++pass) {
-      if (Status s = m.device->waitFor(Queue::Main, kCopied[pass]); !s.ok())
-        return s;
+      const bool last = pass + 1 == passes;
       const DevicePointer table = streamSlots + DevicePointer((firstTable + pass * choices) * 4);
-      if (Status s = expertProducts(m, stagedMatrices, x, rows, nullptr, 0, table, g, u, d);
+      if (Status s = m.device->waitFor(Queue::Main, last ? kLastGateUpCopied : kCopied[pass]);
           !s.ok())
+        return s;
+      if (Status s = gatedProducts(m, stagedMatrices, x, rows, table, g, u); !s.ok())
+        return s;
+      if (last)
+        if (Status s = m.device->waitFor(Queue::Main, kCopied[pass]); !s.ok())
+          return s;
+      const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn), int(hidden),
+                              int(rows),       table};
+      if (Status s = m.gemv(staged[2], g, d, rows, narrow); !s.ok())
         return s;
     }
     for (Status s : {m.device->signal(Queue::Main, kSlotsFree[0]),
@@ -2026,15 +2040,20 @@ Status CachedExperts::queueCopies(HybridExecutor::Impl &m) {
   if (streamedIds.empty())
     return Status::success();
   // The first whole expert, then the others (queue() multiplies the first
-  // while the others are copied).
+  // while the others are copied); of the last pass's experts (the others,
+  // or the first alone) the gate and up before the down matrices.
   const size_t later = streamedIds.size() - 1;
-  if (Status s = copyIntoSlots(m, streamedIds, 0, 1, 0, 3); !s.ok())
-    return s;
   if (later > 0)
     for (Status s :
-         {m.device->signal(Queue::Side, kCopied[0]), copyIntoSlots(m, streamedIds, 1, later, 1, 3)})
+         {copyIntoSlots(m, streamedIds, 0, 1, 0, 3), m.device->signal(Queue::Side, kCopied[0])})
       if (!s.ok())
         return s;
+  const size_t lastFirst = later > 0 ? 1 : 0, lastCount = later > 0 ? later : 1;
+  for (Status s : {copyIntoSlots(m, streamedIds, lastFirst, lastCount, lastFirst, 2),
+                   m.device->signal(Queue::Side, kLastGateUpCopied),
+                   copyIntoSlots(m, streamedIds, lastFirst, lastCount, lastFirst, 3, nullptr, 2)})
+    if (!s.ok())
+      return s;
   // Marked before the signal: the stream's wait for it covers the mark.
   if (streamMarks) {
     StatusOr<size_t> copied = m.device->markTime(Queue::Side);
@@ -2065,13 +2084,14 @@ Status CachedExperts::gatedRowsForCpu(HybridExecutor::Impl &m, DevicePointer x, 
 }
 
 Status CachedExperts::copyIntoSlots(HybridExecutor::Impl &m, const std::vector<int32_t> &ids,
-                                    size_t first, size_t count, size_t firstSlot, int matrices,
-                                    const std::vector<int64_t> *leadingRows) {
-  // One batch: decode queues these before the CPU's experts start, and each
-  // driver call took a few microseconds of that.
+                                    size_t first, size_t count, size_t firstSlot,
+                                    int endMatrix, const std::vector<int64_t> *leadingRows,
+                                    int firstMatrix) {
+  // One batch: each driver call takes a few microseconds of the caller's
+  // (in decode, of a thread the CPU's experts wait for).
   slotCopies.clear();
   for (size_t slot = 0; slot < count; ++slot)
-    for (int i = 0; i < matrices; ++i) {
+    for (int i = firstMatrix; i < endMatrix; ++i) {
       const size_t slice = sliceBytes(i);
       // A gate or up matrix is ffn rows of whole quant blocks.
       const size_t bytes =
