@@ -322,18 +322,18 @@ public:
   // and run on the GPU (CachedExperts::route and queue). One set of slots serves all
   // layers: the stream runs them one after the other.
   // Prefill streams through all streamedExperts slots; decode streams
-  // decodeShare.experts whole experts (as many, or with moveStreamedExperts
-  // one fewer at first: whole experts move by feedback).
+  // decodeShare.experts whole experts (as many, or where they move by
+  // feedback, decodeShare.moveExperts, one fewer at first).
   int64_t streamedExperts = 0;
   int64_t streamedGateUps = 0; // ExecutorOptions::streamedGateUps
-  bool moveStreamedExperts = false; // ExecutorOptions::moveStreamedExperts, or auto
   // Decode: how many whole experts it streams, and how much of the
   // gate/up-only experts' gate and up rows the GPU computes, in experts'
   // worth (0 to streamedGateUps; the last of them streams only its first
   // rows). Unless the options fix the share, it balances the CPU and the
   // link by feedback, as prefill's share does: after each decode MoE layer
   // that streamed, up a step when the GPU had finished by the time the
-  // CPU's experts had, down a step when not (exec::StreamedShareBalance).
+  // CPU's experts had, down a step when not (exec::StreamedShareBalance;
+  // moveExperts: ExecutorOptions::moveStreamedExperts, or auto).
   exec::StreamedShareBalance decodeShare;
   bool balanceGateUpShare = true;
   // gate and up: streamedExperts + streamedGateUps slices each, down:
@@ -1496,6 +1496,9 @@ Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePo
 // `matrixIds` (-1: skipped).
 Status gatedProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer x,
                      int64_t rows, uint64_t matrixIds, DevicePointer g, DevicePointer u);
+// Decode's down products of those gated rows g into d [choices][hidden].
+Status downProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer g, int64_t rows,
+                    uint64_t matrixIds, DevicePointer d);
 
 // Copies of a CPU-placed layer's most often routed experts on the GPU (the
 // spare-VRAM expert cache): the choices of cached experts run there, the
@@ -1940,9 +1943,7 @@ StatusOr<DevicePointer> CachedExperts::queue(HybridExecutor::Impl &m, int64_t ro
       if (last)
         if (Status s = m.device->waitFor(Queue::Main, kCopied[pass]); !s.ok())
           return s;
-      const GemvLayout narrow{int(topK * ffn), int(topK * hidden), int(ffn), int(hidden),
-                              int(rows),       table};
-      if (Status s = m.gemv(staged[2], g, d, rows, narrow); !s.ok())
+      if (Status s = downProducts(m, stagedMatrices, g, rows, table, d); !s.ok())
         return s;
     }
     for (Status s : {m.device->signal(Queue::Main, kSlotsFree[0]),
@@ -2119,10 +2120,15 @@ Status expertProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePo
         return s;
     return Status::success();
   }
-  const GemvLayout narrow{int(e.topK * e.ffn), int(e.topK * e.hidden), int(e.ffn),
-                          int(e.hidden),       int(rows),              matrixIds};
   if (Status s = gatedProducts(m, e, x, rows, matrixIds, g, u); !s.ok())
     return s;
+  return downProducts(m, e, g, rows, matrixIds, d);
+}
+
+Status downProducts(HybridExecutor::Impl &m, const ExpertMatrices &e, DevicePointer g, int64_t rows,
+                    uint64_t matrixIds, DevicePointer d) {
+  const GemvLayout narrow{
+      int(e.topK * e.ffn), int(e.topK * e.hidden), int(e.ffn), int(e.hidden), int(rows), matrixIds};
   return m.gemv(e.down, g, d, rows, narrow);
 }
 
@@ -2639,8 +2645,10 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
                         formatByteSize(expertBytes));
   } else {
     // Moving whole experts takes a slot for one more.
-    const uint64_t staging = stagingFor(streamedExperts + moveStreamedExperts, streamedGateUps);
-    const std::string forWhat = moveStreamedExperts ? asked + " with whole experts moving" : asked;
+    const uint64_t staging =
+        stagingFor(streamedExperts + (decodeShare.moveExperts ? 1 : 0), streamedGateUps);
+    const std::string forWhat =
+        decodeShare.moveExperts ? asked + " with whole experts moving" : asked;
     if (staging > reserved)
       return Status::error(forWhat + " needs " + formatByteSize(staging) +
                            " of cuda:0 for the streamed experts' weights, taken from the GPU "
@@ -2745,7 +2753,7 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
     // gate/up rows down; whole experts move by feedback, into a slot for
     // one more where the room has it.
     streamedGateUps = choice.gateUps;
-    moveStreamedExperts = true;
+    decodeShare.moveExperts = true;
     streamedExperts =
         choice.experts + (stagingFor(choice.experts + 1, streamedGateUps) <= room ? 1 : 0);
     decodeShare.experts = choice.experts;
@@ -2755,11 +2763,10 @@ Status HybridExecutor::Impl::setUpExpertStreaming(uint64_t reserved, int64_t ask
       std::fprintf(stderr, "[--stream-experts auto: %s; streaming %lld + %lld gate/up-only]\n",
                    measured, static_cast<long long>(choice.experts),
                    static_cast<long long>(streamedGateUps));
-  } else if (moveStreamedExperts) {
+  } else if (decodeShare.moveExperts) {
     ++streamedExperts; // the slot for one more
   }
   decodeShare.maxExperts = int(streamedExperts);
-  decodeShare.moveExperts = moveStreamedExperts && balanceGateUpShare;
   const uint64_t staging = stagingFor(streamedExperts, streamedGateUps);
   expertCacheBudget = askedCache < 0 ? reserved - staging : uint64_t(askedCache);
   expertCache.enabled = expertCacheBudget > 0;
@@ -3976,7 +3983,8 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->streamedExperts = std::max(0, options.streamedExperts);
   impl->streamedGateUps = impl->streamedExperts > 0 ? std::max(0, options.streamedGateUps) : 0;
   impl->balanceGateUpShare = options.streamedGateUpShare < 0;
-  impl->moveStreamedExperts = options.moveStreamedExperts && impl->streamedExperts > 0;
+  // (A fixed share was refused above: the balance moves them.)
+  impl->decodeShare.moveExperts = options.moveStreamedExperts && impl->streamedExperts > 0;
   impl->decodeShare.experts = int(impl->streamedExperts);
   impl->decodeShare.gateUps = int(impl->streamedGateUps);
   impl->decodeShare.gateUpShare =
