@@ -21,6 +21,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <sstream>
 #include <thread>
@@ -80,6 +81,14 @@ std::string refusal(const TestModel &m, const exec::ExecutorOptions &options) {
       exec::createExecutor(m.plan, *m.model, options);
   EXPECT_FALSE(executor.ok()) << "not refused";
   return executor.ok() ? std::string() : executor.message();
+}
+
+// refusal(), whose error must say each of `says`.
+void expectRefusalSays(const TestModel &m, const exec::ExecutorOptions &options,
+                       std::initializer_list<std::string> says) {
+  const std::string message = refusal(m, options);
+  for (const std::string &text : says)
+    EXPECT_NE(message.find(text), std::string::npos) << "'" << text << "' not in: " << message;
 }
 
 // Loaded whole unless `background`: the streamed experts' later layers are
@@ -373,9 +382,7 @@ TEST(HybridExecutor, RefusesAnExpertCacheThePlanDoesNotReserve) {
                         "rules/DeepSeek-V3-Chat.yaml", "sm_90a:80GiB", "--gpu-expert-cache 1MiB");
   exec::ExecutorOptions options;
   options.gpuExpertCacheBytes = 2 << 20;
-  const std::string message = refusal(m, options);
-  EXPECT_NE(message.find("reserves 1.00 MiB"), std::string::npos) << message;
-  EXPECT_NE(message.find("ktc compile --gpu-expert-cache 2097152"), std::string::npos) << message;
+  expectRefusalSays(m, options, {"reserves 1.00 MiB", "ktc compile --gpu-expert-cache 2097152"});
 }
 
 // Streamed experts (ExecutorOptions::streamedExperts): the GPU copies some
@@ -568,66 +575,48 @@ TEST(HybridExecutor, RefusesStreamedExpertsWithoutTheCacheReservation) {
                         "rules/DeepSeek-V3-Chat.yaml", "sm_90a:80GiB", "");
   exec::ExecutorOptions options;
   options.streamedExperts = 2;
-  std::string message = refusal(m, options);
-  EXPECT_NE(message.find("--stream-experts 2"), std::string::npos) << message;
-  EXPECT_NE(message.find("ktc compile --gpu-expert-cache"), std::string::npos) << message;
+  expectRefusalSays(m, options, {"--stream-experts 2", "ktc compile --gpu-expert-cache"});
   // Gate/up-only experts add to streamed ones: alone they are refused.
   options.streamedExperts = 0;
   options.streamedGateUps = 1;
-  message = refusal(m, options);
-  EXPECT_NE(message.find("--stream-gate-up 1 adds experts to --stream-experts"), std::string::npos)
-      << message;
+  expectRefusalSays(m, options, {"--stream-gate-up 1 adds experts to --stream-experts"});
   // A fixed share of their rows past the experts it shares out.
   options.streamedExperts = 2;
   options.streamedGateUpShare = 1.5;
-  message = refusal(m, options);
-  EXPECT_NE(message.find("--stream-gate-up-share 1.5 is more than the --stream-gate-up "
-                         "1 experts"),
-            std::string::npos)
-      << message;
+  expectRefusalSays(m, options,
+                    {"--stream-gate-up-share 1.5 is more than the --stream-gate-up "
+                     "1 experts"});
   // The CPU's copy of the experts in huge pages beside streamed ones (read
   // from the file's page-locked mapping) would hold them twice; an unknown
   // --expert-pages is refused with the choices.
   options = {};
   options.streamedExperts = 2;
   options.expertPages = "huge";
-  message = refusal(m, options);
-  EXPECT_NE(message.find("--expert-pages huge and --stream-experts 2"), std::string::npos)
-      << message;
+  expectRefusalSays(m, options, {"--expert-pages huge and --stream-experts 2"});
   options.expertPages = "tiny";
-  message = refusal(m, options);
-  EXPECT_NE(message.find("--expert-pages 'tiny': give file"), std::string::npos) << message;
+  expectRefusalSays(m, options, {"--expert-pages 'tiny': give file"});
   // Auto chooses the gate/up-only experts and lets their share balance.
   options = {};
   options.streamedExperts = exec::kAutoStreamedExperts;
   options.streamedGateUps = 1;
-  message = refusal(m, options);
-  EXPECT_NE(message.find("--stream-experts auto chooses the gate/up-only experts too, "
-                         "and their share balances itself; drop --stream-gate-up,"),
-            std::string::npos)
-      << message;
+  expectRefusalSays(m, options,
+                    {"--stream-experts auto chooses the gate/up-only experts too, "
+                     "and their share balances itself; drop --stream-gate-up,"});
   options.streamedGateUps = 0;
   options.streamedGateUpShare = 0.5;
-  message = refusal(m, options);
-  EXPECT_NE(message.find("drop --stream-gate-up-share, or give --stream-experts a "
-                         "number"),
-            std::string::npos)
-      << message;
+  expectRefusalSays(m, options,
+                    {"drop --stream-gate-up-share, or give --stream-experts a "
+                     "number"});
   // Moving whole experts needs some to move, and the balance that moves them.
   options = {};
   options.moveStreamedExperts = true;
-  message = refusal(m, options);
-  EXPECT_NE(message.find("--move-streamed-experts moves whole experts of --stream-experts N, "
-                         "which is 0"),
-            std::string::npos)
-      << message;
+  expectRefusalSays(m, options,
+                    {"--move-streamed-experts moves whole experts of --stream-experts N, "
+                     "which is 0"});
   options.streamedExperts = 2;
   options.streamedGateUps = 1;
   options.streamedGateUpShare = 0.5;
-  message = refusal(m, options);
-  EXPECT_NE(message.find("--stream-gate-up-share fixes the share; drop one of them"),
-            std::string::npos)
-      << message;
+  expectRefusalSays(m, options, {"--stream-gate-up-share fixes the share; drop one of them"});
 }
 
 // --stream-experts auto measures the link and the CPU threads side by side
@@ -1049,9 +1038,7 @@ TEST(HybridExecutor, RefusesAPlanForAnotherGpuArchitecture) {
   TestModel m;
   cpu::test::buildModel("tiny-arch", *gen::presetConfig("tiny"), m, "rules/DeepSeek-V3-Chat.yaml",
                         arch + ":24GiB");
-  const std::string message = refusal(m, {});
-  EXPECT_NE(message.find("was compiled for " + arch), std::string::npos) << message;
-  EXPECT_NE(message.find("--target-gpu"), std::string::npos) << message;
+  expectRefusalSays(m, {}, {"was compiled for " + arch, "--target-gpu"});
 }
 
 TEST(HybridExecutor, RefusesAPlanThatDoesNotListItsKernels) {
@@ -1060,9 +1047,7 @@ TEST(HybridExecutor, RefusesAPlanThatDoesNotListItsKernels) {
   cpu::test::buildModel("tiny-unlisted", *gen::presetConfig("tiny"), m,
                         "rules/DeepSeek-V3-Chat.yaml", targetGpu());
   m.plan.kernelSpecializations.erase(m.plan.kernelSpecializations.begin());
-  const std::string message = refusal(m, {});
-  EXPECT_NE(message.find("does not list"), std::string::npos) << message;
-  EXPECT_NE(message.find("Recompile"), std::string::npos) << message;
+  expectRefusalSays(m, {}, {"does not list", "Recompile"});
 }
 
 // A GGUF model with its FP8 checkpoint (kt-export-hf --fp8) and the plan of
@@ -1925,14 +1910,11 @@ TEST(HybridExecutor, RefusesAMultiGpuPlanOnTooFewGpus) {
   cpu::test::buildModel("tiny-pipeline-refused", config, pipeline,
                         "rules/DeepSeek-V3-Chat-multi-gpu-2.yaml",
                         "sm_90a:80GiB --target-gpu sm_90a:80GiB");
-  std::string message = refusal(pipeline, {});
-  EXPECT_NE(message.find(gpus().empty() ? "no usable GPU" : "--virtual-gpus 2"), std::string::npos)
-      << message;
+  expectRefusalSays(pipeline, {}, {gpus().empty() ? "no usable GPU" : "--virtual-gpus 2"});
   // Fewer virtual GPUs than the plan's stages are refused everywhere.
   exec::ExecutorOptions options;
   options.virtualGpus = 1;
-  message = refusal(pipeline, options);
-  EXPECT_NE(message.find("--virtual-gpus 2"), std::string::npos) << message;
+  expectRefusalSays(pipeline, options, {"--virtual-gpus 2"});
 }
 
 // Runs everywhere: without a GPU a GPU plan is refused with what to do.
