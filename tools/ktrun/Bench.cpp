@@ -69,6 +69,10 @@ HostBandwidth measureHostBandwidth(const exec::Executor &executor, cpu::ThreadPo
           std::string(hugePages ? "huge" : "4 KiB") + " pages like the experts'"};
 }
 
+// The hybrid deployment's aim for decode: this many times the bound of the
+// expert bytes each MoE layer reads from host memory.
+constexpr double kBoundTarget = 1.15;
+
 int moeLayers(const plan::Plan &plan) {
   return static_cast<int>(std::count_if(plan.ops.begin(), plan.ops.end(), cpuExperts));
 }
@@ -181,10 +185,16 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   std::vector<int32_t> prompt(static_cast<size_t>(options.promptTokens));
   for (int32_t &id : prompt)
     id = token(random);
-  if (options.promptTokens + options.decodeTokens > executor.cacheCapacity()) {
-    std::fprintf(stderr, "ktrun: error: the benchmark needs %lld tokens of KV cache; raise "
-                         "--cache-lens\n",
-                 static_cast<long long>(options.promptTokens + options.decodeTokens));
+  const int64_t rounds = std::max<int64_t>(1, options.decodeRounds);
+  if (const int64_t needed = options.promptTokens + rounds * options.decodeTokens;
+      needed > executor.cacheCapacity()) {
+    std::fprintf(stderr,
+                 "ktrun: error: the benchmark needs %lld tokens of KV cache (%lld of prompt, "
+                 "%lld rounds of %lld decoded) and the executor holds %lld; raise --cache-lens "
+                 "or lower --bench-rounds\n",
+                 static_cast<long long>(needed), static_cast<long long>(options.promptTokens),
+                 static_cast<long long>(rounds), static_cast<long long>(options.decodeTokens),
+                 static_cast<long long>(executor.cacheCapacity()));
     return 1;
   }
 
@@ -200,30 +210,46 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   }
   std::vector<exec::RoutingStats> prefillRouting = executor.routingStats();
   executor.clearRoutingStats();
-  executor.clearMoeLayerTiming();
-  executor.setMoeLayerGpuClock(true);
-  start = Clock::now();
-  // Greedy decode, the executor picking each token where the logits are.
+  // Greedy decode, the executor picking each token where the logits are,
+  // then the host's bandwidth for the bound (the host's speed moves between
+  // runs: each round is measured against its own reading).
   int32_t next = static_cast<int32_t>(std::max_element(logits->begin(), logits->end()) -
                                       logits->begin());
-  for (int64_t i = 0; i < options.decodeTokens; ++i) {
-    StatusOr<std::vector<int32_t>> ids = executor.forwardGreedy({{0, {next}}});
-    if (!ids) {
-      std::fprintf(stderr, "ktrun: error: %s\n", ids.message().c_str());
-      return 1;
+  cpu::ThreadPool pool(executor.threadCount());
+  struct Round {
+    double seconds = 0;
+    exec::MoeLayerTiming moeTiming;
+    HostBandwidth host;
+  };
+  auto decodeRound = [&](Round &round) {
+    executor.clearMoeLayerTiming();
+    executor.setMoeLayerGpuClock(true);
+    const auto roundStart = Clock::now();
+    for (int64_t i = 0; i < options.decodeTokens; ++i) {
+      StatusOr<std::vector<int32_t>> ids = executor.forwardGreedy({{0, {next}}});
+      if (!ids) {
+        std::fprintf(stderr, "ktrun: error: %s\n", ids.message().c_str());
+        return false;
+      }
+      next = ids->front();
     }
-    next = ids->front();
-  }
-  double decode = seconds(start);
-  executor.setMoeLayerGpuClock(false);
-  const exec::MoeLayerTiming moeTiming = executor.moeLayerTiming();
+    round.seconds = seconds(roundStart);
+    executor.setMoeLayerGpuClock(false);
+    round.moeTiming = executor.moeLayerTiming();
+    round.host = measureHostBandwidth(executor, pool);
+    return true;
+  };
+  Round first;
+  if (!decodeRound(first))
+    return 1;
+  double decode = first.seconds;
+  const exec::MoeLayerTiming &moeTiming = first.moeTiming;
   std::vector<exec::RoutingStats> decodeRouting = executor.routingStats();
   const exec::ExpertCacheStats cache = executor.expertCacheStats();
 
   double decodeRate = options.decodeTokens / decode;
   uint64_t expertBytes = expertBytesPerToken(plan, true);
-  cpu::ThreadPool pool(executor.threadCount());
-  const HostBandwidth host = measureHostBandwidth(executor, pool);
+  const HostBandwidth &host = first.host;
   const double bandwidth = host.bytesPerSecond;
   double achieved = expertBytes * decodeRate;
   std::printf("threads: %d\n", executor.threadCount());
@@ -250,7 +276,6 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   else if (const int layers = moeLayers(plan); layers > 0 && bandwidth > 0 && expertBytes > 0) {
     // Decode is bound by the expert bytes each MoE layer reads from host
     // memory; the hybrid deployment aims at kBoundTarget times that.
-    constexpr double kBoundTarget = 1.15;
     const double perLayer = 1.0 / decodeRate / layers;
     const double bound = double(expertBytes) / layers / bandwidth;
     std::printf("decode per MoE layer per token: %.3f ms (the token's time over its %d MoE "
@@ -374,6 +399,44 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
                 static_cast<long long>(prefillRouting[i].distinctExperts()),
                 static_cast<long long>(decodeRouting[i].distinctExperts()),
                 prefillRouting[i].selections.size());
+
+  // More rounds: each one's ratios to the bound of its own bandwidth reading.
+  if (const int layers = moeLayers(plan);
+      rounds > 1 && layers > 0 && expertBytes > 0 && gpuExpertLayers == 0) {
+    std::vector<Round> all = {first};
+    for (int64_t r = 1; r < rounds; ++r) {
+      all.emplace_back();
+      if (!decodeRound(all.back()))
+        return 1;
+    }
+    std::vector<double> perToken, steady;
+    for (const Round &round : all) {
+      if (round.host.bytesPerSecond <= 0)
+        continue;
+      const double bound = double(expertBytes) / layers / round.host.bytesPerSecond;
+      perToken.push_back(round.seconds / double(options.decodeTokens) / layers / bound);
+      if (round.moeTiming.intervals > 0)
+        steady.push_back(round.moeTiming.seconds / double(round.moeTiming.intervals) / bound);
+    }
+    auto printRatios = [](const char *what, std::vector<double> ratios) {
+      if (ratios.empty())
+        return;
+      std::printf("  %s:", what);
+      for (size_t i = 0; i < ratios.size(); ++i)
+        std::printf("%s %.2f", i ? "," : "", ratios[i]);
+      std::sort(ratios.begin(), ratios.end());
+      const size_t n = ratios.size();
+      const double median = n % 2 ? ratios[n / 2] : (ratios[n / 2 - 1] + ratios[n / 2]) / 2;
+      std::printf("; median %.2f (target %.2f or less)\n", median, kBoundTarget);
+    };
+    std::printf("decode rounds: %lld of %lld tokens, each against the host bandwidth read after "
+                "it (first round above)\n",
+                static_cast<long long>(rounds), static_cast<long long>(options.decodeTokens));
+    printRatios("per MoE layer per token, ratio to the bound", perToken);
+    printRatios("per MoE layer, steady state, ratio to the bound", steady);
+  } else if (rounds > 1) {
+    std::printf("decode rounds: one (no per-layer bound for this plan to compare more with)\n");
+  }
 
   // Where prefill's time goes: the same prompt again, profiled (GPU steps
   // waited for one by one, so it runs a little slower than above).

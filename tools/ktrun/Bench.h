@@ -12,6 +12,10 @@ namespace kt::ktrun {
 struct BenchOptions {
   int64_t promptTokens = 256;
   int64_t decodeTokens = 64;
+  // Decode runs of decodeTokens, each followed by its own reading of the
+  // host's bandwidth; the first is reported in full, and with more than
+  // one each run's ratio to the bound and their median.
+  int64_t decodeRounds = 1;
   uint64_t seed = 1;
 };
 

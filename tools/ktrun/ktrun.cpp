@@ -364,6 +364,11 @@ int main(int argc, char **argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--bench-tokens,--bench_tokens", benchOptions.decodeTokens, "Benchmark decoded tokens (64)")
       ->check(CLI::PositiveNumber);
+  app.add_option("--bench-rounds", benchOptions.decodeRounds,
+                 "Benchmark decode rounds of --bench-tokens each, each followed by its own "
+                 "reading of the host's bandwidth; with more than one, each round's ratio to "
+                 "the bound and their median (1)")
+      ->check(CLI::PositiveNumber);
   bool serve = false;
   kt::ktrun::ServerOptions serverOptions;
   app.add_flag("--serve", serve,
