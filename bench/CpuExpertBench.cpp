@@ -14,7 +14,6 @@
 // would let them go past the memory.
 // Weights are random blocks with sane f16 scales (never zeros).
 #include "bench/RandomBlocks.h"
-#include "bench/Statistics.h"
 #include "runtime/cpu/ExpertGemm.h"
 #include "runtime/cpu/FeedForward.h"
 #include "runtime/cpu/GeneratedKernels.h"
@@ -22,6 +21,7 @@
 #include "runtime/cpu/ReadBandwidth.h"
 #include "runtime/cpu/ThreadPool.h"
 #include "runtime/gguf/GgmlType.h"
+#include "runtime/support/Statistics.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -155,9 +155,9 @@ void pairedWithCeiling(cpu::ThreadPool &pool, const PoolBuffer &buffer, double s
     kernel.push_back(pass());
     ratio.push_back(kernel.back() / ceiling.back());
   } while (secondsSince(start) < seconds || int(ratio.size()) < rounds);
-  result.generatedGBs = bench::median(kernel) / 1e9;
-  result.ceilingGBs = bench::median(ceiling) / 1e9;
-  result.ratio = bench::median(ratio);
+  result.generatedGBs = kt::median(kernel) / 1e9;
+  result.ceilingGBs = kt::median(ceiling) / 1e9;
+  result.ratio = kt::median(ratio);
   result.rounds = int(ratio.size());
 }
 
@@ -282,7 +282,7 @@ double loopMicros(cpu::ThreadPool &pool, int tasksPerThread) {
       pool.parallelFor(int64_t(pool.threadCount()) * tasksPerThread, [](int64_t, int) {});
     runs.push_back(secondsSince(start) * 1e6 / kLoops);
   }
-  return bench::median(runs);
+  return kt::median(runs);
 }
 
 struct PrefillResult {

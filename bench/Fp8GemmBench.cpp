@@ -17,13 +17,13 @@
 // the activation quantization our path runs first is timed on its own.
 #include "bench/GpuBench.h"
 #include "bench/GpuClocks.h"
-#include "bench/Statistics.h"
 #include "runtime/cuda/CudaDevice.h"
 #include "runtime/cuda/DeviceQuery.h"
 #include "runtime/cuda/Fp8Gemm.h"
 #include "runtime/cuda/KernelCache.h"
 #include "runtime/cuda/KernelCatalog.h"
 #include "runtime/cuda/Nvrtc.h"
+#include "runtime/support/Statistics.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -532,20 +532,19 @@ int main(int argc, char **argv) {
         }
       }
       if (!ourMegahertz.empty() && !theirMegahertz.empty()) {
-        row.ourMegahertz = bench::median(ourMegahertz);
-        row.ourWatts = bench::median(ourWatts);
-        row.theirMegahertz = bench::median(theirMegahertz);
-        row.theirWatts = bench::median(theirWatts);
+        row.ourMegahertz = kt::median(ourMegahertz);
+        row.ourWatts = kt::median(ourWatts);
+        row.theirMegahertz = kt::median(theirMegahertz);
+        row.theirWatts = kt::median(theirWatts);
       }
       for (size_t l = 0; l < loaded.size(); ++l) {
-        const double seconds = bench::median(ourSamples[l]);
+        const double seconds = kt::median(ourSamples[l]);
         row.seconds[loaded[l].variant] = seconds;
         if (isChosen[l])
           row.chosen = seconds;
       }
       for (size_t m = 0; m < theirModes.size(); ++m) {
-        (theirModes[m].blockScaled ? row.blockScaled : row.perTensor) =
-            bench::median(theirSamples[m]);
+        (theirModes[m].blockScaled ? row.blockScaled : row.perTensor) = kt::median(theirSamples[m]);
         (theirModes[m].blockScaled ? row.blockMode : row.tensorMode) = theirModes[m].gemm.mode;
       }
       // The split sweep: the executor's tiles (and the wide ones) split 1

@@ -1,6 +1,7 @@
 #include "tools/ktrun/Bench.h"
 
 #include "runtime/cpu/ReadBandwidth.h"
+#include "runtime/support/Statistics.h"
 
 #include <algorithm>
 #include <chrono>
@@ -418,16 +419,13 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
       if (round.moeTiming.intervals > 0)
         steady.push_back(round.moeTiming.seconds / double(round.moeTiming.intervals) / bound);
     }
-    auto printRatios = [](const char *what, std::vector<double> ratios) {
+    auto printRatios = [](const char *what, const std::vector<double> &ratios) {
       if (ratios.empty())
         return;
       std::printf("  %s:", what);
       for (size_t i = 0; i < ratios.size(); ++i)
         std::printf("%s %.2f", i ? "," : "", ratios[i]);
-      std::sort(ratios.begin(), ratios.end());
-      const size_t n = ratios.size();
-      const double median = n % 2 ? ratios[n / 2] : (ratios[n / 2 - 1] + ratios[n / 2]) / 2;
-      std::printf("; median %.2f (target %.2f or less)\n", median, kBoundTarget);
+      std::printf("; median %.2f (target %.2f or less)\n", median(ratios), kBoundTarget);
     };
     std::printf("decode rounds: %lld of %lld tokens, each against the host bandwidth read after "
                 "it (first round above)\n",

@@ -1,10 +1,10 @@
-// Small statistics the benchmarks report.
+// Small statistics the benchmarks and `ktrun --bench` report.
 #pragma once
 
 #include <algorithm>
 #include <vector>
 
-namespace kt::bench {
+namespace kt {
 
 // The middle value (the mean of the two middle ones for an even count); 0
 // for none.
@@ -16,4 +16,4 @@ inline double median(std::vector<double> values) {
   return n % 2 ? values[n / 2] : (values[n / 2 - 1] + values[n / 2]) / 2;
 }
 
-} // namespace kt::bench
+} // namespace kt
