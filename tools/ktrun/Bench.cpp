@@ -221,6 +221,16 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     double seconds = 0;
     exec::MoeLayerTiming moeTiming;
     HostBandwidth host;
+    // Per MoE layer: the whole tokens' time over the layers; the steady
+    // state, from one layer's experts to the next's (0 without intervals);
+    // the bound, the layer's expert bytes over this round's bandwidth.
+    double perLayer(int64_t tokens, int layers) const { return seconds / double(tokens) / layers; }
+    double steady() const {
+      return moeTiming.intervals > 0 ? moeTiming.seconds / double(moeTiming.intervals) : 0.0;
+    }
+    double bound(uint64_t expertBytes, int layers) const {
+      return double(expertBytes) / layers / host.bytesPerSecond;
+    }
   };
   auto decodeRound = [&](Round &round) {
     executor.clearMoeLayerTiming();
@@ -277,15 +287,15 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   else if (const int layers = moeLayers(plan); layers > 0 && bandwidth > 0 && expertBytes > 0) {
     // Decode is bound by the expert bytes each MoE layer reads from host
     // memory; the hybrid deployment aims at kBoundTarget times that.
-    const double perLayer = 1.0 / decodeRate / layers;
-    const double bound = double(expertBytes) / layers / bandwidth;
+    const double perLayer = first.perLayer(options.decodeTokens, layers);
+    const double bound = first.bound(expertBytes, layers);
     std::printf("decode per MoE layer per token: %.3f ms (the token's time over its %d MoE "
                 "layers, embedding, dense layers and output head included); bound (expert bytes "
                 "/ host bandwidth) %.3f ms; ratio %.2f (target %.2f or less)\n",
                 perLayer * 1e3, layers, bound * 1e3, perLayer / bound, kBoundTarget);
     // The layers' own time: from one MoE layer's experts to the next's.
     if (moeTiming.intervals > 0) {
-      const double steady = moeTiming.seconds / double(moeTiming.intervals);
+      const double steady = first.steady();
       std::printf("decode per MoE layer, steady state: %.3f ms (from one layer's CPU experts to "
                   "the next's, %lld intervals); ratio to the bound %.2f (target %.2f or less)\n",
                   steady * 1e3, static_cast<long long>(moeTiming.intervals), steady / bound,
@@ -414,10 +424,10 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
     for (const Round &round : all) {
       if (round.host.bytesPerSecond <= 0)
         continue;
-      const double bound = double(expertBytes) / layers / round.host.bytesPerSecond;
-      perToken.push_back(round.seconds / double(options.decodeTokens) / layers / bound);
+      const double bound = round.bound(expertBytes, layers);
+      perToken.push_back(round.perLayer(options.decodeTokens, layers) / bound);
       if (round.moeTiming.intervals > 0)
-        steady.push_back(round.moeTiming.seconds / double(round.moeTiming.intervals) / bound);
+        steady.push_back(round.steady() / bound);
     }
     auto printRatios = [](const char *what, const std::vector<double> &ratios) {
       if (ratios.empty())
