@@ -16,6 +16,7 @@
 #include "runtime/cuda/KernelCatalog.h"
 #include "runtime/cuda/Nvrtc.h"
 #include "runtime/gguf/GgmlType.h"
+#include "runtime/quant/Quant.h"
 
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
@@ -142,10 +143,12 @@ int main(int argc, char **argv) {
       return compiled.status();
     return device.load(*compiled);
   };
-  // One decode GEMV of `type` at `shape` with `spec`, `gridX` blocks.
+  // One decode GEMV of `type` at `shape` with `spec`, `gridX` blocks;
+  // `planes`: the split-row q8_0 GEMV over x quantized into planes (once,
+  // before the timed launches; quantize_planes is timed on its own).
   auto timeDecodeGemv = [&](gguf::GgmlType type, const Shape &shape,
-                            const StatusOr<cuda::KernelSpec> &spec,
-                            unsigned gridX) -> StatusOr<Result> {
+                            const StatusOr<cuda::KernelSpec> &spec, unsigned gridX,
+                            bool planes = false) -> StatusOr<Result> {
     StatusOr<cuda::LoadedKernel> kernel = compileAndLoad(spec);
     if (!kernel)
       return kernel.status();
@@ -164,6 +167,13 @@ int main(int argc, char **argv) {
         std::memcpy(host.data() + i, &word, 8);
       }
       bench::makeScalesFinite(type, host.data(), host.size(), 0x1800); // 2^-9
+    }
+    if (planes) {
+      std::vector<uint8_t> split(host.size());
+      if (Status st = quant::splitQ8_0Rows(host.data(), split.data(), shape.out, shape.in);
+          !st.ok())
+        return st;
+      host = std::move(split);
     }
     std::vector<cuda::DevicePointer> weights;
     auto release = [&] {
@@ -193,21 +203,48 @@ int main(int argc, char **argv) {
       return Status::error("cannot allocate x or y");
     }
     (void)device.copyToDevice(*x, xHost.data(), xHost.size() * 4);
+    StatusOr<cuda::DevicePointer> xPlanes = device.allocate(size_t(cuda::planesBytes(shape.in))),
+                                  xScales =
+                                      device.allocate(size_t(cuda::planeScalesBytes(shape.in)));
+    if (!xPlanes || !xScales) {
+      release();
+      return Status::error("cannot allocate the planes");
+    }
+    if (planes) {
+      StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::quantizePlanesSpec(shape.in));
+      if (!quantize) {
+        release();
+        return quantize.status();
+      }
+      cuda::LaunchShape quantizeLaunch;
+      quantizeLaunch.gridX =
+          unsigned((shape.in + cuda::kQuantizePlanesThreads - 1) / cuda::kQuantizePlanesThreads);
+      quantizeLaunch.blockX = cuda::kQuantizePlanesThreads;
+      if (Status st = device.launch(*quantize, quantizeLaunch, {&*x, &*xPlanes, &*xScales});
+          !st.ok()) {
+        release();
+        return st;
+      }
+    }
     cuda::LaunchShape launch;
     launch.gridX = gridX;
     launch.blockX = spec->blockThreads;
     cuda::GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
     StatusOr<double> timed =
         timeLaunches(device, *kernel, launch, weights, launches, [&](cuda::DevicePointer &w) {
+          if (planes)
+            return std::vector<void *>{&w, &*xPlanes, &*xScales, &*y};
           return std::vector<void *>{&w, &*x, &*y, &layout};
         });
     release();
+    (void)device.free(*xPlanes);
+    (void)device.free(*xScales);
     (void)device.free(*x);
     (void)device.free(*y);
     if (!timed)
       return timed.status();
     Result result;
-    result.type = std::string(gguf::ggmlTypeTraits(type).name);
+    result.type = std::string(gguf::ggmlTypeTraits(type).name) + (planes ? " planes" : "");
     result.shape = shape.name;
     result.mib = double(matrixBytes) / (1 << 20);
     result.microseconds = *timed * 1e6;
@@ -226,7 +263,45 @@ int main(int argc, char **argv) {
       if (!result)
         return fail(result.message());
       results.push_back(*result);
+      // Dense q8_0 matrices run decode as split rows over x's planes (the
+      // row above: the GGUF layout over f32 x, their peer in this run).
+      if (cuda::denseGemvVariant(type, shape.in) == cuda::GemvVariant::SplitRows) {
+        result = timeDecodeGemv(type, shape, cuda::gemvQ8_0PlanesSpec(shape.out, shape.in),
+                                cuda::gemvQ8_0PlanesGridBlocks(shape.out, shape.in), true);
+        if (!result)
+          return fail(result.message());
+        results.push_back(*result);
+      }
     }
+  }
+  // The planes' quantization of each q8_0 matrix's x (one token), alone.
+  for (int64_t in : {int64_t(7168), int64_t(1536), int64_t(16384), int64_t(2048)}) {
+    StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::quantizePlanesSpec(in));
+    StatusOr<cuda::DevicePointer> x = device.allocate(size_t(in) * 4),
+                                  xPlanes = device.allocate(size_t(cuda::planesBytes(in))),
+                                  xScales = device.allocate(size_t(cuda::planeScalesBytes(in)));
+    if (!quantize || !x || !xPlanes || !xScales)
+      return fail("cannot set up quantize_planes of " + std::to_string(in) + " values");
+    std::vector<float> xHost(static_cast<size_t>(in));
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    for (float &v : xHost)
+      v = normal(random);
+    (void)device.copyToDevice(*x, xHost.data(), xHost.size() * 4);
+    cuda::LaunchShape launch;
+    launch.gridX = unsigned((in + cuda::kQuantizePlanesThreads - 1) / cuda::kQuantizePlanesThreads);
+    launch.blockX = cuda::kQuantizePlanesThreads;
+    StatusOr<double> timed =
+        timeLaunches(device, *quantize, launch, {*x}, launches, [&](cuda::DevicePointer &from) {
+          return std::vector<void *>{&from, &*xPlanes, &*xScales};
+        });
+    for (cuda::DevicePointer p : {*x, *xPlanes, *xScales})
+      (void)device.free(p);
+    if (!timed)
+      return fail(timed.message());
+    const double bytes =
+        double(in) * 4 + double(cuda::planesBytes(in) + cuda::planeScalesBytes(in));
+    results.push_back({"planes", "quantize x of " + std::to_string(in), bytes / (1 << 20),
+                       bytes / *timed / 1e9, *timed * 1e6});
   }
 
   // --gemv-sweep: the q8_0, k-quant and f32 decode GEMVs with each column split

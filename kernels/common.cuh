@@ -326,6 +326,34 @@ __device__ __forceinline__ u32 wordByte(const u32 (&words)[4], int i) {
 constexpr int kQ8_0BlockElements = 32;
 constexpr int kQ8_0BlockBytes = 34;
 
+// Dense Q8_0 matrices whose rows are whole runs of 8 blocks are kept on the
+// GPU with split rows (runtime/quant's splitQ8_0Rows, at upload): a row's
+// quants, then its f16 scales, the same bytes as the GGUF row, so that a lane
+// reads 16 quants as one aligned load. Routed experts keep the GGUF layout.
+constexpr int kQ8_0SplitRowValues = 256;
+
+// Block b of a Q8_0 row of IN values: its 32 quants, and its scale's bits.
+template <bool Split> __device__ __forceinline__ const u8 *q8_0Quants(const u8 *row, int b) {
+  return Split ? row + kQ8_0BlockElements * b : row + kQ8_0BlockBytes * b + 2;
+}
+template <bool Split, int In> __device__ __forceinline__ u16 q8_0ScaleBits(const u8 *row, int b) {
+  return Split ? reinterpret_cast<const u16 *>(row + In)[b]
+               : *reinterpret_cast<const u16 *>(row + kQ8_0BlockBytes * b);
+}
+
+// Activations as three int8 planes (quantize_planes.cu): per 32 values d =
+// max |x| / 127 and x = d (q1 + q2 / 254 + q3 / 254^2) to within 1.2e-7 of
+// max |x|, about f32's own rounding, so that GEMVs take int8 dot products
+// (dp4a) and still agree with f32 arithmetic.
+constexpr float kPlaneStep = 254.0f;
+
+// a . b of four signed bytes each, plus c.
+__device__ __forceinline__ int dot4Bytes(int a, int b, int c) {
+  int result;
+  asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(result) : "r"(a), "r"(b), "r"(c));
+  return result;
+}
+
 // GGML's get_scale_min_k4 (q4_K, q5_K): the 6-bit scale and minimum of group
 // j from a super-block's 12 scale bytes, `byteAt(k)` giving byte k.
 template <typename ByteAt>

@@ -5,7 +5,8 @@
 // f32 accumulation, and each block's sums are added times the weight row's
 // block scale, so only the activations are rounded.
 //   x  f32 [rows][K_FEATURES], rows `xStride` floats apart
-//   W  Q8_0 [N_FEATURES][K_FEATURES / 32 blocks of 34 bytes: f16 scale, 32 int8]
+//   W  Q8_0 [N_FEATURES][K_FEATURES / 32 blocks of 34 bytes: f16 scale, 32 int8],
+//      or with SPLIT_ROWS each row's quants, then its scales (common.cuh)
 //   y  f32 [rows][N_FEATURES], rows `yStride` floats apart
 // A block of 4 warps owns 64 tokens x 64 outputs (mma_tile64.cuh). Grid:
 // (N_FEATURES / 64, ceil(rows / 64)); or, with `groupTiles` (routed experts
@@ -22,6 +23,10 @@
 #endif
 static_assert(N_FEATURES % kt::kMmaTile == 0, "whole 64-row tiles of the weight");
 static_assert(K_FEATURES % 32 == 0, "whole Q8_0 blocks");
+#ifndef SPLIT_ROWS
+#define SPLIT_ROWS 0
+#endif
+static_assert(!SPLIT_ROWS || K_FEATURES % kt::kQ8_0SplitRowValues == 0, "split rows");
 static_assert(kt::kMmaStep == 32, "one Q8_0 block per step");
 constexpr long long kRowBytes = static_cast<long long>(K_FEATURES / 32) * kt::kQ8_0BlockBytes;
 
@@ -48,10 +53,8 @@ extern "C" __global__ void __launch_bounds__(128)
   for (int k0 = 0; k0 < K_FEATURES; k0 += kt::kMmaStep) {
     // The weights to bf16 pairs (blocks are 2-byte aligned) and their scale.
     kt::u32 *destination = kt::weightSlot(tiles, b);
-    const kt::u8 *blockBytes = wRow + (k0 / 32) * kt::kQ8_0BlockBytes;
-    const kt::u16 *block = reinterpret_cast<const kt::u16 *>(blockBytes);
     kt::u32 words[4];
-    kt::load16Bytes(blockBytes + 2 + b.column, words);
+    kt::load16Bytes(kt::q8_0Quants<SPLIT_ROWS>(wRow, k0 / 32) + b.column, words);
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
       const kt::u32 pair = (words[q / 2] >> (16 * (q % 2))) & 0xffff;
@@ -59,7 +62,7 @@ extern "C" __global__ void __launch_bounds__(128)
     }
     float *scales = blockScale[(k0 / kt::kMmaStep) % 2];
     if (b.column == 0)
-      scales[b.row] = kt::halfToFloat(block[0]);
+      scales[b.row] = kt::halfToFloat(kt::q8_0ScaleBits<SPLIT_ROWS, K_FEATURES>(wRow, k0 / 32));
     kt::MmaFragments sums = {};
     kt::mmaStep(tiles, b, k0, sums);
     // Each accumulator value takes its weight row's (column's) scale.

@@ -21,6 +21,8 @@
 //   TOKEN_TILE      tokens per block (each weight block read once for all)
 //   GROUPED, GATE_UP  optional: tiles of grouped assignments, or the fused
 //                   gate and up products of routed experts (common.cuh)
+//   SPLIT_ROWS      1: the rows as the GPU keeps dense matrices of whole runs
+//                   of 8 blocks (a row's quants, then its f16 scales; common.cuh)
 #include "common.cuh"
 
 #ifndef IN_FEATURES
@@ -41,12 +43,20 @@
 #ifndef K_SPLIT
 #define K_SPLIT 1
 #endif
+#ifndef SPLIT_ROWS
+#define SPLIT_ROWS 0
+#endif
 #if TOKEN_TILE == 1 && ROWS_PER_WARP > 1 && K_SPLIT > 1
 #error "decode splits the columns of one row per warp only"
 #endif
 static_assert(TOKEN_TILE == 1 || K_SPLIT == 1, "token tiles take whole rows");
 
 static_assert(IN_FEATURES % kt::kQ8_0BlockElements == 0, "Q8_0 rows are whole blocks");
+static_assert(!SPLIT_ROWS || IN_FEATURES % kt::kQ8_0SplitRowValues == 0,
+              "split rows are whole runs of 8 blocks");
+#if SPLIT_ROWS && (GROUPED || GATE_UP)
+#error "routed experts keep the GGUF layout"
+#endif
 constexpr int kBlocksPerRow = IN_FEATURES / kt::kQ8_0BlockElements;
 constexpr long long kRowBytes = static_cast<long long>(kBlocksPerRow) * kt::kQ8_0BlockBytes;
 // Decode rows side by side in a warp's step: rows of 1, 2 or 4 blocks take
@@ -73,32 +83,41 @@ __device__ __forceinline__ float rowSum(float value) {
   return value;
 }
 
-// This lane's 8 quants of `block` as floats; returns the block's scale.
-// Blocks are 2-byte aligned: the scale and the quants are read as u16s.
-__device__ __forceinline__ float blockWeights(const kt::u8 *block, int quarter, float (&w)[8]) {
-  const kt::u16 *pairs = reinterpret_cast<const kt::u16 *>(block);
+// Block b of a row: its quants and its scale's bits, in either layout.
+__device__ __forceinline__ const kt::u16 *blockQuants(const kt::u8 *row, int b) {
+  return reinterpret_cast<const kt::u16 *>(kt::q8_0Quants<SPLIT_ROWS>(row, b));
+}
+__device__ __forceinline__ float blockScale(const kt::u8 *row, int b) {
+  return kt::halfToFloat(kt::q8_0ScaleBits<SPLIT_ROWS, IN_FEATURES>(row, b));
+}
+
+// This lane's 8 quants of block b of `row` as floats; returns the block's
+// scale. Blocks are 2-byte aligned: the quants are read as u16s.
+__device__ __forceinline__ float blockWeights(const kt::u8 *row, int b, int quarter,
+                                              float (&w)[8]) {
+  const kt::u16 *pairs = blockQuants(row, b);
   kt::u16 quants[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j)
-    quants[j] = pairs[1 + 4 * quarter + j];
+    quants[j] = pairs[4 * quarter + j];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     w[2 * j] = static_cast<float>(static_cast<kt::i8>(quants[j] & 0xff));
     w[2 * j + 1] = static_cast<float>(static_cast<kt::i8>(quants[j] >> 8));
   }
-  return kt::halfToFloat(pairs[0]);
+  return blockScale(row, b);
 }
 
 // This lane's 4 quants at `part` (0..7: quants 4 part .. 4 part + 3) of
-// `block` as floats; returns the block's scale.
-__device__ __forceinline__ float blockQuad(const kt::u8 *block, int part, float (&w)[4]) {
-  const kt::u16 *pairs = reinterpret_cast<const kt::u16 *>(block);
-  const kt::u16 low = pairs[1 + 2 * part], high = pairs[2 + 2 * part];
+// block b of `row` as floats; returns the block's scale.
+__device__ __forceinline__ float blockQuad(const kt::u8 *row, int b, int part, float (&w)[4]) {
+  const kt::u16 *pairs = blockQuants(row, b);
+  const kt::u16 low = pairs[2 * part], high = pairs[1 + 2 * part];
   w[0] = static_cast<float>(static_cast<kt::i8>(low & 0xff));
   w[1] = static_cast<float>(static_cast<kt::i8>(low >> 8));
   w[2] = static_cast<float>(static_cast<kt::i8>(high & 0xff));
   w[3] = static_cast<float>(static_cast<kt::i8>(high >> 8));
-  return kt::halfToFloat(pairs[0]);
+  return blockScale(row, b);
 }
 
 __device__ __forceinline__ float dot4(const float (&w)[4], float4 x) {
@@ -148,7 +167,7 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
 #pragma unroll
     for (int r = 0; r < ROWS_PER_WARP; ++r)
       scale[r] = firstRow + r < OUT_FEATURES
-                     ? blockWeights(rowBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, w[r])
+                     ? blockWeights(rowBytes + r * kRowBytes, b, quarter, w[r])
                      : 0.0f;
 #pragma unroll
     for (int t = 0; t < TOKEN_TILE; ++t) {
@@ -211,16 +230,15 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
           const kt::u8 *row = rowBytes + s * kRowBytes;
           float w[4];
           if (hasFirst)
-            sums[s] += blockQuad(row + firstBlock * kt::kQ8_0BlockBytes, part, w) * dot4(w, x0);
+            sums[s] += blockQuad(row, firstBlock, part, w) * dot4(w, x0);
           if (hasSecond)
-            sums[s] += blockQuad(row + secondBlock * kt::kQ8_0BlockBytes, part, w) * dot4(w, x1);
+            sums[s] += blockQuad(row, secondBlock, part, w) * dot4(w, x1);
 #if GATE_UP
           const kt::u8 *upRow = upBytes + s * kRowBytes;
           if (hasFirst)
-            upSums[s] += blockQuad(upRow + firstBlock * kt::kQ8_0BlockBytes, part, w) * dot4(w, x0);
+            upSums[s] += blockQuad(upRow, firstBlock, part, w) * dot4(w, x0);
           if (hasSecond)
-            upSums[s] +=
-                blockQuad(upRow + secondBlock * kt::kQ8_0BlockBytes, part, w) * dot4(w, x1);
+            upSums[s] += blockQuad(upRow, secondBlock, part, w) * dot4(w, x1);
 #endif
         }
       }
@@ -236,11 +254,9 @@ extern "C" __global__ void __launch_bounds__(ROWS_PER_BLOCK *K_SPLIT * 32)
       for (int s = 0; s < kSteps; ++s) {
         const int r = rowInStep + kRowsPerStep * s;
         if (ROWS_PER_WARP == 1 || firstRow + r < OUT_FEATURES) {
-          scale[s] =
-              blockWeights(rowBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, w[s]);
+          scale[s] = blockWeights(rowBytes + r * kRowBytes, b, quarter, w[s]);
 #if GATE_UP
-          upScale[s] =
-              blockWeights(upBytes + r * kRowBytes + b * kt::kQ8_0BlockBytes, quarter, wUp[s]);
+          upScale[s] = blockWeights(upBytes + r * kRowBytes, b, quarter, wUp[s]);
 #endif
         }
       }

@@ -61,16 +61,16 @@ struct Collector {
   }
 };
 
-// A matrix's GEMVs: one token per block for decode steps, a tile of tokens
-// for prefill steps.
+// A matrix's GEMVs: one token per block for decode steps (dense Q8_0
+// matrices of split rows: the planes GEMV and its quantization), a tile of
+// tokens for prefill steps, and Q8_0 and k-quant prefill on tensor cores
+// where the GPU has bf16 mma.sync.
 // `perHead`: a stack of per-head matrices, which keeps the GEMV in prefill.
 void addGemv(Collector &collector, gguf::GgmlType type, int64_t out, int64_t in, StringRef device,
              StringRef path, bool perHead = false) {
-  for (int64_t tile : {int64_t(1), cuda::kGemvPrefillTokenTile})
-    collector.add(cuda::gemvSpec(type, out, in, tile), device, path);
-  // Q8_0 and k-quant prefill on tensor cores where the GPU has bf16 mma.sync.
-  if (!perHead && cuda::archHasBf16Mma(collector.arch(device)) && cuda::gemmMmaFits(type, out, in))
-    collector.add(cuda::gemmMmaSpec(type, out, in), device, path);
+  for (StatusOr<cuda::KernelSpec> &spec :
+       cuda::denseMatrixSpecs(type, out, in, perHead, cuda::archHasBf16Mma(collector.arch(device))))
+    collector.add(std::move(spec), device, path);
 }
 
 // Routed experts on a GPU: the GEMVs of the chosen experts (decode: matrix

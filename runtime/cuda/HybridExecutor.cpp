@@ -17,6 +17,7 @@
 #include "runtime/cuda/Nvrtc.h"
 #include "runtime/exec/SequenceCaches.h"
 #include "runtime/exec/StreamedExperts.h"
+#include "runtime/quant/Quant.h"
 #include "runtime/safetensors/Safetensors.h"
 #include "runtime/support/ByteSize.h"
 
@@ -85,6 +86,10 @@ struct GpuMatrix {
   GgmlType type = GgmlType::F32;
   const Kernel *kernel = nullptr, *tiled = nullptr;
   unsigned blocks = 0, tiledBlocks = 0; // of the decode and prefill kernels
+  // Dense Q8_0 matrices of split rows (GemvVariant::SplitRows): one-token
+  // steps quantize x into the GPU's planes, then run the planes GEMV.
+  const Kernel *planes = nullptr, *quantizePlanes = nullptr;
+  unsigned planesBlocks = 0;
   // FP8 on sm_90a: the tensor-core GEMM for steps of more than
   // kFp8GemvMaxTokens tokens, on the default tiles (null: the GEMV for
   // every step) and the other widths the plan lists (fp8GemmTiling picks).
@@ -233,6 +238,13 @@ public:
     // token (routed experts quantize each token's top-k assignments).
     Fp8GemmScratch fp8;
     int64_t fp8RowsPerToken = 1;
+    // One token's x as three int8 planes and their block scales, for the
+    // planes GEMVs (sized for the widest split-row matrix on this GPU); and
+    // the x they hold (0: none), which a GEMV of the same x, unchanged since
+    // (gemv's xUnchanged), multiplies without quantizing again.
+    int64_t planesIn = 0;
+    DevicePointer planes = 0, planeScales = 0;
+    DevicePointer planesHold = 0;
   };
   std::vector<Gpu> physical;
   std::vector<int> physicalOf; // logical GPU (cuda:N of the plan) -> index into physical
@@ -548,6 +560,11 @@ public:
   }
   StatusOr<DevicePointer> allocate(size_t bytes, bool weights);
   StatusOr<DevicePointer> upload(const void *data, size_t bytes);
+  // A dense Q8_0 matrix of `rows` GGUF rows of `cols` values, uploaded with
+  // split rows (quant::splitQ8_0Rows) through splitRowsStaging, a chunk at a time.
+  StatusOr<DevicePointer> uploadSplitRows(const void *gguf, int64_t rows, int64_t cols);
+  static constexpr size_t kSplitRowsStagingBytes = size_t(32) << 20;
+  std::vector<uint8_t> splitRowsStaging;
   Status launch(const Kernel &k, unsigned gridX, unsigned gridY, unsigned gridZ,
                 unsigned sharedBytes, std::initializer_list<void *> arguments) {
     LaunchShape shape;
@@ -568,6 +585,8 @@ public:
     DevicePointer data = w.data, scales = w.scales;
     layout.tokens = int(tokens);
     Gpu &gpu = physical[size_t(currentPhysical)];
+    const DevicePointer planesHeld = gpu.planesHold;
+    gpu.planesHold = 0; // holds x past this call only where it quantizes x below
     if (w.fp8Gemm && tokens > kFp8GemvMaxTokens && !layout.matrixIds) {
       const Fp8GemmTiling tiling = fp8GemmTiling(tokens, w.out, w.in, gpu.multiprocessors);
       const GpuMatrix::Fp8Gemm *path = w.fp8Gemm.get();
@@ -591,6 +610,18 @@ public:
       DevicePointer ungrouped = 0; // no tile table, row index or result rows
       return launch(*w.mmaGemm, unsigned(w.out / 64), ceilDiv(tokens, 64), 1, 0,
                     {&data, &x, &xStride, &y, &yStride, &rows, &ungrouped, &ungrouped, &ungrouped});
+    }
+    if (w.planes && tokens == 1 && !layout.matrixIds && w.heads == 1) {
+      if (!xUnchanged || planesHeld != x) {
+        DevicePointer planes = gpu.planes, planeScales = gpu.planeScales;
+        if (Status s = launch(*w.quantizePlanes, ceilDiv(w.in, kQuantizePlanesThreads), 1, 1, 0,
+                              {&x, &planes, &planeScales});
+            !s.ok())
+          return s;
+      }
+      gpu.planesHold = x;
+      DevicePointer planes = gpu.planes, planeScales = gpu.planeScales;
+      return launch(*w.planes, w.planesBlocks, 1, 1, 0, {&data, &planes, &planeScales, &y});
     }
     if (scales) // FP8: one token per block, the block scales before the activations
       return launch(*w.kernel, w.blocks, static_cast<unsigned>(tokens),
@@ -751,6 +782,29 @@ StatusOr<DevicePointer> HybridExecutor::Impl::allocate(size_t bytes, bool weight
   return *p;
 }
 
+StatusOr<DevicePointer> HybridExecutor::Impl::uploadSplitRows(const void *gguf, int64_t rows,
+                                                              int64_t cols) {
+  const size_t rowBytes = size_t(cols / 32 * 34);
+  StatusOr<DevicePointer> p = allocate(rowBytes * size_t(rows), true);
+  if (!p)
+    return p;
+  const int64_t chunkRows = std::max<int64_t>(1, int64_t(kSplitRowsStagingBytes / rowBytes));
+  splitRowsStaging.resize(std::min(size_t(chunkRows), size_t(rows)) * rowBytes);
+  for (int64_t first = 0; first < rows; first += chunkRows) {
+    const int64_t count = std::min(chunkRows, rows - first);
+    if (Status s =
+            quant::splitQ8_0Rows(static_cast<const uint8_t *>(gguf) + size_t(first) * rowBytes,
+                                 splitRowsStaging.data(), count, cols);
+        !s.ok())
+      return s;
+    if (Status s = device->copyToDevice(*p + size_t(first) * rowBytes, splitRowsStaging.data(),
+                                        size_t(count) * rowBytes);
+        !s.ok())
+      return s;
+  }
+  return *p;
+}
+
 StatusOr<DevicePointer> HybridExecutor::Impl::upload(const void *data, size_t bytes) {
   StatusOr<DevicePointer> p = allocate(bytes, true);
   if (!p)
@@ -846,12 +900,25 @@ public:
     w.in = cols;
     w.heads = heads ? heads : 1;
     w.type = info->type;
-    if (!findKernels(w, role, groupedPrefill))
+    // Dense Q8_0 rows of whole runs of 8 blocks go to the GPU split
+    // (quantized activations' planes in decode); stacks keep the GGUF layout.
+    const bool splitRows =
+        !heads && !groupedPrefill && denseGemvVariant(info->type, cols) == GemvVariant::SplitRows;
+    if (!findKernels(w, role, groupedPrefill, splitRows))
       return w;
+    if (splitRows) {
+      w.planes = kernel(gemvQ8_0PlanesSpec(rows, cols));
+      w.quantizePlanes = kernel(quantizePlanesSpec(cols));
+      if (!w.planes || !w.quantizePlanes)
+        return w;
+      w.planesBlocks = gemvQ8_0PlanesGridBlocks(rows, cols);
+      HybridExecutor::Impl::Gpu &gpu = m_.physical[size_t(m_.currentPhysical)];
+      gpu.planesIn = std::max(gpu.planesIn, cols);
+    }
     // Prefill on tensor cores where the plan lists it (routed experts: the
     // grouped form over the stack).
     if ((!heads || groupedPrefill) && m_.mmaGemm && gemmMmaFits(info->type, rows, cols)) {
-      StatusOr<KernelSpec> mma = gemmMmaSpec(info->type, rows, cols);
+      StatusOr<KernelSpec> mma = gemmMmaSpec(info->type, rows, cols, splitRows);
       if (mma && m_.listsKernel(*mma)) {
         StatusOr<const Kernel *> k = m_.kernel(mma, b_.where() + " (" + role + ")");
         if (!k) {
@@ -863,7 +930,8 @@ public:
     }
     w.blocks = gemvGridBlocks(info->type, rows, cols);
     w.tiledBlocks = gemvGridBlocks(info->type, rows, cols, kGemvPrefillTokenTile);
-    StatusOr<DevicePointer> data = m_.upload(info->data, info->nbytes);
+    StatusOr<DevicePointer> data = splitRows ? m_.uploadSplitRows(info->data, rows, cols)
+                                             : m_.upload(info->data, info->nbytes);
     if (!data) {
       b_.fail("cannot copy '" + role + "' to the GPU: " + data.message());
       return w;
@@ -1099,14 +1167,17 @@ public:
     return w;
   }
 
-  // The decode and prefill GEMVs of `w` (type and shape set).
-  bool findKernels(GpuMatrix &w, const std::string &what, bool groupedPrefill = false) {
+  // The decode and prefill GEMVs of `w` (type and shape set); `splitRows`:
+  // over the split rows of a dense Q8_0 matrix.
+  bool findKernels(GpuMatrix &w, const std::string &what, bool groupedPrefill = false,
+                   bool splitRows = false) {
     for (auto [tile, slot] :
          {std::pair<int64_t, const Kernel **>{1, &w.kernel}, {kGemvPrefillTokenTile, &w.tiled}}) {
       StatusOr<const Kernel *> k =
           m_.kernel(gemvSpec(w.type, w.out, w.in, tile,
-                             tile > 1 && groupedPrefill ? GemvVariant::Grouped
-                                                        : GemvVariant::Plain),
+                             splitRows                    ? GemvVariant::SplitRows
+                             : tile > 1 && groupedPrefill ? GemvVariant::Grouped
+                                                          : GemvVariant::Plain),
                     b_.where() + " (" + what + ")");
       if (!k) {
         b_.fail("cannot multiply " + what + " on the GPU: " + k.message());
@@ -3471,6 +3542,7 @@ Status HybridExecutor::Impl::planBuffers() {
     else
       v.host = hostBuffers[size_t(v.slot)];
   }
+  std::vector<uint8_t>().swap(splitRowsStaging); // the weights are uploaded
   // Each physical GPU's step buffers, charged to the first logical GPU on it.
   for (size_t index = 0; index < physical.size(); ++index) {
     Gpu &gpu = physical[index];
@@ -3487,6 +3559,15 @@ Status HybridExecutor::Impl::planBuffers() {
         return p.status();
       *pointer = *p;
     }
+    if (gpu.planesIn > 0)
+      for (auto [pointer, bytes] :
+           {std::pair<DevicePointer *, size_t>{&gpu.planes, size_t(planesBytes(gpu.planesIn))},
+            {&gpu.planeScales, size_t(planeScalesBytes(gpu.planesIn))}}) {
+        StatusOr<DevicePointer> p = allocate(bytes, false);
+        if (!p)
+          return p.status();
+        *pointer = *p;
+      }
     if (gpu.fp8.in > 0) {
       gpu.fp8.rows = rows * gpu.fp8RowsPerToken;
       for (auto [pointer, bytes] :
@@ -3598,6 +3679,8 @@ Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx
     if (Status s = device->beginCapture(); !s.ok())
       return s;
     capturingDecodeGraph = true;
+    for (Gpu &gpu : physical) // a graph quantizes its own planes
+      gpu.planesHold = 0;
     Status recorded = runSteps(begin, end, ctx);
     capturingDecodeGraph = false;
     StatusOr<CapturedGraph> graph = device->endCapture();

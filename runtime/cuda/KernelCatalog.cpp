@@ -1,6 +1,7 @@
 #include "runtime/cuda/KernelCatalog.h"
 
 #include "runtime/cuda/EmbeddedKernels.h"
+#include "runtime/quant/Quant.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -47,6 +48,8 @@ std::map<std::string, std::string> withTokenTile(std::map<std::string, std::stri
     defines["GROUPED"] = "1";
   if (variant == GemvVariant::GateUp)
     defines["GATE_UP"] = "1";
+  if (variant == GemvVariant::SplitRows)
+    defines["SPLIT_ROWS"] = "1";
   return defines;
 }
 
@@ -155,6 +158,9 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64
     return Status::error("q8_0 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
                          "] cannot be multiplied on the GPU: rows must be whole 32-value "
                          "blocks.");
+  if (variant == GemvVariant::SplitRows && !quant::q8_0RowsSplit(gguf::GgmlType::Q8_0, inFeatures))
+    return Status::error("q8_0 rows of " + integer(inFeatures) +
+                         " values are not split on the GPU (a multiple of 256 values are).");
   std::map<std::string, std::string> defines = {{"IN_FEATURES", integer(inFeatures)},
                                                 {"OUT_FEATURES", integer(outFeatures)}};
   if (const unsigned rows = gemvQ8_0RowsPerWarp(inFeatures, tokenTile); rows > 1)
@@ -163,6 +169,44 @@ StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64
       defines, gemvColumnSplit(gguf::GgmlType::Q8_0, outFeatures, inFeatures, tokenTile, variant));
   return makeKernelSpec("gemv_q8_0.cu", "gemv_q8_0", withTokenTile(defines, tokenTile, variant),
                         threads);
+}
+
+GemvVariant denseGemvVariant(gguf::GgmlType type, int64_t inFeatures) {
+  return quant::q8_0RowsSplit(type, inFeatures) ? GemvVariant::SplitRows : GemvVariant::Plain;
+}
+
+StatusOr<KernelSpec> quantizePlanesSpec(int64_t inFeatures) {
+  if (inFeatures <= 0 || inFeatures % 32 != 0 || inFeatures > INT32_MAX / 3)
+    return Status::error("activations of " + integer(inFeatures) +
+                         " values cannot be quantized into planes (whole 32-value blocks).");
+  return makeKernelSpec("quantize_planes.cu", "quantize_planes",
+                        {{"IN_FEATURES", integer(inFeatures)}}, kQuantizePlanesThreads);
+}
+
+unsigned gemvQ8_0PlanesSplit(int64_t outFeatures, int64_t inFeatures) {
+  const int64_t chunks = inFeatures / 16;
+  unsigned split = 1;
+  while (split < 8 && outFeatures * split < kGemvPlanesWarps && chunks >= int64_t(64) * split)
+    split *= 2;
+  return split;
+}
+
+unsigned gemvQ8_0PlanesGridBlocks(int64_t outFeatures, int64_t inFeatures) {
+  const int64_t rows = gemvSplitRowsPerBlock(gemvQ8_0PlanesSplit(outFeatures, inFeatures));
+  return static_cast<unsigned>((outFeatures + rows - 1) / rows);
+}
+
+StatusOr<KernelSpec> gemvQ8_0PlanesSpec(int64_t outFeatures, int64_t inFeatures) {
+  if (outFeatures <= 0 || outFeatures > INT32_MAX ||
+      !quant::q8_0RowsSplit(gguf::GgmlType::Q8_0, inFeatures))
+    return Status::error("q8_0 matrix [" + integer(outFeatures) + "][" + integer(inFeatures) +
+                         "] has no split rows for the planes GEMV (rows of a multiple of 256 "
+                         "values).");
+  std::map<std::string, std::string> defines = {{"IN_FEATURES", integer(inFeatures)},
+                                                {"OUT_FEATURES", integer(outFeatures)}};
+  const unsigned threads =
+      gemvSetColumnSplit(defines, gemvQ8_0PlanesSplit(outFeatures, inFeatures));
+  return makeKernelSpec("gemv_q8_0_planes.cu", "gemv_q8_0_planes", std::move(defines), threads);
 }
 
 StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
@@ -706,7 +750,11 @@ std::optional<int32_t> orderAssignmentsByExpert(const int32_t *expertOf, int64_t
   return std::nullopt;
 }
 
-StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures) {
+StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                                 bool splitRows) {
+  if (splitRows && !quant::q8_0RowsSplit(type, inFeatures))
+    return Status::error("a " + integer(outFeatures) + "x" + integer(inFeatures) + " " +
+                         std::string(gguf::ggmlTypeName(type)) + " matrix has no split rows.");
   if (!gemmMmaFits(type, outFeatures, inFeatures))
     return Status::error("a " + integer(outFeatures) + "x" + integer(inFeatures) + " " +
                          std::string(gguf::ggmlTypeName(type)) +
@@ -714,10 +762,27 @@ StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64
                          "in 64-row tiles, whole blocks).");
   std::map<std::string, std::string> defines = {{"N_FEATURES", integer(outFeatures)},
                                                 {"K_FEATURES", integer(inFeatures)}};
+  if (splitRows)
+    defines["SPLIT_ROWS"] = "1";
   if (type == gguf::GgmlType::Q8_0)
     return makeKernelSpec("gemm_q8_0_mma.cu", "gemm_q8_0_mma", std::move(defines), 128);
   defines["QTYPE"] = std::to_string(kquantNumber(type));
   return makeKernelSpec("gemm_kquant_mma.cu", "gemm_kquant_mma", std::move(defines), 128);
+}
+
+std::vector<StatusOr<KernelSpec>> denseMatrixSpecs(gguf::GgmlType type, int64_t outFeatures,
+                                                   int64_t inFeatures, bool perHead, bool mma) {
+  const GemvVariant variant = perHead ? GemvVariant::Plain : denseGemvVariant(type, inFeatures);
+  std::vector<StatusOr<KernelSpec>> specs;
+  for (int64_t tile : {int64_t(1), kGemvPrefillTokenTile})
+    specs.push_back(gemvSpec(type, outFeatures, inFeatures, tile, variant));
+  if (variant == GemvVariant::SplitRows) {
+    specs.push_back(gemvQ8_0PlanesSpec(outFeatures, inFeatures));
+    specs.push_back(quantizePlanesSpec(inFeatures));
+  }
+  if (mma && !perHead && gemmMmaFits(type, outFeatures, inFeatures))
+    specs.push_back(gemmMmaSpec(type, outFeatures, inFeatures, variant == GemvVariant::SplitRows));
+  return specs;
 }
 
 bool archHasBf16Mma(const std::string &arch) {
@@ -766,6 +831,9 @@ StatusOr<KernelSpec> gemvSpec(gguf::GgmlType type, int64_t outFeatures, int64_t 
     return Status::error("GEMV token tiles hold 1 to 16 tokens, not " + integer(tokenTile) + ".");
   if (variant == GemvVariant::GateUp && tokenTile != 1)
     return Status::error("the fused gate and up GEMV takes one token per block.");
+  if (variant == GemvVariant::SplitRows && type != gguf::GgmlType::Q8_0)
+    return Status::error("only q8_0 matrices are kept with split rows, not " +
+                         std::string(gguf::ggmlTypeName(type)) + ".");
   if (type == gguf::GgmlType::Q8_0)
     return gemvQ8_0Spec(outFeatures, inFeatures, tokenTile, variant);
   if (type == gguf::GgmlType::F32 || type == gguf::GgmlType::F16 || type == gguf::GgmlType::BF16)
@@ -790,14 +858,11 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
   for (int64_t width : shapes.extraNormWidths)
     if (Status s = add(rmsNormSpec(width, shapes.rmsNormEps)); !s.ok())
       return s;
-  for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices) {
-    for (int64_t tile : {int64_t(1), kGemvPrefillTokenTile})
-      if (Status s = add(gemvSpec(m.type, m.out, m.in, tile)); !s.ok())
+  for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices)
+    for (StatusOr<KernelSpec> &spec :
+         denseMatrixSpecs(m.type, m.out, m.in, m.perHead, shapes.mmaGemm))
+      if (Status s = add(std::move(spec)); !s.ok())
         return s;
-    if (shapes.mmaGemm && gemmMmaFits(m.type, m.out, m.in))
-      if (Status s = add(gemmMmaSpec(m.type, m.out, m.in)); !s.ok())
-        return s;
-  }
   for (const MoeGateShape &gate : shapes.gates)
     if (Status s = add(moeGateSpec(gate)); !s.ok())
       return s;

@@ -52,8 +52,10 @@ struct GemvLayout {
 // What a GEMV specialization computes: y = W x over consecutive tokens;
 // over tiles of assignments grouped by matrix (GemvLayout::groups: routed
 // experts in prefill); or silu(W x) * (U x) with U at GemvLayout::upWeight
-// (the gate and up products of routed experts in decode, one token per block).
-enum class GemvVariant { Plain, Grouped, GateUp };
+// (the gate and up products of routed experts in decode, one token per block);
+// or Plain over a dense Q8_0 matrix the GPU keeps with split rows
+// (quant::q8_0RowsSplit, kernels/common.cuh).
+enum class GemvVariant { Plain, Grouped, GateUp, SplitRows };
 
 // Groups the assignments of a prefill step's routed experts (assignment a:
 // token a / top_k's (a % top_k)-th choice) by the matrix each uses
@@ -71,6 +73,25 @@ constexpr int64_t kGemvPrefillTokenTile = 8;
 StatusOr<KernelSpec> gemvQ8_0Spec(int64_t outFeatures, int64_t inFeatures, int64_t tokenTile = 1,
                                   GemvVariant variant = GemvVariant::Plain);
 constexpr unsigned kGemvRowsPerBlock = 4;
+// The variant of a dense matrix's GEMVs (not a per-head stack, not routed
+// experts): SplitRows for Q8_0 rows of whole runs of 8 blocks, which the
+// executor splits at upload.
+GemvVariant denseGemvVariant(gguf::GgmlType type, int64_t inFeatures);
+// Decode over a split-row Q8_0 matrix: x quantized into three int8 planes
+// (quantizePlanesSpec: within about f32's rounding, kernels/common.cuh),
+// then gemv_q8_0_planes with 16-byte loads and dp4a (one token, one matrix).
+StatusOr<KernelSpec> quantizePlanesSpec(int64_t inFeatures);
+constexpr unsigned kQuantizePlanesThreads = 256; // 8 blocks of 32 values each
+// Bytes of one token's planes and their f32 block scales.
+inline int64_t planesBytes(int64_t inFeatures) { return 3 * inFeatures; }
+inline int64_t planeScalesBytes(int64_t inFeatures) { return inFeatures / 32 * 4; }
+StatusOr<KernelSpec> gemvQ8_0PlanesSpec(int64_t outFeatures, int64_t inFeatures);
+// Its warps a row: doubled while the matrix has fewer than
+// kGemvPlanesWarps of them and each warp keeps at least one 16-value chunk
+// a lane, at most 8 (H200 measurements: docs/gpu-kernels.md).
+unsigned gemvQ8_0PlanesSplit(int64_t outFeatures, int64_t inFeatures);
+constexpr int64_t kGemvPlanesWarps = 16384;
+unsigned gemvQ8_0PlanesGridBlocks(int64_t outFeatures, int64_t inFeatures);
 // y = W x for a q4_K, q5_K or q6_K matrix (one warp per row).
 StatusOr<KernelSpec> gemvKQuantSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
                                     int64_t tokenTile = 1,
@@ -156,8 +177,15 @@ StatusOr<KernelSpec> gemmFp8Bf16Spec(int64_t outFeatures, int64_t inFeatures);
 // chosen by arguments: a tile table of up to kMmaGemmTileRows rows of one
 // expert each, expertRowTiles).
 bool gemmMmaFits(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
-StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures);
+// `splitRows`: a dense Q8_0 matrix kept with split rows (GemvVariant::SplitRows).
+StatusOr<KernelSpec> gemmMmaSpec(gguf::GgmlType type, int64_t outFeatures, int64_t inFeatures,
+                                 bool splitRows = false);
 constexpr int64_t kMmaGemmTileRows = 64;
+// Every kernel the products of a dense matrix use: its decode and prefill
+// GEMVs, the planes and their quantization where its rows are split (not for
+// `perHead` stacks), and the tensor-core GEMM with `mma` where it fits.
+std::vector<StatusOr<KernelSpec>> denseMatrixSpecs(gguf::GgmlType type, int64_t outFeatures,
+                                                   int64_t inFeatures, bool perHead, bool mma);
 // The tile table of a grouped GEMM: assignment rows grouped by expert
 // (`groupSizes[e]` rows of expert e after expert e-1's) in tiles of up to
 // `tileRows` rows within one expert, each {expert, first row, end row}.
@@ -307,6 +335,7 @@ struct ModelKernelShapes {
   struct Matrix {
     gguf::GgmlType type;
     int64_t out, in;
+    bool perHead = false; // MLA's k_b and v_b stacks
   };
   std::vector<Matrix> gemvMatrices; // q8_0, q4_K, q5_K and q6_K matrices
   std::vector<MoeGateShape> gates;

@@ -51,4 +51,17 @@ inline uint16_t floatToBf16(float f) {
 float fp8E4m3ToFloat(uint8_t bits);
 uint8_t floatToFp8E4m3(float f);
 
+// Dense Q8_0 matrices whose rows are whole runs of 8 blocks (a multiple of
+// kQ8_0SplitRowValues values) go to the GPU with split rows
+// (kernels/common.cuh): each row's int8 quants in order, then its f16
+// scales, the same bytes as the GGUF row rearranged, so that the GPU reads
+// 16 quants as one aligned 16-byte load.
+constexpr int64_t kQ8_0SplitRowValues = 256;
+inline bool q8_0RowsSplit(GgmlType type, int64_t cols) {
+  return type == GgmlType::Q8_0 && cols > 0 && cols % kQ8_0SplitRowValues == 0;
+}
+// `rows` GGUF Q8_0 rows of `cols` values from `gguf` into `split` (as many
+// bytes; the buffers do not overlap). Fails where q8_0RowsSplit does not hold.
+Status splitQ8_0Rows(const void *gguf, void *split, int64_t rows, int64_t cols);
+
 } // namespace kt::quant

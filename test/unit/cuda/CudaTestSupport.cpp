@@ -57,10 +57,10 @@ ModelKernelShapes deepseekV3Shapes() {
       {gguf::GgmlType::Q6_K, 129280, 7168},
       // The router (f32), and MLA's per-head k_b and v_b matrices.
       {gguf::GgmlType::F32, 256, 7168},
-      {gguf::GgmlType::Q8_0, 512, 128},
-      {gguf::GgmlType::Q8_0, 128, 512},
-      {gguf::GgmlType::BF16, 512, 128},
-      {gguf::GgmlType::F16, 128, 512},
+      {gguf::GgmlType::Q8_0, 512, 128, true},
+      {gguf::GgmlType::Q8_0, 128, 512, true},
+      {gguf::GgmlType::BF16, 512, 128, true},
+      {gguf::GgmlType::F16, 128, 512, true},
   };
   shapes.gates = {{256, 8, 8, 4, true, true, true, 2.5f}};
   // Queries: 128 heads of 192, rope at 128 (the new key's rope is the

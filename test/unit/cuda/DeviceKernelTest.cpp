@@ -377,6 +377,21 @@ TEST_P(GpuKernels, EmbeddingMatchesTheCpuReferenceForEveryTableType) {
   }
 }
 
+// W x in double, W the `out` x `in` matrix `q` of `type` dequantized.
+std::vector<double> dequantizedProduct(gguf::GgmlType type, const std::vector<uint8_t> &q,
+                                       const std::vector<float> &x, int64_t out, int64_t in) {
+  std::vector<float> dequantized(static_cast<size_t>(out * in));
+  EXPECT_TRUE(quant::dequantize(type, q.data(), dequantized.data(), out * in).ok());
+  std::vector<double> product(static_cast<size_t>(out));
+  for (int64_t o = 0; o < out; ++o) {
+    double sum = 0;
+    for (int64_t i = 0; i < in; ++i)
+      sum += double(dequantized[size_t(o * in + i)]) * x[size_t(i)];
+    product[size_t(o)] = sum;
+  }
+  return product;
+}
+
 TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
   struct Shape {
     int64_t out, in;
@@ -405,16 +420,8 @@ TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
     const size_t rowBytes = *gguf::ggmlRowBytes(gguf::GgmlType::Q8_0, shape.in);
     std::vector<uint8_t> q(rowBytes * shape.out);
     ASSERT_TRUE(quant::quantize(gguf::GgmlType::Q8_0, w.data(), q.data(), w.size()).ok());
-    std::vector<float> dequantized(w.size());
-    ASSERT_TRUE(
-        quant::dequantize(gguf::GgmlType::Q8_0, q.data(), dequantized.data(), w.size()).ok());
-    std::vector<double> expected(shape.out);
-    for (int64_t o = 0; o < shape.out; ++o) {
-      double sum = 0;
-      for (int64_t i = 0; i < shape.in; ++i)
-        sum += double(dequantized[o * shape.in + i]) * x[i];
-      expected[o] = sum;
-    }
+    const std::vector<double> expected =
+        dequantizedProduct(gguf::GgmlType::Q8_0, q, x, shape.out, shape.in);
     auto spec = gemvQ8_0Spec(shape.out, shape.in);
     LoadedKernel kernel = load(spec);
     ASSERT_NE(kernel.function, nullptr);
@@ -428,6 +435,115 @@ TEST_P(GpuKernels, GemvQ8_0MatchesTheCpuReference) {
     std::printf("[ gpu      ] gemv_q8_0 %lldx%lld: relative L2 %.2e\n", (long long)shape.out,
                 (long long)shape.in, error);
   }
+}
+
+// The prefill GEMV `spec` (a tile of kGemvPrefillTokenTile tokens a block)
+// over the matrix at `dw` on 11 tokens, each x: every token's row must be
+// `expected` within `tolerance`.
+void expectTiledGemvMatches(GpuKernels &t, const StatusOr<KernelSpec> &spec, gguf::GgmlType type,
+                            int64_t out, int64_t in, DevicePointer dw, const std::vector<float> &x,
+                            const std::vector<double> &expected, double tolerance) {
+  const int64_t tokens = 11;
+  std::vector<float> xs;
+  for (int64_t token = 0; token < tokens; ++token)
+    xs.insert(xs.end(), x.begin(), x.end());
+  LoadedKernel tiled = t.load(spec);
+  ASSERT_NE(tiled.function, nullptr);
+  DevicePointer dxs = t.upload(xs.data(), xs.size() * 4), dys = t.allocate(tokens * out * 4);
+  GemvLayout tiledLayout{int(in), int(out), 0, 0, int(tokens)};
+  t.run(tiled,
+        {gemvGridBlocks(type, out, in, kGemvPrefillTokenTile),
+         unsigned((tokens + kGemvPrefillTokenTile - 1) / kGemvPrefillTokenTile), 1,
+         spec->blockThreads, 1, 1, 0},
+        {&dw, &dxs, &dys, &tiledLayout});
+  const std::vector<float> rows = t.download(dys, tokens * out);
+  for (int64_t token = 0; token < tokens; ++token)
+    EXPECT_LE(
+        relativeL2(std::vector<float>(rows.begin() + token * out, rows.begin() + (token + 1) * out),
+                   expected),
+        tolerance)
+        << "token " << token << " of the tiled GEMV";
+}
+
+// Dense q8_0 matrices of split rows (quant::splitQ8_0Rows): decode
+// quantizes x into three int8 planes and multiplies them with dp4a, within
+// about f32's rounding of the product; the f32 decode GEMV and the prefill
+// tiles read the same rows. Against the double product of the dequantized
+// weights; x has blocks 1000x apart in size and a block of zeros.
+TEST_P(GpuKernels, SplitRowQ8_0GemvsMatchTheCpuReference) {
+  struct Shape {
+    int64_t out, in;
+  } shapes[] = {{1536, 7168}, {576, 7168}, {7168, 2048}, {100, 16384}, {33, 256}};
+  for (const auto &shape : shapes) {
+    SCOPED_TRACE(std::to_string(shape.out) + "x" + std::to_string(shape.in));
+    auto w = randomFloats(shape.out * shape.in, -1, 1, 41);
+    auto x = randomFloats(shape.in, -1, 1, 42);
+    for (int64_t i = 0; i < shape.in; ++i)
+      x[i] *= (i / 32 % 3 == 1) ? 1000.0f : 1.0f;
+    std::fill(x.begin() + 64, x.begin() + 96, 0.0f);
+    const size_t rowBytes = *gguf::ggmlRowBytes(gguf::GgmlType::Q8_0, shape.in);
+    std::vector<uint8_t> q(rowBytes * shape.out), split(q.size());
+    ASSERT_TRUE(quant::quantize(gguf::GgmlType::Q8_0, w.data(), q.data(), w.size()).ok());
+    ASSERT_TRUE(quant::splitQ8_0Rows(q.data(), split.data(), shape.out, shape.in).ok());
+    const std::vector<double> expected =
+        dequantizedProduct(gguf::GgmlType::Q8_0, q, x, shape.out, shape.in);
+    DevicePointer dw = upload(split.data(), split.size()), dx = upload(x.data(), x.size() * 4);
+    DevicePointer dy = allocate(shape.out * 4);
+    DevicePointer planes = allocate(size_t(planesBytes(shape.in))),
+                  scales = allocate(size_t(planeScalesBytes(shape.in)));
+    auto quantizeSpec = quantizePlanesSpec(shape.in);
+    LoadedKernel quantize = load(quantizeSpec);
+    ASSERT_NE(quantize.function, nullptr);
+    run(quantize,
+        {unsigned((shape.in + kQuantizePlanesThreads - 1) / kQuantizePlanesThreads), 1, 1,
+         quantizeSpec->blockThreads, 1, 1, 0},
+        {&dx, &planes, &scales});
+    // The planes give x back to within 2e-7 of each block's largest value.
+    std::vector<int8_t> q123(size_t(planesBytes(shape.in)));
+    ASSERT_TRUE(device->copyToHost(q123.data(), planes, q123.size()).ok());
+    const std::vector<float> d = download(scales, size_t(shape.in / 32));
+    for (int64_t b = 0; b < shape.in / 32; ++b) {
+      float largest = 0;
+      for (int j = 0; j < 32; ++j)
+        largest = std::max(largest, std::fabs(x[size_t(b * 32 + j)]));
+      ASSERT_FLOAT_EQ(d[size_t(b)], largest / 127.0f) << "block " << b;
+      for (int j = 0; j < 32; ++j) {
+        const size_t i = size_t(b * 32 + j), n = size_t(shape.in);
+        const double value = double(d[size_t(b)]) *
+                             (q123[i] + q123[n + i] / 254.0 + q123[2 * n + i] / (254.0 * 254.0));
+        ASSERT_LE(std::fabs(value - x[i]), 2e-7 * largest) << "value " << i;
+      }
+    }
+    auto planesSpec = gemvQ8_0PlanesSpec(shape.out, shape.in);
+    LoadedKernel gemv = load(planesSpec);
+    ASSERT_NE(gemv.function, nullptr);
+    std::vector<float> poison(size_t(shape.out), std::nanf(""));
+    ASSERT_TRUE(device->copyToDevice(dy, poison.data(), poison.size() * 4).ok());
+    run(gemv,
+        {gemvQ8_0PlanesGridBlocks(shape.out, shape.in), 1, 1, planesSpec->blockThreads, 1, 1, 0},
+        {&dw, &planes, &scales, &dy});
+    const double planesError = relativeL2(download(dy, shape.out), expected);
+    EXPECT_LE(planesError, 1e-6);
+    // The f32 GEMVs over the same rows: decode, and the prefill tiles on 11 tokens.
+    auto decodeSpec =
+        gemvSpec(gguf::GgmlType::Q8_0, shape.out, shape.in, 1, GemvVariant::SplitRows);
+    LoadedKernel decode = load(decodeSpec);
+    ASSERT_NE(decode.function, nullptr);
+    GemvLayout layout{int(shape.in), int(shape.out), 0, 0};
+    run(decode,
+        {gemvGridBlocks(gguf::GgmlType::Q8_0, shape.out, shape.in), 1, 1, decodeSpec->blockThreads,
+         1, 1, 0},
+        {&dw, &dx, &dy, &layout});
+    const double decodeError = relativeL2(download(dy, shape.out), expected);
+    EXPECT_LE(decodeError, 1e-6);
+    expectTiledGemvMatches(*this,
+                           gemvSpec(gguf::GgmlType::Q8_0, shape.out, shape.in,
+                                    kGemvPrefillTokenTile, GemvVariant::SplitRows),
+                           gguf::GgmlType::Q8_0, shape.out, shape.in, dw, x, expected, 1e-6);
+    std::printf("[ gpu      ] split-row q8_0 %lldx%lld: relative L2 %.2e (planes), %.2e (f32)\n",
+                (long long)shape.out, (long long)shape.in, planesError, decodeError);
+  }
+  EXPECT_FALSE(gemvQ8_0PlanesSpec(64, 160).ok()) << "rows of five blocks are not split";
 }
 
 // K-quant and float GEMVs (f32: the router; f16/bf16: unquantized
@@ -448,15 +564,7 @@ TEST_P(GpuKernels, GemvKQuantAndFloatMatchTheCpuReference) {
       const size_t rowBytes = *gguf::ggmlRowBytes(type, shape.in);
       std::vector<uint8_t> q(rowBytes * shape.out);
       ASSERT_TRUE(quant::quantize(type, w.data(), q.data(), w.size()).ok());
-      std::vector<float> dequantized(w.size());
-      ASSERT_TRUE(quant::dequantize(type, q.data(), dequantized.data(), w.size()).ok());
-      std::vector<double> expected(shape.out);
-      for (int64_t o = 0; o < shape.out; ++o) {
-        double sum = 0;
-        for (int64_t i = 0; i < shape.in; ++i)
-          sum += double(dequantized[o * shape.in + i]) * x[i];
-        expected[o] = sum;
-      }
+      const std::vector<double> expected = dequantizedProduct(type, q, x, shape.out, shape.in);
       auto spec = gemvSpec(type, shape.out, shape.in);
       LoadedKernel kernel = load(spec);
       ASSERT_NE(kernel.function, nullptr);
@@ -471,27 +579,8 @@ TEST_P(GpuKernels, GemvKQuantAndFloatMatchTheCpuReference) {
                   (long long)shape.out, (long long)shape.in, error);
       // The prefill variant (weights decoded once per tile) on 11 tokens: the
       // same x for each, so each token's row is the decode result.
-      const int64_t tokens = 11;
-      std::vector<float> xs;
-      for (int64_t t = 0; t < tokens; ++t)
-        xs.insert(xs.end(), x.begin(), x.end());
-      auto tiledSpec = gemvSpec(type, shape.out, shape.in, kGemvPrefillTokenTile);
-      LoadedKernel tiled = load(tiledSpec);
-      ASSERT_NE(tiled.function, nullptr);
-      DevicePointer dxs = upload(xs.data(), xs.size() * 4), dys = allocate(tokens * shape.out * 4);
-      GemvLayout tiledLayout{int(shape.in), int(shape.out), 0, 0, int(tokens)};
-      run(tiled,
-          {gemvGridBlocks(type, shape.out, shape.in, kGemvPrefillTokenTile),
-           unsigned((tokens + kGemvPrefillTokenTile - 1) / kGemvPrefillTokenTile), 1,
-           tiledSpec->blockThreads, 1, 1, 0},
-          {&dw, &dxs, &dys, &tiledLayout});
-      const std::vector<float> rows = download(dys, tokens * shape.out);
-      for (int64_t t = 0; t < tokens; ++t)
-        EXPECT_LE(relativeL2(std::vector<float>(rows.begin() + t * shape.out,
-                                                rows.begin() + (t + 1) * shape.out),
-                             expected),
-                  1e-4)
-            << "token " << t << " of the tiled GEMV";
+      expectTiledGemvMatches(*this, gemvSpec(type, shape.out, shape.in, kGemvPrefillTokenTile),
+                             type, shape.out, shape.in, dw, x, expected, 1e-4);
     }
 }
 
@@ -1467,11 +1556,13 @@ TEST_P(GpuKernels, Fp8Bf16GemmMatchesTheDoubleReference) {
 struct GgufMmaCase {
   gguf::GgmlType type;
   int64_t rows, out, in;
+  bool splitRows = false; // q8_0 rows split as the executor uploads dense matrices
 };
 
 void expectGgufMmaGemmMatchesDouble(GpuKernels &t, const GgufMmaCase &c, double tolerance) {
   SCOPED_TRACE(std::string(gguf::ggmlTypeName(c.type)) + " " + std::to_string(c.rows) + " x " +
-               std::to_string(c.out) + "x" + std::to_string(c.in));
+               std::to_string(c.out) + "x" + std::to_string(c.in) +
+               (c.splitRows ? " (split rows)" : ""));
   const int64_t xStride = c.in + 64, yStride = c.out + 32;
   auto w = randomFloats(size_t(c.out * c.in), -1, 1, 71);
   const size_t rowBytes = *gguf::ggmlRowBytes(c.type, c.in);
@@ -1491,8 +1582,13 @@ void expectGgufMmaGemmMatchesDouble(GpuKernels &t, const GgufMmaCase &c, double 
         sum += double(weights[size_t(o * c.in + i)]) * bf16Rounded(x[size_t(r * xStride + i)]);
       expected[size_t(r * c.out + o)] = sum;
     }
-  LoadedKernel kernel = t.load(gemmMmaSpec(c.type, c.out, c.in));
+  LoadedKernel kernel = t.load(gemmMmaSpec(c.type, c.out, c.in, c.splitRows));
   ASSERT_NE(kernel.function, nullptr);
+  if (c.splitRows) {
+    std::vector<uint8_t> split(q.size());
+    ASSERT_TRUE(quant::splitQ8_0Rows(q.data(), split.data(), c.out, c.in).ok());
+    q = std::move(split);
+  }
   DevicePointer dw = t.upload(q.data(), q.size()), dx = t.upload(x.data(), x.size() * 4),
                 dy = t.allocate(size_t(c.rows * yStride) * 4);
   int xs = int(xStride), ys = int(yStride), rows = int(c.rows);
@@ -1516,7 +1612,9 @@ TEST_P(GpuKernels, GgufMmaGemmsMatchTheDoubleReference) {
   using gguf::GgmlType;
   for (const GgufMmaCase &c :
        {GgufMmaCase{GgmlType::Q8_0, 100, 576, 7168}, GgufMmaCase{GgmlType::Q8_0, 32, 128, 96},
-        GgufMmaCase{GgmlType::Q8_0, 130, 7168, 2048}, GgufMmaCase{GgmlType::Q8_0, 64, 1536, 1536}})
+        GgufMmaCase{GgmlType::Q8_0, 130, 7168, 2048}, GgufMmaCase{GgmlType::Q8_0, 64, 1536, 1536},
+        GgufMmaCase{GgmlType::Q8_0, 100, 576, 7168, true},
+        GgufMmaCase{GgmlType::Q8_0, 130, 7168, 2048, true}})
     expectGgufMmaGemmMatchesDouble(*this, c, 1e-5);
   // A k-quant weight decoded one f32 ulp off may round to the neighbouring bf16.
   for (const GgufMmaCase &c :
@@ -1635,6 +1733,40 @@ TEST_P(GpuKernels, SecondLoadComesFromTheCache) {
 
 // Runs everywhere: K is split only where the output tiles leave most SMs
 // idle, into parts of at least 4 slices, and the partials fit their scratch.
+// Dense q8_0 matrices of whole runs of 8 blocks decode over planes; the
+// warps a row grow for matrices of few rows, never past a chunk a lane.
+TEST(GemvQ8_0Planes, SplitRowsWhereRowsAreRunsOfEightBlocks) {
+  using gguf::GgmlType;
+  EXPECT_EQ(denseGemvVariant(GgmlType::Q8_0, 7168), GemvVariant::SplitRows);
+  EXPECT_EQ(denseGemvVariant(GgmlType::Q8_0, 7200), GemvVariant::Plain);
+  EXPECT_EQ(denseGemvVariant(GgmlType::Q6_K, 7168), GemvVariant::Plain);
+  EXPECT_FALSE(gemvSpec(GgmlType::Q6_K, 64, 7168, 1, GemvVariant::SplitRows).ok());
+  EXPECT_FALSE(gemvSpec(GgmlType::Q8_0, 64, 7200, 1, GemvVariant::SplitRows).ok());
+  EXPECT_EQ(gemvQ8_0PlanesSplit(7168, 16384), 4u) << "o_proj";
+  EXPECT_EQ(gemvQ8_0PlanesSplit(24576, 1536), 1u) << "q_b_proj: rows enough";
+  EXPECT_EQ(gemvQ8_0PlanesSplit(576, 7168), 8u) << "kv_a: at most 8";
+  EXPECT_EQ(gemvQ8_0PlanesSplit(7168, 2048), 4u) << "one chunk a lane";
+  EXPECT_EQ(gemvQ8_0PlanesSplit(33, 256), 1u) << "16 chunks: one warp's lanes";
+  EXPECT_EQ(gemvQ8_0PlanesGridBlocks(7168, 16384), 7168u);
+  EXPECT_EQ(gemvQ8_0PlanesGridBlocks(24576, 1536), 24576u / 4);
+  // A dense matrix's kernels: decode, prefill tiles, planes, their
+  // quantization and the tensor-core GEMM; a per-head stack's keep GGUF rows.
+  auto entries = [](const std::vector<StatusOr<KernelSpec>> &specs) {
+    std::vector<std::string> names;
+    for (const StatusOr<KernelSpec> &spec : specs) {
+      EXPECT_TRUE(spec.ok()) << spec.message();
+      if (spec)
+        names.push_back(spec->entry + (spec->defines.count("SPLIT_ROWS") ? " split" : ""));
+    }
+    return names;
+  };
+  EXPECT_EQ(entries(denseMatrixSpecs(GgmlType::Q8_0, 1536, 7168, false, true)),
+            (std::vector<std::string>{"gemv_q8_0 split", "gemv_q8_0 split", "gemv_q8_0_planes",
+                                      "quantize_planes", "gemm_q8_0_mma split"}));
+  EXPECT_EQ(entries(denseMatrixSpecs(GgmlType::Q8_0, 128, 512, true, true)),
+            (std::vector<std::string>{"gemv_q8_0", "gemv_q8_0"}));
+}
+
 TEST(Fp8GemmSplits, SplitOnlyWhereTilesAreFew) {
   EXPECT_EQ(fp8GemmSplits(4096, 7168, 16384, 132, 128), 1u); // 32 x 56 tiles
   EXPECT_EQ(fp8GemmSplits(128, 24576, 1536, 132, 128), 1u);  // 192 tiles

@@ -98,8 +98,14 @@ TEST(NvrtcCompile, EveryDeepseekV3SpecializationCompilesForEveryArch) {
   // FP8 matrices, the prefill (token-tiled) GEMV of each of the 18 GEMV
   // matrices, and Q4_K experts on the GPU (their two GEMVs, their two grouped
   // prefill GEMVs, the fused gate and up GEMV of decode, the weighted sum and
-  // the routing counts).
-  EXPECT_EQ(specs->size(), 64u);
+  // the routing counts); and the 9 dense q8_0 matrices' planes GEMVs with the
+  // quantization of their 5 input widths.
+  EXPECT_EQ(specs->size(), 78u);
+  int planes = 0;
+  for (const KernelSpec &spec : *specs)
+    planes += spec.entry == "gemv_q8_0_planes" ||
+              (spec.entry == "gemv_q8_0" && spec.defines.count("SPLIT_ROWS"));
+  EXPECT_EQ(planes, 9 * 3) << "each split-row matrix: decode, prefill and planes GEMVs";
   compileAll(*nvrtc, *specs);
 }
 
@@ -209,7 +215,7 @@ TEST(NvrtcCompile, GgufMmaGemmsCompileForSm80AndNewer) {
   // the GPU experts' two shapes (the grouped form of the same kernels).
   int fitting = 0;
   for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices)
-    fitting += gemmMmaFits(m.type, m.out, m.in);
+    fitting += !m.perHead && gemmMmaFits(m.type, m.out, m.in); // stacks keep the GEMV
   ASSERT_EQ(shapes.gpuExperts.size(), 1u);
   const ModelKernelShapes::Experts &e = shapes.gpuExperts[0];
   ASSERT_TRUE(gemmMmaFits(e.type, e.ffn, e.hidden) && gemmMmaFits(e.type, e.hidden, e.ffn));
