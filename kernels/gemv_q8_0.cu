@@ -83,41 +83,46 @@ __device__ __forceinline__ float rowSum(float value) {
   return value;
 }
 
-// Block b of a row: its quants and its scale's bits, in either layout.
-__device__ __forceinline__ const kt::u16 *blockQuants(const kt::u8 *row, int b) {
-  return reinterpret_cast<const kt::u16 *>(kt::q8_0Quants<SPLIT_ROWS>(row, b));
+// Block b of a row as u16 pairs, in either layout: GGUF blocks hold the
+// scale, then the quants (kQuantPairs in); split rows the quants alone,
+// the scales after the row's quants.
+constexpr int kQuantPairs = SPLIT_ROWS ? 0 : 1;
+__device__ __forceinline__ const kt::u16 *blockPairs(const kt::u8 *row, int b) {
+  return reinterpret_cast<const kt::u16 *>(
+      row + (SPLIT_ROWS ? kt::kQ8_0BlockElements : kt::kQ8_0BlockBytes) * b);
 }
-__device__ __forceinline__ float blockScale(const kt::u8 *row, int b) {
-  return kt::halfToFloat(kt::q8_0ScaleBits<SPLIT_ROWS, IN_FEATURES>(row, b));
+__device__ __forceinline__ float blockScale(const kt::u8 *row, int b, const kt::u16 *pairs) {
+  return kt::halfToFloat(SPLIT_ROWS ? reinterpret_cast<const kt::u16 *>(row + IN_FEATURES)[b]
+                                    : pairs[0]);
 }
 
 // This lane's 8 quants of block b of `row` as floats; returns the block's
 // scale. Blocks are 2-byte aligned: the quants are read as u16s.
 __device__ __forceinline__ float blockWeights(const kt::u8 *row, int b, int quarter,
                                               float (&w)[8]) {
-  const kt::u16 *pairs = blockQuants(row, b);
+  const kt::u16 *pairs = blockPairs(row, b);
   kt::u16 quants[4];
 #pragma unroll
   for (int j = 0; j < 4; ++j)
-    quants[j] = pairs[4 * quarter + j];
+    quants[j] = pairs[kQuantPairs + 4 * quarter + j];
 #pragma unroll
   for (int j = 0; j < 4; ++j) {
     w[2 * j] = static_cast<float>(static_cast<kt::i8>(quants[j] & 0xff));
     w[2 * j + 1] = static_cast<float>(static_cast<kt::i8>(quants[j] >> 8));
   }
-  return blockScale(row, b);
+  return blockScale(row, b, pairs);
 }
 
 // This lane's 4 quants at `part` (0..7: quants 4 part .. 4 part + 3) of
 // block b of `row` as floats; returns the block's scale.
 __device__ __forceinline__ float blockQuad(const kt::u8 *row, int b, int part, float (&w)[4]) {
-  const kt::u16 *pairs = blockQuants(row, b);
-  const kt::u16 low = pairs[2 * part], high = pairs[1 + 2 * part];
+  const kt::u16 *pairs = blockPairs(row, b);
+  const kt::u16 low = pairs[kQuantPairs + 2 * part], high = pairs[kQuantPairs + 1 + 2 * part];
   w[0] = static_cast<float>(static_cast<kt::i8>(low & 0xff));
   w[1] = static_cast<float>(static_cast<kt::i8>(low >> 8));
   w[2] = static_cast<float>(static_cast<kt::i8>(high & 0xff));
   w[3] = static_cast<float>(static_cast<kt::i8>(high >> 8));
-  return blockScale(row, b);
+  return blockScale(row, b, pairs);
 }
 
 __device__ __forceinline__ float dot4(const float (&w)[4], float4 x) {
