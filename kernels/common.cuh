@@ -342,7 +342,7 @@ template <bool Split, int In> __device__ __forceinline__ u16 q8_0ScaleBits(const
 }
 
 // Activations as three int8 planes (quantize_planes.cu): per 32 values d =
-// max |x| / 127 and x = d (q1 + q2 / 254 + q3 / 254^2) to within 1.2e-7 of
+// max |x| / 127 and x = d (q1 + q2 / 254 + q3 / 254^2) to within 2e-7 of
 // max |x|, about f32's own rounding, so that GEMVs take int8 dot products
 // (dp4a) and still agree with f32 arithmetic.
 constexpr float kPlaneStep = 254.0f;
