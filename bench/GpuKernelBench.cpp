@@ -203,24 +203,25 @@ int main(int argc, char **argv) {
       return Status::error("cannot allocate x or y");
     }
     (void)device.copyToDevice(*x, xHost.data(), xHost.size() * 4);
-    StatusOr<cuda::DevicePointer> xPlanes = device.allocate(size_t(cuda::planesBytes(shape.in))),
-                                  xScales =
-                                      device.allocate(size_t(cuda::planeScalesBytes(shape.in)));
-    if (!xPlanes || !xScales) {
-      release();
-      return Status::error("cannot allocate the planes");
-    }
+    cuda::DevicePointer xPlanes = 0, xScales = 0; // the planes GEMV's x
     if (planes) {
+      StatusOr<cuda::DevicePointer> p = device.allocate(size_t(cuda::planesBytes(shape.in))),
+                                    s = device.allocate(size_t(cuda::planeScalesBytes(shape.in)));
+      if (!p || !s) {
+        release();
+        return Status::error("cannot allocate the planes");
+      }
+      xPlanes = *p;
+      xScales = *s;
       StatusOr<cuda::LoadedKernel> quantize = compileAndLoad(cuda::quantizePlanesSpec(shape.in));
       if (!quantize) {
         release();
         return quantize.status();
       }
       cuda::LaunchShape quantizeLaunch;
-      quantizeLaunch.gridX =
-          unsigned((shape.in + cuda::kQuantizePlanesThreads - 1) / cuda::kQuantizePlanesThreads);
+      quantizeLaunch.gridX = cuda::quantizePlanesGridBlocks(shape.in);
       quantizeLaunch.blockX = cuda::kQuantizePlanesThreads;
-      if (Status st = device.launch(*quantize, quantizeLaunch, {&*x, &*xPlanes, &*xScales});
+      if (Status st = device.launch(*quantize, quantizeLaunch, {&*x, &xPlanes, &xScales});
           !st.ok()) {
         release();
         return st;
@@ -233,12 +234,14 @@ int main(int argc, char **argv) {
     StatusOr<double> timed =
         timeLaunches(device, *kernel, launch, weights, launches, [&](cuda::DevicePointer &w) {
           if (planes)
-            return std::vector<void *>{&w, &*xPlanes, &*xScales, &*y};
+            return std::vector<void *>{&w, &xPlanes, &xScales, &*y};
           return std::vector<void *>{&w, &*x, &*y, &layout};
         });
     release();
-    (void)device.free(*xPlanes);
-    (void)device.free(*xScales);
+    if (planes) {
+      (void)device.free(xPlanes);
+      (void)device.free(xScales);
+    }
     (void)device.free(*x);
     (void)device.free(*y);
     if (!timed)
@@ -288,7 +291,7 @@ int main(int argc, char **argv) {
       v = normal(random);
     (void)device.copyToDevice(*x, xHost.data(), xHost.size() * 4);
     cuda::LaunchShape launch;
-    launch.gridX = unsigned((in + cuda::kQuantizePlanesThreads - 1) / cuda::kQuantizePlanesThreads);
+    launch.gridX = cuda::quantizePlanesGridBlocks(in);
     launch.blockX = cuda::kQuantizePlanesThreads;
     StatusOr<double> timed =
         timeLaunches(device, *quantize, launch, {*x}, launches, [&](cuda::DevicePointer &from) {

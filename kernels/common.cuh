@@ -332,13 +332,16 @@ constexpr int kQ8_0BlockBytes = 34;
 // reads 16 quants as one aligned load. Routed experts keep the GGUF layout.
 constexpr int kQ8_0SplitRowValues = 256;
 
-// Block b of a Q8_0 row of IN values: its 32 quants, and its scale's bits.
-template <bool Split> __device__ __forceinline__ const u8 *q8_0Quants(const u8 *row, int b) {
-  return Split ? row + kQ8_0BlockElements * b : row + kQ8_0BlockBytes * b + 2;
+// Block b of a Q8_0 row of In values as u16 pairs, in either layout: GGUF
+// blocks hold the scale, then the quants (q8_0QuantPairs in); split rows the
+// quants alone, the row's scales after its quants.
+template <bool Split> constexpr int q8_0QuantPairs = Split ? 0 : 1;
+template <bool Split> __device__ __forceinline__ const u16 *q8_0BlockPairs(const u8 *row, int b) {
+  return reinterpret_cast<const u16 *>(row + (Split ? kQ8_0BlockElements : kQ8_0BlockBytes) * b);
 }
-template <bool Split, int In> __device__ __forceinline__ u16 q8_0ScaleBits(const u8 *row, int b) {
-  return Split ? reinterpret_cast<const u16 *>(row + In)[b]
-               : *reinterpret_cast<const u16 *>(row + kQ8_0BlockBytes * b);
+template <bool Split, int In>
+__device__ __forceinline__ u16 q8_0ScaleBits(const u8 *row, int b, const u16 *pairs) {
+  return Split ? reinterpret_cast<const u16 *>(row + In)[b] : pairs[0];
 }
 
 // Activations as three int8 planes (quantize_planes.cu): per 32 values d =

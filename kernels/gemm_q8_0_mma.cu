@@ -53,8 +53,10 @@ extern "C" __global__ void __launch_bounds__(128)
   for (int k0 = 0; k0 < K_FEATURES; k0 += kt::kMmaStep) {
     // The weights to bf16 pairs (blocks are 2-byte aligned) and their scale.
     kt::u32 *destination = kt::weightSlot(tiles, b);
+    const kt::u16 *pairs = kt::q8_0BlockPairs<SPLIT_ROWS>(wRow, k0 / 32);
     kt::u32 words[4];
-    kt::load16Bytes(kt::q8_0Quants<SPLIT_ROWS>(wRow, k0 / 32) + b.column, words);
+    kt::load16Bytes(
+        reinterpret_cast<const kt::u8 *>(pairs + kt::q8_0QuantPairs<SPLIT_ROWS>) + b.column, words);
 #pragma unroll
     for (int q = 0; q < 8; ++q) {
       const kt::u32 pair = (words[q / 2] >> (16 * (q % 2))) & 0xffff;
@@ -62,7 +64,8 @@ extern "C" __global__ void __launch_bounds__(128)
     }
     float *scales = blockScale[(k0 / kt::kMmaStep) % 2];
     if (b.column == 0)
-      scales[b.row] = kt::halfToFloat(kt::q8_0ScaleBits<SPLIT_ROWS, K_FEATURES>(wRow, k0 / 32));
+      scales[b.row] =
+          kt::halfToFloat(kt::q8_0ScaleBits<SPLIT_ROWS, K_FEATURES>(wRow, k0 / 32, pairs));
     kt::MmaFragments sums = {};
     kt::mmaStep(tiles, b, k0, sums);
     // Each accumulator value takes its weight row's (column's) scale.

@@ -83,17 +83,12 @@ __device__ __forceinline__ float rowSum(float value) {
   return value;
 }
 
-// Block b of a row as u16 pairs, in either layout: GGUF blocks hold the
-// scale, then the quants (kQuantPairs in); split rows the quants alone,
-// the scales after the row's quants.
-constexpr int kQuantPairs = SPLIT_ROWS ? 0 : 1;
+constexpr int kQuantPairs = kt::q8_0QuantPairs<SPLIT_ROWS>;
 __device__ __forceinline__ const kt::u16 *blockPairs(const kt::u8 *row, int b) {
-  return reinterpret_cast<const kt::u16 *>(
-      row + (SPLIT_ROWS ? kt::kQ8_0BlockElements : kt::kQ8_0BlockBytes) * b);
+  return kt::q8_0BlockPairs<SPLIT_ROWS>(row, b);
 }
 __device__ __forceinline__ float blockScale(const kt::u8 *row, int b, const kt::u16 *pairs) {
-  return kt::halfToFloat(SPLIT_ROWS ? reinterpret_cast<const kt::u16 *>(row + IN_FEATURES)[b]
-                                    : pairs[0]);
+  return kt::halfToFloat(kt::q8_0ScaleBits<SPLIT_ROWS, IN_FEATURES>(row, b, pairs));
 }
 
 // This lane's 8 quants of block b of `row` as floats; returns the block's

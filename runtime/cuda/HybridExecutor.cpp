@@ -614,7 +614,7 @@ public:
     if (w.planes && tokens == 1 && !layout.matrixIds && w.heads == 1) {
       if (!xUnchanged || planesHeld != x) {
         DevicePointer planes = gpu.planes, planeScales = gpu.planeScales;
-        if (Status s = launch(*w.quantizePlanes, ceilDiv(w.in, kQuantizePlanesThreads), 1, 1, 0,
+        if (Status s = launch(*w.quantizePlanes, quantizePlanesGridBlocks(w.in), 1, 1, 0,
                               {&x, &planes, &planeScales});
             !s.ok())
           return s;
@@ -784,7 +784,7 @@ StatusOr<DevicePointer> HybridExecutor::Impl::allocate(size_t bytes, bool weight
 
 StatusOr<DevicePointer> HybridExecutor::Impl::uploadSplitRows(const void *gguf, int64_t rows,
                                                               int64_t cols) {
-  const size_t rowBytes = size_t(cols / 32 * 34);
+  const size_t rowBytes = size_t(*gguf::ggmlRowBytes(GgmlType::Q8_0, cols));
   StatusOr<DevicePointer> p = allocate(rowBytes * size_t(rows), true);
   if (!p)
     return p;

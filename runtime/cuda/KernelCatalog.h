@@ -82,6 +82,9 @@ GemvVariant denseGemvVariant(gguf::GgmlType type, int64_t inFeatures);
 // then gemv_q8_0_planes with 16-byte loads and dp4a (one token, one matrix).
 StatusOr<KernelSpec> quantizePlanesSpec(int64_t inFeatures);
 constexpr unsigned kQuantizePlanesThreads = 256; // 8 blocks of 32 values each
+inline unsigned quantizePlanesGridBlocks(int64_t inFeatures) {
+  return unsigned((inFeatures + kQuantizePlanesThreads - 1) / kQuantizePlanesThreads);
+}
 // Bytes of one token's planes and their f32 block scales.
 inline int64_t planesBytes(int64_t inFeatures) { return 3 * inFeatures; }
 inline int64_t planeScalesBytes(int64_t inFeatures) { return inFeatures / 32 * 4; }

@@ -11,16 +11,17 @@ Status splitQ8_0Rows(const void *gguf, void *split, int64_t rows, int64_t cols) 
                          std::to_string(kQ8_0SplitRowValues) + " values.");
   if (rows > 0 && (!gguf || !split))
     return Status::error("splitQ8_0Rows needs both buffers.");
-  constexpr int64_t kBlockBytes = 34, kBlockValues = 32;
-  const int64_t blocks = cols / kBlockValues, rowBytes = blocks * kBlockBytes;
+  const gguf::GgmlTypeTraits &q8_0 = gguf::ggmlTypeTraits(GgmlType::Q8_0);
+  const int64_t blockBytes = q8_0.blockBytes, blockValues = q8_0.blockSize;
+  const int64_t blocks = cols / blockValues, rowBytes = blocks * blockBytes;
   const auto *source = static_cast<const uint8_t *>(gguf);
   auto *destination = static_cast<uint8_t *>(split);
   for (int64_t r = 0; r < rows; ++r) {
     const uint8_t *from = source + r * rowBytes;
     uint8_t *quants = destination + r * rowBytes, *scales = quants + cols;
     for (int64_t b = 0; b < blocks; ++b) {
-      std::memcpy(scales + 2 * b, from + b * kBlockBytes, 2);
-      std::memcpy(quants + b * kBlockValues, from + b * kBlockBytes + 2, kBlockValues);
+      std::memcpy(scales + 2 * b, from + b * blockBytes, 2);
+      std::memcpy(quants + b * blockValues, from + b * blockBytes + 2, size_t(blockValues));
     }
   }
   return Status::success();

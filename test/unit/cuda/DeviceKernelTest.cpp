@@ -494,9 +494,7 @@ TEST_P(GpuKernels, SplitRowQ8_0GemvsMatchTheCpuReference) {
     auto quantizeSpec = quantizePlanesSpec(shape.in);
     LoadedKernel quantize = load(quantizeSpec);
     ASSERT_NE(quantize.function, nullptr);
-    run(quantize,
-        {unsigned((shape.in + kQuantizePlanesThreads - 1) / kQuantizePlanesThreads), 1, 1,
-         quantizeSpec->blockThreads, 1, 1, 0},
+    run(quantize, {quantizePlanesGridBlocks(shape.in), 1, 1, quantizeSpec->blockThreads, 1, 1, 0},
         {&dx, &planes, &scales});
     // The planes give x back to within 2e-7 of each block's largest value.
     std::vector<int8_t> q123(size_t(planesBytes(shape.in)));
