@@ -300,7 +300,14 @@ public:
   };
   std::vector<CacheShape> cacheShapes;
 
-  std::vector<int32_t> positionsHost;
+  // The step's positions, page-locked so that their copies are queued, not
+  // waited for (every step ends waiting for its result, so the next one
+  // writes them only once the copies are done); room for positionsCapacity.
+  int32_t *positionsHost = nullptr;
+  int64_t positionsCapacity = 0;
+  // The GPU whose queued copies to it read host values: waited for before a
+  // host step writes any (TransferStep; null where none are in flight).
+  CudaDevice *hostReadsPending = nullptr;
   std::vector<void *> hostAllocations;
   uint64_t weightBytes = 0, bufferBytes = 0;
   int logicalGpus = 1;                // cuda:0 .. cuda:logicalGpus-1
@@ -533,9 +540,12 @@ public:
     if (Status s = markGpuTime(hostCopiesPending.front(), false); !s.ok())
       return s;
     const Clock::time_point called = Clock::now();
-    for (CudaDevice *gpu : hostCopiesPending)
+    for (CudaDevice *gpu : hostCopiesPending) {
       if (Status s = gpu->synchronize(); !s.ok())
         return s;
+      if (hostReadsPending == gpu) // its copies to the GPU are done too
+        hostReadsPending = nullptr;
+    }
     hostCopiesPending.clear();
     if (decodeStep)
       hostCopyWaits.push_back({called, Clock::now()});
@@ -1295,8 +1305,17 @@ private:
         m.hostCopiesPending.push_back(m.device);
       return m.device->copyToHostAsync(to.host, from.gpu, bytes);
     }
-    if (to.where == Where::Gpu)
-      return m.device->copyToDevice(to.gpu, from.host, bytes);
+    if (to.where == Where::Gpu) {
+      // Queued: runSteps waits for it before the next host step, which may
+      // write the host buffer it reads.
+      m.hostReadsPending = m.device;
+      return m.device->copyToDeviceAsync(to.gpu, from.host, bytes);
+    }
+    if (m.hostReadsPending) {
+      if (Status s = m.hostReadsPending->synchronize(); !s.ok())
+        return s;
+      m.hostReadsPending = nullptr;
+    }
     std::memcpy(to.host, from.host, bytes);
     return Status::success();
   }
@@ -3543,6 +3562,12 @@ Status HybridExecutor::Impl::planBuffers() {
       v.host = hostBuffers[size_t(v.slot)];
   }
   std::vector<uint8_t>().swap(splitRowsStaging); // the weights are uploaded
+  StatusOr<void *> positionsPinned = device->allocateHost(size_t(std::max<int64_t>(rows, 1)) * 4);
+  if (!positionsPinned)
+    return positionsPinned.status();
+  hostAllocations.push_back(*positionsPinned);
+  positionsHost = static_cast<int32_t *>(*positionsPinned);
+  positionsCapacity = std::max<int64_t>(rows, 1);
   // Each physical GPU's step buffers, charged to the first logical GPU on it.
   for (size_t index = 0; index < physical.size(); ++index) {
     Gpu &gpu = physical[index];
@@ -3633,6 +3658,12 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
     if (!hostCopiesPending.empty() && !copiesGpuToHost(s))
       if (Status st = finishHostCopies(); !st.ok())
         return st;
+    if (hostReadsPending && s.step->runsOnHost() &&
+        !dynamic_cast<const TransferStep *>(s.step.get())) {
+      if (Status st = hostReadsPending->synchronize(); !st.ok())
+        return st;
+      hostReadsPending = nullptr;
+    }
     if (!profiling) {
       if (Status st = s.step->run(*this, ctx, in, out); !st.ok())
         return st;
@@ -3698,18 +3729,23 @@ Status HybridExecutor::Impl::runGraph(size_t begin, size_t end, StepContext &ctx
 Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment> &segments,
                                      bool lastTokenOnly, float *logits, int32_t *greedyIds,
                                      const exec::TokenSampling *sampling) {
+  int64_t stepRows = 0;
+  for (const Segment &segment : segments)
+    stepRows += segment.count;
+  if (stepRows > positionsCapacity) // the callers cut steps to chunkSize
+    return Status::error("a step of " + std::to_string(stepRows) + " tokens, more than the " +
+                         std::to_string(positionsCapacity) + " the executor's buffers hold");
   StepContext ctx;
   struct HandBack { // however the step ends
     std::vector<Segment> &to;
     StepContext &ctx;
     ~HandBack() { to = std::move(ctx.segments); }
   } handBack{segments, ctx};
-  positionsHost.clear();
   for (Segment &segment : segments) {
     segment.row = ctx.rows;
     segment.start = sequences.position(segment.sequence);
     for (int64_t i = 0; i < segment.count; ++i)
-      positionsHost.push_back(int32_t(segment.start + i));
+      positionsHost[ctx.rows + i] = int32_t(segment.start + i);
     ctx.rows += segment.count;
   }
   ctx.segments = std::move(segments);
@@ -3723,9 +3759,14 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
       continue; // not the first logical GPU on its physical one
     if (Status s = use(logical); !s.ok())
       return s;
-    if (Status s = device->copyToDevice(positionsGpu, positionsHost.data(), size_t(ctx.rows) * 4);
+    if (Status s = device->copyToDeviceAsync(positionsGpu, positionsHost, size_t(ctx.rows) * 4);
         !s.ok())
       return s;
+    // The step ends waiting for the result's GPU only: another one's copy
+    // is waited for here.
+    if (physical.size() > 1)
+      if (Status s = device->synchronize(); !s.ok())
+        return s;
   }
   // Decode steps (one token of each sequence) replay their GPU regions as
   // CUDA graphs, one per sequence or batch of sequences (the caches differ);
@@ -3760,8 +3801,8 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   }
   if (Status s = finishHostCopies(); !s.ok())
     return s;
-  if (Status s = addGpuMarks(); !s.ok())
-    return s;
+  // The GPU marks are read once the result is on the host (addGpuMarks may
+  // wait for the streamed share, which the result's copy waits for anyway).
   for (size_t i = 1; i < expertLayerStarts.size(); ++i) {
     moeLayers.seconds +=
         std::chrono::duration<double>(expertLayerStarts[i] - expertLayerStarts[i - 1]).count();
@@ -3801,9 +3842,11 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
     }
     if (Status s = device->copyToHost(greedyIds, argmaxIds, size_t(logitRows) * 4); !s.ok())
       return s;
+    if (hostReadsPending == device) // its stream is done
+      hostReadsPending = nullptr;
     for (const Segment &segment : ctx.segments)
       sequences.advance(segment.sequence, segment.count);
-    return Status::success();
+    return addGpuMarks();
   }
   if (greedyIds) { // no argmax kernel: the logits, then their argmax here
     hostLogits.resize(size_t(logitRows * vocab));
@@ -3816,6 +3859,8 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
       return s;
     if (Status s = device->copyToHost(logits, result.gpu, bytes); !s.ok())
       return s;
+    if (hostReadsPending == device) // its stream is done
+      hostReadsPending = nullptr;
   } else {
     std::memcpy(logits, result.host, bytes);
   }
@@ -3823,6 +3868,8 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
     profile.transferSeconds += secondsSince(copyStart);
     profile.transferBytes += bytes;
   }
+  if (Status s = addGpuMarks(); !s.ok())
+    return s;
   for (const Segment &segment : ctx.segments)
     sequences.advance(segment.sequence, segment.count);
   if (greedyIds && sampling)
