@@ -308,6 +308,13 @@ public:
   // The GPU whose queued copies to it read host values: waited for before a
   // host step writes any (TransferStep; null where none are in flight).
   CudaDevice *hostReadsPending = nullptr;
+  Status waitForHostReads() {
+    if (!hostReadsPending)
+      return Status::success();
+    Status s = hostReadsPending->synchronize();
+    hostReadsPending = nullptr;
+    return s;
+  }
   std::vector<void *> hostAllocations;
   uint64_t weightBytes = 0, bufferBytes = 0;
   int logicalGpus = 1;                // cuda:0 .. cuda:logicalGpus-1
@@ -1311,11 +1318,8 @@ private:
       m.hostReadsPending = m.device;
       return m.device->copyToDeviceAsync(to.gpu, from.host, bytes);
     }
-    if (m.hostReadsPending) {
-      if (Status s = m.hostReadsPending->synchronize(); !s.ok())
-        return s;
-      m.hostReadsPending = nullptr;
-    }
+    if (Status s = m.waitForHostReads(); !s.ok())
+      return s;
     std::memcpy(to.host, from.host, bytes);
     return Status::success();
   }
@@ -3658,12 +3662,9 @@ Status HybridExecutor::Impl::runSteps(size_t begin, size_t end, StepContext &ctx
     if (!hostCopiesPending.empty() && !copiesGpuToHost(s))
       if (Status st = finishHostCopies(); !st.ok())
         return st;
-    if (hostReadsPending && s.step->runsOnHost() &&
-        !dynamic_cast<const TransferStep *>(s.step.get())) {
-      if (Status st = hostReadsPending->synchronize(); !st.ok())
+    if (s.step->runsOnHost() && !dynamic_cast<const TransferStep *>(s.step.get()))
+      if (Status st = waitForHostReads(); !st.ok())
         return st;
-      hostReadsPending = nullptr;
-    }
     if (!profiling) {
       if (Status st = s.step->run(*this, ctx, in, out); !st.ok())
         return st;
@@ -3844,9 +3845,11 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
       return s;
     if (hostReadsPending == device) // its stream is done
       hostReadsPending = nullptr;
+    if (Status s = addGpuMarks(); !s.ok())
+      return s;
     for (const Segment &segment : ctx.segments)
       sequences.advance(segment.sequence, segment.count);
-    return addGpuMarks();
+    return Status::success();
   }
   if (greedyIds) { // no argmax kernel: the logits, then their argmax here
     hostLogits.resize(size_t(logitRows * vocab));
