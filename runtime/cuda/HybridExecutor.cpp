@@ -302,9 +302,8 @@ public:
 
   // The step's positions, page-locked so that their copies are queued, not
   // waited for (every step ends waiting for its result, so the next one
-  // writes them only once the copies are done); room for positionsCapacity.
+  // writes them only once the copies are done); room for chunkSize.
   int32_t *positionsHost = nullptr;
-  int64_t positionsCapacity = 0;
   // The GPU whose queued copies to it read host values: waited for before a
   // host step writes any (TransferStep; null where none are in flight).
   CudaDevice *hostReadsPending = nullptr;
@@ -314,6 +313,11 @@ public:
     Status s = hostReadsPending->synchronize();
     hostReadsPending = nullptr;
     return s;
+  }
+  // `gpu`'s stream was waited for: its copies to it are done too.
+  void streamDone(const CudaDevice *gpu) {
+    if (hostReadsPending == gpu)
+      hostReadsPending = nullptr;
   }
   std::vector<void *> hostAllocations;
   uint64_t weightBytes = 0, bufferBytes = 0;
@@ -550,8 +554,7 @@ public:
     for (CudaDevice *gpu : hostCopiesPending) {
       if (Status s = gpu->synchronize(); !s.ok())
         return s;
-      if (hostReadsPending == gpu) // its copies to the GPU are done too
-        hostReadsPending = nullptr;
+      streamDone(gpu);
     }
     hostCopiesPending.clear();
     if (decodeStep)
@@ -3566,12 +3569,11 @@ Status HybridExecutor::Impl::planBuffers() {
       v.host = hostBuffers[size_t(v.slot)];
   }
   std::vector<uint8_t>().swap(splitRowsStaging); // the weights are uploaded
-  StatusOr<void *> positionsPinned = device->allocateHost(size_t(std::max<int64_t>(rows, 1)) * 4);
+  StatusOr<void *> positionsPinned = device->allocateHost(size_t(rows) * 4);
   if (!positionsPinned)
     return positionsPinned.status();
   hostAllocations.push_back(*positionsPinned);
   positionsHost = static_cast<int32_t *>(*positionsPinned);
-  positionsCapacity = std::max<int64_t>(rows, 1);
   // Each physical GPU's step buffers, charged to the first logical GPU on it.
   for (size_t index = 0; index < physical.size(); ++index) {
     Gpu &gpu = physical[index];
@@ -3733,9 +3735,9 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
   int64_t stepRows = 0;
   for (const Segment &segment : segments)
     stepRows += segment.count;
-  if (stepRows > positionsCapacity) // the callers cut steps to chunkSize
+  if (stepRows > chunkSize) // the callers cut steps to it; the buffers hold that many
     return Status::error("a step of " + std::to_string(stepRows) + " tokens, more than the " +
-                         std::to_string(positionsCapacity) + " the executor's buffers hold");
+                         std::to_string(chunkSize) + " the executor's buffers hold");
   StepContext ctx;
   struct HandBack { // however the step ends
     std::vector<Segment> &to;
@@ -3843,8 +3845,7 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
     }
     if (Status s = device->copyToHost(greedyIds, argmaxIds, size_t(logitRows) * 4); !s.ok())
       return s;
-    if (hostReadsPending == device) // its stream is done
-      hostReadsPending = nullptr;
+    streamDone(device);
     if (Status s = addGpuMarks(); !s.ok())
       return s;
     for (const Segment &segment : ctx.segments)
@@ -3862,8 +3863,7 @@ Status HybridExecutor::Impl::runStep(const int32_t *tokens, std::vector<Segment>
       return s;
     if (Status s = device->copyToHost(logits, result.gpu, bytes); !s.ok())
       return s;
-    if (hostReadsPending == device) // its stream is done
-      hostReadsPending = nullptr;
+    streamDone(device);
   } else {
     std::memcpy(logits, result.host, bytes);
   }
