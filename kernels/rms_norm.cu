@@ -5,6 +5,7 @@
 //   EPS            epsilon, a float literal such as 1e-06f
 //   BLOCK_THREADS  threads per block (a multiple of 32, at most 1024)
 //   FP8_OUT        (optional) also the entry rms_norm_fp8 below
+//   ADDENDS        (optional, 2 or 3) also the entry add_rms_norm below
 #include "common.cuh"
 
 #ifndef HIDDEN
@@ -31,6 +32,27 @@ __device__ __forceinline__ float inverseRms(const float *__restrict__ in, float 
 // A thread's values of a row: HIDDEN / BLOCK_THREADS, rounded up.
 constexpr int kPerThread = (HIDDEN + BLOCK_THREADS - 1) / BLOCK_THREADS;
 
+// out = the row of this block's thread values (a thread's values at
+// threadIdx.x + k * BLOCK_THREADS, zeros past HIDDEN), normalized, times the
+// weights: the squares added up in inverseRms' order, which mla_cache.cu
+// repeats.
+__device__ __forceinline__ void writeNormalized(const float (&values)[kPerThread],
+                                                const float (&weights)[kPerThread],
+                                                float *__restrict__ out, float *scratch) {
+  float sumSquares = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k)
+    sumSquares += values[k] * values[k];
+  const float total = kt::blockSum<BLOCK_THREADS>(sumSquares, scratch);
+  const float scale = 1.0f / sqrtf(total / static_cast<float>(HIDDEN) + EPS);
+#pragma unroll
+  for (int k = 0; k < kPerThread; ++k) {
+    const int i = threadIdx.x + k * BLOCK_THREADS;
+    if (i < HIDDEN)
+      out[i] = values[k] * scale * weights[k];
+  }
+}
+
 extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
 rms_norm(const float *__restrict__ x, const float *__restrict__ weight,
          float *__restrict__ y, int rows, int xStride, int yStride) {
@@ -52,19 +74,45 @@ rms_norm(const float *__restrict__ x, const float *__restrict__ weight,
     values[k] = i < HIDDEN ? in[i] : 0.0f;
     weights[k] = i < HIDDEN ? weight[i] : 0.0f;
   }
-  float sumSquares = 0.0f;
+  writeNormalized(values, weights, out, scratch);
+}
+
+#if defined(ADDENDS)
+static_assert(ADDENDS == 2 || ADDENDS == 3, "two or three addends");
+// sum = a + b (with three addends a + (b + c), the order of the adds it
+// replaces) and y = rms_norm(sum), rows HIDDEN apart: a residual add and the
+// norm that reads it (kt-fuse-residual-norm) in one kernel, the same bits as
+// the add kernels and rms_norm one after the other. `c` is unused with two.
+extern "C" __global__ void __launch_bounds__(BLOCK_THREADS)
+    add_rms_norm(const float *__restrict__ a, const float *__restrict__ b,
+                 const float *__restrict__ c, const float *__restrict__ weight,
+                 float *__restrict__ sum, float *__restrict__ y, int rows) {
+  KT_WAIT_FOR_PRIOR_GRID();
+  __shared__ float scratch[BLOCK_THREADS / 32];
+  const int row = blockIdx.x;
+  if (row >= rows)
+    return;
+  const long long offset = static_cast<long long>(row) * HIDDEN;
+  // Every load before the first store, as in rms_norm (a store between
+  // them kept the loads of each element apart: 9.5 us a decode row, not 3).
+  float values[kPerThread], weights[kPerThread];
 #pragma unroll
-  for (int k = 0; k < kPerThread; ++k)
-    sumSquares += values[k] * values[k];
-  const float total = kt::blockSum<BLOCK_THREADS>(sumSquares, scratch);
-  const float scale = 1.0f / sqrtf(total / static_cast<float>(HIDDEN) + EPS);
+  for (int k = 0; k < kPerThread; ++k) {
+    const int i = threadIdx.x + k * BLOCK_THREADS;
+    const float rest =
+        i < HIDDEN ? (ADDENDS == 3 ? b[offset + i] + c[offset + i] : b[offset + i]) : 0.0f;
+    values[k] = i < HIDDEN ? a[offset + i] + rest : 0.0f;
+    weights[k] = i < HIDDEN ? weight[i] : 0.0f;
+  }
 #pragma unroll
   for (int k = 0; k < kPerThread; ++k) {
     const int i = threadIdx.x + k * BLOCK_THREADS;
     if (i < HIDDEN)
-      out[i] = values[k] * scale * weights[k];
+      sum[offset + i] = values[k];
   }
+  writeNormalized(values, weights, y + offset, scratch);
 }
+#endif
 
 #if defined(FP8_OUT)
 // rms_norm, and the result quantized for the FP8 GEMM as fp8_quantize.cu

@@ -185,6 +185,18 @@ StatusOr<std::vector<plan::KernelSpecialization>> collectKernelSpecializations(M
         // Prefill quantizes the result for the FP8 GEMM that reads it.
         if (phase == "prefill" && op->hasAttr("ktgraph.quantize_fp8"))
           collector.add(cuda::rmsNormFp8Spec(width, eps), device, path);
+      } else if (auto fused = dyn_cast<AddRmsNormOp>(op.getOperation())) {
+        const int64_t width = fused.getWeight().getShape()[0];
+        const float eps = fused.getEps().convertToFloat();
+        // And the adds and the norm apart: prefill's norm that quantizes for
+        // an FP8 GEMM runs after the adds, and ktrun --no-fused-residual-norm
+        // runs them all apart.
+        for (StatusOr<cuda::KernelSpec> spec :
+             {cuda::addRmsNormSpec(width, eps, int(fused.getAddends().size())),
+              cuda::elementwiseSpec("add", width), cuda::rmsNormSpec(width, eps)})
+          collector.add(std::move(spec), device, path);
+        if (phase == "prefill" && op->hasAttr("ktgraph.quantize_fp8"))
+          collector.add(cuda::rmsNormFp8Spec(width, eps), device, path);
       } else if (auto embedding = dyn_cast<EmbeddingOp>(op.getOperation())) {
         WeightAttr table = embedding.getWeight();
         std::optional<gguf::GgmlType> type = gguf::parseGgmlType(table.getDtype().str());

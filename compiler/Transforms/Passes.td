@@ -210,4 +210,34 @@ def FuseNormQuantize : Pass<"kt-fuse-norm-quantize", "mlir::ModuleOp"> {
   }];
 }
 
+def FuseResidualNorm : Pass<"kt-fuse-residual-norm", "mlir::ModuleOp"> {
+  let summary = "Fuses residual adds and the RMSNorms reading them on a GPU";
+  let description = [{
+    Each decoder layer adds a module's output to the residual stream and
+    normalizes the sum for the next module; on a GPU these are separate
+    kernels of microseconds each, most of it launch and latency, in a decode
+    step of one token. Where an `rms_norm` reads an `add` that runs on the
+    same GPU in both phases (same stage, its result kept there), the two
+    become one `add_rms_norm` with the norm's attributes (path, weight,
+    placement, kernels, `ktgraph.quantize_fp8`) and two results, the sum
+    and its normalization. An `add` that only the first one reads, on the
+    same GPU (routed plus shared experts before the residual add), is taken
+    in as a third addend: `a + (b + c)`, the adds' order, so the sum's bits
+    do not change. Runs after kt-fuse-norm-quantize, before
+    kt-mark-graph-regions.
+
+    Before:
+    ```mlir
+    %s = ktgraph.add %routed, %shared : tensor<?x7168xf32>
+    %h = ktgraph.add %residual, %s : tensor<?x7168xf32>
+    %n = ktgraph.rms_norm %h {path = "model.layers.4.input_layernorm", ...}
+    ```
+    After:
+    ```mlir
+    %h, %n = ktgraph.add_rms_norm %residual, %routed, %shared
+        {path = "model.layers.4.input_layernorm", ...} : tensor<?x7168xf32>
+    ```
+  }];
+}
+
 #endif // KT_TRANSFORMS_PASSES

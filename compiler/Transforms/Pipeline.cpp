@@ -22,6 +22,7 @@ void buildCompilePipeline(mlir::OpPassManager &pm, const CompilePipelineOptions 
   pm.addPass(createPartitionStages());
   pm.addPass(createInsertTransfers());
   pm.addPass(createFuseNormQuantize());
+  pm.addPass(createFuseResidualNorm());
   pm.addPass(createMarkGraphRegions());
 }
 
@@ -45,8 +46,8 @@ struct CompilePipelineCliOptions
 void registerCompilePipeline() {
   mlir::PassPipelineRegistration<CompilePipelineCliOptions>(
       "kt-compile",
-      "Placement, verification, memory plan, stages, transfers, norm-quantize fusion, graph "
-      "regions",
+      "Placement, verification, memory plan, stages, transfers, norm-quantize and residual-norm "
+      "fusions, graph regions",
       [](mlir::OpPassManager &pm, const CompilePipelineCliOptions &cli) {
         CompilePipelineOptions options;
         options.rulesPath = cli.rules;

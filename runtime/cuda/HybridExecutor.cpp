@@ -330,6 +330,7 @@ public:
   bool cudaGraphs = true;
   bool fp8Gemm = true; // ExecutorOptions::fp8Gemm
   bool fusedNormQuantization = true; // ExecutorOptions::fusedNormQuantization
+  bool fusedResidualNorms = true;    // ExecutorOptions::fusedResidualNorms
   bool mlaTensorCores = true; // ExecutorOptions::mlaTensorCores
   bool mmaGemm = true;        // ExecutorOptions::ggufTensorCores
   // The GPU expert cache (on cuda:0), and what the plan lets it use there.
@@ -1360,6 +1361,46 @@ public:
 
 private:
   const Kernel *kernel_;
+  int64_t width_;
+};
+
+// A residual sum and its norm (add_rms_norm, from ktc's
+// kt-fuse-residual-norm): one kernel, or the adds and then the norm where
+// the norm quantizes for an FP8 GEMM (prefill) or no fused kernel is given
+// (ktrun --no-fused-residual-norm).
+class AddRmsNormStep : public Step {
+public:
+  AddRmsNormStep(DevicePointer weight, const Kernel *fused, const Kernel *add, const Kernel *norm,
+                 const Kernel *normFp8, int64_t width)
+      : weight_(weight), fused_(fused), add_(add), norm_(weight, norm, normFp8, width),
+        quantizes_(normFp8 != nullptr), width_(width) {}
+  Status run(HybridExecutor::Impl &m, StepContext &ctx, const std::vector<Value *> &in,
+             const std::vector<Value *> &out) override {
+    DevicePointer sum = out[0]->gpu, y = out[1]->gpu;
+    if (fused_ && !(quantizes_ && m.fp8ScratchTakes(ctx.rows, width_))) {
+      DevicePointer a = in[0]->gpu, b = in[1]->gpu, c = in.size() > 2 ? in[2]->gpu : b,
+                    weight = weight_;
+      int rows = int(ctx.rows);
+      out[1]->fp8Quantization = 0;
+      return m.launch(*fused_, static_cast<unsigned>(ctx.rows), 1, 1, 0,
+                      {&a, &b, &c, &weight, &sum, &y, &rows});
+    }
+    DevicePointer rest = in[1]->gpu;
+    if (in.size() > 2) { // b + c into y, which the norm overwrites
+      if (Status s = m.elementwise(*add_, in[1]->gpu, in[2]->gpu, y, ctx.rows, width_); !s.ok())
+        return s;
+      rest = y;
+    }
+    if (Status s = m.elementwise(*add_, in[0]->gpu, rest, sum, ctx.rows, width_); !s.ok())
+      return s;
+    return norm_.run(m, ctx, {out[0]}, {out[1]});
+  }
+
+private:
+  DevicePointer weight_;
+  const Kernel *fused_, *add_;
+  RmsNormStep norm_; // of the sum, after the adds
+  bool quantizes_;
   int64_t width_;
 };
 
@@ -3237,6 +3278,28 @@ Status HybridExecutor::Impl::bind(const gguf::GgufModel &model) {
           fuses("quantize_fp8") ? loader.kernel(rmsNormFp8Spec(width, eps)) : nullptr;
       step = std::make_unique<RmsNormStep>(weight, k, fused, width);
       produced.push_back({here, Kind::Floats, width, 0, true});
+    } else if (kind == "add_rms_norm") {
+      if (!b.operands(op.inputs.size() == 3 ? 3 : 2, 2))
+        return b.status();
+      expectWhere(Where::Gpu);
+      const int64_t width = in[0]->width;
+      for (const Value *addend : in)
+        b.require(addend->width == width, "adds values of different widths; the plan is "
+                                          "damaged: recompile it.");
+      DevicePointer weight = loader.vector("weight", width);
+      const float eps = float(b.real("eps"));
+      const Kernel *fused = fusedResidualNorms
+                                ? loader.kernel(addRmsNormSpec(width, eps, int(op.inputs.size())))
+                                : nullptr;
+      const Kernel *normFp8 =
+          fuses("quantize_fp8") ? loader.kernel(rmsNormFp8Spec(width, eps)) : nullptr;
+      // The adds and the plain norm where the step may run them.
+      const bool separate = !fused || normFp8;
+      step = std::make_unique<AddRmsNormStep>(
+          weight, fused, separate ? loader.kernel(elementwiseSpec("add", width)) : nullptr,
+          separate ? loader.kernel(rmsNormSpec(width, eps)) : nullptr, normFp8, width);
+      produced.push_back({here, Kind::Floats, width, 0, true});
+      produced.push_back({here, Kind::Floats, width, 0, true});
     } else if (kind == "add") {
       if (!b.operands(2, 1))
         return b.status();
@@ -4076,6 +4139,7 @@ HybridExecutor::create(const plan::Plan &plan, const gguf::GgufModel &model,
   impl->overlapLaunches = options.overlapLaunches;
   impl->fp8Gemm = options.fp8Gemm;
   impl->fusedNormQuantization = options.fusedNormQuantization;
+  impl->fusedResidualNorms = options.fusedResidualNorms;
   impl->pool.setIdleSpin(options.idleSpinMicros);
   impl->mlaTensorCores = options.mlaTensorCores;
   impl->mmaGemm = options.ggufTensorCores;

@@ -108,6 +108,16 @@ StatusOr<KernelSpec> rmsNormSpec(int64_t width, float eps) {
                         threads);
 }
 
+StatusOr<KernelSpec> addRmsNormSpec(int64_t width, float eps, int addends) {
+  StatusOr<KernelSpec> spec = rmsNormSpec(width, eps);
+  if (!spec)
+    return spec;
+  if (addends != 2 && addends != 3)
+    return Status::error("add_rms_norm adds 2 or 3 values, not " + std::to_string(addends) + ".");
+  spec->defines["ADDENDS"] = std::to_string(addends);
+  return makeKernelSpec("rms_norm.cu", "add_rms_norm", spec->defines, spec->blockThreads);
+}
+
 StatusOr<KernelSpec> rmsNormFp8Spec(int64_t width, float eps) {
   StatusOr<KernelSpec> spec = rmsNormSpec(width, eps);
   if (!spec)
@@ -857,6 +867,10 @@ StatusOr<std::vector<KernelSpec>> allKernelSpecializations(const ModelKernelShap
     return s;
   for (int64_t width : shapes.extraNormWidths)
     if (Status s = add(rmsNormSpec(width, shapes.rmsNormEps)); !s.ok())
+      return s;
+  // The residual adds with the norms after them (kt-fuse-residual-norm).
+  for (int addends : {2, 3})
+    if (Status s = add(addRmsNormSpec(shapes.hidden, shapes.rmsNormEps, addends)); !s.ok())
       return s;
   for (const ModelKernelShapes::Matrix &m : shapes.gemvMatrices)
     for (StatusOr<KernelSpec> &spec :

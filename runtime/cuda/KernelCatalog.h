@@ -31,6 +31,9 @@ StatusOr<KernelSpec> rmsNormSpec(int64_t width, float eps);
 // rms_norm_fp8; width a multiple of 128): for norms whose result the FP8
 // wgmma GEMM multiplies in prefill (ktc's kt-fuse-norm-quantize).
 StatusOr<KernelSpec> rmsNormFp8Spec(int64_t width, float eps);
+// A residual sum of `addends` (2 or 3) rows and its RMSNorm in one kernel
+// (entry add_rms_norm): the add_rms_norm ops of kt-fuse-residual-norm.
+StatusOr<KernelSpec> addRmsNormSpec(int64_t width, float eps, int addends);
 // Embedding rows of a [vocab][hidden] table of f32, f16, bf16 or q8_0 (one block per token).
 StatusOr<KernelSpec> embeddingSpec(int64_t hidden, int64_t vocab, gguf::GgmlType tableType);
 // The GEMV kernels' last argument (kernels/common.cuh): grid y runs over

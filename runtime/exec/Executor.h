@@ -89,6 +89,10 @@ struct ExecutorOptions {
   // GEMM after it reads, quantized, in its own pass (the same bytes); false:
   // the GEMM quantizes them (for comparison).
   bool fusedNormQuantization = true;
+  // GPU plans with add_rms_norm ops (kt-fuse-residual-norm): a residual sum
+  // and its norm in one kernel; false: the adds and the norm as separate
+  // kernels (the same bits, for comparison).
+  bool fusedResidualNorms = true;
   // GPU plans that list them (sm_80+): MLA prefill of long segments, and
   // decode over long caches, on tensor cores in bf16 (about 1e-3 relative
   // error); false: the f32 cores always.

@@ -18,7 +18,8 @@ namespace kt::plan {
 
 // Bumped whenever the meaning or layout of the file changes; a runtime reads
 // only plans of its own version.
-constexpr int kPlanFormatVersion = 3; // 2: cpu_code; 3: its kernels read 16-bit xqSum16
+constexpr int kPlanFormatVersion = 4; // 2: cpu_code; 3: its kernels read 16-bit xqSum16;
+                                      // 4: add_rms_norm
 constexpr const char *kPlanFormatName = "ktc-plan";
 
 struct ModelFile {

@@ -114,6 +114,7 @@ StatusOr<std::unique_ptr<exec::Executor>> Session::makeExecutor() const {
   executorOptions.overlapLaunches = options_.overlapLaunches;
   executorOptions.fp8Gemm = options_.fp8Gemm;
   executorOptions.fusedNormQuantization = options_.fusedNormQuantization;
+  executorOptions.fusedResidualNorms = options_.fusedResidualNorms;
   executorOptions.idleSpinMicros = options_.idleSpinMicros;
   executorOptions.mlaTensorCores = options_.mlaTensorCores;
   executorOptions.ggufTensorCores = options_.ggufTensorCores;

@@ -37,6 +37,7 @@ struct SessionOptions {
   bool overlapLaunches = true;  // GPU plans: graphs' kernels start before the previous ends
   bool fp8Gemm = true;          // GPU plans: FP8 projections of prefill steps as GEMMs
   bool fusedNormQuantization = true; // FP8 plans: norms, SiLU products quantize for the GEMM
+  bool fusedResidualNorms = true;    // GPU plans: add_rms_norm ops as one kernel
   int64_t idleSpinMicros = 3000;     // GPU plans: CPU threads spin this long before sleeping
   bool mlaTensorCores = true;   // GPU plans: long MLA prefills on tensor cores
   bool ggufTensorCores = true;  // GPU plans: Q8_0/k-quant prefill GEMMs on tensor cores

@@ -335,6 +335,10 @@ int main(int argc, char **argv) {
                "FP8 plans on sm_90a: quantize the FP8 GEMMs' activations in a kernel of their own "
                "instead of in the RMSNorm or SiLU product before them (the same bytes; for "
                "comparison)");
+  bool noFusedResidualNorm = false;
+  app.add_flag("--no-fused-residual-norm", noFusedResidualNorm,
+               "GPU plans: run each residual add and the RMSNorm after it (add_rms_norm, fused "
+               "by ktc) as separate kernels instead of one (the same bits; for comparison)");
   int64_t idleSpinMicros = 3000;
   app.add_option("--idle-spin-us", idleSpinMicros,
                  "GPU plans: how long idle CPU threads keep spinning before they sleep, in "
@@ -413,6 +417,7 @@ int main(int argc, char **argv) {
   options.overlapLaunches = !noLaunchOverlap;
   options.fp8Gemm = !noFp8Gemm;
   options.fusedNormQuantization = !noFusedQuantization;
+  options.fusedResidualNorms = !noFusedResidualNorm;
   options.idleSpinMicros = idleSpinMicros;
   options.mlaTensorCores = !noMlaTensorCores;
   options.ggufTensorCores = !noGgufTensorCores;

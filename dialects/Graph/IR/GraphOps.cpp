@@ -73,6 +73,8 @@ LogicalResult verifyGatedMlpWeights(Operation *op, int64_t hidden, WeightAttr ga
 
 StringRef EmbeddingOp::getModuleKind() { return "embedding"; }
 StringRef RmsNormOp::getModuleKind() { return "rms_norm"; }
+// The norm's module: rules placed it as one before the fusion.
+StringRef AddRmsNormOp::getModuleKind() { return "rms_norm"; }
 StringRef MlaAttentionOp::getModuleKind() { return "mla_attention"; }
 StringRef MlpOp::getModuleKind() { return "mlp"; }
 StringRef SharedExpertsOp::getModuleKind() { return "shared_experts"; }
@@ -102,6 +104,14 @@ LogicalResult RmsNormOp::verify() {
   if (!(getEps().convertToFloat() > 0.0f))
     return emitOpError() << "'eps' must be positive";
   return verifyWeightShape(*this, "weight", getWeight(), {featureDim(getInput())});
+}
+
+LogicalResult AddRmsNormOp::verify() {
+  if (getAddends().size() < 2 || getAddends().size() > 3)
+    return emitOpError() << "adds 2 or 3 values, got " << getAddends().size();
+  if (!(getEps().convertToFloat() > 0.0f))
+    return emitOpError() << "'eps' must be positive";
+  return verifyWeightShape(*this, "weight", getWeight(), {featureDim(getSum())});
 }
 
 LogicalResult MlaAttentionOp::verify() {

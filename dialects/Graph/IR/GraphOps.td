@@ -184,6 +184,22 @@ def KtGraph_RmsNormOp : KtGraph_ModuleOp<"rms_norm", [SameOperandsAndResultType]
   let assemblyFormat = "$input attr-dict `:` type($input)";
 }
 
+def KtGraph_AddRmsNormOp : KtGraph_ModuleOp<"add_rms_norm", [SameOperandsAndResultType]> {
+  let summary = "A residual sum and its RMS normalization in one op";
+  let description = [{
+    `sum = a + b` (or `a + (b + c)` with three addends, the order of the
+    adds it replaces) and `result = sum / sqrt(mean(sum^2) + eps) * weight`.
+    Made by kt-fuse-residual-norm from an `add` (and an `add` feeding it)
+    and the `rms_norm` reading it; the op is the norm's module (its path,
+    weight and placement), and `sum` is the residual stream the next add
+    reads.
+  }];
+  let arguments = (ins Variadic<KtGraph_Activation>:$addends, StrAttr:$path,
+                       KtGraph_WeightAttr:$weight, F32Attr:$eps);
+  let results = (outs KtGraph_Activation:$sum, KtGraph_Activation:$result);
+  let assemblyFormat = "$addends attr-dict `:` type($sum)";
+}
+
 def KtGraph_MlaAttentionOp : KtGraph_ModuleOp<"mla_attention", [SameOperandsAndResultType]> {
   let summary = "DeepSeek multi-head latent attention (MLA) with YaRN RoPE";
   let description = [{

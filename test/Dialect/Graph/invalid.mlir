@@ -40,6 +40,38 @@ func.func @norm_eps(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
 
 // -----
 
+func.func @add_rms_norm_addends(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{'ktgraph.add_rms_norm' op adds 2 or 3 values, got 1}}
+  %s, %y = ktgraph.add_rms_norm %x {path = "model.norm", weight = #ktgraph.weight<"output_norm.weight", "f32", [64]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+
+// -----
+
+func.func @add_rms_norm_four(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{'ktgraph.add_rms_norm' op adds 2 or 3 values, got 4}}
+  %s, %y = ktgraph.add_rms_norm %x, %x, %x, %x {path = "model.norm", weight = #ktgraph.weight<"output_norm.weight", "f32", [64]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+
+// -----
+
+func.func @add_rms_norm_shape(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{'ktgraph.add_rms_norm' op weight 'weight' (output_norm.weight) has shape [32], expected [64]}}
+  %s, %y = ktgraph.add_rms_norm %x, %x {path = "model.norm", weight = #ktgraph.weight<"output_norm.weight", "f32", [32]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+
+// -----
+
+func.func @add_rms_norm_eps(%x: tensor<?x64xf32>) -> tensor<?x64xf32> {
+  // expected-error @+1 {{'eps' must be positive}}
+  %s, %y = ktgraph.add_rms_norm %x, %x {path = "model.norm", weight = #ktgraph.weight<"output_norm.weight", "f32", [64]>, eps = -1.0 : f32} : tensor<?x64xf32>
+  return %y : tensor<?x64xf32>
+}
+
+// -----
+
 func.func @embedding_hidden(%t: tensor<?xi32>) -> tensor<?x64xf32> {
   // expected-error @+1 {{weight 'weight' (token_embd.weight) has shape [32, 512], expected [64, ?]}}
   %h = ktgraph.embedding %t {path = "model.embed_tokens", weight = #ktgraph.weight<"token_embd.weight", "f32", [32, 512]>} : tensor<?xi32> -> tensor<?x64xf32>

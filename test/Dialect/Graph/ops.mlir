@@ -50,7 +50,13 @@ func.func @moe_layer(%tokens: tensor<?xi32>) -> tensor<?x512xf32> {
       up_proj = #ktgraph.weight<"blk.0.ffn_up_shexp.weight", "f32", [64, 32]>,
       down_proj = #ktgraph.weight<"blk.0.ffn_down_shexp.weight", "f32", [32, 64]>} : tensor<?x64xf32>
   %m = ktgraph.add %e, %s : tensor<?x64xf32>
-  %d = ktgraph.mlp %m {path = "model.layers.1.mlp",
+  // A residual sum and its norm (kt-fuse-residual-norm's op): two results.
+  // CHECK: %[[SUM:[^,]+]], %[[NORMED:[^ ]+]] = ktgraph.add_rms_norm %[[R1]], %{{.+}}, %{{.+}} {eps = 9.99999997E-7 : f32, path = "model.layers.1.input_layernorm", weight = #ktgraph.weight<"blk.1.attn_norm.weight", "f32", [64]>} : tensor<?x64xf32>
+  %sum, %normed = ktgraph.add_rms_norm %r1, %e, %s {path = "model.layers.1.input_layernorm", weight = #ktgraph.weight<"blk.1.attn_norm.weight", "f32", [64]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
+  // CHECK: ktgraph.add_rms_norm %[[SUM]], %[[NORMED]] {
+  %sum2, %normed2 = ktgraph.add_rms_norm %sum, %normed {path = "model.layers.1.post_attention_layernorm", weight = #ktgraph.weight<"blk.1.ffn_norm.weight", "f32", [64]>, eps = 1.0e-6 : f32} : tensor<?x64xf32>
+  %m2 = ktgraph.add %m, %normed2 : tensor<?x64xf32>
+  %d = ktgraph.mlp %m2 {path = "model.layers.1.mlp",
       gate_proj = #ktgraph.weight<"blk.1.ffn_gate.weight", "f32", [64, 96]>,
       up_proj = #ktgraph.weight<"blk.1.ffn_up.weight", "f32", [64, 96]>,
       down_proj = #ktgraph.weight<"blk.1.ffn_down.weight", "f32", [96, 64]>} : tensor<?x64xf32>

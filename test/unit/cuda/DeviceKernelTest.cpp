@@ -266,6 +266,54 @@ TEST_P(GpuKernels, RmsNormMatchesTheCpuReference) {
   }
 }
 
+// add_rms_norm (kt-fuse-residual-norm's) writes the sum a + b, or a + (b + c),
+// as the host's f32 adds make it, and that sum's norm as rms_norm writes it,
+// bit for bit; rows of widths that do and do not fill the block's threads.
+TEST_P(GpuKernels, AddRmsNormWritesTheSumAndTheNormRmsNormWrites) {
+  for (int addends : {2, 3})
+    for (int64_t hidden : {7168, 512, 100}) {
+      SCOPED_TRACE(testing::Message() << addends << " addends, " << hidden);
+      const int rows = 5;
+      const float eps = 1e-6f;
+      const size_t count = size_t(rows * hidden);
+      auto a = randomFloats(count, -3, 3, 11), b = randomFloats(count, -3, 3, 12),
+           c = randomFloats(count, -3, 3, 13);
+      auto weight = randomFloats(hidden, 0.5f, 1.5f, 14);
+      std::vector<float> sum(count);
+      for (size_t i = 0; i < count; ++i)
+        sum[i] = a[i] + (addends == 3 ? b[i] + c[i] : b[i]);
+      auto fusedSpec = addRmsNormSpec(hidden, eps, addends), normSpec = rmsNormSpec(hidden, eps);
+      ASSERT_TRUE(fusedSpec.ok()) << fusedSpec.message();
+      LoadedKernel fused = load(fusedSpec), norm = load(normSpec);
+      ASSERT_NE(fused.function, nullptr);
+      DevicePointer da = upload(a.data(), count * 4), db = upload(b.data(), count * 4),
+                    dc = upload(c.data(), count * 4), dw = upload(weight.data(), hidden * 4),
+                    dsum = allocate(count * 4), dy = allocate(count * 4),
+                    hostSum = upload(sum.data(), count * 4), dyNorm = allocate(count * 4);
+      int rowCount = rows, stride = int(hidden);
+      run(fused, {unsigned(rows), 1, 1, fusedSpec->blockThreads, 1, 1, 0},
+          {&da, &db, &dc, &dw, &dsum, &dy, &rowCount});
+      run(norm, {unsigned(rows), 1, 1, normSpec->blockThreads, 1, 1, 0},
+          {&hostSum, &dw, &dyNorm, &rowCount, &stride, &stride});
+      const std::vector<float> gotSum = download(dsum, count), got = download(dy, count),
+                               expected = download(dyNorm, count);
+      EXPECT_EQ(std::memcmp(gotSum.data(), sum.data(), count * 4), 0) << "sums differ";
+      EXPECT_EQ(std::memcmp(got.data(), expected.data(), count * 4), 0) << "norms differ";
+      // And near the double-precision norm of the sum.
+      std::vector<double> reference(count);
+      for (int r = 0; r < rows; ++r) {
+        double squares = 0;
+        for (int64_t i = 0; i < hidden; ++i)
+          squares += double(sum[size_t(r * hidden + i)]) * sum[size_t(r * hidden + i)];
+        const double scale = 1.0 / std::sqrt(squares / double(hidden) + eps);
+        for (int64_t i = 0; i < hidden; ++i)
+          reference[size_t(r * hidden + i)] =
+              sum[size_t(r * hidden + i)] * scale * weight[size_t(i)];
+      }
+      EXPECT_LE(relativeL2(got, reference), 1e-5);
+    }
+}
+
 // rms_norm_fp8 and silu_mul_fp8 (kt-fuse-norm-quantize's) write what
 // rms_norm or silu_mul and then fp8_quantize write, bit for bit: the
 // normalized rows (the norm), the e4m3 codes and the per-slice scales (a

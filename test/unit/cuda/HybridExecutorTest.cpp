@@ -728,6 +728,50 @@ TEST(HybridExecutor, CudaGraphsReplayDecodeExactly) {
   EXPECT_EQ(stats.captured, stretches);
 }
 
+// ktc fuses each residual add on the GPU with the norm after it
+// (kt-fuse-residual-norm), the experts' sum included: one kernel writes the
+// sum and its norm. Its bits are those of the adds and the norm as separate
+// kernels (ktrun --no-fused-residual-norm), in prefill (one step and in
+// chunks) and in decode's graphs.
+TEST(HybridExecutor, FusedResidualNormsGiveTheBitsOfSeparateKernels) {
+  KT_REQUIRE_GPU();
+  ModelPair pair;
+  buildPair("tiny-residual", *gen::presetConfig("tiny"), pair);
+  int twoAddends = 0, threeAddends = 0, adds = 0;
+  for (const plan::Op &op : pair.gpu.plan.ops) {
+    twoAddends += op.kind == "add_rms_norm" && op.inputs.size() == 2;
+    threeAddends += op.kind == "add_rms_norm" && op.inputs.size() == 3;
+    adds += op.kind == "add";
+  }
+  EXPECT_GE(twoAddends, 3);   // after each attention, after the dense MLP
+  EXPECT_GE(threeAddends, 1); // residual + (routed + shared) before the next norm
+  EXPECT_EQ(adds, 0);
+  for (int64_t chunk : {0, 8}) {
+    SCOPED_TRACE(chunk);
+    exec::ExecutorOptions options;
+    options.chunkSize = chunk;
+    std::unique_ptr<exec::Executor> fused = open(pair.gpu, options);
+    options.fusedResidualNorms = false;
+    std::unique_ptr<exec::Executor> separate = open(pair.gpu, options);
+    ASSERT_TRUE(fused && separate);
+    const std::vector<int32_t> prompt = cpu::test::sampleTokens(19, 5);
+    StatusOr<std::vector<float>> a = fused->forward(prompt, true),
+                                 b = separate->forward(prompt, true);
+    ASSERT_TRUE(a.ok()) << a.message();
+    ASSERT_TRUE(b.ok()) << b.message();
+    ASSERT_EQ(a->size(), b->size());
+    EXPECT_EQ(std::memcmp(a->data(), b->data(), a->size() * 4), 0) << "prefill logits differ";
+    int32_t next = argmax(*a, prompt.size() - 1, fused->vocabSize());
+    for (int step = 0; step < 4; ++step) {
+      a = fused->forward({next});
+      b = separate->forward({next});
+      ASSERT_TRUE(a.ok() && b.ok());
+      EXPECT_EQ(std::memcmp(a->data(), b->data(), a->size() * 4), 0) << "decode step " << step;
+      next = argmax(*a, 0, fused->vocabSize());
+    }
+  }
+}
+
 // Sequences stepped together share the matrix products (one step for all
 // rows, attention per sequence); each gets the logits it would alone, in
 // prefill and in batched decode steps.
@@ -1244,7 +1288,8 @@ TEST(HybridExecutor, Fp8NormsQuantizeForTheGemmWithTheSameResults) {
   buildFp8Plan("tiny-fp8-fused", gguf, fp8Plan);
   const auto marked = std::count_if(fp8Plan.ops.begin(), fp8Plan.ops.end(), [](const plan::Op &op) {
     auto it = op.params.find("quantize_fp8");
-    return op.kind == "rms_norm" && it != op.params.end() && std::get<bool>(it->second);
+    return (op.kind == "rms_norm" || op.kind == "add_rms_norm") && it != op.params.end() &&
+           std::get<bool>(it->second);
   });
   EXPECT_GE(marked, 2); // attention norms of every layer, the dense layer's MLP norm, ...
   for (int64_t chunk : {0, 64}) {
