@@ -102,11 +102,29 @@ mla_combine(const float *__restrict__ partial, const int *__restrict__ position,
   const float e = c < used ? expf(pieceMaximum - maximum) : 0.0f;
   factor[c] = e;
   const float inverse = 1.0f / kt::blockSum<BLOCK_THREADS>(e * pieceTotal, scratch);
-  for (int i = threadIdx.x; i < KV_LORA; i += BLOCK_THREADS) {
-    float value = 0.0f;
-#pragma unroll 4
-    for (int p = 0; p < used; ++p)
-      value += factor[p] * parts[p * kPartial + 2 + i];
-    context[static_cast<long long>(head) * KV_LORA + i] = value * inverse;
+  // A thread's latent values side by side in one walk over the pieces, so
+  // that their loads are in flight together (each value's sum in piece
+  // order, as before).
+  constexpr int kValuesPerThread = (KV_LORA + BLOCK_THREADS - 1) / BLOCK_THREADS;
+  float values[kValuesPerThread];
+#pragma unroll
+  for (int v = 0; v < kValuesPerThread; ++v)
+    values[v] = 0.0f;
+#pragma unroll 8
+  for (int p = 0; p < used; ++p) {
+    const float f = factor[p];
+    const float *piece = parts + p * kPartial + 2;
+#pragma unroll
+    for (int v = 0; v < kValuesPerThread; ++v) {
+      const int i = threadIdx.x + v * BLOCK_THREADS;
+      if (i < KV_LORA)
+        values[v] += f * piece[i];
+    }
+  }
+#pragma unroll
+  for (int v = 0; v < kValuesPerThread; ++v) {
+    const int i = threadIdx.x + v * BLOCK_THREADS;
+    if (i < KV_LORA)
+      context[static_cast<long long>(head) * KV_LORA + i] = values[v] * inverse;
   }
 }
