@@ -472,6 +472,24 @@ int main(int argc, char **argv) {
     const double bytes = 2.0 * rows * hidden * 4 + hidden * 4;
     results.push_back(
         {"f32", "rms_norm 512x7168", bytes / (1 << 20), bytes / *timed / 1e9, *timed * 1e6});
+    // The residual sum of three addends and its norm (kt-fuse-residual-norm):
+    // three rows read, the sum and the norm written.
+    StatusOr<cuda::KernelSpec> addSpec = cuda::addRmsNormSpec(hidden, 1e-6f, 3);
+    StatusOr<cuda::LoadedKernel> add = compileAndLoad(addSpec);
+    StatusOr<cuda::DevicePointer> b = randomBuffer(size_t(rows * hidden)),
+                                  c = randomBuffer(size_t(rows * hidden));
+    StatusOr<cuda::DevicePointer> sum = device.allocate(size_t(rows * hidden) * 4);
+    if (!add || !b || !c || !sum)
+      return fail("cannot set up add_rms_norm");
+    shape.blockX = addSpec->blockThreads;
+    timed = timeRepeated([&] {
+      return device.launch(*add, shape, {&*x, &*b, &*c, &*w, &*sum, &*y, &rowCount});
+    });
+    if (!timed)
+      return fail(timed.message());
+    const double addBytes = 5.0 * rows * hidden * 4 + hidden * 4;
+    results.push_back({"f32", "add_rms_norm 512x7168, 3 addends", addBytes / (1 << 20),
+                       addBytes / *timed / 1e9, *timed * 1e6});
   }
   for (int positions : {576, 4096, 32768}) {
     const int64_t heads = 128, kvLora = 512, rope = 64;
