@@ -161,6 +161,14 @@ void printExplanation(ModuleOp module, llvm::raw_ostream &os) {
   }
   if (auto regions = module->getAttrOfType<IntegerAttr>("ktgraph.graph_regions"))
     os << "decode graph regions: " << regions.getInt() << "\n";
+  int fusedNorms = 0, threeAddends = 0;
+  module.walk([&](graph::AddRmsNormOp fused) {
+    ++fusedNorms;
+    threeAddends += fused.getAddends().size() == 3;
+  });
+  if (fusedNorms > 0)
+    os << "norms fused with the residual add before them (kt-fuse-residual-norm): " << fusedNorms
+       << ", " << threeAddends << " of them also adding the experts' outputs\n";
 }
 
 } // namespace
