@@ -204,7 +204,16 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   executor.clearRoutingStats();
   auto start = Clock::now();
   StatusOr<std::vector<float>> logits = executor.forward(prompt);
-  double prefill = seconds(start);
+  const double firstPrefill = seconds(start);
+  // The prompt again, the figure reported: the first prefill after loading
+  // also pays for first uses (the CPU threads' scratch and tile state, the
+  // GPU's first launches, the streamed share's balance still moving).
+  if (logits) {
+    executor.reset();
+    start = Clock::now();
+    logits = executor.forward(prompt);
+  }
+  const double prefill = seconds(start);
   if (!logits) {
     std::fprintf(stderr, "ktrun: error: %s\n", logits.message().c_str());
     return 1;
@@ -264,9 +273,10 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   const double bandwidth = host.bytesPerSecond;
   double achieved = expertBytes * decodeRate;
   std::printf("threads: %d\n", executor.threadCount());
-  std::printf("prefill: %lld tokens in %.3f s, %.1f tok/s\n",
-              static_cast<long long>(options.promptTokens), prefill,
-              options.promptTokens / prefill);
+  std::printf("prefill: %lld tokens in %.3f s, %.1f tok/s (the second run; the first after "
+              "loading took %.3f s)\n",
+              static_cast<long long>(options.promptTokens), prefill, options.promptTokens / prefill,
+              firstPrefill);
   std::printf("decode: %lld tokens in %.3f s, %.1f tok/s\n",
               static_cast<long long>(options.decodeTokens), decode, decodeRate);
   std::printf("decode CPU expert weights: %.2f MB per token, %.2f GB/s; host read bandwidth "
@@ -447,7 +457,8 @@ int runBench(const plan::Plan &plan, exec::Executor &executor, const BenchOption
   }
 
   // Where prefill's time goes: the same prompt again, profiled (GPU steps
-  // waited for one by one, so it runs a little slower than above).
+  // waited for one by one, so it runs a little slower than the second run
+  // above).
   executor.reset();
   executor.setProfiling(true);
   start = Clock::now();

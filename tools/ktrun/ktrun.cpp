@@ -361,7 +361,8 @@ int main(int argc, char **argv) {
   bool bench = false;
   kt::ktrun::BenchOptions benchOptions;
   app.add_flag("--bench", bench,
-               "Benchmark: prefill a random prompt, decode greedily, print tok/s, decode's "
+               "Benchmark: prefill a random prompt twice (tok/s of the second, after the "
+               "first's warm-up), decode greedily, print tok/s, decode's "
                "expert-weight GB/s against the measured memory bandwidth, and the distinct "
                "experts each MoE layer used");
   app.add_option("--bench-prompt,--bench_prompt", benchOptions.promptTokens, "Benchmark prompt tokens (256)")
