@@ -236,6 +236,22 @@ TEST_P(GpuKernels, PciBusIdNamesTheGpu) {
   EXPECT_EQ(device->pciBusId().value(), *id);
 }
 
+// RMSNorm of `rows` rows of `hidden` values in double precision.
+std::vector<double> referenceRmsNorm(const std::vector<float> &x, const std::vector<float> &weight,
+                                     int rows, int64_t hidden, float eps) {
+  std::vector<double> y(size_t(rows * hidden));
+  for (int r = 0; r < rows; ++r) {
+    const float *row = x.data() + r * hidden;
+    double squares = 0;
+    for (int64_t i = 0; i < hidden; ++i)
+      squares += double(row[i]) * row[i];
+    const double scale = 1.0 / std::sqrt(squares / double(hidden) + eps);
+    for (int64_t i = 0; i < hidden; ++i)
+      y[size_t(r * hidden + i)] = row[i] * scale * weight[size_t(i)];
+  }
+  return y;
+}
+
 TEST_P(GpuKernels, RmsNormMatchesTheCpuReference) {
   for (int64_t hidden : {7168, 1536, 512, 100}) {
     SCOPED_TRACE(hidden);
@@ -243,15 +259,7 @@ TEST_P(GpuKernels, RmsNormMatchesTheCpuReference) {
     const float eps = 1e-6f;
     auto x = randomFloats(rows * hidden, -3, 3, 1);
     auto weight = randomFloats(hidden, 0.5f, 1.5f, 2);
-    std::vector<double> expected(rows * hidden);
-    for (int r = 0; r < rows; ++r) {
-      double sum = 0;
-      for (int64_t i = 0; i < hidden; ++i)
-        sum += double(x[r * hidden + i]) * x[r * hidden + i];
-      const double scale = 1.0 / std::sqrt(sum / hidden + eps);
-      for (int64_t i = 0; i < hidden; ++i)
-        expected[r * hidden + i] = x[r * hidden + i] * scale * weight[i];
-    }
+    const std::vector<double> expected = referenceRmsNorm(x, weight, rows, hidden, eps);
     auto spec = rmsNormSpec(hidden, eps);
     LoadedKernel kernel = load(spec);
     ASSERT_NE(kernel.function, nullptr);
@@ -300,17 +308,7 @@ TEST_P(GpuKernels, AddRmsNormWritesTheSumAndTheNormRmsNormWrites) {
       EXPECT_EQ(std::memcmp(gotSum.data(), sum.data(), count * 4), 0) << "sums differ";
       EXPECT_EQ(std::memcmp(got.data(), expected.data(), count * 4), 0) << "norms differ";
       // And near the double-precision norm of the sum.
-      std::vector<double> reference(count);
-      for (int r = 0; r < rows; ++r) {
-        double squares = 0;
-        for (int64_t i = 0; i < hidden; ++i)
-          squares += double(sum[size_t(r * hidden + i)]) * sum[size_t(r * hidden + i)];
-        const double scale = 1.0 / std::sqrt(squares / double(hidden) + eps);
-        for (int64_t i = 0; i < hidden; ++i)
-          reference[size_t(r * hidden + i)] =
-              sum[size_t(r * hidden + i)] * scale * weight[size_t(i)];
-      }
-      EXPECT_LE(relativeL2(got, reference), 1e-5);
+      EXPECT_LE(relativeL2(got, referenceRmsNorm(sum, weight, rows, hidden, eps)), 1e-5);
     }
 }
 
